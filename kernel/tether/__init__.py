@@ -1,0 +1,18 @@
+"""Tether: an access proxy that reaches servers in leaf clusters over reverse tunnels.
+
+The kernel (tunnel, certificates, identity, RBAC, resources, storage) lives in this package;
+protocols, identity connectors, audit sinks and storage backends are plugins that implement the
+hooks in :mod:`tether.hookspecs` and register through the ``tether`` entry-point group.
+"""
+
+from importlib import metadata as _metadata
+
+from tether.errors import TetherError
+from tether.hookspecs import hookimpl, hookspec
+
+try:
+    __version__ = _metadata.version("tether")
+except _metadata.PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"
+
+__all__ = ["TetherError", "__version__", "hookimpl", "hookspec"]

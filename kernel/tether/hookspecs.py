@@ -1,0 +1,117 @@
+"""Every extension point of Tether, one documented hook each.
+
+Plugins implement these with ``@tether.hookimpl``; the kernel's own builtins (the SQLite
+backend, the JSON-lines audit sink, local users, the core resource kinds) use exactly the same
+hooks, so any of them can be disabled in configuration and replaced.
+
+pluggy calls hooks synchronously. A hook documented as "may return an awaitable" is awaited by
+the kernel (see :func:`tether.plugins.await_maybe`), so implementations may be plain functions or
+return coroutines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from tether.audit import AuditEvent, AuditQuery
+    from tether.auth.connectors import IdentityConnector
+    from tether.backend import BackendType
+    from tether.resources import ResourceKind
+    from tether.services import Service, ServiceContext
+
+hookspec = pluggy.HookspecMarker("tether")
+hookimpl = pluggy.HookimplMarker("tether")
+
+
+# -------------------------------------------------------------------------------------------
+# Registration: called once while the plugin manager is assembled, before any service starts.
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def tether_resource_kinds() -> list[ResourceKind]:
+    """Return the resource kinds this plugin adds (``role``, ``user``, ``node``, ...).
+
+    Called once when a registry of kinds is built (by ``tetherd start``, ``tetherctl`` and the
+    auth service). The lists of all plugins are merged; a kind name or alias declared by two
+    plugins stops start-up with an error naming both. Kinds are what ``tetherctl create``,
+    ``get`` and ``rm`` accept.
+    """
+
+
+@hookspec
+def tether_backends() -> list[BackendType]:
+    """Return the storage backends this plugin provides, each keyed by its URL scheme.
+
+    Called once when the auth service opens its storage (``storage.url`` in ``tether.yaml``,
+    ``sqlite://`` under the data dir by default). A scheme provided twice is an error. Every
+    backend must pass the conformance suite in :mod:`tether.testing.backend_conformance`.
+    """
+
+
+@hookspec
+def tether_identity_connectors() -> list[IdentityConnector]:
+    """Return the identity connector kinds this plugin provides (``local``, ``github``, ...).
+
+    Called once when the auth service starts. A connector turns a login attempt into an
+    identity (user name, roles, traits); the kernel issues the certificates. A connector kind
+    provided twice is an error.
+    """
+
+
+@hookspec
+def tether_cli_commands(program: str, cli: click.Group) -> None:
+    """Add subcommands to one of Tether's command-line programs.
+
+    Called once per program start, before arguments are parsed. Returns nothing: add commands
+    with ``cli.add_command(...)``.
+
+    :param program: ``"tetherd"``, ``"tetherctl"`` or ``"tether"``.
+    :param cli: that program's top-level click group.
+    """
+
+
+@hookspec
+def tether_services(ctx: ServiceContext) -> list[Service]:
+    """Return long-running services to start inside ``tetherd``'s nursery.
+
+    Called once by ``tetherd start`` after the kernel's own services (auth, proxy) are
+    listening. Each :class:`~tether.services.Service` is started with ``nursery.start`` and must
+    call ``task_status.started()`` once it is ready; if one fails to start, ``tetherd`` stops.
+
+    :param ctx: the running daemon: configuration, plugin manager, addresses and clients.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# Runtime: called while services run.
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def tether_audit_event(event: AuditEvent) -> Awaitable[None] | None:
+    """Record one audit event; every sink receives every event.
+
+    Called by the auth service for logins (success and failure), resource changes and issued
+    certificates, and by other services for what they audit. May return an awaitable. A sink
+    that raises is logged with its name and does not stop the others.
+
+    :param event: the event, with type, time, cluster, user and event-specific fields.
+    """
+
+
+@hookspec(firstresult=True)
+def tether_audit_search(query: AuditQuery) -> Awaitable[list[AuditEvent]] | list[AuditEvent] | None:
+    """Return the audit events matching ``query``, oldest first.
+
+    Called by ``tetherctl audit search`` through the auth API. Stops at first non-None result:
+    the first sink able to search answers, so a sink that cannot search returns None.
+
+    :param query: event type, time range and limit.
+    """
