@@ -1,0 +1,581 @@
+"""tether.yaml as an operator meets it: defaults, errors that point at the line, logging."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import os
+import pathlib
+import re
+import socket
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+
+from tether.config import (
+    CaAlgorithm,
+    CommandLabel,
+    Config,
+    HostPort,
+    LogFormat,
+    Severity,
+    config_to_dict,
+    default_config,
+    load_config,
+    load_config_text,
+    render_default_config,
+)
+from tether.errors import ConfigError
+from tether.logs import setup_logging
+from tether.yamlio import dump_yaml
+
+FULL_EXAMPLE = """\
+cluster_name: root
+nodename: node-1
+data_dir: /srv/tether
+log: {severity: warn, format: json}
+storage: {url: "postgresql://tether@db/tether"}
+plugins:
+  disabled: [jsonl-audit]
+  settings: {github: {client_id: abc}}
+auth_service:
+  enabled: true
+  listen_addr: 127.0.0.1:3025
+  session_ttl: 8h
+  failed_login_limit: 3
+  lockout_duration: 15m
+  signup_token_ttl: 2h
+  ca_algorithm: ecdsa-p256
+proxy_service:
+  enabled: true
+  listen_addr: 0.0.0.0:3080
+  public_addr: proxy.example.com:443
+  https_cert_file: /etc/tether/web.crt
+  https_key_file: /etc/tether/web.key
+  auth_server: null
+ssh_service:
+  enabled: true
+  listen_addr: "[::]:3022"
+  labels: {env: dev}
+  commands: [{name: arch, command: [uname, -p], period: 1h}]
+"""
+
+
+def load(text: str) -> Config:
+    return load_config_text(textwrap.dedent(text), "tether.yaml")
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- loading a good file ----------------------------------------------------------------------
+
+
+def test_operator_loads_the_documented_example() -> None:
+    config = load(FULL_EXAMPLE)
+
+    assert config.cluster_name == "root"
+    assert config.nodename == "node-1"
+    assert config.data_dir == pathlib.Path("/srv/tether")
+    assert config.log.severity is Severity.WARN
+    assert config.log.format is LogFormat.JSON
+    assert config.storage_url == "postgresql://tether@db/tether"
+    assert config.plugins.disabled == ("jsonl-audit",)
+    assert config.plugins.settings_for("github") == {"client_id": "abc"}
+    assert config.plugins.settings_for("saml") == {}
+    auth = config.auth_service
+    assert auth.session_ttl == datetime.timedelta(hours=8)
+    assert auth.failed_login_limit == 3
+    assert auth.lockout_duration == datetime.timedelta(minutes=15)
+    assert auth.signup_token_ttl == datetime.timedelta(hours=2)
+    assert auth.ca_algorithm is CaAlgorithm.ECDSA_P256
+    assert config.proxy_service.public_addr == HostPort("proxy.example.com", 443)
+    assert config.proxy_public_addr == HostPort("proxy.example.com", 443)
+    assert config.proxy_service.https_key_file == pathlib.Path("/etc/tether/web.key")
+    ssh = config.ssh_service
+    assert ssh.enabled
+    assert ssh.listen_addr == HostPort("::", 3022)
+    assert ssh.labels == {"env": "dev"}
+    assert ssh.commands == (
+        CommandLabel(name="arch", command=("uname", "-p"), period=datetime.timedelta(hours=1)),
+    )
+
+
+def test_empty_file_means_the_embedded_defaults() -> None:
+    assert load("") == default_config()
+    assert load("# nothing here yet\n") == default_config()
+
+
+def test_section_left_empty_means_its_defaults() -> None:
+    config = load("""\
+        ssh_service:
+          # enabled: true
+        """)
+    assert config == default_config()
+
+
+def test_tetherd_configure_output_loads_back_to_the_defaults() -> None:
+    rendered = render_default_config()
+
+    assert rendered.startswith("#")
+    assert load_config_text(rendered, "tether.yaml") == default_config()
+
+
+def test_config_to_dict_loads_back_to_the_same_config() -> None:
+    config = load(FULL_EXAMPLE)
+
+    as_yaml = dump_yaml(config_to_dict(config))
+
+    assert load_config_text(as_yaml, "out.yaml") == config
+    assert json.loads(json.dumps(config_to_dict(config)))["auth_service"]["session_ttl"] == "8h"
+
+
+def test_defaults_follow_the_host_and_user() -> None:
+    config = default_config()
+
+    assert config.nodename == socket.gethostname()
+    if os.geteuid() == 0:
+        assert config.data_dir == pathlib.Path("/var/lib/tether")
+    else:
+        assert config.data_dir == pathlib.Path.home() / ".local/share/tether"
+    assert config.log.severity is Severity.INFO
+    assert config.auth_service.session_ttl == datetime.timedelta(hours=12)
+    assert not config.ssh_service.enabled
+
+
+def test_storage_defaults_to_sqlite_in_the_data_dir(tmp_path: pathlib.Path) -> None:
+    config = default_config(data_dir=tmp_path)
+
+    assert config.storage_url == f"sqlite://{tmp_path}/backend.sqlite"
+
+
+def test_paths_expand_the_home_directory() -> None:
+    config = load("""\
+        data_dir: ~/tether-data
+        proxy_service: {https_cert_file: ~/web.crt, https_key_file: ~/web.key}
+        """)
+
+    assert config.data_dir == pathlib.Path.home() / "tether-data"
+    assert config.proxy_service.https_cert_file == pathlib.Path.home() / "web.crt"
+
+
+def test_proxy_public_addr_replaces_any_interface_with_the_node_name() -> None:
+    assert load("nodename: gw\n").proxy_public_addr == HostPort("gw", 3080)
+    local = load("proxy_service: {listen_addr: 127.0.0.1:4080}\n")
+    assert local.proxy_public_addr == HostPort("127.0.0.1", 4080)
+
+
+def test_proxy_running_apart_from_auth_names_its_auth_server() -> None:
+    config = load("""\
+        auth_service: {enabled: false}
+        proxy_service: {auth_server: auth.internal:3025}
+        """)
+
+    assert config.proxy_service.auth_server == HostPort("auth.internal", 3025)
+
+
+def test_default_config_takes_overrides_and_refuses_impossible_ones() -> None:
+    assert default_config(cluster_name="leaf").cluster_name == "leaf"
+    with pytest.raises(ConfigError, match=r"cluster_name: 'a b' is not a valid name"):
+        default_config(cluster_name="a b")
+
+
+# --- errors: file, line, field ----------------------------------------------------------------
+
+
+def test_operator_sees_line_and_field_of_bad_listen_addr() -> None:
+    message = error_of("""\
+        cluster_name: main
+        auth_service:
+          enabled: true
+
+        proxy_service:
+          enabled: true
+          listen_addr: abc
+        """)
+
+    assert message == "tether.yaml:7: proxy_service.listen_addr: 'abc' is not host:port"
+
+
+def test_misspelt_key_suggests_the_real_one() -> None:
+    message = error_of("""\
+        cluster_name: main
+        auth_service:
+          listen_adr: 127.0.0.1:3025
+        """)
+
+    assert message == (
+        "tether.yaml:3: auth_service.listen_adr: unknown field (did you mean listen_addr?)"
+    )
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_fields() -> None:
+    message = error_of("log:\n  colour: true\n")
+
+    assert message == "tether.yaml:2: log.colour: unknown field (known fields: severity, format)"
+
+
+def test_unknown_key_deep_in_a_list_item() -> None:
+    message = error_of("""\
+        ssh_service:
+          commands:
+            - name: arch
+              command: [uname, -p]
+              peroid: 1h
+        """)
+
+    assert message == (
+        "tether.yaml:5: ssh_service.commands[0].peroid: unknown field (did you mean period?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cluster_name: main\nnodename: [a, b]\n",
+         "tether.yaml:2: nodename: expected a string, got a list"),
+        ("auth_service:\n  failed_login_limit: five\n",
+         "tether.yaml:2: auth_service.failed_login_limit: expected an integer, got a string"),
+        ("auth_service:\n  failed_login_limit: true\n",
+         "tether.yaml:2: auth_service.failed_login_limit: expected an integer, got a boolean"),
+        ("proxy_service:\n  enabled: 'yes'\n",
+         "tether.yaml:2: proxy_service.enabled: expected true or false, got a string"),
+        ("plugins:\n  disabled: jsonl-audit\n",
+         "tether.yaml:2: plugins.disabled: expected a list, got a string"),
+        ("log: [INFO]\n", "tether.yaml:1: log: expected a mapping, got a list"),
+        ("ssh_service:\n  labels: {env: [dev]}\n",
+         "tether.yaml:2: ssh_service.labels.env: expected a string, got a list"),
+        ("proxy_service:\n  listen_addr: 3080\n",
+         "tether.yaml:2: proxy_service.listen_addr: expected host:port, got an integer"),
+        ("nodename:\n", "tether.yaml:1: nodename: expected a string, got null"),
+    ],
+)  # fmt: skip
+def test_wrong_type_names_what_was_expected_and_what_was_found(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_bad_duration_shows_examples() -> None:
+    message = error_of("auth_service:\n  session_ttl: 12 hours\n")
+
+    assert message == (
+        "tether.yaml:2: auth_service.session_ttl: '12 hours' is not a duration "
+        "(examples: 30s, 5m, 12h, 1h30m)"
+    )
+
+
+def test_duration_written_as_a_number_is_refused() -> None:
+    message = error_of("auth_service:\n  lockout_duration: 30\n")
+
+    assert message == (
+        "tether.yaml:2: auth_service.lockout_duration: "
+        "expected a duration such as 30s, 5m or 12h, got an integer"
+    )
+
+
+def test_zero_duration_is_refused() -> None:
+    assert error_of("auth_service: {signup_token_ttl: 0s}\n") == (
+        "tether.yaml:1: auth_service.signup_token_ttl: must be greater than zero"
+    )
+
+
+def test_bad_severity_lists_the_allowed_values() -> None:
+    assert error_of("log:\n  severity: LOUD\n") == (
+        "tether.yaml:2: log.severity: 'LOUD' is not one of DEBUG, INFO, WARN, WARNING, ERROR"
+    )
+
+
+def test_bad_log_format_lists_the_allowed_values() -> None:
+    assert error_of("log:\n  format: xml\n") == (
+        "tether.yaml:2: log.format: 'xml' is not one of text, json"
+    )
+
+
+def test_severity_and_format_ignore_case() -> None:
+    config = load("log: {severity: debug, format: JSON}\n")
+
+    assert config.log == type(config.log)(Severity.DEBUG, LogFormat.JSON)
+
+
+def test_bad_ca_algorithm_lists_the_allowed_values() -> None:
+    assert error_of("auth_service: {ca_algorithm: rsa}\n") == (
+        "tether.yaml:1: auth_service.ca_algorithm: 'rsa' is not one of ed25519, ecdsa-p256"
+    )
+
+
+def test_garbage_yaml_names_the_line() -> None:
+    message = error_of("cluster_name: main\nauth_service:\n  listen_addr: [127.0.0.1\n")
+
+    assert re.fullmatch(r"tether\.yaml:\d+: .+ \(fix the YAML syntax\)", message)
+
+
+def test_duplicate_key_is_a_syntax_error() -> None:
+    message = error_of("nodename: a\nnodename: b\n")
+
+    assert message.startswith("tether.yaml:2: ")
+    assert "duplicate key" in message
+
+
+def test_file_holding_a_list_is_refused() -> None:
+    message = error_of("- cluster_name: main\n")
+
+    assert message == (
+        "tether.yaml:1: expected a mapping of settings, got a list "
+        "(run `tetherd configure` to see an example)"
+    )
+
+
+def test_first_problem_in_the_file_is_reported() -> None:
+    message = error_of("""\
+        nodename: [x]
+        proxy_service:
+          listen_addr: abc
+        auth_service:
+          listn_addr: x
+        """)
+
+    assert message.startswith("tether.yaml:1: nodename: ")
+
+
+def test_certificate_without_its_key_is_refused() -> None:
+    message = error_of("""\
+        proxy_service:
+          https_cert_file: /etc/tether/web.crt
+        """)
+
+    assert message == "tether.yaml:2: proxy_service.https_cert_file: needs https_key_file as well"
+
+
+def test_proxy_without_any_auth_service_is_refused() -> None:
+    message = error_of("""\
+        auth_service:
+          enabled: false
+        proxy_service:
+          enabled: true
+        """)
+
+    assert message.startswith("tether.yaml:3: proxy_service.auth_server: required when")
+
+
+def test_label_defined_twice_is_refused() -> None:
+    message = error_of("""\
+        ssh_service:
+          labels: {arch: x86}
+          commands:
+            - {name: arch, command: [uname, -p]}
+        """)
+
+    assert message == "tether.yaml:4: ssh_service.commands[0].name: label 'arch' is defined twice"
+
+
+def test_command_label_needs_a_program() -> None:
+    message = error_of("ssh_service:\n  commands:\n    - {name: arch, command: []}\n")
+
+    assert message == (
+        "tether.yaml:3: ssh_service.commands[0].command: must name a program, like [uname, -p]"
+    )
+
+
+def test_storage_url_must_be_a_url() -> None:
+    assert error_of("storage: {url: /var/db}\n").startswith(
+        "tether.yaml:1: storage.url: '/var/db' is not a URL"
+    )
+
+
+def test_bad_cluster_name_is_refused() -> None:
+    assert error_of("cluster_name: root/leaf\n").startswith(
+        "tether.yaml:1: cluster_name: 'root/leaf' is not a valid name"
+    )
+
+
+# --- the file itself --------------------------------------------------------------------------
+
+
+def test_missing_file_tells_how_to_create_one(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tether.yaml"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert str(info.value) == (
+        f"{path}: no such file (run `tetherd configure > {path}` to create one)"
+    )
+
+
+def test_file_is_read_and_errors_carry_its_name(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tether.yaml"
+    path.write_text("cluster_name: leaf\nnodename: 7\n")
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:2: nodename: "):
+        load_config(path)
+    path.write_text("cluster_name: leaf\n")
+    assert load_config(path).cluster_name == "leaf"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_says_permission_denied(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tether.yaml"
+    path.write_text("cluster_name: main\n")
+    path.chmod(0)
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: permission denied"):
+        load_config(path)
+
+
+def test_directory_instead_of_file_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match=r": is a directory"):
+        load_config(tmp_path)
+
+
+def test_binary_file_is_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tether.yaml"
+    path.write_bytes(b"cluster_name: \xff\xfe\n")
+
+    with pytest.raises(ConfigError, match=r": not UTF-8 text"):
+        load_config(path)
+
+
+# --- HostPort ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:3025", "127.0.0.1", 3025),
+        ("proxy.example.com:443", "proxy.example.com", 443),
+        ("[::1]:3080", "::1", 3080),
+        ("[fe80::1%eth0]:22", "fe80::1%eth0", 22),
+        ("localhost:0", "localhost", 0),
+        ("h:65535", "h", 65535),
+    ],
+)
+def test_host_port_parses_and_prints_back(text: str, host: str, port: int) -> None:
+    address = HostPort.parse(text)
+
+    assert address == HostPort(host, port)
+    assert str(address) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("abc", "is not host:port"),
+        (":3080", "is not host:port"),
+        ("host:", "the port must be a number"),
+        ("host:http", "the port must be a number"),
+        ("host:65536", "out of range 0-65535"),
+        ("host:-1", "the port must be a number"),
+        ("::1:3080", "write IPv6 addresses in brackets"),
+        ("[::1]3080", "is not host:port"),
+        ("[::1:3080", "is not host:port"),
+        ("[not-ipv6]:80", "is not an IPv6 address"),
+        ("my host:80", "is not host:port"),
+    ],
+)
+def test_host_port_refuses_what_is_not_an_address(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        HostPort.parse(text)
+
+
+def test_ipv6_listen_addr_in_the_file() -> None:
+    config = load("auth_service:\n  listen_addr: '[::1]:3025'\n")
+
+    assert config.auth_service.listen_addr == HostPort("::1", 3025)
+    assert config_to_dict(config)["auth_service"]["listen_addr"] == "[::1]:3025"
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, restored after the test so logging setup does not leak."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_text_log_line_has_utc_time_level_and_logger(root_logger: logging.Logger) -> None:
+    out = io.StringIO()
+    setup_logging("INFO", "text", stream=out)
+
+    logging.getLogger("tether.auth").info("user %s logged in", "alice")
+    logging.getLogger("tether.auth").debug("not shown")
+
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO \[tether\.auth\] user alice logged in\n",
+        out.getvalue(),
+    )
+
+
+def test_json_log_lines_parse_as_json(root_logger: logging.Logger) -> None:
+    out = io.StringIO()
+    setup_logging("warn", "json", stream=out)
+    log = logging.getLogger("tether.proxy")
+
+    log.warning("tunnel to %s lost", "leaf", extra={"cluster": "leaf"})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("handler failed")
+    log.info("not shown")
+
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["level"] == "WARNING"
+    assert first["logger"] == "tether.proxy"
+    assert first["message"] == "tunnel to leaf lost"
+    assert first["cluster"] == "leaf"
+    assert first["ts"].endswith("Z")
+    assert datetime.datetime.fromisoformat(first["ts"]).tzinfo is not None
+    assert "exception" not in first
+    assert second["level"] == "ERROR"
+    assert "RuntimeError: boom" in second["exception"]
+
+
+def test_setting_up_logging_twice_does_not_duplicate_lines(root_logger: logging.Logger) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    setup_logging("INFO", stream=first)
+    setup_logging("INFO", stream=second)
+
+    logging.getLogger("tether").info("once")
+
+    assert first.getvalue() == ""
+    assert second.getvalue().count("once") == 1
+
+
+def test_debug_flag_overrides_the_configured_severity(root_logger: logging.Logger) -> None:
+    out = io.StringIO()
+    setup_logging("ERROR", debug=True, stream=out)
+
+    logging.getLogger("tether.tunnel").debug("frame sent")
+
+    assert "DEBUG [tether.tunnel] frame sent" in out.getvalue()
+
+
+def test_logging_setup_refuses_unknown_severity_and_format(root_logger: logging.Logger) -> None:
+    with pytest.raises(ValueError, match="'LOUD' is not one of DEBUG, INFO, WARN"):
+        setup_logging("LOUD")
+    with pytest.raises(ValueError, match="'xml' is not one of text, json"):
+        setup_logging("INFO", "xml")
+
+
+def test_config_log_section_drives_logging_setup(root_logger: logging.Logger) -> None:
+    config = load("log: {severity: ERROR, format: json}\n")
+    out = io.StringIO()
+
+    setup_logging(config.log.severity, config.log.format, stream=out)
+    logging.getLogger("tether").warning("dropped")
+    logging.getLogger("tether").error("kept")
+
+    assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["kept"]
