@@ -1,1 +1,99 @@
+"""Certificate authorities and certificates: who a user or component is, provably.
 
+Each cluster has three CAs (:class:`ClusterAuthorities`): SSH user, SSH host and X.509. Login
+issues an SSH user certificate and an X.509 certificate for the same key, both carrying the
+same :class:`Identity`; every service turns a certificate back into an identity with
+:func:`verify_ssh_user_cert` or :func:`verify_x509_cert`, which share one verification path
+(signature, identity, validity window, principal) and fail with a distinct
+:class:`~tether.errors.TrustError` subclass per reason.
+"""
+
+from __future__ import annotations
+
+from ._authority import (
+    ClusterAuthorities,
+    SSHCertAuthority,
+    X509CertAuthority,
+    ca_pin,
+    check_ca_pin,
+)
+from ._errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateTampered,
+    MalformedCertificate,
+    PrincipalNotAllowed,
+    UnknownAuthority,
+)
+from ._identity import IDENTITY_KINDS, HostIdentity, Identity
+from ._keys import (
+    PrivateKey,
+    PublicKey,
+    SubjectPublicKey,
+    cert_to_pem,
+    certs_to_pem,
+    generate_private_key,
+    load_cert,
+    load_certs,
+    load_private_key,
+    load_public_key,
+    private_key_to_openssh,
+    private_key_to_pem,
+    public_key_to_pem,
+    ssh_public_key_line,
+    write_secret_file,
+)
+from ._ssh import (
+    SSH_CLUSTER_EXTENSION,
+    SSH_IDENTITY_EXTENSION,
+    issue_ssh_host_cert,
+    issue_ssh_user_cert,
+    verify_ssh_host_cert,
+    verify_ssh_user_cert,
+)
+from ._tls import client_ssl_context, identity_from_peer, server_ssl_context
+from ._x509 import TETHER_IDENTITY_OID, issue_x509_cert, verify_x509_cert
+
+__all__ = [
+    "IDENTITY_KINDS",
+    "SSH_CLUSTER_EXTENSION",
+    "SSH_IDENTITY_EXTENSION",
+    "TETHER_IDENTITY_OID",
+    "CertificateExpired",
+    "CertificateNotYetValid",
+    "CertificateTampered",
+    "ClusterAuthorities",
+    "HostIdentity",
+    "Identity",
+    "MalformedCertificate",
+    "PrincipalNotAllowed",
+    "PrivateKey",
+    "PublicKey",
+    "SSHCertAuthority",
+    "SubjectPublicKey",
+    "UnknownAuthority",
+    "X509CertAuthority",
+    "ca_pin",
+    "cert_to_pem",
+    "certs_to_pem",
+    "check_ca_pin",
+    "client_ssl_context",
+    "generate_private_key",
+    "identity_from_peer",
+    "issue_ssh_host_cert",
+    "issue_ssh_user_cert",
+    "issue_x509_cert",
+    "load_cert",
+    "load_certs",
+    "load_private_key",
+    "load_public_key",
+    "private_key_to_openssh",
+    "private_key_to_pem",
+    "public_key_to_pem",
+    "server_ssl_context",
+    "ssh_public_key_line",
+    "verify_ssh_host_cert",
+    "verify_ssh_user_cert",
+    "verify_x509_cert",
+    "write_secret_file",
+]
