@@ -1,1 +1,20 @@
+"""Role-based access control: templates, label selectors and role-set evaluation.
 
+Used by the auth service (which logins go into a certificate, which leaf clusters a user sees,
+which resources ``tetherctl`` may touch) and by a leaf after role mapping (may this root user
+log in to this node as this login). Deny always wins; denials name the check that failed.
+"""
+
+from tether.rbac._labels import match_label_value, match_labels, validate_label_value
+from tether.rbac._roleset import RoleSet
+from tether.rbac._templates import expand_template, is_template, validate_template
+
+__all__ = [
+    "RoleSet",
+    "expand_template",
+    "is_template",
+    "match_label_value",
+    "match_labels",
+    "validate_label_value",
+    "validate_template",
+]

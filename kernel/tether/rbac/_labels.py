@@ -1,0 +1,79 @@
+"""Label selectors, matched as Teleport matches them.
+
+A selector maps label keys to accepted values. Every key of the selector must match the
+resource's label of that key; a value matches when any accepted value does. Accepted values are
+``*`` (anything), a glob with ``*`` inside, a ``^...$`` regular expression (re2 syntax, matched
+against the whole value) or a literal. The key ``*`` with the value ``*`` matches every
+resource, labelled or not. An empty selector matches nothing, so a role grants access only to
+what it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import re2
+
+from tether.errors import ResourceError
+from tether.rbac._regex import compile_re2, re2_error_message
+
+__all__ = ["is_regex", "match_label_value", "match_labels", "validate_label_value"]
+
+WILDCARD = "*"
+
+
+def is_regex(value: str) -> bool:
+    """Regular expressions are the values that start with ``^`` and end with ``$``."""
+    return len(value) >= 2 and value.startswith("^") and value.endswith("$")
+
+
+def _glob_pattern(value: str) -> str:
+    return "^" + ".*".join(re2.escape(part) for part in value.split(WILDCARD)) + "$"
+
+
+def match_label_value(accepted: str, value: str) -> bool:
+    """Whether one accepted selector value matches one label value."""
+    if accepted == WILDCARD:
+        return True
+    if is_regex(accepted):
+        pattern = accepted
+    elif WILDCARD in accepted:
+        pattern = _glob_pattern(accepted)
+    else:
+        return accepted == value
+    try:
+        compiled = compile_re2(pattern)
+    except re2.error:
+        return False  # validation rejects these on create; never grant on a broken pattern
+    return compiled.fullmatch(value) is not None
+
+
+def validate_label_value(value: str) -> None:
+    """Check that a ``^...$`` value compiles with re2.
+
+    :raises ResourceError: the expression is invalid, with re2's reason.
+    """
+    if is_regex(value):
+        try:
+            compile_re2(value)
+        except re2.error as exc:
+            raise ResourceError(
+                f"invalid regular expression {value!r}: {re2_error_message(exc)}",
+                hint="label values starting with ^ and ending with $ use re2 syntax",
+            ) from None
+
+
+def match_labels(selector: Mapping[str, Sequence[str]], labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy ``selector`` (see the module docstring for the rules)."""
+    if not selector:
+        return False
+    for key, accepted in selector.items():
+        values = (accepted,) if isinstance(accepted, str) else tuple(accepted)
+        if key == WILDCARD:
+            # '*: something' has no meaning; refuse rather than guess
+            return values == (WILDCARD,)
+        if key not in labels:
+            return False
+        if not any(match_label_value(v, labels[key]) for v in values):
+            return False
+    return True

@@ -1,0 +1,164 @@
+"""Evaluate a user's roles: logins, node access, cluster visibility, resource rules, TTL.
+
+The same evaluation runs on the root (what may this user see and do) and on a leaf after role
+mapping (may this root user log in here as ``visitor``). Deny always wins over allow, and a
+denial says which check failed and which role caused it, because "access denied" alone is the
+hardest message in the guide's troubleshooting section.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+
+from tether.errors import AccessDenied
+from tether.rbac._labels import WILDCARD, match_labels
+from tether.rbac._templates import expand_template
+from tether.resources import VERBS, Resource, RoleConditions, RoleSpec
+
+__all__ = ["RoleSet"]
+
+Traits = Mapping[str, Sequence[str]]
+_LIST_FIELDS = ("logins", "kubernetes_groups", "kubernetes_users", "db_users", "db_names")
+
+
+def _expand_all(values: Iterable[str], traits: Traits) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        out.extend(v for v in expand_template(value, traits) if v not in out)
+    return out
+
+
+def _expand_selector(selector: Mapping[str, Sequence[str]],
+                     traits: Traits) -> dict[str, list[str]]:
+    """Expand templates in selector values; a key whose values expand to nothing never
+    matches (an unknown trait must not widen access)."""
+    return {key: _expand_all(values, traits) for key, values in selector.items()}
+
+
+def _format_labels(labels: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(names) or "(none)"
+
+
+class RoleSet:
+    """The roles of one identity, evaluated together.
+
+    :param roles: role resources (``kind: role``), e.g. the user's roles or the local roles a
+        leaf mapped a root user's roles to.
+    """
+
+    def __init__(self, roles: Sequence[Resource]) -> None:
+        for role in roles:
+            if not isinstance(role.spec, RoleSpec):
+                raise TypeError(f"{role.kind} {role.name!r} is not a role")
+        self._roles: tuple[Resource, ...] = tuple(roles)
+        self.names: tuple[str, ...] = tuple(role.name for role in roles)
+
+    def __repr__(self) -> str:
+        return f"RoleSet({list(self.names)!r})"
+
+    def _sides(self, side: str) -> list[tuple[str, RoleConditions]]:
+        return [(role.name, getattr(role.spec, side)) for role in self._roles]
+
+    def traits_values(self, field: str, traits: Traits) -> list[str]:
+        """Allowed values of a list field (``logins``, ``kubernetes_groups``, ``db_users``,
+        ...) with templates expanded, minus denied ones; sorted, without duplicates.
+
+        :raises ValueError: ``field`` is not a list field of role conditions.
+        """
+        if field not in _LIST_FIELDS:
+            raise ValueError(f"unknown role field {field!r}; expected one of "
+                             + ", ".join(_LIST_FIELDS))
+        allowed: set[str] = set()
+        denied: set[str] = set()
+        for _, conditions in self._sides("allow"):
+            allowed.update(_expand_all(getattr(conditions, field), traits))
+        for _, conditions in self._sides("deny"):
+            denied.update(_expand_all(getattr(conditions, field), traits))
+        if WILDCARD in denied:
+            return []
+        return sorted(allowed - denied)
+
+    def logins(self, traits: Traits) -> list[str]:
+        """The logins these roles allow anywhere (the principals of a user certificate)."""
+        return self.traits_values("logins", traits)
+
+    def check_login(self, login: str, *, node_labels: Mapping[str, str],
+                    traits: Traits) -> None:
+        """Check that ``login`` may be used on a node with ``node_labels``.
+
+        A deny applies where its ``node_labels`` match (or everywhere when it has none) and
+        either lists the login (``*`` for all) or lists no logins at all, so ``deny:
+        node_labels: {env: prod}`` alone keeps the role's holders off production nodes. An
+        allow needs one role that both allows the login and matches the node's labels.
+
+        :raises AccessDenied: naming the deny role, or why no role allows the login here.
+        """
+        for name, deny in self._sides("deny"):
+            selector = _expand_selector(deny.node_labels, traits)
+            if selector and not match_labels(selector, node_labels):
+                continue
+            logins = _expand_all(deny.logins, traits)
+            if login in logins or WILDCARD in logins or (not deny.logins and selector):
+                raise AccessDenied(f"login {login!r} on this node is denied by role {name!r}")
+        allowing = []
+        for name, allow in self._sides("allow"):
+            if login not in _expand_all(allow.logins, traits):
+                continue
+            if match_labels(_expand_selector(allow.node_labels, traits), node_labels):
+                return
+            allowing.append(name)
+        if not allowing:
+            raise AccessDenied(f"login {login!r} is not allowed by roles {_names(self.names)}",
+                               hint="add the login to the user's traits or to a role")
+        raise AccessDenied(
+            f"node labels {_format_labels(node_labels)} do not match the node_labels of roles "
+            f"{_names(allowing)}, which allow login {login!r}")
+
+    def can_see_cluster(self, cluster_labels: Mapping[str, str], traits: Traits) -> bool:
+        """Whether a (leaf) cluster with ``cluster_labels`` is visible to these roles.
+
+        A deny whose ``cluster_labels`` match hides it (``'*': '*'`` hides even unlabelled
+        clusters). Otherwise an unlabelled cluster is visible to everyone, and a labelled one
+        only when some role's ``allow.cluster_labels`` match.
+        """
+        for _, deny in self._sides("deny"):
+            selector = _expand_selector(deny.cluster_labels, traits)
+            if match_labels(selector, cluster_labels):
+                return False
+        if not cluster_labels:
+            return True
+        return any(match_labels(_expand_selector(allow.cluster_labels, traits), cluster_labels)
+                   for _, allow in self._sides("allow"))
+
+    def check_rule(self, kind: str, verb: str) -> None:
+        """Check that these roles may ``verb`` resources of ``kind`` (``tetherctl`` and API).
+
+        :raises AccessDenied: a deny rule matches (naming the role) or no allow rule does.
+        :raises ValueError: ``verb`` is not one of list, read, create, update, delete.
+        """
+        if verb not in VERBS:
+            raise ValueError(f"unknown verb {verb!r}; expected one of {', '.join(VERBS)}")
+
+        def matches(conditions: RoleConditions) -> bool:
+            return any((kind in rule.resources or WILDCARD in rule.resources)
+                       and (verb in rule.verbs or WILDCARD in rule.verbs)
+                       for rule in conditions.rules)
+
+        for name, deny in self._sides("deny"):
+            if matches(deny):
+                raise AccessDenied(f"role {name!r} denies {verb} on {kind}")
+        if not any(matches(allow) for _, allow in self._sides("allow")):
+            raise AccessDenied(f"role rules do not allow {verb} on {kind}",
+                               hint=f"roles held: {_names(self.names)}")
+
+    def max_session_ttl(self) -> datetime.timedelta:
+        """The shortest ``max_session_ttl`` of the roles; zero when there are none."""
+        if not self._roles:
+            return datetime.timedelta(0)
+        specs: list[RoleSpec] = [role.spec for role in self._roles]
+        return min(spec.options.max_session_ttl for spec in specs)

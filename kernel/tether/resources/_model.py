@@ -1,0 +1,227 @@
+"""The resource model: metadata, resources, kinds and the registry that merges plugins' kinds.
+
+Every object an admin manages (roles, users, tokens, certificate authorities, and whatever
+plugins add) has the same envelope as in Teleport: ``kind``, ``version``, ``metadata`` and a
+kind-specific ``spec``, plus ``status`` for what the system reports rather than what a person
+writes. Kinds are data (:class:`ResourceKind`), contributed through the
+``tether_resource_kinds`` hook, so a plugin adds a kind without touching the kernel.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import pluggy
+
+from tether.errors import ResourceError
+from tether.resources._convert import did_you_mean
+
+__all__ = ["KindRegistry", "Metadata", "Resource", "ResourceKind", "secret_paths_for"]
+
+SecretPath = tuple[str, ...]
+
+
+@attrs.frozen
+class Metadata:
+    """What every resource has: its name, labels, optional expiry and description.
+
+    ``revision`` is set by storage when a resource is read and shown as ``metadata.revision``;
+    storage ignores it on create and may compare it on update.
+    """
+
+    name: str
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    expires: datetime.datetime | None = None
+    description: str = ""
+    revision: int | None = None
+
+
+@attrs.frozen
+class Resource:
+    """One resource: the envelope plus the kind's typed ``spec`` (and ``status``)."""
+
+    kind: str
+    version: str
+    metadata: Metadata
+    spec: Any
+    status: Any | None = None
+
+    @property
+    def name(self) -> str:
+        """Shorthand for ``metadata.name``."""
+        return self.metadata.name
+
+
+# Secret paths are attached to the spec type, not only to the kind, so that a Resource (which
+# names its kind only by string) can be dumped without a registry at hand and still hide its
+# secrets: forgetting to pass a registry must not leak a private key.
+_SECRETS: dict[type, set[SecretPath]] = {}
+
+
+def secret_paths_for(spec_type: type) -> frozenset[SecretPath]:
+    """The paths hidden unless ``--with-secrets``, for resources whose spec is ``spec_type``."""
+    return frozenset(_SECRETS.get(spec_type, ()))
+
+
+def _check_prefix(instance: ResourceKind, attribute: attrs.Attribute[str], value: str) -> None:
+    if not (value.startswith("/") and value.endswith("/") and len(value) > 2):
+        raise ValueError(f"kind {instance.name!r}: storage_prefix must look like '/things/', "
+                         f"got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ResourceKind:
+    """A kind of resource: its names, accepted versions, spec type and storage place.
+
+    :param name: the canonical name used in documents (``kind: role``).
+    :param aliases: other names ``tetherctl get`` accepts (``roles``, ``rc``).
+    :param versions: accepted versions; the first is the default when a document omits it.
+    :param spec_type: attrs class of ``spec``; every field needs a default unless required.
+    :param status_type: attrs class of ``status``, or None when the kind has none.
+    :param secret_paths: paths (from the resource root, ``"*"`` matches any list item or map
+        key) hidden unless the caller asks for secrets.
+    :param storage_prefix: key prefix in the backend, e.g. ``/roles/``.
+    :param validate: semantic checks beyond types; raises ``InvalidField`` (or
+        ``ResourceError``) naming the field.
+    :param ref: the name of a resource within its kind when ``metadata.name`` alone is not
+        unique (certificate authorities are ``<type>/<cluster>``); default ``metadata.name``.
+    """
+
+    name: str
+    versions: tuple[str, ...]
+    spec_type: type
+    storage_prefix: str = attrs.field(validator=_check_prefix)
+    aliases: tuple[str, ...] = ()
+    status_type: type | None = None
+    secret_paths: tuple[SecretPath, ...] = ()
+    validate: Callable[[Resource], None] | None = None
+    ref: Callable[[Resource], str] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.versions:
+            raise ValueError(f"kind {self.name!r} must accept at least one version")
+        if self.secret_paths:
+            _SECRETS.setdefault(self.spec_type, set()).update(self.secret_paths)
+
+    @property
+    def default_version(self) -> str:
+        """The version written when a document leaves it out."""
+        return self.versions[0]
+
+    def key(self, ref: str) -> str:
+        """The storage key of the resource called ``ref`` (see :attr:`ref`)."""
+        return self.storage_prefix + ref
+
+    def ref_of(self, resource: Resource) -> str:
+        """The name that identifies ``resource`` within this kind (``kind/ref`` on the CLI)."""
+        return self.ref(resource) if self.ref is not None else resource.metadata.name
+
+    def key_for(self, resource: Resource) -> str:
+        """The storage key of ``resource``."""
+        return self.key(self.ref_of(resource))
+
+    def new(
+        self,
+        name: str,
+        spec: Any,
+        *,
+        labels: Mapping[str, str] | None = None,
+        expires: datetime.datetime | None = None,
+        description: str = "",
+        status: Any | None = None,
+        version: str | None = None,
+    ) -> Resource:
+        """Build a resource of this kind in code (services creating users, tokens, CAs).
+
+        Runs the kind's ``validate`` so code cannot create what a document could not.
+        """
+        resource = Resource(
+            kind=self.name,
+            version=version or self.default_version,
+            metadata=Metadata(name=name, labels=dict(labels or {}), expires=expires,
+                              description=description),
+            spec=spec,
+            status=status,
+        )
+        if self.validate is not None:
+            self.validate(resource)
+        return resource
+
+
+class KindRegistry:
+    """The kinds known to this process, looked up by name or alias.
+
+    Built from every plugin's ``tether_resource_kinds`` so that ``tetherctl create`` and the
+    auth service agree on what exists. A name or alias claimed twice is refused with both
+    plugins named, because silently preferring one would make behaviour depend on load order.
+    """
+
+    def __init__(self, kinds: Iterable[ResourceKind] = (), *, plugin: str = "<direct>") -> None:
+        self._kinds: dict[str, ResourceKind] = {}
+        self._names: dict[str, tuple[ResourceKind, str]] = {}
+        for kind in kinds:
+            self.register(kind, plugin=plugin)
+
+    @classmethod
+    def from_plugins(cls, pm: pluggy.PluginManager) -> KindRegistry:
+        """Merge the kinds of every plugin that implements ``tether_resource_kinds``.
+
+        :raises ResourceError: a name or alias is declared twice (both plugins named) or a
+            plugin returned something that is not a ``ResourceKind``.
+        """
+        registry = cls()
+        for impl in pm.hook.tether_resource_kinds.get_hookimpls():
+            kinds: object = impl.function()
+            if not isinstance(kinds, list | tuple):
+                raise ResourceError(
+                    f"plugin {impl.plugin_name!r} returned {kinds!r} from "
+                    "tether_resource_kinds; expected a list of ResourceKind objects")
+            for kind in kinds:
+                if not isinstance(kind, ResourceKind):
+                    raise ResourceError(
+                        f"plugin {impl.plugin_name!r} returned {kind!r} from "
+                        "tether_resource_kinds; expected ResourceKind objects")
+                registry.register(kind, plugin=impl.plugin_name)
+        return registry
+
+    def register(self, kind: ResourceKind, *, plugin: str = "<direct>") -> None:
+        """Add ``kind``, declared by ``plugin``.
+
+        :raises ResourceError: its name or an alias is taken.
+        """
+        for word in (kind.name, *kind.aliases):
+            taken = self._names.get(word.lower())
+            if taken is not None:
+                other, other_plugin = taken
+                raise ResourceError(
+                    f"resource kind name {word!r} is declared twice: kind {other.name!r} by "
+                    f"plugin {other_plugin!r} and kind {kind.name!r} by plugin {plugin!r}",
+                    hint="disable one of the plugins",
+                )
+        for word in (kind.name, *kind.aliases):
+            self._names[word.lower()] = (kind, plugin)
+        self._kinds[kind.name] = kind
+
+    def get(self, name_or_alias: str) -> ResourceKind:
+        """Look a kind up by name or alias (case-insensitive).
+
+        :raises ResourceError: unknown, with a suggestion and the known kinds.
+        """
+        found = self._names.get(name_or_alias.lower())
+        if found is not None:
+            return found[0]
+        known = ", ".join(sorted(self._kinds))
+        guess = did_you_mean(name_or_alias.lower(), self._names)
+        suggestion = f" (did you mean {self._names[guess][0].name}?)" if guess else ""
+        raise ResourceError(
+            f"unknown resource kind {name_or_alias!r}{suggestion}; known kinds: {known}")
+
+    def kinds(self) -> list[ResourceKind]:
+        """Every kind, sorted by name."""
+        return [self._kinds[name] for name in sorted(self._kinds)]
+
+    def __contains__(self, name_or_alias: object) -> bool:
+        return isinstance(name_or_alias, str) and name_or_alias.lower() in self._names

@@ -1,0 +1,361 @@
+"""RBAC as the guide's users meet it: a root user mapped to ``visitor`` on a leaf, templates
+that carry root traits across, labels that pick nodes and clusters, deny beating allow."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping, Sequence
+
+import pytest
+
+import tether.rbac as rbac
+from tether.builtins import core_kinds
+from tether.errors import AccessDenied, ResourceError
+from tether.plugins import TetherPluginManager
+from tether.rbac import RoleSet, expand_template, match_labels, validate_template
+from tether.resources import (
+    USER,
+    KindRegistry,
+    Resource,
+    UserSpec,
+    parse_resources,
+    preset_roles,
+)
+
+TRAITS: Mapping[str, Sequence[str]] = {
+    "logins": ["ubuntu", "root"],
+    "kubernetes_groups": ["system:masters"],
+    "kubernetes_users": ["alice"],
+    "db_users": ["postgres"],
+    "db_names": ["dev", "metrics"],
+    "env_from_okta": ["staging"],
+    "email": ["alice@example.com", "not-an-email"],
+    "groups": ["admin-ops", "dev-web", "admins"],
+}
+
+
+@pytest.fixture(scope="module")
+def registry() -> KindRegistry:
+    pm = TetherPluginManager()
+    pm.register(core_kinds, name="core-kinds")
+    return KindRegistry.from_plugins(pm)
+
+
+def roles(text: str, registry: KindRegistry) -> list[Resource]:
+    return parse_resources(text, "roles.yaml", registry)
+
+
+def role(name: str, body: str, registry: KindRegistry) -> Resource:
+    [parsed] = roles(f"kind: role\nversion: v5\nmetadata:\n  name: {name}\nspec:\n{body}",
+                     registry)
+    return parsed
+
+
+def denial(call: Callable[..., None], *args: object, **kwargs: object) -> str:
+    with pytest.raises(AccessDenied) as info:
+        call(*args, **kwargs)
+    return str(info.value)
+
+
+# -- templates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("visitor", ["visitor"]),
+        ("{{internal.logins}}", ["ubuntu", "root"]),
+        ("{{ internal.logins }}", ["ubuntu", "root"]),
+        ("{{external.env_from_okta}}", ["staging"]),
+        ('{{external["env_from_okta"]}}', ["staging"]),
+        ("ssh-{{internal.logins}}-x", ["ssh-ubuntu-x", "ssh-root-x"]),
+        ("{{internal.missing}}", []),
+        ("{{email.local(external.email)}}", ["alice"]),
+        ('{{regexp.replace(external.groups, "^admin-(.*)$", "$1-admin")}}', ["ops-admin"]),
+        ('team-{{regexp.replace(external.groups, "^(.*)-web$", "$1")}}', ["team-dev"]),
+    ],
+)
+def test_templates_expand_with_the_users_traits(value: str, expected: list[str]) -> None:
+    assert expand_template(value, TRAITS) == expected
+
+
+def test_template_expansion_drops_duplicates_and_empty_values() -> None:
+    assert expand_template("{{internal.logins}}", {"logins": ["a", "", "a", "b"]}) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("{{internal.logins", "'{{' is not closed with '}}' at column 1"),
+        ("x}}", "'}}' without '{{' at column 2"),
+        ("{{internal.a}}{{internal.b}}", "only one {{...}} expression is allowed per value "
+                                         "at column 15"),
+        ("{{}}", "empty expression at column 1"),
+        ("{{interal.logins}}", "unknown namespace 'interal' (expected internal or external) "
+                               "at column 3"),
+        ("{{internal}}", "expression ends too early at column 11"),
+        ("{{internal.logins.x}}", "unexpected '.' after the expression at column 18"),
+        ("{{internal.logins!}}", "unexpected '!' at column 18"),
+        ("{{email.remote(external.email)}}", "unknown function 'email.remote'"),
+        ('{{regexp.replace(external.x, "^(a$", "b")}}', "invalid regular expression '^(a$'"),
+        ("{{regexp.replace(external.x)}}", "expected ',', found ')'"),
+    ],
+)
+def test_bad_templates_are_refused_with_their_column(value: str, problem: str) -> None:
+    with pytest.raises(ResourceError) as info:
+        validate_template(value)
+    assert str(info.value).startswith(f"invalid template {value!r}: ")
+    assert problem in str(info.value)
+
+
+def test_literals_are_valid_templates() -> None:
+    validate_template("root")
+    validate_template("^ops-.*$")
+
+
+# -- labels --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "matches"),
+    [
+        ({"*": ["*"]}, {}, True),
+        ({"*": ["*"]}, {"env": "prod"}, True),
+        ({"*": "*"}, {"env": "prod"}, True),
+        ({"*": ["prod"]}, {"env": "prod"}, False),
+        ({}, {"env": "prod"}, False),
+        ({"env": ["prod"]}, {"env": "prod"}, True),
+        ({"env": ["prod"]}, {"env": "production"}, False),
+        ({"env": ["staging", "prod"]}, {"env": "prod"}, True),
+        ({"env": ["*"]}, {"env": "anything"}, True),
+        ({"env": ["*"]}, {}, False),
+        ({"env": ["prod-*"]}, {"env": "prod-eu"}, True),
+        ({"env": ["prod-*"]}, {"env": "xprod-eu"}, False),
+        ({"env": ["*.example.com"]}, {"env": "aXexample.com"}, False),
+        ({"env": ["^prod-(eu|us)$"]}, {"env": "prod-us"}, True),
+        ({"env": ["^prod-(eu|us)$"]}, {"env": "prod-asia"}, False),
+        ({"env": ["^prod$"]}, {"env": "prod2"}, False),
+        ({"env": ["^(broken$"]}, {"env": "(broken"}, False),
+        ({"env": ["prod"], "team": ["ops"]}, {"env": "prod", "team": "ops"}, True),
+        ({"env": ["prod"], "team": ["ops"]}, {"env": "prod"}, False),
+        ({"env": []}, {"env": "prod"}, False),
+    ],
+)
+def test_label_selectors_match_like_teleport(
+    selector: Mapping[str, Sequence[str]], labels: Mapping[str, str], matches: bool
+) -> None:
+    assert match_labels(selector, labels) is matches
+
+
+# -- logins and nodes ----------------------------------------------------------------------------
+
+VISITOR = """\
+kind: role
+version: v5
+metadata:
+  name: visitor
+spec:
+  allow:
+    logins:
+      - visitor
+    node_labels:
+      '*': '*'
+"""
+
+
+def test_root_user_mapped_to_visitor_logs_in_to_leaf_node_as_visitor(
+    registry: KindRegistry,
+) -> None:
+    leaf_roles = RoleSet(roles(VISITOR, registry))
+    leaf_roles.check_login("visitor", node_labels={"hostname": "ip-172-3-2-205"}, traits=TRAITS)
+    assert leaf_roles.logins(TRAITS) == ["visitor"]
+
+
+def test_mapped_visitor_cannot_log_in_as_root(registry: KindRegistry) -> None:
+    leaf_roles = RoleSet(roles(VISITOR, registry))
+    message = denial(leaf_roles.check_login, "root", node_labels={}, traits=TRAITS)
+    assert message.startswith("login 'root' is not allowed by roles visitor")
+
+
+def test_logins_from_root_traits_flow_through_internal_logins_template(
+    registry: KindRegistry,
+) -> None:
+    access = preset_roles()[0]
+    user_roles = RoleSet([access])
+    assert user_roles.logins(TRAITS) == ["root", "ubuntu"]
+    user_roles.check_login("ubuntu", node_labels={"env": "prod"}, traits=TRAITS)
+    assert "not allowed" in denial(user_roles.check_login, "visitor", node_labels={},
+                                   traits=TRAITS)
+    assert user_roles.traits_values("kubernetes_groups", TRAITS) == ["system:masters"]
+    assert user_roles.traits_values("db_names", TRAITS) == ["dev", "metrics"]
+
+
+def test_user_with_added_visitor_login_gets_it_from_the_access_role() -> None:
+    user = USER.new("myuser", UserSpec(roles=("access",),
+                                       traits={"logins": ("visitor", "ubuntu", "root")}))
+    assert RoleSet(preset_roles()[:1]).logins(user.spec.traits) == ["root", "ubuntu", "visitor"]
+
+
+def test_node_whose_labels_do_not_match_is_refused_naming_the_roles(
+    registry: KindRegistry,
+) -> None:
+    stage = role("stage-access",
+                 "  allow:\n    logins: [dba]\n    node_labels: {env: stage}\n", registry)
+    message = denial(RoleSet([stage]).check_login, "dba", node_labels={"env": "prod"},
+                     traits=TRAITS)
+    assert message == ("node labels env=prod do not match the node_labels of roles "
+                       "stage-access, which allow login 'dba'")
+    RoleSet([stage]).check_login("dba", node_labels={"env": "stage"}, traits=TRAITS)
+
+
+def test_login_and_labels_must_be_allowed_by_the_same_role(registry: KindRegistry) -> None:
+    a = role("a", "  allow:\n    logins: [dba]\n    node_labels: {env: stage}\n", registry)
+    b = role("b", "  allow:\n    logins: [web]\n    node_labels: {env: prod}\n", registry)
+    assert "do not match" in denial(RoleSet([a, b]).check_login, "dba",
+                                    node_labels={"env": "prod"}, traits=TRAITS)
+
+
+def test_external_trait_in_node_labels_selects_nodes(registry: KindRegistry) -> None:
+    okta = role("okta", "  allow:\n    logins: ['{{internal.logins}}', "
+                        "'{{external.logins_from_okta}}']\n"
+                        "    node_labels:\n      env: '{{external.env_from_okta}}'\n", registry)
+    roleset = RoleSet([okta])
+    roleset.check_login("ubuntu", node_labels={"env": "staging"}, traits=TRAITS)
+    denial(roleset.check_login, "ubuntu", node_labels={"env": "prod"}, traits=TRAITS)
+    # without the trait the selector has no values and matches nothing
+    denial(roleset.check_login, "ubuntu", node_labels={"env": "staging"},
+           traits={"logins": ["ubuntu"]})
+
+
+def test_deny_login_wins_over_allow(registry: KindRegistry) -> None:
+    no_root = role("no-root", "  deny:\n    logins: [root]\n", registry)
+    roleset = RoleSet([preset_roles()[0], no_root])
+    message = denial(roleset.check_login, "root", node_labels={}, traits=TRAITS)
+    assert message == "login 'root' on this node is denied by role 'no-root'"
+    roleset.check_login("ubuntu", node_labels={}, traits=TRAITS)
+    assert roleset.logins(TRAITS) == ["ubuntu"]
+
+
+def test_deny_node_labels_alone_keeps_holders_off_those_nodes(registry: KindRegistry) -> None:
+    no_prod = role("no-prod", "  deny:\n    node_labels: {env: ['^prod.*$']}\n", registry)
+    roleset = RoleSet([preset_roles()[0], no_prod])
+    assert "denied by role 'no-prod'" in denial(roleset.check_login, "ubuntu",
+                                                node_labels={"env": "production"}, traits=TRAITS)
+    roleset.check_login("ubuntu", node_labels={"env": "stage"}, traits=TRAITS)
+
+
+def test_deny_with_labels_applies_only_to_matching_nodes(registry: KindRegistry) -> None:
+    body = "  deny:\n    logins: [root]\n    node_labels: {env: prod}\n"
+    roleset = RoleSet([preset_roles()[0], role("no-prod-root", body, registry)])
+    denial(roleset.check_login, "root", node_labels={"env": "prod"}, traits=TRAITS)
+    roleset.check_login("root", node_labels={"env": "dev"}, traits=TRAITS)
+    assert roleset.logins(TRAITS) == ["ubuntu"]  # certificates never carry a denied login
+
+
+def test_deny_wildcard_login_denies_every_login(registry: KindRegistry) -> None:
+    roleset = RoleSet([preset_roles()[0], role("none", "  deny:\n    logins: ['*']\n",
+                                               registry)])
+    denial(roleset.check_login, "ubuntu", node_labels={}, traits=TRAITS)
+    assert roleset.logins(TRAITS) == []
+
+
+def test_no_roles_allow_nothing() -> None:
+    message = denial(RoleSet([]).check_login, "root", node_labels={}, traits=TRAITS)
+    assert "not allowed by roles (none)" in message
+    assert RoleSet([]).logins(TRAITS) == []
+
+
+# -- clusters ------------------------------------------------------------------------------------
+
+DEMO_CLUSTER_ACCESS = """\
+kind: role
+metadata:
+  name: demo-cluster-access
+spec:
+  allow:
+    cluster_labels:
+      'env': 'demo'
+version: v5
+"""
+
+
+def test_unlabelled_leaf_is_visible_to_everyone() -> None:
+    assert RoleSet(preset_roles()).can_see_cluster({}, TRAITS)
+    assert RoleSet([]).can_see_cluster({}, TRAITS)
+
+
+def test_labelled_leaf_needs_a_role_with_matching_cluster_labels(
+    registry: KindRegistry,
+) -> None:
+    access = RoleSet(preset_roles()[:1])
+    assert not access.can_see_cluster({"env": "demo"}, TRAITS)
+    with_demo = RoleSet([*preset_roles()[:1], *roles(DEMO_CLUSTER_ACCESS, registry)])
+    assert with_demo.can_see_cluster({"env": "demo"}, TRAITS)
+    assert not with_demo.can_see_cluster({"env": "prod"}, TRAITS)
+
+
+def test_deny_cluster_labels_hide_a_leaf_even_from_allowed_roles(
+    registry: KindRegistry,
+) -> None:
+    hide = role("hide", "  deny:\n    cluster_labels: {env: demo}\n", registry)
+    roleset = RoleSet([*roles(DEMO_CLUSTER_ACCESS, registry), hide])
+    assert not roleset.can_see_cluster({"env": "demo"}, TRAITS)
+    assert roleset.can_see_cluster({}, TRAITS)
+    hide_all = role("hide-all", "  deny:\n    cluster_labels: {'*': '*'}\n", registry)
+    assert not RoleSet([hide_all]).can_see_cluster({}, TRAITS)
+
+
+# -- resource rules ------------------------------------------------------------------------------
+
+
+def test_editor_may_create_roles_and_auditor_may_not() -> None:
+    _, editor, auditor = preset_roles()
+    RoleSet([editor]).check_rule("role", "create")
+    RoleSet([auditor]).check_rule("event", "read")
+    RoleSet([auditor]).check_rule("session", "list")
+    message = denial(RoleSet([auditor]).check_rule, "role", "create")
+    assert message == "role rules do not allow create on role (roles held: auditor)"
+    denial(RoleSet([auditor]).check_rule, "event", "delete")
+
+
+def test_deny_rule_wins_over_editor(registry: KindRegistry) -> None:
+    frozen = role("no-ca-edits", "  deny:\n    rules:\n    - resources: [cert_authority]\n"
+                                 "      verbs: [update, delete]\n", registry)
+    roleset = RoleSet([preset_roles()[1], frozen])
+    roleset.check_rule("cert_authority", "read")
+    assert denial(roleset.check_rule, "cert_authority", "delete") == (
+        "role 'no-ca-edits' denies delete on cert_authority")
+
+
+def test_unknown_verb_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown verb 'craete'"):
+        RoleSet(preset_roles()).check_rule("role", "craete")
+
+
+# -- options and misc ----------------------------------------------------------------------------
+
+
+def test_max_session_ttl_is_the_shortest_of_the_roles(registry: KindRegistry) -> None:
+    short = role("short", "  options:\n    max_session_ttl: 1h30m\n", registry)
+    assert RoleSet([*preset_roles(), short]).max_session_ttl() == datetime.timedelta(minutes=90)
+    assert RoleSet(preset_roles()).max_session_ttl() == datetime.timedelta(hours=30)
+    assert RoleSet([]).max_session_ttl() == datetime.timedelta(0)
+
+
+def test_traits_values_refuses_unknown_fields() -> None:
+    with pytest.raises(ValueError, match="unknown role field 'node_labels'"):
+        RoleSet([]).traits_values("node_labels", TRAITS)
+
+
+def test_roleset_refuses_resources_that_are_not_roles() -> None:
+    with pytest.raises(TypeError, match="user 'bob' is not a role"):
+        RoleSet([USER.new("bob", UserSpec())])
+
+
+def test_roleset_names_its_roles() -> None:
+    assert RoleSet(preset_roles()).names == ("access", "editor", "auditor")
+
+
+def test_public_api_is_what_all_says() -> None:
+    public = {name for name in dir(rbac) if not name.startswith(("_", "@"))}
+    assert public == set(rbac.__all__)
