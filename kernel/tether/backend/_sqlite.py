@@ -1,0 +1,640 @@
+"""The embedded default backend: one SQLite file, owned by one auth process.
+
+SQLite calls block, so every statement runs on a worker thread (``trio.to_thread``) over a
+single connection serialized by a :class:`trio.Lock`; SQLite then never sees two writers and
+the order in which writes commit is the order in which watchers hear about them. WAL with
+``synchronous=FULL`` means an acknowledged write survives a crash of the process or the
+machine. Watch is in-process because only this process writes: a sidecar ``.lock`` file makes
+a second process fail fast instead of silently writing behind the watchers' backs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+import trio
+
+from tether.backend._base import (
+    BackendClosed,
+    BackendError,
+    Event,
+    Item,
+    Op,
+    WatchOverflow,
+    _check_key,
+    _check_prefix,
+)
+from tether.errors import AlreadyExists, CompareFailed, ConfigError, NotFound
+
+__all__ = ["SqliteBackend", "open_sqlite", "parse_sqlite_url"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Bumped when the table layout changes, so an old Tether refuses a newer database.
+SCHEMA_VERSION = 1
+#: How long a statement waits for a lock held by another connection (a backup tool, say).
+BUSY_TIMEOUT = 5.0
+
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    expires REAL
+);
+CREATE INDEX IF NOT EXISTS items_expires ON items (expires) WHERE expires IS NOT NULL;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', {SCHEMA_VERSION});
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
+COMMIT;
+"""
+
+_LIVE = "(expires IS NULL OR expires > ?)"
+
+
+def parse_sqlite_url(url: str) -> Path:
+    """Return the database path of a ``sqlite:///absolute/path.db`` URL.
+
+    :raises ConfigError: not a sqlite URL, a host part, a query, or a missing/relative path.
+    """
+    example = "write it as sqlite:///absolute/path/backend.db (three slashes)"
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigError(f"storage URL {url!r} is not a sqlite:// URL", hint=example)
+    if parts.netloc:
+        raise ConfigError(
+            f"storage URL {url!r} has a relative path or a host ({parts.netloc!r})", hint=example
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"storage URL {url!r} takes no ?query or #fragment", hint=example)
+    path = unquote(parts.path)
+    if not path:
+        raise ConfigError(f"storage URL {url!r} names no database file", hint=example)
+    if not os.path.isabs(path):
+        raise ConfigError(f"storage URL {url!r} has a relative path", hint=example)
+    if path.endswith("/"):
+        raise ConfigError(f"storage URL {url!r} names a directory, not a file", hint=example)
+    return Path(path)
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: no bound).
+
+    SQLite compares TEXT as UTF-8 bytes, which orders exactly like Python compares code points,
+    so ``prefix <= key < bound`` selects the prefix with the primary-key index.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop())
+        if code < 0x10FFFF:
+            code += 1
+            if 0xD800 <= code <= 0xDFFF:  # surrogates cannot occur in keys
+                code = 0xE000
+            return "".join(chars) + chr(code)
+    return None
+
+
+def _prefix_clause(prefix: str) -> tuple[str, tuple[str, ...]]:
+    upper = _prefix_upper_bound(prefix)
+    if not prefix:
+        return "1", ()
+    if upper is None:
+        return "key >= ?", (prefix,)
+    return "key >= ? AND key < ?", (prefix, upper)
+
+
+def _item(row: tuple[str, bytes, int, float | None]) -> Item:
+    return Item(key=row[0], value=bytes(row[1]), revision=row[2], expires=row[3])
+
+
+def _deleted(key: str, revision: int) -> Event:
+    return Event(type="delete", item=Item(key=key, value=b"", revision=revision, expires=None))
+
+
+class _Store:
+    """The synchronous SQL side. Each method runs on a worker thread, never two at once.
+
+    ``now`` is passed in rather than read here so that one operation sees one instant, and
+    so the clock stays injectable.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so conditions checked inside the
+        # transaction still hold when it commits.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _revision(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+        return int(row[0])
+
+    def _next_revision(self, conn: sqlite3.Connection) -> int:
+        revision = self._revision(conn) + 1
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (revision,))
+        return revision
+
+    def current_revision(self) -> int:
+        return self._revision(self.conn)
+
+    def next_expiry(self) -> float | None:
+        row = self.conn.execute("SELECT MIN(expires) FROM items").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def get(self, key: str, now: float) -> Item | None:
+        row = self.conn.execute(
+            f"SELECT key, value, revision, expires FROM items WHERE key = ? AND {_LIVE}",
+            (key, now),
+        ).fetchone()
+        return None if row is None else _item(row)
+
+    def range(self, prefix: str, now: float, limit: int | None) -> list[Item]:
+        clause, args = _prefix_clause(prefix)
+        rows = self.conn.execute(
+            f"SELECT key, value, revision, expires FROM items WHERE {clause} AND {_LIVE} "
+            "ORDER BY key LIMIT ?",
+            (*args, now, -1 if limit is None else limit),
+        ).fetchall()
+        return [_item(row) for row in rows]
+
+    def reap(self, now: float) -> tuple[list[Event], float | None]:
+        """Delete every expired key under one revision; return the events and next expiry."""
+        with self._transaction() as conn:
+            keys = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT key FROM items WHERE expires <= ? ORDER BY key", (now,)
+                )
+            ]
+            events: list[Event] = []
+            if keys:
+                revision = self._next_revision(conn)
+                conn.execute("DELETE FROM items WHERE expires <= ?", (now,))
+                events = [_deleted(key, revision) for key in keys]
+        return events, self.next_expiry()
+
+    def apply(self, ops: Sequence[Op], now: float) -> tuple[int, list[Event]]:
+        with self._transaction() as conn:
+            current: dict[str, int | None] = {}
+            for op in ops:
+                row = conn.execute(
+                    f"SELECT revision FROM items WHERE key = ? AND {_LIVE}", (op.key, now)
+                ).fetchone()
+                current[op.key] = None if row is None else int(row[0])
+                _check_condition(op, current[op.key])
+            if all(op.type == "delete" and current[op.key] is None for op in ops):
+                return self._revision(conn), []  # nothing changes, so no new revision
+            revision = self._next_revision(conn)
+            events: list[Event] = []
+            for op in ops:
+                if op.type == "put":
+                    expires = None if op.ttl is None else now + op.ttl
+                    conn.execute(
+                        "INSERT INTO items (key, value, revision, expires) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                        "revision = excluded.revision, expires = excluded.expires",
+                        (op.key, op.value, revision, expires),
+                    )
+                    item = Item(key=op.key, value=op.value, revision=revision, expires=expires)
+                    events.append(Event(type="put", item=item))
+                elif current[op.key] is not None:
+                    conn.execute("DELETE FROM items WHERE key = ?", (op.key,))
+                    events.append(_deleted(op.key, revision))
+        return revision, events
+
+    def delete_prefix(self, prefix: str, now: float) -> tuple[int, list[Event]]:
+        clause, args = _prefix_clause(prefix)
+        with self._transaction() as conn:
+            keys = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT key FROM items WHERE {clause} AND {_LIVE} ORDER BY key",
+                    (*args, now),
+                )
+            ]
+            if not keys:
+                return 0, []
+            revision = self._next_revision(conn)
+            conn.executemany("DELETE FROM items WHERE key = ?", [(key,) for key in keys])
+        return len(keys), [_deleted(key, revision) for key in keys]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _check_condition(op: Op, revision: int | None) -> None:
+    expected = op.expected_revision
+    if expected is None:
+        return
+    if expected == 0:
+        if revision is not None:
+            raise AlreadyExists(f"key {op.key!r} already exists (revision {revision})")
+        return
+    if revision is None:
+        raise NotFound(f"key {op.key!r} does not exist (expected revision {expected})")
+    if revision != expected:
+        raise CompareFailed(
+            f"key {op.key!r} is at revision {revision}, not the expected {expected}",
+            hint="it changed since it was read; read it again and retry",
+        )
+
+
+def _lock_file(path: Path) -> int:
+    """Take the single-owner lock next to the database, or explain who holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BackendError(f"cannot create storage lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BackendError(
+            f"storage {path} is in use by another process",
+            hint="only one auth service may own a SQLite database; stop the other one",
+        ) from None
+    return fd
+
+
+def _connect(path: Path) -> tuple[sqlite3.Connection, int]:
+    """Open (creating if needed) the database at ``path``; return it and the held lock fd."""
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass  # created concurrently; fine
+        except OSError as exc:
+            raise BackendError(
+                f"cannot create storage directory {path.parent}: {exc.strerror}"
+            ) from exc
+    lock_fd = _lock_file(path)
+    try:
+        try:
+            # Create it ourselves so the database (and SQLite's -wal/-shm, which copy its
+            # mode) are private to the service user.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot open storage {path}: {exc.strerror}") from exc
+        try:
+            _prepare(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return conn, lock_fd
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    hint = "restore it from a backup, or move it away to start with empty storage"
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        conn.executescript(_SCHEMA)
+        version = conn.execute(
+            "SELECT value FROM meta WHERE name = 'schema_version'"
+        ).fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise BackendError(
+            f"storage file {path} is not a usable SQLite database: {exc}", hint=hint
+        ) from exc
+    if str(mode).lower() != "wal":
+        raise BackendError(
+            f"storage file {path} cannot use write-ahead logging (journal mode {mode})",
+            hint="put it on a local file system",
+        )
+    if version > SCHEMA_VERSION:
+        raise BackendError(
+            f"storage file {path} was written by a newer Tether (schema {version})",
+            hint="upgrade Tether",
+        )
+
+
+class _Watcher:
+    """One subscription: a bounded buffer that fails the reader instead of blocking writers."""
+
+    def __init__(self, prefix: str, buffer: int) -> None:
+        self.prefix = prefix
+        self.buffer = buffer
+        self._send, self._receive = trio.open_memory_channel[Event](buffer)
+        self._failure: BackendError | None = None
+
+    def offer(self, event: Event) -> bool:
+        """Queue ``event``; return False (and fail the watcher) if its buffer is full."""
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.fail(
+                WatchOverflow(
+                    f"watch on {self.prefix!r} fell more than {self.buffer} events behind",
+                    hint="list the keys again and start a new watch",
+                )
+            )
+            return False
+        return True
+
+    def fail(self, error: BackendError) -> None:
+        self._failure = error
+        self._send.close()
+
+    def close(self) -> None:
+        self._send.close()
+        self._receive.close()
+
+    def __aiter__(self) -> _Watcher:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._failure is not None:
+            raise type(self._failure)(self._failure.message, hint=self._failure.hint)
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self._failure is not None:
+                raise type(self._failure)(self._failure.message, hint=self._failure.hint) from None
+            raise StopAsyncIteration from None
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None  # iterated after its watch() block ended
+
+
+class SqliteBackend:
+    """A :class:`~tether.backend.Backend` on one SQLite file; get one from :func:`open_sqlite`."""
+
+    def __init__(
+        self,
+        store: _Store,
+        path: Path,
+        lock_fd: int,
+        *,
+        clock: Callable[[], float],
+        watch_buffer: int,
+    ) -> None:
+        self.path = path
+        self._store: _Store | None = store
+        self._lock_fd = lock_fd
+        self._clock = clock
+        self._watch_buffer = watch_buffer
+        self._lock = trio.Lock()
+        self._closed = False
+        self._watchers: set[_Watcher] = set()
+        #: earliest expiry that may still be stored; None means nothing can expire
+        self._next_expiry: float | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendClosed(f"storage {self.path} is closed")
+
+    def _open_store(self) -> _Store:
+        if self._store is None:
+            raise BackendClosed(f"storage {self.path} is closed")
+        return self._store
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except sqlite3.Error as exc:
+            raise BackendError(f"storage {self.path}: {exc}") from exc
+
+    def _publish(self, events: list[Event]) -> None:
+        """Hand committed events to watchers; never blocks, so writers never wait on readers."""
+        for event in events:
+            if event.type == "put" and event.item.expires is not None and (
+                self._next_expiry is None or event.item.expires < self._next_expiry
+            ):
+                self._next_expiry = event.item.expires
+        for watcher in list(self._watchers):
+            for event in events:
+                if event.item.key.startswith(watcher.prefix) and not watcher.offer(event):
+                    self._watchers.discard(watcher)
+                    break
+
+    async def _reap_locked(self, store: _Store, now: float) -> int:
+        if self._next_expiry is None or self._next_expiry > now:
+            return 0
+        events, self._next_expiry = await self._call(store.reap, now)
+        self._publish(events)
+        return len(events)
+
+    async def _read(self, fn: Callable[[_Store, float], T]) -> T:
+        self._check_open()
+        async with self._lock:
+            return await self._call(fn, self._open_store(), self._clock())
+
+    async def _write(self, fn: Callable[[_Store, float], tuple[T, list[Event]]]) -> T:
+        self._check_open()
+        async with self._lock:
+            store = self._open_store()
+            now = self._clock()
+            # Expired keys are deleted (with their events) before the write, so a watcher
+            # sees "expired" before "created again", never a put on top of a ghost.
+            await self._reap_locked(store, now)
+            result, events = await self._call(fn, store, now)
+            # Between the commit and here there is no checkpoint, so a cancelled caller
+            # cannot commit a write that watchers never hear about.
+            self._publish(events)
+            return result
+
+    # -- the Backend protocol ---------------------------------------------------------------
+
+    async def get(self, key: str) -> Item | None:
+        """Return the live item at ``key``, or None."""
+        _check_key(key)
+        return await self._read(lambda store, now: store.get(key, now))
+
+    async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> Item:
+        """Create or replace ``key``; return the written item."""
+        return await self._apply_one(Op.put(key, value, ttl=ttl))
+
+    async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> Item:
+        """Write ``key`` only if absent; raise ``AlreadyExists`` otherwise."""
+        return await self._apply_one(Op.put(key, value, ttl=ttl, expected_revision=0))
+
+    async def compare_and_swap(
+        self, key: str, value: bytes, *, expected_revision: int, ttl: float | None = None
+    ) -> Item:
+        """Replace ``key`` only if it is at ``expected_revision``."""
+        if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or (
+            expected_revision < 1
+        ):
+            raise ValueError(
+                f"expected_revision must be a revision (>= 1), got {expected_revision!r}; "
+                "use create() to write a key that must not exist"
+            )
+        return await self._apply_one(
+            Op.put(key, value, ttl=ttl, expected_revision=expected_revision)
+        )
+
+    async def _apply_one(self, op: Op) -> Item:
+        events = await self._write(lambda store, now: _events_twice(store.apply([op], now)))
+        return events[0].item
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether it existed."""
+        op = Op.delete(key)
+        events = await self._write(lambda store, now: _events_twice(store.apply([op], now)))
+        return bool(events)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every live key starting with ``prefix`` under one revision; return how many."""
+        _check_prefix(prefix)
+        return await self._write(lambda store, now: store.delete_prefix(prefix, now))
+
+    async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
+        """Return the live items whose key starts with ``prefix``, sorted by key."""
+        _check_prefix(prefix)
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+        if limit == 0:
+            self._check_open()
+            return []
+        return await self._read(lambda store, now: store.range(prefix, now, limit))
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        """Apply ``ops`` atomically under one new revision and return it."""
+        ops = list(ops)
+        if not all(isinstance(op, Op) for op in ops):
+            raise TypeError("apply() takes a sequence of tether.backend.Op")
+        keys = [op.key for op in ops]
+        if len(set(keys)) != len(keys):
+            duplicates = sorted({key for key in keys if keys.count(key) > 1})
+            raise ValueError(f"a batch may name each key once; repeated: {duplicates}")
+        if not ops:
+            return await self._read(lambda store, now: store.current_revision())
+        return await self._write(lambda store, now: store.apply(ops, now))
+
+    @asynccontextmanager
+    async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[Event]]:
+        """Subscribe to committed changes under ``prefix`` (see :class:`Backend.watch`)."""
+        _check_prefix(prefix)
+        self._check_open()
+        watcher = _Watcher(prefix, self._watch_buffer)
+        self._watchers.add(watcher)
+        try:
+            yield watcher
+        finally:
+            self._watchers.discard(watcher)
+            watcher.close()
+
+    async def close(self) -> None:
+        """Close the database and end every watch with :class:`BackendClosed`. Idempotent."""
+        self._closed = True
+        async with self._lock:  # operations already queued finish first
+            if self._store is None:
+                return
+            store, self._store = self._store, None
+            for watcher in self._watchers:
+                watcher.fail(BackendClosed(f"storage {self.path} was closed"))
+            self._watchers.clear()
+            try:
+                await trio.to_thread.run_sync(store.close)
+            finally:
+                os.close(self._lock_fd)
+
+    # -- beyond the protocol ----------------------------------------------------------------
+
+    async def reap_expired(self) -> int:
+        """Delete expired keys now and notify watchers; return how many were deleted.
+
+        The reaper task calls this periodically; tests with a fake clock call it directly.
+        """
+        self._check_open()
+        async with self._lock:
+            return await self._reap_locked(self._open_store(), self._clock())
+
+    async def _reap_forever(
+        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.reap_expired()
+            except BackendClosed:
+                return
+            except BackendError as exc:
+                # Reads already hide expired keys; a storage hiccup must not stop the
+                # service, and the next pass retries.
+                log.warning("deleting expired keys failed: %s", exc)
+
+
+def _events_twice(result: tuple[int, list[Event]]) -> tuple[list[Event], list[Event]]:
+    """Make a batch's events also its result, for the single-key wrappers that report them."""
+    return result[1], result[1]
+
+
+@asynccontextmanager
+async def open_sqlite(
+    url: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    reap_interval: float = 1.0,
+    watch_buffer: int = 4096,
+) -> AsyncIterator[SqliteBackend]:
+    """Open the SQLite backend at ``url`` and run its TTL reaper until the block exits.
+
+    :param url: ``sqlite:///absolute/path/backend.db``; the parent directory is created
+        (mode 0700) if missing.
+    :param clock: unix time source for TTLs; tests inject a fake one instead of sleeping.
+    :param reap_interval: seconds between passes of the reaper that deletes expired keys and
+        emits their delete events.
+    :param watch_buffer: events a watcher may lag behind before it gets ``WatchOverflow``.
+    :raises ConfigError: the URL is malformed.
+    :raises BackendError: the file is not a SQLite database, or another process owns it.
+    """
+    path = parse_sqlite_url(url)
+    if not (reap_interval > 0 and math.isfinite(reap_interval)):
+        raise ValueError(f"reap_interval must be a positive number, got {reap_interval!r}")
+    if watch_buffer < 1:
+        raise ValueError(f"watch_buffer must be at least 1, got {watch_buffer!r}")
+    conn, lock_fd = await trio.to_thread.run_sync(_connect, path)
+    store = _Store(conn)
+    backend = SqliteBackend(store, path, lock_fd, clock=clock, watch_buffer=watch_buffer)
+    try:
+        backend._next_expiry = await backend._call(store.next_expiry)
+        body_error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend._reap_forever, reap_interval)
+            try:
+                yield backend
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, unwrapped
+                # Raised inside the nursery, the caller's own exception would come out
+                # wrapped in an ExceptionGroup; carry it out and raise it as it was.
+                body_error = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
+    finally:
+        with trio.CancelScope(shield=True):
+            await backend.close()
