@@ -73,8 +73,17 @@ class TestSqliteConformance(BackendConformance):
 
 def test_public_api_is_what_all_says() -> None:
     assert sorted(tether.backend.__all__) == [
-        "Backend", "BackendClosed", "BackendError", "BackendType", "Event", "Item", "Op",
-        "SqliteBackend", "WatchOverflow", "open_backend", "open_sqlite",
+        "Backend",
+        "BackendClosed",
+        "BackendError",
+        "BackendType",
+        "Event",
+        "Item",
+        "Op",
+        "SqliteBackend",
+        "WatchOverflow",
+        "open_backend",
+        "open_sqlite",
     ]
     for name in tether.backend.__all__:
         assert getattr(tether.backend, name).__module__.startswith("tether.backend")
@@ -287,6 +296,7 @@ async def test_database_runs_in_wal_mode_with_full_fsync(tmp_path: Path) -> None
         assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
         assert await backend.apply([]) == 0
+
 
 WRITER = """
 import sys, trio

@@ -46,8 +46,7 @@ def roles(text: str, registry: KindRegistry) -> list[Resource]:
 
 
 def role(name: str, body: str, registry: KindRegistry) -> Resource:
-    [parsed] = roles(f"kind: role\nversion: v5\nmetadata:\n  name: {name}\nspec:\n{body}",
-                     registry)
+    [parsed] = roles(f"kind: role\nversion: v5\nmetadata:\n  name: {name}\nspec:\n{body}", registry)
     return parsed
 
 
@@ -88,11 +87,15 @@ def test_template_expansion_drops_duplicates_and_empty_values() -> None:
     [
         ("{{internal.logins", "'{{' is not closed with '}}' at column 1"),
         ("x}}", "'}}' without '{{' at column 2"),
-        ("{{internal.a}}{{internal.b}}", "only one {{...}} expression is allowed per value "
-                                         "at column 15"),
+        (
+            "{{internal.a}}{{internal.b}}",
+            "only one {{...}} expression is allowed per value at column 15",
+        ),
         ("{{}}", "empty expression at column 1"),
-        ("{{interal.logins}}", "unknown namespace 'interal' (expected internal or external) "
-                               "at column 3"),
+        (
+            "{{interal.logins}}",
+            "unknown namespace 'interal' (expected internal or external) at column 3",
+        ),
         ("{{internal}}", "expression ends too early at column 11"),
         ("{{internal.logins.x}}", "unexpected '.' after the expression at column 18"),
         ("{{internal.logins!}}", "unexpected '!' at column 18"),
@@ -184,47 +187,57 @@ def test_logins_from_root_traits_flow_through_internal_logins_template(
     user_roles = RoleSet([access])
     assert user_roles.logins(TRAITS) == ["root", "ubuntu"]
     user_roles.check_login("ubuntu", node_labels={"env": "prod"}, traits=TRAITS)
-    assert "not allowed" in denial(user_roles.check_login, "visitor", node_labels={},
-                                   traits=TRAITS)
+    assert "not allowed" in denial(user_roles.check_login, "visitor", node_labels={}, traits=TRAITS)
     assert user_roles.traits_values("kubernetes_groups", TRAITS) == ["system:masters"]
     assert user_roles.traits_values("db_names", TRAITS) == ["dev", "metrics"]
 
 
 def test_user_with_added_visitor_login_gets_it_from_the_access_role() -> None:
-    user = USER.new("myuser", UserSpec(roles=("access",),
-                                       traits={"logins": ("visitor", "ubuntu", "root")}))
+    user = USER.new(
+        "myuser", UserSpec(roles=("access",), traits={"logins": ("visitor", "ubuntu", "root")})
+    )
     assert RoleSet(preset_roles()[:1]).logins(user.spec.traits) == ["root", "ubuntu", "visitor"]
 
 
 def test_node_whose_labels_do_not_match_is_refused_naming_the_roles(
     registry: KindRegistry,
 ) -> None:
-    stage = role("stage-access",
-                 "  allow:\n    logins: [dba]\n    node_labels: {env: stage}\n", registry)
-    message = denial(RoleSet([stage]).check_login, "dba", node_labels={"env": "prod"},
-                     traits=TRAITS)
-    assert message == ("node labels env=prod do not match the node_labels of roles "
-                       "stage-access, which allow login 'dba'")
+    stage = role(
+        "stage-access", "  allow:\n    logins: [dba]\n    node_labels: {env: stage}\n", registry
+    )
+    message = denial(
+        RoleSet([stage]).check_login, "dba", node_labels={"env": "prod"}, traits=TRAITS
+    )
+    assert message == (
+        "node labels env=prod do not match the node_labels of roles "
+        "stage-access, which allow login 'dba'"
+    )
     RoleSet([stage]).check_login("dba", node_labels={"env": "stage"}, traits=TRAITS)
 
 
 def test_login_and_labels_must_be_allowed_by_the_same_role(registry: KindRegistry) -> None:
     a = role("a", "  allow:\n    logins: [dba]\n    node_labels: {env: stage}\n", registry)
     b = role("b", "  allow:\n    logins: [web]\n    node_labels: {env: prod}\n", registry)
-    assert "do not match" in denial(RoleSet([a, b]).check_login, "dba",
-                                    node_labels={"env": "prod"}, traits=TRAITS)
+    assert "do not match" in denial(
+        RoleSet([a, b]).check_login, "dba", node_labels={"env": "prod"}, traits=TRAITS
+    )
 
 
 def test_external_trait_in_node_labels_selects_nodes(registry: KindRegistry) -> None:
-    okta = role("okta", "  allow:\n    logins: ['{{internal.logins}}', "
-                        "'{{external.logins_from_okta}}']\n"
-                        "    node_labels:\n      env: '{{external.env_from_okta}}'\n", registry)
+    okta = role(
+        "okta",
+        "  allow:\n    logins: ['{{internal.logins}}', "
+        "'{{external.logins_from_okta}}']\n"
+        "    node_labels:\n      env: '{{external.env_from_okta}}'\n",
+        registry,
+    )
     roleset = RoleSet([okta])
     roleset.check_login("ubuntu", node_labels={"env": "staging"}, traits=TRAITS)
     denial(roleset.check_login, "ubuntu", node_labels={"env": "prod"}, traits=TRAITS)
     # without the trait the selector has no values and matches nothing
-    denial(roleset.check_login, "ubuntu", node_labels={"env": "staging"},
-           traits={"logins": ["ubuntu"]})
+    denial(
+        roleset.check_login, "ubuntu", node_labels={"env": "staging"}, traits={"logins": ["ubuntu"]}
+    )
 
 
 def test_deny_login_wins_over_allow(registry: KindRegistry) -> None:
@@ -239,8 +252,9 @@ def test_deny_login_wins_over_allow(registry: KindRegistry) -> None:
 def test_deny_node_labels_alone_keeps_holders_off_those_nodes(registry: KindRegistry) -> None:
     no_prod = role("no-prod", "  deny:\n    node_labels: {env: ['^prod.*$']}\n", registry)
     roleset = RoleSet([preset_roles()[0], no_prod])
-    assert "denied by role 'no-prod'" in denial(roleset.check_login, "ubuntu",
-                                                node_labels={"env": "production"}, traits=TRAITS)
+    assert "denied by role 'no-prod'" in denial(
+        roleset.check_login, "ubuntu", node_labels={"env": "production"}, traits=TRAITS
+    )
     roleset.check_login("ubuntu", node_labels={"env": "stage"}, traits=TRAITS)
 
 
@@ -253,8 +267,7 @@ def test_deny_with_labels_applies_only_to_matching_nodes(registry: KindRegistry)
 
 
 def test_deny_wildcard_login_denies_every_login(registry: KindRegistry) -> None:
-    roleset = RoleSet([preset_roles()[0], role("none", "  deny:\n    logins: ['*']\n",
-                                               registry)])
+    roleset = RoleSet([preset_roles()[0], role("none", "  deny:\n    logins: ['*']\n", registry)])
     denial(roleset.check_login, "ubuntu", node_labels={}, traits=TRAITS)
     assert roleset.logins(TRAITS) == []
 
@@ -319,12 +332,16 @@ def test_editor_may_create_roles_and_auditor_may_not() -> None:
 
 
 def test_deny_rule_wins_over_editor(registry: KindRegistry) -> None:
-    frozen = role("no-ca-edits", "  deny:\n    rules:\n    - resources: [cert_authority]\n"
-                                 "      verbs: [update, delete]\n", registry)
+    frozen = role(
+        "no-ca-edits",
+        "  deny:\n    rules:\n    - resources: [cert_authority]\n      verbs: [update, delete]\n",
+        registry,
+    )
     roleset = RoleSet([preset_roles()[1], frozen])
     roleset.check_rule("cert_authority", "read")
     assert denial(roleset.check_rule, "cert_authority", "delete") == (
-        "role 'no-ca-edits' denies delete on cert_authority")
+        "role 'no-ca-edits' denies delete on cert_authority"
+    )
 
 
 def test_unknown_verb_is_a_programming_error() -> None:

@@ -95,8 +95,9 @@ def some_user() -> Resource:
         UserSpec(
             roles=("access", "editor"),
             traits={"logins": ("ubuntu", "root")},
-            created_by=CreatedBy(time=datetime.datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
-                                 user=UserRef(name="system")),
+            created_by=CreatedBy(
+                time=datetime.datetime(2024, 5, 1, 12, 0, tzinfo=UTC), user=UserRef(name="system")
+            ),
         ),
         status=UserStatus(failed_logins=1),
     )
@@ -159,8 +160,7 @@ spec:
 
 
 def test_pasted_teleport_output_with_metadata_id_is_accepted(registry: KindRegistry) -> None:
-    text = VISITOR_YAML.replace("  name: visitor\n", "  id: 1651261581522597792\n"
-                                                      "  name: visitor\n")
+    text = VISITOR_YAML.replace("  name: visitor\n", "  id: 1651261581522597792\n  name: visitor\n")
     assert parse_one(text, registry).metadata == Metadata(name="visitor")
 
 
@@ -180,21 +180,31 @@ def every_kind_example() -> list[Resource]:
                 rules=(Rule(resources=("role", "user"), verbs=("list", "read")),),
             ),
             deny=RoleConditions(logins=("root",)),
-            options=RoleOptions(max_session_ttl=datetime.timedelta(hours=8), forward_agent=True,
-                                client_idle_timeout=datetime.timedelta(minutes=15)),
+            options=RoleOptions(
+                max_session_ttl=datetime.timedelta(hours=8),
+                forward_agent=True,
+                client_idle_timeout=datetime.timedelta(minutes=15),
+            ),
         ),
         labels={"team": "ops"},
         description="Operations",
         version="v7",
     )
-    token = TOKEN.new("abcd123-insecure-do-not-use-this", TokenSpec(roles=("TrustedCluster",)),
-                      expires=datetime.datetime(2022, 4, 28, 19, 19, 12, 5, tzinfo=UTC))
+    token = TOKEN.new(
+        "abcd123-insecure-do-not-use-this",
+        TokenSpec(roles=("TrustedCluster",)),
+        expires=datetime.datetime(2022, 4, 28, 19, 19, 12, 5, tzinfo=UTC),
+    )
     ca = CERT_AUTHORITY.new(
         "rootcluster.example.com",
-        CertAuthoritySpec(type="host", cluster_name="rootcluster.example.com",
-                          active_keys=CAKeys(ssh=("ssh-ed25519 AAAAC3Nza root",),
-                                             tls=("-----BEGIN CERTIFICATE-----\nMII\n"
-                                                  "-----END CERTIFICATE-----\n",))),
+        CertAuthoritySpec(
+            type="host",
+            cluster_name="rootcluster.example.com",
+            active_keys=CAKeys(
+                ssh=("ssh-ed25519 AAAAC3Nza root",),
+                tls=("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",),
+            ),
+        ),
     )
     return [role, some_user(), token, ca, *preset_roles()]
 
@@ -218,8 +228,7 @@ def test_one_resource_dumps_as_one_yaml_document_and_one_json_object() -> None:
 
 
 def test_resource_dict_key_order_is_kind_version_metadata_spec_status() -> None:
-    assert list(resource_to_dict(some_user())) == ["kind", "version", "metadata", "spec",
-                                                     "status"]
+    assert list(resource_to_dict(some_user())) == ["kind", "version", "metadata", "spec", "status"]
 
 
 def test_unknown_output_format_is_an_error() -> None:
@@ -231,13 +240,15 @@ def test_storage_encoding_round_trips_and_backend_supplies_revision(
     registry: KindRegistry,
 ) -> None:
     for original in every_kind_example():
-        stored = resource_to_bytes(attrs.evolve(original, metadata=attrs.evolve(
-            original.metadata, revision=4)))
+        stored = resource_to_bytes(
+            attrs.evolve(original, metadata=attrs.evolve(original.metadata, revision=4))
+        )
         assert b"revision" not in stored
         loaded = resource_from_bytes(stored, registry, revision=7)
         assert loaded.metadata.revision == 7
-        assert attrs.evolve(loaded, metadata=attrs.evolve(loaded.metadata, revision=None)) \
-            == original
+        assert (
+            attrs.evolve(loaded, metadata=attrs.evolve(loaded.metadata, revision=None)) == original
+        )
 
 
 def test_corrupt_storage_value_is_a_resource_error(registry: KindRegistry) -> None:
@@ -271,12 +282,10 @@ spec:
     time: "0001-01-01T00:00:00Z"
 """
     token, user = parse_resources(text, "x.yaml", registry)
-    assert token.metadata.expires == datetime.datetime(2022, 4, 29, 19, 55, 35, 53054,
-                                                       tzinfo=UTC)
+    assert token.metadata.expires == datetime.datetime(2022, 4, 29, 19, 55, 35, 53054, tzinfo=UTC)
     assert type(token.metadata.expires) is datetime.datetime
     assert user.spec.created_by.time is None
-    assert 'expires: "2022-04-29T19:55:35.053054Z"' in dump_resources([token]).replace(
-        "'", '"')
+    assert 'expires: "2022-04-29T19:55:35.053054Z"' in dump_resources([token]).replace("'", '"')
 
 
 def test_label_values_accept_one_value_or_a_list(registry: KindRegistry) -> None:
@@ -295,7 +304,10 @@ def test_empty_deny_and_empty_documents_are_fine(registry: KindRegistry) -> None
 def test_json_list_from_get_creates_every_resource(registry: KindRegistry) -> None:
     text = dump_resources(preset_roles(), "json")
     assert [r.name for r in parse_resources(text, "roles.json", registry)] == [
-        "access", "editor", "auditor"]
+        "access",
+        "editor",
+        "auditor",
+    ]
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -307,41 +319,68 @@ def test_logins_written_as_a_string_names_file_line_document_and_field(
     text = VISITOR_YAML.replace("    logins:\n      - visitor\n", "    logins: visitor\n")
     assert error_of(text, registry, "visitor.yaml") == (
         "visitor.yaml:7: document 1 (role 'visitor'): spec.allow.logins: "
-        "expected a list of strings, got 'visitor'")
+        "expected a list of strings, got 'visitor'"
+    )
 
 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("logins:", "login:"), "x.yaml:7: document 1 (role 'visitor'): spec.allow.login: "
-                                "unknown field (did you mean logins?)"),
+        (
+            ("logins:", "login:"),
+            "x.yaml:7: document 1 (role 'visitor'): spec.allow.login: "
+            "unknown field (did you mean logins?)",
+        ),
         (("allow:", "alow:"), "spec.alow: unknown field (did you mean allow?)"),
-        (("spec:", "spce:"), "x.yaml:5: document 1 (role 'visitor'): spce: unknown field "
-                             "(did you mean spec?)"),
-        (("version: v5", "version: v9"), "x.yaml:2: document 1 (role 'visitor'): version: "
-                                         "unsupported version 'v9' for kind role; "
-                                         "accepted: v5, v6, v7"),
-        (("kind: role", "kind: rol"), "x.yaml:1: document 1 (rol 'visitor'): kind: unknown "
-                                      "resource kind 'rol' (did you mean role?); known kinds: "
-                                      "cert_authority, role, token, user"),
+        (
+            ("spec:", "spce:"),
+            "x.yaml:5: document 1 (role 'visitor'): spce: unknown field (did you mean spec?)",
+        ),
+        (
+            ("version: v5", "version: v9"),
+            "x.yaml:2: document 1 (role 'visitor'): version: "
+            "unsupported version 'v9' for kind role; "
+            "accepted: v5, v6, v7",
+        ),
+        (
+            ("kind: role", "kind: rol"),
+            "x.yaml:1: document 1 (rol 'visitor'): kind: unknown "
+            "resource kind 'rol' (did you mean role?); known kinds: "
+            "cert_authority, role, token, user",
+        ),
         (("kind: role\n", ""), "document 1 ('visitor'): kind: required field missing"),
-        (("  name: visitor\n", "  description: v\n"),
-         "x.yaml:3: document 1 (role): metadata.name: required field missing"),
-        (("metadata:\n  name: visitor\n", ""), "document 1 (role): metadata.name: required "
-                                                "field missing"),
+        (
+            ("  name: visitor\n", "  description: v\n"),
+            "x.yaml:3: document 1 (role): metadata.name: required field missing",
+        ),
+        (
+            ("metadata:\n  name: visitor\n", ""),
+            "document 1 (role): metadata.name: required field missing",
+        ),
         (("name: visitor", "name: a/b"), "metadata.name: invalid name 'a/b'"),
-        (("- visitor", "- 22"), "x.yaml:8: document 1 (role 'visitor'): spec.allow.logins[0]: "
-                                "expected a string, got 22 (quote it: '22')"),
-        (("- visitor", "- '{{internal.logins'"),
-         "spec.allow.logins[0]: invalid template '{{internal.logins': '{{' is not closed "
-         "with '}}' at column 1"),
-        (("'*': '*'", "env: '^(prod$'"),
-         "x.yaml:10: document 1 (role 'visitor'): spec.allow.node_labels.env: invalid "
-         "regular expression '^(prod$': missing ): ^(prod$"),
-        (("'*': '*'", "env: [a, '^(b$']"), "spec.allow.node_labels.env[1]: invalid regular "
-                                           "expression"),
-        (("'*': '*'", "'*': prod"), "spec.allow.node_labels.*: the '*' key only accepts the "
-                                    "value '*'"),
+        (
+            ("- visitor", "- 22"),
+            "x.yaml:8: document 1 (role 'visitor'): spec.allow.logins[0]: "
+            "expected a string, got 22 (quote it: '22')",
+        ),
+        (
+            ("- visitor", "- '{{internal.logins'"),
+            "spec.allow.logins[0]: invalid template '{{internal.logins': '{{' is not closed "
+            "with '}}' at column 1",
+        ),
+        (
+            ("'*': '*'", "env: '^(prod$'"),
+            "x.yaml:10: document 1 (role 'visitor'): spec.allow.node_labels.env: invalid "
+            "regular expression '^(prod$': missing ): ^(prod$",
+        ),
+        (
+            ("'*': '*'", "env: [a, '^(b$']"),
+            "spec.allow.node_labels.env[1]: invalid regular expression",
+        ),
+        (
+            ("'*': '*'", "'*': prod"),
+            "spec.allow.node_labels.*: the '*' key only accepts the value '*'",
+        ),
         (("'*': '*'", "{1: x}"), "spec.allow.node_labels.1: keys must be strings, got 1"),
     ],
 )
@@ -356,19 +395,29 @@ def test_mistakes_in_a_role_are_one_line_errors(
 @pytest.mark.parametrize(
     ("tail", "expected"),
     [
-        ("  options:\n    max_session_ttl: forever\n",
-         "spec.options.max_session_ttl: 'forever' is not a duration"),
-        ("  options:\n    max_session_ttl: 0s\n", "spec.options.max_session_ttl: must be "
-                                                  "positive"),
-        ("  options:\n    forward_agent: yes\n",
-         "spec.options.forward_agent: expected true or false, got 'yes'"),
-        ("  options:\n    cert_format: standrad\n", "spec.options.cert_format: expected one of "
-                                                    "'standard', 'oldssh', got 'standrad' "
-                                                    "(did you mean standard?)"),
-        ("  deny:\n    rules:\n    - resources: [role]\n      verbs: [craete]\n",
-         "spec.deny.rules[0].verbs[0]: unknown verb 'craete' (did you mean create?)"),
-        ("  deny:\n    rules:\n    - verbs: [read]\n",
-         "spec.deny.rules[0].resources: a rule needs at least one resource kind"),
+        (
+            "  options:\n    max_session_ttl: forever\n",
+            "spec.options.max_session_ttl: 'forever' is not a duration",
+        ),
+        ("  options:\n    max_session_ttl: 0s\n", "spec.options.max_session_ttl: must be positive"),
+        (
+            "  options:\n    forward_agent: yes\n",
+            "spec.options.forward_agent: expected true or false, got 'yes'",
+        ),
+        (
+            "  options:\n    cert_format: standrad\n",
+            "spec.options.cert_format: expected one of "
+            "'standard', 'oldssh', got 'standrad' "
+            "(did you mean standard?)",
+        ),
+        (
+            "  deny:\n    rules:\n    - resources: [role]\n      verbs: [craete]\n",
+            "spec.deny.rules[0].verbs[0]: unknown verb 'craete' (did you mean create?)",
+        ),
+        (
+            "  deny:\n    rules:\n    - verbs: [read]\n",
+            "spec.deny.rules[0].resources: a rule needs at least one resource kind",
+        ),
         ("status:\n  ok: true\n", "status: kind role has no status"),
     ],
 )
@@ -395,12 +444,17 @@ def test_an_error_in_the_third_document_creates_nothing(registry: KindRegistry) 
 
 
 def test_api_json_is_validated_like_a_document(registry: KindRegistry) -> None:
-    data = {"kind": "role", "version": "v5", "metadata": {"name": "visitor"},
-            "spec": {"allow": {"logins": "visitor"}}}
+    data = {
+        "kind": "role",
+        "version": "v5",
+        "metadata": {"name": "visitor"},
+        "spec": {"allow": {"logins": "visitor"}},
+    }
     with pytest.raises(ResourceError) as info:
         resource_from_dict(data, registry)
-    assert str(info.value) == ("<api>: role 'visitor': spec.allow.logins: expected a list of "
-                               "strings, got 'visitor'")
+    assert str(info.value) == (
+        "<api>: role 'visitor': spec.allow.logins: expected a list of strings, got 'visitor'"
+    )
     data["spec"] = {"allow": {"logins": ["visitor"]}}
     assert resource_from_dict(data, registry).spec.allow.logins == ("visitor",)
 
@@ -409,7 +463,8 @@ def test_signup_token_must_name_its_user(registry: KindRegistry) -> None:
     text = "kind: token\nversion: v2\nmetadata: {name: t1}\nspec: {roles: [signup]}\n"
     assert "spec.user: a sign-up token names the user it is for" in error_of(text, registry)
     assert "spec.roles: a token needs at least one role" in error_of(
-        "kind: token\nmetadata: {name: t1}\n", registry)
+        "kind: token\nmetadata: {name: t1}\n", registry
+    )
 
 
 CA_YAML = """\
@@ -437,17 +492,26 @@ def test_cert_authority_is_stored_under_its_type_and_cluster(registry: KindRegis
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("type: host", "type: hots"), "spec.type: expected one of 'user', 'host', 'tls', got "
-                                       "'hots' (did you mean host?)"),
-        (("  cluster_name: leaf.example.com", "  cluster_name: other"),
-         "spec.cluster_name: 'other' differs from metadata.name"),
-        (("- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI leaf",
-          "- '-----BEGIN OPENSSH PRIVATE KEY-----'"),
-         "spec.active_keys.ssh[0]: private keys do not belong in resources"),
-        (("- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI leaf", "- hello"),
-         "spec.active_keys.ssh[0]: expected an SSH public key line"),
-        (("  cluster_name: leaf.example.com\n", ""), "spec.cluster_name: required field "
-                                                      "missing"),
+        (
+            ("type: host", "type: hots"),
+            "spec.type: expected one of 'user', 'host', 'tls', got 'hots' (did you mean host?)",
+        ),
+        (
+            ("  cluster_name: leaf.example.com", "  cluster_name: other"),
+            "spec.cluster_name: 'other' differs from metadata.name",
+        ),
+        (
+            (
+                "- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI leaf",
+                "- '-----BEGIN OPENSSH PRIVATE KEY-----'",
+            ),
+            "spec.active_keys.ssh[0]: private keys do not belong in resources",
+        ),
+        (
+            ("- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI leaf", "- hello"),
+            "spec.active_keys.ssh[0]: expected an SSH public key line",
+        ),
+        (("  cluster_name: leaf.example.com\n", ""), "spec.cluster_name: required field missing"),
     ],
 )
 def test_cert_authority_mistakes(
@@ -478,15 +542,22 @@ CONNECTOR = ResourceKind(
     versions=("v3",),
     spec_type=ConnectorSpec,
     storage_prefix="/connectors/github/",
-    secret_paths=(("spec", "signing_key_pair", "private_key"),
-                  ("spec", "extra_keys", "*", "private_key")),
+    secret_paths=(
+        ("spec", "signing_key_pair", "private_key"),
+        ("spec", "extra_keys", "*", "private_key"),
+    ),
 )
 
 
 def test_secrets_are_hidden_unless_asked_for_and_always_stored() -> None:
-    connector = CONNECTOR.new("github", ConnectorSpec(
-        client_id="abc", signing_key_pair=KeyPair("pub", "PRIVATE"),
-        extra_keys=(KeyPair("p1", "s1"), KeyPair("p2", "s2"))))
+    connector = CONNECTOR.new(
+        "github",
+        ConnectorSpec(
+            client_id="abc",
+            signing_key_pair=KeyPair("pub", "PRIVATE"),
+            extra_keys=(KeyPair("p1", "s1"), KeyPair("p2", "s2")),
+        ),
+    )
     hidden = dump_resources([connector])
     assert "PRIVATE" not in hidden and "s1" not in hidden and "s2" not in hidden
     assert "public_key: pub" in hidden and "p2" in hidden
@@ -513,8 +584,10 @@ def test_kinds_are_found_by_name_or_alias(registry: KindRegistry) -> None:
 def test_unknown_kind_suggests_the_closest(registry: KindRegistry) -> None:
     with pytest.raises(ResourceError) as info:
         registry.get("rol")
-    assert str(info.value) == ("unknown resource kind 'rol' (did you mean role?); known kinds: "
-                               "cert_authority, role, token, user")
+    assert str(info.value) == (
+        "unknown resource kind 'rol' (did you mean role?); known kinds: "
+        "cert_authority, role, token, user"
+    )
     with pytest.raises(ResourceError, match=r"^unknown resource kind 'zzz'; known kinds"):
         registry.get("zzz")
 
@@ -553,8 +626,10 @@ def test_a_plugin_returning_something_else_is_named() -> None:
 
 def test_a_plugin_kind_with_its_own_spec_parses(registry: KindRegistry) -> None:
     registry.register(CONNECTOR, plugin="github")
-    text = ("kind: github\nversion: v3\nmetadata: {name: gh}\nspec:\n  client_id: x\n"
-            "  signing_key_pair: {private_key: s}\n")
+    text = (
+        "kind: github\nversion: v3\nmetadata: {name: gh}\nspec:\n  client_id: x\n"
+        "  signing_key_pair: {private_key: s}\n"
+    )
     assert parse_one(text, registry).spec.signing_key_pair.private_key == "s"
 
 
@@ -570,8 +645,9 @@ def test_preset_roles_are_access_editor_and_auditor() -> None:
     assert access.spec.allow.db_names == ("{{internal.db_names}}",)
     assert access.spec.allow.cluster_labels == {}
     assert editor.spec.allow.rules == (Rule(resources=("*",), verbs=("*",)),)
-    assert auditor.spec.allow.rules == (Rule(resources=("event", "session"),
-                                             verbs=("list", "read")),)
+    assert auditor.spec.allow.rules == (
+        Rule(resources=("event", "session"), verbs=("list", "read")),
+    )
 
 
 def test_kind_new_runs_the_kinds_validation() -> None:
@@ -585,4 +661,3 @@ def test_public_api_is_what_all_says() -> None:
     assert public == set(resources.__all__)
     for name in resources.__all__:
         assert getattr(resources, name) is not None
-

@@ -46,7 +46,7 @@ def parse_duration(text: str) -> datetime.timedelta:
 
 def format_duration(delta: datetime.timedelta) -> str:
     """Render a timedelta the way :func:`parse_duration` reads it (``12h``, ``4m48s``)."""
-    seconds = int(round(delta.total_seconds()))
+    seconds = round(delta.total_seconds())
     if seconds == 0:
         return "0s"
     sign = "-" if seconds < 0 else ""

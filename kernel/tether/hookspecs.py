@@ -1,3 +1,5 @@
+# Hookspecs are signatures with docstrings only; pluggy never runs their bodies.
+# mypy: disable-error-code="empty-body"
 """Every extension point of Tether, one documented hook each.
 
 Plugins implement these with ``@tether.hookimpl``; the kernel's own builtins (the SQLite
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from tether.audit import AuditEvent, AuditQuery
     from tether.auth.connectors import IdentityConnector
     from tether.backend import BackendType
+    from tether.config import Config
     from tether.resources import ResourceKind
     from tether.services import Service, ServiceContext
 
@@ -32,6 +35,18 @@ hookimpl = pluggy.HookimplMarker("tether")
 # -------------------------------------------------------------------------------------------
 # Registration: called once while the plugin manager is assembled, before any service starts.
 # -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def tether_configure(config: Config) -> None:
+    """Read this daemon's configuration before any service starts.
+
+    Called once by ``tetherd start`` after ``tether.yaml`` is loaded and the plugin manager
+    is built. Plugin settings live under ``plugins.settings.<plugin name>``. Returns nothing;
+    raise :class:`~tether.errors.ConfigError` to refuse a setting, which stops start-up.
+
+    :param config: the loaded configuration.
+    """
 
 
 @hookspec

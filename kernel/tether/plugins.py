@@ -123,8 +123,7 @@ def get_plugin_manager(
         plugin_name = pm.get_name(exc.plugin) or repr(exc.plugin)
         dist, _ = pm.distributions.get(plugin_name, ("tether", ""))
         raise PluginError(
-            f"plugin {plugin_name!r} from distribution {dist!r} implements an unknown hook: "
-            f"{exc}",
+            f"plugin {plugin_name!r} from distribution {dist!r} implements an unknown hook: {exc}",
             hint="it was written for another version of Tether; upgrade one or the other",
         ) from exc
     return pm
@@ -140,9 +139,7 @@ def describe_plugins(pm: TetherPluginManager) -> list[PluginInfo]:
         dist, version = pm.distributions.get(name, ("tether", kernel_version))
         hooks = tuple(
             sorted(
-                hc.name
-                for hc in pm.get_hookcallers(plugin) or ()
-                if hc.name.startswith("tether_")
+                hc.name for hc in pm.get_hookcallers(plugin) or () if hc.name.startswith("tether_")
             )
         )
         rows.append(PluginInfo(name=name, distribution=dist, version=version, hooks=hooks))
@@ -157,7 +154,9 @@ async def await_maybe(value: T | Awaitable[T]) -> T:
 
 
 async def call_each(
-    hook: pluggy.HookCaller, *, on_error: Callable[[str, BaseException], None] | None = None,
+    hook: pluggy.HookCaller,
+    *,
+    on_error: Callable[[str, BaseException], None] | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Call every implementation of ``hook`` separately, awaiting awaitables.
@@ -172,8 +171,13 @@ async def call_each(
             value = impl.function(**{k: kwargs[k] for k in impl.argnames})
             results.append(await await_maybe(value))
         except Exception as exc:
-            log.error("plugin %r failed in %s: %s", impl.plugin_name, hook.name, exc,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "plugin %r failed in %s: %s",
+                impl.plugin_name,
+                hook.name,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             if on_error is not None:
                 on_error(impl.plugin_name, exc)
     return results

@@ -8,6 +8,7 @@ Python values and keeps a side table from *path* (a tuple of keys and indexes) t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,20 +66,16 @@ def _plain(node: Any, path: Path, lines: dict[Path, int]) -> Any:
         result: dict[Any, Any] = {}
         for key, value in node.items():
             child = (*path, key)
-            try:
+            with contextlib.suppress(KeyError, TypeError, AttributeError):
                 lines[child] = node.lc.key(key)[0] + 1
-            except (KeyError, TypeError, AttributeError):
-                pass
             result[key] = _plain(value, child, lines)
         return result
     if isinstance(node, CommentedSeq):
         items = []
         for i, value in enumerate(node):
             child = (*path, i)
-            try:
+            with contextlib.suppress(KeyError, TypeError, AttributeError):
                 lines[child] = node.lc.item(i)[0] + 1
-            except (KeyError, TypeError, AttributeError):
-                pass
             items.append(_plain(value, child, lines))
         return items
     if isinstance(node, bool) or node is None:
@@ -140,7 +137,8 @@ def dump_yaml(data: Any) -> str:
     dicts meant as separate documents is the caller's choice (join with ``---``)."""
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]
+    # keep the caller's key order (kind, version, metadata, spec), as tctl prints it
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
     stream = io.StringIO()
     yaml.dump(data, stream)
     return stream.getvalue()

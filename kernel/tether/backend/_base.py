@@ -146,8 +146,7 @@ class Op:
         expected_revision: int | None = None,
     ) -> Op:
         """Upsert ``key`` (with an optional time to live in seconds), if the condition holds."""
-        return cls(type="put", key=key, value=value, ttl=ttl,
-                   expected_revision=expected_revision)
+        return cls(type="put", key=key, value=value, ttl=ttl, expected_revision=expected_revision)
 
     @classmethod
     def delete(cls, key: str, *, expected_revision: int | None = None) -> Op:

@@ -320,9 +320,7 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         conn.executescript(_SCHEMA)
-        version = conn.execute(
-            "SELECT value FROM meta WHERE name = 'schema_version'"
-        ).fetchone()[0]
+        version = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise BackendError(
             f"storage file {path} is not a usable SQLite database: {exc}", hint=hint
@@ -429,8 +427,10 @@ class SqliteBackend:
     def _publish(self, events: list[Event]) -> None:
         """Hand committed events to watchers; never blocks, so writers never wait on readers."""
         for event in events:
-            if event.type == "put" and event.item.expires is not None and (
-                self._next_expiry is None or event.item.expires < self._next_expiry
+            if (
+                event.type == "put"
+                and event.item.expires is not None
+                and (self._next_expiry is None or event.item.expires < self._next_expiry)
             ):
                 self._next_expiry = event.item.expires
         for watcher in list(self._watchers):
@@ -484,8 +484,10 @@ class SqliteBackend:
         self, key: str, value: bytes, *, expected_revision: int, ttl: float | None = None
     ) -> Item:
         """Replace ``key`` only if it is at ``expected_revision``."""
-        if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or (
-            expected_revision < 1
+        if (
+            isinstance(expected_revision, bool)
+            or not isinstance(expected_revision, int)
+            or (expected_revision < 1)
         ):
             raise ValueError(
                 f"expected_revision must be a revision (>= 1), got {expected_revision!r}; "

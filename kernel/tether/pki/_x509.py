@@ -210,6 +210,23 @@ def verify_x509_cert(
     return verify_envelope(envelope, principal=None, now=now)
 
 
+def read_x509_identity(cert: x509.Certificate | bytes) -> Identity:
+    """The identity in a certificate WITHOUT verifying it.
+
+    Only for showing holders their own certificate (``tether status``), which must work after
+    expiry too; anything that grants access goes through :func:`verify_x509_cert`.
+    """
+    parsed = _parse(cert)
+    try:
+        ext = parsed.extensions.get_extension_for_oid(TETHER_IDENTITY_OID).value
+    except x509.ExtensionNotFound:
+        raise MalformedCertificate("no Tether identity in this certificate") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise MalformedCertificate("identity extension has an unexpected type")
+    identity = Identity.from_json(_parse_der_utf8string(ext.value))
+    return attrs.evolve(identity, expires=parsed.not_valid_after_utc)
+
+
 def _parse(cert: x509.Certificate | bytes) -> x509.Certificate:
     if isinstance(cert, x509.Certificate):
         return cert

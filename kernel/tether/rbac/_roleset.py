@@ -29,8 +29,7 @@ def _expand_all(values: Iterable[str], traits: Traits) -> list[str]:
     return out
 
 
-def _expand_selector(selector: Mapping[str, Sequence[str]],
-                     traits: Traits) -> dict[str, list[str]]:
+def _expand_selector(selector: Mapping[str, Sequence[str]], traits: Traits) -> dict[str, list[str]]:
     """Expand templates in selector values; a key whose values expand to nothing never
     matches (an unknown trait must not widen access)."""
     return {key: _expand_all(values, traits) for key, values in selector.items()}
@@ -71,8 +70,9 @@ class RoleSet:
         :raises ValueError: ``field`` is not a list field of role conditions.
         """
         if field not in _LIST_FIELDS:
-            raise ValueError(f"unknown role field {field!r}; expected one of "
-                             + ", ".join(_LIST_FIELDS))
+            raise ValueError(
+                f"unknown role field {field!r}; expected one of " + ", ".join(_LIST_FIELDS)
+            )
         allowed: set[str] = set()
         denied: set[str] = set()
         for _, conditions in self._sides("allow"):
@@ -87,8 +87,7 @@ class RoleSet:
         """The logins these roles allow anywhere (the principals of a user certificate)."""
         return self.traits_values("logins", traits)
 
-    def check_login(self, login: str, *, node_labels: Mapping[str, str],
-                    traits: Traits) -> None:
+    def check_login(self, login: str, *, node_labels: Mapping[str, str], traits: Traits) -> None:
         """Check that ``login`` may be used on a node with ``node_labels``.
 
         A deny applies where its ``node_labels`` match (or everywhere when it has none) and
@@ -113,11 +112,14 @@ class RoleSet:
                 return
             allowing.append(name)
         if not allowing:
-            raise AccessDenied(f"login {login!r} is not allowed by roles {_names(self.names)}",
-                               hint="add the login to the user's traits or to a role")
+            raise AccessDenied(
+                f"login {login!r} is not allowed by roles {_names(self.names)}",
+                hint="add the login to the user's traits or to a role",
+            )
         raise AccessDenied(
             f"node labels {_format_labels(node_labels)} do not match the node_labels of roles "
-            f"{_names(allowing)}, which allow login {login!r}")
+            f"{_names(allowing)}, which allow login {login!r}"
+        )
 
     def can_see_cluster(self, cluster_labels: Mapping[str, str], traits: Traits) -> bool:
         """Whether a (leaf) cluster with ``cluster_labels`` is visible to these roles.
@@ -132,8 +134,10 @@ class RoleSet:
                 return False
         if not cluster_labels:
             return True
-        return any(match_labels(_expand_selector(allow.cluster_labels, traits), cluster_labels)
-                   for _, allow in self._sides("allow"))
+        return any(
+            match_labels(_expand_selector(allow.cluster_labels, traits), cluster_labels)
+            for _, allow in self._sides("allow")
+        )
 
     def check_rule(self, kind: str, verb: str) -> None:
         """Check that these roles may ``verb`` resources of ``kind`` (``tetherctl`` and API).
@@ -145,16 +149,28 @@ class RoleSet:
             raise ValueError(f"unknown verb {verb!r}; expected one of {', '.join(VERBS)}")
 
         def matches(conditions: RoleConditions) -> bool:
-            return any((kind in rule.resources or WILDCARD in rule.resources)
-                       and (verb in rule.verbs or WILDCARD in rule.verbs)
-                       for rule in conditions.rules)
+            return any(
+                (kind in rule.resources or WILDCARD in rule.resources)
+                and (verb in rule.verbs or WILDCARD in rule.verbs)
+                for rule in conditions.rules
+            )
 
         for name, deny in self._sides("deny"):
             if matches(deny):
                 raise AccessDenied(f"role {name!r} denies {verb} on {kind}")
         if not any(matches(allow) for _, allow in self._sides("allow")):
-            raise AccessDenied(f"role rules do not allow {verb} on {kind}",
-                               hint=f"roles held: {_names(self.names)}")
+            raise AccessDenied(
+                f"role rules do not allow {verb} on {kind}",
+                hint=f"roles held: {_names(self.names)}",
+            )
+
+    def port_forwarding(self) -> bool:
+        """Whether SSH port forwarding is allowed: by any role's option (Teleport's rule)."""
+        return any(role.spec.options.port_forwarding for role in self._roles)
+
+    def forward_agent(self) -> bool:
+        """Whether SSH agent forwarding is allowed: by any role's option."""
+        return any(role.spec.options.forward_agent for role in self._roles)
 
     def max_session_ttl(self) -> datetime.timedelta:
         """The shortest ``max_session_ttl`` of the roles; zero when there are none."""

@@ -66,7 +66,7 @@ class _Parser:
         """Return (type, text, position) of the next token."""
         match = _TOKEN.match(self.value, self.pos, self.end)
         if match is None:
-            rest = self.value[self.pos:self.end].lstrip()
+            rest = self.value[self.pos : self.end].lstrip()
             if not rest:
                 raise self.fail("expression ends too early", self.end)
             pos = self.end - len(rest)
@@ -81,13 +81,12 @@ class _Parser:
             raise self.fail(f"expected {text!r}, found {got!r}", pos)
 
     def at_end(self) -> bool:
-        return not self.value[self.pos:self.end].strip()
+        return not self.value[self.pos : self.end].strip()
 
     def variable(self) -> str:
         kind, namespace, pos = self.next()
         if kind != "ident" or namespace not in _NAMESPACES:
-            raise self.fail(f"unknown namespace {namespace!r} (expected internal or external)",
-                            pos)
+            raise self.fail(f"unknown namespace {namespace!r} (expected internal or external)", pos)
         kind, punct, pos = self.next()
         if punct == ".":
             kind, name, pos = self.next()
@@ -116,8 +115,9 @@ class _Parser:
         _, second, _ = self.next()
         function = f"{first}.{second}"
         if function not in _FUNCTIONS:
-            raise self.fail(f"unknown function {function!r} (expected email.local() or "
-                            "regexp.replace())", pos)
+            raise self.fail(
+                f"unknown function {function!r} (expected email.local() or regexp.replace())", pos
+            )
         self.expect("(")
         trait = self.variable()
         pattern = replacement = ""
@@ -127,8 +127,9 @@ class _Parser:
             try:
                 compile_re2(pattern)
             except re2.error as exc:
-                raise self.fail(f"invalid regular expression {pattern!r}: {re2_error_message(exc)}",
-                                pos) from None
+                raise self.fail(
+                    f"invalid regular expression {pattern!r}: {re2_error_message(exc)}", pos
+                ) from None
             self.expect(",")
             replacement = self.string()
         self.expect(")")
@@ -152,20 +153,26 @@ def _parse(value: str) -> _Template | None:
     closing = value.find("}}")
     if opening == -1:
         if closing != -1:
-            raise ResourceError(f"invalid template {value!r}: '}}}}' without '{{{{' at column "
-                                f"{closing + 1}")
+            raise ResourceError(
+                f"invalid template {value!r}: '}}}}' without '{{{{' at column {closing + 1}"
+            )
         return None
     closing = value.find("}}", opening + 2)
     if closing == -1:
-        raise ResourceError(f"invalid template {value!r}: '{{{{' is not closed with '}}}}' "
-                            f"at column {opening + 1}")
+        raise ResourceError(
+            f"invalid template {value!r}: '{{{{' is not closed with '}}}}' at column {opening + 1}"
+        )
     again = value.find("{{", opening + 2)
     if again != -1:
-        raise ResourceError(f"invalid template {value!r}: only one {{{{...}}}} expression is "
-                            f"allowed per value at column {again + 1}")
-    if "}}" in value[closing + 2:]:
-        raise ResourceError(f"invalid template {value!r}: '}}}}' without '{{{{' at column "
-                            f"{value.find('}}', closing + 2) + 1}")
+        raise ResourceError(
+            f"invalid template {value!r}: only one {{{{...}}}} expression is "
+            f"allowed per value at column {again + 1}"
+        )
+    if "}}" in value[closing + 2 :]:
+        raise ResourceError(
+            f"invalid template {value!r}: '}}}}' without '{{{{' at column "
+            f"{value.find('}}', closing + 2) + 1}"
+        )
     parser = _Parser(value, opening + 2, closing)
     if parser.at_end():
         raise parser.fail("empty expression", opening)
@@ -173,8 +180,14 @@ def _parse(value: str) -> _Template | None:
     if not parser.at_end():
         _, extra, pos = parser.next()
         raise parser.fail(f"unexpected {extra!r} after the expression", pos)
-    return _Template(prefix=value[:opening], suffix=value[closing + 2:], trait=trait,
-                     function=function, pattern=pattern, replacement=replacement)
+    return _Template(
+        prefix=value[:opening],
+        suffix=value[closing + 2 :],
+        trait=trait,
+        function=function,
+        pattern=pattern,
+        replacement=replacement,
+    )
 
 
 def is_template(value: str) -> bool:

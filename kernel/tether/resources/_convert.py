@@ -68,13 +68,12 @@ class InvalidField(ResourceError):
     :param problem: what is wrong with the value at ``path``.
     """
 
-    def __init__(
-        self, path: Sequence[str | int], problem: str, *, hint: str | None = None
-    ) -> None:
+    def __init__(self, path: Sequence[str | int], problem: str, *, hint: str | None = None) -> None:
         self.path: Path = tuple(path)
         self.problem = problem
-        super().__init__(f"{format_path(self.path)}: {problem}" if self.path else problem,
-                         hint=hint)
+        super().__init__(
+            f"{format_path(self.path)}: {problem}" if self.path else problem, hint=hint
+        )
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -116,8 +115,9 @@ def _parse_time(value: Any, path: Path) -> datetime.datetime:
         try:
             result = datetime.datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
         except ValueError:
-            raise InvalidField(path, f"expected {_describe(datetime.datetime)}, "
-                                     f"got {show(value)}") from None
+            raise InvalidField(
+                path, f"expected {_describe(datetime.datetime)}, got {show(value)}"
+            ) from None
     else:
         raise InvalidField(path, f"expected {_describe(datetime.datetime)}, got {show(value)}")
     if result.tzinfo is None:
@@ -215,8 +215,11 @@ def structure(value: Any, tp: Any, path: Path = ()) -> Any:
             return value
         choices = [str(a) for a in args]
         guess = did_you_mean(str(value), choices) if isinstance(value, str) else None
-        return _raise(path, f"expected {_describe(tp)}, got {show(value)}",
-                      f"did you mean {guess}?" if guess else None)
+        return _raise(
+            path,
+            f"expected {_describe(tp)}, got {show(value)}",
+            f"did you mean {guess}?" if guess else None,
+        )
     if origin in _SEQUENCES:
         if value is None:
             value = []
@@ -234,8 +237,11 @@ def structure(value: Any, tp: Any, path: Path = ()) -> Any:
         mapped: dict[Any, Any] = {}
         for key, item in value.items():
             if key_tp is str and not isinstance(key, str):
-                raise InvalidField((*path, str(key)), f"keys must be strings, got {show(key)}",
-                                   hint=f"quote it: '{key}'")
+                raise InvalidField(
+                    (*path, str(key)),
+                    f"keys must be strings, got {show(key)}",
+                    hint=f"quote it: '{key}'",
+                )
             mapped[key] = structure(item, value_tp, (*path, key))
         return mapped
     if attrs.has(tp):
@@ -348,4 +354,3 @@ def _unstructure_attrs(value: Any) -> dict[str, Any]:
             continue
         out[field.name] = plain
     return out
-

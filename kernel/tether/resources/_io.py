@@ -62,17 +62,27 @@ def _label(data: Any, registry: KindRegistry, prefix: str) -> str:
 def _build(data: Any, registry: KindRegistry) -> Resource:
     """Validate one resource mapping; raises InvalidField locating the problem."""
     if not isinstance(data, Mapping):
-        raise InvalidField((), f"expected a resource (a mapping with kind, version, metadata "
-                               f"and spec), got {show(data)}")
+        raise InvalidField(
+            (),
+            f"expected a resource (a mapping with kind, version, metadata "
+            f"and spec), got {show(data)}",
+        )
     for key in data:
         if key not in _TOP_LEVEL:
             guess = did_you_mean(str(key), _TOP_LEVEL)
-            raise InvalidField((str(key),), f"unknown field (did you mean {guess}?)" if guess
-                               else "unknown field; expected " + ", ".join(_TOP_LEVEL))
+            raise InvalidField(
+                (str(key),),
+                f"unknown field (did you mean {guess}?)"
+                if guess
+                else "unknown field; expected " + ", ".join(_TOP_LEVEL),
+            )
     raw_kind = data.get("kind")
     if raw_kind is None:
-        raise InvalidField(("kind",), "required field missing; every resource names its kind",
-                           hint="known kinds: " + ", ".join(k.name for k in registry.kinds()))
+        raise InvalidField(
+            ("kind",),
+            "required field missing; every resource names its kind",
+            hint="known kinds: " + ", ".join(k.name for k in registry.kinds()),
+        )
     if not isinstance(raw_kind, str):
         raise InvalidField(("kind",), f"expected a string, got {show(raw_kind)}")
     try:
@@ -82,8 +92,11 @@ def _build(data: Any, registry: KindRegistry) -> Resource:
 
     version = data.get("version", kind.default_version)
     if version not in kind.versions:
-        raise InvalidField(("version",), f"unsupported version {show(version)} for kind "
-                                         f"{kind.name}; accepted: {', '.join(kind.versions)}")
+        raise InvalidField(
+            ("version",),
+            f"unsupported version {show(version)} for kind "
+            f"{kind.name}; accepted: {', '.join(kind.versions)}",
+        )
 
     raw_metadata = data.get("metadata")
     if raw_metadata is None:
@@ -93,9 +106,10 @@ def _build(data: Any, registry: KindRegistry) -> Resource:
         raw_metadata = {k: v for k, v in raw_metadata.items() if k != "id"}
     metadata: Metadata = structure(raw_metadata, Metadata, ("metadata",))
     if not _NAME.match(metadata.name) or metadata.name in (".", ".."):
-        raise InvalidField(("metadata", "name"),
-                           f"invalid name {metadata.name!r}: names are non-empty and contain "
-                           "no spaces or '/'")
+        raise InvalidField(
+            ("metadata", "name"),
+            f"invalid name {metadata.name!r}: names are non-empty and contain no spaces or '/'",
+        )
 
     spec = structure(data.get("spec"), kind.spec_type, ("spec",))
     status = None
@@ -104,8 +118,9 @@ def _build(data: Any, registry: KindRegistry) -> Resource:
             raise InvalidField(("status",), f"kind {kind.name} has no status")
         status = structure(data["status"], kind.status_type, ("status",))
 
-    resource = Resource(kind=kind.name, version=str(version), metadata=metadata, spec=spec,
-                        status=status)
+    resource = Resource(
+        kind=kind.name, version=str(version), metadata=metadata, spec=spec, status=status
+    )
     if kind.validate is not None:
         try:
             kind.validate(resource)
@@ -132,8 +147,10 @@ def parse_resources(text: str, source: str, registry: KindRegistry) -> list[Reso
     for doc in documents:
         items: list[tuple[Path, Any, str]]
         if isinstance(doc.data, list):
-            items = [((i,), item, f"document {doc.index}, item {i + 1}")
-                     for i, item in enumerate(doc.data)]
+            items = [
+                ((i,), item, f"document {doc.index}, item {i + 1}")
+                for i, item in enumerate(doc.data)
+            ]
         else:
             items = [((), doc.data, f"document {doc.index}")]
         for prefix, data, position in items:
@@ -143,8 +160,12 @@ def parse_resources(text: str, source: str, registry: KindRegistry) -> list[Reso
                 problems.append(_located(doc, prefix, exc, _label(data, registry, position)))
     if problems:
         more = len(problems) - 1
-        raise ResourceError(problems[0], hint=(f"{more} more problem{'s' if more > 1 else ''} "
-                                               "found after this one") if more else None)
+        raise ResourceError(
+            problems[0],
+            hint=(f"{more} more problem{'s' if more > 1 else ''} found after this one")
+            if more
+            else None,
+        )
     return resources
 
 
@@ -154,8 +175,9 @@ def _located(doc: Document, prefix: Path, exc: InvalidField, label: str) -> str:
     return message
 
 
-def resource_from_dict(data: Mapping[str, Any], registry: KindRegistry, *,
-                       source: str = "<api>") -> Resource:
+def resource_from_dict(
+    data: Mapping[str, Any], registry: KindRegistry, *, source: str = "<api>"
+) -> Resource:
     """Validate a resource that arrived as JSON (API bodies), exactly as a document would be.
 
     :raises ResourceError: ``source: kind 'name': field: problem``.
@@ -209,8 +231,9 @@ def resource_to_dict(resource: Resource, *, with_secrets: bool = False) -> dict[
     return out
 
 
-def dump_resources(resources: Sequence[Resource], fmt: str = "yaml", *,
-                   with_secrets: bool = False) -> str:
+def dump_resources(
+    resources: Sequence[Resource], fmt: str = "yaml", *, with_secrets: bool = False
+) -> str:
     """Render resources for ``tetherctl get``.
 
     ``yaml``: one document per resource separated by ``---``, so the output of ``get`` for one
@@ -236,8 +259,9 @@ def resource_to_bytes(resource: Resource) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def resource_from_bytes(data: bytes, registry: KindRegistry, *,
-                        revision: int | None = None) -> Resource:
+def resource_from_bytes(
+    data: bytes, registry: KindRegistry, *, revision: int | None = None
+) -> Resource:
     """Decode what :func:`resource_to_bytes` stored, validating it like any input.
 
     :param revision: the backend's revision of this value, recorded in ``metadata.revision``.
@@ -251,6 +275,7 @@ def resource_from_bytes(data: bytes, registry: KindRegistry, *,
         raise ResourceError(f"<storage>: stored resource is {show(plain)}, not a mapping")
     resource = resource_from_dict(plain, registry, source="<storage>")
     if revision is not None:
-        resource = attrs.evolve(resource,
-                                metadata=attrs.evolve(resource.metadata, revision=revision))
+        resource = attrs.evolve(
+            resource, metadata=attrs.evolve(resource.metadata, revision=revision)
+        )
     return resource

@@ -126,10 +126,13 @@ def _validate_role(resource: Resource) -> None:
                     raise InvalidField(
                         ("spec", side, "rules", i, "verbs", j),
                         f"unknown verb {verb!r}" + (f" (did you mean {guess}?)" if guess else ""),
-                        hint="verbs: " + ", ".join((*VERBS, "*")))
+                        hint="verbs: " + ", ".join((*VERBS, "*")),
+                    )
             if not rule.resources:
-                raise InvalidField(("spec", side, "rules", i, "resources"),
-                                   "a rule needs at least one resource kind (or '*')")
+                raise InvalidField(
+                    ("spec", side, "rules", i, "resources"),
+                    "a rule needs at least one resource kind (or '*')",
+                )
     if spec.options.max_session_ttl <= datetime.timedelta(0):
         raise InvalidField(("spec", "options", "max_session_ttl"), "must be positive")
 
@@ -237,8 +240,9 @@ class TokenSpec:
 def _validate_token(resource: Resource) -> None:
     spec: TokenSpec = resource.spec
     if not spec.roles:
-        raise InvalidField(("spec", "roles"),
-                           "a token needs at least one role (Node, TrustedCluster, signup, ...)")
+        raise InvalidField(
+            ("spec", "roles"), "a token needs at least one role (Node, TrustedCluster, signup, ...)"
+        )
     if "signup" in spec.roles and not spec.user:
         raise InvalidField(("spec", "user"), "a sign-up token names the user it is for")
 
@@ -280,20 +284,26 @@ _SSH_KEY = re.compile(r"^(ssh-|ecdsa-|sk-)\S+ \S+")
 def _validate_cert_authority(resource: Resource) -> None:
     spec: CertAuthoritySpec = resource.spec
     if spec.cluster_name != resource.metadata.name:
-        raise InvalidField(("spec", "cluster_name"),
-                           f"{spec.cluster_name!r} differs from metadata.name "
-                           f"{resource.metadata.name!r}; a CA is named after its cluster")
+        raise InvalidField(
+            ("spec", "cluster_name"),
+            f"{spec.cluster_name!r} differs from metadata.name "
+            f"{resource.metadata.name!r}; a CA is named after its cluster",
+        )
     for group in ("active_keys", "additional_trusted_keys"):
         keys: CAKeys = getattr(spec, group)
         for field, values in (("ssh", keys.ssh), ("tls", keys.tls)):
             for i, value in enumerate(values):
                 path = ("spec", group, field, i)
                 if "PRIVATE KEY" in value:
-                    raise InvalidField(path, "private keys do not belong in resources",
-                                       hint="they stay in the auth service's data directory")
+                    raise InvalidField(
+                        path,
+                        "private keys do not belong in resources",
+                        hint="they stay in the auth service's data directory",
+                    )
                 if field == "ssh" and not _SSH_KEY.match(value):
-                    raise InvalidField(path, "expected an SSH public key line "
-                                             "('ssh-ed25519 AAAA...')")
+                    raise InvalidField(
+                        path, "expected an SSH public key line ('ssh-ed25519 AAAA...')"
+                    )
                 if field == "tls" and "-----BEGIN CERTIFICATE-----" not in value:
                     raise InvalidField(path, "expected a PEM certificate")
 
@@ -328,24 +338,39 @@ def preset_roles() -> list[Resource]:
     a leaf can map a root user to it and grant exactly what the root granted.
     """
     everything = {"*": ("*",)}
-    access = RoleSpec(allow=RoleConditions(
-        logins=("{{internal.logins}}",),
-        node_labels=everything,
-        kubernetes_groups=("{{internal.kubernetes_groups}}",),
-        kubernetes_users=("{{internal.kubernetes_users}}",),
-        kubernetes_labels=everything,
-        db_users=("{{internal.db_users}}",),
-        db_names=("{{internal.db_names}}",),
-        db_labels=everything,
-    ))
+    access = RoleSpec(
+        allow=RoleConditions(
+            logins=("{{internal.logins}}",),
+            node_labels=everything,
+            kubernetes_groups=("{{internal.kubernetes_groups}}",),
+            kubernetes_users=("{{internal.kubernetes_users}}",),
+            kubernetes_labels=everything,
+            db_users=("{{internal.db_users}}",),
+            db_names=("{{internal.db_names}}",),
+            db_labels=everything,
+        )
+    )
     editor = RoleSpec(allow=RoleConditions(rules=(Rule(resources=("*",), verbs=("*",)),)))
-    auditor = RoleSpec(allow=RoleConditions(
-        rules=(Rule(resources=("event", "session"), verbs=("list", "read")),)))
+    auditor = RoleSpec(
+        allow=RoleConditions(rules=(Rule(resources=("event", "session"), verbs=("list", "read")),))
+    )
     return [
-        ROLE.new("access", access, labels=_PRESET_LABELS,
-                 description="Access cluster resources with the logins in the user's traits"),
-        ROLE.new("editor", editor, labels=_PRESET_LABELS,
-                 description="Edit cluster configuration: every resource kind, every verb"),
-        ROLE.new("auditor", auditor, labels=_PRESET_LABELS,
-                 description="Read the audit log and recorded sessions"),
+        ROLE.new(
+            "access",
+            access,
+            labels=_PRESET_LABELS,
+            description="Access cluster resources with the logins in the user's traits",
+        ),
+        ROLE.new(
+            "editor",
+            editor,
+            labels=_PRESET_LABELS,
+            description="Edit cluster configuration: every resource kind, every verb",
+        ),
+        ROLE.new(
+            "auditor",
+            auditor,
+            labels=_PRESET_LABELS,
+            description="Read the audit log and recorded sessions",
+        ),
     ]

@@ -68,8 +68,9 @@ def secret_paths_for(spec_type: type) -> frozenset[SecretPath]:
 
 def _check_prefix(instance: ResourceKind, attribute: attrs.Attribute[str], value: str) -> None:
     if not (value.startswith("/") and value.endswith("/") and len(value) > 2):
-        raise ValueError(f"kind {instance.name!r}: storage_prefix must look like '/things/', "
-                         f"got {value!r}")
+        raise ValueError(
+            f"kind {instance.name!r}: storage_prefix must look like '/things/', got {value!r}"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -141,8 +142,9 @@ class ResourceKind:
         resource = Resource(
             kind=self.name,
             version=version or self.default_version,
-            metadata=Metadata(name=name, labels=dict(labels or {}), expires=expires,
-                              description=description),
+            metadata=Metadata(
+                name=name, labels=dict(labels or {}), expires=expires, description=description
+            ),
             spec=spec,
             status=status,
         )
@@ -178,12 +180,14 @@ class KindRegistry:
             if not isinstance(kinds, list | tuple):
                 raise ResourceError(
                     f"plugin {impl.plugin_name!r} returned {kinds!r} from "
-                    "tether_resource_kinds; expected a list of ResourceKind objects")
+                    "tether_resource_kinds; expected a list of ResourceKind objects"
+                )
             for kind in kinds:
                 if not isinstance(kind, ResourceKind):
                     raise ResourceError(
                         f"plugin {impl.plugin_name!r} returned {kind!r} from "
-                        "tether_resource_kinds; expected ResourceKind objects")
+                        "tether_resource_kinds; expected ResourceKind objects"
+                    )
                 registry.register(kind, plugin=impl.plugin_name)
         return registry
 
@@ -217,7 +221,8 @@ class KindRegistry:
         guess = did_you_mean(name_or_alias.lower(), self._names)
         suggestion = f" (did you mean {self._names[guess][0].name}?)" if guess else ""
         raise ResourceError(
-            f"unknown resource kind {name_or_alias!r}{suggestion}; known kinds: {known}")
+            f"unknown resource kind {name_or_alias!r}{suggestion}; known kinds: {known}"
+        )
 
     def kinds(self) -> list[ResourceKind]:
         """Every kind, sorted by name."""

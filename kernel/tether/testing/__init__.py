@@ -1,1 +1,7 @@
+"""Testing support for Tether and its plugins.
 
+- :mod:`tether.testing.cluster`: start real ``tetherd`` processes and run the CLIs.
+- :mod:`tether.testing.fixtures`: the pytest fixtures (registered automatically by the
+  ``pytest11`` entry point when the kernel is installed).
+- :mod:`tether.testing.backend_conformance`: the suite every storage backend must pass.
+"""

@@ -102,8 +102,9 @@ class BackendConformance:
 
     async def test_put_then_get_returns_value_and_revision(self, backend: Backend) -> None:
         written = await backend.put("/roles/visitor", b"spec")
-        assert written == Item(key="/roles/visitor", value=b"spec",
-                               revision=written.revision, expires=None)
+        assert written == Item(
+            key="/roles/visitor", value=b"spec", revision=written.revision, expires=None
+        )
         assert written.revision > 0
         assert await backend.get("/roles/visitor") == written
 
@@ -150,9 +151,7 @@ class BackendConformance:
         assert swapped.value == b"v2" and swapped.revision > read.revision
         assert await backend.get("/roles/editor") == swapped
 
-    async def test_compare_and_swap_after_a_concurrent_change_fails(
-        self, backend: Backend
-    ) -> None:
+    async def test_compare_and_swap_after_a_concurrent_change_fails(self, backend: Backend) -> None:
         read = await backend.put("/roles/editor", b"v1")
         winner = await backend.put("/roles/editor", b"someone else")
         with pytest.raises(CompareFailed, match="/roles/editor"):
@@ -161,16 +160,12 @@ class BackendConformance:
             )
         assert await backend.get("/roles/editor") == winner
 
-    async def test_compare_and_swap_of_missing_key_raises_not_found(
-        self, backend: Backend
-    ) -> None:
+    async def test_compare_and_swap_of_missing_key_raises_not_found(self, backend: Backend) -> None:
         with pytest.raises(NotFound, match="/roles/ghost"):
             await backend.compare_and_swap("/roles/ghost", b"v", expected_revision=1)
         assert await backend.get("/roles/ghost") is None
 
-    async def test_racing_compare_and_swaps_have_exactly_one_winner(
-        self, backend: Backend
-    ) -> None:
+    async def test_racing_compare_and_swaps_have_exactly_one_winner(self, backend: Backend) -> None:
         read = await backend.put("/counter", b"0")
         outcomes: list[str] = []
 
@@ -217,7 +212,12 @@ class BackendConformance:
         assert [i.key for i in await backend.range("/ab")] == ["/ab", "/ab/1"]
         assert [i.key for i in await backend.range("/a")] == ["/a", "/a/1", "/a/2", "/ab", "/ab/1"]
         assert [i.key for i in await backend.range("")] == [
-            "/a", "/a/1", "/a/2", "/ab", "/ab/1", "/b"
+            "/a",
+            "/a/1",
+            "/a/2",
+            "/ab",
+            "/ab/1",
+            "/b",
         ]
         assert await backend.range("/c") == []
 
@@ -225,7 +225,8 @@ class BackendConformance:
         for n in range(5):
             await backend.put(f"/sessions/{n}", b"x")
         assert [i.key for i in await backend.range("/sessions/", limit=2)] == [
-            "/sessions/0", "/sessions/1"
+            "/sessions/0",
+            "/sessions/1",
         ]
         assert len(await backend.range("/sessions/", limit=10)) == 5
         assert await backend.range("/sessions/", limit=0) == []
@@ -407,7 +408,9 @@ class BackendConformance:
             await advance(1.5)
             expired = await next_event(events, self.expiry_event_timeout)
         assert (expired.type, expired.item.key, expired.item.value) == (
-            "delete", "/sessions/s1", b""
+            "delete",
+            "/sessions/s1",
+            b"",
         )
         assert expired.item.revision > put.revision
 
@@ -498,15 +501,18 @@ class BackendConformance:
                 expected = current.revision if current and use_current else last_revision + 1
                 if current is None:
                     with pytest.raises(NotFound):
-                        await backend.compare_and_swap(base + key, value,
-                                                       expected_revision=expected)
+                        await backend.compare_and_swap(
+                            base + key, value, expected_revision=expected
+                        )
                 elif not use_current:
                     with pytest.raises(CompareFailed):
-                        await backend.compare_and_swap(base + key, value,
-                                                       expected_revision=expected)
+                        await backend.compare_and_swap(
+                            base + key, value, expected_revision=expected
+                        )
                 else:
-                    item = await backend.compare_and_swap(base + key, value,
-                                                          expected_revision=expected)
+                    item = await backend.compare_and_swap(
+                        base + key, value, expected_revision=expected
+                    )
                     model[key] = item
                     advanced(item.revision)
             elif kind == "delete":

@@ -1,0 +1,111 @@
+"""The audit event model, and the one function that emits events to every sink.
+
+Sinks are plugins implementing ``tether_audit_event`` (the builtin one writes JSON lines under
+``data_dir/log``). Events are plain, JSON-serialisable records so any sink can store them and
+any searcher can return them without knowing the event types.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import pluggy
+
+from tether.plugins import await_maybe, call_each
+
+__all__ = ["AuditEvent", "AuditQuery", "emit", "search"]
+
+# The event types the kernel emits; plugins add their own with their own prefix.
+USER_LOGIN = "user.login"
+USER_LOGIN_FAILED = "user.login.failed"
+RESOURCE_CREATED = "resource.created"
+RESOURCE_UPDATED = "resource.updated"
+RESOURCE_DELETED = "resource.deleted"
+CERT_ISSUED = "cert.issued"
+TOKEN_CREATED = "token.created"
+TOKEN_DELETED = "token.deleted"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@attrs.frozen(kw_only=True)
+class AuditEvent:
+    """One thing that happened, who did it, and where.
+
+    :param type: dotted event type, e.g. ``user.login.failed``.
+    :param cluster: the cluster where it happened (events are recorded on the side where
+        they happen).
+    :param user: who did it (may be empty for anonymous failures).
+    :param fields: event-specific details (resource kind and name, reason, roles, ...).
+    """
+
+    type: str
+    cluster: str
+    user: str = ""
+    success: bool = True
+    time: datetime.datetime = attrs.field(factory=_now)
+    id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "cluster": self.cluster,
+            "user": self.user,
+            "success": self.success,
+            **{k: v for k, v in self.fields.items() if k not in _RESERVED},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditEvent:
+        time = datetime.datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00"))
+        return cls(
+            type=str(data["type"]),
+            cluster=str(data.get("cluster", "")),
+            user=str(data.get("user", "")),
+            success=bool(data.get("success", True)),
+            time=time,
+            id=str(data.get("id", uuid.uuid4().hex)),
+            fields={k: v for k, v in data.items() if k not in _RESERVED},
+        )
+
+
+_RESERVED = frozenset({"id", "type", "time", "cluster", "user", "success"})
+
+
+@attrs.frozen(kw_only=True)
+class AuditQuery:
+    """What ``tetherctl audit search`` asks for.
+
+    :param type: only events of this type, or of a type starting with ``type + "."``.
+    :param since: only events at or after this time.
+    :param limit: at most this many (the newest ones), oldest first.
+    """
+
+    type: str | None = None
+    since: datetime.datetime | None = None
+    limit: int = 1000
+
+    def matches(self, event: AuditEvent) -> bool:
+        if self.type and not (event.type == self.type or event.type.startswith(self.type + ".")):
+            return False
+        return not (self.since is not None and event.time < self.since)
+
+
+async def emit(pm: pluggy.PluginManager, event: AuditEvent) -> None:
+    """Send ``event`` to every sink; a failing sink is logged and the others still run."""
+    await call_each(pm.hook.tether_audit_event, event=event)
+
+
+async def search(pm: pluggy.PluginManager, query: AuditQuery) -> list[AuditEvent]:
+    """Ask the sinks for events; the first sink able to search answers."""
+    result = await await_maybe(pm.hook.tether_audit_search(query=query))
+    return list(result or [])

@@ -1,0 +1,219 @@
+"""The auth service's HTTPS+JSON API (mutual TLS), a thin mapping onto :class:`AuthService`.
+
+Callers are identified by their client certificate only. The proxy, which terminates users'
+TLS on the public port, forwards their requests with its own certificate and the user's
+certificate in the ``Tether-Forwarded-Cert`` header; auth verifies that certificate itself, so
+a proxy cannot invent identities (it has no CA key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tether import audit, pki
+from tether.asgi import PEER_CERT_STATE
+from tether.auth.service import AuthService, LoginResult, TokenInfo
+from tether.errors import AccessDenied, TetherError
+from tether.resources import resource_from_dict, resource_to_dict
+from tether.wire import exception_handlers, read_json_object, string_field
+
+__all__ = ["FORWARDED_CERT_HEADER", "build_app", "login_result_to_json", "token_to_json"]
+
+FORWARDED_CERT_HEADER = "tether-forwarded-cert"
+
+
+def token_to_json(info: TokenInfo) -> dict[str, Any]:
+    return {
+        "token": info.token,
+        "type": info.type,
+        "expires": info.expires.isoformat().replace("+00:00", "Z") if info.expires else None,
+        "ca_pin": info.ca_pin,
+        "labels": dict(info.labels),
+    }
+
+
+def login_result_to_json(result: LoginResult) -> dict[str, Any]:
+    return {
+        "identity": result.identity.to_json(),
+        "ssh_cert": result.ssh_cert,
+        "tls_cert": result.tls_cert_pem,
+        "tls_ca_certs": list(result.tls_ca_pems),
+        "ssh_host_ca": list(result.ssh_host_ca_lines),
+    }
+
+
+def _peer_identity(request: Request, auth: AuthService) -> pki.Identity:
+    der = request.scope.get("state", {}).get(PEER_CERT_STATE)
+    if not der:
+        raise AccessDenied("a client certificate is required", hint="run `tether login` first")
+    identity = auth.verify_client(der)
+    forwarded = request.headers.get(FORWARDED_CERT_HEADER)
+    if forwarded is not None:
+        if identity.kind != "proxy":
+            raise AccessDenied(f"{identity.kind} {identity.username!r} may not forward identities")
+        try:
+            user_der = base64.b64decode(forwarded, validate=True)
+        except (binascii.Error, ValueError):
+            raise AccessDenied("malformed forwarded certificate") from None
+        identity = auth.verify_client(user_der)
+    return identity
+
+
+def _require_proxy(identity: pki.Identity) -> None:
+    if identity.kind != "proxy":
+        raise AccessDenied("only the cluster's proxies may call this endpoint")
+
+
+def build_app(auth: AuthService) -> Starlette:
+    """The ASGI app for one auth service."""
+
+    async def cluster(request: Request) -> JSONResponse:
+        _peer_identity(request, auth)
+        return JSONResponse({"name": auth.cluster_name, "ca_pin": auth.ca_pin})
+
+    async def whoami(request: Request) -> JSONResponse:
+        return JSONResponse(_peer_identity(request, auth).to_json())
+
+    async def get_resources(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        name = request.query_params.get("name") or None
+        with_secrets = request.query_params.get("with_secrets") in ("1", "true")
+        found = await auth.get_resources(
+            identity, request.path_params["kind"], name, with_secrets=with_secrets
+        )
+        return JSONResponse(
+            {"resources": [resource_to_dict(r, with_secrets=with_secrets) for r in found]}
+        )
+
+    async def create_resources(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        docs = data.get("resources")
+        if not isinstance(docs, list):
+            raise TetherError("request field 'resources' must be a list")
+        resources = [
+            resource_from_dict(doc, auth.registry, source=f"request document {i}")
+            for i, doc in enumerate(docs, start=1)
+        ]
+        messages = await auth.create_resources(identity, resources, force=bool(data.get("force")))
+        return JSONResponse({"messages": messages})
+
+    async def delete_resource(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        message = await auth.delete_resource(
+            identity, request.path_params["kind"], request.path_params["name"]
+        )
+        return JSONResponse({"message": message})
+
+    async def add_user(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        token = await auth.add_user(
+            identity,
+            string_field(data, "name"),
+            roles=list(data.get("roles") or []),
+            traits={k: list(v) for k, v in (data.get("traits") or {}).items()},
+            password=data.get("password"),
+        )
+        return JSONResponse({"token": token_to_json(token) if token else None})
+
+    async def update_user(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        traits = data.get("traits")
+        message = await auth.update_user(
+            identity,
+            request.path_params["name"],
+            roles=data.get("roles"),
+            traits={k: list(v) for k, v in traits.items()} if traits is not None else None,
+        )
+        return JSONResponse({"message": message})
+
+    async def add_token(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        ttl = data.get("ttl_seconds")
+        if not isinstance(ttl, int | float):
+            raise TetherError("request field 'ttl_seconds' must be a number")
+        info = await auth.add_token(
+            identity,
+            string_field(data, "type"),
+            datetime.timedelta(seconds=ttl),
+            labels=data.get("labels") or None,
+        )
+        return JSONResponse(token_to_json(info))
+
+    async def list_tokens(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        return JSONResponse(
+            {"tokens": [token_to_json(t) for t in await auth.list_tokens(identity)]}
+        )
+
+    async def delete_token(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        return JSONResponse(
+            {"message": await auth.delete_token(identity, request.path_params["token"])}
+        )
+
+    async def audit_search(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        since = request.query_params.get("since")
+        try:
+            query = audit.AuditQuery(
+                type=request.query_params.get("type") or None,
+                since=datetime.datetime.fromisoformat(since) if since else None,
+                limit=int(request.query_params.get("limit", "1000")),
+            )
+        except ValueError as exc:
+            raise TetherError(f"bad audit query: {exc}") from None
+        events = await auth.search_audit(identity, query)
+        return JSONResponse({"events": [e.to_json() for e in events]})
+
+    async def login_password(request: Request) -> JSONResponse:
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        ttl = data.get("ttl_seconds")
+        result = await auth.login_password(
+            string_field(data, "username"),
+            string_field(data, "password"),
+            ssh_public_key=string_field(data, "ssh_public_key"),
+            tls_public_key_pem=string_field(data, "tls_public_key"),
+            ttl=datetime.timedelta(seconds=ttl) if isinstance(ttl, int | float) else None,
+            connector_name=data.get("connector") or "local",
+        )
+        return JSONResponse(login_result_to_json(result))
+
+    async def signup(request: Request) -> JSONResponse:
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        user = await auth.complete_signup(
+            string_field(data, "token"), string_field(data, "password")
+        )
+        return JSONResponse({"user": user})
+
+    return Starlette(
+        routes=[
+            Route("/v1/cluster", cluster),
+            Route("/v1/whoami", whoami),
+            Route("/v1/resources/{kind}", get_resources, methods=["GET"]),
+            Route("/v1/resources", create_resources, methods=["POST"]),
+            Route("/v1/resources/{kind}/{name:path}", delete_resource, methods=["DELETE"]),
+            Route("/v1/users", add_user, methods=["POST"]),
+            Route("/v1/users/{name}", update_user, methods=["PUT"]),
+            Route("/v1/tokens", add_token, methods=["POST"]),
+            Route("/v1/tokens", list_tokens, methods=["GET"]),
+            Route("/v1/tokens/{token}", delete_token, methods=["DELETE"]),
+            Route("/v1/audit", audit_search, methods=["GET"]),
+            Route("/v1/login/password", login_password, methods=["POST"]),
+            Route("/v1/signup", signup, methods=["POST"]),
+        ],
+        exception_handlers=exception_handlers(),
+    )

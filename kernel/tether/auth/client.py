@@ -1,0 +1,209 @@
+"""A client of the auth API: used by the proxy, by ``tetherctl`` and by tests.
+
+The same class talks to auth directly (``tetherctl -c`` on the auth host, the proxy) or through
+the proxy's public port (``tetherctl`` with a ``tether login`` profile), because the proxy
+forwards ``/v1/`` requests to auth with the user's certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tether.audit import AuditEvent, AuditQuery
+from tether.errors import TetherError, TrustError
+from tether.wire import error_from_json
+
+__all__ = ["AuthClient"]
+
+
+class AuthClient:
+    """Typed calls to the auth API. Use as ``async with AuthClient(...) as client``.
+
+    :param base_url: ``https://host:port`` of auth, or of a proxy that forwards to it.
+    :param ssl_context: carries the client certificate and the CAs trusted for the server.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url
+        self._http = httpx.AsyncClient(
+            base_url=base_url, verify=ssl_context, headers=dict(headers or {}), timeout=timeout
+        )
+
+    async def __aenter__(self) -> AuthClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request; a server-side TetherError is raised here as the same class."""
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY" in str(exc):
+                raise TrustError(
+                    f"cannot verify the certificate of {self.base_url}: {exc}",
+                    hint="check the address, or log in again with `tether login`",
+                ) from None
+            raise TetherError(
+                f"cannot connect to {self.base_url}: {exc}",
+                hint="is tetherd running and the address right?",
+            ) from None
+        except httpx.TransportError as exc:
+            raise TetherError(f"connection to {self.base_url} failed: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            raise error_from_json(body, response.status_code)
+        return body
+
+    # --- resources -----------------------------------------------------------------------
+
+    async def get_resources(
+        self, kind: str, name: str | None = None, *, with_secrets: bool = False
+    ) -> list[dict[str, Any]]:
+        params = {}
+        if name:
+            params["name"] = name
+        if with_secrets:
+            params["with_secrets"] = "1"
+        body = await self.call("GET", f"/v1/resources/{kind}", params=params)
+        return list(body["resources"])
+
+    async def create_resources(
+        self, documents: Sequence[Mapping[str, Any]], *, force: bool = False
+    ) -> list[str]:
+        body = await self.call(
+            "POST", "/v1/resources", json={"resources": list(documents), "force": force}
+        )
+        return list(body["messages"])
+
+    async def delete_resource(self, kind: str, name: str) -> str:
+        body = await self.call("DELETE", f"/v1/resources/{kind}/{name}")
+        return str(body["message"])
+
+    # --- users and tokens ----------------------------------------------------------------
+
+    async def add_user(
+        self,
+        name: str,
+        *,
+        roles: Sequence[str],
+        traits: Mapping[str, Sequence[str]],
+        password: str | None = None,
+    ) -> dict[str, Any] | None:
+        body = await self.call(
+            "POST",
+            "/v1/users",
+            json={
+                "name": name,
+                "roles": list(roles),
+                "traits": {k: list(v) for k, v in traits.items()},
+                "password": password,
+            },
+        )
+        token = body["token"]
+        return dict(token) if token else None
+
+    async def update_user(
+        self,
+        name: str,
+        *,
+        roles: Sequence[str] | None = None,
+        traits: Mapping[str, Sequence[str]] | None = None,
+    ) -> str:
+        payload: dict[str, Any] = {}
+        if roles is not None:
+            payload["roles"] = list(roles)
+        if traits is not None:
+            payload["traits"] = {k: list(v) for k, v in traits.items()}
+        body = await self.call("PUT", f"/v1/users/{name}", json=payload)
+        return str(body["message"])
+
+    async def add_token(
+        self, type_name: str, ttl: datetime.timedelta, labels: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        body = await self.call(
+            "POST",
+            "/v1/tokens",
+            json={
+                "type": type_name,
+                "ttl_seconds": ttl.total_seconds(),
+                "labels": dict(labels or {}),
+            },
+        )
+        return dict(body)
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        return list((await self.call("GET", "/v1/tokens"))["tokens"])
+
+    async def delete_token(self, token: str) -> str:
+        return str((await self.call("DELETE", f"/v1/tokens/{token}"))["message"])
+
+    # --- audit, cluster, login -----------------------------------------------------------
+
+    async def search_audit(self, query: AuditQuery) -> list[AuditEvent]:
+        params: dict[str, str] = {"limit": str(query.limit)}
+        if query.type:
+            params["type"] = query.type
+        if query.since:
+            params["since"] = query.since.isoformat()
+        body = await self.call("GET", "/v1/audit", params=params)
+        return [AuditEvent.from_json(e) for e in body["events"]]
+
+    async def cluster(self) -> dict[str, Any]:
+        return dict(await self.call("GET", "/v1/cluster"))
+
+    async def whoami(self) -> dict[str, Any]:
+        return dict(await self.call("GET", "/v1/whoami"))
+
+    async def login_password(
+        self,
+        username: str,
+        password: str,
+        *,
+        ssh_public_key: str,
+        tls_public_key: str,
+        ttl_seconds: float | None = None,
+        connector: str = "local",
+    ) -> dict[str, Any]:
+        """Only the cluster's proxies may call this (on behalf of an anonymous user)."""
+        return dict(
+            await self.call(
+                "POST",
+                "/v1/login/password",
+                json={
+                    "username": username,
+                    "password": password,
+                    "ssh_public_key": ssh_public_key,
+                    "tls_public_key": tls_public_key,
+                    "ttl_seconds": ttl_seconds,
+                    "connector": connector,
+                },
+            )
+        )
+
+    async def signup(self, token: str, password: str) -> str:
+        body = await self.call("POST", "/v1/signup", json={"token": token, "password": password})
+        return str(body["user"])

@@ -1,0 +1,698 @@
+"""The auth service: the cluster's certificate authorities, users, roles, tokens and audit.
+
+This module is the auth service's logic with no HTTP in it; :mod:`tether.auth.api` maps HTTP
+requests onto it and :mod:`tether.auth.client` calls it remotely. Every public method that acts
+for a caller takes the caller's verified :class:`~tether.pki.Identity` first and checks it
+(role rules for users; built-in system identities are trusted for their own duties only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import pathlib
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import attrs
+from cryptography import x509
+
+from tether import audit, pki
+from tether.auth import passwords
+from tether.auth.connectors import IdentityConnector, LoginIdentity, PasswordConnector
+from tether.backend import Backend, Op
+from tether.config import Config
+from tether.durations import format_duration
+from tether.errors import AccessDenied, AlreadyExists, NotFound, PluginError, TetherError
+from tether.plugins import TetherPluginManager
+from tether.rbac import RoleSet
+from tether.resources import (
+    KindRegistry,
+    Resource,
+    preset_roles,
+    resource_from_bytes,
+    resource_from_dict,
+    resource_to_bytes,
+)
+
+__all__ = ["AuthService", "LoginResult", "TokenInfo"]
+
+log = logging.getLogger(__name__)
+
+PASSWORD_PREFIX = "/secrets/passwords/"
+ATTEMPTS_PREFIX = "/secrets/login_attempts/"
+
+TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
+SIGNUP_ROLE = "signup"
+
+#: identities issued to the cluster's own daemons; they skip role rules for their duties
+SYSTEM_KINDS = frozenset({"admin", "proxy", "auth"})
+
+
+@attrs.frozen
+class LoginResult:
+    """What a successful login returns to the client."""
+
+    identity: pki.Identity
+    ssh_cert: str
+    tls_cert_pem: str
+    tls_ca_pems: tuple[str, ...]
+    ssh_host_ca_lines: tuple[str, ...]
+
+
+@attrs.frozen
+class TokenInfo:
+    """A join or invitation token as ``tetherctl tokens`` shows it."""
+
+    token: str
+    type: str
+    expires: datetime.datetime | None
+    ca_pin: str
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def _connectors(pm: TetherPluginManager) -> dict[str, IdentityConnector]:
+    found: dict[str, IdentityConnector] = {}
+    for impl in pm.hook.tether_identity_connectors.get_hookimpls():
+        provided = cast("list[IdentityConnector]", impl.function() or [])
+        for connector in provided:
+            if connector.name in found:
+                raise PluginError(
+                    f"identity connector {connector.name!r} is provided twice "
+                    f"(again by plugin {impl.plugin_name!r})"
+                )
+            found[connector.name] = connector
+    return found
+
+
+class AuthService:
+    """Owns the cluster's CAs and state. Create with :meth:`open` (bootstraps on first start)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        pm: TetherPluginManager,
+        backend: Backend,
+        registry: KindRegistry,
+        authorities: pki.ClusterAuthorities,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.pm = pm
+        self.backend = backend
+        self.registry = registry
+        self.authorities = authorities
+        self.cluster_name = config.cluster_name
+        self._clock = clock
+        self.connectors = _connectors(pm)
+
+    def password_key(self, username: str) -> str:
+        """Storage key of a local user's password hash (read by the ``local`` connector)."""
+        return PASSWORD_PREFIX + username
+
+    # --- bootstrap -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        config: Config,
+        pm: TetherPluginManager,
+        backend: Backend,
+        clock: Callable[[], float] = time.time,
+    ) -> AuthService:
+        """Load or create the CAs, publish them as ``cert_authority`` resources, and create
+        the preset roles that do not exist yet."""
+        registry = KindRegistry.from_plugins(pm)
+        keys_dir = pathlib.Path(config.data_dir) / "keys"
+        authorities = pki.ClusterAuthorities.load_or_create(
+            keys_dir, config.cluster_name, algorithm=config.auth_service.ca_algorithm
+        )
+        service = cls(
+            config=config,
+            pm=pm,
+            backend=backend,
+            registry=registry,
+            authorities=authorities,
+            clock=clock,
+        )
+        await service._publish_authorities()
+        for role in preset_roles():
+            kind = registry.get("role")
+            with contextlib.suppress(AlreadyExists):
+                await backend.create(kind.key(role.metadata.name), resource_to_bytes(role))
+        return service
+
+    def make(
+        self,
+        kind: str,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        expires: datetime.datetime | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Resource:
+        """Build a resource of ``kind`` through the same validation as user input."""
+        metadata: dict[str, Any] = {"name": name}
+        if labels:
+            metadata["labels"] = dict(labels)
+        if expires is not None:
+            metadata["expires"] = expires.isoformat()
+        return resource_from_dict(
+            {
+                "kind": kind,
+                "version": self.registry.get(kind).versions[0],
+                "metadata": metadata,
+                "spec": dict(spec),
+            },
+            self.registry,
+        )
+
+    def _ca_resources(self) -> list[Resource]:
+        a = self.authorities
+        out = []
+        for ca_type, ssh_keys, tls_certs in (
+            ("user", [a.ssh_user.public_key_line()], []),
+            ("host", [a.ssh_host.public_key_line()], []),
+            ("tls", [], [pki.cert_to_pem(a.tls.certificate).decode()]),
+        ):
+            spec = {
+                "type": ca_type,
+                "cluster_name": self.cluster_name,
+                "active_keys": {"ssh": ssh_keys, "tls": tls_certs},
+            }
+            out.append(self.make("cert_authority", self.cluster_name, spec))
+        return out
+
+    async def _publish_authorities(self) -> None:
+        kind = self.registry.get("cert_authority")
+        for res in self._ca_resources():
+            await self.backend.put(kind.key(kind.ref_of(res)), resource_to_bytes(res))
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+
+    @property
+    def ca_pin(self) -> str:
+        return pki.ca_pin(self.authorities.tls.certificate)
+
+    def trusted_tls_cas(self) -> list[x509.Certificate]:
+        """The X.509 CAs whose client certificates this cluster accepts."""
+        return [self.authorities.tls.certificate]
+
+    # --- identities ----------------------------------------------------------------------
+
+    def issue_system_certificate(
+        self,
+        kind: str,
+        name: str,
+        public_key: Any,
+        *,
+        ttl: datetime.timedelta,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+    ) -> x509.Certificate:
+        """Issue the X.509 certificate of one of the cluster's own daemons (or the local
+        admin identity ``tetherctl -c`` uses)."""
+        identity = pki.Identity(
+            username=name,
+            cluster=self.cluster_name,
+            roles=(),
+            traits={},
+            logins=(),
+            expires=self.now() + ttl,
+            kind=kind,
+        )
+        return pki.issue_x509_cert(
+            self.authorities.tls,
+            public_key,
+            identity,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+            server=kind in ("proxy", "auth"),
+            now=self.now(),
+        )
+
+    def verify_client(self, cert: bytes | x509.Certificate) -> pki.Identity:
+        """Verify a client certificate against the cluster's X.509 CA."""
+        return pki.verify_x509_cert(cert, trusted_cas=self.trusted_tls_cas(), now=self.now())
+
+    async def _roleset(self, role_names: Sequence[str]) -> RoleSet:
+        kind = self.registry.get("role")
+        roles = []
+        for name in role_names:
+            item = await self.backend.get(kind.key(name))
+            if item is None:
+                log.warning("role %r named by a user does not exist; ignoring it", name)
+                continue
+            roles.append(resource_from_bytes(item.value, self.registry))
+        return RoleSet(roles)
+
+    async def authorize(self, identity: pki.Identity, kind: str, verb: str) -> None:
+        """Allow ``verb`` on ``kind`` for ``identity`` or raise AccessDenied."""
+        if identity.kind == "admin":
+            return
+        if identity.kind != "user":
+            raise AccessDenied(
+                f"{identity.kind} identity {identity.username!r} may not {verb} {kind}"
+            )
+        roleset = await self._roleset(identity.roles)
+        roleset.check_rule(kind, verb)
+
+    # --- resources -----------------------------------------------------------------------
+
+    async def get_resources(
+        self,
+        identity: pki.Identity,
+        kind_name: str,
+        name: str | None = None,
+        *,
+        with_secrets: bool = False,
+    ) -> list[Resource]:
+        kind = self.registry.get(kind_name)
+        # as in Teleport: "list" shows resources without secrets, "read" with them
+        await self.authorize(identity, kind.name, "read" if name or with_secrets else "list")
+        if name is not None:
+            item = await self.backend.get(kind.key(name))
+            if item is None:
+                raise NotFound(f"{kind.name} {name!r} not found")
+            return [resource_from_bytes(item.value, self.registry)]
+        items = await self.backend.range(kind.storage_prefix)
+        return [resource_from_bytes(item.value, self.registry) for item in items]
+
+    async def create_resources(
+        self, identity: pki.Identity, resources: Sequence[Resource], *, force: bool = False
+    ) -> list[str]:
+        """Create (or with ``force`` replace) every resource, all or none.
+
+        Returns one line per resource saying what happened, as ``tetherctl create`` prints.
+        """
+        ops = []
+        messages = []
+        events = []
+        for res in resources:
+            kind = self.registry.get(res.kind)
+            key = kind.key(kind.ref_of(res))
+            existing = await self.backend.get(key)
+            verb = "update" if existing is not None else "create"
+            await self.authorize(identity, kind.name, verb)
+            if existing is not None and not force:
+                raise AlreadyExists(
+                    f"{kind.name} {res.metadata.name!r} already exists",
+                    hint="use `tetherctl create -f` to overwrite it",
+                )
+            expected = existing.revision if existing is not None else 0
+            ops.append(Op.put(key, resource_to_bytes(res), expected_revision=expected))
+            done = "updated" if existing is not None else "created"
+            messages.append(f'{kind.name} "{res.metadata.name}" has been {done}')
+            events.append(
+                audit.AuditEvent(
+                    type=audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED,
+                    cluster=self.cluster_name,
+                    user=identity.username,
+                    fields={"kind": kind.name, "name": res.metadata.name},
+                )
+            )
+        await self.backend.apply(ops)
+        for event in events:
+            await audit.emit(self.pm, event)
+        return messages
+
+    async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
+        kind = self.registry.get(kind_name)
+        await self.authorize(identity, kind.name, "delete")
+        if not await self.backend.delete(kind.key(name)):
+            raise NotFound(f"{kind.name} {name!r} not found")
+        if kind.name == "user":
+            await self.backend.delete(PASSWORD_PREFIX + name)
+            await self.backend.delete(ATTEMPTS_PREFIX + name)
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=audit.RESOURCE_DELETED,
+                cluster=self.cluster_name,
+                user=identity.username,
+                fields={"kind": kind.name, "name": name},
+            ),
+        )
+        return f'{kind.name} "{name}" has been deleted'
+
+    # --- users ---------------------------------------------------------------------------
+
+    async def add_user(
+        self,
+        identity: pki.Identity,
+        name: str,
+        *,
+        roles: Sequence[str],
+        traits: Mapping[str, Sequence[str]],
+        password: str | None = None,
+    ) -> TokenInfo | None:
+        """Create a local user; returns a one-time sign-up token unless a password is given."""
+        if not roles:
+            raise TetherError(f"user {name!r} needs at least one role", hint="pass --roles")
+        role_kind = self.registry.get("role")
+        for role in roles:
+            if await self.backend.get(role_kind.key(role)) is None:
+                raise NotFound(
+                    f"role {role!r} does not exist", hint="create it first, or check the spelling"
+                )
+        if password is not None:
+            self._check_password(password)
+        user = self.make(
+            "user", name, {"roles": list(roles), "traits": {k: list(v) for k, v in traits.items()}}
+        )
+        await self.create_resources(identity, [user])
+        if password is not None:
+            await self.backend.put(
+                PASSWORD_PREFIX + name, passwords.hash_password(password).encode()
+            )
+            return None
+        ttl = self.config.auth_service.signup_token_ttl
+        return await self._create_token(
+            identity, SIGNUP_ROLE, ttl, extra={"user": name}, type_name="signup"
+        )
+
+    async def update_user(
+        self,
+        identity: pki.Identity,
+        name: str,
+        *,
+        roles: Sequence[str] | None = None,
+        traits: Mapping[str, Sequence[str]] | None = None,
+    ) -> str:
+        kind = self.registry.get("user")
+        await self.authorize(identity, "user", "update")
+        item = await self.backend.get(kind.key(name))
+        if item is None:
+            raise NotFound(f"user {name!r} not found")
+        user = resource_from_bytes(item.value, self.registry)
+        spec = user.spec
+        if roles is not None:
+            spec = attrs.evolve(spec, roles=tuple(roles))
+        if traits is not None:
+            merged = dict(spec.traits)
+            merged.update({k: tuple(v) for k, v in traits.items()})
+            spec = attrs.evolve(spec, traits=merged)
+        user = attrs.evolve(user, spec=spec)
+        await self.backend.compare_and_swap(
+            kind.key(name), resource_to_bytes(user), expected_revision=item.revision
+        )
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=audit.RESOURCE_UPDATED,
+                cluster=self.cluster_name,
+                user=identity.username,
+                fields={"kind": "user", "name": name},
+            ),
+        )
+        return f'user "{name}" has been updated'
+
+    def _check_password(self, password: str) -> None:
+        try:
+            passwords.check_password_strength(password)
+        except ValueError as exc:
+            raise TetherError(str(exc)) from None
+
+    async def complete_signup(self, token: str, password: str) -> str:
+        """Set a new user's password with the one-time sign-up token; returns the user name."""
+        self._check_password(password)
+        kind = self.registry.get("token")
+        item = await self.backend.get(kind.key(token))
+        res = resource_from_bytes(item.value, self.registry) if item else None
+        if res is None or SIGNUP_ROLE not in res.spec.roles or self._expired(res):
+            raise AccessDenied(
+                "sign-up token is invalid or expired", hint="ask an admin for a new one"
+            )
+        user = res.spec.user
+        await self.backend.apply(
+            [
+                Op.delete(kind.key(token), expected_revision=item.revision),  # type: ignore[union-attr]
+                Op.put(PASSWORD_PREFIX + user, passwords.hash_password(password).encode()),
+            ]
+        )
+        return str(user)
+
+    # --- login ---------------------------------------------------------------------------
+
+    async def login_password(
+        self,
+        username: str,
+        password: str,
+        *,
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+        ttl: datetime.timedelta | None = None,
+        connector_name: str = "local",
+    ) -> LoginResult:
+        """Check a password through a password connector and issue the user's certificates.
+
+        Failures say "invalid user name or password" whichever was wrong; after
+        ``failed_login_limit`` consecutive failures the name is locked for
+        ``lockout_duration``, whether or not the user exists.
+        """
+        cfg = self.config.auth_service
+        attempts_key = ATTEMPTS_PREFIX + username
+        attempts_item = await self.backend.get(attempts_key)
+        failed, locked_until = passwords.decode_attempts(
+            attempts_item.value if attempts_item else None
+        )
+        now = self._clock()
+        if locked_until is not None and locked_until > now:
+            await self._audit_login_failure(username, "account locked")
+            until = datetime.datetime.fromtimestamp(locked_until, datetime.UTC)
+            raise AccessDenied(
+                f"too many failed logins: {username!r} is locked until "
+                f"{until:%Y-%m-%d %H:%M:%S} UTC",
+                hint="wait, or ask an admin to unlock it",
+            )
+        connector = self.connectors.get(connector_name)
+        if not isinstance(connector, PasswordConnector):
+            known = (
+                ", ".join(
+                    sorted(
+                        n for n, c in self.connectors.items() if isinstance(c, PasswordConnector)
+                    )
+                )
+                or "none"
+            )
+            raise TetherError(
+                f"no password connector named {connector_name!r}",
+                hint=f"password connectors here: {known}",
+            )
+        try:
+            login = await connector.authenticate_password(self, username, password)
+        except AccessDenied:
+            failed += 1
+            lock = None
+            if failed >= cfg.failed_login_limit:
+                lock = now + cfg.lockout_duration.total_seconds()
+            await self.backend.put(
+                attempts_key,
+                passwords.encode_attempts(failed, lock),
+                ttl=cfg.lockout_duration.total_seconds(),
+            )
+            await self._audit_login_failure(username, "invalid user name or password")
+            raise AccessDenied("invalid user name or password") from None
+        if attempts_item is not None:
+            await self.backend.delete(attempts_key)
+        result = await self._issue_user_certs(
+            login, ssh_public_key=ssh_public_key, tls_public_key_pem=tls_public_key_pem, ttl=ttl
+        )
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=audit.USER_LOGIN,
+                cluster=self.cluster_name,
+                user=username,
+                fields={
+                    "method": connector_name,
+                    "roles": list(result.identity.roles),
+                    "expires": result.identity.expires.isoformat(),
+                },
+            ),
+        )
+        return result
+
+    async def _audit_login_failure(self, username: str, reason: str) -> None:
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=audit.USER_LOGIN_FAILED,
+                cluster=self.cluster_name,
+                user=username,
+                success=False,
+                fields={"method": "local", "reason": reason},
+            ),
+        )
+
+    async def _issue_user_certs(
+        self,
+        login: LoginIdentity,
+        *,
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+        ttl: datetime.timedelta | None,
+    ) -> LoginResult:
+        roles = login.roles
+        traits = dict(login.traits)
+        roleset = await self._roleset(roles)
+        requested = ttl or self.config.auth_service.session_ttl
+        ttl_effective = min(requested, roleset.max_session_ttl())
+        identity = pki.Identity(
+            username=login.username,
+            cluster=self.cluster_name,
+            roles=roles,
+            traits=traits,
+            logins=tuple(roleset.logins(traits)),
+            expires=self.now() + ttl_effective,
+            kind="user",
+        )
+        try:
+            ssh_key = pki.load_public_key(ssh_public_key.encode())
+            tls_key = pki.load_public_key(tls_public_key_pem.encode())
+        except ValueError as exc:
+            raise TetherError(f"login request carries an unusable public key: {exc}") from None
+        ssh_cert = pki.issue_ssh_user_cert(
+            self.authorities.ssh_user,
+            ssh_key,
+            identity,
+            now=self.now(),
+            permit_port_forwarding=roleset.port_forwarding(),
+            permit_agent_forwarding=roleset.forward_agent(),
+        )
+        tls_cert = pki.issue_x509_cert(self.authorities.tls, tls_key, identity, now=self.now())
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=audit.CERT_ISSUED,
+                cluster=self.cluster_name,
+                user=identity.username,
+                fields={
+                    "logins": list(identity.logins),
+                    "roles": list(roles),
+                    "ttl": format_duration(ttl_effective),
+                },
+            ),
+        )
+        return LoginResult(
+            identity=identity,
+            ssh_cert=ssh_cert,
+            tls_cert_pem=pki.cert_to_pem(tls_cert).decode(),
+            tls_ca_pems=tuple(pki.cert_to_pem(c).decode() for c in self.trusted_tls_cas()),
+            ssh_host_ca_lines=(self.authorities.ssh_host.public_key_line(),),
+        )
+
+    # --- tokens --------------------------------------------------------------------------
+
+    def _expired(self, res: Resource) -> bool:
+        exp = res.metadata.expires
+        return exp is not None and exp <= self.now()
+
+    async def add_token(
+        self,
+        identity: pki.Identity,
+        type_name: str,
+        ttl: datetime.timedelta,
+        labels: Mapping[str, str] | None = None,
+    ) -> TokenInfo:
+        if type_name not in TOKEN_TYPES:
+            raise TetherError(
+                f"unknown token type {type_name!r}",
+                hint=f"use one of: {', '.join(sorted(TOKEN_TYPES))}",
+            )
+        return await self._create_token(
+            identity, TOKEN_TYPES[type_name], ttl, type_name=type_name, labels=labels
+        )
+
+    async def _create_token(
+        self,
+        identity: pki.Identity,
+        role: str,
+        ttl: datetime.timedelta,
+        *,
+        type_name: str,
+        extra: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> TokenInfo:
+        await self.authorize(identity, "token", "create")
+        if ttl <= datetime.timedelta(0):
+            raise TetherError("token TTL must be positive", hint="for example --ttl=5m")
+        value = secrets.token_hex(16)
+        expires = self.now() + ttl
+        kind = self.registry.get("token")
+        res = self.make(
+            "token", value, {"roles": [role], **(extra or {})}, expires=expires, labels=labels
+        )
+        await self.backend.create(kind.key(value), resource_to_bytes(res), ttl=ttl.total_seconds())
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=audit.TOKEN_CREATED,
+                cluster=self.cluster_name,
+                user=identity.username,
+                fields={"token_type": type_name, "expires": expires.isoformat()},
+            ),
+        )
+        return TokenInfo(
+            token=value,
+            type=type_name,
+            expires=expires,
+            ca_pin=self.ca_pin,
+            labels=dict(labels or {}),
+        )
+
+    async def list_tokens(self, identity: pki.Identity) -> list[TokenInfo]:
+        await self.authorize(identity, "token", "list")
+        out = []
+        role_to_type = {v: k for k, v in TOKEN_TYPES.items()} | {SIGNUP_ROLE: "signup"}
+        for res in await self.get_resources(identity, "token"):
+            if self._expired(res):
+                continue
+            type_name = ",".join(role_to_type.get(r, r) for r in res.spec.roles)
+            out.append(
+                TokenInfo(
+                    token=res.metadata.name,
+                    type=type_name,
+                    expires=res.metadata.expires,
+                    ca_pin=self.ca_pin,
+                    labels=dict(res.metadata.labels),
+                )
+            )
+        return out
+
+    async def delete_token(self, identity: pki.Identity, token: str) -> str:
+        await self.delete_resource(identity, "token", token)
+        return f'token "{token}" has been deleted'
+
+    async def check_token(self, token: str, role: str) -> Resource:
+        """Validate a join token of the given role; raise AccessDenied saying why not."""
+        kind = self.registry.get("token")
+        item = await self.backend.get(kind.key(token))
+        if item is None:
+            raise AccessDenied(
+                "the token is unknown or expired",
+                hint="create a new one with `tetherctl tokens add`",
+            )
+        res = resource_from_bytes(item.value, self.registry)
+        if self._expired(res):
+            raise AccessDenied(
+                "the token is unknown or expired",
+                hint="create a new one with `tetherctl tokens add`",
+            )
+        if role not in res.spec.roles:
+            raise AccessDenied(f"the token is not a {role} token")
+        return res
+
+    # --- audit ---------------------------------------------------------------------------
+
+    async def search_audit(
+        self, identity: pki.Identity, query: audit.AuditQuery
+    ) -> list[audit.AuditEvent]:
+        await self.authorize(identity, "event", "list")
+        return await audit.search(self.pm, query)

@@ -1,0 +1,112 @@
+"""What the three command-line programs share: error reporting, output formats, plugins.
+
+Errors a user sees are one line on stderr and a non-zero exit; ``--debug`` turns on verbose
+logs and shows the traceback (DESIGN.md, "Conventions").
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import trio
+from tabulate import tabulate
+
+from tether.errors import TetherError
+from tether.logs import setup_logging
+from tether.plugins import TetherPluginManager, get_plugin_manager
+from tether.yamlio import dump_yaml
+
+__all__ = ["emit_table", "fail", "output", "plugin_manager", "run_async", "split_csv", "split_kv"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("tether.cli")
+
+
+def fail(message: str) -> None:
+    click.echo(f"ERROR: {message}", err=True)
+    sys.exit(1)
+
+
+def _debug_enabled() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.obj and isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
+    """Run an async command body under trio and turn TetherError into one line + exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return trio.run(functools.partial(func, *args, **kwargs))
+        except TetherError as exc:
+            if _debug_enabled():
+                log.exception("command failed")
+            fail(str(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def setup_cli_logging(debug: bool, severity: str = "WARNING") -> None:
+    setup_logging(severity, "text", debug=debug)
+
+
+_PM: dict[str, TetherPluginManager] = {}
+
+
+def plugin_manager(disabled: Sequence[str] = ()) -> TetherPluginManager:
+    """The plugin manager for this process (built once)."""
+    key = ",".join(sorted(disabled))
+    if key not in _PM:
+        _PM[key] = get_plugin_manager(disabled)
+    return _PM[key]
+
+
+def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain table like tctl's: a header, a dashed rule, one row per line."""
+    click.echo(
+        tabulate(
+            [list(r) for r in rows], headers=list(headers), tablefmt="simple", disable_numparse=True
+        )
+    )
+
+
+def output(data: Any, fmt: str) -> None:
+    """Print ``data`` as JSON or YAML for scripts."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif fmt == "yaml":
+        click.echo(dump_yaml(data), nl=False)
+    else:
+        raise click.BadParameter(f"unknown format {fmt!r}")
+
+
+def split_csv(value: str | None) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]``."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def split_kv(value: str | None, option: str) -> dict[str, list[str]]:
+    """``"env=dev,team=a,team=b"`` -> ``{"env": ["dev"], "team": ["a", "b"]}``."""
+    out: dict[str, list[str]] = {}
+    for part in split_csv(value):
+        key, sep, val = part.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{part!r} is not key=value", param_hint=option)
+        out.setdefault(key.strip(), []).append(val.strip())
+    return out

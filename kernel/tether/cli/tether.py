@@ -1,0 +1,223 @@
+"""``tether``: the user's client (``tsh`` in the guide)."""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import sys
+from typing import Any
+
+import click
+
+import tether
+from tether import pki
+from tether.cli._common import output, plugin_manager, run_async, setup_cli_logging
+from tether.client.profile import clear_profiles, current_profile, save_profile
+from tether.client.web import establish_trust, proxy_call
+from tether.durations import parse_duration
+from tether.errors import TetherError
+
+__all__ = ["cli", "main"]
+
+
+def _read_password(password_stdin: bool, prompt: str = "Password") -> str:
+    if password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise TetherError("no password on standard input")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise TetherError("no terminal to ask for the password", hint="use --password-stdin")
+    return getpass.getpass(f"{prompt}: ")
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Log in to a Tether cluster and reach its resources."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    setup_cli_logging(debug)
+
+
+def _ttl(value: str | None) -> datetime.timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ttl") from None
+
+
+@cli.command()
+@click.option("--proxy", required=True, help="Proxy address, HOST:PORT.")
+@click.option("--user", default=lambda: getpass.getuser(), help="Tether user name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", is_flag=True, help="Do not verify the proxy (testing only).")
+@click.option("--ca-pin", help="Trust the proxy whose cluster CA has this sha256 pin.")
+@click.option("--ttl", help="Certificate lifetime (capped by your roles), e.g. 8h.")
+@click.option(
+    "--auth",
+    "connector",
+    default="local",
+    show_default=True,
+    help="Identity connector to log in with.",
+)
+@run_async
+async def login(
+    proxy: str,
+    user: str,
+    password_stdin: bool,
+    insecure: bool,
+    ca_pin: str | None,
+    ttl: str | None,
+    connector: str,
+) -> None:
+    """Log in and store short-lived certificates."""
+    ttl_delta = _ttl(ttl)
+    trust = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    password = _read_password(password_stdin)
+    key = pki.generate_private_key()
+    result = await proxy_call(
+        proxy,
+        "POST",
+        "/webapi/login",
+        trust.context,
+        json={
+            "user": user,
+            "password": password,
+            "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+            "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+            "ttl_seconds": ttl_delta.total_seconds() if ttl_delta else None,
+            "connector": connector,
+        },
+    )
+    identity = pki.Identity.from_json(result["identity"])
+    save_profile(
+        proxy,
+        private_key=key,
+        ssh_cert=result["ssh_cert"],
+        tls_cert_pem=result["tls_cert"],
+        tls_ca_pems=list(result["tls_ca_certs"]),
+        ssh_host_ca_lines=list(result["ssh_host_ca"]),
+        cluster=identity.cluster,
+        insecure=insecure,
+        ca_pin=ca_pin,
+    )
+    _print_status(_status_json(), sys.stdout)
+
+
+@cli.command()
+@click.option("--proxy", required=True, help="Proxy address, HOST:PORT.")
+@click.option("--token", required=True, help="The sign-up token from `tetherctl users add`.")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@click.option("--insecure", is_flag=True, help="Do not verify the proxy (testing only).")
+@click.option("--ca-pin", help="Trust the proxy whose cluster CA has this sha256 pin.")
+@run_async
+async def signup(
+    proxy: str, token: str, password_stdin: bool, insecure: bool, ca_pin: str | None
+) -> None:
+    """Choose the password of a new user with a one-time sign-up token."""
+    trust = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    password = _read_password(password_stdin, "New password")
+    body = await proxy_call(
+        proxy, "POST", "/webapi/signup", trust.context, json={"token": token, "password": password}
+    )
+    click.echo(
+        f"User {body['user']!r} is ready: tether login --proxy={proxy} --user={body['user']}"
+    )
+
+
+def _status_json() -> dict[str, Any] | None:
+    profile = current_profile()
+    if profile is None:
+        return None
+    identity = profile.identity()
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "active": {
+            "profile_url": f"https://{profile.proxy}",
+            "username": identity.username,
+            "cluster": identity.route_to_cluster or identity.cluster,
+            "root_cluster": identity.cluster,
+            "roles": list(identity.roles),
+            "logins": list(identity.logins),
+            "traits": {k: list(v) for k, v in identity.traits.items()},
+            "valid_until": identity.expires.isoformat().replace("+00:00", "Z"),
+            "expired": identity.expires <= now,
+            "ssh_cert_file": str(profile.ssh_cert_file),
+            "tls_cert_file": str(profile.tls_cert_file),
+            "tls_ca_file": str(profile.tls_ca_file),
+            "private_key_file": str(profile.private_key_file),
+            "tls_key_file": str(profile.tls_key_file),
+            "known_hosts_file": str(profile.known_hosts_file),
+        }
+    }
+
+
+def _print_status(status: dict[str, Any] | None, stream: Any) -> None:
+    if status is None:
+        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT`")
+    a = status["active"]
+    now = datetime.datetime.now(datetime.UTC)
+    until = datetime.datetime.fromisoformat(a["valid_until"].replace("Z", "+00:00"))
+    left = "EXPIRED" if a["expired"] else f"valid for {_human(until - now)}"
+    lines = [
+        f"> Profile URL:        {a['profile_url']}",
+        f"  Logged in as:       {a['username']}",
+        f"  Cluster:            {a['cluster']}",
+        f"  Roles:              {', '.join(a['roles'])}",
+        f"  Logins:             {', '.join(a['logins'])}",
+        f"  Valid until:        {until:%Y-%m-%d %H:%M:%S} UTC [{left}]",
+    ]
+    click.echo("\n".join(lines), file=stream)
+
+
+def _human(delta: datetime.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes // 60}h{minutes % 60}m"
+
+
+@cli.command()
+@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+def status(fmt: str) -> None:
+    """Show the current login: proxy, user, cluster, roles, logins, expiry."""
+    data = _status_json()
+    try:
+        if fmt == "text" or data is None:
+            _print_status(data, sys.stdout)
+        else:
+            output(data, fmt)
+    except TetherError as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+def logout() -> None:
+    """Remove every stored key and certificate."""
+    removed = clear_profiles()
+    if removed:
+        for proxy in removed:
+            click.echo(f"Logged out of {proxy}.")
+    else:
+        click.echo("Not logged in.")
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"Tether v{tether.__version__}")
+
+
+def main() -> None:
+    try:
+        plugin_manager().hook.tether_cli_commands(program="tether", cli=cli)
+    except TetherError as exc:
+        click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""``tetherctl``: cluster administration (``tctl`` in the guide).
+
+It reaches auth like ``tctl``: on the auth host with ``-c tether.yaml`` (the daemon's config)
+and the local admin identity in the data dir; anywhere else through the current ``tether login``
+profile, where the proxy forwards to auth and the user's role rules decide.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+import click
+
+import tether
+from tether import pki
+from tether.audit import AuditQuery
+from tether.auth.client import AuthClient
+from tether.cli._common import (
+    emit_table,
+    output,
+    plugin_manager,
+    run_async,
+    setup_cli_logging,
+    split_csv,
+    split_kv,
+)
+from tether.client.profile import current_profile, profile_ssl_context
+from tether.config import load_config
+from tether.daemon import PROCESS_FILE, admin_identity_paths
+from tether.durations import format_duration, parse_duration
+from tether.errors import TetherError
+from tether.resources import KindRegistry, parse_resources, resource_to_dict
+from tether.yamlio import dump_yaml
+
+__all__ = ["cli", "main"]
+
+CONFIG_ENV = "TETHER_CONFIG"
+
+
+class Target:
+    """Where this invocation's requests go, and the proxy address users should use."""
+
+    def __init__(self, client: AuthClient, proxy: str | None) -> None:
+        self.client = client
+        self.proxy = proxy
+
+
+def _connect(ctx: click.Context) -> Target:
+    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
+    if config_path:
+        config = load_config(pathlib.Path(config_path))
+        data_dir = pathlib.Path(config.data_dir)
+        cert_path, key_path, ca_path = admin_identity_paths(data_dir)
+        try:
+            cert = pki.load_cert(cert_path.read_bytes())
+            key = pki.load_private_key(key_path.read_bytes())
+            cas = pki.load_certs(ca_path.read_bytes())
+        except FileNotFoundError:
+            raise TetherError(
+                f"no admin identity in {data_dir}",
+                hint="start the auth service with this configuration first (tetherd start -c ...)",
+            ) from None
+        except PermissionError:
+            raise TetherError(
+                f"cannot read the admin identity in {data_dir}", hint="run as the daemon's user"
+            ) from None
+        try:
+            process = json.loads((data_dir / PROCESS_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            process = {}
+        listen = config.auth_service.listen_addr
+        host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+        addr = process.get("auth_addr") or f"{host}:{listen.port}"
+        context = pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)
+        return Target(AuthClient(f"https://{addr}", context), process.get("proxy_addr"))
+    profile = current_profile()
+    if profile is None:
+        raise TetherError(
+            "not logged in and no configuration given",
+            hint="run `tether login --proxy=HOST:PORT` or pass -c tether.yaml on the auth host",
+        )
+    return Target(
+        AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)), profile.proxy
+    )
+
+
+def _registry() -> KindRegistry:
+    return KindRegistry.from_plugins(plugin_manager())
+
+
+@click.group()
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(path_type=pathlib.Path),
+    help="The daemon's tether.yaml (on the auth host; uses the local admin identity).",
+)
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, config: pathlib.Path | None, debug: bool) -> None:
+    """Administer a Tether cluster: resources, users, tokens, audit."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    ctx.obj["debug"] = debug
+    setup_cli_logging(debug)
+
+
+# --- resources -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.File("r"))
+@click.option("-f", "--force", is_flag=True, help="Overwrite resources that exist.")
+@click.pass_context
+@run_async
+async def create(ctx: click.Context, file: Any, force: bool) -> None:
+    """Create resources from a YAML file (all documents or none)."""
+    source = os.path.basename(file.name) if file.name != "<stdin>" else "<stdin>"
+    resources = parse_resources(file.read(), source, _registry())
+    if not resources:
+        raise TetherError(f"{source}: no resources found")
+    target = _connect(ctx)
+    async with target.client as client:
+        messages = await client.create_resources(
+            [resource_to_dict(r, with_secrets=True) for r in resources], force=force
+        )
+    for message in messages:
+        click.echo(message)
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    kind, _, name = ref.partition("/")
+    return kind, (name or None)
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND[/NAME]")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "text"]), default="yaml")
+@click.option("--with-secrets", is_flag=True, help="Include secret fields.")
+@click.pass_context
+@run_async
+async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> None:
+    """Show resources: tetherctl get role/visitor > visitor.yaml round-trips."""
+    kind_name, name = _split_ref(ref)
+    kind = _registry().get(kind_name)
+    target = _connect(ctx)
+    async with target.client as client:
+        docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
+    if fmt == "json":
+        click.echo(json.dumps(docs[0] if name else docs, indent=2))
+    elif fmt == "yaml":
+        click.echo("---\n".join(dump_yaml(d) for d in docs), nl=False)
+    else:
+        rows = []
+        for d in docs:
+            labels = ",".join(f"{k}={v}" for k, v in d["metadata"].get("labels", {}).items())
+            rows.append(
+                (d["kind"], d["metadata"]["name"], labels, d["metadata"].get("expires", ""))
+            )
+        emit_table(["Kind", "Name", "Labels", "Expires"], rows)
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME")
+@click.pass_context
+@run_async
+async def rm(ctx: click.Context, ref: str) -> None:
+    """Delete a resource."""
+    kind_name, name = _split_ref(ref)
+    if not name:
+        raise TetherError(f"{ref!r} names no resource", hint="use KIND/NAME, e.g. role/visitor")
+    kind = _registry().get(kind_name)
+    target = _connect(ctx)
+    async with target.client as client:
+        click.echo(await client.delete_resource(kind.name, name))
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def users() -> None:
+    """Manage local users."""
+
+
+def _read_stdin_password() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise TetherError("no password on standard input")
+    return line.rstrip("\r\n")
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--roles", required=True, help="Comma-separated roles, e.g. access,editor.")
+@click.option("--logins", help="Comma-separated OS logins (the `logins` trait).")
+@click.option("--traits", help="More traits: key=value,key=value2.")
+@click.option("--password-stdin", is_flag=True, help="Set the password from standard input.")
+@click.pass_context
+@run_async
+async def users_add(
+    ctx: click.Context,
+    name: str,
+    roles: str,
+    logins: str | None,
+    traits: str | None,
+    password_stdin: bool,
+) -> None:
+    """Add a local user; prints a one-time sign-up token unless --password-stdin."""
+    all_traits = split_kv(traits, "--traits")
+    if logins is not None:
+        all_traits["logins"] = split_csv(logins)
+    password = _read_stdin_password() if password_stdin else None
+    target = _connect(ctx)
+    async with target.client as client:
+        token = await client.add_user(
+            name, roles=split_csv(roles), traits=all_traits, password=password
+        )
+    if token is None:
+        click.echo(f'User "{name}" has been created.')
+        return
+    expires = datetime.datetime.fromisoformat(token["expires"].replace("Z", "+00:00"))
+    left = format_duration(expires - datetime.datetime.now(datetime.UTC))
+    proxy = target.proxy or "PROXY:PORT"
+    click.echo(
+        f'User "{name}" has been created but requires a password. Share this command with the '
+        f"user to choose one; the token is valid for {left}:\n\n"
+        f"tether signup --proxy={proxy} --token={token['token']}\n"
+    )
+
+
+@users.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.pass_context
+@run_async
+async def users_ls(ctx: click.Context, fmt: str) -> None:
+    """List users."""
+    target = _connect(ctx)
+    async with target.client as client:
+        docs = await client.get_resources("user")
+    if fmt != "text":
+        output(docs, fmt)
+        return
+    emit_table(
+        ["User", "Roles"],
+        [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+    )
+
+
+@users.command("rm")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def users_rm(ctx: click.Context, name: str) -> None:
+    """Delete a user."""
+    target = _connect(ctx)
+    async with target.client as client:
+        click.echo(await client.delete_resource("user", name))
+
+
+@users.command("update")
+@click.argument("name")
+@click.option("--set-roles", help="Replace the user's roles (comma-separated).")
+@click.option("--set-logins", help="Replace the user's logins trait (comma-separated).")
+@click.option("--set-traits", help="Replace these traits: key=value,...")
+@click.pass_context
+@run_async
+async def users_update(
+    ctx: click.Context,
+    name: str,
+    set_roles: str | None,
+    set_logins: str | None,
+    set_traits: str | None,
+) -> None:
+    """Change a user's roles or traits."""
+    traits = split_kv(set_traits, "--set-traits") if set_traits else {}
+    if set_logins is not None:
+        traits["logins"] = split_csv(set_logins)
+    if set_roles is None and not traits:
+        raise TetherError(
+            "nothing to update", hint="pass --set-roles, --set-logins or --set-traits"
+        )
+    target = _connect(ctx)
+    async with target.client as client:
+        click.echo(
+            await client.update_user(
+                name,
+                roles=split_csv(set_roles) if set_roles is not None else None,
+                traits=traits or None,
+            )
+        )
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def tokens() -> None:
+    """Manage join and invitation tokens."""
+
+
+@tokens.command("add")
+@click.option("--type", "type_name", required=True, help="node, proxy or trusted_cluster.")
+@click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
+@click.option("--labels", help="Labels for what joins with it: key=value,...")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+@run_async
+async def tokens_add(
+    ctx: click.Context, type_name: str, ttl: str, labels: str | None, fmt: str
+) -> None:
+    """Create a token; prints it with its expiry and the cluster CA pin."""
+    try:
+        ttl_delta = parse_duration(ttl)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ttl") from None
+    label_map = {k: v[-1] for k, v in split_kv(labels, "--labels").items()}
+    target = _connect(ctx)
+    async with target.client as client:
+        info = await client.add_token(type_name, ttl_delta, label_map)
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=2))
+        return
+    what = "cluster invite token" if type_name == "trusted_cluster" else "invite token"
+    click.echo(f"The {what}: {info['token']}")
+    click.echo(f"This token will expire in {format_duration(ttl_delta)}.")
+    click.echo(f"CA pin: {info['ca_pin']}")
+
+
+@tokens.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.pass_context
+@run_async
+async def tokens_ls(ctx: click.Context, fmt: str) -> None:
+    """List tokens that have not expired."""
+    target = _connect(ctx)
+    async with target.client as client:
+        found = await client.list_tokens()
+    if fmt != "text":
+        output(found, fmt)
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    rows = []
+    for t in found:
+        expiry = ""
+        if t["expires"]:
+            when = datetime.datetime.fromisoformat(t["expires"].replace("Z", "+00:00"))
+            expiry = f"{when:%d %b %y %H:%M} UTC ({format_duration(when - now)})"
+        labels = ",".join(f"{k}={v}" for k, v in t.get("labels", {}).items())
+        rows.append((t["token"], t["type"], labels, expiry))
+    emit_table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
+
+
+@tokens.command("rm")
+@click.argument("token")
+@click.pass_context
+@run_async
+async def tokens_rm(ctx: click.Context, token: str) -> None:
+    """Delete a token."""
+    target = _connect(ctx)
+    async with target.client as client:
+        click.echo(await client.delete_token(token))
+
+
+# --- audit and status ------------------------------------------------------------------------
+
+
+@cli.group()
+def audit() -> None:
+    """Read the audit log."""
+
+
+@audit.command("search")
+@click.option("--type", "type_name", help="Event type, e.g. user.login.failed (prefixes match).")
+@click.option("--since", help="How far back, e.g. 1h (default: everything).")
+@click.option("--limit", default=1000, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.pass_context
+@run_async
+async def audit_search(
+    ctx: click.Context, type_name: str | None, since: str | None, limit: int, fmt: str
+) -> None:
+    """Search audit events, oldest first."""
+    since_time = None
+    if since:
+        try:
+            since_time = datetime.datetime.now(datetime.UTC) - parse_duration(since)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    target = _connect(ctx)
+    async with target.client as client:
+        events = await client.search_audit(
+            AuditQuery(type=type_name, since=since_time, limit=limit)
+        )
+    if fmt != "text":
+        output([e.to_json() for e in events], fmt)
+        return
+    rows = []
+    for e in events:
+        details = ", ".join(f"{k}={v}" for k, v in e.fields.items())
+        rows.append(
+            (f"{e.time:%Y-%m-%d %H:%M:%S}", e.type, e.user, "yes" if e.success else "no", details)
+        )
+    emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows)
+
+
+@cli.command()
+@click.pass_context
+@run_async
+async def status(ctx: click.Context) -> None:
+    """Show the cluster name and its CA pin."""
+    target = _connect(ctx)
+    async with target.client as client:
+        info = await client.cluster()
+    click.echo(f"Cluster  {info['name']}")
+    click.echo(f"Version  {tether.__version__}")
+    click.echo(f"CA pin   {info['ca_pin']}")
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"Tether v{tether.__version__}")
+
+
+def main() -> None:
+    try:
+        plugin_manager().hook.tether_cli_commands(program="tetherctl", cli=cli)
+    except TetherError as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

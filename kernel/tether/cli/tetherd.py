@@ -1,0 +1,106 @@
+"""``tetherd``: the daemon (``teleport`` in the guide)."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import click
+import trio
+
+import tether
+from tether.cli._common import emit_table, fail, plugin_manager, setup_cli_logging
+from tether.config import default_config, load_config, render_default_config
+from tether.errors import TetherError
+from tether.logs import setup_logging
+from tether.plugins import describe_plugins
+
+__all__ = ["cli", "main"]
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Run and inspect the Tether daemon."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=pathlib.Path),
+    help="Configuration file (default: an embedded auth+proxy on localhost).",
+)
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.pass_context
+def start(ctx: click.Context, config_path: pathlib.Path | None, debug: bool) -> None:
+    """Start the services the configuration enables."""
+    from tether.daemon import run_daemon
+
+    debug = debug or ctx.obj["debug"]
+    ctx.obj["debug"] = debug
+    try:
+        config = load_config(config_path) if config_path else default_config()
+        setup_logging(config.log.severity, config.log.format, debug=debug)
+        pm = plugin_manager(config.plugins.disabled)
+        trio.run(run_daemon, config, pm)
+    except TetherError as exc:
+        if debug:
+            import logging
+
+            logging.getLogger("tether").exception("tetherd failed")
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+def configure() -> None:
+    """Print a commented default configuration file."""
+    click.echo(render_default_config(), nl=False)
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=pathlib.Path),
+    help="Apply this configuration's plugins.disabled list.",
+)
+def plugins(config_path: pathlib.Path | None) -> None:
+    """List the loaded plugins, where they come from and the hooks they implement."""
+    try:
+        disabled = load_config(config_path).plugins.disabled if config_path else []
+        pm = plugin_manager(disabled)
+    except TetherError as exc:
+        fail(str(exc))
+    rows = [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in describe_plugins(pm)]
+    emit_table(["Plugin", "Distribution", "Version", "Hooks"], rows)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"Tether v{tether.__version__} python{sys.version_info[0]}.{sys.version_info[1]}")
+
+
+def main() -> None:
+    setup_cli_logging(debug="--debug" in sys.argv)
+    try:
+        pm = plugin_manager()
+    except TetherError:
+        # `start` and `plugins` rebuild the manager with the configuration's disabled list
+        # and report a plugin that still cannot load; `configure` and `version` need none.
+        pass
+    else:
+        pm.hook.tether_cli_commands(program="tetherd", cli=cli)
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

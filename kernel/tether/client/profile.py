@@ -1,0 +1,176 @@
+"""Keys and certificates of the current login, under ``TETHER_HOME`` (``~/.tether``).
+
+Layout: ``current-profile`` names the active proxy; ``keys/<proxy>/`` holds the private key
+(OpenSSH format for ``ssh``, PKCS#8 PEM for TLS), the SSH certificate, the X.509 certificate,
+the cluster's X.509 CAs, a known-hosts file with the cluster's host CA, and ``profile.json``.
+Every file is 0600 and every directory 0700, because the key is the user's login.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import ssl
+from typing import Any
+
+import attrs
+
+from tether import pki
+
+__all__ = [
+    "Profile",
+    "clear_profiles",
+    "current_profile",
+    "profile_ssl_context",
+    "save_profile",
+    "tether_home",
+]
+
+HOME_ENV = "TETHER_HOME"
+
+
+def tether_home() -> pathlib.Path:
+    return pathlib.Path(os.environ.get(HOME_ENV) or pathlib.Path.home() / ".tether").expanduser()
+
+
+def _dir_name(proxy: str) -> str:
+    return proxy.replace(":", "_").replace("/", "_")
+
+
+def _write(path: pathlib.Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+@attrs.frozen
+class Profile:
+    """One login: where the files are and what the certificate says."""
+
+    proxy: str
+    directory: pathlib.Path
+    insecure: bool
+    ca_pin: str | None
+
+    @property
+    def private_key_file(self) -> pathlib.Path:
+        return self.directory / "key"
+
+    @property
+    def tls_key_file(self) -> pathlib.Path:
+        return self.directory / "tls.key"
+
+    @property
+    def ssh_cert_file(self) -> pathlib.Path:
+        return self.directory / "key-cert.pub"
+
+    @property
+    def tls_cert_file(self) -> pathlib.Path:
+        return self.directory / "tls.crt"
+
+    @property
+    def tls_ca_file(self) -> pathlib.Path:
+        return self.directory / "cas.pem"
+
+    @property
+    def known_hosts_file(self) -> pathlib.Path:
+        return self.directory / "known_hosts"
+
+    def identity(self) -> pki.Identity:
+        """The identity in the X.509 certificate (not re-verified: it is our own file)."""
+        return pki.read_x509_identity(self.tls_cert_file.read_bytes())
+
+    def trusted_cas(self) -> list[Any]:
+        return pki.load_certs(self.tls_ca_file.read_bytes())
+
+
+def save_profile(
+    proxy: str,
+    *,
+    private_key: Any,
+    ssh_cert: str,
+    tls_cert_pem: str,
+    tls_ca_pems: list[str],
+    ssh_host_ca_lines: list[str],
+    cluster: str,
+    insecure: bool,
+    ca_pin: str | None,
+    home: pathlib.Path | None = None,
+) -> Profile:
+    """Write a login's files and make it the current profile."""
+    home = home or tether_home()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    profile = Profile(
+        proxy=proxy, directory=home / "keys" / _dir_name(proxy), insecure=insecure, ca_pin=ca_pin
+    )
+    _write(profile.private_key_file, pki.private_key_to_openssh(private_key))
+    _write(profile.directory / "key.pub", pki.ssh_public_key_line(private_key.public_key()) + "\n")
+    _write(profile.tls_key_file, pki.private_key_to_pem(private_key))
+    _write(profile.ssh_cert_file, ssh_cert.strip() + "\n")
+    _write(profile.tls_cert_file, tls_cert_pem)
+    _write(profile.tls_ca_file, "".join(tls_ca_pems))
+    _write(
+        profile.known_hosts_file,
+        "".join(f"@cert-authority * {line.strip()}\n" for line in ssh_host_ca_lines),
+    )
+    _write(
+        profile.directory / "profile.json",
+        json.dumps(
+            {"proxy": proxy, "cluster": cluster, "insecure": insecure, "ca_pin": ca_pin}, indent=2
+        ),
+    )
+    _write(home / "current-profile", proxy + "\n")
+    return profile
+
+
+def current_profile(home: pathlib.Path | None = None) -> Profile | None:
+    """The active login, or None after ``tether logout`` (or before any login)."""
+    home = home or tether_home()
+    try:
+        proxy = (home / "current-profile").read_text().strip()
+    except FileNotFoundError:
+        return None
+    directory = home / "keys" / _dir_name(proxy)
+    try:
+        meta = json.loads((directory / "profile.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return Profile(
+        proxy=proxy,
+        directory=directory,
+        insecure=bool(meta.get("insecure")),
+        ca_pin=meta.get("ca_pin"),
+    )
+
+
+def clear_profiles(home: pathlib.Path | None = None) -> list[str]:
+    """Remove every login's keys (``tether logout``); returns the proxies logged out of."""
+    home = home or tether_home()
+    keys = home / "keys"
+    removed = []
+    if keys.is_dir():
+        for child in keys.iterdir():
+            try:
+                removed.append(json.loads((child / "profile.json").read_text())["proxy"])
+            except (FileNotFoundError, ValueError, KeyError):
+                removed.append(child.name)
+            shutil.rmtree(child)
+    (home / "current-profile").unlink(missing_ok=True)
+    return removed
+
+
+def profile_ssl_context(profile: Profile, *, client_cert: bool = True) -> ssl.SSLContext:
+    """Verify the proxy the way the login did, presenting the user's certificate."""
+    cert = key = None
+    if client_cert:
+        cert = pki.load_cert(profile.tls_cert_file.read_bytes())
+        key = pki.load_private_key(profile.tls_key_file.read_bytes())
+    if profile.insecure:
+        return pki.client_ssl_context(trusted_cas=None, cert=cert, key=key, insecure=True)
+    cas = profile.trusted_cas() if profile.ca_pin else None
+    return pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)

@@ -1,0 +1,91 @@
+"""Anonymous HTTPS calls to a proxy: establishing trust, ping, login and sign-up.
+
+Before a user holds a certificate the client must decide whether to trust the proxy's web
+certificate. Three ways, as Teleport's users expect: the system trust store (a publicly signed
+certificate), a CA pin given out of band (``--ca-pin``; the client fetches the cluster CA and
+checks its public key hash before trusting it), or ``--insecure`` for testing only.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+from cryptography import x509
+
+from tether import pki
+from tether.errors import TetherError, TrustError
+from tether.wire import error_from_json
+
+__all__ = ["ProxyTrust", "establish_trust", "proxy_call"]
+
+UNTRUSTED_HINT = (
+    "pass --ca-pin=sha256:... (printed by `tetherctl status` and `tetherctl tokens add`) "
+    "or use --insecure for testing only"
+)
+
+
+class ProxyTrust:
+    """How to verify one proxy: an ssl context plus the CAs (for the profile)."""
+
+    def __init__(self, context: ssl.SSLContext, cas: list[x509.Certificate] | None) -> None:
+        self.context = context
+        self.cas = cas
+
+
+def _unverified() -> ssl.SSLContext:
+    return pki.client_ssl_context(trusted_cas=None, insecure=True)
+
+
+async def proxy_call(
+    proxy: str, method: str, path: str, context: ssl.SSLContext, **kwargs: Any
+) -> Any:
+    """One request to the proxy's web API; errors come back as TetherError subclasses."""
+    async with httpx.AsyncClient(base_url=f"https://{proxy}", verify=context, timeout=30) as http:
+        try:
+            response = await http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise TrustError(
+                    f"the proxy at {proxy} presented a certificate this machine does not trust",
+                    hint=UNTRUSTED_HINT,
+                ) from None
+            raise TetherError(
+                f"cannot connect to the proxy at {proxy}: {exc}",
+                hint="check --proxy and that tetherd is running",
+            ) from None
+        except httpx.TransportError as exc:
+            raise TetherError(f"connection to the proxy at {proxy} failed: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        raise error_from_json(body, response.status_code)
+    return body
+
+
+async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> ProxyTrust:
+    """Decide how to verify ``proxy`` and prove it with a ping."""
+    if ca_pin:
+        body = await proxy_call(proxy, "GET", "/webapi/cluster-ca", _unverified())
+        cas = [pki.load_cert(pem) for pem in body.get("tls_ca_certs", [])]
+        matching = [c for c in cas if pki.ca_pin(c) == ca_pin]
+        if not matching:
+            found = ", ".join(pki.ca_pin(c) for c in cas) or "none"
+            raise TrustError(
+                f"the proxy at {proxy} does not present the pinned CA {ca_pin} (it has {found})",
+                hint="check the pin with the cluster admin; you may be talking to another server",
+            )
+        context = pki.client_ssl_context(trusted_cas=matching)
+        await proxy_call(proxy, "GET", "/webapi/ping", context)
+        return ProxyTrust(context, matching)
+    if insecure:
+        context = _unverified()
+        body = await proxy_call(proxy, "GET", "/webapi/cluster-ca", context)
+        cas = [pki.load_cert(pem) for pem in body.get("tls_ca_certs", [])]
+        return ProxyTrust(context, cas)
+    context = pki.client_ssl_context(trusted_cas=None)
+    await proxy_call(proxy, "GET", "/webapi/ping", context)
+    return ProxyTrust(context, None)

@@ -1,0 +1,289 @@
+"""``tetherd start``: run the services ``tether.yaml`` enables, in one trio nursery.
+
+Start order matters: storage, then auth (CAs, preset roles, the local admin identity), then the
+proxy (which is a client of auth), then plugin services. Once everything listens, the daemon
+writes ``data_dir/process.json`` with the real addresses (ports may be 0 in configuration), which
+``tetherctl -c`` and the test fixtures read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import pathlib
+import signal
+from typing import Any
+
+import trio
+
+from tether import pki
+from tether.asgi import ASGIHandler
+from tether.auth.api import build_app as build_auth_app
+from tether.auth.client import AuthClient
+from tether.auth.service import AuthService
+from tether.backend import Backend, open_backend
+from tether.config import Config
+from tether.errors import ConfigError
+from tether.plugins import TetherPluginManager
+from tether.proxy.web import ProxyInfo, build_web_app
+from tether.services import Service, ServiceContext
+from tether.tlsserver import serve_tls
+
+__all__ = ["ADMIN_DIR", "PROCESS_FILE", "admin_identity_paths", "run_daemon"]
+
+log = logging.getLogger(__name__)
+
+PROCESS_FILE = "process.json"
+ADMIN_DIR = "admin"
+#: the admin identity is reissued at every start; it only has to outlive one run
+ADMIN_TTL = datetime.timedelta(days=365)
+SERVER_CERT_TTL = datetime.timedelta(days=365)
+HTTP_ALPN = ("h2", "http/1.1")
+
+
+def admin_identity_paths(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """(cert, key, CA) files of the local admin identity ``tetherctl -c`` uses."""
+    base = data_dir / ADMIN_DIR
+    return base / "cert.pem", base / "key.pem", base / "ca.pem"
+
+
+def _write_private(path: pathlib.Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
+    """DNS names and IP addresses to put in a server certificate."""
+    dns = {"localhost", config.nodename}
+    ips = {"127.0.0.1", "::1"}
+    for host in hosts:
+        if not host or host in ("0.0.0.0", "::"):
+            continue
+        try:
+            import ipaddress
+
+            ipaddress.ip_address(host)
+            ips.add(host)
+        except ValueError:
+            dns.add(host)
+    return sorted(dns), sorted(ips)
+
+
+async def _start_auth(
+    config: Config,
+    pm: TetherPluginManager,
+    backend: Backend,
+    nursery: trio.Nursery,
+) -> tuple[AuthService, str]:
+    auth = await AuthService.open(config=config, pm=pm, backend=backend)
+    data_dir = pathlib.Path(config.data_dir)
+
+    admin_key = pki.generate_private_key()
+    admin_cert = auth.issue_system_certificate(
+        "admin", "admin", admin_key.public_key(), ttl=ADMIN_TTL
+    )
+    cert_path, key_path, ca_path = admin_identity_paths(data_dir)
+    _write_private(key_path, pki.private_key_to_pem(admin_key))
+    _write_private(cert_path, pki.cert_to_pem(admin_cert))
+    _write_private(ca_path, pki.certs_to_pem(auth.trusted_tls_cas()))
+
+    listen = config.auth_service.listen_addr
+    server_key = pki.generate_private_key()
+    dns, ips = _server_names(config, listen.host)
+    server_cert = auth.issue_system_certificate(
+        "auth",
+        config.nodename,
+        server_key.public_key(),
+        ttl=SERVER_CERT_TTL,
+        dns_names=dns,
+        ip_addresses=ips,
+    )
+    ctx = pki.server_ssl_context(
+        server_cert,
+        server_key,
+        client_cas=auth.trusted_tls_cas(),
+        client_auth="required",
+        alpn=HTTP_ALPN,
+    )
+    handler = ASGIHandler(build_auth_app(auth))
+    listeners = await nursery.start(
+        serve_tls, listen.host, listen.port, ctx, {alpn: handler for alpn in HTTP_ALPN}
+    )
+    port = listeners[0].socket.getsockname()[1]
+    addr = f"{_connect_host(listen.host)}:{port}"
+    log.info(
+        "auth service listening on %s:%d (cluster %s, CA pin %s)",
+        listen.host,
+        port,
+        auth.cluster_name,
+        auth.ca_pin,
+    )
+    return auth, addr
+
+
+async def _start_proxy(
+    config: Config,
+    auth: AuthService,
+    auth_addr: str,
+    stack: contextlib.AsyncExitStack,
+    nursery: trio.Nursery,
+) -> str:
+    listen = config.proxy_service.listen_addr
+    public = config.proxy_service.public_addr
+    key = pki.generate_private_key()
+    dns, ips = _server_names(config, listen.host, public.host if public else "")
+    cert = auth.issue_system_certificate(
+        "proxy",
+        config.nodename,
+        key.public_key(),
+        ttl=SERVER_CERT_TTL,
+        dns_names=dns,
+        ip_addresses=ips,
+    )
+    client_ctx = pki.client_ssl_context(trusted_cas=auth.trusted_tls_cas(), cert=cert, key=key)
+    auth_client = await stack.enter_async_context(AuthClient(f"https://{auth_addr}", client_ctx))
+    web_cert, web_key = _operator_web_identity(config) or (cert, key)
+    server_ctx = pki.server_ssl_context(
+        web_cert,
+        web_key,
+        client_cas=auth.trusted_tls_cas(),
+        client_auth="optional",
+        alpn=HTTP_ALPN,
+    )
+    ca_pems = tuple(pki.cert_to_pem(c).decode() for c in auth.trusted_tls_cas())
+    # The real port is known only after binding; the app reads it through this holder.
+    holder: dict[str, ProxyInfo] = {}
+
+    listeners = await nursery.start(
+        serve_tls,
+        listen.host,
+        listen.port,
+        server_ctx,
+        {alpn: _LazyHandler(holder, auth_client) for alpn in HTTP_ALPN},
+    )
+    port = listeners[0].socket.getsockname()[1]
+    public_addr = str(public) if public else f"{_public_host(config, listen.host)}:{port}"
+    holder["info"] = ProxyInfo(
+        cluster_name=config.cluster_name,
+        public_addr=public_addr,
+        listen_addr=f"{listen.host}:{port}",
+        ca_pems=ca_pems,
+    )
+    log.info("proxy service listening on %s:%d (public address %s)", listen.host, port, public_addr)
+    return f"{_connect_host(listen.host)}:{port}"
+
+
+def _operator_web_identity(config: Config) -> tuple[Any, Any] | None:
+    """The certificate and key the operator configured for the proxy's web port, if any."""
+    cert_file = config.proxy_service.https_cert_file
+    key_file = config.proxy_service.https_key_file
+    if not (cert_file and key_file):
+        return None
+    try:
+        cert = pki.load_cert(pathlib.Path(cert_file).read_bytes())
+        key = pki.load_private_key(pathlib.Path(key_file).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"proxy_service https certificate: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"proxy_service https certificate or key is unusable: {exc}") from None
+    return cert, key
+
+
+def _public_host(config: Config, host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "") else host
+
+
+class _LazyHandler:
+    """Builds the web app on first use, once the proxy knows its own port."""
+
+    def __init__(self, holder: dict[str, ProxyInfo], auth: AuthClient) -> None:
+        self._holder = holder
+        self._auth = auth
+        self._handler: ASGIHandler | None = None
+
+    async def __call__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        if self._handler is None:
+            self._handler = ASGIHandler(build_web_app(self._holder["info"], self._auth))
+        await self._handler(stream)
+
+
+async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            cancel_scope.cancel()
+            return
+
+
+async def run_daemon(
+    config: Config,
+    pm: TetherPluginManager,
+    *,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until cancelled (SIGTERM, SIGHUP and Ctrl-C stop it cleanly)."""
+    pm.hook.tether_configure(config=config)
+    data_dir = trio.Path(config.data_dir)
+    await data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    process_file = pathlib.Path(data_dir / PROCESS_FILE)
+    if not config.auth_service.enabled and config.proxy_service.enabled:
+        raise ConfigError(
+            "a proxy without an auth service in the same process is not supported yet",
+            hint="set auth_service.enabled: true",
+        )
+    # Resources that own nurseries of their own (the backend's TTL reaper) are entered before
+    # the daemon's nursery so that they close after every task that uses them.
+    async with contextlib.AsyncExitStack() as stack:
+        backend = None
+        if config.auth_service.enabled:
+            backend = await stack.enter_async_context(open_backend(config.storage_url, pm))
+        async with trio.open_nursery() as nursery:
+            await _run_services(config, pm, backend, stack, nursery, process_file, task_status)
+
+
+async def _run_services(
+    config: Config,
+    pm: TetherPluginManager,
+    backend: Backend | None,
+    stack: contextlib.AsyncExitStack,
+    nursery: trio.Nursery,
+    process_file: pathlib.Path,
+    task_status: trio.TaskStatus[dict[str, Any]],
+) -> None:
+    nursery.start_soon(_watch_signals, nursery.cancel_scope)
+    info: dict[str, Any] = {"pid": os.getpid(), "cluster_name": config.cluster_name}
+    ctx = ServiceContext(config=config, pm=pm, nursery=nursery)
+    if backend is not None:
+        auth, auth_addr = await _start_auth(config, pm, backend, nursery)
+        info["auth_addr"] = auth_addr
+        info["ca_pin"] = auth.ca_pin
+        ctx.extras["auth"] = auth
+        if config.proxy_service.enabled:
+            info["proxy_addr"] = await _start_proxy(config, auth, auth_addr, stack, nursery)
+    ctx.extras.update(info)
+    services: list[Service] = [s for group in pm.hook.tether_services(ctx=ctx) for s in group]
+    for service in services:
+        log.info("starting service %s", service.name)
+        await nursery.start(service.run)
+    _write_private(process_file, json.dumps(info, indent=2))
+    task_status.started(info)
+    try:
+        await trio.sleep_forever()
+    finally:
+        _remove(process_file)
+
+
+def _remove(path: pathlib.Path) -> None:
+    # synchronous on purpose: it runs while the daemon is being cancelled
+    path.unlink(missing_ok=True)

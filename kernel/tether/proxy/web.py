@@ -1,0 +1,118 @@
+"""The proxy's web API on the public port: ping, login, sign-up, and the door to auth.
+
+``/webapi/ping`` has the shape Teleport's has, so the guide's ``jq`` lines work unchanged.
+``/v1/...`` requests from logged-in users are forwarded to the auth API with the user's
+certificate attached; auth verifies it (see :mod:`tether.auth.api`).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import attrs
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import tether
+from tether import pki
+from tether.asgi import PEER_CERT_STATE
+from tether.auth.api import FORWARDED_CERT_HEADER
+from tether.auth.client import AuthClient
+from tether.errors import AccessDenied
+from tether.wire import exception_handlers, read_json_object, string_field
+
+__all__ = ["ProxyInfo", "build_web_app"]
+
+
+@attrs.frozen
+class ProxyInfo:
+    """What the proxy tells clients about itself."""
+
+    cluster_name: str
+    public_addr: str
+    listen_addr: str
+    ca_pems: tuple[str, ...]
+
+
+def ping_json(info: ProxyInfo) -> dict[str, Any]:
+    return {
+        "cluster_name": info.cluster_name,
+        "server_version": tether.__version__,
+        "min_client_version": tether.__version__,
+        "auth": {"type": "local", "second_factor": "off", "local": {"name": ""}},
+        "proxy": {
+            "tls_routing_enabled": True,
+            "ssh": {
+                "listen_addr": info.listen_addr,
+                "tunnel_listen_addr": info.listen_addr,
+                "public_addr": info.public_addr,
+                "ssh_tunnel_public_addr": info.public_addr,
+            },
+        },
+    }
+
+
+def build_web_app(info: ProxyInfo, auth: AuthClient) -> Starlette:
+    """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port."""
+
+    async def ping(request: Request) -> JSONResponse:
+        return JSONResponse(ping_json(info))
+
+    async def cluster_ca(request: Request) -> JSONResponse:
+        # Unauthenticated on purpose: a client that has not trusted the proxy yet fetches
+        # the CA here and checks it against the pin it was given out of band.
+        pins = [pki.ca_pin(pki.load_cert(pem)) for pem in info.ca_pems]
+        return JSONResponse(
+            {"cluster_name": info.cluster_name, "tls_ca_certs": list(info.ca_pems), "ca_pins": pins}
+        )
+
+    async def login(request: Request) -> JSONResponse:
+        data = await read_json_object(request)
+        ttl = data.get("ttl_seconds")
+        result = await auth.login_password(
+            string_field(data, "user"),
+            string_field(data, "password"),
+            ssh_public_key=string_field(data, "ssh_public_key"),
+            tls_public_key=string_field(data, "tls_public_key"),
+            ttl_seconds=float(ttl) if isinstance(ttl, int | float) else None,
+            connector=str(data.get("connector") or "local"),
+        )
+        return JSONResponse(result)
+
+    async def signup(request: Request) -> JSONResponse:
+        data = await read_json_object(request)
+        user = await auth.signup(string_field(data, "token"), string_field(data, "password"))
+        return JSONResponse({"user": user})
+
+    async def forward(request: Request) -> Response:
+        der = request.scope.get("state", {}).get(PEER_CERT_STATE)
+        if not der:
+            raise AccessDenied("a client certificate is required", hint="run `tether login` first")
+        headers = {FORWARDED_CERT_HEADER: base64.b64encode(der).decode()}
+        content_type = request.headers.get("content-type")
+        if content_type:
+            headers["content-type"] = content_type
+        body = await request.body()
+        path = request.url.path
+        result = await auth.call(
+            request.method,
+            path,
+            params=dict(request.query_params),
+            content=body,
+            headers=headers,
+        )
+        return JSONResponse(result)
+
+    return Starlette(
+        routes=[
+            Route("/webapi/ping", ping),
+            Route("/webapi/cluster-ca", cluster_ca),
+            Route("/webapi/login", login, methods=["POST"]),
+            Route("/webapi/signup", signup, methods=["POST"]),
+            Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
+        ],
+        exception_handlers=exception_handlers(),
+    )

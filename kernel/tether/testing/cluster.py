@@ -1,0 +1,222 @@
+"""Start real Tether clusters for tests: ``tetherd`` processes on 127.0.0.1.
+
+Plugin authors use these through the pytest fixtures in :mod:`tether.testing.fixtures`. Every
+cluster listens on ports the kernel picks (port 0) and reports them in ``process.json``, so
+tests never race for free ports. Commands run as real subprocesses, as a user would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from tether.daemon import PROCESS_FILE
+from tether.yamlio import dump_yaml
+
+__all__ = ["RunningCluster", "run_cli", "start_cluster"]
+
+STARTUP_TIMEOUT = 60.0
+
+#: config values that make tests fast (short lockout so lockout tests do not wait)
+TEST_AUTH_SERVICE: dict[str, Any] = {
+    "enabled": True,
+    "listen_addr": "127.0.0.1:0",
+    "failed_login_limit": 3,
+    "lockout_duration": "10m",
+}
+
+
+def run_cli(
+    program: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tetherd``, ``tetherctl`` or ``tether`` as a subprocess and capture its output.
+
+    :param check: raise AssertionError with the output when the exit status is not 0.
+    """
+    cmd = [sys.executable, "-m", f"tether.cli.{program}", *args]
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        cmd,
+        env=full_env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{program} {' '.join(args)} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+@attrs.define
+class RunningCluster:
+    """A ``tetherd`` process and the ways to talk to it."""
+
+    name: str
+    directory: pathlib.Path
+    config_path: pathlib.Path
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any]
+    log_path: pathlib.Path
+
+    @property
+    def proxy_addr(self) -> str:
+        return str(self.info["proxy_addr"])
+
+    @property
+    def auth_addr(self) -> str:
+        return str(self.info["auth_addr"])
+
+    @property
+    def ca_pin(self) -> str:
+        return str(self.info["ca_pin"])
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self.directory / "data"
+
+    def tetherctl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """``tetherctl -c tether.yaml ARGS`` on the auth host, as the local admin."""
+        return run_cli("tetherctl", "-c", str(self.config_path), *args, **kwargs)
+
+    def user_home(self, user: str) -> pathlib.Path:
+        """A ``TETHER_HOME`` of its own for each test user."""
+        home = self.directory / "homes" / user
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def tether(self, user: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """``tether ARGS`` run by ``user`` (their own ``TETHER_HOME``)."""
+        env = {"TETHER_HOME": str(self.user_home(user)), **kwargs.pop("env", {})}
+        return run_cli("tether", *args, env=env, **kwargs)
+
+    def as_user(
+        self, user: str, program: str, *args: str, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``tetherctl`` or ``tether`` with ``user``'s login profile (no ``-c``)."""
+        env = {"TETHER_HOME": str(self.user_home(user)), **kwargs.pop("env", {})}
+        return run_cli(program, *args, env=env, **kwargs)
+
+    def add_user(
+        self,
+        user: str,
+        password: str,
+        roles: Sequence[str] = ("access",),
+        logins: Sequence[str] = (),
+    ) -> None:
+        args = ["users", "add", user, "--roles", ",".join(roles), "--password-stdin"]
+        if logins:
+            args += ["--logins", ",".join(logins)]
+        self.tetherctl(*args, input=password + "\n")
+
+    def login(
+        self, user: str, password: str, *extra: str, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """``tether login`` as ``user``, trusting the proxy through the cluster's CA pin."""
+        return self.tether(
+            user,
+            "login",
+            f"--proxy={self.proxy_addr}",
+            f"--user={user}",
+            "--password-stdin",
+            f"--ca-pin={self.ca_pin}",
+            *extra,
+            input=password + "\n",
+            **kwargs,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stop the daemon; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def write_config(
+    directory: pathlib.Path, name: str, extra: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    config: dict[str, Any] = {
+        "cluster_name": name,
+        "nodename": f"{name}-node",
+        "data_dir": str(directory / "data"),
+        "log": {"severity": "DEBUG", "format": "text"},
+        "auth_service": dict(TEST_AUTH_SERVICE),
+        "proxy_service": {"enabled": True, "listen_addr": "127.0.0.1:0"},
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = directory / "tether.yaml"
+    path.write_text(dump_yaml(config))
+    return path
+
+
+def start_cluster(
+    directory: pathlib.Path,
+    name: str = "main",
+    *,
+    config: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunningCluster:
+    """Start ``tetherd start -c`` for a new cluster in ``directory`` and wait until it listens.
+
+    :raises AssertionError: the daemon exited or did not come up; the message has its log.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = write_config(directory, name, config)
+    log_path = directory / "tetherd.log"
+    process_file = directory / "data" / PROCESS_FILE
+    process_file.unlink(missing_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tether.cli.tetherd", "start", "-c", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"tetherd for {name} exited {process.returncode}:\n"
+                + log_path.read_text(errors="replace")
+            )
+        try:
+            info = json.loads(process_file.read_text())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.05)
+            continue
+        if info.get("pid") == process.pid:
+            return RunningCluster(name, directory, config_path, process, info, log_path)
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"tetherd for {name} did not start in time:\n{log_path.read_text()}")

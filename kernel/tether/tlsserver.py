@@ -1,0 +1,94 @@
+"""Accept TLS connections on one port and hand each to the handler its ALPN id names.
+
+The proxy has one public port: reverse tunnels, the SSH front door and the web API all arrive
+there and are told apart by ALPN (DESIGN.md, "Processes and services"). The auth service uses
+the same listener with a single route. A handler receives the stream after the handshake, so it
+can read the negotiated protocol and the peer's certificate; it owns the stream and closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+
+import trio
+
+__all__ = ["TLSHandler", "peer_certificate_der", "serve_tls"]
+
+log = logging.getLogger(__name__)
+
+TLSHandler = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
+
+#: ALPN id used when the client offered none (plain HTTPS clients such as curl always offer one).
+DEFAULT_ROUTE = "http/1.1"
+
+
+def peer_certificate_der(stream: trio.SSLStream[trio.SocketStream]) -> bytes | None:
+    """The DER certificate the peer presented, or None (no client certificate)."""
+    try:
+        der = stream.getpeercert(binary_form=True)
+    except (ValueError, AttributeError):
+        return None
+    return der if isinstance(der, bytes) and der else None
+
+
+async def _handle(
+    routes: Mapping[str, TLSHandler],
+    ssl_context: ssl.SSLContext,
+    handshake_timeout: float,
+    raw: trio.SocketStream,
+) -> None:
+    stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
+    try:
+        with trio.fail_after(handshake_timeout):
+            await stream.do_handshake()
+    except trio.TooSlowError:
+        log.info("TLS handshake from %s timed out", _peer(raw))
+        await trio.aclose_forcefully(raw)
+        return
+    except trio.BrokenResourceError as exc:
+        log.info("TLS handshake from %s failed: %s", _peer(raw), exc.__cause__ or exc)
+        await trio.aclose_forcefully(raw)
+        return
+    alpn = stream.selected_alpn_protocol() or DEFAULT_ROUTE
+    handler = routes.get(alpn)
+    if handler is None:  # the server context only offers routed ids, so this is a bug guard
+        log.warning("no handler for ALPN %r from %s", alpn, _peer(raw))
+        await trio.aclose_forcefully(stream)
+        return
+    try:
+        await handler(stream)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _peer(raw: trio.SocketStream) -> str:
+    try:
+        host, port = raw.socket.getpeername()[:2]
+    except OSError:
+        return "a vanished peer"
+    return f"{host}:{port}"
+
+
+async def serve_tls(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    routes: Mapping[str, TLSHandler],
+    *,
+    handshake_timeout: float = 10.0,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` and dispatch each TLS connection by ALPN until cancelled.
+
+    ``ssl_context`` must offer exactly the ALPN ids in ``routes``. Reports the listeners
+    through ``task_status`` so callers learn the real port when they asked for port 0.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    await trio.serve_listeners(
+        partial(_handle, routes, ssl_context, handshake_timeout),
+        listeners,
+        task_status=task_status,
+    )

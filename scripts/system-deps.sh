@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the system tools the tests (and, with --bench, the benchmarks) run for real:
+# the OpenSSH client and ssh-keygen, openssl; sshd for benchmarks. Only what is missing is
+# installed, and only where we may (root with apt-get, as in CI); elsewhere it says what to
+# install and the tests that need a missing tool fail with that name.
+set -euo pipefail
+need=()
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [[ "${1:-}" == "--bench" ]]; then
+  command -v sshd >/dev/null 2>&1 || [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
+fi
+[[ ${#need[@]} -eq 0 ]] && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "missing system packages: ${need[*]} (install them with your package manager)" >&2
+fi
