@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -106,6 +106,18 @@ async def emit(pm: pluggy.PluginManager, event: AuditEvent) -> None:
 
 
 async def search(pm: pluggy.PluginManager, query: AuditQuery) -> list[AuditEvent]:
-    """Ask the sinks for events; the first sink able to search answers."""
-    result = await await_maybe(pm.hook.tether_audit_search(query=query))
-    return list(result or [])
+    """Ask the sinks for events; the first sink able to search answers.
+
+    The hook is firstresult, but pluggy would stop at an ``async def`` implementation's
+    coroutine even when it resolves to None, so each implementation is awaited here in
+    pluggy's call order (last registered first) until one returns a list.
+    """
+    for impl in reversed(pm.hook.tether_audit_search.get_hookimpls()):
+        answer = cast(
+            "Awaitable[list[AuditEvent] | None] | list[AuditEvent] | None",
+            impl.function(query=query),
+        )
+        result = await await_maybe(answer)
+        if result is not None:
+            return list(result)
+    return []

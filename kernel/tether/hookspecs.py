@@ -125,8 +125,9 @@ def tether_audit_event(event: AuditEvent) -> Awaitable[None] | None:
 def tether_audit_search(query: AuditQuery) -> Awaitable[list[AuditEvent]] | list[AuditEvent] | None:
     """Return the audit events matching ``query``, oldest first.
 
-    Called by ``tetherctl audit search`` through the auth API. Stops at first non-None result:
-    the first sink able to search answers, so a sink that cannot search returns None.
+    Called by ``tetherctl audit search`` through the auth API. Stops at first non-None result.
+    The first sink able to search answers, so a sink that cannot search returns None, and
+    returns it directly: a coroutine is not None, even one that would return None.
 
     :param query: event type, time range and limit.
     """

@@ -95,13 +95,28 @@ def get_plugin_manager(
     if autoload is None:
         autoload = not _autoload_disabled()
     if autoload:
+        builtin_names = {name for name, _ in DEFAULT_PLUGINS}
+        seen: dict[str, str] = {}
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            if ep.name in builtin_names:
+                raise PluginError(
+                    f"plugin {ep.name!r} from distribution {dist!r} has the name of a builtin",
+                    hint="rename its entry point; to replace the builtin, also list the "
+                    f"builtin in plugins.disabled: [{ep.name}]",
+                )
+            if ep.name in seen:
+                if seen[ep.name] == dist:  # the same distribution seen twice on sys.path
+                    continue
+                raise PluginError(
+                    f"plugin name {ep.name!r} is used by distributions {seen[ep.name]!r} "
+                    f"and {dist!r}",
+                    hint="uninstall one of them",
+                )
+            seen[ep.name] = dist
             if ep.name in blocked:
                 pm.set_blocked(ep.name)
                 continue
-            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-                continue
-            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             try:
                 plugin = ep.load()
             except Exception as exc:
@@ -112,9 +127,12 @@ def get_plugin_manager(
                 ) from exc
             try:
                 pm.register(plugin, name=ep.name)
-            except ValueError as exc:
+            except (ValueError, pluggy.PluginValidationError) as exc:
+                # pluggy's validation messages span lines; a user sees one line
+                detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
                 raise PluginError(
-                    f"plugin {ep.name!r} from distribution {dist!r} cannot be registered: {exc}"
+                    f"plugin {ep.name!r} from distribution {dist!r} cannot be registered: {detail}",
+                    hint=f"upgrade it, or disable it with plugins.disabled: [{ep.name}]",
                 ) from exc
             pm.distributions[ep.name] = (dist, ep.dist.version if ep.dist else "")
     try:
@@ -124,7 +142,10 @@ def get_plugin_manager(
         dist, _ = pm.distributions.get(plugin_name, ("tether", ""))
         raise PluginError(
             f"plugin {plugin_name!r} from distribution {dist!r} implements an unknown hook: {exc}",
-            hint="it was written for another version of Tether; upgrade one or the other",
+            hint=(
+                "it was written for another version of Tether; upgrade one or the other, "
+                f"or disable it with plugins.disabled: [{plugin_name}]"
+            ),
         ) from exc
     return pm
 
