@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 TLSHandler = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
 
+#: How long a refused peer gets to read the TLS alert that says why (seconds).
+REFUSE_GRACE = 2.0
+
 #: ALPN id used when the client offered none (plain HTTPS clients such as curl always offer one).
 DEFAULT_ROUTE = "http/1.1"
 
@@ -50,7 +53,7 @@ async def _handle(
         return
     except trio.BrokenResourceError as exc:
         log.info("TLS handshake from %s failed: %s", _peer(raw), exc.__cause__ or exc)
-        await trio.aclose_forcefully(raw)
+        await _refuse(stream, raw)
         return
     alpn = stream.selected_alpn_protocol() or DEFAULT_ROUTE
     handler = routes.get(alpn)
@@ -62,6 +65,29 @@ async def _handle(
         await handler(stream)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _refuse(stream: trio.SSLStream[trio.SocketStream], raw: trio.SocketStream) -> None:
+    """Close a connection whose handshake failed so that the peer learns why.
+
+    OpenSSL has written a TLS alert ("certificate expired", "unknown CA", "certificate
+    required", ...) but ``trio.SSLStream`` stops at the error without sending it. Send it, then
+    half-close and drain what the peer already sent (a TLS 1.3 client sends its request before
+    it sees our verdict): closing with unread data makes the kernel answer with a reset, which
+    the peer may see instead of the alert. Bounded, so a peer that stops reading costs little.
+    """
+    with trio.move_on_after(REFUSE_GRACE):
+        try:
+            outgoing = getattr(stream, "_outgoing", None)  # the SSL object's memory BIO
+            alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+            if alert:
+                await raw.send_all(alert)
+            await raw.send_eof()
+            while await raw.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await trio.aclose_forcefully(raw)
 
 
 def _peer(raw: trio.SocketStream) -> str:

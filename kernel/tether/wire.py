@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from tether import errors
 
@@ -22,8 +24,12 @@ __all__ = [
     "error_status",
     "error_to_json",
     "exception_handlers",
+    "number_field",
+    "optional_string_field",
     "read_json_object",
     "string_field",
+    "string_list_field",
+    "string_map_field",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,9 +101,86 @@ def string_field(data: dict[str, Any], key: str) -> str:
     return value
 
 
+def optional_string_field(data: dict[str, Any], key: str) -> str | None:
+    """``data[key]`` when it is a non-empty string, None when absent or null."""
+    if data.get(key) is None:
+        return None
+    return string_field(data, key)
+
+
+def number_field(data: dict[str, Any], key: str) -> float | None:
+    """``data[key]`` as a finite number, None when absent or null, else a TetherError.
+
+    ``true`` is not a number here, and neither are ``NaN`` and ``1e999`` (which Python's JSON
+    parser accepts and which would overflow any duration built from them).
+    """
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise errors.TetherError(f"request field {key!r} must be a finite number")
+    return float(value)
+
+
+def string_list_field(data: dict[str, Any], key: str) -> list[str] | None:
+    """``data[key]`` when it is a list of strings, None when absent or null."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errors.TetherError(f"request field {key!r} must be a list of strings")
+    return value
+
+
+def string_map_field(
+    data: dict[str, Any], key: str, *, lists: bool = False
+) -> dict[str, Any] | None:
+    """``data[key]`` when it maps strings to strings (``lists``: to lists of strings)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    what = "lists of strings" if lists else "strings"
+    if not isinstance(value, dict):
+        raise errors.TetherError(f"request field {key!r} must be an object mapping names to {what}")
+    for name, item in value.items():
+        ok = (
+            isinstance(item, list) and all(isinstance(v, str) for v in item)
+            if lists
+            else isinstance(item, str)
+        )
+        if not ok:
+            raise errors.TetherError(f"request field {key!r}: {name!r} must map to {what}")
+    return value
+
+
 async def _on_tether_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.TetherError)
     return JSONResponse(error_to_json(exc), status_code=error_status(exc))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own 404 and 405 answers are plain text; clients expect the JSON error body.
+    assert isinstance(exc, HTTPException)
+    error: errors.TetherError
+    if exc.status_code == 404:
+        error = errors.NotFound(f"no such endpoint: {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+        error = errors.TetherError(
+            f"method {request.method} is not allowed on {request.url.path}",
+            hint=f"use {allowed}" if allowed else None,
+        )
+    else:
+        error = errors.TetherError(f"{exc.detail} ({request.method} {request.url.path})")
+    return JSONResponse(error_to_json(error), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # The peer went away before sending its whole request: nobody is left to answer, and it
+    # is not a server bug, so it gets one log line instead of a traceback.
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    log.info("%s went away during %s %s", client, request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -113,6 +196,11 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
-def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[JSONResponse]]]:
+def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
     """Starlette exception handlers shared by every Tether HTTP API."""
-    return {errors.TetherError: _on_tether_error, Exception: _on_unexpected}
+    return {
+        errors.TetherError: _on_tether_error,
+        HTTPException: _on_http_error,
+        ClientDisconnect: _on_client_disconnect,
+        Exception: _on_unexpected,
+    }

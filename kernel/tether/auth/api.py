@@ -23,7 +23,15 @@ from tether.asgi import PEER_CERT_STATE
 from tether.auth.service import AuthService, LoginResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
 from tether.resources import resource_from_dict, resource_to_dict
-from tether.wire import exception_handlers, read_json_object, string_field
+from tether.wire import (
+    exception_handlers,
+    number_field,
+    optional_string_field,
+    read_json_object,
+    string_field,
+    string_list_field,
+    string_map_field,
+)
 
 __all__ = ["FORWARDED_CERT_HEADER", "build_app", "login_result_to_json", "token_to_json"]
 
@@ -119,35 +127,34 @@ def build_app(auth: AuthService) -> Starlette:
         token = await auth.add_user(
             identity,
             string_field(data, "name"),
-            roles=list(data.get("roles") or []),
-            traits={k: list(v) for k, v in (data.get("traits") or {}).items()},
-            password=data.get("password"),
+            roles=string_list_field(data, "roles") or [],
+            traits=string_map_field(data, "traits", lists=True) or {},
+            password=optional_string_field(data, "password"),
         )
         return JSONResponse({"token": token_to_json(token) if token else None})
 
     async def update_user(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
         data = await read_json_object(request)
-        traits = data.get("traits")
         message = await auth.update_user(
             identity,
             request.path_params["name"],
-            roles=data.get("roles"),
-            traits={k: list(v) for k, v in traits.items()} if traits is not None else None,
+            roles=string_list_field(data, "roles"),
+            traits=string_map_field(data, "traits", lists=True),
         )
         return JSONResponse({"message": message})
 
     async def add_token(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
         data = await read_json_object(request)
-        ttl = data.get("ttl_seconds")
-        if not isinstance(ttl, int | float):
-            raise TetherError("request field 'ttl_seconds' must be a number")
+        ttl = number_field(data, "ttl_seconds")
+        if ttl is None:
+            raise TetherError("request field 'ttl_seconds' must be a finite number")
         info = await auth.add_token(
             identity,
             string_field(data, "type"),
             datetime.timedelta(seconds=ttl),
-            labels=data.get("labels") or None,
+            labels=string_map_field(data, "labels") or None,
         )
         return JSONResponse(token_to_json(info))
 
@@ -180,14 +187,14 @@ def build_app(auth: AuthService) -> Starlette:
     async def login_password(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
         data = await read_json_object(request)
-        ttl = data.get("ttl_seconds")
+        ttl = number_field(data, "ttl_seconds")
         result = await auth.login_password(
             string_field(data, "username"),
             string_field(data, "password"),
             ssh_public_key=string_field(data, "ssh_public_key"),
             tls_public_key_pem=string_field(data, "tls_public_key"),
-            ttl=datetime.timedelta(seconds=ttl) if isinstance(ttl, int | float) else None,
-            connector_name=data.get("connector") or "local",
+            ttl=datetime.timedelta(seconds=ttl) if ttl is not None else None,
+            connector_name=optional_string_field(data, "connector") or "local",
         )
         return JSONResponse(login_result_to_json(result))
 

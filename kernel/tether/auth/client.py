@@ -8,6 +8,7 @@ forwards ``/v1/`` requests to auth with the user's certificate.
 from __future__ import annotations
 
 import datetime
+import pathlib
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -15,11 +16,14 @@ from typing import Any
 
 import httpx
 
+from tether import pki
 from tether.audit import AuditEvent, AuditQuery
-from tether.errors import TetherError, TrustError
-from tether.wire import error_from_json
+from tether.config import Config
+from tether.datadir import admin_identity_paths, read_process_info
+from tether.errors import TetherError
+from tether.httpclient import request_json
 
-__all__ = ["AuthClient"]
+__all__ = ["AuthClient", "admin_client"]
 
 
 class AuthClient:
@@ -55,28 +59,13 @@ class AuthClient:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request; a server-side TetherError is raised here as the same class."""
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY" in str(exc):
-                raise TrustError(
-                    f"cannot verify the certificate of {self.base_url}: {exc}",
-                    hint="check the address, or log in again with `tether login`",
-                ) from None
-            raise TetherError(
-                f"cannot connect to {self.base_url}: {exc}",
-                hint="is tetherd running and the address right?",
-            ) from None
-        except httpx.TransportError as exc:
-            raise TetherError(f"connection to {self.base_url} failed: {exc}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.status_code >= 400:
-            raise error_from_json(body, response.status_code)
-        return body
+        return await request_json(
+            self._http,
+            method,
+            path,
+            untrusted_hint="check the address, or log in again with `tether login`",
+            **kwargs,
+        )
 
     # --- resources -----------------------------------------------------------------------
 
@@ -207,3 +196,32 @@ class AuthClient:
     async def signup(self, token: str, password: str) -> str:
         body = await self.call("POST", "/v1/signup", json={"token": token, "password": password})
         return str(body["user"])
+
+
+def admin_client(config: Config) -> tuple[AuthClient, str | None]:
+    """A client acting as the local admin on the auth host (``tetherctl -c``, ``tetherd demo``).
+
+    Returns the client and the proxy address users should be told about (None when no
+    proxy runs with this auth service).
+    """
+    data_dir = pathlib.Path(config.data_dir)
+    cert_path, key_path, ca_path = admin_identity_paths(data_dir)
+    try:
+        cert = pki.load_cert(cert_path.read_bytes())
+        key = pki.load_private_key(key_path.read_bytes())
+        cas = pki.load_certs(ca_path.read_bytes())
+    except FileNotFoundError:
+        raise TetherError(
+            f"no admin identity in {data_dir}",
+            hint="start the auth service with this configuration first (tetherd start -c ...)",
+        ) from None
+    except PermissionError:
+        raise TetherError(
+            f"cannot read the admin identity in {data_dir}", hint="run as the daemon's user"
+        ) from None
+    process = read_process_info(data_dir)
+    listen = config.auth_service.listen_addr
+    host = "127.0.0.1" if listen.is_unspecified else listen.host
+    addr = process.get("auth_addr") or f"{host}:{listen.port}"
+    context = pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)
+    return AuthClient(f"https://{addr}", context), process.get("proxy_addr")

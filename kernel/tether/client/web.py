@@ -15,8 +15,8 @@ import httpx
 from cryptography import x509
 
 from tether import pki
-from tether.errors import TetherError, TrustError
-from tether.wire import error_from_json
+from tether.errors import TrustError
+from tether.httpclient import request_json
 
 __all__ = ["ProxyTrust", "establish_trust", "proxy_call"]
 
@@ -43,27 +43,7 @@ async def proxy_call(
 ) -> Any:
     """One request to the proxy's web API; errors come back as TetherError subclasses."""
     async with httpx.AsyncClient(base_url=f"https://{proxy}", verify=context, timeout=30) as http:
-        try:
-            response = await http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                raise TrustError(
-                    f"the proxy at {proxy} presented a certificate this machine does not trust",
-                    hint=UNTRUSTED_HINT,
-                ) from None
-            raise TetherError(
-                f"cannot connect to the proxy at {proxy}: {exc}",
-                hint="check --proxy and that tetherd is running",
-            ) from None
-        except httpx.TransportError as exc:
-            raise TetherError(f"connection to the proxy at {proxy} failed: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        raise error_from_json(body, response.status_code)
-    return body
+        return await request_json(http, method, path, untrusted_hint=UNTRUSTED_HINT, **kwargs)
 
 
 async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> ProxyTrust:

@@ -22,7 +22,13 @@ from tether.asgi import PEER_CERT_STATE
 from tether.auth.api import FORWARDED_CERT_HEADER
 from tether.auth.client import AuthClient
 from tether.errors import AccessDenied
-from tether.wire import exception_handlers, read_json_object, string_field
+from tether.wire import (
+    exception_handlers,
+    number_field,
+    optional_string_field,
+    read_json_object,
+    string_field,
+)
 
 __all__ = ["ProxyInfo", "build_web_app"]
 
@@ -71,14 +77,13 @@ def build_web_app(info: ProxyInfo, auth: AuthClient) -> Starlette:
 
     async def login(request: Request) -> JSONResponse:
         data = await read_json_object(request)
-        ttl = data.get("ttl_seconds")
         result = await auth.login_password(
             string_field(data, "user"),
             string_field(data, "password"),
             ssh_public_key=string_field(data, "ssh_public_key"),
             tls_public_key=string_field(data, "tls_public_key"),
-            ttl_seconds=float(ttl) if isinstance(ttl, int | float) else None,
-            connector=str(data.get("connector") or "local"),
+            ttl_seconds=number_field(data, "ttl_seconds"),
+            connector=optional_string_field(data, "connector") or "local",
         )
         return JSONResponse(result)
 

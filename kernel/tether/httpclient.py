@@ -1,0 +1,91 @@
+"""HTTPS+JSON requests to Tether servers, with failures turned into one-line errors.
+
+Both the auth API client and the anonymous proxy client go through :func:`request_json`, so a
+user sees the same clear message whichever path failed: an untrusted server certificate, a
+client certificate the server refused (expired, foreign CA, missing: the server's TLS alert
+says which), an unreachable address, or an error the server reported (rebuilt as the same
+:class:`~tether.errors.TetherError` class by :func:`tether.wire.error_from_json`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+
+from tether.errors import TetherError, TrustError
+from tether.wire import error_from_json
+
+__all__ = ["request_json", "root_cause"]
+
+#: TLS alerts a Tether server sends when it refuses a client certificate: (why, what to do)
+_REFUSALS = {
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": ("it has expired", "run `tether login` again"),
+    "TLSV1_ALERT_UNKNOWN_CA": (
+        "it was signed by a CA the server does not trust",
+        "log in to this cluster with `tether login`",
+    ),
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": ("none was presented", "run `tether login` first"),
+}
+
+
+def root_cause(
+    exc: BaseException, kind: type[BaseException] = BaseException
+) -> BaseException | None:
+    """The first cause of type ``kind`` in ``exc``'s chain, or (for the default ``kind``) the
+    innermost cause with a message. httpx under trio wraps ssl errors several levels deep with
+    empty messages on the way."""
+    found = None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind) and str(seen):
+            if kind is not BaseException:
+                return seen
+            found = seen
+        seen = seen.__cause__ or seen.__context__
+    return found
+
+
+async def request_json(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    *,
+    untrusted_hint: str,
+    **kwargs: Any,
+) -> Any:
+    """Send one request and return the decoded JSON body.
+
+    :param untrusted_hint: what to tell a user whose machine does not trust the server.
+    :raises TrustError: the server's certificate is not trusted, or it refused ours.
+    :raises TetherError: the server is unreachable, or answered with an error.
+    """
+    server = f"{http.base_url.host}:{http.base_url.port}"
+    try:
+        response = await http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        if root_cause(exc, ssl.SSLCertVerificationError) is not None:
+            raise TrustError(
+                f"the server at {server} presented a certificate this machine does not trust",
+                hint=untrusted_hint,
+            ) from None
+        alert = root_cause(exc, ssl.SSLError)
+        reason = getattr(alert, "reason", None) or ""
+        if reason in _REFUSALS:
+            why, hint = _REFUSALS[reason]
+            raise TrustError(f"{server} refused your certificate: {why}", hint=hint) from None
+        cause = root_cause(exc) or exc
+        if isinstance(exc, httpx.ConnectError):
+            raise TetherError(
+                f"cannot connect to {server}: {cause}",
+                hint="check the address and that tetherd is running",
+            ) from None
+        raise TetherError(f"connection to {server} failed: {cause}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        raise error_from_json(body, response.status_code)
+    return body
