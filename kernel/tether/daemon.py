@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import json
 import logging
 import os
 import pathlib
 import signal
+import ssl
 from typing import Any
 
 import trio
@@ -25,38 +27,27 @@ from tether.auth.api import build_app as build_auth_app
 from tether.auth.client import AuthClient
 from tether.auth.service import AuthService
 from tether.backend import Backend, open_backend
-from tether.config import Config
-from tether.errors import ConfigError
+from tether.config import Config, HostPort
+from tether.datadir import PROCESS_FILE, admin_identity_paths
+from tether.errors import ConfigError, TetherError
 from tether.plugins import TetherPluginManager
 from tether.proxy.web import ProxyInfo, build_web_app
 from tether.services import Service, ServiceContext
-from tether.tlsserver import serve_tls
+from tether.tlsserver import TLSHandler, serve_tls
 
-__all__ = ["ADMIN_DIR", "PROCESS_FILE", "admin_identity_paths", "run_daemon"]
+__all__ = ["run_daemon"]
 
 log = logging.getLogger(__name__)
 
-PROCESS_FILE = "process.json"
-ADMIN_DIR = "admin"
 #: the admin identity is reissued at every start; it only has to outlive one run
 ADMIN_TTL = datetime.timedelta(days=365)
 SERVER_CERT_TTL = datetime.timedelta(days=365)
 HTTP_ALPN = ("h2", "http/1.1")
 
 
-def admin_identity_paths(data_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-    """(cert, key, CA) files of the local admin identity ``tetherctl -c`` uses."""
-    base = data_dir / ADMIN_DIR
-    return base / "cert.pem", base / "key.pem", base / "ca.pem"
-
-
 def _write_private(path: pathlib.Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    pki.write_secret_file(path, data.encode() if isinstance(data, str) else data)
 
 
 def _connect_host(host: str) -> str:
@@ -71,13 +62,32 @@ def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
         if not host or host in ("0.0.0.0", "::"):
             continue
         try:
-            import ipaddress
-
             ipaddress.ip_address(host)
             ips.add(host)
         except ValueError:
             dns.add(host)
     return sorted(dns), sorted(ips)
+
+
+async def _listen(
+    nursery: trio.Nursery,
+    field: str,
+    listen: HostPort,
+    ctx: ssl.SSLContext,
+    handler: TLSHandler,
+) -> int:
+    """Serve HTTP on ``listen`` for the ALPN ids clients use; returns the bound port."""
+    try:
+        listeners = await nursery.start(
+            serve_tls, listen.host, listen.port, ctx, {alpn: handler for alpn in HTTP_ALPN}
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"{field}: cannot listen on {listen}: {exc.strerror or exc}",
+            hint="choose a free port or a local address",
+        ) from None
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
 
 
 async def _start_auth(
@@ -117,10 +127,7 @@ async def _start_auth(
         alpn=HTTP_ALPN,
     )
     handler = ASGIHandler(build_auth_app(auth))
-    listeners = await nursery.start(
-        serve_tls, listen.host, listen.port, ctx, {alpn: handler for alpn in HTTP_ALPN}
-    )
-    port = listeners[0].socket.getsockname()[1]
+    port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, handler)
     addr = f"{_connect_host(listen.host)}:{port}"
     log.info(
         "auth service listening on %s:%d (cluster %s, CA pin %s)",
@@ -165,14 +172,9 @@ async def _start_proxy(
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyInfo] = {}
 
-    listeners = await nursery.start(
-        serve_tls,
-        listen.host,
-        listen.port,
-        server_ctx,
-        {alpn: _LazyHandler(holder, auth_client) for alpn in HTTP_ALPN},
+    port = await _listen(
+        nursery, "proxy_service.listen_addr", listen, server_ctx, _LazyHandler(holder, auth_client)
     )
-    port = listeners[0].socket.getsockname()[1]
     public_addr = str(public) if public else f"{_public_host(config, listen.host)}:{port}"
     holder["info"] = ProxyInfo(
         cluster_name=config.cluster_name,
@@ -248,8 +250,19 @@ async def run_daemon(
         backend = None
         if config.auth_service.enabled:
             backend = await stack.enter_async_context(open_backend(config.storage_url, pm))
-        async with trio.open_nursery() as nursery:
-            await _run_services(config, pm, backend, stack, nursery, process_file, task_status)
+        try:
+            async with trio.open_nursery() as nursery:
+                await _run_services(config, pm, backend, stack, nursery, process_file, task_status)
+        except BaseExceptionGroup as group:
+            # A start-up failure (a port in use, a bad setting) is one TetherError inside
+            # the nursery's group: raise it alone so the CLI prints it as one line.
+            matched, rest = group.split(TetherError)
+            if matched is None or rest is not None:
+                raise
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
 
 
 async def _run_services(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -17,12 +19,23 @@ import click
 import trio
 from tabulate import tabulate
 
+from tether.config import load_config
 from tether.errors import TetherError
 from tether.logs import setup_logging
 from tether.plugins import TetherPluginManager, get_plugin_manager
 from tether.yamlio import dump_yaml
 
-__all__ = ["emit_table", "fail", "output", "plugin_manager", "run_async", "split_csv", "split_kv"]
+__all__ = [
+    "config_path_from_argv",
+    "configured_disabled",
+    "emit_table",
+    "fail",
+    "output",
+    "plugin_manager",
+    "run_async",
+    "split_csv",
+    "split_kv",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +88,31 @@ def plugin_manager(disabled: Sequence[str] = ()) -> TetherPluginManager:
     if key not in _PM:
         _PM[key] = get_plugin_manager(disabled)
     return _PM[key]
+
+
+def config_path_from_argv(argv: Sequence[str], env: str | None = None) -> str | None:
+    """The ``-c/--config`` value on a command line (before click parses it), else ``env``'s.
+
+    Plugins must be loaded before arguments are parsed (they add commands), and which plugins
+    to load depends on the configuration's ``plugins.disabled``.
+    """
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return os.environ.get(env) if env else None
+
+
+def configured_disabled(config_path: str | os.PathLike[str] | None) -> tuple[str, ...]:
+    """``plugins.disabled`` of that configuration; nothing when there is none or it is broken
+    (the command reports a broken file itself, with its line)."""
+    if not config_path:
+        return ()
+    try:
+        return tuple(load_config(pathlib.Path(config_path)).plugins.disabled)
+    except TetherError:
+        return ()
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

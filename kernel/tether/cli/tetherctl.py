@@ -17,10 +17,11 @@ from typing import Any
 import click
 
 import tether
-from tether import pki
 from tether.audit import AuditQuery
-from tether.auth.client import AuthClient
+from tether.auth.client import AuthClient, admin_client
 from tether.cli._common import (
+    config_path_from_argv,
+    configured_disabled,
     emit_table,
     output,
     plugin_manager,
@@ -31,7 +32,6 @@ from tether.cli._common import (
 )
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import load_config
-from tether.daemon import PROCESS_FILE, admin_identity_paths
 from tether.durations import format_duration, parse_duration
 from tether.errors import TetherError
 from tether.resources import KindRegistry, parse_resources, resource_to_dict
@@ -53,31 +53,8 @@ class Target:
 def _connect(ctx: click.Context) -> Target:
     config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
     if config_path:
-        config = load_config(pathlib.Path(config_path))
-        data_dir = pathlib.Path(config.data_dir)
-        cert_path, key_path, ca_path = admin_identity_paths(data_dir)
-        try:
-            cert = pki.load_cert(cert_path.read_bytes())
-            key = pki.load_private_key(key_path.read_bytes())
-            cas = pki.load_certs(ca_path.read_bytes())
-        except FileNotFoundError:
-            raise TetherError(
-                f"no admin identity in {data_dir}",
-                hint="start the auth service with this configuration first (tetherd start -c ...)",
-            ) from None
-        except PermissionError:
-            raise TetherError(
-                f"cannot read the admin identity in {data_dir}", hint="run as the daemon's user"
-            ) from None
-        try:
-            process = json.loads((data_dir / PROCESS_FILE).read_text())
-        except (FileNotFoundError, ValueError):
-            process = {}
-        listen = config.auth_service.listen_addr
-        host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
-        addr = process.get("auth_addr") or f"{host}:{listen.port}"
-        context = pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)
-        return Target(AuthClient(f"https://{addr}", context), process.get("proxy_addr"))
+        client, proxy = admin_client(load_config(pathlib.Path(config_path)))
+        return Target(client, proxy)
     profile = current_profile()
     if profile is None:
         raise TetherError(
@@ -89,8 +66,9 @@ def _connect(ctx: click.Context) -> Target:
     )
 
 
-def _registry() -> KindRegistry:
-    return KindRegistry.from_plugins(plugin_manager())
+def _registry(ctx: click.Context) -> KindRegistry:
+    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
+    return KindRegistry.from_plugins(plugin_manager(configured_disabled(config_path)))
 
 
 @click.group()
@@ -121,7 +99,7 @@ def cli(ctx: click.Context, config: pathlib.Path | None, debug: bool) -> None:
 async def create(ctx: click.Context, file: Any, force: bool) -> None:
     """Create resources from a YAML file (all documents or none)."""
     source = os.path.basename(file.name) if file.name != "<stdin>" else "<stdin>"
-    resources = parse_resources(file.read(), source, _registry())
+    resources = parse_resources(file.read(), source, _registry(ctx))
     if not resources:
         raise TetherError(f"{source}: no resources found")
     target = _connect(ctx)
@@ -147,7 +125,7 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> None:
     """Show resources: tetherctl get role/visitor > visitor.yaml round-trips."""
     kind_name, name = _split_ref(ref)
-    kind = _registry().get(kind_name)
+    kind = _registry(ctx).get(kind_name)
     target = _connect(ctx)
     async with target.client as client:
         docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
@@ -174,7 +152,7 @@ async def rm(ctx: click.Context, ref: str) -> None:
     kind_name, name = _split_ref(ref)
     if not name:
         raise TetherError(f"{ref!r} names no resource", hint="use KIND/NAME, e.g. role/visitor")
-    kind = _registry().get(kind_name)
+    kind = _registry(ctx).get(kind_name)
     target = _connect(ctx)
     async with target.client as client:
         click.echo(await client.delete_resource(kind.name, name))
@@ -430,7 +408,8 @@ def version() -> None:
 
 def main() -> None:
     try:
-        plugin_manager().hook.tether_cli_commands(program="tetherctl", cli=cli)
+        disabled = configured_disabled(config_path_from_argv(sys.argv[1:], CONFIG_ENV))
+        plugin_manager(disabled).hook.tether_cli_commands(program="tetherctl", cli=cli)
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)

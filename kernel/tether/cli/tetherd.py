@@ -9,7 +9,14 @@ import click
 import trio
 
 import tether
-from tether.cli._common import emit_table, fail, plugin_manager, setup_cli_logging
+from tether.cli._common import (
+    config_path_from_argv,
+    configured_disabled,
+    emit_table,
+    fail,
+    plugin_manager,
+    setup_cli_logging,
+)
 from tether.config import default_config, load_config, render_default_config
 from tether.errors import TetherError
 from tether.logs import setup_logging
@@ -59,6 +66,24 @@ def start(ctx: click.Context, config_path: pathlib.Path | None, debug: bool) -> 
 
 
 @cli.command()
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.pass_context
+def demo(ctx: click.Context, debug: bool) -> None:
+    """Start a throw-away cluster on 127.0.0.1 and print the commands to try."""
+    from tether.demo import run_demo
+
+    debug = debug or ctx.obj["debug"]
+    ctx.obj["debug"] = debug
+    try:
+        setup_logging("DEBUG" if debug else "WARNING", "text", debug=debug)
+        trio.run(run_demo, plugin_manager(), sys.stdout)
+    except TetherError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("\nDemo stopped.")
+
+
+@cli.command()
 def configure() -> None:
     """Print a commented default configuration file."""
     click.echo(render_default_config(), nl=False)
@@ -92,7 +117,7 @@ def version() -> None:
 def main() -> None:
     setup_cli_logging(debug="--debug" in sys.argv)
     try:
-        pm = plugin_manager()
+        pm = plugin_manager(configured_disabled(config_path_from_argv(sys.argv[1:])))
     except TetherError:
         # `start` and `plugins` rebuild the manager with the configuration's disabled list
         # and report a plugin that still cannot load; `configure` and `version` need none.

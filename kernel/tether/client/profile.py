@@ -41,11 +41,7 @@ def _dir_name(proxy: str) -> str:
 
 def _write(path: pathlib.Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    pki.write_secret_file(path, data.encode() if isinstance(data, str) else data)
 
 
 @attrs.frozen

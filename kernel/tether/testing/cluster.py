@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from tether.daemon import PROCESS_FILE
+from tether.datadir import PROCESS_FILE
 from tether.yamlio import dump_yaml
 
 __all__ = ["RunningCluster", "run_cli", "start_cluster"]
