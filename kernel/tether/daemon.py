@@ -29,7 +29,7 @@ from tether.auth.service import AuthService
 from tether.backend import Backend, open_backend
 from tether.config import Config, HostPort
 from tether.datadir import PROCESS_FILE, admin_identity_paths
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError
 from tether.plugins import TetherPluginManager
 from tether.proxy.web import ProxyInfo, build_web_app
 from tether.services import Service, ServiceContext
@@ -250,19 +250,8 @@ async def run_daemon(
         backend = None
         if config.auth_service.enabled:
             backend = await stack.enter_async_context(open_backend(config.storage_url, pm))
-        try:
-            async with trio.open_nursery() as nursery:
-                await _run_services(config, pm, backend, stack, nursery, process_file, task_status)
-        except BaseExceptionGroup as group:
-            # A start-up failure (a port in use, a bad setting) is one TetherError inside
-            # the nursery's group: raise it alone so the CLI prints it as one line.
-            matched, rest = group.split(TetherError)
-            if matched is None or rest is not None:
-                raise
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            raise leaf from None
+        async with trio.open_nursery() as nursery:
+            await _run_services(config, pm, backend, stack, nursery, process_file, task_status)
 
 
 async def _run_services(

@@ -47,6 +47,18 @@ def demo_config(directory: pathlib.Path) -> Config:
     )
 
 
+async def _run_daemon_then_stop(
+    config: Config,
+    pm: TetherPluginManager,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    # the daemon returns when SIGTERM or SIGHUP stops it; the demo ends with it
+    await run_daemon(config, pm, task_status=task_status)
+    scope.cancel()
+
+
 async def run_demo(
     pm: TetherPluginManager,
     out: TextIO,
@@ -63,7 +75,7 @@ async def run_demo(
         config_path = base / "tether.yaml"
         config_path.write_text(dump_yaml(config_to_dict(config)))
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(run_daemon, config, pm)
+            info = await nursery.start(_run_daemon_then_stop, config, pm, nursery.cancel_scope)
             password = secrets.token_urlsafe(12)
             client, proxy = admin_client(config)
             async with client:

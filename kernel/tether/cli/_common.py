@@ -33,6 +33,7 @@ __all__ = [
     "output",
     "plugin_manager",
     "run_async",
+    "run_trio",
     "split_csv",
     "split_kv",
 ]
@@ -57,13 +58,37 @@ def _debug_enabled() -> bool:
     return False
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
+    """``trio.run`` for a command: an error or Ctrl-C inside nurseries comes out alone.
+
+    trio wraps what escapes a nursery in an ExceptionGroup; a user must see the one-line
+    TetherError (or a clean Ctrl-C), not a group traceback.
+    """
+    try:
+        return trio.run(func, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if not all(isinstance(e, TetherError | KeyboardInterrupt) for e in leaves):
+            raise
+        first = next((e for e in leaves if isinstance(e, TetherError)), None)
+        if first is not None:
+            raise first from None
+        raise KeyboardInterrupt from None
+
+
 def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
     """Run an async command body under trio and turn TetherError into one line + exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return trio.run(functools.partial(func, *args, **kwargs))
+            return run_trio(functools.partial(func, *args, **kwargs))
         except TetherError as exc:
             if _debug_enabled():
                 log.exception("command failed")

@@ -6,7 +6,6 @@ import pathlib
 import sys
 
 import click
-import trio
 
 import tether
 from tether.cli._common import (
@@ -15,6 +14,7 @@ from tether.cli._common import (
     emit_table,
     fail,
     plugin_manager,
+    run_trio,
     setup_cli_logging,
 )
 from tether.config import default_config, load_config, render_default_config
@@ -54,7 +54,7 @@ def start(ctx: click.Context, config_path: pathlib.Path | None, debug: bool) -> 
         config = load_config(config_path) if config_path else default_config()
         setup_logging(config.log.severity, config.log.format, debug=debug)
         pm = plugin_manager(config.plugins.disabled)
-        trio.run(run_daemon, config, pm)
+        run_trio(run_daemon, config, pm)
     except TetherError as exc:
         if debug:
             import logging
@@ -76,7 +76,7 @@ def demo(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
     try:
         setup_logging("DEBUG" if debug else "WARNING", "text", debug=debug)
-        trio.run(run_demo, plugin_manager(), sys.stdout)
+        run_trio(run_demo, plugin_manager(), sys.stdout)
     except TetherError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
