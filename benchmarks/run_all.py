@@ -1,0 +1,40 @@
+"""Run every benchmark harness in this directory (``tox -e bench``).
+
+A harness is a ``benchmarks/<name>.py`` script with a ``main(argv) -> int`` that compares
+Tether with its baseline (OpenSSH, raw loopback) in the same run and writes its figures under
+``benchmarks/results/`` with the machine described (see README.md here). Arguments after
+``tox -e bench --`` are passed to every harness (for example ``--quick``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+NOT_HARNESSES = {"run_all.py", "machine.py", "__init__.py"}
+
+
+def harnesses() -> list[pathlib.Path]:
+    return sorted(p for p in HERE.glob("*.py") if p.name not in NOT_HARNESSES)
+
+
+def main(argv: list[str]) -> int:
+    found = harnesses()
+    if not found:
+        print("no benchmark harnesses in benchmarks/ yet")
+        return 0
+    status = 0
+    for path in found:
+        print(f"== {path.stem}", flush=True)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        status |= int(module.main(argv))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
