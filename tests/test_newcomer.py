@@ -250,6 +250,20 @@ def test_auditor_reads_logins_resource_changes_and_issued_certificates(
     login = next(e for e in events if e["type"] == "user.login" and e["user"] == "frank")
     assert login["roles"] == ["auditor"]
     assert login["method"] == "local"
+    recent = json.loads(
+        cluster.as_user(
+            "frank",
+            "tetherctl",
+            "audit",
+            "search",
+            "--since=1h",
+            "--type=user.login",
+            "--format=json",
+        ).stdout
+    )
+    assert recent and {e["type"] for e in recent} <= {"user.login", "user.login.failed"}
+    future_only = cluster.as_user("frank", "tetherctl", "audit", "search", "--since=0s")
+    assert len(future_only.stdout.splitlines()) <= 2  # a header at most: nothing that new
     denied = cluster.as_user("frank", "tetherctl", "get", "user", check=False)
     assert denied.returncode == 1
     assert "role rules do not allow list on user" in denied.stderr
