@@ -20,6 +20,7 @@ import ssl
 from typing import Any
 
 import trio
+from cryptography import x509
 
 from tether import pki
 from tether.asgi import ASGIHandler
@@ -69,6 +70,23 @@ def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
     return sorted(dns), sorted(ips)
 
 
+def _server_identity(
+    auth: AuthService, config: Config, kind: str, *hosts: str
+) -> tuple[x509.Certificate, pki.PrivateKey]:
+    """A fresh key and a certificate naming every address clients may use for this daemon."""
+    key = pki.generate_private_key()
+    dns, ips = _server_names(config, *hosts)
+    cert = auth.issue_system_certificate(
+        kind,
+        config.nodename,
+        key.public_key(),
+        ttl=SERVER_CERT_TTL,
+        dns_names=dns,
+        ip_addresses=ips,
+    )
+    return cert, key
+
+
 async def _listen(
     nursery: trio.Nursery,
     field: str,
@@ -109,16 +127,7 @@ async def _start_auth(
     _write_private(ca_path, pki.certs_to_pem(auth.trusted_tls_cas()))
 
     listen = config.auth_service.listen_addr
-    server_key = pki.generate_private_key()
-    dns, ips = _server_names(config, listen.host)
-    server_cert = auth.issue_system_certificate(
-        "auth",
-        config.nodename,
-        server_key.public_key(),
-        ttl=SERVER_CERT_TTL,
-        dns_names=dns,
-        ip_addresses=ips,
-    )
+    server_cert, server_key = _server_identity(auth, config, "auth", listen.host)
     ctx = pki.server_ssl_context(
         server_cert,
         server_key,
@@ -148,16 +157,7 @@ async def _start_proxy(
 ) -> str:
     listen = config.proxy_service.listen_addr
     public = config.proxy_service.public_addr
-    key = pki.generate_private_key()
-    dns, ips = _server_names(config, listen.host, public.host if public else "")
-    cert = auth.issue_system_certificate(
-        "proxy",
-        config.nodename,
-        key.public_key(),
-        ttl=SERVER_CERT_TTL,
-        dns_names=dns,
-        ip_addresses=ips,
-    )
+    cert, key = _server_identity(auth, config, "proxy", listen.host, public.host if public else "")
     client_ctx = pki.client_ssl_context(trusted_cas=auth.trusted_tls_cas(), cert=cert, key=key)
     auth_client = await stack.enter_async_context(AuthClient(f"https://{auth_addr}", client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (cert, key)

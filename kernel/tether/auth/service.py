@@ -263,6 +263,21 @@ class AuthService:
         roleset = await self._roleset(identity.roles)
         roleset.check_rule(kind, verb)
 
+    async def _audit(
+        self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
+    ) -> None:
+        """Record an event that happened in this cluster."""
+        await audit.emit(
+            self.pm,
+            audit.AuditEvent(
+                type=event_type,
+                cluster=self.cluster_name,
+                user=user,
+                success=success,
+                fields=fields,
+            ),
+        )
+
     # --- resources -----------------------------------------------------------------------
 
     async def get_resources(
@@ -309,17 +324,11 @@ class AuthService:
             ops.append(Op.put(key, resource_to_bytes(res), expected_revision=expected))
             done = "updated" if existing is not None else "created"
             messages.append(f'{kind.name} "{res.metadata.name}" has been {done}')
-            events.append(
-                audit.AuditEvent(
-                    type=audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED,
-                    cluster=self.cluster_name,
-                    user=identity.username,
-                    fields={"kind": kind.name, "name": res.metadata.name},
-                )
-            )
+            event = audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED
+            events.append((event, {"kind": kind.name, "name": res.metadata.name}))
         await self.backend.apply(ops)
-        for event in events:
-            await audit.emit(self.pm, event)
+        for event, fields in events:
+            await self._audit(event, identity.username, fields)
         return messages
 
     async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
@@ -330,14 +339,8 @@ class AuthService:
         if kind.name == "user":
             await self.backend.delete(PASSWORD_PREFIX + name)
             await self.backend.delete(ATTEMPTS_PREFIX + name)
-        await audit.emit(
-            self.pm,
-            audit.AuditEvent(
-                type=audit.RESOURCE_DELETED,
-                cluster=self.cluster_name,
-                user=identity.username,
-                fields={"kind": kind.name, "name": name},
-            ),
+        await self._audit(
+            audit.RESOURCE_DELETED, identity.username, {"kind": kind.name, "name": name}
         )
         return f'{kind.name} "{name}" has been deleted'
 
@@ -402,15 +405,7 @@ class AuthService:
         await self.backend.compare_and_swap(
             kind.key(name), resource_to_bytes(user), expected_revision=item.revision
         )
-        await audit.emit(
-            self.pm,
-            audit.AuditEvent(
-                type=audit.RESOURCE_UPDATED,
-                cluster=self.cluster_name,
-                user=identity.username,
-                fields={"kind": "user", "name": name},
-            ),
-        )
+        await self._audit(audit.RESOURCE_UPDATED, identity.username, {"kind": "user", "name": name})
         return f'user "{name}" has been updated'
 
     def _check_password(self, password: str) -> None:
@@ -464,7 +459,7 @@ class AuthService:
         )
         now = self._clock()
         if locked_until is not None and locked_until > now:
-            await self._audit_login_failure(username, "account locked")
+            await self._audit_login_failure(username, connector_name, "account locked")
             until = datetime.datetime.fromtimestamp(locked_until, datetime.UTC)
             raise AccessDenied(
                 f"too many failed logins: {username!r} is locked until "
@@ -497,38 +492,32 @@ class AuthService:
                 passwords.encode_attempts(failed, lock),
                 ttl=cfg.lockout_duration.total_seconds(),
             )
-            await self._audit_login_failure(username, "invalid user name or password")
+            await self._audit_login_failure(
+                username, connector_name, "invalid user name or password"
+            )
             raise AccessDenied("invalid user name or password") from None
         if attempts_item is not None:
             await self.backend.delete(attempts_key)
         result = await self._issue_user_certs(
             login, ssh_public_key=ssh_public_key, tls_public_key_pem=tls_public_key_pem, ttl=ttl
         )
-        await audit.emit(
-            self.pm,
-            audit.AuditEvent(
-                type=audit.USER_LOGIN,
-                cluster=self.cluster_name,
-                user=username,
-                fields={
-                    "method": connector_name,
-                    "roles": list(result.identity.roles),
-                    "expires": result.identity.expires.isoformat(),
-                },
-            ),
+        await self._audit(
+            audit.USER_LOGIN,
+            username,
+            {
+                "method": connector_name,
+                "roles": list(result.identity.roles),
+                "expires": result.identity.expires.isoformat(),
+            },
         )
         return result
 
-    async def _audit_login_failure(self, username: str, reason: str) -> None:
-        await audit.emit(
-            self.pm,
-            audit.AuditEvent(
-                type=audit.USER_LOGIN_FAILED,
-                cluster=self.cluster_name,
-                user=username,
-                success=False,
-                fields={"method": "local", "reason": reason},
-            ),
+    async def _audit_login_failure(self, username: str, connector_name: str, reason: str) -> None:
+        await self._audit(
+            audit.USER_LOGIN_FAILED,
+            username,
+            {"method": connector_name, "reason": reason},
+            success=False,
         )
 
     async def _issue_user_certs(
@@ -567,18 +556,14 @@ class AuthService:
             permit_agent_forwarding=roleset.forward_agent(),
         )
         tls_cert = pki.issue_x509_cert(self.authorities.tls, tls_key, identity, now=self.now())
-        await audit.emit(
-            self.pm,
-            audit.AuditEvent(
-                type=audit.CERT_ISSUED,
-                cluster=self.cluster_name,
-                user=identity.username,
-                fields={
-                    "logins": list(identity.logins),
-                    "roles": list(roles),
-                    "ttl": format_duration(ttl_effective),
-                },
-            ),
+        await self._audit(
+            audit.CERT_ISSUED,
+            identity.username,
+            {
+                "logins": list(identity.logins),
+                "roles": list(roles),
+                "ttl": format_duration(ttl_effective),
+            },
         )
         return LoginResult(
             identity=identity,
@@ -630,14 +615,10 @@ class AuthService:
             "token", value, {"roles": [role], **(extra or {})}, expires=expires, labels=labels
         )
         await self.backend.create(kind.key(value), resource_to_bytes(res), ttl=ttl.total_seconds())
-        await audit.emit(
-            self.pm,
-            audit.AuditEvent(
-                type=audit.TOKEN_CREATED,
-                cluster=self.cluster_name,
-                user=identity.username,
-                fields={"token_type": type_name, "expires": expires.isoformat()},
-            ),
+        await self._audit(
+            audit.TOKEN_CREATED,
+            identity.username,
+            {"token_type": type_name, "expires": expires.isoformat()},
         )
         return TokenInfo(
             token=value,

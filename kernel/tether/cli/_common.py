@@ -13,7 +13,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 import trio
@@ -32,7 +32,9 @@ __all__ = [
     "fail",
     "output",
     "plugin_manager",
+    "report",
     "run_async",
+    "run_command",
     "run_trio",
     "split_csv",
     "split_kv",
@@ -44,9 +46,16 @@ R = TypeVar("R")
 log = logging.getLogger("tether.cli")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"ERROR: {message}", err=True)
     sys.exit(1)
+
+
+def report(exc: TetherError) -> NoReturn:
+    """Print ``exc`` as one line and exit 1; under ``--debug`` log its traceback first."""
+    if _debug_enabled():
+        log.error("command failed", exc_info=exc)
+    fail(str(exc))
 
 
 def _debug_enabled() -> bool:
@@ -82,20 +91,30 @@ def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
         raise KeyboardInterrupt from None
 
 
+def run_command(
+    func: Callable[..., Awaitable[R]],
+    *args: Any,
+    interrupted: tuple[int, str] = (130, ""),
+) -> R:
+    """Run a command body under trio: a TetherError becomes one line and exit 1 (with the
+    traceback under ``--debug``); Ctrl-C exits with ``interrupted``'s status and message."""
+    try:
+        return run_trio(func, *args)
+    except TetherError as exc:
+        report(exc)
+    except KeyboardInterrupt:
+        status, message = interrupted
+        if message:
+            click.echo(message)
+        sys.exit(status)
+
+
 def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
-    """Run an async command body under trio and turn TetherError into one line + exit 1."""
+    """Decorate an async click command body to run through :func:`run_command`."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return run_trio(functools.partial(func, *args, **kwargs))
-        except TetherError as exc:
-            if _debug_enabled():
-                log.exception("command failed")
-            fail(str(exc))
-        except KeyboardInterrupt:
-            sys.exit(130)
-        raise AssertionError("unreachable")
+        return run_command(functools.partial(func, *args, **kwargs))
 
     return wrapper
 

@@ -14,7 +14,8 @@ from tether.cli._common import (
     emit_table,
     fail,
     plugin_manager,
-    run_trio,
+    report,
+    run_command,
     setup_cli_logging,
 )
 from tether.config import default_config, load_config, render_default_config
@@ -54,15 +55,9 @@ def start(ctx: click.Context, config_path: pathlib.Path | None, debug: bool) -> 
         config = load_config(config_path) if config_path else default_config()
         setup_logging(config.log.severity, config.log.format, debug=debug)
         pm = plugin_manager(config.plugins.disabled)
-        run_trio(run_daemon, config, pm)
     except TetherError as exc:
-        if debug:
-            import logging
-
-            logging.getLogger("tether").exception("tetherd failed")
-        fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+        report(exc)
+    run_command(run_daemon, config, pm, interrupted=(0, ""))
 
 
 @cli.command()
@@ -74,13 +69,12 @@ def demo(ctx: click.Context, debug: bool) -> None:
 
     debug = debug or ctx.obj["debug"]
     ctx.obj["debug"] = debug
+    setup_logging("DEBUG" if debug else "WARNING", "text", debug=debug)
     try:
-        setup_logging("DEBUG" if debug else "WARNING", "text", debug=debug)
-        run_trio(run_demo, plugin_manager(), sys.stdout)
+        pm = plugin_manager()
     except TetherError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        click.echo("\nDemo stopped.")
+    run_command(run_demo, pm, sys.stdout, interrupted=(0, "\nDemo stopped."))
 
 
 @cli.command()

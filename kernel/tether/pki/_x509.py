@@ -175,13 +175,7 @@ def verify_x509_cert(
     signers: list[x509.Certificate] = []
 
     def decode() -> Identity:
-        try:
-            ext = parsed.extensions.get_extension_for_oid(TETHER_IDENTITY_OID).value
-        except x509.ExtensionNotFound:
-            raise ValueError("no Tether identity extension (not issued by Tether)") from None
-        if not isinstance(ext, x509.UnrecognizedExtension):
-            raise ValueError("identity extension has an unexpected type")
-        identity = Identity.from_json(_parse_der_utf8string(ext.value))
+        identity = _embedded_identity(parsed)
         common_names = parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if [attr.value for attr in common_names] != [identity.username]:
             raise ValueError("subject and identity name different users")
@@ -218,13 +212,23 @@ def read_x509_identity(cert: x509.Certificate | bytes) -> Identity:
     """
     parsed = _parse(cert)
     try:
+        identity = _embedded_identity(parsed)
+    except ValueError as exc:
+        raise MalformedCertificate(
+            f"no usable Tether identity in this certificate: {exc}"
+        ) from None
+    return attrs.evolve(identity, expires=parsed.not_valid_after_utc)
+
+
+def _embedded_identity(parsed: x509.Certificate) -> Identity:
+    """The identity JSON in the private extension, unverified; ValueError when absent."""
+    try:
         ext = parsed.extensions.get_extension_for_oid(TETHER_IDENTITY_OID).value
     except x509.ExtensionNotFound:
-        raise MalformedCertificate("no Tether identity in this certificate") from None
+        raise ValueError("no Tether identity extension (not issued by Tether)") from None
     if not isinstance(ext, x509.UnrecognizedExtension):
-        raise MalformedCertificate("identity extension has an unexpected type")
-    identity = Identity.from_json(_parse_der_utf8string(ext.value))
-    return attrs.evolve(identity, expires=parsed.not_valid_after_utc)
+        raise ValueError("identity extension has an unexpected type")
+    return Identity.from_json(_parse_der_utf8string(ext.value))
 
 
 def _parse(cert: x509.Certificate | bytes) -> x509.Certificate:
