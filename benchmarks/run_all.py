@@ -17,7 +17,9 @@ NOT_HARNESSES = {"run_all.py", "machine.py", "__init__.py"}
 
 
 def harnesses() -> list[pathlib.Path]:
-    return sorted(p for p in HERE.glob("*.py") if p.name not in NOT_HARNESSES)
+    return sorted(
+        p for p in HERE.glob("*.py") if p.name not in NOT_HARNESSES and not p.name.startswith("_")
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -31,6 +33,8 @@ def main(argv: list[str]) -> int:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        # registered first, as a normal import would, so dataclasses and typing can find it
+        sys.modules[path.stem] = module
         spec.loader.exec_module(module)
         status |= int(module.main(argv))
     return status

@@ -1,0 +1,425 @@
+"""Tunnel throughput: Tether's reverse tunnel against ``ssh -R`` and raw loopback TCP.
+
+One run measures, on 127.0.0.1, the bulk throughput of one stream and of 8 parallel streams
+through each leg, with the same load generator and sink (separate processes, see
+``_benchlib/loadgen.py``):
+
+- ``tether``: client -> root forward listener -> tunnel -> leaf -> sink (``tether_forward``);
+- ``openssh_aes128`` / ``openssh_chacha20``: client -> our own ``sshd`` -> ``ssh -R`` -> sink,
+  restricted to ``aes128-gcm@openssh.com`` / ``chacha20-poly1305@openssh.com``;
+- ``raw_tcp``: client -> sink, the ceiling.
+
+It also reports Tether's stream open latency, memory per idle stream and the CPU of a root
+holding idle leaf tunnels. Each figure is the median of ``--repeat`` rounds (MB = 10**6 bytes).
+The table, ``--json FILE`` and ``benchmarks/results/tunnel_throughput-<stamp>.json`` / ``.png``
+carry the figures with the machine described; a figure that cannot be measured yet is null in
+JSON and "n/a" in the table, with the reason under "missing".
+
+    python benchmarks/tunnel_throughput.py [--quick] [--json FILE] [--size-mb N] [--repeat R]
+"""
+
+# No ``from __future__ import annotations`` here: run_all.py executes harnesses without
+# registering them in sys.modules, and dataclasses then cannot resolve string annotations.
+import argparse
+import dataclasses
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported by a test
+    sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402
+from _benchlib import loadgen, openssh, results  # noqa: E402
+
+NAME = "tunnel_throughput"
+Address = tuple[str, int]
+Forward = Callable[[Address], AbstractContextManager[Address]]
+
+TETHER_MISSING = "Tether's tunnel forward listener does not exist yet"
+LEGS = ("tether", "openssh_aes128", "openssh_chacha20", "raw_tcp")
+BASELINE = "openssh_aes128"
+PARALLEL = 8
+MIB = 1 << 20
+WARMUP_BYTES = 16 * MIB
+
+
+# --- Tether: the functions to implement once the tunnel exists ---------------------------------
+
+
+def tether_forward(sink: Address) -> AbstractContextManager[Address]:
+    """Tether's leg: a context manager yielding the entry (host, port) that forwards to ``sink``.
+
+    To implement: start a root proxy and a leaf (each its own process, so the load generator
+    and the two ends do not share a GIL), have the leaf dial home and open a forward listener
+    on the root whose streams the leaf delivers to ``sink``; yield the listener's address once
+    it accepts, and stop every process on exit. The harness probes the path end to end before
+    measuring, so the entry need not wait for more than its own listener.
+    """
+    raise NotImplementedError(TETHER_MISSING)
+
+
+def tether_open_latency_ms(opens: int) -> dict[str, float]:
+    """Median and p99 (ms) of ``opens`` stream opens on one established tunnel."""
+    raise NotImplementedError(TETHER_MISSING)
+
+
+def tether_idle_stream_bytes(streams: int) -> int:
+    """Resident memory per idle stream (bytes) with ``streams`` streams open on one tunnel."""
+    raise NotImplementedError(TETHER_MISSING)
+
+
+def tether_idle_tunnels_cpu_percent(tunnels: int, seconds: float) -> float:
+    """CPU (% of one core) of one root holding ``tunnels`` idle leaf tunnels with heartbeats."""
+    raise NotImplementedError(TETHER_MISSING)
+
+
+# --- parameters and legs ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """What one run measures; stored in the results so figures are read with their sizes."""
+
+    quick: bool
+    single_stream_bytes: int
+    parallel_streams: int
+    parallel_stream_bytes: int
+    repeat: int
+    open_latency_opens: int = 10_000
+    idle_streams: int = 10_000
+    idle_tunnels: int = 1_000
+    idle_cpu_seconds: float = 60.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Params":
+        size_mib = args.size_mb if args.size_mb is not None else (256 if args.quick else 1024)
+        repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+        if size_mib < 4 or repeat < 1:
+            raise SystemExit("--size-mb must be at least 4 and --repeat at least 1")
+        return cls(
+            quick=args.quick,
+            single_stream_bytes=size_mib * MIB,
+            parallel_streams=PARALLEL,
+            parallel_stream_bytes=size_mib * MIB // 4,
+            repeat=repeat,
+            idle_cpu_seconds=10.0 if args.quick else 60.0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "aggregate": f"median of {self.repeat} repeat(s)",
+            "mb": "10**6 bytes",
+            "write_size_bytes": loadgen.CHUNK,
+            "throughput": "bytes received at the sink / (last byte at the sink - first connect)",
+        }
+
+
+@dataclasses.dataclass
+class LegResult:
+    """MB/s samples per stream count for one leg, or why there are none."""
+
+    name: str
+    samples: dict[int, list[float]] = dataclasses.field(default_factory=dict)
+    missing: str | None = None
+    failed: bool = False
+
+    def figure(self, streams: int) -> float | None:
+        got = self.samples.get(streams)
+        return round(statistics.median(got), 1) if got and not self.missing else None
+
+
+def openssh_forward(cipher: str, sshd: str | None, problem: str | None) -> Forward:
+    """An ``ssh -R`` leg for ``cipher``, or one that says why OpenSSH cannot run here."""
+
+    def forward(sink: Address) -> AbstractContextManager[Address]:
+        if sshd is None:
+            raise openssh.Unavailable(problem or "sshd is not available")
+        return openssh.reverse_forward(cipher, sink, sshd)
+
+    return forward
+
+
+def run_leg(name: str, forward: Forward, sink: loadgen.Sink, params: Params) -> LegResult:
+    """Measure one leg; a leg that does not exist or cannot run here is reported, not raised."""
+    result = LegResult(name, {1: [], params.parallel_streams: []})
+    rounds = [
+        (1, params.single_stream_bytes),
+        (params.parallel_streams, params.parallel_stream_bytes),
+    ]
+    try:
+        with forward(sink.address) as entry:
+            loadgen.wait_ready(entry, sink)
+            loadgen.measure(entry, sink, 1, WARMUP_BYTES)  # first-connection costs, discarded
+            for r in range(params.repeat):
+                for streams, nbytes in rounds:
+                    m = loadgen.measure(entry, sink, streams, nbytes)
+                    result.samples[streams].append(m.mb_s)
+                    print(
+                        f"  {name}: {streams} x {nbytes // MIB} MiB in {m.seconds:.2f}s = "
+                        f"{m.mb_s:.0f} MB/s (repeat {r + 1}/{params.repeat})",
+                        flush=True,
+                    )
+    except (NotImplementedError, openssh.Unavailable) as exc:
+        result.missing = str(exc)
+        print(f"  {name}: n/a ({exc})", flush=True)
+    except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+        result.missing = f"failed: {exc}"
+        result.failed = True
+        print(f"  {name}: FAILED: {exc}", flush=True)
+    return result
+
+
+def secondary_figures(params: Params) -> tuple[dict[str, Any], dict[str, str]]:
+    """Open latency, idle-stream memory and idle-tunnel CPU, each null with a reason if missing."""
+    figures: dict[str, Any] = {
+        "open_latency_ms": {"median": None, "p99": None},
+        "idle_stream_bytes": None,
+        "idle_tunnels_cpu_percent": None,
+    }
+    missing: dict[str, str] = {}
+    measures: dict[str, Callable[[], Any]] = {
+        "open_latency_ms": lambda: tether_open_latency_ms(params.open_latency_opens),
+        "idle_stream_bytes": lambda: tether_idle_stream_bytes(params.idle_streams),
+        "idle_tunnels_cpu_percent": lambda: tether_idle_tunnels_cpu_percent(
+            params.idle_tunnels, params.idle_cpu_seconds
+        ),
+    }
+    for key, run in measures.items():
+        try:
+            figures[key] = run()
+        except NotImplementedError as exc:
+            missing[key] = str(exc)
+    return figures, missing
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 2) if value is not None and base else None
+
+
+def build_report(
+    machine_info: dict[str, Any],
+    params: Params,
+    legs: list[LegResult],
+    secondary: dict[str, Any],
+    secondary_missing: dict[str, str],
+) -> dict[str, Any]:
+    """The JSON document: every leg and figure present, null where not measured."""
+    by_name = {leg.name: leg for leg in legs}
+    for name in LEGS:
+        by_name.setdefault(name, LegResult(name, missing="not run"))
+    keys = (1, params.parallel_streams)
+    mb_s = {name: {str(k): leg.figure(k) for k in keys} for name, leg in by_name.items()}
+    base = mb_s.get(BASELINE, {})
+    return {
+        "benchmark": NAME,
+        "machine": machine_info,
+        "params": params.to_json(),
+        "mb_s": mb_s,
+        f"ratio_vs_{BASELINE}": {
+            name: {k: _ratio(v, base.get(k)) for k, v in figs.items()}
+            for name, figs in mb_s.items()
+        },
+        "mb_s_samples": {
+            name: {str(k): [round(x, 1) for x in leg.samples.get(k, [])] for k in keys}
+            for name, leg in by_name.items()
+        },
+        **secondary,
+        "missing": {
+            **{name: leg.missing for name, leg in by_name.items() if leg.missing},
+            **secondary_missing,
+        },
+    }
+
+
+def _fmt(value: float | None, spec: str = ".0f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table(report: dict[str, Any]) -> str:
+    """The printed table: MB/s per leg and the ratio to ``ssh -R`` with AES-128-GCM."""
+    n = str(report["params"]["parallel_streams"])
+    ratios = report[f"ratio_vs_{BASELINE}"]
+    header = ["leg", "1 stream MB/s", f"{n} streams MB/s", "ratio 1", f"ratio {n}"]
+    rows = [
+        [
+            name,
+            _fmt(figs["1"]),
+            _fmt(figs[n]),
+            _fmt(ratios[name]["1"], ".2f", "x"),
+            _fmt(ratios[name][n], ".2f", "x"),
+        ]
+        for name, figs in report["mb_s"].items()
+    ]
+    lat = report["open_latency_ms"]
+    extra = [
+        [
+            "stream open latency ms (median / p99)",
+            f"{_fmt(lat['median'], '.3f')} / {_fmt(lat['p99'], '.3f')}",
+        ],
+        ["memory per idle stream (bytes)", _fmt(report["idle_stream_bytes"])],
+        ["root CPU % with idle tunnels", _fmt(report["idle_tunnels_cpu_percent"], ".1f")],
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    label_width = max(len(label) for label, _ in extra)
+    lines.append(f"(ratio = the leg's MB/s / {BASELINE}'s, {report['params']['aggregate']})")
+    lines.append("")
+    lines.extend(f"{label.ljust(label_width)}  {value}" for label, value in extra)
+    if report["missing"]:
+        lines.append("")
+        lines.extend(f"n/a {key}: {why}" for key, why in report["missing"].items())
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
+    """A grouped bar chart (1 and N streams per leg); False, with a note, without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
+        return False
+    n = str(report["params"]["parallel_streams"])
+    names = list(report["mb_s"])
+    fig, ax = plt.subplots(figsize=(9, 5))
+    width = 0.38
+    for offset, key, label in ((-width / 2, "1", "1 stream"), (width / 2, n, f"{n} streams")):
+        xs = [i + offset for i in range(len(names))]
+        values = [report["mb_s"][name][key] for name in names]
+        bars = ax.bar(xs, [v or 0 for v in values], width, label=label)
+        for bar, value in zip(bars, values, strict=True):
+            ax.annotate(
+                "n/a" if value is None else f"{value:.0f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("MB/s (10^6 bytes/s)")
+    m = report["machine"]
+    ax.set_title(
+        f"Tunnel throughput on loopback, {report['params']['aggregate']}\n"
+        f"{m['cpu_model']}, {m['cores_usable']} cores, {m['memory_gib']} GiB, {m['date']}\n"
+        f"{m['kernel']}, {m['python']}, {m['openssh'] or 'no OpenSSH'}",
+        fontsize=9,
+    )
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
+    """One line of ``results/README.md``: headline figures, machine, files."""
+    n = str(report["params"]["parallel_streams"])
+    figures = ", ".join(f"{name} {_fmt(f['1'])}/{_fmt(f[n])}" for name, f in report["mb_s"].items())
+    lat = report["open_latency_ms"]["median"]
+    quick = " (--quick)" if report["params"]["quick"] else ""
+    files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
+    return (
+        f"- {report['machine']['date']} `{NAME}`{quick}: MB/s 1/{n} streams: {figures}; "
+        f"open latency median {_fmt(lat, '.3f')} ms; {machine.summary(report['machine'])}; "
+        f"{files}"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tunnel_throughput.py", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="256 MiB and 8 x 64 MiB, one repeat (< 2 minutes)"
+    )
+    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write JSON here")
+    parser.add_argument(
+        "--size-mb",
+        type=int,
+        metavar="N",
+        help="MiB on the single stream; each of the 8 parallel streams carries N/4 "
+        "(default 1024, --quick 256)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, metavar="R", help="rounds per leg, median kept (default 3, --quick 1)"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=pathlib.Path,
+        default=results.RESULTS_DIR,
+        metavar="DIR",
+        help="where the dated JSON, chart and index go (default benchmarks/results)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Measure every leg, print the table, write the JSON, chart and index line."""
+    args = parse_args(argv)
+    params = Params.from_args(args)
+    started = time.monotonic()
+    sshd: str | None = None
+    problem: str | None = None
+    try:
+        sshd = openssh.ensure_openssh()
+    except openssh.Unavailable as exc:
+        problem = str(exc)
+        print(f"OpenSSH legs skipped: {problem}", flush=True)
+    machine_info = machine.describe()  # after a possible install, so it names OpenSSH
+    forwards: dict[str, Forward] = {
+        "tether": tether_forward,
+        **{
+            name: openssh_forward(cipher, sshd, problem) for name, cipher in openssh.CIPHERS.items()
+        },
+        "raw_tcp": loadgen.raw_tcp,
+    }
+    legs = []
+    with loadgen.Sink() as sink:
+        for name in LEGS:
+            print(f"{name}:", flush=True)
+            legs.append(run_leg(name, forwards[name], sink, params))
+    secondary, secondary_missing = secondary_figures(params)
+    report = build_report(machine_info, params, legs, secondary, secondary_missing)
+    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
+
+    print()
+    print(table(report))
+    stem = f"{NAME}-{results.stamp()}"
+    json_path = args.results_dir / f"{stem}.json"
+    png_path = args.results_dir / f"{stem}.png"
+    results.write_json(json_path, report)
+    drew = chart(report, png_path)
+    index = results.append_index(
+        args.results_dir, index_line(report, json_path.name, png_path.name if drew else None)
+    )
+    written = [json_path, *([png_path] if drew else []), index]
+    if args.json:
+        results.write_json(args.json, report)
+        written.insert(0, args.json)
+    print(f"\nwrote {', '.join(str(p) for p in written)} in {report['elapsed_seconds']}s")
+    return 1 if any(leg.failed for leg in legs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
