@@ -4,14 +4,14 @@ hypercorn's trio ``TCPServer`` drives one connection given a stream object, whic
 proxy's ALPN router has after the handshake (DESIGN.md: the HTTP server must accept connections
 the router hands over). The peer's certificate travels to the application in the ASGI
 connection state as ``scope["state"]["tether.peer_cert"]`` (DER bytes or None), where request
-handlers verify it against the CAs they trust.
+handlers verify it against the CAs they trust. The stream is a
+:class:`~tether.tlsstream.TLSStream`, which offers what hypercorn reads from a ``trio.SSLStream``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
@@ -19,6 +19,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
 from tether.tlsserver import peer_certificate_der
+from tether.tlsstream import TLSStream
 
 __all__ = ["PEER_CERT_STATE", "ASGIHandler"]
 
@@ -35,6 +36,9 @@ class ASGIHandler:
         self._config.accesslog = None
         self._context = WorkerContext(None)
 
-    async def __call__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def __call__(self, stream: TLSStream) -> None:
         state = ConnectionState({PEER_CERT_STATE: peer_certificate_der(stream)})
-        await TCPServer(self._app, self._config, self._context, state, stream)
+        # TCPServer is annotated with trio.SSLStream but duck-types it: do_handshake,
+        # selected_alpn_protocol, transport_stream.socket, send_all, receive_some, aclose,
+        # and send_eof, whose absence (AttributeError) it takes to mean TLS.
+        await TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]

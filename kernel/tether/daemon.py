@@ -35,6 +35,7 @@ from tether.plugins import TetherPluginManager
 from tether.proxy.web import ProxyInfo, build_web_app
 from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, serve_tls
+from tether.tlsstream import TLSStream
 
 __all__ = ["run_daemon"]
 
@@ -214,7 +215,7 @@ class _LazyHandler:
         self._auth = auth
         self._handler: ASGIHandler | None = None
 
-    async def __call__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def __call__(self, stream: TLSStream) -> None:
         if self._handler is None:
             self._handler = ASGIHandler(build_web_app(self._holder["info"], self._auth))
         await self._handler(stream)

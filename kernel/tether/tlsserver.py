@@ -4,6 +4,8 @@ The proxy has one public port: reverse tunnels, the SSH front door and the web A
 there and are told apart by ALPN (DESIGN.md, "Processes and services"). The auth service uses
 the same listener with a single route. A handler receives the stream after the handshake, so it
 can read the negotiated protocol and the peer's certificate; it owns the stream and closes it.
+Connections are :class:`~tether.tlsstream.TLSStream`, the kernel's fast TLS stream, not
+``trio.SSLStream`` (DESIGN.md, "The tunnel").
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from functools import partial
 
 import trio
 
+from tether.tlsstream import TLSStream, detach_socket
+
 __all__ = ["TLSHandler", "peer_certificate_der", "serve_tls"]
 
 log = logging.getLogger(__name__)
 
-TLSHandler = Callable[[trio.SSLStream[trio.SocketStream]], Awaitable[None]]
+TLSHandler = Callable[[TLSStream], Awaitable[None]]
 
 #: How long a refused peer gets to read the TLS alert that says why (seconds).
 REFUSE_GRACE = 2.0
@@ -28,11 +32,11 @@ REFUSE_GRACE = 2.0
 DEFAULT_ROUTE = "http/1.1"
 
 
-def peer_certificate_der(stream: trio.SSLStream[trio.SocketStream]) -> bytes | None:
+def peer_certificate_der(stream: TLSStream) -> bytes | None:
     """The DER certificate the peer presented, or None (no client certificate)."""
     try:
         der = stream.getpeercert(binary_form=True)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, OSError):  # no handshake yet, or the peer is gone
         return None
     return der if isinstance(der, bytes) and der else None
 
@@ -43,22 +47,28 @@ async def _handle(
     handshake_timeout: float,
     raw: trio.SocketStream,
 ) -> None:
-    stream = trio.SSLStream(raw, ssl_context, server_side=True, https_compatible=True)
+    try:
+        # Web clients routinely hang up without close_notify; every route has its own framing.
+        stream = TLSStream.wrap_server(detach_socket(raw), ssl_context, allow_ragged_eof=True)
+    except (trio.BrokenResourceError, OSError) as exc:
+        log.info("TLS connection lost before the handshake: %s", exc)
+        await trio.aclose_forcefully(raw)
+        return
     try:
         with trio.fail_after(handshake_timeout):
             await stream.do_handshake()
     except trio.TooSlowError:
-        log.info("TLS handshake from %s timed out", _peer(raw))
-        await trio.aclose_forcefully(raw)
+        log.info("TLS handshake from %s timed out", _peer(stream))
+        await trio.aclose_forcefully(stream)
         return
     except trio.BrokenResourceError as exc:
-        log.info("TLS handshake from %s failed: %s", _peer(raw), exc.__cause__ or exc)
-        await _refuse(stream, raw)
+        log.info("TLS handshake from %s failed: %s", _peer(stream), exc.__cause__ or exc)
+        await _refuse(stream)
         return
     alpn = stream.selected_alpn_protocol() or DEFAULT_ROUTE
     handler = routes.get(alpn)
     if handler is None:  # the server context only offers routed ids, so this is a bug guard
-        log.warning("no handler for ALPN %r from %s", alpn, _peer(raw))
+        log.warning("no handler for ALPN %r from %s", alpn, _peer(stream))
         await trio.aclose_forcefully(stream)
         return
     try:
@@ -67,21 +77,18 @@ async def _handle(
         await trio.aclose_forcefully(stream)
 
 
-async def _refuse(stream: trio.SSLStream[trio.SocketStream], raw: trio.SocketStream) -> None:
+async def _refuse(stream: TLSStream) -> None:
     """Close a connection whose handshake failed so that the peer learns why.
 
-    OpenSSL has written a TLS alert ("certificate expired", "unknown CA", "certificate
-    required", ...) but ``trio.SSLStream`` stops at the error without sending it. Send it, then
-    half-close and drain what the peer already sent (a TLS 1.3 client sends its request before
-    it sees our verdict): closing with unread data makes the kernel answer with a reset, which
-    the peer may see instead of the alert. Bounded, so a peer that stops reading costs little.
+    OpenSSL has already written a TLS alert ("certificate expired", "unknown CA", "certificate
+    required", ...) to the socket. Half-close and drain what the peer already sent (a TLS 1.3
+    client sends its request before it sees our verdict): closing with unread data makes the
+    kernel answer with a reset, which the peer may see instead of the alert. Bounded, so a
+    peer that stops reading costs little.
     """
+    raw = stream.detach_transport()
     with trio.move_on_after(REFUSE_GRACE):
         try:
-            outgoing = getattr(stream, "_outgoing", None)  # the SSL object's memory BIO
-            alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
-            if alert:
-                await raw.send_all(alert)
             await raw.send_eof()
             while await raw.receive_some(65536):
                 pass
@@ -90,9 +97,9 @@ async def _refuse(stream: trio.SSLStream[trio.SocketStream], raw: trio.SocketStr
     await trio.aclose_forcefully(raw)
 
 
-def _peer(raw: trio.SocketStream) -> str:
+def _peer(stream: TLSStream) -> str:
     try:
-        host, port = raw.socket.getpeername()[:2]
+        host, port = stream.socket.getpeername()[:2]
     except OSError:
         return "a vanished peer"
     return f"{host}:{port}"
