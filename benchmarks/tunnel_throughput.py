@@ -21,13 +21,15 @@ JSON and "n/a" in the table, with the reason under "missing".
 # No ``from __future__ import annotations`` here: run_all.py executes harnesses without
 # registering them in sys.modules, and dataclasses then cannot resolve string annotations.
 import argparse
+import contextlib
 import dataclasses
 import pathlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -53,16 +55,29 @@ WARMUP_BYTES = 16 * MIB
 # --- Tether: the functions to implement once the tunnel exists ---------------------------------
 
 
-def tether_forward(sink: Address) -> AbstractContextManager[Address]:
-    """Tether's leg: a context manager yielding the entry (host, port) that forwards to ``sink``.
+@contextlib.contextmanager
+def tether_forward(sink: Address) -> Iterator[Address]:
+    """Tether's leg: a root process serving tunnels with a forward listener, and a leaf
+    process whose agent dials it over mutual TLS and delivers each stream to ``sink``."""
+    from tether.testing.tunnel_peer import init_cluster, start_agent, start_serve
 
-    To implement: start a root proxy and a leaf (each its own process, so the load generator
-    and the two ends do not share a GIL), have the leaf dial home and open a forward listener
-    on the root whose streams the leaf delivers to ``sink``; yield the listener's address once
-    it accepts, and stop every process on exit. The harness probes the path end to end before
-    measuring, so the entry need not wait for more than its own listener.
-    """
-    raise NotImplementedError(TETHER_MISSING)
+    sink_addr = f"{sink[0]}:{sink[1]}"
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        base = pathlib.Path(tmp)
+        root_ca = init_cluster(base / "root", "root")
+        leaf_ca = init_cluster(base / "leaf", "leaf")
+        root = start_serve(base / "root", leaf_ca, "--forward", f"leaf={sink_addr}")
+        agent = None
+        try:
+            agent = start_agent(
+                base / "leaf", root_ca, root.info()["tunnel_addr"], "--allow", sink_addr
+            )
+            host, port = next(iter(root.info()["forwards"].values())).rsplit(":", 1)
+            yield host, int(port)
+        finally:
+            if agent is not None:
+                agent.stop()
+            root.stop()
 
 
 def tether_open_latency_ms(opens: int) -> dict[str, float]:

@@ -1,0 +1,399 @@
+"""Run one end of a reverse tunnel as its own process, for tests and benchmarks.
+
+The kernel's tunnel is exercised here exactly as it runs in a proxy (real TLS 1.3 with mutual
+authentication, ALPN ``tether-tunnel/1``, the agent pool, the forward listener of the ``ssh
+-R`` topology), without the rest of a cluster. Trust is set up by hand, by passing each side
+the other's CA certificate file; trusted clusters automate that exchange.
+
+    python -m tether.testing.tunnel_peer init --dir D --cluster NAME
+    python -m tether.testing.tunnel_peer serve --dir D --trust-ca LEAF_CA_PEM
+        [--forward CLUSTER=HOST:PORT]... [--proxy-id ID] [--peer-proxy ID=HOST:PORT]...
+    python -m tether.testing.tunnel_peer agent --dir D --trust-ca ROOT_CA_PEM
+        --tunnel-addr HOST:PORT [--allow HOST:PORT]...
+
+Each running process writes ``D/<command>-<proxy id or cluster>.json`` with its addresses once
+it is ready; SIGTERM makes a serving process send GOAWAY to its agents and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from cryptography import x509
+
+from tether import pki
+from tether.tlsserver import serve_tls
+from tether.tlsstream import TLSStream
+from tether.tunnel.agent import AgentPool, Backoff
+from tether.tunnel.control import ProxyInfo
+from tether.tunnel.forward import TargetDialer, serve_forward
+from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
+from tether.tunnel.transport import TunnelTimings
+
+__all__ = ["PeerProcess", "init_cluster", "main", "start_agent", "start_echo", "start_serve"]
+
+log = logging.getLogger("tether.testing.tunnel_peer")
+
+CERT_TTL = datetime.timedelta(days=1)
+
+
+def _authorities(directory: pathlib.Path) -> pki.ClusterAuthorities:
+    meta = json.loads((directory / "cluster.json").read_text())
+    return pki.ClusterAuthorities.load_or_create(directory / "keys", meta["cluster"])
+
+
+def _proxy_identity(
+    authorities: pki.ClusterAuthorities, name: str
+) -> tuple[x509.Certificate, pki.PrivateKey]:
+    key = pki.generate_private_key()
+    identity = pki.Identity(
+        username=name,
+        cluster=authorities.cluster,
+        roles=(),
+        traits={},
+        logins=(),
+        expires=datetime.datetime.now(datetime.UTC) + CERT_TTL,
+        kind="proxy",
+    )
+    cert = pki.issue_x509_cert(
+        authorities.tls,
+        key.public_key(),
+        identity,
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
+        server=True,
+    )
+    return cert, key
+
+
+def _write_info(directory: pathlib.Path, name: str, info: dict[str, Any]) -> None:
+    path = directory / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **info}))
+    tmp.replace(path)
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _stop_on_signal(server: TunnelServer | None, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            if server is not None:
+                await server.goaway_all("tunnel peer stopping")
+                await trio.sleep(0.5)
+            scope.cancel()
+            return
+
+
+async def serve(
+    args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
+) -> None:
+    directory = pathlib.Path(args.dir)
+    cert, key = _proxy_identity(authorities, args.proxy_id)
+    context = pki.server_ssl_context(
+        cert, key, client_cas=trusted, client_auth="required", alpn=[TUNNEL_ALPN]
+    )
+    peers = [ProxyInfo(*p.split("=", 1)) for p in args.peer_proxy]
+    timings = TunnelTimings(ping_interval=args.ping_interval, dead_after=args.dead_after)
+    address: dict[str, str] = {}
+
+    def proxies() -> list[ProxyInfo]:
+        return [ProxyInfo(args.proxy_id, address.get("tunnel", "")), *peers]
+
+    def authenticate(stream: trio.abc.Stream) -> pki.Identity:
+        assert isinstance(stream, TLSStream)
+        identity = pki.identity_from_peer(stream, trusted)
+        if identity is None:
+            raise pki.UnknownAuthority("no client certificate")
+        return identity
+
+    server = TunnelServer(
+        proxy_id=args.proxy_id,
+        cluster=authorities.cluster,
+        authenticate=authenticate,
+        proxies=proxies,
+        heartbeat_interval=args.heartbeat_interval,
+        timings=timings,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, server, nursery.cancel_scope)
+        listeners = await nursery.start(
+            partial(serve_tls, "127.0.0.1", args.port, context, {TUNNEL_ALPN: server.handle})
+        )
+        address["tunnel"] = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        forwards = {}
+        for spec in args.forward:
+            cluster, target = spec.split("=", 1)
+            fl = await nursery.start(serve_forward, server, cluster, target)
+            forwards[spec] = f"127.0.0.1:{fl[0].socket.getsockname()[1]}"
+        _write_info(
+            directory,
+            f"serve-{args.proxy_id}",
+            {
+                "tunnel_addr": address["tunnel"],
+                "forwards": forwards,
+                "proxy_id": args.proxy_id,
+            },
+        )
+        log.info("serving tunnels on %s", address["tunnel"])
+
+
+async def agent(
+    args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
+) -> None:
+    directory = pathlib.Path(args.dir)
+    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent")
+    context = pki.client_ssl_context(trusted_cas=trusted, cert=cert, key=key, alpn=[TUNNEL_ALPN])
+
+    async def dial(addr: str) -> trio.abc.Stream:
+        host, port = _split_addr(addr)
+        return await TLSStream.connect(host, port, context, server_hostname="localhost")
+
+    pool = AgentPool(
+        cluster=authorities.cluster,
+        tunnel_addr=args.tunnel_addr,
+        dial=dial,
+        handle_stream=TargetDialer(args.allow),
+        timings=TunnelTimings(ping_interval=args.ping_interval, dead_after=args.dead_after),
+        backoff=Backoff(initial=args.backoff_initial, maximum=args.backoff_max),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, None, nursery.cancel_scope)
+        await nursery.start(pool.run)
+        await pool.wait_connected(1)
+        _write_info(directory, f"agent-{authorities.cluster}", {"cluster": authorities.cluster})
+        while True:
+            await trio.sleep(0.2)
+            _write_info(
+                directory,
+                f"agent-{authorities.cluster}",
+                {
+                    "cluster": authorities.cluster,
+                    "connected": pool.connected_proxies(),
+                    "known": pool.known_proxies(),
+                    "dial_attempts": pool.dial_attempts,
+                    "last_error": pool.last_error,
+                },
+            )
+
+
+async def echo(args: argparse.Namespace) -> None:
+    """A TCP echo server: the kind of target a leaf lets the root reach."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            while data := await stream.receive_some(256 * 1024):
+                await stream.send_all(data)
+            await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, None, nursery.cancel_scope)
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        _write_info(pathlib.Path(args.dir), "echo", {"addr": f"127.0.0.1:{port}"})
+
+
+def init(args: argparse.Namespace) -> None:
+    directory = pathlib.Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cluster.json").write_text(json.dumps({"cluster": args.cluster}))
+    authorities = pki.ClusterAuthorities.load_or_create(directory / "keys", args.cluster)
+    (directory / "ca.pem").write_bytes(pki.cert_to_pem(authorities.tls.certificate))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tether.testing.tunnel_peer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--cluster", required=True)
+    p = sub.add_parser("echo")
+    p.add_argument("--dir", required=True)
+    for name in ("serve", "agent"):
+        p = sub.add_parser(name)
+        p.add_argument("--dir", required=True)
+        p.add_argument("--trust-ca", required=True)
+        p.add_argument("--ping-interval", type=float, default=5.0)
+        p.add_argument("--dead-after", type=float, default=15.0)
+        p.add_argument("--debug", action="store_true")
+    serve_p = sub.choices["serve"]
+    serve_p.add_argument("--port", type=int, default=0)
+    serve_p.add_argument("--proxy-id", default="proxy-1")
+    serve_p.add_argument("--forward", action="append", default=[])
+    serve_p.add_argument("--peer-proxy", action="append", default=[])
+    serve_p.add_argument("--heartbeat-interval", type=float, default=2.0)
+    agent_p = sub.choices["agent"]
+    agent_p.add_argument("--tunnel-addr", required=True)
+    agent_p.add_argument("--allow", action="append", default=[])
+    agent_p.add_argument("--backoff-initial", type=float, default=0.2)
+    agent_p.add_argument("--backoff-max", type=float, default=2.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "init":
+        init(args)
+        return 0
+    if args.command == "echo":
+        trio.run(echo, args)
+        return 0
+    authorities = _authorities(pathlib.Path(args.dir))
+    trusted = pki.load_certs(pathlib.Path(args.trust_ca).read_bytes())
+    trio.run(serve if args.command == "serve" else agent, args, authorities, trusted)
+    return 0
+
+
+# --- driving peers from tests and benchmarks -------------------------------------------------
+
+
+@attrs.define
+class PeerProcess:
+    """A running tunnel peer and the JSON file where it reports itself."""
+
+    process: subprocess.Popen[bytes]
+    info_path: pathlib.Path
+    log_path: pathlib.Path
+
+    def info(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.info_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
+    ) -> dict[str, Any]:
+        """Poll the info file until ``predicate`` holds; AssertionError with the log if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"peer exited {self.process.returncode}:\n{self.log()}")
+            info = self.info()
+            if info.get("pid") == self.process.pid and predicate(info):
+                return info
+            time.sleep(0.05)
+        raise AssertionError(f"peer did not get there in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _spawn(directory: pathlib.Path, name: str, *args: str) -> PeerProcess:
+    info = directory / f"{name}.json"
+    info.unlink(missing_ok=True)
+    log_path = directory / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tether.testing.tunnel_peer", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return PeerProcess(process, info, log_path)
+
+
+def init_cluster(directory: pathlib.Path, cluster: str) -> pathlib.Path:
+    """Create a cluster's CAs in ``directory``; returns its CA certificate file."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tether.testing.tunnel_peer",
+            "init",
+            "--dir",
+            str(directory),
+            "--cluster",
+            cluster,
+        ],
+        check=True,
+    )
+    return directory / "ca.pem"
+
+
+def start_serve(
+    directory: pathlib.Path, trust_ca: pathlib.Path, *args: str, proxy_id: str = "proxy-1"
+) -> PeerProcess:
+    peer = _spawn(
+        directory,
+        f"serve-{proxy_id}",
+        "serve",
+        "--dir",
+        str(directory),
+        "--trust-ca",
+        str(trust_ca),
+        "--proxy-id",
+        proxy_id,
+        *args,
+    )
+    peer.wait_for(lambda info: "tunnel_addr" in info)
+    return peer
+
+
+def start_agent(
+    directory: pathlib.Path,
+    trust_ca: pathlib.Path,
+    tunnel_addr: str,
+    *args: str,
+    wait: bool = True,
+) -> PeerProcess:
+    cluster = json.loads((directory / "cluster.json").read_text())["cluster"]
+    peer = _spawn(
+        directory,
+        f"agent-{cluster}",
+        "agent",
+        "--dir",
+        str(directory),
+        "--trust-ca",
+        str(trust_ca),
+        "--tunnel-addr",
+        tunnel_addr,
+        *args,
+    )
+    if wait:
+        peer.wait_for(lambda info: bool(info.get("connected")))
+    return peer
+
+
+def start_echo(directory: pathlib.Path) -> PeerProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    peer = _spawn(directory, "echo", "echo", "--dir", str(directory))
+    peer.wait_for(lambda info: "addr" in info)
+    return peer
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The dialing side of reverse tunnels: an agent pool that keeps one tunnel to every proxy.
+
+A leaf cluster's proxy (or a node in tunnel mode) dials the other side's tunnel address, which
+may be a load balancer in front of several proxies. Each tunnel's hello names the proxy it
+reached and lists all of them, so the pool keeps dialing until it holds a tunnel to every
+advertised proxy (directly, when a proxy advertises its own address). Lost tunnels are redialed
+with capped exponential backoff and jitter; a GOAWAY (a proxy shutting down gracefully) makes
+the pool dial a replacement at once while the old tunnel drains.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import attrs
+import trio
+
+from tether.errors import TetherError
+from tether.tunnel.control import (
+    CONTROL_TARGET,
+    ControlChannel,
+    ControlError,
+    Hello,
+    ProxyInfo,
+    parse_hello,
+    parse_proxies,
+)
+from tether.tunnel.mux import Connection, MuxConfig
+from tether.tunnel.transport import StreamHandler, TunnelConnection, TunnelTimings
+
+__all__ = ["AgentPool", "Backoff"]
+
+log = logging.getLogger(__name__)
+
+Dialer = Callable[[str], Awaitable[trio.abc.Stream]]
+
+
+@attrs.frozen
+class Backoff:
+    """Capped exponential backoff with jitter, so a fleet of agents does not reconnect in step.
+
+    :param initial: the first delay in seconds.
+    :param maximum: the cap.
+    :param multiplier: growth per failed attempt.
+    :param jitter: fraction of each delay that is randomised (0.5: 50%..100% of it).
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        rng = rng or random.Random()
+        delay = self.initial
+        while True:
+            yield delay * (1 - self.jitter * rng.random())
+            delay = min(self.maximum, delay * self.multiplier)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+@attrs.define(eq=False)
+class _Tunnel:
+    proxy_id: str
+    conn: TunnelConnection
+    hello: Hello
+
+
+class AgentPool:
+    """Keeps tunnels from this cluster to every proxy of the other side.
+
+    :param cluster: this side's cluster name (for logs; the certificate says it to the peer).
+    :param tunnel_addr: ``host:port`` to dial (a load balancer or one proxy).
+    :param dial: opens a handshaken TLS stream (ALPN ``tether-tunnel/1``) to an address.
+    :param handle_stream: serves each stream the other side opens through a tunnel.
+    :param status: extra fields for each heartbeat (e.g. node counts).
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        tunnel_addr: str,
+        dial: Dialer,
+        handle_stream: StreamHandler,
+        timings: TunnelTimings | None = None,
+        backoff: Backoff | None = None,
+        mux_config: MuxConfig | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.tunnel_addr = tunnel_addr
+        self._dial = dial
+        self._handle_stream = handle_stream
+        self.timings = timings or TunnelTimings()
+        self.backoff = backoff or Backoff()
+        self.mux_config = mux_config
+        self._status = status or dict
+        self._rng = rng or random.Random()
+        self._tunnels: dict[str, _Tunnel] = {}
+        self._known: dict[str, ProxyInfo] = {}
+        self._seekers = 0
+        self._changed = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self.last_error: str | None = None
+        self.dial_attempts = 0
+
+    # --- observing ---------------------------------------------------------------------------
+
+    def connected_proxies(self) -> list[str]:
+        return sorted(pid for pid, t in self._tunnels.items() if not t.conn.closed)
+
+    def known_proxies(self) -> list[str]:
+        return sorted(self._known)
+
+    async def wait_connected(self, count: int = 1) -> None:
+        """Wait until tunnels to at least ``count`` distinct proxies are up."""
+        while len(self.connected_proxies()) < count:
+            await self._changed.park()
+
+    def _notify(self) -> None:
+        self._changed.unpark_all()
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; reports started at once (tunnels come up in the background)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._spawn_seeker(None)
+            task_status.started()
+
+    def _spawn_seeker(self, proxy: ProxyInfo | None) -> None:
+        assert self._nursery is not None
+        self._seekers += 1
+        self._nursery.start_soon(self._seek, proxy)
+
+    def _missing(self) -> list[ProxyInfo]:
+        return [p for pid, p in self._known.items() if pid not in self._tunnels]
+
+    async def _seek(self, proxy: ProxyInfo | None) -> None:
+        """Keep one tunnel up: to ``proxy`` when it has an address, else via tunnel_addr to
+        whichever proxy we do not hold yet."""
+        delays = self.backoff.delays(self._rng)
+        while True:
+            addr = proxy.addr if proxy is not None and proxy.addr else self.tunnel_addr
+            connected = False
+            try:
+                connected = await self._connect_once(addr)
+            except* (TetherError, OSError, trio.BrokenResourceError, trio.TooSlowError) as group:
+                first = _first_leaf(group)
+                self.last_error = f"{addr}: {first or type(first).__name__}"
+                log.warning("tunnel to %s failed: %s", addr, self.last_error)
+            if connected:
+                delays = self.backoff.delays(self._rng)  # a tunnel that worked resets backoff
+                if self._missing():
+                    continue
+            elif self._seekers > max(1, len(self._known)):
+                self._seekers -= 1  # more seekers than proxies: this one is not needed
+                return
+            await trio.sleep(next(delays))
+
+    async def _connect_once(self, addr: str) -> bool:
+        """Dial, learn which proxy answered, and serve the tunnel until it ends.
+
+        Returns True when a tunnel was established (and has now ended), False when the dial
+        reached a proxy we already hold.
+        """
+        self.dial_attempts += 1
+        with trio.fail_after(self.timings.open_timeout):
+            stream = await self._dial(addr)
+        conn = TunnelConnection(
+            stream,
+            Connection("dialer", self.mux_config),
+            handle_stream=self._handle_stream,
+            timings=self.timings,
+            name=f"tunnel to {addr}",
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(conn.run)
+            try:
+                with trio.fail_after(self.timings.open_timeout):
+                    control = ControlChannel(await conn.open_stream(CONTROL_TARGET))
+                    first = await control.receive()
+                if first is None:
+                    raise ControlError("the proxy closed the control stream")
+                hello = parse_hello(first)
+            except BaseException:
+                await conn.aclose("control stream failed")
+                raise
+            if hello.proxy_id in self._tunnels and not self._tunnels[hello.proxy_id].conn.closed:
+                await conn.aclose("already connected to this proxy")
+                return False
+            tunnel = _Tunnel(hello.proxy_id, conn, hello)
+            self._tunnels[hello.proxy_id] = tunnel
+            self._learn(hello.proxies)
+            self.last_error = None
+            log.info("tunnel to proxy %s (%s) is up", hello.proxy_id, addr)
+            self._notify()
+            try:
+                await self._heartbeat(tunnel, control)
+            finally:
+                if self._tunnels.get(hello.proxy_id) is tunnel:
+                    del self._tunnels[hello.proxy_id]
+                self._notify()
+                await conn.aclose(conn.closed_reason or "heartbeat loop ended")
+        log.info("tunnel to proxy %s closed: %s", hello.proxy_id, conn.closed_reason)
+        return True
+
+    async def _heartbeat(self, tunnel: _Tunnel, control: ControlChannel) -> None:
+        conn = tunnel.conn
+        interval = tunnel.hello.heartbeat_interval
+        replaced = False
+        while not conn.closed:
+            if conn.going_away and not replaced:
+                # the proxy is shutting down: dial a replacement now, let this one drain
+                replaced = True
+                del self._tunnels[tunnel.proxy_id]
+                self._notify()
+                self._spawn_seeker(None)
+                if conn.statistics()["streams"] <= 1:
+                    return
+            status = {"type": "heartbeat", "cluster": self.cluster, **self._status()}
+            rtt = conn.rtt
+            if rtt is not None:
+                status["rtt_ms"] = round(rtt * 1000, 3)
+            try:
+                await control.send(status)
+                with trio.move_on_after(self.timings.dead_after):
+                    answer = await control.receive()
+                    if answer is None:
+                        return
+                    if answer["type"] == "ack":
+                        self._learn(parse_proxies(answer))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            except ControlError as exc:
+                await conn.aclose(f"bad control message: {exc.message}")
+                return
+            with trio.move_on_after(interval):
+                await (conn.wait_closed() if replaced else conn.wait_draining_or_closed())
+
+    def _learn(self, proxies: tuple[ProxyInfo, ...]) -> None:
+        """Remember the advertised proxies and start seeking the ones we lack."""
+        self._known = {proxy.id: proxy for proxy in proxies}
+        # one seeker per proxy: the first tunnel's seeker counts for the proxy it reached
+        for proxy in self._missing():
+            if len(self._known) <= self._seekers:
+                break
+            self._spawn_seeker(proxy if proxy.addr else None)

@@ -1,0 +1,133 @@
+"""The control stream: what the two ends of a tunnel tell each other besides user traffic.
+
+Right after connecting, the dialing side opens one stream to :data:`CONTROL_TARGET`. Both ends
+then exchange newline-delimited JSON messages on it: the serving side says who it is and which
+proxies exist (so an agent behind a load balancer knows which proxies it has not reached yet);
+the dialing side reports heartbeats on an interval, each answered with the current proxy list.
+Messages are small and rare, so JSON lines keep them readable in a packet capture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from tether.errors import TetherError
+
+__all__ = [
+    "CONTROL_TARGET",
+    "ControlChannel",
+    "ControlError",
+    "Hello",
+    "ProxyInfo",
+]
+
+CONTROL_TARGET = "@control"
+#: a control message larger than this is a protocol violation (a peer trying to exhaust memory)
+MAX_MESSAGE = 64 * 1024
+
+
+class ControlError(TetherError):
+    """The peer sent a control message that is malformed or out of place."""
+
+
+@attrs.frozen
+class ProxyInfo:
+    """One proxy of the serving cluster: its id and the address agents may dial directly."""
+
+    id: str
+    addr: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "addr": self.addr}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProxyInfo:
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
+            raise ControlError(f"malformed proxy entry: {data!r}")
+        addr = data.get("addr", "")
+        return cls(id=data["id"], addr=addr if isinstance(addr, str) else "")
+
+
+@attrs.frozen
+class Hello:
+    """The serving side's first message."""
+
+    proxy_id: str
+    cluster: str
+    proxies: tuple[ProxyInfo, ...]
+    heartbeat_interval: float
+
+
+class ControlChannel:
+    """JSON lines over a stream, with a bound on message size."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._buffer = bytearray()
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        await self.stream.send_all(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message, or None when the peer closed the stream."""
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    raise ControlError("control message is not JSON") from None
+                if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                    raise ControlError("control message has no type")
+                return message
+            if len(self._buffer) > MAX_MESSAGE:
+                raise ControlError(f"control message longer than {MAX_MESSAGE} bytes")
+            data = await self.stream.receive_some()
+            if not data:
+                return None
+            self._buffer += data
+
+
+def hello_message(hello: Hello) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "proxy_id": hello.proxy_id,
+        "cluster": hello.cluster,
+        "proxies": [p.to_json() for p in hello.proxies],
+        "heartbeat_interval": hello.heartbeat_interval,
+    }
+
+
+def parse_hello(message: Mapping[str, Any]) -> Hello:
+    if message.get("type") != "hello":
+        raise ControlError(f"expected hello, got {message.get('type')!r}")
+    proxy_id = message.get("proxy_id")
+    cluster = message.get("cluster")
+    interval = message.get("heartbeat_interval")
+    proxies = message.get("proxies")
+    if not isinstance(proxy_id, str) or not isinstance(cluster, str):
+        raise ControlError("hello lacks proxy_id or cluster")
+    if not isinstance(interval, int | float) or interval <= 0:
+        raise ControlError("hello has no usable heartbeat_interval")
+    if not isinstance(proxies, list):
+        raise ControlError("hello has no proxy list")
+    return Hello(
+        proxy_id=proxy_id,
+        cluster=cluster,
+        proxies=tuple(ProxyInfo.from_json(p) for p in proxies),
+        heartbeat_interval=float(interval),
+    )
+
+
+def parse_proxies(message: Mapping[str, Any]) -> tuple[ProxyInfo, ...]:
+    proxies = message.get("proxies")
+    if not isinstance(proxies, list):
+        raise ControlError("message has no proxy list")
+    return tuple(ProxyInfo.from_json(p) for p in proxies)

@@ -1,0 +1,287 @@
+"""The serving side of reverse tunnels (a root cluster's proxy).
+
+Agents (a leaf cluster's proxy, or a node in tunnel mode) dial the proxy's public port with
+ALPN ``tether-tunnel/1``; :meth:`TunnelServer.handle` authenticates them by certificate, keeps
+a registry of connected clusters and their tunnels, and :meth:`TunnelServer.dial` opens a
+stream to a target on the far side over any healthy tunnel of that cluster. Trust is one way:
+the serving side opens streams, and refuses every stream an agent tries to open except the
+control stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from tether.errors import TetherError
+from tether.pki import Identity
+from tether.tunnel.control import (
+    CONTROL_TARGET,
+    ControlChannel,
+    ControlError,
+    Hello,
+    ProxyInfo,
+    hello_message,
+)
+from tether.tunnel.heartbeats import HeartbeatRecorder
+from tether.tunnel.mux import Connection, MuxConfig
+from tether.tunnel.transport import (
+    IncomingStream,
+    MuxStream,
+    StreamRefused,
+    TunnelClosed,
+    TunnelConnection,
+    TunnelTimings,
+)
+
+__all__ = ["ClusterOffline", "TargetRefused", "TunnelRecord", "TunnelServer"]
+
+log = logging.getLogger(__name__)
+
+TUNNEL_ALPN = "tether-tunnel/1"
+
+
+class ClusterOffline(TetherError):
+    """No healthy tunnel of that cluster is connected to this proxy."""
+
+
+class TargetRefused(TetherError):
+    """The cluster is online but refused (or could not reach) the target."""
+
+
+@attrs.define(eq=False)
+class TunnelRecord:
+    """One connected tunnel, as the registry and heartbeats see it."""
+
+    id: int
+    cluster: str
+    agent: str
+    peer: str
+    conn: TunnelConnection
+    connected_at: float
+    last_heartbeat: float
+    status: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.conn.closed and not self.conn.draining
+
+
+Authenticator = Callable[[trio.abc.Stream], Identity]
+
+
+class TunnelServer:
+    """Accepts tunnels and dials through them.
+
+    :param proxy_id: this proxy's id, told to agents so they know which proxies they reached.
+    :param cluster: this side's cluster name.
+    :param authenticate: returns the verified identity of a handshaken TLS stream's peer (its
+        ``cluster`` is the connecting cluster) or raises a TrustError saying why not.
+    :param proxies: the proxies of this cluster right now (for agents to reach them all).
+    :param recorder: where heartbeats go (batched writes to storage).
+    """
+
+    def __init__(
+        self,
+        *,
+        proxy_id: str,
+        cluster: str,
+        authenticate: Authenticator,
+        proxies: Callable[[], Sequence[ProxyInfo]],
+        recorder: HeartbeatRecorder | None = None,
+        heartbeat_interval: float = 10.0,
+        timings: TunnelTimings | None = None,
+        mux_config: MuxConfig | None = None,
+    ) -> None:
+        self.proxy_id = proxy_id
+        self.cluster = cluster
+        self._authenticate = authenticate
+        self._proxies = proxies
+        self._recorder = recorder
+        self.heartbeat_interval = heartbeat_interval
+        self.timings = timings or TunnelTimings()
+        self.mux_config = mux_config
+        self._tunnels: dict[str, dict[int, TunnelRecord]] = {}
+        self._ids = itertools.count(1)
+        self._changed = trio.lowlevel.ParkingLot()
+        self._draining: str | None = None
+
+    # --- the registry ------------------------------------------------------------------------
+
+    def clusters(self) -> dict[str, list[TunnelRecord]]:
+        """Connected clusters and their healthy tunnels."""
+        return {
+            name: healthy
+            for name, records in self._tunnels.items()
+            if (healthy := [r for r in records.values() if r.healthy])
+        }
+
+    def is_online(self, cluster: str) -> bool:
+        return cluster in self.clusters()
+
+    async def wait_online(self, cluster: str, count: int = 1) -> None:
+        """Wait until ``cluster`` has at least ``count`` healthy tunnels here."""
+        while len(self.clusters().get(cluster, [])) < count:
+            await self._changed.park()
+
+    async def wait_offline(self, cluster: str) -> None:
+        """Wait until ``cluster`` has no healthy tunnel here."""
+        while self.is_online(cluster):
+            await self._changed.park()
+
+    def _notify(self) -> None:
+        self._changed.unpark_all()
+
+    # --- dialing -----------------------------------------------------------------------------
+
+    async def dial(
+        self, cluster: str, target: str, metadata: Mapping[str, str] | None = None
+    ) -> MuxStream:
+        """Open a stream to ``target`` in ``cluster`` over its least busy healthy tunnel.
+
+        :raises ClusterOffline: no tunnel of the cluster is connected (or all failed).
+        :raises TargetRefused: the cluster refused or could not reach the target.
+        """
+        candidates = sorted(
+            self.clusters().get(cluster, []), key=lambda r: r.conn.statistics()["streams"]
+        )
+        last_error = "no tunnel is connected"
+        for record in candidates:
+            try:
+                return await record.conn.open_stream(target, metadata)
+            except StreamRefused as exc:
+                raise TargetRefused(
+                    f"cluster {cluster!r} refused {target!r}: {exc.message}"
+                ) from None
+            except TunnelClosed as exc:
+                last_error = exc.message
+                continue
+        raise ClusterOffline(
+            f"cluster {cluster!r} is offline: {last_error}",
+            hint="check that its agent runs and can reach this proxy's tunnel address",
+        )
+
+    async def goaway_all(self, reason: str = "proxy shutting down") -> None:
+        """Tell every agent to move to another proxy now; running streams may finish. New
+        tunnels are sent away at once from now on."""
+        self._draining = reason
+        for records in list(self._tunnels.values()):
+            for record in list(records.values()):
+                await record.conn.goaway(reason)
+        self._notify()
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one tunnel on a handshaken TLS stream until it closes (an ALPN handler)."""
+        peer = _peer_name(stream)
+        try:
+            identity = self._authenticate(stream)
+        except TetherError as exc:
+            log.warning("tunnel from %s refused: %s", peer, exc)
+            return
+        conn = TunnelConnection(
+            stream,
+            Connection("listener", self.mux_config),
+            timings=self.timings,
+            name=f"tunnel from {identity.cluster} ({peer})",
+        )
+        record = TunnelRecord(
+            id=next(self._ids),
+            cluster=identity.cluster,
+            agent=identity.username,
+            peer=peer,
+            conn=conn,
+            connected_at=trio.current_time(),
+            last_heartbeat=trio.current_time(),
+        )
+        conn._handle_stream = self._stream_handler(record)
+        if self._draining is not None:
+            await conn.goaway(self._draining)
+        log.info("tunnel %d from cluster %s (%s) connected", record.id, record.cluster, peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(conn.run)
+        finally:
+            self._unregister(record)
+            log.info(
+                "tunnel %d from cluster %s closed: %s",
+                record.id,
+                record.cluster,
+                conn.closed_reason,
+            )
+
+    def _stream_handler(self, record: TunnelRecord) -> Callable[[IncomingStream], Any]:
+        async def handle_stream(request: IncomingStream) -> None:
+            if request.target != CONTROL_TARGET:
+                # trust is one way: a leaf never reaches into the root
+                request.reject("this side does not accept streams through a tunnel")
+                return
+            await self._control(record, request.accept())
+
+        return handle_stream
+
+    async def _control(self, record: TunnelRecord, stream: MuxStream) -> None:
+        channel = ControlChannel(stream)
+        hello = Hello(
+            proxy_id=self.proxy_id,
+            cluster=self.cluster,
+            proxies=tuple(self._proxies()),
+            heartbeat_interval=self.heartbeat_interval,
+        )
+        await channel.send(hello_message(hello))
+        self._register(record)
+        try:
+            while True:
+                message = await channel.receive()
+                if message is None:
+                    break
+                if message["type"] != "heartbeat":
+                    raise ControlError(f"unexpected control message {message['type']!r}")
+                record.last_heartbeat = trio.current_time()
+                record.status = {k: v for k, v in message.items() if k != "type"}
+                if self._recorder is not None:
+                    self._recorder.record(
+                        record.cluster, self.proxy_id, record.agent, record.status
+                    )
+                await channel.send(
+                    {"type": "ack", "proxies": [p.to_json() for p in self._proxies()]}
+                )
+        except ControlError as exc:
+            log.warning("tunnel %d from %s: %s; closing it", record.id, record.cluster, exc)
+            await record.conn.aclose(f"bad control message: {exc.message}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _register(self, record: TunnelRecord) -> None:
+        self._tunnels.setdefault(record.cluster, {})[record.id] = record
+        if self._recorder is not None:
+            self._recorder.record(record.cluster, self.proxy_id, record.agent, {"connected": True})
+        self._notify()
+
+    def _unregister(self, record: TunnelRecord) -> None:
+        records = self._tunnels.get(record.cluster, {})
+        records.pop(record.id, None)
+        if not records:
+            self._tunnels.pop(record.cluster, None)
+            if self._recorder is not None:
+                self._recorder.record(
+                    record.cluster, self.proxy_id, record.agent, {"connected": False}
+                )
+        self._notify()
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None) or getattr(
+        getattr(stream, "transport_stream", None), "socket", None
+    )
+    try:
+        host, port = sock.getpeername()[:2]  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError, TypeError):
+        return "unknown peer"
+    return f"{host}:{port}"

@@ -1,0 +1,644 @@
+"""Drive a :class:`~tether.tunnel.mux.Connection` over a byte stream, with trio.
+
+The mux is sans-IO; this module is its thin driver. One :class:`TunnelConnection` owns three
+tasks in its own nursery: a reader that feeds the transport's bytes to the mux and dispatches
+the events, a writer that flushes what the mux queued, and a pinger that measures round-trip
+time and declares the peer dead when PONGs stop coming (a half-open TCP connection never
+errors on its own). Streams are :class:`MuxStream` objects that behave like any
+``trio.abc.HalfCloseableStream``, so code written for a socket works over a tunnel.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from tether.errors import TetherError
+from tether.tunnel._errors import StreamClosedError
+from tether.tunnel._events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    StreamAccepted,
+    StreamEnded,
+    StreamOpened,
+    StreamRejected,
+    StreamReset,
+    WindowUpdated,
+)
+from tether.tunnel._state import StreamState
+from tether.tunnel.mux import Connection
+
+__all__ = [
+    "IncomingStream",
+    "MuxStream",
+    "StreamRefused",
+    "TunnelClosed",
+    "TunnelConnection",
+    "TunnelTimings",
+]
+
+log = logging.getLogger(__name__)
+
+#: how much the reader asks the transport for at once: large reads keep per-byte cost low
+RECEIVE_SIZE = 262144
+
+
+class TunnelClosed(TetherError):
+    """The tunnel carrying this stream is gone (peer vanished, went away, or was closed)."""
+
+
+class StreamRefused(TetherError):
+    """The other side refused to open the stream; the reason says why (target refused...)."""
+
+
+@attrs.frozen
+class TunnelTimings:
+    """How often to ping and when to give up on a silent peer.
+
+    :param ping_interval: seconds between PINGs (also the keep-alive of an idle tunnel).
+    :param dead_after: a peer that has not answered for this long is declared dead.
+    :param open_timeout: how long :meth:`TunnelConnection.open_stream` waits for an answer.
+    """
+
+    ping_interval: float = 15.0
+    dead_after: float = 45.0
+    open_timeout: float = 30.0
+
+
+class _Waiter:
+    """A condition tasks wait on until something changed; cheap when nobody waits."""
+
+    __slots__ = ("_lot",)
+
+    def __init__(self) -> None:
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def wait(self) -> None:
+        await self._lot.park()
+
+    def wake(self) -> None:
+        if self._lot:
+            self._lot.unpark_all()
+
+
+class MuxStream(trio.abc.HalfCloseableStream):
+    """One stream of a tunnel. Create through :meth:`TunnelConnection.open_stream` or
+    :meth:`IncomingStream.accept`.
+
+    ``receive_some`` returns what arrived (credit goes back to the peer as the application
+    consumes it, so a slow reader holds the peer back instead of growing memory);
+    ``send_all`` returns once the mux took every byte, waiting for window when the peer reads
+    slowly; ``send_eof`` half-closes; ``aclose`` resets a stream that is not finished.
+    """
+
+    def __init__(
+        self,
+        conn: TunnelConnection,
+        stream_id: int,
+        target: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.target = target
+        self.metadata = metadata
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._sent_eof = False
+        self._closed = False
+        self._broken: str | None = None
+        self._readable = _Waiter()
+        self._writable = _Waiter()
+        self._receiving = False
+        self._sending = False
+
+    def __repr__(self) -> str:
+        return f"<MuxStream {self.stream_id} to {self.target!r}>"
+
+    # --- fed by the connection's reader ---------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._readable.wake()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._readable.wake()
+
+    def _break(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+        self._readable.wake()
+        self._writable.wake()
+
+    def _window_changed(self) -> None:
+        self._writable.wake()
+
+    # --- trio.abc.HalfCloseableStream ------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while not self._chunks:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                if self._eof:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                if self._broken is not None:
+                    raise trio.BrokenResourceError(self._broken)
+                await self._readable.wait()
+            data = self._take(max_bytes)
+            self.conn._consumed(self.stream_id, len(data))
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        first = self._chunks[0]
+        if max_bytes is None or len(first) <= max_bytes:
+            self._chunks.popleft()
+            if max_bytes is None and self._chunks:
+                # hand over everything buffered in one piece: fewer round trips for bulk
+                parts = [first, *self._chunks]
+                self._chunks.clear()
+                data = b"".join(parts)
+            else:
+                data = first
+        else:
+            data = first[:max_bytes]
+            self._chunks[0] = first[max_bytes:]
+        self._buffered -= len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            view = memoryview(data)
+            if view.itemsize != 1 or view.ndim != 1:
+                view = view.cast("B")
+            self._check_sendable()
+            while view:
+                self._check_sendable()
+                try:
+                    taken = self.conn.mux.send_data(self.stream_id, view)
+                except StreamClosedError:
+                    raise trio.BrokenResourceError(self._broken or "stream was reset") from None
+                if taken:
+                    view = view[taken:]
+                    self.conn._flush_soon()
+                else:
+                    await self._writable.wait()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._sent_eof:
+            raise trio.ClosedResourceError("send_eof was called on this stream")
+        if self._broken is not None:
+            raise trio.BrokenResourceError(self._broken)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._check_sendable()
+        while self.conn.mux.local_send_window(self.stream_id) == 0 and self._broken is None:
+            await self._writable.wait()
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._sent_eof or self._broken is not None:
+            return
+        self._sent_eof = True
+        try:
+            self.conn.mux.end_stream(self.stream_id)
+        except StreamClosedError:
+            return
+        self.conn._flush_soon()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.conn._close_stream(self)
+            self._readable.wake()
+            self._writable.wake()
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define
+class IncomingStream:
+    """A stream the peer asked to open; the handler accepts or rejects it."""
+
+    conn: TunnelConnection
+    stream_id: int
+    target: str
+    metadata: Mapping[str, str]
+    answered: bool = False
+    stream: MuxStream | None = None
+
+    def accept(self) -> MuxStream:
+        """Accept: data may flow both ways. Returns the stream to use; it is closed when the
+        handler returns (as a socket server closes a connection when its handler ends)."""
+        self.answered = True
+        stream = self.conn._register(self.stream_id, self.target, self.metadata)
+        self.stream = stream
+        self.conn.mux.accept_stream(self.stream_id)
+        self.conn._flush_soon()
+        return stream
+
+    def reject(self, reason: str) -> None:
+        """Refuse with a reason the opener's :class:`StreamRefused` will carry."""
+        self.answered = True
+        self.conn.mux.reject_stream(self.stream_id, reason)
+        self.conn._flush_soon()
+
+
+StreamHandler = Callable[[IncomingStream], Awaitable[None]]
+
+
+class TunnelConnection:
+    """A mux over one transport stream (TLS in production, memory streams in tests).
+
+    Start it in a nursery the caller owns: ``await nursery.start(conn.run)``.
+    ``handle_stream`` is called in the connection's own nursery for every stream the peer
+    opens; it must accept or reject it (a handler that returns without answering rejects it).
+    """
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        mux: Connection,
+        *,
+        handle_stream: StreamHandler | None = None,
+        timings: TunnelTimings | None = None,
+        name: str = "tunnel",
+    ) -> None:
+        self.transport = transport
+        self.mux = mux
+        self.name = name
+        self.timings = timings or TunnelTimings()
+        self._handle_stream = handle_stream
+        self._streams: dict[int, MuxStream] = {}
+        self._opening: dict[int, trio.Event] = {}
+        self._refusals: dict[int, str] = {}
+        self._flush = _Waiter()
+        self._flushed = _Waiter()
+        self._writing = False
+        self._pings: dict[bytes, float] = {}
+        self._last_heard = trio.current_time()
+        self._closed_reason: str | None = None
+        self._going_away = False
+        self._done = trio.Event()
+        self._draining = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        #: last measured round-trip time in seconds, or None before the first PONG
+        self.rtt: float | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._closed_reason
+
+    @property
+    def going_away(self) -> bool:
+        """The peer sent GOAWAY: no new streams here; move to another tunnel."""
+        return self._going_away
+
+    @property
+    def draining(self) -> bool:
+        """Either side sent GOAWAY: the tunnel takes no new streams."""
+        return self._going_away or self.mux.statistics().local_goaway
+
+    async def wait_draining_or_closed(self) -> None:
+        """Return once either side sent GOAWAY or the tunnel closed."""
+        await self._draining.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until the connection ends; returns (does not raise) when the peer vanishes."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._pinger)
+                task_status.started()
+                await self._done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._finish(self._closed_reason or "tunnel closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.transport)
+
+    async def wait_closed(self) -> None:
+        await self._done.wait()
+
+    async def aclose(self, reason: str = "closed by this side") -> None:
+        """Close at once: tell the peer why (GOAWAY, flushed for at most a second), break
+        every stream, close the transport."""
+        if self.closed:
+            return
+        if self.mux.terminated is None:
+            self.mux.goaway(reason)
+            self._flush_soon()
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                while not self.closed and (self._writing or self.mux.statistics().pending_output):
+                    await self._flushed.wait()
+        self._finish(reason)
+
+    async def goaway(self, reason: str = "going away") -> None:
+        """Graceful shutdown: the peer opens no new streams and moves elsewhere; streams that
+        are running finish. Close with :meth:`aclose` when they have."""
+        if self.mux.terminated is None:
+            self.mux.goaway(reason)
+            self._draining.set()
+            self._flush_soon()
+        await trio.lowlevel.checkpoint()
+
+    def _finish(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+            log.debug("%s closed: %s", self.name, reason)
+        for stream in list(self._streams.values()):
+            stream._break(f"tunnel closed: {reason}")
+        for sid, event in self._opening.items():
+            self._refusals.setdefault(sid, f"tunnel closed: {reason}")
+            event.set()
+        self._done.set()
+        self._draining.set()
+        self._flush.wake()
+        self._flushed.wake()
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self.mux.statistics()
+        return {
+            "streams": len(self._streams),
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+            "rtt": self.rtt,
+        }
+
+    async def open_stream(
+        self, target: str, metadata: Mapping[str, str] | None = None
+    ) -> MuxStream:
+        """Ask the peer for a stream to ``target``.
+
+        :raises StreamRefused: the peer refused (the reason is its message).
+        :raises TunnelClosed: the tunnel is closed or going away.
+        """
+        if self.closed:
+            raise TunnelClosed(f"{self.name} is closed: {self._closed_reason}")
+        if self._going_away:
+            raise TunnelClosed(f"{self.name} is going away")
+        sid = self.mux.open_stream(target, metadata)
+        answered = trio.Event()
+        self._opening[sid] = answered
+        stream = self._register(sid, target, dict(metadata or {}))
+        self._flush_soon()
+        try:
+            with trio.fail_after(self.timings.open_timeout):
+                await answered.wait()
+        except trio.TooSlowError:
+            self._close_stream(stream)
+            raise StreamRefused(
+                f"{self.name}: no answer to opening {target!r} in {self.timings.open_timeout}s"
+            ) from None
+        except BaseException:
+            self._close_stream(stream)
+            raise
+        finally:
+            self._opening.pop(sid, None)
+        refusal = self._refusals.pop(sid, None)
+        if refusal is not None:
+            self._streams.pop(sid, None)
+            if self.closed:
+                raise TunnelClosed(refusal)
+            raise StreamRefused(refusal)
+        return stream
+
+    def _register(self, sid: int, target: str, metadata: Mapping[str, str]) -> MuxStream:
+        stream = MuxStream(self, sid, target, metadata)
+        self._streams[sid] = stream
+        return stream
+
+    def _consumed(self, sid: int, count: int) -> None:
+        if count and self.mux.terminated is None:
+            try:
+                self.mux.acknowledge_received_data(sid, count)
+            except StreamClosedError:
+                return
+            self._flush_soon()
+
+    def _close_stream(self, stream: MuxStream) -> None:
+        """The application closed ``stream``: behave like closing a TCP socket.
+
+        With nothing unread, our side sends FIN and the peer reads a clean end of stream;
+        if the peer then still sends, the stream is reset (TCP's RST on data after close).
+        With unread data, or a broken stream, it is reset at once.
+        """
+        sid = stream.stream_id
+        if self.mux.terminated is not None or sid not in self._streams:
+            self._streams.pop(sid, None)
+            return
+        if self.mux.stream_state(sid) is StreamState.CLOSED:
+            self._streams.pop(sid, None)
+            return
+        if stream._buffered or stream._broken is not None or sid in self._opening:
+            self._reset(stream, "closed by the application with data unread")
+            return
+        if not stream._sent_eof:
+            stream._sent_eof = True
+            try:
+                self.mux.end_stream(sid)
+            except StreamClosedError:
+                self._streams.pop(sid, None)
+                return
+            self._flush_soon()
+        if self.mux.stream_state(sid) is StreamState.CLOSED:
+            self._streams.pop(sid, None)
+        # else: kept until the peer's FIN (or reset on its next DATA)
+
+    def _reset(self, stream: MuxStream, reason: str) -> None:
+        sid = stream.stream_id
+        self._streams.pop(sid, None)
+        # unread bytes still hold connection credit: give it back before forgetting them
+        if stream._buffered:
+            self._consumed(sid, stream._buffered)
+            stream._chunks.clear()
+            stream._buffered = 0
+        if self.mux.terminated is None and self.mux.stream_state(sid) is not StreamState.CLOSED:
+            try:
+                self.mux.reset_stream(sid, reason)
+            except StreamClosedError:
+                return
+            self._flush_soon()
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def _flush_soon(self) -> None:
+        self._flush.wake()
+
+    async def _writer(self) -> None:
+        try:
+            while not self.closed:
+                data = self.mux.data_to_send()
+                if data:
+                    self._writing = True
+                    try:
+                        await self.transport.send_all(data)
+                    finally:
+                        self._writing = False
+                        self._flushed.wake()
+                else:
+                    if self.mux.terminated is not None:
+                        self._finish(self.mux.terminated.reason or "connection terminated")
+                        return
+                    await self._flush.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._finish(f"transport failed while sending: {exc or type(exc).__name__}")
+
+    async def _reader(self) -> None:
+        try:
+            while not self.closed:
+                data = await self.transport.receive_some(RECEIVE_SIZE)
+                self._last_heard = trio.current_time()
+                events = self.mux.receive_data(data)
+                for event in events:
+                    self._dispatch(event)
+                self._flush_soon()
+                if not data:
+                    self._finish("the peer closed the connection")
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._finish(f"transport failed while receiving: {exc or type(exc).__name__}")
+
+    async def _pinger(self) -> None:
+        interval = self.timings.ping_interval
+        while not self.closed:
+            await trio.sleep(interval)
+            silent = trio.current_time() - self._last_heard
+            if silent >= self.timings.dead_after:
+                self._finish(f"peer did not answer for {silent:.1f}s (dead or half-open)")
+                return
+            if self.mux.terminated is None:
+                payload = self.mux.ping()
+                self._pings[payload] = trio.current_time()
+                if len(self._pings) > 16:  # unanswered pings of a silent peer
+                    self._pings.pop(next(iter(self._pings)))
+                self._flush_soon()
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, DataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                self._consumed(event.stream_id, len(event.data))
+            elif stream._closed:
+                self._consumed(event.stream_id, len(event.data))
+                self._reset(stream, "data sent to a closed stream")
+            else:
+                stream._deliver(event.data)
+        elif isinstance(event, WindowUpdated):
+            if event.stream_id == 0:
+                for stream in self._streams.values():
+                    stream._window_changed()
+            else:
+                target = self._streams.get(event.stream_id)
+                if target is not None:
+                    target._window_changed()
+        elif isinstance(event, StreamOpened):
+            self._incoming(event)
+        elif isinstance(event, StreamAccepted):
+            waiter = self._opening.get(event.stream_id)
+            if waiter is not None:
+                waiter.set()
+        elif isinstance(event, StreamRejected):
+            self._refusals[event.stream_id] = event.reason
+            waiter = self._opening.get(event.stream_id)
+            if waiter is not None:
+                waiter.set()
+            else:
+                rejected = self._streams.pop(event.stream_id, None)
+                if rejected is not None:
+                    rejected._break(f"refused: {event.reason}")
+        elif isinstance(event, StreamEnded):
+            ended = self._streams.get(event.stream_id)
+            if ended is not None:
+                ended._end()
+                if ended._closed and self.mux.stream_state(ended.stream_id) is StreamState.CLOSED:
+                    del self._streams[ended.stream_id]
+        elif isinstance(event, StreamReset):
+            reset = self._streams.pop(event.stream_id, None)
+            if reset is not None:
+                reset._break(f"stream reset by peer: {event.reason or 'no reason given'}")
+        elif isinstance(event, PongReceived):
+            sent = self._pings.pop(event.payload, None)
+            if sent is not None:
+                self.rtt = trio.current_time() - sent
+        elif isinstance(event, GoAwayReceived):
+            self._going_away = True
+            self._draining.set()
+            log.info("%s: peer is going away: %s", self.name, event.reason or "no reason given")
+        elif isinstance(event, ConnectionTerminated):
+            who = "peer" if event.by_peer else "this side"
+            self._finish(f"connection terminated by {who}: {event.reason or event.error_code}")
+
+    def _incoming(self, event: StreamOpened) -> None:
+        request = IncomingStream(self, event.stream_id, event.target, event.metadata)
+        if self._handle_stream is None or self._nursery is None:
+            request.reject("this side accepts no streams")
+            return
+        self._nursery.start_soon(self._run_handler, request)
+
+    async def _run_handler(self, request: IncomingStream) -> None:
+        assert self._handle_stream is not None
+        try:
+            await self._handle_stream(request)
+        except Exception as exc:
+            log.exception("%s: handler for %r failed", self.name, request.target)
+            if not request.answered and self.mux.terminated is None:
+                request.reject(f"handler failed: {type(exc).__name__}")
+        else:
+            if not request.answered and self.mux.terminated is None:
+                request.reject("not accepted")
+        finally:
+            if request.stream is not None:
+                await request.stream.aclose()

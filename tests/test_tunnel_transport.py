@@ -1,0 +1,345 @@
+"""The tunnel's trio driver, server and agent pool, over in-memory transports.
+
+Timeouts, pings and backoff run on trio's autojump clock, so a 45-second dead-peer timeout
+takes no real time. Real TLS and real processes are in test_tunnel_processes.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tether.pki import Identity
+from tether.tunnel import Connection, MuxConfig
+from tether.tunnel.agent import AgentPool, Backoff
+from tether.tunnel.control import ProxyInfo
+from tether.tunnel.heartbeats import HeartbeatRecord, HeartbeatRecorder
+from tether.tunnel.server import ClusterOffline, TargetRefused, TunnelServer
+from tether.tunnel.transport import (
+    IncomingStream,
+    MuxStream,
+    StreamRefused,
+    TunnelConnection,
+    TunnelTimings,
+)
+
+
+def leaf_identity(cluster: str = "leaf") -> Identity:
+    return Identity(
+        username=f"{cluster}-proxy",
+        cluster=cluster,
+        roles=(),
+        traits={},
+        logins=(),
+        expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
+        kind="proxy",
+    )
+
+
+async def echo(request: IncomingStream) -> None:
+    if request.target != "echo":
+        request.reject(f"no such target {request.target!r}")
+        return
+    stream = request.accept()
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+    await stream.send_eof()
+
+
+async def connected_pair(
+    nursery: trio.Nursery,
+    handler: Callable[[IncomingStream], Any] | None = echo,
+    *,
+    timings: TunnelTimings | None = None,
+    config: MuxConfig | None = None,
+) -> tuple[TunnelConnection, TunnelConnection]:
+    a, b = trio.testing.memory_stream_pair()
+    dialer = TunnelConnection(a, Connection("dialer", config), timings=timings, name="dialer")
+    listener = TunnelConnection(
+        b,
+        Connection("listener", config),
+        handle_stream=handler,
+        timings=timings,
+        name="listener",
+    )
+    await nursery.start(dialer.run)
+    await nursery.start(listener.run)
+    return dialer, listener
+
+
+async def test_mux_streams_behave_like_half_closeable_trio_streams(nursery: trio.Nursery) -> None:
+    async def maker() -> tuple[MuxStream, MuxStream]:
+        accepted: trio.MemorySendChannel[MuxStream]
+        accepted, incoming = trio.open_memory_channel[MuxStream](1)
+
+        async def keep(request: IncomingStream) -> None:
+            await accepted.send(request.accept())
+            await trio.sleep_forever()
+
+        dialer, _ = await connected_pair(nursery, keep)
+        ours = await dialer.open_stream("anything")
+        return ours, await incoming.receive()
+
+    await trio.testing.check_half_closeable_stream(maker, None)
+
+
+async def test_echo_round_trip_of_a_large_transfer(nursery: trio.Nursery) -> None:
+    dialer, _ = await connected_pair(nursery)
+    stream = await dialer.open_stream("echo")
+    payload = bytes(range(256)) * 40_000  # 10 MB, more than every window
+
+    async def send() -> None:
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    received = bytearray()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(send)
+        while data := await stream.receive_some():
+            received += data
+    assert bytes(received) == payload
+
+
+async def test_refused_target_names_the_reason(nursery: trio.Nursery) -> None:
+    dialer, _ = await connected_pair(nursery)
+    with pytest.raises(StreamRefused, match="no such target 'nowhere'"):
+        await dialer.open_stream("nowhere")
+
+
+async def test_slow_reader_holds_the_sender_back_instead_of_growing_memory(
+    nursery: trio.Nursery,
+) -> None:
+    config = MuxConfig(stream_window=256 * 1024, connection_window=1024 * 1024)
+    got: list[MuxStream] = []
+
+    async def hold(request: IncomingStream) -> None:
+        got.append(request.accept())
+        await trio.sleep_forever()
+
+    dialer, _ = await connected_pair(nursery, hold, config=config)
+    stream = await dialer.open_stream("sink")
+    sent = 0
+    chunk = b"x" * 65536
+    with trio.move_on_after(2):
+        while True:
+            await stream.send_all(chunk)
+            sent += len(chunk)
+    # the sender stopped at the stream window: the rest waits in the sender, not in memory
+    assert sent <= 256 * 1024 + len(chunk)
+    assert got[0]._buffered <= 256 * 1024
+    # once the reader consumes, the sender can go on
+    await got[0].receive_some()
+    with trio.fail_after(2):
+        await stream.send_all(chunk)
+
+
+async def test_dead_peer_is_detected_by_missing_pongs(autojump_clock: Any) -> None:
+    timings = TunnelTimings(ping_interval=5, dead_after=15)
+    a, b = trio.testing.memory_stream_pair()
+    conn = TunnelConnection(a, Connection("dialer"), timings=timings)
+    # b is never read: like a half-open TCP connection, nothing errors, nothing answers
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        with trio.fail_after(30):
+            await conn.wait_closed()
+    assert conn.closed_reason is not None
+    assert "did not answer" in conn.closed_reason
+    del b
+
+
+async def test_ping_measures_round_trip_time(autojump_clock: Any, nursery: trio.Nursery) -> None:
+    dialer, _ = await connected_pair(nursery, timings=TunnelTimings(ping_interval=1))
+    await trio.sleep(3)
+    assert dialer.rtt is not None and dialer.rtt >= 0
+
+
+async def test_peer_vanishing_breaks_open_streams_with_a_clear_error(
+    nursery: trio.Nursery,
+) -> None:
+    dialer, listener = await connected_pair(nursery)
+    stream = await dialer.open_stream("echo")
+    await listener.transport.aclose()
+    with trio.fail_after(5), pytest.raises(trio.BrokenResourceError, match="tunnel closed"):
+        while True:
+            await stream.receive_some()
+
+
+# --- server and agent pool ------------------------------------------------------------------
+
+
+class FakeNetwork:
+    """Proxies reachable through one 'load balancer' address, over memory streams."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.servers: dict[str, TunnelServer] = {}
+        self.down: set[str] = set()
+        self.order: list[str] = []
+        self.turn = 0
+        self.dials = 0
+        self.failures_left = 0
+
+    def add(self, proxy_id: str, **kwargs: Any) -> TunnelServer:
+        server = TunnelServer(
+            proxy_id=proxy_id,
+            cluster="root",
+            authenticate=lambda stream: leaf_identity(),
+            proxies=lambda: [ProxyInfo(pid) for pid in self.servers if pid not in self.down],
+            **kwargs,
+        )
+        self.servers[proxy_id] = server
+        self.order.append(proxy_id)
+        return server
+
+    async def dial(self, addr: str) -> trio.abc.Stream:
+        self.dials += 1
+        if self.failures_left:
+            self.failures_left -= 1
+            raise OSError("connection refused")
+        up = [pid for pid in self.order if pid not in self.down]
+        if not up:
+            raise OSError("connection refused")
+        pid = up[self.turn % len(up)]
+        self.turn += 1
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.servers[pid].handle, theirs)
+        return ours
+
+
+def pool_for(network: FakeNetwork, **kwargs: Any) -> AgentPool:
+    return AgentPool(
+        cluster="leaf",
+        tunnel_addr="lb:443",
+        dial=network.dial,
+        handle_stream=echo,
+        backoff=kwargs.pop("backoff", Backoff(initial=1, maximum=8)),
+        rng=random.Random(1),
+        **kwargs,
+    )
+
+
+async def test_agent_keeps_a_tunnel_to_every_proxy_behind_a_load_balancer(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    p1, p2 = network.add("p1"), network.add("p2")
+    network.turn = 0
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(2)
+        await p1.wait_online("leaf")
+        await p2.wait_online("leaf")
+    assert pool.connected_proxies() == ["p1", "p2"]
+    for server in (p1, p2):
+        stream = await server.dial("leaf", "echo")
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+
+
+async def test_serving_side_distinguishes_offline_cluster_from_refused_target(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1")
+    with pytest.raises(ClusterOffline, match="cluster 'leaf' is offline"):
+        await p1.dial("leaf", "echo")
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await p1.wait_online("leaf")
+    with pytest.raises(TargetRefused, match="no such target 'secret'"):
+        await p1.dial("leaf", "secret")
+
+
+async def test_agent_side_cannot_open_streams_into_the_serving_side(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    network.add("p1")
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(1)
+    tunnel = next(iter(pool._tunnels.values()))
+    with pytest.raises(StreamRefused, match="does not accept streams"):
+        await tunnel.conn.open_stream("127.0.0.1:22")
+
+
+async def test_agent_reconnects_with_capped_exponential_backoff(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    network.add("p1")
+    network.failures_left = 6
+    pool = pool_for(network, backoff=Backoff(initial=1, maximum=8, jitter=0))
+    started = trio.current_time()
+    await nursery.start(pool.run)
+    with trio.fail_after(120):
+        await pool.wait_connected(1)
+    # six failures: waits of 1, 2, 4, 8, 8, 8 seconds (capped at 8)
+    assert trio.current_time() - started == pytest.approx(31, abs=0.5)
+    assert network.dials == 7
+    assert pool.last_error is None
+
+
+def test_backoff_jitter_spreads_delays_below_the_cap() -> None:
+    delays = Backoff(initial=1, maximum=10, jitter=0.5).delays(random.Random(7))
+    values = [next(delays) for _ in range(12)]
+    assert all(0 < v <= 10 for v in values)
+    assert values[-1] >= 5  # capped at 10, jittered down by at most half
+    assert len(set(values)) == len(values)
+
+
+async def test_goaway_makes_the_agent_move_to_another_proxy_at_once(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    p1, p2 = network.add("p1"), network.add("p2")
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(2)
+    network.down.add("p1")
+    before = trio.current_time()
+    await p1.goaway_all("upgrading")
+    with trio.fail_after(5):
+        await p1.wait_offline("leaf")
+    assert trio.current_time() - before < 5
+    stream = await p2.dial("leaf", "echo")
+    await stream.send_all(b"still here")
+    assert await stream.receive_some() == b"still here"
+
+
+async def test_heartbeats_reach_storage_in_batches_not_one_write_each(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    written: list[list[HeartbeatRecord]] = []
+
+    async def write(batch: Any) -> None:
+        written.append(list(batch))
+
+    recorder = HeartbeatRecorder(write, flush_interval=10)
+    await nursery.start(recorder.run)
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1", recorder=recorder, heartbeat_interval=1)
+    pools = []
+    for _ in range(20):
+        pool = pool_for(network)
+        pools.append(pool)
+        await nursery.start(pool.run)
+    with trio.fail_after(30):
+        for pool in pools:
+            await pool.wait_connected(1)
+    await trio.sleep(31)
+    # 20 tunnels x ~30 heartbeats each, but a handful of writes
+    assert recorder.recorded >= 20 * 25
+    assert 2 <= recorder.writes <= 5
+    assert all(record.cluster == "leaf" for batch in written for record in batch)
+    assert p1.is_online("leaf")
