@@ -18,6 +18,7 @@ it is ready; SIGTERM makes a serving process send GOAWAY to its agents and exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -41,10 +42,21 @@ from tether.tlsstream import TLSStream
 from tether.tunnel.agent import AgentPool, Backoff
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.forward import TargetDialer, serve_forward
+from tether.tunnel.mux import MuxConfig
 from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
-from tether.tunnel.transport import TunnelTimings
+from tether.tunnel.transport import IncomingStream, StreamHandler, TunnelTimings
 
-__all__ = ["PeerProcess", "init_cluster", "main", "start_agent", "start_echo", "start_serve"]
+__all__ = [
+    "PeerProcess",
+    "init_cluster",
+    "load_cluster",
+    "main",
+    "serve_tunnels",
+    "start_agent",
+    "start_agents",
+    "start_echo",
+    "start_serve",
+]
 
 log = logging.getLogger("tether.testing.tunnel_peer")
 
@@ -102,20 +114,27 @@ async def _stop_on_signal(server: TunnelServer | None, scope: trio.CancelScope) 
             return
 
 
-async def serve(
-    args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
+async def serve_tunnels(
+    authorities: pki.ClusterAuthorities,
+    trusted: list[x509.Certificate],
+    *,
+    proxy_id: str = "proxy-1",
+    port: int = 0,
+    peers: Sequence[ProxyInfo] = (),
+    heartbeat_interval: float = 10.0,
+    timings: TunnelTimings | None = None,
+    task_status: trio.TaskStatus[tuple[TunnelServer, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    directory = pathlib.Path(args.dir)
-    cert, key = _proxy_identity(authorities, args.proxy_id)
+    """Serve tunnels from clusters whose CA is in ``trusted`` on 127.0.0.1 until cancelled;
+    reports the server and its address."""
+    cert, key = _proxy_identity(authorities, proxy_id)
     context = pki.server_ssl_context(
         cert, key, client_cas=trusted, client_auth="required", alpn=[TUNNEL_ALPN]
     )
-    peers = [ProxyInfo(*p.split("=", 1)) for p in args.peer_proxy]
-    timings = TunnelTimings(ping_interval=args.ping_interval, dead_after=args.dead_after)
     address: dict[str, str] = {}
 
     def proxies() -> list[ProxyInfo]:
-        return [ProxyInfo(args.proxy_id, address.get("tunnel", "")), *peers]
+        return [ProxyInfo(proxy_id, address.get("tunnel", "")), *peers]
 
     def authenticate(stream: trio.abc.Stream) -> pki.Identity:
         assert isinstance(stream, TLSStream)
@@ -125,34 +144,77 @@ async def serve(
         return identity
 
     server = TunnelServer(
-        proxy_id=args.proxy_id,
+        proxy_id=proxy_id,
         cluster=authorities.cluster,
         authenticate=authenticate,
         proxies=proxies,
-        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_interval=heartbeat_interval,
         timings=timings,
     )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, server, nursery.cancel_scope)
         listeners = await nursery.start(
-            partial(serve_tls, "127.0.0.1", args.port, context, {TUNNEL_ALPN: server.handle})
+            partial(serve_tls, "127.0.0.1", port, context, {TUNNEL_ALPN: server.handle})
         )
         address["tunnel"] = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        task_status.started((server, address["tunnel"]))
+
+
+async def serve(
+    args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
+) -> None:
+    directory = pathlib.Path(args.dir)
+    async with trio.open_nursery() as nursery:
+        server, tunnel_addr = await nursery.start(
+            partial(
+                serve_tunnels,
+                authorities,
+                trusted,
+                proxy_id=args.proxy_id,
+                port=args.port,
+                peers=[ProxyInfo(*p.split("=", 1)) for p in args.peer_proxy],
+                heartbeat_interval=args.heartbeat_interval,
+                timings=TunnelTimings(ping_interval=args.ping_interval, dead_after=args.dead_after),
+            )
+        )
+        nursery.start_soon(_stop_on_signal, server, nursery.cancel_scope)
         forwards = {}
         for spec in args.forward:
             cluster, target = spec.split("=", 1)
             fl = await nursery.start(serve_forward, server, cluster, target)
             forwards[spec] = f"127.0.0.1:{fl[0].socket.getsockname()[1]}"
-        _write_info(
-            directory,
-            f"serve-{args.proxy_id}",
-            {
-                "tunnel_addr": address["tunnel"],
-                "forwards": forwards,
-                "proxy_id": args.proxy_id,
-            },
-        )
-        log.info("serving tunnels on %s", address["tunnel"])
+        log.info("serving tunnels on %s", tunnel_addr)
+        while True:
+            _write_info(
+                directory,
+                f"serve-{args.proxy_id}",
+                {
+                    "tunnel_addr": tunnel_addr,
+                    "forwards": forwards,
+                    "proxy_id": args.proxy_id,
+                    "tunnels": sum(len(r) for r in server.clusters().values()),
+                },
+            )
+            await trio.sleep(0.5)
+
+
+async def _hold(request: IncomingStream) -> None:
+    """Accept and keep the stream open until the other side ends it (idle-stream figures)."""
+    stream = request.accept()
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while await stream.receive_some():
+            pass
+
+
+def _stream_handler(args: argparse.Namespace) -> StreamHandler:
+    dialer = TargetDialer(args.allow)
+
+    async def handle(request: IncomingStream) -> None:
+        if args.hold_target and request.target == args.hold_target:
+            await _hold(request)
+        else:
+            await dialer(request)
+
+    return handle
 
 
 async def agent(
@@ -170,9 +232,10 @@ async def agent(
         cluster=authorities.cluster,
         tunnel_addr=args.tunnel_addr,
         dial=dial,
-        handle_stream=TargetDialer(args.allow),
+        handle_stream=_stream_handler(args),
         timings=TunnelTimings(ping_interval=args.ping_interval, dead_after=args.dead_after),
         backoff=Backoff(initial=args.backoff_initial, maximum=args.backoff_max),
+        mux_config=MuxConfig(max_concurrent_streams=args.max_streams),
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, None, nursery.cancel_scope)
@@ -212,6 +275,38 @@ async def echo(args: argparse.Namespace) -> None:
         _write_info(pathlib.Path(args.dir), "echo", {"addr": f"127.0.0.1:{port}"})
 
 
+async def agents(
+    args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
+) -> None:
+    """Many idle agents in one process, each with its own TLS tunnel (for load figures)."""
+    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent")
+    context = pki.client_ssl_context(trusted_cas=trusted, cert=cert, key=key, alpn=[TUNNEL_ALPN])
+
+    async def dial(addr: str) -> trio.abc.Stream:
+        host, port = _split_addr(addr)
+        return await TLSStream.connect(host, port, context, server_hostname="localhost")
+
+    pools = [
+        AgentPool(
+            cluster=authorities.cluster,
+            tunnel_addr=args.tunnel_addr,
+            dial=dial,
+            handle_stream=_stream_handler(args),
+            timings=TunnelTimings(ping_interval=args.ping_interval, dead_after=args.dead_after),
+            backoff=Backoff(initial=args.backoff_initial, maximum=args.backoff_max),
+        )
+        for _ in range(args.count)
+    ]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, None, nursery.cancel_scope)
+        for pool in pools:
+            await nursery.start(pool.run)
+        while True:
+            connected = sum(1 for pool in pools if pool.connected_proxies())
+            _write_info(pathlib.Path(args.dir), "agents", {"connected": connected})
+            await trio.sleep(0.5)
+
+
 def init(args: argparse.Namespace) -> None:
     directory = pathlib.Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -228,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", required=True)
     p = sub.add_parser("echo")
     p.add_argument("--dir", required=True)
-    for name in ("serve", "agent"):
+    for name in ("serve", "agent", "agents"):
         p = sub.add_parser(name)
         p.add_argument("--dir", required=True)
         p.add_argument("--trust-ca", required=True)
@@ -241,11 +336,15 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--forward", action="append", default=[])
     serve_p.add_argument("--peer-proxy", action="append", default=[])
     serve_p.add_argument("--heartbeat-interval", type=float, default=2.0)
-    agent_p = sub.choices["agent"]
-    agent_p.add_argument("--tunnel-addr", required=True)
-    agent_p.add_argument("--allow", action="append", default=[])
-    agent_p.add_argument("--backoff-initial", type=float, default=0.2)
-    agent_p.add_argument("--backoff-max", type=float, default=2.0)
+    for name in ("agent", "agents"):
+        agent_p = sub.choices[name]
+        agent_p.add_argument("--tunnel-addr", required=True)
+        agent_p.add_argument("--allow", action="append", default=[])
+        agent_p.add_argument("--hold-target", default="")
+        agent_p.add_argument("--max-streams", type=int, default=MuxConfig().max_concurrent_streams)
+        agent_p.add_argument("--backoff-initial", type=float, default=0.2)
+        agent_p.add_argument("--backoff-max", type=float, default=2.0)
+    sub.choices["agents"].add_argument("--count", type=int, default=100)
     return parser
 
 
@@ -262,9 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "echo":
         trio.run(echo, args)
         return 0
-    authorities = _authorities(pathlib.Path(args.dir))
-    trusted = pki.load_certs(pathlib.Path(args.trust_ca).read_bytes())
-    trio.run(serve if args.command == "serve" else agent, args, authorities, trusted)
+    authorities, trusted = load_cluster(pathlib.Path(args.dir), pathlib.Path(args.trust_ca))
+    commands = {"serve": serve, "agent": agent, "agents": agents}
+    trio.run(commands[args.command], args, authorities, trusted)
     return 0
 
 
@@ -386,6 +485,33 @@ def start_agent(
     if wait:
         peer.wait_for(lambda info: bool(info.get("connected")))
     return peer
+
+
+def start_agents(
+    directory: pathlib.Path, trust_ca: pathlib.Path, tunnel_addr: str, count: int, *args: str
+) -> PeerProcess:
+    """``count`` agents of the cluster in ``directory`` in one process."""
+    return _spawn(
+        directory,
+        "agents",
+        "agents",
+        "--dir",
+        str(directory),
+        "--trust-ca",
+        str(trust_ca),
+        "--tunnel-addr",
+        tunnel_addr,
+        "--count",
+        str(count),
+        *args,
+    )
+
+
+def load_cluster(
+    directory: pathlib.Path, trust_ca: pathlib.Path
+) -> tuple[pki.ClusterAuthorities, list[x509.Certificate]]:
+    """A cluster made by :func:`init_cluster` and the CAs it trusts, for in-process serving."""
+    return _authorities(directory), pki.load_certs(trust_ca.read_bytes())
 
 
 def start_echo(directory: pathlib.Path) -> PeerProcess:

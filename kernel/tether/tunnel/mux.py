@@ -205,6 +205,11 @@ class Connection:
         """The event that ended the connection, or None while it is alive."""
         return self._terminated
 
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for the transport; a driver wakes its writer only when this is > 0."""
+        return self._out_size
+
     def stream_state(self, stream_id: int) -> StreamState:
         """Where a stream is; CLOSED for streams that are over or were never opened, and for
         every stream once the connection is terminated."""
