@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import shutil
 import signal
 import socket
 import time
@@ -203,3 +204,84 @@ def test_root_cannot_reach_targets_the_leaf_did_not_allow(topology: Topology) ->
         with contextlib.suppress(ConnectionResetError):
             assert conn.recv(16) == b""
     assert "not in this cluster's inventory" in agent.log()
+
+
+def wait_for_log(peer: PeerProcess, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in peer.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert text in peer.log(), peer.log()
+
+
+def test_a_user_certificate_of_a_trusted_cluster_cannot_open_a_tunnel(
+    topology: Topology, tmp_path: pathlib.Path
+) -> None:
+    root = topology.serve()
+    tunnel_addr = root.info()["tunnel_addr"]
+    topology.agent(tunnel_addr)
+    impostor_dir = tmp_path / "impostor"
+    impostor_dir.mkdir()
+    # the leaf's own CA, but a user's certificate: trusted signature, wrong kind of identity
+    (impostor_dir / "cluster.json").write_text((topology.leaf_dir / "cluster.json").read_text())
+    shutil.copytree(topology.leaf_dir / "keys", impostor_dir / "keys")
+    impostor = start_agent(
+        impostor_dir, topology.root_ca, tunnel_addr, "--kind", "user", *FAST, wait=False
+    )
+    topology.processes.append(impostor)
+    wait_for_log(root, "a user certificate (leaf-agent of cluster leaf) may not open tunnels")
+    assert impostor.info().get("connected") in (None, [])
+    assert echo_through(root, b"others unaffected") == b"others unaffected"
+
+
+def test_a_tunnel_over_tls_1_2_is_refused(topology: Topology, tmp_path: pathlib.Path) -> None:
+    root = topology.serve()
+    tunnel_addr = root.info()["tunnel_addr"]
+    old = start_agent(
+        topology.leaf_dir, topology.root_ca, tunnel_addr, "--tls-version", "1.2", *FAST, wait=False
+    )
+    topology.processes.append(old)
+    wait_for_log(root, "it negotiated TLSv1.2, tunnels need TLS 1.3")
+    assert old.info().get("connected") in (None, [])
+
+
+def test_a_target_that_stops_reading_holds_the_sender_back_with_bounded_memory(
+    topology: Topology,
+) -> None:
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(1)
+    stalled_addr = f"127.0.0.1:{stalled.getsockname()[1]}"
+    root = start_serve(
+        topology.root_dir, topology.leaf_ca, "--forward", f"leaf={stalled_addr}", *FAST
+    )
+    topology.processes.append(root)
+    agent = start_agent(
+        topology.leaf_dir,
+        topology.root_ca,
+        root.info()["tunnel_addr"],
+        "--allow",
+        stalled_addr,
+        *FAST,
+    )
+    topology.processes.append(agent)
+
+    def rss(peer: PeerProcess) -> int:
+        with open(f"/proc/{peer.process.pid}/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    before = {"root": rss(root), "leaf": rss(agent)}
+    sent = 0
+    with socket.create_connection(forward_addr(root), timeout=10) as client:
+        held, _ = stalled.accept()  # accepted, never read
+        client.settimeout(3)
+        chunk = b"x" * (1 << 20)
+        with contextlib.suppress(TimeoutError):
+            while sent < 2 << 30:
+                sent += client.send(chunk)
+        held.close()
+    stalled.close()
+    # windows (4 MiB per stream) plus socket buffers hold the sender back long before 2 GiB
+    assert sent < 256 << 20, sent
+    for name, peer in (("root", root), ("leaf", agent)):
+        grown = rss(peer) - before[name]
+        assert grown < 64 << 20, f"{name} grew by {grown} bytes"

@@ -25,6 +25,7 @@ import logging
 import os
 import pathlib
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def _authorities(directory: pathlib.Path) -> pki.ClusterAuthorities:
 
 
 def _proxy_identity(
-    authorities: pki.ClusterAuthorities, name: str
+    authorities: pki.ClusterAuthorities, name: str, kind: str = "proxy"
 ) -> tuple[x509.Certificate, pki.PrivateKey]:
     key = pki.generate_private_key()
     identity = pki.Identity(
@@ -79,7 +80,7 @@ def _proxy_identity(
         traits={},
         logins=(),
         expires=datetime.datetime.now(datetime.UTC) + CERT_TTL,
-        kind="proxy",
+        kind=kind,
     )
     cert = pki.issue_x509_cert(
         authorities.tls,
@@ -131,6 +132,8 @@ async def serve_tunnels(
     context = pki.server_ssl_context(
         cert, key, client_cas=trusted, client_auth="required", alpn=[TUNNEL_ALPN]
     )
+    # the handler refuses anything older than TLS 1.3; this context also serves tests that
+    # check that refusal, so it does not forbid 1.2 at the handshake
     address: dict[str, str] = {}
 
     def proxies() -> list[ProxyInfo]:
@@ -221,8 +224,8 @@ async def agent(
     args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
 ) -> None:
     directory = pathlib.Path(args.dir)
-    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent")
-    context = pki.client_ssl_context(trusted_cas=trusted, cert=cert, key=key, alpn=[TUNNEL_ALPN])
+    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent", args.kind)
+    context = _agent_context(args, trusted, cert, key)
 
     async def dial(addr: str) -> trio.abc.Stream:
         host, port = _split_addr(addr)
@@ -275,12 +278,26 @@ async def echo(args: argparse.Namespace) -> None:
         _write_info(pathlib.Path(args.dir), "echo", {"addr": f"127.0.0.1:{port}"})
 
 
+def _agent_context(
+    args: argparse.Namespace,
+    trusted: list[x509.Certificate],
+    cert: x509.Certificate,
+    key: pki.PrivateKey,
+) -> ssl.SSLContext:
+    context = pki.client_ssl_context(trusted_cas=trusted, cert=cert, key=key, alpn=[TUNNEL_ALPN])
+    # tunnels are TLS 1.3 only; --tls-version 1.2 exists to test that servers refuse it
+    version = ssl.TLSVersion.TLSv1_2 if args.tls_version == "1.2" else ssl.TLSVersion.TLSv1_3
+    context.minimum_version = version
+    context.maximum_version = version
+    return context
+
+
 async def agents(
     args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
 ) -> None:
     """Many idle agents in one process, each with its own TLS tunnel (for load figures)."""
-    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent")
-    context = pki.client_ssl_context(trusted_cas=trusted, cert=cert, key=key, alpn=[TUNNEL_ALPN])
+    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent", args.kind)
+    context = _agent_context(args, trusted, cert, key)
 
     async def dial(addr: str) -> trio.abc.Stream:
         host, port = _split_addr(addr)
@@ -341,6 +358,8 @@ def _parser() -> argparse.ArgumentParser:
         agent_p.add_argument("--tunnel-addr", required=True)
         agent_p.add_argument("--allow", action="append", default=[])
         agent_p.add_argument("--hold-target", default="")
+        agent_p.add_argument("--kind", default="proxy", help="identity kind of the agent's cert")
+        agent_p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
         agent_p.add_argument("--max-streams", type=int, default=MuxConfig().max_concurrent_streams)
         agent_p.add_argument("--backoff-initial", type=float, default=0.2)
         agent_p.add_argument("--backoff-max", type=float, default=2.0)

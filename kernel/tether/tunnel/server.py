@@ -39,11 +39,21 @@ from tether.tunnel.transport import (
     TunnelTimings,
 )
 
-__all__ = ["ClusterOffline", "TargetRefused", "TunnelRecord", "TunnelServer"]
+__all__ = [
+    "TUNNEL_ALPN",
+    "TUNNEL_KINDS",
+    "ClusterOffline",
+    "TargetRefused",
+    "TunnelRecord",
+    "TunnelServer",
+]
 
 log = logging.getLogger(__name__)
 
 TUNNEL_ALPN = "tether-tunnel/1"
+#: identities that may dial tunnels: another cluster's proxies, and this cluster's nodes in
+#: tunnel mode; a user's certificate never opens one
+TUNNEL_KINDS = frozenset({"proxy", "node"})
 
 
 class ClusterOffline(TetherError):
@@ -184,6 +194,21 @@ class TunnelServer:
             identity = self._authenticate(stream)
         except TetherError as exc:
             log.warning("tunnel from %s refused: %s", peer, exc)
+            return
+        version = getattr(stream, "version", lambda: None)()
+        if version is not None and version != "TLSv1.3":
+            log.warning(
+                "tunnel from %s refused: it negotiated %s, tunnels need TLS 1.3", peer, version
+            )
+            return
+        if identity.kind not in TUNNEL_KINDS:
+            log.warning(
+                "tunnel from %s refused: a %s certificate (%s of cluster %s) may not open tunnels",
+                peer,
+                identity.kind,
+                identity.username,
+                identity.cluster,
+            )
             return
         conn = TunnelConnection(
             stream,
