@@ -17,6 +17,7 @@ import os
 import pathlib
 import signal
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -32,10 +33,12 @@ from tether.config import Config, HostPort
 from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
 from tether.plugins import TetherPluginManager
+from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyInfo, build_web_app
 from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, serve_tls
 from tether.tlsstream import TLSStream
+from tether.tunnel.server import TUNNEL_ALPN
 
 __all__ = ["run_daemon"]
 
@@ -93,13 +96,11 @@ async def _listen(
     field: str,
     listen: HostPort,
     ctx: ssl.SSLContext,
-    handler: TLSHandler,
+    routes: Mapping[str, TLSHandler],
 ) -> int:
-    """Serve HTTP on ``listen`` for the ALPN ids clients use; returns the bound port."""
+    """Serve ``routes`` (ALPN id -> handler) on ``listen``; returns the bound port."""
     try:
-        listeners = await nursery.start(
-            serve_tls, listen.host, listen.port, ctx, {alpn: handler for alpn in HTTP_ALPN}
-        )
+        listeners = await nursery.start(serve_tls, listen.host, listen.port, ctx, routes)
     except OSError as exc:
         raise ConfigError(
             f"{field}: cannot listen on {listen}: {exc.strerror or exc}",
@@ -137,7 +138,8 @@ async def _start_auth(
         alpn=HTTP_ALPN,
     )
     handler = ASGIHandler(build_auth_app(auth))
-    port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, handler)
+    routes = dict.fromkeys(HTTP_ALPN, handler)
+    port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, routes)
     addr = f"{_connect_host(listen.host)}:{port}"
     log.info(
         "auth service listening on %s:%d (cluster %s, CA pin %s)",
@@ -155,6 +157,7 @@ async def _start_proxy(
     auth_addr: str,
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
+    ctx: ServiceContext,
 ) -> str:
     listen = config.proxy_service.listen_addr
     public = config.proxy_service.public_addr
@@ -167,15 +170,25 @@ async def _start_proxy(
         web_key,
         client_cas=auth.trusted_tls_cas(),
         client_auth="optional",
-        alpn=HTTP_ALPN,
+        alpn=(*HTTP_ALPN, TUNNEL_ALPN),
     )
     ca_pems = tuple(pki.cert_to_pem(c).decode() for c in auth.trusted_tls_cas())
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyInfo] = {}
 
-    port = await _listen(
-        nursery, "proxy_service.listen_addr", listen, server_ctx, _LazyHandler(holder, auth_client)
+    tunnels, recorder = build_tunnel_server(
+        proxy_id=config.nodename,
+        cluster=config.cluster_name,
+        trusted_cas=auth.trusted_tls_cas,
+        public_addr=lambda: holder["info"].public_addr,
+        backend=auth.backend,
     )
+    await nursery.start(recorder.run)
+    ctx.extras["tunnel_server"] = tunnels
+    ctx.on_stop.append(tunnels.goaway_all)
+    web = _LazyHandler(holder, auth_client)
+    routes: dict[str, TLSHandler] = {**dict.fromkeys(HTTP_ALPN, web), TUNNEL_ALPN: tunnels.handle}
+    port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
     public_addr = str(public) if public else f"{_public_host(config, listen.host)}:{port}"
     holder["info"] = ProxyInfo(
         cluster_name=config.cluster_name,
@@ -221,10 +234,14 @@ class _LazyHandler:
         await self._handler(stream)
 
 
-async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
+async def _watch_signals(cancel_scope: trio.CancelScope, ctx: ServiceContext) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
+            # graceful steps first (tunnel agents told to move), each given a moment
+            for stop in ctx.on_stop:
+                with trio.move_on_after(2):
+                    await stop()
             cancel_scope.cancel()
             return
 
@@ -264,16 +281,16 @@ async def _run_services(
     process_file: pathlib.Path,
     task_status: trio.TaskStatus[dict[str, Any]],
 ) -> None:
-    nursery.start_soon(_watch_signals, nursery.cancel_scope)
     info: dict[str, Any] = {"pid": os.getpid(), "cluster_name": config.cluster_name}
     ctx = ServiceContext(config=config, pm=pm, nursery=nursery)
+    nursery.start_soon(_watch_signals, nursery.cancel_scope, ctx)
     if backend is not None:
         auth, auth_addr = await _start_auth(config, pm, backend, nursery)
         info["auth_addr"] = auth_addr
         info["ca_pin"] = auth.ca_pin
         ctx.extras["auth"] = auth
         if config.proxy_service.enabled:
-            info["proxy_addr"] = await _start_proxy(config, auth, auth_addr, stack, nursery)
+            info["proxy_addr"] = await _start_proxy(config, auth, auth_addr, stack, nursery, ctx)
     ctx.extras.update(info)
     services: list[Service] = [s for group in pm.hook.tether_services(ctx=ctx) for s in group]
     for service in services:

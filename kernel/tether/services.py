@@ -35,11 +35,15 @@ class ServiceContext:
     :param config: the loaded configuration.
     :param pm: the plugin manager.
     :param nursery: the daemon's nursery; services that start helpers own their own nursery.
-    :param extras: values the kernel's services publish for plugins (e.g. ``"auth_client"``,
-        ``"proxy_addr"``), keyed by name.
+    :param extras: values the kernel's services publish for plugins (``"auth"``,
+        ``"tunnel_server"``, ``"proxy_addr"``, ...), keyed by name.
+    :param on_stop: awaited, in order, when the daemon is asked to stop (SIGTERM), before
+        its tasks are cancelled: the place for graceful steps such as telling tunnel agents
+        to move to another proxy.
     """
 
     config: Config
     pm: TetherPluginManager
     nursery: trio.Nursery
     extras: dict[str, Any] = attrs.field(factory=dict)
+    on_stop: list[Callable[[], Awaitable[None]]] = attrs.field(factory=list)

@@ -25,7 +25,7 @@ __all__ = ["TargetDialer", "serve_forward", "splice"]
 
 log = logging.getLogger(__name__)
 
-COPY_SIZE = 262144
+COPY_SIZE = 256 * 1024
 
 
 async def _copy(source: trio.abc.ReceiveStream, sink: trio.abc.Stream) -> None:

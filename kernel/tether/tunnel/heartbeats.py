@@ -80,6 +80,7 @@ class HeartbeatRecorder:
                 self._pending.setdefault(key, record)
             return 0
         self.writes += 1
+        log.debug("recorded %d tunnel heartbeats in one write", len(batch))
         return len(batch)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -49,7 +49,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: how much the reader asks the transport for at once: large reads keep per-byte cost low
-RECEIVE_SIZE = 262144
+RECEIVE_SIZE = 256 * 1024
+#: how long closing or going away waits for the last frames (GOAWAY) to reach the wire
+FLUSH_GRACE = 1.0
 
 
 class TunnelClosed(TetherError):
@@ -379,11 +381,16 @@ class TunnelConnection:
         if self.mux.terminated is None:
             self.mux.goaway(reason)
             self._flush_soon()
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                while not self.closed and (self._writing or self.mux.pending_output):
-                    await self._flushed.wait()
+            await self._wait_flushed()
         self._finish(reason)
+
+    async def _wait_flushed(self) -> None:
+        """Give the writer up to :data:`FLUSH_GRACE` seconds to put what is queued on the
+        wire (shielded: this runs while shutting down)."""
+        with trio.move_on_after(FLUSH_GRACE) as scope:
+            scope.shield = True
+            while not self.closed and (self._writing or self.mux.pending_output):
+                await self._flushed.wait()
 
     async def goaway(self, reason: str = "going away") -> None:
         """Graceful shutdown: the peer opens no new streams and moves elsewhere; streams that
@@ -392,6 +399,7 @@ class TunnelConnection:
             self.mux.goaway(reason)
             self._draining.set()
             self._flush_soon()
+            await self._wait_flushed()
         await trio.lowlevel.checkpoint()
 
     def _finish(self, reason: str) -> None:
