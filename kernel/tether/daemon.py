@@ -34,7 +34,7 @@ from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
 from tether.plugins import TetherPluginManager
 from tether.proxy.tunnels import build_tunnel_server
-from tether.proxy.web import ProxyInfo, build_web_app
+from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, serve_tls
 from tether.tlsstream import TLSStream
@@ -174,7 +174,7 @@ async def _start_proxy(
     )
     ca_pems = tuple(pki.cert_to_pem(c).decode() for c in auth.trusted_tls_cas())
     # The real port is known only after binding; the app reads it through this holder.
-    holder: dict[str, ProxyInfo] = {}
+    holder: dict[str, ProxyWebInfo] = {}
 
     tunnels, recorder = build_tunnel_server(
         proxy_id=config.nodename,
@@ -190,7 +190,7 @@ async def _start_proxy(
     routes: dict[str, TLSHandler] = {**dict.fromkeys(HTTP_ALPN, web), TUNNEL_ALPN: tunnels.handle}
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
     public_addr = str(public) if public else f"{_public_host(config, listen.host)}:{port}"
-    holder["info"] = ProxyInfo(
+    holder["info"] = ProxyWebInfo(
         cluster_name=config.cluster_name,
         public_addr=public_addr,
         listen_addr=f"{listen.host}:{port}",
@@ -223,7 +223,7 @@ def _public_host(config: Config, host: str) -> str:
 class _LazyHandler:
     """Builds the web app on first use, once the proxy knows its own port."""
 
-    def __init__(self, holder: dict[str, ProxyInfo], auth: AuthClient) -> None:
+    def __init__(self, holder: dict[str, ProxyWebInfo], auth: AuthClient) -> None:
         self._holder = holder
         self._auth = auth
         self._handler: ASGIHandler | None = None

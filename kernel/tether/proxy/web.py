@@ -30,11 +30,11 @@ from tether.wire import (
     string_field,
 )
 
-__all__ = ["ProxyInfo", "build_web_app"]
+__all__ = ["ProxyWebInfo", "build_web_app"]
 
 
 @attrs.frozen
-class ProxyInfo:
+class ProxyWebInfo:
     """What the proxy tells clients about itself."""
 
     cluster_name: str
@@ -43,7 +43,7 @@ class ProxyInfo:
     ca_pems: tuple[str, ...]
 
 
-def ping_json(info: ProxyInfo) -> dict[str, Any]:
+def ping_json(info: ProxyWebInfo) -> dict[str, Any]:
     return {
         "cluster_name": info.cluster_name,
         "server_version": tether.__version__,
@@ -61,7 +61,7 @@ def ping_json(info: ProxyInfo) -> dict[str, Any]:
     }
 
 
-def build_web_app(info: ProxyInfo, auth: AuthClient) -> Starlette:
+def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port."""
 
     async def ping(request: Request) -> JSONResponse:

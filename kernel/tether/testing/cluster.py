@@ -22,7 +22,7 @@ import attrs
 from tether.datadir import PROCESS_FILE
 from tether.yamlio import dump_yaml
 
-__all__ = ["RunningCluster", "run_cli", "start_cluster"]
+__all__ = ["RunningCluster", "run_cli", "start_cluster", "stop_process"]
 
 STARTUP_TIMEOUT = 60.0
 
@@ -148,14 +148,21 @@ class RunningCluster:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Stop the daemon; returns its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> int:
+    """Send ``sig`` and wait; kill after ``timeout``. Returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def write_config(

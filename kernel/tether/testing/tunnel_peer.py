@@ -38,6 +38,7 @@ import trio
 from cryptography import x509
 
 from tether import pki
+from tether.testing.cluster import stop_process
 from tether.tlsserver import serve_tls
 from tether.tlsstream import TLSStream
 from tether.tunnel.agent import AgentPool, Backoff
@@ -422,13 +423,7 @@ class PeerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig, timeout)
 
 
 def _spawn(directory: pathlib.Path, name: str, *args: str) -> PeerProcess:
