@@ -210,9 +210,20 @@ class TunnelServer:
                 identity.cluster,
             )
             return
+        record: TunnelRecord | None = None
+
+        async def handle_stream(request: IncomingStream) -> None:
+            if request.target != CONTROL_TARGET:
+                # trust is one way: a leaf never reaches into the root
+                request.reject("this side does not accept streams through a tunnel")
+                return
+            assert record is not None  # set before the connection runs
+            await self._control(record, request.accept())
+
         conn = TunnelConnection(
             stream,
             Connection("listener", self.mux_config),
+            handle_stream=handle_stream,
             timings=self.timings,
             name=f"tunnel from {identity.cluster} ({peer})",
         )
@@ -225,7 +236,6 @@ class TunnelServer:
             connected_at=trio.current_time(),
             last_heartbeat=trio.current_time(),
         )
-        conn._handle_stream = self._stream_handler(record)
         if self._draining is not None:
             await conn.goaway(self._draining)
         log.info("tunnel %d from cluster %s (%s) connected", record.id, record.cluster, peer)
@@ -240,16 +250,6 @@ class TunnelServer:
                 record.cluster,
                 conn.closed_reason,
             )
-
-    def _stream_handler(self, record: TunnelRecord) -> Callable[[IncomingStream], Any]:
-        async def handle_stream(request: IncomingStream) -> None:
-            if request.target != CONTROL_TARGET:
-                # trust is one way: a leaf never reaches into the root
-                request.reject("this side does not accept streams through a tunnel")
-                return
-            await self._control(record, request.accept())
-
-        return handle_stream
 
     async def _control(self, record: TunnelRecord, stream: MuxStream) -> None:
         channel = ControlChannel(stream)

@@ -99,7 +99,8 @@ class MuxStream(trio.abc.HalfCloseableStream):
     ``receive_some`` returns what arrived (credit goes back to the peer as the application
     consumes it, so a slow reader holds the peer back instead of growing memory);
     ``send_all`` returns once the mux took every byte, waiting for window when the peer reads
-    slowly; ``send_eof`` half-closes; ``aclose`` resets a stream that is not finished.
+    slowly; ``send_eof`` half-closes; ``aclose`` closes like a TCP socket (see
+    :meth:`TunnelConnection._close_stream`).
     """
 
     def __init__(
