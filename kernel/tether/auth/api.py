@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from tether import audit, pki
 from tether.asgi import PEER_CERT_STATE
-from tether.auth.service import AuthService, LoginResult, TokenInfo
+from tether.auth.service import AuthService, JoinResult, LoginResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
 from tether.resources import resource_from_dict, resource_to_dict
 from tether.wire import (
@@ -54,6 +54,17 @@ def login_result_to_json(result: LoginResult) -> dict[str, Any]:
         "ssh_cert": result.ssh_cert,
         "tls_cert": result.tls_cert_pem,
         "tls_ca_certs": list(result.tls_ca_pems),
+        "ssh_host_ca": list(result.ssh_host_ca_lines),
+    }
+
+
+def join_result_to_json(result: JoinResult) -> dict[str, Any]:
+    return {
+        "identity": result.identity.to_json(),
+        "ssh_host_cert": result.ssh_host_cert,
+        "tls_cert": result.tls_cert_pem,
+        "tls_ca_certs": list(result.tls_ca_pems),
+        "ssh_user_ca": list(result.ssh_user_ca_lines),
         "ssh_host_ca": list(result.ssh_host_ca_lines),
     }
 
@@ -198,6 +209,23 @@ def build_app(auth: AuthService) -> Starlette:
         )
         return JSONResponse(login_result_to_json(result))
 
+    async def join(request: Request) -> JSONResponse:
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        addresses = data.get("addresses") or []
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise TetherError("request field 'addresses' must be a list of strings")
+        result = await auth.join(
+            string_field(data, "token"),
+            role=string_field(data, "role"),
+            host_id=string_field(data, "host_id"),
+            hostname=string_field(data, "hostname"),
+            addresses=addresses,
+            ssh_public_key=string_field(data, "ssh_public_key"),
+            tls_public_key_pem=string_field(data, "tls_public_key"),
+        )
+        return JSONResponse(join_result_to_json(result))
+
     async def signup(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
         data = await read_json_object(request)
@@ -221,6 +249,7 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/audit", audit_search, methods=["GET"]),
             Route("/v1/login/password", login_password, methods=["POST"]),
             Route("/v1/signup", signup, methods=["POST"]),
+            Route("/v1/join", join, methods=["POST"]),
         ],
         exception_handlers=exception_handlers(),
     )

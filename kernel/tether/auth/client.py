@@ -193,6 +193,10 @@ class AuthClient:
             )
         )
 
+    async def join(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Only the cluster's proxies may call this (on behalf of a joining node or proxy)."""
+        return dict(await self.call("POST", "/v1/join", json=dict(request)))
+
     async def signup(self, token: str, password: str) -> str:
         body = await self.call("POST", "/v1/signup", json={"token": token, "password": password})
         return str(body["user"])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import logging
 import pathlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +40,7 @@ from tether.resources import (
     resource_to_bytes,
 )
 
-__all__ = ["AuthService", "LoginResult", "TokenInfo"]
+__all__ = ["AuthService", "JoinResult", "LoginResult", "TokenInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ PASSWORD_PREFIX = "/secrets/passwords/"
 ATTEMPTS_PREFIX = "/secrets/login_attempts/"
 
 TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
+#: what may join a cluster with a token, and the token role each needs
+JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
+#: host identities live until the cluster's CAs rotate; a year bounds a leaked one
+HOST_CERT_TTL = datetime.timedelta(days=365)
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SIGNUP_ROLE = "signup"
 
 #: identities issued to the cluster's own daemons; they skip role rules for their duties
@@ -64,6 +71,18 @@ class LoginResult:
 
 
 @attrs.frozen
+class JoinResult:
+    """What a node or proxy that joined receives: its certificates and the cluster's CAs."""
+
+    identity: pki.Identity
+    ssh_host_cert: str
+    tls_cert_pem: str
+    tls_ca_pems: tuple[str, ...]
+    ssh_user_ca_lines: tuple[str, ...]
+    ssh_host_ca_lines: tuple[str, ...]
+
+
+@attrs.frozen
 class TokenInfo:
     """A join or invitation token as ``tetherctl tokens`` shows it."""
 
@@ -72,6 +91,20 @@ class TokenInfo:
     expires: datetime.datetime | None
     ca_pin: str
     labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def _split_addresses(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(IP addresses, DNS names) among host names and addresses, duplicates dropped."""
+    ips: list[str] = []
+    names: list[str] = []
+    for value in dict.fromkeys(v for v in values if v):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            names.append(value)
+        else:
+            ips.append(value)
+    return ips, names
 
 
 def _connectors(pm: TetherPluginManager) -> dict[str, IdentityConnector]:
@@ -669,6 +702,81 @@ class AuthService:
         if role not in res.spec.roles:
             raise AccessDenied(f"the token is not a {role} token")
         return res
+
+    # --- joining -------------------------------------------------------------------------
+
+    async def join(
+        self,
+        token: str,
+        *,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Let a node or proxy join with a token: issue its SSH host certificate and its X.509
+        certificate (identity kind ``role``), and hand it the CAs it must trust."""
+        if role not in JOIN_ROLES:
+            raise TetherError(f"cannot join as {role!r}", hint="join as node or proxy")
+        if not _HOST_ID.match(host_id):
+            raise TetherError(
+                f"host id {host_id!r} is not valid",
+                hint="use letters, digits, dots, dashes and underscores",
+            )
+        try:
+            await self.check_token(token, JOIN_ROLES[role])
+        except AccessDenied as exc:
+            await self._audit(
+                "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
+            )
+            raise
+        try:
+            ssh_key = pki.load_public_key(ssh_public_key.encode())
+            tls_key = pki.load_public_key(tls_public_key_pem.encode())
+        except ValueError as exc:
+            raise TetherError(f"join request carries an unusable public key: {exc}") from None
+        identity = pki.Identity(
+            username=host_id,
+            cluster=self.cluster_name,
+            roles=(),
+            traits={},
+            logins=(),
+            expires=self.now() + HOST_CERT_TTL,
+            kind=role,
+        )
+        ips, names = _split_addresses([hostname, *addresses])
+        tls_cert = pki.issue_x509_cert(
+            self.authorities.tls,
+            tls_key,
+            identity,
+            dns_names=names,
+            ip_addresses=ips,
+            server=True,
+            now=self.now(),
+        )
+        principals = list(dict.fromkeys([host_id, hostname, *addresses]))
+        ssh_cert = pki.issue_ssh_host_cert(
+            self.authorities.ssh_host,
+            ssh_key,
+            host_id=host_id,
+            principals=principals,
+            cluster=self.cluster_name,
+            ttl=HOST_CERT_TTL,
+            now=self.now(),
+        )
+        await self._audit(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
+        )
+        return JoinResult(
+            identity=identity,
+            ssh_host_cert=ssh_cert,
+            tls_cert_pem=pki.cert_to_pem(tls_cert).decode(),
+            tls_ca_pems=tuple(pki.cert_to_pem(c).decode() for c in self.trusted_tls_cas()),
+            ssh_user_ca_lines=(self.authorities.ssh_user.public_key_line(),),
+            ssh_host_ca_lines=(self.authorities.ssh_host.public_key_line(),),
+        )
 
     # --- audit ---------------------------------------------------------------------------
 

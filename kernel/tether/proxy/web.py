@@ -87,6 +87,10 @@ def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
         )
         return JSONResponse(result)
 
+    async def join(request: Request) -> JSONResponse:
+        # anonymous on purpose: the join token is the credential, auth checks it
+        return JSONResponse(await auth.join(await read_json_object(request)))
+
     async def signup(request: Request) -> JSONResponse:
         data = await read_json_object(request)
         user = await auth.signup(string_field(data, "token"), string_field(data, "password"))
@@ -117,6 +121,7 @@ def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
             Route("/webapi/cluster-ca", cluster_ca),
             Route("/webapi/login", login, methods=["POST"]),
             Route("/webapi/signup", signup, methods=["POST"]),
+            Route("/webapi/join", join, methods=["POST"]),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
         ],
         exception_handlers=exception_handlers(),

@@ -1,0 +1,143 @@
+"""A node joins the cluster with a token through the proxy, and can then tunnel into it."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import pytest
+import trio
+
+from tether import pki
+from tether.errors import AccessDenied, TrustError
+from tether.node.join import join_cluster, load_identity, save_identity
+from tether.testing.cluster import RunningCluster
+from tether.tlsstream import TLSStream
+from tether.tunnel.agent import AgentPool
+from tether.tunnel.server import TUNNEL_ALPN
+from tether.tunnel.transport import IncomingStream
+
+
+def node_token(cluster: RunningCluster, *args: str) -> str:
+    out = cluster.tetherctl("tokens", "add", "--type=node", "--format=json", *args).stdout
+    return str(json.loads(out)["token"])
+
+
+async def test_node_joins_with_a_token_and_holds_standard_host_certificates(
+    tether_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    cluster = tether_cluster
+    joined = await join_cluster(
+        cluster.proxy_addr,
+        node_token(cluster),
+        host_id="node-1",
+        hostname="web-1",
+        addresses=["127.0.0.1"],
+        ca_pin=cluster.ca_pin,
+    )
+    assert joined.identity.kind == "node"
+    assert joined.identity.username == "node-1"
+    verified = pki.verify_x509_cert(joined.tls_cert, trusted_cas=list(joined.tls_cas))
+    assert (verified.kind, verified.cluster) == ("node", "main")
+
+    save_identity(tmp_path / "node", joined)
+    assert load_identity(tmp_path / "node") is not None
+    listing = (
+        await trio.run_process(
+            ["ssh-keygen", "-L", "-f", str(tmp_path / "node" / "ssh_host_cert.pub")],
+            capture_stdout=True,
+        )
+    ).stdout.decode()
+    assert "host certificate" in listing
+    principals = listing.split("Principals:")[1].split("Critical Options:")[0].split()
+    assert principals == ["node-1", "web-1", "127.0.0.1"]
+
+    events = json.loads(
+        cluster.tetherctl("audit", "search", "--type=host.joined", "--format=json").stdout
+    )
+    assert any(e["user"] == "node-1" and e["role"] == "node" for e in events)
+
+
+async def test_wrong_expired_or_foreign_tokens_are_refused(
+    tether_cluster: RunningCluster,
+) -> None:
+    cluster = tether_cluster
+
+    async def join(token: str, role: str = "node") -> Any:
+        return await join_cluster(
+            cluster.proxy_addr,
+            token,
+            host_id="node-2",
+            hostname="db-1",
+            role=role,
+            ca_pin=cluster.ca_pin,
+        )
+
+    with pytest.raises(AccessDenied, match="the token is unknown or expired"):
+        await join("not-a-token")
+    short = node_token(cluster, "--ttl=1s")
+    await trio.sleep(1.5)
+    with pytest.raises(AccessDenied, match="the token is unknown or expired"):
+        await join(short)
+    with pytest.raises(AccessDenied, match="not a Proxy token"):
+        await join(node_token(cluster), role="proxy")
+    invite = json.loads(
+        cluster.tetherctl("tokens", "add", "--type=trusted_cluster", "--format=json").stdout
+    )["token"]
+    with pytest.raises(AccessDenied, match="not a Node token"):
+        await join(invite)
+    failures = json.loads(
+        cluster.tetherctl("audit", "search", "--type=host.join.failed", "--format=json").stdout
+    )
+    assert any(e["reason"] == "the token is unknown or expired" for e in failures)
+
+
+async def test_join_refuses_a_proxy_that_does_not_present_the_pinned_ca(
+    tether_cluster: RunningCluster,
+) -> None:
+    with pytest.raises(TrustError, match="does not present the pinned CA"):
+        await join_cluster(
+            tether_cluster.proxy_addr,
+            "whatever",
+            host_id="n",
+            hostname="n",
+            ca_pin="sha256:" + "0" * 64,
+        )
+
+
+async def test_a_joined_node_tunnels_into_its_proxy(
+    tether_cluster: RunningCluster,
+) -> None:
+    cluster = tether_cluster
+    joined = await join_cluster(
+        cluster.proxy_addr,
+        node_token(cluster),
+        host_id="node-3",
+        hostname="tunnel-node",
+        ca_pin=cluster.ca_pin,
+    )
+    context = pki.client_ssl_context(
+        trusted_cas=list(joined.tls_cas),
+        cert=joined.tls_cert,
+        key=joined.private_key,
+        alpn=[TUNNEL_ALPN],
+    )
+    host, port = cluster.proxy_addr.rsplit(":", 1)
+
+    async def dial(addr: str) -> trio.abc.Stream:
+        return await TLSStream.connect(host, int(port), context, server_hostname="localhost")
+
+    async def refuse(request: IncomingStream) -> None:
+        request.reject("nothing to serve in this test")
+
+    pool = AgentPool(
+        cluster="main", tunnel_addr=cluster.proxy_addr, dial=dial, handle_stream=refuse
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        with trio.fail_after(15):
+            await pool.wait_connected(1)
+        assert pool.connected_proxies() == ["main-node"]
+        nursery.cancel_scope.cancel()
+    assert "tunnel" in cluster.log_text() and "from cluster main" in cluster.log_text()
