@@ -487,6 +487,13 @@ LOGIN_FIELDS = {
         ),
         ("/webapi/signup", b"[]", "request body must be a JSON object"),
         ("/webapi/signup", b'{"token": 7}', "request field 'token' must be a non-empty string"),
+        ("/webapi/join", b"[]", "request body must be a JSON object"),
+        ("/webapi/join", b'{"token": 7}', "request field 'token' must be a non-empty string"),
+        (
+            "/webapi/join",
+            b'{"token": "t", "addresses": "10.0.0.1"}',
+            "request field 'addresses' must be a list of strings",
+        ),
     ],
 )
 def test_webapi_refuses_a_malformed_body_with_a_json_error(
