@@ -131,6 +131,12 @@ class HostPort:
         except ValueError:
             return False
 
+    @property
+    def connect_host(self) -> str:
+        """Where a local client connects to reach this listen address (loopback for a
+        listen-on-every-interface host)."""
+        return "127.0.0.1" if self.is_unspecified else self.host
+
     def __str__(self) -> str:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import json
 import logging
 import os
@@ -55,22 +54,11 @@ def _write_private(path: pathlib.Path, data: str | bytes) -> None:
     pki.write_secret_file(path, data.encode() if isinstance(data, str) else data)
 
 
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
 def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
-    """DNS names and IP addresses to put in a server certificate."""
-    dns = {"localhost", config.nodename}
-    ips = {"127.0.0.1", "::1"}
-    for host in hosts:
-        if not host or host in ("0.0.0.0", "::"):
-            continue
-        try:
-            ipaddress.ip_address(host)
-            ips.add(host)
-        except ValueError:
-            dns.add(host)
+    """DNS names and IP addresses to put in a server certificate: loopback, the node name
+    and every configured host but listen-on-every-interface ones."""
+    named = [h for h in hosts if h not in ("0.0.0.0", "::")]
+    ips, dns = pki.split_host_addresses(["localhost", config.nodename, "127.0.0.1", "::1", *named])
     return sorted(dns), sorted(ips)
 
 
@@ -140,7 +128,7 @@ async def _start_auth(
     handler = ASGIHandler(build_auth_app(auth))
     routes = dict.fromkeys(HTTP_ALPN, handler)
     port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, routes)
-    addr = f"{_connect_host(listen.host)}:{port}"
+    addr = f"{listen.connect_host}:{port}"
     log.info(
         "auth service listening on %s:%d (cluster %s, CA pin %s)",
         listen.host,
@@ -189,7 +177,7 @@ async def _start_proxy(
     web = _LazyHandler(holder, auth_client)
     routes: dict[str, TLSHandler] = {**dict.fromkeys(HTTP_ALPN, web), TUNNEL_ALPN: tunnels.handle}
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
-    public_addr = str(public) if public else f"{_public_host(config, listen.host)}:{port}"
+    public_addr = str(public) if public else f"{_public_host(listen.host)}:{port}"
     holder["info"] = ProxyWebInfo(
         cluster_name=config.cluster_name,
         public_addr=public_addr,
@@ -197,7 +185,7 @@ async def _start_proxy(
         ca_pems=ca_pems,
     )
     log.info("proxy service listening on %s:%d (public address %s)", listen.host, port, public_addr)
-    return f"{_connect_host(listen.host)}:{port}"
+    return f"{listen.connect_host}:{port}"
 
 
 def _operator_web_identity(config: Config) -> tuple[Any, Any] | None:
@@ -216,7 +204,7 @@ def _operator_web_identity(config: Config) -> tuple[Any, Any] | None:
     return cert, key
 
 
-def _public_host(config: Config, host: str) -> str:
+def _public_host(host: str) -> str:
     return "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "") else host
 
 

@@ -225,7 +225,6 @@ def admin_client(config: Config) -> tuple[AuthClient, str | None]:
         ) from None
     process = read_process_info(data_dir)
     listen = config.auth_service.listen_addr
-    host = "127.0.0.1" if listen.is_unspecified else listen.host
-    addr = process.get("auth_addr") or f"{host}:{listen.port}"
+    addr = process.get("auth_addr") or f"{listen.connect_host}:{listen.port}"
     context = pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)
     return AuthClient(f"https://{addr}", context), process.get("proxy_addr")

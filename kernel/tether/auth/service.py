@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import logging
 import pathlib
 import re
@@ -55,9 +54,6 @@ HOST_CERT_TTL = datetime.timedelta(days=365)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SIGNUP_ROLE = "signup"
 
-#: identities issued to the cluster's own daemons; they skip role rules for their duties
-SYSTEM_KINDS = frozenset({"admin", "proxy", "auth"})
-
 
 @attrs.frozen
 class LoginResult:
@@ -91,20 +87,6 @@ class TokenInfo:
     expires: datetime.datetime | None
     ca_pin: str
     labels: Mapping[str, str] = attrs.field(factory=dict)
-
-
-def _split_addresses(values: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(IP addresses, DNS names) among host names and addresses, duplicates dropped."""
-    ips: list[str] = []
-    names: list[str] = []
-    for value in dict.fromkeys(v for v in values if v):
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            names.append(value)
-        else:
-            ips.append(value)
-    return ips, names
 
 
 def _connectors(pm: TetherPluginManager) -> dict[str, IdentityConnector]:
@@ -746,7 +728,7 @@ class AuthService:
             expires=self.now() + HOST_CERT_TTL,
             kind=role,
         )
-        ips, names = _split_addresses([hostname, *addresses])
+        ips, names = pki.split_host_addresses([hostname, *addresses])
         tls_cert = pki.issue_x509_cert(
             self.authorities.tls,
             tls_key,

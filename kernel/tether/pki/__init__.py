@@ -52,7 +52,13 @@ from ._ssh import (
     verify_ssh_user_cert,
 )
 from ._tls import client_ssl_context, identity_from_peer, server_ssl_context
-from ._x509 import TETHER_IDENTITY_OID, issue_x509_cert, read_x509_identity, verify_x509_cert
+from ._x509 import (
+    TETHER_IDENTITY_OID,
+    issue_x509_cert,
+    read_x509_identity,
+    split_host_addresses,
+    verify_x509_cert,
+)
 
 __all__ = [
     "IDENTITY_KINDS",
@@ -92,6 +98,7 @@ __all__ = [
     "public_key_to_pem",
     "read_x509_identity",
     "server_ssl_context",
+    "split_host_addresses",
     "ssh_public_key_line",
     "verify_ssh_host_cert",
     "verify_ssh_user_cert",

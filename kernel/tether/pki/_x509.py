@@ -204,6 +204,21 @@ def verify_x509_cert(
     return verify_envelope(envelope, principal=None, now=now)
 
 
+def split_host_addresses(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(IP addresses, DNS names) among host names and addresses for a certificate's
+    subject alternative names; empty values and duplicates dropped, order kept."""
+    ips: list[str] = []
+    names: list[str] = []
+    for value in dict.fromkeys(v for v in values if v):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            names.append(value)
+        else:
+            ips.append(value)
+    return ips, names
+
+
 def read_x509_identity(cert: x509.Certificate | bytes) -> Identity:
     """The identity in a certificate WITHOUT verifying it.
 
