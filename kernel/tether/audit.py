@@ -27,7 +27,6 @@ RESOURCE_UPDATED = "resource.updated"
 RESOURCE_DELETED = "resource.deleted"
 CERT_ISSUED = "cert.issued"
 TOKEN_CREATED = "token.created"
-TOKEN_DELETED = "token.deleted"
 
 
 def _now() -> datetime.datetime:

@@ -76,14 +76,14 @@ async def login(
 ) -> None:
     """Log in and store short-lived certificates."""
     ttl_delta = _ttl(ttl)
-    trust = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
     password = _read_password(password_stdin)
     key = pki.generate_private_key()
     result = await proxy_call(
         proxy,
         "POST",
         "/webapi/login",
-        trust.context,
+        context,
         json={
             "user": user,
             "password": password,
@@ -119,10 +119,10 @@ async def signup(
     proxy: str, token: str, password_stdin: bool, insecure: bool, ca_pin: str | None
 ) -> None:
     """Choose the password of a new user with a one-time sign-up token."""
-    trust = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
     password = _read_password(password_stdin, "New password")
     body = await proxy_call(
-        proxy, "POST", "/webapi/signup", trust.context, json={"token": token, "password": password}
+        proxy, "POST", "/webapi/signup", context, json={"token": token, "password": password}
     )
     click.echo(
         f"User {body['user']!r} is ready: tether login --proxy={proxy} --user={body['user']}"

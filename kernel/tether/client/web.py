@@ -12,26 +12,17 @@ import ssl
 from typing import Any
 
 import httpx
-from cryptography import x509
 
 from tether import pki
 from tether.errors import TrustError
 from tether.httpclient import request_json
 
-__all__ = ["ProxyTrust", "establish_trust", "proxy_call"]
+__all__ = ["establish_trust", "proxy_call"]
 
 UNTRUSTED_HINT = (
     "pass --ca-pin=sha256:... (printed by `tetherctl status` and `tetherctl tokens add`) "
     "or use --insecure for testing only"
 )
-
-
-class ProxyTrust:
-    """How to verify one proxy: an ssl context plus the CAs (for the profile)."""
-
-    def __init__(self, context: ssl.SSLContext, cas: list[x509.Certificate] | None) -> None:
-        self.context = context
-        self.cas = cas
 
 
 def _unverified() -> ssl.SSLContext:
@@ -46,8 +37,8 @@ async def proxy_call(
         return await request_json(http, method, path, untrusted_hint=UNTRUSTED_HINT, **kwargs)
 
 
-async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> ProxyTrust:
-    """Decide how to verify ``proxy`` and prove it with a ping."""
+async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> ssl.SSLContext:
+    """Decide how to verify ``proxy``, prove it with a ping, and return the context to use."""
     if ca_pin:
         body = await proxy_call(proxy, "GET", "/webapi/cluster-ca", _unverified())
         cas = [pki.load_cert(pem) for pem in body.get("tls_ca_certs", [])]
@@ -59,13 +50,9 @@ async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> 
                 hint="check the pin with the cluster admin; you may be talking to another server",
             )
         context = pki.client_ssl_context(trusted_cas=matching)
-        await proxy_call(proxy, "GET", "/webapi/ping", context)
-        return ProxyTrust(context, matching)
-    if insecure:
+    elif insecure:
         context = _unverified()
-        body = await proxy_call(proxy, "GET", "/webapi/cluster-ca", context)
-        cas = [pki.load_cert(pem) for pem in body.get("tls_ca_certs", [])]
-        return ProxyTrust(context, cas)
-    context = pki.client_ssl_context(trusted_cas=None)
+    else:
+        context = pki.client_ssl_context(trusted_cas=None)
     await proxy_call(proxy, "GET", "/webapi/ping", context)
-    return ProxyTrust(context, None)
+    return context

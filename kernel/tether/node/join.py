@@ -50,13 +50,13 @@ async def join_cluster(
     :raises AccessDenied: the token is unknown, expired or of another kind.
     :raises TrustError: the proxy cannot be verified (see ``ca_pin``).
     """
-    trust = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
     key = pki.generate_private_key()
     body = await proxy_call(
         proxy,
         "POST",
         "/webapi/join",
-        trust.context,
+        context,
         json={
             "token": token,
             "role": role,
