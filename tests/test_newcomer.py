@@ -294,3 +294,22 @@ def test_tetherd_configure_prints_a_file_tetherd_accepts(tmp_path: Any) -> None:
     config.write_text(printed)
     listed = run_cli("tetherd", "plugins", "-c", str(config))
     assert "jsonl-audit" in listed.stdout
+
+
+def test_tester_logs_in_with_insecure_and_tetherctl_follows_the_profile(
+    tether_cluster: RunningCluster,
+) -> None:
+    cluster = tether_cluster
+    cluster.add_user("gina", "gina-password", roles=("access", "editor"), logins=("gina",))
+    cluster.tether(
+        "gina",
+        "login",
+        f"--proxy={cluster.proxy_addr}",
+        "--user=gina",
+        "--password-stdin",
+        "--insecure",
+        input="gina-password\n",
+    )
+    assert status_json(cluster, "gina")["active"]["username"] == "gina"
+    got = cluster.as_user("gina", "tetherctl", "get", "user/gina")
+    assert "name: gina" in got.stdout
