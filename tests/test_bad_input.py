@@ -551,10 +551,45 @@ def test_webapi_login_says_the_same_for_unknown_user_and_wrong_password(
 # --- the auth API, called directly: certificates it must refuse ------------------------------
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/cluster"),
+        ("GET", "/v1/resources/role"),
+        ("PUT", "/v1/presence"),
+        ("POST", "/v1/audit"),
+        ("POST", "/v1/join"),
+    ],
+)
 def test_auth_api_refuses_a_client_without_a_certificate(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities, method: str, path: str
+) -> None:
+    # The TLS handshake itself succeeds without a certificate, because hosts joining with
+    # `--auth-server` have none yet; every route but the anonymous join ones refuses.
+    with client_as(cas, None, cluster.auth_addr) as auth:
+        response = auth.request(method, path, json={})
+    error = assert_json_error(response, 403, "a client certificate is required")
+    assert error["type"] == "AccessDenied"
+    assert_serving(cluster, cas)
+
+
+def test_auth_api_join_without_a_certificate_still_needs_a_valid_token(
     cluster: RunningCluster, cas: pki.ClusterAuthorities
 ) -> None:
-    assert "CERTIFICATE_REQUIRED" in tls_refusal(cluster.auth_addr, tls_context(cas))
+    key = pki.generate_private_key()
+    with client_as(cas, None, cluster.auth_addr) as auth:
+        response = auth.post(
+            "/webapi/join",
+            json={
+                "token": "not-a-token",
+                "role": "node",
+                "host_id": "sneaky-node",
+                "hostname": "sneaky",
+                "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+                "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+            },
+        )
+    assert_json_error(response, 403, "the token is unknown or expired")
     assert_serving(cluster, cas)
 
 

@@ -51,7 +51,8 @@ async def test_node_joins_with_a_token_and_holds_standard_host_certificates(
     ).stdout.decode()
     assert "host certificate" in listing
     principals = listing.split("Principals:")[1].split("Critical Options:")[0].split()
-    assert principals == ["node-1", "web-1", "127.0.0.1"]
+    # the cluster-qualified names are what `ssh visitor@web-1.main` checks (tether config)
+    assert principals == ["node-1", "web-1", "node-1.main", "web-1.main", "127.0.0.1"]
 
     events = json.loads(
         cluster.tetherctl("audit", "search", "--type=host.joined", "--format=json").stdout

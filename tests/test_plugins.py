@@ -12,14 +12,17 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import textwrap
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tether_hooktest
 
 from tether import audit
 from tether.audit import AuditEvent
+from tether.client.profile import current_profile, profile_ssl_context
 from tether.hookspecs import hookimpl
 from tether.plugins import AUTOLOAD_ENV, TetherPluginManager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
@@ -33,6 +36,7 @@ HOOKTEST_HOOKS = (
     "tether_cli_commands",
     "tether_configure",
     "tether_identity_connectors",
+    "tether_protocols",
     "tether_resource_kinds",
     "tether_services",
 )
@@ -178,6 +182,7 @@ def test_every_hook_is_called_in_a_running_daemon(
         "tether_backends.open",
         "tether_identity_connectors",
         "tether_identity_connectors.authenticate",
+        "tether_protocols",
         "tether_services",
         "service.started",
         "tether_audit_event",
@@ -190,6 +195,31 @@ def test_every_hook_is_called_in_a_running_daemon(
     assert {"hook": "tether_identity_connectors.authenticate", "user": "bob"} in records
     assert {"hook": "tether_audit_event", "type": "user.login", "user": "bob"} in records
     assert {"hook": "tether_audit_search", "type": "user.login"} in records
+
+
+def test_plugin_protocol_answers_a_logged_in_user_on_the_proxy_port(
+    hooktest_cluster: tuple[RunningCluster, dict[str, str]],
+) -> None:
+    cluster, env = hooktest_cluster
+    cluster.login("carol", "hooktest-carol", "--auth=hooktest", env=env)
+    profile = current_profile(cluster.user_home("carol"))
+    assert profile is not None
+    host, port = cluster.proxy_addr.rsplit(":", 1)
+    greeter = tether_hooktest.GREETER_ALPN
+    for context, answer in [
+        (profile_ssl_context(profile, alpn=[greeter]), "hello carol from hooks\n"),
+        (
+            profile_ssl_context(profile, client_cert=False, alpn=[greeter]),
+            "refused: a client certificate is required\n",
+        ),
+    ]:
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            assert tls.selected_alpn_protocol() == greeter
+            assert tls.recv(1024).decode() == answer
+    assert {"hook": "tether_protocols.serve", "user": "carol", "alpn": greeter} in _recorded(env)
 
 
 # --- broken plugins stop start-up with one line ----------------------------------------------

@@ -47,6 +47,7 @@ __all__ = [
     "Config",
     "FieldError",
     "HostPort",
+    "JoinConfig",
     "LogConfig",
     "LogFormat",
     "PluginsConfig",
@@ -54,6 +55,7 @@ __all__ = [
     "Severity",
     "SshServiceConfig",
     "StorageConfig",
+    "apply_start_flags",
     "config_to_dict",
     "default_config",
     "load_config",
@@ -288,6 +290,7 @@ class SshServiceConfig:
 
     enabled: bool = False
     listen_addr: HostPort = HostPort("0.0.0.0", 3022)
+    public_addr: HostPort | None = None
     labels: Mapping[str, str] = attrs.field(factory=dict)
     commands: tuple[CommandLabel, ...] = ()
 
@@ -301,6 +304,34 @@ class SshServiceConfig:
                     ("commands", index, "name"), f"label {label.name!r} is defined twice"
                 )
             seen.add(label.name)
+
+
+@attrs.frozen
+class JoinConfig:
+    """``join:``: how a host that runs no auth service (a node) joins its cluster.
+
+    The token is needed only for the first start: the identity it yields is kept in the data
+    directory and reused, as Teleport's nodes do.
+    """
+
+    token: str | None = None
+    proxy_server: HostPort | None = None
+    auth_server: HostPort | None = None
+    ca_pin: str | None = None
+    insecure: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.proxy_server is not None and self.auth_server is not None:
+            raise FieldError(
+                ("proxy_server",),
+                "give proxy_server (tunnel mode, no inbound port) or auth_server "
+                "(direct mode), not both",
+            )
+
+    @property
+    def server(self) -> HostPort | None:
+        """The address to join through: the proxy, else the auth server."""
+        return self.proxy_server or self.auth_server
 
 
 def _default_nodename() -> str:
@@ -329,6 +360,7 @@ class Config:
     auth_service: AuthServiceConfig = attrs.field(factory=AuthServiceConfig)
     proxy_service: ProxyServiceConfig = attrs.field(factory=ProxyServiceConfig)
     ssh_service: SshServiceConfig = attrs.field(factory=SshServiceConfig)
+    join: JoinConfig = attrs.field(factory=JoinConfig)
 
     def __attrs_post_init__(self) -> None:
         # A proxy without a local auth service has nobody to ask for certificates.
@@ -377,6 +409,88 @@ def default_config(**overrides: Any) -> Config:
         return Config(**overrides)
     except FieldError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def apply_start_flags(
+    config: Config,
+    *,
+    roles: str | None = None,
+    token: str | None = None,
+    proxy_server: str | None = None,
+    auth_server: str | None = None,
+    ca_pin: str | None = None,
+    insecure: bool = False,
+    labels: str | None = None,
+    nodename: str | None = None,
+    data_dir: pathlib.Path | None = None,
+) -> Config:
+    """``config`` with ``tetherd start``'s flags applied; flags win over the file.
+
+    ``roles`` chooses the services (``auth``, ``proxy``, ``node``) as Teleport's ``--roles``:
+    the ones named run, the others do not.
+
+    :raises ConfigError: a flag's value is impossible, with the flag named.
+    """
+    try:
+        changes: dict[str, Any] = {}
+        if roles is not None:
+            wanted = {r.strip() for r in roles.split(",") if r.strip()}
+            unknown = wanted - set(START_ROLES)
+            if unknown or not wanted:
+                raise ConfigError(
+                    f"--roles: {', '.join(sorted(unknown)) or 'nothing'} is not a role; "
+                    f"choose from {', '.join(START_ROLES)}"
+                )
+            changes["auth_service"] = attrs.evolve(config.auth_service, enabled="auth" in wanted)
+            changes["proxy_service"] = attrs.evolve(config.proxy_service, enabled="proxy" in wanted)
+            changes["ssh_service"] = attrs.evolve(config.ssh_service, enabled="node" in wanted)
+        if labels:
+            changes["ssh_service"] = attrs.evolve(
+                changes.get("ssh_service", config.ssh_service),
+                labels={**config.ssh_service.labels, **_parse_labels_flag(labels)},
+            )
+        join: dict[str, Any] = {}
+        if token is not None:
+            join["token"] = token
+        for flag, field, value in (
+            ("--proxy", "proxy_server", proxy_server),
+            ("--auth-server", "auth_server", auth_server),
+        ):
+            if value is not None:
+                try:
+                    join[field] = HostPort.parse(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{flag}: {exc}") from None
+                # one flag replaces the file's choice of server entirely
+                other = "auth_server" if field == "proxy_server" else "proxy_server"
+                join.setdefault(other, None)
+        if ca_pin is not None:
+            join["ca_pin"] = ca_pin
+        if insecure:
+            join["insecure"] = True
+        if join:
+            changes["join"] = attrs.evolve(config.join, **join)
+        if nodename is not None:
+            changes["nodename"] = nodename
+        if data_dir is not None:
+            changes["data_dir"] = data_dir
+        return attrs.evolve(config, **changes)
+    except FieldError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+#: What ``tetherd start --roles`` accepts.
+START_ROLES = ("auth", "proxy", "node")
+
+
+def _parse_labels_flag(text: str) -> dict[str, str]:
+    labels = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--labels: {pair!r} is not key=value (example: env=dev,os=linux)")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,9 +798,24 @@ proxy_service:
   # host:port of the auth service when it runs elsewhere; null uses this host's auth_service.
   auth_server: null
 
+join:
+  # How a host without a local auth service (a node: `tetherd start --roles=node`) joins.
+  # The token from `tetherctl tokens add --type=node`; needed only for the first start.
+  token: null
+  # The proxy's host:port: the node dials out through a reverse tunnel and needs no inbound
+  # port. Or auth_server: the auth service's host:port, and the node serves on its listen_addr.
+  proxy_server: null
+  auth_server: null
+  # The cluster CA pin printed by `tetherctl tokens add`, to verify the server on first join.
+  ca_pin: null
+  insecure: false
+
 ssh_service:
   enabled: false
   listen_addr: 0.0.0.0:3022
+  # host:port the proxy reaches this node at (direct mode); null takes listen_addr, with an
+  # any-interface host replaced by nodename. Unused in tunnel mode (join.proxy_server).
+  public_addr: null
   # Static labels that roles select nodes by, e.g. {env: dev}.
   labels: {}
   # Labels from a command's output, refreshed every period, e.g.

@@ -32,10 +32,11 @@ from tether.config import Config, HostPort
 from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
 from tether.plugins import TetherPluginManager
+from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.services import Service, ServiceContext
-from tether.tlsserver import TLSHandler, serve_tls
+from tether.tlsserver import TLSHandler, peer_address, serve_tls
 from tether.tlsstream import TLSStream
 from tether.tunnel.server import TUNNEL_ALPN
 
@@ -122,7 +123,9 @@ async def _start_auth(
         server_cert,
         server_key,
         client_cas=auth.trusted_tls_cas(),
-        client_auth="required",
+        # optional: hosts joining directly have no certificate yet; every route but the
+        # anonymous join ones refuses a request without one (see tether.auth.api)
+        client_auth="optional",
         alpn=HTTP_ALPN,
     )
     handler = ASGIHandler(build_auth_app(auth))
@@ -153,12 +156,13 @@ async def _start_proxy(
     client_ctx = pki.client_ssl_context(trusted_cas=auth.trusted_tls_cas(), cert=cert, key=key)
     auth_client = await stack.enter_async_context(AuthClient(f"https://{auth_addr}", client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (cert, key)
+    protocols = collect_protocols(ctx.pm.hook.tether_protocols())
     server_ctx = pki.server_ssl_context(
         web_cert,
         web_key,
         client_cas=auth.trusted_tls_cas(),
         client_auth="optional",
-        alpn=(*HTTP_ALPN, TUNNEL_ALPN),
+        alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
     )
     ca_pems = tuple(pki.cert_to_pem(c).decode() for c in auth.trusted_tls_cas())
     # The real port is known only after binding; the app reads it through this holder.
@@ -175,7 +179,19 @@ async def _start_proxy(
     ctx.extras["tunnel_server"] = tunnels
     ctx.on_stop.append(tunnels.goaway_all)
     web = _LazyHandler(holder, auth_client)
-    routes: dict[str, TLSHandler] = {**dict.fromkeys(HTTP_ALPN, web), TUNNEL_ALPN: tunnels.handle}
+    proxy_ctx = ProxyContext(
+        cluster_name=config.cluster_name,
+        public_addr=lambda: holder["info"].public_addr,
+        auth=auth_client,
+        tunnels=tunnels,
+        verify_client=auth.verify_client,
+    )
+    ctx.extras["proxy"] = proxy_ctx
+    routes: dict[str, TLSHandler] = {
+        **dict.fromkeys(HTTP_ALPN, web),
+        TUNNEL_ALPN: tunnels.handle,
+        **{alpn: _protocol_route(handler, proxy_ctx) for alpn, handler in protocols.items()},
+    }
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
     public_addr = str(public) if public else f"{_public_host(listen.host)}:{port}"
     holder["info"] = ProxyWebInfo(
@@ -186,6 +202,20 @@ async def _start_proxy(
     )
     log.info("proxy service listening on %s:%d (public address %s)", listen.host, port, public_addr)
     return f"{listen.connect_host}:{port}"
+
+
+def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext) -> TLSHandler:
+    """The ALPN route of a plugin's protocol: a :class:`ProxyConnection` per connection."""
+
+    async def route(stream: TLSStream) -> None:
+        alpn = stream.selected_alpn_protocol() or ""
+        conn = ProxyConnection(stream=stream, peer=peer_address(stream), alpn=alpn, proxy=proxy)
+        try:
+            await handler.serve(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("%s connection from %s ended: %s", handler.name, conn.peer, exc)
+
+    return route
 
 
 def _operator_web_identity(config: Config) -> tuple[Any, Any] | None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tether.auth.connectors import IdentityConnector
     from tether.backend import BackendType
     from tether.config import Config
+    from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
     from tether.services import Service, ServiceContext
 
@@ -101,6 +102,19 @@ def tether_services(ctx: ServiceContext) -> list[Service]:
     call ``task_status.started()`` once it is ready; if one fails to start, ``tetherd`` stops.
 
     :param ctx: the running daemon: configuration, plugin manager, addresses and clients.
+    """
+
+
+@hookspec
+def tether_protocols() -> list[ProtocolHandler]:
+    """Return the protocols this plugin serves on the proxy's public port.
+
+    Called once by ``tetherd start`` when the proxy starts. Each
+    :class:`~tether.protocols.ProtocolHandler` names the ALPN ids that select it; the proxy
+    offers them in its TLS handshake and calls the handler's ``serve`` with a
+    :class:`~tether.protocols.ProxyConnection` for every connection that negotiated one. An
+    ALPN id claimed twice, or one the kernel serves itself (``h2``, ``http/1.1``,
+    ``tether-tunnel/1``), stops start-up with an error naming the protocols.
     """
 
 

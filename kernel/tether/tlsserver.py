@@ -19,7 +19,7 @@ import trio
 
 from tether.tlsstream import TLSStream, detach_socket
 
-__all__ = ["TLSHandler", "peer_certificate_der", "serve_tls"]
+__all__ = ["TLSHandler", "peer_address", "peer_certificate_der", "serve_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,17 @@ async def _handle(
         with trio.fail_after(handshake_timeout):
             await stream.do_handshake()
     except trio.TooSlowError:
-        log.info("TLS handshake from %s timed out", _peer(stream))
+        log.info("TLS handshake from %s timed out", peer_address(stream))
         await trio.aclose_forcefully(stream)
         return
     except trio.BrokenResourceError as exc:
-        log.info("TLS handshake from %s failed: %s", _peer(stream), exc.__cause__ or exc)
+        log.info("TLS handshake from %s failed: %s", peer_address(stream), exc.__cause__ or exc)
         await _refuse(stream)
         return
     alpn = stream.selected_alpn_protocol() or DEFAULT_ROUTE
     handler = routes.get(alpn)
     if handler is None:  # the server context only offers routed ids, so this is a bug guard
-        log.warning("no handler for ALPN %r from %s", alpn, _peer(stream))
+        log.warning("no handler for ALPN %r from %s", alpn, peer_address(stream))
         await trio.aclose_forcefully(stream)
         return
     try:
@@ -97,7 +97,8 @@ async def _refuse(stream: TLSStream) -> None:
     await trio.aclose_forcefully(raw)
 
 
-def _peer(stream: TLSStream) -> str:
+def peer_address(stream: TLSStream) -> str:
+    """``host:port`` of the peer, for logs."""
     try:
         host, port = stream.socket.getpeername()[:2]
     except OSError:

@@ -1,9 +1,12 @@
 """The auth service's HTTPS+JSON API (mutual TLS), a thin mapping onto :class:`AuthService`.
 
-Callers are identified by their client certificate only. The proxy, which terminates users'
-TLS on the public port, forwards their requests with its own certificate and the user's
-certificate in the ``Tether-Forwarded-Cert`` header; auth verifies that certificate itself, so
-a proxy cannot invent identities (it has no CA key).
+Callers are identified by their client certificate only, except the three anonymous
+``/webapi/`` routes a host joining directly (``tetherd start --auth-server``) needs before it
+has one: ping, the cluster CA (checked against the pin it was given) and the token join.
+
+The proxy, which terminates users' TLS on the public port, forwards their requests with its
+own certificate and the user's certificate in the ``Tether-Forwarded-Cert`` header; auth
+verifies that certificate itself, so a proxy cannot invent identities (it has no CA key).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tether import audit, pki
+from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.service import AuthService, JoinResult, LoginResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
@@ -211,6 +214,10 @@ def build_app(auth: AuthService) -> Starlette:
 
     async def join(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
+        return await direct_join(request)
+
+    async def direct_join(request: Request) -> JSONResponse:
+        # anonymous on purpose (nodes started with --auth-server): the token is the credential
         data = await read_json_object(request)
         addresses = data.get("addresses") or []
         if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
@@ -225,6 +232,48 @@ def build_app(auth: AuthService) -> Starlette:
             tls_public_key_pem=string_field(data, "tls_public_key"),
         )
         return JSONResponse(join_result_to_json(result))
+
+    async def publish(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        doc = data.get("resource")
+        if not isinstance(doc, dict):
+            raise TetherError("request field 'resource' must be an object")
+        ttl = number_field(data, "ttl_seconds")
+        if ttl is None:
+            raise TetherError("request field 'ttl_seconds' must be a finite number")
+        resource = resource_from_dict(doc, auth.registry, source="published resource")
+        await auth.publish(identity, resource, datetime.timedelta(seconds=ttl))
+        return JSONResponse({"published": resource.metadata.name})
+
+    async def record_event(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        fields = data.get("fields") or {}
+        if not isinstance(fields, dict):
+            raise TetherError("request field 'fields' must be an object")
+        await auth.record_host_event(
+            identity,
+            string_field(data, "type"),
+            optional_string_field(data, "user") or "",
+            fields,
+            success=data.get("success", True) is not False,
+        )
+        return JSONResponse({"recorded": True})
+
+    async def ping(request: Request) -> JSONResponse:
+        return JSONResponse({"cluster_name": auth.cluster_name, "server_version": __version__})
+
+    async def cluster_ca(request: Request) -> JSONResponse:
+        # unauthenticated on purpose, as the proxy's: a joining host checks it against its pin
+        cas = auth.trusted_tls_cas()
+        return JSONResponse(
+            {
+                "cluster_name": auth.cluster_name,
+                "tls_ca_certs": [pki.cert_to_pem(c).decode() for c in cas],
+                "ca_pins": [pki.ca_pin(c) for c in cas],
+            }
+        )
 
     async def signup(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
@@ -247,9 +296,14 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/tokens", list_tokens, methods=["GET"]),
             Route("/v1/tokens/{token}", delete_token, methods=["DELETE"]),
             Route("/v1/audit", audit_search, methods=["GET"]),
+            Route("/v1/audit", record_event, methods=["POST"]),
+            Route("/v1/presence", publish, methods=["PUT"]),
             Route("/v1/login/password", login_password, methods=["POST"]),
             Route("/v1/signup", signup, methods=["POST"]),
             Route("/v1/join", join, methods=["POST"]),
+            Route("/webapi/ping", ping),
+            Route("/webapi/cluster-ca", cluster_ca),
+            Route("/webapi/join", direct_join, methods=["POST"]),
         ],
         exception_handlers=exception_handlers(),
     )

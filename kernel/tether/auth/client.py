@@ -70,15 +70,42 @@ class AuthClient:
     # --- resources -----------------------------------------------------------------------
 
     async def get_resources(
-        self, kind: str, name: str | None = None, *, with_secrets: bool = False
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        with_secrets: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
+        """Resources of ``kind`` as documents; ``headers`` from
+        :meth:`tether.protocols.ProxyConnection.forwarded_headers` ask as that user."""
         params = {}
         if name:
             params["name"] = name
         if with_secrets:
             params["with_secrets"] = "1"
-        body = await self.call("GET", f"/v1/resources/{kind}", params=params)
+        body = await self.call(
+            "GET", f"/v1/resources/{kind}", params=params, headers=dict(headers or {})
+        )
         return list(body["resources"])
+
+    async def publish(self, document: Mapping[str, Any], ttl: datetime.timedelta) -> None:
+        """Publish this host's own inventory entry (a node's heartbeat), expiring after ttl."""
+        await self.call(
+            "PUT",
+            "/v1/presence",
+            json={"resource": dict(document), "ttl_seconds": ttl.total_seconds()},
+        )
+
+    async def record_event(
+        self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
+    ) -> None:
+        """Record an audit event that happened on this host."""
+        await self.call(
+            "POST",
+            "/v1/audit",
+            json={"type": event_type, "user": user, "fields": dict(fields), "success": success},
+        )
 
     async def create_resources(
         self, documents: Sequence[Mapping[str, Any]], *, force: bool = False

@@ -33,6 +33,7 @@ from tether.rbac import RoleSet
 from tether.resources import (
     KindRegistry,
     Resource,
+    ResourceKind,
     preset_roles,
     resource_from_bytes,
     resource_from_dict,
@@ -53,6 +54,14 @@ JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
 HOST_CERT_TTL = datetime.timedelta(days=365)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SIGNUP_ROLE = "signup"
+#: How long a published inventory entry may live between heartbeats.
+MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
+MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def _everything(resource: Resource) -> bool:
+    return True
 
 
 @attrs.frozen
@@ -304,15 +313,90 @@ class AuthService:
         with_secrets: bool = False,
     ) -> list[Resource]:
         kind = self.registry.get(kind_name)
-        # as in Teleport: "list" shows resources without secrets, "read" with them
-        await self.authorize(identity, kind.name, "read" if name or with_secrets else "list")
+        verb = "read" if name or with_secrets else "list"
+        visible = await self._reader(identity, kind, verb, with_secrets=with_secrets)
         if name is not None:
             item = await self.backend.get(kind.key(name))
-            if item is None:
+            found = None if item is None else resource_from_bytes(item.value, self.registry)
+            if found is None or not visible(found):
+                # out of reach is "not found", not "denied": it does not confirm it exists
                 raise NotFound(f"{kind.name} {name!r} not found")
-            return [resource_from_bytes(item.value, self.registry)]
+            return [found]
         items = await self.backend.range(kind.storage_prefix)
-        return [resource_from_bytes(item.value, self.registry) for item in items]
+        found_all = [resource_from_bytes(item.value, self.registry) for item in items]
+        return [res for res in found_all if visible(res)]
+
+    async def _reader(
+        self, identity: pki.Identity, kind: ResourceKind, verb: str, *, with_secrets: bool
+    ) -> Callable[[Resource], bool]:
+        """Check that ``identity`` may ``verb`` ``kind``; return which resources it may see.
+
+        As in Teleport, "list" shows resources without secrets and "read" with them. The
+        cluster's own hosts read the kinds that name them in ``readable_by`` (nodes read roles
+        to authorize logins). A user without a rule for an ``access_labels`` kind still sees
+        the resources their roles reach, as ``tsh ls`` lists the nodes one may log in to.
+        """
+        own_host = identity.kind in kind.readable_by and identity.cluster == self.cluster_name
+        if own_host and not with_secrets:
+            return _everything
+        try:
+            await self.authorize(identity, kind.name, verb)
+        except AccessDenied:
+            if kind.access_labels is None or identity.kind != "user" or with_secrets:
+                raise
+            roleset = await self._roleset(identity.roles)
+            field = kind.access_labels
+            return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
+        return _everything
+
+    async def publish(
+        self, identity: pki.Identity, resource: Resource, ttl: datetime.timedelta
+    ) -> None:
+        """Store a host's own inventory entry (a node's ``node``), expiring after ``ttl``.
+
+        Hosts call this on every heartbeat; an entry not renewed in time disappears, so the
+        inventory shows only hosts that are alive. A host may publish only the kind whose
+        ``published_by`` is its identity kind, under its own host id.
+        """
+        kind = self.registry.get(resource.kind)
+        if kind.published_by is None or kind.published_by != identity.kind:
+            raise AccessDenied(f"{identity.kind} {identity.username!r} may not publish {kind.name}")
+        if identity.cluster != self.cluster_name or resource.metadata.name != identity.username:
+            raise AccessDenied(
+                f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} may "
+                f"only publish its own {kind.name} entry, not {resource.metadata.name!r}"
+            )
+        if not MIN_PUBLISH_TTL <= ttl <= MAX_PUBLISH_TTL:
+            raise TetherError(
+                f"publish ttl {format_duration(ttl)} is out of range "
+                f"({format_duration(MIN_PUBLISH_TTL)} to {format_duration(MAX_PUBLISH_TTL)})"
+            )
+        stamped = attrs.evolve(
+            resource, metadata=attrs.evolve(resource.metadata, expires=self.now() + ttl)
+        )
+        await self.backend.put(
+            kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
+        )
+
+    async def record_host_event(
+        self,
+        identity: pki.Identity,
+        event_type: str,
+        user: str,
+        fields: Mapping[str, Any],
+        *,
+        success: bool,
+    ) -> None:
+        """Record an audit event reported by one of the cluster's hosts (a node's SSH
+        sessions and refusals). The event names the host that reported it."""
+        if identity.kind not in JOIN_ROLES or identity.cluster != self.cluster_name:
+            raise AccessDenied(f"{identity.kind} {identity.username!r} may not record events")
+        if not _EVENT_TYPE.match(event_type):
+            raise TetherError(
+                f"audit event type {event_type!r} is not valid",
+                hint="use lower-case words separated by dots, like ssh.session.start",
+            )
+        await self._audit(event_type, user, {**fields, "host": identity.username}, success=success)
 
     async def create_resources(
         self, identity: pki.Identity, resources: Sequence[Resource], *, force: bool = False
@@ -700,13 +784,7 @@ class AuthService:
     ) -> JoinResult:
         """Let a node or proxy join with a token: issue its SSH host certificate and its X.509
         certificate (identity kind ``role``), and hand it the CAs it must trust."""
-        if role not in JOIN_ROLES:
-            raise TetherError(f"cannot join as {role!r}", hint="join as node or proxy")
-        if not _HOST_ID.match(host_id):
-            raise TetherError(
-                f"host id {host_id!r} is not valid",
-                hint="use letters, digits, dots, dashes and underscores",
-            )
+        self._check_host(role, host_id)
         try:
             await self.check_token(token, JOIN_ROLES[role])
         except AccessDenied as exc:
@@ -714,6 +792,42 @@ class AuthService:
                 "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
             )
             raise
+        return await self.issue_host_identity(
+            role=role,
+            host_id=host_id,
+            hostname=hostname,
+            addresses=addresses,
+            ssh_public_key=ssh_public_key,
+            tls_public_key_pem=tls_public_key_pem,
+        )
+
+    def _check_host(self, role: str, host_id: str) -> None:
+        if role not in JOIN_ROLES:
+            raise TetherError(f"cannot join as {role!r}", hint="join as node or proxy")
+        if not _HOST_ID.match(host_id):
+            raise TetherError(
+                f"host id {host_id!r} is not valid",
+                hint="use letters, digits, dots, dashes and underscores",
+            )
+
+    async def issue_host_identity(
+        self,
+        *,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Issue a host's certificates without a token: for a service in this auth's own
+        process (``ssh_service.enabled`` beside ``auth_service``), which needs no proof.
+
+        The SSH host certificate names the host id, the host name and addresses, and both
+        names qualified by the cluster (``web-1.main``), which is what OpenSSH checks when a
+        user runs ``ssh visitor@web-1.main`` with ``tether config``'s configuration.
+        """
+        self._check_host(role, host_id)
         try:
             ssh_key = pki.load_public_key(ssh_public_key.encode())
             tls_key = pki.load_public_key(tls_public_key_pem.encode())
@@ -738,7 +852,8 @@ class AuthService:
             server=True,
             now=self.now(),
         )
-        principals = list(dict.fromkeys([host_id, hostname, *addresses]))
+        qualified = [f"{host_id}.{self.cluster_name}", f"{hostname}.{self.cluster_name}"]
+        principals = list(dict.fromkeys([host_id, hostname, *qualified, *addresses]))
         ssh_cert = pki.issue_ssh_host_cert(
             self.authorities.ssh_host,
             ssh_key,

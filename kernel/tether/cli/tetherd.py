@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from typing import Any
 
 import click
 
@@ -18,7 +19,7 @@ from tether.cli._common import (
     run_command,
     setup_cli_logging,
 )
-from tether.config import default_config, load_config, render_default_config
+from tether.config import apply_start_flags, default_config, load_config, render_default_config
 from tether.errors import TetherError
 from tether.logs import setup_logging
 from tether.plugins import describe_plugins
@@ -43,16 +44,38 @@ def cli(ctx: click.Context, debug: bool) -> None:
     type=click.Path(path_type=pathlib.Path),
     help="Configuration file (default: an embedded auth+proxy on localhost).",
 )
+@click.option(
+    "--roles",
+    help="Services to run, comma-separated: auth, proxy, node (default: the configuration's).",
+)
+@click.option("--token", help="Join token (`tetherctl tokens add --type=node`), first start only.")
+@click.option("--proxy", "proxy_server", help="Join through this proxy (host:port): tunnel mode.")
+@click.option("--auth-server", help="Join this auth service (host:port): direct mode.")
+@click.option("--ca-pin", help="The cluster CA pin, to verify the server when joining.")
+@click.option("--insecure", is_flag=True, help="Join without verifying the server (testing only).")
+@click.option("--labels", help="Node labels, comma-separated k=v pairs (added to the config's).")
+@click.option("--nodename", help="This host's name in the cluster.")
+@click.option("--data-dir", type=click.Path(path_type=pathlib.Path), help="Data directory.")
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
-def start(ctx: click.Context, config_path: pathlib.Path | None, debug: bool) -> None:
-    """Start the services the configuration enables."""
+def start(
+    ctx: click.Context,
+    /,
+    config_path: pathlib.Path | None,
+    debug: bool,
+    **flags: Any,
+) -> None:
+    """Start the services the configuration enables.
+
+    A node joins with `tetherd start --roles=node --token=TOKEN --proxy=HOST:PORT`.
+    """
     from tether.daemon import run_daemon
 
     debug = debug or ctx.obj["debug"]
     ctx.obj["debug"] = debug
     try:
         config = load_config(config_path) if config_path else default_config()
+        config = apply_start_flags(config, **flags)
         setup_logging(config.log.severity, config.log.format, debug=debug)
         pm = plugin_manager(config.plugins.disabled)
     except TetherError as exc:

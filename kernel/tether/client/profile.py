@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -160,13 +161,21 @@ def clear_profiles(home: pathlib.Path | None = None) -> list[str]:
     return removed
 
 
-def profile_ssl_context(profile: Profile, *, client_cert: bool = True) -> ssl.SSLContext:
-    """Verify the proxy the way the login did, presenting the user's certificate."""
+def profile_ssl_context(
+    profile: Profile, *, client_cert: bool = True, alpn: Sequence[str] = ()
+) -> ssl.SSLContext:
+    """Verify the proxy the way the login did, presenting the user's certificate.
+
+    :param alpn: the protocols to offer (a plugin's front door, such as ``tether-ssh/1``);
+        none for the web API.
+    """
     cert = key = None
     if client_cert:
         cert = pki.load_cert(profile.tls_cert_file.read_bytes())
         key = pki.load_private_key(profile.tls_key_file.read_bytes())
     if profile.insecure:
-        return pki.client_ssl_context(trusted_cas=None, cert=cert, key=key, insecure=True)
+        return pki.client_ssl_context(
+            trusted_cas=None, cert=cert, key=key, alpn=alpn, insecure=True
+        )
     cas = profile.trusted_cas() if profile.ca_pin else None
-    return pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)
+    return pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key, alpn=alpn)

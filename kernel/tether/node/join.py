@@ -33,6 +33,11 @@ class JoinedIdentity:
     ssh_user_ca_lines: tuple[str, ...]
     ssh_host_ca_lines: tuple[str, ...]
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any], key: pki.PrivateKey) -> JoinedIdentity:
+        """From a join answer (``/webapi/join``) and the key whose public halves were sent."""
+        return _from_json(body, key)
+
 
 async def join_cluster(
     proxy: str,
@@ -67,7 +72,7 @@ async def join_cluster(
             "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
         },
     )
-    return _from_json(body, key)
+    return JoinedIdentity.from_json(body, key)
 
 
 def _from_json(body: dict[str, Any], key: pki.PrivateKey) -> JoinedIdentity:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from tether.errors import AccessDenied
 from tether.rbac._labels import WILDCARD, match_labels
 from tether.rbac._templates import expand_template
-from tether.resources import VERBS, Resource, RoleConditions, RoleSpec
+from tether.resources import LABEL_FIELDS, VERBS, Resource, RoleConditions, RoleSpec
 
 __all__ = ["RoleSet"]
 
@@ -119,6 +119,24 @@ class RoleSet:
         raise AccessDenied(
             f"node labels {_format_labels(node_labels)} do not match the node_labels of roles "
             f"{_names(allowing)}, which allow login {login!r}"
+        )
+
+    def can_access(self, field: str, labels: Mapping[str, str], traits: Traits) -> bool:
+        """Whether a resource with ``labels`` is within reach of these roles' ``field``.
+
+        ``field`` is a label condition (``node_labels``, ``db_labels``, ...). Reach is what
+        listing shows (``tether ls``): some allow selects the labels and no deny selects them.
+        A login-only deny does not hide a resource; it is refused at login with its reason.
+        """
+        if field not in LABEL_FIELDS:
+            raise ValueError(f"unknown label condition {field!r}; expected one of {LABEL_FIELDS}")
+        for _, deny in self._sides("deny"):
+            selector = _expand_selector(getattr(deny, field), traits)
+            if selector and match_labels(selector, labels):
+                return False
+        return any(
+            match_labels(_expand_selector(getattr(allow, field), traits), labels)
+            for _, allow in self._sides("allow")
         )
 
     def can_see_cluster(self, cluster_labels: Mapping[str, str], traits: Traits) -> bool:

@@ -23,6 +23,7 @@ from tether.resources._io import (
 )
 from tether.resources._kinds import (
     CERT_AUTHORITY,
+    LABEL_FIELDS,
     ROLE,
     TOKEN,
     USER,
@@ -45,6 +46,7 @@ from tether.resources._model import KindRegistry, Metadata, Resource, ResourceKi
 
 __all__ = [
     "CERT_AUTHORITY",
+    "LABEL_FIELDS",
     "ROLE",
     "TOKEN",
     "USER",

@@ -154,6 +154,7 @@ ROLE = ResourceKind(
     spec_type=RoleSpec,
     storage_prefix="/roles/",
     validate=_validate_role,
+    readable_by=("node", "proxy"),
 )
 
 
@@ -323,6 +324,7 @@ CERT_AUTHORITY = ResourceKind(
     storage_prefix="/authorities/",
     validate=_validate_cert_authority,
     ref=_cert_authority_ref,
+    readable_by=("node", "proxy"),
 )
 
 

@@ -89,6 +89,13 @@ class ResourceKind:
         ``ResourceError``) naming the field.
     :param ref: the name of a resource within its kind when ``metadata.name`` alone is not
         unique (certificate authorities are ``<type>/<cluster>``); default ``metadata.name``.
+    :param published_by: for inventory kinds (``node``): the identity kind of the hosts that
+        publish their own entry (named by their host id, with an expiry renewed by heartbeats).
+    :param readable_by: identity kinds of the cluster's own hosts (``node``, ``proxy``) that may
+        list and read this kind without a role, e.g. nodes read roles to authorize logins.
+    :param access_labels: the role condition (``node_labels``) that grants users access to
+        resources of this kind: users list only the ones whose labels their roles match,
+        without needing a ``list`` rule, as ``tsh ls`` shows only the nodes one can reach.
     """
 
     name: str
@@ -100,6 +107,9 @@ class ResourceKind:
     secret_paths: tuple[SecretPath, ...] = ()
     validate: Callable[[Resource], None] | None = None
     ref: Callable[[Resource], str] | None = None
+    published_by: str | None = None
+    readable_by: tuple[str, ...] = ()
+    access_labels: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.versions:

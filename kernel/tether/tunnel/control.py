@@ -95,6 +95,14 @@ class ControlChannel:
             self._buffer += data
 
 
+    def take_buffered(self) -> bytes:
+        """Bytes received after the last message: they belong to what follows the exchange on
+        this stream (a front door passes them on before splicing). Use the channel no more."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
 def hello_message(hello: Hello) -> dict[str, Any]:
     return {
         "type": "hello",

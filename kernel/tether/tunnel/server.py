@@ -150,17 +150,30 @@ class TunnelServer:
     # --- dialing -----------------------------------------------------------------------------
 
     async def dial(
-        self, cluster: str, target: str, metadata: Mapping[str, str] | None = None
+        self,
+        cluster: str,
+        target: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        agent: str | None = None,
     ) -> MuxStream:
         """Open a stream to ``target`` in ``cluster`` over its least busy healthy tunnel.
 
-        :raises ClusterOffline: no tunnel of the cluster is connected (or all failed).
+        :param agent: only through the tunnels of this agent (a node in tunnel mode is the
+            agent of its own tunnels, named by its host id); any agent of the cluster if None.
+        :raises ClusterOffline: no tunnel of the cluster (or of that agent) is connected, or
+            all failed.
         :raises TargetRefused: the cluster refused or could not reach the target.
         """
         candidates = sorted(
-            self.clusters().get(cluster, []), key=lambda r: r.conn.statistics()["streams"]
+            (
+                record
+                for record in self.clusters().get(cluster, [])
+                if agent is None or record.agent == agent
+            ),
+            key=lambda r: r.conn.statistics()["streams"],
         )
-        last_error = "no tunnel is connected"
+        last_error = "no tunnel is connected" if agent is None else f"{agent} has no tunnel here"
         for record in candidates:
             try:
                 return await record.conn.open_stream(target, metadata)

@@ -22,8 +22,9 @@ from tether.audit import AuditEvent, AuditQuery
 from tether.auth.connectors import LoginIdentity
 from tether.backend import Backend, BackendType, open_sqlite
 from tether.config import Config
-from tether.errors import AccessDenied
+from tether.errors import AccessDenied, TetherError
 from tether.hookspecs import hookimpl
+from tether.protocols import ProtocolHandler, ProxyConnection
 from tether.resources import ResourceKind
 from tether.services import Service, ServiceContext
 
@@ -131,6 +132,28 @@ def tether_services(ctx: ServiceContext) -> list[Service]:
         await trio.sleep_forever()
 
     return [Service(name="hooktest", run=run)]
+
+
+#: The ALPN id of hooktest's protocol: it greets the caller by the name in their certificate.
+GREETER_ALPN = "hooktest-greeter/1"
+
+
+async def _greet(conn: ProxyConnection) -> None:
+    try:
+        who = conn.identity().username
+    except TetherError as exc:
+        await conn.stream.send_all(f"refused: {exc.message}\n".encode())
+        return
+    record("tether_protocols.serve", user=who, alpn=conn.alpn)
+    await conn.stream.send_all(f"hello {who} from {conn.proxy.cluster_name}\n".encode())
+
+
+@hookimpl
+def tether_protocols() -> list[ProtocolHandler]:
+    if not _active():
+        return []
+    record("tether_protocols")
+    return [ProtocolHandler(name="hooktest-greeter", alpn=(GREETER_ALPN,), serve=_greet)]
 
 
 @hookimpl
