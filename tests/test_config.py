@@ -22,6 +22,7 @@ from tether.config import (
     HostPort,
     LogFormat,
     Severity,
+    apply_start_flags,
     config_to_dict,
     default_config,
     load_config,
@@ -579,3 +580,50 @@ def test_config_log_section_drives_logging_setup(root_logger: logging.Logger) ->
     logging.getLogger("tether").error("kept")
 
     assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["kept"]
+
+
+# --- tetherd start flags -----------------------------------------------------------------------
+
+
+def test_node_flags_choose_the_services_and_how_to_join() -> None:
+    config = apply_start_flags(
+        default_config(),
+        roles="node",
+        token="abc",
+        proxy_server="proxy.example:3080",
+        ca_pin="sha256:00",
+        labels="env=dev, os=linux",
+        nodename="web-1",
+    )
+    assert not config.auth_service.enabled and not config.proxy_service.enabled
+    assert config.ssh_service.enabled
+    assert config.ssh_service.labels == {"env": "dev", "os": "linux"}
+    assert config.join.token == "abc" and config.join.ca_pin == "sha256:00"
+    assert config.join.proxy_server == HostPort("proxy.example", 3080)
+    assert config.join.auth_server is None and config.nodename == "web-1"
+
+
+def test_a_server_flag_replaces_the_files_choice_of_server() -> None:
+    from_file = load_config_text("join:\n  auth_server: auth.example:3025\n", "tether.yaml")
+    config = apply_start_flags(from_file, proxy_server="proxy.example:3080")
+    assert config.join.server == HostPort("proxy.example", 3080)
+    assert config.join.auth_server is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"roles": "auth,db"}, "--roles: db is not a role; choose from auth, proxy, node"),
+        ({"proxy_server": "nowhere"}, "--proxy: 'nowhere' is not host:port"),
+        ({"labels": "env"}, "--labels: 'env' is not key=value"),
+    ],
+)
+def test_bad_start_flags_are_refused_naming_the_flag(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_start_flags(default_config(), **flags)  # type: ignore[arg-type]
+
+
+def test_join_section_refuses_both_servers() -> None:
+    text = "join:\n  proxy_server: p.example:3080\n  auth_server: a.example:3025\n"
+    with pytest.raises(ConfigError, match="not both"):
+        load_config_text(text, "tether.yaml")

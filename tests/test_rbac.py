@@ -376,3 +376,32 @@ def test_roleset_names_its_roles() -> None:
 def test_public_api_is_what_all_says() -> None:
     public = {name for name in dir(rbac) if not name.startswith(("_", "@"))}
     assert public == set(rbac.__all__)
+
+
+# -- which resources a user's roles reach (tether ls) -------------------------------------------
+
+
+def test_user_lists_only_nodes_whose_labels_a_role_selects(registry: KindRegistry) -> None:
+    dev = role("dev", "  allow:\n    node_labels: {env: dev}\n", registry)
+    roleset = RoleSet([dev])
+    assert roleset.can_access("node_labels", {"env": "dev", "os": "linux"}, TRAITS)
+    assert not roleset.can_access("node_labels", {"env": "prod"}, TRAITS)
+    assert not roleset.can_access("node_labels", {}, TRAITS)
+    assert not roleset.can_access("db_labels", {"env": "dev"}, TRAITS)
+
+
+def test_deny_labels_hide_a_node_but_a_login_only_deny_does_not(registry: KindRegistry) -> None:
+    hide = role("hide-prod", "  deny:\n    node_labels: {env: prod}\n", registry)
+    no_root = role("no-root", "  deny:\n    logins: [root]\n", registry)
+    roleset = RoleSet([preset_roles()[0], hide, no_root])
+    assert not roleset.can_access("node_labels", {"env": "prod"}, TRAITS)
+    assert roleset.can_access("node_labels", {"env": "dev"}, TRAITS)
+
+
+def test_label_reach_expands_trait_templates(registry: KindRegistry) -> None:
+    by_team = role("by-team", "  allow:\n    node_labels: {team: '{{external.team}}'}\n", registry)
+    roleset = RoleSet([by_team])
+    assert roleset.can_access("node_labels", {"team": "blue"}, {"team": ["blue"]})
+    assert not roleset.can_access("node_labels", {"team": "red"}, {"team": ["blue"]})
+    with pytest.raises(ValueError, match="unknown label condition"):
+        roleset.can_access("logins", {}, TRAITS)

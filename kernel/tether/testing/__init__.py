@@ -4,4 +4,5 @@
 - :mod:`tether.testing.fixtures`: the pytest fixtures (registered automatically by the
   ``pytest11`` entry point when the kernel is installed).
 - :mod:`tether.testing.backend_conformance`: the suite every storage backend must pass.
+- :mod:`tether.testing.accounts`: real OS accounts for sessions of protocol plugins.
 """

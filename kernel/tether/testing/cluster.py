@@ -22,7 +22,14 @@ import attrs
 from tether.datadir import PROCESS_FILE
 from tether.yamlio import dump_yaml
 
-__all__ = ["RunningCluster", "run_cli", "start_cluster", "stop_process"]
+__all__ = [
+    "RunningCluster",
+    "RunningNode",
+    "run_cli",
+    "start_cluster",
+    "start_node",
+    "stop_process",
+]
 
 STARTUP_TIMEOUT = 60.0
 
@@ -165,6 +172,126 @@ def stop_process(
     return process.returncode
 
 
+@attrs.define
+class RunningNode:
+    """A ``tetherd start --roles=node`` process that joined a cluster."""
+
+    name: str
+    directory: pathlib.Path
+    args: list[str]
+    process: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        return stop_process(self.process, sig, timeout)
+
+    def restart(self) -> None:
+        """Stop the node and start it again from its data directory (no token needed)."""
+        self.stop()
+        self.process = _spawn_daemon(self.args, self.directory, self.log_path, append=True)
+        _wait_for_process_file(self.process, self.directory / "data", self.name, self.log_path)
+
+
+def _spawn_daemon(
+    args: Sequence[str],
+    directory: pathlib.Path,
+    log_path: pathlib.Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    append: bool = False,
+) -> subprocess.Popen[bytes]:
+    (directory / "data" / PROCESS_FILE).unlink(missing_ok=True)
+    with log_path.open("ab" if append else "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tether.cli.tetherd", "start", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def _wait_for_process_file(
+    process: subprocess.Popen[bytes], data_dir: pathlib.Path, name: str, log_path: pathlib.Path
+) -> dict[str, Any]:
+    process_file = data_dir / PROCESS_FILE
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"tetherd for {name} exited {process.returncode}:\n"
+                + log_path.read_text(errors="replace")
+            )
+        try:
+            info: dict[str, Any] = json.loads(process_file.read_text())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.05)
+            continue
+        if info.get("pid") == process.pid:
+            return info
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"tetherd for {name} did not start in time:\n{log_path.read_text()}")
+
+
+def start_node(
+    cluster: RunningCluster,
+    directory: pathlib.Path,
+    name: str,
+    *,
+    tunnel: bool = True,
+    token: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    ssh_service: Mapping[str, Any] | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> RunningNode:
+    """Join a node named ``name`` to ``cluster`` with ``tetherd start --roles=node``.
+
+    :param tunnel: join through the proxy and serve through reverse tunnels (no inbound
+        port); otherwise join the auth service directly and listen on 127.0.0.1.
+    :param token: a node token; a fresh one from ``tetherctl tokens add`` by default.
+    :param ssh_service: more ``ssh_service`` settings (``commands``, ...).
+    :raises AssertionError: the node exited or did not come up; the message has its log.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if token is None:
+        added = cluster.tetherctl("tokens", "add", "--type=node", "--format=json")
+        token = str(json.loads(added.stdout)["token"])
+    config = {
+        "nodename": name,
+        "data_dir": str(directory / "data"),
+        "log": {"severity": "DEBUG", "format": "text"},
+        "auth_service": {"enabled": False},
+        "proxy_service": {"enabled": False},
+        "ssh_service": {
+            "enabled": True,
+            "listen_addr": "127.0.0.1:0",
+            "labels": dict(labels or {}),
+            **(ssh_service or {}),
+        },
+    }
+    config_path = directory / "tether.yaml"
+    config_path.write_text(dump_yaml(config))
+    server = f"--proxy={cluster.proxy_addr}" if tunnel else f"--auth-server={cluster.auth_addr}"
+    args = [
+        "-c",
+        str(config_path),
+        "--roles=node",
+        f"--token={token}",
+        server,
+        f"--ca-pin={cluster.ca_pin}",
+        *extra_args,
+    ]
+    log_path = directory / "tetherd.log"
+    process = _spawn_daemon(args, directory, log_path, env)
+    _wait_for_process_file(process, directory / "data", name, log_path)
+    return RunningNode(name, directory, args, process, log_path)
+
+
 def write_config(
     directory: pathlib.Path, name: str, extra: Mapping[str, Any] | None = None
 ) -> pathlib.Path:
@@ -200,30 +327,6 @@ def start_cluster(
     directory.mkdir(parents=True, exist_ok=True)
     config_path = write_config(directory, name, config)
     log_path = directory / "tetherd.log"
-    process_file = directory / "data" / PROCESS_FILE
-    process_file.unlink(missing_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tether.cli.tetherd", "start", "-c", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"tetherd for {name} exited {process.returncode}:\n"
-                + log_path.read_text(errors="replace")
-            )
-        try:
-            info = json.loads(process_file.read_text())
-        except (FileNotFoundError, ValueError):
-            time.sleep(0.05)
-            continue
-        if info.get("pid") == process.pid:
-            return RunningCluster(name, directory, config_path, process, info, log_path)
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"tetherd for {name} did not start in time:\n{log_path.read_text()}")
+    process = _spawn_daemon(["-c", str(config_path)], directory, log_path, env)
+    info = _wait_for_process_file(process, directory / "data", name, log_path)
+    return RunningCluster(name, directory, config_path, process, info, log_path)
