@@ -78,7 +78,9 @@ LABEL_FIELDS = ("node_labels", "cluster_labels", "kubernetes_labels", "db_labels
 
 @attrs.frozen
 class RoleOptions:
-    """Session options; the most restrictive value across a user's roles applies."""
+    """Session options. Limits (``max_session_ttl``) take the most restrictive value across a
+    user's roles; permissions (``port_forwarding``, ``forward_agent``) are granted when any
+    role grants them, as in Teleport."""
 
     max_session_ttl: datetime.timedelta = datetime.timedelta(hours=30)
     forward_agent: bool = False

@@ -49,8 +49,11 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
             nursery.start_soon(_copy, a, b)
             nursery.start_soon(_copy, b, a)
     finally:
-        await trio.aclose_forcefully(a)
-        await trio.aclose_forcefully(b)
+        # shielded: when cancelled from outside, an unshielded first close would raise
+        # Cancelled and leave the second stream open (forceful closes never block)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(a)
+            await trio.aclose_forcefully(b)
 
 
 async def _forward_one(
