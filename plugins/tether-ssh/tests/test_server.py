@@ -1,8 +1,10 @@
 """The node's SSH server against the stock OpenSSH client, as a real OS user, on 127.0.0.1.
 
 A cluster ``main`` with real CAs; the node presents a host certificate, users present Tether
-user certificates; a role allowing login ``visitor`` decides. No mocks: ``ssh`` is the real
-client, ``visitor`` a real account created here (the tests need root).
+user certificates; a role allowing login ``visitor`` decides, its options whether forwarding
+is allowed. No mocks: ``ssh``, ``sftp``, ``scp`` and ``ssh-agent`` are the real programs,
+``visitor`` a real account created here (the tests need root). Connections reach the server
+through its TCP listener, or as trio streams (tunnel mode) bridged from a test-owned port.
 """
 
 from __future__ import annotations
@@ -10,26 +12,39 @@ from __future__ import annotations
 import datetime
 import fcntl
 import functools
+import itertools
 import os
 import pathlib
 import pty
 import pwd
 import shutil
+import socket
 import struct
 import subprocess
 import termios
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 import pytest
 import trio
-from tether_ssh.server import NodeIdentity, RoleSetAuthorizer, serve_ssh
+import trio.testing
+from tether_ssh import server as ssh_server
+from tether_ssh.server import (
+    NodeIdentity,
+    Permissions,
+    RoleSetAuthorizer,
+    SSHServer,
+    open_ssh_server,
+    serve_ssh,
+)
 
 from tether import pki
 from tether.builtins import core_kinds
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, parse_resources
+from tether.tunnel.forward import splice
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="creates an OS user and switches to it"),
@@ -50,6 +65,17 @@ spec:
 """
 
 
+def _role_set(**options: bool) -> RoleSet:
+    """The ``visitors`` role, with ``spec.options`` set to *options*."""
+    role = ROLE
+    if options:
+        lines = "".join(f"    {name}: {str(value).lower()}\n" for name, value in options.items())
+        role += f"  options:\n{lines}"
+    pm = TetherPluginManager()
+    pm.register(core_kinds, name="core-kinds")
+    return RoleSet(parse_resources(role, "roles.yaml", KindRegistry.from_plugins(pm)))
+
+
 @pytest.fixture(scope="module")
 def os_user() -> Iterator[pwd.struct_passwd]:
     """The ``visitor`` account; created (and removed) here unless it already exists."""
@@ -65,12 +91,26 @@ def os_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", "-r", LOGIN], check=False, capture_output=True)
 
 
+@attrs.define
+class Roles:
+    """The role set the server's authorizer reads on every login; tests swap it."""
+
+    current: RoleSet = attrs.field(factory=_role_set)
+
+    def use(self, **options: bool) -> None:
+        self.current = _role_set(**options)
+
+
 @attrs.frozen
 class Setup:
     dir: pathlib.Path
     cas: pki.ClusterAuthorities
     port: int
     serve: Callable[..., Awaitable[None]]  # serve_ssh with this node's arguments, but port
+    server: SSHServer  # the server listening on port
+    arguments: Mapping[str, Any]  # what open_ssh_server got: node, CAs, authorizer, audit
+    roles: Roles
+    events: list[tuple[str, dict[str, Any]]]  # what the server audited, in order
 
     def user_files(
         self,
@@ -79,6 +119,7 @@ class Setup:
         logins: Sequence[str] = (LOGIN,),
         ca: pki.SSHCertAuthority | None = None,
         expired: bool = False,
+        agent: bool = False,
     ) -> tuple[pathlib.Path, pathlib.Path]:
         """A fresh key and a user certificate for it; returns (key file, cert file)."""
         key = pki.generate_private_key()
@@ -93,7 +134,11 @@ class Setup:
             expires=issued_at + datetime.timedelta(hours=1),
         )
         cert = pki.issue_ssh_user_cert(
-            ca or self.cas.ssh_user, key.public_key(), identity, now=issued_at
+            ca or self.cas.ssh_user,
+            key.public_key(),
+            identity,
+            now=issued_at,
+            permit_agent_forwarding=agent,
         )
         key_file = self.dir / name
         cert_file = self.dir / f"{name}-cert.pub"
@@ -106,6 +151,25 @@ class Setup:
         path.write_text(f"@cert-authority * {pki.ssh_public_key_line(host_ca.public_key)}\n")
         return path
 
+    def client_options(
+        self,
+        key: tuple[pathlib.Path, pathlib.Path],
+        known_hosts: pathlib.Path | None = None,
+    ) -> list[str]:
+        """Options every OpenSSH client (ssh, sftp, scp) takes: this key, this node's CA."""
+        key_file, cert_file = key
+        hosts = known_hosts or self.known_hosts("known_hosts", self.cas.ssh_host)
+        return [
+            "-F", "/dev/null", "-i", str(key_file),
+            "-o", f"CertificateFile={cert_file}",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=10",
+        ]  # fmt: skip
+
     def ssh_argv(
         self,
         login: str,
@@ -114,20 +178,11 @@ class Setup:
         key: tuple[pathlib.Path, pathlib.Path],
         known_hosts: pathlib.Path | None = None,
         options: Sequence[str] = (),
+        port: int | None = None,
     ) -> list[str]:
-        key_file, cert_file = key
-        hosts = known_hosts or self.known_hosts("known_hosts", self.cas.ssh_host)
         return [
-            "ssh", "-F", "/dev/null", "-i", str(key_file),
-            "-o", f"CertificateFile={cert_file}",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "ConnectTimeout=10",
-            *options,
-            "-p", str(self.port), f"{login}@127.0.0.1",
+            "ssh", *self.client_options(key, known_hosts), *options,
+            "-p", str(port or self.port), f"{login}@127.0.0.1",
             *([command] if command is not None else []),
         ]  # fmt: skip
 
@@ -138,15 +193,49 @@ class Setup:
         *,
         key: tuple[pathlib.Path, pathlib.Path],
         known_hosts: pathlib.Path | None = None,
+        options: Sequence[str] = (),
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        return await trio.run_process(
-            self.ssh_argv(login, command, key=key, known_hosts=known_hosts),
-            stdin=b"",
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=_client_env(),
+        return await run(
+            self.ssh_argv(
+                login, command, key=key, known_hosts=known_hosts, options=options, port=port
+            ),
+            stdin=stdin,
+            env=env,
         )
+
+    def audited(self, event: str) -> list[dict[str, Any]]:
+        return [fields for name, fields in self.events if name == event]
+
+    async def wait_audited(self, event: str, count: int = 1) -> list[dict[str, Any]]:
+        """The fields of *event* once it was audited *count* times (sessions end after exit)."""
+        await _until(lambda: len(self.audited(event)) >= count, f"{count} {event} events")
+        return self.audited(event)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait up to 10 s for *condition*, which another process or the server's loop changes."""
+    for _ in range(500):
+        if condition():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def run(
+    argv: Sequence[str], *, stdin: bytes = b"", env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run an OpenSSH client program to completion, capturing its output."""
+    return await trio.run_process(
+        list(argv),
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**_client_env(), **(env or {})},
+    )
 
 
 def _client_env() -> dict[str, str]:
@@ -187,7 +276,9 @@ class _Terminal:
 
 
 @pytest.fixture
-async def setup(tmp_path: pathlib.Path, os_user: pwd.struct_passwd) -> AsyncIterator[Setup]:
+async def setup(
+    tmp_path: pathlib.Path, os_user: pwd.struct_passwd, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Setup]:
     cas = pki.ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER)
     host_key = pki.generate_private_key()
     host_cert = pki.issue_ssh_host_cert(
@@ -199,23 +290,34 @@ async def setup(tmp_path: pathlib.Path, os_user: pwd.struct_passwd) -> AsyncIter
         ttl=datetime.timedelta(hours=1),
     )
     labels = {"env": "test"}
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    roles = RoleSet(parse_resources(ROLE, "roles.yaml", KindRegistry.from_plugins(pm)))
-    serve = functools.partial(
-        serve_ssh,
-        host="127.0.0.1",
-        port=0,
-        node=NodeIdentity(
+    roles = Roles()
+    events: list[tuple[str, dict[str, Any]]] = []
+    arguments: dict[str, Any] = {
+        "node": NodeIdentity(
             host_key=host_key, host_cert=host_cert, node_name="node-1", labels=labels
         ),
-        trusted_user_cas={CLUSTER: [pki.ssh_public_key_line(cas.ssh_user.public_key)]},
-        authorizer=RoleSetAuthorizer(roles_for=lambda identity: roles, node_labels=labels),
-    )
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve)
-        yield Setup(dir=tmp_path, cas=cas, port=port, serve=serve)
+        "trusted_user_cas": {CLUSTER: [pki.ssh_public_key_line(cas.ssh_user.public_key)]},
+        "authorizer": RoleSetAuthorizer(
+            roles_for=lambda identity: roles.current, node_labels=labels
+        ),
+        "audit": lambda event, fields: events.append((event, dict(fields))),
+    }
+    serve = functools.partial(serve_ssh, host="127.0.0.1", port=0, **arguments)
+    async with open_ssh_server(**arguments) as server, trio.open_nursery() as nursery:
+        port = await nursery.start(server.listen, "127.0.0.1", 0)
+        yield Setup(
+            dir=tmp_path,
+            cas=cas,
+            port=port,
+            serve=serve,
+            server=server,
+            arguments=arguments,
+            roles=roles,
+            events=events,
+        )
         nursery.cancel_scope.cancel()
+    loop_errors = [r for r in caplog.records if "unexpected error in the event loop" in r.message]
+    assert not loop_errors, loop_errors[0].exc_info  # an asyncssh failure nobody handled
 
 
 async def test_exec_runs_as_the_login_in_its_home(setup: Setup) -> None:
@@ -236,6 +338,15 @@ async def test_exec_drops_privileges_and_keeps_stderr_apart(setup: Setup) -> Non
     assert caps.split() == ["CapEff:", "0000000000000000"]
     assert b"oops" in done.stderr and b"Permission denied" in done.stderr
     assert done.returncode == 1
+
+
+async def test_bulk_output_arrives_whole_before_the_exit_status(setup: Setup) -> None:
+    # Output faster than the client reads, on both streams: all of it must arrive before the
+    # exit status, however the two pipes' ends interleave with the process's exit.
+    command = "echo start >&2; head -c 30000000 /dev/zero; exit 3"
+    for _ in range(2):
+        done = await setup.ssh(LOGIN, command, key=setup.user_files("alice"))
+        assert (done.returncode, len(done.stdout), done.stderr) == (3, 30_000_000, b"start\n")
 
 
 async def test_login_outside_the_certificate_is_refused(setup: Setup) -> None:
@@ -259,6 +370,13 @@ async def test_expired_certificate_is_refused(setup: Setup) -> None:
     done = await setup.ssh(LOGIN, "true", key=setup.user_files("old", expired=True))
     assert done.returncode == 255
     assert b"expired" in done.stderr and b"tether login" in done.stderr
+    assert b"tether: access denied: certificate expired: " in done.stderr
+    assert b"run `tether login` again" in done.stderr
+    # Audited once, though ssh offers the certificate twice (query, then signed); ssh also
+    # offers the plain key, which is refused for its own reason.
+    (denied,) = [e for e in setup.audited("ssh.denied") if "expired" in e["reason"]]
+    assert denied["user"] == "alice"  # the signature verified; only the date is wrong
+    assert denied["reason"].startswith("certificate expired: certificate of alice@main expired")
 
 
 async def test_certificate_of_a_foreign_ca_is_refused(setup: Setup) -> None:
@@ -320,29 +438,48 @@ async def test_interactive_pty_shell_follows_window_changes(setup: Setup) -> Non
     assert client.returncode == 7
 
 
-def _processes_of(uid: int) -> list[int]:
+_sessions = itertools.count(1)
+
+
+def _long_session() -> tuple[str, str]:
+    """A command that runs until hung up, and the marker that finds its process.
+
+    The marker (a unique sleep time) tells this test's processes from those of other tests
+    that run as the same account at the same time.
+    """
+    marker = f"sleep 60.{os.getpid()}{next(_sessions):03d}"
+    return f"echo started; exec {marker}", marker
+
+
+def _processes_of(uid: int, marker: str) -> list[int]:
     pids = []
     for entry in pathlib.Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    pids.append(int(entry.name))
-            except FileNotFoundError:
-                pass
+        if not entry.name.isdigit():
+            continue
+        try:
+            owner = entry.stat().st_uid
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if owner == uid and marker.encode() in command:
+            pids.append(int(entry.name))
     return pids
 
 
-async def _no_processes_left(uid: int) -> None:
+async def _no_processes_left(uid: int, marker: str) -> None:
     for _ in range(100):  # the server hangs sessions up within its grace time
-        if not _processes_of(uid):
+        if not _processes_of(uid, marker):
             return
         await trio.sleep(0.05)
-    raise AssertionError(f"processes of uid {uid} outlived their session: {_processes_of(uid)}")
+    raise AssertionError(
+        f"{marker!r} of uid {uid} outlived its session: {_processes_of(uid, marker)}"
+    )
 
 
 async def test_a_client_that_goes_away_hangs_its_session_up(setup: Setup) -> None:
     uid = pwd.getpwnam(LOGIN).pw_uid
-    argv = setup.ssh_argv(LOGIN, "echo started; exec sleep 60", key=setup.user_files("alice"))
+    command, marker = _long_session()
+    argv = setup.ssh_argv(LOGIN, command, key=setup.user_files("alice"))
     async with trio.open_nursery() as nursery:
         client: trio.Process = await nursery.start(
             functools.partial(
@@ -353,9 +490,9 @@ async def test_a_client_that_goes_away_hangs_its_session_up(setup: Setup) -> Non
         assert client.stdout is not None
         with trio.fail_after(10):
             assert await client.stdout.receive_some() == b"started\n"
-        assert _processes_of(uid)
+        assert _processes_of(uid, marker)
         client.kill()
-    await _no_processes_left(uid)
+    await _no_processes_left(uid, marker)
 
 
 async def test_stopping_the_server_ends_its_sessions(setup: Setup) -> None:
@@ -369,7 +506,8 @@ async def test_stopping_the_server_ends_its_sessions(setup: Setup) -> None:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(run_server)
         other = attrs.evolve(setup, port=port)
-        argv = other.ssh_argv(LOGIN, "echo started; exec sleep 60", key=setup.user_files("a"))
+        command, marker = _long_session()
+        argv = other.ssh_argv(LOGIN, command, key=setup.user_files("a"))
         client: trio.Process = await nursery.start(
             functools.partial(
                 trio.run_process, argv, stdin=b"", stdout=subprocess.PIPE, check=False,
@@ -383,4 +521,443 @@ async def test_stopping_the_server_ends_its_sessions(setup: Setup) -> None:
         with trio.fail_after(10):
             await client.wait()
     assert client.returncode == 255  # connection closed, no exit status
-    await _no_processes_left(uid)
+    await _no_processes_left(uid, marker)
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+async def test_a_session_is_audited_from_start_to_exit_status(setup: Setup) -> None:
+    command = "head -c 5 >/dev/null; printf 1234567; printf ab >&2; exit 4"
+    done = await setup.ssh(LOGIN, command, key=setup.user_files("alice"), stdin=b"hello, rest")
+    assert (done.returncode, done.stdout, done.stderr) == (4, b"1234567", b"ab")
+    who = {"user": "alice", "cluster": CLUSTER, "login": LOGIN, "node": "node-1"}
+    (start,) = setup.audited("ssh.session.start")
+    assert start == {**who, "peer": start["peer"], "kind": "exec", "command": command}
+    assert start["peer"].startswith("127.0.0.1:")
+    (end,) = await setup.wait_audited("ssh.session.end")
+    assert end == {
+        **start,
+        "bytes_in": len(b"hello, rest"),  # all of stdin reached the channel, read or not
+        "bytes_out": len(b"1234567ab"),
+        "exit_status": 4,
+        "exit_signal": None,
+    }
+
+
+async def test_a_session_killed_by_a_signal_is_audited_with_it(setup: Setup) -> None:
+    done = await setup.ssh(LOGIN, "kill -TERM $$", key=setup.user_files("alice"))
+    assert done.returncode != 0
+    (end,) = await setup.wait_audited("ssh.session.end")
+    assert (end["exit_status"], end["exit_signal"]) == (None, "TERM")
+
+
+async def test_a_refused_login_is_audited_once_with_its_reason(setup: Setup) -> None:
+    done = await setup.ssh("root", "id -un", key=setup.user_files("alice"))
+    assert done.returncode == 255
+    (denied,) = [e for e in setup.audited("ssh.denied") if "root" in e["reason"]]
+    assert denied["user"] == "alice" and denied["login"] == "root"
+    assert denied["node"] == "node-1" and denied["peer"].startswith("127.0.0.1:")
+    assert "does not allow 'root'" in denied["reason"]
+    assert not setup.audited("ssh.session.start")
+
+
+async def test_a_plain_key_is_audited_without_a_user(setup: Setup) -> None:
+    key_file, _ = setup.user_files("plain")
+    await setup.ssh(LOGIN, "true", key=(key_file, setup.dir / "no-such-cert.pub"))
+    (denied,) = setup.audited("ssh.denied")
+    assert denied["user"] == "" and denied["login"] == LOGIN
+    assert "this is a plain public key" in denied["reason"]
+
+
+async def test_a_broken_audit_sink_does_not_break_sessions(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: str, fields: Mapping[str, Any]) -> None:
+        raise RuntimeError("audit backend down")
+
+    async with (
+        open_ssh_server(**{**setup.arguments, "audit": broken}) as server,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(server.listen, "127.0.0.1", 0)
+        done = await setup.ssh(LOGIN, "echo fine; exit 2", key=setup.user_files("a"), port=port)
+        nursery.cancel_scope.cancel()
+    assert (done.returncode, done.stdout) == (2, b"fine\n")
+    assert "audit sink failed on ssh.session.start event" in caplog.text
+
+
+# --- SFTP and scp ----------------------------------------------------------------------------
+
+
+def _remote(name: str) -> pathlib.Path:
+    return pathlib.Path(pwd.getpwnam(LOGIN).pw_dir) / name
+
+
+@pytest.fixture
+def payload(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A local file of 3 MiB of random bytes (several SFTP requests and channel windows)."""
+    path = tmp_path / "payload.bin"
+    path.write_bytes(os.urandom(3 * 1024 * 1024))
+    yield path
+
+
+async def test_sftp_put_and_get_round_trip_as_the_login(
+    setup: Setup, payload: pathlib.Path
+) -> None:
+    back = setup.dir / "back.bin"
+    batch = setup.dir / "batch"
+    batch.write_text(f"put {payload} sftp-upload.bin\nget sftp-upload.bin {back}\npwd\n")
+    key = setup.user_files("alice")
+    argv = ["sftp", *setup.client_options(key), "-P", str(setup.port), "-b", str(batch)]
+    try:
+        done = await run([*argv, f"{LOGIN}@127.0.0.1"])
+        assert done.returncode == 0, done.stderr
+        uploaded = trio.Path(_remote("sftp-upload.bin"))
+        assert (await uploaded.stat()).st_uid == pwd.getpwnam(LOGIN).pw_uid  # written by visitor
+        sent = await trio.Path(payload).read_bytes()
+        assert await uploaded.read_bytes() == sent == await trio.Path(back).read_bytes()
+        assert b"Remote working directory: /home/visitor" in done.stdout
+    finally:
+        _remote("sftp-upload.bin").unlink(missing_ok=True)
+    (end,) = await setup.wait_audited("ssh.session.end")
+    assert (end["kind"], end["command"], end["exit_status"]) == ("sftp", None, 0)
+    assert end["bytes_in"] > len(sent) and end["bytes_out"] > len(sent)
+
+
+async def test_sftp_cannot_write_where_the_login_may_not(setup: Setup) -> None:
+    batch = setup.dir / "batch"
+    batch.write_text("put /etc/hostname /root/not-yours\n")
+    key = setup.user_files("alice")
+    argv = ["sftp", *setup.client_options(key), "-P", str(setup.port), "-b", str(batch)]
+    done = await run([*argv, f"{LOGIN}@127.0.0.1"])
+    assert done.returncode != 0
+    assert b"Permission denied" in done.stderr
+    assert not await trio.Path("/root/not-yours").exists()
+
+
+@pytest.mark.parametrize("mode", [[], ["-O"]], ids=["sftp-protocol", "legacy-scp-protocol"])
+async def test_scp_copies_a_file_there_and_back(
+    setup: Setup, payload: pathlib.Path, mode: list[str]
+) -> None:
+    key = setup.user_files("alice")
+    scp = ["scp", *mode, *setup.client_options(key), "-P", str(setup.port)]
+    back = setup.dir / "back.bin"
+    try:
+        there = await run([*scp, str(payload), f"{LOGIN}@127.0.0.1:scp-upload.bin"])
+        assert there.returncode == 0, there.stderr
+        uploaded = await trio.Path(_remote("scp-upload.bin")).stat()
+        assert uploaded.st_uid == pwd.getpwnam(LOGIN).pw_uid
+        again = await run([*scp, f"{LOGIN}@127.0.0.1:scp-upload.bin", str(back)])
+        assert again.returncode == 0, again.stderr
+        assert await trio.Path(back).read_bytes() == await trio.Path(payload).read_bytes()
+    finally:
+        _remote("scp-upload.bin").unlink(missing_ok=True)
+    kinds = {fields["kind"] for fields in setup.audited("ssh.session.start")}
+    assert kinds == ({"exec"} if mode else {"sftp"})
+
+
+async def test_sftp_on_a_node_without_sftp_server_says_so(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_server, "_SFTP_SERVER_PATHS", ("/nonexistent/sftp-server",))
+    batch = setup.dir / "batch"
+    batch.write_text("pwd\n")
+    key = setup.user_files("alice")
+    argv = ["sftp", *setup.client_options(key), "-P", str(setup.port), "-b", str(batch)]
+    done = await run([*argv, f"{LOGIN}@127.0.0.1"])
+    assert done.returncode != 0
+    assert b"tether: node 'node-1' has no sftp-server" in done.stderr
+    (end,) = await setup.wait_audited("ssh.session.end")
+    assert end["exit_status"] == 1
+
+
+async def test_other_subsystems_are_refused(setup: Setup) -> None:
+    done = await setup.ssh(LOGIN, "netconf", key=setup.user_files("alice"), options=["-s"])
+    assert done.returncode == 1
+    assert b"tether: subsystem 'netconf' is not supported" in done.stderr
+    (denied,) = setup.audited("ssh.denied")
+    assert denied["reason"] == "subsystem 'netconf' is not supported"
+
+
+# --- port and agent forwarding ----------------------------------------------------------------
+
+
+async def _echo(stream: trio.SocketStream) -> None:
+    async with stream:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _connect_when_listening(port: int) -> trio.SocketStream:
+    with trio.fail_after(10):
+        while True:
+            try:
+                return await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def _forward_and_echo(setup: Setup, message: bytes) -> bytes:
+    """``ssh -N -L`` a free local port to a TCP echo service; what comes back for *message*."""
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")
+        )
+        echo_port = listener.socket.getsockname()[1]
+        local_port = _free_port()
+        argv = setup.ssh_argv(
+            LOGIN,
+            None,
+            key=setup.user_files("alice"),
+            options=["-N", "-L", f"{local_port}:127.0.0.1:{echo_port}",
+                     "-o", "ExitOnForwardFailure=yes"],
+        )  # fmt: skip
+        client: trio.Process = await nursery.start(
+            functools.partial(trio.run_process, argv, stdin=b"", check=False, env=_client_env())
+        )
+        received = b""
+        async with await _connect_when_listening(local_port) as stream:
+            await stream.send_all(message)
+            with trio.fail_after(10):
+                while len(received) < len(message):
+                    try:
+                        chunk = await stream.receive_some()
+                    except trio.BrokenResourceError:
+                        chunk = b""
+                    if not chunk:
+                        break
+                    received += chunk
+        client.terminate()
+        nursery.cancel_scope.cancel()
+    return received
+
+
+async def test_local_port_forwarding_reaches_a_service_on_the_node(setup: Setup) -> None:
+    setup.roles.use(port_forwarding=True)
+    assert await _forward_and_echo(setup, b"ping through the node") == b"ping through the node"
+    (forward,) = setup.audited("ssh.port_forward")
+    assert forward["user"] == "alice" and forward["login"] == LOGIN
+    assert forward["host"] == "127.0.0.1" and isinstance(forward["port"], int)
+
+
+async def test_local_port_forwarding_is_refused_when_the_roles_forbid_it(setup: Setup) -> None:
+    setup.roles.use(port_forwarding=False)
+    assert await _forward_and_echo(setup, b"ping") == b""
+    (denied,) = await setup.wait_audited("ssh.denied")
+    assert denied["reason"] == "port forwarding is not allowed by the roles of alice@main"
+    assert denied["user"] == "alice" and denied["login"] == LOGIN
+    assert not setup.audited("ssh.port_forward")
+
+
+async def test_remote_port_forwarding_is_refused(setup: Setup) -> None:
+    options = ["-N", "-R", "0:127.0.0.1:9", "-o", "ExitOnForwardFailure=yes"]
+    done = await setup.ssh(LOGIN, "true", key=setup.user_files("alice"), options=options)
+    assert done.returncode == 255
+    assert b"remote port forwarding failed" in done.stderr
+    (denied,) = setup.audited("ssh.denied")
+    assert "remote port forwarding (ssh -R) is not supported" in denied["reason"]
+
+
+@pytest.fixture
+async def agent(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, str]]:
+    """A running ``ssh-agent`` holding one key; the client environment that points at it."""
+    if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
+        pytest.skip("needs ssh-agent and ssh-add")
+    sock = tmp_path / "agent.sock"
+    key = tmp_path / "agent-key"
+    pki.write_secret_file(key, pki.private_key_to_openssh(pki.generate_private_key()))
+    env = {"SSH_AUTH_SOCK": str(sock)}
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            functools.partial(trio.run_process, ["ssh-agent", "-D", "-a", str(sock)],
+                              stdout=subprocess.DEVNULL, check=False)
+        )  # fmt: skip
+        for _ in range(500):  # the socket file exists before the agent listens on it
+            added = await run(["ssh-add", str(key)], env=env)
+            if b"Error connecting to agent" not in added.stderr:
+                break
+            await trio.sleep(0.02)
+        assert added.returncode == 0, added.stderr
+        yield env
+        process.terminate()
+
+
+async def test_forwarded_agent_lists_the_users_key(setup: Setup, agent: dict[str, str]) -> None:
+    setup.roles.use(forward_agent=True)
+    here = await run(["ssh-add", "-l"], env=agent)
+    key = setup.user_files("alice", agent=True)
+    command = "id -un; ssh-add -l; stat -c %U $SSH_AUTH_SOCK"
+    done = await setup.ssh(LOGIN, command, key=key, options=["-A"], env=agent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"visitor\n" + here.stdout + b"visitor\n"
+    assert here.stdout.startswith(b"256 SHA256:")
+
+
+async def test_agent_forwarding_is_refused_when_the_roles_forbid_it(
+    setup: Setup, agent: dict[str, str]
+) -> None:
+    setup.roles.use(forward_agent=False)
+    key = setup.user_files("alice", agent=True)  # the certificate allows it; the roles do not
+    done = await setup.ssh(LOGIN, "echo ${SSH_AUTH_SOCK:-none}", key=key, options=["-A"], env=agent)
+    assert (done.returncode, done.stdout) == (0, b"none\n")
+    (denied,) = setup.audited("ssh.denied")
+    assert denied["reason"] == "agent forwarding is not allowed by the roles of alice@main"
+
+
+async def test_agent_forwarding_needs_the_certificate_to_permit_it(
+    setup: Setup, agent: dict[str, str]
+) -> None:
+    setup.roles.use(forward_agent=True)
+    key = setup.user_files("alice")  # issued without permit-agent-forwarding
+    done = await setup.ssh(LOGIN, "echo ${SSH_AUTH_SOCK:-none}", key=key, options=["-A"], env=agent)
+    assert (done.returncode, done.stdout) == (0, b"none\n")
+    (denied,) = setup.audited("ssh.denied")
+    assert denied["reason"] == "agent forwarding is not permitted by the certificate"
+
+
+def test_roles_grant_forwarding_through_permissions() -> None:
+    identity = pki.Identity(
+        username="alice",
+        cluster=CLUSTER,
+        roles=["visitors"],
+        traits={},
+        logins=[LOGIN],
+        expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
+    )
+    labels = {"env": "test"}
+    default = RoleSetAuthorizer(roles_for=lambda _: _role_set(), node_labels=labels)
+    assert default.authorize(identity, LOGIN) == Permissions(port_forwarding=True)
+    both = _role_set(port_forwarding=False, forward_agent=True)
+    authorizer = RoleSetAuthorizer(roles_for=lambda _: both, node_labels=labels)
+    assert authorizer.authorize(identity, LOGIN) == Permissions(forward_agent=True)
+    assert Permissions() == Permissions(port_forwarding=False, forward_agent=False)
+
+
+# --- connections carried by streams (tunnel mode) ----------------------------------------------
+
+
+async def _serve_tcp_through_memory_streams(
+    server: SSHServer, peer: str, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """A local TCP port whose connections reach *server* as in-memory trio streams.
+
+    Stands in for a node's reverse tunnel: the bytes ``ssh`` sends cross a
+    ``memory_stream_pair`` (no socket) before :meth:`SSHServer.serve_stream` sees them.
+    """
+
+    async def carry(tcp: trio.SocketStream) -> None:
+        outside, inside = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(splice, tcp, outside)
+            await server.serve_stream(inside, peer=peer)
+
+    await trio.serve_tcp(carry, 0, host="127.0.0.1", task_status=task_status)
+
+
+async def test_a_connection_carried_by_a_stream_runs_a_command(setup: Setup) -> None:
+    peer = "203.0.113.7:4242"
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(_serve_tcp_through_memory_streams, setup.server, peer)
+        port = listener.socket.getsockname()[1]
+        key = setup.user_files("alice")
+        command = "echo $SSH_CLIENT; head -c 4000000 /dev/zero | wc -c; cat | wc -c; exit 6"
+        done = await setup.ssh(LOGIN, command, key=key, port=port, stdin=b"x" * 1_000_000)
+        assert done.returncode == 6, done.stderr
+        assert done.stdout.split() == [b"203.0.113.7", b"4242", b"0", b"4000000", b"1000000"]
+        (start,) = setup.audited("ssh.session.start")
+        assert start["peer"] == peer
+        nursery.cancel_scope.cancel()
+    await _until(lambda: not setup.server.statistics().connections, "the connection closed")
+
+
+async def test_a_refused_login_over_a_stream_ends_its_connection(setup: Setup) -> None:
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            _serve_tcp_through_memory_streams, setup.server, "198.51.100.1:22"
+        )
+        port = listener.socket.getsockname()[1]
+        done = await setup.ssh("root", "true", key=setup.user_files("alice"), port=port)
+        assert done.returncode == 255
+        assert b"does not allow 'root'" in done.stderr
+        assert {e["peer"] for e in setup.audited("ssh.denied")} == {"198.51.100.1:22"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_a_stream_connection_hangs_its_session_up(setup: Setup) -> None:
+    uid = pwd.getpwnam(LOGIN).pw_uid
+    client_side, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(
+                trio.serve_tcp, functools.partial(splice, client_side), 0, host="127.0.0.1"
+            )
+        )
+        port = listener.socket.getsockname()[1]
+        serving = trio.CancelScope()
+
+        async def serve() -> None:
+            with serving:
+                await setup.server.serve_stream(server_side, peer="192.0.2.1:1")
+
+        nursery.start_soon(serve)
+        command, marker = _long_session()
+        argv = setup.ssh_argv(LOGIN, command, key=setup.user_files("a"), port=port)
+        client: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process, argv, stdin=b"", stdout=subprocess.PIPE, check=False,
+                env=_client_env(),
+            )
+        )  # fmt: skip
+        assert client.stdout is not None
+        with trio.fail_after(10):
+            assert await client.stdout.receive_some() == b"started\n"
+        assert _processes_of(uid, marker)
+        serving.cancel()
+        with trio.fail_after(10):
+            await client.wait()
+        nursery.cancel_scope.cancel()
+    assert client.returncode == 255  # connection closed, no exit status
+    await _no_processes_left(uid, marker)
+    (end,) = await setup.wait_audited("ssh.session.end")
+    assert end["exit_signal"] == "HUP"
+
+
+# --- changing the server while it runs --------------------------------------------------------
+
+
+async def test_new_roles_apply_to_the_next_login(setup: Setup) -> None:
+    key = setup.user_files("alice")
+    assert (await setup.ssh(LOGIN, "true", key=key)).returncode == 0
+    nobody = RoleSetAuthorizer(roles_for=lambda _: RoleSet([]), node_labels={"env": "test"})
+    setup.server.update(authorizer=nobody)
+    done = await setup.ssh(LOGIN, "true", key=key)
+    assert done.returncode == 255
+    assert b"login 'visitor' is not allowed by roles (none)" in done.stderr
+
+
+async def test_a_renewed_host_certificate_is_presented_to_the_next_client(setup: Setup) -> None:
+    other = pki.ClusterAuthorities.generate(CLUSTER)  # a rotated host CA
+    host_key = pki.generate_private_key()
+    host_cert = pki.issue_ssh_host_cert(
+        other.ssh_host,
+        host_key.public_key(),
+        host_id="node-1",
+        principals=["127.0.0.1"],
+        cluster=CLUSTER,
+        ttl=datetime.timedelta(hours=1),
+    )
+    setup.server.update(node=NodeIdentity(host_key=host_key, host_cert=host_cert, node_name="n"))
+    key = setup.user_files("alice")
+    old = await setup.ssh(LOGIN, "true", key=key)
+    assert old.returncode == 255 and b"Host key verification failed" in old.stderr
+    rotated = setup.known_hosts("rotated_hosts", other.ssh_host)
+    done = await setup.ssh(LOGIN, "true", key=key, known_hosts=rotated)
+    assert done.returncode == 0, done.stderr

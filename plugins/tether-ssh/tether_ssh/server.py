@@ -1,18 +1,25 @@
 """The node's SSH server: Tether certificates in, sessions as real OS users out.
 
-asyncssh speaks the protocol; it is an asyncio library, so it runs inside a ``trio_asyncio``
-loop opened by :func:`serve_ssh`, and everything else (the caller, the kernel) stays trio. The
-boundary is this module: callers pass plain values and a synchronous :class:`Authorizer`.
+asyncssh speaks the protocol; it is an asyncio library, so it runs inside one ``trio_asyncio``
+loop opened by :func:`open_ssh_server`, and everything else (the caller, the kernel) stays trio.
+The boundary is this module: callers pass plain values, trio streams, a synchronous
+:class:`Authorizer` and a synchronous :data:`AuditSink`. One :class:`SSHServer` serves both a
+TCP listener (:meth:`SSHServer.listen`) and connections that arrive as trio streams from a
+node's reverse tunnel (:meth:`SSHServer.serve_stream`).
 
 Authentication accepts one thing only: an OpenSSH user certificate, verified by the kernel
 (:func:`tether.pki.verify_ssh_user_cert`: trusted CA of the named cluster, validity window,
 principal = requested login), then authorized by the kernel's RBAC through an
-:class:`Authorizer`. No passwords, no plain keys, no keyboard-interactive, no GSSAPI. A refusal
-is logged as one line with its reason and shown to the client as an authentication banner.
+:class:`Authorizer`, whose answer says what else the login may do (:class:`Permissions`). No
+passwords, no plain keys, no keyboard-interactive, no GSSAPI. A refusal is logged and audited
+as one line with its reason and shown to the client as an authentication banner.
 
-Sessions run as the requested OS login: the child process drops to the user's uid, gid and
-supplementary groups before it executes anything, starts in the user's home directory with a
-small clean environment, and its exit status (or signal) goes back to the client.
+Sessions run as the requested OS login: the child process (a shell, a command, or the system's
+``sftp-server`` for the ``sftp`` subsystem) drops to the user's uid, gid and supplementary
+groups before it executes anything, starts in the user's home directory with a small clean
+environment, and its exit status (or signal) goes back to the client. Local port forwarding
+(``ssh -L``) and agent forwarding (``ssh -A``) work when the grant permits them; remote
+forwarding (``ssh -R``) never does.
 """
 
 from __future__ import annotations
@@ -22,39 +29,55 @@ import base64
 import contextlib
 import fcntl
 import grp
+import inspect
+import io
 import logging
 import os
 import pty
 import pwd
 import signal
+import socket
 import struct
 import termios
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeAlias
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import asyncssh
 import attrs
 import trio
 import trio_asyncio
+from cryptography.hazmat.primitives import serialization
 
 from tether import pki
 from tether.errors import AccessDenied, TetherError
 from tether.rbac import RoleSet
 
 __all__ = [
+    "AuditSink",
     "Authorizer",
     "NodeIdentity",
+    "Permissions",
     "RoleSetAuthorizer",
+    "SSHServer",
+    "SSHServerStatistics",
     "TrustedUserCAs",
+    "open_ssh_server",
     "serve_ssh",
 ]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Trusted user CAs as OpenSSH public key lines: for any cluster, or keyed by cluster name (a
 #: leaf trusting the root's user CA for root users only). A callable is asked on every login,
 #: so trust added or removed while the server runs takes effect at once.
 TrustedUserCAs: TypeAlias = Sequence[str | bytes] | Mapping[str, Sequence[str | bytes]]
+
+#: Where audit events go: called as ``sink(event_type, fields)`` from the server's event loop.
+#: It must not block (queue the event and forward it from trio); an exception it raises is
+#: logged and otherwise ignored, so a broken sink never breaks a session.
+AuditSink: TypeAlias = Callable[[str, Mapping[str, Any]], None]
 
 #: PATH of a session, as OpenSSH's defaults (root also gets the sbin directories).
 _USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -63,6 +86,17 @@ _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ACCEPTED_ENV_PREFIXES = ("LANG", "LC_")
 #: How long a hung-up session's processes get to exit before they are killed.
 _HANGUP_GRACE_SECONDS = 2.0
+#: Where distributions install OpenSSH's SFTP server (Debian, Fedora, Arch, BSD-style).
+_SFTP_SERVER_PATHS = (
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+    "/usr/libexec/sftp-server",
+)
+#: Read size for bulk copies (stream bridge, session pipes): big reads keep scp and sftp fast.
+_COPY_SIZE = 256 * 1024
+#: Certificate errors raised after the signature verified, so the claimed user is genuine.
+_SIGNED_BUT_REFUSED = (pki.CertificateExpired, pki.CertificateNotYetValid, pki.PrincipalNotAllowed)
 
 
 def _frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
@@ -76,7 +110,7 @@ class NodeIdentity:
     :param host_key: the node's private host key.
     :param host_cert: the OpenSSH host certificate line for that key, from
         :func:`tether.pki.issue_ssh_host_cert`; clients check it against the cluster's host CA.
-    :param node_name: the node's name in the inventory, for logs and messages.
+    :param node_name: the node's name in the inventory, for logs, messages and audit events.
     :param labels: the node's labels, which roles' ``node_labels`` are matched against.
     """
 
@@ -86,14 +120,29 @@ class NodeIdentity:
     labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_labels)
 
 
+@attrs.frozen(kw_only=True)
+class Permissions:
+    """What a login the kernel allowed may do besides running sessions.
+
+    Everything defaults to no: an authorizer grants what the user's roles allow.
+
+    :param port_forwarding: local port forwarding (``ssh -L``, ``ssh -W``).
+    :param forward_agent: agent forwarding (``ssh -A``) into the session.
+    """
+
+    port_forwarding: bool = False
+    forward_agent: bool = False
+
+
 class Authorizer(Protocol):
     """The kernel's decision whether a verified identity may log in here as *login*.
 
     The SSH server asks; it never decides. Called once the certificate is verified.
     """
 
-    def authorize(self, identity: pki.Identity, login: str) -> None:
-        """Return if allowed; raise :class:`tether.errors.AccessDenied` saying why not."""
+    def authorize(self, identity: pki.Identity, login: str) -> Permissions:
+        """Return what the login may do; raise :class:`tether.errors.AccessDenied` saying why
+        it may not log in at all."""
         ...
 
 
@@ -109,33 +158,91 @@ class RoleSetAuthorizer:
     roles_for: Callable[[pki.Identity], RoleSet]
     node_labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_labels)
 
-    def authorize(self, identity: pki.Identity, login: str) -> None:
-        """Raise :class:`AccessDenied` unless a role allows *login* here and none denies it."""
-        self.roles_for(identity).check_login(
-            login, node_labels=self.node_labels, traits=identity.traits
+    def authorize(self, identity: pki.Identity, login: str) -> Permissions:
+        """Raise :class:`AccessDenied` unless a role allows *login* here and none denies it;
+        forwarding as the roles' ``options.port_forwarding`` and ``options.forward_agent``."""
+        roles = self.roles_for(identity)
+        roles.check_login(login, node_labels=self.node_labels, traits=identity.traits)
+        return Permissions(
+            port_forwarding=roles.port_forwarding(), forward_agent=roles.forward_agent()
         )
+
+
+@attrs.frozen(kw_only=True)
+class SSHServerStatistics:
+    """What an :class:`SSHServer` is doing right now.
+
+    :param listeners: open TCP listeners.
+    :param connections: SSH connections not yet closed (authenticated or not).
+    :param sessions: session channels whose handlers are still running.
+    """
+
+    listeners: int
+    connections: int
+    sessions: int
 
 
 @attrs.frozen
 class _Grant:
-    """A successful authentication: who, as which OS account."""
+    """A successful authentication: who, as which OS account, allowed to do what."""
 
     identity: pki.Identity
     login: str
     account: pwd.struct_passwd
+    permissions: Permissions
 
 
 @attrs.define
 class _Settings:
+    """What every connection of one server reads; :meth:`SSHServer.update` swaps parts."""
+
     node: NodeIdentity
     trusted_user_cas: TrustedUserCAs | Callable[[], TrustedUserCAs]
     authorizer: Authorizer
-    connections: set[asyncssh.SSHServerConnection] = attrs.field(factory=set)
+    audit: AuditSink | None
+    host_keys: dict[str, Any] = attrs.field(init=False)
+    live: set[_NodeServer] = attrs.field(factory=set)
     sessions: set[asyncio.Task[None]] = attrs.field(factory=set)
+
+    def __attrs_post_init__(self) -> None:
+        self.host_keys = _host_key_options(self.node)
 
     def trusted(self) -> TrustedUserCAs:
         cas = self.trusted_user_cas
         return cas() if callable(cas) else cas
+
+    def emit(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Hand an audit event to the sink; a failing sink is logged, never propagated."""
+        if self.audit is None:
+            return
+        try:
+            self.audit(event, fields)
+        except Exception:  # a broken sink must not break logins or sessions
+            log.exception("ssh: audit sink failed on %s event", event)
+
+
+def _host_key_options(node: NodeIdentity) -> dict[str, Any]:
+    key = asyncssh.import_private_key(pki.private_key_to_openssh(node.host_key))
+    cert = asyncssh.import_certificate(node.host_cert)
+    return {"server_host_keys": [key], "server_host_certs": [cert]}
+
+
+def _server_options(settings: _Settings) -> dict[str, Any]:
+    """asyncssh options of every connection: certificates only, sessions through our code."""
+    return {
+        **settings.host_keys,
+        "encoding": None,
+        "line_editor": False,
+        "public_key_auth": True,
+        "password_auth": False,
+        "kbdint_auth": False,
+        "host_based_auth": False,
+        "gss_host": None,
+        # Asked per connection by the wrapped create_agent_listener, against the grant.
+        "agent_forwarding": True,
+        "x11_forwarding": False,
+        "allow_scp": False,
+    }
 
 
 def _cert_line(key_data: bytes) -> str:
@@ -145,6 +252,26 @@ def _cert_line(key_data: bytes) -> str:
     (size,) = struct.unpack(">I", key_data[:4])
     algorithm = key_data[4 : 4 + size].decode("ascii", errors="replace")
     return f"{algorithm} {base64.b64encode(key_data).decode()}"
+
+
+def _signed_user(cert_line: str) -> str:
+    """The user named by a certificate whose signature verified but which was refused."""
+    try:
+        cert = serialization.load_ssh_public_identity(cert_line.encode())
+    except (ValueError, TypeError):
+        return ""
+    if not isinstance(cert, serialization.SSHCertificate):
+        return ""
+    return cert.key_id.decode("utf-8", errors="replace")
+
+
+def _split_peer(peer: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as a pair; ``("", 0)`` if *peer* is not one."""
+    host, _, port = peer.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or any(ch.isspace() for ch in host):
+        return "", 0
+    return host, int(port)
 
 
 def _check_account(login: str, node_name: str) -> pwd.struct_passwd:
@@ -165,31 +292,65 @@ def _check_account(login: str, node_name: str) -> pwd.struct_passwd:
 
 
 class _NodeServer(asyncssh.SSHServer):
-    """One client connection's authentication (asyncssh creates one per connection)."""
+    """One client connection: its authentication, forwarding decisions and sessions.
 
-    def __init__(self, settings: _Settings) -> None:
+    asyncssh creates one per connection. *peer* names the client when the transport cannot
+    (a tunnelled stream); *registry* is the entry point's set of live connections, which that
+    entry point closes when it stops.
+    """
+
+    def __init__(
+        self,
+        settings: _Settings,
+        *,
+        peer: str | None = None,
+        registry: set[_NodeServer] | None = None,
+    ) -> None:
         self._settings = settings
+        self._registry = registry
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._peer = "unknown peer"
+        self._peer_given = peer is not None
+        self.peer = peer or "unknown peer"
+        self.peer_addr = _split_peer(peer) if peer else ("", 0)
+        # The node's own address, for SSH_CONNECTION; a tunnelled stream has none (0.0.0.0 0).
+        self.local_addr: tuple[str, int] = ("0.0.0.0", 0)
         self._approved: _Grant | None = None  # the attempt being checked right now
         self._reported: set[str] = set()
         self.grant: _Grant | None = None
+        self.agent_forwarding = False
+        self.sessions: set[asyncio.Task[None]] = set()
 
     @property
     def node_name(self) -> str:
         return self._settings.node.node_name
 
     @property
-    def sessions(self) -> set[asyncio.Task[None]]:
-        """The server's running session handlers, which its shutdown waits for."""
-        return self._settings.sessions
+    def settings(self) -> _Settings:
+        return self._settings
+
+    def who(self) -> dict[str, Any]:
+        """The audit fields naming this connection's user, login, node and peer."""
+        grant = self.grant
+        return {
+            "user": grant.identity.username if grant else "",
+            "cluster": grant.identity.cluster if grant else "",
+            "login": grant.login if grant else "",
+            "node": self.node_name,
+            "peer": self.peer,
+        }
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        self._settings.connections.add(conn)
+        self._settings.live.add(self)
+        if self._registry is not None:
+            self._registry.add(self)
         peer = conn.get_extra_info("peername")
-        if peer:
-            self._peer = f"{peer[0]}:{peer[1]}"
+        if peer and not self._peer_given:
+            self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_addr = (str(peer[0]), int(peer[1]))
+        local = conn.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.local_addr = (str(local[0]), int(local[1]))
         # asyncssh hands SSHServer only the CA key of a certificate, never the certificate; the
         # kernel must see the whole certificate, so its check wraps the connection's.
         checked = conn.validate_public_key
@@ -211,9 +372,32 @@ class _NodeServer(asyncssh.SSHServer):
 
         conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
 
+        # asyncssh has no server hook for agent forwarding, only a connection-wide option; the
+        # grant decides per connection, and the socket must belong to the session's user.
+        create_agent_listener = conn.create_agent_listener
+
+        async def agent_listener() -> bool:
+            if not self._allow_agent_forwarding():
+                return False
+            if not await create_agent_listener():
+                return False
+            self.agent_forwarding = self._hand_agent_socket_to_user()
+            return self.agent_forwarding
+
+        conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._settings.live.discard(self)
+        if self._registry is not None:
+            self._registry.discard(self)
+
+    def close(self) -> None:
         if self._conn is not None:
-            self._settings.connections.discard(self._conn)
+            self._conn.close()
+
+    async def wait_closed(self) -> None:
+        if self._conn is not None:
+            await self._conn.wait_closed()
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -250,27 +434,125 @@ class _NodeServer(asyncssh.SSHServer):
                 "ssh: %s (roles %s) logged in to %s as %s from %s",
                 grant.identity.label,
                 ", ".join(grant.identity.roles) or "none",
-                self._settings.node.node_name,
+                self.node_name,
                 grant.login,
-                self._peer,
+                self.peer,
             )
+
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+        return _SessionProcess(self)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        """Local port forwarding: the server connects to the destination, if the grant says so.
+
+        asyncssh has already checked the certificate's ``permit-port-forwarding``.
+        """
+        grant = self.grant
+        if grant is None:  # cannot happen: channels open only after authentication
+            return False
+        if not grant.permissions.port_forwarding:
+            reason = f"port forwarding is not allowed by the roles of {grant.identity.label}"
+            self.deny(reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        log.info(
+            "ssh: %s as %s on %s forwards to %s:%d",
+            grant.identity.label,
+            grant.login,
+            self.node_name,
+            dest_host,
+            dest_port,
+        )
+        self._settings.emit(
+            "ssh.port_forward", {**self.who(), "host": dest_host, "port": dest_port}
+        )
+        return True
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self.deny("remote port forwarding (ssh -R) is not supported by Tether nodes")
+        return False
+
+    def deny(self, reason: str) -> None:
+        """Log and audit a refused request after login, once per reason and connection."""
+        if reason in self._reported:
+            return
+        self._reported.add(reason)
+        grant = self.grant
+        log.warning(
+            "ssh: refused %s as %s on %s from %s: %s",
+            grant.identity.label if grant else "unknown user",
+            grant.login if grant else "unknown login",
+            self.node_name,
+            self.peer,
+            reason,
+        )
+        self._settings.emit("ssh.denied", {**self.who(), "reason": reason})
+
+    def _allow_agent_forwarding(self) -> bool:
+        grant = self.grant
+        if grant is None:
+            return False
+        if not grant.permissions.forward_agent:
+            self.deny(f"agent forwarding is not allowed by the roles of {grant.identity.label}")
+            return False
+        if self._conn is not None and not self._conn.check_certificate_permission(
+            "agent-forwarding"
+        ):
+            self.deny("agent forwarding is not permitted by the certificate")
+            return False
+        return True
+
+    def _hand_agent_socket_to_user(self) -> bool:
+        """Give the agent socket and its private directory to the session's user."""
+        path = self._conn.get_agent_path() if self._conn is not None else None
+        grant = self.grant
+        if path is None or grant is None:
+            return False
+        if os.geteuid() != 0:  # sessions run as this very user: the socket is theirs already
+            return True
+        account = grant.account
+        try:
+            os.chown(os.path.dirname(path), account.pw_uid, account.pw_gid)
+            os.chown(path, account.pw_uid, account.pw_gid)
+        except OSError as exc:
+            log.warning("ssh: cannot give the agent socket %s to %s: %s", path, grant.login, exc)
+            return False
+        return True
 
     def _verify(self, login: str, key_data: bytes) -> _Grant | None:
         """The kernel's verdict on this certificate for *login*: a grant, or None (refused)."""
         settings = self._settings
+        identity: pki.Identity | None = None
+        cert_line = ""
         try:
+            cert_line = _cert_line(key_data)
             identity = pki.verify_ssh_user_cert(
-                _cert_line(key_data), trusted_cas=settings.trusted(), principal=login
+                cert_line, trusted_cas=settings.trusted(), principal=login
             )
-            settings.authorizer.authorize(identity, login)
+            permissions = settings.authorizer.authorize(identity, login)
             account = _check_account(login, settings.node.node_name)
-        except TetherError as exc:
-            self._refuse(login, exc.message, hint=exc.hint)
+        except pki.CertificateExpired as exc:
+            self._refuse(
+                login,
+                f"certificate expired: {exc.message}",
+                hint=exc.hint or "run `tether login` again",
+                user=_signed_user(cert_line),
+            )
             return None
-        return _Grant(identity=identity, login=login, account=account)
+        except TetherError as exc:
+            if identity is not None:
+                user = identity.username
+            elif isinstance(exc, _SIGNED_BUT_REFUSED):
+                user = _signed_user(cert_line)
+            else:
+                user = ""
+            self._refuse(login, exc.message, hint=exc.hint, user=user)
+            return None
+        return _Grant(identity=identity, login=login, account=account, permissions=permissions)
 
-    def _refuse(self, login: str, reason: str, *, hint: str | None = None) -> None:
-        """Log a refusal and tell the client why, once per reason and connection."""
+    def _refuse(self, login: str, reason: str, *, hint: str | None = None, user: str = "") -> None:
+        """Log, audit and tell the client why a login is refused, once per reason."""
         message = f"{reason} ({hint})" if hint else reason
         if message in self._reported:
             return
@@ -278,17 +560,73 @@ class _NodeServer(asyncssh.SSHServer):
         log.warning(
             "ssh: refused login as %s on %s from %s: %s",
             login,
-            self._settings.node.node_name,
-            self._peer,
+            self.node_name,
+            self.peer,
             message,
+        )
+        self._settings.emit(
+            "ssh.denied",
+            {
+                "user": user,
+                "login": login,
+                "node": self.node_name,
+                "peer": self.peer,
+                "reason": reason,
+            },
         )
         if self._conn is not None:
             with contextlib.suppress(OSError):
                 self._conn.send_auth_banner(f"tether: access denied: {message}\r\n")
 
 
+class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
+    """A session channel of a :class:`_NodeServer`, counting the bytes it carries.
+
+    Every subsystem request reaches :func:`_run_session`, which serves ``sftp`` and refuses
+    the others with a message (asyncssh itself would refuse ``sftp`` without saying why).
+    """
+
+    def __init__(self, server: _NodeServer) -> None:
+        super().__init__(_run_session, None, 0, False)
+        self.server = server
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        if self.channel.get_subsystem() != "sftp":
+            super().session_started()
+            return
+        # asyncssh would answer "sftp" with its own SFTP server, inside this (root) process.
+        # Start the session like any other instead (asyncssh 2.24's session_started without
+        # its SFTP branch), so that _run_session runs the system's sftp-server as the user.
+        stdin = asyncssh.SSHReader[bytes](self, self.channel)
+        stdout = asyncssh.SSHWriter[bytes](self, self.channel)
+        stderr = asyncssh.SSHWriter[bytes](self, self.channel, asyncssh.EXTENDED_DATA_STDERR)
+        handler = self._start_process(stdin, stdout, stderr)
+        if inspect.isawaitable(handler):
+            self.channel.get_connection().create_task(handler, stdin.logger)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.bytes_in += len(data)
+        super().data_received(data, datatype)
+
+    def feed_data(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        # Everything redirected from the session's process passes here on its way out.
+        self.bytes_out += len(data)
+        super().feed_data(data, datatype)
+
+    def tell(self, message: str) -> None:
+        """Write one line of our own to the client's stderr."""
+        data = message.encode()
+        self.bytes_out += len(data)
+        self.stderr.write(data)
+
+
 def _session_env(
-    grant: _Grant, process: asyncssh.SSHServerProcess[bytes], term: str | None
+    grant: _Grant, server: _NodeServer, process: _SessionProcess, term: str | None
 ) -> dict[str, str]:
     account = grant.account
     env = {
@@ -307,11 +645,15 @@ def _session_env(
         TETHER_USER=grant.identity.username,
         TETHER_CLUSTER=grant.identity.cluster,
     )
-    peer = process.get_extra_info("peername")
-    local = process.get_extra_info("sockname")
-    if peer and local:
-        env["SSH_CLIENT"] = f"{peer[0]} {peer[1]} {local[1]}"
-        env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {local[0]} {local[1]}"
+    peer_host, peer_port = server.peer_addr
+    local_host, local_port = server.local_addr
+    if peer_host:
+        env["SSH_CLIENT"] = f"{peer_host} {peer_port} {local_port}"
+        env["SSH_CONNECTION"] = f"{peer_host} {peer_port} {local_host} {local_port}"
+    if server.agent_forwarding:
+        agent_path = process.channel.get_agent_path()
+        if agent_path:
+            env["SSH_AUTH_SOCK"] = agent_path
     if term:
         env["TERM"] = term
     return env
@@ -350,16 +692,22 @@ async def _reap(proc: asyncio.subprocess.Process) -> int:
         return await proc.wait()
 
 
-def _report_exit(process: asyncssh.SSHServerProcess[bytes], returncode: int) -> None:
+def _exit_of(returncode: int) -> tuple[int | None, str | None]:
+    """A child's return code as SSH reports it: (exit status, None) or (None, signal name)."""
     if returncode >= 0:
-        process.exit(returncode)
-        return
+        return returncode, None
     try:
-        name = signal.Signals(-returncode).name.removeprefix("SIG")
+        return None, signal.Signals(-returncode).name.removeprefix("SIG")
     except ValueError:
-        process.exit(128 - returncode)
-        return
-    process.exit_with_signal(name)
+        return 128 - returncode, None
+
+
+def _report_exit(process: _SessionProcess, returncode: int) -> None:
+    status, signal_name = _exit_of(returncode)
+    if signal_name is not None:
+        process.exit_with_signal(signal_name)
+    else:
+        process.exit(status if status is not None else 255)
 
 
 def _home_or_root(account: pwd.struct_passwd) -> str:
@@ -367,37 +715,98 @@ def _home_or_root(account: pwd.struct_passwd) -> str:
     return account.pw_dir if os.path.isdir(account.pw_dir) else "/"
 
 
+def _find_sftp_server() -> str | None:
+    for path in _SFTP_SERVER_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class _ChildInput:
+    """The write end of a session's stdin pipe, as an "async file" asyncssh redirects into.
+
+    Given the pipe itself, asyncssh would write through an asyncio pipe transport, which closes
+    twice when the client's EOF arrives just as writing resumes (an error in the event loop
+    each time a big upload ends). trio writes it instead. Input the child no longer reads (it
+    closed its stdin, or exited) is dropped, as sshd drops it.
+    """
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._stream = trio.lowlevel.FdStream(fd)
+        self._loop = loop
+        self._broken = False
+
+    async def write(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            await trio_asyncio.trio_as_aio(self._stream.send_all, loop=self._loop)(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._broken = True
+
+    async def close(self) -> None:
+        await trio_asyncio.trio_as_aio(self._stream.aclose, loop=self._loop)()
+
+    async def read(self, n: int = -1) -> bytes:  # asyncssh's async file protocol has it
+        raise io.UnsupportedOperation("a session's stdin is write-only")
+
+
+class _NoSFTPServer(Exception):
+    """This node has no ``sftp-server`` binary to run for the ``sftp`` subsystem."""
+
+
 async def _start_process(
-    grant: _Grant, process: asyncssh.SSHServerProcess[bytes]
+    grant: _Grant, server: _NodeServer, process: _SessionProcess
 ) -> asyncio.subprocess.Process:
-    """Start the session's command (or login shell) as the user, wired to the channel."""
+    """Start the session's program as the user, wired to the channel.
+
+    That is the login shell (shell session), ``shell -c command`` (exec) or ``sftp-server``
+    (the ``sftp`` subsystem, always on pipes: its protocol is binary).
+    """
     account = grant.account
     shell = account.pw_shell or "/bin/sh"
-    term = process.term_type
-    env = _session_env(grant, process, term)
-    cwd = _home_or_root(account)
     command = process.command
-    if command is None:  # a shell session: a login shell, as sshd starts it
-        argv = ["-" + os.path.basename(shell)]
+    if process.subsystem == "sftp":
+        sftp_server = _find_sftp_server()
+        if sftp_server is None:
+            raise _NoSFTPServer
+        executable, argv, term = sftp_server, [os.path.basename(sftp_server)], None
+    elif command is None:  # a shell session: a login shell, as sshd starts it
+        executable, argv, term = shell, ["-" + os.path.basename(shell)], process.term_type
     else:
-        argv = [os.path.basename(shell), "-c", command]
+        executable, argv, term = shell, [os.path.basename(shell), "-c", command], process.term_type
+    env = _session_env(grant, server, process, term)
     common: dict[str, Any] = {
-        "executable": shell,
+        "executable": executable,
         "env": env,
-        "cwd": cwd,
+        "cwd": _home_or_root(account),
         "start_new_session": True,
         **_drop_privileges(account),
     }
     if term is None:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            **common,
+        # OS pipes, not asyncio's streams: asyncssh 2.24 resumes a paused StreamReader
+        # redirect with a second concurrent read(), which kills the connection as soon as
+        # output outruns the client (bulk transfers); its pipe readers pause correctly.
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, **common
+            )
+        except BaseException:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+        await process.redirect(
+            stdin=_ChildInput(stdin_w, asyncio.get_running_loop()),
+            stdout=os.fdopen(stdout_r, "rb", buffering=0),
+            stderr=os.fdopen(stderr_r, "rb", buffering=0),
+            send_eof=False,  # _run_session sends it once both pipes are drained
         )
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
         return proc
     master, slave = pty.openpty()
     try:
@@ -429,14 +838,20 @@ async def _start_process(
     process.set_redirect_pid(proc.pid)  # window changes and signals go to the shell
     to_terminal = os.fdopen(os.dup(master), "wb", buffering=0)
     from_terminal = os.fdopen(master, "rb", buffering=0)
-    await process.redirect(stdin=to_terminal, stdout=from_terminal)
+    await process.redirect(stdin=to_terminal, stdout=from_terminal, send_eof=False)
     return proc
 
 
-async def _drain(process: asyncssh.SSHServerProcess[bytes]) -> None:
+async def _drain(process: _SessionProcess) -> None:
+    """Wait until the session's output is forwarded (EOF on its pipes), then send EOF.
+
+    Once, for both streams: asyncssh's EOF is the whole channel's, so one stream's EOF would
+    cut the other short.
+    """
     with contextlib.suppress(OSError, asyncssh.Error):
         await process.stdout.drain()
         await process.stderr.drain()
+        process.channel.write_eof()
 
 
 async def _before_close(step: asyncio.Future[Any], closed: asyncio.Future[None]) -> bool:
@@ -448,25 +863,38 @@ async def _before_close(step: asyncio.Future[Any], closed: asyncio.Future[None])
     return False
 
 
+def _session_kind(process: _SessionProcess) -> str:
+    if process.subsystem is not None:
+        return process.subsystem
+    return "shell" if process.command is None else "exec"
+
+
 async def _run_session(process: asyncssh.SSHServerProcess[bytes]) -> None:
     """asyncssh's process factory: one session channel, from request to exit status."""
-    conn = process.get_extra_info("connection")
-    server = conn.get_owner() if conn is not None else None
-    if not isinstance(server, _NodeServer) or server.grant is None:
+    assert isinstance(process, _SessionProcess)
+    server = process.server
+    grant = server.grant
+    if grant is None:
         process.exit(255)  # cannot happen: sessions open only after authentication
         return
-    grant = server.grant
-    if process.subsystem is not None:
-        process.stderr.write(f"tether: subsystem {process.subsystem!r} is not supported\n".encode())
+    if process.subsystem not in (None, "sftp"):
+        reason = f"subsystem {process.subsystem!r} is not supported"
+        server.deny(reason)
+        process.tell(f"tether: {reason}\n")
         process.exit(1)
         return
     session = asyncio.current_task()
     assert session is not None
     server.sessions.add(session)
+    server.settings.sessions.add(session)
+    fields = {**server.who(), "kind": _session_kind(process), "command": process.command}
+    server.settings.emit("ssh.session.start", fields)
+    exit_status: int | None = None
+    exit_signal: str | None = None
     proc: asyncio.subprocess.Process | None = None
     closed = asyncio.ensure_future(process.channel.wait_closed())
     try:
-        proc = await _start_process(grant, process)
+        proc = await _start_process(grant, server, process)
         # All output forwarded (EOF on the child's pipes or terminal), then the exit status;
         # unless the client goes away first, which hangs the session up.
         drained = asyncio.ensure_future(_drain(process))
@@ -484,66 +912,287 @@ async def _run_session(process: asyncssh.SSHServerProcess[bytes]) -> None:
             server.node_name,
             proc.returncode,
         )
+    except _NoSFTPServer:
+        log.warning("ssh: sftp requested on %s, which has no sftp-server", server.node_name)
+        process.tell(
+            f"tether: node {server.node_name!r} has no sftp-server (looked in "
+            f"{', '.join(_SFTP_SERVER_PATHS)}); install OpenSSH's sftp-server there\n"
+        )
+        process.exit(1)
+        exit_status = 1
     except OSError as exc:
         log.warning("ssh: cannot start a session as %s: %s", grant.login, exc)
-        process.stderr.write(f"tether: cannot start a session as {grant.login}: {exc}\n".encode())
+        process.tell(f"tether: cannot start a session as {grant.login}: {exc}\n")
         process.exit(1)
+        exit_status = 1
     finally:
         if proc is not None:
-            if proc.stdin is not None:
-                proc.stdin.close()
             if proc.returncode is None:  # the server is stopping: no orphans, no zombies
                 _hang_up(proc.pid)
                 with contextlib.suppress(ProcessLookupError):
                     await _reap(proc)
+            if proc.returncode is not None:
+                exit_status, exit_signal = _exit_of(proc.returncode)
         # asyncssh finishes its redirections (flushes the child's stdin) in wait_closed.
         with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
             await asyncio.wait_for(process.wait_closed(), _HANGUP_GRACE_SECONDS)
         closed.cancel()
         server.sessions.discard(session)
+        server.settings.sessions.discard(session)
+        server.settings.emit(
+            "ssh.session.end",
+            {
+                **fields,
+                "bytes_in": process.bytes_in,
+                "bytes_out": process.bytes_out,
+                "exit_status": exit_status,
+                "exit_signal": exit_signal,
+            },
+        )
 
 
-def _asyncssh_host_key(node: NodeIdentity) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
-    key = asyncssh.import_private_key(pki.private_key_to_openssh(node.host_key))
-    cert = asyncssh.import_certificate(node.host_cert)
-    return key, cert
+async def _close_connections(servers: Iterable[_NodeServer]) -> None:
+    """Close connections and wait for their sessions to hang up and reap their processes."""
+    servers = list(servers)
+    for server in servers:
+        server.close()
+    for server in servers:
+        await server.wait_closed()
+    # Waiting here lets sessions finish while the loop still runs, instead of being cancelled
+    # by its exit.
+    sessions = {task for server in servers for task in server.sessions}
+    if sessions:
+        await asyncio.wait(sessions, timeout=2 * _HANGUP_GRACE_SECONDS)
 
 
-async def _listen(host: str, port: int, settings: _Settings) -> asyncssh.SSHAcceptor:
-    key, cert = _asyncssh_host_key(settings.node)
+async def _listen(
+    host: str, port: int, settings: _Settings, registry: set[_NodeServer]
+) -> asyncssh.SSHAcceptor:
     return await asyncssh.listen(
         host,
         port,
         reuse_address=True,
-        server_factory=lambda: _NodeServer(settings),
-        server_host_keys=[key],
-        server_host_certs=[cert],
-        process_factory=_run_session,
-        encoding=None,
-        line_editor=False,
-        public_key_auth=True,
-        password_auth=False,
-        kbdint_auth=False,
-        host_based_auth=False,
-        gss_host=None,
-        agent_forwarding=False,
-        x11_forwarding=False,
-        allow_scp=False,
+        server_factory=lambda: _NodeServer(settings, registry=registry),
+        **_server_options(settings),
     )
 
 
-async def _shutdown(acceptor: asyncssh.SSHAcceptor, settings: _Settings) -> None:
+async def _stop_listening(acceptor: asyncssh.SSHAcceptor, registry: set[_NodeServer]) -> None:
     acceptor.close()
     await acceptor.wait_closed()
-    connections = list(settings.connections)
-    for conn in connections:
-        conn.close()
-    for conn in connections:
+    await _close_connections(registry)
+
+
+async def _serve_socket(settings: _Settings, sock: socket.socket, peer: str) -> None:
+    """One SSH connection on an already connected socket, until it closes."""
+    server = _NodeServer(settings, peer=peer)
+    try:
+        conn = await asyncssh.run_server(
+            sock, server_factory=lambda: server, **_server_options(settings)
+        )
+    except (asyncssh.Error, OSError) as exc:  # refused login, or the client left before it
+        log.debug("ssh: connection from %s ended before login: %s", peer, exc)
+        return
+    try:
         await conn.wait_closed()
-    # Sessions see their channels close, hang up their processes and reap them; waiting
-    # here lets them finish while the loop still runs, instead of being cancelled by its exit.
-    if settings.sessions:
-        await asyncio.wait(set(settings.sessions), timeout=2 * _HANGUP_GRACE_SECONDS)
+    finally:
+        await _close_connections([server])
+
+
+async def _copy_to_ssh(stream: trio.abc.ReceiveStream, ssh: trio.SocketStream) -> None:
+    """Client bytes into asyncssh; the client's end, orderly or not, is asyncssh's EOF."""
+    try:
+        while data := await stream.receive_some(_COPY_SIZE):
+            await ssh.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await ssh.send_eof()
+
+
+async def _copy_from_ssh(
+    ssh: trio.SocketStream, stream: trio.abc.SendStream, drained: trio.Event
+) -> None:
+    """asyncssh's bytes to the client, then EOF; if the client is gone, asyncssh learns it."""
+    try:
+        while data := await ssh.receive_some(_COPY_SIZE):
+            await stream.send_all(data)
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        with contextlib.suppress(OSError):
+            ssh.socket.shutdown(socket.SHUT_RDWR)
+    finally:
+        drained.set()
+
+
+class SSHServer:
+    """One node's SSH service: TCP listeners and tunnelled connections share its settings.
+
+    Made by :func:`open_ssh_server`; its methods are trio-flavoured and may be called from any
+    task that ends before the server's ``async with`` block does.
+    """
+
+    def __init__(self, settings: _Settings, loop: Any) -> None:
+        self._settings = settings
+        self._loop = loop
+        self._acceptors: set[asyncssh.SSHAcceptor] = set()
+        self._closed = False
+
+    async def _aio(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run an asyncio coroutine on this server's loop, whichever trio task asks."""
+        result: T = await self._loop.run_aio_coroutine(coro)
+        return result
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the SSH server is closed")
+
+    async def listen(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve SSH on *host*:*port* until cancelled; ``task_status.started(bound_port)``.
+
+        *port* 0 picks a free port. On cancellation the listener closes, and the connections
+        it accepted are closed and their sessions' processes hung up.
+        """
+        self._check_open()
+        registry: set[_NodeServer] = set()
+        acceptor = await self._aio(_listen(host, port, self._settings, registry))
+        self._acceptors.add(acceptor)
+        try:
+            bound = acceptor.get_port()
+            log.info("ssh: node %s listening on %s:%d", self._settings.node.node_name, host, bound)
+            task_status.started(bound)
+            await trio.sleep_forever()
+        finally:
+            self._acceptors.discard(acceptor)
+            if not self._closed:  # else the server's own shutdown closed it already
+                with trio.CancelScope(shield=True), trio.move_on_after(4 * _HANGUP_GRACE_SECONDS):
+                    await self._aio(_stop_listening(acceptor, registry))
+
+    async def serve_stream(self, stream: trio.abc.Stream, *, peer: str) -> None:
+        """Serve one SSH connection carried by *stream* until it ends; then close *stream*.
+
+        For connections that arrive without a listener (a node's reverse tunnel). *peer* is the
+        client as ``host:port``, for logs, audit events and the session's ``SSH_CLIENT``.
+        asyncssh needs a socket, so a socketpair bridges: asyncssh owns one end, trio copies
+        between the other and *stream* in both directions. The connection ends when asyncssh
+        closes it, or when the client's side ends (asyncssh sees EOF); cancellation closes it
+        and hangs its sessions up.
+        """
+        self._check_open()
+        ours, theirs = socket.socketpair()
+        try:
+            for sock in (ours, theirs):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _COPY_SIZE)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _COPY_SIZE)
+            theirs.setblocking(False)
+            trio_sock = trio.socket.from_stdlib_socket(ours)
+            ssh = trio.SocketStream(trio_sock)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            async with trio.open_nursery() as nursery:
+                drained = trio.Event()
+                nursery.start_soon(_copy_to_ssh, stream, ssh)
+                nursery.start_soon(_copy_from_ssh, ssh, stream, drained)
+                await self._aio(_serve_socket(self._settings, theirs, peer))
+                # asyncssh is done; its last bytes (a disconnect message) still go out.
+                with trio.move_on_after(_HANGUP_GRACE_SECONDS):
+                    await drained.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            # Synchronous closes first: in a cancelled scope the await below raises Cancelled.
+            theirs.close()  # asyncio closed it with its transport; this covers a failed start
+            trio_sock.close()
+            await trio.aclose_forcefully(stream)
+
+    def update(
+        self, *, node: NodeIdentity | None = None, authorizer: Authorizer | None = None
+    ) -> None:
+        """Use a new node identity (renewed host certificate, changed labels) or authorizer.
+
+        Both apply to connections that start from now on; open connections keep what they
+        logged in with. A :class:`RoleSetAuthorizer` carries the node's labels, so changed
+        labels usually come with a new authorizer.
+        """
+        if node is not None:
+            self._settings.node = node
+            self._settings.host_keys = _host_key_options(node)
+            for acceptor in self._acceptors:
+                acceptor.update(**self._settings.host_keys)
+        if authorizer is not None:
+            self._settings.authorizer = authorizer
+
+    def statistics(self) -> SSHServerStatistics:
+        """Counts of open listeners, connections and running sessions."""
+        return SSHServerStatistics(
+            listeners=len(self._acceptors),
+            connections=len(self._settings.live),
+            sessions=len(self._settings.sessions),
+        )
+
+    async def _shutdown(self) -> None:
+        """Stop everything: listeners, connections, and (waited for) their sessions."""
+        self._closed = True
+        acceptors = list(self._acceptors)
+        self._acceptors.clear()
+        settings = self._settings
+
+        async def shutdown() -> None:
+            for acceptor in acceptors:
+                acceptor.close()
+            for acceptor in acceptors:
+                await acceptor.wait_closed()
+            await _close_connections(settings.live)
+            if settings.sessions:  # sessions of connections lost earlier, still hanging up
+                await asyncio.wait(set(settings.sessions), timeout=2 * _HANGUP_GRACE_SECONDS)
+
+        await self._aio(shutdown())
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Log an asyncio error nobody awaited (a failed callback, an unclosed transport).
+
+    trio_asyncio's default handler raises it into the loop, which would end every connection
+    and session on the node for one connection's fault.
+    """
+    exc = context.get("exception")
+    log.error(
+        "ssh: unexpected error in the event loop: %s",
+        context.get("message") or "no message",
+        exc_info=exc if isinstance(exc, BaseException) else None,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_ssh_server(
+    *,
+    node: NodeIdentity,
+    trusted_user_cas: TrustedUserCAs | Callable[[], TrustedUserCAs],
+    authorizer: Authorizer,
+    audit: AuditSink | None = None,
+) -> AsyncIterator[SSHServer]:
+    """Open a node's SSH server (and the asyncio loop it runs in) for the block's duration.
+
+    Only Tether user certificates signed by *trusted_user_cas* (see :data:`TrustedUserCAs`) and
+    allowed by *authorizer* log in; *audit* receives ``ssh.*`` events. Leaving the block closes
+    every listener and connection and hangs up every session's processes.
+    """
+    settings = _Settings(
+        node=node, trusted_user_cas=trusted_user_cas, authorizer=authorizer, audit=audit
+    )
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_loop_error)
+        server = SSHServer(settings, loop)
+        try:
+            yield server
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(4 * _HANGUP_GRACE_SECONDS):
+                await server._shutdown()
 
 
 async def serve_ssh(
@@ -553,22 +1202,16 @@ async def serve_ssh(
     node: NodeIdentity,
     trusted_user_cas: TrustedUserCAs | Callable[[], TrustedUserCAs],
     authorizer: Authorizer,
+    audit: AuditSink | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve SSH on *host*:*port* until cancelled; ``task_status.started(bound_port)``.
 
-    *port* 0 picks a free port. Only Tether user certificates signed by *trusted_user_cas*
-    (see :data:`TrustedUserCAs`) and allowed by *authorizer* log in. On cancellation the
-    listener closes, open connections are closed and their sessions' processes hung up.
+    The one-listener form of :func:`open_ssh_server` and :meth:`SSHServer.listen`. On
+    cancellation the listener closes, open connections are closed and their sessions'
+    processes hung up.
     """
-    settings = _Settings(node=node, trusted_user_cas=trusted_user_cas, authorizer=authorizer)
-    async with trio_asyncio.open_loop():
-        acceptor = await trio_asyncio.aio_as_trio(_listen)(host, port, settings)
-        try:
-            bound = acceptor.get_port()
-            log.info("ssh: node %s listening on %s:%d", node.node_name, host, bound)
-            task_status.started(bound)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(4 * _HANGUP_GRACE_SECONDS):
-                await trio_asyncio.aio_as_trio(_shutdown)(acceptor, settings)
+    async with open_ssh_server(
+        node=node, trusted_user_cas=trusted_user_cas, authorizer=authorizer, audit=audit
+    ) as server:
+        await server.listen(host, port, task_status=task_status)
