@@ -1,13 +1,41 @@
-"""SSH access for Tether: the node's SSH server, authenticating users by Tether certificates.
+"""SSH access for Tether: the node's SSH server, the proxy's front door and the client.
 
-The SSH protocol comes from asyncssh, an asyncio library; it runs inside ``trio_asyncio`` and
-nothing outside :mod:`tether_ssh.server` sees asyncio. The kernel decides who may log in
-(:func:`tether.pki.verify_ssh_user_cert`, then RBAC through an :class:`Authorizer`); this
-plugin only asks.
+The SSH protocol comes from asyncssh, an asyncio library; it runs inside ``trio_asyncio`` at
+this plugin's boundary (:mod:`tether_ssh.server`, :mod:`tether_ssh.client`) and nothing else
+sees asyncio. The kernel decides who may log in (:func:`tether.pki.verify_ssh_user_cert`, then
+RBAC through an :class:`Authorizer`); this plugin only asks. Modules: ``server`` (the node's
+SSH server), ``node`` (the node service), ``frontdoor`` (ALPN ``tether-ssh/1`` on the proxy),
+``inventory`` (the ``node`` kind), ``client`` and ``cli`` (``tether ssh``, ``ls``, ``scp``,
+``config``, ``proxy ssh``).
 """
 
 from __future__ import annotations
 
-from tether_ssh.server import Authorizer, NodeIdentity, RoleSetAuthorizer, serve_ssh
+from tether_ssh.client import ClientCredentials, LocalForward, copy_files, run_command
+from tether_ssh.server import (
+    AuditSink,
+    Authorizer,
+    NodeIdentity,
+    Permissions,
+    RoleSetAuthorizer,
+    SSHServer,
+    SSHServerStatistics,
+    open_ssh_server,
+    serve_ssh,
+)
 
-__all__ = ["Authorizer", "NodeIdentity", "RoleSetAuthorizer", "serve_ssh"]
+__all__ = [
+    "AuditSink",
+    "Authorizer",
+    "ClientCredentials",
+    "LocalForward",
+    "NodeIdentity",
+    "Permissions",
+    "RoleSetAuthorizer",
+    "SSHServer",
+    "SSHServerStatistics",
+    "copy_files",
+    "open_ssh_server",
+    "run_command",
+    "serve_ssh",
+]
