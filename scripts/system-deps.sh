@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Install the system tools the tests (and, with --bench, the benchmarks) run for real:
-# the OpenSSH client and ssh-keygen, openssl; sshd for benchmarks. Only what is missing is
+# the OpenSSH client (ssh, scp, sftp, ssh-keygen, ssh-agent), openssl, the sftp-server that
+# nodes start for SFTP sessions, useradd for the tests' OS accounts; sshd for benchmarks. Only what is missing is
 # installed, and only where we may (root with apt-get, as in CI); elsewhere it says what to
 # install and the tests that need a missing tool fail with that name.
 set -euo pipefail
 need=()
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v useradd >/dev/null 2>&1 || need+=(passwd)
+sftp_server=no
+for path in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server; do
+  [[ -x $path ]] && sftp_server=yes
+done
+[[ $sftp_server == yes ]] || need+=(openssh-sftp-server)
 if [[ "${1:-}" == "--bench" ]]; then
   command -v sshd >/dev/null 2>&1 || [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
 fi
