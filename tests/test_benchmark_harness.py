@@ -8,9 +8,12 @@ Tether's figures null (its tunnel does not exist yet) rather than failing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import pathlib
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -124,3 +127,74 @@ def test_tether_leg_carries_the_load_generator_through_a_real_tunnel() -> None:
         result = loadgen.measure(entry, sink, streams=2, bytes_per_stream=4 * MIB, timeout=30.0)
     assert result.total_bytes == 8 * MIB
     assert result.mb_s > 0
+
+
+ss = load("ssh_session")
+SSH_LEGS = {"tether_tunnel", "tether_auth", "openssh_jump", "openssh_direct"}
+
+
+def test_ssh_session_run_times_every_leg_and_writes_the_schema(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the sites are stubbed with local shells (no sshd, no cluster) to keep the suite fast;
+    # the timing, the byte feed, the integrity check and the report are the real ones
+    @contextlib.contextmanager
+    def local_site(*names: str) -> Iterator[dict[str, object]]:
+        yield {name: ss.Remote(("sh", "-c"), dict(os.environ)) for name in names}
+
+    monkeypatch.setattr(ss.openssh, "ensure_openssh", lambda: "/usr/sbin/sshd")
+    monkeypatch.setattr(ss, "openssh_site", lambda sshd: local_site(*ss.OPENSSH_LEGS))
+    monkeypatch.setattr(ss, "tether_site", lambda: local_site(*ss.TETHER_LEGS))
+    out = tmp_path / "ss.json"
+    results_dir = tmp_path / "results"
+    argv = ["--json", str(out), "--runs", "2", "--size-mb", "1", "--repeat", "2"]
+    assert ss.main([*argv, "--results-dir", str(results_dir)]) == 0
+
+    report = json.loads(out.read_text())
+    assert set(report["bulk_mb_s"]) == SSH_LEGS
+    assert set(report["setup_seconds"]) == SSH_LEGS | set(ss.REFERENCE_LEGS)
+    for leg, figures in report["setup_seconds"].items():
+        assert len(report["setup_samples"][leg]) == 2
+        assert 0 < figures["median"] <= figures["p90"]
+    for leg in SSH_LEGS:
+        assert report["bulk_verify"][leg]["bytes_received"] == str(MIB)
+        assert len(report["bulk_samples"][leg]) == 2
+        assert report["bulk_mb_s"][leg] > 0
+        assert report["bulk_ratio_vs_openssh_jump"][leg] > 0
+    assert report["bulk_ratio_vs_openssh_jump"]["openssh_jump"] == 1.0
+    assert set(report["setup_breakdown_seconds"]["tether_tunnel"]) >= {
+        "python_startup",
+        "tether_imports_and_plugins",
+        "session_rest",
+    }
+    assert not report["failures"] and not report["missing"]
+    assert {"cpu_model", "cores", "memory_bytes", "kernel", "openssh", "date"} <= set(
+        report["machine"]
+    )
+    dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
+    assert len(dated) == 1
+    assert dated[0] in (results_dir / "README.md").read_text()
+    assert "tether_tunnel" in ss.table(report)
+
+
+def test_ssh_session_reports_a_site_that_cannot_start_instead_of_failing_silently(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_openssh() -> str:
+        raise ss.openssh.Unavailable("not in the test suite")
+
+    def broken_cluster() -> object:
+        raise AssertionError("tetherd for main exited 1")
+
+    monkeypatch.setattr(ss.openssh, "ensure_openssh", no_openssh)
+    monkeypatch.setattr(ss, "tether_site", broken_cluster)
+    out = tmp_path / "ss.json"
+    argv = ["--json", str(out), "--runs", "1", "--size-mb", "1"]
+    assert ss.main([*argv, "--results-dir", str(tmp_path / "results")]) == 1
+
+    report = json.loads(out.read_text())
+    assert report["bulk_mb_s"] == dict.fromkeys(SSH_LEGS)
+    assert report["missing"]["openssh_jump"] == "not in the test suite"
+    assert "tetherd for main exited 1" in report["missing"]["tether_tunnel"]
+    assert report["setup_seconds"]["python_startup"]["median"] > 0
+    assert "n/a" in ss.table(report)
