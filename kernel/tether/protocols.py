@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from tether import pki
-from tether.auth.api import FORWARDED_CERT_HEADER
+from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.errors import AccessDenied, PluginError
 from tether.tlsserver import peer_certificate_der
 

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE
+from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, LoginResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
 from tether.resources import resource_from_dict, resource_to_dict
@@ -38,7 +39,6 @@ from tether.wire import (
 
 __all__ = ["FORWARDED_CERT_HEADER", "build_app", "login_result_to_json", "token_to_json"]
 
-FORWARDED_CERT_HEADER = "tether-forwarded-cert"
 
 
 def token_to_json(info: TokenInfo) -> dict[str, Any]:

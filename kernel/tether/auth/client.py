@@ -23,7 +23,11 @@ from tether.datadir import admin_identity_paths, read_process_info
 from tether.errors import TetherError
 from tether.httpclient import request_json
 
-__all__ = ["AuthClient", "admin_client"]
+__all__ = ["FORWARDED_CERT_HEADER", "AuthClient", "admin_client"]
+
+#: The header in which a proxy passes on its caller's certificate (DER, base64) so that auth
+#: acts as that caller (see :mod:`tether.auth.api`).
+FORWARDED_CERT_HEADER = "tether-forwarded-cert"
 
 
 class AuthClient:

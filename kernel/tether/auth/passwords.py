@@ -7,6 +7,7 @@ so neither the message nor the lockout tells an attacker which user names are re
 
 from __future__ import annotations
 
+import functools
 import json
 
 from argon2 import PasswordHasher
@@ -18,9 +19,16 @@ MIN_PASSWORD_LENGTH = 8
 
 _hasher = PasswordHasher()
 
-# A hash of a random password, checked when the user does not exist so that both paths cost
-# the same time.
-_DUMMY_HASH = _hasher.hash("tether-no-such-user-dummy-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash checked when the user does not exist, so that both paths cost the same time.
+
+    Made on first use, not at import: hashing costs ~150 ms, and every command-line program
+    imports this module through the builtin ``local`` connector.
+    """
+    return _hasher.hash("tether-no-such-user-dummy-password")
 
 
 def check_password_strength(password: str) -> None:
@@ -37,7 +45,7 @@ def hash_password(password: str) -> str:
 def verify_password(stored_hash: str | None, password: str) -> bool:
     """True when ``password`` matches; a missing hash still spends the time of a check."""
     try:
-        return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+        return _hasher.verify(stored_hash or _dummy_hash(), password) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

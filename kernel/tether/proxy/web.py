@@ -19,8 +19,7 @@ from starlette.routing import Route
 import tether
 from tether import pki
 from tether.asgi import PEER_CERT_STATE
-from tether.auth.api import FORWARDED_CERT_HEADER
-from tether.auth.client import AuthClient
+from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
 from tether.errors import AccessDenied
 from tether.wire import (
     exception_handlers,

@@ -11,18 +11,22 @@ SSH server), ``node`` (the node service), ``frontdoor`` (ALPN ``tether-ssh/1`` o
 
 from __future__ import annotations
 
-from tether_ssh.client import ClientCredentials, LocalForward, copy_files, run_command
-from tether_ssh.server import (
-    AuditSink,
-    Authorizer,
-    NodeIdentity,
-    Permissions,
-    RoleSetAuthorizer,
-    SSHServer,
-    SSHServerStatistics,
-    open_ssh_server,
-    serve_ssh,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tether_ssh.client import ClientCredentials, LocalForward, copy_files, run_command
+    from tether_ssh.server import (
+        AuditSink,
+        Authorizer,
+        NodeIdentity,
+        Permissions,
+        RoleSetAuthorizer,
+        SSHServer,
+        SSHServerStatistics,
+        open_ssh_server,
+        serve_ssh,
+    )
 
 __all__ = [
     "AuditSink",
@@ -39,3 +43,16 @@ __all__ = [
     "run_command",
     "serve_ssh",
 ]
+
+_CLIENT_NAMES = {"ClientCredentials", "LocalForward", "copy_files", "run_command"}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: every tether, tetherctl and tetherd start loads this package as a
+    # plugin, and asyncssh alone costs a tenth of a second that most commands never need.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(
+        "tether_ssh.client" if name in _CLIENT_NAMES else "tether_ssh.server"
+    )
+    return getattr(module, name)

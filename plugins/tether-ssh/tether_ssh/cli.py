@@ -16,7 +16,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
@@ -28,9 +28,11 @@ from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ss
 from tether.errors import AccessDenied, NotFound, TetherError
 from tether.resources import KindRegistry, resource_from_dict
 from tether.tunnel.forward import splice
-from tether_ssh.client import ClientCredentials, copy_files, parse_local_forward, run_command
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN, open_node_stream
 from tether_ssh.inventory import NODE, describe_addr
+
+if TYPE_CHECKING:
+    from tether_ssh.client import ClientCredentials
 
 __all__ = ["add_commands"]
 
@@ -274,6 +276,8 @@ def config_command() -> None:
 
 
 def _credentials(profile: Profile) -> ClientCredentials:
+    from tether_ssh.client import ClientCredentials
+
     return ClientCredentials(
         private_key=pki.load_private_key(profile.tls_key_file.read_bytes()),
         ssh_cert=profile.ssh_cert_file.read_text().strip(),
@@ -323,6 +327,9 @@ def ssh(
     NODE is a host name, a host id, an address, or labels (env=prod) that select one node.
     The exit status is the remote command's, or 255 when the connection failed.
     """
+    # asyncssh is imported by the commands that speak SSH only, not by every `tether` run
+    from tether_ssh.client import parse_local_forward, run_command
+
     try:
         local_forwards = [parse_local_forward(spec) for spec in forwards]
     except ValueError as exc:
@@ -376,6 +383,8 @@ def ssh(
 @run_async
 async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Sequence[str]) -> None:
     """Copy files to or from nodes: tether scp SRC... DEST, remote as [LOGIN@]NODE:PATH."""
+    from tether_ssh.client import copy_files
+
     if len(paths) < 2:
         raise click.UsageError("give at least one source and a destination")
     profile = _profile()

@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import tether
-from tether_ssh.frontdoor import protocol_handler
 from tether_ssh.inventory import NODE
-from tether_ssh.node import node_services
 
 if TYPE_CHECKING:
     import click
@@ -38,12 +36,16 @@ def tether_resource_kinds() -> list[ResourceKind]:
 @tether.hookimpl
 def tether_protocols() -> list[ProtocolHandler]:
     """The SSH front door on the proxy's public port."""
+    from tether_ssh.frontdoor import protocol_handler  # the proxy's side: only in tetherd
+
     return [protocol_handler()]
 
 
 @tether.hookimpl
 def tether_services(ctx: ServiceContext) -> list[Service]:
     """The node service, when this daemon runs one (``ssh_service.enabled``)."""
+    from tether_ssh.node import node_services  # asyncssh and the server: only in tetherd
+
     return node_services(ctx)
 
 
