@@ -20,7 +20,6 @@ MIN_PASSWORD_LENGTH = 8
 _hasher = PasswordHasher()
 
 
-
 @functools.cache
 def _dummy_hash() -> str:
     """A hash checked when the user does not exist, so that both paths cost the same time.

@@ -94,7 +94,6 @@ class ControlChannel:
                 return None
             self._buffer += data
 
-
     def take_buffered(self) -> bytes:
         """Bytes received after the last message: they belong to what follows the exchange on
         this stream (a front door passes them on before splicing). Use the channel no more."""

@@ -15,6 +15,7 @@ import pathlib
 import pwd
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -380,6 +381,56 @@ def test_openssh_scp_and_sftp_work_with_tether_config(
     )
     assert "notes.txt" in listing.stdout
     remote.unlink()
+
+
+# --- the front door survives bad input --------------------------------------------------------
+
+
+def _front_door(site: Site, user: str, payload: bytes, *, client_cert: bool = True) -> bytes:
+    from tether.client.profile import current_profile, profile_ssl_context
+
+    profile = current_profile(site.cluster.user_home(user))
+    assert profile is not None
+    context = profile_ssl_context(profile, client_cert=client_cert, alpn=["tether-ssh/1"])
+    host, port = site.cluster.proxy_addr.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "tether-ssh/1"
+        tls.sendall(payload)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "control message is not JSON"),
+        (b'{"type": "dial"}\n', "the dial request needs a non-empty string 'cluster'"),
+        (b'{"type": "dial", "cluster": "main", "node": "x", "port": -1}\n', "port must be"),
+        (b'{"type": "hello"}\n', "expected a dial request, got 'hello'"),
+        (b'{"type": "dial", "cluster": "elsewhere", "node": "x"}\n', "cluster 'elsewhere'"),
+    ],
+)
+def test_front_door_answers_malformed_requests_with_an_error(
+    site: Site, payload: bytes, message: str
+) -> None:
+    answer = json.loads(_front_door(site, "alice", payload))
+    assert answer["type"] == "error"
+    assert message in answer["error"]["message"]
+    assert site.ssh("alice", f"{LOGIN}@auth-node.main", "true").returncode == 0
+
+
+def test_front_door_requires_a_client_certificate(site: Site) -> None:
+    request = b'{"type": "dial", "cluster": "main", "node": "auth-node"}\n'
+    answer = json.loads(_front_door(site, "alice", request, client_cert=False))
+    assert answer["error"]["message"] == "a client certificate is required"
 
 
 # --- last: it stops a node ------------------------------------------------------------------
