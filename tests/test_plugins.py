@@ -28,7 +28,7 @@ from tether.plugins import AUTOLOAD_ENV, TetherPluginManager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.yamlio import dump_yaml
 
-BUILTINS = ("core-kinds", "sqlite", "jsonl-audit", "local")
+BUILTINS = ("core-kinds", "sqlite", "jsonl-audit", "local", "role-maps")
 HOOKTEST_HOOKS = (
     "tether_audit_event",
     "tether_audit_search",
@@ -36,6 +36,7 @@ HOOKTEST_HOOKS = (
     "tether_cli_commands",
     "tether_configure",
     "tether_identity_connectors",
+    "tether_map_role",
     "tether_protocols",
     "tether_resource_kinds",
     "tether_services",
@@ -72,6 +73,7 @@ def test_operator_lists_loaded_plugins_with_their_distribution() -> None:
     assert rows["sqlite"][2] == "tether_backends"
     assert rows["jsonl-audit"][2] == "tether_audit_event, tether_audit_search, tether_configure"
     assert rows["local"][2] == "tether_identity_connectors"
+    assert rows["role-maps"][2] == "tether_map_role"
     assert rows["hooktest"] == ["tether-hooktest", "0.0.1", ", ".join(HOOKTEST_HOOKS)]
 
 

@@ -41,6 +41,7 @@ from tether.resources import (
     resource_to_bytes,
     resource_to_dict,
 )
+from tether.trust import REMOTE_CLUSTER, TRUSTED_CLUSTER
 
 UTC = datetime.UTC
 
@@ -346,7 +347,7 @@ def test_logins_written_as_a_string_names_file_line_document_and_field(
             ("kind: role", "kind: rol"),
             "x.yaml:1: document 1 (rol 'visitor'): kind: unknown "
             "resource kind 'rol' (did you mean role?); known kinds: "
-            "cert_authority, role, token, user",
+            "cert_authority, remote_cluster, role, token, trusted_cluster, user",
         ),
         (("kind: role\n", ""), "document 1 ('visitor'): kind: required field missing"),
         (
@@ -570,14 +571,28 @@ def test_secrets_are_hidden_unless_asked_for_and_always_stored() -> None:
 
 def test_core_kinds_builtin_is_a_default_plugin() -> None:
     assert ("core-kinds", "tether.builtins.core_kinds") in DEFAULT_PLUGINS
-    assert core_kinds.tether_resource_kinds() == [USER, ROLE, TOKEN, CERT_AUTHORITY]
+    assert core_kinds.tether_resource_kinds() == [
+        USER,
+        ROLE,
+        TOKEN,
+        CERT_AUTHORITY,
+        TRUSTED_CLUSTER,
+        REMOTE_CLUSTER,
+    ]
 
 
 def test_kinds_are_found_by_name_or_alias(registry: KindRegistry) -> None:
     assert registry.get("roles") is ROLE
     assert registry.get("Role") is ROLE
     assert registry.get("ca") is CERT_AUTHORITY
-    assert [k.name for k in registry.kinds()] == ["cert_authority", "role", "token", "user"]
+    assert [k.name for k in registry.kinds()] == [
+        "cert_authority",
+        "remote_cluster",
+        "role",
+        "token",
+        "trusted_cluster",
+        "user",
+    ]
     assert "users" in registry and "nodes" not in registry
 
 
@@ -586,7 +601,7 @@ def test_unknown_kind_suggests_the_closest(registry: KindRegistry) -> None:
         registry.get("rol")
     assert str(info.value) == (
         "unknown resource kind 'rol' (did you mean role?); known kinds: "
-        "cert_authority, role, token, user"
+        "cert_authority, remote_cluster, role, token, trusted_cluster, user"
     )
     with pytest.raises(ResourceError, match=r"^unknown resource kind 'zzz'; known kinds"):
         registry.get("zzz")

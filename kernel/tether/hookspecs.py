@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
     from tether.services import Service, ServiceContext
+    from tether.trust import RoleMapRule
 
 hookspec = pluggy.HookspecMarker("tether")
 hookimpl = pluggy.HookimplMarker("tether")
@@ -144,4 +145,32 @@ def tether_audit_search(query: AuditQuery) -> Awaitable[list[AuditEvent]] | list
     returns it directly: a coroutine is not None, even one that would return None.
 
     :param query: event type, time range and limit.
+    """
+
+
+@hookspec(firstresult=True)
+def tether_map_role(rule: RoleMapRule, remote_role: str, cluster: str) -> list[str] | None:
+    """Return the local roles ``rule`` maps ``remote_role`` to: be a role-map strategy.
+
+    Called by a leaf through :func:`tether.trust.map_roles`, once per rule of a trusted
+    cluster's ``spec.role_map`` and per role a root user holds; the local roles of every rule
+    that maps one of the user's roles are what the user gets on the leaf. Stops at first
+    non-None result. Later-registered plugins are called first, so an installed strategy sees
+    each rule before the builtin ``role-maps`` (exact names, ``*`` globs, ``^...$`` re2
+    expressions with ``$1``..``$9``), which answers for every pattern.
+
+    Return None when the pattern is not in your syntax: the next strategy reads it. When it is,
+    return a list: the local roles (expand ``$n`` with :func:`tether.trust.expand_groups`), or
+    ``[]`` when ``remote_role`` does not match. ``[]`` is an answer and stops the search, so no
+    later strategy reads your pattern as something else (to the builtin, ``prefix:dev`` is an
+    exact role name); return None for a non-match only to let another strategy try the same
+    pattern. Empty names in the list are dropped. An exception is not caught: it propagates
+    from ``map_roles``, refusing the mapping rather than guessing. Must not block; return the
+    list itself, not an awaitable.
+
+    :param rule: one rule, already validated by :func:`tether.trust.parse_role_map`: patterns
+        of the form ``^...$`` compile with re2, others arrive as written. ``rule.remote`` is the
+        pattern, ``rule.local`` the local roles or templates, in order.
+    :param remote_role: one role of the user in the root cluster.
+    :param cluster: the root cluster the user comes from (the trusted_cluster's name).
     """

@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("sqlite", "tether.builtins.sqlite_backend"),
     ("jsonl-audit", "tether.builtins.jsonl_audit"),
     ("local", "tether.builtins.local_users"),
+    ("role-maps", "tether.builtins.role_maps"),
 )
 
 T = TypeVar("T")

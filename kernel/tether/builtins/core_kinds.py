@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from tether.hookspecs import hookimpl
 from tether.resources import CERT_AUTHORITY, ROLE, TOKEN, USER, ResourceKind
+from tether.trust import REMOTE_CLUSTER, TRUSTED_CLUSTER
 
 __all__ = ["tether_resource_kinds"]
 
 
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
-    """Return role, user, token and cert_authority."""
-    return [USER, ROLE, TOKEN, CERT_AUTHORITY]
+    """Return user, role, token, cert_authority, trusted_cluster and remote_cluster."""
+    return [USER, ROLE, TOKEN, CERT_AUTHORITY, TRUSTED_CLUSTER, REMOTE_CLUSTER]

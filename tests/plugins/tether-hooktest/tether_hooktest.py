@@ -27,6 +27,7 @@ from tether.hookspecs import hookimpl
 from tether.protocols import ProtocolHandler, ProxyConnection
 from tether.resources import ResourceKind
 from tether.services import Service, ServiceContext
+from tether.trust import RoleMapRule
 
 LOG_ENV = "TETHER_HOOKTEST_LOG"
 
@@ -165,6 +166,20 @@ def tether_audit_event(event: AuditEvent) -> None:
 def tether_audit_search(query: AuditQuery) -> None:
     record("tether_audit_search", type=query.type)
     return None  # let the builtin JSON-lines sink answer
+
+
+#: Role-map patterns hooktest reads: ``hooktest:<role>`` maps exactly that root role.
+MAP_PREFIX = "hooktest:"
+
+
+@hookimpl
+def tether_map_role(rule: RoleMapRule, remote_role: str, cluster: str) -> list[str] | None:
+    if not _active():
+        return None
+    record("tether_map_role", remote=rule.remote, role=remote_role, cluster=cluster)
+    if not rule.remote.startswith(MAP_PREFIX):
+        return None  # not hooktest's syntax: let the builtin role-maps answer
+    return list(rule.local) if remote_role == rule.remote.removeprefix(MAP_PREFIX) else []
 
 
 def log_path() -> pathlib.Path | None:
