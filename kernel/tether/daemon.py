@@ -33,6 +33,7 @@ from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
 from tether.plugins import TetherPluginManager
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
+from tether.proxy.trust_agents import TrustAgents
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.services import Service, ServiceContext
@@ -168,10 +169,23 @@ async def _start_proxy(
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
 
+    # Leaves' proxies present certificates of their own CAs: trusted for tunnels (not for the
+    # auth API), added to the TLS context as leaves join. OpenSSL cannot forget a CA, so a
+    # removed leaf is refused by the tunnel server's own check, which reads the current list.
+    other_cas: list[x509.Certificate] = []
+
+    async def reload_trust() -> None:
+        others = await auth.other_tls_cas()
+        other_cas[:] = [cert for certs in others.values() for cert in certs]
+        for cert in other_cas:
+            server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
+
+    await reload_trust()
+    auth.on_trust_change.append(reload_trust)
     tunnels, recorder = build_tunnel_server(
         proxy_id=config.nodename,
         cluster=config.cluster_name,
-        trusted_cas=auth.trusted_tls_cas,
+        trusted_cas=lambda: [*auth.trusted_tls_cas(), *other_cas],
         public_addr=lambda: holder["info"].public_addr,
         backend=auth.backend,
     )
@@ -187,6 +201,16 @@ async def _start_proxy(
         verify_client=auth.verify_client,
     )
     ctx.extras["proxy"] = proxy_ctx
+    agents = TrustAgents(
+        auth=auth,
+        cert=cert,
+        key=key,
+        proxy=proxy_ctx,
+        protocols={handler.name: handler for handler in protocols.values()},
+    )
+    auth.on_trust_change.append(agents.changed)
+    await nursery.start(agents.run)
+    ctx.extras["trust_agents"] = agents
     routes: dict[str, TLSHandler] = {
         **dict.fromkeys(HTTP_ALPN, web),
         TUNNEL_ALPN: tunnels.handle,

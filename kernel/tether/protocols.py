@@ -26,8 +26,15 @@ if TYPE_CHECKING:
     from tether.auth.client import AuthClient
     from tether.tlsstream import TLSStream
     from tether.tunnel.server import TunnelServer
+    from tether.tunnel.transport import IncomingStream
 
-__all__ = ["ProtocolHandler", "ProxyConnection", "ProxyContext", "collect_protocols"]
+__all__ = [
+    "ProtocolHandler",
+    "ProxyConnection",
+    "ProxyContext",
+    "RemoteRequest",
+    "collect_protocols",
+]
 
 #: ALPN ids the kernel serves itself; a plugin may not claim them.
 KERNEL_ALPN = frozenset({"h2", "http/1.1", "tether-tunnel/1"})
@@ -87,18 +94,38 @@ class ProxyConnection:
 
 
 @attrs.frozen
-class ProtocolHandler:
-    """A protocol served on the proxy's public port.
+class RemoteRequest:
+    """A stream a root cluster's proxy opened through a leaf's tunnel, at the leaf's proxy.
 
-    :param name: shown in logs and errors (``ssh``).
+    :param request: the incoming stream: ``target`` is the protocol's name, ``metadata`` what
+        the root's handler sent; ``accept()`` it or ``reject(reason)``.
+    :param cluster: the root cluster that opened it.
+    :param proxy: this (leaf) proxy.
+    """
+
+    request: IncomingStream
+    cluster: str
+    proxy: ProxyContext
+
+
+@attrs.frozen
+class ProtocolHandler:
+    """A protocol served on the proxy's public port, and through leaves' tunnels.
+
+    :param name: shown in logs and errors (``ssh``); also the tunnel target a root's proxy
+        opens at a leaf's proxy for this protocol.
     :param alpn: the ALPN ids that select it (``tether-ssh/1``); unique across plugins.
     :param serve: ``async def serve(conn: ProxyConnection)``, called once per connection after
         the TLS handshake; returns when the connection is done (the proxy then closes it).
+    :param serve_remote: ``async def serve_remote(req: RemoteRequest)``, called at a leaf's
+        proxy for each stream a root's proxy opens to ``name`` through the leaf's tunnel;
+        None when the protocol does not reach into leaf clusters.
     """
 
     name: str
     alpn: tuple[str, ...]
     serve: Callable[[ProxyConnection], Awaitable[None]]
+    serve_remote: Callable[[RemoteRequest], Awaitable[None]] | None = None
 
 
 def collect_protocols(results: Iterable[Iterable[object]]) -> dict[str, ProtocolHandler]:

@@ -25,6 +25,7 @@ from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, LoginResult, TokenInfo
+from tether.auth.trust import TrustExchange, validate_leaf
 from tether.errors import AccessDenied, TetherError
 from tether.resources import resource_from_dict, resource_to_dict
 from tether.wire import (
@@ -38,7 +39,6 @@ from tether.wire import (
 )
 
 __all__ = ["FORWARDED_CERT_HEADER", "build_app", "login_result_to_json", "token_to_json"]
-
 
 
 def token_to_json(info: TokenInfo) -> dict[str, Any]:
@@ -261,6 +261,14 @@ def build_app(auth: AuthService) -> Starlette:
         )
         return JSONResponse({"recorded": True})
 
+    async def validate_trusted_cluster(request: Request) -> JSONResponse:
+        # a leaf's handshake, passed on by the proxy; the invitation token is the credential
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        leaf = TrustExchange.from_json(data.get("leaf"))
+        root = await validate_leaf(auth, string_field(data, "token"), leaf)
+        return JSONResponse({"root": root.to_json()})
+
     async def ping(request: Request) -> JSONResponse:
         return JSONResponse({"cluster_name": auth.cluster_name, "server_version": __version__})
 
@@ -301,6 +309,7 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/login/password", login_password, methods=["POST"]),
             Route("/v1/signup", signup, methods=["POST"]),
             Route("/v1/join", join, methods=["POST"]),
+            Route("/v1/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
             Route("/webapi/ping", ping),
             Route("/webapi/cluster-ca", cluster_ca),
             Route("/webapi/join", direct_join, methods=["POST"]),

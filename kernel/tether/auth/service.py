@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import pathlib
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -24,11 +25,13 @@ from cryptography import x509
 from tether import audit, pki
 from tether.auth import passwords
 from tether.auth.connectors import IdentityConnector, LoginIdentity, PasswordConnector
+from tether.auth.trust import establish_trust_with_root
 from tether.backend import Backend, Op
 from tether.config import Config
 from tether.durations import format_duration
 from tether.errors import AccessDenied, AlreadyExists, NotFound, PluginError, TetherError
 from tether.plugins import TetherPluginManager
+from tether.proxy.tunnels import HEARTBEAT_PREFIX
 from tether.rbac import RoleSet
 from tether.resources import (
     KindRegistry,
@@ -39,6 +42,7 @@ from tether.resources import (
     resource_from_dict,
     resource_to_bytes,
 )
+from tether.trust import RemoteClusterStatus
 
 __all__ = ["AuthService", "JoinResult", "LoginResult", "TokenInfo"]
 
@@ -54,6 +58,8 @@ JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
 HOST_CERT_TTL = datetime.timedelta(days=365)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SIGNUP_ROLE = "signup"
+#: A remote cluster whose tunnels have not heartbeated for this long is offline.
+REMOTE_OFFLINE_AFTER = 30.0
 #: How long a published inventory entry may live between heartbeats.
 MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
 MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
@@ -133,6 +139,8 @@ class AuthService:
         self.cluster_name = config.cluster_name
         self._clock = clock
         self.connectors = _connectors(pm)
+        #: called after the set of trusted clusters' CAs changed (the proxy reloads them)
+        self.on_trust_change: list[Callable[[], Awaitable[None]]] = []
 
     def password_key(self, username: str) -> str:
         """Storage key of a local user's password hash (read by the ``local`` connector)."""
@@ -225,8 +233,50 @@ class AuthService:
         return pki.ca_pin(self.authorities.tls.certificate)
 
     def trusted_tls_cas(self) -> list[x509.Certificate]:
-        """The X.509 CAs whose client certificates this cluster accepts."""
+        """The X.509 CAs whose client certificates this cluster's own API accepts: its own.
+
+        Other clusters' CAs are trusted for tunnels and for their users at the proxy only
+        (:meth:`other_tls_cas`), never for the auth API, where a certificate's kind decides
+        what the caller may do.
+        """
         return [self.authorities.tls.certificate]
+
+    async def other_tls_cas(self) -> dict[str, list[x509.Certificate]]:
+        """The X.509 CAs of the clusters this one trusts (its leaves' and its root's)."""
+        kind = self.registry.get("cert_authority")
+        found: dict[str, list[x509.Certificate]] = {}
+        for item in await self.backend.range(kind.storage_prefix + "tls/"):
+            ca = resource_from_bytes(item.value, self.registry)
+            if ca.spec.cluster_name == self.cluster_name:
+                continue
+            certs = [pki.load_cert(pem.encode()) for pem in ca.spec.active_keys.tls]
+            found.setdefault(ca.spec.cluster_name, []).extend(certs)
+        return found
+
+    async def trusts(self, cluster: str) -> bool:
+        """Whether this cluster holds another cluster's X.509 CA (a handshake happened)."""
+        kind = self.registry.get("cert_authority")
+        return (
+            cluster != self.cluster_name
+            and await self.backend.get(kind.key(f"tls/{cluster}")) is not None
+        )
+
+    async def _forget_cluster(self, cluster: str) -> None:
+        """Remove another cluster's CAs: the trust between the two ends here."""
+        if cluster == self.cluster_name:
+            return
+        kind = self.registry.get("cert_authority")
+        for ca_type in ("user", "host", "tls"):
+            await self.backend.delete(kind.key(f"{ca_type}/{cluster}"))
+        await self.trust_changed()
+
+    async def trust_changed(self) -> None:
+        """Tell whoever caches trusted CAs (the proxy's TLS contexts) to reload them."""
+        for callback in self.on_trust_change:
+            try:
+                await callback()
+            except Exception:  # a broken listener must not undo a stored trust change
+                log.exception("a trust change listener failed")
 
     # --- identities ----------------------------------------------------------------------
 
@@ -287,7 +337,7 @@ class AuthService:
         roleset = await self._roleset(identity.roles)
         roleset.check_rule(kind, verb)
 
-    async def _audit(
+    async def audit_event(
         self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
     ) -> None:
         """Record an event that happened in this cluster."""
@@ -321,10 +371,32 @@ class AuthService:
             if found is None or not visible(found):
                 # out of reach is "not found", not "denied": it does not confirm it exists
                 raise NotFound(f"{kind.name} {name!r} not found")
-            return [found]
-        items = await self.backend.range(kind.storage_prefix)
-        found_all = [resource_from_bytes(item.value, self.registry) for item in items]
-        return [res for res in found_all if visible(res)]
+            shown = [found]
+        else:
+            items = await self.backend.range(kind.storage_prefix)
+            found_all = [resource_from_bytes(item.value, self.registry) for item in items]
+            shown = [res for res in found_all if visible(res)]
+        if kind.name == "remote_cluster":
+            shown = [await self._with_connection(res) for res in shown]
+        return shown
+
+    async def _with_connection(self, remote: Resource) -> Resource:
+        """A remote_cluster with its status: online while a tunnel from it heartbeats."""
+        latest: float | None = None
+        online = False
+        for item in await self.backend.range(f"{HEARTBEAT_PREFIX}{remote.metadata.name}/"):
+            record = json.loads(item.value)
+            when = float(record.get("last_heartbeat", 0))
+            latest = when if latest is None else max(latest, when)
+            fresh = self._clock() - when < REMOTE_OFFLINE_AFTER
+            online = online or (fresh and record.get("status", {}).get("connected") is not False)
+        status = RemoteClusterStatus(
+            connection="online" if online else "offline",
+            last_heartbeat=(
+                datetime.datetime.fromtimestamp(latest, datetime.UTC) if latest else None
+            ),
+        )
+        return attrs.evolve(remote, status=status)
 
     async def _reader(
         self, identity: pki.Identity, kind: ResourceKind, verb: str, *, with_secrets: bool
@@ -396,7 +468,9 @@ class AuthService:
                 f"audit event type {event_type!r} is not valid",
                 hint="use lower-case words separated by dots, like ssh.session.start",
             )
-        await self._audit(event_type, user, {**fields, "host": identity.username}, success=success)
+        await self.audit_event(
+            event_type, user, {**fields, "host": identity.username}, success=success
+        )
 
     async def create_resources(
         self, identity: pki.Identity, resources: Sequence[Resource], *, force: bool = False
@@ -419,6 +493,16 @@ class AuthService:
                     f"{kind.name} {res.metadata.name!r} already exists",
                     hint="use `tetherctl create -f` to overwrite it",
                 )
+            if kind.name == "remote_cluster" and existing is None:
+                raise TetherError(
+                    "a remote_cluster is created by the handshake of a leaf, not by hand",
+                    hint="create a trusted_cluster on the leaf with a token from "
+                    "`tetherctl tokens add --type=trusted_cluster`",
+                )
+            if kind.name == "trusted_cluster" and not await self.trusts(res.metadata.name):
+                # the first time only: afterwards the clusters know each other's CAs and a
+                # changed role map or enabled flag applies without a (possibly expired) token
+                await establish_trust_with_root(self, res)
             expected = existing.revision if existing is not None else 0
             ops.append(Op.put(key, resource_to_bytes(res), expected_revision=expected))
             done = "updated" if existing is not None else "created"
@@ -427,7 +511,9 @@ class AuthService:
             events.append((event, {"kind": kind.name, "name": res.metadata.name}))
         await self.backend.apply(ops)
         for event, fields in events:
-            await self._audit(event, identity.username, fields)
+            await self.audit_event(event, identity.username, fields)
+        if any(res.kind == "trusted_cluster" for res in resources):
+            await self.trust_changed()  # enabled or disabled: the leaf's tunnels follow
         return messages
 
     async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
@@ -435,10 +521,15 @@ class AuthService:
         await self.authorize(identity, kind.name, "delete")
         if not await self.backend.delete(kind.key(name)):
             raise NotFound(f"{kind.name} {name!r} not found")
+        if kind.name in ("trusted_cluster", "remote_cluster"):
+            await self._forget_cluster(name)
+            await self.audit_event(
+                "trust.removed", identity.username, {"kind": kind.name, "cluster": name}
+            )
         if kind.name == "user":
             await self.backend.delete(PASSWORD_PREFIX + name)
             await self.backend.delete(ATTEMPTS_PREFIX + name)
-        await self._audit(
+        await self.audit_event(
             audit.RESOURCE_DELETED, identity.username, {"kind": kind.name, "name": name}
         )
         return f'{kind.name} "{name}" has been deleted'
@@ -504,7 +595,9 @@ class AuthService:
         await self.backend.compare_and_swap(
             kind.key(name), resource_to_bytes(user), expected_revision=item.revision
         )
-        await self._audit(audit.RESOURCE_UPDATED, identity.username, {"kind": "user", "name": name})
+        await self.audit_event(
+            audit.RESOURCE_UPDATED, identity.username, {"kind": "user", "name": name}
+        )
         return f'user "{name}" has been updated'
 
     def _check_password(self, password: str) -> None:
@@ -600,7 +693,7 @@ class AuthService:
         result = await self._issue_user_certs(
             login, ssh_public_key=ssh_public_key, tls_public_key_pem=tls_public_key_pem, ttl=ttl
         )
-        await self._audit(
+        await self.audit_event(
             audit.USER_LOGIN,
             username,
             {
@@ -612,7 +705,7 @@ class AuthService:
         return result
 
     async def _audit_login_failure(self, username: str, connector_name: str, reason: str) -> None:
-        await self._audit(
+        await self.audit_event(
             audit.USER_LOGIN_FAILED,
             username,
             {"method": connector_name, "reason": reason},
@@ -655,7 +748,7 @@ class AuthService:
             permit_agent_forwarding=roleset.forward_agent(),
         )
         tls_cert = pki.issue_x509_cert(self.authorities.tls, tls_key, identity, now=self.now())
-        await self._audit(
+        await self.audit_event(
             audit.CERT_ISSUED,
             identity.username,
             {
@@ -714,7 +807,7 @@ class AuthService:
             "token", value, {"roles": [role], **(extra or {})}, expires=expires, labels=labels
         )
         await self.backend.create(kind.key(value), resource_to_bytes(res), ttl=ttl.total_seconds())
-        await self._audit(
+        await self.audit_event(
             audit.TOKEN_CREATED,
             identity.username,
             {"token_type": type_name, "expires": expires.isoformat()},
@@ -788,7 +881,7 @@ class AuthService:
         try:
             await self.check_token(token, JOIN_ROLES[role])
         except AccessDenied as exc:
-            await self._audit(
+            await self.audit_event(
                 "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
             )
             raise
@@ -863,7 +956,7 @@ class AuthService:
             ttl=HOST_CERT_TTL,
             now=self.now(),
         )
-        await self._audit(
+        await self.audit_event(
             "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
         return JoinResult(

@@ -69,6 +69,12 @@ def build_tunnel_server(
             raise pki.UnknownAuthority(
                 "no client certificate", hint="tunnel agents present their cluster certificate"
             )
+        if identity.cluster != cluster and identity.kind != "proxy":
+            # a leaf connects through its proxies; its nodes reach only their own proxy
+            raise pki.UnknownAuthority(
+                f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} may "
+                "not open a tunnel here: only a trusted leaf's proxies may"
+            )
         return identity
 
     recorder = HeartbeatRecorder(

@@ -90,6 +90,13 @@ def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
         # anonymous on purpose: the join token is the credential, auth checks it
         return JSONResponse(await auth.join(await read_json_object(request)))
 
+    async def validate_trusted_cluster(request: Request) -> JSONResponse:
+        # anonymous on purpose: a leaf proves itself with the invitation token, auth checks it
+        body = await auth.call(
+            "POST", "/v1/trustedclusters/validate", json=await read_json_object(request)
+        )
+        return JSONResponse(body)
+
     async def signup(request: Request) -> JSONResponse:
         data = await read_json_object(request)
         user = await auth.signup(string_field(data, "token"), string_field(data, "password"))
@@ -121,6 +128,7 @@ def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
             Route("/webapi/login", login, methods=["POST"]),
             Route("/webapi/signup", signup, methods=["POST"]),
             Route("/webapi/join", join, methods=["POST"]),
+            Route("/webapi/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
         ],
         exception_handlers=exception_handlers(),

@@ -1,0 +1,161 @@
+"""A leaf proxy's tunnels to the root clusters it trusts (the guide's step 4, after the
+handshake).
+
+For every ``trusted_cluster`` that is enabled and whose handshake is done (the root's CAs are
+stored), the leaf's proxy keeps an :class:`~tether.tunnel.agent.AgentPool` to the root's tunnel
+address: one tunnel to each root proxy, re-dialled with backoff, authenticated both ways (the
+leaf presents its proxy certificate, the root's certificate is checked against the root's CA
+from the handshake). Disabling or removing the trusted_cluster closes them.
+
+The root opens streams through these tunnels to reach the leaf's resources; each names a
+protocol (``ssh``), whose plugin's ``serve_remote`` handles it here. The leaf serves only what
+its protocol plugins serve: a stream to anything else is refused, never dialled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import attrs
+import trio
+from cryptography import x509
+
+from tether import pki
+from tether.auth.service import AuthService
+from tether.config import HostPort
+from tether.protocols import ProtocolHandler, ProxyContext, RemoteRequest
+from tether.resources import resource_from_bytes
+from tether.tlsstream import TLSStream
+from tether.tunnel.agent import AgentPool
+from tether.tunnel.server import TUNNEL_ALPN
+from tether.tunnel.transport import IncomingStream
+
+__all__ = ["TrustAgents"]
+
+log = logging.getLogger(__name__)
+
+#: How often trusted clusters are re-read even when nothing announced a change.
+POLL_INTERVAL = 5.0
+
+
+@attrs.define
+class _Running:
+    addr: str
+    scope: trio.CancelScope
+    pool: AgentPool | None = None
+
+
+class TrustAgents:
+    """Keeps this leaf's tunnels to its trusted roots in step with the trusted_clusters.
+
+    :param auth: this cluster's auth service (the trusted_clusters and the roots' CAs).
+    :param cert: this proxy's certificate, which roots verify with this leaf's CA.
+    :param key: its private key.
+    :param proxy: this proxy as protocol handlers see it.
+    :param protocols: the protocol plugins, by name, that serve streams from roots.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: AuthService,
+        cert: x509.Certificate,
+        key: pki.PrivateKey,
+        proxy: ProxyContext,
+        protocols: Mapping[str, ProtocolHandler],
+    ) -> None:
+        self.auth = auth
+        self._cert = cert
+        self._key = key
+        self._proxy = proxy
+        self._protocols = dict(protocols)
+        self._running: dict[str, _Running] = {}
+        self._wake = trio.Event()
+
+    def connected(self) -> dict[str, list[str]]:
+        """Root cluster -> the root proxies this leaf has a tunnel to."""
+        return {
+            name: run.pool.connected_proxies() if run.pool is not None else []
+            for name, run in self._running.items()
+        }
+
+    async def changed(self) -> None:
+        """Re-read the trusted clusters now (an ``on_trust_change`` listener)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await self._reconcile(nursery)
+            task_status.started()
+            while True:
+                with trio.move_on_after(POLL_INTERVAL):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await self._reconcile(nursery)
+
+    async def _wanted(self) -> dict[str, str]:
+        """Enabled, established trusted clusters -> the tunnel address to dial."""
+        kind = self.auth.registry.get("trusted_cluster")
+        wanted = {}
+        for item in await self.auth.backend.range(kind.storage_prefix):
+            trusted = resource_from_bytes(item.value, self.auth.registry)
+            spec = trusted.spec
+            if spec.enabled and await self.auth.trusts(trusted.metadata.name):
+                wanted[trusted.metadata.name] = str(spec.tunnel_addr or spec.web_proxy_addr)
+        return wanted
+
+    async def _reconcile(self, nursery: trio.Nursery) -> None:
+        wanted = await self._wanted()
+        for name, running in list(self._running.items()):
+            if wanted.get(name) != running.addr:
+                log.info("closing the tunnels to root cluster %s", name)
+                running.scope.cancel()
+                del self._running[name]
+        for name, addr in wanted.items():
+            if name not in self._running:
+                running = _Running(addr=addr, scope=trio.CancelScope())
+                self._running[name] = running
+                nursery.start_soon(self._keep_tunnels, name, running)
+
+    async def _keep_tunnels(self, root: str, running: _Running) -> None:
+        root_cas = (await self.auth.other_tls_cas()).get(root, [])
+        context = pki.client_ssl_context(
+            trusted_cas=root_cas, cert=self._cert, key=self._key, alpn=[TUNNEL_ALPN]
+        )
+
+        async def dial(addr: str) -> trio.abc.Stream:
+            target = HostPort.parse(addr)
+            return await TLSStream.connect(
+                target.connect_host, target.port, context, server_hostname=target.connect_host
+            )
+
+        async def handle_stream(request: IncomingStream) -> None:
+            await self._serve(root, request)
+
+        running.pool = AgentPool(
+            cluster=self.auth.cluster_name,
+            tunnel_addr=running.addr,
+            dial=dial,
+            handle_stream=handle_stream,
+        )
+        log.info("keeping tunnels to root cluster %s at %s", root, running.addr)
+        with running.scope:
+            await running.pool.run()
+            await trio.sleep_forever()
+
+    async def _serve(self, root: str, request: IncomingStream) -> None:
+        handler = self._protocols.get(request.target)
+        if handler is None or handler.serve_remote is None:
+            log.warning(
+                "root cluster %s asked for %r, which nothing here serves", root, request.target
+            )
+            await self.auth.audit_event(
+                "trust.stream.refused",
+                "",
+                {"cluster": root, "target": request.target},
+                success=False,
+            )
+            request.reject(f"cluster {self.auth.cluster_name!r} serves no {request.target!r}")
+            return
+        await handler.serve_remote(RemoteRequest(request=request, cluster=root, proxy=self._proxy))
