@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import click
 import trio
 
@@ -174,7 +175,6 @@ async def proxy_ssh(cluster: str | None, target: str) -> None:
     if sep and port_text.isdigit() and host:
         node = host
     node = node.removesuffix(f".{name}")
-    _check_cluster(profile, name)
     stream, _ = await open_node_stream(
         profile.proxy,
         profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
@@ -341,7 +341,6 @@ def ssh(
     async def run() -> int:
         profile = _profile()
         name = _cluster(profile, cluster)
-        _check_cluster(profile, name)
         stream, dialed = await open_node_stream(
             profile.proxy,
             profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
@@ -353,9 +352,12 @@ def ssh(
         async def opened() -> trio.abc.Stream:
             return stream
 
+        creds = _credentials(profile)
+        if dialed.host_cas:  # the node's cluster's host CAs, from the authenticated proxy
+            creds = attrs.evolve(creds, host_ca_lines=dialed.host_cas)
         return await run_command(
             opened,
-            _credentials(profile),
+            creds,
             login=login,
             host_name=dialed.id,
             command=line,
@@ -389,7 +391,6 @@ async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Seque
         raise click.UsageError("give at least one source and a destination")
     profile = _profile()
     name = _cluster(profile, cluster)
-    _check_cluster(profile, name)
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
 
     async def open_stream_for(host: str) -> trio.abc.Stream:

@@ -27,8 +27,8 @@ import attrs
 import trio
 
 from tether.errors import AccessDenied, NotFound, TetherError
-from tether.protocols import ProtocolHandler, ProxyConnection
-from tether.resources import KindRegistry, Resource, resource_from_dict
+from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, RemoteRequest
+from tether.resources import CERT_AUTHORITY, KindRegistry, Resource, resource_from_dict
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel, ControlError
 from tether.tunnel.forward import splice
@@ -50,11 +50,13 @@ log = logging.getLogger(__name__)
 FRONT_DOOR_ALPN = "tether-ssh/1"
 #: The target a proxy opens through a node's tunnel to reach its SSH server.
 SSH_TARGET = "ssh"
+#: The protocol's name: the target a root's proxy opens at a leaf's proxy.
+PROTOCOL = "ssh"
 #: How long a client may take to say what it wants, and the proxy to reach the node.
 REQUEST_TIMEOUT = 10.0
 DIAL_TIMEOUT = 10.0
 
-_NODES = KindRegistry([NODE], plugin="ssh")
+_NODES = KindRegistry([NODE, CERT_AUTHORITY], plugin="ssh")
 
 
 class NodeOffline(TetherError):
@@ -69,9 +71,17 @@ class DialedNode:
     hostname: str
     addr: str
     use_tunnel: bool
+    #: the SSH host CAs of the node's cluster, as the proxy's auth knows them (a leaf's come
+    #: from the trust handshake), for checking the node's host certificate
+    host_cas: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return {
+            "id": self.id,
+            "hostname": self.hostname,
+            "addr": self.addr,
+            "use_tunnel": self.use_tunnel,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> DialedNode:
@@ -105,12 +115,31 @@ def _string(message: dict[str, Any], key: str) -> str:
     return value
 
 
-async def _visible_nodes(conn: ProxyConnection) -> list[Resource]:
-    docs = await conn.proxy.auth.get_resources("node", headers=conn.forwarded_headers())
+async def _nodes(proxy: ProxyContext, headers: dict[str, str] | None = None) -> list[Resource]:
+    """The nodes of this cluster: the ones a user may see with their forwarded certificate
+    in ``headers``, every node without (a leaf serving its root, whose node checks access)."""
+    docs = await proxy.auth.get_resources("node", headers=headers)
     return [resource_from_dict(doc, _NODES, source="node from auth") for doc in docs]
 
 
-async def _dial_node(conn: ProxyConnection, node: Resource, port: int) -> trio.abc.Stream:
+async def _host_cas(proxy: ProxyContext, cluster: str) -> list[str]:
+    """The SSH host CA lines of ``cluster`` (this one or a leaf), from this cluster's auth."""
+    lines = []
+    for doc in await proxy.auth.get_resources("cert_authority"):
+        ca = resource_from_dict(doc, _NODES, source="cert_authority from auth")
+        if ca.spec.type == "host" and ca.spec.cluster_name == cluster:
+            lines.extend([*ca.spec.active_keys.ssh, *ca.spec.additional_trusted_keys.ssh])
+    return lines
+
+
+def _dialed(node: Resource) -> DialedNode:
+    spec: NodeSpec = node.spec
+    return DialedNode(
+        id=node.metadata.name, hostname=spec.hostname, addr=spec.addr, use_tunnel=spec.use_tunnel
+    )
+
+
+async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) -> trio.abc.Stream:
     spec: NodeSpec = node.spec
     if spec.use_tunnel:
         if port:
@@ -119,11 +148,8 @@ async def _dial_node(conn: ProxyConnection, node: Resource, port: int) -> trio.a
                 hint="leave out -p",
             )
         try:
-            return await conn.proxy.tunnels.dial(
-                conn.proxy.cluster_name,
-                SSH_TARGET,
-                {"client": conn.peer},
-                agent=node.metadata.name,
+            return await proxy.tunnels.dial(
+                proxy.cluster_name, SSH_TARGET, {"client": peer}, agent=node.metadata.name
             )
         except (ClusterOffline, TargetRefused) as exc:
             raise NodeOffline(
@@ -142,10 +168,40 @@ async def _dial_node(conn: ProxyConnection, node: Resource, port: int) -> trio.a
         ) from None
 
 
+async def _dial_leaf(
+    conn: ProxyConnection, cluster: str, node: str, port: int
+) -> tuple[trio.abc.Stream, DialedNode, bytes]:
+    """Reach a node of a leaf cluster: through the leaf's tunnel to its proxy, which finds the
+    node and dials it (see :func:`serve_remote`); the leaf's node then checks the user."""
+    metadata = {"node": node, "port": str(port), "client": conn.peer}
+    try:
+        stream = await conn.proxy.tunnels.dial(cluster, PROTOCOL, metadata)
+    except ClusterOffline:
+        raise NotFound(
+            f"cluster {cluster!r} not found or offline",
+            hint="run `tether clusters` to see the clusters you can reach",
+        ) from None
+    except TargetRefused as exc:
+        reason = exc.message.partition(": ")[2] or exc.message
+        raise TetherError(reason, hint="run `tether ls --cluster=" + cluster + "`") from None
+    channel = ControlChannel(stream)
+    try:
+        with trio.fail_after(DIAL_TIMEOUT):
+            answer = await channel.receive()
+        if answer is None or answer["type"] != "dialed":
+            raise ControlError(f"the leaf cluster {cluster!r} answered {answer!r}")
+        dialed = DialedNode.from_json(answer.get("node"))
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream, dialed, channel.take_buffered()
+
+
 async def front_door(conn: ProxyConnection) -> None:
     """Serve one ``tether-ssh/1`` connection (the proxy's protocol handler)."""
     channel = ControlChannel(conn.stream)
     target: trio.abc.Stream | None = None
+    early = b""  # bytes the node sent with a leaf's answer, for the client
     try:
         with trio.fail_after(REQUEST_TIMEOUT):
             message = await channel.receive()
@@ -155,35 +211,41 @@ async def front_door(conn: ProxyConnection) -> None:
             raise ControlError(f"expected a dial request, got {message['type']!r}")
         identity = conn.identity()
         cluster = _string(message, "cluster")
-        query = NodeQuery.parse(_string(message, "node"))
+        node_text = _string(message, "node")
         port = _port(message)
-        if cluster != conn.proxy.cluster_name:
-            raise NotFound(
-                f"cluster {cluster!r} not found",
-                hint="run `tether clusters` to see the clusters you can reach",
-            )
-        node = resolve_node(await _visible_nodes(conn), query, cluster=cluster)
-        target = await _dial_node(conn, node, port)
+        if cluster == conn.proxy.cluster_name:
+            query = NodeQuery.parse(node_text)
+            nodes = await _nodes(conn.proxy, conn.forwarded_headers())
+            node = resolve_node(nodes, query, cluster=cluster)
+            target = await _dial_node(conn.proxy, conn.peer, node, port)
+            dialed = _dialed(node)
+        else:
+            target, dialed, early = await _dial_leaf(conn, cluster, node_text, port)
+        host_cas = await _host_cas(conn.proxy, cluster)
     except trio.TooSlowError:
         log.info("ssh front door: %s sent no request in time", conn.peer)
+        if target is not None:
+            await trio.aclose_forcefully(target)
         return
     except TetherError as exc:
         log.info("ssh front door: refused %s: %s", conn.peer, exc.message)
+        if target is not None:
+            await trio.aclose_forcefully(target)
         await _answer(channel, {"type": "error", **error_to_json(exc)})
         return
-    spec: NodeSpec = node.spec
-    dialed = DialedNode(
-        id=node.metadata.name, hostname=spec.hostname, addr=spec.addr, use_tunnel=spec.use_tunnel
-    )
     log.info(
-        "ssh front door: %s (%s) -> node %s (%s)",
+        "ssh front door: %s (%s) -> node %s of %s (%s)",
         identity.label,
         conn.peer,
-        spec.hostname,
-        "tunnel" if spec.use_tunnel else spec.addr,
+        dialed.hostname,
+        cluster,
+        "tunnel" if dialed.use_tunnel else dialed.addr,
     )
+    answer = {"type": "dialed", "node": dialed.to_json(), "host_cas": host_cas}
     try:
-        await channel.send({"type": "dialed", "node": dialed.to_json()})
+        await channel.send(answer)
+        if early:
+            await conn.stream.send_all(early)
         leftover = channel.take_buffered()
         if leftover:
             await target.send_all(leftover)
@@ -193,13 +255,44 @@ async def front_door(conn: ProxyConnection) -> None:
     await splice(conn.stream, target)
 
 
+async def serve_remote(req: RemoteRequest) -> None:
+    """At a leaf's proxy: a root's proxy asks, through the leaf's tunnel, for a node here.
+
+    Only nodes of this cluster's inventory are dialled, never an address the root names. The
+    stream's first line says which node answered; then bytes flow between the root user's
+    client and the node, which verifies the root-issued certificate and maps its roles.
+    """
+    request = req.request
+    try:
+        query = NodeQuery.parse(request.metadata.get("node", ""))
+        port = int(request.metadata.get("port", "0") or 0)
+        node = resolve_node(await _nodes(req.proxy), query, cluster=req.proxy.cluster_name)
+        peer = request.metadata.get("client", f"root cluster {req.cluster}")
+        target = await _dial_node(req.proxy, peer, node, port)
+    except (TetherError, ValueError) as exc:
+        reason = exc.message if isinstance(exc, TetherError) else str(exc)
+        log.info("ssh: refused root cluster %s: %s", req.cluster, reason)
+        request.reject(reason)
+        return
+    stream = request.accept()
+    try:
+        await ControlChannel(stream).send({"type": "dialed", "node": _dialed(node).to_json()})
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await trio.aclose_forcefully(target)
+        await trio.aclose_forcefully(stream)
+        return
+    await splice(stream, target)
+
+
 async def _answer(channel: ControlChannel, message: dict[str, Any]) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await channel.send(message)
 
 
 def protocol_handler() -> ProtocolHandler:
-    return ProtocolHandler(name="ssh", alpn=(FRONT_DOOR_ALPN,), serve=front_door)
+    return ProtocolHandler(
+        name=PROTOCOL, alpn=(FRONT_DOOR_ALPN,), serve=front_door, serve_remote=serve_remote
+    )
 
 
 # --- the client's side ---------------------------------------------------------------------
@@ -276,7 +369,10 @@ async def open_node_stream(
             raise error_from_json(answer, 400)
         if answer["type"] != "dialed":
             raise ControlError(f"unexpected answer {answer['type']!r} from the proxy")
-        dialed = DialedNode.from_json(answer.get("node"))
+        host_cas = answer.get("host_cas") or []
+        if not isinstance(host_cas, list) or not all(isinstance(x, str) for x in host_cas):
+            raise ControlError("the proxy's answer has malformed host_cas")
+        dialed = attrs.evolve(DialedNode.from_json(answer.get("node")), host_cas=tuple(host_cas))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         # TLS 1.3: the proxy judges the client certificate after the client's handshake
         # ends, so its verdict (an alert) arrives here, on the first read

@@ -36,8 +36,9 @@ from tether import pki
 from tether.auth.api import join_result_to_json
 from tether.auth.client import AuthClient
 from tether.config import Config, HostPort
-from tether.errors import ConfigError, TetherError
+from tether.errors import AccessDenied, ConfigError, TetherError
 from tether.node.join import JoinedIdentity, join_cluster, load_identity, save_identity
+from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import (
     CERT_AUTHORITY,
@@ -50,6 +51,7 @@ from tether.resources import (
 )
 from tether.services import Service, ServiceContext
 from tether.tlsstream import TLSStream
+from tether.trust import TRUSTED_CLUSTER, map_roles, mapped_roles
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
@@ -73,7 +75,7 @@ COMMAND_TIMEOUT = 30.0
 AUDIT_BACKLOG = 1000
 
 #: The kinds the node reads back from auth.
-_KINDS = KindRegistry([NODE, ROLE, CERT_AUTHORITY], plugin="ssh")
+_KINDS = KindRegistry([NODE, ROLE, CERT_AUTHORITY, TRUSTED_CLUSTER], plugin="ssh")
 
 
 def _host_id(data_dir: pathlib.Path) -> str:
@@ -92,8 +94,11 @@ def _host_id(data_dir: pathlib.Path) -> str:
 class _State:
     """What changes while the node runs: roles, trusted user CAs, labels."""
 
+    cluster: str = ""
     roles: dict[str, Resource] = attrs.field(factory=dict)
     user_cas: dict[str, list[str]] = attrs.field(factory=dict)
+    #: the root clusters this (leaf) cluster trusts, by name: their role maps
+    trusted: dict[str, Resource] = attrs.field(factory=dict)
     static_labels: dict[str, str] = attrs.field(factory=dict)
     command_labels: dict[str, CommandLabelSpec] = attrs.field(factory=dict)
 
@@ -111,10 +116,35 @@ class _Authorizer:
 
     state: _State
     node_name: str
+    pm: TetherPluginManager
+
+    def _local_roles(self, identity: pki.Identity) -> list[str]:
+        """The identity's roles here: its own, or for a root cluster's user the roles its
+        roles map to through that trusted_cluster's role_map."""
+        if identity.cluster == self.state.cluster:
+            return list(identity.roles)
+        trusted = self.state.trusted.get(identity.cluster)
+        if trusted is None:
+            raise AccessDenied(f"cluster {identity.cluster!r} is not trusted here")
+        if not trusted.spec.enabled:
+            raise AccessDenied(
+                f"the trust in root cluster {identity.cluster!r} is disabled on this cluster",
+                hint="its administrator sets spec.enabled: true on the trusted_cluster",
+            )
+        mappings = map_roles(self.pm, trusted.spec.role_map, identity.roles, identity.cluster)
+        local = list(mapped_roles(mappings))
+        if not local:
+            raise AccessDenied(
+                f"no role of {identity.label} ({', '.join(identity.roles) or 'none'}) is "
+                f"mapped to a role of this cluster by the role_map of {identity.cluster!r}",
+                hint="ask the leaf's administrator to map one of your roles",
+            )
+        return local
 
     def authorize(self, identity: pki.Identity, login: str) -> Permissions:
-        known = [self.state.roles[name] for name in identity.roles if name in self.state.roles]
-        missing = [name for name in identity.roles if name not in self.state.roles]
+        names = self._local_roles(identity)
+        known = [self.state.roles[name] for name in names if name in self.state.roles]
+        missing = [name for name in names if name not in self.state.roles]
         if missing:
             log.warning(
                 "ssh: roles %s of %s do not exist here; ignoring them",
@@ -232,6 +262,7 @@ class NodeService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host_id = await trio.to_thread.run_sync(_host_id, pathlib.Path(self.config.data_dir))
         joined = await self._identity(host_id)
+        self.state.cluster = joined.identity.cluster
         self.state.user_cas = {joined.identity.cluster: list(joined.ssh_user_ca_lines)}
         node = NodeIdentity(
             host_key=joined.private_key,
@@ -244,7 +275,7 @@ class NodeService:
             open_ssh_server(
                 node=node,
                 trusted_user_cas=lambda: self.state.user_cas,
-                authorizer=_Authorizer(self.state, self.config.nodename),
+                authorizer=_Authorizer(self.state, self.config.nodename, self.ctx.pm),
                 audit=self._queue_audit,
             ) as server,
             trio.open_nursery() as nursery,
@@ -331,13 +362,23 @@ class NodeService:
             doc["metadata"]["name"]: resource_from_dict(doc, _KINDS, source="role from auth")
             for doc in roles
         }
+        trusted = {
+            doc["metadata"]["name"]: resource_from_dict(doc, _KINDS, source="trusted_cluster")
+            for doc in await api.get_resources("trusted_cluster")
+        }
         cas: dict[str, list[str]] = {}
         for doc in await api.get_resources("cert_authority"):
             ca = resource_from_dict(doc, _KINDS, source="cert_authority from auth")
             spec: CertAuthoritySpec = ca.spec
+            other = spec.cluster_name != self.state.cluster
+            if other and not (
+                spec.cluster_name in trusted and trusted[spec.cluster_name].spec.enabled
+            ):
+                continue  # a disabled trust deactivates the root's user CA here
             if spec.type == "user":
                 keys = [*spec.active_keys.ssh, *spec.additional_trusted_keys.ssh]
                 cas.setdefault(spec.cluster_name, []).extend(keys)
+        self.state.trusted = trusted
         if cas:
             self.state.user_cas = cas
 
