@@ -42,7 +42,7 @@ from tether.resources import (
     resource_from_dict,
     resource_to_bytes,
 )
-from tether.trust import RemoteClusterStatus
+from tether.trust import RemoteClusterStatus, map_roles, mapped_roles
 
 __all__ = ["AuthService", "JoinResult", "LoginResult", "TokenInfo"]
 
@@ -140,7 +140,8 @@ class AuthService:
         self._clock = clock
         self.connectors = _connectors(pm)
         #: called after the set of trusted clusters' CAs changed (the proxy reloads them)
-        self.on_trust_change: list[Callable[[], Awaitable[None]]] = []
+        self.on_trust_change: list[Callable[[], Awaitable[None]]] = [self._load_trust]
+        self._roots: dict[str, tuple[list[x509.Certificate], Resource]] = {}
 
     def password_key(self, username: str) -> str:
         """Storage key of a local user's password hash (read by the ``local`` connector)."""
@@ -173,6 +174,7 @@ class AuthService:
             clock=clock,
         )
         await service._publish_authorities()
+        await service._load_trust()
         for role in preset_roles():
             kind = registry.get("role")
             with contextlib.suppress(AlreadyExists):
@@ -312,8 +314,59 @@ class AuthService:
         )
 
     def verify_client(self, cert: bytes | x509.Certificate) -> pki.Identity:
-        """Verify a client certificate against the cluster's X.509 CA."""
-        return pki.verify_x509_cert(cert, trusted_cas=self.trusted_tls_cas(), now=self.now())
+        """Verify a client certificate: one of this cluster's, or a user of a trusted root.
+
+        A root-issued user certificate (the guide: a root user's certificate presented at the
+        leaf) is verified against that root's X.509 CA while the trust is enabled, and comes
+        back with the local roles its roles map to through the trusted_cluster's role_map,
+        so everything after this (rules, node visibility) sees leaf roles only.
+
+        :raises TrustError: not a certificate of this cluster or of an enabled trusted root
+            (hosts and admins of other clusters never count here).
+        """
+        try:
+            return pki.verify_x509_cert(cert, trusted_cas=self.trusted_tls_cas(), now=self.now())
+        except pki.UnknownAuthority:
+            if not self._roots:
+                raise
+        for root, (cas, trusted) in self._roots.items():
+            try:
+                identity = pki.verify_x509_cert(cert, trusted_cas=cas, now=self.now())
+            except pki.UnknownAuthority:
+                continue
+            if identity.kind != "user":
+                raise AccessDenied(
+                    f"{identity.kind} {identity.username!r} of cluster {root!r} has no access here"
+                )
+            if not trusted.spec.enabled:
+                raise AccessDenied(
+                    f"the trust in root cluster {root!r} is disabled on cluster "
+                    f"{self.cluster_name!r}"
+                )
+            local = mapped_roles(map_roles(self.pm, trusted.spec.role_map, identity.roles, root))
+            if not local:
+                raise AccessDenied(
+                    f"no role of {identity.label} ({', '.join(identity.roles) or 'none'}) "
+                    f"maps to a role of cluster {self.cluster_name!r}",
+                    hint=f"the role_map of trusted_cluster {root!r} there decides",
+                )
+            return attrs.evolve(identity, roles=local)
+        raise pki.UnknownAuthority(
+            "the certificate is not from this cluster or a cluster it trusts",
+            hint="log in to this cluster, or to a root cluster it trusts",
+        )
+
+    async def _load_trust(self) -> None:
+        """Cache the trusted roots' CAs and trusted_clusters for :meth:`verify_client`."""
+        kind = self.registry.get("trusted_cluster")
+        others = await self.other_tls_cas()
+        roots = {}
+        for item in await self.backend.range(kind.storage_prefix):
+            trusted = resource_from_bytes(item.value, self.registry)
+            cas = others.get(trusted.metadata.name)
+            if cas:
+                roots[trusted.metadata.name] = (cas, trusted)
+        self._roots = roots
 
     async def _roleset(self, role_names: Sequence[str]) -> RoleSet:
         kind = self.registry.get("role")
@@ -524,7 +577,7 @@ class AuthService:
         if kind.name in ("trusted_cluster", "remote_cluster"):
             await self._forget_cluster(name)
             await self.audit_event(
-                "trust.removed", identity.username, {"kind": kind.name, "cluster": name}
+                "trust.removed", identity.username, {"kind": kind.name, "name": name}
             )
         if kind.name == "user":
             await self.backend.delete(PASSWORD_PREFIX + name)

@@ -164,7 +164,7 @@ async def validate_leaf(auth: AuthService, token: str, leaf: TrustExchange) -> T
         await auth.audit_event(
             "trusted_cluster.refused",
             "",
-            {"cluster": leaf.cluster, "reason": exc.message},
+            {"leaf": leaf.cluster, "reason": exc.message},
             success=False,
         )
         raise
@@ -175,7 +175,7 @@ async def validate_leaf(auth: AuthService, token: str, leaf: TrustExchange) -> T
         remote = auth.make("remote_cluster", leaf.cluster, {})
         await auth.backend.put(kind.key(leaf.cluster), resource_to_bytes(remote))
     await auth.audit_event(
-        "trusted_cluster.joined", "", {"cluster": leaf.cluster, "version": leaf.version}
+        "trusted_cluster.joined", "", {"leaf": leaf.cluster, "version": leaf.version}
     )
     await auth.trust_changed()
     log.info("leaf cluster %s joined (Tether %s)", leaf.cluster, leaf.version)
@@ -218,7 +218,7 @@ async def establish_trust_with_root(auth: AuthService, trusted_cluster: Resource
         )
     check_version(root.version, tether.__version__)
     await store_cas(auth, root, ROOT_CA_TYPES)
-    await auth.audit_event("trusted_cluster.established", "", {"cluster": root.cluster})
+    await auth.audit_event("trusted_cluster.established", "", {"root": root.cluster})
     await auth.trust_changed()
     log.info("trusted root cluster %s at %s", root.cluster, addr)
     return root

@@ -11,11 +11,19 @@ import click
 
 import tether
 from tether import pki
-from tether.cli._common import output, plugin_manager, run_async, setup_cli_logging
-from tether.client.profile import clear_profiles, current_profile, save_profile
+from tether.auth.client import AuthClient
+from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
+from tether.client.profile import (
+    Profile,
+    clear_profiles,
+    current_profile,
+    profile_ssl_context,
+    save_profile,
+    select_cluster,
+)
 from tether.client.web import establish_trust, proxy_call
 from tether.durations import parse_duration
-from tether.errors import TetherError
+from tether.errors import NotFound, TetherError
 
 __all__ = ["cli", "main"]
 
@@ -64,8 +72,10 @@ def _ttl(value: str | None) -> datetime.timedelta | None:
     show_default=True,
     help="Identity connector to log in with.",
 )
+@click.argument("cluster", required=False)
 @run_async
 async def login(
+    cluster: str | None,
     proxy: str,
     user: str,
     password_stdin: bool,
@@ -94,7 +104,7 @@ async def login(
         },
     )
     identity = pki.Identity.from_json(result["identity"])
-    save_profile(
+    profile = save_profile(
         proxy,
         private_key=key,
         ssh_cert=result["ssh_cert"],
@@ -105,7 +115,65 @@ async def login(
         insecure=insecure,
         ca_pin=ca_pin,
     )
+    if cluster and cluster != identity.cluster:
+        # the guide's `tsh login --proxy=ROOT LEAF`: later commands default to the leaf
+        await _check_visible(profile, cluster)
+        select_cluster(profile, cluster)
     _print_status(_status_json(), sys.stdout)
+
+
+async def _remote_clusters(profile: Profile, name: str | None = None) -> list[dict[str, Any]]:
+    """The leaf clusters this user may see (cluster_labels), as documents."""
+    async with AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)) as auth:
+        return await auth.get_resources("remote_cluster", name)
+
+
+async def _check_visible(profile: Profile, cluster: str) -> None:
+    try:
+        await _remote_clusters(profile, cluster)
+    except NotFound:
+        raise NotFound(
+            f"cluster {cluster!r} not found", hint="run `tether clusters` to see them"
+        ) from None
+
+
+@cli.command()
+@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@run_async
+async def clusters(fmt: str) -> None:
+    """List the root cluster and the leaf clusters you can reach."""
+    profile = current_profile()
+    if profile is None:
+        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
+    root = profile.identity().cluster
+    rows: list[dict[str, Any]] = [{"name": root, "status": "online", "type": "root", "labels": {}}]
+    for doc in sorted(await _remote_clusters(profile), key=lambda d: d["metadata"]["name"]):
+        rows.append(
+            {
+                "name": doc["metadata"]["name"],
+                "status": (doc.get("status") or {}).get("connection", "offline"),
+                "type": "leaf",
+                "labels": doc["metadata"].get("labels", {}),
+            }
+        )
+    for row in rows:
+        row["selected"] = row["name"] == profile.cluster
+    if fmt != "text":
+        output(rows, fmt)
+        return
+    emit_table(
+        ["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"],
+        [
+            (
+                r["name"],
+                r["status"],
+                r["type"],
+                ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+                "*" if r["selected"] else "",
+            )
+            for r in rows
+        ],
+    )
 
 
 @cli.command()
@@ -139,7 +207,7 @@ def _status_json() -> dict[str, Any] | None:
         "active": {
             "profile_url": f"https://{profile.proxy}",
             "username": identity.username,
-            "cluster": identity.route_to_cluster or identity.cluster,
+            "cluster": profile.selected_cluster or identity.route_to_cluster or identity.cluster,
             "root_cluster": identity.cluster,
             "roles": list(identity.roles),
             "logins": list(identity.logins),

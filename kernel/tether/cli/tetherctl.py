@@ -145,6 +145,34 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
 
 @cli.command()
 @click.argument("ref", metavar="KIND/NAME")
+@click.option(
+    "--set-labels",
+    "labels",
+    required=True,
+    metavar="K=V,...",
+    help="Replace the resource's labels (an empty value removes them all).",
+)
+@click.pass_context
+@run_async
+async def update(ctx: click.Context, ref: str, labels: str) -> None:
+    """Change a resource's labels, e.g. tetherctl update rc/leaf --set-labels=env=prod."""
+    kind_name, name = _split_ref(ref)
+    if not name:
+        raise TetherError(f"{ref!r} names no resource", hint="use KIND/NAME, e.g. rc/leaf")
+    new_labels = {key: values[0] for key, values in split_kv(labels, "--set-labels").items()}
+    kind = _registry(ctx).get(kind_name)
+    target = _connect(ctx)
+    async with target.client as client:
+        [doc] = await client.get_resources(kind.name, name, with_secrets=True)
+        doc["metadata"]["labels"] = new_labels
+        doc["metadata"].pop("revision", None)
+        await client.create_resources([doc], force=True)
+    shown = ",".join(f"{k}={v}" for k, v in sorted(new_labels.items())) or "(none)"
+    click.echo(f'{kind.name} "{name}" labels set to {shown}')
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME")
 @click.pass_context
 @run_async
 async def rm(ctx: click.Context, ref: str) -> None:

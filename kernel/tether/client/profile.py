@@ -26,6 +26,7 @@ __all__ = [
     "current_profile",
     "profile_ssl_context",
     "save_profile",
+    "select_cluster",
     "tether_home",
 ]
 
@@ -53,6 +54,14 @@ class Profile:
     directory: pathlib.Path
     insecure: bool
     ca_pin: str | None
+    #: the cluster later commands target by default (``tether login --proxy=ROOT LEAF``);
+    #: None for the cluster logged in to
+    selected_cluster: str | None = None
+
+    @property
+    def cluster(self) -> str:
+        """The cluster commands target: the selected one, else the one logged in to."""
+        return self.selected_cluster or self.identity().cluster
 
     @property
     def private_key_file(self) -> pathlib.Path:
@@ -142,7 +151,17 @@ def current_profile(home: pathlib.Path | None = None) -> Profile | None:
         directory=directory,
         insecure=bool(meta.get("insecure")),
         ca_pin=meta.get("ca_pin"),
+        selected_cluster=meta.get("selected_cluster"),
     )
+
+
+def select_cluster(profile: Profile, cluster: str | None) -> Profile:
+    """Make ``cluster`` the default target of later commands (None: the login's own)."""
+    path = profile.directory / "profile.json"
+    meta = json.loads(path.read_text())
+    meta["selected_cluster"] = cluster
+    _write(path, json.dumps(meta, indent=2))
+    return attrs.evolve(profile, selected_cluster=cluster)
 
 
 def clear_profiles(home: pathlib.Path | None = None) -> list[str]:

@@ -153,7 +153,7 @@ class TrustAgents:
             await self.auth.audit_event(
                 "trust.stream.refused",
                 "",
-                {"cluster": root, "target": request.target},
+                {"root": root, "target": request.target},
                 success=False,
             )
             request.reject(f"cluster {self.auth.cluster_name!r} serves no {request.target!r}")

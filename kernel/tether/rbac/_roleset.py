@@ -130,6 +130,8 @@ class RoleSet:
         """
         if field not in LABEL_FIELDS:
             raise ValueError(f"unknown label condition {field!r}; expected one of {LABEL_FIELDS}")
+        if field == "cluster_labels":  # an unlabelled cluster is visible to everyone
+            return self.can_see_cluster(labels, traits)
         for _, deny in self._sides("deny"):
             selector = _expand_selector(getattr(deny, field), traits)
             if selector and match_labels(selector, labels):

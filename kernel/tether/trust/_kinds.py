@@ -150,4 +150,6 @@ REMOTE_CLUSTER = ResourceKind(
     status_type=RemoteClusterStatus,
     storage_prefix="/remote_clusters/",
     readable_by=("proxy",),
+    # users see the leaves their roles' cluster_labels select (unlabelled: everyone)
+    access_labels="cluster_labels",
 )

@@ -13,10 +13,16 @@ import pwd
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import attrs
 import pytest
+import trio
+from tether_ssh.frontdoor import FRONT_DOOR_ALPN, list_nodes
 
+from tether import pki
+from tether.client.profile import current_profile
+from tether.datadir import admin_identity_paths
 from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
 
@@ -124,6 +130,42 @@ def trust(tmp_path_factory: pytest.TempPathFactory, visitor: pwd.struct_passwd) 
             process.stop()
 
 
+def _refused_trust(trust: Trust, text: str) -> str:
+    path = trust.directory / "refused.yaml"
+    path.write_text(text)
+    result = trust.leaf.tetherctl("create", str(path), check=False)
+    assert result.returncode == 1
+    got = trust.leaf.tetherctl("get", "trusted_cluster", "--format=json").stdout
+    assert json.loads(got) == [], "a refused handshake must store nothing"
+    return result.stderr
+
+
+def test_unknown_or_expired_invitation_token_is_refused_on_both_sides(trust: Trust) -> None:
+    err = _refused_trust(trust, trusted_cluster_yaml(trust.root, "not-a-token"))
+    assert "the token is unknown or expired" in err
+    added = trust.root.tetherctl(
+        "tokens", "add", "--type=trusted_cluster", "--ttl=1s", "--format=json"
+    )
+    time.sleep(1.5)
+    expired = json.loads(added.stdout)["token"]
+    assert "the token is unknown or expired" in _refused_trust(
+        trust, trusted_cluster_yaml(trust.root, expired)
+    )
+    refusals = json.loads(
+        trust.root.tetherctl(
+            "audit", "search", "--type=trusted_cluster.refused", "--format=json"
+        ).stdout
+    )
+    assert len(refusals) >= 2 and refusals[-1]["leaf"] == "leaf"
+
+
+def test_wrong_ca_pin_is_refused_before_the_token_is_sent(trust: Trust) -> None:
+    wrong = "sha256:" + "0" * 64
+    text = trusted_cluster_yaml(trust.root, trust.invite()).replace(trust.root.ca_pin, wrong)
+    err = _refused_trust(trust, text)
+    assert f"does not present the pinned CA {wrong}" in err
+
+
 def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
     trust: Trust, visitor: pwd.struct_passwd
 ) -> None:
@@ -134,13 +176,98 @@ def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
     assert out.split() == [visitor.pw_dir, "visitor"]
 
 
+def test_tether_clusters_lists_the_root_and_the_online_leaf(trust: Trust) -> None:
+    table = trust.root.tether("alice", "clusters").stdout.splitlines()
+    assert table[0].split() == [
+        "Cluster",
+        "Name",
+        "Status",
+        "Cluster",
+        "Type",
+        "Labels",
+        "Selected",
+    ]
+    rows = [line.split() for line in table[2:]]
+    assert rows == [["root", "online", "root", "*"], ["leaf", "online", "leaf"]]
+
+
+def test_root_user_lists_the_leaf_nodes_their_mapped_roles_reach(trust: Trust) -> None:
+    listed = json.loads(trust.root.tether("alice", "ls", "--cluster=leaf", "-f", "json").stdout)
+    assert [(n["hostname"], n["labels"]) for n in listed] == [("leaf-node", {"env": "leaf"})]
+
+
+def test_login_selects_the_leaf_for_later_commands(trust: Trust) -> None:
+    trust.root.login("alice", PASSWORD, "leaf")
+    try:
+        status = trust.root.tether("alice", "status", "-f", "json").stdout
+        assert json.loads(status)["active"]["cluster"] == "leaf"
+        ran = trust.root.tether("alice", "ssh", "visitor@leaf-node", "id -un")
+        assert ran.stdout == "visitor\n"
+        clusters = trust.root.tether("alice", "clusters", "-f", "json").stdout
+        assert [c["name"] for c in json.loads(clusters) if c["selected"]] == ["leaf"]
+    finally:
+        trust.root.login("alice", PASSWORD)
+
+
+def test_root_certificate_used_directly_at_the_leaf_is_role_mapped(trust: Trust) -> None:
+    # the guide's warning: the leaf trusts the root's CA, so a root certificate works at
+    # the leaf's own proxy too, with the same role mapping (not cluster_labels) deciding
+    profile = current_profile(trust.root.user_home("alice"))
+    assert profile is not None
+    leaf_ca = admin_identity_paths(trust.leaf.data_dir)[2]
+    context = pki.client_ssl_context(
+        trusted_cas=pki.load_certs(leaf_ca.read_bytes()),
+        cert=pki.load_cert(profile.tls_cert_file.read_bytes()),
+        key=pki.load_private_key(profile.tls_key_file.read_bytes()),
+        alpn=[FRONT_DOOR_ALPN],
+    )
+    nodes = trio.run(partial(list_nodes, trust.leaf.proxy_addr, context, cluster="leaf"))
+    assert [n["spec"]["hostname"] for n in nodes] == ["leaf-node"]
+
+
+def test_unmapped_root_user_is_denied_with_the_reason(trust: Trust) -> None:
+    trust.root.add_user("carol", PASSWORD, roles=["auditor"], logins=["visitor"])
+    trust.root.login("carol", PASSWORD)
+    refused = trust.root.tether(
+        "carol", "ssh", "--cluster=leaf", "visitor@leaf-node", "true", check=False
+    )
+    assert refused.returncode == 255
+    assert "no role of carol@root (auditor) maps to a role of cluster 'leaf'" in refused.stderr
+
+
+def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(trust: Trust) -> None:
+    trust.root.tetherctl("update", "rc/leaf", "--set-labels=env=prod")
+    try:
+        clusters = json.loads(trust.root.tether("alice", "clusters", "-f", "json").stdout)
+        assert [c["name"] for c in clusters] == ["root"]
+        hidden = trust.ssh("true")
+        assert hidden[0] == 255 and "cluster 'leaf' not found" in hidden[2]
+        prod = trust.directory / "prod.yaml"
+        prod.write_text(
+            "kind: role\nversion: v7\nmetadata:\n  name: prod-access\nspec:\n"
+            "  allow:\n    cluster_labels: {env: prod}\n"
+        )
+        trust.root.tetherctl("create", str(prod))
+        trust.root.add_user("dave", PASSWORD, roles=["access", "prod-access"], logins=["visitor"])
+        trust.root.login("dave", PASSWORD)
+        shown = json.loads(trust.root.tether("dave", "clusters", "-f", "json").stdout)
+        assert [(c["name"], c["labels"]) for c in shown] == [
+            ("root", {}),
+            ("leaf", {"env": "prod"}),
+        ]
+        ran = trust.root.tether("dave", "ssh", "--cluster=leaf", "visitor@leaf-node", "true")
+        assert ran.returncode == 0
+    finally:
+        trust.root.tetherctl("update", "rc/leaf", "--set-labels=")
+
+
 def test_disabling_the_trust_closes_access_and_enabling_restores_it(trust: Trust) -> None:
     assert trust.ssh("true")[0] == 0
     trust.apply(trusted_cluster_yaml(trust.root, "", enabled=False), "--force")
     wait_for(lambda: connection(trust.root) == "offline", "the leaf to go offline")
     status, _, err = trust.ssh("true")
     assert status == 255
-    assert "cluster 'leaf' not found or offline" in err
+    assert "cluster 'leaf' is offline" in err
     trust.apply(trusted_cluster_yaml(trust.root, "", enabled=True), "--force")
     wait_for(lambda: connection(trust.root) == "online", "the leaf to come back")
     wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")

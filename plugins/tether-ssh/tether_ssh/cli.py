@@ -23,13 +23,12 @@ import click
 import trio
 
 from tether import pki
-from tether.auth.client import AuthClient
 from tether.cli._common import emit_table, output, report, run_async, run_trio
 from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
-from tether.errors import AccessDenied, NotFound, TetherError
+from tether.errors import AccessDenied, TetherError
 from tether.resources import KindRegistry, resource_from_dict
 from tether.tunnel.forward import splice
-from tether_ssh.frontdoor import FRONT_DOOR_ALPN, open_node_stream
+from tether_ssh.frontdoor import FRONT_DOOR_ALPN, list_nodes, open_node_stream
 from tether_ssh.inventory import NODE, describe_addr
 
 if TYPE_CHECKING:
@@ -55,17 +54,9 @@ def _profile() -> Profile:
 
 
 def _cluster(profile: Profile, requested: str | None) -> str:
-    """The cluster a command targets: ``--cluster``, else the one logged in to."""
-    own = profile.identity().cluster
-    return requested or own
-
-
-def _check_cluster(profile: Profile, cluster: str) -> None:
-    if cluster != profile.identity().cluster:
-        raise NotFound(
-            f"cluster {cluster!r} not found",
-            hint="run `tether clusters` to see the clusters you can reach",
-        )
+    """The cluster a command targets: ``--cluster``, else the selected one
+    (``tether login --proxy=ROOT LEAF``), else the one logged in to."""
+    return requested or profile.cluster
 
 
 def host_ca_lines(profile: Profile) -> list[str]:
@@ -113,15 +104,14 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     """List the nodes you can reach, optionally only those with label=value."""
     profile = _profile()
     name = _cluster(profile, cluster)
-    _check_cluster(profile, name)
     wanted: dict[str, str] = {}
     for selector in selectors:
         key, sep, value = selector.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{selector!r} is not label=value", param_hint="selectors")
         wanted[key] = value
-    async with AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)) as auth:
-        docs = await auth.get_resources("node")
+    context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
+    docs = await list_nodes(profile.proxy, context, cluster=name)
     nodes = [resource_from_dict(doc, _NODES, source="node") for doc in docs]
     nodes = [n for n in nodes if all(n.metadata.labels.get(k) == v for k, v in wanted.items())]
     nodes.sort(key=lambda n: (n.spec.hostname, n.metadata.name))

@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import trio
 
+from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.errors import AccessDenied, NotFound, TetherError
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, RemoteRequest
 from tether.resources import CERT_AUTHORITY, KindRegistry, Resource, resource_from_dict
@@ -42,6 +43,7 @@ __all__ = [
     "DialedNode",
     "NodeOffline",
     "front_door",
+    "list_nodes",
     "open_node_stream",
 ]
 
@@ -168,22 +170,52 @@ async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) 
         ) from None
 
 
+async def _open_leaf(
+    conn: ProxyConnection, cluster: str, metadata: dict[str, str]
+) -> trio.abc.Stream:
+    """A stream to the leaf's proxy for this user, if the user may see the leaf at all (a
+    leaf hidden by cluster_labels is "not found", as one that does not exist)."""
+    headers = conn.forwarded_headers()
+    try:
+        await conn.proxy.auth.get_resources("remote_cluster", cluster, headers=headers)
+    except NotFound:
+        raise NotFound(
+            f"cluster {cluster!r} not found",
+            hint="run `tether clusters` to see the clusters you can reach",
+        ) from None
+    # the leaf verifies the root-issued certificate itself and maps its roles
+    metadata = {**metadata, "user_cert": headers[FORWARDED_CERT_HEADER]}
+    try:
+        return await conn.proxy.tunnels.dial(cluster, PROTOCOL, metadata)
+    except ClusterOffline:
+        raise NodeOffline(
+            f"cluster {cluster!r} is offline: it has no tunnel to this proxy",
+            hint="check the leaf's proxy and its trusted_cluster (spec.enabled)",
+        ) from None
+    except TargetRefused as exc:
+        reason = exc.message.partition(": ")[2] or exc.message
+        raise TetherError(reason, hint=f"run `tether ls --cluster={cluster}`") from None
+
+
+async def _list_leaf(conn: ProxyConnection, cluster: str) -> list[dict[str, Any]]:
+    stream = await _open_leaf(conn, cluster, {"op": "list"})
+    try:
+        with trio.fail_after(DIAL_TIMEOUT):
+            answer = await ControlChannel(stream).receive()
+    finally:
+        await trio.aclose_forcefully(stream)
+    if answer is None or answer["type"] != "nodes" or not isinstance(answer.get("nodes"), list):
+        raise ControlError(f"the leaf cluster {cluster!r} answered {answer!r}")
+    return list(answer["nodes"])
+
+
 async def _dial_leaf(
     conn: ProxyConnection, cluster: str, node: str, port: int
 ) -> tuple[trio.abc.Stream, DialedNode, bytes]:
     """Reach a node of a leaf cluster: through the leaf's tunnel to its proxy, which finds the
     node and dials it (see :func:`serve_remote`); the leaf's node then checks the user."""
-    metadata = {"node": node, "port": str(port), "client": conn.peer}
-    try:
-        stream = await conn.proxy.tunnels.dial(cluster, PROTOCOL, metadata)
-    except ClusterOffline:
-        raise NotFound(
-            f"cluster {cluster!r} not found or offline",
-            hint="run `tether clusters` to see the clusters you can reach",
-        ) from None
-    except TargetRefused as exc:
-        reason = exc.message.partition(": ")[2] or exc.message
-        raise TetherError(reason, hint="run `tether ls --cluster=" + cluster + "`") from None
+    metadata = {"op": "dial", "node": node, "port": str(port), "client": conn.peer}
+    stream = await _open_leaf(conn, cluster, metadata)
     channel = ControlChannel(stream)
     try:
         with trio.fail_after(DIAL_TIMEOUT):
@@ -207,8 +239,11 @@ async def front_door(conn: ProxyConnection) -> None:
             message = await channel.receive()
         if message is None:
             return
+        if message["type"] == "list":
+            await _answer(channel, await _list(conn, _string(message, "cluster")))
+            return
         if message["type"] != "dial":
-            raise ControlError(f"expected a dial request, got {message['type']!r}")
+            raise ControlError(f"expected a dial or list request, got {message['type']!r}")
         identity = conn.identity()
         cluster = _string(message, "cluster")
         node_text = _string(message, "node")
@@ -255,6 +290,16 @@ async def front_door(conn: ProxyConnection) -> None:
     await splice(conn.stream, target)
 
 
+async def _list(conn: ProxyConnection, cluster: str) -> dict[str, Any]:
+    """The nodes of ``cluster`` this user may see (``tether ls``)."""
+    conn.identity()
+    if cluster == conn.proxy.cluster_name:
+        nodes = await conn.proxy.auth.get_resources("node", headers=conn.forwarded_headers())
+    else:
+        nodes = await _list_leaf(conn, cluster)
+    return {"type": "nodes", "nodes": nodes}
+
+
 async def serve_remote(req: RemoteRequest) -> None:
     """At a leaf's proxy: a root's proxy asks, through the leaf's tunnel, for a node here.
 
@@ -263,11 +308,27 @@ async def serve_remote(req: RemoteRequest) -> None:
     client and the node, which verifies the root-issued certificate and maps its roles.
     """
     request = req.request
+    metadata = request.metadata
+    # the root user's own certificate: this cluster's auth verifies it against the root's
+    # CA and maps its roles, so the user sees and reaches what the mapped roles allow
+    headers = {FORWARDED_CERT_HEADER: metadata.get("user_cert", "")}
+    if metadata.get("op") == "list":
+        try:
+            docs = await req.proxy.auth.get_resources("node", headers=headers)
+        except TetherError as exc:
+            request.reject(exc.message)
+            return
+        stream = request.accept()
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await ControlChannel(stream).send({"type": "nodes", "nodes": docs})
+        await trio.aclose_forcefully(stream)
+        return
     try:
-        query = NodeQuery.parse(request.metadata.get("node", ""))
-        port = int(request.metadata.get("port", "0") or 0)
-        node = resolve_node(await _nodes(req.proxy), query, cluster=req.proxy.cluster_name)
-        peer = request.metadata.get("client", f"root cluster {req.cluster}")
+        query = NodeQuery.parse(metadata.get("node", ""))
+        port = int(metadata.get("port", "0") or 0)
+        nodes = await _nodes(req.proxy, headers)
+        node = resolve_node(nodes, query, cluster=req.proxy.cluster_name)
+        peer = metadata.get("client", f"root cluster {req.cluster}")
         target = await _dial_node(req.proxy, peer, node, port)
     except (TetherError, ValueError) as exc:
         reason = exc.message if isinstance(exc, TetherError) else str(exc)
@@ -321,23 +382,7 @@ class _Prefixed(trio.abc.Stream):
         await self._stream.aclose()
 
 
-async def open_node_stream(
-    proxy: str,
-    context: Any,
-    *,
-    cluster: str,
-    node: str,
-    port: int = 0,
-) -> tuple[trio.abc.Stream, DialedNode]:
-    """Reach ``node`` of ``cluster`` through the proxy's front door.
-
-    :param context: an ``ssl.SSLContext`` that verifies the proxy, presents the user's X.509
-        certificate and offers ALPN ``tether-ssh/1``
-        (:func:`tether.client.profile.profile_ssl_context`).
-    :returns: the byte stream to the node's SSH server, and which node it is.
-    :raises NotFound, AccessDenied, NodeOffline: what the proxy said, with its hint.
-    :raises TetherError: the proxy cannot be reached or does not speak the front door.
-    """
+async def _connect(proxy: str, context: Any) -> TLSStream:
     host, _, port_text = proxy.rpartition(":")
     try:
         with trio.fail_after(REQUEST_TIMEOUT + DIAL_TIMEOUT):
@@ -350,14 +395,42 @@ async def open_node_stream(
             f"cannot reach the proxy at {proxy}: {cause}",
             hint="check the address, or log in again with `tether login`",
         ) from None
+    if stream.selected_alpn_protocol() != FRONT_DOOR_ALPN:
+        await trio.aclose_forcefully(stream)
+        raise TetherError(
+            f"the proxy at {proxy} has no SSH front door",
+            hint="install the tether-ssh plugin on the proxy",
+        )
+    return stream
+
+
+def _refused(proxy: str, exc: BaseException) -> TetherError:
+    """What a connection the proxy broke off means. With TLS 1.3 the proxy judges the
+    client certificate after the client's handshake ends, so its verdict (an alert)
+    arrives on the first read."""
+    reason = str(exc.__cause__ or exc)
+    if "EXPIRED" in reason.upper():
+        return AccessDenied(
+            "the proxy refused your certificate: it has expired", hint="run `tether login`"
+        )
+    return TetherError(
+        f"the proxy at {proxy} closed the connection: {reason or 'no reason given'}",
+        hint="log in again with `tether login`",
+    )
+
+
+async def _ask(
+    proxy: str, context: Any, request: dict[str, Any]
+) -> tuple[TLSStream, ControlChannel, dict[str, Any]]:
+    """Connect to the front door, send one request, and read the proxy's answer.
+
+    :raises TetherError: the answer is an error (raised as its kind, with its hint), the
+        proxy broke the connection, or it answered something else than a message.
+    """
+    stream = await _connect(proxy, context)
+    channel = ControlChannel(stream)
     try:
-        if stream.selected_alpn_protocol() != FRONT_DOOR_ALPN:
-            raise TetherError(
-                f"the proxy at {proxy} has no SSH front door",
-                hint="install the tether-ssh plugin on the proxy",
-            )
-        channel = ControlChannel(stream)
-        await channel.send({"type": "dial", "cluster": cluster, "node": node, "port": port})
+        await channel.send(request)
         with trio.fail_after(REQUEST_TIMEOUT + DIAL_TIMEOUT):
             answer = await channel.receive()
         if answer is None:
@@ -367,26 +440,53 @@ async def open_node_stream(
             )
         if answer["type"] == "error":
             raise error_from_json(answer, 400)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise _refused(proxy, exc) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream, channel, answer
+
+
+async def list_nodes(proxy: str, context: Any, *, cluster: str) -> list[dict[str, Any]]:
+    """The nodes of ``cluster`` (this proxy's or a leaf's) the user may see, as documents.
+
+    :param context: as for :func:`open_node_stream`.
+    """
+    stream, _, answer = await _ask(proxy, context, {"type": "list", "cluster": cluster})
+    await trio.aclose_forcefully(stream)
+    if answer["type"] != "nodes" or not isinstance(answer.get("nodes"), list):
+        raise ControlError(f"unexpected answer {answer['type']!r} from the proxy")
+    return list(answer["nodes"])
+
+
+async def open_node_stream(
+    proxy: str,
+    context: Any,
+    *,
+    cluster: str,
+    node: str,
+    port: int = 0,
+) -> tuple[trio.abc.Stream, DialedNode]:
+    """Reach ``node`` of ``cluster`` (this proxy's or a leaf's) through the front door.
+
+    :param context: an ``ssl.SSLContext`` that verifies the proxy, presents the user's X.509
+        certificate and offers ALPN ``tether-ssh/1``
+        (:func:`tether.client.profile.profile_ssl_context`).
+    :returns: the byte stream to the node's SSH server, and which node it is.
+    :raises NotFound, AccessDenied, NodeOffline: what the proxy said, with its hint.
+    :raises TetherError: the proxy cannot be reached or does not speak the front door.
+    """
+    request = {"type": "dial", "cluster": cluster, "node": node, "port": port}
+    stream, channel, answer = await _ask(proxy, context, request)
+    try:
         if answer["type"] != "dialed":
             raise ControlError(f"unexpected answer {answer['type']!r} from the proxy")
         host_cas = answer.get("host_cas") or []
         if not isinstance(host_cas, list) or not all(isinstance(x, str) for x in host_cas):
             raise ControlError("the proxy's answer has malformed host_cas")
         dialed = attrs.evolve(DialedNode.from_json(answer.get("node")), host_cas=tuple(host_cas))
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        # TLS 1.3: the proxy judges the client certificate after the client's handshake
-        # ends, so its verdict (an alert) arrives here, on the first read
-        await trio.aclose_forcefully(stream)
-        reason = str(exc.__cause__ or exc)
-        if "EXPIRED" in reason.upper():
-            raise AccessDenied(
-                "the proxy refused your certificate: it has expired",
-                hint="run `tether login`",
-            ) from None
-        raise TetherError(
-            f"the proxy at {proxy} closed the connection: {reason or 'no reason given'}",
-            hint="log in again with `tether login`",
-        ) from None
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
