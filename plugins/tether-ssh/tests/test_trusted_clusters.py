@@ -171,6 +171,8 @@ def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
 ) -> None:
     trust.apply(trusted_cluster_yaml(trust.root, trust.invite()))
     wait_for(lambda: connection(trust.root) == "online", "the leaf to come online")
+    # the leaf's nodes learn the root's user CA on their next refresh (a few seconds)
+    wait_for(lambda: trust.ssh("true")[0] == 0, "the leaf's node to trust the root")
     status, out, err = trust.ssh("pwd; id -un")
     assert status == 0, err
     assert out.split() == [visitor.pw_dir, "visitor"]
@@ -259,6 +261,51 @@ def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(trust: Trus
         assert ran.returncode == 0
     finally:
         trust.root.tetherctl("update", "rc/leaf", "--set-labels=")
+
+
+def test_leaf_admin_tests_the_role_map(trust: Trust) -> None:
+    shown = trust.leaf.tetherctl(
+        "rolemap", "test", "--cluster=root", "--roles=access,auditor", "--format=json"
+    )
+    assert json.loads(shown.stdout) == [
+        {"remote_role": "access", "local_roles": ["visitor"], "rule": "access"},
+        {"remote_role": "auditor", "local_roles": [], "rule": None},
+    ]
+
+
+def test_regex_mapping_with_a_group_and_trait_templates_apply_live(trust: Trust) -> None:
+    role = trust.directory / "visitor-ess.yaml"
+    role.write_text(
+        "kind: role\nversion: v7\nmetadata:\n  name: visitor-ess\nspec:\n  allow:\n"
+        "    logins: ['{{internal.logins}}']\n    node_labels: {env: '{{internal.env}}'}\n"
+    )
+    trust.leaf.tetherctl("create", str(role))
+    regex = trusted_cluster_yaml(trust.root, "").replace(
+        '- remote: "access"\n      local: ["visitor"]',
+        '- remote: "^acc(.*)$"\n      local: ["visitor-$1"]',
+    )
+    assert "visitor-$1" in regex
+    trust.apply(regex, "--force")
+    try:
+        # alice's traits have no env: the template selects nothing, so she sees no node
+        hidden = trust.ssh("true")
+        assert hidden[0] == 255 and "node 'leaf-node' not found in cluster 'leaf'" in hidden[2]
+        trust.root.tetherctl(
+            "users", "update", "alice", "--set-logins=alice,visitor", "--set-traits=env=leaf"
+        )
+        trust.root.login("alice", PASSWORD)
+        status, out, err = trust.ssh("id -un")
+        assert (status, out) == (0, "visitor\n"), err
+        assert connection(trust.root) == "online"  # the tunnels stayed up
+        events = json.loads(
+            trust.leaf.tetherctl(
+                "audit", "search", "--type=trust.login.mapped", "--format=json"
+            ).stdout
+        )
+        assert events[-1]["remote_roles"] == ["access"]
+        assert events[-1]["local_roles"] == ["visitor-ess"]
+    finally:
+        trust.apply(trusted_cluster_yaml(trust.root, ""), "--force")
 
 
 def test_disabling_the_trust_closes_access_and_enabling_restores_it(trust: Trust) -> None:

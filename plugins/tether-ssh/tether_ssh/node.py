@@ -25,7 +25,7 @@ import logging
 import pathlib
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -117,6 +117,7 @@ class _Authorizer:
     state: _State
     node_name: str
     pm: TetherPluginManager
+    audit: Callable[[str, Mapping[str, Any]], None]
 
     def _local_roles(self, identity: pki.Identity) -> list[str]:
         """The identity's roles here: its own, or for a root cluster's user the roles its
@@ -133,6 +134,16 @@ class _Authorizer:
             )
         mappings = map_roles(self.pm, trusted.spec.role_map, identity.roles, identity.cluster)
         local = list(mapped_roles(mappings))
+        self.audit(
+            "trust.login.mapped",
+            {
+                "user": identity.username,
+                "root": identity.cluster,
+                "node": self.node_name,
+                "remote_roles": list(identity.roles),
+                "local_roles": local,
+            },
+        )
         if not local:
             raise AccessDenied(
                 f"no role of {identity.label} ({', '.join(identity.roles) or 'none'}) is "
@@ -146,10 +157,15 @@ class _Authorizer:
         known = [self.state.roles[name] for name in names if name in self.state.roles]
         missing = [name for name in names if name not in self.state.roles]
         if missing:
+            # skipped, not a reason to deny everything; said in the log and the audit
             log.warning(
                 "ssh: roles %s of %s do not exist here; ignoring them",
                 ", ".join(missing),
                 identity.label,
+            )
+            self.audit(
+                "trust.role.missing",
+                {"user": identity.username, "node": self.node_name, "roles": missing},
             )
         roleset = RoleSet(known)
         roleset.check_login(login, node_labels=self.state.labels, traits=identity.traits)
@@ -275,7 +291,9 @@ class NodeService:
             open_ssh_server(
                 node=node,
                 trusted_user_cas=lambda: self.state.user_cas,
-                authorizer=_Authorizer(self.state, self.config.nodename, self.ctx.pm),
+                authorizer=_Authorizer(
+                    self.state, self.config.nodename, self.ctx.pm, self._queue_audit
+                ),
                 audit=self._queue_audit,
             ) as server,
             trio.open_nursery() as nursery,
