@@ -11,6 +11,7 @@ import json
 import pathlib
 import pwd
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -325,3 +326,29 @@ def test_removing_the_trust_on_the_leaf_and_creating_it_again(trust: Trust) -> N
     wait_for(lambda: trust.ssh("true")[0] != 0, "access to end")
     trust.apply(trusted_cluster_yaml(trust.root, trust.invite()))
     wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_restarted_root_sees_the_leaf_reconnect_and_come_back_online(
+    tmp_path: pathlib.Path,
+) -> None:
+    root_config = {"proxy_service": {"listen_addr": f"127.0.0.1:{_free_port()}"}}
+    root = start_cluster(tmp_path / "root", "root", config=root_config)
+    leaf = start_cluster(tmp_path / "leaf", "leaf")
+    try:
+        invitation = root.tetherctl("tokens", "add", "--type=trusted_cluster", "--format=json")
+        trust = Trust(root, leaf, None, tmp_path)  # type: ignore[arg-type]
+        trust.apply(trusted_cluster_yaml(root, json.loads(invitation.stdout)["token"]))
+        wait_for(lambda: connection(root) == "online", "the leaf to come online")
+        root.stop()
+        root = start_cluster(tmp_path / "root", "root", config=root_config)
+        # the leaf's agents redial with backoff; no new token is needed
+        wait_for(lambda: connection(root) == "online", "the leaf to reconnect", timeout=60)
+    finally:
+        leaf.stop()
+        root.stop()
