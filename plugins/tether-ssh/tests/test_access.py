@@ -414,7 +414,7 @@ def _front_door(site: Site, user: str, payload: bytes, *, client_cert: bool = Tr
         (b"SSH-2.0-OpenSSH_9.2\r\n", "control message is not JSON"),
         (b'{"type": "dial"}\n', "the dial request needs a non-empty string 'cluster'"),
         (b'{"type": "dial", "cluster": "main", "node": "x", "port": -1}\n', "port must be"),
-        (b'{"type": "hello"}\n', "expected a dial request, got 'hello'"),
+        (b'{"type": "hello"}\n', "expected a dial, list or host_cas request, got 'hello'"),
         (b'{"type": "dial", "cluster": "elsewhere", "node": "x"}\n', "cluster 'elsewhere'"),
     ],
 )

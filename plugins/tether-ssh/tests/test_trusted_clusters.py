@@ -8,10 +8,12 @@ tunnel mode; the leaf trusts the root with the guide's trusted_cluster (``access
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import pwd
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -177,6 +179,21 @@ def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
     status, out, err = trust.ssh("pwd; id -un")
     assert status == 0, err
     assert out.split() == [visitor.pw_dir, "visitor"]
+
+
+def test_openssh_client_reaches_the_leaf_node_with_tether_config(trust: Trust) -> None:
+    config = trust.directory / "ssh_config"
+    config.write_text(trust.root.tether("alice", "config").stdout)
+    assert "Host *.root *.leaf" in config.read_text()
+    result = subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", "visitor@leaf-node.leaf", "id -un"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TETHER_HOME": str(trust.root.user_home("alice"))},
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "visitor\n"), result.stderr
 
 
 def test_tether_clusters_lists_the_root_and_the_online_leaf(trust: Trust) -> None:

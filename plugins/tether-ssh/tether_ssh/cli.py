@@ -15,7 +15,7 @@ import pathlib
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -23,12 +23,18 @@ import click
 import trio
 
 from tether import pki
-from tether.cli._common import emit_table, output, report, run_async, run_trio
+from tether.auth.client import AuthClient
+from tether.cli._common import emit_table, output, run_async, run_trio
 from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
 from tether.errors import AccessDenied, TetherError
 from tether.resources import KindRegistry, resource_from_dict
 from tether.tunnel.forward import splice
-from tether_ssh.frontdoor import FRONT_DOOR_ALPN, list_nodes, open_node_stream
+from tether_ssh.frontdoor import (
+    FRONT_DOOR_ALPN,
+    cluster_host_cas,
+    list_nodes,
+    open_node_stream,
+)
 from tether_ssh.inventory import NODE, describe_addr
 
 if TYPE_CHECKING:
@@ -217,49 +223,64 @@ def _tether_command() -> str:
     return prefix + program
 
 
-def openssh_config(profile: Profile) -> str:
-    """An OpenSSH client configuration for the logged-in cluster (see ``tether config``)."""
-    cluster = profile.identity().cluster
+def openssh_config(profile: Profile, host_cas: Mapping[str, Sequence[str]]) -> str:
+    """An OpenSSH client configuration for the login's cluster and the leaves it reaches.
+
+    :param host_cas: cluster name -> its SSH host CA lines (the login's own first); each
+        cluster gets ``Host *.CLUSTER`` and a ``@cert-authority *.CLUSTER`` line.
+    """
     proxy_host = profile.proxy.rpartition(":")[0].strip("[]")
-    files = profile.directory
-    known_hosts = files / "openssh_known_hosts"
+    known_hosts = profile.directory / "openssh_known_hosts"
     known_hosts.write_text(
-        "".join(f"@cert-authority *.{cluster} {line}\n" for line in host_ca_lines(profile))
+        "".join(
+            f"@cert-authority *.{cluster} {line}\n"
+            for cluster, lines in host_cas.items()
+            for line in lines
+        )
     )
     known_hosts.chmod(0o600)
-    return "\n".join(
-        [
-            f"# Tether: OpenSSH configuration for cluster {cluster} through {profile.proxy}.",
-            f"# Use: ssh -F FILE LOGIN@NODE.{cluster} (scp and sftp take -F too).",
-            "",
-            f"Host *.{cluster} {proxy_host}",
-            f'    UserKnownHostsFile "{known_hosts}"',
-            f'    IdentityFile "{profile.private_key_file}"',
-            f'    CertificateFile "{profile.ssh_cert_file}"',
-            "    IdentitiesOnly yes",
-            "    PubkeyAuthentication yes",
-            "    PasswordAuthentication no",
-            "    KbdInteractiveAuthentication no",
-            "    HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com,"
-            "ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com",
+    patterns = " ".join(f"*.{cluster}" for cluster in host_cas)
+    lines = [
+        f"# Tether: OpenSSH configuration for clusters {', '.join(host_cas)} through "
+        f"{profile.proxy}.",
+        "# Use: ssh -F FILE LOGIN@NODE.CLUSTER (scp and sftp take -F too).",
+        "",
+        f"Host {patterns} {proxy_host}",
+        f'    UserKnownHostsFile "{known_hosts}"',
+        f'    IdentityFile "{profile.private_key_file}"',
+        f'    CertificateFile "{profile.ssh_cert_file}"',
+        "    IdentitiesOnly yes",
+        "    PubkeyAuthentication yes",
+        "    PasswordAuthentication no",
+        "    KbdInteractiveAuthentication no",
+        "    HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com,"
+        "ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com",
+    ]
+    for cluster in host_cas:
+        lines += [
             "",
             f"Host *.{cluster} !{proxy_host}",
             f"    ProxyCommand {_tether_command()} proxy ssh --cluster={cluster} %r@%h",
-            "",
         ]
-    )
+    return "\n".join([*lines, ""])
 
 
 @click.command("config")
-def config_command() -> None:
-    """Print an OpenSSH client configuration for the current login.
+@run_async
+async def config_command() -> None:
+    """Print an OpenSSH client configuration for the current login and its leaf clusters.
 
     Save it and run `ssh -F FILE LOGIN@NODE.CLUSTER`.
     """
-    try:
-        click.echo(openssh_config(_profile()), nl=False)
-    except TetherError as exc:
-        report(exc)
+    profile = _profile()
+    own = profile.identity().cluster
+    host_cas: dict[str, Sequence[str]] = {own: host_ca_lines(profile)}
+    context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
+    async with AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)) as auth:
+        leaves = [doc["metadata"]["name"] for doc in await auth.get_resources("remote_cluster")]
+    for leaf in sorted(leaves):
+        host_cas[leaf] = await cluster_host_cas(profile.proxy, context, cluster=leaf)
+    click.echo(openssh_config(profile, host_cas), nl=False)
 
 
 # --- tether ssh and tether scp -------------------------------------------------------------

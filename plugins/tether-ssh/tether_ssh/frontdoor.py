@@ -242,8 +242,13 @@ async def front_door(conn: ProxyConnection) -> None:
         if message["type"] == "list":
             await _answer(channel, await _list(conn, _string(message, "cluster")))
             return
+        if message["type"] == "host_cas":
+            await _answer(channel, await _cluster_host_cas(conn, _string(message, "cluster")))
+            return
         if message["type"] != "dial":
-            raise ControlError(f"expected a dial or list request, got {message['type']!r}")
+            raise ControlError(
+                f"expected a dial, list or host_cas request, got {message['type']!r}"
+            )
         identity = conn.identity()
         cluster = _string(message, "cluster")
         node_text = _string(message, "node")
@@ -298,6 +303,19 @@ async def _list(conn: ProxyConnection, cluster: str) -> dict[str, Any]:
     else:
         nodes = await _list_leaf(conn, cluster)
     return {"type": "nodes", "nodes": nodes}
+
+
+async def _cluster_host_cas(conn: ProxyConnection, cluster: str) -> dict[str, Any]:
+    """The SSH host CAs of a cluster this user may see (``tether config``)."""
+    conn.identity()
+    if cluster != conn.proxy.cluster_name:
+        try:
+            await conn.proxy.auth.get_resources(
+                "remote_cluster", cluster, headers=conn.forwarded_headers()
+            )
+        except NotFound:
+            raise NotFound(f"cluster {cluster!r} not found") from None
+    return {"type": "host_cas", "host_cas": await _host_cas(conn.proxy, cluster)}
 
 
 async def serve_remote(req: RemoteRequest) -> None:
@@ -459,6 +477,19 @@ async def list_nodes(proxy: str, context: Any, *, cluster: str) -> list[dict[str
     if answer["type"] != "nodes" or not isinstance(answer.get("nodes"), list):
         raise ControlError(f"unexpected answer {answer['type']!r} from the proxy")
     return list(answer["nodes"])
+
+
+async def cluster_host_cas(proxy: str, context: Any, *, cluster: str) -> list[str]:
+    """The SSH host CA lines of ``cluster`` (this proxy's or a leaf's), from the proxy.
+
+    :param context: as for :func:`open_node_stream`.
+    """
+    stream, _, answer = await _ask(proxy, context, {"type": "host_cas", "cluster": cluster})
+    await trio.aclose_forcefully(stream)
+    found = answer.get("host_cas")
+    if answer["type"] != "host_cas" or not isinstance(found, list):
+        raise ControlError(f"unexpected answer {answer['type']!r} from the proxy")
+    return [str(line) for line in found]
 
 
 async def open_node_stream(
