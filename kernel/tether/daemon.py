@@ -39,7 +39,7 @@ from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, peer_address, serve_tls
 from tether.tlsstream import TLSStream
-from tether.tunnel.server import TUNNEL_ALPN
+from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
 
 __all__ = ["run_daemon"]
 
@@ -179,6 +179,11 @@ async def _start_proxy(
         other_cas[:] = [cert for certs in others.values() for cert in certs]
         for cert in other_cas:
             server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
+        server: TunnelServer | None = ctx.extras.get("tunnel_server")
+        if server is not None:  # a leaf whose trust was removed loses its tunnels now
+            for cluster in server.clusters():
+                if cluster != config.cluster_name and cluster not in others:
+                    await server.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
 
     await reload_trust()
     auth.on_trust_change.append(reload_trust)
@@ -192,7 +197,7 @@ async def _start_proxy(
     await nursery.start(recorder.run)
     ctx.extras["tunnel_server"] = tunnels
     ctx.on_stop.append(tunnels.goaway_all)
-    web = _LazyHandler(holder, auth_client)
+    web = _LazyHandler(holder, auth_client, tunnels)
     proxy_ctx = ProxyContext(
         cluster_name=config.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
@@ -265,14 +270,18 @@ def _public_host(host: str) -> str:
 class _LazyHandler:
     """Builds the web app on first use, once the proxy knows its own port."""
 
-    def __init__(self, holder: dict[str, ProxyWebInfo], auth: AuthClient) -> None:
+    def __init__(
+        self, holder: dict[str, ProxyWebInfo], auth: AuthClient, tunnels: TunnelServer
+    ) -> None:
         self._holder = holder
         self._auth = auth
+        self._tunnels = tunnels
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
         if self._handler is None:
-            self._handler = ASGIHandler(build_web_app(self._holder["info"], self._auth))
+            app = build_web_app(self._holder["info"], self._auth, tunnels=self._tunnels)
+            self._handler = ASGIHandler(app)
         await self._handler(stream)
 
 
@@ -295,9 +304,10 @@ async def run_daemon(
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until cancelled (SIGTERM, SIGHUP and Ctrl-C stop it cleanly)."""
-    pm.hook.tether_configure(config=config)
+    # the data directory first, 0700: plugins configured next create directories inside it
     data_dir = trio.Path(config.data_dir)
     await data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pm.hook.tether_configure(config=config)
     process_file = pathlib.Path(data_dir / PROCESS_FILE)
     if not config.auth_service.enabled and config.proxy_service.enabled:
         raise ConfigError(

@@ -26,7 +26,7 @@ from tether import audit, pki
 from tether.auth import passwords
 from tether.auth.connectors import IdentityConnector, LoginIdentity, PasswordConnector
 from tether.auth.trust import establish_trust_with_root
-from tether.backend import Backend, Op
+from tether.backend import Backend, Item, Op
 from tether.config import Config
 from tether.durations import format_duration
 from tether.errors import AccessDenied, AlreadyExists, NotFound, PluginError, TetherError
@@ -255,6 +255,23 @@ class AuthService:
             found.setdefault(ca.spec.cluster_name, []).extend(certs)
         return found
 
+    async def _needs_handshake(self, trusted: Resource, existing: Item | None) -> bool:
+        """Whether creating ``trusted`` must run the handshake with its root.
+
+        The first time, yes. Afterwards the clusters know each other's CAs, so a changed role
+        map or enabled flag applies without a (by then expired) token; the guide's edit flow
+        reads the resource back with the token hidden. A new token, though, asks for a new
+        handshake: that is how trust is restored after the root removed its remote_cluster.
+        """
+        if not await self.trusts(trusted.metadata.name):
+            return True
+        token = trusted.spec.token
+        if not token:
+            return False
+        if existing is None:
+            return True
+        return bool(token != resource_from_bytes(existing.value, self.registry).spec.token)
+
     async def trusts(self, cluster: str) -> bool:
         """Whether this cluster holds another cluster's X.509 CA (a handshake happened)."""
         kind = self.registry.get("cert_authority")
@@ -469,10 +486,15 @@ class AuthService:
         except AccessDenied:
             if kind.access_labels is None or identity.kind != "user" or with_secrets:
                 raise
-            roleset = await self._roleset(identity.roles)
-            field = kind.access_labels
-            return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
-        return _everything
+        else:
+            # rules grant the kind; cluster visibility still applies to users, as the guide
+            # says of a labelled leaf: "the Auth Service won't return any information about
+            # the cluster unless you are assigned a role that allows" its labels
+            if kind.access_labels != "cluster_labels" or identity.kind != "user":
+                return _everything
+        roleset = await self._roleset(identity.roles)
+        field = kind.access_labels
+        return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
 
     async def publish(
         self, identity: pki.Identity, resource: Resource, ttl: datetime.timedelta
@@ -552,9 +574,7 @@ class AuthService:
                     hint="create a trusted_cluster on the leaf with a token from "
                     "`tetherctl tokens add --type=trusted_cluster`",
                 )
-            if kind.name == "trusted_cluster" and not await self.trusts(res.metadata.name):
-                # the first time only: afterwards the clusters know each other's CAs and a
-                # changed role map or enabled flag applies without a (possibly expired) token
+            if kind.name == "trusted_cluster" and await self._needs_handshake(res, existing):
                 await establish_trust_with_root(self, res)
             expected = existing.revision if existing is not None else 0
             ops.append(Op.put(key, resource_to_bytes(res), expected_revision=expected))

@@ -21,6 +21,8 @@ from tether import pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
 from tether.errors import AccessDenied
+from tether.proxy.metrics import metrics_route
+from tether.tunnel.server import TunnelServer
 from tether.wire import (
     exception_handlers,
     number_field,
@@ -60,8 +62,13 @@ def ping_json(info: ProxyWebInfo) -> dict[str, Any]:
     }
 
 
-def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
-    """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port."""
+def build_web_app(
+    info: ProxyWebInfo, auth: AuthClient, *, tunnels: TunnelServer | None = None
+) -> Starlette:
+    """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
+
+    :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
+    """
 
     async def ping(request: Request) -> JSONResponse:
         return JSONResponse(ping_json(info))
@@ -130,6 +137,7 @@ def build_web_app(info: ProxyWebInfo, auth: AuthClient) -> Starlette:
             Route("/webapi/join", join, methods=["POST"]),
             Route("/webapi/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
+            metrics_route(info.cluster_name, auth, tunnels),
         ],
         exception_handlers=exception_handlers(),
     )

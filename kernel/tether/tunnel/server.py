@@ -43,6 +43,7 @@ __all__ = [
     "TUNNEL_ALPN",
     "TUNNEL_KINDS",
     "ClusterOffline",
+    "ClusterStatistics",
     "TargetRefused",
     "TunnelRecord",
     "TunnelServer",
@@ -82,6 +83,24 @@ class TunnelRecord:
         return not self.conn.closed and not self.conn.draining
 
 
+@attrs.frozen
+class ClusterStatistics:
+    """What one cluster's tunnels to this proxy carry right now (see
+    :meth:`TunnelServer.statistics`).
+
+    :param tunnels: healthy tunnels (open, not going away).
+    :param streams: open streams through its tunnels, not counting their control streams.
+    :param bytes_sent: stream data this proxy sent to the cluster since it started, over
+        tunnels open and closed; it only grows.
+    :param bytes_received: stream data the cluster sent here, counted the same way.
+    """
+
+    tunnels: int
+    streams: int
+    bytes_sent: int
+    bytes_received: int
+
+
 Authenticator = Callable[[trio.abc.Stream], Identity]
 
 
@@ -117,6 +136,8 @@ class TunnelServer:
         self.timings = timings or TunnelTimings()
         self.mux_config = mux_config
         self._tunnels: dict[str, dict[int, TunnelRecord]] = {}
+        #: (sent, received) stream bytes of each cluster's closed tunnels
+        self._closed_bytes: dict[str, tuple[int, int]] = {}
         self._ids = itertools.count(1)
         self._changed = trio.lowlevel.ParkingLot()
         self._draining: str | None = None
@@ -130,6 +151,27 @@ class TunnelServer:
             for name, records in self._tunnels.items()
             if (healthy := [r for r in records.values() if r.healthy])
         }
+
+    def statistics(self) -> dict[str, ClusterStatistics]:
+        """Every cluster that has had a tunnel here since this proxy started, online or not."""
+        result = {}
+        for name in self._tunnels.keys() | self._closed_bytes.keys():
+            records = list(self._tunnels.get(name, {}).values())
+            sent, received = self._closed_bytes.get(name, (0, 0))
+            streams = 0
+            for record in records:
+                stats = record.conn.statistics()
+                sent += stats["bytes_sent"]
+                received += stats["bytes_received"]
+                # a registered tunnel's control stream is open until the tunnel ends
+                streams += max(stats["streams"] - 1, 0)
+            result[name] = ClusterStatistics(
+                tunnels=sum(1 for r in records if r.healthy),
+                streams=streams,
+                bytes_sent=sent,
+                bytes_received=received,
+            )
+        return result
 
     def is_online(self, cluster: str) -> bool:
         return cluster in self.clusters()
@@ -188,6 +230,11 @@ class TunnelServer:
             f"cluster {cluster!r} is offline: {last_error}",
             hint="check that its agent runs and can reach this proxy's tunnel address",
         )
+
+    async def disconnect(self, cluster: str, reason: str) -> None:
+        """Close every tunnel of ``cluster`` now (its trust was removed)."""
+        for record in list(self._tunnels.get(cluster, {}).values()):
+            await record.conn.aclose(reason)
 
     async def goaway_all(self, reason: str = "proxy shutting down") -> None:
         """Tell every agent to move to another proxy now; running streams may finish. New
@@ -303,6 +350,12 @@ class TunnelServer:
         self._notify()
 
     def _unregister(self, record: TunnelRecord) -> None:
+        stats = record.conn.statistics()
+        sent, received = self._closed_bytes.get(record.cluster, (0, 0))
+        self._closed_bytes[record.cluster] = (
+            sent + stats["bytes_sent"],
+            received + stats["bytes_received"],
+        )
         records = self._tunnels.get(record.cluster, {})
         records.pop(record.id, None)
         if not records:

@@ -27,7 +27,13 @@ from tether import pki
 from tether.client.profile import current_profile
 from tether.datadir import admin_identity_paths
 from tether.testing.accounts import can_create_accounts, os_account
-from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
+from tether.testing.cluster import (
+    RunningCluster,
+    RunningNode,
+    run_cli,
+    start_cluster,
+    start_node,
+)
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -169,6 +175,15 @@ def test_wrong_ca_pin_is_refused_before_the_token_is_sent(trust: Trust) -> None:
     assert f"does not present the pinned CA {wrong}" in err
 
 
+def test_root_with_an_untrusted_web_certificate_and_no_pin_is_refused(trust: Trust) -> None:
+    text = trusted_cluster_yaml(trust.root, trust.invite()).replace(
+        f"  ca_pin: {trust.root.ca_pin}\n", ""
+    )
+    err = _refused_trust(trust, text)
+    assert "The trusted cluster uses misconfigured HTTP/TLS certificate." in err
+    assert "spec.ca_pin" in err
+
+
 def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
     trust: Trust, visitor: pwd.struct_passwd
 ) -> None:
@@ -260,6 +275,13 @@ def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(trust: Trus
     try:
         clusters = json.loads(trust.root.tether("alice", "clusters", "-f", "json").stdout)
         assert [c["name"] for c in clusters] == ["root"]
+        # as the guide says, even an editor's `tetherctl get rc` shows no labelled leaf
+        # until one of their roles has matching cluster_labels
+        trust.root.add_user("ed", PASSWORD, roles=["editor"])
+        trust.root.login("ed", PASSWORD)
+        editor_env = {"TETHER_HOME": str(trust.root.user_home("ed"))}
+        seen = run_cli("tetherctl", "get", "rc", "--format=json", env=editor_env).stdout
+        assert json.loads(seen) == []
         hidden = trust.ssh("true")
         assert hidden[0] == 255 and "cluster 'leaf' not found" in hidden[2]
         prod = trust.directory / "prod.yaml"
@@ -334,6 +356,17 @@ def test_disabling_the_trust_closes_access_and_enabling_restores_it(trust: Trust
     assert status == 255
     assert "cluster 'leaf' is offline" in err
     trust.apply(trusted_cluster_yaml(trust.root, "", enabled=True), "--force")
+    wait_for(lambda: connection(trust.root) == "online", "the leaf to come back")
+    wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")
+
+
+def test_removing_the_remote_cluster_on_the_root_and_restoring_it(trust: Trust) -> None:
+    assert trust.ssh("true")[0] == 0
+    trust.root.tetherctl("rm", "rc/leaf")
+    wait_for(lambda: trust.ssh("true")[0] != 0, "access to end")
+    assert "cluster 'leaf' not found" in trust.ssh("true")[2]
+    # the guide: creating the trusted_cluster again on the leaf, with a valid token
+    trust.apply(trusted_cluster_yaml(trust.root, trust.invite()), "--force")
     wait_for(lambda: connection(trust.root) == "online", "the leaf to come back")
     wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")
 
