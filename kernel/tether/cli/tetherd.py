@@ -87,17 +87,19 @@ def start(
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def demo(ctx: click.Context, debug: bool) -> None:
-    """Start a throw-away cluster on 127.0.0.1 and print the commands to try."""
+    """Start a root and a leaf cluster that trusts it on 127.0.0.1; print the commands to try."""
     from tether.demo import run_demo
+    from tether.plugins import get_plugin_manager
 
     debug = debug or ctx.obj["debug"]
     ctx.obj["debug"] = debug
     setup_logging("DEBUG" if debug else "WARNING", "text", debug=debug)
     try:
-        pm = plugin_manager()
+        plugin_manager()  # a plugin that cannot load is reported before anything starts
     except TetherError as exc:
         fail(str(exc))
-    run_command(run_demo, pm, sys.stdout, interrupted=(0, "\nDemo stopped."))
+    # each daemon gets a manager of its own, built as plugin_manager() built that one
+    run_command(run_demo, get_plugin_manager, sys.stdout, interrupted=(0, "\nDemo stopped."))
 
 
 @cli.command()

@@ -1,8 +1,10 @@
-"""``tetherd demo`` with the SSH plugin installed: the printed commands reach a node."""
+"""``tetherd demo`` with the SSH plugin installed: the guide's root and leaf on localhost, and the
+printed commands reach the leaf's node through the trust."""
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import pathlib
 import re
@@ -29,7 +31,13 @@ def _read_until(process: subprocess.Popen[bytes], marker: str, timeout: float = 
     return data.decode()
 
 
-def test_newcomer_runs_the_demo_and_reaches_its_node_with_the_printed_commands(
+def _printed_line(printed: str, text: str) -> str:
+    found = [line.strip() for line in printed.splitlines() if text in line]
+    assert found, f"the demo printed no line with {text!r}:\n{printed}"
+    return found[0]
+
+
+def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
     tmp_path: pathlib.Path,
 ) -> None:
     process = subprocess.Popen(
@@ -38,19 +46,26 @@ def test_newcomer_runs_the_demo_and_reaches_its_node_with_the_printed_commands(
         stderr=subprocess.STDOUT,
     )
     try:
-        printed = _read_until(process, "tether logout")
-        login_line = next(line for line in printed.splitlines() if "tether login" in line)
-        password = re.search(r"echo (\S+) \|", login_line)
+        printed = _read_until(process, "get trusted_cluster/root")
+        login_line = _printed_line(printed, "tether login")
+        password = re.search(r"^echo (\S+) \| tether ", login_line)
         assert password is not None, printed
-        args = login_line.split("| tether ", 1)[1].split()
         env = {"TETHER_HOME": str(tmp_path / "home")}
-        run_cli("tether", *args, env=env, input=password.group(1) + "\n")
-        listed = run_cli("tether", "ls", env=env).stdout
-        assert re.search(r"^localhost\s+127\.0\.0\.1:\d+\s+env=demo$", listed, re.M), listed
+        run_cli("tether", *login_line.split()[4:], env=env, input=password.group(1) + "\n")
+
         me = getpass.getuser()
-        assert f"tether ssh {me}@localhost" in printed
-        ran = run_cli("tether", "ssh", f"{me}@localhost", "whoami", env=env)
+        ssh_line = _printed_line(printed, "tether ssh")
+        assert ssh_line == f"tether ssh --cluster=leaf {me}@leaf-node 'whoami'"
+        ran = run_cli("tether", "ssh", "--cluster=leaf", f"{me}@leaf-node", "whoami", env=env)
         assert ran.stdout == f"{me}\n"
+        listed = run_cli("tether", *_printed_line(printed, "tether ls").split()[1:], env=env)
+        assert re.search(r"^leaf-node\s+127\.0\.0\.1:\d+\s+env=demo$", listed.stdout, re.M)
+
+        get_rc = _printed_line(printed, "get rc").split()
+        assert get_rc[:2] == ["tetherctl", "-c"], printed
+        root_config = get_rc[2]
+        remote = run_cli("tetherctl", "-c", root_config, "get", "rc/leaf", "--format=json")
+        assert json.loads(remote.stdout)["status"]["connection"] == "online"
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -60,4 +75,4 @@ def test_newcomer_runs_the_demo_and_reaches_its_node_with_the_printed_commands(
             raise
     assert process.returncode == 0, rest
     assert b"Demo stopped." in rest
-    assert not os.path.exists(printed.split("config     ")[1].split()[0])
+    assert not os.path.exists(pathlib.Path(root_config).parent.parent)
