@@ -52,6 +52,7 @@ from tether.errors import AccessDenied, TetherError
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, parse_resources
+from tether.testing.accounts import os_account
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates an OS user and switches to it")
 
@@ -84,16 +85,8 @@ def _role_set(**options: bool) -> RoleSet:
 @pytest.fixture(scope="module")
 def os_user() -> Iterator[pwd.struct_passwd]:
     """The ``visitor`` account; created (and removed) here unless it already exists."""
-    try:
-        yield pwd.getpwnam(LOGIN)
-        return
-    except KeyError:
-        pass
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", LOGIN], check=True)
-    try:
-        yield pwd.getpwnam(LOGIN)
-    finally:
-        subprocess.run(["userdel", "-r", LOGIN], check=False, capture_output=True)
+    with os_account(LOGIN) as account:
+        yield account
 
 
 @attrs.frozen

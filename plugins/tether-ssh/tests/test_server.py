@@ -44,6 +44,7 @@ from tether.builtins import core_kinds
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, parse_resources
+from tether.testing.accounts import os_account
 from tether.tunnel.forward import splice
 
 pytestmark = [
@@ -79,16 +80,8 @@ def _role_set(**options: bool) -> RoleSet:
 @pytest.fixture(scope="module")
 def os_user() -> Iterator[pwd.struct_passwd]:
     """The ``visitor`` account; created (and removed) here unless it already exists."""
-    try:
-        yield pwd.getpwnam(LOGIN)
-        return
-    except KeyError:
-        pass
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", LOGIN], check=True)
-    try:
-        yield pwd.getpwnam(LOGIN)
-    finally:
-        subprocess.run(["userdel", "-r", LOGIN], check=False, capture_output=True)
+    with os_account(LOGIN) as account:
+        yield account
 
 
 @attrs.define
