@@ -139,6 +139,8 @@ def dump_yaml(data: Any) -> str:
     yaml.default_flow_style = False
     # keep the caller's key order (kind, version, metadata, spec), as tctl prints it
     yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+    # no folding of long scalars (CA pins, certificates) onto a second line
+    yaml.width = 4096
     stream = io.StringIO()
     yaml.dump(data, stream)
     return stream.getvalue()
