@@ -87,14 +87,19 @@ class AuditQuery:
     :param type: only events of this type, or of a type starting with ``type + "."``.
     :param since: only events at or after this time.
     :param limit: at most this many (the newest ones), oldest first.
+    :param cluster: only events of this cluster (the auth service asking sets its own, so a
+        sink shared by several clusters in one process answers each with its own events).
     """
 
     type: str | None = None
     since: datetime.datetime | None = None
     limit: int = 1000
+    cluster: str | None = None
 
     def matches(self, event: AuditEvent) -> bool:
         if self.type and not (event.type == self.type or event.type.startswith(self.type + ".")):
+            return False
+        if self.cluster is not None and event.cluster != self.cluster:
             return False
         return not (self.since is not None and event.time < self.since)
 

@@ -196,8 +196,6 @@ async def run_demo(
         root_path = _write_config(root, base / ROOT_CLUSTER / "tether.yaml")
         leaf_path = _write_config(leaf, base / LEAF_CLUSTER / "tether.yaml")
         async with trio.open_nursery() as nursery:
-            # the leaf starts first: the builtin jsonl audit sink keeps one log per process,
-            # the last configured one, and the root's is the one users look at
             await nursery.start(_run_daemon_then_stop, leaf, leaf_pm, nursery.cancel_scope)
             info = await nursery.start(_run_daemon_then_stop, root, root_pm, nursery.cancel_scope)
             proxy = str(info["proxy_addr"])

@@ -1047,4 +1047,4 @@ class AuthService:
         self, identity: pki.Identity, query: audit.AuditQuery
     ) -> list[audit.AuditEvent]:
         await self.authorize(identity, "event", "list")
-        return await audit.search(self.pm, query)
+        return await audit.search(self.pm, attrs.evolve(query, cluster=self.cluster_name))

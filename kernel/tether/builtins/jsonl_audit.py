@@ -2,7 +2,8 @@
 
 The directory comes from ``tether_configure``; the file is appended to from a worker thread so
 a slow disk never blocks the event loop, and each line is flushed before the call returns so an
-acknowledged event survives a crash.
+acknowledged event survives a crash. Several daemons in one process (``tetherd demo``: a root
+and a leaf) share this module: each cluster's events go to its own data directory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tether.audit import AuditEvent, AuditQuery
 from tether.config import Config
 from tether.hookspecs import hookimpl
 
-_state: dict[str, pathlib.Path] = {}
+#: cluster name -> its events file
+_paths: dict[str, pathlib.Path] = {}
 _lock = threading.Lock()
 
 FILE_NAME = "events.jsonl"
@@ -29,7 +31,7 @@ def tether_configure(config: Config) -> None:
     """Point the sink at ``data_dir/log`` (created 0700); until then nothing is recorded."""
     log_dir = pathlib.Path(config.data_dir) / "log"
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _state["path"] = log_dir / FILE_NAME
+    _paths[config.cluster_name] = log_dir / FILE_NAME
 
 
 def _append(path: pathlib.Path, line: str) -> None:
@@ -62,16 +64,21 @@ def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
 
 @hookimpl
 async def tether_audit_event(event: AuditEvent) -> None:
-    path = _state.get("path")
+    path = _paths.get(event.cluster)
     if path is None:
         return
     line = json.dumps(event.to_json(), sort_keys=False, default=str) + "\n"
     await trio.to_thread.run_sync(_append, path, line)
 
 
+def _only_path() -> pathlib.Path | None:
+    """The file of the one configured cluster, for a search that names none."""
+    return next(iter(_paths.values())) if len(_paths) == 1 else None
+
+
 @hookimpl
 async def tether_audit_search(query: AuditQuery) -> list[AuditEvent] | None:
-    path = _state.get("path")
+    path = _paths.get(query.cluster) if query.cluster else _only_path()
     if path is None:
         return None
     return await trio.to_thread.run_sync(_read, path, query)

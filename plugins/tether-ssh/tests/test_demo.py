@@ -66,6 +66,35 @@ def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
         root_config = get_rc[2]
         remote = run_cli("tetherctl", "-c", root_config, "get", "rc/leaf", "--format=json")
         assert json.loads(remote.stdout)["status"]["connection"] == "online"
+
+        # each cluster audits what happened there, though both run in one process
+        leaf_config = _printed_line(printed, "get trusted_cluster").split()[2]
+        logins = {
+            config: json.loads(
+                run_cli(
+                    "tetherctl",
+                    "-c",
+                    config,
+                    "audit",
+                    "search",
+                    "--type=user.login",
+                    "--format=json",
+                ).stdout
+            )
+            for config in (root_config, leaf_config)
+        }
+        assert [e["user"] for e in logins[root_config]] == ["demo"]
+        assert logins[leaf_config] == []
+        sessions = run_cli(
+            "tetherctl",
+            "-c",
+            leaf_config,
+            "audit",
+            "search",
+            "--type=ssh.session.end",
+            "--format=json",
+        )
+        assert [e["cluster"] for e in json.loads(sessions.stdout)] == ["leaf"]
     finally:
         process.send_signal(signal.SIGINT)
         try:
