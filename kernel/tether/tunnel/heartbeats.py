@@ -50,12 +50,28 @@ class HeartbeatRecorder:
         self.flush_interval = flush_interval
         self._clock = clock
         self._pending: dict[tuple[str, str, str], HeartbeatRecord] = {}
+        self._urgent = trio.Event()
         self.writes = 0
         self.recorded = 0
 
-    def record(self, cluster: str, proxy_id: str, agent: str, status: Mapping[str, Any]) -> None:
-        """Note a heartbeat (or a connect/disconnect); the newest per tunnel wins."""
+    def record(
+        self,
+        cluster: str,
+        proxy_id: str,
+        agent: str,
+        status: Mapping[str, Any],
+        *,
+        urgent: bool = False,
+    ) -> None:
+        """Note a heartbeat (or a connect/disconnect); the newest per tunnel wins.
+
+        :param urgent: write at once rather than with the next batch: a tunnel that came or
+            went changes what ``tetherctl get rc`` must say, while a heartbeat of a tunnel
+            already known up changes nothing anyone waits for.
+        """
         self.recorded += 1
+        if urgent:
+            self._urgent.set()
         self._pending[(cluster, proxy_id, agent)] = HeartbeatRecord(
             cluster=cluster,
             proxy_id=proxy_id,
@@ -88,7 +104,9 @@ class HeartbeatRecorder:
         task_status.started()
         try:
             while True:
-                await trio.sleep(self.flush_interval)
+                with trio.move_on_after(self.flush_interval):
+                    await self._urgent.wait()
+                self._urgent = trio.Event()
                 await self.flush()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):

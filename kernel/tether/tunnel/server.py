@@ -346,7 +346,9 @@ class TunnelServer:
     def _register(self, record: TunnelRecord) -> None:
         self._tunnels.setdefault(record.cluster, {})[record.id] = record
         if self._recorder is not None:
-            self._recorder.record(record.cluster, self.proxy_id, record.agent, {"connected": True})
+            self._recorder.record(
+                record.cluster, self.proxy_id, record.agent, {"connected": True}, urgent=True
+            )
         self._notify()
 
     def _unregister(self, record: TunnelRecord) -> None:
@@ -362,7 +364,7 @@ class TunnelServer:
             self._tunnels.pop(record.cluster, None)
             if self._recorder is not None:
                 self._recorder.record(
-                    record.cluster, self.proxy_id, record.agent, {"connected": False}
+                    record.cluster, self.proxy_id, record.agent, {"connected": False}, urgent=True
                 )
         self._notify()
 
