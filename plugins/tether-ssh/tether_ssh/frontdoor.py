@@ -117,9 +117,9 @@ def _string(message: dict[str, Any], key: str) -> str:
     return value
 
 
-async def _nodes(proxy: ProxyContext, headers: dict[str, str] | None = None) -> list[Resource]:
-    """The nodes of this cluster: the ones a user may see with their forwarded certificate
-    in ``headers``, every node without (a leaf serving its root, whose node checks access)."""
+async def _nodes(proxy: ProxyContext, headers: dict[str, str]) -> list[Resource]:
+    """The nodes of this cluster the user whose certificate ``headers`` forward may see (a
+    root's user too: auth maps their roles first)."""
     docs = await proxy.auth.get_resources("node", headers=headers)
     return [resource_from_dict(doc, _NODES, source="node from auth") for doc in docs]
 
