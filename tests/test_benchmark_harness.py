@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -198,3 +199,163 @@ def test_ssh_session_reports_a_site_that_cannot_start_instead_of_failing_silentl
     assert "tetherd for main exited 1" in report["missing"]["tether_tunnel"]
     assert report["setup_seconds"]["python_startup"]["median"] > 0
     assert "n/a" in ss.table(report)
+
+
+ml = load("many_leaves")
+leaves = ml.leaves
+
+# A stand-in for a leaves process: the events the real one prints, for ``--count`` leaves
+# named from ``--first``, then the count in a file (read by FAKE_TETHERCTL) until stdin closes.
+FAKE_LEAVES = """
+import json, pathlib, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+first, count = int(args["--first"]), int(args["--count"])
+def emit(event, **fields):
+    print(json.dumps({"event": event, "at": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+                      **fields}), flush=True)
+emit("generated", leaves=count, seconds=0.01)
+for i in range(first, first + count):
+    emit("joined", leaf=f"leaf{i}", trust_s=0.01, validate_s=0.02 + i / 1000)
+emit("connected", count=count, pools=count, dial_attempts=count, failing=0, errors=[])
+pathlib.Path(args["--state"], f"leaves-{first}").write_text(str(count))
+sys.stdin.read()
+"""
+FAKE_TETHER = """
+import sys
+if sys.argv[1] == "clusters":
+    print("Cluster Name Status Cluster Type Labels Selected")
+    print("------------ ------ ------------ ------ --------")
+    print("root         online root                *")
+    print("leaf0        online leaf")
+"""
+FAKE_TETHERCTL = """
+import json, pathlib, sys
+state = pathlib.Path(sys.argv[1])
+n = 1 + sum(int(p.read_text()) for p in state.glob("leaves-*"))
+docs = [{"metadata": {"name": f"leaf{i}"}, "status": {"connection": "online"}} for i in range(n)]
+print(json.dumps(docs))
+"""
+
+
+def test_many_leaves_run_measures_one_leaf_then_every_leaf_and_writes_the_schema(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the clusters and the leaves' processes are stubbed with small scripts (no tetherd, no
+    # handshake) to keep the suite fast; the fleet's event reading, the waits, the timing,
+    # the /proc figures and the report are the real ones
+    state = tmp_path / "state"
+    state.mkdir()
+    scripts = {}
+    for name, text in (("tether", FAKE_TETHER), ("tetherctl", FAKE_TETHERCTL)):
+        scripts[name] = tmp_path / f"{name}.py"
+        scripts[name].write_text(text)
+
+    @contextlib.contextmanager
+    def fake_site() -> Iterator[object]:
+        yield ml.TrustSite(
+            root_pid=os.getpid(),
+            root_proxy="127.0.0.1:1",
+            root_ca_pin="sha256:" + "0" * 64,
+            token="not-a-token",
+            user_env=dict(os.environ),
+            tether=(sys.executable, str(scripts["tether"])),
+            root_tetherctl=(sys.executable, str(scripts["tetherctl"]), str(state)),
+        )
+
+    def fake_argv(self: object, first: int, count: int) -> list[str]:
+        argv = [sys.executable, "-c", FAKE_LEAVES, "--first", str(first), "--count", str(count)]
+        return [*argv, "--state", str(state)]
+
+    pids: list[int] = []
+
+    @contextlib.contextmanager
+    def recorded_fleet(**kwargs: object) -> Iterator[object]:
+        with leaves.LeafFleet(**kwargs) as fleet:
+            pids.extend(fleet.pids())
+            yield fleet
+
+    monkeypatch.setattr(ml, "open_trust_site", fake_site)
+    monkeypatch.setattr(ml, "leaf_fleet", recorded_fleet)
+    monkeypatch.setattr(leaves.LeafFleet, "_argv", fake_argv)
+    out = tmp_path / "ml.json"
+    results_dir = tmp_path / "results"
+    argv = ["--json", str(out), "--leaves", "7", "--runs", "2", "--list-runs", "2"]
+    argv += ["--idle-seconds", "0.2", "--join-timeout", "20", "--results-dir", str(results_dir)]
+    assert ml.main(argv) == 0
+
+    report = json.loads(out.read_text())
+    assert report["leaves_online"] == {"one_leaf": 1, "many_leaves": 7}
+    join = report["join"]
+    assert (join["joined"], join["refused"], join["tunnels_up"], join["online"]) == (6, 0, 6, 7)
+    assert join["seconds_from_start"]["all_online_in_get_rc"] >= 0
+    assert join["handshake_seconds"]["validate"]["last_tenth_median"] == 0.026
+    assert report["checks"]["many_leaves"]["get_rc_online"] == 7
+    assert report["checks"]["one_leaf"]["tether_clusters_online_rows"] == 2
+    for phase in ml.PHASES:
+        assert report["root_idle"][phase]["rss_mib"] > 0
+        for figure in ml.FIGURES:
+            assert len(report["samples"][phase][figure]) == 2
+            assert report["seconds"][phase][figure]["median"] > 0
+    cpu_ratios = {f"{figure}_root_cpu" for figure in ml.FIGURES}
+    assert set(report["ratio_many_vs_one"]) == {
+        *ml.FIGURES,
+        *cpu_ratios,
+        "root_idle_cpu",
+        "root_rss",
+    }
+    assert len(report["root_cpu_seconds_samples"]["many_leaves"]["ssh"]) == 2
+    assert report["ratio_many_vs_one"]["ssh"] > 0
+    assert report["targets_met"]["ssh"] in (True, False)
+    assert not report["failures"] and not report["missing"]
+    assert {"cpu_model", "cores", "memory_bytes", "kernel", "python", "date"} <= set(
+        report["machine"]
+    )
+    dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
+    assert len(dated) == 1
+    assert dated[0] in (results_dir / "README.md").read_text()
+    assert "many / one" in ml.table(report)
+    assert pids and all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_many_leaves_reports_a_site_that_cannot_start(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_site() -> object:
+        raise AssertionError("tetherd for root exited 1")
+
+    monkeypatch.setattr(ml, "open_trust_site", broken_site)
+    out = tmp_path / "ml.json"
+    argv = ["--json", str(out), "--quick", "--results-dir", str(tmp_path / "results")]
+    assert ml.main(argv) == 1
+
+    report = json.loads(out.read_text())
+    assert "tetherd for root exited 1" in report["missing"]["site"]
+    assert report["seconds"]["one_leaf"]["ssh"]["median"] is None
+    assert report["join"] is None
+    assert "n/a" in ml.table(report)
+
+
+def test_lightweight_leaves_join_a_real_root_and_hold_tunnels(tmp_path: pathlib.Path) -> None:
+    # the real leaves' process against a real root: the handshake is accepted and the root
+    # answers each tunnel's hello (so it verified the leaf's proxy certificate)
+    from tether.testing.cluster import start_cluster
+
+    root = start_cluster(tmp_path / "root", "root")
+    try:
+        added = root.tetherctl("tokens", "add", "--type=trusted_cluster", "--format=json")
+        token = json.loads(added.stdout)["token"]
+        with leaves.LeafFleet(
+            proxy=root.proxy_addr, ca_pin=root.ca_pin, token=token, first=1, count=3
+        ) as fleet:
+            assert fleet.wait_until(lambda s: s.connected_count == 3, timeout=60), (
+                fleet.stderr_tail()
+            )
+            state = fleet.snapshot()
+            pids = fleet.pids()
+        assert sorted(j["leaf"] for j in state.joined) == ["leaf1", "leaf2", "leaf3"]
+        assert not state.failed
+        assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+        listed = json.loads(root.tetherctl("get", "rc", "--format=json").stdout)
+        assert sorted(doc["metadata"]["name"] for doc in listed) == ["leaf1", "leaf2", "leaf3"]
+    finally:
+        root.stop()

@@ -1,0 +1,960 @@
+"""Many leaf clusters: one root with 1,000 leaves, against the same root with one leaf.
+
+One run starts, on 127.0.0.1, a root cluster and one real leaf (``leaf0``: its own ``tetherd``,
+a node ``leaf-node`` in tunnel mode, the guide's role mapping; ``_benchlib/trust_site.py``),
+measures the root with that one leaf, then joins ``--leaves`` - 1 lightweight leaves (each its
+own CAs, the real handshake and a real tunnel, many per process; ``_benchlib/leaves.py``) and
+measures the same figures again, in the same run:
+
+- ``tether ssh --cluster=leaf0 visitor@leaf-node true``: wall time, a fresh client each run as
+  a user types it, median and p90 of ``--runs`` runs after one discarded warm-up; the ratio
+  many/one is reported against the target (within 1.2x);
+- ``tether clusters`` (the root user's view) and ``tetherctl get rc --format=json`` (the root
+  admin's): wall time, median of ``--list-runs`` runs after one warm-up;
+- the root ``tetherd``'s resident memory (VmRSS) and CPU (% of one core, from /proc) while idle
+  for ``--idle-seconds`` with every tunnel up; its peak memory (VmHWM) and CPU while leaves join;
+- how long the leaves take to come online: every handshake answered, every tunnel up (the
+  leaves' processes say so), and every leaf ``online`` in ``tetherctl get rc`` (polled once
+  the tunnels are up); and each handshake's latency in join order.
+
+The table, ``--json FILE`` and ``benchmarks/results/many_leaves-<stamp>.json`` / ``.png`` carry
+every raw sample, the ratios and the machine described. A leaf that does not join or come
+online within ``--join-timeout`` is reported, and the figures are those of the leaves that did.
+``--profile DIR`` records the root ``tetherd`` with py-spy while the leaves join and during one
+extra ``ssh``, ``clusters`` and ``get rc`` run with every leaf online (nonblocking sampling: the
+join figures are taken under it; the measured runs are not).
+
+    python benchmarks/many_leaves.py [--quick] [--json FILE] [--leaves N] [--runs N]
+        [--list-runs N] [--idle-seconds S] [--join-timeout S] [--profile DIR]
+"""
+
+# No ``from __future__ import annotations`` here: tests load harnesses without registering
+# them in sys.modules, and dataclasses then cannot resolve string annotations.
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported by a test
+    sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402
+from _benchlib import leaves, results, ssh_profile, trust_site  # noqa: E402
+from _benchlib.trust_site import TrustSite  # noqa: E402
+
+NAME = "many_leaves"
+PHASES = ("one_leaf", "many_leaves")
+FIGURES = ("ssh", "clusters", "get_rc")
+#: the target this harness reports against (issue "Trusted clusters end to end", item 12)
+SSH_TARGET = 1.2  # ssh to leaf0's node with every leaf joined, at most this times one leaf's
+COMMAND_TIMEOUT = 120.0
+RC_POLL_INTERVAL = 2.0  # seconds between `get rc` polls while waiting for every leaf online
+SAMPLE_INTERVAL = 1.0  # seconds between samples of the root's memory and CPU while joining
+MAX_FAILURES = 3  # per figure and phase; a command that keeps failing is not retried forever
+MIB = 1 << 20
+
+
+# --- the sites: looked up at call time, so tests can stub them -------------------------------
+
+
+def open_trust_site() -> AbstractContextManager[TrustSite]:
+    """The root, the real leaf ``leaf0`` and its node, and a logged-in root user."""
+    return trust_site.trust_site()
+
+
+def leaf_fleet(**kwargs: Any) -> AbstractContextManager[leaves.LeafFleet]:
+    """The lightweight leaves' processes (see ``_benchlib/leaves.py``)."""
+    return leaves.fleet(**kwargs)
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """What one run measures; stored in the results so figures are read with their sizes."""
+
+    quick: bool
+    leaves: int
+    ssh_runs: int
+    list_runs: int
+    idle_seconds: float
+    join_timeout: float
+    leaf_processes: int
+    join_concurrency: int
+    tether_program: str
+    warmup_runs: int = 1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Params":
+        def pick(value: Any, quick: Any, full: Any) -> Any:
+            return value if value is not None else (quick if args.quick else full)
+
+        params = cls(
+            quick=args.quick,
+            leaves=pick(args.leaves, 50, 1000),
+            ssh_runs=pick(args.runs, 5, 20),
+            list_runs=pick(args.list_runs, 3, 10),
+            idle_seconds=pick(args.idle_seconds, 5.0, 30.0),
+            join_timeout=pick(args.join_timeout, 60.0, 480.0),
+            leaf_processes=args.leaf_processes,
+            join_concurrency=args.join_concurrency,
+            tether_program=" ".join(trust_site.console_script("tether")),
+        )
+        if params.leaves < 2 or params.ssh_runs < 1 or params.list_runs < 1:
+            raise SystemExit("--leaves must be at least 2, --runs and --list-runs at least 1")
+        if params.idle_seconds <= 0 or params.join_timeout <= 0:
+            raise SystemExit("--idle-seconds and --join-timeout must be positive")
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "lightweight_leaves": self.leaves - 1,
+            "real_leaf": trust_site.LEAF,
+            "ssh_command": f"tether ssh --cluster={trust_site.LEAF} "
+            f"{trust_site.LOGIN}@{trust_site.NODE} true",
+            "clusters_command": "tether clusters",
+            "get_rc_command": "tetherctl -c ROOT_CONFIG get rc --format=json",
+            "ssh_aggregate": f"median and p90 (nearest rank) of {self.ssh_runs} runs",
+            "list_aggregate": f"median of {self.list_runs} runs",
+            "idle": f"root tetherd over {self.idle_seconds:g} s with nothing but tunnels",
+            "cpu": "% of one core: (utime + stime) / wall time, from /proc/PID/stat; "
+            "root_cpu_median: the root's utime + stime during one run (its idle work included)",
+            "rss": "VmRSS of the root tetherd, from /proc/PID/status; peak_rss_mib is VmHWM, "
+            "the peak since it started (a login's password hashing included), and the join's "
+            "root_peak_rss_mib the highest VmRSS sampled every second while leaves join",
+            "online": "status.connection == 'online' in tetherctl get rc (a tunnel heartbeats)",
+            "rc_poll_interval_seconds": RC_POLL_INTERVAL,
+            "daemons_log_severity": "DEBUG (tether.testing.cluster's setting)",
+            "targets": {"ssh_ratio_many_vs_one_at_most": SSH_TARGET},
+        }
+
+
+# --- the root process, from /proc -------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_bytes(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of ``pid`` in bytes; empty if it is gone."""
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+def idle_figures(pid: int, seconds: float) -> dict[str, float]:
+    """The root's CPU (% of one core) over ``seconds`` doing nothing but hold its tunnels, and
+    its memory at the end."""
+    before, started = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    used, wall = cpu_seconds(pid) - before, time.monotonic() - started
+    memory = memory_bytes(pid)
+    return {
+        "cpu_percent": round(used / wall * 100, 2),
+        "cpu_seconds": round(used, 3),
+        "seconds": round(wall, 2),
+        "rss_mib": round(memory.get("VmRSS", 0) / MIB, 1),
+        "peak_rss_mib": round(memory.get("VmHWM", 0) / MIB, 1),
+    }
+
+
+class Sampler:
+    """Samples the root's memory and CPU, and the leaves' progress, every second (a thread)."""
+
+    def __init__(self, pid: int, fleet: Any) -> None:
+        self._pid = pid
+        self._fleet = fleet
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples: list[dict[str, float]] = []
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        last_cpu, last_t = cpu_seconds(self._pid), time.monotonic()
+        while not self._stop.wait(SAMPLE_INTERVAL):
+            cpu, t = cpu_seconds(self._pid), time.monotonic()
+            state = self._fleet.snapshot()
+            self.samples.append(
+                {
+                    "t": round(self._fleet.seconds_since_start(leaves.now_ns()), 2),
+                    "joined": len(state.joined),
+                    "connected": state.connected_count,
+                    "root_cpu_percent": round((cpu - last_cpu) / (t - last_t) * 100, 1),
+                    "root_rss_mib": round(memory_bytes(self._pid).get("VmRSS", 0) / MIB, 1),
+                }
+            )
+            last_cpu, last_t = cpu, t
+
+
+# --- running commands -------------------------------------------------------------------------
+
+
+class RunFailed(Exception):
+    """A command exited non-zero or hung; the message has the command and its last words."""
+
+
+def run(argv: Sequence[str], env: Mapping[str, str] | None, timeout: float) -> tuple[float, str]:
+    """Run ``argv`` to its end (stdin /dev/null); (wall seconds, stdout). Raises RunFailed."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"no exit after {timeout:.0f}s (hung): {' '.join(argv)}") from None
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RunFailed(f"exit {done.returncode}: {' '.join(argv)}: {tail or 'no message'}")
+    return seconds, done.stdout
+
+
+@dataclasses.dataclass
+class Phase:
+    """Every sample of one phase (one leaf, or every leaf), or why there are none."""
+
+    name: str
+    leaves_online: int = 0
+    samples: dict[str, list[float]] = dataclasses.field(
+        default_factory=lambda: {name: [] for name in FIGURES}
+    )
+    warmup: dict[str, list[float]] = dataclasses.field(
+        default_factory=lambda: {name: [] for name in FIGURES}
+    )
+    #: the root tetherd's CPU seconds during each measured run (its idle work included)
+    root_cpu: dict[str, list[float]] = dataclasses.field(
+        default_factory=lambda: {name: [] for name in FIGURES}
+    )
+    idle: dict[str, float] | None = None
+    #: what the last ``tether clusters`` and ``get rc`` showed online (a check, not a figure)
+    clusters_online_rows: int | None = None
+    get_rc_online: int | None = None
+    failures: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def fail(self, figure: str, exc: RunFailed) -> None:
+        self.failures.setdefault(figure, []).append(str(exc))
+        print(f"  {self.name} {figure}: FAILED: {exc}", flush=True)
+
+    def dropped(self, figure: str) -> bool:
+        return len(self.failures.get(figure, [])) >= MAX_FAILURES
+
+    def figures(self, figure: str) -> dict[str, float | None]:
+        got = sorted(self.samples[figure])
+        if not got:
+            return {"median": None, "p90": None, "min": None, "root_cpu_median": None}
+        p90 = got[max(0, math.ceil(0.9 * len(got)) - 1)]
+        return {
+            "median": round(statistics.median(got), 4),
+            "p90": round(p90, 4),
+            "min": round(got[0], 4),
+            "root_cpu_median": round(statistics.median(self.root_cpu[figure]), 3),
+        }
+
+
+def measure_phase(phase: Phase, site: TrustSite, params: Params) -> None:
+    """Idle root first (nothing else running), then the listings, then the sessions."""
+    print(f"{phase.name}: root idle for {params.idle_seconds:g}s", flush=True)
+    phase.idle = idle_figures(site.root_pid, params.idle_seconds)
+    print(
+        f"  root CPU {phase.idle['cpu_percent']:.1f}% of a core, RSS {phase.idle['rss_mib']} MiB",
+        flush=True,
+    )
+    commands = {
+        "get_rc": (site.get_rc_argv(), None, params.list_runs),
+        "clusters": (site.clusters_argv(), site.user_env, params.list_runs),
+        "ssh": (site.ssh_argv(), site.user_env, params.ssh_runs),
+    }
+    for figure, (argv, env, runs) in commands.items():
+        for i in range(-params.warmup_runs, runs):
+            if phase.dropped(figure):
+                break
+            before = cpu_seconds(site.root_pid)
+            try:
+                seconds, out = run(argv, env, COMMAND_TIMEOUT)
+            except RunFailed as exc:
+                phase.fail(figure, exc)
+                continue
+            if i < 0:
+                phase.warmup[figure].append(round(seconds, 4))
+            else:
+                phase.samples[figure].append(round(seconds, 4))
+                phase.root_cpu[figure].append(round(cpu_seconds(site.root_pid) - before, 3))
+            if figure == "get_rc":
+                phase.get_rc_online = len(trust_site.online_leaves(out))
+            elif figure == "clusters":
+                phase.clusters_online_rows = sum(
+                    1 for line in out.splitlines()[2:] if " online " in f" {line} "
+                )
+        shown = phase.figures(figure)
+        print(
+            f"  {figure}: median {_fmt(shown['median'])}s, p90 {_fmt(shown['p90'])}s, root CPU "
+            f"{_fmt(shown['root_cpu_median'])}s per run ({len(phase.samples[figure])} runs)",
+            flush=True,
+        )
+
+
+# --- joining the lightweight leaves -------------------------------------------------------------
+
+
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    """Median of the first and last tenth (join order), and of all: growth shows here."""
+    if not values:
+        return {"first_tenth_median": None, "last_tenth_median": None, "median": None, "max": None}
+    tenth = max(1, len(values) // 10)
+    return {
+        "first_tenth_median": round(statistics.median(values[:tenth]), 4),
+        "last_tenth_median": round(statistics.median(values[-tenth:]), 4),
+        "median": round(statistics.median(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
+    """Wait for every lightweight leaf's handshake and tunnel, then for ``get rc`` to show
+    every leaf online; returns the figures of the join (what did not happen is null)."""
+    lightweight = params.leaves - 1
+    deadline = time.monotonic() + params.join_timeout
+    root_cpu_before = cpu_seconds(site.root_pid)
+    with Sampler(site.root_pid, fleet) as sampler:
+        fleet.wait_until(
+            lambda s: len(s.joined) + len(s.failed) >= lightweight,
+            max(0.0, deadline - time.monotonic()),
+        )
+        state = fleet.snapshot()
+        handshakes_done = (
+            fleet.seconds_since_start(max(int(j["at"]) for j in state.joined))
+            if len(state.joined) + len(state.failed) >= lightweight and state.joined
+            else None
+        )
+        print(
+            f"  handshakes: {len(state.joined)} joined, {len(state.failed)} refused"
+            + (f" in {handshakes_done:.1f}s" if handshakes_done is not None else " (timed out)"),
+            flush=True,
+        )
+        joined = len(state.joined)
+        fleet.wait_until(
+            lambda s: s.connected_count >= joined, max(0.0, deadline - time.monotonic())
+        )
+        state = fleet.snapshot()
+        tunnels_up = None
+        if joined and state.connected_count >= joined:
+            tunnels_up = fleet.seconds_since_start(
+                next(at for at, count in state.connected_timeline if count >= joined)
+            )
+        print(
+            f"  tunnels: {state.connected_count} of {joined} up"
+            + (f" at {tunnels_up:.1f}s" if tunnels_up is not None else " (timed out)"),
+            flush=True,
+        )
+        expected = joined + 1  # and leaf0
+        online: list[str] = []
+        polls: list[dict[str, Any]] = []
+        all_online = None
+        while True:
+            took: float | None = None
+            try:
+                took, out = run(site.get_rc_argv(), None, COMMAND_TIMEOUT)
+                online = trust_site.online_leaves(out)
+            except (RunFailed, ValueError) as exc:
+                print(f"  get rc: {exc}", flush=True)
+            at = fleet.seconds_since_start(leaves.now_ns())
+            polls.append({"t": at, "online": len(online), "seconds": took and round(took, 3)})
+            if len(online) >= expected:
+                all_online = at
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(RC_POLL_INTERVAL)
+        print(
+            f"  get rc: {len(online)} of {expected} leaves online"
+            + (f" at {all_online:.1f}s" if all_online is not None else " (timed out)"),
+            flush=True,
+        )
+        state = fleet.snapshot()
+    memory = memory_bytes(site.root_pid)
+    leaf_cpu = sum(cpu_seconds(pid) for pid in fleet.pids())
+    joins = sorted(state.joined, key=lambda j: int(j["at"]))
+    return {
+        "lightweight_target": lightweight,
+        "joined": len(state.joined),
+        "refused": len(state.failed),
+        "refusals": [f"{f['leaf']}: {f['error']}" for f in state.failed[:5]],
+        "tunnels_up": state.connected_count,
+        "online": len(online),
+        "seconds_from_start": {
+            "handshakes_done": handshakes_done,
+            "tunnels_up": tunnels_up,
+            "all_online_in_get_rc": all_online,
+        },
+        "handshake_seconds": {
+            "pin_check": _spread([float(j["trust_s"]) for j in joins]),
+            "validate": _spread([float(j["validate_s"]) for j in joins]),
+        },
+        "root_cpu_seconds": round(cpu_seconds(site.root_pid) - root_cpu_before, 2),
+        "root_peak_rss_mib": max((s["root_rss_mib"] for s in sampler.samples), default=None),
+        "root_vmhwm_mib": round(memory.get("VmHWM", 0) / MIB, 1),
+        "leaf_processes_cpu_seconds": round(leaf_cpu, 2),
+        "leaf_processes_errors": sorted(
+            {e for r in state.connected.values() for e in r.get("errors", [])}
+        )[:5],
+        "rc_polls": polls,
+        "timeline": sampler.samples,
+        "validate_in_join_order": [float(j["validate_s"]) for j in joins],
+    }
+
+
+# --- profiling --------------------------------------------------------------------------------
+
+
+def _profiler(out_dir: pathlib.Path, pid: int, name: str) -> AbstractContextManager[None]:
+    """py-spy attached to the root tetherd until the block ends (``DIR/<name>-root.txt``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return ssh_profile._attached(ssh_profile.py_spy(), {"root": pid}, out_dir / name)
+
+
+#: functions whose inclusive share of the root's samples says where scale costs (see the report)
+WATCHED = (
+    "reload_trust",  # the proxy reloading every leaf's CA into its TLS context, per join
+    "other_tls_cas",  # every other cluster's CA read and parsed from storage
+    "_load_trust",
+    "validate_leaf",
+    "identity_from_peer",  # a tunnel's certificate checked against every trusted CA
+    "_key_id",
+    "_with_connection",  # a remote_cluster's status: one storage range per leaf
+    "get_resources",
+    "_host_cas",  # the SSH front door: every cert_authority, for one cluster's host CAs
+    "do_handshake",
+)
+
+
+def watched_shares(path: pathlib.Path) -> dict[str, float]:
+    """% of the samples in a py-spy raw file with each :data:`WATCHED` function on the stack."""
+    total = 0
+    counts = dict.fromkeys(WATCHED, 0)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        total += int(count_text)
+        functions = {frame.rsplit(" (", 1)[0].rsplit(".", 1)[-1] for frame in stack.split(";")}
+        for name in WATCHED:
+            if name in functions:
+                counts[name] += int(count_text)
+    return {k: round(v / total * 100, 1) for k, v in counts.items() if total and v}
+
+
+def _summary(out_dir: pathlib.Path, name: str) -> dict[str, Any]:
+    path = out_dir / f"{name}-root.txt"
+    return {"file": path.name, **ssh_profile.summarize(path), "watched": watched_shares(path)}
+
+
+def profile_many(site: TrustSite, out_dir: pathlib.Path) -> dict[str, Any]:
+    """One ssh, clusters and get rc run each with py-spy on the root (not measured)."""
+    with _profiler(out_dir, site.root_pid, "commands"):
+        for argv, env in (
+            (site.ssh_argv(), site.user_env),
+            (site.clusters_argv(), site.user_env),
+            (site.get_rc_argv(), None),
+        ):
+            with contextlib.suppress(RunFailed):
+                run(argv, env, COMMAND_TIMEOUT)
+    return _summary(out_dir, "commands")
+
+
+def _profile_text(profiles: dict[str, Any]) -> str:
+    lines = [f"py-spy on the root tetherd at {ssh_profile.RATE} Hz"]
+    for name, found in profiles.items():
+        if not isinstance(found, dict):
+            continue
+        lines += ["", f"== {name}: {found.get('samples', 0)} samples ({found.get('file')})"]
+        lines.append("  inclusive by package (% of samples):")
+        lines += [f"    {v:5.1f}  {k}" for k, v in found.get("inclusive_by_package", {}).items()]
+        lines.append("  where samples end (% of samples):")
+        lines += [f"    {v:5.1f}  {k}" for k, v in found.get("exclusive_top_functions", {}).items()]
+        lines.append("  watched functions on the stack (% of samples, inclusive):")
+        lines += [f"    {v:5.1f}  {k}" for k, v in found.get("watched", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 2) if value is not None and base else None
+
+
+def build_report(
+    machine_info: dict[str, Any],
+    params: Params,
+    phases: dict[str, Phase],
+    join: dict[str, Any] | None,
+    load: dict[str, Any],
+    missing: dict[str, str],
+) -> dict[str, Any]:
+    """The JSON document: both phases, the join, the ratios; null where not measured."""
+    one, many = phases["one_leaf"], phases["many_leaves"]
+    medians = {
+        p.name: {figure: p.figures(figure)["median"] for figure in FIGURES} for p in (one, many)
+    }
+    idle = {p.name: p.idle for p in (one, many)}
+    ratios: dict[str, float | None] = {
+        figure: _ratio(medians["many_leaves"][figure], medians["one_leaf"][figure])
+        for figure in FIGURES
+    }
+    for figure in FIGURES:
+        ratios[f"{figure}_root_cpu"] = _ratio(
+            many.figures(figure)["root_cpu_median"], one.figures(figure)["root_cpu_median"]
+        )
+    one_idle, many_idle = one.idle or {}, many.idle or {}
+    ratios["root_idle_cpu"] = _ratio(many_idle.get("cpu_percent"), one_idle.get("cpu_percent"))
+    ratios["root_rss"] = _ratio(many_idle.get("rss_mib"), one_idle.get("rss_mib"))
+    added = many.leaves_online - one.leaves_online
+    per_leaf = None
+    if added > 0 and one.idle and many.idle:
+        per_leaf = round((many.idle["rss_mib"] - one.idle["rss_mib"]) * MIB / added)
+    ssh_ratio = ratios["ssh"]
+    return {
+        "benchmark": NAME,
+        "machine": machine_info,
+        "load_average": load,
+        "params": params.to_json(),
+        "leaves_online": {p.name: p.leaves_online for p in (one, many)},
+        "seconds": {p.name: {figure: p.figures(figure) for figure in FIGURES} for p in (one, many)},
+        "root_idle": idle,
+        "ratio_many_vs_one": ratios,
+        "root_rss_bytes_per_added_leaf": per_leaf,
+        "targets_met": {
+            "ssh": None if ssh_ratio is None else ssh_ratio <= SSH_TARGET,
+        },
+        "join": join,
+        "checks": {
+            p.name: {
+                "tether_clusters_online_rows": p.clusters_online_rows,
+                "get_rc_online": p.get_rc_online,
+            }
+            for p in (one, many)
+        },
+        "samples": {p.name: p.samples for p in (one, many)},
+        "root_cpu_seconds_samples": {p.name: p.root_cpu for p in (one, many)},
+        "warmup_samples": {p.name: p.warmup for p in (one, many)},
+        "failures": {p.name: p.failures for p in (one, many) if p.failures},
+        "missing": missing,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def table(report: dict[str, Any]) -> str:
+    """The printed summary: both phases side by side with ratios, then the join."""
+    p = report["params"]
+    online = report["leaves_online"]
+    secs, idle, ratio = report["seconds"], report["root_idle"], report["ratio_many_vs_one"]
+    one_idle, many_idle = idle["one_leaf"] or {}, idle["many_leaves"] or {}
+    header = [
+        "figure",
+        f"{online['one_leaf']} leaf",
+        f"{online['many_leaves']} leaves",
+        "many / one",
+    ]
+    labels = {
+        "ssh": f"`{p['ssh_command']}` s",
+        "clusters": "`tether clusters` s",
+        "get_rc": "`tetherctl get rc` s",
+    }
+    rows = []
+    for figure in FIGURES:
+        for stat in ("median", "p90") if figure == "ssh" else ("median",):
+            rows.append(
+                [
+                    f"{labels[figure]} ({stat})",
+                    _fmt(secs["one_leaf"][figure][stat]),
+                    _fmt(secs["many_leaves"][figure][stat]),
+                    _fmt(ratio[figure], ".2f", "x") if stat == "median" else "",
+                ]
+            )
+        rows.append(
+            [
+                "  root tetherd CPU s per run (median)",
+                _fmt(secs["one_leaf"][figure]["root_cpu_median"]),
+                _fmt(secs["many_leaves"][figure]["root_cpu_median"]),
+                _fmt(ratio[f"{figure}_root_cpu"], ".2f", "x"),
+            ]
+        )
+    rows.append(
+        [
+            f"root RSS MiB (idle {p['idle_seconds']:g}s)",
+            _fmt(one_idle.get("rss_mib"), ".1f"),
+            _fmt(many_idle.get("rss_mib"), ".1f"),
+            _fmt(ratio["root_rss"], ".2f", "x"),
+        ]
+    )
+    rows.append(
+        [
+            "root CPU % of a core (idle)",
+            _fmt(one_idle.get("cpu_percent"), ".1f"),
+            _fmt(many_idle.get("cpu_percent"), ".1f"),
+            _fmt(ratio["root_idle_cpu"], ".2f", "x"),
+        ]
+    )
+    lines = _grid(header, rows)
+    per_leaf = report["root_rss_bytes_per_added_leaf"]
+    lines.append(f"root memory per added leaf: {_fmt(per_leaf and per_leaf / 1024, '.1f')} KiB")
+    met = report["targets_met"]["ssh"]
+    verdict = "n/a" if met is None else "met" if met else "MISSED"
+    lines.append(f"target: ssh with every leaf within {SSH_TARGET}x of one leaf: {verdict}")
+    join = report["join"]
+    if join:
+        at = join["seconds_from_start"]
+        hs = join["handshake_seconds"]
+        lines += [
+            "",
+            f"join of {join['lightweight_target']} lightweight leaves: {join['joined']} joined, "
+            f"{join['refused']} refused, {join['tunnels_up']} tunnels up, {join['online']} "
+            "leaves online in get rc (leaf0 included)",
+            f"  seconds from start: handshakes done {_fmt(at['handshakes_done'], '.1f')}, "
+            f"tunnels up {_fmt(at['tunnels_up'], '.1f')}, all online in get rc "
+            f"{_fmt(at['all_online_in_get_rc'], '.1f')}",
+            "  handshake s (median of the first / last tenth in join order, max): "
+            f"validate {_fmt(hs['validate']['first_tenth_median'])} / "
+            f"{_fmt(hs['validate']['last_tenth_median'])}, max {_fmt(hs['validate']['max'])}; "
+            f"pin check {_fmt(hs['pin_check']['first_tenth_median'])} / "
+            f"{_fmt(hs['pin_check']['last_tenth_median'])}",
+            f"  root while joining: {join['root_cpu_seconds']} CPU s, RSS up to "
+            f"{join['root_peak_rss_mib']} MiB; the leaves' processes: "
+            f"{join['leaf_processes_cpu_seconds']} CPU s",
+        ]
+        for refusal in join["refusals"]:
+            lines.append(f"  refused: {refusal}")
+    for phase, failures in report["failures"].items():
+        for figure, why in failures.items():
+            lines.append(f"FAILED {phase} {figure}: {why[-1]}")
+    for key, why in report["missing"].items():
+        lines.append(f"n/a {key}: {why}")
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
+    """The join over time, handshake latency in join order, and the medians one vs many."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
+        return False
+    m, p = report["machine"], report["params"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    (progress, latency), (root, bars) = axes
+    join = report["join"] or {}
+    timeline = join.get("timeline") or []
+    ts = [s["t"] for s in timeline]
+    progress.plot(ts, [s["joined"] for s in timeline], label="handshakes answered")
+    progress.plot(ts, [s["connected"] for s in timeline], label="tunnels up")
+    polls = join.get("rc_polls") or []
+    progress.plot(
+        [q["t"] for q in polls], [q["online"] for q in polls], "o", label="online in get rc"
+    )
+    progress.set_xlabel("s since the lightweight leaves started")
+    progress.set_ylabel("leaves")
+    progress.set_title("leaves joining the root", fontsize=9)
+    progress.legend(fontsize=8)
+    validate = join.get("validate_in_join_order") or []
+    latency.plot(range(1, len(validate) + 1), validate, ".", markersize=2)
+    latency.set_xlabel("leaf, in join order")
+    latency.set_ylabel("s")
+    latency.set_title(
+        "handshake: POST /webapi/trustedclusters/validate latency "
+        f"({p['join_concurrency']} at a time)",
+        fontsize=9,
+    )
+    root.plot(ts, [s["root_cpu_percent"] for s in timeline], color="tab:red", label="CPU %")
+    root.set_xlabel("s since the lightweight leaves started")
+    root.set_ylabel("root tetherd CPU, % of a core", color="tab:red")
+    twin = root.twinx()
+    twin.plot(ts, [s["root_rss_mib"] for s in timeline], color="tab:blue", label="RSS")
+    twin.set_ylabel("root tetherd RSS, MiB", color="tab:blue")
+    root.set_title("root tetherd while leaves join", fontsize=9)
+    online = report["leaves_online"]
+    width = 0.38
+    for offset, phase, label in (
+        (-width / 2, "one_leaf", f"{online['one_leaf']} leaf"),
+        (width / 2, "many_leaves", f"{online['many_leaves']} leaves"),
+    ):
+        values = [report["seconds"][phase][f]["median"] for f in FIGURES]
+        drawn = bars.bar(
+            [i + offset for i in range(len(FIGURES))], [v or 0 for v in values], width, label=label
+        )
+        for bar, value in zip(drawn, values, strict=True):
+            bars.annotate(
+                "n/a" if value is None else f"{value:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ratio = report["ratio_many_vs_one"]
+    bars.set_xticks(
+        range(len(FIGURES)),
+        [f"{f}\n{_fmt(ratio[f], '.2f', 'x')}" for f in FIGURES],
+        fontsize=8,
+    )
+    bars.set_ylabel("s (median)")
+    bars.set_title(f"wall time, one leaf vs every leaf (ssh target <= {SSH_TARGET}x)", fontsize=9)
+    bars.legend(fontsize=8)
+    fig.suptitle(
+        f"Many leaf clusters on loopback: one root, {online['many_leaves']} leaves ({m['date']})\n"
+        f"{m['cpu_model']}, {m['cores_usable']} cores, {m['memory_gib']} GiB, {m['kernel']}, "
+        f"{m['python']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
+    """One line of ``results/README.md``: headline figures, machine, files."""
+    online = report["leaves_online"]
+    secs, ratio = report["seconds"], report["ratio_many_vs_one"]
+    figures = ", ".join(
+        f"{f} {_fmt(secs['one_leaf'][f]['median'])}/{_fmt(secs['many_leaves'][f]['median'])} "
+        f"({_fmt(ratio[f], '.2f', 'x')})"
+        for f in FIGURES
+    )
+    idle = report["root_idle"]
+    rss = "/".join(_fmt((idle[ph] or {}).get("rss_mib"), ".0f") for ph in PHASES)
+    cpu = "/".join(_fmt((idle[ph] or {}).get("cpu_percent"), ".1f") for ph in PHASES)
+    join = report["join"] or {}
+    at = (join.get("seconds_from_start") or {}).get("all_online_in_get_rc")
+    quick = " (--quick)" if report["params"]["quick"] else ""
+    files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
+    return (
+        f"- {report['machine']['date']} `{NAME}`{quick}: {online['one_leaf']}/"
+        f"{online['many_leaves']} leaves online; median s one/many (ratio): {figures}; "
+        f"root idle RSS MiB {rss}, CPU % {cpu}; all online after {_fmt(at, '.0f')} s; "
+        f"{machine.summary(report['machine'])}; {files}"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="many_leaves.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
+    )
+    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write JSON here")
+    parser.add_argument(
+        "--leaves", type=int, metavar="N", help="leaves in all, leaf0 included (default 1000)"
+    )
+    parser.add_argument(
+        "--runs", type=int, metavar="N", help="ssh runs per phase (default 20, --quick 5)"
+    )
+    parser.add_argument(
+        "--list-runs",
+        type=int,
+        metavar="N",
+        help="`tether clusters` and `get rc` runs per phase (default 10, --quick 3)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        metavar="S",
+        help="how long the idle root is watched per phase (default 30, --quick 5)",
+    )
+    parser.add_argument(
+        "--join-timeout",
+        type=float,
+        metavar="S",
+        help="how long the leaves may take to join and come online (default 480, --quick 60)",
+    )
+    parser.add_argument(
+        "--leaf-processes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes the lightweight leaves run in (default 2)",
+    )
+    parser.add_argument(
+        "--join-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="handshakes in flight at once, over all leaf processes (default 4)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="also record the root tetherd with py-spy while leaves join and during one "
+        "command of each kind with every leaf online",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=pathlib.Path,
+        default=results.RESULTS_DIR,
+        metavar="DIR",
+        help="where the dated JSON, chart and index go (default benchmarks/results)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Start the site, measure one leaf, join the others, measure again; write the results."""
+    args = parse_args(argv)
+    params = Params.from_args(args)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    machine_info = machine.describe()
+    phases = {name: Phase(name) for name in PHASES}
+    join: dict[str, Any] | None = None
+    missing: dict[str, str] = {}
+    profiles: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        print(
+            f"starting a root, the real leaf {trust_site.LEAF} and its node {trust_site.NODE}",
+            flush=True,
+        )
+        try:
+            site: TrustSite | None = stack.enter_context(open_trust_site())
+        except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            site = None
+            missing["site"] = f"failed to start: {exc}"
+            print(f"  FAILED to start: {exc}", flush=True)
+        if site is not None:
+            phases["one_leaf"].leaves_online = 1
+            measure_phase(phases["one_leaf"], site, params)
+            lightweight = params.leaves - 1
+            print(
+                f"joining {lightweight} lightweight leaves ({params.leaf_processes} processes, "
+                f"{params.join_concurrency} handshakes at a time)",
+                flush=True,
+            )
+            profiler: AbstractContextManager[None] = contextlib.nullcontext()
+            if args.profile:
+                try:
+                    profiler = _profiler(args.profile, site.root_pid, "join")
+                except ssh_profile.ProfilerUnavailable as exc:
+                    profiles["missing"] = str(exc)
+            fleet = stack.enter_context(
+                leaf_fleet(
+                    proxy=site.root_proxy,
+                    ca_pin=site.root_ca_pin,
+                    token=site.token,
+                    first=1,
+                    count=lightweight,
+                    processes=params.leaf_processes,
+                    concurrency=params.join_concurrency,
+                )
+            )
+            with profiler:
+                join = join_leaves(site, params, fleet)
+            if args.profile and "missing" not in profiles:
+                profiles["join"] = _summary(args.profile, "join")
+            if fleet.stderr_tail():
+                join["leaf_processes_stderr_tail"] = fleet.stderr_tail()
+            phases["many_leaves"].leaves_online = join["online"]
+            if join["online"] < params.leaves:
+                missing["leaves"] = (
+                    f"{join['online']} of {params.leaves} leaves online after "
+                    f"{params.join_timeout:g}s: the figures are for {join['online']} leaves"
+                )
+            measure_phase(phases["many_leaves"], site, params)
+            if args.profile and "missing" not in profiles:
+                print(f"profiling the root with py-spy into {args.profile}", flush=True)
+                profiles["commands"] = profile_many(site, args.profile)
+                (args.profile / "summary.txt").write_text(_profile_text(profiles), encoding="utf-8")
+        print("stopping every process", flush=True)
+    load = {
+        "what": "1, 5 and 15 minute load averages (other work on the machine skews figures)",
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
+    report = build_report(machine_info, params, phases, join, load, missing)
+    if profiles:
+        report["profiles"] = profiles
+    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
+
+    print()
+    print(table(report))
+    stem = f"{NAME}-{results.stamp()}"
+    json_path = args.results_dir / f"{stem}.json"
+    png_path = args.results_dir / f"{stem}.png"
+    results.write_json(json_path, report)
+    drew = chart(report, png_path)
+    index = results.append_index(
+        args.results_dir, index_line(report, json_path.name, png_path.name if drew else None)
+    )
+    written = [json_path, *([png_path] if drew else []), index]
+    if args.json:
+        results.write_json(args.json, report)
+        written.insert(0, args.json)
+    print(f"\nwrote {', '.join(str(p) for p in written)} in {report['elapsed_seconds']}s")
+    failed = any(p.failures for p in phases.values()) or "site" in missing
+    return 1 if failed or (join is not None and join["refused"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
