@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tether import pki
 from tether.asgi import ASGIHandler
@@ -173,12 +174,16 @@ async def _start_proxy(
     # auth API), added to the TLS context as leaves join. OpenSSL cannot forget a CA, so a
     # removed leaf is refused by the tunnel server's own check, which reads the current list.
     other_cas: list[x509.Certificate] = []
+    loaded: set[bytes] = set()  # what the TLS context holds already (it only ever grows)
 
     async def reload_trust() -> None:
         others = await auth.other_tls_cas()
         other_cas[:] = [cert for certs in others.values() for cert in certs]
         for cert in other_cas:
-            server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
+            fingerprint = cert.fingerprint(hashes.SHA256())
+            if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
+                server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
+                loaded.add(fingerprint)
         server: TunnelServer | None = ctx.extras.get("tunnel_server")
         if server is not None:  # a leaf whose trust was removed loses its tunnels now
             for cluster in server.clusters():
