@@ -288,7 +288,9 @@ def test_many_leaves_run_measures_one_leaf_then_every_leaf_and_writes_the_schema
     join = report["join"]
     assert (join["joined"], join["refused"], join["tunnels_up"], join["online"]) == (6, 0, 6, 7)
     assert join["seconds_from_start"]["all_online_in_get_rc"] >= 0
-    assert join["handshake_seconds"]["validate"]["last_tenth_median"] == 0.026
+    # the last tenth is by arrival, and the fake leaf processes race: one of their samples
+    emitted = {round(0.02 + i / 1000, 3) for i in range(1, 7)}
+    assert join["handshake_seconds"]["validate"]["last_tenth_median"] in emitted
     assert report["checks"]["many_leaves"]["get_rc_online"] == 7
     assert report["checks"]["one_leaf"]["tether_clusters_online_rows"] == 2
     for phase in ml.PHASES:
