@@ -557,6 +557,8 @@ def test_webapi_login_says_the_same_for_unknown_user_and_wrong_password(
         ("GET", "/v1/cluster"),
         ("GET", "/v1/resources/role"),
         ("PUT", "/v1/presence"),
+        ("PUT", "/v1/tunnels/heartbeats"),
+        ("GET", "/v1/trust"),
         ("POST", "/v1/audit"),
         ("POST", "/v1/join"),
     ],
@@ -629,6 +631,60 @@ def test_auth_api_refuses_a_user_certificate_on_proxy_only_endpoints(
     with client_as(cas, identity("direct-dora"), cluster.auth_addr) as auth:
         response = auth.post("/v1/login/password", json={"username": "x", "password": "y"})
     assert_json_error(response, 403, "only the cluster's proxies may call this endpoint")
+    assert_serving(cluster, cas)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/trust"), ("PUT", "/v1/tunnels/heartbeats")]
+)
+@pytest.mark.parametrize("kind", ["user", "node", "admin"])
+def test_auth_api_keeps_the_trust_and_tunnel_heartbeats_to_proxies(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities, method: str, path: str, kind: str
+) -> None:
+    with client_as(cas, identity(f"not-a-proxy-{kind}", kind=kind), cluster.auth_addr) as auth:
+        response = auth.request(method, path, json={"heartbeats": []})
+    assert_json_error(response, 403, "only the cluster's proxies may")
+    assert_serving(cluster, cas)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "'heartbeats' must be a list of objects"),
+        ({"heartbeats": [1]}, "'heartbeats' must be a list of objects"),
+        ({"heartbeats": [{"cluster": "leaf"}]}, "heartbeat 0 is malformed"),
+        (
+            {
+                "heartbeats": [
+                    {"cluster": "../x", "agent": "a", "last_heartbeat": 1.0, "status": {}}
+                ]
+            },
+            "heartbeat 0 is malformed",
+        ),
+        (
+            {
+                "heartbeats": [
+                    {"cluster": "leaf", "agent": "a/b", "last_heartbeat": 1.0, "status": {}}
+                ]
+            },
+            "heartbeat 0 is malformed",
+        ),
+        (
+            {
+                "heartbeats": [
+                    {"cluster": "leaf", "agent": "a", "last_heartbeat": "now", "status": {}}
+                ]
+            },
+            "heartbeat 0 is malformed",
+        ),
+    ],
+)
+def test_auth_api_refuses_malformed_tunnel_heartbeats_from_a_proxy(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities, body: dict[str, Any], message: str
+) -> None:
+    with client_as(cas, identity("proxy-paul", kind="proxy"), cluster.auth_addr) as auth:
+        response = auth.put("/v1/tunnels/heartbeats", json=body)
+    assert_json_error(response, 400, message)
     assert_serving(cluster, cas)
 
 

@@ -56,7 +56,6 @@ proxy_service:
   public_addr: proxy.example.com:443
   https_cert_file: /etc/tether/web.crt
   https_key_file: /etc/tether/web.key
-  auth_server: null
 ssh_service:
   enabled: true
   listen_addr: "[::]:3022"
@@ -177,10 +176,10 @@ def test_proxy_public_addr_replaces_any_interface_with_the_node_name() -> None:
 def test_proxy_running_apart_from_auth_names_its_auth_server() -> None:
     config = load("""\
         auth_service: {enabled: false}
-        proxy_service: {auth_server: auth.internal:3025}
+        join: {auth_server: auth.internal:3025}
         """)
 
-    assert config.proxy_service.auth_server == HostPort("auth.internal", 3025)
+    assert config.join.auth_server == HostPort("auth.internal", 3025)
 
 
 def test_default_config_takes_overrides_and_refuses_impossible_ones() -> None:
@@ -352,17 +351,6 @@ def test_certificate_without_its_key_is_refused() -> None:
         """)
 
     assert message == "tether.yaml:2: proxy_service.https_cert_file: needs https_key_file as well"
-
-
-def test_proxy_without_any_auth_service_is_refused() -> None:
-    message = error_of("""\
-        auth_service:
-          enabled: false
-        proxy_service:
-          enabled: true
-        """)
-
-    assert message.startswith("tether.yaml:3: proxy_service.auth_server: required when")
 
 
 def test_label_defined_twice_is_refused() -> None:

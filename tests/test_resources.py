@@ -15,6 +15,7 @@ from tether.errors import ResourceError
 from tether.plugins import DEFAULT_PLUGINS, TetherPluginManager
 from tether.resources import (
     CERT_AUTHORITY,
+    PROXY,
     ROLE,
     TOKEN,
     USER,
@@ -347,7 +348,7 @@ def test_logins_written_as_a_string_names_file_line_document_and_field(
             ("kind: role", "kind: rol"),
             "x.yaml:1: document 1 (rol 'visitor'): kind: unknown "
             "resource kind 'rol' (did you mean role?); known kinds: "
-            "cert_authority, remote_cluster, role, token, trusted_cluster, user",
+            "cert_authority, proxy, remote_cluster, role, token, trusted_cluster, user",
         ),
         (("kind: role\n", ""), "document 1 ('visitor'): kind: required field missing"),
         (
@@ -576,6 +577,7 @@ def test_core_kinds_builtin_is_a_default_plugin() -> None:
         ROLE,
         TOKEN,
         CERT_AUTHORITY,
+        PROXY,
         TRUSTED_CLUSTER,
         REMOTE_CLUSTER,
     ]
@@ -587,6 +589,7 @@ def test_kinds_are_found_by_name_or_alias(registry: KindRegistry) -> None:
     assert registry.get("ca") is CERT_AUTHORITY
     assert [k.name for k in registry.kinds()] == [
         "cert_authority",
+        "proxy",
         "remote_cluster",
         "role",
         "token",
@@ -601,7 +604,7 @@ def test_unknown_kind_suggests_the_closest(registry: KindRegistry) -> None:
         registry.get("rol")
     assert str(info.value) == (
         "unknown resource kind 'rol' (did you mean role?); known kinds: "
-        "cert_authority, remote_cluster, role, token, trusted_cluster, user"
+        "cert_authority, proxy, remote_cluster, role, token, trusted_cluster, user"
     )
     with pytest.raises(ResourceError, match=r"^unknown resource kind 'zzz'; known kinds"):
         registry.get("zzz")

@@ -257,7 +257,6 @@ class ProxyServiceConfig:
     public_addr: HostPort | None = None
     https_cert_file: pathlib.Path | None = None
     https_key_file: pathlib.Path | None = None
-    auth_server: HostPort | None = None
 
     def __attrs_post_init__(self) -> None:
         # A certificate without its key (or the reverse) cannot serve TLS; say so at load time
@@ -308,7 +307,8 @@ class SshServiceConfig:
 
 @attrs.frozen
 class JoinConfig:
-    """``join:``: how a host that runs no auth service (a node) joins its cluster.
+    """``join:``: how a host that runs no auth service (a node, or another proxy) joins its
+    cluster.
 
     The token is needed only for the first start: the identity it yields is kept in the data
     directory and reused, as Teleport's nodes do.
@@ -361,15 +361,6 @@ class Config:
     proxy_service: ProxyServiceConfig = attrs.field(factory=ProxyServiceConfig)
     ssh_service: SshServiceConfig = attrs.field(factory=SshServiceConfig)
     join: JoinConfig = attrs.field(factory=JoinConfig)
-
-    def __attrs_post_init__(self) -> None:
-        # A proxy without a local auth service has nobody to ask for certificates.
-        proxy = self.proxy_service
-        if proxy.enabled and proxy.auth_server is None and not self.auth_service.enabled:
-            raise FieldError(
-                ("proxy_service", "auth_server"),
-                "required when auth_service is disabled (the host:port of the auth service)",
-            )
 
     @property
     def storage_url(self) -> str:
@@ -795,12 +786,11 @@ proxy_service:
   # The web certificate and its key (PEM files); null issues one from the cluster's X.509 CA.
   https_cert_file: null
   https_key_file: null
-  # host:port of the auth service when it runs elsewhere; null uses this host's auth_service.
-  auth_server: null
 
 join:
-  # How a host without a local auth service (a node: `tetherd start --roles=node`) joins.
-  # The token from `tetherctl tokens add --type=node`; needed only for the first start.
+  # How a host without a local auth service joins: a node (`tetherd start --roles=node`) or
+  # another proxy of the cluster (`--roles=proxy`, which needs auth_server).
+  # The token from `tetherctl tokens add --type=node` (or proxy); needed only the first time.
   token: null
   # The proxy's host:port: the node dials out through a reverse tunnel and needs no inbound
   # port. Or auth_server: the auth service's host:port, and the node serves on its listen_addr.

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -32,14 +33,18 @@ from tether.backend import Backend, open_backend
 from tether.config import Config, HostPort
 from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
+from tether.node.join import join_cluster, load_identity, save_identity
 from tether.plugins import TetherPluginManager
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
+from tether.proxy.peers import ProxyPeers
+from tether.proxy.trust import ProxyTrust
 from tether.proxy.trust_agents import TrustAgents
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, peer_address, serve_tls
 from tether.tlsstream import TLSStream
+from tether.trust import ClusterTrust
 from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
 
 __all__ = ["run_daemon"]
@@ -144,81 +149,151 @@ async def _start_auth(
     return auth, addr
 
 
+@attrs.frozen
+class _ProxyIdentity:
+    """Who a proxy is: its cluster, host id, certificate and the cluster CAs it trusts."""
+
+    cluster_name: str
+    host_id: str
+    cert: x509.Certificate
+    key: pki.PrivateKey
+    cas: tuple[x509.Certificate, ...]
+
+
+def _local_proxy_identity(auth: AuthService, config: Config) -> _ProxyIdentity:
+    """A proxy in auth's own process: auth issues its certificate, no token needed."""
+    listen = config.proxy_service.listen_addr
+    public = config.proxy_service.public_addr
+    cert, key = _server_identity(auth, config, "proxy", listen.host, public.host if public else "")
+    return _ProxyIdentity(
+        config.cluster_name, config.nodename, cert, key, tuple(auth.trusted_tls_cas())
+    )
+
+
+async def _joined_proxy_identity(config: Config) -> tuple[_ProxyIdentity, str]:
+    """A proxy of its own (``tetherd start --roles=proxy --auth-server=... --token=...``):
+    it joins auth once with a proxy token and keeps the identity in its data directory.
+
+    Returns the identity and the auth service's URL.
+    """
+    join = config.join
+    if join.auth_server is None:
+        raise ConfigError(
+            "a proxy without an auth service in its process needs the auth server's address",
+            hint="pass --auth-server=HOST:PORT (and --token with a proxy token the first time)",
+        )
+    directory = pathlib.Path(config.data_dir) / "proxy"
+    joined = await trio.to_thread.run_sync(load_identity, directory)
+    if joined is None:
+        if not join.token:
+            raise ConfigError(
+                f"this proxy has not joined yet and has no token to join {join.auth_server} with",
+                hint="create one with `tetherctl tokens add --type=proxy` and pass --token",
+            )
+        listen = config.proxy_service.listen_addr
+        public = config.proxy_service.public_addr
+        dns, ips = _server_names(config, listen.host, public.host if public else "")
+        joined = await join_cluster(
+            str(join.auth_server),
+            join.token,
+            host_id=config.nodename,
+            hostname=config.nodename,
+            role="proxy",
+            addresses=[*dns, *ips],
+            ca_pin=join.ca_pin,
+            insecure=join.insecure,
+        )
+        await trio.to_thread.run_sync(save_identity, directory, joined)
+        log.info("proxy %s joined cluster %s", config.nodename, joined.identity.cluster)
+    else:
+        log.info("proxy %s: using the identity saved in %s", config.nodename, directory)
+    identity = _ProxyIdentity(
+        joined.identity.cluster,
+        joined.identity.username,
+        joined.tls_cert,
+        joined.private_key,
+        joined.tls_cas,
+    )
+    return identity, f"https://{join.auth_server}"
+
+
 async def _start_proxy(
     config: Config,
-    auth: AuthService,
-    auth_addr: str,
+    me: _ProxyIdentity,
+    auth_url: str,
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
     ctx: ServiceContext,
 ) -> str:
+    """Serve the proxy's one public port. Everything it knows of the cluster it asks auth,
+    at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
+    several proxies, one auth)."""
     listen = config.proxy_service.listen_addr
-    public = config.proxy_service.public_addr
-    cert, key = _server_identity(auth, config, "proxy", listen.host, public.host if public else "")
-    client_ctx = pki.client_ssl_context(trusted_cas=auth.trusted_tls_cas(), cert=cert, key=key)
-    auth_client = await stack.enter_async_context(AuthClient(f"https://{auth_addr}", client_ctx))
-    web_cert, web_key = _operator_web_identity(config) or (cert, key)
+    client_ctx = pki.client_ssl_context(trusted_cas=list(me.cas), cert=me.cert, key=me.key)
+    auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
+    web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
     protocols = collect_protocols(ctx.pm.hook.tether_protocols())
     server_ctx = pki.server_ssl_context(
         web_cert,
         web_key,
-        client_cas=auth.trusted_tls_cas(),
+        client_cas=list(me.cas),
         client_auth="optional",
         alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
     )
-    ca_pems = tuple(pki.cert_to_pem(c).decode() for c in auth.trusted_tls_cas())
+    trust = ProxyTrust(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
+    local_auth: AuthService | None = ctx.extras.get("auth")
+    if local_auth is not None:  # in auth's process: hear of changes at once, not by polling
+        local_auth.on_trust_change.append(trust.refresh)
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
+    peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)
+    tunnels, recorder = build_tunnel_server(
+        proxy_id=me.host_id,
+        cluster=me.cluster_name,
+        trusted_cas=lambda: trust.current.tunnel_cas(),
+        proxies=peers.proxies,
+        write_heartbeats=auth_client.record_tunnel_heartbeats,
+    )
 
     # Leaves' proxies present certificates of their own CAs: trusted for tunnels (not for the
     # auth API), added to the TLS context as leaves join. OpenSSL cannot forget a CA, so a
     # removed leaf is refused by the tunnel server's own check, which reads the current list.
-    other_cas: list[x509.Certificate] = []
     loaded: set[bytes] = set()  # what the TLS context holds already (it only ever grows)
 
     async def reload_trust() -> None:
-        others = await auth.other_tls_cas()
-        other_cas[:] = [cert for certs in others.values() for cert in certs]
-        for cert in other_cas:
+        others = trust.current.others
+        for cert in (c for cas in others.values() for c in cas):
             fingerprint = cert.fingerprint(hashes.SHA256())
             if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
                 server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
                 loaded.add(fingerprint)
-        server: TunnelServer | None = ctx.extras.get("tunnel_server")
-        if server is not None:  # a leaf whose trust was removed loses its tunnels now
-            for cluster in server.clusters():
-                if cluster != config.cluster_name and cluster not in others:
-                    await server.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
+        for cluster in tunnels.clusters():  # a leaf whose trust was removed loses its tunnels
+            if cluster != me.cluster_name and cluster not in others:
+                await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
 
+    trust.on_change.append(reload_trust)
+    await nursery.start(trust.run)
     await reload_trust()
-    auth.on_trust_change.append(reload_trust)
-    tunnels, recorder = build_tunnel_server(
-        proxy_id=config.nodename,
-        cluster=config.cluster_name,
-        trusted_cas=lambda: [*auth.trusted_tls_cas(), *other_cas],
-        public_addr=lambda: holder["info"].public_addr,
-        backend=auth.backend,
-    )
     await nursery.start(recorder.run)
     ctx.extras["tunnel_server"] = tunnels
     ctx.on_stop.append(tunnels.goaway_all)
     web = _LazyHandler(holder, auth_client, tunnels)
     proxy_ctx = ProxyContext(
-        cluster_name=config.cluster_name,
+        cluster_name=me.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
         auth=auth_client,
         tunnels=tunnels,
-        verify_client=auth.verify_client,
+        verify_client=trust.verify_client,
     )
     ctx.extras["proxy"] = proxy_ctx
     agents = TrustAgents(
-        auth=auth,
-        cert=cert,
-        key=key,
+        trust=trust,
+        cert=me.cert,
+        key=me.key,
         proxy=proxy_ctx,
         protocols={handler.name: handler for handler in protocols.values()},
     )
-    auth.on_trust_change.append(agents.changed)
+    trust.on_change.append(agents.changed)
     await nursery.start(agents.run)
     ctx.extras["trust_agents"] = agents
     routes: dict[str, TLSHandler] = {
@@ -227,13 +302,15 @@ async def _start_proxy(
         **{alpn: _protocol_route(handler, proxy_ctx) for alpn, handler in protocols.items()},
     }
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
+    public = config.proxy_service.public_addr
     public_addr = str(public) if public else f"{_public_host(listen.host)}:{port}"
     holder["info"] = ProxyWebInfo(
-        cluster_name=config.cluster_name,
+        cluster_name=me.cluster_name,
         public_addr=public_addr,
         listen_addr=f"{listen.host}:{port}",
-        ca_pems=ca_pems,
+        ca_pems=tuple(pki.cert_to_pem(c).decode() for c in me.cas),
     )
+    await nursery.start(peers.run)
     log.info("proxy service listening on %s:%d (public address %s)", listen.host, port, public_addr)
     return f"{listen.connect_host}:{port}"
 
@@ -314,11 +391,6 @@ async def run_daemon(
     await data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pm.hook.tether_configure(config=config)
     process_file = pathlib.Path(data_dir / PROCESS_FILE)
-    if not config.auth_service.enabled and config.proxy_service.enabled:
-        raise ConfigError(
-            "a proxy without an auth service in the same process is not supported yet",
-            hint="set auth_service.enabled: true",
-        )
     # Resources that own nurseries of their own (the backend's TTL reaper) are entered before
     # the daemon's nursery so that they close after every task that uses them.
     async with contextlib.AsyncExitStack() as stack:
@@ -347,7 +419,15 @@ async def _run_services(
         info["ca_pin"] = auth.ca_pin
         ctx.extras["auth"] = auth
         if config.proxy_service.enabled:
-            info["proxy_addr"] = await _start_proxy(config, auth, auth_addr, stack, nursery, ctx)
+            me = _local_proxy_identity(auth, config)
+            info["proxy_addr"] = await _start_proxy(
+                config, me, f"https://{auth_addr}", stack, nursery, ctx
+            )
+    elif config.proxy_service.enabled:
+        me, auth_url = await _joined_proxy_identity(config)
+        info["cluster_name"] = me.cluster_name
+        info["ca_pin"] = pki.ca_pin(me.cas[0])
+        info["proxy_addr"] = await _start_proxy(config, me, auth_url, stack, nursery, ctx)
     ctx.extras.update(info)
     services: list[Service] = [s for group in pm.hook.tether_services(ctx=ctx) for s in group]
     for service in services:

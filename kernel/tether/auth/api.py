@@ -261,6 +261,18 @@ def build_app(auth: AuthService) -> Starlette:
         )
         return JSONResponse({"recorded": True})
 
+    async def trust(request: Request) -> JSONResponse:
+        return JSONResponse(auth.trust_snapshot(_peer_identity(request, auth)))
+
+    async def record_heartbeats(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        records = data.get("heartbeats")
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise TetherError("request field 'heartbeats' must be a list of objects")
+        await auth.record_tunnel_heartbeats(identity, records)
+        return JSONResponse({"recorded": len(records)})
+
     async def validate_trusted_cluster(request: Request) -> JSONResponse:
         # a leaf's handshake, passed on by the proxy; the invitation token is the credential
         _require_proxy(_peer_identity(request, auth))
@@ -306,6 +318,8 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/audit", audit_search, methods=["GET"]),
             Route("/v1/audit", record_event, methods=["POST"]),
             Route("/v1/presence", publish, methods=["PUT"]),
+            Route("/v1/tunnels/heartbeats", record_heartbeats, methods=["PUT"]),
+            Route("/v1/trust", trust, methods=["GET"]),
             Route("/v1/login/password", login_password, methods=["POST"]),
             Route("/v1/signup", signup, methods=["POST"]),
             Route("/v1/join", join, methods=["POST"]),

@@ -22,6 +22,7 @@ from tether.config import Config
 from tether.datadir import admin_identity_paths, read_process_info
 from tether.errors import TetherError
 from tether.httpclient import request_json
+from tether.tunnel.heartbeats import HeartbeatRecord
 
 __all__ = ["FORWARDED_CERT_HEADER", "AuthClient", "admin_client"]
 
@@ -99,6 +100,28 @@ class AuthClient:
             "PUT",
             "/v1/presence",
             json={"resource": dict(document), "ttl_seconds": ttl.total_seconds()},
+        )
+
+    async def trust(self) -> dict[str, Any]:
+        """What the cluster trusts (:meth:`tether.trust.ClusterTrust.to_json`); proxies only."""
+        return dict(await self.call("GET", "/v1/trust"))
+
+    async def record_tunnel_heartbeats(self, records: Sequence[HeartbeatRecord]) -> None:
+        """Store a batch of tunnel heartbeats (only the cluster's proxies may)."""
+        await self.call(
+            "PUT",
+            "/v1/tunnels/heartbeats",
+            json={
+                "heartbeats": [
+                    {
+                        "cluster": r.cluster,
+                        "agent": r.agent,
+                        "last_heartbeat": r.time,
+                        "status": dict(r.status),
+                    }
+                    for r in records
+                ]
+            },
         )
 
     async def record_event(

@@ -31,7 +31,6 @@ from tether.config import Config
 from tether.durations import format_duration
 from tether.errors import AccessDenied, AlreadyExists, NotFound, PluginError, TetherError
 from tether.plugins import TetherPluginManager
-from tether.proxy.tunnels import HEARTBEAT_PREFIX
 from tether.rbac import RoleSet
 from tether.resources import (
     KindRegistry,
@@ -42,7 +41,7 @@ from tether.resources import (
     resource_from_dict,
     resource_to_bytes,
 )
-from tether.trust import RemoteClusterStatus, map_roles, mapped_roles
+from tether.trust import ClusterTrust, RemoteClusterStatus
 
 __all__ = ["AuthService", "JoinResult", "LoginResult", "TokenInfo"]
 
@@ -60,6 +59,10 @@ _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SIGNUP_ROLE = "signup"
 #: A remote cluster whose tunnels have not heartbeated for this long is offline.
 REMOTE_OFFLINE_AFTER = 30.0
+#: where tunnel heartbeats are stored, per cluster, proxy and agent
+HEARTBEAT_PREFIX = "/tunnels/"
+#: a tunnel that has not heartbeated for this long is forgotten by storage
+HEARTBEAT_TTL = 600.0
 #: How long a published inventory entry may live between heartbeats.
 MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
 MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
@@ -141,7 +144,8 @@ class AuthService:
         self.connectors = _connectors(pm)
         #: called after the set of trusted clusters' CAs changed (the proxy reloads them)
         self.on_trust_change: list[Callable[[], Awaitable[None]]] = [self._load_trust]
-        self._roots: dict[str, tuple[list[x509.Certificate], Resource]] = {}
+        self.trust = ClusterTrust(self.cluster_name, tuple(self.trusted_tls_cas()))
+        self._trust_json: dict[str, Any] | None = None
 
     def password_key(self, username: str) -> str:
         """Storage key of a local user's password hash (read by the ``local`` connector)."""
@@ -331,59 +335,31 @@ class AuthService:
         )
 
     def verify_client(self, cert: bytes | x509.Certificate) -> pki.Identity:
-        """Verify a client certificate: one of this cluster's, or a user of a trusted root.
-
-        A root-issued user certificate (the guide: a root user's certificate presented at the
-        leaf) is verified against that root's X.509 CA while the trust is enabled, and comes
-        back with the local roles its roles map to through the trusted_cluster's role_map,
-        so everything after this (rules, node visibility) sees leaf roles only.
-
-        :raises TrustError: not a certificate of this cluster or of an enabled trusted root
-            (hosts and admins of other clusters never count here).
-        """
-        try:
-            return pki.verify_x509_cert(cert, trusted_cas=self.trusted_tls_cas(), now=self.now())
-        except pki.UnknownAuthority:
-            if not self._roots:
-                raise
-        for root, (cas, trusted) in self._roots.items():
-            try:
-                identity = pki.verify_x509_cert(cert, trusted_cas=cas, now=self.now())
-            except pki.UnknownAuthority:
-                continue
-            if identity.kind != "user":
-                raise AccessDenied(
-                    f"{identity.kind} {identity.username!r} of cluster {root!r} has no access here"
-                )
-            if not trusted.spec.enabled:
-                raise AccessDenied(
-                    f"the trust in root cluster {root!r} is disabled on cluster "
-                    f"{self.cluster_name!r}"
-                )
-            local = mapped_roles(map_roles(self.pm, trusted.spec.role_map, identity.roles, root))
-            if not local:
-                raise AccessDenied(
-                    f"no role of {identity.label} ({', '.join(identity.roles) or 'none'}) "
-                    f"maps to a role of cluster {self.cluster_name!r}",
-                    hint=f"the role_map of trusted_cluster {root!r} there decides",
-                )
-            return attrs.evolve(identity, roles=local)
-        raise pki.UnknownAuthority(
-            "the certificate is not from this cluster or a cluster it trusts",
-            hint="log in to this cluster, or to a root cluster it trusts",
-        )
+        """Verify a client certificate: one of this cluster's, or a user of a trusted root
+        (role-mapped); see :meth:`tether.trust.ClusterTrust.verify_client`."""
+        return self.trust.verify_client(cert, pm=self.pm, now=self.now())
 
     async def _load_trust(self) -> None:
-        """Cache the trusted roots' CAs and trusted_clusters for :meth:`verify_client`."""
+        """Cache what this cluster trusts (its roots' CAs and trusted_clusters) for
+        :meth:`verify_client`."""
         kind = self.registry.get("trusted_cluster")
-        others = await self.other_tls_cas()
-        roots = {}
-        for item in await self.backend.range(kind.storage_prefix):
-            trusted = resource_from_bytes(item.value, self.registry)
-            cas = others.get(trusted.metadata.name)
-            if cas:
-                roots[trusted.metadata.name] = (cas, trusted)
-        self._roots = roots
+        trusted = [
+            resource_from_bytes(item.value, self.registry)
+            for item in await self.backend.range(kind.storage_prefix)
+        ]
+        self.trust = ClusterTrust.build(
+            self.cluster_name, self.trusted_tls_cas(), await self.other_tls_cas(), trusted
+        )
+        self._trust_json = None
+
+    def trust_snapshot(self, identity: pki.Identity) -> dict[str, Any]:
+        """What this cluster trusts, for its proxies (:class:`tether.proxy.trust.ProxyTrust`),
+        which verify client certificates and tunnels exactly as this service does."""
+        if identity.kind != "proxy" or identity.cluster != self.cluster_name:
+            raise AccessDenied("only the cluster's proxies may read its trust")
+        if self._trust_json is None:  # proxies poll it; it changes only with the trust
+            self._trust_json = self.trust.to_json()
+        return self._trust_json
 
     async def _roleset(self, role_names: Sequence[str]) -> RoleSet:
         kind = self.registry.get("role")
@@ -453,18 +429,20 @@ class AuthService:
     async def _with_connection(self, remote: Resource) -> Resource:
         """A remote_cluster with its status: online while a tunnel from it heartbeats."""
         latest: float | None = None
-        online = False
+        proxies: set[str] = set()
         for item in await self.backend.range(f"{HEARTBEAT_PREFIX}{remote.metadata.name}/"):
             record = json.loads(item.value)
             when = float(record.get("last_heartbeat", 0))
             latest = when if latest is None else max(latest, when)
             fresh = self._clock() - when < REMOTE_OFFLINE_AFTER
-            online = online or (fresh and record.get("status", {}).get("connected") is not False)
+            if fresh and record.get("status", {}).get("connected") is not False:
+                proxies.add(str(record.get("proxy")))
         status = RemoteClusterStatus(
-            connection="online" if online else "offline",
+            connection="online" if proxies else "offline",
             last_heartbeat=(
                 datetime.datetime.fromtimestamp(latest, datetime.UTC) if latest else None
             ),
+            proxies=tuple(sorted(proxies)),
         )
         return attrs.evolve(remote, status=status)
 
@@ -524,6 +502,45 @@ class AuthService:
         await self.backend.put(
             kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
         )
+
+    async def record_tunnel_heartbeats(
+        self, identity: pki.Identity, records: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Store one proxy's batch of tunnel heartbeats (see
+        :class:`tether.tunnel.heartbeats.HeartbeatRecorder`), each under
+        ``/tunnels/<cluster>/<proxy>/<agent>`` with a TTL, which is what a remote_cluster's
+        ``connection`` is computed from. The proxy is the caller, never a field of the batch.
+        """
+        if identity.kind != "proxy" or identity.cluster != self.cluster_name:
+            raise AccessDenied("only the cluster's proxies may record tunnel heartbeats")
+        ops = []
+        now = self._clock()
+        for i, record in enumerate(records):
+            cluster, agent = record.get("cluster"), record.get("agent")
+            when, status = record.get("last_heartbeat"), record.get("status")
+            if not (
+                isinstance(cluster, str)
+                and _HOST_ID.match(cluster)
+                and isinstance(agent, str)
+                and agent
+                and "/" not in agent
+                and isinstance(when, int | float)
+                and isinstance(status, dict)
+            ):
+                raise TetherError(
+                    f"heartbeat {i} is malformed",
+                    hint="expected cluster, agent, last_heartbeat (a number) and status",
+                )
+            value = {
+                "cluster": cluster,
+                "proxy": identity.username,
+                "agent": agent,
+                "last_heartbeat": min(float(when), now),  # never from the future
+                "status": status,
+            }
+            key = f"{HEARTBEAT_PREFIX}{cluster}/{identity.username}/{agent}"
+            ops.append(Op.put(key, json.dumps(value, default=str).encode(), ttl=HEARTBEAT_TTL))
+        await self.backend.apply(ops)
 
     async def record_host_event(
         self,

@@ -22,10 +22,10 @@ import trio
 from cryptography import x509
 
 from tether import pki
-from tether.auth.service import AuthService
 from tether.config import HostPort
+from tether.errors import TetherError
 from tether.protocols import ProtocolHandler, ProxyContext, RemoteRequest
-from tether.resources import resource_from_bytes
+from tether.proxy.trust import ProxyTrust
 from tether.tlsstream import TLSStream
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
@@ -34,9 +34,6 @@ from tether.tunnel.transport import IncomingStream
 __all__ = ["TrustAgents"]
 
 log = logging.getLogger(__name__)
-
-#: How often trusted clusters are re-read even when nothing announced a change.
-POLL_INTERVAL = 5.0
 
 
 @attrs.define
@@ -49,23 +46,24 @@ class _Running:
 class TrustAgents:
     """Keeps this leaf's tunnels to its trusted roots in step with the trusted_clusters.
 
-    :param auth: this cluster's auth service (the trusted_clusters and the roots' CAs).
+    :param trust: this cluster's trust as the proxy holds it (the trusted_clusters and the
+        roots' CAs).
     :param cert: this proxy's certificate, which roots verify with this leaf's CA.
     :param key: its private key.
-    :param proxy: this proxy as protocol handlers see it.
+    :param proxy: this proxy as protocol handlers see it (and its client of the auth API).
     :param protocols: the protocol plugins, by name, that serve streams from roots.
     """
 
     def __init__(
         self,
         *,
-        auth: AuthService,
+        trust: ProxyTrust,
         cert: x509.Certificate,
         key: pki.PrivateKey,
         proxy: ProxyContext,
         protocols: Mapping[str, ProtocolHandler],
     ) -> None:
-        self.auth = auth
+        self.trust = trust
         self._cert = cert
         self._key = key
         self._proxy = proxy
@@ -81,7 +79,7 @@ class TrustAgents:
         }
 
     async def changed(self) -> None:
-        """Re-read the trusted clusters now (an ``on_trust_change`` listener)."""
+        """Re-read the trusted clusters now (a :attr:`ProxyTrust.on_change` listener)."""
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -89,24 +87,22 @@ class TrustAgents:
             await self._reconcile(nursery)
             task_status.started()
             while True:
-                with trio.move_on_after(POLL_INTERVAL):
-                    await self._wake.wait()
+                await self._wake.wait()
                 self._wake = trio.Event()
                 await self._reconcile(nursery)
 
-    async def _wanted(self) -> dict[str, str]:
+    def _wanted(self) -> dict[str, str]:
         """Enabled, established trusted clusters -> the tunnel address to dial."""
-        kind = self.auth.registry.get("trusted_cluster")
-        wanted = {}
-        for item in await self.auth.backend.range(kind.storage_prefix):
-            trusted = resource_from_bytes(item.value, self.auth.registry)
-            spec = trusted.spec
-            if spec.enabled and await self.auth.trusts(trusted.metadata.name):
-                wanted[trusted.metadata.name] = str(spec.tunnel_addr or spec.web_proxy_addr)
-        return wanted
+        return {
+            name: str(
+                root.trusted_cluster.spec.tunnel_addr or root.trusted_cluster.spec.web_proxy_addr
+            )
+            for name, root in self.trust.current.roots.items()
+            if root.trusted_cluster.spec.enabled
+        }
 
     async def _reconcile(self, nursery: trio.Nursery) -> None:
-        wanted = await self._wanted()
+        wanted = self._wanted()
         for name, running in list(self._running.items()):
             if wanted.get(name) != running.addr:
                 log.info("closing the tunnels to root cluster %s", name)
@@ -119,7 +115,7 @@ class TrustAgents:
                 nursery.start_soon(self._keep_tunnels, name, running)
 
     async def _keep_tunnels(self, root: str, running: _Running) -> None:
-        root_cas = (await self.auth.other_tls_cas()).get(root, [])
+        root_cas = list(self.trust.current.others.get(root, ()))
         context = pki.client_ssl_context(
             trusted_cas=root_cas, cert=self._cert, key=self._key, alpn=[TUNNEL_ALPN]
         )
@@ -134,7 +130,7 @@ class TrustAgents:
             await self._serve(root, request)
 
         running.pool = AgentPool(
-            cluster=self.auth.cluster_name,
+            cluster=self.trust.cluster_name,
             tunnel_addr=running.addr,
             dial=dial,
             handle_stream=handle_stream,
@@ -150,12 +146,15 @@ class TrustAgents:
             log.warning(
                 "root cluster %s asked for %r, which nothing here serves", root, request.target
             )
-            await self.auth.audit_event(
-                "trust.stream.refused",
-                "",
-                {"root": root, "target": request.target},
-                success=False,
-            )
-            request.reject(f"cluster {self.auth.cluster_name!r} serves no {request.target!r}")
+            request.reject(f"cluster {self.trust.cluster_name!r} serves no {request.target!r}")
+            try:
+                await self._proxy.auth.record_event(
+                    "trust.stream.refused",
+                    "",
+                    {"root": root, "target": request.target},
+                    success=False,
+                )
+            except TetherError as exc:
+                log.warning("could not audit a refused stream from %s: %s", root, exc)
             return
         await handler.serve_remote(RemoteRequest(request=request, cluster=root, proxy=self._proxy))

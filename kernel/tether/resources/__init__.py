@@ -24,6 +24,7 @@ from tether.resources._io import (
 from tether.resources._kinds import (
     CERT_AUTHORITY,
     LABEL_FIELDS,
+    PROXY,
     ROLE,
     TOKEN,
     USER,
@@ -32,6 +33,7 @@ from tether.resources._kinds import (
     CertAuthoritySpec,
     ConnectorRef,
     CreatedBy,
+    ProxySpec,
     RoleConditions,
     RoleOptions,
     RoleSpec,
@@ -47,6 +49,7 @@ from tether.resources._model import KindRegistry, Metadata, Resource, ResourceKi
 __all__ = [
     "CERT_AUTHORITY",
     "LABEL_FIELDS",
+    "PROXY",
     "ROLE",
     "TOKEN",
     "USER",
@@ -60,6 +63,7 @@ __all__ = [
     "LabelValues",
     "Labels",
     "Metadata",
+    "ProxySpec",
     "Resource",
     "ResourceKind",
     "RoleConditions",

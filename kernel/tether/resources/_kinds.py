@@ -21,6 +21,7 @@ from tether.resources._model import Resource, ResourceKind
 
 __all__ = [
     "CERT_AUTHORITY",
+    "PROXY",
     "ROLE",
     "TOKEN",
     "USER",
@@ -29,6 +30,7 @@ __all__ = [
     "CertAuthoritySpec",
     "ConnectorRef",
     "CreatedBy",
+    "ProxySpec",
     "RoleConditions",
     "RoleOptions",
     "RoleSpec",
@@ -326,6 +328,44 @@ CERT_AUTHORITY = ResourceKind(
     storage_prefix="/authorities/",
     validate=_validate_cert_authority,
     ref=_cert_authority_ref,
+    readable_by=("node", "proxy"),
+)
+
+
+# -- proxy ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProxySpec:
+    """``spec`` of a ``proxy``: one of the cluster's proxies, as it announces itself.
+
+    :param public_addr: ``host:port`` where users and tunnel agents reach this proxy itself
+        (not a load balancer in front of several), so an agent can hold a tunnel to each.
+    :param version: the Tether version the proxy runs.
+    """
+
+    public_addr: str = ""
+    version: str = ""
+
+
+def _validate_proxy(resource: Resource) -> None:
+    spec: ProxySpec = resource.spec
+    host, sep, port = spec.public_addr.rpartition(":")
+    if not (sep and host and port.isdigit()):
+        raise InvalidField(("spec", "public_addr"), "expected host:port")
+
+
+#: Every proxy publishes its own entry (named by its host id, renewed by heartbeats), so each
+#: proxy can tell tunnel agents about all of them: that is what keeps a leaf's tunnels to
+#: every root proxy, and a node's to every proxy of its cluster (high availability).
+PROXY = ResourceKind(
+    name="proxy",
+    aliases=("proxies",),
+    versions=("v2",),
+    spec_type=ProxySpec,
+    storage_prefix="/proxies/",
+    validate=_validate_proxy,
+    published_by="proxy",
     readable_by=("node", "proxy"),
 )
 

@@ -28,6 +28,7 @@ __all__ = [
     "run_cli",
     "start_cluster",
     "start_node",
+    "start_proxy",
     "stop_process",
 ]
 
@@ -174,13 +175,19 @@ def stop_process(
 
 @attrs.define
 class RunningNode:
-    """A ``tetherd start --roles=node`` process that joined a cluster."""
+    """A ``tetherd start --roles=node`` (or ``--roles=proxy``) process that joined a cluster."""
 
     name: str
     directory: pathlib.Path
     args: list[str]
     process: subprocess.Popen[bytes]
     log_path: pathlib.Path
+    info: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def proxy_addr(self) -> str:
+        """The public port of a proxy started with :func:`start_proxy`."""
+        return str(self.info["proxy_addr"])
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -192,7 +199,9 @@ class RunningNode:
         """Stop the node and start it again from its data directory (no token needed)."""
         self.stop()
         self.process = _spawn_daemon(self.args, self.directory, self.log_path, append=True)
-        _wait_for_process_file(self.process, self.directory / "data", self.name, self.log_path)
+        self.info = _wait_for_process_file(
+            self.process, self.directory / "data", self.name, self.log_path
+        )
 
 
 def _spawn_daemon(
@@ -257,10 +266,6 @@ def start_node(
     :param ssh_service: more ``ssh_service`` settings (``commands``, ...).
     :raises AssertionError: the node exited or did not come up; the message has its log.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    if token is None:
-        added = cluster.tetherctl("tokens", "add", "--type=node", "--format=json")
-        token = str(json.loads(added.stdout)["token"])
     config = {
         "nodename": name,
         "data_dir": str(directory / "data"),
@@ -274,22 +279,70 @@ def start_node(
             **(ssh_service or {}),
         },
     }
-    config_path = directory / "tether.yaml"
-    config_path.write_text(dump_yaml(config))
     server = f"--proxy={cluster.proxy_addr}" if tunnel else f"--auth-server={cluster.auth_addr}"
-    args = [
+    return _start_joining(
+        cluster, directory, name, "node", token, config, [server, *extra_args], env
+    )
+
+
+def start_proxy(
+    cluster: RunningCluster,
+    directory: pathlib.Path,
+    name: str,
+    *,
+    token: str | None = None,
+    listen_addr: str = "127.0.0.1:0",
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> RunningNode:
+    """Start another proxy for ``cluster``, in a process of its own, as for high availability:
+    ``tetherd start --roles=proxy --auth-server=AUTH --token=TOKEN``.
+
+    :param token: a proxy token; a fresh one from ``tetherctl tokens add`` by default.
+    :param listen_addr: where it listens; give a fixed port to keep the address on restart.
+    :raises AssertionError: the proxy exited or did not come up; the message has its log.
+    """
+    config = {
+        "nodename": name,
+        "data_dir": str(directory / "data"),
+        "log": {"severity": "DEBUG", "format": "text"},
+        "auth_service": {"enabled": False},
+        "proxy_service": {"enabled": True, "listen_addr": listen_addr},
+    }
+    args = [f"--auth-server={cluster.auth_addr}", *extra_args]
+    return _start_joining(cluster, directory, name, "proxy", token, config, args, env)
+
+
+def _start_joining(
+    cluster: RunningCluster,
+    directory: pathlib.Path,
+    name: str,
+    role: str,
+    token: str | None,
+    config: Mapping[str, Any],
+    args: Sequence[str],
+    env: Mapping[str, str] | None,
+) -> RunningNode:
+    """Write ``config``, run ``tetherd start --roles=ROLE`` with a token of that role (a
+    fresh one unless given) and the cluster's CA pin, and wait until it is up."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if token is None:
+        added = cluster.tetherctl("tokens", "add", f"--type={role}", "--format=json")
+        token = str(json.loads(added.stdout)["token"])
+    config_path = directory / "tether.yaml"
+    config_path.write_text(dump_yaml(dict(config)))
+    full_args = [
         "-c",
         str(config_path),
-        "--roles=node",
+        f"--roles={role}",
         f"--token={token}",
-        server,
         f"--ca-pin={cluster.ca_pin}",
-        *extra_args,
+        *args,
     ]
     log_path = directory / "tetherd.log"
-    process = _spawn_daemon(args, directory, log_path, env)
-    _wait_for_process_file(process, directory / "data", name, log_path)
-    return RunningNode(name, directory, args, process, log_path)
+    process = _spawn_daemon(full_args, directory, log_path, env)
+    info = _wait_for_process_file(process, directory / "data", name, log_path)
+    return RunningNode(name, directory, full_args, process, log_path, info)
 
 
 def write_config(

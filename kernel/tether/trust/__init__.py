@@ -24,15 +24,18 @@ from tether.trust._rolemap import (
     mapped_roles,
     parse_role_map,
 )
+from tether.trust._verify import ClusterTrust, TrustedRoot
 
 __all__ = [
     "REMOTE_CLUSTER",
     "TRUSTED_CLUSTER",
+    "ClusterTrust",
     "RemoteClusterSpec",
     "RemoteClusterStatus",
     "RoleMapRule",
     "RoleMapping",
     "TrustedClusterSpec",
+    "TrustedRoot",
     "expand_groups",
     "is_regex_pattern",
     "map_roles",

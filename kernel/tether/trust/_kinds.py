@@ -136,10 +136,13 @@ class RemoteClusterStatus:
 
     :param connection: ``online`` while a tunnel from the leaf is up and heartbeating.
     :param last_heartbeat: when the root last heard from the leaf; None before the first.
+    :param proxies: the root's proxies the leaf holds a live tunnel to (high availability:
+        every one of them, once the leaf has learned of them).
     """
 
     connection: Literal["online", "offline"] = "offline"
     last_heartbeat: datetime.datetime | None = None
+    proxies: tuple[str, ...] = ()
 
 
 REMOTE_CLUSTER = ResourceKind(

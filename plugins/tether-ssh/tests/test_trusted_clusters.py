@@ -12,6 +12,7 @@ import os
 import pathlib
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -27,12 +28,14 @@ from tether import pki
 from tether.client.profile import current_profile
 from tether.datadir import admin_identity_paths
 from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.balancer import TCPBalancer
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
     run_cli,
     start_cluster,
     start_node,
+    start_proxy,
 )
 
 pytestmark = [
@@ -53,7 +56,11 @@ spec:
 """
 
 
-def trusted_cluster_yaml(root: RunningCluster, token: str, *, enabled: bool = True) -> str:
+def trusted_cluster_yaml(
+    root: RunningCluster, token: str, *, enabled: bool = True, proxy_addr: str | None = None
+) -> str:
+    """The guide's trusted_cluster; ``proxy_addr`` (a load balancer) replaces the root's."""
+    addr = proxy_addr or root.proxy_addr
     return f"""
 kind: trusted_cluster
 version: v2
@@ -62,8 +69,8 @@ metadata:
 spec:
   enabled: {"true" if enabled else "false"}
   token: "{token}"
-  tunnel_addr: {root.proxy_addr}
-  web_proxy_addr: {root.proxy_addr}
+  tunnel_addr: {addr}
+  web_proxy_addr: {addr}
   ca_pin: {root.ca_pin}
   role_map:
     - remote: "access"
@@ -105,10 +112,14 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> N
         time.sleep(0.3)
 
 
-def connection(root: RunningCluster) -> str:
+def remote_status(root: RunningCluster) -> dict[str, object]:
     found = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
     doc = found[0] if isinstance(found, list) else found
-    return str((doc.get("status") or {}).get("connection"))
+    return dict(doc.get("status") or {})
+
+
+def connection(root: RunningCluster) -> str:
+    return str(remote_status(root).get("connection"))
 
 
 @pytest.fixture(scope="module")
@@ -334,16 +345,22 @@ def test_regex_mapping_with_a_group_and_trait_templates_apply_live(trust: Trust)
             "users", "update", "alice", "--set-logins=alice,visitor", "--set-traits=env=leaf"
         )
         trust.root.login("alice", PASSWORD)
-        status, out, err = trust.ssh("id -un")
-        assert (status, out) == (0, "visitor\n"), err
+
+        def mapped_through_the_regex() -> bool:
+            # the node re-reads trusted_clusters every 3 s and forwards its audit events as
+            # they happen: a session may still map the old way for a moment
+            status, out, err = trust.ssh("id -un")
+            assert (status, out) == (0, "visitor\n"), err
+            events = json.loads(
+                trust.leaf.tetherctl(
+                    "audit", "search", "--type=trust.login.mapped", "--format=json"
+                ).stdout
+            )
+            assert events[-1]["remote_roles"] == ["access"]
+            return bool(events[-1]["local_roles"] == ["visitor-ess"])
+
+        wait_for(mapped_through_the_regex, "the leaf's node to map access to visitor-ess")
         assert connection(trust.root) == "online"  # the tunnels stayed up
-        events = json.loads(
-            trust.leaf.tetherctl(
-                "audit", "search", "--type=trust.login.mapped", "--format=json"
-            ).stdout
-        )
-        assert events[-1]["remote_roles"] == ["access"]
-        assert events[-1]["local_roles"] == ["visitor-ess"]
     finally:
         trust.apply(trusted_cluster_yaml(trust.root, ""), "--force")
 
@@ -402,3 +419,67 @@ def test_restarted_root_sees_the_leaf_reconnect_and_come_back_online(
     finally:
         leaf.stop()
         root.stop()
+
+
+def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
+    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+) -> None:
+    # The guide's HA setup: the root's auth, two root proxies of their own behind a load
+    # balancer; the leaf's trusted_cluster and the user's login name the balancer.
+    root = start_cluster(tmp_path / "root", "root", config={"proxy_service": {"enabled": False}})
+    started: list[RunningCluster | RunningNode] = [root]
+    try:
+        token = json.loads(root.tetherctl("tokens", "add", "--type=proxy", "--format=json").stdout)[
+            "token"
+        ]
+        proxies = [
+            start_proxy(root, tmp_path / name, name, token=token)
+            for name in ("root-proxy-a", "root-proxy-b")
+        ]
+        started += proxies
+        leaf = start_cluster(tmp_path / "leaf", "leaf")
+        started.append(leaf)
+        started.append(start_node(leaf, tmp_path / "leaf-node", "leaf-node"))
+        role = tmp_path / "visitor.yaml"
+        role.write_text(VISITOR_ROLE)
+        leaf.tetherctl("create", str(role))
+        with TCPBalancer([p.proxy_addr for p in proxies]) as balancer:
+            trust = Trust(root, leaf, None, tmp_path)  # type: ignore[arg-type]
+            trust.apply(trusted_cluster_yaml(root, trust.invite(), proxy_addr=balancer.addr))
+            # one tunnel through the balancer, then one to each proxy it was told about
+            wait_for(
+                lambda: remote_status(root).get("proxies") == ["root-proxy-a", "root-proxy-b"],
+                "the leaf to hold a tunnel to both root proxies",
+                timeout=60,
+            )
+            root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
+            root.tether(
+                "alice",
+                "login",
+                f"--proxy={balancer.addr}",
+                "--user=alice",
+                "--password-stdin",
+                f"--ca-pin={root.ca_pin}",
+                input=PASSWORD + "\n",
+            )
+            for _ in proxies:  # round robin: a session through each proxy
+                code, out, err = trust.ssh("pwd")
+                assert (code, out.strip()) == (0, visitor.pw_dir), err
+            assert all(balancer.forwarded[p.proxy_addr] >= 2 for p in proxies)
+
+            proxies[0].stop(signal.SIGKILL)  # a crash: no goodbye to the leaf or the balancer
+            for _ in proxies:
+                code, out, err = trust.ssh("pwd")
+                assert (code, out.strip()) == (0, visitor.pw_dir), err
+            clusters = root.tether("alice", "clusters").stdout
+            assert "leaf" in clusters and "online" in clusters, clusters
+            # the dead proxy's heartbeats go stale; the leaf stays online through the other
+            wait_for(
+                lambda: remote_status(root).get("proxies") == ["root-proxy-b"],
+                "the root to see the leaf through root-proxy-b only",
+                timeout=60,
+            )
+            assert connection(root) == "online"
+    finally:
+        for process in reversed(started):
+            process.stop()

@@ -1,0 +1,168 @@
+"""Verifying a client certificate against a cluster's trust: its own CAs and its roots'.
+
+Both the auth service and every proxy of a cluster verify client certificates (the proxy
+before it routes a connection, auth before it answers a request). They must agree exactly,
+so the decision lives here, pure, and each keeps a :class:`ClusterTrust` snapshot of what it
+needs: the auth service reads it from storage, a proxy from the auth API.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from cryptography import x509
+
+from tether import pki
+from tether.errors import AccessDenied
+from tether.plugins import TetherPluginManager
+from tether.resources import KindRegistry, Resource, resource_from_dict, resource_to_dict
+from tether.trust._rolemap import map_roles, mapped_roles
+
+__all__ = ["ClusterTrust", "TrustedRoot"]
+
+
+@attrs.frozen
+class TrustedRoot:
+    """A root cluster this one trusts: its X.509 CAs and the leaf's trusted_cluster for it."""
+
+    cas: tuple[x509.Certificate, ...]
+    trusted_cluster: Resource
+
+
+@attrs.frozen
+class ClusterTrust:
+    """What one cluster trusts at one moment.
+
+    :param cluster_name: this cluster.
+    :param own_cas: this cluster's X.509 CAs (its hosts, admins and users).
+    :param others: every other cluster whose X.509 CA this one holds (leaves and roots), by
+        name: their proxies may open tunnels here.
+    :param roots: of those, the roots: the clusters a trusted_cluster names.
+    """
+
+    cluster_name: str
+    own_cas: tuple[x509.Certificate, ...]
+    others: Mapping[str, tuple[x509.Certificate, ...]] = attrs.field(factory=dict)
+    roots: Mapping[str, TrustedRoot] = attrs.field(factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        cluster_name: str,
+        own_cas: Iterable[x509.Certificate],
+        others: Mapping[str, Sequence[x509.Certificate]],
+        trusted_clusters: Iterable[Resource],
+    ) -> ClusterTrust:
+        """Assemble the snapshot; a trusted_cluster whose handshake has not stored the root's
+        CA yet is not a root (yet)."""
+        roots = {
+            tc.metadata.name: TrustedRoot(tuple(others[tc.metadata.name]), tc)
+            for tc in trusted_clusters
+            if others.get(tc.metadata.name)
+        }
+        return cls(
+            cluster_name=cluster_name,
+            own_cas=tuple(own_cas),
+            others={name: tuple(cas) for name, cas in others.items()},
+            roots=roots,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot as the auth API sends it to the cluster's proxies (public halves only:
+        certificates and trusted_clusters without their tokens)."""
+
+        def pems(certs: Iterable[x509.Certificate]) -> list[str]:
+            return [pki.cert_to_pem(c).decode() for c in certs]
+
+        return {
+            "cluster_name": self.cluster_name,
+            "own_cas": pems(self.own_cas),
+            "others": {name: pems(cas) for name, cas in self.others.items()},
+            "trusted_clusters": [resource_to_dict(r.trusted_cluster) for r in self.roots.values()],
+        }
+
+    @classmethod
+    def from_json(
+        cls,
+        data: Mapping[str, Any],
+        registry: KindRegistry,
+        load_cert: Callable[[str], x509.Certificate] | None = None,
+    ) -> ClusterTrust:
+        """Read :meth:`to_json`'s form back.
+
+        :param load_cert: parses one PEM certificate; a caller that reads the snapshot again
+            and again passes a caching one (a root with a thousand leaves sends a thousand).
+        :raises ValueError: a field is missing or of the wrong type.
+        """
+        parse = load_cert or pki.load_cert
+        try:
+            others = {
+                str(name): [parse(pem) for pem in pems] for name, pems in data["others"].items()
+            }
+            trusted = [
+                resource_from_dict(doc, registry, source="trusted_clusters")
+                for doc in data["trusted_clusters"]
+            ]
+            return cls.build(
+                str(data["cluster_name"]), [parse(p) for p in data["own_cas"]], others, trusted
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed trust snapshot: {exc!r}") from None
+
+    def tunnel_cas(self) -> list[x509.Certificate]:
+        """The CAs whose certificates may open tunnels: this cluster's and every other's."""
+        return [*self.own_cas, *(ca for cas in self.others.values() for ca in cas)]
+
+    def verify_client(
+        self,
+        cert: bytes | x509.Certificate,
+        *,
+        pm: TetherPluginManager,
+        now: datetime.datetime,
+    ) -> pki.Identity:
+        """Verify a client certificate: one of this cluster's, or a user of a trusted root.
+
+        A root-issued user certificate (the guide: a root user's certificate presented at the
+        leaf) is verified against that root's X.509 CA while the trust is enabled, and comes
+        back with the local roles its roles map to through the trusted_cluster's role_map, so
+        everything after this (rules, node visibility) sees leaf roles only.
+
+        :raises TrustError: not a certificate of this cluster or of an enabled trusted root
+            (hosts and admins of other clusters never count here).
+        :raises AccessDenied: a root's host, a disabled trust, or no role maps.
+        """
+        try:
+            return pki.verify_x509_cert(cert, trusted_cas=list(self.own_cas), now=now)
+        except pki.UnknownAuthority:
+            if not self.roots:
+                raise
+        for root, trusted in self.roots.items():
+            try:
+                identity = pki.verify_x509_cert(cert, trusted_cas=list(trusted.cas), now=now)
+            except pki.UnknownAuthority:
+                continue
+            if identity.kind != "user":
+                raise AccessDenied(
+                    f"{identity.kind} {identity.username!r} of cluster {root!r} has no access here"
+                )
+            spec = trusted.trusted_cluster.spec
+            if not spec.enabled:
+                raise AccessDenied(
+                    f"the trust in root cluster {root!r} is disabled on cluster "
+                    f"{self.cluster_name!r}"
+                )
+            local = mapped_roles(map_roles(pm, spec.role_map, identity.roles, root))
+            if not local:
+                raise AccessDenied(
+                    f"no role of {identity.label} ({', '.join(identity.roles) or 'none'}) "
+                    f"maps to a role of cluster {self.cluster_name!r}",
+                    hint=f"the role_map of trusted_cluster {root!r} there decides",
+                )
+            return attrs.evolve(identity, roles=local)
+        raise pki.UnknownAuthority(
+            "the certificate is not from this cluster or a cluster it trusts",
+            hint="log in to this cluster, or to a root cluster it trusts",
+        )
