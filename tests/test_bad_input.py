@@ -647,6 +647,19 @@ def test_auth_api_keeps_the_trust_and_tunnel_heartbeats_to_proxies(
     assert_serving(cluster, cas)
 
 
+def test_auth_api_tells_a_polling_proxy_when_the_trust_is_unchanged(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities
+) -> None:
+    with client_as(cas, identity("proxy-paul", kind="proxy"), cluster.auth_addr) as auth:
+        full = auth.get("/v1/trust").json()
+        again = auth.get("/v1/trust", params={"known": full["revision"]}).json()
+        stale = auth.get("/v1/trust", params={"known": "0000-0"}).json()
+    assert full["cluster_name"] == CLUSTER and len(full["own_cas"]) == 1
+    assert again == {"revision": full["revision"], "unchanged": True}
+    assert stale == full
+    assert_serving(cluster, cas)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

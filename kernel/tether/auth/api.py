@@ -262,7 +262,8 @@ def build_app(auth: AuthService) -> Starlette:
         return JSONResponse({"recorded": True})
 
     async def trust(request: Request) -> JSONResponse:
-        return JSONResponse(auth.trust_snapshot(_peer_identity(request, auth)))
+        known = request.query_params.get("known") or None
+        return JSONResponse(auth.trust_snapshot(_peer_identity(request, auth), known))
 
     async def record_heartbeats(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)

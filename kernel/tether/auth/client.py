@@ -102,9 +102,12 @@ class AuthClient:
             json={"resource": dict(document), "ttl_seconds": ttl.total_seconds()},
         )
 
-    async def trust(self) -> dict[str, Any]:
-        """What the cluster trusts (:meth:`tether.trust.ClusterTrust.to_json`); proxies only."""
-        return dict(await self.call("GET", "/v1/trust"))
+    async def trust(self, known: str | None = None) -> dict[str, Any]:
+        """What the cluster trusts (:meth:`tether.trust.ClusterTrust.to_json` and its
+        ``revision``), or only ``{"revision", "unchanged": true}`` when ``known`` is the
+        current revision; proxies only."""
+        params = {"known": known} if known else {}
+        return dict(await self.call("GET", "/v1/trust", params=params))
 
     async def record_tunnel_heartbeats(self, records: Sequence[HeartbeatRecord]) -> None:
         """Store a batch of tunnel heartbeats (only the cluster's proxies may)."""

@@ -146,6 +146,10 @@ class AuthService:
         self.on_trust_change: list[Callable[[], Awaitable[None]]] = [self._load_trust]
         self.trust = ClusterTrust(self.cluster_name, tuple(self.trusted_tls_cas()))
         self._trust_json: dict[str, Any] | None = None
+        # names each trust snapshot: a process epoch (a restarted auth starts a new one) and
+        # a count of reloads, so a proxy polling with the one it holds is told "unchanged"
+        self._trust_epoch = secrets.token_hex(4)
+        self._trust_reloads = 0
 
     def password_key(self, username: str) -> str:
         """Storage key of a local user's password hash (read by the ``local`` connector)."""
@@ -351,14 +355,28 @@ class AuthService:
             self.cluster_name, self.trusted_tls_cas(), await self.other_tls_cas(), trusted
         )
         self._trust_json = None
+        self._trust_reloads += 1
 
-    def trust_snapshot(self, identity: pki.Identity) -> dict[str, Any]:
+    @property
+    def trust_revision(self) -> str:
+        """Names the current trust snapshot; it changes whenever the trust is reloaded."""
+        return f"{self._trust_epoch}-{self._trust_reloads}"
+
+    def trust_snapshot(self, identity: pki.Identity, known: str | None = None) -> dict[str, Any]:
         """What this cluster trusts, for its proxies (:class:`tether.proxy.trust.ProxyTrust`),
-        which verify client certificates and tunnels exactly as this service does."""
+        which verify client certificates and tunnels exactly as this service does.
+
+        :param known: the revision the proxy holds; when it is current the answer is only
+            ``{"revision": ..., "unchanged": true}`` (proxies poll; with a thousand leaves
+            the snapshot is large and rarely changes).
+        """
         if identity.kind != "proxy" or identity.cluster != self.cluster_name:
             raise AccessDenied("only the cluster's proxies may read its trust")
-        if self._trust_json is None:  # proxies poll it; it changes only with the trust
-            self._trust_json = self.trust.to_json()
+        revision = self.trust_revision
+        if known == revision:
+            return {"revision": revision, "unchanged": True}
+        if self._trust_json is None:
+            self._trust_json = {"revision": revision, **self.trust.to_json()}
         return self._trust_json
 
     async def _roleset(self, role_names: Sequence[str]) -> RoleSet:

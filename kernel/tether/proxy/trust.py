@@ -51,6 +51,7 @@ class ProxyTrust:
         self.on_change: list[Callable[[], Awaitable[None]]] = []
         self._parsed: dict[str, x509.Certificate] = {}
         self._lock = trio.Lock()
+        self._revision: str | None = None  # of the snapshot held, as auth named it
 
     @property
     def cluster_name(self) -> str:
@@ -74,13 +75,16 @@ class ProxyTrust:
         :raises TetherError: auth could not be asked, or answered nonsense.
         """
         async with self._lock:  # two refreshes at once would race to set current
-            body = await self._auth.trust()
+            body = await self._auth.trust(known=self._revision)
+            if body.get("unchanged") is True and body.get("revision") == self._revision:
+                return
             try:
                 fresh = ClusterTrust.from_json(body, self._registry, self._load_cert)
             except ValueError as exc:
                 raise TetherError(f"the auth service sent an unusable trust: {exc}") from None
             changed = fresh != self.current
             self.current = fresh
+            self._revision = str(body.get("revision") or "") or None
             # certificates of clusters no longer trusted need not stay parsed
             live = {*fresh.own_cas, *(c for cas in fresh.others.values() for c in cas)}
             self._parsed = {pem: c for pem, c in self._parsed.items() if c in live}
