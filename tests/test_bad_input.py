@@ -559,6 +559,10 @@ def test_webapi_login_says_the_same_for_unknown_user_and_wrong_password(
         ("PUT", "/v1/presence"),
         ("PUT", "/v1/tunnels/heartbeats"),
         ("GET", "/v1/trust"),
+        ("GET", "/v1/connectors"),
+        ("POST", "/v1/sso/begin"),
+        ("POST", "/v1/sso/complete"),
+        ("POST", "/v1/sso/collect"),
         ("POST", "/v1/audit"),
         ("POST", "/v1/join"),
     ],
@@ -644,6 +648,49 @@ def test_auth_api_keeps_the_trust_and_tunnel_heartbeats_to_proxies(
     with client_as(cas, identity(f"not-a-proxy-{kind}", kind=kind), cluster.auth_addr) as auth:
         response = auth.request(method, path, json={"heartbeats": []})
     assert_json_error(response, 403, "only the cluster's proxies may")
+    assert_serving(cluster, cas)
+
+
+@pytest.mark.parametrize("path", ["/v1/sso/begin", "/v1/sso/complete", "/v1/sso/collect"])
+def test_auth_api_keeps_single_sign_on_steps_to_proxies(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities, path: str
+) -> None:
+    with client_as(cas, identity("direct-dora"), cluster.auth_addr) as auth:
+        response = auth.post(path, json={})
+    assert_json_error(response, 403, "only the cluster's proxies may call this endpoint")
+    assert_serving(cluster, cas)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/webapi/sso/callback", None, 403, "unknown, expired or already used"),
+        ("GET", "/webapi/sso/callback?state=forged", None, 403, "unknown, expired or already"),
+        ("POST", "/webapi/sso/callback", b"state=%00%ff&code=x", 403, "unknown, expired"),
+        ("POST", "/webapi/sso/login", b'{"connector": "okta"}', 400, "'client_redirect_url'"),
+        ("POST", "/webapi/sso/collect", b'{"request_id": "x"}', 400, "'client_secret'"),
+        (
+            "POST",
+            "/webapi/sso/collect",
+            b'{"request_id": "x", "client_secret": "y"}',
+            403,
+            "no login result is waiting",
+        ),
+    ],
+)
+def test_proxy_refuses_single_sign_on_steps_that_make_no_sense(
+    cluster: RunningCluster,
+    cas: pki.ClusterAuthorities,
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    message: str,
+) -> None:
+    with client_as(cas, None, cluster.proxy_addr) as web:
+        response = web.request(method, path, content=body)
+    assert response.status_code == status, response.text
+    assert message in response.text
     assert_serving(cluster, cas)
 
 

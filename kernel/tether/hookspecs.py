@@ -77,8 +77,11 @@ def tether_identity_connectors() -> list[IdentityConnector]:
     """Return the identity connector kinds this plugin provides (``local``, ``github``, ...).
 
     Called once when the auth service starts. A connector turns a login attempt into an
-    identity (user name, roles, traits); the kernel issues the certificates. A connector kind
-    provided twice is an error.
+    identity (user name, roles, traits); the kernel issues the certificates. Two shapes exist
+    (:mod:`tether.auth.connectors`): a ``PasswordConnector`` named what users pass as
+    ``--auth``, and a ``RedirectConnector`` (single sign-on) named after the resource kind of
+    its settings, whose state, nonce, PKCE, expiry and one-time use the kernel owns
+    (:mod:`tether.auth.sso`). A connector name provided twice is an error.
     """
 
 

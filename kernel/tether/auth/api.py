@@ -24,7 +24,7 @@ from starlette.routing import Route
 from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER
-from tether.auth.service import AuthService, JoinResult, LoginResult, TokenInfo
+from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.auth.trust import TrustExchange, validate_leaf
 from tether.errors import AccessDenied, TetherError
 from tether.resources import resource_from_dict, resource_to_dict
@@ -38,7 +38,7 @@ from tether.wire import (
     string_map_field,
 )
 
-__all__ = ["FORWARDED_CERT_HEADER", "build_app", "login_result_to_json", "token_to_json"]
+__all__ = ["FORWARDED_CERT_HEADER", "build_app", "token_to_json"]
 
 
 def token_to_json(info: TokenInfo) -> dict[str, Any]:
@@ -48,16 +48,6 @@ def token_to_json(info: TokenInfo) -> dict[str, Any]:
         "expires": info.expires.isoformat().replace("+00:00", "Z") if info.expires else None,
         "ca_pin": info.ca_pin,
         "labels": dict(info.labels),
-    }
-
-
-def login_result_to_json(result: LoginResult) -> dict[str, Any]:
-    return {
-        "identity": result.identity.to_json(),
-        "ssh_cert": result.ssh_cert,
-        "tls_cert": result.tls_cert_pem,
-        "tls_ca_certs": list(result.tls_ca_pems),
-        "ssh_host_ca": list(result.ssh_host_ca_lines),
     }
 
 
@@ -210,7 +200,7 @@ def build_app(auth: AuthService) -> Starlette:
             ttl=datetime.timedelta(seconds=ttl) if ttl is not None else None,
             connector_name=optional_string_field(data, "connector") or "local",
         )
-        return JSONResponse(login_result_to_json(result))
+        return JSONResponse(result.to_json())
 
     async def join(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
@@ -282,6 +272,42 @@ def build_app(auth: AuthService) -> Starlette:
         root = await validate_leaf(auth, string_field(data, "token"), leaf)
         return JSONResponse({"root": root.to_json()})
 
+    async def connectors(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        if identity.kind not in ("proxy", "admin", "user"):
+            raise AccessDenied(f"{identity.kind} {identity.username!r} may not list connectors")
+        return JSONResponse({"connectors": await auth.list_connectors()})
+
+    async def sso_begin(request: Request) -> JSONResponse:
+        # the user is anonymous until the provider vouches; the proxy asks on their behalf
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        ttl = number_field(data, "ttl_seconds")
+        request_id, url = await auth.begin_sso(
+            string_field(data, "connector"),
+            client_redirect_url=string_field(data, "client_redirect_url"),
+            client_secret_hash=string_field(data, "client_secret_hash"),
+            ssh_public_key=string_field(data, "ssh_public_key"),
+            tls_public_key_pem=string_field(data, "tls_public_key"),
+            ttl=datetime.timedelta(seconds=ttl) if ttl is not None else None,
+        )
+        return JSONResponse({"request_id": request_id, "auth_url": url})
+
+    async def sso_complete(request: Request) -> JSONResponse:
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        params = string_map_field(data, "params") or {}
+        return JSONResponse({"redirect": await auth.complete_sso(params)})
+
+    async def sso_collect(request: Request) -> JSONResponse:
+        _require_proxy(_peer_identity(request, auth))
+        data = await read_json_object(request)
+        return JSONResponse(
+            await auth.collect_sso(
+                string_field(data, "request_id"), string_field(data, "client_secret")
+            )
+        )
+
     async def ping(request: Request) -> JSONResponse:
         return JSONResponse({"cluster_name": auth.cluster_name, "server_version": __version__})
 
@@ -322,6 +348,10 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/tunnels/heartbeats", record_heartbeats, methods=["PUT"]),
             Route("/v1/trust", trust, methods=["GET"]),
             Route("/v1/login/password", login_password, methods=["POST"]),
+            Route("/v1/connectors", connectors, methods=["GET"]),
+            Route("/v1/sso/begin", sso_begin, methods=["POST"]),
+            Route("/v1/sso/complete", sso_complete, methods=["POST"]),
+            Route("/v1/sso/collect", sso_collect, methods=["POST"]),
             Route("/v1/signup", signup, methods=["POST"]),
             Route("/v1/join", join, methods=["POST"]),
             Route("/v1/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),

@@ -1,9 +1,16 @@
 """The identity connector contract: how a login attempt becomes an identity.
 
 A connector only says *who* the user is and which roles and traits they get; the auth service
-owns everything security-critical around it (lockout, certificate issuing, audit). Connectors
-are provided by plugins through ``tether_identity_connectors``; the builtin ``local`` connector
-checks passwords of users stored in the cluster.
+owns everything security-critical around it (lockout, certificate issuing, audit; for single
+sign-on the state, nonce, PKCE, expiry and one-time use, see :mod:`tether.auth.sso`).
+Connectors are provided by plugins through ``tether_identity_connectors``. Two shapes exist:
+
+- a :class:`PasswordConnector` checks a user name and password (the builtin ``local``
+  connector checks the passwords of users stored in the cluster);
+- a :class:`RedirectConnector` sends the browser to an identity provider and reads what the
+  provider sends back (OIDC, SAML, GitHub). Its settings are resources of a kind the plugin
+  declares (``tetherctl create okta.yaml``), and users name a resource: ``tether login
+  --auth=okta``.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ import attrs
 
 if TYPE_CHECKING:
     from tether.auth.service import AuthService
+    from tether.auth.sso import ExternalIdentity, SSORequest
+    from tether.resources import Resource
 
-__all__ = ["IdentityConnector", "LoginIdentity", "PasswordConnector"]
+__all__ = ["IdentityConnector", "LoginIdentity", "PasswordConnector", "RedirectConnector"]
 
 
 @attrs.frozen
@@ -50,4 +59,47 @@ class PasswordConnector(IdentityConnector, Protocol):
     ) -> LoginIdentity:
         """Return the identity, or raise :class:`~tether.errors.AccessDenied` saying only
         "invalid user name or password" (never which of the two was wrong)."""
+        ...
+
+
+@runtime_checkable
+class RedirectConnector(IdentityConnector, Protocol):
+    """A single sign-on connector: the browser logs in at an identity provider.
+
+    ``name`` is the resource kind that holds this connector's settings (``oidc``); declare it
+    through ``tether_resource_kinds``, with its secrets in ``secret_paths`` so ``tetherctl
+    get`` hides them. Every method gets the resource the user named with ``--auth``.
+    """
+
+    async def login_url(self, auth: AuthService, connector: Resource, request: SSORequest) -> str:
+        """Where to send the browser: the provider's login page for ``request``.
+
+        Carry ``request.state`` so the provider hands it back with the callback (the kernel
+        finds the login by it), and ``request.nonce`` and ``request.pkce_challenge`` where the
+        protocol has them. The provider must call back the proxy at
+        ``https://PROXY/webapi/sso/callback``.
+        """
+        ...
+
+    async def complete(
+        self,
+        auth: AuthService,
+        connector: Resource,
+        request: SSORequest,
+        params: Mapping[str, str],
+    ) -> ExternalIdentity:
+        """Read the provider's callback (its query or form fields, ``state`` already checked
+        and spent by the kernel) and return who logged in.
+
+        Verify everything the protocol signs (signatures, issuer, audience, expiry); report
+        the nonce the provider signed, if any, in :attr:`ExternalIdentity.nonce`. Raise
+        :class:`~tether.errors.AccessDenied` with the reason to refuse.
+        """
+        ...
+
+    def roles_for(
+        self, auth: AuthService, connector: Resource, identity: ExternalIdentity
+    ) -> tuple[str, ...]:
+        """The Tether roles ``identity`` gets (usually :func:`tether.auth.sso.map_claims`
+        over the resource's mapping rules, with ``auth.pm``); none refuses the login."""
         ...

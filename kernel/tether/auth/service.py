@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hmac
 import json
 import logging
 import pathlib
@@ -23,8 +24,13 @@ import attrs
 from cryptography import x509
 
 from tether import audit, pki
-from tether.auth import passwords
-from tether.auth.connectors import IdentityConnector, LoginIdentity, PasswordConnector
+from tether.auth import passwords, sso
+from tether.auth.connectors import (
+    IdentityConnector,
+    LoginIdentity,
+    PasswordConnector,
+    RedirectConnector,
+)
 from tether.auth.trust import establish_trust_with_root
 from tether.backend import Backend, Item, Op
 from tether.config import Config
@@ -48,6 +54,9 @@ __all__ = ["AuthService", "JoinResult", "LoginResult", "TokenInfo"]
 log = logging.getLogger(__name__)
 
 PASSWORD_PREFIX = "/secrets/passwords/"
+#: single sign-on logins in flight (by state) and their outcomes (by id), both expiring
+SSO_REQUEST_PREFIX = "/secrets/sso/requests/"
+SSO_RESULT_PREFIX = "/secrets/sso/results/"
 ATTEMPTS_PREFIX = "/secrets/login_attempts/"
 
 TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
@@ -82,6 +91,16 @@ class LoginResult:
     tls_cert_pem: str
     tls_ca_pems: tuple[str, ...]
     ssh_host_ca_lines: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer of ``/webapi/login`` (and of a collected single sign-on login)."""
+        return {
+            "identity": self.identity.to_json(),
+            "ssh_cert": self.ssh_cert,
+            "tls_cert": self.tls_cert_pem,
+            "tls_ca_certs": list(self.tls_ca_pems),
+            "ssh_host_ca": list(self.ssh_host_ca_lines),
+        }
 
 
 @attrs.frozen
@@ -872,6 +891,174 @@ class AuthService:
             tls_ca_pems=tuple(pki.cert_to_pem(c).decode() for c in self.trusted_tls_cas()),
             ssh_host_ca_lines=(self.authorities.ssh_host.public_key_line(),),
         )
+
+    # --- single sign-on ------------------------------------------------------------------
+
+    async def _redirect_connector(self, name: str) -> tuple[RedirectConnector, Resource]:
+        """The redirect connector whose resource is called ``name``, and that resource."""
+        for connector in self.connectors.values():
+            if not isinstance(connector, RedirectConnector):
+                continue
+            kind = self.registry.get(connector.name)
+            item = await self.backend.get(kind.key(name))
+            if item is not None:
+                return connector, resource_from_bytes(item.value, self.registry)
+        raise NotFound(
+            f"no single sign-on connector is called {name!r}",
+            hint="`tetherctl get connectors` lists them; `--auth=local` logs in with a password",
+        )
+
+    async def list_connectors(self) -> list[dict[str, str]]:
+        """Every way to log in here, by name: ``{"name", "type"}``, where ``type`` is
+        ``password`` or a redirect connector's resource kind (``oidc``). Names and types only:
+        a client needs them to choose a login flow before the user is known."""
+        found = []
+        for connector in self.connectors.values():
+            if isinstance(connector, RedirectConnector):
+                kind = self.registry.get(connector.name)
+                for item in await self.backend.range(kind.storage_prefix):
+                    res = resource_from_bytes(item.value, self.registry)
+                    found.append({"name": res.metadata.name, "type": connector.name})
+            elif isinstance(connector, PasswordConnector):
+                found.append({"name": connector.name, "type": "password"})
+        return sorted(found, key=lambda c: (c["type"] != "password", c["name"]))
+
+    async def begin_sso(
+        self,
+        connector_name: str,
+        *,
+        client_redirect_url: str,
+        client_secret_hash: str,
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+        ttl: datetime.timedelta | None = None,
+    ) -> tuple[str, str]:
+        """Start a single sign-on login; returns its id and the URL to send the browser to.
+
+        The login is stored, one-time, under its random ``state`` until the provider calls
+        back or :data:`tether.auth.sso.REQUEST_TTL` passes.
+        """
+        connector, resource = await self._redirect_connector(connector_name)
+        try:  # refuse unusable keys now, not after the user went through the provider
+            pki.load_public_key(ssh_public_key.encode())
+            pki.load_public_key(tls_public_key_pem.encode())
+        except ValueError as exc:
+            raise TetherError(f"login request carries an unusable public key: {exc}") from None
+        request = sso.new_request(
+            connector_kind=connector.name,
+            connector_name=resource.metadata.name,
+            client_redirect_url=client_redirect_url,
+            client_secret_hash=client_secret_hash,
+            ssh_public_key=ssh_public_key,
+            tls_public_key=tls_public_key_pem,
+            ttl_seconds=ttl.total_seconds() if ttl else None,
+            now=self._clock(),
+        )
+        url = await connector.login_url(self, resource, request)
+        await self.backend.put(
+            SSO_REQUEST_PREFIX + request.state,
+            json.dumps(request.to_json()).encode(),
+            ttl=sso.REQUEST_TTL.total_seconds(),
+        )
+        return request.id, url
+
+    async def complete_sso(self, params: Mapping[str, str]) -> str:
+        """Finish a login from the provider's callback; returns where to send the browser.
+
+        The state is spent first, so a replayed callback finds nothing. Whatever happens
+        after that, success or refusal, is kept for the client to collect (it is waiting),
+        and the browser goes back to it.
+
+        :raises AccessDenied: no login in flight has this state (unknown, expired or used).
+        """
+        state = params.get("state") or params.get("RelayState") or ""
+        key = SSO_REQUEST_PREFIX + state
+        item = await self.backend.get(key) if state else None
+        # delete() is the atomic step: of two identical callbacks only one gets True
+        if item is None or not await self.backend.delete(key):
+            await self.audit_event(
+                audit.USER_LOGIN_FAILED,
+                "",
+                {"method": "sso", "reason": "unknown, expired or already used login state"},
+                success=False,
+            )
+            raise AccessDenied(
+                "this login is unknown, expired or already used",
+                hint="run `tether login --auth=...` again",
+            )
+        request = sso.SSORequest.from_json(json.loads(item.value))
+        method = f"{request.connector_kind}/{request.connector_name}"
+        try:
+            if self._clock() > request.expires:
+                raise AccessDenied("the login took too long; it expired")
+            result = await self._finish_sso(request, params)
+        except (AccessDenied, TetherError) as exc:
+            await self._audit_login_failure("", method, exc.message)
+            outcome: dict[str, Any] = {"error": exc.message, "hint": exc.hint}
+        else:
+            outcome = {"result": result.to_json()}
+        outcome["client_secret_hash"] = request.client_secret_hash
+        await self.backend.put(
+            SSO_RESULT_PREFIX + request.id,
+            json.dumps(outcome).encode(),
+            ttl=sso.RESULT_TTL.total_seconds(),
+        )
+        return request.client_redirect()
+
+    async def _finish_sso(self, request: sso.SSORequest, params: Mapping[str, str]) -> LoginResult:
+        connector, resource = await self._redirect_connector(request.connector_name)
+        if connector.name != request.connector_kind:
+            raise AccessDenied(f"connector {request.connector_name!r} changed during the login")
+        external = await connector.complete(self, resource, request, params)
+        if external.nonce is not None and not hmac.compare_digest(external.nonce, request.nonce):
+            raise AccessDenied("the identity provider's answer is for another login (nonce)")
+        roles = tuple(connector.roles_for(self, resource, external))
+        method = f"{request.connector_kind}/{request.connector_name}"
+        if not roles:
+            raise AccessDenied(
+                f"no role is mapped to {external.username!r} by connector {method!r}",
+                hint="the connector's claims_to_roles (or equivalent) decides",
+            )
+        login = LoginIdentity(username=external.username, roles=roles, traits=external.claims)
+        ttl = datetime.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+        result = await self._issue_user_certs(
+            login,
+            ssh_public_key=request.ssh_public_key,
+            tls_public_key_pem=request.tls_public_key,
+            ttl=ttl,
+        )
+        await self.audit_event(
+            audit.USER_LOGIN,
+            external.username,
+            {
+                "method": method,
+                "subject": external.subject,
+                "roles": list(roles),
+                "expires": result.identity.expires.isoformat(),
+            },
+        )
+        return result
+
+    async def collect_sso(self, request_id: str, client_secret: str) -> dict[str, Any]:
+        """The outcome of a login, once, for the client that started it.
+
+        :raises AccessDenied: unknown or already collected, another client's secret, or the
+            login was refused (with the reason).
+        """
+        key = SSO_RESULT_PREFIX + request_id
+        item = await self.backend.get(key) if request_id else None
+        if item is None:
+            raise AccessDenied("no login result is waiting under this id (expired or collected)")
+        outcome = json.loads(item.value)
+        if not hmac.compare_digest(
+            sso.hash_client_secret(client_secret), str(outcome["client_secret_hash"])
+        ):
+            raise AccessDenied("this login was started by another client")
+        if not await self.backend.delete(key):
+            raise AccessDenied("no login result is waiting under this id (expired or collected)")
+        if "error" in outcome:
+            raise AccessDenied(str(outcome["error"]), hint=outcome.get("hint"))
+        return dict(outcome["result"])
 
     # --- tokens --------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import ssl
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from tether.client.profile import (
     save_profile,
     select_cluster,
 )
+from tether.client.sso import sso_login
 from tether.client.web import establish_trust, proxy_call
 from tether.durations import parse_duration
 from tether.errors import NotFound, TetherError
@@ -72,6 +74,12 @@ def _ttl(value: str | None) -> datetime.timedelta | None:
     show_default=True,
     help="Identity connector to log in with.",
 )
+@click.option(
+    "--browser/--no-browser",
+    default=True,
+    show_default=True,
+    help="Open the identity provider's page in a browser (single sign-on connectors).",
+)
 @click.argument("cluster", required=False)
 @run_async
 async def login(
@@ -83,26 +91,40 @@ async def login(
     ca_pin: str | None,
     ttl: str | None,
     connector: str,
+    browser: bool,
 ) -> None:
     """Log in and store short-lived certificates."""
     ttl_delta = _ttl(ttl)
+    ttl_seconds = ttl_delta.total_seconds() if ttl_delta else None
     context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
-    password = _read_password(password_stdin)
     key = pki.generate_private_key()
-    result = await proxy_call(
-        proxy,
-        "POST",
-        "/webapi/login",
-        context,
-        json={
-            "user": user,
-            "password": password,
-            "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
-            "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
-            "ttl_seconds": ttl_delta.total_seconds() if ttl_delta else None,
-            "connector": connector,
-        },
-    )
+    if connector != "local" and await _connector_type(proxy, context, connector) != "password":
+        result = await sso_login(
+            proxy,
+            context,
+            connector,
+            key,
+            ttl_seconds=ttl_seconds,
+            show_url=lambda url: click.echo(
+                f"Log in with {connector} in your browser:\n  {url}", err=True
+            ),
+            open_browser=browser,
+        )
+    else:
+        result = await proxy_call(
+            proxy,
+            "POST",
+            "/webapi/login",
+            context,
+            json={
+                "user": user,
+                "password": _read_password(password_stdin),
+                "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+                "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+                "ttl_seconds": ttl_seconds,
+                "connector": connector,
+            },
+        )
     identity = pki.Identity.from_json(result["identity"])
     profile = save_profile(
         proxy,
@@ -120,6 +142,18 @@ async def login(
         await _check_visible(profile, cluster)
         select_cluster(profile, cluster)
     _print_status(_status_json(), sys.stdout)
+
+
+async def _connector_type(proxy: str, context: ssl.SSLContext, name: str) -> str:
+    """``password`` or the kind of single sign-on connector ``name`` is, as the cluster says."""
+    body = await proxy_call(proxy, "GET", "/webapi/connectors", context)
+    types = {c["name"]: c["type"] for c in body["connectors"]}
+    if name not in types:
+        raise NotFound(
+            f"cluster has no connector {name!r}",
+            hint=f"choose one of: {', '.join(sorted(types)) or 'none'}",
+        )
+    return str(types[name])
 
 
 async def _remote_clusters(profile: Profile, name: str | None = None) -> list[dict[str, Any]]:

@@ -123,8 +123,15 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 @click.pass_context
 @run_async
 async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> None:
-    """Show resources: tetherctl get role/visitor > visitor.yaml round-trips."""
+    """Show resources: tetherctl get role/visitor > visitor.yaml round-trips.
+
+    ``tetherctl get connectors`` lists every way to log in (password connectors and the
+    single sign-on connector resources of every kind), by name and type.
+    """
     kind_name, name = _split_ref(ref)
+    if kind_name in ("connectors", "connector") and not name:
+        await _get_connectors(ctx, fmt)
+        return
     kind = _registry(ctx).get(kind_name)
     target = _connect(ctx)
     async with target.client as client:
@@ -141,6 +148,17 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
                 (d["kind"], d["metadata"]["name"], labels, d["metadata"].get("expires", ""))
             )
         emit_table(["Kind", "Name", "Labels", "Expires"], rows)
+
+
+async def _get_connectors(ctx: click.Context, fmt: str) -> None:
+    async with _connect(ctx).client as client:
+        found = (await client.call("GET", "/v1/connectors"))["connectors"]
+    if fmt == "json":
+        click.echo(json.dumps(found, indent=2))
+    elif fmt == "yaml":
+        click.echo(dump_yaml(found), nl=False)
+    else:
+        emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found])
 
 
 @cli.command()

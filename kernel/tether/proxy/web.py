@@ -8,22 +8,25 @@ certificate attached; auth verifies it (see :mod:`tether.auth.api`).
 from __future__ import annotations
 
 import base64
+import html
+import urllib.parse
 from typing import Any
 
 import attrs
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 import tether
 from tether import pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
-from tether.errors import AccessDenied
+from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
+    error_status,
     exception_handlers,
     number_field,
     optional_string_field,
@@ -109,6 +112,36 @@ def build_web_app(
         user = await auth.signup(string_field(data, "token"), string_field(data, "password"))
         return JSONResponse({"user": user})
 
+    async def connectors(request: Request) -> JSONResponse:
+        # anonymous on purpose: `tether login --auth=NAME` chooses its flow by the type
+        return JSONResponse(await auth.call("GET", "/v1/connectors"))
+
+    async def sso_login(request: Request) -> JSONResponse:
+        # anonymous on purpose: the identity provider will say who the user is
+        body = await auth.call("POST", "/v1/sso/begin", json=await read_json_object(request))
+        return JSONResponse(body)
+
+    async def sso_callback(request: Request) -> Response:
+        # the browser, sent back by the identity provider: GET with a query (OAuth, OIDC) or
+        # a POSTed form (SAML); what it says goes to auth, the browser on to the client
+        params = dict(request.query_params)
+        if request.method == "POST":
+            form = urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace"))
+            params.update(form)
+        try:
+            body = await auth.call("POST", "/v1/sso/complete", json={"params": params})
+        except TetherError as exc:
+            page = f"<h1>Login failed</h1><p>{html.escape(exc.message)}</p>"
+            if exc.hint:
+                page += f"<p>{html.escape(exc.hint)}</p>"
+            return HTMLResponse(page, status_code=error_status(exc))
+        return RedirectResponse(str(body["redirect"]), status_code=302)
+
+    async def sso_collect(request: Request) -> JSONResponse:
+        # the client proves it started the login with the secret only it holds
+        body = await auth.call("POST", "/v1/sso/collect", json=await read_json_object(request))
+        return JSONResponse(body)
+
     async def forward(request: Request) -> Response:
         der = request.scope.get("state", {}).get(PEER_CERT_STATE)
         if not der:
@@ -134,6 +167,10 @@ def build_web_app(
             Route("/webapi/cluster-ca", cluster_ca),
             Route("/webapi/login", login, methods=["POST"]),
             Route("/webapi/signup", signup, methods=["POST"]),
+            Route("/webapi/connectors", connectors),
+            Route("/webapi/sso/login", sso_login, methods=["POST"]),
+            Route("/webapi/sso/callback", sso_callback, methods=["GET", "POST"]),
+            Route("/webapi/sso/collect", sso_collect, methods=["POST"]),
             Route("/webapi/join", join, methods=["POST"]),
             Route("/webapi/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),

@@ -7,19 +7,27 @@ nothing unless ``TETHER_HOOKTEST_LOG`` names a file, so other tests are unaffect
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import http.server
 import json
 import os
 import pathlib
-from collections.abc import AsyncIterator
+import secrets
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
 import click
+import httpx
 import trio
 
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.connectors import LoginIdentity
+from tether.auth.sso import ClaimMapping, ExternalIdentity, SSORequest, map_claims
 from tether.backend import Backend, BackendType, open_sqlite
 from tether.config import Config
 from tether.errors import AccessDenied, TetherError
@@ -71,7 +79,7 @@ def tether_resource_kinds() -> list[ResourceKind]:
     if not _active():
         return []
     record("tether_resource_kinds")
-    return [WIDGET]
+    return [WIDGET, SSO]
 
 
 @contextlib.asynccontextmanager
@@ -102,12 +110,176 @@ class HooktestConnector:
         return LoginIdentity(username=username, roles=("access",), traits={"logins": (username,)})
 
 
+# --- a single sign-on connector, and the stand-in provider it talks to --------------------
+#
+# The kernel's half of single sign-on (state, nonce, PKCE, expiry, one-time use, the client's
+# redirect) is tested with this connector. Its provider is a stand-in run by the tests: an
+# authorization-code flow with PKCE in a few lines, not a real OpenID provider (the OIDC,
+# SAML and GitHub plugins are tested against real ones).
+
+
+@attrs.frozen
+class SSOSpec:
+    """``spec`` of the test kind ``hooktest_sso``."""
+
+    provider_url: str
+    client_id: str
+    client_secret: str
+    redirect_url: str
+    claims_to_roles: tuple[ClaimMapping, ...] = ()
+
+
+SSO = ResourceKind(
+    name="hooktest_sso",
+    versions=("v1",),
+    spec_type=SSOSpec,
+    storage_prefix="/hooktest/sso/",
+    secret_paths=(("spec", "client_secret"),),
+)
+
+
+class HooktestSSOConnector:
+    """Redirect connector ``hooktest_sso``: the stand-in provider's code flow with PKCE."""
+
+    name = "hooktest_sso"
+
+    async def login_url(self, auth: Any, connector: Any, request: SSORequest) -> str:
+        record("tether_identity_connectors.login_url", connector=connector.metadata.name)
+        spec: SSOSpec = connector.spec
+        query = {
+            "client_id": spec.client_id,
+            "redirect_uri": spec.redirect_url,
+            "state": request.state,
+            "nonce": request.nonce,
+            "code_challenge": request.pkce_challenge,
+            "code_challenge_method": "S256",
+        }
+        return f"{spec.provider_url}/authorize?{urllib.parse.urlencode(query)}"
+
+    async def complete(
+        self, auth: Any, connector: Any, request: SSORequest, params: Mapping[str, str]
+    ) -> ExternalIdentity:
+        record("tether_identity_connectors.complete", connector=connector.metadata.name)
+        spec: SSOSpec = connector.spec
+        if "error" in params:
+            raise AccessDenied(f"the provider refused the login: {params['error']}")
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(
+                f"{spec.provider_url}/token",
+                data={
+                    "code": params.get("code", ""),
+                    "code_verifier": request.pkce_verifier,
+                    "client_id": spec.client_id,
+                    "client_secret": spec.client_secret,
+                },
+            )
+        if answer.status_code != 200:
+            raise AccessDenied(f"the provider refused the code: {answer.text}")
+        body = answer.json()
+        return ExternalIdentity(
+            username=body["username"],
+            subject=body["subject"],
+            claims={k: tuple(v) for k, v in body["claims"].items()},
+            nonce=body["nonce"],
+        )
+
+    def roles_for(self, auth: Any, connector: Any, identity: ExternalIdentity) -> tuple[str, ...]:
+        source = f"{self.name}/{connector.metadata.name}"
+        return map_claims(auth.pm, connector.spec.claims_to_roles, identity.claims, source)
+
+
 @hookimpl
-def tether_identity_connectors() -> list[HooktestConnector]:
+def tether_identity_connectors() -> list[HooktestConnector | HooktestSSOConnector]:
     if not _active():
         return []
     record("tether_identity_connectors")
-    return [HooktestConnector()]
+    return [HooktestConnector(), HooktestSSOConnector()]
+
+
+@attrs.define
+class StandInProvider:
+    """An OAuth 2 authorization server on 127.0.0.1, for tests: who logs in next is set by
+    the test (``next_user``), and knobs make it misbehave the way tests need."""
+
+    client_id: str = "tether"
+    client_secret: str = attrs.field(factory=lambda: secrets.token_urlsafe(16))
+    next_user: tuple[str, dict[str, list[str]]] = ("alice", {})
+    #: answer with another nonce than the login's
+    wrong_nonce: bool = False
+    _codes: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    _server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> StandInProvider:
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: Any, headers: Mapping[str, str] = {}) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in {"content-type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                if url.path != "/authorize" or query.get("client_id") != provider.client_id:
+                    self._reply(400, {"error": "bad authorize request"})
+                    return
+                code = secrets.token_urlsafe(16)
+                user, claims = provider.next_user
+                provider._codes[code] = {"query": query, "user": user, "claims": claims}
+                back = {"code": code, "state": query["state"]}
+                location = f"{query['redirect_uri']}?{urllib.parse.urlencode(back)}"
+                self._reply(302, {}, {"location": location})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                grant = provider._codes.pop(form.get("code", ""), None)  # one-time codes
+                if self.path != "/token" or grant is None:
+                    self._reply(400, {"error": "invalid_grant"})
+                    return
+                if (form.get("client_id"), form.get("client_secret")) != (
+                    provider.client_id,
+                    provider.client_secret,
+                ):
+                    self._reply(401, {"error": "invalid_client"})
+                    return
+                verifier = form.get("code_verifier", "").encode()
+                challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest())
+                if challenge.rstrip(b"=").decode() != grant["query"]["code_challenge"]:
+                    self._reply(400, {"error": "invalid_grant", "detail": "PKCE check failed"})
+                    return
+                nonce = "not-the-nonce" if provider.wrong_nonce else grant["query"]["nonce"]
+                self._reply(
+                    200,
+                    {
+                        "username": grant["user"],
+                        "subject": f"standin|{grant['user']}",
+                        "claims": grant["claims"],
+                        "nonce": nonce,
+                    },
+                )
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @hookimpl

@@ -1,0 +1,230 @@
+"""Single sign-on logins in flight: what the kernel owns around a redirect connector.
+
+A redirect connector (OIDC, SAML, GitHub, a third party's) knows its provider: where to send
+the browser and how to read what comes back. Everything a connector could get wrong in a way
+that matters is here instead, the same for all of them:
+
+- the ``state`` that ties the provider's callback to one login, random and **one-time** (a
+  replayed callback finds nothing), with an expiry;
+- the ``nonce`` the provider must echo (compared here when the connector reports it) and the
+  PKCE verifier and challenge (RFC 7636, S256);
+- the client's redirect, which may only point back at the user's own machine (loopback), so
+  a login cannot be steered to deliver certificates elsewhere;
+- the result, kept for the client to collect **once**, with a secret only that client holds.
+
+This module is pure: values and checks. :class:`tether.auth.service.AuthService` stores them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import pluggy
+
+from tether.errors import AccessDenied, TetherError
+from tether.trust import RoleMapRule, map_roles, mapped_roles
+
+__all__ = [
+    "REQUEST_TTL",
+    "RESULT_TTL",
+    "ClaimMapping",
+    "ExternalIdentity",
+    "SSORequest",
+    "check_client_redirect",
+    "hash_client_secret",
+    "map_claims",
+    "new_request",
+]
+
+#: How long a user has, from ``tether login --auth=NAME``, to finish at the provider.
+REQUEST_TTL = datetime.timedelta(minutes=5)
+#: How long the certificates wait for the client to collect them after the callback.
+RESULT_TTL = datetime.timedelta(minutes=2)
+
+
+def _random(nbytes: int = 32) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def hash_client_secret(secret: str) -> str:
+    """What the kernel keeps of the client's secret: its sha256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@attrs.frozen
+class SSORequest:
+    """One login in flight, from ``tether login --auth=NAME`` until the client collects it.
+
+    :param id: names the login to the client (in its redirect) and to its result.
+    :param connector_kind: the connector's resource kind (``oidc``).
+    :param connector_name: the connector resource's name (what ``--auth`` named).
+    :param state: the one-time value the provider hands back with its callback.
+    :param nonce: the value the provider must put in its signed answer (OIDC's ID token).
+    :param pkce_verifier: PKCE's secret; the connector sends :attr:`pkce_challenge` first.
+    :param client_redirect_url: where the browser goes after the callback (the client's
+        loopback listener), with ``?request=ID`` added.
+    :param client_secret_hash: :func:`hash_client_secret` of what the client will collect with.
+    :param ssh_public_key: the client's key, certified on success.
+    :param tls_public_key: the same key's PEM, certified on success.
+    :param ttl_seconds: the certificate lifetime the client asked for (capped by roles).
+    :param expires: seconds since the epoch after which the callback is refused.
+    """
+
+    id: str
+    connector_kind: str
+    connector_name: str
+    state: str
+    nonce: str
+    pkce_verifier: str
+    client_redirect_url: str
+    client_secret_hash: str
+    ssh_public_key: str
+    tls_public_key: str
+    ttl_seconds: float | None
+    expires: float
+
+    @property
+    def pkce_challenge(self) -> str:
+        """``BASE64URL(SHA256(verifier))`` without padding (RFC 7636's S256 method)."""
+        digest = hashlib.sha256(self.pkce_verifier.encode("ascii")).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def client_redirect(self) -> str:
+        """The client's loopback URL with this login's id, where the browser is sent last."""
+        parts = urllib.parse.urlsplit(self.client_redirect_url)
+        query = [*urllib.parse.parse_qsl(parts.query), ("request", self.id)]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SSORequest:
+        return cls(**{field.name: data[field.name] for field in attrs.fields(cls)})
+
+
+def new_request(
+    *,
+    connector_kind: str,
+    connector_name: str,
+    client_redirect_url: str,
+    client_secret_hash: str,
+    ssh_public_key: str,
+    tls_public_key: str,
+    ttl_seconds: float | None,
+    now: float,
+) -> SSORequest:
+    """A fresh login with random id, state, nonce and PKCE verifier.
+
+    :raises TetherError: the client redirect is not a loopback URL, or the secret's hash is
+        not a sha256.
+    """
+    if len(client_secret_hash) != 64 or any(
+        c not in "0123456789abcdef" for c in client_secret_hash
+    ):
+        raise TetherError("client_secret_hash must be the hex sha256 of the client's secret")
+    return SSORequest(
+        id=_random(16),
+        connector_kind=connector_kind,
+        connector_name=connector_name,
+        state=_random(),
+        nonce=_random(),
+        pkce_verifier=_random(48),  # 64 characters, within RFC 7636's 43..128
+        client_redirect_url=check_client_redirect(client_redirect_url),
+        client_secret_hash=client_secret_hash,
+        ssh_public_key=ssh_public_key,
+        tls_public_key=tls_public_key,
+        ttl_seconds=ttl_seconds,
+        expires=now + REQUEST_TTL.total_seconds(),
+    )
+
+
+def check_client_redirect(url: str) -> str:
+    """Accept only ``http://`` to a loopback address with a port: the user's own ``tether``.
+
+    :raises TetherError: saying what is wrong with the URL.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not loopback or port is None or parts.fragment:
+        raise TetherError(
+            f"client redirect {url!r} is not allowed",
+            hint="it must be http://127.0.0.1:PORT/... (the tether client's own listener)",
+        )
+    return url
+
+
+def check_client_secret(request: SSORequest, secret: str) -> None:
+    """:raises AccessDenied: ``secret`` is not the one this login was started with."""
+    if not hmac.compare_digest(hash_client_secret(secret), request.client_secret_hash):
+        raise AccessDenied("this login was started by another client")
+
+
+@attrs.frozen
+class ExternalIdentity:
+    """Who the provider says logged in, as a redirect connector reports it.
+
+    :param username: the Tether user name (a claim the connector's resource chose).
+    :param subject: the provider's stable id of the user (OIDC ``sub``, SAML NameID).
+    :param claims: the provider's claims, attributes or groups; they become the user's traits,
+        so roles (also a leaf's, through trust) can use ``{{external.NAME}}``.
+    :param nonce: the nonce the provider's signed answer carried, if its protocol has one; the
+        kernel compares it with the login's.
+    """
+
+    username: str
+    subject: str
+    claims: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    nonce: str | None = None
+
+
+@attrs.frozen
+class ClaimMapping:
+    """One rule of a connector's ``claims_to_roles``: users whose ``claim`` has a value that
+    matches ``value`` get ``roles``.
+
+    ``value`` is read like a trusted_cluster's ``role_map``: an exact value, a ``*`` glob or a
+    ``^...$`` re2 expression whose groups ``roles`` may use as ``$1``..``$9``.
+    """
+
+    claim: str
+    value: str
+    roles: tuple[str, ...]
+
+
+def map_claims(
+    pm: pluggy.PluginManager,
+    rules: Iterable[ClaimMapping],
+    claims: Mapping[str, Sequence[str]],
+    source: str,
+) -> tuple[str, ...]:
+    """The roles ``claims`` earn through ``rules``, in order, without duplicates.
+
+    Uses the role-map strategies (``tether_map_role``), so a connector's rules match exactly
+    as a trusted_cluster's do; ``source`` (``oidc/okta``) is what the strategies are told in
+    place of a root cluster's name.
+    """
+    rules = list(rules)
+    roles: list[str] = []
+    for claim, values in claims.items():
+        for_claim = [RoleMapRule(r.value, tuple(r.roles)) for r in rules if r.claim == claim]
+        if for_claim:
+            roles.extend(mapped_roles(map_roles(pm, for_claim, values, source)))
+    return tuple(dict.fromkeys(roles))

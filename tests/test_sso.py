@@ -1,0 +1,308 @@
+"""Single sign-on through a redirect connector: the kernel's half, with real processes.
+
+The connector is the hooktest plugin's ``hooktest_sso`` and its identity provider a stand-in
+authorization server run here (an OAuth 2 code flow with PKCE; see the plugin). What is under
+test is what the kernel owns for every connector: the one-time state, the nonce and PKCE, the
+client's loopback redirect, the result collected once with the client's secret, the mapping of
+claims to roles and traits, and the audit. A test's HTTP client plays the browser.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from tether_hooktest import StandInProvider
+
+from tether import pki
+from tether.auth.sso import (
+    ClaimMapping,
+    SSORequest,
+    check_client_redirect,
+    hash_client_secret,
+    map_claims,
+)
+from tether.datadir import admin_identity_paths
+from tether.errors import TetherError
+from tether.plugins import get_plugin_manager
+from tether.testing.cluster import RunningCluster, run_cli, start_cluster
+
+CONNECTOR = """
+kind: hooktest_sso
+version: v1
+metadata: {{name: standin}}
+spec:
+  provider_url: {url}
+  client_id: tether
+  client_secret: {secret}
+  redirect_url: https://{proxy}/webapi/sso/callback
+  claims_to_roles:
+    - {{claim: groups, value: "^team-(.*)$", roles: ["$1"]}}
+    - {{claim: groups, value: admins, roles: [access, editor]}}
+"""
+
+
+@attrs.frozen
+class Site:
+    cluster: RunningCluster
+    provider: StandInProvider
+    env: dict[str, str]
+    directory: pathlib.Path
+
+    def browser(self) -> httpx.Client:
+        """The user's browser: trusts the cluster's CA, as a browser trusts the proxy."""
+        ca = admin_identity_paths(self.cluster.data_dir)[2]
+        return httpx.Client(
+            verify=pki.client_ssl_context(trusted_cas=pki.load_certs(ca.read_bytes()))
+        )
+
+    def tether(self, user: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.cluster.tether(user, *args, env=self.env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    directory = tmp_path_factory.mktemp("sso")
+    env = {"TETHER_HOOKTEST_LOG": str(directory / "hooks.jsonl")}
+    cluster = start_cluster(directory / "cluster", "main", env=env)
+    try:
+        with StandInProvider() as provider:
+            path = directory / "standin.yaml"
+            path.write_text(
+                CONNECTOR.format(
+                    url=provider.url, secret=provider.client_secret, proxy=cluster.proxy_addr
+                )
+            )
+            cluster.tetherctl("create", str(path), env=env)
+            yield Site(cluster, provider, env, directory)
+    finally:
+        cluster.stop()
+
+
+def sso_login(site: Site, user: str, *extra: str) -> tuple[int, str, str]:
+    """``tether login --auth=standin`` as ``user``, with the test's client as the browser."""
+    home = site.cluster.user_home(user)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tether.cli.tether",
+            "login",
+            f"--proxy={site.cluster.proxy_addr}",
+            "--auth=standin",
+            f"--ca-pin={site.cluster.ca_pin}",
+            "--no-browser",
+            *extra,
+        ],
+        env={**site.env, "TETHER_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # "Log in with standin in your browser:" then the URL
+        seen.append(line)
+        if line.startswith("  http"):
+            break
+    else:
+        out, err = process.communicate(timeout=30)
+        return process.returncode, out, "".join(seen) + err
+    with site.browser() as browser:
+        page = browser.get(line.strip(), follow_redirects=True)
+        assert page.status_code in (200, 403), page.text
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out, "".join(seen) + err
+
+
+def status(site: Site, user: str) -> dict[str, Any]:
+    return dict(json.loads(site.tether(user, "status", "--format=json").stdout)["active"])
+
+
+def test_user_logs_in_at_the_provider_and_gets_roles_and_traits_from_claims(site: Site) -> None:
+    site.provider.next_user = ("sso-sam", {"groups": ["team-access", "admins"], "env": ["demo"]})
+    code, _, err = sso_login(site, "sam")
+    assert code == 0, err
+    active = status(site, "sam")
+    assert active["username"] == "sso-sam"
+    assert active["roles"] == ["access", "editor"]
+    assert active["traits"]["env"] == ["demo"]  # for {{external.env}} in roles, here and on leaves
+    events = json.loads(
+        site.cluster.tetherctl("audit", "search", "--type=user.login", "--format=json").stdout
+    )
+    assert events[-1]["user"] == "sso-sam"
+    assert events[-1]["method"] == "hooktest_sso/standin"
+    assert events[-1]["subject"] == "standin|sso-sam"
+
+
+def test_user_without_a_mapped_role_is_refused_with_the_reason(site: Site) -> None:
+    site.provider.next_user = ("nobody-nina", {"groups": ["visitors"]})
+    code, _, err = sso_login(site, "nina")
+    assert code == 1
+    assert "no role is mapped to 'nobody-nina' by connector 'hooktest_sso/standin'" in err
+
+
+def test_an_answer_for_another_login_is_refused_by_its_nonce(site: Site) -> None:
+    site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
+    site.provider.wrong_nonce = True
+    try:
+        code, _, err = sso_login(site, "nonce-victim")
+    finally:
+        site.provider.wrong_nonce = False
+    assert code == 1
+    assert "the identity provider's answer is for another login (nonce)" in err
+    failures = json.loads(
+        site.cluster.tetherctl(
+            "audit", "search", "--type=user.login.failed", "--format=json"
+        ).stdout
+    )
+    assert any("(nonce)" in e.get("reason", "") for e in failures)
+
+
+def test_login_with_a_connector_that_does_not_exist_names_the_ones_that_do(site: Site) -> None:
+    result = site.tether(
+        "x",
+        "login",
+        f"--proxy={site.cluster.proxy_addr}",
+        "--auth=okta",
+        f"--ca-pin={site.cluster.ca_pin}",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cluster has no connector 'okta'" in result.stderr
+    assert "hooktest, local, standin" in result.stderr
+
+
+def _begin(site: Site, browser: httpx.Client, secret: str, redirect: str) -> dict[str, Any]:
+    key = pki.generate_private_key()
+    answer = browser.post(
+        f"https://{site.cluster.proxy_addr}/webapi/sso/login",
+        json={
+            "connector": "standin",
+            "client_redirect_url": redirect,
+            "client_secret_hash": hash_client_secret(secret),
+            "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+            "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+        },
+    )
+    return dict(answer.json())
+
+
+def test_a_replayed_callback_and_a_second_collection_are_refused(site: Site) -> None:
+    site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
+    with site.browser() as browser:
+        begun = _begin(site, browser, "the-client-secret", "http://127.0.0.1:9/callback")
+        at_provider = browser.get(begun["auth_url"])
+        callback = at_provider.headers["location"]
+        assert callback.startswith(f"https://{site.cluster.proxy_addr}/webapi/sso/callback?")
+        first = browser.get(callback)
+        assert first.status_code == 302
+        assert first.headers["location"] == (
+            f"http://127.0.0.1:9/callback?request={begun['request_id']}"
+        )
+        replayed = browser.get(callback)
+        assert replayed.status_code == 403
+        assert "this login is unknown, expired or already used" in replayed.text
+        collect = f"https://{site.cluster.proxy_addr}/webapi/sso/collect"
+        stolen = browser.post(
+            collect, json={"request_id": begun["request_id"], "client_secret": "guess"}
+        )
+        assert stolen.status_code == 403
+        assert "started by another client" in stolen.json()["error"]["message"]
+        mine = {"request_id": begun["request_id"], "client_secret": "the-client-secret"}
+        collected = browser.post(collect, json=mine)
+        assert collected.status_code == 200, collected.text
+        assert collected.json()["identity"]["username"] == "sso-sam"
+        again = browser.post(collect, json=mine)
+        assert again.status_code == 403
+        assert "expired or collected" in again.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "redirect",
+    [
+        "http://evil.example:8080/callback",
+        "https://127.0.0.1:8080/callback",
+        "http://127.0.0.1/callback",
+        "http://10.0.0.1:8080/callback",
+        "javascript:alert(1)",
+    ],
+)
+def test_the_certificates_may_only_go_back_to_the_users_own_machine(
+    site: Site, redirect: str
+) -> None:
+    with site.browser() as browser:
+        begun = _begin(site, browser, "s", redirect)
+    assert "is not allowed" in begun["error"]["message"], begun
+
+
+def test_connector_secrets_are_hidden_unless_asked_for(site: Site) -> None:
+    shown = site.cluster.tetherctl("get", "hooktest_sso/standin", env=site.env).stdout
+    assert site.provider.client_secret not in shown
+    secret = site.cluster.tetherctl(
+        "get", "hooktest_sso/standin", "--with-secrets", env=site.env
+    ).stdout
+    assert site.provider.client_secret in secret
+
+
+def test_connectors_are_listed_by_name_and_type(site: Site) -> None:
+    answer = run_cli(
+        "tetherctl",
+        "-c",
+        str(site.cluster.config_path),
+        "get",
+        "connectors",
+        "--format=json",
+        env=site.env,
+    )
+    assert json.loads(answer.stdout) == [
+        {"name": "hooktest", "type": "password"},
+        {"name": "local", "type": "password"},
+        {"name": "standin", "type": "hooktest_sso"},
+    ]
+
+
+# --- the pure parts ---------------------------------------------------------------------------
+
+
+def test_pkce_challenge_is_rfc_7636_s256() -> None:
+    # RFC 7636, appendix B
+    request = SSORequest(
+        **{
+            **{f.name: "" for f in attrs.fields(SSORequest)},
+            "pkce_verifier": "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+            "ttl_seconds": None,
+            "expires": 0.0,
+        }
+    )
+    assert request.pkce_challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:4000/cb", "http://localhost:4000/cb", "http://[::1]:4000/cb"]
+)
+def test_loopback_redirects_are_accepted(url: str) -> None:
+    assert check_client_redirect(url) == url
+
+
+def test_loopback_redirect_with_a_fragment_is_refused() -> None:
+    with pytest.raises(TetherError, match="is not allowed"):
+        check_client_redirect("http://127.0.0.1:4000/cb#x")
+
+
+def test_claims_map_to_roles_like_a_role_map() -> None:
+    rules = [
+        ClaimMapping("groups", "^team-(.*)$", ("$1",)),
+        ClaimMapping("groups", "ops-*", ("access",)),
+        ClaimMapping("email", "*@example.com", ("auditor",)),
+    ]
+    claims = {"groups": ["team-dev", "ops-east", "other"], "email": ["a@example.com"]}
+    roles = map_claims(get_plugin_manager(), rules, claims, "oidc/test")
+    assert roles == ("dev", "access", "auditor")
