@@ -1,4 +1,5 @@
-"""Install every plugin distribution under plugins/ and the test plugin into this environment.
+"""Install every plugin distribution under plugins/ and contrib/, and the test plugin, into
+this environment.
 
 tox runs this before the tests so that a plugin added under plugins/ is tested without editing
 tox.ini (issue "Kernel foundation": the test env installs the kernel and every plugin).
@@ -15,6 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def distributions() -> list[pathlib.Path]:
     found = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
+    # third-party examples are installed the way their users install them, and tested too
+    found += sorted(p.parent for p in (ROOT / "contrib").glob("*/pyproject.toml"))
     found += sorted(p.parent for p in (ROOT / "tests" / "plugins").glob("*/pyproject.toml"))
     return found
 
