@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +28,11 @@ from tether.auth.sso import (
     hash_client_secret,
     map_claims,
 )
-from tether.datadir import admin_identity_paths
 from tether.errors import TetherError
 from tether.plugins import get_plugin_manager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
+from tether.testing.sso import cluster_browser
+from tether.testing.sso import sso_login as login_through_browser
 
 CONNECTOR = """
 kind: hooktest_sso
@@ -58,10 +58,7 @@ class Site:
 
     def browser(self) -> httpx.Client:
         """The user's browser: trusts the cluster's CA, as a browser trusts the proxy."""
-        ca = admin_identity_paths(self.cluster.data_dir)[2]
-        return httpx.Client(
-            verify=pki.client_ssl_context(trusted_cas=pki.load_certs(ca.read_bytes()))
-        )
+        return cluster_browser(self.cluster)
 
     def tether(self, user: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return self.cluster.tether(user, *args, env=self.env, **kwargs)
@@ -86,40 +83,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         cluster.stop()
 
 
-def sso_login(site: Site, user: str, *extra: str) -> tuple[int, str, str]:
-    """``tether login --auth=standin`` as ``user``, with the test's client as the browser."""
-    home = site.cluster.user_home(user)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tether.cli.tether",
-            "login",
-            f"--proxy={site.cluster.proxy_addr}",
-            "--auth=standin",
-            f"--ca-pin={site.cluster.ca_pin}",
-            "--no-browser",
-            *extra,
-        ],
-        env={**site.env, "TETHER_HOME": str(home), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    seen = []
-    for line in process.stderr:  # "Log in with standin in your browser:" then the URL
-        seen.append(line)
-        if line.startswith("  http"):
-            break
-    else:
-        out, err = process.communicate(timeout=30)
-        return process.returncode, out, "".join(seen) + err
-    with site.browser() as browser:
-        page = browser.get(line.strip(), follow_redirects=True)
-        assert page.status_code in (200, 403), page.text
-    out, err = process.communicate(timeout=30)
-    return process.returncode, out, "".join(seen) + err
+def sso_login(site: Site, user: str) -> tuple[int, str, str]:
+    """``tether login --auth=standin`` with ``user``'s profile, the test's client as browser."""
+
+    def browse(url: str) -> None:
+        with site.browser() as browser:
+            page = browser.get(url, follow_redirects=True)
+            assert page.status_code in (200, 403), page.text
+
+    code, err = login_through_browser(site.cluster, user, "standin", browse, env=site.env)
+    return code, "", err
 
 
 def status(site: Site, user: str) -> dict[str, Any]:

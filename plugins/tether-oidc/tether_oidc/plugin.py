@@ -1,0 +1,20 @@
+"""The plugin's hooks: the ``oidc`` resource kind and the ``oidc`` connector."""
+
+from __future__ import annotations
+
+from tether.hookspecs import hookimpl
+from tether.resources import ResourceKind
+from tether_oidc.connector import OIDCConnector
+from tether_oidc.kind import OIDC
+
+
+@hookimpl
+def tether_resource_kinds() -> list[ResourceKind]:
+    """Return the ``oidc`` kind (an OpenID provider's settings)."""
+    return [OIDC]
+
+
+@hookimpl
+def tether_identity_connectors() -> list[OIDCConnector]:
+    """Return the ``oidc`` single sign-on connector."""
+    return [OIDCConnector()]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install the identity providers the plugins' tests start for real (tests/provider/ of each
+# plugin: npm packages such as panva/oidc-provider), from their package-lock.json. Node.js and
+# npm are installed first where we may (root with apt-get, as in CI).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if ! command -v npm >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing system packages: nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  else
+    echo "missing Node.js and npm: the identity provider tests will fail (install them)" >&2
+    exit 0
+  fi
+fi
+for lock in "$root"/plugins/*/tests/provider/package-lock.json; do
+  [[ -e $lock ]] || continue
+  dir="$(dirname "$lock")"
+  if [[ ! -d $dir/node_modules ]] || [[ $lock -nt $dir/node_modules ]]; then
+    echo "installing the test provider in ${dir#"$root"/}"
+    npm ci --prefix "$dir" --silent --no-audit --no-fund
+  fi
+done
