@@ -19,16 +19,15 @@ spec:
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 
 import attrs
 
-from tether.auth.sso import ClaimMapping
+from tether.auth.sso import ClaimMapping, is_loopback_http
 from tether.resources import InvalidField, Resource, ResourceKind
 from tether.trust import RoleMapRule, parse_role_map
 
-__all__ = ["OIDC", "OIDCClaimRule", "OIDCSpec", "is_loopback_http"]
+__all__ = ["OIDC", "OIDCClaimRule", "OIDCSpec"]
 
 
 @attrs.frozen
@@ -70,18 +69,6 @@ class OIDCSpec:
 
     def mappings(self) -> list[ClaimMapping]:
         return [rule.mapping() for rule in self.claims_to_roles]
-
-
-def is_loopback_http(url: str) -> bool:
-    """``http://`` to 127.0.0.1 or localhost: allowed for a provider on the same machine."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http":
-        return False
-    host = parts.hostname or ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _validate(resource: Resource) -> None:

@@ -1,0 +1,242 @@
+"""The ``github`` kind and connector: GitHub's OAuth web flow and its team membership API.
+
+```yaml
+kind: github
+version: v3
+metadata: {name: github}
+spec:
+  client_id: Iv1.0123
+  client_secret: ...
+  redirect_url: https://proxy.example.com:3080/webapi/sso/callback
+  teams_to_roles:
+    - {organization: acme, team: admins, roles: [access, editor]}
+    - {organization: acme, team: "^dev-(.*)$", roles: ["$1"]}
+```
+
+The calls, in order: the browser goes to ``ENDPOINT/login/oauth/authorize`` (with the
+kernel's state and PKCE challenge); the code comes back to the proxy, and the connector
+exchanges it at ``ENDPOINT/login/oauth/access_token``, then reads ``API/user`` and
+``API/user/teams`` (every page) with the token. ``endpoint_url`` and ``api_endpoint_url``
+point at GitHub Enterprise Server instead of github.com.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import httpx
+
+from tether.auth.sso import ClaimMapping, ExternalIdentity, SSORequest, is_loopback_http, map_claims
+from tether.errors import AccessDenied, TetherError
+from tether.resources import InvalidField, Resource, ResourceKind
+from tether.trust import RoleMapRule, parse_role_map
+
+if TYPE_CHECKING:
+    from tether.auth.service import AuthService
+
+__all__ = ["GITHUB", "GitHubConnector", "GitHubSpec", "TeamMapping"]
+
+GITHUB_API_VERSION = "2022-11-28"
+#: the most teams read for one user (GitHub pages them 100 at a time)
+MAX_TEAM_PAGES = 10
+
+
+@attrs.frozen
+class TeamMapping:
+    """Members of ``organization``/``team`` (a slug, a ``*`` glob or a ``^...$`` re2
+    expression, whose groups ``roles`` may use as ``$1``..``$9``) get ``roles``."""
+
+    organization: str
+    team: str
+    roles: tuple[str, ...]
+
+    def mapping(self) -> ClaimMapping:
+        org = self.organization
+        if self.team.startswith("^"):
+            value = f"^{re.escape(org)}/{self.team[1:]}"
+        else:
+            value = f"{org}/{self.team}"
+        return ClaimMapping("github_teams", value, self.roles)
+
+
+@attrs.frozen
+class GitHubSpec:
+    """``spec`` of a ``github`` connector.
+
+    :param client_id: the OAuth app's client id.
+    :param client_secret: its secret (hidden by ``tetherctl get``).
+    :param redirect_url: the proxy's callback, the app's callback URL:
+        ``https://PROXY/webapi/sso/callback``.
+    :param teams_to_roles: which teams give which roles.
+    :param endpoint_url: where the OAuth pages are (GitHub Enterprise Server: its URL).
+    :param api_endpoint_url: where the REST API is.
+    """
+
+    client_id: str
+    client_secret: str
+    redirect_url: str
+    teams_to_roles: tuple[TeamMapping, ...] = ()
+    endpoint_url: str = "https://github.com"
+    api_endpoint_url: str = "https://api.github.com"
+
+
+def _validate(resource: Resource) -> None:
+    spec: GitHubSpec = resource.spec
+    for field in ("redirect_url", "endpoint_url", "api_endpoint_url"):
+        url = getattr(spec, field)
+        parts = urllib.parse.urlsplit(url)
+        if not parts.hostname or not (parts.scheme == "https" or is_loopback_http(url)):
+            raise InvalidField(
+                ("spec", field), f"{url!r} must be an https:// URL (http:// only on loopback)"
+            )
+    for field in ("client_id", "client_secret"):
+        if not getattr(spec, field):
+            raise InvalidField(("spec", field), "must not be empty")
+    if not spec.teams_to_roles:
+        raise InvalidField(
+            ("spec", "teams_to_roles"), "needs at least one rule, or no GitHub user gets a role"
+        )
+    for i, rule in enumerate(spec.teams_to_roles):
+        if not rule.organization or not rule.team:
+            raise InvalidField(("spec", "teams_to_roles", i), "needs organization and team")
+        try:
+            parse_role_map([RoleMapRule(rule.mapping().value, rule.roles)])
+        except InvalidField as exc:
+            raise InvalidField(("spec", "teams_to_roles", i), str(exc)) from None
+
+
+GITHUB = ResourceKind(
+    name="github",
+    aliases=("github_connector", "github_connectors"),
+    versions=("v3",),
+    spec_type=GitHubSpec,
+    storage_prefix="/connectors/github/",
+    validate=_validate,
+    secret_paths=(("spec", "client_secret"),),
+)
+
+
+def _next_page(answer: httpx.Response) -> str | None:
+    """The ``rel="next"`` URL of GitHub's ``Link`` header, if any."""
+    link = answer.links.get("next")
+    return str(link["url"]) if link else None
+
+
+class GitHubConnector:
+    """The ``github`` redirect connector (see :class:`tether.auth.connectors.RedirectConnector`)."""
+
+    name = "github"
+
+    async def login_url(self, auth: AuthService, connector: Resource, request: SSORequest) -> str:
+        spec: GitHubSpec = connector.spec
+        query = {
+            "client_id": spec.client_id,
+            "redirect_uri": spec.redirect_url,
+            "scope": "read:org",  # team memberships
+            "state": request.state,
+            "code_challenge": request.pkce_challenge,
+            "code_challenge_method": "S256",
+            "allow_signup": "false",
+        }
+        base = spec.endpoint_url.rstrip("/")
+        return f"{base}/login/oauth/authorize?{urllib.parse.urlencode(query)}"
+
+    async def complete(
+        self,
+        auth: AuthService,
+        connector: Resource,
+        request: SSORequest,
+        params: Mapping[str, str],
+    ) -> ExternalIdentity:
+        spec: GitHubSpec = connector.spec
+        if "error" in params:
+            detail = params.get("error_description") or params["error"]
+            raise AccessDenied(f"GitHub refused the login: {detail}")
+        if not params.get("code"):
+            raise AccessDenied("GitHub's answer carries no code")
+        async with httpx.AsyncClient(timeout=15) as http:
+            token = await self._exchange(http, spec, params["code"], request.pkce_verifier)
+            headers = {
+                "authorization": f"Bearer {token}",
+                "accept": "application/vnd.github+json",
+                "x-github-api-version": GITHUB_API_VERSION,
+            }
+            api = spec.api_endpoint_url.rstrip("/")
+            user = await self._get(http, f"{api}/user", headers)
+            teams = await self._teams(http, f"{api}/user/teams?per_page=100", headers)
+        login = user.get("login")
+        if not isinstance(login, str) or not login:
+            raise AccessDenied("GitHub did not say who the user is")
+        orgs = sorted({team.split("/", 1)[0] for team in teams})
+        return ExternalIdentity(
+            username=login,
+            subject=str(user.get("id", login)),
+            claims={"username": (login,), "github_teams": tuple(teams), "github_orgs": tuple(orgs)},
+        )
+
+    async def _exchange(
+        self, http: httpx.AsyncClient, spec: GitHubSpec, code: str, verifier: str
+    ) -> str:
+        url = f"{spec.endpoint_url.rstrip('/')}/login/oauth/access_token"
+        try:
+            answer = await http.post(
+                url,
+                data={
+                    "client_id": spec.client_id,
+                    "client_secret": spec.client_secret,
+                    "code": code,
+                    "redirect_uri": spec.redirect_url,
+                    "code_verifier": verifier,
+                },
+                headers={"accept": "application/json"},
+            )
+            body = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TetherError(f"cannot exchange the code at {url}: {exc}") from None
+        # GitHub answers 200 with {"error": ...} for a bad code
+        if answer.status_code != 200 or "error" in body or not body.get("access_token"):
+            detail = body.get("error_description") or body.get("error") or answer.status_code
+            raise AccessDenied(f"GitHub refused the code: {detail}")
+        return str(body["access_token"])
+
+    async def _get(self, http: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> Any:
+        try:
+            answer = await http.get(url, headers=dict(headers))
+        except httpx.HTTPError as exc:
+            raise TetherError(f"cannot reach GitHub's API at {url}: {exc}") from None
+        if answer.status_code != 200:
+            raise AccessDenied(f"GitHub's API refused {url}: HTTP {answer.status_code}")
+        return answer.json()
+
+    async def _teams(
+        self, http: httpx.AsyncClient, url: str, headers: Mapping[str, str]
+    ) -> list[str]:
+        """``org/team-slug`` of every team the user is in, over every page."""
+        teams: list[str] = []
+        next_url: str | None = url
+        for _ in range(MAX_TEAM_PAGES):
+            if next_url is None:
+                break
+            try:
+                answer = await http.get(next_url, headers=dict(headers))
+            except httpx.HTTPError as exc:
+                raise TetherError(f"cannot reach GitHub's API at {next_url}: {exc}") from None
+            if answer.status_code != 200:
+                raise AccessDenied(f"GitHub's API refused {next_url}: HTTP {answer.status_code}")
+            for team in answer.json():
+                org = (team.get("organization") or {}).get("login")
+                if isinstance(org, str) and isinstance(team.get("slug"), str):
+                    teams.append(f"{org}/{team['slug']}")
+            next_url = _next_page(answer)
+        return teams
+
+    def roles_for(
+        self, auth: AuthService, connector: Resource, identity: ExternalIdentity
+    ) -> tuple[str, ...]:
+        spec: GitHubSpec = connector.spec
+        rules = [rule.mapping() for rule in spec.teams_to_roles]
+        return map_claims(auth.pm, rules, identity.claims, f"github/{connector.metadata.name}")

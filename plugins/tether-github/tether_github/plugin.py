@@ -1,0 +1,19 @@
+"""The plugin's hooks: the ``github`` resource kind and the ``github`` connector."""
+
+from __future__ import annotations
+
+from tether.hookspecs import hookimpl
+from tether.resources import ResourceKind
+from tether_github.connector import GITHUB, GitHubConnector
+
+
+@hookimpl
+def tether_resource_kinds() -> list[ResourceKind]:
+    """Return the ``github`` kind (an OAuth app's settings and team mappings)."""
+    return [GITHUB]
+
+
+@hookimpl
+def tether_identity_connectors() -> list[GitHubConnector]:
+    """Return the ``github`` single sign-on connector."""
+    return [GitHubConnector()]
