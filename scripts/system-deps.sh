@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install the system tools the tests (and, with --bench, the benchmarks) run for real:
 # the OpenSSH client (ssh, scp, sftp, ssh-keygen, ssh-agent), openssl, the sftp-server that
-# nodes start for SFTP sessions, useradd for the tests' OS accounts, Apache's htpasswd for the
-# example connector; sshd for benchmarks. Only what is missing is
-# installed, and only where we may (root with apt-get, as in CI); elsewhere it says what to
-# install and the tests that need a missing tool fail with that name.
+# nodes start for SFTP sessions, useradd for the tests' OS accounts, xmlsec1 (SAML signatures,
+# through pysaml2), Apache's htpasswd for the example connector; sshd for benchmarks. Only
+# what is missing is installed, and only where we may (root with apt-get, as in CI); elsewhere
+# it says what to install and the tests that need a missing tool fail with that name.
 set -euo pipefail
 need=()
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
@@ -13,6 +13,7 @@ command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v useradd >/dev/null 2>&1 || need+=(passwd)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
 sftp_server=no
 for path in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server; do
   [[ -x $path ]] && sftp_server=yes

@@ -1,0 +1,19 @@
+"""The plugin's hooks: the ``saml`` resource kind and the ``saml`` connector."""
+
+from __future__ import annotations
+
+from tether.hookspecs import hookimpl
+from tether.resources import ResourceKind
+from tether_saml.connector import SAML, SAMLConnector
+
+
+@hookimpl
+def tether_resource_kinds() -> list[ResourceKind]:
+    """Return the ``saml`` kind (an identity provider's metadata and attribute mappings)."""
+    return [SAML]
+
+
+@hookimpl
+def tether_identity_connectors() -> list[SAMLConnector]:
+    """Return the ``saml`` single sign-on connector."""
+    return [SAMLConnector()]
