@@ -9,27 +9,36 @@ claims to roles and traits, and the audit. A test's HTTP client plays the browse
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import subprocess
+import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import httpx
 import pytest
+import tether_hooktest
 from tether_hooktest import StandInProvider
 
 from tether import pki
+from tether.auth.service import AuthService
 from tether.auth.sso import (
+    REQUEST_TTL,
     ClaimMapping,
     SSORequest,
     check_client_redirect,
     hash_client_secret,
     map_claims,
 )
-from tether.errors import TetherError
+from tether.backend import open_sqlite
+from tether.config import default_config
+from tether.errors import AccessDenied, TetherError
 from tether.plugins import get_plugin_manager
+from tether.resources import parse_resources
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.testing.sso import cluster_browser
 from tether.testing.sso import sso_login as login_through_browser
@@ -279,3 +288,48 @@ def test_claims_map_to_roles_like_a_role_map() -> None:
     claims = {"groups": ["team-dev", "ops-east", "other"], "email": ["a@example.com"]}
     roles = map_claims(get_plugin_manager(), rules, claims, "oidc/test")
     assert roles == ("dev", "access", "auditor")
+
+
+# --- expiry, with the auth service's clock in the test's hands --------------------------------
+
+
+async def test_a_login_that_takes_longer_than_five_minutes_is_refused(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(tether_hooktest.LOG_ENV, str(tmp_path / "hooks.jsonl"))
+    pm = get_plugin_manager(autoload=False)
+    pm.register(tether_hooktest, name="hooktest")
+    config = default_config(data_dir=tmp_path, cluster_name="main")
+    pm.hook.tether_configure(config=config)
+    now = [time.time()]
+    async with open_sqlite(f"sqlite://{tmp_path / 'backend.sqlite'}") as backend:
+        auth = await AuthService.open(config=config, pm=pm, backend=backend, clock=lambda: now[0])
+        admin = pki.Identity(
+            username="admin",
+            cluster="main",
+            roles=(),
+            traits={},
+            logins=(),
+            expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
+            kind="admin",
+        )
+        (connector,) = parse_resources(
+            CONNECTOR.format(url="http://127.0.0.1:9", secret="s", proxy="127.0.0.1:3080"),
+            "standin.yaml",
+            auth.registry,
+        )
+        await auth.create_resources(admin, [connector])
+        key = pki.generate_private_key()
+        request_id, url = await auth.begin_sso(
+            "standin",
+            client_redirect_url="http://127.0.0.1:4000/callback",
+            client_secret_hash=hash_client_secret("secret"),
+            ssh_public_key=pki.ssh_public_key_line(key.public_key()),
+            tls_public_key_pem=pki.public_key_to_pem(key.public_key()).decode(),
+        )
+        state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
+        now[0] += REQUEST_TTL.total_seconds() + 1
+        redirect = await auth.complete_sso({"state": state, "code": "whatever"})
+        assert redirect == f"http://127.0.0.1:4000/callback?request={request_id}"
+        with pytest.raises(AccessDenied, match="the login took too long; it expired"):
+            await auth.collect_sso(request_id, "secret")

@@ -25,7 +25,7 @@ import attrs
 import pytest
 
 from tether import pki
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.testing.sso import cluster_browser, sso_login
 
 TEAMS = {
@@ -264,3 +264,9 @@ def test_a_code_github_no_longer_honours_is_refused(site: Site) -> None:
         site.github.expire_codes = False
     assert code == 1
     assert "GitHub refused the code: bad_verification_code" in err
+
+
+def test_the_plugin_is_listed_with_its_kind_and_connector() -> None:
+    listed = run_cli("tetherd", "plugins").stdout
+    row = next(line for line in listed.splitlines() if line.startswith("github "))
+    assert "tether_identity_connectors" in row and "tether_resource_kinds" in row

@@ -38,7 +38,7 @@ from saml2.server import Server
 from tether_saml.connector import ACCEPTED_TIME_DIFF
 
 from tether import pki
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.testing.sso import cluster_browser, sso_login
 
 pytestmark = pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="needs xmlsec1")
@@ -393,3 +393,9 @@ def test_settings_are_checked_when_created(site: Site) -> None:
     result = site.cluster.tetherctl("create", str(bad), check=False)
     assert result.returncode == 1
     assert "spec.acs: must be an https:// URL" in result.stderr
+
+
+def test_the_plugin_is_listed_with_its_kind_and_connector() -> None:
+    listed = run_cli("tetherd", "plugins").stdout
+    row = next(line for line in listed.splitlines() if line.startswith("saml "))
+    assert "tether_identity_connectors" in row and "tether_resource_kinds" in row
