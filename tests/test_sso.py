@@ -148,6 +148,16 @@ def test_an_answer_for_another_login_is_refused_by_its_nonce(site: Site) -> None
     assert any("(nonce)" in e.get("reason", "") for e in failures)
 
 
+def test_a_connector_that_fails_ends_the_login_with_its_error(site: Site) -> None:
+    site.provider.empty_answer = True  # the test connector then reads a missing field
+    try:
+        code, _, err = sso_login(site, "broken")
+    finally:
+        site.provider.empty_answer = False
+    assert code == 1
+    assert "connector 'hooktest_sso/standin' failed: KeyError('username')" in err
+
+
 def test_login_with_a_connector_that_does_not_exist_names_the_ones_that_do(site: Site) -> None:
     result = site.tether(
         "x",

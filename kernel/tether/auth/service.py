@@ -896,13 +896,22 @@ class AuthService:
 
     async def _redirect_connector(self, name: str) -> tuple[RedirectConnector, Resource]:
         """The redirect connector whose resource is called ``name``, and that resource."""
+        found = []
         for connector in self.connectors.values():
             if not isinstance(connector, RedirectConnector):
                 continue
             kind = self.registry.get(connector.name)
             item = await self.backend.get(kind.key(name))
             if item is not None:
-                return connector, resource_from_bytes(item.value, self.registry)
+                found.append((connector, resource_from_bytes(item.value, self.registry)))
+        if len(found) > 1:  # users name a connector by its name alone: it must be unique
+            kinds = " and ".join(f"{c.name}/{name}" for c, _ in found)
+            raise TetherError(
+                f"connector name {name!r} is ambiguous ({kinds})",
+                hint="rename one of them with tetherctl",
+            )
+        if found:
+            return found[0]
         raise NotFound(
             f"no single sign-on connector is called {name!r}",
             hint="`tetherctl get connectors` lists them; `--auth=local` logs in with a password",
@@ -1009,11 +1018,17 @@ class AuthService:
         connector, resource = await self._redirect_connector(request.connector_name)
         if connector.name != request.connector_kind:
             raise AccessDenied(f"connector {request.connector_name!r} changed during the login")
-        external = await connector.complete(self, resource, request, params)
+        method = f"{request.connector_kind}/{request.connector_name}"
+        try:
+            external = await connector.complete(self, resource, request, params)
+            roles = tuple(connector.roles_for(self, resource, external))
+        except TetherError:
+            raise
+        except Exception as exc:  # a connector's bug must not leave the user waiting
+            log.exception("connector %s failed to complete a login", method)
+            raise TetherError(f"connector {method!r} failed: {exc!r}") from None
         if external.nonce is not None and not hmac.compare_digest(external.nonce, request.nonce):
             raise AccessDenied("the identity provider's answer is for another login (nonce)")
-        roles = tuple(connector.roles_for(self, resource, external))
-        method = f"{request.connector_kind}/{request.connector_name}"
         if not roles:
             raise AccessDenied(
                 f"no role is mapped to {external.username!r} by connector {method!r}",

@@ -206,6 +206,8 @@ class StandInProvider:
     next_user: tuple[str, dict[str, list[str]]] = ("alice", {})
     #: answer with another nonce than the login's
     wrong_nonce: bool = False
+    #: answer the token request with an empty object (the connector then fails)
+    empty_answer: bool = False
     _codes: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     _server: http.server.ThreadingHTTPServer | None = None
 
@@ -260,6 +262,9 @@ class StandInProvider:
                 challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest())
                 if challenge.rstrip(b"=").decode() != grant["query"]["code_challenge"]:
                     self._reply(400, {"error": "invalid_grant", "detail": "PKCE check failed"})
+                    return
+                if provider.empty_answer:
+                    self._reply(200, {})
                     return
                 nonce = "not-the-nonce" if provider.wrong_nonce else grant["query"]["nonce"]
                 self._reply(
