@@ -20,6 +20,6 @@ for lock in "$root"/plugins/*/tests/provider/package-lock.json; do
   dir="$(dirname "$lock")"
   if [[ ! -d $dir/node_modules ]] || [[ $lock -nt $dir/node_modules ]]; then
     echo "installing the test provider in ${dir#"$root"/}"
-    npm ci --prefix "$dir" --silent --no-audit --no-fund
+    npm ci --prefix "$dir" --prefer-offline --silent --no-audit --no-fund
   fi
 done
