@@ -15,11 +15,11 @@ Users log in with ``tether login --auth=htpasswd --user=alice``; their login is 
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import bcrypt
 import trio
 
 from tether.auth.connectors import LoginIdentity
@@ -28,8 +28,14 @@ from tether.errors import AccessDenied, ConfigError
 from tether.hookspecs import hookimpl
 
 _settings: dict[str, Any] = {}
-#: checked when the user is unknown too, so the time taken does not tell who exists
-_DUMMY = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=5))
+
+
+@functools.cache
+def _dummy() -> bytes:
+    """Checked when the user is unknown too, so the time taken does not tell who exists."""
+    import bcrypt  # here, not at the top: every tether command loads plugins, auth alone logs in
+
+    return bcrypt.hashpw(b"dummy", bcrypt.gensalt())
 
 
 def read_htpasswd(text: str) -> dict[str, bytes]:
@@ -49,9 +55,11 @@ class HtpasswdConnector:
     name = "htpasswd"
 
     async def authenticate_password(self, auth: Any, username: str, password: str) -> LoginIdentity:
+        import bcrypt
+
         text = await trio.Path(_settings["file"]).read_text()
         hashed = read_htpasswd(text).get(username)
-        ok = await trio.to_thread.run_sync(bcrypt.checkpw, password.encode(), hashed or _DUMMY)
+        ok = await trio.to_thread.run_sync(bcrypt.checkpw, password.encode(), hashed or _dummy())
         if not ok or hashed is None:
             raise AccessDenied("invalid user name or password")
         roles: Mapping[str, list[str]] = _settings.get("roles", {})

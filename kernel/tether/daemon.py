@@ -272,8 +272,7 @@ async def _start_proxy(
                 await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
 
     trust.on_change.append(reload_trust)
-    await nursery.start(trust.run)
-    await reload_trust()
+    await nursery.start(trust.run)  # its first read calls reload_trust if others are trusted
     await nursery.start(recorder.run)
     ctx.extras["tunnel_server"] = tunnels
     ctx.on_stop.append(tunnels.goaway_all)

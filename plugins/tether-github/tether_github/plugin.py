@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
 from tether.resources import ResourceKind
-from tether_github.connector import GITHUB, GitHubConnector
+from tether_github.kind import GITHUB
+
+if TYPE_CHECKING:
+    from tether_github.connector import GitHubConnector
 
 
 @hookimpl
@@ -15,5 +20,7 @@ def tether_resource_kinds() -> list[ResourceKind]:
 
 @hookimpl
 def tether_identity_connectors() -> list[GitHubConnector]:
-    """Return the ``github`` single sign-on connector."""
+    """Return the ``github`` single sign-on connector (imported here: only auth needs it)."""
+    from tether_github.connector import GitHubConnector
+
     return [GitHubConnector()]

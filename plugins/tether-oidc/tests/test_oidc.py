@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -491,3 +492,8 @@ spec:
   role_map:
     - {{remote: access, local: [visitor-env]}}
 """
+
+
+def test_loading_the_plugin_leaves_pyjwt_to_the_auth_service() -> None:
+    code = "import sys, tether_oidc.plugin; assert 'jwt' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
 from tether.resources import ResourceKind
-from tether_oidc.connector import OIDCConnector
 from tether_oidc.kind import OIDC
+
+if TYPE_CHECKING:
+    from tether_oidc.connector import OIDCConnector
 
 
 @hookimpl
@@ -16,5 +20,7 @@ def tether_resource_kinds() -> list[ResourceKind]:
 
 @hookimpl
 def tether_identity_connectors() -> list[OIDCConnector]:
-    """Return the ``oidc`` single sign-on connector."""
+    """Return the ``oidc`` single sign-on connector (imported here: only auth needs PyJWT)."""
+    from tether_oidc.connector import OIDCConnector
+
     return [OIDCConnector()]

@@ -16,6 +16,8 @@ import pathlib
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -399,3 +401,9 @@ def test_the_plugin_is_listed_with_its_kind_and_connector() -> None:
     listed = run_cli("tetherd", "plugins").stdout
     row = next(line for line in listed.splitlines() if line.startswith("saml "))
     assert "tether_identity_connectors" in row and "tether_resource_kinds" in row
+
+
+def test_loading_the_plugin_leaves_pysaml2_to_the_auth_service() -> None:
+    # every tether and tetherctl start loads the plugins; pysaml2 alone costs over half a second
+    code = "import sys, tether_saml.plugin; assert 'saml2' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -27,26 +27,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import httpx
 import trio
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
 
-from tether.auth.sso import ClaimMapping, ExternalIdentity, SSORequest, is_loopback_http, map_claims
+from tether.auth.sso import ExternalIdentity, SSORequest, map_claims
 from tether.errors import AccessDenied, TetherError
-from tether.resources import InvalidField, Resource, ResourceKind
-from tether.trust import RoleMapRule, parse_role_map
+from tether_saml.kind import SAMLSpec
 
 if TYPE_CHECKING:
     from tether.auth.service import AuthService
+    from tether.resources import Resource
 
-__all__ = ["SAML", "AttributeMapping", "SAMLConnector", "SAMLSpec", "request_id_for"]
+__all__ = ["SAMLConnector", "request_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -54,83 +52,6 @@ log = logging.getLogger(__name__)
 ACCEPTED_TIME_DIFF = 5
 #: metadata fetched from entity_descriptor_url is read again after this long
 METADATA_CACHE_SECONDS = 300.0
-
-
-@attrs.frozen
-class AttributeMapping:
-    """Users whose attribute ``name`` has a value matching ``value`` (exact, ``*`` glob or
-    ``^...$`` re2 with ``$1``..``$9`` in ``roles``) get ``roles``."""
-
-    name: str
-    value: str
-    roles: tuple[str, ...]
-
-    def mapping(self) -> ClaimMapping:
-        return ClaimMapping(self.name, self.value, self.roles)
-
-
-@attrs.frozen
-class SAMLSpec:
-    """``spec`` of a ``saml`` connector.
-
-    :param acs: the proxy's assertion consumer service, ``https://PROXY/webapi/sso/callback``.
-    :param entity_descriptor: the provider's metadata XML, or
-    :param entity_descriptor_url: where to fetch it (https, or http on loopback).
-    :param audience: this service provider's entity id; the ``acs`` URL by default.
-    :param attributes_to_roles: which attribute values give which roles.
-    :param username_attribute: the attribute naming the user; the NameID when empty.
-    """
-
-    acs: str
-    attributes_to_roles: tuple[AttributeMapping, ...] = ()
-    entity_descriptor: str = ""
-    entity_descriptor_url: str = ""
-    audience: str = ""
-    username_attribute: str = ""
-
-    @property
-    def entity_id(self) -> str:
-        return self.audience or self.acs
-
-
-def _https_or_loopback(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return bool(parts.hostname) and (parts.scheme == "https" or is_loopback_http(url))
-
-
-def _validate(resource: Resource) -> None:
-    spec: SAMLSpec = resource.spec
-    if not _https_or_loopback(spec.acs):
-        raise InvalidField(("spec", "acs"), "must be an https:// URL (http:// only on loopback)")
-    if bool(spec.entity_descriptor) == bool(spec.entity_descriptor_url):
-        raise InvalidField(
-            ("spec", "entity_descriptor"), "give the provider's metadata or its URL (one of them)"
-        )
-    if spec.entity_descriptor_url and not _https_or_loopback(spec.entity_descriptor_url):
-        raise InvalidField(
-            ("spec", "entity_descriptor_url"), "must be an https:// URL (http:// only on loopback)"
-        )
-    if spec.entity_descriptor and "EntityDescriptor" not in spec.entity_descriptor:
-        raise InvalidField(("spec", "entity_descriptor"), "is not SAML metadata (EntityDescriptor)")
-    if not spec.attributes_to_roles:
-        raise InvalidField(
-            ("spec", "attributes_to_roles"), "needs at least one rule, or no user gets a role"
-        )
-    for i, rule in enumerate(spec.attributes_to_roles):
-        try:
-            parse_role_map([RoleMapRule(rule.value, rule.roles)])
-        except InvalidField as exc:
-            raise InvalidField(("spec", "attributes_to_roles", i), str(exc)) from None
-
-
-SAML = ResourceKind(
-    name="saml",
-    aliases=("saml_connector", "saml_connectors"),
-    versions=("v2",),
-    spec_type=SAMLSpec,
-    storage_prefix="/connectors/saml/",
-    validate=_validate,
-)
 
 
 def request_id_for(state: str) -> str:

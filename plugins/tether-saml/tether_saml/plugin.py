@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
 from tether.resources import ResourceKind
-from tether_saml.connector import SAML, SAMLConnector
+from tether_saml.kind import SAML
+
+if TYPE_CHECKING:
+    from tether_saml.connector import SAMLConnector
 
 
 @hookimpl
@@ -15,5 +20,7 @@ def tether_resource_kinds() -> list[ResourceKind]:
 
 @hookimpl
 def tether_identity_connectors() -> list[SAMLConnector]:
-    """Return the ``saml`` single sign-on connector."""
+    """Return the ``saml`` single sign-on connector (imported here: only auth needs pysaml2)."""
+    from tether_saml.connector import SAMLConnector
+
     return [SAMLConnector()]
