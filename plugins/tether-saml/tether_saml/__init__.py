@@ -7,3 +7,9 @@ response it posts back to the proxy. pysaml2 checks the signatures (the assertio
 whole response's, with the provider's certificate from its metadata), the audience, the
 validity period and that the response answers this very request.
 """
+
+import logging
+
+# xmlschema, which pysaml2 imports when the auth service loads the connector, logs its schema
+# loading at INFO: noise in the daemon's log (and on stderr before a start-up error)
+logging.getLogger("xmlschema").setLevel(logging.WARNING)
