@@ -12,7 +12,7 @@ import pathlib
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,7 +22,9 @@ from tether.config import Config
 from tether.datadir import admin_identity_paths, read_process_info
 from tether.errors import TetherError
 from tether.httpclient import request_json
-from tether.tunnel.heartbeats import HeartbeatRecord
+
+if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and that one trio
+    from tether.tunnel.heartbeats import HeartbeatRecord
 
 __all__ = ["FORWARDED_CERT_HEADER", "AuthClient", "admin_client"]
 

@@ -22,7 +22,6 @@ from tether.client.profile import (
     save_profile,
     select_cluster,
 )
-from tether.client.sso import sso_login
 from tether.client.web import establish_trust, proxy_call
 from tether.durations import parse_duration
 from tether.errors import NotFound, TetherError
@@ -99,6 +98,8 @@ async def login(
     context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
     key = pki.generate_private_key()
     if connector != "local" and await _connector_type(proxy, context, connector) != "password":
+        from tether.client.sso import sso_login  # only single sign-on needs its listener
+
         result = await sso_login(
             proxy,
             context,
