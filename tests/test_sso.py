@@ -40,7 +40,7 @@ from tether.errors import AccessDenied, TetherError
 from tether.plugins import get_plugin_manager
 from tether.resources import parse_resources
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
-from tether.testing.sso import cluster_browser
+from tether.testing.sso import begin_login, cluster_browser
 from tether.testing.sso import sso_login as login_through_browser
 
 CONNECTOR = """
@@ -172,25 +172,10 @@ def test_login_with_a_connector_that_does_not_exist_names_the_ones_that_do(site:
     assert "hooktest, local, standin" in result.stderr
 
 
-def _begin(site: Site, browser: httpx.Client, secret: str, redirect: str) -> dict[str, Any]:
-    key = pki.generate_private_key()
-    answer = browser.post(
-        f"https://{site.cluster.proxy_addr}/webapi/sso/login",
-        json={
-            "connector": "standin",
-            "client_redirect_url": redirect,
-            "client_secret_hash": hash_client_secret(secret),
-            "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
-            "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
-        },
-    )
-    return dict(answer.json())
-
-
 def test_a_replayed_callback_and_a_second_collection_are_refused(site: Site) -> None:
     site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
     with site.browser() as browser:
-        begun = _begin(site, browser, "the-client-secret", "http://127.0.0.1:9/callback")
+        begun = begin_login(browser, site.cluster, "standin")
         at_provider = browser.get(begun["auth_url"])
         callback = at_provider.headers["location"]
         assert callback.startswith(f"https://{site.cluster.proxy_addr}/webapi/sso/callback?")
@@ -231,7 +216,7 @@ def test_the_certificates_may_only_go_back_to_the_users_own_machine(
     site: Site, redirect: str
 ) -> None:
     with site.browser() as browser:
-        begun = _begin(site, browser, "s", redirect)
+        begun = begin_login(browser, site.cluster, "standin", redirect=redirect)
     assert "is not allowed" in begun["error"]["message"], begun
 
 

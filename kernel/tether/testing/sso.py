@@ -10,14 +10,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from tether import pki
+from tether.auth.sso import hash_client_secret
 from tether.datadir import admin_identity_paths
 from tether.testing.cluster import RunningCluster
 
-__all__ = ["cluster_browser", "sso_login"]
+__all__ = ["begin_login", "cluster_browser", "sso_login"]
 
 
 def cluster_browser(cluster: RunningCluster, *, timeout: float = 20.0) -> httpx.Client:
@@ -25,6 +27,33 @@ def cluster_browser(cluster: RunningCluster, *, timeout: float = 20.0) -> httpx.
     ca = admin_identity_paths(cluster.data_dir)[2]
     context = pki.client_ssl_context(trusted_cas=pki.load_certs(ca.read_bytes()))
     return httpx.Client(verify=context, timeout=timeout)
+
+
+def begin_login(
+    browser: httpx.Client,
+    cluster: RunningCluster,
+    connector: str,
+    *,
+    client_secret: str = "the-client-secret",
+    redirect: str = "http://127.0.0.1:9/callback",
+) -> dict[str, Any]:
+    """Start a login at the proxy as ``tether login`` would, for tests that then play the
+    browser's and the client's steps themselves (replays, stolen results).
+
+    Returns the proxy's answer: ``request_id`` and ``auth_url`` (or ``error``).
+    """
+    key = pki.generate_private_key()
+    answer = browser.post(
+        f"https://{cluster.proxy_addr}/webapi/sso/login",
+        json={
+            "connector": connector,
+            "client_redirect_url": redirect,
+            "client_secret_hash": hash_client_secret(client_secret),
+            "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+            "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+        },
+    )
+    return dict(answer.json())
 
 
 def sso_login(

@@ -11,12 +11,12 @@ stand-in as GitHub does).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
 import pathlib
 import secrets
-import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,9 +24,9 @@ from typing import Any
 import attrs
 import pytest
 
-from tether import pki
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
-from tether.testing.sso import cluster_browser, sso_login
+from tether.testing.http import serve_http
+from tether.testing.sso import begin_login, cluster_browser, sso_login
 
 TEAMS = {
     "octo-alice": [("acme", "admins"), ("acme", "dev-web"), ("other-org", "admins")],
@@ -45,12 +45,8 @@ class GitHubStandIn:
     expire_codes: bool = False
     _codes: dict[str, dict[str, str]] = attrs.field(factory=dict)
     _tokens: dict[str, str] = attrs.field(factory=dict)
-    _server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    url: str = ""
+    _serving: contextlib.ExitStack = attrs.field(factory=contextlib.ExitStack)
 
     def __enter__(self) -> GitHubStandIn:
         github = self
@@ -131,14 +127,11 @@ class GitHubStandIn:
                     200, {"access_token": token, "token_type": "bearer", "scope": "read:org"}
                 )
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = self._serving.enter_context(serve_http(Handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        self._serving.close()
 
 
 CONNECTOR = """
@@ -223,18 +216,8 @@ def test_a_user_who_denies_the_app_is_refused_with_githubs_reason(site: Site) ->
 
 def test_a_replayed_callback_is_refused(site: Site) -> None:
     site.github.next_user = "octo-alice"
-    key = pki.generate_private_key()
     with cluster_browser(site.cluster) as browser:
-        begun = browser.post(
-            f"https://{site.cluster.proxy_addr}/webapi/sso/login",
-            json={
-                "connector": "github",
-                "client_redirect_url": "http://127.0.0.1:9/callback",
-                "client_secret_hash": "0" * 64,
-                "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
-                "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
-            },
-        ).json()
+        begun = begin_login(browser, site.cluster, "github")
         callback = browser.get(begun["auth_url"]).headers["location"]
         assert browser.get(callback).status_code == 302
         replayed = browser.get(callback)

@@ -13,7 +13,6 @@ import json
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,6 @@ import httpx
 import pytest
 from tether_oidc.connector import LEEWAY_SECONDS, ProviderKeys, parse_jwks, verify_id_token
 
-from tether import pki
 from tether.auth.sso import SSORequest
 from tether.errors import AccessDenied
 from tether.testing.accounts import can_create_accounts, os_account
@@ -37,7 +35,8 @@ from tether.testing.cluster import (
     start_cluster,
     start_node,
 )
-from tether.testing.sso import cluster_browser, sso_login
+from tether.testing.http import free_port
+from tether.testing.sso import begin_login, cluster_browser, sso_login
 
 PROVIDER_DIR = pathlib.Path(__file__).parent / "provider"
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
@@ -51,12 +50,6 @@ ACCOUNTS = {
     },
     "nina": {"email": "nina@example.com", "groups": ["visitors"], "env": "prod"},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @attrs.define
@@ -134,7 +127,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     provider = Provider(
         directory,
         {
-            "port": _free_port(),
+            "port": free_port(),
             "clients": [
                 {
                     "client_id": "tether",
@@ -285,17 +278,7 @@ def test_login_still_works_after_the_provider_rotates_its_key(site: Site) -> Non
 
 def test_a_replayed_callback_is_refused(site: Site) -> None:
     with site.browser() as browser:
-        key = pki.generate_private_key()
-        begun = browser.post(
-            f"https://{site.cluster.proxy_addr}/webapi/sso/login",
-            json={
-                "connector": "example",
-                "client_redirect_url": "http://127.0.0.1:9/callback",
-                "client_secret_hash": "0" * 64,
-                "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
-                "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
-            },
-        ).json()
+        begun = begin_login(browser, site.cluster, "example")
         callback = f"https://{site.cluster.proxy_addr}/webapi/sso/callback"
         redirect = browse(browser, begun["auth_url"], "alice", stop_at=callback)
         url = urllib.parse.urljoin(str(redirect.url), redirect.headers["location"])

@@ -9,20 +9,19 @@ audience, short-lived). A test's HTTP client plays the browser and posts the res
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import html
 import json
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import attrs
@@ -39,9 +38,9 @@ from saml2.saml import NAME_FORMAT_BASIC, NAMEID_FORMAT_EMAILADDRESS, NameID
 from saml2.server import Server
 from tether_saml.connector import ACCEPTED_TIME_DIFF
 
-from tether import pki
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
-from tether.testing.sso import cluster_browser, sso_login
+from tether.testing.http import free_port, serve_http
+from tether.testing.sso import begin_login, cluster_browser, sso_login
 
 pytestmark = pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="needs xmlsec1")
 
@@ -81,12 +80,6 @@ def _text(data: str | bytes) -> str:
     return data.decode() if isinstance(data, bytes) else data
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @attrs.define
 class IdentityProvider:
     """pysaml2's IdP on 127.0.0.1; ``next_user`` logs in at the next request."""
@@ -101,8 +94,8 @@ class IdentityProvider:
     audience: str | None = None
     lifetime_seconds: int | None = None
     last_form: dict[str, str] = attrs.field(factory=dict)
-    port: int = attrs.field(factory=_free_port)
-    _server: ThreadingHTTPServer | None = None
+    port: int = attrs.field(factory=free_port)
+    _serving: contextlib.ExitStack = attrs.field(factory=contextlib.ExitStack)
 
     @property
     def url(self) -> str:
@@ -199,14 +192,11 @@ class IdentityProvider:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serving.enter_context(serve_http(Handler, self.port))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        self._serving.close()
 
 
 CONNECTOR = """
@@ -342,18 +332,8 @@ def test_an_assertion_replayed_into_another_login_is_refused(site: Site) -> None
     # a genuine response captured from one login, posted with a new login's RelayState
     assert login(site, "first")[0] == 0
     captured = dict(site.idp.last_form)
-    key = pki.generate_private_key()
     with cluster_browser(site.cluster) as browser:
-        begun = browser.post(
-            f"https://{site.cluster.proxy_addr}/webapi/sso/login",
-            json={
-                "connector": "corp",
-                "client_redirect_url": "http://127.0.0.1:9/callback",
-                "client_secret_hash": "0" * 64,
-                "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
-                "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
-            },
-        ).json()
+        begun = begin_login(browser, site.cluster, "corp")
         fresh = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(begun["auth_url"]).query))
         answer = browser.post(
             f"https://{site.cluster.proxy_addr}/webapi/sso/callback",

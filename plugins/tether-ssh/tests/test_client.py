@@ -53,6 +53,7 @@ from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, parse_resources
 from tether.testing.accounts import os_account
+from tether.testing.http import free_port
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates an OS user and switches to it")
 
@@ -659,20 +660,13 @@ async def _echo_server(nursery: trio.Nursery) -> int:
     return port
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _through_forward(
     cluster: Cluster, nursery: trio.Nursery, message: bytes
 ) -> tuple[bytes, Outcome]:
     """Send *message* through a ``-L`` forward to an echo server; (what came back, session)."""
     node = await cluster.start_node()
     echo_port = await _echo_server(nursery)
-    forward = parse_local_forward(f"127.0.0.1:{_free_port()}:127.0.0.1:{echo_port}")
+    forward = parse_local_forward(f"127.0.0.1:{free_port()}:127.0.0.1:{echo_port}")
     stdin_r, stdin_w = os.pipe()  # the session's `cat` lasts until the test closes stdin_w
     outcome: list[Outcome] = []
 

@@ -18,7 +18,6 @@ import pathlib
 import pty
 import pwd
 import shutil
-import socket
 import struct
 import subprocess
 import termios
@@ -45,6 +44,7 @@ from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, parse_resources
 from tether.testing.accounts import os_account
+from tether.testing.http import free_port
 from tether.tunnel.forward import splice
 
 pytestmark = [
@@ -682,13 +682,6 @@ async def _echo(stream: trio.SocketStream) -> None:
             await stream.send_all(data)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _connect_when_listening(port: int) -> trio.SocketStream:
     with trio.fail_after(10):
         while True:
@@ -705,7 +698,7 @@ async def _forward_and_echo(setup: Setup, message: bytes) -> bytes:
             functools.partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")
         )
         echo_port = listener.socket.getsockname()[1]
-        local_port = _free_port()
+        local_port = free_port()
         argv = setup.ssh_argv(
             LOGIN,
             None,

@@ -13,7 +13,6 @@ import pathlib
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from tether.testing.cluster import (
     start_node,
     start_proxy,
 )
+from tether.testing.http import free_port
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -395,16 +395,10 @@ def test_removing_the_trust_on_the_leaf_and_creating_it_again(trust: Trust) -> N
     wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_restarted_root_sees_the_leaf_reconnect_and_come_back_online(
     tmp_path: pathlib.Path,
 ) -> None:
-    root_config = {"proxy_service": {"listen_addr": f"127.0.0.1:{_free_port()}"}}
+    root_config = {"proxy_service": {"listen_addr": f"127.0.0.1:{free_port()}"}}
     root = start_cluster(tmp_path / "root", "root", config=root_config)
     leaf = start_cluster(tmp_path / "leaf", "leaf")
     try:

@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import secrets
-import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from tether.hookspecs import hookimpl
 from tether.protocols import ProtocolHandler, ProxyConnection
 from tether.resources import ResourceKind
 from tether.services import Service, ServiceContext
+from tether.testing.http import serve_http
 from tether.trust import RoleMapRule
 
 LOG_ENV = "TETHER_HOOKTEST_LOG"
@@ -209,12 +209,8 @@ class StandInProvider:
     #: answer the token request with an empty object (the connector then fails)
     empty_answer: bool = False
     _codes: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    _server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    url: str = ""
+    _serving: contextlib.ExitStack = attrs.field(factory=contextlib.ExitStack)
 
     def __enter__(self) -> StandInProvider:
         provider = self
@@ -277,14 +273,11 @@ class StandInProvider:
                     },
                 )
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = self._serving.enter_context(serve_http(Handler))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        self._serving.close()
 
 
 @hookimpl

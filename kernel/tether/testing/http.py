@@ -1,0 +1,38 @@
+"""Small HTTP servers for tests: the stand-ins and identity providers tests run themselves.
+
+They run in a thread, because the tests that use them drive real processes synchronously, and
+listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["free_port", "serve_http"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server that must keep its port across a
+    restart; otherwise let the server bind port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1:``port`` (0: any) until the block ends; yields the
+    base URL, ``http://127.0.0.1:PORT``."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
