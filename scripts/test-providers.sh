@@ -8,8 +8,8 @@ if ! command -v npm >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: nodejs npm"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    apt-get update -qq -o Acquire::Retries=3
+    apt-get install -y -qq -o Acquire::Retries=3 --no-install-recommends nodejs npm >/dev/null
   else
     echo "missing Node.js and npm: the identity provider tests will fail (install them)" >&2
     exit 0
@@ -20,6 +20,17 @@ for lock in "$root"/plugins/*/tests/provider/package-lock.json; do
   dir="$(dirname "$lock")"
   if [[ ! -d $dir/node_modules ]] || [[ $lock -nt $dir/node_modules ]]; then
     echo "installing the test provider in ${dir#"$root"/}"
-    npm ci --prefix "$dir" --prefer-offline --silent --no-audit --no-fund
+    # the registry is a network away: a failed fetch (seen: a proxy's TLS hiccup) is retried
+    for attempt in 1 2 3; do
+      if npm ci --prefix "$dir" --prefer-offline --loglevel=error --no-audit --no-fund; then
+        break
+      fi
+      if [[ $attempt -eq 3 ]]; then
+        echo "npm ci failed three times in ${dir#"$root"/}" >&2
+        exit 1
+      fi
+      echo "npm ci failed (attempt $attempt of 3), retrying in 10 s" >&2
+      sleep 10
+    done
   fi
 done
