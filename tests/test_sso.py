@@ -124,6 +124,55 @@ def test_user_logs_in_at_the_provider_and_gets_roles_and_traits_from_claims(site
     assert events[-1]["subject"] == "standin|sso-sam"
 
 
+def get_user(site: Site, name: str) -> dict[str, Any]:
+    found = json.loads(site.cluster.tetherctl("get", f"user/{name}", "--format=json").stdout)
+    return dict(found[0] if isinstance(found, list) else found)
+
+
+def test_sso_user_is_kept_as_a_user_while_the_certificate_lasts(site: Site) -> None:
+    site.provider.next_user = ("sso-uma", {"groups": ["team-access"], "env": ["demo"]})
+    assert sso_login(site, "uma")[0] == 0
+    user = get_user(site, "sso-uma")
+    assert user["spec"]["roles"] == ["access"]
+    assert user["spec"]["traits"]["env"] == ["demo"]
+    assert user["spec"]["created_by"]["connector"] == {
+        "type": "hooktest_sso",
+        "id": "standin",
+        "identity": "standin|sso-uma",
+    }
+    expires = datetime.datetime.fromisoformat(user["metadata"]["expires"])
+    assert expires == datetime.datetime.fromisoformat(status(site, "uma")["valid_until"])
+    listed = site.cluster.tetherctl("users", "ls").stdout
+    assert "sso-uma" in listed
+    # the next login replaces the record with what the provider says now
+    site.provider.next_user = ("sso-uma", {"groups": ["admins"]})
+    assert sso_login(site, "uma")[0] == 0
+    assert get_user(site, "sso-uma")["spec"]["roles"] == ["access", "editor"]
+
+
+def test_sso_login_cannot_take_a_local_users_name(site: Site) -> None:
+    site.cluster.tetherctl("users", "add", "lou", "--roles=access")
+    site.provider.next_user = ("lou", {"groups": ["admins"]})
+    code, _, err = sso_login(site, "lou-at-provider")
+    assert code == 1
+    assert (
+        "a local user 'lou' already exists; a login through connector "
+        "'hooktest_sso/standin' cannot take its name" in err
+    )
+    assert "tetherctl users rm lou" in err
+    assert get_user(site, "lou")["spec"]["roles"] == ["access"], "the local user is untouched"
+    failures = json.loads(
+        site.cluster.tetherctl(
+            "audit", "search", "--type=user.login.failed", "--format=json"
+        ).stdout
+    )
+    assert "cannot take its name" in failures[-1]["reason"]
+    # once the admin removes the local user, the provider's user gets the name
+    site.cluster.tetherctl("users", "rm", "lou")
+    assert sso_login(site, "lou-at-provider")[0] == 0
+    assert get_user(site, "lou")["spec"]["created_by"]["connector"]["id"] == "standin"
+
+
 def test_user_without_a_mapped_role_is_refused_with_the_reason(site: Site) -> None:
     site.provider.next_user = ("nobody-nina", {"groups": ["visitors"]})
     code, _, err = sso_login(site, "nina")

@@ -82,6 +82,12 @@ def _everything(resource: Resource) -> bool:
     return True
 
 
+def _created_by_connector(user: Resource) -> bool:
+    """Whether ``user`` was made by an SSO login (and may be replaced by the next one)."""
+    created_by = user.spec.created_by
+    return created_by is not None and created_by.connector is not None
+
+
 @attrs.frozen
 class LoginResult:
     """What a successful login returns to the client."""
@@ -1034,6 +1040,17 @@ class AuthService:
                 f"no role is mapped to {external.username!r} by connector {method!r}",
                 hint="the connector's claims_to_roles (or equivalent) decides",
             )
+        user_kind = self.registry.get("user")
+        existing = await self.backend.get(user_kind.key(external.username))
+        if existing is not None and not _created_by_connector(
+            resource_from_bytes(existing.value, self.registry)
+        ):
+            raise AccessDenied(
+                f"a local user {external.username!r} already exists; a login through "
+                f"connector {method!r} cannot take its name",
+                hint=f"remove the local user (`tetherctl users rm {external.username}`) if "
+                "the same person now signs in through the provider",
+            )
         login = LoginIdentity(username=external.username, roles=roles, traits=external.claims)
         ttl = datetime.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
         result = await self._issue_user_certs(
@@ -1041,6 +1058,38 @@ class AuthService:
             ssh_public_key=request.ssh_public_key,
             tls_public_key_pem=request.tls_public_key,
             ttl=ttl,
+        )
+        # the user is kept while the certificate lasts, as Teleport keeps SSO users: listed by
+        # `tetherctl get users`, and the name stays the provider's (a local user can't take
+        # it). Conditional on what was read above: a local user created meanwhile wins, and
+        # the certificates just issued are then never handed out.
+        user = self.make(
+            "user",
+            external.username,
+            {
+                "roles": list(roles),
+                "traits": {k: list(v) for k, v in external.claims.items()},
+                "created_by": {
+                    "time": self.now().isoformat(),
+                    "connector": {
+                        "type": request.connector_kind,
+                        "id": request.connector_name,
+                        "identity": external.subject,
+                    },
+                },
+            },
+            expires=result.identity.expires,
+        )
+        lifetime = (result.identity.expires - self.now()).total_seconds()
+        await self.backend.apply(
+            [
+                Op.put(
+                    user_kind.key(external.username),
+                    resource_to_bytes(user),
+                    ttl=max(lifetime, 1.0),
+                    expected_revision=existing.revision if existing is not None else 0,
+                )
+            ]
         )
         await self.audit_event(
             audit.USER_LOGIN,
