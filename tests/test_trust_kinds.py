@@ -327,3 +327,10 @@ def test_a_remote_cluster_status_outside_online_offline_is_refused(
 ) -> None:
     message = error_of(REMOTE_CLUSTER_YAML.replace("online", "up"), registry)
     assert message.endswith("status.connection: expected one of 'online', 'offline', got 'up'")
+
+
+def test_a_field_in_a_remote_clusters_empty_spec_says_the_spec_takes_none(
+    registry: KindRegistry,
+) -> None:
+    text = REMOTE_CLUSTER_YAML.replace("status:", "spec:\n  labels: {env: prod}\nstatus:", 1)
+    assert error_of(text, registry).endswith("spec.labels: unknown field; this takes no fields")

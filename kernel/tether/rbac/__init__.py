@@ -6,15 +6,18 @@ log in to this node as this login). Deny always wins; denials name the check tha
 """
 
 from tether.rbac._labels import match_label_value, match_labels, validate_label_value
+from tether.rbac._regex import compile_re2, re2_error_message
 from tether.rbac._roleset import RoleSet
 from tether.rbac._templates import expand_template, is_template, validate_template
 
 __all__ = [
     "RoleSet",
+    "compile_re2",
     "expand_template",
     "is_template",
     "match_label_value",
     "match_labels",
+    "re2_error_message",
     "validate_label_value",
     "validate_template",
 ]

@@ -12,7 +12,7 @@ Spec types are attrs classes whose fields use: ``str``, ``int``, ``float``, ``bo
 ``tuple[X, ...]``, ``Mapping[str, X]``, nested attrs classes and :data:`Labels`.
 """
 
-from tether.resources._convert import InvalidField, Labels, LabelValues
+from tether.resources._convert import InvalidField, Labels, LabelValues, Path, show, structure
 from tether.resources._io import (
     dump_resources,
     parse_resources,
@@ -63,6 +63,7 @@ __all__ = [
     "LabelValues",
     "Labels",
     "Metadata",
+    "Path",
     "ProxySpec",
     "Resource",
     "ResourceKind",
@@ -81,4 +82,6 @@ __all__ = [
     "resource_from_dict",
     "resource_to_bytes",
     "resource_to_dict",
+    "show",
+    "structure",
 ]

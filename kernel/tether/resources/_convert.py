@@ -297,6 +297,8 @@ def _structure_attrs(value: Any, cls: type, path: Path) -> Any:
             guess = did_you_mean(name, fields)
             if guess:
                 _raise((*path, name), f"unknown field (did you mean {guess}?)")
+            if not fields:
+                _raise((*path, name), "unknown field; this takes no fields")
             _raise((*path, name), "unknown field; expected one of: " + ", ".join(fields))
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():

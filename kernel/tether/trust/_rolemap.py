@@ -23,11 +23,10 @@ import re2
 
 from tether.errors import PluginError
 
-# Kernel siblings: the resource converter (so a malformed rule reads like any other field
-# error) and rbac's one quiet, cached re2 compiler.
-from tether.rbac._regex import compile_re2, re2_error_message
-from tether.resources import InvalidField
-from tether.resources._convert import Path, show, structure
+# the resource converter (so a malformed rule reads like any other field error) and rbac's
+# one quiet, cached re2 compiler
+from tether.rbac import compile_re2, re2_error_message
+from tether.resources import InvalidField, Path, show, structure
 
 __all__ = [
     "RoleMapRule",
