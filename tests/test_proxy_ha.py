@@ -16,8 +16,6 @@ from collections.abc import Iterator
 import pytest
 
 from tether import pki
-from tether.builtins import core_kinds
-from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry, parse_resources
 from tether.testing.cluster import (
     RunningCluster,
@@ -25,6 +23,7 @@ from tether.testing.cluster import (
     run_cli,
     start_proxy,
 )
+from tether.testing.roles import core_registry
 from tether.trust import ClusterTrust
 from tether.yamlio import dump_yaml
 
@@ -167,9 +166,7 @@ def test_proxy_checks_the_auth_server_against_the_pin(
 
 @pytest.fixture
 def registry() -> KindRegistry:
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    return KindRegistry.from_plugins(pm)
+    return core_registry()
 
 
 def test_trust_snapshot_reads_back_equal(registry: KindRegistry) -> None:

@@ -9,9 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pytest
 
 import tether.rbac as rbac
-from tether.builtins import core_kinds
 from tether.errors import AccessDenied, ResourceError
-from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet, expand_template, match_labels, validate_template
 from tether.resources import (
     USER,
@@ -21,6 +19,7 @@ from tether.resources import (
     parse_resources,
     preset_roles,
 )
+from tether.testing.roles import core_registry
 
 TRAITS: Mapping[str, Sequence[str]] = {
     "logins": ["ubuntu", "root"],
@@ -36,9 +35,7 @@ TRAITS: Mapping[str, Sequence[str]] = {
 
 @pytest.fixture(scope="module")
 def registry() -> KindRegistry:
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    return KindRegistry.from_plugins(pm)
+    return core_registry()
 
 
 def roles(text: str, registry: KindRegistry) -> list[Resource]:

@@ -42,6 +42,7 @@ from tether.resources import (
     resource_to_bytes,
     resource_to_dict,
 )
+from tether.testing.roles import core_registry
 from tether.trust import REMOTE_CLUSTER, TRUSTED_CLUSTER
 
 UTC = datetime.UTC
@@ -73,9 +74,7 @@ version: v5
 
 @pytest.fixture
 def registry() -> KindRegistry:
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    return KindRegistry.from_plugins(pm)
+    return core_registry()
 
 
 def parse_one(text: str, registry: KindRegistry, source: str = "x.yaml") -> Resource:

@@ -11,9 +11,7 @@ import datetime
 
 import pytest
 
-from tether.builtins import core_kinds
 from tether.errors import ResourceError
-from tether.plugins import TetherPluginManager
 from tether.resources import (
     KindRegistry,
     Resource,
@@ -24,6 +22,7 @@ from tether.resources import (
     resource_to_bytes,
     resource_to_dict,
 )
+from tether.testing.roles import core_registry
 from tether.trust import (
     REMOTE_CLUSTER,
     TRUSTED_CLUSTER,
@@ -69,9 +68,7 @@ PIN = "sha256:" + "0123456789abcdef" * 4
 
 @pytest.fixture
 def registry() -> KindRegistry:
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    return KindRegistry.from_plugins(pm)
+    return core_registry()
 
 
 def parse_one(text: str, registry: KindRegistry) -> Resource:

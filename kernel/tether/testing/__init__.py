@@ -5,4 +5,5 @@
   ``pytest11`` entry point when the kernel is installed).
 - :mod:`tether.testing.backend_conformance`: the suite every storage backend must pass.
 - :mod:`tether.testing.accounts`: real OS accounts for sessions of protocol plugins.
+- :mod:`tether.testing.roles`: role sets from YAML, for servers that authorize.
 """

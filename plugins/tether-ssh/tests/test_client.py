@@ -26,7 +26,7 @@ import sys
 import termios
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import attrs
@@ -47,13 +47,10 @@ from tether_ssh.client import (
 from tether_ssh.server import NodeIdentity, RoleSetAuthorizer, serve_ssh
 
 from tether import pki
-from tether.builtins import core_kinds
 from tether.errors import AccessDenied, TetherError
-from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
-from tether.resources import KindRegistry, parse_resources
-from tether.testing.accounts import os_account
 from tether.testing.http import free_port
+from tether.testing.roles import role_set
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates an OS user and switches to it")
 
@@ -71,25 +68,6 @@ spec:
 """
 
 
-def _role_set(**options: bool) -> RoleSet:
-    """The ``visitors`` role with ``spec.options`` set to *options*."""
-    role = ROLE
-    if options:
-        role += "  options:\n" + "".join(
-            f"    {name}: {str(value).lower()}\n" for name, value in options.items()
-        )
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    return RoleSet(parse_resources(role, "roles.yaml", KindRegistry.from_plugins(pm)))
-
-
-@pytest.fixture(scope="module")
-def os_user() -> Iterator[pwd.struct_passwd]:
-    """The ``visitor`` account; created (and removed) here unless it already exists."""
-    with os_account(LOGIN) as account:
-        yield account
-
-
 @attrs.frozen
 class Outcome:
     status: int
@@ -104,7 +82,7 @@ class Cluster:
     dir: pathlib.Path
     cas: pki.ClusterAuthorities
     nursery: trio.Nursery
-    roles: RoleSet = attrs.field(factory=_role_set)
+    roles: RoleSet = attrs.field(factory=lambda: role_set(ROLE))
 
     def credentials(
         self,
@@ -717,7 +695,7 @@ async def _through_forward(
 async def test_local_forward_reaches_a_service_through_the_node(
     cluster: Cluster, nursery: trio.Nursery
 ) -> None:
-    cluster.roles = _role_set(port_forwarding=True)
+    cluster.roles = role_set(ROLE, port_forwarding=True)
     message = os.urandom(4 * 1024 * 1024)  # more than the windows: flow control both ways
     received, session = await _through_forward(cluster, nursery, message)
     assert received == message
@@ -728,7 +706,7 @@ async def test_local_forward_reaches_a_service_through_the_node(
 async def test_a_forward_the_node_refuses_is_reported_and_the_session_goes_on(
     cluster: Cluster, nursery: trio.Nursery
 ) -> None:
-    cluster.roles = _role_set(port_forwarding=False)
+    cluster.roles = role_set(ROLE, port_forwarding=False)
     received, session = await _through_forward(cluster, nursery, b"ping")
     assert received == b""
     assert (session.status, session.stdout) == (0, b"done\n")
@@ -804,7 +782,7 @@ async def agent(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Asyn
 
 @needs_root
 async def test_forwarded_agent_lists_the_local_agents_keys(cluster: Cluster, agent: bytes) -> None:
-    cluster.roles = _role_set(forward_agent=True)
+    cluster.roles = role_set(ROLE, forward_agent=True)
     port = await cluster.start_node()
     done = await run(port, cluster.credentials(agent=True), "ssh-add -l", forward_agent=True)
     assert (done.status, done.stdout) == (0, agent), done.stderr

@@ -39,12 +39,9 @@ from tether_ssh.server import (
 )
 
 from tether import pki
-from tether.builtins import core_kinds
-from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
-from tether.resources import KindRegistry, parse_resources
-from tether.testing.accounts import os_account
 from tether.testing.http import free_port
+from tether.testing.roles import role_set
 from tether.tunnel.forward import splice
 
 pytestmark = [
@@ -66,32 +63,14 @@ spec:
 """
 
 
-def _role_set(**options: bool) -> RoleSet:
-    """The ``visitors`` role, with ``spec.options`` set to *options*."""
-    role = ROLE
-    if options:
-        lines = "".join(f"    {name}: {str(value).lower()}\n" for name, value in options.items())
-        role += f"  options:\n{lines}"
-    pm = TetherPluginManager()
-    pm.register(core_kinds, name="core-kinds")
-    return RoleSet(parse_resources(role, "roles.yaml", KindRegistry.from_plugins(pm)))
-
-
-@pytest.fixture(scope="module")
-def os_user() -> Iterator[pwd.struct_passwd]:
-    """The ``visitor`` account; created (and removed) here unless it already exists."""
-    with os_account(LOGIN) as account:
-        yield account
-
-
 @attrs.define
 class Roles:
     """The role set the server's authorizer reads on every login; tests swap it."""
 
-    current: RoleSet = attrs.field(factory=_role_set)
+    current: RoleSet = attrs.field(factory=lambda: role_set(ROLE))
 
     def use(self, **options: bool) -> None:
-        self.current = _role_set(**options)
+        self.current = role_set(ROLE, **options)
 
 
 @attrs.frozen
@@ -819,9 +798,9 @@ def test_roles_grant_forwarding_through_permissions() -> None:
         expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
     )
     labels = {"env": "test"}
-    default = RoleSetAuthorizer(roles_for=lambda _: _role_set(), node_labels=labels)
+    default = RoleSetAuthorizer(roles_for=lambda _: role_set(ROLE), node_labels=labels)
     assert default.authorize(identity, LOGIN) == Permissions(port_forwarding=True)
-    both = _role_set(port_forwarding=False, forward_agent=True)
+    both = role_set(ROLE, port_forwarding=False, forward_agent=True)
     authorizer = RoleSetAuthorizer(roles_for=lambda _: both, node_labels=labels)
     assert authorizer.authorize(identity, LOGIN) == Permissions(forward_agent=True)
     assert Permissions() == Permissions(port_forwarding=False, forward_agent=False)

@@ -1,0 +1,39 @@
+"""Roles for tests of code that authorizes without an auth service: a protocol plugin's server
+reading a :class:`~tether.rbac.RoleSet`, a role-map strategy, a resource kind's validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from tether.builtins import core_kinds
+from tether.plugins import TetherPluginManager
+from tether.rbac import RoleSet
+from tether.resources import KindRegistry, Resource, parse_resources
+
+__all__ = ["core_registry", "role_set"]
+
+
+def core_registry() -> KindRegistry:
+    """The kinds the kernel itself defines (role, user, token, cert_authority, ...), and no
+    plugin's."""
+    pm = TetherPluginManager()
+    pm.register(core_kinds, name="core-kinds")
+    return KindRegistry.from_plugins(pm)
+
+
+def role_set(text: str, **options: Any) -> RoleSet:
+    """The roles in the YAML ``text``, each with ``spec.options`` fields set to ``options``
+    (``role_set(ROLE, forward_agent=True)``), as a server evaluates them."""
+    roles = parse_resources(text, "roles.yaml", core_registry())
+    if options:
+        roles = [
+            attrs.evolve(role, spec=attrs.evolve(role.spec, options=_with(role, options)))
+            for role in roles
+        ]
+    return RoleSet(roles)
+
+
+def _with(role: Resource, options: dict[str, Any]) -> Any:
+    return attrs.evolve(role.spec.options, **options)
