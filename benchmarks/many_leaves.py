@@ -694,13 +694,8 @@ def table(report: dict[str, Any]) -> str:
 
 def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     """The join over time, handshake latency in join order, and the medians one vs many."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
+    plt = results.pyplot()
+    if plt is None:
         return False
     m, p = report["machine"], report["params"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8))
@@ -805,7 +800,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
     )
-    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write JSON here")
     parser.add_argument(
         "--leaves", type=int, metavar="N", help="leaves in all, leaf0 included (default 1000)"
     )
@@ -851,13 +845,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also record the root tetherd with py-spy while leaves join and during one "
         "command of each kind with every leaf online",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=pathlib.Path,
-        default=results.RESULTS_DIR,
-        metavar="DIR",
-        help="where the dated JSON, chart and index go (default benchmarks/results)",
-    )
+    results.add_output_args(parser)
     return parser.parse_args(argv)
 
 
@@ -937,21 +925,7 @@ def main(argv: list[str]) -> int:
         report["profiles"] = profiles
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
 
-    print()
-    print(table(report))
-    stem = f"{NAME}-{results.stamp()}"
-    json_path = args.results_dir / f"{stem}.json"
-    png_path = args.results_dir / f"{stem}.png"
-    results.write_json(json_path, report)
-    drew = chart(report, png_path)
-    index = results.append_index(
-        args.results_dir, index_line(report, json_path.name, png_path.name if drew else None)
-    )
-    written = [json_path, *([png_path] if drew else []), index]
-    if args.json:
-        results.write_json(args.json, report)
-        written.insert(0, args.json)
-    print(f"\nwrote {', '.join(str(p) for p in written)} in {report['elapsed_seconds']}s")
+    results.save_report(NAME, report, args, table=table, chart=chart, index_line=index_line)
     failed = any(p.failures for p in phases.values()) or "site" in missing
     return 1 if failed or (join is not None and join["refused"]) else 0
 

@@ -570,13 +570,8 @@ def _verdict(met: bool | None) -> str:
 
 def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     """Setup medians (p90 whiskers) and bulk MB/s side by side; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
+    plt = results.pyplot()
+    if plt is None:
         return False
     p, m = report["params"], report["machine"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [7, 4]})
@@ -659,7 +654,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="5 setup runs and one 64 MiB bulk run per leg (under a minute)",
     )
-    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write JSON here")
     parser.add_argument(
         "--runs", type=int, metavar="N", help="setup runs per leg (default 50, --quick 5)"
     )
@@ -678,13 +672,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="DIR",
         help="also record py-spy profiles of one setup and one bulk run per Tether leg here",
     )
-    parser.add_argument(
-        "--results-dir",
-        type=pathlib.Path,
-        default=results.RESULTS_DIR,
-        metavar="DIR",
-        help="where the dated JSON, chart and index go (default benchmarks/results)",
-    )
+    results.add_output_args(parser)
     return parser.parse_args(argv)
 
 
@@ -773,21 +761,7 @@ def main(argv: list[str]) -> int:
         report["profiles"] = profiles
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
 
-    print()
-    print(table(report))
-    stem = f"{NAME}-{results.stamp()}"
-    json_path = args.results_dir / f"{stem}.json"
-    png_path = args.results_dir / f"{stem}.png"
-    results.write_json(json_path, report)
-    drew = chart(report, png_path)
-    index = results.append_index(
-        args.results_dir, index_line(report, json_path.name, png_path.name if drew else None)
-    )
-    written = [json_path, *([png_path] if drew else []), index]
-    if args.json:
-        results.write_json(args.json, report)
-        written.insert(0, args.json)
-    print(f"\nwrote {', '.join(str(p) for p in written)} in {report['elapsed_seconds']}s")
+    results.save_report(NAME, report, args, table=table, chart=chart, index_line=index_line)
     return 1 if any(leg.failures for leg in legs.values()) else 0
 
 

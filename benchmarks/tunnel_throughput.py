@@ -305,13 +305,8 @@ def table(report: dict[str, Any]) -> str:
 
 def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     """A grouped bar chart (1 and N streams per leg); False, with a note, without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
+    plt = results.pyplot()
+    if plt is None:
         return False
     n = str(report["params"]["parallel_streams"])
     names = list(report["mb_s"])
@@ -367,7 +362,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="256 MiB and 8 x 64 MiB, one repeat (< 2 minutes)"
     )
-    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write JSON here")
     parser.add_argument(
         "--size-mb",
         type=int,
@@ -378,13 +372,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per leg, median kept (default 3, --quick 1)"
     )
-    parser.add_argument(
-        "--results-dir",
-        type=pathlib.Path,
-        default=results.RESULTS_DIR,
-        metavar="DIR",
-        help="where the dated JSON, chart and index go (default benchmarks/results)",
-    )
+    results.add_output_args(parser)
     return parser.parse_args(argv)
 
 
@@ -417,21 +405,7 @@ def main(argv: list[str]) -> int:
     report = build_report(machine_info, params, legs, secondary, secondary_missing)
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
 
-    print()
-    print(table(report))
-    stem = f"{NAME}-{results.stamp()}"
-    json_path = args.results_dir / f"{stem}.json"
-    png_path = args.results_dir / f"{stem}.png"
-    results.write_json(json_path, report)
-    drew = chart(report, png_path)
-    index = results.append_index(
-        args.results_dir, index_line(report, json_path.name, png_path.name if drew else None)
-    )
-    written = [json_path, *([png_path] if drew else []), index]
-    if args.json:
-        results.write_json(args.json, report)
-        written.insert(0, args.json)
-    print(f"\nwrote {', '.join(str(p) for p in written)} in {report['elapsed_seconds']}s")
+    results.save_report(NAME, report, args, table=table, chart=chart, index_line=index_line)
     return 1 if any(leg.failed for leg in legs) else 0
 
 

@@ -101,3 +101,25 @@ def wait_accepting(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing accepts on {address[0]}:{address[1]}") from exc
             time.sleep(0.05)
+
+
+def run_until_ok(argv: Sequence[str], env: dict[str, str], deadline: float) -> None:
+    """Run ``argv`` until it exits 0 (a session through a tunnel that is still coming up);
+    past ``deadline`` (``time.monotonic()``), fail with its last error."""
+    while True:
+        done = subprocess.run(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{' '.join(argv)} still fails (exit {done.returncode}): {done.stderr.strip()}"
+            )
+        time.sleep(0.5)

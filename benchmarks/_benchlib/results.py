@@ -6,9 +6,11 @@ machine; the index (``results/README.md``) is the one place to read them in orde
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "results"
@@ -41,3 +43,58 @@ def append_index(results_dir: pathlib.Path, line: str) -> pathlib.Path:
     with index.open("a", encoding="utf-8") as f:
         f.write(line.rstrip("\n") + "\n")
     return index
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """The options every harness has for where its results go: ``--json``, ``--results-dir``."""
+    parser.add_argument("--json", type=pathlib.Path, metavar="FILE", help="also write JSON here")
+    parser.add_argument(
+        "--results-dir",
+        type=pathlib.Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help="where the dated JSON, chart and index go (default benchmarks/results)",
+    )
+
+
+def save_report(
+    name: str,
+    report: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    table: Callable[[dict[str, Any]], str],
+    chart: Callable[[dict[str, Any], pathlib.Path], bool],
+    index_line: Callable[[dict[str, Any], str, str | None], str],
+) -> None:
+    """Print a harness's table and keep its run: ``<name>-<stamp>.json``, its chart when
+    ``chart`` drew one, a line in the index, and a copy at ``--json``; says what it wrote."""
+    print()
+    print(table(report))
+    results_dir: pathlib.Path = args.results_dir
+    stem = f"{name}-{stamp()}"
+    json_path = results_dir / f"{stem}.json"
+    png_path = results_dir / f"{stem}.png"
+    write_json(json_path, report)
+    drew = chart(report, png_path)
+    index = append_index(
+        results_dir, index_line(report, json_path.name, png_path.name if drew else None)
+    )
+    written = [json_path, *([png_path] if drew else []), index]
+    if args.json:
+        write_json(args.json, report)
+        written.insert(0, args.json)
+    print(f"\nwrote {', '.join(str(p) for p in written)} in {report['elapsed_seconds']}s")
+
+
+def pyplot() -> Any | None:
+    """matplotlib's pyplot on the Agg backend, or None (saying so) where it is not installed:
+    a chart is a bonus, the JSON and the index line are the results."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
+        return None
+    return plt

@@ -27,7 +27,14 @@ import time
 from collections.abc import Iterator, Mapping
 
 from _benchlib import openssh
-from _benchlib.procs import LOOPBACK, free_port, owned_process, stop_children, wait_accepting
+from _benchlib.procs import (
+    LOOPBACK,
+    free_port,
+    owned_process,
+    run_until_ok,
+    stop_children,
+    wait_accepting,
+)
 
 #: The cipher of every OpenSSH hop (the client and both servers insist on it).
 OPENSSH_CIPHER = openssh.CIPHERS["openssh_aes128"]
@@ -194,28 +201,6 @@ def tether_program() -> tuple[list[str], str]:
     return argv, " ".join(argv)
 
 
-def _wait_for_session(remote: Remote, deadline: float) -> None:
-    """Run ``true`` until it succeeds: a node's tunnel comes up a little after it starts."""
-    while True:
-        done = subprocess.run(
-            remote.argv("true"),
-            env=dict(remote.env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{' '.join(remote.argv('true'))} still fails after {NODE_READY_TIMEOUT:.0f}s "
-                f"(exit {done.returncode}): {done.stderr.strip()}"
-            )
-        time.sleep(0.5)
-
-
 @contextlib.contextmanager
 def tether_site() -> Iterator[dict[str, Remote]]:
     """A cluster with a node in its auth process and one in tunnel mode, and a logged-in user;
@@ -253,8 +238,9 @@ def tether_site() -> Iterator[dict[str, Remote]]:
                 ),
             }
             deadline = time.monotonic() + NODE_READY_TIMEOUT
+            # a node's tunnel comes up a little after the node starts
             for remote in remotes.values():
-                _wait_for_session(remote, deadline)
+                run_until_ok(remote.argv("true"), dict(remote.env), deadline)
             yield remotes
         finally:
             if node is not None:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 
+from _benchlib.procs import run_until_ok
+
 ROOT = "root"
 LEAF = "leaf0"
 NODE = "leaf-node"
@@ -180,7 +182,7 @@ def trust_site() -> Iterator[TrustSite]:
             )
             _wait_online(site)
             # the leaf's node learns the root's user CA on its next refresh (a few seconds)
-            _wait_session(site)
+            run_until_ok(site.ssh_argv(), dict(site.user_env), time.monotonic() + READY_TIMEOUT)
             yield site
         finally:
             for process in reversed(started):
@@ -199,27 +201,5 @@ def _wait_online(site: TrustSite) -> None:
             raise RuntimeError(
                 f"{site.leaf} did not come online at the root in {READY_TIMEOUT:.0f}s: "
                 f"{done.stderr.strip() or done.stdout.strip()}"
-            )
-        time.sleep(0.5)
-
-
-def _wait_session(site: TrustSite) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        done = subprocess.run(
-            site.ssh_argv(),
-            env=dict(site.user_env),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{' '.join(site.ssh_argv())} still fails after {READY_TIMEOUT:.0f}s "
-                f"(exit {done.returncode}): {done.stderr.strip()}"
             )
         time.sleep(0.5)
