@@ -908,6 +908,31 @@ async def test_new_roles_apply_to_the_next_login(setup: Setup) -> None:
     assert b"login 'visitor' is not allowed by roles (none)" in done.stderr
 
 
+async def test_one_login_is_one_authorization_and_one_audit(setup: Setup) -> None:
+    # OpenSSH asks whether the key would do, then signs with it: one decision, not two (a
+    # leaf's authorizer audits each role mapping it makes)
+    decisions: list[tuple[str, str]] = []
+    inner = RoleSetAuthorizer(roles_for=lambda _: setup.roles.current, node_labels={"env": "test"})
+
+    class Counting:
+        def authorize(self, identity: pki.Identity, login: str) -> Permissions:
+            decisions.append((identity.username, login))
+            return inner.authorize(identity, login)
+
+    setup.server.update(authorizer=Counting())
+    assert (await setup.ssh(LOGIN, "true", key=setup.user_files("alice"))).returncode == 0
+    assert decisions == [("alice", LOGIN)]
+    # and a refusal is one decision, audited once
+    inner = RoleSetAuthorizer(roles_for=lambda _: RoleSet([]), node_labels={"env": "test"})
+    decisions.clear()
+    assert (await setup.ssh(LOGIN, "true", key=setup.user_files("bob"))).returncode == 255
+    assert decisions == [("alice", LOGIN)]
+    refusals = [
+        f for e, f in setup.events if e == "ssh.denied" and "not allowed by roles" in f["reason"]
+    ]
+    assert len(refusals) == 1
+
+
 async def test_a_renewed_host_certificate_is_presented_to_the_next_client(setup: Setup) -> None:
     other = pki.ClusterAuthorities.generate(CLUSTER)  # a rotated host CA
     host_key = pki.generate_private_key()

@@ -315,6 +315,9 @@ class _NodeServer(asyncssh.SSHServer):
         # The node's own address, for SSH_CONNECTION; a tunnelled stream has none (0.0.0.0 0).
         self.local_addr: tuple[str, int] = ("0.0.0.0", 0)
         self._approved: _Grant | None = None  # the attempt being checked right now
+        # the last verdict, (login, key, grant or None): a client asks "would you accept this
+        # key?" and then signs with it, and one certificate is one decision (and one audit)
+        self._verdict: tuple[str, bytes, _Grant | None] | None = None
         self._reported: set[str] = set()
         self.grant: _Grant | None = None
         self.agent_forwarding = False
@@ -358,7 +361,11 @@ class _NodeServer(asyncssh.SSHServer):
         async def validate_public_key(
             username: str, key_data: bytes, msg: bytes, signature: bytes
         ) -> bool:
-            grant = self._verify(username, key_data)
+            if self._verdict is not None and self._verdict[:2] == (username, key_data):
+                grant = self._verdict[2]
+            else:
+                grant = self._verify(username, key_data)
+                self._verdict = (username, key_data, grant)
             if grant is None:
                 return False
             self._approved = grant
