@@ -47,7 +47,7 @@ from tether.tlsstream import TLSStream
 from tether.trust import ClusterTrust
 from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
 
-__all__ = ["run_daemon"]
+__all__ = ["run_daemon", "wait_for_stop_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -366,25 +366,38 @@ class _LazyHandler:
         await self._handler(stream)
 
 
-async def _watch_signals(cancel_scope: trio.CancelScope, ctx: ServiceContext) -> None:
+async def wait_for_stop_signal() -> None:
+    """Return when SIGTERM or SIGHUP arrives (trio gives a signal to the newest receiver
+    only, so a process running several daemons watches once, for all of them)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
-            # graceful steps first (tunnel agents told to move), each given a moment
-            for stop in ctx.on_stop:
-                with trio.move_on_after(2):
-                    await stop()
-            cancel_scope.cancel()
             return
+
+
+async def _stop_gracefully(
+    cancel_scope: trio.CancelScope, ctx: ServiceContext, stop: trio.Event | None
+) -> None:
+    if stop is None:
+        await wait_for_stop_signal()
+    else:
+        await stop.wait()
+    # graceful steps first (tunnel agents told to move), each given a moment
+    for step in ctx.on_stop:
+        with trio.move_on_after(2):
+            await step()
+    cancel_scope.cancel()
 
 
 async def run_daemon(
     config: Config,
     pm: TetherPluginManager,
     *,
+    stop: trio.Event | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled (SIGTERM, SIGHUP and Ctrl-C stop it cleanly)."""
+    """Run until stopped: by SIGTERM or SIGHUP, or when given, by ``stop`` being set (its
+    owner watches the signals); either way cleanly. Cancelling (Ctrl-C) stops it at once."""
     # the data directory first, 0700: plugins configured next create directories inside it
     data_dir = trio.Path(config.data_dir)
     await data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -397,7 +410,9 @@ async def run_daemon(
         if config.auth_service.enabled:
             backend = await stack.enter_async_context(open_backend(config.storage_url, pm))
         async with trio.open_nursery() as nursery:
-            await _run_services(config, pm, backend, stack, nursery, process_file, task_status)
+            await _run_services(
+                config, pm, backend, stack, nursery, process_file, stop, task_status
+            )
 
 
 async def _run_services(
@@ -407,11 +422,12 @@ async def _run_services(
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
     process_file: pathlib.Path,
+    stop: trio.Event | None,
     task_status: trio.TaskStatus[dict[str, Any]],
 ) -> None:
     info: dict[str, Any] = {"pid": os.getpid(), "cluster_name": config.cluster_name}
     ctx = ServiceContext(config=config, pm=pm, nursery=nursery)
-    nursery.start_soon(_watch_signals, nursery.cancel_scope, ctx)
+    nursery.start_soon(_stop_gracefully, nursery.cancel_scope, ctx, stop)
     if backend is not None:
         auth, auth_addr = await _start_auth(config, pm, backend, nursery)
         info["auth_addr"] = auth_addr

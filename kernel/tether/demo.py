@@ -33,7 +33,7 @@ from tether.config import (
     config_to_dict,
     default_config,
 )
-from tether.daemon import run_daemon
+from tether.daemon import run_daemon, wait_for_stop_signal
 from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry
@@ -99,13 +99,21 @@ def _has_nodes(pm: TetherPluginManager) -> bool:
 async def _run_daemon_then_stop(
     config: Config,
     pm: TetherPluginManager,
-    scope: trio.CancelScope,
+    stop: trio.Event,
     *,
     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # a daemon returns when SIGTERM or SIGHUP stops it; the demo ends with either
-    await run_daemon(config, pm, task_status=task_status)
-    scope.cancel()
+    # both daemons stop together, each with its graceful steps, whichever way one stops
+    try:
+        await run_daemon(config, pm, stop=stop, task_status=task_status)
+    finally:
+        stop.set()
+
+
+async def _stop_on_signal(stop: trio.Event, scope: trio.CancelScope) -> None:
+    with scope:  # cancelled once the daemons stop some other way
+        await wait_for_stop_signal()
+        stop.set()
 
 
 def _trusted_cluster(token: str, root_proxy: str, ca_pin: str) -> dict[str, Any]:
@@ -195,9 +203,12 @@ async def run_demo(
         )
         root_path = _write_config(root, base / ROOT_CLUSTER / "tether.yaml")
         leaf_path = _write_config(leaf, base / LEAF_CLUSTER / "tether.yaml")
+        stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            await nursery.start(_run_daemon_then_stop, leaf, leaf_pm, nursery.cancel_scope)
-            info = await nursery.start(_run_daemon_then_stop, root, root_pm, nursery.cancel_scope)
+            watching = trio.CancelScope()
+            nursery.start_soon(_stop_on_signal, stop, watching)
+            await nursery.start(_run_daemon_then_stop, leaf, leaf_pm, stop)
+            info = await nursery.start(_run_daemon_then_stop, root, root_pm, stop)
             proxy = str(info["proxy_addr"])
             login = getpass.getuser()
             password = await _add_demo_user(root, login)
@@ -223,8 +234,9 @@ async def run_demo(
                     "leaf_config": str(leaf_path),
                 }
             )
-            await trio.sleep_forever()
-        # a daemon stopped on SIGTERM or SIGHUP (Ctrl-C is reported by `tetherd demo`)
+            await stop.wait()
+            watching.cancel()
+        # stopped by SIGTERM or SIGHUP (Ctrl-C is reported by `tetherd demo`)
         out.write("\nDemo stopped.\n")
     finally:
         if owned:

@@ -120,3 +120,27 @@ def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
     assert process.returncode == 0, rest
     assert b"Demo stopped." in rest
     assert not os.path.exists(pathlib.Path(root_config).parent.parent)
+
+
+def test_operator_stops_the_demo_with_sigterm_and_both_clusters_shut_down_cleanly() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tether.cli.tetherd", "--debug", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        printed = _read_until(process, "get trusted_cluster/root")
+        leaf_config = _printed_line(printed, "get trusted_cluster").split()[2]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    output = rest.decode()
+    assert process.returncode == 0, output
+    # one process, one signal watcher: the root and the leaf stop together on it
+    assert output.count("received SIGTERM, shutting down") == 1, output
+    assert "Demo stopped." in output
+    assert not os.path.exists(pathlib.Path(leaf_config).parent.parent)
