@@ -18,6 +18,7 @@ import pathlib
 import pty
 import pwd
 import shutil
+import signal
 import struct
 import subprocess
 import termios
@@ -465,6 +466,32 @@ async def test_a_client_that_goes_away_hangs_its_session_up(setup: Setup) -> Non
         assert _processes_of(uid, marker)
         client.kill()
     await _no_processes_left(uid, marker)
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipes", "pty"])
+async def test_sessions_start_with_default_signals_when_the_node_runs_under_nohup(
+    setup: Setup, terminal: bool
+) -> None:
+    # what `nohup tetherd start &` gives the node: SIGHUP, SIGINT and SIGQUIT ignored (and
+    # here SIGUSR1 blocked too); exec would pass all of that on to the sessions
+    ignored = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        ran = await setup.ssh(
+            LOGIN,
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status",
+            key=setup.user_files("alice"),
+            options=["-tt"] if terminal else [],
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.decode().replace("\r\n", "\n") == (
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    )
 
 
 async def test_stopping_the_server_ends_its_sessions(setup: Setup) -> None:

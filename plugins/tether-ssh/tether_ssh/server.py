@@ -678,8 +678,26 @@ def _drop_privileges(account: pwd.struct_passwd) -> dict[str, Any]:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": groups}
 
 
+#: Every signal a program can catch or ignore (SIGKILL and SIGSTOP it can do neither with).
+_CATCHABLE_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+
+
+def _default_signals() -> None:
+    """In the child: every signal's default action and none blocked, as a fresh login has them.
+
+    exec resets the signals the daemon handles but keeps those it ignores: a node started with
+    ``nohup`` (SIGHUP ignored) or as a shell's background job (SIGINT, SIGQUIT) would start
+    sessions that a hang-up or Ctrl-C cannot end.
+    """
+    for signum in _CATCHABLE_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _take_controlling_terminal() -> None:
-    """In the child, after setsid: make the PTY on stdin the session's controlling terminal."""
+    """In the child, after setsid: default signals, and the PTY on stdin as the session's
+    controlling terminal."""
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -799,7 +817,12 @@ async def _start_process(
         stderr_r, stderr_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, **common
+                *argv,
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                preexec_fn=_default_signals,
+                **common,
             )
         except BaseException:
             for fd in (stdin_w, stdout_r, stderr_r):
