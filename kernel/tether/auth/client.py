@@ -132,11 +132,17 @@ class AuthClient:
     async def record_event(
         self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
     ) -> None:
-        """Record an audit event that happened on this host."""
+        """Record an audit event that happened on this host; *user* is empty when nobody is
+        known (a key no CA signed, a stream refused before anyone logged in)."""
         await self.call(
             "POST",
             "/v1/audit",
-            json={"type": event_type, "user": user, "fields": dict(fields), "success": success},
+            json={
+                "type": event_type,
+                "user": user or None,  # the API takes a user or none, never an empty name
+                "fields": dict(fields),
+                "success": success,
+            },
         )
 
     async def create_resources(

@@ -244,7 +244,11 @@ def test_sessions_and_denials_are_audited(site: Site) -> None:
     while True:
         found = json.loads(site.cluster.tetherctl("audit", "search", "--format=json").stdout)
         ended = [e for e in found if e["type"] == "ssh.session.end" and e.get("exit_status") == 4]
-        denied = [e for e in found if e["type"] == "ssh.denied" and e.get("login") == "root"]
+        denied = [
+            e
+            for e in found
+            if e["type"] == "ssh.denied" and e.get("login") == "root" and e.get("user") == "alice"
+        ]
         if (ended and denied) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -252,6 +256,42 @@ def test_sessions_and_denials_are_audited(site: Site) -> None:
     assert ended[-1]["node"] == "tunnel-node"
     assert denied and "does not allow 'root'" in denied[-1]["reason"], found
     assert denied[-1]["success"] is False
+
+
+def test_a_key_no_ca_signed_is_refused_and_the_refusal_is_audited(
+    site: Site, tmp_path: pathlib.Path
+) -> None:
+    key = tmp_path / "stray"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    direct = next(n for n in _ls(site, "alice") if n["hostname"] == "direct-node")
+    host, port = str(direct["addr"]).rsplit(":", 1)
+    result = subprocess.run(
+        [
+            "ssh", "-F", "none", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-p", port, f"{LOGIN}@{host}", "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 255
+    assert "Permission denied" in result.stderr
+    # nobody is known behind that key, and the refusal is in the audit log all the same
+    deadline = time.monotonic() + 10
+    while True:
+        found = json.loads(
+            site.cluster.tetherctl("audit", "search", "--type=ssh.denied", "--format=json").stdout
+        )
+        denied = [e for e in found if e.get("node") == "direct-node" and not e.get("user")]
+        if denied or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert denied, json.dumps(found, indent=1)
+    assert denied[-1]["success"] is False
+    assert denied[-1]["login"] == LOGIN
+    assert "plain public key" in denied[-1]["reason"]
 
 
 # --- tether ssh and tether scp ---------------------------------------------------------------
