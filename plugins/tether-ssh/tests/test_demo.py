@@ -17,6 +17,22 @@ import time
 from tether.testing.cluster import run_cli
 
 
+def _as_from_a_terminal() -> None:
+    """In the demo's process: Ctrl-C's default action. A test run started as a background job
+    ignores SIGINT, and ignored signals outlive exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start_demo(*options: str) -> subprocess.Popen[bytes]:
+    """``tetherd [options] demo``, as a person starts it in a terminal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tether.cli.tetherd", *options, "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_as_from_a_terminal,
+    )
+
+
 def _read_until(process: subprocess.Popen[bytes], marker: str, timeout: float = 60) -> str:
     assert process.stdout is not None
     fd = process.stdout.fileno()
@@ -40,11 +56,7 @@ def _printed_line(printed: str, text: str) -> str:
 def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
     tmp_path: pathlib.Path,
 ) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli.tetherd", "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = _start_demo()
     try:
         printed = _read_until(process, "get trusted_cluster/root")
         login_line = _printed_line(printed, "tether login")
@@ -123,11 +135,7 @@ def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
 
 
 def test_operator_stops_the_demo_with_sigterm_and_both_clusters_shut_down_cleanly() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli.tetherd", "--debug", "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = _start_demo("--debug")
     try:
         printed = _read_until(process, "get trusted_cluster/root")
         leaf_config = _printed_line(printed, "get trusted_cluster").split()[2]
