@@ -144,6 +144,17 @@ def test_sso_user_is_kept_as_a_user_while_the_certificate_lasts(site: Site) -> N
     assert expires == datetime.datetime.fromisoformat(status(site, "uma")["valid_until"])
     listed = site.cluster.tetherctl("users", "ls").stdout
     assert "sso-uma" in listed
+    # the connector decides their roles: an admin's update would not outlive the next login
+    refused = site.cluster.tetherctl(
+        "users", "update", "sso-uma", "--set-roles=auditor", check=False
+    )
+    assert refused.returncode == 1
+    assert (
+        "user 'sso-uma' signs in through connector 'hooktest_sso/standin', which sets their "
+        "roles and traits at every login" in refused.stderr
+    )
+    assert "claims_to_roles" in refused.stderr
+    assert get_user(site, "sso-uma")["spec"]["roles"] == ["access"]
     # the next login replaces the record with what the provider says now
     site.provider.next_user = ("sso-uma", {"groups": ["admins"]})
     assert sso_login(site, "uma")[0] == 0

@@ -717,6 +717,15 @@ class AuthService:
         if item is None:
             raise NotFound(f"user {name!r} not found")
         user = resource_from_bytes(item.value, self.registry)
+        if _created_by_connector(user):
+            by = user.spec.created_by.connector
+            raise TetherError(
+                f"user {name!r} signs in through connector '{by.type}/{by.id}', which sets "
+                "their roles and traits at every login; an update here would be undone at "
+                "the next one",
+                hint="change the connector's mapping (claims_to_roles or its equivalent) "
+                "or the user's groups at the identity provider",
+            )
         spec = user.spec
         if roles is not None:
             spec = attrs.evolve(spec, roles=tuple(roles))
