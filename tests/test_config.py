@@ -286,6 +286,12 @@ def test_zero_duration_is_refused() -> None:
     )
 
 
+def test_a_rate_limit_that_lets_nothing_through_is_refused() -> None:
+    assert error_of("proxy_service:\n  rate_limit:\n    average: 0\n") == (
+        "tether.yaml:3: proxy_service.rate_limit.average: must be greater than zero"
+    )
+
+
 def test_bad_severity_lists_the_allowed_values() -> None:
     assert error_of("log:\n  severity: LOUD\n") == (
         "tether.yaml:2: log.severity: 'LOUD' is not one of DEBUG, INFO, WARN, WARNING, ERROR"

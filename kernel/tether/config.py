@@ -52,6 +52,7 @@ __all__ = [
     "LogFormat",
     "PluginsConfig",
     "ProxyServiceConfig",
+    "RateLimitConfig",
     "Severity",
     "SshServiceConfig",
     "StorageConfig",
@@ -249,6 +250,18 @@ class AuthServiceConfig:
 
 
 @attrs.frozen
+class RateLimitConfig:
+    """``proxy_service.rate_limit:``: how often one client address may call the endpoints that
+    take no certificate (login, sign-up, SSO login, join, trusted cluster validation)."""
+
+    average: int = attrs.field(default=10, validator=_positive)
+    burst: int = attrs.field(default=40, validator=_positive)
+    period: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(seconds=1), validator=_positive
+    )
+
+
+@attrs.frozen
 class ProxyServiceConfig:
     """``proxy_service:``: the one public port (tunnels, SSH front door, web API)."""
 
@@ -257,6 +270,7 @@ class ProxyServiceConfig:
     public_addr: HostPort | None = None
     https_cert_file: pathlib.Path | None = None
     https_key_file: pathlib.Path | None = None
+    rate_limit: RateLimitConfig = RateLimitConfig()
 
     def __attrs_post_init__(self) -> None:
         # A certificate without its key (or the reverse) cannot serve TLS; say so at load time
@@ -786,6 +800,13 @@ proxy_service:
   # The web certificate and its key (PEM files); null issues one from the cluster's X.509 CA.
   https_cert_file: null
   https_key_file: null
+  # Per client address, on the endpoints anyone may call (login, sign-up, SSO login, join,
+  # trusted cluster validation): average requests per period, burst of them at once. Raise it
+  # when many clients share one address (a NAT, a load balancer that hides them).
+  rate_limit:
+    average: 10
+    burst: 40
+    period: 1s
 
 join:
   # How a host without a local auth service joins: a node (`tetherd start --roles=node`) or

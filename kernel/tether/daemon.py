@@ -41,6 +41,7 @@ from tether.proxy.trust import ProxyTrust
 from tether.proxy.trust_agents import TrustAgents
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
+from tether.ratelimit import RateLimiter
 from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, peer_address, serve_tls
 from tether.tlsstream import TLSStream
@@ -276,7 +277,9 @@ async def _start_proxy(
     await nursery.start(recorder.run)
     ctx.extras["tunnel_server"] = tunnels
     ctx.on_stop.append(tunnels.goaway_all)
-    web = _LazyHandler(holder, auth_client, tunnels)
+    rate = config.proxy_service.rate_limit
+    limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
+    web = _LazyHandler(holder, auth_client, tunnels, limiter)
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
@@ -352,16 +355,23 @@ class _LazyHandler:
     """Builds the web app on first use, once the proxy knows its own port."""
 
     def __init__(
-        self, holder: dict[str, ProxyWebInfo], auth: AuthClient, tunnels: TunnelServer
+        self,
+        holder: dict[str, ProxyWebInfo],
+        auth: AuthClient,
+        tunnels: TunnelServer,
+        limiter: RateLimiter,
     ) -> None:
         self._holder = holder
         self._auth = auth
         self._tunnels = tunnels
+        self._limiter = limiter
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
         if self._handler is None:
-            app = build_web_app(self._holder["info"], self._auth, tunnels=self._tunnels)
+            app = build_web_app(
+                self._holder["info"], self._auth, limiter=self._limiter, tunnels=self._tunnels
+            )
             self._handler = ASGIHandler(app)
         await self._handler(stream)
 

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "NotFound",
     "PluginError",
+    "RateLimited",
     "ResourceError",
     "TetherError",
     "TrustError",
@@ -64,6 +65,10 @@ class CompareFailed(TetherError):
 
 class AccessDenied(TetherError):
     """The caller's identity is not allowed to do this; the message says which check failed."""
+
+
+class RateLimited(TetherError):
+    """The client made more requests than the server lets one address make; try again later."""
 
 
 class TrustError(TetherError):

@@ -42,6 +42,7 @@ _STATUS: dict[type[errors.TetherError], int] = {
     errors.CompareFailed: 409,
     errors.ResourceError: 400,
     errors.ConfigError: 400,
+    errors.RateLimited: 429,
 }
 
 _CLASSES: dict[str, type[errors.TetherError]] = {
@@ -55,6 +56,7 @@ _CLASSES: dict[str, type[errors.TetherError]] = {
         errors.CompareFailed,
         errors.ResourceError,
         errors.ConfigError,
+        errors.RateLimited,
     )
 }
 

@@ -8,11 +8,15 @@ certificate attached; auth verifies it (see :mod:`tether.auth.api`).
 from __future__ import annotations
 
 import base64
+import functools
 import html
+import math
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -22,11 +26,14 @@ import tether
 from tether import pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
-from tether.errors import AccessDenied, TetherError
+from tether.durations import format_duration
+from tether.errors import AccessDenied, RateLimited, TetherError
 from tether.proxy.metrics import metrics_route
+from tether.ratelimit import RateLimiter
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
     error_status,
+    error_to_json,
     exception_handlers,
     number_field,
     optional_string_field,
@@ -65,11 +72,44 @@ def ping_json(info: ProxyWebInfo) -> dict[str, Any]:
     }
 
 
+_Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _rate_limited(limiter: RateLimiter, endpoint: _Endpoint) -> _Endpoint:
+    """``endpoint``, answering 429 with Retry-After to a client address over its rate."""
+
+    @functools.wraps(endpoint)
+    async def limited(request: Request) -> Response:
+        host = request.client.host if request.client else "unknown"
+        wait = limiter.take(host, trio.current_time())
+        if wait:
+            error = RateLimited(
+                f"too many requests from {host}; try again in {wait:.1f}s",
+                hint=f"the proxy takes {limiter.burst} at once and {limiter.average} per "
+                f"{format_duration(limiter.period)} from one address (proxy_service.rate_limit)",
+            )
+            return JSONResponse(
+                error_to_json(error),
+                status_code=error_status(error),
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        return await endpoint(request)
+
+    return limited
+
+
 def build_web_app(
-    info: ProxyWebInfo, auth: AuthClient, *, tunnels: TunnelServer | None = None
+    info: ProxyWebInfo,
+    auth: AuthClient,
+    *,
+    limiter: RateLimiter,
+    tunnels: TunnelServer | None = None,
 ) -> Starlette:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
 
+    :param limiter: holds each client address to its rate on the endpoints that take no
+        certificate and cost the cluster work or storage (login, sign-up, SSO login, join,
+        trusted cluster validation).
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
     """
 
@@ -161,18 +201,25 @@ def build_web_app(
         )
         return JSONResponse(result)
 
+    def limited(endpoint: _Endpoint) -> _Endpoint:
+        return _rate_limited(limiter, endpoint)
+
     return Starlette(
         routes=[
             Route("/webapi/ping", ping),
             Route("/webapi/cluster-ca", cluster_ca),
-            Route("/webapi/login", login, methods=["POST"]),
-            Route("/webapi/signup", signup, methods=["POST"]),
+            Route("/webapi/login", limited(login), methods=["POST"]),
+            Route("/webapi/signup", limited(signup), methods=["POST"]),
             Route("/webapi/connectors", connectors),
-            Route("/webapi/sso/login", sso_login, methods=["POST"]),
+            Route("/webapi/sso/login", limited(sso_login), methods=["POST"]),
             Route("/webapi/sso/callback", sso_callback, methods=["GET", "POST"]),
             Route("/webapi/sso/collect", sso_collect, methods=["POST"]),
-            Route("/webapi/join", join, methods=["POST"]),
-            Route("/webapi/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
+            Route("/webapi/join", limited(join), methods=["POST"]),
+            Route(
+                "/webapi/trustedclusters/validate",
+                limited(validate_trusted_cluster),
+                methods=["POST"],
+            ),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
             metrics_route(info.cluster_name, auth, tunnels),
         ],
