@@ -33,6 +33,17 @@ def _start_demo(*options: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _stop_demo(process: subprocess.Popen[bytes], sig: int) -> str:
+    """Send ``sig`` and return what the demo printed until it exited (killed after 30 s)."""
+    process.send_signal(sig)
+    try:
+        rest, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return rest.decode()
+
+
 def _read_until(process: subprocess.Popen[bytes], marker: str, timeout: float = 60) -> str:
     assert process.stdout is not None
     fd = process.stdout.fileno()
@@ -123,14 +134,9 @@ def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
         )
         assert [e["cluster"] for e in json.loads(sessions.stdout)] == ["leaf"]
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            rest, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        rest = _stop_demo(process, signal.SIGINT)
     assert process.returncode == 0, rest
-    assert b"Demo stopped." in rest
+    assert "Demo stopped." in rest
     assert not os.path.exists(pathlib.Path(root_config).parent.parent)
 
 
@@ -140,13 +146,7 @@ def test_operator_stops_the_demo_with_sigterm_and_both_clusters_shut_down_cleanl
         printed = _read_until(process, "get trusted_cluster/root")
         leaf_config = _printed_line(printed, "get trusted_cluster").split()[2]
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            rest, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    output = rest.decode()
+        output = _stop_demo(process, signal.SIGTERM)
     assert process.returncode == 0, output
     # one process, one signal watcher: the root and the leaf stop together on it
     assert output.count("received SIGTERM, shutting down") == 1, output
