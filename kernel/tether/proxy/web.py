@@ -84,7 +84,8 @@ def _rate_limited(limiter: RateLimiter, endpoint: _Endpoint) -> _Endpoint:
         wait = limiter.take(host, trio.current_time())
         if wait:
             error = RateLimited(
-                f"too many requests from {host}; try again in {wait:.1f}s",
+                # rounded up: "try again in 0.0s" would invite the next refusal
+                f"too many requests from {host}; try again in {math.ceil(wait * 10) / 10:.1f}s",
                 hint=f"the proxy takes {limiter.burst} at once and {limiter.average} per "
                 f"{format_duration(limiter.period)} from one address (proxy_service.rate_limit)",
             )
@@ -201,9 +202,7 @@ def build_web_app(
         )
         return JSONResponse(result)
 
-    def limited(endpoint: _Endpoint) -> _Endpoint:
-        return _rate_limited(limiter, endpoint)
-
+    limited = functools.partial(_rate_limited, limiter)
     return Starlette(
         routes=[
             Route("/webapi/ping", ping),
