@@ -477,3 +477,36 @@ def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
     finally:
         for process in reversed(started):
             process.stop()
+
+
+def test_a_leaf_without_the_ssh_plugin_says_so_and_audits_the_refused_stream(
+    tmp_path: pathlib.Path,
+) -> None:
+    root = start_cluster(tmp_path / "root", "root")
+    started: list[RunningCluster] = [root]
+    try:
+        leaf = start_cluster(tmp_path / "leaf", "leaf", config={"plugins": {"disabled": ["ssh"]}})
+        started.append(leaf)
+        root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
+        root.login("alice", PASSWORD)
+        trust = Trust(root, leaf, None, tmp_path)  # type: ignore[arg-type]
+        trust.apply(trusted_cluster_yaml(root, trust.invite()))
+        wait_for(lambda: connection(root) == "online", "the leaf to come online")
+
+        listed = root.tether("alice", "ls", "--cluster=leaf", check=False)
+        assert listed.returncode == 1
+        assert "cluster 'leaf' serves no 'ssh'" in listed.stderr
+
+        def refused() -> list[dict[str, object]]:
+            found = leaf.tetherctl(
+                "audit", "search", "--type=trust.stream.refused", "--format=json"
+            ).stdout
+            return list(json.loads(found))
+
+        wait_for(lambda: bool(refused()), "the leaf to audit the refused stream")
+        (event,) = refused()
+        assert (event["root"], event["target"], event["success"]) == ("root", "ssh", False)
+        assert not event.get("user")  # nobody is known: the stream was refused before a login
+    finally:
+        for process in reversed(started):
+            process.stop()
