@@ -12,6 +12,7 @@ the protocol beyond that.
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ import attrs
 
 from tether import pki
 from tether.auth.client import FORWARDED_CERT_HEADER
-from tether.errors import AccessDenied, PluginError
+from tether.errors import AccessDenied, PluginError, TetherError
 from tether.tlsserver import peer_certificate_der
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ __all__ = [
     "RemoteRequest",
     "collect_protocols",
 ]
+
+log = logging.getLogger(__name__)
 
 #: ALPN ids the kernel serves itself; a plugin may not claim them.
 KERNEL_ALPN = frozenset({"h2", "http/1.1", "tether-tunnel/1"})
@@ -98,7 +101,7 @@ class RemoteRequest:
     """A stream a root cluster's proxy opened through a leaf's tunnel, at the leaf's proxy.
 
     :param request: the incoming stream: ``target`` is the protocol's name, ``metadata`` what
-        the root's handler sent; ``accept()`` it or ``reject(reason)``.
+        the root's handler sent; ``accept()`` it, or :meth:`refuse` it (which audits).
     :param cluster: the root cluster that opened it.
     :param proxy: this (leaf) proxy.
     """
@@ -106,6 +109,19 @@ class RemoteRequest:
     request: IncomingStream
     cluster: str
     proxy: ProxyContext
+
+    async def refuse(self, reason: str, **fields: str) -> None:
+        """Reject the stream with ``reason`` and audit the refusal here, on the leaf where it
+        happened, as ``trust.stream.refused`` (with the root, the target, the reason and
+        ``fields``). A failure to audit is logged, not raised: the refusal stands either way.
+        """
+        log.info("refused root cluster %s (%s): %s", self.cluster, self.request.target, reason)
+        self.request.reject(reason)
+        event = {"root": self.cluster, "target": self.request.target, "reason": reason, **fields}
+        try:
+            await self.proxy.auth.record_event("trust.stream.refused", "", event, success=False)
+        except (TetherError, OSError) as exc:
+            log.warning("could not audit a refused stream from %s: %s", self.cluster, exc)
 
 
 @attrs.frozen

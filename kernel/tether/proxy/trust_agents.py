@@ -23,7 +23,6 @@ from cryptography import x509
 
 from tether import pki
 from tether.config import HostPort
-from tether.errors import TetherError
 from tether.protocols import ProtocolHandler, ProxyContext, RemoteRequest
 from tether.proxy.trust import ProxyTrust
 from tether.tlsstream import TLSStream
@@ -141,20 +140,9 @@ class TrustAgents:
             await trio.sleep_forever()
 
     async def _serve(self, root: str, request: IncomingStream) -> None:
+        remote = RemoteRequest(request=request, cluster=root, proxy=self._proxy)
         handler = self._protocols.get(request.target)
         if handler is None or handler.serve_remote is None:
-            log.warning(
-                "root cluster %s asked for %r, which nothing here serves", root, request.target
-            )
-            request.reject(f"cluster {self.trust.cluster_name!r} serves no {request.target!r}")
-            try:
-                await self._proxy.auth.record_event(
-                    "trust.stream.refused",
-                    "",
-                    {"root": root, "target": request.target},
-                    success=False,
-                )
-            except TetherError as exc:
-                log.warning("could not audit a refused stream from %s: %s", root, exc)
+            await remote.refuse(f"cluster {self.trust.cluster_name!r} serves no {request.target!r}")
             return
-        await handler.serve_remote(RemoteRequest(request=request, cluster=root, proxy=self._proxy))
+        await handler.serve_remote(remote)

@@ -99,9 +99,10 @@ class Trust:
         return str(invitation["token"])
 
     def ssh(self, *command: str) -> tuple[int, str, str]:
-        result = self.root.tether(
-            "alice", "ssh", "--cluster=leaf", "visitor@leaf-node", *command, check=False
-        )
+        return self.ssh_to("visitor@leaf-node", *command)
+
+    def ssh_to(self, target: str, *command: str) -> tuple[int, str, str]:
+        result = self.root.tether("alice", "ssh", "--cluster=leaf", target, *command, check=False)
         return result.returncode, result.stdout, result.stderr
 
 
@@ -240,6 +241,24 @@ def test_tether_clusters_lists_the_root_and_the_online_leaf(trust: Trust) -> Non
 def test_root_user_lists_the_leaf_nodes_their_mapped_roles_reach(trust: Trust) -> None:
     listed = json.loads(trust.root.tether("alice", "ls", "--cluster=leaf", "-f", "json").stdout)
     assert [(n["hostname"], n["labels"]) for n in listed] == [("leaf-node", {"env": "leaf"})]
+
+
+def test_leaf_dials_only_its_own_nodes_and_audits_what_it_refuses(trust: Trust) -> None:
+    # an address that is no node of the leaf: the leaf never dials what a root names
+    code, _, err = trust.ssh_to("visitor@192.0.2.10:22", "true")
+    assert code == 255
+    assert "192.0.2.10" in err and "not found" in err, err
+
+    def refused() -> list[dict[str, object]]:
+        found = trust.leaf.tetherctl(
+            "audit", "search", "--type=trust.stream.refused", "--format=json"
+        ).stdout
+        return [e for e in json.loads(found) if e.get("node") == "192.0.2.10:22"]
+
+    wait_for(lambda: bool(refused()), "the leaf to audit the refused stream")
+    (event,) = refused()
+    assert (event["root"], event["target"], event["success"]) == ("root", "ssh", False)
+    assert "192.0.2.10" in str(event["reason"])
 
 
 def test_login_selects_the_leaf_for_later_commands(trust: Trust) -> None:

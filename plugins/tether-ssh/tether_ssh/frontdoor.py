@@ -342,7 +342,7 @@ async def serve_remote(req: RemoteRequest) -> None:
         try:
             docs = await req.proxy.auth.get_resources("node", headers=headers)
         except TetherError as exc:
-            request.reject(exc.message)
+            await req.refuse(exc.message, op="list")
             return
         stream = request.accept()
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -358,8 +358,7 @@ async def serve_remote(req: RemoteRequest) -> None:
         target = await _dial_node(req.proxy, peer, node, port)
     except (TetherError, ValueError) as exc:
         reason = exc.message if isinstance(exc, TetherError) else str(exc)
-        log.info("ssh: refused root cluster %s: %s", req.cluster, reason)
-        request.reject(reason)
+        await req.refuse(reason, node=metadata.get("node", ""))
         return
     stream = request.accept()
     try:
