@@ -51,7 +51,13 @@ from ._ssh import (
     verify_ssh_host_cert,
     verify_ssh_user_cert,
 )
-from ._tls import client_ssl_context, identity_from_peer, server_ssl_context
+from ._tls import (
+    client_ssl_context,
+    identity_from_peer,
+    present_certificate,
+    server_ssl_context,
+)
+from ._verify import CLOCK_SKEW
 from ._x509 import (
     TETHER_IDENTITY_OID,
     issue_x509_cert,
@@ -61,6 +67,7 @@ from ._x509 import (
 )
 
 __all__ = [
+    "CLOCK_SKEW",
     "IDENTITY_KINDS",
     "SSH_CLUSTER_EXTENSION",
     "SSH_IDENTITY_EXTENSION",
@@ -93,6 +100,7 @@ __all__ = [
     "load_certs",
     "load_private_key",
     "load_public_key",
+    "present_certificate",
     "private_key_to_openssh",
     "private_key_to_pem",
     "public_key_to_pem",

@@ -29,7 +29,7 @@ from ._authority import SSHCertAuthority
 from ._errors import CertificateTampered, MalformedCertificate, UnknownAuthority
 from ._identity import HostIdentity, Identity
 from ._keys import SubjectPublicKey, load_public_key
-from ._verify import Envelope, utc_now, verify_envelope
+from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
 
 __all__ = [
     "SSH_CLUSTER_EXTENSION",
@@ -46,8 +46,6 @@ SSH_IDENTITY_EXTENSION = "tether-identity@tether.dev"
 #: Host certificates: the name of the cluster whose host CA signed it.
 SSH_CLUSTER_EXTENSION = "tether-cluster@tether.dev"
 
-#: Allowance for clocks that run slightly behind the issuer's.
-CLOCK_SKEW = datetime.timedelta(minutes=1)
 
 #: A trusted SSH CA: its authority object, public key, or OpenSSH public key line.
 SSHTrustAnchor: TypeAlias = (
@@ -244,7 +242,8 @@ def verify_ssh_host_cert(
         check_signature=_signature_checker(cert, trusted_cas, label, signers),
         decode=decode,
         principals=tuple(_text(p) for p in cert.valid_principals),
-        renew_hint="restart the host's agent so that it renews its certificate",
+        renew_hint="a host renews its certificate while it runs; one that was stopped past "
+        "the expiry joins again with a new token",
     )
     return verify_envelope(envelope, principal=principal, now=now)
 

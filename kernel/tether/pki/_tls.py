@@ -30,6 +30,7 @@ __all__ = [
     "PeerCertificateSource",
     "client_ssl_context",
     "identity_from_peer",
+    "present_certificate",
     "server_ssl_context",
 ]
 
@@ -74,7 +75,12 @@ def _pem_path(data: bytes) -> Iterator[str]:
         yield str(path)
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: x509.Certificate, key: PrivateKey) -> None:
+def present_certificate(ctx: ssl.SSLContext, cert: x509.Certificate, key: PrivateKey) -> None:
+    """Make *ctx* present *cert* (with *key*) in its handshakes from now on.
+
+    Connections already made keep the certificate they presented; a host that renews its
+    certificate calls this on the contexts it holds instead of rebuilding every client.
+    """
     with _pem_path(cert_to_pem(cert) + private_key_to_pem(key)) as path:
         ctx.load_cert_chain(path)
 
@@ -109,7 +115,7 @@ def server_ssl_context(
     if client_auth != "none" and not client_cas:
         raise ValueError(f"client_auth={client_auth!r} needs at least one client CA")
     ctx = _base_context(server=True, alpn=alpn)
-    _load_chain(ctx, cert, key)
+    present_certificate(ctx, cert, key)
     if client_cas:
         ctx.load_verify_locations(cadata=_ca_bundle(client_cas))
     ctx.verify_mode = CLIENT_AUTH_MODES[client_auth]
@@ -143,7 +149,7 @@ def client_ssl_context(
     else:
         ctx.load_verify_locations(cadata=_ca_bundle(trusted_cas))
     if cert is not None and key is not None:
-        _load_chain(ctx, cert, key)
+        present_certificate(ctx, cert, key)
     return ctx
 
 

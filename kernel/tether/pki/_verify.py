@@ -23,9 +23,13 @@ from ._errors import (
 )
 from ._identity import format_time
 
-__all__ = ["Envelope", "utc_now", "verify_envelope"]
+__all__ = ["CLOCK_SKEW", "Envelope", "utc_now", "verify_envelope"]
 
 T = TypeVar("T")
+
+#: How far before its issue a certificate is valid from: an allowance for clocks that run
+#: slightly behind the issuer's.
+CLOCK_SKEW = datetime.timedelta(minutes=1)
 
 
 def utc_now(now: datetime.datetime | None) -> datetime.datetime:

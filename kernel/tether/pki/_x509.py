@@ -22,7 +22,7 @@ from ._authority import X509CertAuthority, signing_hash
 from ._errors import CertificateTampered, MalformedCertificate, UnknownAuthority
 from ._identity import Identity
 from ._keys import SubjectPublicKey, load_cert, load_public_key
-from ._verify import Envelope, utc_now, verify_envelope
+from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
 
 __all__ = [
     "TETHER_IDENTITY_OID",
@@ -36,8 +36,6 @@ __all__ = [
 #: derived from a random UUID (ITU-T X.667): unique without registering an enterprise number.
 TETHER_IDENTITY_OID = x509.ObjectIdentifier("2.25.202323475416061642231168755390122179760")
 
-#: Allowance for clocks that run slightly behind the issuer's.
-CLOCK_SKEW = datetime.timedelta(minutes=1)
 
 #: A trusted X.509 CA: its certificate, or the authority object holding it.
 X509TrustAnchor: TypeAlias = x509.Certificate | X509CertAuthority
