@@ -10,8 +10,16 @@ import pytest
 import trio
 
 from tether import pki
+from tether.auth.client import AuthClient
+from tether.datadir import admin_identity_paths
 from tether.errors import AccessDenied, TrustError
-from tether.node.join import join_cluster, load_identity, save_identity
+from tether.node.join import (
+    join_cluster,
+    load_identity,
+    renew_identity,
+    renewal_due,
+    save_identity,
+)
 from tether.testing.cluster import RunningCluster
 from tether.tlsstream import TLSStream
 from tether.tunnel.agent import AgentPool
@@ -58,6 +66,47 @@ async def test_node_joins_with_a_token_and_holds_standard_host_certificates(
         cluster.tetherctl("audit", "search", "--type=host.joined", "--format=json").stdout
     )
     assert any(e["user"] == "node-1" and e["role"] == "node" for e in events)
+
+
+async def test_joined_node_renews_its_certificates_with_the_ones_it_holds(
+    tether_cluster: RunningCluster,
+) -> None:
+    cluster = tether_cluster
+    joined = await join_cluster(
+        cluster.proxy_addr,
+        node_token(cluster),
+        host_id="node-renewing",
+        hostname="web-2",
+        ca_pin=cluster.ca_pin,
+    )
+    assert renewal_due(joined) < joined.tls_cert.not_valid_after_utc
+    # through the proxy, as a node in tunnel mode asks: its certificate is the credential
+    context = pki.client_ssl_context(
+        trusted_cas=list(joined.tls_cas), cert=joined.tls_cert, key=joined.private_key
+    )
+    async with AuthClient(f"https://{cluster.proxy_addr}", context) as api:
+        renewed = await renew_identity(api, hostname="web-2")
+    assert (renewed.identity.username, renewed.identity.kind) == ("node-renewing", "node")
+    assert pki.public_key_to_pem(renewed.private_key.public_key()) != pki.public_key_to_pem(
+        joined.private_key.public_key()
+    ), "a renewal brings a new key"
+    assert renewed.tls_cert.not_valid_after_utc >= joined.tls_cert.not_valid_after_utc
+    pki.verify_x509_cert(renewed.tls_cert, trusted_cas=list(renewed.tls_cas))
+    events = json.loads(
+        cluster.tetherctl("audit", "search", "--type=host.renewed", "--format=json").stdout
+    )
+    assert [e["user"] for e in events] == ["node-renewing"]
+
+    # the cluster's admin holds no host certificates: nothing to renew
+    cert, key, ca = admin_identity_paths(cluster.data_dir)
+    admin = pki.client_ssl_context(
+        trusted_cas=pki.load_certs(ca.read_bytes()),
+        cert=pki.load_cert(cert.read_bytes()),
+        key=pki.load_private_key(key.read_bytes()),
+    )
+    async with AuthClient(f"https://{cluster.auth_addr}", admin) as api:
+        with pytest.raises(AccessDenied, match="has no host certificates to renew here"):
+            await renew_identity(api, hostname="anything")
 
 
 async def test_wrong_expired_or_foreign_tokens_are_refused(

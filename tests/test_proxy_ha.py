@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tether import pki
+from tether.node.join import load_identity, renewal_due
 from tether.resources import KindRegistry, parse_resources
 from tether.testing.cluster import (
     RunningCluster,
@@ -95,6 +96,28 @@ def test_restarted_proxy_needs_no_token(cluster: RunningCluster, second_proxy: R
     second_proxy.restart()
     assert "proxy proxy-b: using the identity saved in" in second_proxy.log_text()
     wait_for_entries(cluster, {"main-node", "proxy-b"})
+
+
+def test_restarted_proxy_renews_certificates_two_thirds_through_their_lifetime(
+    tether_cluster_factory: object, tmp_path: pathlib.Path
+) -> None:
+    short: RunningCluster = tether_cluster_factory(  # type: ignore[operator]
+        config={"auth_service": {"host_cert_ttl": "12s"}}
+    )
+    proxy = start_proxy(short, tmp_path / "proxy-c", "proxy-c")
+    try:
+        proxy.stop()
+        joined = load_identity(tmp_path / "proxy-c/data/proxy")
+        assert joined is not None
+        time.sleep(max(renewal_due(joined).timestamp() - time.time() + 0.2, 0))
+        proxy.restart()
+        assert "proxy proxy-c renewed its certificates" in proxy.log_text()
+        renewed = load_identity(tmp_path / "proxy-c/data/proxy")
+        assert renewed is not None
+        assert renewed.tls_cert.not_valid_after_utc > joined.tls_cert.not_valid_after_utc
+        wait_for_entries(short, {"main-node", "proxy-c"})  # and it works with them
+    finally:
+        proxy.stop()
 
 
 def _start_lone_proxy(tmp_path: pathlib.Path, *flags: str) -> tuple[int, str]:

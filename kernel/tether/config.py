@@ -246,6 +246,9 @@ class AuthServiceConfig:
     signup_token_ttl: datetime.timedelta = attrs.field(
         default=datetime.timedelta(hours=1), validator=_positive
     )
+    host_cert_ttl: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(days=365), validator=_positive
+    )
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
 
 
@@ -787,6 +790,9 @@ auth_service:
   lockout_duration: 30m
   # How long a sign-up invitation stays valid.
   signup_token_ttl: 1h
+  # Lifetime of the certificates of joined nodes and proxies; each renews its own once two
+  # thirds of it have passed, while it runs.
+  host_cert_ttl: 8760h
   # Key algorithm of new certificate authorities: ed25519 or ecdsa-p256.
   ca_algorithm: ed25519
 

@@ -16,7 +16,7 @@ import os
 import pathlib
 import signal
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -33,7 +33,13 @@ from tether.backend import Backend, open_backend
 from tether.config import Config, HostPort
 from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
-from tether.node.join import join_cluster, load_identity, save_identity
+from tether.node.join import (
+    JoinedIdentity,
+    load_or_join,
+    renew_identity,
+    renewal_due,
+    save_identity,
+)
 from tether.plugins import TetherPluginManager
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
 from tether.proxy.peers import ProxyPeers
@@ -183,31 +189,26 @@ async def _joined_proxy_identity(config: Config) -> tuple[_ProxyIdentity, str]:
             "a proxy without an auth service in its process needs the auth server's address",
             hint="pass --auth-server=HOST:PORT (and --token with a proxy token the first time)",
         )
+    listen = config.proxy_service.listen_addr
+    public = config.proxy_service.public_addr
+    dns, ips = _server_names(config, listen.host, public.host if public else "")
     directory = pathlib.Path(config.data_dir) / "proxy"
-    joined = await trio.to_thread.run_sync(load_identity, directory)
-    if joined is None:
-        if not join.token:
-            raise ConfigError(
-                f"this proxy has not joined yet and has no token to join {join.auth_server} with",
-                hint="create one with `tetherctl tokens add --type=proxy` and pass --token",
-            )
-        listen = config.proxy_service.listen_addr
-        public = config.proxy_service.public_addr
-        dns, ips = _server_names(config, listen.host, public.host if public else "")
-        joined = await join_cluster(
-            str(join.auth_server),
-            join.token,
-            host_id=config.nodename,
-            hostname=config.nodename,
-            role="proxy",
-            addresses=[*dns, *ips],
-            ca_pin=join.ca_pin,
-            insecure=join.insecure,
-        )
+    joined = await load_or_join(
+        directory,
+        str(join.auth_server),
+        join.token,
+        role="proxy",
+        host_id=config.nodename,
+        hostname=config.nodename,
+        addresses=[*dns, *ips],
+        ca_pin=join.ca_pin,
+        insecure=join.insecure,
+    )
+    if renewal_due(joined) <= datetime.datetime.now(datetime.UTC):
+        # renewed at start only: a proxy running past two thirds of its certificates'
+        # lifetime renews them at its next start (nodes renew while they run)
+        joined = await _renew_proxy_identity(joined, f"https://{join.auth_server}", [*dns, *ips])
         await trio.to_thread.run_sync(save_identity, directory, joined)
-        log.info("proxy %s joined cluster %s", config.nodename, joined.identity.cluster)
-    else:
-        log.info("proxy %s: using the identity saved in %s", config.nodename, directory)
     identity = _ProxyIdentity(
         joined.identity.cluster,
         joined.identity.username,
@@ -216,6 +217,22 @@ async def _joined_proxy_identity(config: Config) -> tuple[_ProxyIdentity, str]:
         joined.tls_cas,
     )
     return identity, f"https://{join.auth_server}"
+
+
+async def _renew_proxy_identity(
+    joined: JoinedIdentity, auth_url: str, addresses: Sequence[str]
+) -> JoinedIdentity:
+    context = pki.client_ssl_context(
+        trusted_cas=list(joined.tls_cas), cert=joined.tls_cert, key=joined.private_key
+    )
+    async with AuthClient(auth_url, context) as api:
+        renewed = await renew_identity(api, hostname=joined.identity.username, addresses=addresses)
+    log.info(
+        "proxy %s renewed its certificates; they expire at %s",
+        joined.identity.username,
+        renewed.tls_cert.not_valid_after_utc.isoformat(),
+    )
+    return renewed
 
 
 async def _start_proxy(

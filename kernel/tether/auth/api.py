@@ -223,6 +223,19 @@ def build_app(auth: AuthService) -> Starlette:
         )
         return JSONResponse(join_result_to_json(result))
 
+    async def renew_host(request: Request) -> JSONResponse:
+        # the host's current certificate is the credential: no token a second time
+        identity = _peer_identity(request, auth)
+        data = await read_json_object(request)
+        result = await auth.renew_host_identity(
+            identity,
+            hostname=string_field(data, "hostname"),
+            addresses=string_list_field(data, "addresses") or [],
+            ssh_public_key=string_field(data, "ssh_public_key"),
+            tls_public_key_pem=string_field(data, "tls_public_key"),
+        )
+        return JSONResponse(join_result_to_json(result))
+
     async def publish(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
         data = await read_json_object(request)
@@ -345,6 +358,7 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/audit", audit_search, methods=["GET"]),
             Route("/v1/audit", record_event, methods=["POST"]),
             Route("/v1/presence", publish, methods=["PUT"]),
+            Route("/v1/hosts/renew", renew_host, methods=["POST"]),
             Route("/v1/tunnels/heartbeats", record_heartbeats, methods=["PUT"]),
             Route("/v1/trust", trust, methods=["GET"]),
             Route("/v1/login/password", login_password, methods=["POST"]),

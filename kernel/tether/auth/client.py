@@ -24,6 +24,8 @@ from tether.errors import TetherError
 from tether.httpclient import request_json
 
 if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and that one trio
+    from cryptography import x509
+
     from tether.tunnel.heartbeats import HeartbeatRecord
 
 __all__ = ["FORWARDED_CERT_HEADER", "AuthClient", "admin_client"]
@@ -49,9 +51,28 @@ class AuthClient:
         timeout: float = 30.0,
     ) -> None:
         self.base_url = base_url
-        self._http = httpx.AsyncClient(
-            base_url=base_url, verify=ssl_context, headers=dict(headers or {}), timeout=timeout
+        self._context = ssl_context
+        self._headers = dict(headers or {})
+        self._timeout = timeout
+        self._http = self._open()
+
+    def _open(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=self._context,
+            headers=self._headers,
+            timeout=self._timeout,
         )
+
+    async def present_certificate(self, cert: x509.Certificate, key: pki.PrivateKey) -> None:
+        """Present ``cert`` from the next request on (a host renewed its certificates).
+
+        Pooled connections made their handshakes with the old one, which auth would keep
+        seeing until it expires; they are closed, and requests under way on them may fail.
+        """
+        pki.present_certificate(self._context, cert, key)
+        previous, self._http = self._http, self._open()
+        await previous.aclose()
 
     async def __aenter__(self) -> AuthClient:
         return self

@@ -62,8 +62,6 @@ ATTEMPTS_PREFIX = "/secrets/login_attempts/"
 TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
 #: what may join a cluster with a token, and the token role each needs
 JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
-#: host identities live until the cluster's CAs rotate; a year bounds a leaked one
-HOST_CERT_TTL = datetime.timedelta(days=365)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 SIGNUP_ROLE = "signup"
 #: A remote cluster whose tunnels have not heartbeated for this long is offline.
@@ -1289,18 +1287,75 @@ class AuthService:
         user runs ``ssh visitor@web-1.main`` with ``tether config``'s configuration.
         """
         self._check_host(role, host_id)
+        result, principals = self._issue_host_certs(
+            role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+        )
+        await self.audit_event(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
+        )
+        return result
+
+    async def renew_host_identity(
+        self,
+        identity: pki.Identity,
+        *,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Issue new certificates to a joined host that proves itself with its current, still
+        valid ones: same host id and kind, new key, a full ``host_cert_ttl``. Hosts call this
+        once two thirds of their certificate's lifetime have passed."""
+        if identity.kind not in JOIN_ROLES or identity.cluster != self.cluster_name:
+            raise AccessDenied(
+                f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} has no "
+                "host certificates to renew here",
+                hint="only this cluster's nodes and proxies renew theirs",
+            )
+        result, principals = self._issue_host_certs(
+            identity.kind,
+            identity.username,
+            hostname,
+            addresses,
+            ssh_public_key,
+            tls_public_key_pem,
+        )
+        await self.audit_event(
+            "host.renewed",
+            identity.username,
+            {
+                "role": identity.kind,
+                "hostname": hostname,
+                "addresses": principals,
+                "expires": result.identity.expires.isoformat(),
+            },
+        )
+        return result
+
+    def _issue_host_certs(
+        self,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> tuple[JoinResult, list[str]]:
+        """The host's certificates and the SSH principals they name."""
         try:
             ssh_key = pki.load_public_key(ssh_public_key.encode())
             tls_key = pki.load_public_key(tls_public_key_pem.encode())
         except ValueError as exc:
             raise TetherError(f"join request carries an unusable public key: {exc}") from None
+        ttl = self.config.auth_service.host_cert_ttl
         identity = pki.Identity(
             username=host_id,
             cluster=self.cluster_name,
             roles=(),
             traits={},
             logins=(),
-            expires=self.now() + HOST_CERT_TTL,
+            expires=self.now() + ttl,
             kind=role,
         )
         ips, names = pki.split_host_addresses([hostname, *addresses])
@@ -1321,13 +1376,10 @@ class AuthService:
             host_id=host_id,
             principals=principals,
             cluster=self.cluster_name,
-            ttl=HOST_CERT_TTL,
+            ttl=ttl,
             now=self.now(),
         )
-        await self.audit_event(
-            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
-        )
-        return JoinResult(
+        result = JoinResult(
             identity=identity,
             ssh_host_cert=ssh_cert,
             tls_cert_pem=pki.cert_to_pem(tls_cert).decode(),
@@ -1335,6 +1387,7 @@ class AuthService:
             ssh_user_ca_lines=(self.authorities.ssh_user.public_key_line(),),
             ssh_host_ca_lines=(self.authorities.ssh_host.public_key_line(),),
         )
+        return result, principals
 
     # --- audit ---------------------------------------------------------------------------
 

@@ -1,24 +1,43 @@
-"""Join a cluster with a token through its proxy, and keep the identity that results.
+"""Join a cluster with a token through its proxy, keep the identity that results, renew it.
 
 A node (or a proxy joining another's auth) generates its key locally; only the public halves
 travel. The proxy is trusted the way ``tether login`` trusts it: by the cluster CA pin printed
-by ``tetherctl tokens add``, by the system trust store, or (testing only) not at all.
+by ``tetherctl tokens add``, by the system trust store, or (testing only) not at all. The
+token is needed once: the host renews its certificates with the ones it holds, while they
+are valid; one stopped past their expiry joins again with a token.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 from cryptography import x509
 
 from tether import pki
 from tether.client.web import establish_trust, proxy_call
+from tether.errors import ConfigError
 
-__all__ = ["JoinedIdentity", "join_cluster", "load_identity", "save_identity"]
+if TYPE_CHECKING:
+    from tether.auth.client import AuthClient
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "JoinedIdentity",
+    "join_cluster",
+    "load_identity",
+    "load_or_join",
+    "renew_identity",
+    "renewal_due",
+    "save_identity",
+]
 
 
 @attrs.frozen
@@ -66,13 +85,98 @@ async def join_cluster(
             "token": token,
             "role": role,
             "host_id": host_id,
-            "hostname": hostname,
-            "addresses": list(addresses),
-            "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
-            "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+            **_host_request(key, hostname, addresses),
         },
     )
     return JoinedIdentity.from_json(body, key)
+
+
+async def load_or_join(
+    directory: pathlib.Path,
+    server: str,
+    token: str | None,
+    *,
+    role: str,
+    host_id: str,
+    hostname: str,
+    addresses: Sequence[str] = (),
+    ca_pin: str | None = None,
+    insecure: bool = False,
+) -> JoinedIdentity:
+    """The identity saved in ``directory``; else join through ``server`` with ``token`` and
+    save what results. A saved identity whose certificates expired (the host was stopped past
+    their expiry, so it could not renew them) is replaced the same way, when a token is given.
+
+    :raises ConfigError: no usable saved identity and no token, said with what to do.
+    """
+    saved = await trio.to_thread.run_sync(load_identity, directory)
+    if saved is not None:
+        expired = saved.tls_cert.not_valid_after_utc
+        if expired > datetime.datetime.now(datetime.UTC):
+            log.info("%s %s: using the identity saved in %s", role, host_id, directory)
+            return saved
+        if not token:
+            raise ConfigError(
+                f"this {role}'s certificates expired at {expired:%Y-%m-%d %H:%M} UTC, while it "
+                "was not running to renew them",
+                hint=f"join again: pass --token with a new {role} token "
+                f"(`tetherctl tokens add --type={role}`)",
+            )
+        log.warning(
+            "%s %s: its certificates expired at %s; joining again with the token",
+            role,
+            host_id,
+            expired.isoformat(),
+        )
+    if not token:
+        raise ConfigError(
+            f"this {role} has not joined yet and has no token to join {server} with",
+            hint=f"create one with `tetherctl tokens add --type={role}` and pass --token",
+        )
+    joined = await join_cluster(
+        server,
+        token,
+        host_id=host_id,
+        hostname=hostname,
+        role=role,
+        addresses=addresses,
+        ca_pin=ca_pin,
+        insecure=insecure,
+    )
+    await trio.to_thread.run_sync(save_identity, directory, joined)
+    log.info("%s %s joined cluster %s through %s", role, host_id, joined.identity.cluster, server)
+    return joined
+
+
+def renewal_due(joined: JoinedIdentity) -> datetime.datetime:
+    """When ``joined``'s certificates are due for renewal: once two thirds of their lifetime
+    have passed, which leaves a third for retries if auth is unreachable for a while. (The
+    lifetime counts from the issue, not from the backdated start of validity.)"""
+    issued = joined.tls_cert.not_valid_before_utc + pki.CLOCK_SKEW
+    return issued + (joined.tls_cert.not_valid_after_utc - issued) * 2 / 3
+
+
+async def renew_identity(
+    api: AuthClient, *, hostname: str, addresses: Sequence[str] = ()
+) -> JoinedIdentity:
+    """New certificates for a new key, from auth, proven by the current ones (``api`` presents
+    them): the same host id and kind, a full lifetime. The caller saves and applies them.
+
+    :raises TetherError: auth refused or could not be reached (the current ones still stand).
+    """
+    key = pki.generate_private_key()
+    body = await api.call("POST", "/v1/hosts/renew", json=_host_request(key, hostname, addresses))
+    return JoinedIdentity.from_json(body, key)
+
+
+def _host_request(key: pki.PrivateKey, hostname: str, addresses: Sequence[str]) -> dict[str, Any]:
+    """What a host says of itself when it asks for certificates: names and public keys."""
+    return {
+        "hostname": hostname,
+        "addresses": list(addresses),
+        "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+        "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+    }
 
 
 def _from_json(body: dict[str, Any], key: pki.PrivateKey) -> JoinedIdentity:

@@ -24,8 +24,15 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
+from tether import pki
 from tether.testing.accounts import can_create_accounts, os_account
-from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
+from tether.testing.cluster import (
+    RunningCluster,
+    RunningNode,
+    run_cli,
+    start_cluster,
+    start_node,
+)
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -490,3 +497,78 @@ def test_tunnel_node_restart_and_the_client_reconnects(site: Site) -> None:
             break
         time.sleep(0.3)
     assert again.stdout == "back\n", again.stderr
+
+
+def test_nodes_renew_their_certificates_and_stay_reachable_past_the_first_ones(
+    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+) -> None:
+    # a year by default; here a few seconds, so that the renewal (at two thirds) is seen
+    lifetime = 15
+    cluster = start_cluster(
+        tmp_path / "main",
+        "main",
+        config={
+            "nodename": "auth-node",
+            "auth_service": {"host_cert_ttl": f"{lifetime}s"},
+            "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0"},
+        },
+    )
+    nodes: list[RunningNode] = []
+    try:
+        nodes.append(start_node(cluster, tmp_path / "tunnel", "tunnel-node"))
+        nodes.append(start_node(cluster, tmp_path / "direct", "direct-node", tunnel=False))
+        first = {
+            node.name: pki.load_cert((node.directory / "data/host/tls.crt").read_bytes())
+            for node in nodes
+        }
+        cluster.add_user("alice", PASSWORD, roles=["access"], logins=[LOGIN])
+        cluster.login("alice", PASSWORD)
+        site = Site(cluster, nodes[0], nodes[1], tmp_path)
+        # past the expiry of the certificates the nodes joined with
+        time.sleep(max(c.not_valid_after_utc for c in first.values()).timestamp() - time.time() + 1)
+        for name in ("auth-node", "tunnel-node", "direct-node"):
+            ran = site.ssh("alice", f"{LOGIN}@{name}.main", "whoami")
+            assert (ran.returncode, ran.stdout) == (0, f"{LOGIN}\n"), ran.stderr
+        for node in nodes:
+            renewed = pki.load_cert((node.directory / "data/host/tls.crt").read_bytes())
+            assert renewed.not_valid_after_utc > first[node.name].not_valid_after_utc
+            assert "renewed its certificates" in node.log_text()
+        listed = {n["hostname"] for n in _ls(site, "alice")}
+        assert listed == {"auth-node", "tunnel-node", "direct-node"}
+        events = cluster.tetherctl("audit", "search", "--type=host.renewed", "--format=json")
+        renewed_roles = {(e["hostname"], e["role"]) for e in json.loads(events.stdout)}
+        assert {("tunnel-node", "node"), ("direct-node", "node")} <= renewed_roles
+    finally:
+        for node in nodes:
+            node.stop()
+        cluster.stop()
+
+
+def test_a_node_stopped_past_its_certificates_expiry_joins_again_with_a_token(
+    tmp_path: pathlib.Path,
+) -> None:
+    cluster = start_cluster(
+        tmp_path / "main", "main", config={"auth_service": {"host_cert_ttl": "3s"}}
+    )
+    try:
+        node = start_node(cluster, tmp_path / "node", "sleeper")
+        node.stop()
+        saved = tmp_path / "node/data/host/tls.crt"
+        expired = pki.load_cert(saved.read_bytes()).not_valid_after_utc
+        time.sleep(max(expired.timestamp() - time.time() + 0.5, 0))
+
+        without_token = [arg for arg in node.args if not arg.startswith("--token=")]
+        refused = run_cli("tetherd", "start", *without_token, check=False, timeout=30)
+        assert refused.returncode == 1
+        assert "this node's certificates expired at" in refused.stderr
+        assert "join again: pass --token with a new node token" in refused.stderr
+
+        node.restart()  # with the token it joined with, still valid
+        try:
+            assert "its certificates expired at" in node.log_text()
+            assert "joining again with the token" in node.log_text()
+            assert pki.load_cert(saved.read_bytes()).not_valid_after_utc > expired
+        finally:
+            node.stop()
+    finally:
+        cluster.stop()

@@ -37,7 +37,13 @@ from tether.auth.api import join_result_to_json
 from tether.auth.client import AuthClient
 from tether.config import Config, HostPort
 from tether.errors import AccessDenied, ConfigError, TetherError
-from tether.node.join import JoinedIdentity, join_cluster, load_identity, save_identity
+from tether.node.join import (
+    JoinedIdentity,
+    load_or_join,
+    renew_identity,
+    renewal_due,
+    save_identity,
+)
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import (
@@ -70,6 +76,9 @@ ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
 REFRESH_INTERVAL = 3.0
 #: How long a command label's command may run.
 COMMAND_TIMEOUT = 30.0
+#: A failed renewal of the node's certificates is tried again after this (or a tenth of
+#: their lifetime, if shorter).
+RENEWAL_RETRY = datetime.timedelta(minutes=5)
 #: Audit events waiting to be sent; beyond this they are logged and dropped, never blocking
 #: a session.
 AUDIT_BACKLOG = 1000
@@ -192,6 +201,7 @@ class NodeService:
             tuple[str, dict[str, Any]]
         ](AUDIT_BACKLOG)
         self.addr = ""  # the address the proxy dials, in direct mode
+        self._tunnel_context: ssl.SSLContext | None = None
 
     @property
     def tunnel_mode(self) -> bool:
@@ -214,11 +224,6 @@ class NodeService:
                 tls_public_key_pem=pki.public_key_to_pem(key.public_key()).decode(),
             )
             return JoinedIdentity.from_json(join_result_to_json(result), key)
-        directory = pathlib.Path(config.data_dir) / "host"
-        saved = await trio.to_thread.run_sync(load_identity, directory)
-        if saved is not None:
-            log.info("node %s: using the identity saved in %s", host_id, directory)
-            return saved
         join = config.join
         server = join.server
         if server is None:
@@ -226,24 +231,17 @@ class NodeService:
                 "a node without an auth service in its process must join a cluster",
                 hint="pass --proxy=HOST:PORT (or --auth-server) and --token=TOKEN",
             )
-        if not join.token:
-            raise ConfigError(
-                f"this node has not joined yet and has no token to join {server} with",
-                hint="create one with `tetherctl tokens add --type=node` and pass --token",
-            )
-        joined = await join_cluster(
+        return await load_or_join(
+            pathlib.Path(config.data_dir) / "host",
             str(server),
             join.token,
+            role="node",
             host_id=host_id,
             hostname=config.nodename,
-            role="node",
             addresses=addresses,
             ca_pin=join.ca_pin,
             insecure=join.insecure,
         )
-        await trio.to_thread.run_sync(save_identity, directory, joined)
-        log.info("node %s joined cluster %s through %s", host_id, joined.identity.cluster, server)
-        return joined
 
     def _addresses(self) -> list[str]:
         """Addresses to name in the host certificate besides the host name."""
@@ -280,16 +278,10 @@ class NodeService:
         joined = await self._identity(host_id)
         self.state.cluster = joined.identity.cluster
         self.state.user_cas = {joined.identity.cluster: list(joined.ssh_user_ca_lines)}
-        node = NodeIdentity(
-            host_key=joined.private_key,
-            host_cert=joined.ssh_host_cert,
-            node_name=self.config.nodename,
-            labels=self.state.labels,
-        )
         async with (
             AuthClient(self._api_url(), self._client_context(joined)) as api,
             open_ssh_server(
-                node=node,
+                node=self._node_identity(joined),
                 trusted_user_cas=lambda: self.state.user_cas,
                 authorizer=_Authorizer(
                     self.state, self.config.nodename, self.ctx.pm, self._queue_audit
@@ -310,6 +302,7 @@ class NodeService:
             nursery.start_soon(self._command_loop)
             nursery.start_soon(self._heartbeat_loop, api, host_id)
             nursery.start_soon(self._audit_loop, api)
+            nursery.start_soon(self._renewal_loop, api, host_id, joined, server)
             log.info(
                 "node %s (%s) is up in %s mode",
                 self.config.nodename,
@@ -347,6 +340,7 @@ class NodeService:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         context = self._client_context(joined, alpn=[TUNNEL_ALPN])
+        self._tunnel_context = context  # a renewal replaces the certificate in it
         proxy = self.config.join.proxy_server
         assert proxy is not None
 
@@ -370,6 +364,57 @@ class NodeService:
             handle_stream=handle_stream,
         )
         await pool.run(task_status=task_status)
+
+    def _node_identity(self, joined: JoinedIdentity) -> NodeIdentity:
+        return NodeIdentity(
+            host_key=joined.private_key,
+            host_cert=joined.ssh_host_cert,
+            node_name=self.config.nodename,
+            labels=self.state.labels,
+        )
+
+    async def _renewal_loop(
+        self, api: AuthClient, host_id: str, joined: JoinedIdentity, server: Any
+    ) -> None:
+        """Renew the node's certificates once two thirds of their lifetime have passed, and
+        present the new ones from then on (open connections and tunnels keep theirs)."""
+        while True:
+            due = renewal_due(joined)
+            lifetime = (joined.tls_cert.not_valid_after_utc - due) * 3
+            wait = due - datetime.datetime.now(datetime.UTC)
+            await trio.sleep(max(wait.total_seconds(), 0.0))
+            try:
+                joined = await self._renewed(api)
+            except (TetherError, OSError) as exc:
+                retry = min(RENEWAL_RETRY, lifetime / 10)
+                log.warning(
+                    "node %s: could not renew its certificates, which expire at %s (trying "
+                    "again in %s): %s",
+                    host_id,
+                    joined.tls_cert.not_valid_after_utc.isoformat(),
+                    retry,
+                    exc,
+                )
+                await trio.sleep(retry.total_seconds())
+                continue
+            await api.present_certificate(joined.tls_cert, joined.private_key)
+            if self._tunnel_context is not None:  # new tunnels; the open ones keep theirs
+                pki.present_certificate(self._tunnel_context, joined.tls_cert, joined.private_key)
+            server.update(node=self._node_identity(joined))
+            log.info(
+                "node %s renewed its certificates; they expire at %s",
+                host_id,
+                joined.tls_cert.not_valid_after_utc.isoformat(),
+            )
+
+    async def _renewed(self, api: AuthClient) -> JoinedIdentity:
+        joined = await renew_identity(
+            api, hostname=self.config.nodename, addresses=self._addresses()
+        )
+        if "auth" not in self.ctx.extras:  # beside auth, a node gets a new one at each start
+            directory = pathlib.Path(self.config.data_dir) / "host"
+            await trio.to_thread.run_sync(save_identity, directory, joined)
+        return joined
 
     # --- keeping up to date --------------------------------------------------------------
 
