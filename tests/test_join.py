@@ -14,6 +14,7 @@ from tether.auth.client import AuthClient
 from tether.datadir import admin_identity_paths
 from tether.errors import AccessDenied, TrustError
 from tether.node.join import (
+    JoinedIdentity,
     join_cluster,
     load_identity,
     renew_identity,
@@ -32,18 +33,25 @@ def node_token(cluster: RunningCluster, *args: str) -> str:
     return str(json.loads(out)["token"])
 
 
+async def join_node(
+    cluster: RunningCluster, host_id: str, hostname: str, **options: Any
+) -> JoinedIdentity:
+    """Join ``cluster`` as a node with a fresh token, trusting the proxy by the CA pin."""
+    return await join_cluster(
+        cluster.proxy_addr,
+        node_token(cluster),
+        host_id=host_id,
+        hostname=hostname,
+        ca_pin=cluster.ca_pin,
+        **options,
+    )
+
+
 async def test_node_joins_with_a_token_and_holds_standard_host_certificates(
     tether_cluster: RunningCluster, tmp_path: pathlib.Path
 ) -> None:
     cluster = tether_cluster
-    joined = await join_cluster(
-        cluster.proxy_addr,
-        node_token(cluster),
-        host_id="node-1",
-        hostname="web-1",
-        addresses=["127.0.0.1"],
-        ca_pin=cluster.ca_pin,
-    )
+    joined = await join_node(cluster, "node-1", "web-1", addresses=["127.0.0.1"])
     assert joined.identity.kind == "node"
     assert joined.identity.username == "node-1"
     verified = pki.verify_x509_cert(joined.tls_cert, trusted_cas=list(joined.tls_cas))
@@ -72,13 +80,7 @@ async def test_joined_node_renews_its_certificates_with_the_ones_it_holds(
     tether_cluster: RunningCluster,
 ) -> None:
     cluster = tether_cluster
-    joined = await join_cluster(
-        cluster.proxy_addr,
-        node_token(cluster),
-        host_id="node-renewing",
-        hostname="web-2",
-        ca_pin=cluster.ca_pin,
-    )
+    joined = await join_node(cluster, "node-renewing", "web-2")
     assert renewal_due(joined) < joined.tls_cert.not_valid_after_utc
     # through the proxy, as a node in tunnel mode asks: its certificate is the credential
     context = pki.client_ssl_context(
@@ -160,13 +162,7 @@ async def test_a_joined_node_tunnels_into_its_proxy(
     tether_cluster: RunningCluster,
 ) -> None:
     cluster = tether_cluster
-    joined = await join_cluster(
-        cluster.proxy_addr,
-        node_token(cluster),
-        host_id="node-3",
-        hostname="tunnel-node",
-        ca_pin=cluster.ca_pin,
-    )
+    joined = await join_node(cluster, "node-3", "tunnel-node")
     context = pki.client_ssl_context(
         trusted_cas=list(joined.tls_cas),
         cert=joined.tls_cert,
