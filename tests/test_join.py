@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -88,6 +89,11 @@ async def test_joined_node_renews_its_certificates_with_the_ones_it_holds(
     )
     async with AuthClient(f"https://{cluster.proxy_addr}", context) as api:
         renewed = await renew_identity(api, hostname="web-2")
+        # a renewal never widens what a host may claim to be
+        with pytest.raises(
+            AccessDenied, match=re.escape("names its certificate does not hold: 10.9.8.7, db-prod")
+        ):
+            await renew_identity(api, hostname="db-prod", addresses=["10.9.8.7"])
     assert (renewed.identity.username, renewed.identity.kind) == ("node-renewing", "node")
     assert pki.public_key_to_pem(renewed.private_key.public_key()) != pki.public_key_to_pem(
         joined.private_key.public_key()

@@ -62,21 +62,26 @@ def join_result_to_json(result: JoinResult) -> dict[str, Any]:
     }
 
 
-def _peer_identity(request: Request, auth: AuthService) -> pki.Identity:
+def _peer_certificate(request: Request, auth: AuthService) -> bytes:
+    """The caller's certificate (DER, not verified here): the TLS peer's own, or the one a
+    proxy (verified here) forwards for its caller."""
     der = request.scope.get("state", {}).get(PEER_CERT_STATE)
     if not der:
         raise AccessDenied("a client certificate is required", hint="run `tether login` first")
-    identity = auth.verify_client(der)
     forwarded = request.headers.get(FORWARDED_CERT_HEADER)
-    if forwarded is not None:
-        if identity.kind != "proxy":
-            raise AccessDenied(f"{identity.kind} {identity.username!r} may not forward identities")
-        try:
-            user_der = base64.b64decode(forwarded, validate=True)
-        except (binascii.Error, ValueError):
-            raise AccessDenied("malformed forwarded certificate") from None
-        identity = auth.verify_client(user_der)
-    return identity
+    if forwarded is None:
+        return bytes(der)
+    proxy = auth.verify_client(der)
+    if proxy.kind != "proxy":
+        raise AccessDenied(f"{proxy.kind} {proxy.username!r} may not forward identities")
+    try:
+        return base64.b64decode(forwarded, validate=True)
+    except (binascii.Error, ValueError):
+        raise AccessDenied("malformed forwarded certificate") from None
+
+
+def _peer_identity(request: Request, auth: AuthService) -> pki.Identity:
+    return auth.verify_client(_peer_certificate(request, auth))
 
 
 def _require_proxy(identity: pki.Identity) -> None:
@@ -225,10 +230,10 @@ def build_app(auth: AuthService) -> Starlette:
 
     async def renew_host(request: Request) -> JSONResponse:
         # the host's current certificate is the credential: no token a second time
-        identity = _peer_identity(request, auth)
+        certificate = _peer_certificate(request, auth)
         data = await read_json_object(request)
         result = await auth.renew_host_identity(
-            identity,
+            certificate,
             hostname=string_field(data, "hostname"),
             addresses=string_list_field(data, "addresses") or [],
             ssh_public_key=string_field(data, "ssh_public_key"),

@@ -1297,7 +1297,7 @@ class AuthService:
 
     async def renew_host_identity(
         self,
-        identity: pki.Identity,
+        certificate: bytes,
         *,
         hostname: str,
         addresses: Sequence[str],
@@ -1305,13 +1305,26 @@ class AuthService:
         tls_public_key_pem: str,
     ) -> JoinResult:
         """Issue new certificates to a joined host that proves itself with its current, still
-        valid ones: same host id and kind, new key, a full ``host_cert_ttl``. Hosts call this
-        once two thirds of their certificate's lifetime have passed."""
+        valid one (DER): same host id and kind, new key, a full ``host_cert_ttl``. Hosts call
+        this once two thirds of their certificate's lifetime have passed.
+
+        The names asked for must be among those of the current certificate: a renewal never
+        widens what a host may claim to be (joining again with a token does).
+        """
+        identity = self.verify_client(certificate)
         if identity.kind not in JOIN_ROLES or identity.cluster != self.cluster_name:
             raise AccessDenied(
                 f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} has no "
                 "host certificates to renew here",
                 hint="only this cluster's nodes and proxies renew theirs",
+            )
+        beyond = {hostname, *addresses} - pki.x509_host_names(certificate)
+        if beyond:
+            raise AccessDenied(
+                f"{identity.kind} {identity.username!r} asks to renew for names its certificate "
+                f"does not hold: {', '.join(sorted(beyond))}",
+                hint="a host renews for the names it joined with; to change them, join again "
+                "with a token",
             )
         result, principals = self._issue_host_certs(
             identity.kind,

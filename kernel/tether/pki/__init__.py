@@ -64,6 +64,7 @@ from ._x509 import (
     read_x509_identity,
     split_host_addresses,
     verify_x509_cert,
+    x509_host_names,
 )
 
 __all__ = [
@@ -112,4 +113,5 @@ __all__ = [
     "verify_ssh_user_cert",
     "verify_x509_cert",
     "write_secret_file",
+    "x509_host_names",
 ]

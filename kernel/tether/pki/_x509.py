@@ -29,6 +29,7 @@ __all__ = [
     "X509TrustAnchor",
     "issue_x509_cert",
     "verify_x509_cert",
+    "x509_host_names",
 ]
 
 #: Tether's private OID for the identity extension (value: a DER UTF8String holding the
@@ -215,6 +216,18 @@ def split_host_addresses(values: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             ips.append(value)
     return ips, names
+
+
+def x509_host_names(cert: x509.Certificate | bytes) -> frozenset[str]:
+    """The DNS names and IP addresses a certificate names (its subject alternative names), as
+    :func:`split_host_addresses` took them; empty for a certificate without any."""
+    parsed = cert if isinstance(cert, x509.Certificate) else x509.load_der_x509_certificate(cert)
+    try:
+        sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset()
+    ips = (str(ip) for ip in sans.get_values_for_type(x509.IPAddress))
+    return frozenset([*sans.get_values_for_type(x509.DNSName), *ips])
 
 
 def read_x509_identity(cert: x509.Certificate | bytes) -> Identity:
