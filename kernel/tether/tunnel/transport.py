@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from tether.errors import TetherError
-from tether.tunnel._errors import StreamClosedError
+from tether.tunnel._errors import ErrorCode, StreamClosedError
 from tether.tunnel._events import (
     ConnectionTerminated,
     DataReceived,
@@ -323,6 +323,7 @@ class TunnelConnection:
         self._writing = False
         self._pings: dict[bytes, float] = {}
         self._last_heard = trio.current_time()
+        self._held_back = False  # the reader waits for the peer to read its replies
         self._closed_reason: str | None = None
         self._going_away = False
         self._done = trio.Event()
@@ -551,6 +552,9 @@ class TunnelConnection:
     async def _reader(self) -> None:
         try:
             while not self.closed:
+                if self.mux.backlogged:
+                    await self._wait_backlog_sent()
+                    continue
                 data = await self.transport.receive_some(RECEIVE_SIZE)
                 self._last_heard = trio.current_time()
                 events = self.mux.receive_data(data)
@@ -563,12 +567,36 @@ class TunnelConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._finish(f"transport failed while receiving: {exc or type(exc).__name__}")
 
+    async def _wait_backlog_sent(self) -> None:
+        """Read nothing more from a peer while the replies it asked for wait unsent: a peer
+        that does not read must not make this side queue. One that keeps them waiting for the
+        dead-peer timeout gets GOAWAY and is closed."""
+        self._held_back = True
+        try:
+            with trio.move_on_after(self.timings.dead_after):
+                while self.mux.backlogged and not self.closed:
+                    await self._flushed.wait()
+                self._last_heard = trio.current_time()  # it read what was sent: alive
+                return
+        finally:
+            self._held_back = False
+        reason = (
+            f"the peer did not read the replies to its own requests for "
+            f"{self.timings.dead_after:g}s ({self.mux.reply_backlog} bytes waiting)"
+        )
+        log.warning("%s: %s; closing it", self.name, reason)
+        if self.mux.terminated is None:
+            self.mux.goaway(reason, ErrorCode.ENHANCE_YOUR_CALM)
+            self._flush_soon()
+        self._finish(reason)
+
     async def _pinger(self) -> None:
         interval = self.timings.ping_interval
         while not self.closed:
             await trio.sleep(interval)
             silent = trio.current_time() - self._last_heard
-            if silent >= self.timings.dead_after:
+            # unheard because this side stopped reading: the reader judges that peer itself
+            if silent >= self.timings.dead_after and not self._held_back:
                 self._finish(f"peer did not answer for {silent:.1f}s (dead or half-open)")
                 return
             if self.mux.terminated is None:
