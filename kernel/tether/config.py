@@ -250,12 +250,14 @@ class AuthServiceConfig:
         default=datetime.timedelta(days=365), validator=_positive
     )
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
+    rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
 
 
 @attrs.frozen
 class RateLimitConfig:
-    """``proxy_service.rate_limit:``: how often one client address may call the endpoints that
-    take no certificate (login, sign-up, SSO login, join, trusted cluster validation)."""
+    """``proxy_service.rate_limit:`` and ``auth_service.rate_limit:``: how often one client
+    address may call the endpoints that take no certificate (login, sign-up, SSO login, join,
+    trusted cluster validation; at auth, the join of a host that joins it directly)."""
 
     average: int = attrs.field(default=10, validator=_positive)
     burst: int = attrs.field(default=40, validator=_positive)
@@ -795,6 +797,12 @@ auth_service:
   host_cert_ttl: 8760h
   # Key algorithm of new certificate authorities: ed25519 or ecdsa-p256.
   ca_algorithm: ed25519
+  # Per client address, on the join of hosts that join auth directly (--auth-server), as
+  # proxy_service.rate_limit on the proxy's anonymous endpoints.
+  rate_limit:
+    average: 10
+    burst: 40
+    period: 1s
 
 proxy_service:
   enabled: true
