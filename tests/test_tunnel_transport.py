@@ -456,3 +456,37 @@ async def test_heartbeats_reach_storage_in_batches_not_one_write_each(
     assert 2 <= recorder.writes - connected_writes <= 5
     assert all(record.cluster == "leaf" for batch in written for record in batch)
     assert p1.is_online("leaf")
+
+
+async def test_an_agent_that_renews_moves_to_new_tunnels_and_running_streams_finish(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1")
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await p1.wait_online("leaf")
+    [old] = p1.clusters()["leaf"]
+    running = await p1.dial("leaf", "echo")
+    await running.send_all(b"before")
+    assert await running.receive_some() == b"before"
+
+    pool.replace_tunnels("the agent renewed its certificate")
+    with trio.fail_after(30):
+        await old.conn.wait_draining_or_closed()
+    [new] = p1.clusters()["leaf"]
+    assert new is not old and network.dials == 2
+    assert not old.conn.closed  # a stream runs on it
+    await running.send_all(b"in flight")
+    assert await running.receive_some() == b"in flight"
+    fresh = await p1.dial("leaf", "echo")
+    assert fresh.conn is new.conn
+    await running.send_eof()
+    assert await running.receive_some() == b""
+    await running.aclose()
+    with trio.fail_after(30):
+        await old.conn.wait_closed()  # closed by the agent once its streams were done
+    await fresh.send_all(b"after")
+    assert await fresh.receive_some() == b"after"
+    assert pool.connected_proxies() == ["p1"]

@@ -228,6 +228,11 @@ class TunnelServer:
             try:
                 return await record.conn.open_stream(target, metadata)
             except StreamRefused as exc:
+                if record.conn.going_away:
+                    # it sent GOAWAY as this OPEN crossed it (an agent moving to a new
+                    # tunnel): the refusal is the tunnel's, not the target's
+                    last_error = exc.message
+                    continue
                 raise TargetRefused(
                     f"cluster {cluster!r} refused {target!r}: {exc.message}"
                 ) from None

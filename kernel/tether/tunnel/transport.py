@@ -320,6 +320,7 @@ class TunnelConnection:
         self._refusals: dict[int, str] = {}
         self._flush = _Waiter()
         self._flushed = _Waiter()
+        self._stream_gone = _Waiter()
         self._writing = False
         self._pings: dict[bytes, float] = {}
         self._last_heard = trio.current_time()
@@ -417,6 +418,7 @@ class TunnelConnection:
         self._draining.set()
         self._flush.wake()
         self._flushed.wake()
+        self._stream_gone.wake()
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -461,7 +463,7 @@ class TunnelConnection:
             self._opening.pop(sid, None)
         refusal = self._refusals.pop(sid, None)
         if refusal is not None:
-            self._streams.pop(sid, None)
+            self._forget(sid)
             if self.closed:
                 raise TunnelClosed(refusal)
             raise StreamRefused(refusal)
@@ -471,6 +473,18 @@ class TunnelConnection:
         stream = MuxStream(self, sid, target, metadata)
         self._streams[sid] = stream
         return stream
+
+    def _forget(self, sid: int) -> MuxStream | None:
+        stream = self._streams.pop(sid, None)
+        if stream is not None:
+            self._stream_gone.wake()
+        return stream
+
+    async def wait_streams_at_most(self, count: int) -> None:
+        """Return once at most ``count`` streams are open here, or the tunnel closed (a
+        tunnel going away is closed once the streams running on it are done)."""
+        while len(self._streams) > count and not self.closed:
+            await self._stream_gone.wait()
 
     def _consumed(self, sid: int, count: int) -> None:
         if count and self.mux.terminated is None:
@@ -489,10 +503,10 @@ class TunnelConnection:
         """
         sid = stream.stream_id
         if self.mux.terminated is not None or sid not in self._streams:
-            self._streams.pop(sid, None)
+            self._forget(sid)
             return
         if self.mux.stream_state(sid) is StreamState.CLOSED:
-            self._streams.pop(sid, None)
+            self._forget(sid)
             return
         if stream._buffered or stream._broken is not None or sid in self._opening:
             self._reset(stream, "closed by the application with data unread")
@@ -502,16 +516,16 @@ class TunnelConnection:
             try:
                 self.mux.end_stream(sid)
             except StreamClosedError:
-                self._streams.pop(sid, None)
+                self._forget(sid)
                 return
             self._flush_soon()
         if self.mux.stream_state(sid) is StreamState.CLOSED:
-            self._streams.pop(sid, None)
+            self._forget(sid)
         # else: kept until the peer's FIN (or reset on its next DATA)
 
     def _reset(self, stream: MuxStream, reason: str) -> None:
         sid = stream.stream_id
-        self._streams.pop(sid, None)
+        self._forget(sid)
         # unread bytes still hold connection credit: give it back before forgetting them
         if stream._buffered:
             self._consumed(sid, stream._buffered)
@@ -638,7 +652,7 @@ class TunnelConnection:
             if waiter is not None:
                 waiter.set()
             else:
-                rejected = self._streams.pop(event.stream_id, None)
+                rejected = self._forget(event.stream_id)
                 if rejected is not None:
                     rejected._break(f"refused: {event.reason}")
         elif isinstance(event, StreamEnded):
@@ -646,9 +660,9 @@ class TunnelConnection:
             if ended is not None:
                 ended._end()
                 if ended._closed and self.mux.stream_state(ended.stream_id) is StreamState.CLOSED:
-                    del self._streams[ended.stream_id]
+                    self._forget(ended.stream_id)
         elif isinstance(event, StreamReset):
-            reset = self._streams.pop(event.stream_id, None)
+            reset = self._forget(event.stream_id)
             if reset is not None:
                 reset._break(f"stream reset by peer: {event.reason or 'no reason given'}")
         elif isinstance(event, PongReceived):
