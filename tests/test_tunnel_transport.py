@@ -243,7 +243,7 @@ async def test_a_transport_that_cannot_prove_tls_1_3_carries_no_tunnel(
             "tunnel.refused",
             {
                 "peer": "unknown peer",
-                "cluster": "leaf",
+                "agent_cluster": "leaf",
                 "agent": "leaf-proxy",
                 "kind": "proxy",
                 "reason": f"it negotiated {said}, tunnels need TLS 1.3",
@@ -256,10 +256,13 @@ async def test_a_transport_that_cannot_prove_tls_1_3_carries_no_tunnel(
 async def test_a_tunnel_is_closed_when_its_certificate_expires(
     autojump_clock: Any, nursery: trio.Nursery
 ) -> None:
-    events: list[tuple[str, dict[str, Any]]] = []
+    closed = trio.Event()
+    events: list[dict[str, Any]] = []
 
     async def audit(event: str, fields: Any) -> None:
-        events.append((event, dict(fields)))
+        if event == "tunnel.closed":
+            events.append(dict(fields))
+            closed.set()
 
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
     agent = attrs.evolve(leaf_identity(), expires=expires)
@@ -270,11 +273,13 @@ async def test_a_tunnel_is_closed_when_its_certificate_expires(
     await nursery.start(pool.run)
     with trio.fail_after(20):
         await p1.wait_online("leaf")
+    opened = trio.current_time()
     with trio.fail_after(40):
-        await p1.wait_offline("leaf")
-    [fields] = [f for event, f in events if event == "tunnel.closed"]
+        await closed.wait()
+    assert trio.current_time() - opened == pytest.approx(30, abs=1)
+    [fields] = events
     assert fields["reason"].startswith("the certificate of this tunnel expired at")
-    assert fields["cluster"] == "leaf"
+    assert fields["agent_cluster"] == "leaf"
 
 
 # --- server and agent pool ------------------------------------------------------------------

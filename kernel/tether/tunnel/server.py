@@ -418,7 +418,7 @@ class TunnelServer:
 def _who(peer: str, identity: Identity) -> dict[str, str]:
     return {
         "peer": peer,
-        "cluster": identity.cluster,
+        "agent_cluster": identity.cluster,  # "cluster" is the cluster recording the event
         "agent": identity.username,
         "kind": identity.kind,
     }

@@ -284,8 +284,11 @@ class IncomingStream:
         return stream
 
     def reject(self, reason: str) -> None:
-        """Refuse with a reason the opener's :class:`StreamRefused` will carry."""
+        """Refuse with a reason the opener's :class:`StreamRefused` will carry; nothing to
+        do once the stream is gone (the peer reset it, or the tunnel ended meanwhile)."""
         self.answered = True
+        if self.conn.mux.stream_state(self.stream_id) is StreamState.CLOSED:
+            return
         self.conn.mux.reject_stream(self.stream_id, reason)
         self.conn._flush_soon()
 
@@ -596,7 +599,7 @@ class TunnelConnection:
             self._held_back = False
         reason = (
             f"the peer did not read the replies to its own requests for "
-            f"{self.timings.dead_after:g}s ({self.mux.reply_backlog} bytes waiting)"
+            f"{self.timings.dead_after:g}s"
         )
         log.warning("%s: %s; closing it", self.name, reason)
         if self.mux.terminated is None:
