@@ -242,16 +242,17 @@ def test_an_agent_flooding_pings_and_opens_without_reading_is_sent_away_with_bou
 # --- refusals of the proxy's own tunnel check ---------------------------------------------------
 
 
-def refused_agent(site: Site, name: str, *args: str) -> PeerProcess:
+def agent_presenting(
+    site: Site, name: str, cert: pathlib.Path, key: pathlib.Path, *args: str
+) -> PeerProcess:
+    """The tests' tunnel agent, dialling the cluster's proxy with ``cert``."""
     directory = site.directory / name
     init_cluster(directory, "main")  # only names the agent; the certificate comes from --cert
     return start_agent(
         directory,
         site.mallory / "cas.pem",
         site.cluster.proxy_addr,
-        "--backoff-initial",
-        "0.5",
-        *args,
+        *("--cert", str(cert), "--key", str(key), "--backoff-initial", "0.5", *args),
         wait=False,
     )
 
@@ -262,24 +263,10 @@ def test_a_tunnel_over_tls_1_2_or_with_a_user_certificate_is_refused_by_the_prox
     profile = current_profile(site.cluster.user_home("alice"))
     assert profile is not None
     agents = [
-        refused_agent(
-            site,
-            "old-tls",
-            "--cert",
-            str(site.mallory / "tls.crt"),
-            "--key",
-            str(site.mallory / "key.pem"),
-            "--tls-version",
-            "1.2",
+        agent_presenting(
+            site, "old-tls", site.mallory / "tls.crt", site.mallory / "key.pem", "--tls-version=1.2"
         ),
-        refused_agent(
-            site,
-            "user-cert",
-            "--cert",
-            str(profile.tls_cert_file),
-            "--key",
-            str(profile.tls_key_file),
-        ),
+        agent_presenting(site, "user-cert", profile.tls_cert_file, profile.tls_key_file),
     ]
     try:
         reasons = {
@@ -361,14 +348,7 @@ def test_a_tunnel_whose_certificate_expires_unrenewed_is_closed_by_the_proxy(
     site = short_lived
     expires = pki.load_cert((site.mallory / "tls.crt").read_bytes()).not_valid_after_utc
     # mallory's agent keeps the certificate it joined with: it never renews
-    agent = refused_agent(
-        site,
-        "unrenewed",
-        "--cert",
-        str(site.mallory / "tls.crt"),
-        "--key",
-        str(site.mallory / "key.pem"),
-    )
+    agent = agent_presenting(site, "unrenewed", site.mallory / "tls.crt", site.mallory / "key.pem")
     try:
         agent.wait_for(lambda info: info.get("connected") == ["main-node"], timeout=15)
         assert time.time() < expires.timestamp(), "the agent connected too late to test"
