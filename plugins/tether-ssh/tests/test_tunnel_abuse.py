@@ -176,6 +176,8 @@ class Flood:
         try:
             while self.tls.recv(1 << 20):
                 pass
+        except TimeoutError:
+            return False  # still open
         except OSError:
             pass  # reset: the proxy closed with our requests unread
         return True
