@@ -1,14 +1,19 @@
 """Single sign-on logins in tests: ``tether login --auth=NAME`` with a test as the browser.
 
 For authors of redirect connectors: run the real client against a real cluster, and drive the
-identity provider's pages with an HTTP client (``browse`` gets the URL the client printed).
+identity provider's pages with an HTTP client (``browse`` gets the URL the client printed), then
+press Approve on the proxy's page (:func:`press_approve`), as the user would.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,9 +22,23 @@ import httpx
 from tether import pki
 from tether.auth.sso import hash_client_secret
 from tether.datadir import admin_identity_paths
+from tether.proxy.sso_page import APPROVE_FORM_ID
 from tether.testing.cluster import RunningCluster
 
-__all__ = ["begin_login", "cluster_browser", "sso_login"]
+__all__ = [
+    "approval_target",
+    "begin_login",
+    "cluster_browser",
+    "collect_login",
+    "login_failures",
+    "press_approve",
+    "sso_login",
+]
+
+_APPROVE_FORM = re.compile(
+    rf'<form id="{APPROVE_FORM_ID}" method="get" action="([^"]+)">(.*?)</form>', re.S
+)
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 
 
 def cluster_browser(cluster: RunningCluster, *, timeout: float = 20.0) -> httpx.Client:
@@ -54,6 +73,45 @@ def begin_login(
         },
     )
     return dict(answer.json())
+
+
+def approval_target(page: httpx.Response) -> str | None:
+    """Where the proxy's approval ``page`` sends the browser when the user presses Approve:
+    the client's loopback URL with the login's ``request`` id and one-time ``code``; None if
+    ``page`` is not an approval page."""
+    form = _APPROVE_FORM.search(page.text)
+    if form is None:
+        return None
+    fields = {html.unescape(k): html.unescape(v) for k, v in _HIDDEN.findall(form.group(2))}
+    return f"{html.unescape(form.group(1))}?{urllib.parse.urlencode(fields)}"
+
+
+def press_approve(browser: httpx.Client, page: httpx.Response) -> httpx.Response:
+    """Press Approve on the proxy's approval ``page``, as the user does after checking it;
+    returns ``page`` itself if it asks for nothing (a refused login went on to the client)."""
+    target = approval_target(page)
+    return page if target is None else browser.get(target)
+
+
+def collect_login(
+    browser: httpx.Client,
+    cluster: RunningCluster,
+    request_id: str,
+    client_secret: str,
+    code: str | None = None,
+) -> httpx.Response:
+    """Collect a login's outcome at the proxy as a client does (with the ``code`` the browser
+    brought to its listener, if it has one)."""
+    body = {"request_id": request_id, "client_secret": client_secret}
+    if code is not None:
+        body["code"] = code
+    return browser.post(f"https://{cluster.proxy_addr}/webapi/sso/collect", json=body)
+
+
+def login_failures(cluster: RunningCluster) -> list[dict[str, Any]]:
+    """The cluster's ``user.login.failed`` audit events, oldest first."""
+    answer = cluster.tetherctl("audit", "search", "--type=user.login.failed", "--format=json")
+    return [e for e in json.loads(answer.stdout) if e["type"] == "user.login.failed"]
 
 
 def sso_login(

@@ -36,7 +36,14 @@ from tether.testing.cluster import (
     start_node,
 )
 from tether.testing.http import free_port
-from tether.testing.sso import begin_login, cluster_browser, sso_login
+from tether.testing.sso import (
+    begin_login,
+    cluster_browser,
+    collect_login,
+    login_failures,
+    press_approve,
+    sso_login,
+)
 
 PROVIDER_DIR = pathlib.Path(__file__).parent / "provider"
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
@@ -212,7 +219,7 @@ def tether_login(
 
     def drive(url: str) -> None:
         with site.browser() as browser:
-            browse(browser, rewrite(url), account, abort=abort)
+            press_approve(browser, browse(browser, rewrite(url), account, abort=abort))
 
     return sso_login(site.cluster, user, "example", drive)
 
@@ -282,10 +289,44 @@ def test_a_replayed_callback_is_refused(site: Site) -> None:
         callback = f"https://{site.cluster.proxy_addr}/webapi/sso/callback"
         redirect = browse(browser, begun["auth_url"], "alice", stop_at=callback)
         url = urllib.parse.urljoin(str(redirect.url), redirect.headers["location"])
-        assert browser.get(url).status_code == 302
+        assert "Approve this login to main?" in browser.get(url).text
         replayed = browser.get(url)
     assert replayed.status_code == 403
     assert "this login is unknown, expired or already used" in replayed.text
+
+
+def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
+    # mallory starts `tether login --auth=example` with her own key and secret and sends the
+    # provider's URL to alice, who signs in at the provider (or already is)
+    port = free_port()  # mallory's listener is on her machine: on alice's, nothing listens here
+    with site.browser() as mallory:
+        begun = begin_login(
+            mallory,
+            site.cluster,
+            "example",
+            client_secret="mallory's secret",
+            redirect=f"http://127.0.0.1:{port}/callback",
+        )
+        with site.browser() as victim:
+            page = browse(victim, begun["auth_url"], "alice")
+            # alice's browser says who would log in where, and to which client
+            for shown in ("alice@example.com", "access, editor, dev", "main", f"127.0.0.1:{port}"):
+                assert shown in page.text
+            with pytest.raises(httpx.ConnectError):  # even approved: her machine's port
+                press_approve(victim, page)
+        stolen = collect_login(mallory, site.cluster, begun["request_id"], "mallory's secret")
+    assert stolen.status_code == 403
+    assert "the one-time code from the browser is missing or wrong" in stolen.text
+    refusal = login_failures(site.cluster)[-1]
+    assert refusal["user"] == "alice@example.com" and refusal["method"] == "oidc/example"
+    assert (
+        f"collected without the one-time code the browser delivers to the client's "
+        f"loopback address 127.0.0.1:{port}" in refusal["reason"]
+    )
+    # alice's own `tether login`, beside it, works
+    code, err = tether_login(site, "alice", "alice-herself")
+    assert code == 0, err
+    assert active(site, "alice-herself")["username"] == "alice@example.com"
 
 
 def test_connector_secret_is_hidden_and_bad_settings_are_refused(site: Site) -> None:

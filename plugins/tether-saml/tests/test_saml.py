@@ -40,7 +40,14 @@ from tether_saml.connector import ACCEPTED_TIME_DIFF
 
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.testing.http import free_port, serve_http
-from tether.testing.sso import begin_login, cluster_browser, sso_login
+from tether.testing.sso import (
+    begin_login,
+    cluster_browser,
+    collect_login,
+    login_failures,
+    press_approve,
+    sso_login,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="needs xmlsec1")
 
@@ -252,7 +259,7 @@ def login(site: Site, user: str, *, wait: float = 0.0) -> tuple[int, str]:
             page = browser.get(url).text
             site.idp.last_form.update(_INPUT.findall(page))
             time.sleep(wait)
-            post_form(browser, page)
+            press_approve(browser, post_form(browser, page))
 
     return sso_login(site.cluster, user, "corp", browse)
 
@@ -352,6 +359,37 @@ def test_an_assertion_replayed_into_another_login_is_refused(site: Site) -> None
         ).stdout
     )
     assert "it does not answer this login's request" in failures[-1]["reason"]
+
+
+def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
+    # mallory starts `tether login --auth=corp` with her own key and secret and sends the
+    # provider's URL to alice, who signs in at the provider (or already is)
+    port = free_port()  # mallory's listener is on her machine: on alice's, nothing listens here
+    with cluster_browser(site.cluster) as mallory:
+        begun = begin_login(
+            mallory,
+            site.cluster,
+            "corp",
+            client_secret="mallory's secret",
+            redirect=f"http://127.0.0.1:{port}/callback",
+        )
+        with cluster_browser(site.cluster) as victim:
+            page = post_form(victim, victim.get(begun["auth_url"]).text)
+            # alice's browser says who would log in where, and to which client
+            for shown in ("alice@example.com", "access, editor, dev", "main", f"127.0.0.1:{port}"):
+                assert shown in page.text
+            with pytest.raises(httpx.ConnectError):  # even approved: her machine's port
+                press_approve(victim, page)
+        stolen = collect_login(mallory, site.cluster, begun["request_id"], "mallory's secret")
+    assert stolen.status_code == 403
+    assert "the one-time code from the browser is missing or wrong" in stolen.text
+    refusal = login_failures(site.cluster)[-1]
+    assert refusal["user"] == "alice@example.com" and refusal["method"] == "saml/corp"
+    assert f"loopback address 127.0.0.1:{port} (a shared login link?)" in refusal["reason"]
+    # alice's own `tether login`, beside it, works
+    code, err = login(site, "alice-herself")
+    assert code == 0, err
+    assert active(site, "alice-herself")["username"] == "alice@example.com"
 
 
 def test_a_replayed_response_is_refused(site: Site) -> None:
