@@ -43,7 +43,6 @@ from tether.plugins import get_plugin_manager
 from tether.proxy.sso_page import approval_page
 from tether.resources import parse_resources
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
-from tether.testing.http import free_port
 from tether.testing.sso import (
     approval_target,
     begin_login,
@@ -51,6 +50,7 @@ from tether.testing.sso import (
     collect_login,
     login_failures,
     press_approve,
+    share_login_link,
 )
 from tether.testing.sso import sso_login as login_through_browser
 
@@ -280,50 +280,52 @@ def logins_of(site: Site, user: str) -> int:
 
 def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
     # mallory starts a login with her own key and secret, as her own `tether login` would,
-    # and sends the provider's URL to sam, who is signed in at the provider
+    # and sends the provider's URL to sam, who is signed in at the provider and approves
     site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
-    port = free_port()  # mallory's listener is on her machine: on sam's, nothing listens here
     before = logins_of(site, "sso-sam")
-    with site.browser() as mallory:
-        begun = begin_login(
-            mallory,
-            site.cluster,
-            "standin",
-            client_secret="mallory's secret",
-            redirect=f"http://127.0.0.1:{port}/callback",
-        )
-        with site.browser() as sam:
-            page = sam.get(begun["auth_url"], follow_redirects=True)
-            # sam's browser says what it would approve, and where the certificates would go
-            assert page.status_code == 200
-            for shown in ("sso-sam", "access, editor", "main", f"127.0.0.1:{port}"):
-                assert shown in page.text
-            # even if sam approves, the code goes to a port on his own machine
-            with pytest.raises(httpx.ConnectError):
-                press_approve(sam, page)
-        stolen = collect_login(mallory, site.cluster, begun["request_id"], "mallory's secret")
-        assert stolen.status_code == 403
-        assert stolen.json()["error"]["message"] == (
-            "this login was not approved in a browser for this client: the one-time code "
-            "from the browser is missing or wrong"
-        )
-        assert "tether login --auth=standin" in stolen.json()["error"]["hint"]
-        # one try only: the login is void, so guessing the code does not help either
-        guessed = collect_login(
-            mallory, site.cluster, begun["request_id"], "mallory's secret", "a-guess"
-        )
-        assert guessed.status_code == 403
-        assert "no login result is waiting" in guessed.json()["error"]["message"]
+    shared = share_login_link(
+        site.cluster,
+        "standin",
+        lambda browser, url: browser.get(url, follow_redirects=True),
+        shown=("sso-sam (signed in through hooktest_sso/standin)", "access, editor"),
+    )
+    assert shared.collected.status_code == 403
+    error = shared.collected.json()["error"]
+    assert error["message"] == (
+        "this login was not approved in a browser for this client: the one-time code "
+        "from the browser is missing or wrong"
+    )
+    assert "tether login --auth=standin" in error["hint"]
     refusal = login_failures(site.cluster)[-1]
     assert refusal["user"] == "sso-sam"
     assert refusal["method"] == "hooktest_sso/standin"
-    assert "collected without the one-time code" in refusal["reason"]
-    assert f"127.0.0.1:{port}" in refusal["reason"]
+    assert refusal["reason"] == (
+        "collected without the one-time code the browser delivers to the client's loopback "
+        f"address {shared.client} (a shared login link?)"
+    )
     assert logins_of(site, "sso-sam") == before, "no certificate was issued for sam"
     # sam's own `tether login`, beside it, works: his browser brings the code to his client
     code, _, err = sso_login(site, "sam-himself")
     assert code == 0, err
     assert status(site, "sam-himself")["username"] == "sso-sam"
+
+
+def test_a_wrong_code_voids_the_login_so_guessing_gets_nothing(site: Site) -> None:
+    site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
+    with site.browser() as browser:
+        begun = begin_login(browser, site.cluster, "standin")
+        target = approval_target(browser.get(begun["auth_url"], follow_redirects=True))
+        assert target is not None
+        mine = (browser, site.cluster, begun["request_id"], "the-client-secret")
+        guessed = collect_login(*mine, "a-guess")
+        assert guessed.status_code == 403
+        assert "one-time code from the browser is missing or wrong" in guessed.text
+        # one try: even the right code finds nothing now
+        right = collect_login(
+            *mine, dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))["code"]
+        )
+        assert right.status_code == 403
+        assert "no login result is waiting" in right.text
 
 
 @pytest.mark.parametrize(
@@ -401,7 +403,13 @@ def approval(redirect: str) -> Approval:
 
 
 def test_the_approval_page_shows_the_login_and_sends_the_code_only_on_approval() -> None:
-    page = approval_page(approval("http://127.0.0.1:4000/cb?request=r&code=c%22d")).body.decode()
+    response = approval_page(approval("http://127.0.0.1:4000/cb?request=r&code=c%22d"))
+    # never framed (a click fooled through a frame would approve), kept or leaked on
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    page = bytes(response.body).decode()
     assert "&lt;sam&gt; (signed in through oidc/example)" in page
     assert "the tether client listening at 127.0.0.1:4000" in page
     assert "1h" in page and "1970-01-01 00:00:00 UTC" in page

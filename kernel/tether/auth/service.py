@@ -1191,8 +1191,8 @@ class AuthService:
             raise AccessDenied(
                 "this login was not approved in a browser for this client: the one-time code "
                 "from the browser is missing or wrong",
-                hint=f"run `tether login --auth={request.connector_name}` again and sign in "
-                "with a browser on the computer it runs on",
+                hint=f"run `tether login --auth={request.connector_name}` again (a tether "
+                "client as new as the cluster) and approve in a browser on the computer it runs on",
             )
         if not await self.backend.delete(key):
             raise AccessDenied("no login result is waiting under this id (expired or collected)")

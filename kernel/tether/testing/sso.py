@@ -17,21 +17,26 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import httpx
+import pytest
 
 from tether import pki
 from tether.auth.sso import hash_client_secret
 from tether.datadir import admin_identity_paths
 from tether.proxy.sso_page import APPROVE_FORM_ID
 from tether.testing.cluster import RunningCluster
+from tether.testing.http import free_port
 
 __all__ = [
+    "SharedLink",
     "approval_target",
     "begin_login",
     "cluster_browser",
     "collect_login",
     "login_failures",
     "press_approve",
+    "share_login_link",
     "sso_login",
 ]
 
@@ -106,6 +111,57 @@ def collect_login(
     if code is not None:
         body["code"] = code
     return browser.post(f"https://{cluster.proxy_addr}/webapi/sso/collect", json=body)
+
+
+@attrs.frozen
+class SharedLink:
+    """What the client that shared a login's link got (:func:`share_login_link`).
+
+    :param cluster: where it logged in.
+    :param client: ``HOST:PORT`` that client gave as its loopback listener.
+    :param collected: the proxy's answer to its collection.
+    """
+
+    cluster: RunningCluster
+    client: str
+    collected: httpx.Response
+
+    def assert_refused(self, user: str, method: str) -> None:
+        """Check that the collection was refused for want of the code, and audited as a login
+        of ``user`` through connector ``method`` (``KIND/NAME``) that failed."""
+        assert self.collected.status_code == 403, self.collected.text
+        assert "the one-time code from the browser is missing or wrong" in self.collected.text
+        refusal = login_failures(self.cluster)[-1]
+        assert (refusal["user"], refusal["method"]) == (user, method), refusal
+        assert f"loopback address {self.client} (a shared login link?)" in refusal["reason"]
+
+
+def share_login_link(
+    cluster: RunningCluster,
+    connector: str,
+    sign_in: Callable[[httpx.Client, str], httpx.Response],
+    shown: Sequence[str],
+) -> SharedLink:
+    """Start a login through ``connector`` as a client that then shares the provider's URL:
+    another person's browser signs in with it (``sign_in(browser, url)`` drives the provider
+    and returns the proxy's approval page, which must show every one of ``shown``), and even
+    presses Approve, which sends it to the sharer's loopback port on that person's machine,
+    where nothing listens. Then the sharer collects with all it knows.
+    """
+    secret = "the sharer's secret"
+    client = f"127.0.0.1:{free_port()}"  # the sharer's listener, on the sharer's machine
+    with cluster_browser(cluster) as sharer:
+        begun = begin_login(
+            sharer, cluster, connector, client_secret=secret, redirect=f"http://{client}/callback"
+        )
+        # a login that went straight to the loopback port, unapproved, fails here too
+        with cluster_browser(cluster) as browser, pytest.raises(httpx.ConnectError):
+            page = sign_in(browser, begun["auth_url"])
+            for text in (*shown, cluster.name, client):
+                assert text in page.text, page.text
+            press_approve(browser, page)
+        collected = collect_login(sharer, cluster, begun["request_id"], secret)
+    return SharedLink(cluster, client, collected)
 
 
 def login_failures(cluster: RunningCluster) -> list[dict[str, Any]]:

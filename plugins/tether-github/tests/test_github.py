@@ -22,17 +22,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
-from tether.testing.http import free_port, serve_http
+from tether.testing.http import serve_http
 from tether.testing.sso import (
     begin_login,
     cluster_browser,
-    collect_login,
-    login_failures,
     press_approve,
+    share_login_link,
     sso_login,
 )
 
@@ -235,30 +233,15 @@ def test_a_replayed_callback_is_refused(site: Site) -> None:
 
 def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
     # mallory starts `tether login --auth=github` with her own key and secret and sends the
-    # GitHub URL to alice, who is signed in at GitHub
+    # GitHub URL to alice, who is signed in at GitHub and approves
     site.github.next_user = "octo-alice"
-    port = free_port()  # mallory's listener is on her machine: on alice's, nothing listens here
-    with cluster_browser(site.cluster) as mallory:
-        begun = begin_login(
-            mallory,
-            site.cluster,
-            "github",
-            client_secret="mallory's secret",
-            redirect=f"http://127.0.0.1:{port}/callback",
-        )
-        with cluster_browser(site.cluster) as victim:
-            page = victim.get(begun["auth_url"], follow_redirects=True)
-            # alice's browser says who would log in where, and to which client
-            for shown in ("octo-alice", "access, editor, web", "main", f"127.0.0.1:{port}"):
-                assert shown in page.text
-            with pytest.raises(httpx.ConnectError):  # even approved: her machine's port
-                press_approve(victim, page)
-        stolen = collect_login(mallory, site.cluster, begun["request_id"], "mallory's secret")
-    assert stolen.status_code == 403
-    assert "the one-time code from the browser is missing or wrong" in stolen.text
-    refusal = login_failures(site.cluster)[-1]
-    assert refusal["user"] == "octo-alice" and refusal["method"] == "github/github"
-    assert f"loopback address 127.0.0.1:{port} (a shared login link?)" in refusal["reason"]
+    shared = share_login_link(
+        site.cluster,
+        "github",
+        lambda browser, url: browser.get(url, follow_redirects=True),
+        shown=("octo-alice", "access, editor, web"),
+    )
+    shared.assert_refused("octo-alice", "github/github")
     # alice's own `tether login`, beside it, works
     code, err = login(site, "alice-herself")
     assert code == 0, err
