@@ -23,6 +23,8 @@ import attrs
 import httpx
 import pytest
 import tether_hooktest
+import trio
+import trio.testing
 from tether_hooktest import StandInProvider
 
 from tether import pki
@@ -37,6 +39,7 @@ from tether.auth.sso import (
     map_claims,
 )
 from tether.backend import open_sqlite
+from tether.client.sso import _one_request
 from tether.config import default_config
 from tether.errors import AccessDenied, TetherError
 from tether.plugins import get_plugin_manager
@@ -421,6 +424,24 @@ def test_the_approval_page_shows_the_login_and_sends_the_code_only_on_approval()
 def test_the_approval_page_never_sends_the_code_off_this_machine() -> None:
     with pytest.raises(TetherError, match="is not allowed"):
         approval_page(approval("http://evil.example:4000/cb?request=r&code=c"))
+
+
+@pytest.mark.parametrize(
+    ("target", "taken"),
+    [
+        ("/callback?request=r-1&code=c-1", ("r-1", "c-1")),
+        ("/callback?request=r-1", None),  # what an old cluster sends: nothing to collect with
+        ("/elsewhere?request=r-1&code=c-1", None),
+    ],
+)
+async def test_the_clients_listener_takes_a_login_id_only_with_its_code(
+    target: str, taken: tuple[str, str] | None
+) -> None:
+    browser, listener = trio.testing.memory_stream_pair()
+    await browser.send_all(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    assert await _one_request(listener) == taken
+    answer = await browser.receive_some()
+    assert answer.startswith(b"HTTP/1.1 200" if taken else b"HTTP/1.1 404")
 
 
 @pytest.mark.parametrize(
