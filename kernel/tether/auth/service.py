@@ -1020,7 +1020,7 @@ class AuthService:
                 hint="run `tether login --auth=...` again",
             )
         request = sso.SSORequest.from_json(json.loads(item.value))
-        method = f"{request.connector_kind}/{request.connector_name}"
+        method = request.method
         code = sso.new_code()
         outcome: dict[str, Any] = {
             "request": request.to_json(),
@@ -1064,7 +1064,7 @@ class AuthService:
         connector, resource = await self._redirect_connector(request.connector_name)
         if connector.name != request.connector_kind:
             raise AccessDenied(f"connector {request.connector_name!r} changed during the login")
-        method = f"{request.connector_kind}/{request.connector_name}"
+        method = request.method
         try:
             external = await connector.complete(self, resource, request, params)
             roles = tuple(connector.roles_for(self, resource, external))
@@ -1104,7 +1104,7 @@ class AuthService:
         self, request: sso.SSORequest, external: sso.ExternalIdentity, roles: tuple[str, ...]
     ) -> LoginResult:
         """The certificates of a login the browser approved and its client collected."""
-        method = f"{request.connector_kind}/{request.connector_name}"
+        method = request.method
         existing = await self._sso_user_record(external.username, method)
         login = LoginIdentity(username=external.username, roles=roles, traits=external.claims)
         result = await self._issue_user_certs(
@@ -1178,7 +1178,7 @@ class AuthService:
         ):
             raise AccessDenied("this login was started by another client")
         request = sso.SSORequest.from_json(outcome["request"])
-        method = f"{request.connector_kind}/{request.connector_name}"
+        method = request.method
         if not hmac.compare_digest(sso.hash_code(code), str(outcome["code_hash"])):
             await self.backend.delete(key)  # one try: the login is void for everyone
             username = str(outcome.get("identity", {}).get("username", ""))

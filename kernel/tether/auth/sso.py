@@ -112,6 +112,11 @@ class SSORequest:
     expires: float
 
     @property
+    def method(self) -> str:
+        """The connector, ``KIND/NAME``, as audit events and messages name it."""
+        return f"{self.connector_kind}/{self.connector_name}"
+
+    @property
     def pkce_challenge(self) -> str:
         """``BASE64URL(SHA256(verifier))`` without padding (RFC 7636's S256 method)."""
         digest = hashlib.sha256(self.pkce_verifier.encode("ascii")).digest()
