@@ -4,9 +4,12 @@ that carry root traits across, labels that pick nodes and clusters, deny beating
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Mapping, Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tether.rbac as rbac
 from tether.errors import AccessDenied, ResourceError
@@ -402,3 +405,55 @@ def test_label_reach_expands_trait_templates(registry: KindRegistry) -> None:
     assert not roleset.can_access("node_labels", {"team": "red"}, {"team": ["blue"]})
     with pytest.raises(ValueError, match="unknown label condition"):
         roleset.can_access("logins", {}, TRAITS)
+
+
+# -- a selector's answer never depends on the order of its keys ----------------------------------
+
+_KEYS = st.sampled_from(["env", "team", "os", "*"])
+_ACCEPTED = st.sampled_from(["*", "prod", "dev", "prod-*", "^d.*$", "blue"])
+_SELECTORS = st.dictionaries(_KEYS, st.lists(_ACCEPTED, min_size=1, max_size=3), max_size=4)
+_LABELS = st.dictionaries(
+    st.sampled_from(["env", "team", "os"]), st.sampled_from(["prod", "dev", "blue", "prod-eu"])
+)
+
+
+@given(selector=_SELECTORS, labels=_LABELS, data=st.data())
+def test_the_order_of_a_selectors_keys_never_changes_its_answer(
+    selector: dict[str, list[str]], labels: dict[str, str], data: st.DataObject
+) -> None:
+    reordered = dict(data.draw(st.permutations(list(selector.items()))))
+    assert match_labels(reordered, labels) is match_labels(selector, labels)
+    # every key counts: the selector matches only where each key alone does
+    alone = all(match_labels({k: v}, labels) for k, v in selector.items())
+    assert match_labels(selector, labels) is (bool(selector) and alone)
+
+
+@given(selector=_SELECTORS, labels=_LABELS, data=st.data())
+def test_the_order_of_a_deny_rules_keys_never_changes_what_it_hides(
+    selector: dict[str, list[str]], labels: dict[str, str], data: st.DataObject
+) -> None:
+    if "*" in selector:  # roles accept only '*': '*' under the '*' key
+        selector["*"] = ["*"]
+    reordered = dict(data.draw(st.permutations(list(selector.items()))))
+
+    def reach(deny: dict[str, list[str]]) -> bool:
+        body = f"  deny:\n    node_labels: {json.dumps(deny)}\n"
+        roleset = RoleSet([preset_roles()[0], role("deny", body, core_registry())])
+        return roleset.can_access("node_labels", labels, TRAITS)
+
+    assert reach(reordered) is reach(selector)
+
+
+@pytest.mark.parametrize(
+    "deny",
+    [{"*": ["*"], "env": ["prod"]}, {"env": ["prod"], "*": ["*"]}],
+    ids=["star-first", "env-first"],
+)
+def test_a_deny_with_a_star_key_hides_only_what_its_other_keys_select(
+    deny: dict[str, list[str]], registry: KindRegistry
+) -> None:
+    hide = role("hide", f"  deny:\n    node_labels: {json.dumps(deny)}\n", registry)
+    roleset = RoleSet([preset_roles()[0], hide])
+    assert not roleset.can_access("node_labels", {"env": "prod"}, TRAITS)
+    assert roleset.can_access("node_labels", {"env": "dev"}, TRAITS)
+    assert roleset.can_access("node_labels", {}, TRAITS)

@@ -4,7 +4,9 @@ A selector maps label keys to accepted values. Every key of the selector must ma
 resource's label of that key; a value matches when any accepted value does. Accepted values are
 ``*`` (anything), a glob with ``*`` inside, a ``^...$`` regular expression (re2 syntax, matched
 against the whole value) or a literal. The key ``*`` with the value ``*`` matches every
-resource, labelled or not. An empty selector matches nothing, so a role grants access only to
+resource, labelled or not; beside other keys it adds nothing, so ``{'*': '*', env: prod}``
+selects what ``{env: prod}`` selects, whatever the order of the keys (Teleport lets ``'*': '*'``
+match everything there). An empty selector matches nothing, so a role grants access only to
 what it names.
 """
 
@@ -70,8 +72,12 @@ def match_labels(selector: Mapping[str, Sequence[str]], labels: Mapping[str, str
     for key, accepted in selector.items():
         values = (accepted,) if isinstance(accepted, str) else tuple(accepted)
         if key == WILDCARD:
+            # '*: *' holds for every resource and leaves the other keys to decide; checking
+            # them all, in any order, keeps a deny from hiding less when written another way.
             # '*: something' has no meaning; refuse rather than guess
-            return values == (WILDCARD,)
+            if values != (WILDCARD,):
+                return False
+            continue
         if key not in labels:
             return False
         if not any(match_label_value(v, labels[key]) for v in values):
