@@ -407,6 +407,89 @@ def test_label_reach_expands_trait_templates(registry: KindRegistry) -> None:
         roleset.can_access("logins", {}, TRAITS)
 
 
+# -- what a trait supplies is a value, never a pattern -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "trait", "label", "matches"),
+    [
+        ("{{external.team}}", "blue", "blue", True),
+        ("{{external.team}}", "blue", "red", False),
+        ("{{external.team}}", "*", "red", False),
+        ("{{external.team}}", "*", "*", True),
+        ("{{external.team}}", "^.*$", "red", False),
+        ("{{external.team}}", "^.*$", "^.*$", True),
+        ("{{external.team}}", "bl*", "blue", False),
+        ("team-{{external.team}}", "*", "team-red", False),
+        ("team-{{external.team}}", "*", "team-*", True),
+        ("{{external.team}}-*", "blue", "blue-eu", True),
+        ("{{external.team}}-*", "*", "red-eu", False),
+        ("{{external.team}}-*", "*", "*-eu", True),
+        ("^dev-{{external.team}}-.*$", "blue", "dev-blue-1", True),
+        ("^dev-{{external.team}}-.*$", ".*", "dev-red-1", False),
+        ("^dev-{{external.team}}-.*$", ".*", "dev-.*-1", True),
+        ("^dev-{{external.team}}-.*$", "(a|b)", "dev-a-1", False),
+        ("^{{external.team}}$", "^.*$", "red", False),
+        ('{{regexp.replace(external.team, "^(.*)$", "x-$1")}}', "*", "x-red", False),
+        ("{{email.local(external.team)}}", "*@example.com", "red", False),
+    ],
+)
+def test_a_trait_in_a_label_selector_matches_only_literally(
+    value: str, trait: str, label: str, matches: bool
+) -> None:
+    selector = {"team": rbac.expand_label_value(value, {"team": [trait]})}
+    assert match_labels(selector, {"team": label}) is matches
+
+
+def test_the_roles_own_patterns_keep_their_meaning_beside_a_template() -> None:
+    assert rbac.expand_label_value("^prod-.*$", {}) == ["^prod-.*$"]
+    assert rbac.expand_label_value("prod-*", {}) == ["prod-*"]
+    assert rbac.expand_label_value("{{external.team}}", {"team": ["blue"]}) == ["blue"]
+
+
+def test_a_user_whose_trait_is_a_wildcard_reaches_no_node_through_it(
+    registry: KindRegistry,
+) -> None:
+    by_team = role(
+        "by-team",
+        "  allow:\n    logins: [dev]\n    node_labels:\n"
+        "      team: '{{external.team}}'\n      env: '^dev-{{internal.env}}-.*$'\n",
+        registry,
+    )
+    roleset = RoleSet([by_team])
+    node = {"team": "red", "env": "dev-eu-1"}
+    for wild in ("*", "^.*$", ".*"):
+        traits = {"team": [wild], "env": [wild]}
+        assert not roleset.can_access("node_labels", node, traits)
+        denial(roleset.check_login, "dev", node_labels=node, traits=traits)
+    real = {"team": ["red"], "env": ["eu"]}
+    assert roleset.can_access("node_labels", node, real)
+    roleset.check_login("dev", node_labels=node, traits=real)
+
+
+def test_logins_groups_and_database_users_from_traits_are_never_wildcards(
+    registry: KindRegistry,
+) -> None:
+    wild = {
+        "logins": ["*", "^.*$", "ubuntu", "ops-*"],
+        "kubernetes_groups": ["*", "system:masters"],
+        "db_users": ["^.*$", "postgres"],
+    }
+    access = RoleSet(preset_roles()[:1])
+    assert access.logins(wild) == ["ubuntu"]
+    assert access.traits_values("kubernetes_groups", wild) == ["system:masters"]
+    assert access.traits_values("db_users", wild) == ["postgres"]
+    message = denial(access.check_login, "root", node_labels={}, traits=wild)
+    assert message.startswith("login 'root' is not allowed")
+    # a deny filled from a trait of '*' denies no more than a literal '*' login (none)
+    deny = role("deny-listed", "  deny:\n    logins: ['{{external.blocked}}']\n", registry)
+    roleset = RoleSet([preset_roles()[0], deny])
+    assert roleset.logins({**wild, "blocked": ["*"]}) == ["ubuntu"]
+    # a role's own '*' is still a wildcard
+    none = role("none", "  deny:\n    logins: ['*']\n", registry)
+    assert RoleSet([preset_roles()[0], none]).logins(wild) == []
+
+
 # -- a selector's answer never depends on the order of its keys ----------------------------------
 
 _KEYS = st.sampled_from(["env", "team", "os", "*"])
