@@ -9,6 +9,7 @@ peak memory is measured. Real processes on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import ssl
@@ -140,6 +141,32 @@ def test_sso_collect_is_held_to_the_rate_like_the_other_anonymous_endpoints(
         assert held.status_code == 429
         assert 0 < int(held.headers["Retry-After"]) <= 60
         assert held.json()["error"]["message"].startswith("too many requests from 127.0.0.1")
+
+
+def test_http2_posts_answered_before_their_body_ends_do_not_stop_the_proxy(
+    tether_cluster_factory: Any,
+) -> None:
+    # Browsers speak HTTP/2. An answer sent while the body is still coming (the rate limit's
+    # 429, the body limit's 413) left hypercorn's HTTP/2 code raising KeyError for the data
+    # that followed, and the error stopped the whole daemon.
+    limit = {"average": 1, "burst": 1, "period": "1m"}
+    cluster: RunningCluster = tether_cluster_factory(
+        config={"proxy_service": {"rate_limit": limit}}
+    )
+    base_url = f"https://{cluster.proxy_addr}"
+    with httpx.Client(base_url=base_url, verify=_insecure(), http2=True) as web:
+        assert web.get("/webapi/ping").http_version == "HTTP/2"
+        web.post("/webapi/login", json={})  # spends the one request of the rate
+    for body in (b"x" * (512 * 1024), b"x" * (8 * MiB)):  # a 429, then a 413
+        with (
+            httpx.Client(base_url=base_url, verify=_insecure(), http2=True) as web,
+            contextlib.suppress(httpx.TransportError),  # the connection may end with the answer
+        ):
+            answer = web.post("/webapi/login", content=body)
+            assert answer.status_code in (413, 429)
+        with httpx.Client(base_url=base_url, verify=_insecure(), http2=True) as web:
+            assert web.get("/webapi/ping").json()["cluster_name"] == "main"
+    assert cluster.process.poll() is None
 
 
 def test_the_body_limit_is_read_as_a_size() -> None:

@@ -27,7 +27,7 @@ from hypercorn.typing import ConnectionState
 
 from tether.config import ByteSize
 from tether.errors import TetherError
-from tether.tlsserver import peer_certificate_der
+from tether.tlsserver import peer_address, peer_certificate_der
 from tether.tlsstream import TLSStream
 from tether.wire import error_to_json
 
@@ -142,4 +142,11 @@ class ASGIHandler:
         # TCPServer is annotated with trio.SSLStream but duck-types it: do_handshake,
         # selected_alpn_protocol, transport_stream.socket, send_all, receive_some, aclose,
         # and send_eof, whose absence (AttributeError) it takes to mean TLS.
-        await TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
+        try:
+            await TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
+        except* KeyError:
+            # hypercorn 0.18's HTTP/2 looks up the stream of each DATA frame unguarded, so data
+            # still arriving for a request already answered (a 413, a 429) raises KeyError
+            # (pgjones/hypercorn#329). Uncaught, it would stop the daemon; it ends this
+            # connection only, whose answer has been sent.
+            log.info("HTTP/2 connection from %s ended after an early answer", peer_address(stream))
