@@ -296,7 +296,7 @@ async def _start_proxy(
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
-    web = _LazyHandler(holder, auth_client, tunnels, limiter)
+    web = _LazyHandler(holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body)
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
@@ -377,17 +377,23 @@ class _LazyHandler:
         auth: AuthClient,
         tunnels: TunnelServer,
         limiter: RateLimiter,
+        max_body: int,
     ) -> None:
         self._holder = holder
         self._auth = auth
         self._tunnels = tunnels
         self._limiter = limiter
+        self._max_body = max_body
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
         if self._handler is None:
             app = build_web_app(
-                self._holder["info"], self._auth, limiter=self._limiter, tunnels=self._tunnels
+                self._holder["info"],
+                self._auth,
+                limiter=self._limiter,
+                max_body=self._max_body,
+                tunnels=self._tunnels,
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)

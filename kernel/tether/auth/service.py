@@ -35,7 +35,14 @@ from tether.auth.trust import establish_trust_with_root
 from tether.backend import Backend, Item, Op
 from tether.config import Config
 from tether.durations import format_duration
-from tether.errors import AccessDenied, AlreadyExists, NotFound, PluginError, TetherError
+from tether.errors import (
+    AccessDenied,
+    AlreadyExists,
+    CompareFailed,
+    NotFound,
+    PluginError,
+    TetherError,
+)
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import (
@@ -74,6 +81,10 @@ HEARTBEAT_TTL = 600.0
 MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
 MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
 def _everything(resource: Resource) -> bool:
@@ -786,23 +797,10 @@ class AuthService:
 
         Failures say "invalid user name or password" whichever was wrong; after
         ``failed_login_limit`` consecutive failures the name is locked for
-        ``lockout_duration``, whether or not the user exists.
+        ``lockout_duration``, whether or not the user exists. Each attempt is counted before
+        its password is checked (:meth:`_count_login_attempt`), so concurrent guesses lock
+        the name as the same guesses one after another would.
         """
-        cfg = self.config.auth_service
-        attempts_key = ATTEMPTS_PREFIX + username
-        attempts_item = await self.backend.get(attempts_key)
-        failed, locked_until = passwords.decode_attempts(
-            attempts_item.value if attempts_item else None
-        )
-        now = self._clock()
-        if locked_until is not None and locked_until > now:
-            await self._audit_login_failure(username, connector_name, "account locked")
-            until = datetime.datetime.fromtimestamp(locked_until, datetime.UTC)
-            raise AccessDenied(
-                f"too many failed logins: {username!r} is locked until "
-                f"{until:%Y-%m-%d %H:%M:%S} UTC",
-                hint="wait, or ask an admin to unlock it",
-            )
         connector = self.connectors.get(connector_name)
         if not isinstance(connector, PasswordConnector):
             known = (
@@ -817,24 +815,30 @@ class AuthService:
                 f"no password connector named {connector_name!r}",
                 hint=f"password connectors here: {known}",
             )
+        counted = await self._count_login_attempt(username, connector_name)
         try:
             login = await connector.authenticate_password(self, username, password)
         except AccessDenied:
-            failed += 1
-            lock = None
-            if failed >= cfg.failed_login_limit:
-                lock = now + cfg.lockout_duration.total_seconds()
-            await self.backend.put(
-                attempts_key,
-                passwords.encode_attempts(failed, lock),
-                ttl=cfg.lockout_duration.total_seconds(),
-            )
             await self._audit_login_failure(
                 username, connector_name, "invalid user name or password"
             )
+            failed, locked_until = passwords.decode_attempts(counted.value)
+            if locked_until is not None:
+                await self.audit_event(
+                    audit.USER_LOCKED,
+                    username,
+                    {
+                        "method": connector_name,
+                        "failed": failed,
+                        "until": _utc(locked_until).isoformat(),
+                    },
+                    success=False,
+                )
             raise AccessDenied("invalid user name or password") from None
-        if attempts_item is not None:
-            await self.backend.delete(attempts_key)
+        # A success resets the count, unless an attempt was counted since this one: that one
+        # may still fail, and forgetting it would give a guesser racing the user free tries.
+        with contextlib.suppress(CompareFailed, NotFound):
+            await self.backend.apply([Op.delete(counted.key, expected_revision=counted.revision)])
         result = await self._issue_user_certs(
             login, ssh_public_key=ssh_public_key, tls_public_key_pem=tls_public_key_pem, ttl=ttl
         )
@@ -848,6 +852,47 @@ class AuthService:
             },
         )
         return result
+
+    async def _count_login_attempt(self, username: str, connector_name: str) -> Item:
+        """Count one password attempt at ``username`` before its password is checked.
+
+        The count is written with compare-and-swap, so of N attempts at once each sees the
+        ones before it: the attempt that reaches ``failed_login_limit`` writes the lock with
+        its count (it is lifted by a success, see :meth:`login_password`) and the ones after
+        it are refused without a check. A lock that has run out starts a fresh count.
+
+        :returns: the counter as this attempt wrote it.
+        :raises AccessDenied: the name is locked, saying until when and why.
+        """
+        cfg = self.config.auth_service
+        key = ATTEMPTS_PREFIX + username
+        ttl = cfg.lockout_duration.total_seconds()
+        while True:
+            item = await self.backend.get(key)
+            failed, locked_until = passwords.decode_attempts(item.value if item else None)
+            now = self._clock()
+            if locked_until is not None and locked_until > now:
+                await self._audit_login_failure(username, connector_name, "account locked")
+                raise AccessDenied(
+                    f"too many failed logins: {username!r} is locked until "
+                    f"{_utc(locked_until):%Y-%m-%d %H:%M:%S} UTC after {failed} failed logins "
+                    "in a row",
+                    hint="wait until then and try again; auth_service.failed_login_limit and "
+                    "lockout_duration set the lock",
+                )
+            if locked_until is not None:  # the lock ran out: its failures are forgiven
+                failed = 0
+            failed += 1
+            lock = now + ttl if failed >= cfg.failed_login_limit else None
+            value = passwords.encode_attempts(failed, lock)
+            try:
+                if item is None:
+                    return await self.backend.create(key, value, ttl=ttl)
+                return await self.backend.compare_and_swap(
+                    key, value, expected_revision=item.revision, ttl=ttl
+                )
+            except (AlreadyExists, CompareFailed, NotFound):
+                continue  # another attempt was counted (or the count expired) meanwhile
 
     async def _audit_login_failure(self, username: str, connector_name: str, reason: str) -> None:
         await self.audit_event(

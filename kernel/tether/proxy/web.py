@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import html
+import logging
 import math
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from starlette.routing import Route
 
 import tether
 from tether import pki
-from tether.asgi import PEER_CERT_STATE
+from tether.asgi import PEER_CERT_STATE, BodyLimit, RefusedBody
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
 from tether.auth.sso import Approval, check_client_redirect
 from tether.durations import format_duration
@@ -44,6 +45,8 @@ from tether.wire import (
 )
 
 __all__ = ["ProxyWebInfo", "build_web_app"]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -101,18 +104,45 @@ def _rate_limited(limiter: RateLimiter, endpoint: _Endpoint) -> _Endpoint:
     return limited
 
 
+def _audit_refused_body(auth: AuthClient, limiter: RateLimiter) -> RefusedBody:
+    """Audit a refused request body as ``proxy.request.refused``, within the client's rate:
+    a refusal spends one of its requests, and one over its rate is answered, not audited, so
+    that a flood of refusals cannot flood the audit log."""
+
+    async def refused(scope: dict[str, Any], declared: int | None) -> None:
+        host = (scope.get("client") or ("unknown",))[0]
+        if limiter.take(host, trio.current_time()):
+            return
+        event = {
+            "client": host,
+            "method": scope["method"],
+            "path": scope["path"],
+            "reason": "request body too large",
+            "content_length": declared,
+        }
+        try:
+            await auth.record_event("proxy.request.refused", "", event, success=False)
+        except (TetherError, OSError) as exc:
+            log.warning("could not audit a refused request from %s: %s", host, exc)
+
+    return refused
+
+
 def build_web_app(
     info: ProxyWebInfo,
     auth: AuthClient,
     *,
     limiter: RateLimiter,
+    max_body: int,
     tunnels: TunnelServer | None = None,
-) -> Starlette:
+) -> BodyLimit:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
 
     :param limiter: holds each client address to its rate on the endpoints that take no
-        certificate and cost the cluster work or storage (login, sign-up, SSO login, join,
-        trusted cluster validation).
+        certificate and cost the cluster work or storage (login, sign-up, SSO login and
+        collect, join, trusted cluster validation).
+    :param max_body: the largest request body read (``proxy_service.max_request_body``); a
+        larger one is refused with 413 before it is read, and audited.
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
     """
 
@@ -209,7 +239,7 @@ def build_web_app(
         return JSONResponse(result)
 
     limited = functools.partial(_rate_limited, limiter)
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/webapi/ping", ping),
             Route("/webapi/cluster-ca", cluster_ca),
@@ -218,7 +248,7 @@ def build_web_app(
             Route("/webapi/connectors", connectors),
             Route("/webapi/sso/login", limited(sso_login), methods=["POST"]),
             Route("/webapi/sso/callback", sso_callback, methods=["GET", "POST"]),
-            Route("/webapi/sso/collect", sso_collect, methods=["POST"]),
+            Route("/webapi/sso/collect", limited(sso_collect), methods=["POST"]),
             Route("/webapi/join", limited(join), methods=["POST"]),
             Route(
                 "/webapi/trustedclusters/validate",
@@ -229,4 +259,10 @@ def build_web_app(
             metrics_route(info.cluster_name, auth, tunnels),
         ],
         exception_handlers=exception_handlers(),
+    )
+    return BodyLimit(
+        app,
+        max_body=max_body,
+        setting="proxy_service.max_request_body",
+        refused=_audit_refused_body(auth, limiter),
     )
