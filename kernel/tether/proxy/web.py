@@ -215,7 +215,8 @@ def build_web_app(
         return RedirectResponse(check_client_redirect(str(body["redirect"])), status_code=302)
 
     async def sso_collect(request: Request) -> JSONResponse:
-        # the client proves it started the login with the secret only it holds
+        # the client proves it started the login with the secret only it holds, and that the
+        # browser which approved it handed it the one-time code on its loopback listener
         body = await auth.call("POST", "/v1/sso/collect", json=await read_json_object(request))
         return JSONResponse(body)
 
