@@ -22,6 +22,7 @@ from tether.pki import (
     issue_x509_cert,
     server_ssl_context,
 )
+from tether.testing.cluster import start_cluster
 
 
 def _server_context(cas: ClusterAuthorities) -> ssl.SSLContext:
@@ -112,3 +113,15 @@ def test_a_new_cluster_signs_web_certificates_with_p256_and_ssh_with_ed25519(
     assert isinstance(cas.ssh_host.public_key, ed25519.Ed25519PublicKey)
     manifest = json.loads((tmp_path / "keys" / "manifest.json").read_text())
     assert (manifest["algorithm"], manifest["tls_algorithm"]) == ("ed25519", "ecdsa-p256")
+
+
+def test_a_cluster_whose_x509_ca_is_ed25519_warns_that_browsers_refuse_its_proxy(
+    tmp_path: pathlib.Path,
+) -> None:
+    cluster = start_cluster(
+        tmp_path / "old", "old", config={"auth_service": {"tls_ca_algorithm": "ed25519"}}
+    )
+    try:
+        assert "which browsers refuse; set proxy_service.https_cert_file" in cluster.log_text()
+    finally:
+        cluster.stop()

@@ -253,6 +253,11 @@ async def _start_proxy(
     client_ctx = pki.client_ssl_context(trusted_cas=list(me.cas), cert=me.cert, key=me.key)
     auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
+    if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
+        log.warning(
+            "the proxy's web certificate is signed with Ed25519 (this cluster's X.509 CA predates "
+            "ECDSA P-256 ones), which browsers refuse; set proxy_service.https_cert_file"
+        )
     protocols = collect_protocols(ctx.pm.hook.tether_protocols())
     server_ctx = pki.server_ssl_context(
         web_cert,
