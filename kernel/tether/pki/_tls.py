@@ -117,11 +117,12 @@ def present_certificate(ctx: ssl.SSLContext, cert: x509.Certificate, key: Privat
 def _openssl_groups_call() -> Callable[[ssl.SSLContext, bytes], bool] | None:
     """A function that sets a context's key exchange groups, or None where none can be had.
 
-    Python before 3.15 has no ``SSLContext.set_groups`` (``set_ecdh_curve`` sets one group),
-    so this calls ``SSL_CTX_ctrl`` in the OpenSSL the ``ssl`` module runs on, found through
-    the ``_ssl`` extension's own symbols, on the ``SSL_CTX`` pointer that CPython keeps right
-    after the object header of every ``SSLContext``. The pointer is trusted only once
-    ``SSL_CTX_get_options`` through it reads back the options ``ssl`` reports.
+    Python 3.11 can set one group only (``set_ecdh_curve``; ``SSLContext.set_groups`` is
+    CPython issue 136306, used where it exists), so this calls ``SSL_CTX_ctrl`` in the OpenSSL
+    the ``ssl`` module runs on, found through the ``_ssl`` extension's own symbols, on the
+    ``SSL_CTX`` pointer that CPython keeps right after the object header of every
+    ``SSLContext``. The pointer is trusted only once ``SSL_CTX_get_options`` through it reads
+    back the options ``ssl`` reports.
     """
     if sys.implementation.name != "cpython":
         return None
@@ -152,7 +153,7 @@ def _openssl_groups_call() -> Callable[[ssl.SSLContext, bytes], bool] | None:
 def _restrict_groups(ctx: ssl.SSLContext) -> None:
     """Offer and accept only :data:`GROUPS` for key exchange on *ctx*."""
     groups = ":".join(GROUPS)
-    set_groups = getattr(ctx, "set_groups", None)  # Python 3.15+
+    set_groups = getattr(ctx, "set_groups", None)  # a later Python's own way
     if set_groups is not None:
         set_groups(groups)
         return
