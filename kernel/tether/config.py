@@ -284,6 +284,8 @@ class AuthServiceConfig:
         default=datetime.timedelta(days=365), validator=_positive
     )
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
+    # browsers refuse Ed25519 certificates, and this CA signs the proxy's web certificate
+    tls_ca_algorithm: CaAlgorithm = CaAlgorithm.ECDSA_P256
 
 
 @attrs.frozen
@@ -838,8 +840,10 @@ auth_service:
   # Lifetime of the certificates of joined nodes and proxies; each renews its own once two
   # thirds of it have passed, while it runs.
   host_cert_ttl: 8760h
-  # Key algorithm of new certificate authorities: ed25519 or ecdsa-p256.
+  # Key algorithm of new certificate authorities, ed25519 or ecdsa-p256: the SSH ones, and
+  # the X.509 one, which signs the proxy's web certificate (browsers refuse Ed25519 there).
   ca_algorithm: ed25519
+  tls_ca_algorithm: ecdsa-p256
 
 proxy_service:
   enabled: true

@@ -80,8 +80,9 @@ def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
 def _server_identity(
     auth: AuthService, config: Config, kind: str, *hosts: str
 ) -> tuple[x509.Certificate, pki.PrivateKey]:
-    """A fresh key and a certificate naming every address clients may use for this daemon."""
-    key = pki.generate_private_key()
+    """A fresh key and a certificate naming every address clients may use for this daemon,
+    of a type browsers and stock TLS clients accept."""
+    key = pki.generate_private_key(pki.WEB_ALGORITHM)
     dns, ips = _server_names(config, *hosts)
     cert = auth.issue_system_certificate(
         kind,
@@ -226,7 +227,9 @@ async def _renew_proxy_identity(
         trusted_cas=list(joined.tls_cas), cert=joined.tls_cert, key=joined.private_key
     )
     async with AuthClient(auth_url, context) as api:
-        renewed = await renew_identity(api, hostname=joined.identity.username, addresses=addresses)
+        renewed = await renew_identity(
+            api, hostname=joined.identity.username, addresses=addresses, role="proxy"
+        )
     log.info(
         "proxy %s renewed its certificates; they expire at %s",
         joined.identity.username,
@@ -250,6 +253,11 @@ async def _start_proxy(
     client_ctx = pki.client_ssl_context(trusted_cas=list(me.cas), cert=me.cert, key=me.key)
     auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
+    if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
+        log.warning(
+            "the proxy's web certificate is signed with Ed25519 (this cluster's X.509 CA predates "
+            "ECDSA P-256 ones), which browsers refuse; set proxy_service.https_cert_file"
+        )
     protocols = collect_protocols(ctx.pm.hook.tether_protocols())
     server_ctx = pki.server_ssl_context(
         web_cert,

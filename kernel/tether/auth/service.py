@@ -210,7 +210,10 @@ class AuthService:
         registry = KindRegistry.from_plugins(pm)
         keys_dir = pathlib.Path(config.data_dir) / "keys"
         authorities = pki.ClusterAuthorities.load_or_create(
-            keys_dir, config.cluster_name, algorithm=config.auth_service.ca_algorithm
+            keys_dir,
+            config.cluster_name,
+            algorithm=config.auth_service.ca_algorithm,
+            tls_algorithm=config.auth_service.tls_ca_algorithm,
         )
         service = cls(
             config=config,
