@@ -285,7 +285,7 @@ def test_user_without_logins_gets_a_cert_that_allows_no_login(
 
 @pytest.mark.parametrize("algorithm", ["ed25519", "ecdsa-p256"])
 def test_x509_login_cert_passes_openssl_verify(tmp_path: pathlib.Path, algorithm: str) -> None:
-    root = ClusterAuthorities.generate("root", algorithm=algorithm)
+    root = ClusterAuthorities.generate("root", algorithm=algorithm, tls_algorithm=algorithm)
     user_key = generate_private_key(algorithm)
     identity = live_identity()
     cert = issue_x509_cert(root.tls, user_key.public_key(), identity)

@@ -4,9 +4,12 @@ that carry root traits across, labels that pick nodes and clusters, deny beating
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Mapping, Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tether.rbac as rbac
 from tether.errors import AccessDenied, ResourceError
@@ -402,3 +405,138 @@ def test_label_reach_expands_trait_templates(registry: KindRegistry) -> None:
     assert not roleset.can_access("node_labels", {"team": "red"}, {"team": ["blue"]})
     with pytest.raises(ValueError, match="unknown label condition"):
         roleset.can_access("logins", {}, TRAITS)
+
+
+# -- what a trait supplies is a value, never a pattern -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "trait", "label", "matches"),
+    [
+        ("{{external.team}}", "blue", "blue", True),
+        ("{{external.team}}", "blue", "red", False),
+        ("{{external.team}}", "*", "red", False),
+        ("{{external.team}}", "*", "*", True),
+        ("{{external.team}}", "^.*$", "red", False),
+        ("{{external.team}}", "^.*$", "^.*$", True),
+        ("{{external.team}}", "bl*", "blue", False),
+        ("team-{{external.team}}", "*", "team-red", False),
+        ("team-{{external.team}}", "*", "team-*", True),
+        ("{{external.team}}-*", "blue", "blue-eu", True),
+        ("{{external.team}}-*", "*", "red-eu", False),
+        ("{{external.team}}-*", "*", "*-eu", True),
+        ("^dev-{{external.team}}-.*$", "blue", "dev-blue-1", True),
+        ("^dev-{{external.team}}-.*$", ".*", "dev-red-1", False),
+        ("^dev-{{external.team}}-.*$", ".*", "dev-.*-1", True),
+        ("^dev-{{external.team}}-.*$", "(a|b)", "dev-a-1", False),
+        ("^{{external.team}}$", "^.*$", "red", False),
+        ('{{regexp.replace(external.team, "^(.*)$", "x-$1")}}', "*", "x-red", False),
+        ("{{email.local(external.team)}}", "*@example.com", "red", False),
+    ],
+)
+def test_a_trait_in_a_label_selector_matches_only_literally(
+    value: str, trait: str, label: str, matches: bool
+) -> None:
+    selector = {"team": rbac.expand_label_value(value, {"team": [trait]})}
+    assert match_labels(selector, {"team": label}) is matches
+
+
+def test_the_roles_own_patterns_keep_their_meaning_beside_a_template() -> None:
+    assert rbac.expand_label_value("^prod-.*$", {}) == ["^prod-.*$"]
+    assert rbac.expand_label_value("prod-*", {}) == ["prod-*"]
+    assert rbac.expand_label_value("{{external.team}}", {"team": ["blue"]}) == ["blue"]
+
+
+def test_a_user_whose_trait_is_a_wildcard_reaches_no_node_through_it(
+    registry: KindRegistry,
+) -> None:
+    by_team = role(
+        "by-team",
+        "  allow:\n    logins: [dev]\n    node_labels:\n"
+        "      team: '{{external.team}}'\n      env: '^dev-{{internal.env}}-.*$'\n",
+        registry,
+    )
+    roleset = RoleSet([by_team])
+    node = {"team": "red", "env": "dev-eu-1"}
+    for wild in ("*", "^.*$", ".*"):
+        traits = {"team": [wild], "env": [wild]}
+        assert not roleset.can_access("node_labels", node, traits)
+        denial(roleset.check_login, "dev", node_labels=node, traits=traits)
+    real = {"team": ["red"], "env": ["eu"]}
+    assert roleset.can_access("node_labels", node, real)
+    roleset.check_login("dev", node_labels=node, traits=real)
+
+
+def test_logins_groups_and_database_users_from_traits_are_never_wildcards(
+    registry: KindRegistry,
+) -> None:
+    wild = {
+        "logins": ["*", "^.*$", "ubuntu", "ops-*"],
+        "kubernetes_groups": ["*", "system:masters"],
+        "db_users": ["^.*$", "postgres"],
+    }
+    access = RoleSet(preset_roles()[:1])
+    assert access.logins(wild) == ["ubuntu"]
+    assert access.traits_values("kubernetes_groups", wild) == ["system:masters"]
+    assert access.traits_values("db_users", wild) == ["postgres"]
+    message = denial(access.check_login, "root", node_labels={}, traits=wild)
+    assert message.startswith("login 'root' is not allowed")
+    # a deny filled from a trait of '*' denies no more than a literal '*' login (none)
+    deny = role("deny-listed", "  deny:\n    logins: ['{{external.blocked}}']\n", registry)
+    roleset = RoleSet([preset_roles()[0], deny])
+    assert roleset.logins({**wild, "blocked": ["*"]}) == ["ubuntu"]
+    # a role's own '*' is still a wildcard
+    none = role("none", "  deny:\n    logins: ['*']\n", registry)
+    assert RoleSet([preset_roles()[0], none]).logins(wild) == []
+
+
+# -- a selector's answer never depends on the order of its keys ----------------------------------
+
+_KEYS = st.sampled_from(["env", "team", "os", "*"])
+_ACCEPTED = st.sampled_from(["*", "prod", "dev", "prod-*", "^d.*$", "blue"])
+_SELECTORS = st.dictionaries(_KEYS, st.lists(_ACCEPTED, min_size=1, max_size=3), max_size=4)
+_LABELS = st.dictionaries(
+    st.sampled_from(["env", "team", "os"]), st.sampled_from(["prod", "dev", "blue", "prod-eu"])
+)
+
+
+@given(selector=_SELECTORS, labels=_LABELS, data=st.data())
+def test_the_order_of_a_selectors_keys_never_changes_its_answer(
+    selector: dict[str, list[str]], labels: dict[str, str], data: st.DataObject
+) -> None:
+    reordered = dict(data.draw(st.permutations(list(selector.items()))))
+    assert match_labels(reordered, labels) is match_labels(selector, labels)
+    # every key counts: the selector matches only where each key alone does
+    alone = all(match_labels({k: v}, labels) for k, v in selector.items())
+    assert match_labels(selector, labels) is (bool(selector) and alone)
+
+
+@given(selector=_SELECTORS, labels=_LABELS, data=st.data())
+def test_the_order_of_a_deny_rules_keys_never_changes_what_it_hides(
+    selector: dict[str, list[str]], labels: dict[str, str], data: st.DataObject
+) -> None:
+    if "*" in selector:  # roles accept only '*': '*' under the '*' key
+        selector["*"] = ["*"]
+    reordered = dict(data.draw(st.permutations(list(selector.items()))))
+
+    def reach(deny: dict[str, list[str]]) -> bool:
+        body = f"  deny:\n    node_labels: {json.dumps(deny)}\n"
+        roleset = RoleSet([preset_roles()[0], role("deny", body, core_registry())])
+        return roleset.can_access("node_labels", labels, TRAITS)
+
+    assert reach(reordered) is reach(selector)
+
+
+@pytest.mark.parametrize(
+    "deny",
+    [{"*": ["*"], "env": ["prod"]}, {"env": ["prod"], "*": ["*"]}],
+    ids=["star-first", "env-first"],
+)
+def test_a_deny_with_a_star_key_hides_only_what_its_other_keys_select(
+    deny: dict[str, list[str]], registry: KindRegistry
+) -> None:
+    hide = role("hide", f"  deny:\n    node_labels: {json.dumps(deny)}\n", registry)
+    roleset = RoleSet([preset_roles()[0], hide])
+    assert not roleset.can_access("node_labels", {"env": "prod"}, TRAITS)
+    assert roleset.can_access("node_labels", {"env": "dev"}, TRAITS)
+    assert roleset.can_access("node_labels", {}, TRAITS)

@@ -22,6 +22,8 @@ __all__ = ["AuditEvent", "AuditQuery", "emit", "search"]
 # The event types the kernel emits; plugins add their own with their own prefix.
 USER_LOGIN = "user.login"
 USER_LOGIN_FAILED = "user.login.failed"
+#: failed logins locked a user name (reason and until in its fields)
+USER_LOCKED = "user.locked"
 RESOURCE_CREATED = "resource.created"
 RESOURCE_UPDATED = "resource.updated"
 RESOURCE_DELETED = "resource.deleted"

@@ -42,6 +42,7 @@ from tether.yamlio import Document, Path, format_path, load_document
 
 __all__ = [
     "AuthServiceConfig",
+    "ByteSize",
     "CaAlgorithm",
     "CommandLabel",
     "Config",
@@ -144,6 +145,39 @@ class HostPort:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+
+class ByteSize(int):
+    """A size in bytes, written ``1MiB``, ``512KiB``, ``64KB`` or as a number of bytes."""
+
+    UNITS: dict[str, int] = {
+        "B": 1,
+        "KB": 1000,
+        "MB": 1000**2,
+        "GB": 1000**3,
+        "KiB": 1024,
+        "MiB": 1024**2,
+        "GiB": 1024**3,
+    }
+    _SIZE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+    @classmethod
+    def parse(cls, text: str) -> ByteSize:
+        """Parse ``"1MiB"``; a number without a unit counts bytes.
+
+        :raises ValueError: the text is not a size; the message shows examples.
+        """
+        match = cls._SIZE.fullmatch(text)
+        unit = (match.group(2) or "B") if match else ""
+        if match is None or unit not in cls.UNITS:
+            raise ValueError(f"{text!r} is not a size (examples: 1MiB, 512KiB, 65536)")
+        return cls(int(match.group(1)) * cls.UNITS[unit])
+
+    def __str__(self) -> str:
+        for unit in ("GiB", "MiB", "KiB"):
+            if self and self % self.UNITS[unit] == 0:
+                return f"{self // self.UNITS[unit]}{unit}"
+        return f"{int(self)}B"
 
 
 class Severity(enum.StrEnum):
@@ -250,6 +284,8 @@ class AuthServiceConfig:
         default=datetime.timedelta(days=365), validator=_positive
     )
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
+    # browsers refuse Ed25519 certificates, and this CA signs the proxy's web certificate
+    tls_ca_algorithm: CaAlgorithm = CaAlgorithm.ECDSA_P256
     rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
 
 
@@ -276,6 +312,7 @@ class ProxyServiceConfig:
     https_cert_file: pathlib.Path | None = None
     https_key_file: pathlib.Path | None = None
     rate_limit: RateLimitConfig = RateLimitConfig()
+    max_request_body: ByteSize = attrs.field(default=ByteSize(1024**2), validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         # A certificate without its key (or the reverse) cannot serve TLS; say so at load time
@@ -571,6 +608,14 @@ def _structure_path(value: object, _: type) -> pathlib.Path:
     return pathlib.Path(value).expanduser()
 
 
+def _structure_size(value: object, _: type) -> ByteSize:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ByteSize(value)
+    if not isinstance(value, str):
+        raise _mismatch("a size such as 1MiB or 512KiB", value)
+    return ByteSize.parse(value)
+
+
 def _structure_host_port(value: object, _: type) -> HostPort:
     if not isinstance(value, str):
         raise _mismatch("host:port", value)
@@ -624,6 +669,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(datetime.timedelta, _structure_duration)
     converter.register_structure_hook(pathlib.Path, _structure_path)
     converter.register_structure_hook(HostPort, _structure_host_port)
+    converter.register_structure_hook(ByteSize, _structure_size)
     # Registered by class, not by predicate: a StrEnum is a str, and the str hook would win.
     converter.register_structure_hook(enum.StrEnum, _structure_enum)
     converter.register_structure_hook_factory(
@@ -647,6 +693,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(datetime.timedelta, format_duration)
     converter.register_unstructure_hook(pathlib.Path, str)
     converter.register_unstructure_hook(HostPort, str)
+    converter.register_unstructure_hook(ByteSize, str)
     converter.register_unstructure_hook(enum.StrEnum, lambda member: member.value)
     # Lists, not tuples, so the result dumps as YAML and JSON alike.
     converter.register_unstructure_hook_factory(
@@ -795,8 +842,10 @@ auth_service:
   # Lifetime of the certificates of joined nodes and proxies; each renews its own once two
   # thirds of it have passed, while it runs.
   host_cert_ttl: 8760h
-  # Key algorithm of new certificate authorities: ed25519 or ecdsa-p256.
+  # Key algorithm of new certificate authorities, ed25519 or ecdsa-p256: the SSH ones, and
+  # the X.509 one, which signs the proxy's web certificate (browsers refuse Ed25519 there).
   ca_algorithm: ed25519
+  tls_ca_algorithm: ecdsa-p256
   # Per client address, on the join of hosts that join auth directly (--auth-server), as
   # proxy_service.rate_limit on the proxy's anonymous endpoints.
   rate_limit:
@@ -821,6 +870,9 @@ proxy_service:
     average: 10
     burst: 40
     period: 1s
+  # The largest request body the web API reads (SAML posts and trust validation are a few
+  # KiB): a larger one is refused with 413 before it is read.
+  max_request_body: 1MiB
 
 join:
   # How a host without a local auth service joins: a node (`tetherd start --roles=node`) or

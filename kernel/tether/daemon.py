@@ -80,8 +80,9 @@ def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
 def _server_identity(
     auth: AuthService, config: Config, kind: str, *hosts: str
 ) -> tuple[x509.Certificate, pki.PrivateKey]:
-    """A fresh key and a certificate naming every address clients may use for this daemon."""
-    key = pki.generate_private_key()
+    """A fresh key and a certificate naming every address clients may use for this daemon,
+    of a type browsers and stock TLS clients accept."""
+    key = pki.generate_private_key(pki.WEB_ALGORITHM)
     dns, ips = _server_names(config, *hosts)
     cert = auth.issue_system_certificate(
         kind,
@@ -226,7 +227,9 @@ async def _renew_proxy_identity(
         trusted_cas=list(joined.tls_cas), cert=joined.tls_cert, key=joined.private_key
     )
     async with AuthClient(auth_url, context) as api:
-        renewed = await renew_identity(api, hostname=joined.identity.username, addresses=addresses)
+        renewed = await renew_identity(
+            api, hostname=joined.identity.username, addresses=addresses, role="proxy"
+        )
     log.info(
         "proxy %s renewed its certificates; they expire at %s",
         joined.identity.username,
@@ -250,6 +253,11 @@ async def _start_proxy(
     client_ctx = pki.client_ssl_context(trusted_cas=list(me.cas), cert=me.cert, key=me.key)
     auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
+    if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
+        log.warning(
+            "the proxy's web certificate is signed with Ed25519 (this cluster's X.509 CA predates "
+            "ECDSA P-256 ones), which browsers refuse; set proxy_service.https_cert_file"
+        )
     protocols = collect_protocols(ctx.pm.hook.tether_protocols())
     server_ctx = pki.server_ssl_context(
         web_cert,
@@ -297,7 +305,7 @@ async def _start_proxy(
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
-    web = _LazyHandler(holder, auth_client, tunnels, limiter)
+    web = _LazyHandler(holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body)
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
@@ -378,17 +386,23 @@ class _LazyHandler:
         auth: AuthClient,
         tunnels: TunnelServer,
         limiter: RateLimiter,
+        max_body: int,
     ) -> None:
         self._holder = holder
         self._auth = auth
         self._tunnels = tunnels
         self._limiter = limiter
+        self._max_body = max_body
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
         if self._handler is None:
             app = build_web_app(
-                self._holder["info"], self._auth, limiter=self._limiter, tunnels=self._tunnels
+                self._holder["info"],
+                self._auth,
+                limiter=self._limiter,
+                max_body=self._max_body,
+                tunnels=self._tunnels,
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)

@@ -75,7 +75,7 @@ async def join_cluster(
     :raises TrustError: the proxy cannot be verified (see ``ca_pin``).
     """
     context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
-    key = pki.generate_private_key()
+    key = pki.generate_private_key(_host_key_algorithm(role))
     body = await proxy_call(
         proxy,
         "POST",
@@ -157,16 +157,23 @@ def renewal_due(joined: JoinedIdentity) -> datetime.datetime:
 
 
 async def renew_identity(
-    api: AuthClient, *, hostname: str, addresses: Sequence[str] = ()
+    api: AuthClient, *, hostname: str, addresses: Sequence[str] = (), role: str = "node"
 ) -> JoinedIdentity:
     """New certificates for a new key, from auth, proven by the current ones (``api`` presents
     them): the same host id and kind, a full lifetime. The caller saves and applies them.
 
     :raises TetherError: auth refused or could not be reached (the current ones still stand).
     """
-    key = pki.generate_private_key()
+    key = pki.generate_private_key(_host_key_algorithm(role))
     body = await api.call("POST", "/v1/hosts/renew", json=_host_request(key, hostname, addresses))
     return JoinedIdentity.from_json(body, key)
+
+
+def _host_key_algorithm(role: str) -> str:
+    """The key type of a joining host: a proxy's certificate is what browsers meet on its web
+    port, so it is ECDSA P-256; a node's key is also its SSH host key, which stays Ed25519
+    (``ssh-audit`` fails the NIST curves)."""
+    return pki.WEB_ALGORITHM if role == "proxy" else "ed25519"
 
 
 def _host_request(key: pki.PrivateKey, hostname: str, addresses: Sequence[str]) -> dict[str, Any]:

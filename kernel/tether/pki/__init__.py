@@ -27,6 +27,7 @@ from ._errors import (
 )
 from ._identity import IDENTITY_KINDS, HostIdentity, Identity
 from ._keys import (
+    WEB_ALGORITHM,
     PrivateKey,
     PublicKey,
     SubjectPublicKey,
@@ -73,6 +74,7 @@ __all__ = [
     "SSH_CLUSTER_EXTENSION",
     "SSH_IDENTITY_EXTENSION",
     "TETHER_IDENTITY_OID",
+    "WEB_ALGORITHM",
     "CertificateExpired",
     "CertificateNotYetValid",
     "CertificateTampered",

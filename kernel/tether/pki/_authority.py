@@ -26,6 +26,7 @@ from tether.errors import TrustError
 
 from ._errors import UnknownAuthority
 from ._keys import (
+    WEB_ALGORITHM,
     PrivateKey,
     PublicKey,
     cert_to_pem,
@@ -193,22 +194,35 @@ class ClusterAuthorities:
     tls: X509CertAuthority
 
     @classmethod
-    def generate(cls, cluster: str, *, algorithm: str = "ed25519") -> ClusterAuthorities:
-        """Make three fresh CAs in memory (tests, and the first start of auth)."""
+    def generate(
+        cls, cluster: str, *, algorithm: str = "ed25519", tls_algorithm: str = WEB_ALGORITHM
+    ) -> ClusterAuthorities:
+        """Make three fresh CAs in memory (tests, and the first start of auth): the SSH CAs'
+        keys of *algorithm*, the X.509 CA's of *tls_algorithm*.
+
+        The X.509 CA signs the proxy's web certificate, which browsers refuse when the
+        signature is Ed25519, hence its own default.
+        """
         return cls(
             cluster=cluster,
             ssh_user=SSHCertAuthority(cluster, "user", generate_private_key(algorithm)),
             ssh_host=SSHCertAuthority(cluster, "host", generate_private_key(algorithm)),
-            tls=X509CertAuthority.create(cluster, generate_private_key(algorithm)),
+            tls=X509CertAuthority.create(cluster, generate_private_key(tls_algorithm)),
         )
 
     @classmethod
     def load_or_create(
-        cls, keys_dir: pathlib.Path, cluster: str, *, algorithm: str = "ed25519"
+        cls,
+        keys_dir: pathlib.Path,
+        cluster: str,
+        *,
+        algorithm: str = "ed25519",
+        tls_algorithm: str = WEB_ALGORITHM,
     ) -> ClusterAuthorities:
         """Load the CAs of *cluster* from *keys_dir*, generating them on first use.
 
-        *algorithm* applies only when generating; existing keys are loaded as they are.
+        *algorithm* and *tls_algorithm* (see :meth:`generate`) apply only when generating;
+        existing keys are loaded as they are.
         Refuses (``TrustError``) to use keys another user could read or replace, keys of a
         different cluster, and a half-written directory: silently regenerating any CA would
         invalidate every certificate and trust relation issued under it.
@@ -220,12 +234,12 @@ class ClusterAuthorities:
         _check_private_path(keys_dir, directory=True)
         present = [name for name in (_MANIFEST, *_CA_FILES) if (keys_dir / name).exists()]
         if not present:
-            authorities = cls.generate(cluster, algorithm=algorithm)
-            authorities._write(keys_dir, algorithm)
+            authorities = cls.generate(cluster, algorithm=algorithm, tls_algorithm=tls_algorithm)
+            authorities._write(keys_dir)
             return authorities
         return cls._load(keys_dir, cluster)
 
-    def _write(self, keys_dir: pathlib.Path, algorithm: str) -> None:
+    def _write(self, keys_dir: pathlib.Path) -> None:
         """Write every CA file, the manifest last: its presence means the set is complete."""
         write_secret_file(
             keys_dir / _SSH_USER_KEY, private_key_to_openssh(self.ssh_user.private_key)
@@ -235,7 +249,12 @@ class ClusterAuthorities:
         )
         write_secret_file(keys_dir / _TLS_KEY, private_key_to_pem(self.tls.private_key))
         write_secret_file(keys_dir / _TLS_CERT, self.tls.cert_pem())
-        manifest = {"version": 1, "cluster": self.cluster, "algorithm": algorithm}
+        manifest = {
+            "version": 1,
+            "cluster": self.cluster,
+            "algorithm": key_algorithm(self.ssh_user.private_key),
+            "tls_algorithm": key_algorithm(self.tls.private_key),
+        }
         write_secret_file(keys_dir / _MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
 
     @classmethod

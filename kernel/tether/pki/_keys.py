@@ -1,9 +1,10 @@
 """Key generation, key and certificate encodings, and writing secrets to disk.
 
 Tether keys are Ed25519 by default (small, fast, no parameter choices to get wrong) and ECDSA
-P-256 where a peer cannot do Ed25519. The same key pair backs a user's SSH and X.509
-certificates, so keys travel in two encodings: OpenSSH for anything ``ssh`` reads, PEM (PKCS#8,
-SubjectPublicKeyInfo, X.509) for anything TLS reads.
+P-256 where a peer cannot do Ed25519: browsers and many TLS stacks refuse Ed25519 certificates,
+so the X.509 CA and the certificates of the proxy's web port are P-256. The same key pair
+backs a user's SSH and X.509 certificates, so keys travel in two encodings: OpenSSH for
+anything ``ssh`` reads, PEM (PKCS#8, SubjectPublicKeyInfo, X.509) for anything TLS reads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 __all__ = [
     "ALGORITHMS",
+    "WEB_ALGORITHM",
     "PrivateKey",
     "PublicKey",
     "SubjectPublicKey",
@@ -48,6 +50,9 @@ SubjectPublicKey: TypeAlias = (
 )
 
 ALGORITHMS: tuple[str, ...] = ("ed25519", "ecdsa-p256")
+#: For a certificate a browser or a stock TLS client must accept, and for the CA that signs it:
+#: Mozilla's "intermediate" profile allows ECDSA (P-256, P-384) and RSA, not Ed25519.
+WEB_ALGORITHM = "ecdsa-p256"
 
 
 def generate_private_key(algorithm: str = "ed25519") -> PrivateKey:

@@ -1,21 +1,28 @@
 """TLS contexts for Tether's mutual-TLS connections, and reading the peer's identity.
 
 Built on the stdlib ``ssl`` module, which the proxy's own TLS stream class and
-``trio.SSLStream`` both drive. Only TLS 1.2 and later are offered; TLS 1.3 is preferred by
-OpenSSL on its own. Key material is handed to OpenSSL through an anonymous in-memory file
-where the platform has one, because ``ssl`` can only load certificate chains from paths and a
-private key should not touch the disk just to be loaded.
+``trio.SSLStream`` both drive. Every context follows Mozilla's "intermediate" profile, which
+browsers and scanners such as ``sslyze`` check a public port against: TLS 1.2 and later (1.3
+preferred by OpenSSL on its own), forward-secret AEAD cipher suites only, and the key exchange
+groups X25519, P-256 and P-384. Key material is handed to OpenSSL through an anonymous
+in-memory file where the platform has one, because ``ssl`` can only load certificate chains
+from paths and a private key should not touch the disk just to be loaded.
 """
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
+import ctypes
 import datetime
+import functools
+import logging
 import os
 import pathlib
 import ssl
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -27,12 +34,33 @@ from ._x509 import X509TrustAnchor, verify_x509_cert
 
 __all__ = [
     "CLIENT_AUTH_MODES",
+    "GROUPS",
+    "TLS12_CIPHERS",
     "PeerCertificateSource",
     "client_ssl_context",
     "identity_from_peer",
     "present_certificate",
     "server_ssl_context",
 ]
+
+log = logging.getLogger(__name__)
+
+#: TLS 1.2 cipher suites: Mozilla's "intermediate" list, ECDHE with AES-GCM or ChaCha20-Poly1305.
+#: Its DHE suites are left out: no DH parameters are loaded, so they could never be chosen.
+#: (OpenSSL's default TLS 1.3 suites are the profile's three.) Python's default list adds
+#: CBC suites with SHA-2 MACs, which the profile rejects.
+TLS12_CIPHERS = ":".join(
+    f"ECDHE-{auth}-{cipher}"
+    for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+    for auth in ("ECDSA", "RSA")
+)
+
+#: Key exchange groups, preferred first: the profile's. OpenSSL also offers X448 and P-521,
+#: which the profile, and so ``sslyze``, rejects.
+GROUPS: tuple[str, ...] = ("X25519", "P-256", "P-384")
+
+#: ``SSL_CTX_set1_groups_list`` is a macro over this ``SSL_CTX_ctrl`` command (``ssl.h``).
+_SSL_CTRL_SET_GROUPS_LIST = 92
 
 CLIENT_AUTH_MODES: dict[str, ssl.VerifyMode] = {
     "none": ssl.CERT_NONE,
@@ -85,10 +113,64 @@ def present_certificate(ctx: ssl.SSLContext, cert: x509.Certificate, key: Privat
         ctx.load_cert_chain(path)
 
 
+@functools.cache
+def _openssl_groups_call() -> Callable[[ssl.SSLContext, bytes], bool] | None:
+    """A function that sets a context's key exchange groups, or None where none can be had.
+
+    Python 3.11 can set one group only (``set_ecdh_curve``; ``SSLContext.set_groups`` is
+    CPython issue 136306, used where it exists), so this calls ``SSL_CTX_ctrl`` in the OpenSSL
+    the ``ssl`` module runs on, found through the ``_ssl`` extension's own symbols, on the
+    ``SSL_CTX`` pointer that CPython keeps right after the object header of every
+    ``SSLContext``. The pointer is trusted only once ``SSL_CTX_get_options`` through it reads
+    back the options ``ssl`` reports.
+    """
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        lib = ctypes.CDLL(getattr(_ssl, "__file__", None))
+        ctrl, get_options = lib.SSL_CTX_ctrl, lib.SSL_CTX_get_options
+    except (OSError, AttributeError):
+        return None
+    ctrl.restype, get_options.restype = ctypes.c_long, ctypes.c_uint64
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    get_options.argtypes = [ctypes.c_void_p]
+
+    def ssl_ctx(ctx: ssl.SSLContext) -> int | None:
+        return ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.options |= ssl.OP_NO_TICKET  # set through ssl, so reading it back proves the pointer
+    pointer = ssl_ctx(probe)
+    if not pointer or get_options(pointer) != probe.options:
+        return None
+
+    def set_groups(ctx: ssl.SSLContext, groups: bytes) -> bool:
+        return bool(ctrl(ssl_ctx(ctx), _SSL_CTRL_SET_GROUPS_LIST, 0, groups) == 1)
+
+    return set_groups
+
+
+def _restrict_groups(ctx: ssl.SSLContext) -> None:
+    """Offer and accept only :data:`GROUPS` for key exchange on *ctx*."""
+    groups = ":".join(GROUPS)
+    set_groups = getattr(ctx, "set_groups", None)  # a later Python's own way
+    if set_groups is not None:
+        set_groups(groups)
+        return
+    call = _openssl_groups_call()
+    if call is not None and call(ctx, groups.encode()):
+        return
+    # Elsewhere one group, the one every TLS stack has; still within the profile.
+    log.warning("cannot set TLS key exchange groups here; offering P-256 only")
+    ctx.set_ecdh_curve("prime256v1")
+
+
 def _base_context(*, server: bool, alpn: Sequence[str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.set_ciphers(TLS12_CIPHERS)
+    _restrict_groups(ctx)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx

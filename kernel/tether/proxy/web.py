@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import functools
 import html
+import logging
 import urllib.parse
 from typing import Any
 
 import attrs
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -21,10 +23,12 @@ from starlette.routing import Route
 
 import tether
 from tether import pki
-from tether.asgi import PEER_CERT_STATE
+from tether.asgi import PEER_CERT_STATE, BodyLimit, RefusedBody
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
+from tether.auth.sso import Approval, check_client_redirect
 from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
+from tether.proxy.sso_page import approval_page
 from tether.ratelimit import RateLimiter, rate_limited
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
@@ -37,6 +41,8 @@ from tether.wire import (
 )
 
 __all__ = ["ProxyWebInfo", "build_web_app"]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -67,18 +73,45 @@ def ping_json(info: ProxyWebInfo) -> dict[str, Any]:
     }
 
 
+def _audit_refused_body(auth: AuthClient, limiter: RateLimiter) -> RefusedBody:
+    """Audit a refused request body as ``proxy.request.refused``, within the client's rate:
+    a refusal spends one of its requests, and one over its rate is answered, not audited, so
+    that a flood of refusals cannot flood the audit log."""
+
+    async def refused(scope: dict[str, Any], declared: int | None) -> None:
+        host = (scope.get("client") or ("unknown",))[0]
+        if limiter.take(host, trio.current_time()):
+            return
+        event = {
+            "client": host,
+            "method": scope["method"],
+            "path": scope["path"],
+            "reason": "request body too large",
+            "content_length": declared,
+        }
+        try:
+            await auth.record_event("proxy.request.refused", "", event, success=False)
+        except (TetherError, OSError) as exc:
+            log.warning("could not audit a refused request from %s: %s", host, exc)
+
+    return refused
+
+
 def build_web_app(
     info: ProxyWebInfo,
     auth: AuthClient,
     *,
     limiter: RateLimiter,
+    max_body: int,
     tunnels: TunnelServer | None = None,
-) -> Starlette:
+) -> BodyLimit:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
 
     :param limiter: holds each client address to its rate on the endpoints that take no
-        certificate and cost the cluster work or storage (login, sign-up, SSO login, join,
-        trusted cluster validation).
+        certificate and cost the cluster work or storage (login, sign-up, SSO login and
+        collect, join, trusted cluster validation).
+    :param max_body: the largest request body read (``proxy_service.max_request_body``); a
+        larger one is refused with 413 before it is read, and audited.
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
     """
 
@@ -132,7 +165,8 @@ def build_web_app(
 
     async def sso_callback(request: Request) -> Response:
         # the browser, sent back by the identity provider: GET with a query (OAuth, OIDC) or
-        # a POSTed form (SAML); what it says goes to auth, the browser on to the client
+        # a POSTed form (SAML); what it says goes to auth, and the browser, once the user
+        # approved what auth found, on to the client with the login's one-time code
         params = dict(request.query_params)
         if request.method == "POST":
             form = urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace"))
@@ -144,10 +178,14 @@ def build_web_app(
             if exc.hint:
                 page += f"<p>{html.escape(exc.hint)}</p>"
             return HTMLResponse(page, status_code=error_status(exc))
-        return RedirectResponse(str(body["redirect"]), status_code=302)
+        if "approval" in body:
+            return approval_page(Approval.from_json(body["approval"]))
+        # refused: nothing to approve, the client collects the reason
+        return RedirectResponse(check_client_redirect(str(body["redirect"])), status_code=302)
 
     async def sso_collect(request: Request) -> JSONResponse:
-        # the client proves it started the login with the secret only it holds
+        # the client proves it started the login with the secret only it holds, and that the
+        # browser which approved it handed it the one-time code on its loopback listener
         body = await auth.call("POST", "/v1/sso/collect", json=await read_json_object(request))
         return JSONResponse(body)
 
@@ -173,7 +211,7 @@ def build_web_app(
     limited = functools.partial(
         rate_limited, limiter, who="the proxy", setting="proxy_service.rate_limit"
     )
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/webapi/ping", ping),
             Route("/webapi/cluster-ca", cluster_ca),
@@ -182,7 +220,7 @@ def build_web_app(
             Route("/webapi/connectors", connectors),
             Route("/webapi/sso/login", limited(sso_login), methods=["POST"]),
             Route("/webapi/sso/callback", sso_callback, methods=["GET", "POST"]),
-            Route("/webapi/sso/collect", sso_collect, methods=["POST"]),
+            Route("/webapi/sso/collect", limited(sso_collect), methods=["POST"]),
             Route("/webapi/join", limited(join), methods=["POST"]),
             Route(
                 "/webapi/trustedclusters/validate",
@@ -193,4 +231,10 @@ def build_web_app(
             metrics_route(info.cluster_name, auth, tunnels),
         ],
         exception_handlers=exception_handlers(),
+    )
+    return BodyLimit(
+        app,
+        max_body=max_body,
+        setting="proxy_service.max_request_body",
+        refused=_audit_refused_body(auth, limiter),
     )

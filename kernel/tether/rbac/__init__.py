@@ -5,7 +5,12 @@ which resources ``tetherctl`` may touch) and by a leaf after role mapping (may t
 log in to this node as this login). Deny always wins; denials name the check that failed.
 """
 
-from tether.rbac._labels import match_label_value, match_labels, validate_label_value
+from tether.rbac._labels import (
+    expand_label_value,
+    match_label_value,
+    match_labels,
+    validate_label_value,
+)
 from tether.rbac._regex import compile_re2, re2_error_message
 from tether.rbac._roleset import RoleSet
 from tether.rbac._templates import expand_template, is_template, validate_template
@@ -13,6 +18,7 @@ from tether.rbac._templates import expand_template, is_template, validate_templa
 __all__ = [
     "RoleSet",
     "compile_re2",
+    "expand_label_value",
     "expand_template",
     "is_template",
     "match_label_value",

@@ -4,8 +4,13 @@ A selector maps label keys to accepted values. Every key of the selector must ma
 resource's label of that key; a value matches when any accepted value does. Accepted values are
 ``*`` (anything), a glob with ``*`` inside, a ``^...$`` regular expression (re2 syntax, matched
 against the whole value) or a literal. The key ``*`` with the value ``*`` matches every
-resource, labelled or not. An empty selector matches nothing, so a role grants access only to
+resource, labelled or not; beside other keys it adds nothing, so ``{'*': '*', env: prod}``
+selects what ``{env: prod}`` selects, whatever the order of the keys (Teleport lets ``'*': '*'``
+match everything there). An empty selector matches nothing, so a role grants access only to
 what it names.
+
+A value may hold a ``{{internal.x}}``/``{{external.x}}`` template (:func:`expand_label_value`):
+what the trait supplies matches as written, never as a wildcard or an expression.
 """
 
 from __future__ import annotations
@@ -16,8 +21,16 @@ import re2
 
 from tether.errors import ResourceError
 from tether.rbac._regex import compile_re2, re2_error_message
+from tether.rbac._templates import expand_template_parts
 
-__all__ = ["is_regex", "match_label_value", "match_labels", "validate_label_value"]
+__all__ = [
+    "expand_label_value",
+    "is_regex",
+    "match_label_value",
+    "match_labels",
+    "reads_as_pattern",
+    "validate_label_value",
+]
 
 WILDCARD = "*"
 
@@ -27,8 +40,45 @@ def is_regex(value: str) -> bool:
     return len(value) >= 2 and value.startswith("^") and value.endswith("$")
 
 
+def _glob_body(value: str) -> str:
+    return ".*".join(re2.escape(part) for part in value.split(WILDCARD))
+
+
 def _glob_pattern(value: str) -> str:
-    return "^" + ".*".join(re2.escape(part) for part in value.split(WILDCARD)) + "$"
+    return "^" + _glob_body(value) + "$"
+
+
+def reads_as_pattern(value: str) -> bool:
+    """Whether a selector (or a role's login) would read ``value`` as more than itself."""
+    return WILDCARD in value or is_regex(value)
+
+
+def expand_label_value(value: str, traits: Mapping[str, Sequence[str]]) -> list[str]:
+    """Expand the template in a selector value so that what a trait supplies matches literally.
+
+    The role's own text keeps its meaning (``*`` globs, ``^...$`` re2) and the trait's value
+    is quoted: in ``^dev-{{external.team}}-.*$`` it is re2-escaped, in a glob or a literal the
+    result becomes a ``^...$`` expression whose trait part is escaped. So a trait of ``*`` or
+    ``^.*$`` selects only a label that is literally ``*`` or ``^.*$``. A literal value expands
+    to itself.
+
+    :raises ResourceError: malformed template.
+    """
+    parts = expand_template_parts(value, traits)
+    if parts is None:
+        return [value]
+    prefix, values, suffix = parts
+    expanded: list[str] = []
+    for trait_value in values:
+        if is_regex(value):
+            accepted = prefix + re2.escape(trait_value) + suffix
+        else:
+            accepted = prefix + trait_value + suffix
+            if reads_as_pattern(accepted):
+                accepted = f"^{_glob_body(prefix)}{re2.escape(trait_value)}{_glob_body(suffix)}$"
+        if accepted not in expanded:
+            expanded.append(accepted)
+    return expanded
 
 
 def match_label_value(accepted: str, value: str) -> bool:
@@ -70,8 +120,12 @@ def match_labels(selector: Mapping[str, Sequence[str]], labels: Mapping[str, str
     for key, accepted in selector.items():
         values = (accepted,) if isinstance(accepted, str) else tuple(accepted)
         if key == WILDCARD:
+            # '*: *' holds for every resource and leaves the other keys to decide; checking
+            # them all, in any order, keeps a deny from hiding less when written another way.
             # '*: something' has no meaning; refuse rather than guess
-            return values == (WILDCARD,)
+            if values != (WILDCARD,):
+                return False
+            continue
         if key not in labels:
             return False
         if not any(match_label_value(v, labels[key]) for v in values):

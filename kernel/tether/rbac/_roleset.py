@@ -12,8 +12,8 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 
 from tether.errors import AccessDenied
-from tether.rbac._labels import WILDCARD, match_labels
-from tether.rbac._templates import expand_template
+from tether.rbac._labels import WILDCARD, expand_label_value, match_labels, reads_as_pattern
+from tether.rbac._templates import expand_template, is_template
 from tether.resources import LABEL_FIELDS, VERBS, Resource, RoleConditions, RoleSpec
 
 __all__ = ["RoleSet"]
@@ -23,16 +23,30 @@ _LIST_FIELDS = ("logins", "kubernetes_groups", "kubernetes_users", "db_users", "
 
 
 def _expand_all(values: Iterable[str], traits: Traits) -> list[str]:
+    """Expand the templates of a list field (logins, Kubernetes groups, database users...).
+
+    A name a trait fills in that would read as a wildcard or an expression (``*``,
+    ``^.*$``) is dropped: it names no real login, and whoever reads the list (a deny, a
+    protocol plugin) could not tell it from the role's own ``*``.
+    """
     out: list[str] = []
     for value in values:
-        out.extend(v for v in expand_template(value, traits) if v not in out)
+        expanded = expand_template(value, traits)
+        if is_template(value):
+            expanded = [v for v in expanded if not reads_as_pattern(v)]
+        out.extend(v for v in expanded if v not in out)
     return out
 
 
 def _expand_selector(selector: Mapping[str, Sequence[str]], traits: Traits) -> dict[str, list[str]]:
-    """Expand templates in selector values; a key whose values expand to nothing never
-    matches (an unknown trait must not widen access)."""
-    return {key: _expand_all(values, traits) for key, values in selector.items()}
+    """Expand templates in selector values, what traits supply quoted; a key whose values
+    expand to nothing never matches (an unknown trait must not widen access)."""
+    expanded: dict[str, list[str]] = {}
+    for key, values in selector.items():
+        out = expanded[key] = []
+        for value in values:
+            out.extend(v for v in expand_label_value(value, traits) if v not in out)
+    return expanded
 
 
 def _format_labels(labels: Mapping[str, str]) -> str:

@@ -12,6 +12,11 @@ at most one ``{{...}}`` expression, with optional literal text around it
 
 Both namespaces read the same trait map: internal traits are the ones Tether itself sets
 (logins, kubernetes_groups, db_users...), external ones come from an identity provider.
+
+What a trait supplies is a value, never a pattern (unlike Teleport): users can often edit
+their own claims at the identity provider. Label selectors quote it (see
+:func:`tether.rbac.expand_label_value`), and logins, Kubernetes groups and database users that a
+trait fills in are dropped when they would read as a wildcard (see :class:`tether.rbac.RoleSet`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import re2
 from tether.errors import ResourceError
 from tether.rbac._regex import compile_re2, re2_error_message
 
-__all__ = ["expand_template", "is_template", "validate_template"]
+__all__ = ["expand_template", "expand_template_parts", "is_template", "validate_template"]
 
 _NAMESPACES = ("internal", "external")
 _FUNCTIONS = ("email.local", "regexp.replace")
@@ -218,6 +223,28 @@ def _transform(template: _Template, value: str) -> str | None:
     return value
 
 
+def expand_template_parts(
+    value: str, traits: Mapping[str, Sequence[str]]
+) -> tuple[str, list[str], str] | None:
+    """Split ``value`` around its expression and expand the expression with ``traits``.
+
+    :returns: None for a literal; else the literal text before the expression, what the
+        expression gave for each trait value (empty results dropped, order kept, duplicates
+        removed) and the literal text after it. A caller that must tell the role's own text
+        from what a trait supplied (label selectors quote the latter) reads them apart here.
+    :raises ResourceError: malformed template.
+    """
+    template = _parse(value)
+    if template is None:
+        return None
+    results: list[str] = []
+    for trait_value in traits.get(template.trait, ()):
+        transformed = _transform(template, trait_value)
+        if transformed and transformed not in results:
+            results.append(transformed)
+    return template.prefix, results, template.suffix
+
+
 def expand_template(value: str, traits: Mapping[str, Sequence[str]]) -> list[str]:
     """Expand ``value`` with the user's ``traits``: one result per trait value.
 
@@ -227,15 +254,8 @@ def expand_template(value: str, traits: Mapping[str, Sequence[str]]) -> list[str
 
     :raises ResourceError: malformed template.
     """
-    template = _parse(value)
-    if template is None:
+    parts = expand_template_parts(value, traits)
+    if parts is None:
         return [value]
-    results: list[str] = []
-    for trait_value in traits.get(template.trait, ()):
-        transformed = _transform(template, trait_value)
-        if not transformed:
-            continue
-        expanded = template.prefix + transformed + template.suffix
-        if expanded not in results:
-            results.append(expanded)
-    return results
+    prefix, values, suffix = parts
+    return [prefix + v + suffix for v in values]

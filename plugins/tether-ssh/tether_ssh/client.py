@@ -40,6 +40,7 @@ import trio_asyncio
 
 from tether import pki
 from tether.errors import AccessDenied, TetherError, TrustError
+from tether_ssh import algorithms
 
 __all__ = [
     "AgentUnavailable",
@@ -66,9 +67,6 @@ _CHUNK = 256 * 1024
 #: window closes), and how much asyncssh may buffer for sending before writers wait.
 _INBOX_LIMIT = 1024 * 1024
 _SEND_HIGH, _SEND_LOW = 4 * _CHUNK, _CHUNK
-#: AES-GCM first: asyncssh does ChaCha20-Poly1305 with three cipher objects per packet, in
-#: Python, where AES-GCM is one call; measured 1.5x the bulk throughput on AES-NI machines.
-_CIPHERS = ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com")
 #: Key exchange and authentication must finish within this (seconds), like ssh's ConnectTimeout.
 _HANDSHAKE_TIMEOUT = 30.0
 #: How long closing waits for the disconnect to reach the node (seconds).
@@ -581,8 +579,11 @@ async def _connected(
                     gss_kex=False,
                     host_based_auth=False,
                     disable_trivial_auth=True,
-                    compression_algs=None,
-                    encryption_algs=_CIPHERS,
+                    kex_algs=algorithms.KEX_ALGS,
+                    server_host_key_algs=algorithms.HOST_KEY_ALGS,
+                    encryption_algs=algorithms.ENCRYPTION_ALGS,
+                    mac_algs=algorithms.MAC_ALGS,
+                    compression_algs=algorithms.COMPRESSION_ALGS,
                     connect_timeout=_HANDSHAKE_TIMEOUT,
                 )
             except (asyncssh.Error, OSError, TimeoutError) as exc:

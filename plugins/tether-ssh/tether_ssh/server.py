@@ -35,6 +35,7 @@ import logging
 import os
 import pty
 import pwd
+import re
 import signal
 import socket
 import struct
@@ -51,6 +52,7 @@ from cryptography.hazmat.primitives import serialization
 from tether import pki
 from tether.errors import AccessDenied, TetherError
 from tether.rbac import RoleSet
+from tether_ssh import algorithms
 
 __all__ = [
     "AuditSink",
@@ -66,6 +68,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: asyncssh's reason for a key exchange with nothing in common: the kind, ours, theirs.
+_NO_MATCHING_ALGORITHM = re.compile(
+    r"No matching (.+) algorithm found, sent (.*) and received (.*)"
+)
 
 T = TypeVar("T")
 
@@ -228,9 +235,14 @@ def _host_key_options(node: NodeIdentity) -> dict[str, Any]:
 
 
 def _server_options(settings: _Settings) -> dict[str, Any]:
-    """asyncssh options of every connection: certificates only, sessions through our code."""
+    """asyncssh options of every connection: certificates only, modern algorithms only,
+    sessions through our code."""
     return {
         **settings.host_keys,
+        "kex_algs": algorithms.KEX_ALGS,
+        "encryption_algs": algorithms.ENCRYPTION_ALGS,
+        "mac_algs": algorithms.MAC_ALGS,
+        "compression_algs": algorithms.COMPRESSION_ALGS,
         "encoding": None,
         "line_editor": False,
         "public_key_auth": True,
@@ -243,6 +255,19 @@ def _server_options(settings: _Settings) -> dict[str, Any]:
         "x11_forwarding": False,
         "allow_scp": False,
     }
+
+
+def _key_exchange_refusal(reason: str) -> str:
+    """What a failed key exchange means, in the node's terms: asyncssh says "No matching
+    <kind> algorithm found, sent <ours> and received <theirs>" when nothing is in common."""
+    unmatched = _NO_MATCHING_ALGORITHM.fullmatch(reason)
+    if unmatched is None:
+        return f"key exchange failed: {reason}"
+    kind, ours, theirs = unmatched.groups()
+    return (
+        f"no {kind} algorithm in common with the client: it offers {theirs or 'none'}, this "
+        f"node only {ours} (modern algorithms, which OpenSSH 7.4 or later has)"
+    )
 
 
 def _cert_line(key_data: bytes) -> str:
@@ -397,6 +422,10 @@ class _NodeServer(asyncssh.SSHServer):
         self._settings.live.discard(self)
         if self._registry is not None:
             self._registry.discard(self)
+        if isinstance(exc, asyncssh.KeyExchangeFailed):
+            # An old client, or one pushing this node down to weak algorithms: either way
+            # the refusal is on record, as a refused login would be.
+            self.deny(_key_exchange_refusal(exc.reason))
 
     def close(self) -> None:
         if self._conn is not None:
