@@ -33,6 +33,7 @@ from tether import pki
 from tether.datadir import admin_identity_paths
 from tether.proxy.metrics import build_registry
 from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.memory import memory_tls_stream_pair
 from tether.testing.tunnel_peer import PeerProcess, start_agent
 from tether.tunnel.agent import AgentPool, Backoff
 from tether.tunnel.control import ProxyInfo
@@ -334,7 +335,7 @@ async def test_a_session_through_the_leaf_shows_as_a_stream_and_its_bytes_stay_c
         async with trio.open_nursery() as serving:
 
             async def dial(addr: str) -> trio.abc.Stream:
-                ours, theirs = trio.testing.memory_stream_pair()
+                ours, theirs = memory_tls_stream_pair()
                 serving.start_soon(server.handle, theirs)
                 return ours
 

@@ -8,10 +8,12 @@ and tested with a clock passed in; the proxy is tested with real processes on 12
 from __future__ import annotations
 
 import datetime
+import json
 import ssl
 
 import httpx
 
+from tether import pki
 from tether.ratelimit import RateLimiter
 from tether.testing.cluster import RunningCluster
 
@@ -82,3 +84,46 @@ def test_password_guesses_across_many_names_are_held_to_the_rate(
         assert refused.json()["error"]["type"] == "RateLimited"
         # what costs nothing stays open: clients still find the cluster
         assert web.get("/webapi/ping").json()["cluster_name"] == "main"
+
+
+def test_joins_straight_to_auth_are_held_to_the_rate_per_address(
+    tether_cluster_factory: object,
+) -> None:
+    limit = {"average": 1, "burst": 3, "period": "1m"}
+    cluster: RunningCluster = tether_cluster_factory(  # type: ignore[operator]
+        config={"auth_service": {"rate_limit": limit}}
+    )
+    token = json.loads(cluster.tetherctl("tokens", "add", "--type=node", "--format=json").stdout)[
+        "token"
+    ]
+    key = pki.generate_private_key()
+    request = {
+        "role": "node",
+        "host_id": "node-1",
+        "hostname": "node-1",
+        "addresses": [],
+        "ssh_public_key": pki.ssh_public_key_line(key.public_key()),
+        "tls_public_key": pki.public_key_to_pem(key.public_key()).decode(),
+    }
+    url = f"https://{cluster.auth_addr}"
+    # anonymous on purpose (the token is the credential): token guesses from one address
+    with httpx.Client(base_url=url, verify=_insecure()) as guesser:
+        for n in range(3):
+            guess = guesser.post("/webapi/join", json={**request, "token": f"guess-{n}"})
+            assert guess.status_code == 403, guess.text
+        held = guesser.post("/webapi/join", json={**request, "token": token})
+        assert held.status_code == 429
+        assert 0 < int(held.headers["Retry-After"]) <= 60
+        error = held.json()["error"]
+        assert error["type"] == "RateLimited"
+        assert error["message"].startswith("too many requests from 127.0.0.1; try again in")
+        assert "the auth service takes 3 at once and 1 per 1m from one address" in error["hint"]
+        assert "auth_service.rate_limit" in error["hint"]
+        # what costs nothing stays open
+        assert guesser.get("/webapi/ping").json()["cluster_name"] == "main"
+    # a host joining from another address is not held back by the guesser
+    other = httpx.HTTPTransport(local_address="127.0.0.2", verify=_insecure())
+    with httpx.Client(base_url=url, transport=other) as host:
+        joined = host.post("/webapi/join", json={**request, "token": token})
+        assert joined.status_code == 200, joined.text
+        assert joined.json()["identity"]["username"] == "node-1"

@@ -825,6 +825,90 @@ def test_violation_after_valid_frames_reports_their_events_first() -> None:
     assert last == 1  # the GOAWAY names the last stream it processed
 
 
+# --------------------------------------------------------------------------- reply backlog
+
+BOUNDED = MuxConfig(max_reply_backlog=fr.HEADER_SIZE + fr.MAX_CONTROL_PAYLOAD)
+PING = fr.frame(FrameType.PING, 0, b"p" * 8)
+
+
+def test_a_peer_that_pings_without_reading_the_pongs_tells_the_driver_to_stop_reading() -> None:
+    conn = raw_peer_of("listener", BOUNDED)
+    pings = -(-BOUNDED.max_reply_backlog // len(PING))  # the first that reaches the bound
+    events = conn.receive_data(PING * (pings - 1))
+    assert len(events) == pings - 1 and not conn.backlogged
+    conn.receive_data(PING)
+    assert conn.backlogged
+    assert conn.reply_backlog == conn.statistics().reply_backlog == pings * len(PING)
+    # once the transport took the PONGs, the driver reads again
+    assert len(frames_in(conn.data_to_send())) == pings
+    assert not conn.backlogged and conn.reply_backlog == 0
+    assert conn.terminated is None
+
+
+def test_a_peer_that_floods_pings_without_reading_gets_goaway_and_its_pongs_are_dropped() -> None:
+    conn = raw_peer_of("listener", BOUNDED)
+    flood = PING * (4 * BOUNDED.max_reply_backlog // len(PING) + 1)
+    events = conn.receive_data(flood)
+    terminated = events[-1]
+    assert isinstance(terminated, ConnectionTerminated)
+    assert terminated.error_code is ErrorCode.ENHANCE_YOUR_CALM
+    assert "replies unread" in terminated.reason
+    out = conn.data_to_send()
+    # nothing queued for a peer that reads nothing is kept but the GOAWAY
+    assert [ftype for ftype, _, _ in frames_in(out)] == [FrameType.GOAWAY]
+    assert goaway_in(out)[1] is ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_opens_refused_without_reading_the_refusals_count_as_replies_too() -> None:
+    config = MuxConfig(max_concurrent_streams=0, max_reply_backlog=BOUNDED.max_reply_backlog)
+    conn = raw_peer_of("listener", config)
+    stream_id = 1
+    while not conn.backlogged:
+        assert conn.receive_data(open_frame(stream_id)) == []
+        stream_id += 2
+    assert conn.terminated is None
+    flood = b"".join(open_frame(i) for i in range(stream_id, stream_id + 4000, 2))
+    terminated = conn.receive_data(flood)[-1]
+    assert isinstance(terminated, ConnectionTerminated)
+    assert terminated.error_code is ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_refusals_the_application_sends_count_and_replies_reset_when_taken() -> None:
+    conn = raw_peer_of("listener", BOUNDED)
+    stream_id = 1
+    while not conn.backlogged:
+        conn.receive_data(open_frame(stream_id))
+        conn.reject_stream(stream_id, "this side accepts no streams")
+        stream_id += 2
+    assert conn.terminated is None  # a local reply never ends the connection itself
+    conn.data_to_send()
+    assert conn.reply_backlog == 0
+
+
+def test_pings_a_peer_reads_the_answers_of_never_pile_up() -> None:
+    pair = ConnectionPair(listener=BOUNDED)
+    for _ in range(200):
+        for _ in range(50):
+            pair.dialer.ping()
+        pair.pump()
+        assert not pair.listener.backlogged
+    assert pair.listener.terminated is None
+
+
+def test_goaway_for_a_peer_that_reads_nothing_drops_what_was_queued_for_it() -> None:
+    conn = raw_peer_of("listener", BOUNDED)
+    conn.receive_data(PING * 10)
+    conn.goaway("does not read", ErrorCode.ENHANCE_YOUR_CALM)
+    out = conn.data_to_send()
+    assert [ftype for ftype, _, _ in frames_in(out)] == [FrameType.GOAWAY]
+    assert conn.terminated is not None
+
+
+def test_reply_backlog_bound_must_hold_one_reply() -> None:
+    with pytest.raises(ValueError, match="max_reply_backlog"):
+        MuxConfig(max_reply_backlog=100)
+
+
 # --------------------------------------------------------------------------- stateful model
 
 

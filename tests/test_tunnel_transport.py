@@ -6,20 +6,26 @@ takes no real time. Real TLS and real processes are in test_tunnel_processes.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import random
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from tether.pki import Identity
-from tether.tunnel import Connection, MuxConfig
+from tether.testing.memory import memory_tls_stream_pair
+from tether.tunnel import Connection, ErrorCode, MuxConfig
+from tether.tunnel import _frames as fr
+from tether.tunnel._frames import FrameType
 from tether.tunnel.agent import AgentPool, Backoff
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.heartbeats import HeartbeatRecord, HeartbeatRecorder
+from tether.tunnel.mux import REPLY_FLOOD_FACTOR
 from tether.tunnel.server import ClusterOffline, TargetRefused, TunnelServer
 from tether.tunnel.transport import (
     IncomingStream,
@@ -170,6 +176,112 @@ async def test_peer_vanishing_breaks_open_streams_with_a_clear_error(
             await stream.receive_some()
 
 
+async def test_a_peer_that_pings_and_never_reads_is_held_back_then_sent_away(
+    autojump_clock: Any,
+) -> None:
+    # lockstep: a send returns only once the other side read it, so a peer that reads
+    # nothing blocks the tunnel's writer at once, as a full TCP window would
+    ours, flooder = trio.testing.lockstep_stream_pair()
+    timings = TunnelTimings(ping_interval=5, dead_after=15)
+    conn = TunnelConnection(ours, Connection("listener"), timings=timings, name="root")
+    ping = fr.frame(FrameType.PING, 0, b"p" * 8)
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        await flooder.send_all(fr.encode_hello(256 * 1024, 16 * 1024 * 1024))
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await flooder.send_all(ping * 1000)
+                sent += 1000
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        nursery.start_soon(flood)
+        with trio.fail_after(60):
+            await conn.wait_closed()
+        nursery.cancel_scope.cancel()
+    # the reader stopped once the PONGs it owed passed the bound: the flood stalled there
+    assert sent * len(ping) <= (REPLY_FLOOD_FACTOR + 1) * MuxConfig().max_reply_backlog
+    assert conn.mux.statistics().pending_output <= len(ping) * 1000
+    assert conn.closed_reason is not None
+    assert "did not read the replies to its own requests for 15s" in conn.closed_reason
+    terminated = conn.mux.terminated
+    assert terminated is not None and terminated.error_code is ErrorCode.ENHANCE_YOUR_CALM
+
+
+@pytest.mark.parametrize(
+    ("version", "said"),
+    [(None, "no TLS version this side can tell"), ("TLSv1.2", "TLSv1.2")],
+)
+async def test_a_transport_that_cannot_prove_tls_1_3_carries_no_tunnel(
+    autojump_clock: Any,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    version: str | None,
+    said: str,
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def audit(event: str, fields: Any) -> None:
+        events.append((event, dict(fields)))
+
+    server = TunnelServer(
+        proxy_id="p1",
+        cluster="root",
+        authenticate=lambda stream: leaf_identity(),
+        proxies=lambda: [ProxyInfo("p1")],
+        audit=audit,
+    )
+    ours, theirs = memory_tls_stream_pair(version)
+    with trio.fail_after(5):
+        await server.handle(theirs)  # returns at once: refused
+    assert not server.is_online("leaf")
+    assert f"it negotiated {said}, tunnels need TLS 1.3" in caplog.text
+    assert events == [
+        (
+            "tunnel.refused",
+            {
+                "peer": "unknown peer",
+                "agent_cluster": "leaf",
+                "agent": "leaf-proxy",
+                "kind": "proxy",
+                "reason": f"it negotiated {said}, tunnels need TLS 1.3",
+            },
+        )
+    ]
+    del ours
+
+
+async def test_a_tunnel_is_closed_when_its_certificate_expires(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    closed = trio.Event()
+    events: list[dict[str, Any]] = []
+
+    async def audit(event: str, fields: Any) -> None:
+        if event == "tunnel.closed":
+            events.append(dict(fields))
+            closed.set()
+
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    agent = attrs.evolve(leaf_identity(), expires=expires)
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1", audit=audit)
+    p1._authenticate = lambda stream: agent
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(20):
+        await p1.wait_online("leaf")
+    opened = trio.current_time()
+    with trio.fail_after(40):
+        await closed.wait()
+    assert trio.current_time() - opened == pytest.approx(30, abs=1)
+    [fields] = events
+    assert fields["reason"].startswith("the certificate of this tunnel expired at")
+    assert fields["agent_cluster"] == "leaf"
+
+
 # --- server and agent pool ------------------------------------------------------------------
 
 
@@ -207,7 +319,7 @@ class FakeNetwork:
             raise OSError("connection refused")
         pid = up[self.turn % len(up)]
         self.turn += 1
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = memory_tls_stream_pair()
         self.nursery.start_soon(self.servers[pid].handle, theirs)
         return ours
 
@@ -349,3 +461,37 @@ async def test_heartbeats_reach_storage_in_batches_not_one_write_each(
     assert 2 <= recorder.writes - connected_writes <= 5
     assert all(record.cluster == "leaf" for batch in written for record in batch)
     assert p1.is_online("leaf")
+
+
+async def test_an_agent_that_renews_moves_to_new_tunnels_and_running_streams_finish(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1")
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await p1.wait_online("leaf")
+    [old] = p1.clusters()["leaf"]
+    running = await p1.dial("leaf", "echo")
+    await running.send_all(b"before")
+    assert await running.receive_some() == b"before"
+
+    pool.replace_tunnels("the agent renewed its certificate")
+    with trio.fail_after(30):
+        await old.conn.wait_draining_or_closed()
+    [new] = p1.clusters()["leaf"]
+    assert new is not old and network.dials == 2
+    assert not old.conn.closed  # a stream runs on it
+    await running.send_all(b"in flight")
+    assert await running.receive_some() == b"in flight"
+    fresh = await p1.dial("leaf", "echo")
+    assert fresh.conn is new.conn
+    await running.send_eof()
+    assert await running.receive_some() == b""
+    await running.aclose()
+    with trio.fail_after(30):
+        await old.conn.wait_closed()  # closed by the agent once its streams were done
+    await fresh.send_all(b"after")
+    assert await fresh.receive_some() == b"after"
+    assert pool.connected_proxies() == ["p1"]

@@ -286,12 +286,14 @@ class AuthServiceConfig:
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
     # browsers refuse Ed25519 certificates, and this CA signs the proxy's web certificate
     tls_ca_algorithm: CaAlgorithm = CaAlgorithm.ECDSA_P256
+    rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
 
 
 @attrs.frozen
 class RateLimitConfig:
-    """``proxy_service.rate_limit:``: how often one client address may call the endpoints that
-    take no certificate (login, sign-up, SSO login, join, trusted cluster validation)."""
+    """``proxy_service.rate_limit:`` and ``auth_service.rate_limit:``: how often one client
+    address may call the endpoints that take no certificate (login, sign-up, SSO login, join,
+    trusted cluster validation; at auth, the join of a host that joins it directly)."""
 
     average: int = attrs.field(default=10, validator=_positive)
     burst: int = attrs.field(default=40, validator=_positive)
@@ -844,6 +846,12 @@ auth_service:
   # the X.509 one, which signs the proxy's web certificate (browsers refuse Ed25519 there).
   ca_algorithm: ed25519
   tls_ca_algorithm: ecdsa-p256
+  # Per client address, on the join of hosts that join auth directly (--auth-server), as
+  # proxy_service.rate_limit on the proxy's anonymous endpoints.
+  rate_limit:
+    average: 10
+    burst: 40
+    period: 1s
 
 proxy_service:
   enabled: true

@@ -1,19 +1,33 @@
-"""How often one client address may call the endpoints anyone can call: token buckets, sans-IO.
+"""How often one client address may call the endpoints anyone can call: token buckets.
 
 The proxy's endpoints that take no certificate (password login, sign-up, SSO login, joining,
 trusted cluster validation) cost the cluster work or storage for whoever reaches the port: an
 argon2 hash for every password tried, a stored request for every SSO login started. The account
 lockout stops guessing one user's password, not a flood across many names. A bucket per client
 address lets a person or a script through at once (``burst``) and holds a flood to ``average``
-requests per ``period``. The caller passes the time in, so this is pure and tested without
-sleeping.
+requests per ``period``. The caller passes the time in, so :class:`RateLimiter` is pure and
+tested without sleeping; :func:`rate_limited` puts one in front of a web endpoint (the proxy's
+and the auth service's anonymous ones alike).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import math
+from collections.abc import Awaitable, Callable
 
-__all__ = ["RateLimiter"]
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tether.durations import format_duration
+from tether.errors import RateLimited
+from tether.wire import error_status, error_to_json
+
+__all__ = ["RateLimiter", "rate_limited"]
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class RateLimiter:
@@ -60,3 +74,31 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def rate_limited(limiter: RateLimiter, endpoint: Endpoint, *, who: str, setting: str) -> Endpoint:
+    """``endpoint``, answering 429 with Retry-After to a client address over its rate.
+
+    :param who: the service, as the refusal names it (``"the proxy"``).
+    :param setting: where its rate is configured (``"proxy_service.rate_limit"``).
+    """
+
+    @functools.wraps(endpoint)
+    async def limited(request: Request) -> Response:
+        host = request.client.host if request.client else "unknown"
+        wait = limiter.take(host, trio.current_time())
+        if wait:
+            error = RateLimited(
+                # rounded up: "try again in 0.0s" would invite the next refusal
+                f"too many requests from {host}; try again in {math.ceil(wait * 10) / 10:.1f}s",
+                hint=f"{who} takes {limiter.burst} at once and {limiter.average} per "
+                f"{format_duration(limiter.period)} from one address ({setting})",
+            )
+            return JSONResponse(
+                error_to_json(error),
+                status_code=error_status(error),
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        return await endpoint(request)
+
+    return limited

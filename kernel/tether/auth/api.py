@@ -27,6 +27,7 @@ from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.auth.trust import TrustExchange, validate_leaf
 from tether.errors import AccessDenied, TetherError
+from tether.ratelimit import RateLimiter, rate_limited
 from tether.resources import resource_from_dict, resource_to_dict
 from tether.wire import (
     exception_handlers,
@@ -91,6 +92,9 @@ def _require_proxy(identity: pki.Identity) -> None:
 
 def build_app(auth: AuthService) -> Starlette:
     """The ASGI app for one auth service."""
+    rate = auth.config.auth_service.rate_limit
+    # the one anonymous route that costs work and storage; the proxy's are limited there
+    limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
 
     async def cluster(request: Request) -> JSONResponse:
         _peer_identity(request, auth)
@@ -382,7 +386,16 @@ def build_app(auth: AuthService) -> Starlette:
             Route("/v1/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
             Route("/webapi/ping", ping),
             Route("/webapi/cluster-ca", cluster_ca),
-            Route("/webapi/join", direct_join, methods=["POST"]),
+            Route(
+                "/webapi/join",
+                rate_limited(
+                    limiter,
+                    direct_join,
+                    who="the auth service",
+                    setting="auth_service.rate_limit",
+                ),
+                methods=["POST"],
+            ),
         ],
         exception_handlers=exception_handlers(),
     )

@@ -9,7 +9,8 @@ stores them with a TTL, so a tunnel that stops reporting disappears by itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import trio
 from cryptography import x509
@@ -17,27 +18,19 @@ from cryptography import x509
 from tether import pki
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.heartbeats import HeartbeatRecorder, Writer
-from tether.tunnel.server import TunnelServer
+from tether.tunnel.server import Authenticator, TunnelServer
 
-__all__ = ["build_tunnel_server"]
+__all__ = ["build_tunnel_server", "tunnel_authenticator"]
+
+#: records an audit event of this proxy (``AuthClient.record_event``)
+EventRecorder = Callable[..., Awaitable[None]]
 
 
-def build_tunnel_server(
-    *,
-    proxy_id: str,
-    cluster: str,
-    trusted_cas: Callable[[], Sequence[x509.Certificate]],
-    proxies: Callable[[], Sequence[ProxyInfo]],
-    write_heartbeats: Writer,
-    heartbeat_flush_interval: float = 5.0,
-) -> tuple[TunnelServer, HeartbeatRecorder]:
-    """A tunnel server for this proxy and the recorder whose ``run`` must be started too.
-
-    :param proxies: every proxy of this cluster right now, told to agents so that they keep
-        a tunnel to each.
-    :param write_heartbeats: stores a batch of heartbeats (the auth client's
-        :meth:`~tether.auth.client.AuthClient.record_tunnel_heartbeats`).
-    """
+def tunnel_authenticator(
+    cluster: str, trusted_cas: Callable[[], Sequence[x509.Certificate]]
+) -> Authenticator:
+    """Who may dial a tunnel into this cluster's proxy: the check every tunnel goes through
+    (tests' tunnel peers too, so that its refusals are the ones tested)."""
 
     def authenticate(stream: trio.abc.Stream) -> pki.Identity:
         identity = pki.identity_from_peer(stream, trusted_cas())  # type: ignore[arg-type]
@@ -53,12 +46,40 @@ def build_tunnel_server(
             )
         return identity
 
+    return authenticate
+
+
+def build_tunnel_server(
+    *,
+    proxy_id: str,
+    cluster: str,
+    trusted_cas: Callable[[], Sequence[x509.Certificate]],
+    proxies: Callable[[], Sequence[ProxyInfo]],
+    write_heartbeats: Writer,
+    record_event: EventRecorder | None = None,
+    heartbeat_flush_interval: float = 5.0,
+) -> tuple[TunnelServer, HeartbeatRecorder]:
+    """A tunnel server for this proxy and the recorder whose ``run`` must be started too.
+
+    :param proxies: every proxy of this cluster right now, told to agents so that they keep
+        a tunnel to each.
+    :param write_heartbeats: stores a batch of heartbeats (the auth client's
+        :meth:`~tether.auth.client.AuthClient.record_tunnel_heartbeats`).
+    :param record_event: audits refused tunnels and tunnels closed for cause (the auth
+        client's :meth:`~tether.auth.client.AuthClient.record_event`).
+    """
+
+    async def audit(event: str, fields: Mapping[str, Any]) -> None:
+        if record_event is not None:
+            await record_event(event, "", fields, success=False)
+
     recorder = HeartbeatRecorder(write_heartbeats, flush_interval=heartbeat_flush_interval)
     server = TunnelServer(
         proxy_id=proxy_id,
         cluster=cluster,
-        authenticate=authenticate,
+        authenticate=tunnel_authenticator(cluster, trusted_cas),
         proxies=proxies,
         recorder=recorder,
+        audit=audit,
     )
     return server, recorder

@@ -11,9 +11,7 @@ import base64
 import functools
 import html
 import logging
-import math
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -28,15 +26,13 @@ from tether import pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, RefusedBody
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
 from tether.auth.sso import Approval, check_client_redirect
-from tether.durations import format_duration
-from tether.errors import AccessDenied, RateLimited, TetherError
+from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
 from tether.proxy.sso_page import approval_page
-from tether.ratelimit import RateLimiter
+from tether.ratelimit import RateLimiter, rate_limited
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
     error_status,
-    error_to_json,
     exception_handlers,
     number_field,
     optional_string_field,
@@ -75,33 +71,6 @@ def ping_json(info: ProxyWebInfo) -> dict[str, Any]:
             },
         },
     }
-
-
-_Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _rate_limited(limiter: RateLimiter, endpoint: _Endpoint) -> _Endpoint:
-    """``endpoint``, answering 429 with Retry-After to a client address over its rate."""
-
-    @functools.wraps(endpoint)
-    async def limited(request: Request) -> Response:
-        host = request.client.host if request.client else "unknown"
-        wait = limiter.take(host, trio.current_time())
-        if wait:
-            error = RateLimited(
-                # rounded up: "try again in 0.0s" would invite the next refusal
-                f"too many requests from {host}; try again in {math.ceil(wait * 10) / 10:.1f}s",
-                hint=f"the proxy takes {limiter.burst} at once and {limiter.average} per "
-                f"{format_duration(limiter.period)} from one address (proxy_service.rate_limit)",
-            )
-            return JSONResponse(
-                error_to_json(error),
-                status_code=error_status(error),
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
-        return await endpoint(request)
-
-    return limited
 
 
 def _audit_refused_body(auth: AuthClient, limiter: RateLimiter) -> RefusedBody:
@@ -239,7 +208,9 @@ def build_web_app(
         )
         return JSONResponse(result)
 
-    limited = functools.partial(_rate_limited, limiter)
+    limited = functools.partial(
+        rate_limited, limiter, who="the proxy", setting="proxy_service.rate_limit"
+    )
     app = Starlette(
         routes=[
             Route("/webapi/ping", ping),

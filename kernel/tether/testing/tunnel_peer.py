@@ -9,7 +9,13 @@ the other's CA certificate file; trusted clusters automate that exchange.
     python -m tether.testing.tunnel_peer serve --dir D --trust-ca LEAF_CA_PEM
         [--forward CLUSTER=HOST:PORT]... [--proxy-id ID] [--peer-proxy ID=HOST:PORT]...
     python -m tether.testing.tunnel_peer agent --dir D --trust-ca ROOT_CA_PEM
-        --tunnel-addr HOST:PORT [--allow HOST:PORT]...
+        --tunnel-addr HOST:PORT [--allow HOST:PORT]... [--cert PEM --key PEM]
+
+The serving side checks agents exactly as a proxy does (:func:`~tether.proxy.tunnels.
+tunnel_authenticator` and :meth:`~tether.tunnel.server.TunnelServer.handle`), so the refusals
+tests see are the production ones. An agent presents a certificate of its own cluster's CA,
+or, with ``--cert``/``--key``, one issued elsewhere (a joined node's, a user's) to dial a real
+cluster's proxy with.
 
 Each running process writes ``D/<command>-<proxy id or cluster>.json`` with its addresses once
 it is ready; SIGTERM makes a serving process send GOAWAY to its agents and exit.
@@ -38,6 +44,7 @@ import trio
 from cryptography import x509
 
 from tether import pki
+from tether.proxy.tunnels import tunnel_authenticator
 from tether.testing.cluster import stop_process
 from tether.tlsserver import serve_tls
 from tether.tlsstream import TLSStream
@@ -140,17 +147,10 @@ async def serve_tunnels(
     def proxies() -> list[ProxyInfo]:
         return [ProxyInfo(proxy_id, address.get("tunnel", "")), *peers]
 
-    def authenticate(stream: trio.abc.Stream) -> pki.Identity:
-        assert isinstance(stream, TLSStream)
-        identity = pki.identity_from_peer(stream, trusted)
-        if identity is None:
-            raise pki.UnknownAuthority("no client certificate")
-        return identity
-
     server = TunnelServer(
         proxy_id=proxy_id,
         cluster=authorities.cluster,
-        authenticate=authenticate,
+        authenticate=tunnel_authenticator(authorities.cluster, lambda: trusted),
         proxies=proxies,
         heartbeat_interval=heartbeat_interval,
         timings=timings,
@@ -225,7 +225,7 @@ async def agent(
     args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
 ) -> None:
     directory = pathlib.Path(args.dir)
-    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent", args.kind)
+    cert, key = _agent_identity(args, authorities)
     context = _agent_context(args, trusted, cert, key)
 
     async def dial(addr: str) -> trio.abc.Stream:
@@ -279,6 +279,17 @@ async def echo(args: argparse.Namespace) -> None:
         _write_info(pathlib.Path(args.dir), "echo", {"addr": f"127.0.0.1:{port}"})
 
 
+def _agent_identity(
+    args: argparse.Namespace, authorities: pki.ClusterAuthorities
+) -> tuple[x509.Certificate, pki.PrivateKey]:
+    """The certificate the agent presents: ``--cert``/``--key`` if given, else a new one of
+    its cluster's CA, of kind ``--kind``."""
+    if args.cert:
+        cert = pki.load_cert(pathlib.Path(args.cert).read_bytes())
+        return cert, pki.load_private_key(pathlib.Path(args.key).read_bytes())
+    return _proxy_identity(authorities, f"{authorities.cluster}-agent", args.kind)
+
+
 def _agent_context(
     args: argparse.Namespace,
     trusted: list[x509.Certificate],
@@ -297,7 +308,7 @@ async def agents(
     args: argparse.Namespace, authorities: pki.ClusterAuthorities, trusted: list[x509.Certificate]
 ) -> None:
     """Many idle agents in one process, each with its own TLS tunnel (for load figures)."""
-    cert, key = _proxy_identity(authorities, f"{authorities.cluster}-agent", args.kind)
+    cert, key = _agent_identity(args, authorities)
     context = _agent_context(args, trusted, cert, key)
 
     async def dial(addr: str) -> trio.abc.Stream:
@@ -360,6 +371,8 @@ def _parser() -> argparse.ArgumentParser:
         agent_p.add_argument("--allow", action="append", default=[])
         agent_p.add_argument("--hold-target", default="")
         agent_p.add_argument("--kind", default="proxy", help="identity kind of the agent's cert")
+        agent_p.add_argument("--cert", default="", help="present this certificate (PEM) instead")
+        agent_p.add_argument("--key", default="", help="the private key (PEM) of --cert")
         agent_p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
         agent_p.add_argument("--max-streams", type=int, default=MuxConfig().max_concurrent_streams)
         agent_p.add_argument("--backoff-initial", type=float, default=0.2)

@@ -36,6 +36,9 @@ class ErrorCode(enum.IntEnum):
     FRAME_SIZE_ERROR = 3
     #: This side hit a problem of its own and gives up on the connection.
     INTERNAL_ERROR = 4
+    #: The peer kept sending frames that need an answer (PINGs, OPENs refused) while it did
+    #: not read the answers: more piled up than this side keeps for it.
+    ENHANCE_YOUR_CALM = 5
 
 
 class ProtocolError(TetherError):

@@ -5,7 +5,9 @@ may be a load balancer in front of several proxies. Each tunnel's hello names th
 reached and lists all of them, so the pool keeps dialing until it holds a tunnel to every
 advertised proxy (directly, when a proxy advertises its own address). Lost tunnels are redialed
 with capped exponential backoff and jitter; a GOAWAY (a proxy shutting down gracefully) makes
-the pool dial a replacement at once while the old tunnel drains.
+the pool dial a replacement at once while the old tunnel drains. When the agent renews its
+certificate, :meth:`AgentPool.replace_tunnels` does the same from this side: new tunnels with
+the new certificate, GOAWAY on the old ones, which close once their streams are done.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class _Tunnel:
     proxy_id: str
     conn: TunnelConnection
     hello: Hello
+    #: why it is being replaced: the next tunnel to its proxy takes its place, then it drains
+    retiring: str | None = None
 
 
 class AgentPool:
@@ -130,6 +134,19 @@ class AgentPool:
     def _notify(self) -> None:
         self._changed.unpark_all()
 
+    def replace_tunnels(self, reason: str) -> None:
+        """Move to new tunnels (after a renewal: ``dial`` presents the new certificate now).
+
+        A new tunnel is dialled to every proxy held; once it is up, the old one is sent
+        GOAWAY, so the other side opens nothing more on it, and closes when the streams
+        running on it are done.
+        """
+        for tunnel in list(self._tunnels.values()):
+            if tunnel.retiring is None and not tunnel.conn.draining:
+                log.info("replacing the tunnel to proxy %s: %s", tunnel.proxy_id, reason)
+                tunnel.retiring = reason
+                self._spawn_seeker(self._known.get(tunnel.proxy_id))
+
     # --- running -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -145,7 +162,11 @@ class AgentPool:
         self._nursery.start_soon(self._seek, proxy)
 
     def _missing(self) -> list[ProxyInfo]:
-        return [p for pid, p in self._known.items() if pid not in self._tunnels]
+        return [
+            p
+            for pid, p in self._known.items()
+            if pid not in self._tunnels or self._tunnels[pid].retiring is not None
+        ]
 
     async def _seek(self, proxy: ProxyInfo | None) -> None:
         """Keep one tunnel up: to ``proxy`` when it has an address, else via tunnel_addr to
@@ -197,11 +218,14 @@ class AgentPool:
             except BaseException:
                 await conn.aclose("control stream failed")
                 raise
-            if hello.proxy_id in self._tunnels and not self._tunnels[hello.proxy_id].conn.closed:
+            held = self._tunnels.get(hello.proxy_id)
+            if held is not None and not held.conn.closed and held.retiring is None:
                 await conn.aclose("already connected to this proxy")
                 return False
             tunnel = _Tunnel(hello.proxy_id, conn, hello)
             self._tunnels[hello.proxy_id] = tunnel
+            if held is not None and held.retiring is not None:
+                await held.conn.goaway(held.retiring)  # replaced: it drains from now on
             self._learn(hello.proxies)
             self.last_error = None
             log.info("tunnel to proxy %s (%s) is up", hello.proxy_id, addr)
@@ -221,14 +245,16 @@ class AgentPool:
         interval = tunnel.hello.heartbeat_interval
         replaced = False
         while not conn.closed:
-            if conn.going_away and not replaced:
-                # the proxy is shutting down: dial a replacement now, let this one drain
+            if conn.draining and not replaced:
+                # the proxy is shutting down, or this side moves to new tunnels: dial a
+                # replacement now, let this one drain
                 replaced = True
-                del self._tunnels[tunnel.proxy_id]
+                if self._tunnels.get(tunnel.proxy_id) is tunnel:  # else a new one took over
+                    del self._tunnels[tunnel.proxy_id]
+                    self._spawn_seeker(None)
                 self._notify()
-                self._spawn_seeker(None)
-                if conn.statistics()["streams"] <= 1:
-                    return
+            if replaced and conn.statistics()["streams"] <= 1:
+                return  # only the control stream is left
             status = {"type": "heartbeat", "cluster": self.cluster, **self._status()}
             rtt = conn.rtt
             if rtt is not None:
@@ -247,7 +273,10 @@ class AgentPool:
                 await conn.aclose(f"bad control message: {exc.message}")
                 return
             with trio.move_on_after(interval):
-                await (conn.wait_closed() if replaced else conn.wait_draining_or_closed())
+                if replaced:
+                    await conn.wait_streams_at_most(1)
+                else:
+                    await conn.wait_draining_or_closed()
 
     def _learn(self, proxies: tuple[ProxyInfo, ...]) -> None:
         """Remember the advertised proxies and start seeking the ones we lack."""

@@ -16,6 +16,13 @@ Hot paths, because a tunnel must move bulk data faster than ``ssh -R``:
   queued once in :meth:`Connection.data_to_send`;
 * WINDOW updates are batched: credit goes back once half a window has been consumed.
 
+What a peer makes this side queue is bounded too. DATA is bounded by the windows. Replies
+(a PONG for each PING, an OPEN_FAIL for each OPEN refused) are not, so the mux counts the reply
+bytes waiting to be sent: from ``max_reply_backlog`` on, :attr:`Connection.backlogged` tells
+the driver to stop reading until the transport took them, and a peer that piles up
+``REPLY_FLOOD_FACTOR`` times that (it sends requests and never reads the answers) is sent
+GOAWAY ``ENHANCE_YOUR_CALM`` and the connection ends.
+
 Flow control follows HTTP/2. Each side announces its connection receive window in HELLO and
 each stream's receive window in OPEN / OPEN_OK; the application acknowledges bytes it has
 consumed, which is what returns credit to the peer. Acknowledge every byte of every
@@ -74,6 +81,9 @@ _pack_header: Final = fr.HEADER.pack
 #: Largest copied DataReceived chunk. Below glibc's default mmap threshold (128 KiB): bigger
 #: ``bytes`` objects may each cost an mmap/munmap pair, which measured 4-9x slower in bulk.
 _MAX_DELIVERY: Final = 64 * 1024
+#: A reply backlog this many times ``max_reply_backlog`` ends the connection: a driver that
+#: stops reading at the bound never gets there, one read of requests more than fills it.
+REPLY_FLOOD_FACTOR: Final = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,12 +97,16 @@ class MuxConfig:
     :param connection_window: receive window shared by all streams, announced in HELLO.
     :param max_concurrent_streams: live streams the peer may have opened at once; further OPENs
         are answered with OPEN_FAIL.
+    :param max_reply_backlog: bytes of replies to the peer's frames (PONG, OPEN_FAIL) that may
+        wait unsent before the driver stops reading from the peer (:attr:`Connection.
+        backlogged`); :data:`REPLY_FLOOD_FACTOR` times this ends the connection.
     """
 
     max_frame_size: int = 256 * 1024
     stream_window: int = 4 * 1024 * 1024
     connection_window: int = 16 * 1024 * 1024
     max_concurrent_streams: int = 1024
+    max_reply_backlog: int = 64 * 1024
 
     def __post_init__(self) -> None:
         bounds = {
@@ -100,6 +114,8 @@ class MuxConfig:
             "stream_window": (1, fr.MAX_WINDOW),
             "connection_window": (1, fr.MAX_WINDOW),
             "max_concurrent_streams": (0, fr.MAX_STREAM_ID),
+            # at least one reply of the largest size fits
+            "max_reply_backlog": (fr.HEADER_SIZE + fr.MAX_CONTROL_PAYLOAD, fr.MAX_WINDOW),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
@@ -120,6 +136,7 @@ class MuxStatistics:
     receive_window: int
     unacknowledged_bytes: int
     pending_output: int
+    reply_backlog: int
     local_goaway: bool
     remote_goaway: bool
     terminated: bool
@@ -187,6 +204,7 @@ class Connection:
 
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
+        self._replies = 0  # bytes of replies to the peer in _out
         self._local_goaway = False
         self._remote_goaway = False
         self._terminated: ConnectionTerminated | None = None
@@ -209,6 +227,19 @@ class Connection:
     def pending_output(self) -> int:
         """Bytes queued for the transport; a driver wakes its writer only when this is > 0."""
         return self._out_size
+
+    @property
+    def reply_backlog(self) -> int:
+        """Bytes of replies to the peer's frames (PONG, OPEN_FAIL) queued and not yet taken by
+        :meth:`data_to_send`."""
+        return self._replies
+
+    @property
+    def backlogged(self) -> bool:
+        """True while the peer's replies pile up past ``max_reply_backlog``: a driver stops
+        reading from the peer until :meth:`data_to_send` took them (and the transport sent
+        them), so a peer that does not read cannot make this side queue without bound."""
+        return self._replies >= self.config.max_reply_backlog
 
     def stream_state(self, stream_id: int) -> StreamState:
         """Where a stream is; CLOSED for streams that are over or were never opened, and for
@@ -243,6 +274,7 @@ class Connection:
             receive_window=self._recv_window,
             unacknowledged_bytes=self._recv_unacked,
             pending_output=self._out_size,
+            reply_backlog=self._replies,
             local_goaway=self._local_goaway,
             remote_goaway=self._remote_goaway,
             terminated=self._terminated is not None,
@@ -258,11 +290,23 @@ class Connection:
         data = out[0] if len(out) == 1 and type(out[0]) is bytes else b"".join(out)
         out.clear()
         self._out_size = 0
+        self._replies = 0
         return data
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
         self._out_size += len(data)
+
+    def _queue_reply(self, data: bytes) -> None:
+        """Queue a reply to a frame the peer sent; the peer must not pile them up unread."""
+        self._queue(data)
+        self._replies += len(data)
+        if self._replies > REPLY_FLOOD_FACTOR * self.config.max_reply_backlog:
+            raise RemoteProtocolError(
+                f"peer left more than {self._replies} bytes of replies unread (PONGs, refused "
+                "OPENs) while it kept sending requests",
+                error_code=ErrorCode.ENHANCE_YOUR_CALM,
+            )
 
     # ------------------------------------------------------------------ commands
 
@@ -317,7 +361,11 @@ class Connection:
         stream = self._live_stream(stream_id)
         stream.state = self._transition(stream.state, Input.SEND_OPEN_FAIL)
         self._forget(stream_id, stream)
-        self._queue(fr.encode_reason_frame(FrameType.OPEN_FAIL, stream_id, _reason(reason)))
+        # counted as a reply (it answers the peer's OPEN), never refused here: the OPENs it
+        # answers were bounded by max_concurrent_streams when they arrived
+        refusal = fr.encode_reason_frame(FrameType.OPEN_FAIL, stream_id, _reason(reason))
+        self._queue(refusal)
+        self._replies += len(refusal)
 
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue as much of ``data`` as the windows allow; return how many bytes that was.
@@ -419,10 +467,13 @@ class Connection:
         With ``NO_ERROR`` this is graceful: no new streams either way, existing ones finish, and
         the driver closes the transport when ``statistics().open_streams`` reaches 0. With any
         other code the connection is terminated at once (the driver should flush
-        ``data_to_send`` and close).
+        ``data_to_send`` and close); ``ENHANCE_YOUR_CALM`` (the peer does not read) also drops
+        what was queued before, so that only the GOAWAY is left to send.
         """
         self._check_alive()
         error_code = ErrorCode(error_code)
+        if error_code is ErrorCode.ENHANCE_YOUR_CALM:
+            self._drop_output()
         self._queue(fr.encode_goaway(self._highest_remote_id, error_code, _reason(reason)))
         self._local_goaway = True
         if error_code is not ErrorCode.NO_ERROR:
@@ -456,6 +507,8 @@ class Connection:
         try:
             self._receive(data if type(data) is bytes else None, view, events)
         except RemoteProtocolError as exc:
+            if exc.error_code == ErrorCode.ENHANCE_YOUR_CALM:
+                self._drop_output()
             self._queue(
                 fr.encode_goaway(self._highest_remote_id, exc.error_code, _reason(str(exc)))
             )
@@ -615,7 +668,7 @@ class Connection:
             self._on_rst(stream_id, fr.decode_reason(payload), events)
         elif ftype == FrameType.PING:
             ping = bytes(payload)
-            self._queue(fr.frame(FrameType.PONG, 0, ping))
+            self._queue_reply(fr.frame(FrameType.PONG, 0, ping))
             events.append(PingReceived(payload=ping))
         elif ftype == FrameType.PONG:
             events.append(PongReceived(payload=bytes(payload)))
@@ -654,7 +707,7 @@ class Connection:
         elif self._remote_open >= self.config.max_concurrent_streams:
             refusal = f"too many concurrent streams (limit {self.config.max_concurrent_streams})"
         if refusal is not None:
-            self._queue(
+            self._queue_reply(
                 fr.encode_reason_frame(FrameType.OPEN_FAIL, stream_id, refusal.encode("utf-8"))
             )
             return
@@ -802,6 +855,12 @@ class Connection:
         del self._streams[stream_id]
         if not stream.local:
             self._remote_open -= 1
+
+    def _drop_output(self) -> None:
+        """Forget what is queued for a peer that reads nothing: it would only hold memory."""
+        self._out.clear()
+        self._out_size = 0
+        self._replies = 0
 
     def _credit_connection(self, count: int) -> None:
         self._recv_credit += count

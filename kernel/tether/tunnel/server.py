@@ -10,9 +10,10 @@ control stream.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -102,6 +103,9 @@ class ClusterStatistics:
 
 
 Authenticator = Callable[[trio.abc.Stream], Identity]
+#: records an audit event of this proxy: ``(event type, fields)``; every event it is given is a
+#: refusal or a tunnel closed for cause
+Auditor = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
 
 class TunnelServer:
@@ -113,6 +117,8 @@ class TunnelServer:
         ``cluster`` is the connecting cluster) or raises a TrustError saying why not.
     :param proxies: the proxies of this cluster right now (for agents to reach them all).
     :param recorder: where heartbeats go (batched writes to storage).
+    :param audit: records refused tunnels and tunnels closed for cause (a flood, an expired
+        certificate); they are logged either way.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class TunnelServer:
         heartbeat_interval: float = 10.0,
         timings: TunnelTimings | None = None,
         mux_config: MuxConfig | None = None,
+        audit: Auditor | None = None,
     ) -> None:
         self.proxy_id = proxy_id
         self.cluster = cluster
@@ -135,6 +142,7 @@ class TunnelServer:
         self.heartbeat_interval = heartbeat_interval
         self.timings = timings or TunnelTimings()
         self.mux_config = mux_config
+        self._audit = audit
         self._tunnels: dict[str, dict[int, TunnelRecord]] = {}
         #: (sent, received) stream bytes of each cluster's closed tunnels
         self._closed_bytes: dict[str, tuple[int, int]] = {}
@@ -220,6 +228,11 @@ class TunnelServer:
             try:
                 return await record.conn.open_stream(target, metadata)
             except StreamRefused as exc:
+                if record.conn.going_away:
+                    # it sent GOAWAY as this OPEN crossed it (an agent moving to a new
+                    # tunnel): the refusal is the tunnel's, not the target's
+                    last_error = exc.message
+                    continue
                 raise TargetRefused(
                     f"cluster {cluster!r} refused {target!r}: {exc.message}"
                 ) from None
@@ -255,19 +268,21 @@ class TunnelServer:
         except TetherError as exc:
             log.warning("tunnel from %s refused: %s", peer, exc)
             return
-        version = getattr(stream, "version", lambda: None)()
-        if version is not None and version != "TLSv1.3":
-            log.warning(
-                "tunnel from %s refused: it negotiated %s, tunnels need TLS 1.3", peer, version
+        version = _tls_version(stream)
+        if version != "TLSv1.3":
+            await self._refused(
+                peer,
+                identity,
+                f"it negotiated {version or 'no TLS version this side can tell'}, "
+                "tunnels need TLS 1.3",
             )
             return
         if identity.kind not in TUNNEL_KINDS:
-            log.warning(
-                "tunnel from %s refused: a %s certificate (%s of cluster %s) may not open tunnels",
+            await self._refused(
                 peer,
-                identity.kind,
-                identity.username,
-                identity.cluster,
+                identity,
+                f"a {identity.kind} certificate ({identity.username} of cluster "
+                f"{identity.cluster}) may not open tunnels",
             )
             return
         record: TunnelRecord | None = None
@@ -299,9 +314,21 @@ class TunnelServer:
         if self._draining is not None:
             await conn.goaway(self._draining)
         log.info("tunnel %d from cluster %s (%s) connected", record.id, record.cluster, peer)
+        expired = False
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(conn.run)
+                left = identity.expires - datetime.datetime.now(datetime.UTC)
+                with trio.move_on_after(max(left.total_seconds(), 0.0)):
+                    await conn.wait_closed()
+                if not conn.closed:
+                    # the agent renews before this and moves to new tunnels; one that did not
+                    # has no certificate any more to be trusted by
+                    expired = True
+                    await conn.aclose(
+                        f"the certificate of this tunnel expired at {identity.expires:%H:%M:%S} "
+                        "UTC; renew it to reconnect"
+                    )
         finally:
             self._unregister(record)
             log.info(
@@ -310,6 +337,25 @@ class TunnelServer:
                 record.cluster,
                 conn.closed_reason,
             )
+        ended = conn.mux.terminated
+        if expired or (ended is not None and not ended.by_peer and ended.error_code):
+            await self._record(
+                "tunnel.closed",
+                {**_who(peer, identity), "tunnel": record.id, "reason": conn.closed_reason},
+            )
+
+    async def _refused(self, peer: str, identity: Identity, reason: str) -> None:
+        log.warning("tunnel from %s refused: %s", peer, reason)
+        await self._record("tunnel.refused", {**_who(peer, identity), "reason": reason})
+
+    async def _record(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Audit ``event``; a failure is logged, never raised (the refusal stands)."""
+        if self._audit is None:
+            return
+        try:
+            await self._audit(event, fields)
+        except (TetherError, OSError) as exc:
+            log.warning("could not audit %s from %s: %s", event, fields.get("peer"), exc)
 
     async def _control(self, record: TunnelRecord, stream: MuxStream) -> None:
         channel = ControlChannel(stream)
@@ -367,6 +413,25 @@ class TunnelServer:
                     record.cluster, self.proxy_id, record.agent, {"connected": False}, urgent=True
                 )
         self._notify()
+
+
+def _who(peer: str, identity: Identity) -> dict[str, str]:
+    return {
+        "peer": peer,
+        "agent_cluster": identity.cluster,  # "cluster" is the cluster recording the event
+        "agent": identity.username,
+        "kind": identity.kind,
+    }
+
+
+def _tls_version(stream: trio.abc.Stream) -> str | None:
+    """The TLS version ``stream`` negotiated, or None when it cannot say (then it is refused:
+    a transport that cannot prove TLS 1.3 does not carry a tunnel)."""
+    version = getattr(stream, "version", None)
+    if not callable(version):
+        return None
+    negotiated = version()
+    return negotiated if isinstance(negotiated, str) else None
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

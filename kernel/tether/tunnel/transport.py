@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from tether.errors import TetherError
-from tether.tunnel._errors import StreamClosedError
+from tether.tunnel._errors import ErrorCode, StreamClosedError
 from tether.tunnel._events import (
     ConnectionTerminated,
     DataReceived,
@@ -284,8 +284,11 @@ class IncomingStream:
         return stream
 
     def reject(self, reason: str) -> None:
-        """Refuse with a reason the opener's :class:`StreamRefused` will carry."""
+        """Refuse with a reason the opener's :class:`StreamRefused` will carry; nothing to
+        do once the stream is gone (the peer reset it, or the tunnel ended meanwhile)."""
         self.answered = True
+        if self.conn.mux.stream_state(self.stream_id) is StreamState.CLOSED:
+            return
         self.conn.mux.reject_stream(self.stream_id, reason)
         self.conn._flush_soon()
 
@@ -320,9 +323,11 @@ class TunnelConnection:
         self._refusals: dict[int, str] = {}
         self._flush = _Waiter()
         self._flushed = _Waiter()
+        self._stream_gone = _Waiter()
         self._writing = False
         self._pings: dict[bytes, float] = {}
         self._last_heard = trio.current_time()
+        self._held_back = False  # the reader waits for the peer to read its replies
         self._closed_reason: str | None = None
         self._going_away = False
         self._done = trio.Event()
@@ -416,6 +421,7 @@ class TunnelConnection:
         self._draining.set()
         self._flush.wake()
         self._flushed.wake()
+        self._stream_gone.wake()
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -460,7 +466,7 @@ class TunnelConnection:
             self._opening.pop(sid, None)
         refusal = self._refusals.pop(sid, None)
         if refusal is not None:
-            self._streams.pop(sid, None)
+            self._forget(sid)
             if self.closed:
                 raise TunnelClosed(refusal)
             raise StreamRefused(refusal)
@@ -470,6 +476,18 @@ class TunnelConnection:
         stream = MuxStream(self, sid, target, metadata)
         self._streams[sid] = stream
         return stream
+
+    def _forget(self, sid: int) -> MuxStream | None:
+        stream = self._streams.pop(sid, None)
+        if stream is not None:
+            self._stream_gone.wake()
+        return stream
+
+    async def wait_streams_at_most(self, count: int) -> None:
+        """Return once at most ``count`` streams are open here, or the tunnel closed (a
+        tunnel going away is closed once the streams running on it are done)."""
+        while len(self._streams) > count and not self.closed:
+            await self._stream_gone.wait()
 
     def _consumed(self, sid: int, count: int) -> None:
         if count and self.mux.terminated is None:
@@ -488,10 +506,10 @@ class TunnelConnection:
         """
         sid = stream.stream_id
         if self.mux.terminated is not None or sid not in self._streams:
-            self._streams.pop(sid, None)
+            self._forget(sid)
             return
         if self.mux.stream_state(sid) is StreamState.CLOSED:
-            self._streams.pop(sid, None)
+            self._forget(sid)
             return
         if stream._buffered or stream._broken is not None or sid in self._opening:
             self._reset(stream, "closed by the application with data unread")
@@ -501,16 +519,16 @@ class TunnelConnection:
             try:
                 self.mux.end_stream(sid)
             except StreamClosedError:
-                self._streams.pop(sid, None)
+                self._forget(sid)
                 return
             self._flush_soon()
         if self.mux.stream_state(sid) is StreamState.CLOSED:
-            self._streams.pop(sid, None)
+            self._forget(sid)
         # else: kept until the peer's FIN (or reset on its next DATA)
 
     def _reset(self, stream: MuxStream, reason: str) -> None:
         sid = stream.stream_id
-        self._streams.pop(sid, None)
+        self._forget(sid)
         # unread bytes still hold connection credit: give it back before forgetting them
         if stream._buffered:
             self._consumed(sid, stream._buffered)
@@ -551,6 +569,9 @@ class TunnelConnection:
     async def _reader(self) -> None:
         try:
             while not self.closed:
+                if self.mux.backlogged:
+                    await self._wait_backlog_sent()
+                    continue
                 data = await self.transport.receive_some(RECEIVE_SIZE)
                 self._last_heard = trio.current_time()
                 events = self.mux.receive_data(data)
@@ -563,12 +584,36 @@ class TunnelConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._finish(f"transport failed while receiving: {exc or type(exc).__name__}")
 
+    async def _wait_backlog_sent(self) -> None:
+        """Read nothing more from a peer while the replies it asked for wait unsent: a peer
+        that does not read must not make this side queue. One that keeps them waiting for the
+        dead-peer timeout gets GOAWAY and is closed."""
+        self._held_back = True
+        try:
+            with trio.move_on_after(self.timings.dead_after):
+                while self.mux.backlogged and not self.closed:
+                    await self._flushed.wait()
+                self._last_heard = trio.current_time()  # it read what was sent: alive
+                return
+        finally:
+            self._held_back = False
+        reason = (
+            f"the peer did not read the replies to its own requests for "
+            f"{self.timings.dead_after:g}s"
+        )
+        log.warning("%s: %s; closing it", self.name, reason)
+        if self.mux.terminated is None:
+            self.mux.goaway(reason, ErrorCode.ENHANCE_YOUR_CALM)
+            self._flush_soon()
+        self._finish(reason)
+
     async def _pinger(self) -> None:
         interval = self.timings.ping_interval
         while not self.closed:
             await trio.sleep(interval)
             silent = trio.current_time() - self._last_heard
-            if silent >= self.timings.dead_after:
+            # unheard because this side stopped reading: the reader judges that peer itself
+            if silent >= self.timings.dead_after and not self._held_back:
                 self._finish(f"peer did not answer for {silent:.1f}s (dead or half-open)")
                 return
             if self.mux.terminated is None:
@@ -610,7 +655,7 @@ class TunnelConnection:
             if waiter is not None:
                 waiter.set()
             else:
-                rejected = self._streams.pop(event.stream_id, None)
+                rejected = self._forget(event.stream_id)
                 if rejected is not None:
                     rejected._break(f"refused: {event.reason}")
         elif isinstance(event, StreamEnded):
@@ -618,9 +663,9 @@ class TunnelConnection:
             if ended is not None:
                 ended._end()
                 if ended._closed and self.mux.stream_state(ended.stream_id) is StreamState.CLOSED:
-                    del self._streams[ended.stream_id]
+                    self._forget(ended.stream_id)
         elif isinstance(event, StreamReset):
-            reset = self._streams.pop(event.stream_id, None)
+            reset = self._forget(event.stream_id)
             if reset is not None:
                 reset._break(f"stream reset by peer: {event.reason or 'no reason given'}")
         elif isinstance(event, PongReceived):

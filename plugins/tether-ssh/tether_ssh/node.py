@@ -202,6 +202,7 @@ class NodeService:
         ](AUDIT_BACKLOG)
         self.addr = ""  # the address the proxy dials, in direct mode
         self._tunnel_context: ssl.SSLContext | None = None
+        self._tunnels: AgentPool | None = None
 
     @property
     def tunnel_mode(self) -> bool:
@@ -363,6 +364,7 @@ class NodeService:
             dial=dial,
             handle_stream=handle_stream,
         )
+        self._tunnels = pool  # a renewal moves it to new tunnels
         await pool.run(task_status=task_status)
 
     def _node_identity(self, joined: JoinedIdentity) -> NodeIdentity:
@@ -377,7 +379,8 @@ class NodeService:
         self, api: AuthClient, host_id: str, joined: JoinedIdentity, server: Any
     ) -> None:
         """Renew the node's certificates once two thirds of their lifetime have passed, and
-        present the new ones from then on (open connections and tunnels keep theirs)."""
+        present the new ones from then on: to new connections, and through new tunnels, which
+        replace the old ones (sessions running through those finish there)."""
         while True:
             due = renewal_due(joined)
             lifetime = (joined.tls_cert.not_valid_after_utc - due) * 3
@@ -398,8 +401,10 @@ class NodeService:
                 await trio.sleep(retry.total_seconds())
                 continue
             await api.present_certificate(joined.tls_cert, joined.private_key)
-            if self._tunnel_context is not None:  # new tunnels; the open ones keep theirs
+            if self._tunnel_context is not None:
                 pki.present_certificate(self._tunnel_context, joined.tls_cert, joined.private_key)
+            if self._tunnels is not None:  # the proxy closes tunnels whose certificate expired
+                self._tunnels.replace_tunnels("the node renewed its certificate")
             server.update(node=self._node_identity(joined))
             log.info(
                 "node %s renewed its certificates; they expire at %s",
