@@ -26,8 +26,9 @@ from typing import Any
 import attrs
 import trio
 
+from tether import pki
 from tether.auth.client import FORWARDED_CERT_HEADER
-from tether.errors import AccessDenied, NotFound, TetherError
+from tether.errors import AccessDenied, NotFound, TetherError, TrustError
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, RemoteRequest
 from tether.resources import CERT_AUTHORITY, KindRegistry, Resource, resource_from_dict
 from tether.tlsstream import TLSStream
@@ -416,6 +417,12 @@ async def _connect(proxy: str, context: Any) -> TLSStream:
             )
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         cause = exc.__cause__ or exc
+        if isinstance(cause, pki.UnexpectedPeerKind):
+            raise TrustError(
+                f"{proxy} is not the cluster's proxy: {cause}",
+                hint="check the address; another host of the cluster answers there, which "
+                "its administrator should know about",
+            ) from None
         raise TetherError(
             f"cannot reach the proxy at {proxy}: {cause}",
             hint="check the address, or log in again with `tether login`",
