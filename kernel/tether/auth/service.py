@@ -33,9 +33,16 @@ from tether.auth.connectors import (
 )
 from tether.auth.trust import establish_trust_with_root
 from tether.backend import Backend, Item, Op
-from tether.config import Config
+from tether.config import Config, HostPort
 from tether.durations import format_duration
-from tether.errors import AccessDenied, AlreadyExists, NotFound, PluginError, TetherError
+from tether.errors import (
+    AccessDenied,
+    AlreadyExists,
+    CompareFailed,
+    NotFound,
+    PluginError,
+    TetherError,
+)
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import (
@@ -58,6 +65,8 @@ PASSWORD_PREFIX = "/secrets/passwords/"
 SSO_REQUEST_PREFIX = "/secrets/sso/requests/"
 SSO_RESULT_PREFIX = "/secrets/sso/results/"
 ATTEMPTS_PREFIX = "/secrets/login_attempts/"
+#: which host holds each host id, until its certificates expire (renewals extend it)
+HOST_ID_PREFIX = "/host_ids/"
 
 TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
 #: what may join a cluster with a token, and the token role each needs
@@ -1242,23 +1251,29 @@ class AuthService:
         tls_public_key_pem: str,
     ) -> JoinResult:
         """Let a node or proxy join with a token: issue its SSH host certificate and its X.509
-        certificate (identity kind ``role``), and hand it the CAs it must trust."""
+        certificate (identity kind ``role``), and hand it the CAs it must trust.
+
+        The token lets the joiner choose its host id, but not one another host holds (until
+        that host's certificates expire): the id is what its inventory entry, its tunnel and
+        its SSH host certificate are known by.
+        """
         self._check_host(role, host_id)
         try:
             await self.check_token(token, JOIN_ROLES[role])
+            held = await self._host_id_holder(host_id)
+            result, principals = self._issue_host_certs(
+                role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+            )
+            await self._hold_host_id(result, hostname, replaces=held)
         except AccessDenied as exc:
             await self.audit_event(
                 "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
             )
             raise
-        return await self.issue_host_identity(
-            role=role,
-            host_id=host_id,
-            hostname=hostname,
-            addresses=addresses,
-            ssh_public_key=ssh_public_key,
-            tls_public_key_pem=tls_public_key_pem,
+        await self.audit_event(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
+        return result
 
     def _check_host(self, role: str, host_id: str) -> None:
         if role not in JOIN_ROLES:
@@ -1290,10 +1305,63 @@ class AuthService:
         result, principals = self._issue_host_certs(
             role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
         )
+        await self._hold_host_id(result, hostname, replaces=True)
         await self.audit_event(
             "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
         return result
+
+    async def _host_id_holder(self, host_id: str) -> Item | None:
+        """Whether a join may take ``host_id``: None when no host ever held it, or the
+        record of a holder whose certificates expired (which the join replaces).
+
+        :raises AccessDenied: a host holds it: a token cannot take over another host's id,
+            with which it would stand in for that host (its inventory entry, its tunnel).
+        """
+        item = await self.backend.get(HOST_ID_PREFIX + host_id)
+        if item is None:
+            return None
+        holder = json.loads(item.value)
+        expires = datetime.datetime.fromisoformat(str(holder["expires"]))
+        if expires <= self.now():
+            return item
+        raise AccessDenied(
+            f"host id {host_id!r} is held by {holder['kind']} {holder['hostname']!r} until "
+            f"{expires:%Y-%m-%d %H:%M} UTC; a join cannot take another host's id",
+            hint="join with an id of its own (a node makes one in its data directory's host_uuid)",
+        )
+
+    async def _hold_host_id(
+        self, result: JoinResult, hostname: str, *, replaces: Item | bool | None
+    ) -> None:
+        """Record that the host ``result`` was issued to holds its id until its certificates
+        expire.
+
+        :param replaces: for a join, the expired record it replaces, or None when the id was
+            free, so that two joins racing for one id cannot both win; True for a host that
+            proved it holds the id (a renewal) or needs no proof (one in this process).
+        :raises AccessDenied: another join took the id meanwhile.
+        """
+        identity = result.identity
+        record = {"kind": identity.kind, "hostname": hostname, "expires": identity.expires}
+        if replaces is True:
+            expected: int | None = None
+        else:
+            expected = replaces.revision if isinstance(replaces, Item) else 0
+        lifetime = (identity.expires - self.now()).total_seconds()
+        op = Op.put(
+            HOST_ID_PREFIX + identity.username,
+            json.dumps(record, default=str).encode(),
+            ttl=max(lifetime, 1.0),
+            expected_revision=expected,
+        )
+        try:
+            await self.backend.apply([op])
+        except (AlreadyExists, CompareFailed):
+            raise AccessDenied(
+                f"host id {identity.username!r} was taken by another join at the same time",
+                hint="join with an id of its own",
+            ) from None
 
     async def renew_host_identity(
         self,
@@ -1334,6 +1402,7 @@ class AuthService:
             ssh_public_key,
             tls_public_key_pem,
         )
+        await self._hold_host_id(result, hostname, replaces=True)
         await self.audit_event(
             "host.renewed",
             identity.username,
