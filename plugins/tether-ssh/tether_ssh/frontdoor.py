@@ -43,6 +43,7 @@ __all__ = [
     "SSH_TARGET",
     "DialedNode",
     "NodeOffline",
+    "PortRefused",
     "front_door",
     "list_nodes",
     "open_node_stream",
@@ -64,6 +65,10 @@ _NODES = KindRegistry([NODE, CERT_AUTHORITY], plugin="ssh")
 
 class NodeOffline(TetherError):
     """The node is in the inventory but cannot be reached right now."""
+
+
+class PortRefused(AccessDenied):
+    """A client asked the front door for a port of a node's host other than its SSH port."""
 
 
 @attrs.frozen
@@ -146,14 +151,36 @@ def _dialed(node: Resource) -> DialedNode:
     )
 
 
-async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) -> trio.abc.Stream:
-    spec: NodeSpec = node.spec
+def _check_port(spec: NodeSpec, port: int) -> None:
+    """The front door leads to a node's SSH server only: a client's port (``tether ssh -p``)
+    may name the port the node registered, never another service on its host. Anything else
+    goes through SSH port forwarding, which the node allows or not by the user's roles.
+
+    :raises PortRefused: another port, or any port for a node reached through its tunnel.
+    """
+    if not port:
+        return
+    forwarding = "reach other ports through SSH port forwarding (-L), which your roles govern"
     if spec.use_tunnel:
-        if port:
-            raise TetherError(
-                f"node {spec.hostname!r} is reached through its tunnel; a port cannot be chosen",
-                hint="leave out -p",
-            )
+        raise PortRefused(
+            f"node {spec.hostname!r} is reached through its tunnel, which leads only to its SSH "
+            f"server; port {port} cannot be chosen",
+            hint=f"leave out -p; {forwarding}",
+        )
+    registered = spec.addr.rpartition(":")[2]
+    if str(port) != registered:
+        raise PortRefused(
+            f"node {spec.hostname!r} serves SSH on port {registered}; the front door connects "
+            f"only there, not to port {port}",
+            hint=f"leave out -p; {forwarding}",
+        )
+
+
+async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) -> trio.abc.Stream:
+    """A stream to ``node``'s SSH server: through its tunnel, or at its registered address."""
+    spec: NodeSpec = node.spec
+    _check_port(spec, port)
+    if spec.use_tunnel:
         try:
             return await proxy.tunnels.dial(
                 proxy.cluster_name, SSH_TARGET, {"client": peer}, agent=node.metadata.name
@@ -166,11 +193,11 @@ async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) 
     host, _, node_port = spec.addr.rpartition(":")
     try:
         with trio.fail_after(DIAL_TIMEOUT):
-            return await trio.open_tcp_stream(host.strip("[]"), port or int(node_port))
+            return await trio.open_tcp_stream(host.strip("[]"), int(node_port))
     except (OSError, trio.TooSlowError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
         raise NodeOffline(
-            f"node {spec.hostname!r} at {host}:{port or node_port} is unreachable: {reason}",
+            f"node {spec.hostname!r} at {spec.addr} is unreachable: {reason}",
             hint="check that the node's tetherd runs and its listen address is reachable",
         ) from None
 
@@ -262,7 +289,11 @@ async def front_door(conn: ProxyConnection) -> None:
             query = NodeQuery.parse(node_text)
             nodes = await _nodes(conn.proxy, conn.forwarded_headers())
             node = resolve_node(nodes, query, cluster=cluster)
-            target = await _dial_node(conn.proxy, conn.peer, node, port)
+            try:
+                target = await _dial_node(conn.proxy, conn.peer, node, port)
+            except PortRefused as exc:
+                await _audit_port_refused(conn, identity, node, port, exc.message)
+                raise
             dialed = _dialed(node)
         else:
             target, dialed, early = await _dial_leaf(conn, cluster, node_text, port)
@@ -302,6 +333,26 @@ async def front_door(conn: ProxyConnection) -> None:
         await trio.aclose_forcefully(target)
         return
     await splice(conn.stream, target)
+
+
+async def _audit_port_refused(
+    conn: ProxyConnection, identity: pki.Identity, node: Resource, port: int, reason: str
+) -> None:
+    """Record ``ssh.front_door.refused`` for a port the front door would not dial. A failure
+    to audit is logged, not raised: the refusal stands either way."""
+    fields = {
+        "node": node.spec.hostname,
+        "node_id": node.metadata.name,
+        "port": port,
+        "client": conn.peer,
+        "reason": reason,
+    }
+    try:
+        await conn.proxy.auth.record_event(
+            "ssh.front_door.refused", identity.username, fields, success=False
+        )
+    except (TetherError, OSError) as exc:
+        log.warning("could not audit a refused port for %s: %s", identity.label, exc)
 
 
 async def _list(conn: ProxyConnection, cluster: str) -> dict[str, Any]:
@@ -359,7 +410,7 @@ async def serve_remote(req: RemoteRequest) -> None:
         target = await _dial_node(req.proxy, peer, node, port)
     except (TetherError, ValueError) as exc:
         reason = exc.message if isinstance(exc, TetherError) else str(exc)
-        await req.refuse(reason, node=metadata.get("node", ""))
+        await req.refuse(reason, node=metadata.get("node", ""), port=metadata.get("port", "0"))
         return
     stream = request.accept()
     try:
