@@ -145,6 +145,7 @@ async def _start_auth(
     handler = ASGIHandler(build_auth_app(auth))
     routes = dict.fromkeys(HTTP_ALPN, handler)
     port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, routes)
+    auth.service_addrs["auth service"] = HostPort(listen.host, port)
     addr = f"{listen.connect_host}:{port}"
     log.info(
         "auth service listening on %s:%d (cluster %s, CA pin %s)",
@@ -321,6 +322,8 @@ async def _start_proxy(
         **{alpn: _protocol_route(handler, proxy_ctx) for alpn, handler in protocols.items()},
     }
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
+    if local_auth is not None:  # no host may register the proxy's port as its own
+        local_auth.service_addrs["proxy"] = HostPort(listen.host, port)
     public = config.proxy_service.public_addr
     public_addr = str(public) if public else f"{_public_host(listen.host)}:{port}"
     holder["info"] = ProxyWebInfo(

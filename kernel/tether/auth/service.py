@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hmac
+import ipaddress
 import json
 import logging
 import pathlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -87,6 +88,28 @@ _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 def _everything(resource: Resource) -> bool:
     return True
+
+
+def _local_host(host: str) -> bool:
+    """Whether a dial to ``host`` stays on the dialling machine (loopback, or unspecified,
+    which Linux connects to the loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _reaches(addr: HostPort, listener: HostPort) -> bool:
+    """Whether dialling ``addr`` may reach ``listener``. Unsure counts as yes: a listener on
+    every interface answers on any of the host's names, which auth cannot list."""
+    if addr.port != listener.port:
+        return False
+    if listener.is_unspecified or addr.host == listener.host:
+        return True
+    return _local_host(addr.host) and _local_host(listener.host)
 
 
 def _created_by_connector(user: Resource) -> bool:
@@ -182,6 +205,9 @@ class AuthService:
         # a count of reloads, so a proxy polling with the one it holds is told "unchanged"
         self._trust_epoch = secrets.token_hex(4)
         self._trust_reloads = 0
+        #: the addresses this cluster's services in this process listen on, by service (the
+        #: daemon fills it once they are bound): no host may register one as its own
+        self.service_addrs: dict[str, HostPort] = {}
 
     def password_key(self, username: str) -> str:
         """Storage key of a local user's password hash (read by the ``local`` connector)."""
@@ -525,13 +551,21 @@ class AuthService:
         return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
 
     async def publish(
-        self, identity: pki.Identity, resource: Resource, ttl: datetime.timedelta
+        self,
+        identity: pki.Identity,
+        resource: Resource,
+        ttl: datetime.timedelta,
+        *,
+        host_names: Collection[str] = (),
     ) -> None:
         """Store a host's own inventory entry (a node's ``node``), expiring after ``ttl``.
 
         Hosts call this on every heartbeat; an entry not renewed in time disappears, so the
         inventory shows only hosts that are alive. A host may publish only the kind whose
-        ``published_by`` is its identity kind, under its own host id.
+        ``published_by`` is its identity kind, under its own host id; an address the proxy
+        will dial (:attr:`~tether.resources.ResourceKind.dialed_addr`) must be on a host
+        among ``host_names`` (what the caller's certificate names) and be none of the
+        cluster's own listening addresses.
         """
         kind = self.registry.get(resource.kind)
         if kind.published_by is None or kind.published_by != identity.kind:
@@ -546,12 +580,65 @@ class AuthService:
                 f"publish ttl {format_duration(ttl)} is out of range "
                 f"({format_duration(MIN_PUBLISH_TTL)} to {format_duration(MAX_PUBLISH_TTL)})"
             )
+        if kind.dialed_addr is not None:
+            try:
+                await self._check_dialed_addr(identity, kind.dialed_addr(resource), host_names)
+            except AccessDenied as exc:
+                await self.audit_event(
+                    "host.publish.refused",
+                    identity.username,
+                    {"role": identity.kind, "kind": kind.name, "reason": exc.message},
+                    success=False,
+                )
+                raise
         stamped = attrs.evolve(
             resource, metadata=attrs.evolve(resource.metadata, expires=self.now() + ttl)
         )
         await self.backend.put(
             kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
         )
+
+    async def _check_dialed_addr(
+        self, identity: pki.Identity, text: str, host_names: Collection[str]
+    ) -> None:
+        """Refuse an address a host asks the proxy to dial unless it is on a host its
+        certificate names, and none of the cluster's own services' (the proxy dialling its own
+        port or auth's would hand a user a raw connection to it)."""
+        if not text:
+            return
+        who = f"{identity.kind} {identity.username!r}"
+        try:
+            addr = HostPort.parse(text)
+        except ValueError as exc:
+            raise AccessDenied(f"{who} registers an unusable address: {exc}") from None
+        if addr.host not in host_names:
+            names = ", ".join(sorted(host_names)) or "none"
+            raise AccessDenied(
+                f"{who} may register an address only on a host its certificate names "
+                f"({names}), not {text}",
+                hint="set the node's public_addr to one of them, or join again with a token "
+                "for the new name",
+            )
+        for service, listener in await self._listening_addrs():
+            if _reaches(addr, listener):
+                raise AccessDenied(
+                    f"{who} may not register {text}: it is the address of this cluster's "
+                    f"{service} ({listener})",
+                    hint="give the node an SSH listen_addr (or public_addr) of its own",
+                )
+
+    async def _listening_addrs(self) -> list[tuple[str, HostPort]]:
+        """The cluster's own listening addresses: of the services in this process, and every
+        proxy's public address as it published it."""
+        found = [(service, addr) for service, addr in self.service_addrs.items()]
+        kind = self.registry.get("proxy")
+        for item in await self.backend.range(kind.storage_prefix):
+            proxy = resource_from_bytes(item.value, self.registry)
+            with contextlib.suppress(ValueError):
+                found.append(
+                    (f"proxy {proxy.metadata.name!r}", HostPort.parse(proxy.spec.public_addr))
+                )
+        return found
 
     async def record_tunnel_heartbeats(
         self, identity: pki.Identity, records: Sequence[Mapping[str, Any]]
