@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
+from tether.errors import TrustError
+
 from ._authority import X509CertAuthority
 from ._errors import MalformedCertificate
 from ._identity import Identity
@@ -88,18 +90,23 @@ def present_certificate(ctx: ssl.SSLContext, cert: x509.Certificate, key: Privat
         ctx.load_cert_chain(path)
 
 
-class UnexpectedPeerKind(ssl.SSLCertVerificationError):
+class UnexpectedPeerKind(ssl.SSLCertVerificationError, TrustError):
     """The server's certificate chain verified, but the identity it carries is of another
     kind than the connection expects: a node's where only a proxy may answer.
 
     Every host certificate of a cluster names ``localhost`` and the loopback addresses, so a
-    host name check cannot tell a node from the proxy; the identity's kind can. An
+    host name check cannot tell a node from the proxy; the identity's kind can. Also an
     ``ssl.SSLError``, so that TLS streams (the kernel's, trio's, httpx's) treat it as the
     failed handshake it is.
     """
 
-    def __str__(self) -> str:  # ssl.SSLError shows its args as a tuple
-        return str(self.args[0]) if self.args else "the server's certificate is of another kind"
+    def __init__(self, message: str) -> None:
+        ssl.SSLCertVerificationError.__init__(self, message)
+        self.message = message
+        self.hint = None
+
+    def __str__(self) -> str:  # ssl.SSLError would show its args as a tuple
+        return self.message
 
 
 def check_peer_kind(der: bytes | None, kinds: Collection[str]) -> Identity:
