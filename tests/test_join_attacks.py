@@ -69,6 +69,19 @@ def impostor_context(joined: JoinedIdentity, alpn: str) -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
+def serving(server: socketserver.TCPServer) -> Iterator[str]:
+    """Run ``server`` in a thread until the block ends; yields its address."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
 def impostor_web(
     node: JoinedIdentity, cluster: RunningCluster
 ) -> Iterator[tuple[str, list[tuple[str, str]]]]:
@@ -107,14 +120,8 @@ def impostor_web(
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(server) as addr:
+        yield addr, received
 
 
 @contextlib.contextmanager
@@ -144,15 +151,8 @@ def impostor_tunnel(node: JoinedIdentity) -> Iterator[tuple[str, list[bytes]]]:
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # a client that aborts the handshake is what the test expects
 
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Server(("127.0.0.1", 0), Handler)) as addr:
+        yield addr, received
 
 
 @pytest.fixture(scope="module")
