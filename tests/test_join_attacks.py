@@ -27,7 +27,7 @@ import trio
 from tether import pki
 from tether.errors import AccessDenied
 from tether.node.join import JoinedIdentity, join_cluster
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster, run_cli, start_cluster, start_proxy
 from tether.tunnel.server import TUNNEL_ALPN
 
 PASSWORD = "correct horse battery staple"
@@ -275,3 +275,25 @@ spec:
         assert doc["status"]["connection"] == "offline"
     finally:
         leaf.stop()
+
+
+def test_joined_proxy_refuses_a_node_certificate_where_auth_belongs(
+    tether_cluster: RunningCluster, victim: JoinedIdentity, tmp_path: pathlib.Path
+) -> None:
+    cluster = tether_cluster
+    proxy = start_proxy(cluster, tmp_path / "proxy-2", "proxy-2")
+    proxy.stop()
+    with impostor_web(victim, cluster) as (addr, received):
+        # restarted from its data directory (no token), sent to the node instead of auth
+        args = [
+            f"--auth-server={addr}" if arg.startswith("--auth-server=") else arg
+            for arg in proxy.args
+            if not arg.startswith("--token=")
+        ]
+        refused = run_cli("tetherd", "start", *args, check=False, timeout=60)
+    assert refused.returncode == 1
+    assert (
+        f"{addr} is not the server this connection expects: the server presented the "
+        "certificate of node 'victim-node' of cluster 'main', where only an auth's is accepted"
+    ) in refused.stderr, refused.stderr
+    assert received == [], "the proxy asked the node for nothing"

@@ -224,7 +224,10 @@ async def _renew_proxy_identity(
     joined: JoinedIdentity, auth_url: str, addresses: Sequence[str]
 ) -> JoinedIdentity:
     context = pki.client_ssl_context(
-        trusted_cas=list(joined.tls_cas), cert=joined.tls_cert, key=joined.private_key
+        trusted_cas=list(joined.tls_cas),
+        cert=joined.tls_cert,
+        key=joined.private_key,
+        peer_kinds=("auth",),
     )
     async with AuthClient(auth_url, context) as api:
         renewed = await renew_identity(api, hostname=joined.identity.username, addresses=addresses)
@@ -248,7 +251,11 @@ async def _start_proxy(
     at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
     several proxies, one auth)."""
     listen = config.proxy_service.listen_addr
-    client_ctx = pki.client_ssl_context(trusted_cas=list(me.cas), cert=me.cert, key=me.key)
+    # only auth answers there: a node's certificate, from the same CA, could feed the proxy
+    # another trust
+    client_ctx = pki.client_ssl_context(
+        trusted_cas=list(me.cas), cert=me.cert, key=me.key, peer_kinds=("auth",)
+    )
     auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
     protocols = collect_protocols(ctx.pm.hook.tether_protocols())

@@ -115,7 +115,10 @@ def check_peer_kind(der: bytes | None, kinds: Collection[str]) -> Identity:
 
     :raises UnexpectedPeerKind: no certificate, no Tether identity in it, or another kind.
     """
-    expected = " or ".join(f"a {kind}'s" for kind in sorted(kinds))
+    expected = " or ".join(
+        f"{'an' if kind[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {kind}'s"
+        for kind in sorted(kinds)
+    )
     if not der:
         raise UnexpectedPeerKind(f"the server presented no certificate, where {expected} belongs")
     try:
