@@ -26,9 +26,7 @@ fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq -o Acquire::Retries=3 -o DPkg::Lock::Timeout=600
-  apt-get install -y -qq -o Acquire::Retries=3 -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >/dev/null
+  bash "$(dirname "$0")/apt-install.sh" "${need[@]}"
 else
   echo "missing system packages: ${need[*]} (install them with your package manager)" >&2
 fi

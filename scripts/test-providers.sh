@@ -7,9 +7,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 if ! command -v npm >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: nodejs npm"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq -o Acquire::Retries=3 -o DPkg::Lock::Timeout=600
-    apt-get install -y -qq -o Acquire::Retries=3 -o DPkg::Lock::Timeout=600 --no-install-recommends nodejs npm >/dev/null
+    bash "$root/scripts/apt-install.sh" nodejs npm
   else
     echo "missing Node.js and npm: the identity provider tests will fail (install them)" >&2
     exit 0

@@ -3,8 +3,9 @@
 The connector is the hooktest plugin's ``hooktest_sso`` and its identity provider a stand-in
 authorization server run here (an OAuth 2 code flow with PKCE; see the plugin). What is under
 test is what the kernel owns for every connector: the one-time state, the nonce and PKCE, the
-client's loopback redirect, the result collected once with the client's secret, the mapping of
-claims to roles and traits, and the audit. A test's HTTP client plays the browser.
+client's loopback redirect, the approval page and the one-time code it sends there, the result
+collected once with the client's secret and that code, the mapping of claims to roles and
+traits, and the audit. A test's HTTP client plays the browser.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import attrs
 import httpx
 import pytest
 import tether_hooktest
+import trio
+import trio.testing
 from tether_hooktest import StandInProvider
 
 from tether import pki
 from tether.auth.service import AuthService
 from tether.auth.sso import (
     REQUEST_TTL,
+    Approval,
     ClaimMapping,
     SSORequest,
     check_client_redirect,
@@ -35,12 +39,22 @@ from tether.auth.sso import (
     map_claims,
 )
 from tether.backend import open_sqlite
+from tether.client.sso import _one_request
 from tether.config import default_config
 from tether.errors import AccessDenied, TetherError
 from tether.plugins import get_plugin_manager
+from tether.proxy.sso_page import approval_page
 from tether.resources import parse_resources
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
-from tether.testing.sso import begin_login, cluster_browser
+from tether.testing.sso import (
+    approval_target,
+    begin_login,
+    cluster_browser,
+    collect_login,
+    login_failures,
+    press_approve,
+    share_login_link,
+)
 from tether.testing.sso import sso_login as login_through_browser
 
 CONNECTOR = """
@@ -97,7 +111,7 @@ def sso_login(site: Site, user: str) -> tuple[int, str, str]:
 
     def browse(url: str) -> None:
         with site.browser() as browser:
-            page = browser.get(url, follow_redirects=True)
+            page = press_approve(browser, browser.get(url, follow_redirects=True))
             assert page.status_code in (200, 403), page.text
 
     code, err = login_through_browser(site.cluster, user, "standin", browse, env=site.env)
@@ -240,26 +254,81 @@ def test_a_replayed_callback_and_a_second_collection_are_refused(site: Site) -> 
         callback = at_provider.headers["location"]
         assert callback.startswith(f"https://{site.cluster.proxy_addr}/webapi/sso/callback?")
         first = browser.get(callback)
-        assert first.status_code == 302
-        assert first.headers["location"] == (
-            f"http://127.0.0.1:9/callback?request={begun['request_id']}"
-        )
+        assert first.status_code == 200  # the approval page
+        target = approval_target(first)
+        assert target is not None
+        prefix = f"http://127.0.0.1:9/callback?request={begun['request_id']}&code="
+        assert target.startswith(prefix)
+        code = target.removeprefix(prefix)
         replayed = browser.get(callback)
         assert replayed.status_code == 403
         assert "this login is unknown, expired or already used" in replayed.text
-        collect = f"https://{site.cluster.proxy_addr}/webapi/sso/collect"
-        stolen = browser.post(
-            collect, json={"request_id": begun["request_id"], "client_secret": "guess"}
-        )
+        stolen = collect_login(browser, site.cluster, begun["request_id"], "guess", code)
         assert stolen.status_code == 403
         assert "started by another client" in stolen.json()["error"]["message"]
-        mine = {"request_id": begun["request_id"], "client_secret": "the-client-secret"}
-        collected = browser.post(collect, json=mine)
+        mine = (browser, site.cluster, begun["request_id"], "the-client-secret", code)
+        collected = collect_login(*mine)
         assert collected.status_code == 200, collected.text
         assert collected.json()["identity"]["username"] == "sso-sam"
-        again = browser.post(collect, json=mine)
+        again = collect_login(*mine)
         assert again.status_code == 403
         assert "expired or collected" in again.json()["error"]["message"]
+
+
+def logins_of(site: Site, user: str) -> int:
+    answer = site.cluster.tetherctl("audit", "search", "--type=user.login", "--format=json")
+    events = json.loads(answer.stdout)  # the type selects user.login.failed too
+    return sum(1 for e in events if e["type"] == "user.login" and e["user"] == user)
+
+
+def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
+    # mallory starts a login with her own key and secret, as her own `tether login` would,
+    # and sends the provider's URL to sam, who is signed in at the provider and approves
+    site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
+    before = logins_of(site, "sso-sam")
+    shared = share_login_link(
+        site.cluster,
+        "standin",
+        lambda browser, url: browser.get(url, follow_redirects=True),
+        shown=("sso-sam (signed in through hooktest_sso/standin)", "access, editor"),
+    )
+    assert shared.collected.status_code == 403
+    error = shared.collected.json()["error"]
+    assert error["message"] == (
+        "this login was not approved in a browser for this client: the one-time code "
+        "from the browser is missing or wrong"
+    )
+    assert "tether login --auth=standin" in error["hint"]
+    refusal = login_failures(site.cluster)[-1]
+    assert refusal["user"] == "sso-sam"
+    assert refusal["method"] == "hooktest_sso/standin"
+    assert refusal["reason"] == (
+        "collected without the one-time code the browser delivers to the client's loopback "
+        f"address {shared.client} (a shared login link?)"
+    )
+    assert logins_of(site, "sso-sam") == before, "no certificate was issued for sam"
+    # sam's own `tether login`, beside it, works: his browser brings the code to his client
+    code, _, err = sso_login(site, "sam-himself")
+    assert code == 0, err
+    assert status(site, "sam-himself")["username"] == "sso-sam"
+
+
+def test_a_wrong_code_voids_the_login_so_guessing_gets_nothing(site: Site) -> None:
+    site.provider.next_user = ("sso-sam", {"groups": ["admins"]})
+    with site.browser() as browser:
+        begun = begin_login(browser, site.cluster, "standin")
+        target = approval_target(browser.get(begun["auth_url"], follow_redirects=True))
+        assert target is not None
+        mine = (browser, site.cluster, begun["request_id"], "the-client-secret")
+        guessed = collect_login(*mine, "a-guess")
+        assert guessed.status_code == 403
+        assert "one-time code from the browser is missing or wrong" in guessed.text
+        # one try: even the right code finds nothing now
+        right = collect_login(
+            *mine, dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query))["code"]
+        )
+        assert right.status_code == 403
+        assert "no login result is waiting" in right.text
 
 
 @pytest.mark.parametrize(
@@ -320,6 +389,59 @@ def test_pkce_challenge_is_rfc_7636_s256() -> None:
         }
     )
     assert request.pkce_challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def approval(redirect: str) -> Approval:
+    return Approval(
+        request_id="r",
+        username="<sam>",
+        method="oidc/example",
+        roles=("access",),
+        cluster="main",
+        client="127.0.0.1:4000",
+        certificate_ttl_seconds=3600.0,
+        expires=0.0,
+        redirect=redirect,
+    )
+
+
+def test_the_approval_page_shows_the_login_and_sends_the_code_only_on_approval() -> None:
+    response = approval_page(approval("http://127.0.0.1:4000/cb?request=r&code=c%22d"))
+    # never framed (a click fooled through a frame would approve), kept or leaked on
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    page = bytes(response.body).decode()
+    assert "&lt;sam&gt; (signed in through oidc/example)" in page
+    assert "the tether client listening at 127.0.0.1:4000" in page
+    assert "1h" in page and "1970-01-01 00:00:00 UTC" in page
+    assert '<form id="approve" method="get" action="http://127.0.0.1:4000/cb">' in page
+    assert '<input type="hidden" name="code" value="c&quot;d">' in page
+    assert "http-equiv" not in page and "<script" not in page  # nothing leaves without a click
+
+
+def test_the_approval_page_never_sends_the_code_off_this_machine() -> None:
+    with pytest.raises(TetherError, match="is not allowed"):
+        approval_page(approval("http://evil.example:4000/cb?request=r&code=c"))
+
+
+@pytest.mark.parametrize(
+    ("target", "taken"),
+    [
+        ("/callback?request=r-1&code=c-1", ("r-1", "c-1")),
+        ("/callback?request=r-1", None),  # what an old cluster sends: nothing to collect with
+        ("/elsewhere?request=r-1&code=c-1", None),
+    ],
+)
+async def test_the_clients_listener_takes_a_login_id_only_with_its_code(
+    target: str, taken: tuple[str, str] | None
+) -> None:
+    browser, listener = trio.testing.memory_stream_pair()
+    await browser.send_all(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    assert await _one_request(listener) == taken
+    answer = await browser.receive_some()
+    assert answer.startswith(b"HTTP/1.1 200" if taken else b"HTTP/1.1 404")
 
 
 @pytest.mark.parametrize(
@@ -385,6 +507,8 @@ async def test_a_login_that_takes_longer_than_five_minutes_is_refused(
         state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["state"]
         now[0] += REQUEST_TTL.total_seconds() + 1
         redirect = await auth.complete_sso({"state": state, "code": "whatever"})
-        assert redirect == f"http://127.0.0.1:4000/callback?request={request_id}"
+        assert isinstance(redirect, str)  # refused: nothing to approve, straight to the client
+        prefix = f"http://127.0.0.1:4000/callback?request={request_id}&code="
+        assert redirect.startswith(prefix)
         with pytest.raises(AccessDenied, match="the login took too long; it expired"):
-            await auth.collect_sso(request_id, "secret")
+            await auth.collect_sso(request_id, "secret", redirect.removeprefix(prefix))

@@ -321,14 +321,20 @@ def build_app(auth: AuthService) -> Starlette:
         _require_proxy(_peer_identity(request, auth))
         data = await read_json_object(request)
         params = string_map_field(data, "params") or {}
-        return JSONResponse({"redirect": await auth.complete_sso(params)})
+        completed = await auth.complete_sso(params)
+        if isinstance(completed, str):  # refused: the client collects the reason
+            return JSONResponse({"redirect": completed})
+        return JSONResponse({"approval": completed.to_json()})
 
     async def sso_collect(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
         data = await read_json_object(request)
         return JSONResponse(
             await auth.collect_sso(
-                string_field(data, "request_id"), string_field(data, "client_secret")
+                string_field(data, "request_id"),
+                string_field(data, "client_secret"),
+                # optional here so that a client without it is refused, and audited, by auth
+                optional_string_field(data, "code") or "",
             )
         )
 

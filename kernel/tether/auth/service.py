@@ -112,6 +112,11 @@ def _reaches(addr: HostPort, listener: HostPort) -> bool:
     return _local_host(addr.host) and _local_host(listener.host)
 
 
+def _requested_ttl(request: sso.SSORequest) -> datetime.timedelta | None:
+    """The certificate lifetime a single sign-on client asked for, if it did."""
+    return datetime.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
+
+
 def _created_by_connector(user: Resource) -> bool:
     """Whether ``user`` was made by an SSO login (and may be replaced by the next one)."""
     created_by = user.spec.created_by
@@ -948,6 +953,11 @@ class AuthService:
             success=False,
         )
 
+    def _session_ttl(self, roleset: RoleSet, ttl: datetime.timedelta | None) -> datetime.timedelta:
+        """How long a user's certificates last: what they asked for (or the cluster's
+        default), capped by their roles."""
+        return min(ttl or self.config.auth_service.session_ttl, roleset.max_session_ttl())
+
     async def _issue_user_certs(
         self,
         login: LoginIdentity,
@@ -959,8 +969,7 @@ class AuthService:
         roles = login.roles
         traits = dict(login.traits)
         roleset = await self._roleset(roles)
-        requested = ttl or self.config.auth_service.session_ttl
-        ttl_effective = min(requested, roleset.max_session_ttl())
+        ttl_effective = self._session_ttl(roleset, ttl)
         identity = pki.Identity(
             username=login.username,
             cluster=self.cluster_name,
@@ -1080,12 +1089,14 @@ class AuthService:
         )
         return request.id, url
 
-    async def complete_sso(self, params: Mapping[str, str]) -> str:
-        """Finish a login from the provider's callback; returns where to send the browser.
+    async def complete_sso(self, params: Mapping[str, str]) -> sso.Approval | str:
+        """Finish a login from the provider's callback: what the browser is to approve, or,
+        for a refused login, where to send the browser (the client, to collect the refusal).
 
         The state is spent first, so a replayed callback finds nothing. Whatever happens
-        after that, success or refusal, is kept for the client to collect (it is waiting),
-        and the browser goes back to it.
+        after that, success or refusal, is kept for the client to collect under a one-time
+        code minted here, which only the browser carries on to the client's loopback
+        listener. Certificates are issued when the client collects, not before.
 
         :raises AccessDenied: no login in flight has this state (unknown, expired or used).
         """
@@ -1105,29 +1116,51 @@ class AuthService:
                 hint="run `tether login --auth=...` again",
             )
         request = sso.SSORequest.from_json(json.loads(item.value))
-        method = f"{request.connector_kind}/{request.connector_name}"
+        method = request.method
+        code = sso.new_code()
+        outcome: dict[str, Any] = {
+            "request": request.to_json(),
+            "client_secret_hash": request.client_secret_hash,
+            "code_hash": sso.hash_code(code),
+        }
+        approval: sso.Approval | None = None
         try:
             if self._clock() > request.expires:
                 raise AccessDenied("the login took too long; it expired")
-            result = await self._finish_sso(request, params)
+            external, roles = await self._verify_sso(request, params)
+            certificate_ttl = self._session_ttl(await self._roleset(roles), _requested_ttl(request))
         except (AccessDenied, TetherError) as exc:
             await self._audit_login_failure("", method, exc.message)
-            outcome: dict[str, Any] = {"error": exc.message, "hint": exc.hint}
+            outcome |= {"error": exc.message, "hint": exc.hint}
         else:
-            outcome = {"result": result.to_json()}
-        outcome["client_secret_hash"] = request.client_secret_hash
+            outcome |= {"identity": external.to_json(), "roles": list(roles)}
+            approval = sso.Approval(
+                request_id=request.id,
+                username=external.username,
+                method=method,
+                roles=roles,
+                cluster=self.cluster_name,
+                client=request.client_address(),
+                certificate_ttl_seconds=certificate_ttl.total_seconds(),
+                expires=self._clock() + sso.RESULT_TTL.total_seconds(),
+                redirect=request.client_redirect(code),
+            )
         await self.backend.put(
             SSO_RESULT_PREFIX + request.id,
             json.dumps(outcome).encode(),
             ttl=sso.RESULT_TTL.total_seconds(),
         )
-        return request.client_redirect()
+        return approval or request.client_redirect(code)
 
-    async def _finish_sso(self, request: sso.SSORequest, params: Mapping[str, str]) -> LoginResult:
+    async def _verify_sso(
+        self, request: sso.SSORequest, params: Mapping[str, str]
+    ) -> tuple[sso.ExternalIdentity, tuple[str, ...]]:
+        """Who the provider's callback says logged in, and their roles; refuses what the
+        certificates would be refused for."""
         connector, resource = await self._redirect_connector(request.connector_name)
         if connector.name != request.connector_kind:
             raise AccessDenied(f"connector {request.connector_name!r} changed during the login")
-        method = f"{request.connector_kind}/{request.connector_name}"
+        method = request.method
         try:
             external = await connector.complete(self, resource, request, params)
             roles = tuple(connector.roles_for(self, resource, external))
@@ -1143,24 +1176,38 @@ class AuthService:
                 f"no role is mapped to {external.username!r} by connector {method!r}",
                 hint="the connector's claims_to_roles (or equivalent) decides",
             )
-        user_kind = self.registry.get("user")
-        existing = await self.backend.get(user_kind.key(external.username))
+        await self._sso_user_record(external.username, method)
+        return external, roles
+
+    async def _sso_user_record(self, username: str, method: str) -> Item | None:
+        """The stored user ``username``, if any, which a login through ``method`` replaces.
+
+        :raises AccessDenied: it is a local user, whose name a provider's user never takes.
+        """
+        existing = await self.backend.get(self.registry.get("user").key(username))
         if existing is not None and not _created_by_connector(
             resource_from_bytes(existing.value, self.registry)
         ):
             raise AccessDenied(
-                f"a local user {external.username!r} already exists; a login through "
+                f"a local user {username!r} already exists; a login through "
                 f"connector {method!r} cannot take its name",
-                hint=f"remove the local user (`tetherctl users rm {external.username}`) if "
+                hint=f"remove the local user (`tetherctl users rm {username}`) if "
                 "the same person now signs in through the provider",
             )
+        return existing
+
+    async def _issue_sso(
+        self, request: sso.SSORequest, external: sso.ExternalIdentity, roles: tuple[str, ...]
+    ) -> LoginResult:
+        """The certificates of a login the browser approved and its client collected."""
+        method = request.method
+        existing = await self._sso_user_record(external.username, method)
         login = LoginIdentity(username=external.username, roles=roles, traits=external.claims)
-        ttl = datetime.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
         result = await self._issue_user_certs(
             login,
             ssh_public_key=request.ssh_public_key,
             tls_public_key_pem=request.tls_public_key,
-            ttl=ttl,
+            ttl=_requested_ttl(request),
         )
         # the user is kept while the certificate lasts, as Teleport keeps SSO users: listed by
         # `tetherctl get users`, and the name stays the provider's (a local user can't take
@@ -1187,7 +1234,7 @@ class AuthService:
         await self.backend.apply(
             [
                 Op.put(
-                    user_kind.key(external.username),
+                    self.registry.get("user").key(external.username),
                     resource_to_bytes(user),
                     ttl=max(lifetime, 1.0),
                     expected_revision=existing.revision if existing is not None else 0,
@@ -1206,11 +1253,16 @@ class AuthService:
         )
         return result
 
-    async def collect_sso(self, request_id: str, client_secret: str) -> dict[str, Any]:
-        """The outcome of a login, once, for the client that started it.
+    async def collect_sso(self, request_id: str, client_secret: str, code: str) -> dict[str, Any]:
+        """The outcome of a login, once, for the client that started it and received its
+        one-time code from the browser that approved it.
 
-        :raises AccessDenied: unknown or already collected, another client's secret, or the
-            login was refused (with the reason).
+        A client that started the login but brings no code, or a wrong one, is the one who
+        shared the login's link, or an old client: the login is void (audited), whoever
+        signed in.
+
+        :raises AccessDenied: unknown or already collected, another client's secret, no code
+            or a wrong one, or the login was refused (with the reason).
         """
         key = SSO_RESULT_PREFIX + request_id
         item = await self.backend.get(key) if request_id else None
@@ -1221,11 +1273,34 @@ class AuthService:
             sso.hash_client_secret(client_secret), str(outcome["client_secret_hash"])
         ):
             raise AccessDenied("this login was started by another client")
+        request = sso.SSORequest.from_json(outcome["request"])
+        method = request.method
+        if not hmac.compare_digest(sso.hash_code(code), str(outcome["code_hash"])):
+            await self.backend.delete(key)  # one try: the login is void for everyone
+            username = str(outcome.get("identity", {}).get("username", ""))
+            await self._audit_login_failure(
+                username,
+                method,
+                "collected without the one-time code the browser delivers to the client's "
+                f"loopback address {request.client_address()} (a shared login link?)",
+            )
+            raise AccessDenied(
+                "this login was not approved in a browser for this client: the one-time code "
+                "from the browser is missing or wrong",
+                hint=f"run `tether login --auth={request.connector_name}` again (a tether "
+                "client as new as the cluster) and approve in a browser on the computer it runs on",
+            )
         if not await self.backend.delete(key):
             raise AccessDenied("no login result is waiting under this id (expired or collected)")
         if "error" in outcome:
             raise AccessDenied(str(outcome["error"]), hint=outcome.get("hint"))
-        return dict(outcome["result"])
+        external = sso.ExternalIdentity.from_json(outcome["identity"])
+        try:
+            result = await self._issue_sso(request, external, tuple(outcome["roles"]))
+        except (AccessDenied, TetherError) as exc:
+            await self._audit_login_failure(external.username, method, exc.message)
+            raise
+        return result.to_json()
 
     # --- tokens --------------------------------------------------------------------------
 

@@ -10,7 +10,12 @@ that matters is here instead, the same for all of them:
   PKCE verifier and challenge (RFC 7636, S256);
 - the client's redirect, which may only point back at the user's own machine (loopback), so
   a login cannot be steered to deliver certificates elsewhere;
-- the result, kept for the client to collect **once**, with a secret only that client holds.
+- the result, kept for the client to collect **once**, with a secret only that client holds
+  **and** a one-time code minted at the callback, which reaches the client only through the
+  browser that signed in: the browser shows what it is approving (:class:`Approval`), and only
+  then goes to the client's loopback listener with the code. Whoever started a login and
+  shared its link gets nothing: the code goes to the loopback address of the machine whose
+  browser signed in, where their client does not listen.
 
 This module is pure: values and checks. :class:`tether.auth.service.AuthService` stores them.
 """
@@ -35,19 +40,23 @@ from tether.trust import RoleMapRule, map_roles, mapped_roles
 __all__ = [
     "REQUEST_TTL",
     "RESULT_TTL",
+    "Approval",
     "ClaimMapping",
     "ExternalIdentity",
     "SSORequest",
     "check_client_redirect",
     "hash_client_secret",
+    "hash_code",
     "is_loopback_http",
     "map_claims",
+    "new_code",
     "new_request",
 ]
 
 #: How long a user has, from ``tether login --auth=NAME``, to finish at the provider.
 REQUEST_TTL = datetime.timedelta(minutes=5)
-#: How long the certificates wait for the client to collect them after the callback.
+#: How long a login waits, after the callback, for the browser to approve it and the client to
+#: collect it with the code.
 RESULT_TTL = datetime.timedelta(minutes=2)
 
 
@@ -58,6 +67,16 @@ def _random(nbytes: int = 32) -> str:
 def hash_client_secret(secret: str) -> str:
     """What the kernel keeps of the client's secret: its sha256, hex."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_code() -> str:
+    """A one-time code for the browser to hand the client: random, unguessable (256 bits)."""
+    return _random()
+
+
+def hash_code(code: str) -> str:
+    """What the kernel keeps of a login's one-time code: its sha256, hex."""
+    return hashlib.sha256(code.encode()).hexdigest()
 
 
 @attrs.frozen
@@ -71,7 +90,7 @@ class SSORequest:
     :param nonce: the value the provider must put in its signed answer (OIDC's ID token).
     :param pkce_verifier: PKCE's secret; the connector sends :attr:`pkce_challenge` first.
     :param client_redirect_url: where the browser goes after the callback (the client's
-        loopback listener), with ``?request=ID`` added.
+        loopback listener), with ``?request=ID&code=CODE`` added.
     :param client_secret_hash: :func:`hash_client_secret` of what the client will collect with.
     :param ssh_public_key: the client's key, certified on success.
     :param tls_public_key: the same key's PEM, certified on success.
@@ -93,16 +112,26 @@ class SSORequest:
     expires: float
 
     @property
+    def method(self) -> str:
+        """The connector, ``KIND/NAME``, as audit events and messages name it."""
+        return f"{self.connector_kind}/{self.connector_name}"
+
+    @property
     def pkce_challenge(self) -> str:
         """``BASE64URL(SHA256(verifier))`` without padding (RFC 7636's S256 method)."""
         digest = hashlib.sha256(self.pkce_verifier.encode("ascii")).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
-    def client_redirect(self) -> str:
-        """The client's loopback URL with this login's id, where the browser is sent last."""
-        parts = urllib.parse.urlsplit(self.client_redirect_url)
-        query = [*urllib.parse.parse_qsl(parts.query), ("request", self.id)]
+    def client_redirect(self, code: str) -> str:
+        """The client's loopback URL with this login's id and one-time ``code``, where the
+        browser is sent last (checked again here: only ever a loopback address)."""
+        parts = urllib.parse.urlsplit(check_client_redirect(self.client_redirect_url))
+        query = [*urllib.parse.parse_qsl(parts.query), ("request", self.id), ("code", code)]
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    def client_address(self) -> str:
+        """``HOST:PORT`` of the client's loopback listener, as the approval page names it."""
+        return urllib.parse.urlsplit(self.client_redirect_url).netloc
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -179,6 +208,41 @@ def is_loopback_http(url: str) -> bool:
 
 
 @attrs.frozen
+class Approval:
+    """What the browser is asked to approve after the provider's callback, and where it then
+    sends the login's one-time code.
+
+    :param request_id: the login's id.
+    :param username: who the provider says signed in (the Tether user name).
+    :param method: the connector, ``KIND/NAME``.
+    :param roles: the roles the login gets.
+    :param cluster: the cluster the certificates are for.
+    :param client: ``HOST:PORT`` of the loopback listener that receives the code.
+    :param certificate_ttl_seconds: how long the certificates will be valid.
+    :param expires: seconds since the epoch after which the login can no longer be collected.
+    :param redirect: the client's loopback URL carrying the login's id and one-time code.
+    """
+
+    request_id: str
+    username: str
+    method: str
+    roles: tuple[str, ...]
+    cluster: str
+    client: str
+    certificate_ttl_seconds: float
+    expires: float
+    redirect: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "roles": list(self.roles)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Approval:
+        values = {field.name: data[field.name] for field in attrs.fields(cls)}
+        return cls(**{**values, "roles": tuple(values["roles"])})
+
+
+@attrs.frozen
 class ExternalIdentity:
     """Who the provider says logged in, as a redirect connector reports it.
 
@@ -194,6 +258,16 @@ class ExternalIdentity:
     subject: str
     claims: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     nonce: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Who logged in, kept between the callback and the client's collection."""
+        claims = {name: list(values) for name, values in self.claims.items()}
+        return {"username": self.username, "subject": self.subject, "claims": claims}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExternalIdentity:
+        claims = {str(k): tuple(str(v) for v in values) for k, values in data["claims"].items()}
+        return cls(username=str(data["username"]), subject=str(data["subject"]), claims=claims)
 
 
 @attrs.frozen

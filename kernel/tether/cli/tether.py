@@ -107,7 +107,8 @@ async def login(
             key,
             ttl_seconds=ttl_seconds,
             show_url=lambda url: click.echo(
-                f"Log in with {connector} in your browser:\n  {url}", err=True
+                f"Log in with {connector} in your browser, then approve the login there:\n  {url}",
+                err=True,
             ),
             open_browser=browser,
         )

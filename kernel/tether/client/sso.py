@@ -2,10 +2,12 @@
 
 The client listens on 127.0.0.1 (a port of its own), asks the proxy to start the login with its
 public keys, that listener's URL and the hash of a secret it keeps, and shows the user the
-identity provider's URL. The provider sends the browser back to the proxy, which finishes the
-login and sends the browser on to the listener with the login's id; the client then collects
-its certificates from the proxy with the secret. The certificates never travel in a URL, and
-only this client can collect them.
+identity provider's URL. The provider sends the browser back to the proxy, which asks the user
+to approve the login and then sends the browser on to the listener with the login's id and a
+one-time code; the client then collects its certificates from the proxy with the secret and
+that code. The certificates never travel in a URL, and only this client can collect them:
+whoever the login's link is shared with signs in for the client on their own machine, never
+for this one.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ async def sso_login(
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        arrived: trio.MemorySendChannel[str]
-        arrived, waiting = trio.open_memory_channel[str](1)
+        arrived: trio.MemorySendChannel[tuple[str, str]]
+        arrived, waiting = trio.open_memory_channel[tuple[str, str]](1)
         nursery.start_soon(_serve_callbacks, listeners, arrived)
         begun = await proxy_call(
             proxy,
@@ -81,8 +83,8 @@ async def sso_login(
         if open_browser:
             await trio.to_thread.run_sync(webbrowser.open, url)
         with trio.move_on_after(timeout) as waited:
-            while (request_id := await waiting.receive()) != begun["request_id"]:
-                log.warning("ignoring a callback for another login (%s)", request_id)
+            while (callback := await waiting.receive())[0] != begun["request_id"]:
+                log.warning("ignoring a callback for another login (%s)", callback[0])
         nursery.cancel_scope.cancel()
     if waited.cancelled_caught:
         raise TetherError(
@@ -94,30 +96,31 @@ async def sso_login(
         "POST",
         "/webapi/sso/collect",
         context,
-        json={"request_id": begun["request_id"], "client_secret": secret},
+        json={"request_id": begun["request_id"], "client_secret": secret, "code": callback[1]},
     )
     return body
 
 
 async def _serve_callbacks(
-    listeners: list[trio.SocketListener], arrived: trio.MemorySendChannel[str]
+    listeners: list[trio.SocketListener], arrived: trio.MemorySendChannel[tuple[str, str]]
 ) -> None:
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
             with trio.move_on_after(10):  # a browser that connects and says nothing
                 try:
-                    request_id = await _one_request(stream)
+                    callback = await _one_request(stream)
                 except (h11.ProtocolError, trio.BrokenResourceError) as exc:
                     log.info("a bad request on the login listener: %s", exc)
                     return
-                if request_id:
-                    await arrived.send(request_id)
+                if callback:
+                    await arrived.send(callback)
 
     await trio.serve_listeners(handle, listeners)
 
 
-async def _one_request(stream: trio.abc.Stream) -> str | None:
-    """Answer one HTTP request; returns the login id a ``GET /callback?request=ID`` named."""
+async def _one_request(stream: trio.abc.Stream) -> tuple[str, str] | None:
+    """Answer one HTTP request; returns the login id and one-time code a
+    ``GET /callback?request=ID&code=CODE`` carried."""
     conn = h11.Connection(h11.SERVER)
     while True:
         event = conn.next_event()
@@ -132,7 +135,12 @@ async def _one_request(stream: trio.abc.Stream) -> str | None:
         return None  # garbage or a closed connection: h11 raised or said so
     target = urllib.parse.urlsplit(event.target.decode("latin-1"))
     query = dict(urllib.parse.parse_qsl(target.query))
-    found = event.method == b"GET" and target.path == CALLBACK_PATH and "request" in query
+    found = (
+        event.method == b"GET"
+        and target.path == CALLBACK_PATH
+        and "request" in query
+        and "code" in query
+    )
     body = _DONE_PAGE if found else b"not found"
     headers = [
         ("content-type", "text/html; charset=utf-8" if found else "text/plain"),
@@ -145,4 +153,4 @@ async def _one_request(stream: trio.abc.Stream) -> str | None:
         h11.EndOfMessage(),
     ):
         await stream.send_all(conn.send(outgoing) or b"")
-    return query["request"] if found else None
+    return (query["request"], query["code"]) if found else None

@@ -26,9 +26,11 @@ import tether
 from tether import pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
+from tether.auth.sso import Approval, check_client_redirect
 from tether.durations import format_duration
 from tether.errors import AccessDenied, RateLimited, TetherError
 from tether.proxy.metrics import metrics_route
+from tether.proxy.sso_page import approval_page
 from tether.ratelimit import RateLimiter
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
@@ -164,7 +166,8 @@ def build_web_app(
 
     async def sso_callback(request: Request) -> Response:
         # the browser, sent back by the identity provider: GET with a query (OAuth, OIDC) or
-        # a POSTed form (SAML); what it says goes to auth, the browser on to the client
+        # a POSTed form (SAML); what it says goes to auth, and the browser, once the user
+        # approved what auth found, on to the client with the login's one-time code
         params = dict(request.query_params)
         if request.method == "POST":
             form = urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace"))
@@ -176,7 +179,10 @@ def build_web_app(
             if exc.hint:
                 page += f"<p>{html.escape(exc.hint)}</p>"
             return HTMLResponse(page, status_code=error_status(exc))
-        return RedirectResponse(str(body["redirect"]), status_code=302)
+        if "approval" in body:
+            return approval_page(Approval.from_json(body["approval"]))
+        # refused: nothing to approve, the client collects the reason
+        return RedirectResponse(check_client_redirect(str(body["redirect"])), status_code=302)
 
     async def sso_collect(request: Request) -> JSONResponse:
         # the client proves it started the login with the secret only it holds

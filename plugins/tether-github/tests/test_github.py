@@ -26,7 +26,13 @@ import pytest
 
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.testing.http import serve_http
-from tether.testing.sso import begin_login, cluster_browser, sso_login
+from tether.testing.sso import (
+    begin_login,
+    cluster_browser,
+    press_approve,
+    share_login_link,
+    sso_login,
+)
 
 TEAMS = {
     "octo-alice": [("acme", "admins"), ("acme", "dev-web"), ("other-org", "admins")],
@@ -180,7 +186,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def login(site: Site, user: str) -> tuple[int, str]:
     def browse(url: str) -> None:
         with cluster_browser(site.cluster) as browser:
-            browser.get(url, follow_redirects=True)
+            press_approve(browser, browser.get(url, follow_redirects=True))
 
     return sso_login(site.cluster, user, "github", browse)
 
@@ -219,10 +225,28 @@ def test_a_replayed_callback_is_refused(site: Site) -> None:
     with cluster_browser(site.cluster) as browser:
         begun = begin_login(browser, site.cluster, "github")
         callback = browser.get(begun["auth_url"]).headers["location"]
-        assert browser.get(callback).status_code == 302
+        assert "Approve this login to main?" in browser.get(callback).text
         replayed = browser.get(callback)
     assert replayed.status_code == 403
     assert "this login is unknown, expired or already used" in replayed.text
+
+
+def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
+    # mallory starts `tether login --auth=github` with her own key and secret and sends the
+    # GitHub URL to alice, who is signed in at GitHub and approves
+    site.github.next_user = "octo-alice"
+    shared = share_login_link(
+        site.cluster,
+        "github",
+        lambda browser, url: browser.get(url, follow_redirects=True),
+        shown=("octo-alice", "access, editor, web"),
+    )
+    shared.assert_refused("octo-alice", "github/github")
+    # alice's own `tether login`, beside it, works
+    code, err = login(site, "alice-herself")
+    assert code == 0, err
+    me = json.loads(site.cluster.tether("alice-herself", "status", "--format=json").stdout)
+    assert me["active"]["username"] == "octo-alice"
 
 
 def test_client_secret_is_hidden_and_rules_are_checked(site: Site, tmp_path: pathlib.Path) -> None:

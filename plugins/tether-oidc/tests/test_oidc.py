@@ -36,7 +36,13 @@ from tether.testing.cluster import (
     start_node,
 )
 from tether.testing.http import free_port
-from tether.testing.sso import begin_login, cluster_browser, sso_login
+from tether.testing.sso import (
+    begin_login,
+    cluster_browser,
+    press_approve,
+    share_login_link,
+    sso_login,
+)
 
 PROVIDER_DIR = pathlib.Path(__file__).parent / "provider"
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
@@ -212,7 +218,7 @@ def tether_login(
 
     def drive(url: str) -> None:
         with site.browser() as browser:
-            browse(browser, rewrite(url), account, abort=abort)
+            press_approve(browser, browse(browser, rewrite(url), account, abort=abort))
 
     return sso_login(site.cluster, user, "example", drive)
 
@@ -282,10 +288,26 @@ def test_a_replayed_callback_is_refused(site: Site) -> None:
         callback = f"https://{site.cluster.proxy_addr}/webapi/sso/callback"
         redirect = browse(browser, begun["auth_url"], "alice", stop_at=callback)
         url = urllib.parse.urljoin(str(redirect.url), redirect.headers["location"])
-        assert browser.get(url).status_code == 302
+        assert "Approve this login to main?" in browser.get(url).text
         replayed = browser.get(url)
     assert replayed.status_code == 403
     assert "this login is unknown, expired or already used" in replayed.text
+
+
+def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
+    # mallory starts `tether login --auth=example` with her own key and secret and sends the
+    # provider's URL to alice, who signs in at the provider (or already is) and approves
+    shared = share_login_link(
+        site.cluster,
+        "example",
+        lambda browser, url: browse(browser, url, "alice"),
+        shown=("alice@example.com", "access, editor, dev"),
+    )
+    shared.assert_refused("alice@example.com", "oidc/example")
+    # alice's own `tether login`, beside it, works
+    code, err = tether_login(site, "alice", "alice-herself")
+    assert code == 0, err
+    assert active(site, "alice-herself")["username"] == "alice@example.com"
 
 
 def test_connector_secret_is_hidden_and_bad_settings_are_refused(site: Site) -> None:

@@ -40,7 +40,13 @@ from tether_saml.connector import ACCEPTED_TIME_DIFF
 
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.testing.http import free_port, serve_http
-from tether.testing.sso import begin_login, cluster_browser, sso_login
+from tether.testing.sso import (
+    begin_login,
+    cluster_browser,
+    press_approve,
+    share_login_link,
+    sso_login,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("xmlsec1") is None, reason="needs xmlsec1")
 
@@ -252,7 +258,7 @@ def login(site: Site, user: str, *, wait: float = 0.0) -> tuple[int, str]:
             page = browser.get(url).text
             site.idp.last_form.update(_INPUT.findall(page))
             time.sleep(wait)
-            post_form(browser, page)
+            press_approve(browser, post_form(browser, page))
 
     return sso_login(site.cluster, user, "corp", browse)
 
@@ -352,6 +358,22 @@ def test_an_assertion_replayed_into_another_login_is_refused(site: Site) -> None
         ).stdout
     )
     assert "it does not answer this login's request" in failures[-1]["reason"]
+
+
+def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
+    # mallory starts `tether login --auth=corp` with her own key and secret and sends the
+    # provider's URL to alice, who signs in at the provider (or already is) and approves
+    shared = share_login_link(
+        site.cluster,
+        "corp",
+        lambda browser, url: post_form(browser, browser.get(url).text),
+        shown=("alice@example.com", "access, editor, dev"),
+    )
+    shared.assert_refused("alice@example.com", "saml/corp")
+    # alice's own `tether login`, beside it, works
+    code, err = login(site, "alice-herself")
+    assert code == 0, err
+    assert active(site, "alice-herself")["username"] == "alice@example.com"
 
 
 def test_a_replayed_response_is_refused(site: Site) -> None:
