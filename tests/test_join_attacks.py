@@ -225,11 +225,16 @@ def test_tetherctl_through_the_proxy_refuses_a_node_certificate_where_the_proxy_
         (moved / "profile.json").write_text(json.dumps({**meta, "proxy": addr}))
         (home / "current-profile").write_text(addr + "\n")
         result = cluster.as_user("bob", "tetherctl", "get", "roles", check=False)
-    assert result.returncode != 0
-    assert (
+        # and the SSH front door (tether ls), which speaks TLS without httpx
+        listed = cluster.as_user("bob", "tether", "ls", check=False)
+    refusal = (
         "the server presented the certificate of node 'victim-node' of cluster 'main', where "
         "only a proxy's is accepted"
-    ) in result.stderr, result.stderr
+    )
+    assert result.returncode != 0
+    assert refusal in result.stderr, result.stderr
+    assert listed.returncode != 0
+    assert f"{addr} is not the cluster's proxy: {refusal}" in listed.stderr, listed.stderr
     assert received == [], "bob's certificate and request never reached the impostor"
 
 

@@ -14,7 +14,8 @@ Wire format (newline-delimited JSON, as the tunnel's control stream)::
                  or  {"type": "error", "error": {"type": ..., "message": ..., "hint": ...}}
 
 ``node`` is a host name, host id, address, or labels (``env=prod``); ``port`` 0 means the
-node's own SSH port.
+node's own SSH port, and any other is refused unless it is that port: the front door leads to
+a node's SSH server only, never to another service on its host.
 """
 
 from __future__ import annotations
