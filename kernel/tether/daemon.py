@@ -146,6 +146,7 @@ async def _start_auth(
     handler = ASGIHandler(build_auth_app(auth))
     routes = dict.fromkeys(HTTP_ALPN, handler)
     port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, routes)
+    auth.service_addrs["auth service"] = HostPort(listen.host, port)
     addr = f"{listen.connect_host}:{port}"
     log.info(
         "auth service listening on %s:%d (cluster %s, CA pin %s)",
@@ -224,7 +225,10 @@ async def _renew_proxy_identity(
     joined: JoinedIdentity, auth_url: str, addresses: Sequence[str]
 ) -> JoinedIdentity:
     context = pki.client_ssl_context(
-        trusted_cas=list(joined.tls_cas), cert=joined.tls_cert, key=joined.private_key
+        trusted_cas=list(joined.tls_cas),
+        cert=joined.tls_cert,
+        key=joined.private_key,
+        peer_kinds=("auth",),
     )
     async with AuthClient(auth_url, context) as api:
         renewed = await renew_identity(
@@ -250,7 +254,11 @@ async def _start_proxy(
     at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
     several proxies, one auth)."""
     listen = config.proxy_service.listen_addr
-    client_ctx = pki.client_ssl_context(trusted_cas=list(me.cas), cert=me.cert, key=me.key)
+    # only auth answers there: a node's certificate, from the same CA, could feed the proxy
+    # another trust
+    client_ctx = pki.client_ssl_context(
+        trusted_cas=list(me.cas), cert=me.cert, key=me.key, peer_kinds=("auth",)
+    )
     auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
     web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
     if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
@@ -330,6 +338,8 @@ async def _start_proxy(
         **{alpn: _protocol_route(handler, proxy_ctx) for alpn, handler in protocols.items()},
     }
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
+    if local_auth is not None:  # no host may register the proxy's port as its own
+        local_auth.service_addrs["proxy"] = HostPort(listen.host, port)
     public = config.proxy_service.public_addr
     public_addr = str(public) if public else f"{_public_host(listen.host)}:{port}"
     holder["info"] = ProxyWebInfo(

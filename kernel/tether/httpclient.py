@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from tether.errors import TetherError, TrustError
+from tether.pki import UnexpectedPeerKind
 from tether.wire import error_from_json
 
 __all__ = ["request_json", "root_cause"]
@@ -65,6 +66,13 @@ async def request_json(
     try:
         response = await http.request(method, path, **kwargs)
     except httpx.TransportError as exc:
+        impostor = root_cause(exc, UnexpectedPeerKind)
+        if impostor is not None:
+            raise TrustError(
+                f"{server} is not the server this connection expects: {impostor}",
+                hint="check the address; another host of the cluster answers there, which "
+                "its administrator should know about",
+            ) from None
         if root_cause(exc, ssl.SSLCertVerificationError) is not None:
             raise TrustError(
                 f"the server at {server} presented a certificate this machine does not trust",

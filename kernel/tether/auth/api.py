@@ -246,7 +246,8 @@ def build_app(auth: AuthService) -> Starlette:
         return JSONResponse(join_result_to_json(result))
 
     async def publish(request: Request) -> JSONResponse:
-        identity = _peer_identity(request, auth)
+        certificate = _peer_certificate(request, auth)
+        identity = auth.verify_client(certificate)
         data = await read_json_object(request)
         doc = data.get("resource")
         if not isinstance(doc, dict):
@@ -255,7 +256,12 @@ def build_app(auth: AuthService) -> Starlette:
         if ttl is None:
             raise TetherError("request field 'ttl_seconds' must be a finite number")
         resource = resource_from_dict(doc, auth.registry, source="published resource")
-        await auth.publish(identity, resource, datetime.timedelta(seconds=ttl))
+        await auth.publish(
+            identity,
+            resource,
+            datetime.timedelta(seconds=ttl),
+            host_names=pki.x509_host_names(certificate),
+        )
         return JSONResponse({"published": resource.metadata.name})
 
     async def record_event(request: Request) -> JSONResponse:

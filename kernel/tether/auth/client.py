@@ -312,5 +312,5 @@ def admin_client(config: Config) -> tuple[AuthClient, str | None]:
     process = read_process_info(data_dir)
     listen = config.auth_service.listen_addr
     addr = process.get("auth_addr") or f"{listen.connect_host}:{listen.port}"
-    context = pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key)
+    context = pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key, peer_kinds=("auth",))
     return AuthClient(f"https://{addr}", context), process.get("proxy_addr")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hmac
+import ipaddress
 import json
 import logging
 import pathlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -33,7 +34,7 @@ from tether.auth.connectors import (
 )
 from tether.auth.trust import establish_trust_with_root
 from tether.backend import Backend, Item, Op
-from tether.config import Config
+from tether.config import Config, HostPort
 from tether.durations import format_duration
 from tether.errors import (
     AccessDenied,
@@ -65,6 +66,8 @@ PASSWORD_PREFIX = "/secrets/passwords/"
 SSO_REQUEST_PREFIX = "/secrets/sso/requests/"
 SSO_RESULT_PREFIX = "/secrets/sso/results/"
 ATTEMPTS_PREFIX = "/secrets/login_attempts/"
+#: which host holds each host id, until its certificates expire (renewals extend it)
+HOST_ID_PREFIX = "/host_ids/"
 
 TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
 #: what may join a cluster with a token, and the token role each needs
@@ -89,6 +92,28 @@ def _utc(timestamp: float) -> datetime.datetime:
 
 def _everything(resource: Resource) -> bool:
     return True
+
+
+def _local_host(host: str) -> bool:
+    """Whether a dial to ``host`` stays on the dialling machine (loopback, or unspecified,
+    which Linux connects to the loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _reaches(addr: HostPort, listener: HostPort) -> bool:
+    """Whether dialling ``addr`` may reach ``listener``. Unsure counts as yes: a listener on
+    every interface answers on any of the host's names, which auth cannot list."""
+    if addr.port != listener.port:
+        return False
+    if listener.is_unspecified or addr.host == listener.host:
+        return True
+    return _local_host(addr.host) and _local_host(listener.host)
 
 
 def _requested_ttl(request: sso.SSORequest) -> datetime.timedelta | None:
@@ -189,6 +214,9 @@ class AuthService:
         # a count of reloads, so a proxy polling with the one it holds is told "unchanged"
         self._trust_epoch = secrets.token_hex(4)
         self._trust_reloads = 0
+        #: the addresses this cluster's services in this process listen on, by service (the
+        #: daemon fills it once they are bound): no host may register one as its own
+        self.service_addrs: dict[str, HostPort] = {}
 
     def password_key(self, username: str) -> str:
         """Storage key of a local user's password hash (read by the ``local`` connector)."""
@@ -535,13 +563,21 @@ class AuthService:
         return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
 
     async def publish(
-        self, identity: pki.Identity, resource: Resource, ttl: datetime.timedelta
+        self,
+        identity: pki.Identity,
+        resource: Resource,
+        ttl: datetime.timedelta,
+        *,
+        host_names: Collection[str] = (),
     ) -> None:
         """Store a host's own inventory entry (a node's ``node``), expiring after ``ttl``.
 
         Hosts call this on every heartbeat; an entry not renewed in time disappears, so the
         inventory shows only hosts that are alive. A host may publish only the kind whose
-        ``published_by`` is its identity kind, under its own host id.
+        ``published_by`` is its identity kind, under its own host id; an address the proxy
+        will dial (:attr:`~tether.resources.ResourceKind.dialed_addr`) must be on a host
+        among ``host_names`` (what the caller's certificate names) and be none of the
+        cluster's own listening addresses.
         """
         kind = self.registry.get(resource.kind)
         if kind.published_by is None or kind.published_by != identity.kind:
@@ -556,12 +592,65 @@ class AuthService:
                 f"publish ttl {format_duration(ttl)} is out of range "
                 f"({format_duration(MIN_PUBLISH_TTL)} to {format_duration(MAX_PUBLISH_TTL)})"
             )
+        if kind.dialed_addr is not None:
+            try:
+                await self._check_dialed_addr(identity, kind.dialed_addr(resource), host_names)
+            except AccessDenied as exc:
+                await self.audit_event(
+                    "host.publish.refused",
+                    identity.username,
+                    {"role": identity.kind, "kind": kind.name, "reason": exc.message},
+                    success=False,
+                )
+                raise
         stamped = attrs.evolve(
             resource, metadata=attrs.evolve(resource.metadata, expires=self.now() + ttl)
         )
         await self.backend.put(
             kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
         )
+
+    async def _check_dialed_addr(
+        self, identity: pki.Identity, text: str, host_names: Collection[str]
+    ) -> None:
+        """Refuse an address a host asks the proxy to dial unless it is on a host its
+        certificate names, and none of the cluster's own services' (the proxy dialling its own
+        port or auth's would hand a user a raw connection to it)."""
+        if not text:
+            return
+        who = f"{identity.kind} {identity.username!r}"
+        try:
+            addr = HostPort.parse(text)
+        except ValueError as exc:
+            raise AccessDenied(f"{who} registers an unusable address: {exc}") from None
+        if addr.host not in host_names:
+            names = ", ".join(sorted(host_names)) or "none"
+            raise AccessDenied(
+                f"{who} may register an address only on a host its certificate names "
+                f"({names}), not {text}",
+                hint="set the node's public_addr to one of them, or join again with a token "
+                "for the new name",
+            )
+        for service, listener in await self._listening_addrs():
+            if _reaches(addr, listener):
+                raise AccessDenied(
+                    f"{who} may not register {text}: it is the address of this cluster's "
+                    f"{service} ({listener})",
+                    hint="give the node an SSH listen_addr (or public_addr) of its own",
+                )
+
+    async def _listening_addrs(self) -> list[tuple[str, HostPort]]:
+        """The cluster's own listening addresses: of the services in this process, and every
+        proxy's public address as it published it."""
+        found = [(service, addr) for service, addr in self.service_addrs.items()]
+        kind = self.registry.get("proxy")
+        for item in await self.backend.range(kind.storage_prefix):
+            proxy = resource_from_bytes(item.value, self.registry)
+            with contextlib.suppress(ValueError):
+                found.append(
+                    (f"proxy {proxy.metadata.name!r}", HostPort.parse(proxy.spec.public_addr))
+                )
+        return found
 
     async def record_tunnel_heartbeats(
         self, identity: pki.Identity, records: Sequence[Mapping[str, Any]]
@@ -1365,23 +1454,29 @@ class AuthService:
         tls_public_key_pem: str,
     ) -> JoinResult:
         """Let a node or proxy join with a token: issue its SSH host certificate and its X.509
-        certificate (identity kind ``role``), and hand it the CAs it must trust."""
+        certificate (identity kind ``role``), and hand it the CAs it must trust.
+
+        The token lets the joiner choose its host id, but not one another host holds (until
+        that host's certificates expire): the id is what its inventory entry, its tunnel and
+        its SSH host certificate are known by.
+        """
         self._check_host(role, host_id)
         try:
             await self.check_token(token, JOIN_ROLES[role])
+            held = await self._host_id_holder(host_id)
+            result, principals = self._issue_host_certs(
+                role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+            )
+            await self._hold_host_id(result, hostname, replaces=held)
         except AccessDenied as exc:
             await self.audit_event(
                 "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
             )
             raise
-        return await self.issue_host_identity(
-            role=role,
-            host_id=host_id,
-            hostname=hostname,
-            addresses=addresses,
-            ssh_public_key=ssh_public_key,
-            tls_public_key_pem=tls_public_key_pem,
+        await self.audit_event(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
+        return result
 
     def _check_host(self, role: str, host_id: str) -> None:
         if role not in JOIN_ROLES:
@@ -1413,10 +1508,63 @@ class AuthService:
         result, principals = self._issue_host_certs(
             role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
         )
+        await self._hold_host_id(result, hostname, replaces=True)
         await self.audit_event(
             "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
         return result
+
+    async def _host_id_holder(self, host_id: str) -> Item | None:
+        """Whether a join may take ``host_id``: None when no host ever held it, or the
+        record of a holder whose certificates expired (which the join replaces).
+
+        :raises AccessDenied: a host holds it: a token cannot take over another host's id,
+            with which it would stand in for that host (its inventory entry, its tunnel).
+        """
+        item = await self.backend.get(HOST_ID_PREFIX + host_id)
+        if item is None:
+            return None
+        holder = json.loads(item.value)
+        expires = datetime.datetime.fromisoformat(str(holder["expires"]))
+        if expires <= self.now():
+            return item
+        raise AccessDenied(
+            f"host id {host_id!r} is held by {holder['kind']} {holder['hostname']!r} until "
+            f"{expires:%Y-%m-%d %H:%M} UTC; a join cannot take another host's id",
+            hint="join with an id of its own (a node makes one in its data directory's host_uuid)",
+        )
+
+    async def _hold_host_id(
+        self, result: JoinResult, hostname: str, *, replaces: Item | bool | None
+    ) -> None:
+        """Record that the host ``result`` was issued to holds its id until its certificates
+        expire.
+
+        :param replaces: for a join, the expired record it replaces, or None when the id was
+            free, so that two joins racing for one id cannot both win; True for a host that
+            proved it holds the id (a renewal) or needs no proof (one in this process).
+        :raises AccessDenied: another join took the id meanwhile.
+        """
+        identity = result.identity
+        record = {"kind": identity.kind, "hostname": hostname, "expires": identity.expires}
+        if replaces is True:
+            expected: int | None = None
+        else:
+            expected = replaces.revision if isinstance(replaces, Item) else 0
+        lifetime = (identity.expires - self.now()).total_seconds()
+        op = Op.put(
+            HOST_ID_PREFIX + identity.username,
+            json.dumps(record, default=str).encode(),
+            ttl=max(lifetime, 1.0),
+            expected_revision=expected,
+        )
+        try:
+            await self.backend.apply([op])
+        except (AlreadyExists, CompareFailed):
+            raise AccessDenied(
+                f"host id {identity.username!r} was taken by another join at the same time",
+                hint="join with an id of its own",
+            ) from None
 
     async def renew_host_identity(
         self,
@@ -1457,6 +1605,7 @@ class AuthService:
             ssh_public_key,
             tls_public_key_pem,
         )
+        await self._hold_host_id(result, hostname, replaces=True)
         await self.audit_event(
             "host.renewed",
             identity.username,

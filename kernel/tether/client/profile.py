@@ -183,7 +183,8 @@ def clear_profiles(home: pathlib.Path | None = None) -> list[str]:
 def profile_ssl_context(
     profile: Profile, *, client_cert: bool = True, alpn: Sequence[str] = ()
 ) -> ssl.SSLContext:
-    """Verify the proxy the way the login did, presenting the user's certificate.
+    """Verify the proxy the way the login did, presenting the user's certificate. Trusted
+    through the cluster's CA (the CA pin), only a certificate of kind proxy is accepted.
 
     :param alpn: the protocols to offer (a plugin's front door, such as ``tether-ssh/1``);
         none for the web API.
@@ -196,5 +197,8 @@ def profile_ssl_context(
         return pki.client_ssl_context(
             trusted_cas=None, cert=cert, key=key, alpn=alpn, insecure=True
         )
-    cas = profile.trusted_cas() if profile.ca_pin else None
-    return pki.client_ssl_context(trusted_cas=cas, cert=cert, key=key, alpn=alpn)
+    if profile.ca_pin:
+        return pki.client_ssl_context(
+            trusted_cas=profile.trusted_cas(), cert=cert, key=key, alpn=alpn, peer_kinds=("proxy",)
+        )
+    return pki.client_ssl_context(trusted_cas=None, cert=cert, key=key, alpn=alpn)

@@ -4,11 +4,16 @@ Before a user holds a certificate the client must decide whether to trust the pr
 certificate. Three ways, as Teleport's users expect: the system trust store (a publicly signed
 certificate), a CA pin given out of band (``--ca-pin``; the client fetches the cluster CA and
 checks its public key hash before trusting it), or ``--insecure`` for testing only.
+
+The cluster's CA signs every host's certificate, and each names ``localhost`` and the loopback
+addresses; so with the pin the client also checks the certificate's kind: only a proxy (or
+whatever the caller expects) may answer, never a node holding a certificate of its own.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -37,8 +42,18 @@ async def proxy_call(
         return await request_json(http, method, path, untrusted_hint=UNTRUSTED_HINT, **kwargs)
 
 
-async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> ssl.SSLContext:
-    """Decide how to verify ``proxy``, prove it with a ping, and return the context to use."""
+async def establish_trust(
+    proxy: str,
+    *,
+    insecure: bool,
+    ca_pin: str | None,
+    peer_kinds: Collection[str] = ("proxy",),
+) -> ssl.SSLContext:
+    """Decide how to verify ``proxy``, prove it with a ping, and return the context to use.
+
+    :param peer_kinds: with ``ca_pin``, the identity kinds the server's certificate may carry
+        (a host joining directly expects auth's).
+    """
     if ca_pin:
         body = await proxy_call(proxy, "GET", "/webapi/cluster-ca", _unverified())
         cas = [pki.load_cert(pem) for pem in body.get("tls_ca_certs", [])]
@@ -49,7 +64,7 @@ async def establish_trust(proxy: str, *, insecure: bool, ca_pin: str | None) -> 
                 f"the proxy at {proxy} does not present the pinned CA {ca_pin} (it has {found})",
                 hint="check the pin with the cluster admin; you may be talking to another server",
             )
-        context = pki.client_ssl_context(trusted_cas=matching)
+        context = pki.client_ssl_context(trusted_cas=matching, peer_kinds=peer_kinds)
     elif insecure:
         context = _unverified()
     else:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SERVER_KINDS",
     "JoinedIdentity",
     "join_cluster",
     "load_identity",
@@ -38,6 +39,12 @@ __all__ = [
     "renewal_due",
     "save_identity",
 ]
+
+
+#: Who may answer a host at its cluster's address: the proxy, or auth for a host joining
+#: directly (``--auth-server``); never another host of the cluster, whose certificate the
+#: same CA signed.
+SERVER_KINDS = ("proxy", "auth")
 
 
 @attrs.frozen
@@ -74,7 +81,9 @@ async def join_cluster(
     :raises AccessDenied: the token is unknown, expired or of another kind.
     :raises TrustError: the proxy cannot be verified (see ``ca_pin``).
     """
-    context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    context = await establish_trust(
+        proxy, insecure=insecure, ca_pin=ca_pin, peer_kinds=SERVER_KINDS
+    )
     key = pki.generate_private_key(_host_key_algorithm(role))
     body = await proxy_call(
         proxy,

@@ -53,6 +53,8 @@ from ._ssh import (
     verify_ssh_user_cert,
 )
 from ._tls import (
+    UnexpectedPeerKind,
+    check_peer_kind,
     client_ssl_context,
     identity_from_peer,
     present_certificate,
@@ -87,12 +89,14 @@ __all__ = [
     "PublicKey",
     "SSHCertAuthority",
     "SubjectPublicKey",
+    "UnexpectedPeerKind",
     "UnknownAuthority",
     "X509CertAuthority",
     "ca_pin",
     "cert_to_pem",
     "certs_to_pem",
     "check_ca_pin",
+    "check_peer_kind",
     "client_ssl_context",
     "generate_private_key",
     "identity_from_peer",

@@ -22,21 +22,26 @@ import pathlib
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Protocol
 
 from cryptography import x509
 
+from tether.errors import TrustError
+
 from ._authority import X509CertAuthority
+from ._errors import MalformedCertificate
 from ._identity import Identity
 from ._keys import PrivateKey, cert_to_pem, private_key_to_pem
-from ._x509 import X509TrustAnchor, verify_x509_cert
+from ._x509 import X509TrustAnchor, read_x509_identity, verify_x509_cert
 
 __all__ = [
     "CLIENT_AUTH_MODES",
     "GROUPS",
     "TLS12_CIPHERS",
     "PeerCertificateSource",
+    "UnexpectedPeerKind",
+    "check_peer_kind",
     "client_ssl_context",
     "identity_from_peer",
     "present_certificate",
@@ -165,8 +170,90 @@ def _restrict_groups(ctx: ssl.SSLContext) -> None:
     ctx.set_ecdh_curve("prime256v1")
 
 
-def _base_context(*, server: bool, alpn: Sequence[str]) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+class UnexpectedPeerKind(ssl.SSLCertVerificationError, TrustError):
+    """The server's certificate chain verified, but the identity it carries is of another
+    kind than the connection expects: a node's where only a proxy may answer.
+
+    Every host certificate of a cluster names ``localhost`` and the loopback addresses, so a
+    host name check cannot tell a node from the proxy; the identity's kind can. Also an
+    ``ssl.SSLError``, so that TLS streams (the kernel's, trio's, httpx's) treat it as the
+    failed handshake it is.
+    """
+
+    def __init__(self, message: str) -> None:
+        ssl.SSLCertVerificationError.__init__(self, message)
+        self.message = message
+        self.hint = None
+
+    def __str__(self) -> str:  # ssl.SSLError would show its args as a tuple
+        return self.message
+
+
+def check_peer_kind(der: bytes | None, kinds: Collection[str]) -> Identity:
+    """The identity in a server's certificate, which the handshake verified, if its kind is
+    one of ``kinds``.
+
+    :raises UnexpectedPeerKind: no certificate, no Tether identity in it, or another kind.
+    """
+    expected = " or ".join(
+        f"{'an' if kind[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {kind}'s"
+        for kind in sorted(kinds)
+    )
+    if not der:
+        raise UnexpectedPeerKind(f"the server presented no certificate, where {expected} belongs")
+    try:
+        identity = read_x509_identity(der)
+    except MalformedCertificate:
+        raise UnexpectedPeerKind(
+            f"the server presented a certificate without a Tether identity, where {expected} "
+            "belongs"
+        ) from None
+    if identity.kind not in kinds:
+        raise UnexpectedPeerKind(
+            f"the server presented the certificate of {identity.kind} {identity.username!r} "
+            f"of cluster {identity.cluster!r}, where only {expected} is accepted"
+        )
+    return identity
+
+
+class _KindCheckingContext(ssl.SSLContext):
+    """A client context whose connections accept only servers of :attr:`peer_kinds`."""
+
+    peer_kinds: frozenset[str] = frozenset()
+
+
+class _KindCheckedObject(ssl.SSLObject):
+    """The memory-BIO TLS object (trio's and httpx's streams) of a :class:`_KindCheckingContext`."""
+
+    context: _KindCheckingContext
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        check_peer_kind(self.getpeercert(True), self.context.peer_kinds)
+
+
+class _KindCheckedSocket(ssl.SSLSocket):
+    """The socket TLS object (:class:`tether.tlsstream.TLSStream`) of a
+    :class:`_KindCheckingContext`."""
+
+    context: _KindCheckingContext
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        check_peer_kind(self.getpeercert(True), self.context.peer_kinds)
+
+
+_KindCheckingContext.sslobject_class = _KindCheckedObject
+_KindCheckingContext.sslsocket_class = _KindCheckedSocket
+
+
+def _base_context(
+    *, server: bool, alpn: Sequence[str], peer_kinds: Collection[str] = ()
+) -> ssl.SSLContext:
+    protocol = ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT
+    ctx = _KindCheckingContext(protocol) if peer_kinds else ssl.SSLContext(protocol)
+    if isinstance(ctx, _KindCheckingContext):
+        ctx.peer_kinds = frozenset(peer_kinds)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -211,18 +298,26 @@ def client_ssl_context(
     key: PrivateKey | None = None,
     alpn: Sequence[str] = (),
     insecure: bool = False,
+    peer_kinds: Collection[str] = (),
 ) -> ssl.SSLContext:
     """A client context that verifies the server against *trusted_cas* (``None``: the system
     trust store, for a proxy with a public certificate) and presents *cert* if given.
 
     *insecure* turns verification off entirely; it exists for tests and ``--insecure`` against
     a throwaway cluster, never as a default.
+
+    *peer_kinds*: the identity kinds the server's certificate may carry (``{"proxy"}`` where
+    the cluster's proxy is expected); any other fails the handshake with
+    :class:`UnexpectedPeerKind`. Only for *trusted_cas* that are clusters' CAs, whose every
+    certificate carries an identity.
     """
     if (cert is None) != (key is None):
         raise ValueError("pass both cert and key, or neither")
     if trusted_cas is not None and not trusted_cas and not insecure:
         raise ValueError("trusted_cas is empty; pass None for the system trust store")
-    ctx = _base_context(server=False, alpn=alpn)
+    if peer_kinds and (trusted_cas is None or insecure):
+        raise ValueError("peer_kinds needs trusted_cas: clusters' CAs, with verification on")
+    ctx = _base_context(server=False, alpn=alpn, peer_kinds=peer_kinds)
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -115,8 +115,13 @@ class TrustAgents:
 
     async def _keep_tunnels(self, root: str, running: _Running) -> None:
         root_cas = list(self.trust.current.others.get(root, ()))
+        # only the root's proxies: its nodes' certificates come from the same CA
         context = pki.client_ssl_context(
-            trusted_cas=root_cas, cert=self._cert, key=self._key, alpn=[TUNNEL_ALPN]
+            trusted_cas=root_cas,
+            cert=self._cert,
+            key=self._key,
+            alpn=[TUNNEL_ALPN],
+            peer_kinds=("proxy",),
         )
 
         async def dial(addr: str) -> trio.abc.Stream:

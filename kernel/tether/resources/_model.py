@@ -96,6 +96,10 @@ class ResourceKind:
     :param access_labels: the role condition (``node_labels``) that grants users access to
         resources of this kind: users list only the ones whose labels their roles match,
         without needing a ``list`` rule, as ``tsh ls`` shows only the nodes one can reach.
+    :param dialed_addr: for inventory kinds the proxy dials (a node in direct mode): the
+        ``host:port`` an entry asks to be dialled at, or ``""`` for none. Auth accepts an entry
+        only if its certificate names that host and it is none of the cluster's own listening
+        addresses.
     """
 
     name: str
@@ -110,6 +114,7 @@ class ResourceKind:
     published_by: str | None = None
     readable_by: tuple[str, ...] = ()
     access_labels: str | None = None
+    dialed_addr: Callable[[Resource], str] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.versions:

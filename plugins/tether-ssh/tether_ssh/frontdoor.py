@@ -14,7 +14,8 @@ Wire format (newline-delimited JSON, as the tunnel's control stream)::
                  or  {"type": "error", "error": {"type": ..., "message": ..., "hint": ...}}
 
 ``node`` is a host name, host id, address, or labels (``env=prod``); ``port`` 0 means the
-node's own SSH port.
+node's own SSH port, and any other is refused unless it is that port: the front door leads to
+a node's SSH server only, never to another service on its host.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import Any
 import attrs
 import trio
 
+from tether import pki
 from tether.auth.client import FORWARDED_CERT_HEADER
-from tether.errors import AccessDenied, NotFound, TetherError
+from tether.errors import AccessDenied, NotFound, TetherError, TrustError
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, RemoteRequest
 from tether.resources import CERT_AUTHORITY, KindRegistry, Resource, resource_from_dict
 from tether.tlsstream import TLSStream
@@ -42,6 +44,7 @@ __all__ = [
     "SSH_TARGET",
     "DialedNode",
     "NodeOffline",
+    "PortRefused",
     "front_door",
     "list_nodes",
     "open_node_stream",
@@ -63,6 +66,10 @@ _NODES = KindRegistry([NODE, CERT_AUTHORITY], plugin="ssh")
 
 class NodeOffline(TetherError):
     """The node is in the inventory but cannot be reached right now."""
+
+
+class PortRefused(AccessDenied):
+    """A client asked the front door for a port of a node's host other than its SSH port."""
 
 
 @attrs.frozen
@@ -145,14 +152,36 @@ def _dialed(node: Resource) -> DialedNode:
     )
 
 
-async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) -> trio.abc.Stream:
-    spec: NodeSpec = node.spec
+def _check_port(spec: NodeSpec, port: int) -> None:
+    """The front door leads to a node's SSH server only: a client's port (``tether ssh -p``)
+    may name the port the node registered, never another service on its host. Anything else
+    goes through SSH port forwarding, which the node allows or not by the user's roles.
+
+    :raises PortRefused: another port, or any port for a node reached through its tunnel.
+    """
+    if not port:
+        return
+    forwarding = "reach other ports through SSH port forwarding (-L), which your roles govern"
     if spec.use_tunnel:
-        if port:
-            raise TetherError(
-                f"node {spec.hostname!r} is reached through its tunnel; a port cannot be chosen",
-                hint="leave out -p",
-            )
+        raise PortRefused(
+            f"node {spec.hostname!r} is reached through its tunnel, which leads only to its SSH "
+            f"server; port {port} cannot be chosen",
+            hint=f"leave out -p; {forwarding}",
+        )
+    registered = spec.addr.rpartition(":")[2]
+    if str(port) != registered:
+        raise PortRefused(
+            f"node {spec.hostname!r} serves SSH on port {registered}; the front door connects "
+            f"only there, not to port {port}",
+            hint=f"leave out -p; {forwarding}",
+        )
+
+
+async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) -> trio.abc.Stream:
+    """A stream to ``node``'s SSH server: through its tunnel, or at its registered address."""
+    spec: NodeSpec = node.spec
+    _check_port(spec, port)
+    if spec.use_tunnel:
         try:
             return await proxy.tunnels.dial(
                 proxy.cluster_name, SSH_TARGET, {"client": peer}, agent=node.metadata.name
@@ -165,11 +194,11 @@ async def _dial_node(proxy: ProxyContext, peer: str, node: Resource, port: int) 
     host, _, node_port = spec.addr.rpartition(":")
     try:
         with trio.fail_after(DIAL_TIMEOUT):
-            return await trio.open_tcp_stream(host.strip("[]"), port or int(node_port))
+            return await trio.open_tcp_stream(host.strip("[]"), int(node_port))
     except (OSError, trio.TooSlowError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
         raise NodeOffline(
-            f"node {spec.hostname!r} at {host}:{port or node_port} is unreachable: {reason}",
+            f"node {spec.hostname!r} at {spec.addr} is unreachable: {reason}",
             hint="check that the node's tetherd runs and its listen address is reachable",
         ) from None
 
@@ -261,7 +290,11 @@ async def front_door(conn: ProxyConnection) -> None:
             query = NodeQuery.parse(node_text)
             nodes = await _nodes(conn.proxy, conn.forwarded_headers())
             node = resolve_node(nodes, query, cluster=cluster)
-            target = await _dial_node(conn.proxy, conn.peer, node, port)
+            try:
+                target = await _dial_node(conn.proxy, conn.peer, node, port)
+            except PortRefused as exc:
+                await _audit_port_refused(conn, identity, node, port, exc.message)
+                raise
             dialed = _dialed(node)
         else:
             target, dialed, early = await _dial_leaf(conn, cluster, node_text, port)
@@ -301,6 +334,26 @@ async def front_door(conn: ProxyConnection) -> None:
         await trio.aclose_forcefully(target)
         return
     await splice(conn.stream, target)
+
+
+async def _audit_port_refused(
+    conn: ProxyConnection, identity: pki.Identity, node: Resource, port: int, reason: str
+) -> None:
+    """Record ``ssh.front_door.refused`` for a port the front door would not dial. A failure
+    to audit is logged, not raised: the refusal stands either way."""
+    fields = {
+        "node": node.spec.hostname,
+        "node_id": node.metadata.name,
+        "port": port,
+        "client": conn.peer,
+        "reason": reason,
+    }
+    try:
+        await conn.proxy.auth.record_event(
+            "ssh.front_door.refused", identity.username, fields, success=False
+        )
+    except (TetherError, OSError) as exc:
+        log.warning("could not audit a refused port for %s: %s", identity.label, exc)
 
 
 async def _list(conn: ProxyConnection, cluster: str) -> dict[str, Any]:
@@ -358,7 +411,7 @@ async def serve_remote(req: RemoteRequest) -> None:
         target = await _dial_node(req.proxy, peer, node, port)
     except (TetherError, ValueError) as exc:
         reason = exc.message if isinstance(exc, TetherError) else str(exc)
-        await req.refuse(reason, node=metadata.get("node", ""))
+        await req.refuse(reason, node=metadata.get("node", ""), port=metadata.get("port", "0"))
         return
     stream = request.accept()
     try:
@@ -416,6 +469,12 @@ async def _connect(proxy: str, context: Any) -> TLSStream:
             )
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         cause = exc.__cause__ or exc
+        if isinstance(cause, pki.UnexpectedPeerKind):
+            raise TrustError(
+                f"{proxy} is not the cluster's proxy: {cause}",
+                hint="check the address; another host of the cluster answers there, which "
+                "its administrator should know about",
+            ) from None
         raise TetherError(
             f"cannot reach the proxy at {proxy}: {cause}",
             hint="check the address, or log in again with `tether login`",

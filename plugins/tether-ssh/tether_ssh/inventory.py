@@ -74,6 +74,11 @@ def _validate_node(resource: Resource) -> None:
         )
 
 
+def _dialed_addr(resource: Resource) -> str:
+    spec: NodeSpec = resource.spec
+    return spec.addr
+
+
 NODE = ResourceKind(
     name="node",
     aliases=("nodes",),
@@ -84,6 +89,7 @@ NODE = ResourceKind(
     published_by="node",
     readable_by=("proxy",),
     access_labels="node_labels",
+    dialed_addr=_dialed_addr,
 )
 
 

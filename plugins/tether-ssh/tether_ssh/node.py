@@ -38,6 +38,7 @@ from tether.auth.client import AuthClient
 from tether.config import Config, HostPort
 from tether.errors import AccessDenied, ConfigError, TetherError
 from tether.node.join import (
+    SERVER_KINDS,
     JoinedIdentity,
     load_or_join,
     renew_identity,
@@ -262,7 +263,14 @@ class NodeService:
         assert server is not None  # _identity refused to start without one
         return f"https://{server}"
 
-    def _client_context(self, joined: JoinedIdentity, alpn: Sequence[str] = ()) -> ssl.SSLContext:
+    def _client_context(
+        self,
+        joined: JoinedIdentity,
+        alpn: Sequence[str] = (),
+        peer_kinds: Sequence[str] = SERVER_KINDS,
+    ) -> ssl.SSLContext:
+        """A context for reaching the cluster as this node; the server must hold a
+        certificate of ``peer_kinds`` (another node's, from the same CA, is refused)."""
         insecure = self.config.join.insecure and "auth" not in self.ctx.extras
         return pki.client_ssl_context(
             trusted_cas=None if insecure else list(joined.tls_cas),
@@ -270,6 +278,7 @@ class NodeService:
             key=joined.private_key,
             alpn=alpn,
             insecure=insecure,
+            peer_kinds=() if insecure else peer_kinds,
         )
 
     # --- running -------------------------------------------------------------------------
@@ -340,7 +349,7 @@ class NodeService:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        context = self._client_context(joined, alpn=[TUNNEL_ALPN])
+        context = self._client_context(joined, alpn=[TUNNEL_ALPN], peer_kinds=("proxy",))
         self._tunnel_context = context  # a renewal replaces the certificate in it
         proxy = self.config.join.proxy_server
         assert proxy is not None

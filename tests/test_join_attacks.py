@@ -1,0 +1,304 @@
+"""Attacks with a node token: taking another host's id, and answering where the proxy belongs.
+
+A node token lets a joiner choose its host id and names, and every host certificate names
+``localhost`` and the loopback addresses. So a joiner must not take a host id another host
+holds, and clients that trust the proxy through the cluster's CA (the CA pin), and leaf
+agents, accept only a certificate of kind proxy: a node's own, real certificate is refused
+where the proxy is expected. Real ``tetherd`` processes on 127.0.0.1; the impostors are TLS
+servers this test runs with a joined node's real certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import shutil
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import trio
+
+from tether import pki
+from tether.errors import AccessDenied
+from tether.node.join import JoinedIdentity, join_cluster
+from tether.testing.cluster import RunningCluster, run_cli, start_cluster, start_proxy
+from tether.tunnel.server import TUNNEL_ALPN
+
+PASSWORD = "correct horse battery staple"
+
+
+def node_token(cluster: RunningCluster) -> str:
+    out = cluster.tetherctl("tokens", "add", "--type=node", "--format=json").stdout
+    return str(json.loads(out)["token"])
+
+
+async def join_node(cluster: RunningCluster, host_id: str, hostname: str) -> JoinedIdentity:
+    """Join ``cluster`` as a node with a fresh token, naming the loopback addresses (as a node
+    listening on 127.0.0.1 does)."""
+    return await join_cluster(
+        cluster.proxy_addr,
+        node_token(cluster),
+        host_id=host_id,
+        hostname=hostname,
+        addresses=["127.0.0.1", "localhost"],
+        ca_pin=cluster.ca_pin,
+    )
+
+
+def audit(cluster: RunningCluster, event_type: str) -> list[dict[str, object]]:
+    out = cluster.tetherctl("audit", "search", f"--type={event_type}", "--format=json").stdout
+    return list(json.loads(out))
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def impostor_context(joined: JoinedIdentity, alpn: str) -> ssl.SSLContext:
+    """A TLS server context presenting the node's real certificate, as the node could."""
+    return pki.server_ssl_context(joined.tls_cert, joined.private_key, alpn=[alpn])
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.TCPServer) -> Iterator[str]:
+    """Run ``server`` in a thread until the block ends; yields its address."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def impostor_web(
+    node: JoinedIdentity, cluster: RunningCluster
+) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """An HTTPS server on 127.0.0.1 with ``node``'s real certificate that plays the proxy's
+    web API: it hands out the cluster's (public) CA as the real proxy does, and records every
+    request that reaches it.
+
+    Yields its address and the list of ``(method, path)`` it received.
+    """
+    context = impostor_context(node, "http/1.1")
+    ca_pems = [pki.cert_to_pem(c).decode() for c in node.tls_cas]
+    received: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            received.append(("GET", self.path))
+            if self.path == "/webapi/cluster-ca":
+                self._answer(200, {"cluster_name": cluster.name, "tls_ca_certs": ca_pems})
+            else:
+                self._answer(200, {"ok": True})
+
+        def do_POST(self) -> None:
+            received.append(("POST", self.path))
+            self._answer(200, {})
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    with serving(server) as addr:
+        yield addr, received
+
+
+@contextlib.contextmanager
+def impostor_tunnel(node: JoinedIdentity) -> Iterator[tuple[str, list[bytes]]]:
+    """A TLS server on 127.0.0.1 with ``node``'s real certificate that accepts tunnel
+    connections and records what each client sent after the handshake (nothing, when the
+    client refused the certificate)."""
+    context = impostor_context(node, TUNNEL_ALPN)
+    received: list[bytes] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(5)
+            data = b""
+            with contextlib.suppress(OSError):
+                while chunk := self.request.recv(65536):
+                    data += chunk
+            received.append(data)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[ssl.SSLSocket, object]:
+            sock, addr = self.socket.accept()
+            return context.wrap_socket(sock, server_side=True), addr
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that aborts the handshake is what the test expects
+
+    with serving(Server(("127.0.0.1", 0), Handler)) as addr:
+        yield addr, received
+
+
+@pytest.fixture(scope="module")
+def victim(tether_cluster: RunningCluster) -> Iterator[JoinedIdentity]:
+    """A node of the cluster that joined with a token of its own."""
+    yield trio.run(join_node, tether_cluster, "victim-node", "victim")
+
+
+async def test_node_token_cannot_take_the_host_id_of_a_joined_node(
+    tether_cluster: RunningCluster, victim: JoinedIdentity
+) -> None:
+    cluster = tether_cluster
+    with pytest.raises(AccessDenied) as refused:
+        await join_node(cluster, "victim-node", "attacker")
+    assert "host id 'victim-node' is held by node 'victim' until" in refused.value.message
+    assert "a join cannot take another host's id" in refused.value.message
+    (event,) = [e for e in audit(cluster, "host.join.failed") if e["user"] == "victim-node"]
+    assert event["success"] is False and "is held by node 'victim'" in str(event["reason"])
+    joined = [e["user"] for e in audit(cluster, "host.joined")]
+    assert joined.count("victim-node") == 1, "no certificate was issued for the taken id"
+
+    # the same token holder joins under an id of its own
+    own = await join_node(cluster, "attacker-node", "attacker")
+    assert (own.identity.username, own.identity.kind) == ("attacker-node", "node")
+
+
+def test_tether_login_with_the_ca_pin_refuses_a_node_certificate_where_the_proxy_belongs(
+    tether_cluster: RunningCluster, victim: JoinedIdentity
+) -> None:
+    cluster = tether_cluster
+    cluster.add_user("alice", PASSWORD, roles=["access", "editor"], logins=["alice"])
+    with impostor_web(victim, cluster) as (addr, received):
+        result = cluster.tether(
+            "alice",
+            "login",
+            f"--proxy={addr}",
+            "--user=alice",
+            "--password-stdin",
+            f"--ca-pin={cluster.ca_pin}",
+            input=PASSWORD + "\n",
+            check=False,
+        )
+    assert result.returncode != 0
+    assert (
+        f"{addr} is not the server this connection expects: the server presented the "
+        "certificate of node 'victim-node' of cluster 'main', where only a proxy's is accepted"
+    ) in result.stderr, result.stderr
+    # the pin check reads the CA anonymously; nothing with a secret reached the impostor
+    assert received == [("GET", "/webapi/cluster-ca")]
+
+    # the real proxy, with the same pin, is accepted
+    cluster.login("alice", PASSWORD)
+
+
+def test_tetherctl_through_the_proxy_refuses_a_node_certificate_where_the_proxy_belongs(
+    tether_cluster: RunningCluster, victim: JoinedIdentity
+) -> None:
+    cluster = tether_cluster
+    cluster.add_user("bob", PASSWORD, roles=["access", "editor"], logins=["bob"])
+    cluster.login("bob", PASSWORD)
+    assert cluster.as_user("bob", "tetherctl", "get", "roles", "--format=json").returncode == 0
+    home = cluster.user_home("bob")
+    with impostor_web(victim, cluster) as (addr, received):
+        # the network sends bob's client to the node instead of the proxy (bob's profile, as
+        # `tether login` wrote it, now names the impostor's address)
+        real = home / "keys" / cluster.proxy_addr.replace(":", "_")
+        moved = home / "keys" / addr.replace(":", "_")
+        shutil.copytree(real, moved)
+        meta = json.loads((moved / "profile.json").read_text())
+        (moved / "profile.json").write_text(json.dumps({**meta, "proxy": addr}))
+        (home / "current-profile").write_text(addr + "\n")
+        result = cluster.as_user("bob", "tetherctl", "get", "roles", check=False)
+        # and the SSH front door (tether ls), which speaks TLS without httpx
+        listed = cluster.as_user("bob", "tether", "ls", check=False)
+    refusal = (
+        "the server presented the certificate of node 'victim-node' of cluster 'main', where "
+        "only a proxy's is accepted"
+    )
+    assert result.returncode != 0
+    assert refusal in result.stderr, result.stderr
+    assert listed.returncode != 0
+    assert f"{addr} is not the cluster's proxy: {refusal}" in listed.stderr, listed.stderr
+    assert received == [], "bob's certificate and request never reached the impostor"
+
+
+def test_leaf_agent_refuses_a_root_node_certificate_at_the_root_tunnel_address(
+    tether_cluster: RunningCluster, victim: JoinedIdentity, tmp_path: pathlib.Path
+) -> None:
+    root = tether_cluster
+    leaf = start_cluster(tmp_path / "leaf", "leaf")
+    try:
+        with impostor_tunnel(victim) as (addr, received):
+            invitation = json.loads(
+                root.tetherctl("tokens", "add", "--type=trusted_cluster", "--format=json").stdout
+            )["token"]
+            # the handshake goes to the real root; the tunnels to where the attacker listens
+            trusted = tmp_path / "trusted_cluster.yaml"
+            trusted.write_text(
+                f"""
+kind: trusted_cluster
+version: v2
+metadata:
+  name: main
+spec:
+  enabled: true
+  token: "{invitation}"
+  web_proxy_addr: {root.proxy_addr}
+  tunnel_addr: {addr}
+  ca_pin: {root.ca_pin}
+  role_map:
+    - remote: access
+      local: [access]
+"""
+            )
+            leaf.tetherctl("create", str(trusted))
+            refusal = (
+                "the server presented the certificate of node 'victim-node' of cluster "
+                "'main', where only a proxy's is accepted"
+            )
+            wait_for(lambda: refusal in leaf.log_text(), "the leaf's agent to refuse the node")
+            wait_for(lambda: bool(received), "the impostor to see the connection end")
+        assert set(received) == {b""}, "the leaf sent nothing over a tunnel to the node"
+        rc = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
+        doc = rc[0] if isinstance(rc, list) else rc
+        assert doc["status"]["connection"] == "offline"
+    finally:
+        leaf.stop()
+
+
+def test_joined_proxy_refuses_a_node_certificate_where_auth_belongs(
+    tether_cluster: RunningCluster, victim: JoinedIdentity, tmp_path: pathlib.Path
+) -> None:
+    cluster = tether_cluster
+    proxy = start_proxy(cluster, tmp_path / "proxy-2", "proxy-2")
+    proxy.stop()
+    with impostor_web(victim, cluster) as (addr, received):
+        # restarted from its data directory (no token), sent to the node instead of auth
+        args = [
+            f"--auth-server={addr}" if arg.startswith("--auth-server=") else arg
+            for arg in proxy.args
+            if not arg.startswith("--token=")
+        ]
+        refused = run_cli("tetherd", "start", *args, check=False, timeout=60)
+    assert refused.returncode == 1
+    assert (
+        f"{addr} is not the server this connection expects: the server presented the "
+        "certificate of node 'victim-node' of cluster 'main', where only an auth's is accepted"
+    ) in refused.stderr, refused.stderr
+    assert received == [], "the proxy asked the node for nothing"
