@@ -65,7 +65,7 @@ def plain_cert(cas: pki.ClusterAuthorities) -> tuple[x509.Certificate, pki.Priva
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
-        .sign(cas.tls.private_key, None)
+        .sign(cas.tls.private_key, pki.signing_hash(cas.tls.private_key))
     )
     return cert, key
 

@@ -16,6 +16,7 @@ from ._authority import (
     X509CertAuthority,
     ca_pin,
     check_ca_pin,
+    signing_hash,
 )
 from ._errors import (
     CertificateExpired,
@@ -113,6 +114,7 @@ __all__ = [
     "public_key_to_pem",
     "read_x509_identity",
     "server_ssl_context",
+    "signing_hash",
     "split_host_addresses",
     "ssh_public_key_line",
     "verify_ssh_host_cert",
