@@ -271,6 +271,7 @@ async def _start_proxy(
         trusted_cas=lambda: trust.current.tunnel_cas(),
         proxies=peers.proxies,
         write_heartbeats=auth_client.record_tunnel_heartbeats,
+        record_event=auth_client.record_event,
     )
 
     # Leaves' proxies present certificates of their own CAs: trusted for tunnels (not for the

@@ -2,47 +2,67 @@
 
 Tunnels arrive on the proxy's one public port with ALPN ``tether-tunnel/1``. Their peers are
 verified through the kernel's one path (:func:`tether.pki.identity_from_peer`) against the CAs
-this cluster trusts (its own, for nodes in tunnel mode; trusted leaf clusters' once they
-join). Heartbeats go to the auth service in batches (``PUT /v1/tunnels/heartbeats``), which
-stores them with a TTL, so a tunnel that stops reporting disappears by itself.
+stored under the cluster their certificate claims (its own, for nodes in tunnel mode; a
+trusted leaf's once it joined), so a leaf cannot open tunnels under another leaf's name or
+this cluster's; every refused certificate is audited as ``tunnel.refused``. Heartbeats go to
+the auth service in batches (``PUT /v1/tunnels/heartbeats``), which stores them with a TTL,
+so a tunnel that stops reporting disappears by itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import trio
 from cryptography import x509
 
 from tether import pki
+from tether.errors import TetherError
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.heartbeats import HeartbeatRecorder, Writer
 from tether.tunnel.server import TunnelServer
 
 __all__ = ["build_tunnel_server"]
 
+log = logging.getLogger(__name__)
+
+#: records an audit event: the auth client's :meth:`~tether.auth.client.AuthClient.record_event`
+EventRecorder = Callable[..., Awaitable[None]]
+
+
+class _NoCertificate(pki.UnknownAuthority):
+    """A peer without a client certificate: anyone can be one, so it is logged, not audited."""
+
 
 def build_tunnel_server(
     *,
     proxy_id: str,
     cluster: str,
-    trusted_cas: Callable[[], Sequence[x509.Certificate]],
+    trusted_cas: Callable[[], Mapping[str, Sequence[x509.Certificate]]],
     proxies: Callable[[], Sequence[ProxyInfo]],
     write_heartbeats: Writer,
+    record_event: EventRecorder | None = None,
     heartbeat_flush_interval: float = 5.0,
 ) -> tuple[TunnelServer, HeartbeatRecorder]:
     """A tunnel server for this proxy and the recorder whose ``run`` must be started too.
 
+    :param trusted_cas: the CAs that may open tunnels right now, by the cluster each speaks
+        for (:meth:`tether.trust.ClusterTrust.tunnel_cas`).
     :param proxies: every proxy of this cluster right now, told to agents so that they keep
         a tunnel to each.
     :param write_heartbeats: stores a batch of heartbeats (the auth client's
         :meth:`~tether.auth.client.AuthClient.record_tunnel_heartbeats`).
+    :param record_event: audits each refused tunnel certificate (the auth client's
+        :meth:`~tether.auth.client.AuthClient.record_event`).
     """
 
     def authenticate(stream: trio.abc.Stream) -> pki.Identity:
         identity = pki.identity_from_peer(stream, trusted_cas())  # type: ignore[arg-type]
         if identity is None:
-            raise pki.UnknownAuthority(
+            raise _NoCertificate(
                 "no client certificate", hint="tunnel agents present their cluster certificate"
             )
         if identity.cluster != cluster and identity.kind != "proxy":
@@ -53,6 +73,19 @@ def build_tunnel_server(
             )
         return identity
 
+    async def refused(stream: trio.abc.Stream, peer: str, error: TetherError) -> None:
+        if record_event is None or isinstance(error, _NoCertificate):
+            return
+        event: dict[str, Any] = {"peer": peer, "reason": str(error)}
+        der = stream.getpeercert(True)  # type: ignore[attr-defined]
+        # who the certificate claims to be, unverified: what a hostile peer chose to claim
+        with contextlib.suppress(pki.MalformedCertificate):
+            event["claimed"] = pki.read_x509_identity(bytes(der)).label
+        try:
+            await record_event("tunnel.refused", "", event, success=False)
+        except (TetherError, OSError) as exc:
+            log.warning("could not audit the tunnel refused from %s: %s", peer, exc)
+
     recorder = HeartbeatRecorder(write_heartbeats, flush_interval=heartbeat_flush_interval)
     server = TunnelServer(
         proxy_id=proxy_id,
@@ -60,5 +93,6 @@ def build_tunnel_server(
         authenticate=authenticate,
         proxies=proxies,
         recorder=recorder,
+        on_refused=refused,
     )
     return server, recorder

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -102,6 +102,8 @@ class ClusterStatistics:
 
 
 Authenticator = Callable[[trio.abc.Stream], Identity]
+#: told of each peer :class:`Authenticator` refused: the stream, its address, and why
+RefusalHandler = Callable[[trio.abc.Stream, str, TetherError], Awaitable[None]]
 
 
 class TunnelServer:
@@ -113,6 +115,7 @@ class TunnelServer:
         ``cluster`` is the connecting cluster) or raises a TrustError saying why not.
     :param proxies: the proxies of this cluster right now (for agents to reach them all).
     :param recorder: where heartbeats go (batched writes to storage).
+    :param on_refused: called for each peer ``authenticate`` refused (to audit it).
     """
 
     def __init__(
@@ -126,10 +129,12 @@ class TunnelServer:
         heartbeat_interval: float = 10.0,
         timings: TunnelTimings | None = None,
         mux_config: MuxConfig | None = None,
+        on_refused: RefusalHandler | None = None,
     ) -> None:
         self.proxy_id = proxy_id
         self.cluster = cluster
         self._authenticate = authenticate
+        self._on_refused = on_refused
         self._proxies = proxies
         self._recorder = recorder
         self.heartbeat_interval = heartbeat_interval
@@ -254,6 +259,8 @@ class TunnelServer:
             identity = self._authenticate(stream)
         except TetherError as exc:
             log.warning("tunnel from %s refused: %s", peer, exc)
+            if self._on_refused is not None:
+                await self._on_refused(stream, peer, exc)
             return
         version = getattr(stream, "version", lambda: None)()
         if version is not None and version != "TLSv1.3":
