@@ -1,0 +1,360 @@
+"""Each refusal of a certificate or of the trust handshake says what is actually wrong.
+
+Certificates are forged here with the cluster's own CA keys (what a hostile or broken issuer
+holds), then verified through the one verification path; the handshake refusals run against a
+real root process over real HTTP, and each is audited where it was refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import secrets
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from cryptography.x509.oid import NameOID
+
+import tether
+from tether import pki
+from tether.client.web import establish_trust, proxy_call
+from tether.errors import TetherError
+from tether.pki import ClusterAuthorities, Identity, MalformedCertificate, UnknownAuthority
+from tether.proxy.tunnels import build_tunnel_server
+from tether.testing.cluster import RunningCluster, start_cluster
+from tether.tlsserver import serve_tls
+from tether.tlsstream import TLSStream
+from tether.tunnel.control import ProxyInfo
+from tether.tunnel.server import TUNNEL_ALPN
+
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+HOUR = datetime.timedelta(hours=1)
+
+
+def identity(cluster: str = "root", **changes: Any) -> Identity:
+    fields: dict[str, Any] = {
+        "username": "alice",
+        "cluster": cluster,
+        "roles": ("access",),
+        "traits": {},
+        "logins": ("visitor",),
+        "expires": NOW + HOUR,
+        **changes,
+    }
+    return Identity(**fields)
+
+
+@pytest.fixture(scope="module")
+def root() -> ClusterAuthorities:
+    return ClusterAuthorities.generate("root")
+
+
+def ssh_cert(
+    ca: pki.SSHCertAuthority,
+    *,
+    cert_type: SSHCertificateType = SSHCertificateType.USER,
+    key_id: str = "alice",
+    critical: dict[bytes, bytes] | None = None,
+    extensions: dict[bytes, bytes] | None = None,
+) -> str:
+    """An OpenSSH certificate that ``ca`` signed, with whatever fields its holder chose."""
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(pki.generate_private_key().public_key())  # type: ignore[arg-type]
+        .serial(secrets.randbits(64))
+        .type(cert_type)
+        .key_id(key_id.encode())
+        .valid_principals([b"visitor"])
+        .valid_after(int((NOW - HOUR).timestamp()))
+        .valid_before(int((NOW + HOUR).timestamp()))
+    )
+    for name, value in (critical or {}).items():
+        builder = builder.add_critical_option(name, value)
+    for name, value in (extensions or {}).items():
+        builder = builder.add_extension(name, value)
+    return builder.sign(ca.private_key).public_bytes().decode()  # type: ignore[arg-type]
+
+
+def tether_identity(who: Identity) -> dict[bytes, bytes]:
+    return {pki.SSH_IDENTITY_EXTENSION.encode(): who.to_json_bytes()}
+
+
+# --- certificates ----------------------------------------------------------------------------
+
+
+def test_ssh_certificate_with_a_critical_option_is_refused_for_it(root: ClusterAuthorities) -> None:
+    line = ssh_cert(
+        root.ssh_user,
+        critical={b"force-command": b"/bin/true"},
+        extensions=tether_identity(identity()),
+    )
+    with pytest.raises(MalformedCertificate) as refused:
+        pki.verify_ssh_user_cert(line, trusted_cas=[root.ssh_user])
+    assert str(refused.value) == (
+        "certificate of alice@root carries critical options Tether does not enforce: "
+        "force-command (Tether issues none; ignoring one would grant more than was signed)"
+    )
+    host = ssh_cert(
+        root.ssh_host,
+        cert_type=SSHCertificateType.HOST,
+        key_id="node-1",
+        critical={b"source-address": b"10.0.0.1"},
+        extensions={pki.SSH_CLUSTER_EXTENSION.encode(): b"root"},
+    )
+    with pytest.raises(MalformedCertificate, match=r"carries critical options .*: source-address"):
+        pki.verify_ssh_host_cert(host, trusted_cas=[root.ssh_host])
+
+
+def test_ssh_certificate_whose_key_id_names_another_user_is_refused_for_it(
+    root: ClusterAuthorities,
+) -> None:
+    line = ssh_cert(root.ssh_user, key_id="mallory", extensions=tether_identity(identity()))
+    with pytest.raises(MalformedCertificate) as refused:
+        pki.verify_ssh_user_cert(line, trusted_cas=[root.ssh_user])
+    assert refused.value.message == (
+        "certificate of mallory@root names 'mallory' in its key id but 'alice' in its identity"
+    )
+    assert "upgrade" not in str(refused.value)
+
+
+def test_ssh_certificates_without_tethers_extensions_are_refused_as_foreign(
+    root: ClusterAuthorities,
+) -> None:
+    with pytest.raises(MalformedCertificate, match=r"has no tether-identity@tether\.dev extension"):
+        pki.verify_ssh_user_cert(ssh_cert(root.ssh_user), trusted_cas=[root.ssh_user])
+    host = ssh_cert(root.ssh_host, cert_type=SSHCertificateType.HOST, key_id="node-1")
+    with pytest.raises(MalformedCertificate, match=r"has no tether-cluster@tether\.dev extension"):
+        pki.verify_ssh_host_cert(host, trusted_cas=[root.ssh_host])
+
+
+def x509_cert(
+    ca: pki.X509CertAuthority, who: Identity | None, common_name: str = "alice"
+) -> x509.Certificate:
+    """An X.509 certificate ``ca`` signed, with the subject and identity its holder chose."""
+    key = pki.generate_private_key()
+    if who is not None:
+        genuine = pki.issue_x509_cert(ca, key.public_key(), who)
+        extensions = [e for e in genuine.extensions]
+    else:
+        extensions = []
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.cluster),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                ]
+            )
+        )
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - HOUR)
+        .not_valid_after(NOW + HOUR)
+    )
+    for ext in extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder.sign(ca.private_key, None)  # type: ignore[arg-type]
+
+
+def test_x509_certificate_whose_subject_names_another_user_is_refused_for_it(
+    root: ClusterAuthorities,
+) -> None:
+    cert = x509_cert(root.tls, identity(), common_name="mallory")
+    with pytest.raises(MalformedCertificate) as refused:
+        pki.verify_x509_cert(cert, trusted_cas=[root.tls])
+    assert refused.value.message == (
+        "certificate of mallory@root names mallory in its subject but 'alice' in its identity"
+    )
+
+
+def test_x509_certificate_without_an_identity_is_refused_as_foreign(
+    root: ClusterAuthorities,
+) -> None:
+    with pytest.raises(MalformedCertificate, match="has no Tether identity extension"):
+        pki.verify_x509_cert(x509_cert(root.tls, None), trusted_cas=[root.tls])
+
+
+def test_ca_stored_under_one_cluster_cannot_vouch_for_another_whatever_its_subject() -> None:
+    # what a root that accepted such a CA before this release still holds: evil's CA names leaf2
+    forged = ClusterAuthorities.generate("leaf2").tls
+    cert = pki.issue_x509_cert(forged, pki.generate_private_key().public_key(), identity("leaf2"))
+    with pytest.raises(UnknownAuthority) as refused:
+        pki.verify_x509_cert(cert, trusted_cas={"evil": [forged]})
+    assert "claims cluster 'leaf2' but is signed by a CA of evil" in refused.value.message
+    stored_right = pki.verify_x509_cert(cert, trusted_cas={"leaf2": [forged]})
+    assert stored_right.cluster == "leaf2"
+
+
+async def test_tunnel_claiming_a_name_its_ca_is_not_stored_under_is_refused_and_audited() -> None:
+    """The proxy's production tunnel check, over real TLS in this process."""
+    root = ClusterAuthorities.generate("root")
+    forged = ClusterAuthorities.generate("leaf2").tls  # stored under evil, names leaf2
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def record_event(event_type: str, user: str, fields: dict[str, Any], **_: Any) -> None:
+        events.append((event_type, fields))
+
+    async def write_heartbeats(records: Any) -> None:
+        pass
+
+    server, _ = build_tunnel_server(
+        proxy_id="root-proxy",
+        cluster="root",
+        trusted_cas=lambda: {"evil": (forged.certificate,), "root": (root.tls.certificate,)},
+        proxies=lambda: [ProxyInfo("root-proxy")],
+        write_heartbeats=write_heartbeats,
+        record_event=record_event,
+    )
+    key = pki.generate_private_key()
+    proxy = identity(username="root-proxy", roles=(), logins=(), kind="proxy")
+    server_cert = pki.issue_x509_cert(
+        root.tls, key.public_key(), proxy, dns_names=["localhost"], server=True
+    )
+    context = pki.server_ssl_context(
+        server_cert,
+        key,
+        client_cas=[root.tls, forged],
+        client_auth="required",
+        alpn=[TUNNEL_ALPN],
+    )
+    for claimed in ("leaf2", "root"):
+        agent_key = pki.generate_private_key()
+        who = identity(claimed, username="evil-proxy", roles=(), logins=(), kind="proxy")
+        signer = pki.X509CertAuthority(claimed, forged.private_key, forged.certificate)
+        cert = pki.issue_x509_cert(signer, agent_key.public_key(), who)
+        client = pki.client_ssl_context(
+            trusted_cas=[root.tls], cert=cert, key=agent_key, alpn=[TUNNEL_ALPN]
+        )
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                partial(serve_tls, "127.0.0.1", 0, context, {TUNNEL_ALPN: server.handle})
+            )
+            port = listeners[0].socket.getsockname()[1]
+            stream = await TLSStream.connect("127.0.0.1", port, client, server_hostname="localhost")
+            with trio.fail_after(10):
+                while await stream.receive_some():  # the root closes a refused tunnel
+                    pass
+            nursery.cancel_scope.cancel()
+        event_type, fields = events[-1]
+        assert event_type == "tunnel.refused"
+        assert fields["claimed"] == f"evil-proxy@{claimed}"
+        assert f"claims cluster {claimed!r} but is signed by a CA of evil" in fields["reason"]
+    assert server.clusters() == {}
+
+
+# --- the handshake ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    cluster = start_cluster(tmp_path_factory.mktemp("root"), "root")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def token(root: RunningCluster, kind: str = "trusted_cluster") -> str:
+    added = root.tetherctl("tokens", "add", f"--type={kind}", "--format=json")
+    return str(json.loads(added.stdout)["token"])
+
+
+def exchange(cluster: str) -> dict[str, Any]:
+    cas = ClusterAuthorities.generate(cluster)
+    return {
+        "cluster": cluster,
+        "version": tether.__version__,
+        "ssh": {"user": [cas.ssh_user.public_key_line()], "host": [cas.ssh_host.public_key_line()]},
+        "tls": [pki.cert_to_pem(cas.tls.certificate).decode()],
+    }
+
+
+async def _validate(root: RunningCluster, body: Any) -> Any:
+    context = await establish_trust(root.proxy_addr, insecure=False, ca_pin=root.ca_pin)
+    return await proxy_call(
+        root.proxy_addr, "POST", "/webapi/trustedclusters/validate", context, json=body
+    )
+
+
+def refused(root: RunningCluster, body: Any, leaf: str) -> str:
+    with pytest.raises(TetherError) as caught:
+        trio.run(_validate, root, body)
+    found = root.tetherctl("audit", "search", "--type=trusted_cluster.refused", "--format=json")
+    event = json.loads(found.stdout)[-1]
+    assert (event["leaf"], event["reason"], event["success"]) == (
+        leaf,
+        caught.value.message,
+        False,
+    )
+    docs = json.loads(root.tetherctl("get", "rc", "--format=json").stdout)
+    assert [d["metadata"]["name"] for d in docs] == [], "a refused leaf must leave no trace"
+    return str(caught.value)
+
+
+def test_handshake_of_a_leaf_claiming_the_roots_name_is_refused(
+    root_cluster: RunningCluster,
+) -> None:
+    err = refused(root_cluster, {"token": token(root_cluster), "leaf": exchange("root")}, "root")
+    assert "the leaf cluster has the root's name 'root'" in err
+
+
+def test_node_token_used_as_an_invitation_is_refused(root_cluster: RunningCluster) -> None:
+    err = refused(
+        root_cluster, {"token": token(root_cluster, "node"), "leaf": exchange("leaf")}, "leaf"
+    )
+    assert "the token is not a TrustedCluster token" in err
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"tls": []}, "malformed trust exchange: cluster 'leaf' sent no tls CA"),
+        ({"ssh": {"user": []}}, "malformed trust exchange: cluster 'leaf' sent no host CA"),
+        ({"tls": None}, "malformed trust exchange: TypeError"),
+        ({"ssh": {"host": ["ssh-ed25519 AAAA"]}}, "the SSH host CA of 'leaf' is unusable"),
+        ({"tls": ["not a certificate"]}, "the X.509 CA of 'leaf' is unusable"),
+        ({"cluster": "../etc"}, "cluster name '../etc' is not valid"),
+    ],
+)
+def test_malformed_handshake_is_refused_naming_what_is_wrong(
+    root_cluster: RunningCluster, change: dict[str, Any], reason: str
+) -> None:
+    leaf = {**exchange("leaf"), **change}
+    err = refused(root_cluster, {"token": token(root_cluster), "leaf": leaf}, leaf["cluster"])
+    assert reason in err
+
+
+def test_leaf_refuses_a_root_that_answers_under_another_name(
+    root_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    leaf = start_cluster(tmp_path / "leaf", "leaf")
+    try:
+        path = tmp_path / "trusted_cluster.yaml"
+        path.write_text(
+            "kind: trusted_cluster\nversion: v2\nmetadata:\n  name: main\nspec:\n"
+            f"  token: {token(root_cluster)}\n  web_proxy_addr: {root_cluster.proxy_addr}\n"
+            f"  tunnel_addr: {root_cluster.proxy_addr}\n  ca_pin: {root_cluster.ca_pin}\n"
+            "  role_map: [{remote: access, local: [access]}]\n"
+        )
+        result = leaf.tetherctl("create", str(path), check=False)
+        assert result.returncode == 1
+        assert f"the root cluster at {root_cluster.proxy_addr} is called 'root', not 'main'" in (
+            result.stderr
+        )
+        assert "set metadata.name of the trusted_cluster to 'root'" in result.stderr
+        found = leaf.tetherctl("audit", "search", "--type=trusted_cluster.refused", "--format=json")
+        (event,) = json.loads(found.stdout)
+        assert event["root"] == "main" and "is called 'root'" in event["reason"]
+        cas = json.loads(leaf.tetherctl("get", "cert_authority", "--format=json").stdout)
+        assert {ca["metadata"]["name"] for ca in cas} == {"leaf"}, "nor may it trust the root"
+    finally:
+        leaf.stop()
+        root_cluster.tetherctl("rm", "rc/leaf", check=False)
