@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import secrets
 from collections.abc import Iterator
@@ -18,18 +19,29 @@ from typing import Any
 import pytest
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    SSHCertificateBuilder,
+    SSHCertificateType,
+)
 from cryptography.x509.oid import NameOID
 
 import tether
 from tether import pki
 from tether.client.web import establish_trust, proxy_call
-from tether.errors import TetherError
+from tether.errors import AccessDenied, TetherError, TrustError
 from tether.pki import ClusterAuthorities, Identity, MalformedCertificate, UnknownAuthority
+from tether.plugins import get_plugin_manager
 from tether.proxy.tunnels import build_tunnel_server
+from tether.resources import parse_resources
 from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.roles import core_registry
 from tether.tlsserver import serve_tls
 from tether.tlsstream import TLSStream
+from tether.trust import ClusterTrust
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.server import TUNNEL_ALPN
 
@@ -358,3 +370,178 @@ def test_leaf_refuses_a_root_that_answers_under_another_name(
     finally:
         leaf.stop()
         root_cluster.tetherctl("rm", "rc/leaf", check=False)
+
+
+# --- more certificate refusals ---------------------------------------------------------------
+
+
+def test_identity_of_an_unknown_encoding_is_refused_as_from_a_newer_release(
+    root: ClusterAuthorities,
+) -> None:
+    newer = {**identity().to_json(), "v": 2}
+    line = ssh_cert(
+        root.ssh_user,
+        extensions={pki.SSH_IDENTITY_EXTENSION.encode(): json.dumps(newer).encode()},
+    )
+    with pytest.raises(MalformedCertificate) as refused:
+        pki.verify_ssh_user_cert(line, trusted_cas=[root.ssh_user])
+    assert "carries an unreadable identity: identity encoding version 2" in refused.value.message
+    assert refused.value.hint == "the issuing cluster may run a newer Tether; upgrade this one"
+
+
+def test_reading_a_certificate_without_an_identity_says_so(root: ClusterAuthorities) -> None:
+    with pytest.raises(MalformedCertificate, match="no usable Tether identity in this cert"):
+        pki.read_x509_identity(x509_cert(root.tls, None))
+
+
+def test_host_certificate_offered_as_a_user_certificate_is_refused_as_such(
+    root: ClusterAuthorities,
+) -> None:
+    host = ssh_cert(root.ssh_host, cert_type=SSHCertificateType.HOST, key_id="node-1")
+    with pytest.raises(MalformedCertificate, match="this is an SSH host certificate"):
+        pki.verify_ssh_user_cert(host, trusted_cas=[root.ssh_user])
+
+
+def test_ca_pin_of_the_wrong_form_is_refused_naming_the_form(root: ClusterAuthorities) -> None:
+    with pytest.raises(UnknownAuthority, match="is not of the form sha256:<hex>"):
+        pki.check_ca_pin(root.tls.certificate, "md5:abc")
+
+
+def test_keys_the_cluster_does_not_use_are_refused_naming_why() -> None:
+    with pytest.raises(ValueError, match="unknown key algorithm 'rsa'"):
+        pki.generate_private_key("rsa")
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    pem = p384.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    with pytest.raises(ValueError, match="unsupported elliptic curve secp384r1; Tether uses P-256"):
+        pki.load_private_key(pem)
+    with pytest.raises(ValueError, match="cannot read private key"):
+        pki.load_private_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ValueError, match=r"cannot read X\.509 certificate"):
+        pki.load_cert(b"not a certificate")
+
+
+def keys_dir(tmp_path: pathlib.Path, cluster: str = "root") -> pathlib.Path:
+    directory = tmp_path / "keys"
+    ClusterAuthorities.load_or_create(directory, cluster)
+    return directory
+
+
+def test_ca_files_of_two_clusters_mixed_in_one_directory_are_refused(
+    tmp_path: pathlib.Path,
+) -> None:
+    directory = keys_dir(tmp_path)
+    other = keys_dir(tmp_path / "other", "other")
+    (directory / "tls_ca.crt").write_bytes((other / "tls_ca.crt").read_bytes())
+    with pytest.raises(TrustError, match=r"tls_ca\.crt is not for cluster 'root'"):
+        ClusterAuthorities.load_or_create(directory, "root")
+    mine = keys_dir(tmp_path / "mine")  # same cluster name, another key
+    (directory / "tls_ca.crt").write_bytes((mine / "tls_ca.crt").read_bytes())
+    with pytest.raises(TrustError, match=r"X\.509 CA certificate and key in .* do not match"):
+        ClusterAuthorities.load_or_create(directory, "root")
+
+
+def test_ca_files_that_are_links_or_another_users_are_refused(tmp_path: pathlib.Path) -> None:
+    directory = keys_dir(tmp_path)
+    key = directory / "ssh_user_ca"
+    moved = tmp_path / "elsewhere"
+    key.rename(moved)
+    key.symlink_to(moved)
+    with pytest.raises(TrustError, match="must be a regular file \\(not a symlink\\)"):
+        ClusterAuthorities.load_or_create(directory, "root")
+    key.unlink()
+    moved.rename(key)
+    if os.getuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    os.chown(key, 65534, -1)
+    with pytest.raises(TrustError, match="belongs to uid 65534, not to this user"):
+        ClusterAuthorities.load_or_create(directory, "root")
+
+
+def test_unreadable_manifest_is_refused_naming_it(tmp_path: pathlib.Path) -> None:
+    directory = keys_dir(tmp_path)
+    (directory / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(TrustError, match=r"manifest\.json is not a JSON object"):
+        ClusterAuthorities.load_or_create(directory, "root")
+    (directory / "manifest.json").write_text("{")
+    with pytest.raises(TrustError, match=r"cannot read .*manifest\.json"):
+        ClusterAuthorities.load_or_create(directory, "root")
+
+
+# --- a leaf verifying the clients of its roots ----------------------------------------------
+
+
+def leaf_trust(root: ClusterAuthorities, *, enabled: bool = True) -> tuple[ClusterTrust, Any]:
+    registry = core_registry()
+    (trusted,) = parse_resources(
+        "kind: trusted_cluster\nversion: v2\nmetadata: {name: root}\nspec:\n"
+        f"  enabled: {str(enabled).lower()}\n  web_proxy_addr: root.example:3080\n"
+        "  role_map: [{remote: access, local: [visitor]}]\n",
+        "trusted_cluster.yaml",
+        registry,
+    )
+    leaf = ClusterAuthorities.generate("leaf")
+    trust = ClusterTrust.build(
+        "leaf", [leaf.tls.certificate], {"root": [root.tls.certificate]}, [trusted]
+    )
+    return trust, get_plugin_manager()
+
+
+def root_cert(root: ClusterAuthorities, **changes: Any) -> x509.Certificate:
+    return pki.issue_x509_cert(
+        root.tls, pki.generate_private_key().public_key(), identity(**changes)
+    )
+
+
+def test_leaf_refuses_each_root_certificate_it_must_not_accept_naming_why(
+    root: ClusterAuthorities,
+) -> None:
+    trust, pm = leaf_trust(root)
+    now = datetime.datetime.now(datetime.UTC)
+    mapped = trust.verify_client(root_cert(root), pm=pm, now=now)
+    assert (mapped.username, mapped.roles) == ("alice", ("visitor",))
+    with pytest.raises(AccessDenied, match="node 'node-1' of cluster 'root' has no access here"):
+        trust.verify_client(
+            root_cert(root, username="node-1", roles=(), logins=(), kind="node"), pm=pm, now=now
+        )
+    with pytest.raises(AccessDenied) as unmapped:
+        trust.verify_client(root_cert(root, roles=("auditor",)), pm=pm, now=now)
+    assert unmapped.value.message == (
+        "no role of alice@root (auditor) maps to a role of cluster 'leaf'"
+    )
+    stranger = ClusterAuthorities.generate("stranger")
+    with pytest.raises(UnknownAuthority, match="not from this cluster or a cluster it trusts"):
+        trust.verify_client(
+            pki.issue_x509_cert(
+                stranger.tls, pki.generate_private_key().public_key(), identity("stranger")
+            ),
+            pm=pm,
+            now=now,
+        )
+    disabled, pm = leaf_trust(root, enabled=False)
+    with pytest.raises(AccessDenied, match="the trust in root cluster 'root' is disabled on"):
+        disabled.verify_client(root_cert(root), pm=pm, now=now)
+
+
+# --- a cluster that is a leaf and a root ----------------------------------------------------
+
+
+def test_handshake_under_the_name_of_this_clusters_own_root_is_refused(
+    root_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    middle = start_cluster(tmp_path / "middle", "middle")
+    try:
+        path = tmp_path / "trusted_cluster.yaml"
+        path.write_text(
+            "kind: trusted_cluster\nversion: v2\nmetadata:\n  name: root\nspec:\n"
+            f"  token: {token(root_cluster)}\n  web_proxy_addr: {root_cluster.proxy_addr}\n"
+            f"  tunnel_addr: {root_cluster.proxy_addr}\n  ca_pin: {root_cluster.ca_pin}\n"
+            "  role_map: [{remote: access, local: [access]}]\n"
+        )
+        middle.tetherctl("create", str(path))  # middle is a leaf of root
+        err = refused(middle, {"token": token(middle), "leaf": exchange("root")}, "root")
+        assert "cluster 'root' is a root of cluster 'middle'; it cannot also join as its leaf" in (
+            err
+        )
+    finally:
+        middle.stop()
+        root_cluster.tetherctl("rm", "rc/middle", check=False)
