@@ -12,7 +12,7 @@ import json
 import os
 import pathlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
@@ -31,8 +31,12 @@ from cryptography.x509.oid import NameOID
 
 import tether
 from tether import pki
+from tether.auth.service import AuthService
+from tether.auth.trust import validate_leaf
+from tether.backend import open_sqlite
 from tether.client.web import establish_trust, proxy_call
-from tether.errors import AccessDenied, TetherError, TrustError
+from tether.config import default_config
+from tether.errors import AccessDenied, AlreadyExists, TetherError, TrustError
 from tether.pki import ClusterAuthorities, Identity, MalformedCertificate, UnknownAuthority
 from tether.plugins import get_plugin_manager
 from tether.proxy.tunnels import build_tunnel_server
@@ -545,3 +549,48 @@ def test_handshake_under_the_name_of_this_clusters_own_root_is_refused(
     finally:
         middle.stop()
         root_cluster.tetherctl("rm", "rc/middle", check=False)
+
+
+# --- racing handshakes -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def root_service(tmp_path: pathlib.Path) -> AsyncIterator[AuthService]:
+    """A root's auth service in this process, so handshakes can race inside one event loop."""
+    pm = get_plugin_manager()
+    config = default_config(data_dir=tmp_path, cluster_name="root")
+    pm.hook.tether_configure(config=config)
+    async with open_sqlite(f"sqlite://{tmp_path / 'backend.sqlite'}") as backend:
+        yield await AuthService.open(config=config, pm=pm, backend=backend)
+
+
+async def test_racing_handshakes_for_one_new_name_let_exactly_one_cluster_in(
+    root_service: AuthService,
+) -> None:
+    admin = identity(username="admin", roles=(), logins=(), kind="admin")
+    invitation = await root_service.add_token(
+        admin, "trusted_cluster", datetime.timedelta(minutes=5)
+    )
+    contenders = [exchange("leaf") for _ in range(8)]
+    outcomes: list[str] = []
+
+    async def join(leaf: dict[str, Any]) -> None:
+        try:
+            await validate_leaf(root_service, {"token": invitation.token, "leaf": leaf})
+        except AlreadyExists as exc:
+            outcomes.append(exc.message)
+        else:
+            outcomes.append(leaf["tls"][0])
+
+    async with trio.open_nursery() as nursery:
+        for leaf in contenders:
+            nursery.start_soon(join, leaf)
+    winners = [o for o in outcomes if o.startswith("-----BEGIN")]
+    assert len(winners) == 1, outcomes
+    assert all(
+        "already a leaf of 'root' with other CAs" in o or "joined as 'leaf' at the same moment" in o
+        for o in outcomes
+        if o not in winners
+    )
+    stored = await root_service.other_tls_cas()
+    assert [pki.cert_to_pem(c).decode() for c in stored["leaf"]] == winners
