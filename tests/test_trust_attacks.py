@@ -9,7 +9,6 @@ the root, and leaf2 stays trusted with its own CAs and online beside the attempt
 
 from __future__ import annotations
 
-import datetime
 import json
 import pathlib
 import time
@@ -19,17 +18,11 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from cryptography import x509
 
-import tether
 from tether import pki
-from tether.client.web import establish_trust, proxy_call
 from tether.errors import TetherError
 from tether.testing.cluster import RunningCluster, start_cluster
-from tether.tlsstream import TLSStream
-from tether.tunnel.agent import AgentPool, Backoff
-from tether.tunnel.server import TUNNEL_ALPN
-from tether.tunnel.transport import IncomingStream
+from tether.testing.impostor import exchange, forge_certificate, handshake, hold_tunnel
 
 
 @attrs.frozen
@@ -143,101 +136,13 @@ def test_leaf_with_valid_token_cannot_take_over_another_leafs_name(clusters: Clu
     wait_for(lambda: online(root, "leaf2"), "leaf2 to stay online")
 
 
-def _exchange(cluster: str, cas: pki.ClusterAuthorities, tls: x509.Certificate) -> dict[str, Any]:
-    return {
-        "cluster": cluster,
-        "version": tether.__version__,
-        "ssh": {
-            "user": [cas.ssh_user.public_key_line()],
-            "host": [cas.ssh_host.public_key_line()],
-        },
-        "tls": [pki.cert_to_pem(tls).decode()],
-    }
-
-
-async def _handshake(root: RunningCluster, body: dict[str, Any]) -> Any:
-    """The leaf's request of the handshake, as real HTTP to the root's proxy."""
-    context = await establish_trust(root.proxy_addr, insecure=False, ca_pin=root.ca_pin)
-    return await proxy_call(
-        root.proxy_addr, "POST", "/webapi/trustedclusters/validate", context, json=body
-    )
-
-
 def _refused_handshake(clusters: Clusters, body: dict[str, Any]) -> str:
     with pytest.raises(TetherError) as refused:
-        trio.run(_handshake, clusters.root, body)
+        trio.run(handshake, clusters.root, body)
     refusal = audit(clusters.root, "trusted_cluster.refused")[-1]
     assert refusal["success"] is False
     assert refusal["reason"] == refused.value.message
     return str(refused.value)
-
-
-def _proxy_cert(
-    ca: pki.X509CertAuthority, claimed: str, kind: str = "proxy"
-) -> tuple[x509.Certificate, pki.PrivateKey]:
-    """A tunnel certificate signed by ``ca`` that claims cluster ``claimed``: the key of a CA
-    signs whatever its holder asks, so the attacker signs with a CA object renamed."""
-    key = pki.generate_private_key()
-    identity = pki.Identity(
-        username=f"{kind}-of-{ca.cluster}",
-        cluster=claimed,
-        roles=(),
-        traits={},
-        logins=(),
-        expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
-        kind=kind,
-    )
-    signer = pki.X509CertAuthority(claimed, ca.private_key, ca.certificate)
-    cert = pki.issue_x509_cert(
-        signer, key.public_key(), identity, dns_names=["localhost"], server=True
-    )
-    return cert, key
-
-
-@attrs.define
-class TunnelAttempt:
-    connected: list[str]
-    streams: list[dict[str, str]]
-    error: str | None
-
-
-async def _open_tunnel(
-    root: RunningCluster, cert: x509.Certificate, key: pki.PrivateKey, cluster: str
-) -> TunnelAttempt:
-    """Dial the root's proxy with ALPN tether-tunnel/1 presenting ``cert``; wait until the
-    tunnel is up or its first attempt has failed, and report every stream the root opened."""
-    context = pki.client_ssl_context(
-        trusted_cas=[pki.load_cert(root.data_dir.joinpath("keys", "tls_ca.crt").read_bytes())],
-        cert=cert,
-        key=key,
-        alpn=[TUNNEL_ALPN],
-    )
-    streams: list[dict[str, str]] = []
-
-    async def dial(addr: str) -> trio.abc.Stream:
-        host, _, port = addr.rpartition(":")
-        return await TLSStream.connect(host, int(port), context, server_hostname="localhost")
-
-    async def record(request: IncomingStream) -> None:
-        streams.append(dict(request.metadata))
-        request.reject("the attacker only listens")
-
-    pool = AgentPool(
-        cluster=cluster,
-        tunnel_addr=root.proxy_addr,
-        dial=dial,
-        handle_stream=record,
-        backoff=Backoff(initial=0.2, maximum=0.5),
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        with trio.fail_after(20):
-            # the pool signals connections only, not failed attempts: poll for either
-            while not pool.connected_proxies() and pool.last_error is None:  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        attempt = TunnelAttempt(pool.connected_proxies(), streams, pool.last_error)
-        nursery.cancel_scope.cancel()
-    return attempt
 
 
 def test_leaf_cannot_join_with_a_ca_whose_subject_names_another_cluster(
@@ -247,21 +152,21 @@ def test_leaf_cannot_join_with_a_ca_whose_subject_names_another_cluster(
     forged = pki.ClusterAuthorities.generate("leaf2")
     err = _refused_handshake(
         clusters,
-        {"token": clusters.invite(), "leaf": _exchange("evil2", forged, forged.tls.certificate)},
+        {"token": clusters.invite(), "leaf": exchange("evil2", forged)},
     )
     assert "the X.509 CA of 'evil2' names cluster leaf2 in its subject, not 'evil2'" in err
     assert remote(clusters.root, "evil2") == {}
     # so a tunnel signed by that CA, claiming leaf2, meets a CA the root never trusted
-    cert, key = _proxy_cert(forged.tls, "leaf2")
-    attempt = trio.run(_open_tunnel, clusters.root, cert, key, "leaf2")
+    cert, key = forge_certificate(forged.tls, "leaf2", "proxy-of-evil2")
+    attempt = trio.run(hold_tunnel, clusters.root, cert, key, "leaf2")
     assert (attempt.connected, attempt.streams) == ([], [])
     assert attempt.error is not None
 
     # an end-entity certificate is no CA, whatever its subject says
     own = pki.ClusterAuthorities.generate("evil2")
-    leaf_cert, _ = _proxy_cert(own.tls, "evil2")
+    leaf_cert, _ = forge_certificate(own.tls, "evil2", "proxy-of-evil2")
     err = _refused_handshake(
-        clusters, {"token": clusters.invite(), "leaf": _exchange("evil2", own, leaf_cert)}
+        clusters, {"token": clusters.invite(), "leaf": exchange("evil2", own, leaf_cert)}
     )
     assert "the X.509 CA of 'evil2' is not a CA certificate" in err
     assert remote(clusters.root, "evil2") == {}
@@ -275,8 +180,8 @@ def test_leaf_tunnel_that_claims_another_clusters_name_is_refused_and_audited(
     # the attacker holds evil's CA key (its own leaf), which the root trusts for evil's tunnels
     evil_ca = pki.ClusterAuthorities.load_or_create(clusters.evil.data_dir / "keys", "evil").tls
     before = remote(clusters.root, "leaf2")["status"]["proxies"]
-    cert, key = _proxy_cert(evil_ca, claimed)
-    attempt = trio.run(_open_tunnel, clusters.root, cert, key, claimed)
+    cert, key = forge_certificate(evil_ca, claimed, "proxy-of-evil")
+    attempt = trio.run(hold_tunnel, clusters.root, cert, key, claimed)
     assert (attempt.connected, attempt.streams) == ([], [])
 
     def refusals() -> list[dict[str, Any]]:
@@ -294,6 +199,6 @@ def test_leaf_tunnel_that_claims_another_clusters_name_is_refused_and_audited(
     assert online(clusters.root, "leaf2")
 
     # beside it, the same CA's certificate for evil itself opens a tunnel as evil
-    cert, key = _proxy_cert(evil_ca, "evil")
-    honest = trio.run(_open_tunnel, clusters.root, cert, key, "evil")
+    cert, key = forge_certificate(evil_ca, "evil", "proxy-of-evil")
+    honest = trio.run(hold_tunnel, clusters.root, cert, key, "evil")
     assert honest.connected and honest.error is None

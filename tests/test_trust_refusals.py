@@ -29,18 +29,17 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import NameOID
 
-import tether
 from tether import pki
 from tether.auth.service import AuthService
 from tether.auth.trust import validate_leaf
 from tether.backend import open_sqlite
-from tether.client.web import establish_trust, proxy_call
 from tether.config import default_config
 from tether.errors import AccessDenied, AlreadyExists, TetherError, TrustError
 from tether.pki import ClusterAuthorities, Identity, MalformedCertificate, UnknownAuthority
 from tether.plugins import get_plugin_manager
 from tether.proxy.tunnels import build_tunnel_server
 from tether.resources import parse_resources
+from tether.testing import impostor
 from tether.testing.cluster import RunningCluster, start_cluster
 from tether.testing.roles import core_registry
 from tether.tlsserver import serve_tls
@@ -284,25 +283,24 @@ def token(root: RunningCluster, kind: str = "trusted_cluster") -> str:
 
 
 def exchange(cluster: str) -> dict[str, Any]:
-    cas = ClusterAuthorities.generate(cluster)
-    return {
-        "cluster": cluster,
-        "version": tether.__version__,
-        "ssh": {"user": [cas.ssh_user.public_key_line()], "host": [cas.ssh_host.public_key_line()]},
-        "tls": [pki.cert_to_pem(cas.tls.certificate).decode()],
-    }
+    return impostor.exchange(cluster, ClusterAuthorities.generate(cluster))
 
 
-async def _validate(root: RunningCluster, body: Any) -> Any:
-    context = await establish_trust(root.proxy_addr, insecure=False, ca_pin=root.ca_pin)
-    return await proxy_call(
-        root.proxy_addr, "POST", "/webapi/trustedclusters/validate", context, json=body
+def trust_root(leaf: RunningCluster, root: RunningCluster, name: str, **kwargs: Any) -> Any:
+    """``tetherctl create`` on ``leaf`` a trusted_cluster ``name`` for ``root``."""
+    path = leaf.directory / f"trusted_cluster-{name}.yaml"
+    path.write_text(
+        f"kind: trusted_cluster\nversion: v2\nmetadata:\n  name: {name}\nspec:\n"
+        f"  token: {token(root)}\n  web_proxy_addr: {root.proxy_addr}\n"
+        f"  tunnel_addr: {root.proxy_addr}\n  ca_pin: {root.ca_pin}\n"
+        "  role_map: [{remote: access, local: [access]}]\n"
     )
+    return leaf.tetherctl("create", str(path), **kwargs)
 
 
 def refused(root: RunningCluster, body: Any, leaf: str) -> str:
     with pytest.raises(TetherError) as caught:
-        trio.run(_validate, root, body)
+        trio.run(impostor.handshake, root, body)
     found = root.tetherctl("audit", "search", "--type=trusted_cluster.refused", "--format=json")
     event = json.loads(found.stdout)[-1]
     assert (event["leaf"], event["reason"], event["success"]) == (
@@ -353,14 +351,7 @@ def test_leaf_refuses_a_root_that_answers_under_another_name(
 ) -> None:
     leaf = start_cluster(tmp_path / "leaf", "leaf")
     try:
-        path = tmp_path / "trusted_cluster.yaml"
-        path.write_text(
-            "kind: trusted_cluster\nversion: v2\nmetadata:\n  name: main\nspec:\n"
-            f"  token: {token(root_cluster)}\n  web_proxy_addr: {root_cluster.proxy_addr}\n"
-            f"  tunnel_addr: {root_cluster.proxy_addr}\n  ca_pin: {root_cluster.ca_pin}\n"
-            "  role_map: [{remote: access, local: [access]}]\n"
-        )
-        result = leaf.tetherctl("create", str(path), check=False)
+        result = trust_root(leaf, root_cluster, "main", check=False)
         assert result.returncode == 1
         assert f"the root cluster at {root_cluster.proxy_addr} is called 'root', not 'main'" in (
             result.stderr
@@ -534,14 +525,7 @@ def test_handshake_under_the_name_of_this_clusters_own_root_is_refused(
 ) -> None:
     middle = start_cluster(tmp_path / "middle", "middle")
     try:
-        path = tmp_path / "trusted_cluster.yaml"
-        path.write_text(
-            "kind: trusted_cluster\nversion: v2\nmetadata:\n  name: root\nspec:\n"
-            f"  token: {token(root_cluster)}\n  web_proxy_addr: {root_cluster.proxy_addr}\n"
-            f"  tunnel_addr: {root_cluster.proxy_addr}\n  ca_pin: {root_cluster.ca_pin}\n"
-            "  role_map: [{remote: access, local: [access]}]\n"
-        )
-        middle.tetherctl("create", str(path))  # middle is a leaf of root
+        trust_root(middle, root_cluster, "root")  # middle is a leaf of root
         err = refused(middle, {"token": token(middle), "leaf": exchange("root")}, "root")
         assert "cluster 'root' is a root of cluster 'middle'; it cannot also join as its leaf" in (
             err

@@ -11,7 +11,6 @@ the real leaf2. Sessions run as the OS account ``visitor`` (needs root).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import pathlib
@@ -26,16 +25,17 @@ import attrs
 import pytest
 import trio
 
-import tether
 from tether import pki
-from tether.client.web import establish_trust, proxy_call
 from tether.errors import TetherError
 from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
-from tether.tlsstream import TLSStream
-from tether.tunnel.agent import AgentPool, Backoff
-from tether.tunnel.server import TUNNEL_ALPN
-from tether.tunnel.transport import IncomingStream
+from tether.testing.impostor import (
+    TunnelAttempt,
+    exchange,
+    forge_certificate,
+    handshake,
+    hold_tunnel,
+)
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -170,83 +170,19 @@ def test_impostor_with_a_valid_token_cannot_take_over_the_leaf_users_ssh_to(
     assert online(trust.root, "leaf2")
 
 
-def _forged_exchange(cluster: str, cas: pki.ClusterAuthorities) -> dict[str, Any]:
-    return {
-        "cluster": cluster,
-        "version": tether.__version__,
-        "ssh": {
-            "user": [cas.ssh_user.public_key_line()],
-            "host": [cas.ssh_host.public_key_line()],
-        },
-        "tls": [pki.cert_to_pem(cas.tls.certificate).decode()],
-    }
-
-
 async def _join_and_impersonate(
-    trust: Setup, forged: pki.ClusterAuthorities, while_connected: Callable[[], None]
-) -> tuple[str | None, list[str], list[dict[str, str]]]:
+    trust: Setup, forged: pki.ClusterAuthorities, while_held: Callable[[], None]
+) -> tuple[str | None, TunnelAttempt]:
     """As the attacker: the handshake as ``evil`` with a CA that names leaf2, then a tunnel
-    as leaf2 signed by it, held open while root users work. Returns the handshake's refusal
-    (None if accepted), the root proxies the tunnel reached, and every stream the root opened
-    to the attacker."""
-    root = trust.root
-    context = await establish_trust(root.proxy_addr, insecure=False, ca_pin=root.ca_pin)
+    as leaf2 signed by it, held while root users work. Returns the handshake's refusal (None
+    if accepted) and what the tunnel got."""
     refusal: str | None = None
-    connected: list[str] = []
     try:
-        await proxy_call(
-            root.proxy_addr,
-            "POST",
-            "/webapi/trustedclusters/validate",
-            context,
-            json={"token": trust.invite(), "leaf": _forged_exchange("evil", forged)},
-        )
+        await handshake(trust.root, {"token": trust.invite(), "leaf": exchange("evil", forged)})
     except TetherError as exc:
         refusal = str(exc)
-    key = pki.generate_private_key()
-    impostor_proxy = pki.Identity(
-        username="leaf2-proxy",
-        cluster="leaf2",
-        roles=(),
-        traits={},
-        logins=(),
-        expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
-        kind="proxy",
-    )
-    cert = pki.issue_x509_cert(
-        forged.tls, key.public_key(), impostor_proxy, dns_names=["localhost"], server=True
-    )
-    tunnel_context = pki.client_ssl_context(
-        trusted_cas=[pki.load_cert(root.data_dir.joinpath("keys", "tls_ca.crt").read_bytes())],
-        cert=cert,
-        key=key,
-        alpn=[TUNNEL_ALPN],
-    )
-    received: list[dict[str, str]] = []
-
-    async def dial(addr: str) -> trio.abc.Stream:
-        host, _, port = addr.rpartition(":")
-        return await TLSStream.connect(host, int(port), tunnel_context, server_hostname="localhost")
-
-    async def collect(request: IncomingStream) -> None:
-        received.append(dict(request.metadata))  # a user's certificate, were it sent here
-        request.reject("the attacker only collects")
-
-    pool = AgentPool(
-        cluster="leaf2",
-        tunnel_addr=root.proxy_addr,
-        dial=dial,
-        handle_stream=collect,
-        backoff=Backoff(initial=0.2, maximum=0.5),
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        with trio.move_on_after(10):
-            await pool.wait_connected(1)
-        connected = pool.connected_proxies()
-        await trio.to_thread.run_sync(while_connected)
-        nursery.cancel_scope.cancel()
-    return refusal, connected, received
+    cert, key = forge_certificate(forged.tls, "leaf2", "leaf2-proxy")
+    return refusal, await hold_tunnel(trust.root, cert, key, "leaf2", while_held)
 
 
 def test_leaf_with_a_ca_naming_another_leaf_never_receives_its_users_streams(
@@ -271,12 +207,12 @@ def test_leaf_with_a_ca_naming_another_leaf_never_receives_its_users_streams(
                 listings.append(trust.leaf2_nodes())
             assert busy.wait(30) == 0
 
-    refusal, connected, received = trio.run(_join_and_impersonate, trust, forged, users_work)
-    assert [r.get("user_cert", "")[:8] for r in received] == [], (
+    refusal, tunnel = trio.run(_join_and_impersonate, trust, forged, users_work)
+    assert [r.get("user_cert", "")[:8] for r in tunnel.streams] == [], (
         "the attacker must never receive a stream, nor a user's certificate"
     )
     assert listings == [[{"side": "real"}]] * 3
-    assert connected == []
+    assert tunnel.connected == []
     assert refusal is not None
     assert "the X.509 CA of 'evil' names cluster leaf2 in its subject, not 'evil'" in refusal
     assert not online(trust.root, "evil")
