@@ -306,7 +306,7 @@ async def validate_leaf(auth: AuthService, request: Mapping[str, Any]) -> TrustE
         await auth.audit_event(
             "trusted_cluster.refused",
             "",
-            {"leaf": str(claimed or ""), "reason": exc.message},
+            {"leaf": str(claimed or "")[:253], "reason": exc.message},
             success=False,
         )
         raise

@@ -26,7 +26,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from ._authority import SSHCertAuthority
-from ._errors import CertificateTampered, MalformedCertificate, UnknownAuthority
+from ._errors import (
+    HOSTILE_ISSUER_HINT,
+    CertificateTampered,
+    MalformedCertificate,
+    UnknownAuthority,
+)
 from ._identity import HostIdentity, Identity
 from ._keys import SubjectPublicKey, load_public_key
 from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
@@ -59,7 +64,6 @@ SSHTrustAnchor: TypeAlias = (
 SSHTrustedCAs: TypeAlias = Sequence[SSHTrustAnchor] | Mapping[str, Sequence[SSHTrustAnchor]]
 
 _UNBOUND = ""  # cluster key for CAs given as a plain sequence: trusted for any cluster
-_HOSTILE_HINT = "the issuing cluster is misconfigured or hostile; check its trust settings"
 
 
 def _subject_key(public_key: SubjectPublicKey | str | bytes) -> SubjectPublicKey:
@@ -191,7 +195,7 @@ def verify_ssh_user_cert(
             raise MalformedCertificate(
                 f"certificate of {label} names {_text(cert.key_id)!r} in its key id but "
                 f"{identity.username!r} in its identity",
-                hint=_HOSTILE_HINT,
+                hint=HOSTILE_ISSUER_HINT,
             )
         _check_cluster_binding(signers, identity.cluster, label)
         return attrs.evolve(identity, expires=_from_timestamp(cert.valid_before))
@@ -351,7 +355,7 @@ def _check_cluster_binding(signers: list[str], cluster: str, label: str) -> None
     raise UnknownAuthority(
         f"certificate of {label} claims cluster {cluster!r} but is signed by a CA of "
         f"{', '.join(sorted(signers))}",
-        hint=_HOSTILE_HINT,
+        hint=HOSTILE_ISSUER_HINT,
     )
 
 

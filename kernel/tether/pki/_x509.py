@@ -19,7 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._authority import X509CertAuthority, signing_hash
-from ._errors import CertificateTampered, MalformedCertificate, UnknownAuthority
+from ._errors import (
+    HOSTILE_ISSUER_HINT,
+    CertificateTampered,
+    MalformedCertificate,
+    UnknownAuthority,
+)
 from ._identity import Identity
 from ._keys import SubjectPublicKey, load_cert, load_public_key
 from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
@@ -45,7 +50,6 @@ X509TrustAnchor: TypeAlias = x509.Certificate | X509CertAuthority
 X509TrustedCAs: TypeAlias = Sequence[X509TrustAnchor] | Mapping[str, Sequence[X509TrustAnchor]]
 
 _UNBOUND = ""  # cluster key for CAs given as a plain sequence: trusted for any cluster
-_HOSTILE_HINT = "the issuing cluster is misconfigured or hostile; check its trust settings"
 
 _UTF8STRING = 0x0C
 
@@ -198,14 +202,14 @@ def verify_x509_cert(
             raise MalformedCertificate(
                 f"certificate of {label} names {', '.join(common_names) or 'nobody'} in its "
                 f"subject but {identity.username!r} in its identity",
-                hint=_HOSTILE_HINT,
+                hint=HOSTILE_ISSUER_HINT,
             )
         signer, clusters = signers[0]
         if _UNBOUND not in clusters and identity.cluster not in clusters:
             raise UnknownAuthority(
                 f"certificate of {label} claims cluster {identity.cluster!r} but is signed by "
                 f"a CA of {', '.join(sorted(clusters))}",
-                hint=_HOSTILE_HINT,
+                hint=HOSTILE_ISSUER_HINT,
             )
         ca_clusters = [
             attr.value for attr in signer.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
@@ -214,7 +218,7 @@ def verify_x509_cert(
             raise UnknownAuthority(
                 f"certificate of {label} claims cluster {identity.cluster!r} but is signed by "
                 f"the CA of {', '.join(map(str, ca_clusters)) or 'an unnamed cluster'}",
-                hint=_HOSTILE_HINT,
+                hint=HOSTILE_ISSUER_HINT,
             )
         return attrs.evolve(identity, expires=parsed.not_valid_after_utc)
 
