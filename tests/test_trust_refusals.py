@@ -578,3 +578,120 @@ async def test_racing_handshakes_for_one_new_name_let_exactly_one_cluster_in(
     )
     stored = await root_service.other_tls_cas()
     assert [pki.cert_to_pem(c).decode() for c in stored["leaf"]] == winners
+
+
+# --- the remaining refusals of pki, each with its reason ------------------------------------
+
+
+def _with_identity_extension(ca: pki.X509CertAuthority, value: bytes) -> x509.Certificate:
+    """A certificate ``ca`` signed whose identity extension holds ``value`` as it is."""
+    key = pki.generate_private_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.cluster),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "alice"),
+                ]
+            )
+        )
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - HOUR)
+        .not_valid_after(NOW + HOUR)
+        .add_extension(x509.UnrecognizedExtension(pki.TETHER_IDENTITY_OID, value), critical=False)
+        .sign(ca.private_key, None)  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\x04\x05alice", "identity extension is not a UTF8String"),
+        (b"\x0c\x09alice", "identity extension has a bad length"),
+        (b"\x0c\x05alice", "identity is not valid JSON"),
+        (b"\x0c\x02{}", "identity encoding version None is not supported"),
+    ],
+)
+def test_x509_identity_that_cannot_be_read_is_refused_naming_why(
+    root: ClusterAuthorities, value: bytes, reason: str
+) -> None:
+    cert = _with_identity_extension(root.tls, value)
+    with pytest.raises(MalformedCertificate) as refused:
+        pki.verify_x509_cert(cert, trusted_cas=[root.tls])
+    assert refused.value.message.startswith(
+        f"certificate of alice@root carries an unreadable identity: {reason}"
+    )
+    newer = "version" in reason  # only an identity from a newer release asks for an upgrade
+    assert ("upgrade this one" in str(refused.value.hint)) is newer
+
+
+def test_identity_from_a_newer_release_is_told_apart_from_a_broken_one(
+    root: ClusterAuthorities,
+) -> None:
+    fields = identity().to_json()
+
+    def refusal(data: dict[str, Any]) -> MalformedCertificate:
+        raw = json.dumps(data).encode()
+        line = ssh_cert(root.ssh_user, extensions={pki.SSH_IDENTITY_EXTENSION.encode(): raw})
+        with pytest.raises(MalformedCertificate) as refused:
+            pki.verify_ssh_user_cert(line, trusted_cas=[root.ssh_user])
+        return refused.value
+
+    newer = refusal({**fields, "deny": ["prod"]})  # a restriction this release cannot enforce
+    assert "carries an unreadable identity: identity has unknown field 'deny'" in newer.message
+    assert newer.hint == "the issuing cluster may run a newer Tether; upgrade this one"
+    broken = refusal({k: v for k, v in fields.items() if k != "roles"})
+    assert "identity has missing field 'roles'" in broken.message
+    assert "misconfigured or hostile" in str(broken.hint)
+    god = refusal({**fields, "kind": "god"})
+    assert "identity is invalid: unknown identity kind 'god'" in god.message
+    with pytest.raises(ValueError, match="username must not contain whitespace: 'a b'"):
+        identity(username="a b")
+    with pytest.raises(ValueError, match="expires must be timezone-aware"):
+        identity(expires=datetime.datetime(2030, 1, 1))
+
+
+def test_issuing_what_a_ca_must_not_sign_is_refused_naming_why(root: ClusterAuthorities) -> None:
+    key = pki.generate_private_key().public_key()
+    other = identity("leaf")
+    with pytest.raises(ValueError, match="identity of cluster 'leaf' cannot be signed by the CA"):
+        pki.issue_x509_cert(root.tls, key, other)
+    with pytest.raises(ValueError, match="a server certificate needs at least one DNS name"):
+        pki.issue_x509_cert(root.tls, key, identity(), server=True)
+    with pytest.raises(ValueError, match="identity of alice@root has already expired"):
+        pki.issue_x509_cert(root.tls, key, identity(expires=NOW - HOUR))
+    with pytest.raises(ValueError, match="must be signed by a user CA, not a host CA"):
+        pki.issue_ssh_user_cert(root.ssh_host, key, identity())
+    with pytest.raises(ValueError, match="must be signed by a host CA, not a user CA"):
+        pki.issue_ssh_host_cert(
+            root.ssh_user, key, host_id="n", principals=[], cluster="root", ttl=HOUR
+        )
+    with pytest.raises(ValueError, match="host_id must be a non-empty name without whitespace"):
+        pki.issue_ssh_host_cert(
+            root.ssh_host, key, host_id="a b", principals=[], cluster="root", ttl=HOUR
+        )
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        pki.issue_ssh_host_cert(
+            root.ssh_host, key, host_id="n", principals=[], cluster="root", ttl=-HOUR
+        )
+    with pytest.raises(ValueError, match="an SSH key comment must be a single line"):
+        pki.ssh_public_key_line(key, "two\nlines")
+    with pytest.raises(ValueError, match="cannot read public key"):
+        pki.load_public_key("ssh-ed25519 AAAA")
+
+
+def test_ca_keys_too_open_or_half_written_are_refused_naming_the_fix(
+    tmp_path: pathlib.Path,
+) -> None:
+    directory = keys_dir(tmp_path)
+    (directory / "tls_ca.key").chmod(0o644)
+    with pytest.raises(TrustError) as refused:
+        ClusterAuthorities.load_or_create(directory, "root")
+    assert "has permissions 0644, too open for CA keys" in refused.value.message
+    assert refused.value.hint == f"run chmod 600 {directory / 'tls_ca.key'}"
+    (directory / "tls_ca.key").unlink()
+    with pytest.raises(TrustError, match=r"are incomplete: tls_ca\.key missing"):
+        ClusterAuthorities.load_or_create(directory, "root")
