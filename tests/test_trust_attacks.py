@@ -202,3 +202,35 @@ def test_leaf_tunnel_that_claims_another_clusters_name_is_refused_and_audited(
     cert, key = forge_certificate(evil_ca, "evil", "proxy-of-evil")
     honest = trio.run(hold_tunnel, clusters.root, cert, key, "evil")
     assert honest.connected and honest.error is None
+
+
+def test_root_admin_replaces_a_rebuilt_leaf_by_removing_it_first(clusters: Clusters) -> None:
+    """The way the refusal names: ``tetherctl rm rc/leaf2`` on the root, then the new leaf2
+    joins with its own CAs; the old leaf2's tunnels are no longer trusted."""
+    root = clusters.root
+    old = stored_cas(root, "leaf2")
+    rebuilt = start_cluster(clusters.directory / "rebuilt", "leaf2")
+    try:
+        root.tetherctl("rm", "rc/leaf2")
+        wait_for(lambda: not online(root, "leaf2"), "the old leaf2 to be cut off")
+        clusters.trust_root(rebuilt)
+        assert stored_cas(root, "leaf2") != old
+        wait_for(lambda: online(root, "leaf2"), "the rebuilt leaf2 to come online")
+        old_ca = pki.ClusterAuthorities.load_or_create(
+            clusters.leaf2.data_dir / "keys", "leaf2"
+        ).tls
+        cert, key = forge_certificate(old_ca, "leaf2", "leaf2-node")
+        attempt = trio.run(hold_tunnel, root, cert, key, "leaf2")
+        assert attempt.connected == [] and attempt.error is not None
+        # the old leaf2 keeps redialling with its certificate: each attempt is refused
+        wait_for(
+            lambda: any(
+                "is signed by a CA this cluster does not trust" in e["reason"]
+                for e in audit(root, "tunnel.refused")
+                if str(e.get("claimed", "")).endswith("@leaf2")
+            ),
+            "the root to audit the old leaf2's refused tunnels",
+        )
+        assert online(root, "leaf2")
+    finally:
+        rebuilt.stop()
