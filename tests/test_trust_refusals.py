@@ -12,7 +12,7 @@ import json
 import os
 import pathlib
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -40,7 +40,7 @@ from tether.plugins import get_plugin_manager
 from tether.proxy.tunnels import build_tunnel_server
 from tether.resources import parse_resources
 from tether.testing import impostor
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster
 from tether.testing.roles import core_registry
 from tether.tlsserver import serve_tls
 from tether.tlsstream import TLSStream
@@ -268,15 +268,6 @@ async def test_tunnel_claiming_a_name_its_ca_is_not_stored_under_is_refused_and_
 # --- the handshake ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def root_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("root"), "root")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def token(root: RunningCluster, kind: str = "trusted_cluster") -> str:
     added = root.tetherctl("tokens", "add", f"--type={kind}", "--format=json")
     return str(json.loads(added.stdout)["token"])
@@ -314,15 +305,17 @@ def refused(root: RunningCluster, body: Any, leaf: str) -> str:
 
 
 def test_handshake_of_a_leaf_claiming_the_roots_name_is_refused(
-    root_cluster: RunningCluster,
+    tether_cluster: RunningCluster,
 ) -> None:
-    err = refused(root_cluster, {"token": token(root_cluster), "leaf": exchange("root")}, "root")
-    assert "the leaf cluster has the root's name 'root'" in err
-
-
-def test_node_token_used_as_an_invitation_is_refused(root_cluster: RunningCluster) -> None:
     err = refused(
-        root_cluster, {"token": token(root_cluster, "node"), "leaf": exchange("leaf")}, "leaf"
+        tether_cluster, {"token": token(tether_cluster), "leaf": exchange("main")}, "main"
+    )
+    assert "the leaf cluster has the root's name 'main'" in err
+
+
+def test_node_token_used_as_an_invitation_is_refused(tether_cluster: RunningCluster) -> None:
+    err = refused(
+        tether_cluster, {"token": token(tether_cluster, "node"), "leaf": exchange("leaf")}, "leaf"
     )
     assert "the token is not a TrustedCluster token" in err
 
@@ -339,32 +332,31 @@ def test_node_token_used_as_an_invitation_is_refused(root_cluster: RunningCluste
     ],
 )
 def test_malformed_handshake_is_refused_naming_what_is_wrong(
-    root_cluster: RunningCluster, change: dict[str, Any], reason: str
+    tether_cluster: RunningCluster, change: dict[str, Any], reason: str
 ) -> None:
     leaf = {**exchange("leaf"), **change}
-    err = refused(root_cluster, {"token": token(root_cluster), "leaf": leaf}, leaf["cluster"])
+    err = refused(tether_cluster, {"token": token(tether_cluster), "leaf": leaf}, leaf["cluster"])
     assert reason in err
 
 
 def test_leaf_refuses_a_root_that_answers_under_another_name(
-    root_cluster: RunningCluster, tmp_path: pathlib.Path
+    tether_cluster: RunningCluster, tether_cluster_factory: Callable[..., RunningCluster]
 ) -> None:
-    leaf = start_cluster(tmp_path / "leaf", "leaf")
+    leaf = tether_cluster_factory("leaf")
     try:
-        result = trust_root(leaf, root_cluster, "main", check=False)
+        result = trust_root(leaf, tether_cluster, "other", check=False)
         assert result.returncode == 1
-        assert f"the root cluster at {root_cluster.proxy_addr} is called 'root', not 'main'" in (
+        assert f"the root cluster at {tether_cluster.proxy_addr} is called 'main', not 'other'" in (
             result.stderr
         )
-        assert "set metadata.name of the trusted_cluster to 'root'" in result.stderr
+        assert "set metadata.name of the trusted_cluster to 'main'" in result.stderr
         found = leaf.tetherctl("audit", "search", "--type=trusted_cluster.refused", "--format=json")
         (event,) = json.loads(found.stdout)
-        assert event["root"] == "main" and "is called 'root'" in event["reason"]
+        assert event["root"] == "other" and "is called 'main'" in event["reason"]
         cas = json.loads(leaf.tetherctl("get", "cert_authority", "--format=json").stdout)
         assert {ca["metadata"]["name"] for ca in cas} == {"leaf"}, "nor may it trust the root"
     finally:
-        leaf.stop()
-        root_cluster.tetherctl("rm", "rc/leaf", check=False)
+        tether_cluster.tetherctl("rm", "rc/leaf", check=False)
 
 
 # --- more certificate refusals ---------------------------------------------------------------
@@ -521,18 +513,17 @@ def test_leaf_refuses_each_root_certificate_it_must_not_accept_naming_why(
 
 
 def test_handshake_under_the_name_of_this_clusters_own_root_is_refused(
-    root_cluster: RunningCluster, tmp_path: pathlib.Path
+    tether_cluster: RunningCluster, tether_cluster_factory: Callable[..., RunningCluster]
 ) -> None:
-    middle = start_cluster(tmp_path / "middle", "middle")
+    middle = tether_cluster_factory("middle")
     try:
-        trust_root(middle, root_cluster, "root")  # middle is a leaf of root
-        err = refused(middle, {"token": token(middle), "leaf": exchange("root")}, "root")
-        assert "cluster 'root' is a root of cluster 'middle'; it cannot also join as its leaf" in (
+        trust_root(middle, tether_cluster, "main")  # middle is a leaf of main
+        err = refused(middle, {"token": token(middle), "leaf": exchange("main")}, "main")
+        assert "cluster 'main' is a root of cluster 'middle'; it cannot also join as its leaf" in (
             err
         )
     finally:
-        middle.stop()
-        root_cluster.tetherctl("rm", "rc/middle", check=False)
+        tether_cluster.tetherctl("rm", "rc/middle", check=False)
 
 
 # --- racing handshakes -----------------------------------------------------------------------
