@@ -211,7 +211,8 @@ spec:
     snapshot = ClusterTrust.build("leaf", [own], {"root": [root], "leaf2": [other]}, [trusted])
     assert list(snapshot.roots) == ["root"]
     assert ClusterTrust.from_json(snapshot.to_json(), registry) == snapshot
-    assert snapshot.tunnel_cas() == [own, root, other]
+    # tunnels: each cluster's own CAs only, and never the root's (it does not dial its leaves)
+    assert snapshot.tunnel_cas() == {"leaf": (own,), "leaf2": (other,)}
 
 
 @pytest.mark.parametrize(

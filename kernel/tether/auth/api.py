@@ -25,7 +25,7 @@ from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE
 from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, TokenInfo
-from tether.auth.trust import TrustExchange, validate_leaf
+from tether.auth.trust import validate_leaf
 from tether.errors import AccessDenied, TetherError
 from tether.ratelimit import RateLimiter, rate_limited
 from tether.resources import resource_from_dict, resource_to_dict
@@ -295,9 +295,7 @@ def build_app(auth: AuthService) -> Starlette:
     async def validate_trusted_cluster(request: Request) -> JSONResponse:
         # a leaf's handshake, passed on by the proxy; the invitation token is the credential
         _require_proxy(_peer_identity(request, auth))
-        data = await read_json_object(request)
-        leaf = TrustExchange.from_json(data.get("leaf"))
-        root = await validate_leaf(auth, string_field(data, "token"), leaf)
+        root = await validate_leaf(auth, await read_json_object(request))
         return JSONResponse({"root": root.to_json()})
 
     async def connectors(request: Request) -> JSONResponse:

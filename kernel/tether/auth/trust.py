@@ -7,6 +7,12 @@ proxy can verify the leaf's tunnels), creates the ``remote_cluster`` and answers
 public CAs, which the leaf stores as trusted. Trust goes one way: the root never trusts the
 leaf's user CA, so a leaf cannot log anyone in to the root.
 
+A token lets a cluster join under a name, never take one over: a name that already has a
+``remote_cluster`` joins again only with the CAs stored for it (the leaf re-creating its
+trusted_cluster), and each X.509 CA must be a CA whose subject names the joining cluster.
+Replacing a leaf's CAs is the root administrator's act (``tetherctl rm rc/NAME`` first).
+Every refusal is audited as ``trusted_cluster.refused``, on whichever side refused.
+
 The leaf verifies the root's web certificate with the CA pin when the trusted_cluster names
 one (``spec.ca_pin``, sha256 of the root X.509 CA's public key), else with the system's trust
 store, as a browser would; a certificate that fails gets the guide's message.
@@ -21,12 +27,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 import tether
 from tether import pki
+from tether.backend import Op
 from tether.client.web import establish_trust, proxy_call
-from tether.errors import TetherError, TrustError
-from tether.resources import Resource, resource_to_bytes
+from tether.errors import AlreadyExists, CompareFailed, TetherError, TrustError
+from tether.resources import Resource, resource_from_bytes, resource_to_bytes
+from tether.wire import string_field
 
 if TYPE_CHECKING:
     from tether.auth.service import AuthService
@@ -90,6 +101,10 @@ class TrustExchange:
 
     @classmethod
     def from_json(cls, data: Any) -> TrustExchange:
+        """Read one side's CAs; each must be usable, and each X.509 CA a CA of that cluster.
+
+        :raises TetherError: the exchange is malformed or a CA is unusable, saying which.
+        """
         try:
             ssh = data["ssh"]
             exchange = cls(
@@ -99,17 +114,45 @@ class TrustExchange:
                 tls=tuple(str(pem) for pem in data["tls"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise TetherError(f"malformed trust exchange: {exc}") from None
+            raise TetherError(
+                f"malformed trust exchange: {exc.__class__.__name__} {exc}",
+                hint="both clusters must run Tether; check the address of the other one",
+            ) from None
         if not _NAME.match(exchange.cluster):
             raise TetherError(f"cluster name {exchange.cluster!r} is not valid")
+        for ca_type, lines in exchange.ssh.items():
+            for line in lines:
+                try:
+                    pki.load_public_key(line)
+                except ValueError as exc:
+                    raise TetherError(
+                        f"the SSH {ca_type} CA of {exchange.cluster!r} is unusable: {exc}"
+                    ) from None
         for pem in exchange.tls:
             try:
-                pki.load_cert(pem.encode())
+                cert = pki.load_cert(pem.encode())
             except ValueError as exc:
                 raise TetherError(
                     f"the X.509 CA of {exchange.cluster!r} is unusable: {exc}"
                 ) from None
+            _check_ca_of(cert, exchange.cluster)
         return exchange
+
+    def require(self, ca_types: Sequence[str]) -> None:
+        """:raises TetherError: one of ``ca_types`` ("user", "host", "tls") is missing."""
+        for ca_type in ca_types:
+            if not (self.tls if ca_type == "tls" else self.ssh.get(ca_type)):
+                raise TetherError(
+                    f"malformed trust exchange: cluster {self.cluster!r} sent no {ca_type} CA",
+                    hint="both clusters must run Tether; check the address of the other one",
+                )
+
+    def fingerprints(self, ca_types: Sequence[str]) -> dict[str, frozenset[bytes]]:
+        """The CAs of ``ca_types`` in a form that compares equal whatever their comments."""
+        return {
+            ca_type: _fingerprints(self.tls if ca_type == "tls" else self.ssh.get(ca_type, ()))
+            for ca_type in ca_types
+        }
 
     @classmethod
     def of(cls, auth: AuthService) -> TrustExchange:
@@ -138,6 +181,38 @@ def _ca_resources(
     return out
 
 
+def _check_ca_of(cert: x509.Certificate, cluster: str) -> None:
+    """A cluster's X.509 CA is a CA and names that cluster: tunnels and users are checked
+    against the subject of the CA that signed them."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise TetherError(
+            f"the X.509 CA of {cluster!r} is not a CA certificate (BasicConstraints CA is not set)",
+            hint="a cluster sends its own X.509 CA, which Tether makes on its first start",
+        )
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if names != [cluster]:
+        raise TetherError(
+            f"the X.509 CA of {cluster!r} names cluster {', '.join(names) or 'none'} in its "
+            f"subject, not {cluster!r}",
+            hint="a cluster joins under its own name (cluster_name), with its own CA",
+        )
+
+
+def _fingerprints(keys: Sequence[str]) -> frozenset[bytes]:
+    """SSH key lines without their comments, or X.509 PEMs as DER."""
+    out = set()
+    for key in keys:
+        if key.startswith("-----BEGIN"):
+            out.add(pki.load_cert(key.encode()).public_bytes(Encoding.DER))
+        else:
+            out.add(pki.ssh_public_key_line(pki.load_public_key(key)).encode())
+    return frozenset(out)
+
+
 async def store_cas(auth: AuthService, exchange: TrustExchange, types: Sequence[str]) -> None:
     """Store the other cluster's public CAs as ``cert_authority`` resources."""
     kind = auth.registry.get("cert_authority")
@@ -145,37 +220,100 @@ async def store_cas(auth: AuthService, exchange: TrustExchange, types: Sequence[
         await auth.backend.put(kind.key_for(res), resource_to_bytes(res))
 
 
-async def validate_leaf(auth: AuthService, token: str, leaf: TrustExchange) -> TrustExchange:
-    """The root's side: check the invitation, trust the leaf's host and X.509 CAs, create the
+async def _stored_fingerprints(auth: AuthService, cluster: str) -> dict[str, frozenset[bytes]]:
+    """The fingerprints of the leaf CAs stored under ``cluster``; empty if none are."""
+    kind = auth.registry.get("cert_authority")
+    found = {}
+    for ca_type in LEAF_CA_TYPES:
+        item = await auth.backend.get(kind.key(f"{ca_type}/{cluster}"))
+        if item is not None:
+            keys = resource_from_bytes(item.value, auth.registry).spec.active_keys
+            found[ca_type] = _fingerprints([*keys.ssh, *keys.tls])
+    return found
+
+
+async def _record_leaf(auth: AuthService, leaf: TrustExchange) -> bool:
+    """Store the leaf's CAs and its ``remote_cluster``, unless its name is taken; returns
+    whether anything was new.
+
+    :raises TetherError: the name is this cluster's root, or a leaf holds it with other CAs.
+    """
+    name = leaf.cluster
+    trusted_kind = auth.registry.get("trusted_cluster")
+    if await auth.backend.get(trusted_kind.key(name)) is not None:
+        raise AlreadyExists(
+            f"cluster {name!r} is a root of cluster {auth.cluster_name!r}; it cannot also join "
+            "as its leaf",
+            hint="every cluster needs a name of its own (cluster_name in tether.yaml)",
+        )
+    remote_kind = auth.registry.get("remote_cluster")
+    remote_key = remote_kind.key(name)
+    remote = await auth.backend.get(remote_key)
+    stored = await _stored_fingerprints(auth, name)
+    ops = []
+    if remote is not None or stored:
+        if stored != leaf.fingerprints(LEAF_CA_TYPES):
+            raise AlreadyExists(
+                f"cluster {name!r} is already a leaf of {auth.cluster_name!r} with other CAs; "
+                "a handshake cannot replace them",
+                hint=f"to replace that leaf, run `tetherctl rm rc/{name}` on the root "
+                "first, then create the trusted_cluster on the leaf again",
+            )
+    else:
+        ca_kind = auth.registry.get("cert_authority")
+        for res in _ca_resources(auth, leaf, LEAF_CA_TYPES):
+            ops.append(Op.put(ca_kind.key_for(res), resource_to_bytes(res), expected_revision=0))
+    if remote is None:
+        res = auth.make("remote_cluster", name, {})
+        ops.append(Op.put(remote_key, resource_to_bytes(res), expected_revision=0))
+    if not ops:
+        return False
+    try:
+        await auth.backend.apply(ops)
+    except (AlreadyExists, CompareFailed):
+        raise AlreadyExists(
+            f"another cluster joined as {name!r} at the same moment",
+            hint="create the trusted_cluster again: a leaf with the same CAs joins",
+        ) from None
+    return True
+
+
+async def validate_leaf(auth: AuthService, request: Mapping[str, Any]) -> TrustExchange:
+    """The root's side: check the invitation and the leaf's CAs, trust the leaf's host and
+    X.509 CAs under its name (unless that name is a leaf with other CAs already), create the
     ``remote_cluster``, and answer with the root's CAs.
 
+    :param request: the leaf's handshake: ``token`` and ``leaf`` (a :class:`TrustExchange`).
     :raises AccessDenied: the token is unknown, expired or not a trusted_cluster token.
-    :raises TetherError: the versions are too far apart, or the leaf claims the root's name.
+    :raises AlreadyExists: the name is held by a leaf with other CAs, or by this cluster's root.
+    :raises TetherError: a malformed exchange, versions too far apart, a CA that is no CA of
+        the joining cluster, or a leaf that claims the root's name.
     """
+    raw = request.get("leaf")
+    claimed = raw.get("cluster") if isinstance(raw, Mapping) else None
     try:
-        await auth.check_token(token, "TrustedCluster")
+        await auth.check_token(string_field(dict(request), "token"), "TrustedCluster")
+        leaf = TrustExchange.from_json(raw)
+        leaf.require(LEAF_CA_TYPES)
         if leaf.cluster == auth.cluster_name:
             raise TetherError(
                 f"the leaf cluster has the root's name {leaf.cluster!r}",
                 hint="every cluster needs a name of its own (cluster_name in tether.yaml)",
             )
         check_version(tether.__version__, leaf.version)
+        new = await _record_leaf(auth, leaf)
     except TetherError as exc:
         await auth.audit_event(
             "trusted_cluster.refused",
             "",
-            {"leaf": leaf.cluster, "reason": exc.message},
+            {"leaf": str(claimed or "")[:253], "reason": exc.message},
             success=False,
         )
         raise
-    await store_cas(auth, leaf, LEAF_CA_TYPES)
-    kind = auth.registry.get("remote_cluster")
-    existing = await auth.backend.get(kind.key(leaf.cluster))
-    if existing is None:
-        remote = auth.make("remote_cluster", leaf.cluster, {})
-        await auth.backend.put(kind.key(leaf.cluster), resource_to_bytes(remote))
     await auth.audit_event(
-        "trusted_cluster.joined", "", {"leaf": leaf.cluster, "version": leaf.version}
+        "trusted_cluster.joined",
+        "",
+        {"leaf": leaf.cluster, "version": leaf.version, "again": not new},
     )
     await auth.trust_changed()
     log.info("leaf cluster %s joined (Tether %s)", leaf.cluster, leaf.version)
@@ -198,7 +336,23 @@ async def _root_context(web_proxy_addr: str, ca_pin: str | None) -> ssl.SSLConte
 
 async def establish_trust_with_root(auth: AuthService, trusted_cluster: Resource) -> TrustExchange:
     """The leaf's side, run when a ``trusted_cluster`` is created: the handshake, then the
-    root's CAs stored as trusted."""
+    root's CAs stored as trusted. A refusal (by either side) is audited here too."""
+    name = trusted_cluster.metadata.name
+    try:
+        root = await _handshake(auth, trusted_cluster)
+    except TetherError as exc:
+        await auth.audit_event(
+            "trusted_cluster.refused", "", {"root": name, "reason": exc.message}, success=False
+        )
+        raise
+    await store_cas(auth, root, ROOT_CA_TYPES)
+    await auth.audit_event("trusted_cluster.established", "", {"root": root.cluster})
+    await auth.trust_changed()
+    log.info("trusted root cluster %s at %s", root.cluster, trusted_cluster.spec.web_proxy_addr)
+    return root
+
+
+async def _handshake(auth: AuthService, trusted_cluster: Resource) -> TrustExchange:
     spec = trusted_cluster.spec
     name = trusted_cluster.metadata.name
     addr = str(spec.web_proxy_addr)
@@ -210,15 +364,12 @@ async def establish_trust_with_root(auth: AuthService, trusted_cluster: Resource
         context,
         json={"token": spec.token, "leaf": TrustExchange.of(auth).to_json()},
     )
-    root = TrustExchange.from_json(body.get("root"))
+    root = TrustExchange.from_json(body.get("root") if isinstance(body, Mapping) else None)
+    root.require(ROOT_CA_TYPES)
     if root.cluster != name:
         raise TetherError(
             f"the root cluster at {addr} is called {root.cluster!r}, not {name!r}",
             hint=f"set metadata.name of the trusted_cluster to {root.cluster!r}",
         )
     check_version(root.version, tether.__version__)
-    await store_cas(auth, root, ROOT_CA_TYPES)
-    await auth.audit_event("trusted_cluster.established", "", {"root": root.cluster})
-    await auth.trust_changed()
-    log.info("trusted root cluster %s at %s", root.cluster, addr)
     return root

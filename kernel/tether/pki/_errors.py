@@ -12,6 +12,7 @@ from __future__ import annotations
 from tether.errors import TrustError
 
 __all__ = [
+    "HOSTILE_ISSUER_HINT",
     "CertificateExpired",
     "CertificateNotYetValid",
     "CertificateTampered",
@@ -19,6 +20,9 @@ __all__ = [
     "PrincipalNotAllowed",
     "UnknownAuthority",
 ]
+
+#: What to do about a certificate its own CA signed that contradicts itself or its CA.
+HOSTILE_ISSUER_HINT = "the issuing cluster is misconfigured or hostile; check its trust settings"
 
 
 class MalformedCertificate(TrustError):

@@ -15,13 +15,18 @@ from typing import Any
 
 import attrs
 
-__all__ = ["IDENTITY_KINDS", "HostIdentity", "Identity", "format_time"]
+__all__ = ["IDENTITY_KINDS", "HostIdentity", "Identity", "NewerIdentity", "format_time"]
 
 #: Built-in identity kinds: people, and the system components that hold certificates.
 IDENTITY_KINDS: tuple[str, ...] = ("user", "admin", "proxy", "node", "auth")
 
 #: Bumped when the encoding changes incompatibly; readers refuse versions they do not know.
 _ENCODING_VERSION = 1
+
+
+class NewerIdentity(ValueError):
+    """An identity in an encoding version or with fields this release does not know: its
+    issuer runs a newer Tether."""
 
 
 def format_time(when: datetime.datetime) -> str:
@@ -142,7 +147,7 @@ class Identity:
         if not isinstance(data, Mapping):
             raise ValueError("identity must be a JSON object")
         if data.get("v") != _ENCODING_VERSION:
-            raise ValueError(
+            raise NewerIdentity(
                 f"identity encoding version {data.get('v')!r} is not supported "
                 f"(this Tether reads version {_ENCODING_VERSION}; upgrade it)"
             )
@@ -155,7 +160,8 @@ class Identity:
         if unknown or missing:
             problems = [f"unknown field {name!r}" for name in sorted(unknown)]
             problems += [f"missing field {name!r}" for name in sorted(missing)]
-            raise ValueError(f"identity has {', '.join(problems)}")
+            newer = unknown and not missing
+            raise (NewerIdentity if newer else ValueError)(f"identity has {', '.join(problems)}")
         try:
             expires = datetime.datetime.strptime(data["expires"], "%Y-%m-%dT%H:%M:%SZ")
             return cls(

@@ -77,7 +77,8 @@ def _check_private_key(key: object) -> PrivateKey:
     """Refuse key types Tether does not sign with, so a stray RSA or DSA key fails loudly."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        key_algorithm(key)  # names the curve it refuses
         return key
     raise ValueError(f"unsupported private key type {type(key).__name__}; use Ed25519 or P-256")
 

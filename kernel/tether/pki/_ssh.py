@@ -26,7 +26,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from ._authority import SSHCertAuthority
-from ._errors import CertificateTampered, MalformedCertificate, UnknownAuthority
+from ._errors import (
+    HOSTILE_ISSUER_HINT,
+    CertificateTampered,
+    MalformedCertificate,
+    UnknownAuthority,
+)
 from ._identity import HostIdentity, Identity
 from ._keys import SubjectPublicKey, load_public_key
 from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
@@ -181,13 +186,17 @@ def verify_ssh_user_cert(
     signers: list[str] = []
 
     def decode() -> Identity:
-        _refuse_critical_options(cert)
+        _refuse_critical_options(cert, label)
         raw = cert.extensions.get(SSH_IDENTITY_EXTENSION.encode())
         if raw is None:
-            raise ValueError(f"no {SSH_IDENTITY_EXTENSION} extension (not issued by Tether)")
+            raise _not_from_tether(label, SSH_IDENTITY_EXTENSION)
         identity = Identity.from_json(raw)
         if identity.username != _text(cert.key_id):
-            raise ValueError("key id and identity name different users")
+            raise MalformedCertificate(
+                f"certificate of {label} names {_text(cert.key_id)!r} in its key id but "
+                f"{identity.username!r} in its identity",
+                hint=HOSTILE_ISSUER_HINT,
+            )
         _check_cluster_binding(signers, identity.cluster, label)
         return attrs.evolve(identity, expires=_from_timestamp(cert.valid_before))
 
@@ -223,9 +232,9 @@ def verify_ssh_host_cert(
     signers: list[str] = []
 
     def decode() -> HostIdentity:
-        _refuse_critical_options(cert)
+        _refuse_critical_options(cert, label)
         if not claimed_cluster:
-            raise ValueError(f"no {SSH_CLUSTER_EXTENSION} extension (not issued by Tether)")
+            raise _not_from_tether(label, SSH_CLUSTER_EXTENSION)
         _check_cluster_binding(signers, claimed_cluster, label)
         return HostIdentity(
             host_id=host_id,
@@ -346,11 +355,21 @@ def _check_cluster_binding(signers: list[str], cluster: str, label: str) -> None
     raise UnknownAuthority(
         f"certificate of {label} claims cluster {cluster!r} but is signed by a CA of "
         f"{', '.join(sorted(signers))}",
-        hint="the issuing cluster is misconfigured or hostile; check its trust settings",
+        hint=HOSTILE_ISSUER_HINT,
     )
 
 
-def _refuse_critical_options(cert: SSHCertificate) -> None:
+def _not_from_tether(label: str, extension: str) -> MalformedCertificate:
+    return MalformedCertificate(
+        f"certificate of {label} has no {extension} extension: a Tether CA did not issue it",
+        hint="use the certificate that `tether login` (or the host's join) wrote",
+    )
+
+
+def _refuse_critical_options(cert: SSHCertificate, label: str) -> None:
     if cert.critical_options:
         names = ", ".join(sorted(_text(name) for name in cert.critical_options))
-        raise ValueError(f"critical options Tether does not enforce: {names}")
+        raise MalformedCertificate(
+            f"certificate of {label} carries critical options Tether does not enforce: {names}",
+            hint="Tether issues none; ignoring one would grant more than was signed",
+        )

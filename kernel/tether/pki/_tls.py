@@ -33,7 +33,7 @@ from ._authority import X509CertAuthority
 from ._errors import MalformedCertificate
 from ._identity import Identity
 from ._keys import PrivateKey, cert_to_pem, private_key_to_pem
-from ._x509 import X509TrustAnchor, read_x509_identity, verify_x509_cert
+from ._x509 import X509TrustAnchor, X509TrustedCAs, read_x509_identity, verify_x509_cert
 
 __all__ = [
     "CLIENT_AUTH_MODES",
@@ -332,7 +332,7 @@ def client_ssl_context(
 
 def identity_from_peer(
     ssl_object: ssl.SSLObject | ssl.SSLSocket | PeerCertificateSource,
-    trusted_cas: Sequence[X509TrustAnchor],
+    trusted_cas: X509TrustedCAs,
     *,
     now: datetime.datetime | None = None,
 ) -> Identity | None:
@@ -340,7 +340,8 @@ def identity_from_peer(
 
     The handshake already checked the chain; this re-verifies through
     :func:`verify_x509_cert` so that the identity rules (cluster binding, validity, decoding)
-    are the same as for every other door. Raises a ``TrustError`` if the certificate fails.
+    are the same as for every other door; *trusted_cas* by cluster name binds the peer to the
+    CAs stored under the cluster it claims. Raises a ``TrustError`` if the certificate fails.
     """
     der = ssl_object.getpeercert(True)
     if not der:

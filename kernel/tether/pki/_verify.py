@@ -16,12 +16,13 @@ from typing import Generic, TypeVar
 import attrs
 
 from ._errors import (
+    HOSTILE_ISSUER_HINT,
     CertificateExpired,
     CertificateNotYetValid,
     MalformedCertificate,
     PrincipalNotAllowed,
 )
-from ._identity import format_time
+from ._identity import NewerIdentity, format_time
 
 __all__ = ["CLOCK_SKEW", "Envelope", "utc_now", "verify_envelope"]
 
@@ -75,9 +76,13 @@ def verify_envelope(
     try:
         subject = envelope.decode()
     except ValueError as exc:
+        if isinstance(exc, NewerIdentity):
+            hint = "the issuing cluster may run a newer Tether; upgrade this one"
+        else:
+            hint = HOSTILE_ISSUER_HINT
         raise MalformedCertificate(
             f"{envelope.what} of {envelope.label} carries an unreadable identity: {exc}",
-            hint="the issuing cluster may run a newer Tether; upgrade this one",
+            hint=hint,
         ) from exc
     if when < envelope.not_before:
         raise CertificateNotYetValid(

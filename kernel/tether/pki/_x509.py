@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias
 
 import attrs
@@ -19,7 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._authority import X509CertAuthority, signing_hash
-from ._errors import CertificateTampered, MalformedCertificate, UnknownAuthority
+from ._errors import (
+    HOSTILE_ISSUER_HINT,
+    CertificateTampered,
+    MalformedCertificate,
+    UnknownAuthority,
+)
 from ._identity import Identity
 from ._keys import SubjectPublicKey, load_cert, load_public_key
 from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
@@ -27,6 +32,7 @@ from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
 __all__ = [
     "TETHER_IDENTITY_OID",
     "X509TrustAnchor",
+    "X509TrustedCAs",
     "issue_x509_cert",
     "verify_x509_cert",
     "x509_host_names",
@@ -40,6 +46,10 @@ TETHER_IDENTITY_OID = x509.ObjectIdentifier("2.25.202323475416061642231168755390
 
 #: A trusted X.509 CA: its certificate, or the authority object holding it.
 X509TrustAnchor: TypeAlias = x509.Certificate | X509CertAuthority
+#: CAs trusted for any cluster, or each cluster's CAs by its name.
+X509TrustedCAs: TypeAlias = Sequence[X509TrustAnchor] | Mapping[str, Sequence[X509TrustAnchor]]
+
+_UNBOUND = ""  # cluster key for CAs given as a plain sequence: trusted for any cluster
 
 _UTF8STRING = 0x0C
 
@@ -160,33 +170,55 @@ def _authority_key_identifier(ca_cert: x509.Certificate) -> x509.AuthorityKeyIde
 def verify_x509_cert(
     cert: x509.Certificate | bytes,
     *,
-    trusted_cas: Sequence[X509TrustAnchor],
+    trusted_cas: X509TrustedCAs,
     now: datetime.datetime | None = None,
 ) -> Identity:
     """Verify an X.509 certificate (object, DER or PEM) and return the identity it carries.
 
     The CA that signed it must be among *trusted_cas* and its subject's organisation must be
-    the cluster the identity names, so one cluster's CA cannot vouch for another's users. The
-    returned identity's ``expires`` is the certificate's ``notAfter``.
+    the cluster the identity names, so one cluster's CA cannot vouch for another's users.
+    *trusted_cas* is either a sequence of CAs, or a mapping from cluster name to that
+    cluster's CAs; with a mapping, a certificate is accepted only if a CA stored under the
+    cluster its identity names signed it (the subject of a CA another cluster handed over
+    proves nothing). The returned identity's ``expires`` is the certificate's ``notAfter``.
     """
     parsed = _parse(cert)
     label = _unverified_label(parsed)
-    signers: list[x509.Certificate] = []
+    signers: list[tuple[x509.Certificate, tuple[str, ...]]] = []
 
     def decode() -> Identity:
-        identity = _embedded_identity(parsed)
-        common_names = parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if [attr.value for attr in common_names] != [identity.username]:
-            raise ValueError("subject and identity name different users")
+        raw = _identity_extension(parsed)
+        if raw is None:
+            raise MalformedCertificate(
+                f"certificate of {label} has no Tether identity extension: a Tether CA did not "
+                "issue it",
+                hint="use the certificate that `tether login` (or the host's join) wrote",
+            )
+        identity = _decode_identity(raw)
+        common_names = [
+            str(attr.value) for attr in parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ]
+        if common_names != [identity.username]:
+            raise MalformedCertificate(
+                f"certificate of {label} names {', '.join(common_names) or 'nobody'} in its "
+                f"subject but {identity.username!r} in its identity",
+                hint=HOSTILE_ISSUER_HINT,
+            )
+        signer, clusters = signers[0]
+        if _UNBOUND not in clusters and identity.cluster not in clusters:
+            raise UnknownAuthority(
+                f"certificate of {label} claims cluster {identity.cluster!r} but is signed by "
+                f"a CA of {', '.join(sorted(clusters))}",
+                hint=HOSTILE_ISSUER_HINT,
+            )
         ca_clusters = [
-            attr.value
-            for attr in signers[0].subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+            attr.value for attr in signer.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         ]
         if ca_clusters != [identity.cluster]:
             raise UnknownAuthority(
                 f"certificate of {label} claims cluster {identity.cluster!r} but is signed by "
                 f"the CA of {', '.join(map(str, ca_clusters)) or 'an unnamed cluster'}",
-                hint="the issuing cluster is misconfigured or hostile; check its trust settings",
+                hint=HOSTILE_ISSUER_HINT,
             )
         return attrs.evolve(identity, expires=parsed.not_valid_after_utc)
 
@@ -246,15 +278,27 @@ def read_x509_identity(cert: x509.Certificate | bytes) -> Identity:
     return attrs.evolve(identity, expires=parsed.not_valid_after_utc)
 
 
-def _embedded_identity(parsed: x509.Certificate) -> Identity:
-    """The identity JSON in the private extension, unverified; ValueError when absent."""
+def _identity_extension(parsed: x509.Certificate) -> bytes | None:
+    """The raw value of the identity extension, unverified; None when there is none."""
     try:
         ext = parsed.extensions.get_extension_for_oid(TETHER_IDENTITY_OID).value
     except x509.ExtensionNotFound:
-        raise ValueError("no Tether identity extension (not issued by Tether)") from None
+        return None
     if not isinstance(ext, x509.UnrecognizedExtension):
         raise ValueError("identity extension has an unexpected type")
-    return Identity.from_json(_parse_der_utf8string(ext.value))
+    return ext.value
+
+
+def _decode_identity(raw: bytes) -> Identity:
+    return Identity.from_json(_parse_der_utf8string(raw))
+
+
+def _embedded_identity(parsed: x509.Certificate) -> Identity:
+    """The identity JSON in the private extension, unverified; ValueError when absent."""
+    raw = _identity_extension(parsed)
+    if raw is None:
+        raise ValueError("no Tether identity extension (not issued by Tether)")
+    return _decode_identity(raw)
 
 
 def _parse(cert: x509.Certificate | bytes) -> x509.Certificate:
@@ -292,13 +336,26 @@ def _key_id(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bytes | N
     return None
 
 
+def _trust_anchors(trusted_cas: X509TrustedCAs) -> list[tuple[x509.Certificate, str]]:
+    """Each trusted CA certificate with a cluster it is trusted for (``""``: any)."""
+    by_cluster: Mapping[str, Sequence[X509TrustAnchor]] = (
+        trusted_cas if isinstance(trusted_cas, Mapping) else {_UNBOUND: trusted_cas}
+    )
+    return [
+        (ca.certificate if isinstance(ca, X509CertAuthority) else ca, cluster)
+        for cluster, cas in by_cluster.items()
+        for ca in cas
+    ]
+
+
 def _signature_checker(
     cert: x509.Certificate,
-    trusted_cas: Sequence[X509TrustAnchor],
+    trusted_cas: X509TrustedCAs,
     label: str,
-    signers: list[x509.Certificate],
+    signers: list[tuple[x509.Certificate, tuple[str, ...]]],
 ) -> Callable[[], None]:
-    """Build the envelope's signature step; it appends the verifying CA to *signers*.
+    """Build the envelope's signature step; it appends the verifying CA (and the clusters it
+    is trusted for) to *signers*.
 
     The certificate's authority key identifier (or, lacking one, its issuer name) picks the
     CA it claims; a claimed, trusted CA whose signature does not verify means tampering, no
@@ -306,23 +363,26 @@ def _signature_checker(
     """
 
     def check() -> None:
-        cas = [ca.certificate if isinstance(ca, X509CertAuthority) else ca for ca in trusted_cas]
+        anchors = _trust_anchors(trusted_cas)
         claimed_key = _key_id(cert, x509.AuthorityKeyIdentifier)
         if claimed_key is not None:
-            candidates = [ca for ca in cas if _key_id(ca, x509.SubjectKeyIdentifier) == claimed_key]
+            candidates = [
+                a for a in anchors if _key_id(a[0], x509.SubjectKeyIdentifier) == claimed_key
+            ]
         else:
-            candidates = [ca for ca in cas if ca.subject == cert.issuer]
+            candidates = [a for a in anchors if a[0].subject == cert.issuer]
         if not candidates:
             raise UnknownAuthority(
                 f"certificate of {label} is signed by a CA this cluster does not trust",
                 hint="log in to this cluster or to one it trusts",
             )
-        for ca in candidates:
+        for ca, _ in candidates:
             try:
                 cert.verify_directly_issued_by(ca)
             except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                 continue
-            signers.append(ca)
+            # one CA may be stored under several names: it is trusted for each of them
+            signers.append((ca, tuple(name for other, name in candidates if other == ca)))
             return
         raise CertificateTampered(
             f"certificate of {label} does not match its CA signature; it was altered",

@@ -2,9 +2,11 @@
 
 Tunnels arrive on the proxy's one public port with ALPN ``tether-tunnel/1``. Their peers are
 verified through the kernel's one path (:func:`tether.pki.identity_from_peer`) against the CAs
-this cluster trusts (its own, for nodes in tunnel mode; trusted leaf clusters' once they
-join). Heartbeats go to the auth service in batches (``PUT /v1/tunnels/heartbeats``), which
-stores them with a TTL, so a tunnel that stops reporting disappears by itself.
+stored under the cluster their certificate claims (its own, for nodes in tunnel mode; a
+trusted leaf's once it joined), so a leaf cannot open tunnels under another leaf's name or
+this cluster's; every refused certificate is audited as ``tunnel.refused``. Heartbeats go to
+the auth service in batches (``PUT /v1/tunnels/heartbeats``), which stores them with a TTL,
+so a tunnel that stops reporting disappears by itself.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ EventRecorder = Callable[..., Awaitable[None]]
 
 
 def tunnel_authenticator(
-    cluster: str, trusted_cas: Callable[[], Sequence[x509.Certificate]]
+    cluster: str, trusted_cas: Callable[[], Mapping[str, Sequence[x509.Certificate]]]
 ) -> Authenticator:
     """Who may dial a tunnel into this cluster's proxy: the check every tunnel goes through
-    (tests' tunnel peers too, so that its refusals are the ones tested)."""
+    (tests' tunnel peers too, so that its refusals are the ones tested).
+
+    :param trusted_cas: the CAs that may open tunnels right now, by the cluster each speaks
+        for (:meth:`tether.trust.ClusterTrust.tunnel_cas`): a certificate is accepted only
+        from a CA stored under the cluster it names.
+    """
 
     def authenticate(stream: trio.abc.Stream) -> pki.Identity:
         identity = pki.identity_from_peer(stream, trusted_cas())  # type: ignore[arg-type]
@@ -53,7 +60,7 @@ def build_tunnel_server(
     *,
     proxy_id: str,
     cluster: str,
-    trusted_cas: Callable[[], Sequence[x509.Certificate]],
+    trusted_cas: Callable[[], Mapping[str, Sequence[x509.Certificate]]],
     proxies: Callable[[], Sequence[ProxyInfo]],
     write_heartbeats: Writer,
     record_event: EventRecorder | None = None,
@@ -61,6 +68,8 @@ def build_tunnel_server(
 ) -> tuple[TunnelServer, HeartbeatRecorder]:
     """A tunnel server for this proxy and the recorder whose ``run`` must be started too.
 
+    :param trusted_cas: the CAs that may open tunnels right now, by cluster (see
+        :func:`tunnel_authenticator`).
     :param proxies: every proxy of this cluster right now, told to agents so that they keep
         a tunnel to each.
     :param write_heartbeats: stores a batch of heartbeats (the auth client's

@@ -6,4 +6,5 @@
 - :mod:`tether.testing.backend_conformance`: the suite every storage backend must pass.
 - :mod:`tether.testing.accounts`: real OS accounts for sessions of protocol plugins.
 - :mod:`tether.testing.roles`: role sets from YAML, for servers that authorize.
+- :mod:`tether.testing.impostor`: a hostile cluster's handshake and tunnels, for trust tests.
 """

@@ -42,6 +42,7 @@ from typing import Any
 import attrs
 import trio
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tether import pki
 from tether.proxy.tunnels import tunnel_authenticator
@@ -142,6 +143,12 @@ async def serve_tunnels(
     )
     # the handler refuses anything older than TLS 1.3; this context also serves tests that
     # check that refusal, so it does not forbid 1.2 at the handshake
+    # each CA under the cluster its subject names, as a proxy keeps them by the cluster they
+    # were stored for
+    by_cluster: dict[str, list[x509.Certificate]] = {}
+    for ca in trusted:
+        for org in ca.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
+            by_cluster.setdefault(str(org.value), []).append(ca)
     address: dict[str, str] = {}
 
     def proxies() -> list[ProxyInfo]:
@@ -150,7 +157,7 @@ async def serve_tunnels(
     server = TunnelServer(
         proxy_id=proxy_id,
         cluster=authorities.cluster,
-        authenticate=tunnel_authenticator(authorities.cluster, lambda: trusted),
+        authenticate=tunnel_authenticator(authorities.cluster, lambda: by_cluster),
         proxies=proxies,
         heartbeat_interval=heartbeat_interval,
         timings=timings,

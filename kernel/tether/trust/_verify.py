@@ -112,9 +112,13 @@ class ClusterTrust:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed trust snapshot: {exc!r}") from None
 
-    def tunnel_cas(self) -> list[x509.Certificate]:
-        """The CAs whose certificates may open tunnels: this cluster's and every other's."""
-        return [*self.own_cas, *(ca for cas in self.others.values() for ca in cas)]
+    def tunnel_cas(self) -> dict[str, tuple[x509.Certificate, ...]]:
+        """The CAs whose certificates may open tunnels here, by the cluster each speaks for:
+        this cluster's own (its nodes in tunnel mode) and each leaf's. A tunnel certificate is
+        verified only against the CAs stored under the cluster it claims, so no leaf can speak
+        for another, nor for this cluster; a root never dials its leaves."""
+        leaves = {name: cas for name, cas in self.others.items() if name not in self.roots}
+        return {**leaves, self.cluster_name: self.own_cas}
 
     def verify_client(
         self,

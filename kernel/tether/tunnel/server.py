@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from tether.errors import TetherError
-from tether.pki import Identity
+from tether.pki import Identity, MalformedCertificate, read_x509_identity
 from tether.tunnel.control import (
     CONTROL_TARGET,
     ControlChannel,
@@ -267,6 +267,9 @@ class TunnelServer:
             identity = self._authenticate(stream)
         except TetherError as exc:
             log.warning("tunnel from %s refused: %s", peer, exc)
+            claimed = _claimed_identity(stream)
+            if claimed is not None:  # anyone can connect without a certificate: logged only
+                await self._record("tunnel.refused", {"peer": peer, **claimed, "reason": str(exc)})
             return
         version = _tls_version(stream)
         if version != "TLSv1.3":
@@ -422,6 +425,19 @@ def _who(peer: str, identity: Identity) -> dict[str, str]:
         "agent": identity.username,
         "kind": identity.kind,
     }
+
+
+def _claimed_identity(stream: trio.abc.Stream) -> dict[str, str] | None:
+    """Who a refused peer's certificate claims to be, unverified (what a hostile peer chose to
+    claim), or None when it presented no certificate."""
+    getpeercert = getattr(stream, "getpeercert", None)
+    der = getpeercert(True) if callable(getpeercert) else None
+    if not der:
+        return None
+    try:
+        return {"claimed": read_x509_identity(bytes(der)).label}
+    except MalformedCertificate:
+        return {"claimed": "a certificate without a Tether identity"}
 
 
 def _tls_version(stream: trio.abc.Stream) -> str | None:
