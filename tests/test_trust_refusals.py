@@ -176,7 +176,7 @@ def x509_cert(
     )
     for ext in extensions:
         builder = builder.add_extension(ext.value, critical=ext.critical)
-    return builder.sign(ca.private_key, None)  # type: ignore[arg-type]
+    return builder.sign(ca.private_key, pki.signing_hash(ca.private_key))  # type: ignore[arg-type]
 
 
 def test_x509_certificate_whose_subject_names_another_user_is_refused_for_it(
@@ -593,7 +593,7 @@ def _with_identity_extension(ca: pki.X509CertAuthority, value: bytes) -> x509.Ce
         .not_valid_before(NOW - HOUR)
         .not_valid_after(NOW + HOUR)
         .add_extension(x509.UnrecognizedExtension(pki.TETHER_IDENTITY_OID, value), critical=False)
-        .sign(ca.private_key, None)  # type: ignore[arg-type]
+        .sign(ca.private_key, pki.signing_hash(ca.private_key))  # type: ignore[arg-type]
     )
 
 
