@@ -175,3 +175,46 @@ def test_the_body_limit_is_read_as_a_size() -> None:
     assert str(ByteSize(MiB)) == "1MiB"
     with pytest.raises(Exception, match=r"'1\.5MiB' is not a size \(examples: 1MiB"):
         load_config_text("proxy_service:\n  max_request_body: 1.5MiB\n", "tether.yaml")
+
+
+def test_huge_anonymous_posts_to_auth_are_refused_but_not_its_callers_with_certificates(
+    tether_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    # Hosts that join auth directly (--auth-server) post anonymously to its own port.
+    cluster = tether_cluster
+    with httpx.Client(
+        base_url=f"https://{cluster.auth_addr}", verify=_insecure(), timeout=120
+    ) as web:
+        web.get("/webapi/ping")
+        before = _peak_rss(cluster.process.pid)
+        huge = 600 * MiB
+        declared = web.post(
+            "/webapi/join",
+            content=_zeros(huge),
+            headers={"content-type": "application/json", "content-length": str(huge)},
+        )
+        chunked = web.post(
+            "/webapi/join", content=_zeros(64 * MiB), headers={"content-type": "application/json"}
+        )
+        assert _peak_rss(cluster.process.pid) - before < 32 * MiB
+    for answer, size in ((declared, f"of {huge} bytes "), (chunked, "")):
+        assert answer.status_code == 413, answer.text
+        error = answer.json()["error"]
+        assert error["message"] == f"request body {size}is over the 1MiB this server reads"
+        assert error["hint"] == "send a smaller one, or raise auth_service.max_request_body"
+    events = json.loads(
+        cluster.tetherctl("audit", "search", "--type=auth.request.refused", "--format=json").stdout
+    )
+    assert {(e["path"], e["content_length"]) for e in events} == {
+        ("/webapi/join", None),
+        ("/webapi/join", huge),
+    }
+
+    # the admin presents a certificate: a role larger than the anonymous limit is read whole
+    role = tmp_path / "big.yaml"
+    role.write_text(
+        "kind: role\nversion: v7\nmetadata:\n  name: big\n"
+        f"  description: {'x' * (2 * MiB)}\nspec:\n  allow:\n    logins: [big]\n"
+    )
+    cluster.tetherctl("create", str(role))
+    assert "big" in cluster.tetherctl("get", "roles").stdout

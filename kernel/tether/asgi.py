@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
@@ -27,11 +28,12 @@ from hypercorn.typing import ConnectionState
 
 from tether.config import ByteSize
 from tether.errors import TetherError
+from tether.ratelimit import RateLimiter
 from tether.tlsserver import peer_address, peer_certificate_der
 from tether.tlsstream import TLSStream
 from tether.wire import error_to_json
 
-__all__ = ["PEER_CERT_STATE", "ASGIHandler", "BodyLimit", "RefusedBody"]
+__all__ = ["PEER_CERT_STATE", "ASGIHandler", "BodyLimit", "RefusedBody", "audit_refused_bodies"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,36 @@ PEER_CERT_STATE = "tether.peer_cert"
 #: ``async def refused(scope, size)``: told of each body refused, ``size`` as the client
 #: declared it (``Content-Length``) or ``None`` when a body without one grew over the limit
 RefusedBody = Callable[[dict[str, Any], int | None], Awaitable[None]]
+
+#: ``async def record(event_type, user, fields, *, success)``: an audit recorder, the auth
+#: service's ``audit_event`` or an auth client's ``record_event``
+EventRecorder = Callable[..., Awaitable[None]]
+
+
+def audit_refused_bodies(
+    record: EventRecorder, limiter: RateLimiter, event_type: str
+) -> RefusedBody:
+    """Audit each refused request body as ``event_type``, within the client's rate: a refusal
+    spends one of its requests, and one over its rate is answered, not audited, so that a
+    flood of refusals cannot flood the audit log."""
+
+    async def refused(scope: dict[str, Any], declared: int | None) -> None:
+        host = (scope.get("client") or ("unknown",))[0]
+        if limiter.take(host, trio.current_time()):
+            return
+        event = {
+            "client": host,
+            "method": scope["method"],
+            "path": scope["path"],
+            "reason": "request body too large",
+            "content_length": declared,
+        }
+        try:
+            await record(event_type, "", event, success=False)
+        except (TetherError, OSError) as exc:
+            log.warning("could not audit a refused request from %s: %s", host, exc)
+
+    return refused
 
 
 def _declared_length(scope: dict[str, Any]) -> int | None:
@@ -62,18 +94,29 @@ class BodyLimit:
 
     :param setting: the configuration setting that raises the limit, named in the answer.
     :param refused: awaited for each refusal (to audit it), after the answer is sent.
+    :param anonymous_only: limit only requests whose client presented no certificate (the
+        TLS handshake verified any it presented).
     """
 
     def __init__(
-        self, app: Any, *, max_body: int, setting: str, refused: RefusedBody | None = None
+        self,
+        app: Any,
+        *,
+        max_body: int,
+        setting: str,
+        refused: RefusedBody | None = None,
+        anonymous_only: bool = False,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self._setting = setting
         self._refused = refused
+        self._anonymous_only = anonymous_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self._anonymous_only and scope.get("state", {}).get(PEER_CERT_STATE)
+        ):
             await self.app(scope, receive, send)
             return
         declared = _declared_length(scope)

@@ -287,6 +287,9 @@ class AuthServiceConfig:
     # browsers refuse Ed25519 certificates, and this CA signs the proxy's web certificate
     tls_ca_algorithm: CaAlgorithm = CaAlgorithm.ECDSA_P256
     rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
+    # callers without a certificate only: hosts' batches (heartbeats of every tunnel) grow
+    # with the fleet, and they are authenticated
+    max_request_body: ByteSize = attrs.field(default=ByteSize(1024**2), validator=_positive)
 
 
 @attrs.frozen
@@ -852,6 +855,9 @@ auth_service:
     average: 10
     burst: 40
     period: 1s
+  # The largest request body read from a caller without a certificate (a host joining with
+  # --auth-server); a larger one is refused with 413 before it is read.
+  max_request_body: 1MiB
 
 proxy_service:
   enabled: true

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tether import __version__, audit, pki
-from tether.asgi import PEER_CERT_STATE
+from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.auth.trust import validate_leaf
@@ -90,8 +90,10 @@ def _require_proxy(identity: pki.Identity) -> None:
         raise AccessDenied("only the cluster's proxies may call this endpoint")
 
 
-def build_app(auth: AuthService) -> Starlette:
-    """The ASGI app for one auth service."""
+def build_app(auth: AuthService) -> BodyLimit:
+    """The ASGI app for one auth service. Bodies from callers without a certificate are
+    capped (``auth_service.max_request_body``); hosts and users are authenticated, and a
+    proxy caps what it forwards."""
     rate = auth.config.auth_service.rate_limit
     # the one anonymous route that costs work and storage; the proxy's are limited there
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
@@ -362,7 +364,7 @@ def build_app(auth: AuthService) -> Starlette:
         )
         return JSONResponse({"user": user})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/cluster", cluster),
             Route("/v1/whoami", whoami),
@@ -402,4 +404,11 @@ def build_app(auth: AuthService) -> Starlette:
             ),
         ],
         exception_handlers=exception_handlers(),
+    )
+    return BodyLimit(
+        app,
+        max_body=auth.config.auth_service.max_request_body,
+        setting="auth_service.max_request_body",
+        refused=audit_refused_bodies(auth.audit_event, limiter, "auth.request.refused"),
+        anonymous_only=True,
     )

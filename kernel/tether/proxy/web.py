@@ -15,7 +15,6 @@ import urllib.parse
 from typing import Any
 
 import attrs
-import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -23,7 +22,7 @@ from starlette.routing import Route
 
 import tether
 from tether import pki
-from tether.asgi import PEER_CERT_STATE, BodyLimit, RefusedBody
+from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
 from tether.auth.sso import Approval, check_client_redirect
 from tether.errors import AccessDenied, TetherError
@@ -71,30 +70,6 @@ def ping_json(info: ProxyWebInfo) -> dict[str, Any]:
             },
         },
     }
-
-
-def _audit_refused_body(auth: AuthClient, limiter: RateLimiter) -> RefusedBody:
-    """Audit a refused request body as ``proxy.request.refused``, within the client's rate:
-    a refusal spends one of its requests, and one over its rate is answered, not audited, so
-    that a flood of refusals cannot flood the audit log."""
-
-    async def refused(scope: dict[str, Any], declared: int | None) -> None:
-        host = (scope.get("client") or ("unknown",))[0]
-        if limiter.take(host, trio.current_time()):
-            return
-        event = {
-            "client": host,
-            "method": scope["method"],
-            "path": scope["path"],
-            "reason": "request body too large",
-            "content_length": declared,
-        }
-        try:
-            await auth.record_event("proxy.request.refused", "", event, success=False)
-        except (TetherError, OSError) as exc:
-            log.warning("could not audit a refused request from %s: %s", host, exc)
-
-    return refused
 
 
 def build_web_app(
@@ -236,5 +211,5 @@ def build_web_app(
         app,
         max_body=max_body,
         setting="proxy_service.max_request_body",
-        refused=_audit_refused_body(auth, limiter),
+        refused=audit_refused_bodies(auth.record_event, limiter, "proxy.request.refused"),
     )
