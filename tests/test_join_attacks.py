@@ -179,6 +179,18 @@ async def test_node_token_cannot_take_the_host_id_of_a_joined_node(
     assert (own.identity.username, own.identity.kind) == ("attacker-node", "node")
 
 
+async def test_node_token_cannot_take_the_host_id_of_auth_and_its_proxy(
+    tether_cluster: RunningCluster,
+) -> None:
+    # auth and the proxy in its process hold certificates named after this host (nodename)
+    cluster = tether_cluster
+    with pytest.raises(AccessDenied) as refused:
+        await join_node(cluster, "main-node", "attacker")
+    assert "host id 'main-node' is held by auth 'main-node' until" in refused.value.message
+    (event,) = [e for e in audit(cluster, "host.join.failed") if e["user"] == "main-node"]
+    assert event["success"] is False and "is held by auth 'main-node'" in str(event["reason"])
+
+
 def test_tether_login_with_the_ca_pin_refuses_a_node_certificate_where_the_proxy_belongs(
     tether_cluster: RunningCluster, victim: JoinedIdentity
 ) -> None:

@@ -253,6 +253,16 @@ class AuthService:
         )
         await service._publish_authorities()
         await service._load_trust()
+        # the certificates of auth and of the proxy in its process name this host (nodename):
+        # a node token must not join under it; held as long as a host's certificates last,
+        # and again at every start
+        await service._hold_id(
+            config.nodename,
+            "auth",
+            config.nodename,
+            service.now() + config.auth_service.host_cert_ttl,
+            replaces=True,
+        )
         for role in preset_roles():
             kind = registry.get("role")
             with contextlib.suppress(AlreadyExists):
@@ -1546,14 +1556,24 @@ class AuthService:
         :raises AccessDenied: another join took the id meanwhile.
         """
         identity = result.identity
-        record = {"kind": identity.kind, "hostname": hostname, "expires": identity.expires}
+        await self._hold_id(identity.username, identity.kind, hostname, identity.expires, replaces)
+
+    async def _hold_id(
+        self,
+        host_id: str,
+        kind: str,
+        hostname: str,
+        expires: datetime.datetime,
+        replaces: Item | bool | None,
+    ) -> None:
+        record = {"kind": kind, "hostname": hostname, "expires": expires}
         if replaces is True:
             expected: int | None = None
         else:
             expected = replaces.revision if isinstance(replaces, Item) else 0
-        lifetime = (identity.expires - self.now()).total_seconds()
+        lifetime = (expires - self.now()).total_seconds()
         op = Op.put(
-            HOST_ID_PREFIX + identity.username,
+            HOST_ID_PREFIX + host_id,
             json.dumps(record, default=str).encode(),
             ttl=max(lifetime, 1.0),
             expected_revision=expected,
@@ -1562,7 +1582,7 @@ class AuthService:
             await self.backend.apply([op])
         except (AlreadyExists, CompareFailed):
             raise AccessDenied(
-                f"host id {identity.username!r} was taken by another join at the same time",
+                f"host id {host_id!r} was taken by another join at the same time",
                 hint="join with an id of its own",
             ) from None
 
