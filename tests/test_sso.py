@@ -266,6 +266,12 @@ def test_a_replayed_callback_and_a_second_collection_are_refused(site: Site) -> 
         stolen = collect_login(browser, site.cluster, begun["request_id"], "guess", code)
         assert stolen.status_code == 403
         assert "started by another client" in stolen.json()["error"]["message"]
+        failures = site.cluster.tetherctl(
+            "audit", "search", "--type=user.login.failed", "--format=json"
+        ).stdout
+        assert json.loads(failures)[-1]["reason"] == (
+            "a client without this login's secret tried to collect it"
+        )
         mine = (browser, site.cluster, begun["request_id"], "the-client-secret", code)
         collected = collect_login(*mine)
         assert collected.status_code == 200, collected.text

@@ -1320,12 +1320,16 @@ class AuthService:
         if item is None:
             raise AccessDenied("no login result is waiting under this id (expired or collected)")
         outcome = json.loads(item.value)
+        request = sso.SSORequest.from_json(outcome["request"])
+        method = request.method
         if not hmac.compare_digest(
             sso.hash_client_secret(client_secret), str(outcome["client_secret_hash"])
         ):
+            # the login stands for its own client; the stranger's try is on the record
+            await self._audit_login_failure(
+                "", method, "a client without this login's secret tried to collect it"
+            )
             raise AccessDenied("this login was started by another client")
-        request = sso.SSORequest.from_json(outcome["request"])
-        method = request.method
         if not hmac.compare_digest(sso.hash_code(code), str(outcome["code_hash"])):
             await self.backend.delete(key)  # one try: the login is void for everyone
             username = str(outcome.get("identity", {}).get("username", ""))

@@ -357,7 +357,9 @@ def test_an_assertion_replayed_into_another_login_is_refused(site: Site) -> None
             "audit", "search", "--type=user.login.failed", "--format=json"
         ).stdout
     )
-    assert "it does not answer this login's request" in failures[-1]["reason"]
+    reasons = [f["reason"] for f in failures]
+    assert "it does not answer this login's request" in reasons[-2]
+    assert reasons[-1] == "a client without this login's secret tried to collect it"
 
 
 def test_a_shared_login_link_gives_whoever_shared_it_nothing(site: Site) -> None:
