@@ -12,7 +12,19 @@ from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, Resource, parse_resources
 
-__all__ = ["core_registry", "role_set"]
+__all__ = ["VISITOR_ROLE", "core_registry", "role_set"]
+
+#: the guide's role on a leaf: log in as ``visitor`` to every node (YAML for ``tetherctl create``)
+VISITOR_ROLE = """\
+kind: role
+version: v7
+metadata:
+  name: visitor
+spec:
+  allow:
+    logins: [visitor]
+    node_labels: {'*': '*'}
+"""
 
 
 def core_registry() -> KindRegistry:

@@ -36,6 +36,7 @@ from tether.testing.impostor import (
     handshake,
     hold_tunnel,
 )
+from tether.testing.roles import VISITOR_ROLE
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -43,16 +44,6 @@ pytestmark = [
 ]
 
 PASSWORD = "correct horse battery staple"
-VISITOR_ROLE = """
-kind: role
-version: v7
-metadata:
-  name: visitor
-spec:
-  allow:
-    logins: [visitor]
-    node_labels: {'*': '*'}
-"""
 
 
 @attrs.frozen

@@ -37,6 +37,7 @@ from tether.testing.cluster import (
     start_proxy,
 )
 from tether.testing.http import free_port
+from tether.testing.roles import VISITOR_ROLE
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -44,16 +45,6 @@ pytestmark = [
 ]
 
 PASSWORD = "correct horse battery staple"
-VISITOR_ROLE = """
-kind: role
-version: v7
-metadata:
-  name: visitor
-spec:
-  allow:
-    logins: [visitor]
-    node_labels: {'*': '*'}
-"""
 
 
 def trusted_cluster_yaml(
