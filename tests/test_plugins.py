@@ -224,6 +224,36 @@ def test_plugin_protocol_answers_a_logged_in_user_on_the_proxy_port(
     assert {"hook": "tether_protocols.serve", "user": "carol", "alpn": greeter} in _recorded(env)
 
 
+def test_a_plugin_protocol_that_fails_ends_only_its_own_connection(
+    hooktest_cluster: tuple[RunningCluster, dict[str, str]],
+) -> None:
+    cluster, env = hooktest_cluster
+    cluster.login("carol", "hooktest-carol", "--auth=hooktest", env=env)
+    profile = current_profile(cluster.user_home("carol"))
+    assert profile is not None
+    host, port = cluster.proxy_addr.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        profile_ssl_context(profile, alpn=[tether_hooktest.FAILING_ALPN]).wrap_socket(
+            raw, server_hostname=host
+        ) as tls,
+    ):
+        assert tls.recv(1024) == b""  # closed
+    assert cluster.process.poll() is None
+    assert "the 'hooktest-failing/1' handler failed on a connection from 127.0.0.1" in (
+        cluster.log_text()
+    )
+    assert "hooktest's failing protocol fails on purpose" in cluster.log_text()
+    # the port still serves everyone else
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        profile_ssl_context(profile, alpn=[tether_hooktest.GREETER_ALPN]).wrap_socket(
+            raw, server_hostname=host
+        ) as tls,
+    ):
+        assert tls.recv(1024).decode() == "hello carol from hooks\n"
+
+
 # --- broken plugins stop start-up with one line ----------------------------------------------
 
 

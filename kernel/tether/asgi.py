@@ -190,6 +190,6 @@ class ASGIHandler:
         except* KeyError:
             # hypercorn 0.18's HTTP/2 looks up the stream of each DATA frame unguarded, so data
             # still arriving for a request already answered (a 413, a 429) raises KeyError
-            # (pgjones/hypercorn#329). Uncaught, it would stop the daemon; it ends this
-            # connection only, whose answer has been sent.
+            # (pgjones/hypercorn#329). It ends this connection only, whose answer has been
+            # sent: a known, harmless end, not logged as a failure of the web route.
             log.info("HTTP/2 connection from %s ended after an early answer", peer_address(stream))

@@ -73,6 +73,10 @@ async def _handle(
         return
     try:
         await handler(stream)
+    except Exception:
+        # A route's bug (a plugin's protocol, a library's) ends this connection only: the
+        # port serves every user, tunnel and cluster. Cancellation is no Exception.
+        log.exception("the %r handler failed on a connection from %s", alpn, peer_address(stream))
     finally:
         await trio.aclose_forcefully(stream)
 

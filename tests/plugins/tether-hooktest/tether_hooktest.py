@@ -319,12 +319,23 @@ async def _greet(conn: ProxyConnection) -> None:
     await conn.stream.send_all(f"hello {who} from {conn.proxy.cluster_name}\n".encode())
 
 
+#: The ALPN id of a protocol whose handler fails, as a buggy plugin's would.
+FAILING_ALPN = "hooktest-failing/1"
+
+
+async def _fail(conn: ProxyConnection) -> None:
+    raise RuntimeError("hooktest's failing protocol fails on purpose")
+
+
 @hookimpl
 def tether_protocols() -> list[ProtocolHandler]:
     if not _active():
         return []
     record("tether_protocols")
-    return [ProtocolHandler(name="hooktest-greeter", alpn=(GREETER_ALPN,), serve=_greet)]
+    return [
+        ProtocolHandler(name="hooktest-greeter", alpn=(GREETER_ALPN,), serve=_greet),
+        ProtocolHandler(name="hooktest-failing", alpn=(FAILING_ALPN,), serve=_fail),
+    ]
 
 
 @hookimpl
