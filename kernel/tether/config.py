@@ -842,8 +842,8 @@ auth_service:
   lockout_duration: 30m
   # How long a sign-up invitation stays valid.
   signup_token_ttl: 1h
-  # Lifetime of the certificates of joined nodes and proxies; each renews its own once two
-  # thirds of it have passed, while it runs.
+  # Lifetime of the certificates of nodes and proxies (the proxy beside auth's too); each
+  # renews its own once two thirds of it have passed, while it runs.
   host_cert_ttl: 8760h
   # Key algorithm of new certificate authorities, ed25519 or ecdsa-p256: the SSH ones, and
   # the X.509 one, which signs the proxy's web certificate (browsers refuse Ed25519 there).

@@ -16,7 +16,7 @@ import os
 import pathlib
 import signal
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -35,6 +35,7 @@ from tether.datadir import PROCESS_FILE, admin_identity_paths
 from tether.errors import ConfigError
 from tether.node.join import (
     JoinedIdentity,
+    keep_renewed,
     load_or_join,
     renew_identity,
     renewal_due,
@@ -78,7 +79,11 @@ def _server_names(config: Config, *hosts: str) -> tuple[list[str], list[str]]:
 
 
 def _server_identity(
-    auth: AuthService, config: Config, kind: str, *hosts: str
+    auth: AuthService,
+    config: Config,
+    kind: str,
+    *hosts: str,
+    ttl: datetime.timedelta = SERVER_CERT_TTL,
 ) -> tuple[x509.Certificate, pki.PrivateKey]:
     """A fresh key and a certificate naming every address clients may use for this daemon,
     of a type browsers and stock TLS clients accept."""
@@ -88,7 +93,7 @@ def _server_identity(
         kind,
         config.nodename,
         key.public_key(),
-        ttl=SERVER_CERT_TTL,
+        ttl=ttl,
         dns_names=dns,
         ip_addresses=ips,
     )
@@ -158,24 +163,37 @@ async def _start_auth(
     return auth, addr
 
 
+#: Gets a proxy new certificates, given its client of auth (which presents the current ones).
+_Renewal = Callable[[AuthClient], Awaitable[tuple[x509.Certificate, pki.PrivateKey]]]
+
+
 @attrs.frozen
 class _ProxyIdentity:
-    """Who a proxy is: its cluster, host id, certificate and the cluster CAs it trusts."""
+    """Who a proxy is: its cluster, host id, certificate and the cluster CAs it trusts; and
+    how it renews the certificate, which it does while it runs."""
 
     cluster_name: str
     host_id: str
     cert: x509.Certificate
     key: pki.PrivateKey
     cas: tuple[x509.Certificate, ...]
+    renew: _Renewal
 
 
 def _local_proxy_identity(auth: AuthService, config: Config) -> _ProxyIdentity:
-    """A proxy in auth's own process: auth issues its certificate, no token needed."""
+    """A proxy in auth's own process: auth issues its certificate, no token needed, for a
+    host's lifetime (``auth_service.host_cert_ttl``), and renews it the same way."""
     listen = config.proxy_service.listen_addr
     public = config.proxy_service.public_addr
-    cert, key = _server_identity(auth, config, "proxy", listen.host, public.host if public else "")
+    hosts = (listen.host, public.host if public else "")
+    ttl = config.auth_service.host_cert_ttl
+
+    async def renew(_api: AuthClient) -> tuple[x509.Certificate, pki.PrivateKey]:
+        return _server_identity(auth, config, "proxy", *hosts, ttl=ttl)
+
+    cert, key = _server_identity(auth, config, "proxy", *hosts, ttl=ttl)
     return _ProxyIdentity(
-        config.cluster_name, config.nodename, cert, key, tuple(auth.trusted_tls_cas())
+        config.cluster_name, config.nodename, cert, key, tuple(auth.trusted_tls_cas()), renew
     )
 
 
@@ -207,16 +225,24 @@ async def _joined_proxy_identity(config: Config) -> tuple[_ProxyIdentity, str]:
         insecure=join.insecure,
     )
     if renewal_due(joined) <= datetime.datetime.now(datetime.UTC):
-        # renewed at start only: a proxy running past two thirds of its certificates'
-        # lifetime renews them at its next start (nodes renew while they run)
+        # due already (it was stopped a while): renewed before it serves with them
         joined = await _renew_proxy_identity(joined, f"https://{join.auth_server}", [*dns, *ips])
         await trio.to_thread.run_sync(save_identity, directory, joined)
+
+    async def renew(api: AuthClient) -> tuple[x509.Certificate, pki.PrivateKey]:
+        renewed = await renew_identity(
+            api, hostname=joined.identity.username, addresses=[*dns, *ips], role="proxy"
+        )
+        await trio.to_thread.run_sync(save_identity, directory, renewed)
+        return renewed.tls_cert, renewed.private_key
+
     identity = _ProxyIdentity(
         joined.identity.cluster,
         joined.identity.username,
         joined.tls_cert,
         joined.private_key,
         joined.tls_cas,
+        renew,
     )
     return identity, f"https://{join.auth_server}"
 
@@ -260,7 +286,8 @@ async def _start_proxy(
         trusted_cas=list(me.cas), cert=me.cert, key=me.key, peer_kinds=("auth",)
     )
     auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
-    web_cert, web_key = _operator_web_identity(config) or (me.cert, me.key)
+    operator_web = _operator_web_identity(config)
+    web_cert, web_key = operator_web or (me.cert, me.key)
     if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
         log.warning(
             "the proxy's web certificate is signed with Ed25519 (this cluster's X.509 CA predates "
@@ -349,6 +376,16 @@ async def _start_proxy(
         ca_pems=tuple(pki.cert_to_pem(c).decode() for c in me.cas),
     )
     await nursery.start(peers.run)
+
+    async def renew() -> x509.Certificate:
+        cert, key = await me.renew(auth_client)
+        await auth_client.present_certificate(cert, key)
+        if operator_web is None:
+            pki.present_certificate(server_ctx, cert, key)
+        agents.present_certificate(cert, key)  # roots close tunnels whose certificate expired
+        return cert
+
+    nursery.start_soon(keep_renewed, f"proxy {me.host_id}", me.cert, renew)
     log.info("proxy service listening on %s:%d (public address %s)", listen.host, port, public_addr)
     return f"{listen.connect_host}:{port}"
 

@@ -55,6 +55,8 @@ class AuthClient:
         self._headers = dict(headers or {})
         self._timeout = timeout
         self._http = self._open()
+        #: requests under way, by the client they run on
+        self._requests: dict[httpx.AsyncClient, int] = {}
 
     def _open(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -68,11 +70,14 @@ class AuthClient:
         """Present ``cert`` from the next request on (a host renewed its certificates).
 
         Pooled connections made their handshakes with the old one, which auth would keep
-        seeing until it expires; they are closed, and requests under way on them may fail.
+        seeing until it expires: new requests go through new connections, and the old ones
+        close once the requests under way on them are done.
         """
         pki.present_certificate(self._context, cert, key)
         previous, self._http = self._http, self._open()
-        await previous.aclose()
+        if not self._requests.get(previous):
+            await previous.aclose()
+        # else the last request on it closes it (see call)
 
     async def __aenter__(self) -> AuthClient:
         return self
@@ -87,13 +92,22 @@ class AuthClient:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request; a server-side TetherError is raised here as the same class."""
-        return await request_json(
-            self._http,
-            method,
-            path,
-            untrusted_hint="check the address, or log in again with `tether login`",
-            **kwargs,
-        )
+        http = self._http
+        self._requests[http] = self._requests.get(http, 0) + 1
+        try:
+            return await request_json(
+                http,
+                method,
+                path,
+                untrusted_hint="check the address, or log in again with `tether login`",
+                **kwargs,
+            )
+        finally:
+            self._requests[http] -= 1
+            if not self._requests[http]:
+                del self._requests[http]
+                if http is not self._http:  # replaced by present_certificate meanwhile
+                    await http.aclose()
 
     # --- resources -----------------------------------------------------------------------
 

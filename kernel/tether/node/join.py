@@ -13,7 +13,7 @@ import datetime
 import json
 import logging
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -22,7 +22,8 @@ from cryptography import x509
 
 from tether import pki
 from tether.client.web import establish_trust, proxy_call
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
+from tether.tunnel.agent import Backoff
 
 if TYPE_CHECKING:
     from tether.auth.client import AuthClient
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "RENEWAL_RETRY",
     "SERVER_KINDS",
     "JoinedIdentity",
     "join_cluster",
+    "keep_renewed",
     "load_identity",
     "load_or_join",
     "renew_identity",
@@ -45,6 +48,9 @@ __all__ = [
 #: directly (``--auth-server``); never another host of the cluster, whose certificate the
 #: same CA signed.
 SERVER_KINDS = ("proxy", "auth")
+#: A failed renewal is tried again after a delay that doubles from a second up to this (or to
+#: a tenth of the certificates' lifetime, if shorter).
+RENEWAL_RETRY = datetime.timedelta(minutes=5)
 
 
 @attrs.frozen
@@ -161,8 +167,57 @@ def renewal_due(joined: JoinedIdentity) -> datetime.datetime:
     """When ``joined``'s certificates are due for renewal: once two thirds of their lifetime
     have passed, which leaves a third for retries if auth is unreachable for a while. (The
     lifetime counts from the issue, not from the backdated start of validity.)"""
-    issued = joined.tls_cert.not_valid_before_utc + pki.CLOCK_SKEW
-    return issued + (joined.tls_cert.not_valid_after_utc - issued) * 2 / 3
+    return _renewal_due(joined.tls_cert)
+
+
+def _renewal_due(cert: x509.Certificate) -> datetime.datetime:
+    issued = cert.not_valid_before_utc + pki.CLOCK_SKEW
+    return issued + (cert.not_valid_after_utc - issued) * 2 / 3
+
+
+async def keep_renewed(
+    host: str,
+    cert: x509.Certificate,
+    renew: Callable[[], Awaitable[x509.Certificate]],
+    *,
+    retry: datetime.timedelta = RENEWAL_RETRY,
+) -> None:
+    """Renew ``host``'s certificates (``cert`` the current one) each time two thirds of their
+    lifetime have passed, until cancelled.
+
+    ``renew`` gets new certificates, applies them wherever the host presents them, and returns
+    the new one. A renewal that fails (auth refused or could not be reached, or the new
+    certificate could not be loaded) is logged with the reason and tried again, after a delay
+    that doubles from a second up to ``retry`` or a tenth of the lifetime, whichever is
+    shorter; the current certificates stand meanwhile.
+
+    :param host: who renews, as log lines name it (``"node 1f2e..."``, ``"proxy proxy-b"``).
+    """
+    while True:
+        due = _renewal_due(cert)
+        lifetime = (cert.not_valid_after_utc - due) * 3
+        cap = min(retry, lifetime / 10).total_seconds()
+        delays = Backoff(initial=min(1.0, cap), maximum=cap, jitter=0.0).delays()
+        await trio.sleep(max((due - datetime.datetime.now(datetime.UTC)).total_seconds(), 0.0))
+        for delay in delays:  # without end: until a renewal succeeds
+            try:
+                cert = await renew()
+                break
+            except (TetherError, OSError) as exc:
+                log.warning(
+                    "%s: could not renew its certificates, which expire at %s (trying again in "
+                    "%.1fs): %s",
+                    host,
+                    cert.not_valid_after_utc.isoformat(),
+                    delay,
+                    exc,
+                )
+                await trio.sleep(delay)
+        log.info(
+            "%s renewed its certificates; they expire at %s",
+            host,
+            cert.not_valid_after_utc.isoformat(),
+        )
 
 
 async def renew_identity(

@@ -15,6 +15,7 @@ its protocol plugins serve: a stream to anything else is refused, never dialled.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 
 import attrs
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 class _Running:
     addr: str
     scope: trio.CancelScope
+    context: ssl.SSLContext | None = None
     pool: AgentPool | None = None
 
 
@@ -76,6 +78,18 @@ class TrustAgents:
             name: run.pool.connected_proxies() if run.pool is not None else []
             for name, run in self._running.items()
         }
+
+    def present_certificate(self, cert: x509.Certificate, key: pki.PrivateKey) -> None:
+        """Present ``cert`` to the roots from now on (this proxy renewed its certificate):
+        every pool moves to new tunnels that present it, and the old ones are sent GOAWAY, so
+        streams running on them finish there (a root closes a tunnel once the certificate
+        it was opened with expires)."""
+        self._cert, self._key = cert, key
+        for running in self._running.values():
+            if running.context is not None:
+                pki.present_certificate(running.context, cert, key)
+            if running.pool is not None:
+                running.pool.replace_tunnels("the leaf's proxy renewed its certificate")
 
     async def changed(self) -> None:
         """Re-read the trusted clusters now (a :attr:`ProxyTrust.on_change` listener)."""
@@ -123,6 +137,7 @@ class TrustAgents:
             alpn=[TUNNEL_ALPN],
             peer_kinds=("proxy",),
         )
+        running.context = context  # a renewal replaces the certificate in it
 
         async def dial(addr: str) -> trio.abc.Stream:
             target = HostPort.parse(addr)

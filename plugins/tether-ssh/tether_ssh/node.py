@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 import trio
+from cryptography import x509
 
 import tether
 from tether import pki
@@ -40,9 +41,9 @@ from tether.errors import AccessDenied, ConfigError, TetherError
 from tether.node.join import (
     SERVER_KINDS,
     JoinedIdentity,
+    keep_renewed,
     load_or_join,
     renew_identity,
-    renewal_due,
     save_identity,
 )
 from tether.plugins import TetherPluginManager
@@ -77,9 +78,6 @@ ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
 REFRESH_INTERVAL = 3.0
 #: How long a command label's command may run.
 COMMAND_TIMEOUT = 30.0
-#: A failed renewal of the node's certificates is tried again after this (or a tenth of
-#: their lifetime, if shorter).
-RENEWAL_RETRY = datetime.timedelta(minutes=5)
 #: Audit events waiting to be sent; beyond this they are logged and dropped, never blocking
 #: a session.
 AUDIT_BACKLOG = 1000
@@ -390,36 +388,18 @@ class NodeService:
         """Renew the node's certificates once two thirds of their lifetime have passed, and
         present the new ones from then on: to new connections, and through new tunnels, which
         replace the old ones (sessions running through those finish there)."""
-        while True:
-            due = renewal_due(joined)
-            lifetime = (joined.tls_cert.not_valid_after_utc - due) * 3
-            wait = due - datetime.datetime.now(datetime.UTC)
-            await trio.sleep(max(wait.total_seconds(), 0.0))
-            try:
-                joined = await self._renewed(api)
-            except (TetherError, OSError) as exc:
-                retry = min(RENEWAL_RETRY, lifetime / 10)
-                log.warning(
-                    "node %s: could not renew its certificates, which expire at %s (trying "
-                    "again in %s): %s",
-                    host_id,
-                    joined.tls_cert.not_valid_after_utc.isoformat(),
-                    retry,
-                    exc,
-                )
-                await trio.sleep(retry.total_seconds())
-                continue
-            await api.present_certificate(joined.tls_cert, joined.private_key)
+
+        async def renew() -> x509.Certificate:
+            renewed = await self._renewed(api)
+            await api.present_certificate(renewed.tls_cert, renewed.private_key)
             if self._tunnel_context is not None:
-                pki.present_certificate(self._tunnel_context, joined.tls_cert, joined.private_key)
+                pki.present_certificate(self._tunnel_context, renewed.tls_cert, renewed.private_key)
             if self._tunnels is not None:  # the proxy closes tunnels whose certificate expired
                 self._tunnels.replace_tunnels("the node renewed its certificate")
-            server.update(node=self._node_identity(joined))
-            log.info(
-                "node %s renewed its certificates; they expire at %s",
-                host_id,
-                joined.tls_cert.not_valid_after_utc.isoformat(),
-            )
+            server.update(node=self._node_identity(renewed))
+            return renewed.tls_cert
+
+        await keep_renewed(f"node {host_id}", joined.tls_cert, renew)
 
     async def _renewed(self, api: AuthClient) -> JoinedIdentity:
         joined = await renew_identity(

@@ -1,0 +1,268 @@
+"""Proxies renew their certificates while they run, and move their tunnels to the new ones.
+
+Real processes on 127.0.0.1, with certificates that live seconds (renewed at two thirds of
+their lifetime): a leaf cluster (auth and proxy in one process) that trusts a root, whose root
+closes a tunnel once the certificate it was opened with expires; and a proxy of its own
+(``tetherd start --roles=proxy --token=...``) that users log in through. Sessions run as the
+OS account ``visitor`` created here, so the tests need root.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import pwd
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from cryptography import x509
+
+from tether import pki
+from tether.config import HostPort
+from tether.node.join import load_identity
+from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.cluster import (
+    RunningCluster,
+    RunningNode,
+    start_cluster,
+    start_node,
+    start_proxy,
+)
+from tether.testing.roles import VISITOR_ROLE
+
+pytestmark = [
+    pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
+    pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH tools"),
+]
+
+LIFETIME = 15  # seconds; renewal at two thirds of it
+#: the leaf's: a session across a renewal must end before the old certificate expires
+LEAF_LIFETIME = 30
+
+
+def short_lived(seconds: int) -> dict[str, dict[str, str]]:
+    return {"auth_service": {"host_cert_ttl": f"{seconds}s"}}
+
+
+PASSWORD = "correct horse battery staple"
+TETHER = (sys.executable, "-m", "tether.cli.tether")
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def served_certificate(addr: str) -> x509.Certificate:
+    """The certificate a proxy presents on its port now."""
+    target = HostPort.parse(addr)
+    pem = ssl.get_server_certificate((target.connect_host, target.port), timeout=10)
+    return pki.load_cert(pem.encode())
+
+
+def renewal_due(cert: x509.Certificate) -> float:
+    """When two thirds of ``cert``'s lifetime (from its issue) have passed, as a timestamp."""
+    issued = cert.not_valid_before_utc + pki.CLOCK_SKEW
+    return (issued + (cert.not_valid_after_utc - issued) * 2 / 3).timestamp()
+
+
+def sleep_until(timestamp: float) -> None:
+    time.sleep(max(timestamp - time.time(), 0))
+
+
+def renewals(process: RunningCluster | RunningNode, proxy: str) -> int:
+    return process.log_text().count(f"proxy {proxy} renewed its certificates")
+
+
+def ssh(cluster: RunningCluster, target: str, command: str, *args: str) -> subprocess.Popen[str]:
+    """``tether ssh`` as alice, running while the test goes on."""
+    return subprocess.Popen(
+        [*TETHER, "ssh", *args, target, command],
+        env={**os.environ, "TETHER_HOME": str(cluster.user_home("alice"))},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(session: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        out, err = session.communicate(timeout=60)
+    finally:
+        session.kill()
+    return session.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def visitor() -> Iterator[pwd.struct_passwd]:
+    with os_account("visitor") as account:
+        yield account
+
+
+# --- a leaf's proxy, in auth's process ----------------------------------------------------------
+
+
+def leaf_connection(root: RunningCluster) -> str:
+    found = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
+    doc = found[0] if isinstance(found, list) else found
+    return str((doc.get("status") or {}).get("connection"))
+
+
+def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certificate(
+    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+) -> None:
+    root = start_cluster(tmp_path / "root", "root")
+    started: list[RunningCluster | RunningNode] = [root]
+    try:
+        leaf = start_cluster(tmp_path / "leaf", "leaf", config=short_lived(LEAF_LIFETIME))
+        started.append(leaf)
+        started.append(start_node(leaf, tmp_path / "leaf-host", "leaf-host"))
+        role = tmp_path / "visitor.yaml"
+        role.write_text(VISITOR_ROLE)
+        leaf.tetherctl("create", str(role))
+        root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
+        root.login("alice", PASSWORD)
+        invitation = root.tetherctl(
+            "tokens", "add", "--type=trusted_cluster", "--ttl=5m", "--format=json"
+        )
+        trusted = tmp_path / "trusted_cluster.yaml"
+        trusted.write_text(f"""
+kind: trusted_cluster
+version: v2
+metadata:
+  name: root
+spec:
+  enabled: true
+  token: "{json.loads(invitation.stdout)["token"]}"
+  tunnel_addr: {root.proxy_addr}
+  web_proxy_addr: {root.proxy_addr}
+  ca_pin: {root.ca_pin}
+  role_map:
+    - remote: "access"
+      local: ["visitor"]
+""")
+        leaf.tetherctl("create", str(trusted))
+        wait_for(lambda: leaf_connection(root) == "online", "the leaf to come online")
+
+        def reach(command: str) -> tuple[int, str, str]:
+            return finished(ssh(root, "visitor@leaf-host", command, "--cluster=leaf"))
+
+        wait_for(lambda: reach("true")[0] == 0, "the leaf's node to trust the root", 60)
+
+        first = served_certificate(leaf.proxy_addr)
+        if renewal_due(first) - 5 < time.time() + 1:  # too close to start the session before
+            count = renewals(leaf, "leaf-node")
+            wait_for(lambda: renewals(leaf, "leaf-node") > count, "the leaf's proxy to renew")
+            first = served_certificate(leaf.proxy_addr)
+        assert first.not_valid_after_utc - first.not_valid_before_utc <= datetime.timedelta(
+            seconds=LEAF_LIFETIME + 2 * pki.CLOCK_SKEW.total_seconds()
+        ), "the leaf's proxy holds a certificate of a host's lifetime"
+        count = renewals(leaf, "leaf-node")
+        # a session running across the renewal, on the tunnel to the root that it replaces; it
+        # has to end before the old certificate expires, when the root closes that tunnel
+        sleep_until(renewal_due(first) - 5)
+        running = ssh(
+            root, "visitor@leaf-host", "echo started; sleep 8; echo finished", "--cluster=leaf"
+        )
+        try:
+            assert running.stdout is not None
+            assert running.stdout.readline() == "started\n"
+            assert renewals(leaf, "leaf-node") == count, "the session started too late to test"
+            wait_for(lambda: renewals(leaf, "leaf-node") > count, "the leaf's proxy to renew")
+            wait_for(
+                lambda: (
+                    "peer is going away: the leaf's proxy renewed its certificate"
+                    in root.log_text()
+                ),
+                "GOAWAY on the leaf's old tunnel to the root",
+            )
+        finally:
+            status, out, err = finished(running)
+        assert (status, out) == (0, "finished\n"), err
+        assert served_certificate(leaf.proxy_addr) != first  # its own port presents the new one
+
+        # past the first certificate's expiry, and across more renewals, the leaf stays online
+        sleep_until(first.not_valid_after_utc.timestamp() + 1)
+        wait_for(
+            lambda: renewals(leaf, "leaf-node") >= count + 3, "more renewals", 3 * LEAF_LIFETIME
+        )
+        assert leaf_connection(root) == "online"
+        listed = root.tetherctl("get", "rc").stdout
+        assert "leaf" in listed and "online" in listed, listed
+        status, out, err = reach("echo renewed")
+        assert (status, out) == (0, "renewed\n"), err
+        assert "the certificate of this tunnel expired" not in root.log_text()
+        assert "could not renew" not in leaf.log_text()
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+# --- a proxy of its own -------------------------------------------------------------------------
+
+
+def test_a_joined_proxy_renews_while_running_and_serves_logins_and_tunnels_past_expiry(
+    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+) -> None:
+    cluster = start_cluster(tmp_path / "main", "main", config=short_lived(LIFETIME))
+    started: list[RunningCluster | RunningNode] = [cluster]
+    try:
+        proxy = start_proxy(cluster, tmp_path / "proxy-b", "proxy-b")
+        started.append(proxy)
+        first = load_identity(tmp_path / "proxy-b/data/proxy")
+        assert first is not None
+        assert served_certificate(proxy.proxy_addr) == first.tls_cert
+        cluster.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
+
+        def login() -> subprocess.CompletedProcess[str]:
+            return cluster.tether(
+                "alice",
+                "login",
+                f"--proxy={proxy.proxy_addr}",
+                "--user=alice",
+                "--password-stdin",
+                f"--ca-pin={cluster.ca_pin}",
+                input=PASSWORD + "\n",
+                check=False,
+            )
+
+        sleep_until(first.tls_cert.not_valid_after_utc.timestamp() + 1)
+        wait_for(lambda: renewals(proxy, "proxy-b") >= 2, "two renewals", 3 * LIFETIME)
+        renewed = load_identity(tmp_path / "proxy-b/data/proxy")  # saved for its next start
+        assert renewed is not None
+        assert renewed.tls_cert.not_valid_after_utc > first.tls_cert.not_valid_after_utc
+        assert served_certificate(proxy.proxy_addr) != first.tls_cert
+
+        # a user logs in through it, past its first certificate's expiry (it asks auth with
+        # its renewed one) ...
+        result = login()
+        assert result.returncode == 0, result.stderr
+        assert proxy.proxy_addr in cluster.tether("alice", "status").stdout
+        # ... and a node that joins through it keeps a tunnel to it and is reached through it
+        node = start_node_through(cluster, proxy, tmp_path / "tunnel-node")
+        started.append(node)
+        wait_for(
+            lambda: finished(ssh(cluster, "visitor@tunnel-node", "true"))[0] == 0,
+            "the node to be reached through the renewed proxy",
+        )
+        assert "tunnel to proxy proxy-b (" in node.log_text()
+        assert "could not renew" not in proxy.log_text()
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def start_node_through(
+    cluster: RunningCluster, proxy: RunningNode, directory: pathlib.Path
+) -> RunningNode:
+    """A node in tunnel mode that joins through ``proxy`` (not the cluster's first one)."""
+    return start_node(cluster, directory, "tunnel-node", extra_args=[f"--proxy={proxy.proxy_addr}"])
