@@ -17,7 +17,7 @@ from cryptography import x509
 
 from tether import pki
 from tether.errors import TetherError
-from tether.node.join import keep_renewed
+from tether.node.join import keep_renewed, renew_identity
 
 LIFETIME = datetime.timedelta(seconds=30)
 CA = pki.X509CertAuthority.create("main", pki.generate_private_key())
@@ -79,3 +79,15 @@ async def test_a_host_renews_each_certificate_at_two_thirds_of_its_lifetime(
     # (X.509 times are whole seconds: each interval may be a second short)
     intervals = [b - a for a, b in itertools.pairwise([0.0, *calls])]
     assert intervals == pytest.approx([20, 20, 20], abs=1.5)
+
+
+async def test_a_renewal_answer_that_is_no_identity_is_refused_and_the_current_one_stands() -> None:
+    # A real auth never answers so (only a bug or a different release would): this stand-in
+    # for its client answers the renewal with an empty object, which nothing here can produce.
+    class MalformedAuth:
+        async def call(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+            assert (method, path) == ("POST", "/v1/hosts/renew")
+            return {}
+
+    with pytest.raises(TetherError, match="auth answered the renewal with an unreadable identity"):
+        await renew_identity(MalformedAuth(), hostname="proxy-b")  # type: ignore[arg-type]

@@ -226,11 +226,18 @@ async def renew_identity(
     """New certificates for a new key, from auth, proven by the current ones (``api`` presents
     them): the same host id and kind, a full lifetime. The caller saves and applies them.
 
-    :raises TetherError: auth refused or could not be reached (the current ones still stand).
+    :raises TetherError: auth refused, could not be reached, or answered with something that
+        is no identity (the current ones still stand).
     """
     key = pki.generate_private_key(_host_key_algorithm(role))
     body = await api.call("POST", "/v1/hosts/renew", json=_host_request(key, hostname, addresses))
-    return JoinedIdentity.from_json(body, key)
+    try:
+        return JoinedIdentity.from_json(body, key)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TetherError(
+            f"auth answered the renewal with an unreadable identity: {exc!r}",
+            hint="check that auth runs the same Tether version",
+        ) from None
 
 
 def _host_key_algorithm(role: str) -> str:
