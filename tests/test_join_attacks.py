@@ -17,8 +17,7 @@ import shutil
 import socketserver
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -27,7 +26,7 @@ import trio
 from tether import pki
 from tether.errors import AccessDenied
 from tether.node.join import JoinedIdentity, join_cluster
-from tether.testing.cluster import RunningCluster, run_cli, start_cluster, start_proxy
+from tether.testing.cluster import RunningCluster, run_cli, start_cluster, start_proxy, wait_for
 from tether.tunnel.server import TUNNEL_ALPN
 
 PASSWORD = "correct horse battery staple"
@@ -54,13 +53,6 @@ async def join_node(cluster: RunningCluster, host_id: str, hostname: str) -> Joi
 def audit(cluster: RunningCluster, event_type: str) -> list[dict[str, object]]:
     out = cluster.tetherctl("audit", "search", f"--type={event_type}", "--format=json").stdout
     return list(json.loads(out))
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def impostor_context(joined: JoinedIdentity, alpn: str) -> ssl.SSLContext:

@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import time
 
-from tether.testing.cluster import RunningCluster
+from tether.testing.cluster import RunningCluster, wait_for
 from tether.testing.tunnel_peer import start_agent, start_echo
-
-
-def wait_for(predicate: object, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_an_agent_tunnels_into_the_proxy_port_and_its_heartbeats_are_recorded(

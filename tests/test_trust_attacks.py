@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -21,7 +21,7 @@ import trio
 
 from tether import pki
 from tether.errors import TetherError
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster, start_cluster, wait_for
 from tether.testing.impostor import exchange, forge_certificate, handshake, hold_tunnel
 
 
@@ -47,13 +47,6 @@ class Clusters:
             "  role_map: [{remote: access, local: [access]}]\n"
         )
         return leaf.tetherctl("create", *args, str(path), check=check)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def remote(root: RunningCluster, name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,6 +30,7 @@ __all__ = [
     "start_node",
     "start_proxy",
     "stop_process",
+    "wait_for",
 ]
 
 STARTUP_TIMEOUT = 60.0
@@ -383,3 +384,15 @@ def start_cluster(
     process = _spawn_daemon(["-c", str(config_path)], directory, log_path, env)
     info = _wait_for_process_file(process, directory / "data", name, log_path)
     return RunningCluster(name, directory, config_path, process, info, log_path)
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until it holds: what a scenario waits on in another process (a
+    heartbeat, a tunnel, a log line) arrives when it arrives, never after a fixed sleep.
+
+    :raises AssertionError: ``timeout`` seconds passed first; the message names ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

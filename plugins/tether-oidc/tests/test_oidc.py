@@ -34,6 +34,7 @@ from tether.testing.cluster import (
     run_cli,
     start_cluster,
     start_node,
+    wait_for,
 )
 from tether.testing.http import free_port
 from tether.testing.sso import (
@@ -429,13 +430,6 @@ spec:
     logins: ['{{internal.logins}}']
     node_labels: {env: '{{external.env}}'}
 """
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 @pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)")

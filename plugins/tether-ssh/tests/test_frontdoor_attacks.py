@@ -20,8 +20,7 @@ import pwd
 import shutil
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -37,7 +36,7 @@ from tether.errors import AccessDenied
 from tether.node.join import load_identity
 from tether.resources import resource_to_dict
 from tether.testing.accounts import can_create_accounts
-from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
+from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node, wait_for
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
 
@@ -119,13 +118,6 @@ class Clusters:
     def ssh(self, user: str, *args: str) -> tuple[int, str, str]:
         result = self.root.tether(user, "ssh", *args, check=False)
         return result.returncode, result.stdout, result.stderr
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def audit(cluster: RunningCluster, event_type: str) -> list[dict[str, Any]]:

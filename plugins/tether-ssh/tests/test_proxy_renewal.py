@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
@@ -34,6 +34,7 @@ from tether.testing.cluster import (
     start_cluster,
     start_node,
     start_proxy,
+    wait_for,
 )
 from tether.testing.roles import VISITOR_ROLE
 
@@ -53,13 +54,6 @@ def short_lived(seconds: int) -> dict[str, dict[str, str]]:
 
 PASSWORD = "correct horse battery staple"
 TETHER = (sys.executable, "-m", "tether.cli.tether")
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def served_certificate(addr: str) -> x509.Certificate:

@@ -28,7 +28,7 @@ import trio
 from tether import pki
 from tether.errors import TetherError
 from tether.testing.accounts import can_create_accounts
-from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
+from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node, wait_for
 from tether.testing.impostor import (
     TunnelAttempt,
     exchange,
@@ -79,13 +79,6 @@ class Setup:
             "alice", "ssh", "--cluster=leaf2", "visitor@leaf2-node", *command, check=False
         )
         return ran.returncode, ran.stdout, ran.stderr
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def online(root: RunningCluster, name: str) -> bool:

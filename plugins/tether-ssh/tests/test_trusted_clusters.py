@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import attrs
@@ -35,6 +35,7 @@ from tether.testing.cluster import (
     start_cluster,
     start_node,
     start_proxy,
+    wait_for,
 )
 from tether.testing.http import free_port
 from tether.testing.roles import VISITOR_ROLE
@@ -95,13 +96,6 @@ class Trust:
     def ssh_to(self, target: str, *command: str) -> tuple[int, str, str]:
         result = self.root.tether("alice", "ssh", "--cluster=leaf", target, *command, check=False)
         return result.returncode, result.stdout, result.stderr
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def remote_status(root: RunningCluster) -> dict[str, object]:

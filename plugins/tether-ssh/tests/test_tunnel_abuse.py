@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -31,7 +31,7 @@ from tether import pki
 from tether.client.profile import current_profile
 from tether.node.join import load_identity, renewal_due
 from tether.testing.accounts import can_create_accounts, os_account
-from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
+from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node, wait_for
 from tether.testing.tunnel_peer import PeerProcess, init_cluster, start_agent
 from tether.tunnel import _frames as fr
 from tether.tunnel._frames import FrameType
@@ -108,13 +108,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, visitor: pwd.struct_passwd) -
         yield started
     finally:
         _stop_site(started)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def rss(pid: int) -> int:
