@@ -205,6 +205,8 @@ class AuthService:
         self.authorities = authorities
         self.cluster_name = config.cluster_name
         self._clock = clock
+        #: host id -> the certificate expiry whose hold this process has seen recorded
+        self._kept_host_ids: dict[str, datetime.datetime] = {}
         self.connectors = _connectors(pm)
         #: called after the set of trusted clusters' CAs changed (the proxy reloads them)
         self.on_trust_change: list[Callable[[], Awaitable[None]]] = [self._load_trust]
@@ -619,6 +621,33 @@ class AuthService:
         await self.backend.put(
             kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
         )
+        await self._keep_host_id(identity)
+
+    async def _keep_host_id(self, identity: pki.Identity) -> None:
+        """Hold the id of a host that publishes with a certificate for it, as long as that
+        certificate lasts. Joins and renewals record their ids; a host that joined before
+        ids were recorded gets its record at its next heartbeat, so that no token can take
+        its id meanwhile. Costs a read only once per certificate and process."""
+        if self._kept_host_ids.get(identity.username) == identity.expires:
+            return
+        item = await self.backend.get(HOST_ID_PREFIX + identity.username)
+        held = (
+            datetime.datetime.fromisoformat(str(json.loads(item.value)["expires"]))
+            if item is not None
+            else None
+        )
+        if held is None or held < identity.expires:
+            try:
+                await self._hold_id(
+                    identity.username,
+                    identity.kind,
+                    identity.username,
+                    identity.expires,
+                    replaces=item,
+                )
+            except AccessDenied:
+                return  # a join or renewal wrote it meanwhile: try at the next heartbeat
+        self._kept_host_ids[identity.username] = identity.expires
 
     async def _check_dialed_addr(
         self, identity: pki.Identity, text: str, host_names: Collection[str]
