@@ -842,7 +842,7 @@ auth_service:
   lockout_duration: 30m
   # How long a sign-up invitation stays valid.
   signup_token_ttl: 1h
-  # Lifetime of the certificates of nodes and proxies (the proxy beside auth's too); each
+  # Lifetime of the certificates of nodes, proxies and auth's own server certificate; each
   # renews its own once two thirds of it have passed, while it runs.
   host_cert_ttl: 8760h
   # Key algorithm of new certificate authorities, ed25519 or ecdsa-p256: the SSH ones, and

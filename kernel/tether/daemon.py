@@ -59,9 +59,9 @@ __all__ = ["run_daemon", "wait_for_stop_signal"]
 
 log = logging.getLogger(__name__)
 
-#: the admin identity is reissued at every start; it only has to outlive one run
+#: the local admin identity's lifetime: long, as its key and certificate are two files that
+#: ``tetherctl -c`` could read halfway through a renewal
 ADMIN_TTL = datetime.timedelta(days=365)
-SERVER_CERT_TTL = datetime.timedelta(days=365)
 HTTP_ALPN = ("h2", "http/1.1")
 
 
@@ -83,7 +83,7 @@ def _server_identity(
     config: Config,
     kind: str,
     *hosts: str,
-    ttl: datetime.timedelta = SERVER_CERT_TTL,
+    ttl: datetime.timedelta,
 ) -> tuple[x509.Certificate, pki.PrivateKey]:
     """A fresh key and a certificate naming every address clients may use for this daemon,
     of a type browsers and stock TLS clients accept."""
@@ -127,18 +127,24 @@ async def _start_auth(
 ) -> tuple[AuthService, str]:
     auth = await AuthService.open(config=config, pm=pm, backend=backend)
     data_dir = pathlib.Path(config.data_dir)
+    # auth's server certificate lasts as long as a host's, and is renewed the same way
+    ttl = config.auth_service.host_cert_ttl
 
-    admin_key = pki.generate_private_key()
-    admin_cert = auth.issue_system_certificate(
-        "admin", "admin", admin_key.public_key(), ttl=ADMIN_TTL
-    )
-    cert_path, key_path, ca_path = admin_identity_paths(data_dir)
-    _write_private(key_path, pki.private_key_to_pem(admin_key))
-    _write_private(cert_path, pki.cert_to_pem(admin_cert))
-    _write_private(ca_path, pki.certs_to_pem(auth.trusted_tls_cas()))
+    async def write_admin_identity() -> x509.Certificate:
+        """The local admin identity ``tetherctl -c`` reads at each run."""
+        admin_key = pki.generate_private_key()
+        admin_cert = auth.issue_system_certificate(
+            "admin", "admin", admin_key.public_key(), ttl=ADMIN_TTL
+        )
+        cert_path, key_path, ca_path = admin_identity_paths(data_dir)
+        _write_private(key_path, pki.private_key_to_pem(admin_key))
+        _write_private(cert_path, pki.cert_to_pem(admin_cert))
+        _write_private(ca_path, pki.certs_to_pem(auth.trusted_tls_cas()))
+        return admin_cert
 
+    admin_cert = await write_admin_identity()
     listen = config.auth_service.listen_addr
-    server_cert, server_key = _server_identity(auth, config, "auth", listen.host)
+    server_cert, server_key = _server_identity(auth, config, "auth", listen.host, ttl=ttl)
     ctx = pki.server_ssl_context(
         server_cert,
         server_key,
@@ -152,6 +158,15 @@ async def _start_auth(
     routes = dict.fromkeys(HTTP_ALPN, handler)
     port = await _listen(nursery, "auth_service.listen_addr", listen, ctx, routes)
     auth.service_addrs["auth service"] = HostPort(listen.host, port)
+
+    async def renew_server_certificate() -> x509.Certificate:
+        cert, key = _server_identity(auth, config, "auth", listen.host, ttl=ttl)
+        pki.present_certificate(ctx, cert, key)  # new connections get it; open ones go on
+        await auth.hold_own_host_id()
+        return cert
+
+    nursery.start_soon(keep_renewed, "auth service", server_cert, renew_server_certificate)
+    nursery.start_soon(keep_renewed, "local admin identity", admin_cert, write_admin_identity)
     addr = f"{listen.connect_host}:{port}"
     log.info(
         "auth service listening on %s:%d (cluster %s, CA pin %s)",

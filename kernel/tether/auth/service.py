@@ -255,16 +255,7 @@ class AuthService:
         )
         await service._publish_authorities()
         await service._load_trust()
-        # the certificates of auth and of the proxy in its process name this host (nodename):
-        # a node token must not join under it; held as long as a host's certificates last,
-        # and again at every start
-        await service._hold_id(
-            config.nodename,
-            "auth",
-            config.nodename,
-            service.now() + config.auth_service.host_cert_ttl,
-            replaces=True,
-        )
+        await service.hold_own_host_id()
         for role in preset_roles():
             kind = registry.get("role")
             with contextlib.suppress(AlreadyExists):
@@ -1556,6 +1547,14 @@ class AuthService:
             "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
         return result
+
+    async def hold_own_host_id(self) -> None:
+        """Hold this host's id (``nodename``), which the certificates of auth and of the
+        proxy in its process carry, so that no node token joins under it: for as long as a
+        host's certificates last. Called at start and whenever those certificates renew."""
+        nodename = self.config.nodename
+        expires = self.now() + self.config.auth_service.host_cert_ttl
+        await self._hold_id(nodename, "auth", nodename, expires, replaces=True)
 
     async def _host_id_holder(self, host_id: str) -> Item | None:
         """Whether a join may take ``host_id``: None when no host ever held it, or the
