@@ -37,6 +37,7 @@ from tether.node.join import load_identity
 from tether.resources import resource_to_dict
 from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node, wait_for
+from tether.testing.roles import VISITOR_ROLE
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
 
@@ -48,7 +49,8 @@ pytestmark = [
 PASSWORD = "correct horse battery staple"
 NODE_TTL = datetime.timedelta(seconds=40)
 SECRET = b"internal service: not for the front door\n"
-ROLES = """
+ROLES = (
+    """
 kind: role
 version: v7
 metadata:
@@ -57,15 +59,9 @@ spec:
   allow:
     node_labels: {'*': '*'}
 ---
-kind: role
-version: v7
-metadata:
-  name: visitor
-spec:
-  allow:
-    logins: [visitor]
-    node_labels: {'*': '*'}
 """
+    + VISITOR_ROLE
+)
 
 
 @attrs.frozen
