@@ -16,7 +16,6 @@ import pathlib
 import shutil
 import socketserver
 import ssl
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -27,6 +26,7 @@ from tether import pki
 from tether.errors import AccessDenied
 from tether.node.join import JoinedIdentity, join_cluster
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster, start_proxy, wait_for
+from tether.testing.http import serve_in_thread
 from tether.tunnel.server import TUNNEL_ALPN
 
 PASSWORD = "correct horse battery staple"
@@ -58,19 +58,6 @@ def audit(cluster: RunningCluster, event_type: str) -> list[dict[str, object]]:
 def impostor_context(joined: JoinedIdentity, alpn: str) -> ssl.SSLContext:
     """A TLS server context presenting the node's real certificate, as the node could."""
     return pki.server_ssl_context(joined.tls_cert, joined.private_key, alpn=[alpn])
-
-
-@contextlib.contextmanager
-def serving(server: socketserver.TCPServer) -> Iterator[str]:
-    """Run ``server`` in a thread until the block ends; yields its address."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @contextlib.contextmanager
@@ -112,7 +99,7 @@ def impostor_web(
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    with serving(server) as addr:
+    with serve_in_thread(server) as addr:
         yield addr, received
 
 
@@ -143,7 +130,7 @@ def impostor_tunnel(node: JoinedIdentity) -> Iterator[tuple[str, list[bytes]]]:
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # a client that aborts the handshake is what the test expects
 
-    with serving(Server(("127.0.0.1", 0), Handler)) as addr:
+    with serve_in_thread(Server(("127.0.0.1", 0), Handler)) as addr:
         yield addr, received
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import socketserver
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["free_port", "serve_http"]
+__all__ = ["free_port", "serve_http", "serve_in_thread"]
 
 
 def free_port() -> int:
@@ -27,11 +28,18 @@ def free_port() -> int:
 def serve_http(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
     """Serve ``handler`` on 127.0.0.1:``port`` (0: any) until the block ends; yields the
     base URL, ``http://127.0.0.1:PORT``."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    with serve_in_thread(ThreadingHTTPServer(("127.0.0.1", port), handler)) as addr:
+        yield f"http://{addr}"
+
+
+@contextlib.contextmanager
+def serve_in_thread(server: socketserver.BaseServer) -> Iterator[str]:
+    """Run ``server`` (bound to 127.0.0.1) in a thread until the block ends, then shut it down
+    and close it; yields its address, ``127.0.0.1:PORT``."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"127.0.0.1:{server.server_address[1]}"  # type: ignore[index]
     finally:
         server.shutdown()
         server.server_close()
