@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import datetime
 import pathlib
-import ssl
 import time
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether import pki
-from tether.config import HostPort
-from tether.testing.cluster import start_cluster, wait_for
-
-
-def served_certificate(addr: str) -> x509.Certificate:
-    """The certificate auth presents on its port now."""
-    target = HostPort.parse(addr)
-    pem = ssl.get_server_certificate((target.connect_host, target.port), timeout=10)
-    return pki.load_cert(pem.encode())
+from tether.testing.cluster import served_certificate, start_cluster, wait_for
 
 
 def test_auth_renews_its_certificate_and_still_answers_past_the_first_ones_expiry(

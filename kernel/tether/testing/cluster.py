@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from cryptography import x509
 
+from tether.config import HostPort
 from tether.datadir import PROCESS_FILE
 from tether.yamlio import dump_yaml
 
@@ -26,6 +29,7 @@ __all__ = [
     "RunningCluster",
     "RunningNode",
     "run_cli",
+    "served_certificate",
     "start_cluster",
     "start_node",
     "start_proxy",
@@ -396,3 +400,10 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def served_certificate(addr: str) -> x509.Certificate:
+    """The certificate the daemon at ``addr`` (``host:port``) presents now, unverified."""
+    target = HostPort.parse(addr)
+    pem = ssl.get_server_certificate((target.connect_host, target.port), timeout=10)
+    return x509.load_pem_x509_certificate(pem.encode())

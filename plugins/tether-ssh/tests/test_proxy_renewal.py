@@ -15,7 +15,6 @@ import os
 import pathlib
 import pwd
 import shutil
-import ssl
 import subprocess
 import sys
 import time
@@ -25,12 +24,12 @@ import pytest
 from cryptography import x509
 
 from tether import pki
-from tether.config import HostPort
 from tether.node.join import load_identity
 from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
+    served_certificate,
     start_cluster,
     start_node,
     start_proxy,
@@ -54,13 +53,6 @@ def short_lived(seconds: int) -> dict[str, dict[str, str]]:
 
 PASSWORD = "correct horse battery staple"
 TETHER = (sys.executable, "-m", "tether.cli.tether")
-
-
-def served_certificate(addr: str) -> x509.Certificate:
-    """The certificate a proxy presents on its port now."""
-    target = HostPort.parse(addr)
-    pem = ssl.get_server_certificate((target.connect_host, target.port), timeout=10)
-    return pki.load_cert(pem.encode())
 
 
 def renewal_due(cert: x509.Certificate) -> float:
