@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import socket
+import ssl
 import textwrap
 from collections.abc import Iterator
 from typing import Any
@@ -199,6 +200,17 @@ def test_every_hook_is_called_in_a_running_daemon(
     assert {"hook": "tether_audit_search", "type": "user.login"} in records
 
 
+def _first_answer(cluster: RunningCluster, context: ssl.SSLContext) -> tuple[str | None, str]:
+    """Connect to the proxy's port with ``context``: the protocol it chose, and the first
+    thing it said ("" when it closed the connection)."""
+    host, port = cluster.proxy_addr.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return tls.selected_alpn_protocol(), tls.recv(1024).decode()
+
+
 def test_plugin_protocol_answers_a_logged_in_user_on_the_proxy_port(
     hooktest_cluster: tuple[RunningCluster, dict[str, str]],
 ) -> None:
@@ -206,7 +218,6 @@ def test_plugin_protocol_answers_a_logged_in_user_on_the_proxy_port(
     cluster.login("carol", "hooktest-carol", "--auth=hooktest", env=env)
     profile = current_profile(cluster.user_home("carol"))
     assert profile is not None
-    host, port = cluster.proxy_addr.rsplit(":", 1)
     greeter = tether_hooktest.GREETER_ALPN
     for context, answer in [
         (profile_ssl_context(profile, alpn=[greeter]), "hello carol from hooks\n"),
@@ -215,12 +226,7 @@ def test_plugin_protocol_answers_a_logged_in_user_on_the_proxy_port(
             "refused: a client certificate is required\n",
         ),
     ]:
-        with (
-            socket.create_connection((host, int(port)), timeout=10) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            assert tls.selected_alpn_protocol() == greeter
-            assert tls.recv(1024).decode() == answer
+        assert _first_answer(cluster, context) == (greeter, answer)
     assert {"hook": "tether_protocols.serve", "user": "carol", "alpn": greeter} in _recorded(env)
 
 
@@ -231,27 +237,18 @@ def test_a_plugin_protocol_that_fails_ends_only_its_own_connection(
     cluster.login("carol", "hooktest-carol", "--auth=hooktest", env=env)
     profile = current_profile(cluster.user_home("carol"))
     assert profile is not None
-    host, port = cluster.proxy_addr.rsplit(":", 1)
-    with (
-        socket.create_connection((host, int(port)), timeout=10) as raw,
-        profile_ssl_context(profile, alpn=[tether_hooktest.FAILING_ALPN]).wrap_socket(
-            raw, server_hostname=host
-        ) as tls,
-    ):
-        assert tls.recv(1024) == b""  # closed
+    failing = tether_hooktest.FAILING_ALPN
+    closed = (failing, "")
+    assert _first_answer(cluster, profile_ssl_context(profile, alpn=[failing])) == closed
     assert cluster.process.poll() is None
     assert "the 'hooktest-failing/1' handler failed on a connection from 127.0.0.1" in (
         cluster.log_text()
     )
     assert "hooktest's failing protocol fails on purpose" in cluster.log_text()
     # the port still serves everyone else
-    with (
-        socket.create_connection((host, int(port)), timeout=10) as raw,
-        profile_ssl_context(profile, alpn=[tether_hooktest.GREETER_ALPN]).wrap_socket(
-            raw, server_hostname=host
-        ) as tls,
-    ):
-        assert tls.recv(1024).decode() == "hello carol from hooks\n"
+    greeter = tether_hooktest.GREETER_ALPN
+    greeted = _first_answer(cluster, profile_ssl_context(profile, alpn=[greeter]))
+    assert greeted == (greeter, "hello carol from hooks\n")
 
 
 # --- broken plugins stop start-up with one line ----------------------------------------------
