@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tether import pki
-from tether.auth.client import AuthClient
+from tether.auth.http_client import AuthClient
 from tether.datadir import admin_identity_paths
 from tether.errors import AccessDenied, TrustError
 from tether.node.join import (

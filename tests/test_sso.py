@@ -29,7 +29,7 @@ from tether_hooktest import StandInProvider
 
 from tether import pki
 from tether.auth.service import AuthService
-from tether.auth.sso import (
+from tether.auth.sso_flows import (
     REQUEST_TTL,
     Approval,
     ClaimMapping,
@@ -39,7 +39,7 @@ from tether.auth.sso import (
     map_claims,
 )
 from tether.backend import open_sqlite
-from tether.client.sso import _one_request
+from tether.client.sso_login import _one_request
 from tether.config import default_config
 from tether.errors import AccessDenied, TetherError
 from tether.plugins import get_plugin_manager

@@ -11,7 +11,7 @@ with the kernel's own code and the same calls a leaf's ``tetherd`` makes:
    CAs (:class:`tether.auth.trust.TrustExchange`);
 3. a tunnel: an :class:`tether.tunnel.agent.AgentPool` dialling the root proxy with ALPN
    ``tether-tunnel/1`` and a ``proxy`` certificate the leaf's own X.509 CA issued, verifying the
-   root with the CA the handshake returned (as :mod:`tether.proxy.trust_agents` does).
+   root with the CA the handshake returned (as :mod:`tether.proxy.root_tunnels` does).
 
 A lightweight leaf serves nothing: every stream the root opens through its tunnel is refused.
 Many leaves run in one process (``python leaves.py --first 1 --count 499 ...``, a few such
@@ -157,7 +157,7 @@ async def run_leaves(args: argparse.Namespace, out: IO[str]) -> None:
         )
 
         async def dial(addr: str) -> trio.abc.Stream:
-            # as tether.proxy.trust_agents dials: the root's certificate names its address
+            # as tether.proxy.root_tunnels dials: the root's certificate names its address
             hp = HostPort.parse(addr)
             return await TLSStream.connect(
                 hp.connect_host, hp.port, tls, server_hostname=hp.connect_host

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes
 
 from tether import pki
 from tether.asgi import ASGIHandler
-from tether.auth.api import build_app as build_auth_app
-from tether.auth.client import AuthClient
+from tether.auth.http_api import build_app as build_auth_app
+from tether.auth.http_client import AuthClient
 from tether.auth.service import AuthService
 from tether.backend import Backend, open_backend
 from tether.config import Config, HostPort
@@ -44,8 +44,8 @@ from tether.node.join import (
 from tether.plugins import TetherPluginManager
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
 from tether.proxy.peers import ProxyPeers
-from tether.proxy.trust import ProxyTrust
-from tether.proxy.trust_agents import TrustAgents
+from tether.proxy.root_tunnels import RootTunnels
+from tether.proxy.trust_cache import ProxyTrust
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.ratelimit import RateLimiter
@@ -150,7 +150,7 @@ async def _start_auth(
         server_key,
         client_cas=auth.trusted_tls_cas(),
         # optional: hosts joining directly have no certificate yet; every route but the
-        # anonymous join ones refuses a request without one (see tether.auth.api)
+        # anonymous join ones refuses a request without one (see tether.auth.http_api)
         client_auth="optional",
         alpn=HTTP_ALPN,
     )
@@ -364,16 +364,16 @@ async def _start_proxy(
         verify_client=trust.verify_client,
     )
     ctx.extras["proxy"] = proxy_ctx
-    agents = TrustAgents(
+    root_tunnels = RootTunnels(
         trust=trust,
         cert=me.cert,
         key=me.key,
         proxy=proxy_ctx,
         protocols={handler.name: handler for handler in protocols.values()},
     )
-    trust.on_change.append(agents.changed)
-    await nursery.start(agents.run)
-    ctx.extras["trust_agents"] = agents
+    trust.on_change.append(root_tunnels.changed)
+    await nursery.start(root_tunnels.run)
+    ctx.extras["root_tunnels"] = root_tunnels
     routes: dict[str, TLSHandler] = {
         **dict.fromkeys(HTTP_ALPN, web),
         TUNNEL_ALPN: tunnels.handle,
@@ -397,7 +397,7 @@ async def _start_proxy(
         await auth_client.present_certificate(cert, key)
         if operator_web is None:
             pki.present_certificate(server_ctx, cert, key)
-        agents.present_certificate(cert, key)  # roots close tunnels whose certificate expired
+        root_tunnels.present_certificate(cert, key)  # roots close tunnels whose certificate expired
         return cert
 
     nursery.start_soon(keep_renewed, f"proxy {me.host_id}", me.cert, renew)

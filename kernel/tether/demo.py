@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import trio
 
-from tether.auth.client import admin_client
+from tether.auth.http_client import admin_client
 from tether.config import (
     AuthServiceConfig,
     Config,

@@ -81,7 +81,7 @@ def tether_identity_connectors() -> list[IdentityConnector]:
     (:mod:`tether.auth.connectors`): a ``PasswordConnector`` named what users pass as
     ``--auth``, and a ``RedirectConnector`` (single sign-on) named after the resource kind of
     its settings, whose state, nonce, PKCE, expiry and one-time use the kernel owns
-    (:mod:`tether.auth.sso`). A connector name provided twice is an error.
+    (:mod:`tether.auth.sso_flows`). A connector name provided twice is an error.
     """
 
 

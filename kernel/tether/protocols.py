@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from tether import pki
-from tether.auth.client import FORWARDED_CERT_HEADER
+from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.errors import AccessDenied, PluginError, TetherError
 from tether.tlsserver import peer_certificate_der
 
 if TYPE_CHECKING:
-    from tether.auth.client import AuthClient
+    from tether.auth.http_client import AuthClient
     from tether.tlsstream import TLSStream
     from tether.tunnel.server import TunnelServer
     from tether.tunnel.transport import IncomingStream

@@ -2,7 +2,7 @@
 
 A connector only says *who* the user is and which roles and traits they get; the auth service
 owns everything security-critical around it (lockout, certificate issuing, audit; for single
-sign-on the state, nonce, PKCE, expiry and one-time use, see :mod:`tether.auth.sso`).
+sign-on the state, nonce, PKCE, expiry and one-time use, see :mod:`tether.auth.sso_flows`).
 Connectors are provided by plugins through ``tether_identity_connectors``. Two shapes exist:
 
 - a :class:`PasswordConnector` checks a user name and password (the builtin ``local``
@@ -22,7 +22,7 @@ import attrs
 
 if TYPE_CHECKING:
     from tether.auth.service import AuthService
-    from tether.auth.sso import ExternalIdentity, SSORequest
+    from tether.auth.sso_flows import ExternalIdentity, SSORequest
     from tether.resources import Resource
 
 __all__ = ["IdentityConnector", "LoginIdentity", "PasswordConnector", "RedirectConnector"]
@@ -100,6 +100,6 @@ class RedirectConnector(IdentityConnector, Protocol):
     def roles_for(
         self, auth: AuthService, connector: Resource, identity: ExternalIdentity
     ) -> tuple[str, ...]:
-        """The Tether roles ``identity`` gets (usually :func:`tether.auth.sso.map_claims`
+        """The Tether roles ``identity`` gets (usually :func:`tether.auth.sso_flows.map_claims`
         over the resource's mapping rules, with ``auth.pm``); none refuses the login."""
         ...

@@ -1,7 +1,7 @@
 """The auth service: the cluster's certificate authorities, users, roles, tokens and audit.
 
-This module is the auth service's logic with no HTTP in it; :mod:`tether.auth.api` maps HTTP
-requests onto it and :mod:`tether.auth.client` calls it remotely. Every public method that acts
+This module is the auth service's logic with no HTTP in it; :mod:`tether.auth.http_api` maps HTTP
+requests onto it and :mod:`tether.auth.http_client` calls it remotely. Every public method that acts
 for a caller takes the caller's verified :class:`~tether.pki.Identity` first and checks it
 (role rules for users; built-in system identities are trusted for their own duties only).
 """
@@ -25,7 +25,7 @@ import attrs
 from cryptography import x509
 
 from tether import audit, pki
-from tether.auth import passwords, sso
+from tether.auth import passwords, sso_flows
 from tether.auth.connectors import (
     IdentityConnector,
     LoginIdentity,
@@ -116,7 +116,7 @@ def _reaches(addr: HostPort, listener: HostPort) -> bool:
     return _local_host(addr.host) and _local_host(listener.host)
 
 
-def _requested_ttl(request: sso.SSORequest) -> datetime.timedelta | None:
+def _requested_ttl(request: sso_flows.SSORequest) -> datetime.timedelta | None:
     """The certificate lifetime a single sign-on client asked for, if it did."""
     return datetime.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
 
@@ -436,7 +436,7 @@ class AuthService:
         return f"{self._trust_epoch}-{self._trust_reloads}"
 
     def trust_snapshot(self, identity: pki.Identity, known: str | None = None) -> dict[str, Any]:
-        """What this cluster trusts, for its proxies (:class:`tether.proxy.trust.ProxyTrust`),
+        """What this cluster trusts, for its proxies (:class:`tether.proxy.trust_cache.ProxyTrust`),
         which verify client certificates and tunnels exactly as this service does.
 
         :param known: the revision the proxy holds; when it is current the answer is only
@@ -1134,7 +1134,7 @@ class AuthService:
         """Start a single sign-on login; returns its id and the URL to send the browser to.
 
         The login is stored, one-time, under its random ``state`` until the provider calls
-        back or :data:`tether.auth.sso.REQUEST_TTL` passes.
+        back or :data:`tether.auth.sso_flows.REQUEST_TTL` passes.
         """
         connector, resource = await self._redirect_connector(connector_name)
         try:  # refuse unusable keys now, not after the user went through the provider
@@ -1142,7 +1142,7 @@ class AuthService:
             pki.load_public_key(tls_public_key_pem.encode())
         except ValueError as exc:
             raise TetherError(f"login request carries an unusable public key: {exc}") from None
-        request = sso.new_request(
+        request = sso_flows.new_request(
             connector_kind=connector.name,
             connector_name=resource.metadata.name,
             client_redirect_url=client_redirect_url,
@@ -1156,11 +1156,11 @@ class AuthService:
         await self.backend.put(
             SSO_REQUEST_PREFIX + request.state,
             json.dumps(request.to_json()).encode(),
-            ttl=sso.REQUEST_TTL.total_seconds(),
+            ttl=sso_flows.REQUEST_TTL.total_seconds(),
         )
         return request.id, url
 
-    async def complete_sso(self, params: Mapping[str, str]) -> sso.Approval | str:
+    async def complete_sso(self, params: Mapping[str, str]) -> sso_flows.Approval | str:
         """Finish a login from the provider's callback: what the browser is to approve, or,
         for a refused login, where to send the browser (the client, to collect the refusal).
 
@@ -1186,15 +1186,15 @@ class AuthService:
                 "this login is unknown, expired or already used",
                 hint="run `tether login --auth=...` again",
             )
-        request = sso.SSORequest.from_json(json.loads(item.value))
+        request = sso_flows.SSORequest.from_json(json.loads(item.value))
         method = request.method
-        code = sso.new_code()
+        code = sso_flows.new_code()
         outcome: dict[str, Any] = {
             "request": request.to_json(),
             "client_secret_hash": request.client_secret_hash,
-            "code_hash": sso.hash_code(code),
+            "code_hash": sso_flows.hash_code(code),
         }
-        approval: sso.Approval | None = None
+        approval: sso_flows.Approval | None = None
         try:
             if self._clock() > request.expires:
                 raise AccessDenied("the login took too long; it expired")
@@ -1205,7 +1205,7 @@ class AuthService:
             outcome |= {"error": exc.message, "hint": exc.hint}
         else:
             outcome |= {"identity": external.to_json(), "roles": list(roles)}
-            approval = sso.Approval(
+            approval = sso_flows.Approval(
                 request_id=request.id,
                 username=external.username,
                 method=method,
@@ -1213,19 +1213,19 @@ class AuthService:
                 cluster=self.cluster_name,
                 client=request.client_address(),
                 certificate_ttl_seconds=certificate_ttl.total_seconds(),
-                expires=self._clock() + sso.RESULT_TTL.total_seconds(),
+                expires=self._clock() + sso_flows.RESULT_TTL.total_seconds(),
                 redirect=request.client_redirect(code),
             )
         await self.backend.put(
             SSO_RESULT_PREFIX + request.id,
             json.dumps(outcome).encode(),
-            ttl=sso.RESULT_TTL.total_seconds(),
+            ttl=sso_flows.RESULT_TTL.total_seconds(),
         )
         return approval or request.client_redirect(code)
 
     async def _verify_sso(
-        self, request: sso.SSORequest, params: Mapping[str, str]
-    ) -> tuple[sso.ExternalIdentity, tuple[str, ...]]:
+        self, request: sso_flows.SSORequest, params: Mapping[str, str]
+    ) -> tuple[sso_flows.ExternalIdentity, tuple[str, ...]]:
         """Who the provider's callback says logged in, and their roles; refuses what the
         certificates would be refused for."""
         connector, resource = await self._redirect_connector(request.connector_name)
@@ -1268,7 +1268,10 @@ class AuthService:
         return existing
 
     async def _issue_sso(
-        self, request: sso.SSORequest, external: sso.ExternalIdentity, roles: tuple[str, ...]
+        self,
+        request: sso_flows.SSORequest,
+        external: sso_flows.ExternalIdentity,
+        roles: tuple[str, ...],
     ) -> LoginResult:
         """The certificates of a login the browser approved and its client collected."""
         method = request.method
@@ -1340,17 +1343,17 @@ class AuthService:
         if item is None:
             raise AccessDenied("no login result is waiting under this id (expired or collected)")
         outcome = json.loads(item.value)
-        request = sso.SSORequest.from_json(outcome["request"])
+        request = sso_flows.SSORequest.from_json(outcome["request"])
         method = request.method
         if not hmac.compare_digest(
-            sso.hash_client_secret(client_secret), str(outcome["client_secret_hash"])
+            sso_flows.hash_client_secret(client_secret), str(outcome["client_secret_hash"])
         ):
             # the login stands for its own client; the stranger's try is on the record
             await self._audit_login_failure(
                 "", method, "a client without this login's secret tried to collect it"
             )
             raise AccessDenied("this login was started by another client")
-        if not hmac.compare_digest(sso.hash_code(code), str(outcome["code_hash"])):
+        if not hmac.compare_digest(sso_flows.hash_code(code), str(outcome["code_hash"])):
             await self.backend.delete(key)  # one try: the login is void for everyone
             username = str(outcome.get("identity", {}).get("username", ""))
             await self._audit_login_failure(
@@ -1369,7 +1372,7 @@ class AuthService:
             raise AccessDenied("no login result is waiting under this id (expired or collected)")
         if "error" in outcome:
             raise AccessDenied(str(outcome["error"]), hint=outcome.get("hint"))
-        external = sso.ExternalIdentity.from_json(outcome["identity"])
+        external = sso_flows.ExternalIdentity.from_json(outcome["identity"])
         try:
             result = await self._issue_sso(request, external, tuple(outcome["roles"]))
         except (AccessDenied, TetherError) as exc:

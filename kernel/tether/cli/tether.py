@@ -12,7 +12,7 @@ import click
 
 import tether
 from tether import pki
-from tether.auth.client import AuthClient
+from tether.auth.http_client import AuthClient
 from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
 from tether.client.profile import (
     Profile,
@@ -98,7 +98,7 @@ async def login(
     context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
     key = pki.generate_private_key()
     if connector != "local" and await _connector_type(proxy, context, connector) != "password":
-        from tether.client.sso import sso_login  # only single sign-on needs its listener
+        from tether.client.sso_login import sso_login  # only single sign-on needs its listener
 
         result = await sso_login(
             proxy,

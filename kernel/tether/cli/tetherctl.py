@@ -18,7 +18,7 @@ import click
 
 import tether
 from tether.audit import AuditQuery
-from tether.auth.client import AuthClient, admin_client
+from tether.auth.http_client import AuthClient, admin_client
 from tether.cli._common import (
     config_path_from_argv,
     configured_disabled,

@@ -26,7 +26,7 @@ from tether.errors import ConfigError, TetherError
 from tether.tunnel.agent import Backoff
 
 if TYPE_CHECKING:
-    from tether.auth.client import AuthClient
+    from tether.auth.http_client import AuthClient
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from starlette.routing import Route
 import tether
 from tether import pki
 from tether.asgi import PEER_CERT_STATE
-from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
+from tether.auth.http_client import FORWARDED_CERT_HEADER, AuthClient
 from tether.errors import AccessDenied
 from tether.rbac import RoleSet
 from tether.resources import ROLE, KindRegistry, resource_from_dict

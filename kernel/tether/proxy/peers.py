@@ -17,7 +17,7 @@ from collections.abc import Callable
 import trio
 
 from tether import __version__
-from tether.auth.client import AuthClient
+from tether.auth.http_client import AuthClient
 from tether.errors import TetherError
 from tether.tunnel.control import ProxyInfo
 

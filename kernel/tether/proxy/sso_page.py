@@ -15,7 +15,7 @@ import urllib.parse
 
 from starlette.responses import HTMLResponse
 
-from tether.auth.sso import Approval, check_client_redirect
+from tether.auth.sso_flows import Approval, check_client_redirect
 from tether.durations import format_duration
 
 __all__ = ["APPROVE_FORM_ID", "approval_page"]

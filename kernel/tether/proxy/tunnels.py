@@ -73,9 +73,9 @@ def build_tunnel_server(
     :param proxies: every proxy of this cluster right now, told to agents so that they keep
         a tunnel to each.
     :param write_heartbeats: stores a batch of heartbeats (the auth client's
-        :meth:`~tether.auth.client.AuthClient.record_tunnel_heartbeats`).
+        :meth:`~tether.auth.http_client.AuthClient.record_tunnel_heartbeats`).
     :param record_event: audits refused tunnels and tunnels closed for cause (the auth
-        client's :meth:`~tether.auth.client.AuthClient.record_event`).
+        client's :meth:`~tether.auth.http_client.AuthClient.record_event`).
     """
 
     async def audit(event: str, fields: Mapping[str, Any]) -> None:

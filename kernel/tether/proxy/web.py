@@ -2,7 +2,7 @@
 
 ``/webapi/ping`` has the shape Teleport's has, so the guide's ``jq`` lines work unchanged.
 ``/v1/...`` requests from logged-in users are forwarded to the auth API with the user's
-certificate attached; auth verifies it (see :mod:`tether.auth.api`).
+certificate attached; auth verifies it (see :mod:`tether.auth.http_api`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from starlette.routing import Route
 import tether
 from tether import pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
-from tether.auth.client import FORWARDED_CERT_HEADER, AuthClient
-from tether.auth.sso import Approval, check_client_redirect
+from tether.auth.http_client import FORWARDED_CERT_HEADER, AuthClient
+from tether.auth.sso_flows import Approval, check_client_redirect
 from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
 from tether.proxy.sso_page import approval_page

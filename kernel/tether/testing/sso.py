@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tether import pki
-from tether.auth.sso import hash_client_secret
+from tether.auth.sso_flows import hash_client_secret
 from tether.datadir import admin_identity_paths
 from tether.proxy.sso_page import APPROVE_FORM_ID
 from tether.testing.cluster import RunningCluster

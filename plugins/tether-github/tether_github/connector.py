@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tether.auth.sso import ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import ExternalIdentity, SSORequest, map_claims
 from tether.errors import AccessDenied, TetherError
 from tether_github.kind import GitHubSpec
 

@@ -1,7 +1,7 @@
 """The ``oidc`` connector: the authorization code flow with PKCE, and ID token verification.
 
 The kernel owns the state, nonce, PKCE verifier, expiry and one-time use
-(:mod:`tether.auth.sso`); this module speaks OpenID Connect: discovery, the token request,
+(:mod:`tether.auth.sso_flows`); this module speaks OpenID Connect: discovery, the token request,
 and the ID token's signature (with the provider's JWKS, refetched once when a token names a
 key not seen yet: the provider rotated its keys), issuer, audience and expiry, with PyJWT.
 """
@@ -19,7 +19,7 @@ import attrs
 import httpx
 import jwt
 
-from tether.auth.sso import ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import ExternalIdentity, SSORequest, map_claims
 from tether.errors import AccessDenied, TetherError
 from tether_oidc.kind import OIDCSpec
 

@@ -36,7 +36,7 @@ from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
 
-from tether.auth.sso import ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import ExternalIdentity, SSORequest, map_claims
 from tether.errors import AccessDenied, TetherError
 from tether_saml.kind import SAMLSpec
 

@@ -10,7 +10,7 @@ import urllib.parse
 
 import attrs
 
-from tether.auth.sso import ClaimMapping, is_loopback_http
+from tether.auth.sso_flows import ClaimMapping, is_loopback_http
 from tether.resources import InvalidField, Resource, ResourceKind
 from tether.trust import RoleMapRule, parse_role_map
 

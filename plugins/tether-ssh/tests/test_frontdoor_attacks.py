@@ -30,7 +30,7 @@ from tether_ssh.frontdoor import FRONT_DOOR_ALPN
 from tether_ssh.inventory import NODE, NodeSpec
 
 from tether import pki
-from tether.auth.client import AuthClient
+from tether.auth.http_client import AuthClient
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.errors import AccessDenied
 from tether.node.join import load_identity

@@ -23,7 +23,7 @@ import click
 import trio
 
 from tether import pki
-from tether.auth.client import AuthClient
+from tether.auth.http_client import AuthClient
 from tether.cli._common import emit_table, output, run_async, run_trio
 from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
 from tether.errors import AccessDenied, TetherError

@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from tether import pki
-from tether.auth.client import FORWARDED_CERT_HEADER
+from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.errors import AccessDenied, NotFound, TetherError, TrustError
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, RemoteRequest
 from tether.resources import CERT_AUTHORITY, KindRegistry, Resource, resource_from_dict

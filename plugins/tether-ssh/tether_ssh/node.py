@@ -34,8 +34,8 @@ from cryptography import x509
 
 import tether
 from tether import pki
-from tether.auth.api import join_result_to_json
-from tether.auth.client import AuthClient
+from tether.auth.http_api import join_result_to_json
+from tether.auth.http_client import AuthClient
 from tether.config import Config, HostPort
 from tether.errors import AccessDenied, ConfigError, TetherError
 from tether.node.join import (

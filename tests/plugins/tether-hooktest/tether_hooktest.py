@@ -26,7 +26,7 @@ import trio
 
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.connectors import LoginIdentity
-from tether.auth.sso import ClaimMapping, ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import ClaimMapping, ExternalIdentity, SSORequest, map_claims
 from tether.backend import Backend, BackendType, open_sqlite
 from tether.config import Config
 from tether.errors import AccessDenied, TetherError

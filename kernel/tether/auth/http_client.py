@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and t
 __all__ = ["FORWARDED_CERT_HEADER", "AuthClient", "admin_client"]
 
 #: The header in which a proxy passes on its caller's certificate (DER, base64) so that auth
-#: acts as that caller (see :mod:`tether.auth.api`).
+#: acts as that caller (see :mod:`tether.auth.http_api`).
 FORWARDED_CERT_HEADER = "tether-forwarded-cert"
 
 

@@ -19,7 +19,7 @@ import trio
 from cryptography import x509
 
 from tether import pki
-from tether.auth.client import AuthClient
+from tether.auth.http_client import AuthClient
 from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry

@@ -25,13 +25,13 @@ from cryptography import x509
 from tether import pki
 from tether.config import HostPort
 from tether.protocols import ProtocolHandler, ProxyContext, RemoteRequest
-from tether.proxy.trust import ProxyTrust
+from tether.proxy.trust_cache import ProxyTrust
 from tether.tlsstream import TLSStream
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
 
-__all__ = ["TrustAgents"]
+__all__ = ["RootTunnels"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class _Running:
     pool: AgentPool | None = None
 
 
-class TrustAgents:
+class RootTunnels:
     """Keeps this leaf's tunnels to its trusted roots in step with the trusted_clusters.
 
     :param trust: this cluster's trust as the proxy holds it (the trusted_clusters and the

@@ -23,7 +23,7 @@ import h11
 import trio
 
 from tether import pki
-from tether.auth.sso import REQUEST_TTL, hash_client_secret
+from tether.auth.sso_flows import REQUEST_TTL, hash_client_secret
 from tether.client.web import proxy_call
 from tether.errors import TetherError
 

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
-from tether.auth.client import FORWARDED_CERT_HEADER
+from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.auth.trust import validate_leaf
 from tether.errors import AccessDenied, TetherError
