@@ -257,7 +257,7 @@ class NodeAgent:
         forwarded user certificate, if any, verified and role-mapped first."""
         protocol = self.protocols.get(request.target)
         if protocol is None:
-            served = ", ".join(repr(name) for name in self.protocols) or "nothing"
+            served = ", ".join(repr(name) for name in sorted(self.protocols)) or "nothing"
             request.reject(f"this node serves no protocol {request.target!r}; it serves {served}")
             return
         metadata = request.metadata
