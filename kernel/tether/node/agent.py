@@ -41,10 +41,10 @@ from tether.errors import AccessDenied, ConfigError, TetherError, TrustError
 from tether.node.join import (
     SERVER_KINDS,
     JoinedIdentity,
+    host_client_context,
     keep_renewed,
-    load_or_join,
-    renew_identity,
-    save_identity,
+    load_or_join_current,
+    renew_and_save,
 )
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
 from tether.node.trust import NodeTrust
@@ -140,7 +140,7 @@ class NodeAgent:
                 "a node without an auth service in its process must join a cluster",
                 hint="pass --proxy=HOST:PORT (or --auth-server) and --token=TOKEN",
             )
-        return await load_or_join(
+        return await load_or_join_current(
             pathlib.Path(config.data_dir) / "host",
             str(join.server),
             join.token,
@@ -171,14 +171,14 @@ class NodeAgent:
         """A context for reaching the cluster as this host; the server must hold a
         certificate of ``peer_kinds`` (another node's, from the same CA, is refused)."""
         insecure = self.config.join.insecure and self._local_auth is None
-        return pki.client_ssl_context(
-            trusted_cas=None if insecure else list(joined.tls_cas),
-            cert=joined.tls_cert,
-            key=joined.private_key,
-            alpn=alpn,
-            insecure=insecure,
-            peer_kinds=() if insecure else peer_kinds,
-        )
+        return host_client_context(joined, alpn=alpn, peer_kinds=peer_kinds, insecure=insecure)
+
+    def _identity_dir(self) -> pathlib.Path | None:
+        """Where the joined identity is kept; beside auth, a node gets a new one at each
+        start and keeps none."""
+        if self._local_auth is not None:
+            return None
+        return pathlib.Path(self.config.data_dir) / "host"
 
     # --- running -------------------------------------------------------------------------
 
@@ -322,13 +322,9 @@ class NodeAgent:
         await keep_renewed(f"node {host}", joined.tls_cert, renew)
 
     async def _renewed(self, api: AuthClient) -> JoinedIdentity:
-        joined = await renew_identity(
-            api, hostname=self.config.nodename, addresses=self._addresses()
+        return await renew_and_save(
+            api, self._identity_dir(), hostname=self.config.nodename, addresses=self._addresses()
         )
-        if self._local_auth is None:  # beside auth, a node gets a new one at each start
-            directory = pathlib.Path(self.config.data_dir) / "host"
-            await trio.to_thread.run_sync(save_identity, directory, joined)
-        return joined
 
     # --- heartbeats ----------------------------------------------------------------------
 
