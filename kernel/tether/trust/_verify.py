@@ -178,7 +178,9 @@ class ClusterTrust:
                 identity = pki.verify_x509_cert(cert, trusted_cas=list(trusted.cas), now=now)
             except pki.UnknownAuthority:
                 continue
-            if identity.cluster != root:  # the decision reads the role_map of the claimed one
+            # pki binds a certificate's cluster to its issuer already; the decision reads the
+            # role_map of the cluster the identity names, so never let the two differ
+            if identity.cluster != root:
                 raise AccessDenied(
                     f"{identity.label} is signed by the CA of cluster {root!r}, not its own"
                 )
