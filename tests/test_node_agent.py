@@ -20,10 +20,17 @@ from typing import Any
 import attrs
 import pytest
 import tether_hooktest
+import trio
 from cryptography.hazmat.primitives import serialization
 
 from tether import pki
 from tether.client.profile import current_profile, profile_ssl_context
+from tether.config import Config, default_config
+from tether.errors import ConfigError
+from tether.hookspecs import hookimpl
+from tether.node.agent import agent_services
+from tether.plugins import get_plugin_manager
+from tether.services import ServiceContext
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
@@ -168,3 +175,30 @@ def test_the_agent_ran_the_protocol_in_tunnel_mode(site: Site) -> None:
         "host_id": site.host_id,
         "tunnel": True,
     } in runs
+
+
+# --- which protocols a daemon's agent serves --------------------------------------------------
+
+
+class _Echo:
+    """A plugin claiming the node protocol ``echo`` (registered twice, as two plugins)."""
+
+    @hookimpl
+    def tether_agent_protocols(self, config: Config) -> list[Any]:
+        return [_Named("echo")]
+
+
+@attrs.frozen
+class _Named:
+    name: str
+
+
+async def test_a_daemon_without_node_protocols_runs_no_agent_and_one_named_twice_stops_it() -> None:
+    config = default_config()
+    async with trio.open_nursery() as nursery:
+        pm = get_plugin_manager(autoload=False)
+        assert agent_services(ServiceContext(config=config, pm=pm, nursery=nursery)) == []
+        pm.register(_Echo(), name="echo-a")
+        pm.register(_Echo(), name="echo-b")
+        with pytest.raises(ConfigError, match="two plugins serve the node protocol echo"):
+            agent_services(ServiceContext(config=config, pm=pm, nursery=nursery))
