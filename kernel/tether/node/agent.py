@@ -103,7 +103,6 @@ class NodeAgent:
         ](AUDIT_BACKLOG)
         self._tunnel_context: ssl.SSLContext | None = None
         self._tunnels: AgentPool | None = None
-        self._trust: NodeTrust | None = None
 
     @property
     def _local_auth(self) -> Any:
@@ -193,7 +192,7 @@ class NodeAgent:
             AuthClient(self._api_url(), self._client_context(joined)) as api,
             trio.open_nursery() as nursery,
         ):
-            trust = self._trust = NodeTrust(api, self.ctx.pm, initial)
+            trust = NodeTrust(api, self.ctx.pm, initial)
             await nursery.start(trust.run)
             agent = AgentContext(
                 config=self.config,
@@ -266,7 +265,7 @@ class NodeAgent:
         roles: RoleSet | None = None
         if metadata.get("user_cert"):
             try:
-                identity, roles = self._verify_user(metadata["user_cert"], agent, client)
+                identity, roles = self._verify_user(metadata["user_cert"], agent)
             except TetherError as exc:
                 log.warning("node: refused a %s stream from %s: %s", protocol.name, client, exc)
                 request.reject(exc.message)
@@ -280,17 +279,14 @@ class NodeAgent:
         )
         await protocol.serve(stream)
 
-    def _verify_user(
-        self, cert_b64: str, agent: AgentContext, client: str
-    ) -> tuple[pki.Identity, RoleSet]:
+    def _verify_user(self, cert_b64: str, agent: AgentContext) -> tuple[pki.Identity, RoleSet]:
         """The forwarded user certificate, verified with the cluster's trust: the identity
         with its local roles, and those roles."""
         try:
             der = base64.b64decode(cert_b64, validate=True)
         except (binascii.Error, ValueError):
             raise TrustError("the forwarded user certificate is not base64") from None
-        assert self._trust is not None
-        trust = self._trust.current
+        trust = agent.trust
         where = {"node": self.config.nodename}
         identity = trust.verify_client(
             der, pm=self.ctx.pm, now=agent.now(), audit=self._queue_audit, where=where
