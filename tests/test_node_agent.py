@@ -166,6 +166,18 @@ def test_a_forwarded_certificate_of_an_untrusted_ca_is_refused_by_the_agent(
     assert garbled.startswith("refused: "), garbled
     assert "the forwarded user certificate is not base64" in garbled
 
+    def audited() -> list[str]:
+        found = site.leaf.tetherctl(
+            "audit", "search", "--type=node.stream.denied", "--format=json"
+        ).stdout
+        events = json.loads(found)
+        assert all(e["protocol"] == tether_hooktest.AGENT_PROTOCOL for e in events)
+        return [e["reason"] for e in events if e.get("node") == "agent-node"]
+
+    wait_for(lambda: len(audited()) >= 2, "the node's refusals in the audit log")
+    assert any("not from this cluster or a cluster it trusts" in r for r in audited())
+    assert "the forwarded user certificate is not base64" in audited()
+
 
 def test_the_agent_ran_the_protocol_in_tunnel_mode(site: Site) -> None:
     log = pathlib.Path(site.node.directory.parent / "hooks.jsonl").read_text()

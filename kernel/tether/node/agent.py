@@ -253,7 +253,8 @@ class NodeAgent:
 
     async def handle_stream(self, request: IncomingStream, agent: AgentContext) -> None:
         """Hand a stream a proxy opened to the protocol it names (the mux target), with the
-        forwarded user certificate, if any, verified and role-mapped first."""
+        forwarded user certificate, if any, verified and role-mapped first; a refusal is
+        audited as ``node.stream.denied``, as the SSH server audits ``ssh.denied``."""
         protocol = self.protocols.get(request.target)
         if protocol is None:
             served = ", ".join(repr(name) for name in sorted(self.protocols)) or "nothing"
@@ -268,6 +269,10 @@ class NodeAgent:
                 identity, roles = self._verify_user(metadata["user_cert"], agent)
             except TetherError as exc:
                 log.warning("node: refused a %s stream from %s: %s", protocol.name, client, exc)
+                fields = {"protocol": protocol.name, "node": self.config.nodename}
+                self._queue_audit(
+                    "node.stream.denied", {**fields, "peer": client, "reason": exc.message}
+                )
                 request.reject(exc.message)
                 return
         stream = AgentStream(
