@@ -29,8 +29,9 @@ from tether.plugins import AUTOLOAD_ENV, TetherPluginManager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.yamlio import dump_yaml
 
-BUILTINS = ("core-kinds", "sqlite", "jsonl-audit", "local", "role-maps")
+BUILTINS = ("core-kinds", "sqlite", "jsonl-audit", "local", "role-maps", "node-agent")
 HOOKTEST_HOOKS = (
+    "tether_agent_protocols",
     "tether_audit_event",
     "tether_audit_search",
     "tether_backends",
@@ -75,6 +76,7 @@ def test_operator_lists_loaded_plugins_with_their_distribution() -> None:
     assert rows["jsonl-audit"][2] == "tether_audit_event, tether_audit_search, tether_configure"
     assert rows["local"][2] == "tether_identity_connectors"
     assert rows["role-maps"][2] == "tether_map_role"
+    assert rows["node-agent"][2] == "tether_services"
     assert rows["hooktest"] == ["tether-hooktest", "0.0.1", ", ".join(HOOKTEST_HOOKS)]
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tether.auth.connectors import IdentityConnector
     from tether.backend import BackendType
     from tether.config import Config
+    from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
     from tether.services import Service, ServiceContext
@@ -119,6 +120,24 @@ def tether_protocols() -> list[ProtocolHandler]:
     :class:`~tether.protocols.ProxyConnection` for every connection that negotiated one. An
     ALPN id claimed twice, or one the kernel serves itself (``h2``, ``http/1.1``,
     ``tether-tunnel/1``), stops start-up with an error naming the protocols.
+    """
+
+
+@hookspec
+def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
+    """Return the protocols this plugin serves on this host, inside the node agent.
+
+    Called once by ``tetherd start``; return ``[]`` unless this host serves the protocol
+    (the SSH plugin: ``ssh_service.enabled``, which ``--roles=node`` sets). When any plugin
+    returns one, the kernel runs the node agent (:mod:`tether.node.agent`): it joins the
+    cluster, keeps the certificates renewed, the tunnels, the heartbeats of each protocol's
+    :meth:`~tether.node.protocols.AgentProtocol.resources` and the audit forwarding, calls
+    each protocol's ``run`` with an :class:`~tether.node.protocols.AgentContext`, and its
+    ``serve`` for each stream a proxy opens to it (the mux target is the protocol's
+    ``name``), with the user's forwarded certificate verified and role-mapped. A protocol
+    name returned twice stops start-up with an error naming it.
+
+    :param config: the loaded configuration (a plugin reads its own section).
     """
 
 

@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jsonl-audit", "tether.builtins.jsonl_audit"),
     ("local", "tether.builtins.local_users"),
     ("role-maps", "tether.builtins.role_maps"),
+    ("node-agent", "tether.builtins.node_agent"),
 )
 
 T = TypeVar("T")

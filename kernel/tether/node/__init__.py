@@ -1,5 +1,7 @@
-"""Agents of a cluster that are not the auth service or the proxy: nodes joining with a token.
+"""The node agent: this host as a member of a cluster, whatever protocols it serves.
 
-Protocol servers (SSH, Kubernetes, databases) come from plugins; this package owns what every
-node needs whatever it serves: joining the cluster and keeping its identity.
+Protocol servers (SSH, Kubernetes, databases) come from plugins (``tether_agent_protocols``);
+this package owns what every one of them needs: joining the cluster and keeping the identity
+(:mod:`~tether.node.join`), the agent that runs them (:mod:`~tether.node.agent`), what they see
+of it (:mod:`~tether.node.protocols`) and the trust it decides with (:mod:`~tether.node.trust`).
 """

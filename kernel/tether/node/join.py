@@ -13,20 +13,19 @@ import datetime
 import json
 import logging
 import pathlib
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 from cryptography import x509
 
 from tether import pki
+from tether.auth.http_client import AuthClient
 from tether.client.web import establish_trust, proxy_call
 from tether.errors import ConfigError, TetherError
 from tether.tunnel.agent import Backoff
-
-if TYPE_CHECKING:
-    from tether.auth.http_client import AuthClient
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,13 @@ __all__ = [
     "RENEWAL_RETRY",
     "SERVER_KINDS",
     "JoinedIdentity",
+    "host_client_context",
     "join_cluster",
     "keep_renewed",
     "load_identity",
     "load_or_join",
+    "load_or_join_current",
+    "renew_and_save",
     "renew_identity",
     "renewal_due",
     "save_identity",
@@ -163,6 +165,76 @@ async def load_or_join(
     return joined
 
 
+async def load_or_join_current(
+    directory: pathlib.Path,
+    server: str,
+    token: str | None,
+    *,
+    role: str,
+    host_id: str,
+    hostname: str,
+    addresses: Sequence[str] = (),
+    ca_pin: str | None = None,
+    insecure: bool = False,
+    auth_url: str | None = None,
+    peer_kinds: Sequence[str] = SERVER_KINDS,
+) -> JoinedIdentity:
+    """:func:`load_or_join`, and a saved identity already due for renewal (the host was
+    stopped a while) renewed and saved before the host presents it: what every joining host
+    (a node's agent, a proxy of its own) does when it starts.
+
+    :param auth_url: where to renew (``https://HOST:PORT``); ``server`` by default (a proxy
+        forwards ``/v1`` requests to auth).
+    :param peer_kinds: who may answer there (a proxy asks auth only).
+    """
+    joined = await load_or_join(
+        directory,
+        server,
+        token,
+        role=role,
+        host_id=host_id,
+        hostname=hostname,
+        addresses=addresses,
+        ca_pin=ca_pin,
+        insecure=insecure,
+    )
+    if renewal_due(joined) > datetime.datetime.now(datetime.UTC):
+        return joined
+    context = host_client_context(joined, peer_kinds=peer_kinds, insecure=insecure)
+    async with AuthClient(auth_url or f"https://{server}", context) as api:
+        renewed = await renew_and_save(
+            api, directory, hostname=hostname, addresses=addresses, role=role
+        )
+    log.info(
+        "%s %s renewed its certificates before serving; they expire at %s",
+        role,
+        host_id,
+        renewed.tls_cert.not_valid_after_utc.isoformat(),
+    )
+    return renewed
+
+
+def host_client_context(
+    joined: JoinedIdentity,
+    *,
+    alpn: Sequence[str] = (),
+    peer_kinds: Sequence[str] = SERVER_KINDS,
+    insecure: bool = False,
+) -> ssl.SSLContext:
+    """A context for reaching the cluster as the joined host: it presents the host's
+    certificate and accepts only a server of ``peer_kinds`` signed by the cluster's CA
+    (another host's certificate, from the same CA, is refused). ``insecure`` (tests only)
+    verifies nothing."""
+    return pki.client_ssl_context(
+        trusted_cas=None if insecure else list(joined.tls_cas),
+        cert=joined.tls_cert,
+        key=joined.private_key,
+        alpn=alpn,
+        insecure=insecure,
+        peer_kinds=() if insecure else peer_kinds,
+    )
+
+
 def renewal_due(joined: JoinedIdentity) -> datetime.datetime:
     """When ``joined``'s certificates are due for renewal: once two thirds of their lifetime
     have passed, which leaves a third for retries if auth is unreachable for a while. (The
@@ -238,6 +310,25 @@ async def renew_identity(
             f"auth answered the renewal with an unreadable identity: {exc!r}",
             hint="check that auth runs the same Tether version",
         ) from None
+
+
+async def renew_and_save(
+    api: AuthClient,
+    directory: pathlib.Path | None,
+    *,
+    hostname: str,
+    addresses: Sequence[str] = (),
+    role: str = "node",
+) -> JoinedIdentity:
+    """:func:`renew_identity`, then saved in ``directory`` (None: a host beside auth, which
+    gets new certificates at each start, keeps none).
+
+    :raises TetherError: see :func:`renew_identity`.
+    """
+    renewed = await renew_identity(api, hostname=hostname, addresses=addresses, role=role)
+    if directory is not None:
+        await trio.to_thread.run_sync(save_identity, directory, renewed)
+    return renewed
 
 
 def _host_key_algorithm(role: str) -> str:

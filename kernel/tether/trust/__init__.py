@@ -8,6 +8,7 @@ own with :func:`map_roles`, whose patterns are read by role-map strategies (plug
 expressions).
 """
 
+from tether.trust._decision import AuditFn
 from tether.trust._kinds import (
     REMOTE_CLUSTER,
     TRUSTED_CLUSTER,
@@ -29,6 +30,7 @@ from tether.trust._verify import ClusterTrust, TrustedRoot
 __all__ = [
     "REMOTE_CLUSTER",
     "TRUSTED_CLUSTER",
+    "AuditFn",
     "ClusterTrust",
     "RemoteClusterSpec",
     "RemoteClusterStatus",

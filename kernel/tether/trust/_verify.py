@@ -18,8 +18,10 @@ from cryptography import x509
 from tether import pki
 from tether.errors import AccessDenied
 from tether.plugins import TetherPluginManager
+from tether.rbac import RoleSet
 from tether.resources import KindRegistry, Resource, resource_from_dict, resource_to_dict
-from tether.trust._rolemap import map_roles, mapped_roles
+from tether.trust import _decision
+from tether.trust._decision import AuditFn
 
 __all__ = ["ClusterTrust", "TrustedRoot"]
 
@@ -41,12 +43,17 @@ class ClusterTrust:
     :param others: every other cluster whose X.509 CA this one holds (leaves and roots), by
         name: their proxies may open tunnels here.
     :param roots: of those, the roots: the clusters a trusted_cluster names.
+    :param ssh_user_cas: the active SSH user CA lines, by cluster: this cluster's and each
+        enabled root's (a disabled trust's root CA is not active).
+    :param roles: this cluster's roles, by name.
     """
 
     cluster_name: str
     own_cas: tuple[x509.Certificate, ...]
     others: Mapping[str, tuple[x509.Certificate, ...]] = attrs.field(factory=dict)
     roots: Mapping[str, TrustedRoot] = attrs.field(factory=dict)
+    ssh_user_cas: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    roles: Mapping[str, Resource] = attrs.field(factory=dict)
 
     @classmethod
     def build(
@@ -55,6 +62,8 @@ class ClusterTrust:
         own_cas: Iterable[x509.Certificate],
         others: Mapping[str, Sequence[x509.Certificate]],
         trusted_clusters: Iterable[Resource],
+        ssh_user_cas: Mapping[str, Sequence[str]] | None = None,
+        roles: Iterable[Resource] = (),
     ) -> ClusterTrust:
         """Assemble the snapshot; a trusted_cluster whose handshake has not stored the root's
         CA yet is not a root (yet)."""
@@ -68,6 +77,8 @@ class ClusterTrust:
             own_cas=tuple(own_cas),
             others={name: tuple(cas) for name, cas in others.items()},
             roots=roots,
+            ssh_user_cas={name: tuple(lines) for name, lines in (ssh_user_cas or {}).items()},
+            roles={role.metadata.name: role for role in roles},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +93,8 @@ class ClusterTrust:
             "own_cas": pems(self.own_cas),
             "others": {name: pems(cas) for name, cas in self.others.items()},
             "trusted_clusters": [resource_to_dict(r.trusted_cluster) for r in self.roots.values()],
+            "ssh_user_cas": {name: list(lines) for name, lines in self.ssh_user_cas.items()},
+            "roles": [resource_to_dict(role) for role in self.roles.values()],
         }
 
     @classmethod
@@ -106,8 +119,20 @@ class ClusterTrust:
                 resource_from_dict(doc, registry, source="trusted_clusters")
                 for doc in data["trusted_clusters"]
             ]
+            ssh_user_cas = {
+                str(name): [str(line) for line in lines]
+                for name, lines in data.get("ssh_user_cas", {}).items()
+            }
+            roles = [
+                resource_from_dict(doc, registry, source="roles") for doc in data.get("roles", [])
+            ]
             return cls.build(
-                str(data["cluster_name"]), [parse(p) for p in data["own_cas"]], others, trusted
+                str(data["cluster_name"]),
+                [parse(p) for p in data["own_cas"]],
+                others,
+                trusted,
+                ssh_user_cas,
+                roles,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed trust snapshot: {exc!r}") from None
@@ -126,6 +151,8 @@ class ClusterTrust:
         *,
         pm: TetherPluginManager,
         now: datetime.datetime,
+        audit: AuditFn | None = None,
+        where: Mapping[str, Any] | None = None,
     ) -> pki.Identity:
         """Verify a client certificate: one of this cluster's, or a user of a trusted root.
 
@@ -134,6 +161,9 @@ class ClusterTrust:
         back with the local roles its roles map to through the trusted_cluster's role_map, so
         everything after this (rules, node visibility) sees leaf roles only.
 
+        :param audit: receives ``trust.login.mapped`` for a root's user (see
+            :meth:`local_roles`); proxies, verifying every connection, pass none.
+        :param where: fields naming where the decision was taken, for that event.
         :raises TrustError: not a certificate of this cluster or of an enabled trusted root
             (hosts and admins of other clusters never count here).
         :raises AccessDenied: a root's host, a disabled trust, or no role maps.
@@ -148,25 +178,39 @@ class ClusterTrust:
                 identity = pki.verify_x509_cert(cert, trusted_cas=list(trusted.cas), now=now)
             except pki.UnknownAuthority:
                 continue
-            if identity.kind != "user":
+            # pki binds a certificate's cluster to its issuer already; the decision reads the
+            # role_map of the cluster the identity names, so never let the two differ
+            if identity.cluster != root:
                 raise AccessDenied(
-                    f"{identity.kind} {identity.username!r} of cluster {root!r} has no access here"
+                    f"{identity.label} is signed by the CA of cluster {root!r}, not its own"
                 )
-            spec = trusted.trusted_cluster.spec
-            if not spec.enabled:
-                raise AccessDenied(
-                    f"the trust in root cluster {root!r} is disabled on cluster "
-                    f"{self.cluster_name!r}"
-                )
-            local = mapped_roles(map_roles(pm, spec.role_map, identity.roles, root))
-            if not local:
-                raise AccessDenied(
-                    f"no role of {identity.label} ({', '.join(identity.roles) or 'none'}) "
-                    f"maps to a role of cluster {self.cluster_name!r}",
-                    hint=f"the role_map of trusted_cluster {root!r} there decides",
-                )
+            local = self.local_roles(identity, pm=pm, audit=audit, where=where)
             return attrs.evolve(identity, roles=local)
         raise pki.UnknownAuthority(
             "the certificate is not from this cluster or a cluster it trusts",
             hint="log in to this cluster, or to a root cluster it trusts",
         )
+
+    def local_roles(
+        self,
+        identity: pki.Identity,
+        *,
+        pm: TetherPluginManager,
+        audit: AuditFn | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> tuple[str, ...]:
+        """The roles a verified identity holds here: the one trust decision, for X.509 and
+        SSH certificates alike (see :func:`tether.trust._decision.local_roles`)."""
+        return _decision.local_roles(self, identity, pm=pm, audit=audit, where=where)
+
+    def role_set(
+        self,
+        names: Iterable[str],
+        *,
+        identity: pki.Identity,
+        audit: AuditFn | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> RoleSet:
+        """This cluster's roles named ``names``; missing ones skipped (and audited as
+        ``trust.role.missing``)."""
+        return _decision.role_set(self, names, identity=identity, audit=audit, where=where)

@@ -4,7 +4,8 @@ The SSH protocol comes from asyncssh, an asyncio library; it runs inside ``trio_
 this plugin's boundary (:mod:`tether_ssh.server`, :mod:`tether_ssh.client`) and nothing else
 sees asyncio. The kernel decides who may log in (:func:`tether.pki.verify_ssh_user_cert`, then
 RBAC through an :class:`Authorizer`); this plugin only asks. Modules: ``server`` (the node's
-SSH server), ``node`` (the node service), ``frontdoor`` (ALPN ``tether-ssh/1`` on the proxy),
+SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (ALPN
+``tether-ssh/1`` on the proxy),
 ``inventory`` (the ``node`` kind), ``client`` and ``cli`` (``tether ssh``, ``ls``, ``scp``,
 ``config``, ``proxy ssh``).
 """

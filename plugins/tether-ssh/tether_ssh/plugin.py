@@ -1,8 +1,8 @@
 """The ``ssh`` plugin as Tether's plugin manager sees it (entry point group ``tether``).
 
 It uses only the public hooks, like any third-party protocol plugin: the ``node`` resource
-kind, the proxy's SSH front door (ALPN ``tether-ssh/1``), the node service, and the client
-commands ``tether ssh``, ``ls``, ``scp``, ``config`` and ``proxy ssh``.
+kind, the proxy's SSH front door (ALPN ``tether-ssh/1``), the SSH server a node's agent runs,
+and the client commands ``tether ssh``, ``ls``, ``scp``, ``config`` and ``proxy ssh``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from tether_ssh.inventory import NODE
 if TYPE_CHECKING:
     import click
 
+    from tether.config import Config
+    from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
-    from tether.services import Service, ServiceContext
 
 __all__ = [
+    "tether_agent_protocols",
     "tether_cli_commands",
     "tether_protocols",
     "tether_resource_kinds",
-    "tether_services",
 ]
 
 
@@ -42,11 +43,11 @@ def tether_protocols() -> list[ProtocolHandler]:
 
 
 @tether.hookimpl
-def tether_services(ctx: ServiceContext) -> list[Service]:
-    """The node service, when this daemon runs one (``ssh_service.enabled``)."""
-    from tether_ssh.node import node_services  # asyncssh and the server: only in tetherd
+def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
+    """SSH inside the node agent, when this host is a node (``ssh_service.enabled``)."""
+    from tether_ssh.agent import agent_protocols  # asyncssh and the server: only in tetherd
 
-    return node_services(ctx)
+    return list(agent_protocols(config))
 
 
 @tether.hookimpl

@@ -1099,8 +1099,14 @@ class SSHServer:
         self._closed = False
 
     async def _aio(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run an asyncio coroutine on this server's loop, whichever trio task asks."""
-        result: T = await self._loop.run_aio_coroutine(coro)
+        """Run an asyncio coroutine on this server's loop, whichever trio task asks: also a
+        task started outside the loop's ``async with`` (a node agent's tunnel handlers), for
+        which asyncio would find no current loop."""
+        token = trio_asyncio.current_loop.set(self._loop)
+        try:
+            result: T = await self._loop.run_aio_coroutine(coro)
+        finally:
+            trio_asyncio.current_loop.reset(token)
         return result
 
     def _check_open(self) -> None:

@@ -31,6 +31,7 @@ from tether.backend import Backend, BackendType, open_sqlite
 from tether.config import Config
 from tether.errors import AccessDenied, TetherError
 from tether.hookspecs import hookimpl
+from tether.node.protocols import AgentContext, AgentStream
 from tether.protocols import ProtocolHandler, ProxyConnection
 from tether.resources import ResourceKind
 from tether.services import Service, ServiceContext
@@ -327,6 +328,32 @@ async def _fail(conn: ProxyConnection) -> None:
     raise RuntimeError("hooktest's failing protocol fails on purpose")
 
 
+#: The ALPN id of hooktest's dialer: the proxy opens a stream to a node agent's protocol, as
+#: the kernel's routing will. The client sends one JSON line: ``protocol``, ``node`` (host id),
+#: ``target`` and optionally ``user_cert`` (base64 DER; the TLS client certificate otherwise);
+#: the proxy answers ``ok`` or ``refused: <reason>`` and then carries the stream.
+DIAL_ALPN = "hooktest-dial/1"
+
+
+async def _dial(conn: ProxyConnection) -> None:
+    request = json.loads((await conn.stream.receive_some(65536)).decode())
+    user_cert = request.get("user_cert")
+    if user_cert is None:
+        user_cert = base64.b64encode(conn.certificate_der()).decode()
+    metadata = {"client": conn.peer, "target": request["target"], "user_cert": user_cert}
+    try:
+        stream = await conn.proxy.tunnels.dial(
+            conn.proxy.cluster_name, request["protocol"], metadata, agent=request["node"]
+        )
+    except TetherError as exc:
+        await conn.stream.send_all(f"refused: {exc.message}\n".encode())
+        return
+    await conn.stream.send_all(b"ok\n")
+    async with stream:
+        async for data in stream:
+            await conn.stream.send_all(data)
+
+
 @hookimpl
 def tether_protocols() -> list[ProtocolHandler]:
     if not _active():
@@ -335,7 +362,53 @@ def tether_protocols() -> list[ProtocolHandler]:
     return [
         ProtocolHandler(name="hooktest-greeter", alpn=(GREETER_ALPN,), serve=_greet),
         ProtocolHandler(name="hooktest-failing", alpn=(FAILING_ALPN,), serve=_fail),
+        ProtocolHandler(name="hooktest-dial", alpn=(DIAL_ALPN,), serve=_dial),
     ]
+
+
+#: Set (with the log) in a node's environment to serve hooktest's node protocol there.
+AGENT_ENV = "TETHER_HOOKTEST_AGENT"
+#: The name of hooktest's node protocol (the mux target proxies open streams to).
+AGENT_PROTOCOL = "hooktest-whoami"
+
+
+class WhoAmI:
+    """A node protocol that tells the caller who the agent says they are, in one line."""
+
+    name = AGENT_PROTOCOL
+
+    def __init__(self) -> None:
+        self.agent: AgentContext | None = None
+
+    def addresses(self) -> list[str]:
+        return []
+
+    async def run(
+        self, agent: AgentContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.agent = agent
+        record("tether_agent_protocols.run", host_id=agent.host_id, tunnel=agent.tunnel_mode)
+        task_status.started()
+        await trio.sleep_forever()
+
+    def resources(self) -> list[Any]:
+        return []
+
+    async def serve(self, stream: AgentStream) -> None:
+        who = stream.identity
+        assert who is not None and stream.roles is not None  # hooktest's dialer always sends one
+        roles = ",".join(stream.roles.names)
+        record("tether_agent_protocols.serve", user=who.username, roles=roles)
+        line = f"{who.username}@{who.cluster} as {roles} for {stream.target} from {stream.client}"
+        await stream.stream.send_all(f"{line}\n".encode())
+
+
+@hookimpl
+def tether_agent_protocols(config: Config) -> list[WhoAmI]:
+    if not (_active() and os.environ.get(AGENT_ENV)):
+        return []
+    record("tether_agent_protocols")
+    return [WhoAmI()]
 
 
 @hookimpl

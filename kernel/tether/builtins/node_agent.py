@@ -1,0 +1,20 @@
+"""Builtin plugin ``node-agent``: the node agent, when a protocol plugin serves on this host.
+
+Registered through ``tether_services`` like any plugin's service, so a daemon with no
+protocol to serve (``tether_agent_protocols`` returns nothing) runs no agent and joins nothing.
+"""
+
+from __future__ import annotations
+
+from tether.hookspecs import hookimpl
+from tether.services import Service, ServiceContext
+
+__all__ = ["tether_services"]
+
+
+@hookimpl
+def tether_services(ctx: ServiceContext) -> list[Service]:
+    """The node agent serving every protocol plugins declared for this host."""
+    from tether.node.agent import agent_services  # the tunnel and auth client: only in tetherd
+
+    return agent_services(ctx)

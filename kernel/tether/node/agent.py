@@ -1,0 +1,377 @@
+"""The node agent: this host as a member of a cluster, whatever protocols it serves.
+
+Every protocol plugin that serves on a host (SSH today; databases and Kubernetes later) runs
+inside this one agent, which does what each would otherwise copy:
+
+* identity: the host id (``data_dir/host_uuid``, created once), and certificates from the
+  auth service in the same process, or by joining with a token (``--token`` with
+  ``--auth-server`` or ``--proxy``), kept in ``data_dir/host`` and reused, so the token is
+  needed only for the first start;
+* renewal of those certificates at two thirds of their lifetime (:func:`keep_renewed`), handed
+  to the protocols and to the tunnels, which are replaced;
+* in tunnel mode (``--proxy`` without an auth service here), reverse tunnels to every proxy:
+  the host needs no inbound port; each stream a proxy opens names a protocol (the mux target),
+  which the agent hands to that protocol, the user's certificate verified first when the proxy
+  forwarded it. In direct mode each protocol listens on its own address;
+* heartbeats of the inventory entries each protocol publishes (an entry not renewed expires);
+* the cluster's trust and roles (:class:`~tether.node.trust.NodeTrust`, the snapshot proxies
+  hold) and the one trust decision over it;
+* audit forwarding to the auth service, through a bounded backlog that never blocks a session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import logging
+import pathlib
+import ssl
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import trio
+
+from tether import pki
+from tether.auth.http_api import join_result_to_json
+from tether.auth.http_client import AuthClient
+from tether.config import Config, HostPort
+from tether.errors import AccessDenied, ConfigError, TetherError, TrustError
+from tether.node.join import (
+    SERVER_KINDS,
+    JoinedIdentity,
+    host_client_context,
+    keep_renewed,
+    load_or_join_current,
+    renew_and_save,
+)
+from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
+from tether.node.trust import NodeTrust
+from tether.rbac import RoleSet
+from tether.resources import resource_to_dict
+from tether.services import Service, ServiceContext
+from tether.tlsstream import TLSStream
+from tether.trust import ClusterTrust
+from tether.tunnel.agent import AgentPool
+from tether.tunnel.server import TUNNEL_ALPN
+from tether.tunnel.transport import IncomingStream
+
+__all__ = ["AUDIT_BACKLOG", "ENTRY_TTL", "HEARTBEAT_INTERVAL", "NodeAgent", "agent_services"]
+
+log = logging.getLogger(__name__)
+
+#: How often the agent renews its inventory entries; an entry lives four heartbeats.
+HEARTBEAT_INTERVAL = datetime.timedelta(seconds=10)
+ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
+#: Audit events waiting to be sent; beyond this they are logged and dropped, never blocking
+#: a session.
+AUDIT_BACKLOG = 1000
+
+
+def host_id(data_dir: pathlib.Path) -> str:
+    """This host's id, created on first start and kept in the data directory."""
+    path = data_dir / "host_uuid"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        new_id = str(uuid.uuid4())
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(new_id + "\n")
+        return new_id
+
+
+def _credentials(joined: JoinedIdentity) -> HostCredentials:
+    return HostCredentials(
+        key=joined.private_key, ssh_host_cert=joined.ssh_host_cert, tls_cert=joined.tls_cert
+    )
+
+
+class NodeAgent:
+    """One host's agent, serving ``protocols``.
+
+    :param ctx: the daemon; ``extras["auth"]`` (an auth service in this process) and
+        ``extras["auth_addr"]`` are read here, and never handed to the protocols.
+    """
+
+    def __init__(self, ctx: ServiceContext, protocols: Sequence[AgentProtocol]) -> None:
+        self.ctx = ctx
+        self.config: Config = ctx.config
+        self.protocols = {protocol.name: protocol for protocol in protocols}
+        self._audit_send, self._audit_receive = trio.open_memory_channel[
+            tuple[str, dict[str, Any]]
+        ](AUDIT_BACKLOG)
+        self._tunnel_context: ssl.SSLContext | None = None
+        self._tunnels: AgentPool | None = None
+
+    @property
+    def _local_auth(self) -> Any:
+        return self.ctx.extras.get("auth")
+
+    @property
+    def tunnel_mode(self) -> bool:
+        return self.config.join.proxy_server is not None and self._local_auth is None
+
+    # --- identity ------------------------------------------------------------------------
+
+    def _addresses(self) -> list[str]:
+        """Addresses to name in the host certificate besides the host name: the protocols'."""
+        hosts = [host for protocol in self.protocols.values() for host in protocol.addresses()]
+        return [h for h in dict.fromkeys(hosts) if h and h not in ("0.0.0.0", "::")]
+
+    async def _identity(self, host: str) -> JoinedIdentity:
+        config = self.config
+        auth = self._local_auth
+        key = pki.generate_private_key()
+        if auth is not None:  # beside the auth service: no token, no network
+            result = await auth.issue_host_identity(
+                role="node",
+                host_id=host,
+                hostname=config.nodename,
+                addresses=self._addresses(),
+                ssh_public_key=pki.ssh_public_key_line(key.public_key()),
+                tls_public_key_pem=pki.public_key_to_pem(key.public_key()).decode(),
+            )
+            return JoinedIdentity.from_json(join_result_to_json(result), key)
+        join = config.join
+        if join.server is None:
+            raise ConfigError(
+                "a node without an auth service in its process must join a cluster",
+                hint="pass --proxy=HOST:PORT (or --auth-server) and --token=TOKEN",
+            )
+        return await load_or_join_current(
+            pathlib.Path(config.data_dir) / "host",
+            str(join.server),
+            join.token,
+            role="node",
+            host_id=host,
+            hostname=config.nodename,
+            addresses=self._addresses(),
+            ca_pin=join.ca_pin,
+            insecure=join.insecure,
+        )
+
+    def _api_url(self) -> str:
+        """Where the agent reaches the auth API: its own process's auth, the auth server, or
+        the proxy (which forwards ``/v1`` requests with the host's certificate)."""
+        auth_addr = self.ctx.extras.get("auth_addr")
+        if auth_addr:
+            return f"https://{auth_addr}"
+        server = self.config.join.server
+        assert server is not None  # _identity refused to start without one
+        return f"https://{server}"
+
+    def _client_context(
+        self,
+        joined: JoinedIdentity,
+        alpn: Sequence[str] = (),
+        peer_kinds: Sequence[str] = SERVER_KINDS,
+    ) -> ssl.SSLContext:
+        """A context for reaching the cluster as this host; the server must hold a
+        certificate of ``peer_kinds`` (another node's, from the same CA, is refused)."""
+        insecure = self.config.join.insecure and self._local_auth is None
+        return host_client_context(joined, alpn=alpn, peer_kinds=peer_kinds, insecure=insecure)
+
+    def _identity_dir(self) -> pathlib.Path | None:
+        """Where the joined identity is kept; beside auth, a node gets a new one at each
+        start and keeps none."""
+        if self._local_auth is not None:
+            return None
+        return pathlib.Path(self.config.data_dir) / "host"
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        host = await trio.to_thread.run_sync(host_id, pathlib.Path(self.config.data_dir))
+        joined = await self._identity(host)
+        cluster = joined.identity.cluster
+        initial = ClusterTrust(
+            cluster, joined.tls_cas, ssh_user_cas={cluster: joined.ssh_user_ca_lines}
+        )
+        async with (
+            AuthClient(self._api_url(), self._client_context(joined)) as api,
+            trio.open_nursery() as nursery,
+        ):
+            trust = NodeTrust(api, self.ctx.pm, initial)
+            await nursery.start(trust.run)
+            agent = AgentContext(
+                config=self.config,
+                host_id=host,
+                cluster_name=cluster,
+                tunnel_mode=self.tunnel_mode,
+                credentials=_credentials(joined),
+                audit=self._queue_audit,
+                pm=self.ctx.pm,
+                trust=lambda: trust.current,
+            )
+            for protocol in self.protocols.values():
+                await nursery.start(protocol.run, agent)
+            if self.tunnel_mode:
+                await nursery.start(self._run_tunnels, joined, agent)
+            await self._publish(api)
+            nursery.start_soon(self._heartbeat_loop, api)
+            nursery.start_soon(self._audit_loop, api)
+            nursery.start_soon(self._renewal_loop, api, host, joined, agent)
+            log.info(
+                "node %s (%s) is up in %s mode, serving %s",
+                self.config.nodename,
+                host,
+                "tunnel" if self.tunnel_mode else "direct",
+                ", ".join(self.protocols),
+            )
+            task_status.started()
+
+    async def _run_tunnels(
+        self,
+        joined: JoinedIdentity,
+        agent: AgentContext,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        context = self._client_context(joined, alpn=[TUNNEL_ALPN], peer_kinds=("proxy",))
+        self._tunnel_context = context  # a renewal replaces the certificate in it
+        proxy = self.config.join.proxy_server
+        assert proxy is not None
+
+        async def dial(addr: str) -> trio.abc.Stream:
+            target = HostPort.parse(addr)
+            return await TLSStream.connect(
+                target.connect_host, target.port, context, server_hostname=target.connect_host
+            )
+
+        async def handle_stream(request: IncomingStream) -> None:
+            await self.handle_stream(request, agent)
+
+        pool = AgentPool(
+            cluster=joined.identity.cluster,
+            tunnel_addr=str(proxy),
+            dial=dial,
+            handle_stream=handle_stream,
+        )
+        self._tunnels = pool  # a renewal moves it to new tunnels
+        await pool.run(task_status=task_status)
+
+    async def handle_stream(self, request: IncomingStream, agent: AgentContext) -> None:
+        """Hand a stream a proxy opened to the protocol it names (the mux target), with the
+        forwarded user certificate, if any, verified and role-mapped first; a refusal is
+        audited as ``node.stream.denied``, as the SSH server audits ``ssh.denied``."""
+        protocol = self.protocols.get(request.target)
+        if protocol is None:
+            served = ", ".join(repr(name) for name in sorted(self.protocols)) or "nothing"
+            request.reject(f"this node serves no protocol {request.target!r}; it serves {served}")
+            return
+        metadata = request.metadata
+        client = metadata.get("client") or "the proxy"
+        identity: pki.Identity | None = None
+        roles: RoleSet | None = None
+        if metadata.get("user_cert"):
+            try:
+                identity, roles = self._verify_user(metadata["user_cert"], agent)
+            except TetherError as exc:
+                log.warning("node: refused a %s stream from %s: %s", protocol.name, client, exc)
+                fields = {"protocol": protocol.name, "node": self.config.nodename}
+                self._queue_audit(
+                    "node.stream.denied", {**fields, "peer": client, "reason": exc.message}
+                )
+                request.reject(exc.message)
+                return
+        stream = AgentStream(
+            stream=request.accept(),
+            client=client,
+            target=metadata.get("target", ""),
+            identity=identity,
+            roles=roles,
+        )
+        await protocol.serve(stream)
+
+    def _verify_user(self, cert_b64: str, agent: AgentContext) -> tuple[pki.Identity, RoleSet]:
+        """The forwarded user certificate, verified with the cluster's trust: the identity
+        with its local roles, and those roles."""
+        try:
+            der = base64.b64decode(cert_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise TrustError("the forwarded user certificate is not base64") from None
+        trust = agent.trust
+        where = {"node": self.config.nodename}
+        identity = trust.verify_client(
+            der, pm=self.ctx.pm, now=agent.now(), audit=self._queue_audit, where=where
+        )
+        if identity.kind != "user":
+            raise AccessDenied(f"{identity.label} is not a user")
+        roles = trust.role_set(
+            identity.roles, identity=identity, audit=self._queue_audit, where=where
+        )
+        return identity, roles
+
+    async def _renewal_loop(
+        self, api: AuthClient, host: str, joined: JoinedIdentity, agent: AgentContext
+    ) -> None:
+        """Renew the host's certificates once two thirds of their lifetime have passed, and
+        present the new ones from then on: to new connections, and through new tunnels, which
+        replace the old ones (sessions running through those finish there)."""
+
+        async def renew() -> Any:
+            renewed = await self._renewed(api)
+            await api.present_certificate(renewed.tls_cert, renewed.private_key)
+            if self._tunnel_context is not None:
+                pki.present_certificate(self._tunnel_context, renewed.tls_cert, renewed.private_key)
+            if self._tunnels is not None:  # the proxy closes tunnels whose certificate expired
+                self._tunnels.replace_tunnels("the node renewed its certificate")
+            agent.renewed(_credentials(renewed))
+            return renewed.tls_cert
+
+        await keep_renewed(f"node {host}", joined.tls_cert, renew)
+
+    async def _renewed(self, api: AuthClient) -> JoinedIdentity:
+        return await renew_and_save(
+            api, self._identity_dir(), hostname=self.config.nodename, addresses=self._addresses()
+        )
+
+    # --- heartbeats ----------------------------------------------------------------------
+
+    async def _publish(self, api: AuthClient) -> None:
+        for protocol in self.protocols.values():
+            for resource in protocol.resources():
+                await api.publish(resource_to_dict(resource), ENTRY_TTL)
+
+    async def _heartbeat_loop(self, api: AuthClient) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_INTERVAL.total_seconds())
+            try:
+                await self._publish(api)
+            except (TetherError, OSError) as exc:
+                log.warning("node: heartbeat to auth failed: %s", exc)
+
+    # --- audit ---------------------------------------------------------------------------
+
+    def _queue_audit(self, event_type: str, fields: Mapping[str, Any]) -> None:
+        try:
+            self._audit_send.send_nowait((event_type, dict(fields)))
+        except trio.WouldBlock:
+            log.warning("node: audit backlog full; dropped %s %s", event_type, dict(fields))
+
+    async def _audit_loop(self, api: AuthClient) -> None:
+        async for event_type, fields in self._audit_receive:
+            user = str(fields.pop("user", "") or "")
+            success = not event_type.endswith(".denied")
+            try:
+                await api.record_event(event_type, user, fields, success=success)
+            except (TetherError, OSError) as exc:
+                log.warning("node: cannot record audit event %s: %s", event_type, exc)
+
+
+def agent_services(ctx: ServiceContext) -> list[Service]:
+    """The node agent, when a protocol plugin serves on this host (``tether_agent_protocols``
+    returned something: for SSH, ``ssh_service.enabled``, which ``--roles=node`` sets)."""
+    protocols: list[AgentProtocol] = [
+        protocol
+        for group in ctx.pm.hook.tether_agent_protocols(config=ctx.config)
+        for protocol in group
+    ]
+    if not protocols:
+        return []
+    names = [protocol.name for protocol in protocols]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"two plugins serve the node protocol {', '.join(twice)!s}")
+    return [Service(name="node agent", run=NodeAgent(ctx, protocols).run)]
