@@ -126,6 +126,8 @@ async def _start_auth(
     nursery: trio.Nursery,
 ) -> tuple[AuthService, str]:
     auth = await AuthService.open(config=config, pm=pm, backend=backend)
+    # the trust auth decides with and pushes to proxies and nodes follows the store
+    await nursery.start(auth.trust_feed.run)
     data_dir = pathlib.Path(config.data_dir)
     # auth's server certificate lasts as long as a host's, and is renewed the same way
     ttl = config.auth_service.host_cert_ttl
@@ -318,8 +320,6 @@ async def _start_proxy(
     )
     trust = ProxyTrust(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
     local_auth: AuthService | None = ctx.extras.get("auth")
-    if local_auth is not None:  # in auth's process: hear of changes at once, not by polling
-        local_auth.on_trust_change.append(trust.refresh)
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
     peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)

@@ -14,8 +14,9 @@ Three ways to run, as the guide's nodes do:
 The identity obtained by joining is kept in ``data_dir/host`` and reused, so the token is
 needed only for the first start. The node then publishes its ``node`` entry on every
 heartbeat (an entry not renewed expires), reruns its command labels on their periods, keeps
-the cluster's roles and user CAs fresh for authorization, and forwards its audit events
-(sessions, refusals) to the auth service.
+the cluster's roles, trusted clusters and user CAs as auth pushes them (the trust snapshot
+proxies get, through :class:`~tether.proxy.trust_cache.ProxyTrust`), and forwards its audit
+events (sessions, refusals) to the auth service.
 """
 
 from __future__ import annotations
@@ -47,19 +48,12 @@ from tether.node.join import (
     save_identity,
 )
 from tether.plugins import TetherPluginManager
+from tether.proxy.trust_cache import ProxyTrust
 from tether.rbac import RoleSet
-from tether.resources import (
-    CERT_AUTHORITY,
-    ROLE,
-    CertAuthoritySpec,
-    KindRegistry,
-    Resource,
-    resource_from_dict,
-    resource_to_dict,
-)
+from tether.resources import Resource, resource_to_dict
 from tether.services import Service, ServiceContext
 from tether.tlsstream import TLSStream
-from tether.trust import TRUSTED_CLUSTER, map_roles, mapped_roles
+from tether.trust import ClusterTrust, map_roles, mapped_roles
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
@@ -74,16 +68,11 @@ log = logging.getLogger(__name__)
 #: How often the node renews its inventory entry; the entry lives four heartbeats.
 HEARTBEAT_INTERVAL = datetime.timedelta(seconds=10)
 ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
-#: How often roles and trusted CAs are refreshed (a changed role applies within this time).
-REFRESH_INTERVAL = 3.0
 #: How long a command label's command may run.
 COMMAND_TIMEOUT = 30.0
 #: Audit events waiting to be sent; beyond this they are logged and dropped, never blocking
 #: a session.
 AUDIT_BACKLOG = 1000
-
-#: The kinds the node reads back from auth.
-_KINDS = KindRegistry([NODE, ROLE, CERT_AUTHORITY, TRUSTED_CLUSTER], plugin="ssh")
 
 
 def _host_id(data_dir: pathlib.Path) -> str:
@@ -298,7 +287,15 @@ class NodeService:
             ) as server,
             trio.open_nursery() as nursery,
         ):
-            await self._refresh(api)
+            initial = ClusterTrust(
+                joined.identity.cluster,
+                joined.tls_cas,
+                ssh_user_cas={joined.identity.cluster: tuple(joined.ssh_user_ca_lines)},
+            )
+            trust = ProxyTrust(api, self.ctx.pm, initial)
+            trust.on_change.append(lambda: self._trust_changed(trust.current))
+            await nursery.start(trust.run)
+            await self._trust_changed(trust.current)
             if self.tunnel_mode:
                 await nursery.start(self._run_tunnels, joined, server)
             else:
@@ -306,7 +303,6 @@ class NodeService:
                 self.addr = self._advertised(port)
             await self._run_commands_once()
             await self._publish(api, host_id)
-            nursery.start_soon(self._refresh_loop, api)
             nursery.start_soon(self._command_loop)
             nursery.start_soon(self._heartbeat_loop, api, host_id)
             nursery.start_soon(self._audit_loop, api)
@@ -412,40 +408,12 @@ class NodeService:
 
     # --- keeping up to date --------------------------------------------------------------
 
-    async def _refresh(self, api: AuthClient) -> None:
-        """Fetch the cluster's roles and trusted user CAs."""
-        roles = await api.get_resources("role")
-        self.state.roles = {
-            doc["metadata"]["name"]: resource_from_dict(doc, _KINDS, source="role from auth")
-            for doc in roles
-        }
-        trusted = {
-            doc["metadata"]["name"]: resource_from_dict(doc, _KINDS, source="trusted_cluster")
-            for doc in await api.get_resources("trusted_cluster")
-        }
-        cas: dict[str, list[str]] = {}
-        for doc in await api.get_resources("cert_authority"):
-            ca = resource_from_dict(doc, _KINDS, source="cert_authority from auth")
-            spec: CertAuthoritySpec = ca.spec
-            other = spec.cluster_name != self.state.cluster
-            if other and not (
-                spec.cluster_name in trusted and trusted[spec.cluster_name].spec.enabled
-            ):
-                continue  # a disabled trust deactivates the root's user CA here
-            if spec.type == "user":
-                keys = [*spec.active_keys.ssh, *spec.additional_trusted_keys.ssh]
-                cas.setdefault(spec.cluster_name, []).extend(keys)
-        self.state.trusted = trusted
-        if cas:
-            self.state.user_cas = cas
-
-    async def _refresh_loop(self, api: AuthClient) -> None:
-        while True:
-            await trio.sleep(REFRESH_INTERVAL)
-            try:
-                await self._refresh(api)
-            except (TetherError, OSError) as exc:
-                log.warning("node: cannot refresh roles from auth: %s", exc)
+    async def _trust_changed(self, trust: ClusterTrust) -> None:
+        """Take the cluster's roles, trusted roots and active user CAs from the snapshot auth
+        pushed (a disabled trust's root CA is not among them)."""
+        self.state.roles = dict(trust.roles)
+        self.state.trusted = {name: root.trusted_cluster for name, root in trust.roots.items()}
+        self.state.user_cas = {name: list(lines) for name, lines in trust.ssh_user_cas.items()}
 
     def _entry(self, host_id: str) -> dict[str, Any]:
         spec = NodeSpec(
