@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 #: How long a trust watch asks auth to hold each request (auth caps it lower if it must).
 TRUST_WAIT = 15.0
-#: A failed trust watch tries again after this, doubling up to the maximum.
+#: A failed trust watch tries again after this, doubling up to the maximum: kept short, as a
+#: host learns of changes stored meanwhile (an auth server restarted) only when it asks again.
 WATCH_BACKOFF_MIN = 0.5
-WATCH_BACKOFF_MAX = 30.0
+WATCH_BACKOFF_MAX = 5.0
 
 #: The header in which a proxy passes on its caller's certificate (DER, base64) so that auth
 #: acts as that caller (see :mod:`tether.auth.http_api`).
@@ -74,6 +75,9 @@ class AuthClient:
             verify=self._context,
             headers=self._headers,
             timeout=self._timeout,
+            # no cap on connections: a proxy forwards each tunnel-mode node's trust watch,
+            # which holds one for its wait, and its own calls must not queue behind them
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 
     async def present_certificate(self, cert: x509.Certificate, key: pki.PrivateKey) -> None:
