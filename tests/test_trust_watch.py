@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import itertools
 import json
 import pathlib
 import time
@@ -21,9 +22,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tether import pki
-from tether.auth.http_client import AuthClient
+from tether.auth.http_client import WATCH_BACKOFF_MAX, WATCH_BACKOFF_MIN, AuthClient
 from tether.auth.service import AuthService
 from tether.auth.trust_feed import WATCHES_PER_CALLER, TrustFeed
 from tether.backend import open_sqlite
@@ -32,6 +34,7 @@ from tether.errors import AccessDenied, RateLimited
 from tether.plugins import get_plugin_manager
 from tether.resources import KindRegistry, parse_resources, resource_to_bytes
 from tether.testing.cluster import RunningCluster, RunningNode, start_proxy
+from tether.testing.http import free_port
 from tether.testing.impostor import exchange, forge_certificate, handshake, hold_tunnel
 from tether.testing.roles import core_registry
 from tether.trust import ClusterTrust
@@ -214,6 +217,30 @@ def test_the_snapshot_holds_the_active_ssh_user_cas_and_the_roles() -> None:
     assert snapshot.ssh_user_cas == {"leaf": ("ssh-ed25519 LEAF",), "on": ("ssh-ed25519 ON",)}
     assert snapshot.roles == {"visitor": role}
     assert ClusterTrust.from_json(snapshot.to_json(), registry) == snapshot
+
+
+async def test_a_watch_that_cannot_reach_auth_backs_off_and_says_so_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = pki.ClusterAuthorities.generate(CLUSTER).tls.certificate
+    context = pki.client_ssl_context(trusted_cas=[ca])
+    asked: list[float] = []
+    async with AuthClient(f"https://127.0.0.1:{free_port()}", context) as api:  # nobody there
+        ask = api.trust
+
+        async def counted(known: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
+            asked.append(trio.current_time())
+            return await ask(known, wait=wait)
+
+        api.trust = counted  # type: ignore[method-assign]
+        with trio.move_on_after(60):
+            async for _ in api.watch_trust("1.1"):
+                pytest.fail("auth cannot be reached: nothing to yield")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(asked)]
+    assert 8 <= len(asked) <= 25, asked
+    assert min(gaps) >= WATCH_BACKOFF_MIN / 2 and max(gaps) <= WATCH_BACKOFF_MAX + 1, gaps
+    outage = [r for r in caplog.records if "watching the trust" in r.getMessage()]
+    assert len(outage) == 1, outage
 
 
 # --- real daemons ----------------------------------------------------------------------------
