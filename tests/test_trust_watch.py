@@ -28,7 +28,7 @@ from tether import pki
 from tether.auth.http_client import WATCH_BACKOFF_MAX, WATCH_BACKOFF_MIN, AuthClient
 from tether.auth.service import AuthService
 from tether.auth.trust_feed import WATCHES_PER_CALLER, TrustFeed
-from tether.backend import open_sqlite
+from tether.backend import Op, open_sqlite
 from tether.config import default_config
 from tether.errors import AccessDenied, RateLimited
 from tether.plugins import get_plugin_manager
@@ -184,6 +184,29 @@ async def test_two_auth_servers_of_one_store_name_each_snapshot_alike(
         assert other.current == auth.trust
         names.append(other.revision)
     assert len(set(names)) == len(names), names
+
+
+async def test_a_feed_that_fell_behind_its_watch_reads_the_store_again(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One batch of more changes than a watch holds overflows it: the feed reads everything
+    again rather than miss one."""
+    pm = get_plugin_manager()
+    config = default_config(data_dir=tmp_path, cluster_name=CLUSTER)
+    pm.hook.tether_configure(config=config)
+    url = f"sqlite://{tmp_path / 'backend.sqlite'}"
+    async with open_sqlite(url, watch_buffer=4) as backend, trio.open_nursery() as nursery:
+        auth = await AuthService.open(config=config, pm=pm, backend=backend)
+        await nursery.start(auth.trust_feed.run)
+        before = auth.trust_feed.revision
+        names = [f"burst-{i}" for i in range(10)]
+        await backend.apply([Op.put(f"/roles/{n}", role_bytes(auth.registry, n)) for n in names])
+        with trio.fail_after(5):
+            while not set(names) <= set(auth.trust.roles):
+                await auth.trust_feed.wait_changed(auth.trust_feed.revision)
+        assert auth.trust_feed.revision != before
+        nursery.cancel_scope.cancel()
+    assert "the store's watch overflowed" in caplog.text
 
 
 def test_the_snapshot_holds_the_active_ssh_user_cas_and_the_roles() -> None:
