@@ -209,6 +209,27 @@ async def test_a_feed_that_fell_behind_its_watch_reads_the_store_again(
     assert "the store's watch overflowed" in caplog.text
 
 
+async def test_a_write_that_changes_nothing_hosts_see_wakes_no_one(auth: AuthService) -> None:
+    feed = auth.trust_feed
+    before = feed.revision
+    await auth.backend.put("/roles/same", role_bytes(auth.registry, "same"))
+    with trio.fail_after(2):
+        await feed.wait_changed(before)
+    known = feed.revision
+    answers: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        answers.append(json.loads(await feed.answer(host(), known, wait=1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.sleep(0.1)
+        # the same role again, and a host CA (which no host reads from the snapshot)
+        await auth.backend.put("/roles/same", role_bytes(auth.registry, "same"))
+        await auth.backend.put("/authorities/host/elsewhere", b"not even a resource")
+    assert answers == [{"revision": known, "unchanged": True}]
+
+
 def test_the_snapshot_holds_the_active_ssh_user_cas_and_the_roles() -> None:
     registry = core_registry()
     own = pki.ClusterAuthorities.generate("leaf").tls.certificate

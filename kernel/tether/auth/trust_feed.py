@@ -7,11 +7,15 @@ Nothing in this process has to announce a change: a write by another auth server
 store reaches this one the same way as its own, and proxies and nodes wait on the result
 (``GET /v1/trust?known=REV&wait=SECONDS``) instead of polling.
 
-The revision that names a snapshot comes from the store, so every auth server of one store names
-the same snapshot the same way: the highest revision among the items it is built from, and how
-many items there are. A later put raises the first; a delete lowers the count without raising
-it, and no two different sets of live items can share both (a set with the same highest
-revision is a subset of the earlier one, so the same count means the same set).
+The revision that names a snapshot comes from the store, not from a counter of this process,
+so every auth server of one store names a snapshot after the same stored state: the highest
+revision among the items it is built from, and how many items there are. A later put raises
+the first; a delete lowers the count without raising it, and no two different sets of live
+items can share both (a set with the same highest revision is a subset of the earlier one, so
+the same count means the same set): one name never means two snapshots, whichever server gave
+it. A write that leaves the snapshot as it was (a CA published again as it is) keeps the name
+it had, so hosts download nothing; a server that read the store only after such a write names
+the same snapshot after the later state, which costs a host that moves to it one download.
 """
 
 from __future__ import annotations
@@ -105,7 +109,15 @@ class TrustItems:
 
     @property
     def prefixes(self) -> tuple[str, ...]:
-        return tuple(self.registry.get(kind).storage_prefix for kind in _KINDS)
+        """The key prefixes the snapshot is made of: X.509 and SSH user CAs (not host CAs),
+        trusted_clusters, roles."""
+        cas = self.registry.get("cert_authority").storage_prefix
+        return (
+            cas + "tls/",
+            cas + "user/",
+            self.registry.get("trusted_cluster").storage_prefix,
+            self.registry.get("role").storage_prefix,
+        )
 
     def reset(self, items: Iterable[Item]) -> None:
         """Replace every item (a fresh read of the prefixes)."""
@@ -194,6 +206,7 @@ class TrustFeed:
         self._items = TrustItems(cluster_name, tuple(own_cas), registry)
         self.current = ClusterTrust(cluster_name, self._items.own_cas)
         self.revision = ""
+        self._items_revision = ""  # of the items last built from
         self._body: bytes | None = None
         self._changed = trio.Event()
         #: watches under way, by caller
@@ -275,9 +288,13 @@ class TrustFeed:
 
     def _rebuild(self) -> None:
         revision = self._items.revision
-        if revision == self.revision:
+        if revision == self._items_revision:
             return
-        self.current = self._items.build()
+        self._items_revision = revision
+        fresh = self._items.build()
+        if self.revision and fresh == self.current:
+            return  # nothing a reader sees changed: it keeps its copy (see the module's doc)
+        self.current = fresh
         self.revision = revision
         self._body = None
         changed, self._changed = self._changed, trio.Event()
