@@ -456,7 +456,7 @@ def _profiler(out_dir: pathlib.Path, pid: int, name: str) -> AbstractContextMana
 WATCHED = (
     "reload_trust",  # the proxy reloading every leaf's CA into its TLS context, per join
     "other_tls_cas",  # every other cluster's CA read and parsed from storage
-    "_load_trust",
+    "_rebuild",  # auth's trust snapshot rebuilt from the store's items, per batch of changes
     "validate_leaf",
     "identity_from_peer",  # a tunnel's certificate checked against every trusted CA
     "_key_id",

@@ -638,16 +638,24 @@ def test_auth_api_refuses_a_user_certificate_on_proxy_only_endpoints(
     assert_serving(cluster, cas)
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/v1/trust"), ("PUT", "/v1/tunnels/heartbeats")]
-)
 @pytest.mark.parametrize("kind", ["user", "node", "admin"])
-def test_auth_api_keeps_the_trust_and_tunnel_heartbeats_to_proxies(
-    cluster: RunningCluster, cas: pki.ClusterAuthorities, method: str, path: str, kind: str
+def test_auth_api_keeps_tunnel_heartbeats_to_proxies(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities, kind: str
 ) -> None:
     with client_as(cas, identity(f"not-a-proxy-{kind}", kind=kind), cluster.auth_addr) as auth:
-        response = auth.request(method, path, json={"heartbeats": []})
+        response = auth.put("/v1/tunnels/heartbeats", json={"heartbeats": []})
     assert_json_error(response, 403, "only the cluster's proxies may")
+    assert_serving(cluster, cas)
+
+
+@pytest.mark.parametrize("kind", ["user", "admin"])
+def test_auth_api_keeps_the_trust_to_the_clusters_hosts(
+    cluster: RunningCluster, cas: pki.ClusterAuthorities, kind: str
+) -> None:
+    # nodes read it too (tests/test_trust_watch.py); people never
+    with client_as(cas, identity(f"not-a-host-{kind}", kind=kind), cluster.auth_addr) as auth:
+        response = auth.get("/v1/trust", params={"wait": "5"})
+    assert_json_error(response, 403, f"only the hosts of cluster {CLUSTER!r}")
     assert_serving(cluster, cas)
 
 
@@ -694,7 +702,7 @@ def test_proxy_refuses_single_sign_on_steps_that_make_no_sense(
     assert_serving(cluster, cas)
 
 
-def test_auth_api_tells_a_polling_proxy_when_the_trust_is_unchanged(
+def test_auth_api_tells_a_proxy_when_the_trust_is_unchanged(
     cluster: RunningCluster, cas: pki.ClusterAuthorities
 ) -> None:
     with client_as(cas, identity("proxy-paul", kind="proxy"), cluster.auth_addr) as auth:

@@ -41,8 +41,8 @@ def leaf_trust(*roots: ClusterAuthorities, enabled: bool = True, local: str = "v
         [leaf.tls.certificate],
         {root.cluster: [root.tls.certificate] for root in roots},
         [trusted_cluster(root.cluster, enabled=enabled, local=local) for root in roots],
-        {root.cluster: [root.ssh_user.public_key_line()] for root in roots},
-        [visitor],
+        user_cas={root.cluster: [root.ssh_user.public_key_line()] for root in roots},
+        roles=[visitor],
     )
 
 
@@ -102,18 +102,26 @@ def test_a_root_user_gets_the_same_local_roles_from_either_certificate() -> None
 def test_the_leaf_refuses_either_certificate_with_the_same_words() -> None:
     root = ClusterAuthorities.generate("root")
     pm = get_plugin_manager(autoload=False)
-    cases = [
-        (leaf_trust(root, enabled=False), alice(), "the trust in root cluster 'root' is disabled"),
-        (
-            leaf_trust(root),
-            alice(roles=("auditor",)),
-            "no role of alice@root (auditor) maps to a role of cluster 'leaf'",
-        ),
-    ]
-    for trust, who, message in cases:
-        for verified in both_kinds(root, who, trust):
-            with pytest.raises(AccessDenied, match=message.replace("(", r"\(").replace(")", r"\)")):
-                trust.local_roles(verified, pm=pm)
+    trust, message = (
+        leaf_trust(root),
+        "no role of alice@root (auditor) maps to a role of cluster 'leaf'",
+    )
+    for verified in both_kinds(root, alice(roles=("auditor",)), trust):
+        with pytest.raises(AccessDenied, match=message.replace("(", r"\(").replace(")", r"\)")):
+            trust.local_roles(verified, pm=pm)
+
+
+def test_a_disabled_trust_refuses_either_certificate() -> None:
+    root = ClusterAuthorities.generate("root")
+    pm = get_plugin_manager(autoload=False)
+    enabled, disabled = leaf_trust(root), leaf_trust(root, enabled=False)
+    for verified in both_kinds(root, alice(), enabled):
+        with pytest.raises(AccessDenied, match="the trust in root cluster 'root' is disabled"):
+            disabled.local_roles(verified, pm=pm)
+    # and the root's SSH user CA is not active while the trust is disabled: a node refuses the
+    # SSH certificate before it decides anything (DESIGN.md, trusted clusters, step 6)
+    assert "root" not in disabled.ssh_user_cas
+    assert "root" in enabled.ssh_user_cas
 
 
 def test_a_user_of_this_cluster_keeps_its_roles_and_of_an_unknown_one_is_refused() -> None:

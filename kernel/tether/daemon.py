@@ -45,7 +45,6 @@ from tether.plugins import TetherPluginManager
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
 from tether.proxy.peers import ProxyPeers
 from tether.proxy.root_tunnels import RootTunnels
-from tether.proxy.trust_cache import ProxyTrust
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.ratelimit import RateLimiter
@@ -53,6 +52,7 @@ from tether.services import Service, ServiceContext
 from tether.tlsserver import TLSHandler, peer_address, serve_tls
 from tether.tlsstream import TLSStream
 from tether.trust import ClusterTrust
+from tether.trust.cache import TrustCache
 from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
 
 __all__ = ["run_daemon", "wait_for_stop_signal"]
@@ -126,6 +126,8 @@ async def _start_auth(
     nursery: trio.Nursery,
 ) -> tuple[AuthService, str]:
     auth = await AuthService.open(config=config, pm=pm, backend=backend)
+    # the trust auth decides with and pushes to proxies and nodes follows the store
+    await nursery.start(auth.trust_feed.run)
     data_dir = pathlib.Path(config.data_dir)
     # auth's server certificate lasts as long as a host's, and is renewed the same way
     ttl = config.auth_service.host_cert_ttl
@@ -316,10 +318,8 @@ async def _start_proxy(
         client_auth="optional",
         alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
     )
-    trust = ProxyTrust(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
+    trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
     local_auth: AuthService | None = ctx.extras.get("auth")
-    if local_auth is not None:  # in auth's process: hear of changes at once, not by polling
-        local_auth.on_trust_change.append(trust.refresh)
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
     peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import math
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether import __version__, audit, pki
@@ -88,6 +89,19 @@ def _peer_identity(request: Request, auth: AuthService) -> pki.Identity:
 def _require_proxy(identity: pki.Identity) -> None:
     if identity.kind != "proxy":
         raise AccessDenied("only the cluster's proxies may call this endpoint")
+
+
+def _seconds(value: str | None, name: str) -> float:
+    """A query parameter that counts seconds (absent: 0)."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise TetherError(f"query parameter {name!r} must be a number of seconds, got {value!r}")
+    return seconds
 
 
 def build_app(auth: AuthService) -> BodyLimit:
@@ -281,9 +295,13 @@ def build_app(auth: AuthService) -> BodyLimit:
         )
         return JSONResponse({"recorded": True})
 
-    async def trust(request: Request) -> JSONResponse:
+    async def trust(request: Request) -> Response:
+        # a hanging GET (a watch): see TrustFeed.answer
+        identity = _peer_identity(request, auth)
         known = request.query_params.get("known") or None
-        return JSONResponse(auth.trust_snapshot(_peer_identity(request, auth), known))
+        wait = _seconds(request.query_params.get("wait"), "wait")
+        body = await auth.trust_feed.answer(identity, known, wait)
+        return Response(body, media_type="application/json")
 
     async def record_heartbeats(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)

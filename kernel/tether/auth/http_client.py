@@ -8,9 +8,11 @@ forwards ``/v1/`` requests to auth with the user's certificate.
 from __future__ import annotations
 
 import datetime
+import logging
 import pathlib
+import random
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,16 @@ if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and t
 
     from tether.tunnel.heartbeats import HeartbeatRecord
 
-__all__ = ["FORWARDED_CERT_HEADER", "AuthClient", "admin_client"]
+__all__ = ["FORWARDED_CERT_HEADER", "TRUST_WAIT", "AuthClient", "admin_client"]
+
+log = logging.getLogger(__name__)
+
+#: How long a trust watch asks auth to hold each request (auth caps it lower if it must).
+TRUST_WAIT = 15.0
+#: A failed trust watch tries again after this, doubling up to the maximum: kept short, as a
+#: host learns of changes stored meanwhile (an auth server restarted) only when it asks again.
+WATCH_BACKOFF_MIN = 0.5
+WATCH_BACKOFF_MAX = 5.0
 
 #: The header in which a proxy passes on its caller's certificate (DER, base64) so that auth
 #: acts as that caller (see :mod:`tether.auth.http_api`).
@@ -64,6 +75,9 @@ class AuthClient:
             verify=self._context,
             headers=self._headers,
             timeout=self._timeout,
+            # no cap on connections: a proxy forwards each tunnel-mode node's trust watch,
+            # which holds one for its wait, and its own calls must not queue behind them
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 
     async def present_certificate(self, cert: x509.Certificate, key: pki.PrivateKey) -> None:
@@ -139,12 +153,56 @@ class AuthClient:
             json={"resource": dict(document), "ttl_seconds": ttl.total_seconds()},
         )
 
-    async def trust(self, known: str | None = None) -> dict[str, Any]:
+    async def trust(self, known: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
         """What the cluster trusts (:meth:`tether.trust.ClusterTrust.to_json` and its
         ``revision``), or only ``{"revision", "unchanged": true}`` when ``known`` is the
-        current revision; proxies only."""
-        params = {"known": known} if known else {}
-        return dict(await self.call("GET", "/v1/trust", params=params))
+        current revision; the cluster's hosts only.
+
+        :param wait: when ``known`` is current, how long auth may hold the answer back for a
+            change (a watch; auth caps it, see :data:`tether.auth.trust_feed.MAX_WAIT`).
+        """
+        params: dict[str, str] = {"known": known} if known else {}
+        if wait:
+            params["wait"] = f"{wait:g}"
+        # the answer may take the whole wait: the timeout counts from its end
+        timeout = self._timeout + wait
+        return dict(await self.call("GET", "/v1/trust", params=params, timeout=timeout))
+
+    async def watch_trust(
+        self, known: str | None = None, *, wait: float = TRUST_WAIT
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Yield each new trust snapshot (as :meth:`trust` returns it) from the one after
+        ``known`` on, as auth pushes them: one hanging request at a time, answered when the
+        trust changes or after ``wait`` seconds with nothing new.
+
+        Never ends by itself: while auth cannot be reached or refuses, it asks again with
+        backoff (doubling up to :data:`WATCH_BACKOFF_MAX` seconds, with jitter) and logs once
+        per outage, not once per try. Close it with :func:`contextlib.aclosing`.
+        """
+        import trio  # here, not at the top: see the TYPE_CHECKING import there
+
+        delay = 0.0
+        while True:
+            started = trio.current_time()
+            try:
+                body = await self.trust(known, wait=wait)
+            except TetherError as exc:
+                if not delay:
+                    log.warning("watching the trust at %s failed: %s; retrying", self.base_url, exc)
+                delay = min(max(2 * delay, WATCH_BACKOFF_MIN), WATCH_BACKOFF_MAX)
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                continue
+            if delay:
+                log.warning("watching the trust at %s again", self.base_url)
+                delay = 0.0
+            revision = body.get("revision")
+            if body.get("unchanged") is True and revision == known:
+                if trio.current_time() - started < WATCH_BACKOFF_MIN:
+                    # a server that does not hold the answer back must not make this spin
+                    await trio.sleep(WATCH_BACKOFF_MIN)
+                continue
+            known = str(revision) if revision else None
+            yield body
 
     async def record_tunnel_heartbeats(self, records: Sequence[HeartbeatRecord]) -> None:
         """Store a batch of tunnel heartbeats (only the cluster's proxies may)."""

@@ -18,14 +18,14 @@ import pathlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
 from cryptography import x509
 
 from tether import audit, pki
-from tether.auth import passwords, sso_flows
+from tether.auth import passwords, sso_flows, trust_feed
 from tether.auth.connectors import (
     IdentityConnector,
     LoginIdentity,
@@ -33,6 +33,7 @@ from tether.auth.connectors import (
     RedirectConnector,
 )
 from tether.auth.trust import establish_trust_with_root
+from tether.auth.trust_feed import TrustFeed
 from tether.backend import Backend, Item, Op
 from tether.config import Config, HostPort
 from tether.durations import format_duration
@@ -208,14 +209,14 @@ class AuthService:
         #: host id -> the certificate expiry whose hold this process has seen recorded
         self._kept_host_ids: dict[str, datetime.datetime] = {}
         self.connectors = _connectors(pm)
-        #: called after the set of trusted clusters' CAs changed (the proxy reloads them)
-        self.on_trust_change: list[Callable[[], Awaitable[None]]] = [self._load_trust]
-        self.trust = ClusterTrust(self.cluster_name, tuple(self.trusted_tls_cas()))
-        self._trust_json: dict[str, Any] | None = None
-        # names each trust snapshot: a process epoch (a restarted auth starts a new one) and
-        # a count of reloads, so a proxy polling with the one it holds is told "unchanged"
-        self._trust_epoch = secrets.token_hex(4)
-        self._trust_reloads = 0
+        #: what this cluster trusts, kept current by a watch on the store (the daemon runs
+        #: its :meth:`~tether.auth.trust_feed.TrustFeed.run` for as long as auth serves)
+        self.trust_feed = TrustFeed(
+            cluster_name=self.cluster_name,
+            own_cas=self.trusted_tls_cas(),
+            backend=backend,
+            registry=registry,
+        )
         #: the addresses this cluster's services in this process listen on, by service (the
         #: daemon fills it once they are bound): no host may register one as its own
         self.service_addrs: dict[str, HostPort] = {}
@@ -254,7 +255,7 @@ class AuthService:
             clock=clock,
         )
         await service._publish_authorities()
-        await service._load_trust()
+        await service.trust_feed.load()
         await service.hold_own_host_id()
         for role in preset_roles():
             kind = registry.get("role")
@@ -326,15 +327,7 @@ class AuthService:
 
     async def other_tls_cas(self) -> dict[str, list[x509.Certificate]]:
         """The X.509 CAs of the clusters this one trusts (its leaves' and its root's)."""
-        kind = self.registry.get("cert_authority")
-        found: dict[str, list[x509.Certificate]] = {}
-        for item in await self.backend.range(kind.storage_prefix + "tls/"):
-            ca = resource_from_bytes(item.value, self.registry)
-            if ca.spec.cluster_name == self.cluster_name:
-                continue
-            certs = [pki.load_cert(pem.encode()) for pem in ca.spec.active_keys.tls]
-            found.setdefault(ca.spec.cluster_name, []).extend(certs)
-        return found
+        return await trust_feed.other_tls_cas(self.backend, self.registry, self.cluster_name)
 
     async def _needs_handshake(self, trusted: Resource, existing: Item | None) -> bool:
         """Whether creating ``trusted`` must run the handshake with its root.
@@ -355,11 +348,7 @@ class AuthService:
 
     async def trusts(self, cluster: str) -> bool:
         """Whether this cluster holds another cluster's X.509 CA (a handshake happened)."""
-        kind = self.registry.get("cert_authority")
-        return (
-            cluster != self.cluster_name
-            and await self.backend.get(kind.key(f"tls/{cluster}")) is not None
-        )
+        return await trust_feed.trusts(self.backend, self.registry, self.cluster_name, cluster)
 
     async def _forget_cluster(self, cluster: str) -> None:
         """Remove another cluster's CAs: the trust between the two ends here."""
@@ -368,15 +357,6 @@ class AuthService:
         kind = self.registry.get("cert_authority")
         for ca_type in ("user", "host", "tls"):
             await self.backend.delete(kind.key(f"{ca_type}/{cluster}"))
-        await self.trust_changed()
-
-    async def trust_changed(self) -> None:
-        """Tell whoever caches trusted CAs (the proxy's TLS contexts) to reload them."""
-        for callback in self.on_trust_change:
-            try:
-                await callback()
-            except Exception:  # a broken listener must not undo a stored trust change
-                log.exception("a trust change listener failed")
 
     # --- identities ----------------------------------------------------------------------
 
@@ -411,46 +391,15 @@ class AuthService:
             now=self.now(),
         )
 
+    @property
+    def trust(self) -> ClusterTrust:
+        """What this cluster trusts now (see :mod:`tether.auth.trust_feed`)."""
+        return self.trust_feed.current
+
     def verify_client(self, cert: bytes | x509.Certificate) -> pki.Identity:
         """Verify a client certificate: one of this cluster's, or a user of a trusted root
         (role-mapped); see :meth:`tether.trust.ClusterTrust.verify_client`."""
-        return self.trust.verify_client(cert, pm=self.pm, now=self.now())
-
-    async def _load_trust(self) -> None:
-        """Cache what this cluster trusts (its roots' CAs and trusted_clusters) for
-        :meth:`verify_client`."""
-        kind = self.registry.get("trusted_cluster")
-        trusted = [
-            resource_from_bytes(item.value, self.registry)
-            for item in await self.backend.range(kind.storage_prefix)
-        ]
-        self.trust = ClusterTrust.build(
-            self.cluster_name, self.trusted_tls_cas(), await self.other_tls_cas(), trusted
-        )
-        self._trust_json = None
-        self._trust_reloads += 1
-
-    @property
-    def trust_revision(self) -> str:
-        """Names the current trust snapshot; it changes whenever the trust is reloaded."""
-        return f"{self._trust_epoch}-{self._trust_reloads}"
-
-    def trust_snapshot(self, identity: pki.Identity, known: str | None = None) -> dict[str, Any]:
-        """What this cluster trusts, for its proxies (:class:`tether.proxy.trust_cache.ProxyTrust`),
-        which verify client certificates and tunnels exactly as this service does.
-
-        :param known: the revision the proxy holds; when it is current the answer is only
-            ``{"revision": ..., "unchanged": true}`` (proxies poll; with a thousand leaves
-            the snapshot is large and rarely changes).
-        """
-        if identity.kind != "proxy" or identity.cluster != self.cluster_name:
-            raise AccessDenied("only the cluster's proxies may read its trust")
-        revision = self.trust_revision
-        if known == revision:
-            return {"revision": revision, "unchanged": True}
-        if self._trust_json is None:
-            self._trust_json = {"revision": revision, **self.trust.to_json()}
-        return self._trust_json
+        return self.trust_feed.verify_client(cert, pm=self.pm, now=self.now())
 
     async def _roleset(self, role_names: Sequence[str]) -> RoleSet:
         kind = self.registry.get("role")
@@ -781,8 +730,6 @@ class AuthService:
         await self.backend.apply(ops)
         for event, fields in events:
             await self.audit_event(event, identity.username, fields)
-        if any(res.kind == "trusted_cluster" for res in resources):
-            await self.trust_changed()  # enabled or disabled: the leaf's tunnels follow
         return messages
 
     async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:

@@ -315,7 +315,6 @@ async def validate_leaf(auth: AuthService, request: Mapping[str, Any]) -> TrustE
         "",
         {"leaf": leaf.cluster, "version": leaf.version, "again": not new},
     )
-    await auth.trust_changed()
     log.info("leaf cluster %s joined (Tether %s)", leaf.cluster, leaf.version)
     return TrustExchange.of(auth)
 
@@ -347,7 +346,6 @@ async def establish_trust_with_root(auth: AuthService, trusted_cluster: Resource
         raise
     await store_cas(auth, root, ROOT_CA_TYPES)
     await auth.audit_event("trusted_cluster.established", "", {"root": root.cluster})
-    await auth.trust_changed()
     log.info("trusted root cluster %s at %s", root.cluster, trusted_cluster.spec.web_proxy_addr)
     return root
 

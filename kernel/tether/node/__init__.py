@@ -2,6 +2,7 @@
 
 Protocol servers (SSH, Kubernetes, databases) come from plugins (``tether_agent_protocols``);
 this package owns what every one of them needs: joining the cluster and keeping the identity
-(:mod:`~tether.node.join`), the agent that runs them (:mod:`~tether.node.agent`), what they see
-of it (:mod:`~tether.node.protocols`) and the trust it decides with (:mod:`~tether.node.trust`).
+(:mod:`~tether.node.join`), the agent that runs them (:mod:`~tether.node.agent`) and what they see
+of it (:mod:`~tether.node.protocols`); the trust it decides with is the cache every host holds
+(:mod:`~tether.trust.cache`).
 """

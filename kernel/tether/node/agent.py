@@ -14,7 +14,7 @@ inside this one agent, which does what each would otherwise copy:
   which the agent hands to that protocol, the user's certificate verified first when the proxy
   forwarded it. In direct mode each protocol listens on its own address;
 * heartbeats of the inventory entries each protocol publishes (an entry not renewed expires);
-* the cluster's trust and roles (:class:`~tether.node.trust.NodeTrust`, the snapshot proxies
+* the cluster's trust and roles (:class:`~tether.trust.cache.TrustCache`, the snapshot proxies
   hold) and the one trust decision over it;
 * audit forwarding to the auth service, through a bounded backlog that never blocks a session.
 """
@@ -47,12 +47,12 @@ from tether.node.join import (
     renew_and_save,
 )
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
-from tether.node.trust import NodeTrust
 from tether.rbac import RoleSet
 from tether.resources import resource_to_dict
 from tether.services import Service, ServiceContext
 from tether.tlsstream import TLSStream
 from tether.trust import ClusterTrust
+from tether.trust.cache import TrustCache
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
@@ -192,7 +192,7 @@ class NodeAgent:
             AuthClient(self._api_url(), self._client_context(joined)) as api,
             trio.open_nursery() as nursery,
         ):
-            trust = NodeTrust(api, self.ctx.pm, initial)
+            trust = TrustCache(api, self.ctx.pm, initial)
             await nursery.start(trust.run)
             agent = AgentContext(
                 config=self.config,

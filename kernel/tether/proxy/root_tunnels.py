@@ -25,8 +25,8 @@ from cryptography import x509
 from tether import pki
 from tether.config import HostPort
 from tether.protocols import ProtocolHandler, ProxyContext, RemoteRequest
-from tether.proxy.trust_cache import ProxyTrust
 from tether.tlsstream import TLSStream
+from tether.trust.cache import TrustCache
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
@@ -58,7 +58,7 @@ class RootTunnels:
     def __init__(
         self,
         *,
-        trust: ProxyTrust,
+        trust: TrustCache,
         cert: x509.Certificate,
         key: pki.PrivateKey,
         proxy: ProxyContext,
@@ -92,7 +92,7 @@ class RootTunnels:
                 running.pool.replace_tunnels("the leaf's proxy renewed its certificate")
 
     async def changed(self) -> None:
-        """Re-read the trusted clusters now (a :attr:`ProxyTrust.on_change` listener)."""
+        """Re-read the trusted clusters now (a :attr:`TrustCache.on_change` listener)."""
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

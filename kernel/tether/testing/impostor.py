@@ -93,10 +93,15 @@ async def hold_tunnel(
     key: pki.PrivateKey,
     cluster: str,
     while_held: Callable[[], None] | None = None,
+    *,
+    proxy_addr: str | None = None,
 ) -> TunnelAttempt:
     """Dial the root's proxy presenting ``cert`` as a tunnel agent of ``cluster``; once the
     tunnel is up or its first attempt failed, run ``while_held`` in a thread (root users at
-    work) with the tunnel kept up, rejecting and recording every stream the root opens."""
+    work) with the tunnel kept up, rejecting and recording every stream the root opens.
+
+    :param proxy_addr: another proxy of the root to dial first (one in a process of its own).
+    """
     root_ca = pki.load_cert(root.data_dir.joinpath("keys", "tls_ca.crt").read_bytes())
     context = pki.client_ssl_context(trusted_cas=[root_ca], cert=cert, key=key, alpn=[TUNNEL_ALPN])
     streams: list[dict[str, str]] = []
@@ -111,7 +116,7 @@ async def hold_tunnel(
 
     pool = AgentPool(
         cluster=cluster,
-        tunnel_addr=root.proxy_addr,
+        tunnel_addr=proxy_addr or root.proxy_addr,
         dial=dial,
         handle_stream=record,
         backoff=Backoff(initial=0.2, maximum=0.5),

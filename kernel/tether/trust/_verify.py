@@ -3,7 +3,9 @@
 Both the auth service and every proxy of a cluster verify client certificates (the proxy
 before it routes a connection, auth before it answers a request). They must agree exactly,
 so the decision lives here, pure, and each keeps a :class:`ClusterTrust` snapshot of what it
-needs: the auth service reads it from storage, a proxy from the auth API.
+needs: the auth service reads it from storage, proxies and nodes from the auth API (which
+pushes every change, see :mod:`tether.auth.trust_feed`). Nodes decide SSH certificates too, so
+the snapshot also carries the active SSH user CAs and the cluster's roles.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ class ClusterTrust:
     :param others: every other cluster whose X.509 CA this one holds (leaves and roots), by
         name: their proxies may open tunnels here.
     :param roots: of those, the roots: the clusters a trusted_cluster names.
-    :param ssh_user_cas: the active SSH user CA lines, by cluster: this cluster's and each
-        enabled root's (a disabled trust's root CA is not active).
-    :param roles: this cluster's roles, by name.
+    :param ssh_user_cas: the SSH user CA lines a node accepts user certificates from, by
+        cluster: this cluster's and each enabled root's (a disabled trust deactivates its
+        root's CA; a leaf's users never log in here).
+    :param roles: the cluster's roles by name, which nodes authorize SSH logins with.
     """
 
     cluster_name: str
@@ -62,28 +65,38 @@ class ClusterTrust:
         own_cas: Iterable[x509.Certificate],
         others: Mapping[str, Sequence[x509.Certificate]],
         trusted_clusters: Iterable[Resource],
-        ssh_user_cas: Mapping[str, Sequence[str]] | None = None,
+        *,
+        user_cas: Mapping[str, Sequence[str]] | None = None,
         roles: Iterable[Resource] = (),
     ) -> ClusterTrust:
         """Assemble the snapshot; a trusted_cluster whose handshake has not stored the root's
-        CA yet is not a root (yet)."""
+        CA yet is not a root (yet).
+
+        :param user_cas: every SSH user CA line this cluster holds, by cluster; only this
+            cluster's and its enabled roots' are kept (:attr:`ssh_user_cas`).
+        """
         roots = {
             tc.metadata.name: TrustedRoot(tuple(others[tc.metadata.name]), tc)
             for tc in trusted_clusters
             if others.get(tc.metadata.name)
         }
+        active = {cluster_name, *(n for n, r in roots.items() if r.trusted_cluster.spec.enabled)}
         return cls(
             cluster_name=cluster_name,
             own_cas=tuple(own_cas),
             others={name: tuple(cas) for name, cas in others.items()},
             roots=roots,
-            ssh_user_cas={name: tuple(lines) for name, lines in (ssh_user_cas or {}).items()},
+            ssh_user_cas={
+                name: tuple(lines)
+                for name, lines in (user_cas or {}).items()
+                if name in active and lines
+            },
             roles={role.metadata.name: role for role in roles},
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as the auth API sends it to the cluster's proxies (public halves only:
-        certificates and trusted_clusters without their tokens)."""
+        """The snapshot as the auth API sends it to the cluster's proxies and nodes (public
+        halves only: certificates, trusted_clusters without their tokens, roles)."""
 
         def pems(certs: Iterable[x509.Certificate]) -> list[str]:
             return [pki.cert_to_pem(c).decode() for c in certs]
@@ -119,20 +132,18 @@ class ClusterTrust:
                 resource_from_dict(doc, registry, source="trusted_clusters")
                 for doc in data["trusted_clusters"]
             ]
-            ssh_user_cas = {
+            user_cas = {
                 str(name): [str(line) for line in lines]
-                for name, lines in data.get("ssh_user_cas", {}).items()
+                for name, lines in data["ssh_user_cas"].items()
             }
-            roles = [
-                resource_from_dict(doc, registry, source="roles") for doc in data.get("roles", [])
-            ]
+            roles = [resource_from_dict(doc, registry, source="roles") for doc in data["roles"]]
             return cls.build(
                 str(data["cluster_name"]),
                 [parse(p) for p in data["own_cas"]],
                 others,
                 trusted,
-                ssh_user_cas,
-                roles,
+                user_cas=user_cas,
+                roles=roles,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed trust snapshot: {exc!r}") from None

@@ -1,19 +1,23 @@
-"""A proxy's copy of its cluster's trust, kept in step with the auth service.
+"""A host's copy of its cluster's trust, kept in step with the auth service by a watch.
 
-The proxy verifies client certificates itself, before it routes a connection (a root user's
+A proxy verifies client certificates itself, before it routes a connection (a root user's
 certificate at a leaf proxy is role-mapped there), and accepts tunnels only from clusters its
-cluster trusts. Both answers must be the auth service's, so the proxy holds a copy of auth's
-:class:`~tether.trust.ClusterTrust` (``GET /v1/trust``): re-read every few seconds, and at
-once when the auth service runs in the same process and announces a change. Whoever caches
-something derived from it (the TLS context's CAs, the tunnels to roots) listens on
-:attr:`ProxyTrust.on_change`.
+cluster trusts; a node accepts SSH user certificates of its cluster's and its enabled roots'
+CAs and authorizes them with the cluster's roles. Every answer must be the auth service's, so
+each host holds a copy of auth's :class:`~tether.trust.ClusterTrust`: read once at start, then
+pushed by auth on every stored change (``GET /v1/trust?known=REV&wait=SECONDS``, see
+:meth:`tether.auth.http_client.AuthClient.watch_trust`), whichever auth server of the cluster
+made it. Nothing here is particular to proxies. Whoever caches something derived from it (the
+TLS context's CAs, the tunnels to roots, a node's roles) listens on :attr:`TrustCache.on_change`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import trio
 from cryptography import x509
@@ -25,19 +29,15 @@ from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry
 from tether.trust import ClusterTrust
 
-__all__ = ["POLL_INTERVAL", "ProxyTrust"]
+__all__ = ["TrustCache"]
 
 log = logging.getLogger(__name__)
 
-#: How often a proxy re-reads the trust when nothing announced a change. A proxy in another
-#: process than auth learns of a new leaf or a disabled root within this.
-POLL_INTERVAL = 3.0
 
+class TrustCache:
+    """The trust this host (a proxy, a node) acts on.
 
-class ProxyTrust:
-    """The trust this proxy acts on.
-
-    :param auth: a client of the auth API authenticated as this proxy.
+    :param auth: a client of the auth API authenticated as this host.
     :param pm: the plugin manager (role-map strategies, resource kinds).
     :param initial: the trust known before the first read (this cluster's own CAs).
     """
@@ -74,8 +74,10 @@ class ProxyTrust:
 
         :raises TetherError: auth could not be asked, or answered nonsense.
         """
-        async with self._lock:  # two refreshes at once would race to set current
-            body = await self._auth.trust(known=self._revision)
+        await self._apply(await self._auth.trust(known=self._revision))
+
+    async def _apply(self, body: Mapping[str, Any]) -> None:
+        async with self._lock:  # two answers at once would race to set current
             if body.get("unchanged") is True and body.get("revision") == self._revision:
                 return
             try:
@@ -93,13 +95,16 @@ class ProxyTrust:
                 await callback()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the trust once (or fail to start), then every :data:`POLL_INTERVAL`."""
+        """Read the trust once (or fail to start), then apply each change auth pushes.
+
+        While auth cannot be reached the host acts on what it knew (the watch asks again with
+        backoff and logs the outage once).
+        """
         await self.refresh()
         task_status.started()
-        while True:
-            await trio.sleep(POLL_INTERVAL)
-            try:
-                await self.refresh()
-            except TetherError as exc:
-                # auth unreachable for a moment: keep acting on what we knew
-                log.warning("could not refresh the cluster's trust: %s", exc)
+        async with contextlib.aclosing(self._auth.watch_trust(self._revision)) as snapshots:
+            async for body in snapshots:
+                try:
+                    await self._apply(body)
+                except TetherError as exc:
+                    log.warning("the cluster's trust did not change here: %s", exc)

@@ -1,0 +1,355 @@
+"""The auth service's trust snapshot, kept in step with the store by a watch.
+
+What a cluster trusts (its own and other clusters' CAs, the trusted_clusters, the SSH user CAs
+nodes accept, the roles) is read from the backend into one :class:`~tether.trust.ClusterTrust`
+and rebuilt whenever a watch on the backend reports a change under the prefixes it is made of.
+Nothing in this process has to announce a change: a write by another auth server sharing the
+store reaches this one the same way as its own, and proxies and nodes wait on the result
+(``GET /v1/trust?known=REV&wait=SECONDS``) instead of polling.
+
+The revision that names a snapshot comes from the store, not from a counter of this process,
+so every auth server of one store names a snapshot after the same stored state: the highest
+revision among the items it is built from, and how many items there are. A later put raises
+the first; a delete lowers the count without raising it, and no two different sets of live
+items can share both (a set with the same highest revision is a subset of the earlier one, so
+the same count means the same set): one name never means two snapshots, whichever server gave
+it. A write that leaves the snapshot as it was (a CA published again as it is) keeps the name
+it had, so hosts download nothing; a server that read the store only after such a write names
+the same snapshot after the later state, which costs a host that moves to it one download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+import attrs
+import trio
+from cryptography import x509
+
+from tether import pki
+from tether.backend import Backend, Event, Item, WatchOverflow
+from tether.errors import AccessDenied, RateLimited, TetherError
+from tether.plugins import TetherPluginManager
+from tether.resources import KindRegistry, Resource, resource_from_bytes
+from tether.trust import ClusterTrust
+
+__all__ = [
+    "COALESCE",
+    "MAX_WAIT",
+    "WATCHES_PER_CALLER",
+    "TrustFeed",
+    "TrustItems",
+    "other_tls_cas",
+    "trusts",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long the feed lets a burst of writes (a join stores several CAs) gather before it
+#: rebuilds the snapshot and wakes the waiters, so that the burst costs one rebuild and one
+#: download per waiter.
+COALESCE = 0.05
+#: Events a watch may hold before the feed reads them; past that the backend reports an
+#: overflow and the feed reads everything again.
+_EVENT_BUFFER = 1000
+#: The longest a reader's watch waits for a change. Below the 30 s a proxy's client of auth
+#: waits for an answer (:class:`~tether.auth.http_client.AuthClient`'s timeout), since nodes in
+#: tunnel mode watch through the proxy's ``/v1`` forwarding.
+MAX_WAIT = 20.0
+#: Watches one caller (one host) may hold open at once: one is what a host needs; a few more
+#: cover a reconnect racing the old request, and the cap keeps one host from tying up auth.
+WATCHES_PER_CALLER = 4
+#: identity kinds that are people, not hosts: they never read the trust
+_PEOPLE = ("user", "admin")
+#: the resource kinds a snapshot is made of
+_KINDS = ("cert_authority", "trusted_cluster", "role")
+
+
+async def other_tls_cas(
+    backend: Backend, registry: KindRegistry, cluster_name: str
+) -> dict[str, list[x509.Certificate]]:
+    """The X.509 CAs of the clusters ``cluster_name`` trusts (its leaves' and its roots'),
+    read from the store."""
+    kind = registry.get("cert_authority")
+    found: dict[str, list[x509.Certificate]] = {}
+    for item in await backend.range(kind.storage_prefix + "tls/"):
+        ca = resource_from_bytes(item.value, registry)
+        if ca.spec.cluster_name == cluster_name:
+            continue
+        certs = [pki.load_cert(pem.encode()) for pem in ca.spec.active_keys.tls]
+        found.setdefault(ca.spec.cluster_name, []).extend(certs)
+    return found
+
+
+async def trusts(backend: Backend, registry: KindRegistry, cluster_name: str, other: str) -> bool:
+    """Whether ``cluster_name`` holds ``other``'s X.509 CA (a handshake happened)."""
+    kind = registry.get("cert_authority")
+    return other != cluster_name and await backend.get(kind.key(f"tls/{other}")) is not None
+
+
+@attrs.define
+class TrustItems:
+    """The stored items a snapshot is made of, and the snapshot built from them (sans-IO:
+    fed items and events, it never reads the store itself).
+
+    Decoded resources and parsed certificates are kept by key and revision, so a change to
+    one of a thousand leaves decodes one resource, not a thousand.
+    """
+
+    cluster_name: str
+    own_cas: tuple[x509.Certificate, ...]
+    registry: KindRegistry
+    items: dict[str, Item] = attrs.field(factory=dict)
+    _decoded: dict[str, tuple[int, Resource]] = attrs.field(factory=dict)
+    _certs: dict[str, x509.Certificate] = attrs.field(factory=dict)
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The key prefixes the snapshot is made of: X.509 and SSH user CAs (not host CAs),
+        trusted_clusters, roles."""
+        cas = self.registry.get("cert_authority").storage_prefix
+        return (
+            cas + "tls/",
+            cas + "user/",
+            self.registry.get("trusted_cluster").storage_prefix,
+            self.registry.get("role").storage_prefix,
+        )
+
+    def reset(self, items: Iterable[Item]) -> None:
+        """Replace every item (a fresh read of the prefixes)."""
+        self.items = {item.key: item for item in items}
+
+    def apply(self, event: Event) -> None:
+        """Apply one watch event."""
+        if event.type == "put":
+            self.items[event.item.key] = event.item
+        else:
+            self.items.pop(event.item.key, None)
+
+    @property
+    def revision(self) -> str:
+        """The snapshot's name: the store's revision of its newest item and the item count
+        (see the module's docstring for why this is unique)."""
+        newest = max((item.revision for item in self.items.values()), default=0)
+        return f"{newest}.{len(self.items)}"
+
+    def _resource(self, item: Item) -> Resource:
+        cached = self._decoded.get(item.key)
+        if cached is not None and cached[0] == item.revision:
+            return cached[1]
+        resource = resource_from_bytes(item.value, self.registry)
+        self._decoded[item.key] = (item.revision, resource)
+        return resource
+
+    def _cert(self, pem: str) -> x509.Certificate:
+        cert = self._certs.get(pem)
+        if cert is None:
+            cert = self._certs[pem] = pki.load_cert(pem.encode())
+        return cert
+
+    def build(self) -> ClusterTrust:
+        """The snapshot of the current items. An item that does not decode is logged and left
+        out: one bad resource must not take every other cluster's trust with it."""
+        prefix_of = {kind: self.registry.get(kind).storage_prefix for kind in _KINDS}
+        others: dict[str, list[x509.Certificate]] = {}
+        user_cas: dict[str, list[str]] = {}
+        trusted: list[Resource] = []
+        roles: list[Resource] = []
+        live_pems: set[str] = set()
+        for key, item in sorted(self.items.items()):
+            try:
+                resource = self._resource(item)
+            except (TetherError, ValueError):
+                log.exception("trust: stored resource %s does not decode; left out", key)
+                continue
+            if key.startswith(prefix_of["trusted_cluster"]):
+                trusted.append(resource)
+            elif key.startswith(prefix_of["role"]):
+                roles.append(resource)
+            elif key.startswith(prefix_of["cert_authority"]):
+                spec = resource.spec
+                if spec.type == "tls" and spec.cluster_name != self.cluster_name:
+                    live_pems.update(spec.active_keys.tls)
+                    certs = [self._cert(pem) for pem in spec.active_keys.tls]
+                    others.setdefault(spec.cluster_name, []).extend(certs)
+                elif spec.type == "user":
+                    lines = [*spec.active_keys.ssh, *spec.additional_trusted_keys.ssh]
+                    user_cas.setdefault(spec.cluster_name, []).extend(lines)
+        self._decoded = {k: v for k, v in self._decoded.items() if k in self.items}
+        self._certs = {pem: c for pem, c in self._certs.items() if pem in live_pems}
+        return ClusterTrust.build(
+            self.cluster_name, self.own_cas, others, trusted, user_cas=user_cas, roles=roles
+        )
+
+
+class TrustFeed:
+    """The current snapshot of one auth service, rebuilt on every stored change.
+
+    :meth:`load` reads it once (the service's start); :meth:`run`, owned by the daemon's
+    nursery for as long as the service serves, keeps it current and wakes whoever waits in
+    :meth:`wait_changed`. The JSON body is built once per snapshot and shared by every reader.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster_name: str,
+        own_cas: Iterable[x509.Certificate],
+        backend: Backend,
+        registry: KindRegistry,
+    ) -> None:
+        self._backend = backend
+        self._items = TrustItems(cluster_name, tuple(own_cas), registry)
+        self.current = ClusterTrust(cluster_name, self._items.own_cas)
+        self.revision = ""
+        self._items_revision = ""  # of the items last built from
+        self._body: bytes | None = None
+        self._changed = trio.Event()
+        #: watches under way, by caller
+        self._watches: dict[tuple[str, str, str], int] = {}
+
+    @property
+    def cluster_name(self) -> str:
+        return self.current.cluster_name
+
+    def verify_client(
+        self, cert: bytes | x509.Certificate, *, pm: TetherPluginManager, now: datetime.datetime
+    ) -> pki.Identity:
+        """See :meth:`tether.trust.ClusterTrust.verify_client`."""
+        return self.current.verify_client(cert, pm=pm, now=now)
+
+    def check_reader(self, identity: pki.Identity) -> None:
+        """Refuse who may not read the snapshot: it is for the cluster's own hosts (proxies,
+        nodes, and whatever agent kinds plugins add), never for people (users, whose
+        certificates it decides, and admins) nor for another cluster's hosts.
+
+        :raises AccessDenied: a user or admin, or an identity of another cluster.
+        """
+        if identity.kind in _PEOPLE or identity.cluster != self.cluster_name:
+            raise AccessDenied(
+                f"only the hosts of cluster {self.cluster_name!r} (its proxies, nodes and "
+                "agents) may read its trust"
+            )
+
+    async def answer(self, identity: pki.Identity, known: str | None, wait: float) -> bytes:
+        """The answer to ``GET /v1/trust?known=REV&wait=SECONDS``: the snapshot at once when
+        its revision is not ``known``; else the new one as soon as it changes, or after
+        ``wait`` seconds (at most :data:`MAX_WAIT`) only ``{"revision", "unchanged": true}``.
+
+        :raises AccessDenied: see :meth:`check_reader`.
+        :raises RateLimited: the caller holds :data:`WATCHES_PER_CALLER` watches already.
+        """
+        self.check_reader(identity)
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        if wait and self.revision == known:
+            caller = (identity.cluster, identity.kind, identity.username)
+            if self._watches.get(caller, 0) >= WATCHES_PER_CALLER:
+                raise RateLimited(
+                    f"{identity.kind} {identity.username!r} already watches the trust "
+                    f"{WATCHES_PER_CALLER} times",
+                    hint="wait for an answer before asking again",
+                )
+            self._watches[caller] = self._watches.get(caller, 0) + 1
+            try:
+                with trio.move_on_after(wait):
+                    await self.wait_changed(known)
+            finally:
+                self._watches[caller] -= 1
+                if not self._watches[caller]:
+                    del self._watches[caller]
+        return self.unchanged_body() if self.revision == known else self.body()
+
+    def body(self) -> bytes:
+        """The snapshot as the auth API sends it: its JSON with its ``revision``."""
+        if self._body is None:
+            self._body = json.dumps(
+                {"revision": self.revision, **self.current.to_json()}, separators=(",", ":")
+            ).encode()
+        return self._body
+
+    def unchanged_body(self) -> bytes:
+        """The answer to a reader that holds the current snapshot already."""
+        return json.dumps({"revision": self.revision, "unchanged": True}).encode()
+
+    async def _read(self) -> list[Item]:
+        found: list[Item] = []
+        for prefix in self._items.prefixes:
+            found.extend(await self._backend.range(prefix))
+        return found
+
+    async def load(self) -> None:
+        """Read everything the snapshot is made of from the store, and rebuild it."""
+        self._items.reset(await self._read())
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        revision = self._items.revision
+        if revision == self._items_revision:
+            return
+        self._items_revision = revision
+        fresh = self._items.build()
+        if self.revision and fresh == self.current:
+            return  # nothing a reader sees changed: it keeps its copy (see the module's doc)
+        self.current = fresh
+        self.revision = revision
+        self._body = None
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    async def wait_changed(self, known: str | None) -> None:
+        """Return once the snapshot's revision is not ``known`` (at once if it is not now);
+        a caller that waits only so long wraps this in ``trio.move_on_after``."""
+        while self.revision == known:
+            await self._changed.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the store and keep the snapshot current until cancelled.
+
+        Started once its watches are open, so every write after ``started`` is seen. A watch
+        that overflowed (this task fell far behind) is reopened and everything read again.
+        """
+        while True:
+            try:
+                async with self._watching() as events:
+                    await self.load()  # after the watches opened: no change falls between
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await self._follow(events)
+            except* WatchOverflow:
+                log.warning("trust: the store's watch overflowed; reading the trust again")
+
+    @contextlib.asynccontextmanager
+    async def _watching(self) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """One stream of the events of every prefix the snapshot is made of."""
+        send, receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
+
+        async def forward(events: AsyncIterator[Event], out: trio.MemorySendChannel[Event]) -> None:
+            async with out:
+                async for event in events:
+                    await out.send(event)
+            raise WatchOverflow("a watch of the trust's prefixes ended")
+
+        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            for prefix in self._items.prefixes:
+                events = await stack.enter_async_context(self._backend.watch(prefix))
+                nursery.start_soon(forward, events, send.clone())
+            send.close()
+            try:
+                yield receive
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _follow(self, events: trio.MemoryReceiveChannel[Event]) -> None:
+        async for event in events:
+            self._items.apply(event)
+            await trio.sleep(COALESCE)  # let the rest of a burst arrive
+            while True:
+                try:
+                    self._items.apply(events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self._rebuild()
