@@ -19,13 +19,39 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
+import pluggy
 
 if TYPE_CHECKING:
-    from tether.auth.service import AuthService
     from tether.auth.sso_flows import ExternalIdentity, SSORequest
     from tether.resources import Resource
 
-__all__ = ["IdentityConnector", "LoginIdentity", "PasswordConnector", "RedirectConnector"]
+__all__ = [
+    "ConnectorContext",
+    "IdentityConnector",
+    "LoginIdentity",
+    "PasswordConnector",
+    "RedirectConnector",
+]
+
+
+class ConnectorContext(Protocol):
+    """What the kernel hands a connector: the cluster's users to read, the check of a local
+    user's password, and the plugin manager. A connector never sees the auth service: it says
+    who logged in, and the kernel does the rest."""
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The plugin manager, to call hooks (role-map strategies, for instance)."""
+        ...
+
+    async def user(self, name: str) -> Resource | None:
+        """The stored ``user`` resource called ``name``, or None."""
+        ...
+
+    async def password_matches(self, name: str, password: str) -> bool:
+        """Whether ``password`` is the local user ``name``'s; takes as long for a user
+        without a password, so timing does not tell who exists."""
+        ...
 
 
 @attrs.frozen
@@ -55,7 +81,7 @@ class PasswordConnector(IdentityConnector, Protocol):
     """A connector that checks a user name and password."""
 
     async def authenticate_password(
-        self, auth: AuthService, username: str, password: str
+        self, ctx: ConnectorContext, username: str, password: str
     ) -> LoginIdentity:
         """Return the identity, or raise :class:`~tether.errors.AccessDenied` saying only
         "invalid user name or password" (never which of the two was wrong)."""
@@ -71,7 +97,9 @@ class RedirectConnector(IdentityConnector, Protocol):
     get`` hides them. Every method gets the resource the user named with ``--auth``.
     """
 
-    async def login_url(self, auth: AuthService, connector: Resource, request: SSORequest) -> str:
+    async def login_url(
+        self, ctx: ConnectorContext, connector: Resource, request: SSORequest
+    ) -> str:
         """Where to send the browser: the provider's login page for ``request``.
 
         Carry ``request.state`` so the provider hands it back with the callback (the kernel
@@ -83,7 +111,7 @@ class RedirectConnector(IdentityConnector, Protocol):
 
     async def complete(
         self,
-        auth: AuthService,
+        ctx: ConnectorContext,
         connector: Resource,
         request: SSORequest,
         params: Mapping[str, str],
@@ -98,8 +126,8 @@ class RedirectConnector(IdentityConnector, Protocol):
         ...
 
     def roles_for(
-        self, auth: AuthService, connector: Resource, identity: ExternalIdentity
+        self, ctx: ConnectorContext, connector: Resource, identity: ExternalIdentity
     ) -> tuple[str, ...]:
         """The Tether roles ``identity`` gets (usually :func:`tether.auth.sso_flows.map_claims`
-        over the resource's mapping rules, with ``auth.pm``); none refuses the login."""
+        over the resource's mapping rules, with ``ctx.pm``); none refuses the login."""
         ...
