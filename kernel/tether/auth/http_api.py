@@ -25,10 +25,10 @@ from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.auth.service import AuthService, JoinResult, TokenInfo
-from tether.auth.trust import validate_leaf
 from tether.errors import AccessDenied, TetherError
 from tether.ratelimit import RateLimiter, rate_limited
 from tether.resources import resource_from_dict, resource_to_dict
+from tether.trust.handshake import validate_leaf
 from tether.wire import (
     exception_handlers,
     number_field,
@@ -297,7 +297,7 @@ def build_app(auth: AuthService) -> BodyLimit:
     async def validate_trusted_cluster(request: Request) -> JSONResponse:
         # a leaf's handshake, passed on by the proxy; the invitation token is the credential
         _require_proxy(_peer_identity(request, auth))
-        root = await validate_leaf(auth, await read_json_object(request))
+        root = await validate_leaf(auth.handshake_party, await read_json_object(request))
         return JSONResponse({"root": root.to_json()})
 
     async def connectors(request: Request) -> JSONResponse:

@@ -37,7 +37,6 @@ from tether.auth.login import LoginResult, Logins
 from tether.auth.resource_store import ResourceStore
 from tether.auth.sso_logins import SingleSignOn
 from tether.auth.tokens import TokenInfo, Tokens
-from tether.auth.trust import establish_trust_with_root
 from tether.auth.users import Users
 from tether.backend import Backend, Item
 from tether.config import Config
@@ -45,6 +44,7 @@ from tether.errors import AccessDenied, PluginError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry, Resource, resource_from_bytes
 from tether.trust import ClusterTrust
+from tether.trust.handshake import HandshakeParty, establish_trust_with_root
 
 __all__ = ["AuthService", "JoinResult", "LoginResult", "TokenInfo"]
 
@@ -129,6 +129,16 @@ class AuthService:
         self.sso = SingleSignOn(ctx, self.connectors, logins=self.logins)
         self.joins = Joins(
             ctx, tokens=self.tokens, host_ids=self.host_ids, verify_client=self.verify_client
+        )
+        #: this cluster's side of the trusted-cluster handshake, either role
+        self.handshake_party = HandshakeParty(
+            cluster_name=self.cluster_name,
+            authorities=authorities,
+            backend=backend,
+            registry=registry,
+            check_token=self.tokens.check_token,
+            audit=ctx.audit_event,
+            trust_changed=self.trust_changed,
         )
 
         # what callers call, by job
@@ -222,7 +232,7 @@ class AuthService:
         """Run the handshake with a trusted_cluster's root before it is stored, if it needs
         one (:meth:`_needs_handshake`)."""
         if await self._needs_handshake(trusted, existing):
-            await establish_trust_with_root(self, trusted)
+            await establish_trust_with_root(self.handshake_party, trusted)
 
     # --- trust ---------------------------------------------------------------------------
 

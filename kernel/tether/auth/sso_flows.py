@@ -17,7 +17,7 @@ that matters is here instead, the same for all of them:
   shared its link gets nothing: the code goes to the loopback address of the machine whose
   browser signed in, where their client does not listen.
 
-This module is pure: values and checks. :class:`tether.auth.service.AuthService` stores them.
+This module is pure: values and checks. :mod:`tether.auth.sso_logins` stores them.
 """
 
 from __future__ import annotations
