@@ -18,10 +18,10 @@ import pluggy
 
 from tether import audit, pki
 from tether.auth import passwords
-from tether.auth.connectors import IdentityConnector, LoginIdentity, PasswordConnector
 from tether.auth.context import AuthContext
 from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
 from tether.backend import Item, Op
+from tether.connectors import IdentityConnector, LoginIdentity, PasswordConnector
 from tether.durations import format_duration
 from tether.errors import AccessDenied, AlreadyExists, CompareFailed, NotFound, TetherError
 from tether.rbac import RoleSet
@@ -56,7 +56,7 @@ class LoginResult:
 
 
 class KernelConnectorContext:
-    """What the kernel lets a connector do (:class:`tether.auth.connectors.ConnectorContext`):
+    """What the kernel lets a connector do (:class:`tether.connectors.ConnectorContext`):
     read users, check a local user's password, reach the plugin manager. Nothing more: a
     connector never issues certificates or writes storage."""
 

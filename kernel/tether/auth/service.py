@@ -28,7 +28,6 @@ from cryptography import x509
 
 from tether import audit, pki
 from tether.auth import authorities as ca_bootstrap
-from tether.auth.connectors import IdentityConnector
 from tether.auth.context import AuthContext
 from tether.auth.host_ids import HostIds
 from tether.auth.inventory import Inventory
@@ -40,6 +39,7 @@ from tether.auth.tokens import TokenInfo, Tokens
 from tether.auth.users import Users
 from tether.backend import Backend, Item
 from tether.config import Config
+from tether.connectors import IdentityConnector
 from tether.errors import AccessDenied, PluginError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry, Resource, resource_from_bytes

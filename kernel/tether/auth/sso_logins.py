@@ -17,16 +17,17 @@ from typing import Any
 
 from tether import audit, pki
 from tether.auth import sso_flows
-from tether.auth.connectors import (
+from tether.auth.context import AuthContext
+from tether.auth.login import LoginResult, Logins
+from tether.auth.users import created_by_connector
+from tether.backend import Item, Op
+from tether.connectors import (
+    ExternalIdentity,
     IdentityConnector,
     LoginIdentity,
     PasswordConnector,
     RedirectConnector,
 )
-from tether.auth.context import AuthContext
-from tether.auth.login import LoginResult, Logins
-from tether.auth.users import created_by_connector
-from tether.backend import Item, Op
 from tether.errors import AccessDenied, NotFound, TetherError
 from tether.resources import Resource, resource_from_bytes, resource_to_bytes
 
@@ -204,7 +205,7 @@ class SingleSignOn:
 
     async def _verify_sso(
         self, request: sso_flows.SSORequest, params: Mapping[str, str]
-    ) -> tuple[sso_flows.ExternalIdentity, tuple[str, ...]]:
+    ) -> tuple[ExternalIdentity, tuple[str, ...]]:
         """Who the provider's callback says logged in, and their roles; refuses what the
         certificates would be refused for."""
         connector, resource = await self._redirect_connector(request.connector_name)
@@ -214,7 +215,7 @@ class SingleSignOn:
         context = self._logins.connector_context
         try:
             external = await connector.complete(context, resource, request, params)
-            roles = tuple(connector.roles_for(context, resource, external))
+            roles = connector.claim_rules.roles(self._ctx.pm, resource, external)
         except TetherError:
             raise
         except Exception as exc:  # a connector's bug must not leave the user waiting
@@ -251,7 +252,7 @@ class SingleSignOn:
     async def _issue_sso(
         self,
         request: sso_flows.SSORequest,
-        external: sso_flows.ExternalIdentity,
+        external: ExternalIdentity,
         roles: tuple[str, ...],
     ) -> LoginResult:
         """The certificates of a login the browser approved and its client collected."""
@@ -355,7 +356,7 @@ class SingleSignOn:
             raise AccessDenied("no login result is waiting under this id (expired or collected)")
         if "error" in outcome:
             raise AccessDenied(str(outcome["error"]), hint=outcome.get("hint"))
-        external = sso_flows.ExternalIdentity.from_json(outcome["identity"])
+        external = ExternalIdentity.from_json(outcome["identity"])
         try:
             result = await self._issue_sso(request, external, tuple(outcome["roles"]))
         except (AccessDenied, TetherError) as exc:

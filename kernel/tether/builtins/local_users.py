@@ -6,7 +6,7 @@ Registered through ``tether_identity_connectors`` exactly like a third-party con
 
 from __future__ import annotations
 
-from tether.auth.connectors import ConnectorContext, LoginIdentity
+from tether.connectors import ConnectorContext, LoginIdentity
 from tether.errors import AccessDenied
 from tether.hookspecs import hookimpl
 
