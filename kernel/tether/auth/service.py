@@ -101,7 +101,6 @@ class AuthService:
         # what every job does, for callers and for the trust methods below
         self.now = ctx.now
         self.make = ctx.make
-        self.authorize = ctx.authorize
         self.audit_event = ctx.audit_event
         self.trusted_tls_cas = ctx.trusted_tls_cas
         self.connectors = _connectors(pm)
@@ -162,7 +161,6 @@ class AuthService:
         self.collect_sso = self.sso.collect_sso
         self.add_token = self.tokens.add_token
         self.list_tokens = self.tokens.list_tokens
-        self.check_token = self.tokens.check_token
         self.join = self.joins.join
         self.issue_host_identity = self.joins.issue_host_identity
         self.renew_host_identity = self.joins.renew_host_identity
@@ -225,7 +223,7 @@ class AuthService:
     async def search_audit(
         self, identity: pki.Identity, query: audit.AuditQuery
     ) -> list[audit.AuditEvent]:
-        await self.authorize(identity, "event", "list")
+        await self.context.authorize(identity, "event", "list")
         return await audit.search(self.pm, attrs.evolve(query, cluster=self.cluster_name))
 
     async def _handshake_if_needed(self, trusted: Resource, existing: Item | None) -> None:
