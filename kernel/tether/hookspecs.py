@@ -81,7 +81,10 @@ def tether_identity_connectors() -> list[IdentityConnector]:
     (:mod:`tether.connectors`): a ``PasswordConnector`` named what users pass as
     ``--auth``, and a ``RedirectConnector`` (single sign-on) named after the resource kind of
     its settings, whose state, nonce, PKCE, expiry and one-time use the kernel owns
-    (:mod:`tether.auth.sso_flows`). A connector name provided twice is an error.
+    (:mod:`tether.auth.sso_flows`), as it maps the provider's claims to roles through the
+    rules the connector's ``claim_rules`` locate. Connectors receive a
+    :class:`~tether.connectors.ConnectorContext`, never the auth service. A connector name
+    provided twice is an error.
     """
 
 
