@@ -20,7 +20,8 @@ from tether.auth.context import AuthContext
 from tether.backend import Backend
 from tether.config import Config
 from tether.errors import AlreadyExists
-from tether.resources import KindRegistry, Resource, preset_roles, resource_to_bytes
+from tether.resources import KindRegistry, preset_roles, resource_to_bytes
+from tether.trust.handshake import TrustExchange, ca_resources
 
 __all__ = ["create_preset_roles", "issue_system_certificate", "load_authorities", "publish"]
 
@@ -35,28 +36,11 @@ def load_authorities(config: Config) -> pki.ClusterAuthorities:
     )
 
 
-def ca_resources(ctx: AuthContext) -> list[Resource]:
-    """This cluster's public CAs as ``cert_authority`` resources (user, host, tls)."""
-    a = ctx.authorities
-    out = []
-    for ca_type, ssh_keys, tls_certs in (
-        ("user", [a.ssh_user.public_key_line()], []),
-        ("host", [a.ssh_host.public_key_line()], []),
-        ("tls", [], [pki.cert_to_pem(a.tls.certificate).decode()]),
-    ):
-        spec = {
-            "type": ca_type,
-            "cluster_name": ctx.cluster_name,
-            "active_keys": {"ssh": ssh_keys, "tls": tls_certs},
-        }
-        out.append(ctx.make("cert_authority", ctx.cluster_name, spec))
-    return out
-
-
 async def publish(ctx: AuthContext) -> None:
     """Store this cluster's public CAs, so that ``tetherctl get cert_authority`` shows them."""
     kind = ctx.registry.get("cert_authority")
-    for res in ca_resources(ctx):
+    own = TrustExchange.of(ctx.cluster_name, ctx.authorities)
+    for res in ca_resources(ctx.registry, own, ("user", "host", "tls")):
         await ctx.backend.put(kind.key(kind.ref_of(res)), resource_to_bytes(res))
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "Audit",
     "HandshakeParty",
     "TrustExchange",
+    "ca_resources",
     "check_version",
     "establish_trust_with_root",
     "validate_leaf",
@@ -196,19 +197,22 @@ class TrustExchange:
         }
 
     @classmethod
-    def of(cls, party: HandshakeParty) -> TrustExchange:
-        a = party.authorities
+    def of(cls, cluster: str, authorities: pki.ClusterAuthorities) -> TrustExchange:
+        """The public halves of cluster ``cluster``'s own CAs."""
+        a = authorities
         return cls(
-            cluster=party.cluster_name,
+            cluster=cluster,
             version=tether.__version__,
             ssh={"user": (a.ssh_user.public_key_line(),), "host": (a.ssh_host.public_key_line(),)},
             tls=(pki.cert_to_pem(a.tls.certificate).decode(),),
         )
 
 
-def _ca_resources(
-    party: HandshakeParty, exchange: TrustExchange, types: Sequence[str]
+def ca_resources(
+    registry: KindRegistry, exchange: TrustExchange, types: Sequence[str]
 ) -> list[Resource]:
+    """The ``cert_authority`` resources of ``types`` ("user", "host", "tls") that record a
+    cluster's public CAs, its own or another's."""
     out = []
     for ca_type in types:
         ssh = list(exchange.ssh.get(ca_type, ())) if ca_type != "tls" else []
@@ -218,7 +222,7 @@ def _ca_resources(
             "cluster_name": exchange.cluster,
             "active_keys": {"ssh": ssh, "tls": tls},
         }
-        out.append(party.make("cert_authority", exchange.cluster, spec))
+        out.append(make_resource(registry, "cert_authority", exchange.cluster, spec))
     return out
 
 
@@ -257,7 +261,7 @@ def _fingerprints(keys: Sequence[str]) -> frozenset[bytes]:
 async def store_cas(party: HandshakeParty, exchange: TrustExchange, types: Sequence[str]) -> None:
     """Store the other cluster's public CAs as ``cert_authority`` resources."""
     kind = party.registry.get("cert_authority")
-    for res in _ca_resources(party, exchange, types):
+    for res in ca_resources(party.registry, exchange, types):
         await party.backend.put(kind.key_for(res), resource_to_bytes(res))
 
 
@@ -302,7 +306,7 @@ async def _record_leaf(party: HandshakeParty, leaf: TrustExchange) -> bool:
             )
     else:
         ca_kind = party.registry.get("cert_authority")
-        for res in _ca_resources(party, leaf, LEAF_CA_TYPES):
+        for res in ca_resources(party.registry, leaf, LEAF_CA_TYPES):
             ops.append(Op.put(ca_kind.key_for(res), resource_to_bytes(res), expected_revision=0))
     if remote is None:
         res = party.make("remote_cluster", name, {})
@@ -358,7 +362,7 @@ async def validate_leaf(party: HandshakeParty, request: Mapping[str, Any]) -> Tr
     )
     await party.trust_changed()
     log.info("leaf cluster %s joined (Tether %s)", leaf.cluster, leaf.version)
-    return TrustExchange.of(party)
+    return TrustExchange.of(party.cluster_name, party.authorities)
 
 
 async def _root_context(web_proxy_addr: str, ca_pin: str | None) -> ssl.SSLContext:
@@ -405,7 +409,10 @@ async def _handshake(party: HandshakeParty, trusted_cluster: Resource) -> TrustE
         "POST",
         "/webapi/trustedclusters/validate",
         context,
-        json={"token": spec.token, "leaf": TrustExchange.of(party).to_json()},
+        json={
+            "token": spec.token,
+            "leaf": TrustExchange.of(party.cluster_name, party.authorities).to_json(),
+        },
     )
     root = TrustExchange.from_json(body.get("root") if isinstance(body, Mapping) else None)
     root.require(ROOT_CA_TYPES)
