@@ -23,7 +23,8 @@ import trio
 
 from tether import audit, pki
 from tether.auth import passwords
-from tether.auth.service import ATTEMPTS_PREFIX, AuthService
+from tether.auth.passwords import ATTEMPTS_PREFIX
+from tether.auth.service import AuthService
 from tether.backend import open_sqlite
 from tether.config import default_config
 from tether.errors import AccessDenied

@@ -32,15 +32,14 @@ from tether.auth.service import AuthService
 from tether.auth.sso_flows import (
     REQUEST_TTL,
     Approval,
-    ClaimMapping,
     SSORequest,
     check_client_redirect,
     hash_client_secret,
-    map_claims,
 )
 from tether.backend import open_sqlite
 from tether.client.sso_login import _one_request
 from tether.config import default_config
+from tether.connectors import ClaimMapping, map_claims
 from tether.errors import AccessDenied, TetherError
 from tether.plugins import get_plugin_manager
 from tether.proxy.sso_page import approval_page

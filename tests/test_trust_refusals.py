@@ -31,7 +31,6 @@ from cryptography.x509.oid import NameOID
 
 from tether import pki
 from tether.auth.service import AuthService
-from tether.auth.trust import validate_leaf
 from tether.backend import open_sqlite
 from tether.config import default_config
 from tether.errors import AccessDenied, AlreadyExists, TetherError, TrustError
@@ -45,6 +44,7 @@ from tether.testing.roles import core_registry
 from tether.tlsserver import serve_tls
 from tether.tlsstream import TLSStream
 from tether.trust import ClusterTrust
+from tether.trust.handshake import validate_leaf
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.server import TUNNEL_ALPN
 
@@ -551,7 +551,9 @@ async def test_racing_handshakes_for_one_new_name_let_exactly_one_cluster_in(
 
     async def join(leaf: dict[str, Any]) -> None:
         try:
-            await validate_leaf(root_service, {"token": invitation.token, "leaf": leaf})
+            await validate_leaf(
+                root_service.handshake_party, {"token": invitation.token, "leaf": leaf}
+            )
         except AlreadyExists as exc:
             outcomes.append(exc.message)
         else:

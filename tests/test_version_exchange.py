@@ -3,7 +3,7 @@ one before it, and anything else is refused with both versions named.
 
 Only one Tether release can be installed here, so the other release is played by this test
 process: a leaf cluster opened in-process runs the real handshake
-(:func:`~tether.auth.trust.establish_trust_with_root`) against a real root process over real
+(:func:`~tether.trust.handshake.establish_trust_with_root`) against a real root process over real
 TLS, reporting the version the test gives it. That stand-in for a second release is the only
 thing not real.
 """
@@ -18,12 +18,12 @@ import pytest
 
 import tether
 from tether.auth.service import AuthService
-from tether.auth.trust import check_version, establish_trust_with_root
 from tether.backend import open_sqlite
 from tether.config import default_config
 from tether.errors import TetherError
 from tether.plugins import get_plugin_manager
 from tether.testing.cluster import RunningCluster
+from tether.trust.handshake import check_version, establish_trust_with_root
 
 #: the root process runs the installed release, the one this process imported
 ROOT_VERSION = tether.__version__
@@ -79,7 +79,9 @@ async def _join(leaf: AuthService, root: RunningCluster) -> None:
         "ca_pin": root.ca_pin,
         "role_map": [{"remote": "access", "local": ["visitor"]}],
     }
-    await establish_trust_with_root(leaf, leaf.make("trusted_cluster", root.name, spec))
+    await establish_trust_with_root(
+        leaf.handshake_party, leaf.make("trusted_cluster", root.name, spec)
+    )
 
 
 def _remote_clusters(root: RunningCluster) -> list[str]:

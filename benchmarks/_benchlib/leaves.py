@@ -5,10 +5,10 @@ service, storage, nodes) never reaches the root. So each lightweight leaf here d
 with the kernel's own code and the same calls a leaf's ``tetherd`` makes:
 
 1. its own CAs (:meth:`tether.pki.ClusterAuthorities.generate`);
-2. the handshake (:func:`tether.auth.trust.establish_trust_with_root`'s calls): the root proxy
+2. the handshake (:func:`tether.trust.handshake.establish_trust_with_root`'s calls): the root proxy
    verified with the CA pin (:func:`tether.client.web.establish_trust`), then
    ``POST /webapi/trustedclusters/validate`` with the invitation token and the leaf's public
-   CAs (:class:`tether.auth.trust.TrustExchange`);
+   CAs (:class:`tether.trust.handshake.TrustExchange`);
 3. a tunnel: an :class:`tether.tunnel.agent.AgentPool` dialling the root proxy with ALPN
    ``tether-tunnel/1`` and a ``proxy`` certificate the leaf's own X.509 CA issued, verifying the
    root with the CA the handshake returned (as :mod:`tether.proxy.root_tunnels` does).
@@ -79,11 +79,11 @@ async def run_leaves(args: argparse.Namespace, out: IO[str]) -> None:
     import trio
 
     from tether import __version__, pki
-    from tether.auth.trust import TrustExchange
     from tether.client.web import establish_trust, proxy_call
     from tether.config import HostPort
     from tether.errors import TetherError
     from tether.tlsstream import TLSStream
+    from tether.trust.handshake import TrustExchange
     from tether.tunnel.agent import AgentPool
     from tether.tunnel.server import TUNNEL_ALPN
     from tether.tunnel.transport import IncomingStream

@@ -22,8 +22,8 @@ from typing import Any
 
 import trio
 
-from tether.auth.connectors import LoginIdentity
 from tether.config import Config
+from tether.connectors import ConnectorContext, LoginIdentity
 from tether.errors import AccessDenied, ConfigError
 from tether.hookspecs import hookimpl
 
@@ -54,7 +54,9 @@ def read_htpasswd(text: str) -> dict[str, bytes]:
 class HtpasswdConnector:
     name = "htpasswd"
 
-    async def authenticate_password(self, auth: Any, username: str, password: str) -> LoginIdentity:
+    async def authenticate_password(
+        self, ctx: ConnectorContext, username: str, password: str
+    ) -> LoginIdentity:
         import bcrypt
 
         text = await trio.Path(_settings["file"]).read_text()

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     import click
 
     from tether.audit import AuditEvent, AuditQuery
-    from tether.auth.connectors import IdentityConnector
     from tether.backend import BackendType
     from tether.config import Config
+    from tether.connectors import IdentityConnector
     from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
@@ -79,10 +79,13 @@ def tether_identity_connectors() -> list[IdentityConnector]:
 
     Called once when the auth service starts. A connector turns a login attempt into an
     identity (user name, roles, traits); the kernel issues the certificates. Two shapes exist
-    (:mod:`tether.auth.connectors`): a ``PasswordConnector`` named what users pass as
+    (:mod:`tether.connectors`): a ``PasswordConnector`` named what users pass as
     ``--auth``, and a ``RedirectConnector`` (single sign-on) named after the resource kind of
     its settings, whose state, nonce, PKCE, expiry and one-time use the kernel owns
-    (:mod:`tether.auth.sso_flows`). A connector name provided twice is an error.
+    (:mod:`tether.auth.sso_flows`), as it maps the provider's claims to roles through the
+    rules the connector's ``claim_rules`` locate. Connectors receive a
+    :class:`~tether.connectors.ConnectorContext`, never the auth service. A connector name
+    provided twice is an error.
     """
 
 

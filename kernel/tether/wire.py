@@ -28,8 +28,6 @@ __all__ = [
     "optional_string_field",
     "read_json_object",
     "string_field",
-    "string_list_field",
-    "string_map_field",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,37 +120,6 @@ def number_field(data: dict[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise errors.TetherError(f"request field {key!r} must be a finite number")
     return float(value)
-
-
-def string_list_field(data: dict[str, Any], key: str) -> list[str] | None:
-    """``data[key]`` when it is a list of strings, None when absent or null."""
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise errors.TetherError(f"request field {key!r} must be a list of strings")
-    return value
-
-
-def string_map_field(
-    data: dict[str, Any], key: str, *, lists: bool = False
-) -> dict[str, Any] | None:
-    """``data[key]`` when it maps strings to strings (``lists``: to lists of strings)."""
-    value = data.get(key)
-    if value is None:
-        return None
-    what = "lists of strings" if lists else "strings"
-    if not isinstance(value, dict):
-        raise errors.TetherError(f"request field {key!r} must be an object mapping names to {what}")
-    for name, item in value.items():
-        ok = (
-            isinstance(item, list) and all(isinstance(v, str) for v in item)
-            if lists
-            else isinstance(item, str)
-        )
-        if not ok:
-            raise errors.TetherError(f"request field {key!r}: {name!r} must map to {what}")
-    return value
 
 
 async def _on_tether_error(request: Request, exc: Exception) -> JSONResponse:

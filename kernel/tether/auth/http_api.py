@@ -25,20 +25,29 @@ from starlette.routing import Route
 from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.http_client import FORWARDED_CERT_HEADER
+from tether.auth.request_bodies import (
+    AddToken,
+    AddUser,
+    BeginSSO,
+    CollectSSO,
+    CompleteSSO,
+    CreateResources,
+    Heartbeats,
+    HostEvent,
+    Join,
+    LoginPassword,
+    Publish,
+    RenewHost,
+    Signup,
+    UpdateUser,
+    read_body,
+)
 from tether.auth.service import AuthService, JoinResult, TokenInfo
-from tether.auth.trust import validate_leaf
 from tether.errors import AccessDenied, TetherError
 from tether.ratelimit import RateLimiter, rate_limited
 from tether.resources import resource_from_dict, resource_to_dict
-from tether.wire import (
-    exception_handlers,
-    number_field,
-    optional_string_field,
-    read_json_object,
-    string_field,
-    string_list_field,
-    string_map_field,
-)
+from tether.trust.handshake import validate_leaf
+from tether.wire import exception_handlers, read_json_object
 
 __all__ = ["FORWARDED_CERT_HEADER", "build_app", "token_to_json"]
 
@@ -91,7 +100,7 @@ def _require_proxy(identity: pki.Identity) -> None:
         raise AccessDenied("only the cluster's proxies may call this endpoint")
 
 
-def _seconds(value: str | None, name: str) -> float:
+def _query_seconds(value: str | None, name: str) -> float:
     """A query parameter that counts seconds (absent: 0)."""
     if value is None:
         return 0.0
@@ -102,6 +111,10 @@ def _seconds(value: str | None, name: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise TetherError(f"query parameter {name!r} must be a number of seconds, got {value!r}")
     return seconds
+
+
+def _seconds(value: float | None) -> datetime.timedelta | None:
+    return datetime.timedelta(seconds=value) if value is not None else None
 
 
 def build_app(auth: AuthService) -> BodyLimit:
@@ -132,15 +145,12 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def create_resources(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        data = await read_json_object(request)
-        docs = data.get("resources")
-        if not isinstance(docs, list):
-            raise TetherError("request field 'resources' must be a list")
+        body = await read_body(request, CreateResources)
         resources = [
             resource_from_dict(doc, auth.registry, source=f"request document {i}")
-            for i, doc in enumerate(docs, start=1)
+            for i, doc in enumerate(body.resources, start=1)
         ]
-        messages = await auth.create_resources(identity, resources, force=bool(data.get("force")))
+        messages = await auth.create_resources(identity, resources, force=bool(body.force))
         return JSONResponse({"messages": messages})
 
     async def delete_resource(request: Request) -> JSONResponse:
@@ -152,38 +162,32 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def add_user(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        data = await read_json_object(request)
+        body = await read_body(request, AddUser)
         token = await auth.add_user(
             identity,
-            string_field(data, "name"),
-            roles=string_list_field(data, "roles") or [],
-            traits=string_map_field(data, "traits", lists=True) or {},
-            password=optional_string_field(data, "password"),
+            body.name,
+            roles=body.roles or (),
+            traits=body.traits or {},
+            password=body.password,
         )
         return JSONResponse({"token": token_to_json(token) if token else None})
 
     async def update_user(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        data = await read_json_object(request)
+        body = await read_body(request, UpdateUser)
         message = await auth.update_user(
-            identity,
-            request.path_params["name"],
-            roles=string_list_field(data, "roles"),
-            traits=string_map_field(data, "traits", lists=True),
+            identity, request.path_params["name"], roles=body.roles, traits=body.traits
         )
         return JSONResponse({"message": message})
 
     async def add_token(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        data = await read_json_object(request)
-        ttl = number_field(data, "ttl_seconds")
-        if ttl is None:
-            raise TetherError("request field 'ttl_seconds' must be a finite number")
+        body = await read_body(request, AddToken)
         info = await auth.add_token(
             identity,
-            string_field(data, "type"),
-            datetime.timedelta(seconds=ttl),
-            labels=string_map_field(data, "labels") or None,
+            body.type,
+            datetime.timedelta(seconds=body.ttl_seconds),
+            labels=body.labels or None,
         )
         return JSONResponse(token_to_json(info))
 
@@ -215,15 +219,14 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def login_password(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
-        data = await read_json_object(request)
-        ttl = number_field(data, "ttl_seconds")
+        body = await read_body(request, LoginPassword)
         result = await auth.login_password(
-            string_field(data, "username"),
-            string_field(data, "password"),
-            ssh_public_key=string_field(data, "ssh_public_key"),
-            tls_public_key_pem=string_field(data, "tls_public_key"),
-            ttl=datetime.timedelta(seconds=ttl) if ttl is not None else None,
-            connector_name=optional_string_field(data, "connector") or "local",
+            body.username,
+            body.password,
+            ssh_public_key=body.ssh_public_key,
+            tls_public_key_pem=body.tls_public_key,
+            ttl=_seconds(body.ttl_seconds),
+            connector_name=body.connector or "local",
         )
         return JSONResponse(result.to_json())
 
@@ -233,65 +236,53 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def direct_join(request: Request) -> JSONResponse:
         # anonymous on purpose (nodes started with --auth-server): the token is the credential
-        data = await read_json_object(request)
-        addresses = data.get("addresses") or []
-        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
-            raise TetherError("request field 'addresses' must be a list of strings")
+        body = await read_body(request, Join)
         result = await auth.join(
-            string_field(data, "token"),
-            role=string_field(data, "role"),
-            host_id=string_field(data, "host_id"),
-            hostname=string_field(data, "hostname"),
-            addresses=addresses,
-            ssh_public_key=string_field(data, "ssh_public_key"),
-            tls_public_key_pem=string_field(data, "tls_public_key"),
+            body.token,
+            role=body.role,
+            host_id=body.host_id,
+            hostname=body.hostname,
+            addresses=body.addresses or (),
+            ssh_public_key=body.ssh_public_key,
+            tls_public_key_pem=body.tls_public_key,
         )
         return JSONResponse(join_result_to_json(result))
 
     async def renew_host(request: Request) -> JSONResponse:
         # the host's current certificate is the credential: no token a second time
         certificate = _peer_certificate(request, auth)
-        data = await read_json_object(request)
+        body = await read_body(request, RenewHost)
         result = await auth.renew_host_identity(
             certificate,
-            hostname=string_field(data, "hostname"),
-            addresses=string_list_field(data, "addresses") or [],
-            ssh_public_key=string_field(data, "ssh_public_key"),
-            tls_public_key_pem=string_field(data, "tls_public_key"),
+            hostname=body.hostname,
+            addresses=body.addresses or (),
+            ssh_public_key=body.ssh_public_key,
+            tls_public_key_pem=body.tls_public_key,
         )
         return JSONResponse(join_result_to_json(result))
 
     async def publish(request: Request) -> JSONResponse:
         certificate = _peer_certificate(request, auth)
         identity = auth.verify_client(certificate)
-        data = await read_json_object(request)
-        doc = data.get("resource")
-        if not isinstance(doc, dict):
-            raise TetherError("request field 'resource' must be an object")
-        ttl = number_field(data, "ttl_seconds")
-        if ttl is None:
-            raise TetherError("request field 'ttl_seconds' must be a finite number")
-        resource = resource_from_dict(doc, auth.registry, source="published resource")
+        body = await read_body(request, Publish)
+        resource = resource_from_dict(body.resource, auth.registry, source="published resource")
         await auth.publish(
             identity,
             resource,
-            datetime.timedelta(seconds=ttl),
+            datetime.timedelta(seconds=body.ttl_seconds),
             host_names=pki.x509_host_names(certificate),
         )
         return JSONResponse({"published": resource.metadata.name})
 
     async def record_event(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        data = await read_json_object(request)
-        fields = data.get("fields") or {}
-        if not isinstance(fields, dict):
-            raise TetherError("request field 'fields' must be an object")
+        body = await read_body(request, HostEvent)
         await auth.record_host_event(
             identity,
-            string_field(data, "type"),
-            optional_string_field(data, "user") or "",
-            fields,
-            success=data.get("success", True) is not False,
+            body.type,
+            body.user or "",
+            body.fields or {},
+            success=body.success is not False,
         )
         return JSONResponse({"recorded": True})
 
@@ -299,23 +290,20 @@ def build_app(auth: AuthService) -> BodyLimit:
         # a hanging GET (a watch): see TrustFeed.answer
         identity = _peer_identity(request, auth)
         known = request.query_params.get("known") or None
-        wait = _seconds(request.query_params.get("wait"), "wait")
+        wait = _query_seconds(request.query_params.get("wait"), "wait")
         body = await auth.trust_feed.answer(identity, known, wait)
         return Response(body, media_type="application/json")
 
     async def record_heartbeats(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        data = await read_json_object(request)
-        records = data.get("heartbeats")
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise TetherError("request field 'heartbeats' must be a list of objects")
-        await auth.record_tunnel_heartbeats(identity, records)
-        return JSONResponse({"recorded": len(records)})
+        body = await read_body(request, Heartbeats)
+        await auth.record_tunnel_heartbeats(identity, body.heartbeats)
+        return JSONResponse({"recorded": len(body.heartbeats)})
 
     async def validate_trusted_cluster(request: Request) -> JSONResponse:
         # a leaf's handshake, passed on by the proxy; the invitation token is the credential
         _require_proxy(_peer_identity(request, auth))
-        root = await validate_leaf(auth, await read_json_object(request))
+        root = await validate_leaf(auth.handshake_party, await read_json_object(request))
         return JSONResponse({"root": root.to_json()})
 
     async def connectors(request: Request) -> JSONResponse:
@@ -327,37 +315,30 @@ def build_app(auth: AuthService) -> BodyLimit:
     async def sso_begin(request: Request) -> JSONResponse:
         # the user is anonymous until the provider vouches; the proxy asks on their behalf
         _require_proxy(_peer_identity(request, auth))
-        data = await read_json_object(request)
-        ttl = number_field(data, "ttl_seconds")
+        body = await read_body(request, BeginSSO)
         request_id, url = await auth.begin_sso(
-            string_field(data, "connector"),
-            client_redirect_url=string_field(data, "client_redirect_url"),
-            client_secret_hash=string_field(data, "client_secret_hash"),
-            ssh_public_key=string_field(data, "ssh_public_key"),
-            tls_public_key_pem=string_field(data, "tls_public_key"),
-            ttl=datetime.timedelta(seconds=ttl) if ttl is not None else None,
+            body.connector,
+            client_redirect_url=body.client_redirect_url,
+            client_secret_hash=body.client_secret_hash,
+            ssh_public_key=body.ssh_public_key,
+            tls_public_key_pem=body.tls_public_key,
+            ttl=_seconds(body.ttl_seconds),
         )
         return JSONResponse({"request_id": request_id, "auth_url": url})
 
     async def sso_complete(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
-        data = await read_json_object(request)
-        params = string_map_field(data, "params") or {}
-        completed = await auth.complete_sso(params)
+        body = await read_body(request, CompleteSSO)
+        completed = await auth.complete_sso(body.params or {})
         if isinstance(completed, str):  # refused: the client collects the reason
             return JSONResponse({"redirect": completed})
         return JSONResponse({"approval": completed.to_json()})
 
     async def sso_collect(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
-        data = await read_json_object(request)
+        body = await read_body(request, CollectSSO)
         return JSONResponse(
-            await auth.collect_sso(
-                string_field(data, "request_id"),
-                string_field(data, "client_secret"),
-                # optional here so that a client without it is refused, and audited, by auth
-                optional_string_field(data, "code") or "",
-            )
+            await auth.collect_sso(body.request_id, body.client_secret, body.code or "")
         )
 
     async def ping(request: Request) -> JSONResponse:
@@ -376,10 +357,8 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def signup(request: Request) -> JSONResponse:
         _require_proxy(_peer_identity(request, auth))
-        data = await read_json_object(request)
-        user = await auth.complete_signup(
-            string_field(data, "token"), string_field(data, "password")
-        )
+        body = await read_body(request, Signup)
+        user = await auth.complete_signup(body.token, body.password)
         return JSONResponse({"user": user})
 
     app = Starlette(

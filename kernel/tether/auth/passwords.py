@@ -13,9 +13,20 @@ import json
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["MIN_PASSWORD_LENGTH", "check_password_strength", "hash_password", "verify_password"]
+__all__ = [
+    "ATTEMPTS_PREFIX",
+    "MIN_PASSWORD_LENGTH",
+    "PASSWORD_PREFIX",
+    "check_password_strength",
+    "hash_password",
+    "verify_password",
+]
 
 MIN_PASSWORD_LENGTH = 8
+#: where a local user's password hash is stored, by user name
+PASSWORD_PREFIX = "/secrets/passwords/"
+#: where the failed logins at a user name are counted (see :func:`encode_attempts`)
+ATTEMPTS_PREFIX = "/secrets/login_attempts/"
 
 _hasher = PasswordHasher()
 

@@ -17,7 +17,7 @@ that matters is here instead, the same for all of them:
   shared its link gets nothing: the code goes to the loopback address of the machine whose
   browser signed in, where their client does not listen.
 
-This module is pure: values and checks. :class:`tether.auth.service.AuthService` stores them.
+This module is pure: values and checks. :mod:`tether.auth.sso_logins` stores them.
 """
 
 from __future__ import annotations
@@ -28,27 +28,22 @@ import hashlib
 import ipaddress
 import secrets
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import pluggy
 
 from tether.errors import TetherError
-from tether.trust import RoleMapRule, map_roles, mapped_roles
 
 __all__ = [
     "REQUEST_TTL",
     "RESULT_TTL",
     "Approval",
-    "ClaimMapping",
-    "ExternalIdentity",
     "SSORequest",
     "check_client_redirect",
     "hash_client_secret",
     "hash_code",
     "is_loopback_http",
-    "map_claims",
     "new_code",
     "new_request",
 ]
@@ -240,66 +235,3 @@ class Approval:
     def from_json(cls, data: Mapping[str, Any]) -> Approval:
         values = {field.name: data[field.name] for field in attrs.fields(cls)}
         return cls(**{**values, "roles": tuple(values["roles"])})
-
-
-@attrs.frozen
-class ExternalIdentity:
-    """Who the provider says logged in, as a redirect connector reports it.
-
-    :param username: the Tether user name (a claim the connector's resource chose).
-    :param subject: the provider's stable id of the user (OIDC ``sub``, SAML NameID).
-    :param claims: the provider's claims, attributes or groups; they become the user's traits,
-        so roles (also a leaf's, through trust) can use ``{{external.NAME}}``.
-    :param nonce: the nonce the provider's signed answer carried, if its protocol has one; the
-        kernel compares it with the login's.
-    """
-
-    username: str
-    subject: str
-    claims: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
-    nonce: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """Who logged in, kept between the callback and the client's collection."""
-        claims = {name: list(values) for name, values in self.claims.items()}
-        return {"username": self.username, "subject": self.subject, "claims": claims}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ExternalIdentity:
-        claims = {str(k): tuple(str(v) for v in values) for k, values in data["claims"].items()}
-        return cls(username=str(data["username"]), subject=str(data["subject"]), claims=claims)
-
-
-@attrs.frozen
-class ClaimMapping:
-    """One rule of a connector's ``claims_to_roles``: users whose ``claim`` has a value that
-    matches ``value`` get ``roles``.
-
-    ``value`` is read like a trusted_cluster's ``role_map``: an exact value, a ``*`` glob or a
-    ``^...$`` re2 expression whose groups ``roles`` may use as ``$1``..``$9``.
-    """
-
-    claim: str
-    value: str
-    roles: tuple[str, ...]
-
-
-def map_claims(
-    pm: pluggy.PluginManager,
-    rules: Iterable[ClaimMapping],
-    claims: Mapping[str, Sequence[str]],
-    source: str,
-) -> tuple[str, ...]:
-    """The roles ``claims`` earn through ``rules``, in order, without duplicates.
-
-    Uses the role-map strategies (``tether_map_role``), so a connector's rules match exactly
-    as a trusted_cluster's do; ``source`` (``oidc/okta``) is what the strategies are told in
-    place of a root cluster's name.
-    """
-    rules = list(rules)
-    roles: list[str] = []
-    for claim, values in claims.items():
-        for_claim = [RoleMapRule(r.value, tuple(r.roles)) for r in rules if r.claim == claim]
-        if for_claim:
-            roles.extend(mapped_roles(map_roles(pm, for_claim, values, source)))
-    return tuple(dict.fromkeys(roles))

@@ -6,16 +6,9 @@ Registered through ``tether_identity_connectors`` exactly like a third-party con
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from tether.auth import passwords
-from tether.auth.connectors import LoginIdentity
+from tether.connectors import ConnectorContext, LoginIdentity
 from tether.errors import AccessDenied
 from tether.hookspecs import hookimpl
-from tether.resources import resource_from_bytes
-
-if TYPE_CHECKING:
-    from tether.auth.service import AuthService
 
 __all__ = ["LocalConnector"]
 
@@ -26,15 +19,13 @@ class LocalConnector:
     name = "local"
 
     async def authenticate_password(
-        self, auth: AuthService, username: str, password: str
+        self, ctx: ConnectorContext, username: str, password: str
     ) -> LoginIdentity:
-        user_item = await auth.backend.get(auth.registry.get("user").key(username))
-        stored = await auth.backend.get(auth.password_key(username))
-        # verify_password spends the same time when the user or hash is missing
-        ok = passwords.verify_password(stored.value.decode() if stored else None, password)
-        if not ok or user_item is None:
+        user = await ctx.user(username)
+        # the check spends the same time when the user or their password is missing
+        ok = await ctx.password_matches(username, password)
+        if not ok or user is None:
             raise AccessDenied("invalid user name or password")
-        user = resource_from_bytes(user_item.value, auth.registry)
         return LoginIdentity(
             username=user.metadata.name,
             roles=tuple(user.spec.roles),

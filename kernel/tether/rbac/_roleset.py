@@ -12,8 +12,14 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 
 from tether.errors import AccessDenied
-from tether.rbac._labels import WILDCARD, expand_label_value, match_labels, reads_as_pattern
-from tether.rbac._templates import expand_template, is_template
+from tether.patterns import (
+    WILDCARD,
+    expand_label_value,
+    expand_template,
+    is_template,
+    match_labels,
+    reads_as_pattern,
+)
 from tether.resources import LABEL_FIELDS, VERBS, Resource, RoleConditions, RoleSpec
 
 __all__ = ["RoleSet"]

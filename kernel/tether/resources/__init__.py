@@ -15,6 +15,7 @@ Spec types are attrs classes whose fields use: ``str``, ``int``, ``float``, ``bo
 from tether.resources._convert import InvalidField, Labels, LabelValues, Path, show, structure
 from tether.resources._io import (
     dump_resources,
+    make_resource,
     parse_resources,
     resource_from_bytes,
     resource_from_dict,
@@ -76,6 +77,7 @@ __all__ = [
     "UserSpec",
     "UserStatus",
     "dump_resources",
+    "make_resource",
     "parse_resources",
     "preset_roles",
     "resource_from_bytes",

@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 
 from tether.errors import ResourceError
+from tether.patterns import validate_label_value, validate_template
 from tether.resources._convert import InvalidField, Labels, Path, did_you_mean
 from tether.resources._model import Resource, ResourceKind
 
@@ -103,9 +104,6 @@ class RoleSpec:
 
 
 def _validate_role(resource: Resource) -> None:
-    # Imported here: tether.rbac builds on the resource types defined in this package.
-    from tether.rbac import validate_label_value, validate_template
-
     spec: RoleSpec = resource.spec
     for side in ("allow", "deny"):
         conditions: RoleConditions = getattr(spec, side)

@@ -25,7 +25,7 @@ from tether.errors import PluginError
 
 # the resource converter (so a malformed rule reads like any other field error) and rbac's
 # one quiet, cached re2 compiler
-from tether.rbac import compile_re2, re2_error_message
+from tether.patterns import compile_re2, re2_error_message
 from tether.resources import InvalidField, Path, show, structure
 
 __all__ = [

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from tether.auth.sso_flows import ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import SSORequest
+from tether.connectors import ConnectorContext, ExternalIdentity
 from tether.errors import AccessDenied, TetherError
-from tether_github.kind import GitHubSpec
-
-if TYPE_CHECKING:
-    from tether.auth.service import AuthService
-    from tether.resources import Resource
+from tether.resources import Resource
+from tether_github.kind import TEAMS_TO_ROLES, GitHubSpec
 
 __all__ = ["GitHubConnector"]
 
@@ -50,11 +48,14 @@ def _next_page(answer: httpx.Response) -> str | None:
 
 
 class GitHubConnector:
-    """The ``github`` redirect connector (see :class:`tether.auth.connectors.RedirectConnector`)."""
+    """The ``github`` redirect connector (see :class:`tether.connectors.RedirectConnector`)."""
 
     name = "github"
+    claim_rules = TEAMS_TO_ROLES
 
-    async def login_url(self, auth: AuthService, connector: Resource, request: SSORequest) -> str:
+    async def login_url(
+        self, ctx: ConnectorContext, connector: Resource, request: SSORequest
+    ) -> str:
         spec: GitHubSpec = connector.spec
         query = {
             "client_id": spec.client_id,
@@ -70,7 +71,7 @@ class GitHubConnector:
 
     async def complete(
         self,
-        auth: AuthService,
+        ctx: ConnectorContext,
         connector: Resource,
         request: SSORequest,
         params: Mapping[str, str],
@@ -156,10 +157,3 @@ class GitHubConnector:
                     teams.append(f"{org}/{team['slug']}")
             next_url = _next_page(answer)
         return teams
-
-    def roles_for(
-        self, auth: AuthService, connector: Resource, identity: ExternalIdentity
-    ) -> tuple[str, ...]:
-        spec: GitHubSpec = connector.spec
-        rules = [rule.mapping() for rule in spec.teams_to_roles]
-        return map_claims(auth.pm, rules, identity.claims, f"github/{connector.metadata.name}")

@@ -10,11 +10,11 @@ import urllib.parse
 
 import attrs
 
-from tether.auth.sso_flows import ClaimMapping, is_loopback_http
+from tether.auth.sso_flows import is_loopback_http
+from tether.connectors import ClaimMapping, ClaimRules
 from tether.resources import InvalidField, Resource, ResourceKind
-from tether.trust import RoleMapRule, parse_role_map
 
-__all__ = ["GITHUB", "GitHubSpec", "TeamMapping"]
+__all__ = ["GITHUB", "TEAMS_TO_ROLES", "GitHubSpec", "TeamMapping"]
 
 
 @attrs.frozen
@@ -27,6 +27,12 @@ class TeamMapping:
     roles: tuple[str, ...]
 
     def mapping(self) -> ClaimMapping:
+        """The rule as one on the ``github_teams`` trait (``org/team``).
+
+        :raises ValueError: the organization or team is missing.
+        """
+        if not self.organization or not self.team:
+            raise ValueError("needs organization and team")
         org = self.organization
         if self.team.startswith("^"):
             value = f"^{re.escape(org)}/{self.team[1:]}"
@@ -56,6 +62,10 @@ class GitHubSpec:
     api_endpoint_url: str = "https://api.github.com"
 
 
+#: where a ``github`` connector's rules are; the kernel validates and applies them
+TEAMS_TO_ROLES = ClaimRules("teams_to_roles", TeamMapping.mapping)
+
+
 def _validate(resource: Resource) -> None:
     spec: GitHubSpec = resource.spec
     for field in ("redirect_url", "endpoint_url", "api_endpoint_url"):
@@ -68,17 +78,6 @@ def _validate(resource: Resource) -> None:
     for field in ("client_id", "client_secret"):
         if not getattr(spec, field):
             raise InvalidField(("spec", field), "must not be empty")
-    if not spec.teams_to_roles:
-        raise InvalidField(
-            ("spec", "teams_to_roles"), "needs at least one rule, or no GitHub user gets a role"
-        )
-    for i, rule in enumerate(spec.teams_to_roles):
-        if not rule.organization or not rule.team:
-            raise InvalidField(("spec", "teams_to_roles", i), "needs organization and team")
-        try:
-            parse_role_map([RoleMapRule(rule.mapping().value, rule.roles)])
-        except InvalidField as exc:
-            raise InvalidField(("spec", "teams_to_roles", i), str(exc)) from None
 
 
 GITHUB = ResourceKind(
@@ -87,6 +86,6 @@ GITHUB = ResourceKind(
     versions=("v3",),
     spec_type=GitHubSpec,
     storage_prefix="/connectors/github/",
-    validate=_validate,
+    validate=TEAMS_TO_ROLES.validating(_validate),
     secret_paths=(("spec", "client_secret"),),
 )

@@ -13,19 +13,17 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import httpx
 import jwt
 
-from tether.auth.sso_flows import ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import SSORequest
+from tether.connectors import ConnectorContext, ExternalIdentity
 from tether.errors import AccessDenied, TetherError
-from tether_oidc.kind import OIDCSpec
-
-if TYPE_CHECKING:
-    from tether.auth.service import AuthService
-    from tether.resources import Resource
+from tether.resources import Resource
+from tether_oidc.kind import CLAIMS_TO_ROLES, OIDCSpec
 
 __all__ = ["OIDCConnector", "ProviderKeys", "parse_jwks", "verify_id_token"]
 
@@ -159,9 +157,10 @@ def _traits(claims: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 
 
 class OIDCConnector:
-    """The ``oidc`` redirect connector (see :class:`tether.auth.connectors.RedirectConnector`)."""
+    """The ``oidc`` redirect connector (see :class:`tether.connectors.RedirectConnector`)."""
 
     name = "oidc"
+    claim_rules = CLAIMS_TO_ROLES
 
     def __init__(self) -> None:
         self._providers: dict[str, ProviderKeys] = {}
@@ -187,7 +186,9 @@ class OIDCConnector:
         self._providers[spec.issuer_url] = provider
         return provider
 
-    async def login_url(self, auth: AuthService, connector: Resource, request: SSORequest) -> str:
+    async def login_url(
+        self, ctx: ConnectorContext, connector: Resource, request: SSORequest
+    ) -> str:
         spec: OIDCSpec = connector.spec
         provider = await self._provider(spec)
         query = {
@@ -204,7 +205,7 @@ class OIDCConnector:
 
     async def complete(
         self,
-        auth: AuthService,
+        ctx: ConnectorContext,
         connector: Resource,
         request: SSORequest,
         params: Mapping[str, str],
@@ -275,10 +276,3 @@ class OIDCConnector:
         if not isinstance(token, str):
             raise AccessDenied("the OpenID provider's token answer has no id_token")
         return token
-
-    def roles_for(
-        self, auth: AuthService, connector: Resource, identity: ExternalIdentity
-    ) -> tuple[str, ...]:
-        spec: OIDCSpec = connector.spec
-        source = f"oidc/{connector.metadata.name}"
-        return map_claims(auth.pm, spec.mappings(), identity.claims, source)

@@ -23,11 +23,11 @@ import urllib.parse
 
 import attrs
 
-from tether.auth.sso_flows import ClaimMapping, is_loopback_http
+from tether.auth.sso_flows import is_loopback_http
+from tether.connectors import ClaimMapping, ClaimRules
 from tether.resources import InvalidField, Resource, ResourceKind
-from tether.trust import RoleMapRule, parse_role_map
 
-__all__ = ["OIDC", "OIDCClaimRule", "OIDCSpec"]
+__all__ = ["CLAIMS_TO_ROLES", "OIDC", "OIDCClaimRule", "OIDCSpec"]
 
 
 @attrs.frozen
@@ -41,6 +41,9 @@ class OIDCClaimRule:
     name: str = ""
 
     def mapping(self) -> ClaimMapping:
+        """:raises ValueError: the claim is named twice or not at all."""
+        if bool(self.claim) == bool(self.name):
+            raise ValueError("give the claim as claim or name")
         return ClaimMapping(self.claim or self.name, self.value, self.roles)
 
 
@@ -67,8 +70,9 @@ class OIDCSpec:
     username_claim: str = "email"
     claims_to_roles: tuple[OIDCClaimRule, ...] = ()
 
-    def mappings(self) -> list[ClaimMapping]:
-        return [rule.mapping() for rule in self.claims_to_roles]
+
+#: where an ``oidc`` connector's rules are; the kernel validates and applies them
+CLAIMS_TO_ROLES = ClaimRules("claims_to_roles", OIDCClaimRule.mapping)
 
 
 def _validate(resource: Resource) -> None:
@@ -83,18 +87,6 @@ def _validate(resource: Resource) -> None:
     for field in ("client_id", "client_secret", "username_claim"):
         if not getattr(spec, field):
             raise InvalidField(("spec", field), "must not be empty")
-    if not spec.claims_to_roles:
-        raise InvalidField(
-            ("spec", "claims_to_roles"),
-            "needs at least one rule, or no user of this provider gets a role",
-        )
-    for i, rule in enumerate(spec.claims_to_roles):
-        if bool(rule.claim) == bool(rule.name):
-            raise InvalidField(("spec", "claims_to_roles", i), "give the claim as claim or name")
-        try:  # the same patterns as a role_map, checked the same way
-            parse_role_map([RoleMapRule(rule.value, rule.roles)])
-        except InvalidField as exc:
-            raise InvalidField(("spec", "claims_to_roles", i), str(exc)) from None
 
 
 OIDC = ResourceKind(
@@ -103,6 +95,6 @@ OIDC = ResourceKind(
     versions=("v3", "v2"),
     spec_type=OIDCSpec,
     storage_prefix="/connectors/oidc/",
-    validate=_validate,
+    validate=CLAIMS_TO_ROLES.validating(_validate),
     secret_paths=(("spec", "client_secret"),),
 )

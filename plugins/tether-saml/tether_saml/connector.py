@@ -28,7 +28,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import trio
@@ -36,13 +36,11 @@ from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
 
-from tether.auth.sso_flows import ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import SSORequest
+from tether.connectors import ConnectorContext, ExternalIdentity
 from tether.errors import AccessDenied, TetherError
-from tether_saml.kind import SAMLSpec
-
-if TYPE_CHECKING:
-    from tether.auth.service import AuthService
-    from tether.resources import Resource
+from tether.resources import Resource
+from tether_saml.kind import ATTRIBUTES_TO_ROLES, SAMLSpec
 
 __all__ = ["SAMLConnector", "request_id_for"]
 
@@ -83,9 +81,10 @@ def _sp_client(spec: SAMLSpec, metadata: str) -> Saml2Client:
 
 
 class SAMLConnector:
-    """The ``saml`` redirect connector (see :class:`tether.auth.connectors.RedirectConnector`)."""
+    """The ``saml`` redirect connector (see :class:`tether.connectors.RedirectConnector`)."""
 
     name = "saml"
+    claim_rules = ATTRIBUTES_TO_ROLES
 
     def __init__(self) -> None:
         self._fetched: dict[str, tuple[float, str]] = {}
@@ -111,7 +110,9 @@ class SAMLConnector:
         self._fetched[url] = (time.monotonic(), answer.text)
         return answer.text
 
-    async def login_url(self, auth: AuthService, connector: Resource, request: SSORequest) -> str:
+    async def login_url(
+        self, ctx: ConnectorContext, connector: Resource, request: SSORequest
+    ) -> str:
         spec: SAMLSpec = connector.spec
         metadata = await self._metadata(spec)
 
@@ -135,7 +136,7 @@ class SAMLConnector:
 
     async def complete(
         self,
-        auth: AuthService,
+        ctx: ConnectorContext,
         connector: Resource,
         request: SSORequest,
         params: Mapping[str, str],
@@ -169,13 +170,6 @@ class SAMLConnector:
         if not username:
             raise AccessDenied("the SAML assertion does not name the user")
         return ExternalIdentity(username=username, subject=name_id or username, claims=attributes)
-
-    def roles_for(
-        self, auth: AuthService, connector: Resource, identity: ExternalIdentity
-    ) -> tuple[str, ...]:
-        spec: SAMLSpec = connector.spec
-        rules = [rule.mapping() for rule in spec.attributes_to_roles]
-        return map_claims(auth.pm, rules, identity.claims, f"saml/{connector.metadata.name}")
 
 
 def _names_audience(response: Any, entity_id: str) -> bool:

@@ -10,11 +10,11 @@ import urllib.parse
 
 import attrs
 
-from tether.auth.sso_flows import ClaimMapping, is_loopback_http
+from tether.auth.sso_flows import is_loopback_http
+from tether.connectors import ClaimMapping, ClaimRules
 from tether.resources import InvalidField, Resource, ResourceKind
-from tether.trust import RoleMapRule, parse_role_map
 
-__all__ = ["SAML", "AttributeMapping", "SAMLSpec"]
+__all__ = ["ATTRIBUTES_TO_ROLES", "SAML", "AttributeMapping", "SAMLSpec"]
 
 
 @attrs.frozen
@@ -54,6 +54,10 @@ class SAMLSpec:
         return self.audience or self.acs
 
 
+#: where a ``saml`` connector's rules are; the kernel validates and applies them
+ATTRIBUTES_TO_ROLES = ClaimRules("attributes_to_roles", AttributeMapping.mapping)
+
+
 def _https_or_loopback(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     return bool(parts.hostname) and (parts.scheme == "https" or is_loopback_http(url))
@@ -73,15 +77,6 @@ def _validate(resource: Resource) -> None:
         )
     if spec.entity_descriptor and "EntityDescriptor" not in spec.entity_descriptor:
         raise InvalidField(("spec", "entity_descriptor"), "is not SAML metadata (EntityDescriptor)")
-    if not spec.attributes_to_roles:
-        raise InvalidField(
-            ("spec", "attributes_to_roles"), "needs at least one rule, or no user gets a role"
-        )
-    for i, rule in enumerate(spec.attributes_to_roles):
-        try:
-            parse_role_map([RoleMapRule(rule.value, rule.roles)])
-        except InvalidField as exc:
-            raise InvalidField(("spec", "attributes_to_roles", i), str(exc)) from None
 
 
 SAML = ResourceKind(
@@ -90,5 +85,5 @@ SAML = ResourceKind(
     versions=("v2",),
     spec_type=SAMLSpec,
     storage_prefix="/connectors/saml/",
-    validate=_validate,
+    validate=ATTRIBUTES_TO_ROLES.validating(_validate),
 )

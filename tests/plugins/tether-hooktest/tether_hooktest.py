@@ -25,10 +25,16 @@ import httpx
 import trio
 
 from tether.audit import AuditEvent, AuditQuery
-from tether.auth.connectors import LoginIdentity
-from tether.auth.sso_flows import ClaimMapping, ExternalIdentity, SSORequest, map_claims
+from tether.auth.sso_flows import SSORequest
 from tether.backend import Backend, BackendType, open_sqlite
 from tether.config import Config
+from tether.connectors import (
+    ClaimMapping,
+    ClaimRules,
+    ConnectorContext,
+    ExternalIdentity,
+    LoginIdentity,
+)
 from tether.errors import AccessDenied, TetherError
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentStream
@@ -104,7 +110,9 @@ class HooktestConnector:
 
     name = "hooktest"
 
-    async def authenticate_password(self, auth: Any, username: str, password: str) -> LoginIdentity:
+    async def authenticate_password(
+        self, ctx: ConnectorContext, username: str, password: str
+    ) -> LoginIdentity:
         record("tether_identity_connectors.authenticate", user=username)
         if password != f"hooktest-{username}":
             raise AccessDenied("invalid user name or password")
@@ -130,12 +138,16 @@ class SSOSpec:
     claims_to_roles: tuple[ClaimMapping, ...] = ()
 
 
+#: the rules are ClaimMapping themselves; the kernel validates and applies them
+CLAIMS_TO_ROLES = ClaimRules("claims_to_roles")
+
 SSO = ResourceKind(
     name="hooktest_sso",
     versions=("v1",),
     spec_type=SSOSpec,
     storage_prefix="/hooktest/sso/",
     secret_paths=(("spec", "client_secret"),),
+    validate=CLAIMS_TO_ROLES.validating(),
 )
 
 
@@ -143,8 +155,9 @@ class HooktestSSOConnector:
     """Redirect connector ``hooktest_sso``: the stand-in provider's code flow with PKCE."""
 
     name = "hooktest_sso"
+    claim_rules = CLAIMS_TO_ROLES
 
-    async def login_url(self, auth: Any, connector: Any, request: SSORequest) -> str:
+    async def login_url(self, ctx: ConnectorContext, connector: Any, request: SSORequest) -> str:
         record("tether_identity_connectors.login_url", connector=connector.metadata.name)
         spec: SSOSpec = connector.spec
         query = {
@@ -158,7 +171,7 @@ class HooktestSSOConnector:
         return f"{spec.provider_url}/authorize?{urllib.parse.urlencode(query)}"
 
     async def complete(
-        self, auth: Any, connector: Any, request: SSORequest, params: Mapping[str, str]
+        self, ctx: ConnectorContext, connector: Any, request: SSORequest, params: Mapping[str, str]
     ) -> ExternalIdentity:
         record("tether_identity_connectors.complete", connector=connector.metadata.name)
         spec: SSOSpec = connector.spec
@@ -183,10 +196,6 @@ class HooktestSSOConnector:
             claims={k: tuple(v) for k, v in body["claims"].items()},
             nonce=body["nonce"],
         )
-
-    def roles_for(self, auth: Any, connector: Any, identity: ExternalIdentity) -> tuple[str, ...]:
-        source = f"{self.name}/{connector.metadata.name}"
-        return map_claims(auth.pm, connector.spec.claims_to_roles, identity.claims, source)
 
 
 @hookimpl

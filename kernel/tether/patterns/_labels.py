@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 import re2
 
 from tether.errors import ResourceError
-from tether.rbac._regex import compile_re2, re2_error_message
-from tether.rbac._templates import expand_template_parts
+from tether.patterns._regex import compile_re2, re2_error_message
+from tether.patterns._templates import expand_template_parts
 
 __all__ = [
     "expand_label_value",

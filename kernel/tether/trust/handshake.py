@@ -13,6 +13,9 @@ trusted_cluster), and each X.509 CA must be a CA whose subject names the joining
 Replacing a leaf's CAs is the root administrator's act (``tetherctl rm rc/NAME`` first).
 Every refusal is audited as ``trusted_cluster.refused``, on whichever side refused.
 
+Each side acts through a :class:`HandshakeParty`: the few things of its auth service the
+handshake needs (storage, kinds, CAs, the token check, audit), never the service itself.
+
 The leaf verifies the root's web certificate with the CA pin when the trusted_cluster names
 one (``spec.ca_pin``, sha256 of the root X.509 CA's public key), else with the system's trust
 store, as a browser would; a certificate that fails gets the guide's message.
@@ -23,8 +26,8 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 from cryptography import x509
@@ -33,18 +36,24 @@ from cryptography.x509.oid import NameOID
 
 import tether
 from tether import pki
-from tether.backend import Op
+from tether.backend import Backend, Op
 from tether.client.web import establish_trust, proxy_call
 from tether.errors import AlreadyExists, CompareFailed, TetherError, TrustError
-from tether.resources import Resource, resource_from_bytes, resource_to_bytes
+from tether.resources import (
+    KindRegistry,
+    Resource,
+    make_resource,
+    resource_from_bytes,
+    resource_to_bytes,
+)
 from tether.wire import string_field
-
-if TYPE_CHECKING:
-    from tether.auth.service import AuthService
 
 __all__ = [
     "MISCONFIGURED_TLS",
+    "Audit",
+    "HandshakeParty",
     "TrustExchange",
+    "ca_resources",
     "check_version",
     "establish_trust_with_root",
     "validate_leaf",
@@ -59,6 +68,37 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 #: The CA types a root keeps of a leaf: host (its nodes) and tls (its tunnels), never user.
 LEAF_CA_TYPES = ("host", "tls")
 ROOT_CA_TYPES = ("user", "host", "tls")
+
+
+class Audit(Protocol):
+    """Records an audit event in the party's cluster."""
+
+    def __call__(
+        self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
+    ) -> Awaitable[None]: ...
+
+
+@attrs.frozen
+class HandshakeParty:
+    """One cluster's side of the handshake: what it needs of its auth service.
+
+    :param cluster_name: this cluster's name.
+    :param authorities: its CAs (their public halves are sent to the other side).
+    :param backend: where the other cluster's CAs and the ``remote_cluster`` are stored.
+    :param registry: the resource kinds.
+    :param check_token: checks an invitation token of a role (the root's side).
+    :param audit: records the handshake's outcome.
+    """
+
+    cluster_name: str
+    authorities: pki.ClusterAuthorities
+    backend: Backend
+    registry: KindRegistry
+    check_token: Callable[[str, str], Awaitable[Resource]]
+    audit: Audit
+
+    def make(self, kind: str, name: str, spec: Mapping[str, Any]) -> Resource:
+        return make_resource(self.registry, kind, name, spec)
 
 
 def _major(version: str) -> int:
@@ -155,19 +195,22 @@ class TrustExchange:
         }
 
     @classmethod
-    def of(cls, auth: AuthService) -> TrustExchange:
-        a = auth.authorities
+    def of(cls, cluster: str, authorities: pki.ClusterAuthorities) -> TrustExchange:
+        """The public halves of cluster ``cluster``'s own CAs."""
+        a = authorities
         return cls(
-            cluster=auth.cluster_name,
+            cluster=cluster,
             version=tether.__version__,
             ssh={"user": (a.ssh_user.public_key_line(),), "host": (a.ssh_host.public_key_line(),)},
             tls=(pki.cert_to_pem(a.tls.certificate).decode(),),
         )
 
 
-def _ca_resources(
-    auth: AuthService, exchange: TrustExchange, types: Sequence[str]
+def ca_resources(
+    registry: KindRegistry, exchange: TrustExchange, types: Sequence[str]
 ) -> list[Resource]:
+    """The ``cert_authority`` resources of ``types`` ("user", "host", "tls") that record a
+    cluster's public CAs, its own or another's."""
     out = []
     for ca_type in types:
         ssh = list(exchange.ssh.get(ca_type, ())) if ca_type != "tls" else []
@@ -177,7 +220,7 @@ def _ca_resources(
             "cluster_name": exchange.cluster,
             "active_keys": {"ssh": ssh, "tls": tls},
         }
-        out.append(auth.make("cert_authority", exchange.cluster, spec))
+        out.append(make_resource(registry, "cert_authority", exchange.cluster, spec))
     return out
 
 
@@ -213,63 +256,63 @@ def _fingerprints(keys: Sequence[str]) -> frozenset[bytes]:
     return frozenset(out)
 
 
-async def store_cas(auth: AuthService, exchange: TrustExchange, types: Sequence[str]) -> None:
+async def store_cas(party: HandshakeParty, exchange: TrustExchange, types: Sequence[str]) -> None:
     """Store the other cluster's public CAs as ``cert_authority`` resources."""
-    kind = auth.registry.get("cert_authority")
-    for res in _ca_resources(auth, exchange, types):
-        await auth.backend.put(kind.key_for(res), resource_to_bytes(res))
+    kind = party.registry.get("cert_authority")
+    for res in ca_resources(party.registry, exchange, types):
+        await party.backend.put(kind.key_for(res), resource_to_bytes(res))
 
 
-async def _stored_fingerprints(auth: AuthService, cluster: str) -> dict[str, frozenset[bytes]]:
+async def _stored_fingerprints(party: HandshakeParty, cluster: str) -> dict[str, frozenset[bytes]]:
     """The fingerprints of the leaf CAs stored under ``cluster``; empty if none are."""
-    kind = auth.registry.get("cert_authority")
+    kind = party.registry.get("cert_authority")
     found = {}
     for ca_type in LEAF_CA_TYPES:
-        item = await auth.backend.get(kind.key(f"{ca_type}/{cluster}"))
+        item = await party.backend.get(kind.key(f"{ca_type}/{cluster}"))
         if item is not None:
-            keys = resource_from_bytes(item.value, auth.registry).spec.active_keys
+            keys = resource_from_bytes(item.value, party.registry).spec.active_keys
             found[ca_type] = _fingerprints([*keys.ssh, *keys.tls])
     return found
 
 
-async def _record_leaf(auth: AuthService, leaf: TrustExchange) -> bool:
+async def _record_leaf(party: HandshakeParty, leaf: TrustExchange) -> bool:
     """Store the leaf's CAs and its ``remote_cluster``, unless its name is taken; returns
     whether anything was new.
 
     :raises TetherError: the name is this cluster's root, or a leaf holds it with other CAs.
     """
     name = leaf.cluster
-    trusted_kind = auth.registry.get("trusted_cluster")
-    if await auth.backend.get(trusted_kind.key(name)) is not None:
+    trusted_kind = party.registry.get("trusted_cluster")
+    if await party.backend.get(trusted_kind.key(name)) is not None:
         raise AlreadyExists(
-            f"cluster {name!r} is a root of cluster {auth.cluster_name!r}; it cannot also join "
+            f"cluster {name!r} is a root of cluster {party.cluster_name!r}; it cannot also join "
             "as its leaf",
             hint="every cluster needs a name of its own (cluster_name in tether.yaml)",
         )
-    remote_kind = auth.registry.get("remote_cluster")
+    remote_kind = party.registry.get("remote_cluster")
     remote_key = remote_kind.key(name)
-    remote = await auth.backend.get(remote_key)
-    stored = await _stored_fingerprints(auth, name)
+    remote = await party.backend.get(remote_key)
+    stored = await _stored_fingerprints(party, name)
     ops = []
     if remote is not None or stored:
         if stored != leaf.fingerprints(LEAF_CA_TYPES):
             raise AlreadyExists(
-                f"cluster {name!r} is already a leaf of {auth.cluster_name!r} with other CAs; "
+                f"cluster {name!r} is already a leaf of {party.cluster_name!r} with other CAs; "
                 "a handshake cannot replace them",
                 hint=f"to replace that leaf, run `tetherctl rm rc/{name}` on the root "
                 "first, then create the trusted_cluster on the leaf again",
             )
     else:
-        ca_kind = auth.registry.get("cert_authority")
-        for res in _ca_resources(auth, leaf, LEAF_CA_TYPES):
+        ca_kind = party.registry.get("cert_authority")
+        for res in ca_resources(party.registry, leaf, LEAF_CA_TYPES):
             ops.append(Op.put(ca_kind.key_for(res), resource_to_bytes(res), expected_revision=0))
     if remote is None:
-        res = auth.make("remote_cluster", name, {})
+        res = party.make("remote_cluster", name, {})
         ops.append(Op.put(remote_key, resource_to_bytes(res), expected_revision=0))
     if not ops:
         return False
     try:
-        await auth.backend.apply(ops)
+        await party.backend.apply(ops)
     except (AlreadyExists, CompareFailed):
         raise AlreadyExists(
             f"another cluster joined as {name!r} at the same moment",
@@ -278,7 +321,7 @@ async def _record_leaf(auth: AuthService, leaf: TrustExchange) -> bool:
     return True
 
 
-async def validate_leaf(auth: AuthService, request: Mapping[str, Any]) -> TrustExchange:
+async def validate_leaf(party: HandshakeParty, request: Mapping[str, Any]) -> TrustExchange:
     """The root's side: check the invitation and the leaf's CAs, trust the leaf's host and
     X.509 CAs under its name (unless that name is a leaf with other CAs already), create the
     ``remote_cluster``, and answer with the root's CAs.
@@ -292,31 +335,31 @@ async def validate_leaf(auth: AuthService, request: Mapping[str, Any]) -> TrustE
     raw = request.get("leaf")
     claimed = raw.get("cluster") if isinstance(raw, Mapping) else None
     try:
-        await auth.check_token(string_field(dict(request), "token"), "TrustedCluster")
+        await party.check_token(string_field(dict(request), "token"), "TrustedCluster")
         leaf = TrustExchange.from_json(raw)
         leaf.require(LEAF_CA_TYPES)
-        if leaf.cluster == auth.cluster_name:
+        if leaf.cluster == party.cluster_name:
             raise TetherError(
                 f"the leaf cluster has the root's name {leaf.cluster!r}",
                 hint="every cluster needs a name of its own (cluster_name in tether.yaml)",
             )
         check_version(tether.__version__, leaf.version)
-        new = await _record_leaf(auth, leaf)
+        new = await _record_leaf(party, leaf)
     except TetherError as exc:
-        await auth.audit_event(
+        await party.audit(
             "trusted_cluster.refused",
             "",
             {"leaf": str(claimed or "")[:253], "reason": exc.message},
             success=False,
         )
         raise
-    await auth.audit_event(
+    await party.audit(
         "trusted_cluster.joined",
         "",
         {"leaf": leaf.cluster, "version": leaf.version, "again": not new},
     )
     log.info("leaf cluster %s joined (Tether %s)", leaf.cluster, leaf.version)
-    return TrustExchange.of(auth)
+    return TrustExchange.of(party.cluster_name, party.authorities)
 
 
 async def _root_context(web_proxy_addr: str, ca_pin: str | None) -> ssl.SSLContext:
@@ -333,24 +376,26 @@ async def _root_context(web_proxy_addr: str, ca_pin: str | None) -> ssl.SSLConte
         ) from None
 
 
-async def establish_trust_with_root(auth: AuthService, trusted_cluster: Resource) -> TrustExchange:
+async def establish_trust_with_root(
+    party: HandshakeParty, trusted_cluster: Resource
+) -> TrustExchange:
     """The leaf's side, run when a ``trusted_cluster`` is created: the handshake, then the
     root's CAs stored as trusted. A refusal (by either side) is audited here too."""
     name = trusted_cluster.metadata.name
     try:
-        root = await _handshake(auth, trusted_cluster)
+        root = await _handshake(party, trusted_cluster)
     except TetherError as exc:
-        await auth.audit_event(
+        await party.audit(
             "trusted_cluster.refused", "", {"root": name, "reason": exc.message}, success=False
         )
         raise
-    await store_cas(auth, root, ROOT_CA_TYPES)
-    await auth.audit_event("trusted_cluster.established", "", {"root": root.cluster})
+    await store_cas(party, root, ROOT_CA_TYPES)
+    await party.audit("trusted_cluster.established", "", {"root": root.cluster})
     log.info("trusted root cluster %s at %s", root.cluster, trusted_cluster.spec.web_proxy_addr)
     return root
 
 
-async def _handshake(auth: AuthService, trusted_cluster: Resource) -> TrustExchange:
+async def _handshake(party: HandshakeParty, trusted_cluster: Resource) -> TrustExchange:
     spec = trusted_cluster.spec
     name = trusted_cluster.metadata.name
     addr = str(spec.web_proxy_addr)
@@ -360,7 +405,10 @@ async def _handshake(auth: AuthService, trusted_cluster: Resource) -> TrustExcha
         "POST",
         "/webapi/trustedclusters/validate",
         context,
-        json={"token": spec.token, "leaf": TrustExchange.of(auth).to_json()},
+        json={
+            "token": spec.token,
+            "leaf": TrustExchange.of(party.cluster_name, party.authorities).to_json(),
+        },
     )
     root = TrustExchange.from_json(body.get("root") if isinstance(body, Mapping) else None)
     root.require(ROOT_CA_TYPES)

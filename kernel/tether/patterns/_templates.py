@@ -29,7 +29,7 @@ import attrs
 import re2
 
 from tether.errors import ResourceError
-from tether.rbac._regex import compile_re2, re2_error_message
+from tether.patterns._regex import compile_re2, re2_error_message
 
 __all__ = ["expand_template", "expand_template_parts", "is_template", "validate_template"]
 

@@ -1,0 +1,257 @@
+"""What the cluster's hosts report: their inventory entries (checked for the addresses a proxy
+will dial), the proxies' tunnel heartbeats, the remote clusters' status computed from them,
+and the audit events hosts record.
+
+Separate because every caller here is a host identity, never a user, and what they report is
+short-lived state kept with a TTL, not resources admins edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import re
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from tether import pki
+from tether.auth.context import AuthContext
+from tether.auth.host_ids import HOST_ID, HostIds
+from tether.auth.joins import JOIN_ROLES
+from tether.backend import Op
+from tether.config import HostPort
+from tether.durations import format_duration
+from tether.errors import AccessDenied, TetherError
+from tether.resources import Resource, resource_from_bytes, resource_to_bytes
+from tether.trust import RemoteClusterStatus
+
+__all__ = [
+    "HEARTBEAT_PREFIX",
+    "HEARTBEAT_TTL",
+    "MAX_PUBLISH_TTL",
+    "MIN_PUBLISH_TTL",
+    "REMOTE_OFFLINE_AFTER",
+    "Inventory",
+]
+
+#: A remote cluster whose tunnels have not heartbeated for this long is offline.
+REMOTE_OFFLINE_AFTER = 30.0
+#: where tunnel heartbeats are stored, per cluster, proxy and agent
+HEARTBEAT_PREFIX = "/tunnels/"
+#: a tunnel that has not heartbeated for this long is forgotten by storage
+HEARTBEAT_TTL = 600.0
+#: How long a published inventory entry may live between heartbeats.
+MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
+MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def _local_host(host: str) -> bool:
+    """Whether a dial to ``host`` stays on the dialling machine (loopback, or unspecified,
+    which Linux connects to the loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _reaches(addr: HostPort, listener: HostPort) -> bool:
+    """Whether dialling ``addr`` may reach ``listener``. Unsure counts as yes: a listener on
+    every interface answers on any of the host's names, which auth cannot list."""
+    if addr.port != listener.port:
+        return False
+    if listener.is_unspecified or addr.host == listener.host:
+        return True
+    return _local_host(addr.host) and _local_host(listener.host)
+
+
+class Inventory:
+    """The hosts' reports, checked against the identity of the host that sends them."""
+
+    def __init__(self, ctx: AuthContext, *, host_ids: HostIds) -> None:
+        self._ctx = ctx
+        self._host_ids = host_ids
+        #: the addresses this cluster's services in this process listen on, by service (the
+        #: daemon fills it once they are bound): no host may register one as its own
+        self.service_addrs: dict[str, HostPort] = {}
+
+    async def publish(
+        self,
+        identity: pki.Identity,
+        resource: Resource,
+        ttl: datetime.timedelta,
+        *,
+        host_names: Collection[str] = (),
+    ) -> None:
+        """Store a host's own inventory entry (a node's ``node``), expiring after ``ttl``.
+
+        Hosts call this on every heartbeat; an entry not renewed in time disappears, so the
+        inventory shows only hosts that are alive. A host may publish only the kind whose
+        ``published_by`` is its identity kind, under its own host id; an address the proxy
+        will dial (:attr:`~tether.resources.ResourceKind.dialed_addr`) must be on a host
+        among ``host_names`` (what the caller's certificate names) and be none of the
+        cluster's own listening addresses.
+        """
+        ctx = self._ctx
+        kind = ctx.registry.get(resource.kind)
+        if kind.published_by is None or kind.published_by != identity.kind:
+            raise AccessDenied(f"{identity.kind} {identity.username!r} may not publish {kind.name}")
+        if identity.cluster != ctx.cluster_name or resource.metadata.name != identity.username:
+            raise AccessDenied(
+                f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} may "
+                f"only publish its own {kind.name} entry, not {resource.metadata.name!r}"
+            )
+        if not MIN_PUBLISH_TTL <= ttl <= MAX_PUBLISH_TTL:
+            raise TetherError(
+                f"publish ttl {format_duration(ttl)} is out of range "
+                f"({format_duration(MIN_PUBLISH_TTL)} to {format_duration(MAX_PUBLISH_TTL)})"
+            )
+        if kind.dialed_addr is not None:
+            try:
+                await self._check_dialed_addr(identity, kind.dialed_addr(resource), host_names)
+            except AccessDenied as exc:
+                await ctx.audit_event(
+                    "host.publish.refused",
+                    identity.username,
+                    {"role": identity.kind, "kind": kind.name, "reason": exc.message},
+                    success=False,
+                )
+                raise
+        stamped = attrs.evolve(
+            resource, metadata=attrs.evolve(resource.metadata, expires=ctx.now() + ttl)
+        )
+        await ctx.backend.put(
+            kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
+        )
+        await self._host_ids.keep(identity)
+
+    async def _check_dialed_addr(
+        self, identity: pki.Identity, text: str, host_names: Collection[str]
+    ) -> None:
+        """Refuse an address a host asks the proxy to dial unless it is on a host its
+        certificate names, and none of the cluster's own services' (the proxy dialling its own
+        port or auth's would hand a user a raw connection to it)."""
+        if not text:
+            return
+        who = f"{identity.kind} {identity.username!r}"
+        try:
+            addr = HostPort.parse(text)
+        except ValueError as exc:
+            raise AccessDenied(f"{who} registers an unusable address: {exc}") from None
+        if addr.host not in host_names:
+            names = ", ".join(sorted(host_names)) or "none"
+            raise AccessDenied(
+                f"{who} may register an address only on a host its certificate names "
+                f"({names}), not {text}",
+                hint="set the node's public_addr to one of them, or join again with a token "
+                "for the new name",
+            )
+        for service, listener in await self._listening_addrs():
+            if _reaches(addr, listener):
+                raise AccessDenied(
+                    f"{who} may not register {text}: it is the address of this cluster's "
+                    f"{service} ({listener})",
+                    hint="give the node an SSH listen_addr (or public_addr) of its own",
+                )
+
+    async def _listening_addrs(self) -> list[tuple[str, HostPort]]:
+        """The cluster's own listening addresses: of the services in this process, and every
+        proxy's public address as it published it."""
+        found = [(service, addr) for service, addr in self.service_addrs.items()]
+        kind = self._ctx.registry.get("proxy")
+        for item in await self._ctx.backend.range(kind.storage_prefix):
+            proxy = resource_from_bytes(item.value, self._ctx.registry)
+            with contextlib.suppress(ValueError):
+                found.append(
+                    (f"proxy {proxy.metadata.name!r}", HostPort.parse(proxy.spec.public_addr))
+                )
+        return found
+
+    async def record_tunnel_heartbeats(
+        self, identity: pki.Identity, records: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Store one proxy's batch of tunnel heartbeats (see
+        :class:`tether.tunnel.heartbeats.HeartbeatRecorder`), each under
+        ``/tunnels/<cluster>/<proxy>/<agent>`` with a TTL, which is what a remote_cluster's
+        ``connection`` is computed from. The proxy is the caller, never a field of the batch.
+        """
+        if identity.kind != "proxy" or identity.cluster != self._ctx.cluster_name:
+            raise AccessDenied("only the cluster's proxies may record tunnel heartbeats")
+        ops = []
+        now = self._ctx.clock()
+        for i, record in enumerate(records):
+            cluster, agent = record.get("cluster"), record.get("agent")
+            when, status = record.get("last_heartbeat"), record.get("status")
+            if not (
+                isinstance(cluster, str)
+                and HOST_ID.match(cluster)
+                and isinstance(agent, str)
+                and agent
+                and "/" not in agent
+                and isinstance(when, int | float)
+                and isinstance(status, dict)
+            ):
+                raise TetherError(
+                    f"heartbeat {i} is malformed",
+                    hint="expected cluster, agent, last_heartbeat (a number) and status",
+                )
+            value = {
+                "cluster": cluster,
+                "proxy": identity.username,
+                "agent": agent,
+                "last_heartbeat": min(float(when), now),  # never from the future
+                "status": status,
+            }
+            key = f"{HEARTBEAT_PREFIX}{cluster}/{identity.username}/{agent}"
+            ops.append(Op.put(key, json.dumps(value, default=str).encode(), ttl=HEARTBEAT_TTL))
+        await self._ctx.backend.apply(ops)
+
+    async def with_connection(self, remote: Resource) -> Resource:
+        """A remote_cluster with its status: online while a tunnel from it heartbeats."""
+        latest: float | None = None
+        proxies: set[str] = set()
+        prefix = f"{HEARTBEAT_PREFIX}{remote.metadata.name}/"
+        for item in await self._ctx.backend.range(prefix):
+            record = json.loads(item.value)
+            when = float(record.get("last_heartbeat", 0))
+            latest = when if latest is None else max(latest, when)
+            fresh = self._ctx.clock() - when < REMOTE_OFFLINE_AFTER
+            if fresh and record.get("status", {}).get("connected") is not False:
+                proxies.add(str(record.get("proxy")))
+        status = RemoteClusterStatus(
+            connection="online" if proxies else "offline",
+            last_heartbeat=(
+                datetime.datetime.fromtimestamp(latest, datetime.UTC) if latest else None
+            ),
+            proxies=tuple(sorted(proxies)),
+        )
+        return attrs.evolve(remote, status=status)
+
+    async def record_host_event(
+        self,
+        identity: pki.Identity,
+        event_type: str,
+        user: str,
+        fields: Mapping[str, Any],
+        *,
+        success: bool,
+    ) -> None:
+        """Record an audit event reported by one of the cluster's hosts (a node's SSH
+        sessions and refusals). The event names the host that reported it."""
+        if identity.kind not in JOIN_ROLES or identity.cluster != self._ctx.cluster_name:
+            raise AccessDenied(f"{identity.kind} {identity.username!r} may not record events")
+        if not _EVENT_TYPE.match(event_type):
+            raise TetherError(
+                f"audit event type {event_type!r} is not valid",
+                hint="use lower-case words separated by dots, like ssh.session.start",
+            )
+        await self._ctx.audit_event(
+            event_type, user, {**fields, "host": identity.username}, success=success
+        )

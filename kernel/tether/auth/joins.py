@@ -1,0 +1,246 @@
+"""Hosts joining the cluster and renewing their certificates: nodes and proxies with a token,
+services in auth's own process without one, and renewals proved by the current certificate.
+
+Separate from users' logins: a host's certificates name its host id and addresses, never roles,
+and who may hold a host id is decided by :mod:`tether.auth.host_ids`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+from cryptography import x509
+
+from tether import pki
+from tether.auth.context import AuthContext
+from tether.auth.host_ids import HOST_ID, HostIds
+from tether.auth.tokens import Tokens
+from tether.backend import Item
+from tether.errors import AccessDenied, TetherError
+
+__all__ = ["JOIN_ROLES", "JoinResult", "Joins"]
+
+#: what may join a cluster with a token, and the token role each needs
+JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
+
+
+@attrs.frozen
+class JoinResult:
+    """What a node or proxy that joined receives: its certificates and the cluster's CAs."""
+
+    identity: pki.Identity
+    ssh_host_cert: str
+    tls_cert_pem: str
+    tls_ca_pems: tuple[str, ...]
+    ssh_user_ca_lines: tuple[str, ...]
+    ssh_host_ca_lines: tuple[str, ...]
+
+
+def _check_host(role: str, host_id: str) -> None:
+    if role not in JOIN_ROLES:
+        raise TetherError(f"cannot join as {role!r}", hint="join as node or proxy")
+    if not HOST_ID.match(host_id):
+        raise TetherError(
+            f"host id {host_id!r} is not valid",
+            hint="use letters, digits, dots, dashes and underscores",
+        )
+
+
+class Joins:
+    """Issues hosts their certificates: on joining, in auth's process, and on renewal."""
+
+    def __init__(
+        self,
+        ctx: AuthContext,
+        *,
+        tokens: Tokens,
+        host_ids: HostIds,
+        verify_client: Callable[[bytes | x509.Certificate], pki.Identity],
+    ) -> None:
+        self._ctx = ctx
+        self._tokens = tokens
+        self._host_ids = host_ids
+        self._verify_client = verify_client
+
+    async def join(
+        self,
+        token: str,
+        *,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Let a node or proxy join with a token: issue its SSH host certificate and its X.509
+        certificate (identity kind ``role``), and hand it the CAs it must trust.
+
+        The token lets the joiner choose its host id, but not one another host holds (until
+        that host's certificates expire): the id is what its inventory entry, its tunnel and
+        its SSH host certificate are known by.
+        """
+        _check_host(role, host_id)
+        try:
+            await self._tokens.check_token(token, JOIN_ROLES[role])
+            held = await self._host_ids.holder(host_id)
+            result, principals = self._issue_host_certs(
+                role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+            )
+            await self._hold(result, hostname, replaces=held)
+        except AccessDenied as exc:
+            await self._ctx.audit_event(
+                "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
+            )
+            raise
+        await self._ctx.audit_event(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
+        )
+        return result
+
+    async def issue_host_identity(
+        self,
+        *,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Issue a host's certificates without a token: for a service in this auth's own
+        process (``ssh_service.enabled`` beside ``auth_service``), which needs no proof.
+
+        The SSH host certificate names the host id, the host name and addresses, and both
+        names qualified by the cluster (``web-1.main``), which is what OpenSSH checks when a
+        user runs ``ssh visitor@web-1.main`` with ``tether config``'s configuration.
+        """
+        _check_host(role, host_id)
+        result, principals = self._issue_host_certs(
+            role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+        )
+        await self._hold(result, hostname, replaces=True)
+        await self._ctx.audit_event(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
+        )
+        return result
+
+    async def renew_host_identity(
+        self,
+        certificate: bytes,
+        *,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Issue new certificates to a joined host that proves itself with its current, still
+        valid one (DER): same host id and kind, new key, a full ``host_cert_ttl``. Hosts call
+        this once two thirds of their certificate's lifetime have passed.
+
+        The names asked for must be among those of the current certificate: a renewal never
+        widens what a host may claim to be (joining again with a token does).
+        """
+        identity = self._verify_client(certificate)
+        if identity.kind not in JOIN_ROLES or identity.cluster != self._ctx.cluster_name:
+            raise AccessDenied(
+                f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} has no "
+                "host certificates to renew here",
+                hint="only this cluster's nodes and proxies renew theirs",
+            )
+        beyond = {hostname, *addresses} - pki.x509_host_names(certificate)
+        if beyond:
+            raise AccessDenied(
+                f"{identity.kind} {identity.username!r} asks to renew for names its certificate "
+                f"does not hold: {', '.join(sorted(beyond))}",
+                hint="a host renews for the names it joined with; to change them, join again "
+                "with a token",
+            )
+        result, principals = self._issue_host_certs(
+            identity.kind,
+            identity.username,
+            hostname,
+            addresses,
+            ssh_public_key,
+            tls_public_key_pem,
+        )
+        await self._hold(result, hostname, replaces=True)
+        await self._ctx.audit_event(
+            "host.renewed",
+            identity.username,
+            {
+                "role": identity.kind,
+                "hostname": hostname,
+                "addresses": principals,
+                "expires": result.identity.expires.isoformat(),
+            },
+        )
+        return result
+
+    async def _hold(
+        self, result: JoinResult, hostname: str, *, replaces: Item | bool | None
+    ) -> None:
+        """Record that the host ``result`` was issued to holds its id until its certificates
+        expire (see :meth:`tether.auth.host_ids.HostIds.hold` for ``replaces``)."""
+        identity = result.identity
+        await self._host_ids.hold(
+            identity.username, identity.kind, hostname, identity.expires, replaces
+        )
+
+    def _issue_host_certs(
+        self,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> tuple[JoinResult, list[str]]:
+        """The host's certificates and the SSH principals they name."""
+        ctx = self._ctx
+        try:
+            ssh_key = pki.load_public_key(ssh_public_key.encode())
+            tls_key = pki.load_public_key(tls_public_key_pem.encode())
+        except ValueError as exc:
+            raise TetherError(f"join request carries an unusable public key: {exc}") from None
+        ttl = ctx.config.auth_service.host_cert_ttl
+        identity = pki.Identity(
+            username=host_id,
+            cluster=ctx.cluster_name,
+            roles=(),
+            traits={},
+            logins=(),
+            expires=ctx.now() + ttl,
+            kind=role,
+        )
+        ips, names = pki.split_host_addresses([hostname, *addresses])
+        tls_cert = pki.issue_x509_cert(
+            ctx.authorities.tls,
+            tls_key,
+            identity,
+            dns_names=names,
+            ip_addresses=ips,
+            server=True,
+            now=ctx.now(),
+        )
+        qualified = [f"{host_id}.{ctx.cluster_name}", f"{hostname}.{ctx.cluster_name}"]
+        principals = list(dict.fromkeys([host_id, hostname, *qualified, *addresses]))
+        ssh_cert = pki.issue_ssh_host_cert(
+            ctx.authorities.ssh_host,
+            ssh_key,
+            host_id=host_id,
+            principals=principals,
+            cluster=ctx.cluster_name,
+            ttl=ttl,
+            now=ctx.now(),
+        )
+        result = JoinResult(
+            identity=identity,
+            ssh_host_cert=ssh_cert,
+            tls_cert_pem=pki.cert_to_pem(tls_cert).decode(),
+            tls_ca_pems=tuple(pki.cert_to_pem(c).decode() for c in ctx.trusted_tls_cas()),
+            ssh_user_ca_lines=(ctx.authorities.ssh_user.public_key_line(),),
+            ssh_host_ca_lines=(ctx.authorities.ssh_host.public_key_line(),),
+        )
+        return result, principals

@@ -1,0 +1,165 @@
+"""Resources as callers see them: who may get, create, replace and remove which, and what a
+user may see of the kinds they have no rule for (visibility by labels).
+
+Separate from storage (:mod:`tether.backend`) and from the resource model
+(:mod:`tether.resources`): this is where a verified identity meets the role rules. What a
+change means for trust (the handshake a trusted_cluster needs, CAs to forget) is done by the
+callbacks the service passes in, so this module knows nothing of the trust job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from tether import audit, pki
+from tether.auth.context import AuthContext
+from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
+from tether.backend import Item, Op
+from tether.errors import AccessDenied, AlreadyExists, NotFound, TetherError
+from tether.resources import Resource, ResourceKind, resource_from_bytes, resource_to_bytes
+
+__all__ = ["ResourceStore"]
+
+
+def _everything(resource: Resource) -> bool:
+    return True
+
+
+class ResourceStore:
+    """Get, create and delete resources for a caller, all or none, audited.
+
+    :param handshake: runs before a trusted_cluster is stored (the handshake with its root,
+        when one is needed), given the resource and what was stored before.
+    :param forget_cluster: removes another cluster's CAs, when its trusted_cluster or
+        remote_cluster is deleted.
+    :param with_status: completes a remote_cluster with its connection status.
+    """
+
+    def __init__(
+        self,
+        ctx: AuthContext,
+        *,
+        handshake: Callable[[Resource, Item | None], Awaitable[None]],
+        forget_cluster: Callable[[str], Awaitable[None]],
+        with_status: Callable[[Resource], Awaitable[Resource]],
+    ) -> None:
+        self._ctx = ctx
+        self._handshake = handshake
+        self._forget_cluster = forget_cluster
+        self._with_status = with_status
+
+    async def get_resources(
+        self,
+        identity: pki.Identity,
+        kind_name: str,
+        name: str | None = None,
+        *,
+        with_secrets: bool = False,
+    ) -> list[Resource]:
+        ctx = self._ctx
+        kind = ctx.registry.get(kind_name)
+        verb = "read" if name or with_secrets else "list"
+        visible = await self._reader(identity, kind, verb, with_secrets=with_secrets)
+        if name is not None:
+            item = await ctx.backend.get(kind.key(name))
+            found = None if item is None else resource_from_bytes(item.value, ctx.registry)
+            if found is None or not visible(found):
+                # out of reach is "not found", not "denied": it does not confirm it exists
+                raise NotFound(f"{kind.name} {name!r} not found")
+            shown = [found]
+        else:
+            items = await ctx.backend.range(kind.storage_prefix)
+            found_all = [resource_from_bytes(item.value, ctx.registry) for item in items]
+            shown = [res for res in found_all if visible(res)]
+        if kind.name == "remote_cluster":
+            shown = [await self._with_status(res) for res in shown]
+        return shown
+
+    async def _reader(
+        self, identity: pki.Identity, kind: ResourceKind, verb: str, *, with_secrets: bool
+    ) -> Callable[[Resource], bool]:
+        """Check that ``identity`` may ``verb`` ``kind``; return which resources it may see.
+
+        As in Teleport, "list" shows resources without secrets and "read" with them. The
+        cluster's own hosts read the kinds that name them in ``readable_by`` (nodes read roles
+        to authorize logins). A user without a rule for an ``access_labels`` kind still sees
+        the resources their roles reach, as ``tsh ls`` lists the nodes one may log in to.
+        """
+        ctx = self._ctx
+        own_host = identity.kind in kind.readable_by and identity.cluster == ctx.cluster_name
+        if own_host and not with_secrets:
+            return _everything
+        try:
+            await ctx.authorize(identity, kind.name, verb)
+        except AccessDenied:
+            if kind.access_labels is None or identity.kind != "user" or with_secrets:
+                raise
+        else:
+            # rules grant the kind; cluster visibility still applies to users, as the guide
+            # says of a labelled leaf: "the Auth Service won't return any information about
+            # the cluster unless you are assigned a role that allows" its labels
+            if kind.access_labels != "cluster_labels" or identity.kind != "user":
+                return _everything
+        roleset = await ctx.roleset(identity.roles)
+        field = kind.access_labels
+        return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
+
+    async def create_resources(
+        self, identity: pki.Identity, resources: Sequence[Resource], *, force: bool = False
+    ) -> list[str]:
+        """Create (or with ``force`` replace) every resource, all or none.
+
+        Returns one line per resource saying what happened, as ``tetherctl create`` prints.
+        """
+        ctx = self._ctx
+        ops = []
+        messages = []
+        events = []
+        for res in resources:
+            kind = ctx.registry.get(res.kind)
+            key = kind.key(kind.ref_of(res))
+            existing = await ctx.backend.get(key)
+            verb = "update" if existing is not None else "create"
+            await ctx.authorize(identity, kind.name, verb)
+            if existing is not None and not force:
+                raise AlreadyExists(
+                    f"{kind.name} {res.metadata.name!r} already exists",
+                    hint="use `tetherctl create -f` to overwrite it",
+                )
+            if kind.name == "remote_cluster" and existing is None:
+                raise TetherError(
+                    "a remote_cluster is created by the handshake of a leaf, not by hand",
+                    hint="create a trusted_cluster on the leaf with a token from "
+                    "`tetherctl tokens add --type=trusted_cluster`",
+                )
+            if kind.name == "trusted_cluster":
+                await self._handshake(res, existing)
+            expected = existing.revision if existing is not None else 0
+            ops.append(Op.put(key, resource_to_bytes(res), expected_revision=expected))
+            done = "updated" if existing is not None else "created"
+            messages.append(f'{kind.name} "{res.metadata.name}" has been {done}')
+            event = audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED
+            events.append((event, {"kind": kind.name, "name": res.metadata.name}))
+        await ctx.backend.apply(ops)
+        for event, fields in events:
+            await ctx.audit_event(event, identity.username, fields)
+        return messages
+
+    async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
+        ctx = self._ctx
+        kind = ctx.registry.get(kind_name)
+        await ctx.authorize(identity, kind.name, "delete")
+        if not await ctx.backend.delete(kind.key(name)):
+            raise NotFound(f"{kind.name} {name!r} not found")
+        if kind.name in ("trusted_cluster", "remote_cluster"):
+            await self._forget_cluster(name)
+            await ctx.audit_event(
+                "trust.removed", identity.username, {"kind": kind.name, "name": name}
+            )
+        if kind.name == "user":
+            await ctx.backend.delete(PASSWORD_PREFIX + name)
+            await ctx.backend.delete(ATTEMPTS_PREFIX + name)
+        await ctx.audit_event(
+            audit.RESOURCE_DELETED, identity.username, {"kind": kind.name, "name": name}
+        )
+        return f'{kind.name} "{name}" has been deleted'
