@@ -43,8 +43,10 @@ from tether.node.join import (
 )
 from tether.plugins import TetherPluginManager
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
+from tether.proxy.front_door import serve_front_door
 from tether.proxy.peers import ProxyPeers
 from tether.proxy.root_tunnels import RootTunnels
+from tether.proxy.routing import Router
 from tether.proxy.trust_cache import ProxyTrust
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
@@ -364,20 +366,17 @@ async def _start_proxy(
         verify_client=trust.verify_client,
     )
     ctx.extras["proxy"] = proxy_ctx
-    root_tunnels = RootTunnels(
-        trust=trust,
-        cert=me.cert,
-        key=me.key,
-        proxy=proxy_ctx,
-        protocols={handler.name: handler for handler in protocols.values()},
-    )
+    router = Router(proxy_ctx, {handler.name: handler for handler in protocols.values()})
+    root_tunnels = RootTunnels(trust=trust, cert=me.cert, key=me.key, router=router)
     trust.on_change.append(root_tunnels.changed)
     await nursery.start(root_tunnels.run)
     ctx.extras["root_tunnels"] = root_tunnels
     routes: dict[str, TLSHandler] = {
         **dict.fromkeys(HTTP_ALPN, web),
         TUNNEL_ALPN: tunnels.handle,
-        **{alpn: _protocol_route(handler, proxy_ctx) for alpn, handler in protocols.items()},
+        **{
+            alpn: _protocol_route(handler, proxy_ctx, router) for alpn, handler in protocols.items()
+        },
     }
     port = await _listen(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
     if local_auth is not None:  # no host may register the proxy's port as its own
@@ -405,14 +404,18 @@ async def _start_proxy(
     return f"{listen.connect_host}:{port}"
 
 
-def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext) -> TLSHandler:
-    """The ALPN route of a plugin's protocol: a :class:`ProxyConnection` per connection."""
+def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext, router: Router) -> TLSHandler:
+    """The ALPN route of a plugin's protocol: the front door for a protocol that reaches
+    targets, the plugin's own ``serve`` for one served at the proxy."""
 
     async def route(stream: TLSStream) -> None:
         alpn = stream.selected_alpn_protocol() or ""
         conn = ProxyConnection(stream=stream, peer=peer_address(stream), alpn=alpn, proxy=proxy)
         try:
-            await handler.serve(conn)
+            if handler.serve is not None:
+                await handler.serve(conn)
+            else:
+                await serve_front_door(handler, router, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%s connection from %s ended: %s", handler.name, conn.peer, exc)
 

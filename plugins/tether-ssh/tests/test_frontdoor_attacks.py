@@ -196,9 +196,10 @@ def test_user_who_only_sees_a_node_cannot_reach_another_port_with_tether_ssh_p(
     assert "SSH port forwarding (-L), which your roles govern" in err
     assert SECRET.decode().strip() not in out + err
 
-    refused = [e for e in audit(clusters.root, "ssh.front_door.refused") if e["port"] == port]
+    refused = [e for e in audit(clusters.root, "proxy.dial.refused") if e["port"] == port]
     assert refused and refused[0]["user"] == "mallory" and refused[0]["success"] is False
     assert refused[0]["node"] == "root-node" and "not to port" in refused[0]["reason"]
+    assert refused[0]["protocol"] == "ssh"
 
     # through a leaf: the leaf refuses its own node's other ports, and audits it
     leaf_ssh_port = clusters.node_addr(clusters.leaf).rsplit(":", 1)[1]
@@ -248,7 +249,7 @@ async def test_raw_front_door_request_for_another_port_is_refused_at_the_root_an
 ) -> None:
     port = clusters.service.port
     for cluster, node in (("root", "root-node"), ("leaf", "leaf-node")):
-        request = {"type": "dial", "cluster": cluster, "node": node, "port": port}
+        request = {"type": "dial", "cluster": cluster, "target": node, "port": str(port)}
         answer, after = await _front_door(clusters, "mallory", request)
         assert answer is not None and answer["type"] == "error", (answer, after)
         assert f"the front door connects only there, not to port {port}" in str(
@@ -256,7 +257,7 @@ async def test_raw_front_door_request_for_another_port_is_refused_at_the_root_an
         )
         assert after == b""
         # the registered port (0: the node's own) still leads to the node's SSH server
-        answer, after = await _front_door(clusters, "mallory", {**request, "port": 0})
+        answer, after = await _front_door(clusters, "mallory", {**request, "port": "0"})
         assert answer is not None and answer["type"] == "dialed", answer
         assert after.startswith(b"SSH-2.0-"), after
     assert clusters.service.connections == [], "nobody reached the local service"
