@@ -175,7 +175,7 @@ class DialedTarget:
             name=str(texts["name"]),
             addr=str(texts["addr"]),
             use_tunnel=bool(data["use_tunnel"]),
-            host_cas=tuple(parse_host_cas({"type": HOST_CAS, **answer}, default=True)),
+            host_cas=tuple(parse_host_cas({**answer, "type": HOST_CAS}, default=True)),
         )
 
     def answer(self) -> dict[str, Any]:
