@@ -39,7 +39,8 @@ class Target:
     :param addr: ``host:port`` where the proxy dials it; ``""`` when it is reached through
         its tunnel.
     :param labels: every label, which ``env=prod`` style queries select by.
-    :param aliases: other names it answers to (a node's address without its port).
+    :param aliases: other names it answers to, besides its id, its name and the host of its
+        address.
     """
 
     kind: str
@@ -55,7 +56,9 @@ class Target:
         return not self.addr
 
     def answers_to(self, name: str) -> bool:
-        return name in (self.id, self.name, *self.aliases)
+        """``name`` is its id, its name, the host of its address, or one of its aliases."""
+        host = self.addr.rpartition(":")[0].strip("[]")
+        return name in (self.id, self.name, *self.aliases) or (bool(host) and name == host)
 
 
 @attrs.frozen

@@ -100,14 +100,12 @@ def describe_node(node: Resource) -> Target:
     """A node as routing sees it: its host id, host name, labels, and its address (or its
     own tunnel, whose agent is the node's host id)."""
     spec: NodeSpec = node.spec
-    host = spec.addr.rpartition(":")[0].strip("[]") if spec.addr else ""
     return Target(
         kind=NODE.name,
         id=node.metadata.name,
         name=spec.hostname,
         addr="" if spec.use_tunnel else spec.addr,
         labels=dict(node.metadata.labels),
-        aliases=(host,) if host else (),
     )
 
 
