@@ -123,6 +123,13 @@ class Router:
         self._protocols = {
             name: handler for name, handler in protocols.items() if handler.target_kind
         }
+        kinds = [
+            handler.target_kind.resource
+            for handler in self._protocols.values()
+            if handler.target_kind
+        ]
+        #: reads the targets' documents from auth (one kind may serve several protocols)
+        self._kinds = KindRegistry({kind.name: kind for kind in kinds}.values(), plugin="routing")
 
     @property
     def cluster_name(self) -> str:
@@ -138,10 +145,9 @@ class Router:
         )
 
     async def _visible(self, kind: TargetKind, user_cert: str) -> list[Target]:
-        registry = KindRegistry([kind.resource], plugin="routing")
         docs = await self._visible_docs(kind, user_cert)
         source = f"{kind.name} from auth"
-        return [kind.describe(resource_from_dict(doc, registry, source=source)) for doc in docs]
+        return [kind.describe(resource_from_dict(doc, self._kinds, source=source)) for doc in docs]
 
     async def _check_leaf_visible(self, cluster: str, user_cert: str) -> None:
         """A leaf the user may not see (``cluster_labels``) is "not found", as one that does
