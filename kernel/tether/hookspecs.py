@@ -119,8 +119,11 @@ def tether_protocols() -> list[ProtocolHandler]:
 
     Called once by ``tetherd start`` when the proxy starts. Each
     :class:`~tether.protocols.ProtocolHandler` names the ALPN ids that select it; the proxy
-    offers them in its TLS handshake and calls the handler's ``serve`` with a
-    :class:`~tether.protocols.ProxyConnection` for every connection that negotiated one. An
+    offers them in its TLS handshake. For a protocol that declares a ``target_kind``, the
+    kernel answers the dial exchange on them, routes to the target (in this cluster or a
+    leaf) and calls the handler's ``relay`` with a
+    :class:`~tether.protocols.DialedConnection`; for one served at the proxy, it calls
+    ``serve`` with a :class:`~tether.protocols.ProxyConnection` for every connection. An
     ALPN id claimed twice, or one the kernel serves itself (``h2``, ``http/1.1``,
     ``tether-tunnel/1``), stops start-up with an error naming the protocols.
     """

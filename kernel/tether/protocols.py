@@ -1,12 +1,14 @@
 """What a protocol plugin hands the proxy, and what the proxy hands back per connection.
 
 The proxy has one public port and tells protocols apart by ALPN (DESIGN.md, "Processes and
-services"). A plugin's :class:`ProtocolHandler` claims ALPN ids through ``tether_protocols``;
-for each connection that negotiated one of them, the proxy calls ``serve`` with a
+services"). A plugin's :class:`ProtocolHandler` claims ALPN ids through ``tether_protocols``.
+A protocol that reaches targets declares their kind; the kernel then routes each connection
+(:mod:`tether.proxy.routing`) and hands the plugin a :class:`DialedConnection`: the client's
+stream, a connected stream to the target and the verified identity. The plugin never dials,
+routes or checks trust. A protocol served at the proxy itself gets the raw
 :class:`ProxyConnection`: the TLS stream, the caller's identity (verified only when asked, so
 the handler decides how to report a refusal in its own framing) and the proxy's means of
-reaching the cluster (the auth API and the reverse-tunnel server). The kernel knows nothing of
-the protocol beyond that.
+reaching the cluster. The kernel knows nothing of the protocol beyond that.
 """
 
 from __future__ import annotations
@@ -17,24 +19,28 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import attrs
+import trio
 
 from tether import pki
 from tether.auth.http_client import FORWARDED_CERT_HEADER
-from tether.errors import AccessDenied, PluginError, TetherError
+from tether.dial import DialedTarget
+from tether.errors import AccessDenied, PluginError
+from tether.targets import TargetKind
 from tether.tlsserver import peer_certificate_der
+from tether.tunnel.forward import splice
 
 if TYPE_CHECKING:
     from tether.auth.http_client import AuthClient
     from tether.tlsstream import TLSStream
     from tether.tunnel.server import TunnelServer
-    from tether.tunnel.transport import IncomingStream
 
 __all__ = [
+    "DialedConnection",
     "ProtocolHandler",
     "ProxyConnection",
     "ProxyContext",
-    "RemoteRequest",
     "collect_protocols",
+    "relay_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,8 @@ class ProxyContext:
     :param auth: a client of the auth API authenticated as this proxy; add the caller's
         certificate with :meth:`ProxyConnection.forwarded_headers` to act on their behalf.
     :param tunnels: the reverse-tunnel server: ``dial(cluster, target, agent=...)`` reaches a
-        leaf cluster or a node in tunnel mode.
+        leaf cluster or a node in tunnel mode (:mod:`tether.proxy.routing` does it for
+        protocols).
     :param verify_client: verifies a DER client certificate against the cluster's CAs.
     """
 
@@ -97,51 +104,72 @@ class ProxyConnection:
 
 
 @attrs.frozen
-class RemoteRequest:
-    """A stream a root cluster's proxy opened through a leaf's tunnel, at the leaf's proxy.
+class DialedConnection:
+    """A client connection the kernel has routed to its target: what a protocol that reaches
+    targets gets once the dial succeeded. The handler owns both streams.
 
-    :param request: the incoming stream: ``target`` is the protocol's name, ``metadata`` what
-        the root's handler sent; ``accept()`` it, or :meth:`refuse` it (which audits).
-    :param cluster: the root cluster that opened it.
-    :param proxy: this (leaf) proxy.
+    :param client: the client's stream, after the dial exchange (bytes the client sent
+        past its request are delivered first).
+    :param target: the stream to the target (its server, end to end).
+    :param identity: the client's verified identity.
+    :param dialed: which target it is.
+    :param conn: the client connection (its peer address and the proxy).
     """
 
-    request: IncomingStream
-    cluster: str
-    proxy: ProxyContext
-
-    async def refuse(self, reason: str, **fields: str) -> None:
-        """Reject the stream with ``reason`` and audit the refusal here, on the leaf where it
-        happened, as ``trust.stream.refused`` (with the root, the target, the reason and
-        ``fields``). A failure to audit is logged, not raised: the refusal stands either way.
-        """
-        log.info("refused root cluster %s (%s): %s", self.cluster, self.request.target, reason)
-        self.request.reject(reason)
-        event = {"root": self.cluster, "target": self.request.target, "reason": reason, **fields}
-        try:
-            await self.proxy.auth.record_event("trust.stream.refused", "", event, success=False)
-        except (TetherError, OSError) as exc:
-            log.warning("could not audit a refused stream from %s: %s", self.cluster, exc)
+    client: trio.abc.Stream
+    target: trio.abc.Stream
+    identity: pki.Identity
+    dialed: DialedTarget
+    conn: ProxyConnection
 
 
-@attrs.frozen
+async def relay_bytes(dialed: DialedConnection) -> None:
+    """Copy bytes both ways until both sides are done: for protocols whose session runs end
+    to end between the client and the target (SSH), so that the proxy holds no key of it."""
+    await splice(dialed.client, dialed.target)
+
+
+@attrs.frozen(kw_only=True)
 class ProtocolHandler:
     """A protocol served on the proxy's public port, and through leaves' tunnels.
 
-    :param name: shown in logs and errors (``ssh``); also the tunnel target a root's proxy
-        opens at a leaf's proxy for this protocol.
+    A protocol either reaches targets, and then declares ``target_kind``: the kernel answers
+    the front door's dial exchange on its ALPN ids (``docs/tunnel-protocol.md``), finds the
+    target among those the user may see in the cluster asked for (through any tunnel hops),
+    connects to it and calls ``relay``; or it is served at the proxy itself, and then gives
+    ``serve``, which gets the raw connection.
+
+    :param name: shown in logs and errors (``ssh``); also the tunnel target a proxy opens at
+        a leaf's proxy, and at a node in tunnel mode, for this protocol.
     :param alpn: the ALPN ids that select it (``tether-ssh/1``); unique across plugins.
-    :param serve: ``async def serve(conn: ProxyConnection)``, called once per connection after
-        the TLS handshake; returns when the connection is done (the proxy then closes it).
-    :param serve_remote: ``async def serve_remote(req: RemoteRequest)``, called at a leaf's
-        proxy for each stream a root's proxy opens to ``name`` through the leaf's tunnel;
-        None when the protocol does not reach into leaf clusters.
+    :param target_kind: the kind of target it reaches (SSH: ``node``).
+    :param relay: ``async def relay(dialed: DialedConnection)``, called once a dial
+        succeeded; by default, bytes are copied both ways (:func:`relay_bytes`).
+    :param title: the protocol's name in sentences (``SSH``); ``name`` by default.
+    :param port_hint: what to tell a user who asked for another port than the target's own
+        (how this protocol reaches other ports, if it does).
+    :param serve: ``async def serve(conn: ProxyConnection)`` for a protocol served at the
+        proxy, called once per connection after the TLS handshake.
     """
 
     name: str
     alpn: tuple[str, ...]
-    serve: Callable[[ProxyConnection], Awaitable[None]]
-    serve_remote: Callable[[RemoteRequest], Awaitable[None]] | None = None
+    target_kind: TargetKind | None = None
+    relay: Callable[[DialedConnection], Awaitable[None]] = relay_bytes
+    title: str = ""
+    port_hint: str = ""
+    serve: Callable[[ProxyConnection], Awaitable[None]] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.target_kind is None) == (self.serve is None):
+            raise PluginError(
+                f"protocol {self.name!r} must give either a target_kind (the kernel routes to "
+                "its targets) or serve (it is served at the proxy), not both or neither"
+            )
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.name
 
 
 def collect_protocols(results: Iterable[Iterable[object]]) -> dict[str, ProtocolHandler]:

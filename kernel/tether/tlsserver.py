@@ -17,9 +17,21 @@ from functools import partial
 
 import trio
 
+from tether.config import HostPort
+from tether.errors import ConfigError
 from tether.tlsstream import TLSStream, detach_socket
 
-__all__ = ["TLSHandler", "peer_address", "peer_certificate_der", "serve_tls"]
+__all__ = [
+    "HTTP_ALPN",
+    "TLSHandler",
+    "listen_tls",
+    "peer_address",
+    "peer_certificate_der",
+    "serve_tls",
+]
+
+#: The ALPN ids of the HTTP APIs (auth's, the proxy's web API).
+HTTP_ALPN = ("h2", "http/1.1")
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +142,27 @@ async def serve_tls(
         listeners,
         task_status=task_status,
     )
+
+
+async def listen_tls(
+    nursery: trio.Nursery,
+    field: str,
+    listen: HostPort,
+    ssl_context: ssl.SSLContext,
+    routes: Mapping[str, TLSHandler],
+) -> int:
+    """Serve ``routes`` (ALPN id -> handler) on ``listen`` in ``nursery``; returns the bound
+    port.
+
+    :param field: the configuration field ``listen`` comes from, for the error.
+    :raises ConfigError: the address cannot be listened on, said with what to do.
+    """
+    try:
+        listeners = await nursery.start(serve_tls, listen.host, listen.port, ssl_context, routes)
+    except OSError as exc:
+        raise ConfigError(
+            f"{field}: cannot listen on {listen}: {exc.strerror or exc}",
+            hint="choose a free port or a local address",
+        ) from None
+    port: int = listeners[0].socket.getsockname()[1]
+    return port

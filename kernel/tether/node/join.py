@@ -41,6 +41,7 @@ __all__ = [
     "load_or_join_current",
     "renew_and_save",
     "renew_identity",
+    "renew_saved_identity",
     "renewal_due",
     "save_identity",
 ]
@@ -328,6 +329,36 @@ async def renew_and_save(
     renewed = await renew_identity(api, hostname=hostname, addresses=addresses, role=role)
     if directory is not None:
         await trio.to_thread.run_sync(save_identity, directory, renewed)
+    return renewed
+
+
+async def renew_saved_identity(
+    joined: JoinedIdentity, auth_url: str, *, role: str, addresses: Sequence[str] = ()
+) -> JoinedIdentity:
+    """Renew ``joined`` at the auth service at ``auth_url``, proving it with its own
+    certificates (a host whose renewal fell due while it was stopped). The caller saves and
+    applies the result.
+
+    :raises TetherError: as :func:`renew_identity`.
+    """
+    from tether.auth.http_client import AuthClient  # at run time only, as at the top
+
+    context = pki.client_ssl_context(
+        trusted_cas=list(joined.tls_cas),
+        cert=joined.tls_cert,
+        key=joined.private_key,
+        peer_kinds=("auth",),
+    )
+    async with AuthClient(auth_url, context) as api:
+        renewed = await renew_identity(
+            api, hostname=joined.identity.username, addresses=addresses, role=role
+        )
+    log.info(
+        "%s %s renewed its certificates; they expire at %s",
+        role,
+        joined.identity.username,
+        renewed.tls_cert.not_valid_after_utc.isoformat(),
+    )
     return renewed
 
 

@@ -8,15 +8,15 @@ leaf presents its proxy certificate, the root's certificate is checked against t
 from the handshake). Disabling or removing the trusted_cluster closes them.
 
 The root opens streams through these tunnels to reach the leaf's resources; each names a
-protocol (``ssh``), whose plugin's ``serve_remote`` handles it here. The leaf serves only what
-its protocol plugins serve: a stream to anything else is refused, never dialled.
+protocol (``ssh``) and carries a dial request, which the leaf routes within its own inventory
+(:meth:`tether.proxy.routing.Router.serve_remote`). The leaf serves only what its protocol
+plugins serve: a stream to anything else is refused, never dialled.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
 
 import attrs
 import trio
@@ -24,7 +24,7 @@ from cryptography import x509
 
 from tether import pki
 from tether.config import HostPort
-from tether.protocols import ProtocolHandler, ProxyContext, RemoteRequest
+from tether.proxy.routing import Router
 from tether.tlsstream import TLSStream
 from tether.trust.cache import TrustCache
 from tether.tunnel.agent import AgentPool
@@ -51,8 +51,7 @@ class RootTunnels:
         roots' CAs).
     :param cert: this proxy's certificate, which roots verify with this leaf's CA.
     :param key: its private key.
-    :param proxy: this proxy as protocol handlers see it (and its client of the auth API).
-    :param protocols: the protocol plugins, by name, that serve streams from roots.
+    :param router: routes the streams roots open here to this cluster's targets.
     """
 
     def __init__(
@@ -61,14 +60,12 @@ class RootTunnels:
         trust: TrustCache,
         cert: x509.Certificate,
         key: pki.PrivateKey,
-        proxy: ProxyContext,
-        protocols: Mapping[str, ProtocolHandler],
+        router: Router,
     ) -> None:
         self.trust = trust
         self._cert = cert
         self._key = key
-        self._proxy = proxy
-        self._protocols = dict(protocols)
+        self._router = router
         self._running: dict[str, _Running] = {}
         self._wake = trio.Event()
 
@@ -146,7 +143,7 @@ class RootTunnels:
             )
 
         async def handle_stream(request: IncomingStream) -> None:
-            await self._serve(root, request)
+            await self._router.serve_remote(root, request)
 
         running.pool = AgentPool(
             cluster=self.trust.cluster_name,
@@ -158,11 +155,3 @@ class RootTunnels:
         with running.scope:
             await running.pool.run()
             await trio.sleep_forever()
-
-    async def _serve(self, root: str, request: IncomingStream) -> None:
-        remote = RemoteRequest(request=request, cluster=root, proxy=self._proxy)
-        handler = self._protocols.get(request.target)
-        if handler is None or handler.serve_remote is None:
-            await remote.refuse(f"cluster {self.trust.cluster_name!r} serves no {request.target!r}")
-            return
-        await handler.serve_remote(remote)

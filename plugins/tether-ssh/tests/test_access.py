@@ -460,9 +460,10 @@ def _front_door(site: Site, user: str, payload: bytes, *, client_cert: bool = Tr
     [
         (b"SSH-2.0-OpenSSH_9.2\r\n", "control message is not JSON"),
         (b'{"type": "dial"}\n', "the dial request needs a non-empty string 'cluster'"),
-        (b'{"type": "dial", "cluster": "main", "node": "x", "port": -1}\n', "port must be"),
+        (b'{"type": "dial", "cluster": "main", "target": "x", "port": "-1"}\n', "port must be"),
+        (b'{"type": "dial", "cluster": "main", "target": "x", "port": 22}\n', "must be a string"),
         (b'{"type": "hello"}\n', "expected a dial, list or host_cas request, got 'hello'"),
-        (b'{"type": "dial", "cluster": "elsewhere", "node": "x"}\n', "cluster 'elsewhere'"),
+        (b'{"type": "dial", "cluster": "elsewhere", "target": "x"}\n', "cluster 'elsewhere'"),
     ],
 )
 def test_front_door_answers_malformed_requests_with_an_error(
@@ -475,7 +476,7 @@ def test_front_door_answers_malformed_requests_with_an_error(
 
 
 def test_front_door_requires_a_client_certificate(site: Site) -> None:
-    request = b'{"type": "dial", "cluster": "main", "node": "auth-node"}\n'
+    request = b'{"type": "dial", "cluster": "main", "target": "auth-node"}\n'
     answer = json.loads(_front_door(site, "alice", request, client_cert=False))
     assert answer["error"]["message"] == "a client certificate is required"
 

@@ -5,13 +5,15 @@ The front door connects only to a node's registered SSH address; anything else g
 SSH port forwarding, which the roles govern. Here a user who can merely see a node (no
 logins) asks for another port of its host, where a service this test runs listens on
 127.0.0.1: with ``tether ssh -p`` and with a raw front-door request, at the root and through
-a leaf. And a node registers the proxy's, auth's or a foreign address. Real processes: a root
+a leaf. A client writes another user's certificate and address into its dial request. And a
+node registers the proxy's, auth's or a foreign address. Real processes: a root
 and a leaf cluster, each with a node in direct mode (the proxy dials it); sessions run as the
 OS account ``visitor`` (needs root).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import json
@@ -26,6 +28,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN
 from tether_ssh.inventory import NODE, NodeSpec
 
@@ -196,9 +199,10 @@ def test_user_who_only_sees_a_node_cannot_reach_another_port_with_tether_ssh_p(
     assert "SSH port forwarding (-L), which your roles govern" in err
     assert SECRET.decode().strip() not in out + err
 
-    refused = [e for e in audit(clusters.root, "ssh.front_door.refused") if e["port"] == port]
+    refused = [e for e in audit(clusters.root, "proxy.dial.refused") if e["port"] == port]
     assert refused and refused[0]["user"] == "mallory" and refused[0]["success"] is False
     assert refused[0]["node"] == "root-node" and "not to port" in refused[0]["reason"]
+    assert refused[0]["protocol"] == "ssh"
 
     # through a leaf: the leaf refuses its own node's other ports, and audits it
     leaf_ssh_port = clusters.node_addr(clusters.leaf).rsplit(":", 1)[1]
@@ -248,7 +252,7 @@ async def test_raw_front_door_request_for_another_port_is_refused_at_the_root_an
 ) -> None:
     port = clusters.service.port
     for cluster, node in (("root", "root-node"), ("leaf", "leaf-node")):
-        request = {"type": "dial", "cluster": cluster, "node": node, "port": port}
+        request = {"type": "dial", "cluster": cluster, "target": node, "port": str(port)}
         answer, after = await _front_door(clusters, "mallory", request)
         assert answer is not None and answer["type"] == "error", (answer, after)
         assert f"the front door connects only there, not to port {port}" in str(
@@ -256,7 +260,7 @@ async def test_raw_front_door_request_for_another_port_is_refused_at_the_root_an
         )
         assert after == b""
         # the registered port (0: the node's own) still leads to the node's SSH server
-        answer, after = await _front_door(clusters, "mallory", {**request, "port": 0})
+        answer, after = await _front_door(clusters, "mallory", {**request, "port": "0"})
         assert answer is not None and answer["type"] == "dialed", answer
         assert after.startswith(b"SSH-2.0-"), after
     assert clusters.service.connections == [], "nobody reached the local service"
@@ -321,3 +325,27 @@ def test_node_configured_with_the_proxy_address_is_refused_at_start(clusters: Cl
         failed.value
     )
     assert "sneaky-node" not in root.tether("alice", "ls").stdout
+
+
+async def test_a_client_cannot_speak_for_another_user_through_the_dial_request(
+    clusters: Clusters,
+) -> None:
+    # eve sees no node; she writes mallory's certificate (who sees them all) and another
+    # address into her request: the proxy takes both from the TLS connection instead
+    blind = clusters.directory / "blind.yaml"
+    blind.write_text("kind: role\nversion: v7\nmetadata:\n  name: blind\nspec:\n  allow: {}\n")
+    clusters.root.tetherctl("create", str(blind))
+    clusters.root.add_user("eve", PASSWORD, roles=["blind"])
+    clusters.root.login("eve", PASSWORD)
+    mallory = current_profile(clusters.root.user_home("mallory"))
+    assert mallory is not None
+    der = pki.load_cert(mallory.tls_cert_file.read_bytes()).public_bytes(Encoding.DER)
+    spoofed = {"user_cert": base64.b64encode(der).decode(), "client": "192.0.2.1:1"}
+
+    answer, _ = await _front_door(clusters, "eve", {"type": "list", "cluster": "root", **spoofed})
+    assert answer == {"type": "targets", "targets": []}
+    request = {"type": "dial", "cluster": "root", "target": "root-node", **spoofed}
+    answer, after = await _front_door(clusters, "eve", request)
+    assert answer is not None and answer["type"] == "error", answer
+    assert "node 'root-node' not found in cluster 'root'" in answer["error"]["message"]
+    assert after == b""

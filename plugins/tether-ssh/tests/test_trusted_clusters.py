@@ -21,9 +21,10 @@ from functools import partial
 import attrs
 import pytest
 import trio
-from tether_ssh.frontdoor import FRONT_DOOR_ALPN, list_nodes
+from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
 
 from tether import pki
+from tether.client.dial import list_targets
 from tether.client.profile import current_profile
 from tether.datadir import admin_identity_paths
 from tether.testing.accounts import can_create_accounts, os_account
@@ -271,7 +272,15 @@ def test_root_certificate_used_directly_at_the_leaf_is_role_mapped(trust: Trust)
         key=pki.load_private_key(profile.tls_key_file.read_bytes()),
         alpn=[FRONT_DOOR_ALPN],
     )
-    nodes = trio.run(partial(list_nodes, trust.leaf.proxy_addr, context, cluster="leaf"))
+    listing = partial(
+        list_targets,
+        trust.leaf.proxy_addr,
+        context,
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
+        cluster="leaf",
+    )
+    nodes = trio.run(listing)
     assert [n["spec"]["hostname"] for n in nodes] == ["leaf-node"]
 
 

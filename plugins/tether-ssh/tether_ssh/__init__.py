@@ -1,13 +1,12 @@
-"""SSH access for Tether: the node's SSH server, the proxy's front door and the client.
+"""SSH access for Tether: the node's SSH server, the protocol the proxy routes, and the client.
 
 The SSH protocol comes from asyncssh, an asyncio library; it runs inside ``trio_asyncio`` at
 this plugin's boundary (:mod:`tether_ssh.server`, :mod:`tether_ssh.client`) and nothing else
 sees asyncio. The kernel decides who may log in (:func:`tether.pki.verify_ssh_user_cert`, then
 RBAC through an :class:`Authorizer`); this plugin only asks. Modules: ``server`` (the node's
-SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (ALPN
-``tether-ssh/1`` on the proxy),
-``inventory`` (the ``node`` kind), ``client`` and ``cli`` (``tether ssh``, ``ls``, ``scp``,
-``config``, ``proxy ssh``).
+SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (the protocol: ALPN
+``tether-ssh/1``, whose connections the kernel routes), ``inventory`` (the ``node`` kind, SSH's
+target kind), ``client`` and ``cli`` (``tether ssh``, ``ls``, ``scp``, ``config``, ``proxy ssh``).
 """
 
 from __future__ import annotations

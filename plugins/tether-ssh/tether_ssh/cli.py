@@ -25,16 +25,12 @@ import trio
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.cli._common import emit_table, output, run_async, run_trio
+from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
 from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
 from tether.errors import AccessDenied, TetherError
 from tether.resources import KindRegistry, resource_from_dict
 from tether.tunnel.forward import splice
-from tether_ssh.frontdoor import (
-    FRONT_DOOR_ALPN,
-    cluster_host_cas,
-    list_nodes,
-    open_node_stream,
-)
+from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
 from tether_ssh.inventory import NODE, describe_addr
 
 if TYPE_CHECKING:
@@ -117,7 +113,9 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
             raise click.BadParameter(f"{selector!r} is not label=value", param_hint="selectors")
         wanted[key] = value
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
-    docs = await list_nodes(profile.proxy, context, cluster=name)
+    docs = await list_targets(
+        profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name
+    )
     nodes = [resource_from_dict(doc, _NODES, source="node") for doc in docs]
     nodes = [n for n in nodes if all(n.metadata.labels.get(k) == v for k, v in wanted.items())]
     nodes.sort(key=lambda n: (n.spec.hostname, n.metadata.name))
@@ -171,11 +169,13 @@ async def proxy_ssh(cluster: str | None, target: str) -> None:
     if sep and port_text.isdigit() and host:
         node = host
     node = node.removesuffix(f".{name}")
-    stream, _ = await open_node_stream(
+    stream, _ = await open_target_stream(
         profile.proxy,
         profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
         cluster=name,
-        node=node,
+        target=node,
         port=port,
     )
     stdio = _StdioStream()
@@ -279,7 +279,9 @@ async def config_command() -> None:
     async with AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)) as auth:
         leaves = [doc["metadata"]["name"] for doc in await auth.get_resources("remote_cluster")]
     for leaf in sorted(leaves):
-        host_cas[leaf] = await cluster_host_cas(profile.proxy, context, cluster=leaf)
+        host_cas[leaf] = await cluster_host_cas(
+            profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=leaf
+        )
     click.echo(openssh_config(profile, host_cas), nl=False)
 
 
@@ -352,11 +354,13 @@ def ssh(
     async def run() -> int:
         profile = _profile()
         name = _cluster(profile, cluster)
-        stream, dialed = await open_node_stream(
+        stream, dialed = await open_target_stream(
             profile.proxy,
             profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+            alpn=FRONT_DOOR_ALPN,
+            protocol=TITLE,
             cluster=name,
-            node=node,
+            target=node,
             port=port or 0,
         )
 
@@ -405,7 +409,9 @@ async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Seque
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
 
     async def open_stream_for(host: str) -> trio.abc.Stream:
-        stream, _ = await open_node_stream(profile.proxy, context, cluster=name, node=host)
+        stream, _ = await open_target_stream(
+            profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name, target=host
+        )
         return stream
 
     await copy_files(

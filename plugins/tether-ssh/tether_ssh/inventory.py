@@ -1,4 +1,4 @@
-"""The ``node`` resource kind, and finding a node in the inventory by what a user typed.
+"""The ``node`` resource kind, and how routing sees a node (the SSH protocol's target kind).
 
 A node publishes its own entry (``tether.resources.ResourceKind.published_by``) on every
 heartbeat, with an expiry: an entry that is not renewed disappears, so the inventory lists the
@@ -11,24 +11,21 @@ from commands, as Teleport's node does.
 from __future__ import annotations
 
 import datetime
-import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import attrs
 
-from tether.errors import NotFound, TetherError
-from tether.rbac import match_labels
 from tether.resources import InvalidField, Resource, ResourceKind
+from tether.targets import Target, TargetKind
 
 __all__ = [
     "NODE",
+    "NODE_TARGET",
     "TUNNEL_ADDR",
-    "AmbiguousNode",
     "CommandLabelSpec",
-    "NodeQuery",
     "NodeSpec",
     "describe_addr",
-    "resolve_node",
+    "describe_node",
 ]
 
 #: What ``tether ls`` shows as the address of a node in tunnel mode (as Teleport does).
@@ -99,63 +96,18 @@ def describe_addr(node: Resource) -> str:
     return TUNNEL_ADDR if spec.use_tunnel else spec.addr
 
 
-class AmbiguousNode(TetherError):
-    """More than one node answers to what the user typed."""
-
-
-@attrs.frozen
-class NodeQuery:
-    """What a user asked for: a host name, host id or address, or labels (``env=prod``)."""
-
-    name: str = ""
-    labels: Mapping[str, str] = attrs.field(factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> NodeQuery:
-        """``web-1``, ``3f2c...`` (host id), ``10.0.0.5``, or ``env=prod,os=linux``."""
-        if "=" in text:
-            labels = {}
-            for pair in text.split(","):
-                key, _, value = pair.partition("=")
-                if not key:
-                    raise TetherError(f"{text!r}: {pair!r} is not label=value")
-                labels[key] = value
-            return cls(labels=labels)
-        return cls(name=text)
-
-    def __str__(self) -> str:
-        return self.name or ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
-
-
-def _answers_to(node: Resource, name: str) -> bool:
+def describe_node(node: Resource) -> Target:
+    """A node as routing sees it: its host id, host name, labels, and its address (or its
+    own tunnel, whose agent is the node's host id)."""
     spec: NodeSpec = node.spec
-    host = spec.addr.rpartition(":")[0].strip("[]") if spec.addr else ""
-    return name in (node.metadata.name, spec.hostname, host)
-
-
-def resolve_node(nodes: Sequence[Resource], query: NodeQuery, *, cluster: str) -> Resource:
-    """The one node ``query`` names among ``nodes`` (the ones the user may see).
-
-    :raises NotFound: none matches; the message suggests the closest host names.
-    :raises AmbiguousNode: several match; the message lists them and says how to pick one.
-    """
-    if query.labels:
-        selector = {k: [v] for k, v in query.labels.items()}
-        found = [n for n in nodes if match_labels(selector, n.metadata.labels)]
-    else:
-        found = [n for n in nodes if _answers_to(n, query.name)]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        listed = ", ".join(f"{n.spec.hostname} (id {n.metadata.name})" for n in found[:5])
-        raise AmbiguousNode(
-            f"{len(found)} nodes in cluster {cluster!r} match {str(query)!r}: {listed}",
-            hint="name one by its id, or narrow the labels",
-        )
-    names = sorted({n.spec.hostname for n in nodes})
-    close = difflib.get_close_matches(query.name, names, n=3, cutoff=0.5) if query.name else []
-    suggestion = f"; did you mean {', '.join(close)}?" if close else ""
-    raise NotFound(
-        f"node {str(query)!r} not found in cluster {cluster!r}{suggestion}",
-        hint="run `tether ls` to see the nodes you can reach",
+    return Target(
+        kind=NODE.name,
+        id=node.metadata.name,
+        name=spec.hostname,
+        addr="" if spec.use_tunnel else spec.addr,
+        labels=dict(node.metadata.labels),
     )
+
+
+#: What ``tether ssh`` reaches: the kernel finds and dials nodes through this.
+NODE_TARGET = TargetKind(NODE, describe_node)

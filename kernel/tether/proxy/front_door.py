@@ -1,0 +1,95 @@
+"""The front door: the client <-> proxy exchange on the ALPN ids of every protocol that
+reaches targets (``tether-ssh/1``, ...).
+
+The client presents its X.509 user certificate in the TLS handshake and sends one JSON line
+(:class:`tether.dial.DialRequest`): ``dial``, ``list`` or ``host_cas``. The proxy answers with
+one line; after a ``dialed`` answer the connection belongs to the protocol's ``relay`` (for
+SSH, bytes copied both ways: the session runs end to end between the client and the target,
+which authenticates the user itself, so the proxy never holds a key that could open one).
+Every refusal is a one-line ``error`` answer (what is wrong and what to do), never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from typing import Any
+
+import trio
+
+from tether.dial import DIAL, HOST_CAS, LIST, DialRequest, host_cas_answer, targets_answer
+from tether.errors import TetherError
+from tether.protocols import DialedConnection, ProtocolHandler, ProxyConnection
+from tether.proxy.routing import Routed, Router
+from tether.tunnel.control import ControlChannel
+from tether.wire import error_to_json
+
+__all__ = ["REQUEST_TIMEOUT", "serve_front_door"]
+
+log = logging.getLogger(__name__)
+
+#: How long a client may take to say what it wants.
+REQUEST_TIMEOUT = 10.0
+
+
+async def serve_front_door(handler: ProtocolHandler, router: Router, conn: ProxyConnection) -> None:
+    """Serve one connection on ``handler``'s ALPN: answer its request, and after a dial hand
+    the connection to the protocol."""
+    channel = ControlChannel(conn.stream)
+    routed: Routed | None = None
+    try:
+        with trio.fail_after(REQUEST_TIMEOUT):
+            message = await channel.receive()
+        if message is None:
+            return
+        request = DialRequest.from_fields(message)
+        identity = conn.identity()
+        # the user's address and certificate as this proxy saw them, never as the client says
+        request = request.from_client(conn.peer, base64.b64encode(conn.certificate_der()).decode())
+        if request.op == LIST:
+            await _answer(channel, targets_answer(await router.list_targets(handler, request)))
+            return
+        if request.op == HOST_CAS:
+            await _answer(channel, host_cas_answer(await router.host_cas(request)))
+            return
+        assert request.op == DIAL
+        routed = await router.open(handler, request, user=identity.username)
+    except trio.TooSlowError:
+        log.info("%s front door: %s sent no request in time", handler.name, conn.peer)
+        return
+    except TetherError as exc:
+        log.info("%s front door: refused %s: %s", handler.name, conn.peer, exc.message)
+        await _answer(channel, {"type": "error", **error_to_json(exc)})
+        return
+    dialed = routed.dialed
+    log.info(
+        "%s front door: %s (%s) -> %s %s of %s (%s)",
+        handler.name,
+        identity.label,
+        conn.peer,
+        dialed.kind,
+        dialed.name,
+        request.cluster,
+        "tunnel" if dialed.use_tunnel else dialed.addr,
+    )
+    try:
+        await channel.send(dialed.answer())
+        if routed.early:
+            await conn.stream.send_all(routed.early)
+        leftover = channel.take_buffered()
+        if leftover:
+            await routed.stream.send_all(leftover)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await trio.aclose_forcefully(routed.stream)
+        return
+    await handler.relay(
+        DialedConnection(
+            client=conn.stream, target=routed.stream, identity=identity, dialed=dialed, conn=conn
+        )
+    )
+
+
+async def _answer(channel: ControlChannel, message: dict[str, Any]) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await channel.send(message)

@@ -1,0 +1,234 @@
+"""The proxy service: the one public port, assembled.
+
+It serves, by ALPN (DESIGN.md, "Processes and services"): the web API (``h2``,
+``http/1.1``), reverse tunnels from leaves and nodes (``tether-tunnel/1``), and each protocol
+plugin's ids, through the front door and the router (:mod:`tether.proxy.front_door`,
+:mod:`tether.proxy.routing`) for protocols that reach targets. It keeps the cluster's trust
+(the CAs tunnels and users are verified against), its tunnels to the roots this cluster
+trusts, the list of its peer proxies, and its certificate renewed. Everything it knows of the
+cluster it asks auth, in this process or elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+from typing import Any
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from tether import pki
+from tether.asgi import ASGIHandler
+from tether.auth.http_client import AuthClient
+from tether.auth.service import AuthService
+from tether.config import Config, HostPort
+from tether.errors import ConfigError
+from tether.node.join import keep_renewed
+from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
+from tether.proxy.front_door import serve_front_door
+from tether.proxy.identity import ProxyIdentity
+from tether.proxy.peers import ProxyPeers
+from tether.proxy.root_tunnels import RootTunnels
+from tether.proxy.routing import Router
+from tether.proxy.tunnels import build_tunnel_server
+from tether.proxy.web import ProxyWebInfo, build_web_app
+from tether.ratelimit import RateLimiter
+from tether.services import ServiceContext
+from tether.tlsserver import HTTP_ALPN, TLSHandler, listen_tls, peer_address
+from tether.tlsstream import TLSStream
+from tether.trust import ClusterTrust
+from tether.trust.cache import TrustCache
+from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
+
+__all__ = ["start_proxy"]
+
+log = logging.getLogger(__name__)
+
+
+async def start_proxy(
+    config: Config,
+    me: ProxyIdentity,
+    auth_url: str,
+    stack: contextlib.AsyncExitStack,
+    nursery: trio.Nursery,
+    ctx: ServiceContext,
+) -> str:
+    """Serve the proxy's one public port. Everything it knows of the cluster it asks auth,
+    at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
+    several proxies, one auth)."""
+    listen = config.proxy_service.listen_addr
+    # only auth answers there: a node's certificate, from the same CA, could feed the proxy
+    # another trust
+    client_ctx = pki.client_ssl_context(
+        trusted_cas=list(me.cas), cert=me.cert, key=me.key, peer_kinds=("auth",)
+    )
+    auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
+    operator_web = _operator_web_identity(config)
+    web_cert, web_key = operator_web or (me.cert, me.key)
+    if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
+        log.warning(
+            "the proxy's web certificate is signed with Ed25519 (this cluster's X.509 CA predates "
+            "ECDSA P-256 ones), which browsers refuse; set proxy_service.https_cert_file"
+        )
+    protocols = collect_protocols(ctx.pm.hook.tether_protocols())
+    server_ctx = pki.server_ssl_context(
+        web_cert,
+        web_key,
+        client_cas=list(me.cas),
+        client_auth="optional",
+        alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
+    )
+    trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
+    local_auth: AuthService | None = ctx.extras.get("auth")
+    # The real port is known only after binding; the app reads it through this holder.
+    holder: dict[str, ProxyWebInfo] = {}
+    peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)
+    tunnels, recorder = build_tunnel_server(
+        proxy_id=me.host_id,
+        cluster=me.cluster_name,
+        trusted_cas=lambda: trust.current.tunnel_cas(),
+        proxies=peers.proxies,
+        write_heartbeats=auth_client.record_tunnel_heartbeats,
+        record_event=auth_client.record_event,
+    )
+
+    # Leaves' proxies present certificates of their own CAs: trusted for tunnels (not for the
+    # auth API), added to the TLS context as leaves join. OpenSSL cannot forget a CA, so a
+    # removed leaf is refused by the tunnel server's own check, which reads the current list.
+    loaded: set[bytes] = set()  # what the TLS context holds already (it only ever grows)
+
+    async def reload_trust() -> None:
+        others = trust.current.others
+        for cert in (c for cas in others.values() for c in cas):
+            fingerprint = cert.fingerprint(hashes.SHA256())
+            if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
+                server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
+                loaded.add(fingerprint)
+        for cluster in tunnels.clusters():  # a leaf whose trust was removed loses its tunnels
+            if cluster != me.cluster_name and cluster not in others:
+                await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
+
+    trust.on_change.append(reload_trust)
+    await nursery.start(trust.run)  # its first read calls reload_trust if others are trusted
+    await nursery.start(recorder.run)
+    ctx.extras["tunnel_server"] = tunnels
+    ctx.on_stop.append(tunnels.goaway_all)
+    rate = config.proxy_service.rate_limit
+    limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
+    web = _LazyHandler(holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body)
+    proxy_ctx = ProxyContext(
+        cluster_name=me.cluster_name,
+        public_addr=lambda: holder["info"].public_addr,
+        auth=auth_client,
+        tunnels=tunnels,
+        verify_client=trust.verify_client,
+    )
+    ctx.extras["proxy"] = proxy_ctx
+    router = Router(proxy_ctx, {handler.name: handler for handler in protocols.values()})
+    root_tunnels = RootTunnels(trust=trust, cert=me.cert, key=me.key, router=router)
+    trust.on_change.append(root_tunnels.changed)
+    await nursery.start(root_tunnels.run)
+    ctx.extras["root_tunnels"] = root_tunnels
+    routes: dict[str, TLSHandler] = {
+        **dict.fromkeys(HTTP_ALPN, web),
+        TUNNEL_ALPN: tunnels.handle,
+        **{
+            alpn: _protocol_route(handler, proxy_ctx, router) for alpn, handler in protocols.items()
+        },
+    }
+    port = await listen_tls(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
+    if local_auth is not None:  # no host may register the proxy's port as its own
+        local_auth.service_addrs["proxy"] = HostPort(listen.host, port)
+    public = config.proxy_service.public_addr
+    public_addr = str(public) if public else f"{_public_host(listen.host)}:{port}"
+    holder["info"] = ProxyWebInfo(
+        cluster_name=me.cluster_name,
+        public_addr=public_addr,
+        listen_addr=f"{listen.host}:{port}",
+        ca_pems=tuple(pki.cert_to_pem(c).decode() for c in me.cas),
+    )
+    await nursery.start(peers.run)
+
+    async def renew() -> x509.Certificate:
+        cert, key = await me.renew(auth_client)
+        await auth_client.present_certificate(cert, key)
+        if operator_web is None:
+            pki.present_certificate(server_ctx, cert, key)
+        root_tunnels.present_certificate(cert, key)  # roots close tunnels whose certificate expired
+        return cert
+
+    nursery.start_soon(keep_renewed, f"proxy {me.host_id}", me.cert, renew)
+    log.info("proxy service listening on %s:%d (public address %s)", listen.host, port, public_addr)
+    return f"{listen.connect_host}:{port}"
+
+
+def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext, router: Router) -> TLSHandler:
+    """The ALPN route of a plugin's protocol: the front door for a protocol that reaches
+    targets, the plugin's own ``serve`` for one served at the proxy."""
+
+    async def route(stream: TLSStream) -> None:
+        alpn = stream.selected_alpn_protocol() or ""
+        conn = ProxyConnection(stream=stream, peer=peer_address(stream), alpn=alpn, proxy=proxy)
+        try:
+            if handler.serve is not None:
+                await handler.serve(conn)
+            else:
+                await serve_front_door(handler, router, conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("%s connection from %s ended: %s", handler.name, conn.peer, exc)
+
+    return route
+
+
+def _operator_web_identity(config: Config) -> tuple[Any, Any] | None:
+    """The certificate and key the operator configured for the proxy's web port, if any."""
+    cert_file = config.proxy_service.https_cert_file
+    key_file = config.proxy_service.https_key_file
+    if not (cert_file and key_file):
+        return None
+    try:
+        cert = pki.load_cert(pathlib.Path(cert_file).read_bytes())
+        key = pki.load_private_key(pathlib.Path(key_file).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"proxy_service https certificate: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"proxy_service https certificate or key is unusable: {exc}") from None
+    return cert, key
+
+
+def _public_host(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "") else host
+
+
+class _LazyHandler:
+    """Builds the web app on first use, once the proxy knows its own port."""
+
+    def __init__(
+        self,
+        holder: dict[str, ProxyWebInfo],
+        auth: AuthClient,
+        tunnels: TunnelServer,
+        limiter: RateLimiter,
+        max_body: int,
+    ) -> None:
+        self._holder = holder
+        self._auth = auth
+        self._tunnels = tunnels
+        self._limiter = limiter
+        self._max_body = max_body
+        self._handler: ASGIHandler | None = None
+
+    async def __call__(self, stream: TLSStream) -> None:
+        if self._handler is None:
+            app = build_web_app(
+                self._holder["info"],
+                self._auth,
+                limiter=self._limiter,
+                max_body=self._max_body,
+                tunnels=self._tunnels,
+            )
+            self._handler = ASGIHandler(app)
+        await self._handler(stream)

@@ -1,0 +1,136 @@
+"""Target kinds: what a protocol's targets must tell the kernel so that it can route to them.
+
+A protocol plugin serves one kind of target (SSH: ``node``; later ``db``, ``kube_cluster``).
+The kernel finds a target among the resources of that kind the user may see, by what the user
+typed, and reaches it; for that a kind meets a small contract, :class:`TargetKind`: its
+resource kind (which auth already filters by the user's roles) and a function that describes
+one resource as a :class:`Target`: the names it answers to, its labels, and how it is
+reached (through the serving agent's own tunnel, named by its host id, or at an address).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+
+from tether.errors import NotFound, TetherError
+from tether.rbac import match_labels
+from tether.resources import Resource, ResourceKind
+
+__all__ = [
+    "AmbiguousTarget",
+    "Target",
+    "TargetKind",
+    "TargetQuery",
+    "resolve_target",
+]
+
+
+@attrs.frozen(kw_only=True)
+class Target:
+    """One target as routing sees it.
+
+    :param kind: its resource kind (``node``).
+    :param id: its resource name; for a target reached through a tunnel, the host id of the
+        agent serving it (the tunnel's agent).
+    :param name: the name people type and messages show (a node's host name).
+    :param addr: ``host:port`` where the proxy dials it; ``""`` when it is reached through
+        its tunnel.
+    :param labels: every label, which ``env=prod`` style queries select by.
+    :param aliases: other names it answers to, besides its id, its name and the host of its
+        address.
+    """
+
+    kind: str
+    id: str
+    name: str
+    addr: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def use_tunnel(self) -> bool:
+        """Reached through its own tunnel (it dials out and needs no inbound port)."""
+        return not self.addr
+
+    def answers_to(self, name: str) -> bool:
+        """``name`` is its id, its name, the host of its address, or one of its aliases."""
+        host = self.addr.rpartition(":")[0].strip("[]")
+        return name in (self.id, self.name, *self.aliases) or (bool(host) and name == host)
+
+
+@attrs.frozen
+class TargetKind:
+    """The contract a protocol's target kind meets.
+
+    :param resource: the resource kind of its targets; auth shows a user only those its roles
+        reach (``ResourceKind.access_labels``), and that is what routing sees.
+    :param describe: one resource of that kind as a :class:`Target`.
+    """
+
+    resource: ResourceKind
+    describe: Callable[[Resource], Target]
+
+    @property
+    def name(self) -> str:
+        return self.resource.name
+
+
+class AmbiguousTarget(TetherError):
+    """More than one target answers to what the user typed."""
+
+
+@attrs.frozen
+class TargetQuery:
+    """What a user asked for: a name, id or address, or labels (``env=prod``)."""
+
+    name: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> TargetQuery:
+        """``web-1``, ``3f2c...`` (host id), ``10.0.0.5``, or ``env=prod,os=linux``."""
+        if "=" in text:
+            labels = {}
+            for pair in text.split(","):
+                key, _, value = pair.partition("=")
+                if not key:
+                    raise TetherError(f"{text!r}: {pair!r} is not label=value")
+                labels[key] = value
+            return cls(labels=labels)
+        return cls(name=text)
+
+    def __str__(self) -> str:
+        return self.name or ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+
+
+def resolve_target(
+    targets: Sequence[Target], query: TargetQuery, *, kind: str, cluster: str
+) -> Target:
+    """The one target ``query`` names among ``targets`` (the ones the user may see).
+
+    :raises NotFound: none matches; the message suggests the closest names.
+    :raises AmbiguousTarget: several match; the message lists them and says how to pick one.
+    """
+    if query.labels:
+        selector = {k: [v] for k, v in query.labels.items()}
+        found = [t for t in targets if match_labels(selector, t.labels)]
+    else:
+        found = [t for t in targets if t.answers_to(query.name)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        listed = ", ".join(f"{t.name} (id {t.id})" for t in found[:5])
+        raise AmbiguousTarget(
+            f"{len(found)} {kind}s in cluster {cluster!r} match {str(query)!r}: {listed}",
+            hint="name one by its id, or narrow the labels",
+        )
+    names = sorted({t.name for t in targets})
+    close = difflib.get_close_matches(query.name, names, n=3, cutoff=0.5) if query.name else []
+    suggestion = f"; did you mean {', '.join(close)}?" if close else ""
+    raise NotFound(
+        f"{kind} {str(query)!r} not found in cluster {cluster!r}{suggestion}",
+        hint=f"run `tether ls` to see the {kind}s you can reach",
+    )

@@ -1,0 +1,74 @@
+"""Finding a target by what a user typed (tether.targets), and the front door's port rule
+(tether.proxy.routing.check_port), for any target kind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.errors import NotFound, TetherError
+from tether.protocols import ProtocolHandler
+from tether.proxy.routing import PortRefused, check_port
+from tether.resources import ResourceKind
+from tether.targets import AmbiguousTarget, Target, TargetKind, TargetQuery, resolve_target
+
+WEB = Target(kind="db", id="a1", name="web", addr="10.0.0.5:5432", labels={"env": "prod"})
+API = Target(kind="db", id="b2", name="api", labels={"env": "prod", "tier": "back"})
+TARGETS = [WEB, API]
+
+
+def _handler() -> ProtocolHandler:
+    kind = TargetKind(
+        ResourceKind(name="db", versions=("v1",), spec_type=dict, storage_prefix="/db/"),
+        lambda r: WEB,
+    )
+    return ProtocolHandler(name="db", alpn=("db/1",), target_kind=kind, title="Postgres")
+
+
+@pytest.mark.parametrize(
+    ("typed", "found"),
+    [("web", WEB), ("a1", WEB), ("10.0.0.5", WEB), ("api", API), ("tier=back", API)],
+)
+def test_a_target_is_found_by_name_id_address_or_labels(typed: str, found: Target) -> None:
+    assert resolve_target(TARGETS, TargetQuery.parse(typed), kind="db", cluster="main") is found
+
+
+def test_several_matches_are_listed_with_how_to_pick_one() -> None:
+    with pytest.raises(AmbiguousTarget) as refused:
+        resolve_target(TARGETS, TargetQuery.parse("env=prod"), kind="db", cluster="main")
+    assert "2 dbs in cluster 'main' match 'env=prod'" in refused.value.message
+    assert "web (id a1)" in refused.value.message
+
+
+def test_no_match_suggests_the_closest_names() -> None:
+    with pytest.raises(NotFound) as refused:
+        resolve_target(TARGETS, TargetQuery.parse("wbe"), kind="db", cluster="leaf")
+    assert refused.value.message == "db 'wbe' not found in cluster 'leaf'; did you mean web?"
+    assert refused.value.hint == "run `tether ls` to see the dbs you can reach"
+
+
+def test_a_label_query_needs_keys() -> None:
+    with pytest.raises(TetherError, match="is not label=value"):
+        TargetQuery.parse("env=prod,=x")
+
+
+def test_only_the_targets_own_port_may_be_named() -> None:
+    handler = _handler()
+    check_port(handler, WEB, 0)
+    check_port(handler, WEB, 5432)
+    with pytest.raises(PortRefused) as refused:
+        check_port(handler, WEB, 22)
+    assert refused.value.message == (
+        "db 'web' serves Postgres on port 5432; the front door connects only there, not to port 22"
+    )
+    with pytest.raises(PortRefused, match="reached through its tunnel"):
+        check_port(handler, API, 5432)
+
+
+def test_a_protocol_either_reaches_targets_or_is_served_at_the_proxy() -> None:
+    async def serve(conn: object) -> None:
+        return None
+
+    with pytest.raises(TetherError, match="either a target_kind"):
+        ProtocolHandler(name="both", alpn=("x/1",), target_kind=_handler().target_kind, serve=serve)
+    with pytest.raises(TetherError, match="either a target_kind"):
+        ProtocolHandler(name="neither", alpn=("x/1",))
