@@ -16,6 +16,7 @@ import functools
 import itertools
 import json
 import pathlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -122,7 +123,7 @@ async def test_a_waiting_host_is_told_unchanged_after_its_wait(auth: AuthService
 
 
 async def test_a_wait_is_capped(auth: AuthService, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tether.auth.trust_feed.MAX_WAIT", 0.2)
+    monkeypatch.setattr("tether.trust.watches.MAX_WAIT", 0.2)
     with trio.fail_after(2):
         body = json.loads(await auth.trust_feed.answer(host(), auth.trust_feed.revision, 3600))
     assert body["unchanged"] is True
@@ -359,3 +360,36 @@ def test_a_proxy_apart_from_auth_accepts_a_new_leaf_within_a_second(
         assert time.monotonic() - joined < 1
     finally:
         cluster.tetherctl("rm", "rc/quick-leaf", check=False)
+
+
+async def test_a_proxy_answers_its_nodes_watches_without_asking_auth(
+    cluster: RunningCluster, lone_proxy: RunningNode, tmp_path: pathlib.Path
+) -> None:
+    """Nodes in tunnel mode watch the trust at their proxy, which answers from the copy auth
+    pushes to it: the same body under the same revision, and the same hanging GET, while auth
+    is stopped (so the proxy holds no connection to auth per node), and a role stored once
+    auth runs again still reaches the node within a second."""
+    async with node_client(cluster, cluster.auth_addr, "auth") as at_auth:
+        expected = await at_auth.trust()
+    cluster.process.send_signal(signal.SIGSTOP)  # auth (and its own proxy) answer nothing
+    try:
+        async with node_client(cluster, lone_proxy.proxy_addr, "proxy") as api:
+            with trio.fail_after(5):
+                assert await api.trust() == expected
+                asked = time.monotonic()
+                unchanged = await api.trust(known=expected["revision"], wait=1)
+            assert unchanged == {"revision": expected["revision"], "unchanged": True}
+            assert 0.9 < time.monotonic() - asked < 3
+    finally:
+        cluster.process.send_signal(signal.SIGCONT)
+    role = tmp_path / "role.yaml"
+    role.write_text(role_bytes(core_registry(), "pushed-lone").decode())
+    async with node_client(cluster, lone_proxy.proxy_addr, "proxy") as api:
+        first = await api.trust()
+        async with contextlib.aclosing(api.watch_trust(first["revision"], wait=10)) as pushed:
+            await trio.to_thread.run_sync(cluster.tetherctl, "create", str(role))
+            stored = time.monotonic()
+            with trio.fail_after(5):
+                body = await anext(pushed)
+    assert time.monotonic() - stored < 1
+    assert "pushed-lone" in [r["metadata"]["name"] for r in body["roles"]]
