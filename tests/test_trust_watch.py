@@ -4,8 +4,8 @@ The auth service keeps its trust snapshot current from a watch on the store
 (:mod:`tether.auth.trust_feed`), so a write by any auth server of the store counts, and answers
 ``GET /v1/trust?known=REV&wait=SECONDS`` as a watch: at once for an old revision, as soon as
 the trust changes, or after the wait with ``unchanged``. Proxies and nodes hold that request
-open instead of polling. The first tests drive the feed in this process over a real SQLite
-store; the others run real daemons.
+open instead of polling; a proxy answers its nodes' watches from its own copy. The first tests
+drive the feed in this process over a real SQLite store; the others run real daemons.
 """
 
 from __future__ import annotations
@@ -323,7 +323,8 @@ def node_client(cluster: RunningCluster, addr: str, peer_kind: str) -> AuthClien
 async def test_a_node_is_pushed_a_new_role_within_a_second(
     cluster: RunningCluster, tmp_path: pathlib.Path, through: str
 ) -> None:
-    """Nodes in tunnel mode watch through the proxy's ``/v1`` forwarding; others at auth."""
+    """Nodes in tunnel mode watch at their proxy, which answers from its copy; others at
+    auth."""
     addr = cluster.auth_addr if through == "auth" else cluster.proxy_addr
     role = tmp_path / "role.yaml"
     role.write_text(role_bytes(core_registry(), f"pushed-{through}").decode())
