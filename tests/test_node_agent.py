@@ -199,8 +199,33 @@ def test_a_certificate_of_an_untrusted_ca_never_reaches_the_agent(site: Site) ->
     assert not [e for e in served if e.get("user") == "mallory"]
 
 
+def test_the_agent_refuses_and_audits_a_forwarded_certificate_of_no_user(site: Site) -> None:
+    """A host's certificate, of the leaf's own CA, passes the proxy (hosts may list the
+    inventory) and reaches the agent, which serves users only: it refuses the stream, says
+    why through the proxies, and audits the refusal."""
+    cas = pki.ClusterAuthorities.load_or_create(site.leaf.data_dir / "keys", "leaf")
+    cert, key = forge_certificate(cas.tls, "leaf", "rogue-proxy", kind="proxy")
+    context = _context(site.leaf, "lena", tether_hooktest.WHOAMI_ALPN)
+    context.load_cert_chain(*_pem_files(site.leaf.directory, cert, key))
+    with pytest.raises(TetherError) as refused:
+        reach(site.leaf, context)
+    assert "is not a user" in refused.value.message, refused.value.message
+
+    def audited() -> list[str]:
+        found = site.leaf.tetherctl(
+            "audit", "search", "--type=node.stream.denied", "--format=json"
+        ).stdout
+        events = json.loads(found)
+        assert all(e["protocol"] == tether_hooktest.AGENT_PROTOCOL for e in events)
+        return [e["reason"] for e in events if e.get("node") == NODE]
+
+    wait_for(lambda: bool(audited()), "the node's refusal in the audit log")
+    assert any("is not a user" in reason for reason in audited())
+
+
 def _pem_files(directory: pathlib.Path, cert: Any, key: pki.PrivateKey) -> tuple[str, str]:
-    cert_file, key_file = directory / "mallory.crt", directory / "mallory.key"
+    name = cert.subject.rfc4514_string().replace("=", "-").replace(",", "_")
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
     cert_file.write_bytes(pki.cert_to_pem(cert))
     key_file.write_bytes(pki.private_key_to_pem(key))
     return str(cert_file), str(key_file)
