@@ -202,7 +202,6 @@ class TrustFeed(TrustWatches):
         self._revision = ""
         self._items_revision = ""  # of the items last built from
         self._body: bytes | None = None
-        self._changed = trio.Event()
 
     @property
     def cluster_name(self) -> str:
@@ -249,14 +248,7 @@ class TrustFeed(TrustWatches):
         self.current = fresh
         self._revision = revision
         self._body = None
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
-
-    async def wait_changed(self, known: str | None) -> None:
-        """Return once the snapshot's revision is not ``known`` (at once if it is not now);
-        a caller that waits only so long wraps this in ``trio.move_on_after``."""
-        while self.revision == known:
-            await self._changed.wait()
+        self._revision_moved()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch the store and keep the snapshot current until cancelled.

@@ -61,7 +61,6 @@ class TrustCache(TrustWatches):
         self._revision: str | None = None  # of the snapshot held, as auth named it
         self._body: Mapping[str, Any] = {}  # as auth sent it
         self._encoded: bytes | None = None  # the same, as this host sends it on
-        self._changed = trio.Event()
 
     @property
     def cluster_name(self) -> str:
@@ -77,10 +76,6 @@ class TrustCache(TrustWatches):
         if self._encoded is None:
             self._encoded = json.dumps(self._body, separators=(",", ":")).encode()
         return self._encoded
-
-    async def wait_changed(self, known: str | None) -> None:
-        while self.revision == known:
-            await self._changed.wait()
 
     def verify_client(self, cert: bytes | x509.Certificate) -> pki.Identity:
         """Verify a client certificate as the auth service would (see
@@ -115,8 +110,7 @@ class TrustCache(TrustWatches):
             self._body, self._encoded = body, None
             if revision != self._revision:
                 self._revision = revision
-                woken, self._changed = self._changed, trio.Event()
-                woken.set()
+                self._revision_moved()
             # certificates of clusters no longer trusted need not stay parsed
             live = {*fresh.own_cas, *(c for cas in fresh.others.values() for c in cas)}
             self._parsed = {pem: c for pem, c in self._parsed.items() if c in live}

@@ -33,14 +33,15 @@ _PEOPLE = ("user", "admin")
 class TrustWatches(abc.ABC):
     """A source of trust snapshots that answers hosts' watches of it.
 
-    A subclass names its snapshot (:attr:`revision`), serializes it (:meth:`body`) and wakes
-    :meth:`wait_changed` when the revision moves; this class decides who may read and how
-    long a watch waits.
+    A subclass names its snapshot (:attr:`revision`), serializes it (:meth:`body`) and calls
+    :meth:`_revision_moved` when the revision changes; this class decides who may read, how
+    long a watch waits and wakes the waiting ones.
     """
 
     def __init__(self) -> None:
         #: watches under way, by caller
         self._watches: dict[tuple[str, str, str], int] = {}
+        self._changed = trio.Event()
 
     @property
     @abc.abstractmethod
@@ -56,9 +57,16 @@ class TrustWatches(abc.ABC):
     def body(self) -> bytes:
         """The current snapshot as the auth API sends it: its JSON with its ``revision``."""
 
-    @abc.abstractmethod
     async def wait_changed(self, known: str | None) -> None:
-        """Return once :attr:`revision` is not ``known`` (at once if it is not now)."""
+        """Return once :attr:`revision` is not ``known`` (at once if it is not now); a caller
+        that waits only so long wraps this in ``trio.move_on_after``."""
+        while self.revision == known:
+            await self._changed.wait()
+
+    def _revision_moved(self) -> None:
+        """Wake whoever waits for the revision to change: the subclass changed it."""
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
 
     def check_reader(self, identity: pki.Identity) -> None:
         """Refuse who may not read the snapshot: it is for the cluster's own hosts (proxies,
