@@ -1,18 +1,17 @@
 """The node agent serves any protocol plugin: hooktest's ``hooktest-whoami`` on a node in
-tunnel mode, reached through the leaf proxy's hooktest dialer.
+tunnel mode, reached through the kernel's routing like every protocol.
 
 Root cluster ``root``, leaf cluster ``leaf`` trusting it (``access`` -> ``visitor``), and a
 node of the leaf in tunnel mode serving hooktest's node protocol (next to SSH, when that
-plugin is installed). The agent, not the plugin, refuses a protocol the node does not serve,
-verifies the forwarded user certificate with the cluster's trust and hands the plugin the
-role-mapped identity."""
+plugin is installed). Hooktest declares the protocol's ALPN id and target kind; the proxies
+find the node, open the stream through its tunnel and forward the user's certificate. The
+agent, not the plugin, refuses a protocol the node does not serve, verifies the forwarded
+user certificate with the cluster's trust and hands the plugin the role-mapped identity."""
 
 from __future__ import annotations
 
-import base64
 import json
 import pathlib
-import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -21,12 +20,12 @@ import attrs
 import pytest
 import tether_hooktest
 import trio
-from cryptography.hazmat.primitives import serialization
 
 from tether import pki
+from tether.client.dial import open_target_stream
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import Config, default_config
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
 from tether.hookspecs import hookimpl
 from tether.node.agent import agent_services
 from tether.plugins import get_plugin_manager
@@ -42,6 +41,7 @@ from tether.testing.impostor import forge_certificate
 from tether.testing.roles import VISITOR_ROLE
 
 PASSWORD = "correct horse battery staple"
+NODE = "agent-node"
 
 
 @attrs.frozen
@@ -50,29 +50,46 @@ class Site:
     leaf: RunningCluster
     node: RunningNode
     host_id: str
-    context: ssl.SSLContext  # lena of the leaf, offering hooktest's dialer
-
-    def dial(self, protocol: str, **request: Any) -> str:
-        """Ask the leaf proxy for a stream to ``protocol`` on the node; all it answers."""
-        host, port = self.leaf.proxy_addr.rsplit(":", 1)
-        body = {"protocol": protocol, "node": self.host_id, "target": "db-1", **request}
-        with (
-            socket.create_connection((host, int(port)), timeout=20) as raw,
-            self.context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            tls.sendall(json.dumps(body).encode())
-            answer = b""
-            while chunk := tls.recv(4096):
-                answer += chunk
-        return answer.decode()
 
 
-def _user_cert(cluster: RunningCluster, user: str) -> str:
-    """``user``'s X.509 certificate from their login profile, as a proxy forwards it."""
+def _context(cluster: RunningCluster, user: str, alpn: str) -> ssl.SSLContext:
+    """``user``'s login at ``cluster``, offering ``alpn`` to its proxy."""
     profile = current_profile(cluster.user_home(user))
     assert profile is not None
-    der = pki.load_cert(profile.tls_cert_file.read_bytes()).public_bytes(serialization.Encoding.DER)
-    return base64.b64encode(der).decode()
+    return profile_ssl_context(profile, alpn=[alpn])
+
+
+def reach(
+    proxy: RunningCluster,
+    context: ssl.SSLContext,
+    *,
+    cluster: str = "leaf",
+    alpn: str = tether_hooktest.WHOAMI_ALPN,
+    target: str = NODE,
+) -> str:
+    """Reach ``target`` of ``cluster`` through ``proxy``'s front door, as a client of the
+    protocol does; the line the node's protocol answers."""
+
+    async def run() -> str:
+        stream, _ = await open_target_stream(
+            proxy.proxy_addr,
+            context,
+            alpn=alpn,
+            protocol="hooktest",
+            cluster=cluster,
+            target=target,
+        )
+        answer = b""
+        async with stream:
+            with trio.fail_after(20):
+                while not answer.endswith(b"\n"):
+                    chunk = await stream.receive_some()
+                    if not chunk:
+                        break
+                    answer += chunk
+        return answer.decode()
+
+    return trio.run(run)
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +98,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     hooks = {tether_hooktest.LOG_ENV: str(directory / "hooks.jsonl")}
     started: list[RunningCluster | RunningNode] = []
     try:
-        root = start_cluster(directory / "root", "root")
+        root = start_cluster(directory / "root", "root", env=hooks)
         started.append(root)
         leaf = start_cluster(directory / "leaf", "leaf", env=hooks)
         started.append(leaf)
         node = start_node(
             leaf,
             directory / "node",
-            "agent-node",
+            NODE,
             env={**hooks, tether_hooktest.AGENT_ENV: "1"},
         )
         started.append(node)
@@ -111,60 +128,88 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             '  role_map:\n    - remote: "access"\n      local: ["visitor"]\n'
         )
         leaf.tetherctl("create", str(trusted))
-        profile = current_profile(leaf.user_home("lena"))
-        assert profile is not None
-        context = profile_ssl_context(profile, alpn=[tether_hooktest.DIAL_ALPN])
         host_id = (node.directory / "data" / "host_uuid").read_text().strip()
-        yield Site(root, leaf, node, host_id, context)
+        lena = _context(leaf, "lena", tether_hooktest.WHOAMI_ALPN)
+
+        def published() -> bool:
+            try:
+                return reach(leaf, lena).startswith("lena@leaf")
+            except TetherError:  # until the node's entry and tunnel are there
+                return False
+
+        wait_for(published, "the node's hooktest_whoami entry and tunnel")
+        yield Site(root, leaf, node, host_id)
     finally:
         for process in reversed(started):
             process.stop()
 
 
 def test_the_agent_hands_its_protocol_a_stream_with_the_users_identity(site: Site) -> None:
-    answer = site.dial(tether_hooktest.AGENT_PROTOCOL)
-    assert answer.startswith("ok\nlena@leaf as access for db-1 from 127.0.0.1:"), answer
+    lena = _context(site.leaf, "lena", tether_hooktest.WHOAMI_ALPN)
+    answer = reach(site.leaf, lena)
+    assert answer.startswith(f"lena@leaf as access for {NODE} from 127.0.0.1:"), answer
+    assert reach(site.leaf, lena, target=site.host_id).startswith("lena@leaf as access"), answer
 
 
 def test_a_stream_for_a_protocol_the_node_does_not_serve_is_refused(site: Site) -> None:
-    answer = site.dial("telnet")
-    assert answer.startswith("refused: "), answer
-    assert "this node serves no protocol 'telnet'; it serves 'hooktest-whoami'" in answer
+    lena = _context(site.leaf, "lena", tether_hooktest.ABSENT_ALPN)
+    with pytest.raises(TetherError) as refused:
+        reach(site.leaf, lena, alpn=tether_hooktest.ABSENT_ALPN)
+    assert "this node serves no protocol 'hooktest-absent'; it serves 'hooktest-whoami'" in (
+        refused.value.message
+    )
 
 
 def test_a_root_user_reaches_the_leaf_protocol_with_mapped_roles(site: Site) -> None:
-    alice = _user_cert(site.root, "alice")
+    alice = _context(site.root, "alice", tether_hooktest.WHOAMI_ALPN)
 
     def mapped() -> bool:
-        # the node reads the new trust within its refresh period
-        return site.dial(tether_hooktest.AGENT_PROTOCOL, user_cert=alice).startswith("ok\n")
+        # the leaf's proxy and node learn the root's CA by push; the leaf's tunnel to the
+        # root comes up after the handshake
+        try:
+            return reach(site.root, alice).startswith("alice@root")
+        except TetherError:
+            return False
 
-    wait_for(mapped, "the node to trust the root")
-    answer = site.dial(tether_hooktest.AGENT_PROTOCOL, user_cert=alice)
-    assert answer.startswith("ok\nalice@root as visitor for db-1 from "), answer
+    wait_for(mapped, "the root user to reach the leaf's node")
+    answer = reach(site.root, alice)
+    assert answer.startswith(f"alice@root as visitor for {NODE} from "), answer
 
     def audited() -> bool:
         found = site.leaf.tetherctl(
             "audit", "search", "--type=trust.login.mapped", "--format=json"
         ).stdout
-        events = [e for e in json.loads(found) if e.get("node") == "agent-node"]
+        events = [e for e in json.loads(found) if e.get("node") == NODE]
         return bool(events) and events[-1]["local_roles"] == ["visitor"]
 
     wait_for(audited, "the node's trust.login.mapped event")
 
 
-def test_a_forwarded_certificate_of_an_untrusted_ca_is_refused_by_the_agent(
-    site: Site,
-) -> None:
+def test_a_certificate_of_an_untrusted_ca_never_reaches_the_agent(site: Site) -> None:
     impostor = pki.ClusterAuthorities.generate("root")
-    cert, _ = forge_certificate(impostor.tls, "root", "mallory", kind="user")
-    forged = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
-    answer = site.dial(tether_hooktest.AGENT_PROTOCOL, user_cert=forged)
-    assert answer.startswith("refused: "), answer
-    assert "not from this cluster or a cluster it trusts" in answer
-    garbled = site.dial(tether_hooktest.AGENT_PROTOCOL, user_cert="%%%")
-    assert garbled.startswith("refused: "), garbled
-    assert "the forwarded user certificate is not base64" in garbled
+    cert, key = forge_certificate(impostor.tls, "root", "mallory", kind="user")
+    lena = _context(site.leaf, "lena", tether_hooktest.WHOAMI_ALPN)
+    forged = lena  # lena's login trusts the proxy; mallory presents her forged certificate
+    forged.load_cert_chain(*_pem_files(site.root.directory, cert, key))
+    with pytest.raises(TetherError) as refused:
+        reach(site.leaf, forged)
+    assert "unknown ca" in refused.value.message.lower()  # the kernel refused it in TLS
+    log = pathlib.Path(site.node.directory.parent / "hooks.jsonl").read_text()
+    served = [json.loads(line) for line in log.splitlines()]
+    assert not [e for e in served if e.get("user") == "mallory"]
+
+
+def test_the_agent_refuses_and_audits_a_forwarded_certificate_of_no_user(site: Site) -> None:
+    """A host's certificate, of the leaf's own CA, passes the proxy (hosts may list the
+    inventory) and reaches the agent, which serves users only: it refuses the stream, says
+    why through the proxies, and audits the refusal."""
+    cas = pki.ClusterAuthorities.load_or_create(site.leaf.data_dir / "keys", "leaf")
+    cert, key = forge_certificate(cas.tls, "leaf", "rogue-proxy", kind="proxy")
+    context = _context(site.leaf, "lena", tether_hooktest.WHOAMI_ALPN)
+    context.load_cert_chain(*_pem_files(site.leaf.directory, cert, key))
+    with pytest.raises(TetherError) as refused:
+        reach(site.leaf, context)
+    assert "is not a user" in refused.value.message, refused.value.message
 
     def audited() -> list[str]:
         found = site.leaf.tetherctl(
@@ -172,11 +217,18 @@ def test_a_forwarded_certificate_of_an_untrusted_ca_is_refused_by_the_agent(
         ).stdout
         events = json.loads(found)
         assert all(e["protocol"] == tether_hooktest.AGENT_PROTOCOL for e in events)
-        return [e["reason"] for e in events if e.get("node") == "agent-node"]
+        return [e["reason"] for e in events if e.get("node") == NODE]
 
-    wait_for(lambda: len(audited()) >= 2, "the node's refusals in the audit log")
-    assert any("not from this cluster or a cluster it trusts" in r for r in audited())
-    assert "the forwarded user certificate is not base64" in audited()
+    wait_for(lambda: bool(audited()), "the node's refusal in the audit log")
+    assert any("is not a user" in reason for reason in audited())
+
+
+def _pem_files(directory: pathlib.Path, cert: Any, key: pki.PrivateKey) -> tuple[str, str]:
+    name = cert.subject.rfc4514_string().replace("=", "-").replace(",", "_")
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(pki.cert_to_pem(cert))
+    key_file.write_bytes(pki.private_key_to_pem(key))
+    return str(cert_file), str(key_file)
 
 
 def test_the_agent_ran_the_protocol_in_tunnel_mode(site: Site) -> None:

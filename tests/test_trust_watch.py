@@ -4,8 +4,8 @@ The auth service keeps its trust snapshot current from a watch on the store
 (:mod:`tether.auth.trust_feed`), so a write by any auth server of the store counts, and answers
 ``GET /v1/trust?known=REV&wait=SECONDS`` as a watch: at once for an old revision, as soon as
 the trust changes, or after the wait with ``unchanged``. Proxies and nodes hold that request
-open instead of polling. The first tests drive the feed in this process over a real SQLite
-store; the others run real daemons.
+open instead of polling; a proxy answers its nodes' watches from its own copy. The first tests
+drive the feed in this process over a real SQLite store; the others run real daemons.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import functools
 import itertools
 import json
 import pathlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -122,7 +123,7 @@ async def test_a_waiting_host_is_told_unchanged_after_its_wait(auth: AuthService
 
 
 async def test_a_wait_is_capped(auth: AuthService, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tether.auth.trust_feed.MAX_WAIT", 0.2)
+    monkeypatch.setattr("tether.trust.watches.MAX_WAIT", 0.2)
     with trio.fail_after(2):
         body = json.loads(await auth.trust_feed.answer(host(), auth.trust_feed.revision, 3600))
     assert body["unchanged"] is True
@@ -318,15 +319,21 @@ def node_client(cluster: RunningCluster, addr: str, peer_kind: str) -> AuthClien
     return AuthClient(f"https://{addr}", context)
 
 
-@pytest.mark.parametrize("through", ["auth", "proxy"])
+@pytest.mark.parametrize("through", ["auth", "proxy", "lone-proxy"])
 async def test_a_node_is_pushed_a_new_role_within_a_second(
-    cluster: RunningCluster, tmp_path: pathlib.Path, through: str
+    cluster: RunningCluster, tmp_path: pathlib.Path, through: str, request: pytest.FixtureRequest
 ) -> None:
-    """Nodes in tunnel mode watch through the proxy's ``/v1`` forwarding; others at auth."""
-    addr = cluster.auth_addr if through == "auth" else cluster.proxy_addr
+    """Nodes in tunnel mode watch at their proxy (in auth's process or of its own), which
+    answers from its copy; others at auth."""
+    if through == "auth":
+        addr = cluster.auth_addr
+    elif through == "proxy":
+        addr = cluster.proxy_addr
+    else:
+        addr = request.getfixturevalue("lone_proxy").proxy_addr
     role = tmp_path / "role.yaml"
     role.write_text(role_bytes(core_registry(), f"pushed-{through}").decode())
-    async with node_client(cluster, addr, through) as api:
+    async with node_client(cluster, addr, "auth" if through == "auth" else "proxy") as api:
         first = await api.trust()
         async with contextlib.aclosing(api.watch_trust(first["revision"], wait=10)) as pushed:
             await trio.to_thread.run_sync(cluster.tetherctl, "create", str(role))
@@ -359,3 +366,30 @@ def test_a_proxy_apart_from_auth_accepts_a_new_leaf_within_a_second(
         assert time.monotonic() - joined < 1
     finally:
         cluster.tetherctl("rm", "rc/quick-leaf", check=False)
+
+
+async def test_a_proxy_answers_its_nodes_watches_without_asking_auth(
+    cluster: RunningCluster, lone_proxy: RunningNode
+) -> None:
+    """Nodes in tunnel mode watch the trust at their proxy, which answers from the copy auth
+    pushes to it: the same body under the same revision, and the same hanging GET, while auth
+    is stopped (so the proxy holds no connection to auth per node). That a change still
+    reaches them within a second: ``test_a_node_is_pushed_a_new_role_within_a_second``."""
+    async with node_client(cluster, cluster.auth_addr, "auth") as at_auth:
+        expected = await at_auth.trust()
+    async with node_client(cluster, lone_proxy.proxy_addr, "proxy") as api:
+        with trio.fail_after(5):  # a change an earlier test made may still be on its way
+            held = await api.trust()
+            while held["revision"] != expected["revision"]:
+                held = await api.trust(known=held["revision"], wait=5)
+    cluster.process.send_signal(signal.SIGSTOP)  # auth (and its own proxy) answer nothing
+    try:
+        async with node_client(cluster, lone_proxy.proxy_addr, "proxy") as api:
+            with trio.fail_after(5):
+                assert await api.trust() == expected
+                asked = time.monotonic()
+                unchanged = await api.trust(known=expected["revision"], wait=1)
+            assert unchanged == {"revision": expected["revision"], "unchanged": True}
+            assert 0.9 < time.monotonic() - asked < 3
+    finally:
+        cluster.process.send_signal(signal.SIGCONT)

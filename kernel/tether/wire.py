@@ -26,6 +26,7 @@ __all__ = [
     "exception_handlers",
     "number_field",
     "optional_string_field",
+    "query_seconds",
     "read_json_object",
     "string_field",
 ]
@@ -120,6 +121,21 @@ def number_field(data: dict[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise errors.TetherError(f"request field {key!r} must be a finite number")
     return float(value)
+
+
+def query_seconds(value: str | None, name: str) -> float:
+    """A query parameter that counts seconds (absent: 0), else a TetherError."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise errors.TetherError(
+            f"query parameter {name!r} must be a number of seconds, got {value!r}"
+        )
+    return seconds
 
 
 async def _on_tether_error(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import math
 from typing import Any
 
 from starlette.applications import Starlette
@@ -47,7 +46,7 @@ from tether.errors import AccessDenied, TetherError
 from tether.ratelimit import RateLimiter, rate_limited
 from tether.resources import resource_from_dict, resource_to_dict
 from tether.trust.handshake import validate_leaf
-from tether.wire import exception_handlers, read_json_object
+from tether.wire import exception_handlers, query_seconds, read_json_object
 
 __all__ = ["FORWARDED_CERT_HEADER", "build_app", "token_to_json"]
 
@@ -98,19 +97,6 @@ def _peer_identity(request: Request, auth: AuthService) -> pki.Identity:
 def _require_proxy(identity: pki.Identity) -> None:
     if identity.kind != "proxy":
         raise AccessDenied("only the cluster's proxies may call this endpoint")
-
-
-def _query_seconds(value: str | None, name: str) -> float:
-    """A query parameter that counts seconds (absent: 0)."""
-    if value is None:
-        return 0.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        raise TetherError(f"query parameter {name!r} must be a number of seconds, got {value!r}")
-    return seconds
 
 
 def _seconds(value: float | None) -> datetime.timedelta | None:
@@ -290,7 +276,7 @@ def build_app(auth: AuthService) -> BodyLimit:
         # a hanging GET (a watch): see TrustFeed.answer
         identity = _peer_identity(request, auth)
         known = request.query_params.get("known") or None
-        wait = _query_seconds(request.query_params.get("wait"), "wait")
+        wait = query_seconds(request.query_params.get("wait"), "wait")
         body = await auth.trust_feed.answer(identity, known, wait)
         return Response(body, media_type="application/json")
 

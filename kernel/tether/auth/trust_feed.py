@@ -32,10 +32,11 @@ from cryptography import x509
 
 from tether import pki
 from tether.backend import Backend, Event, Item, WatchOverflow
-from tether.errors import AccessDenied, RateLimited, TetherError
+from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry, Resource, resource_from_bytes
 from tether.trust import ClusterTrust
+from tether.trust.watches import MAX_WAIT, WATCHES_PER_CALLER, TrustWatches
 
 __all__ = [
     "COALESCE",
@@ -56,15 +57,6 @@ COALESCE = 0.05
 #: Events a watch may hold before the feed reads them; past that the backend reports an
 #: overflow and the feed reads everything again.
 _EVENT_BUFFER = 1000
-#: The longest a reader's watch waits for a change. Below the 30 s a proxy's client of auth
-#: waits for an answer (:class:`~tether.auth.http_client.AuthClient`'s timeout), since nodes in
-#: tunnel mode watch through the proxy's ``/v1`` forwarding.
-MAX_WAIT = 20.0
-#: Watches one caller (one host) may hold open at once: one is what a host needs; a few more
-#: cover a reconnect racing the old request, and the cap keeps one host from tying up auth.
-WATCHES_PER_CALLER = 4
-#: identity kinds that are people, not hosts: they never read the trust
-_PEOPLE = ("user", "admin")
 #: the resource kinds a snapshot is made of
 _KINDS = ("cert_authority", "trusted_cluster", "role")
 
@@ -186,12 +178,13 @@ class TrustItems:
         )
 
 
-class TrustFeed:
+class TrustFeed(TrustWatches):
     """The current snapshot of one auth service, rebuilt on every stored change.
 
     :meth:`load` reads it once (the service's start); :meth:`run`, owned by the daemon's
     nursery for as long as the service serves, keeps it current and wakes whoever waits in
-    :meth:`wait_changed`. The JSON body is built once per snapshot and shared by every reader.
+    :meth:`wait_changed`. The JSON body is built once per snapshot and shared by every reader;
+    :class:`~tether.trust.watches.TrustWatches` answers the hosts' watches of it.
     """
 
     def __init__(
@@ -202,66 +195,28 @@ class TrustFeed:
         backend: Backend,
         registry: KindRegistry,
     ) -> None:
+        super().__init__()
         self._backend = backend
         self._items = TrustItems(cluster_name, tuple(own_cas), registry)
         self.current = ClusterTrust(cluster_name, self._items.own_cas)
-        self.revision = ""
+        self._revision = ""
         self._items_revision = ""  # of the items last built from
         self._body: bytes | None = None
-        self._changed = trio.Event()
-        #: watches under way, by caller
-        self._watches: dict[tuple[str, str, str], int] = {}
 
     @property
     def cluster_name(self) -> str:
         return self.current.cluster_name
+
+    @property
+    def revision(self) -> str:
+        """The current snapshot's name (see the module's docstring)."""
+        return self._revision
 
     def verify_client(
         self, cert: bytes | x509.Certificate, *, pm: TetherPluginManager, now: datetime.datetime
     ) -> pki.Identity:
         """See :meth:`tether.trust.ClusterTrust.verify_client`."""
         return self.current.verify_client(cert, pm=pm, now=now)
-
-    def check_reader(self, identity: pki.Identity) -> None:
-        """Refuse who may not read the snapshot: it is for the cluster's own hosts (proxies,
-        nodes, and whatever agent kinds plugins add), never for people (users, whose
-        certificates it decides, and admins) nor for another cluster's hosts.
-
-        :raises AccessDenied: a user or admin, or an identity of another cluster.
-        """
-        if identity.kind in _PEOPLE or identity.cluster != self.cluster_name:
-            raise AccessDenied(
-                f"only the hosts of cluster {self.cluster_name!r} (its proxies, nodes and "
-                "agents) may read its trust"
-            )
-
-    async def answer(self, identity: pki.Identity, known: str | None, wait: float) -> bytes:
-        """The answer to ``GET /v1/trust?known=REV&wait=SECONDS``: the snapshot at once when
-        its revision is not ``known``; else the new one as soon as it changes, or after
-        ``wait`` seconds (at most :data:`MAX_WAIT`) only ``{"revision", "unchanged": true}``.
-
-        :raises AccessDenied: see :meth:`check_reader`.
-        :raises RateLimited: the caller holds :data:`WATCHES_PER_CALLER` watches already.
-        """
-        self.check_reader(identity)
-        wait = min(max(wait, 0.0), MAX_WAIT)
-        if wait and self.revision == known:
-            caller = (identity.cluster, identity.kind, identity.username)
-            if self._watches.get(caller, 0) >= WATCHES_PER_CALLER:
-                raise RateLimited(
-                    f"{identity.kind} {identity.username!r} already watches the trust "
-                    f"{WATCHES_PER_CALLER} times",
-                    hint="wait for an answer before asking again",
-                )
-            self._watches[caller] = self._watches.get(caller, 0) + 1
-            try:
-                with trio.move_on_after(wait):
-                    await self.wait_changed(known)
-            finally:
-                self._watches[caller] -= 1
-                if not self._watches[caller]:
-                    del self._watches[caller]
-        return self.unchanged_body() if self.revision == known else self.body()
 
     def body(self) -> bytes:
         """The snapshot as the auth API sends it: its JSON with its ``revision``."""
@@ -270,10 +225,6 @@ class TrustFeed:
                 {"revision": self.revision, **self.current.to_json()}, separators=(",", ":")
             ).encode()
         return self._body
-
-    def unchanged_body(self) -> bytes:
-        """The answer to a reader that holds the current snapshot already."""
-        return json.dumps({"revision": self.revision, "unchanged": True}).encode()
 
     async def _read(self) -> list[Item]:
         found: list[Item] = []
@@ -295,16 +246,9 @@ class TrustFeed:
         if self.revision and fresh == self.current:
             return  # nothing a reader sees changed: it keeps its copy (see the module's doc)
         self.current = fresh
-        self.revision = revision
+        self._revision = revision
         self._body = None
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
-
-    async def wait_changed(self, known: str | None) -> None:
-        """Return once the snapshot's revision is not ``known`` (at once if it is not now);
-        a caller that waits only so long wraps this in ``trio.move_on_after``."""
-        while self.revision == known:
-            await self._changed.wait()
+        self._revision_moved()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch the store and keep the snapshot current until cancelled.

@@ -37,11 +37,9 @@ __all__ = [
     "join_cluster",
     "keep_renewed",
     "load_identity",
-    "load_or_join",
     "load_or_join_current",
     "renew_and_save",
     "renew_identity",
-    "renew_saved_identity",
     "renewal_due",
     "save_identity",
 ]
@@ -109,7 +107,7 @@ async def join_cluster(
     return JoinedIdentity.from_json(body, key)
 
 
-async def load_or_join(
+async def _load_or_join(
     directory: pathlib.Path,
     server: str,
     token: str | None,
@@ -180,15 +178,16 @@ async def load_or_join_current(
     auth_url: str | None = None,
     peer_kinds: Sequence[str] = SERVER_KINDS,
 ) -> JoinedIdentity:
-    """:func:`load_or_join`, and a saved identity already due for renewal (the host was
-    stopped a while) renewed and saved before the host presents it: what every joining host
-    (a node's agent, a proxy of its own) does when it starts.
+    """The identity saved in ``directory``, renewed and saved first if it is already due for
+    renewal (the host was stopped a while); else joined through ``server`` with ``token`` and
+    saved. The one way every joining host (a node's agent, a proxy of its own) gets its
+    identity when it starts; it then renews it with :func:`renew_and_save`.
 
     :param auth_url: where to renew (``https://HOST:PORT``); ``server`` by default (a proxy
         forwards ``/v1`` requests to auth).
     :param peer_kinds: who may answer there (a proxy asks auth only).
     """
-    joined = await load_or_join(
+    joined = await _load_or_join(
         directory,
         server,
         token,
@@ -329,36 +328,6 @@ async def renew_and_save(
     renewed = await renew_identity(api, hostname=hostname, addresses=addresses, role=role)
     if directory is not None:
         await trio.to_thread.run_sync(save_identity, directory, renewed)
-    return renewed
-
-
-async def renew_saved_identity(
-    joined: JoinedIdentity, auth_url: str, *, role: str, addresses: Sequence[str] = ()
-) -> JoinedIdentity:
-    """Renew ``joined`` at the auth service at ``auth_url``, proving it with its own
-    certificates (a host whose renewal fell due while it was stopped). The caller saves and
-    applies the result.
-
-    :raises TetherError: as :func:`renew_identity`.
-    """
-    from tether.auth.http_client import AuthClient  # at run time only, as at the top
-
-    context = pki.client_ssl_context(
-        trusted_cas=list(joined.tls_cas),
-        cert=joined.tls_cert,
-        key=joined.private_key,
-        peer_kinds=("auth",),
-    )
-    async with AuthClient(auth_url, context) as api:
-        renewed = await renew_identity(
-            api, hostname=joined.identity.username, addresses=addresses, role=role
-        )
-    log.info(
-        "%s %s renewed its certificates; they expire at %s",
-        role,
-        joined.identity.username,
-        renewed.tls_cert.not_valid_after_utc.isoformat(),
-    )
     return renewed
 
 

@@ -15,19 +15,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
-import trio
 from cryptography import x509
 
 from tether import pki
 from tether.config import Config
 from tether.errors import ConfigError
-from tether.node.join import (
-    load_or_join,
-    renew_identity,
-    renew_saved_identity,
-    renewal_due,
-    save_identity,
-)
+from tether.node.join import load_or_join_current, renew_and_save
 
 if TYPE_CHECKING:
     from tether.auth.http_client import AuthClient
@@ -126,27 +119,25 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
     dns, ips = server_names(config, listen.host, public.host if public else "")
     directory = pathlib.Path(config.data_dir) / "proxy"
     auth_url = f"https://{join.auth_server}"
-    joined = await load_or_join(
+    addresses = [*dns, *ips]
+    joined = await load_or_join_current(
         directory,
         str(join.auth_server),
         join.token,
         role="proxy",
         host_id=config.nodename,
         hostname=config.nodename,
-        addresses=[*dns, *ips],
+        addresses=addresses,
         ca_pin=join.ca_pin,
         insecure=join.insecure,
+        auth_url=auth_url,
+        peer_kinds=("auth",),
     )
-    if renewal_due(joined) <= datetime.datetime.now(datetime.UTC):
-        # due already (it was stopped a while): renewed before it serves with them
-        joined = await renew_saved_identity(joined, auth_url, role="proxy", addresses=[*dns, *ips])
-        await trio.to_thread.run_sync(save_identity, directory, joined)
 
     async def renew(api: AuthClient) -> tuple[x509.Certificate, pki.PrivateKey]:
-        renewed = await renew_identity(
-            api, hostname=joined.identity.username, addresses=[*dns, *ips], role="proxy"
+        renewed = await renew_and_save(
+            api, directory, hostname=joined.identity.username, addresses=addresses, role="proxy"
         )
-        await trio.to_thread.run_sync(save_identity, directory, renewed)
         return renewed.tls_cert, renewed.private_key
 
     identity = ProxyIdentity(

@@ -208,7 +208,7 @@ class Router:
         :raises NotFound: no such target or cluster among those the user may see.
         :raises PortRefused: a port other than the target's own (audited here).
         :raises TargetOffline: the target or its cluster cannot be reached now.
-        :raises TetherError: the leaf refused (its reason).
+        :raises TetherError: the leaf, or the agent serving the target, refused (its reason).
         """
         if request.cluster == self.cluster_name:
             target = await self._find(handler, request)
@@ -253,11 +253,16 @@ class Router:
                 return await self.proxy.tunnels.dial(
                     self.cluster_name, handler.name, request.to_fields(), agent=target.id
                 )
-            except (ClusterOffline, TargetRefused) as exc:
+            except ClusterOffline as exc:
                 raise TargetOffline(
                     f"{what} is offline: its tunnel is not connected to this proxy",
                     hint="check that its tetherd runs and reaches the proxy",
                 ) from exc
+            except TargetRefused as exc:
+                # its agent refused the stream (a protocol it does not serve, a user its
+                # trust refuses): say why, as a leaf's refusal is said
+                reason = exc.message.partition(": ")[2] or exc.message
+                raise TetherError(f"{what} refused the stream: {reason}") from None
         host, _, port = target.addr.rpartition(":")
         try:
             with trio.fail_after(DIAL_TIMEOUT):

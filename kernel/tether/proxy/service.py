@@ -118,7 +118,9 @@ async def start_proxy(
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
-    web = _LazyHandler(holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body)
+    web = _LazyHandler(
+        holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body, trust
+    )
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
@@ -213,12 +215,14 @@ class _LazyHandler:
         tunnels: TunnelServer,
         limiter: RateLimiter,
         max_body: int,
+        trust: TrustCache,
     ) -> None:
         self._holder = holder
         self._auth = auth
         self._tunnels = tunnels
         self._limiter = limiter
         self._max_body = max_body
+        self._trust = trust
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
@@ -229,6 +233,7 @@ class _LazyHandler:
                 limiter=self._limiter,
                 max_body=self._max_body,
                 tunnels=self._tunnels,
+                trust=self._trust,
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)

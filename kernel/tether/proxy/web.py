@@ -2,7 +2,9 @@
 
 ``/webapi/ping`` has the shape Teleport's has, so the guide's ``jq`` lines work unchanged.
 ``/v1/...`` requests from logged-in users are forwarded to the auth API with the user's
-certificate attached; auth verifies it (see :mod:`tether.auth.http_api`).
+certificate attached; auth verifies it (see :mod:`tether.auth.http_api`). One is answered
+here: the watch of the trust (``GET /v1/trust``) by nodes in tunnel mode, from the copy auth
+pushes to this proxy, so that however many nodes watch through it, auth serves one watch.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
 from tether.proxy.sso_page import approval_page
 from tether.ratelimit import RateLimiter, rate_limited
+from tether.trust.cache import TrustCache
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
     error_status,
     exception_handlers,
     number_field,
     optional_string_field,
+    query_seconds,
     read_json_object,
     string_field,
 )
@@ -79,6 +83,7 @@ def build_web_app(
     limiter: RateLimiter,
     max_body: int,
     tunnels: TunnelServer | None = None,
+    trust: TrustCache | None = None,
 ) -> BodyLimit:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
 
@@ -88,6 +93,8 @@ def build_web_app(
     :param max_body: the largest request body read (``proxy_service.max_request_body``); a
         larger one is refused with 413 before it is read, and audited.
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
+    :param trust: the proxy's copy of the cluster's trust, which answers hosts' watches of
+        it; without it, they are forwarded to auth like any ``/v1`` request.
     """
 
     async def ping(request: Request) -> JSONResponse:
@@ -183,6 +190,19 @@ def build_web_app(
         )
         return JSONResponse(result)
 
+    async def trust_watch(request: Request) -> Response:
+        # a hanging GET, answered as auth answers it (TrustWatches.answer) from this proxy's
+        # copy, once it holds one
+        if trust is None or not trust.revision:
+            return await forward(request)
+        der = request.scope.get("state", {}).get(PEER_CERT_STATE)
+        if not der:
+            raise AccessDenied("a client certificate is required", hint="run `tether login` first")
+        identity = trust.verify_client(der)
+        known = request.query_params.get("known") or None
+        wait = query_seconds(request.query_params.get("wait"), "wait")
+        return Response(await trust.answer(identity, known, wait), media_type="application/json")
+
     limited = functools.partial(
         rate_limited, limiter, who="the proxy", setting="proxy_service.rate_limit"
     )
@@ -202,6 +222,7 @@ def build_web_app(
                 limited(validate_trusted_cluster),
                 methods=["POST"],
             ),
+            Route("/v1/trust", trust_watch, methods=["GET"]),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
             metrics_route(info.cluster_name, auth, tunnels),
         ],

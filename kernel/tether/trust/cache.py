@@ -7,14 +7,19 @@ CAs and authorizes them with the cluster's roles. Every answer must be the auth 
 each host holds a copy of auth's :class:`~tether.trust.ClusterTrust`: read once at start, then
 pushed by auth on every stored change (``GET /v1/trust?known=REV&wait=SECONDS``, see
 :meth:`tether.auth.http_client.AuthClient.watch_trust`), whichever auth server of the cluster
-made it. Nothing here is particular to proxies. Whoever caches something derived from it (the
-TLS context's CAs, the tunnels to roots, a node's roles) listens on :attr:`TrustCache.on_change`.
+made it. Whoever caches something derived from it (the TLS context's CAs, the tunnels to
+roots, a node's roles) listens on :attr:`TrustCache.on_change`.
+
+A proxy also answers its nodes' watches from its copy (:class:`~tether.trust.watches.
+TrustWatches`): the same body under the same revision as auth's, so that nodes in tunnel mode
+cost auth nothing, however many watch through one proxy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -28,13 +33,14 @@ from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry
 from tether.trust import ClusterTrust
+from tether.trust.watches import TrustWatches
 
 __all__ = ["TrustCache"]
 
 log = logging.getLogger(__name__)
 
 
-class TrustCache:
+class TrustCache(TrustWatches):
     """The trust this host (a proxy, a node) acts on.
 
     :param auth: a client of the auth API authenticated as this host.
@@ -43,6 +49,7 @@ class TrustCache:
     """
 
     def __init__(self, auth: AuthClient, pm: TetherPluginManager, initial: ClusterTrust) -> None:
+        super().__init__()
         self._auth = auth
         self._pm = pm
         self._registry = KindRegistry.from_plugins(pm)
@@ -52,10 +59,23 @@ class TrustCache:
         self._parsed: dict[str, x509.Certificate] = {}
         self._lock = trio.Lock()
         self._revision: str | None = None  # of the snapshot held, as auth named it
+        self._body: Mapping[str, Any] = {}  # as auth sent it
+        self._encoded: bytes | None = None  # the same, as this host sends it on
 
     @property
     def cluster_name(self) -> str:
         return self.current.cluster_name
+
+    @property
+    def revision(self) -> str:
+        """The name auth gave the snapshot held; ``""`` before the first read."""
+        return self._revision or ""
+
+    def body(self) -> bytes:
+        """The snapshot held, as auth sent it (its revision included)."""
+        if self._encoded is None:
+            self._encoded = json.dumps(self._body, separators=(",", ":")).encode()
+        return self._encoded
 
     def verify_client(self, cert: bytes | x509.Certificate) -> pki.Identity:
         """Verify a client certificate as the auth service would (see
@@ -86,7 +106,11 @@ class TrustCache:
                 raise TetherError(f"the auth service sent an unusable trust: {exc}") from None
             changed = fresh != self.current
             self.current = fresh
-            self._revision = str(body.get("revision") or "") or None
+            revision = str(body.get("revision") or "") or None
+            self._body, self._encoded = body, None
+            if revision != self._revision:
+                self._revision = revision
+                self._revision_moved()
             # certificates of clusters no longer trusted need not stay parsed
             live = {*fresh.own_cas, *(c for cas in fresh.others.values() for c in cas)}
             self._parsed = {pem: c for pem, c in self._parsed.items() if c in live}

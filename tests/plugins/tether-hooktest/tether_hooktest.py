@@ -39,8 +39,9 @@ from tether.errors import AccessDenied, TetherError
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentStream
 from tether.protocols import ProtocolHandler, ProxyConnection
-from tether.resources import ResourceKind
+from tether.resources import Resource, ResourceKind
 from tether.services import Service, ServiceContext
+from tether.targets import Target, TargetKind
 from tether.testing.http import serve_http
 from tether.trust import RoleMapRule
 
@@ -86,7 +87,7 @@ def tether_resource_kinds() -> list[ResourceKind]:
     if not _active():
         return []
     record("tether_resource_kinds")
-    return [WIDGET, SSO]
+    return [WIDGET, SSO, WHOAMI]
 
 
 @contextlib.asynccontextmanager
@@ -337,30 +338,44 @@ async def _fail(conn: ProxyConnection) -> None:
     raise RuntimeError("hooktest's failing protocol fails on purpose")
 
 
-#: The ALPN id of hooktest's dialer: the proxy opens a stream to a node agent's protocol, as
-#: the kernel's routing will. The client sends one JSON line: ``protocol``, ``node`` (host id),
-#: ``target`` and optionally ``user_cert`` (base64 DER; the TLS client certificate otherwise);
-#: the proxy answers ``ok`` or ``refused: <reason>`` and then carries the stream.
-DIAL_ALPN = "hooktest-dial/1"
+#: The name of hooktest's node protocol: the tunnel target a proxy opens at the node.
+AGENT_PROTOCOL = "hooktest-whoami"
+#: Its ALPN id on the proxy's public port; the kernel routes it to the node's agent.
+WHOAMI_ALPN = "hooktest-whoami/1"
+#: A protocol of the same target kind that no node serves: the agent refuses its streams.
+ABSENT_PROTOCOL = "hooktest-absent"
+ABSENT_ALPN = "hooktest-absent/1"
 
 
-async def _dial(conn: ProxyConnection) -> None:
-    request = json.loads((await conn.stream.receive_some(65536)).decode())
-    user_cert = request.get("user_cert")
-    if user_cert is None:
-        user_cert = base64.b64encode(conn.certificate_der()).decode()
-    metadata = {"client": conn.peer, "target": request["target"], "user_cert": user_cert}
-    try:
-        stream = await conn.proxy.tunnels.dial(
-            conn.proxy.cluster_name, request["protocol"], metadata, agent=request["node"]
-        )
-    except TetherError as exc:
-        await conn.stream.send_all(f"refused: {exc.message}\n".encode())
-        return
-    await conn.stream.send_all(b"ok\n")
-    async with stream:
-        async for data in stream:
-            await conn.stream.send_all(data)
+@attrs.frozen
+class WhoAmISpec:
+    """``spec`` of ``hooktest_whoami``, the inventory entry of a node serving hooktest."""
+
+    hostname: str = ""
+
+
+WHOAMI = ResourceKind(
+    name="hooktest_whoami",
+    versions=("v1",),
+    spec_type=WhoAmISpec,
+    storage_prefix="/hooktest/whoami/",
+    published_by="node",
+    readable_by=("proxy",),
+    access_labels="node_labels",
+)
+
+
+def _describe_whoami(resource: Resource) -> Target:
+    """A node serving hooktest, reached through its own tunnel (its agent is its host id)."""
+    return Target(
+        kind=WHOAMI.name,
+        id=resource.metadata.name,
+        name=resource.spec.hostname,
+        labels=dict(resource.metadata.labels),
+    )
+
+
+WHOAMI_TARGET = TargetKind(WHOAMI, _describe_whoami)
 
 
 @hookimpl
@@ -371,14 +386,13 @@ def tether_protocols() -> list[ProtocolHandler]:
     return [
         ProtocolHandler(name="hooktest-greeter", alpn=(GREETER_ALPN,), serve=_greet),
         ProtocolHandler(name="hooktest-failing", alpn=(FAILING_ALPN,), serve=_fail),
-        ProtocolHandler(name="hooktest-dial", alpn=(DIAL_ALPN,), serve=_dial),
+        ProtocolHandler(name=AGENT_PROTOCOL, alpn=(WHOAMI_ALPN,), target_kind=WHOAMI_TARGET),
+        ProtocolHandler(name=ABSENT_PROTOCOL, alpn=(ABSENT_ALPN,), target_kind=WHOAMI_TARGET),
     ]
 
 
 #: Set (with the log) in a node's environment to serve hooktest's node protocol there.
 AGENT_ENV = "TETHER_HOOKTEST_AGENT"
-#: The name of hooktest's node protocol (the mux target proxies open streams to).
-AGENT_PROTOCOL = "hooktest-whoami"
 
 
 class WhoAmI:
@@ -400,12 +414,13 @@ class WhoAmI:
         task_status.started()
         await trio.sleep_forever()
 
-    def resources(self) -> list[Any]:
-        return []
+    def resources(self) -> list[Resource]:
+        assert self.agent is not None  # run() started first
+        return [WHOAMI.new(self.agent.host_id, WhoAmISpec(hostname=self.agent.config.nodename))]
 
     async def serve(self, stream: AgentStream) -> None:
         who = stream.identity
-        assert who is not None and stream.roles is not None  # hooktest's dialer always sends one
+        assert who is not None and stream.roles is not None  # the kernel forwards the user's
         roles = ",".join(stream.roles.names)
         record("tether_agent_protocols.serve", user=who.username, roles=roles)
         line = f"{who.username}@{who.cluster} as {roles} for {stream.target} from {stream.client}"
