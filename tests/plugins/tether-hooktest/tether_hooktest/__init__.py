@@ -24,25 +24,32 @@ import click
 import httpx
 import trio
 
-from tether.audit import AuditEvent, AuditQuery
-from tether.auth.sso_flows import SSORequest
-from tether.backend import Backend, BackendType, open_sqlite
-from tether.config import Config
-from tether.connectors import (
+from tether.api import (
+    AccessDenied,
+    AgentContext,
+    AgentStream,
+    AuditEvent,
+    AuditQuery,
+    Backend,
+    BackendType,
     ClaimMapping,
     ClaimRules,
+    Config,
     ConnectorContext,
     ExternalIdentity,
     LoginIdentity,
+    ProtocolHandler,
+    ProxyConnection,
+    ResourceKind,
+    RoleMapRule,
+    Service,
+    ServiceContext,
+    SSORequest,
+    TetherError,
+    hookimpl,
+    open_sqlite,
 )
-from tether.errors import AccessDenied, TetherError
-from tether.hookspecs import hookimpl
-from tether.node.protocols import AgentContext, AgentStream
-from tether.protocols import ProtocolHandler, ProxyConnection
-from tether.resources import ResourceKind
-from tether.services import Service, ServiceContext
 from tether.testing.http import serve_http
-from tether.trust import RoleMapRule
 
 LOG_ENV = "TETHER_HOOKTEST_LOG"
 
