@@ -13,13 +13,12 @@ The names, grouped as ``docs/api.md`` groups them:
 * errors a plugin raises or catches;
 * server side, the types hooks take and return: resource kinds, protocol handlers and the
   targets they reach, node-agent protocols, identity connectors, backends, audit events,
-  role-map rules, services, the configuration;
+  role-map rules, services, the configuration (the types of plugin-owned configuration
+  sections, service roles, token types and role fields go with :class:`Config`);
 * certificates and identities a protocol verifies;
 * client side (``tether`` commands a plugin adds): the login profile, a stream to a target
   through the proxy, the command-line helpers and the groups the kernel owns.
 """
-
-from __future__ import annotations
 
 from tether import __version__
 from tether.audit import AuditEvent, AuditQuery
