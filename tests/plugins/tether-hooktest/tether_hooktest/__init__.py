@@ -48,6 +48,7 @@ from tether.api import (
     TetherError,
     hookimpl,
     open_sqlite,
+    shared_group,
 )
 from tether.testing.http import serve_http
 
@@ -306,6 +307,13 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
     def hooktest() -> None:
         """Prove that plugins can add commands."""
         click.echo(f"hooktest command in {program}")
+
+    if program == "tether":  # beside the SSH plugin's `proxy ssh`, in the kernel's group
+
+        @shared_group(cli, "proxy").command("hooktest")
+        def proxy_hooktest() -> None:
+            """Prove that two plugins can add to a group the kernel owns."""
+            click.echo("hooktest command in tether proxy")
 
 
 @hookimpl
