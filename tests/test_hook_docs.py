@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import ast
 import inspect
-import pathlib
 import re
 from typing import Any
 
 import pluggy
 import pytest
 
+from doc_sections import doc_sections
 from tether.plugins import get_plugin_manager
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
 FIRSTRESULT_SENTENCE = "Stops at first non-None result."
 
 
@@ -32,13 +31,7 @@ HOOKS = _hook_callers()
 
 def _doc_sections() -> dict[str, str]:
     """Hook name -> the text of its section (heading ``### tether_...`` up to the next heading)."""
-    sections: dict[str, str] = {}
-    parts = re.split(r"^(#{1,6} .*)$", DOCS.read_text(), flags=re.MULTILINE)
-    for heading, body in zip(parts[1::2], parts[2::2], strict=True):
-        name = heading.lstrip("#").strip().strip("`")
-        if name.startswith("tether_"):
-            sections[name] = body
-    return sections
+    return doc_sections("hooks.md", lambda name: name.startswith("tether_"))
 
 
 def _documented_signature(name: str, section: str) -> inspect.Signature:

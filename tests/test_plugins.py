@@ -129,6 +129,17 @@ def test_plugin_adds_a_command_to_each_program(
     assert cluster.tether("bob", "hooktest", env=env).stdout == "hooktest command in tether\n"
 
 
+def test_two_plugins_each_add_a_subcommand_to_the_kernels_proxy_group(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {"TETHER_HOOKTEST_LOG": str(tmp_path / "hooks.jsonl")}
+    listed = run_cli("tether", "proxy", "--help", env=env).stdout
+    commands = listed.split("Commands:", 1)[1].split()
+    assert {"ssh", "hooktest"} <= set(commands), listed
+    proxy_hooktest = run_cli("tether", "proxy", "hooktest", env=env).stdout
+    assert proxy_hooktest == "hooktest command in tether proxy\n"
+
+
 def test_admin_creates_and_reads_back_a_resource_of_a_plugin_kind(
     hooktest_cluster: tuple[RunningCluster, dict[str, str]], tmp_path: pathlib.Path
 ) -> None:

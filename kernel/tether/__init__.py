@@ -2,7 +2,8 @@
 
 The kernel (tunnel, certificates, identity, RBAC, resources, storage) lives in this package;
 protocols, identity connectors, audit sinks and storage backends are plugins that implement the
-hooks in :mod:`tether.hookspecs` and register through the ``tether`` entry-point group.
+hooks in :mod:`tether.hookspecs` and register through the ``tether`` entry-point group. A plugin
+imports :mod:`tether.api` (and :mod:`tether.testing` in its tests), nothing else of this package.
 """
 
 from importlib import metadata as _metadata

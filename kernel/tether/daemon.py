@@ -175,18 +175,18 @@ async def _run_services(
         auth, auth_addr = await _start_auth(config, pm, backend, nursery)
         info["auth_addr"] = auth_addr
         info["ca_pin"] = auth.ca_pin
-        ctx.extras["auth"] = auth
+        ctx.local_auth = auth
+        ctx.auth_addr = auth_addr
         if config.proxy_service.enabled:
             me = local_proxy_identity(auth, config)
             info["proxy_addr"] = await start_proxy(
-                config, me, f"https://{auth_addr}", stack, nursery, ctx
+                config, me, f"https://{auth_addr}", stack, nursery, ctx, local_auth=auth
             )
     elif config.proxy_service.enabled:
         me, auth_url = await joined_proxy_identity(config)
         info["cluster_name"] = me.cluster_name
         info["ca_pin"] = pki.ca_pin(me.cas[0])
         info["proxy_addr"] = await start_proxy(config, me, auth_url, stack, nursery, ctx)
-    ctx.extras.update(info)
     services: list[Service] = [s for group in pm.hook.tether_services(ctx=ctx) for s in group]
     for service in services:
         log.info("starting service %s", service.name)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
 
 if TYPE_CHECKING:
+    from tether.auth.joins import JoinResult
     from tether.config import Config
     from tether.plugins import TetherPluginManager
 
-__all__ = ["Service", "ServiceContext"]
+__all__ = ["HostIssuer", "Service", "ServiceContext"]
 
 
 @attrs.frozen
@@ -28,6 +29,24 @@ class Service:
     run: Callable[..., Awaitable[None]]
 
 
+class HostIssuer(Protocol):
+    """What the auth service in this process offers a host beside it: its certificates
+    without a join token (it needs no proof). The kernel's node agent uses it."""
+
+    async def issue_host_identity(
+        self,
+        *,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+    ) -> JoinResult:
+        """Issue the SSH host and X.509 certificates of a host of ``role``."""
+        ...
+
+
 @attrs.define
 class ServiceContext:
     """The running daemon as services see it.
@@ -35,8 +54,10 @@ class ServiceContext:
     :param config: the loaded configuration.
     :param pm: the plugin manager.
     :param nursery: the daemon's nursery; services that start helpers own their own nursery.
-    :param extras: values the kernel's services publish for plugins (``"auth"``,
-        ``"tunnel_server"``, ``"proxy_addr"``, ...), keyed by name.
+    :param auth_addr: where the auth service of this process listens (``host:port``), or None
+        when this daemon runs no auth service.
+    :param local_auth: that auth service, to issue a host's certificates without a token;
+        None when this daemon runs none.
     :param on_stop: awaited, in order, when the daemon is asked to stop (SIGTERM), before
         its tasks are cancelled: the place for graceful steps such as telling tunnel agents
         to move to another proxy.
@@ -45,5 +66,6 @@ class ServiceContext:
     config: Config
     pm: TetherPluginManager
     nursery: trio.Nursery
-    extras: dict[str, Any] = attrs.field(factory=dict)
+    auth_addr: str | None = None
+    local_auth: HostIssuer | None = None
     on_stop: list[Callable[[], Awaitable[None]]] = attrs.field(factory=list)

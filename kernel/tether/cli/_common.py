@@ -20,7 +20,7 @@ import trio
 from tabulate import tabulate
 
 from tether.config import load_config
-from tether.errors import TetherError
+from tether.errors import PluginError, TetherError
 from tether.logs import setup_logging
 from tether.plugins import TetherPluginManager, get_plugin_manager
 from tether.yamlio import dump_yaml
@@ -36,6 +36,7 @@ __all__ = [
     "run_async",
     "run_command",
     "run_trio",
+    "shared_group",
     "split_csv",
     "split_kv",
 ]
@@ -47,6 +48,7 @@ log = logging.getLogger("tether.cli")
 
 
 def fail(message: str) -> NoReturn:
+    """Print ``ERROR: message`` on standard error and exit 1."""
     click.echo(f"ERROR: {message}", err=True)
     sys.exit(1)
 
@@ -75,6 +77,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
     """``trio.run`` for a command: an error or Ctrl-C inside nurseries comes out alone.
+
+    Use it where a synchronous command runs one async step; decorate a whole async command
+    body with :func:`run_async` instead.
 
     trio wraps what escapes a nursery in an ExceptionGroup; a user must see the one-line
     TetherError (or a clean Ctrl-C), not a group traceback.
@@ -110,7 +115,9 @@ def run_command(
 
 
 def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
-    """Decorate an async click command body to run through :func:`run_command`."""
+    """Decorate an async click command body to run under trio: a TetherError becomes one
+    line on standard error and exit status 1 (the traceback too under ``--debug``), Ctrl-C
+    exit status 130. Put it below the click decorators."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -169,7 +176,8 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def output(data: Any, fmt: str) -> None:
-    """Print ``data`` as JSON or YAML for scripts."""
+    """Print ``data`` as JSON or YAML for scripts (``fmt``: the ``-f/--format`` value,
+    ``"json"`` or ``"yaml"``; print text yourself, with :func:`emit_table`)."""
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
     elif fmt == "yaml":
@@ -192,3 +200,23 @@ def split_kv(value: str | None, option: str) -> dict[str, list[str]]:
             raise click.BadParameter(f"{part!r} is not key=value", param_hint=option)
         out.setdefault(key.strip(), []).append(val.strip())
     return out
+
+
+def shared_group(cli: click.Group, name: str) -> click.Group:
+    """The group ``name`` the kernel created in ``cli`` for plugins to share.
+
+    Two plugins can each add a subcommand to ``tether proxy`` only if neither creates it:
+    the kernel does, and a plugin adds to it in ``tether_cli_commands``, as in
+    ``shared_group(cli, "proxy").add_command(proxy_ssh)``.
+
+    :raises PluginError: ``cli`` has no such group (the program, or the kernel's version,
+        does not share it).
+    """
+    group = cli.commands.get(name)
+    if not isinstance(group, click.Group):
+        shared = sorted(n for n, c in cli.commands.items() if isinstance(c, click.Group))
+        raise PluginError(
+            f"{cli.name or 'this program'} has no shared command group {name!r}",
+            hint=f"its groups: {', '.join(shared) or 'none'}",
+        )
+    return group

@@ -309,6 +309,15 @@ def logout() -> None:
         click.echo("Not logged in.")
 
 
+@cli.group("proxy")
+def proxy_group() -> None:
+    """Open raw connections through the proxy (for other programs' ProxyCommand)."""
+
+
+# `tether proxy` is the kernel's, so that several protocol plugins can each add a subcommand
+# (`proxy ssh`, later `proxy db`) with tether.api.shared_group.
+
+
 @cli.command()
 def version() -> None:
     """Print the version."""

@@ -49,7 +49,7 @@ from tether.node.join import (
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
 from tether.rbac import RoleSet
 from tether.resources import resource_to_dict
-from tether.services import Service, ServiceContext
+from tether.services import HostIssuer, Service, ServiceContext
 from tether.tlsstream import TLSStream
 from tether.trust import ClusterTrust
 from tether.trust.cache import TrustCache
@@ -90,8 +90,8 @@ def _credentials(joined: JoinedIdentity) -> HostCredentials:
 class NodeAgent:
     """One host's agent, serving ``protocols``.
 
-    :param ctx: the daemon; ``extras["auth"]`` (an auth service in this process) and
-        ``extras["auth_addr"]`` are read here, and never handed to the protocols.
+    :param ctx: the daemon; its ``local_auth`` (an auth service in this process) and
+        ``auth_addr`` are read here, and never handed to the protocols.
     """
 
     def __init__(self, ctx: ServiceContext, protocols: Sequence[AgentProtocol]) -> None:
@@ -105,8 +105,8 @@ class NodeAgent:
         self._tunnels: AgentPool | None = None
 
     @property
-    def _local_auth(self) -> Any:
-        return self.ctx.extras.get("auth")
+    def _local_auth(self) -> HostIssuer | None:
+        return self.ctx.local_auth
 
     @property
     def tunnel_mode(self) -> bool:
@@ -154,7 +154,7 @@ class NodeAgent:
     def _api_url(self) -> str:
         """Where the agent reaches the auth API: its own process's auth, the auth server, or
         the proxy (which forwards ``/v1`` requests with the host's certificate)."""
-        auth_addr = self.ctx.extras.get("auth_addr")
+        auth_addr = self.ctx.auth_addr
         if auth_addr:
             return f"https://{auth_addr}"
         server = self.config.join.server

@@ -55,6 +55,8 @@ async def start_proxy(
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
     ctx: ServiceContext,
+    *,
+    local_auth: AuthService | None = None,
 ) -> str:
     """Serve the proxy's one public port. Everything it knows of the cluster it asks auth,
     at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
@@ -82,7 +84,6 @@ async def start_proxy(
         alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
     )
     trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
-    local_auth: AuthService | None = ctx.extras.get("auth")
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
     peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)
@@ -114,7 +115,6 @@ async def start_proxy(
     trust.on_change.append(reload_trust)
     await nursery.start(trust.run)  # its first read calls reload_trust if others are trusted
     await nursery.start(recorder.run)
-    ctx.extras["tunnel_server"] = tunnels
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
@@ -128,12 +128,10 @@ async def start_proxy(
         tunnels=tunnels,
         verify_client=trust.verify_client,
     )
-    ctx.extras["proxy"] = proxy_ctx
     router = Router(proxy_ctx, {handler.name: handler for handler in protocols.values()})
     root_tunnels = RootTunnels(trust=trust, cert=me.cert, key=me.key, router=router)
     trust.on_change.append(root_tunnels.changed)
     await nursery.start(root_tunnels.run)
-    ctx.extras["root_tunnels"] = root_tunnels
     routes: dict[str, TLSHandler] = {
         **dict.fromkeys(HTTP_ALPN, web),
         TUNNEL_ALPN: tunnels.handle,

@@ -28,10 +28,14 @@ from typing import Any
 
 import httpx
 
-from tether.auth.sso_flows import SSORequest
-from tether.connectors import ConnectorContext, ExternalIdentity
-from tether.errors import AccessDenied, TetherError
-from tether.resources import Resource
+from tether.api import (
+    AccessDenied,
+    ConnectorContext,
+    ExternalIdentity,
+    Resource,
+    SSORequest,
+    TetherError,
+)
 from tether_github.kind import TEAMS_TO_ROLES, GitHubSpec
 
 __all__ = ["GitHubConnector"]
@@ -48,7 +52,7 @@ def _next_page(answer: httpx.Response) -> str | None:
 
 
 class GitHubConnector:
-    """The ``github`` redirect connector (see :class:`tether.connectors.RedirectConnector`)."""
+    """The ``github`` redirect connector (see :class:`tether.api.RedirectConnector`)."""
 
     name = "github"
     claim_rules = TEAMS_TO_ROLES

@@ -1,7 +1,7 @@
 """The ``oidc`` connector: the authorization code flow with PKCE, and ID token verification.
 
 The kernel owns the state, nonce, PKCE verifier, expiry and one-time use
-(:mod:`tether.auth.sso_flows`); this module speaks OpenID Connect: discovery, the token request,
+(:class:`tether.api.SSORequest`); this module speaks OpenID Connect: discovery, the token request,
 and the ID token's signature (with the provider's JWKS, refetched once when a token names a
 key not seen yet: the provider rotated its keys), issuer, audience and expiry, with PyJWT.
 """
@@ -19,10 +19,14 @@ import attrs
 import httpx
 import jwt
 
-from tether.auth.sso_flows import SSORequest
-from tether.connectors import ConnectorContext, ExternalIdentity
-from tether.errors import AccessDenied, TetherError
-from tether.resources import Resource
+from tether.api import (
+    AccessDenied,
+    ConnectorContext,
+    ExternalIdentity,
+    Resource,
+    SSORequest,
+    TetherError,
+)
 from tether_oidc.kind import CLAIMS_TO_ROLES, OIDCSpec
 
 __all__ = ["OIDCConnector", "ProviderKeys", "parse_jwks", "verify_id_token"]
@@ -157,7 +161,7 @@ def _traits(claims: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 
 
 class OIDCConnector:
-    """The ``oidc`` redirect connector (see :class:`tether.connectors.RedirectConnector`)."""
+    """The ``oidc`` redirect connector (see :class:`tether.api.RedirectConnector`)."""
 
     name = "oidc"
     claim_rules = CLAIMS_TO_ROLES

@@ -36,10 +36,14 @@ from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
 
-from tether.auth.sso_flows import SSORequest
-from tether.connectors import ConnectorContext, ExternalIdentity
-from tether.errors import AccessDenied, TetherError
-from tether.resources import Resource
+from tether.api import (
+    AccessDenied,
+    ConnectorContext,
+    ExternalIdentity,
+    Resource,
+    SSORequest,
+    TetherError,
+)
 from tether_saml.kind import ATTRIBUTES_TO_ROLES, SAMLSpec
 
 __all__ = ["SAMLConnector", "request_id_for"]
@@ -81,7 +85,7 @@ def _sp_client(spec: SAMLSpec, metadata: str) -> Saml2Client:
 
 
 class SAMLConnector:
-    """The ``saml`` redirect connector (see :class:`tether.connectors.RedirectConnector`)."""
+    """The ``saml`` redirect connector (see :class:`tether.api.RedirectConnector`)."""
 
     name = "saml"
     claim_rules = ATTRIBUTES_TO_ROLES

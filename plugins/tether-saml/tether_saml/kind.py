@@ -10,9 +10,14 @@ import urllib.parse
 
 import attrs
 
-from tether.auth.sso_flows import is_loopback_http
-from tether.connectors import ClaimMapping, ClaimRules
-from tether.resources import InvalidField, Resource, ResourceKind
+from tether.api import (
+    ClaimMapping,
+    ClaimRules,
+    InvalidField,
+    Resource,
+    ResourceKind,
+    is_loopback_http,
+)
 
 __all__ = ["ATTRIBUTES_TO_ROLES", "SAML", "AttributeMapping", "SAMLSpec"]
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tether.hookspecs import hookimpl
-from tether.resources import ResourceKind
+from tether.api import ResourceKind, hookimpl
 from tether_saml.kind import SAML
 
 if TYPE_CHECKING:

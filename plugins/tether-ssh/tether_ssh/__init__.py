@@ -2,7 +2,7 @@
 
 The SSH protocol comes from asyncssh, an asyncio library; it runs inside ``trio_asyncio`` at
 this plugin's boundary (:mod:`tether_ssh.server`, :mod:`tether_ssh.client`) and nothing else
-sees asyncio. The kernel decides who may log in (:func:`tether.pki.verify_ssh_user_cert`, then
+sees asyncio. The kernel decides who may log in (:func:`tether.api.verify_ssh_user_cert`, then
 RBAC through an :class:`Authorizer`); this plugin only asks. Modules: ``server`` (the node's
 SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (the protocol: ALPN
 ``tether-ssh/1``, whose connections the kernel routes), ``inventory`` (the ``node`` kind, SSH's

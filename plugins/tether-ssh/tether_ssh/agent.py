@@ -20,13 +20,17 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 import trio
 
-import tether
-from tether import pki
-from tether.config import Config, HostPort
-from tether.errors import ConfigError
-from tether.node.protocols import AgentContext, AgentStream
-from tether.rbac import RoleSet
-from tether.resources import Resource
+from tether.api import (
+    AgentContext,
+    AgentStream,
+    Config,
+    ConfigError,
+    HostPort,
+    Identity,
+    Resource,
+    RoleSet,
+    __version__,
+)
 from tether_ssh.frontdoor import SSH_TARGET
 from tether_ssh.inventory import NODE, CommandLabelSpec, NodeSpec
 from tether_ssh.server import (
@@ -53,8 +57,8 @@ class _Authorizer:
     node_name: str
     labels: Callable[[], Mapping[str, str]]
 
-    def authorize(self, identity: pki.Identity, login: str) -> Permissions:
-        def roles_for(who: pki.Identity) -> RoleSet:
+    def authorize(self, identity: Identity, login: str) -> Permissions:
+        def roles_for(who: Identity) -> RoleSet:
             return self.agent.roles_for(who, node=self.node_name)
 
         return RoleSetAuthorizer(roles_for, self.labels()).authorize(identity, login)
@@ -130,7 +134,7 @@ class SSHProtocol:
             addr="" if self._agent.tunnel_mode else self.addr,
             use_tunnel=self._agent.tunnel_mode,
             cmd_labels=dict(self.command_labels),
-            version=tether.__version__,
+            version=__version__,
         )
         return [NODE.new(self._agent.host_id, spec, labels=self.labels)]
 

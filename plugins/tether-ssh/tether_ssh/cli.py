@@ -22,14 +22,27 @@ import attrs
 import click
 import trio
 
-from tether import pki
-from tether.auth.http_client import AuthClient
-from tether.cli._common import emit_table, output, run_async, run_trio
-from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
-from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
-from tether.errors import AccessDenied, TetherError
-from tether.resources import KindRegistry, resource_from_dict
-from tether.tunnel.forward import splice
+from tether.api import (
+    HOME_ENV,
+    AccessDenied,
+    KindRegistry,
+    Profile,
+    TetherError,
+    cluster_host_cas,
+    current_profile,
+    emit_table,
+    leaf_clusters,
+    list_targets,
+    load_private_key,
+    open_target_stream,
+    output,
+    profile_ssl_context,
+    resource_from_dict,
+    run_async,
+    run_trio,
+    shared_group,
+    splice,
+)
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
 from tether_ssh.inventory import NODE, describe_addr
 
@@ -146,12 +159,7 @@ def _node_json(node: Any) -> dict[str, Any]:
 # --- tether proxy ssh ----------------------------------------------------------------------
 
 
-@click.group("proxy")
-def proxy_group() -> None:
-    """Open raw connections through the proxy (for other programs' ProxyCommand)."""
-
-
-@proxy_group.command("ssh")
+@click.command("ssh")
 @click.option("--cluster", help="The node's cluster (default: the one logged in to).")
 @click.argument("target")
 @run_async
@@ -276,9 +284,7 @@ async def config_command() -> None:
     own = profile.identity().cluster
     host_cas: dict[str, Sequence[str]] = {own: host_ca_lines(profile)}
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
-    async with AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)) as auth:
-        leaves = [doc["metadata"]["name"] for doc in await auth.get_resources("remote_cluster")]
-    for leaf in sorted(leaves):
+    for leaf in await leaf_clusters(profile):
         host_cas[leaf] = await cluster_host_cas(
             profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=leaf
         )
@@ -292,7 +298,7 @@ def _credentials(profile: Profile) -> ClientCredentials:
     from tether_ssh.client import ClientCredentials
 
     return ClientCredentials(
-        private_key=pki.load_private_key(profile.tls_key_file.read_bytes()),
+        private_key=load_private_key(profile.tls_key_file.read_bytes()),
         ssh_cert=profile.ssh_cert_file.read_text().strip(),
         host_ca_lines=host_ca_lines(profile),
     )
@@ -430,5 +436,5 @@ def add_commands(cli: click.Group) -> None:
     cli.add_command(ssh)
     cli.add_command(scp)
     cli.add_command(ls)
-    cli.add_command(proxy_group)
+    shared_group(cli, "proxy").add_command(proxy_ssh)
     cli.add_command(config_command)

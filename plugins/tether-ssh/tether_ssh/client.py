@@ -38,8 +38,14 @@ import attrs
 import trio
 import trio_asyncio
 
-from tether import pki
-from tether.errors import AccessDenied, TetherError, TrustError
+from tether.api import (
+    AccessDenied,
+    MalformedCertificate,
+    PrivateKey,
+    TetherError,
+    TrustError,
+    private_key_to_openssh,
+)
 from tether_ssh import algorithms
 
 __all__ = [
@@ -150,13 +156,13 @@ def _line_tuple(lines: Sequence[str]) -> tuple[str, ...]:
 class ClientCredentials:
     """What the client proves and trusts: the user's key and certificate, the host CAs.
 
-    :param private_key: the user's private key (:func:`tether.pki.load_private_key`).
+    :param private_key: the user's private key (:func:`tether.api.load_private_key`).
     :param ssh_cert: the user's OpenSSH certificate line for that key, from ``tether login``.
     :param host_ca_lines: the cluster's trusted host CA public keys as OpenSSH lines
         (``ssh-ed25519 AAAA...``); a node must present a host certificate signed by one.
     """
 
-    private_key: pki.PrivateKey
+    private_key: PrivateKey
     ssh_cert: str
     host_ca_lines: Sequence[str] = attrs.field(converter=_line_tuple)
 
@@ -419,15 +425,13 @@ def _client_key(creds: ClientCredentials) -> asyncssh.SSHKeyPair:
     a key pair that already holds its certificate is offered alone.
     """
     hint = "run `tether login` again"
-    key = asyncssh.import_private_key(pki.private_key_to_openssh(creds.private_key))
+    key = asyncssh.import_private_key(private_key_to_openssh(creds.private_key))
     try:
         cert = asyncssh.import_certificate(creds.ssh_cert)
     except (asyncssh.KeyImportError, ValueError) as exc:
-        raise pki.MalformedCertificate(
-            f"not a valid SSH user certificate: {exc}", hint=hint
-        ) from None
+        raise MalformedCertificate(f"not a valid SSH user certificate: {exc}", hint=hint) from None
     if cert.key.public_data != key.public_data:
-        raise pki.MalformedCertificate(
+        raise MalformedCertificate(
             "the SSH user certificate is not for this private key", hint=hint
         )
     with_cert, *_ = asyncssh.load_keypairs([(key, cert)])

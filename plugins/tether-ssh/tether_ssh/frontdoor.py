@@ -10,7 +10,7 @@ The proxy never holds a key that could open a session.
 
 from __future__ import annotations
 
-from tether.protocols import ProtocolHandler
+from tether.api import ProtocolHandler
 from tether_ssh.inventory import NODE_TARGET
 
 __all__ = ["FRONT_DOOR_ALPN", "PROTOCOL", "SSH_TARGET", "protocol_handler"]

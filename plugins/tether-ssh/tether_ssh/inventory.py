@@ -1,6 +1,6 @@
 """The ``node`` resource kind, and how routing sees a node (the SSH protocol's target kind).
 
-A node publishes its own entry (``tether.resources.ResourceKind.published_by``) on every
+A node publishes its own entry (``tether.api.ResourceKind.published_by``) on every
 heartbeat, with an expiry: an entry that is not renewed disappears, so the inventory lists the
 nodes that are alive. ``metadata.name`` is the node's host id (what its certificates name);
 ``spec.hostname`` is what people type. ``metadata.labels`` holds every label, static and from
@@ -15,8 +15,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from tether.resources import InvalidField, Resource, ResourceKind
-from tether.targets import Target, TargetKind
+from tether.api import InvalidField, Resource, ResourceKind, Target, TargetKind
 
 __all__ = [
     "NODE",

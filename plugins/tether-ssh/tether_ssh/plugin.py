@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import tether
+from tether.api import hookimpl
 from tether_ssh.inventory import NODE
 
 if TYPE_CHECKING:
     import click
 
-    from tether.config import Config
-    from tether.node.protocols import AgentProtocol
-    from tether.protocols import ProtocolHandler
-    from tether.resources import ResourceKind
+    from tether.api import AgentProtocol, Config, ProtocolHandler, ResourceKind
 
 __all__ = [
     "tether_agent_protocols",
@@ -28,13 +25,13 @@ __all__ = [
 ]
 
 
-@tether.hookimpl
+@hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """``node``: the inventory entries nodes publish on every heartbeat."""
     return [NODE]
 
 
-@tether.hookimpl
+@hookimpl
 def tether_protocols() -> list[ProtocolHandler]:
     """The SSH front door on the proxy's public port."""
     from tether_ssh.frontdoor import protocol_handler  # the proxy's side: only in tetherd
@@ -42,7 +39,7 @@ def tether_protocols() -> list[ProtocolHandler]:
     return [protocol_handler()]
 
 
-@tether.hookimpl
+@hookimpl
 def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
     """SSH inside the node agent, when this host is a node (``ssh_service.enabled``)."""
     from tether_ssh.agent import agent_protocols  # asyncssh and the server: only in tetherd
@@ -50,7 +47,7 @@ def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
     return list(agent_protocols(config))
 
 
-@tether.hookimpl
+@hookimpl
 def tether_cli_commands(program: str, cli: click.Group) -> None:
     """``tether ssh``, ``ls``, ``scp``, ``config`` and ``proxy ssh``."""
     if program == "tether":

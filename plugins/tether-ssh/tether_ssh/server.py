@@ -8,7 +8,7 @@ TCP listener (:meth:`SSHServer.listen`) and connections that arrive as trio stre
 node's reverse tunnel (:meth:`SSHServer.serve_stream`).
 
 Authentication accepts one thing only: an OpenSSH user certificate, verified by the kernel
-(:func:`tether.pki.verify_ssh_user_cert`: trusted CA of the named cluster, validity window,
+(:func:`tether.api.verify_ssh_user_cert`: trusted CA of the named cluster, validity window,
 principal = requested login), then authorized by the kernel's RBAC through an
 :class:`Authorizer`, whose answer says what else the login may do (:class:`Permissions`). No
 passwords, no plain keys, no keyboard-interactive, no GSSAPI. A refusal is logged and audited
@@ -49,9 +49,19 @@ import trio
 import trio_asyncio
 from cryptography.hazmat.primitives import serialization
 
-from tether import pki
-from tether.errors import AccessDenied, TetherError
-from tether.rbac import RoleSet
+from tether.api import (
+    AccessDenied,
+    CertificateExpired,
+    CertificateNotYetValid,
+    Identity,
+    MalformedCertificate,
+    PrincipalNotAllowed,
+    PrivateKey,
+    RoleSet,
+    TetherError,
+    private_key_to_openssh,
+    verify_ssh_user_cert,
+)
 from tether_ssh import algorithms
 
 __all__ = [
@@ -103,7 +113,7 @@ _SFTP_SERVER_PATHS = (
 #: Read size for bulk copies (stream bridge, session pipes): big reads keep scp and sftp fast.
 _COPY_SIZE = 256 * 1024
 #: Certificate errors raised after the signature verified, so the claimed user is genuine.
-_SIGNED_BUT_REFUSED = (pki.CertificateExpired, pki.CertificateNotYetValid, pki.PrincipalNotAllowed)
+_SIGNED_BUT_REFUSED = (CertificateExpired, CertificateNotYetValid, PrincipalNotAllowed)
 
 
 def _frozen_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
@@ -121,7 +131,7 @@ class NodeIdentity:
     :param labels: the node's labels, which roles' ``node_labels`` are matched against.
     """
 
-    host_key: pki.PrivateKey
+    host_key: PrivateKey
     host_cert: str
     node_name: str
     labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_labels)
@@ -147,8 +157,8 @@ class Authorizer(Protocol):
     The SSH server asks; it never decides. Called once the certificate is verified.
     """
 
-    def authorize(self, identity: pki.Identity, login: str) -> Permissions:
-        """Return what the login may do; raise :class:`tether.errors.AccessDenied` saying why
+    def authorize(self, identity: Identity, login: str) -> Permissions:
+        """Return what the login may do; raise :class:`tether.api.AccessDenied` saying why
         it may not log in at all."""
         ...
 
@@ -162,10 +172,10 @@ class RoleSetAuthorizer:
     :param node_labels: this node's labels, matched against the roles' ``node_labels``.
     """
 
-    roles_for: Callable[[pki.Identity], RoleSet]
+    roles_for: Callable[[Identity], RoleSet]
     node_labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_labels)
 
-    def authorize(self, identity: pki.Identity, login: str) -> Permissions:
+    def authorize(self, identity: Identity, login: str) -> Permissions:
         """Raise :class:`AccessDenied` unless a role allows *login* here and none denies it;
         forwarding as the roles' ``options.port_forwarding`` and ``options.forward_agent``."""
         roles = self.roles_for(identity)
@@ -193,7 +203,7 @@ class SSHServerStatistics:
 class _Grant:
     """A successful authentication: who, as which OS account, allowed to do what."""
 
-    identity: pki.Identity
+    identity: Identity
     login: str
     account: pwd.struct_passwd
     permissions: Permissions
@@ -229,7 +239,7 @@ class _Settings:
 
 
 def _host_key_options(node: NodeIdentity) -> dict[str, Any]:
-    key = asyncssh.import_private_key(pki.private_key_to_openssh(node.host_key))
+    key = asyncssh.import_private_key(private_key_to_openssh(node.host_key))
     cert = asyncssh.import_certificate(node.host_cert)
     return {"server_host_keys": [key], "server_host_certs": [cert]}
 
@@ -273,7 +283,7 @@ def _key_exchange_refusal(reason: str) -> str:
 def _cert_line(key_data: bytes) -> str:
     """The OpenSSH one-line form (``<type> <base64>``) of a key or certificate wire blob."""
     if len(key_data) < 4:
-        raise pki.MalformedCertificate("the client offered an empty key")
+        raise MalformedCertificate("the client offered an empty key")
     (size,) = struct.unpack(">I", key_data[:4])
     algorithm = key_data[4 : 4 + size].decode("ascii", errors="replace")
     return f"{algorithm} {base64.b64encode(key_data).decode()}"
@@ -559,16 +569,16 @@ class _NodeServer(asyncssh.SSHServer):
     def _verify(self, login: str, key_data: bytes) -> _Grant | None:
         """The kernel's verdict on this certificate for *login*: a grant, or None (refused)."""
         settings = self._settings
-        identity: pki.Identity | None = None
+        identity: Identity | None = None
         cert_line = ""
         try:
             cert_line = _cert_line(key_data)
-            identity = pki.verify_ssh_user_cert(
+            identity = verify_ssh_user_cert(
                 cert_line, trusted_cas=settings.trusted(), principal=login
             )
             permissions = settings.authorizer.authorize(identity, login)
             account = _check_account(login, settings.node.node_name)
-        except pki.CertificateExpired as exc:
+        except CertificateExpired as exc:
             self._refuse(
                 login,
                 f"certificate expired: {exc.message}",

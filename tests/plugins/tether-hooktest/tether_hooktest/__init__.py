@@ -24,26 +24,36 @@ import click
 import httpx
 import trio
 
-from tether.audit import AuditEvent, AuditQuery
-from tether.auth.sso_flows import SSORequest
-from tether.backend import Backend, BackendType, open_sqlite
-from tether.config import Config
-from tether.connectors import (
+from tether.api import (
+    AccessDenied,
+    AgentContext,
+    AgentStream,
+    AuditEvent,
+    AuditQuery,
+    Backend,
+    BackendType,
     ClaimMapping,
     ClaimRules,
+    Config,
     ConnectorContext,
     ExternalIdentity,
     LoginIdentity,
+    ProtocolHandler,
+    ProxyConnection,
+    Resource,
+    ResourceKind,
+    RoleMapRule,
+    Service,
+    ServiceContext,
+    SSORequest,
+    Target,
+    TargetKind,
+    TetherError,
+    hookimpl,
+    open_sqlite,
+    shared_group,
 )
-from tether.errors import AccessDenied, TetherError
-from tether.hookspecs import hookimpl
-from tether.node.protocols import AgentContext, AgentStream
-from tether.protocols import ProtocolHandler, ProxyConnection
-from tether.resources import Resource, ResourceKind
-from tether.services import Service, ServiceContext
-from tether.targets import Target, TargetKind
 from tether.testing.http import serve_http
-from tether.trust import RoleMapRule
 
 LOG_ENV = "TETHER_HOOKTEST_LOG"
 
@@ -300,6 +310,13 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
     def hooktest() -> None:
         """Prove that plugins can add commands."""
         click.echo(f"hooktest command in {program}")
+
+    if program == "tether":  # beside the SSH plugin's `proxy ssh`, in the kernel's group
+
+        @shared_group(cli, "proxy").command("hooktest")
+        def proxy_hooktest() -> None:
+            """Prove that two plugins can add to a group the kernel owns."""
+            click.echo("hooktest command in tether proxy")
 
 
 @hookimpl

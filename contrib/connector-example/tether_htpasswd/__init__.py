@@ -22,10 +22,7 @@ from typing import Any
 
 import trio
 
-from tether.config import Config
-from tether.connectors import ConnectorContext, LoginIdentity
-from tether.errors import AccessDenied, ConfigError
-from tether.hookspecs import hookimpl
+from tether.api import AccessDenied, Config, ConfigError, ConnectorContext, LoginIdentity, hookimpl
 
 _settings: dict[str, Any] = {}
 

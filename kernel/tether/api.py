@@ -1,0 +1,135 @@
+"""The public API for plugin authors: the one kernel module a plugin imports.
+
+A plugin (a protocol, an identity connector, an audit sink, a storage backend, a role-map
+strategy, client commands) imports names from here and from :mod:`tether.testing` for its
+tests, nothing else of ``tether``: ``.importlinter`` checks it in ``tox -e lint``. Every name
+is documented in ``docs/api.md`` (``tests/test_api_docs.py`` checks that the two agree); the
+modules they come from are the kernel's own business and may move.
+
+The names, grouped as ``docs/api.md`` groups them:
+
+* hooks: :data:`hookimpl`, the marker of every hook implementation (the hooks themselves are
+  in ``docs/hooks.md``), and :data:`__version__`;
+* errors a plugin raises or catches;
+* server side, the types hooks take and return: resource kinds, protocol handlers and the
+  targets they reach, node-agent protocols, identity connectors, backends, audit events,
+  role-map rules, services, the configuration (the types of plugin-owned configuration
+  sections, service roles, token types and role fields go with :class:`Config`);
+* certificates and identities a protocol verifies;
+* client side (``tether`` commands a plugin adds): the login profile, a stream to a target
+  through the proxy, the command-line helpers and the groups the kernel owns.
+"""
+
+from tether import __version__
+from tether.audit import AuditEvent, AuditQuery
+from tether.auth.sso_flows import SSORequest, is_loopback_http
+from tether.backend import Backend, BackendType, open_sqlite
+from tether.cli._common import emit_table, output, run_async, run_trio, shared_group
+from tether.client.clusters import leaf_clusters
+from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
+from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
+from tether.config import Config, HostPort
+from tether.connectors import (
+    ClaimMapping,
+    ClaimRules,
+    ConnectorContext,
+    ExternalIdentity,
+    IdentityConnector,
+    LoginIdentity,
+    PasswordConnector,
+    RedirectConnector,
+)
+from tether.dial import DialedTarget
+from tether.errors import AccessDenied, ConfigError, NotFound, TetherError, TrustError
+from tether.hookspecs import hookimpl
+from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
+from tether.pki import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    Identity,
+    MalformedCertificate,
+    PrincipalNotAllowed,
+    PrivateKey,
+    load_private_key,
+    private_key_to_openssh,
+    verify_ssh_user_cert,
+)
+from tether.protocols import DialedConnection, ProtocolHandler, ProxyConnection, relay_bytes
+from tether.rbac import RoleSet
+from tether.resources import InvalidField, KindRegistry, Resource, ResourceKind, resource_from_dict
+from tether.services import Service, ServiceContext
+from tether.targets import Target, TargetKind
+from tether.trust import RoleMapRule, expand_groups
+from tether.tunnel.forward import splice
+
+# Sorted for ruff; docs/api.md groups them by what a plugin does.
+__all__ = [
+    "HOME_ENV",
+    "AccessDenied",
+    "AgentContext",
+    "AgentProtocol",
+    "AgentStream",
+    "AuditEvent",
+    "AuditQuery",
+    "Backend",
+    "BackendType",
+    "CertificateExpired",
+    "CertificateNotYetValid",
+    "ClaimMapping",
+    "ClaimRules",
+    "Config",
+    "ConfigError",
+    "ConnectorContext",
+    "DialedConnection",
+    "DialedTarget",
+    "ExternalIdentity",
+    "HostCredentials",
+    "HostPort",
+    "Identity",
+    "IdentityConnector",
+    "InvalidField",
+    "KindRegistry",
+    "LoginIdentity",
+    "MalformedCertificate",
+    "NotFound",
+    "PasswordConnector",
+    "PrincipalNotAllowed",
+    "PrivateKey",
+    "Profile",
+    "ProtocolHandler",
+    "ProxyConnection",
+    "RedirectConnector",
+    "Resource",
+    "ResourceKind",
+    "RoleMapRule",
+    "RoleSet",
+    "SSORequest",
+    "Service",
+    "ServiceContext",
+    "Target",
+    "TargetKind",
+    "TetherError",
+    "TrustError",
+    "__version__",
+    "cluster_host_cas",
+    "current_profile",
+    "emit_table",
+    "expand_groups",
+    "hookimpl",
+    "is_loopback_http",
+    "leaf_clusters",
+    "list_targets",
+    "load_private_key",
+    "open_sqlite",
+    "open_target_stream",
+    "output",
+    "private_key_to_openssh",
+    "profile_ssl_context",
+    "relay_bytes",
+    "resource_from_dict",
+    "run_async",
+    "run_trio",
+    "shared_group",
+    "splice",
+    "verify_ssh_user_cert",
+]
