@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from tether.audit import AuditEvent, AuditQuery
     from tether.backend import BackendType
-    from tether.config import Config
+    from tether.config import Config, ConfigSection, ServiceRole
     from tether.connectors import IdentityConnector
     from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
@@ -49,6 +49,34 @@ def tether_configure(config: Config) -> None:
     raise :class:`~tether.errors.ConfigError` to refuse a setting, which stops start-up.
 
     :param config: the loaded configuration.
+    """
+
+
+@hookspec
+def tether_config_sections() -> list[ConfigSection]:
+    """Return the top-level sections of ``tether.yaml`` this plugin owns (``ssh_service``).
+
+    Called once when a configuration file is read (by ``tetherd``, ``tetherctl`` and
+    :func:`tether.config.load_config`), before the file is structured. Each
+    :class:`~tether.config.ConfigSection` names its key and a frozen attrs class with a
+    default for every field; the kernel structures it with its own strict converter, so a
+    mistake is reported as the kernel's are (``file:line: section.field: problem``, unknown
+    keys with "did you mean"). Read it back, typed, with
+    :meth:`Config.section(YourSection) <tether.config.Config.section>`: its defaults when the
+    file has no such section. A name the kernel uses, or one declared twice, stops start-up
+    with an error naming the plugins.
+    """
+
+
+@hookspec
+def tether_service_roles() -> list[ServiceRole]:
+    """Return the service roles this plugin adds to ``tetherd start --roles`` (``node``).
+
+    Called once when ``tetherd start`` applies its flags. Each
+    :class:`~tether.config.ServiceRole` names the section whose ``enabled`` field it sets:
+    the roles named on the command line run, the others do not. The kernel registers
+    ``auth`` and ``proxy`` the same way. A role declared twice, or one whose section has no
+    ``enabled`` field, stops start-up with an error naming the plugin.
     """
 
 

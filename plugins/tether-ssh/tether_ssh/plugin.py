@@ -15,7 +15,7 @@ from tether_ssh.inventory import NODE
 if TYPE_CHECKING:
     import click
 
-    from tether.config import Config
+    from tether.config import Config, ConfigSection, ServiceRole
     from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
@@ -23,9 +23,27 @@ if TYPE_CHECKING:
 __all__ = [
     "tether_agent_protocols",
     "tether_cli_commands",
+    "tether_config_sections",
     "tether_protocols",
     "tether_resource_kinds",
+    "tether_service_roles",
 ]
+
+
+@tether.hookimpl
+def tether_config_sections() -> list[ConfigSection]:
+    """``ssh_service:``, where Teleport's configuration has it."""
+    from tether_ssh.config import SECTION
+
+    return [SECTION]
+
+
+@tether.hookimpl
+def tether_service_roles() -> list[ServiceRole]:
+    """``node``: ``tetherd start --roles=node`` runs ``ssh_service``."""
+    from tether_ssh.config import SERVICE_ROLE
+
+    return [SERVICE_ROLE]
 
 
 @tether.hookimpl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import hashlib
 import http.server
 import json
@@ -27,7 +28,7 @@ import trio
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.sso_flows import SSORequest
 from tether.backend import Backend, BackendType, open_sqlite
-from tether.config import Config
+from tether.config import Config, ConfigSection, FieldError, ServiceRole, positive
 from tether.connectors import (
     ClaimMapping,
     ClaimRules,
@@ -76,9 +77,53 @@ WIDGET = ResourceKind(
 )
 
 
+@attrs.frozen
+class HooktestSection:
+    """``hooktest_service:``: a plugin's own top-level section, read back typed."""
+
+    enabled: bool = False
+    greeting: str = "hello"
+    period: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(minutes=1), validator=positive
+    )
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.greeting == "goodbye":
+            raise FieldError(("greeting",), "a greeting says hello")
+
+
+SECTION = ConfigSection(
+    name="hooktest_service",
+    type=HooktestSection,
+    template="hooktest_service:\n  enabled: false\n  # how the plugin says hello\n"
+    "  greeting: hello\n  period: 1m\n  labels: {}\n",
+)
+#: ``tetherd start --roles=hooktest`` turns hooktest_service on
+ROLE = ServiceRole("hooktest", "hooktest_service", "hooktest's own service")
+
+
+@hookimpl
+def tether_config_sections() -> list[ConfigSection]:
+    return [SECTION] if _active() else []
+
+
+@hookimpl
+def tether_service_roles() -> list[ServiceRole]:
+    return [ROLE] if _active() else []
+
+
 @hookimpl
 def tether_configure(config: Config) -> None:
     record("tether_configure", cluster=config.cluster_name)
+    if _active():
+        section = config.section(HooktestSection)
+        record(
+            "tether_config_sections.read",
+            enabled=section.enabled,
+            greeting=section.greeting,
+            labels=dict(section.labels),
+        )
 
 
 @hookimpl
