@@ -1,6 +1,7 @@
-"""A plugin owns a top-level section of ``tether.yaml`` and a ``tetherd start --roles`` value:
-hooktest's ``hooktest_service`` and ``hooktest``, read with the kernel's errors; each misuse
-of ``tether_config_sections`` and ``tether_service_roles`` refused with its plugin named."""
+"""A plugin owns a top-level section of ``tether.yaml``, a ``tetherd start --roles`` value and a
+``tetherctl tokens add --type`` value: hooktest's ``hooktest_service``, ``hooktest`` role and
+``hooktest`` token, with the kernel's errors; each misuse of ``tether_config_sections``,
+``tether_service_roles`` and ``tether_token_types`` refused with its plugin named."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tether.errors import ConfigError, PluginError
 from tether.hookspecs import hookimpl
 from tether.plugins import get_plugin_manager
 from tether.testing.cluster import run_cli, start_cluster
+from tether.token_types import TokenType, token_types
 from tether.yamlio import dump_yaml
 
 
@@ -247,3 +249,59 @@ def test_tetherd_start_lists_and_checks_the_registered_roles(tmp_path: pathlib.P
     assert refused.returncode != 0
     assert "--roles: nodes is not a role; choose from auth, proxy" in refused.stderr
     assert "hooktest" in refused.stderr.splitlines()[-1]
+
+
+# --- a token type ----------------------------------------------------------------------------
+
+
+def test_admin_adds_a_plugins_token_type_and_is_told_the_registered_ones(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {tether_hooktest.LOG_ENV: str(tmp_path / "hooks.jsonl")}
+    cluster = start_cluster(tmp_path / "cluster", "tokens", env=env)
+    try:
+        added = json.loads(
+            cluster.tetherctl("tokens", "add", "--type=hooktest", "--format=json", env=env).stdout
+        )
+        listed = cluster.tetherctl("tokens", "ls", env=env).stdout
+        refused = cluster.tetherctl("tokens", "add", "--type=gadget", env=env, check=False)
+        help_text = " ".join(cluster.tetherctl("tokens", "add", "--help", env=env).stdout.split())
+    finally:
+        cluster.stop()
+
+    assert added["type"] == "hooktest"
+    assert any(line.split()[:2] == [added["token"], "hooktest"] for line in listed.splitlines())
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "ERROR: unknown token type 'gadget' (use one of: hooktest, node, proxy, trusted_cluster)"
+    )
+    assert "hooktest: a hooktest gadget joins" in help_text
+    assert "node: a node joins the cluster" in help_text
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        (TokenType("node", "Gadget", "again"),
+         "plugin 'bad': token type 'node': also declared by plugin 'core-services'"),
+        (TokenType("gadget", "Node", "joins as a node"),
+         "plugin 'bad': token type 'gadget': role 'Node' is also the role of token type 'node'"),
+        (TokenType("Gadget", "Gadget", "capital"),
+         "plugin 'bad': token type 'Gadget': a token type is lower_case_with_underscores"),
+    ],
+)  # fmt: skip
+def test_misdeclared_token_types_are_refused_naming_the_plugin(
+    declared: TokenType, message: str
+) -> None:
+    class Bad:
+        @hookimpl
+        def tether_token_types(self) -> list[TokenType]:
+            return [declared]
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Bad(), name="bad")
+
+    with pytest.raises(PluginError) as info:
+        token_types(pm)
+
+    assert info.value.message == message

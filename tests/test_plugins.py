@@ -52,6 +52,7 @@ HOOKTEST_HOOKS = (
     "tether_resource_kinds",
     "tether_service_roles",
     "tether_services",
+    "tether_token_types",
 )
 
 
@@ -87,7 +88,7 @@ def test_operator_lists_loaded_plugins_with_their_distribution() -> None:
     assert rows["local"][2] == "tether_identity_connectors"
     assert rows["role-maps"][2] == "tether_map_role"
     assert rows["node-agent"][2] == "tether_services"
-    assert rows["core-services"][2] == "tether_service_roles"
+    assert rows["core-services"][2] == "tether_service_roles, tether_token_types"
     assert rows["hooktest"] == ["tether-hooktest", "0.0.1", ", ".join(HOOKTEST_HOOKS)]
 
 

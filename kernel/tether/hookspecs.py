@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tether.protocols import ProtocolHandler
     from tether.resources import ResourceKind
     from tether.services import Service, ServiceContext
+    from tether.token_types import TokenType
     from tether.trust import RoleMapRule
 
 hookspec = pluggy.HookspecMarker("tether")
@@ -77,6 +78,18 @@ def tether_service_roles() -> list[ServiceRole]:
     the roles named on the command line run, the others do not. The kernel registers
     ``auth`` and ``proxy`` the same way. A role declared twice, or one whose section has no
     ``enabled`` field, stops start-up with an error naming the plugin.
+    """
+
+
+@hookspec
+def tether_token_types() -> list[TokenType]:
+    """Return the join token types this plugin adds to ``tetherctl tokens add --type=...``.
+
+    Called once when the auth service starts, and by ``tetherctl tokens add --help``. Each
+    :class:`~tether.token_types.TokenType` names the type and the role stored in the token,
+    which is what the join of that kind of host checks. The kernel registers ``node``,
+    ``proxy`` and ``trusted_cluster`` the same way. An unknown type is refused with the list
+    of registered ones; a name or role declared twice stops start-up naming the plugins.
     """
 
 

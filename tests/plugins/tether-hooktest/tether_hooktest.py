@@ -43,6 +43,7 @@ from tether.protocols import ProtocolHandler, ProxyConnection
 from tether.resources import ResourceKind
 from tether.services import Service, ServiceContext
 from tether.testing.http import serve_http
+from tether.token_types import TokenType
 from tether.trust import RoleMapRule
 
 LOG_ENV = "TETHER_HOOKTEST_LOG"
@@ -111,6 +112,15 @@ def tether_config_sections() -> list[ConfigSection]:
 @hookimpl
 def tether_service_roles() -> list[ServiceRole]:
     return [ROLE] if _active() else []
+
+
+#: ``tetherctl tokens add --type=hooktest``: a token that joins as role ``Hooktest``
+TOKEN_TYPE = TokenType("hooktest", "Hooktest", "a hooktest gadget joins")
+
+
+@hookimpl
+def tether_token_types() -> list[TokenType]:
+    return [TOKEN_TYPE] if _active() else []
 
 
 @hookimpl
