@@ -50,6 +50,7 @@ HOOKTEST_HOOKS = (
     "tether_map_role",
     "tether_protocols",
     "tether_resource_kinds",
+    "tether_role_fields",
     "tether_service_roles",
     "tether_services",
     "tether_token_types",

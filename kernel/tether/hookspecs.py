@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tether.connectors import IdentityConnector
     from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
-    from tether.resources import ResourceKind
+    from tether.resources import ResourceKind, RoleField
     from tether.services import Service, ServiceContext
     from tether.token_types import TokenType
     from tether.trust import RoleMapRule
@@ -101,6 +101,20 @@ def tether_resource_kinds() -> list[ResourceKind]:
     auth service). The lists of all plugins are merged; a kind name or alias declared by two
     plugins stops start-up with an error naming both. Kinds are what ``tetherctl create``,
     ``get`` and ``rm`` accept.
+    """
+
+
+@hookspec
+def tether_role_fields() -> list[RoleField]:
+    """Return the fields this plugin adds to a role's ``allow`` and ``deny`` conditions.
+
+    Called once when a registry of kinds is built, after ``tether_resource_kinds``. Each
+    :class:`~tether.resources.RoleField` is a list of strings (each may be a template such
+    as ``{{internal.db_users}}``) or a label selector; the ``role`` kind then structures,
+    validates (errors carry the file's line) and writes back the field like the kernel's
+    own, and :class:`~tether.rbac.RoleSet` evaluates it by name (``traits_values`` for
+    strings, ``can_access`` for labels). A name roles already have, or one declared twice,
+    is an error naming the plugins.
     """
 
 

@@ -46,6 +46,7 @@ from tether.resources._kinds import (
     preset_roles,
 )
 from tether.resources._model import KindRegistry, Metadata, Resource, ResourceKind
+from tether.resources._role_fields import RoleField, extend_role_kind, role_fields
 
 __all__ = [
     "CERT_AUTHORITY",
@@ -69,6 +70,7 @@ __all__ = [
     "Resource",
     "ResourceKind",
     "RoleConditions",
+    "RoleField",
     "RoleOptions",
     "RoleSpec",
     "Rule",
@@ -77,6 +79,7 @@ __all__ = [
     "UserSpec",
     "UserStatus",
     "dump_resources",
+    "extend_role_kind",
     "make_resource",
     "parse_resources",
     "preset_roles",
@@ -84,6 +87,7 @@ __all__ = [
     "resource_from_dict",
     "resource_to_bytes",
     "resource_to_dict",
+    "role_fields",
     "show",
     "structure",
 ]

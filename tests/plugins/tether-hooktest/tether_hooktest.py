@@ -40,7 +40,7 @@ from tether.errors import AccessDenied, TetherError
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentStream
 from tether.protocols import ProtocolHandler, ProxyConnection
-from tether.resources import ResourceKind
+from tether.resources import ResourceKind, RoleField
 from tether.services import Service, ServiceContext
 from tether.testing.http import serve_http
 from tether.token_types import TokenType
@@ -112,6 +112,19 @@ def tether_config_sections() -> list[ConfigSection]:
 @hookimpl
 def tether_service_roles() -> list[ServiceRole]:
     return [ROLE] if _active() else []
+
+
+#: role conditions' ``hooktest_gadgets`` (may be ``{{internal.gadgets}}``) and
+#: ``hooktest_labels``, read with RoleSet.traits_values and RoleSet.can_access
+ROLE_FIELDS = [
+    RoleField("hooktest_gadgets", "strings", "gadgets the role may use"),
+    RoleField("hooktest_labels", "labels", "gadgets the role may see"),
+]
+
+
+@hookimpl
+def tether_role_fields() -> list[RoleField]:
+    return list(ROLE_FIELDS) if _active() else []
 
 
 #: ``tetherctl tokens add --type=hooktest``: a token that joins as role ``Hooktest``
