@@ -22,7 +22,14 @@ from tether.patterns import (
     match_labels,
     reads_as_pattern,
 )
-from tether.resources import LABEL_FIELDS, VERBS, Resource, RoleConditions, RoleSpec
+from tether.resources import (
+    LABEL_FIELDS,
+    ROLE_FIELD_KIND,
+    VERBS,
+    Resource,
+    RoleConditions,
+    RoleSpec,
+)
 
 __all__ = ["RoleSet"]
 
@@ -85,12 +92,16 @@ class RoleSet:
     def _sides(self, side: str) -> list[tuple[str, RoleConditions]]:
         return [(role.name, getattr(role.spec, side)) for role in self._roles]
 
-    def _has_field(self, field: str) -> bool:
-        """Whether ``field`` is a plugin's role field (``tether_role_fields``): the roles of
-        a process with that plugin are read with it, so an empty set is the only one that
-        cannot tell, and it has nothing to give anyway."""
+    def _is_plugin_field(self, field: str, kind: str) -> bool:
+        """Whether ``field`` is a plugin's role field of ``kind`` (``tether_role_fields``):
+        the roles of a process with that plugin are read with it, so an empty set is the only
+        one that cannot tell, and it has nothing to give anyway."""
+        if field in attrs.fields_dict(RoleConditions):
+            return False
         return not self._roles or any(
-            field in attrs.fields_dict(type(role.spec.allow)) for role in self._roles
+            (found := attrs.fields_dict(type(role.spec.allow)).get(field)) is not None
+            and found.metadata.get(ROLE_FIELD_KIND) == kind
+            for role in self._roles
         )
 
     def traits_values(self, field: str, traits: Traits) -> list[str]:
@@ -100,7 +111,7 @@ class RoleSet:
 
         :raises ValueError: ``field`` is not a list field of role conditions.
         """
-        if field not in _LIST_FIELDS and not self._has_field(field):
+        if field not in _LIST_FIELDS and not self._is_plugin_field(field, "strings"):
             raise ValueError(
                 f"unknown role field {field!r}; expected one of " + ", ".join(_LIST_FIELDS)
             )
@@ -159,7 +170,7 @@ class RoleSet:
         listing shows (``tether ls``): some allow selects the labels and no deny selects them.
         A login-only deny does not hide a resource; it is refused at login with its reason.
         """
-        if field not in LABEL_FIELDS and not self._has_field(field):
+        if field not in LABEL_FIELDS and not self._is_plugin_field(field, "labels"):
             raise ValueError(f"unknown label condition {field!r}; expected one of {LABEL_FIELDS}")
         if field == "cluster_labels":  # an unlabelled cluster is visible to everyone
             return self.can_see_cluster(labels, traits)

@@ -46,13 +46,19 @@ from tether.resources._kinds import (
     preset_roles,
 )
 from tether.resources._model import KindRegistry, Metadata, Resource, ResourceKind
-from tether.resources._role_fields import RoleField, extend_role_kind, role_fields
+from tether.resources._role_fields import (
+    ROLE_FIELD_KIND,
+    RoleField,
+    extend_role_kind,
+    role_fields,
+)
 
 __all__ = [
     "CERT_AUTHORITY",
     "LABEL_FIELDS",
     "PROXY",
     "ROLE",
+    "ROLE_FIELD_KIND",
     "TOKEN",
     "USER",
     "VERBS",

@@ -22,7 +22,10 @@ from tether.resources._model import Resource, ResourceKind
 if TYPE_CHECKING:
     import pluggy
 
-__all__ = ["RoleField", "extend_role_kind", "role_fields"]
+__all__ = ["ROLE_FIELD_KIND", "RoleField", "extend_role_kind", "role_fields"]
+
+#: attrs metadata key of a plugin's field in role conditions: its kind, strings or labels
+ROLE_FIELD_KIND = "tether_role_field"
 
 _KERNEL_FIELDS = frozenset(attrs.fields_dict(RoleConditions))
 
@@ -72,10 +75,10 @@ def extend_role_kind(fields: Sequence[RoleField]) -> ResourceKind:
     for field in fields:
         if field.kind == "strings":
             annotations[field.name] = tuple[str, ...]
-            namespace[field.name] = attrs.field(default=())
+            namespace[field.name] = attrs.field(default=(), metadata={ROLE_FIELD_KIND: "strings"})
         else:
             annotations[field.name] = Labels
-            namespace[field.name] = attrs.field(factory=dict)
+            namespace[field.name] = attrs.field(factory=dict, metadata={ROLE_FIELD_KIND: "labels"})
     conditions = attrs.frozen(type("RoleConditions", (RoleConditions,), namespace))
     spec = attrs.frozen(
         type(
@@ -99,4 +102,3 @@ def extend_role_kind(fields: Sequence[RoleField]) -> ResourceKind:
             check_conditions(getattr(resource.spec, side), side, strings, labels)
 
     return attrs.evolve(ROLE, spec_type=spec, validate=validate)
-
