@@ -36,6 +36,7 @@ from tether.proxy.routing import Router
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.ratelimit import RateLimiter
+from tether.resources import KindRegistry
 from tether.services import ServiceContext
 from tether.tlsserver import HTTP_ALPN, TLSHandler, listen_tls, peer_address
 from tether.tlsstream import TLSStream
@@ -118,7 +119,14 @@ async def start_proxy(
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
-    web = _LazyHandler(holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body)
+    web = _LazyHandler(
+        holder,
+        auth_client,
+        tunnels,
+        limiter,
+        config.proxy_service.max_request_body,
+        KindRegistry.from_plugins(ctx.pm),
+    )
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
         public_addr=lambda: holder["info"].public_addr,
@@ -213,12 +221,14 @@ class _LazyHandler:
         tunnels: TunnelServer,
         limiter: RateLimiter,
         max_body: int,
+        kinds: KindRegistry,
     ) -> None:
         self._holder = holder
         self._auth = auth
         self._tunnels = tunnels
         self._limiter = limiter
         self._max_body = max_body
+        self._kinds = kinds
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
@@ -229,6 +239,7 @@ class _LazyHandler:
                 limiter=self._limiter,
                 max_body=self._max_body,
                 tunnels=self._tunnels,
+                kinds=self._kinds,
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)

@@ -29,6 +29,7 @@ from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
 from tether.proxy.sso_page import approval_page
 from tether.ratelimit import RateLimiter, rate_limited
+from tether.resources import KindRegistry
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
     error_status,
@@ -79,6 +80,7 @@ def build_web_app(
     limiter: RateLimiter,
     max_body: int,
     tunnels: TunnelServer | None = None,
+    kinds: KindRegistry | None = None,
 ) -> BodyLimit:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
 
@@ -88,6 +90,7 @@ def build_web_app(
     :param max_body: the largest request body read (``proxy_service.max_request_body``); a
         larger one is refused with 413 before it is read, and audited.
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
+    :param kinds: the kinds of this process's plugins, to read the roles of a scraper.
     """
 
     async def ping(request: Request) -> JSONResponse:
@@ -203,7 +206,7 @@ def build_web_app(
                 methods=["POST"],
             ),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
-            metrics_route(info.cluster_name, auth, tunnels),
+            metrics_route(info.cluster_name, auth, tunnels, kinds),
         ],
         exception_handlers=exception_handlers(),
     )
