@@ -17,8 +17,8 @@ import pytest
 
 from tether.config import (
     CaAlgorithm,
-    CommandLabel,
     Config,
+    ConfigSchema,
     HostPort,
     LogFormat,
     Severity,
@@ -31,6 +31,7 @@ from tether.config import (
 )
 from tether.errors import ConfigError
 from tether.logs import setup_logging
+from tether.plugins import get_plugin_manager
 from tether.yamlio import dump_yaml
 
 FULL_EXAMPLE = """\
@@ -56,11 +57,6 @@ proxy_service:
   public_addr: proxy.example.com:443
   https_cert_file: /etc/tether/web.crt
   https_key_file: /etc/tether/web.key
-ssh_service:
-  enabled: true
-  listen_addr: "[::]:3022"
-  labels: {env: dev}
-  commands: [{name: arch, command: [uname, -p], period: 1h}]
 """
 
 
@@ -100,13 +96,6 @@ def test_operator_loads_the_documented_example() -> None:
     assert config.proxy_service.public_addr == HostPort("proxy.example.com", 443)
     assert config.proxy_public_addr == HostPort("proxy.example.com", 443)
     assert config.proxy_service.https_key_file == pathlib.Path("/etc/tether/web.key")
-    ssh = config.ssh_service
-    assert ssh.enabled
-    assert ssh.listen_addr == HostPort("::", 3022)
-    assert ssh.labels == {"env": "dev"}
-    assert ssh.commands == (
-        CommandLabel(name="arch", command=("uname", "-p"), period=datetime.timedelta(hours=1)),
-    )
 
 
 def test_empty_file_means_the_embedded_defaults() -> None:
@@ -116,8 +105,8 @@ def test_empty_file_means_the_embedded_defaults() -> None:
 
 def test_section_left_empty_means_its_defaults() -> None:
     config = load("""\
-        ssh_service:
-          # enabled: true
+        log:
+          # severity: DEBUG
         """)
     assert config == default_config()
 
@@ -148,7 +137,6 @@ def test_defaults_follow_the_host_and_user() -> None:
         assert config.data_dir == pathlib.Path.home() / ".local/share/tether"
     assert config.log.severity is Severity.INFO
     assert config.auth_service.session_ttl == datetime.timedelta(hours=12)
-    assert not config.ssh_service.enabled
 
 
 def test_storage_defaults_to_sqlite_in_the_data_dir(tmp_path: pathlib.Path) -> None:
@@ -223,20 +211,6 @@ def test_unknown_key_without_a_close_match_lists_the_known_fields() -> None:
     assert message == "tether.yaml:2: log.colour: unknown field (known fields: severity, format)"
 
 
-def test_unknown_key_deep_in_a_list_item() -> None:
-    message = error_of("""\
-        ssh_service:
-          commands:
-            - name: arch
-              command: [uname, -p]
-              peroid: 1h
-        """)
-
-    assert message == (
-        "tether.yaml:5: ssh_service.commands[0].peroid: unknown field (did you mean period?)"
-    )
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -251,8 +225,6 @@ def test_unknown_key_deep_in_a_list_item() -> None:
         ("plugins:\n  disabled: jsonl-audit\n",
          "tether.yaml:2: plugins.disabled: expected a list, got a string"),
         ("log: [INFO]\n", "tether.yaml:1: log: expected a mapping, got a list"),
-        ("ssh_service:\n  labels: {env: [dev]}\n",
-         "tether.yaml:2: ssh_service.labels.env: expected a string, got a list"),
         ("proxy_service:\n  listen_addr: 3080\n",
          "tether.yaml:2: proxy_service.listen_addr: expected host:port, got an integer"),
         ("nodename:\n", "tether.yaml:1: nodename: expected a string, got null"),
@@ -357,25 +329,6 @@ def test_certificate_without_its_key_is_refused() -> None:
         """)
 
     assert message == "tether.yaml:2: proxy_service.https_cert_file: needs https_key_file as well"
-
-
-def test_label_defined_twice_is_refused() -> None:
-    message = error_of("""\
-        ssh_service:
-          labels: {arch: x86}
-          commands:
-            - {name: arch, command: [uname, -p]}
-        """)
-
-    assert message == "tether.yaml:4: ssh_service.commands[0].name: label 'arch' is defined twice"
-
-
-def test_command_label_needs_a_program() -> None:
-    message = error_of("ssh_service:\n  commands:\n    - {name: arch, command: []}\n")
-
-    assert message == (
-        "tether.yaml:3: ssh_service.commands[0].command: must name a program, like [uname, -p]"
-    )
 
 
 def test_storage_url_must_be_a_url() -> None:
@@ -579,19 +532,21 @@ def test_config_log_section_drives_logging_setup(root_logger: logging.Logger) ->
 # --- tetherd start flags -----------------------------------------------------------------------
 
 
-def test_node_flags_choose_the_services_and_how_to_join() -> None:
+#: the kernel's roles and no plugin's: these tests hold whatever is installed
+KERNEL = ConfigSchema.from_plugins(get_plugin_manager(autoload=False))
+
+
+def test_join_flags_choose_the_services_and_how_to_join() -> None:
     config = apply_start_flags(
         default_config(),
-        roles="node",
+        roles="proxy",
         token="abc",
         proxy_server="proxy.example:3080",
         ca_pin="sha256:00",
-        labels="env=dev, os=linux",
         nodename="web-1",
+        schema=KERNEL,
     )
-    assert not config.auth_service.enabled and not config.proxy_service.enabled
-    assert config.ssh_service.enabled
-    assert config.ssh_service.labels == {"env": "dev", "os": "linux"}
+    assert not config.auth_service.enabled and config.proxy_service.enabled
     assert config.join.token == "abc" and config.join.ca_pin == "sha256:00"
     assert config.join.proxy_server == HostPort("proxy.example", 3080)
     assert config.join.auth_server is None and config.nodename == "web-1"
@@ -599,7 +554,7 @@ def test_node_flags_choose_the_services_and_how_to_join() -> None:
 
 def test_a_server_flag_replaces_the_files_choice_of_server() -> None:
     from_file = load_config_text("join:\n  auth_server: auth.example:3025\n", "tether.yaml")
-    config = apply_start_flags(from_file, proxy_server="proxy.example:3080")
+    config = apply_start_flags(from_file, proxy_server="proxy.example:3080", schema=KERNEL)
     assert config.join.server == HostPort("proxy.example", 3080)
     assert config.join.auth_server is None
 
@@ -607,14 +562,14 @@ def test_a_server_flag_replaces_the_files_choice_of_server() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"roles": "auth,db"}, "--roles: db is not a role; choose from auth, proxy, node"),
+        ({"roles": "auth,db"}, "--roles: db is not a role; choose from auth, proxy"),
         ({"proxy_server": "nowhere"}, "--proxy: 'nowhere' is not host:port"),
         ({"labels": "env"}, "--labels: 'env' is not key=value"),
     ],
 )
 def test_bad_start_flags_are_refused_naming_the_flag(flags: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        apply_start_flags(default_config(), **flags)  # type: ignore[arg-type]
+        apply_start_flags(default_config(), **flags, schema=KERNEL)  # type: ignore[arg-type]
 
 
 def test_join_section_refuses_both_servers() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+import tether_hooktest
 import trio
 import trio.testing
 from prometheus_client import generate_latest
@@ -264,6 +265,24 @@ def test_user_whose_roles_allow_read_on_metrics_scrapes(clusters: Clusters, role
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert "tether_build_info" in response.text
+
+
+def test_user_whose_role_has_a_plugins_field_scrapes(tmp_path: pathlib.Path) -> None:
+    """The proxy reads the scraper's roles with its plugins' role fields (hooktest's)."""
+    env = {tether_hooktest.LOG_ENV: str(tmp_path / "hooks.jsonl")}
+    cluster = start_cluster(tmp_path / "fields", "fields", env=env)
+    try:
+        role = tmp_path / "gadget-reader.yaml"
+        role.write_text(
+            METRICS_READER_ROLE.replace("metrics-reader", "gadget-reader")
+            + "    hooktest_gadgets: [spanner]\n"
+        )
+        cluster.tetherctl("create", str(role), env=env)
+        with minted_client(cluster, "prometheus", roles=("gadget-reader",)) as client:
+            response = client.get("/metrics")
+    finally:
+        cluster.stop()
+    assert response.status_code == 200, response.text
 
 
 def test_user_without_a_metrics_rule_is_refused_with_the_reason(clusters: Clusters) -> None:

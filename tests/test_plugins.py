@@ -29,19 +29,31 @@ from tether.plugins import AUTOLOAD_ENV, TetherPluginManager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.yamlio import dump_yaml
 
-BUILTINS = ("core-kinds", "sqlite", "jsonl-audit", "local", "role-maps", "node-agent")
+BUILTINS = (
+    "core-kinds",
+    "sqlite",
+    "jsonl-audit",
+    "local",
+    "role-maps",
+    "node-agent",
+    "core-services",
+)
 HOOKTEST_HOOKS = (
     "tether_agent_protocols",
     "tether_audit_event",
     "tether_audit_search",
     "tether_backends",
     "tether_cli_commands",
+    "tether_config_sections",
     "tether_configure",
     "tether_identity_connectors",
     "tether_map_role",
     "tether_protocols",
     "tether_resource_kinds",
+    "tether_role_fields",
+    "tether_service_roles",
     "tether_services",
+    "tether_token_types",
 )
 
 
@@ -77,6 +89,7 @@ def test_operator_lists_loaded_plugins_with_their_distribution() -> None:
     assert rows["local"][2] == "tether_identity_connectors"
     assert rows["role-maps"][2] == "tether_map_role"
     assert rows["node-agent"][2] == "tether_services"
+    assert rows["core-services"][2] == "tether_service_roles, tether_token_types"
     assert rows["hooktest"] == ["tether-hooktest", "0.0.1", ", ".join(HOOKTEST_HOOKS)]
 
 

@@ -28,7 +28,15 @@ from tether.cli._common import emit_table, output, run_async, run_trio, shared_g
 from tether.client.clusters import leaf_clusters
 from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
 from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
-from tether.config import Config, HostPort
+from tether.config import (
+    Config,
+    ConfigSection,
+    FieldError,
+    HostPort,
+    ServiceRole,
+    not_blank,
+    positive,
+)
 from tether.connectors import (
     ClaimMapping,
     ClaimRules,
@@ -56,9 +64,17 @@ from tether.pki import (
 )
 from tether.protocols import DialedConnection, ProtocolHandler, ProxyConnection, relay_bytes
 from tether.rbac import RoleSet
-from tether.resources import InvalidField, KindRegistry, Resource, ResourceKind, resource_from_dict
+from tether.resources import (
+    InvalidField,
+    KindRegistry,
+    Resource,
+    ResourceKind,
+    RoleField,
+    resource_from_dict,
+)
 from tether.services import Service, ServiceContext
 from tether.targets import Target, TargetKind
+from tether.token_types import TokenType
 from tether.trust import RoleMapRule, expand_groups
 from tether.tunnel.forward import splice
 
@@ -79,10 +95,12 @@ __all__ = [
     "ClaimRules",
     "Config",
     "ConfigError",
+    "ConfigSection",
     "ConnectorContext",
     "DialedConnection",
     "DialedTarget",
     "ExternalIdentity",
+    "FieldError",
     "HostCredentials",
     "HostPort",
     "Identity",
@@ -101,14 +119,17 @@ __all__ = [
     "RedirectConnector",
     "Resource",
     "ResourceKind",
+    "RoleField",
     "RoleMapRule",
     "RoleSet",
     "SSORequest",
     "Service",
     "ServiceContext",
+    "ServiceRole",
     "Target",
     "TargetKind",
     "TetherError",
+    "TokenType",
     "TrustError",
     "__version__",
     "cluster_host_cas",
@@ -120,9 +141,11 @@ __all__ = [
     "leaf_clusters",
     "list_targets",
     "load_private_key",
+    "not_blank",
     "open_sqlite",
     "open_target_stream",
     "output",
+    "positive",
     "private_key_to_openssh",
     "profile_ssl_context",
     "relay_bytes",

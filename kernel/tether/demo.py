@@ -25,13 +25,11 @@ import trio
 
 from tether.auth.http_client import admin_client
 from tether.config import (
-    AuthServiceConfig,
     Config,
-    HostPort,
-    ProxyServiceConfig,
-    SshServiceConfig,
+    ConfigSchema,
+    config_from_dict,
     config_to_dict,
-    default_config,
+    installed_schema,
 )
 from tether.daemon import run_daemon, wait_for_stop_signal
 from tether.errors import TetherError
@@ -69,20 +67,31 @@ ONLINE_TIMEOUT = 30.0
 
 
 def demo_config(
-    directory: pathlib.Path, cluster_name: str, *, nodename: str, with_node: bool = False
+    directory: pathlib.Path,
+    cluster_name: str,
+    *,
+    nodename: str,
+    with_node: bool = False,
+    schema: ConfigSchema | None = None,
 ) -> Config:
     """One cluster: auth and proxy on free loopback ports, data in ``directory/data``, and
-    with ``with_node`` this host as its node ``nodename`` labelled ``env=demo``."""
-    return default_config(
-        cluster_name=cluster_name,
-        nodename=nodename,
-        data_dir=directory / "data",
-        auth_service=AuthServiceConfig(listen_addr=HostPort("127.0.0.1", 0)),
-        proxy_service=ProxyServiceConfig(listen_addr=HostPort("127.0.0.1", 0)),
-        ssh_service=SshServiceConfig(
-            enabled=with_node, listen_addr=HostPort("127.0.0.1", 0), labels={"env": "demo"}
-        ),
-    )
+    with ``with_node`` this host as its node ``nodename`` labelled ``env=demo`` (the section
+    of the plugin that registers the ``node`` role, ``ssh_service``).
+
+    :param schema: the plugins' sections and roles; default: the installed plugins'.
+    """
+    data: dict[str, Any] = {
+        "cluster_name": cluster_name,
+        "nodename": nodename,
+        "data_dir": str(directory / "data"),
+        "auth_service": {"listen_addr": "127.0.0.1:0"},
+        "proxy_service": {"listen_addr": "127.0.0.1:0"},
+    }
+    if with_node:
+        schema = schema or installed_schema()
+        node = {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "demo"}}
+        data[schema.roles["node"].section] = node
+    return config_from_dict(data, schema)
 
 
 def _write_config(config: Config, path: pathlib.Path) -> pathlib.Path:
@@ -199,7 +208,11 @@ async def run_demo(
         with_node = _has_nodes(leaf_pm)
         root = demo_config(base / ROOT_CLUSTER, ROOT_CLUSTER, nodename="localhost")
         leaf = demo_config(
-            base / LEAF_CLUSTER, LEAF_CLUSTER, nodename=LEAF_NODE, with_node=with_node
+            base / LEAF_CLUSTER,
+            LEAF_CLUSTER,
+            nodename=LEAF_NODE,
+            with_node=with_node,
+            schema=ConfigSchema.from_plugins(leaf_pm),
         )
         root_path = _write_config(root, base / ROOT_CLUSTER / "tether.yaml")
         leaf_path = _write_config(leaf, base / LEAF_CLUSTER / "tether.yaml")

@@ -23,12 +23,13 @@ if TYPE_CHECKING:
 
     from tether.audit import AuditEvent, AuditQuery
     from tether.backend import BackendType
-    from tether.config import Config
+    from tether.config import Config, ConfigSection, ServiceRole
     from tether.connectors import IdentityConnector
     from tether.node.protocols import AgentProtocol
     from tether.protocols import ProtocolHandler
-    from tether.resources import ResourceKind
+    from tether.resources import ResourceKind, RoleField
     from tether.services import Service, ServiceContext
+    from tether.token_types import TokenType
     from tether.trust import RoleMapRule
 
 hookspec = pluggy.HookspecMarker("tether")
@@ -53,6 +54,46 @@ def tether_configure(config: Config) -> None:
 
 
 @hookspec
+def tether_config_sections() -> list[ConfigSection]:
+    """Return the top-level sections of ``tether.yaml`` this plugin owns (``ssh_service``).
+
+    Called once when a configuration file is read (by ``tetherd``, ``tetherctl`` and
+    :func:`tether.config.load_config`), before the file is structured. Each
+    :class:`~tether.config.ConfigSection` names its key and a frozen attrs class with a
+    default for every field; the kernel structures it with its own strict converter, so a
+    mistake is reported as the kernel's are (``file:line: section.field: problem``, unknown
+    keys with "did you mean"). Read it back, typed, with
+    :meth:`Config.section(YourSection) <tether.config.Config.section>`: its defaults when the
+    file has no such section. A name the kernel uses, or one declared twice, stops start-up
+    with an error naming the plugins.
+    """
+
+
+@hookspec
+def tether_service_roles() -> list[ServiceRole]:
+    """Return the service roles this plugin adds to ``tetherd start --roles`` (``node``).
+
+    Called once when ``tetherd start`` applies its flags. Each
+    :class:`~tether.config.ServiceRole` names the section whose ``enabled`` field it sets:
+    the roles named on the command line run, the others do not. The kernel registers
+    ``auth`` and ``proxy`` the same way. A role declared twice, or one whose section has no
+    ``enabled`` field, stops start-up with an error naming the plugin.
+    """
+
+
+@hookspec
+def tether_token_types() -> list[TokenType]:
+    """Return the join token types this plugin adds to ``tetherctl tokens add --type=...``.
+
+    Called once when the auth service starts, and by ``tetherctl tokens add --help``. Each
+    :class:`~tether.token_types.TokenType` names the type and the role stored in the token,
+    which is what the join of that kind of host checks. The kernel registers ``node``,
+    ``proxy`` and ``trusted_cluster`` the same way. An unknown type is refused with the list
+    of registered ones; a name or role declared twice stops start-up naming the plugins.
+    """
+
+
+@hookspec
 def tether_resource_kinds() -> list[ResourceKind]:
     """Return the resource kinds this plugin adds (``role``, ``user``, ``node``, ...).
 
@@ -60,6 +101,20 @@ def tether_resource_kinds() -> list[ResourceKind]:
     auth service). The lists of all plugins are merged; a kind name or alias declared by two
     plugins stops start-up with an error naming both. Kinds are what ``tetherctl create``,
     ``get`` and ``rm`` accept.
+    """
+
+
+@hookspec
+def tether_role_fields() -> list[RoleField]:
+    """Return the fields this plugin adds to a role's ``allow`` and ``deny`` conditions.
+
+    Called once when a registry of kinds is built, after ``tether_resource_kinds``. Each
+    :class:`~tether.resources.RoleField` is a list of strings (each may be a template such
+    as ``{{internal.db_users}}``) or a label selector; the ``role`` kind then structures,
+    validates (errors carry the file's line) and writes back the field like the kernel's
+    own, and :class:`~tether.rbac.RoleSet` evaluates it by name (``traits_values`` for
+    strings, ``can_access`` for labels). A name roles already have, or one declared twice,
+    is an error naming the plugins.
     """
 
 

@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("local", "tether.builtins.local_users"),
     ("role-maps", "tether.builtins.role_maps"),
     ("node-agent", "tether.builtins.node_agent"),
+    ("core-services", "tether.builtins.core_services"),
 )
 
 T = TypeVar("T")

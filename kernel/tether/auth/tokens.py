@@ -17,10 +17,10 @@ from tether import audit, pki
 from tether.auth.context import AuthContext
 from tether.errors import AccessDenied, TetherError
 from tether.resources import Resource, resource_from_bytes, resource_to_bytes
+from tether.token_types import token_types
 
-__all__ = ["SIGNUP_ROLE", "TOKEN_TYPES", "TokenInfo", "Tokens"]
+__all__ = ["SIGNUP_ROLE", "TokenInfo", "Tokens"]
 
-TOKEN_TYPES = {"node": "Node", "trusted_cluster": "TrustedCluster", "proxy": "Proxy"}
 SIGNUP_ROLE = "signup"
 
 
@@ -41,11 +41,15 @@ ListResources = Callable[[pki.Identity, str], Awaitable[list[Resource]]]
 
 
 class Tokens:
-    """The cluster's tokens, stored as ``token`` resources that expire with the token."""
+    """The cluster's tokens, stored as ``token`` resources that expire with the token.
+
+    The types an admin may create are the kernel's and the plugins' (``tether_token_types``).
+    """
 
     def __init__(self, ctx: AuthContext, *, list_resources: ListResources) -> None:
         self._ctx = ctx
         self._list_resources = list_resources
+        self._types = token_types(ctx.pm)
 
     async def add_token(
         self,
@@ -54,13 +58,14 @@ class Tokens:
         ttl: datetime.timedelta,
         labels: Mapping[str, str] | None = None,
     ) -> TokenInfo:
-        if type_name not in TOKEN_TYPES:
+        token_type = self._types.get(type_name)
+        if token_type is None:
             raise TetherError(
                 f"unknown token type {type_name!r}",
-                hint=f"use one of: {', '.join(sorted(TOKEN_TYPES))}",
+                hint=f"use one of: {', '.join(sorted(self._types))}",
             )
         return await self.create_token(
-            identity, TOKEN_TYPES[type_name], ttl, type_name=type_name, labels=labels
+            identity, token_type.role, ttl, type_name=type_name, labels=labels
         )
 
     async def create_token(
@@ -102,7 +107,7 @@ class Tokens:
         ctx = self._ctx
         await ctx.authorize(identity, "token", "list")
         out = []
-        role_to_type = {v: k for k, v in TOKEN_TYPES.items()} | {SIGNUP_ROLE: "signup"}
+        role_to_type = {t.role: name for name, t in self._types.items()} | {SIGNUP_ROLE: "signup"}
         for res in await self._list_resources(identity, "token"):
             if ctx.expired(res):
                 continue

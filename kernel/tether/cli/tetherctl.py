@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -35,6 +36,7 @@ from tether.config import load_config
 from tether.durations import format_duration, parse_duration
 from tether.errors import TetherError
 from tether.resources import KindRegistry, parse_resources, resource_to_dict
+from tether.token_types import TokenType, token_types
 from tether.yamlio import dump_yaml
 
 __all__ = ["cli", "main"]
@@ -377,7 +379,7 @@ def tokens() -> None:
 
 
 @tokens.command("add")
-@click.option("--type", "type_name", required=True, help="node, proxy or trusted_cluster.")
+@click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
@@ -503,11 +505,21 @@ def version() -> None:
 def main() -> None:
     try:
         disabled = configured_disabled(config_path_from_argv(sys.argv[1:], CONFIG_ENV))
-        plugin_manager(disabled).hook.tether_cli_commands(program="tetherctl", cli=cli)
+        pm = plugin_manager(disabled)
+        pm.hook.tether_cli_commands(program="tetherctl", cli=cli)
+        _describe_token_types(token_types(pm))
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     cli(obj={})
+
+
+def _describe_token_types(types: Mapping[str, TokenType]) -> None:
+    """List the registered token types in ``tetherctl tokens add --help``; the auth service
+    checks the value against its own list."""
+    for param in tokens_add.params:
+        if param.name == "type_name" and isinstance(param, click.Option):
+            param.help = "; ".join(f"{t.name}: {t.description}" for t in types.values()) + "."
 
 
 if __name__ == "__main__":

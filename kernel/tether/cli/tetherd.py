@@ -19,7 +19,13 @@ from tether.cli._common import (
     run_command,
     setup_cli_logging,
 )
-from tether.config import apply_start_flags, default_config, load_config, render_default_config
+from tether.config import (
+    ConfigSchema,
+    apply_start_flags,
+    default_config,
+    load_config,
+    render_default_config,
+)
 from tether.errors import TetherError
 from tether.logs import setup_logging
 from tether.plugins import describe_plugins
@@ -46,7 +52,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 )
 @click.option(
     "--roles",
-    help="Services to run, comma-separated: auth, proxy, node (default: the configuration's).",
+    help="Services to run, comma-separated (default: the configuration's).",
 )
 @click.option("--token", help="Join token (`tetherctl tokens add --type=node`), first start only.")
 @click.option("--proxy", "proxy_server", help="Join through this proxy (host:port): tunnel mode.")
@@ -75,9 +81,9 @@ def start(
     ctx.obj["debug"] = debug
     try:
         config = load_config(config_path) if config_path else default_config()
-        config = apply_start_flags(config, **flags)
-        setup_logging(config.log.severity, config.log.format, debug=debug)
         pm = plugin_manager(config.plugins.disabled)
+        config = apply_start_flags(config, **flags, schema=ConfigSchema.from_plugins(pm))
+        setup_logging(config.log.severity, config.log.format, debug=debug)
     except TetherError as exc:
         report(exc)
     run_command(run_daemon, config, pm, interrupted=(0, ""))
@@ -137,13 +143,25 @@ def main() -> None:
     setup_cli_logging(debug="--debug" in sys.argv)
     try:
         pm = plugin_manager(configured_disabled(config_path_from_argv(sys.argv[1:])))
+        schema = ConfigSchema.from_plugins(pm)
     except TetherError:
         # `start` and `plugins` rebuild the manager with the configuration's disabled list
         # and report a plugin that still cannot load; `configure` and `version` need none.
         pass
     else:
         pm.hook.tether_cli_commands(program="tetherd", cli=cli)
+        _describe_roles(schema)
     cli(obj={})
+
+
+def _describe_roles(schema: ConfigSchema) -> None:
+    """List the registered service roles in ``tetherd start --help``."""
+    for param in start.params:
+        if param.name == "roles" and isinstance(param, click.Option):
+            known = "; ".join(f"{role.name}: {role.description}" for role in schema.roles.values())
+            param.help = (
+                f"Services to run, comma-separated ({known}); default: the configuration's."
+            )
 
 
 if __name__ == "__main__":

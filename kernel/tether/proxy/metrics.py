@@ -102,7 +102,9 @@ def build_registry(tunnels: TunnelServer | None) -> CollectorRegistry:
     return registry
 
 
-async def authorize_scrape(der: bytes | None, auth: AuthClient, cluster: str) -> pki.Identity:
+async def authorize_scrape(
+    der: bytes | None, auth: AuthClient, cluster: str, kinds: KindRegistry | None = None
+) -> pki.Identity:
     """Return the caller's identity if it may read this proxy's metrics.
 
     :param der: the caller's client certificate, as the TLS handshake gave it.
@@ -121,7 +123,8 @@ async def authorize_scrape(der: bytes | None, auth: AuthClient, cluster: str) ->
         return identity
     if identity.kind != "user":
         raise AccessDenied(f"{who} may not read metrics", hint=_SCRAPE_HINT)
-    kinds = KindRegistry([ROLE])
+    # the process's registry reads the fields plugins add to roles (tether_role_fields)
+    kinds = kinds or KindRegistry([ROLE])
     roles = [
         resource_from_dict(doc, kinds)
         for doc in await auth.get_resources(ROLE.name)
@@ -134,12 +137,18 @@ async def authorize_scrape(der: bytes | None, auth: AuthClient, cluster: str) ->
     return identity
 
 
-def metrics_route(cluster: str, auth: AuthClient, tunnels: TunnelServer | None) -> Route:
+def metrics_route(
+    cluster: str,
+    auth: AuthClient,
+    tunnels: TunnelServer | None,
+    kinds: KindRegistry | None = None,
+) -> Route:
     """``GET /metrics`` for the proxy of ``cluster``, in the format the scraper asks for."""
     registry = build_registry(tunnels)
 
     async def metrics(request: Request) -> Response:
-        await authorize_scrape(request.scope.get("state", {}).get(PEER_CERT_STATE), auth, cluster)
+        der = request.scope.get("state", {}).get(PEER_CERT_STATE)
+        await authorize_scrape(der, auth, cluster, kinds)
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"content-type": content_type})
 

@@ -36,6 +36,7 @@ from tether.proxy.routing import Router
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.ratelimit import RateLimiter
+from tether.resources import KindRegistry
 from tether.services import ServiceContext
 from tether.tlsserver import HTTP_ALPN, TLSHandler, listen_tls, peer_address
 from tether.tlsstream import TLSStream
@@ -119,7 +120,13 @@ async def start_proxy(
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
     web = _LazyHandler(
-        holder, auth_client, tunnels, limiter, config.proxy_service.max_request_body, trust
+        holder,
+        auth_client,
+        tunnels,
+        limiter,
+        config.proxy_service.max_request_body,
+        trust,
+        KindRegistry.from_plugins(ctx.pm),
     )
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
@@ -214,6 +221,7 @@ class _LazyHandler:
         limiter: RateLimiter,
         max_body: int,
         trust: TrustCache,
+        kinds: KindRegistry,
     ) -> None:
         self._holder = holder
         self._auth = auth
@@ -221,6 +229,7 @@ class _LazyHandler:
         self._limiter = limiter
         self._max_body = max_body
         self._trust = trust
+        self._kinds = kinds
         self._handler: ASGIHandler | None = None
 
     async def __call__(self, stream: TLSStream) -> None:
@@ -232,6 +241,7 @@ class _LazyHandler:
                 max_body=self._max_body,
                 tunnels=self._tunnels,
                 trust=self._trust,
+                kinds=self._kinds,
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)

@@ -31,6 +31,7 @@ from tether.errors import AccessDenied, TetherError
 from tether.proxy.metrics import metrics_route
 from tether.proxy.sso_page import approval_page
 from tether.ratelimit import RateLimiter, rate_limited
+from tether.resources import KindRegistry
 from tether.trust.cache import TrustCache
 from tether.tunnel.server import TunnelServer
 from tether.wire import (
@@ -84,6 +85,7 @@ def build_web_app(
     max_body: int,
     tunnels: TunnelServer | None = None,
     trust: TrustCache | None = None,
+    kinds: KindRegistry | None = None,
 ) -> BodyLimit:
     """The ASGI app served for ALPN ``http/1.1`` and ``h2`` on the proxy's port.
 
@@ -95,6 +97,7 @@ def build_web_app(
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
     :param trust: the proxy's copy of the cluster's trust, which answers hosts' watches of
         it; without it, they are forwarded to auth like any ``/v1`` request.
+    :param kinds: the kinds of this process's plugins, to read the roles of a scraper.
     """
 
     async def ping(request: Request) -> JSONResponse:
@@ -224,7 +227,7 @@ def build_web_app(
             ),
             Route("/v1/trust", trust_watch, methods=["GET"]),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"]),
-            metrics_route(info.cluster_name, auth, tunnels),
+            metrics_route(info.cluster_name, auth, tunnels, kinds),
         ],
         exception_handlers=exception_handlers(),
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
 
+import attrs
+
 from tether.errors import AccessDenied
 from tether.patterns import (
     WILDCARD,
@@ -20,7 +22,14 @@ from tether.patterns import (
     match_labels,
     reads_as_pattern,
 )
-from tether.resources import LABEL_FIELDS, VERBS, Resource, RoleConditions, RoleSpec
+from tether.resources import (
+    LABEL_FIELDS,
+    ROLE_FIELD_KIND,
+    VERBS,
+    Resource,
+    RoleConditions,
+    RoleSpec,
+)
 
 __all__ = ["RoleSet"]
 
@@ -83,22 +92,35 @@ class RoleSet:
     def _sides(self, side: str) -> list[tuple[str, RoleConditions]]:
         return [(role.name, getattr(role.spec, side)) for role in self._roles]
 
+    def _is_plugin_field(self, field: str, kind: str) -> bool:
+        """Whether ``field`` is a plugin's role field of ``kind`` (``tether_role_fields``):
+        the roles of a process with that plugin are read with it, so an empty set is the only
+        one that cannot tell, and it has nothing to give anyway."""
+        if field in attrs.fields_dict(RoleConditions):
+            return False
+        return not self._roles or any(
+            (found := attrs.fields_dict(type(role.spec.allow)).get(field)) is not None
+            and found.metadata.get(ROLE_FIELD_KIND) == kind
+            for role in self._roles
+        )
+
     def traits_values(self, field: str, traits: Traits) -> list[str]:
         """Allowed values of a list field (``logins``, ``kubernetes_groups``, ``db_users``,
-        ...) with templates expanded, minus denied ones; sorted, without duplicates.
+        ..., or one a plugin added with ``tether_role_fields``) with templates expanded, minus
+        denied ones; sorted, without duplicates.
 
         :raises ValueError: ``field`` is not a list field of role conditions.
         """
-        if field not in _LIST_FIELDS:
+        if field not in _LIST_FIELDS and not self._is_plugin_field(field, "strings"):
             raise ValueError(
                 f"unknown role field {field!r}; expected one of " + ", ".join(_LIST_FIELDS)
             )
         allowed: set[str] = set()
         denied: set[str] = set()
         for _, conditions in self._sides("allow"):
-            allowed.update(_expand_all(getattr(conditions, field), traits))
+            allowed.update(_expand_all(getattr(conditions, field, ()), traits))
         for _, conditions in self._sides("deny"):
-            denied.update(_expand_all(getattr(conditions, field), traits))
+            denied.update(_expand_all(getattr(conditions, field, ()), traits))
         if WILDCARD in denied:
             return []
         return sorted(allowed - denied)
@@ -148,16 +170,16 @@ class RoleSet:
         listing shows (``tether ls``): some allow selects the labels and no deny selects them.
         A login-only deny does not hide a resource; it is refused at login with its reason.
         """
-        if field not in LABEL_FIELDS:
+        if field not in LABEL_FIELDS and not self._is_plugin_field(field, "labels"):
             raise ValueError(f"unknown label condition {field!r}; expected one of {LABEL_FIELDS}")
         if field == "cluster_labels":  # an unlabelled cluster is visible to everyone
             return self.can_see_cluster(labels, traits)
         for _, deny in self._sides("deny"):
-            selector = _expand_selector(getattr(deny, field), traits)
+            selector = _expand_selector(getattr(deny, field, {}), traits)
             if selector and match_labels(selector, labels):
                 return False
         return any(
-            match_labels(_expand_selector(getattr(allow, field), traits), labels)
+            match_labels(_expand_selector(getattr(allow, field, {}), traits), labels)
             for _, allow in self._sides("allow")
         )
 

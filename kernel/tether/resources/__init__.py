@@ -46,12 +46,19 @@ from tether.resources._kinds import (
     preset_roles,
 )
 from tether.resources._model import KindRegistry, Metadata, Resource, ResourceKind
+from tether.resources._role_fields import (
+    ROLE_FIELD_KIND,
+    RoleField,
+    extend_role_kind,
+    role_fields,
+)
 
 __all__ = [
     "CERT_AUTHORITY",
     "LABEL_FIELDS",
     "PROXY",
     "ROLE",
+    "ROLE_FIELD_KIND",
     "TOKEN",
     "USER",
     "VERBS",
@@ -69,6 +76,7 @@ __all__ = [
     "Resource",
     "ResourceKind",
     "RoleConditions",
+    "RoleField",
     "RoleOptions",
     "RoleSpec",
     "Rule",
@@ -77,6 +85,7 @@ __all__ = [
     "UserSpec",
     "UserStatus",
     "dump_resources",
+    "extend_role_kind",
     "make_resource",
     "parse_resources",
     "preset_roles",
@@ -84,6 +93,7 @@ __all__ = [
     "resource_from_dict",
     "resource_to_bytes",
     "resource_to_dict",
+    "role_fields",
     "show",
     "structure",
 ]

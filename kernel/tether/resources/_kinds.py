@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import attrs
@@ -40,6 +40,7 @@ __all__ = [
     "UserRef",
     "UserSpec",
     "UserStatus",
+    "check_conditions",
     "preset_roles",
 ]
 
@@ -106,21 +107,8 @@ class RoleSpec:
 def _validate_role(resource: Resource) -> None:
     spec: RoleSpec = resource.spec
     for side in ("allow", "deny"):
+        check_conditions(getattr(spec, side), side, LIST_FIELDS, LABEL_FIELDS)
         conditions: RoleConditions = getattr(spec, side)
-        for field in LIST_FIELDS:
-            for i, value in enumerate(getattr(conditions, field)):
-                _check(("spec", side, field, i), validate_template, value)
-        for field in LABEL_FIELDS:
-            selector: Mapping[str, tuple[str, ...]] = getattr(conditions, field)
-            for key, values in selector.items():
-                base: Path = ("spec", side, field, key)
-                if key == "*" and values != ("*",):
-                    raise InvalidField(base, "the '*' key only accepts the value '*'")
-                for i, value in enumerate(values):
-                    path = (*base, i) if len(values) > 1 else base
-                    _check(path, validate_template, value)
-                    if "{{" not in value:
-                        _check(path, validate_label_value, value)
         for i, rule in enumerate(conditions.rules):
             for j, verb in enumerate(rule.verbs):
                 if verb != "*" and verb not in VERBS:
@@ -137,6 +125,32 @@ def _validate_role(resource: Resource) -> None:
                 )
     if spec.options.max_session_ttl <= datetime.timedelta(0):
         raise InvalidField(("spec", "options", "max_session_ttl"), "must be positive")
+
+
+def check_conditions(
+    conditions: RoleConditions,
+    side: str,
+    list_fields: Iterable[str],
+    label_fields: Iterable[str],
+) -> None:
+    """Check the template-able lists and the label selectors of one side of a role.
+
+    :raises InvalidField: a bad template or label value, with its path in the role.
+    """
+    for field in list_fields:
+        for i, value in enumerate(getattr(conditions, field)):
+            _check(("spec", side, field, i), validate_template, value)
+    for field in label_fields:
+        selector: Mapping[str, tuple[str, ...]] = getattr(conditions, field)
+        for key, values in selector.items():
+            base: Path = ("spec", side, field, key)
+            if key == "*" and values != ("*",):
+                raise InvalidField(base, "the '*' key only accepts the value '*'")
+            for i, value in enumerate(values):
+                path = (*base, i) if len(values) > 1 else base
+                _check(path, validate_template, value)
+                if "{{" not in value:
+                    _check(path, validate_label_value, value)
 
 
 def _check(path: Path, check: Callable[[str], None], value: str) -> None:

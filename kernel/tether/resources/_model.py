@@ -184,7 +184,8 @@ class KindRegistry:
 
     @classmethod
     def from_plugins(cls, pm: pluggy.PluginManager) -> KindRegistry:
-        """Merge the kinds of every plugin that implements ``tether_resource_kinds``.
+        """Merge the kinds of every plugin that implements ``tether_resource_kinds``, with the
+        fields plugins add to roles (``tether_role_fields``).
 
         :raises ResourceError: a name or alias is declared twice (both plugins named) or a
             plugin returned something that is not a ``ResourceKind``.
@@ -204,7 +205,18 @@ class KindRegistry:
                         "tether_resource_kinds; expected ResourceKind objects"
                     )
                 registry.register(kind, plugin=impl.plugin_name)
+        from tether.resources._role_fields import extend_role_kind, role_fields  # builds on ROLE
+
+        fields = role_fields(pm)
+        if fields and "role" in registry:
+            registry._replace(extend_role_kind(list(fields.values())))
         return registry
+
+    def _replace(self, kind: ResourceKind) -> None:
+        """Put ``kind`` in place of the registered kind of the same name and aliases."""
+        for word in (kind.name, *kind.aliases):
+            self._names[word.lower()] = (kind, self._names[word.lower()][1])
+        self._kinds[kind.name] = kind
 
     def register(self, kind: ResourceKind, *, plugin: str = "<direct>") -> None:
         """Add ``kind``, declared by ``plugin``.

@@ -31,6 +31,7 @@ from tether.api import (
     RoleSet,
     __version__,
 )
+from tether_ssh.config import SshServiceConfig
 from tether_ssh.frontdoor import SSH_TARGET
 from tether_ssh.inventory import NODE, CommandLabelSpec, NodeSpec
 from tether_ssh.server import (
@@ -71,7 +72,7 @@ class SSHProtocol:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        ssh = config.ssh_service
+        self.ssh = ssh = config.section(SshServiceConfig)
         self.static_labels = dict(ssh.labels)
         self.command_labels = {
             label.name: CommandLabelSpec(command=label.command, period=label.period)
@@ -89,7 +90,7 @@ class SSHProtocol:
         }
 
     def addresses(self) -> list[str]:
-        ssh = self.config.ssh_service
+        ssh = self.ssh
         hosts = [ssh.listen_addr.host]
         if ssh.public_addr is not None:
             hosts.append(ssh.public_addr.host)
@@ -147,7 +148,7 @@ class SSHProtocol:
     async def _listen(
         self, server: SSHServer, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listen = self.config.ssh_service.listen_addr
+        listen = self.ssh.listen_addr
         try:
             await server.listen(listen.host, listen.port, task_status=task_status)
         except OSError as exc:
@@ -157,7 +158,7 @@ class SSHProtocol:
             ) from None
 
     def _advertised(self, port: int) -> str:
-        ssh = self.config.ssh_service
+        ssh = self.ssh
         if ssh.public_addr is not None:
             return str(ssh.public_addr)
         host = ssh.listen_addr.host
@@ -205,4 +206,4 @@ class SSHProtocol:
 
 def agent_protocols(config: Config) -> list[SSHProtocol]:
     """SSH on this host when ``ssh_service.enabled`` (``--roles=node``)."""
-    return [SSHProtocol(config)] if config.ssh_service.enabled else []
+    return [SSHProtocol(config)] if config.section(SshServiceConfig).enabled else []

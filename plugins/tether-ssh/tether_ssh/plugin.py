@@ -15,14 +15,39 @@ from tether_ssh.inventory import NODE
 if TYPE_CHECKING:
     import click
 
-    from tether.api import AgentProtocol, Config, ProtocolHandler, ResourceKind
+    from tether.api import (
+        AgentProtocol,
+        Config,
+        ConfigSection,
+        ProtocolHandler,
+        ResourceKind,
+        ServiceRole,
+    )
 
 __all__ = [
     "tether_agent_protocols",
     "tether_cli_commands",
+    "tether_config_sections",
     "tether_protocols",
     "tether_resource_kinds",
+    "tether_service_roles",
 ]
+
+
+@hookimpl
+def tether_config_sections() -> list[ConfigSection]:
+    """``ssh_service:``, where Teleport's configuration has it."""
+    from tether_ssh.config import SECTION
+
+    return [SECTION]
+
+
+@hookimpl
+def tether_service_roles() -> list[ServiceRole]:
+    """``node``: ``tetherd start --roles=node`` runs ``ssh_service``."""
+    from tether_ssh.config import SERVICE_ROLE
+
+    return [SERVICE_ROLE]
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import hashlib
 import http.server
 import json
@@ -35,22 +36,28 @@ from tether.api import (
     ClaimMapping,
     ClaimRules,
     Config,
+    ConfigSection,
     ConnectorContext,
     ExternalIdentity,
+    FieldError,
     LoginIdentity,
     ProtocolHandler,
     ProxyConnection,
     Resource,
     ResourceKind,
+    RoleField,
     RoleMapRule,
     Service,
     ServiceContext,
+    ServiceRole,
     SSORequest,
     Target,
     TargetKind,
     TetherError,
+    TokenType,
     hookimpl,
     open_sqlite,
+    positive,
     shared_group,
 )
 from tether.testing.http import serve_http
@@ -87,9 +94,75 @@ WIDGET = ResourceKind(
 )
 
 
+@attrs.frozen
+class HooktestSection:
+    """``hooktest_service:``: a plugin's own top-level section, read back typed."""
+
+    enabled: bool = False
+    greeting: str = "hello"
+    period: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(minutes=1), validator=positive
+    )
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.greeting == "goodbye":
+            raise FieldError(("greeting",), "a greeting says hello")
+
+
+SECTION = ConfigSection(
+    name="hooktest_service",
+    type=HooktestSection,
+    template="hooktest_service:\n  enabled: false\n  # how the plugin says hello\n"
+    "  greeting: hello\n  period: 1m\n  labels: {}\n",
+)
+#: ``tetherd start --roles=hooktest`` turns hooktest_service on
+ROLE = ServiceRole("hooktest", "hooktest_service", "hooktest's own service")
+
+
+@hookimpl
+def tether_config_sections() -> list[ConfigSection]:
+    return [SECTION] if _active() else []
+
+
+@hookimpl
+def tether_service_roles() -> list[ServiceRole]:
+    return [ROLE] if _active() else []
+
+
+#: role conditions' ``hooktest_gadgets`` (may be ``{{internal.gadgets}}``) and
+#: ``hooktest_labels``, read with RoleSet.traits_values and RoleSet.can_access
+ROLE_FIELDS = [
+    RoleField("hooktest_gadgets", "strings", "gadgets the role may use"),
+    RoleField("hooktest_labels", "labels", "gadgets the role may see"),
+]
+
+
+@hookimpl
+def tether_role_fields() -> list[RoleField]:
+    return list(ROLE_FIELDS) if _active() else []
+
+
+#: ``tetherctl tokens add --type=hooktest``: a token that joins as role ``Hooktest``
+TOKEN_TYPE = TokenType("hooktest", "Hooktest", "a hooktest gadget joins")
+
+
+@hookimpl
+def tether_token_types() -> list[TokenType]:
+    return [TOKEN_TYPE] if _active() else []
+
+
 @hookimpl
 def tether_configure(config: Config) -> None:
     record("tether_configure", cluster=config.cluster_name)
+    if _active():
+        section = config.section(HooktestSection)
+        record(
+            "tether_config_sections.read",
+            enabled=section.enabled,
+            greeting=section.greeting,
+            labels=dict(section.labels),
+        )
 
 
 @hookimpl

@@ -1,0 +1,162 @@
+"""Plugins' top-level sections of ``tether.yaml`` and the service roles of ``tetherd start``.
+
+A protocol plugin owns its section (the SSH plugin's ``ssh_service:``, as Teleport writes it)
+and the role that turns it on (``--roles=node``), so the kernel's schema names no protocol.
+The loader structures a plugin's section with the kernel's converter, so its mistakes are
+reported exactly as the kernel's own: ``file:line: section.field: problem``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from tether.config._schema import Config
+from tether.errors import PluginError
+
+if TYPE_CHECKING:
+    from tether.plugins import TetherPluginManager
+
+__all__ = [
+    "NOT_INSTALLED_SECTIONS",
+    "ConfigSchema",
+    "ConfigSection",
+    "ServiceRole",
+    "installed_schema",
+]
+
+_SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+#: sections of plugins that are not part of the kernel, by the distribution that provides
+#: them: a file that has one while the plugin is missing is told what to install.
+NOT_INSTALLED_SECTIONS: Mapping[str, str] = {
+    "ssh_service": "tether-ssh",
+    "db_service": "tether-db",
+    "kubernetes_service": "tether-kube",
+}
+
+
+@attrs.frozen
+class ConfigSection:
+    """A top-level section of ``tether.yaml`` that a plugin owns.
+
+    :ivar name: the top-level key, e.g. ``ssh_service``.
+    :ivar type: a frozen attrs class whose every field has a default (an absent section is
+        ``type()``); fields use the types :mod:`tether.config` reads (``HostPort``,
+        ``datetime.timedelta`` written as ``30s``, ``ByteSize``, tuples, mappings) and raise
+        :class:`~tether.config.FieldError` for impossible values.
+    :ivar template: the section as ``tetherd configure`` prints it, commented, every value its
+        default (starts with ``name:``); empty leaves the section out of that output.
+    """
+
+    name: str
+    type: type[Any]
+    template: str = ""
+
+
+@attrs.frozen
+class ServiceRole:
+    """A value of ``tetherd start --roles``: naming it enables its section, omitting it
+    disables the section.
+
+    :ivar name: the role, e.g. ``node``.
+    :ivar section: the top-level section whose ``enabled`` field the role sets (a kernel
+        section such as ``auth_service`` or a plugin's such as ``ssh_service``).
+    :ivar description: a few words for ``tetherd start --help``.
+    """
+
+    name: str
+    section: str
+    description: str
+
+
+def _kernel_fields() -> tuple[str, ...]:
+    return tuple(field.name for field in attrs.fields(Config) if field.name != "sections")
+
+
+@attrs.frozen
+class ConfigSchema:
+    """The plugin sections and service roles of one set of plugins, checked for clashes."""
+
+    sections: Mapping[str, ConfigSection] = attrs.field(factory=dict)
+    #: section name -> the plugin that declared it, for error messages
+    owners: Mapping[str, str] = attrs.field(factory=dict)
+    roles: Mapping[str, ServiceRole] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_plugins(cls, pm: TetherPluginManager) -> ConfigSchema:
+        """Collect ``tether_config_sections`` and ``tether_service_roles`` from ``pm``.
+
+        :raises PluginError: a section that is not an attrs class with defaults, a name taken
+            twice (or a kernel section's), or a role for a section nobody declared; the
+            message names the plugin.
+        """
+        kernel = set(_kernel_fields())
+        sections: dict[str, ConfigSection] = {}
+        owners: dict[str, str] = {}
+        for plugin, section in _results(pm, "tether_config_sections"):
+            where = f"plugin {plugin!r}: config section {section.name!r}"
+            if not _SECTION_NAME.fullmatch(section.name):
+                raise PluginError(f"{where}: a section name is lower_case_with_underscores")
+            if section.name in kernel:
+                raise PluginError(f"{where}: the kernel has a section of that name")
+            if section.name in owners:
+                raise PluginError(f"{where}: also declared by plugin {owners[section.name]!r}")
+            if not attrs.has(section.type):
+                raise PluginError(f"{where}: {section.type!r} is not an attrs class")
+            try:
+                section.type()
+            except (TypeError, ValueError) as exc:
+                raise PluginError(f"{where}: every field needs a default ({exc})") from None
+            sections[section.name] = section
+            owners[section.name] = plugin
+        roles: dict[str, ServiceRole] = {}
+        role_owners: dict[str, str] = {}
+        for plugin, role in _results(pm, "tether_service_roles"):
+            where = f"plugin {plugin!r}: service role {role.name!r}"
+            if role.name in roles:
+                raise PluginError(f"{where}: also declared by plugin {role_owners[role.name]!r}")
+            target = sections[role.section].type if role.section in sections else None
+            if target is None and role.section in kernel:
+                target = attrs.fields_dict(Config)[role.section].type
+            fields = attrs.fields_dict(target) if isinstance(target, type) else {}
+            if target is None or "enabled" not in fields:
+                raise PluginError(
+                    f"{where}: section {role.section!r} is not a section with an 'enabled' field"
+                )
+            roles[role.name] = role
+            role_owners[role.name] = plugin
+        return cls(sections=sections, owners=owners, roles=roles)
+
+    def known_sections(self) -> list[str]:
+        """Every top-level key a file may have: the kernel's, then the plugins'."""
+        return [*_kernel_fields(), *self.sections]
+
+
+def _results(pm: TetherPluginManager, hook: str) -> Iterable[tuple[str, Any]]:
+    """``(plugin name, item)`` for every item every implementation of ``hook`` returns."""
+    caller = getattr(pm.hook, hook)
+    for impl in caller.get_hookimpls():  # registration order: the kernel's first
+        for item in impl.function() or ():
+            yield impl.plugin_name, item
+
+
+def installed_schema(disabled: Iterable[str] = ()) -> ConfigSchema:
+    """The schema of the plugins installed here, but for ``disabled`` (cached per process).
+
+    :raises PluginError: a plugin cannot load, or declares a section or role wrongly.
+    """
+    from tether.plugins import _autoload_disabled
+
+    return _installed_schema(tuple(sorted(set(disabled))), not _autoload_disabled())
+
+
+@functools.cache
+def _installed_schema(disabled: tuple[str, ...], autoload: bool) -> ConfigSchema:
+    from tether.plugins import get_plugin_manager  # plugins import hookspecs, which name Config
+
+    return ConfigSchema.from_plugins(get_plugin_manager(disabled, autoload=autoload))
