@@ -35,7 +35,13 @@ class Hello:
 
 
 def hello_line(hello: Hello) -> bytes:
-    message = {"type": "hello", **attrs.asdict(hello, retain_collection_types=False)}
+    message = {
+        "type": "hello",
+        "node": hello.node,
+        "user": hello.user,
+        "cluster": hello.cluster,
+        "roles": list(hello.roles),
+    }
     return json.dumps(message).encode() + b"\n"
 
 
