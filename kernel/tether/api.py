@@ -19,6 +19,7 @@ from tether.protocols import DialedConnection, ProtocolHandler
 from tether.rbac import RoleSet
 from tether.resources import InvalidField, KindRegistry, Resource, ResourceKind, resource_from_dict
 from tether.targets import Target, TargetKind
+from tether.tunnel.forward import splice
 
 __all__ = [
     "AccessDenied",
@@ -48,4 +49,5 @@ __all__ = [
     "profile_ssl_context",
     "resource_from_dict",
     "run_async",
+    "splice",
 ]

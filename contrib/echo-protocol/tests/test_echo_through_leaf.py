@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import attrs
 import pytest
 
-from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node, wait_for
+from tether.testing.cluster import (
+    RunningCluster,
+    RunningNode,
+    start_cluster,
+    start_node,
+    stop_process,
+    wait_for,
+)
 from tether.testing.roles import VISITOR_ROLE
 
 PASSWORD = "correct horse battery staple"
@@ -166,6 +177,28 @@ def test_echo_hidden_by_labels_is_not_found(trust: Trust) -> None:
     assert "echo 'leaf-node' not found in cluster 'leaf'" in err
     code, listed, err = trust.echo("cora", "ls", "-f", "json")
     assert (code, json.loads(listed)) == (0, []), err
+
+
+def test_a_plaintext_client_reaches_the_echo_through_a_local_listener(trust: Trust) -> None:
+    command = [sys.executable, "-m", "tether.cli.tether", "echo", "listen", "--cluster=leaf"]
+    env = {**os.environ, "TETHER_HOME": str(trust.root.user_home("alice"))}
+    listener = subprocess.Popen(
+        [*command, "leaf-node"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        assert listener.stdout is not None
+        said = listener.stdout.readline().decode()
+        assert said.startswith("listening on 127.0.0.1:"), said + listener.stdout.read().decode()
+        port = int(said.split()[2].rpartition(":")[2])
+        # what nc or psql would do: plain TCP, no certificate, no ALPN, no server name
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            reader = conn.makefile("rb")
+            hello = json.loads(reader.readline())
+            assert (hello["type"], hello["user"], hello["roles"]) == ("hello", "alice", ["visitor"])
+            conn.sendall(b"plain\n")
+            assert reader.readline() == b"plain\n"
+    finally:
+        stop_process(listener)
 
 
 def test_the_plugin_imports_only_the_public_api() -> None:

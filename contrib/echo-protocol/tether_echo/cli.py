@@ -1,8 +1,10 @@
-"""``tether echo ls`` and ``tether echo connect``: the client side.
+"""``tether echo ls``, ``connect`` and ``listen``: the client side.
 
 The kernel's client half of the front door does the work: it connects to the proxy's one
 port with the protocol's ALPN id, presents the user's certificate and asks for a target of a
 cluster (the proxy's own or a leaf's); the answer is a byte stream to the node's echo service.
+``listen`` shows the way in for programs that can offer neither ALPN nor a server name (as
+``psql`` cannot): a local listener that opens one such stream per connection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tether.api import (
     profile_ssl_context,
     resource_from_dict,
     run_async,
+    splice,
 )
 from tether_echo.kind import ECHO
 from tether_echo.wire import MAX_LINE, ProtocolError, parse_first_line
@@ -143,3 +146,37 @@ async def connect(cluster: str | None, node: str) -> None:
         while line := await trio.to_thread.run_sync(sys.stdin.readline):
             await stream.send_all(line.encode() if line.endswith("\n") else line.encode() + b"\n")
             click.echo((await lines.next_line()).decode(errors="replace"))
+
+
+@echo_group.command("listen")
+@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="Local port (0: a free one)."
+)
+@click.argument("node")
+@run_async
+async def listen(cluster: str | None, port: int, node: str) -> None:
+    """Carry each plaintext connection to 127.0.0.1:PORT to NODE's echo service.
+
+    For programs that speak to a TCP port and can set neither ALPN nor a server name: this
+    command presents your certificate to the proxy for them. Ctrl-C stops it.
+    """
+    profile = _profile()
+    name = cluster or profile.cluster
+    context = profile_ssl_context(profile, alpn=[ALPN])
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    bound = listeners[0].socket.getsockname()[1]
+    click.echo(f"listening on 127.0.0.1:{bound} for echo {node!r} of cluster {name!r}")
+
+    async def carry(local: trio.SocketStream) -> None:
+        try:
+            remote, _ = await open_target_stream(
+                profile.proxy, context, alpn=ALPN, protocol=TITLE, cluster=name, target=node
+            )
+        except TetherError as exc:
+            click.echo(f"echo: {exc.message}", err=True)
+            await trio.aclose_forcefully(local)
+            return
+        await splice(local, remote)
+
+    await trio.serve_listeners(carry, listeners)
