@@ -15,6 +15,7 @@ from tether.dial import DialedTarget
 from tether.errors import AccessDenied, ConfigError, NotFound, TetherError
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentStream
+from tether.pki import Identity
 from tether.protocols import DialedConnection, ProtocolHandler
 from tether.rbac import RoleSet
 from tether.resources import InvalidField, KindRegistry, Resource, ResourceKind, resource_from_dict
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DialedConnection",
     "DialedTarget",
+    "Identity",
     "InvalidField",
     "KindRegistry",
     "NotFound",

@@ -19,6 +19,7 @@ Settings (``tether.yaml``)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -79,30 +80,32 @@ class EchoProtocol:
         return [ECHO.new(self._agent.host_id, spec, labels=self.labels)]
 
     async def serve(self, stream: AgentStream) -> None:
-        assert self._agent is not None
+        assert self._agent is not None  # run() started first
+        # a client that goes away ends its session; the agent closes the stream
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._serve(self._agent, stream)
+
+    async def _serve(self, agent: AgentContext, stream: AgentStream) -> None:
         reason = self._refusal(stream)
         fields = {"protocol": PROTOCOL, "node": self.nodename, "client": stream.client}
         if reason:
             who = stream.identity.username if stream.identity else ""
-            self._agent.audit("echo.session.denied", {**fields, "user": who, "reason": reason})
+            agent.audit("echo.session.denied", {**fields, "user": who, "reason": reason})
             log.info("echo: refused %s: %s", stream.client, reason)
             await stream.stream.send_all(refused_line(reason))
             return
         identity = stream.identity
         assert identity is not None  # _refusal said so
-        self._agent.audit("echo.session.start", {**fields, "user": identity.username})
+        agent.audit("echo.session.start", {**fields, "user": identity.username})
         hello = Hello(
             node=self.nodename,
             user=identity.username,
             cluster=identity.cluster,
             roles=tuple(identity.roles),
         )
-        try:
-            await stream.stream.send_all(hello_line(hello))
-            while data := await stream.stream.receive_some():
-                await stream.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away; the agent closes the stream
+        await stream.stream.send_all(hello_line(hello))
+        while data := await stream.stream.receive_some():
+            await stream.stream.send_all(data)
 
     def _refusal(self, stream: AgentStream) -> str:
         """Why this stream may not be served, or ``""``."""

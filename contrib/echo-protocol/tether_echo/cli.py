@@ -61,7 +61,7 @@ class _Lines:
         """The next line, without its newline; ``b""`` plus what was left at the end."""
         while b"\n" not in self._buffer:
             if len(self._buffer) > MAX_LINE:
-                raise TetherError("the echo service sent a line too long", hint="")
+                raise TetherError("the echo service sent a line too long")
             data = await self._stream.receive_some()
             if not data:
                 rest, self._buffer = bytes(self._buffer), bytearray()
