@@ -262,6 +262,7 @@ def start_node(
     ssh_service: Mapping[str, Any] | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> RunningNode:
     """Join a node named ``name`` to ``cluster`` with ``tetherd start --roles=node``.
 
@@ -269,9 +270,11 @@ def start_node(
         port); otherwise join the auth service directly and listen on 127.0.0.1.
     :param token: a node token; a fresh one from ``tetherctl tokens add`` by default.
     :param ssh_service: more ``ssh_service`` settings (``commands``, ...).
+    :param config: more top-level sections of its ``tether.yaml`` (another protocol plugin's
+        settings: ``{"plugins": {"settings": {"echo": {"enabled": True}}}}``).
     :raises AssertionError: the node exited or did not come up; the message has its log.
     """
-    config = {
+    settings = {
         "nodename": name,
         "data_dir": str(directory / "data"),
         "log": {"severity": "DEBUG", "format": "text"},
@@ -283,10 +286,11 @@ def start_node(
             "labels": dict(labels or {}),
             **(ssh_service or {}),
         },
+        **(config or {}),
     }
     server = f"--proxy={cluster.proxy_addr}" if tunnel else f"--auth-server={cluster.auth_addr}"
     return _start_joining(
-        cluster, directory, name, "node", token, config, [server, *extra_args], env
+        cluster, directory, name, "node", token, settings, [server, *extra_args], env
     )
 
 

@@ -1,0 +1,213 @@
+"""The example protocol through trust, with real processes: a root user reaches the echo
+service of a node in a leaf, through the root's proxy, the leaf's tunnel, the leaf's proxy
+and the node's own tunnel, with nothing of the plugin but its four hooks.
+
+Root cluster ``root``; leaf cluster ``leaf`` with a node in tunnel mode serving echo (labels
+``env=dev``); the leaf maps ``access`` to ``visitor`` (every node) and ``contractor`` to
+``contractor`` (only ``env=staging`` nodes).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import attrs
+import pytest
+
+from tether.testing.cluster import (
+    RunningCluster,
+    RunningNode,
+    start_cluster,
+    start_node,
+    stop_process,
+    wait_for,
+)
+from tether.testing.roles import VISITOR_ROLE
+
+PASSWORD = "correct horse battery staple"
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tether_echo"
+
+CONTRACTOR_ROLE = """\
+kind: role
+version: v7
+metadata:
+  name: contractor
+spec:
+  allow:
+    node_labels: {env: staging}
+"""
+
+
+def trusted_cluster_yaml(root: RunningCluster, token: str) -> str:
+    return f"""
+kind: trusted_cluster
+version: v2
+metadata:
+  name: root
+spec:
+  enabled: true
+  token: "{token}"
+  tunnel_addr: {root.proxy_addr}
+  web_proxy_addr: {root.proxy_addr}
+  ca_pin: {root.ca_pin}
+  role_map:
+    - remote: "access"
+      local: ["visitor"]
+    - remote: "contractor"
+      local: ["contractor"]
+"""
+
+
+@attrs.frozen
+class Trust:
+    root: RunningCluster
+    leaf: RunningCluster
+    node: RunningNode
+
+    def echo(self, user: str, *args: str, input: str = "") -> tuple[int, str, str]:
+        """``tether echo ARGS`` run by a root user against the leaf."""
+        result = self.root.tether(user, "echo", *args, "--cluster=leaf", input=input, check=False)
+        return result.returncode, result.stdout, result.stderr
+
+    def leaf_events(self, event_type: str) -> list[dict[str, object]]:
+        found = self.leaf.tetherctl("audit", "search", f"--type={event_type}", "--format=json")
+        return list(json.loads(found.stdout))
+
+
+def _create(cluster: RunningCluster, directory: pathlib.Path, name: str, text: str) -> None:
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    cluster.tetherctl("create", str(path))
+
+
+def _remote_connection(root: RunningCluster) -> str:
+    found = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
+    doc = found[0] if isinstance(found, list) else found
+    return str((doc.get("status") or {}).get("connection"))
+
+
+@pytest.fixture(scope="module")
+def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
+    directory = tmp_path_factory.mktemp("echo")
+    root = start_cluster(directory / "root", "root")
+    started: list[RunningCluster | RunningNode] = [root]
+    try:
+        leaf = start_cluster(directory / "leaf", "leaf")
+        started.append(leaf)
+        echo = {"enabled": True, "labels": {"env": "dev"}}
+        node = start_node(
+            leaf,
+            directory / "leaf-node",
+            "leaf-node",
+            config={"plugins": {"settings": {"echo": echo}}},
+        )
+        started.append(node)
+        _create(leaf, directory, "visitor", VISITOR_ROLE)
+        _create(leaf, directory, "contractor", CONTRACTOR_ROLE)
+        _create(root, directory, "root-contractor", CONTRACTOR_ROLE)
+        root.add_user("alice", PASSWORD, roles=["access"])
+        root.add_user("carol", PASSWORD, roles=["auditor"])
+        root.add_user("cora", PASSWORD, roles=["contractor"])
+        for user in ("alice", "carol", "cora"):
+            root.login(user, PASSWORD)
+        invitation = root.tetherctl(
+            "tokens", "add", "--type=trusted_cluster", "--ttl=5m", "--format=json"
+        )
+        token = str(json.loads(invitation.stdout)["token"])
+        _create(leaf, directory, "trusted_cluster", trusted_cluster_yaml(root, token))
+        wait_for(lambda: _remote_connection(root) == "online", "the leaf to come online")
+        trust = Trust(root, leaf, node)
+        # the node publishes its echo entry on its first heartbeat, and learns the root's CA
+        # by the trust pushed from the leaf's auth
+        wait_for(lambda: trust.echo("alice", "connect", "leaf-node")[0] == 0, "echo to answer")
+        yield trust
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def test_root_user_reaches_the_leaf_nodes_echo_as_the_mapped_role(trust: Trust) -> None:
+    code, out, err = trust.echo("alice", "connect", "leaf-node", input="ping\nsecond line\n")
+    assert code == 0, err
+    assert out == "ping\nsecond line\n"
+    # the identity the plugin received on the node: the root's user with the leaf's role
+    assert "echo leaf-node: hello alice of root (roles: visitor)" in err
+
+    def started() -> list[dict[str, object]]:
+        events = trust.leaf_events("echo.session.start")
+        return [e for e in events if e.get("user") == "alice"]
+
+    wait_for(started, "the node to audit the session at the leaf")
+    assert started()[0]["node"] == "leaf-node"
+
+
+def test_root_user_reaches_the_echo_by_its_labels(trust: Trust) -> None:
+    code, out, err = trust.echo("alice", "connect", "env=dev", input="by labels\n")
+    assert (code, out) == (0, "by labels\n"), err
+
+
+def test_root_user_lists_the_leaf_echo_services_their_mapped_roles_reach(trust: Trust) -> None:
+    code, out, err = trust.echo("alice", "ls", "-f", "json")
+    assert code == 0, err
+    assert [(e["hostname"], e["labels"]) for e in json.loads(out)] == [
+        ("leaf-node", {"env": "dev"})
+    ]
+    code, table, err = trust.echo("alice", "ls")
+    assert code == 0, err
+    assert table.splitlines()[2].split() == ["leaf-node", "env=dev"]
+
+
+def test_unmapped_root_user_is_refused_with_the_reason(trust: Trust) -> None:
+    code, out, err = trust.echo("carol", "connect", "leaf-node", input="ping\n")
+    assert code != 0 and out == ""
+    assert "no role of carol@root (auditor) maps to a role of cluster 'leaf'" in err
+
+
+def test_echo_hidden_by_labels_is_not_found(trust: Trust) -> None:
+    # contractor maps to the leaf's contractor, whose node_labels select env=staging only
+    code, out, err = trust.echo("cora", "connect", "leaf-node", input="ping\n")
+    assert code != 0 and out == ""
+    assert "echo 'leaf-node' not found in cluster 'leaf'" in err
+    code, listed, err = trust.echo("cora", "ls", "-f", "json")
+    assert (code, json.loads(listed)) == (0, []), err
+
+
+def test_a_plaintext_client_reaches_the_echo_through_a_local_listener(trust: Trust) -> None:
+    command = [sys.executable, "-m", "tether.cli.tether", "echo", "listen", "--cluster=leaf"]
+    env = {**os.environ, "TETHER_HOME": str(trust.root.user_home("alice"))}
+    listener = subprocess.Popen(
+        [*command, "leaf-node"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        assert listener.stdout is not None
+        said = listener.stdout.readline().decode()
+        assert said.startswith("listening on 127.0.0.1:"), said + listener.stdout.read().decode()
+        port = int(said.split()[2].rpartition(":")[2])
+        # what nc or psql would do: plain TCP, no certificate, no ALPN, no server name
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            reader = conn.makefile("rb")
+            hello = json.loads(reader.readline())
+            assert (hello["type"], hello["user"], hello["roles"]) == ("hello", "alice", ["visitor"])
+            conn.sendall(b"plain\n")
+            assert reader.readline() == b"plain\n"
+    finally:
+        stop_process(listener)
+
+
+def test_the_plugin_imports_only_the_public_api() -> None:
+    imported = set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    tether = {name for name in imported if name == "tether" or name.startswith("tether.")}
+    assert tether == {"tether.api"}

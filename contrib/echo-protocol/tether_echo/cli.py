@@ -1,0 +1,182 @@
+"""``tether echo ls``, ``connect`` and ``listen``: the client side.
+
+The kernel's client half of the front door does the work: it connects to the proxy's one
+port with the protocol's ALPN id, presents the user's certificate and asks for a target of a
+cluster (the proxy's own or a leaf's); the answer is a byte stream to the node's echo service.
+``listen`` shows the way in for programs that can offer neither ALPN nor a server name (as
+``psql`` cannot): a local listener that opens one such stream per connection.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import trio
+
+from tether.api import (
+    AccessDenied,
+    KindRegistry,
+    Profile,
+    TetherError,
+    current_profile,
+    emit_table,
+    list_targets,
+    open_target_stream,
+    output,
+    profile_ssl_context,
+    resource_from_dict,
+    run_async,
+    splice,
+)
+from tether_echo.kind import ECHO
+from tether_echo.wire import MAX_LINE, ProtocolError, parse_first_line
+
+__all__ = ["ALPN", "TITLE", "echo_group"]
+
+#: The ALPN id of the echo front door on the proxy's public port.
+ALPN = "tether-echo/1"
+#: The protocol's name in messages.
+TITLE = "echo"
+
+_KINDS = KindRegistry([ECHO], plugin="echo")
+
+
+def _profile() -> Profile:
+    profile = current_profile()
+    if profile is None:
+        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
+    return profile
+
+
+class _Lines:
+    """Lines read from a byte stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def next_line(self) -> bytes:
+        """The next line, without its newline; ``b""`` plus what was left at the end."""
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_LINE:
+                raise TetherError("the echo service sent a line too long")
+            data = await self._stream.receive_some()
+            if not data:
+                rest, self._buffer = bytes(self._buffer), bytearray()
+                if rest:
+                    return rest
+                raise TetherError("the echo service closed the connection")
+            self._buffer += data
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line
+
+
+@click.group("echo")
+def echo_group() -> None:
+    """Reach the echo service of nodes (the contrib protocol example)."""
+
+
+@echo_group.command("ls")
+@click.option("--cluster", help="List the echo services of this cluster (default: the login's).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@run_async
+async def ls(cluster: str | None, fmt: str) -> None:
+    """List the echo services you can reach."""
+    profile = _profile()
+    docs = await list_targets(
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[ALPN]),
+        alpn=ALPN,
+        protocol=TITLE,
+        cluster=cluster or profile.cluster,
+    )
+    found = sorted(
+        (resource_from_dict(doc, _KINDS, source="echo") for doc in docs),
+        key=lambda r: (r.spec.hostname, r.metadata.name),
+    )
+    rows: list[dict[str, Any]] = [
+        {"id": r.metadata.name, "hostname": r.spec.hostname, "labels": dict(r.metadata.labels)}
+        for r in found
+    ]
+    if fmt != "text":
+        output(rows, fmt)
+        return
+    table = [
+        (row["hostname"], ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())))
+        for row in rows
+    ]
+    emit_table(["Node Name", "Labels"], table)
+
+
+@echo_group.command("connect")
+@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.argument("node")
+@run_async
+async def connect(cluster: str | None, node: str) -> None:
+    """Send each line of standard input to NODE's echo service and print what comes back.
+
+    NODE is a host name, a host id or labels (env=dev). The node's greeting, naming you as
+    it sees you, goes to standard error.
+    """
+    profile = _profile()
+    stream, dialed = await open_target_stream(
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[ALPN]),
+        alpn=ALPN,
+        protocol=TITLE,
+        cluster=cluster or profile.cluster,
+        target=node,
+    )
+    async with stream:
+        lines = _Lines(stream)
+        try:
+            first = parse_first_line(await lines.next_line())
+        except ProtocolError as exc:
+            raise TetherError(f"{dialed.name} does not speak echo: {exc}") from None
+        if isinstance(first, str):
+            raise AccessDenied(f"echo {dialed.name!r} refused you: {first}")
+        roles = ", ".join(first.roles) or "none"
+        click.echo(
+            f"echo {first.node}: hello {first.user} of {first.cluster} (roles: {roles})",
+            err=True,
+        )
+        while line := await trio.to_thread.run_sync(sys.stdin.readline):
+            await stream.send_all(line.encode() if line.endswith("\n") else line.encode() + b"\n")
+            click.echo((await lines.next_line()).decode(errors="replace"))
+
+
+@echo_group.command("listen")
+@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="Local port (0: a free one)."
+)
+@click.argument("node")
+@run_async
+async def listen(cluster: str | None, port: int, node: str) -> None:
+    """Carry each plaintext connection to 127.0.0.1:PORT to NODE's echo service.
+
+    For programs that speak to a TCP port and can set neither ALPN nor a server name: this
+    command presents your certificate to the proxy for them. Ctrl-C stops it.
+    """
+    profile = _profile()
+    name = cluster or profile.cluster
+    context = profile_ssl_context(profile, alpn=[ALPN])
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    bound = listeners[0].socket.getsockname()[1]
+    click.echo(f"listening on 127.0.0.1:{bound} for echo {node!r} of cluster {name!r}")
+
+    async def carry(local: trio.SocketStream) -> None:
+        try:
+            remote, _ = await open_target_stream(
+                profile.proxy, context, alpn=ALPN, protocol=TITLE, cluster=name, target=node
+            )
+        except TetherError as exc:
+            click.echo(f"echo: {exc.message}", err=True)
+            await trio.aclose_forcefully(local)
+            return
+        await splice(local, remote)
+
+    await trio.serve_listeners(carry, listeners)
