@@ -75,12 +75,14 @@ def create_trusted_cluster(
 
 
 def remote_status(root: RunningCluster, leaf: str = "leaf") -> dict[str, object]:
-    """The ``status`` of the remote_cluster ``leaf`` on ``root`` (``tetherctl get rc/LEAF``)."""
-    found = json.loads(root.tetherctl("get", f"rc/{leaf}", "--format=json").stdout)
-    doc = found[0] if isinstance(found, list) else found
-    return dict(doc.get("status") or {})
+    """The ``status`` of the remote_cluster ``leaf`` on ``root`` (``tetherctl get rc``); empty
+    while there is none, before the handshake or after ``tetherctl rm rc/LEAF``."""
+    found = json.loads(root.tetherctl("get", "rc", "--format=json").stdout)
+    statuses = {doc["metadata"]["name"]: doc.get("status") or {} for doc in found}
+    return dict(statuses.get(leaf, {}))
 
 
 def connection(root: RunningCluster, leaf: str = "leaf") -> str:
-    """``online`` or ``offline``: whether ``root`` holds a live tunnel from ``leaf``."""
+    """``online`` or ``offline`` (``None`` while there is no remote_cluster): whether
+    ``root`` holds a live tunnel from ``leaf``."""
     return str(remote_status(root, leaf).get("connection"))
