@@ -7,6 +7,7 @@ builtin ``role-maps`` strategy is a plugin, and an installed strategy answers be
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -339,5 +340,15 @@ def test_the_builtin_never_grants_on_a_pattern_that_does_not_compile() -> None:
 
 
 def test_public_api_is_what_all_says() -> None:
-    public = {name for name in dir(trust) if not name.startswith(("_", "@"))}
+    # a submodule (tether.trust.handshake) is an attribute once anything in the process has
+    # imported it, which depends on the tests that ran before: it is no name the package
+    # exports
+    public = {
+        name
+        for name, value in vars(trust).items()
+        if not name.startswith(("_", "@"))
+        and not (
+            isinstance(value, types.ModuleType) and value.__name__ == f"{trust.__name__}.{name}"
+        )
+    }
     assert public == set(trust.__all__)

@@ -9,6 +9,7 @@ the root, and leaf2 stays trusted with its own CAs and online beside the attempt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import time
@@ -77,9 +78,9 @@ def audit(cluster: RunningCluster, event_type: str) -> list[dict[str, Any]]:
     return list(json.loads(found.stdout))
 
 
-@pytest.fixture(scope="module")
-def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
-    directory = tmp_path_factory.mktemp("attacks")
+@contextlib.contextmanager
+def joined_clusters(directory: pathlib.Path) -> Iterator[Clusters]:
+    """The root and its two leaves, both online."""
     root = start_cluster(directory / "root", "root")
     started = [root]
     try:
@@ -95,6 +96,20 @@ def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
     finally:
         for process in reversed(started):
             process.stop()
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
+    """Shared by the attacks that leave leaf2 trusted with its own CAs and online."""
+    with joined_clusters(tmp_path_factory.mktemp("attacks")) as found:
+        yield found
+
+
+@pytest.fixture
+def own_clusters(tmp_path: pathlib.Path) -> Iterator[Clusters]:
+    """Clusters of the test's own, for a test that ends with leaf2 replaced."""
+    with joined_clusters(tmp_path) as found:
+        yield found
 
 
 def test_leaf_with_valid_token_cannot_take_over_another_leafs_name(clusters: Clusters) -> None:
@@ -197,9 +212,10 @@ def test_leaf_tunnel_that_claims_another_clusters_name_is_refused_and_audited(
     assert honest.connected and honest.error is None
 
 
-def test_root_admin_replaces_a_rebuilt_leaf_by_removing_it_first(clusters: Clusters) -> None:
+def test_root_admin_replaces_a_rebuilt_leaf_by_removing_it_first(own_clusters: Clusters) -> None:
     """The way the refusal names: ``tetherctl rm rc/leaf2`` on the root, then the new leaf2
     joins with its own CAs; the old leaf2's tunnels are no longer trusted."""
+    clusters = own_clusters
     root = clusters.root
     old = stored_cas(root, "leaf2")
     rebuilt = start_cluster(clusters.directory / "rebuilt", "leaf2")

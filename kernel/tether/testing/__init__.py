@@ -7,4 +7,5 @@
 - :mod:`tether.testing.accounts`: real OS accounts for sessions of protocol plugins.
 - :mod:`tether.testing.roles`: role sets from YAML, for servers that authorize.
 - :mod:`tether.testing.impostor`: a hostile cluster's handshake and tunnels, for trust tests.
+- :mod:`tether.testing.trusted_clusters`: a leaf joined to a root as the guide's admins do it.
 """

@@ -25,13 +25,14 @@ import attrs
 import pytest
 
 from tether import pki
-from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
     run_cli,
     start_cluster,
     start_node,
+    wait_for,
 )
 
 pytestmark = [
@@ -83,13 +84,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def visitor() -> Iterator[pwd.struct_passwd]:
-    with os_account(LOGIN) as account:
-        yield account
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, visitor: pwd.struct_passwd) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, os_user: pwd.struct_passwd) -> Iterator[Site]:
     directory = tmp_path_factory.mktemp("ssh-access")
     cluster = start_cluster(
         directory / "main",
@@ -183,11 +178,11 @@ def test_user_sees_only_the_nodes_their_roles_reach(site: Site) -> None:
 
 @pytest.mark.parametrize("node", ["auth-node", "tunnel-node", "direct-node"])
 def test_openssh_client_reaches_each_node_with_tether_config(
-    site: Site, visitor: pwd.struct_passwd, node: str
+    site: Site, os_user: pwd.struct_passwd, node: str
 ) -> None:
     result = site.ssh("alice", f"{LOGIN}@{node}.main", "whoami; pwd; exit 3")
     assert result.returncode == 3, result.stderr
-    assert result.stdout.split() == [LOGIN, visitor.pw_dir]
+    assert result.stdout.split() == [LOGIN, os_user.pw_dir]
 
 
 def test_openssh_refuses_a_node_whose_host_certificate_is_from_another_ca(
@@ -306,7 +301,7 @@ def test_a_key_no_ca_signed_is_refused_and_the_refusal_is_audited(
 
 @pytest.mark.parametrize("node", ["auth-node", "tunnel-node", "direct-node"])
 def test_tether_ssh_runs_a_command_as_the_os_user_and_returns_its_status(
-    site: Site, visitor: pwd.struct_passwd, node: str
+    site: Site, os_user: pwd.struct_passwd, node: str
 ) -> None:
     result = site.cluster.tether(
         "alice", "ssh", f"{LOGIN}@{node}", "id -un; echo $TETHER_USER; exit 6", check=False
@@ -386,14 +381,14 @@ def test_interactive_shell_in_a_pseudo_terminal_follows_the_window_size(site: Si
 
 
 def test_tether_scp_copies_a_file_there_and_back(
-    site: Site, visitor: pwd.struct_passwd, tmp_path: pathlib.Path
+    site: Site, os_user: pwd.struct_passwd, tmp_path: pathlib.Path
 ) -> None:
     original = tmp_path / "report.txt"
     original.write_bytes(os.urandom(300_000))
     site.cluster.tether("alice", "scp", str(original), f"{LOGIN}@tunnel-node:report.txt")
-    remote = pathlib.Path(visitor.pw_dir) / "report.txt"
+    remote = pathlib.Path(os_user.pw_dir) / "report.txt"
     assert remote.read_bytes() == original.read_bytes()
-    assert remote.stat().st_uid == visitor.pw_uid
+    assert remote.stat().st_uid == os_user.pw_uid
     back = tmp_path / "back.txt"
     site.cluster.tether("alice", "scp", f"{LOGIN}@direct-node:report.txt", str(back))
     assert back.read_bytes() == original.read_bytes()
@@ -401,7 +396,7 @@ def test_tether_scp_copies_a_file_there_and_back(
 
 
 def test_openssh_scp_and_sftp_work_with_tether_config(
-    site: Site, visitor: pwd.struct_passwd, tmp_path: pathlib.Path
+    site: Site, os_user: pwd.struct_passwd, tmp_path: pathlib.Path
 ) -> None:
     config = tmp_path / "ssh_config"
     config.write_text(site.cluster.tether("alice", "config").stdout)
@@ -415,7 +410,7 @@ def test_openssh_scp_and_sftp_work_with_tether_config(
         capture_output=True,
         timeout=60,
     )
-    remote = pathlib.Path(visitor.pw_dir) / "notes.txt"
+    remote = pathlib.Path(os_user.pw_dir) / "notes.txt"
     assert remote.read_text() == "copied with stock scp\n"
     listing = subprocess.run(
         ["sftp", "-F", str(config), "-b", "-", f"{LOGIN}@tunnel-node.main"],
@@ -481,10 +476,24 @@ def test_front_door_requires_a_client_certificate(site: Site) -> None:
     assert answer["error"]["message"] == "a client certificate is required"
 
 
-# --- last: it stops a node ------------------------------------------------------------------
+# --- a node restarts ------------------------------------------------------------------------
 
 
-def test_tunnel_node_restart_and_the_client_reconnects(site: Site) -> None:
+@pytest.fixture
+def restarting_node(site: Site) -> Iterator[Site]:
+    """The site, for a test that stops its tunnel node: running and reachable again after
+    the test, pass or fail, so that no other test finds it stopped."""
+    yield site
+    if site.tunnel_node.process.poll() is not None:
+        site.tunnel_node.restart()
+    wait_for(
+        lambda: site.ssh("alice", f"{LOGIN}@tunnel-node.main", "true").returncode == 0,
+        "the tunnel node to be reachable again",
+    )
+
+
+def test_tunnel_node_restart_and_the_client_reconnects(restarting_node: Site) -> None:
+    site = restarting_node
     assert site.ssh("alice", f"{LOGIN}@tunnel-node.main", "true").returncode == 0
     site.tunnel_node.stop()
     offline = site.ssh("alice", f"{LOGIN}@tunnel-node.main", "true")
@@ -501,7 +510,7 @@ def test_tunnel_node_restart_and_the_client_reconnects(site: Site) -> None:
 
 
 def test_nodes_renew_their_certificates_and_stay_reachable_past_the_first_ones(
-    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+    tmp_path: pathlib.Path, os_user: pwd.struct_passwd
 ) -> None:
     # a year by default; here a few seconds, so that the renewal (at two thirds) is seen
     lifetime = 15

@@ -10,7 +10,6 @@ OS account ``visitor`` created here, so the tests need root.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import pathlib
 import pwd
@@ -36,6 +35,12 @@ from tether.testing.cluster import (
     wait_for,
 )
 from tether.testing.roles import VISITOR_ROLE
+from tether.testing.trusted_clusters import (
+    connection,
+    create_trusted_cluster,
+    invite,
+    trusted_cluster_yaml,
+)
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -97,12 +102,6 @@ def visitor() -> Iterator[pwd.struct_passwd]:
 # --- a leaf's proxy, in auth's process ----------------------------------------------------------
 
 
-def leaf_connection(root: RunningCluster) -> str:
-    found = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
-    doc = found[0] if isinstance(found, list) else found
-    return str((doc.get("status") or {}).get("connection"))
-
-
 def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certificate(
     tmp_path: pathlib.Path, visitor: pwd.struct_passwd
 ) -> None:
@@ -117,27 +116,8 @@ def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certi
         leaf.tetherctl("create", str(role))
         root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
         root.login("alice", PASSWORD)
-        invitation = root.tetherctl(
-            "tokens", "add", "--type=trusted_cluster", "--ttl=5m", "--format=json"
-        )
-        trusted = tmp_path / "trusted_cluster.yaml"
-        trusted.write_text(f"""
-kind: trusted_cluster
-version: v2
-metadata:
-  name: root
-spec:
-  enabled: true
-  token: "{json.loads(invitation.stdout)["token"]}"
-  tunnel_addr: {root.proxy_addr}
-  web_proxy_addr: {root.proxy_addr}
-  ca_pin: {root.ca_pin}
-  role_map:
-    - remote: "access"
-      local: ["visitor"]
-""")
-        leaf.tetherctl("create", str(trusted))
-        wait_for(lambda: leaf_connection(root) == "online", "the leaf to come online")
+        create_trusted_cluster(leaf, trusted_cluster_yaml(root, invite(root, ttl="5m")))
+        wait_for(lambda: connection(root) == "online", "the leaf to come online")
 
         def reach(command: str) -> tuple[int, str, str]:
             return finished(ssh(root, "visitor@leaf-host", command, "--cluster=leaf"))
@@ -181,7 +161,7 @@ spec:
         wait_for(
             lambda: renewals(leaf, "leaf-node") >= count + 3, "more renewals", 3 * LEAF_LIFETIME
         )
-        assert leaf_connection(root) == "online"
+        assert connection(root) == "online"
         listed = root.tetherctl("get", "rc").stdout
         assert "leaf" in listed and "online" in listed, listed
         status, out, err = reach("echo renewed")

@@ -9,7 +9,6 @@ tunnel-mode node; sessions run as the OS account ``visitor`` (needs root).
 
 from __future__ import annotations
 
-import json
 import pathlib
 import pwd
 import shutil
@@ -27,6 +26,12 @@ from tether.testing.cluster import (
     wait_for,
 )
 from tether.testing.roles import VISITOR_ROLE
+from tether.testing.trusted_clusters import (
+    connection,
+    create_trusted_cluster,
+    invite,
+    trusted_cluster_yaml,
+)
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -51,33 +56,14 @@ class Pair:
         self.leaf.tetherctl("create", *args, str(path))
 
     def trust_root(self, *, enabled: bool = True, token: str = "") -> None:
-        self.create_on_leaf(
-            f"""
-kind: trusted_cluster
-version: v2
-metadata:
-  name: root
-spec:
-  enabled: {"true" if enabled else "false"}
-  token: "{token}"
-  tunnel_addr: {self.root.proxy_addr}
-  web_proxy_addr: {self.root.proxy_addr}
-  ca_pin: {self.root.ca_pin}
-  role_map:
-    - remote: "access"
-      local: ["visitor"]
-""",
-            "--force",
-        )
+        text = trusted_cluster_yaml(self.root, token, enabled=enabled)
+        create_trusted_cluster(self.leaf, text, "--force")
 
     def invite(self) -> str:
-        added = self.root.tetherctl("tokens", "add", "--type=trusted_cluster", "--format=json")
-        return str(json.loads(added.stdout)["token"])
+        return invite(self.root)
 
     def connection(self) -> str:
-        found = json.loads(self.root.tetherctl("get", "rc", "--format=json").stdout)
-        status = {doc["metadata"]["name"]: doc.get("status") or {} for doc in found}
-        return str(status.get("leaf", {}).get("connection"))
+        return connection(self.root)
 
     def ssh(self, *command: str) -> tuple[int, str, str]:
         result = self.root.tether(

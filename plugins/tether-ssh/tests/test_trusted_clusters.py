@@ -3,6 +3,9 @@
 Root cluster ``root`` (auth + proxy), leaf cluster ``leaf`` (auth + proxy) with a node in
 tunnel mode; the leaf trusts the root with the guide's trusted_cluster (``access`` ->
 ``visitor``). Sessions run as the OS account ``visitor`` created here (needs root).
+
+Every test stands alone, in any order: the clusters are shared by the module, and a test that
+changes the trust asks for ``restored_trust``, which puts the guide's trust back after it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tether import pki
 from tether.client.dial import list_targets
 from tether.client.profile import current_profile
 from tether.datadir import admin_identity_paths
-from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.accounts import can_create_accounts
 from tether.testing.balancer import TCPBalancer
 from tether.testing.cluster import (
     RunningCluster,
@@ -40,6 +43,13 @@ from tether.testing.cluster import (
 )
 from tether.testing.http import free_port
 from tether.testing.roles import VISITOR_ROLE
+from tether.testing.trusted_clusters import (
+    connection,
+    create_trusted_cluster,
+    invite,
+    remote_status,
+    trusted_cluster_yaml,
+)
 
 pytestmark = [
     pytest.mark.skipif(not can_create_accounts(), reason="creates an OS account (needs root)"),
@@ -47,28 +57,6 @@ pytestmark = [
 ]
 
 PASSWORD = "correct horse battery staple"
-
-
-def trusted_cluster_yaml(
-    root: RunningCluster, token: str, *, enabled: bool = True, proxy_addr: str | None = None
-) -> str:
-    """The guide's trusted_cluster; ``proxy_addr`` (a load balancer) replaces the root's."""
-    addr = proxy_addr or root.proxy_addr
-    return f"""
-kind: trusted_cluster
-version: v2
-metadata:
-  name: root
-spec:
-  enabled: {"true" if enabled else "false"}
-  token: "{token}"
-  tunnel_addr: {addr}
-  web_proxy_addr: {addr}
-  ca_pin: {root.ca_pin}
-  role_map:
-    - remote: "access"
-      local: ["visitor"]
-"""
 
 
 @attrs.frozen
@@ -79,119 +67,147 @@ class Trust:
     directory: pathlib.Path
 
     def apply(self, text: str, *args: str) -> None:
-        path = self.directory / "trusted_cluster.yaml"
-        path.write_text(text)
-        self.leaf.tetherctl("create", *args, str(path))
+        create_trusted_cluster(self.leaf, text, *args)
 
     def invite(self) -> str:
-        added = self.root.tetherctl(
-            "tokens", "add", "--type=trusted_cluster", "--ttl=5m", "--format=json"
-        )
-        invitation = json.loads(added.stdout)
-        assert invitation["ca_pin"] == self.root.ca_pin
-        return str(invitation["token"])
+        return invite(self.root, ttl="5m")
 
-    def ssh(self, *command: str) -> tuple[int, str, str]:
-        return self.ssh_to("visitor@leaf-node", *command)
+    def ssh(self, *command: str, user: str = "alice") -> tuple[int, str, str]:
+        return self.ssh_to("visitor@leaf-node", *command, user=user)
 
-    def ssh_to(self, target: str, *command: str) -> tuple[int, str, str]:
-        result = self.root.tether("alice", "ssh", "--cluster=leaf", target, *command, check=False)
+    def ssh_to(self, target: str, *command: str, user: str = "alice") -> tuple[int, str, str]:
+        result = self.root.tether(user, "ssh", "--cluster=leaf", target, *command, check=False)
         return result.returncode, result.stdout, result.stderr
 
+    def wait_until_online(self) -> None:
+        wait_for(lambda: connection(self.root) == "online", "the leaf to come online")
 
-def remote_status(root: RunningCluster) -> dict[str, object]:
-    found = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
-    doc = found[0] if isinstance(found, list) else found
-    return dict(doc.get("status") or {})
+    def wait_until_reachable(self) -> None:
+        """Wait until alice reaches the leaf's node."""
+        # the leaf's nodes learn the root's user CA on their next refresh (a few seconds)
+        wait_for(lambda: self.ssh("true")[0] == 0, "the leaf's node to trust the root")
 
-
-def connection(root: RunningCluster) -> str:
-    return str(remote_status(root).get("connection"))
+    def restore(self) -> None:
+        """Put back the guide's trust (enabled, ``access`` -> ``visitor``, a leaf without
+        labels) however a test left it, and wait until alice reaches the node again."""
+        self.apply(trusted_cluster_yaml(self.root, self.invite()), "--force")
+        self.wait_until_online()
+        self.root.tetherctl("update", "rc/leaf", "--set-labels=")
+        self.wait_until_reachable()
 
 
 @pytest.fixture(scope="module")
-def visitor() -> Iterator[pwd.struct_passwd]:
-    with os_account("visitor") as account:
-        yield account
-
-
-@pytest.fixture(scope="module")
-def trust(tmp_path_factory: pytest.TempPathFactory, visitor: pwd.struct_passwd) -> Iterator[Trust]:
-    directory = tmp_path_factory.mktemp("trust")
-    root = start_cluster(directory / "root", "root")
-    started: list[RunningCluster | RunningNode] = [root]
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    """The root cluster, with alice (role ``access``) logged in."""
+    cluster = start_cluster(tmp_path_factory.mktemp("root"), "root")
     try:
-        leaf = start_cluster(directory / "leaf", "leaf")
-        started.append(leaf)
+        # as the guide says: authentication is the root's, so the root user gets the login
+        cluster.add_user("alice", PASSWORD, roles=["access"], logins=["alice", "visitor"])
+        cluster.login("alice", PASSWORD)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def trust(
+    root: RunningCluster, tmp_path_factory: pytest.TempPathFactory, os_user: pwd.struct_passwd
+) -> Iterator[Trust]:
+    """The leaf and its node, trusting the root as the guide sets it up; alice reaches the
+    node. Tests that change the trust take ``restored_trust`` instead."""
+    directory = tmp_path_factory.mktemp("trust")
+    leaf = start_cluster(directory / "leaf", "leaf")
+    started: list[RunningCluster | RunningNode] = [leaf]
+    try:
         node = start_node(leaf, directory / "leaf-node", "leaf-node", labels={"env": "leaf"})
         started.append(node)
         role = directory / "visitor.yaml"
         role.write_text(VISITOR_ROLE)
         leaf.tetherctl("create", str(role))
-        # as the guide says: authentication is the root's, so the root user gets the login
-        root.add_user("alice", PASSWORD, roles=["access"], logins=["alice", "visitor"])
-        root.login("alice", PASSWORD)
-        yield Trust(root, leaf, node, directory)
+        joined = Trust(root, leaf, node, directory)
+        joined.apply(trusted_cluster_yaml(root, joined.invite()))
+        joined.wait_until_online()
+        joined.wait_until_reachable()
+        yield joined
     finally:
         for process in reversed(started):
             process.stop()
 
 
-def _refused_trust(trust: Trust, text: str) -> str:
-    path = trust.directory / "refused.yaml"
+@pytest.fixture
+def restored_trust(trust: Trust) -> Iterator[Trust]:
+    """The module's trust, for a test that changes it: put back as the guide set it after the
+    test, pass or fail, so that no other test sees what this one did."""
+    yield trust
+    trust.restore()
+
+
+@pytest.fixture(scope="module")
+def stranger(
+    root: RunningCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningCluster]:
+    """A leaf that never came to trust the root: where the refused handshakes are tried, so
+    that each can check that nothing at all was stored."""
+    cluster = start_cluster(tmp_path_factory.mktemp("stranger"), "leaf")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _refused_trust(leaf: RunningCluster, text: str) -> str:
+    path = leaf.directory / "refused.yaml"
     path.write_text(text)
-    result = trust.leaf.tetherctl("create", str(path), check=False)
+    result = leaf.tetherctl("create", str(path), check=False)
     assert result.returncode == 1
-    got = trust.leaf.tetherctl("get", "trusted_cluster", "--format=json").stdout
+    got = leaf.tetherctl("get", "trusted_cluster", "--format=json").stdout
     assert json.loads(got) == [], "a refused handshake must store nothing"
     return result.stderr
 
 
-def test_unknown_or_expired_invitation_token_is_refused_on_both_sides(trust: Trust) -> None:
-    err = _refused_trust(trust, trusted_cluster_yaml(trust.root, "not-a-token"))
+def test_unknown_or_expired_invitation_token_is_refused_on_both_sides(
+    root: RunningCluster, stranger: RunningCluster
+) -> None:
+    err = _refused_trust(stranger, trusted_cluster_yaml(root, "not-a-token"))
     assert "the token is unknown or expired" in err
-    added = trust.root.tetherctl(
-        "tokens", "add", "--type=trusted_cluster", "--ttl=1s", "--format=json"
-    )
+    added = root.tetherctl("tokens", "add", "--type=trusted_cluster", "--ttl=1s", "--format=json")
     time.sleep(1.5)
     expired = json.loads(added.stdout)["token"]
     assert "the token is unknown or expired" in _refused_trust(
-        trust, trusted_cluster_yaml(trust.root, expired)
+        stranger, trusted_cluster_yaml(root, expired)
     )
     refusals = json.loads(
-        trust.root.tetherctl(
-            "audit", "search", "--type=trusted_cluster.refused", "--format=json"
-        ).stdout
+        root.tetherctl("audit", "search", "--type=trusted_cluster.refused", "--format=json").stdout
     )
     assert len(refusals) >= 2 and refusals[-1]["leaf"] == "leaf"
 
 
-def test_wrong_ca_pin_is_refused_before_the_token_is_sent(trust: Trust) -> None:
+def test_wrong_ca_pin_is_refused_before_the_token_is_sent(
+    root: RunningCluster, stranger: RunningCluster
+) -> None:
     wrong = "sha256:" + "0" * 64
-    text = trusted_cluster_yaml(trust.root, trust.invite()).replace(trust.root.ca_pin, wrong)
-    err = _refused_trust(trust, text)
+    text = trusted_cluster_yaml(root, invite(root, ttl="5m")).replace(root.ca_pin, wrong)
+    err = _refused_trust(stranger, text)
     assert f"does not present the pinned CA {wrong}" in err
 
 
-def test_root_with_an_untrusted_web_certificate_and_no_pin_is_refused(trust: Trust) -> None:
-    text = trusted_cluster_yaml(trust.root, trust.invite()).replace(
-        f"  ca_pin: {trust.root.ca_pin}\n", ""
+def test_root_with_an_untrusted_web_certificate_and_no_pin_is_refused(
+    root: RunningCluster, stranger: RunningCluster
+) -> None:
+    text = trusted_cluster_yaml(root, invite(root, ttl="5m")).replace(
+        f"  ca_pin: {root.ca_pin}\n", ""
     )
-    err = _refused_trust(trust, text)
+    err = _refused_trust(stranger, text)
     assert "The trusted cluster uses misconfigured HTTP/TLS certificate." in err
     assert "spec.ca_pin" in err
 
 
 def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
-    trust: Trust, visitor: pwd.struct_passwd
+    trust: Trust, os_user: pwd.struct_passwd
 ) -> None:
-    trust.apply(trusted_cluster_yaml(trust.root, trust.invite()))
-    wait_for(lambda: connection(trust.root) == "online", "the leaf to come online")
-    # the leaf's nodes learn the root's user CA on their next refresh (a few seconds)
-    wait_for(lambda: trust.ssh("true")[0] == 0, "the leaf's node to trust the root")
     status, out, err = trust.ssh("pwd; id -un")
     assert status == 0, err
-    assert out.split() == [visitor.pw_dir, "visitor"]
+    assert out.split() == [os_user.pw_dir, "visitor"]
 
 
 def test_openssh_client_reaches_the_leaf_node_with_tether_config(trust: Trust) -> None:
@@ -294,37 +310,37 @@ def test_unmapped_root_user_is_denied_with_the_reason(trust: Trust) -> None:
     assert "no role of carol@root (auditor) maps to a role of cluster 'leaf'" in refused.stderr
 
 
-def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(trust: Trust) -> None:
+def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(
+    restored_trust: Trust,
+) -> None:
+    trust = restored_trust
     trust.root.tetherctl("update", "rc/leaf", "--set-labels=env=prod")
-    try:
-        clusters = json.loads(trust.root.tether("alice", "clusters", "-f", "json").stdout)
-        assert [c["name"] for c in clusters] == ["root"]
-        # as the guide says, even an editor's `tetherctl get rc` shows no labelled leaf
-        # until one of their roles has matching cluster_labels
-        trust.root.add_user("ed", PASSWORD, roles=["editor"])
-        trust.root.login("ed", PASSWORD)
-        editor_env = {"TETHER_HOME": str(trust.root.user_home("ed"))}
-        seen = run_cli("tetherctl", "get", "rc", "--format=json", env=editor_env).stdout
-        assert json.loads(seen) == []
-        hidden = trust.ssh("true")
-        assert hidden[0] == 255 and "cluster 'leaf' not found" in hidden[2]
-        prod = trust.directory / "prod.yaml"
-        prod.write_text(
-            "kind: role\nversion: v7\nmetadata:\n  name: prod-access\nspec:\n"
-            "  allow:\n    cluster_labels: {env: prod}\n"
-        )
-        trust.root.tetherctl("create", str(prod))
-        trust.root.add_user("dave", PASSWORD, roles=["access", "prod-access"], logins=["visitor"])
-        trust.root.login("dave", PASSWORD)
-        shown = json.loads(trust.root.tether("dave", "clusters", "-f", "json").stdout)
-        assert [(c["name"], c["labels"]) for c in shown] == [
-            ("root", {}),
-            ("leaf", {"env": "prod"}),
-        ]
-        ran = trust.root.tether("dave", "ssh", "--cluster=leaf", "visitor@leaf-node", "true")
-        assert ran.returncode == 0
-    finally:
-        trust.root.tetherctl("update", "rc/leaf", "--set-labels=")
+    clusters = json.loads(trust.root.tether("alice", "clusters", "-f", "json").stdout)
+    assert [c["name"] for c in clusters] == ["root"]
+    # as the guide says, even an editor's `tetherctl get rc` shows no labelled leaf
+    # until one of their roles has matching cluster_labels
+    trust.root.add_user("ed", PASSWORD, roles=["editor"])
+    trust.root.login("ed", PASSWORD)
+    editor_env = {"TETHER_HOME": str(trust.root.user_home("ed"))}
+    seen = run_cli("tetherctl", "get", "rc", "--format=json", env=editor_env).stdout
+    assert json.loads(seen) == []
+    hidden = trust.ssh("true")
+    assert hidden[0] == 255 and "cluster 'leaf' not found" in hidden[2]
+    prod = trust.directory / "prod.yaml"
+    prod.write_text(
+        "kind: role\nversion: v7\nmetadata:\n  name: prod-access\nspec:\n"
+        "  allow:\n    cluster_labels: {env: prod}\n"
+    )
+    trust.root.tetherctl("create", str(prod))
+    trust.root.add_user("dave", PASSWORD, roles=["access", "prod-access"], logins=["visitor"])
+    trust.root.login("dave", PASSWORD)
+    shown = json.loads(trust.root.tether("dave", "clusters", "-f", "json").stdout)
+    assert [(c["name"], c["labels"]) for c in shown] == [
+        ("root", {}),
+        ("leaf", {"env": "prod"}),
+    ]
+    ran = trust.root.tether("dave", "ssh", "--cluster=leaf", "visitor@leaf-node", "true")
+    assert ran.returncode == 0
 
 
 def test_leaf_admin_tests_the_role_map(trust: Trust) -> None:
@@ -337,7 +353,13 @@ def test_leaf_admin_tests_the_role_map(trust: Trust) -> None:
     ]
 
 
-def test_regex_mapping_with_a_group_and_trait_templates_apply_live(trust: Trust) -> None:
+def test_regex_mapping_with_a_group_and_trait_templates_apply_live(
+    restored_trust: Trust,
+) -> None:
+    trust = restored_trust
+    # a user of the test's own, since it gives them a trait
+    trust.root.add_user("rex", PASSWORD, roles=["access"], logins=["rex", "visitor"])
+    trust.root.login("rex", PASSWORD)
     role = trust.directory / "visitor-ess.yaml"
     role.write_text(
         "kind: role\nversion: v7\nmetadata:\n  name: visitor-ess\nspec:\n  allow:\n"
@@ -350,35 +372,35 @@ def test_regex_mapping_with_a_group_and_trait_templates_apply_live(trust: Trust)
     )
     assert "visitor-$1" in regex
     trust.apply(regex, "--force")
-    try:
-        # alice's traits have no env: the template selects nothing, so she sees no node
-        hidden = trust.ssh("true")
-        assert hidden[0] == 255 and "node 'leaf-node' not found in cluster 'leaf'" in hidden[2]
-        trust.root.tetherctl(
-            "users", "update", "alice", "--set-logins=alice,visitor", "--set-traits=env=leaf"
+    # rex's traits have no env: the template selects nothing, so he sees no node
+    hidden = trust.ssh("true", user="rex")
+    assert hidden[0] == 255 and "node 'leaf-node' not found in cluster 'leaf'" in hidden[2]
+    trust.root.tetherctl(
+        "users", "update", "rex", "--set-logins=rex,visitor", "--set-traits=env=leaf"
+    )
+    trust.root.login("rex", PASSWORD)
+
+    def mapped_through_the_regex() -> bool:
+        # the node re-reads trusted_clusters every 3 s and forwards its audit events as
+        # they happen: a session may still map the old way for a moment
+        status, out, err = trust.ssh("id -un", user="rex")
+        assert (status, out) == (0, "visitor\n"), err
+        events = json.loads(
+            trust.leaf.tetherctl(
+                "audit", "search", "--type=trust.login.mapped", "--format=json"
+            ).stdout
         )
-        trust.root.login("alice", PASSWORD)
+        assert events[-1]["remote_roles"] == ["access"]
+        return bool(events[-1]["local_roles"] == ["visitor-ess"])
 
-        def mapped_through_the_regex() -> bool:
-            # the node re-reads trusted_clusters every 3 s and forwards its audit events as
-            # they happen: a session may still map the old way for a moment
-            status, out, err = trust.ssh("id -un")
-            assert (status, out) == (0, "visitor\n"), err
-            events = json.loads(
-                trust.leaf.tetherctl(
-                    "audit", "search", "--type=trust.login.mapped", "--format=json"
-                ).stdout
-            )
-            assert events[-1]["remote_roles"] == ["access"]
-            return bool(events[-1]["local_roles"] == ["visitor-ess"])
-
-        wait_for(mapped_through_the_regex, "the leaf's node to map access to visitor-ess")
-        assert connection(trust.root) == "online"  # the tunnels stayed up
-    finally:
-        trust.apply(trusted_cluster_yaml(trust.root, ""), "--force")
+    wait_for(mapped_through_the_regex, "the leaf's node to map access to visitor-ess")
+    assert connection(trust.root) == "online"  # the tunnels stayed up
 
 
-def test_disabling_the_trust_closes_access_and_enabling_restores_it(trust: Trust) -> None:
+def test_disabling_the_trust_closes_access_and_enabling_restores_it(
+    restored_trust: Trust,
+) -> None:
+    trust = restored_trust
     assert trust.ssh("true")[0] == 0
     trust.apply(trusted_cluster_yaml(trust.root, "", enabled=False), "--force")
     wait_for(lambda: connection(trust.root) == "offline", "the leaf to go offline")
@@ -390,7 +412,10 @@ def test_disabling_the_trust_closes_access_and_enabling_restores_it(trust: Trust
     wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")
 
 
-def test_removing_the_remote_cluster_on_the_root_and_restoring_it(trust: Trust) -> None:
+def test_removing_the_remote_cluster_on_the_root_and_restoring_it(
+    restored_trust: Trust,
+) -> None:
+    trust = restored_trust
     assert trust.ssh("true")[0] == 0
     trust.root.tetherctl("rm", "rc/leaf")
     wait_for(lambda: trust.ssh("true")[0] != 0, "access to end")
@@ -401,7 +426,10 @@ def test_removing_the_remote_cluster_on_the_root_and_restoring_it(trust: Trust) 
     wait_for(lambda: trust.ssh("true")[0] == 0, "access to come back")
 
 
-def test_removing_the_trust_on_the_leaf_and_creating_it_again(trust: Trust) -> None:
+def test_removing_the_trust_on_the_leaf_and_creating_it_again(
+    restored_trust: Trust,
+) -> None:
+    trust = restored_trust
     trust.leaf.tetherctl("rm", "trusted_cluster/root")
     wait_for(lambda: trust.ssh("true")[0] != 0, "access to end")
     trust.apply(trusted_cluster_yaml(trust.root, trust.invite()))
@@ -415,9 +443,7 @@ def test_restarted_root_sees_the_leaf_reconnect_and_come_back_online(
     root = start_cluster(tmp_path / "root", "root", config=root_config)
     leaf = start_cluster(tmp_path / "leaf", "leaf")
     try:
-        invitation = root.tetherctl("tokens", "add", "--type=trusted_cluster", "--format=json")
-        trust = Trust(root, leaf, None, tmp_path)  # type: ignore[arg-type]
-        trust.apply(trusted_cluster_yaml(root, json.loads(invitation.stdout)["token"]))
+        create_trusted_cluster(leaf, trusted_cluster_yaml(root, invite(root)))
         wait_for(lambda: connection(root) == "online", "the leaf to come online")
         root.stop()
         root = start_cluster(tmp_path / "root", "root", config=root_config)
@@ -429,7 +455,7 @@ def test_restarted_root_sees_the_leaf_reconnect_and_come_back_online(
 
 
 def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
-    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+    tmp_path: pathlib.Path, os_user: pwd.struct_passwd
 ) -> None:
     # The guide's HA setup: the root's auth, two root proxies of their own behind a load
     # balancer; the leaf's trusted_cluster and the user's login name the balancer.
@@ -446,12 +472,13 @@ def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
         started += proxies
         leaf = start_cluster(tmp_path / "leaf", "leaf")
         started.append(leaf)
-        started.append(start_node(leaf, tmp_path / "leaf-node", "leaf-node"))
+        node = start_node(leaf, tmp_path / "leaf-node", "leaf-node")
+        started.append(node)
         role = tmp_path / "visitor.yaml"
         role.write_text(VISITOR_ROLE)
         leaf.tetherctl("create", str(role))
         with TCPBalancer([p.proxy_addr for p in proxies]) as balancer:
-            trust = Trust(root, leaf, None, tmp_path)  # type: ignore[arg-type]
+            trust = Trust(root, leaf, node, tmp_path)
             trust.apply(trusted_cluster_yaml(root, trust.invite(), proxy_addr=balancer.addr))
             # one tunnel through the balancer, then one to each proxy it was told about
             wait_for(
@@ -471,13 +498,13 @@ def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
             )
             for _ in proxies:  # round robin: a session through each proxy
                 code, out, err = trust.ssh("pwd")
-                assert (code, out.strip()) == (0, visitor.pw_dir), err
+                assert (code, out.strip()) == (0, os_user.pw_dir), err
             assert all(balancer.forwarded[p.proxy_addr] >= 2 for p in proxies)
 
             proxies[0].stop(signal.SIGKILL)  # a crash: no goodbye to the leaf or the balancer
             for _ in proxies:
                 code, out, err = trust.ssh("pwd")
-                assert (code, out.strip()) == (0, visitor.pw_dir), err
+                assert (code, out.strip()) == (0, os_user.pw_dir), err
             clusters = root.tether("alice", "clusters").stdout
             assert "leaf" in clusters and "online" in clusters, clusters
             # the dead proxy's heartbeats go stale; the leaf stays online through the other
@@ -502,8 +529,7 @@ def test_a_leaf_without_the_ssh_plugin_says_so_and_audits_the_refused_stream(
         started.append(leaf)
         root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
         root.login("alice", PASSWORD)
-        trust = Trust(root, leaf, None, tmp_path)  # type: ignore[arg-type]
-        trust.apply(trusted_cluster_yaml(root, trust.invite()))
+        create_trusted_cluster(leaf, trusted_cluster_yaml(root, invite(root, ttl="5m")))
         wait_for(lambda: connection(root) == "online", "the leaf to come online")
 
         listed = root.tether("alice", "ls", "--cluster=leaf", check=False)
