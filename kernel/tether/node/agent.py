@@ -264,7 +264,7 @@ class NodeAgent:
         client = metadata.get("client") or "the proxy"
         identity: pki.Identity | None = None
         roles: RoleSet | None = None
-        if metadata.get("user_cert"):
+        if protocol.needs_identity and metadata.get("user_cert"):
             try:
                 identity, roles = self._verify_user(metadata["user_cert"], agent)
             except TetherError as exc:

@@ -132,9 +132,15 @@ class AgentProtocol(Protocol):
     """One protocol a node serves (``ssh``, later ``db``, ``kube``...).
 
     :attr name: the protocol's name, which is also the mux target proxies open streams to.
+    :attr needs_identity: whether the agent verifies and role-maps the user certificate a
+        proxy forwards with each stream, and hands the result in :class:`AgentStream`. False
+        for a protocol that authenticates the user inside the stream itself (SSH, whose
+        certificate the node's server checks end to end): the agent then neither decides nor
+        audits a second time.
     """
 
     name: str
+    needs_identity: bool
 
     def addresses(self) -> Iterable[str]:
         """Host names and addresses clients reach this host by for the protocol, to name in

@@ -84,7 +84,7 @@ class Trust:
 
     def wait_until_reachable(self) -> None:
         """Wait until alice reaches the leaf's node."""
-        # the leaf's nodes learn the root's user CA on their next refresh (a few seconds)
+        # the leaf's nodes learn the root's user CA when auth pushes the new trust
         wait_for(lambda: self.ssh("true")[0] == 0, "the leaf's node to trust the root")
 
     def restore(self) -> None:
@@ -208,6 +208,24 @@ def test_root_user_reaches_the_leaf_node_as_the_mapped_visitor(
     status, out, err = trust.ssh("pwd; id -un")
     assert status == 0, err
     assert out.split() == [os_user.pw_dir, "visitor"]
+
+
+def test_a_root_users_session_records_one_mapped_login_at_the_leaf(trust: Trust) -> None:
+    """The leaf's node maps the root user's roles once per session: its SSH server decides
+    by the SSH certificate, and the agent does not verify the forwarded X.509 one again."""
+
+    def leaf_events(kind: str) -> list[dict[str, object]]:
+        found = trust.leaf.tetherctl("audit", "search", f"--type={kind}", "--format=json")
+        return list(json.loads(found.stdout))
+
+    mapped, ended = len(leaf_events("trust.login.mapped")), len(leaf_events("ssh.session.end"))
+    status, _, err = trust.ssh("true")
+    assert status == 0, err
+    # the node forwards its events in order: once the session's end is recorded, so is
+    # every mapping the session made
+    wait_for(lambda: len(leaf_events("ssh.session.end")) > ended, "the session's end")
+    new = leaf_events("trust.login.mapped")[mapped:]
+    assert [(e["user"], e["local_roles"]) for e in new] == [("alice", ["visitor"])]
 
 
 def test_openssh_client_reaches_the_leaf_node_with_tether_config(trust: Trust) -> None:
@@ -381,8 +399,8 @@ def test_regex_mapping_with_a_group_and_trait_templates_apply_live(
     trust.root.login("rex", PASSWORD)
 
     def mapped_through_the_regex() -> bool:
-        # the node re-reads trusted_clusters every 3 s and forwards its audit events as
-        # they happen: a session may still map the old way for a moment
+        # the node forwards its audit events as they happen, and a change of trusted_cluster
+        # reaches it by push: a session may still map the old way for a moment
         status, out, err = trust.ssh("id -un", user="rex")
         assert (status, out) == (0, "visitor\n"), err
         events = json.loads(

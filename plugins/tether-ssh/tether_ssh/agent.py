@@ -69,6 +69,9 @@ class SSHProtocol:
     """This host as an SSH node: the agent protocol named ``ssh``."""
 
     name = SSH_TARGET
+    #: the user's SSH certificate, checked by the server, is the identity: the forwarded
+    #: X.509 one would be verified and its login audited twice
+    needs_identity = False
 
     def __init__(self, config: Config) -> None:
         self.config = config

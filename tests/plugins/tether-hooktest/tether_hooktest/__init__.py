@@ -489,6 +489,7 @@ class WhoAmI:
     """A node protocol that tells the caller who the agent says they are, in one line."""
 
     name = AGENT_PROTOCOL
+    needs_identity = True
 
     def __init__(self) -> None:
         self.agent: AgentContext | None = None
