@@ -2,18 +2,21 @@
 
 ``tether_cluster`` is shared by the tests of a module (starting a cluster costs about a
 second); tests that change cluster-wide state start their own with ``start_cluster``.
+``os_user`` is the real OS account a protocol plugin's sessions run as.
 """
 
 from __future__ import annotations
 
 import pathlib
+import pwd
 from collections.abc import Iterator
 
 import pytest
 
+from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import RunningCluster, start_cluster
 
-__all__ = ["tether_cluster", "tether_cluster_factory"]
+__all__ = ["os_user", "tether_cluster", "tether_cluster_factory"]
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +44,14 @@ def tether_cluster_factory(tmp_path: pathlib.Path) -> Iterator[object]:
     finally:
         for cluster in started:
             cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def os_user() -> Iterator[pwd.struct_passwd]:
+    """The OS account ``visitor`` (the guide's login) that sessions run as, shared within a
+    module: created here and removed after unless it already exists (see
+    :mod:`tether.testing.accounts`). Creating it needs root; without, the test is skipped."""
+    if not can_create_accounts():
+        pytest.skip("creates the OS account 'visitor' (needs root and useradd)")
+    with os_account("visitor") as account:
+        yield account

@@ -25,8 +25,7 @@ import httpx
 import pytest
 from tether_oidc.connector import LEEWAY_SECONDS, ProviderKeys, parse_jwks, verify_id_token
 
-from tether.auth.sso_flows import SSORequest
-from tether.errors import AccessDenied
+from tether.api import AccessDenied, SSORequest
 from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import (
     RunningCluster,

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 
 import attrs
 import pytest
+from cryptography import x509
 
-from tether import pki
+from tether.api import current_profile, profile_ssl_context
 from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import (
     RunningCluster,
@@ -429,8 +430,6 @@ def test_openssh_scp_and_sftp_work_with_tether_config(
 
 
 def _front_door(site: Site, user: str, payload: bytes, *, client_cert: bool = True) -> bytes:
-    from tether.client.profile import current_profile, profile_ssl_context
-
     profile = current_profile(site.cluster.user_home(user))
     assert profile is not None
     context = profile_ssl_context(profile, client_cert=client_cert, alpn=["tether-ssh/1"])
@@ -528,7 +527,9 @@ def test_nodes_renew_their_certificates_and_stay_reachable_past_the_first_ones(
         nodes.append(start_node(cluster, tmp_path / "tunnel", "tunnel-node"))
         nodes.append(start_node(cluster, tmp_path / "direct", "direct-node", tunnel=False))
         first = {
-            node.name: pki.load_cert((node.directory / "data/host/tls.crt").read_bytes())
+            node.name: x509.load_pem_x509_certificate(
+                (node.directory / "data/host/tls.crt").read_bytes()
+            )
             for node in nodes
         }
         cluster.add_user("alice", PASSWORD, roles=["access"], logins=[LOGIN])
@@ -540,7 +541,9 @@ def test_nodes_renew_their_certificates_and_stay_reachable_past_the_first_ones(
             ran = site.ssh("alice", f"{LOGIN}@{name}.main", "whoami")
             assert (ran.returncode, ran.stdout) == (0, f"{LOGIN}\n"), ran.stderr
         for node in nodes:
-            renewed = pki.load_cert((node.directory / "data/host/tls.crt").read_bytes())
+            renewed = x509.load_pem_x509_certificate(
+                (node.directory / "data/host/tls.crt").read_bytes()
+            )
             assert renewed.not_valid_after_utc > first[node.name].not_valid_after_utc
             assert "renewed its certificates" in node.log_text()
         listed = {n["hostname"] for n in _ls(site, "alice")}
@@ -564,7 +567,7 @@ def test_a_node_stopped_past_its_certificates_expiry_joins_again_with_a_token(
         node = start_node(cluster, tmp_path / "node", "sleeper")
         node.stop()
         saved = tmp_path / "node/data/host/tls.crt"
-        expired = pki.load_cert(saved.read_bytes()).not_valid_after_utc
+        expired = x509.load_pem_x509_certificate(saved.read_bytes()).not_valid_after_utc
         time.sleep(max(expired.timestamp() - time.time() + 0.5, 0))
 
         without_token = [arg for arg in node.args if not arg.startswith("--token=")]
@@ -577,7 +580,7 @@ def test_a_node_stopped_past_its_certificates_expiry_joins_again_with_a_token(
         try:
             assert "its certificates expired at" in node.log_text()
             assert "joining again with the token" in node.log_text()
-            assert pki.load_cert(saved.read_bytes()).not_valid_after_utc > expired
+            assert x509.load_pem_x509_certificate(saved.read_bytes()).not_valid_after_utc > expired
         finally:
             node.stop()
     finally:

@@ -46,9 +46,23 @@ from tether_ssh.client import (
 )
 from tether_ssh.server import NodeIdentity, RoleSetAuthorizer, serve_ssh
 
-from tether import pki
-from tether.errors import AccessDenied, TetherError
-from tether.rbac import RoleSet
+from tether.api import (
+    AccessDenied,
+    Identity,
+    MalformedCertificate,
+    RoleSet,
+    TetherError,
+    private_key_to_openssh,
+)
+from tether.testing.certificates import (
+    ClusterAuthorities,
+    SSHCertAuthority,
+    generate_private_key,
+    issue_ssh_host_cert,
+    issue_ssh_user_cert,
+    ssh_public_key_line,
+    write_secret_file,
+)
 from tether.testing.http import free_port
 from tether.testing.roles import role_set
 
@@ -80,7 +94,7 @@ class Cluster:
     """The cluster's CAs and one node's SSH server, started on demand in the test's nursery."""
 
     dir: pathlib.Path
-    cas: pki.ClusterAuthorities
+    cas: ClusterAuthorities
     nursery: trio.Nursery
     roles: RoleSet = attrs.field(factory=lambda: role_set(ROLE))
 
@@ -88,13 +102,13 @@ class Cluster:
         self,
         *,
         logins: Sequence[str] = (LOGIN,),
-        host_ca: pki.SSHCertAuthority | None = None,
+        host_ca: SSHCertAuthority | None = None,
         agent: bool = False,
     ) -> ClientCredentials:
         """A fresh key with a user certificate of alice@main, trusting *host_ca* for nodes."""
-        key = pki.generate_private_key()
+        key = generate_private_key()
         now = datetime.datetime.now(datetime.UTC)
-        identity = pki.Identity(
+        identity = Identity(
             username="alice",
             cluster=CLUSTER,
             roles=["visitors"],
@@ -102,23 +116,23 @@ class Cluster:
             logins=list(logins),
             expires=now + datetime.timedelta(hours=1),
         )
-        cert = pki.issue_ssh_user_cert(
+        cert = issue_ssh_user_cert(
             self.cas.ssh_user, key.public_key(), identity, permit_agent_forwarding=agent
         )
         trusted = host_ca or self.cas.ssh_host
         return ClientCredentials(
             private_key=key,
             ssh_cert=cert,
-            host_ca_lines=[pki.ssh_public_key_line(trusted.public_key)],
+            host_ca_lines=[ssh_public_key_line(trusted.public_key)],
         )
 
     async def start_node(
-        self, *, host_ca: pki.SSHCertAuthority | None = None, expired: bool = False
+        self, *, host_ca: SSHCertAuthority | None = None, expired: bool = False
     ) -> int:
         """Serve a node whose host certificate *host_ca* signed; returns its port."""
-        host_key = pki.generate_private_key()
+        host_key = generate_private_key()
         now = datetime.datetime.now(datetime.UTC)
-        host_cert = pki.issue_ssh_host_cert(
+        host_cert = issue_ssh_host_cert(
             host_ca or self.cas.ssh_host,
             host_key.public_key(),
             host_id="node-1",
@@ -136,7 +150,7 @@ class Cluster:
                 node=NodeIdentity(
                     host_key=host_key, host_cert=host_cert, node_name="node-1", labels=labels
                 ),
-                trusted_user_cas={CLUSTER: [pki.ssh_public_key_line(self.cas.ssh_user.public_key)]},
+                trusted_user_cas={CLUSTER: [ssh_public_key_line(self.cas.ssh_user.public_key)]},
                 authorizer=RoleSetAuthorizer(roles_for=lambda _: self.roles, node_labels=labels),
             )
         )
@@ -149,7 +163,7 @@ async def cluster(
 ) -> Cluster:
     return Cluster(
         dir=tmp_path,
-        cas=pki.ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER),
+        cas=ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER),
         nursery=nursery,
     )
 
@@ -342,7 +356,7 @@ async def test_bulk_stdin_to_cat_into_dev_null(cluster: Cluster) -> None:
 
 @needs_root
 async def test_node_with_a_host_certificate_of_a_foreign_ca_is_refused(cluster: Cluster) -> None:
-    foreign = pki.ClusterAuthorities.generate("elsewhere")
+    foreign = ClusterAuthorities.generate("elsewhere")
     port = await cluster.start_node(host_ca=foreign.ssh_host)
     with pytest.raises(HostNotTrusted) as refused:
         await run(port, cluster.credentials(), "true")
@@ -451,9 +465,9 @@ async def test_a_node_that_vanishes_mid_session_is_a_connection_error(
 
 
 def _offline_credentials(tmp_path: pathlib.Path) -> ClientCredentials:
-    cas = pki.ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER)
-    key = pki.generate_private_key()
-    identity = pki.Identity(
+    cas = ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER)
+    key = generate_private_key()
+    identity = Identity(
         username="alice",
         cluster=CLUSTER,
         roles=["visitors"],
@@ -463,8 +477,8 @@ def _offline_credentials(tmp_path: pathlib.Path) -> ClientCredentials:
     )
     return ClientCredentials(
         private_key=key,
-        ssh_cert=pki.issue_ssh_user_cert(cas.ssh_user, key.public_key(), identity),
-        host_ca_lines=[pki.ssh_public_key_line(cas.ssh_host.public_key)],
+        ssh_cert=issue_ssh_user_cert(cas.ssh_user, key.public_key(), identity),
+        host_ca_lines=[ssh_public_key_line(cas.ssh_host.public_key)],
     )
 
 
@@ -472,12 +486,12 @@ def test_a_certificate_for_another_key_is_refused_before_connecting(
     tmp_path: pathlib.Path,
 ) -> None:
     creds = _offline_credentials(tmp_path)
-    other = attrs.evolve(creds, private_key=pki.generate_private_key())
+    other = attrs.evolve(creds, private_key=generate_private_key())
 
     async def attempt() -> None:
         await run(1, other, "true")
 
-    with pytest.raises(pki.MalformedCertificate, match="not for this private key"):
+    with pytest.raises(MalformedCertificate, match="not for this private key"):
         trio.run(attempt)
 
 
@@ -486,12 +500,12 @@ def test_a_certificate_for_another_key_is_refused_before_connecting(
 CHILD = """
 import functools, json, sys
 import trio
-from tether import pki
+from tether.api import load_private_key
 from tether_ssh.client import ClientCredentials, run_command
 
 config = json.loads(sys.argv[1])
 creds = ClientCredentials(
-    private_key=pki.load_private_key(config["key"]),
+    private_key=load_private_key(config["key"]),
     ssh_cert=config["cert"],
     host_ca_lines=config["host_cas"],
 )
@@ -543,7 +557,7 @@ async def test_interactive_shell_in_a_pty_follows_the_window_and_exits_with_its_
     port = await cluster.start_node()
     creds = cluster.credentials()
     config = {
-        "key": pki.private_key_to_openssh(creds.private_key).decode(),
+        "key": private_key_to_openssh(creds.private_key).decode(),
         "cert": creds.ssh_cert,
         "host_cas": list(creds.host_ca_lines),
         "port": port,
@@ -758,7 +772,7 @@ async def agent(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Asyn
         pytest.skip("needs ssh-agent and ssh-add")
     sock = tmp_path / "agent.sock"
     key = tmp_path / "agent-key"
-    pki.write_secret_file(key, pki.private_key_to_openssh(pki.generate_private_key()))
+    write_secret_file(key, private_key_to_openssh(generate_private_key()))
     monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(

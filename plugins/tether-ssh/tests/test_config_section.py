@@ -11,27 +11,11 @@ import pytest
 from tether_ssh import plugin
 from tether_ssh.config import CommandLabel, SshServiceConfig
 
-from tether.config import (
-    Config,
-    ConfigSchema,
-    HostPort,
-    apply_start_flags,
-    default_config,
-    load_config_text,
-    render_default_config,
-)
-from tether.errors import ConfigError
-from tether.plugins import get_plugin_manager
-
-
-def _kernel_and_ssh() -> ConfigSchema:
-    pm = get_plugin_manager(autoload=False)
-    pm.register(plugin, name="ssh")
-    return ConfigSchema.from_plugins(pm)
-
+from tether.api import Config, ConfigError, HostPort
+from tether.testing.config import ConfigReader, default_config
 
 #: the kernel's sections and roles plus the SSH plugin's, whatever else is installed
-SCHEMA = _kernel_and_ssh()
+TETHERD = ConfigReader.with_plugins(ssh=plugin)
 
 GUIDE_EXAMPLE = """\
 cluster_name: root
@@ -44,7 +28,7 @@ ssh_service:
 
 
 def load(text: str) -> Config:
-    return load_config_text(textwrap.dedent(text), "tether.yaml", SCHEMA)
+    return TETHERD.load(textwrap.dedent(text))
 
 
 def error_of(text: str) -> str:
@@ -75,10 +59,10 @@ def test_no_ssh_service_means_its_defaults() -> None:
 
 
 def test_tetherd_configure_shows_ssh_service_and_loads_back() -> None:
-    rendered = render_default_config(SCHEMA)
+    rendered = TETHERD.render_default()
 
     assert "\nssh_service:\n  enabled: false\n  listen_addr: 0.0.0.0:3022\n" in rendered
-    assert load_config_text(rendered, "tether.yaml", SCHEMA) == default_config()
+    assert TETHERD.load(rendered) == default_config()
 
 
 def test_unknown_key_deep_in_a_list_item() -> None:
@@ -121,10 +105,10 @@ def test_command_label_needs_a_program() -> None:
 
 
 def test_the_kernel_alone_says_which_plugin_to_install() -> None:
-    kernel = ConfigSchema.from_plugins(get_plugin_manager(autoload=False))
+    kernel = ConfigReader.with_plugins()
 
     with pytest.raises(ConfigError) as info:
-        load_config_text("cluster_name: a\nssh_service:\n  enabled: true\n", "t.yaml", kernel)
+        kernel.load("cluster_name: a\nssh_service:\n  enabled: true\n", "t.yaml")
 
     assert info.value.message == (
         "t.yaml:2: ssh_service: this section belongs to the plugin tether-ssh, "
@@ -134,7 +118,7 @@ def test_the_kernel_alone_says_which_plugin_to_install() -> None:
 
 
 def test_node_flags_choose_the_services_and_how_to_join() -> None:
-    config = apply_start_flags(
+    config = TETHERD.apply_start_flags(
         default_config(),
         roles="node",
         token="abc",
@@ -142,7 +126,6 @@ def test_node_flags_choose_the_services_and_how_to_join() -> None:
         ca_pin="sha256:00",
         labels="env=dev, os=linux",
         nodename="web-1",
-        schema=SCHEMA,
     )
     assert not config.auth_service.enabled and not config.proxy_service.enabled
     assert config.section(SshServiceConfig).enabled
@@ -155,4 +138,4 @@ def test_node_flags_choose_the_services_and_how_to_join() -> None:
 def test_unknown_role_lists_the_plugins_roles_too() -> None:
     message = "--roles: db is not a role; choose from auth, proxy, node"
     with pytest.raises(ConfigError, match=re.escape(message)):
-        apply_start_flags(default_config(), roles="auth,db", schema=SCHEMA)
+        TETHERD.apply_start_flags(default_config(), roles="auth,db")

@@ -32,8 +32,7 @@ from tether_ssh import algorithms
 from tether_ssh.cli import host_ca_lines
 from tether_ssh.client import ClientCredentials, ConnectionFailed, run_command
 
-from tether import pki
-from tether.client.profile import current_profile
+from tether.api import current_profile, load_private_key
 from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
 
@@ -178,7 +177,7 @@ def test_tether_ssh_offers_ssh_audit_only_modern_algorithms(site: Site) -> None:
     profile = current_profile(site.cluster.user_home("alice"))
     assert profile is not None
     creds = ClientCredentials(
-        private_key=pki.load_private_key(profile.tls_key_file.read_bytes()),
+        private_key=load_private_key(profile.tls_key_file.read_bytes()),
         ssh_cert=profile.ssh_cert_file.read_text().strip(),
         host_ca_lines=host_ca_lines(profile),
     )

@@ -39,11 +39,18 @@ from tether_ssh.server import (
     serve_ssh,
 )
 
-from tether import pki
-from tether.rbac import RoleSet
+from tether.api import Identity, RoleSet, private_key_to_openssh, splice
+from tether.testing.certificates import (
+    ClusterAuthorities,
+    SSHCertAuthority,
+    generate_private_key,
+    issue_ssh_host_cert,
+    issue_ssh_user_cert,
+    ssh_public_key_line,
+    write_secret_file,
+)
 from tether.testing.http import free_port
 from tether.testing.roles import role_set
-from tether.tunnel.forward import splice
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="creates an OS user and switches to it"),
@@ -77,7 +84,7 @@ class Roles:
 @attrs.frozen
 class Setup:
     dir: pathlib.Path
-    cas: pki.ClusterAuthorities
+    cas: ClusterAuthorities
     port: int
     serve: Callable[..., Awaitable[None]]  # serve_ssh with this node's arguments, but port
     server: SSHServer  # the server listening on port
@@ -90,15 +97,15 @@ class Setup:
         name: str,
         *,
         logins: Sequence[str] = (LOGIN,),
-        ca: pki.SSHCertAuthority | None = None,
+        ca: SSHCertAuthority | None = None,
         expired: bool = False,
         agent: bool = False,
     ) -> tuple[pathlib.Path, pathlib.Path]:
         """A fresh key and a user certificate for it; returns (key file, cert file)."""
-        key = pki.generate_private_key()
+        key = generate_private_key()
         now = datetime.datetime.now(datetime.UTC)
         issued_at = now - datetime.timedelta(hours=2) if expired else now
-        identity = pki.Identity(
+        identity = Identity(
             username="alice",
             cluster=CLUSTER,
             roles=["visitors"],
@@ -106,7 +113,7 @@ class Setup:
             logins=list(logins),
             expires=issued_at + datetime.timedelta(hours=1),
         )
-        cert = pki.issue_ssh_user_cert(
+        cert = issue_ssh_user_cert(
             ca or self.cas.ssh_user,
             key.public_key(),
             identity,
@@ -115,13 +122,13 @@ class Setup:
         )
         key_file = self.dir / name
         cert_file = self.dir / f"{name}-cert.pub"
-        pki.write_secret_file(key_file, pki.private_key_to_openssh(key))
-        pki.write_secret_file(cert_file, cert.encode() + b"\n")
+        write_secret_file(key_file, private_key_to_openssh(key))
+        write_secret_file(cert_file, cert.encode() + b"\n")
         return key_file, cert_file
 
-    def known_hosts(self, name: str, host_ca: pki.SSHCertAuthority) -> pathlib.Path:
+    def known_hosts(self, name: str, host_ca: SSHCertAuthority) -> pathlib.Path:
         path = self.dir / name
-        path.write_text(f"@cert-authority * {pki.ssh_public_key_line(host_ca.public_key)}\n")
+        path.write_text(f"@cert-authority * {ssh_public_key_line(host_ca.public_key)}\n")
         return path
 
     def client_options(
@@ -252,9 +259,9 @@ class _Terminal:
 async def setup(
     tmp_path: pathlib.Path, os_user: pwd.struct_passwd, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[Setup]:
-    cas = pki.ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER)
-    host_key = pki.generate_private_key()
-    host_cert = pki.issue_ssh_host_cert(
+    cas = ClusterAuthorities.load_or_create(tmp_path / "keys", CLUSTER)
+    host_key = generate_private_key()
+    host_cert = issue_ssh_host_cert(
         cas.ssh_host,
         host_key.public_key(),
         host_id="node-1",
@@ -269,7 +276,7 @@ async def setup(
         "node": NodeIdentity(
             host_key=host_key, host_cert=host_cert, node_name="node-1", labels=labels
         ),
-        "trusted_user_cas": {CLUSTER: [pki.ssh_public_key_line(cas.ssh_user.public_key)]},
+        "trusted_user_cas": {CLUSTER: [ssh_public_key_line(cas.ssh_user.public_key)]},
         "authorizer": RoleSetAuthorizer(
             roles_for=lambda identity: roles.current, node_labels=labels
         ),
@@ -353,7 +360,7 @@ async def test_expired_certificate_is_refused(setup: Setup) -> None:
 
 
 async def test_certificate_of_a_foreign_ca_is_refused(setup: Setup) -> None:
-    foreign = pki.ClusterAuthorities.generate(CLUSTER)
+    foreign = ClusterAuthorities.generate(CLUSTER)
     done = await setup.ssh(LOGIN, "true", key=setup.user_files("forged", ca=foreign.ssh_user))
     assert done.returncode == 255
     assert b"signed by a CA this cluster does not trust" in done.stderr
@@ -367,7 +374,7 @@ async def test_plain_key_is_refused(setup: Setup) -> None:
 
 
 async def test_client_refuses_a_node_of_another_host_ca(setup: Setup) -> None:
-    other = pki.ClusterAuthorities.generate("elsewhere")
+    other = ClusterAuthorities.generate("elsewhere")
     hosts = setup.known_hosts("other_hosts", other.ssh_host)
     done = await setup.ssh(LOGIN, "true", key=setup.user_files("alice"), known_hosts=hosts)
     assert done.returncode == 255
@@ -765,7 +772,7 @@ async def agent(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, str]]:
         pytest.skip("needs ssh-agent and ssh-add")
     sock = tmp_path / "agent.sock"
     key = tmp_path / "agent-key"
-    pki.write_secret_file(key, pki.private_key_to_openssh(pki.generate_private_key()))
+    write_secret_file(key, private_key_to_openssh(generate_private_key()))
     env = {"SSH_AUTH_SOCK": str(sock)}
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
@@ -816,7 +823,7 @@ async def test_agent_forwarding_needs_the_certificate_to_permit_it(
 
 
 def test_roles_grant_forwarding_through_permissions() -> None:
-    identity = pki.Identity(
+    identity = Identity(
         username="alice",
         cluster=CLUSTER,
         roles=["visitors"],
@@ -942,7 +949,7 @@ async def test_one_login_is_one_authorization_and_one_audit(setup: Setup) -> Non
     inner = RoleSetAuthorizer(roles_for=lambda _: setup.roles.current, node_labels={"env": "test"})
 
     class Counting:
-        def authorize(self, identity: pki.Identity, login: str) -> Permissions:
+        def authorize(self, identity: Identity, login: str) -> Permissions:
             decisions.append((identity.username, login))
             return inner.authorize(identity, login)
 
@@ -961,9 +968,9 @@ async def test_one_login_is_one_authorization_and_one_audit(setup: Setup) -> Non
 
 
 async def test_a_renewed_host_certificate_is_presented_to_the_next_client(setup: Setup) -> None:
-    other = pki.ClusterAuthorities.generate(CLUSTER)  # a rotated host CA
-    host_key = pki.generate_private_key()
-    host_cert = pki.issue_ssh_host_cert(
+    other = ClusterAuthorities.generate(CLUSTER)  # a rotated host CA
+    host_key = generate_private_key()
+    host_cert = issue_ssh_host_cert(
         other.ssh_host,
         host_key.public_key(),
         host_id="node-1",

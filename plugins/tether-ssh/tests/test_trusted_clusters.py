@@ -26,12 +26,10 @@ import pytest
 import trio
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
 
-from tether import pki
-from tether.client.dial import list_targets
-from tether.client.profile import current_profile
-from tether.datadir import admin_identity_paths
+from tether.api import current_profile, list_targets
 from tether.testing.accounts import can_create_accounts
 from tether.testing.balancer import TCPBalancer
+from tether.testing.certificates import login_context
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
@@ -299,13 +297,7 @@ def test_root_certificate_used_directly_at_the_leaf_is_role_mapped(trust: Trust)
     # the leaf's own proxy too, with the same role mapping (not cluster_labels) deciding
     profile = current_profile(trust.root.user_home("alice"))
     assert profile is not None
-    leaf_ca = admin_identity_paths(trust.leaf.data_dir)[2]
-    context = pki.client_ssl_context(
-        trusted_cas=pki.load_certs(leaf_ca.read_bytes()),
-        cert=pki.load_cert(profile.tls_cert_file.read_bytes()),
-        key=pki.load_private_key(profile.tls_key_file.read_bytes()),
-        alpn=[FRONT_DOOR_ALPN],
-    )
+    context = login_context(profile, trust.leaf, alpn=[FRONT_DOOR_ALPN])
     listing = partial(
         list_targets,
         trust.leaf.proxy_addr,

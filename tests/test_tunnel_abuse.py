@@ -30,7 +30,7 @@ import pytest
 from tether import pki
 from tether.client.profile import current_profile
 from tether.node.join import load_identity, renewal_due
-from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node, wait_for
 from tether.testing.tunnel_peer import PeerProcess, init_cluster, start_agent
 from tether.tunnel import _frames as fr
@@ -74,12 +74,6 @@ class Site:
         return events
 
 
-@pytest.fixture(scope="module")
-def visitor() -> Iterator[pwd.struct_passwd]:
-    with os_account(LOGIN) as account:
-        yield account
-
-
 def _start_site(directory: pathlib.Path, config: dict[str, object] | None = None) -> Site:
     cluster = start_cluster(directory / "main", "main", config=config)
     node: RunningNode | None = None
@@ -102,7 +96,7 @@ def _stop_site(site: Site) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, visitor: pwd.struct_passwd) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, os_user: pwd.struct_passwd) -> Iterator[Site]:
     started = _start_site(tmp_path_factory.mktemp("tunnel-abuse"))
     try:
         yield started
@@ -294,7 +288,7 @@ TETHER = (sys.executable, "-m", "tether.cli.tether")
 
 
 @pytest.fixture
-def short_lived(tmp_path: pathlib.Path, visitor: pwd.struct_passwd) -> Iterator[Site]:
+def short_lived(tmp_path: pathlib.Path, os_user: pwd.struct_passwd) -> Iterator[Site]:
     started = _start_site(tmp_path, {"auth_service": {"host_cert_ttl": f"{LIFETIME}s"}})
     try:
         yield started

@@ -17,14 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
 
 from tether import pki
 from tether.node.join import load_identity
-from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
@@ -93,17 +92,11 @@ def finished(session: subprocess.Popen[str]) -> tuple[int, str, str]:
     return session.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def visitor() -> Iterator[pwd.struct_passwd]:
-    with os_account("visitor") as account:
-        yield account
-
-
 # --- a leaf's proxy, in auth's process ----------------------------------------------------------
 
 
 def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certificate(
-    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+    tmp_path: pathlib.Path, os_user: pwd.struct_passwd
 ) -> None:
     root = start_cluster(tmp_path / "root", "root")
     started: list[RunningCluster | RunningNode] = [root]
@@ -177,7 +170,7 @@ def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certi
 
 
 def test_a_joined_proxy_renews_while_running_and_serves_logins_and_tunnels_past_expiry(
-    tmp_path: pathlib.Path, visitor: pwd.struct_passwd
+    tmp_path: pathlib.Path, os_user: pwd.struct_passwd
 ) -> None:
     cluster = start_cluster(tmp_path / "main", "main", config=short_lived(LIFETIME))
     started: list[RunningCluster | RunningNode] = [cluster]
