@@ -167,3 +167,19 @@ def test_export_during_a_rotation_includes_the_keys_still_trusted(tmp_path: path
         assert exported[0].endswith(" tether-user-ca@main")
     finally:
         cluster.stop()
+
+
+def test_leaf_admin_is_told_a_disabled_roots_cas_are_not_active(clusters: Clusters) -> None:
+    root, leaf = clusters.root, clusters.leaf
+    create_trusted_cluster(leaf, trusted_cluster_yaml(root, invite(root), enabled=False), "--force")
+    try:
+        refused = leaf.tetherctl("auth", "export", "--cluster=root", check=False)
+    finally:
+        create_trusted_cluster(leaf, trusted_cluster_yaml(root, invite(root)), "--force")
+
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "ERROR: the trust in root cluster 'root' is disabled, so its CAs are not active here; "
+        "set enabled: true in trusted_cluster/root to export them\n"
+    )
+    assert export(leaf, "--type=user", "--cluster=root") == export(root, "--type=user")
