@@ -17,6 +17,7 @@ from tether.config import (
     HostPort,
     apply_start_flags,
     default_config,
+    embedded_config,
     load_config_text,
     render_default_config,
 )
@@ -74,11 +75,23 @@ def test_no_ssh_service_means_its_defaults() -> None:
     assert load("ssh_service:\n  # enabled: true\n") == default_config()
 
 
+def test_start_without_a_file_runs_this_host_as_a_node_on_loopback() -> None:
+    ssh = embedded_config(SCHEMA).section(SshServiceConfig)
+
+    assert ssh == SshServiceConfig(enabled=True, listen_addr=HostPort("127.0.0.1", 3022))
+    assert embedded_config(SCHEMA).auth_service.listen_addr.host == "127.0.0.1"
+    # a file keeps its meaning: no ssh_service, no node
+    assert not load("cluster_name: main\n").section(SshServiceConfig).enabled
+    # nor does a host that joins another cluster become a node unless --roles says so
+    assert embedded_config(SCHEMA, joining=True) == default_config()
+
+
 def test_tetherd_configure_shows_ssh_service_and_loads_back() -> None:
     rendered = render_default_config(SCHEMA)
 
-    assert "\nssh_service:\n  enabled: false\n  listen_addr: 0.0.0.0:3022\n" in rendered
-    assert load_config_text(rendered, "tether.yaml", SCHEMA) == default_config()
+    assert "\nssh_service:\n" in rendered
+    assert "\n  enabled: true\n  listen_addr: 127.0.0.1:3022\n" in rendered
+    assert load_config_text(rendered, "tether.yaml", SCHEMA) == embedded_config(SCHEMA)
 
 
 def test_unknown_key_deep_in_a_list_item() -> None:
