@@ -25,6 +25,7 @@ from tether.config import (
     apply_start_flags,
     config_to_dict,
     default_config,
+    embedded_config,
     load_config,
     load_config_text,
     render_default_config,
@@ -98,7 +99,7 @@ def test_operator_loads_the_documented_example() -> None:
     assert config.proxy_service.https_key_file == pathlib.Path("/etc/tether/web.key")
 
 
-def test_empty_file_means_the_embedded_defaults() -> None:
+def test_empty_file_means_every_default() -> None:
     assert load("") == default_config()
     assert load("# nothing here yet\n") == default_config()
 
@@ -111,11 +112,11 @@ def test_section_left_empty_means_its_defaults() -> None:
     assert config == default_config()
 
 
-def test_tetherd_configure_output_loads_back_to_the_defaults() -> None:
+def test_tetherd_configure_output_loads_back_to_what_start_runs_without_a_file() -> None:
     rendered = render_default_config()
 
     assert rendered.startswith("#")
-    assert load_config_text(rendered, "tether.yaml") == default_config()
+    assert load_config_text(rendered, "tether.yaml") == embedded_config()
 
 
 def test_config_to_dict_loads_back_to_the_same_config() -> None:

@@ -24,6 +24,7 @@ from tether.config import (
     apply_start_flags,
     config_to_dict,
     default_config,
+    embedded_config,
     load_config_text,
     render_default_config,
 )
@@ -138,6 +139,28 @@ def test_plugins_role_turns_its_section_on_and_the_others_off(schema: ConfigSche
     assert not config.auth_service.enabled and not config.proxy_service.enabled
 
 
+def test_plugin_section_may_differ_when_tetherd_starts_without_a_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(tether_hooktest.LOG_ENV, str(tmp_path / "hooks.jsonl"))
+    on = tether_hooktest.HooktestSection(enabled=True, greeting="hi")
+    template = "hooktest_service:\n  enabled: true\n  greeting: hi\n"
+    embedding = ConfigSection("hooktest_service", tether_hooktest.HooktestSection, template, on)
+    pm = get_plugin_manager(autoload=False)
+    pm.register(_Plugin([embedding], [tether_hooktest.ROLE]), name="embedding")
+    schema = ConfigSchema.from_plugins(pm)
+
+    assert embedded_config(schema).section(tether_hooktest.HooktestSection) == on
+    assert embedded_config(schema, joining=True) == default_config()
+    assert load("cluster_name: main\n", schema) == default_config()
+    rendered = render_default_config(schema)
+    assert "\n" + template in rendered
+    assert load_config_text(rendered, "tether.yaml", schema) == embedded_config(schema)
+    # --roles chooses the services over it, as over a file
+    flagged = apply_start_flags(embedded_config(schema), roles="auth,proxy", schema=schema)
+    assert not flagged.section(tether_hooktest.HooktestSection).enabled
+
+
 def test_unknown_role_lists_every_registered_role(schema: ConfigSchema) -> None:
     message = "--roles: nodes is not a role; choose from auth, proxy, hooktest"
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -185,6 +208,8 @@ class _Plugin:
          "plugin 'bad': config section 'widgets': <class 'dict'> is not an attrs class"),
         ([ConfigSection("widgets", Required)], [],
          "plugin 'bad': config section 'widgets': every field needs a default"),
+        ([ConfigSection("widgets", Fine, embedded={"enabled": True})], [],
+         "plugin 'bad': config section 'widgets': embedded is a dict, not a Fine"),
         ([], [ServiceRole("proxy", "proxy_service", "again")],
          "plugin 'bad': service role 'proxy': also declared by plugin 'core-services'"),
         ([], [ServiceRole("widget", "widgets", "nowhere")],

@@ -153,6 +153,19 @@ def test_two_plugins_each_add_a_subcommand_to_the_kernels_proxy_group(
     assert proxy_hooktest == "hooktest command in tether proxy\n"
 
 
+def test_two_plugins_each_add_a_subcommand_to_the_kernels_auth_group(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {"TETHER_HOOKTEST_LOG": str(tmp_path / "hooks.jsonl")}
+    listed = run_cli("tetherctl", "auth", "--help", env=env).stdout
+    commands = listed.split("Commands:", 1)[1].split()
+    assert {"export", "hooktest", "sibling"} <= set(commands), listed
+    hooktest = run_cli("tetherctl", "auth", "hooktest", env=env).stdout
+    assert hooktest == "hooktest command in tetherctl auth\n"
+    sibling = run_cli("tetherctl", "auth", "sibling", env=env).stdout
+    assert sibling == "hooktest-sibling command in tetherctl auth\n"
+
+
 def test_admin_creates_and_reads_back_a_resource_of_a_plugin_kind(
     hooktest_cluster: tuple[RunningCluster, dict[str, str]], tmp_path: pathlib.Path
 ) -> None:

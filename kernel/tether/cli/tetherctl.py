@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 import tether
+from tether import pki
 from tether.audit import AuditQuery
 from tether.auth.http_client import AuthClient, admin_client
 from tether.cli._common import (
@@ -35,7 +36,13 @@ from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import load_config
 from tether.durations import format_duration, parse_duration
 from tether.errors import TetherError
-from tether.resources import KindRegistry, parse_resources, resource_to_dict
+from tether.resources import (
+    CertAuthoritySpec,
+    KindRegistry,
+    parse_resources,
+    resource_from_dict,
+    resource_to_dict,
+)
 from tether.token_types import TokenType, token_types
 from tether.yamlio import dump_yaml
 
@@ -83,7 +90,7 @@ def _registry(ctx: click.Context) -> KindRegistry:
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, config: pathlib.Path | None, debug: bool) -> None:
-    """Administer a Tether cluster: resources, users, tokens, audit."""
+    """Administer a Tether cluster: resources, users, tokens, CAs, audit."""
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
     ctx.obj["debug"] = debug
@@ -481,6 +488,116 @@ async def audit_search(
             (f"{e.time:%Y-%m-%d %H:%M:%S}", e.type, e.user, "yes" if e.success else "no", details)
         )
     emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows)
+
+
+# --- certificate authorities -----------------------------------------------------------------
+
+
+@cli.group("auth")
+def auth_group() -> None:
+    """The cluster's certificate authorities: export their public keys."""
+
+
+# `tetherctl auth` is the kernel's, so that several plugins can each add a subcommand beside
+# `export` with tether.api.shared_group, as with `tether proxy`.
+
+#: The CA types of ``auth export --type``, in the order it prints them without one.
+CA_TYPES = ("user", "host", "tls")
+
+
+@auth_group.command("export")
+@click.option(
+    "--type",
+    "ca_type",
+    type=click.Choice(CA_TYPES),
+    help="user: lines for the file sshd_config's TrustedUserCAKeys names; host: "
+    "@cert-authority lines for known_hosts; tls: the X.509 CA certificate in PEM (one CA "
+    "signs hosts' and users' TLS certificates, so there is no tls-host or tls-user). "
+    "Default: all of them.",
+)
+@click.option(
+    "--cluster",
+    help="Whose CAs: this cluster (default), or a trusted root or leaf whose CAs it holds.",
+)
+@click.option(
+    "--fingerprint",
+    is_flag=True,
+    help="Print each key's SHA256 fingerprint instead: OpenSSH's for user and host "
+    "(what ssh-keygen -l shows), the CA pin for tls (what --ca-pin takes).",
+)
+@click.pass_context
+@run_async
+async def auth_export(
+    ctx: click.Context, ca_type: str | None, cluster: str | None, fingerprint: bool
+) -> None:
+    """Print the CAs' public keys for OpenSSH and TLS tools (tctl auth export).
+
+    \b
+    tetherctl auth export --type=user > /etc/ssh/tether_user_ca.pub
+        and in sshd_config: TrustedUserCAKeys /etc/ssh/tether_user_ca.pub
+        (sshd then accepts the SSH certificates `tether login` issues)
+    tetherctl auth export --type=host >> ~/.ssh/known_hosts
+        (ssh then trusts the host certificates of the cluster's nodes)
+    tetherctl auth export --type=tls > tether-ca.pem
+
+    The keys a CA signs with and, during a rotation, the keys it still trusts
+    (additional_trusted_keys) are all printed.
+    """
+    registry = _registry(ctx)
+    async with _connect(ctx).client as client:
+        own = str((await client.cluster())["name"])
+        cluster = cluster or own
+        docs = await client.get_resources("cert_authority")
+        cas = [resource_from_dict(doc, registry) for doc in docs]
+        held = {ca.spec.cluster_name for ca in cas}
+        if cluster not in held:
+            raise TetherError(
+                f"cluster {cluster!r} is neither this cluster nor one whose CAs it holds; "
+                f"known clusters: {', '.join(sorted(held | {own}))}"
+            )
+        if cluster != own:
+            await _check_trust_enabled(client, registry, cluster)
+    specs = {ca.spec.type: ca.spec for ca in cas if ca.spec.cluster_name == cluster}
+    wanted = (ca_type,) if ca_type else CA_TYPES
+    if ca_type and ca_type not in specs:
+        raise TetherError(
+            f"this cluster holds no {ca_type} CA of cluster {cluster!r}; it holds: "
+            f"{', '.join(t for t in CA_TYPES if t in specs)}"
+        )
+    for name in wanted:
+        if name in specs:
+            click.echo(_export_lines(specs[name], fingerprint), nl=False)
+
+
+async def _check_trust_enabled(client: AuthClient, registry: KindRegistry, cluster: str) -> None:
+    """:raises TetherError: ``cluster`` is a root whose trusted_cluster is disabled, which
+    deactivates its CAs here."""
+    for doc in await client.get_resources("trusted_cluster"):
+        trusted = resource_from_dict(doc, registry)
+        if trusted.metadata.name == cluster and not trusted.spec.enabled:
+            raise TetherError(
+                f"the trust in root cluster {cluster!r} is disabled, so its CAs are not "
+                f"active here; set enabled: true in trusted_cluster/{cluster} to export them"
+            )
+
+
+def _export_lines(spec: CertAuthoritySpec, fingerprint: bool) -> str:
+    """One CA's active and additional trusted keys, in the form its users' tools read."""
+    if spec.type == "tls":
+        pems = dict.fromkeys((*spec.active_keys.tls, *spec.additional_trusted_keys.tls))
+        if fingerprint:
+            return "".join(f"tls {pki.ca_pin(pki.load_cert(pem.encode()))}\n" for pem in pems)
+        return "".join(pem if pem.endswith("\n") else pem + "\n" for pem in pems)
+    lines = dict.fromkeys(
+        line.strip() for line in (*spec.active_keys.ssh, *spec.additional_trusted_keys.ssh)
+    )
+    if fingerprint:
+        return "".join(f"{spec.type} {pki.ssh_fingerprint(line)}\n" for line in lines)
+    if spec.type == "host":
+        return "".join(pki.known_hosts_ca_line(line, spec.cluster_name) + "\n" for line in lines)
+    # TrustedUserCAKeys takes bare key lines, one per line (sshd_config(5)), not the
+    # authorized_keys form `cert-authority KEY` that tctl prints for --type=user
+    return "".join(line + "\n" for line in lines)
 
 
 @cli.command()

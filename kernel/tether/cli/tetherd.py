@@ -22,7 +22,7 @@ from tether.cli._common import (
 from tether.config import (
     ConfigSchema,
     apply_start_flags,
-    default_config,
+    embedded_config,
     load_config,
     render_default_config,
 )
@@ -48,7 +48,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--config",
     "config_path",
     type=click.Path(path_type=pathlib.Path),
-    help="Configuration file (default: an embedded auth+proxy on localhost).",
+    help="Configuration file (default: none, which runs what `tetherd configure` prints: "
+    "auth, proxy and plugins' services such as the SSH plugin's node, on this host).",
 )
 @click.option(
     "--roles",
@@ -80,9 +81,13 @@ def start(
     debug = debug or ctx.obj["debug"]
     ctx.obj["debug"] = debug
     try:
-        config = load_config(config_path) if config_path else default_config()
-        pm = plugin_manager(config.plugins.disabled)
-        config = apply_start_flags(config, **flags, schema=ConfigSchema.from_plugins(pm))
+        config = load_config(config_path) if config_path else None
+        pm = plugin_manager(config.plugins.disabled if config else ())
+        schema = ConfigSchema.from_plugins(pm)
+        if config is None:
+            joining = bool(flags["proxy_server"] or flags["auth_server"])
+            config = embedded_config(schema, joining=joining)
+        config = apply_start_flags(config, **flags, schema=schema)
         setup_logging(config.log.severity, config.log.format, debug=debug)
     except TetherError as exc:
         report(exc)

@@ -122,7 +122,7 @@ def save_profile(
     _write(profile.tls_ca_file, "".join(tls_ca_pems))
     _write(
         profile.known_hosts_file,
-        "".join(f"@cert-authority * {line.strip()}\n" for line in ssh_host_ca_lines),
+        "".join(pki.known_hosts_ca_line(line) + "\n" for line in ssh_host_ca_lines),
     )
     _write(
         profile.directory / "profile.json",

@@ -35,6 +35,7 @@ from tether.config._sections import (
     ConfigSchema,
     ConfigSection,
     ServiceRole,
+    embedded_config,
     installed_schema,
 )
 from tether.config._values import (
@@ -72,6 +73,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "default_config",
+    "embedded_config",
     "installed_schema",
     "load_config",
     "load_config_text",

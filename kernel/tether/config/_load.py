@@ -13,7 +13,12 @@ from cattrs.errors import BaseValidationError
 
 from tether.config._convert import converter, failures, kind_of
 from tether.config._schema import Config, default_config
-from tether.config._sections import NOT_INSTALLED_SECTIONS, ConfigSchema, installed_schema
+from tether.config._sections import (
+    NOT_INSTALLED_SECTIONS,
+    ConfigSchema,
+    embedded_config,
+    installed_schema,
+)
 from tether.errors import ConfigError, TetherError
 from tether.yamlio import Document, Path, dump_yaml, format_path, load_document
 
@@ -152,8 +157,11 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 _TEMPLATE = string.Template(
     """\
-# tether.yaml: the configuration of tetherd. Every value below is the default; an empty file
-# (or no file at all) means the same. Durations are written like 30s, 5m, 12h or 1h30m.
+# tether.yaml: the configuration of tetherd, as `tetherd start` runs with no file at all.
+# A file need only hold what differs: a kernel value it leaves out is the one shown here. A
+# plugin's section may differ without a file (it says so): in a file, what it leaves out of
+# that section takes the plugin's defaults, so its service runs only where a file says so.
+# Durations are written like 30s, 5m, 12h or 1h30m.
 
 # The cluster's name, shown to users and used by trusted clusters: it must differ from the name
 # of every cluster this one trusts or is trusted by.
@@ -261,8 +269,8 @@ def render_default_config(schema: ConfigSchema | None = None) -> str:
     """The commented ``tether.yaml`` that ``tetherd configure`` prints: the kernel's sections,
     then each installed plugin's.
 
-    It loads back to exactly :func:`default_config` on this host, so an operator can start
-    from it and change only what they need.
+    It loads back to exactly :func:`embedded_config` on this host (what ``tetherd start`` runs
+    without a file), so an operator can start from it and change only what they need.
     """
     if schema is None:
         schema = installed_schema()
@@ -271,7 +279,7 @@ def render_default_config(schema: ConfigSchema | None = None) -> str:
         for section in schema.sections.values()
         if section.template
     )
-    config = default_config()
+    config = embedded_config(schema)
     data_dir = config.data_dir
     home = pathlib.Path.home()
     if data_dir.is_relative_to(home):

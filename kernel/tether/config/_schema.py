@@ -1,9 +1,10 @@
 """The kernel's sections of ``tether.yaml`` and :class:`Config`, the whole file.
 
-Every field has a default, so an empty file (or none at all, for ``tetherd start``) is the
-embedded single-host setup: auth and proxy on this host with SQLite under ``data_dir``.
-Plugins' sections (``ssh_service``, ...) are kept in :attr:`Config.sections` and read through
-:meth:`Config.section`; :mod:`tether.config._sections` says how a plugin declares one.
+Every field has a default, so an empty file is the single-host setup: auth and proxy on this
+host with SQLite under ``data_dir``. Plugins' sections (``ssh_service``, ...) are kept in
+:attr:`Config.sections` and read through :meth:`Config.section`; :mod:`tether.config._sections`
+says how a plugin declares one, and what its section is when there is no file at all
+(``embedded_config``: with the SSH plugin, this host is a node too).
 """
 
 from __future__ import annotations

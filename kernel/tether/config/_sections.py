@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tether.config._schema import Config
+from tether.config._schema import Config, default_config
 from tether.errors import PluginError
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "ConfigSchema",
     "ConfigSection",
     "ServiceRole",
+    "embedded_config",
     "installed_schema",
 ]
 
@@ -49,13 +50,20 @@ class ConfigSection:
         ``type()``); fields use the types :mod:`tether.config` reads (``HostPort``,
         ``datetime.timedelta`` written as ``30s``, ``ByteSize``, tuples, mappings) and raise
         :class:`~tether.config.FieldError` for impossible values.
-    :ivar template: the section as ``tetherd configure`` prints it, commented, every value its
-        default (starts with ``name:``); empty leaves the section out of that output.
+    :ivar template: the section as ``tetherd configure`` prints it, commented, every value as
+        ``tetherd start`` runs without a file: ``embedded`` if given, else the defaults
+        (starts with ``name:``); empty leaves the section out of that output.
+    :ivar embedded: the section in the embedded setup (``tetherd start`` with no
+        configuration file), when that differs from ``type()``: a service the single-host
+        setup runs, as the SSH plugin's node (enabled, on 127.0.0.1 like auth). A file that
+        leaves the section out still reads as ``type()``, so an operator's file runs the
+        service only when it says so.
     """
 
     name: str
     type: type[Any]
     template: str = ""
+    embedded: Any = None
 
 
 @attrs.frozen
@@ -112,6 +120,11 @@ class ConfigSchema:
                 section.type()
             except (TypeError, ValueError) as exc:
                 raise PluginError(f"{where}: every field needs a default ({exc})") from None
+            if section.embedded is not None and type(section.embedded) is not section.type:
+                raise PluginError(
+                    f"{where}: embedded is a {type(section.embedded).__name__}, "
+                    f"not a {section.type.__name__}"
+                )
             sections[section.name] = section
             owners[section.name] = plugin
         roles: dict[str, ServiceRole] = {}
@@ -135,6 +148,27 @@ class ConfigSchema:
     def known_sections(self) -> list[str]:
         """Every top-level key a file may have: the kernel's, then the plugins'."""
         return [*_kernel_fields(), *self.sections]
+
+
+def embedded_config(schema: ConfigSchema | None = None, *, joining: bool = False) -> Config:
+    """What ``tetherd start`` runs with no configuration file, the embedded setup: the
+    kernel's defaults (auth and proxy on this host, SQLite under ``data_dir``) and each plugin
+    section's ``embedded`` value (with the SSH plugin, this host as a node).
+
+    :param schema: the plugins' sections; default: those of the plugins installed here.
+    :param joining: the host joins another cluster (``--proxy`` or ``--auth-server``), so it
+        is no cluster of its own: the defaults, as of an empty file, with no embedded value
+        (a node ``--roles`` turns on listens where a proxy elsewhere reaches it).
+    """
+    config = default_config()
+    if joining:
+        return config
+    if schema is None:
+        schema = installed_schema()
+    for name, section in schema.sections.items():
+        if section.embedded is not None:
+            config = config.with_section(name, section.embedded)
+    return config
 
 
 def _results(pm: TetherPluginManager, hook: str) -> Iterable[tuple[str, Any]]:

@@ -32,6 +32,7 @@ from ._keys import (
     cert_to_pem,
     generate_private_key,
     key_algorithm,
+    known_hosts_ca_line,
     load_cert,
     load_private_key,
     private_key_to_openssh,
@@ -82,9 +83,10 @@ class SSHCertAuthority:
         """The CA as an OpenSSH key line, e.g. for sshd's ``TrustedUserCAKeys`` file."""
         return ssh_public_key_line(self.public_key, f"tether-{self.purpose}-ca@{self.cluster}")
 
-    def known_hosts_line(self, hosts: str = "*") -> str:
-        """A ``known_hosts`` line that makes OpenSSH trust host certificates from this CA."""
-        return f"@cert-authority {hosts} {self.public_key_line()}"
+    def known_hosts_line(self, cluster: str | None = None) -> str:
+        """A ``known_hosts`` line that makes OpenSSH trust host certificates from this CA
+        (see :func:`known_hosts_ca_line`)."""
+        return known_hosts_ca_line(self.public_key_line(), cluster)
 
 
 @attrs.frozen(eq=False)

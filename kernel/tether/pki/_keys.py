@@ -9,7 +9,9 @@ anything ``ssh`` reads, PEM (PKCS#8, SubjectPublicKeyInfo, X.509) for anything T
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -30,6 +32,7 @@ __all__ = [
     "certs_to_pem",
     "generate_private_key",
     "key_algorithm",
+    "known_hosts_ca_line",
     "load_cert",
     "load_certs",
     "load_private_key",
@@ -37,6 +40,7 @@ __all__ = [
     "private_key_to_openssh",
     "private_key_to_pem",
     "public_key_to_pem",
+    "ssh_fingerprint",
     "ssh_public_key_line",
     "write_secret_file",
 ]
@@ -167,6 +171,28 @@ def ssh_public_key_line(public_key: SubjectPublicKey | PrivateKey, comment: str 
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
     return f"{line} {comment}" if comment else line
+
+
+def known_hosts_ca_line(ca_key_line: str, cluster: str | None = None) -> str:
+    """A ``known_hosts`` line that makes OpenSSH trust the host certificates the SSH host CA
+    ``ca_key_line`` signs: of ``cluster``'s hosts (``*.CLUSTER,CLUSTER``, the names ``tether
+    config`` gives them), or of any host when ``cluster`` is None."""
+    hosts = f"*.{cluster},{cluster}" if cluster else "*"
+    return f"@cert-authority {hosts} {ca_key_line.strip()}"
+
+
+def ssh_fingerprint(key_line: str) -> str:
+    """The ``SHA256:...`` fingerprint of an OpenSSH public key line, as ``ssh-keygen -l``
+    prints it (and ``ssh-keygen -L`` for a certificate's signing CA)."""
+    fields = key_line.split()
+    if len(fields) < 2:
+        raise ValueError(f"not an OpenSSH public key line: {key_line[:40]!r}")
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except ValueError as exc:
+        raise ValueError(f"not an OpenSSH public key line: {exc}") from exc
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:

@@ -19,6 +19,7 @@ from tether.config import (
     ConfigSchema,
     apply_start_flags,
     default_config,
+    embedded_config,
     load_config_text,
     render_default_config,
 )
@@ -51,6 +52,11 @@ class ConfigReader:
         :raises ConfigError: what ``tetherd`` would refuse, as ``source:line: field: problem``.
         """
         return load_config_text(text, source, self.schema)
+
+    def embedded(self, *, joining: bool = False) -> Config:
+        """What ``tetherd start`` runs with no file: the kernel's defaults and each section's
+        ``embedded`` value (``joining``: the host joins another cluster, so none applies)."""
+        return embedded_config(self.schema, joining=joining)
 
     def render_default(self) -> str:
         """What ``tetherd configure`` prints: every section with its defaults."""

@@ -58,11 +58,23 @@ def test_no_ssh_service_means_its_defaults() -> None:
     assert load("ssh_service:\n  # enabled: true\n") == default_config()
 
 
+def test_start_without_a_file_runs_this_host_as_a_node_on_loopback() -> None:
+    ssh = TETHERD.embedded().section(SshServiceConfig)
+
+    assert ssh == SshServiceConfig(enabled=True, listen_addr=HostPort("127.0.0.1", 3022))
+    assert TETHERD.embedded().auth_service.listen_addr.host == "127.0.0.1"
+    # a file keeps its meaning: no ssh_service, no node
+    assert not load("cluster_name: main\n").section(SshServiceConfig).enabled
+    # nor does a host that joins another cluster become a node unless --roles says so
+    assert TETHERD.embedded(joining=True) == default_config()
+
+
 def test_tetherd_configure_shows_ssh_service_and_loads_back() -> None:
     rendered = TETHERD.render_default()
 
-    assert "\nssh_service:\n  enabled: false\n  listen_addr: 0.0.0.0:3022\n" in rendered
-    assert TETHERD.load(rendered) == default_config()
+    assert "\nssh_service:\n" in rendered
+    assert "\n  enabled: true\n  listen_addr: 127.0.0.1:3022\n" in rendered
+    assert TETHERD.load(rendered) == TETHERD.embedded()
 
 
 def test_unknown_key_deep_in_a_list_item() -> None:

@@ -31,6 +31,7 @@ from tether.api import (
     cluster_host_cas,
     current_profile,
     emit_table,
+    known_hosts_ca_line,
     leaf_clusters,
     list_targets,
     load_private_key,
@@ -235,13 +236,13 @@ def openssh_config(profile: Profile, host_cas: Mapping[str, Sequence[str]]) -> s
     """An OpenSSH client configuration for the login's cluster and the leaves it reaches.
 
     :param host_cas: cluster name -> its SSH host CA lines (the login's own first); each
-        cluster gets ``Host *.CLUSTER`` and a ``@cert-authority *.CLUSTER`` line.
+        cluster gets ``Host *.CLUSTER`` and a ``@cert-authority *.CLUSTER,CLUSTER`` line.
     """
     proxy_host = profile.proxy.rpartition(":")[0].strip("[]")
     known_hosts = profile.directory / "openssh_known_hosts"
     known_hosts.write_text(
         "".join(
-            f"@cert-authority *.{cluster} {line}\n"
+            known_hosts_ca_line(line, cluster) + "\n"
             for cluster, lines in host_cas.items()
             for line in lines
         )

@@ -2,7 +2,9 @@
 
 Declared through ``tether_config_sections``; the kernel reads it with its own converter, so
 its errors carry the line like the kernel's, and the plugin reads it back typed with
-``config.section(SshServiceConfig)``. ``tetherd start --roles=node`` turns it on.
+``config.section(SshServiceConfig)``. ``tetherd start --roles=node`` turns it on, and so does
+``tetherd start`` without a file (the section's embedded value); a file without it runs no
+node.
 """
 
 from __future__ import annotations
@@ -59,10 +61,16 @@ class SshServiceConfig:
 SECTION = ConfigSection(
     name="ssh_service",
     type=SshServiceConfig,
+    # `tetherd start` without a file runs this host as a node too, as `teleport start` does;
+    # only the proxy in the same process dials it, so it listens where auth does: on loopback
+    embedded=SshServiceConfig(enabled=True, listen_addr=HostPort("127.0.0.1", 3022)),
     template="""\
 ssh_service:
-  enabled: false
-  listen_addr: 0.0.0.0:3022
+  # Without a file this host is a node of its own cluster, served on 127.0.0.1 to the proxy
+  # of this host only. In a file, enabled defaults to false (a file without ssh_service: runs
+  # no node) and listen_addr to 0.0.0.0:3022, where a proxy elsewhere reaches it.
+  enabled: true
+  listen_addr: 127.0.0.1:3022
   # host:port the proxy reaches this node at (direct mode); null takes listen_addr, with an
   # any-interface host replaced by nodename. Unused in tunnel mode (join.proxy_server).
   public_addr: null

@@ -391,6 +391,13 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
             """Prove that two plugins can add to a group the kernel owns."""
             click.echo("hooktest command in tether proxy")
 
+    if program == "tetherctl":  # beside the kernel's `auth export` and hooktest-sibling's
+
+        @shared_group(cli, "auth").command("hooktest")
+        def auth_hooktest() -> None:
+            """Prove that two plugins can add to a group the kernel owns."""
+            click.echo("hooktest command in tetherctl auth")
+
 
 @hookimpl
 def tether_services(ctx: ServiceContext) -> list[Service]:
