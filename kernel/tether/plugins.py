@@ -27,6 +27,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "TetherPluginManager",
+    "autoload_enabled",
     "await_maybe",
     "call_each",
     "describe_plugins",
@@ -80,8 +81,10 @@ def _plugin_object(loaded: object) -> object:
     return loaded() if isinstance(loaded, type) else loaded
 
 
-def _autoload_disabled() -> bool:
-    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+def autoload_enabled() -> bool:
+    """Whether installed plugins load: unless ``TETHER_DISABLE_PLUGIN_AUTOLOAD`` is set (to
+    anything but empty, ``0``, ``false`` or ``no``)."""
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
 
 
 def get_plugin_manager(
@@ -104,7 +107,7 @@ def get_plugin_manager(
         builtin = metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
         pm.register(_plugin_object(builtin.load()), name=name)
     if autoload is None:
-        autoload = not _autoload_disabled()
+        autoload = autoload_enabled()
     if autoload:
         builtin_names = {name for name, _ in DEFAULT_PLUGINS}
         seen: dict[str, str] = {}
