@@ -2,15 +2,17 @@
 other kernel module by name (import-linter has no "all but"): a kernel module added later
 must be added to it, or plugins could import it unnoticed. import-linter sees packages only;
 ``scripts/check_plugin_imports.py`` holds every other file of the plugins, their tests first,
-to the same rule."""
+to the same rule. And inside the kernel, no module imports another's private names."""
 
 from __future__ import annotations
 
+import ast
 import configparser
 import pathlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import tether
 
@@ -94,3 +96,42 @@ def test_a_plugin_test_importing_the_kernel_is_told_what_to_use_instead(
     assert "5 imports refused: plugins and their tests import only tether.api and " in (
         checked.stderr
     )
+
+
+def _inside(module: str, owner: str) -> bool:
+    return module == owner or module.startswith(owner + ".")
+
+
+def _private_reaches(path: pathlib.Path, module: str) -> Iterator[str]:
+    """The imports in ``path`` (module ``module``) of a private name of another module, or of a
+    private module from outside the package it belongs to."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported: dict[str, list[str]] = {node.module: [a.name for a in node.names]}
+        elif isinstance(node, ast.Import):
+            imported = {alias.name: [] for alias in node.names}
+        else:
+            continue
+        where = f"{module} (line {node.lineno})"
+        for source, names in imported.items():
+            parts = source.split(".")
+            if parts[0] != "tether":
+                continue
+            for i, part in enumerate(parts):
+                if part.startswith("_") and not _inside(module, ".".join(parts[:i])):
+                    yield f"{where} imports the private module {source}"
+            for name in names:
+                if name.startswith("_") and not _inside(module, source):
+                    yield f"{where} imports {name} of {source}"
+
+
+def test_no_kernel_module_reaches_into_another_modules_private_names() -> None:
+    """A name with a leading underscore is its module's own, and a module with one its
+    package's: another module that needs it asks for a public name instead."""
+    kernel = pathlib.Path(tether.__file__).parent
+    found = []
+    for path in sorted(kernel.rglob("*.py")):
+        parts = ("tether", *path.relative_to(kernel).with_suffix("").parts)
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found.extend(_private_reaches(path, module))
+    assert not found, found

@@ -133,8 +133,7 @@ async def test_hosts_record_audit_events_that_name_them(auth: AuthService) -> No
     await auth.record_host_event(
         host("n1"), "ssh.session.start", "alice", {"login": "visitor"}, success=True
     )
-    # named as the auth service names it: the sink in this process also holds the clusters
-    # that tests before this one configured
+    # named as the auth service names it
     query = audit.AuditQuery(type="ssh.session.start", cluster="main")
     [event] = await audit.search(auth.pm, query)
     assert (event.user, event.fields["host"], event.fields["login"]) == ("alice", "n1", "visitor")

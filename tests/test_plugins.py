@@ -1,6 +1,6 @@
 """Plugins as operators and plugin authors meet them: listed, disabled, called, and isolated.
 
-Every scenario but the last runs the real programs. The ``tether-hooktest`` distribution
+Every scenario but the last two runs the real programs. The ``tether-hooktest`` distribution
 (tests/plugins/tether-hooktest) is installed in the test environment through the ``tether``
 entry-point group like any third-party plugin; it implements every hook and, when
 ``TETHER_HOOKTEST_LOG`` names a file, records each call there as a JSON line.
@@ -24,8 +24,9 @@ import tether_hooktest
 from tether import audit
 from tether.audit import AuditEvent
 from tether.client.profile import current_profile, profile_ssl_context
+from tether.config import default_config
 from tether.hookspecs import hookimpl
-from tether.plugins import AUTOLOAD_ENV, TetherPluginManager
+from tether.plugins import AUTOLOAD_ENV, TetherPluginManager, describe_plugins, get_plugin_manager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
 from tether.yamlio import dump_yaml
 
@@ -293,8 +294,11 @@ def test_a_plugin_protocol_that_fails_ends_only_its_own_connection(
 # --- broken plugins stop start-up with one line ----------------------------------------------
 
 
-def _install_plugin(site: pathlib.Path, name: str, source: str) -> dict[str, str]:
-    """Put distribution ``name`` 0.1 with a ``tether`` entry point on a directory of its own.
+def _install_plugin(
+    site: pathlib.Path, name: str, source: str, *, entry: str | None = None
+) -> dict[str, str]:
+    """Put distribution ``name`` 0.1 with a ``tether`` entry point on a directory of its own
+    (module ``name``, or ``entry`` when given, e.g. ``name:Class``).
 
     Returns the environment that makes the programs find it (``importlib.metadata`` reads the
     ``.dist-info`` on ``sys.path``).
@@ -304,7 +308,7 @@ def _install_plugin(site: pathlib.Path, name: str, source: str) -> dict[str, str
     dist_info = site / f"{name}-0.1.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[tether]\n{name} = {name}\n")
+    (dist_info / "entry_points.txt").write_text(f"[tether]\n{name} = {entry or name}\n")
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path}
 
@@ -400,6 +404,37 @@ def test_operator_starts_the_daemon_with_a_broken_plugin_disabled(tmp_path: path
         assert "brokenplug" not in cluster.log_text()
     finally:
         assert cluster.stop() == 0
+
+
+# --- a plugin that keeps state ----------------------------------------------------------------
+
+STATEFUL = """\
+import tether
+
+
+class Remembers:
+    def __init__(self):
+        self.clusters = []
+
+    @tether.hookimpl
+    def tether_configure(self, config):
+        self.clusters.append(config.cluster_name)
+"""
+
+
+def test_plugin_author_keeps_state_in_a_class_and_each_daemon_has_its_own(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    _install_plugin(site, "remembers", STATEFUL, entry="remembers:Remembers")
+    monkeypatch.syspath_prepend(str(site))
+    root, leaf = get_plugin_manager(), get_plugin_manager()
+    root.hook.tether_configure(config=default_config(data_dir=tmp_path / "r", cluster_name="r"))
+    leaf.hook.tether_configure(config=default_config(data_dir=tmp_path / "l", cluster_name="l"))
+    assert root.get_plugin("remembers").clusters == ["r"]
+    assert leaf.get_plugin("remembers").clusters == ["l"]
+    (row,) = [r for r in describe_plugins(root) if r.name == "remembers"]
+    assert (row.distribution, row.hooks) == ("remembers", ("tether_configure",))
 
 
 # --- a failing audit sink does not silence the others ----------------------------------------

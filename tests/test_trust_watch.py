@@ -34,7 +34,7 @@ from tether.config import default_config
 from tether.errors import AccessDenied, RateLimited
 from tether.plugins import get_plugin_manager
 from tether.resources import KindRegistry, parse_resources, resource_to_bytes
-from tether.testing.cluster import RunningCluster, RunningNode, start_proxy
+from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_proxy
 from tether.testing.http import free_port
 from tether.testing.impostor import exchange, forge_certificate, handshake, hold_tunnel
 from tether.testing.roles import core_registry
@@ -393,3 +393,20 @@ async def test_a_proxy_answers_its_nodes_watches_without_asking_auth(
             assert 0.9 < time.monotonic() - asked < 3
     finally:
         cluster.process.send_signal(signal.SIGCONT)
+
+
+async def test_a_node_keeps_its_trust_revision_when_auth_restarts(tmp_path: pathlib.Path) -> None:
+    """Auth publishes its CAs again at each start; unchanged, they keep the revision nodes
+    hold, so a restart costs no node a download."""
+    cluster = await trio.to_thread.run_sync(start_cluster, tmp_path / CLUSTER, CLUSTER)
+    try:
+        async with node_client(cluster, cluster.auth_addr, "auth") as api:
+            known = (await api.trust())["revision"]
+        assert await trio.to_thread.run_sync(cluster.stop) == 0
+        cluster = await trio.to_thread.run_sync(start_cluster, tmp_path / CLUSTER, CLUSTER)
+        async with node_client(cluster, cluster.auth_addr, "auth") as api:
+            with trio.fail_after(5):
+                held = await api.trust(known=known, wait=0.5)
+    finally:
+        cluster.stop()
+    assert held == {"revision": known, "unchanged": True}

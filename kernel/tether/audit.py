@@ -90,7 +90,8 @@ class AuditQuery:
     :param since: only events at or after this time.
     :param limit: at most this many (the newest ones), oldest first.
     :param cluster: only events of this cluster (the auth service asking sets its own, so a
-        sink shared by several clusters in one process answers each with its own events).
+        sink shared by several clusters in one process answers each with its own events);
+        None: the events of every cluster the sink records, merged in time order.
     """
 
     type: str | None = None

@@ -227,7 +227,9 @@ def tether_audit_search(query: AuditQuery) -> Awaitable[list[AuditEvent]] | list
     The first sink able to search answers, so a sink that cannot search returns None, and
     returns it directly: a coroutine is not None, even one that would return None.
 
-    :param query: event type, time range and limit.
+    :param query: event type, time range, limit and cluster; a query that names no cluster
+        asks for the events of every cluster the sink records, merged in time order, the
+        limit counted over all of them.
     """
 
 

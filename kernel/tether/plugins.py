@@ -8,7 +8,6 @@ disable one by name and a third-party distribution can replace it. Setting
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import os
@@ -28,6 +27,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "TetherPluginManager",
+    "autoload_enabled",
     "await_maybe",
     "call_each",
     "describe_plugins",
@@ -39,11 +39,12 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "tether"
 AUTOLOAD_ENV = "TETHER_DISABLE_PLUGIN_AUTOLOAD"
 
-#: (name, module) of the plugins that ship inside the kernel distribution.
+#: (name, object) of the plugins that ship inside the kernel distribution, the object written as
+#: in an entry point: ``module`` or ``module:attribute`` (see :func:`_plugin_object`).
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("core-kinds", "tether.builtins.core_kinds"),
     ("sqlite", "tether.builtins.sqlite_backend"),
-    ("jsonl-audit", "tether.builtins.jsonl_audit"),
+    ("jsonl-audit", "tether.builtins.jsonl_audit:JsonlAuditSink"),
     ("local", "tether.builtins.local_users"),
     ("role-maps", "tether.builtins.role_maps"),
     ("node-agent", "tether.builtins.node_agent"),
@@ -73,8 +74,17 @@ class TetherPluginManager(pluggy.PluginManager):
         self.distributions: dict[str, tuple[str, str]] = {}
 
 
-def _autoload_disabled() -> bool:
-    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+def _plugin_object(loaded: object) -> object:
+    """What to register for an object an entry point (or a builtin's) names: a module or any
+    object as it is; a class is instantiated, so a plugin that keeps state (settings, files)
+    has an instance of its own in each plugin manager, one per daemon."""
+    return loaded() if isinstance(loaded, type) else loaded
+
+
+def autoload_enabled() -> bool:
+    """Whether installed plugins load: unless ``TETHER_DISABLE_PLUGIN_AUTOLOAD`` is set (to
+    anything but empty, ``0``, ``false`` or ``no``)."""
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
 
 
 def get_plugin_manager(
@@ -90,13 +100,14 @@ def get_plugin_manager(
     """
     blocked = set(disabled)
     pm = TetherPluginManager()
-    for name, module_name in DEFAULT_PLUGINS:
+    for name, value in DEFAULT_PLUGINS:
         if name in blocked:
             pm.set_blocked(name)
             continue
-        pm.register(importlib.import_module(module_name), name=name)
+        builtin = metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+        pm.register(_plugin_object(builtin.load()), name=name)
     if autoload is None:
-        autoload = not _autoload_disabled()
+        autoload = autoload_enabled()
     if autoload:
         builtin_names = {name for name, _ in DEFAULT_PLUGINS}
         seen: dict[str, str] = {}
@@ -121,7 +132,7 @@ def get_plugin_manager(
                 pm.set_blocked(ep.name)
                 continue
             try:
-                plugin = ep.load()
+                plugin = _plugin_object(ep.load())
             except Exception as exc:
                 raise PluginError(
                     f"plugin {ep.name!r} from distribution {dist!r} failed to import: "

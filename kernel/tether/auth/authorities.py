@@ -17,9 +17,9 @@ from cryptography import x509
 
 from tether import pki
 from tether.auth.context import AuthContext
-from tether.backend import Backend
+from tether.backend import Backend, Op
 from tether.config import Config
-from tether.errors import AlreadyExists
+from tether.errors import AlreadyExists, CompareFailed, NotFound
 from tether.resources import KindRegistry, preset_roles, resource_to_bytes
 from tether.trust.handshake import TrustExchange, ca_resources
 
@@ -37,11 +37,34 @@ def load_authorities(config: Config) -> pki.ClusterAuthorities:
 
 
 async def publish(ctx: AuthContext) -> None:
-    """Store this cluster's public CAs, so that ``tetherctl get cert_authority`` shows them."""
+    """Store this cluster's public CAs, so that ``tetherctl get cert_authority`` shows them.
+
+    Only those that differ from the stored ones are written, in one batch: a restart with the
+    same CAs writes nothing, so the trust snapshot keeps the revision hosts hold (see
+    :mod:`tether.auth.trust_feed`) and none of them downloads it again. Each write expects
+    the stored item it compared with; when another auth server of the store wrote in between,
+    the comparison starts again.
+    """
     kind = ctx.registry.get("cert_authority")
     own = TrustExchange.of(ctx.cluster_name, ctx.authorities)
-    for res in ca_resources(ctx.registry, own, ("user", "host", "tls")):
-        await ctx.backend.put(kind.key(kind.ref_of(res)), resource_to_bytes(res))
+    wanted = {
+        kind.key(kind.ref_of(res)): resource_to_bytes(res)
+        for res in ca_resources(ctx.registry, own, ("user", "host", "tls"))
+    }
+    while True:
+        changed = []
+        for key, value in wanted.items():
+            stored = await ctx.backend.get(key)
+            if stored is None or stored.value != value:
+                expected = 0 if stored is None else stored.revision
+                changed.append(Op.put(key, value, expected_revision=expected))
+        if not changed:
+            return
+        try:
+            await ctx.backend.apply(changed)
+            return
+        except (AlreadyExists, CompareFailed, NotFound):
+            continue  # written meanwhile by another auth server of the store: compare again
 
 
 async def create_preset_roles(backend: Backend, registry: KindRegistry) -> None:

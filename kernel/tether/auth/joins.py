@@ -85,19 +85,20 @@ class Joins:
         try:
             await self._tokens.check_token(token, JOIN_ROLES[role])
             held = await self._host_ids.holder(host_id)
-            result, principals = self._issue_host_certs(
-                role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+            return await self._admit(
+                role,
+                host_id,
+                hostname,
+                addresses,
+                ssh_public_key,
+                tls_public_key_pem,
+                replaces=held,
             )
-            await self._hold(result, hostname, replaces=held)
         except AccessDenied as exc:
             await self._ctx.audit_event(
                 "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
             )
             raise
-        await self._ctx.audit_event(
-            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
-        )
-        return result
 
     async def issue_host_identity(
         self,
@@ -117,14 +118,15 @@ class Joins:
         user runs ``ssh visitor@web-1.main`` with ``tether config``'s configuration.
         """
         _check_host(role, host_id)
-        result, principals = self._issue_host_certs(
-            role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+        return await self._admit(
+            role,
+            host_id,
+            hostname,
+            addresses,
+            ssh_public_key,
+            tls_public_key_pem,
+            replaces=True,
         )
-        await self._hold(result, hostname, replaces=True)
-        await self._ctx.audit_event(
-            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
-        )
-        return result
 
     async def renew_host_identity(
         self,
@@ -175,6 +177,28 @@ class Joins:
                 "addresses": principals,
                 "expires": result.identity.expires.isoformat(),
             },
+        )
+        return result
+
+    async def _admit(
+        self,
+        role: str,
+        host_id: str,
+        hostname: str,
+        addresses: Sequence[str],
+        ssh_public_key: str,
+        tls_public_key_pem: str,
+        *,
+        replaces: Item | bool | None,
+    ) -> JoinResult:
+        """Issue a joining host its certificates, hold its id for it (``replaces`` as for
+        :meth:`_hold`) and audit ``host.joined``."""
+        result, principals = self._issue_host_certs(
+            role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+        )
+        await self._hold(result, hostname, replaces=replaces)
+        await self._ctx.audit_event(
+            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
         )
         return result
 

@@ -13,9 +13,11 @@ revision among the items it is built from, and how many items there are. A later
 the first; a delete lowers the count without raising it, and no two different sets of live
 items can share both (a set with the same highest revision is a subset of the earlier one, so
 the same count means the same set): one name never means two snapshots, whichever server gave
-it. A write that leaves the snapshot as it was (a CA published again as it is) keeps the name
+it. A write that leaves the snapshot as it was (a role stored again as it is) keeps the name
 it had, so hosts download nothing; a server that read the store only after such a write names
 the same snapshot after the later state, which costs a host that moves to it one download.
+That is why auth, at each start, writes only the CAs that differ from the stored ones
+(:func:`tether.auth.authorities.publish`): a restarted server names the snapshot as before.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class Event:
     item: Item
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
+    """Refuse a key no backend stores: empty, not a string, or not valid Unicode text."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"backend keys are non-empty strings, got {key!r}")
     try:
@@ -85,7 +86,8 @@ def _check_key(key: str) -> None:
         raise ValueError(f"backend key {key!r} is not valid Unicode text") from exc
 
 
-def _check_prefix(prefix: str) -> None:
+def check_prefix(prefix: str) -> None:
+    """Refuse a prefix that is not a string of valid Unicode text."""
     if not isinstance(prefix, str):
         raise TypeError(f"backend prefixes are strings, got {type(prefix).__name__}")
     try:
@@ -126,7 +128,7 @@ class Op:
     expected_revision: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        _check_key(self.key)
+        check_key(self.key)
         if self.type not in ("put", "delete"):
             raise ValueError(f"Op.type is 'put' or 'delete', got {self.type!r}")
         if not isinstance(self.value, bytes):

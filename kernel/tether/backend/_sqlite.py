@@ -30,8 +30,8 @@ from tether.backend._base import (
     Item,
     Op,
     WatchOverflow,
-    _check_key,
-    _check_prefix,
+    check_key,
+    check_prefix,
 )
 from tether.backend._sqlite_store import Store, connect
 from tether.errors import ConfigError
@@ -200,7 +200,7 @@ class SqliteBackend:
 
     async def get(self, key: str) -> Item | None:
         """Return the live item at ``key``, or None."""
-        _check_key(key)
+        check_key(key)
         return await self._read(lambda store, now: store.get(key, now))
 
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> Item:
@@ -240,12 +240,12 @@ class SqliteBackend:
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every live key starting with ``prefix`` under one revision; return how many."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         return await self._write(lambda store, now: store.delete_prefix(prefix, now))
 
     async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
         """Return the live items whose key starts with ``prefix``, sorted by key."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise ValueError(f"limit must be None or >= 0, got {limit!r}")
         if limit == 0:
@@ -269,7 +269,7 @@ class SqliteBackend:
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[Event]]:
         """Subscribe to committed changes under ``prefix`` (see :class:`Backend.watch`)."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         self._check_open()
         watcher = _Watcher(prefix, self._watch_buffer)
         self._watchers.add(watcher)

@@ -2,16 +2,23 @@
 
 The directory comes from ``tether_configure``; the file is appended to from a worker thread so
 a slow disk never blocks the event loop, and each line is flushed before the call returns so an
-acknowledged event survives a crash. Several daemons in one process (``tetherd demo``: a root
-and a leaf) share this module: each cluster's events go to its own data directory.
+acknowledged event survives a crash. The file is opened for each event and closed again, so
+nothing stays open once a daemon stops and a log moved aside is started afresh.
+
+The sink is a class: each plugin manager registers an instance of its own, so several daemons in
+one process (``tetherd demo``: a root and a leaf, each with its manager) share nothing. An
+instance configured for several clusters writes each cluster's events to that cluster's data
+directory, and answers a search that names no cluster from all of them.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
 import threading
+from collections.abc import Awaitable, Sequence
 
 import trio
 
@@ -19,35 +26,16 @@ from tether.audit import AuditEvent, AuditQuery
 from tether.config import Config
 from tether.hookspecs import hookimpl
 
-#: cluster name -> its events file
-_paths: dict[str, pathlib.Path] = {}
-_lock = threading.Lock()
+__all__ = ["FILE_NAME", "JsonlAuditSink"]
 
 FILE_NAME = "events.jsonl"
 
 
-@hookimpl
-def tether_configure(config: Config) -> None:
-    """Point the sink at ``data_dir/log`` (created 0700); until then nothing is recorded."""
-    log_dir = pathlib.Path(config.data_dir) / "log"
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _paths[config.cluster_name] = log_dir / FILE_NAME
-
-
-def _append(path: pathlib.Path, line: str) -> None:
-    with _lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
+    """The newest ``query.limit`` events of one file that match, in the file's order."""
     if not path.exists():
         return []
-    events = []
+    events: collections.deque[AuditEvent] = collections.deque(maxlen=query.limit or None)
     with path.open(encoding="utf-8") as f:
         for raw in f:
             raw = raw.strip()
@@ -59,26 +47,55 @@ def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
                 continue  # a torn last line after a crash is skipped, not fatal
             if query.matches(event):
                 events.append(event)
-    return events[-query.limit :] if query.limit else events
+    return list(events)
 
 
-@hookimpl
-async def tether_audit_event(event: AuditEvent) -> None:
-    path = _paths.get(event.cluster)
-    if path is None:
-        return
-    line = json.dumps(event.to_json(), sort_keys=False, default=str) + "\n"
-    await trio.to_thread.run_sync(_append, path, line)
+def _search(paths: Sequence[pathlib.Path], query: AuditQuery) -> list[AuditEvent]:
+    """The newest ``query.limit`` matching events of all ``paths``, oldest first."""
+    merged = sorted((e for path in paths for e in _read(path, query)), key=lambda e: e.time)
+    return merged[-query.limit :] if query.limit else merged
 
 
-def _only_path() -> pathlib.Path | None:
-    """The file of the one configured cluster, for a search that names none."""
-    return next(iter(_paths.values())) if len(_paths) == 1 else None
+class JsonlAuditSink:
+    """The ``jsonl-audit`` plugin: the events files of the clusters configured through it."""
 
+    def __init__(self) -> None:
+        #: cluster name -> its events file
+        self._paths: dict[str, pathlib.Path] = {}
+        self._lock = threading.Lock()
 
-@hookimpl
-async def tether_audit_search(query: AuditQuery) -> list[AuditEvent] | None:
-    path = _paths.get(query.cluster) if query.cluster else _only_path()
-    if path is None:
-        return None
-    return await trio.to_thread.run_sync(_read, path, query)
+    @hookimpl
+    def tether_configure(self, config: Config) -> None:
+        """Point the sink at ``data_dir/log`` (created 0700); until then nothing is recorded."""
+        log_dir = pathlib.Path(config.data_dir) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._paths[config.cluster_name] = log_dir / FILE_NAME
+
+    def _append(self, path: pathlib.Path, line: str) -> None:
+        with self._lock:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @hookimpl
+    async def tether_audit_event(self, event: AuditEvent) -> None:
+        path = self._paths.get(event.cluster)
+        if path is None:
+            return
+        line = json.dumps(event.to_json(), sort_keys=False, default=str) + "\n"
+        await trio.to_thread.run_sync(self._append, path, line)
+
+    @hookimpl
+    def tether_audit_search(self, query: AuditQuery) -> Awaitable[list[AuditEvent]] | None:
+        """Search the file of the cluster ``query`` names, or with none named, every file this
+        sink holds (merged in time order); None, directly, when it holds no such file."""
+        if query.cluster is None:
+            paths = list(self._paths.values())
+        else:
+            paths = [self._paths[query.cluster]] if query.cluster in self._paths else []
+        if not paths:
+            return None
+        return trio.to_thread.run_sync(_search, paths, query)

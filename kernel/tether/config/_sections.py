@@ -184,9 +184,9 @@ def installed_schema(disabled: Iterable[str] = ()) -> ConfigSchema:
 
     :raises PluginError: a plugin cannot load, or declares a section or role wrongly.
     """
-    from tether.plugins import _autoload_disabled
+    from tether.plugins import autoload_enabled
 
-    return _installed_schema(tuple(sorted(set(disabled))), not _autoload_disabled())
+    return _installed_schema(tuple(sorted(set(disabled))), autoload_enabled())
 
 
 @functools.cache

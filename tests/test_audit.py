@@ -1,0 +1,86 @@
+"""The builtin ``jsonl-audit`` sink: each plugin manager has a sink of its own, which answers a
+search for every cluster it records, or for the one the search names.
+
+Auth services run in this process over SQLite in temporary directories, as several daemons do
+in one process (``tetherd demo``, the test fixtures).
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tether import audit
+from tether.audit import AuditEvent, AuditQuery
+from tether.auth.service import AuthService
+from tether.backend import open_sqlite
+from tether.config import default_config
+from tether.plugins import TetherPluginManager, get_plugin_manager
+
+START = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+def at(minute: int, cluster: str, event_type: str = "user.login") -> AuditEvent:
+    return AuditEvent(
+        type=event_type,
+        cluster=cluster,
+        user=f"{cluster}-{minute}",
+        time=START + datetime.timedelta(minutes=minute),
+    )
+
+
+def configured(tmp_path: pathlib.Path, *clusters: str) -> TetherPluginManager:
+    """A plugin manager whose sink records ``clusters``, each under a data directory."""
+    pm = get_plugin_manager(autoload=False)
+    for name in clusters:
+        pm.hook.tether_configure(config=default_config(data_dir=tmp_path / name, cluster_name=name))
+    return pm
+
+
+async def test_auditor_searches_every_cluster_of_a_shared_sink_without_naming_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    pm = configured(tmp_path, "root", "leaf")
+    # written out of time order across the two files: the answer is in time order
+    for event in (at(1, "root"), at(4, "root"), at(2, "leaf"), at(3, "leaf", "cert.issued")):
+        await audit.emit(pm, event)
+    found = await audit.search(pm, AuditQuery())
+    assert [e.user for e in found] == ["root-1", "leaf-2", "leaf-3", "root-4"]
+    # the limit keeps the newest, oldest first, across both clusters
+    assert [e.user for e in await audit.search(pm, AuditQuery(limit=2))] == ["leaf-3", "root-4"]
+    since = AuditQuery(type="user.login", since=START + datetime.timedelta(minutes=2))
+    assert [e.user for e in await audit.search(pm, since)] == ["leaf-2", "root-4"]
+    named = await audit.search(pm, AuditQuery(cluster="leaf"))
+    assert [e.user for e in named] == ["leaf-2", "leaf-3"]
+
+
+@pytest.fixture
+async def two_auths(tmp_path: pathlib.Path) -> AsyncIterator[tuple[AuthService, AuthService]]:
+    """Two auth services in one process, each with its own plugin manager."""
+    services = []
+    async with (
+        open_sqlite(f"sqlite://{tmp_path / 'one.sqlite'}") as one,
+        open_sqlite(f"sqlite://{tmp_path / 'two.sqlite'}") as two,
+    ):
+        for name, backend in (("one", one), ("two", two)):
+            config = default_config(data_dir=tmp_path / name, cluster_name=name)
+            pm = get_plugin_manager(autoload=False)
+            pm.hook.tether_configure(config=config)
+            services.append(await AuthService.open(config=config, pm=pm, backend=backend))
+        yield services[0], services[1]
+
+
+async def test_two_auth_services_in_one_process_keep_their_audit_logs_apart(
+    two_auths: tuple[AuthService, AuthService],
+) -> None:
+    one, two = two_auths
+    await one.audit_event("user.login", "alice", {})
+    await two.audit_event("user.login", "bob", {})
+    # a search that names no cluster reads the sink of that service's plugin manager only
+    assert [e.user for e in await audit.search(one.pm, AuditQuery())] == ["alice"]
+    assert [e.user for e in await audit.search(two.pm, AuditQuery())] == ["bob"]
+    assert await audit.search(one.pm, AuditQuery(cluster="two")) == []
+    assert one.pm.get_plugin("jsonl-audit") is not two.pm.get_plugin("jsonl-audit")
