@@ -46,6 +46,7 @@ from tether.config._values import (
     Severity,
     not_blank,
     positive,
+    secret_or_file,
     valid_name,
 )
 
@@ -78,5 +79,6 @@ __all__ = [
     "not_blank",
     "positive",
     "render_default_config",
+    "secret_or_file",
     "valid_name",
 ]
