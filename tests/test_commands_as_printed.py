@@ -14,6 +14,7 @@ import os
 import pathlib
 import pty
 import random
+import re
 import select
 import shlex
 import socket
@@ -480,3 +481,26 @@ def test_a_refused_tunnel_is_logged_for_the_operator_without_the_users_hint(
         token_file.write_text(invite(root) + "\n")
         create_trusted_cluster(leaf, trusted_cluster_yaml(root, str(token_file)), "--force")
         wait_for(lambda: connection(root) == "online", "the leaf to come online again")
+
+
+def test_a_node_with_an_unknown_token_is_told_the_command_that_makes_one(
+    tether_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    cluster = tether_cluster
+    failed = run_cli(
+        "tetherd",
+        "start",
+        "--roles=node",
+        "--token=0123456789abcdef0123456789abcdef",
+        f"--proxy={cluster.proxy_addr}",
+        f"--ca-pin={cluster.ca_pin}",
+        f"--data-dir={tmp_path / 'data'}",
+        check=False,
+    )
+    assert failed.returncode == 1
+    hint = re.search(r"create a new one with `([^`]*)`", failed.stderr)
+    assert hint is not None, failed.stderr
+    assert hint.group(1) == "tetherctl tokens add --type=node"
+    # as printed, on the auth host, where TETHER_CONFIG names the daemon's configuration
+    made = run_cli(*shlex.split(hint.group(1)), env={"TETHER_CONFIG": str(cluster.config_path)})
+    assert "tetherd start --roles=node" in made.stdout
