@@ -504,3 +504,26 @@ def test_a_node_with_an_unknown_token_is_told_the_command_that_makes_one(
     # as printed, on the auth host, where TETHER_CONFIG names the daemon's configuration
     made = run_cli(*shlex.split(hint.group(1)), env={"TETHER_CONFIG": str(cluster.config_path)})
     assert "tetherd start --roles=node" in made.stdout
+
+
+def test_tether_login_and_tether_cluster_choose_the_login_and_cluster_of_tether_ssh(
+    tether_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    cluster = tether_cluster
+    node = start_node(cluster, tmp_path / "node", "env-node")
+    try:
+        cluster.add_user("lou", PASSWORD, logins=("lou",))
+        cluster.login("lou", PASSWORD)
+
+        def ssh(**env: str) -> subprocess.CompletedProcess[str]:
+            return cluster.tether("lou", "ssh", "env-node", "true", env=env, check=False)
+
+        wait_for(lambda: "not found" not in ssh().stderr, "the node to be listed")
+        refused = ssh(TETHER_LOGIN="nobody")
+        assert refused.returncode == 255
+        # the login from the environment, the node by its name (not its host id)
+        assert refused.stderr.startswith("ERROR: env-node refused login 'nobody': "), refused.stderr
+        elsewhere = ssh(TETHER_CLUSTER="elsewhere")
+        assert "'elsewhere'" in elsewhere.stderr
+    finally:
+        node.stop()
