@@ -18,6 +18,7 @@ __all__ = [
     "ResourceError",
     "TetherError",
     "TrustError",
+    "Unreachable",
 ]
 
 
@@ -73,3 +74,15 @@ class RateLimited(TetherError):
 
 class TrustError(TetherError):
     """A certificate or peer could not be verified against the trusted authorities."""
+
+
+class Unreachable(TetherError):
+    """No connection could be made to a server: refused, timed out, or no such host.
+
+    :param reason: why, in the operating system's words (``Connection refused``), for a
+        caller that names several addresses in one message.
+    """
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason

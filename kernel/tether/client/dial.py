@@ -24,6 +24,7 @@ from tether.dial import (
     parse_targets,
 )
 from tether.errors import AccessDenied, TetherError, TrustError
+from tether.httpclient import describe
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
 from tether.wire import error_from_json
@@ -73,8 +74,10 @@ async def _connect(proxy: str, context: ssl.SSLContext, alpn: str, protocol: str
                 "its administrator should know about",
             ) from None
         raise TetherError(
-            f"cannot reach the proxy at {proxy}: {cause}",
-            hint="check the address, or log in again with `tether login`",
+            f"cannot reach the proxy at {proxy}: "
+            + ("timed out" if isinstance(exc, trio.TooSlowError) else describe(exc)),
+            hint="check that the proxy is up and reachable from this machine, or log in "
+            "again with `tether login`",
         ) from None
     if stream.selected_alpn_protocol() != alpn:
         await trio.aclose_forcefully(stream)

@@ -266,10 +266,14 @@ class TunnelServer:
         try:
             identity = self._authenticate(stream)
         except TetherError as exc:
-            log.warning("tunnel from %s refused: %s", peer, exc)
+            # the message, not the hint: a hint speaks to whoever holds the certificate (a
+            # user told to log in elsewhere), not to the operator reading this log
+            log.warning("tunnel from %s refused: %s", peer, exc.message)
             claimed = _claimed_identity(stream)
             if claimed is not None:  # anyone can connect without a certificate: logged only
-                await self._record("tunnel.refused", {"peer": peer, **claimed, "reason": str(exc)})
+                await self._record(
+                    "tunnel.refused", {"peer": peer, **claimed, "reason": exc.message}
+                )
             return
         version = _tls_version(stream)
         if version != "TLSv1.3":
