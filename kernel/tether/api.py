@@ -48,7 +48,15 @@ from tether.connectors import (
     RedirectConnector,
 )
 from tether.dial import DialedTarget
-from tether.errors import AccessDenied, ConfigError, NotFound, TetherError, TrustError
+from tether.errors import (
+    AccessDenied,
+    AmbiguousTarget,
+    ConfigError,
+    NotFound,
+    TargetOffline,
+    TetherError,
+    TrustError,
+)
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
 from tether.pki import (
@@ -85,6 +93,7 @@ __all__ = [
     "AgentContext",
     "AgentProtocol",
     "AgentStream",
+    "AmbiguousTarget",
     "AuditEvent",
     "AuditQuery",
     "Backend",
@@ -128,6 +137,7 @@ __all__ = [
     "ServiceRole",
     "Target",
     "TargetKind",
+    "TargetOffline",
     "TetherError",
     "TokenType",
     "TrustError",
