@@ -6,8 +6,9 @@ the user*, with their forwarded certificate), then reached through its own tunne
 registered address. In a leaf cluster, the leaf must be one the user may see (a leaf hidden by
 ``cluster_labels`` is "not found", as one that does not exist); the request goes through the
 leaf's tunnel to the leaf's proxy, which routes it the same way within its own inventory only
-(:meth:`Router.serve_remote`): a leaf never dials an address a root names, and audits what
-it refuses (``trust.stream.refused``). Every hop speaks the one dial
+(:meth:`Router.serve_remote`): a leaf never dials an address a root names, never passes a
+request on to a cluster of its own (trust is not transitive: a root reaches its leaves, not
+theirs), and audits what it refuses (``trust.stream.refused``). Every hop speaks the one dial
 format of :mod:`tether.dial`, refusals included: the error a leaf or an agent raised reaches
 the user as the same class, with the same message and hint.
 
@@ -337,10 +338,11 @@ class Router:
         here (or for the list of them).
 
         Only targets of this cluster's inventory are dialled, never an address the root
-        names. The stream's first line is the answer; then bytes flow between the root
-        user's client and the target, which verifies the root-issued certificate and maps
-        its roles. A refusal is the error's :func:`~tether.dial.refusal_reason`, so the
-        root's user sees the same error.
+        names, and never a target of another cluster: a request that names one (a leaf of
+        this cluster, say) is refused, as trust is not transitive. The stream's first line is
+        the answer; then bytes flow between the root user's client and the target, which
+        verifies the root-issued certificate and maps its roles. A refusal is the error's
+        :func:`~tether.dial.refusal_reason`, so the root's user sees the same error.
         """
         handler = self._protocols.get(incoming.target)
         if handler is None:
@@ -357,7 +359,13 @@ class Router:
         try:
             request = DialRequest.from_fields(metadata)
             if request.cluster != self.cluster_name:
-                raise NotFound(f"this is cluster {self.cluster_name!r}, not {request.cluster!r}")
+                fields["requested_cluster"] = request.cluster
+                raise AccessDenied(
+                    f"cluster {self.cluster_name!r} passes no request on to cluster "
+                    f"{request.cluster!r}: trust is not transitive, a root cluster reaches "
+                    "its own leaves only",
+                    hint="run `tether clusters` to see the clusters you can reach",
+                )
             if request.op == LIST:
                 docs = await self._visible_docs(kind, request.user_cert)
             elif request.op == DIAL:
