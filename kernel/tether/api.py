@@ -55,7 +55,15 @@ from tether.connectors import (
     RedirectConnector,
 )
 from tether.dial import DialedTarget
-from tether.errors import AccessDenied, ConfigError, NotFound, TetherError, TrustError
+from tether.errors import (
+    AccessDenied,
+    AmbiguousTarget,
+    ConfigError,
+    NotFound,
+    TargetOffline,
+    TetherError,
+    TrustError,
+)
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
 from tether.pki import (
@@ -95,6 +103,7 @@ __all__ = [
     "AgentContext",
     "AgentProtocol",
     "AgentStream",
+    "AmbiguousTarget",
     "AuditEvent",
     "AuditQuery",
     "Backend",
@@ -138,6 +147,7 @@ __all__ = [
     "ServiceRole",
     "Target",
     "TargetKind",
+    "TargetOffline",
     "TetherError",
     "TokenType",
     "TrustError",

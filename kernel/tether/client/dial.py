@@ -20,6 +20,7 @@ from tether.dial import (
     LIST,
     DialedTarget,
     DialRequest,
+    parse_error,
     parse_host_cas,
     parse_targets,
 )
@@ -27,7 +28,6 @@ from tether.errors import AccessDenied, TetherError, TrustError
 from tether.httpclient import describe
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
-from tether.wire import error_from_json
 
 __all__ = ["cluster_host_cas", "list_targets", "open_target_stream"]
 
@@ -123,7 +123,7 @@ async def _ask(
                 hint="your certificate may have expired: run `tether login`",
             )
         if answer["type"] == "error":
-            raise error_from_json(answer, 400)
+            raise parse_error(answer)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await trio.aclose_forcefully(stream)
         raise _refused(proxy, exc) from None
@@ -173,7 +173,8 @@ async def open_target_stream(
         certificate and offers ``alpn`` (:func:`tether.client.profile.profile_ssl_context`).
     :param protocol: the protocol's name, for messages (``SSH``).
     :returns: the byte stream to the target's server, and which target it is.
-    :raises NotFound, AccessDenied: what the proxy said, with its hint.
+    :raises NotFound, AmbiguousTarget, AccessDenied, TargetOffline: what the proxy said
+        (or the leaf or agent behind it), with its hint.
     :raises TetherError: the proxy cannot be reached, does not serve the protocol, or the
         target is offline.
     """
