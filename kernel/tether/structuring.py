@@ -143,10 +143,14 @@ def strict_converter(
     converter.register_structure_hook(int, _integer(mismatch))
     converter.register_structure_hook(float, _number(mismatch))
     converter.register_structure_hook_factory(
-        cattrs.cols.is_sequence, _sequences(mismatch, null_is_empty)
+        cattrs.cols.is_sequence,
+        _guarded(_sequence, (list, tuple), () if null_is_empty else None, mismatch),
     )
     converter.register_structure_hook_factory(
-        cattrs.cols.is_mapping, _mappings(mismatch, null_is_empty)
+        cattrs.cols.is_mapping,
+        _guarded(
+            cattrs.cols.mapping_structure_factory, Mapping, {} if null_is_empty else None, mismatch
+        ),
     )
     converter.register_structure_hook_factory(attrs.has, _classes(mismatch, forbid_extra_keys))
     converter.register_unstructure_hook_factory(
@@ -184,22 +188,23 @@ def _number(mismatch: Mismatch) -> StructureHook:
     return structure
 
 
-def _sequences(
-    mismatch: Mismatch, null_is_empty: bool
+def _guarded(
+    make: Callable[[Any, cattrs.Converter], StructureHook],
+    kinds: type | tuple[type, ...],
+    empty: object,
+    mismatch: Mismatch,
 ) -> Callable[[Any, cattrs.Converter], StructureHook]:
-    """Lists and tuples only: cattrs would take any iterable, so ``disabled: abc`` would be
-    ``("a", "b", "c")``."""
+    """Wrap a cattrs hook factory so the hook refuses data of the wrong kind (cattrs would
+    take any iterable as a list, so ``disabled: abc`` would be ``("a", "b", "c")``) and reads
+    null as ``empty`` unless that is None."""
 
     def factory(cl: Any, converter: cattrs.Converter) -> StructureHook:
-        if cattrs.cols.is_mutable_sequence(cl):
-            inner = cattrs.cols.list_structure_factory(cl, converter)
-        else:
-            inner = cattrs.cols.homogenous_tuple_structure_factory(cl, converter)
+        inner = make(cl, converter)
 
         def structure(value: Any, target: Any) -> Any:
-            if value is None and null_is_empty:
-                value = ()
-            if not isinstance(value, list | tuple):
+            if value is None and empty is not None:
+                value = empty
+            if not isinstance(value, kinds):
                 raise mismatch(target, value)
             return inner(value, target)
 
@@ -208,22 +213,10 @@ def _sequences(
     return factory
 
 
-def _mappings(
-    mismatch: Mismatch, null_is_empty: bool
-) -> Callable[[Any, cattrs.Converter], StructureHook]:
-    def factory(cl: Any, converter: cattrs.Converter) -> StructureHook:
-        inner = cattrs.cols.mapping_structure_factory(cl, converter)
-
-        def structure(value: Any, target: Any) -> Any:
-            if value is None and null_is_empty:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise mismatch(target, value)
-            return inner(value, target)
-
-        return structure
-
-    return factory
+def _sequence(cl: Any, converter: cattrs.Converter) -> StructureHook:
+    if cattrs.cols.is_mutable_sequence(cl):
+        return cattrs.cols.list_structure_factory(cl, converter)
+    return cattrs.cols.homogenous_tuple_structure_factory(cl, converter)
 
 
 def _classes(
