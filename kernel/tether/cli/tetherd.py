@@ -28,7 +28,7 @@ from tether.config import (
 )
 from tether.errors import TetherError
 from tether.logs import setup_logging
-from tether.plugins import describe_plugins
+from tether.plugins import describe_plugins, plugin_packages
 
 __all__ = ["cli", "main"]
 
@@ -62,7 +62,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--labels", help="Node labels, comma-separated k=v pairs (added to the config's).")
 @click.option("--nodename", help="This host's name in the cluster.")
 @click.option("--data-dir", type=click.Path(path_type=pathlib.Path), help="Data directory.")
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text for people or JSON for collectors (default: log.format).",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Log everything at DEBUG, the libraries' lines too, and show tracebacks.",
+)
 @click.pass_context
 def start(
     ctx: click.Context,
@@ -83,7 +92,7 @@ def start(
         config = load_config(config_path) if config_path else default_config()
         pm = plugin_manager(config.plugins.disabled)
         config = apply_start_flags(config, **flags, schema=ConfigSchema.from_plugins(pm))
-        setup_logging(config.log.severity, config.log.format, debug=debug)
+        setup_logging(config.log.severity, config.log.format, debug=debug, own=plugin_packages(pm))
     except TetherError as exc:
         report(exc)
     run_command(run_daemon, config, pm, interrupted=(0, ""))
