@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import socket
+import ssl
 from collections.abc import Iterator
 
 import pytest
 
+from tether.config import HostPort
 from tether.testing.cluster import (
     RunningCluster,
     run_cli,
@@ -101,6 +104,39 @@ def test_debug_flag_brings_back_the_libraries_lines(
     node.stop()
 
     assert {"httpx", "httpcore.connection"} <= loggers, loggers
+
+
+def _connect(cluster: RunningCluster) -> socket.socket:
+    addr = HostPort.parse(cluster.proxy_addr)
+    return socket.create_connection((addr.connect_host, addr.port), timeout=10)
+
+
+def _unverified() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+def test_health_checks_and_scanners_on_the_proxy_port_leave_no_log_lines(
+    cluster: RunningCluster,
+) -> None:
+    before = len(cluster.log_text())
+    for _ in range(3):  # a load balancer's TCP check: connect, close
+        _connect(cluster).close()
+    with _connect(cluster) as plain:  # a scanner speaking HTTP to the TLS port
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        plain.recv(1024)
+    # then a refusal an operator may act on, logged at INFO once the probes are done
+    with _unverified().wrap_socket(_connect(cluster)) as web:
+        web.sendall(
+            b"POST /webapi/sso/collect HTTP/1.1\r\nHost: proxy\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"
+        )
+        assert web.recv(1024).startswith(b"HTTP/1.1 413")
+
+    wait_for(lambda: "refused POST /webapi/sso/collect" in cluster.log_text(), "the refusal")
+    [line] = cluster.log_text()[before:].splitlines()
+    assert "INFO [tether.asgi] refused POST /webapi/sso/collect from 127.0.0.1" in line
 
 
 def test_unknown_log_format_is_a_usage_error_naming_the_choices() -> None:

@@ -185,7 +185,7 @@ def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext, router: Route
             else:
                 await serve_front_door(handler, router, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s connection from %s ended: %s", handler.name, conn.peer, exc)
+            log.debug("%s connection from %s ended: %s", handler.name, conn.peer, exc)
 
     return route
 
