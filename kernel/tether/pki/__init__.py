@@ -42,6 +42,7 @@ from ._keys import (
     private_key_to_openssh,
     private_key_to_pem,
     public_key_to_pem,
+    ssh_fingerprint,
     ssh_public_key_line,
     write_secret_file,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "server_ssl_context",
     "signing_hash",
     "split_host_addresses",
+    "ssh_fingerprint",
     "ssh_public_key_line",
     "verify_ssh_host_cert",
     "verify_ssh_user_cert",

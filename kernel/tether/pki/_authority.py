@@ -36,6 +36,7 @@ from ._keys import (
     load_private_key,
     private_key_to_openssh,
     private_key_to_pem,
+    ssh_fingerprint,
     ssh_public_key_line,
     write_secret_file,
 )
@@ -85,6 +86,11 @@ class SSHCertAuthority:
     def known_hosts_line(self, hosts: str = "*") -> str:
         """A ``known_hosts`` line that makes OpenSSH trust host certificates from this CA."""
         return f"@cert-authority {hosts} {self.public_key_line()}"
+
+    @property
+    def fingerprint(self) -> str:
+        """``SHA256:<base64>`` of the CA's key, as ``ssh-keygen -l`` prints it."""
+        return ssh_fingerprint(self.public_key)
 
 
 @attrs.frozen(eq=False)
@@ -192,6 +198,15 @@ class ClusterAuthorities:
     ssh_user: SSHCertAuthority
     ssh_host: SSHCertAuthority
     tls: X509CertAuthority
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each CA's fingerprint by type: ``tls`` its pin (what ``--ca-pin`` takes), ``user``
+        and ``host`` as ``ssh-keygen -l`` prints them."""
+        return {
+            "tls": self.tls.pin(),
+            "user": self.ssh_user.fingerprint,
+            "host": self.ssh_host.fingerprint,
+        }
 
     @classmethod
     def generate(

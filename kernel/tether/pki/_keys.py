@@ -9,7 +9,9 @@ anything ``ssh`` reads, PEM (PKCS#8, SubjectPublicKeyInfo, X.509) for anything T
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -37,6 +39,7 @@ __all__ = [
     "private_key_to_openssh",
     "private_key_to_pem",
     "public_key_to_pem",
+    "ssh_fingerprint",
     "ssh_public_key_line",
     "write_secret_file",
 ]
@@ -151,6 +154,13 @@ def load_public_key(data: str | bytes) -> SubjectPublicKey:
     except (ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"cannot read public key: {exc}") from exc
     return _check_public_key(key)
+
+
+def ssh_fingerprint(public_key: SubjectPublicKey | PrivateKey) -> str:
+    """``"SHA256:<base64>"`` of an SSH public key, as ``ssh-keygen -l`` prints it (and as
+    OpenSSH shows a host key it does not know yet)."""
+    blob = base64.b64decode(ssh_public_key_line(public_key).split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def ssh_public_key_line(public_key: SubjectPublicKey | PrivateKey, comment: str = "") -> str:
