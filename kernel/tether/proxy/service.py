@@ -87,7 +87,13 @@ async def start_proxy(
     trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
-    peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)
+    peers = ProxyPeers(
+        auth_client,
+        me.host_id,
+        lambda: holder["info"].public_addr,
+        # read only once peers.run starts, after root_tunnels is built below
+        lambda: root_tunnels.connected(),
+    )
     tunnels, recorder = build_tunnel_server(
         proxy_id=me.host_id,
         cluster=me.cluster_name,
