@@ -81,7 +81,14 @@ def echo_group() -> None:
 
 @echo_group.command("ls")
 @click.option("--cluster", help="List the echo services of this cluster (default: the login's).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 @run_async
 async def ls(cluster: str | None, fmt: str) -> None:
     """List the echo services you can reach."""

@@ -174,7 +174,14 @@ async def _check_visible(profile: Profile, cluster: str) -> None:
 
 
 @cli.command()
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 @run_async
 async def clusters(fmt: str) -> None:
     """List the root cluster and the leaf clusters you can reach."""
@@ -284,7 +291,14 @@ def _human(delta: datetime.timedelta) -> str:
 
 
 @cli.command()
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 def status(fmt: str) -> None:
     """Show the current login: proxy, user, cluster, roles, logins, expiry."""
     data = _status_json()

@@ -78,7 +78,8 @@ def _registry(ctx: click.Context) -> KindRegistry:
     "-c",
     "--config",
     type=click.Path(path_type=pathlib.Path),
-    help="The daemon's tether.yaml (on the auth host; uses the local admin identity).",
+    help="The daemon's tether.yaml (on the auth host; uses the local admin identity); "
+    "default: $TETHER_CONFIG, else the `tether login` profile.",
 )
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
@@ -120,7 +121,13 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 @cli.command()
 @click.argument("ref", metavar="KIND[/NAME]")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "text"]), default="yaml")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json", "text"]),
+    default="yaml",
+    help="yaml and json round-trip through create; text is a table.",
+)
 @click.option("--with-secrets", is_flag=True, help="Include secret fields.")
 @click.pass_context
 @run_async
@@ -217,7 +224,13 @@ def rolemap() -> None:
 @rolemap.command("test")
 @click.option("--cluster", required=True, help="The trusted root cluster (trusted_cluster name).")
 @click.option("--roles", required=True, help="Root roles to map, comma-separated.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 @click.pass_context
 @run_async
 async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -> None:
@@ -309,7 +322,13 @@ async def users_add(
 
 
 @users.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 @click.pass_context
 @run_async
 async def users_ls(ctx: click.Context, fmt: str) -> None:
@@ -382,7 +401,13 @@ def tokens() -> None:
 @click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="text for people, json for scripts.",
+)
 @click.pass_context
 @run_async
 async def tokens_add(
@@ -407,7 +432,13 @@ async def tokens_add(
 
 
 @tokens.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 @click.pass_context
 @run_async
 async def tokens_ls(ctx: click.Context, fmt: str) -> None:
@@ -452,8 +483,14 @@ def audit() -> None:
 @audit.command("search")
 @click.option("--type", "type_name", help="Event type, e.g. user.login.failed (prefixes match).")
 @click.option("--since", help="How far back, e.g. 1h (default: everything).")
-@click.option("--limit", default=1000, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option("--limit", default=1000, show_default=True, help="Show at most this many events.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    help="text for people, json or yaml for scripts.",
+)
 @click.pass_context
 @run_async
 async def audit_search(
@@ -498,7 +535,7 @@ _STATUS_NAMES = 10
 @click.pass_context
 @run_async
 async def status(ctx: click.Context, fmt: str) -> None:
-    """Show the cluster, its CA fingerprints and what is connected to it.
+    """Show the cluster's CA pins and what is connected to it.
 
     The CA pin is what `tetherd start --ca-pin` and `tether login --ca-pin` take; the SSH CAs'
     fingerprints are as `ssh-keygen -l` prints them. Connected are the proxies and the hosts

@@ -45,7 +45,11 @@ __all__ = ["cli", "main"]
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Run and inspect the Tether daemon."""
+    """Run and inspect the Tether daemon.
+
+    Plugins load from the installed distributions (`tetherd plugins` lists them); set
+    TETHER_DISABLE_PLUGIN_AUTOLOAD=1 to load only the builtin ones.
+    """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

@@ -112,6 +112,7 @@ def _local_user() -> str:
     type=click.Choice(["text", "json", "yaml"]),
     default="text",
     show_default=True,
+    help="text for people, json or yaml for scripts.",
 )
 @click.argument("selectors", nargs=-1)
 @run_async
