@@ -3,7 +3,7 @@
 Real ``tetherd`` processes on 127.0.0.1 at ``log.severity: INFO``, as an operator runs them: a
 cluster (auth + proxy) and nodes joined through its proxy. Before libraries were held to
 WARNING, an idle root, leaf and two nodes wrote 299 lines in three minutes, every one an
-``httpx`` request line; now an idle cluster writes none.
+``httpx`` request line; now an idle cluster writes none (docs/operating.md, "Logs").
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """An operator asks ``tetherctl status`` what the cluster is and what is connected to it.
 
 Real processes on 127.0.0.1: a root cluster with a node joined through its proxy, and a leaf
-that trusts the root as the guide sets it up (docs/operating.md, "Is everything connected?").
+that trusts the root as the guide sets it up (docs/operating.md, "Is everything connected?";
+docs/trusted-clusters.md, "Observability").
 """
 
 from __future__ import annotations
