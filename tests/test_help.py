@@ -23,19 +23,23 @@ from tether.testing.cluster import run_cli
 PROGRAMS = ("tetherd", "tetherctl", "tether")
 
 
+@pytest.fixture(autouse=True)
+def _root_logger() -> Iterator[None]:
+    """The programs set up logging to this test's captured stderr: leave no handler behind."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in set(root.handlers) - set(handlers):
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
 def _built(program: str, monkeypatch: pytest.MonkeyPatch) -> click.Group:
     """The program's command group as ``main()`` leaves it: plugins' commands added."""
     module = importlib.import_module(f"tether.cli.{program}")
     monkeypatch.setattr(sys, "argv", [program, "--help"])
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        with pytest.raises(SystemExit) as exited:
-            module.main()
-    finally:  # main() logs to this test's captured stderr: leave no handler behind
-        for handler in set(root.handlers) - set(handlers):
-            root.removeHandler(handler)
-        root.setLevel(level)
+    with pytest.raises(SystemExit) as exited:
+        module.main()
     assert exited.value.code == 0
     group: click.Group = module.cli
     return group
