@@ -13,7 +13,14 @@ import click
 import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
-from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
+from tether.cli._common import (
+    emit_table,
+    format_option,
+    output,
+    plugin_manager,
+    run_async,
+    setup_cli_logging,
+)
 from tether.client.profile import (
     Profile,
     clear_profiles,
@@ -174,14 +181,7 @@ async def _check_visible(profile: Profile, cluster: str) -> None:
 
 
 @cli.command()
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @run_async
 async def clusters(fmt: str) -> None:
     """List the root cluster and the leaf clusters you can reach."""
@@ -291,14 +291,7 @@ def _human(delta: datetime.timedelta) -> str:
 
 
 @cli.command()
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 def status(fmt: str) -> None:
     """Show the current login: proxy, user, cluster, roles, logins, expiry."""
     data = _status_json()

@@ -24,6 +24,7 @@ from tether.cli._common import (
     config_path_from_argv,
     configured_disabled,
     emit_table,
+    format_option,
     output,
     plugin_manager,
     run_async,
@@ -121,10 +122,10 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 @cli.command()
 @click.argument("ref", metavar="KIND[/NAME]")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["yaml", "json", "text"]),
+@format_option(
+    "yaml",
+    "json",
+    "text",
     default="yaml",
     help="yaml and json round-trip through create; text is a table.",
 )
@@ -224,13 +225,7 @@ def rolemap() -> None:
 @rolemap.command("test")
 @click.option("--cluster", required=True, help="The trusted root cluster (trusted_cluster name).")
 @click.option("--roles", required=True, help="Root roles to map, comma-separated.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @click.pass_context
 @run_async
 async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -> None:
@@ -322,13 +317,7 @@ async def users_add(
 
 
 @users.command("ls")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @click.pass_context
 @run_async
 async def users_ls(ctx: click.Context, fmt: str) -> None:
@@ -401,13 +390,7 @@ def tokens() -> None:
 @click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    help="text for people, json for scripts.",
-)
+@format_option("text", "json")
 @click.pass_context
 @run_async
 async def tokens_add(
@@ -432,13 +415,7 @@ async def tokens_add(
 
 
 @tokens.command("ls")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @click.pass_context
 @run_async
 async def tokens_ls(ctx: click.Context, fmt: str) -> None:
@@ -484,13 +461,7 @@ def audit() -> None:
 @click.option("--type", "type_name", help="Event type, e.g. user.login.failed (prefixes match).")
 @click.option("--since", help="How far back, e.g. 1h (default: everything).")
 @click.option("--limit", default=1000, show_default=True, help="Show at most this many events.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @click.pass_context
 @run_async
 async def audit_search(
@@ -525,13 +496,7 @@ _STATUS_NAMES = 10
 
 
 @cli.command()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @click.pass_context
 @run_async
 async def status(ctx: click.Context, fmt: str) -> None:

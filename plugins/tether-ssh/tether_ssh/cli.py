@@ -31,6 +31,7 @@ from tether.api import (
     cluster_host_cas,
     current_profile,
     emit_table,
+    format_option,
     leaf_clusters,
     list_targets,
     load_private_key,
@@ -105,15 +106,7 @@ def _local_user() -> str:
 
 @click.command("ls")
 @click.option("--cluster", help="List the nodes of this cluster (default: the one logged in to).")
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    show_default=True,
-    help="text for people, json or yaml for scripts.",
-)
+@format_option()
 @click.argument("selectors", nargs=-1)
 @run_async
 async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
