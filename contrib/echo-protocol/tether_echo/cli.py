@@ -22,6 +22,7 @@ from tether.api import (
     TetherError,
     current_profile,
     emit_table,
+    format_option,
     list_targets,
     open_target_stream,
     output,
@@ -81,7 +82,7 @@ def echo_group() -> None:
 
 @echo_group.command("ls")
 @click.option("--cluster", help="List the echo services of this cluster (default: the login's).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @run_async
 async def ls(cluster: str | None, fmt: str) -> None:
     """List the echo services you can reach."""

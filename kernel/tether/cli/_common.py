@@ -30,6 +30,7 @@ __all__ = [
     "configured_disabled",
     "emit_table",
     "fail",
+    "format_option",
     "output",
     "plugin_manager",
     "report",
@@ -172,6 +173,28 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         tabulate(
             [list(r) for r in rows], headers=list(headers), tablefmt="simple", disable_numparse=True
         )
+    )
+
+
+def format_option(
+    *choices: str, default: str = "text", help: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """The ``-f/--format`` option of a command that prints something, passed as ``fmt``.
+
+    :param choices: the formats it prints (default ``text``, ``json`` and ``yaml``); print
+        json and yaml with :func:`output`.
+    :param help: what the formats are for, when the default sentence does not say it.
+    """
+    choices = choices or ("text", "json", "yaml")
+    scripts = " or ".join(c for c in choices if c != "text")
+    return click.option(
+        "-f",
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help=help or f"text for people, {scripts} for scripts.",
     )
 
 

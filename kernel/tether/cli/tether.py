@@ -16,7 +16,14 @@ from click.decorators import FC
 import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
-from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
+from tether.cli._common import (
+    emit_table,
+    format_option,
+    output,
+    plugin_manager,
+    run_async,
+    setup_cli_logging,
+)
 from tether.client.profile import (
     CLUSTER_ENV,
     HOME_ENV,
@@ -249,7 +256,7 @@ async def _check_visible(profile: Profile, cluster: str) -> None:
 
 
 @cli.command()
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @run_async
 async def clusters(fmt: str) -> None:
     """List the root cluster and the leaf clusters you can reach."""
@@ -369,7 +376,7 @@ def _human(delta: datetime.timedelta) -> str:
 
 
 @cli.command()
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 def status(fmt: str) -> None:
     """Show the current login: proxy, user, cluster, roles, logins, expiry."""
     data = _status_json()

@@ -172,9 +172,10 @@ nodename: $nodename
 data_dir: $data_dir
 
 log:
-  # DEBUG, INFO, WARN (or WARNING) or ERROR; `tetherd --debug` forces DEBUG.
+  # DEBUG, INFO, WARN (or WARNING) or ERROR, for Tether's own lines; libraries (httpx,
+  # asyncssh, hypercorn) write WARNING and above. `tetherd start --debug` logs everything.
   severity: INFO
-  # text for people, json for log collectors (one object per line).
+  # text for people, json for log collectors (one object per line); --log-format overrides.
   format: text
 
 storage:

@@ -33,6 +33,7 @@ __all__ = [
     "ConnectorRef",
     "CreatedBy",
     "ProxySpec",
+    "ProxyStatus",
     "RoleConditions",
     "RoleOptions",
     "RoleSpec",
@@ -361,6 +362,17 @@ class ProxySpec:
     version: str = ""
 
 
+@attrs.frozen
+class ProxyStatus:
+    """What a proxy reports about itself each time it renews its entry.
+
+    :param root_tunnels: on a leaf, each root cluster this proxy keeps tunnels to, with the
+        root's proxies a tunnel is up to now (empty while none is).
+    """
+
+    root_tunnels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+
 def _validate_proxy(resource: Resource) -> None:
     spec: ProxySpec = resource.spec
     host, sep, port = spec.public_addr.rpartition(":")
@@ -376,6 +388,7 @@ PROXY = ResourceKind(
     aliases=("proxies",),
     versions=("v2",),
     spec_type=ProxySpec,
+    status_type=ProxyStatus,
     storage_prefix="/proxies/",
     validate=_validate_proxy,
     published_by="proxy",

@@ -33,6 +33,7 @@ from tether.api import (
     cluster_host_cas,
     current_profile,
     emit_table,
+    format_option,
     known_hosts_ca_line,
     leaf_clusters,
     list_targets,
@@ -114,14 +115,7 @@ def _local_user() -> str:
     show_envvar=True,
     help="List the nodes of this cluster (default: the one logged in to).",
 )
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    show_default=True,
-)
+@format_option()
 @click.argument("selectors", nargs=-1)
 @run_async
 async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
