@@ -13,7 +13,14 @@ import click
 import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
-from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
+from tether.cli._common import (
+    debug_option_everywhere,
+    emit_table,
+    output,
+    plugin_manager,
+    run_async,
+    setup_cli_logging,
+)
 from tether.client.profile import (
     Profile,
     clear_profiles,
@@ -41,7 +48,7 @@ def _read_password(password_stdin: bool, prompt: str = "Password") -> str:
 
 
 @click.group()
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.option("-d", "--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Log in to a Tether cluster and reach its resources."""
@@ -329,6 +336,7 @@ def main() -> None:
         plugin_manager().hook.tether_cli_commands(program="tether", cli=cli)
     except TetherError as exc:
         click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
+    debug_option_everywhere(cli)
     cli(obj={})
 
 
