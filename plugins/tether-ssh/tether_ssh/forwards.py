@@ -5,7 +5,7 @@ Plain values, parsed as ``ssh`` parses them; :mod:`tether_ssh.client` does the f
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import attrs
 
@@ -20,8 +20,36 @@ __all__ = [
 ]
 
 
+def _check_port(name: str, value: int, lowest: int = 1) -> None:
+    if not lowest <= value < 65536:
+        raise ValueError(f"{name} must be between {lowest} and 65535, not {value}")
+
+
 @attrs.frozen(kw_only=True)
-class LocalForward:
+class _PortForward:
+    """``[bind_address:]port:host:hostport``, the shape of ``-L`` and ``-R``."""
+
+    #: The lowest listening port the forward takes (``-R`` takes 0: the node chooses).
+    lowest_port: ClassVar[int] = 1
+
+    bind_address: str | None = None
+    port: int
+    host: str
+    host_port: int
+
+    def __attrs_post_init__(self) -> None:
+        _check_port("port", self.port, self.lowest_port)
+        _check_port("host_port", self.host_port)
+        if not self.host:
+            raise ValueError("host must not be empty")
+
+    def __str__(self) -> str:
+        bind = f"{bracketed(self.bind_address)}:" if self.bind_address else ""
+        return f"{bind}{self.port}:{bracketed(self.host)}:{self.host_port}"
+
+
+@attrs.frozen(kw_only=True)
+class LocalForward(_PortForward):
     """One ``-L [bind_address:]port:host:hostport``: listen here, connect from the node there.
 
     :param bind_address: the local address to listen on; None for the loopback addresses (as
@@ -31,25 +59,9 @@ class LocalForward:
     :param host_port: the port the node connects to.
     """
 
-    bind_address: str | None = None
-    port: int
-    host: str
-    host_port: int
-
-    def __attrs_post_init__(self) -> None:
-        for name, value in (("port", self.port), ("host_port", self.host_port)):
-            if not 0 < value < 65536:
-                raise ValueError(f"{name} must be between 1 and 65535, not {value}")
-        if not self.host:
-            raise ValueError("host must not be empty")
-
-    def __str__(self) -> str:
-        bind = f"{bracketed(self.bind_address)}:" if self.bind_address else ""
-        return f"{bind}{self.port}:{bracketed(self.host)}:{self.host_port}"
-
 
 @attrs.frozen(kw_only=True)
-class RemoteForward:
+class RemoteForward(_PortForward):
     """One ``-R [bind_address:]port:host:hostport``: the node listens, this side connects.
 
     :param bind_address: the address asked for on the node; the node listens on its loopback
@@ -59,22 +71,7 @@ class RemoteForward:
     :param host_port: the port this client connects to.
     """
 
-    bind_address: str | None = None
-    port: int
-    host: str
-    host_port: int
-
-    def __attrs_post_init__(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be between 0 and 65535, not {self.port}")
-        if not 0 < self.host_port < 65536:
-            raise ValueError(f"host_port must be between 1 and 65535, not {self.host_port}")
-        if not self.host:
-            raise ValueError("host must not be empty")
-
-    def __str__(self) -> str:
-        bind = f"{bracketed(self.bind_address)}:" if self.bind_address else ""
-        return f"{bind}{self.port}:{bracketed(self.host)}:{self.host_port}"
+    lowest_port: ClassVar[int] = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -90,8 +87,7 @@ class DynamicForward:
     port: int
 
     def __attrs_post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
+        _check_port("port", self.port)
 
     def __str__(self) -> str:
         bind = f"{bracketed(self.bind_address)}:" if self.bind_address else ""
