@@ -65,6 +65,21 @@ spec:
     node_labels: {{'*': '*'}}
   options:
     port_forwarding: false
+---
+kind: role
+version: v7
+metadata: {{name: direct-only}}
+spec:
+  allow:
+    logins: [{LOGIN}]
+    node_labels: {{via: direct}}
+---
+kind: role
+version: v7
+metadata: {{name: dev-viewer}}
+spec:
+  allow:
+    node_labels: {{env: dev}}
 """
 GREETING = b"hello from a service on this side\n"
 
@@ -113,19 +128,22 @@ def site(tmp_path_factory: pytest.TempPathFactory, os_user: pwd.struct_passwd) -
             "ssh_service": {
                 "enabled": True,
                 "listen_addr": "127.0.0.1:0",
-                "labels": {"env": "dev"},
+                "labels": {"env": "dev", "via": "direct"},
             },
         },
     )
     node: RunningNode | None = None
     try:
-        node = start_node(cluster, directory / "tunnel", "tunnel-node", labels={"env": "dev"})
+        node = start_node(
+            cluster, directory / "tunnel", "tunnel-node", labels={"env": "dev", "via": "tunnel"}
+        )
         roles = directory / "roles.yaml"
         roles.write_text(ROLES)
         cluster.tetherctl("create", str(roles))
         cluster.add_user("alice", PASSWORD, roles=["forwarder"])
         cluster.add_user("bob", PASSWORD, roles=["no-forwarding"])
-        for user in ("alice", "bob"):
+        cluster.add_user("carol", PASSWORD, roles=["direct-only", "dev-viewer"])
+        for user in ("alice", "bob", "carol"):
             cluster.login(user, PASSWORD)
         wait_for(
             lambda: len(json.loads(cluster.tether("alice", "ls", "--format=json").stdout)) == 2,
@@ -459,6 +477,16 @@ def test_exit_status_of_several_nodes_is_the_highest(site: Site) -> None:
     port = next(n["addr"] for n in nodes if n["hostname"] == "auth-node").rsplit(":", 1)[1]
     command = f'case "$SSH_CONNECTION" in *" {port}") exit 4;; *) exit 1;; esac'
     assert site.tether("alice", "ssh", f"{LOGIN}@env=dev", command).returncode == 4
+
+
+def test_a_node_that_refuses_is_named_and_the_others_still_run(site: Site) -> None:
+    # carol sees both nodes, and may log in as visitor on the directly joined one only
+    ran = site.tether("carol", "ssh", f"{LOGIN}@env=dev", "echo ran")
+    assert ran.returncode == 255
+    assert ran.stdout == "[auth-node] ran\n"
+    (refusal,) = ran.stderr.splitlines()
+    assert refusal.startswith("[tunnel-node] ERROR: ")
+    assert "do not match the node_labels of roles direct-only" in refusal
 
 
 @pytest.mark.parametrize(
