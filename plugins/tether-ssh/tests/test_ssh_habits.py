@@ -414,6 +414,18 @@ def test_remote_forward_lets_the_node_reach_a_service_on_this_side(
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_remote_forward_to_nothing_here_is_reported_and_closed_at_once(site: Site) -> None:
+    port, nothing = free_port(), free_port()
+    started = time.monotonic()
+    ran = site.tether(
+        "alice", "ssh", "-R", f"{port}:127.0.0.1:{nothing}", f"{LOGIN}@tunnel-node",
+        f"curl --silent --max-time 20 http://127.0.0.1:{port}/ || echo failed",
+    )  # fmt: skip
+    assert (ran.returncode, ran.stdout) == (0, "failed\n"), ran.stderr
+    assert f"connect to 127.0.0.1 port {nothing} failed: Connection refused" in ran.stderr
+    assert time.monotonic() - started < 15  # the node's connection closed, not timed out
+
+
 def test_remote_forward_on_any_port_reports_the_port_the_node_chose(
     site: Site, http_service: int
 ) -> None:

@@ -264,7 +264,8 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
         self._chan: asyncssh.SSHClientChannel[bytes] | asyncssh.SSHTCPChannel[bytes] | None = None
         self._inboxes = {None: _Inbox(), asyncssh.EXTENDED_DATA_STDERR: _Inbox()}
         self._reading_paused = False
-        self._writable = trio.Event()  # set once open: a forwarded channel arrives unopened
+        self._opened = trio.Event()  # a channel the node opens (-R) arrives before it is open
+        self._writable = trio.Event()
         self._closed = trio.Event()
         self.error: Exception | None = None
         self.exit_status: int | None = None
@@ -278,6 +279,7 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
         self._chan = chan
         chan.set_write_buffer_limits(_SEND_HIGH, _SEND_LOW)
         self._writable.set()
+        self._opened.set()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         inbox = self._inboxes.get(datatype)
@@ -311,6 +313,7 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
         for inbox in self._inboxes.values():
             inbox.close()
         self._writable.set()
+        self._opened.set()
         self._closed.set()
 
     # trio's side
@@ -344,6 +347,10 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
     def close(self) -> None:
         if self._chan is not None:
             self._chan.close()
+
+    async def wait_open(self) -> None:
+        """Until asyncssh opened the channel (or it was lost before)."""
+        await self._opened.wait()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -924,12 +931,16 @@ async def _serve_listener(
 
 async def _connect_back(forward: RemoteForward, channel: _ChannelIO, report: int) -> None:
     """One connection the node accepted for a ``-R`` forward, to its destination here."""
+    await channel.wait_open()
     try:
         stream = await trio.open_tcp_stream(forward.host, forward.host_port)
     except OSError as exc:
-        _report(
-            report, f"connect to {forward.host} port {forward.host_port} failed: {_reason(exc)}"
-        )
+        cause = exc.__cause__  # trio's "all attempts failed" hides each attempt's reason
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        errno = cause.errno if isinstance(cause, OSError) else None
+        reason = os.strerror(errno) if errno else _reason(exc)
+        _report(report, f"connect to {forward.host} port {forward.host_port} failed: {reason}")
         channel.close()
         return
     try:
