@@ -89,7 +89,7 @@ from tether.resources import (
     resource_from_dict,
 )
 from tether.services import Service, ServiceContext
-from tether.targets import Target, TargetKind
+from tether.targets import Target, TargetKind, TargetQuery, matching_targets
 from tether.token_types import TokenType
 from tether.trust import RoleMapRule, expand_groups
 from tether.tunnel.forward import splice
@@ -148,6 +148,7 @@ __all__ = [
     "Target",
     "TargetKind",
     "TargetOffline",
+    "TargetQuery",
     "TetherError",
     "TokenType",
     "TrustError",
@@ -163,6 +164,7 @@ __all__ = [
     "leaf_clusters",
     "list_targets",
     "load_private_key",
+    "matching_targets",
     "not_blank",
     "open_sqlite",
     "open_target_stream",

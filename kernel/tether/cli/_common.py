@@ -28,6 +28,7 @@ from tether.yamlio import dump_yaml
 __all__ = [
     "config_path_from_argv",
     "configured_disabled",
+    "debug_option_everywhere",
     "emit_table",
     "fail",
     "format_option",
@@ -129,6 +130,34 @@ def run_async(func: Callable[P, Awaitable[R]]) -> Callable[P, R]:
 
 def setup_cli_logging(debug: bool, severity: str = "WARNING") -> None:
     setup_logging(severity, "text", debug=debug)
+
+
+def _turn_on_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["debug"] = True
+        setup_cli_logging(True)
+
+
+def debug_option_everywhere(group: click.Group) -> None:
+    """Give every subcommand of ``group`` (plugins' too, so call it once they are added) the
+    group's ``-d/--debug``: ``tether ssh -d NODE`` as well as ``tether -d ssh NODE``, as tsh
+    takes its global flags anywhere. A subcommand's arguments after its own positional ones
+    (a remote command's ``-d``) stay its own."""
+    for command in group.commands.values():
+        if not any("--debug" in getattr(p, "opts", ()) for p in command.params):
+            command.params.append(
+                click.Option(
+                    ["-d", "--debug"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_turn_on_debug,
+                    help="Verbose logs and tracebacks.",
+                )
+            )
+        if isinstance(command, click.Group):
+            debug_option_everywhere(command)
 
 
 _PM: dict[str, TetherPluginManager] = {}

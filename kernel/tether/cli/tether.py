@@ -17,6 +17,7 @@ import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.cli._common import (
+    debug_option_everywhere,
     emit_table,
     format_option,
     output,
@@ -67,7 +68,7 @@ Environment variables (as tsh's TELEPORT_*):
 
 
 @click.group(epilog=_ENVIRONMENT)
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.option("-d", "--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Log in to a Tether cluster and reach its resources."""
@@ -421,6 +422,7 @@ def main() -> None:
         plugin_manager().hook.tether_cli_commands(program="tether", cli=cli)
     except TetherError as exc:
         click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
+    debug_option_everywhere(cli)
     cli(obj={})
 
 
