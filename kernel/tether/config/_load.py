@@ -138,7 +138,7 @@ def _teleport_log(value: Any, *, has_log: bool) -> tuple[dict[str, Any] | None, 
         if key == "severity":
             log["severity"] = item
         elif key == "output":
-            if item not in ("stderr", "stdout"):
+            if item != "stderr":
                 problems.append(
                     (
                         (*where, "output"),
