@@ -235,8 +235,8 @@ log:
   format: text
 
 storage:
-  # The backend URL, e.g. postgresql://tether@db/tether; null keeps everything in
-  # sqlite:///<data_dir>/backend.sqlite.
+  # The backend URL; its scheme is one of those installed here: $storage_schemes.
+  # null keeps everything in sqlite:///<data_dir>/backend.sqlite.
   url: null
 
 plugins:
@@ -344,5 +344,8 @@ def render_default_config(schema: ConfigSchema | None = None) -> str:
         shown = "~/" + data_dir.relative_to(home).as_posix()
     else:
         shown = data_dir.as_posix()
-    kernel = _TEMPLATE.substitute(nodename=_scalar(config.nodename), data_dir=_scalar(shown))
+    schemes = ", ".join(schema.storage_schemes) or "none"
+    kernel = _TEMPLATE.substitute(
+        nodename=_scalar(config.nodename), data_dir=_scalar(shown), storage_schemes=schemes
+    )
     return kernel + plugins
