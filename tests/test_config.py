@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
+import tether_hooktest
 
 from tether.config import (
     CaAlgorithm,
@@ -33,6 +34,7 @@ from tether.config import (
 from tether.errors import ConfigError
 from tether.logs import setup_logging
 from tether.plugins import get_plugin_manager
+from tether.testing.cluster import run_cli
 from tether.yamlio import dump_yaml
 
 FULL_EXAMPLE = """\
@@ -628,3 +630,21 @@ def test_error_severity_quiets_libraries_warnings_too(root_logger: logging.Logge
 
     assert "worker is slow" not in out.getvalue()
     assert "worker died" in out.getvalue()
+
+
+def _configure_storage_comment(env: dict[str, str]) -> str:
+    out = run_cli("tetherd", "configure", env=env).stdout
+    return out.split("\nstorage:\n", 1)[1].split("\n  url:", 1)[0]
+
+
+def test_tetherd_configure_offers_only_the_storage_backends_installed(
+    tmp_path: pathlib.Path,
+) -> None:
+    plain = _configure_storage_comment({tether_hooktest.LOG_ENV: ""})
+    with_plugin = _configure_storage_comment(
+        {tether_hooktest.LOG_ENV: str(tmp_path / "hooks.jsonl")}
+    )
+
+    assert "those installed here: sqlite." in plain
+    assert "postgresql" not in plain
+    assert "those installed here: hooktest, sqlite." in with_plugin

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+import trio
 
 import tether
 from tether import pki
@@ -41,6 +42,7 @@ from tether.errors import AccessDenied, NotFound, TetherError
 from tether.resources import (
     CertAuthoritySpec,
     KindRegistry,
+    Resource,
     ResourceKind,
     parse_resources,
     resource_from_dict,
@@ -186,6 +188,8 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> None:
     """Show resources: tetherctl get role/visitor > visitor.yaml round-trips.
 
+    ``tetherctl get all`` shows every resource of every kind.
+
     ``tetherctl get connectors`` lists every way to log in (password connectors and the
     single sign-on connector resources of every kind), by name and type.
     """
@@ -193,10 +197,19 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
     if kind_name in ("connectors", "connector") and not name:
         await _get_connectors(ctx, fmt)
         return
-    kind = _registry(ctx).get(kind_name)
     target = _connect(ctx)
-    async with target.client as client:
-        docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
+    if kind_name == "all" and not name:
+        # as ``tctl get all``: every resource of every kind, in one file ``create`` accepts
+        async with target.client as client:
+            docs = [
+                doc
+                for kind in _registry(ctx).kinds()
+                for doc in await client.get_resources(kind.name, with_secrets=with_secrets)
+            ]
+    else:
+        kind = _registry(ctx).get(kind_name)
+        async with target.client as client:
+            docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
     if fmt == "json":
         click.echo(json.dumps(docs[0] if name else docs, indent=2))
     elif fmt == "yaml":
@@ -248,6 +261,74 @@ async def update(ctx: click.Context, ref: str, labels: str) -> None:
         await client.create_resources([doc], force=True)
     shown = ",".join(f"{k}={v}" for k, v in sorted(new_labels.items())) or "(none)"
     click.echo(f'{kind.name} "{name}" labels set to {shown}')
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME")
+@click.pass_context
+@run_async
+async def edit(ctx: click.Context, ref: str) -> None:
+    """Edit a resource in $VISUAL or $EDITOR and apply it when saved, as kubectl edit does.
+
+    A document that does not validate is opened again with the error at the top; saving it
+    unchanged gives up with that error. Closing the editor without changes changes nothing.
+    """
+    kind_name, name = _split_ref(ref)
+    if not name:
+        raise TetherError(f"{ref!r} names no resource", hint="use KIND/NAME, e.g. role/visitor")
+    registry = _registry(ctx)
+    kind = registry.get(kind_name)
+    target = _connect(ctx)
+    async with target.client as client:
+        [doc] = await client.get_resources(kind.name, name, with_secrets=True)
+        doc["metadata"].pop("revision", None)
+        original = text = dump_yaml(doc)
+        while True:
+            edited = await trio.to_thread.run_sync(_open_editor, text)
+            if edited is None or edited == original:
+                click.echo("Edit cancelled, no changes made.")
+                return
+            try:
+                [resource] = _edited_resource(edited, f"{kind.name}/{name}", registry)
+            except TetherError as exc:
+                if edited == text:  # saved again as it was shown: the user gives up
+                    raise
+                text = "".join(f"# {line}\n" for line in _edit_error(exc)) + _uncommented(edited)
+                continue
+            messages = await client.create_resources(
+                [_read_token_file(resource_to_dict(resource, with_secrets=True))], force=True
+            )
+            for message in messages:
+                click.echo(message)
+            return
+
+
+def _open_editor(text: str) -> str | None:
+    """``text`` as the user saved it from $VISUAL or $EDITOR (vi when neither is set)."""
+    return click.edit(text, extension=".yaml", require_save=False)
+
+
+def _edited_resource(text: str, ref: str, registry: KindRegistry) -> list[Resource]:
+    """The one resource an edit may save: the same kind and name it opened."""
+    resources = parse_resources(text, ref, registry)
+    if [(r.kind, r.name) for r in resources] != [tuple(ref.split("/", 1))]:
+        raise TetherError(
+            f"{ref}: the edited file must hold {ref} alone; edit neither renames nor adds",
+            hint="create other resources with tetherctl create -f FILE",
+        )
+    return resources
+
+
+def _edit_error(exc: TetherError) -> list[str]:
+    return ["Please edit the resource below; lines starting with '#' are ignored.", str(exc)]
+
+
+def _uncommented(text: str) -> str:
+    """``text`` without the error header a previous attempt added."""
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
 
 
 @cli.command()
