@@ -24,7 +24,16 @@ from tether import __version__
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.sso_flows import SSORequest, is_loopback_http
 from tether.backend import Backend, BackendType, open_sqlite
-from tether.cli import emit_table, output, run_async, run_trio, shared_group
+from tether.cli import (
+    complete_clusters,
+    completer,
+    emit_table,
+    format_option,
+    output,
+    run_async,
+    run_trio,
+    shared_group,
+)
 from tether.client.clusters import leaf_clusters
 from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
 from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
@@ -134,9 +143,12 @@ __all__ = [
     "TrustError",
     "__version__",
     "cluster_host_cas",
+    "complete_clusters",
+    "completer",
     "current_profile",
     "emit_table",
     "expand_groups",
+    "format_option",
     "hookimpl",
     "is_loopback_http",
     "known_hosts_ca_line",

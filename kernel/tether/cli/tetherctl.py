@@ -22,15 +22,20 @@ from tether import pki
 from tether.audit import AuditQuery
 from tether.auth.http_client import AuthClient, admin_client
 from tether.cli._common import (
+    complete_var,
+    completer,
+    completion_command,
     config_path_from_argv,
     configured_disabled,
     emit_table,
+    format_option,
     output,
     plugin_manager,
     run_async,
     setup_cli_logging,
     split_csv,
     split_kv,
+    version_info,
 )
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import load_config
@@ -59,8 +64,15 @@ class Target:
         self.proxy = proxy
 
 
+def _config_path(ctx: click.Context) -> str | os.PathLike[str] | None:
+    """``-c``, else ``$TETHER_CONFIG``; read from the program's own parameters too, as shell
+    completion parses them without running the group."""
+    found = (ctx.obj or {}).get("config") or ctx.find_root().params.get("config")
+    return found or os.environ.get(CONFIG_ENV)
+
+
 def _connect(ctx: click.Context) -> Target:
-    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
+    config_path = _config_path(ctx)
     if config_path:
         client, proxy = admin_client(load_config(pathlib.Path(config_path)))
         return Target(client, proxy)
@@ -76,8 +88,25 @@ def _connect(ctx: click.Context) -> Target:
 
 
 def _registry(ctx: click.Context) -> KindRegistry:
-    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
-    return KindRegistry.from_plugins(plugin_manager(configured_disabled(config_path)))
+    return KindRegistry.from_plugins(plugin_manager(configured_disabled(_config_path(ctx))))
+
+
+async def _resource_refs(ctx: click.Context, incomplete: str) -> list[str]:
+    """``KIND`` names while the kind is typed; ``KIND/NAME`` of what the cluster holds after
+    the slash (the names the caller may see)."""
+    kind_name, slash, _ = incomplete.partition("/")
+    registry = _registry(ctx)
+    if not slash:
+        return [kind.name for kind in registry.kinds()]
+    kind = registry.get(kind_name)
+    async with _connect(ctx).client as client:
+        docs = await client.get_resources(kind.name)
+    return [f"{kind_name}/{doc['metadata']['name']}" for doc in docs]
+
+
+async def _user_names(ctx: click.Context, incomplete: str) -> list[str]:
+    async with _connect(ctx).client as client:
+        return [doc["metadata"]["name"] for doc in await client.get_resources("user")]
 
 
 @click.group()
@@ -126,8 +155,8 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND[/NAME]")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "text"]), default="yaml")
+@click.argument("ref", metavar="KIND[/NAME]", shell_complete=completer(_resource_refs))
+@format_option(default="yaml")
 @click.option("--with-secrets", is_flag=True, help="Include secret fields.")
 @click.pass_context
 @run_async
@@ -162,16 +191,15 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
 async def _get_connectors(ctx: click.Context, fmt: str) -> None:
     async with _connect(ctx).client as client:
         found = (await client.call("GET", "/v1/connectors"))["connectors"]
-    if fmt == "json":
-        click.echo(json.dumps(found, indent=2))
-    elif fmt == "yaml":
-        click.echo(dump_yaml(found), nl=False)
-    else:
-        emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found])
+    output(
+        found,
+        fmt,
+        text=lambda: emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found]),
+    )
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.option(
     "--set-labels",
     "labels",
@@ -199,7 +227,7 @@ async def update(ctx: click.Context, ref: str, labels: str) -> None:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.pass_context
 @run_async
 async def rm(ctx: click.Context, ref: str) -> None:
@@ -224,7 +252,7 @@ def rolemap() -> None:
 @rolemap.command("test")
 @click.option("--cluster", required=True, help="The trusted root cluster (trusted_cluster name).")
 @click.option("--roles", required=True, help="Root roles to map, comma-separated.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -> None:
@@ -235,7 +263,7 @@ async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -
     async with target.client as client:
         [doc] = await client.get_resources("trusted_cluster", cluster)
     rules = parse_role_map(doc["spec"].get("role_map", []))
-    pm = plugin_manager(configured_disabled(ctx.obj.get("config") or os.environ.get(CONFIG_ENV)))
+    pm = plugin_manager(configured_disabled(_config_path(ctx)))
     mappings = map_roles(pm, rules, split_csv(roles), cluster)
     rows = [
         {
@@ -245,19 +273,20 @@ async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -
         }
         for m in mappings
     ]
-    if fmt != "text":
-        output(rows, fmt)
-        return
-    emit_table(
-        ["Remote Role", "Local Roles", "Matched Rule"],
-        [
-            (
-                m.remote_role,
-                ", ".join(m.local_roles) or "-",
-                m.rule.remote if m.rule is not None else "(unmapped)",
-            )
-            for m in mappings
-        ],
+    output(
+        rows,
+        fmt,
+        text=lambda: emit_table(
+            ["Remote Role", "Local Roles", "Matched Rule"],
+            [
+                (
+                    m.remote_role,
+                    ", ".join(m.local_roles) or "-",
+                    m.rule.remote if m.rule is not None else "(unmapped)",
+                )
+                for m in mappings
+            ],
+        ),
     )
 
 
@@ -316,7 +345,7 @@ async def users_add(
 
 
 @users.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def users_ls(ctx: click.Context, fmt: str) -> None:
@@ -324,17 +353,18 @@ async def users_ls(ctx: click.Context, fmt: str) -> None:
     target = _connect(ctx)
     async with target.client as client:
         docs = await client.get_resources("user")
-    if fmt != "text":
-        output(docs, fmt)
-        return
-    emit_table(
-        ["User", "Roles"],
-        [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+    output(
+        docs,
+        fmt,
+        text=lambda: emit_table(
+            ["User", "Roles"],
+            [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+        ),
     )
 
 
 @users.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=completer(_user_names))
 @click.pass_context
 @run_async
 async def users_rm(ctx: click.Context, name: str) -> None:
@@ -345,7 +375,7 @@ async def users_rm(ctx: click.Context, name: str) -> None:
 
 
 @users.command("update")
-@click.argument("name")
+@click.argument("name", shell_complete=completer(_user_names))
 @click.option("--set-roles", help="Replace the user's roles (comma-separated).")
 @click.option("--set-logins", help="Replace the user's logins trait (comma-separated).")
 @click.option("--set-traits", help="Replace these traits: key=value,...")
@@ -389,13 +419,16 @@ def tokens() -> None:
 @click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def tokens_add(
     ctx: click.Context, type_name: str, ttl: str, labels: str | None, fmt: str
 ) -> None:
-    """Create a token; prints it with its expiry and the cluster CA pin."""
+    """Create a token; prints it with its expiry and the cluster CA pin.
+
+    With --format=json or yaml, tctl's shape: {token, type, expires, ca_pin, ...}.
+    """
     try:
         ttl_delta = parse_duration(ttl)
     except ValueError as exc:
@@ -404,8 +437,8 @@ async def tokens_add(
     target = _connect(ctx)
     async with target.client as client:
         info = await client.add_token(type_name, ttl_delta, label_map)
-    if fmt == "json":
-        click.echo(json.dumps(info, indent=2))
+    if fmt != "text":
+        output(info, fmt)
         return
     what = "cluster invite token" if type_name == "trusted_cluster" else "invite token"
     click.echo(f"The {what}: {info['token']}")
@@ -414,17 +447,34 @@ async def tokens_add(
 
 
 @tokens.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def tokens_ls(ctx: click.Context, fmt: str) -> None:
-    """List tokens that have not expired."""
+    """List tokens that have not expired.
+
+    With --format=json or yaml, each token as a resource, as tctl prints them: kind token,
+    metadata.name the token, metadata.expires, spec.roles its type.
+    """
     target = _connect(ctx)
     async with target.client as client:
         found = await client.list_tokens()
-    if fmt != "text":
-        output(found, fmt)
-        return
+    output([_token_resource(t) for t in found], fmt, text=lambda: _tokens_table(found))
+
+
+def _token_resource(token: Mapping[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": token["token"], "labels": dict(token.get("labels", {}))}
+    if token["expires"]:
+        metadata["expires"] = token["expires"]
+    return {
+        "kind": "token",
+        "version": "v2",
+        "metadata": metadata,
+        "spec": {"roles": [token["type"]]},
+    }
+
+
+def _tokens_table(found: list[dict[str, Any]]) -> None:
     now = datetime.datetime.now(datetime.UTC)
     rows = []
     for t in found:
@@ -460,7 +510,7 @@ def audit() -> None:
 @click.option("--type", "type_name", help="Event type, e.g. user.login.failed (prefixes match).")
 @click.option("--since", help="How far back, e.g. 1h (default: everything).")
 @click.option("--limit", default=1000, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def audit_search(
@@ -478,16 +528,21 @@ async def audit_search(
         events = await client.search_audit(
             AuditQuery(type=type_name, since=since_time, limit=limit)
         )
-    if fmt != "text":
-        output([e.to_json() for e in events], fmt)
-        return
-    rows = []
-    for e in events:
-        details = ", ".join(f"{k}={v}" for k, v in e.fields.items())
-        rows.append(
-            (f"{e.time:%Y-%m-%d %H:%M:%S}", e.type, e.user, "yes" if e.success else "no", details)
+    rows = [
+        (
+            f"{e.time:%Y-%m-%d %H:%M:%S}",
+            e.type,
+            e.user,
+            "yes" if e.success else "no",
+            ", ".join(f"{k}={v}" for k, v in e.fields.items()),
         )
-    emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows)
+        for e in events
+    ]
+    output(
+        [e.to_json() for e in events],
+        fmt,
+        text=lambda: emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows),
+    )
 
 
 # --- certificate authorities -----------------------------------------------------------------
@@ -601,22 +656,32 @@ def _export_lines(spec: CertAuthoritySpec, fingerprint: bool) -> str:
 
 
 @cli.command()
+@format_option()
 @click.pass_context
 @run_async
-async def status(ctx: click.Context) -> None:
+async def status(ctx: click.Context, fmt: str) -> None:
     """Show the cluster name and its CA pin."""
     target = _connect(ctx)
     async with target.client as client:
         info = await client.cluster()
-    click.echo(f"Cluster  {info['name']}")
-    click.echo(f"Version  {tether.__version__}")
-    click.echo(f"CA pin   {info['ca_pin']}")
+    shown = {"cluster": info["name"], "version": tether.__version__, "ca_pin": info["ca_pin"]}
+
+    def text() -> None:
+        click.echo(f"Cluster  {shown['cluster']}")
+        click.echo(f"Version  {shown['version']}")
+        click.echo(f"CA pin   {shown['ca_pin']}")
+
+    output(shown, fmt, text=text)
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__}")
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__}"))
+
+
+cli.add_command(completion_command("tetherctl"))
 
 
 def main() -> None:
@@ -628,7 +693,7 @@ def main() -> None:
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
-    cli(obj={})
+    cli(obj={}, prog_name="tetherctl", complete_var=complete_var("tetherctl"))
 
 
 def _describe_token_types(types: Mapping[str, TokenType]) -> None:

@@ -10,14 +10,19 @@ import click
 
 import tether
 from tether.cli._common import (
+    complete_var,
+    completion_command,
     config_path_from_argv,
     configured_disabled,
     emit_table,
     fail,
+    format_option,
+    output,
     plugin_manager,
     report,
     run_command,
     setup_cli_logging,
+    version_info,
 )
 from tether.config import (
     ConfigSchema,
@@ -127,21 +132,42 @@ def configure() -> None:
     type=click.Path(path_type=pathlib.Path),
     help="Apply this configuration's plugins.disabled list.",
 )
-def plugins(config_path: pathlib.Path | None) -> None:
+@format_option()
+def plugins(config_path: pathlib.Path | None, fmt: str) -> None:
     """List the loaded plugins, where they come from and the hooks they implement."""
     try:
         disabled = load_config(config_path).plugins.disabled if config_path else []
         pm = plugin_manager(disabled)
     except TetherError as exc:
         fail(str(exc))
-    rows = [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in describe_plugins(pm)]
-    emit_table(["Plugin", "Distribution", "Version", "Hooks"], rows)
+    found = describe_plugins(pm)
+    output(
+        [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "hooks": list(p.hooks),
+            }
+            for p in found
+        ],
+        fmt,
+        text=lambda: emit_table(
+            ["Plugin", "Distribution", "Version", "Hooks"],
+            [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in found],
+        ),
+    )
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__} python{sys.version_info[0]}.{sys.version_info[1]}")
+    short = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__} {short}"))
+
+
+cli.add_command(completion_command("tetherd"))
 
 
 def main() -> None:
@@ -156,7 +182,7 @@ def main() -> None:
     else:
         pm.hook.tether_cli_commands(program="tetherd", cli=cli)
         _describe_roles(schema)
-    cli(obj={})
+    cli(obj={}, prog_name="tetherd", complete_var=complete_var("tetherd"))
 
 
 def _describe_roles(schema: ConfigSchema) -> None:

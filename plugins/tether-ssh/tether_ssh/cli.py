@@ -16,7 +16,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import click
@@ -29,8 +29,11 @@ from tether.api import (
     Profile,
     TetherError,
     cluster_host_cas,
+    complete_clusters,
+    completer,
     current_profile,
     emit_table,
+    format_option,
     known_hosts_ca_line,
     leaf_clusters,
     list_targets,
@@ -101,23 +104,39 @@ def _local_user() -> str:
     return getpass.getuser()
 
 
+async def _destinations(ctx: click.Context, incomplete: str) -> list[str]:
+    """What Tab offers for ``[LOGIN@]NODE``: the login typed, then each node ``tether ls``
+    shows (in ``--cluster`` when typed before)."""
+    profile = _profile()
+    login, at, _ = incomplete.rpartition("@")
+    docs = await list_targets(
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
+        cluster=_cluster(profile, ctx.params.get("cluster")),
+    )
+    return sorted(f"{login}{at}{doc['spec']['hostname']}" for doc in docs)
+
+
 # --- tether ls -----------------------------------------------------------------------------
 
 
 @click.command("ls")
-@click.option("--cluster", help="List the nodes of this cluster (default: the one logged in to).")
 @click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    show_default=True,
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="List the nodes of this cluster (default: the one logged in to).",
 )
+@format_option()
 @click.argument("selectors", nargs=-1)
 @run_async
 async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
-    """List the nodes you can reach, optionally only those with label=value."""
+    """List the nodes you can reach, optionally only those with label=value.
+
+    With --format=json or yaml, the node resources themselves, as tsh ls prints them: kind
+    node, metadata (name: the node's id, labels), spec (hostname, addr, use_tunnel).
+    """
     profile = _profile()
     name = _cluster(profile, cluster)
     wanted: dict[str, str] = {}
@@ -130,38 +149,37 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     docs = await list_targets(
         profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name
     )
-    nodes = [resource_from_dict(doc, _NODES, source="node") for doc in docs]
-    nodes = [n for n in nodes if all(n.metadata.labels.get(k) == v for k, v in wanted.items())]
-    nodes.sort(key=lambda n: (n.spec.hostname, n.metadata.name))
-    if fmt != "text":
-        output([_node_json(n) for n in nodes], fmt)
-        return
+    found = [(resource_from_dict(doc, _NODES, source="node"), doc) for doc in docs]
+    found = [
+        (n, doc)
+        for n, doc in found
+        if all(n.metadata.labels.get(k) == v for k, v in wanted.items())
+    ]
+    found.sort(key=lambda pair: (pair[0].spec.hostname, pair[0].metadata.name))
     rows = [
         (
             n.spec.hostname,
             describe_addr(n),
             ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())),
         )
-        for n in nodes
+        for n, _ in found
     ]
-    emit_table(["Node Name", "Address", "Labels"], rows)
-
-
-def _node_json(node: Any) -> dict[str, Any]:
-    return {
-        "id": node.metadata.name,
-        "hostname": node.spec.hostname,
-        "addr": node.spec.addr,
-        "use_tunnel": node.spec.use_tunnel,
-        "labels": dict(node.metadata.labels),
-    }
+    output(
+        [doc for _, doc in found],
+        fmt,
+        text=lambda: emit_table(["Node Name", "Address", "Labels"], rows),
+    )
 
 
 # --- tether proxy ssh ----------------------------------------------------------------------
 
 
 @click.command("ssh")
-@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="The node's cluster (default: the one logged in to).",
+)
 @click.argument("target")
 @run_async
 async def proxy_ssh(cluster: str | None, target: str) -> None:
@@ -318,7 +336,11 @@ SSH_CONNECTION_FAILED = 255
     "ssh",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
-@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="The node's cluster (default: the one logged in to).",
+)
 @click.option("-p", "--port", type=click.IntRange(1, 65535), help="The node's SSH port.")
 @click.option(
     "-L",
@@ -330,7 +352,7 @@ SSH_CONNECTION_FAILED = 255
 @click.option("-A", "forward_agent", is_flag=True, help="Forward the local SSH agent.")
 @click.option("-t", "force_tty", is_flag=True, help="Request a terminal even for a command.")
 @click.option("-T", "no_tty", is_flag=True, help="Never request a terminal.")
-@click.argument("destination")
+@click.argument("destination", shell_complete=completer(_destinations))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(
     cluster: str | None,
@@ -400,7 +422,11 @@ def ssh(
 
 
 @click.command("scp")
-@click.option("--cluster", help="The nodes' cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="The nodes' cluster (default: the one logged in to).",
+)
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
 @click.option("-p", "preserve", is_flag=True, help="Keep modification times and modes.")
 @click.argument("paths", nargs=-1, required=True)
