@@ -11,13 +11,16 @@ from tether.cli._common import (
     run_trio,
     shared_group,
 )
+from tether.cli._progress import Progress, progress
 
 __all__ = [
+    "Progress",
     "complete_clusters",
     "completer",
     "emit_table",
     "format_option",
     "output",
+    "progress",
     "run_async",
     "run_trio",
     "shared_group",

@@ -37,6 +37,7 @@ from tether.cli._common import (
     split_kv,
     version_info,
 )
+from tether.cli._progress import progress
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import load_config
 from tether.durations import format_duration, parse_duration
@@ -54,6 +55,8 @@ from tether.yamlio import dump_yaml
 __all__ = ["cli", "main"]
 
 CONFIG_ENV = "TETHER_CONFIG"
+#: ``tetherctl create`` of this many resources says what it does even off a terminal
+BULK = 20
 
 
 class Target:
@@ -141,10 +144,22 @@ async def create(ctx: click.Context, file: Any, force: bool) -> None:
     if not resources:
         raise TetherError(f"{source}: no resources found")
     target = _connect(ctx)
-    async with target.client as client:
-        messages = await client.create_resources(
-            [resource_to_dict(r, with_secrets=True) for r in resources], force=force
-        )
+    joins = [r for r in resources if r.kind == "trusted_cluster" and r.spec.enabled]
+    title = (
+        f"Creating {len(resources)} resources from {source}"
+        if len(resources) > 1
+        else f"Creating {resources[0].kind}/{resources[0].metadata.name}"
+    )
+    if joins:  # auth runs the handshake with each root before it answers
+        roots = ", ".join(str(r.spec.web_proxy_addr) for r in joins)
+        title += f"; joining the root cluster at {roots}"
+    # a join, or a bulk file, takes seconds: say so; one small resource goes by unannounced
+    with progress(title, plain=bool(joins) or len(resources) >= BULK) as shown:
+        async with target.client as client:
+            messages = await client.create_resources(
+                [resource_to_dict(r, with_secrets=True) for r in resources], force=force
+            )
+        shown.done()
     for message in messages:
         click.echo(message)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 from typing import Any
 
 import click
+import trio
 
 import tether
 from tether.cli._common import (
@@ -24,7 +26,9 @@ from tether.cli._common import (
     setup_cli_logging,
     version_info,
 )
+from tether.cli._progress import Progress, progress
 from tether.config import (
+    Config,
     ConfigSchema,
     apply_start_flags,
     embedded_config,
@@ -33,7 +37,7 @@ from tether.config import (
 )
 from tether.errors import TetherError
 from tether.logs import setup_logging
-from tether.plugins import describe_plugins
+from tether.plugins import TetherPluginManager, describe_plugins
 
 __all__ = ["cli", "main"]
 
@@ -96,7 +100,21 @@ def start(
         setup_logging(config.log.severity, config.log.format, debug=debug)
     except TetherError as exc:
         report(exc)
-    run_command(run_daemon, config, pm, interrupted=(0, ""))
+    server = flags["proxy_server"] or flags["auth_server"]
+    if not (flags["token"] and server):
+        run_command(run_daemon, config, pm, interrupted=(0, ""))
+        return
+    with progress(f"Joining the cluster through {server}") as shown:
+        run_command(_run_joined, config, pm, shown, interrupted=(0, ""))
+
+
+async def _run_joined(config: Config, pm: TetherPluginManager, shown: Progress) -> None:
+    """Run the daemon; the join's progress ends once its services are up."""
+    from tether.daemon import run_daemon
+
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(functools.partial(run_daemon, config, pm))
+        shown.done(f"Joined cluster {info['cluster_name']!r}; tetherd is running")
 
 
 @cli.command()
@@ -115,7 +133,9 @@ def demo(ctx: click.Context, debug: bool) -> None:
     except TetherError as exc:
         fail(str(exc))
     # each daemon gets a manager of its own, built as plugin_manager() built that one
-    run_command(run_demo, get_plugin_manager, sys.stdout, interrupted=(0, "\nDemo stopped."))
+    with progress("Starting the demo: a root and a leaf cluster on 127.0.0.1") as shown:
+        demo = functools.partial(run_demo, get_plugin_manager, sys.stdout, progress=shown)
+        run_command(demo, interrupted=(0, "\nDemo stopped."))
 
 
 @cli.command()
