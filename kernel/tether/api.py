@@ -24,7 +24,17 @@ from tether import __version__
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.sso_flows import SSORequest, is_loopback_http
 from tether.backend import Backend, BackendType, open_sqlite
-from tether.cli import emit_table, format_option, output, run_async, run_trio, shared_group
+from tether.cli import (
+    complete_clusters,
+    completer,
+    emit_table,
+    format_option,
+    output,
+    progress,
+    run_async,
+    run_trio,
+    shared_group,
+)
 from tether.client.clusters import leaf_clusters
 from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
 from tether.client.profile import (
@@ -154,6 +164,8 @@ __all__ = [
     "TrustError",
     "__version__",
     "cluster_host_cas",
+    "complete_clusters",
+    "completer",
     "current_profile",
     "emit_table",
     "expand_groups",
@@ -172,6 +184,7 @@ __all__ = [
     "positive",
     "private_key_to_openssh",
     "profile_ssl_context",
+    "progress",
     "relay_bytes",
     "resource_from_dict",
     "run_async",

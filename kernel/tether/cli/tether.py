@@ -17,6 +17,9 @@ import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.cli._common import (
+    complete_clusters,
+    complete_var,
+    completion_command,
     debug_option_everywhere,
     emit_table,
     format_option,
@@ -24,6 +27,7 @@ from tether.cli._common import (
     plugin_manager,
     run_async,
     setup_cli_logging,
+    version_info,
 )
 from tether.client.profile import (
     CLUSTER_ENV,
@@ -127,7 +131,7 @@ def _still_valid(profile: Profile) -> bool:
     show_default=True,
     help="Open the identity provider's page in a browser (single sign-on connectors).",
 )
-@click.argument("cluster", required=False, envvar=CLUSTER_ENV)
+@click.argument("cluster", required=False, envvar=CLUSTER_ENV, shell_complete=complete_clusters)
 @run_async
 async def login(
     cluster: str | None,
@@ -260,38 +264,45 @@ async def _check_visible(profile: Profile, cluster: str) -> None:
 @format_option()
 @run_async
 async def clusters(fmt: str) -> None:
-    """List the root cluster and the leaf clusters you can reach."""
+    """List the root cluster and the leaf clusters you can reach.
+
+    With --format=json or yaml, one object per cluster with tsh's keys: cluster_name, status,
+    cluster_type (root or leaf), labels and selected.
+    """
     profile = current_profile()
     if profile is None:
         raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
     root = profile.identity().cluster
-    rows: list[dict[str, Any]] = [{"name": root, "status": "online", "type": "root", "labels": {}}]
+    rows: list[dict[str, Any]] = [
+        {"cluster_name": root, "status": "online", "cluster_type": "root", "labels": {}}
+    ]
     for doc in sorted(await _remote_clusters(profile), key=lambda d: d["metadata"]["name"]):
         rows.append(
             {
-                "name": doc["metadata"]["name"],
+                "cluster_name": doc["metadata"]["name"],
                 "status": (doc.get("status") or {}).get("connection", "offline"),
-                "type": "leaf",
+                "cluster_type": "leaf",
                 "labels": doc["metadata"].get("labels", {}),
             }
         )
     for row in rows:
-        row["selected"] = row["name"] == profile.cluster
-    if fmt != "text":
-        output(rows, fmt)
-        return
-    emit_table(
-        ["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"],
-        [
-            (
-                r["name"],
-                r["status"],
-                r["type"],
-                ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
-                "*" if r["selected"] else "",
-            )
-            for r in rows
-        ],
+        row["selected"] = row["cluster_name"] == profile.cluster
+    output(
+        rows,
+        fmt,
+        text=lambda: emit_table(
+            ["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"],
+            [
+                (
+                    r["cluster_name"],
+                    r["status"],
+                    r["cluster_type"],
+                    ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+                    "*" if r["selected"] else "",
+                )
+                for r in rows
+            ],
+        ),
     )
 
 
@@ -379,13 +390,16 @@ def _human(delta: datetime.timedelta) -> str:
 @cli.command()
 @format_option()
 def status(fmt: str) -> None:
-    """Show the current login: proxy, user, cluster, roles, logins, expiry."""
+    """Show the current login: proxy, user, cluster, roles, logins, expiry.
+
+    With --format=json or yaml, tsh's shape: {"active": {profile_url, username, cluster,
+    roles, logins, traits, valid_until, ...}}.
+    """
     data = _status_json()
     try:
-        if fmt == "text" or data is None:
+        if data is None:
             _print_status(data, sys.stdout)
-        else:
-            output(data, fmt)
+        output(data, fmt, text=lambda: _print_status(data, sys.stdout))
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
@@ -412,9 +426,13 @@ def proxy_group() -> None:
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__}")
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__}"))
+
+
+cli.add_command(completion_command("tether"))
 
 
 def main() -> None:
@@ -423,7 +441,7 @@ def main() -> None:
     except TetherError as exc:
         click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
     debug_option_everywhere(cli)
-    cli(obj={})
+    cli(obj={}, prog_name="tether", complete_var=complete_var("tether"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from tether import pki
 from tether.audit import AuditQuery
 from tether.auth.http_client import AuthClient, admin_client
 from tether.cli._common import (
+    complete_var,
+    completer,
+    completion_command,
     config_path_from_argv,
     configured_disabled,
     emit_table,
@@ -34,7 +37,9 @@ from tether.cli._common import (
     setup_cli_logging,
     split_csv,
     split_kv,
+    version_info,
 )
+from tether.cli._progress import progress
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import ConfigSchema, load_config, secret_or_file
 from tether.durations import format_duration, parse_duration
@@ -54,6 +59,8 @@ from tether.yamlio import dump_yaml
 __all__ = ["cli", "main"]
 
 CONFIG_ENV = "TETHER_CONFIG"
+#: ``tetherctl create`` of this many resources says what it does even off a terminal
+BULK = 20
 
 
 class Target:
@@ -85,8 +92,15 @@ class Target:
         return [] if self.public_web_cert else [f"--ca-pin={ca_pin}"]
 
 
+def _config_path(ctx: click.Context) -> str | os.PathLike[str] | None:
+    """``-c``, else ``$TETHER_CONFIG``; read from the program's own parameters too, as shell
+    completion parses them without running the group."""
+    found = (ctx.obj or {}).get("config") or ctx.find_root().params.get("config")
+    return found or os.environ.get(CONFIG_ENV)
+
+
 def _connect(ctx: click.Context) -> Target:
-    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
+    config_path = _config_path(ctx)
     if config_path:
         config = load_config(pathlib.Path(config_path))
         client, proxy = admin_client(config)
@@ -111,8 +125,25 @@ def _connect(ctx: click.Context) -> Target:
 
 
 def _registry(ctx: click.Context) -> KindRegistry:
-    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
-    return KindRegistry.from_plugins(plugin_manager(configured_disabled(config_path)))
+    return KindRegistry.from_plugins(plugin_manager(configured_disabled(_config_path(ctx))))
+
+
+async def _resource_refs(ctx: click.Context, incomplete: str) -> list[str]:
+    """``KIND`` names while the kind is typed; ``KIND/NAME`` of what the cluster holds after
+    the slash (the names the caller may see)."""
+    kind_name, slash, _ = incomplete.partition("/")
+    registry = _registry(ctx)
+    if not slash:
+        return [kind.name for kind in registry.kinds()]
+    kind = registry.get(kind_name)
+    async with _connect(ctx).client as client:
+        docs = await client.get_resources(kind.name)
+    return [f"{kind_name}/{doc['metadata']['name']}" for doc in docs]
+
+
+async def _user_names(ctx: click.Context, incomplete: str) -> list[str]:
+    async with _connect(ctx).client as client:
+        return [doc["metadata"]["name"] for doc in await client.get_resources("user")]
 
 
 @click.group()
@@ -149,8 +180,20 @@ async def create(ctx: click.Context, file: Any, force: bool) -> None:
         raise TetherError(f"{source}: no resources found")
     docs = [_read_token_file(resource_to_dict(r, with_secrets=True)) for r in resources]
     target = _connect(ctx)
-    async with target.client as client:
-        messages = await client.create_resources(docs, force=force)
+    joins = [r for r in resources if r.kind == "trusted_cluster" and r.spec.enabled]
+    title = (
+        f"Creating {len(resources)} resources from {source}"
+        if len(resources) > 1
+        else f"Creating {resources[0].kind}/{resources[0].metadata.name}"
+    )
+    if joins:  # auth runs the handshake with each root before it answers
+        roots = ", ".join(str(r.spec.web_proxy_addr) for r in joins)
+        title += f"; joining the root cluster at {roots}"
+    # a join, or a bulk file, takes seconds: say so; one small resource goes by unannounced
+    with progress(title, plain=bool(joins) or len(resources) >= BULK) as shown:
+        async with target.client as client:
+            messages = await client.create_resources(docs, force=force)
+        shown.done()
     for message in messages:
         click.echo(message)
 
@@ -174,7 +217,7 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND[/NAME]")
+@click.argument("ref", metavar="KIND[/NAME]", shell_complete=completer(_resource_refs))
 @format_option(
     "yaml",
     "json",
@@ -227,16 +270,15 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
 async def _get_connectors(ctx: click.Context, fmt: str) -> None:
     async with _connect(ctx).client as client:
         found = (await client.call("GET", "/v1/connectors"))["connectors"]
-    if fmt == "json":
-        click.echo(json.dumps(found, indent=2))
-    elif fmt == "yaml":
-        click.echo(dump_yaml(found), nl=False)
-    else:
-        emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found])
+    output(
+        found,
+        fmt,
+        text=lambda: emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found]),
+    )
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.option(
     "--set-labels",
     "labels",
@@ -264,7 +306,7 @@ async def update(ctx: click.Context, ref: str, labels: str) -> None:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.pass_context
 @run_async
 async def edit(ctx: click.Context, ref: str) -> None:
@@ -332,7 +374,7 @@ def _uncommented(text: str) -> str:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.pass_context
 @run_async
 async def rm(ctx: click.Context, ref: str) -> None:
@@ -368,7 +410,7 @@ async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -
     async with target.client as client:
         [doc] = await client.get_resources("trusted_cluster", cluster)
     rules = parse_role_map(doc["spec"].get("role_map", []))
-    pm = plugin_manager(configured_disabled(ctx.obj.get("config") or os.environ.get(CONFIG_ENV)))
+    pm = plugin_manager(configured_disabled(_config_path(ctx)))
     mappings = map_roles(pm, rules, split_csv(roles), cluster)
     rows = [
         {
@@ -378,19 +420,20 @@ async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -
         }
         for m in mappings
     ]
-    if fmt != "text":
-        output(rows, fmt)
-        return
-    emit_table(
-        ["Remote Role", "Local Roles", "Matched Rule"],
-        [
-            (
-                m.remote_role,
-                ", ".join(m.local_roles) or "-",
-                m.rule.remote if m.rule is not None else "(unmapped)",
-            )
-            for m in mappings
-        ],
+    output(
+        rows,
+        fmt,
+        text=lambda: emit_table(
+            ["Remote Role", "Local Roles", "Matched Rule"],
+            [
+                (
+                    m.remote_role,
+                    ", ".join(m.local_roles) or "-",
+                    m.rule.remote if m.rule is not None else "(unmapped)",
+                )
+                for m in mappings
+            ],
+        ),
     )
 
 
@@ -463,17 +506,18 @@ async def users_ls(ctx: click.Context, fmt: str) -> None:
     target = _connect(ctx)
     async with target.client as client:
         docs = await client.get_resources("user")
-    if fmt != "text":
-        output(docs, fmt)
-        return
-    emit_table(
-        ["User", "Roles"],
-        [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+    output(
+        docs,
+        fmt,
+        text=lambda: emit_table(
+            ["User", "Roles"],
+            [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+        ),
     )
 
 
 @users.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=completer(_user_names))
 @click.pass_context
 @run_async
 async def users_rm(ctx: click.Context, name: str) -> None:
@@ -484,7 +528,7 @@ async def users_rm(ctx: click.Context, name: str) -> None:
 
 
 @users.command("update")
-@click.argument("name")
+@click.argument("name", shell_complete=completer(_user_names))
 @click.option("--set-roles", help="Replace the user's roles (comma-separated).")
 @click.option("--set-logins", help="Replace the user's logins trait (comma-separated).")
 @click.option("--set-traits", help="Replace these traits: key=value,...")
@@ -528,13 +572,16 @@ def tokens() -> None:
 @click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
-@format_option("text", "json")
+@format_option()
 @click.pass_context
 @run_async
 async def tokens_add(
     ctx: click.Context, type_name: str, ttl: str, labels: str | None, fmt: str
 ) -> None:
-    """Create a token; prints it with its expiry and the cluster CA pin."""
+    """Create a token; prints it with its expiry and the cluster CA pin.
+
+    With --format=json or yaml, tctl's shape: {token, type, expires, ca_pin, ...}.
+    """
     try:
         ttl_delta = parse_duration(ttl)
     except ValueError as exc:
@@ -543,8 +590,8 @@ async def tokens_add(
     target = _connect(ctx)
     async with target.client as client:
         info = await client.add_token(type_name, ttl_delta, label_map)
-    if fmt == "json":
-        click.echo(json.dumps(info, indent=2))
+    if fmt != "text":
+        output(info, fmt)
         return
     what = "cluster invite token" if type_name == "trusted_cluster" else "invite token"
     click.echo(f"The {what}: {info['token']}")
@@ -596,13 +643,30 @@ def _join_command(
 @click.pass_context
 @run_async
 async def tokens_ls(ctx: click.Context, fmt: str) -> None:
-    """List tokens that have not expired."""
+    """List tokens that have not expired.
+
+    With --format=json or yaml, each token as a resource, as tctl prints them: kind token,
+    metadata.name the token, metadata.expires, spec.roles its type.
+    """
     target = _connect(ctx)
     async with target.client as client:
         found = await client.list_tokens()
-    if fmt != "text":
-        output(found, fmt)
-        return
+    output([_token_resource(t) for t in found], fmt, text=lambda: _tokens_table(found))
+
+
+def _token_resource(token: Mapping[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": token["token"], "labels": dict(token.get("labels", {}))}
+    if token["expires"]:
+        metadata["expires"] = token["expires"]
+    return {
+        "kind": "token",
+        "version": "v2",
+        "metadata": metadata,
+        "spec": {"roles": [token["type"]]},
+    }
+
+
+def _tokens_table(found: list[dict[str, Any]]) -> None:
     now = datetime.datetime.now(datetime.UTC)
     rows = []
     for t in found:
@@ -656,16 +720,21 @@ async def audit_search(
         events = await client.search_audit(
             AuditQuery(type=type_name, since=since_time, limit=limit)
         )
-    if fmt != "text":
-        output([e.to_json() for e in events], fmt)
-        return
-    rows = []
-    for e in events:
-        details = ", ".join(f"{k}={v}" for k, v in e.fields.items())
-        rows.append(
-            (f"{e.time:%Y-%m-%d %H:%M:%S}", e.type, e.user, "yes" if e.success else "no", details)
+    rows = [
+        (
+            f"{e.time:%Y-%m-%d %H:%M:%S}",
+            e.type,
+            e.user,
+            "yes" if e.success else "no",
+            ", ".join(f"{k}={v}" for k, v in e.fields.items()),
         )
-    emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows)
+        for e in events
+    ]
+    output(
+        [e.to_json() for e in events],
+        fmt,
+        text=lambda: emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows),
+    )
 
 
 # --- certificate authorities -----------------------------------------------------------------
@@ -923,9 +992,13 @@ def _aligned(rows: list[tuple[str, str]]) -> str:
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__}")
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__}"))
+
+
+cli.add_command(completion_command("tetherctl"))
 
 
 def main() -> None:
@@ -937,7 +1010,7 @@ def main() -> None:
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
-    cli(obj={})
+    cli(obj={}, prog_name="tetherctl", complete_var=complete_var("tetherctl"))
 
 
 def _describe_token_types(types: Mapping[str, TokenType]) -> None:

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import sys
 from typing import Any
 
 import click
+import trio
 
 import tether
 from tether.cli._common import (
+    complete_var,
+    completion_command,
     config_path_from_argv,
     configured_disabled,
     emit_table,
     fail,
+    format_option,
+    output,
     plugin_manager,
     report,
     run_command,
     setup_cli_logging,
+    version_info,
 )
+from tether.cli._progress import Progress, progress
 from tether.cli._systemd import (
     DEFAULT_CONFIG,
     DEFAULT_ENV_FILE,
@@ -28,6 +36,7 @@ from tether.cli._systemd import (
     render_unit,
 )
 from tether.config import (
+    Config,
     ConfigSchema,
     apply_start_flags,
     embedded_config,
@@ -36,7 +45,7 @@ from tether.config import (
 )
 from tether.errors import TetherError
 from tether.logs import setup_logging
-from tether.plugins import describe_plugins, plugin_packages
+from tether.plugins import TetherPluginManager, describe_plugins, plugin_packages
 
 __all__ = ["cli", "main"]
 
@@ -116,7 +125,21 @@ def start(
         setup_logging(config.log.severity, config.log.format, debug=debug, own=plugin_packages(pm))
     except TetherError as exc:
         report(exc)
-    run_command(run_daemon, config, pm, interrupted=(0, ""))
+    server = flags["proxy_server"] or flags["auth_server"]
+    if not (flags["token"] and server):
+        run_command(run_daemon, config, pm, interrupted=(0, ""))
+        return
+    with progress(f"Joining the cluster through {server}") as shown:
+        run_command(_run_joined, config, pm, shown, interrupted=(0, ""))
+
+
+async def _run_joined(config: Config, pm: TetherPluginManager, shown: Progress) -> None:
+    """Run the daemon; the join's progress ends once its services are up."""
+    from tether.daemon import run_daemon
+
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(functools.partial(run_daemon, config, pm))
+        shown.done(f"Joined cluster {info['cluster_name']!r}; tetherd is running")
 
 
 @cli.command()
@@ -135,7 +158,9 @@ def demo(ctx: click.Context, debug: bool) -> None:
     except TetherError as exc:
         fail(str(exc))
     # each daemon gets a manager of its own, built as plugin_manager() built that one
-    run_command(run_demo, get_plugin_manager, sys.stdout, interrupted=(0, "\nDemo stopped."))
+    with progress("Starting the demo: a root and a leaf cluster on 127.0.0.1") as shown:
+        demo = functools.partial(run_demo, get_plugin_manager, sys.stdout, progress=shown)
+        run_command(demo, interrupted=(0, "\nDemo stopped."))
 
 
 @cli.command()
@@ -233,21 +258,42 @@ def install_systemd(
     type=click.Path(path_type=pathlib.Path),
     help="Apply this configuration's plugins.disabled list.",
 )
-def plugins(config_path: pathlib.Path | None) -> None:
+@format_option()
+def plugins(config_path: pathlib.Path | None, fmt: str) -> None:
     """List the loaded plugins, where they come from and the hooks they implement."""
     try:
         disabled = load_config(config_path).plugins.disabled if config_path else []
         pm = plugin_manager(disabled)
     except TetherError as exc:
         fail(str(exc))
-    rows = [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in describe_plugins(pm)]
-    emit_table(["Plugin", "Distribution", "Version", "Hooks"], rows)
+    found = describe_plugins(pm)
+    output(
+        [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "hooks": list(p.hooks),
+            }
+            for p in found
+        ],
+        fmt,
+        text=lambda: emit_table(
+            ["Plugin", "Distribution", "Version", "Hooks"],
+            [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in found],
+        ),
+    )
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__} python{sys.version_info[0]}.{sys.version_info[1]}")
+    short = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__} {short}"))
+
+
+cli.add_command(completion_command("tetherd"))
 
 
 def main() -> None:
@@ -262,7 +308,7 @@ def main() -> None:
     else:
         pm.hook.tether_cli_commands(program="tetherd", cli=cli)
         _describe_roles(schema)
-    cli(obj={})
+    cli(obj={}, prog_name="tetherd", complete_var=complete_var("tetherd"))
 
 
 def _describe_roles(schema: ConfigSchema) -> None:

@@ -17,7 +17,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import click
@@ -36,6 +36,8 @@ from tether.api import (
     TargetQuery,
     TetherError,
     cluster_host_cas,
+    complete_clusters,
+    completer,
     current_profile,
     emit_table,
     format_option,
@@ -144,6 +146,21 @@ def _local_user() -> str:
     return os.environ.get(LOGIN_ENV) or getpass.getuser()
 
 
+async def _destinations(ctx: click.Context, incomplete: str) -> list[str]:
+    """What Tab offers for ``[LOGIN@]NODE``: the login typed, then each node ``tether ls``
+    shows (in ``--cluster`` when typed before)."""
+    profile = _profile()
+    login, at, _ = incomplete.rpartition("@")
+    docs = await list_targets(
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
+        cluster=_cluster(profile, ctx.params.get("cluster")),
+    )
+    return sorted(f"{login}{at}{doc['spec']['hostname']}" for doc in docs)
+
+
 # --- tether ls -----------------------------------------------------------------------------
 
 
@@ -152,13 +169,18 @@ def _local_user() -> str:
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="List the nodes of this cluster (default: the one logged in to).",
 )
 @format_option()
 @click.argument("selectors", nargs=-1)
 @run_async
 async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
-    """List the nodes you can reach, optionally only those with label=value."""
+    """List the nodes you can reach, optionally only those with label=value.
+
+    With --format=json or yaml, the node resources themselves, as tsh ls prints them: kind
+    node, metadata (name: the node's id, labels), spec (hostname, addr, use_tunnel).
+    """
     profile = _profile()
     name = _cluster(profile, cluster)
     wanted: dict[str, str] = {}
@@ -167,31 +189,30 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
         if not sep or not key:
             raise click.BadParameter(f"{selector!r} is not label=value", param_hint="selectors")
         wanted[key] = value
-    nodes = await _list_nodes(profile, name)
-    nodes = [n for n in nodes if all(n.metadata.labels.get(k) == v for k, v in wanted.items())]
-    nodes.sort(key=lambda n: (n.spec.hostname, n.metadata.name))
-    if fmt != "text":
-        output([_node_json(n) for n in nodes], fmt)
-        return
+    context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
+    docs = await list_targets(
+        profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name
+    )
+    found = [(resource_from_dict(doc, _NODES, source="node"), doc) for doc in docs]
+    found = [
+        (n, doc)
+        for n, doc in found
+        if all(n.metadata.labels.get(k) == v for k, v in wanted.items())
+    ]
+    found.sort(key=lambda pair: (pair[0].spec.hostname, pair[0].metadata.name))
     rows = [
         (
             n.spec.hostname,
             describe_addr(n),
             ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())),
         )
-        for n in nodes
+        for n, _ in found
     ]
-    emit_table(["Node Name", "Address", "Labels"], rows)
-
-
-def _node_json(node: Any) -> dict[str, Any]:
-    return {
-        "id": node.metadata.name,
-        "hostname": node.spec.hostname,
-        "addr": node.spec.addr,
-        "use_tunnel": node.spec.use_tunnel,
-        "labels": dict(node.metadata.labels),
-    }
+    output(
+        [doc for _, doc in found],
+        fmt,
+        text=lambda: emit_table(["Node Name", "Address", "Labels"], rows),
+    )
 
 
 # --- tether proxy ssh ----------------------------------------------------------------------
@@ -202,6 +223,7 @@ def _node_json(node: Any) -> dict[str, Any]:
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="The node's cluster (default: the one logged in to).",
 )
 @click.argument("target")
@@ -496,6 +518,7 @@ async def _run_on_each(
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="The node's cluster (default: the one logged in to).",
 )
 @click.option("-l", "login_option", metavar="LOGIN", help="Log in as LOGIN (over LOGIN@NODE).")
@@ -538,7 +561,7 @@ async def _run_on_each(
     help="Request a terminal for a command; -tt even without a local terminal.",
 )
 @click.option("-T", "no_tty", is_flag=True, help="Never request a terminal.")
-@click.argument("destination")
+@click.argument("destination", shell_complete=completer(_destinations))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(
     cluster: str | None,
@@ -631,6 +654,7 @@ def ssh(
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="The nodes' cluster (default: the one logged in to).",
 )
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
