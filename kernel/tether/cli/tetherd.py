@@ -129,7 +129,9 @@ def start(
     if not (flags["token"] and server):
         run_command(run_daemon, config, pm, interrupted=(0, ""))
         return
-    with progress(f"Joining the cluster through {server}") as shown:
+    # a terminal shows a spinner; elsewhere standard error is the daemon's log (journald,
+    # --log-format=json), where the join is told by its own log records, not by plain lines
+    with progress(f"Joining the cluster through {server}", plain=False) as shown:
         run_command(_run_joined, config, pm, shown, interrupted=(0, ""))
 
 
