@@ -154,14 +154,14 @@ def test_root_user_reaches_mid_but_bottom_is_not_found_as_a_cluster_that_does_no
     # bottom is there, online, and mid's own user reaches it
     code, out, err = chain.mo("ls", "--cluster=bottom", "-f", "json")
     assert code == 0, err
-    assert [node["hostname"] for node in json.loads(out)] == ["bottom-node"]
+    assert [node["spec"]["hostname"] for node in json.loads(out)] == ["bottom-node"]
 
     # alice, of the root, sees and reaches mid
     code, out, err = chain.alice("clusters", "-f", "json")
     assert code == 0, err
-    assert [cluster["name"] for cluster in json.loads(out)] == ["root", "mid"]
+    assert [cluster["cluster_name"] for cluster in json.loads(out)] == ["root", "mid"]
     code, out, err = chain.alice("ls", "--cluster=mid", "-f", "json")
-    assert (code, [node["hostname"] for node in json.loads(out)]) == (0, ["mid-node"]), err
+    assert (code, [node["spec"]["hostname"] for node in json.loads(out)]) == (0, ["mid-node"]), err
     wait_for(
         lambda: chain.alice("ssh", "--cluster=mid", "visitor@mid-node", "id -un")[1] == "visitor\n",
         "alice's session on mid-node",

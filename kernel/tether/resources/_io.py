@@ -156,6 +156,8 @@ def _unsupported(value: Any, tp: Any, path: Path) -> Iterator[Path]:
             yield from _unsupported(item, args[0], (*path, i))
     elif attrs.has(tp) and isinstance(value, Mapping):
         fields = attrs.fields_dict(attrs.resolve_types(tp))
+        if not fields:  # "this takes no fields", the converter's answer, says more
+            return
         for key, item in value.items():
             if key in fields:
                 yield from _unsupported(item, fields[key].type, (*path, key))
