@@ -228,7 +228,8 @@ def test_an_unsupported_option_is_refused_by_name(site: Site) -> None:
 
 def test_dash_o_port_is_dash_p(site: Site) -> None:
     nodes = json.loads(site.tether("alice", "ls", "--format=json").stdout)
-    port = next(n["addr"] for n in nodes if n["hostname"] == "auth-node").rsplit(":", 1)[1]
+    addr = next(n["spec"]["addr"] for n in nodes if n["spec"]["hostname"] == "auth-node")
+    port = addr.rsplit(":", 1)[1]
     ran = site.tether(
         "alice", "ssh", "-o", f"Port={port}", f"{LOGIN}@auth-node", "echo $SSH_CONNECTION"
     )
@@ -486,7 +487,8 @@ def test_labels_that_select_several_nodes_run_the_command_on_each(site: Site) ->
 def test_exit_status_of_several_nodes_is_the_highest(site: Site) -> None:
     # the same machine twice: SSH_CONNECTION tells the direct node from the tunnelled one
     nodes = json.loads(site.tether("alice", "ls", "--format=json").stdout)
-    port = next(n["addr"] for n in nodes if n["hostname"] == "auth-node").rsplit(":", 1)[1]
+    addr = next(n["spec"]["addr"] for n in nodes if n["spec"]["hostname"] == "auth-node")
+    port = addr.rsplit(":", 1)[1]
     command = f'case "$SSH_CONNECTION" in *" {port}") exit 4;; *) exit 1;; esac'
     assert site.tether("alice", "ssh", f"{LOGIN}@env=dev", command).returncode == 4
 
