@@ -1,0 +1,366 @@
+"""Every command the README and ``docs/`` show is run by a test, and the pages say only what exists.
+
+The blocks of commands are run as written by :class:`doc_commands.DocRun`, against real daemons
+on addresses of 127/8 (each host a page names gets one of its own), with passwords typed on a
+terminal; ``doc_commands.TESTED_BY`` names the test of every block, and the first tests here
+check it both ways, so a page that gains a block without a test fails the suite. Assertions are
+on exit statuses and on what each step must have done, not on the programs' exact output.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import http.server
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from doc_commands import (
+    PASSWORD,
+    TESTED_BY,
+    DocRun,
+    Host,
+    Person,
+    Ran,
+    blocks_run_by,
+    loopback_address,
+    run_blocks,
+    the_block,
+)
+from doc_sections import ROOT, SHELL_LANGUAGES, code_blocks, pages, shell_blocks
+from tether.testing.accounts import can_create_accounts, os_account
+from tether.testing.cluster import (
+    RunningCluster,
+    run_cli,
+    start_cluster,
+    start_node,
+    wait_for,
+)
+from tether.testing.http import serve_http
+from tether.testing.trusted_clusters import connection
+
+needs_accounts = pytest.mark.skipif(
+    not can_create_accounts(), reason="sessions run as OS accounts (needs root and useradd)"
+)
+needs_openssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the ssh client")
+
+TRUSTED = "docs/trusted-clusters.md"
+VISITOR_YAML = the_block(TRUSTED, "Step 1: the leaf's role and the root user's login", "yaml")
+TRUSTED_CLUSTER_YAML = the_block(TRUSTED, "Step 3: the trusted_cluster, on the leaf", "yaml")
+
+
+def this_test(name: str) -> str:
+    return f"tests/test_docs.py::{name}"
+
+
+def output_of(results: list[Ran], typed_start: str) -> str:
+    """The output of the one command of a block typed as ``typed_start...``."""
+    found = [r.output for r in results if r.typed.startswith(typed_start)]
+    assert len(found) == 1, [r.typed for r in results]
+    return found[0]
+
+
+# --- the registry, both ways ----------------------------------------------------------------
+
+
+def test_every_block_of_commands_in_the_docs_names_the_test_that_runs_it() -> None:
+    blocks = {block.ref: block for block in shell_blocks()}
+    untested = [
+        f"{b.page}:{b.line} ({b.section})" for ref, b in blocks.items() if ref not in TESTED_BY
+    ]
+    assert not untested, (
+        "these blocks of commands have no test; run them in tests/test_docs.py (DocRun) or name "
+        f"the test that does in tests/doc_commands.py TESTED_BY: {untested}"
+    )
+    gone = [ref for ref in TESTED_BY if ref not in blocks]
+    assert not gone, f"TESTED_BY names blocks the pages no longer have: {gone}"
+
+
+def test_every_test_the_registry_names_exists() -> None:
+    for ref, tests in TESTED_BY.items():
+        assert tests, ref
+        for test in tests:
+            path, _, name = test.partition("::")
+            tree = ast.parse((ROOT / path).read_text())
+            names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+            assert name in names, f"{ref}: {test} does not exist"
+
+
+def test_every_code_block_says_what_it_holds() -> None:
+    """A block without a language could hold commands no test runs; ``text`` marks drawings."""
+    unnamed = [
+        f"{block.page}:{block.line}"
+        for page in pages()
+        for block in code_blocks(page)
+        if not block.language
+    ]
+    assert not unnamed, f"code blocks without a language (sh, yaml, python, text...): {unnamed}"
+    assert {b.language for b in shell_blocks()} <= SHELL_LANGUAGES
+
+
+# --- the README's first two commands ---------------------------------------------------------
+
+
+def test_newcomer_installs_tether_and_the_ssh_plugin_as_the_readme_says(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``pip install . ./plugins/tether-ssh`` as written, from the checkout: resolved and both
+    distributions built, without installing (``--dry-run``: the suite already runs in an
+    environment that has them); ``tetherd demo`` has its own tests (``TESTED_BY``)."""
+    first = the_block("README.md", "Tether", "sh").splitlines()[0]
+    install, _, demo = first.partition(" && ")
+    assert demo == "tetherd demo"
+    args = install.split()
+    assert args[:2] == ["pip", "install"]
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", *args, "--dry-run", "--quiet", "--report", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    installed = {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+    assert {"tether", "tether-ssh"} <= installed
+
+
+def test_the_readme_test_command_runs_this_suite() -> None:
+    """``pip install tox && tox``: tox's default environment installs Tether with its test
+    extras, the plugins and the tools the tests use, then runs this suite."""
+    second = the_block("README.md", "Tether", "sh").splitlines()[1]
+    assert second == "pip install tox && tox"
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    assert tox["tox"]["envlist"].strip() == "py311"
+    env = tox["testenv"]
+    assert env["extras"].strip() == "test"
+    assert env["commands"].strip() == "pytest {posargs}"
+    for line in env["commands_pre"].strip().splitlines():
+        script = line.split()[1].replace("{toxinidir}", str(ROOT))
+        assert pathlib.Path(script).is_file(), line
+
+
+# --- the README, from one cluster to SSH -----------------------------------------------------
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"served through the forward\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web_page() -> Iterator[int]:
+    """An HTTP server on 127.0.0.1, where the README's ``localhost:80`` is here."""
+    with serve_http(_Page) as url:
+        yield int(url.rsplit(":", 1)[1].strip("/"))
+
+
+@needs_accounts
+@needs_openssh
+def test_newcomer_follows_the_readme_from_one_cluster_to_ssh(
+    tmp_path: pathlib.Path, web_page: int
+) -> None:
+    name = this_test("test_newcomer_follows_the_readme_from_one_cluster_to_ssh")
+    proxy = Host("proxy", loopback_address(), tmp_path / "proxy")
+    web_1 = Host("web-1", loopback_address(), tmp_path / "web-1")
+    web_2 = Host("web-2", loopback_address(), tmp_path / "web-2")
+    you = Person("you", tmp_path / "home")
+    (you.home / ".ssh").mkdir(parents=True, mode=0o700)
+    workdir = tmp_path / "work"
+    (workdir / "etc" / "ssh").mkdir(parents=True)
+    (workdir / "site").mkdir()
+    (workdir / "site" / "index.html").write_text("<p>hello</p>\n")
+    forwarded = loopback_address()
+
+    def through_the_forward() -> str:
+        with urllib.request.urlopen(f"http://{forwarded}:8080/", timeout=10) as answer:
+            assert answer.read() == b"served through the forward\n"
+        return "exit"
+
+    run = DocRun(
+        workdir,
+        {"you": you},
+        addresses={
+            "proxy.example.com:3080": f"{proxy.addr}:3080",
+            "auth.example.com:3025": f"{proxy.addr}:3025",
+        },
+        config_hosts={"tether.yaml": proxy, "node.yaml": web_2},
+        new_hosts=[Host("proxy-2", loopback_address(), tmp_path / "proxy-2"), web_1],
+        replacements={
+            "/etc/ssh/": f"{workdir}/etc/ssh/",
+            "-L 8080:localhost:80": f"-L {forwarded}:8080:localhost:{web_page}",
+        },
+        sessions={"tether ssh -L": [(b"$ ", through_the_forward)]},
+    )
+    run.write_file("visitor.yaml", VISITOR_YAML)
+    blocks = blocks_run_by(name)
+    single, more_proxies, ssh = (
+        ("README.md", "A single cluster, step by step", 0),
+        ("README.md", "A single cluster, step by step", 1),
+        ("README.md", "SSH access (plugins/tether-ssh)", 0),
+    )
+    assert [b.ref for b in blocks] == [single, more_proxies, ssh]
+
+    def one_cluster(results: list[Ran]) -> None:
+        assert run.ca_pin and run.ca_pin in output_of(results, "tetherctl -c tether.yaml status")
+        assert "ssh-" in (workdir / "etc" / "ssh" / "tether_user_ca.pub").read_text()
+        status = json.loads(output_of(results, "tether status -f json"))
+        assert status["active"]["username"] == "alice"
+        assert "name: alice" in (workdir / "alice.yaml").read_text()
+
+    def two_proxies(results: list[Ran]) -> None:
+        config = str(workdir / "tether.yaml")
+        listed = run_cli("tetherctl", "-c", config, "get", "proxies", "--format=json").stdout
+        assert len(json.loads(listed)) == 2, listed
+
+    def nodes(results: list[Ran]) -> None:
+        listed = output_of(results, "tether ls")
+        assert "web-1" in listed and "web-2" in listed, listed
+        assert "load average" in output_of(results, "tether ssh alice@web-1 uptime")
+        assert (pathlib.Path("~alice").expanduser() / "www" / "index.html").exists()
+        assert "load average" in output_of(results, "ssh -F")
+
+    try:
+        with os_account("alice"):
+            run_blocks(
+                run,
+                blocks,
+                who=dict.fromkeys((single, more_proxies, ssh), "you"),
+                after={single: one_cluster, more_proxies: two_proxies, ssh: nodes},
+            )
+        stopped = run.stop()
+        assert set(stopped.values()) == {0}, stopped
+    finally:
+        run.stop()
+
+
+# --- the trusted clusters guide --------------------------------------------------------------
+
+
+def _logged_in(cluster: RunningCluster, person: Person) -> Person:
+    run_cli(
+        "tether",
+        "login",
+        f"--proxy={cluster.proxy_addr}",
+        f"--user={person.name}",
+        f"--ca-pin={cluster.ca_pin}",
+        "--password-stdin",
+        env={"TETHER_HOME": str(person.home / ".tether")},
+        input=PASSWORD + "\n",
+    )
+    return person
+
+
+@needs_accounts
+@needs_openssh
+def test_admins_and_a_root_user_follow_the_trusted_clusters_guide(tmp_path: pathlib.Path) -> None:
+    name = this_test("test_admins_and_a_root_user_follow_the_trusted_clusters_guide")
+    root = start_cluster(tmp_path / "root", "rootcluster.example.com")
+    leaf = start_cluster(tmp_path / "leaf", "leafcluster.example.com")
+    run: DocRun | None = None
+    try:
+        start_node(leaf, tmp_path / "leaf-node", "leaf-node")
+        root.add_user("admin", PASSWORD, roles=("editor",))
+        leaf.add_user("admin", PASSWORD, roles=("editor",))
+        root.add_user("myuser", PASSWORD, roles=("access",), logins=("myuser",))
+        people = {
+            "root admin": _logged_in(root, Person("admin", tmp_path / "root-admin")),
+            "leaf admin": _logged_in(leaf, Person("admin", tmp_path / "leaf-admin")),
+            "myuser": Person("myuser", tmp_path / "myuser"),
+        }
+        shell = [(b"$ ", "echo tether-doc-$((6*7))"), (b"tether-doc-42", "exit")]
+        run = DocRun(
+            tmp_path / "work",
+            people,
+            addresses={"rootcluster.example.com:443": root.proxy_addr, "AUTH:3025": root.auth_addr},
+            new_hosts=[Host("proxy-2", loopback_address(), tmp_path / "proxy-2")],
+            sessions={
+                "tether ssh visitor@leaf-node": shell,
+                "tether config > ssh_config && ssh": shell,
+            },
+            ca_pin=root.ca_pin,
+        )
+        run.workdir.mkdir()
+        run.write_file("visitor.yaml", VISITOR_YAML)
+        step = {
+            n: (TRUSTED, section, i)
+            for n, section, i in (
+                (1, "Step 1: the leaf's role and the root user's login", 0),
+                (12, "Step 1: the leaf's role and the root user's login", 1),
+                (2, "Step 2: the invitation, on the root", 0),
+                (3, "Step 3: the trusted_cluster, on the leaf", 0),
+                (4, "Step 4: use the leaf, as a root user", 0),
+                (5, "Step 5: manage access, on the root", 0),
+                (6, "High availability: several root proxies", 0),
+            )
+        }
+        who = {
+            step[1]: "leaf admin",
+            step[12]: "root admin",
+            step[2]: "root admin",
+            step[3]: "leaf admin",
+            step[4]: "myuser",
+            step[5]: "root admin",
+            step[6]: "root admin",
+        }
+
+        def invited(results: list[Ran]) -> None:
+            run.write_file("trusted_cluster.yaml", TRUSTED_CLUSTER_YAML)  # type: ignore[union-attr]
+
+        def trusted(results: list[Ran]) -> None:
+            assert "visitor" in output_of(results, "tetherctl rolemap test")
+            wait_for(lambda: connection(root, "leafcluster.example.com") == "online", "the tunnel")
+
+        def used(results: list[Ran]) -> None:
+            assert "leafcluster.example.com" in output_of(results, "tether clusters")
+            assert "leaf-node" in output_of(results, "tether ls --cluster=")
+            assert "/home/visitor" in output_of(results, "tether ssh --cluster=")
+            for session in ("tether ssh visitor@leaf-node", "tether config >"):
+                assert "tether-doc-42" in output_of(results, session)
+
+        def managed(results: list[Ran]) -> None:
+            remote = json.loads(root.tetherctl("get", "rc", "--format=json").stdout)
+            assert remote[0]["metadata"]["labels"] == {"env": "demo"}, remote
+
+        def two_proxies(results: list[Ran]) -> None:
+            listed = json.loads(root.tetherctl("get", "proxies", "--format=json").stdout)
+            assert len(listed) == 2, listed
+
+        blocks = blocks_run_by(name)
+        assert [b.ref for b in blocks] == list(who)
+        with os_account("visitor"):
+            run_blocks(
+                run,
+                blocks,
+                who=who,
+                after={
+                    step[2]: invited,
+                    step[3]: trusted,
+                    step[4]: used,
+                    step[5]: managed,
+                    step[6]: two_proxies,
+                },
+            )
+        stopped = run.stop()
+        assert set(stopped.values()) == {0}, stopped
+    finally:
+        if run is not None:
+            run.stop()
+        leaf.stop()
+        root.stop()
