@@ -95,6 +95,7 @@ async def _read_line(payload: bytes) -> dict[str, Any] | None:
         (b"SSH-2.0-OpenSSH_9.2\r\n", "control message is not JSON"),
         (b"[1, 2]\n", "control message has no type"),
         (b"\xff\xfe\n", "control message is not JSON"),
+        (b"[" * 60_000 + b"\n", "control message is not JSON"),  # nested too deep to parse
         (b"{" * (MAX_MESSAGE + 10), f"control message longer than {MAX_MESSAGE} bytes"),
     ],
 )

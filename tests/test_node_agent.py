@@ -25,7 +25,7 @@ from tether import pki
 from tether.client.dial import open_target_stream
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import Config, default_config
-from tether.errors import ConfigError, TetherError
+from tether.errors import AccessDenied, ConfigError, TetherError
 from tether.hookspecs import hookimpl
 from tether.node.agent import agent_services
 from tether.plugins import get_plugin_manager
@@ -210,6 +210,9 @@ def test_the_agent_refuses_and_audits_a_forwarded_certificate_of_no_user(site: S
     with pytest.raises(TetherError) as refused:
         reach(site.leaf, context)
     assert "is not a user" in refused.value.message, refused.value.message
+    # the agent's error, as its class, named after the target that refused
+    assert type(refused.value) is AccessDenied
+    assert refused.value.message.startswith(f"{tether_hooktest.WHOAMI.name} '{NODE}' refused")
 
     def audited() -> list[str]:
         found = site.leaf.tetherctl(

@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from tether.errors import NotFound, TetherError
+from tether.errors import AmbiguousTarget, NotFound, TetherError
 from tether.protocols import ProtocolHandler
 from tether.proxy.routing import PortRefused, check_port
 from tether.resources import ResourceKind
-from tether.targets import AmbiguousTarget, Target, TargetKind, TargetQuery, resolve_target
+from tether.targets import Target, TargetKind, TargetQuery, resolve_target
 
 WEB = Target(kind="db", id="a1", name="web", addr="10.0.0.5:5432", labels={"env": "prod"})
 API = Target(kind="db", id="b2", name="api", labels={"env": "prod", "tier": "back"})
 TARGETS = [WEB, API]
+DB = ResourceKind(name="db", versions=("v1",), spec_type=dict, storage_prefix="/db/")
+DB_TARGET = TargetKind(DB, lambda r: WEB, list_command="tether db ls")
 
 
 def _handler() -> ProtocolHandler:
-    kind = TargetKind(
-        ResourceKind(name="db", versions=("v1",), spec_type=dict, storage_prefix="/db/"),
-        lambda r: WEB,
-    )
-    return ProtocolHandler(name="db", alpn=("db/1",), target_kind=kind, title="Postgres")
+    return ProtocolHandler(name="db", alpn=("db/1",), target_kind=DB_TARGET, title="Postgres")
 
 
 @pytest.mark.parametrize(
@@ -29,21 +27,37 @@ def _handler() -> ProtocolHandler:
     [("web", WEB), ("a1", WEB), ("10.0.0.5", WEB), ("api", API), ("tier=back", API)],
 )
 def test_a_target_is_found_by_name_id_address_or_labels(typed: str, found: Target) -> None:
-    assert resolve_target(TARGETS, TargetQuery.parse(typed), kind="db", cluster="main") is found
+    found_by = resolve_target(TARGETS, TargetQuery.parse(typed), kind=DB_TARGET, cluster="main")
+    assert found_by is found
 
 
 def test_several_matches_are_listed_with_how_to_pick_one() -> None:
     with pytest.raises(AmbiguousTarget) as refused:
-        resolve_target(TARGETS, TargetQuery.parse("env=prod"), kind="db", cluster="main")
+        resolve_target(TARGETS, TargetQuery.parse("env=prod"), kind=DB_TARGET, cluster="main")
     assert "2 dbs in cluster 'main' match 'env=prod'" in refused.value.message
     assert "web (id a1)" in refused.value.message
 
 
-def test_no_match_suggests_the_closest_names() -> None:
+def test_no_match_suggests_the_closest_names_and_the_protocols_own_listing() -> None:
     with pytest.raises(NotFound) as refused:
-        resolve_target(TARGETS, TargetQuery.parse("wbe"), kind="db", cluster="leaf")
-    assert refused.value.message == "db 'wbe' not found in cluster 'leaf'; did you mean web?"
-    assert refused.value.hint == "run `tether ls` to see the dbs you can reach"
+        resolve_target(TARGETS, TargetQuery.parse("wbe"), kind=DB_TARGET, cluster="main")
+    assert refused.value.message == "db 'wbe' not found in cluster 'main'; did you mean web?"
+    assert refused.value.hint == "run `tether db ls` to see the dbs you can reach"
+
+
+def test_no_match_in_a_leaf_hints_the_listing_of_that_leaf() -> None:
+    with pytest.raises(NotFound) as refused:
+        resolve_target(
+            TARGETS, TargetQuery.parse("nope"), kind=DB_TARGET, cluster="leaf", leaf=True
+        )
+    assert refused.value.message == "db 'nope' not found in cluster 'leaf'"
+    assert refused.value.hint == "run `tether db ls --cluster=leaf` to see the dbs you can reach"
+
+
+@pytest.mark.parametrize("command", ["", "  ", "tether ls\nrm -rf /", "run `x`"])
+def test_a_target_kind_names_one_listing_command(command: str) -> None:
+    with pytest.raises(TetherError, match="list_command must be the one-line command"):
+        TargetKind(DB, lambda r: WEB, list_command=command)
 
 
 def test_a_label_query_needs_keys() -> None:

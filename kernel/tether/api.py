@@ -27,7 +27,14 @@ from tether.backend import Backend, BackendType, open_sqlite
 from tether.cli import emit_table, output, run_async, run_trio, shared_group
 from tether.client.clusters import leaf_clusters
 from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
-from tether.client.profile import HOME_ENV, Profile, current_profile, profile_ssl_context
+from tether.client.profile import (
+    CLUSTER_ENV,
+    HOME_ENV,
+    LOGIN_ENV,
+    Profile,
+    current_profile,
+    profile_ssl_context,
+)
 from tether.config import (
     Config,
     ConfigSection,
@@ -48,7 +55,15 @@ from tether.connectors import (
     RedirectConnector,
 )
 from tether.dial import DialedTarget
-from tether.errors import AccessDenied, ConfigError, NotFound, TetherError, TrustError
+from tether.errors import (
+    AccessDenied,
+    AmbiguousTarget,
+    ConfigError,
+    NotFound,
+    TargetOffline,
+    TetherError,
+    TrustError,
+)
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
 from tether.pki import (
@@ -81,11 +96,14 @@ from tether.tunnel.forward import splice
 
 # Sorted for ruff; docs/api.md groups them by what a plugin does.
 __all__ = [
+    "CLUSTER_ENV",
     "HOME_ENV",
+    "LOGIN_ENV",
     "AccessDenied",
     "AgentContext",
     "AgentProtocol",
     "AgentStream",
+    "AmbiguousTarget",
     "AuditEvent",
     "AuditQuery",
     "Backend",
@@ -129,6 +147,7 @@ __all__ = [
     "ServiceRole",
     "Target",
     "TargetKind",
+    "TargetOffline",
     "TetherError",
     "TokenType",
     "TrustError",

@@ -7,28 +7,42 @@ asks a node in tunnel mode the same way. All three carry the same object: string
 for (see ``docs/tunnel-protocol.md``, "Dialing a target"). This module is sans-IO: it turns
 that object into a :class:`DialRequest` and back, and describes the answer, with one-line
 errors for anything malformed.
+
+A refusal is one format on every hop too: the ``error`` answer (:func:`error_answer`), a line
+on the front door and the reason of a tunnel stream's ``OPEN_FAIL`` (:func:`refusal_reason`),
+so that the error a leaf or an agent raised reaches the user as the same class with the same
+message and hint (:func:`refusal_error`). What a peer sends there is not trusted: each text is
+cut to one printable line, an unknown code is a plain :class:`~tether.errors.TetherError`,
+and a reason that is no error answer (an older peer's plain text) is shown as its text.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from tether.errors import TetherError, error_class, error_code
 from tether.tunnel.control import ControlError
 
 __all__ = [
     "DIAL",
     "HOST_CAS",
     "LIST",
+    "MAX_ERROR_TEXT",
     "MAX_FIELD",
     "OPS",
     "DialRequest",
     "DialedTarget",
+    "error_answer",
     "host_cas_answer",
+    "parse_error",
     "parse_host_cas",
     "parse_targets",
+    "refusal_error",
+    "refusal_reason",
     "targets_answer",
 ]
 
@@ -41,6 +55,10 @@ HOST_CAS = "host_cas"
 OPS = (DIAL, LIST, HOST_CAS)
 #: A field longer than this is refused: a host name, labels or a certificate fit easily.
 MAX_FIELD = 8 * 1024
+#: An error's message or hint is cut to this many characters when it crosses a hop; an
+#: ``OPEN_FAIL`` reason holding both (at most 4 bytes a character) stays well under the mux's
+#: 16 KiB cap, so it is never cut mid-JSON.
+MAX_ERROR_TEXT = 1000
 
 
 def _string(fields: Mapping[str, Any], key: str, *, required: bool = False) -> str:
@@ -221,3 +239,64 @@ def parse_host_cas(answer: Mapping[str, Any], *, default: bool = False) -> list[
     if not all(isinstance(line, str) for line in found):
         raise ControlError("the answer's host_cas holds something else than strings")
     return list(found)
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one printable line of at most :data:`MAX_ERROR_TEXT` characters: a peer's
+    text reaches a terminal, so control characters (escapes, newlines) become spaces."""
+    cut = len(text) > MAX_ERROR_TEXT
+    line = "".join(c if c.isprintable() else " " for c in text[:MAX_ERROR_TEXT]).strip()
+    return f"{line[: MAX_ERROR_TEXT - 1]}…" if cut else line
+
+
+def error_answer(exc: TetherError) -> dict[str, Any]:
+    """The ``error`` answer that tells the previous hop about ``exc``: its code (from
+    :data:`tether.errors.ERROR_CODES`), message and hint, one line each."""
+    return {
+        "type": "error",
+        "error": {
+            "type": error_code(exc),
+            "message": _one_line(exc.message),
+            "hint": _one_line(exc.hint) if exc.hint else None,
+        },
+    }
+
+
+def parse_error(answer: Mapping[str, Any]) -> TetherError:
+    """The error an :func:`error_answer` describes, as its class with its message and hint
+    (one line each); a code the kernel does not know is a :class:`TetherError`.
+
+    :raises ControlError: it is no error answer, or its message is missing or no string.
+    """
+    error = answer.get("error")
+    if answer.get("type") != "error" or not isinstance(error, dict):
+        raise ControlError(f"expected an error answer, got {answer.get('type')!r}"[:200])
+    message, hint = error.get("message"), error.get("hint")
+    if not isinstance(message, str) or not message.strip():
+        raise ControlError("the error answer has no message")
+    return error_class(error.get("type"))(
+        _one_line(message), hint=(_one_line(hint) or None) if isinstance(hint, str) else None
+    )
+
+
+def refusal_reason(exc: TetherError) -> str:
+    """The reason of an ``OPEN_FAIL`` that refuses a stream because of ``exc``: its
+    :func:`error_answer` as compact JSON."""
+    return json.dumps(error_answer(exc), ensure_ascii=False, separators=(",", ":"))
+
+
+def refusal_error(reason: str) -> TetherError:
+    """The error a peer's ``OPEN_FAIL`` reason describes (:func:`refusal_reason`), rebuilt as
+    its class; a reason that is not one (an older peer's plain text, the mux's own refusals,
+    anything malformed) is a :class:`TetherError` with the reason as its message."""
+    if reason.startswith("{"):
+        try:
+            answer = json.loads(reason)
+        except (ValueError, RecursionError):
+            answer = None
+        if isinstance(answer, dict):
+            try:
+                return parse_error(answer)
+            except ControlError:
+                pass
+    return TetherError(_one_line(reason) or "no reason given")

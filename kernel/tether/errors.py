@@ -3,21 +3,36 @@
 Every error a person sees is one line: what is wrong, then what to do about it. The CLIs print
 ``str(error)`` and exit non-zero; ``--debug`` adds the traceback. Code raises the most specific
 subclass so that callers (and tests) can tell failures apart without parsing messages.
+
+Errors cross process boundaries (HTTP API bodies, the front door's answer, a tunnel stream's
+refusal) as a code from :data:`ERROR_CODES` with the message and the hint, and the receiver
+rebuilds the same class, so a user sees the same line and the same hint wherever the error
+happened.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
 __all__ = [
+    "ERROR_CODES",
     "AccessDenied",
     "AlreadyExists",
+    "AmbiguousTarget",
     "CompareFailed",
     "ConfigError",
     "NotFound",
     "PluginError",
     "RateLimited",
     "ResourceError",
+    "TargetOffline",
     "TetherError",
     "TrustError",
+    "Unreachable",
+    "error_class",
+    "error_code",
 ]
 
 
@@ -73,3 +88,55 @@ class RateLimited(TetherError):
 
 class TrustError(TetherError):
     """A certificate or peer could not be verified against the trusted authorities."""
+
+
+class Unreachable(TetherError):
+    """No connection could be made to a server: refused, timed out, or no such host.
+
+    :param reason: why, in the operating system's words (``Connection refused``), for a
+        caller that names several addresses in one message.
+    """
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+class AmbiguousTarget(TetherError):
+    """More than one target answers to what the user typed."""
+
+
+class TargetOffline(TetherError):
+    """The target (or its cluster) is known but cannot be reached right now."""
+
+
+#: The code each error class travels under between Tether processes. The codes are part of
+#: the wire formats (``docs/tunnel-protocol.md``) and never change; a receiver looks a code
+#: up here and nowhere else, and an unknown one is a plain :class:`TetherError`.
+ERROR_CODES: Final[Mapping[str, type[TetherError]]] = MappingProxyType(
+    {
+        "TetherError": TetherError,
+        "AccessDenied": AccessDenied,
+        "TrustError": TrustError,
+        "NotFound": NotFound,
+        "AlreadyExists": AlreadyExists,
+        "CompareFailed": CompareFailed,
+        "ResourceError": ResourceError,
+        "ConfigError": ConfigError,
+        "RateLimited": RateLimited,
+        "AmbiguousTarget": AmbiguousTarget,
+        "TargetOffline": TargetOffline,
+    }
+)
+_CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}
+
+
+def error_code(exc: TetherError) -> str:
+    """The code ``exc`` travels under: its class's, or its nearest base's that has one (a
+    subclass defined elsewhere, as pki's ``CertificateExpired``, travels as ``TrustError``)."""
+    return next(_CODE_OF[cls] for cls in type(exc).__mro__ if cls in _CODE_OF)
+
+
+def error_class(code: object) -> type[TetherError]:
+    """The class a received ``code`` names; :class:`TetherError` for any other value."""
+    return ERROR_CODES.get(code, TetherError) if isinstance(code, str) else TetherError

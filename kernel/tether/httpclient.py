@@ -9,16 +9,17 @@ says which), an unreachable address, or an error the server reported (rebuilt as
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 
 import httpx
 
-from tether.errors import TetherError, TrustError
+from tether.errors import TetherError, TrustError, Unreachable
 from tether.pki import UnexpectedPeerKind
 from tether.wire import error_from_json
 
-__all__ = ["request_json", "root_cause"]
+__all__ = ["describe", "request_json", "root_cause"]
 
 #: TLS alerts a Tether server sends when it refuses a client certificate: (why, what to do)
 _REFUSALS = {
@@ -36,16 +37,34 @@ def root_cause(
 ) -> BaseException | None:
     """The first cause of type ``kind`` in ``exc``'s chain, or (for the default ``kind``) the
     innermost cause with a message. httpx under trio wraps ssl errors several levels deep with
-    empty messages on the way."""
+    empty messages on the way, and trio's connect puts the error of each address tried in an
+    exception group: the chain goes on through the group's first error, so that a user reads
+    "Connection refused", never "(1 sub-exception)"."""
     found = None
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, BaseExceptionGroup):
+            seen = seen.exceptions[0]
+            continue
         if isinstance(seen, kind) and str(seen):
             if kind is not BaseException:
                 return seen
             found = seen
         seen = seen.__cause__ or seen.__context__
     return found
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, in a few words: the operating system's for a socket error
+    (``Connection refused``, ``Name or service not known``), else the message of the
+    innermost cause (:func:`root_cause`)."""
+    cause = root_cause(exc) or exc
+    if isinstance(cause, ssl.SSLError):
+        # "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)": the middle
+        return re.sub(r"^\[[^]]*\] | \(_ssl\.c:\d+\)$", "", str(cause))
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.rpartition(": ")[2]
+    return str(cause) or type(cause).__name__
 
 
 async def request_json(
@@ -62,7 +81,8 @@ async def request_json(
     :raises TrustError: the server's certificate is not trusted, or it refused ours.
     :raises TetherError: the server is unreachable, or answered with an error.
     """
-    server = f"{http.base_url.host}:{http.base_url.port}"
+    url = http.base_url
+    server = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
     try:
         response = await http.request(method, path, **kwargs)
     except httpx.TransportError as exc:
@@ -83,13 +103,20 @@ async def request_json(
         if reason in _REFUSALS:
             why, hint = _REFUSALS[reason]
             raise TrustError(f"{server} refused your certificate: {why}", hint=hint) from None
-        cause = root_cause(exc) or exc
-        if isinstance(exc, httpx.ConnectError):
+        reason = describe(exc)
+        if alert is not None and isinstance(exc, httpx.ConnectError):
             raise TetherError(
-                f"cannot connect to {server}: {cause}",
-                hint="check the address and that tetherd is running",
+                f"the TLS handshake with {server} failed: {reason}",
+                hint="check the address: it should be the port of a Tether proxy (or auth service)",
             ) from None
-        raise TetherError(f"connection to {server} failed: {cause}") from None
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            raise Unreachable(
+                f"cannot connect to {server}: {reason}",
+                reason=reason,
+                hint="check the address, and that Tether runs there and is reachable from "
+                "this machine",
+            ) from None
+        raise TetherError(f"connection to {server} failed: {reason}") from None
     try:
         body = response.json()
     except ValueError:

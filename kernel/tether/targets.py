@@ -3,9 +3,10 @@
 A protocol plugin serves one kind of target (SSH: ``node``; later ``db``, ``kube_cluster``).
 The kernel finds a target among the resources of that kind the user may see, by what the user
 typed, and reaches it; for that a kind meets a small contract, :class:`TargetKind`: its
-resource kind (which auth already filters by the user's roles) and a function that describes
-one resource as a :class:`Target`: the names it answers to, its labels, and how it is
-reached (through the serving agent's own tunnel, named by its host id, or at an address).
+resource kind (which auth already filters by the user's roles), a function that describes
+one resource as a :class:`Target` (the names it answers to, its labels, and how it is
+reached: through the serving agent's own tunnel, named by its host id, or at an address), and
+the command that lists them, which every "not found" names.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from tether.errors import NotFound, TetherError
+from tether.errors import AmbiguousTarget, NotFound, TetherError
 from tether.rbac import match_labels
 from tether.resources import Resource, ResourceKind
 
 __all__ = [
-    "AmbiguousTarget",
     "Target",
     "TargetKind",
     "TargetQuery",
@@ -61,6 +61,15 @@ class Target:
         return name in (self.id, self.name, *self.aliases) or (bool(host) and name == host)
 
 
+def _one_command(kind: TargetKind, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value.strip() or "\n" in value or "`" in value:
+        raise TetherError(
+            f"target kind {kind.resource.name!r}: list_command must be the one-line command "
+            f"that lists its targets, got {value!r}",
+            hint='give the client command, e.g. list_command="tether ls"',
+        )
+
+
 @attrs.frozen
 class TargetKind:
     """The contract a protocol's target kind meets.
@@ -68,18 +77,21 @@ class TargetKind:
     :param resource: the resource kind of its targets; auth shows a user only those its roles
         reach (``ResourceKind.access_labels``), and that is what routing sees.
     :param describe: one resource of that kind as a :class:`Target`.
+    :param list_command: the client command that lists these targets (``tether ls``), with a
+        ``--cluster`` option; hints name it, with ``--cluster=`` for a leaf's targets.
     """
 
     resource: ResourceKind
     describe: Callable[[Resource], Target]
+    list_command: str = attrs.field(kw_only=True, validator=_one_command)
 
     @property
     def name(self) -> str:
         return self.resource.name
 
-
-class AmbiguousTarget(TetherError):
-    """More than one target answers to what the user typed."""
+    def listing(self, leaf: str | None = None) -> str:
+        """The command that lists these targets: of the user's own cluster, or of ``leaf``."""
+        return f"{self.list_command} --cluster={leaf}" if leaf else self.list_command
 
 
 @attrs.frozen
@@ -107,11 +119,19 @@ class TargetQuery:
 
 
 def resolve_target(
-    targets: Sequence[Target], query: TargetQuery, *, kind: str, cluster: str
+    targets: Sequence[Target],
+    query: TargetQuery,
+    *,
+    kind: TargetKind,
+    cluster: str,
+    leaf: bool = False,
 ) -> Target:
     """The one target ``query`` names among ``targets`` (the ones the user may see).
 
-    :raises NotFound: none matches; the message suggests the closest names.
+    :param cluster: the cluster they are in, for messages.
+    :param leaf: ``cluster`` is a leaf of the user's proxy: hints name it (``--cluster=``).
+    :raises NotFound: none matches; the message suggests the closest names and the hint the
+        kind's listing command.
     :raises AmbiguousTarget: several match; the message lists them and says how to pick one.
     """
     if query.labels:
@@ -124,13 +144,14 @@ def resolve_target(
     if found:
         listed = ", ".join(f"{t.name} (id {t.id})" for t in found[:5])
         raise AmbiguousTarget(
-            f"{len(found)} {kind}s in cluster {cluster!r} match {str(query)!r}: {listed}",
+            f"{len(found)} {kind.name}s in cluster {cluster!r} match {str(query)!r}: {listed}",
             hint="name one by its id, or narrow the labels",
         )
     names = sorted({t.name for t in targets})
     close = difflib.get_close_matches(query.name, names, n=3, cutoff=0.5) if query.name else []
     suggestion = f"; did you mean {', '.join(close)}?" if close else ""
     raise NotFound(
-        f"{kind} {str(query)!r} not found in cluster {cluster!r}{suggestion}",
-        hint=f"run `tether ls` to see the {kind}s you can reach",
+        f"{kind.name} {str(query)!r} not found in cluster {cluster!r}{suggestion}",
+        hint=f"run `{kind.listing(cluster if leaf else None)}` to see the {kind.name}s you "
+        "can reach",
     )

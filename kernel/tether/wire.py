@@ -42,21 +42,7 @@ _STATUS: dict[type[errors.TetherError], int] = {
     errors.ResourceError: 400,
     errors.ConfigError: 400,
     errors.RateLimited: 429,
-}
-
-_CLASSES: dict[str, type[errors.TetherError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.TetherError,
-        errors.AccessDenied,
-        errors.TrustError,
-        errors.NotFound,
-        errors.AlreadyExists,
-        errors.CompareFailed,
-        errors.ResourceError,
-        errors.ConfigError,
-        errors.RateLimited,
-    )
+    errors.TargetOffline: 503,
 }
 
 
@@ -68,17 +54,20 @@ def error_status(exc: errors.TetherError) -> int:
 
 
 def error_to_json(exc: errors.TetherError) -> dict[str, Any]:
-    # Subclasses defined elsewhere (pki's CertificateExpired, ...) travel as their nearest
-    # kernel base so the client can rebuild them.
-    name = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _CLASSES), "TetherError")
-    return {"error": {"type": name, "message": exc.message, "hint": exc.hint}}
+    """``exc`` as ``{"error": {"type": CODE, "message": ..., "hint": ...}}``, its code from
+    :data:`tether.errors.ERROR_CODES`."""
+    return {"error": {"type": errors.error_code(exc), "message": exc.message, "hint": exc.hint}}
 
 
 def error_from_json(body: Any, status: int) -> errors.TetherError:
+    """The error an :func:`error_to_json` body describes, as its class (a code the kernel does
+    not know is a :class:`~tether.errors.TetherError`)."""
     try:
         err = body["error"]
-        cls = _CLASSES.get(str(err.get("type")), errors.TetherError)
-        return cls(str(err["message"]), hint=err.get("hint"))
+        hint = err.get("hint")
+        return errors.error_class(err.get("type"))(
+            str(err["message"]), hint=hint if isinstance(hint, str) else None
+        )
     except (KeyError, TypeError, AttributeError):
         return errors.TetherError(f"unexpected response from server (HTTP {status})")
 

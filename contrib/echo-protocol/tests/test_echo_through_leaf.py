@@ -20,7 +20,17 @@ from collections.abc import Iterator
 
 import attrs
 import pytest
+import trio
+from tether_echo.cli import ALPN, TITLE
 
+from tether.api import (
+    AccessDenied,
+    NotFound,
+    TetherError,
+    current_profile,
+    open_target_stream,
+    profile_ssl_context,
+)
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
@@ -75,6 +85,27 @@ class Trust:
         """``tether echo ARGS`` run by a root user against the leaf."""
         result = self.root.tether(user, "echo", *args, "--cluster=leaf", input=input, check=False)
         return result.returncode, result.stdout, result.stderr
+
+    def refusal(self, user: str, target: str) -> TetherError:
+        """What the client raises when ``user`` asks the root's proxy for the leaf's
+        ``target`` and is refused."""
+        profile = current_profile(self.root.user_home(user))
+        assert profile is not None
+
+        async def reach() -> None:
+            stream, _ = await open_target_stream(
+                profile.proxy,
+                profile_ssl_context(profile, alpn=[ALPN]),
+                alpn=ALPN,
+                protocol=TITLE,
+                cluster="leaf",
+                target=target,
+            )
+            await stream.aclose()
+
+        with pytest.raises(TetherError) as refused:
+            trio.run(reach)
+        return refused.value
 
     def leaf_events(self, event_type: str) -> list[dict[str, object]]:
         found = self.leaf.tetherctl("audit", "search", f"--type={event_type}", "--format=json")
@@ -168,6 +199,22 @@ def test_unmapped_root_user_is_refused_with_the_reason(trust: Trust) -> None:
     code, out, err = trust.echo("carol", "connect", "leaf-node", input="ping\n")
     assert code != 0 and out == ""
     assert "no role of carol@root (auditor) maps to a role of cluster 'leaf'" in err
+    # the leaf refused: the user meets its error as its class, through the root's proxy
+    refused = trust.refusal("carol", "leaf-node")
+    assert type(refused) is AccessDenied
+    assert refused.message == "no role of carol@root (auditor) maps to a role of cluster 'leaf'"
+
+
+def test_an_echo_missing_in_the_leaf_hints_the_echo_listing_of_the_leaf(trust: Trust) -> None:
+    code, out, err = trust.echo("alice", "connect", "nosuchnode", input="ping\n")
+    assert (code, out) == (1, "")
+    assert err.strip() == (
+        "ERROR: echo 'nosuchnode' not found in cluster 'leaf' "
+        "(run `tether echo ls --cluster=leaf` to see the echos you can reach)"
+    )
+    refused = trust.refusal("alice", "nosuchnode")
+    assert type(refused) is NotFound
+    assert refused.hint == "run `tether echo ls --cluster=leaf` to see the echos you can reach"
 
 
 def test_echo_hidden_by_labels_is_not_found(trust: Trust) -> None:

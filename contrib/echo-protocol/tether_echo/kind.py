@@ -64,4 +64,4 @@ def describe_echo(resource: Resource) -> Target:
 
 
 #: What ``tether echo connect`` reaches: the kernel finds and dials targets through this.
-ECHO_TARGET = TargetKind(ECHO, describe_echo)
+ECHO_TARGET = TargetKind(ECHO, describe_echo, list_command="tether echo ls")

@@ -25,6 +25,10 @@ def _everything(resource: Resource) -> bool:
     return True
 
 
+def _nothing(resource: Resource) -> bool:
+    return False
+
+
 class ResourceStore:
     """Get, create and delete resources for a caller, all or none, audited.
 
@@ -84,11 +88,16 @@ class ResourceStore:
         cluster's own hosts read the kinds that name them in ``readable_by`` (nodes read roles
         to authorize logins). A user without a rule for an ``access_labels`` kind still sees
         the resources their roles reach, as ``tsh ls`` lists the nodes one may log in to.
+        A user of another cluster (a root's, role-mapped here) sees none of this cluster's
+        leaves: trust is not transitive, and a leaf of a leaf is "not found" to them.
         """
         ctx = self._ctx
         own_host = identity.kind in kind.readable_by and identity.cluster == ctx.cluster_name
         if own_host and not with_secrets:
             return _everything
+        foreign_user = identity.kind == "user" and identity.cluster != ctx.cluster_name
+        if foreign_user and kind.access_labels == "cluster_labels":
+            return _nothing
         try:
             await ctx.authorize(identity, kind.name, verb)
         except AccessDenied:

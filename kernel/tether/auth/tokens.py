@@ -128,16 +128,19 @@ class Tokens:
         ctx = self._ctx
         kind = ctx.registry.get("token")
         item = await ctx.backend.get(kind.key(token))
+        # the command to run as printed: the type of token this join needed
+        type_name = next((t.name for t in self._types.values() if t.role == role), None)
+        command = (
+            f"tetherctl tokens add --type={type_name}" if type_name else "tetherctl tokens add"
+        )
         if item is None:
             raise AccessDenied(
-                "the token is unknown or expired",
-                hint="create a new one with `tetherctl tokens add`",
+                "the token is unknown or expired", hint=f"create a new one with `{command}`"
             )
         res = resource_from_bytes(item.value, ctx.registry)
         if ctx.expired(res):
             raise AccessDenied(
-                "the token is unknown or expired",
-                hint="create a new one with `tetherctl tokens add`",
+                "the token is unknown or expired", hint=f"create a new one with `{command}`"
             )
         if role not in res.spec.roles:
             raise AccessDenied(f"the token is not a {role} token")

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import shlex
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
+from click.decorators import FC
 
 import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
 from tether.client.profile import (
+    CLUSTER_ENV,
+    HOME_ENV,
+    LOGIN_ENV,
+    PROXY_ENV,
+    USER_ENV,
     Profile,
     clear_profiles,
     current_profile,
+    find_profile,
     profile_ssl_context,
     save_profile,
     select_cluster,
 )
-from tether.client.web import establish_trust, proxy_call
+from tether.client.web import find_proxy, proxy_call
 from tether.durations import parse_duration
 from tether.errors import NotFound, TetherError
 
@@ -40,7 +49,17 @@ def _read_password(password_stdin: bool, prompt: str = "Password") -> str:
     return getpass.getpass(f"{prompt}: ")
 
 
-@click.group()
+_ENVIRONMENT = f"""\b
+Environment variables (as tsh's TELEPORT_*):
+  {HOME_ENV}     where logins are kept (default: ~/.tether)
+  {PROXY_ENV}    the proxy of login and signup (--proxy)
+  {USER_ENV}     the Tether user to log in as (login --user)
+  {CLUSTER_ENV}  the cluster to target (--cluster; login's CLUSTER)
+  {LOGIN_ENV}    the login on nodes when LOGIN@ is left out
+"""
+
+
+@click.group(epilog=_ENVIRONMENT)
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -59,12 +78,33 @@ def _ttl(value: str | None) -> datetime.timedelta | None:
         raise click.BadParameter(str(exc), param_hint="--ttl") from None
 
 
+def _proxy_option(what: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--proxy",
+        envvar=PROXY_ENV,
+        show_envvar=True,
+        help=f"Proxy address, HOST[:PORT]; without a port, 443 and 3080 are tried at once. {what}",
+    )
+
+
+def _still_valid(profile: Profile) -> bool:
+    return profile.identity().expires > datetime.datetime.now(datetime.UTC)
+
+
 @cli.command()
-@click.option("--proxy", required=True, help="Proxy address, HOST:PORT.")
-@click.option("--user", default=lambda: getpass.getuser(), help="Tether user name.")
+@_proxy_option("Default: the current login's.")
+@click.option(
+    "--user",
+    envvar=USER_ENV,
+    show_envvar=True,
+    help="Tether user name (default: the stored login's, else your local user name).",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--insecure", is_flag=True, help="Do not verify the proxy (testing only).")
-@click.option("--ca-pin", help="Trust the proxy whose cluster CA has this sha256 pin.")
+@click.option(
+    "--ca-pin",
+    help="Trust the proxy whose cluster CA has this sha256 pin (default: the stored login's).",
+)
 @click.option("--ttl", help="Certificate lifetime (capped by your roles), e.g. 8h.")
 @click.option(
     "--auth",
@@ -79,12 +119,12 @@ def _ttl(value: str | None) -> datetime.timedelta | None:
     show_default=True,
     help="Open the identity provider's page in a browser (single sign-on connectors).",
 )
-@click.argument("cluster", required=False)
+@click.argument("cluster", required=False, envvar=CLUSTER_ENV)
 @run_async
 async def login(
     cluster: str | None,
-    proxy: str,
-    user: str,
+    proxy: str | None,
+    user: str | None,
     password_stdin: bool,
     insecure: bool,
     ca_pin: str | None,
@@ -92,10 +132,37 @@ async def login(
     connector: str,
     browser: bool,
 ) -> None:
-    """Log in and store short-lived certificates."""
+    """Log in and store short-lived certificates.
+
+    CLUSTER (default: $TETHER_CLUSTER) selects a leaf cluster, as `tether clusters` lists
+    them, for later commands. A login to the proxy that is still valid is reused: switching
+    clusters asks for no password. A proxy logged in to before keeps its CA pin.
+    """
     ttl_delta = _ttl(ttl)
     ttl_seconds = ttl_delta.total_seconds() if ttl_delta else None
-    context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    stored = find_profile(proxy) if proxy else current_profile()
+    if stored is not None:
+        proxy = stored.proxy
+        if not insecure and ca_pin is None:
+            insecure, ca_pin = stored.insecure, stored.ca_pin
+    elif proxy is None:
+        raise TetherError(
+            "no proxy to log in to",
+            hint=f"pass --proxy=HOST[:PORT], or set {PROXY_ENV}",
+        )
+    if (
+        cluster
+        and stored is not None
+        and _still_valid(stored)
+        and user in (None, stored.identity().username)
+    ):
+        # tsh's `tsh login LEAF` on a valid login: the certificates serve every cluster
+        await _select(stored, cluster)
+        _print_status(_status_json(), sys.stdout)
+        return
+    proxy, context = await find_proxy(proxy, insecure=insecure, ca_pin=ca_pin)
+    if user is None:
+        user = stored.identity().username if stored is not None else getpass.getuser()
     key = pki.generate_private_key()
     if connector != "local" and await _connector_type(proxy, context, connector) != "password":
         from tether.client.sso_login import sso_login  # only single sign-on needs its listener
@@ -139,11 +206,19 @@ async def login(
         insecure=insecure,
         ca_pin=ca_pin,
     )
-    if cluster and cluster != identity.cluster:
+    if cluster:
         # the guide's `tsh login --proxy=ROOT LEAF`: later commands default to the leaf
-        await _check_visible(profile, cluster)
-        select_cluster(profile, cluster)
+        await _select(profile, cluster)
     _print_status(_status_json(), sys.stdout)
+
+
+async def _select(profile: Profile, cluster: str) -> None:
+    """Make ``cluster`` (the login's own, or a leaf the user may see) the default target."""
+    if cluster == profile.identity().cluster:
+        select_cluster(profile, None)
+        return
+    await _check_visible(profile, cluster)
+    select_cluster(profile, cluster)
 
 
 async def _connector_type(proxy: str, context: ssl.SSLContext, name: str) -> str:
@@ -213,24 +288,34 @@ async def clusters(fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--proxy", required=True, help="Proxy address, HOST:PORT.")
+@_proxy_option("")
 @click.option("--token", required=True, help="The sign-up token from `tetherctl users add`.")
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
 @click.option("--insecure", is_flag=True, help="Do not verify the proxy (testing only).")
 @click.option("--ca-pin", help="Trust the proxy whose cluster CA has this sha256 pin.")
 @run_async
 async def signup(
-    proxy: str, token: str, password_stdin: bool, insecure: bool, ca_pin: str | None
+    proxy: str | None, token: str, password_stdin: bool, insecure: bool, ca_pin: str | None
 ) -> None:
-    """Choose the password of a new user with a one-time sign-up token."""
-    context = await establish_trust(proxy, insecure=insecure, ca_pin=ca_pin)
+    """Choose the password of a new user with a one-time sign-up token.
+
+    Prints the `tether login` command that logs the user in.
+    """
+    if proxy is None:
+        raise TetherError(
+            "no proxy to sign up at", hint=f"pass --proxy=HOST[:PORT], or set {PROXY_ENV}"
+        )
+    proxy, context = await find_proxy(proxy, insecure=insecure, ca_pin=ca_pin)
     password = _read_password(password_stdin, "New password")
     body = await proxy_call(
         proxy, "POST", "/webapi/signup", context, json={"token": token, "password": password}
     )
-    click.echo(
-        f"User {body['user']!r} is ready: tether login --proxy={proxy} --user={body['user']}"
-    )
+    command = ["tether", "login", f"--proxy={proxy}", f"--user={body['user']}"]
+    if ca_pin:
+        command.append(f"--ca-pin={ca_pin}")
+    if insecure:
+        command.append("--insecure")
+    click.echo(f"User {body['user']!r} is ready; log in with:\n\n{shlex.join(command)}\n")
 
 
 def _status_json() -> dict[str, Any] | None:

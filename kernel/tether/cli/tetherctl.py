@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import pathlib
+import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +34,7 @@ from tether.cli._common import (
     split_kv,
 )
 from tether.client.profile import current_profile, profile_ssl_context
-from tether.config import load_config
+from tether.config import ConfigSchema, load_config, secret_or_file
 from tether.durations import format_duration, parse_duration
 from tether.errors import TetherError
 from tether.resources import (
@@ -52,18 +53,46 @@ CONFIG_ENV = "TETHER_CONFIG"
 
 
 class Target:
-    """Where this invocation's requests go, and the proxy address users should use."""
+    """Where this invocation's requests go, and how users and hosts reach the proxy.
 
-    def __init__(self, client: AuthClient, proxy: str | None) -> None:
+    :param proxy: the proxy address to print in commands, None when none is known.
+    :param auth: the auth service's address, where a joining proxy goes (``-c`` only).
+    :param public_web_cert: the proxy's web certificate is one this machine trusts without
+        the cluster's CA (``https_cert_file``, or a login without ``--ca-pin``): printed
+        commands need no ``--ca-pin`` then.
+    """
+
+    def __init__(
+        self,
+        client: AuthClient,
+        proxy: str | None,
+        *,
+        auth: str | None = None,
+        public_web_cert: bool = False,
+    ) -> None:
         self.client = client
         self.proxy = proxy
+        self.auth = auth
+        self.public_web_cert = public_web_cert
+
+    def trust_flags(self, ca_pin: str) -> list[str]:
+        """The flags a printed command needs to trust the cluster: ``--ca-pin``, unless the
+        proxy's certificate is publicly trusted."""
+        return [] if self.public_web_cert else [f"--ca-pin={ca_pin}"]
 
 
 def _connect(ctx: click.Context) -> Target:
     config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
     if config_path:
-        client, proxy = admin_client(load_config(pathlib.Path(config_path)))
-        return Target(client, proxy)
+        config = load_config(pathlib.Path(config_path))
+        client, proxy = admin_client(config)
+        public = config.proxy_service.public_addr
+        return Target(
+            client,
+            str(public) if public is not None and public.port else proxy,
+            auth=client.base_url.removeprefix("https://"),
+            public_web_cert=config.proxy_service.https_cert_file is not None,
+        )
     profile = current_profile()
     if profile is None:
         raise TetherError(
@@ -71,7 +100,9 @@ def _connect(ctx: click.Context) -> Target:
             hint="run `tether login --proxy=HOST:PORT` or pass -c tether.yaml on the auth host",
         )
     return Target(
-        AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)), profile.proxy
+        AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)),
+        profile.proxy,
+        public_web_cert=not (profile.ca_pin or profile.insecure),
     )
 
 
@@ -111,13 +142,25 @@ async def create(ctx: click.Context, file: Any, force: bool) -> None:
     resources = parse_resources(file.read(), source, _registry(ctx))
     if not resources:
         raise TetherError(f"{source}: no resources found")
+    docs = [_read_token_file(resource_to_dict(r, with_secrets=True)) for r in resources]
     target = _connect(ctx)
     async with target.client as client:
-        messages = await client.create_resources(
-            [resource_to_dict(r, with_secrets=True) for r in resources], force=force
-        )
+        messages = await client.create_resources(docs, force=force)
     for message in messages:
         click.echo(message)
+
+
+def _read_token_file(doc: dict[str, Any]) -> dict[str, Any]:
+    """A trusted_cluster's ``spec.token`` may be the absolute path of a file holding it, as
+    ``tetherd start --token`` may. It is read here, on the machine of whoever runs ``create``:
+    the auth service never reads a file a request names."""
+    from tether.trust import TRUSTED_CLUSTER
+
+    spec = doc.get("spec") or {}
+    if doc["kind"] == TRUSTED_CLUSTER.name and spec.get("token"):
+        name = doc["metadata"]["name"]
+        spec["token"] = secret_or_file(spec["token"], f"trusted_cluster {name!r}: spec.token")
+    return doc
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
@@ -302,16 +345,22 @@ async def users_add(
         token = await client.add_user(
             name, roles=split_csv(roles), traits=all_traits, password=password
         )
-    if token is None:
+        ca_pin = None if token is None else (await client.cluster())["ca_pin"]
+    if token is None or ca_pin is None:
         click.echo(f'User "{name}" has been created.')
         return
     expires = datetime.datetime.fromisoformat(token["expires"].replace("Z", "+00:00"))
     left = format_duration(expires - datetime.datetime.now(datetime.UTC))
-    proxy = target.proxy or "PROXY:PORT"
+    command = [
+        "tether",
+        "signup",
+        f"--proxy={target.proxy or 'PROXY:PORT'}",
+        f"--token={token['token']}",
+        *target.trust_flags(ca_pin),
+    ]
     click.echo(
         f'User "{name}" has been created but requires a password. Share this command with the '
-        f"user to choose one; the token is valid for {left}:\n\n"
-        f"tether signup --proxy={proxy} --token={token['token']}\n"
+        f"user to choose one; the token is valid for {left}:\n\n{shlex.join(command)}\n"
     )
 
 
@@ -411,6 +460,45 @@ async def tokens_add(
     click.echo(f"The {what}: {info['token']}")
     click.echo(f"This token will expire in {format_duration(ttl_delta)}.")
     click.echo(f"CA pin: {info['ca_pin']}")
+    joining = _join_command(ctx, target, type_name, info)
+    if joining is not None:
+        command, server = joining
+        click.echo(
+            f"\nRun this on the new host to join the cluster:\n\n{shlex.join(command)}\n\n"
+            "Please note:\n"
+            "  - the token is needed for the first start only, and expires in "
+            f"{format_duration(ttl_delta)}\n"
+            f"  - {server} must be reachable from the new host\n"
+            "  - --token also takes the absolute path of a file holding the token, which keeps "
+            "it out of the shell's history"
+        )
+
+
+def _join_command(
+    ctx: click.Context, target: Target, type_name: str, info: Mapping[str, Any]
+) -> tuple[list[str], str] | None:
+    """``tetherd start`` for a host joining with a token of ``type_name`` (as tctl prints
+    ``teleport start``), and the address it joins: a proxy joins the auth service, a service
+    of a plugin's role (a node) joins through the proxy in tunnel mode. None for other types,
+    or when that address is not known here."""
+    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
+    roles = ConfigSchema.from_plugins(plugin_manager(configured_disabled(config_path))).roles
+    if type_name not in roles or type_name == "auth":
+        return None
+    flag, server = (
+        ("--auth-server", target.auth) if type_name == "proxy" else ("--proxy", target.proxy)
+    )
+    if server is None:
+        return None
+    command = [
+        "tetherd",
+        "start",
+        f"--roles={type_name}",
+        f"--token={info['token']}",
+        f"{flag}={server}",
+        *target.trust_flags(info["ca_pin"]),
+    ]
+    return command, server
 
 
 @tokens.command("ls")

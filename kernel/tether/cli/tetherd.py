@@ -55,7 +55,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--roles",
     help="Services to run, comma-separated (default: the configuration's).",
 )
-@click.option("--token", help="Join token (`tetherctl tokens add --type=node`), first start only.")
+@click.option(
+    "--token",
+    help="Join token (`tetherctl tokens add --type=node`), or the absolute path of a file "
+    "holding it; first start only.",
+)
 @click.option("--proxy", "proxy_server", help="Join through this proxy (host:port): tunnel mode.")
 @click.option("--auth-server", help="Join this auth service (host:port): direct mode.")
 @click.option("--ca-pin", help="The cluster CA pin, to verify the server when joining.")

@@ -20,13 +20,14 @@ from tether.dial import (
     LIST,
     DialedTarget,
     DialRequest,
+    parse_error,
     parse_host_cas,
     parse_targets,
 )
 from tether.errors import AccessDenied, TetherError, TrustError
+from tether.httpclient import describe
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
-from tether.wire import error_from_json
 
 __all__ = ["cluster_host_cas", "list_targets", "open_target_stream"]
 
@@ -73,8 +74,10 @@ async def _connect(proxy: str, context: ssl.SSLContext, alpn: str, protocol: str
                 "its administrator should know about",
             ) from None
         raise TetherError(
-            f"cannot reach the proxy at {proxy}: {cause}",
-            hint="check the address, or log in again with `tether login`",
+            f"cannot reach the proxy at {proxy}: "
+            + ("timed out" if isinstance(exc, trio.TooSlowError) else describe(exc)),
+            hint="check that the proxy is up and reachable from this machine, or log in "
+            "again with `tether login`",
         ) from None
     if stream.selected_alpn_protocol() != alpn:
         await trio.aclose_forcefully(stream)
@@ -120,7 +123,7 @@ async def _ask(
                 hint="your certificate may have expired: run `tether login`",
             )
         if answer["type"] == "error":
-            raise error_from_json(answer, 400)
+            raise parse_error(answer)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await trio.aclose_forcefully(stream)
         raise _refused(proxy, exc) from None
@@ -170,7 +173,8 @@ async def open_target_stream(
         certificate and offers ``alpn`` (:func:`tether.client.profile.profile_ssl_context`).
     :param protocol: the protocol's name, for messages (``SSH``).
     :returns: the byte stream to the target's server, and which target it is.
-    :raises NotFound, AccessDenied: what the proxy said, with its hint.
+    :raises NotFound, AmbiguousTarget, AccessDenied, TargetOffline: what the proxy said
+        (or the leaf or agent behind it), with its hint.
     :raises TetherError: the proxy cannot be reached, does not serve the protocol, or the
         target is offline.
     """

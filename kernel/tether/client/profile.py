@@ -21,9 +21,15 @@ import attrs
 from tether import pki
 
 __all__ = [
+    "CLUSTER_ENV",
+    "HOME_ENV",
+    "LOGIN_ENV",
+    "PROXY_ENV",
+    "USER_ENV",
     "Profile",
     "clear_profiles",
     "current_profile",
+    "find_profile",
     "profile_ssl_context",
     "save_profile",
     "select_cluster",
@@ -31,6 +37,15 @@ __all__ = [
 ]
 
 HOME_ENV = "TETHER_HOME"
+#: the proxy ``tether login`` and ``signup`` use when ``--proxy`` is not given (tsh's
+#: ``TELEPORT_PROXY``)
+PROXY_ENV = "TETHER_PROXY"
+#: the Tether user ``tether login`` logs in as (tsh's ``TELEPORT_USER``)
+USER_ENV = "TETHER_USER"
+#: the cluster commands target when ``--cluster`` is not given (tsh's ``TELEPORT_CLUSTER``)
+CLUSTER_ENV = "TETHER_CLUSTER"
+#: the login on nodes when a command names none (tsh's ``TELEPORT_LOGIN``)
+LOGIN_ENV = "TETHER_LOGIN"
 
 
 def tether_home() -> pathlib.Path:
@@ -141,6 +156,36 @@ def current_profile(home: pathlib.Path | None = None) -> Profile | None:
         proxy = (home / "current-profile").read_text().strip()
     except FileNotFoundError:
         return None
+    return _load_profile(home, proxy)
+
+
+def find_profile(proxy: str, home: pathlib.Path | None = None) -> Profile | None:
+    """The stored login to ``proxy`` (``host:port``; a bare ``host`` matches a login to that
+    host on any port), the current one first; None if there is none.
+
+    ``tether login`` reuses its CA pin, user and, while its certificates are valid, the
+    login itself.
+    """
+    home = home or tether_home()
+    current = current_profile(home)
+    candidates = [current] if current is not None else []
+    keys = home / "keys"
+    if keys.is_dir():
+        for child in sorted(keys.iterdir()):
+            try:
+                stored = json.loads((child / "profile.json").read_text())["proxy"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found = _load_profile(home, str(stored))
+            if found is not None:
+                candidates.append(found)
+    for profile in candidates:
+        if proxy in (profile.proxy, profile.proxy.rpartition(":")[0]):
+            return profile
+    return None
+
+
+def _load_profile(home: pathlib.Path, proxy: str) -> Profile | None:
     directory = home / "keys" / _dir_name(proxy)
     try:
         meta = json.loads((directory / "profile.json").read_text())
@@ -156,11 +201,13 @@ def current_profile(home: pathlib.Path | None = None) -> Profile | None:
 
 
 def select_cluster(profile: Profile, cluster: str | None) -> Profile:
-    """Make ``cluster`` the default target of later commands (None: the login's own)."""
+    """Make ``profile`` the current login and ``cluster`` the default target of later
+    commands (None: the login's own)."""
     path = profile.directory / "profile.json"
     meta = json.loads(path.read_text())
     meta["selected_cluster"] = cluster
     _write(path, json.dumps(meta, indent=2))
+    _write(profile.directory.parent.parent / "current-profile", profile.proxy + "\n")
     return attrs.evolve(profile, selected_cluster=cluster)
 
 

@@ -47,6 +47,7 @@ from tether.config._values import (
     Severity,
     not_blank,
     positive,
+    secret_or_file,
     valid_name,
 )
 
@@ -80,5 +81,6 @@ __all__ = [
     "not_blank",
     "positive",
     "render_default_config",
+    "secret_or_file",
     "valid_name",
 ]

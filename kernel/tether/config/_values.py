@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
+import pathlib
 import re
 from typing import Any
 
 import attrs
 
+from tether.errors import ConfigError
 from tether.yamlio import Path, format_path
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "Severity",
     "not_blank",
     "positive",
+    "secret_or_file",
     "valid_name",
 ]
 
@@ -40,6 +44,35 @@ class FieldError(ValueError):
         super().__init__(f"{format_path(path)}: {message}")
         self.path = path
         self.message = message
+
+
+def secret_or_file(value: str, what: str) -> str:
+    """``value``, or the contents of the file it names when it is an absolute path.
+
+    A token typed on a command line stays in the shell's history; Teleport therefore reads
+    ``--token`` and ``auth_token`` from a file when the value is an absolute path, and so does
+    Tether (a relative path would be ambiguous: ``abc/def`` could be a token). Surrounding
+    whitespace is dropped, as files end with a newline.
+
+    :param what: the value's name for errors, e.g. ``--token``.
+    :raises ConfigError: the file is missing, unreadable or empty.
+    """
+    if not os.path.isabs(value):
+        return value
+    try:
+        contents = pathlib.Path(value).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"{what}: cannot read the file {value}: {reason}",
+            hint="an absolute path names a file holding the token; check it, or pass the "
+            "token itself",
+        ) from None
+    if not contents:
+        raise ConfigError(
+            f"{what}: the file {value} is empty", hint="write the token into it, or pass it"
+        )
+    return contents
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tether import pki
 from tether.auth.http_api import join_result_to_json
 from tether.auth.http_client import AuthClient
 from tether.config import Config, HostPort
+from tether.dial import refusal_reason
 from tether.errors import AccessDenied, ConfigError, TetherError, TrustError
 from tether.node.join import (
     SERVER_KINDS,
@@ -254,11 +255,16 @@ class NodeAgent:
     async def handle_stream(self, request: IncomingStream, agent: AgentContext) -> None:
         """Hand a stream a proxy opened to the protocol it names (the mux target), with the
         forwarded user certificate, if any, verified and role-mapped first; a refusal is
-        audited as ``node.stream.denied``, as the SSH server audits ``ssh.denied``."""
+        audited as ``node.stream.denied``, as the SSH server audits ``ssh.denied``, and says
+        why as the error it is (:func:`~tether.dial.refusal_reason`), which reaches the user
+        through the proxies as the same class."""
         protocol = self.protocols.get(request.target)
         if protocol is None:
             served = ", ".join(repr(name) for name in sorted(self.protocols)) or "nothing"
-            request.reject(f"this node serves no protocol {request.target!r}; it serves {served}")
+            refused = TetherError(
+                f"this node serves no protocol {request.target!r}; it serves {served}"
+            )
+            request.reject(refusal_reason(refused))
             return
         metadata = request.metadata
         client = metadata.get("client") or "the proxy"
@@ -273,7 +279,7 @@ class NodeAgent:
                 self._queue_audit(
                     "node.stream.denied", {**fields, "peer": client, "reason": exc.message}
                 )
-                request.reject(exc.message)
+                request.reject(refusal_reason(exc))
                 return
         stream = AgentStream(
             stream=request.accept(),

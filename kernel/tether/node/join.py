@@ -24,6 +24,7 @@ from cryptography import x509
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.client.web import establish_trust, proxy_call
+from tether.config import secret_or_file
 from tether.errors import ConfigError, TetherError
 from tether.tunnel.agent import Backoff
 
@@ -122,6 +123,8 @@ async def _load_or_join(
     """The identity saved in ``directory``; else join through ``server`` with ``token`` and
     save what results. A saved identity whose certificates expired (the host was stopped past
     their expiry, so it could not renew them) is replaced the same way, when a token is given.
+    ``token`` may be the absolute path of a file holding it, read only when joining (as
+    Teleport reads ``--token``), so that it need not stay in the shell's history.
 
     :raises ConfigError: no usable saved identity and no token, said with what to do.
     """
@@ -151,7 +154,7 @@ async def _load_or_join(
         )
     joined = await join_cluster(
         server,
-        token,
+        secret_or_file(token, "the join token"),
         host_id=host_id,
         hostname=hostname,
         role=role,

@@ -6,7 +6,8 @@ The client presents its X.509 user certificate in the TLS handshake and sends on
 one line; after a ``dialed`` answer the connection belongs to the protocol's ``relay`` (for
 SSH, bytes copied both ways: the session runs end to end between the client and the target,
 which authenticates the user itself, so the proxy never holds a key that could open one).
-Every refusal is a one-line ``error`` answer (what is wrong and what to do), never a crash.
+Every refusal is a one-line ``error`` answer (what is wrong and what to do, as the class the
+error has wherever it was raised: here, at a leaf or at an agent), never a crash.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from typing import Any
 
 import trio
 
-from tether.dial import DIAL, HOST_CAS, LIST, DialRequest, host_cas_answer, targets_answer
+from tether.dial import (
+    DIAL,
+    HOST_CAS,
+    LIST,
+    DialRequest,
+    error_answer,
+    host_cas_answer,
+    targets_answer,
+)
 from tether.errors import TetherError
 from tether.protocols import DialedConnection, ProtocolHandler, ProxyConnection
 from tether.proxy.routing import Routed, Router
 from tether.tunnel.control import ControlChannel
-from tether.wire import error_to_json
 
 __all__ = ["REQUEST_TIMEOUT", "serve_front_door"]
 
@@ -60,7 +68,7 @@ async def serve_front_door(handler: ProtocolHandler, router: Router, conn: Proxy
         return
     except TetherError as exc:
         log.info("%s front door: refused %s: %s", handler.name, conn.peer, exc.message)
-        await _answer(channel, {"type": "error", **error_to_json(exc)})
+        await _answer(channel, error_answer(exc))
         return
     dialed = routed.dialed
     log.info(

@@ -6,9 +6,11 @@ the user*, with their forwarded certificate), then reached through its own tunne
 registered address. In a leaf cluster, the leaf must be one the user may see (a leaf hidden by
 ``cluster_labels`` is "not found", as one that does not exist); the request goes through the
 leaf's tunnel to the leaf's proxy, which routes it the same way within its own inventory only
-(:meth:`Router.serve_remote`): a leaf never dials an address a root names, and audits what it
-refuses (``trust.stream.refused``). Every hop speaks the one dial format of
-:mod:`tether.dial`.
+(:meth:`Router.serve_remote`): a leaf never dials an address a root names, never passes a
+request on to a cluster of its own (trust is not transitive: a root reaches its leaves, not
+theirs), and audits what it refuses (``trust.stream.refused``). Every hop speaks the one dial
+format of :mod:`tether.dial`, refusals included: the error a leaf or an agent raised reaches
+the user as the same class, with the same message and hint.
 
 The front door's port rule lives here too: a client may name the port its target registered,
 never another service on the target's host (:func:`check_port`).
@@ -25,8 +27,17 @@ import attrs
 import trio
 
 from tether.auth.http_client import FORWARDED_CERT_HEADER
-from tether.dial import DIAL, LIST, DialedTarget, DialRequest, parse_targets, targets_answer
-from tether.errors import AccessDenied, NotFound, TetherError
+from tether.dial import (
+    DIAL,
+    LIST,
+    DialedTarget,
+    DialRequest,
+    parse_targets,
+    refusal_error,
+    refusal_reason,
+    targets_answer,
+)
+from tether.errors import AccessDenied, NotFound, TargetOffline, TetherError
 from tether.protocols import ProtocolHandler, ProxyContext
 from tether.resources import CERT_AUTHORITY, KindRegistry, resource_from_dict
 from tether.targets import Target, TargetKind, TargetQuery, resolve_target
@@ -40,7 +51,6 @@ __all__ = [
     "PortRefused",
     "Routed",
     "Router",
-    "TargetOffline",
     "check_port",
 ]
 
@@ -50,10 +60,6 @@ log = logging.getLogger(__name__)
 DIAL_TIMEOUT = 10.0
 
 _CAS = KindRegistry([CERT_AUTHORITY], plugin="kernel")
-
-
-class TargetOffline(TetherError):
-    """The target (or its cluster) is known but cannot be reached right now."""
 
 
 class PortRefused(AccessDenied):
@@ -206,9 +212,11 @@ class Router:
         :param user: who asks (the verified identity's user name), for the audit.
 
         :raises NotFound: no such target or cluster among those the user may see.
+        :raises AmbiguousTarget: several targets answer to what the user typed.
         :raises PortRefused: a port other than the target's own (audited here).
         :raises TargetOffline: the target or its cluster cannot be reached now.
-        :raises TetherError: the leaf, or the agent serving the target, refused (its reason).
+        :raises TetherError: the leaf, or the agent serving the target, refused: its error,
+            as the class it raised there.
         """
         if request.cluster == self.cluster_name:
             target = await self._find(handler, request)
@@ -235,12 +243,18 @@ class Router:
         dialed = attrs.evolve(dialed, host_cas=tuple(host_cas))
         return Routed(stream, dialed, channel.take_buffered())
 
-    async def _find(self, handler: ProtocolHandler, request: DialRequest) -> Target:
-        """The target ``request`` names among the ones of this cluster the user may see."""
+    async def _find(
+        self, handler: ProtocolHandler, request: DialRequest, *, from_root: bool = False
+    ) -> Target:
+        """The target ``request`` names among the ones of this cluster the user may see.
+
+        :param from_root: a root's proxy asks: this cluster is a leaf of the user's proxy,
+            which hints name (``tether ls --cluster=LEAF``).
+        """
         kind = _kind(handler)
         query = TargetQuery.parse(request.target)
         targets = await self._visible(kind, request.user_cert)
-        return resolve_target(targets, query, kind=kind.name, cluster=self.cluster_name)
+        return resolve_target(targets, query, kind=kind, cluster=self.cluster_name, leaf=from_root)
 
     async def _reach(
         self, handler: ProtocolHandler, target: Target, request: DialRequest
@@ -260,9 +274,11 @@ class Router:
                 ) from exc
             except TargetRefused as exc:
                 # its agent refused the stream (a protocol it does not serve, a user its
-                # trust refuses): say why, as a leaf's refusal is said
-                reason = exc.message.partition(": ")[2] or exc.message
-                raise TetherError(f"{what} refused the stream: {reason}") from None
+                # trust refuses): its error, as its class, saying which target refused
+                error = refusal_error(exc.reason)
+                raise type(error)(
+                    f"{what} refused the stream: {error.message}", hint=error.hint
+                ) from None
         host, _, port = target.addr.rpartition(":")
         try:
             with trio.fail_after(DIAL_TIMEOUT):
@@ -287,8 +303,9 @@ class Router:
                 hint="check the leaf's proxy and its trusted_cluster (spec.enabled)",
             ) from None
         except TargetRefused as exc:
-            reason = exc.message.partition(": ")[2] or exc.message
-            raise TetherError(reason, hint=f"run `tether ls --cluster={cluster}`") from None
+            # the leaf's own error (a node not found there, a user its role map refuses),
+            # rebuilt as its class with its hint
+            raise refusal_error(exc.reason) from None
 
     async def _audit_port_refused(
         self,
@@ -321,34 +338,44 @@ class Router:
         here (or for the list of them).
 
         Only targets of this cluster's inventory are dialled, never an address the root
-        names. The stream's first line is the answer; then bytes flow between the root
-        user's client and the target, which verifies the root-issued certificate and maps
-        its roles.
+        names, and never a target of another cluster: a request that names one (a leaf of
+        this cluster, say) is refused, as trust is not transitive. The stream's first line is
+        the answer; then bytes flow between the root user's client and the target, which
+        verifies the root-issued certificate and maps its roles. A refusal is the error's
+        :func:`~tether.dial.refusal_reason`, so the root's user sees the same error.
         """
         handler = self._protocols.get(incoming.target)
         if handler is None:
-            reason = f"cluster {self.cluster_name!r} serves no {incoming.target!r}"
-            await self._refuse(root, incoming, reason, {})
+            refused = TetherError(f"cluster {self.cluster_name!r} serves no {incoming.target!r}")
+            await self._refuse(root, incoming, refused, {})
             return
         kind = _kind(handler)
         metadata = incoming.metadata
-        fields = {kind.name: metadata.get("target", ""), "port": metadata.get("port", "0") or "0"}
+        fields: dict[str, str] = (
+            {"op": LIST}
+            if metadata.get("type") == LIST
+            else {kind.name: metadata.get("target", ""), "port": metadata.get("port", "0") or "0"}
+        )
         try:
             request = DialRequest.from_fields(metadata)
             if request.cluster != self.cluster_name:
-                raise NotFound(f"this is cluster {self.cluster_name!r}, not {request.cluster!r}")
+                fields["requested_cluster"] = request.cluster
+                raise AccessDenied(
+                    f"cluster {self.cluster_name!r} passes no request on to cluster "
+                    f"{request.cluster!r}: trust is not transitive, a root cluster reaches "
+                    "its own leaves only",
+                    hint="run `tether clusters` to see the clusters you can reach",
+                )
             if request.op == LIST:
                 docs = await self._visible_docs(kind, request.user_cert)
             elif request.op == DIAL:
-                target = await self._find(handler, request)
+                target = await self._find(handler, request, from_root=True)
                 check_port(handler, target, request.port)
                 stream = await self._reach(handler, target, request)
             else:
                 raise ControlError(f"{request.op!r} is asked of the first proxy only")
         except TetherError as exc:
-            if metadata.get("type") == LIST:
-                fields = {"op": LIST}
-            await self._refuse(root, incoming, exc.message, fields)
+            await self._refuse(root, incoming, exc, fields)
             return
         accepted = incoming.accept()
         if request.op == LIST:
@@ -365,13 +392,15 @@ class Router:
         await splice(accepted, stream)
 
     async def _refuse(
-        self, root: str, incoming: IncomingStream, reason: str, fields: Mapping[str, str]
+        self, root: str, incoming: IncomingStream, error: TetherError, fields: Mapping[str, str]
     ) -> None:
-        """Reject the stream with ``reason`` and audit the refusal here, on the leaf where it
-        happened, as ``trust.stream.refused`` (with the root, the protocol as ``target``, the
-        reason and ``fields``). A failure to audit is logged, not raised."""
+        """Reject the stream with ``error`` (its :func:`~tether.dial.refusal_reason`) and
+        audit the refusal here, on the leaf where it happened, as ``trust.stream.refused``
+        (with the root, the protocol as ``target``, the error's message as ``reason`` and
+        ``fields``). A failure to audit is logged, not raised."""
+        reason = error.message
         log.info("refused root cluster %s (%s): %s", root, incoming.target, reason)
-        incoming.reject(reason)
+        incoming.reject(refusal_reason(error))
         event = {"root": root, "target": incoming.target, "reason": reason, **fields}
         try:
             await self.proxy.auth.record_event("trust.stream.refused", "", event, success=False)

@@ -82,7 +82,7 @@ class ControlChannel:
                 del self._buffer[: newline + 1]
                 try:
                     message = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nesting too deep
                     raise ControlError("control message is not JSON") from None
                 if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                     raise ControlError("control message has no type")

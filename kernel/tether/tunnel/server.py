@@ -63,7 +63,15 @@ class ClusterOffline(TetherError):
 
 
 class TargetRefused(TetherError):
-    """The cluster is online but refused (or could not reach) the target."""
+    """The cluster is online but refused (or could not reach) the target.
+
+    :param reason: the peer's ``OPEN_FAIL`` reason as it sent it (``tether.dial.refusal_error``
+        reads the error it describes).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @attrs.define(eq=False)
@@ -234,7 +242,7 @@ class TunnelServer:
                     last_error = exc.message
                     continue
                 raise TargetRefused(
-                    f"cluster {cluster!r} refused {target!r}: {exc.message}"
+                    f"cluster {cluster!r} refused {target!r}: {exc.message}", reason=exc.message
                 ) from None
             except TunnelClosed as exc:
                 last_error = exc.message
@@ -266,10 +274,14 @@ class TunnelServer:
         try:
             identity = self._authenticate(stream)
         except TetherError as exc:
-            log.warning("tunnel from %s refused: %s", peer, exc)
+            # the message, not the hint: a hint speaks to whoever holds the certificate (a
+            # user told to log in elsewhere), not to the operator reading this log
+            log.warning("tunnel from %s refused: %s", peer, exc.message)
             claimed = _claimed_identity(stream)
             if claimed is not None:  # anyone can connect without a certificate: logged only
-                await self._record("tunnel.refused", {"peer": peer, **claimed, "reason": str(exc)})
+                await self._record(
+                    "tunnel.refused", {"peer": peer, **claimed, "reason": exc.message}
+                )
             return
         version = _tls_version(stream)
         if version != "TLSv1.3":

@@ -26,7 +26,13 @@ import pytest
 import trio
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
 
-from tether.api import current_profile, list_targets
+from tether.api import (
+    NotFound,
+    current_profile,
+    list_targets,
+    open_target_stream,
+    profile_ssl_context,
+)
 from tether.testing.accounts import can_create_accounts
 from tether.testing.balancer import TCPBalancer
 from tether.testing.certificates import login_context
@@ -277,6 +283,37 @@ def test_leaf_dials_only_its_own_nodes_and_audits_what_it_refuses(trust: Trust) 
     (event,) = refused()
     assert (event["root"], event["target"], event["success"]) == ("root", "ssh", False)
     assert "192.0.2.10" in str(event["reason"])
+
+
+def test_a_node_missing_in_the_leaf_is_reported_as_the_leaf_itself_reports_it(
+    trust: Trust,
+) -> None:
+    trust.leaf.add_user("lena", PASSWORD, roles=["access"], logins=["visitor"])
+    trust.leaf.login("lena", PASSWORD)
+    at_leaf = trust.leaf.tether("lena", "ssh", "visitor@nosuchnode", "true", check=False)
+    through_root = trust.ssh_to("visitor@nosuchnode", "true")
+    missing = (
+        "ERROR: node 'nosuchnode' not found in cluster 'leaf' "
+        "(run `tether ls{}` to see the nodes you can reach)"
+    )
+    assert (at_leaf.returncode, at_leaf.stderr.strip()) == (255, missing.format(""))
+    # the same line from the root, the hint naming the leaf, which the user's proxy is not
+    assert (through_root[0], through_root[2].strip()) == (255, missing.format(" --cluster=leaf"))
+
+    profile = current_profile(trust.root.user_home("alice"))
+    assert profile is not None
+    dial = partial(
+        open_target_stream,
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
+        cluster="leaf",
+        target="nosuchnode",
+    )
+    with pytest.raises(NotFound) as refused:
+        trio.run(dial)
+    assert refused.value.hint == "run `tether ls --cluster=leaf` to see the nodes you can reach"
 
 
 def test_login_selects_the_leaf_for_later_commands(trust: Trust) -> None:

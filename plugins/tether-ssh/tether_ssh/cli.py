@@ -23,7 +23,9 @@ import click
 import trio
 
 from tether.api import (
+    CLUSTER_ENV,
     HOME_ENV,
+    LOGIN_ENV,
     AccessDenied,
     KindRegistry,
     Profile,
@@ -96,16 +98,22 @@ def _split_target(target: str) -> tuple[str, str]:
 
 
 def _local_user() -> str:
+    """The login when a command names none: ``$TETHER_LOGIN``, else the local user name."""
     import getpass
 
-    return getpass.getuser()
+    return os.environ.get(LOGIN_ENV) or getpass.getuser()
 
 
 # --- tether ls -----------------------------------------------------------------------------
 
 
 @click.command("ls")
-@click.option("--cluster", help="List the nodes of this cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    envvar=CLUSTER_ENV,
+    show_envvar=True,
+    help="List the nodes of this cluster (default: the one logged in to).",
+)
 @click.option(
     "-f",
     "--format",
@@ -161,7 +169,12 @@ def _node_json(node: Any) -> dict[str, Any]:
 
 
 @click.command("ssh")
-@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    envvar=CLUSTER_ENV,
+    show_envvar=True,
+    help="The node's cluster (default: the one logged in to).",
+)
 @click.argument("target")
 @run_async
 async def proxy_ssh(cluster: str | None, target: str) -> None:
@@ -318,7 +331,12 @@ SSH_CONNECTION_FAILED = 255
     "ssh",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
-@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    envvar=CLUSTER_ENV,
+    show_envvar=True,
+    help="The node's cluster (default: the one logged in to).",
+)
 @click.option("-p", "--port", type=click.IntRange(1, 65535), help="The node's SSH port.")
 @click.option(
     "-L",
@@ -343,6 +361,8 @@ def ssh(
     command: Sequence[str],
 ) -> None:
     """Run COMMAND (or a shell) on a node as LOGIN: tether ssh [LOGIN@]NODE [COMMAND...].
+
+    LOGIN defaults to $TETHER_LOGIN, else your local user name.
 
     NODE is a host name, a host id, an address, or labels (env=prod) that select one node.
     The exit status is the remote command's, or 255 when the connection failed.
@@ -382,6 +402,7 @@ def ssh(
             creds,
             login=login,
             host_name=dialed.id,
+            node_name=dialed.name,
             command=line,
             tty=tty,
             env=_locale_env(),
@@ -400,7 +421,12 @@ def ssh(
 
 
 @click.command("scp")
-@click.option("--cluster", help="The nodes' cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    envvar=CLUSTER_ENV,
+    show_envvar=True,
+    help="The nodes' cluster (default: the one logged in to).",
+)
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
 @click.option("-p", "preserve", is_flag=True, help="Keep modification times and modes.")
 @click.argument("paths", nargs=-1, required=True)

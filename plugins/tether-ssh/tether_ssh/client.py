@@ -542,12 +542,15 @@ async def _connected(
     *,
     login: str,
     host_name: str,
+    node_name: str | None = None,
     agent_forward_path: str | None = None,
 ) -> AsyncIterator[asyncssh.SSHClientConnection]:
     """An authenticated SSH connection to *host_name* over a stream *open_stream* opens.
 
-    Runs inside a ``trio_asyncio`` loop of its own, which this context manager opens.
+    Runs inside a ``trio_asyncio`` loop of its own, which this context manager opens. Errors
+    name the node *node_name* (what people call it) when given, else *host_name*.
     """
+    shown = node_name or host_name
     client_key = _client_key(creds)
     host_cas = _host_cas(creds)
     client = _Client()
@@ -557,7 +560,7 @@ async def _connected(
         try:
             stream = await open_stream()
         except (OSError, trio.BrokenResourceError) as exc:
-            raise ConnectionFailed(f"cannot reach {host_name}: {_reason(exc)}") from None
+            raise ConnectionFailed(f"cannot reach {shown}: {_reason(exc)}") from None
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(
                 _bridge, stream, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), bridged
@@ -591,7 +594,7 @@ async def _connected(
                     connect_timeout=_HANDSHAKE_TIMEOUT,
                 )
             except (asyncssh.Error, OSError, TimeoutError) as exc:
-                raise _handshake_error(exc, client, login=login, host_name=host_name) from None
+                raise _handshake_error(exc, client, login=login, host_name=shown) from None
             try:
                 yield conn
             finally:
@@ -924,6 +927,7 @@ async def run_command(
     *,
     login: str,
     host_name: str,
+    node_name: str | None = None,
     command: str | None = None,
     tty: bool | None = None,
     env: Mapping[str, str] | None = None,
@@ -939,6 +943,8 @@ async def run_command(
     :param creds: the user's key and certificate, and the host CAs nodes must be signed by.
     :param login: the OS login to run as.
     :param host_name: the name dialled; the node's host certificate must list it.
+    :param node_name: the node's name as people know it (its host name), for messages;
+        *host_name* when None (a host id means nothing to a user).
     :param command: a command line for the login's shell; None for an interactive shell.
     :param tty: request a PTY (True, as ``ssh -tt``), never (False), or when a shell is
         started on a local terminal (None). The local terminal is in raw mode meanwhile, and
@@ -964,7 +970,12 @@ async def run_command(
     with _unwrapped():
         async with (
             _connected(
-                open_stream, creds, login=login, host_name=host_name, agent_forward_path=agent
+                open_stream,
+                creds,
+                login=login,
+                host_name=host_name,
+                node_name=node_name,
+                agent_forward_path=agent,
             ) as conn,
             # forwarded connections outlive the listeners: ssh waits for them to close
             trio.open_nursery() as connections,
@@ -980,7 +991,7 @@ async def run_command(
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
-                host_name=host_name,
+                host_name=node_name or host_name,
             )
             listeners.cancel_scope.cancel()
     return status

@@ -109,4 +109,4 @@ def describe_node(node: Resource) -> Target:
 
 
 #: What ``tether ssh`` reaches: the kernel finds and dials nodes through this.
-NODE_TARGET = TargetKind(NODE, describe_node)
+NODE_TARGET = TargetKind(NODE, describe_node, list_command="tether ls")

@@ -472,7 +472,8 @@ def _describe_whoami(resource: Resource) -> Target:
     )
 
 
-WHOAMI_TARGET = TargetKind(WHOAMI, _describe_whoami)
+# hints name `tether hooktest`: the test plugin's one command stands in for a listing
+WHOAMI_TARGET = TargetKind(WHOAMI, _describe_whoami, list_command="tether hooktest")
 
 
 @hookimpl
