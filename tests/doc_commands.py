@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import random
 import re
 import shlex
 import signal
@@ -96,11 +95,6 @@ def the_block(page: str, section: str, language: str, index: int = 0) -> str:
         if (block.section, block.language, block.index) == (section, language, index):
             return block.text
     raise AssertionError(f"{page} has no {language} block {index} in {section!r}")
-
-
-def loopback_address() -> str:
-    """An address of 127/8 of its own, where a simulated host keeps the default ports."""
-    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
 
 
 @attrs.define

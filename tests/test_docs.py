@@ -30,7 +30,6 @@ from doc_commands import (
     Person,
     Ran,
     blocks_run_by,
-    loopback_address,
     run_blocks,
     the_block,
 )
@@ -43,7 +42,7 @@ from tether.testing.cluster import (
     start_node,
     wait_for,
 )
-from tether.testing.http import serve_http
+from tether.testing.http import loopback_address, serve_http
 from tether.testing.trusted_clusters import connection
 
 needs_accounts = pytest.mark.skipif(
