@@ -9,6 +9,7 @@ line inside a shell block is no heading, and a fence indented inside a list item
 from __future__ import annotations
 
 import pathlib
+import re
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -112,6 +113,40 @@ def code_blocks(page: str) -> Iterator[CodeBlock]:
         index = counts.get((section, language), 0)
         counts[(section, language)] = index + 1
         yield CodeBlock(page, section, index, language, content, start + 1)
+
+
+@attrs.frozen
+class Mention:
+    """An inline code span (``kind`` "code") or a link's target ("link") in a page's prose."""
+
+    page: str
+    section: str
+    line: int
+    kind: str
+    text: str
+
+
+def mentions(page: str) -> Iterator[Mention]:
+    """The inline code spans and link targets of ``page``, in order, with their sections."""
+    tokens = MarkdownIt("commonmark").parse(_page_path(page).read_text())
+    section = ""
+    for i, token in enumerate(tokens):
+        if token.type == "heading_open":
+            section = tokens[i + 1].content.strip().strip("`")
+        if token.type != "inline" or token.map is None:
+            continue
+        for child in token.children or []:
+            if child.type == "code_inline":
+                yield Mention(page, section, token.map[0] + 1, "code", child.content)
+            elif child.type == "link_open":
+                yield Mention(page, section, token.map[0] + 1, "link", str(child.attrs["href"]))
+
+
+def anchors(page: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``page``: lower case, punctuation dropped,
+    spaces made hyphens."""
+    _, sections, _ = _sections(page)
+    return {re.sub(r"[^\w\- ]", "", s.name.lower()).replace(" ", "-") for s in sections}
 
 
 def shell_blocks() -> list[CodeBlock]:

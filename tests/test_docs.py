@@ -14,11 +14,13 @@ import configparser
 import http.server
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -33,7 +35,7 @@ from doc_commands import (
     run_blocks,
     the_block,
 )
-from doc_sections import ROOT, SHELL_LANGUAGES, code_blocks, pages, shell_blocks
+from doc_sections import ROOT, SHELL_LANGUAGES, anchors, code_blocks, mentions, pages, shell_blocks
 from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import (
     RunningCluster,
@@ -363,3 +365,134 @@ def test_admins_and_a_root_user_follow_the_trusted_clusters_guide(tmp_path: path
             run.stop()
         leaf.stop()
         root.stop()
+
+
+# --- what the pages name exists --------------------------------------------------------------
+
+#: prints every command of the three programs, with the plugins' commands added as at start-up:
+#: {"tetherctl auth export": {"options": {"--type": true, ...}, "commands": [...]}}, where an
+#: option maps to whether it takes a value
+COMMAND_TREE = """
+import importlib, json
+from tether.cli._common import plugin_manager
+tree = {}
+def walk(command, path):
+    options = {"--help": False}
+    for param in command.params:
+        for name in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
+            if name.startswith("-"):
+                options[name] = not getattr(param, "is_flag", False) and not getattr(
+                    param, "count", False
+                )
+    commands = getattr(command, "commands", {})
+    tree[" ".join(path)] = {"options": options, "commands": sorted(commands)}
+    for name, sub in commands.items():
+        walk(sub, [*path, name])
+for program in ("tether", "tetherctl", "tetherd"):
+    cli = importlib.import_module(f"tether.cli.{program}").cli
+    plugin_manager().hook.tether_cli_commands(program=program, cli=cli)
+    walk(cli, [program])
+print(json.dumps(tree))
+"""
+
+#: commands a page names that do not exist, and the page that says so: what a protocol plugin
+#: would add (a Kubernetes or database plugin, which there is not yet)
+NOT_YET = {
+    ("docs/plugins.md", "tether kube"): "a kubeconfig-writing command of a Kubernetes plugin",
+    ("docs/plugins.md", "tether proxy db"): "a database plugin's local listener",
+    ("docs/plugins.md", "tether proxy echo"): "a subcommand a protocol plugin adds to the group",
+}
+
+PROGRAMS = ("tether", "tetherctl", "tetherd")
+REPO_PATH = r"(plugins|contrib|docs|kernel|tests|scripts|benchmarks)/[^\s*]*"
+
+
+def command_problems(text: str, tree: dict[str, dict[str, Any]]) -> list[str]:
+    """What in the command line ``text`` names no command or option of its program."""
+    words = [w.strip("[]") for w in text.split()]
+    path = [words[0]]
+    problems = []
+    skip_value = False
+    for word in words[1:]:
+        if word in (">", "|", "&&", "<") or word.startswith("#"):
+            break
+        if skip_value or not word or word == "...":
+            skip_value = False
+            continue
+        here = tree[" ".join(path)]
+        if word.startswith("-"):
+            name = word.split("=", 1)[0]
+            known = {
+                option: takes
+                for i in range(1, len(path) + 1)
+                for option, takes in tree[" ".join(path[:i])]["options"].items()
+            }
+            if name not in known:
+                problems.append(f"{' '.join(path)} has no option {name}")
+            skip_value = known.get(name, False) and "=" not in word
+        elif here["commands"]:
+            if word not in here["commands"]:
+                problems.append(f"{' '.join(path)} has no command {word!r}")
+                break
+            path.append(word)
+    return problems
+
+
+def test_every_command_the_docs_name_exists() -> None:
+    """Commands the prose names (``tetherctl get rc``) and every command of the blocks: the
+    programs, subcommands and options exist, with the installed plugins loaded."""
+    printed = subprocess.run(
+        [sys.executable, "-c", COMMAND_TREE], capture_output=True, text=True, check=True
+    ).stdout
+    tree: dict[str, dict[str, Any]] = json.loads(printed)
+    named = [
+        (m.page, m.line, m.text)
+        for page in pages()
+        for m in mentions(page)
+        if m.kind == "code" and m.text.split(" ", 1)[0] in PROGRAMS and " " in m.text
+    ]
+    named += [
+        (block.page, block.line, line.strip())
+        for block in shell_blocks()
+        for command in block.text.replace("\\\n", " ").splitlines()
+        for line in command.split("&&")
+        if line.strip().split(" ", 1)[0] in PROGRAMS
+    ]
+    problems, not_yet_seen = [], set(NOT_YET)
+    for page, line, text in named:
+        excused = [key for key in NOT_YET if key[0] == page and text.startswith(key[1])]
+        not_yet_seen -= set(excused)
+        if not excused:
+            problems += [f"{page}:{line}: `{text}`: {p}" for p in command_problems(text, tree)]
+    assert not problems, "\n".join(problems)
+    assert not not_yet_seen, f"NOT_YET names commands no page names any more: {not_yet_seen}"
+
+
+def page_anchors(path: pathlib.Path) -> set[str]:
+    return anchors(path.relative_to(ROOT).as_posix())
+
+
+def test_every_file_and_link_the_docs_name_exists() -> None:
+    """Links resolve (to a heading, for an anchor), and every path of the repository a page
+    names in code exists: from the root, or from a directory named before in that section."""
+    missing = []
+    for page in pages():
+        bases: dict[str, list[pathlib.Path]] = {}
+        for m in mentions(page):
+            where = f"{m.page}:{m.line}"
+            if m.kind == "link":
+                target, _, anchor = m.text.partition("#")
+                if re.match(r"[a-z]+:", target):
+                    continue
+                path = ((ROOT / page).parent / target).resolve() if target else ROOT / page
+                if not path.exists():
+                    missing.append(f"{where}: link to {m.text}")
+                elif anchor and path.suffix == ".md" and anchor not in page_anchors(path):
+                    missing.append(f"{where}: link to {m.text}: no such heading")
+            elif re.fullmatch(REPO_PATH, m.text):
+                dirs = bases.setdefault(m.section, [ROOT])
+                if not any((base / m.text).exists() for base in dirs):
+                    missing.append(f"{where}: {m.text}")
+                elif (ROOT / m.text).is_dir():
+                    dirs.append(ROOT / m.text)
+    assert not missing, "the pages name what does not exist:\n" + "\n".join(missing)
