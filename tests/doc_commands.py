@@ -277,9 +277,9 @@ class DocRun:
         if config is None:
             host = self.new_hosts.pop(0)
             host.directory.mkdir(parents=True, exist_ok=True)
-            printed = run_in_terminal(
-                ["tetherd", "configure"], env=self.env(who), cwd=self.workdir
-            )[1]
+            printed = subprocess.run(
+                ["tetherd", "configure"], env=self.env(who), capture_output=True, check=True
+            ).stdout.decode()
             config_path = host.directory / "tether.yaml"
             config_path.write_text(host.edit_config(printed))
             command = f"{command} -c {shlex.quote(str(config_path))}"
