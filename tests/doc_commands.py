@@ -42,6 +42,10 @@ from tether.testing.cluster import stop_process
 
 PASSWORD = "correct horse battery staple"
 
+README_RUN = "tests/test_docs.py::test_newcomer_follows_the_readme_from_one_cluster_to_ssh"
+GUIDE_RUN = "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide"
+GUIDE = "docs/trusted-clusters.md"
+
 #: (page, section, index of the shell block in its section) -> the tests that run it
 TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
     ("README.md", "Tether", 0): (
@@ -50,36 +54,16 @@ TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
         "test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root",
         "tests/test_docs.py::test_the_readme_test_command_runs_this_suite",
     ),
-    ("README.md", "A single cluster, step by step", 0): (
-        "tests/test_docs.py::test_newcomer_follows_the_readme_from_one_cluster_to_ssh",
-    ),
-    ("README.md", "A single cluster, step by step", 1): (
-        "tests/test_docs.py::test_newcomer_follows_the_readme_from_one_cluster_to_ssh",
-    ),
-    ("README.md", "SSH access (plugins/tether-ssh)", 0): (
-        "tests/test_docs.py::test_newcomer_follows_the_readme_from_one_cluster_to_ssh",
-    ),
-    ("docs/trusted-clusters.md", "Step 1: the leaf's role and the root user's login", 0): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
-    ("docs/trusted-clusters.md", "Step 1: the leaf's role and the root user's login", 1): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
-    ("docs/trusted-clusters.md", "Step 2: the invitation, on the root", 0): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
-    ("docs/trusted-clusters.md", "Step 3: the trusted_cluster, on the leaf", 0): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
-    ("docs/trusted-clusters.md", "Step 4: use the leaf, as a root user", 0): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
-    ("docs/trusted-clusters.md", "Step 5: manage access, on the root", 0): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
-    ("docs/trusted-clusters.md", "High availability: several root proxies", 0): (
-        "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide",
-    ),
+    ("README.md", "A single cluster, step by step", 0): (README_RUN,),
+    ("README.md", "A single cluster, step by step", 1): (README_RUN,),
+    ("README.md", "SSH access (plugins/tether-ssh)", 0): (README_RUN,),
+    (GUIDE, "Step 1: the leaf's role and the root user's login", 0): (GUIDE_RUN,),
+    (GUIDE, "Step 1: the leaf's role and the root user's login", 1): (GUIDE_RUN,),
+    (GUIDE, "Step 2: the invitation, on the root", 0): (GUIDE_RUN,),
+    (GUIDE, "Step 3: the trusted_cluster, on the leaf", 0): (GUIDE_RUN,),
+    (GUIDE, "Step 4: use the leaf, as a root user", 0): (GUIDE_RUN,),
+    (GUIDE, "Step 5: manage access, on the root", 0): (GUIDE_RUN,),
+    (GUIDE, "High availability: several root proxies", 0): (GUIDE_RUN,),
 }
 
 

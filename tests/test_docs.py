@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 
 from doc_commands import (
+    GUIDE,
+    GUIDE_RUN,
     PASSWORD,
+    README_RUN,
     TESTED_BY,
     DocRun,
     Host,
@@ -52,13 +55,8 @@ needs_accounts = pytest.mark.skipif(
 )
 needs_openssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the ssh client")
 
-TRUSTED = "docs/trusted-clusters.md"
-VISITOR_YAML = the_block(TRUSTED, "Step 1: the leaf's role and the root user's login", "yaml")
-TRUSTED_CLUSTER_YAML = the_block(TRUSTED, "Step 3: the trusted_cluster, on the leaf", "yaml")
-
-
-def this_test(name: str) -> str:
-    return f"tests/test_docs.py::{name}"
+VISITOR_YAML = the_block(GUIDE, "Step 1: the leaf's role and the root user's login", "yaml")
+TRUSTED_CLUSTER_YAML = the_block(GUIDE, "Step 3: the trusted_cluster, on the leaf", "yaml")
 
 
 def resources(text: str) -> list[Any]:
@@ -142,10 +140,12 @@ def test_newcomer_installs_tether_and_the_ssh_plugin_as_the_readme_says(
 
 
 def test_the_readme_test_command_runs_this_suite() -> None:
-    """``pip install tox && tox``: tox's default environment installs Tether with its test
-    extras, the plugins and the tools the tests use, then runs this suite."""
+    """``pip install tox && tox``, which CI runs as it is: tox's default environment installs
+    Tether with its test extras, the plugins and the tools the tests use, then this suite."""
     second = the_block("README.md", "Tether", "sh").splitlines()[1]
     assert second == "pip install tox && tox"
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == second, "CI runs the README's test command, as written"
     tox = configparser.ConfigParser(interpolation=None)
     tox.read(ROOT / "tox.ini")
     assert tox["tox"]["envlist"].strip() == "py311"
@@ -184,7 +184,6 @@ def web_page() -> Iterator[int]:
 def test_newcomer_follows_the_readme_from_one_cluster_to_ssh(
     tmp_path: pathlib.Path, web_page: int
 ) -> None:
-    name = this_test("test_newcomer_follows_the_readme_from_one_cluster_to_ssh")
     proxy = Host("proxy", loopback_address(), tmp_path / "proxy")
     web_1 = Host("web-1", loopback_address(), tmp_path / "web-1")
     web_2 = Host("web-2", loopback_address(), tmp_path / "web-2")
@@ -217,7 +216,7 @@ def test_newcomer_follows_the_readme_from_one_cluster_to_ssh(
         sessions={"tether ssh -L": [(b"$ ", through_the_forward)]},
     )
     run.write_file("visitor.yaml", VISITOR_YAML)
-    blocks = blocks_run_by(name)
+    blocks = blocks_run_by(README_RUN)
     single, more_proxies, ssh = (
         ("README.md", "A single cluster, step by step", 0),
         ("README.md", "A single cluster, step by step", 1),
@@ -275,103 +274,105 @@ def _logged_in(cluster: RunningCluster, person: Person) -> Person:
     return person
 
 
-@needs_accounts
-@needs_openssh
-def test_admins_and_a_root_user_follow_the_trusted_clusters_guide(tmp_path: pathlib.Path) -> None:
-    name = this_test("test_admins_and_a_root_user_follow_the_trusted_clusters_guide")
+@pytest.fixture
+def guide_clusters(tmp_path: pathlib.Path) -> Iterator[tuple[RunningCluster, RunningCluster]]:
+    """What the guide starts from: a root with a user ``myuser``, a leaf with ``leaf-node``,
+    and an admin of each, logged in with ``editor``."""
     root = start_cluster(tmp_path / "root", "rootcluster.example.com")
     leaf = start_cluster(tmp_path / "leaf", "leafcluster.example.com")
-    run: DocRun | None = None
     try:
         start_node(leaf, tmp_path / "leaf-node", "leaf-node")
-        root.add_user("admin", PASSWORD, roles=("editor",))
-        leaf.add_user("admin", PASSWORD, roles=("editor",))
         root.add_user("myuser", PASSWORD, roles=("access",), logins=("myuser",))
-        people = {
+        for cluster in (root, leaf):
+            cluster.add_user("admin", PASSWORD, roles=("editor",))
+        yield root, leaf
+    finally:
+        leaf.stop()
+        root.stop()
+
+
+@needs_accounts
+@needs_openssh
+def test_admins_and_a_root_user_follow_the_trusted_clusters_guide(
+    tmp_path: pathlib.Path, guide_clusters: tuple[RunningCluster, RunningCluster]
+) -> None:
+    root, leaf = guide_clusters
+    shell = [(b"$ ", "echo tether-doc-$((6*7))"), (b"tether-doc-42", "exit")]
+    run = DocRun(
+        tmp_path / "work",
+        {
             "root admin": _logged_in(root, Person("admin", tmp_path / "root-admin")),
             "leaf admin": _logged_in(leaf, Person("admin", tmp_path / "leaf-admin")),
             "myuser": Person("myuser", tmp_path / "myuser"),
-        }
-        shell = [(b"$ ", "echo tether-doc-$((6*7))"), (b"tether-doc-42", "exit")]
-        run = DocRun(
-            tmp_path / "work",
-            people,
-            addresses={"rootcluster.example.com:443": root.proxy_addr, "AUTH:3025": root.auth_addr},
-            new_hosts=[Host("proxy-2", loopback_address(), tmp_path / "proxy-2")],
-            sessions={
-                "tether ssh visitor@leaf-node": shell,
-                "tether config > ssh_config && ssh": shell,
-            },
-            ca_pin=root.ca_pin,
-        )
-        run.workdir.mkdir()
-        run.write_file("visitor.yaml", VISITOR_YAML)
-        step = {
-            n: (TRUSTED, section, i)
-            for n, section, i in (
-                (1, "Step 1: the leaf's role and the root user's login", 0),
-                (12, "Step 1: the leaf's role and the root user's login", 1),
-                (2, "Step 2: the invitation, on the root", 0),
-                (3, "Step 3: the trusted_cluster, on the leaf", 0),
-                (4, "Step 4: use the leaf, as a root user", 0),
-                (5, "Step 5: manage access, on the root", 0),
-                (6, "High availability: several root proxies", 0),
-            )
-        }
-        who = {
-            step[1]: "leaf admin",
-            step[12]: "root admin",
-            step[2]: "root admin",
-            step[3]: "leaf admin",
-            step[4]: "myuser",
-            step[5]: "root admin",
-            step[6]: "root admin",
-        }
+        },
+        addresses={"rootcluster.example.com:443": root.proxy_addr, "AUTH:3025": root.auth_addr},
+        new_hosts=[Host("proxy-2", loopback_address(), tmp_path / "proxy-2")],
+        sessions={"tether ssh visitor@leaf-node": shell, "tether config > ssh_config": shell},
+        ca_pin=root.ca_pin,
+    )
+    run.workdir.mkdir()
+    run.write_file("visitor.yaml", VISITOR_YAML)
+    role, login, invite, trust, use, manage, more_proxies = (
+        (GUIDE, "Step 1: the leaf's role and the root user's login", 0),
+        (GUIDE, "Step 1: the leaf's role and the root user's login", 1),
+        (GUIDE, "Step 2: the invitation, on the root", 0),
+        (GUIDE, "Step 3: the trusted_cluster, on the leaf", 0),
+        (GUIDE, "Step 4: use the leaf, as a root user", 0),
+        (GUIDE, "Step 5: manage access, on the root", 0),
+        (GUIDE, "High availability: several root proxies", 0),
+    )
+    who = {
+        role: "leaf admin",
+        login: "root admin",
+        invite: "root admin",
+        trust: "leaf admin",
+        use: "myuser",
+        manage: "root admin",
+        more_proxies: "root admin",
+    }
+    blocks = blocks_run_by(GUIDE_RUN)
+    assert [b.ref for b in blocks] == list(who)
 
-        def invited(results: list[Ran]) -> None:
-            run.write_file("trusted_cluster.yaml", TRUSTED_CLUSTER_YAML)  # type: ignore[union-attr]
+    def invited(results: list[Ran]) -> None:
+        run.write_file("trusted_cluster.yaml", TRUSTED_CLUSTER_YAML)
 
-        def trusted(results: list[Ran]) -> None:
-            assert "visitor" in output_of(results, "tetherctl rolemap test")
-            wait_for(lambda: connection(root, "leafcluster.example.com") == "online", "the tunnel")
+    def trusted(results: list[Ran]) -> None:
+        assert "visitor" in output_of(results, "tetherctl rolemap test")
+        wait_for(lambda: connection(root, "leafcluster.example.com") == "online", "the tunnel")
 
-        def used(results: list[Ran]) -> None:
-            assert "leafcluster.example.com" in output_of(results, "tether clusters")
-            assert "leaf-node" in output_of(results, "tether ls --cluster=")
-            assert "/home/visitor" in output_of(results, "tether ssh --cluster=")
-            for session in ("tether ssh visitor@leaf-node", "tether config >"):
-                assert "tether-doc-42" in output_of(results, session)
+    def used(results: list[Ran]) -> None:
+        assert "leafcluster.example.com" in output_of(results, "tether clusters")
+        assert "leaf-node" in output_of(results, "tether ls --cluster=")
+        assert "/home/visitor" in output_of(results, "tether ssh --cluster=")
+        for session in ("tether ssh visitor@leaf-node", "tether config >"):
+            assert "tether-doc-42" in output_of(results, session)
 
-        def managed(results: list[Ran]) -> None:
-            remote = resources(root.tetherctl("get", "rc", "--format=json").stdout)
-            assert remote[0]["metadata"]["labels"] == {"env": "demo"}, remote
+    def managed(results: list[Ran]) -> None:
+        remote = resources(root.tetherctl("get", "rc", "--format=json").stdout)
+        assert remote[0]["metadata"]["labels"] == {"env": "demo"}, remote
 
-        def two_proxies(results: list[Ran]) -> None:
-            listed = resources(root.tetherctl("get", "proxies", "--format=json").stdout)
-            assert len(listed) == 2, listed
+    def two_proxies(results: list[Ran]) -> None:
+        listed = resources(root.tetherctl("get", "proxies", "--format=json").stdout)
+        assert len(listed) == 2, listed
 
-        blocks = blocks_run_by(name)
-        assert [b.ref for b in blocks] == list(who)
+    try:
         with os_account("visitor"):
             run_blocks(
                 run,
                 blocks,
                 who=who,
                 after={
-                    step[2]: invited,
-                    step[3]: trusted,
-                    step[4]: used,
-                    step[5]: managed,
-                    step[6]: two_proxies,
+                    invite: invited,
+                    trust: trusted,
+                    use: used,
+                    manage: managed,
+                    more_proxies: two_proxies,
                 },
             )
         stopped = run.stop()
         assert set(stopped.values()) == {0}, stopped
     finally:
-        if run is not None:
-            run.stop()
-        leaf.stop()
-        root.stop()
+        run.stop()
 
 
 # --- what the pages name exists --------------------------------------------------------------
