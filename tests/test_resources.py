@@ -428,6 +428,15 @@ def test_more_role_mistakes_name_the_field(
     assert expected in error_of(VISITOR_YAML + tail, registry)
 
 
+def test_of_two_misspelt_keys_the_one_written_first_is_reported(registry: KindRegistry) -> None:
+    text = VISITOR_YAML.replace("    logins:", "    nod_labels: {}\n    lgins: [x]\n    logins:")
+
+    assert error_of(text, registry) == (
+        "x.yaml:7: document 1 (role 'visitor'): spec.allow.nod_labels: "
+        "unknown field (did you mean node_labels?)"
+    )
+
+
 def test_a_document_that_is_not_a_mapping_is_refused(registry: KindRegistry) -> None:
     assert "x.yaml:1: document 1: expected a resource" in error_of("just text\n", registry)
 

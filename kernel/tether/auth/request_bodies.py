@@ -1,5 +1,5 @@
-"""The JSON bodies the auth API accepts, one attrs class each, structured by a strict cattrs
-converter as ``tether.yaml`` is (:mod:`tether.config`).
+"""The JSON bodies the auth API accepts, one attrs class each, structured by the strict cattrs
+converter resources and ``tether.yaml`` are read with (:mod:`tether.structuring`).
 
 Kept apart from the routes (:mod:`tether.auth.http_api`) so that what each endpoint accepts is
 read in one place, declared rather than checked field by field. A body that does not fit is
@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
-from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.errors import BaseValidationError
 from starlette.requests import Request
 
 from tether.errors import TetherError
+from tether.structuring import MissingField, failures, strict_converter
 from tether.wire import read_json_object
 
 __all__ = [
@@ -116,8 +117,18 @@ def _is(shape: object) -> Callable[[object], bool]:
     return lambda target: target == shape
 
 
+def _wrong_kind(cl: Any, value: object) -> Exception:
+    # Only a body's own class gets here (every field's shape has a hook above), and
+    # read_json_object has refused a body that is not an object: anything else is a class here
+    # whose field has no hook.
+    if attrs.has(cl):
+        return _Refused(" must be an object")
+    return TypeError(f"no hook reads {cl!r} in a request body")
+
+
 def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter(detailed_validation=True)
+    # Keys a body's class has no field for are ignored, as JSON APIs do.
+    converter = strict_converter(_wrong_kind, forbid_extra_keys=False)
     converter.register_structure_hook(str, _non_empty_string)
     converter.register_structure_hook(float, _finite_number)
     for shape, hook in (
@@ -144,22 +155,20 @@ async def read_body(request: Request, cls: type[T]) -> T:
     data = await read_json_object(request)
     try:
         return _converter.structure(data, cls)
-    except ClassValidationError as exc:
+    except BaseValidationError as exc:
         raise _refusal(exc) from None
 
 
-def _refusal(exc: ClassValidationError) -> TetherError:
-    for problem in exc.exceptions:
-        for note in getattr(problem, "__notes__", ()):
-            if not isinstance(note, AttributeValidationNote):
-                continue
-            if isinstance(problem, KeyError):  # missing: refused as a null would be
-                try:
-                    _converter.structure(None, note.type)
-                except _Refused as null:
-                    problem = null
-            if isinstance(problem, _Refused):
-                return TetherError(f"request field {note.name!r}{problem}")
+def _refusal(exc: BaseValidationError) -> TetherError:
+    for failure in failures(exc):
+        problem = failure.error
+        if isinstance(problem, MissingField):  # refused as a null would be
+            try:
+                _converter.structure(None, problem.type)
+            except _Refused as null:
+                problem = null
+        if isinstance(problem, _Refused):
+            return TetherError(f"request field {failure.path[0]!r}{problem}")
     raise exc  # a bug in a class here, not in the request
 
 

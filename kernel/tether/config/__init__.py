@@ -4,9 +4,10 @@ The file is written by people, so a mistake must be reported as ``file:line: fie
 unknown keys must be refused (a misspelt key silently falling back to its default is the worst
 kind of configuration bug). The YAML is parsed by :mod:`tether.yamlio`, which keeps the line of
 every node, then structured into frozen attrs classes by a strict cattrs converter
-(:mod:`._convert`). The kernel's sections are in :mod:`._schema`; plugins declare theirs, and
-their ``tetherd start --roles``, through hooks (:mod:`._sections`), and the loader
-(:mod:`._load`) reads both with the same converter and the same errors.
+(:mod:`._convert`, built on :mod:`tether.structuring` as the resources' one is). The kernel's
+sections are in :mod:`._schema`; plugins declare theirs, and their ``tetherd start --roles``,
+through hooks (:mod:`._sections`), and the loader (:mod:`._load`) reads both with the same
+converter and the same errors.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@ back: ``tetherd configure``'s commented default file and plain values for ``-f j
 
 from __future__ import annotations
 
-import difflib
 import pathlib
 import string
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from tether.config._sections import (
     installed_schema,
 )
 from tether.errors import ConfigError, TetherError
+from tether.structuring import did_you_mean
 from tether.yamlio import Document, Path, dump_yaml, format_path, load_document
 
 __all__ = [
@@ -111,9 +111,9 @@ def _unknown_section(key: object, schema: ConfigSchema) -> tuple[Path, str, str 
             f"install it (pip install {distribution}) or remove the section",
         )
     known = schema.known_sections()
-    close = difflib.get_close_matches(str(key), known, n=1)
+    close = did_you_mean(str(key), known)
     if close:
-        return (str(key),), "unknown field", f"did you mean {close[0]}?"
+        return (str(key),), "unknown field", f"did you mean {close}?"
     plugins = ", ".join(f"{name} ({schema.owners[name]})" for name in schema.sections)
     hint = f"known fields: {', '.join(known)}" + (f"; from plugins: {plugins}" if plugins else "")
     return (str(key),), "unknown field", hint

@@ -1,31 +1,44 @@
 """Plain data (from YAML or JSON) to typed spec objects and back, driven by attrs field types.
 
-cattrs could structure these classes, but its errors are exception groups that a person cannot
-read, and resource errors must be one line naming the field, what was expected and what was
-given, with a "did you mean" for a misspelt key. The type language specs need is small (strings,
-numbers, booleans, times, durations, literals, lists, string-keyed maps, attrs classes and the
-label "one value or many" form), so a direct walk over the type hints is shorter than teaching
-cattrs to speak that way, and it keeps the dumped form tidy: empty optional fields are omitted
-and single label values are written as scalars, so ``get`` output looks like what people write.
+Specs are read with the strict cattrs converter of :mod:`tether.structuring`, as ``tether.yaml``
+and the auth API's bodies are, with hooks on top for what specs hold besides strings, numbers,
+lists and mappings: times (RFC 3339; Go's zero time, which Teleport prints for "never", is
+none), durations (Go-style ``30h``), literals, and label values written as one string or a list
+(:data:`ONE_OR_MANY`). cattrs reports every problem at once; a resource error is one line, so
+:func:`structure` keeps the first a reader meets and words it as admins read it: the field, what
+was expected and the value given (``spec.allow.logins: expected a list of strings, got
+'visitor'``), with "did you mean" for a misspelt key or literal and "quote it" for a number
+where a string belongs. The dumped form is tidy: empty optional fields are omitted and single
+label values are written as scalars, so ``get`` output looks like what people write.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import datetime
-import difflib
-import functools
+import itertools
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Union
 
 import attrs
+import cattrs
+import cattrs.cols
+import cattrs.gen
+from cattrs.errors import BaseValidationError
 
 from tether.durations import format_duration, parse_duration
 from tether.errors import ResourceError
-from tether.yamlio import format_path
+from tether.structuring import (
+    MissingField,
+    UnknownField,
+    did_you_mean,
+    failures,
+    strict_converter,
+)
+from tether.yamlio import Path, format_path
 
 __all__ = [
     "ONE_OR_MANY",
@@ -33,14 +46,11 @@ __all__ = [
     "LabelValues",
     "Labels",
     "Path",
-    "did_you_mean",
     "format_time",
     "show",
     "structure",
     "unstructure",
 ]
-
-Path = tuple[str | int, ...]
 
 
 class _OneOrMany:
@@ -76,12 +86,6 @@ class InvalidField(ResourceError):
         )
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """The closest of ``choices`` to a misspelt ``word``, or None when nothing is close."""
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
 def show(value: Any) -> str:
     """Render a wrong value for an error message without dumping a whole subtree."""
     if value is None:
@@ -101,33 +105,6 @@ def format_time(value: datetime.datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.UTC)
     return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
-
-
-# Go prints nanoseconds; Python keeps microseconds.
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def _parse_time(value: Any, path: Path) -> datetime.datetime:
-    if isinstance(value, datetime.datetime):
-        # ruamel returns its own datetime subclass; store a plain one.
-        result = datetime.datetime.combine(value.date(), value.timetz())
-    elif isinstance(value, str):
-        try:
-            result = datetime.datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
-        except ValueError:
-            raise InvalidField(
-                path, f"expected {_describe(datetime.datetime)}, got {show(value)}"
-            ) from None
-    else:
-        raise InvalidField(path, f"expected {_describe(datetime.datetime)}, got {show(value)}")
-    if result.tzinfo is None:
-        result = result.replace(tzinfo=datetime.UTC)
-    return result
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _is_union(origin: Any) -> bool:
@@ -177,182 +154,194 @@ def _plural(tp: Any) -> str:
     return "values"
 
 
-def _expected(tp: Any, value: Any, path: Path) -> InvalidField:
-    problem = f"expected {_describe(tp)}, got {show(value)}"
-    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return InvalidField(path, problem, hint=f"quote it: '{value}'")
-    return InvalidField(path, problem)
-
-
 def structure(value: Any, tp: Any, path: Path = ()) -> Any:
     """Turn plain data into a value of type ``tp``.
 
-    :raises InvalidField: the value does not fit; the error names ``path``.
+    :raises InvalidField: the value does not fit; the error names the first wrong field (a
+        mapping's unknown keys first, then its fields in declaration order) from ``path``.
     """
-    if tp is Any:
+    try:
+        return _converter.structure(value, tp)
+    except (BaseValidationError, InvalidField, ValueError, TypeError) as exc:
+        raise _first_problem(exc, path) from None
+
+
+def _first_problem(exc: Exception, path: Path) -> InvalidField:
+    failure = next(failures(exc, path))
+    where, error = failure.path, failure.error
+    if isinstance(error, InvalidField):
+        return InvalidField((*where, *error.path), error.problem, hint=error.hint)
+    if isinstance(error, UnknownField):
+        where = (*where[:-1], str(error.key))
+        guess = did_you_mean(str(error.key), error.known)
+        if guess:
+            return InvalidField(where, f"unknown field (did you mean {guess}?)")
+        if not error.known:
+            return InvalidField(where, "unknown field; this takes no fields")
+        return InvalidField(where, "unknown field; expected one of: " + ", ".join(error.known))
+    if isinstance(error, MissingField):
+        return InvalidField(where, "required field missing")
+    if isinstance(error, ValueError | TypeError):  # a bad duration; a class refused the value
+        return InvalidField(where, str(error))
+    raise exc  # a bug in a hook, not in the resource
+
+
+def unstructure(value: Any) -> Any:
+    """Turn a typed value back into plain data that :func:`structure` reads unchanged.
+
+    Fields that have a default and hold an empty value (None, "", [], {}) are omitted.
+    """
+    return _converter.unstructure(value)
+
+
+def _mismatch(tp: Any, value: Any) -> InvalidField:
+    problem = f"expected {_describe(tp)}, got {show(value)}"
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return InvalidField((), problem, hint=f"quote it: '{value}'")
+    return InvalidField((), problem)
+
+
+# Go prints nanoseconds; Python keeps microseconds.
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _structure_time(value: Any, _: Any) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        # ruamel returns its own datetime subclass; store a plain one.
+        result = datetime.datetime.combine(value.date(), value.timetz())
+    elif isinstance(value, str):
+        try:
+            result = datetime.datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
+        except ValueError:
+            raise _mismatch(datetime.datetime, value) from None
+    else:
+        raise _mismatch(datetime.datetime, value)
+    if result.tzinfo is None:
+        result = result.replace(tzinfo=datetime.UTC)
+    return result
+
+
+def _structure_optional_time(value: Any, _: Any) -> datetime.datetime | None:
+    if value is None:
+        return None
+    result = _structure_time(value, datetime.datetime)
+    return None if result.year == 1 else result  # Go's zero time, which Teleport prints for "never"
+
+
+def _structure_duration(value: Any, _: Any) -> datetime.timedelta:
+    if isinstance(value, datetime.timedelta):
         return value
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Annotated:
-        base, extras = args[0], args[1:]
-        if ONE_OR_MANY in extras:
-            if isinstance(value, str):
-                value = [value]
-            elif value is not None and not isinstance(value, list | tuple):
-                raise _expected(tp, value, path)
-        return structure(value, base, path)
-    if _is_union(origin):
-        options = [a for a in args if a is not type(None)]
-        if value is None and len(options) < len(args):
-            return None
-        if len(options) != 1:
-            raise TypeError(f"unsupported union {tp!r}: only 'X | None' is supported")
-        result = structure(value, options[0], path)
-        if isinstance(result, datetime.datetime) and result.year == 1:
-            return None  # Go's zero time, which Teleport prints for "never"
-        return result
-    if origin is Literal:
-        if value in args and isinstance(value, str | int):
+    if not isinstance(value, str):
+        raise _mismatch(datetime.timedelta, value)
+    return parse_duration(value)
+
+
+def _is_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal
+
+
+def _literals(cl: Any, _: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    choices = typing.get_args(cl)
+
+    def structure(value: Any, _: Any) -> Any:
+        if value in choices and isinstance(value, str | int):
             return value
-        choices = [str(a) for a in args]
-        guess = did_you_mean(str(value), choices) if isinstance(value, str) else None
-        return _raise(
-            path,
-            f"expected {_describe(tp)}, got {show(value)}",
-            f"did you mean {guess}?" if guess else None,
+        guess = did_you_mean(value, map(str, choices)) if isinstance(value, str) else None
+        raise InvalidField(
+            (),
+            f"expected {_describe(cl)}, got {show(value)}",
+            hint=f"did you mean {guess}?" if guess else None,
         )
-    if origin in _SEQUENCES:
-        if value is None:
-            value = []
-        if not isinstance(value, list | tuple):
-            raise _expected(tp, value, path)
-        item_tp = args[0] if args else Any
-        items = [structure(v, item_tp, (*path, i)) for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if origin in _MAPPINGS:
+
+    return structure
+
+
+def _is_one_or_many(tp: Any) -> bool:
+    return typing.get_origin(tp) is Annotated and ONE_OR_MANY in typing.get_args(tp)[1:]
+
+
+def _one_or_many(cl: Any, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    base = typing.get_args(cl)[0]
+    inner = converter.get_structure_hook(base)
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        elif value is not None and not isinstance(value, list | tuple):
+            raise _mismatch(cl, value)
+        return inner(value, base)
+
+    return structure
+
+
+def _one_or_many_dump(cl: Any, converter: cattrs.Converter) -> Callable[[Any], Any]:
+    inner = converter.get_unstructure_hook(typing.get_args(cl)[0])
+
+    def unstructure(value: Any) -> Any:
+        if isinstance(value, tuple | list) and len(value) == 1:
+            return value[0]
+        return inner(value)
+
+    return unstructure
+
+
+def _mappings(cl: Any, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """A mapping as the strict converter reads one, but a key that is not a string (YAML reads
+    ``1:`` as a number) is refused in its own words, before its value is read."""
+    inner = cattrs.cols.mapping_structure_factory(cl, converter)
+    string_keys = typing.get_args(cl)[:1] in ((), (str,))
+
+    def structure(value: Any, target: Any) -> Any:
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
-            raise _expected(tp, value, path)
-        key_tp, value_tp = args if args else (str, Any)
-        mapped: dict[Any, Any] = {}
-        for key, item in value.items():
-            if key_tp is str and not isinstance(key, str):
+            raise _mismatch(target, value)
+        for i, key in enumerate(value):
+            if string_keys and not isinstance(key, str):
+                # a wrong value above it is met first
+                inner(dict(itertools.islice(value.items(), i)), target)
                 raise InvalidField(
-                    (*path, str(key)),
-                    f"keys must be strings, got {show(key)}",
-                    hint=f"quote it: '{key}'",
+                    (str(key),), f"keys must be strings, got {show(key)}", hint=f"quote it: '{key}'"
                 )
-            mapped[key] = structure(item, value_tp, (*path, key))
-        return mapped
-    if attrs.has(tp):
-        return _structure_attrs(value, tp, path)
-    return _structure_scalar(value, tp, path)
+        return inner(value, target)
 
-
-def _raise(path: Path, problem: str, hint: str | None = None) -> typing.NoReturn:
-    raise InvalidField(path, problem, hint=hint)
-
-
-def _structure_scalar(value: Any, tp: Any, path: Path) -> Any:
-    if tp is str:
-        if not isinstance(value, str):
-            raise _expected(tp, value, path)
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _expected(tp, value, path)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _expected(tp, value, path)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _expected(tp, value, path)
-        return float(value)
-    if tp is datetime.datetime:
-        return _parse_time(value, path)
-    if tp is datetime.timedelta:
-        if isinstance(value, datetime.timedelta):
-            return value
-        if not isinstance(value, str):
-            raise _expected(tp, value, path)
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise InvalidField(path, str(exc)) from None
-    raise TypeError(f"unsupported field type {tp!r} at {format_path(path)}")
-
-
-def _structure_attrs(value: Any, cls: type, path: Path) -> Any:
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise _expected(cls, value, path)
-    fields = attrs.fields_dict(cls)
-    hints = _hints(cls)
-    for key in value:
-        if key not in fields:
-            name = str(key)
-            guess = did_you_mean(name, fields)
-            if guess:
-                _raise((*path, name), f"unknown field (did you mean {guess}?)")
-            if not fields:
-                _raise((*path, name), "unknown field; this takes no fields")
-            _raise((*path, name), "unknown field; expected one of: " + ", ".join(fields))
-    kwargs: dict[str, Any] = {}
-    for name, field in fields.items():
-        if name in value:
-            kwargs[field.alias or name] = structure(value[name], hints[name], (*path, name))
-        elif field.default is attrs.NOTHING:
-            _raise((*path, name), "required field missing")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # a validator on the class refused the value
-        raise InvalidField(path, str(exc)) from None
+    return structure
 
 
 def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str | list | dict) and not value)
 
 
-def unstructure(value: Any, tp: Any = Any) -> Any:
-    """Turn a typed value back into plain data that :func:`structure` reads unchanged.
+def _class_dump(cl: Any, converter: cattrs.Converter) -> Callable[[Any], dict[str, Any]]:
+    inner = cattrs.gen.make_dict_unstructure_fn(cl, converter)
+    optional = [field.name for field in attrs.fields(cl) if field.default is not attrs.NOTHING]
 
-    Fields that have a default and hold an empty value (None, "", [], {}) are omitted.
-    """
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Annotated:
-        if ONE_OR_MANY in args[1:] and isinstance(value, tuple | list) and len(value) == 1:
-            return value[0]
-        return unstructure(value, args[0])
-    if value is None:
-        return None
-    if _is_union(origin):
-        options = [a for a in args if a is not type(None)]
-        return unstructure(value, options[0] if len(options) == 1 else Any)
-    if attrs.has(type(value)):
-        return _unstructure_attrs(value)
-    if isinstance(value, datetime.datetime):
-        return format_time(value)
-    if isinstance(value, datetime.timedelta):
-        return format_duration(value)
-    if isinstance(value, Mapping):
-        value_tp = args[1] if origin in _MAPPINGS and len(args) == 2 else Any
-        return {k: unstructure(v, value_tp) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        item_tp = args[0] if origin in _SEQUENCES and args else Any
-        return [unstructure(v, item_tp) for v in value]
-    return value
+    def unstructure(value: Any) -> dict[str, Any]:
+        plain: dict[str, Any] = inner(value)
+        for name in optional:
+            if _is_empty(plain[name]):
+                del plain[name]
+        return plain
+
+    return unstructure
 
 
-def _unstructure_attrs(value: Any) -> dict[str, Any]:
-    cls: type = type(value)
-    hints = _hints(cls)
-    out: dict[str, Any] = {}
-    for field in attrs.fields(cls):
-        plain = unstructure(getattr(value, field.name), hints[field.name])
-        if field.default is not attrs.NOTHING and _is_empty(plain):
-            continue
-        out[field.name] = plain
-    return out
+def _make_converter() -> cattrs.Converter:
+    converter = strict_converter(_mismatch, null_is_empty=True)
+    converter.register_structure_hook(datetime.datetime, _structure_time)
+    converter.register_structure_hook_func(
+        lambda tp: tp == datetime.datetime | None, _structure_optional_time
+    )
+    converter.register_structure_hook(datetime.timedelta, _structure_duration)
+    converter.register_structure_hook_factory(cattrs.cols.is_mapping, _mappings)
+    converter.register_structure_hook_factory(_is_literal, _literals)
+    converter.register_structure_hook_factory(_is_one_or_many, _one_or_many)
+
+    converter.register_unstructure_hook(datetime.datetime, format_time)
+    converter.register_unstructure_hook(datetime.timedelta, format_duration)
+    converter.register_unstructure_hook_factory(_is_one_or_many, _one_or_many_dump)
+    converter.register_unstructure_hook_factory(attrs.has, _class_dump)
+    return converter
+
+
+_converter = _make_converter()

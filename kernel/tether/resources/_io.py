@@ -16,15 +16,9 @@ from typing import Any
 import attrs
 
 from tether.errors import ResourceError
-from tether.resources._convert import (
-    InvalidField,
-    Path,
-    did_you_mean,
-    show,
-    structure,
-    unstructure,
-)
+from tether.resources._convert import InvalidField, Path, show, structure, unstructure
 from tether.resources._model import KindRegistry, Metadata, Resource, secret_paths_for
+from tether.structuring import did_you_mean
 from tether.yamlio import Document, dump_yaml, load_documents
 
 __all__ = [

@@ -17,8 +17,9 @@ import attrs
 
 from tether.errors import ResourceError
 from tether.patterns import validate_label_value, validate_template
-from tether.resources._convert import InvalidField, Labels, Path, did_you_mean
+from tether.resources._convert import InvalidField, Labels, Path
 from tether.resources._model import Resource, ResourceKind
+from tether.structuring import did_you_mean
 
 __all__ = [
     "CERT_AUTHORITY",

@@ -17,7 +17,7 @@ import attrs
 import pluggy
 
 from tether.errors import ResourceError
-from tether.resources._convert import did_you_mean
+from tether.structuring import did_you_mean
 
 __all__ = ["KindRegistry", "Metadata", "Resource", "ResourceKind", "secret_paths_for"]
 

@@ -116,6 +116,12 @@ def test_command_label_needs_a_program() -> None:
     )
 
 
+def test_command_label_without_a_name_says_the_name_is_missing() -> None:
+    message = error_of("ssh_service:\n  commands:\n    - {command: [uname, -p]}\n")
+
+    assert message == "tether.yaml:3: ssh_service.commands[0].name: required field missing"
+
+
 def test_the_kernel_alone_says_which_plugin_to_install() -> None:
     kernel = ConfigReader.with_plugins()
 
