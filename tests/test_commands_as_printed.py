@@ -113,7 +113,9 @@ def test_admin_adds_a_node_token_and_the_printed_tetherd_start_joins_the_node(
     cluster = tether_cluster
     added = cluster.tetherctl("tokens", "add", "--type=node", "--ttl=5m").stdout
     start = printed_line(added, "tetherd")
-    token = json.loads(cluster.tetherctl("tokens", "ls", "--format=json").stdout)[-1]["token"]
+    token = next(arg.split("=", 1)[1] for arg in start if arg.startswith("--token="))
+    listed = json.loads(cluster.tetherctl("tokens", "ls", "--format=json").stdout)
+    assert {t["token"]: t["type"] for t in listed}[token] == "node"  # the module's other tokens too
     assert start == [
         "tetherd",
         "start",
