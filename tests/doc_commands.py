@@ -98,12 +98,17 @@ class Host:
         data directory, and its addresses in place of the defaults' loopback and any-address."""
         text = re.sub(r"^nodename: .*$", f"nodename: {self.name}", text, flags=re.M)
         text = re.sub(r"^data_dir: .*$", f"data_dir: {self.data_dir}", text, flags=re.M)
-        return re.sub(
+        text = re.sub(
             r"^(\s*listen_addr: )(?:127\.0\.0\.1|0\.0\.0\.0):",
             rf"\g<1>{self.addr}:",
             text,
             flags=re.M,
         )
+        settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        left = [line for line in settings if re.search(r"\b(127\.0\.0\.1|0\.0\.0\.0):", line)]
+        assert not left, f"tetherd configure printed addresses this edit misses: {left}"
+        assert f"data_dir: {self.data_dir}" in settings, "tetherd configure printed no data_dir"
+        return text
 
 
 @attrs.define
