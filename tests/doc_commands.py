@@ -158,7 +158,6 @@ class DocRun:
     ca_pin: str | None = None
     tokens: dict[str, str] = attrs.field(factory=dict)
     daemons: list[tuple[str, subprocess.Popen[bytes]]] = attrs.field(factory=list)
-    ran: list[Ran] = attrs.field(factory=list)
 
     # --- the environment ------------------------------------------------------------------
 
@@ -257,7 +256,6 @@ class DocRun:
                 config = self.workdir / target
                 config.write_text(self.config_hosts[target].edit_config(config.read_text()))
         self.learn(command, result.output)
-        self.ran.append(result)
         return result
 
     def _start_daemon(self, typed: str, command: str, who: Person) -> Ran:
