@@ -12,6 +12,8 @@ import importlib.util
 import pathlib
 import sys
 
+from tether.cli import progress
+
 HERE = pathlib.Path(__file__).resolve().parent
 NOT_HARNESSES = {"run_all.py", "machine.py", "__init__.py"}
 
@@ -28,15 +30,19 @@ def main(argv: list[str]) -> int:
         print("no benchmark harnesses in benchmarks/ yet")
         return 0
     status = 0
-    for path in found:
-        print(f"== {path.stem}", flush=True)
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        # registered first, as a normal import would, so dataclasses and typing can find it
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-        status |= int(module.main(argv))
+    # on a terminal, a bar over the harnesses (each prints its own lines above it)
+    with progress("Benchmarks", total=len(found), plain=False) as shown:
+        for path in found:
+            shown.step(f"Benchmark {path.stem}")
+            print(f"== {path.stem}", flush=True)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            # registered first, as a normal import would, so dataclasses and typing can find it
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+            status |= int(module.main(argv))
+            shown.advance()
     return status
 
 

@@ -82,6 +82,7 @@ def test_public_api_is_what_all_says() -> None:
         "Op",
         "SqliteBackend",
         "WatchOverflow",
+        "backend_schemes",
         "open_backend",
         "open_sqlite",
     ]

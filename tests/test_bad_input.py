@@ -32,6 +32,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+import tether
 from tether import pki
 from tether.client.profile import current_profile
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
@@ -155,7 +156,12 @@ def assert_serving(cluster: RunningCluster, cas: pki.ClusterAuthorities) -> None
     with client_as(cas, identity("bad-input-admin", kind="admin"), cluster.auth_addr) as auth:
         status = auth.get("/v1/cluster")
     assert status.status_code == 200, status.text
-    assert status.json() == {"name": CLUSTER, "ca_pin": cluster.ca_pin}
+    assert status.json() == {
+        "name": CLUSTER,
+        "version": tether.__version__,
+        "ca_pin": cluster.ca_pin,
+        "fingerprints": cas.fingerprints(),
+    }
 
 
 def tls_refusal(addr: str, context: ssl.SSLContext) -> str:

@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
+import tether_hooktest
 
 from tether.config import (
     CaAlgorithm,
@@ -33,6 +34,7 @@ from tether.config import (
 from tether.errors import ConfigError
 from tether.logs import setup_logging
 from tether.plugins import get_plugin_manager
+from tether.testing.cluster import run_cli
 from tether.yamlio import dump_yaml
 
 FULL_EXAMPLE = """\
@@ -577,3 +579,72 @@ def test_join_section_refuses_both_servers() -> None:
     text = "join:\n  proxy_server: p.example:3080\n  auth_server: a.example:3025\n"
     with pytest.raises(ConfigError, match="not both"):
         load_config_text(text, "tether.yaml")
+
+
+def test_libraries_log_warnings_only_while_tethers_own_info_lines_show(
+    root_logger: logging.Logger,
+) -> None:
+    out = io.StringIO()
+    setup_logging("INFO", stream=out, own=["tether_ssh"])
+
+    logging.getLogger("httpx").info("HTTP Request: PUT https://auth/v1/presence")
+    logging.getLogger("asyncssh").info("[conn=0] Accepted SSH client connection")
+    logging.getLogger("hypercorn.error").warning("worker is slow")
+    logging.getLogger("tether.tunnel.server").info("tunnel 1 from cluster leaf connected")
+    logging.getLogger("tether_ssh.server").info("ssh: alice logged in")
+
+    assert [line.split(" ", 2)[2] for line in out.getvalue().splitlines()] == [
+        "[hypercorn.error] worker is slow",
+        "[tether.tunnel.server] tunnel 1 from cluster leaf connected",
+        "[tether_ssh.server] ssh: alice logged in",
+    ]
+
+
+def test_debug_flag_lets_libraries_debug_lines_through(root_logger: logging.Logger) -> None:
+    out = io.StringIO()
+    setup_logging("INFO", debug=True, stream=out)
+
+    logging.getLogger("asyncssh").debug("[conn=0] Sending channel data")
+
+    assert "DEBUG [asyncssh] [conn=0] Sending channel data" in out.getvalue()
+
+
+def test_configured_debug_severity_is_tethers_own_lines(root_logger: logging.Logger) -> None:
+    out = io.StringIO()
+    setup_logging("DEBUG", stream=out)
+
+    logging.getLogger("tether.tunnel").debug("frame sent")
+    logging.getLogger("httpx").debug("connect_tcp.started")
+    logging.getLogger("httpx").info("HTTP Request: GET https://auth/v1/trust")
+
+    assert out.getvalue().count("\n") == 1
+    assert "[tether.tunnel] frame sent" in out.getvalue()
+
+
+def test_error_severity_quiets_libraries_warnings_too(root_logger: logging.Logger) -> None:
+    out = io.StringIO()
+    setup_logging("ERROR", stream=out)
+
+    logging.getLogger("hypercorn.error").warning("worker is slow")
+    logging.getLogger("hypercorn.error").error("worker died")
+
+    assert "worker is slow" not in out.getvalue()
+    assert "worker died" in out.getvalue()
+
+
+def _configure_storage_comment(env: dict[str, str]) -> str:
+    out = run_cli("tetherd", "configure", env=env).stdout
+    return out.split("\nstorage:\n", 1)[1].split("\n  url:", 1)[0]
+
+
+def test_tetherd_configure_offers_only_the_storage_backends_installed(
+    tmp_path: pathlib.Path,
+) -> None:
+    plain = _configure_storage_comment({tether_hooktest.LOG_ENV: ""})
+    with_plugin = _configure_storage_comment(
+        {tether_hooktest.LOG_ENV: str(tmp_path / "hooks.jsonl")}
+    )
+
+    assert "those installed here: sqlite." in plain
+    assert "postgresql" not in plain
+    assert "those installed here: hooktest, sqlite." in with_plugin

@@ -112,7 +112,7 @@ class Clusters:
         """The address the node of ``cluster`` registered, as ``tether ls`` shows it."""
         args = ["ls", "-f", "json"] + ([] if cluster is self.root else ["--cluster=leaf"])
         (node,) = json.loads(self.root.tether(user, *args).stdout)
-        return str(node["addr"])
+        return str(node["spec"]["addr"])
 
     def ssh(self, user: str, *args: str) -> tuple[int, str, str]:
         result = self.root.tether(user, "ssh", *args, check=False)

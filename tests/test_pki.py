@@ -163,6 +163,16 @@ def test_ca_pin_matches_openssl(root: ClusterAuthorities, tmp_path: pathlib.Path
     check_ca_pin(root.tls.certificate, ca_pin(root.tls.certificate).upper().replace("SHA", "sha"))
 
 
+@pytest.mark.parametrize("algorithm", ["ed25519", "ecdsa-p256"])
+def test_ssh_ca_fingerprint_is_what_ssh_keygen_prints(
+    tmp_path: pathlib.Path, algorithm: str
+) -> None:
+    authorities = ClusterAuthorities.generate("root", algorithm=algorithm)
+    for ca in (authorities.ssh_user, authorities.ssh_host):
+        (tmp_path / "ca.pub").write_text(ca.public_key_line() + "\n")
+        assert run("ssh-keygen", "-l", "-f", str(tmp_path / "ca.pub")).split()[1] == ca.fingerprint
+
+
 def test_leaf_with_wrong_pin_refuses_root_ca(
     root: ClusterAuthorities, leaf: ClusterAuthorities
 ) -> None:

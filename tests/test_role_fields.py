@@ -91,10 +91,12 @@ def test_mistakes_in_a_plugins_role_field_point_at_the_line(
     assert error_of(GADGETS_ROLE.replace(*change), registry).startswith(expected)
 
 
-def test_without_the_plugin_the_field_is_unknown() -> None:
+def test_without_the_plugin_the_field_is_not_supported() -> None:
     registry = KindRegistry.from_plugins(get_plugin_manager(autoload=False))
 
-    assert "spec.allow.hooktest_gadgets: unknown field" in error_of(GADGETS_ROLE, registry)
+    assert "spec.allow.hooktest_gadgets: not supported by Tether" in error_of(
+        GADGETS_ROLE, registry
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from tether.errors import AmbiguousTarget, NotFound, TetherError
 from tether.protocols import ProtocolHandler
 from tether.proxy.routing import PortRefused, check_port
 from tether.resources import ResourceKind
-from tether.targets import Target, TargetKind, TargetQuery, resolve_target
+from tether.targets import Target, TargetKind, TargetQuery, matching_targets, resolve_target
 
 WEB = Target(kind="db", id="a1", name="web", addr="10.0.0.5:5432", labels={"env": "prod"})
 API = Target(kind="db", id="b2", name="api", labels={"env": "prod", "tier": "back"})
@@ -36,6 +36,17 @@ def test_several_matches_are_listed_with_how_to_pick_one() -> None:
         resolve_target(TARGETS, TargetQuery.parse("env=prod"), kind=DB_TARGET, cluster="main")
     assert "2 dbs in cluster 'main' match 'env=prod'" in refused.value.message
     assert "web (id a1)" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("typed", "found"),
+    [("env=prod", [WEB, API]), ("env=pr*", [WEB, API]), ("tier=back", [API]), ("web", [WEB]),
+     ("env=dev", [])],
+)  # fmt: skip
+def test_a_client_acting_on_several_targets_selects_them_as_the_proxy_resolves_one(
+    typed: str, found: list[Target]
+) -> None:
+    assert matching_targets(TARGETS, TargetQuery.parse(typed)) == found
 
 
 def test_no_match_suggests_the_closest_names_and_the_protocols_own_listing() -> None:

@@ -72,7 +72,7 @@ class Setup:
         listed = self.root.tether("alice", "ls", "--cluster=leaf2", "-f", "json", check=False)
         if listed.returncode != 0:
             return listed.stderr
-        return [n["labels"] for n in json.loads(listed.stdout)]
+        return [n["metadata"]["labels"] for n in json.loads(listed.stdout)]
 
     def ssh(self, *command: str) -> tuple[int, str, str]:
         ran = self.root.tether(

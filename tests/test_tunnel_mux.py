@@ -784,6 +784,10 @@ def test_peer_violation_gets_goaway_and_terminates(case: Violation) -> None:
     assert code is case.code
     assert case.reason in reason
     assert conn.terminated == terminated
+    # the refused frame changed nothing: no window past the most a peer may grant
+    assert 0 <= conn.statistics().send_window <= fr.MAX_WINDOW
+    for stream_id in conn.open_stream_ids():
+        assert 0 <= conn.local_send_window(stream_id) <= fr.MAX_WINDOW
     assert conn.receive_data(_window(0, 1)) == []  # input after the end is ignored
     with pytest.raises(LocalProtocolError, match="terminated"):
         conn.ping()

@@ -24,7 +24,17 @@ from tether import __version__
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.sso_flows import SSORequest, is_loopback_http
 from tether.backend import Backend, BackendType, open_sqlite
-from tether.cli import emit_table, output, run_async, run_trio, shared_group
+from tether.cli import (
+    complete_clusters,
+    completer,
+    emit_table,
+    format_option,
+    output,
+    progress,
+    run_async,
+    run_trio,
+    shared_group,
+)
 from tether.client.clusters import leaf_clusters
 from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
 from tether.client.profile import (
@@ -89,7 +99,7 @@ from tether.resources import (
     resource_from_dict,
 )
 from tether.services import Service, ServiceContext
-from tether.targets import Target, TargetKind
+from tether.targets import Target, TargetKind, TargetQuery, matching_targets
 from tether.token_types import TokenType
 from tether.trust import RoleMapRule, expand_groups
 from tether.tunnel.forward import splice
@@ -148,20 +158,25 @@ __all__ = [
     "Target",
     "TargetKind",
     "TargetOffline",
+    "TargetQuery",
     "TetherError",
     "TokenType",
     "TrustError",
     "__version__",
     "cluster_host_cas",
+    "complete_clusters",
+    "completer",
     "current_profile",
     "emit_table",
     "expand_groups",
+    "format_option",
     "hookimpl",
     "is_loopback_http",
     "known_hosts_ca_line",
     "leaf_clusters",
     "list_targets",
     "load_private_key",
+    "matching_targets",
     "not_blank",
     "open_sqlite",
     "open_target_stream",
@@ -169,6 +184,7 @@ __all__ = [
     "positive",
     "private_key_to_openssh",
     "profile_ssl_context",
+    "progress",
     "relay_bytes",
     "resource_from_dict",
     "run_async",

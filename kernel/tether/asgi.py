@@ -192,4 +192,4 @@ class ASGIHandler:
             # still arriving for a request already answered (a 413, a 429) raises KeyError
             # (pgjones/hypercorn#329). It ends this connection only, whose answer has been
             # sent: a known, harmless end, not logged as a failure of the web route.
-            log.info("HTTP/2 connection from %s ended after an early answer", peer_address(stream))
+            log.debug("HTTP/2 connection from %s ended after an early answer", peer_address(stream))

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
@@ -36,6 +36,9 @@ from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
 from tether.resources import KindRegistry
 from tether.yamlio import dump_yaml
+
+if TYPE_CHECKING:
+    from tether.cli import Progress
 
 __all__ = [
     "DEMO_ROLES",
@@ -192,6 +195,7 @@ async def run_demo(
     out: TextIO,
     *,
     directory: pathlib.Path | None = None,
+    progress: Progress | None = None,
     task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the demo until cancelled; reports the root proxy address, the root's CA pin, the
@@ -199,7 +203,14 @@ async def run_demo(
 
     :param plugin_manager: builds a plugin manager; each daemon gets one of its own.
     :param directory: where the clusters live (kept); default: a temporary one, removed.
+    :param progress: shows each step of the start-up (a few seconds), done before the
+        commands are printed.
     """
+
+    def step(text: str) -> None:
+        if progress is not None:
+            progress.step(text)
+
     owned = directory is None
     base = pathlib.Path(tempfile.mkdtemp(prefix="tether-demo-")) if owned else directory
     assert base is not None
@@ -220,14 +231,22 @@ async def run_demo(
         async with trio.open_nursery() as nursery:
             watching = trio.CancelScope()
             nursery.start_soon(_stop_on_signal, stop, watching)
+            step(f'Starting the leaf cluster "{LEAF_CLUSTER}"')
             await nursery.start(_run_daemon_then_stop, leaf, leaf_pm, stop)
+            step(f'Starting the root cluster "{ROOT_CLUSTER}"')
             info = await nursery.start(_run_daemon_then_stop, root, root_pm, stop)
             proxy = str(info["proxy_addr"])
             login = getpass.getuser()
+            step(f'Adding the user "{DEMO_USER}" to the root')
             password = await _add_demo_user(root, login)
+            step("Inviting the leaf: a trusted_cluster token on the root")
             token, pin = await _invite_leaf(root)
+            step("The leaf joins the root: trusted_cluster and role visitor")
             await _trust_root(leaf, token, proxy, pin)
+            step("Waiting for the leaf's tunnel to the root")
             await _wait_leaf_online(root)
+            if progress is not None:
+                progress.done("The leaf trusts the root and its tunnel is up")
             _print_commands(
                 out,
                 proxy=proxy,

@@ -3,6 +3,11 @@
 Text is for a person at a terminal (``2026-11-26T10:00:00Z INFO [tether.auth] message``); JSON is
 for log collectors, one object per line so a crash mid-write never corrupts earlier records.
 Times are UTC so logs from hosts in different zones (root and leaf clusters) line up.
+
+The configured severity applies to Tether's own loggers (the kernel's ``tether.*`` and the
+loaded plugins' packages). Libraries log at INFO what only their own developers need (httpx a
+line per request, which was every line an idle cluster wrote; asyncssh seven per SSH session),
+so their records pass at WARNING or above unless ``--debug`` asks for everything.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+__all__ = ["LIBRARY_SEVERITY", "JsonFormatter", "TextFormatter", "setup_logging"]
 
 _LEVELS = {
     "DEBUG": logging.DEBUG,
@@ -22,6 +28,9 @@ _LEVELS = {
     "WARNING": logging.WARNING,
     "ERROR": logging.ERROR,
 }
+
+#: The least severe record a library's logger (anything not Tether's own) may write.
+LIBRARY_SEVERITY = logging.WARNING
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and belongs in JSON.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -84,19 +93,43 @@ class _TetherHandler(logging.StreamHandler[TextIO]):
     """Marks the handler this module installed, so a second setup replaces it."""
 
 
+class _OwnOrSevere(logging.Filter):
+    """Passes Tether's own records at ``level``, everyone else's at ``library_level``."""
+
+    def __init__(self, own: frozenset[str], level: int, library_level: int) -> None:
+        super().__init__()
+        self._own = own
+        self._level = level
+        self._library_level = library_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is written."""
+        package = record.name.partition(".")[0]
+        return record.levelno >= (self._level if package in self._own else self._library_level)
+
+
 def setup_logging(
-    severity: str, fmt: str = "text", *, debug: bool = False, stream: TextIO | None = None
+    severity: str,
+    fmt: str = "text",
+    *,
+    debug: bool = False,
+    stream: TextIO | None = None,
+    own: Iterable[str] = (),
 ) -> None:
-    """Send every log record at ``severity`` or above to ``stream`` in format ``fmt``.
+    """Send Tether's log records at ``severity`` or above to ``stream`` in format ``fmt``, and
+    other libraries' at :data:`LIBRARY_SEVERITY` (or ``severity`` if that is higher).
 
     Calling it again (after a configuration reload, or in tests) replaces the handler it
     installed before instead of adding a second one; handlers installed by others stay.
 
     :param severity: ``DEBUG``, ``INFO``, ``WARN``/``WARNING`` or ``ERROR``, any case.
     :param fmt: ``text`` or ``json``.
-    :param debug: force ``DEBUG`` (``tetherd --debug``) whatever the configuration says.
+    :param debug: force ``DEBUG`` (``tetherd --debug``) for every logger, libraries' too,
+        whatever the configuration says.
     :param stream: where to write; ``sys.stderr`` as it is at call time when omitted (so that
         a replaced ``sys.stderr``, as under pytest, is honoured).
+    :param own: top-level packages whose loggers are Tether's own besides ``tether``: the
+        loaded plugins' (:func:`tether.plugins.plugin_packages`).
     :raises ValueError: unknown severity or format; the message lists the allowed values.
     """
     level = _LEVELS.get(severity.upper())
@@ -109,6 +142,10 @@ def setup_logging(
         formatter = JsonFormatter()
     else:
         raise ValueError(f"{fmt!r} is not one of text, json")
+    if debug:
+        level = library_level = logging.DEBUG
+    else:
+        library_level = max(level, LIBRARY_SEVERITY)
 
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -117,5 +154,6 @@ def setup_logging(
             handler.close()
     handler = _TetherHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_OwnOrSevere(frozenset({"tether", *own}), level, library_level))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else level)
+    root.setLevel(level)

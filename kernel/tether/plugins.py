@@ -32,6 +32,7 @@ __all__ = [
     "call_each",
     "describe_plugins",
     "get_plugin_manager",
+    "plugin_packages",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,18 @@ def describe_plugins(pm: TetherPluginManager) -> list[PluginInfo]:
         )
         rows.append(PluginInfo(name=name, distribution=dist, version=version, hooks=hooks))
     return rows
+
+
+def plugin_packages(pm: TetherPluginManager) -> frozenset[str]:
+    """The top-level packages the loaded plugins live in (``tether``, ``tether_ssh``, ...):
+    their loggers are Tether's own, logged at the configured severity."""
+    packages = set()
+    for _, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
+        module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+        packages.add(module.partition(".")[0])
+    return frozenset(packages)
 
 
 async def await_maybe(value: T | Awaitable[T]) -> T:

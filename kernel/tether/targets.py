@@ -24,6 +24,7 @@ __all__ = [
     "Target",
     "TargetKind",
     "TargetQuery",
+    "matching_targets",
     "resolve_target",
 ]
 
@@ -118,6 +119,17 @@ class TargetQuery:
         return self.name or ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
 
 
+def matching_targets(targets: Sequence[Target], query: TargetQuery) -> list[Target]:
+    """Every target among ``targets`` that ``query`` names, in their order: by name, id or
+    address, or by labels, each value matched as a role's ``node_labels`` value would be
+    (``*``, globs, ``^...$``). A client that acts on several targets at once (``tether ssh
+    env=prod uptime``) selects them exactly as the proxy resolves one."""
+    if query.labels:
+        selector = {k: [v] for k, v in query.labels.items()}
+        return [t for t in targets if match_labels(selector, t.labels)]
+    return [t for t in targets if t.answers_to(query.name)]
+
+
 def resolve_target(
     targets: Sequence[Target],
     query: TargetQuery,
@@ -134,11 +146,7 @@ def resolve_target(
         kind's listing command.
     :raises AmbiguousTarget: several match; the message lists them and says how to pick one.
     """
-    if query.labels:
-        selector = {k: [v] for k, v in query.labels.items()}
-        found = [t for t in targets if match_labels(selector, t.labels)]
-    else:
-        found = [t for t in targets if t.answers_to(query.name)]
+    found = matching_targets(targets, query)
     if len(found) == 1:
         return found[0]
     if found:

@@ -53,28 +53,41 @@ def peer_certificate_der(stream: TLSStream) -> bytes | None:
     return der if isinstance(der, bytes) and der else None
 
 
+def _certificate_refused(error: BaseException) -> bool:
+    """Whether a handshake failed on the peer's certificate, not on what it spoke."""
+    return isinstance(error, ssl.SSLCertVerificationError) or (
+        isinstance(error, ssl.SSLError) and "CERTIFICATE" in str(error.reason or "")
+    )
+
+
 async def _handle(
     routes: Mapping[str, TLSHandler],
     ssl_context: ssl.SSLContext,
     handshake_timeout: float,
     raw: trio.SocketStream,
 ) -> None:
+    # Connections that end before a route has them (load balancers' TCP health checks,
+    # scanners) are logged at DEBUG: on a public port they come every few seconds, and none
+    # is an event an operator acts on. A certificate refused is one (an agent of an unknown
+    # CA, a host whose certificate expired): INFO.
     try:
         # Web clients routinely hang up without close_notify; every route has its own framing.
         stream = TLSStream.wrap_server(detach_socket(raw), ssl_context, allow_ragged_eof=True)
     except (trio.BrokenResourceError, OSError) as exc:
-        log.info("TLS connection lost before the handshake: %s", exc)
+        log.debug("TLS connection lost before the handshake: %s", exc)
         await trio.aclose_forcefully(raw)
         return
     try:
         with trio.fail_after(handshake_timeout):
             await stream.do_handshake()
     except trio.TooSlowError:
-        log.info("TLS handshake from %s timed out", peer_address(stream))
+        log.debug("TLS handshake from %s timed out", peer_address(stream))
         await trio.aclose_forcefully(stream)
         return
     except trio.BrokenResourceError as exc:
-        log.info("TLS handshake from %s failed: %s", peer_address(stream), exc.__cause__ or exc)
+        cause = exc.__cause__ or exc
+        level = logging.INFO if _certificate_refused(cause) else logging.DEBUG
+        log.log(level, "TLS handshake from %s failed: %s", peer_address(stream), cause)
         await _refuse(stream)
         return
     alpn = stream.selected_alpn_protocol() or DEFAULT_ROUTE

@@ -153,7 +153,7 @@ async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
     # The peer went away before sending its whole request: nobody is left to answer, and it
     # is not a server bug, so it gets one log line instead of a traceback.
     client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
-    log.info("%s went away during %s %s", client, request.method, request.url.path)
+    log.debug("%s went away during %s %s", client, request.method, request.url.path)
     return Response(status_code=400)
 
 

@@ -187,7 +187,7 @@ def test_root_user_reaches_the_echo_by_its_labels(trust: Trust) -> None:
 def test_root_user_lists_the_leaf_echo_services_their_mapped_roles_reach(trust: Trust) -> None:
     code, out, err = trust.echo("alice", "ls", "-f", "json")
     assert code == 0, err
-    assert [(e["hostname"], e["labels"]) for e in json.loads(out)] == [
+    assert [(e["spec"]["hostname"], e["metadata"]["labels"]) for e in json.loads(out)] == [
         ("leaf-node", {"env": "dev"})
     ]
     code, table, err = trust.echo("alice", "ls")

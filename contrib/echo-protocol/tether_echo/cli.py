@@ -10,7 +10,6 @@ cluster (the proxy's own or a leaf's); the answer is a byte stream to the node's
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 import trio
@@ -20,8 +19,10 @@ from tether.api import (
     KindRegistry,
     Profile,
     TetherError,
+    complete_clusters,
     current_profile,
     emit_table,
+    format_option,
     list_targets,
     open_target_stream,
     output,
@@ -80,11 +81,15 @@ def echo_group() -> None:
 
 
 @echo_group.command("ls")
-@click.option("--cluster", help="List the echo services of this cluster (default: the login's).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option(
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="List the echo services of this cluster (default: the login's).",
+)
+@format_option()
 @run_async
 async def ls(cluster: str | None, fmt: str) -> None:
-    """List the echo services you can reach."""
+    """List the echo services you can reach (--format=json or yaml: the resources)."""
     profile = _profile()
     docs = await list_targets(
         profile.proxy,
@@ -94,25 +99,22 @@ async def ls(cluster: str | None, fmt: str) -> None:
         cluster=cluster or profile.cluster,
     )
     found = sorted(
-        (resource_from_dict(doc, _KINDS, source="echo") for doc in docs),
-        key=lambda r: (r.spec.hostname, r.metadata.name),
+        ((resource_from_dict(doc, _KINDS, source="echo"), doc) for doc in docs),
+        key=lambda pair: (pair[0].spec.hostname, pair[0].metadata.name),
     )
-    rows: list[dict[str, Any]] = [
-        {"id": r.metadata.name, "hostname": r.spec.hostname, "labels": dict(r.metadata.labels)}
-        for r in found
-    ]
-    if fmt != "text":
-        output(rows, fmt)
-        return
     table = [
-        (row["hostname"], ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())))
-        for row in rows
+        (r.spec.hostname, ",".join(f"{k}={v}" for k, v in sorted(r.metadata.labels.items())))
+        for r, _ in found
     ]
-    emit_table(["Node Name", "Labels"], table)
+    output([doc for _, doc in found], fmt, text=lambda: emit_table(["Node Name", "Labels"], table))
 
 
 @echo_group.command("connect")
-@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="The node's cluster (default: the one logged in to).",
+)
 @click.argument("node")
 @run_async
 async def connect(cluster: str | None, node: str) -> None:
@@ -149,7 +151,11 @@ async def connect(cluster: str | None, node: str) -> None:
 
 
 @echo_group.command("listen")
-@click.option("--cluster", help="The node's cluster (default: the one logged in to).")
+@click.option(
+    "--cluster",
+    shell_complete=complete_clusters,
+    help="The node's cluster (default: the one logged in to).",
+)
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Local port (0: a free one)."
 )

@@ -113,7 +113,14 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def cluster(request: Request) -> JSONResponse:
         _peer_identity(request, auth)
-        return JSONResponse({"name": auth.cluster_name, "ca_pin": auth.ca_pin})
+        return JSONResponse(
+            {
+                "name": auth.cluster_name,
+                "version": __version__,
+                "ca_pin": auth.ca_pin,
+                "fingerprints": auth.authorities.fingerprints(),
+            }
+        )
 
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse(_peer_identity(request, auth).to_json())

@@ -14,6 +14,7 @@ from tether.backend._base import (
     Item,
     Op,
     WatchOverflow,
+    backend_schemes,
     open_backend,
 )
 from tether.backend._sqlite import SqliteBackend, open_sqlite
@@ -28,6 +29,7 @@ __all__ = [
     "Op",
     "SqliteBackend",
     "WatchOverflow",
+    "backend_schemes",
     "open_backend",
     "open_sqlite",
 ]

@@ -266,6 +266,15 @@ def _collect_backend_types(pm: pluggy.PluginManager) -> dict[str, tuple[str, Bac
     return found
 
 
+def backend_schemes(pm: pluggy.PluginManager) -> tuple[str, ...]:
+    """The URL schemes ``storage.url`` may use with the plugins of ``pm``, sorted.
+
+    :raises PluginError: a plugin's ``tether_backends`` fails or returns something else.
+    :raises ConfigError: two plugins claim one scheme.
+    """
+    return tuple(sorted(_collect_backend_types(pm)))
+
+
 def open_backend(url: str, pm: pluggy.PluginManager) -> AbstractAsyncContextManager[Backend]:
     """Open the storage at ``url`` with the plugin that handles its scheme.
 

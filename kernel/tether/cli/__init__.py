@@ -1,6 +1,27 @@
 """The three command-line programs (``tetherd``, ``tetherctl``, ``tether``), and the helpers
 they share that plugin commands use too (re-exported by :mod:`tether.api`)."""
 
-from tether.cli._common import emit_table, output, run_async, run_trio, shared_group
+from tether.cli._common import (
+    complete_clusters,
+    completer,
+    emit_table,
+    format_option,
+    output,
+    run_async,
+    run_trio,
+    shared_group,
+)
+from tether.cli._progress import Progress, progress
 
-__all__ = ["emit_table", "output", "run_async", "run_trio", "shared_group"]
+__all__ = [
+    "Progress",
+    "complete_clusters",
+    "completer",
+    "emit_table",
+    "format_option",
+    "output",
+    "progress",
+    "run_async",
+    "run_trio",
+    "shared_group",
+]

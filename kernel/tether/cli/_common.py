@@ -6,19 +6,22 @@ logs and shows the traceback (DESIGN.md, "Conventions").
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 import trio
+from click.shell_completion import CompletionItem, get_completion_class
 from tabulate import tabulate
 
+import tether
 from tether.config import load_config
 from tether.errors import PluginError, TetherError
 from tether.logs import setup_logging
@@ -26,10 +29,17 @@ from tether.plugins import TetherPluginManager, get_plugin_manager
 from tether.yamlio import dump_yaml
 
 __all__ = [
+    "COMPLETION_TIMEOUT",
+    "FORMATS",
+    "complete_clusters",
+    "completer",
+    "completion_command",
     "config_path_from_argv",
     "configured_disabled",
+    "debug_option_everywhere",
     "emit_table",
     "fail",
+    "format_option",
     "output",
     "plugin_manager",
     "report",
@@ -39,10 +49,12 @@ __all__ = [
     "shared_group",
     "split_csv",
     "split_kv",
+    "version_info",
 ]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("tether.cli")
 
@@ -130,6 +142,34 @@ def setup_cli_logging(debug: bool, severity: str = "WARNING") -> None:
     setup_logging(severity, "text", debug=debug)
 
 
+def _turn_on_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["debug"] = True
+        setup_cli_logging(True)
+
+
+def debug_option_everywhere(group: click.Group) -> None:
+    """Give every subcommand of ``group`` (plugins' too, so call it once they are added) the
+    group's ``-d/--debug``: ``tether ssh -d NODE`` as well as ``tether -d ssh NODE``, as tsh
+    takes its global flags anywhere. A subcommand's arguments after its own positional ones
+    (a remote command's ``-d``) stay its own."""
+    for command in group.commands.values():
+        if not any("--debug" in getattr(p, "opts", ()) for p in command.params):
+            command.params.append(
+                click.Option(
+                    ["-d", "--debug"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_turn_on_debug,
+                    help="Verbose logs and tracebacks.",
+                )
+            )
+        if isinstance(command, click.Group):
+            debug_option_everywhere(command)
+
+
 _PM: dict[str, TetherPluginManager] = {}
 
 
@@ -166,6 +206,11 @@ def configured_disabled(config_path: str | os.PathLike[str] | None) -> tuple[str
         return ()
 
 
+#: What ``-f/--format`` takes on every command that prints a listing or a status: a table (or
+#: lines) for people, JSON or YAML for scripts.
+FORMATS = ("text", "json", "yaml")
+
+
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain table like tctl's: a header, a dashed rule, one row per line."""
     click.echo(
@@ -175,15 +220,147 @@ def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     )
 
 
-def output(data: Any, fmt: str) -> None:
-    """Print ``data`` as JSON or YAML for scripts (``fmt``: the ``-f/--format`` value,
-    ``"json"`` or ``"yaml"``; print text yourself, with :func:`emit_table`)."""
+def format_option(
+    *choices: str, default: str = "text", help: str | None = None
+) -> Callable[[F], F]:
+    """The ``-f/--format`` option every command that prints a listing or a status carries
+    (its value reaches the command as ``fmt``); print with :func:`output`.
+
+    ``tests/test_output_formats.py`` walks every installed command and fails when one that
+    prints a table, or is named ``ls``, ``status`` or ``version``, lacks it.
+
+    :param choices: the formats it prints (default :data:`FORMATS`: text, json and yaml).
+    :param help: what the formats are for, when the default sentence does not say it.
+    """
+    choices = choices or FORMATS
+    scripts = " or ".join(c for c in choices if c != "text")
+    return click.option(
+        "-f",
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help=help
+        or f"text for people; {scripts} for scripts (resources as tetherctl get shows them: "
+        "kind, version, metadata, spec, status).",
+    )
+
+
+def output(data: Any, fmt: str, text: Callable[[], None] | None = None) -> None:
+    """Print ``data`` in the ``-f/--format`` the user chose: ``"json"`` or ``"yaml"`` for
+    scripts; ``"text"`` by calling ``text`` (which prints a table with :func:`emit_table`, or
+    lines, for people).
+
+    ``data`` is what a script reads: the resources themselves (``kind``, ``version``,
+    ``metadata``, ``spec``, ``status``) where the command lists resources, as ``tetherctl
+    get`` prints them; a list prints as a JSON array or a YAML list even when it holds one item.
+    """
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
     elif fmt == "yaml":
         click.echo(dump_yaml(data), nl=False)
+    elif fmt == "text" and text is not None:
+        text()
     else:
-        raise click.BadParameter(f"unknown format {fmt!r}")
+        raise click.BadParameter(f"unknown format {fmt!r}", param_hint="--format")
+
+
+def version_info() -> dict[str, str]:
+    """What ``version --format=json`` prints, with tsh's keys: ``version`` and ``runtime``."""
+    return {"version": tether.__version__, "runtime": f"python{sys.version.split()[0]}"}
+
+
+#: How long a shell's Tab may wait for names a server knows (nodes, clusters, resources)
+#: before it offers none.
+COMPLETION_TIMEOUT = 3.0
+
+#: What ``tether completion SHELL`` prints a script for.
+SHELLS = ("bash", "zsh", "fish")
+
+
+def completer(
+    fetch: Callable[[click.Context, str], Awaitable[Iterable[str]]],
+    *,
+    timeout: float = COMPLETION_TIMEOUT,
+) -> Callable[[click.Context, click.Parameter, str], list[CompletionItem]]:
+    """A click ``shell_complete`` callback from ``fetch(ctx, incomplete)``, an async function
+    that lists the names a word may be (it reads the login profile or asks the proxy).
+
+    It is fast and silent on error, as a shell's Tab must be: the names that start with what
+    was typed, or none when ``fetch`` fails or takes longer than ``timeout``; nothing is ever
+    printed but the names. ``ctx.params`` holds the options typed before the word
+    (``--cluster``), ``ctx.find_root().params`` the program's own (``-c``).
+    """
+
+    async def bounded(ctx: click.Context, incomplete: str) -> list[str]:
+        with trio.move_on_after(timeout):
+            return [str(name) for name in await fetch(ctx, incomplete)]
+        return []
+
+    def complete(
+        ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+                names = trio.run(bounded, ctx, incomplete)
+        except Exception:  # noqa: BLE001 - a Tab shows no traceback, whatever went wrong
+            return []
+        return [CompletionItem(n) for n in dict.fromkeys(names) if n.startswith(incomplete)]
+
+    return complete
+
+
+async def _login_clusters(ctx: click.Context, incomplete: str) -> list[str]:
+    from tether.client.clusters import leaf_clusters
+    from tether.client.profile import current_profile
+
+    profile = current_profile()
+    if profile is None:
+        return []
+    return [profile.identity().cluster, *await leaf_clusters(profile)]
+
+
+_complete_clusters = completer(_login_clusters)
+
+
+def complete_clusters(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """The ``shell_complete`` callback of ``--cluster`` options and ``tether login CLUSTER``:
+    the cluster logged in to and the leaf clusters the login may see (as ``tether
+    clusters`` lists them)."""
+    return _complete_clusters(ctx, param, incomplete)
+
+
+def completion_command(program: str) -> click.Command:
+    """``PROGRAM completion bash|zsh|fish``: print the shell's completion script (click's)."""
+
+    @click.command("completion")
+    @click.argument("shell", type=click.Choice(SHELLS))
+    @click.pass_context
+    def completion(ctx: click.Context, shell: str) -> None:
+        cls = get_completion_class(shell)
+        assert cls is not None  # every choice has a class
+        root = ctx.find_root().command
+        click.echo(cls(root, {}, program, complete_var(program)).source())
+
+    completion.help = f"""Print the {program} completion script for bash, zsh or fish.
+
+    It completes commands and options, and names a cluster knows: nodes, clusters and
+    resources, from your login (or from -c on the auth host).
+
+    \b
+    bash, in ~/.bashrc:        eval "$({program} completion bash)"
+    zsh, in ~/.zshrc:          eval "$({program} completion zsh)"
+    fish, once:                {program} completion fish > ~/.config/fish/completions/{program}.fish
+    """
+    return completion
+
+
+def complete_var(program: str) -> str:
+    """The environment variable the completion scripts set: ``_TETHER_COMPLETE``, ..."""
+    return f"_{program.upper()}_COMPLETE"
 
 
 def split_csv(value: str | None) -> list[str]:

@@ -16,7 +16,19 @@ from click.decorators import FC
 import tether
 from tether import pki
 from tether.auth.http_client import AuthClient
-from tether.cli._common import emit_table, output, plugin_manager, run_async, setup_cli_logging
+from tether.cli._common import (
+    complete_clusters,
+    complete_var,
+    completion_command,
+    debug_option_everywhere,
+    emit_table,
+    format_option,
+    output,
+    plugin_manager,
+    run_async,
+    setup_cli_logging,
+    version_info,
+)
 from tether.client.profile import (
     CLUSTER_ENV,
     HOME_ENV,
@@ -60,7 +72,7 @@ Environment variables (as tsh's TELEPORT_*):
 
 
 @click.group(epilog=_ENVIRONMENT)
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.option("-d", "--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Log in to a Tether cluster and reach its resources."""
@@ -119,7 +131,7 @@ def _still_valid(profile: Profile) -> bool:
     show_default=True,
     help="Open the identity provider's page in a browser (single sign-on connectors).",
 )
-@click.argument("cluster", required=False, envvar=CLUSTER_ENV)
+@click.argument("cluster", required=False, envvar=CLUSTER_ENV, shell_complete=complete_clusters)
 @run_async
 async def login(
     cluster: str | None,
@@ -249,41 +261,48 @@ async def _check_visible(profile: Profile, cluster: str) -> None:
 
 
 @cli.command()
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @run_async
 async def clusters(fmt: str) -> None:
-    """List the root cluster and the leaf clusters you can reach."""
+    """List the root cluster and the leaf clusters you can reach.
+
+    With --format=json or yaml, one object per cluster with tsh's keys: cluster_name, status,
+    cluster_type (root or leaf), labels and selected.
+    """
     profile = current_profile()
     if profile is None:
         raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
     root = profile.identity().cluster
-    rows: list[dict[str, Any]] = [{"name": root, "status": "online", "type": "root", "labels": {}}]
+    rows: list[dict[str, Any]] = [
+        {"cluster_name": root, "status": "online", "cluster_type": "root", "labels": {}}
+    ]
     for doc in sorted(await _remote_clusters(profile), key=lambda d: d["metadata"]["name"]):
         rows.append(
             {
-                "name": doc["metadata"]["name"],
+                "cluster_name": doc["metadata"]["name"],
                 "status": (doc.get("status") or {}).get("connection", "offline"),
-                "type": "leaf",
+                "cluster_type": "leaf",
                 "labels": doc["metadata"].get("labels", {}),
             }
         )
     for row in rows:
-        row["selected"] = row["name"] == profile.cluster
-    if fmt != "text":
-        output(rows, fmt)
-        return
-    emit_table(
-        ["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"],
-        [
-            (
-                r["name"],
-                r["status"],
-                r["type"],
-                ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
-                "*" if r["selected"] else "",
-            )
-            for r in rows
-        ],
+        row["selected"] = row["cluster_name"] == profile.cluster
+    output(
+        rows,
+        fmt,
+        text=lambda: emit_table(
+            ["Cluster Name", "Status", "Cluster Type", "Labels", "Selected"],
+            [
+                (
+                    r["cluster_name"],
+                    r["status"],
+                    r["cluster_type"],
+                    ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+                    "*" if r["selected"] else "",
+                )
+                for r in rows
+            ],
+        ),
     )
 
 
@@ -369,15 +388,18 @@ def _human(delta: datetime.timedelta) -> str:
 
 
 @cli.command()
-@click.option("-f", "--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 def status(fmt: str) -> None:
-    """Show the current login: proxy, user, cluster, roles, logins, expiry."""
+    """Show the current login: proxy, user, cluster, roles, logins, expiry.
+
+    With --format=json or yaml, tsh's shape: {"active": {profile_url, username, cluster,
+    roles, logins, traits, valid_until, ...}}.
+    """
     data = _status_json()
     try:
-        if fmt == "text" or data is None:
+        if data is None:
             _print_status(data, sys.stdout)
-        else:
-            output(data, fmt)
+        output(data, fmt, text=lambda: _print_status(data, sys.stdout))
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
@@ -404,9 +426,13 @@ def proxy_group() -> None:
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__}")
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__}"))
+
+
+cli.add_command(completion_command("tether"))
 
 
 def main() -> None:
@@ -414,7 +440,8 @@ def main() -> None:
         plugin_manager().hook.tether_cli_commands(program="tether", cli=cli)
     except TetherError as exc:
         click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
-    cli(obj={})
+    debug_option_everywhere(cli)
+    cli(obj={}, prog_name="tether", complete_var=complete_var("tether"))
 
 
 if __name__ == "__main__":

@@ -17,29 +17,38 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+import trio
 
 import tether
 from tether import pki
 from tether.audit import AuditQuery
 from tether.auth.http_client import AuthClient, admin_client
 from tether.cli._common import (
+    complete_var,
+    completer,
+    completion_command,
     config_path_from_argv,
     configured_disabled,
     emit_table,
+    format_option,
     output,
     plugin_manager,
     run_async,
     setup_cli_logging,
     split_csv,
     split_kv,
+    version_info,
 )
+from tether.cli._progress import progress
 from tether.client.profile import current_profile, profile_ssl_context
 from tether.config import ConfigSchema, load_config, secret_or_file
 from tether.durations import format_duration, parse_duration
-from tether.errors import TetherError
+from tether.errors import AccessDenied, NotFound, TetherError
 from tether.resources import (
     CertAuthoritySpec,
     KindRegistry,
+    Resource,
+    ResourceKind,
     parse_resources,
     resource_from_dict,
     resource_to_dict,
@@ -50,6 +59,8 @@ from tether.yamlio import dump_yaml
 __all__ = ["cli", "main"]
 
 CONFIG_ENV = "TETHER_CONFIG"
+#: ``tetherctl create`` of this many resources says what it does even off a terminal
+BULK = 20
 
 
 class Target:
@@ -81,8 +92,15 @@ class Target:
         return [] if self.public_web_cert else [f"--ca-pin={ca_pin}"]
 
 
+def _config_path(ctx: click.Context) -> str | os.PathLike[str] | None:
+    """``-c``, else ``$TETHER_CONFIG``; read from the program's own parameters too, as shell
+    completion parses them without running the group."""
+    found = (ctx.obj or {}).get("config") or ctx.find_root().params.get("config")
+    return found or os.environ.get(CONFIG_ENV)
+
+
 def _connect(ctx: click.Context) -> Target:
-    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
+    config_path = _config_path(ctx)
     if config_path:
         config = load_config(pathlib.Path(config_path))
         client, proxy = admin_client(config)
@@ -107,8 +125,25 @@ def _connect(ctx: click.Context) -> Target:
 
 
 def _registry(ctx: click.Context) -> KindRegistry:
-    config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
-    return KindRegistry.from_plugins(plugin_manager(configured_disabled(config_path)))
+    return KindRegistry.from_plugins(plugin_manager(configured_disabled(_config_path(ctx))))
+
+
+async def _resource_refs(ctx: click.Context, incomplete: str) -> list[str]:
+    """``KIND`` names while the kind is typed; ``KIND/NAME`` of what the cluster holds after
+    the slash (the names the caller may see)."""
+    kind_name, slash, _ = incomplete.partition("/")
+    registry = _registry(ctx)
+    if not slash:
+        return [kind.name for kind in registry.kinds()]
+    kind = registry.get(kind_name)
+    async with _connect(ctx).client as client:
+        docs = await client.get_resources(kind.name)
+    return [f"{kind_name}/{doc['metadata']['name']}" for doc in docs]
+
+
+async def _user_names(ctx: click.Context, incomplete: str) -> list[str]:
+    async with _connect(ctx).client as client:
+        return [doc["metadata"]["name"] for doc in await client.get_resources("user")]
 
 
 @click.group()
@@ -116,7 +151,8 @@ def _registry(ctx: click.Context) -> KindRegistry:
     "-c",
     "--config",
     type=click.Path(path_type=pathlib.Path),
-    help="The daemon's tether.yaml (on the auth host; uses the local admin identity).",
+    help="The daemon's tether.yaml (on the auth host; uses the local admin identity); "
+    "default: $TETHER_CONFIG, else the `tether login` profile.",
 )
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
@@ -144,8 +180,20 @@ async def create(ctx: click.Context, file: Any, force: bool) -> None:
         raise TetherError(f"{source}: no resources found")
     docs = [_read_token_file(resource_to_dict(r, with_secrets=True)) for r in resources]
     target = _connect(ctx)
-    async with target.client as client:
-        messages = await client.create_resources(docs, force=force)
+    joins = [r for r in resources if r.kind == "trusted_cluster" and r.spec.enabled]
+    title = (
+        f"Creating {len(resources)} resources from {source}"
+        if len(resources) > 1
+        else f"Creating {resources[0].kind}/{resources[0].metadata.name}"
+    )
+    if joins:  # auth runs the handshake with each root before it answers
+        roots = ", ".join(str(r.spec.web_proxy_addr) for r in joins)
+        title += f"; joining the root cluster at {roots}"
+    # a join, or a bulk file, takes seconds: say so; one small resource goes by unannounced
+    with progress(title, plain=bool(joins) or len(resources) >= BULK) as shown:
+        async with target.client as client:
+            messages = await client.create_resources(docs, force=force)
+        shown.done()
     for message in messages:
         click.echo(message)
 
@@ -169,13 +217,21 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND[/NAME]")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "text"]), default="yaml")
+@click.argument("ref", metavar="KIND[/NAME]", shell_complete=completer(_resource_refs))
+@format_option(
+    "yaml",
+    "json",
+    "text",
+    default="yaml",
+    help="yaml and json round-trip through create; text is a table.",
+)
 @click.option("--with-secrets", is_flag=True, help="Include secret fields.")
 @click.pass_context
 @run_async
 async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> None:
     """Show resources: tetherctl get role/visitor > visitor.yaml round-trips.
+
+    ``tetherctl get all`` shows every resource of every kind.
 
     ``tetherctl get connectors`` lists every way to log in (password connectors and the
     single sign-on connector resources of every kind), by name and type.
@@ -184,10 +240,19 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
     if kind_name in ("connectors", "connector") and not name:
         await _get_connectors(ctx, fmt)
         return
-    kind = _registry(ctx).get(kind_name)
     target = _connect(ctx)
-    async with target.client as client:
-        docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
+    if kind_name == "all" and not name:
+        # as ``tctl get all``: every resource of every kind, in one file ``create`` accepts
+        async with target.client as client:
+            docs = [
+                doc
+                for kind in _registry(ctx).kinds()
+                for doc in await client.get_resources(kind.name, with_secrets=with_secrets)
+            ]
+    else:
+        kind = _registry(ctx).get(kind_name)
+        async with target.client as client:
+            docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
     if fmt == "json":
         click.echo(json.dumps(docs[0] if name else docs, indent=2))
     elif fmt == "yaml":
@@ -205,16 +270,15 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
 async def _get_connectors(ctx: click.Context, fmt: str) -> None:
     async with _connect(ctx).client as client:
         found = (await client.call("GET", "/v1/connectors"))["connectors"]
-    if fmt == "json":
-        click.echo(json.dumps(found, indent=2))
-    elif fmt == "yaml":
-        click.echo(dump_yaml(found), nl=False)
-    else:
-        emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found])
+    output(
+        found,
+        fmt,
+        text=lambda: emit_table(["Name", "Type"], [(c["name"], c["type"]) for c in found]),
+    )
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.option(
     "--set-labels",
     "labels",
@@ -242,7 +306,75 @@ async def update(ctx: click.Context, ref: str, labels: str) -> None:
 
 
 @cli.command()
-@click.argument("ref", metavar="KIND/NAME")
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
+@click.pass_context
+@run_async
+async def edit(ctx: click.Context, ref: str) -> None:
+    """Edit a resource in $VISUAL or $EDITOR and apply it when saved, as kubectl edit does.
+
+    A document that does not validate is opened again with the error at the top; saving it
+    unchanged gives up with that error. Closing the editor without changes changes nothing.
+    """
+    kind_name, name = _split_ref(ref)
+    if not name:
+        raise TetherError(f"{ref!r} names no resource", hint="use KIND/NAME, e.g. role/visitor")
+    registry = _registry(ctx)
+    kind = registry.get(kind_name)
+    target = _connect(ctx)
+    async with target.client as client:
+        [doc] = await client.get_resources(kind.name, name, with_secrets=True)
+        doc["metadata"].pop("revision", None)
+        original = text = dump_yaml(doc)
+        while True:
+            edited = await trio.to_thread.run_sync(_open_editor, text)
+            if edited is None or edited == original:
+                click.echo("Edit cancelled, no changes made.")
+                return
+            try:
+                [resource] = _edited_resource(edited, f"{kind.name}/{name}", registry)
+            except TetherError as exc:
+                if edited == text:  # saved again as it was shown: the user gives up
+                    raise
+                text = "".join(f"# {line}\n" for line in _edit_error(exc)) + _uncommented(edited)
+                continue
+            messages = await client.create_resources(
+                [_read_token_file(resource_to_dict(resource, with_secrets=True))], force=True
+            )
+            for message in messages:
+                click.echo(message)
+            return
+
+
+def _open_editor(text: str) -> str | None:
+    """``text`` as the user saved it from $VISUAL or $EDITOR (vi when neither is set)."""
+    return click.edit(text, extension=".yaml", require_save=False)
+
+
+def _edited_resource(text: str, ref: str, registry: KindRegistry) -> list[Resource]:
+    """The one resource an edit may save: the same kind and name it opened."""
+    resources = parse_resources(text, ref, registry)
+    if [(r.kind, r.name) for r in resources] != [tuple(ref.split("/", 1))]:
+        raise TetherError(
+            f"{ref}: the edited file must hold {ref} alone; edit neither renames nor adds",
+            hint="create other resources with tetherctl create -f FILE",
+        )
+    return resources
+
+
+def _edit_error(exc: TetherError) -> list[str]:
+    return ["Please edit the resource below; lines starting with '#' are ignored.", str(exc)]
+
+
+def _uncommented(text: str) -> str:
+    """``text`` without the error header a previous attempt added."""
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME", shell_complete=completer(_resource_refs))
 @click.pass_context
 @run_async
 async def rm(ctx: click.Context, ref: str) -> None:
@@ -267,7 +399,7 @@ def rolemap() -> None:
 @rolemap.command("test")
 @click.option("--cluster", required=True, help="The trusted root cluster (trusted_cluster name).")
 @click.option("--roles", required=True, help="Root roles to map, comma-separated.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -> None:
@@ -278,7 +410,7 @@ async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -
     async with target.client as client:
         [doc] = await client.get_resources("trusted_cluster", cluster)
     rules = parse_role_map(doc["spec"].get("role_map", []))
-    pm = plugin_manager(configured_disabled(ctx.obj.get("config") or os.environ.get(CONFIG_ENV)))
+    pm = plugin_manager(configured_disabled(_config_path(ctx)))
     mappings = map_roles(pm, rules, split_csv(roles), cluster)
     rows = [
         {
@@ -288,19 +420,20 @@ async def rolemap_test(ctx: click.Context, cluster: str, roles: str, fmt: str) -
         }
         for m in mappings
     ]
-    if fmt != "text":
-        output(rows, fmt)
-        return
-    emit_table(
-        ["Remote Role", "Local Roles", "Matched Rule"],
-        [
-            (
-                m.remote_role,
-                ", ".join(m.local_roles) or "-",
-                m.rule.remote if m.rule is not None else "(unmapped)",
-            )
-            for m in mappings
-        ],
+    output(
+        rows,
+        fmt,
+        text=lambda: emit_table(
+            ["Remote Role", "Local Roles", "Matched Rule"],
+            [
+                (
+                    m.remote_role,
+                    ", ".join(m.local_roles) or "-",
+                    m.rule.remote if m.rule is not None else "(unmapped)",
+                )
+                for m in mappings
+            ],
+        ),
     )
 
 
@@ -365,7 +498,7 @@ async def users_add(
 
 
 @users.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def users_ls(ctx: click.Context, fmt: str) -> None:
@@ -373,17 +506,18 @@ async def users_ls(ctx: click.Context, fmt: str) -> None:
     target = _connect(ctx)
     async with target.client as client:
         docs = await client.get_resources("user")
-    if fmt != "text":
-        output(docs, fmt)
-        return
-    emit_table(
-        ["User", "Roles"],
-        [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+    output(
+        docs,
+        fmt,
+        text=lambda: emit_table(
+            ["User", "Roles"],
+            [(d["metadata"]["name"], ",".join(d["spec"].get("roles", []))) for d in docs],
+        ),
     )
 
 
 @users.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=completer(_user_names))
 @click.pass_context
 @run_async
 async def users_rm(ctx: click.Context, name: str) -> None:
@@ -394,7 +528,7 @@ async def users_rm(ctx: click.Context, name: str) -> None:
 
 
 @users.command("update")
-@click.argument("name")
+@click.argument("name", shell_complete=completer(_user_names))
 @click.option("--set-roles", help="Replace the user's roles (comma-separated).")
 @click.option("--set-logins", help="Replace the user's logins trait (comma-separated).")
 @click.option("--set-traits", help="Replace these traits: key=value,...")
@@ -438,13 +572,16 @@ def tokens() -> None:
 @click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def tokens_add(
     ctx: click.Context, type_name: str, ttl: str, labels: str | None, fmt: str
 ) -> None:
-    """Create a token; prints it with its expiry and the cluster CA pin."""
+    """Create a token; prints it with its expiry and the cluster CA pin.
+
+    With --format=json or yaml, tctl's shape: {token, type, expires, ca_pin, ...}.
+    """
     try:
         ttl_delta = parse_duration(ttl)
     except ValueError as exc:
@@ -453,8 +590,8 @@ async def tokens_add(
     target = _connect(ctx)
     async with target.client as client:
         info = await client.add_token(type_name, ttl_delta, label_map)
-    if fmt == "json":
-        click.echo(json.dumps(info, indent=2))
+    if fmt != "text":
+        output(info, fmt)
         return
     what = "cluster invite token" if type_name == "trusted_cluster" else "invite token"
     click.echo(f"The {what}: {info['token']}")
@@ -502,17 +639,34 @@ def _join_command(
 
 
 @tokens.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@format_option()
 @click.pass_context
 @run_async
 async def tokens_ls(ctx: click.Context, fmt: str) -> None:
-    """List tokens that have not expired."""
+    """List tokens that have not expired.
+
+    With --format=json or yaml, each token as a resource, as tctl prints them: kind token,
+    metadata.name the token, metadata.expires, spec.roles its type.
+    """
     target = _connect(ctx)
     async with target.client as client:
         found = await client.list_tokens()
-    if fmt != "text":
-        output(found, fmt)
-        return
+    output([_token_resource(t) for t in found], fmt, text=lambda: _tokens_table(found))
+
+
+def _token_resource(token: Mapping[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": token["token"], "labels": dict(token.get("labels", {}))}
+    if token["expires"]:
+        metadata["expires"] = token["expires"]
+    return {
+        "kind": "token",
+        "version": "v2",
+        "metadata": metadata,
+        "spec": {"roles": [token["type"]]},
+    }
+
+
+def _tokens_table(found: list[dict[str, Any]]) -> None:
     now = datetime.datetime.now(datetime.UTC)
     rows = []
     for t in found:
@@ -547,8 +701,8 @@ def audit() -> None:
 @audit.command("search")
 @click.option("--type", "type_name", help="Event type, e.g. user.login.failed (prefixes match).")
 @click.option("--since", help="How far back, e.g. 1h (default: everything).")
-@click.option("--limit", default=1000, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text")
+@click.option("--limit", default=1000, show_default=True, help="Show at most this many events.")
+@format_option()
 @click.pass_context
 @run_async
 async def audit_search(
@@ -566,16 +720,21 @@ async def audit_search(
         events = await client.search_audit(
             AuditQuery(type=type_name, since=since_time, limit=limit)
         )
-    if fmt != "text":
-        output([e.to_json() for e in events], fmt)
-        return
-    rows = []
-    for e in events:
-        details = ", ".join(f"{k}={v}" for k, v in e.fields.items())
-        rows.append(
-            (f"{e.time:%Y-%m-%d %H:%M:%S}", e.type, e.user, "yes" if e.success else "no", details)
+    rows = [
+        (
+            f"{e.time:%Y-%m-%d %H:%M:%S}",
+            e.type,
+            e.user,
+            "yes" if e.success else "no",
+            ", ".join(f"{k}={v}" for k, v in e.fields.items()),
         )
-    emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows)
+        for e in events
+    ]
+    output(
+        [e.to_json() for e in events],
+        fmt,
+        text=lambda: emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows),
+    )
 
 
 # --- certificate authorities -----------------------------------------------------------------
@@ -688,23 +847,158 @@ def _export_lines(spec: CertAuthoritySpec, fingerprint: bool) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+#: How many names of a kind ``tetherctl status`` prints before "and N more".
+_STATUS_NAMES = 10
+
+
 @cli.command()
+@format_option()
 @click.pass_context
 @run_async
-async def status(ctx: click.Context) -> None:
-    """Show the cluster name and its CA pin."""
+async def status(ctx: click.Context, fmt: str) -> None:
+    """Show the cluster's CA pins and what is connected to it.
+
+    The CA pin is what `tetherd start --ca-pin` and `tether login --ca-pin` take; the SSH CAs'
+    fingerprints are as `ssh-keygen -l` prints them. Connected are the proxies and the hosts
+    that heartbeat (nodes, other agents), the leaf clusters whose tunnels are up here and the
+    root clusters this cluster's proxies hold tunnels to. Kinds your roles may not list are
+    named under "Not shown".
+    """
+    registry = _registry(ctx)
+    published = [k for k in registry.kinds() if k.published_by and k.name != "proxy"]
     target = _connect(ctx)
+    listed: dict[str, list[dict[str, Any]] | None] = {}
     async with target.client as client:
         info = await client.cluster()
-    click.echo(f"Cluster  {info['name']}")
-    click.echo(f"Version  {tether.__version__}")
-    click.echo(f"CA pin   {info['ca_pin']}")
+        for kind in ("proxy", *(k.name for k in published), "remote_cluster", "trusted_cluster"):
+            try:
+                listed[kind] = await client.get_resources(kind)
+            except (AccessDenied, NotFound):
+                listed[kind] = None
+    report = _status_report(info, listed, [k.name for k in published])
+    if fmt != "text":
+        output(report, fmt)
+        return
+    labels = {k.name: _plural(k) for k in published}
+    _print_status(report, labels)
+
+
+def _plural(kind: ResourceKind) -> str:
+    return next((a for a in kind.aliases if a.startswith(kind.name)), kind.name).capitalize()
+
+
+def _status_report(
+    info: Mapping[str, Any],
+    listed: Mapping[str, list[dict[str, Any]] | None],
+    published: list[str],
+) -> dict[str, Any]:
+    """What ``tetherctl status --format=json`` prints; a kind the caller may not list is
+    None (its key) or left out (``hosts``), and named in ``not_shown``."""
+    proxies, trusted, remote = listed["proxy"], listed["trusted_cluster"], listed["remote_cluster"]
+    tunnels: dict[str, set[str]] = {}
+    for proxy in proxies or []:
+        for root, root_proxies in (proxy.get("status") or {}).get("root_tunnels", {}).items():
+            tunnels.setdefault(root, set()).update(root_proxies)
+
+    def root_connection(tc: Mapping[str, Any]) -> str:
+        if not tc["spec"].get("enabled", True):
+            return "disabled"
+        if proxies is None:
+            return "unknown"
+        return "online" if tunnels.get(tc["metadata"]["name"]) else "offline"
+
+    return {
+        "cluster": info["name"],
+        "version": info.get("version"),
+        "ca_pin": info["ca_pin"],
+        "fingerprints": info.get("fingerprints", {}),
+        "proxies": None
+        if proxies is None
+        else [
+            {
+                "name": p["metadata"]["name"],
+                "public_addr": p["spec"].get("public_addr"),
+                "version": p["spec"].get("version"),
+            }
+            for p in proxies
+        ],
+        "hosts": {
+            kind: sorted(d["spec"].get("hostname") or d["metadata"]["name"] for d in docs)
+            for kind in published
+            if (docs := listed[kind]) is not None
+        },
+        "root_clusters": None
+        if trusted is None
+        else [
+            {
+                "name": tc["metadata"]["name"],
+                "connection": root_connection(tc),
+                "proxies": sorted(tunnels.get(tc["metadata"]["name"], ())),
+            }
+            for tc in trusted
+        ],
+        "leaf_clusters": None
+        if remote is None
+        else [
+            {
+                "name": rc["metadata"]["name"],
+                "connection": (rc.get("status") or {}).get("connection", "offline"),
+                "last_heartbeat": (rc.get("status") or {}).get("last_heartbeat"),
+            }
+            for rc in remote
+        ],
+        "not_shown": sorted(kind for kind, docs in listed.items() if docs is None),
+    }
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_STATUS_NAMES])
+    more = len(names) - _STATUS_NAMES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _online(names: list[str]) -> str:
+    return f"{len(names)} online: {_names(names)}" if names else "none"
+
+
+def _print_status(report: Mapping[str, Any], labels: Mapping[str, str]) -> None:
+    """Two blocks, each aligned: the cluster and its CAs (as ``tctl status``), then what is
+    connected."""
+    prints = report["fingerprints"]
+    cluster = [
+        ("Cluster", report["cluster"]),
+        ("Version", report["version"] or "unknown"),
+        ("CA pin", f"{report['ca_pin']}  (the X.509 CA's: what --ca-pin takes)"),
+    ]
+    cluster += [(f"{t.capitalize()} CA", prints[t]) for t in ("user", "host") if t in prints]
+    connected = []
+    if report["proxies"] is not None:
+        addrs = [f"{p['name']} ({p['public_addr']})" for p in report["proxies"]]
+        connected.append(("Proxies", _online(addrs)))
+    connected += [(labels[kind], _online(names)) for kind, names in report["hosts"].items()]
+    for key, title in (("root_clusters", "Root clusters"), ("leaf_clusters", "Leaf clusters")):
+        if report[key] is not None:
+            clusters = [f"{c['name']} ({c['connection']})" for c in report[key]]
+            connected.append((title, ", ".join(clusters) or "none"))
+    if report["not_shown"]:
+        not_shown = f"{', '.join(report['not_shown'])} (your roles may not list)"
+        connected.append(("Not shown", not_shown))
+    click.echo("\n\n".join(_aligned(block) for block in (cluster, connected)))
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__}")
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__}"))
+
+
+cli.add_command(completion_command("tetherctl"))
 
 
 def main() -> None:
@@ -716,7 +1010,7 @@ def main() -> None:
     except TetherError as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
-    cli(obj={})
+    cli(obj={}, prog_name="tetherctl", complete_var=complete_var("tetherctl"))
 
 
 def _describe_token_types(types: Mapping[str, TokenType]) -> None:

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import pathlib
 import sys
 from typing import Any
 
 import click
+import trio
 
 import tether
 from tether.cli._common import (
+    complete_var,
+    completion_command,
     config_path_from_argv,
     configured_disabled,
     emit_table,
     fail,
+    format_option,
+    output,
     plugin_manager,
     report,
     run_command,
     setup_cli_logging,
+    version_info,
+)
+from tether.cli._progress import Progress, progress
+from tether.cli._systemd import (
+    DEFAULT_CONFIG,
+    DEFAULT_ENV_FILE,
+    DEFAULT_FD_LIMIT,
+    default_tetherd_path,
+    render_unit,
 )
 from tether.config import (
+    Config,
     ConfigSchema,
     apply_start_flags,
     embedded_config,
@@ -28,7 +45,7 @@ from tether.config import (
 )
 from tether.errors import TetherError
 from tether.logs import setup_logging
-from tether.plugins import describe_plugins
+from tether.plugins import TetherPluginManager, describe_plugins, plugin_packages
 
 __all__ = ["cli", "main"]
 
@@ -37,7 +54,11 @@ __all__ = ["cli", "main"]
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Run and inspect the Tether daemon."""
+    """Run and inspect the Tether daemon.
+
+    Plugins load from the installed distributions (`tetherd plugins` lists them); set
+    TETHER_DISABLE_PLUGIN_AUTOLOAD=1 to load only the builtin ones.
+    """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
@@ -67,7 +88,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--labels", help="Node labels, comma-separated k=v pairs (added to the config's).")
 @click.option("--nodename", help="This host's name in the cluster.")
 @click.option("--data-dir", type=click.Path(path_type=pathlib.Path), help="Data directory.")
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text for people or JSON for collectors (default: log.format).",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Log everything at DEBUG, the libraries' lines too, and show tracebacks.",
+)
 @click.pass_context
 def start(
     ctx: click.Context,
@@ -92,10 +122,24 @@ def start(
             joining = bool(flags["proxy_server"] or flags["auth_server"])
             config = embedded_config(schema, joining=joining)
         config = apply_start_flags(config, **flags, schema=schema)
-        setup_logging(config.log.severity, config.log.format, debug=debug)
+        setup_logging(config.log.severity, config.log.format, debug=debug, own=plugin_packages(pm))
     except TetherError as exc:
         report(exc)
-    run_command(run_daemon, config, pm, interrupted=(0, ""))
+    server = flags["proxy_server"] or flags["auth_server"]
+    if not (flags["token"] and server):
+        run_command(run_daemon, config, pm, interrupted=(0, ""))
+        return
+    with progress(f"Joining the cluster through {server}") as shown:
+        run_command(_run_joined, config, pm, shown, interrupted=(0, ""))
+
+
+async def _run_joined(config: Config, pm: TetherPluginManager, shown: Progress) -> None:
+    """Run the daemon; the join's progress ends once its services are up."""
+    from tether.daemon import run_daemon
+
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(functools.partial(run_daemon, config, pm))
+        shown.done(f"Joined cluster {info['cluster_name']!r}; tetherd is running")
 
 
 @cli.command()
@@ -114,13 +158,96 @@ def demo(ctx: click.Context, debug: bool) -> None:
     except TetherError as exc:
         fail(str(exc))
     # each daemon gets a manager of its own, built as plugin_manager() built that one
-    run_command(run_demo, get_plugin_manager, sys.stdout, interrupted=(0, "\nDemo stopped."))
+    with progress("Starting the demo: a root and a leaf cluster on 127.0.0.1") as shown:
+        demo = functools.partial(run_demo, get_plugin_manager, sys.stdout, progress=shown)
+        run_command(demo, interrupted=(0, "\nDemo stopped."))
 
 
 @cli.command()
 def configure() -> None:
     """Print a commented default configuration file."""
     click.echo(render_default_config(), nl=False)
+
+
+@cli.group()
+def install() -> None:
+    """Install tetherd as a service of this host's init system."""
+
+
+@install.command("systemd")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    metavar="PATH",
+    help="The configuration the service starts with (checked when it exists); %i in it "
+    "makes a template unit, tetherd@NAME.",
+)
+@click.option(
+    "--tetherd-path",
+    default=default_tetherd_path,
+    show_default="this tetherd",
+    metavar="PATH",
+    help="The tetherd executable the service runs.",
+)
+@click.option(
+    "--env-file",
+    default=DEFAULT_ENV_FILE,
+    show_default=True,
+    metavar="PATH",
+    help="Environment variables for tetherd (TETHER_...), read when the file exists.",
+)
+@click.option(
+    "--fd-limit",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_FD_LIMIT,
+    show_default=True,
+    help="How many files and connections tetherd may hold open (LimitNOFILE).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    help="Write the unit to this file (e.g. /etc/systemd/system/tetherd.service) instead "
+    "of standard output.",
+)
+def install_systemd(
+    config_path: str,
+    tetherd_path: str,
+    env_file: str,
+    fd_limit: int,
+    output: pathlib.Path | None,
+) -> None:
+    """Print a systemd unit that runs tetherd start.
+
+    The unit runs `tetherd start --config=CONFIG` and restarts it if it fails. Save it as
+    /etc/systemd/system/tetherd.service, then run
+    `systemctl daemon-reload && systemctl enable --now tetherd`.
+    """
+    config_path = os.path.abspath(config_path)
+    if "%i" not in config_path and os.path.exists(config_path):
+        try:
+            load_config(pathlib.Path(config_path))
+        except TetherError as exc:
+            fail(str(exc))
+    unit = render_unit(
+        config=config_path,
+        tetherd_path=os.path.abspath(tetherd_path),
+        env_file=os.path.abspath(env_file),
+        fd_limit=fd_limit,
+    )
+    if output is None:
+        click.echo(unit, nl=False)
+        return
+    try:
+        output.write_text(unit)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    service = "tetherd@NAME" if "%i" in config_path else output.name.removesuffix(".service")
+    click.echo(f"Wrote {output}; start it with:")
+    click.echo(f"systemctl daemon-reload && systemctl enable --now {service}")
 
 
 @cli.command()
@@ -131,21 +258,42 @@ def configure() -> None:
     type=click.Path(path_type=pathlib.Path),
     help="Apply this configuration's plugins.disabled list.",
 )
-def plugins(config_path: pathlib.Path | None) -> None:
+@format_option()
+def plugins(config_path: pathlib.Path | None, fmt: str) -> None:
     """List the loaded plugins, where they come from and the hooks they implement."""
     try:
         disabled = load_config(config_path).plugins.disabled if config_path else []
         pm = plugin_manager(disabled)
     except TetherError as exc:
         fail(str(exc))
-    rows = [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in describe_plugins(pm)]
-    emit_table(["Plugin", "Distribution", "Version", "Hooks"], rows)
+    found = describe_plugins(pm)
+    output(
+        [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "hooks": list(p.hooks),
+            }
+            for p in found
+        ],
+        fmt,
+        text=lambda: emit_table(
+            ["Plugin", "Distribution", "Version", "Hooks"],
+            [(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in found],
+        ),
+    )
 
 
 @cli.command()
-def version() -> None:
+@format_option()
+def version(fmt: str) -> None:
     """Print the version."""
-    click.echo(f"Tether v{tether.__version__} python{sys.version_info[0]}.{sys.version_info[1]}")
+    short = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    output(version_info(), fmt, text=lambda: click.echo(f"Tether v{tether.__version__} {short}"))
+
+
+cli.add_command(completion_command("tetherd"))
 
 
 def main() -> None:
@@ -160,7 +308,7 @@ def main() -> None:
     else:
         pm.hook.tether_cli_commands(program="tetherd", cli=cli)
         _describe_roles(schema)
-    cli(obj={})
+    cli(obj={}, prog_name="tetherd", complete_var=complete_var("tetherd"))
 
 
 def _describe_roles(schema: ConfigSchema) -> None:

@@ -14,7 +14,7 @@ import attrs
 
 from tether.config._schema import Config
 from tether.config._sections import ConfigSchema, installed_schema
-from tether.config._values import FieldError, HostPort
+from tether.config._values import FieldError, HostPort, LogFormat
 from tether.errors import ConfigError
 
 __all__ = ["apply_start_flags"]
@@ -32,12 +32,13 @@ def apply_start_flags(
     labels: str | None = None,
     nodename: str | None = None,
     data_dir: pathlib.Path | None = None,
+    log_format: str | None = None,
     schema: ConfigSchema | None = None,
 ) -> Config:
     """``config`` with ``tetherd start``'s flags applied; flags win over the file.
 
     ``labels`` are added to every plugin section that has a ``labels`` field (the SSH
-    plugin's ``ssh_service.labels``).
+    plugin's ``ssh_service.labels``); ``log_format`` replaces ``log.format``.
 
     :param schema: the registered roles and sections; default: the installed plugins'.
     :raises ConfigError: a flag's value is impossible, with the flag named.
@@ -75,6 +76,8 @@ def apply_start_flags(
             changes["nodename"] = nodename
         if data_dir is not None:
             changes["data_dir"] = data_dir
+        if log_format is not None:
+            changes["log"] = attrs.evolve(config.log, format=_log_format(log_format))
         return attrs.evolve(config, **changes)
     except FieldError as exc:
         raise ConfigError(str(exc)) from None
@@ -107,6 +110,14 @@ def _set_section(config: Config, name: str, schema: ConfigSchema, **changes: Any
         return config.with_section(name, attrs.evolve(current, **changes))
     evolved = attrs.evolve(getattr(config, name), **changes)
     return attrs.evolve(config, **{name: evolved})
+
+
+def _log_format(text: str) -> LogFormat:
+    try:
+        return LogFormat(text.lower())
+    except ValueError:
+        choices = ", ".join(f.value for f in LogFormat)
+        raise ConfigError(f"--log-format: {text!r} is not one of {choices}") from None
 
 
 def _parse_labels_flag(text: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 from cattrs.errors import BaseValidationError
 
 from tether.config._convert import converter, failures, kind_of
-from tether.config._schema import Config, default_config
+from tether.config._schema import Config, LogConfig, default_config
 from tether.config._sections import (
     NOT_INSTALLED_SECTIONS,
     ConfigSchema,
@@ -21,6 +21,9 @@ from tether.config._sections import (
 from tether.errors import ConfigError, TetherError
 from tether.structuring import did_you_mean
 from tether.yamlio import Document, Path, dump_yaml, format_path, load_document
+
+#: where in the file, what is wrong, what to do
+Problem = tuple[Path, str, str | None]
 
 __all__ = [
     "config_from_dict",
@@ -74,7 +77,7 @@ def _disabled_in(data: Mapping[str, Any]) -> list[str]:
 def _structure(doc: Document, data: dict[str, Any], schema: ConfigSchema) -> Config:
     """Structure the kernel's sections and each plugin's, and report the problem nearest the
     top of the file (that is where the operator looks)."""
-    problems: list[tuple[Path, str, str | None]] = []
+    problems: list[Problem] = []
     kernel: dict[str, Any] = {}
     sections: dict[str, Any] = {}
     known = schema.known_sections()
@@ -86,6 +89,11 @@ def _structure(doc: Document, data: dict[str, Any], schema: ConfigSchema) -> Con
                 problems.extend(failures(exc, (key,)))
         elif key in known:
             kernel[key] = value
+        elif key == "teleport" and "teleport" not in known:
+            log, found = _teleport_log(value, has_log=data.get("log") is not None)
+            problems.extend(found)
+            if log is not None:
+                kernel["log"] = log
         else:
             problems.append(_unknown_section(key, schema))
     try:
@@ -102,7 +110,56 @@ def _structure(doc: Document, data: dict[str, Any], schema: ConfigSchema) -> Con
     return config
 
 
-def _unknown_section(key: object, schema: ConfigSchema) -> tuple[Path, str, str | None]:
+def _teleport_log(value: Any, *, has_log: bool) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """A ``teleport.yaml``'s ``teleport: log: {output, severity, format: {output}}`` as Tether's
+    ``log:``; everything else under ``teleport:`` is refused with a pointer to Tether's key.
+
+    :returns: the ``log:`` mapping it stands for (None when nothing maps) and the problems.
+    """
+    base: Path = ("teleport",)
+    to_log = "Tether's settings are top-level keys; logging is the log: key (severity, format)"
+    if not isinstance(value, dict):
+        return None, [(base, f"expected a mapping, got {kind_of(value)}", to_log)]
+    problems: list[Problem] = [
+        ((*base, str(key)), "not a Tether setting; only teleport.log is read, as log:", to_log)
+        for key in value
+        if key != "log"
+    ]
+    raw = value.get("log")
+    if raw is None:
+        return None, problems
+    where: Path = (*base, "log")
+    if has_log:
+        return None, [*problems, (where, "log is also set; set it once", "keep the log: key")]
+    if not isinstance(raw, dict):
+        return None, [*problems, (where, f"expected a mapping, got {kind_of(raw)}", to_log)]
+    log: dict[str, Any] = {}
+    for key, item in raw.items():
+        if key == "severity":
+            log["severity"] = item
+        elif key == "output":
+            if item != "stderr":
+                problems.append(
+                    (
+                        (*where, "output"),
+                        f"Tether logs to standard error only, got {item!r}",
+                        "remove it; your service manager (journald) keeps standard error",
+                    )
+                )
+        elif key == "format" and isinstance(item, dict) and set(item) <= {"output"}:
+            if "output" in item:
+                log["format"] = item["output"]
+        else:
+            problems.append(((*where, str(key)), "not supported by Tether", to_log))
+    try:
+        converter.structure(log, LogConfig)
+    except BaseValidationError as exc:
+        problems.extend(failures(exc, where))
+        return None, problems
+    return log, problems
+
+
+def _unknown_section(key: object, schema: ConfigSchema) -> Problem:
     distribution = NOT_INSTALLED_SECTIONS.get(str(key))
     if distribution is not None:
         return (
@@ -172,14 +229,15 @@ nodename: $nodename
 data_dir: $data_dir
 
 log:
-  # DEBUG, INFO, WARN (or WARNING) or ERROR; `tetherd --debug` forces DEBUG.
+  # DEBUG, INFO, WARN (or WARNING) or ERROR, for Tether's own lines; libraries (httpx,
+  # asyncssh, hypercorn) write WARNING and above. `tetherd start --debug` logs everything.
   severity: INFO
-  # text for people, json for log collectors (one object per line).
+  # text for people, json for log collectors (one object per line); --log-format overrides.
   format: text
 
 storage:
-  # The backend URL, e.g. postgresql://tether@db/tether; null keeps everything in
-  # sqlite:///<data_dir>/backend.sqlite.
+  # The backend URL; its scheme is one of those installed here: $storage_schemes.
+  # null keeps everything in sqlite:///<data_dir>/backend.sqlite.
   url: null
 
 plugins:
@@ -287,5 +345,8 @@ def render_default_config(schema: ConfigSchema | None = None) -> str:
         shown = "~/" + data_dir.relative_to(home).as_posix()
     else:
         shown = data_dir.as_posix()
-    kernel = _TEMPLATE.substitute(nodename=_scalar(config.nodename), data_dir=_scalar(shown))
+    schemes = ", ".join(schema.storage_schemes) or "none"
+    kernel = _TEMPLATE.substitute(
+        nodename=_scalar(config.nodename), data_dir=_scalar(shown), storage_schemes=schemes
+    )
     return kernel + plugins

@@ -63,7 +63,8 @@ class StorageConfig:
     def __attrs_post_init__(self) -> None:
         if self.url is not None and "://" not in self.url:
             raise FieldError(
-                ("url",), f"{self.url!r} is not a URL (example: postgresql://tether@db/tether)"
+                ("url",),
+                f"{self.url!r} is not a URL (example: sqlite:///var/lib/tether/backend.sqlite)",
             )
 
 

@@ -94,6 +94,8 @@ class ConfigSchema:
     #: section name -> the plugin that declared it, for error messages
     owners: Mapping[str, str] = attrs.field(factory=dict)
     roles: Mapping[str, ServiceRole] = attrs.field(factory=dict)
+    #: URL schemes of the storage backends installed (``tether_backends``), e.g. ``sqlite``
+    storage_schemes: tuple[str, ...] = ()
 
     @classmethod
     def from_plugins(cls, pm: TetherPluginManager) -> ConfigSchema:
@@ -143,7 +145,11 @@ class ConfigSchema:
                 )
             roles[role.name] = role
             role_owners[role.name] = plugin
-        return cls(sections=sections, owners=owners, roles=roles)
+        from tether.backend import backend_schemes  # backends import errors that name Config
+
+        return cls(
+            sections=sections, owners=owners, roles=roles, storage_schemes=backend_schemes(pm)
+        )
 
     def known_sections(self) -> list[str]:
         """Every top-level key a file may have: the kernel's, then the plugins'."""

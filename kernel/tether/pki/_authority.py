@@ -37,6 +37,7 @@ from ._keys import (
     load_private_key,
     private_key_to_openssh,
     private_key_to_pem,
+    ssh_fingerprint,
     ssh_public_key_line,
     write_secret_file,
 )
@@ -87,6 +88,11 @@ class SSHCertAuthority:
         """A ``known_hosts`` line that makes OpenSSH trust host certificates from this CA
         (see :func:`known_hosts_ca_line`)."""
         return known_hosts_ca_line(self.public_key_line(), cluster)
+
+    @property
+    def fingerprint(self) -> str:
+        """``SHA256:<base64>`` of the CA's key, as ``ssh-keygen -l`` prints it."""
+        return ssh_fingerprint(self.public_key)
 
 
 @attrs.frozen(eq=False)
@@ -194,6 +200,15 @@ class ClusterAuthorities:
     ssh_user: SSHCertAuthority
     ssh_host: SSHCertAuthority
     tls: X509CertAuthority
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each CA's fingerprint by type: ``tls`` its pin (what ``--ca-pin`` takes), ``user``
+        and ``host`` as ``ssh-keygen -l`` prints them."""
+        return {
+            "tls": self.tls.pin(),
+            "user": self.ssh_user.fingerprint,
+            "host": self.ssh_host.fingerprint,
+        }
 
     @classmethod
     def generate(

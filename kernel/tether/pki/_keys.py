@@ -181,9 +181,14 @@ def known_hosts_ca_line(ca_key_line: str, cluster: str | None = None) -> str:
     return f"@cert-authority {hosts} {ca_key_line.strip()}"
 
 
-def ssh_fingerprint(key_line: str) -> str:
-    """The ``SHA256:...`` fingerprint of an OpenSSH public key line, as ``ssh-keygen -l``
-    prints it (and ``ssh-keygen -L`` for a certificate's signing CA)."""
+def ssh_fingerprint(key: SubjectPublicKey | PrivateKey | str) -> str:
+    """``"SHA256:<base64>"`` of an SSH public key (a key, or an OpenSSH public key line), as
+    ``ssh-keygen -l`` prints it (``ssh-keygen -L`` for a certificate's signing CA, and OpenSSH
+    for a host key it does not know yet).
+
+    :raises ValueError: ``key`` is a string that is no OpenSSH public key line.
+    """
+    key_line = key if isinstance(key, str) else ssh_public_key_line(key)
     fields = key_line.split()
     if len(fields) < 2:
         raise ValueError(f"not an OpenSSH public key line: {key_line[:40]!r}")

@@ -64,7 +64,7 @@ async def serve_front_door(handler: ProtocolHandler, router: Router, conn: Proxy
         assert request.op == DIAL
         routed = await router.open(handler, request, user=identity.username)
     except trio.TooSlowError:
-        log.info("%s front door: %s sent no request in time", handler.name, conn.peer)
+        log.debug("%s front door: %s sent no request in time", handler.name, conn.peer)
         return
     except TetherError as exc:
         log.info("%s front door: refused %s: %s", handler.name, conn.peer, exc.message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
@@ -37,12 +37,22 @@ class ProxyPeers:
     :param auth: a client of the auth API authenticated as this proxy.
     :param proxy_id: this proxy's host id (the name of its entry).
     :param public_addr: where users and agents reach this proxy itself.
+    :param root_tunnels: each root cluster this proxy keeps tunnels to -> the root proxies
+        a tunnel is up to (:meth:`tether.proxy.root_tunnels.RootTunnels.connected`), reported
+        in the entry's status for ``tetherctl status``.
     """
 
-    def __init__(self, auth: AuthClient, proxy_id: str, public_addr: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        auth: AuthClient,
+        proxy_id: str,
+        public_addr: Callable[[], str],
+        root_tunnels: Callable[[], Mapping[str, Sequence[str]]] = dict,
+    ) -> None:
         self._auth = auth
         self.proxy_id = proxy_id
         self._public_addr = public_addr
+        self._root_tunnels = root_tunnels
         self._others: list[ProxyInfo] = []
 
     def proxies(self) -> list[ProxyInfo]:
@@ -59,6 +69,11 @@ class ProxyPeers:
             "version": "v2",
             "metadata": {"name": self.proxy_id},
             "spec": {"public_addr": self._public_addr(), "version": __version__},
+            "status": {
+                "root_tunnels": {
+                    root: sorted(proxies) for root, proxies in self._root_tunnels().items()
+                }
+            },
         }
         await self._auth.publish(entry, PUBLISH_TTL)
         docs = await self._auth.get_resources("proxy")

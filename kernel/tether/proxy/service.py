@@ -87,7 +87,13 @@ async def start_proxy(
     trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
-    peers = ProxyPeers(auth_client, me.host_id, lambda: holder["info"].public_addr)
+    peers = ProxyPeers(
+        auth_client,
+        me.host_id,
+        lambda: holder["info"].public_addr,
+        # read only once peers.run starts, after root_tunnels is built below
+        lambda: root_tunnels.connected(),
+    )
     tunnels, recorder = build_tunnel_server(
         proxy_id=me.host_id,
         cluster=me.cluster_name,
@@ -185,7 +191,7 @@ def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext, router: Route
             else:
                 await serve_front_door(handler, router, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("%s connection from %s ended: %s", handler.name, conn.peer, exc)
+            log.debug("%s connection from %s ended: %s", handler.name, conn.peer, exc)
 
     return route
 

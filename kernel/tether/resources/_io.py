@@ -10,16 +10,19 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Annotated, Any
 
 import attrs
 
 from tether.errors import ResourceError
 from tether.resources._convert import InvalidField, Path, show, structure, unstructure
+from tether.resources._kinds import TELEPORT_ONLY_ROLE_FIELDS
 from tether.resources._model import KindRegistry, Metadata, Resource, secret_paths_for
 from tether.structuring import did_you_mean
-from tether.yamlio import Document, dump_yaml, load_documents
+from tether.yamlio import Document, dump_yaml, format_path, load_documents
 
 __all__ = [
     "dump_resources",
@@ -107,6 +110,16 @@ def _build(data: Any, registry: KindRegistry) -> Resource:
             f"invalid name {metadata.name!r}: names are non-empty and contain no spaces or '/'",
         )
 
+    if kind.name == "role" and version == "v8":
+        _check_role_v8(data.get("spec"))
+    unsupported = list(_unsupported(data.get("spec"), kind.spec_type, ("spec",)))
+    if unsupported:
+        others = ", ".join(format_path(p) for p in unsupported[1:])
+        raise InvalidField(
+            unsupported[0],
+            "not supported by Tether" + (f"; nor are {others}" if others else ""),
+            hint="remove " + ("these fields" if others else "the field") + " to load the rest",
+        )
     spec = structure(data.get("spec"), kind.spec_type, ("spec",))
     status = None
     if data.get("status") is not None:
@@ -125,6 +138,52 @@ def _build(data: Any, registry: KindRegistry) -> Resource:
         except ResourceError as exc:
             raise InvalidField((), str(exc)) from None
     return resource
+
+
+def _unsupported(value: Any, tp: Any, path: Path) -> Iterator[Path]:
+    """Every key under ``value`` that no field of ``tp`` has: a Teleport field Tether does not
+    implement (a role's ``app_labels``), or a name close to none of Tether's. A misspelling of
+    one of Tether's fields is left to the converter, which says "did you mean"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        yield from _unsupported(value, args[0], path)
+    elif origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if attrs.has(arg):
+                yield from _unsupported(value, arg, path)
+    elif origin in (tuple, list, Sequence) and args and isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _unsupported(item, args[0], (*path, i))
+    elif attrs.has(tp) and isinstance(value, Mapping):
+        fields = attrs.fields_dict(attrs.resolve_types(tp))
+        for key, item in value.items():
+            if key in fields:
+                yield from _unsupported(item, fields[key].type, (*path, key))
+            elif key in TELEPORT_ONLY_ROLE_FIELDS or not did_you_mean(str(key), fields):
+                yield (*path, str(key))
+
+
+#: In a v8 role, kubernetes_resources kinds are plural API resource names with an api_group
+#: ("pods", "deployments" in "apps"); v7 wrote singular kinds ("pod"). Other fields mean the same.
+_V8_CHANGED = ("kubernetes_resources",)
+
+
+def _check_role_v8(spec: Any) -> None:
+    """Refuse what a v8 role means differently from v5-v7; everything else loads as v7 does."""
+    if not isinstance(spec, Mapping):
+        return
+    for side in ("allow", "deny"):
+        conditions = spec.get(side)
+        if not isinstance(conditions, Mapping):
+            continue
+        for field in _V8_CHANGED:
+            if conditions.get(field):
+                raise InvalidField(
+                    ("spec", side, field),
+                    "in a v8 role this names Kubernetes resources by plural name and "
+                    "api_group, which Tether does not read",
+                    hint="write the role as version: v7 with singular kinds (pod, deployment)",
+                )
 
 
 def parse_resources(text: str, source: str, registry: KindRegistry) -> list[Resource]:

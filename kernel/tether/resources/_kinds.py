@@ -33,6 +33,7 @@ __all__ = [
     "ConnectorRef",
     "CreatedBy",
     "ProxySpec",
+    "ProxyStatus",
     "RoleConditions",
     "RoleOptions",
     "RoleSpec",
@@ -164,10 +165,69 @@ def _check(path: Path, check: Callable[[str], None], value: str) -> None:
         raise InvalidField(path, exc.message, hint=exc.hint) from None
 
 
+#: Fields of Teleport's roles (conditions and options) that Tether's roles do not have: a role
+#: written for Teleport that uses them is refused naming each as "not supported by Tether",
+#: never as a misspelling of a field Tether has (``app_labels`` is not ``db_labels``).
+TELEPORT_ONLY_ROLE_FIELDS = frozenset(
+    [
+        "windows_desktop_logins",
+        "windows_desktop_labels",
+        "node_labels_expression",
+        "app_labels",
+        "app_labels_expression",
+        "aws_role_arns",
+        "azure_identities",
+        "gcp_service_accounts",
+        "kubernetes_resources",
+        "db_roles",
+        "db_service_labels",
+        "db_permissions",
+        "host_groups",
+        "host_sudoers",
+        "desktop_groups",
+        "request",
+        "review_requests",
+        "impersonate",
+        "join_sessions",
+        "require_session_join",
+        "github_permissions",
+        "group_labels",
+        "account_assignments",
+        "spiffe",
+        "workload_identity_labels",
+        "mcp",
+        "ssh_port_forwarding",
+        "require_session_mfa",
+        "mfa_verification_interval",
+        "record_session",
+        "desktop_clipboard",
+        "desktop_directory_sharing",
+        "pin_source_ip",
+        "ssh_file_copy",
+        "create_host_user_mode",
+        "create_host_user",
+        "create_db_user",
+        "create_db_user_mode",
+        "create_desktop_user",
+        "max_sessions",
+        "max_connections",
+        "max_kubernetes_connections",
+        "enhanced_recording",
+        "lock",
+        "request_access",
+        "request_prompt",
+        "device_trust_mode",
+        "idp",
+        "cert_extensions",
+        "bpf",
+    ]
+)
+
 ROLE = ResourceKind(
     name="role",
     aliases=("roles",),
-    versions=("v5", "v6", "v7"),
+    # v8 (Teleport 18) changed only kubernetes_resources; _io refuses that field in a v8 role.
+    versions=("v5", "v6", "v7", "v8"),
     spec_type=RoleSpec,
     storage_prefix="/roles/",
     validate=_validate_role,
@@ -361,6 +421,17 @@ class ProxySpec:
     version: str = ""
 
 
+@attrs.frozen
+class ProxyStatus:
+    """What a proxy reports about itself each time it renews its entry.
+
+    :param root_tunnels: on a leaf, each root cluster this proxy keeps tunnels to, with the
+        root's proxies a tunnel is up to now (empty while none is).
+    """
+
+    root_tunnels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+
 def _validate_proxy(resource: Resource) -> None:
     spec: ProxySpec = resource.spec
     host, sep, port = spec.public_addr.rpartition(":")
@@ -376,6 +447,7 @@ PROXY = ResourceKind(
     aliases=("proxies",),
     versions=("v2",),
     spec_type=ProxySpec,
+    status_type=ProxyStatus,
     storage_prefix="/proxies/",
     validate=_validate_proxy,
     published_by="proxy",

@@ -29,6 +29,7 @@ __all__ = [
     "RunningCluster",
     "RunningNode",
     "run_cli",
+    "run_completion",
     "served_certificate",
     "start_cluster",
     "start_node",
@@ -77,6 +78,30 @@ def run_cli(
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def run_completion(program: str, line: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """What a shell's Tab offers after ``line`` (``"tether ssh --cluster=leaf vis"``; a
+    trailing space completes a new word), asked as bash's completion script asks: the
+    program run with ``_TETHER_COMPLETE=bash_complete`` (``_TETHERCTL_...``), ``COMP_WORDS``
+    and ``COMP_CWORD``.
+
+    :raises AssertionError: the program printed anything on standard error, or failed.
+    """
+    words = line.split()
+    cword = len(words) if line.endswith(" ") else len(words) - 1
+    answer = run_cli(
+        program,
+        env={
+            f"_{program.upper()}_COMPLETE": "bash_complete",
+            "COMP_WORDS": line,
+            "COMP_CWORD": str(cword),
+            **(env or {}),
+        },
+    )
+    assert answer.stderr == "", answer.stderr
+    # one "type,value" line per completion
+    return [row.split(",", 1)[1] for row in answer.stdout.splitlines() if row]
 
 
 @attrs.define

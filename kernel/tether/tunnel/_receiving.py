@@ -307,25 +307,27 @@ class ConnectionReceiver(ConnectionCore):
                 f"WINDOW with increment 0 on stream {stream_id}",
                 error_code=ErrorCode.FLOW_CONTROL_ERROR,
             )
+        # an overflowing increment is refused before it is applied: the terminated connection's
+        # statistics keep the last window the peer validly granted
         if stream_id == 0:
-            self._send_window += delta
-            if self._send_window > fr.MAX_WINDOW:
+            if self._send_window + delta > fr.MAX_WINDOW:
                 raise RemoteProtocolError(
                     f"WINDOW overflows the connection send window past {fr.MAX_WINDOW}",
                     error_code=ErrorCode.FLOW_CONTROL_ERROR,
                 )
+            self._send_window += delta
         else:
             stream = self._streams.get(stream_id)
             if stream is None:
                 self._check_closed(stream_id, "WINDOW")
                 return
             stream.state = self._transition(stream.state, Input.RECV_WINDOW, stream_id, remote=True)
-            stream.send_window += delta
-            if stream.send_window > fr.MAX_WINDOW:
+            if stream.send_window + delta > fr.MAX_WINDOW:
                 raise RemoteProtocolError(
                     f"WINDOW overflows the send window of stream {stream_id} past {fr.MAX_WINDOW}",
                     error_code=ErrorCode.FLOW_CONTROL_ERROR,
                 )
+            stream.send_window += delta
         events.append(WindowUpdated(stream_id=stream_id, delta=delta))
 
     def _on_fin(self, stream_id: int, events: list[Event]) -> None:

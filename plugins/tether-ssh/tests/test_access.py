@@ -125,10 +125,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, os_user: pwd.struct_passwd) -
 
 
 def _ls(site: Site, user: str, *args: str) -> list[dict[str, object]]:
-    listed: list[dict[str, object]] = json.loads(
-        site.cluster.tether(user, "ls", "--format=json", *args).stdout
-    )
-    return listed
+    """The specs (hostname, addr) of the node resources ``tether ls --format=json`` prints."""
+    listed = json.loads(site.cluster.tether(user, "ls", "--format=json", *args).stdout)
+    assert all(n["kind"] == "node" for n in listed), listed
+    return [dict(n["spec"]) for n in listed]
 
 
 # --- joining -------------------------------------------------------------------------------

@@ -38,12 +38,11 @@ from tether_ssh.client import (
     ConnectionFailed,
     CopyFailed,
     HostNotTrusted,
-    LocalForward,
     OpenStream,
     copy_files,
-    parse_local_forward,
     run_command,
 )
+from tether_ssh.forwards import LocalForward, parse_local_forward
 from tether_ssh.server import NodeIdentity, RoleSetAuthorizer, serve_ssh
 
 from tether.api import (

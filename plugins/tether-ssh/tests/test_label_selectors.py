@@ -116,7 +116,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, os_user: pwd.struct_passwd) -
 
 def _listed(site: Site, user: str) -> list[str]:
     listed = json.loads(site.cluster.tether(user, "ls", "--format=json").stdout)
-    return sorted(str(n["hostname"]) for n in listed)
+    return sorted(str(n["spec"]["hostname"]) for n in listed)
 
 
 def _ssh_to_red(site: Site, user: str) -> subprocess.CompletedProcess[str]:
@@ -124,7 +124,7 @@ def _ssh_to_red(site: Site, user: str) -> subprocess.CompletedProcess[str]:
     node decides by itself, with no proxy in front."""
     # carol's team is red: she sees where node-red listens
     (node,) = json.loads(site.cluster.tether("carol", "ls", "--format=json").stdout)
-    host, port = str(node["addr"]).rsplit(":", 1)
+    host, port = str(node["spec"]["addr"]).rsplit(":", 1)
     (keys,) = (site.cluster.user_home(user) / "keys").iterdir()
     return subprocess.run(
         [

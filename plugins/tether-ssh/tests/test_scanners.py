@@ -86,7 +86,7 @@ class Site:
 
     def node_port(self, name: str) -> int:
         nodes = json.loads(self.cluster.tether("alice", "ls", "--format=json").stdout)
-        (addr,) = [str(node["addr"]) for node in nodes if node["hostname"] == name]
+        (addr,) = [str(node["spec"]["addr"]) for node in nodes if node["spec"]["hostname"] == name]
         return int(addr.rsplit(":", 1)[1])
 
 

@@ -744,6 +744,7 @@ async def test_local_port_forwarding_reaches_a_service_on_the_node(setup: Setup)
     assert await _forward_and_echo(setup, b"ping through the node") == b"ping through the node"
     (forward,) = setup.audited("ssh.port_forward")
     assert forward["user"] == "alice" and forward["login"] == LOGIN
+    assert forward["direction"] == "local"
     assert forward["host"] == "127.0.0.1" and isinstance(forward["port"], int)
 
 
@@ -756,13 +757,56 @@ async def test_local_port_forwarding_is_refused_when_the_roles_forbid_it(setup: 
     assert not setup.audited("ssh.port_forward")
 
 
-async def test_remote_port_forwarding_is_refused(setup: Setup) -> None:
+async def test_remote_port_forwarding_is_refused_when_the_roles_forbid_it(setup: Setup) -> None:
+    setup.roles.use(port_forwarding=False)  # the certificate allows it; the roles do not
     options = ["-N", "-R", "0:127.0.0.1:9", "-o", "ExitOnForwardFailure=yes"]
     done = await setup.ssh(LOGIN, "true", key=setup.user_files("alice"), options=options)
     assert done.returncode == 255
     assert b"remote port forwarding failed" in done.stderr
     (denied,) = setup.audited("ssh.denied")
-    assert "remote port forwarding (ssh -R) is not supported" in denied["reason"]
+    assert denied["reason"] == "port forwarding is not allowed by the roles of alice@main"
+    assert not setup.audited("ssh.port_forward")
+
+
+async def test_remote_port_forwarding_brings_the_nodes_connections_to_the_client(
+    setup: Setup, nursery: trio.Nursery
+) -> None:
+    setup.roles.use(port_forwarding=True)
+    (listener,) = await nursery.start(functools.partial(trio.serve_tcp, _echo, 0, host="127.0.0.1"))
+    echo_port = listener.socket.getsockname()[1]
+    node_port = free_port()
+    # as the session's user, on the node: through the node's port, back to the echo here
+    command = f"exec 3<>/dev/tcp/127.0.0.1/{node_port}; echo ping-back >&3; head -n1 <&3"
+    options = ["-R", f"{node_port}:127.0.0.1:{echo_port}", "-o", "ExitOnForwardFailure=yes"]
+    done = await setup.ssh(
+        LOGIN, f"bash -c '{command}'", key=setup.user_files("alice"), options=options
+    )
+    assert (done.returncode, done.stdout) == (0, b"ping-back\n"), done.stderr
+    (forward,) = setup.audited("ssh.port_forward")
+    assert forward["direction"] == "remote" and forward["port"] == node_port
+    assert forward["user"] == "alice" and forward["login"] == LOGIN
+
+
+async def test_remote_port_forwarding_listens_on_the_loopback_only(setup: Setup) -> None:
+    setup.roles.use(port_forwarding=True)
+    node_port = free_port()
+    # asked for every address, as `ssh -R *:PORT` does; sshd without GatewayPorts says no
+    command = f"ss -Hltn 'sport = :{node_port}'"
+    options = ["-R", f"*:{node_port}:127.0.0.1:9", "-o", "ExitOnForwardFailure=yes"]
+    done = await setup.ssh(LOGIN, command, key=setup.user_files("alice"), options=options)
+    assert done.returncode == 0, done.stderr
+    addresses = {line.split()[3].rsplit(":", 1)[0] for line in done.stdout.decode().splitlines()}
+    assert addresses and addresses <= {"127.0.0.1", "[::1]"}, done.stdout
+
+
+async def test_remote_port_forwarding_on_a_privileged_port_needs_root(setup: Setup) -> None:
+    setup.roles.use(port_forwarding=True)
+    options = ["-N", "-R", "80:127.0.0.1:9", "-o", "ExitOnForwardFailure=yes"]
+    done = await setup.ssh(LOGIN, "true", key=setup.user_files("alice"), options=options)
+    assert done.returncode == 255
+    assert b"remote port forwarding failed for listen port 80" in done.stderr
+    (denied,) = setup.audited("ssh.denied")
+    assert denied["reason"] == "remote port forwarding on privileged port 80 needs login root"
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
     run_cli,
+    run_completion,
     start_cluster,
     start_node,
     start_proxy,
@@ -262,9 +263,20 @@ def test_tether_clusters_lists_the_root_and_the_online_leaf(trust: Trust) -> Non
     assert rows == [["root", "online", "root", "*"], ["leaf", "online", "leaf"]]
 
 
+def test_root_user_tab_completes_clusters_and_the_leaf_nodes(trust: Trust) -> None:
+    env = {"TETHER_HOME": str(trust.root.user_home("alice"))}
+    assert run_completion("tether", "tether ls --cluster ", env) == ["root", "leaf"]
+    assert run_completion("tether", "tether ssh --cluster=l", env) == ["leaf"]
+    line = "tether ssh --cluster=leaf visitor@"
+    assert run_completion("tether", line, env) == ["visitor@leaf-node"]
+    assert run_completion("tether", "tether ssh --cluster leaf le", env) == ["leaf-node"]
+
+
 def test_root_user_lists_the_leaf_nodes_their_mapped_roles_reach(trust: Trust) -> None:
     listed = json.loads(trust.root.tether("alice", "ls", "--cluster=leaf", "-f", "json").stdout)
-    assert [(n["hostname"], n["labels"]) for n in listed] == [("leaf-node", {"env": "leaf"})]
+    assert [(n["spec"]["hostname"], n["metadata"]["labels"]) for n in listed] == [
+        ("leaf-node", {"env": "leaf"})
+    ]
 
 
 def test_leaf_dials_only_its_own_nodes_and_audits_what_it_refuses(trust: Trust) -> None:
@@ -324,7 +336,7 @@ def test_login_selects_the_leaf_for_later_commands(trust: Trust) -> None:
         ran = trust.root.tether("alice", "ssh", "visitor@leaf-node", "id -un")
         assert ran.stdout == "visitor\n"
         clusters = trust.root.tether("alice", "clusters", "-f", "json").stdout
-        assert [c["name"] for c in json.loads(clusters) if c["selected"]] == ["leaf"]
+        assert [c["cluster_name"] for c in json.loads(clusters) if c["selected"]] == ["leaf"]
     finally:
         trust.root.login("alice", PASSWORD)
 
@@ -363,7 +375,7 @@ def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(
     trust = restored_trust
     trust.root.tetherctl("update", "rc/leaf", "--set-labels=env=prod")
     clusters = json.loads(trust.root.tether("alice", "clusters", "-f", "json").stdout)
-    assert [c["name"] for c in clusters] == ["root"]
+    assert [c["cluster_name"] for c in clusters] == ["root"]
     # as the guide says, even an editor's `tetherctl get rc` shows no labelled leaf
     # until one of their roles has matching cluster_labels
     trust.root.add_user("ed", PASSWORD, roles=["editor"])
@@ -382,7 +394,7 @@ def test_cluster_labels_hide_a_labelled_leaf_from_users_without_them(
     trust.root.add_user("dave", PASSWORD, roles=["access", "prod-access"], logins=["visitor"])
     trust.root.login("dave", PASSWORD)
     shown = json.loads(trust.root.tether("dave", "clusters", "-f", "json").stdout)
-    assert [(c["name"], c["labels"]) for c in shown] == [
+    assert [(c["cluster_name"], c["labels"]) for c in shown] == [
         ("root", {}),
         ("leaf", {"env": "prod"}),
     ]

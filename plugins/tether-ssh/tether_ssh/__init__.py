@@ -6,7 +6,9 @@ sees asyncio. The kernel decides who may log in (:func:`tether.api.verify_ssh_us
 RBAC through an :class:`Authorizer`); this plugin only asks. Modules: ``server`` (the node's
 SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (the protocol: ALPN
 ``tether-ssh/1``, whose connections the kernel routes), ``inventory`` (the ``node`` kind, SSH's
-target kind), ``client`` and ``cli`` (``tether ssh``, ``ls``, ``scp``, ``config``, ``proxy ssh``).
+target kind), ``forwards`` (``-L``, ``-R``, ``-D`` as ``ssh`` reads them), ``options``
+(``-o``), ``socks`` (``-D``'s handshake), ``client`` and ``cli`` (``tether ssh``, ``ls``,
+``scp``, ``config``, ``proxy ssh``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tether_ssh.client import ClientCredentials, LocalForward, copy_files, run_command
+    from tether_ssh.client import ClientCredentials, copy_files, run_command
+    from tether_ssh.forwards import LocalForward
     from tether_ssh.server import (
         AuditSink,
         Authorizer,
@@ -44,7 +47,12 @@ __all__ = [
     "serve_ssh",
 ]
 
-_CLIENT_NAMES = {"ClientCredentials", "LocalForward", "copy_files", "run_command"}
+_MODULES = {
+    "ClientCredentials": "tether_ssh.client",
+    "copy_files": "tether_ssh.client",
+    "run_command": "tether_ssh.client",
+    "LocalForward": "tether_ssh.forwards",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -52,7 +60,5 @@ def __getattr__(name: str) -> Any:
     # plugin, and asyncssh alone costs a tenth of a second that most commands never need.
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(
-        "tether_ssh.client" if name in _CLIENT_NAMES else "tether_ssh.server"
-    )
+    module = importlib.import_module(_MODULES.get(name, "tether_ssh.server"))
     return getattr(module, name)

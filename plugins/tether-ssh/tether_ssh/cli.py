@@ -10,13 +10,14 @@ work too, with ``tether proxy ssh`` as their ``ProxyCommand``.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import pathlib
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import click
@@ -27,16 +28,24 @@ from tether.api import (
     HOME_ENV,
     LOGIN_ENV,
     AccessDenied,
+    DialedTarget,
     KindRegistry,
     Profile,
+    Resource,
+    Target,
+    TargetQuery,
     TetherError,
     cluster_host_cas,
+    complete_clusters,
+    completer,
     current_profile,
     emit_table,
+    format_option,
     known_hosts_ca_line,
     leaf_clusters,
     list_targets,
     load_private_key,
+    matching_targets,
     open_target_stream,
     output,
     profile_ssl_context,
@@ -46,11 +55,20 @@ from tether.api import (
     shared_group,
     splice,
 )
+from tether_ssh.forwards import (
+    DynamicForward,
+    LocalForward,
+    RemoteForward,
+    parse_dynamic_forward,
+    parse_local_forward,
+    parse_remote_forward,
+)
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
-from tether_ssh.inventory import NODE, describe_addr
+from tether_ssh.inventory import NODE, describe_addr, describe_node
+from tether_ssh.options import SUPPORTED, OptionError, parse_options
 
 if TYPE_CHECKING:
-    from tether_ssh.client import ClientCredentials
+    from tether_ssh.client import ClientCredentials, Keepalive
 
 __all__ = ["add_commands"]
 
@@ -75,6 +93,30 @@ def _cluster(profile: Profile, requested: str | None) -> str:
     """The cluster a command targets: ``--cluster``, else the selected one
     (``tether login --proxy=ROOT LEAF``), else the one logged in to."""
     return requested or profile.cluster
+
+
+async def _dial(
+    profile: Profile, cluster: str, target: str, port: int = 0
+) -> tuple[trio.abc.Stream, DialedTarget]:
+    """A stream to *target*'s SSH server through the proxy's front door, and which node it is."""
+    return await open_target_stream(
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
+        cluster=cluster,
+        target=target,
+        port=port,
+    )
+
+
+async def _list_nodes(profile: Profile, cluster: str) -> list[Resource]:
+    """The nodes of *cluster* the user may reach, as the proxy lists them."""
+    context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
+    docs = await list_targets(
+        profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=cluster
+    )
+    return [resource_from_dict(doc, _NODES, source="node") for doc in docs]
 
 
 def host_ca_lines(profile: Profile) -> list[str]:
@@ -104,6 +146,21 @@ def _local_user() -> str:
     return os.environ.get(LOGIN_ENV) or getpass.getuser()
 
 
+async def _destinations(ctx: click.Context, incomplete: str) -> list[str]:
+    """What Tab offers for ``[LOGIN@]NODE``: the login typed, then each node ``tether ls``
+    shows (in ``--cluster`` when typed before)."""
+    profile = _profile()
+    login, at, _ = incomplete.rpartition("@")
+    docs = await list_targets(
+        profile.proxy,
+        profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
+        alpn=FRONT_DOOR_ALPN,
+        protocol=TITLE,
+        cluster=_cluster(profile, ctx.params.get("cluster")),
+    )
+    return sorted(f"{login}{at}{doc['spec']['hostname']}" for doc in docs)
+
+
 # --- tether ls -----------------------------------------------------------------------------
 
 
@@ -112,20 +169,18 @@ def _local_user() -> str:
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="List the nodes of this cluster (default: the one logged in to).",
 )
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "yaml"]),
-    default="text",
-    show_default=True,
-)
+@format_option()
 @click.argument("selectors", nargs=-1)
 @run_async
 async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
-    """List the nodes you can reach, optionally only those with label=value."""
+    """List the nodes you can reach, optionally only those with label=value.
+
+    With --format=json or yaml, the node resources themselves, as tsh ls prints them: kind
+    node, metadata (name: the node's id, labels), spec (hostname, addr, use_tunnel).
+    """
     profile = _profile()
     name = _cluster(profile, cluster)
     wanted: dict[str, str] = {}
@@ -138,31 +193,26 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     docs = await list_targets(
         profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name
     )
-    nodes = [resource_from_dict(doc, _NODES, source="node") for doc in docs]
-    nodes = [n for n in nodes if all(n.metadata.labels.get(k) == v for k, v in wanted.items())]
-    nodes.sort(key=lambda n: (n.spec.hostname, n.metadata.name))
-    if fmt != "text":
-        output([_node_json(n) for n in nodes], fmt)
-        return
+    found = [(resource_from_dict(doc, _NODES, source="node"), doc) for doc in docs]
+    found = [
+        (n, doc)
+        for n, doc in found
+        if all(n.metadata.labels.get(k) == v for k, v in wanted.items())
+    ]
+    found.sort(key=lambda pair: (pair[0].spec.hostname, pair[0].metadata.name))
     rows = [
         (
             n.spec.hostname,
             describe_addr(n),
             ",".join(f"{k}={v}" for k, v in sorted(n.metadata.labels.items())),
         )
-        for n in nodes
+        for n, _ in found
     ]
-    emit_table(["Node Name", "Address", "Labels"], rows)
-
-
-def _node_json(node: Any) -> dict[str, Any]:
-    return {
-        "id": node.metadata.name,
-        "hostname": node.spec.hostname,
-        "addr": node.spec.addr,
-        "use_tunnel": node.spec.use_tunnel,
-        "labels": dict(node.metadata.labels),
-    }
+    output(
+        [doc for _, doc in found],
+        fmt,
+        text=lambda: emit_table(["Node Name", "Address", "Labels"], rows),
+    )
 
 
 # --- tether proxy ssh ----------------------------------------------------------------------
@@ -173,6 +223,7 @@ def _node_json(node: Any) -> dict[str, Any]:
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="The node's cluster (default: the one logged in to).",
 )
 @click.argument("target")
@@ -191,15 +242,7 @@ async def proxy_ssh(cluster: str | None, target: str) -> None:
     if sep and port_text.isdigit() and host:
         node = host
     node = node.removesuffix(f".{name}")
-    stream, _ = await open_target_stream(
-        profile.proxy,
-        profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
-        alpn=FRONT_DOOR_ALPN,
-        protocol=TITLE,
-        cluster=name,
-        target=node,
-        port=port,
-    )
+    stream, _ = await _dial(profile, name, node, port)
     stdio = _StdioStream()
     await splice(stream, stdio)
 
@@ -318,26 +361,175 @@ def _credentials(profile: Profile) -> ClientCredentials:
     )
 
 
-def _locale_env() -> dict[str, str]:
-    """The variables ssh sends by default (SendEnv LANG LC_*)."""
-    return {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
-
-
 #: ssh's exit status when the connection, not the command, failed.
 SSH_CONNECTION_FAILED = 255
 
 
+_F = TypeVar("_F", LocalForward, RemoteForward, DynamicForward)
+
+
+def _forwards(parse: Callable[[str], _F], specs: Sequence[str], flag: str) -> list[_F]:
+    try:
+        return [parse(spec) for spec in specs]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+def _request_tty(force_tty: int, no_tty: bool, option: str | None) -> bool | None:
+    """``-T``, ``-t`` (``yes``), ``-tt`` (``force``) or ``RequestTTY``, as ssh decides: True
+    to ask for a terminal, False never, None when a shell starts on a local terminal."""
+    wanted = "no" if no_tty else "force" if force_tty > 1 else "yes" if force_tty else option
+    if wanted == "force":
+        return True
+    if wanted == "yes":
+        if sys.stdin.isatty():
+            return True
+        click.echo(
+            "Pseudo-terminal will not be allocated because stdin is not a terminal.", err=True
+        )
+        return False
+    return False if wanted == "no" else None
+
+
+@attrs.frozen(kw_only=True)
+class _Session:
+    """What one `tether ssh` asks of each node it reaches."""
+
+    command: str | None
+    session: bool
+    tty: bool | None
+    env: Mapping[str, str]
+    forward_agent: bool
+    local_forwards: Sequence[LocalForward]
+    remote_forwards: Sequence[RemoteForward]
+    dynamic_forwards: Sequence[DynamicForward]
+    keepalive: Keepalive
+
+    @property
+    def single_node_only(self) -> str | None:
+        """What this session does that makes no sense on several nodes at once, if anything."""
+        if not self.session:
+            return "-N"
+        if self.command is None:
+            return "an interactive shell"
+        if self.tty:
+            return "a terminal (-t)"
+        if self.local_forwards or self.remote_forwards or self.dynamic_forwards:
+            return "port forwarding"
+        return None
+
+
+async def _run_on(
+    profile: Profile,
+    cluster: str,
+    target: str,
+    *,
+    port: int,
+    login: str,
+    session: _Session,
+    stdin: int = 0,
+    output_prefix: bytes = b"",
+) -> int:
+    from tether_ssh.client import run_command
+
+    stream, dialed = await _dial(profile, cluster, target, port)
+
+    async def opened() -> trio.abc.Stream:
+        return stream
+
+    creds = _credentials(profile)
+    if dialed.host_cas:  # the node's cluster's host CAs, from the authenticated proxy
+        creds = attrs.evolve(creds, host_ca_lines=dialed.host_cas)
+    return await run_command(
+        opened,
+        creds,
+        login=login,
+        host_name=dialed.id,
+        node_name=dialed.name,
+        command=session.command,
+        session=session.session,
+        tty=session.tty,
+        env=session.env,
+        forward_agent=session.forward_agent,
+        local_forwards=session.local_forwards,
+        remote_forwards=session.remote_forwards,
+        dynamic_forwards=session.dynamic_forwards,
+        keepalive=session.keepalive,
+        stdin=stdin,
+        output_prefix=output_prefix,
+    )
+
+
+async def _selected_nodes(profile: Profile, cluster: str, node: str) -> list[Target]:
+    """The nodes a label selector (``env=prod``) picks, as the proxy would match them; none
+    for a node named by its name, id or address, which the proxy resolves alone."""
+    if "=" not in node:
+        return []
+    nodes = [describe_node(n) for n in await _list_nodes(profile, cluster)]
+    return matching_targets(nodes, TargetQuery.parse(node))
+
+
+async def _run_on_each(
+    profile: Profile,
+    cluster: str,
+    nodes: Sequence[Target],
+    *,
+    port: int,
+    login: str,
+    session: _Session,
+) -> int:
+    """Run the command on every node at once, each line of output after ``[NODE] ``, as tsh
+    does; the exit status is the highest of them (255 for a node that was not reached)."""
+    statuses: list[int] = []
+
+    async def one(node: Target, stdin: int) -> None:
+        prefix = f"[{node.name}] "
+        try:
+            status = await _run_on(
+                profile,
+                cluster,
+                node.id,
+                port=port,
+                login=login,
+                session=session,
+                stdin=stdin,
+                output_prefix=prefix.encode(),
+            )
+        except TetherError as exc:
+            click.echo(f"{prefix}ERROR: {exc}", err=True)
+            status = SSH_CONNECTION_FAILED
+        statuses.append(status)
+
+    stdin = os.open(os.devnull, os.O_RDONLY)  # one input cannot go to several commands
+    try:
+        async with trio.open_nursery() as nursery:
+            for node in sorted(nodes, key=lambda n: (n.name, n.id)):
+                nursery.start_soon(one, node, stdin)
+    finally:
+        os.close(stdin)
+    return max(statuses)
+
+
 @click.command(
     "ssh",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    context_settings={"allow_interspersed_args": False},
 )
 @click.option(
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="The node's cluster (default: the one logged in to).",
 )
+@click.option("-l", "login_option", metavar="LOGIN", help="Log in as LOGIN (over LOGIN@NODE).")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), help="The node's SSH port.")
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    metavar="OPTION=VALUE",
+    help=f"An OpenSSH option: {', '.join(SUPPORTED)} (repeatable; others are refused).",
+)
 @click.option(
     "-L",
     "forwards",
@@ -345,74 +537,111 @@ SSH_CONNECTION_FAILED = 255
     metavar="[BIND:]PORT:HOST:HOSTPORT",
     help="Forward a local port to HOST:HOSTPORT as seen from the node (repeatable).",
 )
+@click.option(
+    "-R",
+    "remote_forwards",
+    multiple=True,
+    metavar="[BIND:]PORT:HOST:HOSTPORT",
+    help="Forward the node's loopback PORT (0: any) to HOST:HOSTPORT as seen from here "
+    "(repeatable).",
+)
+@click.option(
+    "-D",
+    "dynamic_forwards",
+    multiple=True,
+    metavar="[BIND:]PORT",
+    help="A local SOCKS4/5 proxy whose connections leave from the node (repeatable).",
+)
 @click.option("-A", "forward_agent", is_flag=True, help="Forward the local SSH agent.")
-@click.option("-t", "force_tty", is_flag=True, help="Request a terminal even for a command.")
+@click.option("-N", "no_command", is_flag=True, help="Run no command: forward ports only.")
+@click.option(
+    "-t",
+    "force_tty",
+    count=True,
+    help="Request a terminal for a command; -tt even without a local terminal.",
+)
 @click.option("-T", "no_tty", is_flag=True, help="Never request a terminal.")
-@click.argument("destination")
+@click.argument("destination", shell_complete=completer(_destinations))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(
     cluster: str | None,
+    login_option: str | None,
     port: int | None,
+    options: Sequence[str],
     forwards: Sequence[str],
+    remote_forwards: Sequence[str],
+    dynamic_forwards: Sequence[str],
     forward_agent: bool,
-    force_tty: bool,
+    no_command: bool,
+    force_tty: int,
     no_tty: bool,
     destination: str,
     command: Sequence[str],
 ) -> None:
     """Run COMMAND (or a shell) on a node as LOGIN: tether ssh [LOGIN@]NODE [COMMAND...].
 
-    LOGIN defaults to $TETHER_LOGIN, else your local user name.
+    NODE is a host name, a host id, an address, or labels (env=prod); labels that select
+    several nodes run COMMAND on each, every line of output after [NODE]. Options go before
+    NODE, as with ssh. The exit status is the remote command's (the highest of several), 255
+    when a connection or login failed, 2 for a command line that cannot be used.
 
-    NODE is a host name, a host id, an address, or labels (env=prod) that select one node.
-    The exit status is the remote command's, or 255 when the connection failed.
+    LOGIN (from -l, -o User or LOGIN@) defaults to $TETHER_LOGIN, else your local user name.
     """
     # asyncssh is imported by the commands that speak SSH only, not by every `tether` run
-    from tether_ssh.client import parse_local_forward, run_command
+    from tether_ssh.client import Keepalive
 
     try:
-        local_forwards = [parse_local_forward(spec) for spec in forwards]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="-L") from None
-    login, node = _split_target(destination)
-    tty = True if force_tty else False if no_tty else None
-    line = " ".join(command) if command else None
+        given = parse_options(options)
+    except OptionError as exc:
+        raise click.BadParameter(str(exc), param_hint="-o") from None
+    if no_command and command:
+        raise click.UsageError("-N runs no command: drop the command, or -N")
+    target_login, node = _split_target(destination)
+    login = login_option or given.user or target_login
+    session = _Session(
+        command=" ".join(command) if command else None,
+        session=not no_command,
+        tty=_request_tty(force_tty, no_tty, given.request_tty),
+        env=given.environment(os.environ),
+        forward_agent=forward_agent or bool(given.forward_agent),
+        local_forwards=[*_forwards(parse_local_forward, forwards, "-L"), *given.local_forwards],
+        remote_forwards=[
+            *_forwards(parse_remote_forward, remote_forwards, "-R"),
+            *given.remote_forwards,
+        ],
+        dynamic_forwards=[
+            *_forwards(parse_dynamic_forward, dynamic_forwards, "-D"),
+            *given.dynamic_forwards,
+        ],
+        keepalive=Keepalive(
+            interval=given.server_alive_interval or 0,
+            count_max=given.server_alive_count_max or 3,
+        ),
+    )
+    node_port = port or given.port or 0
 
     async def run() -> int:
         profile = _profile()
         name = _cluster(profile, cluster)
-        stream, dialed = await open_target_stream(
-            profile.proxy,
-            profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN]),
-            alpn=FRONT_DOOR_ALPN,
-            protocol=TITLE,
-            cluster=name,
-            target=node,
-            port=port or 0,
-        )
-
-        async def opened() -> trio.abc.Stream:
-            return stream
-
-        creds = _credentials(profile)
-        if dialed.host_cas:  # the node's cluster's host CAs, from the authenticated proxy
-            creds = attrs.evolve(creds, host_ca_lines=dialed.host_cas)
-        return await run_command(
-            opened,
-            creds,
-            login=login,
-            host_name=dialed.id,
-            node_name=dialed.name,
-            command=line,
-            tty=tty,
-            env=_locale_env(),
-            forward_agent=forward_agent,
-            local_forwards=local_forwards,
-        )
+        several = await _selected_nodes(profile, name, node)
+        if len(several) > 1:
+            if session.single_node_only:
+                listed = ", ".join(sorted(n.name for n in several))
+                raise click.UsageError(
+                    f"{node} selects {len(several)} nodes ({listed}): "
+                    f"{session.single_node_only} needs one; name it, or give a command "
+                    "to run on each"
+                )
+            return await _run_on_each(
+                profile, name, several, port=node_port, login=login, session=session
+            )
+        return await _run_on(profile, name, node, port=node_port, login=login, session=session)
 
     try:
         status = run_trio(run)
     except TetherError as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            logging.getLogger(__name__).error("tether ssh failed", exc_info=exc)
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(SSH_CONNECTION_FAILED)
     except KeyboardInterrupt:
@@ -425,6 +654,7 @@ def ssh(
     "--cluster",
     envvar=CLUSTER_ENV,
     show_envvar=True,
+    shell_complete=complete_clusters,
     help="The nodes' cluster (default: the one logged in to).",
 )
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
@@ -439,12 +669,9 @@ async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Seque
         raise click.UsageError("give at least one source and a destination")
     profile = _profile()
     name = _cluster(profile, cluster)
-    context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
 
     async def open_stream_for(host: str) -> trio.abc.Stream:
-        stream, _ = await open_target_stream(
-            profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name, target=host
-        )
+        stream, _ = await _dial(profile, name, host)
         return stream
 
     await copy_files(

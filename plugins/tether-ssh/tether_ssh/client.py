@@ -47,6 +47,8 @@ from tether.api import (
     private_key_to_openssh,
 )
 from tether_ssh import algorithms
+from tether_ssh.forwards import DynamicForward, LocalForward, RemoteForward, bracketed
+from tether_ssh.socks import Outcome, SocksError, SocksHandshake
 
 __all__ = [
     "AgentUnavailable",
@@ -54,11 +56,10 @@ __all__ = [
     "ConnectionFailed",
     "CopyFailed",
     "HostNotTrusted",
-    "LocalForward",
+    "Keepalive",
     "OpenStream",
     "OpenStreamFor",
     "copy_files",
-    "parse_local_forward",
     "run_command",
 ]
 
@@ -95,6 +96,13 @@ _CHANNEL_OPEN_FAILURES = {
     asyncssh.OPEN_UNKNOWN_CHANNEL_TYPE: "unknown channel type",
     asyncssh.OPEN_RESOURCE_SHORTAGE: "resource shortage",
 }
+#: What a refused channel means to the program behind a ``-D`` forward.
+_SOCKS_OUTCOMES = {
+    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED: Outcome.NOT_ALLOWED,
+    asyncssh.OPEN_CONNECT_FAILED: Outcome.REFUSED,
+}
+#: How long a program connected to a ``-D`` forward may take to say where it goes (seconds).
+_SOCKS_HANDSHAKE_TIMEOUT = 30.0
 #: Local terminal control characters sent with a PTY request, as ssh sends them.
 _PTY_CONTROL_CHARACTERS = {
     asyncssh.PTY_VINTR: termios.VINTR,
@@ -167,73 +175,14 @@ class ClientCredentials:
     host_ca_lines: Sequence[str] = attrs.field(converter=_line_tuple)
 
 
-@attrs.frozen(kw_only=True)
-class LocalForward:
-    """One ``-L [bind_address:]port:host:hostport``: listen here, connect from the node there.
+@attrs.frozen
+class Keepalive:
+    """``ServerAliveInterval`` and ``ServerAliveCountMax``: ask the node every *interval*
+    seconds whether it is alive (0: never), and give up on the connection after *count_max*
+    unanswered questions."""
 
-    :param bind_address: the local address to listen on; None for the loopback addresses (as
-        ``ssh`` without ``GatewayPorts``), ``"*"`` for all of them.
-    :param port: the local port to listen on.
-    :param host: the host the node connects to, resolved on the node's side.
-    :param host_port: the port the node connects to.
-    """
-
-    bind_address: str | None = None
-    port: int
-    host: str
-    host_port: int
-
-    def __attrs_post_init__(self) -> None:
-        for name, value in (("port", self.port), ("host_port", self.host_port)):
-            if not 0 < value < 65536:
-                raise ValueError(f"{name} must be between 1 and 65535, not {value}")
-        if not self.host:
-            raise ValueError("host must not be empty")
-
-    def __str__(self) -> str:
-        bind = f"{_bracketed(self.bind_address)}:" if self.bind_address else ""
-        return f"{bind}{self.port}:{_bracketed(self.host)}:{self.host_port}"
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _split_colons(spec: str) -> list[str]:
-    """Split at colons outside ``[...]``, which may hold an IPv6 address."""
-    parts, current, depth = [], "", 0
-    for char in spec:
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        elif char == ":" and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += char
-    parts.append(current)
-    return [part[1:-1] if part.startswith("[") and part.endswith("]") else part for part in parts]
-
-
-def parse_local_forward(spec: str) -> LocalForward:
-    """Parse a ``-L`` argument, ``[bind_address:]port:host:hostport``, as ``ssh`` does.
-
-    IPv6 addresses go in brackets; an empty or ``*`` bind address listens on every address.
-    Raises :class:`ValueError` saying what is wrong.
-    """
-    parts = _split_colons(spec)
-    if len(parts) == 3:
-        bind: str | None = None
-    elif len(parts) == 4:
-        bind = parts.pop(0) or "*"
-    else:
-        raise ValueError(f"bad local forward {spec!r}: expected [bind_address:]port:host:hostport")
-    port, host, host_port = parts
-    try:
-        return LocalForward(bind_address=bind, port=int(port), host=host, host_port=int(host_port))
-    except ValueError as exc:
-        raise ValueError(f"bad local forward {spec!r}: {exc}") from None
+    interval: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    count_max: int = attrs.field(default=3, validator=attrs.validators.ge(1))
 
 
 @contextlib.contextmanager
@@ -315,8 +264,8 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
         self._chan: asyncssh.SSHClientChannel[bytes] | asyncssh.SSHTCPChannel[bytes] | None = None
         self._inboxes = {None: _Inbox(), asyncssh.EXTENDED_DATA_STDERR: _Inbox()}
         self._reading_paused = False
+        self._opened = trio.Event()  # a channel the node opens (-R) arrives before it is open
         self._writable = trio.Event()
-        self._writable.set()
         self._closed = trio.Event()
         self.error: Exception | None = None
         self.exit_status: int | None = None
@@ -329,6 +278,8 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
     ) -> None:
         self._chan = chan
         chan.set_write_buffer_limits(_SEND_HIGH, _SEND_LOW)
+        self._writable.set()
+        self._opened.set()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         inbox = self._inboxes.get(datatype)
@@ -362,6 +313,7 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
         for inbox in self._inboxes.values():
             inbox.close()
         self._writable.set()
+        self._opened.set()
         self._closed.set()
 
     # trio's side
@@ -395,6 +347,10 @@ class _ChannelIO(asyncssh.SSHClientSession[bytes], asyncssh.SSHTCPSession[bytes]
     def close(self) -> None:
         if self._chan is not None:
             self._chan.close()
+
+    async def wait_open(self) -> None:
+        """Until asyncssh opened the channel (or it was lost before)."""
+        await self._opened.wait()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -544,6 +500,7 @@ async def _connected(
     host_name: str,
     node_name: str | None = None,
     agent_forward_path: str | None = None,
+    keepalive: Keepalive | None = None,
 ) -> AsyncIterator[asyncssh.SSHClientConnection]:
     """An authenticated SSH connection to *host_name* over a stream *open_stream* opens.
 
@@ -551,6 +508,7 @@ async def _connected(
     name the node *node_name* (what people call it) when given, else *host_name*.
     """
     shown = node_name or host_name
+    keepalive = keepalive or Keepalive()
     client_key = _client_key(creds)
     host_cas = _host_cas(creds)
     client = _Client()
@@ -592,6 +550,8 @@ async def _connected(
                     mac_algs=algorithms.MAC_ALGS,
                     compression_algs=algorithms.COMPRESSION_ALGS,
                     connect_timeout=_HANDSHAKE_TIMEOUT,
+                    keepalive_interval=keepalive.interval,
+                    keepalive_count_max=keepalive.count_max,
                 )
             except (asyncssh.Error, OSError, TimeoutError) as exc:
                 raise _handshake_error(exc, client, login=login, host_name=shown) from None
@@ -715,17 +675,35 @@ async def _copy_input(source: trio.lowlevel.FdStream | None, channel: _ChannelIO
 
 
 async def _copy_output(
-    channel: _ChannelIO, datatype: asyncssh.DataType, sink: trio.lowlevel.FdStream | None
+    channel: _ChannelIO,
+    datatype: asyncssh.DataType,
+    sink: trio.lowlevel.FdStream | None,
+    prefix: bytes = b"",
 ) -> bool:
-    """The channel's stdout or stderr to *sink*; False if *sink* stopped taking it (EPIPE)."""
-    while data := await channel.receive(datatype):
+    """The channel's stdout or stderr to *sink*; False if *sink* stopped taking it (EPIPE).
+
+    With a *prefix*, whole lines only, each after the prefix (a last line without its
+    newline gets one): several sessions can then share one terminal or pipe.
+    """
+    partial = b""
+    while True:
+        data = await channel.receive(datatype)
+        ended = not data
+        if prefix:
+            data = partial + data + (b"\n" if ended and partial else b"")
+            cut = data.rfind(b"\n") + 1
+            lines, partial = data[:cut].split(b"\n")[:-1], data[cut:]
+            if len(partial) >= _CHUNK:  # no newline in sight: do not hold it all back
+                lines, partial = [*lines, partial], b""
+            data = b"".join(prefix + line + b"\n" for line in lines)
         try:
-            if sink is not None:
+            if sink is not None and data:
                 await sink.send_all(data)
         except (trio.BrokenResourceError, OSError):
             channel.close()  # like a pipeline whose reader went away
             return False
-    return True
+        if ended:
+            return True
 
 
 async def _follow_window(fd: int, size: tuple[int, int, int, int], channel: _ChannelIO) -> None:
@@ -773,6 +751,7 @@ async def _run_session(
     stdout: int,
     stderr: int,
     host_name: str,
+    output_prefix: bytes,
 ) -> int:
     terminal: dict[str, Any] = {"request_pty": False}
     if pty is not None:
@@ -794,7 +773,7 @@ async def _run_session(
     outputs: list[bool] = []
 
     async def copy_output(datatype: asyncssh.DataType, sink: trio.lowlevel.FdStream | None) -> None:
-        outputs.append(await _copy_output(channel, datatype, sink))
+        outputs.append(await _copy_output(channel, datatype, sink, output_prefix))
 
     async with _local_files(stdin, stdout, stderr) as local:
         with _raw_mode(pty.terminal if pty else None):
@@ -810,7 +789,7 @@ async def _run_session(
     return _exit_code(channel, output_lost=not all(outputs), host_name=host_name)
 
 
-# --- local port forwarding ------------------------------------------------------------------
+# --- port forwarding ------------------------------------------------------------------------
 
 
 def _report(fd: int, message: str) -> None:
@@ -847,6 +826,31 @@ async def _splice(stream: trio.abc.HalfCloseableStream, channel: _ChannelIO) -> 
         channel.close()
 
 
+async def _direct_channel(
+    conn: asyncssh.SSHClientConnection,
+    host: str,
+    port: int,
+    stream: trio.SocketStream,
+    report: int,
+) -> _ChannelIO | Outcome:
+    """A ``direct-tcpip`` channel to *host*:*port* from the node, for the local connection
+    *stream*; if the node refuses it, the refusal is reported and its SOCKS outcome returned."""
+    orig_host, orig_port = stream.socket.getpeername()[:2]
+    try:
+        channel: _ChannelIO
+        _, channel = await trio_asyncio.aio_as_trio(conn.create_connection)(
+            _ChannelIO, host, port, orig_host, orig_port
+        )
+    except asyncssh.ChannelOpenError as exc:
+        failure = _CHANNEL_OPEN_FAILURES.get(exc.code, "refused")
+        _report(report, f"channel open failed: {host}:{port}: {failure}: {_reason(exc)}")
+        return _SOCKS_OUTCOMES.get(exc.code, Outcome.FAILED)
+    except (asyncssh.Error, OSError) as exc:
+        _report(report, f"cannot forward to {host}:{port}: {_reason(exc)}")
+        return Outcome.FAILED
+    return channel
+
+
 async def _forward_connection(
     conn: asyncssh.SSHClientConnection,
     forward: LocalForward,
@@ -855,37 +859,60 @@ async def _forward_connection(
 ) -> None:
     """One accepted local connection, forwarded through a ``direct-tcpip`` channel."""
     try:
-        orig_host, orig_port = stream.socket.getpeername()[:2]
-        try:
-            channel: _ChannelIO
-            _, channel = await trio_asyncio.aio_as_trio(conn.create_connection)(
-                _ChannelIO, forward.host, forward.host_port, orig_host, orig_port
-            )
-        except asyncssh.ChannelOpenError as exc:
-            failure = _CHANNEL_OPEN_FAILURES.get(exc.code, "refused")
-            _report(
-                report,
-                f"channel open failed: {forward.host}:{forward.host_port}: {failure}: "
-                f"{_reason(exc)}",
-            )
-            return
-        except (asyncssh.Error, OSError) as exc:
-            _report(report, f"cannot forward to {forward.host}:{forward.host_port}: {_reason(exc)}")
-            return
-        await _splice(stream, channel)
+        channel = await _direct_channel(conn, forward.host, forward.host_port, stream, report)
+        if isinstance(channel, _ChannelIO):
+            await _splice(stream, channel)
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _serve_local_forward(
-    conn: asyncssh.SSHClientConnection,
-    forward: LocalForward,
+async def _socks_connection(
+    conn: asyncssh.SSHClientConnection, report: int, stream: trio.SocketStream
+) -> None:
+    """One accepted connection of a ``-D`` forward: its SOCKS request, then a channel to
+    where it asked to go, from the node."""
+    handshake = SocksHandshake()
+    try:
+        request = None
+        with trio.move_on_after(_SOCKS_HANDSHAKE_TIMEOUT):
+            while request is None:
+                data = await stream.receive_some(_CHUNK)
+                if not data:
+                    return
+                try:
+                    request = handshake.receive(data)
+                except SocksError as exc:
+                    _report(report, f"dynamic forward: {exc}")
+                    if exc.reply:
+                        await stream.send_all(exc.reply)
+                    return
+                if answer := handshake.data_to_send():
+                    await stream.send_all(answer)
+        if request is None:
+            return
+        channel = await _direct_channel(conn, request.host, request.port, stream, report)
+        if not isinstance(channel, _ChannelIO):
+            await stream.send_all(handshake.reply(channel))
+            return
+        await stream.send_all(handshake.reply(Outcome.CONNECTED))
+        if early := handshake.leftover():
+            await channel.send(early)
+        await _splice(stream, channel)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # the local program went away
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _serve_listener(
+    forward: LocalForward | DynamicForward,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
     connections: trio.Nursery,
     report: int,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen for *forward* until cancelled; its connections run in *connections*.
+    """Listen where *forward* says until cancelled; its connections run in *connections*.
 
     A port that cannot be bound is reported and skipped, as ``ssh`` does by default.
     """
@@ -893,16 +920,82 @@ async def _serve_local_forward(
     try:
         listeners = await trio.open_tcp_listeners(forward.port, host=bind)
     except OSError as exc:
-        _report(report, f"cannot listen for local forward {forward}: {_reason(exc)}")
+        kind = "local" if isinstance(forward, LocalForward) else "dynamic"
+        _report(report, f"cannot listen for {kind} forward {forward}: {_reason(exc)}")
         task_status.started()
         return
     task_status.started()
-    handler = functools.partial(_forward_connection, conn, forward, report)
     try:
         await trio.serve_listeners(handler, listeners, handler_nursery=connections)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+async def _connect_back(forward: RemoteForward, channel: _ChannelIO, report: int) -> None:
+    """One connection the node accepted for a ``-R`` forward, to its destination here."""
+    await channel.wait_open()
+    try:
+        stream = await trio.open_tcp_stream(forward.host, forward.host_port)
+    except OSError as exc:
+        cause = exc.__cause__  # trio's "all attempts failed" hides each attempt's reason
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        errno = cause.errno if isinstance(cause, OSError) else None
+        reason = os.strerror(errno) if errno else _reason(exc)
+        _report(report, f"connect to {forward.host} port {forward.host_port} failed: {reason}")
+        channel.close()
+        return
+    try:
+        await _splice(stream, channel)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _serve_remote_forward(
+    conn: asyncssh.SSHClientConnection,
+    forward: RemoteForward,
+    connections: trio.Nursery,
+    report: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Have the node listen for *forward* until cancelled; the connections it forwards back
+    run in *connections*. A refusal is reported and skipped, as ``ssh`` does by default."""
+
+    def accept(orig_host: str, orig_port: int) -> _ChannelIO:
+        # asyncssh calls this from its loop, which runs inside trio's (module docstring)
+        channel = _ChannelIO()
+        try:
+            connections.start_soon(_connect_back, forward, channel, report)
+        except RuntimeError:  # the nursery is closing: so is the session
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, "the session is ending"
+            ) from None
+        return channel
+
+    listen_host = {None: "localhost", "*": ""}.get(forward.bind_address, forward.bind_address)
+    try:
+        listener = await trio_asyncio.aio_as_trio(conn.create_server)(
+            accept, listen_host, forward.port, encoding=None
+        )
+    except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
+        _report(
+            report, f"remote port forwarding failed for listen port {forward.port}: {_reason(exc)}"
+        )
+        task_status.started()
+        return
+    if forward.port == 0:
+        _report(
+            report,
+            f"allocated port {listener.get_port()} for remote forward to "
+            f"{bracketed(forward.host)}:{forward.host_port}",
+        )
+    task_status.started()
+    try:
+        await trio.sleep_forever()
+    finally:
+        listener.close()
 
 
 def _agent_socket() -> str:
@@ -921,6 +1014,12 @@ def _agent_socket() -> str:
     return path
 
 
+async def _until_closed(conn: asyncssh.SSHClientConnection, host_name: str) -> int:
+    """``ssh -N``: no command, only forwarding, until the connection ends."""
+    await trio_asyncio.aio_as_trio(conn.wait_closed)()
+    raise ConnectionFailed(f"connection to {host_name} closed")
+
+
 async def run_command(
     open_stream: OpenStream,
     creds: ClientCredentials,
@@ -929,13 +1028,18 @@ async def run_command(
     host_name: str,
     node_name: str | None = None,
     command: str | None = None,
+    session: bool = True,
     tty: bool | None = None,
     env: Mapping[str, str] | None = None,
     forward_agent: bool = False,
     local_forwards: Sequence[LocalForward] = (),
+    remote_forwards: Sequence[RemoteForward] = (),
+    dynamic_forwards: Sequence[DynamicForward] = (),
+    keepalive: Keepalive | None = None,
     stdin: int = 0,
     stdout: int = 1,
     stderr: int = 2,
+    output_prefix: bytes = b"",
 ) -> int:
     """Run *command* (or a login shell) on a node as *login*; return its exit status.
 
@@ -946,6 +1050,8 @@ async def run_command(
     :param node_name: the node's name as people know it (its host name), for messages;
         *host_name* when None (a host id means nothing to a user).
     :param command: a command line for the login's shell; None for an interactive shell.
+    :param session: False for no command at all, as ``ssh -N``: only the forwards, until the
+        connection ends (or the caller cancels).
     :param tty: request a PTY (True, as ``ssh -tt``), never (False), or when a shell is
         started on a local terminal (None). The local terminal is in raw mode meanwhile, and
         its size follows the local one.
@@ -954,9 +1060,15 @@ async def run_command(
     :param local_forwards: ports to forward, as ``ssh -L``; a connection the node refuses is
         reported on *stderr*. As with ``ssh``, forwarded connections still open when the
         command ends are waited for.
+    :param remote_forwards: ports the node listens on, as ``ssh -R``; a listener the node
+        refuses, and a port it chose, are reported on *stderr*.
+    :param dynamic_forwards: local SOCKS servers, as ``ssh -D``.
+    :param keepalive: ``ServerAliveInterval`` and ``ServerAliveCountMax``; none by default.
     :param stdin: the file descriptor to send as the command's input (until EOF).
     :param stdout: the file descriptor the command's output is written to.
     :param stderr: the file descriptor its error output and this client's notices go to.
+    :param output_prefix: put before every line of output (``[web-1] ``), for a command run
+        on several nodes at once.
     :returns: the exit status; 128+n if the command died of signal n; 128+SIGPIPE if
         *stdout* was closed before the command ended.
     :raises HostNotTrusted: the node did not present a valid host certificate of a trusted CA.
@@ -966,7 +1078,7 @@ async def run_command(
     :raises AgentUnavailable: *forward_agent* without a local agent.
     """
     agent = _agent_socket() if forward_agent else None
-    pty = _pty_request(tty, command, stdin)
+    pty = _pty_request(tty, command, stdin) if session else None
     with _unwrapped():
         async with (
             _connected(
@@ -976,13 +1088,22 @@ async def run_command(
                 host_name=host_name,
                 node_name=node_name,
                 agent_forward_path=agent,
+                keepalive=keepalive,
             ) as conn,
             # forwarded connections outlive the listeners: ssh waits for them to close
             trio.open_nursery() as connections,
             trio.open_nursery() as listeners,
         ):
             for forward in local_forwards:
-                await listeners.start(_serve_local_forward, conn, forward, connections, stderr)
+                handler = functools.partial(_forward_connection, conn, forward, stderr)
+                await listeners.start(_serve_listener, forward, handler, connections, stderr)
+            for dynamic in dynamic_forwards:
+                handler = functools.partial(_socks_connection, conn, stderr)
+                await listeners.start(_serve_listener, dynamic, handler, connections, stderr)
+            for remote in remote_forwards:
+                await listeners.start(_serve_remote_forward, conn, remote, connections, stderr)
+            if not session:
+                return await _until_closed(conn, node_name or host_name)
             status = await _run_session(
                 conn,
                 command=command,
@@ -992,6 +1113,7 @@ async def run_command(
                 stdout=stdout,
                 stderr=stderr,
                 host_name=node_name or host_name,
+                output_prefix=output_prefix,
             )
             listeners.cancel_scope.cancel()
     return status

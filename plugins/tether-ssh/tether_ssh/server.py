@@ -17,9 +17,9 @@ as one line with its reason and shown to the client as an authentication banner.
 Sessions run as the requested OS login: the child process (a shell, a command, or the system's
 ``sftp-server`` for the ``sftp`` subsystem) drops to the user's uid, gid and supplementary
 groups before it executes anything, starts in the user's home directory with a small clean
-environment, and its exit status (or signal) goes back to the client. Local port forwarding
-(``ssh -L``) and agent forwarding (``ssh -A``) work when the grant permits them; remote
-forwarding (``ssh -R``) never does.
+environment, and its exit status (or signal) goes back to the client. Port forwarding (``ssh
+-L``, ``-D``, and ``-R`` on the node's loopback addresses) and agent forwarding (``ssh -A``)
+work when the grant permits them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ import signal
 import socket
 import struct
 import termios
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import asyncssh
@@ -112,6 +120,10 @@ _SFTP_SERVER_PATHS = (
 )
 #: Read size for bulk copies (stream bridge, session pipes): big reads keep scp and sftp fast.
 _COPY_SIZE = 256 * 1024
+#: Remote forwards listen here, whatever address the client asks for (no GatewayPorts).
+_LOOPBACK = "localhost"
+#: Ports below this need root to listen on, as sshd decides for ``ssh -R``.
+_PRIVILEGED_PORTS = 1024
 #: Certificate errors raised after the signature verified, so the claimed user is genuine.
 _SIGNED_BUT_REFUSED = (CertificateExpired, CertificateNotYetValid, PrincipalNotAllowed)
 
@@ -143,7 +155,7 @@ class Permissions:
 
     Everything defaults to no: an authorizer grants what the user's roles allow.
 
-    :param port_forwarding: local port forwarding (``ssh -L``, ``ssh -W``).
+    :param port_forwarding: port forwarding both ways (``ssh -L``, ``-D``, ``-W``, ``-R``).
     :param forward_agent: agent forwarding (``ssh -A``) into the session.
     """
 
@@ -511,13 +523,55 @@ class _NodeServer(asyncssh.SSHServer):
             dest_port,
         )
         self._settings.emit(
-            "ssh.port_forward", {**self.who(), "host": dest_host, "port": dest_port}
+            "ssh.port_forward",
+            {**self.who(), "direction": "local", "host": dest_host, "port": dest_port},
         )
         return True
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self.deny("remote port forwarding (ssh -R) is not supported by Tether nodes")
-        return False
+    def server_requested(
+        self, listen_host: str, listen_port: int
+    ) -> bool | Awaitable[asyncssh.SSHListener | bool]:
+        """Remote port forwarding: listen on this node's loopback addresses, if the grant says
+        so, and forward what arrives back to the client.
+
+        As ``sshd`` without ``GatewayPorts``, the listener is on the loopback addresses
+        whatever address the client asked for, and only root may listen on a port below 1024.
+        asyncssh has already checked the certificate's ``permit-port-forwarding``.
+        """
+        grant = self.grant
+        conn = self._conn
+        if grant is None or conn is None:  # cannot happen: requests come after authentication
+            return False
+        if not grant.permissions.port_forwarding:
+            self.deny(f"port forwarding is not allowed by the roles of {grant.identity.label}")
+            return False
+        if 0 < listen_port < _PRIVILEGED_PORTS and grant.account.pw_uid != 0:
+            self.deny(f"remote port forwarding on privileged port {listen_port} needs login root")
+            return False
+
+        async def listen() -> asyncssh.SSHListener | bool:
+            try:
+                listener = await conn.forward_local_port(
+                    _LOOPBACK, listen_port, listen_host, listen_port
+                )
+            except OSError as exc:
+                self.deny(f"cannot listen on port {listen_port}: {exc.strerror or exc}")
+                return False
+            port = listener.get_port()
+            log.info(
+                "ssh: %s as %s on %s forwards port %d back to the client",
+                grant.identity.label,
+                grant.login,
+                self.node_name,
+                port,
+            )
+            self._settings.emit(
+                "ssh.port_forward",
+                {**self.who(), "direction": "remote", "host": _LOOPBACK, "port": port},
+            )
+            return listener
+
+        return listen()
 
     def deny(self, reason: str) -> None:
         """Log and audit a refused request after login, once per reason and connection."""
