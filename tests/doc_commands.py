@@ -17,17 +17,22 @@ readers would, with only what differs between their machines and this one filled
   data directory and name); a ``tetherd start`` without a file runs with that host's edited
   ``tetherd configure`` output, which is what ``tetherd start`` runs without one;
 - ``tetherd start`` runs in the background until it is up, and stops at the end;
-- passwords are typed at the prompt, on a terminal, as a person types them.
+- passwords are typed at the prompt, on a terminal, as a person types them;
+- ``tether ssh -N`` runs beside the block's other commands, and gets Ctrl-C at its end;
+- a ``console`` block is a transcript: its ``$ `` lines are typed, and the lines it shows after
+  one must begin as the command's output does (an ``Error`` line: the command must fail).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,7 +49,18 @@ PASSWORD = "correct horse battery staple"
 
 README_RUN = "tests/test_docs.py::test_newcomer_follows_the_readme_from_one_cluster_to_ssh"
 GUIDE_RUN = "tests/test_docs.py::test_admins_and_a_root_user_follow_the_trusted_clusters_guide"
+SSH_RUN = "tests/test_docs.py::test_openssh_user_types_the_commands_of_the_ssh_page"
 GUIDE = "docs/trusted-clusters.md"
+SSH_PAGE = "docs/ssh.md"
+OPERATING = "docs/operating.md"
+SYSTEMD_TESTS = tuple(
+    f"tests/test_systemd_unit.py::{name}"
+    for name in (
+        "test_install_systemd_writes_the_unit_and_says_how_to_start_it",
+        "test_systemd_accepts_the_printed_unit",
+        "test_printed_unit_starts_tetherd_and_systemctl_stop_stops_it_cleanly",
+    )
+)
 
 #: (page, section, index of the shell block in its section) -> the tests that run it
 TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
@@ -64,6 +80,22 @@ TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
     (GUIDE, "Step 4: use the leaf, as a root user", 0): (GUIDE_RUN,),
     (GUIDE, "Step 5: manage access, on the root", 0): (GUIDE_RUN,),
     (GUIDE, "High availability: several root proxies", 0): (GUIDE_RUN,),
+    (SSH_PAGE, "Logins", 0): (SSH_RUN,),
+    (SSH_PAGE, "-o Option=value", 0): (SSH_RUN,),
+    (SSH_PAGE, "-o Option=value", 1): (SSH_RUN,),
+    (SSH_PAGE, "Port forwarding: -L, -R, -D, -N", 0): (SSH_RUN,),
+    (SSH_PAGE, "Several nodes at once", 0): (SSH_RUN,),
+    # systemd does not run here: the unit is verified by systemd-analyze, and its ExecStart run
+    # and stopped as systemctl would
+    (OPERATING, "Running tetherd under systemd", 0): SYSTEMD_TESTS,
+    (OPERATING, "Running tetherd under systemd", 1): SYSTEMD_TESTS,
+    (OPERATING, "Is everything connected?", 0): (
+        "tests/test_status.py::test_root_admin_sees_the_ca_pins_the_proxy_the_node_and_the_leaf_online",
+    ),
+    ("README.md", "Output for scripts, shell completion, progress", 0): (
+        "tests/test_shell_completion.py::test_bash_completes_resource_names_with_the_printed_script",
+        "tests/test_shell_completion.py::test_user_prints_the_completion_script_of_each_shell",
+    ),
 }
 
 
@@ -129,12 +161,47 @@ class Ran:
     output: str
 
 
-def _commands(text: str) -> list[str]:
-    """The commands of a shell block: continuation lines joined, comment lines dropped."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    return [
-        line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
-    ]
+def _commands(block: CodeBlock) -> list[tuple[str, list[str]]]:
+    """The commands of a block, each with the output the page shows for it: in a ``console``
+    transcript, the lines after a ``$ `` line; in a shell block, none (continuation lines
+    joined, comment lines dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", block.text)
+    lines = [line for line in joined.splitlines() if line.strip()]
+    if block.language != "console":
+        return [(line, []) for line in lines if not line.lstrip().startswith("#")]
+    commands: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("$ "):
+            commands.append((line[2:], []))
+        else:
+            assert commands, f"{block.page}:{block.line}: output before any $ command"
+            commands[-1][1].append(line)
+    return commands
+
+
+def _local_ports(words: Sequence[str]) -> list[int]:
+    """The ports a ``tether ssh`` command line listens on here (``-L``, ``-D`` and their
+    ``-o`` forms), or on the node for ``-R`` with a port: all on loopback, on this machine."""
+    ports = []
+    for flag, value in itertools.pairwise(words):
+        spec = value
+        if flag == "-o":
+            option, _, spec = value.partition("=")
+            if option not in ("LocalForward", "RemoteForward", "DynamicForward"):
+                continue
+            spec = spec.split()[0]
+        elif flag not in ("-L", "-D", "-R"):
+            continue
+        parts = spec.split(":")
+        port = parts[1] if len(parts) in (2, 4) else parts[0]
+        if port.isdigit() and int(port):
+            ports.append(int(port))
+    return ports
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @attrs.define
@@ -158,6 +225,7 @@ class DocRun:
     ca_pin: str | None = None
     tokens: dict[str, str] = attrs.field(factory=dict)
     daemons: list[tuple[str, subprocess.Popen[bytes]]] = attrs.field(factory=list)
+    forwards: list[tuple[str, subprocess.Popen[bytes]]] = attrs.field(factory=list)
 
     # --- the environment ------------------------------------------------------------------
 
@@ -222,16 +290,29 @@ class DocRun:
     # --- running ------------------------------------------------------------------------
 
     def run_block(self, block: CodeBlock, person: str) -> list[Ran]:
-        """Type every command of ``block`` as ``person``; each must succeed."""
+        """Type every command of ``block`` as ``person``. Each must succeed, unless the page
+        shows it failing (an ``Error``); the lines a transcript shows must begin as shown."""
         results = []
-        for typed in _commands(block.text):
+        for typed, shown in _commands(block):
             result = self.run(typed, person)
-            where = f"{block.page}:{block.line} ({block.section})"
-            assert result.status == 0, (
-                f"{where}: `{typed}` exited {result.status}\nran: {result.command}\n{result.output}"
-            )
+            where = f"{block.page}:{block.line} ({block.section}): `{typed}`"
+            said = f"\nran: {result.command}\n{result.output}"
+            fails = any(re.match(r"(?i)error\b", line) for line in shown)
+            assert (result.status != 0) == fails, f"{where} exited {result.status}{said}"
+            for line in shown:
+                start = line.split()[0]
+                assert start in result.output, f"{where} printed no {start!r} as shown{said}"
             results.append(result)
         return results
+
+    def end_block(self) -> None:
+        """Press Ctrl-C in each forward a block left running (``tether ssh -N``): it must end
+        with 130, as the page says."""
+        for typed, process in self.forwards:
+            process.send_signal(signal.SIGINT)
+            status = process.wait(timeout=30)
+            assert status == 130, f"`{typed}` exited {status} on Ctrl-C"
+        self.forwards.clear()
 
     def run(self, typed: str, person: str) -> Ran:
         """Type one command as ``person``: daemons start in the background and are waited for."""
@@ -240,6 +321,8 @@ class DocRun:
         words = shlex.split(command, comments=True)
         if words[:2] == ["tetherd", "start"]:
             result = self._start_daemon(typed, command, who)
+        elif words[:2] == ["tether", "ssh"] and "-N" in words:
+            result = self._start_forward(typed, command, words, who)
         else:
             script = next((s for t, s in self.sessions.items() if typed.startswith(t)), ())
             status, output = run_in_terminal(
@@ -292,6 +375,32 @@ class DocRun:
             time.sleep(0.1)
         return Ran(typed, command, 0, log_path.read_text(errors="replace"))
 
+    def _start_forward(self, typed: str, command: str, words: list[str], who: Person) -> Ran:
+        """``tether ssh -N``: its forwards last until Ctrl-C, so it runs beside the commands
+        that use them until the block ends; up once it listens, or printed the port the node
+        chose (``-R 0:...``)."""
+        log_path = self.workdir / f"forward-{len(self.forwards)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                ["bash", "-c", f"exec {command}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(who),
+                cwd=self.workdir,
+            )
+        self.forwards.append((typed, process))
+        ports = _local_ports(words)
+        deadline = time.monotonic() + 60
+        while True:
+            output = log_path.read_text(errors="replace")
+            up = all(_listens(port) for port in ports) if ports else "port" in output
+            if up:
+                return Ran(typed, command, 0, output)
+            if process.poll() is not None or time.monotonic() > deadline:
+                return Ran(typed, command, process.returncode or -1, output)
+            time.sleep(0.1)
+
     @staticmethod
     def _is_up(host: Host, process: subprocess.Popen[bytes]) -> bool:
         try:
@@ -303,6 +412,9 @@ class DocRun:
     def stop(self) -> dict[str, int]:
         """Stop every daemon the page started, the last started first (SIGTERM, as systemd
         does); returns each host's exit status."""
+        for _, process in self.forwards:
+            stop_process(process)
+        self.forwards.clear()
         statuses = {}
         for name, process in reversed(self.daemons):
             statuses[name] = stop_process(process, signal.SIGTERM)
@@ -321,3 +433,4 @@ def run_blocks(
         results = run.run_block(block, who[block.ref])
         if after and block.ref in after:
             after[block.ref](results)
+        run.end_block()

@@ -44,7 +44,8 @@ def _page_path(page: str) -> pathlib.Path:
 
 @attrs.frozen
 class CodeBlock:
-    """A fenced code block: the ``index``-th block of its ``language`` in its section."""
+    """A fenced code block: the ``index``-th block of its ``language`` in its section (the shell
+    languages, ``sh`` and ``console`` alike, counted together)."""
 
     page: str
     section: str
@@ -77,7 +78,7 @@ def _sections(page: str) -> tuple[list[str], list[_Section], list[tuple[str, str
     for i, token in enumerate(tokens):
         if token.type == "heading_open" and token.map is not None:
             title = tokens[i + 1].content.strip()
-            headings.append((int(token.tag[1]), title.strip("`"), token.map[0]))
+            headings.append((int(token.tag[1]), title.replace("`", ""), token.map[0]))
         elif token.type == "fence" and token.map is not None:
             fences.append((token.info.strip(), token.content, token.map[0], token.map[1]))
     sections = [
@@ -92,7 +93,7 @@ def doc_sections(
 ) -> dict[str, str]:
     """Heading name -> the text of its section (up to the next heading of any level), for the
     headings of ``page`` (``hooks.md`` for ``docs/hooks.md``, or a path from the repository
-    root) whose name (backticks stripped) ``names`` accepts, and only those of ``level`` (3 for
+    root) whose name (without its backticks) ``names`` accepts, and only those of ``level`` (3 for
     ``###``) when given."""
     lines, sections, _ = _sections(page)
     return {
@@ -110,8 +111,9 @@ def code_blocks(page: str) -> Iterator[CodeBlock]:
     for info, content, start, _end in fences:
         section = next((s.name for s in reversed(sections) if s.start < start), "")
         language = info.split()[0] if info else ""
-        index = counts.get((section, language), 0)
-        counts[(section, language)] = index + 1
+        kind = "shell" if language in SHELL_LANGUAGES else language
+        index = counts.get((section, kind), 0)
+        counts[(section, kind)] = index + 1
         yield CodeBlock(page, section, index, language, content, start + 1)
 
 
@@ -132,7 +134,7 @@ def mentions(page: str) -> Iterator[Mention]:
     section = ""
     for i, token in enumerate(tokens):
         if token.type == "heading_open":
-            section = tokens[i + 1].content.strip().strip("`")
+            section = tokens[i + 1].content.strip().replace("`", "")
         if token.type != "inline" or token.map is None:
             continue
         for child in token.children or []:

@@ -29,6 +29,8 @@ from doc_commands import (
     GUIDE_RUN,
     PASSWORD,
     README_RUN,
+    SSH_PAGE,
+    SSH_RUN,
     TESTED_BY,
     DocRun,
     Host,
@@ -47,7 +49,7 @@ from tether.testing.cluster import (
     start_node,
     wait_for,
 )
-from tether.testing.http import loopback_address, serve_http
+from tether.testing.http import free_port, loopback_address, serve_http
 from tether.testing.trusted_clusters import connection
 
 needs_accounts = pytest.mark.skipif(
@@ -160,13 +162,15 @@ def test_the_readme_test_command_runs_this_suite() -> None:
 # --- the README, from one cluster to SSH -----------------------------------------------------
 
 
+SERVED = b"served through the forward\n"
+
+
 class _Page(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = b"served through the forward\n"
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(SERVED)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(SERVED)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -197,7 +201,7 @@ def test_newcomer_follows_the_readme_from_one_cluster_to_ssh(
 
     def through_the_forward() -> str:
         with urllib.request.urlopen(f"http://{forwarded}:8080/", timeout=10) as answer:
-            assert answer.read() == b"served through the forward\n"
+            assert answer.read() == SERVED
         return "exit"
 
     run = DocRun(
@@ -375,6 +379,127 @@ def test_admins_and_a_root_user_follow_the_trusted_clusters_guide(
         run.stop()
 
 
+# --- tether ssh for OpenSSH users ----------------------------------------------------------
+
+FORWARDER = """\
+kind: role
+version: v7
+metadata: {name: forwarder}
+spec:
+  allow:
+    logins: [visitor]
+    node_labels: {'*': '*'}
+  options:
+    port_forwarding: true
+"""
+
+
+@pytest.fixture
+def dev_nodes(tmp_path: pathlib.Path) -> Iterator[RunningCluster]:
+    """The page's nodes: ``auth-node`` beside auth and ``tunnel-node`` in tunnel mode, both
+    ``env=dev``; the user ``alice`` may forward ports as ``visitor``."""
+    cluster = start_cluster(
+        tmp_path / "main",
+        "main",
+        config={
+            "nodename": "auth-node",
+            "ssh_service": {
+                "enabled": True,
+                "listen_addr": "127.0.0.1:0",
+                "labels": {"env": "dev"},
+            },
+        },
+    )
+    node = None
+    try:
+        node = start_node(cluster, tmp_path / "tunnel", "tunnel-node", labels={"env": "dev"})
+        (tmp_path / "forwarder.yaml").write_text(FORWARDER)
+        cluster.tetherctl("create", str(tmp_path / "forwarder.yaml"))
+        cluster.add_user("alice", PASSWORD, roles=("forwarder",))
+        yield cluster
+    finally:
+        if node is not None:
+            node.stop()
+        cluster.stop()
+
+
+@needs_accounts
+@needs_openssh
+def test_openssh_user_types_the_commands_of_the_ssh_page(
+    tmp_path: pathlib.Path, dev_nodes: RunningCluster, web_page: int
+) -> None:
+    you = _logged_in(dev_nodes, Person("alice", tmp_path / "home"))
+    home = {"TETHER_HOME": str(you.home / ".tether")}
+    wait_for(
+        lambda: len(resources(run_cli("tether", "ls", "-f", "json", env=home).stdout)) == 2,
+        "both nodes to be listed",
+    )
+    local, socks, remote = free_port(), free_port(), free_port()
+    run = DocRun(
+        tmp_path / "work",
+        {"you": you},
+        replacements={
+            "8080": str(local),
+            "1080": str(socks),
+            "9000": str(remote),
+            "127.0.0.1:3000": f"127.0.0.1:{web_page}",
+            "127.0.0.1:80 ": f"127.0.0.1:{web_page} ",
+            '127.0.0.1:80"': f'127.0.0.1:{web_page}"',
+            "localhost:80/": f"localhost:{web_page}/",
+        },
+        sessions={
+            "tether ssh -o ServerAliveInterval=30": [
+                (b"$ ", "echo tether-doc-$((6*7))"),
+                (b"tether-doc-42", "exit"),
+            ]
+        },
+    )
+    run.workdir.mkdir()
+    logins, options, refused, forwarding, several = (
+        (SSH_PAGE, "Logins", 0),
+        (SSH_PAGE, "-o Option=value", 0),
+        (SSH_PAGE, "-o Option=value", 1),
+        (SSH_PAGE, "Port forwarding: -L, -R, -D, -N", 0),
+        (SSH_PAGE, "Several nodes at once", 0),
+    )
+    blocks = blocks_run_by(SSH_RUN)
+    assert [b.ref for b in blocks] == [logins, options, refused, forwarding, several]
+
+    def through_the_forward(port: int) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+            assert answer.read() == SERVED
+
+    def logged_in_as_visitor(results: list[Ran]) -> None:
+        assert all(r.output.strip().endswith("visitor") for r in results), results
+
+    def forwarded(results: list[Ran]) -> None:
+        assert "tether-doc-42" in output_of(results, "tether ssh -o ServerAliveInterval")
+        through_the_forward(local)
+
+    def forwarded_every_way(results: list[Ran]) -> None:
+        through_the_forward(local)
+        assert SERVED.decode() in output_of(results, "curl --socks5-hostname")
+        assert SERVED.decode() in output_of(results, "tether ssh -R")
+        allocated = re.search(r"port (\d+)", output_of(results, "tether ssh -N -R 0:"))
+        assert allocated, results
+        through_the_forward(int(allocated.group(1)))
+
+    try:
+        with os_account("visitor"):
+            run_blocks(
+                run,
+                blocks,
+                who=dict.fromkeys([logins, options, refused, forwarding, several], "you"),
+                after={
+                    logins: logged_in_as_visitor,
+                    options: forwarded,
+                    forwarding: forwarded_every_way,
+                },
+            )
+    finally:
+        run.stop()
+
+
 # --- what the pages name exists --------------------------------------------------------------
 
 #: prints every command of the three programs, with the plugins' commands added as at start-up:
@@ -439,10 +564,12 @@ def command_problems(text: str, tree: dict[str, dict[str, Any]]) -> list[str]:
                 problems.append(f"{' '.join(path)} has no option {name}")
             skip_value = known.get(name, False) and "=" not in word
         elif here["commands"]:
-            if word not in here["commands"]:
-                problems.append(f"{' '.join(path)} has no command {word!r}")
+            choices = word.split("|")  # `get|rm|update`: each of them
+            unknown = [choice for choice in choices if choice not in here["commands"]]
+            if unknown:
+                problems.append(f"{' '.join(path)} has no command {unknown[0]!r}")
                 break
-            path.append(word)
+            path.append(choices[0])
     return problems
 
 
