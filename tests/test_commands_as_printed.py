@@ -115,7 +115,8 @@ def test_admin_adds_a_node_token_and_the_printed_tetherd_start_joins_the_node(
     start = printed_line(added, "tetherd")
     token = next(arg.split("=", 1)[1] for arg in start if arg.startswith("--token="))
     listed = json.loads(cluster.tetherctl("tokens", "ls", "--format=json").stdout)
-    assert {t["token"]: t["type"] for t in listed}[token] == "node"  # the module's other tokens too
+    (mine,) = [t for t in listed if t["metadata"]["name"] == token]  # among the module's others
+    assert mine["spec"]["roles"] == ["node"]
     assert start == [
         "tetherd",
         "start",
