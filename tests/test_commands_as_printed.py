@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import pty
-import random
 import re
-import select
 import shlex
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from terminal import run_in_terminal
 from tether.datadir import PROCESS_FILE
 from tether.testing.cluster import (
     RunningCluster,
@@ -36,7 +33,7 @@ from tether.testing.cluster import (
     stop_process,
     wait_for,
 )
-from tether.testing.http import free_port
+from tether.testing.http import free_port, loopback_address
 from tether.testing.trusted_clusters import (
     connection,
     create_trusted_cluster,
@@ -54,54 +51,14 @@ def printed_line(output: str, program: str) -> list[str]:
     return shlex.split(lines[0])
 
 
-def run_in_terminal(
-    argv: list[str], *, env: Mapping[str, str], answers: Mapping[bytes, str], timeout: float = 60
+def run_printed(
+    argv: list[str], *, env: Mapping[str, str], answers: Mapping[bytes, str]
 ) -> tuple[int, str]:
-    """Run a printed command with a terminal of its own (its controlling tty), answering each
-    prompt in ``answers`` once it shows; returns the exit status and everything it wrote."""
+    """Run a printed ``tether``/``tetherctl``/``tetherd`` command on a terminal of its own,
+    answering the prompts in ``answers``; returns the exit status and everything it wrote."""
     program, *args = argv
-    master, slave = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", f"tether.cli.{program}", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env={**os.environ, **env},
-        start_new_session=True,
-        preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0),
-    )
-    os.close(slave)
-    seen = b""
-    pending = dict(answers)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # the program exited and closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-                for prompt in list(pending):
-                    if prompt in seen:
-                        os.write(master, pending.pop(prompt).encode() + b"\n")
-            elif process.poll() is not None:
-                break
-        status = process.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
-    return status, seen.decode(errors="replace").replace("\r\n", "\n")
-
-
-def loopback_host() -> str:
-    """A 127/8 address of this test's own, so that its ports 443 and 3080 are free."""
-    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+    command = [sys.executable, "-m", f"tether.cli.{program}", *args]
+    return run_in_terminal(command, env={**os.environ, **env}, answers=answers)
 
 
 def status_of(cluster: RunningCluster, user: str, **env: str) -> dict[str, Any]:
@@ -134,7 +91,7 @@ def test_new_user_runs_the_printed_signup_and_login_commands(
     assert f"--ca-pin={cluster.ca_pin}" in signup
 
     env = {"TETHER_HOME": str(cluster.user_home("hana"))}
-    status, said = run_in_terminal(signup, env=env, answers={b"New password:": PASSWORD})
+    status, said = run_printed(signup, env=env, answers={b"New password:": PASSWORD})
     assert status == 0, said
     login = printed_line(said, "tether")
     assert login == [
@@ -145,7 +102,7 @@ def test_new_user_runs_the_printed_signup_and_login_commands(
         f"--ca-pin={cluster.ca_pin}",
     ]
 
-    status, said = run_in_terminal(login, env=env, answers={b"Password:": PASSWORD})
+    status, said = run_printed(login, env=env, answers={b"Password:": PASSWORD})
     assert status == 0, said
     assert "Logged in as:       hana" in said
 
@@ -196,7 +153,7 @@ def test_user_logs_in_again_with_the_bare_tether_login_that_hints_print(
     cluster.add_user("ivan", PASSWORD, logins=("ivan",))
     cluster.login("ivan", PASSWORD)
     env = {"TETHER_HOME": str(cluster.user_home("ivan"))}
-    status, said = run_in_terminal(["tether", "login"], env=env, answers={b"Password:": PASSWORD})
+    status, said = run_printed(["tether", "login"], env=env, answers={b"Password:": PASSWORD})
     assert status == 0, said
     assert f"Profile URL:        https://{cluster.proxy_addr}" in said
     assert "Logged in as:       ivan" in said
@@ -215,7 +172,7 @@ def test_login_without_any_proxy_says_how_to_give_one(tmp_path: pathlib.Path) ->
 
 
 def test_login_to_a_host_without_a_port_finds_the_proxy_on_3080(tmp_path: pathlib.Path) -> None:
-    host = loopback_host()
+    host = loopback_address()
     cluster = start_cluster(
         tmp_path / "c", "main", config={"proxy_service": {"listen_addr": f"{host}:3080"}}
     )
@@ -236,7 +193,7 @@ def test_login_to_a_host_without_a_port_finds_the_proxy_on_3080(tmp_path: pathli
 
 
 def test_login_to_a_host_where_no_proxy_answers_names_both_ports(tmp_path: pathlib.Path) -> None:
-    host = loopback_host()
+    host = loopback_address()
     failed = run_cli(
         "tether",
         "login",

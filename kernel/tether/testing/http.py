@@ -7,13 +7,14 @@ listen on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["free_port", "serve_http", "serve_in_thread"]
+__all__ = ["free_port", "loopback_address", "serve_http", "serve_in_thread"]
 
 
 def free_port() -> int:
@@ -22,6 +23,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def loopback_address() -> str:
+    """An address of 127/8 for one test alone (not 127.0.0.1), where a server may listen on a
+    fixed port (443, 3080, a default of Tether's) without meeting another test's."""
+    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
 
 
 @contextlib.contextmanager
