@@ -16,6 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from tether.api import CLUSTER_ENV
 from tether.cli.tetherctl import CONFIG_ENV
 from tether.plugins import AUTOLOAD_ENV
 from tether.testing.cluster import run_cli
@@ -94,3 +95,20 @@ def test_admin_programs_name_the_environment_variables_they_read(
     shown = " ".join(run_cli(program, "--help").stdout.split())
 
     assert variable in shown
+
+
+def test_every_cluster_option_of_tether_reads_tether_cluster(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = _built("tether", monkeypatch)
+    capsys.readouterr()
+    variables = {
+        " ".join(path): param.envvar
+        for path, command in _walk(cli, ("tether",))
+        for param in command.params
+        if isinstance(param, click.Option) and "--cluster" in param.opts
+    }
+
+    # the walk finds what it must: the SSH plugin's commands
+    assert {"tether ls", "tether ssh", "tether scp"} <= set(variables)
+    assert {path: v for path, v in variables.items() if v != CLUSTER_ENV} == {}

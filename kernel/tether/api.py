@@ -25,6 +25,7 @@ from tether.audit import AuditEvent, AuditQuery
 from tether.auth.sso_flows import SSORequest, is_loopback_http
 from tether.backend import Backend, BackendType, open_sqlite
 from tether.cli import (
+    cluster_option,
     complete_clusters,
     completer,
     emit_table,
@@ -43,6 +44,7 @@ from tether.client.profile import (
     LOGIN_ENV,
     Profile,
     current_profile,
+    not_logged_in,
     profile_ssl_context,
 )
 from tether.config import (
@@ -164,6 +166,7 @@ __all__ = [
     "TrustError",
     "__version__",
     "cluster_host_cas",
+    "cluster_option",
     "complete_clusters",
     "completer",
     "current_profile",
@@ -178,6 +181,7 @@ __all__ = [
     "load_private_key",
     "matching_targets",
     "not_blank",
+    "not_logged_in",
     "open_sqlite",
     "open_target_stream",
     "output",

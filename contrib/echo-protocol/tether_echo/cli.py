@@ -19,11 +19,12 @@ from tether.api import (
     KindRegistry,
     Profile,
     TetherError,
-    complete_clusters,
+    cluster_option,
     current_profile,
     emit_table,
     format_option,
     list_targets,
+    not_logged_in,
     open_target_stream,
     output,
     profile_ssl_context,
@@ -47,7 +48,7 @@ _KINDS = KindRegistry([ECHO], plugin="echo")
 def _profile() -> Profile:
     profile = current_profile()
     if profile is None:
-        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
+        raise not_logged_in()
     return profile
 
 
@@ -81,11 +82,7 @@ def echo_group() -> None:
 
 
 @echo_group.command("ls")
-@click.option(
-    "--cluster",
-    shell_complete=complete_clusters,
-    help="List the echo services of this cluster (default: the login's).",
-)
+@cluster_option("List the echo services of this cluster (default: the login's).")
 @format_option()
 @run_async
 async def ls(cluster: str | None, fmt: str) -> None:
@@ -110,11 +107,7 @@ async def ls(cluster: str | None, fmt: str) -> None:
 
 
 @echo_group.command("connect")
-@click.option(
-    "--cluster",
-    shell_complete=complete_clusters,
-    help="The node's cluster (default: the one logged in to).",
-)
+@cluster_option("The node's cluster (default: the one logged in to).")
 @click.argument("node")
 @run_async
 async def connect(cluster: str | None, node: str) -> None:
@@ -151,11 +144,7 @@ async def connect(cluster: str | None, node: str) -> None:
 
 
 @echo_group.command("listen")
-@click.option(
-    "--cluster",
-    shell_complete=complete_clusters,
-    help="The node's cluster (default: the one logged in to).",
-)
+@cluster_option("The node's cluster (default: the one logged in to).")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=0, help="Local port (0: a free one)."
 )

@@ -2,6 +2,7 @@
 they share that plugin commands use too (re-exported by :mod:`tether.api`)."""
 
 from tether.cli._common import (
+    cluster_option,
     complete_clusters,
     completer,
     emit_table,
@@ -15,6 +16,7 @@ from tether.cli._progress import Progress, progress
 
 __all__ = [
     "Progress",
+    "cluster_option",
     "complete_clusters",
     "completer",
     "emit_table",

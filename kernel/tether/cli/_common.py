@@ -22,6 +22,7 @@ from click.shell_completion import CompletionItem, get_completion_class
 from tabulate import tabulate
 
 import tether
+from tether.client.profile import CLUSTER_ENV
 from tether.config import load_config
 from tether.errors import PluginError, TetherError
 from tether.logs import setup_logging
@@ -31,6 +32,7 @@ from tether.yamlio import dump_yaml
 __all__ = [
     "COMPLETION_TIMEOUT",
     "FORMATS",
+    "cluster_option",
     "complete_clusters",
     "completer",
     "completion_command",
@@ -331,6 +333,28 @@ def complete_clusters(
     the cluster logged in to and the leaf clusters the login may see (as ``tether
     clusters`` lists them)."""
     return _complete_clusters(ctx, param, incomplete)
+
+
+def cluster_option(
+    help: str = "The target's cluster (default: the one logged in to).",
+) -> Callable[[F], F]:
+    """The ``--cluster`` option of every client command that reaches a cluster's targets
+    (``tether ls``, ``tether ssh``, a protocol plugin's commands; its value reaches the
+    command as ``cluster``, ``None`` for the login's own). It reads ``TETHER_CLUSTER`` when
+    not given, as tsh's reads ``TELEPORT_CLUSTER``, and completes cluster names.
+
+    ``tests/test_help.py`` walks every installed ``tether`` command and fails when a
+    ``--cluster`` option lacks the variable.
+
+    :param help: what the cluster is for, when the default sentence does not say it.
+    """
+    return click.option(
+        "--cluster",
+        envvar=CLUSTER_ENV,
+        show_envvar=True,
+        shell_complete=complete_clusters,
+        help=help,
+    )
 
 
 def completion_command(program: str) -> click.Command:

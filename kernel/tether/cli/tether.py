@@ -39,6 +39,7 @@ from tether.client.profile import (
     clear_profiles,
     current_profile,
     find_profile,
+    not_logged_in,
     profile_ssl_context,
     save_profile,
     select_cluster,
@@ -271,7 +272,7 @@ async def clusters(fmt: str) -> None:
     """
     profile = current_profile()
     if profile is None:
-        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
+        raise not_logged_in()
     root = profile.identity().cluster
     rows: list[dict[str, Any]] = [
         {"cluster_name": root, "status": "online", "cluster_type": "root", "labels": {}}
@@ -366,7 +367,7 @@ def _status_json() -> dict[str, Any] | None:
 
 def _print_status(status: dict[str, Any] | None, stream: Any) -> None:
     if status is None:
-        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT`")
+        raise not_logged_in()
     a = status["active"]
     now = datetime.datetime.now(datetime.UTC)
     until = datetime.datetime.fromisoformat(a["valid_until"].replace("Z", "+00:00"))

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from tether import pki
+from tether.errors import TetherError
 
 __all__ = [
     "CLUSTER_ENV",
@@ -30,6 +31,7 @@ __all__ = [
     "clear_profiles",
     "current_profile",
     "find_profile",
+    "not_logged_in",
     "profile_ssl_context",
     "save_profile",
     "select_cluster",
@@ -157,6 +159,19 @@ def current_profile(home: pathlib.Path | None = None) -> Profile | None:
     except FileNotFoundError:
         return None
     return _load_profile(home, proxy)
+
+
+def not_logged_in() -> TetherError:
+    """The error a command that needs a login raises when there is none, with the ``tether
+    login`` to run: as is when ``TETHER_PROXY`` names the proxy, else with the proxy's address
+    to fill in (the one thing Tether cannot know)."""
+    if os.environ.get(PROXY_ENV):
+        return TetherError("not logged in", hint=f"run `tether login` (to ${PROXY_ENV})")
+    return TetherError(
+        "not logged in",
+        hint="run `tether login --proxy=PROXY`, PROXY being your cluster's proxy address "
+        f"(host or host:port), or set {PROXY_ENV} to it",
+    )
 
 
 def find_profile(proxy: str, home: pathlib.Path | None = None) -> Profile | None:

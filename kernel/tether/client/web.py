@@ -102,7 +102,7 @@ def split_proxy(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-def _join(host: str, port: int) -> str:
+def _join(host: str, port: int | str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -148,5 +148,6 @@ async def find_proxy(
     raise Unreachable(
         "no proxy answers at " + " or ".join(f"{addr} ({exc.reason})" for addr, exc in unreachable),
         reason="; ".join(exc.reason for _, exc in unreachable),
-        hint="check the host name, or pass the proxy's port with --proxy=HOST:PORT",
+        hint="check the host name, or give the port the proxy listens on: "
+        f"--proxy={_join(host, 'PORT')}",
     )

@@ -147,6 +147,24 @@ def test_node_joins_with_a_token_and_tether_ls_shows_it_with_labels(site: Site) 
     assert [n["hostname"] for n in _ls(site, "alice", "env=prod")] == ["direct-node"]
 
 
+def test_tether_ls_selects_nodes_by_label_as_tether_ssh_does(site: Site) -> None:
+    def listed(*selectors: str) -> list[object]:
+        return sorted(n["hostname"] for n in _ls(site, "alice", *selectors))
+
+    assert listed("env=p*") == ["direct-node"]
+    assert listed("env=^(dev|prod)$") == ["auth-node", "direct-node", "tunnel-node"]
+    assert listed("env=dev,kernel=Linux") == ["auth-node"]
+    assert listed("env=dev", "kernel=Linux") == ["auth-node"]
+    assert listed("env=*") == ["auth-node", "direct-node", "tunnel-node"]
+    assert listed("env=staging") == []
+    # tether ssh picks the very nodes tether ls listed for the same labels
+    ran = site.cluster.tether("alice", "ssh", f"{LOGIN}@env=p*", "true")
+    assert ran.returncode == 0
+    refused = site.cluster.tether("alice", "ls", "prod", check=False)
+    assert refused.returncode == 2
+    assert "'prod' is not label=value" in refused.stderr
+
+
 @pytest.mark.parametrize("tunnel", [True, False], ids=["through-proxy", "direct-to-auth"])
 def test_node_with_a_wrong_token_is_refused(
     site: Site, tmp_path: pathlib.Path, tunnel: bool

@@ -24,7 +24,6 @@ import click
 import trio
 
 from tether.api import (
-    CLUSTER_ENV,
     HOME_ENV,
     LOGIN_ENV,
     AccessDenied,
@@ -36,7 +35,7 @@ from tether.api import (
     TargetQuery,
     TetherError,
     cluster_host_cas,
-    complete_clusters,
+    cluster_option,
     completer,
     current_profile,
     emit_table,
@@ -46,6 +45,7 @@ from tether.api import (
     list_targets,
     load_private_key,
     matching_targets,
+    not_logged_in,
     open_target_stream,
     output,
     profile_ssl_context,
@@ -79,7 +79,7 @@ def _profile() -> Profile:
     """The current login, refused with a clear message when there is none or it expired."""
     profile = current_profile()
     if profile is None:
-        raise TetherError("not logged in", hint="run `tether login --proxy=HOST:PORT` first")
+        raise not_logged_in()
     expires = profile.identity().expires
     if expires <= datetime.datetime.now(datetime.UTC):
         raise AccessDenied(
@@ -164,41 +164,43 @@ async def _destinations(ctx: click.Context, incomplete: str) -> list[str]:
 # --- tether ls -----------------------------------------------------------------------------
 
 
+def _label_query(selectors: Sequence[str]) -> TargetQuery | None:
+    """The labels ``tether ls`` was given (``env=prod os=linux`` or ``env=prod,os=linux``) as
+    one query, or ``None`` for every node."""
+    pairs = [pair for selector in selectors for pair in selector.split(",")]
+    for pair in pairs:
+        key, sep, _ = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not label=value", param_hint="selectors")
+    return TargetQuery.parse(",".join(pairs)) if pairs else None
+
+
 @click.command("ls")
-@click.option(
-    "--cluster",
-    envvar=CLUSTER_ENV,
-    show_envvar=True,
-    shell_complete=complete_clusters,
-    help="List the nodes of this cluster (default: the one logged in to).",
-)
+@cluster_option("List the nodes of this cluster (default: the one logged in to).")
 @format_option()
 @click.argument("selectors", nargs=-1)
 @run_async
 async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     """List the nodes you can reach, optionally only those with label=value.
 
+    SELECTORS are labels, as `tether ssh` takes them (env=prod, or env=prod,os=linux); each
+    value is matched as a role's node_labels value is (`*`, globs such as env=prod-*, or
+    ^regex$), so `tether ls` lists exactly the nodes `tether ssh` with the same labels runs on.
+
     With --format=json or yaml, the node resources themselves, as tsh ls prints them: kind
     node, metadata (name: the node's id, labels), spec (hostname, addr, use_tunnel).
     """
     profile = _profile()
     name = _cluster(profile, cluster)
-    wanted: dict[str, str] = {}
-    for selector in selectors:
-        key, sep, value = selector.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{selector!r} is not label=value", param_hint="selectors")
-        wanted[key] = value
+    query = _label_query(selectors)
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
     docs = await list_targets(
         profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name
     )
     found = [(resource_from_dict(doc, _NODES, source="node"), doc) for doc in docs]
-    found = [
-        (n, doc)
-        for n, doc in found
-        if all(n.metadata.labels.get(k) == v for k, v in wanted.items())
-    ]
+    if query is not None:
+        picked = {t.id for t in matching_targets([describe_node(n) for n, _ in found], query)}
+        found = [(n, doc) for n, doc in found if n.metadata.name in picked]
     found.sort(key=lambda pair: (pair[0].spec.hostname, pair[0].metadata.name))
     rows = [
         (
@@ -219,13 +221,7 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
 
 
 @click.command("ssh")
-@click.option(
-    "--cluster",
-    envvar=CLUSTER_ENV,
-    show_envvar=True,
-    shell_complete=complete_clusters,
-    help="The node's cluster (default: the one logged in to).",
-)
+@cluster_option("The node's cluster (default: the one logged in to).")
 @click.argument("target")
 @run_async
 async def proxy_ssh(cluster: str | None, target: str) -> None:
@@ -514,13 +510,7 @@ async def _run_on_each(
     "ssh",
     context_settings={"allow_interspersed_args": False},
 )
-@click.option(
-    "--cluster",
-    envvar=CLUSTER_ENV,
-    show_envvar=True,
-    shell_complete=complete_clusters,
-    help="The node's cluster (default: the one logged in to).",
-)
+@cluster_option("The node's cluster (default: the one logged in to).")
 @click.option("-l", "login_option", metavar="LOGIN", help="Log in as LOGIN (over LOGIN@NODE).")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), help="The node's SSH port.")
 @click.option(
@@ -650,13 +640,7 @@ def ssh(
 
 
 @click.command("scp")
-@click.option(
-    "--cluster",
-    envvar=CLUSTER_ENV,
-    show_envvar=True,
-    shell_complete=complete_clusters,
-    help="The nodes' cluster (default: the one logged in to).",
-)
+@cluster_option("The nodes' cluster (default: the one logged in to).")
 @click.option("-r", "recursive", is_flag=True, help="Copy directories recursively.")
 @click.option("-p", "preserve", is_flag=True, help="Keep modification times and modes.")
 @click.argument("paths", nargs=-1, required=True)
