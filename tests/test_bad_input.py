@@ -1025,7 +1025,7 @@ def test_tetherctl_create_is_all_or_nothing_when_a_later_resource_exists(
     )
     assert not role_exists(cluster, "brand-new")
     kept = cluster.tetherctl("get", "role/already-here", "--format=json").stdout
-    assert json.loads(kept)["spec"]["allow"]["logins"] == ["ubuntu"]
+    assert json.loads(kept)[0]["spec"]["allow"]["logins"] == ["ubuntu"]
 
     forced = cluster.tetherctl("create", "-f", str(both))
     assert forced.stdout.splitlines() == [
@@ -1033,7 +1033,7 @@ def test_tetherctl_create_is_all_or_nothing_when_a_later_resource_exists(
         'role "already-here" has been updated',
     ]
     replaced = cluster.tetherctl("get", "role/already-here", "--format=json").stdout
-    assert json.loads(replaced)["spec"]["allow"]["logins"] == ["root"]
+    assert json.loads(replaced)[0]["spec"]["allow"]["logins"] == ["root"]
     assert_serving(cluster, cas)
 
 

@@ -206,8 +206,8 @@ def test_login_to_a_host_where_no_proxy_answers_names_both_ports(tmp_path: pathl
     assert failed.returncode == 1
     assert failed.stderr == (
         f"ERROR: no proxy answers at {host}:443 (Connection refused) or {host}:3080 "
-        "(Connection refused) (check the host name, or pass the proxy's port with "
-        "--proxy=HOST:PORT)\n"
+        "(Connection refused) (check the host name, or give the port the proxy listens on: "
+        f"--proxy={host}:PORT)\n"
     )
 
 
@@ -377,7 +377,9 @@ def test_leaf_admin_keeps_the_invitation_token_in_a_file(
 ) -> None:
     root, leaf = root_and_leaf
     assert connection(root) == "online"
-    stored = json.loads(leaf.tetherctl("get", "tc/root", "--with-secrets", "--format=json").stdout)
+    (stored,) = json.loads(
+        leaf.tetherctl("get", "tc/root", "--with-secrets", "--format=json").stdout
+    )
     assert not stored["spec"]["token"].startswith("/")
 
 

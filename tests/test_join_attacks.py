@@ -266,8 +266,7 @@ spec:
             wait_for(lambda: refusal in leaf.log_text(), "the leaf's agent to refuse the node")
             wait_for(lambda: bool(received), "the impostor to see the connection end")
         assert set(received) == {b""}, "the leaf sent nothing over a tunnel to the node"
-        rc = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
-        doc = rc[0] if isinstance(rc, list) else rc
+        (doc,) = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
         assert doc["status"]["connection"] == "offline"
     finally:
         leaf.stop()

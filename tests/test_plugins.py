@@ -188,7 +188,7 @@ def test_admin_creates_and_reads_back_a_resource_of_a_plugin_kind(
     created = cluster.tetherctl("create", str(widget), env=env)
     assert "gizmo" in created.stdout
     got = cluster.tetherctl("get", "widgets/gizmo", "--format=json", env=env)
-    doc = json.loads(got.stdout)
+    (doc,) = json.loads(got.stdout)  # a list, as tctl prints one KIND/NAME
     assert doc["kind"] == "hooktest_widget"
     assert doc["metadata"]["name"] == "gizmo"
     assert doc["spec"] == {"size": 3, "colour": "red"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -151,6 +152,49 @@ def test_edit_saved_unchanged_after_an_error_gives_up_with_it(
     assert "ERROR: role/abandoned:" in result.stderr
     assert "spec.options.max_session_ttl" in result.stderr
     assert "max_session_ttl: 8h" in tether_cluster.tetherctl("get", "role/abandoned").stdout
+
+
+def test_edit_does_not_overwrite_what_someone_else_saved_meanwhile(
+    tether_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    _create_role(tether_cluster, tmp_path, "contested")
+    theirs = tmp_path / "theirs.yaml"
+    theirs.write_text(V8_ROLE.replace("ops-v8", "contested").replace("[ops]", "[theirs]"))
+    # while the admin's editor is open, another admin replaces the role
+    replace = [sys.executable, "-m", "tether.cli.tetherctl", "-c", str(tether_cluster.config_path)]
+    replace += ["create", "-f", str(theirs)]
+    env = _editor(
+        tmp_path,
+        "import subprocess\n"
+        f"subprocess.run({replace!r}, check=True)\n"
+        "text = text.replace('- ops', '- mine')",
+    )
+
+    result = tether_cluster.tetherctl("edit", "role/contested", env=env, check=False)
+
+    assert result.returncode == 1
+    assert "role 'contested' was changed by someone else since you read it" in result.stderr
+    assert "your edit was not applied and is kept in " in result.stderr
+    kept = pathlib.Path(result.stderr.split("is kept in ")[1].split()[0].rstrip(";"))
+    assert "- mine" in kept.read_text()
+    assert "- theirs" in tether_cluster.tetherctl("get", "role/contested").stdout
+    # the hint runs as printed: their version is replaced by the edit kept aside
+    tether_cluster.tetherctl("create", "-f", str(kept))
+    assert "- mine" in tether_cluster.tetherctl("get", "role/contested").stdout
+    kept.unlink()
+
+
+def test_update_sets_labels_on_the_latest_version(
+    tether_cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    _create_role(tether_cluster, tmp_path, "relabelled")
+
+    tether_cluster.tetherctl("update", "role/relabelled", "--set-labels=team=ops")
+
+    shown = tether_cluster.tetherctl("get", "role/relabelled", "--format=json").stdout
+    [role] = json.loads(shown)
+    assert role["metadata"]["labels"] == {"team": "ops"}
+    assert role["spec"]["allow"]["logins"] == ["ops"]
 
 
 def test_edit_closed_without_changes_changes_nothing(

@@ -119,8 +119,7 @@ def _create(cluster: RunningCluster, directory: pathlib.Path, name: str, text: s
 
 
 def _remote_connection(root: RunningCluster) -> str:
-    found = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
-    doc = found[0] if isinstance(found, list) else found
+    (doc,) = json.loads(root.tetherctl("get", "rc/leaf", "--format=json").stdout)
     return str((doc.get("status") or {}).get("connection"))
 
 

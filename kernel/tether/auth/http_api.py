@@ -143,7 +143,12 @@ def build_app(auth: AuthService) -> BodyLimit:
             resource_from_dict(doc, auth.registry, source=f"request document {i}")
             for i, doc in enumerate(body.resources, start=1)
         ]
-        messages = await auth.create_resources(identity, resources, force=bool(body.force))
+        messages = await auth.create_resources(
+            identity,
+            resources,
+            force=bool(body.force),
+            expected_revision=body.expected_revision,
+        )
         return JSONResponse({"messages": messages})
 
     async def delete_resource(request: Request) -> JSONResponse:

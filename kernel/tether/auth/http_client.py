@@ -239,11 +239,21 @@ class AuthClient:
         )
 
     async def create_resources(
-        self, documents: Sequence[Mapping[str, Any]], *, force: bool = False
+        self,
+        documents: Sequence[Mapping[str, Any]],
+        *,
+        force: bool = False,
+        expected_revision: int | None = None,
     ) -> list[str]:
-        body = await self.call(
-            "POST", "/v1/resources", json={"resources": list(documents), "force": force}
-        )
+        """Create the resources (``force``: or replace them), all or none.
+
+        :param expected_revision: replace the one resource only if it is still at this
+            revision (as read in ``metadata.revision``); ``CompareFailed`` if it changed.
+        """
+        request: dict[str, Any] = {"resources": list(documents), "force": force}
+        if expected_revision is not None:
+            request["expected_revision"] = expected_revision
+        body = await self.call("POST", "/v1/resources", json=request)
         return list(body["messages"])
 
     async def delete_resource(self, kind: str, name: str) -> str:

@@ -179,6 +179,7 @@ def _refusal(exc: BaseValidationError) -> TetherError:
 class CreateResources:
     resources: list[Any]
     force: Any = False
+    expected_revision: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -15,7 +15,14 @@ from tether import audit, pki
 from tether.auth.context import AuthContext
 from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
 from tether.backend import Item, Op
-from tether.errors import AccessDenied, AlreadyExists, NotFound, TetherError
+from tether.errors import (
+    AccessDenied,
+    AlreadyExists,
+    CompareFailed,
+    NotFound,
+    ResourceError,
+    TetherError,
+)
 from tether.resources import Resource, ResourceKind, resource_from_bytes, resource_to_bytes
 
 __all__ = ["ResourceStore"]
@@ -27,6 +34,19 @@ def _everything(resource: Resource) -> bool:
 
 def _nothing(resource: Resource) -> bool:
     return False
+
+
+def _check_unchanged(
+    kind: ResourceKind, name: str, existing: Item | None, expected_revision: int
+) -> None:
+    """The stored resource is still the one the caller read, at ``expected_revision``."""
+    if existing is None:
+        raise NotFound(f"{kind.name} {name!r} was deleted since you read it")
+    if existing.revision != expected_revision:
+        raise CompareFailed(
+            f"{kind.name} {name!r} was changed by someone else since you read it "
+            f"(revision {expected_revision}, now {existing.revision})"
+        )
 
 
 class ResourceStore:
@@ -114,13 +134,25 @@ class ResourceStore:
         return lambda res: roleset.can_access(field, res.metadata.labels, identity.traits)
 
     async def create_resources(
-        self, identity: pki.Identity, resources: Sequence[Resource], *, force: bool = False
+        self,
+        identity: pki.Identity,
+        resources: Sequence[Resource],
+        *,
+        force: bool = False,
+        expected_revision: int | None = None,
     ) -> list[str]:
         """Create (or with ``force`` replace) every resource, all or none.
+
+        :param expected_revision: replace the one resource given only if it is still at this
+            revision, as a read showed it (``tetherctl edit`` and ``update``, so that what
+            someone else saved meanwhile is not lost).
+        :raises CompareFailed: it changed since; :class:`NotFound`: it was deleted since.
 
         Returns one line per resource saying what happened, as ``tetherctl create`` prints.
         """
         ctx = self._ctx
+        if expected_revision is not None and len(resources) != 1:
+            raise ResourceError(f"expected_revision applies to one resource, got {len(resources)}")
         ops = []
         messages = []
         events = []
@@ -141,6 +173,8 @@ class ResourceStore:
                     hint="create a trusted_cluster on the leaf with a token from "
                     "`tetherctl tokens add --type=trusted_cluster`",
                 )
+            if expected_revision is not None:
+                _check_unchanged(kind, res.metadata.name, existing, expected_revision)
             if kind.name == "trusted_cluster":
                 await self._handshake(res, existing)
             expected = existing.revision if existing is not None else 0

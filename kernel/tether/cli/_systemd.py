@@ -14,14 +14,12 @@ import shutil
 import sys
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "DEFAULT_ENV_FILE",
     "DEFAULT_FD_LIMIT",
     "default_tetherd_path",
     "render_unit",
 ]
 
-DEFAULT_CONFIG = "/etc/tether.yaml"
 DEFAULT_ENV_FILE = "/etc/default/tetherd"
 #: Every tunnel, proxied connection and session holds descriptors; Teleport's unit allows as many.
 DEFAULT_FD_LIMIT = 524288

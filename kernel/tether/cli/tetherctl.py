@@ -13,6 +13,7 @@ import os
 import pathlib
 import shlex
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,9 +42,17 @@ from tether.cli._common import (
 )
 from tether.cli._progress import progress
 from tether.client.profile import current_profile, profile_ssl_context
-from tether.config import ConfigSchema, load_config, secret_or_file
+from tether.config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigSchema,
+    default_config,
+    load_config,
+    secret_or_file,
+)
+from tether.datadir import admin_identity_paths
 from tether.durations import format_duration, parse_duration
-from tether.errors import AccessDenied, NotFound, TetherError
+from tether.errors import AccessDenied, CompareFailed, NotFound, TetherError
 from tether.resources import (
     CertAuthoritySpec,
     KindRegistry,
@@ -61,6 +70,8 @@ __all__ = ["cli", "main"]
 CONFIG_ENV = "TETHER_CONFIG"
 #: ``tetherctl create`` of this many resources says what it does even off a terminal
 BULK = 20
+#: ``tetherctl update`` reads and writes again this often when someone else writes between
+_UPDATE_ATTEMPTS = 5
 
 
 class Target:
@@ -93,16 +104,43 @@ class Target:
 
 
 def _config_path(ctx: click.Context) -> str | os.PathLike[str] | None:
-    """``-c``, else ``$TETHER_CONFIG``; read from the program's own parameters too, as shell
-    completion parses them without running the group."""
+    """``-c``, else ``$TETHER_CONFIG``, else the auth host's :data:`DEFAULT_CONFIG` when it
+    runs an auth service, as tctl reads ``/etc/teleport.yaml``; None when none applies (the
+    login's profile is used). Read from the program's own parameters too, as shell completion
+    parses them without running the group."""
     found = (ctx.obj or {}).get("config") or ctx.find_root().params.get("config")
-    return found or os.environ.get(CONFIG_ENV)
+    return found or os.environ.get(CONFIG_ENV) or _default_config()
+
+
+def _started_without_a_file() -> Config | None:
+    """The default configuration, when its data directory holds an admin identity this user
+    may read: the auth service of a ``tetherd start`` with no file (tctl after ``teleport
+    start``)."""
+    defaults = default_config()
+    cert, _, _ = admin_identity_paths(defaults.data_dir)
+    return defaults if os.access(cert, os.R_OK) else None
+
+
+def _default_config() -> str | None:
+    """:data:`DEFAULT_CONFIG` if this user may read it and it enables the auth service (a
+    node's or a proxy's configuration gives no admin identity: tctl ignores those too)."""
+    path = pathlib.Path(DEFAULT_CONFIG)
+    if not os.access(path, os.R_OK) or not path.is_file():
+        return None
+    return DEFAULT_CONFIG if load_config(path).auth_service.enabled else None
 
 
 def _connect(ctx: click.Context) -> Target:
+    """Act as the local admin when a configuration says where the auth service keeps its
+    data, else as the user logged in, else as the local admin of a ``tetherd start`` that ran
+    with no file (its data in the default data directory), as tctl falls back to its
+    defaults."""
     config_path = _config_path(ctx)
-    if config_path:
-        config = load_config(pathlib.Path(config_path))
+    config = load_config(pathlib.Path(config_path)) if config_path else None
+    profile = current_profile() if config is None else None
+    if config is None and profile is None:
+        config = _started_without_a_file()
+    if config is not None:
         client, proxy = admin_client(config)
         public = config.proxy_service.public_addr
         return Target(
@@ -111,11 +149,12 @@ def _connect(ctx: click.Context) -> Target:
             auth=client.base_url.removeprefix("https://"),
             public_web_cert=config.proxy_service.https_cert_file is not None,
         )
-    profile = current_profile()
     if profile is None:
         raise TetherError(
-            "not logged in and no configuration given",
-            hint="run `tether login --proxy=HOST:PORT` or pass -c tether.yaml on the auth host",
+            f"not logged in, and no configuration given (-c), at {DEFAULT_CONFIG} or in "
+            f"{default_config().data_dir}",
+            hint="log in with `tether login`, or run tetherctl on the auth host with -c "
+            "naming its tether.yaml",
         )
     return Target(
         AuthClient(f"https://{profile.proxy}", profile_ssl_context(profile)),
@@ -231,6 +270,8 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> None:
     """Show resources: tetherctl get role/visitor > visitor.yaml round-trips.
 
+    --format=json prints a list, even for one KIND/NAME, as tctl does.
+
     ``tetherctl get all`` shows every resource of every kind.
 
     ``tetherctl get connectors`` lists every way to log in (password connectors and the
@@ -254,7 +295,8 @@ async def get(ctx: click.Context, ref: str, fmt: str, with_secrets: bool) -> Non
         async with target.client as client:
             docs = await client.get_resources(kind.name, name, with_secrets=with_secrets)
     if fmt == "json":
-        click.echo(json.dumps(docs[0] if name else docs, indent=2))
+        # a list even for one KIND/NAME, as tctl prints it: scripts read ``.[0]`` either way
+        click.echo(json.dumps(docs, indent=2))
     elif fmt == "yaml":
         click.echo("---\n".join(dump_yaml(d) for d in docs), nl=False)
     else:
@@ -297,10 +339,18 @@ async def update(ctx: click.Context, ref: str, labels: str) -> None:
     kind = _registry(ctx).get(kind_name)
     target = _connect(ctx)
     async with target.client as client:
-        [doc] = await client.get_resources(kind.name, name, with_secrets=True)
-        doc["metadata"]["labels"] = new_labels
-        doc["metadata"].pop("revision", None)
-        await client.create_resources([doc], force=True)
+        for attempt in range(_UPDATE_ATTEMPTS):
+            [doc] = await client.get_resources(kind.name, name, with_secrets=True)
+            doc["metadata"]["labels"] = new_labels
+            revision = doc["metadata"].pop("revision", None)
+            try:
+                await client.create_resources([doc], force=True, expected_revision=revision)
+            except CompareFailed:
+                # changed between the read and the write: set the labels on what is there now
+                if attempt == _UPDATE_ATTEMPTS - 1:
+                    raise
+                continue
+            break
     shown = ",".join(f"{k}={v}" for k, v in sorted(new_labels.items())) or "(none)"
     click.echo(f'{kind.name} "{name}" labels set to {shown}')
 
@@ -323,7 +373,7 @@ async def edit(ctx: click.Context, ref: str) -> None:
     target = _connect(ctx)
     async with target.client as client:
         [doc] = await client.get_resources(kind.name, name, with_secrets=True)
-        doc["metadata"].pop("revision", None)
+        revision = doc["metadata"].pop("revision", None)
         original = text = dump_yaml(doc)
         while True:
             edited = await trio.to_thread.run_sync(_open_editor, text)
@@ -337,12 +387,30 @@ async def edit(ctx: click.Context, ref: str) -> None:
                     raise
                 text = "".join(f"# {line}\n" for line in _edit_error(exc)) + _uncommented(edited)
                 continue
-            messages = await client.create_resources(
-                [_read_token_file(resource_to_dict(resource, with_secrets=True))], force=True
-            )
+            try:
+                messages = await client.create_resources(
+                    [_read_token_file(resource_to_dict(resource, with_secrets=True))],
+                    force=True,
+                    expected_revision=revision,
+                )
+            except (CompareFailed, NotFound) as exc:
+                kept = _keep_edit(edited, kind.name, name)
+                raise TetherError(
+                    f"{exc.message}; your edit was not applied and is kept in {kept}",
+                    hint=f"run `tetherctl edit {kind.name}/{name}` again to edit what is "
+                    f"there now, or `tetherctl create -f {kept}` to replace it with yours",
+                ) from None
             for message in messages:
                 click.echo(message)
             return
+
+
+def _keep_edit(text: str, kind: str, name: str) -> pathlib.Path:
+    """Save an edit that could not be applied, as kubectl edit does, and say where."""
+    fd, path = tempfile.mkstemp(prefix=f"tetherctl-edit-{kind}-{name}-", suffix=".yaml")
+    with os.fdopen(fd, "w") as file:
+        file.write(_uncommented(text))
+    return pathlib.Path(path)
 
 
 def _open_editor(text: str) -> str | None:

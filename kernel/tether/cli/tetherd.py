@@ -29,13 +29,13 @@ from tether.cli._common import (
 )
 from tether.cli._progress import Progress, progress
 from tether.cli._systemd import (
-    DEFAULT_CONFIG,
     DEFAULT_ENV_FILE,
     DEFAULT_FD_LIMIT,
     default_tetherd_path,
     render_unit,
 )
 from tether.config import (
+    DEFAULT_CONFIG,
     Config,
     ConfigSchema,
     apply_start_flags,

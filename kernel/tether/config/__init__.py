@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tether.config._flags import apply_start_flags
 from tether.config._load import (
+    DEFAULT_CONFIG,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -53,6 +54,7 @@ from tether.config._values import (
 )
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "NOT_INSTALLED_SECTIONS",
     "AuthServiceConfig",
     "ByteSize",

@@ -26,6 +26,7 @@ from tether.yamlio import Document, Path, dump_yaml, format_path, load_document
 Problem = tuple[Path, str, str | None]
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -174,6 +175,11 @@ def _unknown_section(key: object, schema: ConfigSchema) -> Problem:
     plugins = ", ".join(f"{name} ({schema.owners[name]})" for name in schema.sections)
     hint = f"known fields: {', '.join(known)}" + (f"; from plugins: {plugins}" if plugins else "")
     return (str(key),), "unknown field", hint
+
+
+#: Where ``tetherd start`` and ``tetherctl`` look when given no ``-c`` (Teleport's
+#: ``/etc/teleport.yaml``).
+DEFAULT_CONFIG = "/etc/tether.yaml"
 
 
 def load_config(path: pathlib.Path, schema: ConfigSchema | None = None) -> Config:

@@ -103,7 +103,7 @@ def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
         assert get_rc[:2] == ["tetherctl", "-c"], printed
         root_config = get_rc[2]
         remote = run_cli("tetherctl", "-c", root_config, "get", "rc/leaf", "--format=json")
-        assert json.loads(remote.stdout)["status"]["connection"] == "online"
+        assert json.loads(remote.stdout)[0]["status"]["connection"] == "online"
 
         # each cluster audits what happened there, though both run in one process
         leaf_config = _printed_line(printed, "get trusted_cluster").split()[2]

@@ -1,9 +1,13 @@
 """``tetherd start`` with no configuration file runs auth, proxy and this host as a node, as
-``teleport start`` does with none, and the node is reachable with ``tether ssh``.
+``teleport start`` does with none, the node is reachable with ``tether ssh``, and ``tetherctl``
+on that host needs no ``-c``, as tctl after ``teleport start``.
 
-Without a file the daemon listens on its fixed default ports (3025, 3080 and 3022), so it and
-every command of the test run in a network namespace of their own, where those ports are free
-whatever else runs on this machine (``unshare``, ``nsenter`` and ``ip``, as root).
+Without a file the daemon listens on its fixed default ports (3025, 3080 and 3022) and keeps
+its data in the default data directory (``/var/lib/tether`` for root), and tetherctl looks at
+``/etc/tether.yaml``: so it and every command of the test run in network and mount namespaces
+of their own, where those ports are free and ``/var/lib`` and ``/etc`` are overlays whose
+changes land in the test's directory, whatever else runs on this machine (``unshare``,
+``nsenter``, ``ip`` and overlayfs, as root).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import getpass
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,16 +36,43 @@ pytestmark = pytest.mark.skipif(
 PASSWORD = "correct horse battery staple"
 
 
+def _private_host(directory: pathlib.Path) -> str:
+    """A shell line that gives the namespaces it runs in a loopback interface and overlays on
+    ``/var/lib`` and ``/etc`` whose changes land in ``directory/var-lib`` and ``directory/etc``
+    (the host's own stay untouched)."""
+    mounts = []
+    for overlay, lower in (("var-lib", "/var/lib"), ("etc", "/etc")):
+        upper, work = directory / overlay, directory / f"{overlay}.work"
+        upper.mkdir()
+        work.mkdir()
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        mounts.append(f"mount -t overlay overlay -o {shlex.quote(options)} {lower}")
+    return " && ".join(["ip link set lo up", *mounts])
+
+
+def _private(directory: pathlib.Path, *argv: str) -> list[str]:
+    """``argv`` run in network and mount namespaces of its own (:func:`_private_host`)."""
+    # unshare and sh exec in turn, so the program keeps the pid that names the namespaces
+    script = f'{_private_host(directory)} && exec "$@"'
+    return ["unshare", "--net", "--mount", "sh", "-c", script, argv[0], *argv]
+
+
 @attrs.frozen
 class Solo:
-    """A ``tetherd start`` with no file, in its own network namespace."""
+    """A ``tetherd start`` with no file and no flags, in namespaces of its own."""
 
     process: subprocess.Popen[bytes]
     directory: pathlib.Path
 
     @property
     def data_dir(self) -> pathlib.Path:
-        return self.directory / "data"
+        """``/var/lib/tether`` as the daemon sees it."""
+        return self.directory / "var-lib" / "tether"
+
+    @property
+    def etc(self) -> pathlib.Path:
+        """``/etc`` as the daemon and the commands see it: what is written here is seen there."""
+        return self.directory / "etc"
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = json.loads((self.data_dir / "process.json").read_text())
@@ -55,6 +87,7 @@ class Solo:
             [
                 "nsenter",
                 f"--net=/proc/{self.process.pid}/ns/net",
+                f"--mount=/proc/{self.process.pid}/ns/mnt",
                 sys.executable,
                 "-m",
                 f"tether.cli.{program}",
@@ -72,10 +105,8 @@ class Solo:
         return done
 
     def tetherctl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        """As the local admin: ``-c`` a file that names only the daemon's data directory."""
-        admin = self.directory / "admin.yaml"
-        admin.write_text(f"data_dir: {self.data_dir}\n")
-        return self.run("tetherctl", "-c", str(admin), *args, **kwargs)
+        """As the local admin, with no ``-c``, as root on the daemon's host types it."""
+        return self.run("tetherctl", *args, **kwargs)
 
 
 def _started(solo: Solo) -> bool:
@@ -88,15 +119,9 @@ def _started(solo: Solo) -> bool:
 @pytest.fixture
 def solo(tmp_path: pathlib.Path) -> Iterator[Solo]:
     log = tmp_path / "tetherd.log"
-    start = [sys.executable, "-m", "tether.cli.tetherd", "start"]
-    start += [f"--data-dir={tmp_path / 'data'}", "--nodename=solo"]
+    start = [sys.executable, "-m", "tether.cli.tetherd", "start", "--nodename=solo"]
     with log.open("wb") as out:
-        # unshare and sh exec in turn, so the daemon keeps the pid that names the namespace
-        process = subprocess.Popen(
-            ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "tetherd", *start],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(_private(tmp_path, *start), stdout=out, stderr=subprocess.STDOUT)
     started = Solo(process, tmp_path)
     try:
         wait_for(lambda: process.poll() is not None or _started(started), "tetherd to start", 60)
@@ -135,3 +160,41 @@ def test_newcomer_starts_tetherd_without_a_config_and_reaches_this_host_over_ssh
     )  # fmt: skip
     session = solo.run("tether", "ssh", f"{me}@solo", "echo", "hello from solo")
     assert session.stdout == "hello from solo\n"
+
+
+def test_tetherctl_reads_etc_tether_yaml_when_it_runs_the_auth_service(solo: Solo) -> None:
+    (solo.etc / "tether.yaml").write_text("auth_service: [\n")
+    broken = solo.tetherctl("get", "nodes", check=False)
+    assert broken.returncode == 1
+    assert broken.stderr.startswith("ERROR: /etc/tether.yaml:1"), broken.stderr
+
+    # a node's configuration gives no admin identity: tetherctl goes on to the defaults
+    (solo.etc / "tether.yaml").write_text(
+        "auth_service: {enabled: false}\nproxy_service: {enabled: false}\n"
+    )
+    assert json.loads(solo.tetherctl("get", "cas", "--format=json").stdout)
+
+    (solo.etc / "tether.yaml").write_text(f"data_dir: {solo.directory / 'elsewhere'}\n")
+    elsewhere = solo.tetherctl("get", "nodes", check=False)
+    assert elsewhere.returncode == 1
+    assert f"no admin identity in {solo.directory / 'elsewhere'}" in elsewhere.stderr
+
+
+def test_tetherctl_with_no_login_and_no_configuration_names_where_it_looked(
+    tmp_path: pathlib.Path,
+) -> None:
+    tetherctl = [sys.executable, "-m", "tether.cli.tetherctl", "get", "nodes"]
+    refused = subprocess.run(
+        _private(tmp_path, *tetherctl),
+        env={**os.environ, "TETHER_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "ERROR: not logged in, and no configuration given (-c), at /etc/tether.yaml or in "
+        "/var/lib/tether (log in with `tether login`, or run tetherctl on the auth host with -c "
+        "naming its tether.yaml)\n"
+    )
