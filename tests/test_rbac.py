@@ -266,6 +266,56 @@ def test_deny_with_labels_applies_only_to_matching_nodes(registry: KindRegistry)
     assert roleset.logins(TRAITS) == ["ubuntu"]  # certificates never carry a denied login
 
 
+def test_database_user_and_name_come_from_traits_as_the_guide_shares_them() -> None:
+    # the preset access role: db_users and db_names from {{internal.db_users}} and names
+    access = RoleSet([preset_roles()[0]])
+    access.check_db_access("postgres", "dev", db_labels={"env": "prod"}, traits=TRAITS)
+    assert denial(access.check_db_access, "admin", "dev", db_labels={}, traits=TRAITS) == (
+        "database user 'admin' is not allowed by roles access (their db_users) (add the user "
+        "to the user's db_users trait or to a role)"
+    )
+    assert "database name 'billing' is not allowed by roles access" in denial(
+        access.check_db_access, "postgres", "billing", db_labels={}, traits=TRAITS
+    )
+
+
+def test_database_user_name_and_labels_must_be_allowed_by_the_same_role(
+    registry: KindRegistry,
+) -> None:
+    a = role("a", "  allow:\n    db_users: [dba]\n    db_names: ['*']\n"
+             "    db_labels: {env: stage}\n", registry)  # fmt: skip
+    b = role("b", "  allow:\n    db_users: [web]\n    db_names: [shop]\n"
+             "    db_labels: {env: prod}\n", registry)  # fmt: skip
+    roleset = RoleSet([a, b])
+    roleset.check_db_access("dba", "anything", db_labels={"env": "stage"}, traits=TRAITS)
+    roleset.check_db_access("web", "shop", db_labels={"env": "prod"}, traits=TRAITS)
+    assert "not allowed by roles b" in denial(
+        roleset.check_db_access, "dba", "shop", db_labels={"env": "prod"}, traits=TRAITS
+    )
+    assert "match the db_labels of none of roles a, b" in denial(
+        roleset.check_db_access, "web", "shop", db_labels={"env": "dev"}, traits=TRAITS
+    )
+
+
+def test_database_deny_rules_win_over_allow(registry: KindRegistry) -> None:
+    everything = role("all", "  allow:\n    db_users: ['*']\n    db_names: ['*']\n"
+                      "    db_labels: {'*': '*'}\n", registry)  # fmt: skip
+    no_admin = role("no-admin", "  deny:\n    db_users: [admin]\n", registry)
+    no_prod = role("no-prod", "  deny:\n    db_labels: {env: prod}\n", registry)
+    no_billing = role("no-billing", "  deny:\n    db_names: [billing]\n", registry)
+    roleset = RoleSet([everything, no_admin, no_prod, no_billing])
+    roleset.check_db_access("reader", "shop", db_labels={"env": "dev"}, traits=TRAITS)
+    assert denial(roleset.check_db_access, "admin", "shop", db_labels={}, traits=TRAITS) == (
+        "database user 'admin' is denied by role 'no-admin'"
+    )
+    assert denial(
+        roleset.check_db_access, "reader", "shop", db_labels={"env": "prod"}, traits=TRAITS
+    ) == ("this database is denied by role 'no-prod'")
+    assert denial(roleset.check_db_access, "reader", "billing", db_labels={}, traits=TRAITS) == (
+        "database name 'billing' is denied by role 'no-billing'"
+    )
+
+
 def test_deny_wildcard_login_denies_every_login(registry: KindRegistry) -> None:
     roleset = RoleSet([preset_roles()[0], role("none", "  deny:\n    logins: ['*']\n", registry)])
     denial(roleset.check_login, "ubuntu", node_labels={}, traits=TRAITS)
@@ -357,6 +407,22 @@ def test_max_session_ttl_is_the_shortest_of_the_roles(registry: KindRegistry) ->
     assert RoleSet([*preset_roles(), short]).max_session_ttl() == datetime.timedelta(minutes=90)
     assert RoleSet(preset_roles()).max_session_ttl() == datetime.timedelta(hours=30)
     assert RoleSet([]).max_session_ttl() == datetime.timedelta(0)
+
+
+def test_idle_timeout_and_expired_cert_disconnect_take_the_strictest_role(
+    registry: KindRegistry,
+) -> None:
+    lax = role("lax", "  options:\n    client_idle_timeout: 1h\n", registry)
+    strict = role(
+        "strict",
+        "  options:\n    client_idle_timeout: 5m\n    disconnect_expired_cert: true\n",
+        registry,
+    )
+    assert RoleSet(preset_roles()).client_idle_timeout() is None
+    assert not RoleSet(preset_roles()).disconnect_expired_cert()
+    both = RoleSet([*preset_roles(), lax, strict])
+    assert both.client_idle_timeout() == datetime.timedelta(minutes=5)
+    assert both.disconnect_expired_cert()
 
 
 def test_traits_values_refuses_unknown_fields() -> None:

@@ -163,6 +163,61 @@ class RoleSet:
             f"{_names(allowing)}, which allow login {login!r}"
         )
 
+    def check_db_access(
+        self, db_user: str, db_name: str, *, db_labels: Mapping[str, str], traits: Traits
+    ) -> None:
+        """Check that a database with ``db_labels`` may be used as ``db_user`` on ``db_name``.
+
+        As :meth:`check_login` for nodes: a deny applies where its ``db_labels`` match (or
+        everywhere when it has none) and lists the user or the database name (``*`` for all),
+        or lists neither, so ``deny: db_labels: {env: prod}`` alone keeps the role's holders
+        off production databases. An allow needs one role whose ``db_labels`` match and which
+        allows both the user (``db_users``) and the database name (``db_names``).
+
+        :raises AccessDenied: naming the deny role, or why no role allows it.
+        """
+        for name, deny in self._sides("deny"):
+            selector = _expand_selector(deny.db_labels, traits)
+            if selector and not match_labels(selector, db_labels):
+                continue
+            users = _expand_all(deny.db_users, traits)
+            names = _expand_all(deny.db_names, traits)
+            if db_user in users or WILDCARD in users:
+                raise AccessDenied(f"database user {db_user!r} is denied by role {name!r}")
+            if db_name in names or WILDCARD in names:
+                raise AccessDenied(f"database name {db_name!r} is denied by role {name!r}")
+            if not deny.db_users and not deny.db_names and selector:
+                raise AccessDenied(f"this database is denied by role {name!r}")
+        reaching = []
+        for name, allow in self._sides("allow"):
+            if match_labels(_expand_selector(allow.db_labels, traits), db_labels):
+                reaching.append((name, allow))
+        if not reaching:
+            raise AccessDenied(
+                f"database labels {_format_labels(db_labels)} match the db_labels of none of "
+                f"roles {_names(self.names)}"
+            )
+        user_ok = []
+        for name, allow in reaching:
+            users = _expand_all(allow.db_users, traits)
+            if db_user not in users and WILDCARD not in users:
+                continue
+            user_ok.append(name)
+            names = _expand_all(allow.db_names, traits)
+            if db_name in names or WILDCARD in names:
+                return
+        if not user_ok:
+            raise AccessDenied(
+                f"database user {db_user!r} is not allowed by roles "
+                f"{_names([n for n, _ in reaching])} (their db_users)",
+                hint="add the user to the user's db_users trait or to a role",
+            )
+        raise AccessDenied(
+            f"database name {db_name!r} is not allowed by roles {_names(user_ok)}, which allow "
+            f"database user {db_user!r} (their db_names)",
+            hint="add the database to the user's db_names trait or to a role",
+        )
+
     def can_access(self, field: str, labels: Mapping[str, str], traits: Traits) -> bool:
         """Whether a resource with ``labels`` is within reach of these roles' ``field``.
 
@@ -240,3 +295,16 @@ class RoleSet:
             return datetime.timedelta(0)
         specs: list[RoleSpec] = [role.spec for role in self._roles]
         return min(spec.options.max_session_ttl for spec in specs)
+
+    def client_idle_timeout(self) -> datetime.timedelta | None:
+        """The shortest ``client_idle_timeout`` of the roles (the strictest wins, as in
+        Teleport): a session with nothing from the client for that long is ended. None when
+        no role sets one."""
+        set_ = [role.spec.options.client_idle_timeout for role in self._roles]
+        timeouts = [timeout for timeout in set_ if timeout is not None]
+        return min(timeouts) if timeouts else None
+
+    def disconnect_expired_cert(self) -> bool:
+        """Whether a session ends when the user's certificate expires: any role asking for
+        it is enough (the strictest wins)."""
+        return any(role.spec.options.disconnect_expired_cert for role in self._roles)
