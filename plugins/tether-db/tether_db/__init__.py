@@ -1,0 +1,2 @@
+"""Database access for Tether: a database service that serves PostgreSQL and MySQL/MariaDB
+databases through the node agent, and the ``tether db`` commands that reach them."""

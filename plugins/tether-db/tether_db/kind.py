@@ -1,0 +1,80 @@
+"""The ``db`` resource kind: a database a database service serves, and how routing sees it.
+
+A database service publishes one entry per database it serves, on every heartbeat, with an
+expiry, so the inventory lists the databases whose service is alive. ``metadata.name`` is the
+database's name, which users type (``tether db connect orders``) and which is unique in a
+cluster; ``spec.host_id`` is the service's host, through whose tunnel the proxy reaches it.
+Who sees an entry is decided with the roles' ``db_labels`` against the entry's labels.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tether.api import InvalidField, Resource, ResourceKind, Target, TargetKind
+from tether_db.config import PROTOCOLS
+
+__all__ = ["DB", "DB_TARGET", "DbSpec", "describe_db"]
+
+
+@attrs.frozen
+class DbSpec:
+    """``spec`` of a ``db``.
+
+    :param protocol: ``postgres`` or ``mysql``.
+    :param uri: ``host:port`` where the service reaches the database (for people: the proxy
+        never dials it).
+    :param description: what the configuration says of it.
+    :param host_id: the host id of the database service that serves it.
+    :param hostname: that service's host name, for people.
+    :param version: the plugin's version on that host.
+    """
+
+    protocol: str = ""
+    uri: str = ""
+    description: str = ""
+    host_id: str = ""
+    hostname: str = ""
+    version: str = ""
+
+
+def _validate(resource: Resource) -> None:
+    spec: DbSpec = resource.spec
+    if spec.protocol not in PROTOCOLS:
+        raise InvalidField(("spec", "protocol"), f"must be one of {', '.join(PROTOCOLS)}")
+    if not spec.host_id:
+        raise InvalidField(("spec", "host_id"), "must not be empty")
+
+
+def _publisher(resource: Resource) -> str:
+    spec: DbSpec = resource.spec
+    return spec.host_id
+
+
+DB = ResourceKind(
+    name="db",
+    aliases=("dbs", "database", "databases"),
+    versions=("v3",),
+    spec_type=DbSpec,
+    storage_prefix="/databases/",
+    validate=_validate,
+    published_by="node",
+    readable_by=("proxy",),
+    access_labels="db_labels",
+)
+
+
+def describe_db(resource: Resource) -> Target:
+    """An entry as routing sees it: reached through the tunnel of the service that
+    published it (no address), named by the database's name, selected by its labels."""
+    spec: DbSpec = resource.spec
+    return Target(
+        kind=DB.name,
+        id=spec.host_id,
+        name=resource.metadata.name,
+        labels=dict(resource.metadata.labels),
+    )
+
+
+#: What ``tether db connect`` reaches: the kernel finds and dials databases through this.
+DB_TARGET = TargetKind(DB, describe_db, list_command="tether db ls")
