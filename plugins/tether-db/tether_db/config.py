@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from tether.api import ConfigSection, FieldError, HostPort, ServiceRole, not_blank
+from tether.api import ConfigSection, FieldError, HostPort, ServiceRole
 
 __all__ = ["PROTOCOLS", "SECTION", "SERVICE_ROLE", "DatabaseConfig", "DbServiceConfig", "DbTLS"]
 
