@@ -86,14 +86,21 @@ class ResourceStore:
         visible = await self._reader(identity, kind, verb, with_secrets=with_secrets)
         if name is not None:
             item = await ctx.backend.get(kind.key(name))
-            found = None if item is None else resource_from_bytes(item.value, ctx.registry)
+            found = (
+                None
+                if item is None
+                else resource_from_bytes(item.value, ctx.registry, revision=item.revision)
+            )
             if found is None or not visible(found):
                 # out of reach is "not found", not "denied": it does not confirm it exists
                 raise NotFound(f"{kind.name} {name!r} not found")
             shown = [found]
         else:
             items = await ctx.backend.range(kind.storage_prefix)
-            found_all = [resource_from_bytes(item.value, ctx.registry) for item in items]
+            found_all = [
+                resource_from_bytes(item.value, ctx.registry, revision=item.revision)
+                for item in items
+            ]
             shown = [res for res in found_all if visible(res)]
         if kind.name == "remote_cluster":
             shown = [await self._with_status(res) for res in shown]

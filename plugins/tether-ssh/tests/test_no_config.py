@@ -166,7 +166,7 @@ def test_tetherctl_reads_etc_tether_yaml_when_it_runs_the_auth_service(solo: Sol
     (solo.etc / "tether.yaml").write_text("auth_service: [\n")
     broken = solo.tetherctl("get", "nodes", check=False)
     assert broken.returncode == 1
-    assert broken.stderr.startswith("ERROR: /etc/tether.yaml:1"), broken.stderr
+    assert broken.stderr.startswith("ERROR: /etc/tether.yaml:2: "), broken.stderr
 
     # a node's configuration gives no admin identity: tetherctl goes on to the defaults
     (solo.etc / "tether.yaml").write_text(
