@@ -284,13 +284,16 @@ def guide_clusters(tmp_path: pathlib.Path) -> Iterator[tuple[RunningCluster, Run
     and an admin of each, logged in with ``editor``."""
     root = start_cluster(tmp_path / "root", "rootcluster.example.com")
     leaf = start_cluster(tmp_path / "leaf", "leafcluster.example.com")
+    nodes = []
     try:
-        start_node(leaf, tmp_path / "leaf-node", "leaf-node")
+        nodes.append(start_node(leaf, tmp_path / "leaf-node", "leaf-node"))
         root.add_user("myuser", PASSWORD, roles=("access",), logins=("myuser",))
         for cluster in (root, leaf):
             cluster.add_user("admin", PASSWORD, roles=("editor",))
         yield root, leaf
     finally:
+        for node in nodes:  # a node left running outlives the test run
+            node.stop()
         leaf.stop()
         root.stop()
 

@@ -34,6 +34,7 @@ __all__ = [
     "start_cluster",
     "start_node",
     "start_proxy",
+    "stop_forgotten_daemons",
     "stop_process",
     "wait_for",
 ]
@@ -244,12 +245,33 @@ def _spawn_daemon(
 ) -> subprocess.Popen[bytes]:
     (directory / "data" / PROCESS_FILE).unlink(missing_ok=True)
     with log_path.open("ab" if append else "wb") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "tether.cli.tetherd", "start", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
+    _SPAWNED.append(process)
+    return process
+
+
+#: every daemon this process started, so that one a test forgot is stopped at the end of the
+#: run (:func:`stop_forgotten_daemons`) instead of outliving it
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+def stop_forgotten_daemons() -> list[str]:
+    """Stop every daemon started here that is still running; returns their command lines.
+
+    ``tether.testing.fixtures`` calls it when the test session ends and warns about each one:
+    a test that starts a daemon should stop it (a node left running keeps its tunnel, ports
+    and files in use after the run).
+    """
+    forgotten = [process for process in _SPAWNED if process.poll() is None]
+    for process in forgotten:
+        stop_process(process)
+    _SPAWNED.clear()
+    return [" ".join(str(arg) for arg in process.args) for process in forgotten]
 
 
 def _wait_for_process_file(

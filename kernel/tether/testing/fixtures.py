@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import pathlib
 import pwd
+import warnings
 from collections.abc import Iterator
 
 import pytest
 
 from tether.testing.accounts import can_create_accounts, os_account
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster, start_cluster, stop_forgotten_daemons
 
-__all__ = ["os_user", "tether_cluster", "tether_cluster_factory"]
+__all__ = ["os_user", "stopped_daemons", "tether_cluster", "tether_cluster_factory"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stopped_daemons() -> Iterator[None]:
+    """At the end of the run, stop every ``tetherd`` a test started and forgot, with a
+    warning naming it: a daemon that outlives the run keeps ports, tunnels and files busy."""
+    yield
+    for command in stop_forgotten_daemons():
+        warnings.warn(f"a test left this daemon running; stopped it: {command}", stacklevel=1)
 
 
 @pytest.fixture(scope="module")
