@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 import signal
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from cryptography import x509
@@ -271,7 +272,7 @@ def stop_forgotten_daemons() -> list[str]:
     for process in forgotten:
         stop_process(process)
     _SPAWNED.clear()
-    return [" ".join(str(arg) for arg in process.args) for process in forgotten]
+    return [shlex.join(map(str, cast("list[str]", process.args))) for process in forgotten]
 
 
 def _wait_for_process_file(
