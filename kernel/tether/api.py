@@ -37,7 +37,12 @@ from tether.cli import (
     shared_group,
 )
 from tether.client.clusters import leaf_clusters
-from tether.client.dial import cluster_host_cas, list_targets, open_target_stream
+from tether.client.dial import (
+    cluster_host_cas,
+    list_targets,
+    open_target_stream,
+    serve_local_listener,
+)
 from tether.client.profile import (
     CLUSTER_ENV,
     HOME_ENV,
@@ -193,6 +198,7 @@ __all__ = [
     "resource_from_dict",
     "run_async",
     "run_trio",
+    "serve_local_listener",
     "shared_group",
     "splice",
     "verify_ssh_user_cert",

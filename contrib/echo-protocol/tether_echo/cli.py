@@ -30,7 +30,7 @@ from tether.api import (
     profile_ssl_context,
     resource_from_dict,
     run_async,
-    splice,
+    serve_local_listener,
 )
 from tether_echo.kind import ECHO
 from tether_echo.wire import MAX_LINE, ProtocolError, parse_first_line
@@ -163,15 +163,13 @@ async def listen(cluster: str | None, port: int, node: str) -> None:
     bound = listeners[0].socket.getsockname()[1]
     click.echo(f"listening on 127.0.0.1:{bound} for echo {node!r} of cluster {name!r}")
 
-    async def carry(local: trio.SocketStream) -> None:
-        try:
-            remote, _ = await open_target_stream(
-                profile.proxy, context, alpn=ALPN, protocol=TITLE, cluster=name, target=node
-            )
-        except TetherError as exc:
-            click.echo(f"echo: {exc.message}", err=True)
-            await trio.aclose_forcefully(local)
-            return
-        await splice(local, remote)
+    async def open_stream() -> trio.abc.Stream:
+        stream, _ = await open_target_stream(
+            profile.proxy, context, alpn=ALPN, protocol=TITLE, cluster=name, target=node
+        )
+        return stream
 
-    await trio.serve_listeners(carry, listeners)
+    async def refused(local: trio.abc.Stream, exc: TetherError) -> None:
+        click.echo(f"echo: {exc.message}", err=True)
+
+    await serve_local_listener(listeners, open_stream, refused=refused)

@@ -9,6 +9,7 @@ the connection is a byte stream to the target (see ``docs/tunnel-protocol.md``).
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -29,7 +30,7 @@ from tether.httpclient import describe
 from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
 
-__all__ = ["cluster_host_cas", "list_targets", "open_target_stream"]
+__all__ = ["cluster_host_cas", "list_targets", "open_target_stream", "serve_local_listener"]
 
 #: How long the proxy may take to answer (it reaches the target first, maybe through a leaf).
 ANSWER_TIMEOUT = 20.0
@@ -186,3 +187,38 @@ async def open_target_stream(
         await trio.aclose_forcefully(stream)
         raise
     return _Prefixed(stream, channel.take_buffered()), dialed
+
+
+async def serve_local_listener(
+    listeners: Sequence[trio.SocketListener],
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]],
+    *,
+    refused: Callable[[trio.abc.Stream, TetherError], Awaitable[None]] | None = None,
+) -> None:
+    """Carry every connection to ``listeners`` to a stream of its own from ``open_stream``
+    (``open_target_stream`` for one target), until cancelled.
+
+    The way in for programs that can offer neither ALPN nor a server name (``psql``,
+    ``mysql``, ``nc``): a listener on 127.0.0.1 that presents the user's certificate for them
+    (``docs/plugins.md``, "A local listener"). A connection whose stream cannot be opened
+    (the proxy refused, the target is offline) is handed to ``refused`` with the error, for
+    the protocol to tell the program in its own framing (a PostgreSQL ``ErrorResponse``) and
+    the user on standard error; without it the connection is closed. The listener goes on.
+    """
+    from tether.tunnel.forward import splice  # the tunnel's server side: not at start-up
+
+    async def carry(local: trio.SocketStream) -> None:
+        try:
+            remote = await open_stream()
+        except TetherError as exc:
+            try:
+                if refused is not None:
+                    await refused(local, exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the program went away first: nothing left to tell it
+            finally:
+                await trio.aclose_forcefully(local)
+            return
+        await splice(local, remote)
+
+    await trio.serve_listeners(carry, list(listeners))
