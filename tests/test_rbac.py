@@ -316,6 +316,32 @@ def test_database_deny_rules_win_over_allow(registry: KindRegistry) -> None:
     )
 
 
+def test_allowed_database_users_are_what_tether_db_ls_shows(registry: KindRegistry) -> None:
+    dev = role("dev", "  allow:\n    db_users: [reader, '{{internal.db_users}}']\n"
+               "    db_labels: {env: dev}\n", registry)  # fmt: skip
+    ops = role("ops", "  allow:\n    db_users: [admin]\n    db_labels: {'*': '*'}\n", registry)
+    no_admin_prod = role("no-admin-prod", "  deny:\n    db_users: [admin]\n"
+                         "    db_labels: {env: prod}\n", registry)  # fmt: skip
+    no_billing = role("no-billing", "  deny:\n    db_names: [billing]\n", registry)
+    roleset = RoleSet([dev, ops, no_admin_prod, no_billing])
+
+    def allowed(labels: Mapping[str, str]) -> list[str]:
+        return roleset.allowed_values(
+            "db_users", labels_field="db_labels", labels=labels, traits=TRAITS
+        )
+
+    assert allowed({"env": "dev"}) == ["admin", "postgres", "reader"]
+    assert allowed({"env": "prod"}) == []  # admin denied there, reader not allowed there
+    assert allowed({"env": "stage"}) == ["admin"]  # a deny of db_names only removes no user
+    closed = RoleSet([dev, role("closed", "  deny:\n    db_labels: {env: dev}\n", registry)])
+    assert (
+        closed.allowed_values(
+            "db_users", labels_field="db_labels", labels={"env": "dev"}, traits=TRAITS
+        )
+        == []
+    )
+
+
 def test_deny_wildcard_login_denies_every_login(registry: KindRegistry) -> None:
     roleset = RoleSet([preset_roles()[0], role("none", "  deny:\n    logins: ['*']\n", registry)])
     denial(roleset.check_login, "ubuntu", node_labels={}, traits=TRAITS)

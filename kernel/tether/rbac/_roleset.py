@@ -35,6 +35,13 @@ __all__ = ["RoleSet"]
 
 Traits = Mapping[str, Sequence[str]]
 _LIST_FIELDS = ("logins", "kubernetes_groups", "kubernetes_users", "db_users", "db_names")
+#: the list fields a deny of each label condition may name: a deny whose labels match and
+#: that names none of them denies the resource outright (``deny: db_labels: {env: prod}``)
+_PAIRED = {
+    "node_labels": ("logins",),
+    "db_labels": ("db_users", "db_names"),
+    "kubernetes_labels": ("kubernetes_groups", "kubernetes_users"),
+}
 
 
 def _expand_all(values: Iterable[str], traits: Traits) -> list[str]:
@@ -162,6 +169,37 @@ class RoleSet:
             f"node labels {_format_labels(node_labels)} do not match the node_labels of roles "
             f"{_names(allowing)}, which allow login {login!r}"
         )
+
+    def allowed_values(
+        self, field: str, *, labels_field: str, labels: Mapping[str, str], traits: Traits
+    ) -> list[str]:
+        """The values of a list field (``db_users``) these roles allow on a resource with
+        ``labels`` under ``labels_field`` (``db_labels``): those of the allowing roles whose
+        selector matches, templates expanded, minus those a matching deny names (all of them
+        when it names ``*``, or when its labels match and it names none of the fields that go
+        with ``labels_field``: a ``deny: db_labels: {env: prod}`` alone). Sorted; what
+        ``tether db ls`` shows as a database's allowed users.
+
+        :raises ValueError: an unknown list field or label condition.
+        """
+        if field not in _LIST_FIELDS and not self._is_plugin_field(field, "strings"):
+            raise ValueError(f"unknown role field {field!r}; expected one of {_LIST_FIELDS}")
+        if labels_field not in LABEL_FIELDS and not self._is_plugin_field(labels_field, "labels"):
+            raise ValueError(f"unknown label condition {labels_field!r}")
+        allowed: set[str] = set()
+        for _, allow in self._sides("allow"):
+            if match_labels(_expand_selector(getattr(allow, labels_field, {}), traits), labels):
+                allowed.update(_expand_all(getattr(allow, field, ()), traits))
+        for _, deny in self._sides("deny"):
+            selector = _expand_selector(getattr(deny, labels_field, {}), traits)
+            if selector and not match_labels(selector, labels):
+                continue
+            denied = _expand_all(getattr(deny, field, ()), traits)
+            lists_nothing = not any(getattr(deny, f, ()) for f in _PAIRED.get(labels_field, ()))
+            if WILDCARD in denied or (selector and lists_nothing):
+                return []  # denied outright, as check_login and check_db_access decide
+            allowed.difference_update(denied)
+        return sorted(allowed)
 
     def check_db_access(
         self, db_user: str, db_name: str, *, db_labels: Mapping[str, str], traits: Traits
