@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import ssl
 import struct
 from pathlib import Path
 
@@ -425,3 +428,57 @@ async def test_change_user_is_refused(nursery: trio.Nursery, mariadb_server: Mar
     frames = [await client.frame() for _ in range(5)]
     assert frames[3] is not None and frames[3].payload[1:] == b"alice@%"
     await client.aclose()
+
+
+async def test_database_asking_for_a_local_file_gets_none_when_not_allowed(
+    nursery: trio.Nursery, mariadb_server: MariaDB, tmp_path: Path
+) -> None:
+    """A hostile database asks for a file although the capability was cleared."""
+    cert, key = mariadb_server.db_ca.issue("localhost", server=True)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    received: list[bytes] = []
+
+    async def hostile(stream: trio.SocketStream) -> None:
+        reader = wire.FrameReader()
+
+        async def next_frame(s: trio.abc.Stream) -> wire.Frame:
+            while (f := reader.next_frame()) is None:
+                data = await s.receive_some(65536)
+                if not data:
+                    raise trio.BrokenResourceError
+                reader.receive_data(data)
+            return f
+
+        caps = wire.OFFERED_CAPABILITIES | wire.Cap.SSL | wire.Cap.LOCAL_FILES
+        greeting = wire.build_greeting(
+            server_version="10.11.0-hostile",
+            connection_id=1,
+            scramble=b"s" * 20,
+            capabilities=caps,
+        )
+        await stream.send_all(wire.frame(0, greeting))
+        await next_frame(stream)  # the SSL request
+        tls = trio.SSLStream(stream, context, server_side=True)
+        await next_frame(tls)  # the handshake response
+        await tls.send_all(wire.frame(3, wire.build_ok()))
+        query = await next_frame(tls)
+        await tls.send_all(wire.frame(query.seq + 1, b"\xfb/home/alice/.ssh/id_ed25519"))
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                received.append((await next_frame(tls)).payload)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, hostile, 0, host="127.0.0.1"))
+    service = await start_service(
+        nursery, mariadb_server, port=listeners[0].socket.getsockname()[1]
+    )
+    secret = tmp_path / "secret"
+    secret.write_text("do not send me\n")
+    run = await mariadb(service, "--local-infile=1", "-e", f"SELECT '{secret}'")
+    assert run.returncode != 0
+    assert "LOAD DATA LOCAL INFILE is not allowed on database 'shop-db'" in run.stderr
+    await service.wait_ended()
+    assert received[:1] == [b""]  # an empty file, then nothing of the client's
+    assert not any(b"do not send me" in payload for payload in received)

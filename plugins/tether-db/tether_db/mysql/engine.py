@@ -26,7 +26,7 @@ import string
 
 import trio
 
-from tether.api import AccessDenied
+from tether.api import AccessDenied, TetherError
 from tether_db.engine import Session
 from tether_db.mysql import wire
 from tether_db.mysql.wire import Cap, Event, ProtocolError
@@ -296,7 +296,14 @@ class _Connection:
                     ),
                 )
             )
-            context = await self.session.server_tls(self.db_user)
+            try:
+                context = await self.session.server_tls(self.db_user)
+            except TetherError as exc:
+                raise _Refusal(
+                    ER_CONNECT_TO_FOREIGN_DATA_SOURCE,
+                    "HY000",
+                    f"no certificate for {self.db_user!r} to log in to {where}: {exc}",
+                ) from exc
             tls = trio.SSLStream(tcp, context, server_hostname=db.server_name)
             self.database = tls
             try:
