@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime
 import functools
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -210,3 +211,64 @@ class RawClient:
 
 def now_plus(seconds: float) -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+
+
+class FakeConnection:
+    """The database end of a :func:`fake_database` connection, after TLS is set up."""
+
+    def __init__(self, stream: trio.abc.Stream, reader: wire.FrameReader) -> None:
+        self.stream = stream
+        self.reader = reader
+
+    async def frame(self) -> wire.Frame | None:
+        """The next frame from the engine, or None when it closed the connection."""
+        while (f := self.reader.next_frame()) is None:
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return None
+            if not data:
+                return None
+            self.reader.receive_data(data)
+        return f
+
+    async def send(self, seq: int, payload: bytes) -> None:
+        await self.stream.send_all(wire.frame(seq, payload))
+
+
+async def fake_database(
+    nursery: trio.Nursery,
+    server: MariaDB,
+    directory: Path,
+    script: Callable[[FakeConnection], Awaitable[None]],
+) -> int:
+    """Listen as a database that greets, takes the SSL request and sets up TLS with a
+    certificate from the test db CA as MariaDB would, then does what ``script`` says (from
+    reading the handshake response on). Returns its port."""
+    cert, key = server.db_ca.issue(server.server_name, server=True)
+    (directory / "fake-cert.pem").write_bytes(cert)
+    (directory / "fake-key.pem").write_bytes(key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "fake-cert.pem", directory / "fake-key.pem")
+
+    async def handler(stream: trio.SocketStream) -> None:
+        reader = wire.FrameReader()
+        caps = wire.OFFERED_CAPABILITIES | wire.Cap.SSL | wire.Cap.LOCAL_FILES
+        greeting = wire.build_greeting(
+            server_version="10.11.0-fake",
+            connection_id=1,
+            scramble=b"s" * 20,
+            capabilities=caps,
+        )
+        await stream.send_all(wire.frame(0, greeting))
+        if await FakeConnection(stream, reader).frame() is None:  # the SSL request
+            return
+        tls = trio.SSLStream(stream, context, server_side=True)
+        try:
+            await script(FakeConnection(tls, reader))
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port

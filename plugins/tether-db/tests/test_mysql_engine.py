@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import ssl
 import struct
 from pathlib import Path
 
@@ -12,7 +10,15 @@ import pymysql
 import pytest
 import trio
 from mariadb_server import MariaDB, TestCA
-from mysql_harness import RawClient, mariadb, now_plus, pymysql_connect, start_service
+from mysql_harness import (
+    FakeConnection,
+    RawClient,
+    fake_database,
+    mariadb,
+    now_plus,
+    pymysql_connect,
+    start_service,
+)
 from tether_db.mysql import wire
 
 pytestmark = pytest.mark.slow
@@ -434,46 +440,19 @@ async def test_database_asking_for_a_local_file_gets_none_when_not_allowed(
     nursery: trio.Nursery, mariadb_server: MariaDB, tmp_path: Path
 ) -> None:
     """A hostile database asks for a file although the capability was cleared."""
-    cert, key = mariadb_server.db_ca.issue("localhost", server=True)
-    (tmp_path / "cert.pem").write_bytes(cert)
-    (tmp_path / "key.pem").write_bytes(key)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     received: list[bytes] = []
 
-    async def hostile(stream: trio.SocketStream) -> None:
-        reader = wire.FrameReader()
+    async def hostile(db: FakeConnection) -> None:
+        await db.frame()  # the handshake response
+        await db.send(3, wire.build_ok())
+        query = await db.frame()
+        assert query is not None
+        await db.send(query.seq + 1, b"\xfb/home/alice/.ssh/id_ed25519")
+        while (f := await db.frame()) is not None:
+            received.append(f.payload)
 
-        async def next_frame(s: trio.abc.Stream) -> wire.Frame:
-            while (f := reader.next_frame()) is None:
-                data = await s.receive_some(65536)
-                if not data:
-                    raise trio.BrokenResourceError
-                reader.receive_data(data)
-            return f
-
-        caps = wire.OFFERED_CAPABILITIES | wire.Cap.SSL | wire.Cap.LOCAL_FILES
-        greeting = wire.build_greeting(
-            server_version="10.11.0-hostile",
-            connection_id=1,
-            scramble=b"s" * 20,
-            capabilities=caps,
-        )
-        await stream.send_all(wire.frame(0, greeting))
-        await next_frame(stream)  # the SSL request
-        tls = trio.SSLStream(stream, context, server_side=True)
-        await next_frame(tls)  # the handshake response
-        await tls.send_all(wire.frame(3, wire.build_ok()))
-        query = await next_frame(tls)
-        await tls.send_all(wire.frame(query.seq + 1, b"\xfb/home/alice/.ssh/id_ed25519"))
-        with contextlib.suppress(trio.BrokenResourceError):
-            while True:
-                received.append((await next_frame(tls)).payload)
-
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, hostile, 0, host="127.0.0.1"))
-    service = await start_service(
-        nursery, mariadb_server, port=listeners[0].socket.getsockname()[1]
-    )
+    port = await fake_database(nursery, mariadb_server, tmp_path, hostile)
+    service = await start_service(nursery, mariadb_server, port=port)
     secret = tmp_path / "secret"
     secret.write_text("do not send me\n")
     run = await mariadb(service, "--local-infile=1", "-e", f"SELECT '{secret}'")
@@ -482,3 +461,50 @@ async def test_database_asking_for_a_local_file_gets_none_when_not_allowed(
     await service.wait_ended()
     assert received[:1] == [b""]  # an empty file, then nothing of the client's
     assert not any(b"do not send me" in payload for payload in received)
+
+
+async def test_database_that_switches_authentication_method_lets_the_user_in(
+    nursery: trio.Nursery, mariadb_server: MariaDB, tmp_path: Path
+) -> None:
+    answers: list[bytes] = []
+
+    async def switching(db: FakeConnection) -> None:
+        response = await db.frame()
+        assert response is not None
+        login = wire.parse_handshake_response(response.payload)
+        assert isinstance(login, wire.HandshakeResponse)
+        answers.append(login.auth_response)
+        await db.send(3, b"\xfemysql_clear_password\0")
+        answer = await db.frame()
+        assert answer is not None and answer.seq == 4
+        answers.append(answer.payload)
+        await db.send(5, wire.build_ok())
+        ping = await db.frame()
+        assert ping is not None and ping.payload == bytes([wire.COM_PING])
+        await db.send(1, wire.build_ok())
+        await db.frame()
+
+    port = await fake_database(nursery, mariadb_server, tmp_path, switching)
+    service = await start_service(nursery, mariadb_server, port=port)
+    client = await RawClient.connect(service)
+    await client.login()
+    await client.send(0, bytes([wire.COM_PING]))
+    pong = await client.frame()
+    assert pong is not None and pong.payload[:1] == b"\x00"
+    await client.aclose()
+    assert answers == [b"", b"\0"]  # no password: the certificate is the proof
+
+
+async def test_database_that_refuses_at_the_greeting_says_why(
+    nursery: trio.Nursery, mariadb_server: MariaDB
+) -> None:
+    async def busy(stream: trio.SocketStream) -> None:
+        await stream.send_all(wire.frame(0, wire.build_err(1040, "08004", "Too many connections")))
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, busy, 0, host="127.0.0.1"))
+    service = await start_service(
+        nursery, mariadb_server, port=listeners[0].socket.getsockname()[1]
+    )
+    run = await mariadb(service, "-e", "SELECT 1")
+    assert "ERROR 1040 (08004)" in run.stderr
+    assert "refused the connection: Too many connections" in run.stderr

@@ -70,7 +70,7 @@ LOCAL_INFILE_REFUSED = (
 
 
 class _Refusal(Exception):
-    """The session cannot go on; ``err`` is what the client is told."""
+    """The database leg could not be set up; the ERR fields are what the client is told."""
 
     def __init__(self, code: int, sqlstate: str, message: str) -> None:
         super().__init__(message)
@@ -159,8 +159,6 @@ class _Connection:
             response = await self._read_handshake_response()
         if timeout.cancelled_caught:
             raise _Ended(f"the client sent no handshake response within {HANDSHAKE_TIMEOUT:g} s")
-        if response is None:
-            return
         self.db_user, self.db_name = response.user, response.database
         capabilities = response.capabilities & offered
 
@@ -172,6 +170,7 @@ class _Connection:
             raise _Ended(f"access denied: {exc}") from None
 
         expires_in = self._seconds_left()
+        deadline = math.inf if expires_in is None else trio.current_time() + expires_in
         if expires_in is not None and expires_in <= 0:
             message = "your certificate has expired: log in again (tether login)"
             await self._err_to_client(2, ER_ACCESS_DENIED, "28000", message)
@@ -193,7 +192,7 @@ class _Connection:
         await self._audit("db.session.start")
         reason = "ended"
         try:
-            reason = await self._relay(expires_in)
+            reason = await self._relay(deadline)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_END_TIMEOUT):
                 await self._audit("db.session.end", reason=reason)
@@ -205,7 +204,7 @@ class _Connection:
         left: datetime.timedelta = self.session.expires - self.session.now()
         return left.total_seconds()
 
-    async def _read_handshake_response(self) -> wire.HandshakeResponse | None:
+    async def _read_handshake_response(self) -> wire.HandshakeResponse:
         while True:
             try:
                 f = self._client_reader.next_frame()
@@ -394,8 +393,9 @@ class _Connection:
 
     # -- the relay ----------------------------------------------------------------------------
 
-    async def _relay(self, expires_in: float | None) -> str:
-        """Copy both ways until one side ends; returns why the session ended."""
+    async def _relay(self, deadline: float) -> str:
+        """Copy both ways until one side ends or ``deadline`` (trio's clock) passes; returns
+        why the session ended."""
         reasons: list[str] = []
 
         async def client_side(cancel: trio.CancelScope) -> None:
@@ -420,7 +420,6 @@ class _Connection:
                 reasons.append("a peer went away")
             cancel.cancel()
 
-        deadline = math.inf if expires_in is None else trio.current_time() + expires_in
         with trio.move_on_at(deadline) as expiry:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client_side, nursery.cancel_scope)
