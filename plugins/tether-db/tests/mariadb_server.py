@@ -201,6 +201,7 @@ def mariadb_server() -> Iterator[MariaDB]:
             f"--ssl-key={directory / 'server.key'}",
             f"--ssl-ca={directory / 'client-ca.pem'}",
             "--local-infile=1",
+            "--max-allowed-packet=64M",
             "--skip-log-bin",
             "--innodb-buffer-pool-size=16M",
             "--performance-schema=OFF",

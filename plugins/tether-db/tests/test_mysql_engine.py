@@ -13,6 +13,7 @@ from mariadb_server import MariaDB, TestCA
 from mysql_harness import (
     FakeConnection,
     RawClient,
+    Service,
     fake_database,
     mariadb,
     now_plus,
@@ -508,3 +509,57 @@ async def test_database_that_refuses_at_the_greeting_says_why(
     run = await mariadb(service, "-e", "SELECT 1")
     assert "ERROR 1040 (08004)" in run.stderr
     assert "refused the connection: Too many connections" in run.stderr
+
+
+async def test_statements_and_rows_over_16_mib_go_through_whole(
+    nursery: trio.Nursery, mariadb_server: MariaDB
+) -> None:
+    """Packets of 16 MiB and more travel as several frames, both ways."""
+    service = await start_service(nursery, mariadb_server)
+    size = wire.MAX_FRAME + 1000
+    statement = f"SELECT LENGTH('{'x' * size}') AS n"
+
+    def work() -> tuple[object, ...]:
+        connection = pymysql_connect(service, max_allowed_packet=64 * 1024 * 1024)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+                [(length,)] = cursor.fetchall()
+                cursor.execute(f"SELECT REPEAT('y', {size}), 'after'")
+                [(row, after)] = cursor.fetchall()
+                return length, len(row), after
+        finally:
+            connection.close()
+
+    assert await trio.to_thread.run_sync(work) == (size, size, "after")
+    await service.wait_ended()
+    assert statement in service.queries()
+
+
+async def test_statement_is_audited_before_the_database_sees_it(
+    nursery: trio.Nursery, mariadb_server: MariaDB, tmp_path: Path
+) -> None:
+    seen_at_arrival: list[list[str]] = []
+    service: Service | None = None
+
+    async def database(db: FakeConnection) -> None:
+        await db.frame()
+        await db.send(3, wire.build_ok())
+        while (f := await db.frame()) is not None and f.payload[:1] == b"\x03":
+            assert service is not None
+            seen_at_arrival.append(service.queries())
+            await db.send(1, wire.build_ok())
+
+    port = await fake_database(nursery, mariadb_server, tmp_path, database)
+    service = await start_service(nursery, mariadb_server, port=port)
+    client = await RawClient.connect(service)
+    await client.login()
+    for n in range(3):
+        await client.send(0, bytes([wire.COM_QUERY]) + f"UPDATE t SET n = {n}".encode())
+        assert await client.frame() is not None
+    await client.aclose()
+    assert seen_at_arrival == [
+        ["UPDATE t SET n = 0"],
+        ["UPDATE t SET n = 0", "UPDATE t SET n = 1"],
+        ["UPDATE t SET n = 0", "UPDATE t SET n = 1", "UPDATE t SET n = 2"],
+    ]
