@@ -58,6 +58,21 @@ def test_a_length_over_the_bound_is_refused_from_the_header() -> None:
         reader.next_frame()
 
 
+def test_a_relay_takes_frames_as_they_came_and_leaves_out_one_it_answers() -> None:
+    reader = wire.FrameReader(keep_raw=True)
+    first, second, third = wire.frame(1, b"\x01"), wire.frame(2, b"\xfbfile"), wire.frame(3, b"3")
+    reader.receive_data(first + second + third[:2])
+    assert reader.next_frame() is not None
+    assert reader.next_frame() is not None
+    assert reader.take_raw(but_last=True) == first
+    reader.discard()
+    assert reader.next_frame() is None
+    reader.receive_data(third[2:])
+    assert reader.next_frame() is not None
+    assert reader.take_raw() == third
+    assert reader.take_raw() == b""
+
+
 def test_greeting_offers_no_tls_and_reads_back() -> None:
     payload = wire.build_greeting(
         server_version="8.0.0-tether",
@@ -258,3 +273,26 @@ def test_a_continuation_frame_is_never_read_as_a_packet() -> None:
     assert tracker.server_frame(big_row) is Event.PART
     assert tracker.server_frame(rest) is Event.PART
     assert feed(tracker, eof()) == [Event.DONE]
+
+
+def test_rows_are_skipped_up_to_what_may_end_them() -> None:
+    tracker = wire.ResponseTracker()
+    tracker.client_command(wire.COM_QUERY)
+    reader = wire.FrameReader(keep_raw=True)
+    rows = [wire.frame(4 + n, b"\x03abc") for n in range(3)]
+    null_row = wire.frame(7, b"\xfb")
+    data = wire.frame(1, b"\x01") + wire.frame(2, b"col") + wire.frame(3, eof())
+    data += b"".join(rows) + null_row + wire.frame(8, eof()) + wire.frame(0, b"\x00")
+    reader.receive_data(data)
+    events = []
+    skipped = 0
+    while True:
+        if tracker.in_rows:
+            skipped += reader.skip_rows()
+        f = reader.next_frame()
+        if f is None:
+            break
+        events.append(tracker.server_frame(f))
+    assert skipped == 4  # three rows and the one whose first column is NULL
+    assert events == [Event.PART, Event.PART, Event.PART, Event.DONE, Event.UNSOLICITED]
+    assert reader.take_raw() == data

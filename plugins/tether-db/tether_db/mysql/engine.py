@@ -117,6 +117,9 @@ class _Connection:
         self.database: trio.abc.Stream | None = None
         self.tracker = wire.ResponseTracker()
         self._client_reader = wire.FrameReader(max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
+        self._database_reader = wire.FrameReader(
+            max_payload=wire.MAX_HANDSHAKE_PAYLOAD, keep_raw=True
+        )
         self._client_lock = trio.Lock()
         self._statement: bytearray | None = None
         self._held: bytearray = bytearray()
@@ -251,7 +254,7 @@ class _Connection:
                 ER_CONNECT_TO_FOREIGN_DATA_SOURCE, "HY000", f"cannot reach {where}: {reason}"
             ) from None
         self.database = tcp
-        reader = wire.FrameReader(max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
+        reader = self._database_reader
         try:
             f = await _read_frame(tcp, reader)
             try:
@@ -374,6 +377,8 @@ class _Connection:
             f = await _read_frame(tls, reader)
             head = f.payload[:1]
             if head == b"\x00":
+                reader.discard()  # the relay starts after the OK
+                reader.set_max_payload(wire.MAX_FRAME)
                 return f.payload
             if head == b"\xff":
                 err = wire.parse_err(f.payload)
@@ -536,7 +541,7 @@ class _Connection:
     async def _database_to_client(self) -> str:
         assert self.database is not None
         name = self.session.database.name
-        reader = wire.FrameReader()
+        reader = self._database_reader
         while True:
             try:
                 data = await self.database.receive_some(_READ)
@@ -550,18 +555,26 @@ class _Connection:
                 return "the database closed the connection"
             reader.receive_data(data)
             out = bytearray()
-            while (f := reader.next_frame()) is not None:
+            while True:
+                if self.tracker.in_rows:
+                    reader.skip_rows()
+                f = reader.next_frame()
+                if f is None:
+                    break
                 event = self.tracker.server_frame(f)
                 if event is Event.LOCAL_INFILE and not self.session.allow_local_infile:
+                    out += reader.take_raw(but_last=True)
+                    reader.discard()
                     await self._refuse_local_infile(f, out)
                     return "the database asked for a local file, which the roles do not allow"
                 if event is Event.QUERY_ERR and not self.session.allow_local_infile:
                     err = wire.parse_err(f.payload)
                     if err.code in (ER_NOT_ALLOWED_COMMAND, ER_LOCAL_INFILE_DISABLED):
+                        out += reader.take_raw(but_last=True)
+                        reader.discard()
                         message = LOCAL_INFILE_REFUSED.format(db=name)
                         out += wire.frame(f.seq, wire.build_err(err.code, err.sqlstate, message))
-                        continue
-                out += f.raw
+            out += reader.take_raw()
             if out:
                 await self._to_client(bytes(out))
 

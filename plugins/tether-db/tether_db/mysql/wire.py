@@ -235,15 +235,27 @@ class FrameReader:
 
     :param max_payload: frames announcing a longer payload raise :class:`ProtocolError` as
         soon as the header arrives (during the handshake nothing is long).
+    :param keep_raw: keep the bytes of returned frames until :meth:`take_raw` or
+        :meth:`discard` (a relay passes them on as they came).
     """
 
-    def __init__(self, *, max_payload: int = MAX_FRAME) -> None:
+    def __init__(self, *, max_payload: int = MAX_FRAME, keep_raw: bool = False) -> None:
+        self._keep_raw = keep_raw
         self._buffer = bytearray()
+        self._pos = 0  # where the next frame starts
+        self._last = 0  # where the frame last returned starts
+        self._mark = 0  # frames before it were handed on (see take_raw) or discarded
         self._max_payload = max_payload
         self._continuing = False
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes read from the peer."""
+        if self._mark:
+            # dropped in one go rather than frame by frame: a read holds many small rows
+            del self._buffer[: self._mark]
+            self._pos -= self._mark
+            self._last = max(0, self._last - self._mark)
+            self._mark = 0
         self._buffer += data
 
     def set_max_payload(self, max_payload: int) -> None:
@@ -253,26 +265,69 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as frames."""
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes arrive."""
-        if len(self._buffer) < 4:
+        buf, pos = self._buffer, self._pos
+        if len(buf) - pos < 4:
             return None
-        length = int.from_bytes(self._buffer[:3], "little")
+        length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
         if length > self._max_payload:
             raise ProtocolError(
                 f"packet of {length} bytes announced, "
                 f"more than the {self._max_payload} allowed here"
             )
-        if len(self._buffer) < 4 + length:
+        if len(buf) - pos < 4 + length:
             return None
-        seq = self._buffer[3]
-        payload = bytes(self._buffer[4 : 4 + length])
-        del self._buffer[: 4 + length]
-        result = Frame(seq=seq, payload=payload, continuation=self._continuing)
+        result = Frame(
+            seq=buf[pos + 3],
+            payload=bytes(buf[pos + 4 : pos + 4 + length]),
+            continuation=self._continuing,
+        )
+        self._last, self._pos = pos, pos + 4 + length
+        if not self._keep_raw:
+            self._mark = self._pos
         self._continuing = length == MAX_FRAME
         return result
+
+    def skip_rows(self) -> int:
+        """Pass over complete rows of a result without making a frame of each: stops at a
+        frame that may end the rows (EOF, ERR), a full frame (it continues) or an incomplete
+        one. Only for a caller that knows rows come next (:attr:`ResponseTracker.in_rows`);
+        skipped frames are taken by :meth:`take_raw` like the others. Returns how many."""
+        if self._continuing:
+            return 0
+        buf, pos, end = self._buffer, self._pos, len(self._buffer)
+        count = 0
+        while end - pos >= 5:
+            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+            if length == 0 or length >= MAX_FRAME or end - pos < 4 + length:
+                break
+            head = buf[pos + 4]
+            if head == 0xFF or (head == 0xFE and length < 9):
+                break
+            pos += 4 + length
+            count += 1
+        if count:
+            self._pos = pos
+            self._last = pos  # the last frame returned, if any, was before these
+            if not self._keep_raw:
+                self._mark = pos
+        return count
+
+    def take_raw(self, *, but_last: bool = False) -> bytes:
+        """The bytes of the frames returned since the last call, exactly as they came, so a
+        relay can pass them on without building them again; ``but_last`` leaves out the
+        frame last returned (call :meth:`discard` after it to drop it)."""
+        end = self._last if but_last else self._pos
+        raw = bytes(self._buffer[self._mark : end])
+        self._mark = end
+        return raw
+
+    def discard(self) -> None:
+        """Forget the frames returned and not taken (a relay answers them itself)."""
+        self._mark = self._pos
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,6 +770,17 @@ class ResponseTracker:
         self._count = 0  # column or parameter definitions still to come
         self._columns_after = 0  # for PREPARE: column definitions after the parameters
         self.uploading = False  # the client is sending a LOCAL INFILE's content
+
+    @property
+    def in_rows(self) -> bool:
+        """The next server packet is a row or what ends the rows (see
+        :meth:`FrameReader.skip_rows`)."""
+        if not self._pending:
+            return False
+        reply = self._pending[0]
+        return reply is Reply.FETCH or (
+            reply in (Reply.QUERY, Reply.EXECUTE) and self._state is _State.ROWS
+        )
 
     @property
     def idle(self) -> bool:
