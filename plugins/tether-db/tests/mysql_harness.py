@@ -171,10 +171,10 @@ class RawClient:
     async def connect(cls, service: Service) -> RawClient:
         return cls(await trio.open_tcp_stream("127.0.0.1", service.port))
 
-    async def frame(self) -> wire.Frame | None:
+    async def frame(self, patience: float = 30) -> wire.Frame | None:
         """The next frame, or None when the service closed the connection."""
         while (f := self.reader.next_frame()) is None:
-            with trio.fail_after(30):
+            with trio.fail_after(patience):
                 data = await self.stream.receive_some(65536)
             if not data:
                 return None

@@ -563,3 +563,45 @@ async def test_statement_is_audited_before_the_database_sees_it(
         ["UPDATE t SET n = 0", "UPDATE t SET n = 1"],
         ["UPDATE t SET n = 0", "UPDATE t SET n = 1", "UPDATE t SET n = 2"],
     ]
+
+
+async def test_database_that_never_greets_gets_a_clear_error_not_a_hang(
+    nursery: trio.Nursery, mariadb_server: MariaDB, autojump_clock: trio.abc.Clock
+) -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    silent_port = listeners[0].socket.getsockname()[1]
+    service = await start_service(nursery, mariadb_server, port=silent_port, names=("",))
+    client = await RawClient.connect(service)
+    assert await client.frame() is not None  # the greeting
+    await client.send(
+        1,
+        wire.build_handshake_response(
+            capabilities=wire.Cap.PROTOCOL_41 | wire.Cap.SECURE_CONNECTION,
+            max_packet=1 << 24,
+            charset=45,
+            user="alice",
+            auth_response=b"",
+            database="",
+            auth_plugin="",
+        ),
+    )
+    err = await client.frame(patience=600)
+    assert err is not None
+    message = wire.parse_err(err.payload).message
+    assert message == "database 'shop-db' did not finish its handshake in time"
+    await client.aclose()
+
+
+async def test_client_that_never_answers_the_greeting_is_let_go(
+    nursery: trio.Nursery, mariadb_server: MariaDB, autojump_clock: trio.abc.Clock
+) -> None:
+    service = await start_service(nursery, mariadb_server)
+    client = await RawClient.connect(service)
+    assert await client.frame() is not None
+    with trio.fail_after(600):
+        await service.wait_ended()
+    await client.aclose()
+    assert not service.events
