@@ -1,0 +1,3 @@
+"""Fixtures for the tether-db plugin's tests."""
+
+from mariadb_server import *  # noqa: F403
