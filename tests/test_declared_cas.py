@@ -24,8 +24,8 @@ import attrs
 import pytest
 from cryptography import x509
 
+from host_identity import host_client
 from tether import pki
-from tether.auth.http_client import AuthClient
 from tether.errors import AccessDenied, TetherError
 from tether.testing.certificates import ClusterAuthorities
 from tether.testing.cluster import RunningCluster, start_cluster
@@ -77,27 +77,6 @@ def openssl(*args: str | pathlib.Path, check: bool = True) -> subprocess.Complet
     if check:
         assert done.returncode == 0, f"openssl {' '.join(map(str, args))}: {done.stderr}"
     return done
-
-
-def host_client(site: Site, roles: tuple[str, ...], name: str = "gadget-host") -> AuthClient:
-    """A client of auth with a host identity of kind node carrying ``roles``, minted with the
-    cluster's own X.509 CA as auth would issue it at a join."""
-    cas = ClusterAuthorities.load_or_create(site.cluster.data_dir / "keys", CLUSTER)
-    key = pki.generate_private_key()
-    identity = pki.Identity(
-        username=name,
-        cluster=CLUSTER,
-        roles=roles,
-        traits={},
-        logins=(),
-        expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
-        kind="node",
-    )
-    cert = pki.issue_x509_cert(cas.tls, key.public_key(), identity)
-    context = pki.client_ssl_context(
-        trusted_cas=[cas.tls.certificate], cert=cert, key=key, peer_kinds=("auth",)
-    )
-    return AuthClient(f"https://{site.cluster.auth_addr}", context)
 
 
 def issued_events(site: Site) -> list[dict[str, Any]]:
@@ -262,7 +241,7 @@ async def test_host_with_the_role_gets_a_client_certificate_subject_exactly_cn(
     site: Site, tmp_path: pathlib.Path
 ) -> None:
     key = pki.generate_private_key("ecdsa-p256")
-    async with host_client(site, ("Hooktest",)) as client:
+    async with host_client(site.cluster, ("Hooktest",)) as client:
         signed = await client.sign_certificate(
             "hooktest_client",
             key.public_key(),
@@ -289,14 +268,14 @@ async def test_host_with_the_role_gets_a_client_certificate_subject_exactly_cn(
 async def test_host_with_the_role_verifies_servers_with_the_server_cas_certificates(
     site: Site,
 ) -> None:
-    async with host_client(site, ("Hooktest",)) as client:
+    async with host_client(site.cluster, ("Hooktest",)) as client:
         pems = await client.authority_certificates("hooktest", CLUSTER)
     assert "".join(pems) == site.export("hooktest")
 
 
 async def test_node_without_the_role_is_refused_a_client_certificate(site: Site) -> None:
     key = pki.generate_private_key()
-    async with host_client(site, (), name="plain-node") as client:
+    async with host_client(site.cluster, (), name="plain-node") as client:
         with pytest.raises(AccessDenied, match="only hosts with role Hooktest may"):
             await client.sign_certificate(
                 "hooktest_client",
@@ -311,7 +290,7 @@ async def test_node_without_the_role_is_refused_a_client_certificate(site: Site)
 
 async def test_host_with_the_role_is_refused_what_its_role_does_not_name(site: Site) -> None:
     key = pki.generate_private_key()
-    async with host_client(site, ("Hooktest",)) as client:
+    async with host_client(site.cluster, ("Hooktest",)) as client:
         # the server CA names no host role
         with pytest.raises(AccessDenied, match="no host may"):
             await client.sign_certificate(

@@ -368,9 +368,10 @@ _CA_TYPE = re.compile(r"[a-z][a-z0-9_]*")
 def _validate_cert_authority(resource: Resource) -> None:
     spec: CertAuthoritySpec = resource.spec
     if not _CA_TYPE.fullmatch(spec.type):
+        guess = did_you_mean(spec.type, ("user", "host", "tls"))
         raise InvalidField(
             ("spec", "type"),
-            f"{spec.type!r} is not a CA type",
+            f"{spec.type!r} is not a CA type" + (f" (did you mean {guess}?)" if guess else ""),
             hint="user, host, tls, or a type a plugin declares (tetherctl auth export --help)",
         )
     if spec.cluster_name != resource.metadata.name:
