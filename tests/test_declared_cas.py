@@ -122,6 +122,41 @@ def test_admin_export_offers_the_declared_types_in_its_help(site: Site) -> None:
     assert "hooktest_client" in refused.stderr
 
 
+def test_operator_uninstalls_the_plugin_and_reinstalls_it_and_its_ca_is_the_same(
+    tmp_path: pathlib.Path,
+) -> None:
+    env = {"TETHER_HOOKTEST_LOG": str(tmp_path / "hooks.jsonl")}
+    directory = tmp_path / "cluster"
+
+    def fingerprint(cluster: RunningCluster) -> str:
+        args = ("auth", "export", "--type=hooktest", "--fingerprint")
+        return cluster.tetherctl(*args, env=env).stdout
+
+    first = start_cluster(directory, "again", env=env)
+    try:
+        before = fingerprint(first)
+    finally:
+        first.stop()
+
+    # hooktest inactive: as if uninstalled. Auth starts, its CA files stay, nothing else breaks
+    bare = start_cluster(directory, "again")
+    try:
+        assert (bare.data_dir / "keys" / "ca_hooktest.key").exists()
+        assert "tls" in bare.tetherctl("get", "cas").stdout
+        refused = bare.tetherctl(
+            "auth", "sign", "--format=hooktest", "--host=x", f"--out={tmp_path / 'x'}", check=False
+        )
+        assert refused.returncode != 0 and "--format" in refused.stderr
+    finally:
+        bare.stop()
+
+    again = start_cluster(directory, "again", env=env)
+    try:
+        assert fingerprint(again) == before
+    finally:
+        again.stop()
+
+
 # --- tetherctl auth sign --------------------------------------------------------------------
 
 
