@@ -361,6 +361,14 @@ async def test_host_with_the_role_is_refused_what_its_role_does_not_name(site: S
                 usage="client",
                 ttl=datetime.timedelta(minutes=5),
             )
+        with pytest.raises(TetherError, match="cannot sign a certificate for that public key"):
+            await client.sign_certificate(
+                "hooktest_client",
+                "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n",
+                "alice",
+                usage="client",
+                ttl=datetime.timedelta(minutes=5),
+            )
         with pytest.raises(TetherError, match="no CA type 'nosuch' is declared"):
             await client.sign_certificate(
                 "nosuch", key.public_key(), "alice", usage="client", ttl=datetime.timedelta(1)
