@@ -898,7 +898,6 @@ async def auth_export(
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(()),
     help="What the files are for; the formats come from the CA types plugins declare.",
 )
 @click.option(
@@ -932,8 +931,12 @@ async def auth_sign(
     types = _ca_types(ctx)
     by_format = {t.sign_format: t for t in types.values() if t.sign_format}
     ca_type = by_format.get(fmt)
-    if ca_type is None:  # the choices come from the same plugins: only a race gets here
-        raise click.BadParameter(f"unknown format {fmt!r}", param_hint="--format")
+    if ca_type is None:  # with formats declared, click refused it already
+        raise click.BadParameter(
+            f"no plugin installed here declares the format {fmt!r} (declared: "
+            f"{', '.join(by_format) or 'none'}); install the plugin that does",
+            param_hint="--format",
+        )
     try:
         ttl_delta = parse_duration(ttl) if ttl else ca_type.max_ttl
     except ValueError as exc:
@@ -1184,7 +1187,8 @@ def _describe_ca_types(types: Mapping[str, CertAuthorityType]) -> None:
     formats = {t.sign_format: t for t in types.values() if t.sign_format}
     for param in auth_sign.params:
         if param.name == "fmt" and isinstance(param, click.Option):
-            param.type = click.Choice(tuple(formats))
+            if formats:  # else the command says that no plugin declares one
+                param.type = click.Choice(tuple(formats))
             described = "; ".join(
                 f"{name}: a server's certificate signed by the {t.name} CA ({t.description})"
                 for name, t in formats.items()
