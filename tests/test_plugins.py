@@ -44,6 +44,7 @@ HOOKTEST_HOOKS = (
     "tether_audit_event",
     "tether_audit_search",
     "tether_backends",
+    "tether_cert_authorities",
     "tether_cli_commands",
     "tether_config_sections",
     "tether_configure",

@@ -14,7 +14,8 @@ The names, grouped as ``docs/api.md`` groups them:
 * server side, the types hooks take and return: resource kinds, protocol handlers and the
   targets they reach, node-agent protocols, identity connectors, backends, audit events,
   role-map rules, services, the configuration (the types of plugin-owned configuration
-  sections, service roles, token types and role fields go with :class:`Config`);
+  sections, service roles, token types, role fields and declared CA types go with
+  :class:`Config`);
 * certificates and identities a protocol verifies;
 * client side (``tether`` commands a plugin adds): the login profile, a stream to a target
   through the proxy, the command-line helpers and the groups the kernel owns.
@@ -24,6 +25,7 @@ from tether import __version__
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.sso_flows import SSORequest, is_loopback_http
 from tether.backend import Backend, BackendType, open_sqlite
+from tether.cert_authority_types import CertAuthorityType, SignedCertificate
 from tether.cli import (
     cluster_option,
     complete_clusters,
@@ -125,6 +127,7 @@ __all__ = [
     "AuditQuery",
     "Backend",
     "BackendType",
+    "CertAuthorityType",
     "CertificateExpired",
     "CertificateNotYetValid",
     "ClaimMapping",
@@ -162,6 +165,7 @@ __all__ = [
     "Service",
     "ServiceContext",
     "ServiceRole",
+    "SignedCertificate",
     "Target",
     "TargetKind",
     "TargetOffline",

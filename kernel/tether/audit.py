@@ -8,6 +8,7 @@ any searcher can return them without knowing the event types.
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Awaitable, Mapping
 from typing import Any, cast
@@ -17,7 +18,7 @@ import pluggy
 
 from tether.plugins import await_maybe, call_each
 
-__all__ = ["AuditEvent", "AuditQuery", "emit", "search"]
+__all__ = ["EVENT_TYPE", "AuditEvent", "AuditQuery", "emit", "search"]
 
 # The event types the kernel emits; plugins add their own with their own prefix.
 USER_LOGIN = "user.login"
@@ -29,6 +30,9 @@ RESOURCE_UPDATED = "resource.updated"
 RESOURCE_DELETED = "resource.deleted"
 CERT_ISSUED = "cert.issued"
 TOKEN_CREATED = "token.created"
+
+#: What an event type looks like: lower-case words separated by dots (``ssh.session.start``).
+EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
 def _now() -> datetime.datetime:

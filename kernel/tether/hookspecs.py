@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from tether.audit import AuditEvent, AuditQuery
     from tether.backend import BackendType
+    from tether.cert_authority_types import CertAuthorityType
     from tether.config import Config, ConfigSection, ServiceRole
     from tether.connectors import IdentityConnector
     from tether.node.protocols import AgentProtocol
@@ -90,6 +91,22 @@ def tether_token_types() -> list[TokenType]:
     which is what the join of that kind of host checks. The kernel registers ``node``,
     ``proxy`` and ``trusted_cluster`` the same way. An unknown type is refused with the list
     of registered ones; a name or role declared twice stops start-up naming the plugins.
+    """
+
+
+@hookspec
+def tether_cert_authorities() -> list[CertAuthorityType]:
+    """Return the X.509 certificate authorities this plugin declares beside the kernel's.
+
+    Called when the auth service starts, which creates each declared CA the first time
+    (``keys/ca_<name>.key`` and ``.crt`` in its data directory, with the algorithm of
+    ``auth_service.tls_ca_algorithm``), publishes it as the ``cert_authority`` resource
+    ``<name>/<cluster>`` and signs with it for those the
+    :class:`~tether.cert_authority_types.CertAuthorityType` allows; and by ``tetherctl`` for
+    the choices of ``auth export --type`` and ``auth sign --format``. A declared CA is this
+    cluster's own: never sent to another cluster. Once declared, its files stay when the
+    plugin is uninstalled. A bad or kernel name (``user``, ``host``, ``tls``), or a name or
+    format declared twice, stops start-up naming the plugins.
     """
 
 

@@ -26,18 +26,25 @@ from tether.trust.handshake import TrustExchange, ca_resources
 __all__ = ["create_preset_roles", "issue_system_certificate", "load_authorities", "publish"]
 
 
-def load_authorities(config: Config) -> pki.ClusterAuthorities:
-    """Load the cluster's CAs from the data directory, creating them on first start."""
-    return pki.ClusterAuthorities.load_or_create(
-        pathlib.Path(config.data_dir) / "keys",
+def load_authorities(config: Config, declared: Sequence[str] = ()) -> pki.ClusterAuthorities:
+    """Load the cluster's CAs from the data directory, creating them on first start, and the
+    X.509 CAs of the ``declared`` types (``tether_cert_authorities``) the first time each is
+    declared, with the X.509 CA's algorithm (what databases accept of the cluster's CA)."""
+    keys_dir = pathlib.Path(config.data_dir) / "keys"
+    authorities = pki.ClusterAuthorities.load_or_create(
+        keys_dir,
         config.cluster_name,
         algorithm=config.auth_service.ca_algorithm,
         tls_algorithm=config.auth_service.tls_ca_algorithm,
     )
+    return authorities.with_declared(
+        keys_dir, declared, algorithm=config.auth_service.tls_ca_algorithm
+    )
 
 
 async def publish(ctx: AuthContext) -> None:
-    """Store this cluster's public CAs, so that ``tetherctl get cert_authority`` shows them.
+    """Store this cluster's public CAs, so that ``tetherctl get cert_authority`` shows them:
+    the kernel's and those plugins declare (which the trust exchange never sends).
 
     Only those that differ from the stored ones are written, in one batch: a restart with the
     same CAs writes nothing, so the trust snapshot keeps the revision hosts hold (see
@@ -47,10 +54,15 @@ async def publish(ctx: AuthContext) -> None:
     """
     kind = ctx.registry.get("cert_authority")
     own = TrustExchange.of(ctx.cluster_name, ctx.authorities)
-    wanted = {
-        kind.key(kind.ref_of(res)): resource_to_bytes(res)
-        for res in ca_resources(ctx.registry, own, ("user", "host", "tls"))
-    }
+    resources = ca_resources(ctx.registry, own, ("user", "host", "tls"))
+    for name, ca in ctx.authorities.declared.items():
+        spec = {
+            "type": name,
+            "cluster_name": ctx.cluster_name,
+            "active_keys": {"ssh": [], "tls": [ca.cert_pem().decode()]},
+        }
+        resources.append(ctx.make("cert_authority", ctx.cluster_name, spec))
+    wanted = {kind.key(kind.ref_of(res)): resource_to_bytes(res) for res in resources}
     while True:
         changed = []
         for key, value in wanted.items():

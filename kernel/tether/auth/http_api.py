@@ -27,6 +27,7 @@ from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.auth.request_bodies import (
     AddToken,
     AddUser,
+    AuditBatch,
     BeginSSO,
     CollectSSO,
     CompleteSSO,
@@ -37,9 +38,11 @@ from tether.auth.request_bodies import (
     LoginPassword,
     Publish,
     RenewHost,
+    SignCertificate,
     Signup,
     UpdateUser,
     read_body,
+    structure_body,
 )
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
@@ -284,6 +287,40 @@ def build_app(auth: AuthService) -> BodyLimit:
         )
         return JSONResponse({"recorded": True})
 
+    async def record_events(request: Request) -> JSONResponse:
+        # a host's backlog in one call, all or none: each event is checked before any is
+        # recorded, so that a retried batch never records its first events twice
+        identity = _peer_identity(request, auth)
+        body = await read_body(request, AuditBatch)
+        events = []
+        for i, data in enumerate(body.events, start=1):
+            try:
+                events.append(structure_body(data, HostEvent))
+            except TetherError as exc:
+                raise TetherError(f"audit event {i} of {len(body.events)}: {exc.message}") from None
+        await auth.record_host_events(
+            identity,
+            [(e.type, e.user or "", e.fields or {}, e.success is not False) for e in events],
+        )
+        return JSONResponse({"recorded": len(events)})
+
+    async def sign_certificate(request: Request) -> JSONResponse:
+        identity = _peer_identity(request, auth)
+        body = await read_body(request, SignCertificate)
+        if body.usage not in ("server", "client"):
+            raise TetherError("request field 'usage' must be server or client")
+        signed = await auth.sign_certificate(
+            identity,
+            body.ca_type,
+            body.public_key,
+            body.common_name,
+            usage="server" if body.usage == "server" else "client",
+            ttl=datetime.timedelta(seconds=body.ttl_seconds),
+            dns_names=body.dns_names or (),
+            ip_addresses=body.ip_addresses or (),
+        )
+        return JSONResponse({"certificate": signed.certificate, "ca_certs": list(signed.ca_certs)})
+
     async def trust(request: Request) -> Response:
         # a hanging GET (a watch): see TrustFeed.answer
         identity = _peer_identity(request, auth)
@@ -373,6 +410,8 @@ def build_app(auth: AuthService) -> BodyLimit:
             Route("/v1/tokens/{token}", delete_token, methods=["DELETE"]),
             Route("/v1/audit", audit_search, methods=["GET"]),
             Route("/v1/audit", record_event, methods=["POST"]),
+            Route("/v1/audit/batch", record_events, methods=["POST"]),
+            Route("/v1/certificates", sign_certificate, methods=["POST"]),
             Route("/v1/presence", publish, methods=["PUT"]),
             Route("/v1/hosts/renew", renew_host, methods=["POST"]),
             Route("/v1/tunnels/heartbeats", record_heartbeats, methods=["PUT"]),

@@ -20,6 +20,7 @@ import httpx
 
 from tether import pki
 from tether.audit import AuditEvent, AuditQuery
+from tether.cert_authority_types import CertUsage, SignedCertificate
 from tether.config import Config
 from tether.datadir import admin_identity_paths, read_process_info
 from tether.errors import TetherError
@@ -237,6 +238,90 @@ class AuthClient:
                 "success": success,
             },
         )
+
+    async def record_events(
+        self, events: Sequence[tuple[str, str, Mapping[str, Any], bool]]
+    ) -> None:
+        """Record audit events that happened on this host in one call, in order, all or none:
+        each is ``(type, user, fields, success)``, as :meth:`record_event` takes them.
+
+        :raises TetherError: auth refused the batch (naming the event at fault), or cannot
+            be reached; nothing was recorded then.
+        """
+        await self.call(
+            "POST",
+            "/v1/audit/batch",
+            json={
+                "events": [
+                    {
+                        "type": event_type,
+                        "user": user or None,
+                        "fields": dict(fields),
+                        "success": success,
+                    }
+                    for event_type, user, fields, success in events
+                ]
+            },
+        )
+
+    async def sign_certificate(
+        self,
+        ca_type: str,
+        public_key: pki.SubjectPublicKey | str,
+        common_name: str,
+        *,
+        usage: CertUsage,
+        ttl: datetime.timedelta,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+    ) -> SignedCertificate:
+        """Have the CA of ``ca_type`` (one a plugin declares) sign a certificate for
+        ``public_key`` (an object or PEM): subject exactly ``CN=<common_name>``, the DNS
+        names and IP addresses as its SAN, for a ``server`` or a ``client``, valid ``ttl``
+        (at most the CA type's ``max_ttl``).
+
+        Nothing is cached, here or in auth: each call signs anew and is audited
+        (``cert.issued``). A caller signing often (a client certificate per session) keeps
+        what it got and reuses it until near its expiry.
+
+        :raises AccessDenied: the caller may not (the admin, users whose roles allow verb
+            ``sign`` on kind ``cert_authority``, and hosts with a role the CA type names may).
+        """
+        pem = (
+            public_key
+            if isinstance(public_key, str)
+            else pki.public_key_to_pem(public_key).decode()
+        )
+        body = await self.call(
+            "POST",
+            "/v1/certificates",
+            json={
+                "ca_type": ca_type,
+                "public_key": pem,
+                "common_name": common_name,
+                "usage": usage,
+                "ttl_seconds": ttl.total_seconds(),
+                "dns_names": list(dns_names),
+                "ip_addresses": list(ip_addresses),
+            },
+        )
+        return SignedCertificate(
+            certificate=str(body["certificate"]),
+            ca_certs=tuple(str(pem) for pem in body["ca_certs"]),
+        )
+
+    async def authority_certificates(self, ca_type: str, cluster: str) -> list[str]:
+        """The certificates (PEM) of ``cluster``'s CA of ``ca_type``, what a peer signed by it
+        is verified with: those it signs with and, during a rotation, those it still trusts
+        (its ``cert_authority`` resource's active and additional trusted keys)."""
+        docs = await self.get_resources("cert_authority", f"{ca_type}/{cluster}")
+        pems: dict[str, None] = {}
+        for doc in docs:
+            spec = doc.get("spec") or {}
+            for group in ("active_keys", "additional_trusted_keys"):
+                for pem in (spec.get(group) or {}).get("tls") or ():
+                    pems[str(pem)] = None
+        return list(pems)
 
     async def create_resources(
         self,

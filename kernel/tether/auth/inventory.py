@@ -12,13 +12,12 @@ import contextlib
 import datetime
 import ipaddress
 import json
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from tether import pki
+from tether import audit, pki
 from tether.auth.context import AuthContext
 from tether.auth.host_ids import HOST_ID, HostIds
 from tether.auth.joins import JOIN_ROLES
@@ -47,7 +46,7 @@ HEARTBEAT_TTL = 600.0
 #: How long a published inventory entry may live between heartbeats.
 MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
 MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
-_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_EVENT_TYPE = audit.EVENT_TYPE
 
 
 def _local_host(host: str) -> bool:
@@ -245,13 +244,27 @@ class Inventory:
     ) -> None:
         """Record an audit event reported by one of the cluster's hosts (a node's SSH
         sessions and refusals). The event names the host that reported it."""
+        await self.record_host_events(identity, [(event_type, user, fields, success)])
+
+    async def record_host_events(
+        self, identity: pki.Identity, events: Sequence[tuple[str, str, Mapping[str, Any], bool]]
+    ) -> None:
+        """Record events reported by one of the cluster's hosts, in order: each is
+        ``(type, user, fields, success)``. All are checked before any is recorded, so that a
+        refused batch records nothing and the host may send it again.
+
+        :raises TetherError: an event type is not valid, naming the event (1-based).
+        """
         if identity.kind not in JOIN_ROLES or identity.cluster != self._ctx.cluster_name:
             raise AccessDenied(f"{identity.kind} {identity.username!r} may not record events")
-        if not _EVENT_TYPE.match(event_type):
-            raise TetherError(
-                f"audit event type {event_type!r} is not valid",
-                hint="use lower-case words separated by dots, like ssh.session.start",
+        for i, (event_type, _, _, _) in enumerate(events, start=1):
+            if not _EVENT_TYPE.match(event_type):
+                where = f"audit event {i} of {len(events)}: " if len(events) > 1 else ""
+                raise TetherError(
+                    f"{where}audit event type {event_type!r} is not valid",
+                    hint="use lower-case words separated by dots, like ssh.session.start",
+                )
+        for event_type, user, fields, success in events:
+            await self._ctx.audit_event(
+                event_type, user, {**fields, "host": identity.username}, success=success
             )
-        await self._ctx.audit_event(
-            event_type, user, {**fields, "host": identity.username}, success=success
-        )

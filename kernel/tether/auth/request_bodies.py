@@ -26,6 +26,7 @@ from tether.wire import read_json_object
 __all__ = [
     "AddToken",
     "AddUser",
+    "AuditBatch",
     "BeginSSO",
     "CollectSSO",
     "CompleteSSO",
@@ -36,9 +37,11 @@ __all__ = [
     "LoginPassword",
     "Publish",
     "RenewHost",
+    "SignCertificate",
     "Signup",
     "UpdateUser",
     "read_body",
+    "structure_body",
 ]
 
 T = TypeVar("T")
@@ -159,6 +162,15 @@ async def read_body(request: Request, cls: type[T]) -> T:
         raise _refusal(exc) from None
 
 
+def structure_body(data: Mapping[str, Any], cls: type[T]) -> T:
+    """A JSON object already read (one element of a batch) as ``cls``, refused as
+    :func:`read_body` refuses a body."""
+    try:
+        return _converter.structure(dict(data), cls)
+    except BaseValidationError as exc:
+        raise _refusal(exc) from None
+
+
 def _refusal(exc: BaseValidationError) -> TetherError:
     for failure in failures(exc):
         problem = failure.error
@@ -244,6 +256,27 @@ class HostEvent:
     type: str
     user: str | None = None
     success: Any = True
+
+
+@attrs.frozen(kw_only=True)
+class AuditBatch:
+    """Events a host records in one call, each a :class:`HostEvent`, in order; checked one
+    by one with :func:`structure_body` so that a refusal names the event."""
+
+    events: Objects
+
+
+@attrs.frozen(kw_only=True)
+class SignCertificate:
+    """A certificate to sign with a declared CA (see :mod:`tether.auth.signing`)."""
+
+    ca_type: str
+    public_key: str
+    common_name: str
+    usage: str
+    ttl_seconds: float
+    dns_names: Strings | None = None
+    ip_addresses: Strings | None = None
 
 
 @attrs.frozen(kw_only=True)

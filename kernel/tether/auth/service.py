@@ -10,8 +10,8 @@ The jobs: :mod:`~tether.auth.authorities` (CA bootstrap), :mod:`~tether.auth.res
 (resources and visibility), :mod:`~tether.auth.inventory` (hosts' reports and remote
 clusters' status), :mod:`~tether.auth.host_ids`, :mod:`~tether.auth.users`,
 :mod:`~tether.auth.login` (passwords and lockout), :mod:`~tether.auth.sso_logins`,
-:mod:`~tether.auth.tokens`, :mod:`~tether.auth.joins`; they share an
-:class:`~tether.auth.context.AuthContext`.
+:mod:`~tether.auth.tokens`, :mod:`~tether.auth.joins`, :mod:`~tether.auth.signing`; they
+share an :class:`~tether.auth.context.AuthContext`.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from tether.auth.inventory import Inventory
 from tether.auth.joins import JoinResult, Joins
 from tether.auth.login import LoginResult, Logins
 from tether.auth.resource_store import ResourceStore
+from tether.auth.signing import CertificateSigning
 from tether.auth.sso_logins import SingleSignOn
 from tether.auth.tokens import TokenInfo, Tokens
 from tether.auth.trust_feed import TrustFeed
 from tether.auth.users import Users
 from tether.backend import Backend, Item
+from tether.cert_authority_types import cert_authority_types
 from tether.config import Config
 from tether.connectors import IdentityConnector
 from tether.errors import PluginError
@@ -126,6 +128,8 @@ class AuthService:
         self.users = Users(ctx, resources=self.resources, tokens=self.tokens)
         self.logins = Logins(ctx, self.connectors)
         self.sso = SingleSignOn(ctx, self.connectors, logins=self.logins)
+        #: the X.509 CAs plugins declare, and who may have certificates signed by them
+        self.signing = CertificateSigning(ctx, cert_authority_types(pm))
         self.joins = Joins(
             ctx, tokens=self.tokens, host_ids=self.host_ids, verify_client=self.verify_client
         )
@@ -149,6 +153,8 @@ class AuthService:
         self.publish = self.inventory.publish
         self.record_tunnel_heartbeats = self.inventory.record_tunnel_heartbeats
         self.record_host_event = self.inventory.record_host_event
+        self.record_host_events = self.inventory.record_host_events
+        self.sign_certificate = self.signing.sign_certificate
         self.hold_own_host_id = self.host_ids.hold_own
         self.add_user = self.users.add_user
         self.update_user = self.users.update_user
@@ -176,12 +182,13 @@ class AuthService:
         """Load or create the CAs, publish them as ``cert_authority`` resources, and create
         the preset roles that do not exist yet."""
         registry = KindRegistry.from_plugins(pm)
+        declared = cert_authority_types(pm)
         service = cls(
             config=config,
             pm=pm,
             backend=backend,
             registry=registry,
-            authorities=ca_bootstrap.load_authorities(config),
+            authorities=ca_bootstrap.load_authorities(config, list(declared)),
             clock=clock,
         )
         await ca_bootstrap.publish(service.context)

@@ -16,7 +16,10 @@ inside this one agent, which does what each would otherwise copy:
 * heartbeats of the inventory entries each protocol publishes (an entry not renewed expires);
 * the cluster's trust and roles (:class:`~tether.trust.cache.TrustCache`, the snapshot proxies
   hold) and the one trust decision over it;
-* audit forwarding to the auth service, through a bounded backlog that never blocks a session.
+* audit forwarding to the auth service in batches, through a bounded backlog that never
+  blocks a session and loses nothing on the way (:mod:`~tether.node.audit_forwarding`);
+* certificates signed by the CAs plugins declare, through the agent's auth client
+  (:meth:`~tether.node.protocols.AgentContext.sign_certificate`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tether.auth.http_client import AuthClient
 from tether.config import Config, HostPort
 from tether.dial import refusal_reason
 from tether.errors import AccessDenied, ConfigError, TetherError, TrustError
+from tether.node.audit_forwarding import AUDIT_BACKLOG, AuditBacklog
 from tether.node.join import (
     SERVER_KINDS,
     JoinedIdentity,
@@ -65,9 +69,6 @@ log = logging.getLogger(__name__)
 #: How often the agent renews its inventory entries; an entry lives four heartbeats.
 HEARTBEAT_INTERVAL = datetime.timedelta(seconds=10)
 ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
-#: Audit events waiting to be sent; beyond this they are logged and dropped, never blocking
-#: a session.
-AUDIT_BACKLOG = 1000
 
 
 def host_id(data_dir: pathlib.Path) -> str:
@@ -99,9 +100,7 @@ class NodeAgent:
         self.ctx = ctx
         self.config: Config = ctx.config
         self.protocols = {protocol.name: protocol for protocol in protocols}
-        self._audit_send, self._audit_receive = trio.open_memory_channel[
-            tuple[str, dict[str, Any]]
-        ](AUDIT_BACKLOG)
+        self._audit = AuditBacklog(AUDIT_BACKLOG)
         self._tunnel_context: ssl.SSLContext | None = None
         self._tunnels: AgentPool | None = None
 
@@ -204,6 +203,8 @@ class NodeAgent:
                 audit=self._queue_audit,
                 pm=self.ctx.pm,
                 trust=lambda: trust.current,
+                record=self._audit.record,
+                auth=api,
             )
             for protocol in self.protocols.values():
                 await nursery.start(protocol.run, agent)
@@ -351,19 +352,10 @@ class NodeAgent:
     # --- audit ---------------------------------------------------------------------------
 
     def _queue_audit(self, event_type: str, fields: Mapping[str, Any]) -> None:
-        try:
-            self._audit_send.send_nowait((event_type, dict(fields)))
-        except trio.WouldBlock:
-            log.warning("node: audit backlog full; dropped %s %s", event_type, dict(fields))
+        self._audit.audit_nowait(event_type, fields)
 
     async def _audit_loop(self, api: AuthClient) -> None:
-        async for event_type, fields in self._audit_receive:
-            user = str(fields.pop("user", "") or "")
-            success = not event_type.endswith(".denied")
-            try:
-                await api.record_event(event_type, user, fields, success=success)
-            except (TetherError, OSError) as exc:
-                log.warning("node: cannot record audit event %s: %s", event_type, exc)
+        await self._audit.forward(api.record_events)
 
 
 def agent_services(ctx: ServiceContext) -> list[Service]:

@@ -11,19 +11,24 @@ the trust decision, the audit function), typed, and nothing of the daemon around
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 from cryptography import x509
 
 from tether import pki
+from tether.cert_authority_types import CertUsage, SignedCertificate
 from tether.config import Config
+from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import Resource
 from tether.trust import AuditFn, ClusterTrust
+
+if TYPE_CHECKING:
+    from tether.auth.http_client import AuthClient
 
 __all__ = [
     "AgentContext",
@@ -78,6 +83,10 @@ class AgentContext:
     :param credentials: the current key and certificates; replaced on each renewal.
     :param audit: records an audit event at the auth service; never blocks (a full backlog
         is logged and dropped). An event type ending in ``.denied`` is recorded as a failure.
+        See :meth:`record` for the variant that waits instead of dropping.
+    :param record: what :meth:`record` calls (the agent's backlog); None outside an agent.
+    :param auth: the agent's client of the auth API, acting as this host; None outside an
+        agent (then :meth:`sign_certificate` and :meth:`authority_certificates` refuse).
     """
 
     config: Config
@@ -88,7 +97,67 @@ class AgentContext:
     audit: AuditFn
     _pm: TetherPluginManager
     _trust: Callable[[], ClusterTrust]
+    _record: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None
+    _auth: AuthClient | None = None
     _renewal_listeners: list[Callable[[HostCredentials], None]] = attrs.field(factory=list)
+
+    async def record(self, event_type: str, fields: Mapping[str, Any]) -> None:
+        """Record an audit event like :attr:`audit`, but wait for room in the agent's backlog
+        instead of dropping the event: once this returns, the event is queued and will reach
+        the auth service (the agent sends it again until auth records it). For a protocol
+        that must not act unaudited (a database statement is forwarded after its event).
+
+        :raises TetherError: the type is not lower-case dotted words, or the fields are not
+            JSON.
+        """
+        if self._record is None:
+            self.audit(event_type, fields)
+            return
+        await self._record(event_type, fields)
+
+    def _api(self, what: str) -> AuthClient:
+        if self._auth is None:
+            raise TetherError(f"cannot {what}: this context has no connection to the auth service")
+        return self._auth
+
+    async def sign_certificate(
+        self,
+        ca_type: str,
+        public_key: pki.SubjectPublicKey | str,
+        common_name: str,
+        *,
+        usage: CertUsage = "client",
+        ttl: datetime.timedelta,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
+    ) -> SignedCertificate:
+        """Have the cluster's CA of ``ca_type`` (declared by a plugin) sign a certificate for
+        ``public_key``, subject exactly ``CN=<common_name>``, as this host: allowed when one
+        of the host's roles is among the type's ``host_roles``. Each call asks auth, which
+        signs anew and audits ``cert.issued``: nothing is cached by the kernel. A protocol
+        that starts sessions often keeps the certificate per common name and reuses it
+        until near its expiry.
+
+        :raises AccessDenied: this host has none of the roles the CA type names.
+        :raises TetherError: the TTL exceeds the type's bound, or auth cannot be reached.
+        """
+        return await self._api("sign a certificate").sign_certificate(
+            ca_type,
+            public_key,
+            common_name,
+            usage=usage,
+            ttl=ttl,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+        )
+
+    async def authority_certificates(self, ca_type: str) -> list[str]:
+        """The certificates (PEM) of this cluster's CA of ``ca_type``, to verify peers it
+        signed (a database's server certificate): the current ones and, during a rotation,
+        the next ones. Asked of auth on each call, not cached: a protocol may keep them for a
+        while (they change only when the CA is rotated).
+        """
+        return await self._api("read a CA").authority_certificates(ca_type, self.cluster_name)
 
     def on_renewal(self, listener: Callable[[HostCredentials], None]) -> None:
         """Call ``listener`` with the new credentials after each renewal (present them to new

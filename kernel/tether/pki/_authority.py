@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import stat
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -113,18 +114,25 @@ class X509CertAuthority:
 
     @classmethod
     def create(
-        cls, cluster: str, private_key: PrivateKey, *, now: datetime.datetime | None = None
+        cls,
+        cluster: str,
+        private_key: PrivateKey,
+        *,
+        now: datetime.datetime | None = None,
+        unit: str = "Tether X.509 CA",
     ) -> X509CertAuthority:
         """Make a self-signed CA certificate for *cluster* with *private_key*.
 
         The subject's organisation is the cluster name: verification checks it against the
         cluster an identity claims, so a CA cannot vouch for another cluster's users.
+        *unit* (the organisational unit) tells a cluster's CAs apart: the kernel's, and those
+        plugins declare (``Tether db CA``), which must never be mistaken for one another.
         """
         when = now or datetime.datetime.now(datetime.UTC)
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Tether X.509 CA"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
                 x509.NameAttribute(NameOID.COMMON_NAME, cluster),
             ]
         )
@@ -194,12 +202,34 @@ def check_ca_pin(ca_cert: x509.Certificate, pin: str) -> None:
 
 @attrs.frozen(eq=False)
 class ClusterAuthorities:
-    """The three CAs of one cluster."""
+    """The three CAs of one cluster, and the X.509 CAs its plugins declare.
+
+    :ivar declared: X.509 CAs by the name of their type (``db``, ``db_client``), created by
+        :meth:`with_declared`; this cluster's own, never sent to another cluster.
+    """
 
     cluster: str
     ssh_user: SSHCertAuthority
     ssh_host: SSHCertAuthority
     tls: X509CertAuthority
+    declared: Mapping[str, X509CertAuthority] = attrs.field(factory=dict)
+
+    def with_declared(
+        self, keys_dir: pathlib.Path, names: Sequence[str], *, algorithm: str = WEB_ALGORITHM
+    ) -> ClusterAuthorities:
+        """These CAs and the declared X.509 CAs *names*, loaded from *keys_dir*
+        (``ca_<name>.key`` and ``ca_<name>.crt``) or created there with keys of *algorithm*
+        the first time a name is declared.
+
+        The files of a type no longer declared (its plugin uninstalled) stay where they are,
+        unread, so that reinstalling the plugin finds the same CA.
+        """
+        declared = dict(self.declared)
+        for name in names:
+            declared[name] = _load_or_create_declared(
+                pathlib.Path(keys_dir), self.cluster, name, algorithm
+            )
+        return attrs.evolve(self, declared=declared)
 
     def fingerprints(self) -> dict[str, str]:
         """Each CA's fingerprint by type: ``tls`` its pin (what ``--ca-pin`` takes), ``user``
@@ -317,6 +347,53 @@ class ClusterAuthorities:
             ssh_host=SSHCertAuthority(cluster, "host", host_key),
             tls=X509CertAuthority(cluster=cluster, private_key=tls_key, certificate=tls_cert),
         )
+
+
+def declared_unit(name: str) -> str:
+    """The organisational unit in the subject of the declared CA *name*."""
+    return f"Tether {name} CA"
+
+
+def _load_or_create_declared(
+    keys_dir: pathlib.Path, cluster: str, name: str, algorithm: str
+) -> X509CertAuthority:
+    key_path = keys_dir / f"ca_{name}.key"
+    cert_path = keys_dir / f"ca_{name}.crt"
+    present = [path for path in (key_path, cert_path) if path.exists()]
+    if not present:
+        ca = X509CertAuthority.create(
+            cluster, generate_private_key(algorithm), unit=declared_unit(name)
+        )
+        write_secret_file(key_path, private_key_to_pem(ca.private_key))
+        write_secret_file(cert_path, ca.cert_pem())
+        return ca
+    if len(present) != 2:
+        missing = cert_path if key_path.exists() else key_path
+        raise TrustError(
+            f"the {name} CA in {keys_dir} is incomplete: {missing.name} is missing",
+            hint="restore it from a backup; if no certificate of this CA was ever used, "
+            f"remove {present[0].name} and start again",
+        )
+    for path in present:
+        _check_private_path(path, directory=False)
+    try:
+        key = load_private_key(key_path.read_bytes())
+        cert = load_cert(cert_path.read_bytes())
+    except ValueError as exc:
+        raise TrustError(f"cannot load the {name} CA from {keys_dir}: {exc}") from exc
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if [attr.value for attr in orgs] != [cluster]:
+        raise TrustError(
+            f"the {name} CA certificate {cert_path} is not for cluster {cluster!r}",
+            hint="the directory holds files from different clusters; restore a backup",
+        )
+    if ca_pin(cert) != ca_pin(key.public_key()):
+        raise TrustError(
+            f"the {name} CA certificate and key in {keys_dir} do not match",
+            hint="the directory holds files from different clusters; restore a backup",
+        )
+    key_algorithm(key)
+    return X509CertAuthority(cluster=cluster, private_key=key, certificate=cert)
 
 
 def _read_manifest(path: pathlib.Path) -> dict[str, Any]:

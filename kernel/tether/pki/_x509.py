@@ -34,6 +34,7 @@ __all__ = [
     "X509TrustAnchor",
     "X509TrustedCAs",
     "issue_x509_cert",
+    "sign_subject_cert",
     "verify_x509_cert",
     "x509_host_names",
 ]
@@ -151,6 +152,67 @@ def issue_x509_cert(
             ),
             critical=False,
         )
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(ca.private_key, signing_hash(ca.private_key))
+
+
+def sign_subject_cert(
+    ca: X509CertAuthority,
+    public_key: SubjectPublicKey | str | bytes,
+    common_name: str,
+    *,
+    server: bool,
+    expires: datetime.datetime,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """Sign a plain certificate for a peer outside Tether (a database server, or Tether's
+    client of one): subject exactly ``CN=<common_name>``, no identity extension.
+
+    Unlike :func:`issue_x509_cert` the subject carries no organisation: MariaDB's
+    ``REQUIRE SUBJECT '/CN=alice'`` compares the whole subject. Extended key usage is
+    serverAuth when *server* (which then needs a DNS name or IP address), else clientAuth.
+    """
+    if not common_name:
+        raise ValueError("a certificate needs a common name")
+    if server and not (dns_names or ip_addresses):
+        raise ValueError("a server certificate needs at least one DNS name or IP address")
+    when = utc_now(now)
+    if expires <= when:
+        raise ValueError("the certificate would have expired already")
+    key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(when - CLOCK_SKEW)
+        .not_valid_after(expires)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPublicKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+        .add_extension(_authority_key_identifier(ca.certificate), critical=False)
     )
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]

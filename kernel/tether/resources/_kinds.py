@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 #: Verbs a role rule may grant or deny; ``*`` means all of them.
-VERBS: tuple[str, ...] = ("list", "read", "create", "update", "delete")
+#: ``sign`` applies to kind ``cert_authority`` only: having a certificate signed by a CA a
+#: plugin declares (``tetherctl auth sign``), without the right to replace any CA.
+VERBS: tuple[str, ...] = ("list", "read", "create", "update", "delete", "sign")
 
 
 # -- role -------------------------------------------------------------------------------------
@@ -350,7 +352,8 @@ class CAKeys:
 class CertAuthoritySpec:
     """``spec`` of a certificate authority; private keys stay in the data directory."""
 
-    type: Literal["user", "host", "tls"]
+    #: ``user``, ``host``, ``tls`` (the kernel's) or a type a plugin declares (``db``)
+    type: str
     cluster_name: str
     active_keys: CAKeys = CAKeys()
     additional_trusted_keys: CAKeys = CAKeys()
@@ -359,8 +362,18 @@ class CertAuthoritySpec:
 _SSH_KEY = re.compile(r"^(ssh-|ecdsa-|sk-)\S+ \S+")
 
 
+_CA_TYPE = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def _validate_cert_authority(resource: Resource) -> None:
     spec: CertAuthoritySpec = resource.spec
+    if not _CA_TYPE.fullmatch(spec.type):
+        guess = did_you_mean(spec.type, ("user", "host", "tls"))
+        raise InvalidField(
+            ("spec", "type"),
+            f"{spec.type!r} is not a CA type" + (f" (did you mean {guess}?)" if guess else ""),
+            hint="user, host, tls, or a type a plugin declares (tetherctl auth export --help)",
+        )
     if spec.cluster_name != resource.metadata.name:
         raise InvalidField(
             ("spec", "cluster_name"),

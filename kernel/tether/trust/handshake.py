@@ -196,7 +196,8 @@ class TrustExchange:
 
     @classmethod
     def of(cls, cluster: str, authorities: pki.ClusterAuthorities) -> TrustExchange:
-        """The public halves of cluster ``cluster``'s own CAs."""
+        """The public halves of cluster ``cluster``'s own CAs: the kernel's three only, never
+        those plugins declare (``authorities.declared``), which are this cluster's alone."""
         a = authorities
         return cls(
             cluster=cluster,

@@ -33,6 +33,7 @@ from tether.api import (
     AuditQuery,
     Backend,
     BackendType,
+    CertAuthorityType,
     ClaimMapping,
     ClaimRules,
     Config,
@@ -150,6 +151,31 @@ TOKEN_TYPE = TokenType("hooktest", "Hooktest", "a hooktest gadget joins")
 @hookimpl
 def tether_token_types() -> list[TokenType]:
     return [TOKEN_TYPE] if _active() else []
+
+
+#: ``tetherctl auth sign --format=hooktest``: a gadget server's certificate signed by the
+#: ``hooktest`` CA, with the ``hooktest_client`` CA (which signs its clients) in PREFIX.cas
+SERVER_CA = CertAuthorityType(
+    name="hooktest",
+    description="signs hooktest gadget servers' certificates",
+    usages=("server",),
+    max_ttl=datetime.timedelta(days=365),
+    sign_format="hooktest",
+    format_trusts=("hooktest_client",),
+)
+#: client certificates for hosts with the ``Hooktest`` role (what the hooktest token joins as)
+CLIENT_CA = CertAuthorityType(
+    name="hooktest_client",
+    description="signs the hooktest service's client certificates",
+    usages=("client",),
+    max_ttl=datetime.timedelta(hours=1),
+    host_roles=("Hooktest",),
+)
+
+
+@hookimpl
+def tether_cert_authorities() -> list[CertAuthorityType]:
+    return [SERVER_CA, CLIENT_CA] if _active() else []
 
 
 @hookimpl

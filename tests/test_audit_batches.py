@@ -1,0 +1,195 @@
+"""A host's audit events reach auth in batches, and none is lost while auth is unreachable.
+
+One cluster ``batches``; the host is a node identity minted with the cluster's CA, reaching
+auth through a relay on 127.0.0.1 that the test closes (every connection cut, new ones closed
+at once) and opens again, as a restarted auth or a broken network would look to the host.
+The node agent sends its backlog the same way (:class:`~tether.node.audit_forwarding.
+AuditBacklog` with its auth client's ``record_events``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import attrs
+import pytest
+import trio
+
+from host_identity import host_client
+from tether.audit import AuditQuery
+from tether.auth.http_client import admin_client
+from tether.config import load_config
+from tether.errors import TetherError
+from tether.node.audit_forwarding import AuditBacklog
+from tether.testing.cluster import RunningCluster, start_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    running = start_cluster(tmp_path_factory.mktemp("batches"), "batches")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@attrs.define
+class Gate:
+    """A TCP relay to ``target`` that the test closes and opens again."""
+
+    target: tuple[str, int]
+    is_open: bool = True
+    #: connections closed at once because the gate was closed
+    refused: int = 0
+    _cut: trio.Event = attrs.field(factory=trio.Event)
+    _refusal: trio.Event = attrs.field(factory=trio.Event)
+
+    async def wait_refusals(self, count: int) -> None:
+        """Wait until ``count`` connections have been refused."""
+        while self.refused < count:
+            await self._refusal.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._relay, listeners)
+
+    def close(self) -> None:
+        self.is_open = False
+        self._cut.set()  # cuts the connections under way
+        self._cut = trio.Event()
+
+    def open(self) -> None:
+        self.is_open = True
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client:
+            if not self.is_open:
+                self.refused += 1
+                self._refusal.set()
+                self._refusal = trio.Event()
+                return
+            cut = self._cut
+            try:
+                server = await trio.open_tcp_stream(*self.target)
+            except OSError:
+                return
+            async with server, trio.open_nursery() as nursery:
+
+                async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                    try:
+                        async for data in source:
+                            await sink.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    await cut.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(pump, client, server)
+                nursery.start_soon(pump, server, client)
+                nursery.start_soon(watch)
+
+
+async def _recorded(cluster: RunningCluster, event_type: str, run: str) -> list[int]:
+    """The ``seq`` field of the events of ``event_type`` and ``run`` auth holds, in the order
+    its audit search returns them."""
+    admin, _ = admin_client(load_config(cluster.config_path))
+    async with admin:
+        events = await admin.search_audit(AuditQuery(type=event_type, limit=10_000))
+    return [int(e.fields["seq"]) for e in events if e.fields.get("run") == run]
+
+
+async def test_host_bursts_events_while_auth_is_unreachable_and_all_arrive_in_order(
+    cluster: RunningCluster,
+) -> None:
+    host, port = cluster.auth_addr.rsplit(":", 1)
+    gate = Gate((host, int(port)))
+    run = uuid.uuid4().hex
+    count = 300
+    # a backlog smaller than the burst: record waits for room rather than dropping
+    backlog = AuditBacklog(size=50, batch=40)
+    async with trio.open_nursery() as nursery:
+        relay_port = await nursery.start(gate.serve)
+        async with host_client(cluster, addr=f"127.0.0.1:{relay_port}") as api:
+            nursery.start_soon(backlog.forward, api.record_events)
+            for seq in range(20):  # some arrive while auth is reachable
+                await backlog.record("hooktest.burst", {"seq": seq, "run": run})
+            with trio.fail_after(60):
+                # auth is another process: poll it
+                while len(await _recorded(cluster, "hooktest.burst", run)) < 20:  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+
+            gate.close()
+
+            async def burst() -> None:
+                for seq in range(20, count):
+                    await backlog.record("hooktest.burst", {"seq": seq, "run": run})
+
+            nursery.start_soon(burst)
+            with trio.fail_after(60):
+                await gate.wait_refusals(3)  # the forwarder tried, and keeps trying
+            assert backlog.statistics()["queued"] > 0
+            gate.open()
+
+            with trio.fail_after(60):
+                while len(seqs := await _recorded(cluster, "hooktest.burst", run)) < count:  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+            assert seqs == list(range(count))
+            assert backlog.statistics() == {"queued": 0, "dropped": 0}
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothing(
+    cluster: RunningCluster,
+) -> None:
+    run = uuid.uuid4().hex
+    async with host_client(cluster) as api:
+        with pytest.raises(
+            TetherError, match=r"^audit event 2 of 3: audit event type 'Not Valid' is not valid"
+        ) as refused:
+            await api.record_events(
+                [
+                    ("hooktest.batch", "", {"seq": 1, "run": run}, True),
+                    ("Not Valid", "", {"seq": 2, "run": run}, True),
+                    ("hooktest.batch", "", {"seq": 3, "run": run}, True),
+                ]
+            )
+        assert refused.value.hint and "lower-case words" in refused.value.hint
+        with pytest.raises(
+            TetherError, match=r"^audit event 2 of 2: request field 'fields' must be an object"
+        ):
+            await api.call(
+                "POST",
+                "/v1/audit/batch",
+                json={
+                    "events": [
+                        {"type": "hooktest.batch", "fields": {"seq": 4, "run": run}},
+                        {"type": "hooktest.batch", "fields": [5]},
+                    ]
+                },
+            )
+        await api.record_events([("hooktest.batch", "", {"seq": 6, "run": run}, True)])
+    assert await _recorded(cluster, "hooktest.batch", run) == [6]
+
+
+async def test_a_user_may_not_record_a_hosts_events(cluster: RunningCluster) -> None:
+    admin, _ = admin_client(load_config(cluster.config_path))
+    async with admin:
+        with pytest.raises(TetherError, match="may not record events"):
+            await admin.record_events([("hooktest.batch", "", {}, True)])
+
+
+async def test_protocol_recording_a_malformed_event_is_told_why_and_a_full_backlog_drops() -> None:
+    backlog = AuditBacklog(size=2)
+    with pytest.raises(TetherError, match="audit event type 'Bad' is not valid"):
+        await backlog.record("Bad", {})
+    with pytest.raises(TetherError, match=r"fields of audit event db\.query are not JSON"):
+        await backlog.record("db.query", {"statement": object()})
+    for _ in range(3):  # the non-blocking way never waits: the third is dropped, logged
+        backlog.audit_nowait("ssh.session.data", {"bytes": 1})
+    backlog.audit_nowait("Bad", {})  # and a malformed event never fails a session
+    assert backlog.statistics() == {"queued": 2, "dropped": 2}
