@@ -291,7 +291,7 @@ class NodeAgent:
             stream=request.accept(),
             client=client,
             target=metadata.get("target", ""),
-            resolved=metadata.get("resolved", ""),
+            resolved=str(metadata.get("resolved") or ""),
             identity=identity,
             roles=roles,
         )
