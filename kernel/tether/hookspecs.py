@@ -194,7 +194,8 @@ def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
     Called once by ``tetherd start``; return ``[]`` unless this host serves the protocol
     (the SSH plugin: ``ssh_service.enabled``, which ``--roles=node`` sets). When any plugin
     returns one, the kernel runs the node agent (:mod:`tether.node.agent`): it joins the
-    cluster asking for the ``host_role`` of each protocol (the token must carry them), keeps the certificates renewed, the tunnels, the heartbeats of each protocol's
+    cluster asking for the ``host_role`` of each protocol (the token must carry them), keeps
+    the certificates renewed, the tunnels, the heartbeats of each protocol's
     :meth:`~tether.node.protocols.AgentProtocol.resources` and the audit forwarding, calls
     each protocol's ``run`` with an :class:`~tether.node.protocols.AgentContext`, and its
     ``serve`` for each stream a proxy opens to it (the mux target is the protocol's
