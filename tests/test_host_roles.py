@@ -265,6 +265,8 @@ def test_a_node_token_cannot_join_a_host_asking_for_the_hooktest_role(site: Site
 
 
 def test_a_token_for_node_and_hooktest_joins_a_host_serving_both(site: Site) -> None:
+    printed = ctl(site.cluster, "tokens", "add", "--type=node,hooktest")
+    assert "tetherd start --roles=node,hooktest --token=" in printed
     both = token(site.cluster, "node,hooktest")
     listed = json.loads(ctl(site.cluster, "tokens", "ls", "--format=json"))
     [entry] = [t for t in listed if t["metadata"]["name"] == both]
