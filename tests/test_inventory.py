@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import time
 from collections.abc import AsyncIterator
 
 import attrs
@@ -21,6 +22,7 @@ from tether.errors import AccessDenied, NotFound, TetherError
 from tether.hookspecs import hookimpl
 from tether.plugins import get_plugin_manager
 from tether.resources import ResourceKind
+from tether.token_types import TokenType
 
 HOUR = datetime.timedelta(hours=1)
 
@@ -41,27 +43,71 @@ GADGET = ResourceKind(
 )
 
 
+@attrs.frozen
+class GizmoSpec:
+    host_id: str = ""
+
+
+#: served by hosts that joined as Node only (as the SSH plugin's node)
+NODE_GADGET = attrs.evolve(
+    GADGET, name="node_gadget", storage_prefix="/node_gadgets/", publisher_role="Node"
+)
+#: several per host, named freely, with the serving host in the spec (as databases)
+GIZMO = ResourceKind(
+    name="gizmo",
+    versions=("v1",),
+    spec_type=GizmoSpec,
+    storage_prefix="/gizmos/",
+    published_by="node",
+    publisher_role="Gizmo",
+    publisher=lambda resource: str(resource.spec.host_id),
+    readable_by=("proxy",),
+    access_labels="node_labels",
+)
+
+
 class GadgetPlugin:
     @hookimpl
     def tether_resource_kinds(self) -> list[ResourceKind]:
-        return [GADGET]
+        return [GADGET, NODE_GADGET, GIZMO]
+
+    @hookimpl
+    def tether_token_types(self) -> list[TokenType]:
+        return [TokenType("gizmo", "Gizmo", "a gizmo host joins", host_role=True)]
+
+
+class Clock:
+    """The auth service's clock, which a test moves on."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
-async def auth(tmp_path: pathlib.Path) -> AsyncIterator[AuthService]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def auth(tmp_path: pathlib.Path, clock: Clock) -> AsyncIterator[AuthService]:
     pm = get_plugin_manager(autoload=False)
     pm.register(GadgetPlugin(), name="gadgets")
     config = default_config(data_dir=tmp_path, cluster_name="main")
     pm.hook.tether_configure(config=config)  # the audit file goes under data_dir
     async with open_sqlite(f"sqlite://{tmp_path / 'backend.sqlite'}") as backend:
-        yield await AuthService.open(config=config, pm=pm, backend=backend)
+        yield await AuthService.open(config=config, pm=pm, backend=backend, clock=clock)
 
 
-def host(name: str, kind: str = "node", cluster: str = "main") -> pki.Identity:
+def host(
+    name: str, kind: str = "node", cluster: str = "main", roles: tuple[str, ...] = ()
+) -> pki.Identity:
     return pki.Identity(
         username=name,
         cluster=cluster,
-        roles=(),
+        roles=roles,
         traits={},
         logins=(),
         expires=datetime.datetime.now(datetime.UTC) + HOUR,
@@ -141,3 +187,61 @@ async def test_hosts_record_audit_events_that_name_them(auth: AuthService) -> No
         await auth.record_host_event(host("n1"), "Bad Type", "", {}, success=True)
     with pytest.raises(AccessDenied):
         await auth.record_host_event(user("eve", ()), "ssh.fake", "", {}, success=True)
+
+
+async def refusals(auth: AuthService) -> list[audit.AuditEvent]:
+    return await audit.search(auth.pm, audit.AuditQuery(type="host.publish.refused"))
+
+
+async def test_a_node_from_before_host_roles_publishes_what_a_node_token_allowed(
+    auth: AuthService,
+) -> None:
+    node = auth.make("node_gadget", "n1", {"hostname": "n1.example"})
+    await auth.publish(host("n1"), node, HOUR)  # no roles in its certificate: Node
+    await auth.publish(
+        host("n2", roles=("Node",)),
+        attrs.evolve(node, metadata=attrs.evolve(node.metadata, name="n2")),
+        HOUR,
+    )
+    names = {
+        g.metadata.name for g in await auth.get_resources(host("p", kind="proxy"), "node_gadget")
+    }
+    assert names == {"n1", "n2"}
+
+
+async def test_a_host_of_another_role_cannot_publish_a_node_kind(auth: AuthService) -> None:
+    node = auth.make("node_gadget", "g1", {"hostname": "g1.example"})
+    with pytest.raises(
+        AccessDenied, match="needs host role Node, and its certificate carries Gizmo"
+    ):
+        await auth.publish(host("g1", roles=("Gizmo",)), node, HOUR)
+    [event] = await refusals(auth)
+    assert (event.user, event.fields["kind"], event.success) == ("g1", "node_gadget", False)
+
+
+async def test_a_host_publishes_several_entries_named_freely_but_none_of_another_host(
+    auth: AuthService, clock: Clock
+) -> None:
+    gizmo_host = host("g1", roles=("Gizmo",))
+    for name in ("prod", "staging"):
+        await auth.publish(gizmo_host, auth.make("gizmo", name, {"host_id": "g1"}), HOUR)
+    proxy = host("p", kind="proxy")
+    assert {g.metadata.name for g in await auth.get_resources(proxy, "gizmo")} == {
+        "prod",
+        "staging",
+    }
+    other = host("g2", roles=("Gizmo", "Node"))
+    with pytest.raises(
+        AccessDenied, match="gizmo 'prod' is served by host g1; gizmo names are unique"
+    ):
+        await auth.publish(other, auth.make("gizmo", "prod", {"host_id": "g2"}), HOUR)
+    with pytest.raises(AccessDenied, match="not 'prod', which names host 'g1'"):
+        await auth.publish(other, auth.make("gizmo", "prod", {"host_id": "g1"}), HOUR)
+    [prod] = await auth.get_resources(proxy, "gizmo", "prod")
+    assert prod.spec.host_id == "g1"
+    assert len(await refusals(auth)) == 2
+    # g1 stopped: once its entry expired, another host may serve that name
+    clock.now += 2 * HOUR.total_seconds()
+    await auth.publish(other, auth.make("gizmo", "prod", {"host_id": "g2"}), HOUR)
+    [prod] = await auth.get_resources(proxy, "gizmo", "prod")
+    assert prod.spec.host_id == "g2"

@@ -88,8 +88,11 @@ def tether_token_types() -> list[TokenType]:
 
     Called once when the auth service starts, and by ``tetherctl tokens add --help``. Each
     :class:`~tether.token_types.TokenType` names the type and the role stored in the token,
-    which is what the join of that kind of host checks. The kernel registers ``node``,
-    ``proxy`` and ``trusted_cluster`` the same way. An unknown type is refused with the list
+    which is what the join of that kind of host checks; ``host_role=True`` makes the role a
+    host role, which node agents running protocols of that ``host_role`` join with (and
+    which publishing a kind of that ``publisher_role`` needs). An admin may combine types
+    (``--type=node,db``). The kernel registers ``node`` (host role ``Node``), ``proxy`` and
+    ``trusted_cluster`` the same way. An unknown type is refused with the list
     of registered ones; a name or role declared twice stops start-up naming the plugins.
     """
 
@@ -208,7 +211,8 @@ def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
     Called once by ``tetherd start``; return ``[]`` unless this host serves the protocol
     (the SSH plugin: ``ssh_service.enabled``, which ``--roles=node`` sets). When any plugin
     returns one, the kernel runs the node agent (:mod:`tether.node.agent`): it joins the
-    cluster, keeps the certificates renewed, the tunnels, the heartbeats of each protocol's
+    cluster asking for the ``host_role`` of each protocol (the token must carry them), keeps
+    the certificates renewed, the tunnels, the heartbeats of each protocol's
     :meth:`~tether.node.protocols.AgentProtocol.resources` and the audit forwarding, calls
     each protocol's ``run`` with an :class:`~tether.node.protocols.AgentContext`, and its
     ``serve`` for each stream a proxy opens to it (the mux target is the protocol's

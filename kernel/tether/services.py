@@ -42,8 +42,10 @@ class HostIssuer(Protocol):
         addresses: Sequence[str],
         ssh_public_key: str,
         tls_public_key_pem: str,
+        roles: Sequence[str] | None = None,
     ) -> JoinResult:
-        """Issue the SSH host and X.509 certificates of a host of ``role``."""
+        """Issue the SSH host and X.509 certificates of a host of ``role``, carrying the host
+        roles ``roles`` (a node: those of the protocols it runs)."""
         ...
 
 

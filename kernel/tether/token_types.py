@@ -2,14 +2,18 @@
 plugins' (``tether_token_types``).
 
 A type is a name for people and the role stored in the token, which is what a join checks:
-a ``node`` token joins a node (role ``Node``) and nothing else. A neutral module, so that the
-hookspecs, the auth service and the CLI can all name it.
+a ``node`` token joins a node (role ``Node``) and nothing else. A type may be a *host role*
+(Teleport's system roles): a node agent whose protocols need that role (``AgentProtocol.
+host_role``) joins with a token of that type, and its certificate carries the role, which is
+what lets it publish entries of the kinds that need it (``ResourceKind.publisher_role``). A
+token may carry several types (``--type=node,db``). A neutral module, so that the hookspecs,
+the auth service, the node agent and the CLI can all name it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, cast
 
 import attrs
@@ -17,9 +21,19 @@ import attrs
 from tether.errors import PluginError
 
 if TYPE_CHECKING:
+    from tether.pki import Identity
     from tether.plugins import TetherPluginManager
 
-__all__ = ["KERNEL_TOKEN_TYPES", "TokenType", "token_types"]
+__all__ = [
+    "KERNEL_TOKEN_TYPES",
+    "LEGACY_NODE_ROLES",
+    "NODE_ROLE",
+    "TokenType",
+    "host_roles",
+    "split_type_names",
+    "token_types",
+    "type_names_for",
+]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -32,19 +46,53 @@ class TokenType:
     :ivar role: the role stored in the token, which the join of that kind of host asks for
         (``Node``); a token joins only as its role.
     :ivar description: a few words for ``tetherctl tokens add --help``.
+    :ivar host_role: the role is a host role: a node agent running a protocol whose
+        ``host_role`` is this role joins with a token of this type, and its certificate then
+        carries the role (``Identity.roles``), which publishing a kind whose
+        ``publisher_role`` is this role requires. False for tokens that join no agent host
+        (``proxy``, ``trusted_cluster``).
     """
 
     name: str
     role: str
     description: str
+    host_role: bool = False
 
 
 #: the kernel's types, registered by the builtin ``core-services`` like a plugin's
 KERNEL_TOKEN_TYPES = (
-    TokenType("node", "Node", "a node joins the cluster"),
+    TokenType("node", "Node", "a node joins the cluster", host_role=True),
     TokenType("proxy", "Proxy", "another proxy joins the cluster"),
     TokenType("trusted_cluster", "TrustedCluster", "a leaf cluster asks for trust"),
 )
+
+
+#: the host role of the kernel's ``node`` token type (the SSH plugin's protocols need it)
+NODE_ROLE = "Node"
+#: what a node that joined before host roles existed (a certificate of kind ``node`` with no
+#: roles) may serve until it renews or joins again: what a ``node`` token allowed then
+LEGACY_NODE_ROLES = (NODE_ROLE,)
+
+
+def host_roles(identity: Identity) -> tuple[str, ...]:
+    """The host roles ``identity`` carries: its ``roles`` for a host of kind ``node``, or
+    :data:`LEGACY_NODE_ROLES` for a node certificate issued before host roles existed (it
+    gets them written in at its next renewal). Nothing for other kinds."""
+    if identity.kind != "node":
+        return ()
+    return tuple(identity.roles) or LEGACY_NODE_ROLES
+
+
+def split_type_names(text: str) -> list[str]:
+    """``node,db`` -> ``["node", "db"]`` (blanks dropped, order kept, each once)."""
+    return list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+
+
+def type_names_for(types: Mapping[str, TokenType], roles: Collection[str]) -> str:
+    """The ``--type`` value of a token carrying ``roles`` (``node,db``), for messages; a
+    role no type declares is shown as it is."""
+    by_role = {t.role: name for name, t in types.items()}
+    return ",".join(by_role.get(role, role) for role in roles)
 
 
 def token_types(pm: TetherPluginManager) -> Mapping[str, TokenType]:

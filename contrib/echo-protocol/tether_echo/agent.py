@@ -54,6 +54,7 @@ class EchoProtocol:
     """This host's echo service: the agent protocol named ``echo``."""
 
     name = PROTOCOL
+    host_role = "Node"  # served on nodes: the host joins with a node token
     needs_identity = True  # the echo greets and checks the user the agent verified
 
     def __init__(self, nodename: str, labels: Mapping[str, str]) -> None:

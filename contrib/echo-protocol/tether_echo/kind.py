@@ -46,6 +46,7 @@ ECHO = ResourceKind(
     storage_prefix="/echo/",
     validate=_validate,
     published_by="node",
+    publisher_role="Node",  # only a host whose token let it be a node
     readable_by=("proxy",),
     access_labels="node_labels",
 )

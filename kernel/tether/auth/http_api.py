@@ -241,6 +241,7 @@ def build_app(auth: AuthService) -> BodyLimit:
         result = await auth.join(
             body.token,
             role=body.role,
+            roles=body.roles,
             host_id=body.host_id,
             hostname=body.hostname,
             addresses=body.addresses or (),
@@ -259,6 +260,8 @@ def build_app(auth: AuthService) -> BodyLimit:
             addresses=body.addresses or (),
             ssh_public_key=body.ssh_public_key,
             tls_public_key_pem=body.tls_public_key,
+            roles=body.roles,
+            token=body.token,
         )
         return JSONResponse(join_result_to_json(result))
 

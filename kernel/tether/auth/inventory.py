@@ -24,8 +24,9 @@ from tether.auth.joins import JOIN_ROLES
 from tether.backend import Op
 from tether.config import HostPort
 from tether.durations import format_duration
-from tether.errors import AccessDenied, TetherError
-from tether.resources import Resource, resource_from_bytes, resource_to_bytes
+from tether.errors import AccessDenied, AlreadyExists, CompareFailed, TetherError
+from tether.resources import Resource, ResourceKind, resource_from_bytes, resource_to_bytes
+from tether.token_types import host_roles
 from tether.trust import RemoteClusterStatus
 
 __all__ = [
@@ -89,47 +90,119 @@ class Inventory:
         *,
         host_names: Collection[str] = (),
     ) -> None:
-        """Store a host's own inventory entry (a node's ``node``), expiring after ``ttl``.
+        """Store an inventory entry of a host (a node's ``node``), expiring after ``ttl``.
 
         Hosts call this on every heartbeat; an entry not renewed in time disappears, so the
-        inventory shows only hosts that are alive. A host may publish only the kind whose
-        ``published_by`` is its identity kind, under its own host id; an address the proxy
-        will dial (:attr:`~tether.resources.ResourceKind.dialed_addr`) must be on a host
-        among ``host_names`` (what the caller's certificate names) and be none of the
-        cluster's own listening addresses.
+        inventory shows only hosts that are alive. A host may publish only a kind whose
+        ``published_by`` is its identity kind and, if the kind names a ``publisher_role``,
+        only if its certificate carries that host role; only entries that belong to it (its
+        host id is the entry's name, or the kind's ``publisher`` of the entry), and never
+        one whose name a live entry of another host holds; an address the proxy will dial
+        (:attr:`~tether.resources.ResourceKind.dialed_addr`) must be on a host among
+        ``host_names`` (what the caller's certificate names) and be none of the cluster's
+        own listening addresses. Each refusal is audited as ``host.publish.refused``.
         """
         ctx = self._ctx
         kind = ctx.registry.get(resource.kind)
-        if kind.published_by is None or kind.published_by != identity.kind:
-            raise AccessDenied(f"{identity.kind} {identity.username!r} may not publish {kind.name}")
-        if identity.cluster != ctx.cluster_name or resource.metadata.name != identity.username:
-            raise AccessDenied(
-                f"{identity.kind} {identity.username!r} of cluster {identity.cluster!r} may "
-                f"only publish its own {kind.name} entry, not {resource.metadata.name!r}"
-            )
         if not MIN_PUBLISH_TTL <= ttl <= MAX_PUBLISH_TTL:
             raise TetherError(
                 f"publish ttl {format_duration(ttl)} is out of range "
                 f"({format_duration(MIN_PUBLISH_TTL)} to {format_duration(MAX_PUBLISH_TTL)})"
             )
-        if kind.dialed_addr is not None:
-            try:
+        try:
+            self._check_publisher(identity, kind, resource)
+            if kind.dialed_addr is not None:
                 await self._check_dialed_addr(identity, kind.dialed_addr(resource), host_names)
-            except AccessDenied as exc:
-                await ctx.audit_event(
-                    "host.publish.refused",
-                    identity.username,
-                    {"role": identity.kind, "kind": kind.name, "reason": exc.message},
-                    success=False,
-                )
-                raise
-        stamped = attrs.evolve(
-            resource, metadata=attrs.evolve(resource.metadata, expires=ctx.now() + ttl)
-        )
-        await ctx.backend.put(
-            kind.key_for(stamped), resource_to_bytes(stamped), ttl=ttl.total_seconds()
-        )
+            stamped = attrs.evolve(
+                resource, metadata=attrs.evolve(resource.metadata, expires=ctx.now() + ttl)
+            )
+            value = resource_to_bytes(stamped)
+            if kind.publisher is None:  # named by the host id: nobody else may take it
+                await ctx.backend.put(kind.key_for(stamped), value, ttl=ttl.total_seconds())
+            else:
+                await self._put_unless_taken(identity, kind, stamped, value, ttl)
+        except AccessDenied as exc:
+            fields = {"role": identity.kind, "kind": kind.name, "name": resource.metadata.name}
+            await ctx.audit_event(
+                "host.publish.refused",
+                identity.username,
+                {**fields, "reason": exc.message},
+                success=False,
+            )
+            raise
         await self._host_ids.keep(identity)
+
+    def _check_publisher(
+        self, identity: pki.Identity, kind: ResourceKind, resource: Resource
+    ) -> None:
+        """Refuse an entry of a kind this host may not publish (another identity kind's, or
+        one needing a host role its certificate does not carry), or that is not its own."""
+        who = f"{identity.kind} {identity.username!r}"
+        if kind.published_by is None or kind.published_by != identity.kind:
+            raise AccessDenied(f"{who} may not publish {kind.name}")
+        if kind.publisher_role is not None and kind.publisher_role not in host_roles(identity):
+            held = ", ".join(host_roles(identity)) or "none"
+            raise AccessDenied(
+                f"{who} may not publish {kind.name}: that needs host role "
+                f"{kind.publisher_role}, and its certificate carries {held}",
+                hint="join the host again with a token for that role as well",
+            )
+        name = resource.metadata.name
+        if identity.cluster != self._ctx.cluster_name:
+            raise AccessDenied(
+                f"{who} of cluster {identity.cluster!r} may only publish its own {kind.name} "
+                f"entry, not {name!r}"
+            )
+        if kind.publisher is None and name != identity.username:
+            raise AccessDenied(
+                f"{who} of cluster {identity.cluster!r} may only publish its own {kind.name} "
+                f"entry, not {name!r}"
+            )
+        owner = kind.publisher_of(resource)
+        if owner != identity.username:
+            raise AccessDenied(
+                f"{who} may only publish {kind.name} entries it serves, not {name!r}, which "
+                f"names host {owner!r}"
+            )
+
+    async def _put_unless_taken(
+        self,
+        identity: pki.Identity,
+        kind: ResourceKind,
+        stamped: Resource,
+        value: bytes,
+        ttl: datetime.timedelta,
+    ) -> None:
+        """Store an entry of a freely named kind, unless a live entry of that name belongs to
+        another host: a host must not take over what another serves (an expired entry may be
+        taken). Written only if the stored entry is still the one checked."""
+        ctx = self._ctx
+        key = kind.key_for(stamped)
+        name = stamped.metadata.name
+        item = await ctx.backend.get(key)
+        if item is not None:
+            try:
+                stored: Resource | None = resource_from_bytes(item.value, ctx.registry)
+            except TetherError:  # unreadable (a plugin changed its spec): nobody's
+                stored = None
+            if stored is not None and not ctx.expired(stored):
+                owner = kind.publisher_of(stored)
+                if owner != identity.username:
+                    raise AccessDenied(
+                        f"{kind.name} {name!r} is served by host {owner}; {kind.name} names "
+                        "are unique in a cluster",
+                        hint=f"give it another name on this host, or stop serving it on host "
+                        f"{owner} (its entry then expires)",
+                    )
+        expected = item.revision if item is not None else 0
+        op = Op.put(key, value, ttl=ttl.total_seconds(), expected_revision=expected)
+        try:
+            await ctx.backend.apply([op])
+        except (CompareFailed, AlreadyExists):
+            raise AccessDenied(
+                f"{kind.name} {name!r} was published by another host at the same moment",
+                hint="it is tried again at the next heartbeat",
+            ) from None
 
     async def _check_dialed_addr(
         self, identity: pki.Identity, text: str, host_names: Collection[str]

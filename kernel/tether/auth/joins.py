@@ -1,8 +1,10 @@
 """Hosts joining the cluster and renewing their certificates: nodes and proxies with a token,
 services in auth's own process without one, and renewals proved by the current certificate.
 
-Separate from users' logins: a host's certificates name its host id and addresses, never roles,
-and who may hold a host id is decided by :mod:`tether.auth.host_ids`.
+Separate from users' logins: a host's certificates name its host id and addresses, and for a
+node its host roles (Teleport's system roles: what its token allowed it to serve, see
+:mod:`tether.token_types`), never a user's roles; who may hold a host id is decided by
+:mod:`tether.auth.host_ids`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tether.auth.host_ids import HOST_ID, HostIds
 from tether.auth.tokens import Tokens
 from tether.backend import Item
 from tether.errors import AccessDenied, TetherError
+from tether.token_types import LEGACY_NODE_ROLES, host_roles, token_types
 
 __all__ = ["JOIN_ROLES", "JoinResult", "Joins"]
 
@@ -38,6 +41,7 @@ class JoinResult:
 
 
 def _check_host(role: str, host_id: str) -> None:
+    """Refuse a kind no host joins as, and a host id that is not one."""
     if role not in JOIN_ROLES:
         raise TetherError(f"cannot join as {role!r}", hint="join as node or proxy")
     if not HOST_ID.match(host_id):
@@ -62,6 +66,31 @@ class Joins:
         self._tokens = tokens
         self._host_ids = host_ids
         self._verify_client = verify_client
+        #: the roles a node may ask for: those of the token types that are host roles
+        self._host_roles = {t.role: t.name for t in token_types(ctx.pm).values() if t.host_role}
+
+    def _asked_roles(self, role: str, roles: Sequence[str] | None) -> tuple[str, ...]:
+        """The host roles a host of kind ``role`` asks for, checked: a node asks for host
+        roles only (none: it is an agent from before host roles, which served ``Node``); a
+        proxy asks for none."""
+        if role != "node":
+            if roles:
+                raise TetherError(
+                    f"a {role} joins with no host roles, not {', '.join(roles)}",
+                    hint="host roles are for nodes (tetherd start --roles=node,...)",
+                )
+            return ()
+        if not roles:
+            return LEGACY_NODE_ROLES
+        unknown = [r for r in roles if r not in self._host_roles]
+        if unknown:
+            known = ", ".join(sorted(self._host_roles)) or "none"
+            raise TetherError(
+                f"cannot join a host as {', '.join(unknown)}: no installed plugin declares "
+                "that host role",
+                hint=f"the host roles here are {known}; install the same plugins as the host",
+            )
+        return tuple(sorted(set(roles)))
 
     async def join(
         self,
@@ -73,20 +102,29 @@ class Joins:
         addresses: Sequence[str],
         ssh_public_key: str,
         tls_public_key_pem: str,
+        roles: Sequence[str] | None = None,
     ) -> JoinResult:
         """Let a node or proxy join with a token: issue its SSH host certificate and its X.509
         certificate (identity kind ``role``), and hand it the CAs it must trust.
 
         The token lets the joiner choose its host id, but not one another host holds (until
         that host's certificates expire): the id is what its inventory entry, its tunnel and
-        its SSH host certificate are known by.
+        its SSH host certificate are known by. A node names the host roles it asks for
+        (``roles``: those of the protocols it runs); the token must carry every one, and the
+        certificate then carries them (``Identity.roles``). A node that names none asks for
+        ``Node``, as every node did before host roles.
         """
         _check_host(role, host_id)
         try:
-            await self._tokens.check_token(token, JOIN_ROLES[role])
+            asked = self._asked_roles(role, roles)
+            if role == "node":
+                await self._tokens.check_host_token(token, asked)
+            else:
+                await self._tokens.check_token(token, JOIN_ROLES[role])
             held = await self._host_ids.holder(host_id)
             return await self._admit(
                 role,
+                asked,
                 host_id,
                 hostname,
                 addresses,
@@ -95,9 +133,8 @@ class Joins:
                 replaces=held,
             )
         except AccessDenied as exc:
-            await self._ctx.audit_event(
-                "host.join.failed", host_id, {"role": role, "reason": exc.message}, success=False
-            )
+            fields = {"role": role, "host_roles": list(roles or ()), "reason": exc.message}
+            await self._ctx.audit_event("host.join.failed", host_id, fields, success=False)
             raise
 
     async def issue_host_identity(
@@ -109,9 +146,11 @@ class Joins:
         addresses: Sequence[str],
         ssh_public_key: str,
         tls_public_key_pem: str,
+        roles: Sequence[str] | None = None,
     ) -> JoinResult:
         """Issue a host's certificates without a token: for a service in this auth's own
-        process (``ssh_service.enabled`` beside ``auth_service``), which needs no proof.
+        process (``ssh_service.enabled`` beside ``auth_service``), which needs no proof. A
+        node gets the host roles ``roles`` (those of the protocols it runs).
 
         The SSH host certificate names the host id, the host name and addresses, and both
         names qualified by the cluster (``web-1.main``), which is what OpenSSH checks when a
@@ -120,6 +159,7 @@ class Joins:
         _check_host(role, host_id)
         return await self._admit(
             role,
+            self._asked_roles(role, roles),
             host_id,
             hostname,
             addresses,
@@ -136,13 +176,19 @@ class Joins:
         addresses: Sequence[str],
         ssh_public_key: str,
         tls_public_key_pem: str,
+        roles: Sequence[str] | None = None,
+        token: str | None = None,
     ) -> JoinResult:
         """Issue new certificates to a joined host that proves itself with its current, still
         valid one (DER): same host id and kind, new key, a full ``host_cert_ttl``. Hosts call
         this once two thirds of their certificate's lifetime have passed.
 
         The names asked for must be among those of the current certificate: a renewal never
-        widens what a host may claim to be (joining again with a token does).
+        widens what a host may claim to be (joining again with a token does). Its host roles
+        are the current certificate's (for a node from before host roles, ``Node``), or
+        ``roles`` when given: a node that now runs protocols of more host roles renews with a
+        token that carries every role it asks for (it keeps its host id, which it proves it
+        holds); fewer roles need no token.
         """
         identity = self._verify_client(certificate)
         if identity.kind not in JOIN_ROLES or identity.cluster != self._ctx.cluster_name:
@@ -159,8 +205,10 @@ class Joins:
                 hint="a host renews for the names it joined with; to change them, join again "
                 "with a token",
             )
+        granted = await self._renewed_roles(identity, roles, token)
         result, principals = self._issue_host_certs(
             identity.kind,
+            granted,
             identity.username,
             hostname,
             addresses,
@@ -173,6 +221,7 @@ class Joins:
             identity.username,
             {
                 "role": identity.kind,
+                "host_roles": list(result.identity.roles),
                 "hostname": hostname,
                 "addresses": principals,
                 "expires": result.identity.expires.isoformat(),
@@ -180,9 +229,39 @@ class Joins:
         )
         return result
 
+    async def _renewed_roles(
+        self, identity: pki.Identity, roles: Sequence[str] | None, token: str | None
+    ) -> tuple[str, ...]:
+        """The host roles a renewal issues: the certificate's, or ``roles`` when asked, with
+        a token carrying all of them when they go beyond the certificate's (refusal audited
+        as ``host.join.failed``)."""
+        current = host_roles(identity)
+        if roles is None:
+            return current
+        asked = self._asked_roles(identity.kind, roles)
+        beyond = [r for r in asked if r not in current]
+        if not beyond:
+            return asked
+        try:
+            if not token:
+                raise AccessDenied(
+                    f"{identity.kind} {identity.username!r} asks for host roles its certificate "
+                    f"does not carry: {', '.join(beyond)}",
+                    hint="pass --token with a token for everything the host serves",
+                )
+            await self._tokens.check_host_token(token, asked)
+        except AccessDenied as exc:
+            fields = {"role": identity.kind, "host_roles": list(asked), "reason": exc.message}
+            await self._ctx.audit_event(
+                "host.join.failed", identity.username, fields, success=False
+            )
+            raise
+        return asked
+
     async def _admit(
         self,
         role: str,
+        roles: Sequence[str],
         host_id: str,
         hostname: str,
         addresses: Sequence[str],
@@ -194,12 +273,11 @@ class Joins:
         """Issue a joining host its certificates, hold its id for it (``replaces`` as for
         :meth:`_hold`) and audit ``host.joined``."""
         result, principals = self._issue_host_certs(
-            role, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
+            role, roles, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
         )
         await self._hold(result, hostname, replaces=replaces)
-        await self._ctx.audit_event(
-            "host.joined", host_id, {"role": role, "hostname": hostname, "addresses": principals}
-        )
+        fields = {"role": role, "host_roles": list(roles), "hostname": hostname}
+        await self._ctx.audit_event("host.joined", host_id, {**fields, "addresses": principals})
         return result
 
     async def _hold(
@@ -215,13 +293,15 @@ class Joins:
     def _issue_host_certs(
         self,
         role: str,
+        roles: Sequence[str],
         host_id: str,
         hostname: str,
         addresses: Sequence[str],
         ssh_public_key: str,
         tls_public_key_pem: str,
     ) -> tuple[JoinResult, list[str]]:
-        """The host's certificates and the SSH principals they name."""
+        """The host's certificates (identity kind ``role``, carrying host roles ``roles``) and
+        the SSH principals they name."""
         ctx = self._ctx
         try:
             ssh_key = pki.load_public_key(ssh_public_key.encode())
@@ -232,7 +312,7 @@ class Joins:
         identity = pki.Identity(
             username=host_id,
             cluster=ctx.cluster_name,
-            roles=(),
+            roles=tuple(roles),
             traits={},
             logins=(),
             expires=ctx.now() + ttl,

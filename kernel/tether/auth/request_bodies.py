@@ -228,6 +228,8 @@ class LoginPassword:
 @attrs.frozen(kw_only=True)
 class Join:
     addresses: Strings | None = None
+    #: the host roles a node asks for (its protocols'); absent from agents before host roles
+    roles: Strings | None = None
     token: str
     role: str
     host_id: str
@@ -240,6 +242,10 @@ class Join:
 class RenewHost:
     hostname: str
     addresses: Strings | None = None
+    #: the host roles a node asks for, when it now serves more than its certificate allows
+    #: (with ``token``, which must carry every one); absent: the certificate's
+    roles: Strings | None = None
+    token: str | None = None
     ssh_public_key: str
     tls_public_key: str
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import attrs
 
@@ -17,7 +17,7 @@ from tether import audit, pki
 from tether.auth.context import AuthContext
 from tether.errors import AccessDenied, TetherError
 from tether.resources import Resource, resource_from_bytes, resource_to_bytes
-from tether.token_types import token_types
+from tether.token_types import TokenType, split_type_names, token_types, type_names_for
 
 __all__ = ["SIGNUP_ROLE", "TokenInfo", "Tokens"]
 
@@ -58,27 +58,33 @@ class Tokens:
         ttl: datetime.timedelta,
         labels: Mapping[str, str] | None = None,
     ) -> TokenInfo:
-        token_type = self._types.get(type_name)
-        if token_type is None:
+        """A new token of ``type_name``: one type, or several separated by commas
+        (``node,db``, as tctl's), for a host that serves protocols of several host roles."""
+        names = split_type_names(type_name)
+        unknown = [name for name in names if name not in self._types]
+        if unknown or not names:
+            shown = ", ".join(unknown) if unknown else type_name
             raise TetherError(
-                f"unknown token type {type_name!r}",
+                f"unknown token type {shown!r}",
                 hint=f"use one of: {', '.join(sorted(self._types))}",
             )
+        roles = [self._types[name].role for name in names]
         return await self.create_token(
-            identity, token_type.role, ttl, type_name=type_name, labels=labels
+            identity, roles, ttl, type_name=",".join(names), labels=labels
         )
 
     async def create_token(
         self,
         identity: pki.Identity,
-        role: str,
+        role: str | Sequence[str],
         ttl: datetime.timedelta,
         *,
         type_name: str,
         extra: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> TokenInfo:
-        """Store a new random token of ``role`` (what :meth:`check_token` asks for)."""
+        """Store a new random token of ``role``, or of each of several roles (what
+        :meth:`check_token` asks for)."""
         ctx = self._ctx
         await ctx.authorize(identity, "token", "create")
         if ttl <= datetime.timedelta(0):
@@ -87,7 +93,11 @@ class Tokens:
         expires = ctx.now() + ttl
         kind = ctx.registry.get("token")
         res = ctx.make(
-            "token", value, {"roles": [role], **(extra or {})}, expires=expires, labels=labels
+            "token",
+            value,
+            {"roles": [role] if isinstance(role, str) else list(role), **(extra or {})},
+            expires=expires,
+            labels=labels,
         )
         await ctx.backend.create(kind.key(value), resource_to_bytes(res), ttl=ttl.total_seconds())
         await ctx.audit_event(
@@ -107,11 +117,11 @@ class Tokens:
         ctx = self._ctx
         await ctx.authorize(identity, "token", "list")
         out = []
-        role_to_type = {t.role: name for name, t in self._types.items()} | {SIGNUP_ROLE: "signup"}
+        types = {**self._types, "signup": TokenType("signup", SIGNUP_ROLE, "")}
         for res in await self._list_resources(identity, "token"):
             if ctx.expired(res):
                 continue
-            type_name = ",".join(role_to_type.get(r, r) for r in res.spec.roles)
+            type_name = type_names_for(types, res.spec.roles)
             out.append(
                 TokenInfo(
                     token=res.metadata.name,
@@ -123,16 +133,12 @@ class Tokens:
             )
         return out
 
-    async def check_token(self, token: str, role: str) -> Resource:
-        """Validate a join token of the given role; raise AccessDenied saying why not."""
+    async def _live_token(self, token: str, command: str) -> Resource:
+        """The token resource, if it exists and has not expired; else AccessDenied with a
+        hint to run ``command``."""
         ctx = self._ctx
         kind = ctx.registry.get("token")
         item = await ctx.backend.get(kind.key(token))
-        # the command to run as printed: the type of token this join needed
-        type_name = next((t.name for t in self._types.values() if t.role == role), None)
-        command = (
-            f"tetherctl tokens add --type={type_name}" if type_name else "tetherctl tokens add"
-        )
         if item is None:
             raise AccessDenied(
                 "the token is unknown or expired", hint=f"create a new one with `{command}`"
@@ -142,6 +148,35 @@ class Tokens:
             raise AccessDenied(
                 "the token is unknown or expired", hint=f"create a new one with `{command}`"
             )
+        return res
+
+    async def check_token(self, token: str, role: str) -> Resource:
+        """Validate a join token of the given role; raise AccessDenied saying why not."""
+        # the command to run as printed: the type of token this join needed
+        type_name = next((t.name for t in self._types.values() if t.role == role), None)
+        command = (
+            f"tetherctl tokens add --type={type_name}" if type_name else "tetherctl tokens add"
+        )
+        res = await self._live_token(token, command)
         if role not in res.spec.roles:
             raise AccessDenied(f"the token is not a {role} token")
+        return res
+
+    async def check_host_token(self, token: str, roles: Collection[str]) -> Resource:
+        """Validate a join token for a host that asks for every host role in ``roles``.
+
+        :raises AccessDenied: unknown or expired, or without one of the roles: the message
+            names the token's types and the ones it lacks, the hint the token to create.
+        """
+        wanted = type_names_for(self._types, roles)
+        res = await self._live_token(token, f"tetherctl tokens add --type={wanted}")
+        missing = [role for role in roles if role not in res.spec.roles]
+        if missing:
+            held = type_names_for(self._types, res.spec.roles) or "nothing"
+            raise AccessDenied(
+                f"token for {held} cannot join as {type_names_for(self._types, missing)}: it "
+                f"is not a {', '.join(missing)} token",
+                hint=f"create a token for everything the host serves with "
+                f"`tetherctl tokens add --type={wanted}`",
+            )
         return res

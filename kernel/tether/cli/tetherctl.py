@@ -63,7 +63,7 @@ from tether.resources import (
     resource_from_dict,
     resource_to_dict,
 )
-from tether.token_types import TokenType, token_types
+from tether.token_types import TokenType, split_type_names, token_types
 from tether.yamlio import dump_yaml
 
 __all__ = ["cli", "main"]
@@ -638,7 +638,13 @@ def tokens() -> None:
 
 
 @tokens.command("add")
-@click.option("--type", "type_name", required=True, help="The token type: node, proxy, ...")
+@click.option(
+    "--type",
+    "type_name",
+    required=True,
+    help="The token type: node, proxy, ...; several separated by commas (node,db) for a host "
+    "that serves them all.",
+)
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
 @click.option("--labels", help="Labels for what joins with it: key=value,...")
 @format_option()
@@ -689,17 +695,20 @@ def _join_command(
     or when that address is not known here."""
     config_path = ctx.obj.get("config") or os.environ.get(CONFIG_ENV)
     roles = ConfigSchema.from_plugins(plugin_manager(configured_disabled(config_path))).roles
-    if type_name not in roles or type_name == "auth":
+    names = split_type_names(type_name)
+    if not names or any(name not in roles or name == "auth" for name in names):
         return None
+    if "proxy" in names and len(names) > 1:
+        return None  # a proxy joins auth, the others the proxy: no one command does both
     flag, server = (
-        ("--auth-server", target.auth) if type_name == "proxy" else ("--proxy", target.proxy)
+        ("--auth-server", target.auth) if names == ["proxy"] else ("--proxy", target.proxy)
     )
     if server is None:
         return None
     command = [
         "tetherd",
         "start",
-        f"--roles={type_name}",
+        f"--roles={','.join(names)}",
         f"--token={info['token']}",
         f"{flag}={server}",
         *target.trust_flags(info["ca_pin"]),
@@ -731,7 +740,7 @@ def _token_resource(token: Mapping[str, Any]) -> dict[str, Any]:
         "kind": "token",
         "version": "v2",
         "metadata": metadata,
-        "spec": {"roles": [token["type"]]},
+        "spec": {"roles": split_type_names(token["type"])},  # node,db: both, as tctl's
     }
 
 

@@ -6,14 +6,16 @@ inside this one agent, which does what each would otherwise copy:
 * identity: the host id (``data_dir/host_uuid``, created once), and certificates from the
   auth service in the same process, or by joining with a token (``--token`` with
   ``--auth-server`` or ``--proxy``), kept in ``data_dir/host`` and reused, so the token is
-  needed only for the first start;
+  needed only for the first start; the certificates carry the host roles of the protocols it
+  runs (``AgentProtocol.host_role``), which the token must allow;
 * renewal of those certificates at two thirds of their lifetime (:func:`keep_renewed`), handed
   to the protocols and to the tunnels, which are replaced;
 * in tunnel mode (``--proxy`` without an auth service here), reverse tunnels to every proxy:
   the host needs no inbound port; each stream a proxy opens names a protocol (the mux target),
   which the agent hands to that protocol, the user's certificate verified first when the proxy
   forwarded it. In direct mode each protocol listens on its own address;
-* heartbeats of the inventory entries each protocol publishes (an entry not renewed expires);
+* heartbeats of the inventory entries each protocol publishes, each on its own (an entry not
+  renewed expires; one auth refuses is logged and tried again at the next heartbeat);
 * the cluster's trust and roles (:class:`~tether.trust.cache.TrustCache`, the snapshot proxies
   hold) and the one trust decision over it;
 * audit forwarding to the auth service in batches, through a bounded backlog that never
@@ -41,7 +43,7 @@ from tether.auth.http_api import join_result_to_json
 from tether.auth.http_client import AuthClient
 from tether.config import Config, HostPort
 from tether.dial import refusal_reason
-from tether.errors import AccessDenied, ConfigError, TetherError, TrustError
+from tether.errors import AccessDenied, ConfigError, PluginError, TetherError, TrustError
 from tether.node.audit_forwarding import AUDIT_BACKLOG, AuditBacklog
 from tether.node.join import (
     SERVER_KINDS,
@@ -100,6 +102,8 @@ class NodeAgent:
         self.ctx = ctx
         self.config: Config = ctx.config
         self.protocols = {protocol.name: protocol for protocol in protocols}
+        #: the host roles this host joins with: its protocols'
+        self.host_roles = _host_roles(protocols)
         self._audit = AuditBacklog(AUDIT_BACKLOG)
         self._tunnel_context: ssl.SSLContext | None = None
         self._tunnels: AgentPool | None = None
@@ -126,6 +130,7 @@ class NodeAgent:
         if auth is not None:  # beside the auth service: no token, no network
             result = await auth.issue_host_identity(
                 role="node",
+                roles=self.host_roles,
                 host_id=host,
                 hostname=config.nodename,
                 addresses=self._addresses(),
@@ -149,6 +154,7 @@ class NodeAgent:
             addresses=self._addresses(),
             ca_pin=join.ca_pin,
             insecure=join.insecure,
+            roles=self.host_roles,
         )
 
     def _api_url(self) -> str:
@@ -286,6 +292,7 @@ class NodeAgent:
             stream=request.accept(),
             client=client,
             target=metadata.get("target", ""),
+            resolved=str(metadata.get("resolved") or ""),
             identity=identity,
             roles=roles,
         )
@@ -337,9 +344,19 @@ class NodeAgent:
     # --- heartbeats ----------------------------------------------------------------------
 
     async def _publish(self, api: AuthClient) -> None:
+        """Publish every entry of every protocol, each on its own: an entry auth refuses (a
+        name another live host serves) is logged, and the others are still published."""
         for protocol in self.protocols.values():
             for resource in protocol.resources():
-                await api.publish(resource_to_dict(resource), ENTRY_TTL)
+                try:
+                    await api.publish(resource_to_dict(resource), ENTRY_TTL)
+                except AccessDenied as exc:
+                    log.warning(
+                        "node: auth refused %s %r: %s",
+                        resource.kind,
+                        resource.metadata.name,
+                        exc,
+                    )
 
     async def _heartbeat_loop(self, api: AuthClient) -> None:
         while True:
@@ -356,6 +373,23 @@ class NodeAgent:
 
     async def _audit_loop(self, api: AuthClient) -> None:
         await self._audit.forward(api.record_events)
+
+
+def _host_roles(protocols: Sequence[AgentProtocol]) -> tuple[str, ...]:
+    """The host roles of ``protocols``, each once, sorted.
+
+    :raises PluginError: a protocol names no host role.
+    """
+    roles = set()
+    for protocol in protocols:
+        role = getattr(protocol, "host_role", None)
+        if not isinstance(role, str) or not role:
+            raise PluginError(
+                f"node protocol {protocol.name!r} names no host role",
+                hint="set its host_role to the role of a host-role token type (Node for a node)",
+            )
+        roles.add(role)
+    return tuple(sorted(roles))
 
 
 def agent_services(ctx: ServiceContext) -> list[Service]:

@@ -26,6 +26,7 @@ from tether.auth.http_client import AuthClient
 from tether.client.web import establish_trust, proxy_call
 from tether.config import secret_or_file
 from tether.errors import ConfigError, TetherError
+from tether.token_types import host_roles
 from tether.tunnel.agent import Backoff
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,10 @@ async def join_cluster(
     addresses: Sequence[str] = (),
     ca_pin: str | None = None,
     insecure: bool = False,
+    roles: Sequence[str] = (),
 ) -> JoinedIdentity:
-    """Join through ``proxy`` with ``token``.
+    """Join through ``proxy`` with ``token``; a node asks for the host roles ``roles`` (none:
+    ``Node``, as before host roles), which the token must carry.
 
     :raises AccessDenied: the token is unknown, expired or of another kind.
     :raises TrustError: the proxy cannot be verified (see ``ca_pin``).
@@ -102,6 +105,7 @@ async def join_cluster(
             "token": token,
             "role": role,
             "host_id": host_id,
+            **({"roles": list(roles)} if roles else {}),
             **_host_request(key, hostname, addresses),
         },
     )
@@ -119,16 +123,30 @@ async def _load_or_join(
     addresses: Sequence[str] = (),
     ca_pin: str | None = None,
     insecure: bool = False,
+    roles: Sequence[str] = (),
 ) -> JoinedIdentity:
     """The identity saved in ``directory``; else join through ``server`` with ``token`` and
     save what results. A saved identity whose certificates expired (the host was stopped past
-    their expiry, so it could not renew them) is replaced the same way, when a token is given.
+    their expiry, so it could not renew them) is replaced the same way, when a token is given,
+    and one without every host role in ``roles`` (the host now serves more than its token
+    allowed when it joined) is refused without a token (with one, the caller renews it with
+    the token, keeping its host id).
     ``token`` may be the absolute path of a file holding it, read only when joining (as
     Teleport reads ``--token``), so that it need not stay in the shell's history.
 
     :raises ConfigError: no usable saved identity and no token, said with what to do.
     """
     saved = await trio.to_thread.run_sync(load_identity, directory)
+    if saved is not None and _missing_roles(saved, roles):
+        missing = _missing_roles(saved, roles)
+        held = ", ".join(host_roles(saved.identity)) or "none"
+        if not token:
+            raise ConfigError(
+                f"this {role} joined with host roles {held}; what it serves now needs "
+                f"{', '.join(missing)} too",
+                hint="pass --token with a token for everything it serves "
+                f"(`tetherctl tokens add --type={','.join(r.lower() for r in roles)}`)",
+            )
     if saved is not None:
         expired = saved.tls_cert.not_valid_after_utc
         if expired > datetime.datetime.now(datetime.UTC):
@@ -161,6 +179,7 @@ async def _load_or_join(
         addresses=addresses,
         ca_pin=ca_pin,
         insecure=insecure,
+        roles=roles,
     )
     await trio.to_thread.run_sync(save_identity, directory, joined)
     log.info("%s %s joined cluster %s through %s", role, host_id, joined.identity.cluster, server)
@@ -180,6 +199,7 @@ async def load_or_join_current(
     insecure: bool = False,
     auth_url: str | None = None,
     peer_kinds: Sequence[str] = SERVER_KINDS,
+    roles: Sequence[str] = (),
 ) -> JoinedIdentity:
     """The identity saved in ``directory``, renewed and saved first if it is already due for
     renewal (the host was stopped a while); else joined through ``server`` with ``token`` and
@@ -189,6 +209,8 @@ async def load_or_join_current(
     :param auth_url: where to renew (``https://HOST:PORT``); ``server`` by default (a proxy
         forwards ``/v1`` requests to auth).
     :param peer_kinds: who may answer there (a proxy asks auth only).
+    :param roles: the host roles a node needs (its protocols'); a saved identity without one
+        of them is replaced by joining again with ``token``.
     """
     joined = await _load_or_join(
         directory,
@@ -200,13 +222,25 @@ async def load_or_join_current(
         addresses=addresses,
         ca_pin=ca_pin,
         insecure=insecure,
+        roles=roles,
     )
-    if renewal_due(joined) > datetime.datetime.now(datetime.UTC):
+    missing = _missing_roles(joined, roles)
+    if not missing and renewal_due(joined) > datetime.datetime.now(datetime.UTC):
         return joined
+    grow: dict[str, Any] = {}
+    if missing and token:  # _load_or_join refused it without one
+        log.warning(
+            "%s %s: joined with host roles %s, needs %s too; renewing with the token",
+            role,
+            host_id,
+            ", ".join(host_roles(joined.identity)),
+            ", ".join(missing),
+        )
+        grow = {"roles": list(roles), "token": secret_or_file(token, "the join token")}
     context = host_client_context(joined, peer_kinds=peer_kinds, insecure=insecure)
     async with AuthClient(auth_url or f"https://{server}", context) as api:
         renewed = await renew_and_save(
-            api, directory, hostname=hostname, addresses=addresses, role=role
+            api, directory, hostname=hostname, addresses=addresses, role=role, **grow
         )
     log.info(
         "%s %s renewed its certificates before serving; they expire at %s",
@@ -215,6 +249,12 @@ async def load_or_join_current(
         renewed.tls_cert.not_valid_after_utc.isoformat(),
     )
     return renewed
+
+
+def _missing_roles(joined: JoinedIdentity, roles: Sequence[str]) -> list[str]:
+    """The host roles among ``roles`` that ``joined``'s identity does not carry."""
+    held = host_roles(joined.identity)
+    return [r for r in roles if r not in held]
 
 
 def host_client_context(
@@ -296,16 +336,29 @@ async def keep_renewed(
 
 
 async def renew_identity(
-    api: AuthClient, *, hostname: str, addresses: Sequence[str] = (), role: str = "node"
+    api: AuthClient,
+    *,
+    hostname: str,
+    addresses: Sequence[str] = (),
+    role: str = "node",
+    roles: Sequence[str] | None = None,
+    token: str | None = None,
 ) -> JoinedIdentity:
     """New certificates for a new key, from auth, proven by the current ones (``api`` presents
     them): the same host id and kind, a full lifetime. The caller saves and applies them.
+    ``roles`` (with ``token``, which must carry them) asks for other host roles than the
+    current certificate's.
 
     :raises TetherError: auth refused, could not be reached, or answered with something that
         is no identity (the current ones still stand).
     """
     key = pki.generate_private_key(_host_key_algorithm(role))
-    body = await api.call("POST", "/v1/hosts/renew", json=_host_request(key, hostname, addresses))
+    request = _host_request(key, hostname, addresses)
+    if roles is not None:
+        request["roles"] = list(roles)
+    if token:
+        request["token"] = token
+    body = await api.call("POST", "/v1/hosts/renew", json=request)
     try:
         return JoinedIdentity.from_json(body, key)
     except (KeyError, TypeError, ValueError) as exc:
@@ -322,13 +375,17 @@ async def renew_and_save(
     hostname: str,
     addresses: Sequence[str] = (),
     role: str = "node",
+    roles: Sequence[str] | None = None,
+    token: str | None = None,
 ) -> JoinedIdentity:
     """:func:`renew_identity`, then saved in ``directory`` (None: a host beside auth, which
     gets new certificates at each start, keeps none).
 
     :raises TetherError: see :func:`renew_identity`.
     """
-    renewed = await renew_identity(api, hostname=hostname, addresses=addresses, role=role)
+    renewed = await renew_identity(
+        api, hostname=hostname, addresses=addresses, role=role, roles=roles, token=token
+    )
     if directory is not None:
         await trio.to_thread.run_sync(save_identity, directory, renewed)
     return renewed

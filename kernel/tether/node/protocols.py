@@ -58,7 +58,12 @@ class AgentStream:
 
     :param stream: the bytes, both ways; closed by the agent when ``serve`` returns.
     :param client: the user's address as the proxy saw it (``host:port``), or ``"the proxy"``.
-    :param target: the name the user asked for (empty when the proxy did not say).
+    :param target: the name the user asked for (empty when the proxy did not say): a name,
+        an id or labels (``env=prod``), as typed.
+    :param resolved: the name of the target the proxy's routing resolved that to
+        (``Target.name``; empty when the proxy did not say). A host serving several targets
+        of one protocol serves this one, but only after checking that it is one of its own
+        entries: the proxy is trusted to route, not to name what this host serves.
     :param identity: the user, when the proxy forwarded the user's certificate: verified here
         with the cluster's trust and carrying its local roles (a root's user, role-mapped).
     :param roles: those roles as this cluster defines them (None without ``identity``).
@@ -67,6 +72,7 @@ class AgentStream:
     stream: trio.abc.Stream
     client: str
     target: str = ""
+    resolved: str = ""
     identity: pki.Identity | None = None
     roles: RoleSet | None = None
 
@@ -201,6 +207,11 @@ class AgentProtocol(Protocol):
     """One protocol a node serves (``ssh``, later ``db``, ``kube``...).
 
     :attr name: the protocol's name, which is also the mux target proxies open streams to.
+    :attr host_role: the host role serving it needs (``Node`` for SSH; a plugin's
+        ``TokenType`` with ``host_role=True`` declares it): the agent joins asking for the
+        host roles of every protocol it runs, the join token must carry each, and the host's
+        certificate then carries them, which publishing entries of a kind whose
+        ``publisher_role`` is that role requires.
     :attr needs_identity: whether the agent verifies and role-maps the user certificate a
         proxy forwards with each stream, and hands the result in :class:`AgentStream`. False
         for a protocol that authenticates the user inside the stream itself (SSH, whose
@@ -209,6 +220,7 @@ class AgentProtocol(Protocol):
     """
 
     name: str
+    host_role: str
     needs_identity: bool
 
     def addresses(self) -> Iterable[str]:
@@ -225,7 +237,9 @@ class AgentProtocol(Protocol):
         ...
 
     def resources(self) -> Iterable[Resource]:
-        """The inventory entries this host publishes for the protocol on every heartbeat."""
+        """The inventory entries this host publishes for the protocol on every heartbeat:
+        any number (one per node; one per database a database service serves), each
+        published on its own, so that one auth refuses does not keep the others out."""
         ...
 
     async def serve(self, stream: AgentStream) -> None:

@@ -260,12 +260,15 @@ class Router:
         self, handler: ProtocolHandler, target: Target, request: DialRequest
     ) -> trio.abc.Stream:
         """A stream to ``target``'s server: through its tunnel (the mux target is the
-        protocol's name, the metadata the dial request), or at its registered address."""
+        protocol's name, the metadata the dial request and the name of the target it
+        resolved to, ``resolved``: an agent serving several targets learns which one), or at
+        its registered address."""
         what = f"{target.kind} {target.name!r}"
         if target.use_tunnel:
+            fields = {**request.to_fields(), "resolved": target.name}
             try:
                 return await self.proxy.tunnels.dial(
-                    self.cluster_name, handler.name, request.to_fields(), agent=target.id
+                    self.cluster_name, handler.name, fields, agent=target.id
                 )
             except ClusterOffline as exc:
                 raise TargetOffline(

@@ -90,7 +90,16 @@ class ResourceKind:
     :param ref: the name of a resource within its kind when ``metadata.name`` alone is not
         unique (certificate authorities are ``<type>/<cluster>``); default ``metadata.name``.
     :param published_by: for inventory kinds (``node``): the identity kind of the hosts that
-        publish their own entry (named by their host id, with an expiry renewed by heartbeats).
+        publish their own entries (with an expiry renewed by heartbeats).
+    :param publisher_role: for inventory kinds: the host role (``Node``; a plugin's
+        ``TokenType`` with ``host_role=True``) a host's certificate must carry to publish
+        entries of this kind, which it has only if its join token allowed it. None: any host
+        of kind ``published_by``.
+    :param publisher: for inventory kinds whose entries are named freely (a database service
+        publishes one entry per database, named by the database): the host id of the host an
+        entry belongs to (read from its spec); auth accepts an entry only from that host, and
+        refuses one whose name a live entry of another host holds. None: entries are named by
+        their host's id (``metadata.name``), one per host, as nodes.
     :param readable_by: identity kinds of the cluster's own hosts (``node``, ``proxy``) that may
         list and read this kind without a role, e.g. nodes read roles to authorize logins.
     :param access_labels: the role condition (``node_labels``) that grants users access to
@@ -112,6 +121,8 @@ class ResourceKind:
     validate: Callable[[Resource], None] | None = None
     ref: Callable[[Resource], str] | None = None
     published_by: str | None = None
+    publisher_role: str | None = None
+    publisher: Callable[[Resource], str] | None = None
     readable_by: tuple[str, ...] = ()
     access_labels: str | None = None
     dialed_addr: Callable[[Resource], str] | None = None
@@ -134,6 +145,11 @@ class ResourceKind:
     def ref_of(self, resource: Resource) -> str:
         """The name that identifies ``resource`` within this kind (``kind/ref`` on the CLI)."""
         return self.ref(resource) if self.ref is not None else resource.metadata.name
+
+    def publisher_of(self, resource: Resource) -> str:
+        """The host id of the host that ``resource``, an inventory entry, belongs to (see
+        :attr:`publisher`)."""
+        return self.publisher(resource) if self.publisher is not None else resource.metadata.name
 
     def key_for(self, resource: Resource) -> str:
         """The storage key of ``resource``."""

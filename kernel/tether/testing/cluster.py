@@ -311,12 +311,16 @@ def start_node(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     config: Mapping[str, Any] | None = None,
+    roles: str = "node",
 ) -> RunningNode:
     """Join a node named ``name`` to ``cluster`` with ``tetherd start --roles=node``.
 
     :param tunnel: join through the proxy and serve through reverse tunnels (no inbound
         port); otherwise join the auth service directly and listen on 127.0.0.1.
-    :param token: a node token; a fresh one from ``tetherctl tokens add`` by default.
+    :param token: a node token; a fresh one from ``tetherctl tokens add --type=ROLES`` by
+        default.
+    :param roles: ``--roles``: what the host serves, e.g. ``node,db`` for a host that serves
+        SSH and a plugin's host role (the fresh token is of those types).
     :param ssh_service: more ``ssh_service`` settings (``commands``, ...).
     :param config: more top-level sections of its ``tether.yaml`` (another protocol plugin's
         settings: ``{"plugins": {"settings": {"echo": {"enabled": True}}}}``).
@@ -338,7 +342,7 @@ def start_node(
     }
     server = f"--proxy={cluster.proxy_addr}" if tunnel else f"--auth-server={cluster.auth_addr}"
     return _start_joining(
-        cluster, directory, name, "node", token, settings, [server, *extra_args], env
+        cluster, directory, name, roles, token, settings, [server, *extra_args], env
     )
 
 

@@ -69,6 +69,8 @@ class SSHProtocol:
     """This host as an SSH node: the agent protocol named ``ssh``."""
 
     name = SSH_TARGET
+    #: a node joins with a ``node`` token (``tetherctl tokens add --type=node``)
+    host_role = "Node"
     #: the user's SSH certificate, checked by the server, is the identity: the forwarded
     #: X.509 one would be verified and its login audited twice
     needs_identity = False

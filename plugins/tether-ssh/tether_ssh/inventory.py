@@ -83,6 +83,7 @@ NODE = ResourceKind(
     storage_prefix="/nodes/",
     validate=_validate_node,
     published_by="node",
+    publisher_role="Node",  # a host joined with a node token, not a db host's
     readable_by=("proxy",),
     access_labels="node_labels",
     dialed_addr=_dialed_addr,

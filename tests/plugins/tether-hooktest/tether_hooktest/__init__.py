@@ -144,8 +144,9 @@ def tether_role_fields() -> list[RoleField]:
     return list(ROLE_FIELDS) if _active() else []
 
 
-#: ``tetherctl tokens add --type=hooktest``: a token that joins as role ``Hooktest``
-TOKEN_TYPE = TokenType("hooktest", "Hooktest", "a hooktest gadget joins")
+#: ``tetherctl tokens add --type=hooktest``: a token that joins as role ``Hooktest``, a host
+#: role: a host serving hooktest's gadgets (``--roles=hooktest``) joins with it
+TOKEN_TYPE = TokenType("hooktest", "Hooktest", "a hooktest gadget joins", host_role=True)
 
 
 @hookimpl
@@ -196,7 +197,7 @@ def tether_resource_kinds() -> list[ResourceKind]:
     if not _active():
         return []
     record("tether_resource_kinds")
-    return [WIDGET, SSO, WHOAMI]
+    return [WIDGET, SSO, WHOAMI, GADGET]
 
 
 @contextlib.asynccontextmanager
@@ -512,6 +513,7 @@ def tether_protocols() -> list[ProtocolHandler]:
         ProtocolHandler(name="hooktest-failing", alpn=(FAILING_ALPN,), serve=_fail),
         ProtocolHandler(name=AGENT_PROTOCOL, alpn=(WHOAMI_ALPN,), target_kind=WHOAMI_TARGET),
         ProtocolHandler(name=ABSENT_PROTOCOL, alpn=(ABSENT_ALPN,), target_kind=WHOAMI_TARGET),
+        ProtocolHandler(name=GADGET_PROTOCOL, alpn=(GADGET_ALPN,), target_kind=GADGET_TARGET),
     ]
 
 
@@ -523,6 +525,7 @@ class WhoAmI:
     """A node protocol that tells the caller who the agent says they are, in one line."""
 
     name = AGENT_PROTOCOL
+    host_role = "Node"
     needs_identity = True
 
     def __init__(self) -> None:
@@ -552,12 +555,115 @@ class WhoAmI:
         await stream.stream.send_all(f"{line}\n".encode())
 
 
-@hookimpl
-def tether_agent_protocols(config: Config) -> list[WhoAmI]:
-    if not (_active() and os.environ.get(AGENT_ENV)):
+# --- a host role of hooktest's own: a host serving several gadgets, each named freely ------
+#
+# A host started with ``--roles=hooktest`` (and GADGETS_ENV set) runs the agent protocol
+# ``hooktest-gadgets``, whose host role is ``Hooktest``: it joins with a ``hooktest`` token
+# and publishes one ``hooktest_gadget`` entry per gadget, named by the gadget, with its host
+# id in the spec, as a database service publishes one entry per database.
+
+#: The name of the gadgets protocol (the tunnel target) and its ALPN id on the proxy.
+GADGET_PROTOCOL = "hooktest-gadgets"
+GADGET_ALPN = "hooktest-gadgets/1"
+#: Set (with the log) in a host's environment to the gadgets it serves, as JSON:
+#: ``{"alpha": {"colour": "red"}, ...}`` (name -> labels).
+GADGETS_ENV = "TETHER_HOOKTEST_GADGETS"
+
+
+@attrs.frozen
+class GadgetSpec:
+    """``spec`` of ``hooktest_gadget``: the host serving the gadget."""
+
+    host_id: str = ""
+    hostname: str = ""
+
+
+def _gadget_host(resource: Resource) -> str:
+    spec: GadgetSpec = resource.spec
+    return spec.host_id
+
+
+GADGET = ResourceKind(
+    name="hooktest_gadget",
+    aliases=("gadgets",),
+    versions=("v1",),
+    spec_type=GadgetSpec,
+    storage_prefix="/hooktest/gadgets/",
+    published_by="node",
+    publisher_role=TOKEN_TYPE.role,
+    publisher=_gadget_host,
+    readable_by=("proxy",),
+    access_labels="node_labels",
+)
+
+
+def _describe_gadget(resource: Resource) -> Target:
+    """A gadget, named by its entry, reached through the tunnel of the host serving it."""
+    spec: GadgetSpec = resource.spec
+    return Target(
+        kind=GADGET.name,
+        id=spec.host_id,
+        name=resource.metadata.name,
+        labels=dict(resource.metadata.labels),
+    )
+
+
+GADGET_TARGET = TargetKind(GADGET, _describe_gadget, list_command="tether hooktest")
+
+
+class Gadgets:
+    """The gadgets this host serves: one stream answers for the gadget routing resolved."""
+
+    name = GADGET_PROTOCOL
+    host_role = TOKEN_TYPE.role
+    needs_identity = True
+
+    def __init__(self, gadgets: Mapping[str, Mapping[str, str]]) -> None:
+        self.gadgets = {name: dict(labels) for name, labels in gadgets.items()}
+        self.agent: AgentContext | None = None
+
+    def addresses(self) -> list[str]:
         return []
-    record("tether_agent_protocols")
-    return [WhoAmI()]
+
+    async def run(
+        self, agent: AgentContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.agent = agent
+        task_status.started()
+        await trio.sleep_forever()
+
+    def resources(self) -> list[Resource]:
+        agent = self.agent
+        assert agent is not None  # run() started first
+        spec = GadgetSpec(host_id=agent.host_id, hostname=agent.config.nodename)
+        return [GADGET.new(name, spec, labels=labels) for name, labels in self.gadgets.items()]
+
+    async def serve(self, stream: AgentStream) -> None:
+        agent = self.agent
+        assert agent is not None and stream.identity is not None
+        record("gadgets.serve", resolved=stream.resolved, target=stream.target)
+        if stream.resolved not in self.gadgets:  # routing chose; this host says what it serves
+            line = f"refused: this host serves no gadget {stream.resolved!r}"
+        else:
+            line = (
+                f"{stream.resolved} on {agent.config.nodename} ({agent.host_id}) for "
+                f"{stream.identity.username}, who asked for {stream.target}"
+            )
+        await stream.stream.send_all(f"{line}\n".encode())
+
+
+@hookimpl
+def tether_agent_protocols(config: Config) -> list[WhoAmI | Gadgets]:
+    if not _active():
+        return []
+    protocols: list[WhoAmI | Gadgets] = []
+    if os.environ.get(AGENT_ENV):
+        record("tether_agent_protocols")
+        protocols.append(WhoAmI())
+    gadgets = os.environ.get(GADGETS_ENV)
+    if gadgets and config.section(HooktestSection).enabled:
+        protocols.append(Gadgets(json.loads(gadgets)))
+    return protocols
 
 
 @hookimpl
