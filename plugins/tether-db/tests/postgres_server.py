@@ -132,10 +132,11 @@ class PostgresServer:
     client_ca: FixtureCA
     workdir: Path
 
-    def client_context(self, db_user: str) -> ssl.SSLContext:
+    def client_context(self, db_user: str, *, client_ca: FixtureCA | None = None) -> ssl.SSLContext:
         """What ``Session.server_tls(db_user)`` returns in production: a client certificate
-        with ``CN=db_user`` and verification of the server against the db CA."""
-        key, cert = self.client_ca.issue(db_user)
+        with ``CN=db_user`` (from the db client CA unless ``client_ca`` is another) and
+        verification of the server against the db CA."""
+        key, cert = (client_ca or self.client_ca).issue(db_user)
         with tempfile.TemporaryDirectory() as tmp:
             cert_path, key_path = Path(tmp, "c.pem"), Path(tmp, "k.pem")
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

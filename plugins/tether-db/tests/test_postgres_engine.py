@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import os
 import struct
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -14,7 +15,7 @@ import attrs
 import psycopg
 import pytest
 import trio
-from postgres_server import PASSWORD_USER, PostgresServer, free_port
+from postgres_server import PASSWORD_USER, FixtureCA, PostgresServer, free_port
 from tether_db.engine import Database, Session
 from tether_db.postgres import PostgresEngine, wire
 
@@ -34,13 +35,13 @@ class Harness:
     events: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
-    def database(self, *, port: int | None = None) -> Database:
+    def database(self, *, port: int | None = None, server_name: str | None = None) -> Database:
         return Database(
             name="shop-db",
             protocol="postgres",
             host=self.server.host,
             port=self.server.port if port is None else port,
-            server_name=self.server.server_name,
+            server_name=server_name or self.server.server_name,
         )
 
     async def listen(
@@ -53,6 +54,7 @@ class Harness:
         database: Database | None = None,
         idle_timeout: float | None = None,
         expires: datetime.datetime | None = None,
+        client_ca: FixtureCA | None = None,
     ) -> int:
         """Start a listener whose connections are ``user``'s; returns its port."""
 
@@ -69,7 +71,7 @@ class Harness:
                 )
 
         async def server_tls(db_user: str) -> Any:
-            return self.server.client_context(db_user)
+            return self.server.client_context(db_user, client_ca=client_ca)
 
         async def audit(kind: str, fields: Mapping[str, Any]) -> None:
             self.events.append((kind, dict(fields)))
@@ -288,6 +290,27 @@ async def test_database_that_is_down_is_a_clear_error(harness: Harness) -> None:
     assert 'FATAL:  cannot reach database "shop-db": cannot connect to 127.0.0.1:' in stderr
     good = await harness.listen()
     await still_serves(good)
+
+
+async def test_database_with_another_name_in_its_certificate_is_refused(
+    harness: Harness,
+) -> None:
+    port = await harness.listen(database=harness.database(server_name="impostor.db.test"))
+    result = await psql(port, "select 1")
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert 'FATAL:  cannot reach database "shop-db": TLS failed: Hostname mismatch' in stderr
+    await still_serves(await harness.listen())
+
+
+async def test_database_that_distrusts_the_service_certificate_says_so(harness: Harness) -> None:
+    port = await harness.listen(client_ca=FixtureCA.create("some other CA"))
+    result = await psql(port, "select 1")
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert 'FATAL:  database "shop-db" broke the connection during login' in stderr
+    assert "ssl_ca_file" in stderr
+    await still_serves(await harness.listen())
 
 
 async def test_database_ending_the_session_ends_the_client_promptly(harness: Harness) -> None:
@@ -541,3 +564,23 @@ async def test_expired_certificate_is_refused_before_the_database(harness: Harne
     port = await harness.listen(expires=expires)
     result = await psql(port, "select 1")
     assert "your Tether certificate has expired" in result.stderr.decode()
+
+
+async def test_cancel_key_is_forgotten_when_its_session_ends(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tether_db.postgres.engine")
+    port = await harness.listen()
+    stream, parser, key = await raw_login(port)
+    await stream.send_all(b"X\0\0\0\x04")  # Terminate
+    assert await read_message(stream, parser) is None
+    await stream.aclose()
+    (end,) = await harness.wait_for("db.session.end")
+    assert end["reason"] == "client ended the session"
+
+    cancel = await trio.open_tcp_stream("127.0.0.1", port)
+    await cancel.send_all(wire.cancel_request(key.pid, key.key))
+    with trio.fail_after(30):
+        assert await cancel.receive_some(10) == b""
+    await cancel.aclose()
+    assert "postgres cancel request from alice with an unknown key ignored" in caplog.messages

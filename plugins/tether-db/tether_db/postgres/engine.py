@@ -18,6 +18,7 @@ import math
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import attrs
 import trio
@@ -200,6 +201,8 @@ class _Connection:
         self.server_tail = b""
         self.client_terminated = False
         self.end_reason = ""
+        #: the key handed to the client in place of the database's, while it is valid
+        self.cancel_key: tuple[int, bytes] | None = None
 
     # -- startup ---------------------------------------------------------------------------
 
@@ -232,13 +235,16 @@ class _Connection:
                 hint="run tether login again",
             )
             return
-        server, key = await self._login(message)
+        try:
+            server = await self._login(message)
+        except BaseException:
+            self._forget_cancel_key()
+            raise
         try:
             await self.session.audit("db.session.start", fields)
             await self._relay(server, leftover, expires_at)
         finally:
-            if key is not None:
-                self.engine._cancel_keys.pop(key, None)
+            self._forget_cancel_key()
             await trio.aclose_forcefully(server)
             with trio.CancelScope(shield=True):
                 await self.session.audit(
@@ -269,11 +275,8 @@ class _Connection:
         except trio.TooSlowError:
             raise wire.ProtocolError("the client sent no startup in time") from None
 
-    async def _login(
-        self, startup: wire.StartupMessage
-    ) -> tuple[trio.SSLStream[trio.SocketStream], tuple[int, bytes] | None]:
-        """Open the database connection and relay its startup until ``ReadyForQuery``;
-        returns the stream and the cancel key given to the client."""
+    async def _login(self, startup: wire.StartupMessage) -> trio.SSLStream[trio.SocketStream]:
+        """Open the database connection and relay its login until ``ReadyForQuery``."""
         name = self.database.name
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
@@ -287,33 +290,38 @@ class _Connection:
                 hint="ask your Tether administrator to check the database service",
             )
             raise _SessionEnded from None
-        key: tuple[int, bytes] | None = None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                key = await self._authenticate(server, startup)
+                await self._authenticate(server, startup)
         except trio.TooSlowError:
             await trio.aclose_forcefully(server)
             await self._fatal("08006", f'database "{name}" did not finish logging in in time')
             raise _SessionEnded from None
         except BaseException:
-            if key is not None:
-                self.engine._cancel_keys.pop(key, None)
             await trio.aclose_forcefully(server)
             raise
-        return server, key
+        return server
 
-    async def _authenticate(
-        self, server: trio.abc.Stream, startup: wire.StartupMessage
-    ) -> tuple[int, bytes] | None:
+    def _forget_cancel_key(self) -> None:
+        if self.cancel_key is not None:
+            self.engine._cancel_keys.pop(self.cancel_key, None)
+            self.cancel_key = None
+
+    async def _authenticate(self, server: trio.abc.Stream, startup: wire.StartupMessage) -> None:
         name = self.database.name
-        await server.send_all(startup.raw)
         parser = wire.BackendParser()
-        key: tuple[int, bytes] | None = None
         out = bytearray()
+        try:
+            await server.send_all(startup.raw)
+        except trio.BrokenResourceError as error:
+            await self._login_failed(error)
         while True:
             message = parser.next_event()
             if message is None:
-                data = await server.receive_some(_CHUNK)
+                try:
+                    data = await server.receive_some(_CHUNK)
+                except trio.BrokenResourceError as error:
+                    await self._login_failed(error)
                 if not data:
                     await self._fatal(
                         "08006", f'database "{name}" closed the connection during login'
@@ -341,8 +349,9 @@ class _Connection:
             elif message.type == b"K":
                 real = wire.parse_backend_key_data(message)
                 fake = secrets.token_bytes(len(real.key))
-                key = (real.pid, fake)
-                self.engine._cancel_keys[key] = _CancelTarget(
+                self._forget_cancel_key()
+                self.cancel_key = (real.pid, fake)
+                self.engine._cancel_keys[self.cancel_key] = _CancelTarget(
                     database=self.database,
                     pid=real.pid,
                     key=real.key,
@@ -363,7 +372,20 @@ class _Connection:
                 out += parser.buffer
                 await self.client.send_all(bytes(out))
                 self.server_tail = bytes(out[-6:])
-                return key
+                return
+
+    async def _login_failed(self, error: trio.BrokenResourceError) -> NoReturn:
+        """The database broke the connection while logging in: most often its TLS refused
+        the service's certificate."""
+        reason = _tls_reason(error)
+        name = self.database.name
+        log.warning("postgres database %s broke the login of %s: %s", name, self.db_user, reason)
+        await self._fatal(
+            "08006",
+            f'database "{name}" broke the connection during login: {reason}',
+            hint="check that its ssl_ca_file trusts the cluster's database client CA",
+        )
+        raise _SessionEnded
 
     # -- relay -----------------------------------------------------------------------------
 
