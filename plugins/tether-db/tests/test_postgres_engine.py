@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import struct
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -438,6 +439,44 @@ async def test_user_cancels_a_running_query(harness: Harness) -> None:
             await in_thread(conn.cancel_safe)
     finally:
         await in_thread(conn.close)
+
+
+#: A user's program: a query runs in one thread, the main one cancels it with psycopg's
+#: classic cancel() (libpq's blocking PQcancel), once a second session sees it running.
+_CANCEL_IN_ANOTHER_PROCESS = """
+import sys, threading, time
+import psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+outcome = []
+def sleep():
+    try:
+        conn.execute("select pg_sleep(60)")
+        outcome.append("finished")
+    except psycopg.errors.QueryCanceled as error:
+        outcome.append(f"canceled: {error}")
+worker = threading.Thread(target=sleep)
+worker.start()
+with psycopg.connect(sys.argv[1], autocommit=True) as watcher:
+    running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'"
+    while watcher.execute(running + " and state = 'active'").fetchone() != (1,):
+        time.sleep(0.02)
+conn.cancel()
+worker.join()
+print(outcome[0])
+"""
+
+
+async def test_user_cancels_with_psycopgs_classic_cancel(harness: Harness) -> None:
+    port = await harness.listen()
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-c", _CANCEL_IN_ANOTHER_PROCESS, dsn(port)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "canceled: canceling statement due to user request"
 
 
 async def test_another_users_cancel_key_does_nothing(harness: Harness) -> None:
