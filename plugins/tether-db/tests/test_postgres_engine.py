@@ -623,3 +623,40 @@ async def test_cancel_key_is_forgotten_when_its_session_ends(
         assert await cancel.receive_some(10) == b""
     await cancel.aclose()
     assert "postgres cancel request from alice with an unknown key ignored" in caplog.messages
+
+
+async def test_database_vanishing_silently_gives_the_client_a_clear_error(
+    harness: Harness,
+) -> None:
+    # a TCP relay in front of the database, cut while the session is idle: the engine sees
+    # the connection drop without a word from PostgreSQL (a host that went away)
+    cut = trio.CancelScope()
+
+    async def relay(stream: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream(harness.server.host, harness.server.port)
+
+        async def pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+
+        with cut:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, stream, upstream)
+                nursery.start_soon(pump, upstream, stream)
+        await upstream.aclose()
+
+    listeners = await harness.nursery.start(
+        functools.partial(trio.serve_tcp, relay, 0, host="127.0.0.1")
+    )
+    port = await harness.listen(
+        database=harness.database(port=listeners[0].socket.getsockname()[1])
+    )
+    stream, parser, _ = await raw_login(port)
+    cut.cancel()
+    error = await read_message(stream, parser)
+    fields = wire.error_response_fields(error)
+    assert (fields["S"], fields["C"]) == ("FATAL", "08006")
+    assert fields["M"] == 'database "shop-db" closed the connection'
+    assert await read_message(stream, parser) is None
+    (end,) = await harness.wait_for("db.session.end")
+    assert end["reason"] == "database closed the connection"
