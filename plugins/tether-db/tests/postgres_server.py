@@ -179,6 +179,22 @@ class PostgresServer:
         return result.stdout
 
 
+def _server_bin_dir() -> Path:
+    """Where initdb, pg_ctl and postgres are: on PATH, or where Debian keeps them."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+    )
+    if not versions:
+        pytest.fail(
+            "PostgreSQL's server (initdb, pg_ctl, postgres) is not installed: "
+            "run scripts/system-deps.sh as root, or install the postgresql package"
+        )
+    return versions[-1].parent
+
+
 def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["runuser", "-u", "postgres", "--", *argv],
@@ -196,8 +212,9 @@ def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
 def postgres_server() -> Iterator[PostgresServer]:
     """Start the run's private PostgreSQL with users ``alice``, ``bob`` and ``carol``
     (password only) and databases ``shop`` (alice's) and ``hr`` (bob's); stop it at the end."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    bin_dir = _server_bin_dir()
+    if shutil.which("psql") is None:
+        pytest.fail("psql is not installed: run scripts/system-deps.sh as root")
     workdir = Path(tempfile.mkdtemp(prefix="tether-pg-"))
     postgres = pwd.getpwnam("postgres")
     data, run = workdir / "data", workdir / "run"
@@ -215,7 +232,9 @@ def postgres_server() -> Iterator[PostgresServer]:
     for path in (workdir, run, *(workdir / name for name in files)):
         os.chown(path, postgres.pw_uid, postgres.pw_gid)
     port = free_port()
-    _as_postgres("initdb", "-A", "trust", "-U", "postgres", "-D", str(data), "--no-sync")
+    _as_postgres(
+        str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data), "--no-sync"
+    )
     (data / "pg_hba.conf").write_text(
         "local all postgres trust\n"
         f"hostssl all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n"
@@ -235,7 +254,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         ]
     )
     log = str(workdir / "log")
-    _as_postgres("pg_ctl", "start", "-w", "-D", str(data), "-l", log, "-o", options)
+    _as_postgres(str(bin_dir / "pg_ctl"), "start", "-w", "-D", str(data), "-l", log, "-o", options)
     server = PostgresServer(
         host="127.0.0.1",
         port=port,
@@ -254,5 +273,5 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.admin("CREATE DATABASE hr OWNER bob")
         yield server
     finally:
-        _as_postgres("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(data))
+        _as_postgres(str(bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(data))
         shutil.rmtree(workdir, ignore_errors=True)
