@@ -2,7 +2,8 @@
 # Install the system tools the tests (and, with --bench, the benchmarks) run for real:
 # the OpenSSH client (ssh, scp, sftp, ssh-keygen, ssh-agent), openssl, the sftp-server that
 # nodes start for SFTP sessions, useradd for the tests' OS accounts, xmlsec1 (SAML signatures,
-# through pysaml2), Apache's htpasswd for the example connector; sshd for benchmarks. Only
+# through pysaml2), Apache's htpasswd for the example connector, PostgreSQL's server and psql
+# (the tether-db tests start a private PostgreSQL); sshd for benchmarks. Only
 # what is missing is installed, and only where we may (root with apt-get, as in CI); elsewhere
 # it says what to install and the tests that need a missing tool fail with that name.
 set -euo pipefail
@@ -14,6 +15,10 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v useradd >/dev/null 2>&1 || need+=(passwd)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+# Debian keeps initdb and postgres out of PATH, under /usr/lib/postgresql/VERSION/bin
+command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+  || need+=(postgresql)
 sftp_server=no
 for path in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server; do
   [[ -x $path ]] && sftp_server=yes
