@@ -104,6 +104,9 @@ class ResourceStore:
             shown = [res for res in found_all if visible(res)]
         if kind.name == "remote_cluster":
             shown = [await self._with_status(res) for res in shown]
+        if kind.user_view is not None and identity.kind == "user":
+            roleset = await ctx.roleset(identity.roles)
+            shown = [kind.user_view(res, roleset, identity.traits) for res in shown]
         return shown
 
     async def _reader(

@@ -10,7 +10,7 @@ writes. Kinds are data (:class:`ResourceKind`), contributed through the
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -109,6 +109,11 @@ class ResourceKind:
         ``host:port`` an entry asks to be dialled at, or ``""`` for none. Auth accepts an entry
         only if its certificate names that host and it is none of the cluster's own listening
         addresses.
+    :param user_view: what a user is shown of one resource of this kind, when auth lists or
+        reads it for a user: called with the resource, the user's ``RoleSet`` (a root's user:
+        the mapped roles) and traits, it returns the resource to show, e.g. with a status that
+        says what the roles allow on it (``tether db ls``'s allowed database users). Never
+        called for the cluster's hosts and admins, who see the resource as stored.
     """
 
     name: str
@@ -126,6 +131,7 @@ class ResourceKind:
     readable_by: tuple[str, ...] = ()
     access_labels: str | None = None
     dialed_addr: Callable[[Resource], str] | None = None
+    user_view: Callable[[Resource, Any, Mapping[str, Sequence[str]]], Resource] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.versions:
