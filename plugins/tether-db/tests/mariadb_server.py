@@ -8,6 +8,7 @@ never touched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["MariaDB", "TestCA", "mariadb_server"]
+__all__ = ["MariaDB", "TestCA", "mariadb_server", "start_mariadb"]
 
 #: Database users the server knows, each allowed in with a certificate for ``CN=<user>``.
 USERS = ("alice", "bob")
@@ -119,15 +120,17 @@ class MariaDB:
     port: int
     socket: Path
     server_name: str
-    db_ca: TestCA
-    client_ca: TestCA
+    db_ca: TestCA | None
+    client_ca: TestCA | None
     directory: Path
 
     def client_context(self, user: str, *, ca: TestCA | None = None) -> ssl.SSLContext:
         """A client TLS context presenting a fresh certificate for ``CN=<user>`` (from
         ``ca``, the server's trusted client CA unless a test wants another) and verifying the
         server against the db CA, as the service's ``server_tls`` does."""
-        cert, key = (ca or self.client_ca).issue(user)
+        issuer = ca or self.client_ca
+        assert issuer is not None and self.db_ca is not None, "a server of the test CAs"
+        cert, key = issuer.issue(user)
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
             cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
             cert_path.write_bytes(cert)
@@ -160,16 +163,36 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[MariaDB]:
     """Start one private MariaDB for the whole run and stop it at the end."""
-    if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
-        pytest.skip("mariadbd is not installed")
-    mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
     directory = Path(tempfile.mkdtemp(prefix="tether-mariadb-"))
-    data = directory / "data"
     db_ca, client_ca = TestCA("test db CA"), TestCA("test db client CA")
     server_cert, server_key = db_ca.issue("localhost", server=True, hours=24)
     (directory / "server.pem").write_bytes(server_cert)
     (directory / "server.key").write_bytes(server_key)
     (directory / "client-ca.pem").write_bytes(client_ca.pem)
+    try:
+        with start_mariadb(
+            directory,
+            cert_file=directory / "server.pem",
+            key_file=directory / "server.key",
+            ca_file=directory / "client-ca.pem",
+            server_name="localhost",
+        ) as server:
+            yield replace(server, db_ca=db_ca, client_ca=client_ca)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def start_mariadb(
+    directory: Path, *, cert_file: Path, key_file: Path, ca_file: Path, server_name: str
+) -> Iterator[MariaDB]:
+    """A private MariaDB in ``directory`` with these TLS files (``ssl-cert``, ``ssl-key``,
+    ``ssl-ca``), users ``alice`` and ``bob`` allowed in by their certificate's subject alone,
+    and the databases ``shop`` and ``hr``; stopped when the block ends."""
+    if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
+        pytest.skip("mariadbd is not installed")
+    mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    data = directory / "data"
     subprocess.run(
         [
             "mariadb-install-db",
@@ -197,9 +220,9 @@ def mariadb_server() -> Iterator[MariaDB]:
             f"--socket={sock}",
             f"--pid-file={directory / 'mariadb.pid'}",
             f"--log-error={directory / 'error.log'}",
-            f"--ssl-cert={directory / 'server.pem'}",
-            f"--ssl-key={directory / 'server.key'}",
-            f"--ssl-ca={directory / 'client-ca.pem'}",
+            f"--ssl-cert={cert_file}",
+            f"--ssl-key={key_file}",
+            f"--ssl-ca={ca_file}",
             "--local-infile=1",
             "--max-allowed-packet=64M",
             "--skip-log-bin",
@@ -213,9 +236,9 @@ def mariadb_server() -> Iterator[MariaDB]:
         host="127.0.0.1",
         port=port,
         socket=sock,
-        server_name="localhost",
-        db_ca=db_ca,
-        client_ca=client_ca,
+        server_name=server_name,
+        db_ca=None,
+        client_ca=None,
         directory=directory,
     )
     try:
@@ -247,4 +270,3 @@ def mariadb_server() -> Iterator[MariaDB]:
             process.kill()
             process.wait()
         log.close()
-        shutil.rmtree(directory, ignore_errors=True)

@@ -10,6 +10,7 @@ directory on which the ``postgres`` superuser is trusted, for setup only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["FixtureCA", "PostgresServer", "free_port", "postgres_server"]
+__all__ = ["FixtureCA", "PostgresServer", "free_port", "postgres_server", "start_postgres"]
 
 #: The name the server's certificate carries, as a database's ``server_name``.
 SERVER_NAME = "postgres.db.test"
@@ -128,15 +129,17 @@ class PostgresServer:
     port: int
     server_name: str
     socket_dir: Path
-    db_ca: FixtureCA
-    client_ca: FixtureCA
+    db_ca: FixtureCA | None
+    client_ca: FixtureCA | None
     workdir: Path
 
     def client_context(self, db_user: str, *, client_ca: FixtureCA | None = None) -> ssl.SSLContext:
         """What ``Session.server_tls(db_user)`` returns in production: a client certificate
         with ``CN=db_user`` (from the db client CA unless ``client_ca`` is another) and
         verification of the server against the db CA."""
-        key, cert = (client_ca or self.client_ca).issue(db_user)
+        issuer = client_ca or self.client_ca
+        assert issuer is not None and self.db_ca is not None, "a server of the test CAs"
+        key, cert = issuer.issue(db_user)
         with tempfile.TemporaryDirectory() as tmp:
             cert_path, key_path = Path(tmp, "c.pem"), Path(tmp, "k.pem")
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -212,19 +215,39 @@ def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
 def postgres_server() -> Iterator[PostgresServer]:
     """Start the run's private PostgreSQL with users ``alice``, ``bob`` and ``carol``
     (password only) and databases ``shop`` (alice's) and ``hr`` (bob's); stop it at the end."""
+    db_ca, client_ca = FixtureCA.create("test db CA"), FixtureCA.create("test db client CA")
+    server_key, server_cert = db_ca.issue(SERVER_NAME, dns=SERVER_NAME)
+    workdir = Path(tempfile.mkdtemp(prefix="tether-pg-"))
+    try:
+        with start_postgres(
+            workdir,
+            cert=server_cert.public_bytes(serialization.Encoding.PEM),
+            key=_key_pem(server_key),
+            client_cas=client_ca.pem(),
+            server_name=SERVER_NAME,
+        ) as server:
+            server.admin("CREATE DATABASE shop OWNER alice")
+            server.admin("CREATE DATABASE hr OWNER bob")
+            yield attrs.evolve(server, db_ca=db_ca, client_ca=client_ca)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def start_postgres(
+    workdir: Path, *, cert: bytes, key: bytes, client_cas: bytes, server_name: str
+) -> Iterator[PostgresServer]:
+    """A private PostgreSQL in ``workdir`` (which the ``postgres`` OS user is given) set up as
+    ``docs/databases.md`` says, with these TLS files (``ssl_cert_file``, ``ssl_key_file``,
+    ``ssl_ca_file``) and ``hostssl ... cert``, and the roles ``alice``, ``bob`` and ``carol``
+    (password only); stopped when the block ends."""
     bin_dir = _server_bin_dir()
     if shutil.which("psql") is None:
         pytest.fail("psql is not installed: run scripts/system-deps.sh as root")
-    workdir = Path(tempfile.mkdtemp(prefix="tether-pg-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     postgres = pwd.getpwnam("postgres")
     data, run = workdir / "data", workdir / "run"
-    db_ca, client_ca = FixtureCA.create("test db CA"), FixtureCA.create("test db client CA")
-    server_key, server_cert = db_ca.issue(SERVER_NAME, dns=SERVER_NAME)
-    files = {
-        "server.crt": server_cert.public_bytes(serialization.Encoding.PEM),
-        "server.key": _key_pem(server_key),
-        "client-ca.crt": client_ca.pem(),
-    }
+    files = {"server.crt": cert, "server.key": key, "client-ca.crt": client_cas}
     run.mkdir()
     for name, content in files.items():
         (workdir / name).write_bytes(content)
@@ -258,10 +281,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer(
         host="127.0.0.1",
         port=port,
-        server_name=SERVER_NAME,
+        server_name=server_name,
         socket_dir=run,
-        db_ca=db_ca,
-        client_ca=client_ca,
+        db_ca=None,
+        client_ca=None,
         workdir=workdir,
     )
     try:
@@ -269,9 +292,6 @@ def postgres_server() -> Iterator[PostgresServer]:
             "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN;"
             f" CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD 'not-used';"
         )
-        server.admin("CREATE DATABASE shop OWNER alice")
-        server.admin("CREATE DATABASE hr OWNER bob")
         yield server
     finally:
         _as_postgres(str(bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(data))
-        shutil.rmtree(workdir, ignore_errors=True)
