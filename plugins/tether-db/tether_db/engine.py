@@ -113,7 +113,7 @@ class Session:
         """The fields every event of this session carries."""
         return {
             "user": self.user,
-            "cluster": self.cluster,
+            "user_cluster": self.cluster,  # "cluster" is where the event is recorded
             "roles": list(self.roles),
             "client": self.client,
             "db_service": self.database.name,

@@ -9,12 +9,14 @@ Who sees an entry is decided with the roles' ``db_labels`` against the entry's l
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import attrs
 
-from tether.api import InvalidField, Resource, ResourceKind, Target, TargetKind
+from tether.api import InvalidField, Resource, ResourceKind, RoleSet, Target, TargetKind
 from tether_db.config import PROTOCOLS
 
-__all__ = ["DB", "DB_TARGET", "DbSpec", "describe_db"]
+__all__ = ["DB", "DB_TARGET", "DbSpec", "DbStatus", "describe_db"]
 
 
 @attrs.frozen
@@ -38,6 +40,25 @@ class DbSpec:
     version: str = ""
 
 
+@attrs.frozen
+class DbStatus:
+    """``status`` of a ``db`` as a user is shown it (never stored).
+
+    :param allowed_users: the database users the user's roles allow on it, as ``tether db
+        ls`` shows them (``*`` when a role allows any).
+    """
+
+    allowed_users: tuple[str, ...] = ()
+
+
+def _user_view(resource: Resource, roles: RoleSet, traits: Mapping[str, Sequence[str]]) -> Resource:
+    """What a user sees of a database: with the database users their roles allow there."""
+    allowed = roles.allowed_values(
+        "db_users", labels_field="db_labels", labels=resource.metadata.labels, traits=traits
+    )
+    return attrs.evolve(resource, status=DbStatus(allowed_users=tuple(allowed)))
+
+
 def _validate(resource: Resource) -> None:
     spec: DbSpec = resource.spec
     if spec.protocol not in PROTOCOLS:
@@ -56,11 +77,15 @@ DB = ResourceKind(
     aliases=("dbs", "database", "databases"),
     versions=("v3",),
     spec_type=DbSpec,
+    status_type=DbStatus,
     storage_prefix="/databases/",
     validate=_validate,
     published_by="node",
+    publisher_role="Db",
+    publisher=_publisher,
     readable_by=("proxy",),
     access_labels="db_labels",
+    user_view=_user_view,
 )
 
 

@@ -1,8 +1,117 @@
 """The ``db`` plugin as Tether's plugin manager sees it (entry point group ``tether``).
 
-The hooks arrive with the database service; the engines (:mod:`tether_db.engine`) come first.
+Each hook is one part of database access, all through the kernel's public API: the
+``db_service:`` section and ``--roles=db``, the ``db`` token type (host role ``Db``), the
+``db`` resource kind databases are published as, the two certificate authorities databases
+and the service trust each other with, the proxy's front door (an ALPN id and a target kind:
+the kernel routes, through leaves too), the service inside the node agent, and the ``tether
+db`` and ``tether proxy db`` commands.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import datetime
+
+import click
+
+from tether.api import (
+    CertAuthorityType,
+    Config,
+    ConfigSection,
+    ProtocolHandler,
+    ResourceKind,
+    ServiceRole,
+    TokenType,
+    hookimpl,
+)
+from tether_db.kind import DB, DB_TARGET
+from tether_db.service import HOST_ROLE, PROTOCOL, DatabaseService, agent_protocols
+
+__all__ = [
+    "tether_agent_protocols",
+    "tether_cert_authorities",
+    "tether_cli_commands",
+    "tether_config_sections",
+    "tether_protocols",
+    "tether_resource_kinds",
+    "tether_service_roles",
+    "tether_token_types",
+]
+
+
+@hookimpl
+def tether_config_sections() -> list[ConfigSection]:
+    """``db_service:``, where Teleport's configuration has it."""
+    from tether_db.config import SECTION
+
+    return [SECTION]
+
+
+@hookimpl
+def tether_service_roles() -> list[ServiceRole]:
+    """``db``: ``tetherd start --roles=db`` runs ``db_service``."""
+    from tether_db.config import SERVICE_ROLE
+
+    return [SERVICE_ROLE]
+
+
+@hookimpl
+def tether_token_types() -> list[TokenType]:
+    """``tetherctl tokens add --type=db``: a host joins as a database service."""
+    return [TokenType("db", HOST_ROLE, "a database service joins the cluster", host_role=True)]
+
+
+@hookimpl
+def tether_resource_kinds() -> list[ResourceKind]:
+    """``db``: the databases services publish on every heartbeat."""
+    return [DB]
+
+
+@hookimpl
+def tether_cert_authorities() -> list[CertAuthorityType]:
+    """``db`` signs database servers' certificates (``tetherctl auth sign --format=db``),
+    which the service verifies; ``db_client`` signs the service's short-lived client
+    certificates, which the databases trust (``PREFIX.cas``)."""
+    return [
+        CertAuthorityType(
+            name="db",
+            description="signs database servers' certificates, which the service verifies",
+            usages=("server",),
+            sign_format="db",
+            format_trusts=("db_client",),
+        ),
+        CertAuthorityType(
+            name="db_client",
+            description="signs the database service's client certificates, which databases trust",
+            usages=("client",),
+            max_ttl=datetime.timedelta(hours=12),
+            host_roles=(HOST_ROLE,),
+        ),
+    ]
+
+
+@hookimpl
+def tether_protocols() -> list[ProtocolHandler]:
+    """The database front door: the kernel answers the dial exchange on ``tether-db/1``,
+    finds the database among those the user may see, in this cluster or a leaf, and opens a
+    stream to its service; the bytes are the database protocol's own."""
+    from tether_db.cli import ALPN, TITLE
+
+    return [ProtocolHandler(name=PROTOCOL, alpn=(ALPN,), target_kind=DB_TARGET, title=TITLE)]
+
+
+@hookimpl
+def tether_agent_protocols(config: Config) -> list[DatabaseService]:
+    """The database service inside the node agent, when ``db_service.enabled``."""
+    from tether_db.mysql.engine import MySQLEngine
+    from tether_db.postgres.engine import PostgresEngine
+
+    return agent_protocols(config, {"postgres": PostgresEngine(), "mysql": MySQLEngine()})
+
+
+@hookimpl
+def tether_cli_commands(program: str, cli: click.Group) -> None:
+    """``tether db ls|login|logout|connect|config`` and ``tether proxy db``."""
+    from tether_db.cli import add_commands
+
+    add_commands(program, cli)
