@@ -53,6 +53,8 @@ SSH_RUN = "tests/test_docs.py::test_openssh_user_types_the_commands_of_the_ssh_p
 GUIDE = "docs/trusted-clusters.md"
 SSH_PAGE = "docs/ssh.md"
 OPERATING = "docs/operating.md"
+DATABASES = "docs/databases.md"
+DB_TESTS = "plugins/tether-db/tests/test_db_through_leaf.py::"
 SYSTEMD_TESTS = tuple(
     f"tests/test_systemd_unit.py::{name}"
     for name in (
@@ -91,6 +93,21 @@ TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
     (OPERATING, "Running tetherd under systemd", 1): SYSTEMD_TESTS,
     (OPERATING, "Is everything connected?", 0): (
         "tests/test_status.py::test_root_admin_sees_the_ca_pins_the_proxy_the_node_and_the_leaf_online",
+    ),
+    # the database pages' commands are typed by the scenario tests of the plugin, against
+    # private PostgreSQL and MariaDB servers set up with the files auth sign wrote
+    (DATABASES, "The database service", 0): (
+        DB_TESTS + "test_root_user_lists_the_leafs_databases_with_the_users_their_roles_allow",
+    ),
+    (DATABASES, "Certificates for the database server", 0): (
+        DB_TESTS + "test_root_user_reaches_leaf_postgres_with_psql_through_a_local_tunnel",
+        DB_TESTS + "test_root_user_reaches_leaf_mariadb_with_tether_db_connect",
+    ),
+    (DATABASES, "Using a database", 0): (
+        DB_TESTS + "test_root_user_lists_the_leafs_databases_with_the_users_their_roles_allow",
+        DB_TESTS + "test_tether_db_connect_runs_psql_and_the_leaf_audits_each_query",
+        DB_TESTS + "test_root_user_reaches_leaf_postgres_with_psql_through_a_local_tunnel",
+        DB_TESTS + "test_a_user_configures_a_gui_client_and_logs_out",
     ),
     ("README.md", "Output for scripts, shell completion, progress", 0): (
         "tests/test_shell_completion.py::test_bash_completes_resource_names_with_the_printed_script",
