@@ -451,6 +451,12 @@ def test_idle_timeout_and_expired_cert_disconnect_take_the_strictest_role(
     assert both.disconnect_expired_cert()
 
 
+def test_load_data_local_is_allowed_only_by_a_role_option(registry: KindRegistry) -> None:
+    assert not RoleSet(preset_roles()).db_load_data_local()
+    loader = role("loader", "  options:\n    db_load_data_local: true\n", registry)
+    assert RoleSet([*preset_roles(), loader]).db_load_data_local()
+
+
 def test_traits_values_refuses_unknown_fields() -> None:
     with pytest.raises(ValueError, match="unknown role field 'node_labels'"):
         RoleSet([]).traits_values("node_labels", TRAITS)

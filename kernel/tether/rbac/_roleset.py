@@ -319,6 +319,12 @@ class RoleSet:
                 hint=f"roles held: {_names(self.names)}",
             )
 
+    def db_load_data_local(self) -> bool:
+        """Whether MySQL's ``LOAD DATA LOCAL INFILE`` may run through the database service:
+        when any role's ``db_load_data_local`` option allows it (a permission, as
+        ``port_forwarding``)."""
+        return any(role.spec.options.db_load_data_local for role in self._roles)
+
     def port_forwarding(self) -> bool:
         """Whether SSH port forwarding is allowed: by any role's option (Teleport's rule)."""
         return any(role.spec.options.port_forwarding for role in self._roles)

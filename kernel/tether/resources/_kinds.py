@@ -97,6 +97,9 @@ class RoleOptions:
     disconnect_expired_cert: bool = False
     permit_x11_forwarding: bool = False
     cert_format: Literal["standard", "oldssh"] = "standard"
+    #: Tether's own: MySQL's ``LOAD DATA LOCAL INFILE`` (the database server reads a file
+    #: from the client's machine) through the database service; off unless a role allows it
+    db_load_data_local: bool = False
 
 
 @attrs.frozen

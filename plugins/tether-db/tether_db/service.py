@@ -143,6 +143,7 @@ class DatabaseService:
             audit=agent.record,
             idle_timeout=idle.total_seconds() if idle is not None else None,
             expires=identity.expires if roles.disconnect_expired_cert() else None,
+            allow_local_infile=roles.db_load_data_local(),
             now=agent.now,
         )
         await self._engines[database.protocol].serve(stream.stream, session)
