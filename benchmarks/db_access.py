@@ -59,6 +59,7 @@ SLAP_QUERY = "SELECT 1"
 TPS_TARGET = 0.5  # select-only TPS at 8 clients through a leaf, at least this times direct
 LATENCY_TARGET_MS = 0.5  # latency added per query (select-only, 1 client), below this
 MAX_FAILURES = 3  # per leg and figure; a leg that keeps failing is dropped
+PROFILE_SECONDS = 10  # the profiled run's -T, also with --quick: enough samples to read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Params:
         queries = args.queries if args.queries is not None else (1000 if args.quick else 20000)
         if seconds < 1 or rounds < 1 or queries < 8:
             raise SystemExit("--seconds and --rounds must be at least 1, --queries at least 8")
-        return cls(args.quick, seconds, rounds, queries, min(seconds, 10))
+        return cls(args.quick, seconds, rounds, queries, PROFILE_SECONDS)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -434,7 +435,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
         f"dashed: target {TPS_TARGET}x",
         fontsize=9,
     )
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper left")
     pg_keys = [k for k in keys if "added_ms_per_query" in figures[k]]
     for i, leg in enumerate(TETHER_LEGS):
         added = [figures[k]["added_ms_per_query"][leg] for k in pg_keys]
@@ -457,11 +458,11 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     right.set_xticks(range(len(pg_keys)), pg_keys, rotation=25, ha="right", fontsize=8)
     right.set_ylabel("ms added per query (median)")
     right.set_title(f"latency added vs direct; dashed: target {LATENCY_TARGET_MS} ms", fontsize=9)
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper left")
     fig.suptitle(
         f"Database access on loopback: Tether vs direct ({m['date']})\n"
-        f"{machine.summary(m)}, {m.get('postgresql') or 'no pgbench'}, "
-        f"{m.get('mariadb') or 'no mysqlslap'}",
+        f"{machine.summary(m)}\n{_short_version(m.get('postgresql'), 'PostgreSQL')}, "
+        f"{_short_version(m.get('mariadb'), 'MariaDB')}",
         fontsize=9,
     )
     fig.tight_layout()
@@ -469,6 +470,13 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _short_version(found: str | None, name: str) -> str:
+    """``pgbench (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)`` -> ``PostgreSQL 15.20``; the
+    last version in the line, as mysqlslap's is ``Ver 1.0 Distrib 10.11.19-MariaDB``."""
+    versions = re.findall(r"\d+\.\d+(?:\.\d+)?", found or "")
+    return f"{name} {versions[-1]}" if versions else f"no {name} client"
 
 
 def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
