@@ -174,11 +174,16 @@ def _key(workload: str, clients: int) -> str:
     return f"{workload}_c{clients}"
 
 
-def measure(site: db_sites.Site, params: Params) -> dict[str, dict[str, Figures]]:
-    """Every leg of every figure, round by round, the legs' order rotating each round."""
+def no_figures() -> dict[str, dict[str, Figures]]:
+    """Every figure of every leg, no sample yet (what a site that cannot start reports)."""
     keys = [_key(w, c) for w in WORKLOADS for c in CLIENTS]
     keys += [_key("mysqlslap", c) for c in CLIENTS]
-    figures = {key: {leg: Figures() for leg in LEGS} for key in keys}
+    return {key: {leg: Figures() for leg in LEGS} for key in keys}
+
+
+def measure(site: db_sites.Site, params: Params) -> dict[str, dict[str, Figures]]:
+    """Every leg of every figure, round by round, the legs' order rotating each round."""
+    figures = no_figures()
     for round_no in range(params.rounds):
         order = LEGS[round_no % len(LEGS) :] + LEGS[: round_no % len(LEGS)]
         print(f"round {round_no + 1}/{params.rounds} (legs {', '.join(order)}):", flush=True)
@@ -397,6 +402,8 @@ def table(report: dict[str, Any]) -> str:
     for key, legs in report["failures"].items():
         for leg, why in legs.items():
             lines.append(f"FAILED {key} {leg}: {why[-1]}")
+    if report.get("missing"):
+        lines.append(f"n/a every leg: {report['missing']}")
     return "\n".join(lines)
 
 
@@ -548,15 +555,20 @@ def main(argv: list[str]) -> int:
     machine_info["postgresql"] = _version(["pgbench", "--version"])
     machine_info["mariadb"] = _version(["mysqlslap", "--version"])
     profile: dict[str, Any] = {}
+    figures, missing, failed = no_figures(), None, False
     print("starting a root and a leaf cluster, their database services and servers", flush=True)
     with contextlib.ExitStack() as stack:
         try:
             site = stack.enter_context(db_sites.db_site())
-        except NotImplementedError as exc:
-            print(f"db_access skipped: {exc}", flush=True)
-            return 0
-        figures = measure(site, params)
-        if args.profile:
+        except NotImplementedError as exc:  # a client is not installed: every leg n/a
+            missing = str(exc)
+        except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            missing, failed = f"failed to start: {exc}", True
+        if missing is not None:
+            print(f"  every leg n/a: {missing}", flush=True)
+        else:
+            figures = measure(site, params)
+        if args.profile and missing is None:
             print(f"profiling the leaf leg with py-spy into {args.profile}:", flush=True)
             try:
                 profile = profile_leaf(site, args.profile, params.profile_seconds)
@@ -569,11 +581,13 @@ def main(argv: list[str]) -> int:
         "after": [round(x, 2) for x in os.getloadavg()],
     }
     report = build_report(machine_info, params, figures, load)
+    if missing is not None:
+        report["missing"] = missing
     if profile:
         report["profile"] = profile
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
     results.save_report(NAME, report, args, table=table, chart=chart, index_line=index_line)
-    return 1 if report["failures"] else 0
+    return 1 if report["failures"] or failed else 0
 
 
 if __name__ == "__main__":
