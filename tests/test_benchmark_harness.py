@@ -361,3 +361,31 @@ def test_lightweight_leaves_join_a_real_root_and_hold_tunnels(tmp_path: pathlib.
         assert sorted(doc["metadata"]["name"] for doc in listed) == ["leaf1", "leaf2", "leaf3"]
     finally:
         root.stop()
+
+
+da = load("db_access")
+
+
+def test_db_access_reports_a_site_that_cannot_start_instead_of_failing_silently(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_site() -> object:
+        raise RuntimeError("timed out waiting for leaf's database service heartbeat")
+
+    monkeypatch.setattr(da.db_sites, "db_site", broken_site)
+    out = tmp_path / "da.json"
+    results_dir = tmp_path / "results"
+    assert da.main(["--quick", "--json", str(out), "--results-dir", str(results_dir)]) == 1
+
+    report = json.loads(out.read_text())
+    assert "leaf's database service heartbeat" in report["missing"]
+    assert set(report["figures"]) == {
+        "select_only_c1", "select_only_c8", "tpcb_like_c1", "tpcb_like_c8",
+        "mysqlslap_c1", "mysqlslap_c8",
+    }  # fmt: skip
+    assert report["figures"]["select_only_c8"]["tps"] == dict.fromkeys(da.LEGS)
+    assert report["targets_met"]["select_only_c8_leaf_tps_ratio"] is None
+    assert {"postgresql", "mariadb", "cpu_model", "date"} <= set(report["machine"])
+    assert "n/a every leg" in da.table(report)
+    dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
+    assert len(dated) == 1 and dated[0] in (results_dir / "README.md").read_text()

@@ -25,8 +25,7 @@ from collections.abc import Iterator
 
 import attrs
 import pytest
-from mariadb_server import MariaDB, start_mariadb
-from postgres_server import PostgresServer, start_postgres
+from tether_db.testing import MariaDB, PostgresServer, start_mariadb, start_postgres
 
 from tether.testing.cluster import (
     RunningCluster,
