@@ -216,7 +216,7 @@ class NodeAgent:
                 await nursery.start(protocol.run, agent)
             if self.tunnel_mode:
                 await nursery.start(self._run_tunnels, joined, agent)
-            await self._publish(api)
+            await self._publish(api, at_start=True)
             nursery.start_soon(self._heartbeat_loop, api)
             nursery.start_soon(self._audit_loop, api)
             nursery.start_soon(self._renewal_loop, api, host, joined, agent)
@@ -343,20 +343,31 @@ class NodeAgent:
 
     # --- heartbeats ----------------------------------------------------------------------
 
-    async def _publish(self, api: AuthClient) -> None:
+    async def _publish(self, api: AuthClient, *, at_start: bool = False) -> None:
         """Publish every entry of every protocol, each on its own: an entry auth refuses (a
-        name another live host serves) is logged, and the others are still published."""
+        name another live host serves) is logged, and the others are still published.
+
+        :param at_start: the first heartbeat, before the host says it is up: when auth
+            refuses every entry (the host would serve nothing: an address that is the
+            proxy's, names other hosts serve), start-up stops with the first reason, for the
+            operator to fix; when some get through, the host serves those.
+        """
+        published, refused = 0, []
         for protocol in self.protocols.values():
             for resource in protocol.resources():
                 try:
                     await api.publish(resource_to_dict(resource), ENTRY_TTL)
+                    published += 1
                 except AccessDenied as exc:
+                    refused.append(exc)
                     log.warning(
                         "node: auth refused %s %r: %s",
                         resource.kind,
                         resource.metadata.name,
                         exc,
                     )
+        if at_start and refused and not published:
+            raise refused[0]
 
     async def _heartbeat_loop(self, api: AuthClient) -> None:
         while True:
