@@ -11,21 +11,19 @@ from pathlib import Path
 
 import attrs
 import pytest
-from cryptography.hazmat.primitives import serialization
 from tether_db.testing import (
     PASSWORD_USER,
     SERVER_NAME,
-    FixtureCA,
     PostgresServer,
+    TestCA,
     free_port,
-    key_pem,
     start_postgres,
 )
 
 __all__ = [
     "PASSWORD_USER",
-    "FixtureCA",
     "PostgresServer",
+    "TestCA",
     "free_port",
     "postgres_server",
     "start_postgres",
@@ -36,15 +34,15 @@ __all__ = [
 def postgres_server() -> Iterator[PostgresServer]:
     """Start the run's private PostgreSQL with users ``alice``, ``bob`` and ``carol``
     (password only) and databases ``shop`` (alice's) and ``hr`` (bob's); stop it at the end."""
-    db_ca, client_ca = FixtureCA.create("test db CA"), FixtureCA.create("test db client CA")
-    server_key, server_cert = db_ca.issue(SERVER_NAME, dns=SERVER_NAME)
+    db_ca, client_ca = TestCA("test db CA"), TestCA("test db client CA")
+    server_cert, server_key = db_ca.issue(SERVER_NAME, server=True, hours=24)
     workdir = Path(tempfile.mkdtemp(prefix="tether-pg-"))
     try:
         with start_postgres(
             workdir,
-            cert=server_cert.public_bytes(serialization.Encoding.PEM),
-            key=key_pem(server_key),
-            client_cas=client_ca.pem(),
+            cert=server_cert,
+            key=server_key,
+            client_cas=client_ca.pem,
             server_name=SERVER_NAME,
         ) as server:
             server.admin("CREATE DATABASE shop OWNER alice")

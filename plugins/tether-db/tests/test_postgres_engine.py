@@ -16,7 +16,7 @@ import attrs
 import psycopg
 import pytest
 import trio
-from postgres_server import PASSWORD_USER, FixtureCA, PostgresServer, free_port
+from postgres_server import PASSWORD_USER, PostgresServer, TestCA, free_port
 from tether_db.engine import Database, Session
 from tether_db.postgres import PostgresEngine, wire
 
@@ -55,7 +55,7 @@ class Harness:
         database: Database | None = None,
         idle_timeout: float | None = None,
         expires: datetime.datetime | None = None,
-        client_ca: FixtureCA | None = None,
+        client_ca: TestCA | None = None,
     ) -> int:
         """Start a listener whose connections are ``user``'s; returns its port."""
 
@@ -305,7 +305,7 @@ async def test_database_with_another_name_in_its_certificate_is_refused(
 
 
 async def test_database_that_distrusts_the_service_certificate_says_so(harness: Harness) -> None:
-    port = await harness.listen(client_ca=FixtureCA.create("some other CA"))
+    port = await harness.listen(client_ca=TestCA("some other CA"))
     result = await psql(port, "select 1")
     assert result.returncode != 0
     stderr = result.stderr.decode()

@@ -7,8 +7,8 @@ are never touched.
 PostgreSQL runs as the ``postgres`` OS user (``initdb`` and ``postgres`` refuse root) in a
 directory it is given, with a Unix socket there on which the ``postgres`` superuser is
 trusted, for setup only. MariaDB runs as root with ``--no-defaults`` and a socket on which its
-root is trusted, for setup only. The certificate authorities the tests make (:class:`FixtureCA`,
-:class:`TestCA`) are here too, as the servers' handles use them.
+root is trusted, for setup only. The certificate authority the tests make (:class:`TestCA`)
+is here too, as the servers' handles use it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import ipaddress
 import os
 import pwd
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -35,17 +34,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tether.testing.http import free_port
+
 __all__ = [
     "DATABASES",
     "PASSWORD_USER",
     "SERVER_NAME",
     "USERS",
-    "FixtureCA",
     "MariaDB",
     "PostgresServer",
     "TestCA",
     "free_port",
-    "key_pem",
     "start_mariadb",
     "start_postgres",
 ]
@@ -58,89 +57,6 @@ SERVER_NAME = "postgres.db.test"
 PASSWORD_USER = "carol"
 
 
-def free_port() -> int:
-    """A port of 127.0.0.1 nothing listens on (as long as nobody takes it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@attrs.frozen
-class FixtureCA:
-    """A certificate authority made for the tests."""
-
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def create(cls, name: str) -> FixtureCA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key=key, cert=cert)
-
-    def issue(
-        self, common_name: str, *, dns: str | None = None
-    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        """A leaf certificate whose subject is exactly ``CN=common_name``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=2))
-        )
-        if dns is not None:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-        return key, builder.sign(self.key, hashes.SHA256())
-
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 @attrs.frozen
 class PostgresServer:
     """The running server and what a test needs to reach it."""
@@ -149,22 +65,22 @@ class PostgresServer:
     port: int
     server_name: str
     socket_dir: Path
-    db_ca: FixtureCA | None
-    client_ca: FixtureCA | None
+    db_ca: TestCA | None
+    client_ca: TestCA | None
     workdir: Path
 
-    def client_context(self, db_user: str, *, client_ca: FixtureCA | None = None) -> ssl.SSLContext:
+    def client_context(self, db_user: str, *, client_ca: TestCA | None = None) -> ssl.SSLContext:
         """What ``Session.server_tls(db_user)`` returns in production: a client certificate
         with ``CN=db_user`` (from the db client CA unless ``client_ca`` is another) and
         verification of the server against the db CA."""
         issuer = client_ca or self.client_ca
         assert issuer is not None and self.db_ca is not None, "a server of the test CAs"
-        key, cert = issuer.issue(db_user)
+        cert, key = issuer.issue(db_user)
         with tempfile.TemporaryDirectory() as tmp:
             cert_path, key_path = Path(tmp, "c.pem"), Path(tmp, "k.pem")
-            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            key_path.write_bytes(key_pem(key))
-            context = ssl.create_default_context(cadata=self.db_ca.pem().decode())
+            cert_path.write_bytes(cert)
+            key_path.write_bytes(key)
+            context = ssl.create_default_context(cadata=self.db_ca.pem.decode())
             context.load_cert_chain(cert_path, key_path)
         return context
 
@@ -421,13 +337,6 @@ class MariaDB:
         return result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def start_mariadb(
     directory: Path, *, cert_file: Path, key_file: Path, ca_file: Path, server_name: str
@@ -452,7 +361,7 @@ def start_mariadb(
         check=True,
         timeout=300,
     )
-    port = _free_port()
+    port = free_port()
     sock = directory / "mariadb.sock"
     log = (directory / "server.log").open("wb")
     process = subprocess.Popen(
