@@ -176,7 +176,12 @@ def db_site() -> Iterator[Site]:
     from tether_db.testing import start_mariadb, start_postgres
 
     from tether.testing.cluster import start_cluster, start_node
-    from tether.testing.trusted_clusters import connection, create_trusted_cluster, invite
+    from tether.testing.trusted_clusters import (
+        connection,
+        create_trusted_cluster,
+        invite,
+        trusted_cluster_yaml,
+    )
 
     if shutil.which("pgbench") is None or shutil.which("mysqlslap") is None:
         raise NotImplementedError("pgbench and mysqlslap are needed (postgresql, mariadb clients)")
@@ -195,7 +200,9 @@ def db_site() -> Iterator[Site]:
             (base / f"{name}-role.yaml").write_text(ROLE)
             cluster.tetherctl("create", str(base / f"{name}-role.yaml"))
         root, leaf = clusters["root"], clusters["leaf"]
-        create_trusted_cluster(leaf, _trusted_cluster(root, invite(root)))
+        create_trusted_cluster(
+            leaf, trusted_cluster_yaml(root, invite(root), role_map={"dbbench": ["dbbench"]})
+        )
         root.add_user(BENCH_USER, BENCH_PASSWORD, roles=["access", "dbbench"], logins=["root"])
         root.login(BENCH_USER, BENCH_PASSWORD)
         postgres, mariadb, service_pids = {}, {}, {}
@@ -293,21 +300,3 @@ def db_site() -> Iterator[Site]:
 def _serves_two(cluster: RunningCluster) -> bool:
     """Whether the cluster lists its database service's two databases yet."""
     return len(json.loads(cluster.tetherctl("get", "db", "-f", "json").stdout)) == 2
-
-
-def _trusted_cluster(root: RunningCluster, token: str) -> str:
-    return f"""
-kind: trusted_cluster
-version: v2
-metadata:
-  name: root
-spec:
-  enabled: true
-  token: "{token}"
-  tunnel_addr: {root.proxy_addr}
-  web_proxy_addr: {root.proxy_addr}
-  ca_pin: {root.ca_pin}
-  role_map:
-    - remote: dbbench
-      local: [dbbench]
-"""

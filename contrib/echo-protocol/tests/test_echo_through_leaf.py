@@ -40,9 +40,13 @@ from tether.testing.cluster import (
     wait_for,
 )
 from tether.testing.roles import VISITOR_ROLE
+from tether.testing.trusted_clusters import trusted_cluster_yaml
 
 PASSWORD = "correct horse battery staple"
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tether_echo"
+
+#: the leaf maps the root's access to visitor, and contractor to its own contractor
+ROLE_MAP = {"access": ["visitor"], "contractor": ["contractor"]}
 
 CONTRACTOR_ROLE = """\
 kind: role
@@ -52,26 +56,6 @@ metadata:
 spec:
   allow:
     node_labels: {env: staging}
-"""
-
-
-def trusted_cluster_yaml(root: RunningCluster, token: str) -> str:
-    return f"""
-kind: trusted_cluster
-version: v2
-metadata:
-  name: root
-spec:
-  enabled: true
-  token: "{token}"
-  tunnel_addr: {root.proxy_addr}
-  web_proxy_addr: {root.proxy_addr}
-  ca_pin: {root.ca_pin}
-  role_map:
-    - remote: "access"
-      local: ["visitor"]
-    - remote: "contractor"
-      local: ["contractor"]
 """
 
 
@@ -151,7 +135,9 @@ def trust(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
             "tokens", "add", "--type=trusted_cluster", "--ttl=5m", "--format=json"
         )
         token = str(json.loads(invitation.stdout)["token"])
-        _create(leaf, directory, "trusted_cluster", trusted_cluster_yaml(root, token))
+        _create(
+            leaf, directory, "trusted_cluster", trusted_cluster_yaml(root, token, role_map=ROLE_MAP)
+        )
         wait_for(lambda: _remote_connection(root) == "online", "the leaf to come online")
         trust = Trust(root, leaf, node)
         # the node publishes its echo entry on its first heartbeat, and learns the root's CA

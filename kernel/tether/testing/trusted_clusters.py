@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping, Sequence
 
 from tether.testing.cluster import RunningCluster
 
@@ -37,13 +38,23 @@ def invite(root: RunningCluster, *, ttl: str | None = None) -> str:
 
 
 def trusted_cluster_yaml(
-    root: RunningCluster, token: str, *, enabled: bool = True, proxy_addr: str | None = None
+    root: RunningCluster,
+    token: str,
+    *,
+    enabled: bool = True,
+    proxy_addr: str | None = None,
+    role_map: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """The guide's trusted_cluster for a leaf of ``root``: ``access`` maps to ``visitor``.
 
     :param proxy_addr: the address the leaf dials (a load balancer); the root's proxy otherwise.
+    :param role_map: another mapping, root role -> local roles, in this order.
     """
     addr = proxy_addr or root.proxy_addr
+    rules = ""
+    for remote, local in (role_map or {"access": ["visitor"]}).items():
+        names = ", ".join(json.dumps(name) for name in local)
+        rules += f"    - remote: {json.dumps(remote)}\n      local: [{names}]\n"
     return f"""
 kind: trusted_cluster
 version: v2
@@ -56,9 +67,7 @@ spec:
   web_proxy_addr: {addr}
   ca_pin: {root.ca_pin}
   role_map:
-    - remote: "access"
-      local: ["visitor"]
-"""
+{rules}"""
 
 
 def create_trusted_cluster(

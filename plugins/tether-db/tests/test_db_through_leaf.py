@@ -35,7 +35,12 @@ from tether.testing.cluster import (
     stop_process,
     wait_for,
 )
-from tether.testing.trusted_clusters import connection, create_trusted_cluster, invite
+from tether.testing.trusted_clusters import (
+    connection,
+    create_trusted_cluster,
+    invite,
+    trusted_cluster_yaml,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("psql") is None or shutil.which("mariadb") is None,
@@ -54,24 +59,6 @@ spec:
     db_labels: {env: dev}
     db_users: ["{{internal.db_users}}"]
     db_names: ["{{internal.db_names}}"]
-"""
-
-
-def _trusted_cluster(root: RunningCluster, token: str) -> str:
-    return f"""
-kind: trusted_cluster
-version: v2
-metadata:
-  name: root
-spec:
-  enabled: true
-  token: "{token}"
-  tunnel_addr: {root.proxy_addr}
-  web_proxy_addr: {root.proxy_addr}
-  ca_pin: {root.ca_pin}
-  role_map:
-    - remote: access
-      local: [dbuser]
 """
 
 
@@ -123,7 +110,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             postgres.admin("CREATE DATABASE hr OWNER bob")
             (directory / "dbuser.yaml").write_text(DBUSER_ROLE)
             leaf.tetherctl("create", str(directory / "dbuser.yaml"))
-            create_trusted_cluster(leaf, _trusted_cluster(root, invite(root)))
+            create_trusted_cluster(
+                leaf, trusted_cluster_yaml(root, invite(root), role_map={"access": ["dbuser"]})
+            )
             wait_for(lambda: connection(root) == "online", "the leaf's tunnel")
             for user, db_name in (("alice", "shop"), ("bob", "hr")):
                 root.tetherctl(
