@@ -45,7 +45,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import db_sites, results, ssh_profile  # noqa: E402
+from _benchlib import db_sites, results, ssh_profile, tables  # noqa: E402
 from _benchlib.db_sites import Endpoint  # noqa: E402
 
 NAME = "db_access"
@@ -331,20 +331,7 @@ def build_report(
 
 
 def _fmt(value: float | None, spec: str = ".0f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    return tables.fmt(value, spec, suffix)
 
 
 def _verdict(met: bool | None) -> str:
@@ -370,7 +357,7 @@ def table(report: dict[str, Any]) -> str:
                     _fmt(entry["added_ms_per_query"].get(leg), ".3f") if leg != BASELINE else "",
                 ]
             )
-    lines += _grid(
+    lines += tables.grid(
         ["workload", "leg", "TPS", f"/ {BASELINE}", "ms per query", "added ms per query"], rows
     )
     lines += ["", f"MariaDB, mysqlslap {SLAP_QUERY!r} x {p['slap_queries']}:"]
@@ -387,7 +374,7 @@ def table(report: dict[str, Any]) -> str:
                     _fmt(entry[f"ratio_vs_{BASELINE}"][leg], ".3f", "x"),
                 ]
             )
-    lines += _grid(["workload", "leg", "queries/s", f"/ {BASELINE}"], rows)
+    lines += tables.grid(["workload", "leg", "queries/s", f"/ {BASELINE}"], rows)
     met = report["targets_met"]
     lines += [
         "",

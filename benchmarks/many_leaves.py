@@ -50,8 +50,10 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import leaves, results, ssh_profile, trust_site  # noqa: E402
+from _benchlib import leaves, results, ssh_profile, tables, trust_site  # noqa: E402
 from _benchlib.trust_site import TrustSite  # noqa: E402
+
+_fmt = tables.fmt
 
 NAME = "many_leaves"
 PHASES = ("one_leaf", "many_leaves")
@@ -586,23 +588,6 @@ def build_report(
     }
 
 
-def _fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def table(report: dict[str, Any]) -> str:
     """The printed summary: both phases side by side with ratios, then the join."""
     p = report["params"]
@@ -655,7 +640,7 @@ def table(report: dict[str, Any]) -> str:
             _fmt(ratio["root_idle_cpu"], ".2f", "x"),
         ]
     )
-    lines = _grid(header, rows)
+    lines = tables.grid(header, rows)
     per_leaf = report["root_rss_bytes_per_added_leaf"]
     lines.append(f"root memory per added leaf: {_fmt(per_leaf and per_leaf / 1024, '.1f')} KiB")
     met = report["targets_met"]["ssh"]

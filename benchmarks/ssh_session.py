@@ -55,9 +55,11 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import openssh, results, ssh_profile, ssh_sites  # noqa: E402
+from _benchlib import openssh, results, ssh_profile, ssh_sites, tables  # noqa: E402
 from _benchlib.procs import children_of, owned_process  # noqa: E402
 from _benchlib.ssh_sites import Remote  # noqa: E402
+
+_fmt = tables.fmt
 
 NAME = "ssh_session"
 TETHER_LEGS = ("tether_tunnel", "tether_auth")
@@ -488,23 +490,6 @@ def build_report(
     }
 
 
-def _fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def table(report: dict[str, Any]) -> str:
     """The printed summary: setup, bulk, the ratios to ``ssh -J``, and the setup breakdown."""
     p = report["params"]
@@ -522,7 +507,7 @@ def table(report: dict[str, Any]) -> str:
         ]
         for name in (*REMOTE_LEGS, *REFERENCE_LEGS)
     ]
-    lines += _grid(["leg", "median s", "p90 s", f"/ {BASELINE}", "client CPU s"], rows)
+    lines += tables.grid(["leg", "median s", "p90 s", f"/ {BASELINE}", "client CPU s"], rows)
     lines.append("")
     lines.append(
         f"bulk ({p['bulk_bytes'] // MIB} MiB into {BULK_COMMAND!r}, {p['bulk_aggregate']}):"
@@ -539,7 +524,7 @@ def table(report: dict[str, Any]) -> str:
                 ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items() if ms >= 0.05),
             ]
         )
-    lines += _grid(["leg", "MB/s", f"/ {BASELINE}", "CPU ms per MB in the best run"], rows)
+    lines += tables.grid(["leg", "MB/s", f"/ {BASELINE}", "CPU ms per MB in the best run"], rows)
     lines.append(
         "(CPU: client = every local process of the pipeline, start-up included; a server's "
         "children = its reaped session processes)"

@@ -38,7 +38,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import loadgen, openssh, results, tunnel_figures  # noqa: E402
+from _benchlib import loadgen, openssh, results, tables, tunnel_figures  # noqa: E402
 
 NAME = "tunnel_throughput"
 Address = tuple[str, int]
@@ -257,7 +257,7 @@ def build_report(
 
 
 def _fmt(value: float | None, spec: str = ".0f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+    return tables.fmt(value, spec, suffix)
 
 
 def table(report: dict[str, Any]) -> str:
