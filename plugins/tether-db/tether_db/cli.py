@@ -49,7 +49,6 @@ from tether.api import (
     shared_group,
 )
 from tether_db.kind import DB, DbSpec
-from tether_db.local import refuse_locally
 
 __all__ = ["ALPN", "TITLE", "db_group", "proxy_db"]
 
@@ -329,6 +328,10 @@ async def _serve(
             profile.proxy, context, alpn=ALPN, protocol=TITLE, cluster=cluster, target=name
         )
         return stream
+
+    # the wire modules answer a refused client; every tether command loads this module, so
+    # they are imported only when a listener runs
+    from tether_db.local import refuse_locally
 
     async def refused(local: trio.abc.Stream, exc: TetherError) -> None:
         click.echo(f"ERROR: {exc}", err=True)
