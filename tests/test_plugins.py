@@ -15,7 +15,7 @@ import pathlib
 import socket
 import ssl
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -41,7 +41,7 @@ BUILTINS = (
 )
 HOOKTEST_HOOKS = (
     "tether_agent_protocols",
-    "tether_audit_event",
+    "tether_audit_events",
     "tether_audit_search",
     "tether_backends",
     "tether_cert_authorities",
@@ -87,7 +87,7 @@ def test_operator_lists_loaded_plugins_with_their_distribution() -> None:
         assert rows[name][0] == "tether"
     assert rows["core-kinds"][2] == "tether_resource_kinds"
     assert rows["sqlite"][2] == "tether_backends"
-    assert rows["jsonl-audit"][2] == "tether_audit_event, tether_audit_search, tether_configure"
+    assert rows["jsonl-audit"][2] == "tether_audit_events, tether_audit_search, tether_configure"
     assert rows["local"][2] == "tether_identity_connectors"
     assert rows["role-maps"][2] == "tether_map_role"
     assert rows["node-agent"][2] == "tether_services"
@@ -229,7 +229,7 @@ def test_every_hook_is_called_in_a_running_daemon(
         "tether_protocols",
         "tether_services",
         "service.started",
-        "tether_audit_event",
+        "tether_audit_events",
         "tether_audit_search",
     } <= called
     assert {"hook": "tether_configure", "cluster": "hooks"} in records
@@ -237,7 +237,7 @@ def test_every_hook_is_called_in_a_running_daemon(
     db_url = next(r["url"] for r in records if r["hook"] == "tether_backends.open")
     assert db_url.startswith("hooktest:///") and db_url.endswith("/db.sqlite")
     assert {"hook": "tether_identity_connectors.authenticate", "user": "bob"} in records
-    assert {"hook": "tether_audit_event", "type": "user.login", "user": "bob"} in records
+    assert {"hook": "tether_audit_events", "type": "user.login", "user": "bob"} in records
     assert {"hook": "tether_audit_search", "type": "user.login"} in records
 
 
@@ -448,19 +448,19 @@ class RecordingSink:
         self.events: list[AuditEvent] = []
 
     @hookimpl
-    async def tether_audit_event(self, event: AuditEvent) -> None:
-        self.events.append(event)
+    async def tether_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        self.events.extend(events)
 
 
 class BrokenSink:
     @hookimpl
-    def tether_audit_event(self, event: AuditEvent) -> None:
+    def tether_audit_events(self, events: Sequence[AuditEvent]) -> None:
         raise OSError("disk full")
 
 
 class BrokenAsyncSink:
     @hookimpl
-    async def tether_audit_event(self, event: AuditEvent) -> None:
+    async def tether_audit_events(self, events: Sequence[AuditEvent]) -> None:
         raise RuntimeError("SIEM unreachable")
 
 
@@ -480,7 +480,7 @@ async def test_failing_audit_sink_does_not_stop_the_others(
     logger.addHandler(caplog.handler)  # the daemon's logging setup may stop propagation
     try:
         with caplog.at_level(logging.ERROR, logger="tether.plugins"):
-            await audit.emit(pm, event)
+            await audit.emit(pm, [event])
     finally:
         logger.removeHandler(caplog.handler)
 
@@ -488,6 +488,6 @@ async def test_failing_audit_sink_does_not_stop_the_others(
     assert last.events == [event]
     errors = {r.getMessage() for r in caplog.records if r.levelno == logging.ERROR}
     assert errors == {
-        "plugin 'broken-sink' failed in tether_audit_event: disk full",
-        "plugin 'broken-async-sink' failed in tether_audit_event: SIEM unreachable",
+        "plugin 'broken-sink' failed in tether_audit_events: disk full",
+        "plugin 'broken-async-sink' failed in tether_audit_events: SIEM unreachable",
     }

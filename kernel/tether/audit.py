@@ -1,7 +1,8 @@
 """The audit event model, and the one function that emits events to every sink.
 
-Sinks are plugins implementing ``tether_audit_event`` (the builtin one writes JSON lines under
-``data_dir/log``). Events are plain, JSON-serialisable records so any sink can store them and
+Sinks are plugins implementing ``tether_audit_events`` (the builtin one writes JSON lines under
+``data_dir/log``), which receives events in batches: one for most, a host's forwarded batch
+whole. Events are plain, JSON-serialisable records so any sink can store them and
 any searcher can return them without knowing the event types.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -111,9 +112,10 @@ class AuditQuery:
         return not (self.since is not None and event.time < self.since)
 
 
-async def emit(pm: pluggy.PluginManager, event: AuditEvent) -> None:
-    """Send ``event`` to every sink; a failing sink is logged and the others still run."""
-    await call_each(pm.hook.tether_audit_event, event=event)
+async def emit(pm: pluggy.PluginManager, events: Sequence[AuditEvent]) -> None:
+    """Send ``events`` (at least one, oldest first) to every sink; a failing sink is logged
+    and the others still run."""
+    await call_each(pm.hook.tether_audit_events, events=list(events))
 
 
 async def search(pm: pluggy.PluginManager, query: AuditQuery) -> list[AuditEvent]:

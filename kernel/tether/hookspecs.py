@@ -13,7 +13,7 @@ return coroutines.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -229,14 +229,18 @@ def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
 
 
 @hookspec
-def tether_audit_event(event: AuditEvent) -> Awaitable[None] | None:
-    """Record one audit event; every sink receives every event.
+def tether_audit_events(events: Sequence[AuditEvent]) -> Awaitable[None] | None:
+    """Record audit events, in order; every sink receives every event.
 
-    Called by the auth service for logins (success and failure), resource changes and issued
-    certificates, and by other services for what they audit. May return an awaitable. A sink
-    that raises is logged with its name and does not stop the others.
+    Called by the auth service with one event for a login (success and failure), a resource
+    change or an issued certificate, and with a whole batch for what a host forwards (a
+    database service's statements): a sink that stores them should store a batch in one
+    write, as the builtin one does with one ``fsync``. Events are durable once the call
+    returns. May return an awaitable. A sink that raises is logged with its name and does
+    not stop the others.
 
-    :param event: the event, with type, time, cluster, user and event-specific fields.
+    :param events: at least one event, each with type, time, cluster, user and
+        event-specific fields, oldest first.
     """
 
 

@@ -102,13 +102,23 @@ class AuthContext:
         self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
     ) -> None:
         """Record an event that happened in this cluster."""
+        await self.audit_events([(event_type, user, fields, success)])
+
+    async def audit_events(
+        self, events: Sequence[tuple[str, str, Mapping[str, Any], bool]]
+    ) -> None:
+        """Record events that happened in this cluster, in order, in one call to each sink:
+        each is ``(type, user, fields, success)``."""
         await audit.emit(
             self.pm,
-            audit.AuditEvent(
-                type=event_type,
-                cluster=self.cluster_name,
-                user=user,
-                success=success,
-                fields=fields,
-            ),
+            [
+                audit.AuditEvent(
+                    type=event_type,
+                    cluster=self.cluster_name,
+                    user=user,
+                    success=success,
+                    fields=fields,
+                )
+                for event_type, user, fields, success in events
+            ],
         )

@@ -337,7 +337,9 @@ class Inventory:
                     f"{where}audit event type {event_type!r} is not valid",
                     hint="use lower-case words separated by dots, like ssh.session.start",
                 )
-        for event_type, user, fields, success in events:
-            await self._ctx.audit_event(
-                event_type, user, {**fields, "host": identity.username}, success=success
-            )
+        await self._ctx.audit_events(
+            [
+                (event_type, user, {**fields, "host": identity.username}, success)
+                for event_type, user, fields, success in events
+            ]
+        )

@@ -1,9 +1,12 @@
 """Builtin audit sink: one JSON object per line in ``data_dir/log/events.jsonl``.
 
 The directory comes from ``tether_configure``; the file is appended to from a worker thread so
-a slow disk never blocks the event loop, and each line is flushed before the call returns so an
-acknowledged event survives a crash. The file is opened for each event and closed again, so
-nothing stays open once a daemon stops and a log moved aside is started afresh.
+a slow disk never blocks the event loop, and a batch's lines are written and flushed to disk
+(one ``fsync``, however many events a host forwarded) before the call returns, so an
+acknowledged event survives a crash; a line a crash tore is skipped when read, and ended
+before the next write, so the event after it is whole. The file is opened for each batch and
+closed again, so nothing stays open once a daemon stops and a log moved aside is started
+afresh.
 
 The sink is a class: each plugin manager registers an instance of its own, so several daemons in
 one process (``tetherd demo``: a root and a leaf, each with its manager) share nothing. An
@@ -18,7 +21,7 @@ import json
 import os
 import pathlib
 import threading
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 import trio
 
@@ -50,6 +53,19 @@ def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
     return list(events)
 
 
+def _torn(path: pathlib.Path) -> bool:
+    """Whether ``path`` ends in the middle of a line (a crash while it was written)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def _search(paths: Sequence[pathlib.Path], query: AuditQuery) -> list[AuditEvent]:
     """The newest ``query.limit`` matching events of all ``paths``, oldest first."""
     merged = sorted((e for path in paths for e in _read(path, query)), key=lambda e: e.time)
@@ -62,6 +78,8 @@ class JsonlAuditSink:
     def __init__(self) -> None:
         #: cluster name -> its events file
         self._paths: dict[str, pathlib.Path] = {}
+        #: files whose end this process has seen whole (a crash may have torn the last line)
+        self._checked: set[pathlib.Path] = set()
         self._lock = threading.Lock()
 
     @hookimpl
@@ -71,22 +89,32 @@ class JsonlAuditSink:
         log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._paths[config.cluster_name] = log_dir / FILE_NAME
 
-    def _append(self, path: pathlib.Path, line: str) -> None:
+    def _append(self, lines: Mapping[pathlib.Path, list[str]]) -> None:
         with self._lock:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for path, text in lines.items():
+                data = "".join(text).encode()
+                if path not in self._checked:
+                    if _torn(path):  # end the torn line, so the first new event is whole
+                        data = b"\n" + data
+                    self._checked.add(path)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    while data:  # a write may be partial on a full disk or a signal
+                        data = data[os.write(fd, data) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     @hookimpl
-    async def tether_audit_event(self, event: AuditEvent) -> None:
-        path = self._paths.get(event.cluster)
-        if path is None:
-            return
-        line = json.dumps(event.to_json(), sort_keys=False, default=str) + "\n"
-        await trio.to_thread.run_sync(self._append, path, line)
+    async def tether_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        lines: dict[pathlib.Path, list[str]] = {}
+        for event in events:
+            path = self._paths.get(event.cluster)
+            if path is not None:
+                line = json.dumps(event.to_json(), sort_keys=False, default=str) + "\n"
+                lines.setdefault(path, []).append(line)
+        if lines:
+            await trio.to_thread.run_sync(self._append, lines)
 
     @hookimpl
     def tether_audit_search(self, query: AuditQuery) -> Awaitable[list[AuditEvent]] | None:

@@ -17,7 +17,7 @@ import os
 import pathlib
 import secrets
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -667,8 +667,9 @@ def tether_agent_protocols(config: Config) -> list[WhoAmI | Gadgets]:
 
 
 @hookimpl
-def tether_audit_event(event: AuditEvent) -> None:
-    record("tether_audit_event", type=event.type, user=event.user)
+def tether_audit_events(events: Sequence[AuditEvent]) -> None:
+    for event in events:
+        record("tether_audit_events", type=event.type, user=event.user)
 
 
 @hookimpl
