@@ -10,7 +10,7 @@ AuditBacklog` with its auth client's ``record_events``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import attrs
 import pytest
@@ -21,7 +21,7 @@ from tether.audit import AuditQuery
 from tether.auth.http_client import admin_client
 from tether.config import load_config
 from tether.errors import TetherError
-from tether.node.audit_forwarding import AuditBacklog
+from tether.node.audit_forwarding import AuditBacklog, HostAuditEvent
 from tether.testing.cluster import RunningCluster, start_cluster
 
 
@@ -141,6 +141,45 @@ async def test_host_bursts_events_while_auth_is_unreachable_and_all_arrive_in_or
             assert seqs == list(range(count))
             assert backlog.statistics() == {"queued": 0, "dropped": 0}
             nursery.cancel_scope.cancel()
+
+
+async def test_statements_a_millisecond_apart_reach_auth_in_one_call(
+    cluster: RunningCluster,
+) -> None:
+    # a database session's pace: without the linger each event would be a call of its own
+    run = uuid.uuid4().hex
+    backlog = AuditBacklog(linger=2.0)
+    calls: list[int] = []
+    async with host_client(cluster) as api, trio.open_nursery() as nursery:
+
+        async def counted(batch: Sequence[HostAuditEvent]) -> None:
+            calls.append(len(batch))
+            await api.record_events(batch)
+
+        nursery.start_soon(backlog.forward, counted)
+        for seq in range(20):
+            await backlog.record("hooktest.paced", {"seq": seq, "run": run})
+            await trio.sleep(0.001)
+        with trio.fail_after(30):
+            while len(await _recorded(cluster, "hooktest.paced", run)) < 20:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert calls == [20]
+    assert await _recorded(cluster, "hooktest.paced", run) == list(range(20))
+
+
+async def test_a_stopping_host_sends_what_its_backlog_still_holds(cluster: RunningCluster) -> None:
+    run = uuid.uuid4().hex
+    backlog = AuditBacklog(linger=60.0)  # nothing would go before the host stops
+    async with host_client(cluster) as api:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backlog.forward, api.record_events)
+            for seq in range(5):
+                await backlog.record("hooktest.last", {"seq": seq, "run": run})
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()  # the host stops
+        assert await _recorded(cluster, "hooktest.last", run) == list(range(5))
+        assert backlog.statistics() == {"queued": 0, "dropped": 0}
 
 
 async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothing(

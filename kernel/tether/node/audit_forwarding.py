@@ -2,9 +2,12 @@
 
 A protocol records events faster than one HTTP call each could carry (a database service
 audits every statement), and auth may be briefly unreachable (restarted, a proxy between
-changing). So events wait in one bounded, ordered backlog; one task sends whatever is there
-when the previous call returns, up to :data:`AUDIT_BATCH` in one call, and keeps a batch that
-failed and sends it again, with backoff, until auth records it: nothing is lost on the way.
+changing). So events wait in one bounded, ordered backlog; one task collects what arrives
+within :data:`AUDIT_LINGER` of a batch's first event (up to :data:`AUDIT_BATCH`) and sends it
+in one call, so a busy session costs auth a call per interval rather than one per statement,
+and keeps a batch that failed and sends it again, with backoff, until auth records it. When
+the host stops, what is left is sent once more, for at most :data:`FINAL_FLUSH` seconds:
+nothing is lost on the way.
 
 Two ways in: :meth:`AuditBacklog.audit_nowait` never blocks (an SSH session must not stall on
 audit) and drops, logged, what a full backlog cannot take; :meth:`AuditBacklog.record` waits
@@ -28,6 +31,8 @@ from tether.errors import TetherError
 __all__ = [
     "AUDIT_BACKLOG",
     "AUDIT_BATCH",
+    "AUDIT_LINGER",
+    "FINAL_FLUSH",
     "RETRY_MAX",
     "RETRY_MIN",
     "AuditBacklog",
@@ -41,6 +46,11 @@ log = logging.getLogger(__name__)
 AUDIT_BACKLOG = 1000
 #: The most events sent in one call.
 AUDIT_BATCH = 200
+#: How long a batch waits after its first event for more to join it, in seconds: the
+#: latest an event reaches auth on a healthy link, and the floor of the interval between calls.
+AUDIT_LINGER = 0.05
+#: How long a stopping host may spend sending what its backlog still holds, in seconds.
+FINAL_FLUSH = 5.0
 #: A failed batch is sent again after this many seconds, doubling up to :data:`RETRY_MAX`.
 RETRY_MIN = 0.25
 RETRY_MAX = 10.0
@@ -76,9 +86,14 @@ def host_event(event_type: str, fields: Mapping[str, Any]) -> HostAuditEvent:
 class AuditBacklog:
     """The ordered backlog of a host's audit events; :meth:`forward` empties it."""
 
-    def __init__(self, size: int = AUDIT_BACKLOG, batch: int = AUDIT_BATCH) -> None:
+    def __init__(
+        self, size: int = AUDIT_BACKLOG, batch: int = AUDIT_BATCH, linger: float = AUDIT_LINGER
+    ) -> None:
         self._send, self._receive = trio.open_memory_channel[HostAuditEvent](size)
         self._batch = batch
+        self._linger = linger
+        #: the batch being sent: kept until auth has it, for the final flush
+        self._sending: list[HostAuditEvent] = []
         self.dropped = 0
 
     def audit_nowait(self, event_type: str, fields: Mapping[str, Any]) -> None:
@@ -104,36 +119,60 @@ class AuditBacklog:
         await self._send.send(host_event(event_type, fields))
 
     async def forward(self, send: SendBatch) -> None:
-        """Send the backlog through ``send`` for as long as it runs: each batch is what is
-        queued when the previous one is recorded (at least one event, at most the batch
-        size); a batch ``send`` fails is sent again, with backoff and jitter, until it is
-        recorded. Logs once per outage."""
+        """Send the backlog through ``send`` for as long as it runs: each batch is what
+        arrives within the linger of its first event (at most the batch size); a batch
+        ``send`` fails is sent again, with backoff and jitter, until it is recorded. Logs once
+        per outage. Cancelled, it sends what is left once more, for at most
+        :data:`FINAL_FLUSH` seconds, and logs what it could not."""
+        try:
+            async for first in self._receive:
+                self._sending = [first]
+                with trio.move_on_after(self._linger):
+                    while len(self._sending) < self._batch:
+                        self._sending.append(await self._receive.receive())
+                await self._send_until_recorded(send, self._sending)
+                self._sending = []
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._final_flush(send)
+
+    async def _send_until_recorded(self, send: SendBatch, batch: list[HostAuditEvent]) -> None:
         delay = 0.0
-        async for first in self._receive:
-            batch = [first]
-            while len(batch) < self._batch:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            while True:
-                try:
-                    await send(batch)
-                except (TetherError, OSError) as exc:
-                    if not delay:
-                        log.warning(
-                            "node: cannot record %d audit events: %s; keeping them and "
-                            "trying again",
-                            len(batch),
-                            exc,
-                        )
-                    delay = min(max(2 * delay, RETRY_MIN), RETRY_MAX)
-                    await trio.sleep(delay * random.uniform(0.5, 1.0))
-                    continue
-                if delay:
-                    log.warning("node: recording audit events again")
-                    delay = 0.0
+        while True:
+            try:
+                await send(batch)
+            except (TetherError, OSError) as exc:
+                if not delay:
+                    log.warning(
+                        "node: cannot record %d audit events: %s; keeping them and trying again",
+                        len(batch),
+                        exc,
+                    )
+                delay = min(max(2 * delay, RETRY_MIN), RETRY_MAX)
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                continue
+            if delay:
+                log.warning("node: recording audit events again")
+            return
+
+    async def _final_flush(self, send: SendBatch) -> None:
+        left = self._sending
+        while True:
+            try:
+                left.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
                 break
+        self._sending = []
+        if not left:
+            return
+        recorded = 0
+        with trio.move_on_after(FINAL_FLUSH):
+            while recorded < len(left):
+                batch = left[recorded : recorded + self._batch]
+                await self._send_until_recorded(send, batch)
+                recorded += len(batch)
+            return
+        log.error("node: stopped with %d audit events auth did not record", len(left) - recorded)
 
     def statistics(self) -> Mapping[str, int]:
         """How many events wait to be sent, and how many were dropped."""
