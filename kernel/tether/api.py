@@ -109,6 +109,7 @@ from tether.resources import (
 )
 from tether.services import Service, ServiceContext
 from tether.targets import Target, TargetKind, TargetQuery, matching_targets
+from tether.tlsstream import start_tls
 from tether.token_types import TokenType
 from tether.trust import RoleMapRule, expand_groups
 from tether.tunnel.forward import splice
@@ -205,5 +206,6 @@ __all__ = [
     "serve_local_listener",
     "shared_group",
     "splice",
+    "start_tls",
     "verify_ssh_user_cert",
 ]

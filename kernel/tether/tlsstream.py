@@ -43,6 +43,7 @@ __all__ = [
     "TLSStream",
     "TransportInfo",
     "detach_socket",
+    "start_tls",
 ]
 
 _T = TypeVar("_T")
@@ -131,6 +132,37 @@ def detach_socket(stream: trio.SocketStream) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+async def start_tls(
+    tcp: trio.SocketStream,
+    ssl_context: ssl.SSLContext,
+    *,
+    server_hostname: str | None,
+    allow_ragged_eof: bool = False,
+) -> TLSStream:
+    """Secure a connected TCP stream as the client and complete the handshake: for protocols
+    that agree on TLS in plaintext first (PostgreSQL's ``SSLRequest``, MySQL's
+    ``SSLRequest`` packet). The socket leaves ``tcp`` for the returned stream.
+
+    Fails with :class:`trio.BrokenResourceError`, chained to the ``ssl`` error (an
+    ``ssl.SSLCertVerificationError`` says why the server's certificate was refused), when the
+    handshake fails; the socket is closed either way. Wrap in ``trio.fail_after`` to bound it.
+    """
+    try:
+        sock = detach_socket(tcp)
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    stream = TLSStream.wrap_client(
+        sock, ssl_context, server_hostname=server_hostname, allow_ragged_eof=allow_ragged_eof
+    )
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
 
 
 def _broken(exc: BaseException, doing: str) -> trio.BrokenResourceError:
@@ -253,20 +285,9 @@ class TLSStream(trio.abc.Stream):
         either way. Wrap in ``trio.fail_after`` to bound the whole thing.
         """
         tcp = await trio.open_tcp_stream(host, port)
-        try:
-            sock = detach_socket(tcp)
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
-        stream = cls.wrap_client(
-            sock, ssl_context, server_hostname=server_hostname, allow_ragged_eof=allow_ragged_eof
+        return await start_tls(
+            tcp, ssl_context, server_hostname=server_hostname, allow_ragged_eof=allow_ragged_eof
         )
-        try:
-            await stream.do_handshake()
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        return stream
 
     # --- introspection --------------------------------------------------------------------
 

@@ -78,8 +78,8 @@ class Session:
     :param server_tls: ``await server_tls(db_user)`` is a client TLS context for connecting
         to the database as ``db_user``: it presents a fresh short-lived certificate whose
         common name is ``db_user``, verifies the server's certificate against the cluster's
-        database CA and checks :attr:`Database.server_name`. Wrap the TCP stream with
-        ``trio.SSLStream(tcp, context, server_hostname=database.server_name)``.
+        database CA and checks :attr:`Database.server_name`. Secure the TCP stream with
+        ``tether.api.start_tls(tcp, context, server_hostname=database.server_name)``.
     :param audit: records an audit event; see :data:`AuditFn`. Types: ``db.session.start``,
         ``db.session.end``, ``db.session.denied`` (the refusal, with ``reason``) and
         ``db.query`` (``query``: the statement text); every event carries the fields of

@@ -26,7 +26,7 @@ import string
 
 import trio
 
-from tether.api import AccessDenied, TetherError
+from tether.api import AccessDenied, TetherError, start_tls
 from tether_db.engine import Session
 from tether_db.mysql import wire
 from tether_db.mysql.wire import Cap, Event, ProtocolError
@@ -306,10 +306,8 @@ class _Connection:
                     "HY000",
                     f"no certificate for {self.db_user!r} to log in to {where}: {exc}",
                 ) from exc
-            tls = trio.SSLStream(tcp, context, server_hostname=db.server_name)
-            self.database = tls
             try:
-                await tls.do_handshake()
+                tls = await start_tls(tcp, context, server_hostname=db.server_name)
             except trio.BrokenResourceError as exc:
                 cause = exc.__cause__
                 reason = (
@@ -320,6 +318,7 @@ class _Connection:
                 raise _Refusal(
                     ER_CONNECT_TO_FOREIGN_DATA_SOURCE, "HY000", f"TLS to {where} failed: {reason}"
                 ) from None
+            self.database = tls
             attrs = {**response.connect_attrs, "tether_user": self.session.user}
             await tls.send_all(
                 wire.frame(
@@ -349,7 +348,7 @@ class _Connection:
                     "client CA)",
                 ) from exc
             message = f"{where} closed the connection during the handshake"
-            if isinstance(self.database, trio.SSLStream):
+            if self.database is not tcp:
                 # what MariaDB does when it does not trust the client's certificate
                 message = (
                     f"{where} closed the connection after TLS was set up: it may not trust "

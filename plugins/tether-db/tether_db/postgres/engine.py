@@ -23,7 +23,7 @@ from typing import NoReturn
 import attrs
 import trio
 
-from tether.api import AccessDenied
+from tether.api import AccessDenied, start_tls
 from tether_db.engine import Database, Session
 from tether_db.postgres import wire
 
@@ -133,7 +133,7 @@ class _DatabaseUnreachable(Exception):
 
 async def _open_tls(
     database: Database, server_tls: Callable[[str], Awaitable[ssl.SSLContext]], db_user: str
-) -> trio.SSLStream[trio.SocketStream]:
+) -> trio.abc.Stream:
     """A TLS stream to ``database``, after PostgreSQL's ``SSLRequest`` handshake."""
     try:
         tcp = await trio.open_tcp_stream(database.host, database.port)
@@ -152,12 +152,13 @@ async def _open_tls(
                 else "it closed the connection when asked for TLS"
             )
         context = await server_tls(db_user)
-        stream = trio.SSLStream(tcp, context, server_hostname=database.server_name)
-        try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError as error:
-            raise _DatabaseUnreachable(f"TLS failed: {_tls_reason(error)}") from None
-        return stream
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    try:
+        return await start_tls(tcp, context, server_hostname=database.server_name)
+    except trio.BrokenResourceError as error:
+        raise _DatabaseUnreachable(f"TLS failed: {_tls_reason(error)}") from None
     except BaseException:
         await trio.aclose_forcefully(tcp)
         raise
@@ -275,7 +276,7 @@ class _Connection:
         except trio.TooSlowError:
             raise wire.ProtocolError("the client sent no startup in time") from None
 
-    async def _login(self, startup: wire.StartupMessage) -> trio.SSLStream[trio.SocketStream]:
+    async def _login(self, startup: wire.StartupMessage) -> trio.abc.Stream:
         """Open the database connection and relay its login until ``ReadyForQuery``."""
         name = self.database.name
         try:
