@@ -13,14 +13,19 @@ whose rules are the guide's "Sharing user traits" ones (``{{internal.db_users}}`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import pty
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 import attrs
@@ -257,6 +262,93 @@ def test_tether_db_connect_runs_psql_and_the_leaf_audits_each_query(site: Site) 
     assert event["user_cluster"] == "root"  # where alice logged in
     assert event["db_service"] == "shop-pg"
     assert event["roles"] == ["dbuser"]
+
+
+class _Terminal:
+    """A program run on a pseudo-terminal of its own, as a user's shell would run it: what
+    it prints is read back, and Ctrl-C typed there interrupts its foreground processes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the terminal is its controlling one
+            try:
+                os.execve(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self.seen = ""
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def expect(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} never appeared; the terminal shows:\n{self.seen}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # the program ended and closed the terminal
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(
+                        f"{text!r} never appeared before the program ended:\n{self.seen}"
+                    )
+                self.seen += chunk.decode(errors="replace")
+
+    def exit_status(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            with contextlib.suppress(OSError):
+                os.read(self.fd, 4096)  # keep the terminal drained so the program never blocks
+            time.sleep(0.05)
+        raise AssertionError(f"the program did not exit; the terminal shows:\n{self.seen}")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def test_ctrl_c_in_psql_cancels_the_running_query_and_the_session_goes_on(site: Site) -> None:
+    # psql sends the cancel on a new connection to the local listener tether db connect
+    # runs; it crosses the root and the leaf and reaches the session it was given for
+    site.tether(
+        "alice", "db", "login", "--cluster=leaf", "--db-user=alice", "--db-name=shop", "shop-pg"
+    )
+    env = {
+        **os.environ,
+        "TETHER_HOME": str(site.root.user_home("alice")),
+        "PSQLRC": os.devnull,
+        "PAGER": "cat",
+        "TERM": "dumb",
+    }
+    argv = [sys.executable, "-m", "tether.cli.tether", "db", "connect", "--cluster=leaf", "shop-pg"]
+    terminal = _Terminal(argv, env)
+    try:
+        terminal.expect("shop=>")
+        terminal.type("select pg_sleep(60);\n")
+        running = (
+            "select count(*) from pg_stat_activity "
+            "where query = 'select pg_sleep(60);' and state = 'active'"
+        )
+        wait_for(lambda: site.postgres.admin(running).strip() == "1", "the query running")
+        terminal.type("\x03")  # Ctrl-C
+        terminal.expect("canceling statement due to user request")
+        terminal.type("select 'still connected' as answer;\n")
+        terminal.expect("still connected")
+        terminal.type("\\q\n")
+        assert terminal.exit_status() == 0, terminal.seen
+    finally:
+        terminal.kill()
 
 
 def test_a_database_out_of_the_roles_reach_is_not_found(site: Site) -> None:
