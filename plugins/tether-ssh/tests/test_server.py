@@ -17,6 +17,7 @@ import os
 import pathlib
 import pty
 import pwd
+import shlex
 import shutil
 import signal
 import struct
@@ -100,6 +101,7 @@ class Setup:
         ca: SSHCertAuthority | None = None,
         expired: bool = False,
         agent: bool = False,
+        lifetime: datetime.timedelta = datetime.timedelta(hours=1),
     ) -> tuple[pathlib.Path, pathlib.Path]:
         """A fresh key and a user certificate for it; returns (key file, cert file)."""
         key = generate_private_key()
@@ -111,7 +113,7 @@ class Setup:
             roles=["visitors"],
             traits={"logins": list(logins)},
             logins=list(logins),
-            expires=issued_at + datetime.timedelta(hours=1),
+            expires=issued_at + lifetime,
         )
         cert = issue_ssh_user_cert(
             ca or self.cas.ssh_user,
@@ -379,6 +381,77 @@ async def test_client_refuses_a_node_of_another_host_ca(setup: Setup) -> None:
     done = await setup.ssh(LOGIN, "true", key=setup.user_files("alice"), known_hosts=hosts)
     assert done.returncode == 255
     assert b"Host key verification failed" in done.stderr
+
+
+# -- the roles end a connection: client_idle_timeout and disconnect_expired_cert ------------
+
+
+async def test_a_session_without_input_ends_at_the_roles_client_idle_timeout(
+    setup: Setup,
+) -> None:
+    setup.roles.current = role_set(ROLE, client_idle_timeout=datetime.timedelta(seconds=1))
+    with trio.fail_after(20):
+        ran = await setup.ssh(LOGIN, "sleep 30", key=setup.user_files("idle"))
+    assert ran.returncode == 255, ran
+    assert b"tether: session ended: no input for 1 seconds (client_idle_timeout)" in ran.stderr
+    (ended,) = await setup.wait_audited("ssh.disconnect")
+    assert ended["reason"] == "idle timeout"
+    assert ended["user"] == "alice" and ended["login"] == LOGIN
+
+
+async def test_a_session_the_user_types_into_outlives_the_idle_timeout(setup: Setup) -> None:
+    setup.roles.current = role_set(ROLE, client_idle_timeout=datetime.timedelta(seconds=1))
+    argv = setup.ssh_argv(LOGIN, "cat >/dev/null; echo still here", key=setup.user_files("typing"))
+    typing = "for i in 1 2 3 4 5 6 7 8; do echo key; sleep 0.3; done"  # 2.4 s of typing
+    with trio.fail_after(20):
+        ran = await run(["sh", "-c", f"{typing} | {shlex.join(argv)}"])
+    assert (ran.returncode, ran.stdout) == (0, b"still here\n"), ran
+    assert not setup.audited("ssh.disconnect")
+
+
+async def test_a_session_ends_when_the_certificate_expires_if_the_roles_say_so(
+    setup: Setup,
+) -> None:
+    # the attack: a user whose access was cut keeps the shell a short-lived certificate opened
+    setup.roles.current = role_set(ROLE, disconnect_expired_cert=True)
+    key = setup.user_files("expiring", lifetime=datetime.timedelta(seconds=3))
+    with trio.fail_after(20):
+        ran = await setup.ssh(LOGIN, "sleep 30", key=key)
+    assert ran.returncode == 255, ran
+    assert (
+        b"tether: session ended: your certificate has expired (disconnect_expired_cert)"
+        in ran.stderr
+    )
+    (ended,) = await setup.wait_audited("ssh.disconnect")
+    assert ended["reason"] == "the user's certificate expired"
+
+
+async def test_without_disconnect_expired_cert_a_session_outlives_its_certificate(
+    setup: Setup,
+) -> None:
+    key = setup.user_files("outliving", lifetime=datetime.timedelta(seconds=2))
+    with trio.fail_after(20):
+        ran = await setup.ssh(LOGIN, "sleep 3; echo done", key=key)
+    assert (ran.returncode, ran.stdout) == (0, b"done\n"), ran
+
+
+def test_roles_set_the_connections_end_through_permissions() -> None:
+    identity = Identity(
+        username="alice",
+        cluster=CLUSTER,
+        roles=["visitors"],
+        traits={},
+        logins=[LOGIN],
+        expires=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC),
+    )
+    strict = role_set(
+        ROLE, client_idle_timeout=datetime.timedelta(minutes=5), disconnect_expired_cert=True
+    )
+    granted = RoleSetAuthorizer(lambda _: strict, {"env": "test"}).authorize(identity, LOGIN)
+    assert granted.idle_timeout == 300.0
+    assert granted.disconnect_at == identity.expires
+    lax = RoleSetAuthorizer(lambda _: role_set(ROLE), {"env": "test"}).authorize(identity, LOGIN)
+    assert (lax.idle_timeout, lax.disconnect_at) == (None, None)
 
 
 async def test_interactive_pty_shell_follows_window_changes(setup: Setup) -> None:
@@ -704,8 +777,11 @@ async def _connect_when_listening(port: int) -> trio.SocketStream:
                 await trio.sleep(0.05)
 
 
-async def _forward_and_echo(setup: Setup, message: bytes) -> bytes:
-    """``ssh -N -L`` a free local port to a TCP echo service; what comes back for *message*."""
+async def _forward_and_echo(
+    setup: Setup, message: bytes, *, pieces: int = 1, pause: float = 0.0
+) -> bytes:
+    """``ssh -N -L`` a free local port to a TCP echo service; what comes back for *message*,
+    sent in *pieces* with *pause* seconds between them."""
     async with trio.open_nursery() as nursery:
         (listener,) = await nursery.start(
             functools.partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")
@@ -724,7 +800,10 @@ async def _forward_and_echo(setup: Setup, message: bytes) -> bytes:
         )
         received = b""
         async with await _connect_when_listening(local_port) as stream:
-            await stream.send_all(message)
+            size = -(-len(message) // pieces)
+            for start in range(0, len(message), size):
+                await stream.send_all(message[start : start + size])
+                await trio.sleep(pause)
             with trio.fail_after(10):
                 while len(received) < len(message):
                     try:
@@ -746,6 +825,17 @@ async def test_local_port_forwarding_reaches_a_service_on_the_node(setup: Setup)
     assert forward["user"] == "alice" and forward["login"] == LOGIN
     assert forward["direction"] == "local"
     assert forward["host"] == "127.0.0.1" and isinstance(forward["port"], int)
+
+
+async def test_traffic_on_a_forwarded_port_keeps_the_connection_from_idling_out(
+    setup: Setup,
+) -> None:
+    setup.roles.current = role_set(
+        ROLE, port_forwarding=True, client_idle_timeout=datetime.timedelta(seconds=1)
+    )
+    message = b"one piece every 0.3 s for 2.4 s"
+    assert await _forward_and_echo(setup, message, pieces=8, pause=0.3) == message
+    assert not setup.audited("ssh.disconnect")
 
 
 async def test_local_port_forwarding_is_refused_when_the_roles_forbid_it(setup: Setup) -> None:

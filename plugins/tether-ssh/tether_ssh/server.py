@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import fcntl
 import grp
 import inspect
@@ -40,6 +41,7 @@ import signal
 import socket
 import struct
 import termios
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -111,6 +113,8 @@ _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ACCEPTED_ENV_PREFIXES = ("LANG", "LC_")
 #: How long a hung-up session's processes get to exit before they are killed.
 _HANGUP_GRACE_SECONDS = 2.0
+#: How long a client the roles disconnect gets to write out why before it is disconnected.
+_END_NOTICE_GRACE = 2.0
 #: Where distributions install OpenSSH's SFTP server (Debian, Fedora, Arch, BSD-style).
 _SFTP_SERVER_PATHS = (
     "/usr/lib/openssh/sftp-server",
@@ -157,10 +161,17 @@ class Permissions:
 
     :param port_forwarding: port forwarding both ways (``ssh -L``, ``-D``, ``-W``, ``-R``).
     :param forward_agent: agent forwarding (``ssh -A``) into the session.
+    :param idle_timeout: end the connection after this many seconds without input from the
+        client on a session or a forwarded connection (the roles' ``client_idle_timeout``);
+        None for never.
+    :param disconnect_at: end the connection at this moment, the certificate's expiry when
+        the roles' ``disconnect_expired_cert`` asks for it; None for never.
     """
 
     port_forwarding: bool = False
     forward_agent: bool = False
+    idle_timeout: float | None = None
+    disconnect_at: datetime.datetime | None = None
 
 
 class Authorizer(Protocol):
@@ -189,11 +200,16 @@ class RoleSetAuthorizer:
 
     def authorize(self, identity: Identity, login: str) -> Permissions:
         """Raise :class:`AccessDenied` unless a role allows *login* here and none denies it;
-        forwarding as the roles' ``options.port_forwarding`` and ``options.forward_agent``."""
+        forwarding as the roles' ``options.port_forwarding`` and ``options.forward_agent``,
+        the connection's end as ``client_idle_timeout`` and ``disconnect_expired_cert``."""
         roles = self.roles_for(identity)
         roles.check_login(login, node_labels=self.node_labels, traits=identity.traits)
+        idle = roles.client_idle_timeout()
         return Permissions(
-            port_forwarding=roles.port_forwarding(), forward_agent=roles.forward_agent()
+            port_forwarding=roles.port_forwarding(),
+            forward_agent=roles.forward_agent(),
+            idle_timeout=idle.total_seconds() if idle is not None else None,
+            disconnect_at=identity.expires if roles.disconnect_expired_cert() else None,
         )
 
 
@@ -369,6 +385,13 @@ class _NodeServer(asyncssh.SSHServer):
         self.grant: _Grant | None = None
         self.agent_forwarding = False
         self.sessions: set[asyncio.Task[None]] = set()
+        #: the loop's time of the client's last input on a session or a forwarded connection
+        self.last_input = 0.0
+        #: the timers that end the connection (idle, certificate expiry), once logged in
+        self._timers: list[asyncio.TimerHandle] = []
+        self._ending = False
+        #: the sessions whose streams are set up, to tell them why the connection ends
+        self.processes: weakref.WeakSet[_SessionProcess] = weakref.WeakSet()
 
     @property
     def node_name(self) -> str:
@@ -441,6 +464,9 @@ class _NodeServer(asyncssh.SSHServer):
         conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         self._settings.live.discard(self)
         if self._registry is not None:
             self._registry.discard(self)
@@ -496,13 +522,91 @@ class _NodeServer(asyncssh.SSHServer):
                 grant.login,
                 self.peer,
             )
+            self._arm_timers(grant.permissions)
+
+    # -- the connection's end: idle timeout and certificate expiry --------------------------
+
+    def touch(self) -> None:
+        """The client sent input: the idle timeout starts again."""
+        self.last_input = asyncio.get_running_loop().time()
+
+    def _arm_timers(self, permissions: Permissions) -> None:
+        loop = asyncio.get_running_loop()
+        self.last_input = loop.time()
+        if permissions.idle_timeout is not None:
+            self._timers.append(loop.call_later(permissions.idle_timeout, self._check_idle))
+        if permissions.disconnect_at is not None:
+            left = permissions.disconnect_at - datetime.datetime.now(datetime.UTC)
+            self._timers.append(
+                loop.call_later(
+                    max(left.total_seconds(), 0.0),
+                    self._end,
+                    "the user's certificate expired",
+                    "your certificate has expired (disconnect_expired_cert); run `tether login` "
+                    "again",
+                )
+            )
+
+    def _check_idle(self) -> None:
+        grant = self.grant
+        if grant is None or grant.permissions.idle_timeout is None:
+            return
+        timeout = grant.permissions.idle_timeout
+        quiet = asyncio.get_running_loop().time() - self.last_input
+        if quiet < timeout:
+            self._timers.append(
+                asyncio.get_running_loop().call_later(timeout - quiet, self._check_idle)
+            )
+            return
+        self._end(
+            "idle timeout",
+            f"no input for {timeout:g} seconds (client_idle_timeout)",
+        )
+
+    def _end(self, reason: str, message: str) -> None:
+        """End the connection the roles no longer allow: log and audit why, and tell the
+        client (see :meth:`_say_and_disconnect`)."""
+        conn = self._conn
+        if conn is None or self._ending:
+            return
+        self._ending = True
+        log.info(
+            "ssh: ended the connection of %s on %s from %s: %s",
+            self.who()["user"],
+            self.node_name,
+            self.peer,
+            reason,
+        )
+        self._settings.emit("ssh.disconnect", {**self.who(), "reason": reason})
+        conn.create_task(self._say_and_disconnect(conn, message))
+
+    async def _say_and_disconnect(self, conn: asyncssh.SSHServerConnection, message: str) -> None:
+        """Say why on each session's stderr and close it, then disconnect with the same words.
+
+        ``ssh`` exits at a disconnect without writing out what it still holds, so the sessions
+        are closed first and the client given :data:`_END_NOTICE_GRACE` seconds to close its
+        side, which it does once their output is written.
+        """
+        channels = []
+        for process in list(self.processes):
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.tell(f"tether: session ended: {message}\r\n")
+                process.channel.close()
+                channels.append(process.channel)
+        if channels:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(channel.wait_closed() for channel in channels)),
+                    _END_NOTICE_GRACE,
+                )
+        conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"tether: {message}")
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         return _SessionProcess(self)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
+    ) -> bool | Awaitable[asyncssh.SSHTCPSession[bytes]]:
         """Local port forwarding: the server connects to the destination, if the grant says so.
 
         asyncssh has already checked the certificate's ``permit-port-forwarding``.
@@ -526,7 +630,25 @@ class _NodeServer(asyncssh.SSHServer):
             "ssh.port_forward",
             {**self.who(), "direction": "local", "host": dest_host, "port": dest_port},
         )
-        return True
+        self.touch()
+        if grant.permissions.idle_timeout is None or self._conn is None:
+            return True  # asyncssh connects and relays
+        return self._forward_watching_input(self._conn, dest_host, dest_port)
+
+    async def _forward_watching_input(
+        self, conn: asyncssh.SSHServerConnection, dest_host: str, dest_port: int
+    ) -> asyncssh.SSHTCPSession[bytes]:
+        """asyncssh's own forwarding, with what the client sends counted as input for the
+        idle timeout (asyncssh has no hook for it: the forwarder's data_received is wrapped)."""
+        forwarder = await conn.forward_connection(dest_host, dest_port)
+        received = forwarder.data_received
+
+        def data_received(data: bytes, datatype: asyncssh.DataType = None) -> None:
+            self.touch()
+            received(data, datatype)
+
+        forwarder.data_received = data_received  # type: ignore[method-assign]
+        return forwarder  # type: ignore[return-value]  # an SSHForwarder is a TCP session
 
     def server_requested(
         self, listen_host: str, listen_port: int
@@ -696,8 +818,10 @@ class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
         return True
 
     def session_started(self) -> None:
+        self.server.touch()  # opening a session is input
         if self.channel.get_subsystem() != "sftp":
             super().session_started()
+            self.server.processes.add(self)
             return
         # asyncssh would answer "sftp" with its own SFTP server, inside this (root) process.
         # Start the session like any other instead (asyncssh 2.24's session_started without
@@ -706,11 +830,13 @@ class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
         stdout = asyncssh.SSHWriter[bytes](self, self.channel)
         stderr = asyncssh.SSHWriter[bytes](self, self.channel, asyncssh.EXTENDED_DATA_STDERR)
         handler = self._start_process(stdin, stdout, stderr)
+        self.server.processes.add(self)
         if inspect.isawaitable(handler):
             self.channel.get_connection().create_task(handler, stdin.logger)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self.bytes_in += len(data)
+        self.server.touch()
         super().data_received(data, datatype)
 
     def feed_data(self, data: bytes, datatype: asyncssh.DataType) -> None:
