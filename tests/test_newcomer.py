@@ -15,6 +15,7 @@ import shutil
 import ssl
 import stat
 import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -195,6 +196,35 @@ def test_certificate_lifetime_is_capped_by_the_role_max_session_ttl(
         datetime.UTC
     )
     assert datetime.timedelta(minutes=55) < left <= datetime.timedelta(hours=1)
+
+
+def test_a_command_without_a_login_names_the_login_to_run(tether_cluster: RunningCluster) -> None:
+    cluster = tether_cluster
+    never = cluster.tether("nobody", "clusters", check=False)
+    assert never.returncode == 1
+    assert "not logged in" in never.stderr
+    assert "run `tether login --proxy=PROXY`, PROXY being your cluster's proxy address" in (
+        never.stderr
+    )
+    # with TETHER_PROXY set the hint runs as printed
+    env = {"TETHER_PROXY": cluster.proxy_addr}
+    with_proxy = cluster.tether("nobody", "clusters", check=False, env=env)
+    assert "run `tether login` (to $TETHER_PROXY)" in with_proxy.stderr
+
+
+def test_a_user_whose_certificates_expired_is_told_to_log_in_again(
+    tether_cluster: RunningCluster,
+) -> None:
+    cluster = tether_cluster
+    cluster.add_user("brief", "brief-password", roles=("access",), logins=("brief",))
+    cluster.login("brief", "brief-password", "--ttl=1s")
+    time.sleep(1.5)  # the certificates' own lifetime: nothing to poll
+    refused = cluster.tether("brief", "clusters", check=False)
+    assert refused.returncode == 1
+    assert "your certificates expired at" in refused.stderr
+    assert f"run `tether login --proxy={cluster.proxy_addr}`" in refused.stderr
+    # tether status still shows the expired login, as tsh status does
+    assert status_json(cluster, "brief")["active"]["expired"] is True
 
 
 def test_admin_adds_lists_and_removes_a_node_token(tether_cluster: RunningCluster) -> None:

@@ -53,6 +53,7 @@ from tether.client.profile import (
     current_profile,
     not_logged_in,
     profile_ssl_context,
+    require_profile,
 )
 from tether.config import (
     Config,
@@ -200,6 +201,7 @@ __all__ = [
     "profile_ssl_context",
     "progress",
     "relay_bytes",
+    "require_profile",
     "resource_from_dict",
     "run_async",
     "run_trio",

@@ -17,17 +17,15 @@ import trio
 from tether.api import (
     AccessDenied,
     KindRegistry,
-    Profile,
     TetherError,
     cluster_option,
-    current_profile,
     emit_table,
     format_option,
     list_targets,
-    not_logged_in,
     open_target_stream,
     output,
     profile_ssl_context,
+    require_profile,
     resource_from_dict,
     run_async,
     serve_local_listener,
@@ -43,13 +41,6 @@ ALPN = "tether-echo/1"
 TITLE = "echo"
 
 _KINDS = KindRegistry([ECHO], plugin="echo")
-
-
-def _profile() -> Profile:
-    profile = current_profile()
-    if profile is None:
-        raise not_logged_in()
-    return profile
 
 
 class _Lines:
@@ -87,7 +78,7 @@ def echo_group() -> None:
 @run_async
 async def ls(cluster: str | None, fmt: str) -> None:
     """List the echo services you can reach (--format=json or yaml: the resources)."""
-    profile = _profile()
+    profile = require_profile()
     docs = await list_targets(
         profile.proxy,
         profile_ssl_context(profile, alpn=[ALPN]),
@@ -116,7 +107,7 @@ async def connect(cluster: str | None, node: str) -> None:
     NODE is a host name, a host id or labels (env=dev). The node's greeting, naming you as
     it sees you, goes to standard error.
     """
-    profile = _profile()
+    profile = require_profile()
     stream, dialed = await open_target_stream(
         profile.proxy,
         profile_ssl_context(profile, alpn=[ALPN]),
@@ -156,7 +147,7 @@ async def listen(cluster: str | None, port: int, node: str) -> None:
     For programs that speak to a TCP port and can set neither ALPN nor a server name: this
     command presents your certificate to the proxy for them. Ctrl-C stops it.
     """
-    profile = _profile()
+    profile = require_profile()
     name = cluster or profile.cluster
     context = profile_ssl_context(profile, alpn=[ALPN])
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")

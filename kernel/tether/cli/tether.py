@@ -41,6 +41,7 @@ from tether.client.profile import (
     find_profile,
     not_logged_in,
     profile_ssl_context,
+    require_profile,
     save_profile,
     select_cluster,
 )
@@ -270,9 +271,7 @@ async def clusters(fmt: str) -> None:
     With --format=json or yaml, one object per cluster with tsh's keys: cluster_name, status,
     cluster_type (root or leaf), labels and selected.
     """
-    profile = current_profile()
-    if profile is None:
-        raise not_logged_in()
+    profile = require_profile()
     root = profile.identity().cluster
     rows: list[dict[str, Any]] = [
         {"cluster_name": root, "status": "online", "cluster_type": "root", "labels": {}}

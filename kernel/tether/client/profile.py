@@ -8,6 +8,7 @@ Every file is 0600 and every directory 0700, because the key is the user's login
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ from typing import Any
 import attrs
 
 from tether import pki
-from tether.errors import TetherError
+from tether.errors import AccessDenied, TetherError
 
 __all__ = [
     "CLUSTER_ENV",
@@ -33,6 +34,7 @@ __all__ = [
     "find_profile",
     "not_logged_in",
     "profile_ssl_context",
+    "require_profile",
     "save_profile",
     "select_cluster",
     "tether_home",
@@ -159,6 +161,21 @@ def current_profile(home: pathlib.Path | None = None) -> Profile | None:
     except FileNotFoundError:
         return None
     return _load_profile(home, proxy)
+
+
+def require_profile() -> Profile:
+    """The active login, for a command that needs one: refused with the ``tether login`` to
+    run when there is none (:func:`not_logged_in`) or when its certificates expired."""
+    profile = current_profile()
+    if profile is None:
+        raise not_logged_in()
+    expires = profile.identity().expires
+    if expires <= datetime.datetime.now(datetime.UTC):
+        raise AccessDenied(
+            f"your certificates expired at {expires:%Y-%m-%d %H:%M:%S} UTC",
+            hint=f"run `tether login --proxy={profile.proxy}`",
+        )
+    return profile
 
 
 def not_logged_in() -> TetherError:

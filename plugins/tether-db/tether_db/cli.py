@@ -39,10 +39,10 @@ from tether.api import (
     emit_table,
     format_option,
     list_targets,
-    not_logged_in,
     open_target_stream,
     output,
     profile_ssl_context,
+    require_profile,
     resource_from_dict,
     run_async,
     serve_local_listener,
@@ -59,13 +59,6 @@ TITLE = "database"
 
 _CLIENTS = {"postgres": ("psql",), "mysql": ("mariadb", "mysql")}
 _PROTOCOL_TITLES = {"postgres": "PostgreSQL", "mysql": "MySQL"}
-
-
-def _profile() -> Profile:
-    profile = current_profile()
-    if profile is None:
-        raise not_logged_in()
-    return profile
 
 
 def _cluster(profile: Profile, cluster: str | None) -> str:
@@ -171,7 +164,7 @@ async def ls(cluster: str | None, fmt: str) -> None:
 
     With --format=json or yaml, the db resources themselves.
     """
-    profile = _profile()
+    profile = require_profile()
     found = await _databases(profile, _cluster(profile, cluster))
     rows = []
     for resource, doc in found:
@@ -204,7 +197,7 @@ async def ls(cluster: str | None, fmt: str) -> None:
 @run_async
 async def login(cluster: str | None, db_user: str | None, db_name: str | None, name: str) -> None:
     """Remember the database user and name to use with NAME (as tsh db login)."""
-    profile = _profile()
+    profile = require_profile()
     where = _cluster(profile, cluster)
     resource = await _database(profile, where, name)
     logins = [
@@ -227,7 +220,7 @@ async def login(cluster: str | None, db_user: str | None, db_name: str | None, n
 @click.argument("name", required=False, shell_complete=completer(_names))
 def logout(cluster: str | None, name: str | None) -> None:
     """Forget what tether db login remembered, for NAME or for every database."""
-    profile = _profile()
+    profile = require_profile()
     where = _cluster(profile, cluster)
     logins = _read_logins(profile)
     kept = [
@@ -284,7 +277,7 @@ def client_command(protocol: str, port: int, db_user: str | None, db_name: str |
 @run_async
 async def connect(cluster: str | None, db_user: str | None, db_name: str | None, name: str) -> None:
     """Start psql or mysql/mariadb connected to database NAME through Tether."""
-    profile = _profile()
+    profile = require_profile()
     where = _cluster(profile, cluster)
     resource = await _database(profile, where, name)
     spec: DbSpec = resource.spec
@@ -347,7 +340,7 @@ async def _serve(
 @run_async
 async def config(cluster: str | None, fmt: str, name: str) -> None:
     """How a GUI client or a program connects to database NAME."""
-    profile = _profile()
+    profile = require_profile()
     where = _cluster(profile, cluster)
     resource = await _database(profile, where, name)
     spec: DbSpec = resource.spec
@@ -401,7 +394,7 @@ async def proxy_db(cluster: str | None, tunnel: bool, port: int, name: str) -> N
             "tether proxy db needs --tunnel: the local listener authenticates for the client "
             "(a listener that asks the client for a certificate is not supported)"
         )
-    profile = _profile()
+    profile = require_profile()
     where = _cluster(profile, cluster)
     resource = await _database(profile, where, name)
     spec: DbSpec = resource.spec

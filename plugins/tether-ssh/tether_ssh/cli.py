@@ -9,7 +9,6 @@ work too, with ``tether proxy ssh`` as their ``ProxyCommand``.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import pathlib
@@ -26,7 +25,6 @@ import trio
 from tether.api import (
     HOME_ENV,
     LOGIN_ENV,
-    AccessDenied,
     DialedTarget,
     KindRegistry,
     Profile,
@@ -37,7 +35,6 @@ from tether.api import (
     cluster_host_cas,
     cluster_option,
     completer,
-    current_profile,
     emit_table,
     format_option,
     known_hosts_ca_line,
@@ -45,10 +42,10 @@ from tether.api import (
     list_targets,
     load_private_key,
     matching_targets,
-    not_logged_in,
     open_target_stream,
     output,
     profile_ssl_context,
+    require_profile,
     resource_from_dict,
     run_async,
     run_trio,
@@ -73,20 +70,6 @@ if TYPE_CHECKING:
 __all__ = ["add_commands"]
 
 _NODES = KindRegistry([NODE], plugin="ssh")
-
-
-def _profile() -> Profile:
-    """The current login, refused with a clear message when there is none or it expired."""
-    profile = current_profile()
-    if profile is None:
-        raise not_logged_in()
-    expires = profile.identity().expires
-    if expires <= datetime.datetime.now(datetime.UTC):
-        raise AccessDenied(
-            f"your certificates expired at {expires:%Y-%m-%d %H:%M:%S} UTC",
-            hint=f"run `tether login --proxy={profile.proxy}`",
-        )
-    return profile
 
 
 def _cluster(profile: Profile, requested: str | None) -> str:
@@ -149,7 +132,7 @@ def _local_user() -> str:
 async def _destinations(ctx: click.Context, incomplete: str) -> list[str]:
     """What Tab offers for ``[LOGIN@]NODE``: the login typed, then each node ``tether ls``
     shows (in ``--cluster`` when typed before)."""
-    profile = _profile()
+    profile = require_profile()
     login, at, _ = incomplete.rpartition("@")
     docs = await list_targets(
         profile.proxy,
@@ -190,7 +173,7 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     With --format=json or yaml, the node resources themselves, as tsh ls prints them: kind
     node, metadata (name: the node's id, labels), spec (hostname, addr, use_tunnel).
     """
-    profile = _profile()
+    profile = require_profile()
     name = _cluster(profile, cluster)
     query = _label_query(selectors)
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
@@ -230,7 +213,7 @@ async def proxy_ssh(cluster: str | None, target: str) -> None:
     For OpenSSH's ProxyCommand; `tether config` writes the line. A NODE ending in
     `.CLUSTER` names its cluster.
     """
-    profile = _profile()
+    profile = require_profile()
     name = _cluster(profile, cluster)
     node = target.rpartition("@")[2]
     port = 0
@@ -333,7 +316,7 @@ async def config_command() -> None:
 
     Save it and run `ssh -F FILE LOGIN@NODE.CLUSTER`.
     """
-    profile = _profile()
+    profile = require_profile()
     own = profile.identity().cluster
     host_cas: dict[str, Sequence[str]] = {own: host_ca_lines(profile)}
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
@@ -611,7 +594,7 @@ def ssh(
     node_port = port or given.port or 0
 
     async def run() -> int:
-        profile = _profile()
+        profile = require_profile()
         name = _cluster(profile, cluster)
         several = await _selected_nodes(profile, name, node)
         if len(several) > 1:
@@ -651,7 +634,7 @@ async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Seque
 
     if len(paths) < 2:
         raise click.UsageError("give at least one source and a destination")
-    profile = _profile()
+    profile = require_profile()
     name = _cluster(profile, cluster)
 
     async def open_stream_for(host: str) -> trio.abc.Stream:
