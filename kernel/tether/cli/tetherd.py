@@ -69,8 +69,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--config",
     "config_path",
     type=click.Path(path_type=pathlib.Path),
-    help="Configuration file (default: none, which runs what `tetherd configure` prints: "
-    "auth, proxy and plugins' services such as the SSH plugin's node, on this host).",
+    help=f"Configuration file (default: {DEFAULT_CONFIG} when it exists, as teleport start "
+    "reads /etc/teleport.yaml; else none, which runs what `tetherd configure` prints: auth, "
+    "proxy and plugins' services such as the SSH plugin's node, on this host).",
 )
 @click.option(
     "--roles",
@@ -115,6 +116,8 @@ def start(
     debug = debug or ctx.obj["debug"]
     ctx.obj["debug"] = debug
     try:
+        if config_path is None and os.path.exists(DEFAULT_CONFIG):
+            config_path = pathlib.Path(DEFAULT_CONFIG)
         config = load_config(config_path) if config_path else None
         pm = plugin_manager(config.plugins.disabled if config else ())
         schema = ConfigSchema.from_plugins(pm)

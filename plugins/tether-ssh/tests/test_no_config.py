@@ -69,10 +69,18 @@ class Solo:
         """``/var/lib/tether`` as the daemon sees it."""
         return self.directory / "var-lib" / "tether"
 
-    @property
-    def etc(self) -> pathlib.Path:
-        """``/etc`` as the daemon and the commands see it: what is written here is seen there."""
-        return self.directory / "etc"
+    def write_etc(self, name: str, text: str) -> None:
+        """Write ``/etc/NAME`` as the daemon and the commands see it: through their mount
+        namespace, since overlayfs need not see a file put in its upper directory behind its
+        back (the daemon looked ``/etc/tether.yaml`` up at start, and overlayfs remembers)."""
+        subprocess.run(
+            ["nsenter", f"--mount=/proc/{self.process.pid}/ns/mnt", "tee", f"/etc/{name}"],
+            input=text,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            timeout=30,
+            check=True,
+        )
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = json.loads((self.data_dir / "process.json").read_text())
@@ -163,21 +171,47 @@ def test_newcomer_starts_tetherd_without_a_config_and_reaches_this_host_over_ssh
 
 
 def test_tetherctl_reads_etc_tether_yaml_when_it_runs_the_auth_service(solo: Solo) -> None:
-    (solo.etc / "tether.yaml").write_text("auth_service: [\n")
+    solo.write_etc("tether.yaml", "auth_service: [\n")
     broken = solo.tetherctl("get", "nodes", check=False)
     assert broken.returncode == 1
     assert broken.stderr.startswith("ERROR: /etc/tether.yaml:2: "), broken.stderr
 
     # a node's configuration gives no admin identity: tetherctl goes on to the defaults
-    (solo.etc / "tether.yaml").write_text(
-        "auth_service: {enabled: false}\nproxy_service: {enabled: false}\n"
+    solo.write_etc(
+        "tether.yaml", "auth_service: {enabled: false}\nproxy_service: {enabled: false}\n"
     )
     assert json.loads(solo.tetherctl("get", "cas", "--format=json").stdout)
 
-    (solo.etc / "tether.yaml").write_text(f"data_dir: {solo.directory / 'elsewhere'}\n")
+    solo.write_etc("tether.yaml", f"data_dir: {solo.directory / 'elsewhere'}\n")
     elsewhere = solo.tetherctl("get", "nodes", check=False)
     assert elsewhere.returncode == 1
     assert f"no admin identity in {solo.directory / 'elsewhere'}" in elsewhere.stderr
+
+
+def test_tetherd_start_reads_etc_tether_yaml_when_there_is_one(tmp_path: pathlib.Path) -> None:
+    # as teleport start reads /etc/teleport.yaml: an operator who wrote the file and typed
+    # tetherd start gets what the file says, not a fresh cluster on the default ports
+    start = _private(tmp_path, sys.executable, "-m", "tether.cli.tetherd", "start")
+    etc_file = tmp_path / "etc" / "tether.yaml"  # the overlay's upper dir: /etc inside
+    etc_file.write_text("auth_service: [\n")
+    broken = subprocess.run(start, capture_output=True, text=True, timeout=60, check=False)
+    assert broken.returncode == 1
+    assert broken.stderr.startswith("ERROR: /etc/tether.yaml:2: "), broken.stderr
+
+    data_dir = tmp_path / "from-etc"
+    etc_file.write_text(f"nodename: from-etc\ndata_dir: {data_dir}\n")
+    log = tmp_path / "tetherd.log"
+    with log.open("wb") as out:  # new namespaces, over the same overlay directories
+        process = subprocess.Popen(start, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(
+            lambda: process.poll() is not None or (data_dir / "process.json").exists(),
+            "tetherd to start with /etc/tether.yaml",
+            60,
+        )
+        assert process.poll() is None, log.read_text()
+    finally:
+        stop_process(process)
 
 
 def test_tetherctl_with_no_login_and_no_configuration_names_where_it_looked(
