@@ -8,7 +8,8 @@ whose rules are the guide's "Sharing user traits" ones (``{{internal.db_users}}`
 ``{{internal.db_names}}``) on ``env=dev`` databases. The leaf's database service joins with a
 ``db`` token and serves ``shop-pg`` and ``shop-maria`` (``env=dev``) and ``vault-pg``
 (``env=prod``, out of reach). The two database servers are private instances set up as
-``docs/databases.md`` says, with the files ``tetherctl auth sign --format=db`` wrote.
+``docs/databases.md`` says, with the files ``tetherctl auth sign --format=db`` wrote. A user
+of the leaf itself (``carol``) reaches the same databases with no trusted cluster on the way.
 """
 
 from __future__ import annotations
@@ -356,6 +357,34 @@ def test_a_database_out_of_the_roles_reach_is_not_found(site: Site) -> None:
     assert refused.returncode != 0
     assert "database 'vault-pg' not found in cluster 'leaf'" in refused.stderr
     assert "tether db ls --cluster=leaf" in refused.stderr
+
+
+# --- a cluster's own user ---------------------------------------------------------------------
+
+
+def test_a_leaf_user_reaches_their_own_clusters_databases_with_tether_db_connect(
+    site: Site,
+) -> None:
+    # no trusted cluster on the way: the leaf's proxy, the service's tunnel, the database
+    site.leaf.tetherctl(
+        "users", "add", "carol", "--roles=dbuser", "--logins=carol",
+        "--traits=db_users=alice,db_names=shop", "--password-stdin", input=PASSWORD + "\n",
+    )  # fmt: skip
+    site.leaf.login("carol", PASSWORD)
+    postgres = site.leaf.tether(
+        "carol", "db", "connect", "--db-user=alice", "--db-name=shop", "shop-pg",
+        input="select 'in the leaf as ' || current_user;\n",
+    )  # fmt: skip
+    assert "in the leaf as alice" in postgres.stdout
+    mariadb = site.leaf.tether(
+        "carol", "db", "connect", "--db-user=alice", "--db-name=shop", "shop-maria",
+        input="select concat('in the leaf as ', current_user());\n",
+    )  # fmt: skip
+    assert "in the leaf as alice@" in mariadb.stdout
+    refused = site.leaf.tether(
+        "carol", "db", "connect", "--db-user=bob", "shop-pg", input="select 1;\n", check=False
+    )
+    assert "database user 'bob' is not allowed by roles dbuser" in refused.stderr
 
 
 # --- MariaDB --------------------------------------------------------------------------------
