@@ -214,8 +214,10 @@ def _tunnel(site: Site, user: str, name: str) -> tuple[subprocess.Popen[str], in
     return process, int(found.group(1))
 
 
-def _psql(port: int, user: str, dbname: str, sql: str) -> subprocess.CompletedProcess[str]:
-    conninfo = f"host=127.0.0.1 port={port} user={user} dbname={dbname} sslmode=disable"
+def _psql(
+    port: int, user: str, dbname: str, sql: str, *, sslmode: str = "disable"
+) -> subprocess.CompletedProcess[str]:
+    conninfo = f"host=127.0.0.1 port={port} user={user} dbname={dbname} sslmode={sslmode}"
     return subprocess.run(
         ["psql", "-X", "-At", conninfo, "-c", sql],
         capture_output=True,
@@ -236,6 +238,11 @@ def test_root_user_reaches_leaf_postgres_with_psql_through_a_local_tunnel(site: 
         assert "database user 'bob' is not allowed by roles dbuser" in refused.stderr
         other_db = _psql(port, "alice", "hr", "select 1")
         assert "database name 'hr' is not allowed by roles dbuser" in other_db.stderr
+        # TLS asked of the local listener: it is plain (TLS is Tether's, to the proxy)
+        insisting = _psql(port, "alice", "shop", "select 1", sslmode="require")
+        assert insisting.returncode != 0
+        assert "server does not support SSL, but SSL was required" in insisting.stderr
+        assert _psql(port, "alice", "shop", "select 1").returncode == 0  # and it goes on
     finally:
         stop_process(process)  # type: ignore[arg-type]
 
