@@ -1,5 +1,6 @@
-"""The builtin ``jsonl-audit`` sink: each plugin manager has a sink of its own, which answers a
-search for every cluster it records, or for the one the search names.
+"""The builtin ``jsonl-audit`` sink: each plugin manager has a sink of its own, which writes a
+batch to each cluster's file in order, ends a line a crash tore before writing again, and
+answers a search for every cluster it records, or for the one the search names.
 
 Auth services run in this process over SQLite in temporary directories, as several daemons do
 in one process (``tetherd demo``, the test fixtures).
@@ -8,6 +9,7 @@ in one process (``tetherd demo``, the test fixtures).
 from __future__ import annotations
 
 import datetime
+import json
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -17,6 +19,7 @@ from tether import audit
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.service import AuthService
 from tether.backend import open_sqlite
+from tether.builtins.jsonl_audit import FILE_NAME
 from tether.config import default_config
 from tether.plugins import TetherPluginManager, get_plugin_manager
 
@@ -44,9 +47,10 @@ async def test_auditor_searches_every_cluster_of_a_shared_sink_without_naming_on
     tmp_path: pathlib.Path,
 ) -> None:
     pm = configured(tmp_path, "root", "leaf")
-    # written out of time order across the two files: the answer is in time order
-    for event in (at(1, "root"), at(4, "root"), at(2, "leaf"), at(3, "leaf", "cert.issued")):
-        await audit.emit(pm, event)
+    # one batch, written out of time order across the two files: the answer is in time order
+    await audit.emit(
+        pm, [at(1, "root"), at(4, "root"), at(2, "leaf"), at(3, "leaf", "cert.issued")]
+    )
     found = await audit.search(pm, AuditQuery())
     assert [e.user for e in found] == ["root-1", "leaf-2", "leaf-3", "root-4"]
     # the limit keeps the newest, oldest first, across both clusters
@@ -55,6 +59,26 @@ async def test_auditor_searches_every_cluster_of_a_shared_sink_without_naming_on
     assert [e.user for e in await audit.search(pm, since)] == ["leaf-2", "root-4"]
     named = await audit.search(pm, AuditQuery(cluster="leaf"))
     assert [e.user for e in named] == ["leaf-2", "leaf-3"]
+
+
+async def test_a_batch_is_written_to_each_clusters_file_in_order(tmp_path: pathlib.Path) -> None:
+    pm = configured(tmp_path, "root", "leaf")
+    clusters = ["leaf", "root", "leaf", "leaf", "elsewhere", "root"]  # a cluster it does not record
+    await audit.emit(pm, [at(minute, cluster) for minute, cluster in enumerate(clusters)])
+    for cluster, minutes in (("leaf", [0, 2, 3]), ("root", [1, 5])):
+        lines = (tmp_path / cluster / "log" / FILE_NAME).read_text().splitlines()
+        assert [json.loads(line)["user"] for line in lines] == [f"{cluster}-{m}" for m in minutes]
+
+
+async def test_after_a_crash_tore_the_last_line_the_next_event_is_whole(
+    tmp_path: pathlib.Path,
+) -> None:
+    await audit.emit(configured(tmp_path, "root"), [at(1, "root")])
+    with (tmp_path / "root" / "log" / FILE_NAME).open("a") as f:
+        f.write('{"type": "user.lo')  # the crash
+    restarted = configured(tmp_path, "root")  # the daemon starts again
+    await audit.emit(restarted, [at(2, "root")])
+    assert [e.user for e in await audit.search(restarted, AuditQuery())] == ["root-1", "root-2"]
 
 
 @pytest.fixture
