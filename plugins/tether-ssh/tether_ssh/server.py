@@ -387,8 +387,8 @@ class _NodeServer(asyncssh.SSHServer):
         self.sessions: set[asyncio.Task[None]] = set()
         #: the loop's time of the client's last input on a session or a forwarded connection
         self.last_input = 0.0
-        #: the timers that end the connection (idle, certificate expiry), once logged in
-        self._timers: list[asyncio.TimerHandle] = []
+        #: the timers that end the connection, once logged in: "idle" and "expiry"
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._ending = False
         #: the sessions whose streams are set up, to tell them why the connection ends
         self.processes: weakref.WeakSet[_SessionProcess] = weakref.WeakSet()
@@ -464,7 +464,7 @@ class _NodeServer(asyncssh.SSHServer):
         conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in self._timers:
+        for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         self._settings.live.discard(self)
@@ -534,17 +534,14 @@ class _NodeServer(asyncssh.SSHServer):
         loop = asyncio.get_running_loop()
         self.last_input = loop.time()
         if permissions.idle_timeout is not None:
-            self._timers.append(loop.call_later(permissions.idle_timeout, self._check_idle))
+            self._timers["idle"] = loop.call_later(permissions.idle_timeout, self._check_idle)
         if permissions.disconnect_at is not None:
             left = permissions.disconnect_at - datetime.datetime.now(datetime.UTC)
-            self._timers.append(
-                loop.call_later(
-                    max(left.total_seconds(), 0.0),
-                    self._end,
-                    "the user's certificate expired",
-                    "your certificate has expired (disconnect_expired_cert); run `tether login` "
-                    "again",
-                )
+            self._timers["expiry"] = loop.call_later(
+                max(left.total_seconds(), 0.0),
+                self._end,
+                "the user's certificate expired",
+                "your certificate has expired (disconnect_expired_cert); run `tether login` again",
             )
 
     def _check_idle(self) -> None:
@@ -553,9 +550,9 @@ class _NodeServer(asyncssh.SSHServer):
             return
         timeout = grant.permissions.idle_timeout
         quiet = asyncio.get_running_loop().time() - self.last_input
-        if quiet < timeout:
-            self._timers.append(
-                asyncio.get_running_loop().call_later(timeout - quiet, self._check_idle)
+        if quiet < timeout:  # input came meanwhile: look again when it is that old
+            self._timers["idle"] = asyncio.get_running_loop().call_later(
+                timeout - quiet, self._check_idle
             )
             return
         self._end(
