@@ -41,9 +41,9 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from doc_sections import CodeBlock, code_blocks, shell_blocks
-from terminal import Step, run_in_terminal
 from tether.datadir import PROCESS_FILE
 from tether.testing.cluster import stop_process
+from tether.testing.terminal import Step, run_in_terminal
 
 PASSWORD = "correct horse battery staple"
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from terminal import run_in_terminal
 from tether.datadir import PROCESS_FILE
 from tether.testing.cluster import (
     RunningCluster,
@@ -34,6 +33,7 @@ from tether.testing.cluster import (
     wait_for,
 )
 from tether.testing.http import free_port, loopback_address
+from tether.testing.terminal import run_in_terminal
 from tether.testing.trusted_clusters import (
     connection,
     create_trusted_cluster,

@@ -14,19 +14,14 @@ of the leaf itself (``carol``) reaches the same databases with no trusted cluste
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import pty
 import re
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 import attrs
@@ -41,6 +36,7 @@ from tether.testing.cluster import (
     stop_process,
     wait_for,
 )
+from tether.testing.terminal import run_in_terminal
 from tether.testing.trusted_clusters import (
     connection,
     create_trusted_cluster,
@@ -272,60 +268,6 @@ def test_tether_db_connect_runs_psql_and_the_leaf_audits_each_query(site: Site) 
     assert event["roles"] == ["dbuser"]
 
 
-class _Terminal:
-    """A program run on a pseudo-terminal of its own, as a user's shell would run it: what
-    it prints is read back, and Ctrl-C typed there interrupts its foreground processes."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: the terminal is its controlling one
-            try:
-                os.execve(argv[0], argv, env)
-            finally:
-                os._exit(127)
-        self.seen = ""
-
-    def type(self, keys: str) -> None:
-        os.write(self.fd, keys.encode())
-
-    def expect(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{text!r} never appeared; the terminal shows:\n{self.seen}")
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except OSError:  # the program ended and closed the terminal
-                    chunk = b""
-                if not chunk:
-                    raise AssertionError(
-                        f"{text!r} never appeared before the program ended:\n{self.seen}"
-                    )
-                self.seen += chunk.decode(errors="replace")
-
-    def exit_status(self, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                os.close(self.fd)
-                return os.waitstatus_to_exitcode(status)
-            with contextlib.suppress(OSError):
-                os.read(self.fd, 4096)  # keep the terminal drained so the program never blocks
-            time.sleep(0.05)
-        raise AssertionError(f"the program did not exit; the terminal shows:\n{self.seen}")
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
 def test_ctrl_c_in_psql_cancels_the_running_query_and_the_session_goes_on(site: Site) -> None:
     # psql sends the cancel on a new connection to the local listener tether db connect
     # runs; it crosses the root and the leaf and reaches the session it was given for
@@ -340,23 +282,28 @@ def test_ctrl_c_in_psql_cancels_the_running_query_and_the_session_goes_on(site: 
         "TERM": "dumb",
     }
     argv = [sys.executable, "-m", "tether.cli.tether", "db", "connect", "--cluster=leaf", "shop-pg"]
-    terminal = _Terminal(argv, env)
-    try:
-        terminal.expect("shop=>")
-        terminal.type("select pg_sleep(60);\n")
-        running = (
-            "select count(*) from pg_stat_activity "
-            "where query = 'select pg_sleep(60);' and state = 'active'"
-        )
+    running = (
+        "select count(*) from pg_stat_activity "
+        "where query = 'select pg_sleep(60);' and state = 'active'"
+    )
+
+    def ctrl_c_once_it_runs() -> str:
         wait_for(lambda: site.postgres.admin(running).strip() == "1", "the query running")
-        terminal.type("\x03")  # Ctrl-C
-        terminal.expect("canceling statement due to user request")
-        terminal.type("select 'still connected' as answer;\n")
-        terminal.expect("still connected")
-        terminal.type("\\q\n")
-        assert terminal.exit_status() == 0, terminal.seen
-    finally:
-        terminal.kill()
+        return "\x03"  # Ctrl-C
+
+    status, seen = run_in_terminal(
+        argv,
+        env=env,
+        script=[
+            (b"shop=>", "select pg_sleep(60);"),
+            (b"pg_sleep(60);", ctrl_c_once_it_runs),  # the terminal echoed the line
+            (b"canceling statement due to user request", "select 'still connected' as answer;"),
+            (b"(1 row)", "\\q"),  # the answer's row, not the echo of the question
+        ],
+    )
+    assert status == 0, seen
+    assert "canceling statement due to user request" in seen
+    assert "\n still connected\n(1 row)" in seen
 
 
 def test_a_database_out_of_the_roles_reach_is_not_found(site: Site) -> None:

@@ -1,5 +1,7 @@
 """Run a program on a terminal of its own, as a person at a keyboard does: password prompts
-read the terminal (not standard input), and an interactive shell gets its lines typed."""
+read the terminal (not standard input), an interactive shell gets its lines typed, and
+Ctrl-C typed there interrupts the terminal's foreground processes (the program and its
+children, such as the ``psql`` that ``tether db connect`` starts)."""
 
 from __future__ import annotations
 
