@@ -435,25 +435,6 @@ async def test_without_disconnect_expired_cert_a_session_outlives_its_certificat
     assert (ran.returncode, ran.stdout) == (0, b"done\n"), ran
 
 
-def test_roles_set_the_connections_end_through_permissions() -> None:
-    identity = Identity(
-        username="alice",
-        cluster=CLUSTER,
-        roles=["visitors"],
-        traits={},
-        logins=[LOGIN],
-        expires=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC),
-    )
-    strict = role_set(
-        ROLE, client_idle_timeout=datetime.timedelta(minutes=5), disconnect_expired_cert=True
-    )
-    granted = RoleSetAuthorizer(lambda _: strict, {"env": "test"}).authorize(identity, LOGIN)
-    assert granted.idle_timeout == 300.0
-    assert granted.disconnect_at == identity.expires
-    lax = RoleSetAuthorizer(lambda _: role_set(ROLE), {"env": "test"}).authorize(identity, LOGIN)
-    assert (lax.idle_timeout, lax.disconnect_at) == (None, None)
-
-
 async def test_interactive_pty_shell_follows_window_changes(setup: Setup) -> None:
     argv = setup.ssh_argv(LOGIN, None, key=setup.user_files("alice"), options=["-tt"])
     master, slave = pty.openpty()
@@ -956,7 +937,7 @@ async def test_agent_forwarding_needs_the_certificate_to_permit_it(
     assert denied["reason"] == "agent forwarding is not permitted by the certificate"
 
 
-def test_roles_grant_forwarding_through_permissions() -> None:
+def test_roles_grant_forwarding_and_end_connections_through_permissions() -> None:
     identity = Identity(
         username="alice",
         cluster=CLUSTER,
@@ -972,6 +953,14 @@ def test_roles_grant_forwarding_through_permissions() -> None:
     authorizer = RoleSetAuthorizer(roles_for=lambda _: both, node_labels=labels)
     assert authorizer.authorize(identity, LOGIN) == Permissions(forward_agent=True)
     assert Permissions() == Permissions(port_forwarding=False, forward_agent=False)
+    # and the connection's end: the shortest idle timeout, the certificate's expiry
+    strict = role_set(
+        ROLE, client_idle_timeout=datetime.timedelta(minutes=5), disconnect_expired_cert=True
+    )
+    ending = RoleSetAuthorizer(roles_for=lambda _: strict, node_labels=labels)
+    granted = ending.authorize(identity, LOGIN)
+    assert (granted.idle_timeout, granted.disconnect_at) == (300.0, identity.expires)
+    assert Permissions().idle_timeout is None and Permissions().disconnect_at is None
 
 
 # --- connections carried by streams (tunnel mode) ----------------------------------------------
