@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -255,6 +256,46 @@ class RoleSet:
             f"database user {db_user!r} (their db_names)",
             hint="add the database to the user's db_names trait or to a role",
         )
+
+    def conditions_matching(
+        self,
+        field: str,
+        *,
+        side: str,
+        labels_field: str,
+        labels: Mapping[str, str],
+        traits: Traits,
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """``(role name, value of field)`` for each role whose ``side`` (``allow`` or
+        ``deny``) applies to a resource with ``labels``: an allow whose ``labels_field``
+        selector matches them; a deny whose selector matches them or that has none (a deny
+        applies everywhere unless it narrows itself). In the roles' order.
+
+        For a plugin's ``records`` field (``kubernetes_resources``), whose meaning only the
+        plugin knows: it decides, per role, what the records allow or deny.
+
+        :raises ValueError: ``side``, ``field`` or ``labels_field`` is unknown.
+        """
+        if side not in ("allow", "deny"):
+            raise ValueError(f"side must be allow or deny, not {side!r}")
+        if field not in attrs.fields_dict(RoleConditions) and not self._is_plugin_field(
+            field, "records"
+        ):
+            if not any(self._is_plugin_field(field, kind) for kind in ("strings", "labels")):
+                raise ValueError(f"unknown role field {field!r}")
+        if labels_field not in LABEL_FIELDS and not self._is_plugin_field(labels_field, "labels"):
+            raise ValueError(f"unknown label condition {labels_field!r}")
+        found: list[tuple[str, tuple[Any, ...]]] = []
+        for name, conditions in self._sides(side):
+            selector = _expand_selector(getattr(conditions, labels_field, {}), traits)
+            applies = (
+                match_labels(selector, labels)
+                if side == "allow"
+                else not selector or match_labels(selector, labels)
+            )
+            if applies:
+                found.append((name, tuple(getattr(conditions, field, ()))))
+        return found
 
     def can_access(self, field: str, labels: Mapping[str, str], traits: Traits) -> bool:
         """Whether a resource with ``labels`` is within reach of these roles' ``field``.

@@ -4,7 +4,10 @@ A Kubernetes plugin needs ``kubernetes_resources``, a database plugin ``db_roles
 kind is rebuilt per registry with a conditions class that has them, so they are structured,
 refused with the field's path when wrong, validated (list values may be ``{{internal.x}}``
 templates) and written back by ``tetherctl get role`` exactly like the kernel's own fields,
-and :class:`tether.rbac.RoleSet` evaluates them by name.
+and :class:`tether.rbac.RoleSet` evaluates them by name. A field of ``records`` (a list of
+objects, such as ``kubernetes_resources``' kind, namespace, name and verbs) is structured into
+the plugin's own attrs class, whose validators refuse what is wrong; the plugin decides what
+the records mean, reading them per role with ``RoleSet.conditions_matching``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,26 @@ class RoleField:
     :ivar kind: ``strings``: a list of strings, each may be a template such as
         ``{{internal.db_users}}`` (read with ``RoleSet.traits_values``); ``labels``: a label
         selector like ``node_labels`` (read with ``RoleSet.can_access``).
+        ``records``: a list of objects structured into ``record`` (read per role with
+        ``RoleSet.conditions_matching``).
     :ivar description: a few words saying what the field grants.
+    :ivar record: for ``records``, the frozen attrs class of one item; its validators refuse
+        a wrong item (a ``ValueError`` or ``FieldError`` is reported with the item's path).
     """
 
     name: str
-    kind: Literal["strings", "labels"]
+    kind: Literal["strings", "labels", "records"]
     description: str = ""
+    record: type | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.kind == "records") != (self.record is not None):
+            raise ResourceError(
+                f"role field {self.name!r}: give record (an attrs class) exactly when the kind "
+                "is records"
+            )
+        if self.record is not None and not attrs.has(self.record):
+            raise ResourceError(f"role field {self.name!r}: record must be an attrs class")
 
 
 def role_fields(pm: pluggy.PluginManager) -> Mapping[str, RoleField]:
@@ -61,8 +78,10 @@ def role_fields(pm: pluggy.PluginManager) -> Mapping[str, RoleField]:
                 raise ResourceError(f"{where}: roles already have that field")
             if field.name in owners:
                 raise ResourceError(f"{where}: also declared by plugin {owners[field.name]!r}")
-            if field.kind not in ("strings", "labels"):
-                raise ResourceError(f"{where}: kind {field.kind!r} is not strings or labels")
+            if field.kind not in ("strings", "labels", "records"):
+                raise ResourceError(
+                    f"{where}: kind {field.kind!r} is not strings, labels or records"
+                )
             fields[field.name] = field
             owners[field.name] = impl.plugin_name
     return fields
@@ -76,6 +95,9 @@ def extend_role_kind(fields: Sequence[RoleField]) -> ResourceKind:
         if field.kind == "strings":
             annotations[field.name] = tuple[str, ...]
             namespace[field.name] = attrs.field(default=(), metadata={ROLE_FIELD_KIND: "strings"})
+        elif field.kind == "records":
+            annotations[field.name] = tuple[field.record, ...]  # type: ignore[name-defined]
+            namespace[field.name] = attrs.field(default=(), metadata={ROLE_FIELD_KIND: "records"})
         else:
             annotations[field.name] = Labels
             namespace[field.name] = attrs.field(factory=dict, metadata={ROLE_FIELD_KIND: "labels"})

@@ -131,11 +131,26 @@ def tether_service_roles() -> list[ServiceRole]:
     return [ROLE] if _active() else []
 
 
-#: role conditions' ``hooktest_gadgets`` (may be ``{{internal.gadgets}}``) and
-#: ``hooktest_labels``, read with RoleSet.traits_values and RoleSet.can_access
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1")
+
+
+@attrs.frozen
+class GadgetRule:
+    """One item of ``hooktest_rules``: a gadget and how many of it."""
+
+    gadget: str
+    count: int = attrs.field(default=1, validator=_positive)
+
+
+#: role conditions' ``hooktest_gadgets`` (may be ``{{internal.gadgets}}``),
+#: ``hooktest_labels`` and ``hooktest_rules``, read with RoleSet.traits_values,
+#: RoleSet.can_access and RoleSet.conditions_matching
 ROLE_FIELDS = [
     RoleField("hooktest_gadgets", "strings", "gadgets the role may use"),
     RoleField("hooktest_labels", "labels", "gadgets the role may see"),
+    RoleField("hooktest_rules", "records", "gadget rules", record=GadgetRule),
 ]
 
 
