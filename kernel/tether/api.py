@@ -86,6 +86,7 @@ from tether.errors import (
 )
 from tether.hookspecs import hookimpl
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
+from tether.patterns import match_label_value, validate_label_value
 from tether.pki import (
     CertificateExpired,
     CertificateNotYetValid,
@@ -190,6 +191,7 @@ __all__ = [
     "leaf_clusters",
     "list_targets",
     "load_private_key",
+    "match_label_value",
     "matching_targets",
     "not_blank",
     "not_logged_in",
@@ -209,5 +211,6 @@ __all__ = [
     "shared_group",
     "splice",
     "start_tls",
+    "validate_label_value",
     "verify_ssh_user_cert",
 ]

@@ -278,11 +278,11 @@ class RoleSet:
         """
         if side not in ("allow", "deny"):
             raise ValueError(f"side must be allow or deny, not {side!r}")
-        if field not in attrs.fields_dict(RoleConditions) and not self._is_plugin_field(
-            field, "records"
-        ):
-            if not any(self._is_plugin_field(field, kind) for kind in ("strings", "labels")):
-                raise ValueError(f"unknown role field {field!r}")
+        known = field in attrs.fields_dict(RoleConditions) or any(
+            self._is_plugin_field(field, kind) for kind in ("strings", "labels", "records")
+        )
+        if not known:
+            raise ValueError(f"unknown role field {field!r}")
         if labels_field not in LABEL_FIELDS and not self._is_plugin_field(labels_field, "labels"):
             raise ValueError(f"unknown label condition {labels_field!r}")
         found: list[tuple[str, tuple[Any, ...]]] = []

@@ -3,6 +3,8 @@ reading a :class:`~tether.rbac.RoleSet`, a role-map strategy, a resource kind's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -27,18 +29,22 @@ spec:
 """
 
 
-def core_registry() -> KindRegistry:
-    """The kinds the kernel itself defines (role, user, token, cert_authority, ...), and no
-    plugin's."""
+def core_registry(plugins: Sequence[ModuleType] = ()) -> KindRegistry:
+    """The kinds the kernel itself defines (role, user, token, cert_authority, ...), with what
+    ``plugins`` (plugin modules, e.g. ``tether_kube.plugin``) add: their kinds and the role
+    fields they declare."""
     pm = TetherPluginManager()
     pm.register(core_kinds, name="core-kinds")
+    for plugin in plugins:
+        pm.register(plugin, name=plugin.__name__)
     return KindRegistry.from_plugins(pm)
 
 
-def role_set(text: str, **options: Any) -> RoleSet:
+def role_set(text: str, *, plugins: Sequence[ModuleType] = (), **options: Any) -> RoleSet:
     """The roles in the YAML ``text``, each with ``spec.options`` fields set to ``options``
-    (``role_set(ROLE, forward_agent=True)``), as a server evaluates them."""
-    roles = parse_resources(text, "roles.yaml", core_registry())
+    (``role_set(ROLE, forward_agent=True)``), as a server evaluates them; read with the role
+    fields ``plugins`` add (``role_set(ROLE, plugins=[tether_kube.plugin])``)."""
+    roles = parse_resources(text, "roles.yaml", core_registry(plugins))
     if options:
         roles = [
             attrs.evolve(role, spec=attrs.evolve(role.spec, options=_with(role, options)))
