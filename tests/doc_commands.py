@@ -55,6 +55,8 @@ SSH_PAGE = "docs/ssh.md"
 OPERATING = "docs/operating.md"
 DATABASES = "docs/databases.md"
 DB_TESTS = "plugins/tether-db/tests/test_db_through_leaf.py::"
+KUBERNETES = "docs/kubernetes.md"
+KUBE_TESTS = "plugins/tether-kube/tests/test_kube_through_leaf.py::"
 SYSTEMD_TESTS = tuple(
     f"tests/test_systemd_unit.py::{name}"
     for name in (
@@ -108,6 +110,16 @@ TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
         DB_TESTS + "test_tether_db_connect_runs_psql_and_the_leaf_audits_each_query",
         DB_TESTS + "test_root_user_reaches_leaf_postgres_with_psql_through_a_local_tunnel",
         DB_TESTS + "test_a_user_configures_a_gui_client_and_logs_out",
+    ),
+    # the Kubernetes page's commands are typed by the scenario tests of the plugin, against a
+    # real API server (tether.testing.kube)
+    (KUBERNETES, "The Kubernetes service", 0): (
+        KUBE_TESTS + "test_root_user_lists_the_leafs_kubernetes_clusters",
+    ),
+    (KUBERNETES, "Using a cluster", 0): (
+        KUBE_TESTS + "test_root_user_lists_the_leafs_kubernetes_clusters",
+        KUBE_TESTS + "test_root_user_creates_and_lists_configmaps_in_the_leafs_cluster",
+        KUBE_TESTS + "test_kube_logout_removes_only_tethers_contexts",
     ),
     ("README.md", "Output for scripts, shell completion, progress", 0): (
         "tests/test_shell_completion.py::test_bash_completes_resource_names_with_the_printed_script",
