@@ -46,6 +46,7 @@ HOOKTEST_HOOKS = (
     "tether_backends",
     "tether_cert_authorities",
     "tether_cli_commands",
+    "tether_client_logged_in",
     "tether_config_sections",
     "tether_configure",
     "tether_identity_connectors",
@@ -231,6 +232,7 @@ def test_every_hook_is_called_in_a_running_daemon(
         "service.started",
         "tether_audit_events",
         "tether_audit_search",
+        "tether_client_logged_in",
     } <= called
     assert {"hook": "tether_configure", "cluster": "hooks"} in records
     assert {"hook": "tether_services", "cluster": "hooks"} in records
@@ -239,6 +241,12 @@ def test_every_hook_is_called_in_a_running_daemon(
     assert {"hook": "tether_identity_connectors.authenticate", "user": "bob"} in records
     assert {"hook": "tether_audit_events", "type": "user.login", "user": "bob"} in records
     assert {"hook": "tether_audit_search", "type": "user.login"} in records
+    # tether login, in the user's process, once the login's files are written
+    assert {
+        "hook": "tether_client_logged_in",
+        "proxy": cluster.proxy_addr,
+        "cluster": "hooks",
+    } in records
 
 
 def _first_answer(cluster: RunningCluster, context: ssl.SSLContext) -> tuple[str | None, str]:

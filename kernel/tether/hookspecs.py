@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tether.audit import AuditEvent, AuditQuery
     from tether.backend import BackendType
     from tether.cert_authority_types import CertAuthorityType
+    from tether.client.profile import Profile
     from tether.config import Config, ConfigSection, ServiceRole
     from tether.connectors import IdentityConnector
     from tether.node.protocols import AgentProtocol
@@ -173,6 +174,20 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
 
     :param program: ``"tetherd"``, ``"tetherctl"`` or ``"tether"``.
     :param cli: that program's top-level click group.
+    """
+
+
+@hookspec
+def tether_client_logged_in(profile: Profile) -> None:
+    """Bring what a plugin wrote for a proxy's users up to date after a new login.
+
+    Called by ``tether login`` once the login's files are written (and the cluster it named
+    selected), in the user's process. Returns nothing. A plugin that keeps client
+    configuration naming this proxy (the Kubernetes plugin's kubeconfig entries, whose CA
+    comes from the login) rewrites it here; an exception is printed as a warning naming the
+    plugin, and the login stands.
+
+    :param profile: the new login (``profile.proxy``, ``profile.tls_ca_file``, ...).
     """
 
 

@@ -223,7 +223,23 @@ async def login(
     if cluster:
         # the guide's `tsh login --proxy=ROOT LEAF`: later commands default to the leaf
         await _select(profile, cluster)
+    _tell_plugins(profile)
     _print_status(_status_json(), sys.stdout)
+
+
+def _tell_plugins(profile: Profile) -> None:
+    """``tether_client_logged_in``: each plugin updates what it wrote for this proxy; one
+    that fails is a warning, never a failed login."""
+    hook = plugin_manager().hook.tether_client_logged_in
+    for impl in hook.get_hookimpls():
+        try:
+            impl.function(profile=profile)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not undo the login
+            click.echo(
+                f"warning: plugin {impl.plugin_name!r} could not update its files for this "
+                f"login: {exc}",
+                err=True,
+            )
 
 
 async def _select(profile: Profile, cluster: str) -> None:

@@ -420,3 +420,20 @@ def test_the_leaf_audits_each_request_with_whom_kubernetes_saw(site: Site) -> No
     assert event["kubernetes_user"] == "alice"
     assert event["kubernetes_groups"] == ["developers", "system:authenticated"]
     assert event["roles"] == ["kube-access"]
+
+
+def test_tether_login_gives_the_kubectl_contexts_the_logins_ca(site: Site) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    path = pathlib.Path(site.user_env("alice")["KUBECONFIG"])
+    path.write_text(
+        path.read_text().replace("certificate-authority-data: ", "certificate-authority-data: AAAA")
+    )
+    assert site.kubectl("alice", "get", "--raw", "/version", check=False).returncode != 0
+
+    site.tether(
+        "alice", "login", f"--proxy={site.root.proxy_addr}", "--user=alice", "--password-stdin",
+        input=PASSWORD + "\n",
+    )  # fmt: skip
+
+    assert '"gitVersion": "v1.20.2"' in site.kubectl("alice", "get", "--raw", "/version").stdout
+    assert _contexts(site, "alice")[:1] == ["minikube"]

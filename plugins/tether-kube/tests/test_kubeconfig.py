@@ -10,6 +10,7 @@ from ruamel.yaml import YAML
 from tether_kube.kubeconfig import (
     KubeconfigEntry,
     kubeconfig_path,
+    refresh_entries,
     remove_entries,
     tether_contexts,
     write_entry,
@@ -127,3 +128,23 @@ def test_kubeconfig_is_the_first_file_of_KUBECONFIG(tmp_path: pathlib.Path) -> N
 
     assert kubeconfig_path({"KUBECONFIG": f"{first}:{second}"}) == first
     assert kubeconfig_path({}).name == "config"
+
+
+def test_a_new_login_gives_tethers_entries_of_that_proxy_its_ca(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "config"
+    path.write_text(THEIRS)
+    write_entry(path, entry("root-east"))
+    write_entry(path, entry("other-east", proxy="other.example.com:3080"))
+    rotated = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
+
+    updated = refresh_entries(path, "proxy.example.com:3080", rotated)
+    clusters = {c["name"]: c["cluster"] for c in read(path)["clusters"]}
+
+    assert updated == ["root-east"]
+    assert base64.b64decode(clusters["root-east"]["certificate-authority-data"]).decode() == rotated
+    assert (
+        "BBBB"
+        not in base64.b64decode(clusters["other-east"]["certificate-authority-data"]).decode()
+    )
+    assert "certificate-authority-data" not in clusters["minikube"]
+    assert refresh_entries(path, "proxy.example.com:3080", rotated) == []

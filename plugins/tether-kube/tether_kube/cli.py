@@ -155,17 +155,30 @@ def _tether_invocation() -> tuple[str, tuple[str, ...]]:
     return sys.executable, ("-m", "tether.cli.tether")
 
 
+def _logged_in(proxy: str | None) -> Profile:
+    """The current login, which must be to ``proxy`` when the user named one (the guide's
+    ``tsh kube login --proxy=... --cluster=east east``)."""
+    profile = require_profile()
+    if proxy and proxy not in (profile.proxy, profile.proxy.rsplit(":", 1)[0]):
+        raise TetherError(
+            f"you are logged in to {profile.proxy}, not {proxy}",
+            hint=f"run `tether login --proxy={proxy}` first",
+        )
+    return profile
+
+
 @kube_group.command("login")
+@click.option("--proxy", help="The proxy you logged in to (checked; default: the current login).")
 @cluster_option("The Tether cluster of the Kubernetes cluster (default: the one logged in to).")
 @click.argument("name", shell_complete=completer(_names))
 @run_async
-async def login(cluster: str | None, name: str) -> None:
+async def login(proxy: str | None, cluster: str | None, name: str) -> None:
     """Add a kubectl context for Kubernetes cluster NAME and switch to it.
 
     The context is written into $KUBECONFIG (its first file) or ~/.kube/config, beside
     whatever else is there.
     """
-    profile = require_profile()
+    profile = _logged_in(proxy)
     where = _cluster(profile, cluster)
     names = [resource.metadata.name for resource, _ in await _clusters(profile, where)]
     if name not in names:

@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
 
 from tether.api import TetherError
 
@@ -33,6 +33,7 @@ __all__ = [
     "EXEC_API_VERSION",
     "KubeconfigEntry",
     "kubeconfig_path",
+    "refresh_entries",
     "remove_entries",
     "tether_contexts",
     "write_entry",
@@ -220,3 +221,29 @@ def remove_entries(path: pathlib.Path, proxy: str, names: Sequence[str] | None =
         document["current-context"] = ""
     _write(path, document)
     return sorted(removing)
+
+
+def refresh_entries(path: pathlib.Path, proxy: str, ca_pem: str) -> list[str]:
+    """Give the cluster entries of the contexts Tether wrote for ``proxy`` the CAs of a new
+    login (after a rotation of the cluster's CA, the old ones no longer verify the proxy).
+    Touches nothing else, and writes nothing when nothing changed. Returns the names
+    updated."""
+    if not path.exists():
+        return []
+    document = _read(path)
+    ours = set(tether_contexts(path, proxy))
+    data = base64.b64encode(ca_pem.encode()).decode()
+    updated = []
+    for item in document.get("clusters") or ():
+        if not (isinstance(item, MutableMapping) and item.get("name") in ours):
+            continue
+        cluster = item.get("cluster")
+        if (
+            isinstance(cluster, MutableMapping)
+            and cluster.get("certificate-authority-data") != data
+        ):
+            cluster["certificate-authority-data"] = data
+            updated.append(str(item["name"]))
+    if updated:
+        _write(path, document)
+    return sorted(updated)

@@ -14,6 +14,7 @@ import click
 from tether.api import (
     Config,
     ConfigSection,
+    Profile,
     ProtocolHandler,
     ResourceKind,
     RoleField,
@@ -27,6 +28,7 @@ from tether_kube.service import HOST_ROLE, PROTOCOL, KubeService, agent_protocol
 __all__ = [
     "tether_agent_protocols",
     "tether_cli_commands",
+    "tether_client_logged_in",
     "tether_config_sections",
     "tether_protocols",
     "tether_resource_kinds",
@@ -109,3 +111,12 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
     from tether_kube.cli import kube_group
 
     cli.add_command(kube_group)
+
+
+@hookimpl
+def tether_client_logged_in(profile: Profile) -> None:
+    """``tether login`` keeps the kubectl contexts of this proxy current: their CA is the
+    new login's (their credentials are read at each use)."""
+    from tether_kube.kubeconfig import kubeconfig_path, refresh_entries
+
+    refresh_entries(kubeconfig_path(), profile.proxy, profile.tls_ca_file.read_text())

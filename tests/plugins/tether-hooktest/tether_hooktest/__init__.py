@@ -42,6 +42,7 @@ from tether.api import (
     ExternalIdentity,
     FieldError,
     LoginIdentity,
+    Profile,
     ProtocolHandler,
     ProxyConnection,
     Resource,
@@ -414,6 +415,11 @@ class StandInProvider:
 
     def __exit__(self, *exc: object) -> None:
         self._serving.close()
+
+
+@hookimpl
+def tether_client_logged_in(profile: Profile) -> None:
+    record("tether_client_logged_in", proxy=profile.proxy, cluster=profile.identity().cluster)
 
 
 @hookimpl
