@@ -82,7 +82,7 @@ async def start_proxy(
         web_key,
         client_cas=list(me.cas),
         client_auth="optional",
-        alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
+        alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols.by_alpn),
     )
     trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
     # The real port is known only after binding; the app reads it through this holder.
@@ -141,7 +141,7 @@ async def start_proxy(
         tunnels=tunnels,
         verify_client=trust.verify_client,
     )
-    router = Router(proxy_ctx, {handler.name: handler for handler in protocols.values()})
+    router = Router(proxy_ctx, {handler.name: handler for handler in protocols.handlers})
     root_tunnels = RootTunnels(trust=trust, cert=me.cert, key=me.key, router=router)
     trust.on_change.append(root_tunnels.changed)
     await nursery.start(root_tunnels.run)
@@ -149,7 +149,8 @@ async def start_proxy(
         **dict.fromkeys(HTTP_ALPN, web),
         TUNNEL_ALPN: tunnels.handle,
         **{
-            alpn: _protocol_route(handler, proxy_ctx, router) for alpn, handler in protocols.items()
+            alpn: _protocol_route(handler, proxy_ctx, router)
+            for alpn, handler in protocols.by_alpn.items()
         },
     }
     port = await listen_tls(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
