@@ -13,7 +13,7 @@ from doc_sections import doc_sections
 
 EXPORTED = frozenset(tether.api.__all__)
 #: exports that are values, not classes or functions: their docs/api.md section is their doc
-VALUES = frozenset({"HOME_ENV", "PrivateKey", "__version__"})
+VALUES = frozenset({"HOME_ENV", "PrivateKey", "ROUTE_NAME_SUFFIX", "__version__"})
 
 
 def _documented() -> dict[str, str]:

@@ -219,6 +219,25 @@ def test_admin_asking_more_than_the_cas_bound_is_refused(
     assert not (tmp_path / "long.key").exists()
 
 
+def test_admin_cannot_sign_the_proxies_route_names_with_a_declared_ca(
+    site: Site, tmp_path: pathlib.Path
+) -> None:
+    # clients that route by server name trust only the cluster's CA there, and only a proxy
+    # holds those names; a declared CA never signs them, so that no client ever could
+    for host in ("*.tether.cluster.local", "kube-6c-6c.tether.cluster.local"):
+        refused = site.tetherctl(
+            "auth",
+            "sign",
+            "--format=hooktest",
+            f"--host=gadget.example.com,{host}",
+            f"--out={tmp_path / 'routes'}",
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert f"{host!r} is under tether.cluster.local, the proxies' route names" in refused.stderr
+        assert not (tmp_path / "routes.key").exists()
+
+
 def test_user_without_the_sign_rule_is_refused_naming_it(
     site: Site, tmp_path: pathlib.Path
 ) -> None:

@@ -21,11 +21,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether import pki
 from tether.errors import AccessDenied
 from tether.node.join import JoinedIdentity, join_cluster
-from tether.testing.cluster import RunningCluster, run_cli, start_cluster, start_proxy, wait_for
+from tether.route_names import ROUTE_NAME_WILDCARD
+from tether.testing.cluster import (
+    RunningCluster,
+    run_cli,
+    served_certificate,
+    start_cluster,
+    start_proxy,
+    wait_for,
+)
 from tether.testing.http import serve_in_thread
 from tether.tunnel.server import TUNNEL_ALPN
 
@@ -168,6 +177,44 @@ async def test_node_token_cannot_take_the_host_id_of_auth_and_its_proxy(
     assert "host id 'main-node' is held by auth 'main-node' until" in refused.value.message
     (event,) = [e for e in audit(cluster, "host.join.failed") if e["user"] == "main-node"]
     assert event["success"] is False and "is held by auth 'main-node'" in str(event["reason"])
+
+
+@pytest.mark.parametrize(
+    ("host_id", "name"),
+    [
+        ("attacker-routes", ROUTE_NAME_WILDCARD),
+        ("attacker-route", "kube-6c656166-70726f64.tether.cluster.local"),
+        ("attacker-wildcard", "*.example.com"),
+    ],
+)
+async def test_node_token_cannot_get_the_proxies_route_names_or_any_wildcard(
+    tether_cluster: RunningCluster, host_id: str, name: str
+) -> None:
+    # with *.tether.cluster.local a node could answer kubectl wherever a route name leads,
+    # and kubectl checks only the name and the cluster's CA, not the kind of host
+    cluster = tether_cluster
+    with pytest.raises(AccessDenied) as refused:
+        await join_cluster(
+            cluster.proxy_addr,
+            node_token(cluster),
+            host_id=host_id,
+            hostname="attacker",
+            addresses=["127.0.0.1", "localhost", name],
+            ca_pin=cluster.ca_pin,
+        )
+    assert refused.value.message.startswith("a node may not ")
+    assert repr(name) in refused.value.message
+    (event,) = [e for e in audit(cluster, "host.join.failed") if e["user"] == host_id]
+    assert event["success"] is False and repr(name) in str(event["reason"])
+    assert host_id not in [e["user"] for e in audit(cluster, "host.joined")]
+
+
+def test_the_proxy_beside_auth_presents_a_certificate_naming_the_route_wildcard(
+    tether_cluster: RunningCluster,
+) -> None:
+    served = served_certificate(tether_cluster.proxy_addr)
+    assert ROUTE_NAME_WILDCARD in pki.x509_host_names(served)
+    assert pki.read_x509_identity(served.public_bytes(Encoding.DER)).kind == "proxy"
 
 
 def test_tether_login_with_the_ca_pin_refuses_a_node_certificate_where_the_proxy_belongs(

@@ -10,6 +10,7 @@ OS account ``visitor`` created here, so the tests need root.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pathlib
 import pwd
@@ -17,12 +18,17 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
+import trio
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
+from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
 
 from tether import pki
-from tether.node.join import load_identity
+from tether.node.join import join_cluster, load_identity, save_identity
+from tether.route_names import ROUTE_NAME_WILDCARD
 from tether.testing.accounts import can_create_accounts
 from tether.testing.cluster import (
     RunningCluster,
@@ -214,6 +220,49 @@ def test_a_joined_proxy_renews_while_running_and_serves_logins_and_tunnels_past_
             "the node to be reached through the renewed proxy",
         )
         assert "tunnel to proxy proxy-b (" in node.log_text()
+        assert "could not renew" not in proxy.log_text()
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def test_a_proxy_that_joined_before_route_names_gains_the_wildcard_when_it_starts(
+    tmp_path: pathlib.Path,
+) -> None:
+    cluster = start_cluster(tmp_path / "main", "main")
+    started: list[RunningCluster | RunningNode] = [cluster]
+    try:
+        # what a proxy listening on 127.0.0.1 asked for before it answered to route names
+        added = cluster.tetherctl("tokens", "add", "--type=proxy", "--format=json").stdout
+        old = trio.run(
+            partial(
+                join_cluster,
+                cluster.proxy_addr,
+                str(json.loads(added)["token"]),
+                host_id="proxy-b",
+                hostname="proxy-b",
+                role="proxy",
+                addresses=["localhost", "proxy-b", "127.0.0.1", "::1"],
+                ca_pin=cluster.ca_pin,
+            )
+        )
+        assert ROUTE_NAME_WILDCARD not in pki.x509_host_names(old.tls_cert)
+        save_identity(tmp_path / "proxy-b/data/proxy", old)
+
+        proxy = start_proxy(cluster, tmp_path / "proxy-b", "proxy-b")
+        started.append(proxy)
+        assert "proxy proxy-b renewed its certificate to answer to route names" in proxy.log_text()
+        served = served_certificate(proxy.proxy_addr)
+        assert served != old.tls_cert
+        assert pki.x509_host_names(served) == pki.x509_host_names(old.tls_cert) | {
+            ROUTE_NAME_WILDCARD
+        }
+        renewed = load_identity(tmp_path / "proxy-b/data/proxy")  # kept for its next start
+        assert renewed is not None and renewed.tls_cert == served
+        # the wildcard is a TLS server name; OpenSSH would read it as a pattern
+        principals = load_ssh_public_identity(renewed.ssh_host_cert.encode())
+        assert isinstance(principals, SSHCertificate)
+        assert b"*.tether.cluster.local" not in principals.valid_principals
         assert "could not renew" not in proxy.log_text()
     finally:
         for process in reversed(started):

@@ -1,12 +1,13 @@
-"""Finding a target by what a user typed (tether.targets), and the front door's port rule
-(tether.proxy.routing.check_port), for any target kind."""
+"""Finding a target by what a user typed (tether.targets), the front door's port rule
+(tether.proxy.routing.check_port), for any target kind, and what a protocol may claim on the
+proxy's port (tether.protocols): ALPN ids and route name prefixes."""
 
 from __future__ import annotations
 
 import pytest
 
-from tether.errors import AmbiguousTarget, NotFound, TetherError
-from tether.protocols import ProtocolHandler
+from tether.errors import AmbiguousTarget, NotFound, PluginError, TetherError
+from tether.protocols import ProtocolHandler, collect_protocols
 from tether.proxy.routing import PortRefused, check_port
 from tether.resources import ResourceKind
 from tether.targets import Target, TargetKind, TargetQuery, matching_targets, resolve_target
@@ -97,3 +98,46 @@ def test_a_protocol_either_reaches_targets_or_is_served_at_the_proxy() -> None:
         ProtocolHandler(name="both", alpn=("x/1",), target_kind=_handler().target_kind, serve=serve)
     with pytest.raises(TetherError, match="either a target_kind"):
         ProtocolHandler(name="neither", alpn=("x/1",))
+
+
+def test_a_route_name_prefix_is_for_a_protocol_that_reaches_targets() -> None:
+    async def serve(conn: object) -> None:
+        return None
+
+    with pytest.raises(TetherError, match="gives a server_name_prefix but no target_kind"):
+        ProtocolHandler(name="greeter", alpn=("g/1",), serve=serve, server_name_prefix="greet")
+    with pytest.raises(TetherError, match="server_name_alpn but no server_name_prefix"):
+        ProtocolHandler(name="db", alpn=(), target_kind=DB_TARGET, server_name_alpn=("http/1.1",))
+
+
+@pytest.mark.parametrize("prefix", ["Kube", "ku-be", "kube.x", "ku_be", "kübe", " kube"])
+def test_a_route_name_prefix_is_lower_case_letters_and_digits(prefix: str) -> None:
+    with pytest.raises(TetherError, match="must be lower-case letters and digits"):
+        ProtocolHandler(name="db", alpn=(), target_kind=DB_TARGET, server_name_prefix=prefix)
+
+
+def test_two_plugins_cannot_claim_one_route_name_prefix() -> None:
+    first = ProtocolHandler(
+        name="kube", alpn=("k/1",), target_kind=DB_TARGET, server_name_prefix="kube"
+    )
+    second = ProtocolHandler(name="k8s", alpn=(), target_kind=DB_TARGET, server_name_prefix="kube")
+    with pytest.raises(PluginError) as refused:
+        collect_protocols([[first], [second]])
+    assert refused.value.message == (
+        "server name prefix 'kube' is claimed by protocols 'kube' and 'k8s'"
+    )
+    assert refused.value.hint == "disable one of the plugins"
+
+
+def test_a_protocol_reached_only_by_route_names_is_collected() -> None:
+    kube = ProtocolHandler(
+        name="kube",
+        alpn=(),
+        target_kind=DB_TARGET,
+        server_name_prefix="kube",
+        server_name_alpn=("http/1.1",),  # a kernel id: offered on its route names only
+    )
+    protocols = collect_protocols([[_handler()], [kube]])
+    assert protocols.handlers == (_handler(), kube)
+    assert protocols.by_alpn == {"db/1": _handler()}
+    assert protocols.by_server_name_prefix == {"kube": kube}

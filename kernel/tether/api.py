@@ -109,6 +109,12 @@ from tether.resources import (
     RoleField,
     resource_from_dict,
 )
+from tether.route_names import (
+    ROUTE_NAME_SUFFIX,
+    RouteName,
+    parse_route_server_name,
+    route_server_name,
+)
 from tether.services import Service, ServiceContext
 from tether.targets import Target, TargetKind, TargetQuery, matching_targets
 from tether.tlsstream import start_tls
@@ -121,6 +127,7 @@ __all__ = [
     "CLUSTER_ENV",
     "HOME_ENV",
     "LOGIN_ENV",
+    "ROUTE_NAME_SUFFIX",
     "AccessDenied",
     "AgentContext",
     "AgentProtocol",
@@ -164,6 +171,7 @@ __all__ = [
     "RoleField",
     "RoleMapRule",
     "RoleSet",
+    "RouteName",
     "SSORequest",
     "Service",
     "ServiceContext",
@@ -198,6 +206,7 @@ __all__ = [
     "open_sqlite",
     "open_target_stream",
     "output",
+    "parse_route_server_name",
     "positive",
     "private_key_to_openssh",
     "profile_ssl_context",
@@ -205,6 +214,7 @@ __all__ = [
     "relay_bytes",
     "require_profile",
     "resource_from_dict",
+    "route_server_name",
     "run_async",
     "run_trio",
     "serve_local_listener",

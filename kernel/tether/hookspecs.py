@@ -213,9 +213,13 @@ def tether_protocols() -> list[ProtocolHandler]:
     kernel answers the dial exchange on them, routes to the target (in this cluster or a
     leaf) and calls the handler's ``relay`` with a
     :class:`~tether.protocols.DialedConnection`; for one served at the proxy, it calls
-    ``serve`` with a :class:`~tether.protocols.ProxyConnection` for every connection. An
-    ALPN id claimed twice, or one the kernel serves itself (``h2``, ``http/1.1``,
-    ``tether-tunnel/1``), stops start-up with an error naming the protocols.
+    ``serve`` with a :class:`~tether.protocols.ProxyConnection` for every connection. A
+    protocol that reaches targets may also claim a ``server_name_prefix``: a TLS connection
+    asking for one of its route names (:mod:`tether.route_names`) is routed to the cluster
+    and target the name carries, whatever its ALPN ids, with no dial exchange, and a refusal
+    goes to the handler's ``refuse``. An ALPN id claimed twice, or one the kernel serves
+    itself (``h2``, ``http/1.1``, ``tether-tunnel/1``), or a prefix claimed twice, stops
+    start-up with an error naming the protocols.
     """
 
 

@@ -1,7 +1,9 @@
 """What a protocol plugin hands the proxy, and what the proxy hands back per connection.
 
 The proxy has one public port and tells protocols apart by ALPN (DESIGN.md, "Processes and
-services"). A plugin's :class:`ProtocolHandler` claims ALPN ids through ``tether_protocols``.
+services"), or, for clients that can set only a TLS server name, by a route name
+(:mod:`tether.route_names`). A plugin's :class:`ProtocolHandler` claims ALPN ids and a route
+name prefix through ``tether_protocols``.
 A protocol that reaches targets declares their kind; the kernel then routes each connection
 (:mod:`tether.proxy.routing`) and hands the plugin a :class:`DialedConnection`: the client's
 stream, a connected stream to the target and the verified identity. The plugin never dials,
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -24,7 +26,8 @@ import trio
 from tether import pki
 from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.dial import DialedTarget
-from tether.errors import AccessDenied, PluginError
+from tether.errors import AccessDenied, PluginError, TetherError
+from tether.route_names import PREFIX
 from tether.targets import TargetKind
 from tether.tlsserver import peer_certificate_der
 from tether.tunnel.forward import splice
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DialedConnection",
     "ProtocolHandler",
+    "Protocols",
     "ProxyConnection",
     "ProxyContext",
     "collect_protocols",
@@ -72,7 +76,12 @@ class ProxyContext:
 
 @attrs.define
 class ProxyConnection:
-    """One client connection that negotiated a plugin's ALPN id; the handler owns ``stream``."""
+    """One client connection that negotiated a plugin's ALPN id, or asked for one of its route
+    names; the handler owns ``stream``.
+
+    :param alpn: the ALPN id negotiated, ``""`` for none (a route name's connection may
+        negotiate none).
+    """
 
     stream: TLSStream
     peer: str
@@ -139,6 +148,12 @@ class ProtocolHandler:
     connects to it and calls ``relay``; or it is served at the proxy itself, and then gives
     ``serve``, which gets the raw connection.
 
+    A protocol that reaches targets may also be reached by clients that can set nothing but a
+    TLS server name (kubectl): with ``server_name_prefix``, a TLS connection that asks for a
+    route name with that prefix (:func:`tether.route_names.route_server_name`) comes to it
+    whatever ALPN ids it offered, and the kernel routes it to the cluster and target the name
+    carries, with no dial exchange: no first line is read, no answer written.
+
     :param name: shown in logs and errors (``ssh``); also the tunnel target a proxy opens at
         a leaf's proxy, and at a node in tunnel mode, for this protocol.
     :param alpn: the ALPN ids that select it (``tether-ssh/1``); unique across plugins.
@@ -150,6 +165,16 @@ class ProtocolHandler:
         (how this protocol reaches other ports, if it does).
     :param serve: ``async def serve(conn: ProxyConnection)`` for a protocol served at the
         proxy, called once per connection after the TLS handshake.
+    :param server_name_prefix: the start of its route names' label (``kube``): lower-case
+        letters and digits, unique across plugins; needs ``target_kind``.
+    :param server_name_alpn: the ALPN ids the proxy offers on a route name's connection, for
+        a client that speaks several protocols and must be held to one (``("http/1.1",)``);
+        empty: none is negotiated.
+    :param refuse: ``async def refuse(conn: ProxyConnection, error: TetherError)``, called
+        when the kernel refuses a route name's connection (no client certificate, no such
+        target or cluster, access denied, target offline): such a connection has no answer
+        line, so the protocol says why in its own framing (an HTTP status). Without it the
+        kernel closes the connection, having logged why.
     """
 
     name: str
@@ -159,6 +184,9 @@ class ProtocolHandler:
     title: str = ""
     port_hint: str = ""
     serve: Callable[[ProxyConnection], Awaitable[None]] | None = None
+    server_name_prefix: str = ""
+    server_name_alpn: tuple[str, ...] = ()
+    refuse: Callable[[ProxyConnection, TetherError], Awaitable[None]] | None = None
 
     def __attrs_post_init__(self) -> None:
         if (self.target_kind is None) == (self.serve is None):
@@ -166,25 +194,57 @@ class ProtocolHandler:
                 f"protocol {self.name!r} must give either a target_kind (the kernel routes to "
                 "its targets) or serve (it is served at the proxy), not both or neither"
             )
+        if self.server_name_prefix and self.target_kind is None:
+            raise PluginError(
+                f"protocol {self.name!r} gives a server_name_prefix but no target_kind: a "
+                "route name selects a target, which the kernel finds by the protocol's kind"
+            )
+        if self.server_name_prefix and not PREFIX.fullmatch(self.server_name_prefix):
+            raise PluginError(
+                f"protocol {self.name!r}: server_name_prefix {self.server_name_prefix!r} must "
+                "be lower-case letters and digits (the start of a DNS label, before its '-')"
+            )
+        if self.server_name_alpn and not self.server_name_prefix:
+            raise PluginError(
+                f"protocol {self.name!r} gives server_name_alpn but no server_name_prefix: "
+                "those ALPN ids are offered only on its route names' connections"
+            )
 
     @property
     def display_name(self) -> str:
         return self.title or self.name
 
 
-def collect_protocols(results: Iterable[Iterable[object]]) -> dict[str, ProtocolHandler]:
-    """Merge ``tether_protocols`` results into ALPN id -> handler.
+@attrs.frozen
+class Protocols:
+    """The plugins' protocols on the proxy's port, by what selects each on a connection.
 
-    :raises PluginError: a result is not a ProtocolHandler, or an ALPN id is claimed twice
-        (or is one of the kernel's own).
+    :param handlers: every protocol, in the order the plugins gave them.
+    :param by_alpn: ALPN id -> the protocol that claims it.
+    :param by_server_name_prefix: route name prefix -> the protocol that claims it.
     """
+
+    handlers: tuple[ProtocolHandler, ...]
+    by_alpn: Mapping[str, ProtocolHandler]
+    by_server_name_prefix: Mapping[str, ProtocolHandler]
+
+
+def collect_protocols(results: Iterable[Iterable[object]]) -> Protocols:
+    """Merge ``tether_protocols`` results.
+
+    :raises PluginError: a result is not a ProtocolHandler, an ALPN id is claimed twice (or
+        is one of the kernel's own), or a route name prefix is claimed twice.
+    """
+    handlers: list[ProtocolHandler] = []
     routes: dict[str, ProtocolHandler] = {}
-    for handlers in results:
-        for handler in handlers:
+    prefixes: dict[str, ProtocolHandler] = {}
+    for returned in results:
+        for handler in returned:
             if not isinstance(handler, ProtocolHandler):
                 raise PluginError(
                     f"tether_protocols returned {handler!r}; expected ProtocolHandler objects"
                 )
+            handlers.append(handler)
             for alpn in handler.alpn:
                 if alpn in KERNEL_ALPN:
                     raise PluginError(
@@ -198,4 +258,13 @@ def collect_protocols(results: Iterable[Iterable[object]]) -> dict[str, Protocol
                         hint="disable one of the plugins",
                     )
                 routes[alpn] = handler
-    return routes
+            prefix = handler.server_name_prefix
+            if prefix and prefix in prefixes:
+                raise PluginError(
+                    f"server name prefix {prefix!r} is claimed by protocols "
+                    f"{prefixes[prefix].name!r} and {handler.name!r}",
+                    hint="disable one of the plugins",
+                )
+            if prefix:
+                prefixes[prefix] = handler
+    return Protocols(tuple(handlers), routes, prefixes)

@@ -5,6 +5,10 @@ and the node's own tunnel, with nothing of the plugin but its four hooks.
 Root cluster ``root``; leaf cluster ``leaf`` with a node in tunnel mode serving echo (labels
 ``env=dev``); the leaf maps ``access`` to ``visitor`` (every node) and ``contractor`` to
 ``contractor`` (only ``env=staging`` nodes).
+
+The same through a route name: a plain ``ssl`` client that sets only the TLS server name
+``route_server_name("echo", "leaf", "leaf-node")``, as kubectl does with ``tls-server-name``,
+and sends no first line; what the proxy refuses comes back as the plugin's one line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import pathlib
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,13 +29,16 @@ import trio
 from tether_echo.cli import ALPN, TITLE
 
 from tether.api import (
+    ROUTE_NAME_SUFFIX,
     AccessDenied,
     NotFound,
     TetherError,
     current_profile,
     open_target_stream,
     profile_ssl_context,
+    route_server_name,
 )
+from tether.testing.certificates import login_context
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
@@ -91,9 +99,47 @@ class Trust:
             trio.run(reach)
         return refused.value
 
+    def by_route_name(
+        self,
+        user: str,
+        target: str = "leaf-node",
+        *,
+        cluster: str = "leaf",
+        client_cert: bool = True,
+        at: RunningCluster | None = None,
+        send: bytes = b"",
+    ) -> list[bytes]:
+        """What a client that sets only a server name gets at the root's proxy (or ``at``
+        another's): ``user``'s login, with or without their certificate, verifying the proxy
+        on the route name; its first line, and the line that comes back for ``send``."""
+        profile = current_profile(self.root.user_home(user))
+        assert profile is not None
+        if at is None:
+            at, context = self.root, profile_ssl_context(profile, client_cert=client_cert)
+        else:
+            context = login_context(profile, at)
+        name = route_server_name("echo", cluster, target)
+        return _exchange(at.proxy_addr, context, name, send)
+
     def leaf_events(self, event_type: str) -> list[dict[str, object]]:
         found = self.leaf.tetherctl("audit", "search", f"--type={event_type}", "--format=json")
         return list(json.loads(found.stdout))
+
+
+def _exchange(addr: str, context: ssl.SSLContext, server_name: str, send: bytes) -> list[bytes]:
+    """Connect to ``addr`` asking for ``server_name`` (hostname checking on); the first line,
+    and the line that comes back for ``send``."""
+    host, _, port = addr.rpartition(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as sock,
+        context.wrap_socket(sock, server_hostname=server_name) as tls,
+    ):
+        reader = tls.makefile("rb")
+        lines = [reader.readline()]
+        if send:
+            tls.sendall(send)
+            lines.append(reader.readline())
+        return lines
 
 
 def _create(cluster: RunningCluster, directory: pathlib.Path, name: str, text: str) -> None:
@@ -231,6 +277,72 @@ def test_a_plaintext_client_reaches_the_echo_through_a_local_listener(trust: Tru
             assert reader.readline() == b"plain\n"
     finally:
         stop_process(listener)
+
+
+def test_a_client_that_sets_only_a_server_name_reaches_the_leaf_nodes_echo(trust: Trust) -> None:
+    # no ALPN id, no first line: the name says echo, leaf, leaf-node
+    hello, echoed = trust.by_route_name("alice", send=b"by name\n")
+    greeting = json.loads(hello)
+    assert (greeting["type"], greeting["node"], greeting["user"]) == ("hello", "leaf-node", "alice")
+    assert (greeting["cluster"], greeting["roles"]) == ("root", ["visitor"])
+    assert echoed == b"by name\n"
+
+
+def test_an_echo_missing_in_the_leaf_by_server_name_gets_the_refusal_line(trust: Trust) -> None:
+    assert trust.by_route_name("alice", "nosuchnode") == [
+        b"refused: echo 'nosuchnode' not found in cluster 'leaf' "
+        b"(run `tether echo ls --cluster=leaf` to see the echos you can reach)\n"
+    ]
+    assert trust.by_route_name("alice", cluster="nosuch") == [
+        b"refused: cluster 'nosuch' not found "
+        b"(run `tether clusters` to see the clusters you can reach)\n"
+    ]
+
+
+def test_a_server_name_without_a_client_certificate_gets_the_refusal_line(trust: Trust) -> None:
+    assert trust.by_route_name("alice", client_cert=False) == [
+        b"refused: a client certificate is required (run `tether login` first)\n"
+    ]
+
+
+def test_the_leafs_refusal_of_an_unmapped_user_by_server_name_is_its_own(trust: Trust) -> None:
+    def refusals() -> list[dict[str, object]]:
+        events = trust.leaf_events("trust.stream.refused")
+        return [e for e in events if "no role of carol@root" in str(e.get("reason"))]
+
+    before = len(refusals())
+    assert trust.by_route_name("carol") == [
+        b"refused: no role of carol@root (auditor) maps to a role of cluster 'leaf' "
+        b"(the role_map of trusted_cluster 'root' there decides)\n"
+    ]
+    # audited where it was refused, at the leaf, as on the ALPN front door
+    wait_for(lambda: len(refusals()) > before, "the leaf to audit the refusal")
+
+
+def test_the_route_names_certificate_verifies_against_the_root_clusters_ca(trust: Trust) -> None:
+    # what a kubeconfig holds: the cluster's CA (tetherctl auth export --type=tls), nothing of
+    # Tether's own client; hostname checking on, for the route name
+    cas = trust.root.tetherctl("auth", "export", "--type=tls").stdout
+    context = ssl.create_default_context(cadata=cas)
+    assert context.check_hostname
+    name = route_server_name("echo", "leaf", "leaf-node")
+    host, _, port = trust.root.proxy_addr.rpartition(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as sock,
+        context.wrap_socket(sock, server_hostname=name) as tls,
+    ):
+        names = [value for kind, value in tls.getpeercert()["subjectAltName"] if kind == "DNS"]
+        refused = tls.makefile("rb").readline()
+    assert f"*.{ROUTE_NAME_SUFFIX}" in names
+    assert refused.startswith(b"refused: a client certificate is required")
+
+
+def test_a_root_user_reaches_the_echo_by_server_name_at_the_leafs_own_proxy(trust: Trust) -> None:
+    # the leaf's proxy verifies the root's certificate on the route name too: it learned the
+    # root's CA when the trust was made, after it started
+    hello, echoed = trust.by_route_name("alice", at=trust.leaf, send=b"at the leaf\n")
+    assert (json.loads(hello)["user"], json.loads(hello)["roles"]) == ("alice", ["visitor"])
+    assert echoed == b"at the leaf\n"
 
 
 def test_the_plugin_imports_only_the_public_api() -> None:

@@ -4,7 +4,10 @@ services in auth's own process without one, and renewals proved by the current c
 Separate from users' logins: a host's certificates name its host id and addresses, and for a
 node its host roles (Teleport's system roles: what its token allowed it to serve, see
 :mod:`tether.token_types`), never a user's roles; who may hold a host id is decided by
-:mod:`tether.auth.host_ids`.
+:mod:`tether.auth.host_ids`. A host names itself, except for wildcards and the route names
+under :data:`~tether.route_names.ROUTE_NAME_SUFFIX`: clients that route by server name
+(kubectl) trust whatever the cluster's CA signed for those, so only a proxy gets one, the
+wildcard :data:`~tether.route_names.ROUTE_NAME_WILDCARD`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tether.auth.host_ids import HOST_ID, HostIds
 from tether.auth.tokens import Tokens
 from tether.backend import Item
 from tether.errors import AccessDenied, TetherError
+from tether.route_names import ROUTE_NAME_SUFFIX, ROUTE_NAME_WILDCARD, is_route_domain
 from tether.token_types import LEGACY_NODE_ROLES, host_roles, token_types
 
 __all__ = ["JOIN_ROLES", "JoinResult", "Joins"]
@@ -49,6 +53,28 @@ def _check_host(role: str, host_id: str) -> None:
             f"host id {host_id!r} is not valid",
             hint="use letters, digits, dots, dashes and underscores",
         )
+
+
+def _check_names(role: str, names: Sequence[str]) -> None:
+    """Refuse the names a host of kind ``role`` may not have in its certificates: a wildcard,
+    or a name under the route domain, but a proxy's route wildcard.
+
+    :raises AccessDenied: one such name, said with why.
+    """
+    for name in names:
+        if role == "proxy" and name == ROUTE_NAME_WILDCARD:
+            continue
+        if is_route_domain(name):
+            raise AccessDenied(
+                f"a {role} may not be named {name!r}: names under {ROUTE_NAME_SUFFIX} are the "
+                "proxies' route names, which clients that route by server name trust",
+                hint="name the host by its own names and addresses",
+            )
+        if "*" in name:
+            raise AccessDenied(
+                f"a {role} may not have the wildcard name {name!r}",
+                hint="name the host by its own names and addresses",
+            )
 
 
 class Joins:
@@ -184,11 +210,12 @@ class Joins:
         this once two thirds of their certificate's lifetime have passed.
 
         The names asked for must be among those of the current certificate: a renewal never
-        widens what a host may claim to be (joining again with a token does). Its host roles
-        are the current certificate's (for a node from before host roles, ``Node``), or
-        ``roles`` when given: a node that now runs protocols of more host roles renews with a
-        token that carries every role it asks for (it keeps its host id, which it proves it
-        holds); fewer roles need no token.
+        widens what a host may claim to be (joining again with a token does), but for a
+        proxy's route wildcard, which every proxy has and one that joined before route names
+        existed gains here. Its host roles are the current certificate's (for a node from
+        before host roles, ``Node``), or ``roles`` when given: a node that now runs protocols
+        of more host roles renews with a token that carries every role it asks for (it keeps
+        its host id, which it proves it holds); fewer roles need no token.
         """
         identity = self._verify_client(certificate)
         if identity.kind not in JOIN_ROLES or identity.cluster != self._ctx.cluster_name:
@@ -197,7 +224,10 @@ class Joins:
                 "host certificates to renew here",
                 hint="only this cluster's nodes and proxies renew theirs",
             )
-        beyond = {hostname, *addresses} - pki.x509_host_names(certificate)
+        held = pki.x509_host_names(certificate)
+        if identity.kind == "proxy":
+            held |= {ROUTE_NAME_WILDCARD}
+        beyond = {hostname, *addresses} - held
         if beyond:
             raise AccessDenied(
                 f"{identity.kind} {identity.username!r} asks to renew for names its certificate "
@@ -301,7 +331,13 @@ class Joins:
         tls_public_key_pem: str,
     ) -> tuple[JoinResult, list[str]]:
         """The host's certificates (identity kind ``role``, carrying host roles ``roles``) and
-        the SSH principals they name."""
+        the SSH principals they name.
+
+        :raises AccessDenied: a name the host may not have (:func:`_check_names`); checked
+            here, on every join and renewal, so a certificate issued before the rule keeps no
+            such name past its renewal.
+        """
+        _check_names(role, [hostname, *addresses])
         ctx = self._ctx
         try:
             ssh_key = pki.load_public_key(ssh_public_key.encode())
@@ -329,7 +365,9 @@ class Joins:
             now=ctx.now(),
         )
         qualified = [f"{host_id}.{ctx.cluster_name}", f"{hostname}.{ctx.cluster_name}"]
-        principals = list(dict.fromkeys([host_id, hostname, *qualified, *addresses]))
+        # the route wildcard is for TLS server names; OpenSSH would read it as a pattern
+        ssh_names = [a for a in addresses if a != ROUTE_NAME_WILDCARD]
+        principals = list(dict.fromkeys([host_id, hostname, *qualified, *ssh_names]))
         ssh_cert = pki.issue_ssh_host_cert(
             ctx.authorities.ssh_host,
             ssh_key,

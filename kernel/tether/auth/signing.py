@@ -24,6 +24,7 @@ from tether.cert_authority_types import (
 )
 from tether.durations import format_duration
 from tether.errors import AccessDenied, NotFound, TetherError
+from tether.route_names import ROUTE_NAME_SUFFIX, is_route_domain
 
 __all__ = ["CertificateSigning"]
 
@@ -176,6 +177,13 @@ def _check_request(
     for name in dns_names:
         if not name or any(ch.isspace() or ch in "/,@" for ch in name):
             raise TetherError(f"{name!r} is not a DNS name")
+        if is_route_domain(name):
+            # no client trusts these CAs for route names; refused so that none ever could
+            raise TetherError(
+                f"{name!r} is under {ROUTE_NAME_SUFFIX}, the proxies' route names, which "
+                "only the cluster's own CA names, for its proxies",
+                hint="name the server by its own host names",
+            )
     for address in ip_addresses:
         try:
             ipaddress.ip_address(address)

@@ -3,7 +3,9 @@
 A proxy in auth's process gets its certificate from auth directly, no token needed; a proxy
 of its own (``tetherd start --roles=proxy --auth-server=... --token=...``) joins once with a
 proxy token, like a node (:mod:`tether.node.join`), and keeps the identity in its data
-directory. Either way it renews the certificate while it runs.
+directory. Either way it renews the certificate while it runs, and the certificate names,
+besides the proxy's hosts, :data:`~tether.route_names.ROUTE_NAME_WILDCARD`: the proxy presents
+it to clients that ask for a route name (:mod:`tether.proxy.server_names`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import attrs
 from cryptography import x509
 
 from tether import pki
+from tether.auth.http_client import AuthClient
 from tether.config import Config
 from tether.errors import ConfigError
-from tether.node.join import load_or_join_current, renew_and_save
+from tether.node.join import host_client_context, load_or_join_current, renew_and_save
+from tether.route_names import ROUTE_NAME_WILDCARD
 
 if TYPE_CHECKING:
-    from tether.auth.http_client import AuthClient
     from tether.auth.service import AuthService
 
 __all__ = [
@@ -90,7 +93,7 @@ def local_proxy_identity(auth: AuthService, config: Config) -> ProxyIdentity:
     host's lifetime (``auth_service.host_cert_ttl``), and renews it the same way."""
     listen = config.proxy_service.listen_addr
     public = config.proxy_service.public_addr
-    hosts = (listen.host, public.host if public else "")
+    hosts = (listen.host, public.host if public else "", ROUTE_NAME_WILDCARD)
     ttl = config.auth_service.host_cert_ttl
 
     async def renew(_api: AuthClient) -> tuple[x509.Certificate, pki.PrivateKey]:
@@ -116,7 +119,8 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
         )
     listen = config.proxy_service.listen_addr
     public = config.proxy_service.public_addr
-    dns, ips = server_names(config, listen.host, public.host if public else "")
+    hosts = (listen.host, public.host if public else "", ROUTE_NAME_WILDCARD)
+    dns, ips = server_names(config, *hosts)
     directory = pathlib.Path(config.data_dir) / "proxy"
     auth_url = f"https://{join.auth_server}"
     addresses = [*dns, *ips]
@@ -134,9 +138,21 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
         peer_kinds=("auth",),
     )
 
+    hostname = joined.identity.username
+    if ROUTE_NAME_WILDCARD not in pki.x509_host_names(joined.tls_cert):
+        # joined before proxies answered to route names: renew now, which adds the name
+        # (auth lets a proxy's renewal add it), rather than fail every route name's
+        # handshake until the certificate's next renewal
+        context = host_client_context(joined, peer_kinds=("auth",), insecure=join.insecure)
+        async with AuthClient(auth_url, context) as api:
+            joined = await renew_and_save(
+                api, directory, hostname=hostname, addresses=addresses, role="proxy"
+            )
+        log.info("proxy %s renewed its certificate to answer to route names", hostname)
+
     async def renew(api: AuthClient) -> tuple[x509.Certificate, pki.PrivateKey]:
         renewed = await renew_and_save(
-            api, directory, hostname=joined.identity.username, addresses=addresses, role="proxy"
+            api, directory, hostname=hostname, addresses=addresses, role="proxy"
         )
         return renewed.tls_cert, renewed.private_key
 

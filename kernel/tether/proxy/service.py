@@ -3,10 +3,11 @@
 It serves, by ALPN (DESIGN.md, "Processes and services"): the web API (``h2``,
 ``http/1.1``), reverse tunnels from leaves and nodes (``tether-tunnel/1``), and each protocol
 plugin's ids, through the front door and the router (:mod:`tether.proxy.front_door`,
-:mod:`tether.proxy.routing`) for protocols that reach targets. It keeps the cluster's trust
-(the CAs tunnels and users are verified against), its tunnels to the roots this cluster
-trusts, the list of its peer proxies, and its certificate renewed. Everything it knows of the
-cluster it asks auth, in this process or elsewhere.
+:mod:`tether.proxy.routing`) for protocols that reach targets; and by server name, the route
+names of protocols that claim a prefix (:mod:`tether.proxy.server_names`). It keeps the
+cluster's trust (the CAs tunnels and users are verified against), its tunnels to the roots
+this cluster trusts, the list of its peer proxies, and its certificate renewed. Everything it
+knows of the cluster it asks auth, in this process or elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -28,15 +31,17 @@ from tether.config import Config, HostPort
 from tether.errors import ConfigError
 from tether.node.join import keep_renewed
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
-from tether.proxy.front_door import serve_front_door
+from tether.proxy.front_door import serve_front_door, serve_route_name
 from tether.proxy.identity import ProxyIdentity
 from tether.proxy.peers import ProxyPeers
 from tether.proxy.root_tunnels import RootTunnels
 from tether.proxy.routing import Router
+from tether.proxy.server_names import ServerNameRoutes
 from tether.proxy.tunnels import build_tunnel_server
 from tether.proxy.web import ProxyWebInfo, build_web_app
 from tether.ratelimit import RateLimiter
 from tether.resources import KindRegistry
+from tether.route_names import RouteName
 from tether.services import ServiceContext
 from tether.tlsserver import HTTP_ALPN, TLSHandler, listen_tls, peer_address
 from tether.tlsstream import TLSStream
@@ -82,8 +87,10 @@ async def start_proxy(
         web_key,
         client_cas=list(me.cas),
         client_auth="optional",
-        alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols),
+        alpn=(*HTTP_ALPN, TUNNEL_ALPN, *protocols.by_alpn),
     )
+    # the proxy's own certificate, whatever the web port presents: kubeconfigs pin the CA
+    named_routes = ServerNameRoutes(protocols.by_server_name_prefix, me.cert, me.key, me.cas)
     trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
@@ -113,7 +120,9 @@ async def start_proxy(
         for cert in (c for cas in others.values() for c in cas):
             fingerprint = cert.fingerprint(hashes.SHA256())
             if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
-                server_ctx.load_verify_locations(cadata=pki.cert_to_pem(cert).decode())
+                pem = pki.cert_to_pem(cert).decode()
+                server_ctx.load_verify_locations(cadata=pem)
+                named_routes.trust(pem)  # a route name's client is verified there
                 loaded.add(fingerprint)
         for cluster in tunnels.clusters():  # a leaf whose trust was removed loses its tunnels
             if cluster != me.cluster_name and cluster not in others:
@@ -141,7 +150,7 @@ async def start_proxy(
         tunnels=tunnels,
         verify_client=trust.verify_client,
     )
-    router = Router(proxy_ctx, {handler.name: handler for handler in protocols.values()})
+    router = Router(proxy_ctx, {handler.name: handler for handler in protocols.handlers})
     root_tunnels = RootTunnels(trust=trust, cert=me.cert, key=me.key, router=router)
     trust.on_change.append(root_tunnels.changed)
     await nursery.start(root_tunnels.run)
@@ -149,10 +158,14 @@ async def start_proxy(
         **dict.fromkeys(HTTP_ALPN, web),
         TUNNEL_ALPN: tunnels.handle,
         **{
-            alpn: _protocol_route(handler, proxy_ctx, router) for alpn, handler in protocols.items()
+            alpn: _protocol_route(handler, proxy_ctx, router)
+            for alpn, handler in protocols.by_alpn.items()
         },
     }
-    port = await listen_tls(nursery, "proxy_service.listen_addr", listen, server_ctx, routes)
+    by_name = named_routes.router(partial(_route_name_route, proxy=proxy_ctx, router=router))
+    port = await listen_tls(
+        nursery, "proxy_service.listen_addr", listen, server_ctx, routes, server_names=by_name
+    )
     if local_auth is not None:  # no host may register the proxy's port as its own
         local_auth.service_addrs["proxy"] = HostPort(listen.host, port)
     public = config.proxy_service.public_addr
@@ -170,6 +183,7 @@ async def start_proxy(
         await auth_client.present_certificate(cert, key)
         if operator_web is None:
             pki.present_certificate(server_ctx, cert, key)
+        named_routes.present_certificate(cert, key)
         root_tunnels.present_certificate(cert, key)  # roots close tunnels whose certificate expired
         return cert
 
@@ -181,19 +195,31 @@ async def start_proxy(
 def _protocol_route(handler: ProtocolHandler, proxy: ProxyContext, router: Router) -> TLSHandler:
     """The ALPN route of a plugin's protocol: the front door for a protocol that reaches
     targets, the plugin's own ``serve`` for one served at the proxy."""
+    serve = handler.serve or partial(serve_front_door, handler, router)
+    return partial(_serve_connection, handler, proxy, serve)
 
-    async def route(stream: TLSStream) -> None:
-        alpn = stream.selected_alpn_protocol() or ""
-        conn = ProxyConnection(stream=stream, peer=peer_address(stream), alpn=alpn, proxy=proxy)
-        try:
-            if handler.serve is not None:
-                await handler.serve(conn)
-            else:
-                await serve_front_door(handler, router, conn)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("%s connection from %s ended: %s", handler.name, conn.peer, exc)
 
-    return route
+def _route_name_route(
+    handler: ProtocolHandler, route: RouteName, *, proxy: ProxyContext, router: Router
+) -> TLSHandler:
+    """The route of a connection that asked for one of ``handler``'s route names."""
+    return partial(
+        _serve_connection, handler, proxy, partial(serve_route_name, handler, router, route)
+    )
+
+
+async def _serve_connection(
+    handler: ProtocolHandler,
+    proxy: ProxyContext,
+    serve: Callable[[ProxyConnection], Awaitable[None]],
+    stream: TLSStream,
+) -> None:
+    alpn = stream.selected_alpn_protocol() or ""
+    conn = ProxyConnection(stream=stream, peer=peer_address(stream), alpn=alpn, proxy=proxy)
+    try:
+        await serve(conn)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("%s connection from %s ended: %s", handler.name, conn.peer, exc)
 
 
 def _operator_web_identity(config: Config) -> tuple[Any, Any] | None:

@@ -12,6 +12,7 @@ import os
 import pathlib
 import shlex
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -458,8 +459,24 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) 
         time.sleep(0.2)
 
 
-def served_certificate(addr: str) -> x509.Certificate:
-    """The certificate the daemon at ``addr`` (``host:port``) presents now, unverified."""
+def served_certificate(addr: str, server_name: str | None = None) -> x509.Certificate:
+    """The certificate the daemon at ``addr`` (``host:port``) presents now, unverified.
+
+    :param server_name: the TLS server name to ask for (SNI), such as a route name
+        (``tether.api.route_server_name``); none by default.
+    """
     target = HostPort.parse(addr)
-    pem = ssl.get_server_certificate((target.connect_host, target.port), timeout=10)
-    return x509.load_pem_x509_certificate(pem.encode())
+    if server_name is None:
+        pem = ssl.get_server_certificate((target.connect_host, target.port), timeout=10)
+        return x509.load_pem_x509_certificate(pem.encode())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((target.connect_host, target.port), timeout=10) as sock,
+        # bytes: a route name's one label may be longer than Python's IDNA codec allows
+        context.wrap_socket(sock, server_hostname=server_name.encode()) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None, f"{addr} presented no certificate for {server_name}"
+    return x509.load_der_x509_certificate(der)

@@ -487,6 +487,10 @@ async def _fail(conn: ProxyConnection) -> None:
 AGENT_PROTOCOL = "hooktest-whoami"
 #: Its ALPN id on the proxy's public port; the kernel routes it to the node's agent.
 WHOAMI_ALPN = "hooktest-whoami/1"
+#: Its route names' prefix, for clients that set only a server name; it gives no ``refuse``
+#: (the kernel closes what it refuses) and holds them to HTTP/1.1, as a Kubernetes plugin would.
+WHOAMI_PREFIX = "whoami"
+WHOAMI_SERVER_NAME_ALPN = ("http/1.1",)
 #: A protocol of the same target kind that no node serves: the agent refuses its streams.
 ABSENT_PROTOCOL = "hooktest-absent"
 ABSENT_ALPN = "hooktest-absent/1"
@@ -532,7 +536,13 @@ def tether_protocols() -> list[ProtocolHandler]:
     return [
         ProtocolHandler(name="hooktest-greeter", alpn=(GREETER_ALPN,), serve=_greet),
         ProtocolHandler(name="hooktest-failing", alpn=(FAILING_ALPN,), serve=_fail),
-        ProtocolHandler(name=AGENT_PROTOCOL, alpn=(WHOAMI_ALPN,), target_kind=WHOAMI_TARGET),
+        ProtocolHandler(
+            name=AGENT_PROTOCOL,
+            alpn=(WHOAMI_ALPN,),
+            target_kind=WHOAMI_TARGET,
+            server_name_prefix=WHOAMI_PREFIX,
+            server_name_alpn=WHOAMI_SERVER_NAME_ALPN,
+        ),
         ProtocolHandler(name=ABSENT_PROTOCOL, alpn=(ABSENT_ALPN,), target_kind=WHOAMI_TARGET),
         ProtocolHandler(name=GADGET_PROTOCOL, alpn=(GADGET_ALPN,), target_kind=GADGET_TARGET),
     ]
