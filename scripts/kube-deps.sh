@@ -71,8 +71,10 @@ private_apt() {
 prepare() {
   step="starting"
   trap 'step="$step (interrupted)"; exit 1' TERM INT HUP
-  trap '[[ $(cat "$status" 2>/dev/null) == ok ]] ||
-        echo "failed: $step (see $log)" >"$status"' EXIT
+  trap '[[ $(cat "$status" 2>/dev/null) == ok ]] || {
+          echo "failed: $step (see $log)" >"$status"
+          rm -rf "${staging:-}"
+        }' EXIT
   echo "$(date -u +%T) preparing the Kubernetes $version test components in $cache"
   # what a run that was stopped half-way left (the lock is ours: no other run is in there)
   rm -rf "$cache/$version".new.* "$cache/$version".old.*
@@ -192,7 +194,7 @@ echo "preparing since $(date -u +%FT%TZ)" >"$status"
 : >"$log"
 if [[ ${1:-} == --foreground ]]; then
   "$BASH" "$0" --worker </dev/null >>"$log" 2>&1 || true
-  echo "Kubernetes $version test components: $(cat "$status") (log: $log)"
+  echo "Kubernetes $version test components: $(cat "$status")"
   exit 0
 fi
 # a session of its own, no terminal and none of tox's pipes: tox returns at once, and the
