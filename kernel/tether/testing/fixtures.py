@@ -2,13 +2,16 @@
 
 ``tether_cluster`` is shared by the tests of a module (starting a cluster costs about a
 second); tests that change cluster-wide state start their own with ``start_cluster``.
-``os_user`` is the real OS account a protocol plugin's sessions run as.
+``os_user`` is the real OS account a protocol plugin's sessions run as. ``kube_apiserver`` is
+a real Kubernetes API server shared by the whole run (:mod:`tether.testing.kube`).
 """
 
 from __future__ import annotations
 
 import pathlib
 import pwd
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 
@@ -16,8 +19,15 @@ import pytest
 
 from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import RunningCluster, start_cluster, stop_forgotten_daemons
+from tether.testing.kube import KubeAPIServer, kube_components, start_kube_apiserver
 
-__all__ = ["os_user", "stopped_daemons", "tether_cluster", "tether_cluster_factory"]
+__all__ = [
+    "kube_apiserver",
+    "os_user",
+    "stopped_daemons",
+    "tether_cluster",
+    "tether_cluster_factory",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,3 +75,21 @@ def os_user() -> Iterator[pwd.struct_passwd]:
         pytest.skip("creates the OS account 'visitor' (needs root and useradd)")
     with os_account("visitor") as account:
         yield account
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> Iterator[KubeAPIServer]:
+    """A Kubernetes API server (etcd, kube-apiserver and kube-controller-manager 1.20.2 on
+    127.0.0.1, RBAC on) shared by the whole run, with the administrator's kubeconfig and
+    Debian's kubectl 1.20 (``kube_apiserver.kubectl(...)``); stopped at the end. Tests that
+    use it run last; it waits for the components' background build, or skips the test with
+    the reason (see :mod:`tether.testing.kube`). Tests change it only in namespaces of their
+    own."""
+    components = kube_components()
+    # outside pytest's 0700 temporary tree, and removed at the end (etcd's data included)
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="tether-kube-"))
+    try:
+        with start_kube_apiserver(directory, components=components) as server:
+            yield server
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
