@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import tether.pki
@@ -305,8 +306,8 @@ def test_x509_login_cert_passes_openssl_verify(tmp_path: pathlib.Path, algorithm
     out = run("openssl", "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", ca, leaf_pem)
     assert out.strip() == f"{leaf_pem}: OK"
     text = run("openssl", "x509", "-in", leaf_pem, "-noout", "-text")
-    assert TETHER_IDENTITY_OID.dotted_string in text
-    assert '"username":"alice"' in text
+    assert "URI:tether-identity:" in text
+    assert TETHER_IDENTITY_OID.dotted_string not in text  # the old extension, read only
     assert "Subject: O = root, CN = alice" in text
     assert "TLS Web Client Authentication" in text
     assert verify_x509_cert(cert_to_pem(cert), trusted_cas=[root.tls.certificate]) == identity
@@ -410,9 +411,17 @@ def test_cert_with_edited_identity_is_tampered(
         assert raw.count(original) == 1
         raw = raw.replace(original, forged)
         cert = f"{kind} {base64.b64encode(raw).decode()} {comment}"
-    else:
-        assert cert.count(original) == 1
-        cert = cert.replace(original, forged)
+    else:  # the identity is a URI of the subject alternative names, base64url-encoded
+        sans = x509.load_der_x509_certificate(cert).extensions
+        [uri] = sans.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier
+        )
+        encoded = uri.removeprefix("tether-identity:")
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        assert raw.count(original) == 1
+        edited = base64.urlsafe_b64encode(raw.replace(original, forged)).rstrip(b"=")
+        assert cert.count(encoded.encode()) == 1
+        cert = cert.replace(encoded.encode(), edited)
     with pytest.raises(
         CertificateTampered, match="certificate of alice@root does not match"
     ) as caught:
@@ -589,3 +598,15 @@ def test_ca_files_are_written_atomically(tmp_path: pathlib.Path) -> None:
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["secret"]  # no temporary file left behind
+
+
+def test_every_oid_of_a_login_certificate_is_one_go_clients_parse() -> None:
+    """kubectl (Go) loads the user's certificate: Go's X.509 parser refuses an OID arc of
+    2**31 or more ("malformed extension OID field"), which the identity once had."""
+    root = ClusterAuthorities.generate("root")
+    cert = issue_x509_cert(root.tls, generate_private_key().public_key(), live_identity())
+
+    oids = [ext.oid.dotted_string for ext in cert.extensions]
+    oids += [attr.oid.dotted_string for attr in cert.subject]
+
+    assert all(int(arc) < 2**31 for oid in oids for arc in oid.split(".")), oids

@@ -7,6 +7,7 @@ real root process over real HTTP, and each is audited where it was refused.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -619,6 +620,66 @@ def test_x509_identity_that_cannot_be_read_is_refused_naming_why(
     )
     newer = "version" in reason  # only an identity from a newer release asks for an upgrade
     assert ("upgrade this one" in str(refused.value.hint)) is newer
+
+
+def _with_identity_names(ca: pki.X509CertAuthority, *uris: str) -> x509.Certificate:
+    """A certificate ``ca`` signed whose subject alternative names are ``uris``."""
+    key = pki.generate_private_key()
+    names = [x509.UniformResourceIdentifier(uri) for uri in uris]
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.cluster),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "alice"),
+                ]
+            )
+        )
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - HOUR)
+        .not_valid_after(NOW + HOUR)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca.private_key, pki.signing_hash(ca.private_key))  # type: ignore[arg-type]
+    )
+
+
+def _identity_uri(data: bytes) -> str:
+    return "tether-identity:" + base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("uris", "reason"),
+    [
+        (("tether-identity:not base64!",), "the identity name is not base64url"),
+        ((_identity_uri(b"alice"),), "identity is not valid JSON"),
+        ((_identity_uri(b"{}"), _identity_uri(b"{}")),
+         "the certificate carries more than one identity"),
+    ],
+)  # fmt: skip
+def test_x509_identity_name_that_cannot_be_read_is_refused_naming_why(
+    root: ClusterAuthorities, uris: tuple[str, ...], reason: str
+) -> None:
+    cert = _with_identity_names(root.tls, *uris)
+    with pytest.raises(MalformedCertificate) as refused:
+        pki.verify_x509_cert(cert, trusted_cas=[root.tls])
+    assert refused.value.message.startswith(
+        f"certificate of alice@root carries an unreadable identity: {reason}"
+    )
+
+
+def test_certificate_issued_with_the_old_identity_extension_is_still_read(
+    root: ClusterAuthorities,
+) -> None:
+    raw = identity().to_json_bytes()
+    value = bytes([0x0C, 0x82]) + len(raw).to_bytes(2, "big") + raw  # a DER UTF8String
+    cert = _with_identity_extension(root.tls, value)
+
+    verified = pki.verify_x509_cert(cert, trusted_cas=[root.tls], now=NOW)
+
+    assert verified.username == "alice"
 
 
 def test_identity_from_a_newer_release_is_told_apart_from_a_broken_one(

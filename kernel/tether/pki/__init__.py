@@ -65,6 +65,7 @@ from ._tls import (
 )
 from ._verify import CLOCK_SKEW
 from ._x509 import (
+    IDENTITY_URI_SCHEME,
     TETHER_IDENTITY_OID,
     issue_x509_cert,
     read_x509_identity,
@@ -77,6 +78,7 @@ from ._x509 import (
 __all__ = [
     "CLOCK_SKEW",
     "IDENTITY_KINDS",
+    "IDENTITY_URI_SCHEME",
     "SSH_CLUSTER_EXTENSION",
     "SSH_IDENTITY_EXTENSION",
     "TETHER_IDENTITY_OID",

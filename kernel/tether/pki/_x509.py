@@ -1,12 +1,17 @@
 """X.509 certificates for mutual TLS: issuing them from an identity, and verifying them.
 
 The certificate is a plain TLS client (and optionally server) certificate that ``openssl
-verify`` accepts; the Tether identity rides in one non-critical extension under
-:data:`TETHER_IDENTITY_OID`, so TLS stacks that do not know it simply ignore it.
+verify`` accepts; the Tether identity rides in a URI of its subject alternative names
+(:data:`IDENTITY_URI_SCHEME`), where every TLS stack reads it without knowing it, as SPIFFE
+puts its IDs. Certificates issued before carry it in a private extension
+(:data:`TETHER_IDENTITY_OID`) instead, which is still read: its OID has an arc of 128 bits,
+which Go's X.509 parser refuses (``malformed extension OID field``), so kubectl and every
+other Go client could not load a Tether certificate.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +35,7 @@ from ._keys import SubjectPublicKey, load_cert, load_public_key
 from ._verify import CLOCK_SKEW, Envelope, utc_now, verify_envelope
 
 __all__ = [
+    "IDENTITY_URI_SCHEME",
     "TETHER_IDENTITY_OID",
     "X509TrustAnchor",
     "X509TrustedCAs",
@@ -39,9 +45,15 @@ __all__ = [
     "x509_host_names",
 ]
 
-#: Tether's private OID for the identity extension (value: a DER UTF8String holding the
-#: compact JSON of :meth:`Identity.to_json`). It lives under the ``2.25`` arc, where an OID is
-#: derived from a random UUID (ITU-T X.667): unique without registering an enterprise number.
+#: The scheme of the subject alternative name that carries the identity:
+#: ``tether-identity:`` and the compact JSON of :meth:`Identity.to_json`, base64url-encoded
+#: without padding (a URI is ASCII; names and traits need not be).
+IDENTITY_URI_SCHEME = "tether-identity"
+
+#: The private OID of the identity extension of certificates issued before the identity moved
+#: to a subject alternative name (value: a DER UTF8String holding the compact JSON); read,
+#: never written. It lives under the ``2.25`` arc (an OID derived from a random UUID, ITU-T
+#: X.667), whose 128-bit arc Go's parser refuses.
 TETHER_IDENTITY_OID = x509.ObjectIdentifier("2.25.202323475416061642231168755390122179760")
 
 
@@ -53,18 +65,6 @@ X509TrustedCAs: TypeAlias = Sequence[X509TrustAnchor] | Mapping[str, Sequence[X5
 _UNBOUND = ""  # cluster key for CAs given as a plain sequence: trusted for any cluster
 
 _UTF8STRING = 0x0C
-
-
-def _der_utf8string(text: bytes) -> bytes:
-    """Wrap *text* in a DER UTF8String, so the extension value is well-formed ASN.1 that
-    ``openssl asn1parse`` and ``openssl x509 -text`` display as text."""
-    length = len(text)
-    if length < 0x80:
-        header = bytes([_UTF8STRING, length])
-    else:
-        size = length.to_bytes((length.bit_length() + 7) // 8, "big")
-        header = bytes([_UTF8STRING, 0x80 | len(size)]) + size
-    return header + text
 
 
 def _parse_der_utf8string(data: bytes) -> bytes:
@@ -146,18 +146,17 @@ def issue_x509_cert(
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(_authority_key_identifier(ca.certificate), critical=False)
-        .add_extension(
-            x509.UnrecognizedExtension(
-                TETHER_IDENTITY_OID, _der_utf8string(identity.to_json_bytes())
-            ),
-            critical=False,
-        )
     )
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    names.append(x509.UniformResourceIdentifier(_identity_uri(identity)))
+    builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(ca.private_key, signing_hash(ca.private_key))
+
+
+def _identity_uri(identity: Identity) -> str:
+    encoded = base64.urlsafe_b64encode(identity.to_json_bytes()).rstrip(b"=").decode()
+    return f"{IDENTITY_URI_SCHEME}:{encoded}"
 
 
 def sign_subject_cert(
@@ -341,18 +340,42 @@ def read_x509_identity(cert: x509.Certificate | bytes) -> Identity:
 
 
 def _identity_extension(parsed: x509.Certificate) -> bytes | None:
-    """The raw value of the identity extension, unverified; None when there is none."""
+    """The identity's JSON, unverified, from the subject alternative name or (a certificate
+    issued before) the private extension; None when there is none.
+
+    :raises ValueError: more than one identity, or one that is not well-formed.
+    """
+    prefix = f"{IDENTITY_URI_SCHEME}:"
+    try:
+        sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        uris: list[str] = []
+    else:
+        uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    carried = [u.removeprefix(prefix) for u in uris if u.startswith(prefix)]
     try:
         ext = parsed.extensions.get_extension_for_oid(TETHER_IDENTITY_OID).value
     except x509.ExtensionNotFound:
+        legacy = None
+    else:
+        if not isinstance(ext, x509.UnrecognizedExtension):
+            raise ValueError("identity extension has an unexpected type")
+        legacy = _parse_der_utf8string(ext.value)
+    if len(carried) + (legacy is not None) > 1:
+        raise ValueError("the certificate carries more than one identity")
+    if legacy is not None:
+        return legacy
+    if not carried:
         return None
-    if not isinstance(ext, x509.UnrecognizedExtension):
-        raise ValueError("identity extension has an unexpected type")
-    return ext.value
+    encoded = carried[0]
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except ValueError:
+        raise ValueError("the identity name is not base64url") from None
 
 
 def _decode_identity(raw: bytes) -> Identity:
-    return Identity.from_json(_parse_der_utf8string(raw))
+    return Identity.from_json(raw)
 
 
 def _embedded_identity(parsed: x509.Certificate) -> Identity:
