@@ -13,8 +13,8 @@
 #     v1.20.2.log      what the last preparation printed
 #     v1.20.2.lock     held (flock) while a preparation runs: one at a time
 #
-# Nothing is done again that the cache already has. The build takes about 7 minutes on a fresh
-# machine, so it must not delay the tests: this returns at once and the work goes on in the
+# Nothing is done again that the cache already has. The build takes 9 to 13 minutes on a fresh
+# 2-core machine, so it must not delay the tests: this returns at once and the work goes on in the
 # background, in a session of its own (tox neither waits for it nor stops it), niced, its output
 # in the log; the tests that need Kubernetes run last and wait for the status, and are skipped
 # with its reason when it is "failed: ...". --foreground does the work here and now instead

@@ -3,7 +3,7 @@ kube-controller-manager 1.20.2 on 127.0.0.1, and Debian's kubectl 1.20 to talk t
 
 ``scripts/kube-deps.sh`` (which tox runs before the tests) prepares the components in a cache
 outside the clone, in the background: the server binaries are built from Debian's source
-package, which takes about 7 minutes on a fresh machine. :func:`kube_components` waits for
+package, which takes about 10 minutes on a fresh machine. :func:`kube_components` waits for
 that preparation (20 minutes at most, ``TETHER_KUBE_WAIT`` seconds if set) and skips the test
 with one line naming why when the components cannot be had (not prepared, or the preparation
 failed: its log says more). The tests that use the ``kube_apiserver`` fixture, or carry the
