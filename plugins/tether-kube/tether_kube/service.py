@@ -58,6 +58,10 @@ CONNECT_TIMEOUT = 10.0
 #: impersonation is the service's to set (a user's own ``--as`` is read, then replaced).
 _STRIPPED = frozenset({b"authorization", b"host"})
 _IMPERSONATE = b"impersonate-"
+#: An API server that trusts an authenticating proxy reads the user from these (its
+#: ``--requestheader-*-headers``, ``X-Remote-`` by default); the service's credentials may be
+#: such a proxy's, so a user's own are never passed on.
+_REMOTE_USER = b"x-remote-"
 
 
 @attrs.frozen
@@ -253,7 +257,7 @@ class _RequestGate:
                     f"Tether does not pass on {name.decode('latin-1')} headers: impersonation "
                     "is decided by your roles",
                 )
-            elif lowered not in _STRIPPED:
+            elif lowered not in _STRIPPED and not lowered.startswith(_REMOTE_USER):
                 forwarded.append((name, value))
         if not self.roles.can_access("kubernetes_labels", labels, traits):
             raise Refused(
