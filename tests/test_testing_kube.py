@@ -6,7 +6,6 @@ gets when the components are not there (one line saying why)."""
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
 import os
 import pathlib
@@ -27,6 +26,7 @@ from tether.testing.kube import (
     kube_components,
     start_kube_apiserver,
 )
+from tether.testing.kube_machine import socket_peers
 from tether.testing.kube_node import (
     BUSYBOX_IMAGE,
     NODE_NAME,
@@ -202,22 +202,6 @@ def test_exec_returns_the_commands_output_and_exit_status(
     assert echoed.stdout == "SHOUT\n"
 
 
-def _tcp_peers() -> set[tuple[str, int]]:
-    """The remote ``(address, port)`` of every TCP socket of the machine (IPv4 and IPv6)."""
-    peers = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in pathlib.Path(table).read_text().splitlines()[1:]:
-            remote = line.split()[2]
-            address, port = remote.split(":")
-            raw = bytes.fromhex(address)
-            # each 32-bit word is in the machine's (little-endian) order
-            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            if len(words) == 16 and words[:12] == b"\0" * 10 + b"\xff\xff":
-                words = words[12:]
-            peers.add((str(ipaddress.ip_address(words)), int(port, 16)))
-    return peers
-
-
 def test_the_api_server_reaches_the_kubelet_on_loopback_never_at_the_nodes_address(
     kube_node: KubeNode, namespace: str, ticker: str
 ) -> None:
@@ -227,7 +211,7 @@ def test_the_api_server_reaches_the_kubelet_on_loopback_never_at_the_nodes_addre
 
     def watch() -> None:
         while running.is_set():
-            seen.update(_tcp_peers())
+            seen.update(socket_peers())
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)

@@ -1,6 +1,8 @@
-"""``tether.testing.kube_machine``: a test node leaves the machine as it found it (its
-processes, mounts, cgroups, kernel parameters and the paths the kubelet makes outside its
-directory), also when the test run that started it was killed (the next node undoes it)."""
+"""``tether.testing.kube_machine``: a test node talks to nothing but 127.0.0.1 (not even the
+cloud metadata address the kubelet's ECR credential provider asks by default) and leaves the
+machine as it found it (its processes, mounts, cgroups, kernel parameters and the paths the
+kubelet makes outside its directory), also when the test run that started it was killed (the
+next node undoes it)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 
@@ -24,6 +28,7 @@ from tether.testing.kube_machine import (
     machine_lock,
     mounts_under,
     processes_naming,
+    socket_peers,
 )
 from tether.testing.kube_node import NODE_NAME, kube_node_components, leftovers, start_kube_node
 
@@ -43,10 +48,24 @@ def _cgroups() -> set[pathlib.Path]:
     }
 
 
-def test_a_node_leaves_the_machine_as_it_found_it(kube_apiserver: KubeAPIServer) -> None:
+def test_a_node_talks_only_to_loopback_and_leaves_the_machine_as_it_found_it(
+    kube_apiserver: KubeAPIServer,
+) -> None:
     components = kube_node_components()
     before = (_sysctls(), _cgroups(), {path for path in OUTSIDE if os.path.lexists(path)})
     directory = pathlib.Path(tempfile.mkdtemp(prefix="tether-kube-node-"))
+    # where the node's processes (containerd, the kubelet, shims, containers) connect to
+    peers: set[tuple[str, int]] = set()
+    watching = threading.Event()
+    watching.set()
+
+    def watch() -> None:
+        while watching.is_set():
+            peers.update(socket_peers(processes_naming(f"{directory}/")))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
         with start_kube_node(kube_apiserver, directory, components=components) as node:
             node.run_pod(node.pod("sleeper", ["sleep", "3600"]))
@@ -57,6 +76,11 @@ def test_a_node_leaves_the_machine_as_it_found_it(kube_apiserver: KubeAPIServer)
             assert RECORD.exists()
             # containerd, the kubelet, and the pod's shim (one for its sandbox and container)
             assert len(processes_naming(f"{directory}/")) == 3
+            node.server.kubectl("exec", "sleeper", "--", "true")
+        watching.clear()
+        watcher.join()
+        assert peers  # the kubelet's connections to the API server, at least
+        assert {address for address, _ in peers} <= {"127.0.0.1", "::1"}
         assert leftovers(directory) == []
         assert processes_naming(f"{directory}/") == []
         assert _sysctls() == before[0]
@@ -68,6 +92,8 @@ def test_a_node_leaves_the_machine_as_it_found_it(kube_apiserver: KubeAPIServer)
         pods = kube_apiserver.kubectl("get", "pods", "-n", "default", "-o", "name").stdout
         assert "pod/sleeper" not in pods
     finally:
+        watching.clear()
+        watcher.join()
         if not leftovers(directory):
             shutil.rmtree(directory, ignore_errors=True)
 

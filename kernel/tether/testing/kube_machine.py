@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import ipaddress
 import json
 import os
 import signal
@@ -41,6 +42,7 @@ __all__ = [
     "machine_lock",
     "mounts_under",
     "processes_naming",
+    "socket_peers",
 ]
 
 #: Held (flock) while a test node runs on this machine.
@@ -160,6 +162,35 @@ def processes_naming(text: str) -> list[int]:
         if any(needle in arg for arg in argv):
             found.append(int(entry.name))
     return found
+
+
+def socket_peers(pids: Iterable[int] | None = None) -> set[tuple[str, int]]:
+    """The remote ``(address, port)`` of the connected TCP and UDP sockets of ``pids`` (of
+    every process when None), IPv4 and IPv6: where a node's processes talk to."""
+    inodes: set[str] | None = None
+    if pids is not None:
+        inodes = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):  # gone in the meantime
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(fd)
+                        if target.startswith("socket:["):
+                            inodes.add(target[8:-1])
+    peers = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path("/proc/net", table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[2].split(":")
+            if int(port, 16) == 0 or (inodes is not None and fields[9] not in inodes):
+                continue  # not connected, or another process's
+            raw = bytes.fromhex(address)
+            # each 32-bit word in the machine's (little-endian) order
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            if packed[:12] == b"\0" * 10 + b"\xff\xff":  # an IPv4-mapped IPv6 address
+                packed = packed[12:]
+            peers.add((str(ipaddress.ip_address(packed)), int(port, 16)))
+    return peers
 
 
 def _processes_in(cgroups: Iterable[str]) -> set[int]:

@@ -432,6 +432,9 @@ def _running_node(
         **os.environ,
         # containerd finds its runc shim on PATH
         "PATH": f"{components.directory}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        # the kubelet's ECR credential provider asks the EC2 metadata service (169.254.169.254)
+        # for AWS credentials at start: nothing may leave the machine
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
     containerd_dir = directory / "containerd"
     containerd_dir.mkdir(exist_ok=True)
