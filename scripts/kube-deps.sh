@@ -21,12 +21,13 @@
 #     v1.20.2.lock     held (flock) while a preparation runs: one at a time
 #
 # Nothing is done again that the cache already has. The build takes 9 to 13 minutes on a fresh
-# 2-core machine, so it must not delay the tests: this returns at once and the work goes on in the
-# background, in a session of its own (tox neither waits for it nor stops it), niced, its output
-# in the log; the tests that need Kubernetes run last and wait for the status, and are skipped
-# with its reason when it is "failed: ...". --foreground does the work here and now instead
-# (for a machine image or to watch it); the exit status is 0 either way, the status file says
-# what happened. The harness in kernel/tether/testing/kube.py reads this layout: change both.
+# 2-core machine (the kubelet's 1.5 to 2.5 more, the node's packages and images seconds), so it
+# must not delay the tests: this returns at once and the work goes on in the background, in a
+# session of its own (tox neither waits for it nor stops it), niced, its output in the log; the
+# tests that need Kubernetes run last and wait for the status, and are skipped with its reason
+# when it is "failed: ...". --foreground does the work here and now instead (for a machine image
+# or to watch it); the exit status is 0 either way, the status files say what happened. The
+# harness in kernel/tether/testing/kube.py and kube_node.py reads this layout: change them all.
 set -Eeuo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version=v1.20.2

@@ -79,6 +79,8 @@ BUSYBOX_IMAGE = "tether.local/busybox:1"
 PAUSE_IMAGE = "tether.local/pause:1"
 #: How long the node may take to register once started (a loaded 2-core machine).
 START_TIMEOUT = 120.0
+#: The longest path a unix socket may have (sun_path, less its final NUL).
+_MAX_SOCKET_PATH = 107
 
 
 @attrs.frozen
@@ -388,10 +390,11 @@ def start_kube_node(
     machine put back (:mod:`tether.testing.kube_machine`); the node and its role binding
     are removed from the server.
 
-    ``components`` defaults to :func:`kube_node_components` (which may wait, or skip the
-    test); the test is also skipped when the machine cannot run a node
-    (:func:`node_unavailable`), or when another test's node still runs on it after
-    ``TETHER_KUBE_WAIT`` seconds.
+    ``directory`` holds containerd's unix sockets, so its path must be short (one of
+    ``tempfile.mkdtemp()``, not pytest's ``tmp_path``). ``components`` defaults to
+    :func:`kube_node_components` (which may wait, or skip the test); the test is also
+    skipped when the machine cannot run a node (:func:`node_unavailable`), or when another
+    test's node still runs on it after ``TETHER_KUBE_WAIT`` seconds.
     """
     components = components or kube_node_components()
     unavailable = node_unavailable()
@@ -439,12 +442,17 @@ def _running_node(
     containerd_dir = directory / "containerd"
     containerd_dir.mkdir(exist_ok=True)
     socket_path = containerd_dir / "containerd.sock"
+    if len(f"{socket_path}.ttrpc") > _MAX_SOCKET_PATH:
+        raise ValueError(
+            f"{directory} is too long a path for containerd's sockets in it (at most "
+            f"{_MAX_SOCKET_PATH - len('/containerd/containerd.sock.ttrpc')} characters): "
+            "use a directory of tempfile.mkdtemp()"
+        )
     (containerd_dir / "config.toml").write_text(
         _containerd_config(containerd_dir, socket_path, components.runc)
     )
     with contextlib.ExitStack() as stack:
         stack.callback(_forget_node, server)
-        started = time.monotonic()
         containerd = spawn_logged(
             [str(components.containerd), f"--config={containerd_dir / 'config.toml'}"],
             directory / "containerd.log",
@@ -474,7 +482,6 @@ def _running_node(
         stack.callback(stop_process, kubelet)
         stack.callback(_delete_pods, server)
         _wait(lambda: _registered(server, node), kubelet, "kubelet", node)
-        node.directory.joinpath("started-in").write_text(f"{time.monotonic() - started:.1f}\n")
         yield node
 
 
