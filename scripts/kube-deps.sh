@@ -3,23 +3,31 @@
 # (tether.testing.kube): Debian's etcd (etcd-server, installed with apt where missing), Debian's
 # kubectl 1.20 (extracted from kubernetes-client, which would clash with another kubectl on
 # PATH) and kube-apiserver + kube-controller-manager 1.20.2, built from Debian's source package
-# by scripts/build-kube-apiserver.sh (Debian ships no server binaries). All but etcd go to a
-# cache outside the clone, one directory per version:
+# by scripts/build-kube-apiserver.sh (Debian ships no server binaries). Then, for a node that
+# runs pods (root only): the kubelet, built from the same source right after the servers (with
+# their Go cache), Debian's containerd (with its ctr and runc shim) and runc unpacked from their
+# packages (not installed), and two images made by scripts/kube-node-images.py from Debian's
+# busybox-static. All but etcd go to a cache outside the clone, one directory per version:
 #
 #   ${TETHER_KUBE_CACHE:-/var/cache/tether/kube}   (not root: ~/.cache/tether/kube)
 #     v1.20.2/         kube-apiserver, kube-controller-manager, kubectl; only ever renamed in
 #                      whole, so it is complete or absent
 #     v1.20.2.status   "ok", "failed: REASON", or "preparing since ..." while it runs
-#     v1.20.2.log      what the last preparation printed
+#     v1.20.2-node/    kubelet, containerd, containerd-shim-runc-v2, ctr, runc, images/*.tar,
+#                      VERSIONS (the Debian packages'); complete or absent, like v1.20.2/
+#     v1.20.2-node.status  the same for the node's part: it may fail (not root, a package
+#                      missing) while the server's is "ok"; then only the node's tests skip
+#     v1.20.2.log      what the last preparation printed (both parts)
 #     v1.20.2.lock     held (flock) while a preparation runs: one at a time
 #
 # Nothing is done again that the cache already has. The build takes 9 to 13 minutes on a fresh
-# 2-core machine, so it must not delay the tests: this returns at once and the work goes on in the
-# background, in a session of its own (tox neither waits for it nor stops it), niced, its output
-# in the log; the tests that need Kubernetes run last and wait for the status, and are skipped
-# with its reason when it is "failed: ...". --foreground does the work here and now instead
-# (for a machine image or to watch it); the exit status is 0 either way, the status file says
-# what happened. The harness in kernel/tether/testing/kube.py reads this layout: change both.
+# 2-core machine (the kubelet's 1.5 to 2.5 more, the node's packages and images seconds), so it
+# must not delay the tests: this returns at once and the work goes on in the background, in a
+# session of its own (tox neither waits for it nor stops it), niced, its output in the log; the
+# tests that need Kubernetes run last and wait for the status, and are skipped with its reason
+# when it is "failed: ...". --foreground does the work here and now instead (for a machine image
+# or to watch it); the exit status is 0 either way, the status files say what happened. The
+# harness in kernel/tether/testing/kube.py and kube_node.py reads this layout: change them all.
 set -Eeuo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version=v1.20.2
@@ -33,6 +41,8 @@ else
 fi
 final=$cache/$version
 status=$cache/$version.status
+node_final=$cache/$version-node
+node_status=$cache/$version-node.status
 log=$cache/$version.log
 lock=$cache/$version.lock
 work=$cache/$version.work
@@ -57,6 +67,16 @@ ready() {
     [[ -x $final/kube-apiserver && -x $final/kube-controller-manager && -x $final/kubectl ]]
 }
 
+node_binaries=(kubelet containerd containerd-shim-runc-v2 ctr runc)
+node_ready() {
+  local binary
+  [[ $(cat "$node_status" 2>/dev/null) == ok ]] || return 1
+  for binary in "${node_binaries[@]}"; do
+    [[ -x $node_final/$binary ]] || return 1
+  done
+  [[ -f $node_final/images/busybox.tar && -f $node_final/images/pause.tar ]]
+}
+
 # apt-get with lists of its own in $work: the machine's sources plus their deb-src twins, so
 # that neither the machine's apt configuration nor its package lists change (and no root is
 # needed to fetch)
@@ -66,18 +86,100 @@ private_apt() {
     -o Acquire::Retries=3 "$@"
 }
 
+# The Kubernetes source package, extracted in $work/src (once: kept until the preparation is done)
+fetch_source() {
+  step="fetching Debian's kubernetes source package ($debian_version)"
+  echo "$(date -u +%T) $step"
+  if [[ ! -d $work/src ]]; then
+    (cd "$work" && private_apt source --download-only "kubernetes=$debian_version")
+    rm -rf "$work/src.new"
+    # apt-get checked the files against the signed Sources index; dpkg-source only warns
+    # that it has no key for the .dsc's own signature
+    dpkg-source -x "$work/kubernetes_$debian_version.dsc" "$work/src.new" >/dev/null
+    mv "$work/src.new" "$work/src"
+  fi
+}
+
+# The node's part, run in a subshell: a failure ends it alone, and its status file says which
+# step failed. Needs the package lists (and, to build the kubelet, the source) in $work.
+prepare_node() {
+  step="starting the node's part"
+  trap 'step="$step (interrupted)"; exit 1' TERM INT HUP
+  trap '[[ $(cat "$node_status" 2>/dev/null) == ok ]] || {
+          echo "failed: $step (see $log)" >"$node_status"
+          rm -rf "${node_staging:-}"
+        }' EXIT
+  echo "$(date -u +%T) preparing the node's components in $node_final"
+  node_staging=$(mktemp -d "$cache/$version-node.new.XXXXXX")
+  chmod 755 "$node_staging"
+  if is_current "$node_final/kubelet"; then
+    ln "$node_final/kubelet" "$node_staging/kubelet" 2>/dev/null ||
+      cp -p "$node_final/kubelet" "$node_staging/"
+  else
+    fetch_source
+    step="building the kubelet (go build)"
+    echo "$(date -u +%T) $step"
+    bash "$here/build-kube-apiserver.sh" "$work/src" "$node_staging" "$work" kubelet || {
+      rm -rf "$work/src"
+      exit 1
+    }
+    step="the built kubelet does not report $version"
+    is_current "$node_staging/kubelet"
+  fi
+  # Debian's own, unpacked and not installed: nothing of the machine's changes, and another
+  # containerd there (Docker's) is left alone
+  step="fetching Debian's containerd, runc and busybox-static"
+  echo "$(date -u +%T) $step"
+  rm -rf "$work/node-debs" "$work/node-root"
+  mkdir -p "$work/node-debs" "$work/node-root"
+  (cd "$work/node-debs" && private_apt download containerd runc busybox-static)
+  : >"$node_staging/VERSIONS"
+  for deb in "$work"/node-debs/*.deb; do
+    dpkg-deb -x "$deb" "$work/node-root"
+    echo "$(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version)" >>"$node_staging/VERSIONS"
+  done
+  cat "$node_staging/VERSIONS"
+  step="containerd's or runc's package lacks a binary the node runs"
+  for binary in containerd containerd-shim-runc-v2 ctr; do
+    cp -p "$work/node-root/usr/bin/$binary" "$node_staging/"
+  done
+  cp -p "$work/node-root/usr/sbin/runc" "$node_staging/"
+  # runc links libseccomp2, which Debian machines have; say so here rather than at a test
+  step="Debian's runc or containerd does not run here (a library missing?)"
+  "$node_staging/runc" --version
+  "$node_staging/containerd" --version
+  step="building the node's images from busybox-static (scripts/kube-node-images.py)"
+  echo "$(date -u +%T) $step"
+  python3 "$here/kube-node-images.py" "$work/node-root/bin/busybox" "$node_staging/images" \
+    "$(dpkg --print-architecture | sed 's/^armhf$/arm/; s/^i386$/386/; s/^ppc64el$/ppc64le/')"
+  step="installing the node's components in $node_final"
+  if [[ -e $node_final ]]; then
+    mv "$node_final" "$cache/$version-node.old.$$"
+  fi
+  mv "$node_staging" "$node_final"
+  rm -rf "$cache/$version-node.old.$$"
+  echo ok >"$node_status"
+  echo "$(date -u +%T) ready: $node_final"
+}
+
 # The preparation, in a process of its own that holds the lock (descriptor 9). Any command that
-# fails ends it, and the status file then says which step failed.
+# fails ends it, and the status file then says which step failed. The server's part comes
+# first, and its status says "ok" as soon as it is: the node's part (the kubelet build) goes on
+# while the server's tests run.
 prepare() {
   step="starting"
   trap 'step="$step (interrupted)"; exit 1' TERM INT HUP
   trap '[[ $(cat "$status" 2>/dev/null) == ok ]] || {
           echo "failed: $step (see $log)" >"$status"
           rm -rf "${staging:-}"
-        }' EXIT
+        }
+        [[ $(cat "$node_status" 2>/dev/null) == preparing* ]] &&
+          echo "failed: the servers'\'' part failed first: $step (see $log)" >"$node_status"
+        true' EXIT
   echo "$(date -u +%T) preparing the Kubernetes $version test components in $cache"
   # what a run that was stopped half-way left (the lock is ours: no other run is in there)
-  rm -rf "$cache/$version".new.* "$cache/$version".old.*
+  rm -rf "$cache/$version".new.* "$cache/$version".old.* "$cache/$version"-node.new.* \
+    "$cache/$version"-node.old.*
   staging=$(mktemp -d "$cache/$version.new.XXXXXX")
   chmod 755 "$staging"
   # keep what the cache already has (a run stopped after one binary, an older kube-deps)
@@ -103,7 +205,14 @@ prepare() {
     echo "$(date -u +%T) $step"
     bash "$here/apt-install.sh" "${need[@]}"
   fi
-  if [[ $build == yes || ! -x $staging/kubectl ]]; then
+  node=yes
+  node_ready && node=no
+  if [[ $node == yes && $(id -u) -ne 0 ]]; then
+    # the kubelet and containerd run as root only: no use building them for this user
+    echo "failed: not root: a node (kubelet, containerd) runs only as root" >"$node_status"
+    node=no
+  fi
+  if [[ $build == yes || ! -x $staging/kubectl || $node == yes ]]; then
     step="no apt-get to fetch Debian's kubernetes packages with"
     command -v apt-get >/dev/null 2>&1 || exit 1
     step="fetching Debian's package lists (with deb-src) into $work/apt"
@@ -140,16 +249,7 @@ prepare() {
     is_current "$staging/kubectl"
   fi
   if [[ $build == yes ]]; then
-    step="fetching Debian's kubernetes source package ($debian_version)"
-    echo "$(date -u +%T) $step"
-    if [[ ! -d $work/src ]]; then
-      (cd "$work" && private_apt source --download-only "kubernetes=$debian_version")
-      rm -rf "$work/src.new"
-      # apt-get checked the files against the signed Sources index; dpkg-source only warns
-      # that it has no key for the .dsc's own signature
-      dpkg-source -x "$work/kubernetes_$debian_version.dsc" "$work/src.new" >/dev/null
-      mv "$work/src.new" "$work/src"
-    fi
+    fetch_source
     step="building kube-apiserver and kube-controller-manager (go build)"
     echo "$(date -u +%T) $step"
     # a tree that a failed build may have left half-generated is extracted again next time
@@ -161,17 +261,33 @@ prepare() {
     is_current "$staging/kube-apiserver"
     is_current "$staging/kube-controller-manager"
   fi
-  step="installing the components in $final"
-  if [[ -e $final ]]; then
-    mv "$final" "$cache/$version.old.$$"
+  if ready; then
+    # only the node's part was missing: the servers' directory stays as the tests see it
+    rm -rf "$staging"
+  else
+    step="installing the components in $final"
+    if [[ -e $final ]]; then
+      mv "$final" "$cache/$version.old.$$"
+    fi
+    mv "$staging" "$final"
+    rm -rf "$cache/$version.old.$$"
+    echo ok >"$status"
+    echo "$(date -u +%T) ready: $final"
   fi
-  mv "$staging" "$final"
-  rm -rf "$cache/$version.old.$$" "$work"
-  echo ok >"$status"
-  echo "$(date -u +%T) ready: $final"
+  if [[ $node == yes ]]; then
+    # its own subshell: a failure there leaves the servers' "ok" as it is
+    set +e
+    (
+      set -e
+      prepare_node
+    )
+    set -e
+  fi
+  # the Go cache and the source stay for another try when the node's part failed
+  [[ $(cat "$node_status" 2>/dev/null) == failed:* && $node == yes ]] || rm -rf "$work"
 }
 
-if ready; then
+if ready && { node_ready || [[ $(cat "$node_status" 2>/dev/null) == "failed: not root"* ]]; }; then
   echo "Kubernetes $version test components: ready in $final"
   exit 0
 fi
@@ -190,11 +306,12 @@ if ! flock -n 9; then
   echo "Kubernetes test components: another run is preparing them (log: $log)"
   exit 0
 fi
-echo "preparing since $(date -u +%FT%TZ)" >"$status"
+ready || echo "preparing since $(date -u +%FT%TZ)" >"$status"
+node_ready || echo "preparing since $(date -u +%FT%TZ)" >"$node_status"
 : >"$log"
 if [[ ${1:-} == --foreground ]]; then
   "$BASH" "$0" --worker </dev/null >>"$log" 2>&1 || true
-  echo "Kubernetes $version test components: $(cat "$status")"
+  echo "Kubernetes $version test components: $(cat "$status"); the node's: $(cat "$node_status")"
   exit 0
 fi
 # a session of its own, no terminal and none of tox's pipes: tox returns at once, and the

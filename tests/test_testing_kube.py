@@ -1,6 +1,7 @@
 """``tether.testing.kube``: the real Kubernetes API server the Kubernetes plugin's tests get
 (the ``kube_apiserver`` fixture), reached with Debian's kubectl 1.20 and with raw requests,
-and what a test gets when the components are not there (one line saying why)."""
+its node (``kube_node``: pods run, ``kubectl logs`` and ``exec`` reach them), and what a test
+gets when the components are not there (one line saying why)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pathlib
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -22,6 +25,13 @@ from tether.testing.kube import (
     kube_cache_dir,
     kube_components,
     start_kube_apiserver,
+)
+from tether.testing.kube_machine import socket_peers
+from tether.testing.kube_node import (
+    BUSYBOX_IMAGE,
+    NODE_NAME,
+    KubeNode,
+    kube_node_components,
 )
 
 
@@ -134,6 +144,88 @@ def test_the_harness_stops_every_process_even_when_the_test_fails() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# --- the node: pods run, and kubectl reaches them --------------------------------------------
+
+
+@pytest.fixture
+def ticker(kube_node: KubeNode, namespace: str) -> str:
+    """A pod of the test's namespace on the node that says it started, then the time each
+    second."""
+    kube_node.run_pod(
+        kube_node.pod(
+            "ticker",
+            ["sh", "-c", "echo started; while true; do date; sleep 1; done"],
+            namespace=namespace,
+        )
+    )
+    return "ticker"
+
+
+def test_the_node_registers_with_its_runtime_and_declared_address(kube_node: KubeNode) -> None:
+    node = json.loads(kube_node.server.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == KUBE_VERSION
+    assert info["containerRuntimeVersion"].startswith("containerd://1.")
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses == {"InternalIP": kube_node.address, "Hostname": NODE_NAME}
+    images = [name for image in node["status"]["images"] for name in image["names"]]
+    assert BUSYBOX_IMAGE in images
+
+
+def test_a_host_network_busybox_pod_runs_and_logs(
+    kube_node: KubeNode, namespace: str, ticker: str
+) -> None:
+    pod = json.loads(
+        kube_node.server.kubectl("get", "pod", ticker, "-n", namespace, "-o", "json").stdout
+    )
+    assert pod["status"]["phase"] == "Running"
+    assert pod["status"]["podIP"] == kube_node.address  # the host's network
+    time.sleep(1.5)
+    logs = kube_node.server.kubectl("logs", ticker, "-n", namespace).stdout.splitlines()
+    assert logs[0] == "started"
+    assert len(logs) >= 2
+
+
+def test_exec_returns_the_commands_output_and_exit_status(
+    kube_node: KubeNode, namespace: str, ticker: str
+) -> None:
+    ran = kube_node.server.kubectl(
+        "exec", ticker, "-n", namespace, "--", "sh", "-c", "id -u; echo to stderr >&2; exit 3",
+        check=False,
+    )  # fmt: skip
+    assert ran.returncode == 3
+    assert ran.stdout == "0\n"
+    assert ran.stderr == "to stderr\ncommand terminated with exit code 3\n"
+    echoed = kube_node.server.kubectl(
+        "exec", "-i", ticker, "-n", namespace, "--", "tr", "a-z", "A-Z", input="shout\n"
+    )
+    assert echoed.stdout == "SHOUT\n"
+
+
+def test_the_api_server_reaches_the_kubelet_on_loopback_never_at_the_nodes_address(
+    kube_node: KubeNode, namespace: str, ticker: str
+) -> None:
+    seen: set[tuple[str, int]] = set()
+    running = threading.Event()
+    running.set()
+
+    def watch() -> None:
+        while running.is_set():
+            seen.update(socket_peers())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        kube_node.server.kubectl("exec", ticker, "-n", namespace, "--", "sleep", "2")
+        kube_node.server.kubectl("logs", ticker, "-n", namespace)
+    finally:
+        running.clear()
+        watcher.join()
+    assert ("127.0.0.1", kube_node.kubelet_port) in seen
+    assert [peer for peer in seen if peer[0] == kube_node.address] == []
+
+
 # --- without the components: one line says why ------------------------------------------------
 
 
@@ -193,6 +285,19 @@ def test_the_answer_is_kept_so_later_tests_do_not_wait_again(cache: pathlib.Path
     _skip_reason()
     (cache / f"{KUBE_VERSION}.status").write_text("failed: something else\n")
     assert _skip_reason().startswith(f"no Kubernetes {KUBE_VERSION} components in ")
+
+
+def test_the_nodes_part_says_its_own_reason(cache: pathlib.Path) -> None:
+    (cache / f"{KUBE_VERSION}.status").write_text("ok\n")
+    (cache / f"{KUBE_VERSION}-node.status").write_text(
+        "failed: not root: a node (kubelet, containerd) runs only as root\n"
+    )
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        kube_node_components(timeout=0)
+    assert str(skipped.value) == (
+        f"no Kubernetes {KUBE_VERSION} node components: not root: a node (kubelet, containerd)"
+        " runs only as root"
+    )
 
 
 def test_the_cache_is_per_user_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,4 +13,6 @@ import of ``tether`` (``docs/plugins.md``, "Testing with ``tether.testing``").
 - :mod:`tether.testing.trusted_clusters`: a leaf joined to a root as the guide's admins do it.
 - :mod:`tether.testing.kube`: a real Kubernetes API server (etcd, kube-apiserver 1.20.2) and
   Debian's kubectl, for a plugin that reaches Kubernetes clusters.
+- :mod:`tether.testing.kube_node`: a node of it (containerd, a kubelet) that runs pods, and
+  :mod:`tether.testing.kube_machine`, which puts the machine back after it.
 """

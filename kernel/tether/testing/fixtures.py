@@ -3,7 +3,8 @@
 ``tether_cluster`` is shared by the tests of a module (starting a cluster costs about a
 second); tests that change cluster-wide state start their own with ``start_cluster``.
 ``os_user`` is the real OS account a protocol plugin's sessions run as. ``kube_apiserver`` is
-a real Kubernetes API server shared by the whole run (:mod:`tether.testing.kube`).
+a real Kubernetes API server shared by the whole run (:mod:`tether.testing.kube`), and
+``kube_node`` a node of it that runs pods (:mod:`tether.testing.kube_node`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ import pytest
 from tether.testing.accounts import can_create_accounts, os_account
 from tether.testing.cluster import RunningCluster, start_cluster, stop_forgotten_daemons
 from tether.testing.kube import KubeAPIServer, kube_components, start_kube_apiserver
+from tether.testing.kube_node import (
+    KubeNode,
+    kube_node_components,
+    leftovers,
+    start_kube_node,
+)
 
 __all__ = [
     "kube_apiserver",
+    "kube_node",
     "os_user",
     "stopped_daemons",
     "tether_cluster",
@@ -93,3 +101,24 @@ def kube_apiserver() -> Iterator[KubeAPIServer]:
             yield server
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def kube_node(kube_apiserver: KubeAPIServer) -> Iterator[KubeNode]:
+    """A node of ``kube_apiserver`` that runs pods (Debian's containerd and runc, a kubelet
+    1.20.2 built from Debian's source), shared within a module (about 8 s to start) and
+    stopped after it, the machine put back as it was: a machine has one node at a time, and
+    between modules a test may start its own. Only ``hostNetwork`` pods bound to it run
+    (``kube_node.pod(name, command)`` writes one); ``kubectl exec``, ``attach``, ``logs``
+    and ``port-forward`` reach them. Needs root; waits for the components like
+    ``kube_apiserver``, or skips the test with the reason (see
+    :mod:`tether.testing.kube_node`)."""
+    components = kube_node_components()
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="tether-kube-node-"))
+    try:
+        with start_kube_node(kube_apiserver, directory, components=components) as node:
+            yield node
+    finally:
+        # nothing is mounted under it any more (the node's exit saw to it), or it stays
+        if not leftovers(directory):
+            shutil.rmtree(directory, ignore_errors=True)

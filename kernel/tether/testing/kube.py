@@ -12,8 +12,10 @@ failed: its log says more). The tests that use the ``kube_apiserver`` fixture, o
 :func:`start_kube_apiserver` starts etcd, the API server and the controller manager with a CA
 made here for the occasion, an administrator's client certificate (group ``system:masters``)
 and RBAC authorization, on free ports, and stops all three when the block ends, whatever
-happened in it. There is no kubelet and no scheduler: pods stay ``Pending``, and ``exec``,
-``logs`` and ``port-forward`` have no container to reach.
+happened in it. There is no scheduler, and no kubelet unless a test adds a node
+(:mod:`tether.testing.kube_node`): until then pods stay ``Pending``. The server reaches a
+kubelet with a client certificate of its CA, verifies the kubelet's, and dials it at its node's
+host name only.
 
 The cache (``kube-deps.sh`` writes it, this module reads it): ``$TETHER_KUBE_CACHE``, else
 ``/var/cache/tether/kube`` for root and ``~/.cache/tether/kube`` for other users; in it,
@@ -39,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import httpx
@@ -93,8 +96,15 @@ class KubeComponents:
     kubectl: Path
 
 
+_T = TypeVar("_T")
+
 #: what each cache directory gave this process: the components, or why a test is skipped
 _outcomes: dict[Path, KubeComponents | str] = {}
+
+
+def wait_timeout() -> float:
+    """How long to wait for a preparation under way: ``TETHER_KUBE_WAIT``, else 20 minutes."""
+    return float(os.environ.get("TETHER_KUBE_WAIT", DEFAULT_WAIT))
 
 
 def kube_components(*, timeout: float | None = None) -> KubeComponents:
@@ -107,17 +117,27 @@ def kube_components(*, timeout: float | None = None) -> KubeComponents:
     """
     cache = kube_cache_dir()
     if cache not in _outcomes:
-        if timeout is None:
-            timeout = float(os.environ.get("TETHER_KUBE_WAIT", DEFAULT_WAIT))
-        _outcomes[cache] = _wait_for_components(cache, timeout)
+        _outcomes[cache] = wait_for_preparation(
+            cache,
+            KUBE_VERSION,
+            f"Kubernetes {KUBE_VERSION} components",
+            _found,
+            wait_timeout() if timeout is None else timeout,
+        )
     outcome = _outcomes[cache]
     if isinstance(outcome, str):
         pytest.skip(outcome)
     return outcome
 
 
-def _wait_for_components(cache: Path, timeout: float) -> KubeComponents | str:
-    status_path = cache / f"{KUBE_VERSION}.status"
+def wait_for_preparation(
+    cache: Path, part: str, what: str, found: Callable[[Path], _T | str], timeout: float
+) -> _T | str:
+    """What ``kube-deps.sh`` prepared of ``part`` (``v1.20.2``, or ``v1.20.2-node``: the name
+    of its status file in ``cache``), as ``found(cache)`` reads it once the status says
+    ``ok``; or, as one line naming ``what`` is missing, why it cannot be had. Waits while the
+    preparation holds its lock, ``timeout`` seconds at most."""
+    status_path = cache / f"{part}.status"
     log = cache / f"{KUBE_VERSION}.log"
     lock = cache / f"{KUBE_VERSION}.lock"
     deadline = time.monotonic() + timeout
@@ -125,25 +145,22 @@ def _wait_for_components(cache: Path, timeout: float) -> KubeComponents | str:
         status = _read(status_path)
         if status is None and not _held(lock):
             return (
-                f"no Kubernetes {KUBE_VERSION} components in {cache}: run scripts/kube-deps.sh "
+                f"no {what} in {cache}: run scripts/kube-deps.sh "
                 "(tox does; as root it installs what it needs)"
             )
         if status == "ok":
-            return _found(cache)
+            return found(cache)
         if status is not None and status.startswith("failed: "):
-            return f"no Kubernetes {KUBE_VERSION} components: {status.removeprefix('failed: ')}"
+            return f"no {what}: {status.removeprefix('failed: ')}"
         if not _held(lock):
             if _read(status_path) == "ok":  # it finished between the two looks
-                return _found(cache)
+                return found(cache)
             return (
-                f"no Kubernetes {KUBE_VERSION} components: their preparation stopped before "
-                f"it finished (log: {log}); run scripts/kube-deps.sh again"
+                f"no {what}: their preparation stopped before it finished (log: {log}); run "
+                "scripts/kube-deps.sh again"
             )
         if time.monotonic() >= deadline:
-            return (
-                f"no Kubernetes {KUBE_VERSION} components: still being prepared after "
-                f"{timeout:g} s (log: {log})"
-            )
+            return f"no {what}: still being prepared after {timeout:g} s (log: {log})"
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
@@ -405,6 +422,23 @@ class KubeAPIServer:
         )
         return client
 
+    def issue_serving_cert(
+        self, name: str, *, dns_names: Sequence[str] = (), addresses: Sequence[str] = ()
+    ) -> tuple[Path, Path]:
+        """A server certificate from the server's CA naming ``dns_names`` and ``addresses``
+        (a kubelet's, which the API server verifies), written with its key under
+        ``directory/servers/NAME``: ``(certificate, key)``."""
+        cert_pem, key_pem = self._authority.issue(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+            dns_names=dns_names,
+            addresses=addresses,
+        )
+        home = self.directory / "servers" / name
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "server.crt").write_bytes(cert_pem)
+        _write_secret(home / "server.key", key_pem)
+        return home / "server.crt", home / "server.key"
+
     def client_context(self, client: KubeClientCert | None = None) -> ssl.SSLContext:
         """A TLS context for the server (``httpx.Client(verify=...)``): it verifies the server
         against the CA and presents ``client``'s certificate, the administrator's by default."""
@@ -460,6 +494,12 @@ def start_kube_apiserver(
     admin_cert, admin_key = authority.issue(_user_subject("kube-admin", ["system:masters"]))
     (pki / "admin.crt").write_bytes(admin_cert)
     _write_secret(pki / "admin.key", admin_key)
+    # how the server reaches a kubelet (exec, logs, port-forward), when a test adds a node
+    kubelet_cert, kubelet_key = authority.issue(
+        _user_subject("kube-apiserver-kubelet-client", ["system:masters"])
+    )
+    (pki / "kubelet-client.crt").write_bytes(kubelet_cert)
+    _write_secret(pki / "kubelet-client.key", kubelet_key)
     service_accounts = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_secret(pki / "sa.key", _key_pem(service_accounts))
     (pki / "sa.pub").write_bytes(
@@ -471,7 +511,7 @@ def start_kube_apiserver(
     with contextlib.ExitStack() as stack:
 
         def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-            process = _spawn(argv, directory / f"{name}.log", directory)
+            process = spawn_logged(argv, directory / f"{name}.log", directory)
             processes[name] = process
             stack.callback(stop_process, process)
             return process
@@ -522,6 +562,13 @@ def start_kube_apiserver(
                     # with the reconciler's errors
                     "--endpoint-reconciler-type=none",
                     "--enable-priority-and-fairness=false",
+                    # a kubelet is reached as a client of the CA, its certificate verified, at
+                    # its node's host name only: a test node's (tether.testing.kube_node) is
+                    # localhost, and its declared IP address is never dialled
+                    f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                    f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                    f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                    "--kubelet-preferred-address-types=Hostname",
                 ],
             )
 
@@ -583,11 +630,14 @@ def start_kube_apiserver(
         yield server
 
 
-def _spawn(argv: list[str], log_path: Path, directory: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with its output in ``log_path``. From the main thread, the process also
-    gets SIGTERM when this one dies (``setpriv --pdeathsig``), so that even a test run that is
-    killed leaves no etcd behind (the signal comes when the thread that started it ends: a
-    worker thread's processes would die with the thread, so those go without)."""
+def spawn_logged(
+    argv: list[str], log_path: Path, directory: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in ``directory`` (with environment ``env``, else this one's), its
+    output in ``log_path``. From the main thread, the process also gets SIGTERM when this one
+    dies (``setpriv --pdeathsig``), so that even a test run that is killed leaves no etcd or
+    kubelet behind (the signal comes when the thread that started it ends: a worker thread's
+    processes would die with the thread, so those go without)."""
     prefix: list[str] = []
     setpriv = shutil.which("setpriv")
     if setpriv and threading.current_thread() is threading.main_thread():
@@ -599,6 +649,7 @@ def _spawn(argv: list[str], log_path: Path, directory: Path) -> subprocess.Popen
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=directory,
+            env=env,
         )
 
 

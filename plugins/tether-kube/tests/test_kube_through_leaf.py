@@ -11,11 +11,19 @@ cluster ``leaf`` mapping ``access`` to ``kube-access``, whose ``kubernetes_group
 the root's traits and whose ``kubernetes_resources`` reach only the namespace ``team``. The
 leaf's service joins with a ``kube`` token and serves ``east`` (``env=dev``), ``vault``
 (``env=prod``, out of the role's reach) and ``gone`` (``env=dev``, an API server that is not
-there). In Kubernetes, group ``developers`` may edit configmaps in ``team`` and nothing else.
+there). In Kubernetes, group ``developers`` may edit configmaps in ``team``, and reach its pods
+(logs, exec, attach, port-forward), and nothing else.
+
+A node (``kube_node``: containerd and a kubelet) runs the pod ``workbench`` in ``team``: a
+container that prints the time each second, one that answers each line on its stdin (for
+``kubectl attach``), and busybox's httpd on 127.0.0.1 (the host's network) for ``kubectl
+port-forward``. alice reaches them through the root's proxy, the leaf and the service, as with
+every other request: the SPDY upgrades of exec, attach and port-forward become byte relays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -23,13 +31,14 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
 import attrs
+import httpx
 import pytest
 from ruamel.yaml import YAML
-from tether.testing.kube import KubeAPIServer
 
 from tether.api import route_server_name
 from tether.testing.cluster import (
@@ -39,6 +48,9 @@ from tether.testing.cluster import (
     start_node,
     wait_for,
 )
+from tether.testing.http import free_port
+from tether.testing.kube import KubeAPIServer
+from tether.testing.kube_node import KubeNode
 from tether.testing.trusted_clusters import (
     connection,
     create_trusted_cluster,
@@ -65,7 +77,7 @@ spec:
       - {kind: configmap, namespace: team, name: locked, verbs: [delete]}
 """
 
-#: Kubernetes' own rules: group developers edits configmaps in team, and may exec there.
+#: Kubernetes' own rules: group developers edits configmaps in team, and reaches its pods.
 DEVELOPERS_RBAC = """\
 apiVersion: v1
 kind: Namespace
@@ -79,8 +91,8 @@ rules:
   resources: [configmaps]
   verbs: [get, list, watch, create, update, patch, delete]
 - apiGroups: [""]
-  resources: [pods, pods/exec, pods/portforward]
-  verbs: [get, list, create]
+  resources: [pods, pods/log, pods/exec, pods/attach, pods/portforward]
+  verbs: [get, list, watch, create]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -130,12 +142,26 @@ class Site:
         return self.root.tether(user, *args, env=env, **kwargs)  # type: ignore[arg-type]
 
     def kubectl(
-        self, user: str, *args: str, check: bool = True
+        self, user: str, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Plain kubectl, as ``user``, with what ``tether kube login`` wrote."""
         return self.kube.kubectl(
             *args, kubeconfig=self.user_env(user)["KUBECONFIG"], env=self.user_env(user),
-            check=check,
+            check=check, input=input,
+        )  # fmt: skip
+
+    def kubectl_process(self, user: str, *args: str) -> subprocess.Popen[str]:
+        """Plain kubectl as ``user``, left running (a follow, an attach, a port-forward):
+        its stdin, stdout and stderr are pipes, line-buffered text."""
+        return subprocess.Popen(
+            [
+                str(self.kube.components.kubectl),
+                f"--cache-dir={self.kube.directory / 'kubectl-cache'}",
+                *args,
+            ],
+            env={**os.environ, **self.user_env(user)},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1,
         )  # fmt: skip
 
 
@@ -350,8 +376,8 @@ def test_watch_delivers_events_as_they_happen_and_survives_the_client_leaving(si
 
 
 def test_exec_upgrade_reaches_the_api_server_intact(site: Site) -> None:
-    """No kubelet runs here, so no container can be reached: the SPDY upgrade request must
-    arrive at the API server as kubectl sent it, and its answer come back as it gave it."""
+    """An exec in a pod that does not exist: the SPDY upgrade request arrives at the API
+    server as kubectl sent it, and its refusal comes back as it gave it, word for word."""
     site.tether("alice", "kube", "login", "--cluster=leaf", "east")
 
     through = site.kubectl("alice", "exec", "-n", "team", "nowhere", "--", "true", check=False)
@@ -360,6 +386,278 @@ def test_exec_upgrade_reaches_the_api_server_intact(site: Site) -> None:
     assert through.returncode != 0
     assert 'pods "nowhere" not found' in direct.stderr
     assert through.stderr == direct.stderr
+
+
+# --- a pod's streams: exec, attach, logs, port-forward --------------------------------------
+
+#: What the workbench's web server serves: a page, and 512 KiB of random bytes.
+PAGE = "hello through port-forward"
+
+
+@attrs.frozen
+class Workbench:
+    """The pod ``workbench`` in ``team``, running on the node."""
+
+    name: str
+    #: the port its httpd listens on, on 127.0.0.1 (the host's network)
+    port: int
+
+
+@pytest.fixture(scope="module")
+def workbench(site: Site, kube_node: KubeNode) -> Iterator[Workbench]:
+    port = free_port()
+    manifest = kube_node.pod(
+        "workbench",
+        ["sh", "-c", "echo started; while true; do date; sleep 1; done"],
+        namespace="team",
+    )
+    spec = manifest["spec"]
+    assert isinstance(spec, dict)
+    ticker = spec["containers"][0]
+    spec["containers"] = [
+        {**ticker, "name": "ticker"},
+        {
+            **ticker,
+            "name": "repeater",
+            "command": ["sh", "-c", 'while read -r line; do echo "got $line"; done'],
+            "stdin": True,
+        },
+        {
+            **ticker,
+            "name": "web",
+            "command": [
+                "sh", "-c",
+                f"mkdir -p /tmp/www && echo '{PAGE}' > /tmp/www/page.txt && "
+                "head -c 524288 /dev/urandom > /tmp/www/blob && "
+                f"exec httpd -f -p 127.0.0.1:{port} -h /tmp/www",
+            ],
+        },
+    ]  # fmt: skip
+    kube_node.run_pod(manifest)
+    yield Workbench("workbench", port)
+    site.kube.kubectl("delete", "pod", "workbench", "-n", "team", "--wait=false", check=False)
+
+
+def _lines(process: subprocess.Popen[str], count: int, timeout: float) -> list[tuple[float, str]]:
+    """The next ``count`` lines of ``process``'s stdout, each with when it came."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    got: list[tuple[float, str]] = []
+
+    def read() -> None:
+        while len(got) < count:
+            line = stdout.readline()
+            if not line:
+                return
+            got.append((time.monotonic(), line.rstrip("\n")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return got
+
+
+def _upstream_connections(site: Site) -> int:
+    """How many TCP connections the leaf's Kubernetes service has open to the API server."""
+    port = int(site.kube.url.rsplit(":", 1)[1])
+    pid = site.service.process.pid
+    inodes = set()
+    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed in the meantime
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            established = fields[3] == "01"
+            if established and fields[9] in inodes and int(fields[2].split(":")[1], 16) == port:
+                count += 1
+    return count
+
+
+def _interrupt(process: subprocess.Popen[str], timeout: float = 10.0) -> int:
+    """Ctrl-C, as a user stops kubectl; the exit status (it must stop by itself)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_exec_runs_a_command_and_returns_its_output_and_exit_status(
+    site: Site, workbench: Workbench
+) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+
+    ran = site.kubectl(
+        "alice", "exec", "-n", "team", workbench.name, "-c", "ticker", "--",
+        "sh", "-c", "echo out; echo err >&2; exit 7", check=False,
+    )  # fmt: skip
+
+    assert ran.returncode == 7
+    assert ran.stdout == "out\n"
+    assert ran.stderr == "err\ncommand terminated with exit code 7\n"
+    ok = site.kubectl("alice", "exec", "-n", "team", workbench.name, "-c", "ticker", "--", "true")
+    assert ok.returncode == 0
+
+
+def test_exec_with_stdin_carries_it_to_the_command(site: Site, workbench: Workbench) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    text = "".join(f"line {i} of a longer input\n" for i in range(2000))  # about 50 KB
+
+    ran = site.kubectl(
+        "alice", "exec", "-i", "-n", "team", workbench.name, "-c", "ticker", "--",
+        "sh", "-c", "tr a-z A-Z; echo done >&2", input=text,
+    )  # fmt: skip
+
+    assert ran.stdout == text.upper()
+    assert ran.stderr == "done\n"
+
+
+def test_an_exec_is_audited_as_a_session_by_the_leaf(site: Site, workbench: Workbench) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    site.kubectl("alice", "exec", "-n", "team", workbench.name, "-c", "ticker", "--",
+                 "echo", "audited")  # fmt: skip
+
+    def sessions() -> dict[str, dict[str, object]]:
+        found = site.leaf.tetherctl("audit", "search", "--type=kube", "--format=json").stdout
+        return {
+            str(e["type"]): e for e in json.loads(found)
+            if str(e.get("type", "")).startswith("kube.session.")
+            and e.get("name") == workbench.name and e.get("subresource") == "exec"
+        }  # fmt: skip
+
+    wait_for(lambda: {"kube.session.start", "kube.session.end"} <= set(sessions()),
+             "the exec's session events")  # fmt: skip
+    start, end = sessions()["kube.session.start"], sessions()["kube.session.end"]
+    for event in (start, end):
+        assert event["user"] == "alice"
+        assert event["kube_cluster"] == "east"
+        assert (event["verb"], event["namespace"]) == ("exec", "team")
+        assert event["kubernetes_user"] == "alice"
+
+
+def test_an_interrupted_exec_ends_its_session_and_its_upstream(
+    site: Site, workbench: Workbench
+) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    before = _upstream_connections(site)
+    marker = f"interrupted-{time.monotonic_ns()}"
+    running = site.kubectl_process(
+        "alice", "exec", "-n", "team", workbench.name, "-c", "ticker", "--",
+        "sh", "-c", f"echo {marker}; sleep 60",
+    )  # fmt: skip
+    try:
+        assert [line for _, line in _lines(running, 1, timeout=20)] == [marker]
+        # the exec's upgraded connection, and the one kubectl read the pod on
+        assert _upstream_connections(site) > before
+    finally:
+        _interrupt(running)
+
+    # well before the command's 60 s: the relay ended with the client, and said so
+    wait_for(lambda: _upstream_connections(site) == before, "the exec's upstream to close")
+    wait_for(lambda: _sessions_balanced(site, workbench.name), "the session's end event")
+
+
+def _sessions_balanced(site: Site, pod: str) -> bool:
+    """Whether the leaf audited as many session ends as starts for ``pod`` (one at least)."""
+    found = site.leaf.tetherctl("audit", "search", "--type=kube", "--format=json").stdout
+    counts = {"kube.session.start": 0, "kube.session.end": 0}
+    for event in json.loads(found):
+        if event.get("type") in counts and event.get("name") == pod:
+            counts[str(event["type"])] += 1
+    return counts["kube.session.start"] >= 1 and len(set(counts.values())) == 1
+
+
+def test_attach_carries_stdin_to_the_running_process_and_its_output_back(
+    site: Site, workbench: Workbench
+) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    before = _upstream_connections(site)
+    attach = site.kubectl_process(
+        "alice", "attach", "-i", "-n", "team", workbench.name, "-c", "repeater"
+    )
+    try:
+        assert attach.stdin is not None
+        time.sleep(2)  # let the attach start: what is sent before it goes nowhere
+        attach.stdin.write("hello over attach\n")
+        attach.stdin.flush()
+        got = [line for _, line in _lines(attach, 1, timeout=20)]
+    finally:
+        _interrupt(attach)
+
+    assert got == ["got hello over attach"]
+    wait_for(lambda: _upstream_connections(site) == before, "the attach's upstream to close")
+    # the process attached to is still there for the next one
+    running = site.kube.kubectl(
+        "get",
+        "pod",
+        workbench.name,
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.status.containerStatuses[?(@.name=='repeater')].state}",
+    )
+    assert "running" in running.stdout  # fmt: skip
+
+
+def test_logs_follow_streams_lines_as_they_come_and_stops_when_interrupted(
+    site: Site, workbench: Workbench
+) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    before = _upstream_connections(site)
+    follow = site.kubectl_process(
+        "alice", "logs", "-f", "--tail=1", "-n", "team", workbench.name, "-c", "ticker"
+    )
+    try:
+        lines = _lines(follow, 4, timeout=30)
+        following = _upstream_connections(site)
+    finally:
+        status = _interrupt(follow)
+
+    assert len(lines) == 4, lines
+    # the ticker writes a line a second: they came one by one, not all at the end
+    assert lines[-1][0] - lines[1][0] >= 1.5
+    assert all(line.endswith(time.strftime("%Y")) for _, line in lines)
+    assert status in (0, -signal.SIGINT, 130)
+    # the follow held a connection to the API server, which the service closed with kubectl's
+    assert following > before
+    wait_for(lambda: _upstream_connections(site) == before, "the follow's upstream to close")
+    # the service and the API server are still there for the next request
+    shown = site.kubectl("alice", "logs", "-n", "team", workbench.name, "-c", "ticker").stdout
+    assert shown.splitlines()[0] == "started"
+
+
+def test_port_forward_carries_bytes_to_the_pods_port(site: Site, workbench: Workbench) -> None:
+    site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    local = free_port()
+    forward = site.kubectl_process(
+        "alice", "port-forward", "--address=127.0.0.1", "-n", "team",
+        f"pod/{workbench.name}", f"{local}:{workbench.port}",
+    )  # fmt: skip
+    try:
+        ready = _lines(forward, 1, timeout=30)
+        assert ready and ready[0][1].startswith(f"Forwarding from 127.0.0.1:{local}"), ready
+        with httpx.Client(base_url=f"http://127.0.0.1:{local}", trust_env=False) as client:
+            page = client.get("/page.txt")
+            blob = client.get("/blob")
+    finally:
+        _interrupt(forward)
+
+    assert page.status_code == 200
+    assert page.text == PAGE + "\n"
+    assert len(blob.content) == 524288
+    in_pod = site.kubectl(
+        "alice", "exec", "-n", "team", workbench.name, "-c", "web", "--",
+        "sha256sum", "/tmp/www/blob",
+    ).stdout.split()[0]  # fmt: skip
+    assert hashlib.sha256(blob.content).hexdigest() == in_pod
 
 
 # --- bad input ------------------------------------------------------------------------------
