@@ -29,7 +29,6 @@ from collections.abc import Iterator
 import attrs
 import pytest
 from ruamel.yaml import YAML
-from tether.testing.kube import KubeAPIServer
 
 from tether.api import route_server_name
 from tether.testing.cluster import (
@@ -39,6 +38,7 @@ from tether.testing.cluster import (
     start_node,
     wait_for,
 )
+from tether.testing.kube import KubeAPIServer
 from tether.testing.trusted_clusters import (
     connection,
     create_trusted_cluster,
