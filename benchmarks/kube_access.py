@@ -431,7 +431,7 @@ def read_logs(logs: Mapping[str, pathlib.Path]) -> dict[str, Any]:
             found[name] = {"missing": str(exc)}
             continue
         counts: collections.Counter[str] = collections.Counter()
-        worse = []
+        worse: list[str] = []
         for line in lines:
             severity = _SEVERITY.search(line)
             level = severity.group(1) if severity else "other"

@@ -133,7 +133,7 @@ class Connection:
 
     def readable(self) -> bool:
         """Whether bytes are waiting, decrypted or not (``select`` sees only the socket's)."""
-        return self.sock.pending() > 0
+        return bool(self.sock.pending() > 0)
 
 
 class Watch:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import pathlib
 import ssl
@@ -152,6 +153,18 @@ def _serves_one(cluster: RunningCluster) -> bool:
     return len(json.loads(cluster.tetherctl("get", "kube_cluster", "-f", "json").stdout)) == 1
 
 
+def _answers(kubectl: Kubectl) -> bool:
+    """Whether ``kubectl get --raw /version`` succeeds on a leg (its route is up)."""
+    done = subprocess.run(
+        kubectl.command("get", "--raw", "/version"),
+        env=kubectl.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode == 0
+
+
 def _context(kubeconfig: pathlib.Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The cluster and user entries of context ``name`` of a kubeconfig (JSON or YAML)."""
     from ruamel.yaml import YAML
@@ -221,7 +234,8 @@ def kube_site() -> Iterator[Site]:
             logs[f"{cluster_name} kube service"] = service.log_path
             pids[f"{cluster_name} kube service"] = service.process.pid
             _wait(
-                f"{cluster_name}'s Kubernetes service heartbeat", lambda c=cluster: _serves_one(c)
+                f"{cluster_name}'s Kubernetes service heartbeat",
+                functools.partial(_serves_one, cluster),
             )
         _wait("the leaf's tunnel to the root", lambda: connection(root) == "online")
         home = root.user_home(BENCH_USER)
@@ -263,7 +277,7 @@ def kube_site() -> Iterator[Site]:
         credentials: Kubectl | None = None
         for leg, (cluster_name, kube_name) in KUBE_NAMES.items():
             name = f"{cluster_name}-{kube_name}"
-            cluster, user = _context(kubeconfig, name)
+            entry, user = _context(kubeconfig, name)
             exec_ = user["exec"]
             exec_env = {item["name"]: item["value"] for item in exec_.get("env") or ()}
             credentials = Kubectl((exec_["command"], *exec_.get("args", ())), {**env, **exec_env})
@@ -278,12 +292,12 @@ def kube_site() -> Iterator[Site]:
             (files / "tls.crt").write_text(issued["clientCertificateData"])
             (files / "tls.key").touch(mode=0o600)
             (files / "tls.key").write_text(issued["clientKeyData"])
-            host, port = _host_port(cluster["server"])
+            host, port = _host_port(entry["server"])
             endpoints[leg] = Endpoint(
                 host,
                 port,
-                cluster["tls-server-name"],
-                base64.b64decode(cluster["certificate-authority-data"]).decode(),
+                entry["tls-server-name"],
+                base64.b64decode(entry["certificate-authority-data"]).decode(),
                 files / "tls.crt",
                 files / "tls.key",
             )
@@ -296,14 +310,8 @@ def kube_site() -> Iterator[Site]:
         pids["kube-apiserver"] = api.processes["kube-apiserver"].pid
         for leg, runner in kubectl.items():
             _wait(
-                f"kubectl get --raw /version on the {leg} leg",
-                lambda r=runner: (
-                    subprocess.run(
-                        r.command("get", "--raw", "/version"),
-                        env=r.env, capture_output=True, timeout=60, check=False,
-                    ).returncode == 0
-                ),
-            )  # fmt: skip
+                f"kubectl get --raw /version on the {leg} leg", functools.partial(_answers, runner)
+            )
         version = subprocess.run(
             [kubectl_path, "version", "--client", "--short"],
             capture_output=True, text=True, timeout=30, check=False,
