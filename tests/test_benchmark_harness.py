@@ -490,16 +490,22 @@ def _stub_api_server(cert: pathlib.Path, key: pathlib.Path) -> Iterator[int]:
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
             if "watch=1" in query:
-                self.send_response(200)
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
+                # watching before the head goes, as the API server: a create after it is seen
                 events: queue.Queue[dict[str, object] | None] = queue.Queue()
                 with lock:
                     watchers.setdefault(path, []).append(events)
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.close_connection = True
                 while (event := events.get()) is not None:
                     line = json.dumps(event).encode() + b"\n"
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                self.close_connection = True
+                    try:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    except OSError:  # the client closed the watch of a past round
+                        with lock:
+                            watchers[path].remove(events)
+                        return
             elif path == "/version":
                 self._answer(200, {"major": "1", "minor": "20", "gitVersion": "v1.20.2"})
             elif path in store:
