@@ -100,7 +100,10 @@ class Connection:
     def _events(self) -> Iterator[Any]:
         """h11's events, reading from the socket when it needs data."""
         while True:
-            event = self.h11.next_event()
+            try:
+                event = self.h11.next_event()
+            except h11.ProtocolError as exc:
+                raise RequestFailed(f"the server broke HTTP/1.1: {exc}") from None
             if event is h11.NEED_DATA:
                 chunk = self.sock.recv(RECV)
                 self.h11.receive_data(chunk)  # b"" is the end of the stream
@@ -167,7 +170,10 @@ class Watch:
         conn.h11.receive_data(conn.sock.recv(RECV))
         arrived = time.perf_counter()
         while True:
-            event = conn.h11.next_event()
+            try:
+                event = conn.h11.next_event()
+            except h11.ProtocolError as exc:
+                raise RequestFailed(f"the server broke HTTP/1.1: {exc}") from None
             if event is h11.NEED_DATA:
                 return
             if isinstance(event, h11.Data):
