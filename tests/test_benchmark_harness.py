@@ -41,6 +41,7 @@ def test_every_file_run_all_finds_is_a_harness() -> None:
     run_all = load("run_all")
     found = run_all.harnesses()
     assert BENCHMARKS / "tunnel_throughput.py" in found
+    assert BENCHMARKS / "kube_access.py" in found
     for path in found:
         assert "\ndef main(argv: list[str]) -> int:" in path.read_text(), path
 
@@ -389,3 +390,228 @@ def test_db_access_reports_a_site_that_cannot_start_instead_of_failing_silently(
     assert "n/a every leg" in da.table(report)
     dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
     assert len(dated) == 1 and dated[0] in (results_dir / "README.md").read_text()
+
+
+ka = load("kube_access")
+
+
+def test_kube_access_reports_a_site_that_cannot_start_instead_of_failing_silently(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_site() -> object:
+        raise RuntimeError("timed out waiting for the leaf's Kubernetes cluster through the root")
+
+    monkeypatch.setattr(ka.kube_sites, "kube_site", broken_site)
+    out = tmp_path / "ka.json"
+    results_dir = tmp_path / "results"
+    assert ka.main(["--quick", "--json", str(out), "--results-dir", str(results_dir)]) == 1
+
+    report = json.loads(out.read_text())
+    assert "through the root" in report["missing"]
+    assert set(report["figures"]["requests_ms"]) == {"version", "configmaps"}
+    assert report["figures"]["requests_ms"]["version"]["per_leg"]["leaf"]["median"] is None
+    assert report["targets_met"] == {
+        "added_median_ms_version_leaf": None,
+        "added_median_ms_configmaps_leaf": None,
+    }
+    assert {"kubernetes", "cpu_model", "date"} <= set(report["machine"])
+    assert "n/a every leg" in ka.table(report)
+    dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
+    assert len(dated) == 1 and dated[0] in (results_dir / "README.md").read_text()
+
+
+def _self_signed(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stub API server")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "stub.crt", directory / "stub.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@contextlib.contextmanager
+def _stub_api_server(cert: pathlib.Path, key: pathlib.Path) -> Iterator[int]:
+    """What the harness asks of an API server, over TLS on 127.0.0.1: /version, namespaces,
+    configmaps (created, listed, watched); yields its port."""
+    import http.server
+    import queue
+    import ssl
+    import threading
+
+    store: dict[str, list[dict[str, object]]] = {}
+    watchers: dict[str, list[queue.Queue[dict[str, object] | None]]] = {}
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, status: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            path, _, query = self.path.partition("?")
+            if "watch=1" in query:
+                # watching before the head goes, as the API server: a create after it is seen
+                events: queue.Queue[dict[str, object] | None] = queue.Queue()
+                with lock:
+                    watchers.setdefault(path, []).append(events)
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.close_connection = True
+                while (event := events.get()) is not None:
+                    line = json.dumps(event).encode() + b"\n"
+                    try:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    except OSError:  # the client closed the watch of a past round
+                        with lock:
+                            watchers[path].remove(events)
+                        return
+            elif path == "/version":
+                self._answer(200, {"major": "1", "minor": "20", "gitVersion": "v1.20.2"})
+            elif path in store:
+                with lock:
+                    items = list(store[path])
+                self._answer(200, {"metadata": {"resourceVersion": "1"}, "items": items})
+            elif path.rpartition("/")[0] in store:
+                self._answer(200, {"kind": "ConfigMap"})
+            else:
+                self._answer(404, {"kind": "Status", "code": 404})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                if self.path == "/api/v1/namespaces":
+                    path = f"/api/v1/namespaces/{body['metadata']['name']}/configmaps"
+                    store[path] = [{"metadata": {"name": "kube-root-ca.crt"}}]
+                else:
+                    store[self.path].append(body)
+                    for events in watchers.get(self.path, []):
+                        events.put({"type": "ADDED", "object": body})
+            self._answer(201, body)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        with lock:
+            for events_list in watchers.values():
+                for events in events_list:
+                    events.put(None)
+        server.shutdown()
+        server.server_close()
+
+
+def test_kube_access_run_measures_every_leg_and_writes_the_schema(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every leg reaches one stub API server (no kube-apiserver, no cluster) and kubectl is a
+    # Python that does nothing, to keep the suite fast; the HTTP client, the watch timing, the
+    # interleaving, the report and the chart are the real ones
+    cert, key = _self_signed(tmp_path)
+    log = tmp_path / "proxy.log"
+    log.write_text("2026-01-01T00:00:00Z WARNING [tether.proxy] something odd\n")
+    nothing = ka.kube_sites.Kubectl((sys.executable, "-c", "pass"), dict(os.environ))
+
+    @contextlib.contextmanager
+    def stub_site() -> Iterator[object]:
+        with _stub_api_server(cert, key) as port:
+            endpoint = ka.kube_sites.Endpoint(
+                "127.0.0.1", port, "127.0.0.1", cert.read_text(), cert, key
+            )
+            yield ka.kube_sites.Site(
+                api=None,  # type: ignore[arg-type]
+                endpoints=dict.fromkeys(ka.LEGS, endpoint),
+                kubectl=dict.fromkeys(ka.LEGS, nothing),
+                credentials=nothing,
+                logs={"root proxy": log},
+                pids={"harness": os.getpid()},
+                kubectl_version="stub",
+            )
+
+    monkeypatch.setattr(ka.kube_sites, "kube_site", stub_site)
+    monkeypatch.setattr(ka, "CONFIGMAPS", 12)
+    out = tmp_path / "ka.json"
+    results_dir = tmp_path / "results"
+    argv = ["--json", str(out), "--results-dir", str(results_dir), "--rounds", "2"]
+    argv += ["--requests", "9", "--list-requests", "4", "--kubectl-runs", "2"]
+    assert ka.main([*argv, "--watch-events", "5"]) == 0
+
+    report = json.loads(out.read_text())
+    assert report["configmaps_listed"] == 13
+    for kind, count in (("version", 9), ("configmaps", 4)):
+        entry = report["figures"]["requests_ms"][kind]
+        for leg in ka.LEGS:
+            stats = entry["per_leg"][leg]
+            assert stats["n"] == count
+            assert 0 < stats["median"] <= stats["p90"] <= stats["p99"]
+        assert set(entry["added_median"]) == set(ka.TETHER_LEGS)
+    for key, entry in report["figures"]["kubectl_s"].items():
+        assert key in ka.KUBECTL
+        assert all(entry["per_leg"][leg]["n"] == 2 for leg in ka.LEGS)
+    assert report["figures"]["credentials_s"]["n"] == 2
+    watch = report["figures"]["watch_ms"]
+    assert all(watch["per_leg"][leg]["n"] == 5 for leg in ka.LEGS)
+    assert all(watch["after_request_median"][leg] > 0 for leg in ka.LEGS)
+    assert set(report["figures"]["daemon_cpu_ms_per_request"]["version"]["leaf"]) == {"harness"}
+    assert set(report["targets_met"].values()) <= {True, False}
+    assert report["daemon_logs"]["root proxy"]["by_severity"] == {"WARNING": 1}
+    assert report["kubectl_stderr"]["get_configmaps"]["leaf"] == {"runs": 0, "first": []}
+    assert not report["failures"] and "missing" not in report
+    assert {"cpu_model", "cores", "kernel", "kubectl", "date"} <= set(report["machine"])
+    dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
+    assert len(dated) == 1 and dated[0] in (results_dir / "README.md").read_text()
+    shown = ka.table(report)
+    assert "target: added median per request through the leaf" in shown
+    assert "something odd" in shown
+
+
+def test_kube_access_shares_every_sample_between_the_rounds() -> None:
+    for total, rounds in ((20, 5), (3, 2), (7, 3)):
+        parts = [ka.share(total, rounds, r) for r in range(rounds)]
+        assert sum(parts) == total and max(parts) - min(parts) <= 1
