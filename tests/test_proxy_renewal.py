@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import pathlib
 import pwd
@@ -52,9 +53,13 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH tools"),
 ]
 
-LIFETIME = 15  # seconds; renewal at two thirds of it
-#: the leaf's: a session across a renewal must end before the old certificate expires
-LEAF_LIFETIME = 30
+LIFETIME = 12  # seconds; renewal at two thirds of it
+#: the leaf's: a session across a renewal must end before the old certificate expires, a third
+#: of the lifetime after the renewal (as in test_tunnel_abuse, long enough for a client's start
+#: on a loaded two-core machine)
+LEAF_LIFETIME = 24
+#: seconds a ``tether ssh`` through the root may take to start its session
+SESSION_START = 5
 
 
 def short_lived(seconds: int) -> dict[str, dict[str, str]]:
@@ -107,14 +112,15 @@ def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certi
     root = start_cluster(tmp_path / "root", "root")
     started: list[RunningCluster | RunningNode] = [root]
     try:
+        # the root's part first: the leaf's certificate lives from the leaf's start on
+        root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
+        root.login("alice", PASSWORD)
         leaf = start_cluster(tmp_path / "leaf", "leaf", config=short_lived(LEAF_LIFETIME))
         started.append(leaf)
         started.append(start_node(leaf, tmp_path / "leaf-host", "leaf-host"))
         role = tmp_path / "visitor.yaml"
         role.write_text(VISITOR_ROLE)
         leaf.tetherctl("create", str(role))
-        root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
-        root.login("alice", PASSWORD)
         create_trusted_cluster(leaf, trusted_cluster_yaml(root, invite(root, ttl="5m")))
         wait_for(lambda: connection(root) == "online", "the leaf to come online")
 
@@ -124,7 +130,7 @@ def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certi
         wait_for(lambda: reach("true")[0] == 0, "the leaf's node to trust the root", 60)
 
         first = served_certificate(leaf.proxy_addr)
-        if renewal_due(first) - 5 < time.time() + 1:  # too close to start the session before
+        if renewal_due(first) - SESSION_START < time.time():  # too close to start it before
             count = renewals(leaf, "leaf-node")
             wait_for(lambda: renewals(leaf, "leaf-node") > count, "the leaf's proxy to renew")
             first = served_certificate(leaf.proxy_addr)
@@ -132,12 +138,13 @@ def test_a_leaf_whose_proxy_renews_stays_online_at_the_root_past_its_first_certi
             seconds=LEAF_LIFETIME + 2 * pki.CLOCK_SKEW.total_seconds()
         ), "the leaf's proxy holds a certificate of a host's lifetime"
         count = renewals(leaf, "leaf-node")
-        # a session running across the renewal, on the tunnel to the root that it replaces; it
-        # has to end before the old certificate expires, when the root closes that tunnel
-        sleep_until(renewal_due(first) - 5)
-        running = ssh(
-            root, "visitor@leaf-host", "echo started; sleep 8; echo finished", "--cluster=leaf"
-        )
+        # a session running across the renewal, on the tunnel to the root that it replaces,
+        # started now and ending 4 s after the renewal is due (by the clock of this machine,
+        # where the node runs): it has to end before the old certificate expires, when the root
+        # closes that tunnel
+        end = math.ceil(renewal_due(first)) + 4
+        command = f"echo started; sleep $(({end} - $(date +%s))); echo finished"
+        running = ssh(root, "visitor@leaf-host", command, "--cluster=leaf")
         try:
             assert running.stdout is not None
             assert running.stdout.readline() == "started\n"

@@ -179,6 +179,10 @@ async def _run_services(
         ctx.auth_addr = auth_addr
         if config.proxy_service.enabled:
             me = local_proxy_identity(auth, config)
+            # its certificate was issued after auth held this host's id at its start: hold the
+            # id as long as it lasts, or the proxy's first heartbeat records the hold anew as
+            # the proxy's
+            await auth.hold_own_host_id()
             info["proxy_addr"] = await start_proxy(
                 config, me, f"https://{auth_addr}", stack, nursery, ctx, local_auth=auth
             )

@@ -94,10 +94,14 @@ def rate_limited(limiter: RateLimiter, endpoint: Endpoint, *, who: str, setting:
                 hint=f"{who} takes {limiter.burst} at once and {limiter.average} per "
                 f"{format_duration(limiter.period)} from one address ({setting})",
             )
+            headers = {"Retry-After": str(math.ceil(wait))}
+            if request.scope.get("http_version", "1.1").startswith("1."):  # HTTP/2 forbids it
+                # answered without reading the request's body, which makes hypercorn end the
+                # connection unless the body had all arrived: say so, or a client may send its
+                # next request on it meanwhile and get no answer
+                headers["Connection"] = "close"
             return JSONResponse(
-                error_to_json(error),
-                status_code=error_status(error),
-                headers={"Retry-After": str(math.ceil(wait))},
+                error_to_json(error), status_code=error_status(error), headers=headers
             )
         return await endpoint(request)
 

@@ -97,7 +97,9 @@ def local_proxy_identity(auth: AuthService, config: Config) -> ProxyIdentity:
     ttl = config.auth_service.host_cert_ttl
 
     async def renew(_api: AuthClient) -> tuple[x509.Certificate, pki.PrivateKey]:
-        return server_identity(auth, config, "proxy", *hosts, ttl=ttl)
+        renewed = server_identity(auth, config, "proxy", *hosts, ttl=ttl)
+        await auth.hold_own_host_id()  # the host's id, as long as the new certificate lasts
+        return renewed
 
     cert, key = server_identity(auth, config, "proxy", *hosts, ttl=ttl)
     return ProxyIdentity(
