@@ -137,13 +137,17 @@ async def ls(cluster: str | None, fmt: str) -> None:
 
 
 def _current_context() -> str:
-    try:
-        from ruamel.yaml import YAML
+    """kubectl's current context, to mark its row; an unreadable file marks none."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
+    try:
         document = YAML(typ="safe").load(kubeconfig_path().read_text())
-    except Exception:  # noqa: BLE001 - only to mark a row; an unreadable file marks none
+    except (OSError, UnicodeDecodeError, YAMLError):
         return ""
-    return str((document or {}).get("current-context") or "")
+    if not isinstance(document, dict):
+        return ""
+    return str(document.get("current-context") or "")
 
 
 def _tether_invocation() -> tuple[str, tuple[str, ...]]:
