@@ -55,18 +55,24 @@ def _unreachable(error: BaseException) -> Refused:
     return Refused(503, f"unreachable: {error}")
 
 
-async def test_a_watch_response_is_passed_on_while_the_server_still_sends_it() -> None:
+def _relay(nursery: trio.Nursery, recorder: Recorder) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """Start the relay between two memory stream pairs: kubectl's end and the API server's."""
     client, service_side = trio.testing.memory_stream_pair()
     upstream_service_side, server = trio.testing.memory_stream_pair()
-    recorder = Recorder()
 
     async def connect() -> trio.abc.Stream:
         return upstream_service_side
 
+    nursery.start_soon(
+        lambda: serve_http(service_side, connect, recorder.gate(), unreachable=_unreachable)
+    )
+    return client, server
+
+
+async def test_a_watch_response_is_passed_on_while_the_server_still_sends_it() -> None:
+    recorder = Recorder()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: serve_http(service_side, connect, recorder.gate(), unreachable=_unreachable)
-        )
+        client, server = _relay(nursery, recorder)
         await client.send_all(GET_WATCH)
         request = await _read_until(server, b"\r\n\r\n")
         assert b"impersonate-user: alice" in request.lower()
@@ -88,17 +94,9 @@ async def test_a_watch_response_is_passed_on_while_the_server_still_sends_it() -
 
 
 async def test_a_refused_request_gets_a_status_and_the_connection_goes_on() -> None:
-    client, service_side = trio.testing.memory_stream_pair()
-    upstream_service_side, server = trio.testing.memory_stream_pair()
     recorder = Recorder()
-
-    async def connect() -> trio.abc.Stream:
-        return upstream_service_side
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: serve_http(service_side, connect, recorder.gate(), unreachable=_unreachable)
-        )
+        client, server = _relay(nursery, recorder)
         await client.send_all(b"GET /forbidden HTTP/1.1\r\nHost: proxy\r\n\r\n")
         refused = await _read_until(client, b"}")
         head, _, body = refused.partition(b"\r\n\r\n")
@@ -116,17 +114,9 @@ async def test_a_refused_request_gets_a_status_and_the_connection_goes_on() -> N
 
 
 async def test_an_upgrade_becomes_a_byte_relay_and_is_a_session() -> None:
-    client, service_side = trio.testing.memory_stream_pair()
-    upstream_service_side, server = trio.testing.memory_stream_pair()
     recorder = Recorder()
-
-    async def connect() -> trio.abc.Stream:
-        return upstream_service_side
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: serve_http(service_side, connect, recorder.gate(), unreachable=_unreachable)
-        )
+        client, server = _relay(nursery, recorder)
         await client.send_all(
             b"POST /api/v1/namespaces/team/pods/web/exec?command=sh HTTP/1.1\r\nHost: proxy\r\n"
             b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: "
