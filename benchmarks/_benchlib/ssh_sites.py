@@ -182,12 +182,13 @@ def openssh_site(sshd: str) -> Iterator[dict[str, Remote]]:
 # --- Tether ---------------------------------------------------------------------------------
 
 
-def user_env() -> dict[str, str]:
-    """This environment as a user's shell would have it: without PYTHONDONTWRITEBYTECODE
-    (tox and CI set it to keep the tree clean), so that a warm-up run caches the bytecode of
-    modules edited since their last compile, as a user's first run after an install does."""
+def user_env(**extra: str) -> dict[str, str]:
+    """This environment as a user's shell would have it, plus ``extra``: without
+    PYTHONDONTWRITEBYTECODE (some machines set it), so that a warm-up run caches the bytecode
+    of modules edited since their last compile, as a user's first run after an install does."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(extra)
     return env
 
 

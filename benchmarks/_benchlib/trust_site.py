@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from _benchlib.procs import run_until_ok
+from _benchlib.ssh_sites import user_env
 
 ROOT = "root"
 LEAF = "leaf0"
@@ -75,15 +76,6 @@ def console_script(name: str) -> list[str]:
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", f"tether.cli.{name}"]
-
-
-def user_env(**extra: str) -> dict[str, str]:
-    """This environment as a user's shell has it (tox's PYTHONDONTWRITEBYTECODE dropped, so
-    warm-up runs cache bytecode as a user's first run does), plus ``extra``."""
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update(extra)
-    return env
 
 
 @dataclasses.dataclass(frozen=True)
