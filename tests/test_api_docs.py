@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
+import pathlib
+import subprocess
+import sys
 import types
 
 import pytest
@@ -37,15 +42,45 @@ def test_each_documented_export_says_what_it_is(name: str) -> None:
 
 
 def test_the_api_exports_exactly_its_all() -> None:
-    public = {
+    loaded = {
         name
         for name, value in vars(tether.api).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert public | {"__version__"} == EXPORTED, (
-        "tether.api defines public names outside __all__, or __all__ names what it lacks"
-    )
+    assert loaded <= EXPORTED, f"tether.api defines names outside __all__: {loaded - EXPORTED}"
+    assert set(tether.api._SOURCES) == EXPORTED, "tether.api loads other names than __all__'s"
     assert len(tether.api.__all__) == len(EXPORTED), "tether.api.__all__ names something twice"
+
+
+def test_type_checkers_see_each_export_where_it_loads_from() -> None:
+    # api.py names each export twice: in the imports type checkers read and in the table
+    # that loads it at run time; the two must agree
+    tree = ast.parse(pathlib.Path(tether.api.__file__).read_text())
+    typed = {
+        alias.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == tether.api._SOURCES
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_each_export_loads(name: str) -> None:
+    assert getattr(tether.api, name) is getattr(
+        importlib.import_module(tether.api._SOURCES[name]), name
+    )
+
+
+def test_importing_the_api_loads_no_kernel_module_a_plugin_did_not_ask_for() -> None:
+    # a plugin's `from tether.api import hookimpl` runs in every CLI start; the facade must
+    # not import the kernel behind it
+    probe = (
+        "import sys, tether.api; from tether.api import hookimpl; "
+        "print(sorted(m for m in sys.modules if m.startswith('tether.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert ast.literal_eval(out.stdout) == ["tether.api", "tether.hookspecs"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTED - VALUES))

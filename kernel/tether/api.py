@@ -21,106 +21,213 @@ The names, grouped as ``docs/api.md`` groups them:
   through the proxy, the command-line helpers and the groups the kernel owns.
 """
 
-from tether import __version__
-from tether.audit import AuditEvent, AuditQuery
-from tether.auth.sso_flows import SSORequest, is_loopback_http
-from tether.backend import Backend, BackendType, open_sqlite
-from tether.cert_authority_types import CertAuthorityType, SignedCertificate
-from tether.cli import (
-    cluster_option,
-    complete_clusters,
-    completer,
-    emit_table,
-    format_option,
-    output,
-    progress,
-    run_async,
-    run_trio,
-    shared_group,
-)
-from tether.client.clusters import leaf_clusters
-from tether.client.dial import (
-    cluster_host_cas,
-    list_targets,
-    open_target_stream,
-    serve_local_listener,
-)
-from tether.client.profile import (
-    CLUSTER_ENV,
-    HOME_ENV,
-    LOGIN_ENV,
-    Profile,
-    current_profile,
-    not_logged_in,
-    profile_ssl_context,
-    require_profile,
-)
-from tether.config import (
-    Config,
-    ConfigSection,
-    FieldError,
-    HostPort,
-    ServiceRole,
-    not_blank,
-    positive,
-)
-from tether.connectors import (
-    ClaimMapping,
-    ClaimRules,
-    ConnectorContext,
-    ExternalIdentity,
-    IdentityConnector,
-    LoginIdentity,
-    PasswordConnector,
-    RedirectConnector,
-)
-from tether.dial import DialedTarget
-from tether.errors import (
-    AccessDenied,
-    AmbiguousTarget,
-    ConfigError,
-    NotFound,
-    TargetOffline,
-    TetherError,
-    TrustError,
-)
-from tether.hookspecs import hookimpl
-from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
-from tether.patterns import match_label_value, validate_label_value
-from tether.pki import (
-    CertificateExpired,
-    CertificateNotYetValid,
-    Identity,
-    MalformedCertificate,
-    PrincipalNotAllowed,
-    PrivateKey,
-    known_hosts_ca_line,
-    load_private_key,
-    private_key_to_openssh,
-    verify_ssh_user_cert,
-)
-from tether.protocols import DialedConnection, ProtocolHandler, ProxyConnection, relay_bytes
-from tether.rbac import RoleSet
-from tether.resources import (
-    InvalidField,
-    KindRegistry,
-    Resource,
-    ResourceKind,
-    RoleField,
-    resource_from_dict,
-)
-from tether.route_names import (
-    ROUTE_NAME_SUFFIX,
-    RouteName,
-    parse_route_server_name,
-    route_server_name,
-)
-from tether.services import Service, ServiceContext
-from tether.targets import Target, TargetKind, TargetQuery, matching_targets
-from tether.tlsstream import start_tls
-from tether.token_types import TokenType
-from tether.trust import RoleMapRule, expand_groups
-from tether.tunnel.forward import splice
+import importlib as _importlib
+import typing as _typing
+
+# The names, for type checkers and the import contracts; at run time each loads on first use.
+if _typing.TYPE_CHECKING:
+    from tether import __version__
+    from tether.audit import AuditEvent, AuditQuery
+    from tether.auth.sso_flows import SSORequest, is_loopback_http
+    from tether.backend import Backend, BackendType, open_sqlite
+    from tether.cert_authority_types import CertAuthorityType, SignedCertificate
+    from tether.cli import (
+        cluster_option,
+        complete_clusters,
+        completer,
+        emit_table,
+        format_option,
+        output,
+        progress,
+        run_async,
+        run_trio,
+        shared_group,
+    )
+    from tether.client.clusters import leaf_clusters
+    from tether.client.dial import (
+        cluster_host_cas,
+        list_targets,
+        open_target_stream,
+        serve_local_listener,
+    )
+    from tether.client.env import CLUSTER_ENV, HOME_ENV, LOGIN_ENV
+    from tether.client.profile import (
+        Profile,
+        current_profile,
+        not_logged_in,
+        profile_ssl_context,
+        require_profile,
+    )
+    from tether.config import (
+        Config,
+        ConfigSection,
+        FieldError,
+        HostPort,
+        ServiceRole,
+        not_blank,
+        positive,
+    )
+    from tether.connectors import (
+        ClaimMapping,
+        ClaimRules,
+        ConnectorContext,
+        ExternalIdentity,
+        IdentityConnector,
+        LoginIdentity,
+        PasswordConnector,
+        RedirectConnector,
+    )
+    from tether.dial import DialedTarget
+    from tether.errors import (
+        AccessDenied,
+        AmbiguousTarget,
+        ConfigError,
+        NotFound,
+        TargetOffline,
+        TetherError,
+        TrustError,
+    )
+    from tether.hookspecs import hookimpl
+    from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
+    from tether.patterns import match_label_value, validate_label_value
+    from tether.pki import (
+        CertificateExpired,
+        CertificateNotYetValid,
+        Identity,
+        MalformedCertificate,
+        PrincipalNotAllowed,
+        PrivateKey,
+        known_hosts_ca_line,
+        load_private_key,
+        private_key_to_openssh,
+        verify_ssh_user_cert,
+    )
+    from tether.protocols import DialedConnection, ProtocolHandler, ProxyConnection, relay_bytes
+    from tether.rbac import RoleSet
+    from tether.resources import (
+        InvalidField,
+        KindRegistry,
+        Resource,
+        ResourceKind,
+        RoleField,
+        resource_from_dict,
+    )
+    from tether.route_names import (
+        ROUTE_NAME_SUFFIX,
+        RouteName,
+        parse_route_server_name,
+        route_server_name,
+    )
+    from tether.services import Service, ServiceContext
+    from tether.targets import Target, TargetKind, TargetQuery, matching_targets
+    from tether.tlsstream import start_tls
+    from tether.token_types import TokenType
+    from tether.trust import RoleMapRule, expand_groups
+    from tether.tunnel.forward import splice
+
+#: where each name comes from: ``from tether.api import X`` imports X's module then, not every
+#: module behind this facade (a plugin's import must not cost a CLI start every kernel module)
+_SOURCES: dict[str, str] = {
+    "__version__": "tether",
+    "AuditEvent": "tether.audit",
+    "AuditQuery": "tether.audit",
+    "SSORequest": "tether.auth.sso_flows",
+    "is_loopback_http": "tether.auth.sso_flows",
+    "Backend": "tether.backend",
+    "BackendType": "tether.backend",
+    "open_sqlite": "tether.backend",
+    "CertAuthorityType": "tether.cert_authority_types",
+    "SignedCertificate": "tether.cert_authority_types",
+    "cluster_option": "tether.cli",
+    "complete_clusters": "tether.cli",
+    "completer": "tether.cli",
+    "emit_table": "tether.cli",
+    "format_option": "tether.cli",
+    "output": "tether.cli",
+    "progress": "tether.cli",
+    "run_async": "tether.cli",
+    "run_trio": "tether.cli",
+    "shared_group": "tether.cli",
+    "leaf_clusters": "tether.client.clusters",
+    "cluster_host_cas": "tether.client.dial",
+    "list_targets": "tether.client.dial",
+    "open_target_stream": "tether.client.dial",
+    "serve_local_listener": "tether.client.dial",
+    "CLUSTER_ENV": "tether.client.env",
+    "HOME_ENV": "tether.client.env",
+    "LOGIN_ENV": "tether.client.env",
+    "Profile": "tether.client.profile",
+    "current_profile": "tether.client.profile",
+    "not_logged_in": "tether.client.profile",
+    "profile_ssl_context": "tether.client.profile",
+    "require_profile": "tether.client.profile",
+    "Config": "tether.config",
+    "ConfigSection": "tether.config",
+    "FieldError": "tether.config",
+    "HostPort": "tether.config",
+    "ServiceRole": "tether.config",
+    "not_blank": "tether.config",
+    "positive": "tether.config",
+    "ClaimMapping": "tether.connectors",
+    "ClaimRules": "tether.connectors",
+    "ConnectorContext": "tether.connectors",
+    "ExternalIdentity": "tether.connectors",
+    "IdentityConnector": "tether.connectors",
+    "LoginIdentity": "tether.connectors",
+    "PasswordConnector": "tether.connectors",
+    "RedirectConnector": "tether.connectors",
+    "DialedTarget": "tether.dial",
+    "AccessDenied": "tether.errors",
+    "AmbiguousTarget": "tether.errors",
+    "ConfigError": "tether.errors",
+    "NotFound": "tether.errors",
+    "TargetOffline": "tether.errors",
+    "TetherError": "tether.errors",
+    "TrustError": "tether.errors",
+    "hookimpl": "tether.hookspecs",
+    "AgentContext": "tether.node.protocols",
+    "AgentProtocol": "tether.node.protocols",
+    "AgentStream": "tether.node.protocols",
+    "HostCredentials": "tether.node.protocols",
+    "match_label_value": "tether.patterns",
+    "validate_label_value": "tether.patterns",
+    "CertificateExpired": "tether.pki",
+    "CertificateNotYetValid": "tether.pki",
+    "Identity": "tether.pki",
+    "MalformedCertificate": "tether.pki",
+    "PrincipalNotAllowed": "tether.pki",
+    "PrivateKey": "tether.pki",
+    "known_hosts_ca_line": "tether.pki",
+    "load_private_key": "tether.pki",
+    "private_key_to_openssh": "tether.pki",
+    "verify_ssh_user_cert": "tether.pki",
+    "DialedConnection": "tether.protocols",
+    "ProtocolHandler": "tether.protocols",
+    "ProxyConnection": "tether.protocols",
+    "relay_bytes": "tether.protocols",
+    "RoleSet": "tether.rbac",
+    "InvalidField": "tether.resources",
+    "KindRegistry": "tether.resources",
+    "Resource": "tether.resources",
+    "ResourceKind": "tether.resources",
+    "RoleField": "tether.resources",
+    "resource_from_dict": "tether.resources",
+    "ROUTE_NAME_SUFFIX": "tether.route_names",
+    "RouteName": "tether.route_names",
+    "parse_route_server_name": "tether.route_names",
+    "route_server_name": "tether.route_names",
+    "Service": "tether.services",
+    "ServiceContext": "tether.services",
+    "Target": "tether.targets",
+    "TargetKind": "tether.targets",
+    "TargetQuery": "tether.targets",
+    "matching_targets": "tether.targets",
+    "start_tls": "tether.tlsstream",
+    "TokenType": "tether.token_types",
+    "RoleMapRule": "tether.trust",
+    "expand_groups": "tether.trust",
+    "splice": "tether.tunnel.forward",
+}
 
 # Sorted for ruff; docs/api.md groups them by what a plugin does.
 __all__ = [
@@ -224,3 +331,18 @@ __all__ = [
     "validate_label_value",
     "verify_ssh_user_cert",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import the module *name* comes from, on its first use (PEP 562)."""
+    try:
+        module = _SOURCES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

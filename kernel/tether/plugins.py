@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import attrs
 import pluggy
 
+import tether
 from tether import hookspecs
 from tether.errors import PluginError
 
@@ -167,7 +168,7 @@ def get_plugin_manager(
 
 def describe_plugins(pm: TetherPluginManager) -> list[PluginInfo]:
     """What is loaded and from where: the rows of ``tetherd plugins``."""
-    kernel_version = metadata.version("tether")
+    kernel_version = tether.__version__
     rows = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:  # blocked

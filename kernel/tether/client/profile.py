@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from tether import pki
+from tether.client.env import CLUSTER_ENV, HOME_ENV, LOGIN_ENV, PROXY_ENV, USER_ENV
 from tether.errors import AccessDenied, TetherError
 
 __all__ = [
@@ -39,17 +40,6 @@ __all__ = [
     "select_cluster",
     "tether_home",
 ]
-
-HOME_ENV = "TETHER_HOME"
-#: the proxy ``tether login`` and ``signup`` use when ``--proxy`` is not given (tsh's
-#: ``TELEPORT_PROXY``)
-PROXY_ENV = "TETHER_PROXY"
-#: the Tether user ``tether login`` logs in as (tsh's ``TELEPORT_USER``)
-USER_ENV = "TETHER_USER"
-#: the cluster commands target when ``--cluster`` is not given (tsh's ``TELEPORT_CLUSTER``)
-CLUSTER_ENV = "TETHER_CLUSTER"
-#: the login on nodes when a command names none (tsh's ``TELEPORT_LOGIN``)
-LOGIN_ENV = "TETHER_LOGIN"
 
 
 def tether_home() -> pathlib.Path:
