@@ -510,7 +510,6 @@ def test_openssh_user_types_the_commands_of_the_ssh_page(
 #: option maps to whether it takes a value
 COMMAND_TREE = """
 import importlib, json
-from tether.cli._common import plugin_manager
 tree = {}
 def walk(command, path):
     options = {"--help": False}
@@ -526,8 +525,7 @@ def walk(command, path):
         walk(sub, [*path, name])
 for program in ("tether", "tetherctl", "tetherd"):
     cli = importlib.import_module(f"tether.cli.{program}").cli
-    plugin_manager().hook.tether_cli_commands(program=program, cli=cli)
-    walk(cli, [program])
+    walk(cli.load_all(), [program])
 print(json.dumps(tree))
 """
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from tether.api import CLUSTER_ENV
-from tether.cli.tetherctl import CONFIG_ENV
+from tether.cli._ctl_target import CONFIG_ENV
 from tether.plugins import AUTOLOAD_ENV
 from tether.testing.cluster import run_cli
 

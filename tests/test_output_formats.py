@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 import tether
 from tether.cli import _common, tetherctl, tetherd
 from tether.cli import tether as tether_cli
-from tether.cli._common import FORMATS, plugin_manager
+from tether.cli._common import FORMATS
 from tether.testing.cluster import RunningCluster, run_cli
 
 PASSWORD = "correct horse battery"
@@ -29,8 +29,8 @@ PRINTERS = (_common.emit_table, _common.output)
 def _installed_programs() -> dict[str, click.Group]:
     """The three programs with every installed plugin's commands, as their ``main`` adds them."""
     programs = {"tether": tether_cli.cli, "tetherctl": tetherctl.cli, "tetherd": tetherd.cli}
-    for name, cli in programs.items():
-        plugin_manager().hook.tether_cli_commands(program=name, cli=cli)
+    for cli in programs.values():
+        cli.load_all()
     return programs
 
 

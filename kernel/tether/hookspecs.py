@@ -169,8 +169,9 @@ def tether_identity_connectors() -> list[IdentityConnector]:
 def tether_cli_commands(program: str, cli: click.Group) -> None:
     """Add subcommands to one of Tether's command-line programs.
 
-    Called once per program start, before arguments are parsed. Returns nothing: add commands
-    with ``cli.add_command(...)``.
+    Called at most once per program start, before the named command's arguments are parsed:
+    unless that command runs without plugins (``version``, ``completion``, ``tether status``
+    and ``logout``). Returns nothing: add commands with ``cli.add_command(...)``.
 
     :param program: ``"tetherd"``, ``"tetherctl"`` or ``"tether"``.
     :param cli: that program's top-level click group.

@@ -7,9 +7,12 @@ Registered through ``tether_resource_kinds`` like any plugin's kinds (datasette'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
-from tether.resources import CERT_AUTHORITY, PROXY, ROLE, TOKEN, USER, ResourceKind
-from tether.trust import REMOTE_CLUSTER, TRUSTED_CLUSTER
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.resources import ResourceKind
 
 __all__ = ["tether_resource_kinds"]
 
@@ -17,4 +20,7 @@ __all__ = ["tether_resource_kinds"]
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """Return user, role, token, cert_authority, proxy, trusted_cluster and remote_cluster."""
+    from tether.resources import CERT_AUTHORITY, PROXY, ROLE, TOKEN, USER
+    from tether.trust import REMOTE_CLUSTER, TRUSTED_CLUSTER
+
     return [USER, ROLE, TOKEN, CERT_AUTHORITY, PROXY, TRUSTED_CLUSTER, REMOTE_CLUSTER]

@@ -8,9 +8,13 @@ add --type`` each have one list, and their errors one set of names.
 
 from __future__ import annotations
 
-from tether.config import ServiceRole
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
-from tether.token_types import KERNEL_TOKEN_TYPES, TokenType
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.config import ServiceRole
+    from tether.token_types import TokenType
 
 __all__ = ["tether_service_roles", "tether_token_types"]
 
@@ -18,6 +22,8 @@ __all__ = ["tether_service_roles", "tether_token_types"]
 @hookimpl
 def tether_service_roles() -> list[ServiceRole]:
     """Return ``auth`` (auth_service) and ``proxy`` (proxy_service)."""
+    from tether.config import ServiceRole
+
     return [
         ServiceRole("auth", "auth_service", "certificate authorities, users, roles, audit"),
         ServiceRole("proxy", "proxy_service", "the one public port"),
@@ -27,4 +33,6 @@ def tether_service_roles() -> list[ServiceRole]:
 @hookimpl
 def tether_token_types() -> list[TokenType]:
     """Return ``node``, ``proxy`` and ``trusted_cluster``."""
+    from tether.token_types import KERNEL_TOKEN_TYPES
+
     return list(KERNEL_TOKEN_TYPES)

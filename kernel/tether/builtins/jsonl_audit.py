@@ -22,12 +22,13 @@ import os
 import pathlib
 import threading
 from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import trio
-
-from tether.audit import AuditEvent, AuditQuery
-from tether.config import Config
 from tether.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.audit import AuditEvent, AuditQuery
+    from tether.config import Config
 
 __all__ = ["FILE_NAME", "JsonlAuditSink"]
 
@@ -36,6 +37,8 @@ FILE_NAME = "events.jsonl"
 
 def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
     """The newest ``query.limit`` events of one file that match, in the file's order."""
+    from tether.audit import AuditEvent
+
     if not path.exists():
         return []
     events: collections.deque[AuditEvent] = collections.deque(maxlen=query.limit or None)
@@ -107,6 +110,8 @@ class JsonlAuditSink:
 
     @hookimpl
     async def tether_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        import trio
+
         lines: dict[pathlib.Path, list[str]] = {}
         for event in events:
             path = self._paths.get(event.cluster)
@@ -120,6 +125,8 @@ class JsonlAuditSink:
     def tether_audit_search(self, query: AuditQuery) -> Awaitable[list[AuditEvent]] | None:
         """Search the file of the cluster ``query`` names, or with none named, every file this
         sink holds (merged in time order); None, directly, when it holds no such file."""
+        import trio
+
         if query.cluster is None:
             paths = list(self._paths.values())
         else:

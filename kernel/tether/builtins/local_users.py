@@ -6,9 +6,13 @@ Registered through ``tether_identity_connectors`` exactly like a third-party con
 
 from __future__ import annotations
 
-from tether.connectors import ConnectorContext, LoginIdentity
+from typing import TYPE_CHECKING
+
 from tether.errors import AccessDenied
 from tether.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.connectors import ConnectorContext, LoginIdentity
 
 __all__ = ["LocalConnector"]
 
@@ -21,6 +25,8 @@ class LocalConnector:
     async def authenticate_password(
         self, ctx: ConnectorContext, username: str, password: str
     ) -> LoginIdentity:
+        from tether.connectors import LoginIdentity
+
         user = await ctx.user(username)
         # the check spends the same time when the user or their password is missing
         ok = await ctx.password_matches(username, password)

@@ -6,8 +6,12 @@ protocol to serve (``tether_agent_protocols`` returns nothing) runs no agent and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
-from tether.services import Service, ServiceContext
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.services import Service, ServiceContext
 
 __all__ = ["tether_services"]
 

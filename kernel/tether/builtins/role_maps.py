@@ -14,12 +14,12 @@ and pluggy calls later registrations first, an installed strategy always sees a 
 from __future__ import annotations
 
 import functools
-from typing import Any
-
-import re2
+from typing import TYPE_CHECKING, Any
 
 from tether.hookspecs import hookimpl
-from tether.trust import RoleMapRule, expand_groups, is_regex_pattern
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.trust import RoleMapRule
 
 __all__ = ["tether_map_role"]
 
@@ -27,6 +27,10 @@ __all__ = ["tether_map_role"]
 @functools.lru_cache(maxsize=1024)
 def _compiled(remote: str) -> Any | None:
     """The re2 expression a pattern stands for; None if it does not compile."""
+    import re2
+
+    from tether.trust import is_regex_pattern
+
     if is_regex_pattern(remote):
         source = remote
     else:
@@ -42,6 +46,8 @@ def _compiled(remote: str) -> Any | None:
 @hookimpl
 def tether_map_role(rule: RoleMapRule, remote_role: str) -> list[str]:
     """Return ``rule.local`` expanded when ``remote_role`` matches ``rule.remote``, else []."""
+    from tether.trust import expand_groups
+
     pattern = _compiled(rule.remote)
     # parse_role_map refuses patterns that do not compile; never grant on one regardless
     found = pattern.fullmatch(remote_role) if pattern is not None else None

@@ -6,8 +6,12 @@ distribution can provide the scheme instead.
 
 from __future__ import annotations
 
-from tether.backend import BackendType, open_sqlite
+from typing import TYPE_CHECKING
+
 from tether.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
+    from tether.backend import BackendType
 
 __all__ = ["tether_backends"]
 
@@ -15,4 +19,6 @@ __all__ = ["tether_backends"]
 @hookimpl
 def tether_backends() -> list[BackendType]:
     """Provide the SQLite backend for the ``sqlite`` URL scheme."""
+    from tether.backend import BackendType, open_sqlite
+
     return [BackendType(scheme="sqlite", open=open_sqlite)]

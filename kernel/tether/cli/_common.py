@@ -2,36 +2,41 @@
 
 Errors a user sees are one line on stderr and a non-zero exit; ``--debug`` turns on verbose
 logs and shows the traceback (DESIGN.md, "Conventions").
+
+Every command-line start imports this module, so it imports only click: trio, the
+configuration, plugins and the table and YAML printers load in the functions that use them,
+and :class:`ProgramGroup` imports a command's module (and the plugins) only when the command
+line names it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import logging
 import os
 import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
-import trio
 from click.shell_completion import CompletionItem, get_completion_class
-from tabulate import tabulate
 
 import tether
-from tether.client.profile import CLUSTER_ENV
-from tether.config import load_config
+from tether.client.env import CLUSTER_ENV
 from tether.errors import PluginError, TetherError
 from tether.logs import setup_logging
-from tether.plugins import TetherPluginManager, get_plugin_manager
-from tether.yamlio import dump_yaml
+
+if TYPE_CHECKING:
+    from tether.plugins import TetherPluginManager
 
 __all__ = [
     "COMPLETION_TIMEOUT",
     "FORMATS",
+    "ProgramGroup",
     "cluster_option",
     "complete_clusters",
     "completer",
@@ -98,6 +103,8 @@ def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
     trio wraps what escapes a nursery in an ExceptionGroup; a user must see the one-line
     TetherError (or a clean Ctrl-C), not a group traceback.
     """
+    import trio
+
     try:
         return trio.run(func, *args)
     except BaseExceptionGroup as group:
@@ -158,18 +165,118 @@ def debug_option_everywhere(group: click.Group) -> None:
     takes its global flags anywhere. A subcommand's arguments after its own positional ones
     (a remote command's ``-d``) stay its own."""
     for command in group.commands.values():
-        if not any("--debug" in getattr(p, "opts", ()) for p in command.params):
-            command.params.append(
-                click.Option(
-                    ["-d", "--debug"],
-                    is_flag=True,
-                    expose_value=False,
-                    callback=_turn_on_debug,
-                    help="Verbose logs and tracebacks.",
-                )
+        _give_debug_option(command)
+
+
+def _give_debug_option(command: click.Command) -> None:
+    if not any("--debug" in getattr(p, "opts", ()) for p in command.params):
+        command.params.append(
+            click.Option(
+                ["-d", "--debug"],
+                is_flag=True,
+                expose_value=False,
+                callback=_turn_on_debug,
+                help="Verbose logs and tracebacks.",
             )
-        if isinstance(command, click.Group):
-            debug_option_everywhere(command)
+        )
+    if isinstance(command, click.Group):
+        debug_option_everywhere(command)
+
+
+class ProgramGroup(click.Group):
+    """A program's top-level group that loads only what its command line names.
+
+    A start costs what it imports, and ``tether version`` must not import the kernel and
+    every plugin: the built-in commands in ``lazy`` (name to ``"module:attribute"``) are
+    imported when named, and the plugins' commands (``tether_cli_commands``) are added the
+    first time a command outside ``plugin_free`` is named, or the list of commands is asked
+    for (help, completion).
+
+    :param program: ``"tether"``, ``"tetherctl"`` or ``"tetherd"``, as the hook is told.
+    :param lazy: built-in commands, imported when named.
+    :param plugin_free: built-in commands that run without the plugins' commands (none of
+        their subcommands or help comes from a plugin).
+    :param debug_everywhere: give each command the group's ``-d/--debug``
+        (:func:`debug_option_everywhere`), as ``tether`` does.
+    :param add_plugins: what adds the plugins' commands (and help that names what plugins
+        register); by default the ``tether_cli_commands`` hook of :func:`plugin_manager`.
+        A :class:`TetherError` it raises is a warning, and the built-in commands still run.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        program: str,
+        lazy: dict[str, str] | None = None,
+        plugin_free: Iterable[str] = (),
+        debug_everywhere: bool = False,
+        add_plugins: Callable[[ProgramGroup], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.program = program
+        self._debug_everywhere = debug_everywhere
+        self._lazy = dict(lazy or {})
+        self._plugin_free = frozenset(plugin_free)
+        self._add_plugins = add_plugins
+        self._plugins_added = False
+        self._builtin_names = set(self._lazy)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        if not self._plugins_added:  # the kernel's own, added where the program is defined
+            self._builtin_names.add(name or cmd.name or "")
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self._plugin_free:
+            self.add_plugin_commands()
+        command = self.builtin(cmd_name) or self.commands.get(cmd_name)
+        if command is not None and self._debug_everywhere:
+            _give_debug_option(command)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.load_all()
+        return super().list_commands(ctx)
+
+    def load_all(self) -> ProgramGroup:
+        """Import every built-in command and add the plugins' (for help, docs and tests that
+        walk the whole program); returns the group."""
+        for name in self._lazy:
+            if name not in self.commands:
+                self._import(name)
+        self.add_plugin_commands()
+        if self._debug_everywhere:
+            debug_option_everywhere(self)
+        return self
+
+    def builtin(self, name: str) -> click.Command | None:
+        """The built-in command ``name`` (imported now if it is lazy), else None; plugins'
+        commands are not looked at (and not loaded)."""
+        if name in self._lazy and name not in self.commands:
+            return self._import(name)
+        return self.commands.get(name) if name in self._builtin_names else None
+
+    def add_plugin_commands(self) -> None:
+        """Add the plugins' commands, once."""
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        try:
+            if self._add_plugins is not None:
+                self._add_plugins(self)
+            else:
+                plugin_manager().hook.tether_cli_commands(program=self.program, cli=self)
+        except TetherError as exc:
+            click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
+
+    def _import(self, name: str) -> click.Command:
+        module, _, attribute = self._lazy[name].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self._lazy[name]} is not a click command")
+        self.add_command(command, name)
+        return command
 
 
 _PM: dict[str, TetherPluginManager] = {}
@@ -177,6 +284,8 @@ _PM: dict[str, TetherPluginManager] = {}
 
 def plugin_manager(disabled: Sequence[str] = ()) -> TetherPluginManager:
     """The plugin manager for this process (built once)."""
+    from tether.plugins import get_plugin_manager
+
     key = ",".join(sorted(disabled))
     if key not in _PM:
         _PM[key] = get_plugin_manager(disabled)
@@ -202,6 +311,8 @@ def configured_disabled(config_path: str | os.PathLike[str] | None) -> tuple[str
     (the command reports a broken file itself, with its line)."""
     if not config_path:
         return ()
+    from tether.config import load_config
+
     try:
         return tuple(load_config(pathlib.Path(config_path)).plugins.disabled)
     except TetherError:
@@ -215,6 +326,8 @@ FORMATS = ("text", "json", "yaml")
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain table like tctl's: a header, a dashed rule, one row per line."""
+    from tabulate import tabulate
+
     click.echo(
         tabulate(
             [list(r) for r in rows], headers=list(headers), tablefmt="simple", disable_numparse=True
@@ -261,6 +374,8 @@ def output(data: Any, fmt: str, text: Callable[[], None] | None = None) -> None:
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
     elif fmt == "yaml":
+        from tether.yamlio import dump_yaml
+
         click.echo(dump_yaml(data), nl=False)
     elif fmt == "text" and text is not None:
         text()
@@ -296,6 +411,8 @@ def completer(
     """
 
     async def bounded(ctx: click.Context, incomplete: str) -> list[str]:
+        import trio
+
         with trio.move_on_after(timeout):
             return [str(name) for name in await fetch(ctx, incomplete)]
         return []
@@ -304,6 +421,8 @@ def completer(
         ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
         try:
+            import trio
+
             with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
                 names = trio.run(bounded, ctx, incomplete)
         except Exception:  # noqa: BLE001 - a Tab shows no traceback, whatever went wrong
@@ -413,7 +532,7 @@ def shared_group(cli: click.Group, name: str) -> click.Group:
     :raises PluginError: ``cli`` has no such group (the program, or the kernel's version,
         does not share it).
     """
-    group = cli.commands.get(name)
+    group = cli.builtin(name) if isinstance(cli, ProgramGroup) else cli.commands.get(name)
     if not isinstance(group, click.Group):
         shared = sorted(n for n, c in cli.commands.items() if isinstance(c, click.Group))
         raise PluginError(

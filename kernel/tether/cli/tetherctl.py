@@ -13,33 +13,66 @@ import sys
 import click
 
 import tether
-from tether.cert_authority_types import cert_authority_types
 from tether.cli._common import (
+    ProgramGroup,
     complete_var,
     completion_command,
     config_path_from_argv,
     configured_disabled,
+    fail,
     format_option,
     output,
     plugin_manager,
     setup_cli_logging,
     version_info,
 )
-from tether.cli._ctl_audit import audit
-from tether.cli._ctl_auth import auth_group, describe_ca_types
-from tether.cli._ctl_resources import create, edit, get, rm, update
-from tether.cli._ctl_rolemap import rolemap
-from tether.cli._ctl_status import status
-from tether.cli._ctl_target import CONFIG_ENV
-from tether.cli._ctl_tokens import describe_token_types, tokens
-from tether.cli._ctl_users import users
 from tether.errors import TetherError
-from tether.token_types import token_types
 
 __all__ = ["cli", "main"]
 
 
-@click.group()
+#: the commands, a module per job (_ctl_*.py), imported when named
+_COMMANDS = {
+    "create": "tether.cli._ctl_resources:create",
+    "get": "tether.cli._ctl_resources:get",
+    "update": "tether.cli._ctl_resources:update",
+    "edit": "tether.cli._ctl_resources:edit",
+    "rm": "tether.cli._ctl_resources:rm",
+    "rolemap": "tether.cli._ctl_rolemap:rolemap",
+    "users": "tether.cli._ctl_users:users",
+    "tokens": "tether.cli._ctl_tokens:tokens",
+    "audit": "tether.cli._ctl_audit:audit",
+    "auth": "tether.cli._ctl_auth:auth_group",
+    "status": "tether.cli._ctl_status:status",
+}
+
+
+def _add_plugins(cli: ProgramGroup) -> None:
+    """The plugins' commands, and the token and CA types they register in the help and the
+    choices of ``tokens add`` and ``auth export``/``sign``; a plugin that cannot load stops
+    the command (``plugins.disabled`` of ``-c``'s configuration leaves it out)."""
+    from tether.cert_authority_types import cert_authority_types
+    from tether.cli._ctl_auth import describe_ca_types
+    from tether.cli._ctl_target import CONFIG_ENV
+    from tether.cli._ctl_tokens import describe_token_types
+    from tether.token_types import token_types
+
+    try:
+        pm = plugin_manager(configured_disabled(config_path_from_argv(sys.argv[1:], CONFIG_ENV)))
+        pm.hook.tether_cli_commands(program="tetherctl", cli=cli)
+        describe_token_types(token_types(pm))
+        describe_ca_types(cert_authority_types(pm))
+    except TetherError as exc:
+        fail(str(exc))
+
+
+@click.group(
+    cls=ProgramGroup,
+    program="tetherctl",
+    lazy=_COMMANDS,
+    plugin_free=("version", "completion"),
+    add_plugins=_add_plugins,
+)
 @click.option(
     "-c",
     "--config",
@@ -57,12 +90,6 @@ def cli(ctx: click.Context, config: pathlib.Path | None, debug: bool) -> None:
     setup_cli_logging(debug)
 
 
-# The commands live in a module per job (_ctl_*.py). Help sorts them by name; ``cli.commands``
-# keeps the order they are added in, which is the order they were written in here before.
-for _command in (create, get, update, edit, rm, rolemap, users, tokens, audit, auth_group, status):
-    cli.add_command(_command)
-
-
 @cli.command()
 @format_option()
 def version(fmt: str) -> None:
@@ -74,15 +101,6 @@ cli.add_command(completion_command("tetherctl"))
 
 
 def main() -> None:
-    try:
-        disabled = configured_disabled(config_path_from_argv(sys.argv[1:], CONFIG_ENV))
-        pm = plugin_manager(disabled)
-        pm.hook.tether_cli_commands(program="tetherctl", cli=cli)
-        describe_token_types(token_types(pm))
-        describe_ca_types(cert_authority_types(pm))
-    except TetherError as exc:
-        click.echo(f"ERROR: {exc}", err=True)
-        sys.exit(1)
     cli(obj={}, prog_name="tetherctl", complete_var=complete_var("tetherctl"))
 
 

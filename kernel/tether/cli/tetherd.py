@@ -13,6 +13,7 @@ import trio
 
 import tether
 from tether.cli._common import (
+    ProgramGroup,
     complete_var,
     completion_command,
     config_path_from_argv,
@@ -50,7 +51,25 @@ from tether.plugins import TetherPluginManager, describe_plugins, plugin_package
 __all__ = ["cli", "main"]
 
 
-@click.group()
+def _add_plugins(cli: ProgramGroup) -> None:
+    """The plugins' commands and service roles (in ``start --help``). A plugin that cannot
+    load is left for ``start`` and ``plugins`` to report: they rebuild the manager with the
+    configuration's disabled list; ``configure`` and ``version`` need none."""
+    try:
+        pm = plugin_manager(configured_disabled(config_path_from_argv(sys.argv[1:])))
+        schema = ConfigSchema.from_plugins(pm)
+    except TetherError:
+        return
+    pm.hook.tether_cli_commands(program="tetherd", cli=cli)
+    _describe_roles(schema)
+
+
+@click.group(
+    cls=ProgramGroup,
+    program="tetherd",
+    plugin_free=("version", "completion"),
+    add_plugins=_add_plugins,
+)
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -303,16 +322,6 @@ cli.add_command(completion_command("tetherd"))
 
 def main() -> None:
     setup_cli_logging(debug="--debug" in sys.argv)
-    try:
-        pm = plugin_manager(configured_disabled(config_path_from_argv(sys.argv[1:])))
-        schema = ConfigSchema.from_plugins(pm)
-    except TetherError:
-        # `start` and `plugins` rebuild the manager with the configuration's disabled list
-        # and report a plugin that still cannot load; `configure` and `version` need none.
-        pass
-    else:
-        pm.hook.tether_cli_commands(program="tetherd", cli=cli)
-        _describe_roles(schema)
     cli(obj={}, prog_name="tetherd", complete_var=complete_var("tetherd"))
 
 
