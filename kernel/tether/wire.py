@@ -3,6 +3,9 @@
 A server turns a :class:`~tether.errors.TetherError` into a JSON body and a status code; the
 client turns the body back into the same exception class, so a user of ``tetherctl`` on another
 machine sees the same one-line message as one on the auth host.
+
+Clients import this module for :func:`error_from_json`; starlette, which only servers use,
+loads in the server's functions.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from typing import TYPE_CHECKING, Any
 
 from tether import errors
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
 
 __all__ = [
     "error_from_json",
@@ -128,12 +131,17 @@ def query_seconds(value: str | None, name: str) -> float:
 
 
 async def _on_tether_error(request: Request, exc: Exception) -> JSONResponse:
+    from starlette.responses import JSONResponse
+
     assert isinstance(exc, errors.TetherError)
     return JSONResponse(error_to_json(exc), status_code=error_status(exc))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own 404 and 405 answers are plain text; clients expect the JSON error body.
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
     assert isinstance(exc, HTTPException)
     error: errors.TetherError
     if exc.status_code == 404:
@@ -152,6 +160,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
     # The peer went away before sending its whole request: nobody is left to answer, and it
     # is not a server bug, so it gets one log line instead of a traceback.
+    from starlette.responses import Response
+
     client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
     log.debug("%s went away during %s %s", client, request.method, request.url.path)
     return Response(status_code=400)
@@ -160,6 +170,8 @@ async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A bug must not take the daemon down or leak a traceback to the client: log it in full
     # and answer with one line that says where to look.
+    from starlette.responses import JSONResponse
+
     log.error("internal error serving %s %s", request.method, request.url.path, exc_info=exc)
     body = error_to_json(
         errors.TetherError(
@@ -172,6 +184,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
     """Starlette exception handlers shared by every Tether HTTP API."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
     return {
         errors.TetherError: _on_tether_error,
         HTTPException: _on_http_error,

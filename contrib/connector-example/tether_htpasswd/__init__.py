@@ -18,11 +18,12 @@ from __future__ import annotations
 import functools
 import pathlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+from tether.api import AccessDenied, ConfigError, hookimpl
 
-from tether.api import AccessDenied, Config, ConfigError, ConnectorContext, LoginIdentity, hookimpl
+if TYPE_CHECKING:  # every command-line start loads this module: auth alone logs users in
+    from tether.api import Config, ConnectorContext, LoginIdentity
 
 _settings: dict[str, Any] = {}
 
@@ -55,6 +56,9 @@ class HtpasswdConnector:
         self, ctx: ConnectorContext, username: str, password: str
     ) -> LoginIdentity:
         import bcrypt
+        import trio
+
+        from tether.api import LoginIdentity
 
         text = await trio.Path(_settings["file"]).read_text()
         hashed = read_htpasswd(text).get(username)

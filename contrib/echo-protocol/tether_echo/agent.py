@@ -27,15 +27,13 @@ from typing import Any
 import trio
 
 from tether.api import AgentContext, AgentStream, Config, ConfigError, Resource
-from tether_echo.kind import ECHO, EchoSpec
+from tether_echo.kind import ECHO, PROTOCOL, EchoSpec
 from tether_echo.wire import Hello, hello_line, refused_line
 
-__all__ = ["PROTOCOL", "EchoProtocol", "agent_protocols"]
+__all__ = ["EchoProtocol", "agent_protocols"]
 
 log = logging.getLogger(__name__)
 
-#: The protocol's name: the mux target proxies open, at a leaf's proxy and at the node.
-PROTOCOL = "echo"
 VERSION = "0.1.0"
 
 

@@ -17,7 +17,10 @@ import attrs
 
 from tether.api import InvalidField, Resource, ResourceKind, Target, TargetKind
 
-__all__ = ["ECHO", "ECHO_TARGET", "EchoSpec", "describe_echo"]
+__all__ = ["ECHO", "ECHO_TARGET", "PROTOCOL", "EchoSpec", "describe_echo"]
+
+#: The protocol's name: the mux target proxies open, at a leaf's proxy and at the node.
+PROTOCOL = "echo"
 
 
 @attrs.frozen

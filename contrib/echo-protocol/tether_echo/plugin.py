@@ -7,12 +7,15 @@ service inside the node agent, and the ``tether echo`` commands.
 
 from __future__ import annotations
 
-import click
+from typing import TYPE_CHECKING
 
-from tether.api import Config, ProtocolHandler, ProxyConnection, ResourceKind, TetherError, hookimpl
-from tether_echo.agent import PROTOCOL, EchoProtocol, agent_protocols
-from tether_echo.cli import ALPN, TITLE, echo_group
-from tether_echo.kind import ECHO, ECHO_TARGET
+from tether.api import hookimpl
+
+if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
+    import click
+
+    from tether.api import Config, ProtocolHandler, ProxyConnection, ResourceKind, TetherError
+    from tether_echo.agent import EchoProtocol
 
 __all__ = [
     "tether_agent_protocols",
@@ -28,6 +31,8 @@ SERVER_NAME_PREFIX = "echo"
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """``echo``: the entries nodes serving echo publish on every heartbeat."""
+    from tether_echo.kind import ECHO
+
     return [ECHO]
 
 
@@ -43,6 +48,10 @@ def tether_protocols() -> list[ProtocolHandler]:
     the node's entry among those the user may see, in this cluster or a leaf, opens a stream
     to it and copies bytes both ways. A client that can only name a server asks for
     ``route_server_name("echo", cluster, node)`` instead, and sends no first line."""
+    from tether.api import ProtocolHandler
+    from tether_echo.cli import ALPN, TITLE
+    from tether_echo.kind import ECHO_TARGET, PROTOCOL
+
     return [
         ProtocolHandler(
             name=PROTOCOL,
@@ -58,6 +67,8 @@ def tether_protocols() -> list[ProtocolHandler]:
 @hookimpl
 def tether_agent_protocols(config: Config) -> list[EchoProtocol]:
     """Echo inside the node agent, when ``plugins.settings.echo.enabled``."""
+    from tether_echo.agent import agent_protocols
+
     return agent_protocols(config)
 
 
@@ -65,4 +76,6 @@ def tether_agent_protocols(config: Config) -> list[EchoProtocol]:
 def tether_cli_commands(program: str, cli: click.Group) -> None:
     """``tether echo ls`` and ``tether echo connect``."""
     if program == "tether":
+        from tether_echo.cli import echo_group
+
         cli.add_command(echo_group)

@@ -16,7 +16,12 @@ import attrs
 from tether.api import InvalidField, Resource, ResourceKind, RoleSet, Target, TargetKind
 from tether_db.config import PROTOCOLS
 
-__all__ = ["DB", "DB_TARGET", "DbSpec", "DbStatus", "describe_db"]
+__all__ = ["DB", "DB_TARGET", "HOST_ROLE", "PROTOCOL", "DbSpec", "DbStatus", "describe_db"]
+
+#: The protocol's name: the mux target proxies open to the service.
+PROTOCOL = "db"
+#: The host role a database service joins with (``tetherctl tokens add --type=db``).
+HOST_ROLE = "Db"
 
 
 @attrs.frozen

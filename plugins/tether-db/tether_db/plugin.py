@@ -11,21 +11,23 @@ db`` and ``tether proxy db`` commands.
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
-import click
+from tether.api import hookimpl
 
-from tether.api import (
-    CertAuthorityType,
-    Config,
-    ConfigSection,
-    ProtocolHandler,
-    ResourceKind,
-    ServiceRole,
-    TokenType,
-    hookimpl,
-)
-from tether_db.kind import DB, DB_TARGET
-from tether_db.service import HOST_ROLE, PROTOCOL, DatabaseService, agent_protocols
+if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
+    import click
+
+    from tether.api import (
+        CertAuthorityType,
+        Config,
+        ConfigSection,
+        ProtocolHandler,
+        ResourceKind,
+        ServiceRole,
+        TokenType,
+    )
+    from tether_db.service import DatabaseService
 
 __all__ = [
     "tether_agent_protocols",
@@ -58,12 +60,17 @@ def tether_service_roles() -> list[ServiceRole]:
 @hookimpl
 def tether_token_types() -> list[TokenType]:
     """``tetherctl tokens add --type=db``: a host joins as a database service."""
+    from tether.api import TokenType
+    from tether_db.kind import HOST_ROLE
+
     return [TokenType("db", HOST_ROLE, "a database service joins the cluster", host_role=True)]
 
 
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """``db``: the databases services publish on every heartbeat."""
+    from tether_db.kind import DB
+
     return [DB]
 
 
@@ -72,6 +79,9 @@ def tether_cert_authorities() -> list[CertAuthorityType]:
     """``db`` signs database servers' certificates (``tetherctl auth sign --format=db``),
     which the service verifies; ``db_client`` signs the service's short-lived client
     certificates, which the databases trust (``PREFIX.cas``)."""
+    from tether.api import CertAuthorityType
+    from tether_db.kind import HOST_ROLE
+
     return [
         CertAuthorityType(
             name="db",
@@ -95,7 +105,9 @@ def tether_protocols() -> list[ProtocolHandler]:
     """The database front door: the kernel answers the dial exchange on ``tether-db/1``,
     finds the database among those the user may see, in this cluster or a leaf, and opens a
     stream to its service; the bytes are the database protocol's own."""
+    from tether.api import ProtocolHandler
     from tether_db.cli import ALPN, TITLE
+    from tether_db.kind import DB_TARGET, PROTOCOL
 
     return [ProtocolHandler(name=PROTOCOL, alpn=(ALPN,), target_kind=DB_TARGET, title=TITLE)]
 
@@ -105,6 +117,7 @@ def tether_agent_protocols(config: Config) -> list[DatabaseService]:
     """The database service inside the node agent, when ``db_service.enabled``."""
     from tether_db.mysql.engine import MySQLEngine
     from tether_db.postgres.engine import PostgresEngine
+    from tether_db.service import agent_protocols
 
     return agent_protocols(config, {"postgres": PostgresEngine(), "mysql": MySQLEngine()})
 

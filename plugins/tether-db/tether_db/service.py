@@ -39,16 +39,12 @@ from tether.api import (
 from tether_db import VERSION
 from tether_db.config import DatabaseConfig, DbServiceConfig
 from tether_db.engine import Database, Engine, Session
-from tether_db.kind import DB, DbSpec
+from tether_db.kind import DB, HOST_ROLE, PROTOCOL, DbSpec
 
-__all__ = ["CLIENT_CERT_TTL", "HOST_ROLE", "PROTOCOL", "DatabaseService", "agent_protocols"]
+__all__ = ["CLIENT_CERT_TTL", "DatabaseService", "agent_protocols"]
 
 log = logging.getLogger(__name__)
 
-#: The protocol's name: the mux target proxies open to the service.
-PROTOCOL = "db"
-#: The host role a database service joins with (``tetherctl tokens add --type=db``).
-HOST_ROLE = "Db"
 #: How long a client certificate for a database user lives; it is reused until a third of
 #: that is left, so a busy service asks auth about once per user every 40 minutes.
 CLIENT_CERT_TTL = datetime.timedelta(hours=1)

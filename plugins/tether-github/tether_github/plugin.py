@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tether.api import ResourceKind, hookimpl
-from tether_github.kind import GITHUB
+from tether.api import hookimpl
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
+    from tether.api import ResourceKind
     from tether_github.connector import GitHubConnector
 
 
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """Return the ``github`` kind (an OAuth app's settings and team mappings)."""
+    from tether_github.kind import GITHUB
+
     return [GITHUB]
 
 

@@ -16,7 +16,20 @@ import attrs
 
 from tether.api import InvalidField, Resource, ResourceKind, RoleSet, Target, TargetKind
 
-__all__ = ["KUBE_CLUSTER", "KUBE_TARGET", "KubeClusterSpec", "KubeClusterStatus", "describe"]
+__all__ = [
+    "HOST_ROLE",
+    "KUBE_CLUSTER",
+    "KUBE_TARGET",
+    "PROTOCOL",
+    "KubeClusterSpec",
+    "KubeClusterStatus",
+    "describe",
+]
+
+#: The protocol's name: the mux target proxies open to the service.
+PROTOCOL = "kube"
+#: The host role a Kubernetes service joins with (``tetherctl tokens add --type=kube``).
+HOST_ROLE = "Kube"
 
 
 @attrs.frozen

@@ -9,21 +9,24 @@ routes, through leaves too), the service inside the node agent, and ``tether kub
 
 from __future__ import annotations
 
-import click
+from typing import TYPE_CHECKING
 
-from tether.api import (
-    Config,
-    ConfigSection,
-    Profile,
-    ProtocolHandler,
-    ResourceKind,
-    RoleField,
-    ServiceRole,
-    TokenType,
-    hookimpl,
-)
-from tether_kube.kind import KUBE_CLUSTER, KUBE_TARGET
-from tether_kube.service import HOST_ROLE, PROTOCOL, KubeService, agent_protocols
+from tether.api import hookimpl
+
+if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
+    import click
+
+    from tether.api import (
+        Config,
+        ConfigSection,
+        Profile,
+        ProtocolHandler,
+        ResourceKind,
+        RoleField,
+        ServiceRole,
+        TokenType,
+    )
+    from tether_kube.service import KubeService
 
 __all__ = [
     "tether_agent_protocols",
@@ -57,12 +60,17 @@ def tether_service_roles() -> list[ServiceRole]:
 @hookimpl
 def tether_token_types() -> list[TokenType]:
     """``tetherctl tokens add --type=kube``: a host joins as a Kubernetes service."""
+    from tether.api import TokenType
+    from tether_kube.kind import HOST_ROLE
+
     return [TokenType("kube", HOST_ROLE, "a Kubernetes service joins the cluster", host_role=True)]
 
 
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """``kube_cluster``: the clusters services publish on every heartbeat."""
+    from tether_kube.kind import KUBE_CLUSTER
+
     return [KUBE_CLUSTER]
 
 
@@ -81,7 +89,9 @@ def tether_protocols() -> list[ProtocolHandler]:
     so that exec's SPDY upgrade passes), and ``tether-kube/1`` for ``tether kube ls``; the
     kernel finds the cluster among those the user may see, here or in a leaf, and opens a
     stream to its service, which speaks to the API server."""
+    from tether.api import ProtocolHandler
     from tether_kube.cli import ALPN, SERVER_NAME_PREFIX, TITLE
+    from tether_kube.kind import KUBE_TARGET, PROTOCOL
     from tether_kube.refusal import refuse_at_proxy
 
     return [
@@ -100,6 +110,8 @@ def tether_protocols() -> list[ProtocolHandler]:
 @hookimpl
 def tether_agent_protocols(config: Config) -> list[KubeService]:
     """The Kubernetes service inside the node agent, when ``kubernetes_service.enabled``."""
+    from tether_kube.service import agent_protocols
+
     return agent_protocols(config)
 
 

@@ -33,14 +33,12 @@ from tether_kube import VERSION
 from tether_kube.access import Impersonation, check_request, impersonation
 from tether_kube.config import KubeServiceConfig, check_name
 from tether_kube.forward import Admitted, Gate, Headers, Refused, serve_http
-from tether_kube.kind import KUBE_CLUSTER, KubeClusterSpec
+from tether_kube.kind import HOST_ROLE, KUBE_CLUSTER, PROTOCOL, KubeClusterSpec
 from tether_kube.requests import KubeRequest, read_request
 from tether_kube.upstream import Upstream, context_names, read_upstream
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "HOST_ROLE",
-    "PROTOCOL",
     "KubeService",
     "ServedCluster",
     "agent_protocols",
@@ -48,10 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The protocol's name: the mux target proxies open to the service.
-PROTOCOL = "kube"
-#: The host role a Kubernetes service joins with (``tetherctl tokens add --type=kube``).
-HOST_ROLE = "Kube"
 #: How long the service waits for an API server's TCP and TLS handshake.
 CONNECT_TIMEOUT = 10.0
 #: Request headers a user may not send through: the service authenticates itself, and

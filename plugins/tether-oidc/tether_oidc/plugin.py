@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tether.api import ResourceKind, hookimpl
-from tether_oidc.kind import OIDC
+from tether.api import hookimpl
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
+    from tether.api import ResourceKind
     from tether_oidc.connector import OIDCConnector
 
 
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """Return the ``oidc`` kind (an OpenID provider's settings)."""
+    from tether_oidc.kind import OIDC
+
     return [OIDC]
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tether.api import hookimpl
-from tether_ssh.inventory import NODE
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
     import click
 
     from tether.api import (
@@ -53,6 +52,8 @@ def tether_service_roles() -> list[ServiceRole]:
 @hookimpl
 def tether_resource_kinds() -> list[ResourceKind]:
     """``node``: the inventory entries nodes publish on every heartbeat."""
+    from tether_ssh.inventory import NODE
+
     return [NODE]
 
 
