@@ -45,7 +45,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import db_sites, results, ssh_profile, tables  # noqa: E402
+from _benchlib import daemon_settings, db_sites, results, ssh_profile, tables  # noqa: E402
 from _benchlib.db_sites import Endpoint  # noqa: E402
 
 NAME = "db_access"
@@ -99,7 +99,7 @@ class Params:
             "a client certificate (MariaDB); the server verifies it, the client does not "
             "verify the server",
             "tether_legs_client_side": "plain TCP to tether proxy db --tunnel on 127.0.0.1",
-            "daemons_log_severity": "DEBUG (tether.testing.cluster's setting)",
+            "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
             "targets": {
                 "select_only_8_clients_leaf_tps_ratio_at_least": TPS_TARGET,
                 "added_latency_ms_per_query_below": LATENCY_TARGET_MS,

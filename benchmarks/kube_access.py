@@ -52,7 +52,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import kube_client, kube_sites, results, tables  # noqa: E402
+from _benchlib import daemon_settings, kube_client, kube_sites, results, tables  # noqa: E402
 
 NAME = "kube_access"
 LEGS = ("direct", "local", "leaf")
@@ -132,7 +132,7 @@ class Params:
             "added": "a leg's median minus direct's",
             "daemon_cpu": "utime + stime from /proc/PID/stat (10 ms ticks) over each leg's "
             "batch of a request kind, divided by its requests; idle work included",
-            "daemons_log_severity": kube_sites.LOG["severity"],
+            "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
             "targets": {"added_median_ms_per_request_through_leaf_below": TARGET_ADDED_MS},
         }
 

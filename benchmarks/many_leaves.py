@@ -50,7 +50,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import leaves, results, ssh_profile, tables, trust_site  # noqa: E402
+from _benchlib import daemon_settings, leaves, results, ssh_profile, tables, trust_site  # noqa: E402
 from _benchlib.trust_site import TrustSite  # noqa: E402
 
 _fmt = tables.fmt
@@ -139,7 +139,14 @@ class Params:
             "root_peak_rss_mib the highest VmRSS sampled every second while leaves join",
             "online": "status.connection == 'online' in tetherctl get rc (a tunnel heartbeats)",
             "rc_poll_interval_seconds": RC_POLL_INTERVAL,
-            "daemons_log_severity": "DEBUG (tether.testing.cluster's setting)",
+            "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
+            "settings_changed": {
+                "root proxy_service.rate_limit": trust_site.FLEET_RATE_LIMIT["proxy_service"][
+                    "rate_limit"
+                ],
+                "why": "every leaf joins from 127.0.0.1, as a fleet behind one NAT would; the "
+                "default per-address limit would refuse most of them",
+            },
             "targets": {"ssh_ratio_many_vs_one_at_most": SSH_TARGET},
         }
 

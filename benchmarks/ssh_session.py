@@ -55,7 +55,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import openssh, results, ssh_profile, ssh_sites, tables  # noqa: E402
+from _benchlib import daemon_settings, openssh, results, ssh_profile, ssh_sites, tables  # noqa: E402
 from _benchlib.procs import children_of, owned_process  # noqa: E402
 from _benchlib.ssh_sites import Remote  # noqa: E402
 
@@ -166,7 +166,7 @@ class Params:
             "bulk_throughput": "bytes / wall time of the whole pipeline (session setup included)",
             "openssh_cipher": ssh_sites.OPENSSH_CIPHER,
             "tether_ciphers": "the client's preference: aes256-gcm, aes128-gcm, chacha20-poly1305",
-            "daemons_log_severity": "DEBUG (tether.testing.cluster's setting)",
+            "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
             "login": ssh_sites.LOGIN,
             "targets": {
                 f"setup_ratio_vs_{BASELINE}_at_most": SETUP_TARGET,

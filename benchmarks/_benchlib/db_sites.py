@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from _benchlib.daemon_settings import LOG
 from _benchlib.procs import LOOPBACK, owned_process
 from _benchlib.ssh_sites import tether_program, user_env
 
@@ -194,7 +195,7 @@ def db_site() -> Iterator[Site]:
         client_ca, client_cert, client_key = _client_ca(base / "client")
         clusters = {}
         for name in ("root", "leaf"):
-            cluster = start_cluster(base / name, name)
+            cluster = start_cluster(base / name, name, config={"log": LOG})
             stack.callback(cluster.stop)
             clusters[name] = cluster
             (base / f"{name}-role.yaml").write_text(ROLE)
@@ -250,7 +251,7 @@ def db_site() -> Iterator[Site]:
                 f"{name}-db-service",
                 roles="db",
                 ssh_service={"enabled": False},
-                config={"db_service": {"enabled": True, "databases": databases}},
+                config={"db_service": {"enabled": True, "databases": databases}, "log": LOG},
             )
             stack.callback(service.stop)
             service_pids[name] = service.process.pid

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from _benchlib.daemon_settings import LOG
 from _benchlib.ssh_sites import tether_program, user_env
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ BENCH_USER = "bench"
 BENCH_PASSWORD = "bench-password-not-secret"  # a throwaway cluster on loopback
 KUBE_NAMES = {"local": ("root", "home"), "leaf": ("leaf", "east")}  # leg: (cluster, kube)
 GROUP = "tether-bench"
-#: The daemons' log severity: what operators run, not the tests' DEBUG.
-LOG = {"severity": "INFO", "format": "text"}
 READY_TIMEOUT = 90.0
 
 ROLE = f"""\

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from _benchlib import openssh
+from _benchlib.daemon_settings import LOG
 from _benchlib.procs import (
     LOOPBACK,
     free_port,
@@ -216,11 +217,12 @@ def tether_site() -> Iterator[dict[str, Remote]]:
             config={
                 "nodename": AUTH_NODE,
                 "ssh_service": {"enabled": True, "listen_addr": f"{LOOPBACK}:0"},
+                "log": LOG,
             },
         )
         node: RunningNode | None = None
         try:
-            node = start_node(cluster, base / "node", TUNNEL_NODE, tunnel=True)
+            node = start_node(cluster, base / "node", TUNNEL_NODE, tunnel=True, config={"log": LOG})
             cluster.add_user(BENCH_USER, BENCH_PASSWORD, roles=["access"], logins=[LOGIN])
             cluster.login(BENCH_USER, BENCH_PASSWORD)
             env = {**user_env(), "TETHER_HOME": str(cluster.user_home(BENCH_USER))}

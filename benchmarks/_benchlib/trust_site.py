@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 
+from _benchlib.daemon_settings import LOG
 from _benchlib.procs import run_until_ok
 from _benchlib.ssh_sites import user_env
 
@@ -143,11 +144,11 @@ def trust_site() -> Iterator[TrustSite]:
         try:
             # every leaf joins from 127.0.0.1 here, as a fleet behind one NAT would: the root
             # is told to expect that many from one address, as its config file says to
-            root = start_cluster(base / ROOT, ROOT, config=FLEET_RATE_LIMIT)
+            root = start_cluster(base / ROOT, ROOT, config={**FLEET_RATE_LIMIT, "log": LOG})
             started.append(root)
-            leaf = start_cluster(base / LEAF, LEAF)
+            leaf = start_cluster(base / LEAF, LEAF, config={"log": LOG})
             started.append(leaf)
-            node = start_node(leaf, base / NODE, NODE)
+            node = start_node(leaf, base / NODE, NODE, config={"log": LOG})
             started.append(node)
             role = base / "visitor.yaml"
             role.write_text(VISITOR_ROLE)
