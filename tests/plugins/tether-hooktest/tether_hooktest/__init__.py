@@ -13,6 +13,7 @@ plugin author should write for a fast start: each hook imports the implementatio
 from __future__ import annotations
 
 import importlib
+import os
 import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
         HooktestSSOConnector,
         WhoAmI,
     )
+
+
+#: the file each hook call is recorded in; unset, the plugin does nothing
+LOG_ENV = "TETHER_HOOKTEST_LOG"
+
+
+def _active() -> bool:
+    return bool(os.environ.get(LOG_ENV))
 
 
 def _hooks() -> types.ModuleType:
@@ -102,11 +111,15 @@ def tether_identity_connectors() -> list[HooktestConnector | HooktestSSOConnecto
 
 @hookimpl
 def tether_client_logged_in(profile: Profile) -> None:
+    if not _active():  # every `tether login` calls this one
+        return None
     return _hooks().tether_client_logged_in(profile)
 
 
 @hookimpl
 def tether_cli_commands(program: str, cli: click.Group) -> None:
+    if not _active():  # every command line that needs plugins calls this one
+        return None
     return _hooks().tether_cli_commands(program, cli)
 
 

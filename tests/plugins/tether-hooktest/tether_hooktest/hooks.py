@@ -63,12 +63,7 @@ from tether.api import (
     shared_group,
 )
 from tether.testing.http import serve_http
-
-LOG_ENV = "TETHER_HOOKTEST_LOG"
-
-
-def _active() -> bool:
-    return bool(os.environ.get(LOG_ENV))
+from tether_hooktest import LOG_ENV, _active
 
 
 def record(hook: str, **fields: Any) -> None:

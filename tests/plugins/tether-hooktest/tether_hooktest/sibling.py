@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from tether.api import hookimpl, shared_group
-from tether_hooktest.hooks import _active
+from tether_hooktest import _active
 
 
 @hookimpl
