@@ -9,13 +9,16 @@ through each leg, with the same load generator and sink (separate processes, see
   restricted to ``aes128-gcm@openssh.com`` / ``chacha20-poly1305@openssh.com``;
 - ``raw_tcp``: client -> sink, the ceiling.
 
-It also reports Tether's stream open latency, memory per idle stream and the CPU of a root
-holding idle leaf tunnels. Each figure is the median of ``--repeat`` rounds (MB = 10**6 bytes).
+It also reports Tether's stream open latency (until ``dial`` returns a usable stream) and the
+CPU each open costs both ends, memory per idle stream and the CPU of a root holding idle leaf
+tunnels. Each figure is the median of ``--repeat`` rounds (MB = 10**6 bytes); ``--only`` runs
+some figures and reports the others as not run.
 The table, ``--json FILE`` and ``benchmarks/results/tunnel_throughput-<stamp>.json`` / ``.png``
 carry the figures with the machine described; a figure that cannot be measured yet is null in
 JSON and "n/a" in the table, with the reason under "missing".
 
     python benchmarks/tunnel_throughput.py [--quick] [--json FILE] [--size-mb N] [--repeat R]
+        [--only throughput|open_latency|idle_streams|idle_tunnels]...
 """
 
 # No ``from __future__ import annotations`` here: run_all.py executes harnesses without
@@ -49,6 +52,13 @@ BASELINE = "openssh_aes128"
 PARALLEL = 8
 MIB = 1 << 20
 WARMUP_BYTES = 16 * MIB
+#: What ``--only`` can pick: the throughput legs, and each secondary figure by its JSON key.
+FIGURES = {
+    "throughput": "mb_s",
+    "open_latency": "open_latency_ms",
+    "idle_streams": "idle_stream_bytes",
+    "idle_tunnels": "idle_tunnels_cpu_percent",
+}
 
 
 # --- Tether: the functions to implement once the tunnel exists ---------------------------------
@@ -80,7 +90,9 @@ def tether_forward(sink: Address) -> Iterator[Address]:
 
 
 def tether_open_latency_ms(opens: int) -> dict[str, float]:
-    """Median and p99 (ms) of ``opens`` stream opens on one established tunnel."""
+    """Median and p99 (ms) of ``opens`` stream opens on one established tunnel, each timed
+    until ``dial`` returns a stream ready for its first byte, and the CPU (us) per open of the
+    root and of the leaf's agent (``cpu_us_per_open``)."""
     return tunnel_figures.open_latency_ms(opens)
 
 
@@ -110,6 +122,7 @@ class Params:
     idle_streams: int = 10_000
     idle_tunnels: int = 1_000
     idle_cpu_seconds: float = 60.0
+    only: tuple[str, ...] = tuple(FIGURES)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Params":
@@ -124,6 +137,7 @@ class Params:
             parallel_stream_bytes=size_mib * MIB // 4,
             repeat=repeat,
             idle_cpu_seconds=10.0 if args.quick else 60.0,
+            only=tuple(args.only) if args.only else tuple(FIGURES),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -133,6 +147,11 @@ class Params:
             "mb": "10**6 bytes",
             "write_size_bytes": loadgen.CHUNK,
             "throughput": "bytes received at the sink / (last byte at the sink - first connect)",
+            "open_latency": "sequential server.dial() to a TCP echo target until it returns: OPEN "
+            "over TLS, the leaf's connect to the target, OPEN_OK back; the stream then takes its "
+            "first byte at once (close not timed)",
+            "open_cpu": "CPU (user+system) of the root and of the leaf's agent process during "
+            "the opens and closes, per open",
         }
 
 
@@ -195,6 +214,7 @@ def secondary_figures(params: Params) -> tuple[dict[str, Any], dict[str, str]]:
     """Open latency, idle-stream memory and idle-tunnel CPU, each null with a reason if missing."""
     figures: dict[str, Any] = {
         "open_latency_ms": {"median": None, "p99": None},
+        "open_cpu_us_per_open": {"root": None, "leaf": None},
         "idle_stream_bytes": None,
         "idle_tunnels_cpu_percent": None,
     }
@@ -207,10 +227,16 @@ def secondary_figures(params: Params) -> tuple[dict[str, Any], dict[str, str]]:
         ),
     }
     for key, run in measures.items():
+        if key not in {FIGURES[name] for name in params.only}:
+            missing[key] = "not run (--only)"
+            continue
         try:
             figures[key] = run()
         except NotImplementedError as exc:
             missing[key] = str(exc)
+    latency = figures["open_latency_ms"]
+    if "cpu_us_per_open" in latency:
+        figures["open_cpu_us_per_open"] = latency.pop("cpu_us_per_open")
     return figures, missing
 
 
@@ -276,11 +302,13 @@ def table(report: dict[str, Any]) -> str:
         for name, figs in report["mb_s"].items()
     ]
     lat = report["open_latency_ms"]
+    cpu = report.get("open_cpu_us_per_open") or {"root": None, "leaf": None}
     extra = [
         [
             "stream open latency ms (median / p99)",
             f"{_fmt(lat['median'], '.3f')} / {_fmt(lat['p99'], '.3f')}",
         ],
+        ["CPU us per stream open (root / leaf)", f"{_fmt(cpu['root'])} / {_fmt(cpu['leaf'])}"],
         ["memory per idle stream (bytes)", _fmt(report["idle_stream_bytes"])],
         ["root CPU % with idle tunnels", _fmt(report["idle_tunnels_cpu_percent"], ".1f")],
     ]
@@ -372,6 +400,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, metavar="R", help="rounds per leg, median kept (default 3, --quick 1)"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(FIGURES),
+        metavar="FIGURE",
+        help=f"measure only this figure, repeatable ({', '.join(FIGURES)}; default all)",
+    )
     results.add_output_args(parser)
     return parser.parse_args(argv)
 
@@ -383,8 +418,10 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     sshd: str | None = None
     problem: str | None = None
+    throughput = "throughput" in params.only
     try:
-        sshd = openssh.ensure_openssh()
+        if throughput:
+            sshd = openssh.ensure_openssh()
     except openssh.Unavailable as exc:
         problem = str(exc)
         print(f"OpenSSH legs skipped: {problem}", flush=True)
@@ -396,11 +433,13 @@ def main(argv: list[str]) -> int:
         },
         "raw_tcp": loadgen.raw_tcp,
     }
-    legs = []
-    with loadgen.Sink() as sink:
-        for name in LEGS:
-            print(f"{name}:", flush=True)
-            legs.append(run_leg(name, forwards[name], sink, params))
+    legs = [LegResult(name, missing="not run (--only)") for name in LEGS]
+    if throughput:
+        legs = []
+        with loadgen.Sink() as sink:
+            for name in LEGS:
+                print(f"{name}:", flush=True)
+                legs.append(run_leg(name, forwards[name], sink, params))
     secondary, secondary_missing = secondary_figures(params)
     report = build_report(machine_info, params, legs, secondary, secondary_missing)
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)

@@ -123,6 +123,33 @@ def test_a_run_writes_the_schema_with_missing_legs_as_null(
     assert "n/a" in tt.table(report)
 
 
+def test_only_open_latency_runs_that_figure_alone_and_reports_its_cpu(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def must_not_run(*args: object) -> object:
+        raise AssertionError("--only open_latency ran another figure")
+
+    def latency(opens: int) -> dict[str, object]:
+        return {"median": 0.25, "p99": 0.5, "cpu_us_per_open": {"root": 100, "leaf": 150}}
+
+    monkeypatch.setattr(tt.openssh, "ensure_openssh", must_not_run)
+    for name in ("tether_forward", "tether_idle_stream_bytes", "tether_idle_tunnels_cpu_percent"):
+        monkeypatch.setattr(tt, name, must_not_run)
+    monkeypatch.setattr(tt, "tether_open_latency_ms", latency)
+    out = tmp_path / "tt.json"
+    argv = ["--only", "open_latency", "--json", str(out), "--results-dir", str(tmp_path / "r")]
+    assert tt.main(argv) == 0
+
+    report = json.loads(out.read_text())
+    assert report["open_latency_ms"] == {"median": 0.25, "p99": 0.5}
+    assert report["open_cpu_us_per_open"] == {"root": 100, "leaf": 150}
+    assert report["params"]["only"] == ["open_latency"]
+    assert report["mb_s"]["raw_tcp"] == {"1": None, "8": None}
+    assert report["missing"]["raw_tcp"] == "not run (--only)"
+    assert report["missing"]["idle_stream_bytes"] == "not run (--only)"
+    assert "100 / 150" in tt.table(report)
+
+
 def test_tether_leg_carries_the_load_generator_through_a_real_tunnel() -> None:
     with loadgen.Sink() as sink, tt.tether_forward(sink.address) as entry:
         loadgen.wait_ready(entry, sink, timeout=20.0)

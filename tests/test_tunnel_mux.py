@@ -558,6 +558,15 @@ def test_graceful_goaway_lets_existing_streams_finish_and_refuses_new_ones() -> 
     assert stats.remote_goaway and not stats.local_goaway
 
 
+def test_goaway_sent_says_at_once_whether_this_side_went_away() -> None:
+    pair = ConnectionPair()
+    assert not pair.listener.goaway_sent and not pair.dialer.goaway_sent
+    pair.listener.goaway("proxy restarting")
+    pair.pump()
+    assert pair.listener.goaway_sent and pair.listener.statistics().local_goaway
+    assert not pair.dialer.goaway_sent  # it received one, it sent none
+
+
 def test_goaway_with_error_terminates_both_ends() -> None:
     pair = ConnectionPair()
     pair.open_accepted()

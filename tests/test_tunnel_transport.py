@@ -145,6 +145,21 @@ async def test_slow_reader_holds_the_sender_back_instead_of_growing_memory(
         await stream.send_all(chunk)
 
 
+async def test_a_tunnel_counts_its_streams_and_drains_once_this_side_goes_away(
+    nursery: trio.Nursery,
+) -> None:
+    dialer, _listener = await connected_pair(nursery)
+    stream = await dialer.open_stream("echo")
+    assert dialer.open_streams == 1
+    assert not dialer.draining
+    await dialer.goaway("moving")
+    assert dialer.draining
+    await stream.aclose()
+    with trio.fail_after(5):
+        await dialer.wait_streams_at_most(0)
+    assert dialer.open_streams == 0
+
+
 async def test_dead_peer_is_detected_by_missing_pongs(autojump_clock: Any) -> None:
     timings = TunnelTimings(ping_interval=5, dead_after=15)
     a, b = trio.testing.memory_stream_pair()

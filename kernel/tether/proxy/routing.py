@@ -41,6 +41,7 @@ from tether.errors import AccessDenied, NotFound, TargetOffline, TetherError
 from tether.protocols import ProtocolHandler, ProxyContext
 from tether.resources import CERT_AUTHORITY, KindRegistry, resource_from_dict
 from tether.targets import Target, TargetKind, TargetQuery, resolve_target
+from tether.tcpdial import open_tcp
 from tether.tunnel.control import ControlChannel, ControlError
 from tether.tunnel.forward import splice
 from tether.tunnel.server import ClusterOffline, TargetRefused
@@ -285,7 +286,7 @@ class Router:
         host, _, port = target.addr.rpartition(":")
         try:
             with trio.fail_after(DIAL_TIMEOUT):
-                return await trio.open_tcp_stream(host.strip("[]"), int(port))
+                return await open_tcp(host, int(port))
         except (OSError, trio.TooSlowError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
             raise TargetOffline(

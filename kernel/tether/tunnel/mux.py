@@ -78,6 +78,12 @@ class Connection(ConnectionReceiver):
         return self._terminated
 
     @property
+    def goaway_sent(self) -> bool:
+        """True once this side queued GOAWAY: it opens no new streams and accepts none.
+        (Also in :meth:`statistics`, which a driver asking on every dial should not build.)"""
+        return self._local_goaway
+
+    @property
     def pending_output(self) -> int:
         """Bytes queued for the transport; a driver wakes its writer only when this is > 0."""
         return self._out_size

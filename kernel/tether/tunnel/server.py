@@ -223,13 +223,15 @@ class TunnelServer:
             all failed.
         :raises TargetRefused: the cluster refused or could not reach the target.
         """
+        # only this cluster's tunnels are looked at: a root with many leaves dials in the
+        # same time as one with a single leaf
         candidates = sorted(
             (
                 record
-                for record in self.clusters().get(cluster, [])
-                if agent is None or record.agent == agent
+                for record in self._tunnels.get(cluster, {}).values()
+                if record.healthy and (agent is None or record.agent == agent)
             ),
-            key=lambda r: r.conn.statistics()["streams"],
+            key=lambda r: r.conn.open_streams,
         )
         last_error = "no tunnel is connected" if agent is None else f"{agent} has no tunnel here"
         for record in candidates:

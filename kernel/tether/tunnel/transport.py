@@ -135,7 +135,7 @@ class TunnelConnection:
     @property
     def draining(self) -> bool:
         """Either side sent GOAWAY: the tunnel takes no new streams."""
-        return self._going_away or self.mux.statistics().local_goaway
+        return self._going_away or self.mux.goaway_sent
 
     async def wait_draining_or_closed(self) -> None:
         """Return once either side sent GOAWAY or the tunnel closed."""
@@ -205,6 +205,11 @@ class TunnelConnection:
         self._stream_gone.wake()
 
     # --- streams -----------------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open on this tunnel now; cheap, for picking the least busy tunnel."""
+        return len(self._streams)
 
     def statistics(self) -> dict[str, Any]:
         stats = self.mux.statistics()
