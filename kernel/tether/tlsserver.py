@@ -112,7 +112,7 @@ class _ServerNameChoices:
 
     def take(self, stream: TLSStream) -> ServerNameRoute | None:
         """The route chosen for ``stream``'s connection, if any (once)."""
-        return self._chosen.pop(stream.ssl_object, None)
+        return self._chosen.pop(stream.socket, None)
 
 
 def peer_certificate_der(stream: TLSStream) -> bytes | None:
