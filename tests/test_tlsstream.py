@@ -432,6 +432,63 @@ async def test_a_send_cancelled_midway_breaks_the_stream_and_says_so(root: Certs
             await client.send_all(b"more")
 
 
+async def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Carry bytes one way between two blocking sockets until cancelled; nothing is lost on
+    cancellation, since nothing is awaited between reading a chunk and writing it on."""
+    while True:
+        await trio.lowlevel.wait_readable(source)
+        sink.sendall(source.recv(65536))
+
+
+@contextlib.asynccontextmanager
+async def hand_carried(
+    certs: Certs,
+) -> AsyncIterator[tuple[TLSStream, TLSStream, socket.socket, socket.socket]]:
+    """A handshaken (client, server) pair whose client-to-server bytes the test carries by
+    hand after the handshake, so it decides where the record stream is split: it reads what
+    the client sent from the first socket and writes it to the second, for the server."""
+    client_sock, sent = socket.socketpair()
+    feed, server_sock = socket.socketpair()
+    client = TLSStream.wrap_client(client_sock, certs.client(), server_hostname="localhost")
+    server = TLSStream.wrap_server(server_sock, certs.server())
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, sent, feed)
+            nursery.start_soon(pump, feed, sent)
+            await handshake_both(server, client)
+            nursery.cancel_scope.cancel()
+        yield client, server, sent, feed
+    finally:
+        sent.close()
+        feed.close()
+        await trio.aclose_forcefully(client)
+        await trio.aclose_forcefully(server)
+
+
+async def test_a_receive_cancelled_with_half_a_record_buffered_loses_none_of_it(
+    root: Certs,
+) -> None:
+    async with hand_carried(root) as (client, server, sent, feed):
+        payload = os.urandom(40_000)  # three records: 16 KiB, 16 KiB, the rest
+        await client.send_all(payload)
+        wire = b""
+        while len(wire) < len(payload) + 3 * 22:  # TLS 1.3: 22 bytes of overhead a record
+            wire += sent.recv(1 << 20)
+        first_record = 16_384 + 22
+        with trio.fail_after(5):
+            feed.sendall(wire[: first_record + 5_000])  # the second record cut short
+            received = await server.receive_some()
+            assert received == payload[:16_384]
+            feed.sendall(wire[first_record + 5_000 : first_record + 9_000])  # still short
+            with trio.move_on_after(0.2) as scope:
+                await server.receive_some()  # reads those bytes, then must wait for more
+            assert scope.cancelled_caught
+            feed.sendall(wire[first_record + 9_000 :])
+            while len(received) < len(payload):
+                received += await server.receive_some()
+    assert received == payload
+
+
 # --- efficiency and volume -------------------------------------------------------------------
 
 
@@ -479,6 +536,73 @@ async def test_64_mib_round_trip_arrives_intact(root: Certs) -> None:
                 await client.aclose()  # the echo sees the end and stops
     assert total == len(payload)
     assert echoed.digest() == hashlib.sha256(payload).digest()
+
+
+async def test_one_large_send_crosses_many_records_and_chunks_and_arrives_intact(
+    root: Certs,
+) -> None:
+    client, server = await tcp_streams(root)
+    # not a multiple of a record or of a chunk, and not a bytes object
+    payload = bytearray(os.urandom(3 * 1024 * 1024 + 12_345))
+    received = bytearray()
+    async with closing(client, server):
+
+        async def send() -> None:
+            await client.send_all(payload)
+            await client.aclose()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                while data := await server.receive_some():
+                    received += data
+    assert received == payload
+
+
+async def test_close_notify_follows_a_send_that_had_to_wait_for_the_peer(root: Certs) -> None:
+    """Everything sent before aclose arrives, then a clean end, though the peer was slow."""
+    client, server = await tcp_streams(root)
+    payload = os.urandom(8 * 1024 * 1024)
+    received = bytearray()
+    async with closing(client, server):
+
+        async def send() -> None:
+            await client.send_all(payload)
+            await client.aclose()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                await trio.testing.wait_all_tasks_blocked()  # the socket buffers are full
+                while data := await server.receive_some(1000):
+                    received += data
+                    await trio.lowlevel.checkpoint()
+    assert received == payload
+
+
+async def test_a_vanished_peer_is_reported_by_what_the_stream_was_doing(root: Certs) -> None:
+    client, server = await tcp_streams(root)
+    async with closing(client, server):
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    with pytest.raises(trio.BrokenResourceError, match="TLS receive failed"):
+                        await server.receive_some()
+
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()
+                vanish(client)
+
+    client, server = await tcp_streams(root)
+    async with closing(client, server):
+        with trio.fail_after(5):
+            await server.send_all(b"hello")
+            assert await client.receive_some() == b"hello"
+            vanish(client)
+            with pytest.raises(trio.BrokenResourceError, match="TLS send failed"):
+                while True:
+                    await server.send_all(b"x" * 65536)
 
 
 # --- hypercorn on top ------------------------------------------------------------------------
