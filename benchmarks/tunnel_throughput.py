@@ -49,6 +49,9 @@ Forward = Callable[[Address], AbstractContextManager[Address]]
 
 LEGS = ("tether", "openssh_aes128", "openssh_chacha20", "raw_tcp")
 BASELINE = "openssh_aes128"
+#: What each leg's encryption negotiated, filled in as the legs run (the results say what was
+#: compared: OpenSSH is pinned per leg, Tether's TLS 1.3 suite is what its contexts choose).
+NEGOTIATED: dict[str, str] = {}
 PARALLEL = 8
 MIB = 1 << 20
 WARMUP_BYTES = 16 * MIB
@@ -81,6 +84,7 @@ def tether_forward(sink: Address) -> Iterator[Address]:
             agent = start_agent(
                 base / "leaf", root_ca, root.info()["tunnel_addr"], "--allow", sink_addr
             )
+            NEGOTIATED["tether"] = agent.info().get("tls", "unknown")
             host, port = next(iter(root.info()["forwards"].values())).rsplit(":", 1)
             yield host, int(port)
         finally:
@@ -169,12 +173,13 @@ class LegResult:
         return round(statistics.median(got), 1) if got and not self.missing else None
 
 
-def openssh_forward(cipher: str, sshd: str | None, problem: str | None) -> Forward:
+def openssh_forward(name: str, cipher: str, sshd: str | None, problem: str | None) -> Forward:
     """An ``ssh -R`` leg for ``cipher``, or one that says why OpenSSH cannot run here."""
 
     def forward(sink: Address) -> AbstractContextManager[Address]:
         if sshd is None:
             raise openssh.Unavailable(problem or "sshd is not available")
+        NEGOTIATED[name] = cipher
         return openssh.reverse_forward(cipher, sink, sshd)
 
     return forward
@@ -266,6 +271,7 @@ def build_report(
         "machine": machine_info,
         "params": params.to_json(),
         "mb_s": mb_s,
+        "negotiated": dict(NEGOTIATED),
         f"ratio_vs_{BASELINE}": {
             name: {k: _ratio(v, base.get(k)) for k, v in figs.items()}
             for name, figs in mb_s.items()
@@ -429,7 +435,8 @@ def main(argv: list[str]) -> int:
     forwards: dict[str, Forward] = {
         "tether": lambda sink: tether_forward(sink),  # looked up at call time (tests stub it)
         **{
-            name: openssh_forward(cipher, sshd, problem) for name, cipher in openssh.CIPHERS.items()
+            name: openssh_forward(name, cipher, sshd, problem)
+            for name, cipher in openssh.CIPHERS.items()
         },
         "raw_tcp": loadgen.raw_tcp,
     }

@@ -234,10 +234,15 @@ async def agent(
     directory = pathlib.Path(args.dir)
     cert, key = _agent_identity(args, authorities)
     context = _agent_context(args, trusted, cert, key)
+    #: what the last tunnel negotiated, for a benchmark's record: ``TLSv1.3 TLS_AES_...``
+    negotiated: dict[str, str] = {}
 
     async def dial(addr: str) -> trio.abc.Stream:
         host, port = _split_addr(addr)
-        return await TLSStream.connect(host, port, context, server_hostname="localhost")
+        stream = await TLSStream.connect(host, port, context, server_hostname="localhost")
+        cipher = stream.socket.cipher()
+        negotiated["tls"] = f"{stream.version()} {cipher[0] if cipher else 'unknown'}"
+        return stream
 
     pool = AgentPool(
         cluster=authorities.cluster,
@@ -264,6 +269,7 @@ async def agent(
                     "known": pool.known_proxies(),
                     "dial_attempts": pool.dial_attempts,
                     "last_error": pool.last_error,
+                    **negotiated,
                 },
             )
 
