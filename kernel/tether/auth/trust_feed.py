@@ -22,17 +22,17 @@ That is why auth, at each start, writes only the CAs that differ from the stored
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import attrs
 import trio
 from cryptography import x509
 
 from tether import pki
+from tether.auth.watching import watch_prefixes
 from tether.backend import Backend, Event, Item, WatchOverflow
 from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
@@ -56,9 +56,6 @@ log = logging.getLogger(__name__)
 #: rebuilds the snapshot and wakes the waiters, so that the burst costs one rebuild and one
 #: download per waiter.
 COALESCE = 0.05
-#: Events a watch may hold before the feed reads them; past that the backend reports an
-#: overflow and the feed reads everything again.
-_EVENT_BUFFER = 1000
 #: the resource kinds a snapshot is made of
 _KINDS = ("cert_authority", "trusted_cluster", "role")
 
@@ -260,34 +257,13 @@ class TrustFeed(TrustWatches):
         """
         while True:
             try:
-                async with self._watching() as events:
+                async with watch_prefixes(self._backend, self._items.prefixes) as events:
                     await self.load()  # after the watches opened: no change falls between
                     task_status.started()
                     task_status = trio.TASK_STATUS_IGNORED
                     await self._follow(events)
             except* WatchOverflow:
                 log.warning("trust: the store's watch overflowed; reading the trust again")
-
-    @contextlib.asynccontextmanager
-    async def _watching(self) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
-        """One stream of the events of every prefix the snapshot is made of."""
-        send, receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
-
-        async def forward(events: AsyncIterator[Event], out: trio.MemorySendChannel[Event]) -> None:
-            async with out:
-                async for event in events:
-                    await out.send(event)
-            raise WatchOverflow("a watch of the trust's prefixes ended")
-
-        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
-            for prefix in self._items.prefixes:
-                events = await stack.enter_async_context(self._backend.watch(prefix))
-                nursery.start_soon(forward, events, send.clone())
-            send.close()
-            try:
-                yield receive
-            finally:
-                nursery.cancel_scope.cancel()
 
     async def _follow(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
