@@ -97,6 +97,8 @@ class TrustItems:
     items: dict[str, Item] = attrs.field(factory=dict)
     _decoded: dict[str, tuple[int, Resource]] = attrs.field(factory=dict)
     _certs: dict[str, x509.Certificate] = attrs.field(factory=dict)
+    #: the PEM of each certificate in ``_certs``, by the certificate object's identity
+    _pems: dict[int, tuple[x509.Certificate, str]] = attrs.field(factory=dict)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -140,7 +142,15 @@ class TrustItems:
         cert = self._certs.get(pem)
         if cert is None:
             cert = self._certs[pem] = pki.load_cert(pem.encode())
+            self._pems[id(cert)] = (cert, pem)
         return cert
+
+    def pem_of(self, cert: x509.Certificate) -> str:
+        """The PEM ``cert`` was parsed from (encoded afresh for one not parsed here)."""
+        hit = self._pems.get(id(cert))
+        if hit is not None and hit[0] is cert:
+            return hit[1]
+        return pki.cert_to_pem(cert).decode()
 
     def build(self) -> ClusterTrust:
         """The snapshot of the current items. An item that does not decode is logged and left
@@ -172,6 +182,7 @@ class TrustItems:
                     user_cas.setdefault(spec.cluster_name, []).extend(lines)
         self._decoded = {k: v for k, v in self._decoded.items() if k in self.items}
         self._certs = {pem: c for pem, c in self._certs.items() if pem in live_pems}
+        self._pems = {id(c): (c, pem) for pem, c in self._certs.items()}
         return ClusterTrust.build(
             self.cluster_name, self.own_cas, others, trusted, user_cas=user_cas, roles=roles
         )
@@ -221,7 +232,8 @@ class TrustFeed(TrustWatches):
         """The snapshot as the auth API sends it: its JSON with its ``revision``."""
         if self._body is None:
             self._body = json.dumps(
-                {"revision": self.revision, **self.current.to_json()}, separators=(",", ":")
+                {"revision": self.revision, **self.current.to_json(pem_of=self._items.pem_of)},
+                separators=(",", ":"),
             ).encode()
         return self._body
 

@@ -111,9 +111,12 @@ class TrustCache(TrustWatches):
             if revision != self._revision:
                 self._revision = revision
                 self._revision_moved()
-            # certificates of clusters no longer trusted need not stay parsed
-            live = {*fresh.own_cas, *(c for cas in fresh.others.values() for c in cas)}
-            self._parsed = {pem: c for pem, c in self._parsed.items() if c in live}
+            # certificates of clusters no longer trusted need not stay parsed; by identity,
+            # as a certificate's hash and equality cost microseconds each, a thousand leaves
+            # a few milliseconds per change
+            live = {id(c) for c in fresh.own_cas}
+            live.update(id(c) for cas in fresh.others.values() for c in cas)
+            self._parsed = {pem: c for pem, c in self._parsed.items() if id(c) in live}
         if changed:
             for callback in self.on_change:
                 await callback()
