@@ -129,6 +129,25 @@ async def test_a_new_leaf_is_listed_offline_then_online_once_its_tunnel_heartbea
     assert one.status.last_heartbeat is not None
 
 
+async def test_each_heartbeat_moves_the_listed_last_heartbeat_on(
+    auth: AuthService, clock: Clock
+) -> None:
+    await join(auth, "leaf-a")
+    await heartbeat(auth, "leaf-a")
+    await settle()
+    [first] = await auth.get_resources(ADMIN, "remote_cluster", "leaf-a")
+    [again] = await auth.get_resources(ADMIN, "remote_cluster", "leaf-a")
+    assert again == first
+    clock.now += 10
+    await heartbeat(auth, "leaf-a")
+    await settle()
+    [later] = await auth.get_resources(ADMIN, "remote_cluster", "leaf-a")
+    assert later.status.last_heartbeat - first.status.last_heartbeat == datetime.timedelta(
+        seconds=10
+    )
+    assert later.status.connection == "online"
+
+
 async def test_a_leaf_goes_offline_when_its_tunnel_closes_or_its_heartbeats_stop(
     auth: AuthService, clock: Clock
 ) -> None:

@@ -81,6 +81,8 @@ class RemoteClusterItems:
     registry: KindRegistry
     _clusters: dict[str, Resource] = attrs.field(factory=dict)
     _heartbeats: dict[str, dict[str, _Heartbeat]] = attrs.field(factory=dict)
+    #: the last resource shown per leaf: (stored resource, status, the two together)
+    _shown: dict[str, tuple[Resource, RemoteClusterStatus, Resource]] = attrs.field(factory=dict)
 
     @property
     def prefixes(self) -> tuple[str, str]:
@@ -91,6 +93,7 @@ class RemoteClusterItems:
         """Replace everything with ``items`` (a fresh read of :attr:`prefixes`)."""
         self._clusters.clear()
         self._heartbeats.clear()
+        self._shown.clear()
         for item in items:
             self._put(item)
 
@@ -126,7 +129,9 @@ class RemoteClusterItems:
                 if not beats:
                     del self._heartbeats[cluster]
             return
-        self._clusters.pop(key, None)
+        removed = self._clusters.pop(key, None)
+        if removed is not None:
+            self._shown.pop(removed.metadata.name, None)
 
     def resources(self, name: str | None = None) -> list[Resource]:
         """Every remote_cluster in key order, or the one named ``name`` (none if missing),
@@ -156,8 +161,16 @@ class RemoteClusterItems:
         )
 
     def with_status(self, remote: Resource, now: float) -> Resource:
-        """``remote`` with its connection status at ``now``."""
-        return attrs.evolve(remote, status=self.status(remote.metadata.name, now))
+        """``remote`` with its connection status at ``now``; the same object as last time
+        while neither changed (a leaf's status moves once per heartbeat, and building a
+        resource costs more than comparing two statuses)."""
+        status = self.status(remote.metadata.name, now)
+        shown = self._shown.get(remote.metadata.name)
+        if shown is not None and shown[0] is remote and shown[1] == status:
+            return shown[2]
+        evolved = attrs.evolve(remote, status=status)
+        self._shown[remote.metadata.name] = (remote, status, evolved)
+        return evolved
 
 
 class RemoteClusterCache:
