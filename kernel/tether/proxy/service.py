@@ -91,7 +91,12 @@ async def start_proxy(
     )
     # the proxy's own certificate, whatever the web port presents: kubeconfigs pin the CA
     named_routes = ServerNameRoutes(protocols.by_server_name_prefix, me.cert, me.key, me.cas)
-    trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
+    trust = TrustCache(
+        auth_client,
+        ctx.pm,
+        ClusterTrust(me.cluster_name, me.cas),
+        local=local_auth.trust_feed if local_auth is not None else None,
+    )
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
     peers = ProxyPeers(
