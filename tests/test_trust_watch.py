@@ -39,6 +39,7 @@ from tether.testing.http import free_port
 from tether.testing.impostor import exchange, forge_certificate, handshake, hold_tunnel
 from tether.testing.roles import core_registry
 from tether.trust import ClusterTrust
+from tether.trust.cache import TrustCache
 
 CLUSTER = "main"
 NOW = datetime.datetime.now(datetime.UTC)
@@ -112,6 +113,42 @@ async def test_a_waiting_host_wakes_when_the_store_changes(auth: AuthService) ->
     assert body["revision"] != known and body["revision"] == feed.revision
     assert "pushed" in [role["metadata"]["name"] for role in body["roles"]]
     assert "pushed" in auth.trust.roles
+
+
+async def test_a_proxy_in_the_auth_process_follows_its_snapshot_without_downloading_it(
+    auth: AuthService,
+) -> None:
+    # no auth API to ask: a proxy beside auth takes the feed's snapshot itself
+    context = pki.client_ssl_context(trusted_cas=auth.trusted_tls_cas())
+    async with AuthClient(f"https://127.0.0.1:{free_port()}", context) as unreachable:
+        await _follow_in_process(auth, unreachable)
+
+
+async def _follow_in_process(auth: AuthService, unreachable: AuthClient) -> None:
+    cache = TrustCache(
+        unreachable, auth.pm, ClusterTrust(CLUSTER, auth.trusted_tls_cas()), local=auth.trust_feed
+    )
+    changes: list[str] = []
+
+    async def changed() -> None:
+        changes.append(cache.revision)
+
+    cache.on_change.append(changed)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(1):
+            await nursery.start(cache.run)
+        assert cache.revision == auth.trust_feed.revision
+        assert cache.current == auth.trust
+        known = cache.revision
+        await auth.backend.put("/roles/pushed", role_bytes(auth.registry, "pushed"))
+        with trio.fail_after(1):
+            await cache.wait_changed(known)
+        assert "pushed" in cache.current.roles and changes[-1] == cache.revision
+        # its nodes are answered with auth's own body, under the revision the proxy holds
+        body = json.loads(await cache.answer(host(), None, wait=0))
+        assert body["revision"] == cache.revision
+        assert "pushed" in [role["metadata"]["name"] for role in body["roles"]]
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_waiting_host_is_told_unchanged_after_its_wait(auth: AuthService) -> None:

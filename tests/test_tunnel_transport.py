@@ -180,6 +180,25 @@ async def test_ping_measures_round_trip_time(autojump_clock: Any, nursery: trio.
     assert dialer.rtt is not None and dialer.rtt >= 0
 
 
+async def test_a_peer_heard_from_within_the_ping_interval_is_not_pinged(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    # the dialer talks every 2 s (as an agent heartbeats), so the listener hears it and has
+    # no reason to ping it; the dialer's answers prove the listener alive to it as well
+    timings = TunnelTimings(ping_interval=5, dead_after=15)
+    dialer, listener = await connected_pair(nursery, timings=timings)
+    stream = await dialer.open_stream("echo")
+    for _ in range(20):
+        await stream.send_all(b"beat")
+        assert await stream.receive_some() == b"beat"
+        await trio.sleep(2)
+    assert listener.rtt is None and dialer.rtt is None  # no PING went either way
+    assert not listener.closed and not dialer.closed
+    # once it falls silent, it is pinged again, and answers
+    await trio.sleep(6)
+    assert listener.rtt is not None
+
+
 async def test_peer_vanishing_breaks_open_streams_with_a_clear_error(
     nursery: trio.Nursery,
 ) -> None:

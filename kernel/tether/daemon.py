@@ -57,6 +57,8 @@ async def _start_auth(
     auth = await AuthService.open(config=config, pm=pm, backend=backend)
     # the trust auth decides with and pushes to proxies and nodes follows the store
     await nursery.start(auth.trust_feed.run)
+    # listings of remote_clusters are served from memory, following the store the same way
+    await nursery.start(auth.remote_clusters.run)
     data_dir = pathlib.Path(config.data_dir)
     # auth's server certificate lasts as long as a host's, and is renewed the same way
     ttl = config.auth_service.host_cert_ttl

@@ -1,6 +1,6 @@
 """What the cluster's hosts report: their inventory entries (checked for the addresses a proxy
-will dial), the proxies' tunnel heartbeats, the remote clusters' status computed from them,
-and the audit events hosts record.
+will dial), the proxies' tunnel heartbeats (which the remote clusters' status is computed
+from, see :mod:`tether.auth.remote_clusters`), and the audit events hosts record.
 
 Separate because every caller here is a host identity, never a user, and what they report is
 short-lived state kept with a TTL, not resources admins edit.
@@ -21,13 +21,13 @@ from tether import audit, pki
 from tether.auth.context import AuthContext
 from tether.auth.host_ids import HOST_ID, HostIds
 from tether.auth.joins import JOIN_ROLES
+from tether.auth.remote_clusters import HEARTBEAT_PREFIX, REMOTE_OFFLINE_AFTER
 from tether.backend import Op
 from tether.config import HostPort
 from tether.durations import format_duration
 from tether.errors import AccessDenied, AlreadyExists, CompareFailed, TetherError
 from tether.resources import Resource, ResourceKind, resource_from_bytes, resource_to_bytes
 from tether.token_types import host_roles
-from tether.trust import RemoteClusterStatus
 
 __all__ = [
     "HEARTBEAT_PREFIX",
@@ -38,10 +38,6 @@ __all__ = [
     "Inventory",
 ]
 
-#: A remote cluster whose tunnels have not heartbeated for this long is offline.
-REMOTE_OFFLINE_AFTER = 30.0
-#: where tunnel heartbeats are stored, per cluster, proxy and agent
-HEARTBEAT_PREFIX = "/tunnels/"
 #: a tunnel that has not heartbeated for this long is forgotten by storage
 HEARTBEAT_TTL = 600.0
 #: How long a published inventory entry may live between heartbeats.
@@ -284,27 +280,6 @@ class Inventory:
             key = f"{HEARTBEAT_PREFIX}{cluster}/{identity.username}/{agent}"
             ops.append(Op.put(key, json.dumps(value, default=str).encode(), ttl=HEARTBEAT_TTL))
         await self._ctx.backend.apply(ops)
-
-    async def with_connection(self, remote: Resource) -> Resource:
-        """A remote_cluster with its status: online while a tunnel from it heartbeats."""
-        latest: float | None = None
-        proxies: set[str] = set()
-        prefix = f"{HEARTBEAT_PREFIX}{remote.metadata.name}/"
-        for item in await self._ctx.backend.range(prefix):
-            record = json.loads(item.value)
-            when = float(record.get("last_heartbeat", 0))
-            latest = when if latest is None else max(latest, when)
-            fresh = self._ctx.clock() - when < REMOTE_OFFLINE_AFTER
-            if fresh and record.get("status", {}).get("connected") is not False:
-                proxies.add(str(record.get("proxy")))
-        status = RemoteClusterStatus(
-            connection="online" if proxies else "offline",
-            last_heartbeat=(
-                datetime.datetime.fromtimestamp(latest, datetime.UTC) if latest else None
-            ),
-            proxies=tuple(sorted(proxies)),
-        )
-        return attrs.evolve(remote, status=status)
 
     async def record_host_event(
         self,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from tether import audit, pki
 from tether.auth.context import AuthContext
 from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
+from tether.auth.remote_clusters import RemoteClusterCache
 from tether.backend import Item, Op
 from tether.errors import (
     AccessDenied,
@@ -56,7 +57,8 @@ class ResourceStore:
         when one is needed), given the resource and what was stored before.
     :param forget_cluster: removes another cluster's CAs, when its trusted_cluster or
         remote_cluster is deleted.
-    :param with_status: completes a remote_cluster with its connection status.
+    :param remote_clusters: the remote_clusters with their status, kept by a watch; read
+        from the store instead while it is not following it.
     """
 
     def __init__(
@@ -65,12 +67,12 @@ class ResourceStore:
         *,
         handshake: Callable[[Resource, Item | None], Awaitable[None]],
         forget_cluster: Callable[[str], Awaitable[None]],
-        with_status: Callable[[Resource], Awaitable[Resource]],
+        remote_clusters: RemoteClusterCache,
     ) -> None:
         self._ctx = ctx
         self._handshake = handshake
         self._forget_cluster = forget_cluster
-        self._with_status = with_status
+        self._remote_clusters = remote_clusters
 
     async def get_resources(
         self,
@@ -84,7 +86,13 @@ class ResourceStore:
         kind = ctx.registry.get(kind_name)
         verb = "read" if name or with_secrets else "list"
         visible = await self._reader(identity, kind, verb, with_secrets=with_secrets)
-        if name is not None:
+        if kind.name == "remote_cluster":
+            # served from memory, with its status: a root with a thousand leaves neither
+            # reads nor decodes them per listing
+            shown = [res for res in await self._remote_cluster_list(name) if visible(res)]
+            if name is not None and not shown:
+                raise NotFound(f"{kind.name} {name!r} not found")
+        elif name is not None:
             item = await ctx.backend.get(kind.key(name))
             found = (
                 None
@@ -102,12 +110,18 @@ class ResourceStore:
                 for item in items
             ]
             shown = [res for res in found_all if visible(res)]
-        if kind.name == "remote_cluster":
-            shown = [await self._with_status(res) for res in shown]
         if kind.user_view is not None and identity.kind == "user":
             roleset = await ctx.roleset(identity.roles)
             shown = [kind.user_view(res, roleset, identity.traits) for res in shown]
         return shown
+
+    async def _remote_cluster_list(self, name: str | None) -> list[Resource]:
+        """The remote_clusters (or the one named) with their status: from the cache, or from
+        the store while the cache does not follow it."""
+        cache = self._remote_clusters
+        if cache.ready:
+            return cache.current(name)
+        return await cache.read(name)
 
     async def _reader(
         self, identity: pki.Identity, kind: ResourceKind, verb: str, *, with_secrets: bool

@@ -33,6 +33,7 @@ from tether.auth.host_ids import HostIds
 from tether.auth.inventory import Inventory
 from tether.auth.joins import JoinResult, Joins
 from tether.auth.login import LoginResult, Logins
+from tether.auth.remote_clusters import RemoteClusterCache
 from tether.auth.resource_store import ResourceStore
 from tether.auth.signing import CertificateSigning
 from tether.auth.sso_logins import SingleSignOn
@@ -116,13 +117,18 @@ class AuthService:
             registry=registry,
         )
 
+        #: the remote_clusters with their status, kept current by a watch on the store (the
+        #: daemon runs its :meth:`~tether.auth.remote_clusters.RemoteClusterCache.run`)
+        self.remote_clusters = RemoteClusterCache(
+            backend=backend, registry=registry, clock=ctx.clock
+        )
         self.host_ids = HostIds(ctx)
         self.inventory = Inventory(ctx, host_ids=self.host_ids)
         self.resources = ResourceStore(
             ctx,
             handshake=self._handshake_if_needed,
             forget_cluster=self._forget_cluster,
-            with_status=self.inventory.with_connection,
+            remote_clusters=self.remote_clusters,
         )
         self.tokens = Tokens(ctx, list_resources=self.resources.get_resources)
         self.users = Users(ctx, resources=self.resources, tokens=self.tokens)

@@ -22,17 +22,17 @@ That is why auth, at each start, writes only the CAs that differ from the stored
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import attrs
 import trio
 from cryptography import x509
 
 from tether import pki
+from tether.auth.watching import watch_prefixes
 from tether.backend import Backend, Event, Item, WatchOverflow
 from tether.errors import TetherError
 from tether.plugins import TetherPluginManager
@@ -56,9 +56,6 @@ log = logging.getLogger(__name__)
 #: rebuilds the snapshot and wakes the waiters, so that the burst costs one rebuild and one
 #: download per waiter.
 COALESCE = 0.05
-#: Events a watch may hold before the feed reads them; past that the backend reports an
-#: overflow and the feed reads everything again.
-_EVENT_BUFFER = 1000
 #: the resource kinds a snapshot is made of
 _KINDS = ("cert_authority", "trusted_cluster", "role")
 
@@ -100,6 +97,8 @@ class TrustItems:
     items: dict[str, Item] = attrs.field(factory=dict)
     _decoded: dict[str, tuple[int, Resource]] = attrs.field(factory=dict)
     _certs: dict[str, x509.Certificate] = attrs.field(factory=dict)
+    #: the PEM of each certificate in ``_certs``, by the certificate object's identity
+    _pems: dict[int, tuple[x509.Certificate, str]] = attrs.field(factory=dict)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -143,7 +142,15 @@ class TrustItems:
         cert = self._certs.get(pem)
         if cert is None:
             cert = self._certs[pem] = pki.load_cert(pem.encode())
+            self._pems[id(cert)] = (cert, pem)
         return cert
+
+    def pem_of(self, cert: x509.Certificate) -> str:
+        """The PEM ``cert`` was parsed from (encoded afresh for one not parsed here)."""
+        hit = self._pems.get(id(cert))
+        if hit is not None and hit[0] is cert:
+            return hit[1]
+        return pki.cert_to_pem(cert).decode()
 
     def build(self) -> ClusterTrust:
         """The snapshot of the current items. An item that does not decode is logged and left
@@ -175,6 +182,7 @@ class TrustItems:
                     user_cas.setdefault(spec.cluster_name, []).extend(lines)
         self._decoded = {k: v for k, v in self._decoded.items() if k in self.items}
         self._certs = {pem: c for pem, c in self._certs.items() if pem in live_pems}
+        self._pems = {id(c): (c, pem) for pem, c in self._certs.items()}
         return ClusterTrust.build(
             self.cluster_name, self.own_cas, others, trusted, user_cas=user_cas, roles=roles
         )
@@ -224,7 +232,8 @@ class TrustFeed(TrustWatches):
         """The snapshot as the auth API sends it: its JSON with its ``revision``."""
         if self._body is None:
             self._body = json.dumps(
-                {"revision": self.revision, **self.current.to_json()}, separators=(",", ":")
+                {"revision": self.revision, **self.current.to_json(pem_of=self._items.pem_of)},
+                separators=(",", ":"),
             ).encode()
         return self._body
 
@@ -260,34 +269,13 @@ class TrustFeed(TrustWatches):
         """
         while True:
             try:
-                async with self._watching() as events:
+                async with watch_prefixes(self._backend, self._items.prefixes) as events:
                     await self.load()  # after the watches opened: no change falls between
                     task_status.started()
                     task_status = trio.TASK_STATUS_IGNORED
                     await self._follow(events)
             except* WatchOverflow:
                 log.warning("trust: the store's watch overflowed; reading the trust again")
-
-    @contextlib.asynccontextmanager
-    async def _watching(self) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
-        """One stream of the events of every prefix the snapshot is made of."""
-        send, receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
-
-        async def forward(events: AsyncIterator[Event], out: trio.MemorySendChannel[Event]) -> None:
-            async with out:
-                async for event in events:
-                    await out.send(event)
-            raise WatchOverflow("a watch of the trust's prefixes ended")
-
-        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
-            for prefix in self._items.prefixes:
-                events = await stack.enter_async_context(self._backend.watch(prefix))
-                nursery.start_soon(forward, events, send.clone())
-            send.close()
-            try:
-                yield receive
-            finally:
-                nursery.cancel_scope.cancel()
 
     async def _follow(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:

@@ -421,6 +421,26 @@ def _key_id(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bytes | N
     return None
 
 
+#: subject key identifiers of trusted CAs, by the identity of the certificate object (kept in
+#: the entry, so an id is never reused while it is cached): a root with a thousand leaves
+#: looks through a thousand CAs per certificate it verifies, and parsing each one's
+#: extensions every time made verification the bulk of a join
+_SUBJECT_KEY_IDS: dict[int, tuple[x509.Certificate, bytes | None]] = {}
+_SUBJECT_KEY_IDS_MAX = 16384
+
+
+def _subject_key_id(ca: x509.Certificate) -> bytes | None:
+    """``_key_id(ca, SubjectKeyIdentifier)``, remembered per certificate object."""
+    hit = _SUBJECT_KEY_IDS.get(id(ca))
+    if hit is not None and hit[0] is ca:
+        return hit[1]
+    if len(_SUBJECT_KEY_IDS) >= _SUBJECT_KEY_IDS_MAX:
+        _SUBJECT_KEY_IDS.clear()
+    found = _key_id(ca, x509.SubjectKeyIdentifier)
+    _SUBJECT_KEY_IDS[id(ca)] = (ca, found)
+    return found
+
+
 def _trust_anchors(trusted_cas: X509TrustedCAs) -> list[tuple[x509.Certificate, str]]:
     """Each trusted CA certificate with a cluster it is trusted for (``""``: any)."""
     by_cluster: Mapping[str, Sequence[X509TrustAnchor]] = (
@@ -451,9 +471,7 @@ def _signature_checker(
         anchors = _trust_anchors(trusted_cas)
         claimed_key = _key_id(cert, x509.AuthorityKeyIdentifier)
         if claimed_key is not None:
-            candidates = [
-                a for a in anchors if _key_id(a[0], x509.SubjectKeyIdentifier) == claimed_key
-            ]
+            candidates = [a for a in anchors if _subject_key_id(a[0]) == claimed_key]
         else:
             candidates = [a for a in anchors if a[0].subject == cert.issuer]
         if not candidates:

@@ -91,7 +91,12 @@ async def start_proxy(
     )
     # the proxy's own certificate, whatever the web port presents: kubeconfigs pin the CA
     named_routes = ServerNameRoutes(protocols.by_server_name_prefix, me.cert, me.key, me.cas)
-    trust = TrustCache(auth_client, ctx.pm, ClusterTrust(me.cluster_name, me.cas))
+    trust = TrustCache(
+        auth_client,
+        ctx.pm,
+        ClusterTrust(me.cluster_name, me.cas),
+        local=local_auth.trust_feed if local_auth is not None else None,
+    )
     # The real port is known only after binding; the app reads it through this holder.
     holder: dict[str, ProxyWebInfo] = {}
     peers = ProxyPeers(
@@ -114,17 +119,27 @@ async def start_proxy(
     # auth API), added to the TLS context as leaves join. OpenSSL cannot forget a CA, so a
     # removed leaf is refused by the tunnel server's own check, which reads the current list.
     loaded: set[bytes] = set()  # what the TLS context holds already (it only ever grows)
+    # the certificate objects checked against ``loaded`` already, by identity (the trust
+    # cache hands the same objects on from snapshot to snapshot): a join then fingerprints
+    # the new leaf's CA, not every leaf's
+    checked: dict[int, x509.Certificate] = {}
 
     async def reload_trust() -> None:
+        nonlocal checked
         others = trust.current.others
+        now_checked: dict[int, x509.Certificate] = {}
         for cert in (c for cas in others.values() for c in cas):
+            now_checked[id(cert)] = cert
+            if checked.get(id(cert)) is cert:
+                continue
             fingerprint = cert.fingerprint(hashes.SHA256())
             if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
                 pem = pki.cert_to_pem(cert).decode()
                 server_ctx.load_verify_locations(cadata=pem)
                 named_routes.trust(pem)  # a route name's client is verified there
                 loaded.add(fingerprint)
-        for cluster in tunnels.clusters():  # a leaf whose trust was removed loses its tunnels
+        checked = now_checked
+        for cluster in tunnels.cluster_names():  # a leaf no longer trusted loses its tunnels
             if cluster != me.cluster_name and cluster not in others:
                 await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
 

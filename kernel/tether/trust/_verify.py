@@ -94,12 +94,18 @@ class ClusterTrust:
             roles={role.metadata.name: role for role in roles},
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, pem_of: Callable[[x509.Certificate], str] | None = None) -> dict[str, Any]:
         """The snapshot as the auth API sends it to the cluster's proxies and nodes (public
-        halves only: certificates, trusted_clusters without their tokens, roles)."""
+        halves only: certificates, trusted_clusters without their tokens, roles).
+
+        :param pem_of: encodes one certificate as PEM; a caller that holds the PEMs it parsed
+            the certificates from passes a lookup (a root with a thousand leaves encodes a
+            thousand per snapshot otherwise).
+        """
+        encode = pem_of or (lambda cert: pki.cert_to_pem(cert).decode())
 
         def pems(certs: Iterable[x509.Certificate]) -> list[str]:
-            return [pki.cert_to_pem(c).decode() for c in certs]
+            return [encode(c) for c in certs]
 
         return {
             "cluster_name": self.cluster_name,

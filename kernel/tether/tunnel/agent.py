@@ -260,12 +260,16 @@ class AgentPool:
             if rtt is not None:
                 status["rtt_ms"] = round(rtt * 1000, 3)
             try:
+                sent = trio.current_time()
                 await control.send(status)
                 with trio.move_on_after(self.timings.dead_after):
                     answer = await control.receive()
                     if answer is None:
                         return
                     if answer["type"] == "ack":
+                        # the answer proves the proxy alive, so the tunnel sends it no PINGs:
+                        # the round trip is measured here instead
+                        conn.rtt = trio.current_time() - sent
                         self._learn(parse_proxies(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return

@@ -114,7 +114,8 @@ class TunnelConnection:
         self._done = trio.Event()
         self._draining = trio.Event()
         self._nursery: trio.Nursery | None = None
-        #: last measured round-trip time in seconds, or None before the first PONG
+        #: last measured round-trip time in seconds, or None before the first measure (a
+        #: PONG, or a request and its answer the owner timed, such as an agent's heartbeat)
         self.rtt: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -394,10 +395,17 @@ class TunnelConnection:
         self._finish(reason)
 
     async def _pinger(self) -> None:
+        """PING a peer only once it has been silent for ``ping_interval``: a peer heard from
+        meanwhile (its heartbeats, their answers, stream data) proved alive, and a root with
+        a thousand leaves saves two wake-ups per tunnel per interval."""
         interval = self.timings.ping_interval
+        pinged = trio.current_time()
         while not self.closed:
-            await trio.sleep(interval)
+            await trio.sleep_until(max(self._last_heard, pinged) + interval)
             silent = trio.current_time() - self._last_heard
+            if silent < interval:
+                continue  # heard from it while asleep
+            pinged = trio.current_time()
             # unheard because this side stopped reading: the reader judges that peer itself
             if silent >= self.timings.dead_after and not self._held_back:
                 self._finish(f"peer did not answer for {silent:.1f}s (dead or half-open)")

@@ -1,0 +1,236 @@
+"""The root's remote_clusters and their tunnels' heartbeats, kept in memory by a watch.
+
+``tether clusters`` and ``tetherctl get rc`` list every remote_cluster with its connection
+status. Read from the store per call, a root with a thousand leaves decoded a thousand
+resources and ran a thousand heartbeat range reads for each listing. Here both are held decoded
+(:class:`RemoteClusterItems`, sans-IO: fed items and events, it never reads the store), and
+:class:`RemoteClusterCache` keeps them current with a watch on the store, so a listing costs
+the resources the caller may see and a clock comparison per leaf. A write by another auth
+server sharing the store reaches the cache the same way as this one's.
+
+The status is computed at each read from the newest heartbeats, as it was from the store:
+online while a tunnel heartbeated within :data:`REMOTE_OFFLINE_AFTER` and did not report
+itself disconnected; a heartbeat past its TTL counts as gone even before the store reaps it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable, Iterable
+
+import attrs
+import trio
+
+from tether.auth.watching import watch_prefixes
+from tether.backend import Backend, Event, Item, WatchOverflow
+from tether.errors import TetherError
+from tether.resources import KindRegistry, Resource, resource_from_bytes
+from tether.trust import RemoteClusterStatus
+
+__all__ = [
+    "HEARTBEAT_PREFIX",
+    "REMOTE_OFFLINE_AFTER",
+    "RemoteClusterCache",
+    "RemoteClusterItems",
+]
+
+log = logging.getLogger(__name__)
+
+#: A remote cluster whose tunnels have not heartbeated for this long is offline.
+REMOTE_OFFLINE_AFTER = 30.0
+#: where tunnel heartbeats are stored, per cluster, proxy and agent
+HEARTBEAT_PREFIX = "/tunnels/"
+
+
+@attrs.frozen
+class _Heartbeat:
+    """The stored newest heartbeat of one tunnel, as much of it as the status needs."""
+
+    proxy: str
+    when: float
+    connected: bool
+    expires: float | None
+
+
+def _heartbeat(item: Item) -> _Heartbeat | None:
+    """Read a stored heartbeat; None for one that does not parse (it counts for nothing, as
+    an unreadable record must not take the listing down)."""
+    try:
+        record = json.loads(item.value)
+        return _Heartbeat(
+            proxy=str(record.get("proxy")),
+            when=float(record.get("last_heartbeat", 0)),
+            connected=(record.get("status") or {}).get("connected") is not False,
+            expires=item.expires,
+        )
+    except (ValueError, TypeError, AttributeError):
+        log.warning("remote clusters: stored heartbeat %s does not parse; ignored", item.key)
+        return None
+
+
+@attrs.define
+class RemoteClusterItems:
+    """Decoded remote_clusters by key and parsed heartbeats by cluster (sans-IO).
+
+    A put decodes only the resource it carries, so a heartbeat batch of a thousand tunnels
+    costs a thousand small JSON reads and no resource decoding.
+    """
+
+    registry: KindRegistry
+    _clusters: dict[str, Resource] = attrs.field(factory=dict)
+    _heartbeats: dict[str, dict[str, _Heartbeat]] = attrs.field(factory=dict)
+    #: the last resource shown per leaf: (stored resource, status, the two together)
+    _shown: dict[str, tuple[Resource, RemoteClusterStatus, Resource]] = attrs.field(factory=dict)
+
+    @property
+    def prefixes(self) -> tuple[str, str]:
+        """The key prefixes the listing is made of: remote_clusters and tunnel heartbeats."""
+        return (self.registry.get("remote_cluster").storage_prefix, HEARTBEAT_PREFIX)
+
+    def reset(self, items: Iterable[Item]) -> None:
+        """Replace everything with ``items`` (a fresh read of :attr:`prefixes`)."""
+        self._clusters.clear()
+        self._heartbeats.clear()
+        self._shown.clear()
+        for item in items:
+            self._put(item)
+
+    def apply(self, event: Event) -> None:
+        """Apply one watch event of :attr:`prefixes`."""
+        if event.type == "put":
+            self._put(event.item)
+        else:
+            self._delete(event.item.key)
+
+    def _put(self, item: Item) -> None:
+        key = item.key
+        if key.startswith(HEARTBEAT_PREFIX):
+            cluster = key[len(HEARTBEAT_PREFIX) :].split("/", 1)[0]
+            beat = _heartbeat(item)
+            if beat is not None:
+                self._heartbeats.setdefault(cluster, {})[key] = beat
+            return
+        try:
+            resource = resource_from_bytes(item.value, self.registry, revision=item.revision)
+        except TetherError:
+            log.exception("remote clusters: stored resource %s does not decode; left out", key)
+            self._clusters.pop(key, None)
+            return
+        self._clusters[key] = resource
+
+    def _delete(self, key: str) -> None:
+        if key.startswith(HEARTBEAT_PREFIX):
+            cluster = key[len(HEARTBEAT_PREFIX) :].split("/", 1)[0]
+            beats = self._heartbeats.get(cluster)
+            if beats is not None:
+                beats.pop(key, None)
+                if not beats:
+                    del self._heartbeats[cluster]
+            return
+        removed = self._clusters.pop(key, None)
+        if removed is not None:
+            self._shown.pop(removed.metadata.name, None)
+
+    def resources(self, name: str | None = None) -> list[Resource]:
+        """Every remote_cluster in key order, or the one named ``name`` (none if missing),
+        without status."""
+        if name is not None:
+            found = self._clusters.get(self.registry.get("remote_cluster").key(name))
+            return [] if found is None else [found]
+        return [self._clusters[key] for key in sorted(self._clusters)]
+
+    def status(self, cluster: str, now: float) -> RemoteClusterStatus:
+        """The connection of ``cluster`` at ``now``: online while a tunnel from it heartbeats
+        (see the module's docstring)."""
+        latest: float | None = None
+        proxies: set[str] = set()
+        for beat in self._heartbeats.get(cluster, {}).values():
+            if beat.expires is not None and beat.expires <= now:
+                continue  # gone from the store's point of view, reaped or not
+            latest = beat.when if latest is None else max(latest, beat.when)
+            if now - beat.when < REMOTE_OFFLINE_AFTER and beat.connected:
+                proxies.add(beat.proxy)
+        return RemoteClusterStatus(
+            connection="online" if proxies else "offline",
+            last_heartbeat=(
+                datetime.datetime.fromtimestamp(latest, datetime.UTC) if latest else None
+            ),
+            proxies=tuple(sorted(proxies)),
+        )
+
+    def with_status(self, remote: Resource, now: float) -> Resource:
+        """``remote`` with its connection status at ``now``; the same object as last time
+        while neither changed (a leaf's status moves once per heartbeat, and building a
+        resource costs more than comparing two statuses)."""
+        status = self.status(remote.metadata.name, now)
+        shown = self._shown.get(remote.metadata.name)
+        if shown is not None and shown[0] is remote and shown[1] == status:
+            return shown[2]
+        evolved = attrs.evolve(remote, status=status)
+        self._shown[remote.metadata.name] = (remote, status, evolved)
+        return evolved
+
+
+class RemoteClusterCache:
+    """The remote_clusters of one auth service with their status, following the store.
+
+    :meth:`run`, owned by the daemon's nursery for as long as auth serves, loads them once its
+    watches are open and applies every change; :attr:`ready` says whether it did, so that a
+    service not running it (a test's) reads the store instead.
+    """
+
+    def __init__(
+        self, *, backend: Backend, registry: KindRegistry, clock: Callable[[], float]
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self.items = RemoteClusterItems(registry)
+        self.ready = False
+
+    def current(self, name: str | None = None) -> list[Resource]:
+        """The remote_clusters (or the one named), each with its status now."""
+        now = self._clock()
+        return [self.items.with_status(res, now) for res in self.items.resources(name)]
+
+    async def read(self, name: str | None = None) -> list[Resource]:
+        """The same as :meth:`current`, read from the store now (while :attr:`ready` is false)."""
+        items = RemoteClusterItems(self.items.registry)
+        items.reset(await self._read(name))
+        now = self._clock()
+        return [items.with_status(res, now) for res in items.resources(name)]
+
+    async def _read(self, name: str | None = None) -> list[Item]:
+        kind = self.items.registry.get("remote_cluster")
+        if name is not None:
+            item = await self._backend.get(kind.key(name))
+            if item is None:
+                return []
+            return [item, *await self._backend.range(f"{HEARTBEAT_PREFIX}{name}/")]
+        found: list[Item] = []
+        for prefix in self.items.prefixes:
+            found.extend(await self._backend.range(prefix))
+        return found
+
+    async def _load(self) -> None:
+        self.items.reset(await self._read())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the store and keep the items current until cancelled; a watch that
+        overflowed is reopened and everything read again."""
+        try:
+            while True:
+                try:
+                    async with watch_prefixes(self._backend, self.items.prefixes) as events:
+                        await self._load()  # after the watches opened: no change falls between
+                        self.ready = True
+                        task_status.started()
+                        task_status = trio.TASK_STATUS_IGNORED
+                        async for event in events:
+                            self.items.apply(event)
+                except* WatchOverflow:
+                    self.ready = False
+                    log.warning("remote clusters: the store's watch overflowed; reading again")
+        finally:
+            self.ready = False
