@@ -30,6 +30,7 @@ __all__ = [
     "ProcessFleet",
     "emit",
     "exit_when_parent_goes",
+    "lift_open_files",
     "now_ns",
     "raise_fd_limit",
 ]
@@ -62,6 +63,28 @@ def raise_fd_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def lift_open_files(needed: int) -> dict[str, Any]:
+    """Lift this process's open-files limit to what the system allows, so that a root daemon
+    started after it (which inherits it) can hold a socket per member and more: the soft limit
+    to the hard one, and, where the process may (root), the hard one to ``needed`` (at most
+    ``fs.nr_open``). Returns the limits before and after, for the results."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = before[1]
+    want = hard
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+                want = min(needed, int(f.read()))
+        except (OSError, ValueError):
+            want = hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):  # not allowed above the hard limit here
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    after = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {"needed": needed, "before": list(before), "after": list(after)}
 
 
 # --- the harness's side -----------------------------------------------------------------------
