@@ -599,43 +599,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
     )
-    parser.add_argument(
-        "--leaves", type=int, metavar="N", help="leaves in all, leaf0 included (default 1000)"
-    )
-    parser.add_argument(
-        "--runs", type=int, metavar="N", help="ssh runs per phase (default 20, --quick 5)"
-    )
-    parser.add_argument(
-        "--list-runs",
-        type=int,
-        metavar="N",
-        help="`tether clusters` and `get rc` runs per phase (default 10, --quick 3)",
-    )
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        metavar="S",
-        help="how long the idle root is watched per phase (default 30, --quick 5)",
-    )
-    parser.add_argument(
-        "--join-timeout",
-        type=float,
-        metavar="S",
-        help="how long the leaves may take to join and come online (default 480, --quick 60)",
-    )
-    parser.add_argument(
-        "--leaf-processes",
-        type=int,
-        default=2,
-        metavar="N",
-        help="processes the lightweight leaves run in (default 2)",
-    )
-    parser.add_argument(
-        "--join-concurrency",
-        type=int,
-        default=4,
-        metavar="N",
-        help="handshakes in flight at once, over all leaf processes (default 4)",
+    root_watch.add_fleet_args(
+        parser,
+        root_watch.FleetOptions(
+            member="leaf",
+            members="leaves",
+            real="leaf0",
+            lists="`tether clusters` and `get rc`",
+            joined="join and come online",
+            join="handshakes",
+            count=(1000, 50),
+            idle_seconds=(30.0, 5.0),
+            join_timeout=(480.0, 60.0),
+            processes=2,
+            concurrency=4,
+        ),
     )
     parser.add_argument(
         "--profile",

@@ -90,6 +90,21 @@ LIST_POLL_INTERVAL = 5.0  # seconds between `get nodes` polls while waiting for 
 ROOT_SOCKETS_PER_NODE = 4
 
 
+FLEET_OPTIONS = root_watch.FleetOptions(
+    member="node",
+    members="nodes",
+    real="bench-node",
+    lists="`tether ls` and `get nodes`",
+    joined="join and be listed",
+    join="joins",
+    count=(10_000, 200),
+    idle_seconds=(30.0, 10.0),
+    join_timeout=(1800.0, 120.0),
+    processes=4,
+    concurrency=8,
+)
+
+
 # --- the sites: looked up at call time, so tests can stub them -------------------------------
 
 
@@ -128,11 +143,11 @@ class Params:
 
         params = cls(
             quick=args.quick,
-            nodes=pick(args.nodes, 200, 10_000),
+            nodes=pick(args.nodes, *reversed(FLEET_OPTIONS.count)),
             ssh_runs=pick(args.runs, 5, 20),
             list_runs=pick(args.list_runs, 3, 10),
-            idle_seconds=pick(args.idle_seconds, 10.0, 30.0),
-            join_timeout=pick(args.join_timeout, 120.0, 1800.0),
+            idle_seconds=pick(args.idle_seconds, *reversed(FLEET_OPTIONS.idle_seconds)),
+            join_timeout=pick(args.join_timeout, *reversed(FLEET_OPTIONS.join_timeout)),
             node_processes=args.node_processes,
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
@@ -645,44 +660,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="200 nodes, 5 ssh runs, 3 listing runs, 10 s idle (a few minutes)",
     )
-    parser.add_argument(
-        "--nodes", type=int, metavar="N", help="nodes in all, bench-node included (default 10000)"
-    )
-    parser.add_argument(
-        "--runs", type=int, metavar="N", help="ssh runs per phase (default 20, --quick 5)"
-    )
-    parser.add_argument(
-        "--list-runs",
-        type=int,
-        metavar="N",
-        help="`tether ls` and `get nodes` runs per phase (default 10, --quick 3)",
-    )
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        metavar="S",
-        help="how long the idle root is watched per phase (default 30, --quick 10)",
-    )
-    parser.add_argument(
-        "--join-timeout",
-        type=float,
-        metavar="S",
-        help="how long the nodes may take to join and be listed (default 1800, --quick 120)",
-    )
-    parser.add_argument(
-        "--node-processes",
-        type=int,
-        default=4,
-        metavar="N",
-        help="processes the lightweight nodes run in (default 4)",
-    )
-    parser.add_argument(
-        "--join-concurrency",
-        type=int,
-        default=8,
-        metavar="N",
-        help="joins in flight at once, over all node processes (default 8)",
-    )
+    root_watch.add_fleet_args(parser, FLEET_OPTIONS)
     parser.add_argument(
         "--profile",
         type=pathlib.Path,

@@ -22,8 +22,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import IO, Any, Self
+from collections.abc import Callable, Mapping
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Self
+
+if TYPE_CHECKING:
+    from tether.tunnel.agent import AgentPool
 
 __all__ = [
     "FleetState",
@@ -33,7 +36,10 @@ __all__ = [
     "lift_open_files",
     "now_ns",
     "raise_fd_limit",
+    "report_tunnels",
 ]
+
+REPORT_INTERVAL = 0.25  # seconds between checks of how many tunnels are up
 
 
 def now_ns() -> int:
@@ -63,6 +69,30 @@ def raise_fd_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def report_tunnels(out: IO[str], pools: Mapping[str, AgentPool]) -> None:
+    """Emit ``connected`` whenever the number of members holding a tunnel (or failing to)
+    changes, with the first errors; runs until cancelled."""
+    import trio
+
+    last: tuple[int, int] | None = None
+    while True:
+        connected = sum(1 for pool in pools.values() if pool.connected_proxies())
+        failing = sum(1 for pool in pools.values() if pool.last_error)
+        if (connected, failing) != last:
+            last = (connected, failing)
+            errors = sorted({p.last_error for p in pools.values() if p.last_error})
+            emit(
+                out,
+                "connected",
+                count=connected,
+                pools=len(pools),
+                dial_attempts=sum(p.dial_attempts for p in pools.values()),
+                failing=failing,
+                errors=errors[:3],
+            )
+        await trio.sleep(REPORT_INTERVAL)
 
 
 def lift_open_files(needed: int) -> dict[str, Any]:
@@ -111,15 +141,36 @@ class FleetState:
 
 
 class ProcessFleet:
-    """The members' processes, owned: ``with SomeFleet(...) as fleet:``; a subclass says how
-    to start one process (:meth:`_argv`).
+    """The members' processes, owned: ``with SomeFleet(...) as fleet:``; a subclass names the
+    script that runs members (:attr:`script`), which takes the options of :meth:`_argv`.
 
+    :param proxy: the root proxy the members join, ``HOST:PORT``.
+    :param ca_pin: the root's CA pin.
+    :param token: the token every member joins with.
     :param first: the first member's index (names are ``PREFIX<index>``).
     :param count: how many members, split evenly over ``processes`` processes.
     :param concurrency: joins in flight at once, over all processes.
     """
 
-    def __init__(self, *, first: int, count: int, processes: int = 2, concurrency: int = 4) -> None:
+    script: ClassVar[str] = ""
+    default_prefix: ClassVar[str] = "member"
+
+    def __init__(
+        self,
+        *,
+        proxy: str,
+        ca_pin: str,
+        token: str,
+        first: int,
+        count: int,
+        processes: int = 2,
+        concurrency: int = 4,
+        prefix: str | None = None,
+    ) -> None:
+        self.proxy = proxy
+        self.ca_pin = ca_pin
+        self.token = token
+        self.prefix = prefix or self.default_prefix
         self.first = first
         self.count = count
         self.processes = max(1, min(processes, count)) if count else 0
@@ -133,10 +184,25 @@ class ProcessFleet:
 
     def _argv(self, first: int, count: int) -> list[str]:
         """The command of the process that runs members ``first`` .. ``first + count - 1``."""
-        raise NotImplementedError
-
-    def per_process_concurrency(self) -> int:
-        return max(1, self.concurrency // max(1, self.processes))
+        return [
+            sys.executable,
+            "-u",
+            self.script,
+            "--proxy",
+            self.proxy,
+            "--ca-pin",
+            self.ca_pin,
+            "--token",
+            self.token,
+            "--prefix",
+            self.prefix,
+            "--first",
+            str(first),
+            "--count",
+            str(count),
+            "--concurrency",
+            str(max(1, self.concurrency // max(1, self.processes))),
+        ]
 
     def __enter__(self) -> Self:
         self.started_ns = now_ns()

@@ -47,13 +47,13 @@ from _benchlib.fleet import (
     exit_when_parent_goes,
     now_ns,
     raise_fd_limit,
+    report_tunnels,
 )
 
 __all__ = ["LeafFleet", "fleet", "now_ns"]
 
 HERE = os.path.abspath(__file__)
 CERT_TTL = datetime.timedelta(days=1)
-REPORT_INTERVAL = 0.25  # seconds between checks of how many tunnels are up
 HANDSHAKE_TIMEOUT = 120.0  # a root that slow to answer one leaf is broken, not slow
 
 
@@ -151,27 +151,8 @@ async def run_leaves(args: argparse.Namespace, out: IO[str]) -> None:
         pools[name] = pool
         await nursery.start(pool.run)
 
-    async def report() -> None:
-        last: tuple[int, int] | None = None
-        while True:
-            connected = sum(1 for pool in pools.values() if pool.connected_proxies())
-            failing = sum(1 for pool in pools.values() if pool.last_error)
-            if (connected, failing) != last:
-                last = (connected, failing)
-                errors = sorted({p.last_error for p in pools.values() if p.last_error})
-                emit(
-                    out,
-                    "connected",
-                    count=connected,
-                    pools=len(pools),
-                    dial_attempts=sum(p.dial_attempts for p in pools.values()),
-                    failing=failing,
-                    errors=errors[:3],
-                )
-            await trio.sleep(REPORT_INTERVAL)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report)
+        nursery.start_soon(report_tunnels, out, pools)
         for name in names:
             nursery.start_soon(join, name, nursery)
 
@@ -204,44 +185,8 @@ class LeafFleet(ProcessFleet):
     :param count: how many leaves, split evenly over ``processes`` processes.
     """
 
-    def __init__(
-        self,
-        *,
-        proxy: str,
-        ca_pin: str,
-        token: str,
-        first: int,
-        count: int,
-        processes: int = 2,
-        concurrency: int = 4,
-        prefix: str = "leaf",
-    ) -> None:
-        super().__init__(first=first, count=count, processes=processes, concurrency=concurrency)
-        self.proxy = proxy
-        self.ca_pin = ca_pin
-        self.token = token
-        self.prefix = prefix
-
-    def _argv(self, first: int, count: int) -> list[str]:
-        return [
-            sys.executable,
-            "-u",
-            HERE,
-            "--proxy",
-            self.proxy,
-            "--ca-pin",
-            self.ca_pin,
-            "--token",
-            self.token,
-            "--prefix",
-            self.prefix,
-            "--first",
-            str(first),
-            "--count",
-            str(count),
-            "--concurrency",
-            str(self.per_process_concurrency()),
-        ]
+    script = HERE
+    default_prefix = "leaf"
 
 
 @contextlib.contextmanager

@@ -43,12 +43,17 @@ from typing import IO, Any
 if __name__ == "__main__":  # run as a script: find _benchlib as the harnesses do
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _benchlib.fleet import ProcessFleet, emit, exit_when_parent_goes, raise_fd_limit
+from _benchlib.fleet import (
+    ProcessFleet,
+    emit,
+    exit_when_parent_goes,
+    raise_fd_limit,
+    report_tunnels,
+)
 
 __all__ = ["NodeFleet", "fleet"]
 
 HERE = os.path.abspath(__file__)
-REPORT_INTERVAL = 0.25  # seconds between checks of how many tunnels are up
 HEARTBEAT_REPORT_INTERVAL = 2.0  # seconds between heartbeat reports
 JOIN_TIMEOUT = 120.0  # a root that slow to answer one node is broken, not slow
 #: sockets a node holds: its tunnel, its trust watch's connection and its heartbeat's
@@ -201,32 +206,13 @@ async def run_nodes(args: argparse.Namespace, out: IO[str]) -> None:
 
         nursery.start_soon(keep_renewed, f"node {host}", joined.tls_cert, renew)
 
-    async def report_tunnels() -> None:
-        last: tuple[int, int] | None = None
-        while True:
-            connected = sum(1 for pool in pools.values() if pool.connected_proxies())
-            failing = sum(1 for pool in pools.values() if pool.last_error)
-            if (connected, failing) != last:
-                last = (connected, failing)
-                errors = sorted({p.last_error for p in pools.values() if p.last_error})
-                emit(
-                    out,
-                    "connected",
-                    count=connected,
-                    pools=len(pools),
-                    dial_attempts=sum(p.dial_attempts for p in pools.values()),
-                    failing=failing,
-                    errors=errors[:3],
-                )
-            await trio.sleep(REPORT_INTERVAL)
-
     async def report_heartbeats() -> None:
         while True:
             await trio.sleep(HEARTBEAT_REPORT_INTERVAL)
             emit(out, "heartbeats", **beats.report())
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report_tunnels)
+        nursery.start_soon(report_tunnels, out, pools)
         nursery.start_soon(report_heartbeats)
         for name in names:
             nursery.start_soon(node, name, nursery)
@@ -261,44 +247,8 @@ class NodeFleet(ProcessFleet):
     :param count: how many nodes, split evenly over ``processes`` processes.
     """
 
-    def __init__(
-        self,
-        *,
-        proxy: str,
-        ca_pin: str,
-        token: str,
-        first: int,
-        count: int,
-        processes: int = 4,
-        concurrency: int = 8,
-        prefix: str = "node",
-    ) -> None:
-        super().__init__(first=first, count=count, processes=processes, concurrency=concurrency)
-        self.proxy = proxy
-        self.ca_pin = ca_pin
-        self.token = token
-        self.prefix = prefix
-
-    def _argv(self, first: int, count: int) -> list[str]:
-        return [
-            sys.executable,
-            "-u",
-            HERE,
-            "--proxy",
-            self.proxy,
-            "--ca-pin",
-            self.ca_pin,
-            "--token",
-            self.token,
-            "--prefix",
-            self.prefix,
-            "--first",
-            str(first),
-            "--count",
-            str(count),
-            "--concurrency",
-            str(self.per_process_concurrency()),
-        ]
+    script = HERE
+    default_prefix = "node"
 
     def heartbeats(self) -> dict[str, Any]:
         """The processes' latest ``heartbeats`` reports, summed (latencies: the worst median)."""

@@ -5,6 +5,7 @@ root with one member and then with many (``many_leaves.py``, ``many_nodes.py``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -222,6 +223,82 @@ def measure_commands(
             f"{fmt(shown['root_cpu_median'])}s per run ({len(phase.samples[figure])} runs)",
             flush=True,
         )
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetOptions:
+    """What the options of a one-vs-many harness say of its members; defaults full, quick.
+
+    :param member: ``leaf``, ``node``: names the options (``--leaf-processes``).
+    :param members: the plural (``--leaves``).
+    :param real: the real member's name, counted in ``--<members>``.
+    :param lists: the listing commands ``--list-runs`` times.
+    :param joined: what the members must do within ``--join-timeout``.
+    :param join: what ``--join-concurrency`` counts.
+    """
+
+    member: str
+    members: str
+    real: str
+    lists: str
+    joined: str
+    join: str
+    count: tuple[int, int]
+    idle_seconds: tuple[float, float]
+    join_timeout: tuple[float, float]
+    processes: int
+    concurrency: int
+
+
+def add_fleet_args(parser: argparse.ArgumentParser, o: FleetOptions) -> None:
+    """The options a one-vs-many harness shares: how many members, runs, idle time, join
+    timeout, processes and joins at once (None where ``--quick`` picks the default)."""
+    parser.add_argument(
+        f"--{o.members}",
+        type=int,
+        metavar="N",
+        help=f"{o.members} in all, {o.real} included (default {o.count[0]})",
+    )
+    parser.add_argument(
+        "--runs", type=int, metavar="N", help="ssh runs per phase (default 20, --quick 5)"
+    )
+    parser.add_argument(
+        "--list-runs",
+        type=int,
+        metavar="N",
+        help=f"{o.lists} runs per phase (default 10, --quick 3)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        metavar="S",
+        help="how long the idle root is watched per phase "
+        f"(default {o.idle_seconds[0]:g}, --quick {o.idle_seconds[1]:g})",
+    )
+    parser.add_argument(
+        "--join-timeout",
+        type=float,
+        metavar="S",
+        help=f"how long the {o.members} may take to {o.joined} "
+        f"(default {o.join_timeout[0]:g}, --quick {o.join_timeout[1]:g})",
+    )
+    parser.add_argument(
+        f"--{o.member}-processes",
+        type=int,
+        default=o.processes,
+        metavar="N",
+        help=f"processes the lightweight {o.members} run in (default {o.processes})",
+    )
+    parser.add_argument(
+        "--join-concurrency",
+        type=int,
+        default=o.concurrency,
+        metavar="N",
+        help=f"{o.join} in flight at once, over all {o.member} processes (default {o.concurrency})",
+    )
 
 
 # --- figures ----------------------------------------------------------------------------------
