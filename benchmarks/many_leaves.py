@@ -33,15 +33,11 @@ join figures are taken under it; the measured runs are not).
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -50,7 +46,29 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import daemon_settings, leaves, results, ssh_profile, tables, trust_site  # noqa: E402
+from _benchlib import (  # noqa: E402
+    daemon_settings,
+    leaves,
+    results,
+    root_watch,
+    ssh_profile,
+    tables,
+    trust_site,
+)
+from _benchlib.fleet import now_ns  # noqa: E402
+from _benchlib.root_watch import (  # noqa: E402
+    MIB,
+    RunFailed,
+    Sampler,
+    cpu_seconds,
+    measure_commands,
+    measure_idle,
+    memory_bytes,
+    profile_text,
+    ratio,
+    run,
+    spread,
+)
 from _benchlib.trust_site import TrustSite  # noqa: E402
 
 _fmt = tables.fmt
@@ -62,9 +80,6 @@ FIGURES = ("ssh", "clusters", "get_rc")
 SSH_TARGET = 1.2  # ssh to leaf0's node with every leaf joined, at most this times one leaf's
 COMMAND_TIMEOUT = 120.0
 RC_POLL_INTERVAL = 2.0  # seconds between `get rc` polls while waiting for every leaf online
-SAMPLE_INTERVAL = 1.0  # seconds between samples of the root's memory and CPU while joining
-MAX_FAILURES = 3  # per figure and phase; a command that keeps failing is not retried forever
-MIB = 1 << 20
 
 
 # --- the sites: looked up at call time, so tests can stub them -------------------------------
@@ -151,211 +166,45 @@ class Params:
         }
 
 
-# --- the root process, from /proc -------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_bytes(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of ``pid`` in bytes; empty if it is gone."""
-    found = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return found
-
-
-def idle_figures(pid: int, seconds: float) -> dict[str, float]:
-    """The root's CPU (% of one core) over ``seconds`` doing nothing but hold its tunnels, and
-    its memory at the end."""
-    before, started = cpu_seconds(pid), time.monotonic()
-    time.sleep(seconds)
-    used, wall = cpu_seconds(pid) - before, time.monotonic() - started
-    memory = memory_bytes(pid)
-    return {
-        "cpu_percent": round(used / wall * 100, 2),
-        "cpu_seconds": round(used, 3),
-        "seconds": round(wall, 2),
-        "rss_mib": round(memory.get("VmRSS", 0) / MIB, 1),
-        "peak_rss_mib": round(memory.get("VmHWM", 0) / MIB, 1),
-    }
-
-
-class Sampler:
-    """Samples the root's memory and CPU, and the leaves' progress, every second (a thread)."""
-
-    def __init__(self, pid: int, fleet: Any) -> None:
-        self._pid = pid
-        self._fleet = fleet
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: list[dict[str, float]] = []
-
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        last_cpu, last_t = cpu_seconds(self._pid), time.monotonic()
-        while not self._stop.wait(SAMPLE_INTERVAL):
-            cpu, t = cpu_seconds(self._pid), time.monotonic()
-            state = self._fleet.snapshot()
-            self.samples.append(
-                {
-                    "t": round(self._fleet.seconds_since_start(leaves.now_ns()), 2),
-                    "joined": len(state.joined),
-                    "connected": state.connected_count,
-                    "root_cpu_percent": round((cpu - last_cpu) / (t - last_t) * 100, 1),
-                    "root_rss_mib": round(memory_bytes(self._pid).get("VmRSS", 0) / MIB, 1),
-                }
-            )
-            last_cpu, last_t = cpu, t
-
-
-# --- running commands -------------------------------------------------------------------------
-
-
-class RunFailed(Exception):
-    """A command exited non-zero or hung; the message has the command and its last words."""
-
-
-def run(argv: Sequence[str], env: Mapping[str, str] | None, timeout: float) -> tuple[float, str]:
-    """Run ``argv`` to its end (stdin /dev/null); (wall seconds, stdout). Raises RunFailed."""
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            list(argv),
-            env=dict(env) if env is not None else None,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise RunFailed(f"no exit after {timeout:.0f}s (hung): {' '.join(argv)}") from None
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise RunFailed(f"exit {done.returncode}: {' '.join(argv)}: {tail or 'no message'}")
-    return seconds, done.stdout
-
-
 @dataclasses.dataclass
-class Phase:
+class Phase(root_watch.Phase):
     """Every sample of one phase (one leaf, or every leaf), or why there are none."""
 
-    name: str
+    figure_names: tuple[str, ...] = FIGURES
     leaves_online: int = 0
-    samples: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {name: [] for name in FIGURES}
-    )
-    warmup: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {name: [] for name in FIGURES}
-    )
-    #: the root tetherd's CPU seconds during each measured run (its idle work included)
-    root_cpu: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {name: [] for name in FIGURES}
-    )
-    idle: dict[str, float] | None = None
     #: what the last ``tether clusters`` and ``get rc`` showed online (a check, not a figure)
     clusters_online_rows: int | None = None
     get_rc_online: int | None = None
-    failures: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-
-    def fail(self, figure: str, exc: RunFailed) -> None:
-        self.failures.setdefault(figure, []).append(str(exc))
-        print(f"  {self.name} {figure}: FAILED: {exc}", flush=True)
-
-    def dropped(self, figure: str) -> bool:
-        return len(self.failures.get(figure, [])) >= MAX_FAILURES
-
-    def figures(self, figure: str) -> dict[str, float | None]:
-        got = sorted(self.samples[figure])
-        if not got:
-            return {"median": None, "p90": None, "min": None, "root_cpu_median": None}
-        p90 = got[max(0, math.ceil(0.9 * len(got)) - 1)]
-        return {
-            "median": round(statistics.median(got), 4),
-            "p90": round(p90, 4),
-            "min": round(got[0], 4),
-            "root_cpu_median": round(statistics.median(self.root_cpu[figure]), 3),
-        }
 
 
 def measure_phase(phase: Phase, site: TrustSite, params: Params) -> None:
     """Idle root first (nothing else running), then the listings, then the sessions."""
-    print(f"{phase.name}: root idle for {params.idle_seconds:g}s", flush=True)
-    phase.idle = idle_figures(site.root_pid, params.idle_seconds)
-    print(
-        f"  root CPU {phase.idle['cpu_percent']:.1f}% of a core, RSS {phase.idle['rss_mib']} MiB",
-        flush=True,
-    )
+    measure_idle(phase, site.root_pid, params.idle_seconds)
     commands = {
         "get_rc": (site.get_rc_argv(), None, params.list_runs),
         "clusters": (site.clusters_argv(), site.user_env, params.list_runs),
         "ssh": (site.ssh_argv(), site.user_env, params.ssh_runs),
     }
-    for figure, (argv, env, runs) in commands.items():
-        for i in range(-params.warmup_runs, runs):
-            if phase.dropped(figure):
-                break
-            before = cpu_seconds(site.root_pid)
-            try:
-                seconds, out = run(argv, env, COMMAND_TIMEOUT)
-            except RunFailed as exc:
-                phase.fail(figure, exc)
-                continue
-            if i < 0:
-                phase.warmup[figure].append(round(seconds, 4))
-            else:
-                phase.samples[figure].append(round(seconds, 4))
-                phase.root_cpu[figure].append(round(cpu_seconds(site.root_pid) - before, 3))
-            if figure == "get_rc":
-                phase.get_rc_online = len(trust_site.online_leaves(out))
-            elif figure == "clusters":
-                phase.clusters_online_rows = sum(
-                    1 for line in out.splitlines()[2:] if " online " in f" {line} "
-                )
-        shown = phase.figures(figure)
-        print(
-            f"  {figure}: median {_fmt(shown['median'])}s, p90 {_fmt(shown['p90'])}s, root CPU "
-            f"{_fmt(shown['root_cpu_median'])}s per run ({len(phase.samples[figure])} runs)",
-            flush=True,
-        )
+
+    def seen(figure: str, out: str) -> None:
+        if figure == "get_rc":
+            phase.get_rc_online = len(trust_site.online_leaves(out))
+        elif figure == "clusters":
+            phase.clusters_online_rows = sum(
+                1 for line in out.splitlines()[2:] if " online " in f" {line} "
+            )
+
+    measure_commands(
+        phase,
+        commands,
+        site.root_pid,
+        warmup_runs=params.warmup_runs,
+        timeout=COMMAND_TIMEOUT,
+        seen=seen,
+    )
 
 
 # --- joining the lightweight leaves -------------------------------------------------------------
-
-
-def _spread(values: Sequence[float]) -> dict[str, float | None]:
-    """Median of the first and last tenth (join order), and of all: growth shows here."""
-    if not values:
-        return {"first_tenth_median": None, "last_tenth_median": None, "median": None, "max": None}
-    tenth = max(1, len(values) // 10)
-    return {
-        "first_tenth_median": round(statistics.median(values[:tenth]), 4),
-        "last_tenth_median": round(statistics.median(values[-tenth:]), 4),
-        "median": round(statistics.median(values), 4),
-        "max": round(max(values), 4),
-    }
 
 
 def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
@@ -406,7 +255,7 @@ def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
                 online = trust_site.online_leaves(out)
             except (RunFailed, ValueError) as exc:
                 print(f"  get rc: {exc}", flush=True)
-            at = fleet.seconds_since_start(leaves.now_ns())
+            at = fleet.seconds_since_start(now_ns())
             polls.append({"t": at, "online": len(online), "seconds": took and round(took, 3)})
             if len(online) >= expected:
                 all_online = at
@@ -436,8 +285,8 @@ def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
             "all_online_in_get_rc": all_online,
         },
         "handshake_seconds": {
-            "pin_check": _spread([float(j["trust_s"]) for j in joins]),
-            "validate": _spread([float(j["validate_s"]) for j in joins]),
+            "pin_check": spread([float(j["trust_s"]) for j in joins]),
+            "validate": spread([float(j["validate_s"]) for j in joins]),
         },
         "root_cpu_seconds": round(cpu_seconds(site.root_pid) - root_cpu_before, 2),
         "root_peak_rss_mib": max((s["root_rss_mib"] for s in sampler.samples), default=None),
@@ -455,12 +304,6 @@ def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
 # --- profiling --------------------------------------------------------------------------------
 
 
-def _profiler(out_dir: pathlib.Path, pid: int, name: str) -> AbstractContextManager[None]:
-    """py-spy attached to the root tetherd until the block ends (``DIR/<name>-root.txt``)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return ssh_profile._attached(ssh_profile.py_spy(), {"root": pid}, out_dir / name)
-
-
 #: functions whose inclusive share of the root's samples says where scale costs (see the report)
 WATCHED = (
     "reload_trust",  # the proxy reloading every leaf's CA into its TLS context, per join
@@ -476,29 +319,12 @@ WATCHED = (
 )
 
 
-def watched_shares(path: pathlib.Path) -> dict[str, float]:
-    """% of the samples in a py-spy raw file with each :data:`WATCHED` function on the stack."""
-    total = 0
-    counts = dict.fromkeys(WATCHED, 0)
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {}
-    for line in text.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        total += int(count_text)
-        functions = {frame.rsplit(" (", 1)[0].rsplit(".", 1)[-1] for frame in stack.split(";")}
-        for name in WATCHED:
-            if name in functions:
-                counts[name] += int(count_text)
-    return {k: round(v / total * 100, 1) for k, v in counts.items() if total and v}
+def _profiler(out_dir: pathlib.Path, pid: int, name: str) -> AbstractContextManager[None]:
+    return root_watch.profiler(out_dir, pid, name)
 
 
 def _summary(out_dir: pathlib.Path, name: str) -> dict[str, Any]:
-    path = out_dir / f"{name}-root.txt"
-    return {"file": path.name, **ssh_profile.summarize(path), "watched": watched_shares(path)}
+    return root_watch.summary(out_dir, name, WATCHED)
 
 
 def profile_many(site: TrustSite, out_dir: pathlib.Path) -> dict[str, Any]:
@@ -514,26 +340,7 @@ def profile_many(site: TrustSite, out_dir: pathlib.Path) -> dict[str, Any]:
     return _summary(out_dir, "commands")
 
 
-def _profile_text(profiles: dict[str, Any]) -> str:
-    lines = [f"py-spy on the root tetherd at {ssh_profile.RATE} Hz"]
-    for name, found in profiles.items():
-        if not isinstance(found, dict):
-            continue
-        lines += ["", f"== {name}: {found.get('samples', 0)} samples ({found.get('file')})"]
-        lines.append("  inclusive by package (% of samples):")
-        lines += [f"    {v:5.1f}  {k}" for k, v in found.get("inclusive_by_package", {}).items()]
-        lines.append("  where samples end (% of samples):")
-        lines += [f"    {v:5.1f}  {k}" for k, v in found.get("exclusive_top_functions", {}).items()]
-        lines.append("  watched functions on the stack (% of samples, inclusive):")
-        lines += [f"    {v:5.1f}  {k}" for k, v in found.get("watched", {}).items()]
-    return "\n".join(lines) + "\n"
-
-
 # --- the report -------------------------------------------------------------------------------
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return round(value / base, 2) if value is not None and base else None
 
 
 def build_report(
@@ -551,16 +358,16 @@ def build_report(
     }
     idle = {p.name: p.idle for p in (one, many)}
     ratios: dict[str, float | None] = {
-        figure: _ratio(medians["many_leaves"][figure], medians["one_leaf"][figure])
+        figure: ratio(medians["many_leaves"][figure], medians["one_leaf"][figure])
         for figure in FIGURES
     }
     for figure in FIGURES:
-        ratios[f"{figure}_root_cpu"] = _ratio(
+        ratios[f"{figure}_root_cpu"] = ratio(
             many.figures(figure)["root_cpu_median"], one.figures(figure)["root_cpu_median"]
         )
     one_idle, many_idle = one.idle or {}, many.idle or {}
-    ratios["root_idle_cpu"] = _ratio(many_idle.get("cpu_percent"), one_idle.get("cpu_percent"))
-    ratios["root_rss"] = _ratio(many_idle.get("rss_mib"), one_idle.get("rss_mib"))
+    ratios["root_idle_cpu"] = ratio(many_idle.get("cpu_percent"), one_idle.get("cpu_percent"))
+    ratios["root_rss"] = ratio(many_idle.get("rss_mib"), one_idle.get("rss_mib"))
     added = many.leaves_online - one.leaves_online
     per_leaf = None
     if added > 0 and one.idle and many.idle:
@@ -792,43 +599,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
     )
-    parser.add_argument(
-        "--leaves", type=int, metavar="N", help="leaves in all, leaf0 included (default 1000)"
-    )
-    parser.add_argument(
-        "--runs", type=int, metavar="N", help="ssh runs per phase (default 20, --quick 5)"
-    )
-    parser.add_argument(
-        "--list-runs",
-        type=int,
-        metavar="N",
-        help="`tether clusters` and `get rc` runs per phase (default 10, --quick 3)",
-    )
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        metavar="S",
-        help="how long the idle root is watched per phase (default 30, --quick 5)",
-    )
-    parser.add_argument(
-        "--join-timeout",
-        type=float,
-        metavar="S",
-        help="how long the leaves may take to join and come online (default 480, --quick 60)",
-    )
-    parser.add_argument(
-        "--leaf-processes",
-        type=int,
-        default=2,
-        metavar="N",
-        help="processes the lightweight leaves run in (default 2)",
-    )
-    parser.add_argument(
-        "--join-concurrency",
-        type=int,
-        default=4,
-        metavar="N",
-        help="handshakes in flight at once, over all leaf processes (default 4)",
+    root_watch.add_fleet_args(
+        parser,
+        root_watch.FleetOptions(
+            member="leaf",
+            members="leaves",
+            real="leaf0",
+            lists="`tether clusters` and `get rc`",
+            joined="join and come online",
+            join="handshakes",
+            count=(1000, 50),
+            idle_seconds=(30.0, 5.0),
+            join_timeout=(480.0, 60.0),
+            processes=2,
+            concurrency=4,
+        ),
     )
     parser.add_argument(
         "--profile",
@@ -905,7 +690,7 @@ def main(argv: list[str]) -> int:
             if args.profile and "missing" not in profiles:
                 print(f"profiling the root with py-spy into {args.profile}", flush=True)
                 profiles["commands"] = profile_many(site, args.profile)
-                (args.profile / "summary.txt").write_text(_profile_text(profiles), encoding="utf-8")
+                (args.profile / "summary.txt").write_text(profile_text(profiles), encoding="utf-8")
         print("stopping every process", flush=True)
     load = {
         "what": "1, 5 and 15 minute load averages (other work on the machine skews figures)",

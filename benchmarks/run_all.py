@@ -3,8 +3,8 @@
 A harness is a ``benchmarks/<name>.py`` script with a ``main(argv) -> int`` that compares
 Tether with its baseline (OpenSSH, raw loopback, a database reached directly) in the same run
 and writes its figures under ``benchmarks/results/`` with the machine described (see README.md
-here); ``db_access.py`` and ``kube_access.py`` are found like the others. Arguments after
-``tox -e bench --`` are passed to every harness (for example ``--quick``).
+here); ``many_nodes.py``, ``db_access.py`` and ``kube_access.py`` are found like the others.
+Arguments after ``tox -e bench --`` are passed to every harness (for example ``--quick``).
 """
 
 from __future__ import annotations

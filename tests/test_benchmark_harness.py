@@ -42,6 +42,7 @@ def test_every_file_run_all_finds_is_a_harness() -> None:
     found = run_all.harnesses()
     assert BENCHMARKS / "tunnel_throughput.py" in found
     assert BENCHMARKS / "kube_access.py" in found
+    assert BENCHMARKS / "many_nodes.py" in found
     for path in found:
         assert "\ndef main(argv: list[str]) -> int:" in path.read_text(), path
 
@@ -389,6 +390,165 @@ def test_lightweight_leaves_join_a_real_root_and_hold_tunnels(tmp_path: pathlib.
         assert sorted(doc["metadata"]["name"] for doc in listed) == ["leaf1", "leaf2", "leaf3"]
     finally:
         root.stop()
+
+
+mn = load("many_nodes")
+nodes = mn.nodes
+
+# A stand-in for a nodes process: the events the real one prints, for ``--count`` nodes named
+# from ``--first``, then the count in a file (read by FAKE_GET_NODES) until stdin closes.
+FAKE_NODES = """
+import json, pathlib, sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+first, count = int(args["--first"]), int(args["--count"])
+def emit(event, **fields):
+    print(json.dumps({"event": event, "at": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+                      **fields}), flush=True)
+emit("generated", count=count, seconds=0.0)
+for i in range(first, first + count):
+    emit("joined", node=f"node{i}", join_s=0.02 + i / 1000)
+emit("connected", count=count, pools=count, dial_attempts=count, failing=0, errors=[])
+emit("heartbeats", nodes_published=count, sent=count, refused=0, period_latency_median_s=0.01,
+     period_latency_max_s=0.02, period_count=count, errors=[])
+pathlib.Path(args["--state"], f"nodes-{first}").write_text(str(count))
+sys.stdin.read()
+"""
+FAKE_NODES_CLI = """
+import json, pathlib, sys
+state = pathlib.Path(sys.argv[1])
+n = 1 + sum(int(p.read_text()) for p in state.glob("nodes-*"))
+names = ["bench-node", *(f"node{i}" for i in range(1, n))]
+if sys.argv[2] == "ls":
+    print("Node Name  Address  Labels")
+    print("---------  -------  ------")
+    print("\\n".join(f"{name}  ⟵ Tunnel" for name in names))
+elif sys.argv[2] == "get":
+    print(json.dumps([{"kind": "node", "spec": {"hostname": name}} for name in names]))
+"""
+
+
+def test_many_nodes_run_measures_one_node_then_every_node_and_writes_the_schema(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cluster and the nodes' processes are stubbed with small scripts (no tetherd, no
+    # join) to keep the suite fast; the fleet's event reading, the waits, the timing, the
+    # /proc figures and the report are the real ones
+    state = tmp_path / "state"
+    state.mkdir()
+    cli = tmp_path / "cli.py"
+    cli.write_text(FAKE_NODES_CLI)
+
+    @contextlib.contextmanager
+    def fake_site() -> Iterator[object]:
+        yield mn.NodeSite(
+            root_pid=os.getpid(),
+            proxy="127.0.0.1:1",
+            ca_pin="sha256:" + "0" * 64,
+            token="not-a-token",
+            user_env=dict(os.environ),
+            tether=(sys.executable, str(cli), str(state)),
+            tetherctl=(sys.executable, str(cli), str(state)),
+        )
+
+    def fake_argv(self: object, first: int, count: int) -> list[str]:
+        argv = [sys.executable, "-c", FAKE_NODES, "--first", str(first), "--count", str(count)]
+        return [*argv, "--state", str(state)]
+
+    pids: list[int] = []
+
+    @contextlib.contextmanager
+    def recorded_fleet(**kwargs: object) -> Iterator[object]:
+        with nodes.NodeFleet(**kwargs) as fleet:
+            pids.extend(fleet.pids())
+            yield fleet
+
+    monkeypatch.setattr(mn, "open_node_site", fake_site)
+    monkeypatch.setattr(mn, "node_fleet", recorded_fleet)
+    monkeypatch.setattr(nodes.NodeFleet, "_argv", fake_argv)
+    out = tmp_path / "mn.json"
+    results_dir = tmp_path / "results"
+    argv = ["--json", str(out), "--nodes", "4", "--runs", "2", "--list-runs", "2"]
+    argv += ["--idle-seconds", "0.2", "--join-timeout", "20", "--results-dir", str(results_dir)]
+    assert mn.main(argv) == 0
+
+    report = json.loads(out.read_text())
+    assert report["nodes_listed"] == {"one_node": 1, "many_nodes": 4}
+    join = report["join"]
+    counts = ("joined", "refused", "tunnels_up", "heartbeating", "listed", "ls_rows")
+    assert tuple(join[k] for k in counts) == (3, 0, 3, 3, 4, 4)
+    assert join["seconds_from_start"]["seen_in_tether_ls"] >= 0
+    assert join["heartbeats_after"]["sent"] == 3
+    assert report["checks"]["many_nodes"] == {"tether_ls_rows": 4, "get_nodes_listed": 4}
+    for phase in mn.PHASES:
+        assert report["root_idle"][phase]["rss_mib"] > 0
+        for figure in mn.FIGURES:
+            assert len(report["samples"][phase][figure]) == 2
+            assert report["seconds"][phase][figure]["median"] > 0
+    assert set(report["targets_met"]) == {"ssh", "ls", "root_rss", "root_idle_cpu"}
+    assert all(met in (True, False) for met in report["targets_met"].values())
+    assert report["params"]["open_files"]["after"][0] >= report["params"]["open_files"]["needed"]
+    assert "proxy_service.rate_limit" in report["params"]["settings_changed"]
+    assert not report["failures"] and not report["missing"]
+    assert {"cpu_model", "cores", "memory_bytes", "kernel", "python", "date"} <= set(
+        report["machine"]
+    )
+    dated = [p.name for p in results_dir.iterdir() if p.suffix == ".json"]
+    assert len(dated) == 1
+    assert dated[0] in (results_dir / "README.md").read_text()
+    assert "many / one" in mn.table(report)
+    assert pids and all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_many_nodes_reports_a_site_that_cannot_start(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_site() -> object:
+        raise AssertionError("tetherd for root exited 1")
+
+    monkeypatch.setattr(mn, "open_node_site", broken_site)
+    out = tmp_path / "mn.json"
+    argv = ["--json", str(out), "--quick", "--results-dir", str(tmp_path / "results")]
+    assert mn.main(argv) == 1
+
+    report = json.loads(out.read_text())
+    assert "tetherd for root exited 1" in report["missing"]["site"]
+    assert report["seconds"]["one_node"]["ls"]["median"] is None
+    assert report["join"] is None
+    assert "n/a" in mn.table(report)
+
+
+def test_lightweight_nodes_join_heartbeat_and_are_listed(tmp_path: pathlib.Path) -> None:
+    # the real nodes' process against a real cluster: each joins with the node token, holds
+    # a tunnel and heartbeats its node resource, which the cluster lists
+    from tether.testing.cluster import start_cluster
+
+    cluster = start_cluster(tmp_path / "root", "root")
+    try:
+        added = cluster.tetherctl("tokens", "add", "--type=node", "--format=json")
+        token = json.loads(added.stdout)["token"]
+        with nodes.NodeFleet(
+            proxy=cluster.proxy_addr, ca_pin=cluster.ca_pin, token=token, first=1, count=3
+        ) as fleet:
+            assert fleet.wait_until(lambda s: s.connected_count == 3, timeout=60), (
+                fleet.stderr_tail()
+            )
+            assert fleet.wait_until(
+                lambda s: (
+                    sum(r["nodes_published"] for r in s.latest["heartbeats"].values()) == 3
+                    if "heartbeats" in s.latest
+                    else False
+                ),
+                timeout=30,
+            ), fleet.stderr_tail()
+            listed = cluster.tetherctl("get", "nodes", "--format=json").stdout
+            state = fleet.snapshot()
+            pids = fleet.pids()
+        assert sorted(j["node"] for j in state.joined) == ["node1", "node2", "node3"]
+        assert not state.failed
+        assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+        assert sorted(mn.node_site.listed_nodes(listed)) == ["node1", "node2", "node3"]
+    finally:
+        cluster.stop()
 
 
 da = load("db_access")

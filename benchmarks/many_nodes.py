@@ -1,0 +1,753 @@
+"""Many tunnel-mode nodes: one cluster with 10,000 nodes, against the same cluster with one.
+
+One run starts, on 127.0.0.1, a cluster (auth and proxy in one real ``tetherd``) and one real
+node ``bench-node`` in tunnel mode that serves SSH (``_benchlib/node_site.py``), measures the
+root with that one node, then joins ``--nodes`` - 1 lightweight nodes (each its own join with
+a node token, host certificate, tunnel, trust watch and heartbeats of its ``node`` resource,
+many per process; ``_benchlib/nodes.py``) and measures the same figures again, in the same run:
+
+- ``tether ssh root@bench-node true``: wall time, a fresh client each run as a user types it,
+  median and p90 of ``--runs`` runs after one discarded warm-up; the ratio many/one is reported
+  against the target (within 1.2x);
+- ``tether ls`` (the user's view, against the target under 2 s) and ``tetherctl get nodes
+  --format=json`` (the admin's): wall time, median of ``--list-runs`` runs after one warm-up;
+- the root ``tetherd``'s resident memory (VmRSS, against the target under 2 GiB) and CPU (% of
+  one core, against the target under 25%) while idle for ``--idle-seconds`` with every node
+  heartbeating; its peak memory and CPU while nodes join;
+- how long the nodes take to join: every join answered, every tunnel up, every node
+  heartbeating (the nodes' processes say so) and listed by ``tetherctl get nodes`` (polled once
+  the tunnels are up), then seen in ``tether ls``; and each join's latency in join order.
+
+The table, ``--json FILE`` and ``benchmarks/results/many_nodes-<stamp>.json`` / ``.png`` carry
+every raw sample, the ratios, the targets met or not and the machine described. A node that
+does not join or is not listed within ``--join-timeout`` is reported, and the figures are those
+of the nodes that did. ``--profile DIR`` records the root with py-spy while it idles with every
+node and during one ``tether ls``, ``get nodes`` and ``ssh`` run (after the measurements).
+
+    python benchmarks/many_nodes.py [--quick] [--json FILE] [--nodes N] [--runs N]
+        [--list-runs N] [--idle-seconds S] [--join-timeout S] [--node-processes N]
+        [--join-concurrency N] [--profile DIR]
+"""
+
+# No ``from __future__ import annotations`` here: tests load harnesses without registering
+# them in sys.modules, and dataclasses then cannot resolve string annotations.
+import argparse
+import contextlib
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from contextlib import AbstractContextManager
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported by a test
+    sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402
+from _benchlib import (  # noqa: E402
+    daemon_settings,
+    node_site,
+    nodes,
+    results,
+    root_watch,
+    ssh_profile,
+    tables,
+    trust_site,
+)
+from _benchlib.fleet import lift_open_files, now_ns  # noqa: E402
+from _benchlib.node_site import NodeSite  # noqa: E402
+from _benchlib.root_watch import (  # noqa: E402
+    MIB,
+    RunFailed,
+    Sampler,
+    cpu_seconds,
+    measure_commands,
+    measure_idle,
+    memory_bytes,
+    profile_text,
+    ratio,
+    run,
+    spread,
+)
+
+_fmt = tables.fmt
+
+NAME = "many_nodes"
+PHASES = ("one_node", "many_nodes")
+FIGURES = ("ssh", "ls", "get_nodes")
+#: the targets this harness reports against (Teleport's test plan: 10,000 tunnel nodes)
+SSH_TARGET = 1.2  # ssh to the real node with every node joined, at most this times one node's
+LS_TARGET_SECONDS = 2.0  # `tether ls` with every node, median
+RSS_TARGET_MIB = 2048.0  # the root's idle VmRSS with every node
+IDLE_CPU_TARGET_PERCENT = 25.0  # the root's idle CPU with every node, % of one core
+COMMAND_TIMEOUT = 180.0
+LIST_POLL_INTERVAL = 5.0  # seconds between `get nodes` polls while waiting for every node
+#: sockets the root holds per node (its tunnel, its trust watch, a heartbeat's connection),
+#: and the proxy's own to auth: the open-files limit the root needs
+ROOT_SOCKETS_PER_NODE = 4
+
+
+FLEET_OPTIONS = root_watch.FleetOptions(
+    member="node",
+    members="nodes",
+    real="bench-node",
+    lists="`tether ls` and `get nodes`",
+    joined="join and be listed",
+    join="joins",
+    count=(10_000, 200),
+    idle_seconds=(30.0, 10.0),
+    join_timeout=(1800.0, 120.0),
+    processes=4,
+    concurrency=8,
+)
+
+
+# --- the sites: looked up at call time, so tests can stub them -------------------------------
+
+
+def open_node_site() -> AbstractContextManager[NodeSite]:
+    """The cluster, its real node and a logged-in user."""
+    return node_site.node_site()
+
+
+def node_fleet(**kwargs: Any) -> AbstractContextManager[nodes.NodeFleet]:
+    """The lightweight nodes' processes (see ``_benchlib/nodes.py``)."""
+    return nodes.fleet(**kwargs)
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """What one run measures; stored in the results so figures are read with their sizes."""
+
+    quick: bool
+    nodes: int
+    ssh_runs: int
+    list_runs: int
+    idle_seconds: float
+    join_timeout: float
+    node_processes: int
+    join_concurrency: int
+    tether_program: str
+    warmup_runs: int = 1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Params":
+        def pick(value: Any, quick: Any, full: Any) -> Any:
+            return value if value is not None else (quick if args.quick else full)
+
+        params = cls(
+            quick=args.quick,
+            nodes=pick(args.nodes, *reversed(FLEET_OPTIONS.count)),
+            ssh_runs=pick(args.runs, 5, 20),
+            list_runs=pick(args.list_runs, 3, 10),
+            idle_seconds=pick(args.idle_seconds, *reversed(FLEET_OPTIONS.idle_seconds)),
+            join_timeout=pick(args.join_timeout, *reversed(FLEET_OPTIONS.join_timeout)),
+            node_processes=args.node_processes,
+            join_concurrency=args.join_concurrency,
+            tether_program=" ".join(trust_site.console_script("tether")),
+        )
+        if params.nodes < 2 or params.ssh_runs < 1 or params.list_runs < 1:
+            raise SystemExit("--nodes must be at least 2, --runs and --list-runs at least 1")
+        if params.idle_seconds <= 0 or params.join_timeout <= 0:
+            raise SystemExit("--idle-seconds and --join-timeout must be positive")
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        from tether.node.agent import ENTRY_TTL, HEARTBEAT_INTERVAL
+
+        return {
+            **dataclasses.asdict(self),
+            "lightweight_nodes": self.nodes - 1,
+            "real_node": node_site.NODE,
+            "ssh_command": f"tether ssh {node_site.LOGIN}@{node_site.NODE} true",
+            "ls_command": "tether ls",
+            "get_nodes_command": "tetherctl -c CONFIG get nodes --format=json",
+            "ssh_aggregate": f"median and p90 (nearest rank) of {self.ssh_runs} runs",
+            "list_aggregate": f"median of {self.list_runs} runs",
+            "idle": f"root tetherd over {self.idle_seconds:g} s with every node heartbeating "
+            "and nothing else",
+            "cpu": "% of one core: (utime + stime) / wall time, from /proc/PID/stat; "
+            "root_cpu_median: the root's utime + stime during one run (its idle work included)",
+            "rss": "VmRSS of the root tetherd, from /proc/PID/status; peak_rss_mib is VmHWM, "
+            "the peak since it started, and the join's root_peak_rss_mib the highest VmRSS "
+            "sampled every second while nodes join",
+            "heartbeat_interval_seconds": HEARTBEAT_INTERVAL.total_seconds(),
+            "entry_ttl_seconds": ENTRY_TTL.total_seconds(),
+            "heartbeats": "one PUT /v1/presence per node per interval through the proxy, as "
+            "tether.node.agent sends them (it does not batch)",
+            "list_poll_interval_seconds": LIST_POLL_INTERVAL,
+            "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
+            "settings_changed": {
+                "proxy_service.rate_limit": trust_site.FLEET_RATE_LIMIT["proxy_service"][
+                    "rate_limit"
+                ],
+                "why": "every node joins from 127.0.0.1, as a fleet behind one NAT would; the "
+                "default per-address limit would refuse most of their joins",
+                "node token ttl": node_site.TOKEN_TTL,
+                "why_token_ttl": "one node token for every node of the run (tokens have no "
+                "use count); the default 30m may end before 10,000 nodes have joined",
+                "open files": "the harness lifts its RLIMIT_NOFILE (the root tetherd and the "
+                "nodes' processes inherit it) to what the system allows: see open_files",
+            },
+            "targets": {
+                "ssh_ratio_many_vs_one_at_most": SSH_TARGET,
+                "ls_seconds_under": LS_TARGET_SECONDS,
+                "root_rss_mib_under": RSS_TARGET_MIB,
+                "root_idle_cpu_percent_under": IDLE_CPU_TARGET_PERCENT,
+            },
+        }
+
+
+# --- the phases -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Phase(root_watch.Phase):
+    """Every sample of one phase (one node, or every node), or why there are none."""
+
+    figure_names: tuple[str, ...] = FIGURES
+    nodes_listed: int = 0
+    #: what the last ``tether ls`` and ``get nodes`` showed (a check, not a figure)
+    ls_rows: int | None = None
+    get_nodes_listed: int | None = None
+
+
+def measure_phase(phase: Phase, site: NodeSite, params: Params) -> None:
+    """Idle root first (nothing else running), then the listings, then the sessions."""
+    measure_idle(phase, site.root_pid, params.idle_seconds)
+    commands = {
+        "get_nodes": (site.get_nodes_argv(), None, params.list_runs),
+        "ls": (site.ls_argv(), site.user_env, params.list_runs),
+        "ssh": (site.ssh_argv(), site.user_env, params.ssh_runs),
+    }
+
+    def seen(figure: str, out: str) -> None:
+        if figure == "get_nodes":
+            phase.get_nodes_listed = len(node_site.listed_nodes(out))
+        elif figure == "ls":
+            phase.ls_rows = node_site.ls_rows(out)
+
+    measure_commands(
+        phase,
+        commands,
+        site.root_pid,
+        warmup_runs=params.warmup_runs,
+        timeout=COMMAND_TIMEOUT,
+        seen=seen,
+    )
+
+
+# --- joining the lightweight nodes --------------------------------------------------------------
+
+
+def join_nodes(site: NodeSite, params: Params, fleet: Any) -> dict[str, Any]:
+    """Wait for every lightweight node's join, tunnel and first heartbeat, then for ``get
+    nodes`` to list every node and ``tether ls`` to show them; returns the figures of the join
+    (what did not happen is null)."""
+    lightweight = params.nodes - 1
+    deadline = time.monotonic() + params.join_timeout
+    root_cpu_before = cpu_seconds(site.root_pid)
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    with Sampler(site.root_pid, fleet) as sampler:
+        fleet.wait_until(lambda s: len(s.joined) + len(s.failed) >= lightweight, left())
+        state = fleet.snapshot()
+        joined = len(state.joined)
+        joins_done = (
+            fleet.seconds_since_start(max(int(j["at"]) for j in state.joined))
+            if joined + len(state.failed) >= lightweight and state.joined
+            else None
+        )
+        print(
+            f"  joins: {joined} joined, {len(state.failed)} refused"
+            + (f" in {joins_done:.1f}s" if joins_done is not None else " (timed out)"),
+            flush=True,
+        )
+        fleet.wait_until(lambda s: s.connected_count >= joined, left())
+        state = fleet.snapshot()
+        tunnels_up = None
+        if joined and state.connected_count >= joined:
+            tunnels_up = fleet.seconds_since_start(
+                next(at for at, count in state.connected_timeline if count >= joined)
+            )
+        print(
+            f"  tunnels: {state.connected_count} of {joined} up"
+            + (f" at {tunnels_up:.1f}s" if tunnels_up is not None else " (timed out)"),
+            flush=True,
+        )
+        heartbeating = None
+        while time.monotonic() < deadline:
+            if fleet.heartbeats()["nodes_published"] >= joined:
+                heartbeating = fleet.seconds_since_start(now_ns())
+                break
+            time.sleep(0.5)
+        expected = joined + 1  # and the real node
+        listed: list[str] = []
+        polls: list[dict[str, Any]] = []
+        all_listed = None
+        while True:
+            took: float | None = None
+            try:
+                took, out = run(site.get_nodes_argv(), None, COMMAND_TIMEOUT)
+                listed = node_site.listed_nodes(out)
+            except (RunFailed, ValueError) as exc:
+                print(f"  get nodes: {exc}", flush=True)
+            at = fleet.seconds_since_start(now_ns())
+            polls.append({"t": at, "listed": len(listed), "seconds": took and round(took, 3)})
+            if len(listed) >= expected:
+                all_listed = at
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(LIST_POLL_INTERVAL)
+        print(
+            f"  get nodes: {len(listed)} of {expected} nodes listed"
+            + (f" at {all_listed:.1f}s" if all_listed is not None else " (timed out)"),
+            flush=True,
+        )
+        ls_rows, in_ls = None, None
+        try:
+            _, out = run(site.ls_argv(), site.user_env, COMMAND_TIMEOUT)
+            ls_rows = node_site.ls_rows(out)
+            in_ls = fleet.seconds_since_start(now_ns())
+        except RunFailed as exc:
+            print(f"  tether ls: {exc}", flush=True)
+        print(f"  tether ls: {ls_rows} rows at {_fmt(in_ls, '.1f')}s", flush=True)
+        state = fleet.snapshot()
+    memory = memory_bytes(site.root_pid)
+    node_cpu = sum(cpu_seconds(pid) for pid in fleet.pids())
+    joins = sorted(state.joined, key=lambda j: int(j["at"]))
+    return {
+        "lightweight_target": lightweight,
+        "joined": joined,
+        "refused": len(state.failed),
+        "refusals": [f"{f['node']}: {f['error']}" for f in state.failed[:5]],
+        "tunnels_up": state.connected_count,
+        "heartbeating": fleet.heartbeats()["nodes_published"],
+        "listed": len(listed),
+        "ls_rows": ls_rows,
+        "seconds_from_start": {
+            "joins_done": joins_done,
+            "tunnels_up": tunnels_up,
+            "all_heartbeating": heartbeating,
+            "all_listed_in_get_nodes": all_listed,
+            "seen_in_tether_ls": in_ls if ls_rows is not None and ls_rows >= expected else None,
+        },
+        "join_seconds": spread([float(j["join_s"]) for j in joins]),
+        "root_cpu_seconds": round(cpu_seconds(site.root_pid) - root_cpu_before, 2),
+        "root_peak_rss_mib": max((s["root_rss_mib"] for s in sampler.samples), default=None),
+        "root_vmhwm_mib": round(memory.get("VmHWM", 0) / MIB, 1),
+        "node_processes_cpu_seconds": round(node_cpu, 2),
+        "node_processes_errors": sorted(
+            {e for r in state.connected.values() for e in r.get("errors", [])}
+        )[:5],
+        "list_polls": polls,
+        "timeline": sampler.samples,
+        "join_in_join_order": [float(j["join_s"]) for j in joins],
+    }
+
+
+# --- profiling --------------------------------------------------------------------------------
+
+#: functions whose inclusive share of the root's samples says where scale costs (see the report)
+WATCHED = (
+    "do_handshake",  # TLS: a heartbeat's new connection, a tunnel's
+    "publish",  # auth storing a node's heartbeat
+    "forward",  # the proxy passing a node's /v1 call on to auth
+    "trust_watch",  # the proxy answering a node's trust watch from its copy
+    "get_resources",
+    "list_targets",
+    "record_tunnel_heartbeats",
+    "_heartbeat",
+)
+
+
+def profile_many(site: NodeSite, out_dir: pathlib.Path, idle_seconds: float) -> dict[str, Any]:
+    """py-spy on the root while it idles with every node, then during one ``tether ls``,
+    ``get nodes`` and ``ssh`` run each (not measured)."""
+    found: dict[str, Any] = {}
+    with root_watch.profiler(out_dir, site.root_pid, "idle"):
+        time.sleep(idle_seconds)
+    found["idle"] = root_watch.summary(out_dir, "idle", WATCHED)
+    for name, argv, env in (
+        ("ls", site.ls_argv(), site.user_env),
+        ("get_nodes", site.get_nodes_argv(), None),
+        ("ssh", site.ssh_argv(), site.user_env),
+    ):
+        with root_watch.profiler(out_dir, site.root_pid, name), contextlib.suppress(RunFailed):
+            run(argv, env, COMMAND_TIMEOUT)
+        found[name] = root_watch.summary(out_dir, name, WATCHED)
+    return found
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def build_report(
+    machine_info: dict[str, Any],
+    params: Params,
+    phases: dict[str, Phase],
+    join: dict[str, Any] | None,
+    load: dict[str, Any],
+    missing: dict[str, str],
+) -> dict[str, Any]:
+    """The JSON document: both phases, the join, the ratios, the targets; null where not
+    measured."""
+    one, many = phases["one_node"], phases["many_nodes"]
+    medians = {
+        p.name: {figure: p.figures(figure)["median"] for figure in FIGURES} for p in (one, many)
+    }
+    ratios: dict[str, float | None] = {
+        figure: ratio(medians["many_nodes"][figure], medians["one_node"][figure])
+        for figure in FIGURES
+    }
+    for figure in FIGURES:
+        ratios[f"{figure}_root_cpu"] = ratio(
+            many.figures(figure)["root_cpu_median"], one.figures(figure)["root_cpu_median"]
+        )
+    one_idle, many_idle = one.idle or {}, many.idle or {}
+    ratios["root_idle_cpu"] = ratio(many_idle.get("cpu_percent"), one_idle.get("cpu_percent"))
+    ratios["root_rss"] = ratio(many_idle.get("rss_mib"), one_idle.get("rss_mib"))
+    added = many.nodes_listed - one.nodes_listed
+    per_node = None
+    if added > 0 and one.idle and many.idle:
+        per_node = round((many.idle["rss_mib"] - one.idle["rss_mib"]) * MIB / added)
+    ls_many = medians["many_nodes"]["ls"]
+    rss, cpu = many_idle.get("rss_mib"), many_idle.get("cpu_percent")
+    return {
+        "benchmark": NAME,
+        "machine": machine_info,
+        "load_average": load,
+        "params": params.to_json(),
+        "nodes_listed": {p.name: p.nodes_listed for p in (one, many)},
+        "seconds": {p.name: {figure: p.figures(figure) for figure in FIGURES} for p in (one, many)},
+        "root_idle": {p.name: p.idle for p in (one, many)},
+        "ratio_many_vs_one": ratios,
+        "root_rss_bytes_per_added_node": per_node,
+        "targets_met": {
+            "ssh": None if ratios["ssh"] is None else ratios["ssh"] <= SSH_TARGET,
+            "ls": None if ls_many is None else ls_many < LS_TARGET_SECONDS,
+            "root_rss": None if rss is None else rss < RSS_TARGET_MIB,
+            "root_idle_cpu": None if cpu is None else cpu < IDLE_CPU_TARGET_PERCENT,
+        },
+        "join": join,
+        "checks": {
+            p.name: {"tether_ls_rows": p.ls_rows, "get_nodes_listed": p.get_nodes_listed}
+            for p in (one, many)
+        },
+        "samples": {p.name: p.samples for p in (one, many)},
+        "root_cpu_seconds_samples": {p.name: p.root_cpu for p in (one, many)},
+        "warmup_samples": {p.name: p.warmup for p in (one, many)},
+        "failures": {p.name: p.failures for p in (one, many) if p.failures},
+        "missing": missing,
+    }
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else "met" if met else "MISSED"
+
+
+def table(report: dict[str, Any]) -> str:
+    """The printed summary: both phases side by side with ratios, the targets, then the join."""
+    p = report["params"]
+    listed = report["nodes_listed"]
+    secs, idle, ratios = report["seconds"], report["root_idle"], report["ratio_many_vs_one"]
+    one_idle, many_idle = idle["one_node"] or {}, idle["many_nodes"] or {}
+    header = ["figure", f"{listed['one_node']} node", f"{listed['many_nodes']} nodes", "many / one"]
+    labels = {
+        "ssh": f"`{p['ssh_command']}` s",
+        "ls": "`tether ls` s",
+        "get_nodes": "`tetherctl get nodes` s",
+    }
+    rows = []
+    for figure in FIGURES:
+        for stat in ("median", "p90") if figure == "ssh" else ("median",):
+            rows.append(
+                [
+                    f"{labels[figure]} ({stat})",
+                    _fmt(secs["one_node"][figure][stat]),
+                    _fmt(secs["many_nodes"][figure][stat]),
+                    _fmt(ratios[figure], ".2f", "x") if stat == "median" else "",
+                ]
+            )
+        rows.append(
+            [
+                "  root tetherd CPU s per run (median)",
+                _fmt(secs["one_node"][figure]["root_cpu_median"]),
+                _fmt(secs["many_nodes"][figure]["root_cpu_median"]),
+                _fmt(ratios[f"{figure}_root_cpu"], ".2f", "x"),
+            ]
+        )
+    for label, key, ratio_key in (
+        (f"root RSS MiB (idle {p['idle_seconds']:g}s)", "rss_mib", "root_rss"),
+        ("root CPU % of a core (idle)", "cpu_percent", "root_idle_cpu"),
+    ):
+        rows.append(
+            [
+                label,
+                _fmt(one_idle.get(key), ".1f"),
+                _fmt(many_idle.get(key), ".1f"),
+                _fmt(ratios[ratio_key], ".2f", "x"),
+            ]
+        )
+    lines = tables.grid(header, rows)
+    per_node = report["root_rss_bytes_per_added_node"]
+    lines.append(f"root memory per added node: {_fmt(per_node and per_node / 1024, '.1f')} KiB")
+    met = report["targets_met"]
+    lines += [
+        f"target: ssh with every node within {SSH_TARGET}x of one node: {_verdict(met['ssh'])}",
+        f"target: `tether ls` with every node under {LS_TARGET_SECONDS:g} s: {_verdict(met['ls'])}",
+        f"target: root RSS with every node under {RSS_TARGET_MIB:.0f} MiB: "
+        f"{_verdict(met['root_rss'])}",
+        f"target: root idle CPU with every node under {IDLE_CPU_TARGET_PERCENT:g}% of a core: "
+        f"{_verdict(met['root_idle_cpu'])}",
+    ]
+    join = report["join"]
+    if join:
+        at, js = join["seconds_from_start"], join["join_seconds"]
+        beats = join.get("heartbeats_after") or {}
+        lines += [
+            "",
+            f"join of {join['lightweight_target']} lightweight nodes: {join['joined']} joined, "
+            f"{join['refused']} refused, {join['tunnels_up']} tunnels up, "
+            f"{join['heartbeating']} heartbeating, {join['listed']} listed in get nodes and "
+            f"{join['ls_rows']} rows in tether ls (bench-node included)",
+            f"  seconds from start: joins done {_fmt(at['joins_done'], '.1f')}, tunnels up "
+            f"{_fmt(at['tunnels_up'], '.1f')}, all heartbeating "
+            f"{_fmt(at['all_heartbeating'], '.1f')}, all listed in get nodes "
+            f"{_fmt(at['all_listed_in_get_nodes'], '.1f')}, seen in tether ls "
+            f"{_fmt(at['seen_in_tether_ls'], '.1f')}",
+            "  join s (median of the first / last tenth in join order, max): "
+            f"{_fmt(js['first_tenth_median'])} / {_fmt(js['last_tenth_median'])}, "
+            f"max {_fmt(js['max'])}",
+            f"  root while joining: {join['root_cpu_seconds']} CPU s, RSS up to "
+            f"{join['root_peak_rss_mib']} MiB; the nodes' processes: "
+            f"{join['node_processes_cpu_seconds']} CPU s",
+        ]
+        if beats:
+            lines.append(
+                f"  heartbeats by the end: {beats['sent']} sent, {beats['refused']} failed; "
+                f"latency of the last period: median up to "
+                f"{_fmt(beats['period_latency_median_s_worst'])} s, max "
+                f"{_fmt(beats['period_latency_max_s'])} s"
+            )
+            lines += [f"  heartbeat error: {e}" for e in beats["errors"]]
+        lines += [f"  refused: {refusal}" for refusal in join["refusals"]]
+    for phase, failures in report["failures"].items():
+        for figure, why in failures.items():
+            lines.append(f"FAILED {phase} {figure}: {why[-1]}")
+    for key, why in report["missing"].items():
+        lines.append(f"n/a {key}: {why}")
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
+    """The join over time, join latency in join order, the root meanwhile, and the medians
+    one vs many."""
+    plt = results.pyplot()
+    if plt is None:
+        return False
+    m, p = report["machine"], report["params"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    (progress, latency), (root, bars) = axes
+    join = report["join"] or {}
+    timeline = join.get("timeline") or []
+    ts = [s["t"] for s in timeline]
+    progress.plot(ts, [s["joined"] for s in timeline], label="joined")
+    progress.plot(ts, [s["connected"] for s in timeline], label="tunnels up")
+    polls = join.get("list_polls") or []
+    progress.plot(
+        [q["t"] for q in polls], [q["listed"] for q in polls], "o", label="listed in get nodes"
+    )
+    progress.set_xlabel("s since the lightweight nodes started")
+    progress.set_ylabel("nodes")
+    progress.set_title("nodes joining the cluster", fontsize=9)
+    progress.legend(fontsize=8)
+    joins = join.get("join_in_join_order") or []
+    latency.plot(range(1, len(joins) + 1), joins, ".", markersize=2)
+    latency.set_xlabel("node, in join order")
+    latency.set_ylabel("s")
+    latency.set_title(
+        f"join (pin check + POST /webapi/join) latency ({p['join_concurrency']} at a time)",
+        fontsize=9,
+    )
+    root.plot(ts, [s["root_cpu_percent"] for s in timeline], color="tab:red", label="CPU %")
+    root.set_xlabel("s since the lightweight nodes started")
+    root.set_ylabel("root tetherd CPU, % of a core", color="tab:red")
+    twin = root.twinx()
+    twin.plot(ts, [s["root_rss_mib"] for s in timeline], color="tab:blue", label="RSS")
+    twin.set_ylabel("root tetherd RSS, MiB", color="tab:blue")
+    root.set_title("root tetherd while nodes join", fontsize=9)
+    listed = report["nodes_listed"]
+    width = 0.38
+    for offset, phase, label in (
+        (-width / 2, "one_node", f"{listed['one_node']} node"),
+        (width / 2, "many_nodes", f"{listed['many_nodes']} nodes"),
+    ):
+        values = [report["seconds"][phase][f]["median"] for f in FIGURES]
+        drawn = bars.bar(
+            [i + offset for i in range(len(FIGURES))], [v or 0 for v in values], width, label=label
+        )
+        for bar, value in zip(drawn, values, strict=True):
+            bars.annotate(
+                "n/a" if value is None else f"{value:.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ratios = report["ratio_many_vs_one"]
+    bars.set_xticks(
+        range(len(FIGURES)),
+        [f"{f}\n{_fmt(ratios[f], '.2f', 'x')}" for f in FIGURES],
+        fontsize=8,
+    )
+    bars.set_ylabel("s (median)")
+    bars.set_title(
+        f"wall time, one node vs every node (ssh <= {SSH_TARGET}x, ls < {LS_TARGET_SECONDS:g} s)",
+        fontsize=9,
+    )
+    bars.legend(fontsize=8)
+    fig.suptitle(
+        f"Many tunnel-mode nodes on loopback: one cluster, {listed['many_nodes']} nodes "
+        f"({m['date']})\n{m['cpu_model']}, {m['cores_usable']} cores, {m['memory_gib']} GiB, "
+        f"{m['kernel']}, {m['python']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
+    """One line of ``results/README.md``: headline figures, machine, files."""
+    listed = report["nodes_listed"]
+    secs, ratios = report["seconds"], report["ratio_many_vs_one"]
+    figures = ", ".join(
+        f"{f} {_fmt(secs['one_node'][f]['median'])}/{_fmt(secs['many_nodes'][f]['median'])} "
+        f"({_fmt(ratios[f], '.2f', 'x')})"
+        for f in FIGURES
+    )
+    idle = report["root_idle"]
+    rss = "/".join(_fmt((idle[ph] or {}).get("rss_mib"), ".0f") for ph in PHASES)
+    cpu = "/".join(_fmt((idle[ph] or {}).get("cpu_percent"), ".1f") for ph in PHASES)
+    join = report["join"] or {}
+    at = (join.get("seconds_from_start") or {}).get("all_listed_in_get_nodes")
+    quick = " (--quick)" if report["params"]["quick"] else ""
+    files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
+    return (
+        f"- {report['machine']['date']} `{NAME}`{quick}: {listed['one_node']}/"
+        f"{listed['many_nodes']} nodes listed; median s one/many (ratio): {figures}; "
+        f"root idle RSS MiB {rss}, CPU % {cpu}; all listed after {_fmt(at, '.0f')} s; "
+        f"{machine.summary(report['machine'])}; {files}"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="many_nodes.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="200 nodes, 5 ssh runs, 3 listing runs, 10 s idle (a few minutes)",
+    )
+    root_watch.add_fleet_args(parser, FLEET_OPTIONS)
+    parser.add_argument(
+        "--profile",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="also record the root tetherd with py-spy while it idles with every node and "
+        "during one command of each kind",
+    )
+    results.add_output_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Start the site, measure one node, join the others, measure again; write the results."""
+    args = parse_args(argv)
+    params = Params.from_args(args)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    machine_info = machine.describe()
+    # before the root starts: it inherits the limit
+    open_files = lift_open_files(params.nodes * ROOT_SOCKETS_PER_NODE + 1000)
+    phases = {name: Phase(name) for name in PHASES}
+    join: dict[str, Any] | None = None
+    missing: dict[str, str] = {}
+    profiles: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        print(f"starting a cluster and its node {node_site.NODE}", flush=True)
+        try:
+            site: NodeSite | None = stack.enter_context(open_node_site())
+        except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            site = None
+            missing["site"] = f"failed to start: {exc}"
+            print(f"  FAILED to start: {exc}", flush=True)
+        if site is not None:
+            phases["one_node"].nodes_listed = 1
+            measure_phase(phases["one_node"], site, params)
+            lightweight = params.nodes - 1
+            print(
+                f"joining {lightweight} lightweight nodes ({params.node_processes} processes, "
+                f"{params.join_concurrency} joins at a time)",
+                flush=True,
+            )
+            fleet = stack.enter_context(
+                node_fleet(
+                    proxy=site.proxy,
+                    ca_pin=site.ca_pin,
+                    token=site.token,
+                    first=1,
+                    count=lightweight,
+                    processes=params.node_processes,
+                    concurrency=params.join_concurrency,
+                )
+            )
+            join = join_nodes(site, params, fleet)
+            if fleet.stderr_tail():
+                join["node_processes_stderr_tail"] = fleet.stderr_tail()
+            phases["many_nodes"].nodes_listed = join["listed"]
+            if join["listed"] < params.nodes:
+                missing["nodes"] = (
+                    f"{join['listed']} of {params.nodes} nodes listed after "
+                    f"{params.join_timeout:g}s: the figures are for {join['listed']} nodes"
+                )
+            measure_phase(phases["many_nodes"], site, params)
+            join["heartbeats_after"] = fleet.heartbeats()
+            if args.profile:
+                print(f"profiling the root with py-spy into {args.profile}", flush=True)
+                try:
+                    profiles = profile_many(site, args.profile, params.idle_seconds)
+                except ssh_profile.ProfilerUnavailable as exc:
+                    profiles = {"missing": str(exc)}
+                args.profile.mkdir(parents=True, exist_ok=True)
+                (args.profile / "summary.txt").write_text(profile_text(profiles), encoding="utf-8")
+        print("stopping every process", flush=True)
+    load = {
+        "what": "1, 5 and 15 minute load averages (other work on the machine skews figures)",
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
+    report = build_report(machine_info, params, phases, join, load, missing)
+    report["params"]["open_files"] = open_files
+    if profiles:
+        report["profiles"] = profiles
+    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
+
+    results.save_report(NAME, report, args, table=table, chart=chart, index_line=index_line)
+    failed = any(p.failures for p in phases.values()) or "site" in missing
+    return 1 if failed or (join is not None and join["refused"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
