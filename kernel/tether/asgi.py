@@ -170,10 +170,14 @@ class BodyLimit:
             await self._refused(scope, declared)
 
 
+#: How long a server keeps an idle client connection open (seconds).
+KEEP_ALIVE_TIMEOUT = 30.0
+
+
 class ASGIHandler:
     """A :data:`tether.tlsserver.TLSHandler` that serves ``app`` over HTTP/1.1 or HTTP/2."""
 
-    def __init__(self, app: Any, *, keep_alive_timeout: float = 30.0) -> None:
+    def __init__(self, app: Any, *, keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT) -> None:
         self._app = ASGIWrapper(app)
         self._config = HypercornConfig()
         self._config.keep_alive_timeout = keep_alive_timeout
