@@ -3,8 +3,8 @@
 The caller opens the connection to a node (a TLS stream through the proxy's front door) and
 SSH runs end to end inside it, between this client and the node's SSH server
 (:mod:`tether_ssh.server`). asyncssh is an asyncio library, so each connection runs it in a
-``trio_asyncio`` loop of its own and gives it one end of a socket pair; a trio task copies
-between the other end and the stream. Callers see trio only.
+``trio_asyncio`` loop of its own, on a transport whose bytes go straight to the stream
+(:mod:`tether_ssh.aio_transport`). Callers see trio only.
 
 Trust is the cluster's, never the user's ``~/.ssh``: the node must present a host certificate
 signed by one of the cluster's host CAs and valid for the name dialled, and the client logs in
@@ -23,7 +23,6 @@ import fcntl
 import functools
 import os
 import signal
-import socket
 import stat
 import struct
 import termios
@@ -47,6 +46,7 @@ from tether.api import (
     private_key_to_openssh,
 )
 from tether_ssh import algorithms
+from tether_ssh.aio_transport import open_stream_tunnel
 from tether_ssh.forwards import DynamicForward, LocalForward, RemoteForward, bracketed
 from tether_ssh.socks import Outcome, SocksError, SocksHandshake
 
@@ -68,7 +68,7 @@ OpenStream: TypeAlias = Callable[[], Awaitable[trio.abc.Stream]]
 #: For ``copy_files``: opens a byte stream to the SSH server of the named host.
 OpenStreamFor: TypeAlias = Callable[[str], Awaitable[trio.abc.Stream]]
 
-#: How much one read takes from the stream, the socket pair or a local file descriptor.
+#: How much one read takes from a forwarded connection or a local file descriptor.
 _CHUNK = 256 * 1024
 #: Unread channel data held on this side before asyncssh stops reading (and the node's
 #: window closes), and how much asyncssh may buffer for sending before writers wait.
@@ -435,7 +435,7 @@ def _handshake_error(
             f"{host_name} refused login {login!r} with your certificate",
             hint="run `tether login` again, or ask for a role that allows this login",
         )
-    if isinstance(exc, asyncssh.ConnectionLost):
+    if isinstance(exc, asyncssh.ConnectionLost | ConnectionError):  # ended, or broke
         return ConnectionFailed(
             f"{host_name} closed the connection during the SSH handshake",
             hint="is an SSH server listening there?",
@@ -445,50 +445,6 @@ def _handshake_error(
             f"{host_name} did not complete the SSH handshake within {_HANDSHAKE_TIMEOUT:g}s"
         )
     return ConnectionFailed(f"SSH connection to {host_name} failed: {_reason(exc)}")
-
-
-async def _send_eof_or_close(stream: trio.abc.Stream) -> None:
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        await stream.send_eof()
-    else:  # TLS: no half-close that peers honour, and asyncssh is done with the connection
-        await stream.aclose()
-
-
-async def _bridge(stream: trio.abc.Stream, local: trio.SocketStream, done: trio.Event) -> None:
-    """Copy bytes both ways between the node's stream and asyncssh's end of the socket pair.
-
-    EOF from one side is passed on as a half-close; when either side fails, or both have
-    ended, both are closed. Sets *done* when it returns.
-    """
-
-    async def copy(
-        source: trio.abc.ReceiveStream,
-        sink: trio.abc.SendStream,
-        end: Callable[[], Awaitable[None]],
-    ) -> None:
-        try:
-            while data := await source.receive_some(_CHUNK):
-                await sink.send_all(data)
-            await end()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            nursery.cancel_scope.cancel()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy, stream, local, local.send_eof)
-            nursery.start_soon(copy, local, stream, functools.partial(_send_eof_or_close, stream))
-    finally:
-        done.set()
-        await trio.aclose_forcefully(local)
-        await trio.aclose_forcefully(stream)
-
-
-def _socket_pair() -> tuple[socket.socket, socket.socket]:
-    ours, theirs = socket.socketpair()
-    for sock in (ours, theirs):  # fewer, larger wakeups on both sides for bulk data
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * _CHUNK)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * _CHUNK)
-    return ours, theirs
 
 
 @contextlib.asynccontextmanager
@@ -512,60 +468,53 @@ async def _connected(
     client_key = _client_key(creds)
     host_cas = _host_cas(creds)
     client = _Client()
-    ours, theirs = _socket_pair()
-    bridged = trio.Event()
     try:
+        stream = await open_stream()
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise ConnectionFailed(f"cannot reach {shown}: {_reason(exc)}") from None
+    async with (
+        trio_asyncio.open_loop(),
+        open_stream_tunnel(stream, drain_timeout=_CLOSE_TIMEOUT) as tunnel,
+    ):
+        connect = trio_asyncio.aio_as_trio(asyncssh.connect)
         try:
-            stream = await open_stream()
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise ConnectionFailed(f"cannot reach {shown}: {_reason(exc)}") from None
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-            nursery.start_soon(
-                _bridge, stream, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), bridged
+            conn: asyncssh.SSHClientConnection = await connect(
+                host_name,
+                tunnel=tunnel,
+                config=None,  # the user's ~/.ssh/config has no say here
+                username=login,
+                client_factory=lambda: client,
+                known_hosts=([], host_cas, []),
+                x509_trusted_certs=None,
+                client_keys=[client_key],
+                agent_path=None,
+                agent_identities=None,
+                agent_forwarding=agent_forward_path or False,
+                preferred_auth=["publickey"],
+                password_auth=False,
+                kbdint_auth=False,
+                gss_auth=False,
+                gss_kex=False,
+                host_based_auth=False,
+                disable_trivial_auth=True,
+                kex_algs=algorithms.KEX_ALGS,
+                server_host_key_algs=algorithms.HOST_KEY_ALGS,
+                encryption_algs=algorithms.ENCRYPTION_ALGS,
+                mac_algs=algorithms.MAC_ALGS,
+                compression_algs=algorithms.COMPRESSION_ALGS,
+                connect_timeout=_HANDSHAKE_TIMEOUT,
+                keepalive_interval=keepalive.interval,
+                keepalive_count_max=keepalive.count_max,
             )
-            connect = trio_asyncio.aio_as_trio(asyncssh.connect)
-            try:
-                conn: asyncssh.SSHClientConnection = await connect(
-                    host_name,
-                    sock=theirs,
-                    config=None,  # the user's ~/.ssh/config has no say here
-                    username=login,
-                    client_factory=lambda: client,
-                    known_hosts=([], host_cas, []),
-                    x509_trusted_certs=None,
-                    client_keys=[client_key],
-                    agent_path=None,
-                    agent_identities=None,
-                    agent_forwarding=agent_forward_path or False,
-                    preferred_auth=["publickey"],
-                    password_auth=False,
-                    kbdint_auth=False,
-                    gss_auth=False,
-                    gss_kex=False,
-                    host_based_auth=False,
-                    disable_trivial_auth=True,
-                    kex_algs=algorithms.KEX_ALGS,
-                    server_host_key_algs=algorithms.HOST_KEY_ALGS,
-                    encryption_algs=algorithms.ENCRYPTION_ALGS,
-                    mac_algs=algorithms.MAC_ALGS,
-                    compression_algs=algorithms.COMPRESSION_ALGS,
-                    connect_timeout=_HANDSHAKE_TIMEOUT,
-                    keepalive_interval=keepalive.interval,
-                    keepalive_count_max=keepalive.count_max,
-                )
-            except (asyncssh.Error, OSError, TimeoutError) as exc:
-                raise _handshake_error(exc, client, login=login, host_name=shown) from None
-            try:
-                yield conn
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
-                    conn.close()
-                    await trio_asyncio.aio_as_trio(conn.wait_closed)()
-                    await bridged.wait()  # the disconnect message reached the node
-                nursery.cancel_scope.cancel()
-    finally:  # both are closed already (by the bridge, by asyncssh) unless something failed
-        ours.close()
-        theirs.close()
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise _handshake_error(exc, client, login=login, host_name=shown) from None
+        try:
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+                conn.close()
+                await trio_asyncio.aio_as_trio(conn.wait_closed)()
+                await tunnel.wait_drained()  # the disconnect message reached the node
 
 
 # --- sessions -------------------------------------------------------------------------------
