@@ -196,6 +196,7 @@ class StreamTransport(asyncio.Transport):
                 while not self._closing:
                     await self._reading.wait()
                     data = await self._stream.receive_some(_CHUNK)
+                    await self._reading.wait()  # paused while the receive was under way
                     if self._closing:
                         return
                     if not data:
