@@ -9,7 +9,7 @@ SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (the 
 target kind), ``forwards`` (``-L``, ``-R``, ``-D`` as ``ssh`` reads them), ``options``
 (``-o``), ``socks`` (``-D``'s handshake), ``client`` and ``cli`` (``tether ssh``, ``ls``,
 ``scp``, ``config``, ``proxy ssh``), ``aio_transport`` (the asyncio transport both ends run
-asyncssh on, over a trio stream).
+asyncssh on, over a trio stream), ``channel_sizes`` (the SSH packet size both ends advertise).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from tether.api import (
     TrustError,
     private_key_to_openssh,
 )
-from tether_ssh import algorithms
+from tether_ssh import algorithms, channel_sizes
 from tether_ssh.aio_transport import open_stream_tunnel
 from tether_ssh.forwards import DynamicForward, LocalForward, RemoteForward, bracketed
 from tether_ssh.socks import Outcome, SocksError, SocksHandshake
@@ -713,7 +713,12 @@ async def _run_session(
     try:
         channel: _ChannelIO
         _, channel = await trio_asyncio.aio_as_trio(conn.create_session)(
-            _ChannelIO, command, env=dict(env or {}), encoding=None, **terminal
+            _ChannelIO,
+            command,
+            env=dict(env or {}),
+            encoding=None,
+            max_pktsize=channel_sizes.MAX_PACKET,
+            **terminal,
         )
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionFailed(f"{host_name} refused to start a session: {_reason(exc)}") from None
@@ -788,7 +793,7 @@ async def _direct_channel(
     try:
         channel: _ChannelIO
         _, channel = await trio_asyncio.aio_as_trio(conn.create_connection)(
-            _ChannelIO, host, port, orig_host, orig_port
+            _ChannelIO, host, port, orig_host, orig_port, max_pktsize=channel_sizes.MAX_PACKET
         )
     except asyncssh.ChannelOpenError as exc:
         failure = _CHANNEL_OPEN_FAILURES.get(exc.code, "refused")
@@ -926,7 +931,7 @@ async def _serve_remote_forward(
     listen_host = {None: "localhost", "*": ""}.get(forward.bind_address, forward.bind_address)
     try:
         listener = await trio_asyncio.aio_as_trio(conn.create_server)(
-            accept, listen_host, forward.port, encoding=None
+            accept, listen_host, forward.port, encoding=None, max_pktsize=channel_sizes.MAX_PACKET
         )
     except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
         _report(

@@ -71,7 +71,7 @@ from tether.api import (
     private_key_to_openssh,
     verify_ssh_user_cert,
 )
-from tether_ssh import algorithms
+from tether_ssh import algorithms, channel_sizes
 from tether_ssh.aio_transport import StreamTunnel, open_stream_tunnel
 
 __all__ = [
@@ -290,6 +290,8 @@ def _server_options(settings: _Settings) -> dict[str, Any]:
         "agent_forwarding": True,
         "x11_forwarding": False,
         "allow_scp": False,
+        # Packets this large from a Tether client (see channel_sizes); sessions, forwards.
+        "max_pktsize": channel_sizes.MAX_PACKET,
     }
 
 
