@@ -74,6 +74,8 @@ _CHUNK = 256 * 1024
 #: window closes), and how much asyncssh may buffer for sending before writers wait.
 _INBOX_LIMIT = 1024 * 1024
 _SEND_HIGH, _SEND_LOW = 4 * _CHUNK, _CHUNK
+#: What a local pipe holds (bytes) once ``tether ssh`` reads or writes it: several chunks.
+_PIPE_SIZE = 1024 * 1024
 #: Key exchange and authentication must finish within this (seconds), like ssh's ConnectTimeout.
 _HANDSHAKE_TIMEOUT = 30.0
 #: How long closing waits for the disconnect to reach the node (seconds).
@@ -603,8 +605,22 @@ async def _local_files(stdin: int, stdout: int, stderr: int) -> AsyncIterator[_L
             except OSError:  # closed, as with `<&-`
                 streams.append(None)
                 continue
+            if fd != stderr:
+                _widen_pipe(stream.fileno())
             streams.append(await stack.enter_async_context(stream))
         yield _LocalFiles(*streams)
+
+
+def _widen_pipe(fd: int) -> None:
+    """A pipe (``head -c N | tether ssh ...``) holds :data:`_PIPE_SIZE` from now on.
+
+    Linux's default 64 KiB caps each read, and so each SSH packet, at 64 KiB; reads of a
+    full :data:`_CHUNK` take a quarter of the packets, wake-ups and system calls. Not a pipe,
+    not Linux, or the user's pipe allowance spent: nothing changes.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 async def _copy_input(source: trio.lowlevel.FdStream | None, channel: _ChannelIO) -> None:

@@ -122,6 +122,9 @@ _SFTP_SERVER_PATHS = (
     "/usr/lib/ssh/sftp-server",
     "/usr/libexec/sftp-server",
 )
+#: What a session's stdin and stdout pipes hold (bytes): Linux's default 64 KiB cuts an SSH
+#: packet (up to channel_sizes.MAX_PACKET) into several writes and wake-ups.
+_PIPE_SIZE = 1024 * 1024
 #: Remote forwards listen here, whatever address the client asks for (no GatewayPorts).
 _LOOPBACK = "localhost"
 #: Ports below this need root to listen on, as sshd decides for ``ssh -R``.
@@ -963,6 +966,14 @@ def _find_sftp_server() -> str | None:
     return None
 
 
+def _widen_pipe(fd: int) -> None:
+    """Let the pipe hold :data:`_PIPE_SIZE`: bulk data then crosses in fewer, larger pieces,
+    waking this process and the child less often. Where the kernel refuses (not Linux, or
+    the user's pipe allowance is spent), the pipe keeps its size."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
 class _ChildInput:
     """The write end of a session's stdin pipe, as an "async file" asyncssh redirects into.
 
@@ -980,8 +991,21 @@ class _ChildInput:
     async def write(self, data: bytes) -> None:
         if self._broken:
             return
+        # Most writes fit in the pipe at once: write them here, and cross into trio (a task
+        # per write) only for what must wait until the child reads.
         try:
-            await trio_asyncio.trio_as_aio(self._stream.send_all, loop=self._loop)(data)
+            written = os.write(self._stream.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # EPIPE: the child closed its stdin or exited
+            self._broken = True
+            return
+        if written == len(data):
+            return
+        try:
+            await trio_asyncio.trio_as_aio(self._stream.send_all, loop=self._loop)(
+                memoryview(data)[written:]
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
 
@@ -1031,6 +1055,8 @@ async def _start_process(
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
+        _widen_pipe(stdin_w)
+        _widen_pipe(stdout_r)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
