@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import functools
+import hashlib
 import itertools
 import os
 import pathlib
@@ -582,6 +583,22 @@ async def test_stopping_the_server_ends_its_sessions(setup: Setup) -> None:
             await client.wait()
     assert client.returncode == 255  # connection closed, no exit status
     await _no_processes_left(uid, marker)
+
+
+async def test_input_a_slow_command_reads_later_arrives_whole(setup: Setup) -> None:
+    """More input than the session's stdin pipe holds, for a command that reads it late: the
+    node writes what fits at once and waits for the rest."""
+    data = bytes(range(256)) * 12_000  # 3 MB: three pipes full
+    done = await setup.ssh(LOGIN, "sleep 1; sha256sum", key=setup.user_files("a"), stdin=data)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+async def test_input_a_command_stops_reading_is_dropped_and_it_still_exits(setup: Setup) -> None:
+    data = bytes(3_000_000)
+    command = "head -c 10 | wc -c; exec 0<&-; sleep 0.5; echo done"
+    done = await setup.ssh(LOGIN, command, key=setup.user_files("a"), stdin=data)
+    assert (done.returncode, done.stdout.split()) == (0, [b"10", b"done"]), done.stderr
 
 
 # --- audit ---------------------------------------------------------------------------------

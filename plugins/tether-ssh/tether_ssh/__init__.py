@@ -8,7 +8,8 @@ SSH server), ``agent`` (SSH inside the kernel's node agent), ``frontdoor`` (the 
 ``tether-ssh/1``, whose connections the kernel routes), ``inventory`` (the ``node`` kind, SSH's
 target kind), ``forwards`` (``-L``, ``-R``, ``-D`` as ``ssh`` reads them), ``options``
 (``-o``), ``socks`` (``-D``'s handshake), ``client`` and ``cli`` (``tether ssh``, ``ls``,
-``scp``, ``config``, ``proxy ssh``).
+``scp``, ``config``, ``proxy ssh``), ``aio_transport`` (the asyncio transport both ends run
+asyncssh on, over a trio stream), ``channel_sizes`` (the SSH packet size both ends advertise).
 """
 
 from __future__ import annotations

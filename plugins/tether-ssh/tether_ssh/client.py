@@ -3,8 +3,8 @@
 The caller opens the connection to a node (a TLS stream through the proxy's front door) and
 SSH runs end to end inside it, between this client and the node's SSH server
 (:mod:`tether_ssh.server`). asyncssh is an asyncio library, so each connection runs it in a
-``trio_asyncio`` loop of its own and gives it one end of a socket pair; a trio task copies
-between the other end and the stream. Callers see trio only.
+``trio_asyncio`` loop of its own, on a transport whose bytes go straight to the stream
+(:mod:`tether_ssh.aio_transport`). Callers see trio only.
 
 Trust is the cluster's, never the user's ``~/.ssh``: the node must present a host certificate
 signed by one of the cluster's host CAs and valid for the name dialled, and the client logs in
@@ -23,7 +23,6 @@ import fcntl
 import functools
 import os
 import signal
-import socket
 import stat
 import struct
 import termios
@@ -46,7 +45,8 @@ from tether.api import (
     TrustError,
     private_key_to_openssh,
 )
-from tether_ssh import algorithms
+from tether_ssh import algorithms, channel_sizes
+from tether_ssh.aio_transport import open_stream_tunnel
 from tether_ssh.forwards import DynamicForward, LocalForward, RemoteForward, bracketed
 from tether_ssh.socks import Outcome, SocksError, SocksHandshake
 
@@ -68,12 +68,14 @@ OpenStream: TypeAlias = Callable[[], Awaitable[trio.abc.Stream]]
 #: For ``copy_files``: opens a byte stream to the SSH server of the named host.
 OpenStreamFor: TypeAlias = Callable[[str], Awaitable[trio.abc.Stream]]
 
-#: How much one read takes from the stream, the socket pair or a local file descriptor.
+#: How much one read takes from a forwarded connection or a local file descriptor.
 _CHUNK = 256 * 1024
 #: Unread channel data held on this side before asyncssh stops reading (and the node's
 #: window closes), and how much asyncssh may buffer for sending before writers wait.
 _INBOX_LIMIT = 1024 * 1024
 _SEND_HIGH, _SEND_LOW = 4 * _CHUNK, _CHUNK
+#: What a local pipe holds (bytes) once ``tether ssh`` reads or writes it: several chunks.
+_PIPE_SIZE = 1024 * 1024
 #: Key exchange and authentication must finish within this (seconds), like ssh's ConnectTimeout.
 _HANDSHAKE_TIMEOUT = 30.0
 #: How long closing waits for the disconnect to reach the node (seconds).
@@ -435,7 +437,7 @@ def _handshake_error(
             f"{host_name} refused login {login!r} with your certificate",
             hint="run `tether login` again, or ask for a role that allows this login",
         )
-    if isinstance(exc, asyncssh.ConnectionLost):
+    if isinstance(exc, asyncssh.ConnectionLost | ConnectionError):  # ended, or broke
         return ConnectionFailed(
             f"{host_name} closed the connection during the SSH handshake",
             hint="is an SSH server listening there?",
@@ -445,50 +447,6 @@ def _handshake_error(
             f"{host_name} did not complete the SSH handshake within {_HANDSHAKE_TIMEOUT:g}s"
         )
     return ConnectionFailed(f"SSH connection to {host_name} failed: {_reason(exc)}")
-
-
-async def _send_eof_or_close(stream: trio.abc.Stream) -> None:
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        await stream.send_eof()
-    else:  # TLS: no half-close that peers honour, and asyncssh is done with the connection
-        await stream.aclose()
-
-
-async def _bridge(stream: trio.abc.Stream, local: trio.SocketStream, done: trio.Event) -> None:
-    """Copy bytes both ways between the node's stream and asyncssh's end of the socket pair.
-
-    EOF from one side is passed on as a half-close; when either side fails, or both have
-    ended, both are closed. Sets *done* when it returns.
-    """
-
-    async def copy(
-        source: trio.abc.ReceiveStream,
-        sink: trio.abc.SendStream,
-        end: Callable[[], Awaitable[None]],
-    ) -> None:
-        try:
-            while data := await source.receive_some(_CHUNK):
-                await sink.send_all(data)
-            await end()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            nursery.cancel_scope.cancel()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy, stream, local, local.send_eof)
-            nursery.start_soon(copy, local, stream, functools.partial(_send_eof_or_close, stream))
-    finally:
-        done.set()
-        await trio.aclose_forcefully(local)
-        await trio.aclose_forcefully(stream)
-
-
-def _socket_pair() -> tuple[socket.socket, socket.socket]:
-    ours, theirs = socket.socketpair()
-    for sock in (ours, theirs):  # fewer, larger wakeups on both sides for bulk data
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * _CHUNK)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * _CHUNK)
-    return ours, theirs
 
 
 @contextlib.asynccontextmanager
@@ -512,60 +470,53 @@ async def _connected(
     client_key = _client_key(creds)
     host_cas = _host_cas(creds)
     client = _Client()
-    ours, theirs = _socket_pair()
-    bridged = trio.Event()
     try:
+        stream = await open_stream()
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise ConnectionFailed(f"cannot reach {shown}: {_reason(exc)}") from None
+    async with (
+        trio_asyncio.open_loop(),
+        open_stream_tunnel(stream, drain_timeout=_CLOSE_TIMEOUT) as tunnel,
+    ):
+        connect = trio_asyncio.aio_as_trio(asyncssh.connect)
         try:
-            stream = await open_stream()
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise ConnectionFailed(f"cannot reach {shown}: {_reason(exc)}") from None
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-            nursery.start_soon(
-                _bridge, stream, trio.SocketStream(trio.socket.from_stdlib_socket(ours)), bridged
+            conn: asyncssh.SSHClientConnection = await connect(
+                host_name,
+                tunnel=tunnel,
+                config=None,  # the user's ~/.ssh/config has no say here
+                username=login,
+                client_factory=lambda: client,
+                known_hosts=([], host_cas, []),
+                x509_trusted_certs=None,
+                client_keys=[client_key],
+                agent_path=None,
+                agent_identities=None,
+                agent_forwarding=agent_forward_path or False,
+                preferred_auth=["publickey"],
+                password_auth=False,
+                kbdint_auth=False,
+                gss_auth=False,
+                gss_kex=False,
+                host_based_auth=False,
+                disable_trivial_auth=True,
+                kex_algs=algorithms.KEX_ALGS,
+                server_host_key_algs=algorithms.HOST_KEY_ALGS,
+                encryption_algs=algorithms.ENCRYPTION_ALGS,
+                mac_algs=algorithms.MAC_ALGS,
+                compression_algs=algorithms.COMPRESSION_ALGS,
+                connect_timeout=_HANDSHAKE_TIMEOUT,
+                keepalive_interval=keepalive.interval,
+                keepalive_count_max=keepalive.count_max,
             )
-            connect = trio_asyncio.aio_as_trio(asyncssh.connect)
-            try:
-                conn: asyncssh.SSHClientConnection = await connect(
-                    host_name,
-                    sock=theirs,
-                    config=None,  # the user's ~/.ssh/config has no say here
-                    username=login,
-                    client_factory=lambda: client,
-                    known_hosts=([], host_cas, []),
-                    x509_trusted_certs=None,
-                    client_keys=[client_key],
-                    agent_path=None,
-                    agent_identities=None,
-                    agent_forwarding=agent_forward_path or False,
-                    preferred_auth=["publickey"],
-                    password_auth=False,
-                    kbdint_auth=False,
-                    gss_auth=False,
-                    gss_kex=False,
-                    host_based_auth=False,
-                    disable_trivial_auth=True,
-                    kex_algs=algorithms.KEX_ALGS,
-                    server_host_key_algs=algorithms.HOST_KEY_ALGS,
-                    encryption_algs=algorithms.ENCRYPTION_ALGS,
-                    mac_algs=algorithms.MAC_ALGS,
-                    compression_algs=algorithms.COMPRESSION_ALGS,
-                    connect_timeout=_HANDSHAKE_TIMEOUT,
-                    keepalive_interval=keepalive.interval,
-                    keepalive_count_max=keepalive.count_max,
-                )
-            except (asyncssh.Error, OSError, TimeoutError) as exc:
-                raise _handshake_error(exc, client, login=login, host_name=shown) from None
-            try:
-                yield conn
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
-                    conn.close()
-                    await trio_asyncio.aio_as_trio(conn.wait_closed)()
-                    await bridged.wait()  # the disconnect message reached the node
-                nursery.cancel_scope.cancel()
-    finally:  # both are closed already (by the bridge, by asyncssh) unless something failed
-        ours.close()
-        theirs.close()
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise _handshake_error(exc, client, login=login, host_name=shown) from None
+        try:
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+                conn.close()
+                await trio_asyncio.aio_as_trio(conn.wait_closed)()
+                await tunnel.wait_drained()  # the disconnect message reached the node
 
 
 # --- sessions -------------------------------------------------------------------------------
@@ -654,8 +605,22 @@ async def _local_files(stdin: int, stdout: int, stderr: int) -> AsyncIterator[_L
             except OSError:  # closed, as with `<&-`
                 streams.append(None)
                 continue
+            if fd != stderr:
+                _widen_pipe(stream.fileno())
             streams.append(await stack.enter_async_context(stream))
         yield _LocalFiles(*streams)
+
+
+def _widen_pipe(fd: int) -> None:
+    """A pipe (``head -c N | tether ssh ...``) holds :data:`_PIPE_SIZE` from now on.
+
+    Linux's default 64 KiB caps each read, and so each SSH packet, at 64 KiB; reads of a
+    full :data:`_CHUNK` take a quarter of the packets, wake-ups and system calls. Not a pipe,
+    not Linux, or the user's pipe allowance spent: nothing changes.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 async def _copy_input(source: trio.lowlevel.FdStream | None, channel: _ChannelIO) -> None:
@@ -764,7 +729,12 @@ async def _run_session(
     try:
         channel: _ChannelIO
         _, channel = await trio_asyncio.aio_as_trio(conn.create_session)(
-            _ChannelIO, command, env=dict(env or {}), encoding=None, **terminal
+            _ChannelIO,
+            command,
+            env=dict(env or {}),
+            encoding=None,
+            max_pktsize=channel_sizes.MAX_PACKET,
+            **terminal,
         )
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionFailed(f"{host_name} refused to start a session: {_reason(exc)}") from None
@@ -839,7 +809,7 @@ async def _direct_channel(
     try:
         channel: _ChannelIO
         _, channel = await trio_asyncio.aio_as_trio(conn.create_connection)(
-            _ChannelIO, host, port, orig_host, orig_port
+            _ChannelIO, host, port, orig_host, orig_port, max_pktsize=channel_sizes.MAX_PACKET
         )
     except asyncssh.ChannelOpenError as exc:
         failure = _CHANNEL_OPEN_FAILURES.get(exc.code, "refused")
@@ -977,7 +947,7 @@ async def _serve_remote_forward(
     listen_host = {None: "localhost", "*": ""}.get(forward.bind_address, forward.bind_address)
     try:
         listener = await trio_asyncio.aio_as_trio(conn.create_server)(
-            accept, listen_host, forward.port, encoding=None
+            accept, listen_host, forward.port, encoding=None, max_pktsize=channel_sizes.MAX_PACKET
         )
     except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
         _report(

@@ -38,7 +38,6 @@ import pty
 import pwd
 import re
 import signal
-import socket
 import struct
 import termios
 import weakref
@@ -51,7 +50,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 import asyncssh
 import attrs
@@ -72,7 +71,8 @@ from tether.api import (
     private_key_to_openssh,
     verify_ssh_user_cert,
 )
-from tether_ssh import algorithms
+from tether_ssh import algorithms, channel_sizes
+from tether_ssh.aio_transport import StreamTunnel, open_stream_tunnel
 
 __all__ = [
     "AuditSink",
@@ -122,8 +122,9 @@ _SFTP_SERVER_PATHS = (
     "/usr/lib/ssh/sftp-server",
     "/usr/libexec/sftp-server",
 )
-#: Read size for bulk copies (stream bridge, session pipes): big reads keep scp and sftp fast.
-_COPY_SIZE = 256 * 1024
+#: What a session's stdin and stdout pipes hold (bytes): Linux's default 64 KiB cuts an SSH
+#: packet (up to channel_sizes.MAX_PACKET) into several writes and wake-ups.
+_PIPE_SIZE = 1024 * 1024
 #: Remote forwards listen here, whatever address the client asks for (no GatewayPorts).
 _LOOPBACK = "localhost"
 #: Ports below this need root to listen on, as sshd decides for ``ssh -R``.
@@ -292,6 +293,8 @@ def _server_options(settings: _Settings) -> dict[str, Any]:
         "agent_forwarding": True,
         "x11_forwarding": False,
         "allow_scp": False,
+        # Packets this large from a Tether client (see channel_sizes); sessions, forwards.
+        "max_pktsize": channel_sizes.MAX_PACKET,
     }
 
 
@@ -963,6 +966,14 @@ def _find_sftp_server() -> str | None:
     return None
 
 
+def _widen_pipe(fd: int) -> None:
+    """Let the pipe hold :data:`_PIPE_SIZE`: bulk data then crosses in fewer, larger pieces,
+    waking this process and the child less often. Where the kernel refuses (not Linux, or
+    the user's pipe allowance is spent), the pipe keeps its size."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
 class _ChildInput:
     """The write end of a session's stdin pipe, as an "async file" asyncssh redirects into.
 
@@ -980,8 +991,21 @@ class _ChildInput:
     async def write(self, data: bytes) -> None:
         if self._broken:
             return
+        # Most writes fit in the pipe at once: write them here, and cross into trio (a task
+        # per write) only for what must wait until the child reads.
         try:
-            await trio_asyncio.trio_as_aio(self._stream.send_all, loop=self._loop)(data)
+            written = os.write(self._stream.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # EPIPE: the child closed its stdin or exited
+            self._broken = True
+            return
+        if written == len(data):
+            return
+        try:
+            await trio_asyncio.trio_as_aio(self._stream.send_all, loop=self._loop)(
+                memoryview(data)[written:]
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
 
@@ -1031,6 +1055,8 @@ async def _start_process(
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
+        _widen_pipe(stdin_w)
+        _widen_pipe(stdout_r)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -1229,12 +1255,19 @@ async def _stop_listening(acceptor: asyncssh.SSHAcceptor, registry: set[_NodeSer
     await _close_connections(registry)
 
 
-async def _serve_socket(settings: _Settings, sock: socket.socket, peer: str) -> None:
-    """One SSH connection on an already connected socket, until it closes."""
+async def _serve_tunnel(settings: _Settings, tunnel: StreamTunnel, peer: str) -> None:
+    """One SSH connection on a stream's tunnel, until it closes."""
     server = _NodeServer(settings, peer=peer)
+    host, port = _split_peer(peer)
     try:
-        conn = await asyncssh.run_server(
-            sock, server_factory=lambda: server, **_server_options(settings)
+        # connect_reverse: an SSH server on a connection asyncssh opens, here the stream's.
+        conn = await asyncssh.connect_reverse(
+            host,
+            port,
+            tunnel=cast(Any, tunnel),  # asyncssh types it as an SSH connection; any works
+            config=(),
+            server_factory=lambda: server,
+            **_server_options(settings),
         )
     except (asyncssh.Error, OSError) as exc:  # refused login, or the client left before it
         log.debug("ssh: connection from %s ended before login: %s", peer, exc)
@@ -1243,33 +1276,6 @@ async def _serve_socket(settings: _Settings, sock: socket.socket, peer: str) -> 
         await conn.wait_closed()
     finally:
         await _close_connections([server])
-
-
-async def _copy_to_ssh(stream: trio.abc.ReceiveStream, ssh: trio.SocketStream) -> None:
-    """Client bytes into asyncssh; the client's end, orderly or not, is asyncssh's EOF."""
-    try:
-        while data := await stream.receive_some(_COPY_SIZE):
-            await ssh.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await ssh.send_eof()
-
-
-async def _copy_from_ssh(
-    ssh: trio.SocketStream, stream: trio.abc.SendStream, drained: trio.Event
-) -> None:
-    """asyncssh's bytes to the client, then EOF; if the client is gone, asyncssh learns it."""
-    try:
-        while data := await ssh.receive_some(_COPY_SIZE):
-            await stream.send_all(data)
-        if isinstance(stream, trio.abc.HalfCloseableStream):
-            await stream.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        with contextlib.suppress(OSError):
-            ssh.socket.shutdown(socket.SHUT_RDWR)
-    finally:
-        drained.set()
 
 
 class SSHServer:
@@ -1328,39 +1334,17 @@ class SSHServer:
 
         For connections that arrive without a listener (a node's reverse tunnel). *peer* is the
         client as ``host:port``, for logs, audit events and the session's ``SSH_CLIENT``.
-        asyncssh needs a socket, so a socketpair bridges: asyncssh owns one end, trio copies
-        between the other and *stream* in both directions. The connection ends when asyncssh
-        closes it, or when the client's side ends (asyncssh sees EOF); cancellation closes it
-        and hangs its sessions up.
+        asyncssh runs on a transport over *stream* itself (:mod:`tether_ssh.aio_transport`).
+        The connection ends when asyncssh closes it, or when the client's side ends (asyncssh
+        sees EOF); cancellation closes it and hangs its sessions up.
         """
         self._check_open()
-        ours, theirs = socket.socketpair()
-        try:
-            for sock in (ours, theirs):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _COPY_SIZE)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _COPY_SIZE)
-            theirs.setblocking(False)
-            trio_sock = trio.socket.from_stdlib_socket(ours)
-            ssh = trio.SocketStream(trio_sock)
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
-        try:
-            async with trio.open_nursery() as nursery:
-                drained = trio.Event()
-                nursery.start_soon(_copy_to_ssh, stream, ssh)
-                nursery.start_soon(_copy_from_ssh, ssh, stream, drained)
-                await self._aio(_serve_socket(self._settings, theirs, peer))
-                # asyncssh is done; its last bytes (a disconnect message) still go out.
-                with trio.move_on_after(_HANGUP_GRACE_SECONDS):
-                    await drained.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            # Synchronous closes first: in a cancelled scope the await below raises Cancelled.
-            theirs.close()  # asyncio closed it with its transport; this covers a failed start
-            trio_sock.close()
-            await trio.aclose_forcefully(stream)
+        host, port = _split_peer(peer)
+        async with open_stream_tunnel(
+            stream, drain_timeout=_HANGUP_GRACE_SECONDS, peername=(host, port) if host else None
+        ) as tunnel:
+            await self._aio(_serve_tunnel(self._settings, tunnel, peer))
+            # Leaving the block gives asyncssh's last bytes (a disconnect message) time to go.
 
     def update(
         self, *, node: NodeIdentity | None = None, authorizer: Authorizer | None = None
