@@ -14,6 +14,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -223,7 +224,28 @@ async def proxy_ssh(cluster: str | None, target: str) -> None:
     node = node.removesuffix(f".{name}")
     stream, _ = await _dial(profile, name, node, port)
     stdio = _StdioStream()
-    await splice(stream, stdio)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_finish_after_hangup, nursery.cancel_scope)
+        await splice(stream, stdio)
+        nursery.cancel_scope.cancel()
+
+
+#: How long ``tether proxy ssh`` goes on after ``ssh`` hangs it up (seconds).
+HANGUP_GRACE = 5.0
+
+
+async def _finish_after_hangup(relay: trio.CancelScope) -> None:
+    """Outlive ``ssh``'s SIGHUP long enough to deliver what it wrote last.
+
+    OpenSSH sends its ProxyCommand SIGHUP as it exits, and its last packets (a key exchange
+    it gave up on, a channel close, a disconnect) may still be in our standard input: dying
+    on the signal would lose them, and the node would see a connection lost instead of what
+    the client said. Standard input ends once ``ssh`` is gone, which ends the relay; the
+    grace bounds the wait for a writer that holds the pipe open.
+    """
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            relay.deadline = min(relay.deadline, trio.current_time() + HANGUP_GRACE)
 
 
 class _StdioStream(trio.abc.HalfCloseableStream):
