@@ -58,14 +58,12 @@ WARMUP_BYTES = 16 << 20
 @dataclasses.dataclass(frozen=True)
 class Path:
     """A running path: where a client connects, and the pids of each role (a role may be
-    several processes, or none where another role's process serves it)."""
+    several processes, or none where another role's process serves it: :data:`LAYOUT`)."""
 
     entry: tuple[str, int]
     processes: Mapping[str, tuple[int, ...]]
     #: what the path's encryption negotiated, for the report
     negotiated: str
-    #: what the report says of roles that have no process of their own
-    notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +162,6 @@ def tetherd_path() -> Iterator[Path]:
                         "target": (),
                     },
                     negotiated=_negotiated(root.proxy_addr, home),
-                    notes={"target": "the echo service runs in the node's tetherd"},
                 )
         finally:
             for process in reversed(started):
@@ -198,7 +195,6 @@ def openssh_path(sshd: str, cipher: str = openssh.CIPHERS["openssh_aes128"]) -> 
                 "target": (echo.pid,),
             },
             negotiated=cipher,
-            notes={"leaf": "its ssh -R client and its sshd"},
         )
 
 
