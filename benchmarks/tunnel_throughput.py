@@ -9,6 +9,12 @@ through each leg, with the same load generator and sink (separate processes, see
   restricted to ``aes128-gcm@openssh.com`` / ``chacha20-poly1305@openssh.com``;
 - ``raw_tcp``: client -> sink, the ceiling.
 
+The same tunnel is also measured through real ``tetherd`` processes (``tetherd_echo``): a
+client's bytes through the root's proxy, the leaf's reverse tunnel, the leaf's proxy and a
+node's tunnel to the node's echo service and back, against OpenSSH in the same process layout
+(``ssh -L``, ``sshd``, two ``ssh -R``; ``_benchlib/echo_path.py``), with each process's CPU
+seconds per GB.
+
 It also reports Tether's stream open latency (until ``dial`` returns a usable stream) and the
 CPU each open costs both ends, memory per idle stream and the CPU of a root holding idle leaf
 tunnels. Each figure is the median of ``--repeat`` rounds (MB = 10**6 bytes); ``--only`` runs
@@ -18,7 +24,7 @@ carry the figures with the machine described; a figure that cannot be measured y
 JSON and "n/a" in the table, with the reason under "missing".
 
     python benchmarks/tunnel_throughput.py [--quick] [--json FILE] [--size-mb N] [--repeat R]
-        [--only throughput|open_latency|idle_streams|idle_tunnels]...
+        [--only throughput|tetherd|open_latency|idle_streams|idle_tunnels]...
 """
 
 # No ``from __future__ import annotations`` here: run_all.py executes harnesses without
@@ -41,7 +47,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import loadgen, openssh, results, tables, tunnel_figures  # noqa: E402
+from _benchlib import echo_path, loadgen, openssh, results, tables, tunnel_figures  # noqa: E402
 
 NAME = "tunnel_throughput"
 Address = tuple[str, int]
@@ -58,6 +64,7 @@ WARMUP_BYTES = 16 * MIB
 #: What ``--only`` can pick: the throughput legs, and each secondary figure by its JSON key.
 FIGURES = {
     "throughput": "mb_s",
+    "tetherd": "tetherd_echo",
     "open_latency": "open_latency_ms",
     "idle_streams": "idle_stream_bytes",
     "idle_tunnels": "idle_tunnels_cpu_percent",
@@ -91,6 +98,16 @@ def tether_forward(sink: Address) -> Iterator[Address]:
             if agent is not None:
                 agent.stop()
             root.stop()
+
+
+def tetherd_echo(params: "Params", sshd: str | None, problem: str | None) -> dict[str, Any]:
+    """The tunnel through real ``tetherd`` processes and OpenSSH in the same layout, each
+    round's bytes echoed back (``_benchlib/echo_path.py``): MB/s, ratio, CPU s/GB by role."""
+    rounds = [
+        (1, params.single_stream_bytes),
+        (params.parallel_streams, params.parallel_stream_bytes),
+    ]
+    return echo_path.figure(rounds, params.repeat, sshd, problem)
 
 
 def tether_open_latency_ms(opens: int) -> dict[str, float]:
@@ -151,6 +168,11 @@ class Params:
             "mb": "10**6 bytes",
             "write_size_bytes": loadgen.CHUNK,
             "throughput": "bytes received at the sink / (last byte at the sink - first connect)",
+            "tetherd_echo": "through real tetherd processes to an echo and back, the same sizes "
+            "and repeats as the throughput legs: MB/s = bytes one way / (last byte back - every "
+            "connection greeted); CPU s/GB = each role's processes' CPU (user+system, their "
+            "descendants included, /proc) during the round / GB one way; medians; the load "
+            "generator is not counted",
             "open_latency": "sequential server.dial() to a TCP echo target until it returns: OPEN "
             "over TLS, the leaf's connect to the target, OPEN_OK back; the stream then takes its "
             "first byte at once (close not timed)",
@@ -331,10 +353,48 @@ def table(report: dict[str, Any]) -> str:
     lines.append(f"(ratio = the leg's MB/s / {BASELINE}'s, {report['params']['aggregate']})")
     lines.append("")
     lines.extend(f"{label.ljust(label_width)}  {value}" for label, value in extra)
+    lines.append("")
+    lines.extend(echo_table(report["tetherd_echo"], n))
     if report["missing"]:
         lines.append("")
         lines.extend(f"n/a {key}: {why}" for key, why in report["missing"].items())
     return "\n".join(lines)
+
+
+def echo_table(echo: dict[str, Any], n: str) -> list[str]:
+    """The lines of the figure through real ``tetherd`` processes: MB/s and CPU s/GB (all
+    processes but the load generator) per path, the ratio, and each role's CPU."""
+    header = [
+        "through tetherd (echo)",
+        "1 stream MB/s",
+        f"{n} streams MB/s",
+        "CPU s/GB 1",
+        f"CPU s/GB {n}",
+    ]
+    rows = []
+    for name in echo_path.PATHS:
+        cpu = echo["cpu_s_per_gb"][name]
+        rows.append(
+            [
+                name,
+                _fmt(echo["mb_s"][name].get("1")),
+                _fmt(echo["mb_s"][name].get(n)),
+                _fmt(cpu.get("1", {}).get("total"), ".2f"),
+                _fmt(cpu.get(n, {}).get("total"), ".2f"),
+            ]
+        )
+    ratio = echo["ratio_vs_openssh_aes128"]
+    rows.append(["ratio", _fmt(ratio.get("1"), ".2f", "x"), _fmt(ratio.get(n), ".2f", "x"), "", ""])
+    lines = tables.grid(header, rows)
+    for name in echo_path.PATHS:
+        for key in ("1", n):
+            by_role = echo["cpu_s_per_gb"][name].get(key)
+            if by_role:
+                roles = ", ".join(f"{r} {by_role[r]:.2f}" for r in echo_path.ROLES)
+                lines.append(f"  {name} CPU s/GB, {key} stream(s): {roles}")
+    for name, what in echo["negotiated"].items():
+        lines.append(f"  {name} negotiated {what}")
+    return lines
 
 
 def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
@@ -344,21 +404,10 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
         return False
     n = str(report["params"]["parallel_streams"])
     names = list(report["mb_s"])
-    fig, ax = plt.subplots(figsize=(9, 5))
-    width = 0.38
-    for offset, key, label in ((-width / 2, "1", "1 stream"), (width / 2, n, f"{n} streams")):
-        xs = [i + offset for i in range(len(names))]
-        values = [report["mb_s"][name][key] for name in names]
-        bars = ax.bar(xs, [v or 0 for v in values], width, label=label)
-        for bar, value in zip(bars, values, strict=True):
-            ax.annotate(
-                "n/a" if value is None else f"{value:.0f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-    ax.set_xticks(range(len(names)), names)
+    fig, (ax, echo_ax) = plt.subplots(
+        1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [len(report["mb_s"]), 2]}
+    )
+    _bars(ax, names, n, lambda name, key: (report["mb_s"][name][key], ""))
     ax.set_ylabel("MB/s (10^6 bytes/s)")
     m = report["machine"]
     ax.set_title(
@@ -368,6 +417,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
         fontsize=9,
     )
     ax.legend()
+    echo_chart(echo_ax, report["tetherd_echo"], n)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -375,15 +425,60 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     return True
 
 
+def _bars(
+    ax: Any, names: list[str], n: str, value: Callable[[str, str], tuple[float | None, str]]
+) -> None:
+    """Grouped bars, 1 and ``n`` streams per name, each labelled with its MB/s and the note
+    ``value`` gives with it."""
+    width = 0.38
+    for offset, key, label in ((-width / 2, "1", "1 stream"), (width / 2, n, f"{n} streams")):
+        xs = [i + offset for i in range(len(names))]
+        values = [value(name, key) for name in names]
+        bars = ax.bar(xs, [v or 0 for v, _ in values], width, label=label)
+        for bar, (mb_s, note) in zip(bars, values, strict=True):
+            ax.annotate(
+                "n/a" if mb_s is None else f"{mb_s:.0f}{note}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(names)), names)
+
+
+def echo_chart(ax: Any, echo: dict[str, Any], n: str) -> None:
+    """The figure through real ``tetherd`` processes: MB/s per path, CPU s/GB on each bar."""
+
+    def bar(name: str, key: str) -> tuple[float | None, str]:
+        spent = echo["cpu_s_per_gb"][name].get(key, {}).get("total")
+        return echo["mb_s"][name].get(key), f"\n{tables.fmt(spent, '.1f')} s/GB"
+
+    _bars(ax, list(echo_path.PATHS), n, bar)
+    ax.margins(y=0.15)
+    ax.set_ylabel("MB/s echoed (one way); CPU s/GB of every process")
+    ratio = echo["ratio_vs_openssh_aes128"]
+    ax.set_title(
+        "Through real tetherd: root proxy -> leaf tunnel -> leaf\n-> node tunnel -> echo, "
+        f"and back; ratio {tables.fmt(ratio.get('1'), '.2f', 'x')} / "
+        f"{tables.fmt(ratio.get(n), '.2f', 'x')}",
+        fontsize=9,
+    )
+    ax.legend()
+
+
 def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
     """One line of ``results/README.md``: headline figures, machine, files."""
     n = str(report["params"]["parallel_streams"])
     figures = ", ".join(f"{name} {_fmt(f['1'])}/{_fmt(f[n])}" for name, f in report["mb_s"].items())
     lat = report["open_latency_ms"]["median"]
+    echo = report["tetherd_echo"]["mb_s"]["tetherd"]
+    ratio = report["tetherd_echo"]["ratio_vs_openssh_aes128"]
     quick = " (--quick)" if report["params"]["quick"] else ""
     files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
     return (
         f"- {report['machine']['date']} `{NAME}`{quick}: MB/s 1/{n} streams: {figures}; "
+        f"through tetherd {_fmt(echo.get('1'))}/{_fmt(echo.get(n))} MB/s "
+        f"({_fmt(ratio.get('1'), '.2f', 'x')}/{_fmt(ratio.get(n), '.2f', 'x')} of OpenSSH); "
         f"open latency median {_fmt(lat, '.3f')} ms; {machine.summary(report['machine'])}; "
         f"{files}"
     )
@@ -426,7 +521,7 @@ def main(argv: list[str]) -> int:
     problem: str | None = None
     throughput = "throughput" in params.only
     try:
-        if throughput:
+        if throughput or "tetherd" in params.only:
             sshd = openssh.ensure_openssh()
     except openssh.Unavailable as exc:
         problem = str(exc)
@@ -448,11 +543,27 @@ def main(argv: list[str]) -> int:
                 print(f"{name}:", flush=True)
                 legs.append(run_leg(name, forwards[name], sink, params))
     secondary, secondary_missing = secondary_figures(params)
+    failed = any(leg.failed for leg in legs)
+    secondary["tetherd_echo"] = echo_path.empty()
+    if "tetherd" not in params.only:
+        secondary_missing["tetherd_echo"] = "not run (--only)"
+    else:
+        print("tetherd_echo:", flush=True)
+        try:
+            secondary["tetherd_echo"] = tetherd_echo(params, sshd, problem)
+            for name, why in secondary["tetherd_echo"]["missing"].items():
+                secondary_missing[f"tetherd_echo {name}"] = why
+        except NotImplementedError as exc:
+            secondary_missing["tetherd_echo"] = str(exc)
+        except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+            secondary_missing["tetherd_echo"] = f"failed: {exc}"
+            failed = True
+            print(f"  tetherd_echo: FAILED: {exc}", flush=True)
     report = build_report(machine_info, params, legs, secondary, secondary_missing)
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
 
     results.save_report(NAME, report, args, table=table, chart=chart, index_line=index_line)
-    return 1 if any(leg.failed for leg in legs) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

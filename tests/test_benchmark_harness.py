@@ -1,9 +1,10 @@
-"""The throughput harness's own plumbing, fast: load generator, sink, report schema.
+"""The harnesses' own plumbing, at tiny sizes: load generator, sink, echo, report schema.
 
-Benchmarks measure, tests do not (benchmarks/README.md): nothing here asserts a speed, and no
-``sshd`` is started. What is checked is that the bytes sent through the raw loopback leg all
-arrive and yield a positive MB/s, and that a whole run writes the documented JSON schema with
-Tether's figures null (its tunnel does not exist yet) rather than failing.
+Benchmarks measure, tests do not (benchmarks/README.md): nothing here asserts a speed. What is
+checked is that the bytes sent through each path all arrive (or come back) and yield a
+positive MB/s, and that a whole run writes the documented JSON schema, with the reason for
+every figure it did not measure rather than failing. The figure through real ``tetherd``
+processes runs for real, with ``sshd`` where it is installed.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def test_a_run_writes_the_schema_with_missing_legs_as_null(
     monkeypatch.setattr(tt.openssh, "ensure_openssh", no_openssh)
     for name in (
         "tether_forward",
+        "tetherd_echo",
         "tether_open_latency_ms",
         "tether_idle_stream_bytes",
         "tether_idle_tunnels_cpu_percent",
@@ -134,7 +136,12 @@ def test_only_open_latency_runs_that_figure_alone_and_reports_its_cpu(
         return {"median": 0.25, "p99": 0.5, "cpu_us_per_open": {"root": 100, "leaf": 150}}
 
     monkeypatch.setattr(tt.openssh, "ensure_openssh", must_not_run)
-    for name in ("tether_forward", "tether_idle_stream_bytes", "tether_idle_tunnels_cpu_percent"):
+    for name in (
+        "tether_forward",
+        "tetherd_echo",
+        "tether_idle_stream_bytes",
+        "tether_idle_tunnels_cpu_percent",
+    ):
         monkeypatch.setattr(tt, name, must_not_run)
     monkeypatch.setattr(tt, "tether_open_latency_ms", latency)
     out = tmp_path / "tt.json"
@@ -148,7 +155,54 @@ def test_only_open_latency_runs_that_figure_alone_and_reports_its_cpu(
     assert report["mb_s"]["raw_tcp"] == {"1": None, "8": None}
     assert report["missing"]["raw_tcp"] == "not run (--only)"
     assert report["missing"]["idle_stream_bytes"] == "not run (--only)"
+    assert report["missing"]["tetherd_echo"] == "not run (--only)"
+    assert report["tetherd_echo"]["mb_s"] == {"tetherd": {}, "openssh_aes128": {}}
     assert "100 / 150" in tt.table(report)
+
+
+def test_every_byte_comes_back_from_the_echo_server_with_a_positive_rate() -> None:
+    with loadgen.echo_server() as echo:
+        loadgen.wait_greeted(echo.address, timeout=5.0)
+        odd = MIB + 12_345
+        for streams in (1, 3):
+            m = loadgen.measure_echo(echo.address, streams, odd, timeout=20.0)
+            assert m.total_bytes == streams * odd
+            assert m.seconds > 0 and m.mb_s > 0
+
+
+def test_only_tetherd_echoes_through_real_clusters_and_openssh_with_cpu_per_role(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if tt.openssh.find_sshd() is None:  # a harness run as root would install it: not here
+
+        def not_installed() -> str:
+            raise tt.openssh.Unavailable("sshd is not installed")
+
+        monkeypatch.setattr(tt.openssh, "ensure_openssh", not_installed)
+    out = tmp_path / "tt.json"
+    argv = ["--only", "tetherd", "--size-mb", "4", "--repeat", "1", "--json", str(out)]
+    assert tt.main([*argv, "--results-dir", str(tmp_path / "r")]) == 0
+
+    report = json.loads(out.read_text())
+    echo = report["tetherd_echo"]
+    paths = ["tetherd", "openssh_aes128"] if tt.openssh.find_sshd() else ["tetherd"]
+    for name in paths:
+        assert echo["mb_s"][name]["1"] > 0 and echo["mb_s"][name]["8"] > 0
+        assert len(echo["mb_s_samples"][name]["8"]) == 1
+        for key in ("1", "8"):
+            cpu = echo["cpu_s_per_gb"][name][key]
+            assert set(cpu) == {"client", "root", "leaf", "node", "target", "total"}
+            # 10 ms ticks: at these sizes a process may use fewer than one in a round
+            assert all(seconds >= 0 for seconds in cpu.values())
+    # Tether's own contexts at both ends of every hop pick the profile's first suite
+    assert echo["negotiated"]["tetherd"] == "TLSv1.3 TLS_AES_128_GCM_SHA256"
+    if "openssh_aes128" in paths:
+        assert echo["negotiated"]["openssh_aes128"] == "aes128-gcm@openssh.com"
+        assert echo["ratio_vs_openssh_aes128"]["1"] > 0
+    else:
+        assert "tetherd_echo openssh_aes128" in report["missing"]
+    assert report["mb_s"]["tether"] == {"1": None, "8": None}
+    assert "through tetherd (echo)" in tt.table(report)
 
 
 def test_tether_leg_carries_the_load_generator_through_a_real_tunnel() -> None:

@@ -13,11 +13,14 @@ import pathlib
 import ssl
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tether.pki import (
     ClusterAuthorities,
     Identity,
+    PrivateKey,
+    client_ssl_context,
     generate_private_key,
     issue_x509_cert,
     server_ssl_context,
@@ -26,6 +29,10 @@ from tether.testing.cluster import start_cluster
 
 
 def _server_context(cas: ClusterAuthorities) -> ssl.SSLContext:
+    return server_ssl_context(*_proxy_certificate(cas))
+
+
+def _proxy_certificate(cas: ClusterAuthorities) -> tuple[x509.Certificate, PrivateKey]:
     key = generate_private_key("ecdsa-p256")
     proxy = Identity(
         username="proxy-1",
@@ -37,7 +44,7 @@ def _server_context(cas: ClusterAuthorities) -> ssl.SSLContext:
         expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
     )
     cert = issue_x509_cert(cas.tls, key.public_key(), proxy, dns_names=["localhost"], server=True)
-    return server_ssl_context(cert, key)
+    return cert, key
 
 
 def _stock_client(
@@ -92,6 +99,23 @@ def test_a_client_with_one_of_the_profiles_groups_connects(
 def test_a_client_offering_only_x448_or_p521_is_refused(server: ssl.SSLContext, group: str) -> None:
     with pytest.raises(ssl.SSLError):
         _handshake(server, _stock_client(group=group))
+
+
+def test_two_tether_ends_agree_on_aes_128_gcm_the_profiles_first_tls13_suite() -> None:
+    cas = ClusterAuthorities.generate("main")
+    cert, key = _proxy_certificate(cas)
+    # mutual TLS, as a tunnel runs it: both contexts are Tether's
+    server = server_ssl_context(cert, key, client_cas=[cas.tls], client_auth="required")
+    client = client_ssl_context(trusted_cas=[cas.tls], cert=cert, key=key)
+    assert _handshake(server, client).cipher() == ("TLS_AES_128_GCM_SHA256", "TLSv1.3", 128)
+
+
+def test_a_stock_client_preferring_aes_256_gets_the_servers_aes_128(server: ssl.SSLContext) -> None:
+    # OpenSSL's default TLS 1.3 order, which a stock ``ssl`` client offers, puts AES-256 first;
+    # the server picks by its own order
+    stock = _stock_client()
+    assert stock.get_ciphers()[0]["name"] == "TLS_AES_256_GCM_SHA384"
+    assert _handshake(server, stock).cipher() == ("TLS_AES_128_GCM_SHA256", "TLSv1.3", 128)
 
 
 def test_a_tls12_client_offering_only_cbc_suites_is_refused(server: ssl.SSLContext) -> None:

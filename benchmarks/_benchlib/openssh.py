@@ -9,6 +9,7 @@ cipher, so the figure is that cipher's and not whatever negotiation picked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -126,12 +127,23 @@ LogLevel ERROR
 """
 
 
-@contextlib.contextmanager
-def reverse_forward(cipher: str, target: tuple[str, int], sshd: str) -> Iterator[tuple[str, int]]:
-    """``ssh -R`` through our own ``sshd``: yields the entry (on the sshd side) to ``target``.
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """A running ``sshd`` of ours: its port, the client key it accepts, its pid and log."""
 
-    Stops, by pid, the ``ssh`` client, the per-connection children ``sshd`` forked, and
-    ``sshd`` itself, in that order, whatever happens inside the block.
+    port: int
+    client_key: pathlib.Path
+    pid: int
+    log: pathlib.Path
+    cipher: str
+
+
+@contextlib.contextmanager
+def server(cipher: str, sshd: str) -> Iterator[Server]:
+    """Our own ``sshd`` on a free loopback port, accepting only ``cipher`` and one client key.
+
+    Stops, by pid, the per-connection children it forked, then ``sshd`` itself, whatever
+    happens inside the block (its clients are stopped first, inside it).
     """
     with tempfile.TemporaryDirectory(prefix="tether-bench-sshd-") as tmpdir:
         tmp = pathlib.Path(tmpdir)
@@ -157,7 +169,7 @@ def reverse_forward(cipher: str, target: tuple[str, int], sshd: str) -> Iterator
         )
         if checked.returncode != 0:
             raise RuntimeError(f"sshd rejects the generated config: {checked.stderr.strip()}")
-        sshd_log, ssh_log = tmp / "sshd.log", tmp / "ssh.log"
+        sshd_log = tmp / "sshd.log"
         with (
             sshd_log.open("wb") as sshd_err,
             owned_process(
@@ -172,50 +184,72 @@ def reverse_forward(cipher: str, target: tuple[str, int], sshd: str) -> Iterator
                     wait_accepting((LOOPBACK, port), timeout=10.0, proc=sshd_proc)
                 except (RuntimeError, TimeoutError) as exc:
                     raise RuntimeError(f"sshd did not start: {exc}: {_tail(sshd_log)}") from exc
-                entry = (LOOPBACK, free_port())
-                argv = [
-                    "ssh",
-                    "-N",
-                    "-F",
-                    "/dev/null",
-                    "-o",
-                    "ExitOnForwardFailure=yes",
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "IdentitiesOnly=yes",
-                    "-o",
-                    "Compression=no",
-                    "-o",
-                    "LogLevel=ERROR",
-                    "-c",
-                    cipher,
-                    "-i",
-                    str(client_key),
-                    "-p",
-                    str(port),
-                    "-R",
-                    f"{entry[0]}:{entry[1]}:{target[0]}:{target[1]}",
-                    f"root@{LOOPBACK}",
-                ]
-                with (
-                    ssh_log.open("wb") as ssh_err,
-                    owned_process(
-                        argv, stdin=subprocess.DEVNULL, stdout=ssh_err, stderr=ssh_err
-                    ) as ssh_proc,
-                ):
-                    try:
-                        wait_accepting(entry, timeout=15.0, proc=ssh_proc)
-                    except (RuntimeError, TimeoutError) as exc:
-                        raise RuntimeError(
-                            f"ssh -R did not open its forward: {exc}: {_tail(ssh_log)} "
-                            f"{_tail(sshd_log)}"
-                        ) from exc
-                    yield entry
+                yield Server(port, client_key, sshd_proc.pid, sshd_log, cipher)
             finally:
-                # the client is gone: sshd's per-connection child should follow, or be ended
+                # its clients are gone: the per-connection children should follow, or be ended
                 stop_children(sshd_proc.pid)
+
+
+@contextlib.contextmanager
+def forward(
+    to: Server, option: str, entry: tuple[str, int], target: tuple[str, int]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``ssh -N OPTION entry:target`` to our ``sshd`` ``to``, with its cipher, until the block
+    exits; yields the client once ``entry`` accepts connections. ``option`` is ``-R`` (the
+    entry listens on the server's side) or ``-L`` (on this side)."""
+    with tempfile.TemporaryDirectory(prefix="tether-bench-ssh-") as tmpdir:
+        ssh_log = pathlib.Path(tmpdir) / "ssh.log"
+        argv = [
+            "ssh",
+            "-N",
+            "-F",
+            "/dev/null",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "Compression=no",
+            "-o",
+            "LogLevel=ERROR",
+            "-c",
+            to.cipher,
+            "-i",
+            str(to.client_key),
+            "-p",
+            str(to.port),
+            option,
+            f"{entry[0]}:{entry[1]}:{target[0]}:{target[1]}",
+            f"root@{LOOPBACK}",
+        ]
+        with (
+            ssh_log.open("wb") as ssh_err,
+            owned_process(argv, stdin=subprocess.DEVNULL, stdout=ssh_err, stderr=ssh_err) as ssh,
+        ):
+            try:
+                wait_accepting(entry, timeout=15.0, proc=ssh)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(
+                    f"ssh {option} did not open its forward: {exc}: {_tail(ssh_log)} "
+                    f"{_tail(to.log)}"
+                ) from exc
+            yield ssh
+
+
+@contextlib.contextmanager
+def reverse_forward(cipher: str, target: tuple[str, int], sshd: str) -> Iterator[tuple[str, int]]:
+    """``ssh -R`` through our own ``sshd``: yields the entry (on the sshd side) to ``target``.
+
+    Stops, by pid, the ``ssh`` client, the per-connection children ``sshd`` forked, and
+    ``sshd`` itself, in that order, whatever happens inside the block.
+    """
+    with server(cipher, sshd) as to:
+        entry = (LOOPBACK, free_port())
+        with forward(to, "-R", entry, target):
+            yield entry

@@ -48,16 +48,31 @@ def children_of(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name is in parentheses and may contain spaces: fields follow the last ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
+        fields = _stat_fields(int(entry))
+        if fields is not None and len(fields) > 1 and int(fields[1]) == pid:
             found.append(int(entry))
     return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name is in parentheses and may contain spaces: fields follow the last ')'
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` and its descendants have used: each live process's
+    own, plus what the children each reaped had used (so a child that exits between two
+    readings still counts, once); 0 for a process that is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(tree_cpu_seconds(c) for c in children_of(pid))
 
 
 def stop_children(pid: int, grace: float = 3.0) -> None:

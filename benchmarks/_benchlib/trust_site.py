@@ -25,10 +25,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from _benchlib.daemon_settings import LOG
 from _benchlib.procs import run_until_ok
 from _benchlib.ssh_sites import user_env
+
+if TYPE_CHECKING:  # the harness imports tether's testing helpers only when a site starts
+    from tether.testing.cluster import RunningCluster
 
 ROOT = "root"
 LEAF = "leaf0"
@@ -121,11 +125,32 @@ def online_leaves(get_rc_stdout: str) -> list[str]:
     ]
 
 
+def trust_root(root: RunningCluster, leaf: RunningCluster, base: pathlib.Path) -> str:
+    """The guide's trust, by its commands: the leaf's role ``visitor``, the root's user
+    ``bench`` (role ``access``, login ``visitor``) logged in, an invitation of the root and
+    the leaf's ``trusted_cluster`` with it; returns the invitation token."""
+    role = base / "visitor.yaml"
+    role.write_text(VISITOR_ROLE)
+    leaf.tetherctl("create", str(role))
+    root.add_user(USER, PASSWORD, roles=["access"], logins=[LOGIN])
+    root.login(USER, PASSWORD)
+    added = root.tetherctl(
+        "tokens", "add", "--type=trusted_cluster", f"--ttl={TOKEN_TTL}", "--format=json"
+    )
+    token = str(json.loads(added.stdout)["token"])
+    trusted = base / "trusted_cluster.yaml"
+    trusted.write_text(
+        TRUSTED_CLUSTER.format(token=token, proxy=root.proxy_addr, ca_pin=root.ca_pin)
+    )
+    leaf.tetherctl("create", str(trusted))
+    return token
+
+
 @contextlib.contextmanager
 def trust_site() -> Iterator[TrustSite]:
     """Start the root, the real leaf and its node; yield once a session to the node works."""
     from tether.testing.accounts import can_create_accounts, os_account
-    from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_node
+    from tether.testing.cluster import RunningNode, start_cluster, start_node
 
     if not can_create_accounts():
         try:
@@ -150,20 +175,7 @@ def trust_site() -> Iterator[TrustSite]:
             started.append(leaf)
             node = start_node(leaf, base / NODE, NODE, config={"log": LOG})
             started.append(node)
-            role = base / "visitor.yaml"
-            role.write_text(VISITOR_ROLE)
-            leaf.tetherctl("create", str(role))
-            root.add_user(USER, PASSWORD, roles=["access"], logins=[LOGIN])
-            root.login(USER, PASSWORD)
-            added = root.tetherctl(
-                "tokens", "add", "--type=trusted_cluster", f"--ttl={TOKEN_TTL}", "--format=json"
-            )
-            token = str(json.loads(added.stdout)["token"])
-            trusted = base / "trusted_cluster.yaml"
-            trusted.write_text(
-                TRUSTED_CLUSTER.format(token=token, proxy=root.proxy_addr, ca_pin=root.ca_pin)
-            )
-            leaf.tetherctl("create", str(trusted))
+            token = trust_root(root, leaf, base)
             site = TrustSite(
                 root_pid=root.process.pid,
                 root_proxy=root.proxy_addr,
