@@ -12,6 +12,7 @@ import click
 import tether
 from tether.cli._common import (
     ProgramGroup,
+    SharedGroup,
     complete_var,
     completion_command,
     format_option,
@@ -56,7 +57,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     setup_cli_logging(debug)
 
 
-@cli.group("proxy")
+@cli.group("proxy", cls=SharedGroup)
 def proxy_group() -> None:
     """Open raw connections through the proxy (for other programs' ProxyCommand)."""
 

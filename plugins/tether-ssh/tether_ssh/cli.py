@@ -50,7 +50,6 @@ from tether.api import (
     resource_from_dict,
     run_async,
     run_trio,
-    shared_group,
     splice,
 )
 from tether_ssh.forwards import (
@@ -68,7 +67,7 @@ from tether_ssh.options import SUPPORTED, OptionError, parse_options
 if TYPE_CHECKING:
     from tether_ssh.client import ClientCredentials, Keepalive
 
-__all__ = ["add_commands"]
+__all__ = ["config_command", "ls", "proxy_ssh", "scp", "ssh"]
 
 _NODES = KindRegistry([NODE], plugin="ssh")
 
@@ -672,12 +671,3 @@ async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Seque
         preserve=preserve,
         default_login=_local_user(),
     )
-
-
-def add_commands(cli: click.Group) -> None:
-    """Add the SSH commands to ``tether``."""
-    cli.add_command(ssh)
-    cli.add_command(scp)
-    cli.add_command(ls)
-    shared_group(cli, "proxy").add_command(proxy_ssh)
-    cli.add_command(config_command)
