@@ -32,7 +32,6 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
-import asyncssh
 import attrs
 import trio
 import trio_asyncio
@@ -49,6 +48,9 @@ from tether_ssh import algorithms, channel_sizes
 from tether_ssh.aio_transport import open_stream_tunnel
 from tether_ssh.forwards import DynamicForward, LocalForward, RemoteForward, bracketed
 from tether_ssh.socks import Outcome, SocksError, SocksHandshake
+
+with algorithms.no_liboqs_lookup():  # before asyncssh first loads
+    import asyncssh
 
 __all__ = [
     "AgentUnavailable",
