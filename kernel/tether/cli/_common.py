@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import json
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
@@ -51,10 +52,12 @@ __all__ = [
     "emit_table",
     "fail",
     "format_option",
+    "gc_paused_for_start",
     "load_command",
     "output",
     "plugin_manager",
     "report",
+    "resume_gc",
     "run_async",
     "run_command",
     "run_trio",
@@ -99,6 +102,43 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+#: whether :func:`gc_paused_for_start` paused the cycle collector and nothing resumed it yet
+_GC_PAUSED = False
+
+
+@contextlib.contextmanager
+def gc_paused_for_start() -> Iterator[None]:
+    """Run a client program's start without the cycle collector, until :func:`resume_gc`.
+
+    A start allocates the objects of hundreds of modules, and each time their count passes
+    a threshold the collector walks them all in vain: they live until the process ends.
+    Once the command's modules are in, :func:`resume_gc` (called by :func:`run_trio`)
+    freezes them (``gc.freeze``: later collections skip them) and collects cycles again for
+    the command's work. Frozen on exit too, so the interpreter's shutdown skips them as well.
+    """
+    global _GC_PAUSED
+    was_enabled = gc.isenabled()
+    gc.disable()
+    _GC_PAUSED = True
+    try:
+        yield
+    finally:
+        _GC_PAUSED = False
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def resume_gc() -> None:
+    """End the pause of :func:`gc_paused_for_start` (nothing if there is none): what is
+    loaded so far stays frozen, and cycles are collected again."""
+    global _GC_PAUSED
+    if _GC_PAUSED:
+        _GC_PAUSED = False
+        gc.freeze()
+        gc.enable()
+
+
 def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
     """``trio.run`` for a command: an error or Ctrl-C inside nurseries comes out alone.
 
@@ -110,6 +150,7 @@ def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
     """
     import trio
 
+    resume_gc()
     try:
         return trio.run(func, *args)
     except BaseExceptionGroup as group:

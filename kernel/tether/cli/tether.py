@@ -16,6 +16,7 @@ from tether.cli._common import (
     complete_var,
     completion_command,
     format_option,
+    gc_paused_for_start,
     output,
     setup_cli_logging,
     version_info,
@@ -77,7 +78,8 @@ cli.add_command(completion_command("tether"))
 
 
 def main() -> None:
-    cli(obj={}, prog_name="tether", complete_var=complete_var("tether"))
+    with gc_paused_for_start():
+        cli(obj={}, prog_name="tether", complete_var=complete_var("tether"))
 
 
 if __name__ == "__main__":
