@@ -75,6 +75,14 @@ def test_a_plugins_command_loads_no_other_plugins_commands(
     assert not others & set(loaded), loaded
 
 
+def test_tether_ssh_loads_nothing_only_listings_need() -> None:
+    """``tether ssh NODE`` reaches one node: the resource machinery, the node kind and the
+    leaf clusters are for ``tether ls``, ``config`` and label selectors, which import them."""
+    loaded = set(_loaded("tether", "ssh", "--help"))
+    listing = {"tether.resources", "tether.targets", "tether.client.clusters"}
+    assert not (listing | {"tether_ssh.inventory", "tether.config"}) & loaded, sorted(loaded)
+
+
 def test_tether_status_and_logout_load_no_plugin(tmp_path: pathlib.Path) -> None:
     assert not _plugins(_loaded("tether", "status", home=tmp_path))
     assert not _plugins(_loaded("tether", "logout", home=tmp_path))

@@ -188,8 +188,7 @@ def tether_cli_lazy_commands(program: str) -> dict[str, str]:
     ``"proxy ssh"`` for a subcommand of a group the kernel shares) mapped to where its click
     command is, written as an entry point's object (``"tether_ssh.cli:ssh"``). ``tether ssh``
     then imports the SSH plugin's command module alone, not every plugin's; help and
-    completion import them all. A path declared twice stops the program with an error naming
-    the plugins.
+    completion import them all. A path two plugins declare is an error naming both.
 
     :param program: ``"tetherd"``, ``"tetherctl"`` or ``"tether"``.
     """

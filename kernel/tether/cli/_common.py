@@ -21,7 +21,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
@@ -282,8 +282,9 @@ def declared_commands(pm: TetherPluginManager, program: str) -> dict[str, str]:
     """
     declared: dict[str, str] = {}
     owners: dict[str, str] = {}
-    for impl in reversed(pm.hook.tether_cli_lazy_commands.get_hookimpls()):
-        for path, target in (impl.function(program=program) or {}).items():
+    for impl in pm.hook.tether_cli_lazy_commands.get_hookimpls():  # in registration order
+        paths = cast("dict[str, str] | None", impl.function(program=program)) or {}
+        for path, target in paths.items():
             words = path.split()
             if not 1 <= len(words) <= 2:
                 raise PluginError(
@@ -412,12 +413,12 @@ class ProgramGroup(click.Group):
         if self._add_plugins is not None:
             self._plugins_added = True
             add = self._add_plugins
-            self._warn_if_fails(lambda: add(self))
+            self._warn_if_fails(add, self)
             return
         self._warn_if_fails(self._declare_plugin_commands)
         self._plugins_added = True
         for path in list(self._declared or {}):
-            self._warn_if_fails(lambda path=path: self._add_declared(path))
+            self._warn_if_fails(self._add_declared, path)
 
     def _add_plugin_command(self, name: str) -> None:
         """Add the plugins' commands that ``name`` needs: all those of ``add_plugins`` when
@@ -429,7 +430,7 @@ class ProgramGroup(click.Group):
             return
         self._warn_if_fails(self._declare_plugin_commands)
         for path in [p for p in self._declared or {} if p.split()[0] == name]:
-            self._warn_if_fails(lambda path=path: self._add_declared(path))
+            self._warn_if_fails(self._add_declared, path)
 
     def _declare_plugin_commands(self) -> None:
         if self._declared is not None:
@@ -444,9 +445,9 @@ class ProgramGroup(click.Group):
         if path in declared:
             add_declared_command(self, path, declared.pop(path))
 
-    def _warn_if_fails(self, step: Callable[[], None]) -> None:
+    def _warn_if_fails(self, step: Callable[..., None], *args: Any) -> None:
         try:
-            step()
+            step(*args)
         except TetherError as exc:
             click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
 
