@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import signal
 import stat
@@ -64,6 +65,8 @@ __all__ = [
     "copy_files",
     "run_command",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Opens a byte stream to the node's SSH server (through the proxy, in production).
 OpenStream: TypeAlias = Callable[[], Awaitable[trio.abc.Stream]]
@@ -512,6 +515,11 @@ async def _connected(
             )
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise _handshake_error(exc, client, login=login, host_name=shown) from None
+        log.debug(  # what benchmarks/ssh_session.py records
+            "negotiated with %s: SSH cipher %s",
+            shown,
+            conn.get_extra_info("send_cipher"),
+        )
         try:
             yield conn
         finally:
