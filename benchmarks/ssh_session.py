@@ -190,6 +190,7 @@ class Ran:
     #: CPU seconds during the run: "client" (every process this harness waited for: the
     #: client, its helpers and ``head``), then each server process and its reaped children
     cpu: dict[str, float]
+    stderr: bytes = b""
 
 
 def _stat_cpu(pid: int) -> tuple[float, float]:
@@ -284,7 +285,7 @@ def run(
             f"the client stopped reading its input (head exited {head.returncode}): {shown}"
         )
     cpu = {role: round(after[role] - before[role], 3) for role in before}
-    return Ran(seconds, out, cpu)
+    return Ran(seconds, out, cpu, err)
 
 
 # --- the legs -------------------------------------------------------------------------------
@@ -432,30 +433,14 @@ def negotiated(remotes: Mapping[str, Remote]) -> dict[str, Any]:
     for name, remote in remotes.items():
         if not remote.verbose_prefix:
             continue
-        argv = [*remote.verbose_prefix, SETUP_COMMAND]
         try:
-            done = subprocess.run(
-                argv,
-                env=dict(remote.env),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=SETUP_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            found[name] = f"no exit after {SETUP_TIMEOUT:.0f}s: {shlex.join(argv)}"
+            said = run(Command([*remote.verbose_prefix, SETUP_COMMAND], remote.env), SETUP_TIMEOUT)
+        except RunFailed as exc:
+            found[name] = str(exc)
             continue
-        if done.returncode != 0:
-            found[name] = f"exit {done.returncode}: {shlex.join(argv)}"
-            continue
+        stderr = said.stderr.decode(errors="replace")
         found[name] = {
-            kind: [
-                group
-                for match in pattern.finditer(done.stderr)
-                for group in match.groups()
-                if group
-            ]
+            kind: [group for match in pattern.finditer(stderr) for group in match.groups() if group]
             for kind, pattern in NEGOTIATION.items()
         }
     return found

@@ -232,7 +232,7 @@ def test_ssh_session_records_what_each_client_says_it_negotiated() -> None:
         "ssh_kex": [],
         "tls": ["TLSv1.3 TLS_AES_256_GCM_SHA384"],
     }
-    assert found["openssh_direct"].startswith("exit 1")
+    assert found["openssh_direct"].startswith("exit 1: false true")
 
 
 def test_ssh_session_reports_a_site_that_cannot_start_instead_of_failing_silently(
