@@ -40,6 +40,7 @@ import math
 import os
 import pathlib
 import pwd
+import re
 import resource
 import shlex
 import statistics
@@ -189,6 +190,7 @@ class Ran:
     #: CPU seconds during the run: "client" (every process this harness waited for: the
     #: client, its helpers and ``head``), then each server process and its reaped children
     cpu: dict[str, float]
+    stderr: bytes = b""
 
 
 def _stat_cpu(pid: int) -> tuple[float, float]:
@@ -283,7 +285,7 @@ def run(
             f"the client stopped reading its input (head exited {head.returncode}): {shown}"
         )
     cpu = {role: round(after[role] - before[role], 3) for role in before}
-    return Ran(seconds, out, cpu)
+    return Ran(seconds, out, cpu, err)
 
 
 # --- the legs -------------------------------------------------------------------------------
@@ -413,6 +415,37 @@ def measure_bulk(legs: dict[str, Leg], remotes: dict[str, Remote], params: Param
             )
 
 
+# --- what each side negotiated ---------------------------------------------------------------
+
+#: What a verbose client says it negotiated, per hop: ``ssh -v`` for each of its connections,
+#: ``tether -d ssh`` for its TLS connection to the proxy and its SSH session with the node.
+NEGOTIATION = {
+    "ssh_cipher": re.compile(r"kex: client->server cipher: (\S+)|SSH cipher (\S+)"),
+    "ssh_kex": re.compile(r"kex: algorithm: (\S+)"),
+    "tls": re.compile(r"negotiated with the proxy at \S+: (\S+ \S+)"),
+}
+
+
+def negotiated(remotes: Mapping[str, Remote]) -> dict[str, Any]:
+    """What each leg's client negotiated (one verbose run of ``true`` each): per kind, one
+    entry per hop in order; a leg whose run failed has the reason instead."""
+    found: dict[str, Any] = {}
+    for name, remote in remotes.items():
+        if not remote.verbose_prefix:
+            continue
+        try:
+            said = run(Command([*remote.verbose_prefix, SETUP_COMMAND], remote.env), SETUP_TIMEOUT)
+        except RunFailed as exc:
+            found[name] = str(exc)
+            continue
+        stderr = said.stderr.decode(errors="replace")
+        found[name] = {
+            kind: [group for match in pattern.finditer(stderr) for group in match.groups() if group]
+            for kind, pattern in NEGOTIATION.items()
+        }
+    return found
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -453,7 +486,11 @@ def breakdown(setup: dict[str, dict[str, float | None]]) -> dict[str, dict[str, 
 
 
 def build_report(
-    machine_info: dict[str, Any], params: Params, legs: dict[str, Leg], load: dict[str, Any]
+    machine_info: dict[str, Any],
+    params: Params,
+    legs: dict[str, Leg],
+    load: dict[str, Any],
+    negotiation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON document: every leg present, null where not measured, every raw sample."""
     setup = {name: leg.setup_figures() for name, leg in legs.items()}
@@ -480,6 +517,11 @@ def build_report(
             for name in TETHER_LEGS
         },
         "setup_breakdown_seconds": breakdown(setup),
+        "negotiated": {
+            "what": "what each leg's client negotiated, per hop in order (from ssh -v and "
+            "tether -d ssh); the figures are measured with these",
+            **(negotiation or {}),
+        },
         "setup_samples": {name: leg.setup for name, leg in legs.items()},
         "setup_cpu_seconds_samples": {name: leg.setup_cpu for name, leg in legs.items()},
         "setup_warmup_samples": {name: leg.warmup for name, leg in legs.items()},
@@ -543,6 +585,17 @@ def table(report: dict[str, Any]) -> str:
         for name, parts in report["setup_breakdown_seconds"].items():
             split = " + ".join(f"{k} {v:.3f}" for k, v in parts.items() if k != "total")
             lines.append(f"  {name}: {parts['total']:.3f} = {split}")
+    legs_negotiated = {k: v for k, v in report.get("negotiated", {}).items() if k != "what"}
+    if legs_negotiated:
+        lines.append("")
+        lines.append("negotiated (per hop, from a verbose run of each client):")
+        for name, kinds in legs_negotiated.items():
+            said = (
+                "; ".join(f"{kind} {', '.join(values)}" for kind, values in kinds.items() if values)
+                if isinstance(kinds, dict)
+                else kinds
+            )
+            lines.append(f"  {name}: {said or 'nothing said'}")
     for key in ("failures", "missing"):
         for name, why in report[key].items():
             lines.append(f"{'FAILED' if key == 'failures' else 'n/a'} {name}: {why}")
@@ -705,6 +758,7 @@ def main(argv: list[str]) -> int:
         raise openssh.Unavailable(problem)
 
     profiles: dict[str, Any] = {}
+    negotiation: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         print("starting sshd (jump, target) and a Tether cluster with two nodes", flush=True)
         remotes = {
@@ -721,6 +775,7 @@ def main(argv: list[str]) -> int:
         print(f"session setup, {params.setup_runs} runs per leg:", flush=True)
         pids = {name: r.server_pids for name, r in remotes.items()}
         measure_setup(legs, commands, params, pids)
+        negotiation = negotiated(remotes)
         print(f"bulk, {params.bulk_bytes // MIB} MiB per run:", flush=True)
         measure_bulk(legs, remotes, params)
         if args.profile:
@@ -741,7 +796,7 @@ def main(argv: list[str]) -> int:
         "before": [round(x, 2) for x in load_before],
         "after": [round(x, 2) for x in os.getloadavg()],
     }
-    report = build_report(machine_info, params, legs, load)
+    report = build_report(machine_info, params, legs, load, negotiation)
     if profiles:
         report["profiles"] = profiles
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)

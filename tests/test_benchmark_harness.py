@@ -259,6 +259,34 @@ def test_ssh_session_run_times_every_leg_and_writes_the_schema(
     assert len(dated) == 1
     assert dated[0] in (results_dir / "README.md").read_text()
     assert "tether_tunnel" in ss.table(report)
+    assert "what" in report["negotiated"]
+
+
+def test_ssh_session_records_what_each_client_says_it_negotiated() -> None:
+    said = {
+        "openssh_jump": "debug1: kex: algorithm: sntrup761x25519-sha512\n"
+        "debug1: kex: client->server cipher: aes128-gcm@openssh.com MAC: <implicit>\n" * 2,
+        "tether_tunnel": "DEBUG [tether.client.dial] negotiated with the proxy at "
+        "127.0.0.1:3080: TLSv1.3 TLS_AES_256_GCM_SHA384\n"
+        "DEBUG [tether_ssh.client] negotiated with node-1: SSH cipher aes256-gcm@openssh.com\n",
+    }
+    remotes = {
+        name: ss.Remote(("true",), dict(os.environ), {}, ("sh", "-c", f"printf %s '{text}' >&2"))
+        for name, text in said.items()
+    }
+    remotes["openssh_direct"] = ss.Remote(("true",), dict(os.environ), {}, ("false",))
+    found = ss.negotiated(remotes)
+    assert found["openssh_jump"] == {
+        "ssh_cipher": ["aes128-gcm@openssh.com"] * 2,
+        "ssh_kex": ["sntrup761x25519-sha512"] * 2,
+        "tls": [],
+    }
+    assert found["tether_tunnel"] == {
+        "ssh_cipher": ["aes256-gcm@openssh.com"],
+        "ssh_kex": [],
+        "tls": ["TLSv1.3 TLS_AES_256_GCM_SHA384"],
+    }
+    assert found["openssh_direct"].startswith("exit 1: false true")
 
 
 def test_ssh_session_reports_a_site_that_cannot_start_instead_of_failing_silently(

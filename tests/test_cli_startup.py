@@ -49,8 +49,38 @@ def test_version_loads_no_plugin(program: str) -> None:
         assert not heavy & set(loaded), loaded
 
 
+#: the modules of the plugins' commands, each imported only when its command is named
+COMMAND_MODULES = ("tether_ssh.cli", "tether_db.cli", "tether_kube.cli", "tether_echo.cli")
+
+
 def test_a_plugins_command_loads_its_plugin() -> None:
     assert "tether_ssh.cli" in _loaded("tether", "ssh", "--help")
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        (("ssh", "--help"), "tether_ssh.cli"),
+        (("proxy", "ssh", "--help"), "tether_ssh.cli"),
+        (("db", "--help"), "tether_db.cli"),
+        (("kube", "--help"), "tether_kube.cli"),
+    ],
+)
+def test_a_plugins_command_loads_no_other_plugins_commands(
+    argv: tuple[str, ...], module: str
+) -> None:
+    loaded = _loaded("tether", *argv)
+    assert module in loaded
+    others = set(COMMAND_MODULES) - {module}
+    assert not others & set(loaded), loaded
+
+
+def test_tether_ssh_loads_nothing_only_listings_need() -> None:
+    """``tether ssh NODE`` reaches one node: the resource machinery, the node kind and the
+    leaf clusters are for ``tether ls``, ``config`` and label selectors, which import them."""
+    loaded = set(_loaded("tether", "ssh", "--help"))
+    listing = {"tether.resources", "tether.targets", "tether.client.clusters"}
+    assert not (listing | {"tether_ssh.inventory", "tether.config"}) & loaded, sorted(loaded)
 
 
 def test_tether_status_and_logout_load_no_plugin(tmp_path: pathlib.Path) -> None:

@@ -46,6 +46,7 @@ HOOKTEST_HOOKS = (
     "tether_backends",
     "tether_cert_authorities",
     "tether_cli_commands",
+    "tether_cli_lazy_commands",
     "tether_client_logged_in",
     "tether_config_sections",
     "tether_configure",
@@ -143,6 +144,19 @@ def test_plugin_adds_a_command_to_each_program(
     assert run_cli("tetherd", "hooktest", env=env).stdout == "hooktest command in tetherd\n"
     assert cluster.tetherctl("hooktest", env=env).stdout == "hooktest command in tetherctl\n"
     assert cluster.tether("bob", "hooktest", env=env).stdout == "hooktest command in tether\n"
+
+
+def test_plugin_declares_a_command_each_program_imports_when_named(
+    hooktest_cluster: tuple[RunningCluster, dict[str, str]],
+) -> None:
+    cluster, env = hooktest_cluster
+    said = "declared hooktest command\n"
+    assert run_cli("tetherd", "hooktest-lazy", env=env).stdout == said
+    assert cluster.tetherctl("hooktest-lazy", env=env).stdout == said
+    assert cluster.tether("bob", "hooktest-lazy", env=env).stdout == said
+    assert run_cli("tether", "proxy", "hooktest-lazy", env=env).stdout == said
+    listed = run_cli("tether", "--help", env=env).stdout
+    assert "hooktest-lazy" in listed.split("Commands:", 1)[1].split(), listed
 
 
 def test_two_plugins_each_add_a_subcommand_to_the_kernels_proxy_group(

@@ -56,6 +56,8 @@ class Remote:
     env: Mapping[str, str]
     #: pids worth profiling on this leg's server side, by role ("proxy", "node", ...)
     server_pids: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: ``prefix`` with the client's debug output on, which says what it negotiated
+    verbose_prefix: tuple[str, ...] = ()
 
     def argv(self, command: str) -> list[str]:
         return [*self.prefix, command]
@@ -169,14 +171,16 @@ def openssh_site(sshd: str) -> Iterator[dict[str, Remote]]:
             env = user_env()
             env.pop("SSH_AUTH_SOCK", None)  # IdentityAgent none: this key alone, as Tether
             ssh = ("ssh", "-F", str(config))
+            verbose = ("ssh", "-v", "-F", str(config))
+            jump = ("-J", "bench-jump", "bench-target")
             target = {"target sshd": target_pid}
             yield {
                 "openssh_jump": Remote(
-                    (*ssh, "-J", "bench-jump", "bench-target"),
-                    env,
-                    {"jump sshd": jump_pid, **target},
+                    (*ssh, *jump), env, {"jump sshd": jump_pid, **target}, (*verbose, *jump)
                 ),
-                "openssh_direct": Remote((*ssh, "bench-target"), env, target),
+                "openssh_direct": Remote(
+                    (*ssh, "bench-target"), env, target, (*verbose, "bench-target")
+                ),
             }
 
 
@@ -228,16 +232,22 @@ def tether_site() -> Iterator[dict[str, Remote]]:
             env = {**user_env(), "TETHER_HOME": str(cluster.user_home(BENCH_USER))}
             program, _ = tether_program()
             proxy = {"proxy": cluster.process.pid}
+            tunnel_node, auth_node = (
+                ("ssh", f"{LOGIN}@{TUNNEL_NODE}"),
+                ("ssh", f"{LOGIN}@{AUTH_NODE}"),
+            )
             remotes = {
                 "tether_tunnel": Remote(
-                    (*program, "ssh", f"{LOGIN}@{TUNNEL_NODE}"),
+                    (*program, *tunnel_node),
                     env,
                     {**proxy, "node": node.process.pid},
+                    (*program, "-d", *tunnel_node),
                 ),
                 "tether_auth": Remote(
-                    (*program, "ssh", f"{LOGIN}@{AUTH_NODE}"),
+                    (*program, *auth_node),
                     env,
                     {"proxy+node": cluster.process.pid},
+                    (*program, "-d", *auth_node),
                 ),
             }
             deadline = time.monotonic() + NODE_READY_TIMEOUT

@@ -179,6 +179,22 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
 
 
 @hookspec
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    """Name the subcommands this plugin adds to one of Tether's programs, each imported only
+    when the command line names it.
+
+    Called at most once per program start, before the named command's arguments are parsed,
+    with ``tether_cli_commands``. Returns the path of each command (``"ssh"``, or
+    ``"proxy ssh"`` for a subcommand of a group the kernel shares) mapped to where its click
+    command is, written as an entry point's object (``"tether_ssh.cli:ssh"``). ``tether ssh``
+    then imports the SSH plugin's command module alone, not every plugin's; help and
+    completion import them all. A path two plugins declare is an error naming both.
+
+    :param program: ``"tetherd"``, ``"tetherctl"`` or ``"tether"``.
+    """
+
+
+@hookspec
 def tether_client_logged_in(profile: Profile) -> None:
     """Bring what a plugin wrote for a proxy's users up to date after a new login.
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 import ssl
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import TetherError, TrustError, Unreachable
 from tether.pki import UnexpectedPeerKind
 from tether.wire import error_from_json
+
+if TYPE_CHECKING:  # `tether ssh` reads describe() and sends no HTTP: it need not load httpx
+    import httpx
 
 __all__ = ["describe", "request_json", "root_cause"]
 
@@ -81,6 +82,8 @@ async def request_json(
     :raises TrustError: the server's certificate is not trusted, or it refused ours.
     :raises TetherError: the server is unreachable, or answered with an error.
     """
+    import httpx
+
     url = http.base_url
     server = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
     try:

@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING
 from tether.api import hookimpl
 
 if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
-    import click
-
     from tether.api import Config, ProtocolHandler, ProxyConnection, ResourceKind, TetherError
     from tether_echo.agent import EchoProtocol
 
 __all__ = [
     "tether_agent_protocols",
-    "tether_cli_commands",
+    "tether_cli_lazy_commands",
     "tether_protocols",
     "tether_resource_kinds",
 ]
@@ -73,9 +71,6 @@ def tether_agent_protocols(config: Config) -> list[EchoProtocol]:
 
 
 @hookimpl
-def tether_cli_commands(program: str, cli: click.Group) -> None:
-    """``tether echo ls`` and ``tether echo connect``."""
-    if program == "tether":
-        from tether_echo.cli import echo_group
-
-        cli.add_command(echo_group)
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    """``tether echo ls`` and ``tether echo connect``, imported when named."""
+    return {"echo": "tether_echo.cli:echo_group"} if program == "tether" else {}

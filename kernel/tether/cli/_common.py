@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
 import json
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
@@ -37,6 +38,9 @@ __all__ = [
     "COMPLETION_TIMEOUT",
     "FORMATS",
     "ProgramGroup",
+    "SharedGroup",
+    "add_declared_command",
+    "add_plugin_commands",
     "cluster_option",
     "complete_clusters",
     "completer",
@@ -44,12 +48,16 @@ __all__ = [
     "config_path_from_argv",
     "configured_disabled",
     "debug_option_everywhere",
+    "declared_commands",
     "emit_table",
     "fail",
     "format_option",
+    "gc_paused_for_start",
+    "load_command",
     "output",
     "plugin_manager",
     "report",
+    "resume_gc",
     "run_async",
     "run_command",
     "run_trio",
@@ -94,6 +102,43 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+#: whether :func:`gc_paused_for_start` paused the cycle collector and nothing resumed it yet
+_GC_PAUSED = False
+
+
+@contextlib.contextmanager
+def gc_paused_for_start() -> Iterator[None]:
+    """Run a client program's start without the cycle collector, until :func:`resume_gc`.
+
+    A start allocates the objects of hundreds of modules, and each time their count passes
+    a threshold the collector walks them all in vain: they live until the process ends.
+    Once the command's modules are in, :func:`resume_gc` (called by :func:`run_trio`)
+    freezes them (``gc.freeze``: later collections skip them) and collects cycles again for
+    the command's work. Frozen on exit too, so the interpreter's shutdown skips them as well.
+    """
+    global _GC_PAUSED
+    was_enabled = gc.isenabled()
+    gc.disable()
+    _GC_PAUSED = True
+    try:
+        yield
+    finally:
+        _GC_PAUSED = False
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def resume_gc() -> None:
+    """End the pause of :func:`gc_paused_for_start` (nothing if there is none): what is
+    loaded so far stays frozen, and cycles are collected again."""
+    global _GC_PAUSED
+    if _GC_PAUSED:
+        _GC_PAUSED = False
+        gc.freeze()
+        gc.enable()
+
+
 def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
     """``trio.run`` for a command: an error or Ctrl-C inside nurseries comes out alone.
 
@@ -105,6 +150,7 @@ def run_trio(func: Callable[..., Awaitable[R]], *args: Any) -> R:
     """
     import trio
 
+    resume_gc()
     try:
         return trio.run(func, *args)
     except BaseExceptionGroup as group:
@@ -183,24 +229,122 @@ def _give_debug_option(command: click.Command) -> None:
         debug_option_everywhere(command)
 
 
+def load_command(target: str) -> click.Command:
+    """The click command ``target`` names, written as an entry point's object
+    (``"tether_ssh.cli:ssh"``), imported now."""
+    module, _, attribute = target.partition(":")
+    command = getattr(importlib.import_module(module), attribute)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"{target} is not a click command")
+    return command
+
+
+class SharedGroup(click.Group):
+    """A command group the kernel owns for plugins to share (``tether proxy``): subcommands
+    added with :meth:`add_lazy_command` are imported when named, all of them when listed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, str] = {}
+
+    def add_lazy_command(self, name: str, target: str) -> None:
+        """Add subcommand ``name``, imported from ``target`` (``"module:attribute"``) when
+        named."""
+        self._lazy[name] = target
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy and cmd_name not in self.commands:
+            self._import(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.load_all()
+        return super().list_commands(ctx)
+
+    def load_all(self) -> None:
+        """Import every subcommand added with :meth:`add_lazy_command`."""
+        for name in self._lazy:
+            if name not in self.commands:
+                self._import(name)
+
+    def _import(self, name: str) -> None:
+        command = load_command(self._lazy[name])
+        if any("--debug" in getattr(p, "opts", ()) for p in self.params):
+            _give_debug_option(command)  # as debug_option_everywhere gave the group's own
+        self.add_command(command, name)
+
+
+def declared_commands(pm: TetherPluginManager, program: str) -> dict[str, str]:
+    """The commands plugins declare for ``program`` with ``tether_cli_lazy_commands``: each
+    path (``"ssh"``, ``"proxy ssh"``) to its ``"module:attribute"``.
+
+    :raises PluginError: two plugins declare one path, or a path is not one or two words.
+    """
+    declared: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for impl in pm.hook.tether_cli_lazy_commands.get_hookimpls():  # in registration order
+        paths = cast("dict[str, str] | None", impl.function(program=program)) or {}
+        for path, target in paths.items():
+            words = path.split()
+            if not 1 <= len(words) <= 2:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} declares the command {path!r} of {program}",
+                    hint="a command is NAME, or GROUP NAME in a group the kernel shares",
+                )
+            key = " ".join(words)
+            if key in owners:
+                raise PluginError(
+                    f"{program} {key} is declared by plugins {owners[key]!r} and "
+                    f"{impl.plugin_name!r}",
+                    hint="uninstall or disable one of them",
+                )
+            owners[key] = impl.plugin_name
+            declared[key] = target
+    return declared
+
+
+def add_declared_command(cli: click.Group, path: str, target: str) -> None:
+    """Add the command a plugin declared at ``path`` to ``cli``: into a kernel's
+    :class:`SharedGroup` to be imported when named, else imported now."""
+    *group, name = path.split()
+    if not group:
+        cli.add_command(load_command(target), name)
+        return
+    parent = shared_group(cli, group[0])
+    if isinstance(parent, SharedGroup):
+        parent.add_lazy_command(name, target)
+    else:
+        parent.add_command(load_command(target), name)
+
+
+def add_plugin_commands(pm: TetherPluginManager, program: str, cli: click.Group) -> None:
+    """Every plugin's commands in ``cli``: those ``tether_cli_commands`` adds, then those
+    ``tether_cli_lazy_commands`` declares."""
+    pm.hook.tether_cli_commands(program=program, cli=cli)
+    for path, target in declared_commands(pm, program).items():
+        add_declared_command(cli, path, target)
+
+
 class ProgramGroup(click.Group):
     """A program's top-level group that loads only what its command line names.
 
     A start costs what it imports, and ``tether version`` must not import the kernel and
     every plugin: the built-in commands in ``lazy`` (name to ``"module:attribute"``) are
-    imported when named, and the plugins' commands (``tether_cli_commands``) are added the
-    first time a command outside ``plugin_free`` is named, or the list of commands is asked
-    for (help, completion).
+    imported when named. The plugins' commands are added the first time a command outside
+    ``plugin_free`` is named, or the list of commands is asked for (help, completion): those
+    of ``tether_cli_commands``, and of those ``tether_cli_lazy_commands`` declares, only the
+    one named (all of them for the list).
 
-    :param program: ``"tether"``, ``"tetherctl"`` or ``"tetherd"``, as the hook is told.
+    :param program: ``"tether"``, ``"tetherctl"`` or ``"tetherd"``, as the hooks are told.
     :param lazy: built-in commands, imported when named.
     :param plugin_free: built-in commands that run without the plugins' commands (none of
         their subcommands or help comes from a plugin).
     :param debug_everywhere: give each command the group's ``-d/--debug``
         (:func:`debug_option_everywhere`), as ``tether`` does.
-    :param add_plugins: what adds the plugins' commands (and help that names what plugins
-        register); by default the ``tether_cli_commands`` hook of :func:`plugin_manager`.
-        A :class:`TetherError` it raises is a warning, and the built-in commands still run.
+    :param add_plugins: what adds the plugins' commands, all at once (and help that names
+        what plugins register); by default :func:`add_plugin_commands` with
+        :func:`plugin_manager`, command by command. A :class:`TetherError` it raises is a
+        warning, and the built-in commands still run.
     """
 
     def __init__(
@@ -221,15 +365,17 @@ class ProgramGroup(click.Group):
         self._add_plugins = add_plugins
         self._plugins_added = False
         self._builtin_names = set(self._lazy)
+        #: the plugins' declared commands not added yet; None before the hooks ran
+        self._declared: dict[str, str] | None = None
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         super().add_command(cmd, name)
-        if not self._plugins_added:  # the kernel's own, added where the program is defined
+        if not self._plugins_added and self._declared is None:  # the kernel's own
             self._builtin_names.add(name or cmd.name or "")
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self._plugin_free:
-            self.add_plugin_commands()
+            self._add_plugin_command(cmd_name)
         command = self.builtin(cmd_name) or self.commands.get(cmd_name)
         if command is not None and self._debug_everywhere:
             _give_debug_option(command)
@@ -246,6 +392,9 @@ class ProgramGroup(click.Group):
             if name not in self.commands:
                 self._import(name)
         self.add_plugin_commands()
+        for command in self.commands.values():
+            if isinstance(command, SharedGroup):
+                command.load_all()
         if self._debug_everywhere:
             debug_option_everywhere(self)
         return self
@@ -258,23 +407,52 @@ class ProgramGroup(click.Group):
         return self.commands.get(name) if name in self._builtin_names else None
 
     def add_plugin_commands(self) -> None:
-        """Add the plugins' commands, once."""
+        """Add every plugin's commands, once."""
         if self._plugins_added:
             return
+        if self._add_plugins is not None:
+            self._plugins_added = True
+            add = self._add_plugins
+            self._warn_if_fails(add, self)
+            return
+        self._warn_if_fails(self._declare_plugin_commands)
         self._plugins_added = True
+        for path in list(self._declared or {}):
+            self._warn_if_fails(self._add_declared, path)
+
+    def _add_plugin_command(self, name: str) -> None:
+        """Add the plugins' commands that ``name`` needs: all those of ``add_plugins`` when
+        given, else those ``tether_cli_commands`` adds and the declared ones under ``name``."""
+        if self._plugins_added:
+            return
+        if self._add_plugins is not None:
+            self.add_plugin_commands()
+            return
+        self._warn_if_fails(self._declare_plugin_commands)
+        for path in [p for p in self._declared or {} if p.split()[0] == name]:
+            self._warn_if_fails(self._add_declared, path)
+
+    def _declare_plugin_commands(self) -> None:
+        if self._declared is not None:
+            return
+        self._declared = {}
+        pm = plugin_manager()
+        pm.hook.tether_cli_commands(program=self.program, cli=self)
+        self._declared = declared_commands(pm, self.program)
+
+    def _add_declared(self, path: str) -> None:
+        declared = self._declared or {}
+        if path in declared:
+            add_declared_command(self, path, declared.pop(path))
+
+    def _warn_if_fails(self, step: Callable[..., None], *args: Any) -> None:
         try:
-            if self._add_plugins is not None:
-                self._add_plugins(self)
-            else:
-                plugin_manager().hook.tether_cli_commands(program=self.program, cli=self)
+            step(*args)
         except TetherError as exc:
             click.echo(f"WARNING: plugins not loaded: {exc}", err=True)
 
     def _import(self, name: str) -> click.Command:
-        module, _, attribute = self._lazy[name].partition(":")
-        command = getattr(importlib.import_module(module), attribute)
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{self._lazy[name]} is not a click command")
+        command = load_command(self._lazy[name])
         self.add_command(command, name)
         return command
 

@@ -12,9 +12,11 @@ import click
 import tether
 from tether.cli._common import (
     ProgramGroup,
+    SharedGroup,
     complete_var,
     completion_command,
     format_option,
+    gc_paused_for_start,
     output,
     setup_cli_logging,
     version_info,
@@ -56,7 +58,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     setup_cli_logging(debug)
 
 
-@cli.group("proxy")
+@cli.group("proxy", cls=SharedGroup)
 def proxy_group() -> None:
     """Open raw connections through the proxy (for other programs' ProxyCommand)."""
 
@@ -76,7 +78,8 @@ cli.add_command(completion_command("tether"))
 
 
 def main() -> None:
-    cli(obj={}, prog_name="tether", complete_var=complete_var("tether"))
+    with gc_paused_for_start():
+        cli(obj={}, prog_name="tether", complete_var=complete_var("tether"))
 
 
 if __name__ == "__main__":

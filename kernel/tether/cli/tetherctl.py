@@ -15,6 +15,7 @@ import click
 import tether
 from tether.cli._common import (
     ProgramGroup,
+    add_plugin_commands,
     complete_var,
     completion_command,
     config_path_from_argv,
@@ -59,7 +60,7 @@ def _add_plugins(cli: ProgramGroup) -> None:
 
     try:
         pm = plugin_manager(configured_disabled(config_path_from_argv(sys.argv[1:], CONFIG_ENV)))
-        pm.hook.tether_cli_commands(program="tetherctl", cli=cli)
+        add_plugin_commands(pm, "tetherctl", cli)
         describe_token_types(token_types(pm))
         describe_ca_types(cert_authority_types(pm))
     except TetherError as exc:

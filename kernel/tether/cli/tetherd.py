@@ -14,6 +14,7 @@ import trio
 import tether
 from tether.cli._common import (
     ProgramGroup,
+    add_plugin_commands,
     complete_var,
     completion_command,
     config_path_from_argv,
@@ -60,7 +61,7 @@ def _add_plugins(cli: ProgramGroup) -> None:
         schema = ConfigSchema.from_plugins(pm)
     except TetherError:
         return
-    pm.hook.tether_cli_commands(program="tetherd", cli=cli)
+    add_plugin_commands(pm, "tetherd", cli)
     _describe_roles(schema)
 
 

@@ -8,6 +8,7 @@ the connection is a byte stream to the target (see ``docs/tunnel-protocol.md``).
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -31,6 +32,8 @@ from tether.tlsstream import TLSStream
 from tether.tunnel.control import ControlChannel
 
 __all__ = ["cluster_host_cas", "list_targets", "open_target_stream", "serve_local_listener"]
+
+log = logging.getLogger(__name__)
 
 #: How long the proxy may take to answer (it reaches the target first, maybe through a leaf).
 ANSWER_TIMEOUT = 20.0
@@ -80,6 +83,14 @@ async def _connect(proxy: str, context: ssl.SSLContext, alpn: str, protocol: str
             hint="check that the proxy is up and reachable from this machine, or log in "
             "again with `tether login`",
         ) from None
+    if log.isEnabledFor(logging.DEBUG):  # what benchmarks/ssh_session.py records
+        cipher = stream.socket.cipher()
+        log.debug(
+            "negotiated with the proxy at %s: %s %s",
+            proxy,
+            stream.version(),
+            cipher[0] if cipher else "no cipher",
+        )
     if stream.selected_alpn_protocol() != alpn:
         await trio.aclose_forcefully(stream)
         raise TetherError(

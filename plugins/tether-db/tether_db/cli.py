@@ -46,7 +46,6 @@ from tether.api import (
     resource_from_dict,
     run_async,
     serve_local_listener,
-    shared_group,
 )
 from tether_db.kind import DB, DbSpec
 
@@ -413,10 +412,3 @@ async def proxy_db(cluster: str | None, tunnel: bool, port: int, name: str) -> N
 
 def _quoted(words: Sequence[str]) -> list[str]:
     return [shlex.quote(word) for word in words]
-
-
-def add_commands(program: str, cli: click.Group) -> None:
-    """``tether db ...`` and ``tether proxy db``."""
-    if program == "tether":
-        cli.add_command(db_group)
-        shared_group(cli, "proxy").add_command(proxy_db)

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING
 from tether.api import hookimpl
 
 if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
-    import click
-
     from tether.api import (
         CertAuthorityType,
         Config,
@@ -32,7 +30,7 @@ if TYPE_CHECKING:  # every command-line start loads this module: each hook impor
 __all__ = [
     "tether_agent_protocols",
     "tether_cert_authorities",
-    "tether_cli_commands",
+    "tether_cli_lazy_commands",
     "tether_config_sections",
     "tether_protocols",
     "tether_resource_kinds",
@@ -123,8 +121,9 @@ def tether_agent_protocols(config: Config) -> list[DatabaseService]:
 
 
 @hookimpl
-def tether_cli_commands(program: str, cli: click.Group) -> None:
-    """``tether db ls|login|logout|connect|config`` and ``tether proxy db``."""
-    from tether_db.cli import add_commands
-
-    add_commands(program, cli)
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    """``tether db ls|login|logout|connect|config`` and ``tether proxy db``, imported when
+    named."""
+    if program != "tether":
+        return {}
+    return {"db": "tether_db.cli:db_group", "proxy db": "tether_db.cli:proxy_db"}

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 from tether.api import hookimpl
 
 if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
-    import click
-
     from tether.api import (
         Config,
         ConfigSection,
@@ -30,7 +28,7 @@ if TYPE_CHECKING:  # every command-line start loads this module: each hook impor
 
 __all__ = [
     "tether_agent_protocols",
-    "tether_cli_commands",
+    "tether_cli_lazy_commands",
     "tether_client_logged_in",
     "tether_config_sections",
     "tether_protocols",
@@ -116,13 +114,9 @@ def tether_agent_protocols(config: Config) -> list[KubeService]:
 
 
 @hookimpl
-def tether_cli_commands(program: str, cli: click.Group) -> None:
-    """``tether kube ls|login|logout|credentials``."""
-    if program != "tether":
-        return
-    from tether_kube.cli import kube_group
-
-    cli.add_command(kube_group)
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    """``tether kube ls|login|logout|credentials``, imported when named."""
+    return {"kube": "tether_kube.cli:kube_group"} if program == "tether" else {}
 
 
 @hookimpl

@@ -8,7 +8,17 @@ stock OpenSSH client (``tether config``) and every OpenSSH since 7.4 (2016) nego
 
 from __future__ import annotations
 
-__all__ = ["COMPRESSION_ALGS", "ENCRYPTION_ALGS", "HOST_KEY_ALGS", "KEX_ALGS", "MAC_ALGS"]
+import contextlib
+from collections.abc import Iterator
+
+__all__ = [
+    "COMPRESSION_ALGS",
+    "ENCRYPTION_ALGS",
+    "HOST_KEY_ALGS",
+    "KEX_ALGS",
+    "MAC_ALGS",
+    "no_liboqs_lookup",
+]
 
 #: The hybrid post-quantum exchange first (OpenSSH 9.9+), then X25519 for every OpenSSH from
 #: 7.4: Debian 12's 9.2 has no ML-KEM, and the other post-quantum exchange it has (sntrup761)
@@ -41,3 +51,37 @@ COMPRESSION_ALGS: tuple[str, ...] = ("none",)
 #: host key is generated at join). A plain key cannot be verified without its certificate; it is
 #: listed so that a node without a certificate is refused as unverifiable, with that reason.
 HOST_KEY_ALGS: tuple[str, ...] = ("ssh-ed25519-cert-v01@openssh.com", "ssh-ed25519")
+
+
+#: The names asyncssh looks liboqs up by when it is imported.
+_LIBOQS = ("oqs", "liboqs")
+
+
+@contextlib.contextmanager
+def no_liboqs_lookup() -> Iterator[None]:
+    """Import asyncssh inside this block: it then does not look for liboqs where that can
+    change nothing Tether offers.
+
+    asyncssh looks for liboqs when it is imported, with ``ctypes.util.find_library``, which
+    runs ``ldconfig -p``, then ``gcc`` and ``ld`` where a compiler is installed: a dozen
+    processes and tens of milliseconds of every ``tether ssh``. liboqs adds sntrup761, which
+    :data:`KEX_ALGS` does not list, and ML-KEM, which asyncssh takes from ``cryptography``
+    when that has it; only then is the lookup skipped.
+    """
+    import ctypes.util
+
+    from cryptography.hazmat.backends.openssl import backend
+
+    if not backend.mlkem_supported():
+        yield
+        return
+    find_library = ctypes.util.find_library
+
+    def without_liboqs(name: str) -> str | None:
+        return None if name in _LIBOQS else find_library(name)
+
+    ctypes.util.find_library = without_liboqs
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = find_library

@@ -9,6 +9,7 @@ work too, with ``tether proxy ssh`` as their ``ProxyCommand``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -27,31 +28,20 @@ from tether.api import (
     HOME_ENV,
     LOGIN_ENV,
     DialedTarget,
-    KindRegistry,
     Profile,
-    Resource,
-    Target,
-    TargetQuery,
     TetherError,
-    cluster_host_cas,
     cluster_option,
     completer,
     emit_table,
     format_option,
-    known_hosts_ca_line,
-    leaf_clusters,
     list_targets,
     load_private_key,
-    matching_targets,
     open_target_stream,
     output,
     profile_ssl_context,
     require_profile,
-    resource_from_dict,
     run_async,
     run_trio,
-    shared_group,
-    splice,
 )
 from tether_ssh.forwards import (
     DynamicForward,
@@ -62,15 +52,24 @@ from tether_ssh.forwards import (
     parse_remote_forward,
 )
 from tether_ssh.frontdoor import FRONT_DOOR_ALPN, TITLE
-from tether_ssh.inventory import NODE, describe_addr, describe_node
 from tether_ssh.options import SUPPORTED, OptionError, parse_options
 
+# `tether ssh NODE` reaches one node: what only listings and label selection need (resources,
+# node descriptions, leaf clusters) is imported by the commands that use it.
 if TYPE_CHECKING:
+    from tether.api import KindRegistry, Resource, Target, TargetQuery
     from tether_ssh.client import ClientCredentials, Keepalive
 
-__all__ = ["add_commands"]
+__all__ = ["config_command", "ls", "proxy_ssh", "scp", "ssh"]
 
-_NODES = KindRegistry([NODE], plugin="ssh")
+
+@functools.cache
+def _nodes() -> KindRegistry:
+    """The ``node`` kind, to read the documents the proxy lists."""
+    from tether.api import KindRegistry
+    from tether_ssh.inventory import NODE
+
+    return KindRegistry([NODE], plugin="ssh")
 
 
 def _cluster(profile: Profile, requested: str | None) -> str:
@@ -96,11 +95,13 @@ async def _dial(
 
 async def _list_nodes(profile: Profile, cluster: str) -> list[Resource]:
     """The nodes of *cluster* the user may reach, as the proxy lists them."""
+    from tether.api import resource_from_dict
+
     context = profile_ssl_context(profile, alpn=[FRONT_DOOR_ALPN])
     docs = await list_targets(
         profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=cluster
     )
-    return [resource_from_dict(doc, _NODES, source="node") for doc in docs]
+    return [resource_from_dict(doc, _nodes(), source="node") for doc in docs]
 
 
 def host_ca_lines(profile: Profile) -> list[str]:
@@ -151,6 +152,8 @@ async def _destinations(ctx: click.Context, incomplete: str) -> list[str]:
 def _label_query(selectors: Sequence[str]) -> TargetQuery | None:
     """The labels ``tether ls`` was given (``env=prod os=linux`` or ``env=prod,os=linux``) as
     one query, or ``None`` for every node."""
+    from tether.api import TargetQuery
+
     pairs = [pair for selector in selectors for pair in selector.split(",")]
     for pair in pairs:
         key, sep, _ = pair.partition("=")
@@ -174,6 +177,9 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     With --format=json or yaml, the node resources themselves, as tsh ls prints them: kind
     node, metadata (name: the node's id, labels), spec (hostname, addr, use_tunnel).
     """
+    from tether.api import matching_targets, resource_from_dict
+    from tether_ssh.inventory import describe_addr, describe_node
+
     profile = require_profile()
     name = _cluster(profile, cluster)
     query = _label_query(selectors)
@@ -181,7 +187,7 @@ async def ls(cluster: str | None, fmt: str, selectors: Sequence[str]) -> None:
     docs = await list_targets(
         profile.proxy, context, alpn=FRONT_DOOR_ALPN, protocol=TITLE, cluster=name
     )
-    found = [(resource_from_dict(doc, _NODES, source="node"), doc) for doc in docs]
+    found = [(resource_from_dict(doc, _nodes(), source="node"), doc) for doc in docs]
     if query is not None:
         picked = {t.id for t in matching_targets([describe_node(n) for n, _ in found], query)}
         found = [(n, doc) for n, doc in found if n.metadata.name in picked]
@@ -214,6 +220,8 @@ async def proxy_ssh(cluster: str | None, target: str) -> None:
     For OpenSSH's ProxyCommand; `tether config` writes the line. A NODE ending in
     `.CLUSTER` names its cluster.
     """
+    from tether.api import splice
+
     profile = require_profile()
     name = _cluster(profile, cluster)
     node = target.rpartition("@")[2]
@@ -295,6 +303,8 @@ def openssh_config(profile: Profile, host_cas: Mapping[str, Sequence[str]]) -> s
     :param host_cas: cluster name -> its SSH host CA lines (the login's own first); each
         cluster gets ``Host *.CLUSTER`` and a ``@cert-authority *.CLUSTER,CLUSTER`` line.
     """
+    from tether.api import known_hosts_ca_line
+
     proxy_host = profile.proxy.rpartition(":")[0].strip("[]")
     known_hosts = profile.directory / "openssh_known_hosts"
     known_hosts.write_text(
@@ -338,6 +348,8 @@ async def config_command() -> None:
 
     Save it and run `ssh -F FILE LOGIN@NODE.CLUSTER`.
     """
+    from tether.api import cluster_host_cas, leaf_clusters
+
     profile = require_profile()
     own = profile.identity().cluster
     host_cas: dict[str, Sequence[str]] = {own: host_ca_lines(profile)}
@@ -466,6 +478,9 @@ async def _selected_nodes(profile: Profile, cluster: str, node: str) -> list[Tar
     for a node named by its name, id or address, which the proxy resolves alone."""
     if "=" not in node:
         return []
+    from tether.api import TargetQuery, matching_targets
+    from tether_ssh.inventory import describe_node
+
     nodes = [describe_node(n) for n in await _list_nodes(profile, cluster)]
     return matching_targets(nodes, TargetQuery.parse(node))
 
@@ -672,12 +687,3 @@ async def scp(cluster: str | None, recursive: bool, preserve: bool, paths: Seque
         preserve=preserve,
         default_login=_local_user(),
     )
-
-
-def add_commands(cli: click.Group) -> None:
-    """Add the SSH commands to ``tether``."""
-    cli.add_command(ssh)
-    cli.add_command(scp)
-    cli.add_command(ls)
-    shared_group(cli, "proxy").add_command(proxy_ssh)
-    cli.add_command(config_command)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import signal
 import stat
@@ -32,7 +33,6 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
-import asyncssh
 import attrs
 import trio
 import trio_asyncio
@@ -50,6 +50,9 @@ from tether_ssh.aio_transport import open_stream_tunnel
 from tether_ssh.forwards import DynamicForward, LocalForward, RemoteForward, bracketed
 from tether_ssh.socks import Outcome, SocksError, SocksHandshake
 
+with algorithms.no_liboqs_lookup():  # before asyncssh first loads
+    import asyncssh
+
 __all__ = [
     "AgentUnavailable",
     "ClientCredentials",
@@ -62,6 +65,8 @@ __all__ = [
     "copy_files",
     "run_command",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Opens a byte stream to the node's SSH server (through the proxy, in production).
 OpenStream: TypeAlias = Callable[[], Awaitable[trio.abc.Stream]]
@@ -510,6 +515,11 @@ async def _connected(
             )
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise _handshake_error(exc, client, login=login, host_name=shown) from None
+        log.debug(  # what benchmarks/ssh_session.py records
+            "negotiated with %s: SSH cipher %s",
+            shown,
+            conn.get_extra_info("send_cipher"),
+        )
         try:
             yield conn
         finally:

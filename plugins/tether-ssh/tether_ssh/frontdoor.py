@@ -10,8 +10,10 @@ The proxy never holds a key that could open a session.
 
 from __future__ import annotations
 
-from tether.api import ProtocolHandler
-from tether_ssh.inventory import NODE_TARGET
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # `tether ssh` reads the constants; only the proxy builds the handler
+    from tether.api import ProtocolHandler
 
 __all__ = ["FRONT_DOOR_ALPN", "PROTOCOL", "SSH_TARGET", "protocol_handler"]
 
@@ -25,6 +27,9 @@ TITLE = "SSH"
 
 
 def protocol_handler() -> ProtocolHandler:
+    from tether.api import ProtocolHandler
+    from tether_ssh.inventory import NODE_TARGET
+
     return ProtocolHandler(
         name=PROTOCOL,
         alpn=(FRONT_DOOR_ALPN,),

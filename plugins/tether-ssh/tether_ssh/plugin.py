@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 from tether.api import hookimpl
 
 if TYPE_CHECKING:  # every command-line start loads this module: each hook imports its own
-    import click
-
     from tether.api import (
         AgentProtocol,
         Config,
@@ -25,7 +23,7 @@ if TYPE_CHECKING:  # every command-line start loads this module: each hook impor
 
 __all__ = [
     "tether_agent_protocols",
-    "tether_cli_commands",
+    "tether_cli_lazy_commands",
     "tether_config_sections",
     "tether_protocols",
     "tether_resource_kinds",
@@ -74,9 +72,15 @@ def tether_agent_protocols(config: Config) -> list[AgentProtocol]:
 
 
 @hookimpl
-def tether_cli_commands(program: str, cli: click.Group) -> None:
-    """``tether ssh``, ``ls``, ``scp``, ``config`` and ``proxy ssh``."""
-    if program == "tether":
-        from tether_ssh.cli import add_commands
-
-        add_commands(cli)
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    """``tether ssh``, ``ls``, ``scp``, ``config`` and ``proxy ssh``: ``tether ssh`` imports
+    the module of the session commands alone."""
+    if program != "tether":
+        return {}
+    return {
+        "ssh": "tether_ssh.cli:ssh",
+        "scp": "tether_ssh.cli:scp",
+        "ls": "tether_ssh.cli:ls",
+        "config": "tether_ssh.cli:config_command",
+        "proxy ssh": "tether_ssh.cli:proxy_ssh",
+    }

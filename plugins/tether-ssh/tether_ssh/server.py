@@ -52,7 +52,6 @@ from collections.abc import (
 )
 from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
-import asyncssh
 import attrs
 import trio
 import trio_asyncio
@@ -73,6 +72,9 @@ from tether.api import (
 )
 from tether_ssh import algorithms, channel_sizes
 from tether_ssh.aio_transport import StreamTunnel, open_stream_tunnel
+
+with algorithms.no_liboqs_lookup():  # before asyncssh first loads
+    import asyncssh
 
 __all__ = [
     "AuditSink",

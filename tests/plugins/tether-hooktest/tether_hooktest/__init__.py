@@ -124,6 +124,13 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
 
 
 @hookimpl
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    if not _active():  # every command line that needs plugins calls this one
+        return {}
+    return _hooks().tether_cli_lazy_commands(program)
+
+
+@hookimpl
 def tether_services(ctx: ServiceContext) -> list[Service]:
     return _hooks().tether_services(ctx)
 

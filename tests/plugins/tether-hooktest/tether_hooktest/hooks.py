@@ -443,6 +443,23 @@ def tether_cli_commands(program: str, cli: click.Group) -> None:
 
 
 @hookimpl
+def tether_cli_lazy_commands(program: str) -> dict[str, str]:
+    if not _active():
+        return {}
+    record("tether_cli_lazy_commands", program=program)
+    declared = {"hooktest-lazy": "tether_hooktest.hooks:lazy_hooktest"}
+    if program == "tether":  # beside the SSH plugin's `proxy ssh`, declared the same way
+        declared["proxy hooktest-lazy"] = "tether_hooktest.hooks:lazy_hooktest"
+    return declared
+
+
+@click.command("hooktest-lazy")
+def lazy_hooktest() -> None:
+    """Prove that a plugin's declared command is imported when named."""
+    click.echo("declared hooktest command")
+
+
+@hookimpl
 def tether_services(ctx: ServiceContext) -> list[Service]:
     if not _active():
         return []
