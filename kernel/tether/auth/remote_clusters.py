@@ -28,6 +28,7 @@ from tether.backend import Backend, Event, Item, WatchOverflow
 from tether.errors import TetherError
 from tether.resources import KindRegistry, Resource, resource_from_bytes
 from tether.trust import RemoteClusterStatus
+from tether.tunnel.transport import HEARTBEAT_INTERVAL, HEARTBEATS_MISSED
 
 __all__ = [
     "HEARTBEAT_PREFIX",
@@ -38,8 +39,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A remote cluster whose tunnels have not heartbeated for this long is offline.
-REMOTE_OFFLINE_AFTER = 30.0
+#: A remote cluster whose tunnels have not heartbeated for this long is offline: as many
+#: heartbeats missed as make a tunnel's peer count as dead (a tunnel that closes is recorded
+#: as disconnected at once, so this is how long a proxy gone silent keeps its leaves online).
+REMOTE_OFFLINE_AFTER = HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
 #: where tunnel heartbeats are stored, per cluster, proxy and agent
 HEARTBEAT_PREFIX = "/tunnels/"
 
