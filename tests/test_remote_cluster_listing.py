@@ -14,6 +14,7 @@ import datetime
 import pathlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import pytest
@@ -146,6 +147,36 @@ async def test_each_heartbeat_moves_the_listed_last_heartbeat_on(
         seconds=10
     )
     assert later.status.connection == "online"
+
+
+async def test_a_listed_document_follows_the_status_and_labels_it_was_built_from(
+    auth: AuthService, clock: Clock
+) -> None:
+    # documents are kept between listings: one must never outlive the status or the
+    # resource it shows
+    await join(auth, "leaf-a", labels={"env": "dev"})
+    await heartbeat(auth, "leaf-a")
+    await settle()
+
+    async def document() -> dict[str, Any]:
+        [doc] = auth.documents(await auth.get_resources(ADMIN, "remote_cluster", "leaf-a"))
+        return doc
+
+    first = await document()
+    assert (first["status"]["connection"], first["metadata"]["labels"]) == (
+        "online",
+        {"env": "dev"},
+    )
+    assert await document() is first  # unchanged: not converted again
+    clock.now += REMOTE_OFFLINE_AFTER
+    assert (await document())["status"]["connection"] == "offline"
+    await heartbeat(auth, "leaf-a")
+    await join(auth, "leaf-a", labels={"env": "prod"})  # relabelled by an admin
+    await settle()
+    now = await document()
+    assert now["status"]["connection"] == "online"
+    assert now["metadata"]["labels"] == {"env": "prod"}
+    assert auth.documents([], with_secrets=True) == []
 
 
 async def test_a_leaf_goes_offline_when_its_tunnel_closes_or_its_heartbeats_stop(

@@ -40,6 +40,7 @@ from tether.testing.impostor import exchange, forge_certificate, handshake, hold
 from tether.testing.roles import core_registry
 from tether.trust import ClusterTrust
 from tether.trust.cache import TrustCache
+from tether.trust.handshake import TrustExchange, ca_resources
 
 CLUSTER = "main"
 NOW = datetime.datetime.now(datetime.UTC)
@@ -266,6 +267,58 @@ async def test_a_write_that_changes_nothing_hosts_see_wakes_no_one(auth: AuthSer
         await auth.backend.put("/roles/same", role_bytes(auth.registry, "same"))
         await auth.backend.put("/authorities/host/elsewhere", b"not even a resource")
     assert answers == [{"revision": known, "unchanged": True}]
+
+
+async def put_leaf_cas(auth: AuthService, authorities: pki.ClusterAuthorities) -> None:
+    """Store a leaf's X.509 and SSH user CAs, as its handshake stores them."""
+    exchange = TrustExchange.of(authorities.cluster, authorities)
+    kind = auth.registry.get("cert_authority")
+    for res in ca_resources(auth.registry, exchange, ("tls", "user")):
+        await auth.backend.put(kind.key_for(res), resource_to_bytes(res))
+
+
+async def test_a_leaf_removed_or_rotated_in_the_store_leaves_the_snapshot_at_once(
+    auth: AuthService,
+) -> None:
+    # the snapshot is rebuilt from what changed only: what a removed or replaced item
+    # contributed must go with it, or a leaf's old CA would keep opening tunnels
+    feed = auth.trust_feed
+    first = pki.ClusterAuthorities.generate("leaf-a")
+    other = pki.ClusterAuthorities.generate("leaf-b")
+    await put_leaf_cas(auth, first)
+    await put_leaf_cas(auth, other)
+    with trio.fail_after(2):
+        while set(feed.current.others) != {"leaf-a", "leaf-b"}:
+            await feed.wait_changed(feed.revision)
+    [old_ca] = feed.current.tunnel_cas()["leaf-a"]
+    assert old_ca.public_key() == first.tls.certificate.public_key()
+    kept = feed.current.others["leaf-b"]
+
+    rotated = pki.ClusterAuthorities.generate("leaf-a")  # the same name, new keys
+    await put_leaf_cas(auth, rotated)
+    with trio.fail_after(2):
+        while feed.current.others["leaf-a"] == (old_ca,):
+            await feed.wait_changed(feed.revision)
+    [new_ca] = feed.current.tunnel_cas()["leaf-a"]
+    assert new_ca.public_key() == rotated.tls.certificate.public_key()
+    assert feed.current.others["leaf-b"] is kept  # untouched: the same objects
+    body = json.loads(feed.body())
+    assert pki.cert_to_pem(old_ca).decode() not in json.dumps(body["others"])
+    old_proxy = pki.issue_x509_cert(
+        first.tls,
+        pki.generate_private_key().public_key(),
+        host("proxy", cluster="leaf-a", username="leaf-a-proxy"),
+    )
+    with pytest.raises(pki.UnknownAuthority):  # the old CA's tunnel certificate
+        pki.verify_x509_cert(old_proxy, trusted_cas=feed.current.tunnel_cas())
+
+    kind = auth.registry.get("cert_authority")
+    await auth.backend.delete(kind.key("tls/leaf-a"))
+    with trio.fail_after(2):
+        while "leaf-a" in feed.current.others:
+            await feed.wait_changed(feed.revision)
+    assert "leaf-a" not in feed.current.tunnel_cas()
+    assert set(feed.current.ssh_user_cas) == {CLUSTER}  # a leaf's user CA is never trusted
 
 
 def test_the_snapshot_holds_the_active_ssh_user_cas_and_the_roles() -> None:

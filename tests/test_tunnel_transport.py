@@ -28,6 +28,8 @@ from tether.tunnel.heartbeats import HeartbeatRecord, HeartbeatRecorder
 from tether.tunnel.mux import REPLY_FLOOD_FACTOR
 from tether.tunnel.server import ClusterOffline, TargetRefused, TunnelServer
 from tether.tunnel.transport import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEATS_MISSED,
     IncomingStream,
     MuxStream,
     StreamRefused,
@@ -495,6 +497,35 @@ async def test_heartbeats_reach_storage_in_batches_not_one_write_each(
     assert 2 <= recorder.writes - connected_writes <= 5
     assert all(record.cluster == "leaf" for batch in written for record in batch)
     assert p1.is_online("leaf")
+
+
+async def test_an_idle_tunnel_sends_one_heartbeat_round_trip_per_interval_and_no_pings(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    # what a root serving a thousand leaves pays for each: with the default timings, the
+    # heartbeats and their answers are all an idle tunnel carries, one each way per interval
+    written: list[HeartbeatRecord] = []
+
+    async def write(batch: Any) -> None:
+        written.extend(batch)
+
+    recorder = HeartbeatRecorder(write, flush_interval=1)
+    await nursery.start(recorder.run)
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1", recorder=recorder)
+    assert p1.heartbeat_interval == HEARTBEAT_INTERVAL
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await p1.wait_online("leaf")
+    [record] = p1.clusters()["leaf"]
+    recorded = recorder.recorded
+    await trio.sleep(20 * HEARTBEAT_INTERVAL)
+    assert 19 <= recorder.recorded - recorded <= 21
+    assert record.conn.rtt is None  # the proxy never had to PING the leaf
+    assert not record.conn.closed and network.dials == 1
+    assert TunnelTimings().ping_interval > HEARTBEAT_INTERVAL
+    assert TunnelTimings().dead_after == HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
 
 
 async def test_an_agent_that_renews_moves_to_new_tunnels_and_running_streams_finish(

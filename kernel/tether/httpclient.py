@@ -9,6 +9,7 @@ says which), an unreachable address, or an error the server reported (rebuilt as
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from tether.wire import error_from_json
 if TYPE_CHECKING:  # `tether ssh` reads describe() and sends no HTTP: it need not load httpx
     import httpx
 
-__all__ = ["describe", "request_json", "root_cause"]
+__all__ = ["describe", "json_or_none", "request_body", "request_json", "root_cause"]
 
 #: TLS alerts a Tether server sends when it refuses a client certificate: (why, what to do)
 _REFUSALS = {
@@ -76,10 +77,37 @@ async def request_json(
     untrusted_hint: str,
     **kwargs: Any,
 ) -> Any:
-    """Send one request and return the decoded JSON body.
+    """Send one request and return the decoded JSON body (None for a body that is not JSON).
 
     :param untrusted_hint: what to tell a user whose machine does not trust the server.
     :raises TrustError: the server's certificate is not trusted, or it refused ours.
+    :raises TetherError: the server is unreachable, or answered with an error.
+    """
+    return json_or_none(
+        await request_body(http, method, path, untrusted_hint=untrusted_hint, **kwargs)
+    )
+
+
+def json_or_none(body: bytes) -> Any:
+    """``body`` decoded as JSON, or None when it is not JSON."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+async def request_body(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    *,
+    untrusted_hint: str,
+    **kwargs: Any,
+) -> bytes:
+    """Send one request and return its body as it came, once its status says it succeeded:
+    for a caller that passes an answer on without reading it (a proxy forwarding auth's).
+
+    :raises TrustError: as :func:`request_json`.
     :raises TetherError: the server is unreachable, or answered with an error.
     """
     import httpx
@@ -120,10 +148,6 @@ async def request_json(
                 "this machine",
             ) from None
         raise TetherError(f"connection to {server} failed: {reason}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
     if response.status_code >= 400:
-        raise error_from_json(body, response.status_code)
-    return body
+        raise error_from_json(json_or_none(response.content), response.status_code)
+    return response.content

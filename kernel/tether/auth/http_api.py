@@ -47,7 +47,7 @@ from tether.auth.request_bodies import (
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
 from tether.ratelimit import RateLimiter, rate_limited
-from tether.resources import resource_from_dict, resource_to_dict
+from tether.resources import resource_from_dict
 from tether.trust.handshake import validate_leaf
 from tether.wire import exception_handlers, query_seconds, read_json_object
 
@@ -135,9 +135,7 @@ def build_app(auth: AuthService) -> BodyLimit:
         found = await auth.get_resources(
             identity, request.path_params["kind"], name, with_secrets=with_secrets
         )
-        return JSONResponse(
-            {"resources": [resource_to_dict(r, with_secrets=with_secrets) for r in found]}
-        )
+        return JSONResponse({"resources": auth.documents(found, with_secrets=with_secrets)})
 
     async def create_resources(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)

@@ -24,7 +24,7 @@ from tether.cert_authority_types import CertUsage, SignedCertificate
 from tether.config import Config
 from tether.datadir import admin_identity_paths, read_process_info
 from tether.errors import TetherError
-from tether.httpclient import request_json
+from tether.httpclient import json_or_none, request_body
 
 if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and that one trio
     from cryptography import x509
@@ -117,10 +117,16 @@ class AuthClient:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request; a server-side TetherError is raised here as the same class."""
+        return json_or_none(await self.call_body(method, path, **kwargs))
+
+    async def call_body(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """One request, whose JSON answer comes back undecoded (a proxy passes it on as it
+        is: a listing of a thousand leaves is not decoded and encoded again on the way); a
+        server-side TetherError is raised here as the same class."""
         http = self._http
         self._requests[http] = self._requests.get(http, 0) + 1
         try:
-            return await request_json(
+            return await request_body(
                 http,
                 method,
                 path,

@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -26,8 +27,9 @@ import trio
 from tether.auth.watching import watch_prefixes
 from tether.backend import Backend, Event, Item, WatchOverflow
 from tether.errors import TetherError
-from tether.resources import KindRegistry, Resource, resource_from_bytes
+from tether.resources import KindRegistry, Resource, resource_from_bytes, resource_to_dict
 from tether.trust import RemoteClusterStatus
+from tether.tunnel.transport import HEARTBEAT_INTERVAL, HEARTBEATS_MISSED
 
 __all__ = [
     "HEARTBEAT_PREFIX",
@@ -38,8 +40,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: A remote cluster whose tunnels have not heartbeated for this long is offline.
-REMOTE_OFFLINE_AFTER = 30.0
+#: A remote cluster whose tunnels have not heartbeated for this long is offline: as many
+#: heartbeats missed as make a tunnel's peer count as dead (a tunnel that closes is recorded
+#: as disconnected at once, so this is how long a proxy gone silent keeps its leaves online).
+REMOTE_OFFLINE_AFTER = HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
 #: where tunnel heartbeats are stored, per cluster, proxy and agent
 HEARTBEAT_PREFIX = "/tunnels/"
 
@@ -83,6 +87,8 @@ class RemoteClusterItems:
     _heartbeats: dict[str, dict[str, _Heartbeat]] = attrs.field(factory=dict)
     #: the last resource shown per leaf: (stored resource, status, the two together)
     _shown: dict[str, tuple[Resource, RemoteClusterStatus, Resource]] = attrs.field(factory=dict)
+    #: the document of each resource shown, once asked for: (the resource, its document)
+    _documents: dict[str, tuple[Resource, dict[str, Any]]] = attrs.field(factory=dict)
 
     @property
     def prefixes(self) -> tuple[str, str]:
@@ -94,6 +100,7 @@ class RemoteClusterItems:
         self._clusters.clear()
         self._heartbeats.clear()
         self._shown.clear()
+        self._documents.clear()
         for item in items:
             self._put(item)
 
@@ -132,6 +139,7 @@ class RemoteClusterItems:
         removed = self._clusters.pop(key, None)
         if removed is not None:
             self._shown.pop(removed.metadata.name, None)
+            self._documents.pop(removed.metadata.name, None)
 
     def resources(self, name: str | None = None) -> list[Resource]:
         """Every remote_cluster in key order, or the one named ``name`` (none if missing),
@@ -171,6 +179,20 @@ class RemoteClusterItems:
         evolved = attrs.evolve(remote, status=status)
         self._shown[remote.metadata.name] = (remote, status, evolved)
         return evolved
+
+    def document(self, shown: Resource) -> dict[str, Any]:
+        """``resource_to_dict(shown)`` (a remote_cluster has no secrets), built once per
+        resource :meth:`with_status` returned: a listing of a thousand leaves converts the
+        few whose status moved since the last one. The document is shared: read it only."""
+        name = shown.metadata.name
+        hit = self._documents.get(name)
+        if hit is not None and hit[0] is shown:
+            return hit[1]
+        document = resource_to_dict(shown)
+        current = self._shown.get(name)
+        if current is not None and current[2] is shown:
+            self._documents[name] = (shown, document)
+        return document
 
 
 class RemoteClusterCache:

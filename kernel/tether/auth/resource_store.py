@@ -10,6 +10,7 @@ callbacks the service passes in, so this module knows nothing of the trust job.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from tether import audit, pki
 from tether.auth.context import AuthContext
@@ -24,7 +25,13 @@ from tether.errors import (
     ResourceError,
     TetherError,
 )
-from tether.resources import Resource, ResourceKind, resource_from_bytes, resource_to_bytes
+from tether.resources import (
+    Resource,
+    ResourceKind,
+    resource_from_bytes,
+    resource_to_bytes,
+    resource_to_dict,
+)
 
 __all__ = ["ResourceStore"]
 
@@ -114,6 +121,19 @@ class ResourceStore:
             roleset = await ctx.roleset(identity.roles)
             shown = [kind.user_view(res, roleset, identity.traits) for res in shown]
         return shown
+
+    def documents(
+        self, resources: Sequence[Resource], *, with_secrets: bool = False
+    ) -> list[dict[str, Any]]:
+        """``resources`` as the API sends them (:func:`~tether.resources.resource_to_dict`);
+        a remote_cluster's document comes from the cache's memory while its status holds."""
+        cached = self._remote_clusters.items
+        return [
+            cached.document(res)
+            if res.kind == "remote_cluster" and not with_secrets
+            else resource_to_dict(res, with_secrets=with_secrets)
+            for res in resources
+        ]
 
     async def _remote_cluster_list(self, name: str | None) -> list[Resource]:
         """The remote_clusters (or the one named) with their status: from the cache, or from

@@ -154,6 +154,7 @@ class AuthService:
         #: daemon fills it once they are bound): no host may register one as its own
         self.service_addrs = self.inventory.service_addrs
         self.get_resources = self.resources.get_resources
+        self.documents = self.resources.documents
         self.create_resources = self.resources.create_resources
         self.delete_resource = self.resources.delete_resource
         self.publish = self.inventory.publish

@@ -26,6 +26,7 @@ import datetime
 import json
 import logging
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: How long the feed lets a burst of writes (a join stores several CAs) gather before it
 #: rebuilds the snapshot and wakes the waiters, so that the burst costs one rebuild and one
@@ -87,17 +90,33 @@ class TrustItems:
     """The stored items a snapshot is made of, and the snapshot built from them (sans-IO:
     fed items and events, it never reads the store itself).
 
-    Decoded resources and parsed certificates are kept by key and revision, so a change to
-    one of a thousand leaves decodes one resource, not a thousand.
+    What each item contributes (a cluster's parsed X.509 CAs, its SSH user CA lines, a
+    trusted_cluster, a role) is kept by key and worked out again only for the items that
+    changed since the last build: a join of the thousandth leaf decodes one resource and
+    parses one certificate, and the other clusters' certificates stay the same objects from
+    snapshot to snapshot (whoever caches something per certificate keeps it).
     """
 
     cluster_name: str
     own_cas: tuple[x509.Certificate, ...]
     registry: KindRegistry
     items: dict[str, Item] = attrs.field(factory=dict)
-    _decoded: dict[str, tuple[int, Resource]] = attrs.field(factory=dict)
-    _certs: dict[str, x509.Certificate] = attrs.field(factory=dict)
-    #: the PEM of each certificate in ``_certs``, by the certificate object's identity
+    #: keys put or deleted since the last build
+    _changed: set[str] = attrs.field(factory=set)
+    #: each item's part of the snapshot, by key: ("tls", cluster, certs), ("user", cluster,
+    #: lines), ("trusted_cluster", name, resource) or ("role", name, resource)
+    _parts: dict[str, tuple[str, str, Any]] = attrs.field(factory=dict)
+    #: the X.509 CAs of other clusters, and the SSH user CA lines of every cluster, by
+    #: cluster, then by the key of the item they came from
+    _tls: dict[str, dict[str, tuple[x509.Certificate, ...]]] = attrs.field(factory=dict)
+    _user: dict[str, dict[str, tuple[str, ...]]] = attrs.field(factory=dict)
+    #: the same, each cluster's in one tuple (in key order), as the snapshot holds them
+    _tls_flat: dict[str, tuple[x509.Certificate, ...]] = attrs.field(factory=dict)
+    _user_flat: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    _trusted: dict[str, Resource] = attrs.field(factory=dict)
+    _roles: dict[str, Resource] = attrs.field(factory=dict)
+    #: the PEM each certificate in ``_tls`` was parsed from, by the certificate object's
+    #: identity
     _pems: dict[int, tuple[x509.Certificate, str]] = attrs.field(factory=dict)
 
     @property
@@ -114,7 +133,9 @@ class TrustItems:
 
     def reset(self, items: Iterable[Item]) -> None:
         """Replace every item (a fresh read of the prefixes)."""
+        self._changed.update(self.items)
         self.items = {item.key: item for item in items}
+        self._changed.update(self.items)
 
     def apply(self, event: Event) -> None:
         """Apply one watch event."""
@@ -122,6 +143,7 @@ class TrustItems:
             self.items[event.item.key] = event.item
         else:
             self.items.pop(event.item.key, None)
+        self._changed.add(event.item.key)
 
     @property
     def revision(self) -> str:
@@ -129,21 +151,6 @@ class TrustItems:
         (see the module's docstring for why this is unique)."""
         newest = max((item.revision for item in self.items.values()), default=0)
         return f"{newest}.{len(self.items)}"
-
-    def _resource(self, item: Item) -> Resource:
-        cached = self._decoded.get(item.key)
-        if cached is not None and cached[0] == item.revision:
-            return cached[1]
-        resource = resource_from_bytes(item.value, self.registry)
-        self._decoded[item.key] = (item.revision, resource)
-        return resource
-
-    def _cert(self, pem: str) -> x509.Certificate:
-        cert = self._certs.get(pem)
-        if cert is None:
-            cert = self._certs[pem] = pki.load_cert(pem.encode())
-            self._pems[id(cert)] = (cert, pem)
-        return cert
 
     def pem_of(self, cert: x509.Certificate) -> str:
         """The PEM ``cert`` was parsed from (encoded afresh for one not parsed here)."""
@@ -155,37 +162,89 @@ class TrustItems:
     def build(self) -> ClusterTrust:
         """The snapshot of the current items. An item that does not decode is logged and left
         out: one bad resource must not take every other cluster's trust with it."""
-        prefix_of = {kind: self.registry.get(kind).storage_prefix for kind in _KINDS}
-        others: dict[str, list[x509.Certificate]] = {}
-        user_cas: dict[str, list[str]] = {}
-        trusted: list[Resource] = []
-        roles: list[Resource] = []
-        live_pems: set[str] = set()
-        for key, item in sorted(self.items.items()):
-            try:
-                resource = self._resource(item)
-            except (TetherError, ValueError):
-                log.exception("trust: stored resource %s does not decode; left out", key)
-                continue
-            if key.startswith(prefix_of["trusted_cluster"]):
-                trusted.append(resource)
-            elif key.startswith(prefix_of["role"]):
-                roles.append(resource)
-            elif key.startswith(prefix_of["cert_authority"]):
+        clusters: set[str] = set()  # whose CAs changed
+        for key in sorted(self._changed):
+            clusters.update(self._forget(key))
+            item = self.items.get(key)
+            if item is not None:
+                clusters.update(self._learn(item))
+        self._changed.clear()
+        for name in clusters:
+            _flatten(self._tls, self._tls_flat, name)
+            _flatten(self._user, self._user_flat, name)
+        return ClusterTrust.build(
+            self.cluster_name,
+            self.own_cas,
+            self._tls_flat,
+            [self._trusted[k] for k in sorted(self._trusted)],
+            user_cas=self._user_flat,
+            roles=[self._roles[k] for k in sorted(self._roles)],
+        )
+
+    def _forget(self, key: str) -> tuple[str, ...]:
+        """Take back what the item under ``key`` contributed; returns the cluster whose CAs
+        it held, if it did."""
+        part = self._parts.pop(key, None)
+        if part is None:
+            return ()
+        what, name, value = part
+        if what in ("tls", "user"):
+            by_cluster = self._tls if what == "tls" else self._user
+            by_key = by_cluster[name]
+            del by_key[key]
+            if not by_key:
+                del by_cluster[name]
+            if what == "tls":
+                for cert in value:
+                    self._pems.pop(id(cert), None)
+            return (name,)
+        if what == "trusted_cluster":
+            del self._trusted[key]
+        else:
+            del self._roles[key]
+        return ()
+
+    def _learn(self, item: Item) -> tuple[str, ...]:
+        """Work out and keep what ``item`` contributes; returns the cluster whose CAs it
+        holds, if it does."""
+        key = item.key
+        try:
+            resource = resource_from_bytes(item.value, self.registry)
+            if key.startswith(self.registry.get("trusted_cluster").storage_prefix):
+                self._trusted[key] = resource
+                self._parts[key] = ("trusted_cluster", resource.metadata.name, resource)
+            elif key.startswith(self.registry.get("role").storage_prefix):
+                self._roles[key] = resource
+                self._parts[key] = ("role", resource.metadata.name, resource)
+            elif key.startswith(self.registry.get("cert_authority").storage_prefix):
                 spec = resource.spec
                 if spec.type == "tls" and spec.cluster_name != self.cluster_name:
-                    live_pems.update(spec.active_keys.tls)
-                    certs = [self._cert(pem) for pem in spec.active_keys.tls]
-                    others.setdefault(spec.cluster_name, []).extend(certs)
-                elif spec.type == "user":
-                    lines = [*spec.active_keys.ssh, *spec.additional_trusted_keys.ssh]
-                    user_cas.setdefault(spec.cluster_name, []).extend(lines)
-        self._decoded = {k: v for k, v in self._decoded.items() if k in self.items}
-        self._certs = {pem: c for pem, c in self._certs.items() if pem in live_pems}
-        self._pems = {id(c): (c, pem) for pem, c in self._certs.items()}
-        return ClusterTrust.build(
-            self.cluster_name, self.own_cas, others, trusted, user_cas=user_cas, roles=roles
-        )
+                    pems = list(spec.active_keys.tls)
+                    certs = tuple(pki.load_cert(pem.encode()) for pem in pems)
+                    self._tls.setdefault(spec.cluster_name, {})[key] = certs
+                    self._parts[key] = ("tls", spec.cluster_name, certs)
+                    for cert, pem in zip(certs, pems, strict=True):
+                        self._pems[id(cert)] = (cert, pem)
+                    return (spec.cluster_name,)
+                if spec.type == "user":
+                    lines = (*spec.active_keys.ssh, *spec.additional_trusted_keys.ssh)
+                    self._user.setdefault(spec.cluster_name, {})[key] = lines
+                    self._parts[key] = ("user", spec.cluster_name, lines)
+                    return (spec.cluster_name,)
+        except (TetherError, ValueError):
+            log.exception("trust: stored resource %s does not decode; left out", key)
+        return ()
+
+
+def _flatten(
+    by_cluster: dict[str, dict[str, tuple[_T, ...]]], flat: dict[str, tuple[_T, ...]], name: str
+) -> None:
+    """Set ``flat[name]`` to what ``by_cluster[name]`` holds, in key order (none: no entry)."""
+    by_key = by_cluster.get(name)
+    if by_key:
+        flat[name] = tuple(x for key in sorted(by_key) for x in by_key[key])
+    else:
+        flat.pop(name, None)
 
 
 class TrustFeed(TrustWatches):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -119,26 +119,25 @@ async def start_proxy(
     # auth API), added to the TLS context as leaves join. OpenSSL cannot forget a CA, so a
     # removed leaf is refused by the tunnel server's own check, which reads the current list.
     loaded: set[bytes] = set()  # what the TLS context holds already (it only ever grows)
-    # the certificate objects checked against ``loaded`` already, by identity (the trust
-    # cache hands the same objects on from snapshot to snapshot): a join then fingerprints
-    # the new leaf's CA, not every leaf's
-    checked: dict[int, x509.Certificate] = {}
+    # each cluster's CAs checked against ``loaded`` already, by the identity of the tuple
+    # that holds them (a snapshot hands on the same tuple while a cluster's CAs do not
+    # change): a join then fingerprints the new leaf's CA, not every leaf's
+    checked: Mapping[str, tuple[x509.Certificate, ...]] = {}
 
     async def reload_trust() -> None:
         nonlocal checked
         others = trust.current.others
-        now_checked: dict[int, x509.Certificate] = {}
-        for cert in (c for cas in others.values() for c in cas):
-            now_checked[id(cert)] = cert
-            if checked.get(id(cert)) is cert:
+        for name, cas in others.items():
+            if checked.get(name) is cas:
                 continue
-            fingerprint = cert.fingerprint(hashes.SHA256())
-            if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
-                pem = pki.cert_to_pem(cert).decode()
-                server_ctx.load_verify_locations(cadata=pem)
-                named_routes.trust(pem)  # a route name's client is verified there
-                loaded.add(fingerprint)
-        checked = now_checked
+            for cert in cas:
+                fingerprint = cert.fingerprint(hashes.SHA256())
+                if fingerprint not in loaded:  # reloading all of them made joins O(N^2)
+                    pem = pki.cert_to_pem(cert).decode()
+                    server_ctx.load_verify_locations(cadata=pem)
+                    named_routes.trust(pem)  # a route name's client is verified there
+                    loaded.add(fingerprint)
+        checked = others
         for cluster in tunnels.cluster_names():  # a leaf no longer trusted loses its tunnels
             if cluster != me.cluster_name and cluster not in others:
                 await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")

@@ -54,7 +54,12 @@ from tether.tunnel.control import ProxyInfo
 from tether.tunnel.forward import TargetDialer, serve_forward
 from tether.tunnel.mux import MuxConfig
 from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
-from tether.tunnel.transport import IncomingStream, StreamHandler, TunnelTimings
+from tether.tunnel.transport import (
+    HEARTBEAT_INTERVAL,
+    IncomingStream,
+    StreamHandler,
+    TunnelTimings,
+)
 
 __all__ = [
     "PeerProcess",
@@ -131,7 +136,7 @@ async def serve_tunnels(
     proxy_id: str = "proxy-1",
     port: int = 0,
     peers: Sequence[ProxyInfo] = (),
-    heartbeat_interval: float = 10.0,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
     timings: TunnelTimings | None = None,
     task_status: trio.TaskStatus[tuple[TunnelServer, str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -11,6 +11,8 @@ the snapshot also carries the active SSH user CAs and the cluster's roles.
 from __future__ import annotations
 
 import datetime
+import functools
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -154,13 +156,21 @@ class ClusterTrust:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed trust snapshot: {exc!r}") from None
 
-    def tunnel_cas(self) -> dict[str, tuple[x509.Certificate, ...]]:
+    def tunnel_cas(self) -> Mapping[str, tuple[x509.Certificate, ...]]:
         """The CAs whose certificates may open tunnels here, by the cluster each speaks for:
         this cluster's own (its nodes in tunnel mode) and each leaf's. A tunnel certificate is
         verified only against the CAs stored under the cluster it claims, so no leaf can speak
-        for another, nor for this cluster; a root never dials its leaves."""
+        for another, nor for this cluster; a root never dials its leaves.
+
+        Worked out once per snapshot (every tunnel of a thousand leaves asks): a change of
+        trust is a new snapshot, which works it out again.
+        """
+        return self._tunnel_cas
+
+    @functools.cached_property
+    def _tunnel_cas(self) -> Mapping[str, tuple[x509.Certificate, ...]]:
         leaves = {name: cas for name, cas in self.others.items() if name not in self.roots}
-        return {**leaves, self.cluster_name: self.own_cas}
+        return types.MappingProxyType({**leaves, self.cluster_name: self.own_cas})
 
     def verify_client(
         self,

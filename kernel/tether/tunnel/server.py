@@ -32,6 +32,7 @@ from tether.tunnel.control import (
 from tether.tunnel.heartbeats import HeartbeatRecorder
 from tether.tunnel.mux import Connection, MuxConfig
 from tether.tunnel.transport import (
+    HEARTBEAT_INTERVAL,
     IncomingStream,
     MuxStream,
     StreamRefused,
@@ -137,7 +138,7 @@ class TunnelServer:
         authenticate: Authenticator,
         proxies: Callable[[], Sequence[ProxyInfo]],
         recorder: HeartbeatRecorder | None = None,
-        heartbeat_interval: float = 10.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
         timings: TunnelTimings | None = None,
         mux_config: MuxConfig | None = None,
         audit: Auditor | None = None,

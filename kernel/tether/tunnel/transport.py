@@ -38,6 +38,8 @@ from tether.tunnel._streams import IncomingStream, MuxStream, StreamHandler, Wai
 from tether.tunnel.mux import Connection
 
 __all__ = [
+    "HEARTBEATS_MISSED",
+    "HEARTBEAT_INTERVAL",
     "IncomingStream",
     "MuxStream",
     "StreamHandler",
@@ -59,6 +61,19 @@ class TunnelClosed(TetherError):
     """The tunnel carrying this stream is gone (peer vanished, went away, or was closed)."""
 
 
+#: How often an agent heartbeats on its tunnel's control stream (the serving side says so in its
+#: hello), each answered: what proves an idle tunnel alive both ways. Every heartbeat costs the
+#: serving side a round trip and a stored record, so a root with a thousand leaves serves
+#: 1,000 / HEARTBEAT_INTERVAL of them a second (at 10 s, 6-8% of a core). Teleport's agents
+#: heartbeat every 5 minutes (``keep_alive_interval``); anything under the idle timeout of
+#: common load balancers (Azure's 4 minutes is the shortest) keeps the connection through them.
+HEARTBEAT_INTERVAL = 60.0
+#: Heartbeats a tunnel may miss before its peer counts as gone: dead to the other end of the
+#: tunnel, offline to ``tetherctl get rc`` (as Teleport's ``keep_alive_count_max`` and
+#: OpenSSH's ``ClientAliveCountMax``, 3).
+HEARTBEATS_MISSED = 3
+
+
 class StreamRefused(TetherError):
     """The other side refused to open the stream; the reason says why (target refused...)."""
 
@@ -67,13 +82,20 @@ class StreamRefused(TetherError):
 class TunnelTimings:
     """How often to ping and when to give up on a silent peer.
 
-    :param ping_interval: seconds between PINGs (also the keep-alive of an idle tunnel).
-    :param dead_after: a peer that has not answered for this long is declared dead.
+    :param ping_interval: seconds a peer may be silent before it is PINGed (the keep-alive of
+        a tunnel without heartbeats). Longer than :data:`HEARTBEAT_INTERVAL` by default, so
+        that heartbeats and their answers are all an idle tunnel sends.
+    :param dead_after: a peer that has not answered for this long is declared dead (by
+        default, :data:`HEARTBEATS_MISSED` heartbeats).
+    :param backlog_timeout: a peer that leaves the replies it asked for unread this long is
+        sent away (:meth:`TunnelConnection.run` stops reading from it meanwhile): not a
+        question of liveness, so shorter than ``dead_after``.
     :param open_timeout: how long :meth:`TunnelConnection.open_stream` waits for an answer.
     """
 
-    ping_interval: float = 15.0
-    dead_after: float = 45.0
+    ping_interval: float = 1.5 * HEARTBEAT_INTERVAL
+    dead_after: float = HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
+    backlog_timeout: float = 45.0
     open_timeout: float = 30.0
 
 
@@ -374,20 +396,18 @@ class TunnelConnection:
     async def _wait_backlog_sent(self) -> None:
         """Read nothing more from a peer while the replies it asked for wait unsent: a peer
         that does not read must not make this side queue. One that keeps them waiting for the
-        dead-peer timeout gets GOAWAY and is closed."""
+        backlog timeout (or the dead-peer timeout, if shorter) gets GOAWAY and is closed."""
+        limit = min(self.timings.backlog_timeout, self.timings.dead_after)
         self._held_back = True
         try:
-            with trio.move_on_after(self.timings.dead_after):
+            with trio.move_on_after(limit):
                 while self.mux.backlogged and not self.closed:
                     await self._flushed.wait()
                 self._last_heard = trio.current_time()  # it read what was sent: alive
                 return
         finally:
             self._held_back = False
-        reason = (
-            f"the peer did not read the replies to its own requests for "
-            f"{self.timings.dead_after:g}s"
-        )
+        reason = f"the peer did not read the replies to its own requests for {limit:g}s"
         log.warning("%s: %s; closing it", self.name, reason)
         if self.mux.terminated is None:
             self.mux.goaway(reason, ErrorCode.ENHANCE_YOUR_CALM)
