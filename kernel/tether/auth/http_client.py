@@ -29,6 +29,7 @@ from tether.httpclient import request_json
 if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and that one trio
     from cryptography import x509
 
+    from tether.auth.in_process import InProcessAuth
     from tether.tunnel.heartbeats import HeartbeatRecord
 
 __all__ = ["FORWARDED_CERT_HEADER", "TRUST_WAIT", "AuthClient", "admin_client"]
@@ -58,6 +59,8 @@ class AuthClient:
 
     :param base_url: ``https://host:port`` of auth, or of a proxy that forwards to it.
     :param ssl_context: carries the client certificate and the CAs trusted for the server.
+    :param transport: auth in this process (:class:`~tether.auth.in_process.InProcessAuth`),
+        called without a socket; ``base_url`` is then its ``IN_PROCESS_URL``.
     """
 
     def __init__(
@@ -67,9 +70,11 @@ class AuthClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        transport: InProcessAuth | None = None,
     ) -> None:
         self.base_url = base_url
         self._context = ssl_context
+        self._transport = transport
         self._headers = dict(headers or {})
         self._timeout = timeout
         self._http = self._open()
@@ -80,6 +85,7 @@ class AuthClient:
         return httpx.AsyncClient(
             base_url=self.base_url,
             verify=self._context,
+            transport=self._transport,
             headers=self._headers,
             timeout=self._timeout,
             # no cap on connections: a proxy forwards each tunnel-mode node's trust watch,
@@ -99,6 +105,8 @@ class AuthClient:
         close once the requests under way on them are done.
         """
         pki.present_certificate(self._context, cert, key)
+        if self._transport is not None:
+            self._transport.present_certificate(cert)
         previous, self._http = self._http, self._open()
         if not self._requests.get(previous):
             await previous.aclose()

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from tether import pki
 from tether.asgi import ASGIHandler
 from tether.auth.http_client import AuthClient
+from tether.auth.in_process import IN_PROCESS_URL, InProcessAuth
 from tether.auth.service import AuthService
 from tether.config import Config, HostPort
 from tether.errors import ConfigError
@@ -63,17 +64,29 @@ async def start_proxy(
     ctx: ServiceContext,
     *,
     local_auth: AuthService | None = None,
+    local_auth_app: Any = None,
 ) -> str:
     """Serve the proxy's one public port. Everything it knows of the cluster it asks auth,
     at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
-    several proxies, one auth)."""
+    several proxies, one auth).
+
+    :param local_auth_app: the auth API's ASGI app when auth runs in this process: called
+        directly (:class:`~tether.auth.in_process.InProcessAuth`), not over loopback HTTPS.
+    """
     listen = config.proxy_service.listen_addr
     # only auth answers there: a node's certificate, from the same CA, could feed the proxy
     # another trust
     client_ctx = pki.client_ssl_context(
         trusted_cas=list(me.cas), cert=me.cert, key=me.key, peer_kinds=("auth",)
     )
-    auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
+    in_process = InProcessAuth(local_auth_app, me.cert) if local_auth_app is not None else None
+    auth_client = await stack.enter_async_context(
+        AuthClient(
+            IN_PROCESS_URL if in_process is not None else auth_url,
+            client_ctx,
+            transport=in_process,
+        )
+    )
     operator_web = _operator_web_identity(config)
     web_cert, web_key = operator_web or (me.cert, me.key)
     if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
