@@ -24,6 +24,7 @@ from starlette.routing import Route
 from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.http_client import FORWARDED_CERT_HEADER
+from tether.auth.inventory import RelayedEntry
 from tether.auth.request_bodies import (
     AddToken,
     AddUser,
@@ -37,6 +38,8 @@ from tether.auth.request_bodies import (
     Join,
     LoginPassword,
     Publish,
+    PublishRelayed,
+    RelayedPublish,
     RenewHost,
     SignCertificate,
     Signup,
@@ -278,6 +281,28 @@ def build_app(auth: AuthService) -> BodyLimit:
         )
         return JSONResponse({"published": resource.metadata.name})
 
+    async def publish_relayed(request: Request) -> JSONResponse:
+        # a proxy's batch of its tunnel-mode nodes' inventory heartbeats: each entry is
+        # checked as the node whose certificate the proxy passes on (verified here)
+        proxy = _peer_identity(request, auth)
+        body = await read_body(request, PublishRelayed)
+        entries = []
+        for i, data in enumerate(body.entries, start=1):
+            try:
+                entry = structure_body(data, RelayedPublish)
+                cert = base64.b64decode(entry.cert, validate=True)
+            except (TetherError, binascii.Error, ValueError) as exc:
+                why = exc.message if isinstance(exc, TetherError) else "cert is not base64"
+                raise TetherError(f"entry {i} of {len(body.entries)}: {why}") from None
+            entries.append(RelayedEntry(cert, entry.resource, entry.ttl_seconds))
+        refused = await auth.inventory.publish_relayed(
+            proxy,
+            entries,
+            verify=auth.verify_client,
+            trust_revision=auth.trust_feed.revision,
+        )
+        return JSONResponse({"refused": refused})
+
     async def record_event(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
         body = await read_body(request, HostEvent)
@@ -416,6 +441,7 @@ def build_app(auth: AuthService) -> BodyLimit:
             Route("/v1/audit/batch", record_events, methods=["POST"]),
             Route("/v1/certificates", sign_certificate, methods=["POST"]),
             Route("/v1/presence", publish, methods=["PUT"]),
+            Route("/v1/presence/relayed", publish_relayed, methods=["PUT"]),
             Route("/v1/hosts/renew", renew_host, methods=["POST"]),
             Route("/v1/tunnels/heartbeats", record_heartbeats, methods=["PUT"]),
             Route("/v1/trust", trust, methods=["GET"]),

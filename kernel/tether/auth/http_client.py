@@ -7,6 +7,7 @@ forwards ``/v1/`` requests to auth with the user's certificate.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import pathlib
@@ -171,6 +172,31 @@ class AuthClient:
             "/v1/presence",
             json={"resource": dict(document), "ttl_seconds": ttl.total_seconds()},
         )
+
+    async def publish_relayed(
+        self, entries: Sequence[tuple[bytes, Mapping[str, Any], float]]
+    ) -> list[str | None]:
+        """Relay the inventory entries of the hosts whose tunnels this proxy holds (only the
+        cluster's proxies may): each is ``(the host's certificate (DER), entry, ttl in
+        seconds)``. Returns, per entry, None when stored or why auth refused it."""
+        body = await self.call(
+            "PUT",
+            "/v1/presence/relayed",
+            json={
+                "entries": [
+                    {
+                        "cert": base64.b64encode(cert).decode(),
+                        "resource": dict(document),
+                        "ttl_seconds": ttl,
+                    }
+                    for cert, document, ttl in entries
+                ]
+            },
+        )
+        refused = body.get("refused") if isinstance(body, dict) else None
+        if not isinstance(refused, list) or len(refused) != len(entries):
+            raise TetherError("auth answered a relayed inventory batch with nonsense")
+        return [str(why) if why else None for why in refused]
 
     async def trust(self, known: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
         """What the cluster trusts (:meth:`tether.trust.ClusterTrust.to_json` and its

@@ -36,6 +36,8 @@ __all__ = [
     "Join",
     "LoginPassword",
     "Publish",
+    "PublishRelayed",
+    "RelayedPublish",
     "RenewHost",
     "SignCertificate",
     "Signup",
@@ -254,6 +256,21 @@ class RenewHost:
 class Publish:
     resource: JSONObject
     ttl_seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class RelayedPublish:
+    """One entry of ``PUT /v1/presence/relayed``: the host's certificate (base64 DER), the
+    entry and its TTL."""
+
+    cert: str
+    resource: JSONObject
+    ttl_seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class PublishRelayed:
+    entries: Objects
 
 
 @attrs.frozen(kw_only=True)
