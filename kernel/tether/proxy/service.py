@@ -119,12 +119,14 @@ async def start_proxy(
         # read only once peers.run starts, after root_tunnels is built below
         lambda: root_tunnels.connected(),
     )
-    tunnels, recorder = build_tunnel_server(
+    tunnels, recorders = build_tunnel_server(
         proxy_id=me.host_id,
         cluster=me.cluster_name,
         trusted_cas=lambda: trust.current.tunnel_cas(),
         proxies=peers.proxies,
         write_heartbeats=auth_client.record_tunnel_heartbeats,
+        publish_relayed=auth_client.publish_relayed,
+        trust=trust,
         record_event=auth_client.record_event,
     )
 
@@ -158,7 +160,8 @@ async def start_proxy(
 
     trust.on_change.append(reload_trust)
     await nursery.start(trust.run)  # its first read calls reload_trust if others are trusted
-    await nursery.start(recorder.run)
+    for recorder in recorders:
+        await nursery.start(recorder.run)
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)
