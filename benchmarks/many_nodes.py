@@ -85,9 +85,10 @@ RSS_TARGET_MIB = 2048.0  # the root's idle VmRSS with every node
 IDLE_CPU_TARGET_PERCENT = 25.0  # the root's idle CPU with every node, % of one core
 COMMAND_TIMEOUT = 180.0
 LIST_POLL_INTERVAL = 5.0  # seconds between `get nodes` polls while waiting for every node
-#: sockets the root holds per node (its tunnel, its trust watch, a heartbeat's connection),
-#: and the proxy's own to auth: the open-files limit the root needs
-ROOT_SOCKETS_PER_NODE = 4
+#: sockets the root holds per node: its tunnel (trust and heartbeats ride in it; the HTTPS
+#: connection of a node's first trust read and heartbeat closes 25 s after its start): the
+#: open-files limit the root needs
+ROOT_SOCKETS_PER_NODE = 1
 
 
 FLEET_OPTIONS = root_watch.FleetOptions(
@@ -179,8 +180,9 @@ class Params:
             "sampled every second while nodes join",
             "heartbeat_interval_seconds": HEARTBEAT_INTERVAL.total_seconds(),
             "entry_ttl_seconds": ENTRY_TTL.total_seconds(),
-            "heartbeats": "one PUT /v1/presence per node per interval through the proxy, as "
-            "tether.node.agent sends them (it does not batch)",
+            "heartbeats": "one PUT /v1/presence per node at its start (as tether.node.agent "
+            "checks its first one), then its entry in its tunnel's heartbeats, which the "
+            "proxy relays to auth in one PUT /v1/presence/relayed per flush (5 s)",
             "list_poll_interval_seconds": LIST_POLL_INTERVAL,
             "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
             "settings_changed": {
