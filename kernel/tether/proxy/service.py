@@ -158,7 +158,11 @@ async def start_proxy(
             if cluster != me.cluster_name and cluster not in others:
                 await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
 
+    async def push_trust() -> None:
+        tunnels.trust_moved()
+
     trust.on_change.append(reload_trust)
+    trust.on_change.append(push_trust)
     await nursery.start(trust.run)  # its first read calls reload_trust if others are trusted
     for recorder in recorders:
         await nursery.start(recorder.run)

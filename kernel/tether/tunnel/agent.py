@@ -327,6 +327,8 @@ class AgentPool:
             status = {"type": "heartbeat", "cluster": self.cluster, **self._status()}
             if self._inventory is not None and self._carrier("inventory") is tunnel:
                 status["inventory"] = self._inventory()
+            if tunnel.hello.trust:
+                status["trust_push"] = True  # this side reads a trust message at any time
             rtt = conn.rtt
             if rtt is not None:
                 status["rtt_ms"] = round(rtt * 1000, 3)
@@ -334,7 +336,7 @@ class AgentPool:
                 sent = trio.current_time()
                 await control.send(status)
                 with trio.move_on_after(self.timings.dead_after):
-                    answer = await control.receive()
+                    answer = await self._receive(tunnel, control)
                     if answer is None:
                         return
                     if answer["type"] == "ack":
@@ -342,24 +344,62 @@ class AgentPool:
                         # the round trip is measured here instead
                         conn.rtt = trio.current_time() - sent
                         self._learn(parse_proxies(answer))
-                        revision = answer.get("trust")
-                        moved = isinstance(revision, str) and revision != tunnel.trust_revision
-                        if tunnel.hello.trust and moved:
-                            tunnel.trust_revision = revision
-                            self._notify()
+                        self._trust_named(tunnel, answer)
                         refused = answer.get("inventory_refused")
                         if refused:
                             log.warning("auth refused this host's inventory entries: %s", refused)
+                failed: list[BaseException] = []
+                with trio.move_on_after(interval):
+                    async with trio.open_nursery() as nursery:
+                        # what the proxy pushes meanwhile (its trust moved) is read at once
+                        nursery.start_soon(self._read_pushes, tunnel, control, nursery, failed)
+                        if replaced:
+                            await conn.wait_streams_at_most(1)
+                        else:
+                            await conn.wait_draining_or_closed()
+                        nursery.cancel_scope.cancel()
+                if failed:
+                    raise failed[0]
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             except ControlError as exc:
                 await conn.aclose(f"bad control message: {exc.message}")
                 return
-            with trio.move_on_after(interval):
-                if replaced:
-                    await conn.wait_streams_at_most(1)
-                else:
-                    await conn.wait_draining_or_closed()
+
+    async def _receive(self, tunnel: _Tunnel, control: ControlChannel) -> dict[str, Any] | None:
+        """The next message that answers a heartbeat; a trust message read on the way is
+        taken in. None when the proxy closed the control stream."""
+        while True:
+            message = await control.receive()
+            if message is None or message["type"] != "trust":
+                return message
+            self._trust_named(tunnel, message)
+
+    async def _read_pushes(
+        self,
+        tunnel: _Tunnel,
+        control: ControlChannel,
+        nursery: trio.Nursery,
+        failed: list[BaseException],
+    ) -> None:
+        """Take in what the proxy sends between heartbeats (ControlChannel.receive keeps a
+        partly read message when cancelled, for the next heartbeat's answer); a failure ends
+        the wait and goes in ``failed``, for the heartbeat loop to raise."""
+        try:
+            message = await self._receive(tunnel, control)
+            if message is not None:
+                raise ControlError(f"unexpected control message {message['type']!r}")
+            failed.append(trio.ClosedResourceError("the proxy closed the control stream"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ControlError) as exc:
+            failed.append(exc)
+        nursery.cancel_scope.cancel()
+
+    def _trust_named(self, tunnel: _Tunnel, message: dict[str, Any]) -> None:
+        """Note the trust revision the proxy named in an answer or a push."""
+        revision = message.get("trust" if message["type"] == "ack" else "revision")
+        if tunnel.hello.trust and isinstance(revision, str) and revision != tunnel.trust_revision:
+            tunnel.trust_revision = revision
+            self._notify()
 
     def _learn(self, proxies: tuple[ProxyInfo, ...]) -> None:
         """Remember the advertised proxies and start seeking the ones we lack."""

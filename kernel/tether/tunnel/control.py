@@ -10,7 +10,10 @@ A node in tunnel mode also sends its inventory entries in its heartbeats (``inve
 ``{"ttl": seconds, "entries": [...]}``) when the hello says the proxy takes them
 (``"inventory": true``), so that its one tunnel is all it holds open to the cluster; the
 proxy relays them, as that node, and says in the next answer (``inventory_refused``) why
-auth refused any. See ``docs/tunnel-protocol.md``, "The control stream".
+auth refused any. It follows the cluster's trust the same way: the proxy names its trust's
+revision in each answer and pushes a ``trust`` message when it moves, and the node reads the
+snapshot on a :data:`TRUST_TARGET` stream. See ``docs/tunnel-protocol.md``, "The control
+stream".
 """
 
 from __future__ import annotations

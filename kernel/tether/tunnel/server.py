@@ -180,6 +180,8 @@ class TunnelServer:
         self._ids = itertools.count(1)
         self._changed = trio.lowlevel.ParkingLot()
         self._draining: str | None = None
+        #: the control loops of nodes that take trust pushes, while they wait for a message
+        self._trust_listeners: set[trio.CancelScope] = set()
 
     # --- the registry ------------------------------------------------------------------------
 
@@ -280,6 +282,13 @@ class TunnelServer:
             f"cluster {cluster!r} is offline: {last_error}",
             hint="check that its agent runs and can reach this proxy's tunnel address",
         )
+
+    def trust_moved(self) -> None:
+        """The trust this proxy holds changed: tell this cluster's nodes now (each control
+        loop sends the new revision, and the node reads the snapshot through its tunnel), not
+        at their next heartbeat."""
+        for wake in list(self._trust_listeners):
+            wake.cancel()
 
     async def disconnect(self, cluster: str, reason: str) -> None:
         """Close every tunnel of ``cluster`` now (its trust was removed)."""
@@ -424,9 +433,23 @@ class TunnelServer:
         )
         await channel.send(hello_message(hello))
         self._register(record)
+        named: str | None = None  # the trust revision this node was last told of
+        pushes = False  # it reads a trust message at any time (its heartbeats say so)
         try:
             while True:
-                message = await channel.receive()
+                if pushes and trust is not None and named != trust.revision:
+                    named = trust.revision
+                    await channel.send({"type": "trust", "revision": named})
+                wake = trio.CancelScope()
+                if pushes:
+                    self._trust_listeners.add(wake)  # trust_moved wakes it to push
+                try:
+                    with wake:
+                        message = await channel.receive()  # keeps a partial message
+                finally:
+                    self._trust_listeners.discard(wake)
+                if wake.cancelled_caught:
+                    continue
                 if message is None:
                     break
                 if message["type"] != "heartbeat":
@@ -451,7 +474,8 @@ class TunnelServer:
                 if refused:
                     answer["inventory_refused"] = refused
                 if trust is not None:
-                    answer["trust"] = trust.revision
+                    answer["trust"] = named = trust.revision
+                    pushes = message.get("trust_push") is True
                 await channel.send(answer)
         except ControlError as exc:
             log.warning("tunnel %d from %s: %s; closing it", record.id, record.cluster, exc)
