@@ -73,6 +73,13 @@ def tunnel_pool(
     )
 
 
+async def tunnel_node(cluster: RunningCluster, hostname: str) -> tuple[str, AgentPool]:
+    """A node joined as ``hostname``: its host id, and its tunnels carrying its own entry."""
+    joined = await join(cluster, node_token(cluster), hostname)
+    host_id = joined.identity.username
+    return host_id, tunnel_pool(cluster, joined, lambda: [node_entry(host_id, hostname)])
+
+
 def listed_nodes(cluster: RunningCluster) -> dict[str, str]:
     """Host id -> hostname of every node ``tetherctl get nodes`` lists."""
     out = cluster.tetherctl("get", "nodes", "--format=json").stdout
@@ -95,9 +102,7 @@ async def test_a_tunnel_node_is_listed_by_its_tunnel_heartbeats_alone(
     tether_cluster_factory: object,
 ) -> None:
     cluster: RunningCluster = tether_cluster_factory("main")  # type: ignore[operator]
-    joined = await join(cluster, node_token(cluster), "quiet")
-    host_id = joined.identity.username
-    pool = tunnel_pool(cluster, joined, lambda: [node_entry(host_id, "quiet")])
+    host_id, pool = await tunnel_node(cluster, "quiet")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         await pool.wait_connected()
@@ -144,9 +149,7 @@ async def test_a_tunnel_node_learns_of_a_new_role_through_its_tunnel(
     tether_cluster_factory: object, tmp_path: pathlib.Path
 ) -> None:
     cluster: RunningCluster = tether_cluster_factory("main")  # type: ignore[operator]
-    joined = await join(cluster, node_token(cluster), "follower")
-    host_id = joined.identity.username
-    pool = tunnel_pool(cluster, joined, lambda: [node_entry(host_id, "follower")])
+    _, pool = await tunnel_node(cluster, "follower")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         await pool.wait_follows_trust()

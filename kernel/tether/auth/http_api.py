@@ -45,7 +45,7 @@ from tether.auth.request_bodies import (
     Signup,
     UpdateUser,
     read_body,
-    structure_body,
+    structure_each,
 )
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
@@ -287,13 +287,11 @@ def build_app(auth: AuthService) -> BodyLimit:
         proxy = _peer_identity(request, auth)
         body = await read_body(request, PublishRelayed)
         entries = []
-        for i, data in enumerate(body.entries, start=1):
+        for i, entry in enumerate(structure_each(body.entries, RelayedPublish, "entry"), 1):
             try:
-                entry = structure_body(data, RelayedPublish)
                 cert = base64.b64decode(entry.cert, validate=True)
-            except (TetherError, binascii.Error, ValueError) as exc:
-                why = exc.message if isinstance(exc, TetherError) else "cert is not base64"
-                raise TetherError(f"entry {i} of {len(body.entries)}: {why}") from None
+            except (binascii.Error, ValueError):
+                raise TetherError(f"entry {i}: cert is not base64") from None
             entries.append(RelayedEntry(cert, entry.resource, entry.ttl_seconds))
         refused = await auth.inventory.publish_relayed(
             proxy,
@@ -320,12 +318,7 @@ def build_app(auth: AuthService) -> BodyLimit:
         # recorded, so that a retried batch never records its first events twice
         identity = _peer_identity(request, auth)
         body = await read_body(request, AuditBatch)
-        events = []
-        for i, data in enumerate(body.events, start=1):
-            try:
-                events.append(structure_body(data, HostEvent))
-            except TetherError as exc:
-                raise TetherError(f"audit event {i} of {len(body.events)}: {exc.message}") from None
+        events = structure_each(body.events, HostEvent, "audit event")
         await auth.record_host_events(
             identity,
             [(e.type, e.user or "", e.fields or {}, e.success is not False) for e in events],
