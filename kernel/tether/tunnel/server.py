@@ -462,7 +462,10 @@ class TunnelServer:
                     # whose entries they are is the tunnel's certificate, never the message
                     relay.record(inventory_report(record.agent, _peer_der(tls), inventory))
                 record.status = {k: v for k, v in message.items() if k != "type"}
-                if self._recorder is not None:
+                # a node whose entries are relayed shows it is alive by them: its tunnel's
+                # heartbeats would be a second write per node per flush that no one reads
+                # (stored tunnel heartbeats say whether a leaf is online)
+                if self._recorder is not None and inventory is None:
                     self._recorder.record(
                         record.cluster, self.proxy_id, record.agent, record.status
                     )
