@@ -120,10 +120,16 @@ class Inventory:
         ``host_names`` (what the caller's certificate names) and be none of the cluster's
         own listening addresses. Each refusal is audited as ``host.publish.refused``.
         """
-        op = await self._checked(identity, resource, ttl, host_names)
-        if op is not None:
-            await self._ctx.backend.apply([op])
+        checked = await self._checked(identity, resource, ttl, host_names)
+        if checked is not None:
+            await self._apply([checked])
         await self._host_ids.keep(identity)
+
+    async def _apply(self, checked: Sequence[tuple[Op, Resource]]) -> None:
+        """Store checked entries in one write, kept decoded for the listings that follow."""
+        revision = await self._ctx.backend.apply([op for op, _ in checked])
+        for op, resource in checked:
+            self._ctx.decoded.written(op.key, revision, resource)
 
     async def publish_relayed(
         self,
@@ -145,7 +151,7 @@ class Inventory:
         if trust_revision != self._verified_revision:
             self._verified.clear()
             self._verified_revision = trust_revision
-        ops: dict[str, Op] = {}
+        ops: dict[str, tuple[Op, Resource]] = {}
         hosts: dict[str, pki.Identity] = {}
         results: list[str | None] = []
         for entry in entries:
@@ -154,18 +160,18 @@ class Inventory:
                 resource = resource_from_dict(
                     entry.resource, self._ctx.registry, source="relayed inventory entry"
                 )
-                op = await self._checked(
+                checked = await self._checked(
                     identity, resource, datetime.timedelta(seconds=entry.ttl_seconds), host_names
                 )
             except TetherError as exc:
                 results.append(exc.message)
                 continue
-            if op is not None:
-                ops[op.key] = op  # a key once per batch: the newest report wins
+            if checked is not None:
+                ops[checked[0].key] = checked  # a key once per batch: the newest report wins
             hosts[identity.username] = identity
             results.append(None)
         if ops:
-            await self._ctx.backend.apply(list(ops.values()))
+            await self._apply(list(ops.values()))
         for identity in hosts.values():
             await self._host_ids.keep(identity)
         return results
@@ -193,9 +199,10 @@ class Inventory:
         resource: Resource,
         ttl: datetime.timedelta,
         host_names: Collection[str],
-    ) -> Op | None:
-        """Check an entry (see :meth:`publish`); the write that stores it, or None when a
-        freely named entry was stored here already (with the compare its name needs)."""
+    ) -> tuple[Op, Resource] | None:
+        """Check an entry (see :meth:`publish`); the write that stores it and the entry as
+        stored, or None when a freely named entry was stored here already (with the compare
+        its name needs)."""
         ctx = self._ctx
         kind = ctx.registry.get(resource.kind)
         if not MIN_PUBLISH_TTL <= ttl <= MAX_PUBLISH_TTL:
@@ -212,7 +219,7 @@ class Inventory:
             )
             value = resource_to_bytes(stamped)
             if kind.publisher is None:  # named by the host id: nobody else may take it
-                return Op.put(kind.key_for(stamped), value, ttl=ttl.total_seconds())
+                return Op.put(kind.key_for(stamped), value, ttl=ttl.total_seconds()), stamped
             await self._put_unless_taken(identity, kind, stamped, value, ttl)
             return None
         except AccessDenied as exc:
