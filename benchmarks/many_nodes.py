@@ -3,8 +3,9 @@
 One run starts, on 127.0.0.1, a cluster (auth and proxy in one real ``tetherd``) and one real
 node ``bench-node`` in tunnel mode that serves SSH (``_benchlib/node_site.py``), measures the
 root with that one node, then joins ``--nodes`` - 1 lightweight nodes (each its own join with
-a node token, host certificate, tunnel, trust watch and heartbeats of its ``node`` resource,
-many per process; ``_benchlib/nodes.py``) and measures the same figures again, in the same run:
+a node token, host certificate, and tunnel, which carries its trust and the heartbeats of its
+``node`` resource, many per process, never more per process than its open-files limit holds;
+``_benchlib/nodes.py``) and measures the same figures again, in the same run:
 
 - ``tether ssh root@bench-node true``: wall time, a fresh client each run as a user types it,
   median and p90 of ``--runs`` runs after one discarded warm-up; the ratio many/one is reported
@@ -142,14 +143,16 @@ class Params:
         def pick(value: Any, quick: Any, full: Any) -> Any:
             return value if value is not None else (quick if args.quick else full)
 
+        count = pick(args.nodes, *reversed(FLEET_OPTIONS.count))
         params = cls(
             quick=args.quick,
-            nodes=pick(args.nodes, *reversed(FLEET_OPTIONS.count)),
+            nodes=count,
             ssh_runs=pick(args.runs, 5, 20),
             list_runs=pick(args.list_runs, 3, 10),
             idle_seconds=pick(args.idle_seconds, *reversed(FLEET_OPTIONS.idle_seconds)),
             join_timeout=pick(args.join_timeout, *reversed(FLEET_OPTIONS.join_timeout)),
-            node_processes=args.node_processes,
+            # each process under the hard limit on open files, which it cannot raise
+            node_processes=max(args.node_processes, nodes.processes_needed(count - 1)),
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
         )

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -54,7 +55,7 @@ from _benchlib.fleet import (
     report_tunnels,
 )
 
-__all__ = ["NodeFleet", "fleet"]
+__all__ = ["NodeFleet", "fleet", "processes_needed"]
 
 HERE = os.path.abspath(__file__)
 HEARTBEAT_REPORT_INTERVAL = 2.0  # seconds between heartbeat reports
@@ -62,6 +63,18 @@ JOIN_TIMEOUT = 120.0  # a root that slow to answer one node is broken, not slow
 #: sockets a node holds: its tunnel, and for a while after its start the HTTPS connection of
 #: its first trust read and heartbeat (kept 25 s)
 SOCKETS_PER_NODE = 2
+#: open files a nodes process needs besides its nodes' sockets
+FD_MARGIN = 200
+
+
+def processes_needed(count: int) -> int:
+    """The fewest processes ``count`` nodes fit in, each under this machine's hard limit on
+    open files (which a process without CAP_SYS_RESOURCE cannot raise)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 1
+    per_process = max(1, (hard - FD_MARGIN) // SOCKETS_PER_NODE)
+    return max(1, -(-count // per_process))
 
 
 class _Heartbeats:
