@@ -163,16 +163,33 @@ class InventoryRecorder(_Batches[str, InventoryReport]):
     them to auth in one write per ``flush_interval``: thousands of nodes behind one proxy cost
     one request and one storage transaction per flush, not one per node per heartbeat.
 
-    What auth refused of a host's last report is kept for its next heartbeat's answer
-    (:meth:`refusals`), so that the host can log why, as it would from a refused request.
+    A report the same as the one auth stored last for that host is not relayed again until
+    half its TTL has passed (less a flush): auth keeps the entry alive meanwhile, and a host
+    heartbeating every quarter of the TTL (as a node's agent does) is stored every other
+    heartbeat rather than at each. What auth refused of a host's last report is kept for its
+    next heartbeat's answer (:meth:`refusals`), so that the host can log why, as it would from
+    a refused request.
     """
 
-    def __init__(self, write: InventoryWriter, *, flush_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        write: InventoryWriter,
+        *,
+        flush_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(write, flush_interval=flush_interval, what="relayed inventory reports")
+        self._clock = clock
         self._refused: dict[str, str] = {}
+        #: the report auth stored last for each host, and when it is to be relayed again
+        self._stored: dict[str, tuple[InventoryReport, float]] = {}
 
     def record(self, report: InventoryReport) -> None:
-        """Note a host's report; its newest wins."""
+        """Note a host's report; its newest wins. One the same as what auth holds, and not
+        due yet, is not relayed."""
+        stored = self._stored.get(report.agent)
+        if stored is not None and stored[0] == report and self._clock() < stored[1]:
+            return
         self._put(report.agent, report)
 
     def refusals(self, agent: str) -> str | None:
@@ -180,10 +197,17 @@ class InventoryRecorder(_Batches[str, InventoryReport]):
         return self._refused.pop(agent, None)
 
     def forget(self, agent: str) -> None:
-        """The host's tunnel closed: its refusals will not be asked for."""
+        """The host's tunnel closed: its refusals will not be asked for, and what it reports
+        through its next tunnel is relayed at once."""
         self._refused.pop(agent, None)
+        self._stored.pop(agent, None)
 
     def _written(self, batch: Sequence[InventoryReport], result: Any) -> None:
-        for report, refused in zip(batch, result, strict=False):
+        now = self._clock()
+        for report, refused in zip(batch, result, strict=True):
             if refused:
                 self._refused[report.agent] = refused
+                self._stored.pop(report.agent, None)  # tried again at its next heartbeat
+            else:
+                due = now + report.ttl_seconds / 2 - self.flush_interval
+                self._stored[report.agent] = (report, due)

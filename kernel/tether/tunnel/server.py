@@ -389,6 +389,8 @@ class TunnelServer:
                     )
         finally:
             self._unregister(record)
+            if own_node and self._inventory is not None:
+                self._inventory.forget(record.agent)
             log.info(
                 "tunnel %d from cluster %s closed: %s",
                 record.id,
