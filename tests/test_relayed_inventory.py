@@ -98,10 +98,14 @@ def node_token(cluster: RunningCluster) -> str:
     return str(json.loads(added)["token"])
 
 
+@pytest.fixture
+def cluster(tether_cluster_factory: object) -> RunningCluster:
+    return tether_cluster_factory("main")  # type: ignore[operator,no-any-return]
+
+
 async def test_a_tunnel_node_is_listed_by_its_tunnel_heartbeats_alone(
-    tether_cluster_factory: object,
+    cluster: RunningCluster,
 ) -> None:
-    cluster: RunningCluster = tether_cluster_factory("main")  # type: ignore[operator]
     host_id, pool = await tunnel_node(cluster, "quiet")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
@@ -113,9 +117,8 @@ async def test_a_tunnel_node_is_listed_by_its_tunnel_heartbeats_alone(
 
 
 async def test_a_node_cannot_publish_another_nodes_entry_through_its_tunnel(
-    tether_cluster_factory: object, caplog: pytest.LogCaptureFixture
+    cluster: RunningCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cluster: RunningCluster = tether_cluster_factory("main")  # type: ignore[operator]
     token = node_token(cluster)
     victim = await join(cluster, token, "victim")
     attacker = await join(cluster, token, "attacker")
@@ -146,9 +149,8 @@ async def test_a_node_cannot_publish_another_nodes_entry_through_its_tunnel(
 
 
 async def test_a_tunnel_node_learns_of_a_new_role_through_its_tunnel(
-    tether_cluster_factory: object, tmp_path: pathlib.Path
+    cluster: RunningCluster, tmp_path: pathlib.Path
 ) -> None:
-    cluster: RunningCluster = tether_cluster_factory("main")  # type: ignore[operator]
     _, pool = await tunnel_node(cluster, "follower")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
