@@ -343,11 +343,7 @@ class AgentPool:
                         # the answer proves the proxy alive, so the tunnel sends it no PINGs:
                         # the round trip is measured here instead
                         conn.rtt = trio.current_time() - sent
-                        self._learn(parse_proxies(answer))
-                        self._trust_named(tunnel, answer)
-                        refused = answer.get("inventory_refused")
-                        if refused:
-                            log.warning("auth refused this host's inventory entries: %s", refused)
+                        self._answered(tunnel, answer)
                 failed: list[BaseException] = []
                 with trio.move_on_after(interval):
                     async with trio.open_nursery() as nursery:
@@ -383,16 +379,26 @@ class AgentPool:
         failed: list[BaseException],
     ) -> None:
         """Take in what the proxy sends between heartbeats (ControlChannel.receive keeps a
-        partly read message when cancelled, for the next heartbeat's answer); a failure ends
-        the wait and goes in ``failed``, for the heartbeat loop to raise."""
+        partly read message when cancelled, for the next heartbeat's answer): its trust
+        pushes, and an answer that came after this side stopped waiting for it (a proxy
+        slower than ``dead_after``), taken as any answer; a failure ends the wait and goes in
+        ``failed``, for the heartbeat loop to raise."""
         try:
-            message = await self._receive(tunnel, control)
-            if message is not None:
-                raise ControlError(f"unexpected control message {message['type']!r}")
+            while (message := await self._receive(tunnel, control)) is not None:
+                if message["type"] == "ack":
+                    self._answered(tunnel, message)
             failed.append(trio.ClosedResourceError("the proxy closed the control stream"))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ControlError) as exc:
             failed.append(exc)
         nursery.cancel_scope.cancel()
+
+    def _answered(self, tunnel: _Tunnel, answer: dict[str, Any]) -> None:
+        """Take in a heartbeat's answer: the proxies, the trust named, any refusal."""
+        self._learn(parse_proxies(answer))
+        self._trust_named(tunnel, answer)
+        refused = answer.get("inventory_refused")
+        if refused:
+            log.warning("auth refused this host's inventory entries: %s", refused)
 
     def _trust_named(self, tunnel: _Tunnel, message: dict[str, Any]) -> None:
         """Note the trust revision the proxy named in an answer or a push."""
