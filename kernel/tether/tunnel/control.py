@@ -30,6 +30,7 @@ from tether.tunnel.heartbeats import InventoryReport
 
 __all__ = [
     "CONTROL_TARGET",
+    "MAX_LISTING",
     "TRUST_TARGET",
     "ControlChannel",
     "ControlError",
@@ -44,6 +45,9 @@ CONTROL_TARGET = "@control"
 TRUST_TARGET = "@trust"
 #: a control message larger than this is a protocol violation (a peer trying to exhaust memory)
 MAX_MESSAGE = 64 * 1024
+#: the largest answer to a ``list`` request (``tether ls``): a target's document is a few
+#: hundred bytes, and a cluster may have 10,000 nodes and more
+MAX_LISTING = 64 * 1024 * 1024
 
 
 class ControlError(TetherError):
@@ -89,8 +93,9 @@ class Hello:
 class ControlChannel:
     """JSON lines over a stream, with a bound on message size."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, max_message: int = MAX_MESSAGE) -> None:
         self.stream = stream
+        self.max_message = max_message
         self._buffer = bytearray()
 
     async def send(self, message: Mapping[str, Any]) -> None:
@@ -110,8 +115,8 @@ class ControlChannel:
                 if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                     raise ControlError("control message has no type")
                 return message
-            if len(self._buffer) > MAX_MESSAGE:
-                raise ControlError(f"control message longer than {MAX_MESSAGE} bytes")
+            if len(self._buffer) > self.max_message:
+                raise ControlError(f"control message longer than {self.max_message} bytes")
             data = await self.stream.receive_some()
             if not data:
                 return None
