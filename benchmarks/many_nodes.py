@@ -3,8 +3,9 @@
 One run starts, on 127.0.0.1, a cluster (auth and proxy in one real ``tetherd``) and one real
 node ``bench-node`` in tunnel mode that serves SSH (``_benchlib/node_site.py``), measures the
 root with that one node, then joins ``--nodes`` - 1 lightweight nodes (each its own join with
-a node token, host certificate, tunnel, trust watch and heartbeats of its ``node`` resource,
-many per process; ``_benchlib/nodes.py``) and measures the same figures again, in the same run:
+a node token, host certificate, and tunnel, which carries its trust and the heartbeats of its
+``node`` resource, many per process, never more per process than its open-files limit holds;
+``_benchlib/nodes.py``) and measures the same figures again, in the same run:
 
 - ``tether ssh root@bench-node true``: wall time, a fresh client each run as a user types it,
   median and p90 of ``--runs`` runs after one discarded warm-up; the ratio many/one is reported
@@ -85,9 +86,10 @@ RSS_TARGET_MIB = 2048.0  # the root's idle VmRSS with every node
 IDLE_CPU_TARGET_PERCENT = 25.0  # the root's idle CPU with every node, % of one core
 COMMAND_TIMEOUT = 180.0
 LIST_POLL_INTERVAL = 5.0  # seconds between `get nodes` polls while waiting for every node
-#: sockets the root holds per node (its tunnel, its trust watch, a heartbeat's connection),
-#: and the proxy's own to auth: the open-files limit the root needs
-ROOT_SOCKETS_PER_NODE = 4
+#: sockets the root holds per node: its tunnel (trust and heartbeats ride in it; the HTTPS
+#: connection of a node's first trust read and heartbeat closes 25 s after its start): the
+#: open-files limit the root needs
+ROOT_SOCKETS_PER_NODE = 1
 
 
 FLEET_OPTIONS = root_watch.FleetOptions(
@@ -141,14 +143,16 @@ class Params:
         def pick(value: Any, quick: Any, full: Any) -> Any:
             return value if value is not None else (quick if args.quick else full)
 
+        count = pick(args.nodes, *reversed(FLEET_OPTIONS.count))
         params = cls(
             quick=args.quick,
-            nodes=pick(args.nodes, *reversed(FLEET_OPTIONS.count)),
+            nodes=count,
             ssh_runs=pick(args.runs, 5, 20),
             list_runs=pick(args.list_runs, 3, 10),
             idle_seconds=pick(args.idle_seconds, *reversed(FLEET_OPTIONS.idle_seconds)),
             join_timeout=pick(args.join_timeout, *reversed(FLEET_OPTIONS.join_timeout)),
-            node_processes=args.node_processes,
+            # each process under the hard limit on open files, which it cannot raise
+            node_processes=max(args.node_processes, nodes.processes_needed(count - 1)),
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
         )
@@ -179,8 +183,9 @@ class Params:
             "sampled every second while nodes join",
             "heartbeat_interval_seconds": HEARTBEAT_INTERVAL.total_seconds(),
             "entry_ttl_seconds": ENTRY_TTL.total_seconds(),
-            "heartbeats": "one PUT /v1/presence per node per interval through the proxy, as "
-            "tether.node.agent sends them (it does not batch)",
+            "heartbeats": "one PUT /v1/presence per node at its start (as tether.node.agent "
+            "checks its first one), then its entry in its tunnel's heartbeats, which the "
+            "proxy relays to auth in one PUT /v1/presence/relayed per flush (5 s)",
             "list_poll_interval_seconds": LIST_POLL_INTERVAL,
             "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
             "settings_changed": {

@@ -4,10 +4,12 @@ crash; a client cannot speak for the proxy (``client``, ``user_cert``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +24,7 @@ from tether.dial import (
     parse_targets,
     targets_answer,
 )
-from tether.tunnel.control import MAX_MESSAGE, ControlChannel, ControlError
+from tether.tunnel.control import MAX_LISTING, MAX_MESSAGE, ControlChannel, ControlError
 
 
 def test_a_dial_request_survives_the_round_trip_as_strings() -> None:
@@ -148,3 +150,34 @@ def test_list_and_host_cas_answers() -> None:
         parse_targets({"type": "targets", "targets": ["not a document"]})
     with pytest.raises(ControlError):
         parse_host_cas({"type": "targets", "targets": []})
+
+
+async def test_a_listing_of_thousands_of_targets_fits_where_a_request_would_not() -> None:
+    # `tether ls` on a cluster of 3,000 nodes is answered in megabytes, arriving a TLS record
+    # at a time; a request stays capped at MAX_MESSAGE
+    targets = [{"kind": "node", "metadata": {"name": f"node-{i}"}} for i in range(5000)]
+    line = json.dumps({"type": "targets", "targets": targets}).encode() + b"\n"
+    assert len(line) > MAX_MESSAGE
+    for limit in (MAX_LISTING, MAX_MESSAGE):
+        client, server = trio.testing.memory_stream_pair()
+        channel = ControlChannel(server, max_message=limit)
+        received: list[Any] = []
+
+        async def receive(channel: ControlChannel = channel, into: list[Any] = received) -> None:
+            try:
+                into.append(await channel.receive())
+            except ControlError as exc:
+                into.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for start in range(0, len(line), 16 * 1024):
+                await client.send_all(line[start : start + 16 * 1024])
+                await trio.testing.wait_all_tasks_blocked()
+                if received:
+                    break
+        [answer] = received
+        if limit == MAX_LISTING:
+            assert len(answer["targets"]) == 5000
+        else:
+            assert isinstance(answer, ControlError) and "longer than" in str(answer)

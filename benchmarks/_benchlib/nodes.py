@@ -9,13 +9,16 @@ node's agent (:class:`tether.node.agent.NodeAgent`) makes, in its order:
    ``POST /webapi/join`` with the node token, the host role ``Node`` (the SSH protocol's) and
    the public halves of a fresh Ed25519 key: a host certificate (SSH and X.509) comes back;
 2. an :class:`tether.auth.http_client.AuthClient` to the proxy with that certificate
-   (:func:`tether.node.join.host_client_context`): the trust read once, then watched
-   (``GET /v1/trust?known=REV&wait=15``, as :class:`tether.trust.cache.TrustCache` does);
+   (:func:`tether.node.join.host_client_context`): the trust read once over HTTPS;
 3. a tunnel: an :class:`tether.tunnel.agent.AgentPool` dialling the proxy with ALPN
-   ``tether-tunnel/1`` and the host certificate, accepting only a ``proxy`` certificate;
+   ``tether-tunnel/1`` and the host certificate, accepting only a ``proxy`` certificate; the
+   trust then followed through it, as :class:`tether.trust.cache.TrustCache` follows it (read
+   on a ``@trust`` stream when the revision the proxy names in its answers moves);
 4. its ``node`` resource (the SSH plugin's :data:`tether_ssh.inventory.NODE`, ``use_tunnel``)
-   published at start and every :data:`tether.node.agent.HEARTBEAT_INTERVAL` with the
-   agent's TTL, one ``PUT /v1/presence`` per node per heartbeat, as the agent sends them;
+   published at start over HTTPS (``PUT /v1/presence``, as the agent checks its first
+   heartbeat), then in the tunnel's heartbeats with the agent's TTL, which the proxy relays to
+   auth in batches (or over HTTPS every :data:`tether.node.agent.HEARTBEAT_INTERVAL` if the
+   proxy does not relay them), as the agent sends them;
 5. renewal of its certificates at two thirds of their lifetime
    (:func:`tether.node.join.keep_renewed`), new tunnels after it.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -51,13 +55,26 @@ from _benchlib.fleet import (
     report_tunnels,
 )
 
-__all__ = ["NodeFleet", "fleet"]
+__all__ = ["NodeFleet", "fleet", "processes_needed"]
 
 HERE = os.path.abspath(__file__)
 HEARTBEAT_REPORT_INTERVAL = 2.0  # seconds between heartbeat reports
 JOIN_TIMEOUT = 120.0  # a root that slow to answer one node is broken, not slow
-#: sockets a node holds: its tunnel, its trust watch's connection and its heartbeat's
-SOCKETS_PER_NODE = 3
+#: sockets a node holds: its tunnel, and for a while after its start the HTTPS connection of
+#: its first trust read and heartbeat (kept 25 s)
+SOCKETS_PER_NODE = 2
+#: open files a nodes process needs besides its nodes' sockets
+FD_MARGIN = 200
+
+
+def processes_needed(count: int) -> int:
+    """The fewest processes ``count`` nodes fit in, each under this machine's hard limit on
+    open files (which a process without CAP_SYS_RESOURCE cannot raise)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 1
+    per_process = max(1, (hard - FD_MARGIN) // SOCKETS_PER_NODE)
+    return max(1, -(-count // per_process))
 
 
 class _Heartbeats:
@@ -65,6 +82,8 @@ class _Heartbeats:
 
     def __init__(self) -> None:
         self.published: set[str] = set()
+        #: nodes whose tunnel's heartbeats carry their entry (their proxy relays it)
+        self.relayed: set[str] = set()
         self.sent = 0
         self.refused = 0
         self.latencies: list[float] = []
@@ -83,6 +102,7 @@ class _Heartbeats:
         got, self.latencies = sorted(self.latencies), []
         return {
             "nodes_published": len(self.published),
+            "nodes_relayed": len(self.relayed),
             "sent": self.sent,
             "refused": self.refused,
             "period_latency_median_s": round(statistics.median(got), 4) if got else None,
@@ -137,16 +157,34 @@ async def run_nodes(args: argparse.Namespace, out: IO[str]) -> None:
             return
         beats.ok(name, time.perf_counter() - started)
 
-    async def heartbeat(api: AuthClient, name: str, document: dict[str, Any]) -> None:
+    async def heartbeat(
+        api: AuthClient, pool: AgentPool, name: str, document: dict[str, Any]
+    ) -> None:
         while True:
             await trio.sleep(HEARTBEAT_INTERVAL.total_seconds())
+            if pool.relays_inventory():
+                beats.relayed.add(name)
+                continue  # the tunnel's heartbeats carry it
+            beats.relayed.discard(name)
             await publish(api, name, document)
 
-    async def watch_trust(api: AuthClient, known: str | None) -> None:
+    async def follow_trust(api: AuthClient, pool: AgentPool, known: str | None) -> None:
         # what TrustCache.run does over the wire; the snapshots are not the root's cost
-        async with contextlib.aclosing(api.watch_trust(known)) as snapshots:
-            async for _ in snapshots:
-                pass
+        seen = known
+        while True:
+            if not pool.follows_trust():
+                with trio.move_on_after(HEARTBEAT_INTERVAL.total_seconds()):
+                    await pool.wait_follows_trust()
+                if not pool.follows_trust():  # an older proxy: watch over HTTPS
+                    async with contextlib.aclosing(api.watch_trust(seen)) as snapshots:
+                        async for _ in snapshots:
+                            pass
+            await pool.wait_trust(seen)
+            if pool.follows_trust():
+                moved_to = pool.trust_revision()
+                with contextlib.suppress(*failures, trio.BrokenResourceError):
+                    await pool.read_trust()
+                seen = moved_to
 
     async def node(name: str, nursery: trio.Nursery) -> None:
         host = str(uuid.uuid4())
@@ -175,7 +213,6 @@ async def run_nodes(args: argparse.Namespace, out: IO[str]) -> None:
             emit(out, "failed", node=name, error=f"trust: {type(exc).__name__}: {exc}")
             await api.aclose()
             return
-        nursery.start_soon(watch_trust, api, first.get("revision"))
         tunnel_context = host_client_context(joined, alpn=[TUNNEL_ALPN], peer_kinds=("proxy",))
 
         async def dial(addr: str) -> trio.abc.Stream:
@@ -187,15 +224,21 @@ async def run_nodes(args: argparse.Namespace, out: IO[str]) -> None:
                 server_hostname=target.connect_host,
             )
 
-        pool = AgentPool(
-            cluster=joined.identity.cluster, tunnel_addr=args.proxy, dial=dial, handle_stream=refuse
-        )
-        pools[name] = pool
-        await nursery.start(pool.run)
         spec = NodeSpec(hostname=name, addr="", use_tunnel=True, version=__version__)
         document = resource_to_dict(NODE.new(host, spec, labels={}))
+        inventory = {"ttl": ENTRY_TTL.total_seconds(), "entries": [document]}
+        pool = AgentPool(
+            cluster=joined.identity.cluster,
+            tunnel_addr=args.proxy,
+            dial=dial,
+            handle_stream=refuse,
+            inventory=lambda: inventory,
+        )
+        pools[name] = pool
+        nursery.start_soon(follow_trust, api, pool, first.get("revision"))
+        await nursery.start(pool.run)
         await publish(api, name, document)
-        nursery.start_soon(heartbeat, api, name, document)
+        nursery.start_soon(heartbeat, api, pool, name, document)
 
         async def renew() -> Any:
             renewed: JoinedIdentity = await renew_identity(api, hostname=name)
@@ -256,6 +299,7 @@ class NodeFleet(ProcessFleet):
         medians = [r["period_latency_median_s"] for r in reports if r["period_latency_median_s"]]
         return {
             "nodes_published": sum(int(r["nodes_published"]) for r in reports),
+            "nodes_relayed": sum(int(r.get("nodes_relayed", 0)) for r in reports),
             "sent": sum(int(r["sent"]) for r in reports),
             "refused": sum(int(r["refused"]) for r in reports),
             "period_latency_median_s_worst": max(medians, default=None),

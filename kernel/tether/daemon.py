@@ -53,7 +53,9 @@ async def _start_auth(
     pm: TetherPluginManager,
     backend: Backend,
     nursery: trio.Nursery,
-) -> tuple[AuthService, str]:
+) -> tuple[AuthService, str, Any]:
+    """Start the auth service and its listener; returns it, its address and the ASGI app
+    that listener serves (which a proxy in this process calls directly)."""
     auth = await AuthService.open(config=config, pm=pm, backend=backend)
     # the trust auth decides with and pushes to proxies and nodes follows the store
     await nursery.start(auth.trust_feed.run)
@@ -87,7 +89,8 @@ async def _start_auth(
         client_auth="optional",
         alpn=HTTP_ALPN,
     )
-    handler = ASGIHandler(build_auth_app(auth))
+    app = build_auth_app(auth)
+    handler = ASGIHandler(app)
     routes = dict.fromkeys(HTTP_ALPN, handler)
     port = await listen_tls(nursery, "auth_service.listen_addr", listen, ctx, routes)
     auth.service_addrs["auth service"] = HostPort(listen.host, port)
@@ -108,7 +111,7 @@ async def _start_auth(
         auth.cluster_name,
         auth.ca_pin,
     )
-    return auth, addr
+    return auth, addr, app
 
 
 async def wait_for_stop_signal() -> None:
@@ -174,7 +177,7 @@ async def _run_services(
     ctx = ServiceContext(config=config, pm=pm, nursery=nursery)
     nursery.start_soon(_stop_gracefully, nursery.cancel_scope, ctx, stop)
     if backend is not None:
-        auth, auth_addr = await _start_auth(config, pm, backend, nursery)
+        auth, auth_addr, auth_app = await _start_auth(config, pm, backend, nursery)
         info["auth_addr"] = auth_addr
         info["ca_pin"] = auth.ca_pin
         ctx.local_auth = auth
@@ -186,7 +189,14 @@ async def _run_services(
             # the proxy's
             await auth.hold_own_host_id()
             info["proxy_addr"] = await start_proxy(
-                config, me, f"https://{auth_addr}", stack, nursery, ctx, local_auth=auth
+                config,
+                me,
+                f"https://{auth_addr}",
+                stack,
+                nursery,
+                ctx,
+                local_auth=auth,
+                local_auth_app=auth_app,
             )
     elif config.proxy_service.enabled:
         me, auth_url = await joined_proxy_identity(config)

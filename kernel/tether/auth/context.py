@@ -17,6 +17,7 @@ import attrs
 from cryptography import x509
 
 from tether import audit, pki
+from tether.auth.decoded import DecodedResources
 from tether.backend import Backend
 from tether.config import Config
 from tether.errors import AccessDenied
@@ -39,6 +40,10 @@ class AuthContext:
     registry: KindRegistry
     authorities: pki.ClusterAuthorities
     clock: Callable[[], float]
+    #: stored resources decoded once per revision (listings of thousands of node entries)
+    decoded: DecodedResources = attrs.field(
+        default=attrs.Factory(lambda self: DecodedResources(self.registry), takes_self=True)
+    )
 
     @property
     def cluster_name(self) -> str:

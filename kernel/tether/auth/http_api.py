@@ -24,6 +24,7 @@ from starlette.routing import Route
 from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.http_client import FORWARDED_CERT_HEADER
+from tether.auth.inventory import RelayedEntry
 from tether.auth.request_bodies import (
     AddToken,
     AddUser,
@@ -37,12 +38,14 @@ from tether.auth.request_bodies import (
     Join,
     LoginPassword,
     Publish,
+    PublishRelayed,
+    RelayedPublish,
     RenewHost,
     SignCertificate,
     Signup,
     UpdateUser,
     read_body,
-    structure_body,
+    structure_each,
 )
 from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
@@ -276,6 +279,26 @@ def build_app(auth: AuthService) -> BodyLimit:
         )
         return JSONResponse({"published": resource.metadata.name})
 
+    async def publish_relayed(request: Request) -> JSONResponse:
+        # a proxy's batch of its tunnel-mode nodes' inventory heartbeats: each entry is
+        # checked as the node whose certificate the proxy passes on (verified here)
+        proxy = _peer_identity(request, auth)
+        body = await read_body(request, PublishRelayed)
+        entries = []
+        for i, entry in enumerate(structure_each(body.entries, RelayedPublish, "entry"), 1):
+            try:
+                cert = base64.b64decode(entry.cert, validate=True)
+            except (binascii.Error, ValueError):
+                raise TetherError(f"entry {i}: cert is not base64") from None
+            entries.append(RelayedEntry(cert, entry.resource, entry.ttl_seconds))
+        refused = await auth.inventory.publish_relayed(
+            proxy,
+            entries,
+            verify=auth.verify_client,
+            trust_revision=auth.trust_feed.revision,
+        )
+        return JSONResponse({"refused": refused})
+
     async def record_event(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
         body = await read_body(request, HostEvent)
@@ -293,12 +316,7 @@ def build_app(auth: AuthService) -> BodyLimit:
         # recorded, so that a retried batch never records its first events twice
         identity = _peer_identity(request, auth)
         body = await read_body(request, AuditBatch)
-        events = []
-        for i, data in enumerate(body.events, start=1):
-            try:
-                events.append(structure_body(data, HostEvent))
-            except TetherError as exc:
-                raise TetherError(f"audit event {i} of {len(body.events)}: {exc.message}") from None
+        events = structure_each(body.events, HostEvent, "audit event")
         await auth.record_host_events(
             identity,
             [(e.type, e.user or "", e.fields or {}, e.success is not False) for e in events],
@@ -414,6 +432,7 @@ def build_app(auth: AuthService) -> BodyLimit:
             Route("/v1/audit/batch", record_events, methods=["POST"]),
             Route("/v1/certificates", sign_certificate, methods=["POST"]),
             Route("/v1/presence", publish, methods=["PUT"]),
+            Route("/v1/presence/relayed", publish_relayed, methods=["PUT"]),
             Route("/v1/hosts/renew", renew_host, methods=["POST"]),
             Route("/v1/tunnels/heartbeats", record_heartbeats, methods=["PUT"]),
             Route("/v1/trust", trust, methods=["GET"]),

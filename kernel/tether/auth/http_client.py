@@ -7,6 +7,7 @@ forwards ``/v1/`` requests to auth with the user's certificate.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import pathlib
@@ -29,6 +30,7 @@ from tether.httpclient import json_or_none, request_body
 if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and that one trio
     from cryptography import x509
 
+    from tether.auth.in_process import InProcessAuth
     from tether.tunnel.heartbeats import HeartbeatRecord
 
 __all__ = ["FORWARDED_CERT_HEADER", "TRUST_WAIT", "AuthClient", "admin_client"]
@@ -58,6 +60,8 @@ class AuthClient:
 
     :param base_url: ``https://host:port`` of auth, or of a proxy that forwards to it.
     :param ssl_context: carries the client certificate and the CAs trusted for the server.
+    :param transport: auth in this process (:class:`~tether.auth.in_process.InProcessAuth`),
+        called without a socket; ``base_url`` is then its ``IN_PROCESS_URL``.
     """
 
     def __init__(
@@ -67,9 +71,11 @@ class AuthClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        transport: InProcessAuth | None = None,
     ) -> None:
         self.base_url = base_url
         self._context = ssl_context
+        self._transport = transport
         self._headers = dict(headers or {})
         self._timeout = timeout
         self._http = self._open()
@@ -80,6 +86,7 @@ class AuthClient:
         return httpx.AsyncClient(
             base_url=self.base_url,
             verify=self._context,
+            transport=self._transport,
             headers=self._headers,
             timeout=self._timeout,
             # no cap on connections: a proxy forwards each tunnel-mode node's trust watch,
@@ -99,6 +106,8 @@ class AuthClient:
         close once the requests under way on them are done.
         """
         pki.present_certificate(self._context, cert, key)
+        if self._transport is not None:
+            self._transport.present_certificate(cert)
         previous, self._http = self._http, self._open()
         if not self._requests.get(previous):
             await previous.aclose()
@@ -169,6 +178,31 @@ class AuthClient:
             "/v1/presence",
             json={"resource": dict(document), "ttl_seconds": ttl.total_seconds()},
         )
+
+    async def publish_relayed(
+        self, entries: Sequence[tuple[bytes, Mapping[str, Any], float]]
+    ) -> list[str | None]:
+        """Relay the inventory entries of the hosts whose tunnels this proxy holds (only the
+        cluster's proxies may): each is ``(the host's certificate (DER), entry, ttl in
+        seconds)``. Returns, per entry, None when stored or why auth refused it."""
+        body = await self.call(
+            "PUT",
+            "/v1/presence/relayed",
+            json={
+                "entries": [
+                    {
+                        "cert": base64.b64encode(cert).decode(),
+                        "resource": dict(document),
+                        "ttl_seconds": ttl,
+                    }
+                    for cert, document, ttl in entries
+                ]
+            },
+        )
+        refused = body.get("refused") if isinstance(body, dict) else None
+        if not isinstance(refused, list) or len(refused) != len(entries):
+            raise TetherError("auth answered a relayed inventory batch with nonsense")
+        return [str(why) if why else None for why in refused]
 
     async def trust(self, known: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
         """What the cluster trusts (:meth:`tether.trust.ClusterTrust.to_json` and its

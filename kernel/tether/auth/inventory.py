@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -26,7 +26,13 @@ from tether.backend import Op
 from tether.config import HostPort
 from tether.durations import format_duration
 from tether.errors import AccessDenied, AlreadyExists, CompareFailed, TetherError
-from tether.resources import Resource, ResourceKind, resource_from_bytes, resource_to_bytes
+from tether.resources import (
+    Resource,
+    ResourceKind,
+    resource_from_bytes,
+    resource_from_dict,
+    resource_to_bytes,
+)
 from tether.token_types import host_roles
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "MIN_PUBLISH_TTL",
     "REMOTE_OFFLINE_AFTER",
     "Inventory",
+    "RelayedEntry",
 ]
 
 #: a tunnel that has not heartbeated for this long is forgotten by storage
@@ -44,6 +51,8 @@ HEARTBEAT_TTL = 600.0
 MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
 MAX_PUBLISH_TTL = datetime.timedelta(hours=1)
 _EVENT_TYPE = audit.EVENT_TYPE
+#: relayed hosts' certificates kept verified at most (a few times a large cluster's hosts)
+MAX_VERIFIED_HOSTS = 100_000
 
 
 def _local_host(host: str) -> bool:
@@ -68,6 +77,16 @@ def _reaches(addr: HostPort, listener: HostPort) -> bool:
     return _local_host(addr.host) and _local_host(listener.host)
 
 
+@attrs.frozen
+class RelayedEntry:
+    """An inventory entry a proxy relays for a host: the certificate the host's tunnel
+    presented (DER), the entry as the host sent it, and the TTL it asked for."""
+
+    cert: bytes
+    resource: Mapping[str, Any]
+    ttl_seconds: float
+
+
 class Inventory:
     """The hosts' reports, checked against the identity of the host that sends them."""
 
@@ -77,6 +96,9 @@ class Inventory:
         #: the addresses this cluster's services in this process listen on, by service (the
         #: daemon fills it once they are bound): no host may register one as its own
         self.service_addrs: dict[str, HostPort] = {}
+        #: relayed hosts' certificates verified under :attr:`_verified_revision` of the trust
+        self._verified: dict[bytes, tuple[pki.Identity, frozenset[str]]] = {}
+        self._verified_revision = ""
 
     async def publish(
         self,
@@ -98,6 +120,89 @@ class Inventory:
         ``host_names`` (what the caller's certificate names) and be none of the cluster's
         own listening addresses. Each refusal is audited as ``host.publish.refused``.
         """
+        checked = await self._checked(identity, resource, ttl, host_names)
+        if checked is not None:
+            await self._apply([checked])
+        await self._host_ids.keep(identity)
+
+    async def _apply(self, checked: Sequence[tuple[Op, Resource]]) -> None:
+        """Store checked entries in one write, kept decoded for the listings that follow."""
+        revision = await self._ctx.backend.apply([op for op, _ in checked])
+        for op, resource in checked:
+            self._ctx.decoded.written(op.key, revision, resource)
+
+    async def publish_relayed(
+        self,
+        proxy: pki.Identity,
+        entries: Sequence[RelayedEntry],
+        *,
+        verify: Callable[[bytes], pki.Identity],
+        trust_revision: str,
+    ) -> list[str | None]:
+        """Store the entries a proxy relays for the nodes whose tunnels it holds (their
+        inventory heartbeats, :class:`tether.tunnel.heartbeats.InventoryRecorder`), in one
+        backend write. Each entry is checked exactly as :meth:`publish` checks it, as the
+        host whose certificate the proxy passes on (the one its tunnel presented, verified
+        here: the proxy cannot name a host it holds no certificate of). Returns, for each
+        entry, None when stored or why it was refused.
+        """
+        if proxy.kind != "proxy" or proxy.cluster != self._ctx.cluster_name:
+            raise AccessDenied("only the cluster's proxies may relay their hosts' inventory")
+        if trust_revision != self._verified_revision:
+            self._verified.clear()
+            self._verified_revision = trust_revision
+        ops: dict[str, tuple[Op, Resource]] = {}
+        hosts: dict[str, pki.Identity] = {}
+        results: list[str | None] = []
+        for entry in entries:
+            try:
+                identity, host_names = self._verified_host(entry.cert, verify)
+                resource = resource_from_dict(
+                    entry.resource, self._ctx.registry, source="relayed inventory entry"
+                )
+                checked = await self._checked(
+                    identity, resource, datetime.timedelta(seconds=entry.ttl_seconds), host_names
+                )
+            except TetherError as exc:
+                results.append(exc.message)
+                continue
+            if checked is not None:
+                ops[checked[0].key] = checked  # a key once per batch: the newest report wins
+            hosts[identity.username] = identity
+            results.append(None)
+        if ops:
+            await self._apply(list(ops.values()))
+        for identity in hosts.values():
+            await self._host_ids.keep(identity)
+        return results
+
+    def _verified_host(
+        self, cert: bytes, verify: Callable[[bytes], pki.Identity]
+    ) -> tuple[pki.Identity, frozenset[str]]:
+        """The identity and host names of a relayed host's certificate, verified once per
+        certificate and trust revision (a node's certificate lasts hours; its heartbeats come
+        every few seconds) and checked for expiry each time."""
+        found = self._verified.get(cert)
+        if found is None:
+            identity = verify(cert)
+            if len(self._verified) >= MAX_VERIFIED_HOSTS:  # renewals leave old ones behind
+                self._verified.clear()
+            found = self._verified[cert] = (identity, pki.x509_host_names(cert))
+        elif found[0].expires <= self._ctx.now():
+            del self._verified[cert]
+            raise AccessDenied(f"the certificate of {found[0].label} has expired")
+        return found
+
+    async def _checked(
+        self,
+        identity: pki.Identity,
+        resource: Resource,
+        ttl: datetime.timedelta,
+        host_names: Collection[str],
+    ) -> tuple[Op, Resource] | None:
+        """Check an entry (see :meth:`publish`); the write that stores it and the entry as
+        stored, or None when a freely named entry was stored here already (with the compare
+        its name needs)."""
         ctx = self._ctx
         kind = ctx.registry.get(resource.kind)
         if not MIN_PUBLISH_TTL <= ttl <= MAX_PUBLISH_TTL:
@@ -114,9 +219,9 @@ class Inventory:
             )
             value = resource_to_bytes(stamped)
             if kind.publisher is None:  # named by the host id: nobody else may take it
-                await ctx.backend.put(kind.key_for(stamped), value, ttl=ttl.total_seconds())
-            else:
-                await self._put_unless_taken(identity, kind, stamped, value, ttl)
+                return Op.put(kind.key_for(stamped), value, ttl=ttl.total_seconds()), stamped
+            await self._put_unless_taken(identity, kind, stamped, value, ttl)
+            return None
         except AccessDenied as exc:
             fields = {"role": identity.kind, "kind": kind.name, "name": resource.metadata.name}
             await ctx.audit_event(
@@ -126,7 +231,6 @@ class Inventory:
                 success=False,
             )
             raise
-        await self._host_ids.keep(identity)
 
     def _check_publisher(
         self, identity: pki.Identity, kind: ResourceKind, resource: Resource

@@ -11,7 +11,7 @@ string``): a missing field reads as a null one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -36,12 +36,15 @@ __all__ = [
     "Join",
     "LoginPassword",
     "Publish",
+    "PublishRelayed",
+    "RelayedPublish",
     "RenewHost",
     "SignCertificate",
     "Signup",
     "UpdateUser",
     "read_body",
     "structure_body",
+    "structure_each",
 ]
 
 T = TypeVar("T")
@@ -171,6 +174,17 @@ def structure_body(data: Mapping[str, Any], cls: type[T]) -> T:
         raise _refusal(exc) from None
 
 
+def structure_each(items: Sequence[Mapping[str, Any]], cls: type[T], what: str) -> list[T]:
+    """Each element of a batch as ``cls``; a refusal names the element (``what 3 of 5``)."""
+    structured = []
+    for i, data in enumerate(items, start=1):
+        try:
+            structured.append(structure_body(data, cls))
+        except TetherError as exc:
+            raise TetherError(f"{what} {i} of {len(items)}: {exc.message}") from None
+    return structured
+
+
 def _refusal(exc: BaseValidationError) -> TetherError:
     for failure in failures(exc):
         problem = failure.error
@@ -254,6 +268,21 @@ class RenewHost:
 class Publish:
     resource: JSONObject
     ttl_seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class RelayedPublish:
+    """One entry of ``PUT /v1/presence/relayed``: the host's certificate (base64 DER), the
+    entry and its TTL."""
+
+    cert: str
+    resource: JSONObject
+    ttl_seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class PublishRelayed:
+    entries: Objects
 
 
 @attrs.frozen(kw_only=True)

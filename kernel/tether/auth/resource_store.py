@@ -28,7 +28,6 @@ from tether.errors import (
 from tether.resources import (
     Resource,
     ResourceKind,
-    resource_from_bytes,
     resource_to_bytes,
     resource_to_dict,
 )
@@ -101,21 +100,14 @@ class ResourceStore:
                 raise NotFound(f"{kind.name} {name!r} not found")
         elif name is not None:
             item = await ctx.backend.get(kind.key(name))
-            found = (
-                None
-                if item is None
-                else resource_from_bytes(item.value, ctx.registry, revision=item.revision)
-            )
+            found = None if item is None else ctx.decoded.decode(item)
             if found is None or not visible(found):
                 # out of reach is "not found", not "denied": it does not confirm it exists
                 raise NotFound(f"{kind.name} {name!r} not found")
             shown = [found]
         else:
             items = await ctx.backend.range(kind.storage_prefix)
-            found_all = [
-                resource_from_bytes(item.value, ctx.registry, revision=item.revision)
-                for item in items
-            ]
+            found_all = ctx.decoded.decode_range(kind.storage_prefix, items)
             shown = [res for res in found_all if visible(res)]
         if kind.user_view is not None and identity.kind == "user":
             roleset = await ctx.roleset(identity.roles)

@@ -29,7 +29,7 @@ from tether.dial import (
 from tether.errors import AccessDenied, TetherError, TrustError
 from tether.httpclient import describe
 from tether.tlsstream import TLSStream
-from tether.tunnel.control import ControlChannel
+from tether.tunnel.control import MAX_LISTING, MAX_MESSAGE, ControlChannel
 
 __all__ = ["cluster_host_cas", "list_targets", "open_target_stream", "serve_local_listener"]
 
@@ -116,7 +116,13 @@ def _refused(proxy: str, exc: BaseException) -> TetherError:
 
 
 async def _ask(
-    proxy: str, context: ssl.SSLContext, alpn: str, protocol: str, request: DialRequest
+    proxy: str,
+    context: ssl.SSLContext,
+    alpn: str,
+    protocol: str,
+    request: DialRequest,
+    *,
+    max_answer: int = MAX_MESSAGE,
 ) -> tuple[TLSStream, ControlChannel, dict[str, Any]]:
     """Connect to the front door, send one request, and read the proxy's answer.
 
@@ -124,7 +130,7 @@ async def _ask(
         proxy broke the connection, or it answered something else than a message.
     """
     stream = await _connect(proxy, context, alpn, protocol)
-    channel = ControlChannel(stream)
+    channel = ControlChannel(stream, max_message=max_answer)
     try:
         await channel.send(request.to_fields())
         with trio.fail_after(ANSWER_TIMEOUT):
@@ -154,7 +160,7 @@ async def list_targets(
     :param alpn: the protocol's ALPN id; ``protocol`` is its name in messages.
     """
     request = DialRequest(op=LIST, cluster=cluster)
-    stream, _, answer = await _ask(proxy, context, alpn, protocol, request)
+    stream, _, answer = await _ask(proxy, context, alpn, protocol, request, max_answer=MAX_LISTING)
     await trio.aclose_forcefully(stream)
     return parse_targets(answer)
 

@@ -15,7 +15,10 @@ inside this one agent, which does what each would otherwise copy:
   which the agent hands to that protocol, the user's certificate verified first when the proxy
   forwarded it. In direct mode each protocol listens on its own address;
 * heartbeats of the inventory entries each protocol publishes, each on its own (an entry not
-  renewed expires; one auth refuses is logged and tried again at the next heartbeat);
+  renewed expires; one auth refuses is logged and tried again at the next heartbeat); in
+  tunnel mode they ride in the tunnel's own heartbeats once a proxy says it relays them
+  (its proxy relays them to auth, batched with its other nodes'), so that the tunnel is
+  the one connection the node holds open;
 * the cluster's trust and roles (:class:`~tether.trust.cache.TrustCache`, the snapshot proxies
   hold) and the one trust decision over it;
 * audit forwarding to the auth service in batches, through a bounded backlog that never
@@ -33,7 +36,7 @@ import logging
 import pathlib
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -194,11 +197,20 @@ class NodeAgent:
         initial = ClusterTrust(
             cluster, joined.tls_cas, ssh_user_cas={cluster: joined.ssh_user_ca_lines}
         )
+        agent: AgentContext | None = None
+
+        async def handle_stream(request: IncomingStream) -> None:
+            assert agent is not None  # the tunnels start after it is made
+            await self.handle_stream(request, agent)
+
+        # in tunnel mode, the tunnels carry the trust and the heartbeats as well: the node's
+        # one connection to its cluster
+        pool = self._tunnel_pool(joined, handle_stream) if self.tunnel_mode else None
         async with (
             AuthClient(self._api_url(), self._client_context(joined)) as api,
             trio.open_nursery() as nursery,
         ):
-            trust = TrustCache(api, self.ctx.pm, initial)
+            trust = TrustCache(api, self.ctx.pm, initial, tunnel=pool)
             await nursery.start(trust.run)
             agent = AgentContext(
                 config=self.config,
@@ -214,8 +226,8 @@ class NodeAgent:
             )
             for protocol in self.protocols.values():
                 await nursery.start(protocol.run, agent)
-            if self.tunnel_mode:
-                await nursery.start(self._run_tunnels, joined, agent)
+            if pool is not None:
+                await nursery.start(pool.run)
             await self._publish(api, at_start=True)
             nursery.start_soon(self._heartbeat_loop, api)
             nursery.start_soon(self._audit_loop, api)
@@ -229,13 +241,10 @@ class NodeAgent:
             )
             task_status.started()
 
-    async def _run_tunnels(
-        self,
-        joined: JoinedIdentity,
-        agent: AgentContext,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    def _tunnel_pool(
+        self, joined: JoinedIdentity, handle_stream: Callable[[IncomingStream], Awaitable[None]]
+    ) -> AgentPool:
+        """The tunnels to every proxy (started once the protocols serve)."""
         context = self._client_context(joined, alpn=[TUNNEL_ALPN], peer_kinds=("proxy",))
         self._tunnel_context = context  # a renewal replaces the certificate in it
         proxy = self.config.join.proxy_server
@@ -247,17 +256,15 @@ class NodeAgent:
                 target.connect_host, target.port, context, server_hostname=target.connect_host
             )
 
-        async def handle_stream(request: IncomingStream) -> None:
-            await self.handle_stream(request, agent)
-
         pool = AgentPool(
             cluster=joined.identity.cluster,
             tunnel_addr=str(proxy),
             dial=dial,
             handle_stream=handle_stream,
+            inventory=self._inventory,
         )
         self._tunnels = pool  # a renewal moves it to new tunnels
-        await pool.run(task_status=task_status)
+        return pool
 
     async def handle_stream(self, request: IncomingStream, agent: AgentContext) -> None:
         """Hand a stream a proxy opened to the protocol it names (the mux target), with the
@@ -369,9 +376,22 @@ class NodeAgent:
         if at_start and refused and not published:
             raise refused[0]
 
+    def _inventory(self) -> dict[str, Any]:
+        """Every entry of every protocol, for a tunnel's heartbeat (its proxy relays them)."""
+        return {
+            "ttl": ENTRY_TTL.total_seconds(),
+            "entries": [
+                resource_to_dict(resource)
+                for protocol in self.protocols.values()
+                for resource in protocol.resources()
+            ],
+        }
+
     async def _heartbeat_loop(self, api: AuthClient) -> None:
         while True:
             await trio.sleep(HEARTBEAT_INTERVAL.total_seconds())
+            if self._tunnels is not None and self._tunnels.relays_inventory():
+                continue  # the tunnel's heartbeats carry them: one connection, batched
             try:
                 await self._publish(api)
             except (TetherError, OSError) as exc:

@@ -42,7 +42,7 @@ from tether.protocols import ProtocolHandler, ProxyContext
 from tether.resources import CERT_AUTHORITY, KindRegistry, resource_from_dict
 from tether.targets import Target, TargetKind, TargetQuery, resolve_target
 from tether.tcpdial import open_tcp
-from tether.tunnel.control import ControlChannel, ControlError
+from tether.tunnel.control import MAX_LISTING, ControlChannel, ControlError
 from tether.tunnel.forward import splice
 from tether.tunnel.server import ClusterOffline, TargetRefused
 from tether.tunnel.transport import IncomingStream
@@ -194,7 +194,7 @@ class Router:
         stream = await self._open_leaf(handler, request)
         try:
             with trio.fail_after(DIAL_TIMEOUT):
-                answer = await ControlChannel(stream).receive()
+                answer = await ControlChannel(stream, max_message=MAX_LISTING).receive()
         finally:
             await trio.aclose_forcefully(stream)
         if answer is None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from tether import pki
 from tether.asgi import ASGIHandler
 from tether.auth.http_client import AuthClient
+from tether.auth.in_process import IN_PROCESS_URL, InProcessAuth
 from tether.auth.service import AuthService
 from tether.config import Config, HostPort
 from tether.errors import ConfigError
@@ -63,17 +64,29 @@ async def start_proxy(
     ctx: ServiceContext,
     *,
     local_auth: AuthService | None = None,
+    local_auth_app: Any = None,
 ) -> str:
     """Serve the proxy's one public port. Everything it knows of the cluster it asks auth,
     at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
-    several proxies, one auth)."""
+    several proxies, one auth).
+
+    :param local_auth_app: the auth API's ASGI app when auth runs in this process: called
+        directly (:class:`~tether.auth.in_process.InProcessAuth`), not over loopback HTTPS.
+    """
     listen = config.proxy_service.listen_addr
     # only auth answers there: a node's certificate, from the same CA, could feed the proxy
     # another trust
     client_ctx = pki.client_ssl_context(
         trusted_cas=list(me.cas), cert=me.cert, key=me.key, peer_kinds=("auth",)
     )
-    auth_client = await stack.enter_async_context(AuthClient(auth_url, client_ctx))
+    in_process = InProcessAuth(local_auth_app, me.cert) if local_auth_app is not None else None
+    auth_client = await stack.enter_async_context(
+        AuthClient(
+            IN_PROCESS_URL if in_process is not None else auth_url,
+            client_ctx,
+            transport=in_process,
+        )
+    )
     operator_web = _operator_web_identity(config)
     web_cert, web_key = operator_web or (me.cert, me.key)
     if web_cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.ED25519:
@@ -106,12 +119,14 @@ async def start_proxy(
         # read only once peers.run starts, after root_tunnels is built below
         lambda: root_tunnels.connected(),
     )
-    tunnels, recorder = build_tunnel_server(
+    tunnels, recorders = build_tunnel_server(
         proxy_id=me.host_id,
         cluster=me.cluster_name,
         trusted_cas=lambda: trust.current.tunnel_cas(),
         proxies=peers.proxies,
         write_heartbeats=auth_client.record_tunnel_heartbeats,
+        publish_relayed=auth_client.publish_relayed,
+        trust=trust,
         record_event=auth_client.record_event,
     )
 
@@ -142,9 +157,14 @@ async def start_proxy(
             if cluster != me.cluster_name and cluster not in others:
                 await tunnels.disconnect(cluster, f"cluster {cluster!r} is no longer trusted")
 
+    async def push_trust() -> None:
+        tunnels.trust_moved()
+
     trust.on_change.append(reload_trust)
+    trust.on_change.append(push_trust)
     await nursery.start(trust.run)  # its first read calls reload_trust if others are trusted
-    await nursery.start(recorder.run)
+    for recorder in recorders:
+        await nursery.start(recorder.run)
     ctx.on_stop.append(tunnels.goaway_all)
     rate = config.proxy_service.rate_limit
     limiter = RateLimiter(average=rate.average, burst=rate.burst, period=rate.period)

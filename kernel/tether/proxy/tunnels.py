@@ -6,7 +6,9 @@ stored under the cluster their certificate claims (its own, for nodes in tunnel 
 trusted leaf's once it joined), so a leaf cannot open tunnels under another leaf's name or
 this cluster's; every refused certificate is audited as ``tunnel.refused``. Heartbeats go to
 the auth service in batches (``PUT /v1/tunnels/heartbeats``), which stores them with a TTL,
-so a tunnel that stops reporting disappears by itself.
+so a tunnel that stops reporting disappears by itself; so do the inventory entries this
+cluster's nodes send in them (``PUT /v1/presence/relayed``, each entry with the certificate of
+the node whose tunnel sent it, which auth verifies and checks the entry against).
 """
 
 from __future__ import annotations
@@ -19,11 +21,21 @@ from cryptography import x509
 
 from tether import pki
 from tether.tunnel.control import ProxyInfo
-from tether.tunnel.heartbeats import HeartbeatRecorder, Writer
-from tether.tunnel.server import Authenticator, TunnelServer
+from tether.tunnel.heartbeats import (
+    HeartbeatRecorder,
+    InventoryRecorder,
+    InventoryReport,
+    InventoryWriter,
+    Writer,
+)
+from tether.tunnel.server import Authenticator, TrustSource, TunnelServer
 
 __all__ = ["build_tunnel_server", "tunnel_authenticator"]
 
+#: stores relayed inventory entries (``AuthClient.publish_relayed``)
+RelayPublisher = Callable[
+    [Sequence[tuple[bytes, Mapping[str, Any], float]]], Awaitable[Sequence[str | None]]
+]
 #: records an audit event of this proxy (``AuthClient.record_event``)
 EventRecorder = Callable[..., Awaitable[None]]
 
@@ -63,10 +75,12 @@ def build_tunnel_server(
     trusted_cas: Callable[[], Mapping[str, Sequence[x509.Certificate]]],
     proxies: Callable[[], Sequence[ProxyInfo]],
     write_heartbeats: Writer,
+    publish_relayed: RelayPublisher | None = None,
+    trust: TrustSource | None = None,
     record_event: EventRecorder | None = None,
     heartbeat_flush_interval: float = 5.0,
-) -> tuple[TunnelServer, HeartbeatRecorder]:
-    """A tunnel server for this proxy and the recorder whose ``run`` must be started too.
+) -> tuple[TunnelServer, list[HeartbeatRecorder | InventoryRecorder]]:
+    """A tunnel server for this proxy and the recorders whose ``run`` must be started too.
 
     :param trusted_cas: the CAs that may open tunnels right now, by cluster (see
         :func:`tunnel_authenticator`).
@@ -74,6 +88,12 @@ def build_tunnel_server(
         a tunnel to each.
     :param write_heartbeats: stores a batch of heartbeats (the auth client's
         :meth:`~tether.auth.http_client.AuthClient.record_tunnel_heartbeats`).
+    :param publish_relayed: stores a batch of the inventory entries this cluster's nodes
+        send in their heartbeats, each as its node (the auth client's
+        :meth:`~tether.auth.http_client.AuthClient.publish_relayed`); without it, nodes
+        publish their entries to auth themselves.
+    :param trust: the proxy's copy of the cluster's trust, which its nodes follow through
+        their tunnels (see :class:`~tether.tunnel.server.TunnelServer`).
     :param record_event: audits refused tunnels and tunnels closed for cause (the auth
         client's :meth:`~tether.auth.http_client.AuthClient.record_event`).
     """
@@ -83,12 +103,37 @@ def build_tunnel_server(
             await record_event(event, "", fields, success=False)
 
     recorder = HeartbeatRecorder(write_heartbeats, flush_interval=heartbeat_flush_interval)
+    inventory = None
+    if publish_relayed is not None:
+        inventory = InventoryRecorder(
+            _relay(publish_relayed), flush_interval=heartbeat_flush_interval
+        )
     server = TunnelServer(
         proxy_id=proxy_id,
         cluster=cluster,
         authenticate=tunnel_authenticator(cluster, trusted_cas),
         proxies=proxies,
         recorder=recorder,
+        inventory=inventory,
+        trust=trust,
         audit=audit,
     )
-    return server, recorder
+    return server, [recorder, *([inventory] if inventory is not None else [])]
+
+
+def _relay(publish_relayed: RelayPublisher) -> InventoryWriter:
+    """Relay reports to auth, every entry of every report in one call; says per report why
+    auth refused any of its entries."""
+
+    async def write(reports: Sequence[InventoryReport]) -> list[str | None]:
+        entries = [(r.cert, entry, r.ttl_seconds) for r in reports for entry in r.entries]
+        refused = await publish_relayed(entries) if entries else []
+        reasons: list[str | None] = []
+        start = 0
+        for report in reports:
+            mine = refused[start : start + len(report.entries)]
+            start += len(report.entries)
+            reasons.append("; ".join(why for why in mine if why) or None)
+        return reasons
+
+    return write

@@ -55,6 +55,25 @@ class LocalTrust(Protocol):
     async def wait_changed(self, known: str | None) -> None: ...
 
 
+class TunnelTrust(Protocol):
+    """A node's tunnels, when a proxy they reach serves the trust it follows
+    (:class:`tether.tunnel.agent.AgentPool`)."""
+
+    def follows_trust(self) -> bool: ...
+
+    async def wait_follows_trust(self) -> None: ...
+
+    async def wait_trust(self, seen: str | None) -> None: ...
+
+    def trust_revision(self) -> str | None: ...
+
+    async def read_trust(self) -> bytes: ...
+
+
+#: after a failed read of the trust through a tunnel, the next tries after this (seconds)
+TUNNEL_RETRY = 1.0
+
+
 class TrustCache(TrustWatches):
     """The trust this host (a proxy, a node) acts on.
 
@@ -65,6 +84,10 @@ class TrustCache(TrustWatches):
         directly, the same snapshot under the same revision, without encoding, sending and
         parsing all of it at each change (a megabyte per join on a root with a thousand
         leaves).
+    :param tunnel: a node's tunnels: while a proxy they reach names its trust's revision in
+        its heartbeats' answers, the trust is read through the tunnel when that revision
+        moves, and the node holds no connection of its own to watch it (its tunnel is the
+        one it needs); else it is watched over HTTPS.
     """
 
     def __init__(
@@ -74,9 +97,11 @@ class TrustCache(TrustWatches):
         initial: ClusterTrust,
         *,
         local: LocalTrust | None = None,
+        tunnel: TunnelTrust | None = None,
     ) -> None:
         super().__init__()
         self._local = local
+        self._tunnel = tunnel
         self._auth = auth
         self._pm = pm
         self._registry = KindRegistry.from_plugins(pm)
@@ -186,9 +211,40 @@ class TrustCache(TrustWatches):
             return
         await self.refresh()
         task_status.started()
+        if self._tunnel is None:
+            await self._watch()
+            return
+        tunnel = self._tunnel
+        seen = self._revision
+        while True:
+            if not tunnel.follows_trust():
+                async with trio.open_nursery() as nursery:  # until a tunnel follows it
+                    nursery.start_soon(self._watch_until_followed, tunnel, nursery.cancel_scope)
+                    nursery.start_soon(self._watch)
+                seen = self._revision
+            await tunnel.wait_trust(seen)
+            if not tunnel.follows_trust():
+                continue
+            moved_to = tunnel.trust_revision()
+            try:
+                await self._apply(json.loads(await tunnel.read_trust()))
+            except (TetherError, ValueError, trio.BrokenResourceError) as exc:
+                log.warning("could not read the cluster's trust through the tunnel: %s", exc)
+                await trio.sleep(TUNNEL_RETRY)
+                continue
+            # what the proxy named, even if it holds a newer one now: read once per move
+            seen = moved_to if moved_to is not None else self._revision
+
+    async def _watch(self) -> None:
+        """Apply each change auth pushes, over HTTPS."""
         async with contextlib.aclosing(self._auth.watch_trust(self._revision)) as snapshots:
             async for body in snapshots:
                 try:
                     await self._apply(body)
                 except TetherError as exc:
                     log.warning("the cluster's trust did not change here: %s", exc)
+
+    @staticmethod
+    async def _watch_until_followed(tunnel: TunnelTrust, scope: trio.CancelScope) -> None:
+        await tunnel.wait_follows_trust()
+        scope.cancel()

@@ -23,6 +23,7 @@ import trio
 from tether.errors import TetherError
 from tether.tunnel.control import (
     CONTROL_TARGET,
+    TRUST_TARGET,
     ControlChannel,
     ControlError,
     Hello,
@@ -31,13 +32,16 @@ from tether.tunnel.control import (
     parse_proxies,
 )
 from tether.tunnel.mux import Connection, MuxConfig
-from tether.tunnel.transport import StreamHandler, TunnelConnection, TunnelTimings
+from tether.tunnel.transport import StreamHandler, TunnelClosed, TunnelConnection, TunnelTimings
 
 __all__ = ["AgentPool", "Backoff"]
 
 log = logging.getLogger(__name__)
 
 Dialer = Callable[[str], Awaitable[trio.abc.Stream]]
+#: the largest trust snapshot read through a tunnel (a root with thousands of leaves sends
+#: megabytes)
+MAX_TRUST = 256 * 1024 * 1024
 
 
 @attrs.frozen
@@ -76,6 +80,8 @@ class _Tunnel:
     hello: Hello
     #: why it is being replaced: the next tunnel to its proxy takes its place, then it drains
     retiring: str | None = None
+    #: the revision of the cluster's trust its proxy named in its last answer (hello.trust)
+    trust_revision: str | None = None
 
 
 class AgentPool:
@@ -86,6 +92,9 @@ class AgentPool:
     :param dial: opens a handshaken TLS stream (ALPN ``tether-tunnel/1``) to an address.
     :param handle_stream: serves each stream the other side opens through a tunnel.
     :param status: extra fields for each heartbeat (e.g. node counts).
+    :param inventory: this host's inventory entries, ``{"ttl": seconds, "entries": [...]}``,
+        sent in the heartbeats of one tunnel whose proxy takes them (its hello says so): the
+        proxy relays them to auth (see :meth:`relays_inventory`).
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class AgentPool:
         backoff: Backoff | None = None,
         mux_config: MuxConfig | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        inventory: Callable[[], dict[str, Any]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.cluster = cluster
@@ -109,6 +119,7 @@ class AgentPool:
         self.backoff = backoff or Backoff()
         self.mux_config = mux_config
         self._status = status or dict
+        self._inventory = inventory
         self._rng = rng or random.Random()
         self._tunnels: dict[str, _Tunnel] = {}
         self._known: dict[str, ProxyInfo] = {}
@@ -125,6 +136,64 @@ class AgentPool:
 
     def known_proxies(self) -> list[str]:
         return sorted(self._known)
+
+    def relays_inventory(self) -> bool:
+        """Whether a tunnel carries this host's inventory entries now (its proxy relays them
+        to auth), so that the host need not publish them itself."""
+        return self._inventory is not None and self._carrier("inventory") is not None
+
+    def follows_trust(self) -> bool:
+        """Whether a tunnel's proxy names its trust's revision in its answers and serves it
+        (see :meth:`wait_trust` and :meth:`read_trust`)."""
+        return self._carrier("trust") is not None
+
+    async def wait_follows_trust(self) -> None:
+        """Wait until a tunnel's proxy serves the trust it follows."""
+        while not self.follows_trust():
+            await self._changed.park()
+
+    async def wait_trust(self, seen: str | None) -> None:
+        """Wait until the trust revision the proxy names is another than ``seen``, or no
+        tunnel follows trust any more."""
+        while True:
+            carrier = self._carrier("trust")
+            if carrier is None or carrier.trust_revision not in (None, seen):
+                return
+            await self._changed.park()
+
+    def trust_revision(self) -> str | None:
+        """The trust revision the proxy followed named last, if any."""
+        carrier = self._carrier("trust")
+        return carrier.trust_revision if carrier is not None else None
+
+    async def read_trust(self) -> bytes:
+        """The cluster's trust snapshot as the proxy followed holds it (what ``GET /v1/trust``
+        answers), read through its tunnel.
+
+        :raises TunnelClosed: no tunnel follows trust, or it closed meanwhile.
+        :raises ControlError: the snapshot is larger than :data:`MAX_TRUST`.
+        """
+        carrier = self._carrier("trust")
+        if carrier is None:
+            raise TunnelClosed("no tunnel to a proxy that serves the trust")
+        body = bytearray()
+        async with await carrier.conn.open_stream(TRUST_TARGET) as stream:
+            while chunk := await stream.receive_some():
+                body += chunk
+                if len(body) > MAX_TRUST:
+                    raise ControlError(f"the proxy's trust is larger than {MAX_TRUST} bytes")
+        return bytes(body)
+
+    def _carrier(self, feature: str) -> _Tunnel | None:
+        """The one tunnel that carries ``feature`` ("inventory": its heartbeats carry this
+        host's entries, which each proxy would otherwise store once; "trust": its answers name
+        the trust followed): the first, by proxy id, of those whose hello offers it."""
+        carriers = [
+            t
+            for t in self._tunnels.values()
+            if getattr(t.hello, feature) and not t.conn.closed and not t.conn.draining
+        ]
+        return min(carriers, key=lambda t: t.proxy_id, default=None)
 
     async def wait_connected(self, count: int = 1) -> None:
         """Wait until tunnels to at least ``count`` distinct proxies are up."""
@@ -256,6 +325,10 @@ class AgentPool:
             if replaced and conn.statistics()["streams"] <= 1:
                 return  # only the control stream is left
             status = {"type": "heartbeat", "cluster": self.cluster, **self._status()}
+            if self._inventory is not None and self._carrier("inventory") is tunnel:
+                status["inventory"] = self._inventory()
+            if tunnel.hello.trust:
+                status["trust_push"] = True  # this side reads a trust message at any time
             rtt = conn.rtt
             if rtt is not None:
                 status["rtt_ms"] = round(rtt * 1000, 3)
@@ -263,24 +336,76 @@ class AgentPool:
                 sent = trio.current_time()
                 await control.send(status)
                 with trio.move_on_after(self.timings.dead_after):
-                    answer = await control.receive()
+                    answer = await self._receive(tunnel, control)
                     if answer is None:
                         return
                     if answer["type"] == "ack":
                         # the answer proves the proxy alive, so the tunnel sends it no PINGs:
                         # the round trip is measured here instead
                         conn.rtt = trio.current_time() - sent
-                        self._learn(parse_proxies(answer))
+                        self._answered(tunnel, answer)
+                failed: list[BaseException] = []
+                with trio.move_on_after(interval):
+                    async with trio.open_nursery() as nursery:
+                        # what the proxy pushes meanwhile (its trust moved) is read at once
+                        nursery.start_soon(self._read_pushes, tunnel, control, nursery, failed)
+                        if replaced:
+                            await conn.wait_streams_at_most(1)
+                        else:
+                            await conn.wait_draining_or_closed()
+                        nursery.cancel_scope.cancel()
+                if failed:
+                    raise failed[0]
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             except ControlError as exc:
                 await conn.aclose(f"bad control message: {exc.message}")
                 return
-            with trio.move_on_after(interval):
-                if replaced:
-                    await conn.wait_streams_at_most(1)
-                else:
-                    await conn.wait_draining_or_closed()
+
+    async def _receive(self, tunnel: _Tunnel, control: ControlChannel) -> dict[str, Any] | None:
+        """The next message that answers a heartbeat; a trust message read on the way is
+        taken in. None when the proxy closed the control stream."""
+        while True:
+            message = await control.receive()
+            if message is None or message["type"] != "trust":
+                return message
+            self._trust_named(tunnel, message)
+
+    async def _read_pushes(
+        self,
+        tunnel: _Tunnel,
+        control: ControlChannel,
+        nursery: trio.Nursery,
+        failed: list[BaseException],
+    ) -> None:
+        """Take in what the proxy sends between heartbeats (ControlChannel.receive keeps a
+        partly read message when cancelled, for the next heartbeat's answer): its trust
+        pushes, and an answer that came after this side stopped waiting for it (a proxy
+        slower than ``dead_after``), taken as any answer; a failure ends the wait and goes in
+        ``failed``, for the heartbeat loop to raise."""
+        try:
+            while (message := await self._receive(tunnel, control)) is not None:
+                if message["type"] == "ack":
+                    self._answered(tunnel, message)
+            failed.append(trio.ClosedResourceError("the proxy closed the control stream"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ControlError) as exc:
+            failed.append(exc)
+        nursery.cancel_scope.cancel()
+
+    def _answered(self, tunnel: _Tunnel, answer: dict[str, Any]) -> None:
+        """Take in a heartbeat's answer: the proxies, the trust named, any refusal."""
+        self._learn(parse_proxies(answer))
+        self._trust_named(tunnel, answer)
+        refused = answer.get("inventory_refused")
+        if refused:
+            log.warning("auth refused this host's inventory entries: %s", refused)
+
+    def _trust_named(self, tunnel: _Tunnel, message: dict[str, Any]) -> None:
+        """Note the trust revision the proxy named in an answer or a push."""
+        revision = message.get("trust" if message["type"] == "ack" else "revision")
+        if tunnel.hello.trust and isinstance(revision, str) and revision != tunnel.trust_revision:
+            tunnel.trust_revision = revision
+            self._notify()
 
     def _learn(self, proxies: tuple[ProxyInfo, ...]) -> None:
         """Remember the advertised proxies and start seeking the ones we lack."""

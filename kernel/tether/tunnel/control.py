@@ -5,6 +5,15 @@ then exchange newline-delimited JSON messages on it: the serving side says who i
 proxies exist (so an agent behind a load balancer knows which proxies it has not reached yet);
 the dialing side reports heartbeats on an interval, each answered with the current proxy list.
 Messages are small and rare, so JSON lines keep them readable in a packet capture.
+
+A node in tunnel mode also sends its inventory entries in its heartbeats (``inventory``:
+``{"ttl": seconds, "entries": [...]}``) when the hello says the proxy takes them
+(``"inventory": true``), so that its one tunnel is all it holds open to the cluster; the
+proxy relays them, as that node, and says in the next answer (``inventory_refused``) why
+auth refused any. It follows the cluster's trust the same way: the proxy names its trust's
+revision in each answer and pushes a ``trust`` message when it moves, and the node reads the
+snapshot on a :data:`TRUST_TARGET` stream. See ``docs/tunnel-protocol.md``, "The control
+stream".
 """
 
 from __future__ import annotations
@@ -17,18 +26,28 @@ import attrs
 import trio
 
 from tether.errors import TetherError
+from tether.tunnel.heartbeats import InventoryReport
 
 __all__ = [
     "CONTROL_TARGET",
+    "MAX_LISTING",
+    "TRUST_TARGET",
     "ControlChannel",
     "ControlError",
     "Hello",
     "ProxyInfo",
+    "inventory_report",
 ]
 
 CONTROL_TARGET = "@control"
+#: the stream a node in tunnel mode opens to read its cluster's trust from its proxy: the
+#: proxy writes the snapshot (the body of ``GET /v1/trust``) and closes it
+TRUST_TARGET = "@trust"
 #: a control message larger than this is a protocol violation (a peer trying to exhaust memory)
 MAX_MESSAGE = 64 * 1024
+#: the largest answer to a ``list`` request (``tether ls``): a target's document is a few
+#: hundred bytes, and a cluster may have 10,000 nodes and more
+MAX_LISTING = 64 * 1024 * 1024
 
 
 class ControlError(TetherError):
@@ -61,13 +80,22 @@ class Hello:
     cluster: str
     proxies: tuple[ProxyInfo, ...]
     heartbeat_interval: float
+    #: the proxy takes this agent's inventory entries in its heartbeats (``inventory``) and
+    #: relays them to auth; an older proxy does not say so, and its agents publish them to
+    #: auth themselves
+    inventory: bool = False
+    #: the proxy names its trust snapshot's revision in each heartbeat's answer (``trust``)
+    #: and serves the snapshot on a :data:`TRUST_TARGET` stream, for a node to follow it
+    #: through its tunnel; an older proxy does not, and its nodes watch it over HTTPS
+    trust: bool = False
 
 
 class ControlChannel:
     """JSON lines over a stream, with a bound on message size."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, max_message: int = MAX_MESSAGE) -> None:
         self.stream = stream
+        self.max_message = max_message
         self._buffer = bytearray()
 
     async def send(self, message: Mapping[str, Any]) -> None:
@@ -87,8 +115,8 @@ class ControlChannel:
                 if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                     raise ControlError("control message has no type")
                 return message
-            if len(self._buffer) > MAX_MESSAGE:
-                raise ControlError(f"control message longer than {MAX_MESSAGE} bytes")
+            if len(self._buffer) > self.max_message:
+                raise ControlError(f"control message longer than {self.max_message} bytes")
             data = await self.stream.receive_some()
             if not data:
                 return None
@@ -109,6 +137,8 @@ def hello_message(hello: Hello) -> dict[str, Any]:
         "cluster": hello.cluster,
         "proxies": [p.to_json() for p in hello.proxies],
         "heartbeat_interval": hello.heartbeat_interval,
+        **({"inventory": True} if hello.inventory else {}),
+        **({"trust": True} if hello.trust else {}),
     }
 
 
@@ -130,6 +160,8 @@ def parse_hello(message: Mapping[str, Any]) -> Hello:
         cluster=cluster,
         proxies=tuple(ProxyInfo.from_json(p) for p in proxies),
         heartbeat_interval=float(interval),
+        inventory=message.get("inventory") is True,
+        trust=message.get("trust") is True,
     )
 
 
@@ -138,3 +170,18 @@ def parse_proxies(message: Mapping[str, Any]) -> tuple[ProxyInfo, ...]:
     if not isinstance(proxies, list):
         raise ControlError("message has no proxy list")
     return tuple(ProxyInfo.from_json(p) for p in proxies)
+
+
+def inventory_report(agent: str, cert: bytes, inventory: Any) -> InventoryReport:
+    """The ``inventory`` of a heartbeat from ``agent``, whose tunnel presented ``cert``.
+
+    :raises ControlError: it is not ``{"ttl": seconds, "entries": [objects]}``.
+    """
+    if not isinstance(inventory, Mapping):
+        raise ControlError("heartbeat inventory is not an object")
+    ttl, entries = inventory.get("ttl"), inventory.get("entries")
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
+        raise ControlError("heartbeat inventory has no usable ttl")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ControlError("heartbeat inventory entries are not a list of objects")
+    return InventoryReport(agent=agent, cert=cert, entries=tuple(entries), ttl_seconds=float(ttl))

@@ -3,6 +3,8 @@
 Thousands of connected tunnels each heartbeating every few seconds must not mean thousands of
 storage writes: :class:`HeartbeatRecorder` keeps only the newest heartbeat per tunnel in
 memory and hands the lot to one ``write`` call per flush interval (one backend batch).
+:class:`InventoryRecorder` does the same with the inventory entries tunnel-mode nodes send in
+their heartbeats, relayed to auth in one request per flush.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
 
 from tether.errors import TetherError
 
-__all__ = ["HeartbeatRecord", "HeartbeatRecorder"]
+__all__ = [
+    "HeartbeatRecord",
+    "HeartbeatRecorder",
+    "InventoryRecorder",
+    "InventoryReport",
+    "InventoryWriter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,87 @@ class HeartbeatRecord:
 Writer = Callable[[Sequence[HeartbeatRecord]], Awaitable[None]]
 
 
-class HeartbeatRecorder:
+@attrs.frozen
+class InventoryReport:
+    """The inventory entries one tunnel-mode host sent in its newest heartbeat, with the
+    certificate its tunnel presented (DER), which alone says whose entries they are."""
+
+    agent: str
+    cert: bytes
+    entries: tuple[Mapping[str, Any], ...]
+    ttl_seconds: float
+
+
+#: stores a batch of reports; returns, per report, why it was refused (None: stored)
+InventoryWriter = Callable[[Sequence[InventoryReport]], Awaitable[Sequence[str | None]]]
+
+
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+class _Batches(Generic[K, R]):
+    """The newest record per key, written in one batch every ``flush_interval`` seconds, at
+    once when a record is urgent, and once more on the way out."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[R]], Awaitable[Any]],
+        *,
+        flush_interval: float,
+        what: str,
+    ) -> None:
+        self._write = write
+        self.flush_interval = flush_interval
+        self._what = what
+        self._pending: dict[K, R] = {}
+        self._urgent = trio.Event()
+        self.writes = 0
+        self.recorded = 0
+
+    def _put(self, key: K, record: R, *, urgent: bool = False) -> None:
+        self.recorded += 1
+        if urgent:
+            self._urgent.set()
+        self._pending[key] = record
+
+    async def flush(self) -> int:
+        """Write what is pending now; returns how many records went out."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        batch = list(pending.values())
+        try:
+            written = await self._write(batch)
+        except TetherError as exc:
+            # storage trouble must not take tunnels down; the next heartbeat retries
+            log.warning("could not record %d %s: %s", len(batch), self._what, exc)
+            for key, record in pending.items():
+                self._pending.setdefault(key, record)
+            return 0
+        self.writes += 1
+        self._written(batch, written)
+        log.debug("recorded %d %s in one write", len(batch), self._what)
+        return len(batch)
+
+    def _written(self, batch: Sequence[R], result: Any) -> None:
+        """What the writer answered for ``batch``."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Flush every ``flush_interval`` until cancelled, and once more on the way out."""
+        task_status.started()
+        try:
+            while True:
+                with trio.move_on_after(self.flush_interval):
+                    await self._urgent.wait()
+                self._urgent = trio.Event()
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.flush()
+
+
+class HeartbeatRecorder(_Batches[tuple[str, str, str], HeartbeatRecord]):
     """Collects heartbeats and writes them in batches every ``flush_interval`` seconds."""
 
     def __init__(
@@ -46,13 +134,8 @@ class HeartbeatRecorder:
         flush_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._write = write
-        self.flush_interval = flush_interval
+        super().__init__(write, flush_interval=flush_interval, what="tunnel heartbeats")
         self._clock = clock
-        self._pending: dict[tuple[str, str, str], HeartbeatRecord] = {}
-        self._urgent = trio.Event()
-        self.writes = 0
-        self.recorded = 0
 
     def record(
         self,
@@ -69,45 +152,62 @@ class HeartbeatRecorder:
             went changes what ``tetherctl get rc`` must say, while a heartbeat of a tunnel
             already known up changes nothing anyone waits for.
         """
-        self.recorded += 1
-        if urgent:
-            self._urgent.set()
-        self._pending[(cluster, proxy_id, agent)] = HeartbeatRecord(
-            cluster=cluster,
-            proxy_id=proxy_id,
-            agent=agent,
-            time=self._clock(),
-            status=dict(status),
+        record = HeartbeatRecord(
+            cluster=cluster, proxy_id=proxy_id, agent=agent, time=self._clock(), status=dict(status)
         )
+        self._put((cluster, proxy_id, agent), record, urgent=urgent)
 
-    async def flush(self) -> int:
-        """Write what is pending now; returns how many records went out."""
-        if not self._pending:
-            return 0
-        batch = list(self._pending.values())
-        self._pending.clear()
-        try:
-            await self._write(batch)
-        except TetherError as exc:
-            # storage trouble must not take tunnels down; the next heartbeat retries
-            log.warning("could not record %d tunnel heartbeats: %s", len(batch), exc)
-            for record in batch:
-                key = (record.cluster, record.proxy_id, record.agent)
-                self._pending.setdefault(key, record)
-            return 0
-        self.writes += 1
-        log.debug("recorded %d tunnel heartbeats in one write", len(batch))
-        return len(batch)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Flush every ``flush_interval`` until cancelled, and once more on the way out."""
-        task_status.started()
-        try:
-            while True:
-                with trio.move_on_after(self.flush_interval):
-                    await self._urgent.wait()
-                self._urgent = trio.Event()
-                await self.flush()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self.flush()
+class InventoryRecorder(_Batches[str, InventoryReport]):
+    """Collects the inventory entries tunnel-mode hosts send in their heartbeats and relays
+    them to auth in one write per ``flush_interval``: thousands of nodes behind one proxy cost
+    one request and one storage transaction per flush, not one per node per heartbeat.
+
+    A report the same as the one auth stored last for that host is not relayed again until
+    half its TTL has passed (less a flush): auth keeps the entry alive meanwhile, and a host
+    heartbeating every quarter of the TTL (as a node's agent does) is stored every other
+    heartbeat rather than at each. What auth refused of a host's last report is kept for its
+    next heartbeat's answer (:meth:`refusals`), so that the host can log why, as it would from
+    a refused request.
+    """
+
+    def __init__(
+        self,
+        write: InventoryWriter,
+        *,
+        flush_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(write, flush_interval=flush_interval, what="relayed inventory reports")
+        self._clock = clock
+        self._refused: dict[str, str] = {}
+        #: the report auth stored last for each host, and when it is to be relayed again
+        self._stored: dict[str, tuple[InventoryReport, float]] = {}
+
+    def record(self, report: InventoryReport) -> None:
+        """Note a host's report; its newest wins. One the same as what auth holds, and not
+        due yet, is not relayed."""
+        stored = self._stored.get(report.agent)
+        if stored is not None and stored[0] == report and self._clock() < stored[1]:
+            return
+        self._put(report.agent, report)
+
+    def refusals(self, agent: str) -> str | None:
+        """Why auth refused what ``agent`` reported last, once; None if it refused nothing."""
+        return self._refused.pop(agent, None)
+
+    def forget(self, agent: str) -> None:
+        """The host's tunnel closed: its refusals will not be asked for, and what it reports
+        through its next tunnel is relayed at once."""
+        self._refused.pop(agent, None)
+        self._stored.pop(agent, None)
+
+    def _written(self, batch: Sequence[InventoryReport], result: Any) -> None:
+        now = self._clock()
+        for report, refused in zip(batch, result, strict=True):
+            if refused:
+                self._refused[report.agent] = refused
+                self._stored.pop(report.agent, None)  # tried again at its next heartbeat
+            else:
+                due = now + report.ttl_seconds / 2 - self.flush_interval
+                self._stored[report.agent] = (report, due)

@@ -14,7 +14,7 @@ import datetime
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -23,13 +23,15 @@ from tether.errors import TetherError
 from tether.pki import Identity, MalformedCertificate, read_x509_identity
 from tether.tunnel.control import (
     CONTROL_TARGET,
+    TRUST_TARGET,
     ControlChannel,
     ControlError,
     Hello,
     ProxyInfo,
     hello_message,
+    inventory_report,
 )
-from tether.tunnel.heartbeats import HeartbeatRecorder
+from tether.tunnel.heartbeats import HeartbeatRecorder, InventoryRecorder
 from tether.tunnel.mux import Connection, MuxConfig
 from tether.tunnel.transport import (
     HEARTBEAT_INTERVAL,
@@ -47,6 +49,7 @@ __all__ = [
     "ClusterOffline",
     "ClusterStatistics",
     "TargetRefused",
+    "TrustSource",
     "TunnelRecord",
     "TunnelServer",
 ]
@@ -111,6 +114,15 @@ class ClusterStatistics:
     bytes_received: int
 
 
+class TrustSource(Protocol):
+    """The cluster's trust as a proxy holds it (:class:`tether.trust.cache.TrustCache`)."""
+
+    @property
+    def revision(self) -> str: ...
+
+    def body(self) -> bytes: ...
+
+
 Authenticator = Callable[[trio.abc.Stream], Identity]
 #: records an audit event of this proxy: ``(event type, fields)``; every event it is given is a
 #: refusal or a tunnel closed for cause
@@ -126,6 +138,13 @@ class TunnelServer:
         ``cluster`` is the connecting cluster) or raises a TrustError saying why not.
     :param proxies: the proxies of this cluster right now (for agents to reach them all).
     :param recorder: where heartbeats go (batched writes to storage).
+    :param inventory: where the inventory entries this cluster's nodes send in their
+        heartbeats go (relayed to auth in batches, each as the node whose tunnel sent it);
+        without it, nodes are told to publish them themselves.
+    :param trust: this cluster's trust as this proxy holds it: its revision goes to this
+        cluster's nodes in every heartbeat's answer, and a node that sees it move reads the
+        snapshot through its tunnel (a stream to :data:`TRUST_TARGET`), instead of watching
+        it over a connection of its own.
     :param audit: records refused tunnels and tunnels closed for cause (a flood, an expired
         certificate); they are logged either way.
     """
@@ -138,6 +157,8 @@ class TunnelServer:
         authenticate: Authenticator,
         proxies: Callable[[], Sequence[ProxyInfo]],
         recorder: HeartbeatRecorder | None = None,
+        inventory: InventoryRecorder | None = None,
+        trust: TrustSource | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         timings: TunnelTimings | None = None,
         mux_config: MuxConfig | None = None,
@@ -148,6 +169,8 @@ class TunnelServer:
         self._authenticate = authenticate
         self._proxies = proxies
         self._recorder = recorder
+        self._inventory = inventory
+        self._trust = trust
         self.heartbeat_interval = heartbeat_interval
         self.timings = timings or TunnelTimings()
         self.mux_config = mux_config
@@ -158,6 +181,8 @@ class TunnelServer:
         self._ids = itertools.count(1)
         self._changed = trio.lowlevel.ParkingLot()
         self._draining: str | None = None
+        #: the control loops of nodes that take trust pushes, while they wait for a message
+        self._trust_listeners: set[trio.CancelScope] = set()
 
     # --- the registry ------------------------------------------------------------------------
 
@@ -259,6 +284,13 @@ class TunnelServer:
             hint="check that its agent runs and can reach this proxy's tunnel address",
         )
 
+    def trust_moved(self) -> None:
+        """The trust this proxy holds changed: tell this cluster's nodes now (each control
+        loop sends the new revision, and the node reads the snapshot through its tunnel), not
+        at their next heartbeat."""
+        for wake in list(self._trust_listeners):
+            wake.cancel()
+
     async def disconnect(self, cluster: str, reason: str) -> None:
         """Close every tunnel of ``cluster`` now (its trust was removed)."""
         for record in list(self._tunnels.get(cluster, {}).values()):
@@ -309,13 +341,18 @@ class TunnelServer:
             return
         record: TunnelRecord | None = None
 
+        own_node = identity.kind == "node" and identity.cluster == self.cluster
+
         async def handle_stream(request: IncomingStream) -> None:
+            if request.target == TRUST_TARGET and own_node and self._trust is not None:
+                await _send_trust(request.accept(), self._trust.body())
+                return
             if request.target != CONTROL_TARGET:
                 # trust is one way: a leaf never reaches into the root
                 request.reject("this side does not accept streams through a tunnel")
                 return
             assert record is not None  # set before the connection runs
-            await self._control(record, request.accept())
+            await self._control(record, request.accept(), own_node, stream)
 
         conn = TunnelConnection(
             stream,
@@ -353,6 +390,8 @@ class TunnelServer:
                     )
         finally:
             self._unregister(record)
+            if own_node and self._inventory is not None:
+                self._inventory.forget(record.agent)
             log.info(
                 "tunnel %d from cluster %s closed: %s",
                 record.id,
@@ -379,32 +418,71 @@ class TunnelServer:
         except (TetherError, OSError) as exc:
             log.warning("could not audit %s from %s: %s", event, fields.get("peer"), exc)
 
-    async def _control(self, record: TunnelRecord, stream: MuxStream) -> None:
+    async def _control(
+        self, record: TunnelRecord, stream: MuxStream, own_node: bool, tls: trio.abc.Stream
+    ) -> None:
         channel = ControlChannel(stream)
+        # only this cluster's nodes publish inventory entries and follow this proxy's trust;
+        # a leaf's proxy does neither here
+        relay = self._inventory if own_node else None
+        trust = self._trust if own_node else None
         hello = Hello(
             proxy_id=self.proxy_id,
             cluster=self.cluster,
             proxies=tuple(self._proxies()),
             heartbeat_interval=self.heartbeat_interval,
+            inventory=relay is not None,
+            trust=trust is not None,
         )
         await channel.send(hello_message(hello))
         self._register(record)
+        named: str | None = None  # the trust revision this node was last told of
+        pushes = False  # it reads a trust message at any time (its heartbeats say so)
         try:
             while True:
-                message = await channel.receive()
+                if pushes and trust is not None and named != trust.revision:
+                    named = trust.revision
+                    await channel.send({"type": "trust", "revision": named})
+                wake = trio.CancelScope()
+                if pushes:
+                    self._trust_listeners.add(wake)  # trust_moved wakes it to push
+                try:
+                    with wake:
+                        message = await channel.receive()  # keeps a partial message
+                finally:
+                    self._trust_listeners.discard(wake)
+                if wake.cancelled_caught:
+                    continue
                 if message is None:
                     break
                 if message["type"] != "heartbeat":
                     raise ControlError(f"unexpected control message {message['type']!r}")
                 record.last_heartbeat = trio.current_time()
+                inventory = message.pop("inventory", None)
+                if inventory is not None:
+                    if relay is None:
+                        raise ControlError("this proxy takes no inventory entries from this tunnel")
+                    # whose entries they are is the tunnel's certificate, never the message
+                    relay.record(inventory_report(record.agent, _peer_der(tls), inventory))
                 record.status = {k: v for k, v in message.items() if k != "type"}
-                if self._recorder is not None:
+                # a node whose entries are relayed shows it is alive by them: its tunnel's
+                # heartbeats would be a second write per node per flush that no one reads
+                # (stored tunnel heartbeats say whether a leaf is online)
+                if self._recorder is not None and inventory is None:
                     self._recorder.record(
                         record.cluster, self.proxy_id, record.agent, record.status
                     )
-                await channel.send(
-                    {"type": "ack", "proxies": [p.to_json() for p in self._proxies()]}
-                )
+                answer: dict[str, Any] = {
+                    "type": "ack",
+                    "proxies": [p.to_json() for p in self._proxies()],
+                }
+                refused = relay.refusals(record.agent) if relay is not None else None
+                if refused:
+                    answer["inventory_refused"] = refused
+                if trust is not None:
+                    answer["trust"] = named = trust.revision
+                    pushes = message.get("trust_push") is True
+                await channel.send(answer)
         except ControlError as exc:
             log.warning("tunnel %d from %s: %s; closing it", record.id, record.cluster, exc)
             await record.conn.aclose(f"bad control message: {exc.message}")
@@ -444,6 +522,25 @@ def _who(peer: str, identity: Identity) -> dict[str, str]:
         "agent": identity.username,
         "kind": identity.kind,
     }
+
+
+async def _send_trust(stream: MuxStream, body: bytes) -> None:
+    """Answer a node's :data:`TRUST_TARGET` stream: the snapshot, then the end of it."""
+    try:
+        await stream.send_all(body)
+        await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the node went; it asks again through its next tunnel
+    finally:
+        await stream.aclose()
+
+
+def _peer_der(stream: trio.abc.Stream) -> bytes:
+    """The certificate the peer of a handshaken TLS stream presented (DER)."""
+    der = stream.getpeercert(True)  # type: ignore[attr-defined]
+    if not der:  # authenticated by it: a tunnel has one
+        raise ControlError("the tunnel's peer presented no certificate")
+    return bytes(der)
 
 
 def _claimed_identity(stream: trio.abc.Stream) -> dict[str, str] | None:
