@@ -31,6 +31,7 @@ from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
 
 WAIT = 60.0  # a heartbeat every 10 s, relayed within 5 s
+ENTRY_TTL = 40.0  # what the nodes here say their entries live, as a node's agent does
 
 
 async def join(cluster: RunningCluster, token: str, hostname: str) -> JoinedIdentity:
@@ -69,7 +70,7 @@ def tunnel_pool(
         tunnel_addr=cluster.proxy_addr,
         dial=dial,
         handle_stream=refuse,
-        inventory=lambda: {"ttl": 40.0, "entries": entries()},
+        inventory=lambda: {"ttl": ENTRY_TTL, "entries": entries()},
     )
 
 
@@ -114,6 +115,24 @@ async def test_a_tunnel_node_is_listed_by_its_tunnel_heartbeats_alone(
         await wait_listed(cluster, lambda nodes: nodes.get(host_id) == "quiet")
         nursery.cancel_scope.cancel()
     assert "relayed inventory reports in one write" in cluster.log_text()
+
+
+async def test_a_tunnel_node_stays_listed_past_its_entrys_lifetime(
+    cluster: RunningCluster,
+) -> None:
+    # its entry lives 40 s and is renewed only by its tunnel's heartbeats: the proxy names a
+    # node's tunnel the node heartbeat interval, not the minute a leaf's tunnel heartbeats at
+    host_id, pool = await tunnel_node(cluster, "steady")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        await pool.wait_connected()
+        await wait_listed(cluster, lambda nodes: nodes.get(host_id) == "steady")
+        deadline = trio.current_time() + ENTRY_TTL + 10
+        while trio.current_time() < deadline:
+            nodes = await trio.to_thread.run_sync(listed_nodes, cluster)
+            assert nodes.get(host_id) == "steady", "its entry expired between heartbeats"
+            await trio.sleep(2)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_node_cannot_publish_another_nodes_entry_through_its_tunnel(

@@ -65,14 +65,15 @@ from tether.trust import ClusterTrust
 from tether.trust.cache import TrustCache
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
-from tether.tunnel.transport import IncomingStream
+from tether.tunnel.transport import NODE_HEARTBEAT_INTERVAL, IncomingStream
 
 __all__ = ["AUDIT_BACKLOG", "ENTRY_TTL", "HEARTBEAT_INTERVAL", "NodeAgent", "agent_services"]
 
 log = logging.getLogger(__name__)
 
 #: How often the agent renews its inventory entries; an entry lives four heartbeats.
-HEARTBEAT_INTERVAL = datetime.timedelta(seconds=10)
+#: Through a tunnel, the proxy names the same interval in its hello.
+HEARTBEAT_INTERVAL = datetime.timedelta(seconds=NODE_HEARTBEAT_INTERVAL)
 ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
 
 

@@ -35,6 +35,7 @@ from tether.tunnel.heartbeats import HeartbeatRecorder, InventoryRecorder
 from tether.tunnel.mux import Connection, MuxConfig
 from tether.tunnel.transport import (
     HEARTBEAT_INTERVAL,
+    NODE_HEARTBEAT_INTERVAL,
     IncomingStream,
     MuxStream,
     StreamRefused,
@@ -160,6 +161,7 @@ class TunnelServer:
         inventory: InventoryRecorder | None = None,
         trust: TrustSource | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        node_heartbeat_interval: float = NODE_HEARTBEAT_INTERVAL,
         timings: TunnelTimings | None = None,
         mux_config: MuxConfig | None = None,
         audit: Auditor | None = None,
@@ -172,6 +174,7 @@ class TunnelServer:
         self._inventory = inventory
         self._trust = trust
         self.heartbeat_interval = heartbeat_interval
+        self.node_heartbeat_interval = node_heartbeat_interval
         self.timings = timings or TunnelTimings()
         self.mux_config = mux_config
         self._audit = audit
@@ -430,7 +433,10 @@ class TunnelServer:
             proxy_id=self.proxy_id,
             cluster=self.cluster,
             proxies=tuple(self._proxies()),
-            heartbeat_interval=self.heartbeat_interval,
+            # a node's entries ride its heartbeats, and live only a few of them
+            heartbeat_interval=(
+                self.node_heartbeat_interval if own_node else self.heartbeat_interval
+            ),
             inventory=relay is not None,
             trust=trust is not None,
         )

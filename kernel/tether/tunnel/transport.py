@@ -40,6 +40,7 @@ from tether.tunnel.mux import Connection
 __all__ = [
     "HEARTBEATS_MISSED",
     "HEARTBEAT_INTERVAL",
+    "NODE_HEARTBEAT_INTERVAL",
     "IncomingStream",
     "MuxStream",
     "StreamHandler",
@@ -72,6 +73,12 @@ HEARTBEAT_INTERVAL = 60.0
 #: tunnel, offline to ``tetherctl get rc`` (as Teleport's ``keep_alive_count_max`` and
 #: OpenSSH's ``ClientAliveCountMax``, 3).
 HEARTBEATS_MISSED = 3
+#: How often a node of the proxy's own cluster heartbeats on its tunnel: its inventory entries
+#: ride those heartbeats (relayed to auth, see docs/tunnel-protocol.md) and live four of them
+#: (``tether.node.agent.ENTRY_TTL``), so that a node gone is unlisted within 40 s, as one
+#: publishing over HTTPS is. A leaf's tunnel carries no entries and heartbeats every
+#: :data:`HEARTBEAT_INTERVAL`.
+NODE_HEARTBEAT_INTERVAL = 10.0
 
 
 class StreamRefused(TetherError):
