@@ -99,6 +99,11 @@ async def _read_line(payload: bytes) -> dict[str, Any] | None:
         (b"\xff\xfe\n", "control message is not JSON"),
         (b"[" * 60_000 + b"\n", "control message is not JSON"),  # nested too deep to parse
         (b"{" * (MAX_MESSAGE + 10), f"control message longer than {MAX_MESSAGE} bytes"),
+        # the whole line, newline included, in one read: as long, so refused alike
+        (
+            b'{"type":"dial","pad":"' + b"x" * MAX_MESSAGE + b'"}\n',
+            f"control message longer than {MAX_MESSAGE} bytes",
+        ),
     ],
 )
 async def test_lines_that_are_no_request_are_refused_with_one_line(

@@ -105,6 +105,8 @@ class ControlChannel:
         """The next message, or None when the peer closed the stream."""
         while True:
             newline = self._buffer.find(b"\n")
+            if newline > self.max_message:  # a whole line can arrive in one read
+                raise ControlError(f"control message longer than {self.max_message} bytes")
             if newline >= 0:
                 line = bytes(self._buffer[:newline])
                 del self._buffer[: newline + 1]
