@@ -184,3 +184,17 @@ async def test_a_query_is_refused_where_it_means_nothing(auth: AuthService) -> N
         await auth.get_resources(admin, "gadget", "id-1", target=query)
     with pytest.raises(ResourceError, match="neither by name nor with secrets"):
         await auth.get_resources(admin, "gadget", with_secrets=True, target=query)
+
+
+async def test_a_listing_after_a_heartbeat_changed_a_gadget_shows_the_change(
+    auth: AuthService,
+) -> None:
+    # documents are made once per revision: a listing never shows one of an older revision
+    alice = user("alice", ("access",))
+    await publish(auth, "id-1", "old-name", "dev")
+    [before] = auth.documents(await auth.get_resources(alice, "gadget"))
+    assert before["spec"]["hostname"] == "old-name"
+    assert auth.documents(await auth.get_resources(alice, "gadget")) == [before]
+    await publish(auth, "id-1", "new-name", "prod")
+    [after] = auth.documents(await auth.get_resources(alice, "gadget"))
+    assert (after["spec"]["hostname"], after["metadata"]["labels"]) == ("new-name", {"env": "prod"})

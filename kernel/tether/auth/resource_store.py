@@ -148,12 +148,15 @@ class ResourceStore:
         self, resources: Sequence[Resource], *, with_secrets: bool = False
     ) -> list[dict[str, Any]]:
         """``resources`` as the API sends them (:func:`~tether.resources.resource_to_dict`);
-        a remote_cluster's document comes from the cache's memory while its status holds."""
+        a remote_cluster's document comes from the cache's memory while its status holds,
+        another stored entry's from the decoded cache while its revision does (the caller
+        only encodes them)."""
+        if with_secrets:
+            return [resource_to_dict(res, with_secrets=True) for res in resources]
         cached = self._remote_clusters.items
+        decoded = self._ctx.decoded
         return [
-            cached.document(res)
-            if res.kind == "remote_cluster" and not with_secrets
-            else resource_to_dict(res, with_secrets=with_secrets)
+            cached.document(res) if res.kind == "remote_cluster" else decoded.document(res)
             for res in resources
         ]
 
