@@ -10,8 +10,10 @@ test inventory kind ``gadget`` that a plugin's protocol reaches, the way the SSH
 from __future__ import annotations
 
 import datetime
+import json
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import pytest
@@ -189,12 +191,18 @@ async def test_a_query_is_refused_where_it_means_nothing(auth: AuthService) -> N
 async def test_a_listing_after_a_heartbeat_changed_a_gadget_shows_the_change(
     auth: AuthService,
 ) -> None:
-    # documents are made once per revision: a listing never shows one of an older revision
+    # documents are encoded once per revision: a listing never shows an older revision
     alice = user("alice", ("access",))
+
+    async def listed() -> list[dict[str, Any]]:
+        found = await auth.get_resources(alice, "gadget")
+        return list(json.loads(auth.encoded_documents(found))["resources"])
+
     await publish(auth, "id-1", "old-name", "dev")
-    [before] = auth.documents(await auth.get_resources(alice, "gadget"))
+    [before] = await listed()
     assert before["spec"]["hostname"] == "old-name"
-    assert auth.documents(await auth.get_resources(alice, "gadget")) == [before]
+    assert await listed() == [before]
     await publish(auth, "id-1", "new-name", "prod")
-    [after] = auth.documents(await auth.get_resources(alice, "gadget"))
+    [after] = await listed()
     assert (after["spec"]["hostname"], after["metadata"]["labels"]) == ("new-name", {"env": "prod"})
+    assert after == auth.documents(await auth.get_resources(alice, "gadget"))[0]

@@ -10,6 +10,7 @@ another auth server wrote, or what changed since.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,9 +23,10 @@ __all__ = ["DecodedResources"]
 
 
 class DecodedResources:
-    """Decoded resources by key, each valid for one revision of its key, and the document
-    of each as the API sends it (without secrets), made once per revision too: encoding
-    every entry again at each ``tether ls`` cost as much as decoding it did."""
+    """Decoded resources by key, each valid for one revision of its key, and each one's
+    document as the API sends it (without secrets), encoded once per revision too: making
+    and encoding every entry's document again at each ``tether ls`` cost more than reading
+    the entries did."""
 
     def __init__(self, registry: KindRegistry) -> None:
         self._registry = registry
@@ -57,17 +59,18 @@ class DecodedResources:
         metadata = attrs.evolve(resource.metadata, revision=revision)
         self._keep(key, revision, attrs.evolve(resource, metadata=metadata))
 
-    def document(self, resource: Resource) -> dict[str, Any]:
-        """``resource`` as :func:`~tether.resources.resource_to_dict` makes it without
-        secrets: made once for a resource this cache holds (the caller must not change it),
-        every time for another one (a user's view of an entry, say)."""
+    def encoded(self, resource: Resource) -> bytes:
+        """``resource`` as the API sends it without secrets: the JSON of
+        :func:`~tether.resources.resource_to_dict`, made once for a resource this cache holds
+        (bytes, which the garbage collector never walks), every time for another one (a
+        user's view of an entry, say)."""
         key = self._keys.get(id(resource))
         entry = self._items.get(key) if key is not None else None
         if entry is None or entry.resource is not resource:
-            return resource_to_dict(resource)
-        if entry.document is None:
-            entry.document = resource_to_dict(resource)
-        return entry.document
+            return encode_json(resource_to_dict(resource))
+        if entry.encoded is None:
+            entry.encoded = encode_json(resource_to_dict(resource))
+        return entry.encoded
 
     def _keep(self, key: str, revision: int, resource: Resource) -> None:
         self._forget(key)
@@ -80,12 +83,17 @@ class DecodedResources:
             self._keys.pop(id(entry.resource), None)
 
 
-class _Entry:
-    """One key's resource at one revision, and its document once asked for."""
+def encode_json(value: Any) -> bytes:
+    """``value`` as JSON, as the API's responses encode it (compact, UTF-8)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
-    __slots__ = ("document", "resource", "revision")
+
+class _Entry:
+    """One key's resource at one revision, and its encoded document once asked for."""
+
+    __slots__ = ("encoded", "resource", "revision")
 
     def __init__(self, revision: int, resource: Resource) -> None:
         self.revision = revision
         self.resource = resource
-        self.document: dict[str, Any] | None = None
+        self.encoded: bytes | None = None

@@ -132,7 +132,7 @@ def build_app(auth: AuthService) -> BodyLimit:
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse(_peer_identity(request, auth).to_json())
 
-    async def get_resources(request: Request) -> JSONResponse:
+    async def get_resources(request: Request) -> Response:
         identity = _peer_identity(request, auth)
         name = request.query_params.get("name") or None
         with_secrets = request.query_params.get("with_secrets") in ("1", "true")
@@ -145,7 +145,8 @@ def build_app(auth: AuthService) -> BodyLimit:
             with_secrets=with_secrets,
             target=TargetQuery.parse(target) if target is not None else None,
         )
-        return JSONResponse({"resources": auth.documents(found, with_secrets=with_secrets)})
+        body = auth.encoded_documents(found, with_secrets=with_secrets)
+        return Response(body, media_type="application/json")
 
     async def create_resources(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)

@@ -14,6 +14,7 @@ from typing import Any
 
 from tether import audit, pki
 from tether.auth.context import AuthContext
+from tether.auth.decoded import encode_json
 from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
 from tether.auth.remote_clusters import RemoteClusterCache
 from tether.auth.target_lookup import TargetLookup
@@ -148,17 +149,32 @@ class ResourceStore:
         self, resources: Sequence[Resource], *, with_secrets: bool = False
     ) -> list[dict[str, Any]]:
         """``resources`` as the API sends them (:func:`~tether.resources.resource_to_dict`);
-        a remote_cluster's document comes from the cache's memory while its status holds,
-        another stored entry's from the decoded cache while its revision does (the caller
-        only encodes them)."""
-        if with_secrets:
-            return [resource_to_dict(res, with_secrets=True) for res in resources]
+        a remote_cluster's document comes from the cache's memory while its status holds."""
         cached = self._remote_clusters.items
-        decoded = self._ctx.decoded
         return [
-            cached.document(res) if res.kind == "remote_cluster" else decoded.document(res)
+            cached.document(res)
+            if res.kind == "remote_cluster" and not with_secrets
+            else resource_to_dict(res, with_secrets=with_secrets)
             for res in resources
         ]
+
+    def encoded_documents(
+        self, resources: Sequence[Resource], *, with_secrets: bool = False
+    ) -> bytes:
+        """The API's answer listing ``resources`` (``{"resources": [documents]}``), as JSON:
+        a stored entry's document is encoded once per revision (the decoded cache keeps it),
+        so that listing thousands of nodes again encodes only those that changed."""
+        if with_secrets:
+            return encode_json({"resources": self.documents(resources, with_secrets=True)})
+        cached = self._remote_clusters.items
+        decoded = self._ctx.decoded
+        parts = [
+            encode_json(cached.document(res))
+            if res.kind == "remote_cluster"
+            else decoded.encoded(res)
+            for res in resources
+        ]
+        return b'{"resources":[' + b",".join(parts) + b"]}"
 
     async def _remote_cluster_list(self, name: str | None) -> list[Resource]:
         """The remote_clusters (or the one named) with their status: from the cache, or from

@@ -158,6 +158,7 @@ class AuthService:
         self.service_addrs = self.inventory.service_addrs
         self.get_resources = self.resources.get_resources
         self.documents = self.resources.documents
+        self.encoded_documents = self.resources.encoded_documents
         self.create_resources = self.resources.create_resources
         self.delete_resource = self.resources.delete_resource
         self.publish = self.inventory.publish
