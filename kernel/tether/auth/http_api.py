@@ -51,6 +51,7 @@ from tether.auth.service import AuthService, JoinResult, TokenInfo
 from tether.errors import AccessDenied, TetherError
 from tether.ratelimit import RateLimiter, rate_limited
 from tether.resources import resource_from_dict
+from tether.targets import TargetQuery
 from tether.trust.handshake import validate_leaf
 from tether.wire import exception_handlers, query_seconds, read_json_object
 
@@ -131,14 +132,21 @@ def build_app(auth: AuthService) -> BodyLimit:
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse(_peer_identity(request, auth).to_json())
 
-    async def get_resources(request: Request) -> JSONResponse:
+    async def get_resources(request: Request) -> Response:
         identity = _peer_identity(request, auth)
         name = request.query_params.get("name") or None
         with_secrets = request.query_params.get("with_secrets") in ("1", "true")
+        # what a user typed to reach a target: routing reads only the entries it names
+        target = request.query_params.get("target")
         found = await auth.get_resources(
-            identity, request.path_params["kind"], name, with_secrets=with_secrets
+            identity,
+            request.path_params["kind"],
+            name,
+            with_secrets=with_secrets,
+            target=TargetQuery.parse(target) if target is not None else None,
         )
-        return JSONResponse({"resources": auth.documents(found, with_secrets=with_secrets)})
+        body = auth.encoded_documents(found, with_secrets=with_secrets)
+        return Response(body, media_type="application/json")
 
     async def create_resources(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)

@@ -157,15 +157,24 @@ class AuthClient:
         name: str | None = None,
         *,
         with_secrets: bool = False,
+        target: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Resources of ``kind`` as documents; ``headers`` from
-        :meth:`tether.protocols.ProxyConnection.forwarded_headers` ask as that user."""
+        :meth:`tether.protocols.ProxyConnection.forwarded_headers` ask as that user.
+
+        :param target: what a user typed to reach a target of ``kind`` (``web-1``,
+            ``env=prod``): only the entries it names (routing's read). An auth server older
+            than this parameter ignores it and answers every entry, which routing resolves
+            the same way.
+        """
         params = {}
         if name:
             params["name"] = name
         if with_secrets:
             params["with_secrets"] = "1"
+        if target is not None:
+            params["target"] = target
         body = await self.call(
             "GET", f"/v1/resources/{kind}", params=params, headers=dict(headers or {})
         )

@@ -14,8 +14,10 @@ from typing import Any
 
 from tether import audit, pki
 from tether.auth.context import AuthContext
+from tether.auth.decoded import encode_json
 from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
 from tether.auth.remote_clusters import RemoteClusterCache
+from tether.auth.target_lookup import TargetLookup
 from tether.backend import Item, Op
 from tether.errors import (
     AccessDenied,
@@ -31,6 +33,7 @@ from tether.resources import (
     resource_to_bytes,
     resource_to_dict,
 )
+from tether.targets import TargetQuery
 
 __all__ = ["ResourceStore"]
 
@@ -65,6 +68,7 @@ class ResourceStore:
         remote_cluster is deleted.
     :param remote_clusters: the remote_clusters with their status, kept by a watch; read
         from the store instead while it is not following it.
+    :param targets: finds the entries of a target kind that a query names (routing's reads).
     """
 
     def __init__(
@@ -74,11 +78,13 @@ class ResourceStore:
         handshake: Callable[[Resource, Item | None], Awaitable[None]],
         forget_cluster: Callable[[str], Awaitable[None]],
         remote_clusters: RemoteClusterCache,
+        targets: TargetLookup,
     ) -> None:
         self._ctx = ctx
         self._handshake = handshake
         self._forget_cluster = forget_cluster
         self._remote_clusters = remote_clusters
+        self._targets = targets
 
     async def get_resources(
         self,
@@ -87,12 +93,37 @@ class ResourceStore:
         name: str | None = None,
         *,
         with_secrets: bool = False,
+        target: TargetQuery | None = None,
     ) -> list[Resource]:
+        """The resources of ``kind_name`` that ``identity`` may see: all of them, the one
+        named ``name``, or those a ``target`` query names (what a user typed to reach one:
+        ``web-1``, ``env=prod``; the kind must be a protocol's target kind).
+
+        A target query is matched against every stored entry first and the caller's roles
+        applied to the matches only, which is what the caller's full listing would have
+        matched: an entry the roles hide is not returned, whatever the query says.
+
+        :raises NotFound: ``name`` does not exist, or the caller may not see it.
+        :raises ResourceError: ``target`` with ``name`` or ``with_secrets``, or for a kind
+            that is no target kind.
+        """
         ctx = self._ctx
         kind = ctx.registry.get(kind_name)
+        target_kind = None
+        if target is not None:
+            target_kind = self._targets.kind(kind.name)
+            if target_kind is None:
+                raise ResourceError(f"{kind.name} is not a kind of target; it takes no query")
+            if name is not None or with_secrets:
+                raise ResourceError("a target query reads neither by name nor with secrets")
         verb = "read" if name or with_secrets else "list"
         visible = await self._reader(identity, kind, verb, with_secrets=with_secrets)
-        if kind.name == "remote_cluster":
+        if target is not None and target_kind is not None:
+            items = await ctx.backend.range(kind.storage_prefix)
+            found_all = ctx.decoded.decode_range(kind.storage_prefix, items)
+            matches = self._targets.matching(target_kind, found_all, target)
+            shown = [res for res in matches if visible(res)]
+        elif kind.name == "remote_cluster":
             # served from memory, with its status: a root with a thousand leaves neither
             # reads nor decodes them per listing
             shown = [res for res in await self._remote_cluster_list(name) if visible(res)]
@@ -126,6 +157,24 @@ class ResourceStore:
             else resource_to_dict(res, with_secrets=with_secrets)
             for res in resources
         ]
+
+    def encoded_documents(
+        self, resources: Sequence[Resource], *, with_secrets: bool = False
+    ) -> bytes:
+        """The API's answer listing ``resources`` (``{"resources": [documents]}``), as JSON:
+        a stored entry's document is encoded once per revision (the decoded cache keeps it),
+        so that listing thousands of nodes again encodes only those that changed."""
+        if with_secrets:
+            return encode_json({"resources": self.documents(resources, with_secrets=True)})
+        cached = self._remote_clusters.items
+        decoded = self._ctx.decoded
+        parts = [
+            encode_json(cached.document(res))
+            if res.kind == "remote_cluster"
+            else decoded.encoded(res)
+            for res in resources
+        ]
+        return b'{"resources":[' + b",".join(parts) + b"]}"
 
     async def _remote_cluster_list(self, name: str | None) -> list[Resource]:
         """The remote_clusters (or the one named) with their status: from the cache, or from

@@ -37,6 +37,7 @@ from tether.auth.remote_clusters import RemoteClusterCache
 from tether.auth.resource_store import ResourceStore
 from tether.auth.signing import CertificateSigning
 from tether.auth.sso_logins import SingleSignOn
+from tether.auth.target_lookup import TargetLookup, target_kinds
 from tether.auth.tokens import TokenInfo, Tokens
 from tether.auth.trust_feed import TrustFeed
 from tether.auth.users import Users
@@ -129,6 +130,8 @@ class AuthService:
             handshake=self._handshake_if_needed,
             forget_cluster=self._forget_cluster,
             remote_clusters=self.remote_clusters,
+            # routing's queries describe entries with the protocols' own target kinds
+            targets=TargetLookup(lambda: target_kinds(pm.hook.tether_protocols())),
         )
         self.tokens = Tokens(ctx, list_resources=self.resources.get_resources)
         self.users = Users(ctx, resources=self.resources, tokens=self.tokens)
@@ -155,6 +158,7 @@ class AuthService:
         self.service_addrs = self.inventory.service_addrs
         self.get_resources = self.resources.get_resources
         self.documents = self.resources.documents
+        self.encoded_documents = self.resources.encoded_documents
         self.create_resources = self.resources.create_resources
         self.delete_resource = self.resources.delete_resource
         self.publish = self.inventory.publish

@@ -40,7 +40,7 @@ from tether.dial import (
 from tether.errors import AccessDenied, NotFound, TargetOffline, TetherError
 from tether.protocols import ProtocolHandler, ProxyContext
 from tether.resources import CERT_AUTHORITY, KindRegistry, resource_from_dict
-from tether.targets import Target, TargetKind, TargetQuery, resolve_target
+from tether.targets import Target, TargetKind, TargetQuery, matching_targets, resolve_target
 from tether.tcpdial import open_tcp
 from tether.tunnel.control import MAX_LISTING, ControlChannel, ControlError
 from tether.tunnel.forward import splice
@@ -151,8 +151,15 @@ class Router:
             kind.name, headers={FORWARDED_CERT_HEADER: user_cert}
         )
 
-    async def _visible(self, kind: TargetKind, user_cert: str) -> list[Target]:
-        docs = await self._visible_docs(kind, user_cert)
+    async def _visible(
+        self, kind: TargetKind, user_cert: str, query: str | None = None
+    ) -> list[Target]:
+        """The targets of ``kind`` the user may see, or only those ``query`` (what the user
+        typed) names: auth matches it against every entry and sends those few, rather than
+        the whole inventory for this proxy to decode and describe."""
+        docs = await self.proxy.auth.get_resources(
+            kind.name, target=query, headers={FORWARDED_CERT_HEADER: user_cert}
+        )
         source = f"{kind.name} from auth"
         return [kind.describe(resource_from_dict(doc, self._kinds, source=source)) for doc in docs]
 
@@ -254,7 +261,12 @@ class Router:
         """
         kind = _kind(handler)
         query = TargetQuery.parse(request.target)
-        targets = await self._visible(kind, request.user_cert)
+        # the targets it names, as auth matched them; resolved here all the same (an auth
+        # older than the query answers every target), and when none matches, the listing
+        # the "not found" message suggests the closest names from
+        targets = await self._visible(kind, request.user_cert, request.target)
+        if not matching_targets(targets, query):
+            targets = await self._visible(kind, request.user_cert)
         return resolve_target(targets, query, kind=kind, cluster=self.cluster_name, leaf=from_root)
 
     async def _reach(
