@@ -31,6 +31,7 @@ from tether.tunnel.transport import (
     HEARTBEAT_INTERVAL,
     HEARTBEATS_MISSED,
     IncomingStream,
+    KeepAlive,
     MuxStream,
     StreamRefused,
     TunnelConnection,
@@ -476,7 +477,7 @@ async def test_heartbeats_reach_storage_in_batches_not_one_write_each(
     recorder = HeartbeatRecorder(write, flush_interval=10)
     await nursery.start(recorder.run)
     network = FakeNetwork(nursery)
-    p1 = network.add("p1", recorder=recorder, heartbeat_interval=1)
+    p1 = network.add("p1", recorder=recorder, keep_alive=KeepAlive(1))
     pools = []
     for _ in range(20):
         pool = pool_for(network)

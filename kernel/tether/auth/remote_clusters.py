@@ -9,8 +9,9 @@ the resources the caller may see and a clock comparison per leaf. A write by ano
 server sharing the store reaches the cache the same way as this one's.
 
 The status is computed at each read from the newest heartbeats, as it was from the store:
-online while a tunnel heartbeated within :data:`REMOTE_OFFLINE_AFTER` and did not report
-itself disconnected; a heartbeat past its TTL counts as gone even before the store reaps it.
+online while a tunnel heartbeated within the cluster's keep-alive dead time (by default
+:data:`REMOTE_OFFLINE_AFTER`) and did not report itself disconnected; a heartbeat past its
+TTL counts as gone even before the store reaps it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 #: A remote cluster whose tunnels have not heartbeated for this long is offline: as many
 #: heartbeats missed as make a tunnel's peer count as dead (a tunnel that closes is recorded
 #: as disconnected at once, so this is how long a proxy gone silent keeps its leaves online).
+#: The default keep-alive's; auth uses the one configured
+#: (:attr:`tether.auth.context.AuthContext.keep_alive`).
 REMOTE_OFFLINE_AFTER = HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
 #: where tunnel heartbeats are stored, per cluster, proxy and agent
 HEARTBEAT_PREFIX = "/tunnels/"
@@ -83,6 +86,8 @@ class RemoteClusterItems:
     """
 
     registry: KindRegistry
+    #: seconds without a heartbeat after which a leaf is offline (the keep-alive's dead time)
+    offline_after: float = REMOTE_OFFLINE_AFTER
     _clusters: dict[str, Resource] = attrs.field(factory=dict)
     _heartbeats: dict[str, dict[str, _Heartbeat]] = attrs.field(factory=dict)
     #: the last resource shown per leaf: (stored resource, status, the two together)
@@ -158,7 +163,7 @@ class RemoteClusterItems:
             if beat.expires is not None and beat.expires <= now:
                 continue  # gone from the store's point of view, reaped or not
             latest = beat.when if latest is None else max(latest, beat.when)
-            if now - beat.when < REMOTE_OFFLINE_AFTER and beat.connected:
+            if now - beat.when < self.offline_after and beat.connected:
                 proxies.add(beat.proxy)
         return RemoteClusterStatus(
             connection="online" if proxies else "offline",
@@ -204,11 +209,16 @@ class RemoteClusterCache:
     """
 
     def __init__(
-        self, *, backend: Backend, registry: KindRegistry, clock: Callable[[], float]
+        self,
+        *,
+        backend: Backend,
+        registry: KindRegistry,
+        clock: Callable[[], float],
+        offline_after: float = REMOTE_OFFLINE_AFTER,
     ) -> None:
         self._backend = backend
         self._clock = clock
-        self.items = RemoteClusterItems(registry)
+        self.items = RemoteClusterItems(registry, offline_after)
         self.ready = False
 
     def current(self, name: str | None = None) -> list[Resource]:
@@ -218,7 +228,7 @@ class RemoteClusterCache:
 
     async def read(self, name: str | None = None) -> list[Resource]:
         """The same as :meth:`current`, read from the store now (while :attr:`ready` is false)."""
-        items = RemoteClusterItems(self.items.registry)
+        items = RemoteClusterItems(self.items.registry, self.items.offline_after)
         items.reset(await self._read(name))
         now = self._clock()
         return [items.with_status(res, now) for res in items.resources(name)]

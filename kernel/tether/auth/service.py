@@ -120,7 +120,10 @@ class AuthService:
         #: the remote_clusters with their status, kept current by a watch on the store (the
         #: daemon runs its :meth:`~tether.auth.remote_clusters.RemoteClusterCache.run`)
         self.remote_clusters = RemoteClusterCache(
-            backend=backend, registry=registry, clock=ctx.clock
+            backend=backend,
+            registry=registry,
+            clock=ctx.clock,
+            offline_after=ctx.keep_alive.dead_after,
         )
         self.host_ids = HostIds(ctx)
         self.inventory = Inventory(ctx, host_ids=self.host_ids)

@@ -32,7 +32,13 @@ from tether.tunnel.control import (
     parse_proxies,
 )
 from tether.tunnel.mux import Connection, MuxConfig
-from tether.tunnel.transport import StreamHandler, TunnelClosed, TunnelConnection, TunnelTimings
+from tether.tunnel.transport import (
+    KeepAlive,
+    StreamHandler,
+    TunnelClosed,
+    TunnelConnection,
+    TunnelTimings,
+)
 
 __all__ = ["AgentPool", "Backoff"]
 
@@ -141,6 +147,13 @@ class AgentPool:
         """Whether a tunnel carries this host's inventory entries now (its proxy relays them
         to auth), so that the host need not publish them itself."""
         return self._inventory is not None and self._carrier("inventory") is not None
+
+    def keep_alive(self) -> KeepAlive:
+        """The cluster's keep-alive as the proxy of the tunnel carrying this host's entries
+        (else of any tunnel) named it; the default before any tunnel is up, or from a proxy
+        too old to name it."""
+        tunnel = self._carrier("inventory") or next(iter(self._tunnels.values()), None)
+        return tunnel.hello.keep_alive if tunnel is not None else KeepAlive()
 
     def follows_trust(self) -> bool:
         """Whether a tunnel's proxy names its trust's revision in its answers and serves it
@@ -284,6 +297,8 @@ class AgentPool:
                 if first is None:
                     raise ControlError("the proxy closed the control stream")
                 hello = parse_hello(first)
+                # both ends of the tunnel give up on a silent peer at the cluster's keep-alive
+                conn.retime(hello.keep_alive.timings(self.timings))
             except BaseException:
                 await conn.aclose("control stream failed")
                 raise
@@ -335,7 +350,7 @@ class AgentPool:
             try:
                 sent = trio.current_time()
                 await control.send(status)
-                with trio.move_on_after(self.timings.dead_after):
+                with trio.move_on_after(conn.timings.dead_after):
                     answer = await self._receive(tunnel, control)
                     if answer is None:
                         return
