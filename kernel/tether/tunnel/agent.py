@@ -340,8 +340,10 @@ class AgentPool:
             if replaced and conn.statistics()["streams"] <= 1:
                 return  # only the control stream is left
             status = {"type": "heartbeat", "cluster": self.cluster, **self._status()}
-            if self._inventory is not None and self._carrier("inventory") is tunnel:
-                status["inventory"] = self._inventory()
+            inventory = self._inventory if self._carrier("inventory") is tunnel else None
+            carries = inventory is not None
+            if inventory is not None:
+                status["inventory"] = inventory()
             if tunnel.hello.trust:
                 status["trust_push"] = True  # this side reads a trust message at any time
             rtt = conn.rtt
@@ -364,6 +366,11 @@ class AgentPool:
                     async with trio.open_nursery() as nursery:
                         # what the proxy pushes meanwhile (its trust moved) is read at once
                         nursery.start_soon(self._read_pushes, tunnel, control, nursery, failed)
+                        if self._inventory is not None and not carries:
+                            # the tunnel carrying this host's entries closed (its proxy has
+                            # them removed): this one carries them from its next heartbeat,
+                            # sent now rather than up to an interval later
+                            nursery.start_soon(self._wait_carrier, tunnel, nursery.cancel_scope)
                         if replaced:
                             await conn.wait_streams_at_most(1)
                         else:
@@ -376,6 +383,12 @@ class AgentPool:
             except ControlError as exc:
                 await conn.aclose(f"bad control message: {exc.message}")
                 return
+
+    async def _wait_carrier(self, tunnel: _Tunnel, wake: trio.CancelScope) -> None:
+        """Cancel ``wake`` once ``tunnel`` is the one to carry this host's entries."""
+        while self._carrier("inventory") is not tunnel:
+            await self._changed.park()
+        wake.cancel()
 
     async def _receive(self, tunnel: _Tunnel, control: ControlChannel) -> dict[str, Any] | None:
         """The next message that answers a heartbeat; a trust message read on the way is
