@@ -633,3 +633,44 @@ async def test_a_node_whose_carrying_tunnel_closes_sends_its_entries_through_ano
     removal = relayed["p1"][1]
     assert removal.removed_relayed_ago == pytest.approx(5, abs=1.5)
     assert removal.entries == (entry,)
+
+
+async def test_a_proxy_shutting_down_leaves_its_nodes_entries_listed(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    # its tunnels close because it goes, not because its nodes did: they move to another
+    # proxy, and their entries stay listed meanwhile
+    relayed: list[InventoryReport] = []
+
+    async def write(batch: Any) -> list[str | None]:
+        relayed.extend(batch)
+        return [None] * len(batch)
+
+    network = FakeNetwork(nursery)
+    network.peer_cert = b"the node's certificate"
+    recorder = InventoryRecorder(write, flush_interval=1, clock=trio.current_time)
+    await nursery.start(recorder.run)
+    server = network.add("p1", inventory=recorder)
+    server._authenticate = lambda stream: attrs.evolve(
+        leaf_identity("root"), kind="node", username="n1"
+    )
+    entry = {"kind": "node", "metadata": {"name": "n1"}}
+    pool = AgentPool(
+        cluster="root",
+        tunnel_addr="lb:443",
+        dial=network.dial,
+        handle_stream=echo,
+        backoff=Backoff(initial=1, maximum=8),
+        rng=random.Random(1),
+        inventory=lambda: {"ttl": pool.keep_alive().entry_ttl, "entries": [entry]},
+    )
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(1)
+    await trio.sleep(5)
+    [record] = server.clusters()["root"]
+    await server.goaway_all("proxy shutting down")
+    with trio.fail_after(30):
+        await record.conn.wait_closed()
+    await trio.sleep(5)
+    assert relayed and all(r.removed_relayed_ago is None for r in relayed)

@@ -402,10 +402,11 @@ class TunnelServer:
                 # the node's last tunnel here closed (its process died, its host reset the
                 # connection, or it stopped answering for the keep-alive's count): its
                 # entries go now, not when they expire. One that moved to a new tunnel here
-                # (a renewed certificate) keeps them.
+                # (a renewed certificate) keeps them, and so do all while this proxy shuts
+                # down: that says nothing of the nodes, which move to another proxy
                 others = self._tunnels.get(record.cluster, {}).values()
                 last = not any(r.agent == record.agent and r.healthy for r in others)
-                self._inventory.forget(record.agent, remove=last)
+                self._inventory.forget(record.agent, remove=last and self._draining is None)
             log.info(
                 "tunnel %d from cluster %s closed: %s",
                 record.id,
