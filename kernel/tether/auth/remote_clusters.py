@@ -30,23 +30,35 @@ from tether.backend import Backend, Event, Item, WatchOverflow
 from tether.errors import TetherError
 from tether.resources import KindRegistry, Resource, resource_from_bytes, resource_to_dict
 from tether.trust import RemoteClusterStatus
-from tether.tunnel.transport import HEARTBEAT_INTERVAL, HEARTBEATS_MISSED
+from tether.tunnel.transport import KeepAlive
 
 __all__ = [
     "HEARTBEAT_PREFIX",
     "REMOTE_OFFLINE_AFTER",
     "RemoteClusterCache",
     "RemoteClusterItems",
+    "offline_after",
 ]
 
 log = logging.getLogger(__name__)
 
-#: A remote cluster whose tunnels have not heartbeated for this long is offline: as many
-#: heartbeats missed as make a tunnel's peer count as dead (a tunnel that closes is recorded
-#: as disconnected at once, so this is how long a proxy gone silent keeps its leaves online).
-#: The default keep-alive's; auth uses the one configured
-#: (:attr:`tether.auth.context.AuthContext.keep_alive`).
-REMOTE_OFFLINE_AFTER = HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
+#: how late a tunnel's heartbeat may reach auth after it came: a proxy writes them in
+#: batches every 5 s (``tether.proxy.tunnels.build_tunnel_server``); a leaf whose keep-alive
+#: is seconds must not flap offline between two batches
+STORE_DELAY = 5.0
+
+
+def offline_after(keep_alive: KeepAlive) -> float:
+    """Seconds without a stored heartbeat after which a leaf is offline under ``keep_alive``:
+    as many heartbeats missed as make a tunnel's peer count as dead, and the delay of the
+    batch that stores one (a tunnel that closes is recorded as disconnected at once, so this
+    is how long a proxy gone silent keeps its leaves online)."""
+    return keep_alive.dead_after + STORE_DELAY
+
+
+#: :func:`offline_after` of the default keep-alive; auth uses the one configured
+#: (:attr:`tether.auth.context.AuthContext.keep_alive`)
+REMOTE_OFFLINE_AFTER = offline_after(KeepAlive())
 #: where tunnel heartbeats are stored, per cluster, proxy and agent
 HEARTBEAT_PREFIX = "/tunnels/"
 
@@ -86,7 +98,7 @@ class RemoteClusterItems:
     """
 
     registry: KindRegistry
-    #: seconds without a heartbeat after which a leaf is offline (the keep-alive's dead time)
+    #: seconds without a heartbeat after which a leaf is offline (:func:`offline_after`)
     offline_after: float = REMOTE_OFFLINE_AFTER
     _clusters: dict[str, Resource] = attrs.field(factory=dict)
     _heartbeats: dict[str, dict[str, _Heartbeat]] = attrs.field(factory=dict)

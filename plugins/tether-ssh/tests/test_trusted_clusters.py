@@ -574,12 +574,12 @@ def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
             clusters = root.tether("alice", "clusters").stdout
             assert "leaf" in clusters and "online" in clusters, clusters
             # the dead proxy's heartbeats go stale after the keep-alive's count of intervals
-            # (3 x 2 s here, docs/tunnel-protocol.md); the leaf stays online through the other
-            # meanwhile
+            # and a heartbeat batch (3 x 2 s + 5 s here, docs/tunnel-protocol.md); the leaf
+            # stays online through the other meanwhile
             wait_for(
                 lambda: remote_status(root).get("proxies") == ["root-proxy-b"],
                 "the root to see the leaf through root-proxy-b only",
-                timeout=30,
+                timeout=60,
             )
             assert connection(root) == "online"
     finally:
