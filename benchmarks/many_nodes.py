@@ -100,7 +100,7 @@ FLEET_OPTIONS = root_watch.FleetOptions(
     joined="join and be listed",
     join="joins",
     count=(10_000, 200),
-    idle_seconds=(30.0, 10.0),
+    idle_seconds=(60.0, 10.0),  # full: a keep-alive interval, every node heartbeats once
     join_timeout=(1800.0, 120.0),
     processes=4,
     concurrency=8,
@@ -163,8 +163,9 @@ class Params:
         return params
 
     def to_json(self) -> dict[str, Any]:
-        from tether.node.agent import ENTRY_TTL, HEARTBEAT_INTERVAL
+        from tether.tunnel.transport import KeepAlive
 
+        keep_alive = KeepAlive()  # the root runs with the default auth_service.keep_alive_*
         return {
             **dataclasses.asdict(self),
             "lightweight_nodes": self.nodes - 1,
@@ -181,8 +182,9 @@ class Params:
             "rss": "VmRSS of the root tetherd, from /proc/PID/status; peak_rss_mib is VmHWM, "
             "the peak since it started, and the join's root_peak_rss_mib the highest VmRSS "
             "sampled every second while nodes join",
-            "heartbeat_interval_seconds": HEARTBEAT_INTERVAL.total_seconds(),
-            "entry_ttl_seconds": ENTRY_TTL.total_seconds(),
+            "heartbeat_interval_seconds": keep_alive.interval,
+            "keep_alive_count_max": keep_alive.count_max,
+            "entry_ttl_seconds": keep_alive.entry_ttl,
             "heartbeats": "one PUT /v1/presence per node at its start (as tether.node.agent "
             "checks its first one), then its entry in its tunnel's heartbeats, which the "
             "proxy relays to auth in one PUT /v1/presence/relayed per flush (5 s)",

@@ -163,6 +163,9 @@ def assert_serving(cluster: RunningCluster, cas: pki.ClusterAuthorities) -> None
         "version": tether.__version__,
         "ca_pin": cluster.ca_pin,
         "fingerprints": cas.fingerprints(),
+        # the cluster's keep-alive, the defaults: what its proxies name to every tunnel
+        "keep_alive_interval": 60.0,
+        "keep_alive_count_max": 3,
     }
 
 

@@ -648,3 +648,52 @@ def test_tetherd_configure_offers_only_the_storage_backends_installed(
     assert "those installed here: sqlite." in plain
     assert "postgresql" not in plain
     assert "those installed here: hooktest, sqlite." in with_plugin
+
+
+# --- the cluster's keep-alive ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auth_service: {keep_alive_interval: 0s}\n",
+         "tether.yaml:1: auth_service.keep_alive_interval: must be greater than zero"),
+        ("auth_service: {keep_alive_interval: -30s}\n",
+         "tether.yaml:1: auth_service.keep_alive_interval: '-30s' is not a duration "
+         "(examples: 30s, 5m, 12h, 1h30m)"),
+        ("auth_service: {keep_alive_interval: often}\n",
+         "tether.yaml:1: auth_service.keep_alive_interval: 'often' is not a duration "
+         "(examples: 30s, 5m, 12h, 1h30m)"),
+        ("auth_service: {keep_alive_interval: 60}\n",
+         "tether.yaml:1: auth_service.keep_alive_interval: "
+         "expected a duration such as 30s, 5m or 12h, got an integer"),
+        ("auth_service: {keep_alive_count_max: 0}\n",
+         "tether.yaml:1: auth_service.keep_alive_count_max: must be greater than zero"),
+        ("auth_service: {keep_alive_count_max: -1}\n",
+         "tether.yaml:1: auth_service.keep_alive_count_max: must be greater than zero"),
+        ("auth_service: {keep_alive_count_max: three}\n",
+         "tether.yaml:1: auth_service.keep_alive_count_max: expected an integer, got a string"),
+        ("auth_service: {keep_alive_interval: 20m, keep_alive_count_max: 3}\n",
+         "tether.yaml:1: auth_service.keep_alive_interval: 20m x (keep_alive_count_max 3 + 1) "
+         "is 1h20m: a tunnel-mode node's entries would live longer than the hour auth allows; "
+         "shorten either"),
+    ],
+)  # fmt: skip
+def test_an_unusable_keep_alive_is_refused_naming_the_field(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_the_keep_alive_defaults_to_a_minute_and_three_missed() -> None:
+    config = load("auth_service: {keep_alive_interval: 5m}\n")
+
+    assert config.auth_service.keep_alive_interval == datetime.timedelta(minutes=5)
+    assert config.auth_service.keep_alive_count_max == 3
+    assert default_config().auth_service.keep_alive_interval == datetime.timedelta(minutes=1)
+
+
+def test_tetherd_start_refuses_an_unusable_keep_alive(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "tether.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nauth_service:\n  keep_alive_count_max: 0\n")
+    started = run_cli("tetherd", "start", "-c", str(path), check=False)
+    assert started.returncode != 0
+    assert "auth_service.keep_alive_count_max: must be greater than zero" in started.stderr

@@ -32,7 +32,10 @@ TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<level>[A-Z]+) \[(?P
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    running = start_cluster(tmp_path_factory.mktemp("quiet"), "main", config=INFO)
+    # a short keep-alive: a tunnel node renews its entry through its tunnel every 2 s, not
+    # every minute (the default), which the test waits for
+    keep_alive = {"auth_service": {"keep_alive_interval": "2s", "keep_alive_count_max": 3}}
+    running = start_cluster(tmp_path_factory.mktemp("quiet"), "main", config={**INFO, **keep_alive})
     try:
         yield running
     finally:

@@ -13,15 +13,17 @@ from collections.abc import AsyncIterator
 
 import attrs
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from tether import audit, pki
+from tether.auth.inventory import RelayedEntry
 from tether.auth.service import AuthService
 from tether.backend import open_sqlite
 from tether.config import default_config
 from tether.errors import AccessDenied, NotFound, TetherError
 from tether.hookspecs import hookimpl
 from tether.plugins import get_plugin_manager
-from tether.resources import ResourceKind
+from tether.resources import ResourceKind, resource_to_dict
 from tether.token_types import TokenType
 
 HOUR = datetime.timedelta(hours=1)
@@ -245,3 +247,68 @@ async def test_a_host_publishes_several_entries_named_freely_but_none_of_another
     await auth.publish(other, auth.make("gizmo", "prod", {"host_id": "g2"}), HOUR)
     [prod] = await auth.get_resources(proxy, "gizmo", "prod")
     assert prod.spec.host_id == "g2"
+
+
+# --- relayed entries removed when a host's tunnel closes ------------------------------------
+
+
+def host_cert(auth: AuthService, who: pki.Identity) -> bytes:
+    """The DER certificate auth would have issued ``who`` (what its tunnel presents)."""
+    key = pki.generate_private_key()
+    cert = pki.issue_x509_cert(auth.authorities.tls, key.public_key(), who)
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+async def relay(auth: AuthService, *entries: RelayedEntry) -> list[str | None]:
+    return await auth.inventory.publish_relayed(
+        host("p1", kind="proxy"),
+        entries,
+        verify=auth.verify_client,
+        trust_revision=auth.trust_feed.revision,
+    )
+
+
+async def listed(auth: AuthService, kind: str = "gadget") -> set[str]:
+    return {r.metadata.name for r in await auth.get_resources(host("p1", kind="proxy"), kind)}
+
+
+async def test_a_host_cannot_get_another_hosts_relayed_entry_removed(auth: AuthService) -> None:
+    # the attack: a node whose tunnel closes, or a proxy relaying for it, names another
+    # node's entry as one to remove; only what the closing host may publish is removed
+    victim, attacker = host_cert(auth, host("n1")), host_cert(auth, host("n2"))
+    document = resource_to_dict(gadget(auth, "n1", {}))  # type: ignore[arg-type]
+    assert await relay(auth, RelayedEntry(victim, document, 60.0)) == [None]
+    removal = RelayedEntry(attacker, document, 60.0, removed=True, relayed_ago=0.0)
+    [refused] = await relay(auth, removal)
+    assert refused is not None and "may only publish its own gadget entry, not 'n1'" in refused
+    assert await listed(auth) == {"n1"}
+    # nor a freely named entry another host serves, even naming itself as its server
+    gizmo_host, other = host("g1", roles=("Gizmo",)), host("g2", roles=("Gizmo",))
+    prod = resource_to_dict(auth.make("gizmo", "prod", {"host_id": "g1"}))
+    assert await relay(auth, RelayedEntry(host_cert(auth, gizmo_host), prod, 60.0)) == [None]
+    claimed = resource_to_dict(auth.make("gizmo", "prod", {"host_id": "g2"}))
+    gone = RelayedEntry(host_cert(auth, other), claimed, 60.0, removed=True)
+    assert await relay(auth, gone) == [None]  # nothing of g2's to remove
+    assert await listed(auth, "gizmo") == {"prod"}
+    # its own host's removal does remove it
+    assert await relay(auth, attrs.evolve(removal, cert=victim)) == [None]
+    assert await listed(auth) == set()
+
+
+async def test_a_relayed_removal_keeps_an_entry_published_again_since(
+    auth: AuthService, clock: Clock
+) -> None:
+    # a node that moved to another proxy publishes its entry through its new tunnel before
+    # the old proxy's removal arrives: the removal names when the old proxy relayed it
+    cert = host_cert(auth, host("n1"))
+    document = resource_to_dict(gadget(auth, "n1", {}))  # type: ignore[arg-type]
+    assert await relay(auth, RelayedEntry(cert, document, 60.0)) == [None]  # via proxy A
+    clock.now += 20
+    assert await relay(auth, RelayedEntry(cert, document, 60.0)) == [None]  # via proxy B
+    clock.now += 1
+    stale = RelayedEntry(cert, document, 60.0, removed=True, relayed_ago=21.0)  # A's
+    assert await relay(auth, stale) == [None]
+    assert await listed(auth) == {"n1"}
+    fresh = RelayedEntry(cert, document, 60.0, removed=True, relayed_ago=1.0)  # B's
+    assert await relay(auth, fresh) == [None]
+    assert await listed(auth) == set()

@@ -63,3 +63,51 @@ async def test_a_host_that_reconnects_is_relayed_at_once() -> None:
     recorder.record(report("n1"))
     await recorder.flush()
     assert auth.batches == [["n1"], ["n1"]]
+
+
+class Removals(Auth):
+    """Also keeps every report, removals included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: list[InventoryReport] = []
+
+    async def write(self, reports: Sequence[InventoryReport]) -> list[str | None]:
+        self.reports.extend(reports)
+        return await super().write(reports)
+
+
+async def test_a_host_whose_last_tunnel_closed_has_what_was_relayed_removed_at_once() -> None:
+    auth, now = Removals(), [0.0]
+    recorder = InventoryRecorder(auth.write, flush_interval=5.0, clock=lambda: now[0])
+    recorder.record(report("n1"))
+    await recorder.flush()
+    now[0] = 30
+    recorder.forget("n1", remove=True)
+    assert recorder._urgent.is_set()  # written now, not with the next batch
+    await recorder.flush()
+    removal = auth.reports[-1]
+    assert removal.removed_relayed_ago == 30  # auth keeps it if published again since
+    assert removal.entries == report("n1").entries and removal.cert == b"der"
+    # gone once: a second close, or a removal written, removes nothing more
+    recorder.forget("n1", remove=True)
+    assert await recorder.flush() == 0
+
+
+async def test_a_host_with_nothing_stored_or_still_connected_has_nothing_removed() -> None:
+    auth, now = Removals(), [0.0]
+    recorder = InventoryRecorder(auth.write, flush_interval=5.0, clock=lambda: now[0])
+    auth.refuse.add("n2")
+    for host in ("n1", "n2", "n3"):
+        recorder.record(report(host))
+    await recorder.flush()
+    recorder.forget("n1")  # another tunnel of it is up here: it keeps its entries
+    recorder.forget("n2", remove=True)  # auth refused what it reported: nothing of it stored
+    recorder.record(report("n4"))
+    recorder.forget("n4", remove=True)  # closed before its report went out
+    assert await recorder.flush() == 0
+    # a host that reconnects before its removal is written is relayed, not removed
+    recorder.forget("n3", remove=True)
+    recorder.record(report("n3"))
+    await recorder.flush()
+    assert auth.reports[-1].removed_relayed_ago is None and auth.reports[-1].agent == "n3"

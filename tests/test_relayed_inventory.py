@@ -30,8 +30,10 @@ from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
 from tether.tunnel.transport import IncomingStream
 
-WAIT = 60.0  # a heartbeat every 10 s, relayed within 5 s
-ENTRY_TTL = 40.0  # what the nodes here say their entries live, as a node's agent does
+WAIT = 60.0  # a heartbeat every 2 s (the cluster's keep-alive here), relayed within 5 s
+#: the cluster's keep-alive here: the defaults (a heartbeat a minute) would make each test
+#: wait minutes for a second heartbeat
+KEEP_ALIVE = {"keep_alive_interval": "2s", "keep_alive_count_max": 3}
 
 
 async def join(cluster: RunningCluster, token: str, hostname: str) -> JoinedIdentity:
@@ -65,13 +67,18 @@ def tunnel_pool(
     async def refuse(request: IncomingStream) -> None:
         request.reject("serves nothing")
 
-    return AgentPool(
+    def inventory() -> dict[str, Any]:
+        # entries live as long as the keep-alive the proxy named says, as a node's agent does
+        return {"ttl": pool.keep_alive().entry_ttl, "entries": entries()}
+
+    pool = AgentPool(
         cluster=joined.identity.cluster,
         tunnel_addr=cluster.proxy_addr,
         dial=dial,
         handle_stream=refuse,
-        inventory=lambda: {"ttl": ENTRY_TTL, "entries": entries()},
+        inventory=inventory,
     )
+    return pool
 
 
 async def tunnel_node(cluster: RunningCluster, hostname: str) -> tuple[str, AgentPool]:
@@ -101,7 +108,9 @@ def node_token(cluster: RunningCluster) -> str:
 
 @pytest.fixture
 def cluster(tether_cluster_factory: object) -> RunningCluster:
-    return tether_cluster_factory("main")  # type: ignore[operator,no-any-return]
+    return tether_cluster_factory(  # type: ignore[operator,no-any-return]
+        "main", config={"auth_service": KEEP_ALIVE}
+    )
 
 
 async def test_a_tunnel_node_is_listed_by_its_tunnel_heartbeats_alone(
@@ -120,14 +129,19 @@ async def test_a_tunnel_node_is_listed_by_its_tunnel_heartbeats_alone(
 async def test_a_tunnel_node_stays_listed_past_its_entrys_lifetime(
     cluster: RunningCluster,
 ) -> None:
-    # its entry lives 40 s and is renewed only by its tunnel's heartbeats: the proxy names a
-    # node's tunnel the node heartbeat interval, not the minute a leaf's tunnel heartbeats at
+    # its entry lives the keep-alive's count of heartbeats and a margin (3 x 2 s + 5 s here)
+    # and is renewed only by its tunnel's heartbeats, at the keep-alive's interval the proxy
+    # names in the hello: the entry must outlive the gap between two heartbeats
     host_id, pool = await tunnel_node(cluster, "steady")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         await pool.wait_connected()
+        keep_alive = pool.keep_alive()
+        assert (keep_alive.interval, keep_alive.count_max) == (2.0, 3)
+        entry_ttl = keep_alive.entry_ttl
+        assert keep_alive.interval < entry_ttl <= 2 * keep_alive.dead_after
         await wait_listed(cluster, lambda nodes: nodes.get(host_id) == "steady")
-        deadline = trio.current_time() + ENTRY_TTL + 10
+        deadline = trio.current_time() + entry_ttl + 10
         while trio.current_time() < deadline:
             nodes = await trio.to_thread.run_sync(listed_nodes, cluster)
             assert nodes.get(host_id) == "steady", "its entry expired between heartbeats"
@@ -156,15 +170,68 @@ async def test_a_node_cannot_publish_another_nodes_entry_through_its_tunnel(
         with trio.fail_after(WAIT):  # the refusal comes back in a heartbeat's answer
             while "auth refused this host's inventory" not in caplog.text:  # noqa: ASYNC110
                 await trio.sleep(0.5)
+        # listed while both are connected: a node whose tunnel closes is unlisted at once
+        nodes = await trio.to_thread.run_sync(listed_nodes, cluster)
         nursery.cancel_scope.cancel()
     assert f"may only publish its own node entry, not '{victim_id}'" in caplog.text
-    nodes = await trio.to_thread.run_sync(listed_nodes, cluster)
     assert nodes[victim_id] == "victim"
     assert nodes[attacker_id] == "attacker"  # its own entry went through
     out = cluster.tetherctl("audit", "search", "--type=host.publish.refused", "--format=json")
     refused = [e for e in json.loads(out.stdout) if e["user"] == attacker_id]
     assert refused  # one per heartbeat that claimed it
     assert {e["name"] for e in refused} == {victim_id}
+
+
+async def test_a_tunnel_node_whose_tunnel_closes_is_unlisted_at_once(
+    tether_cluster_factory: object,
+) -> None:
+    # the default keep-alive: a heartbeat a minute, entries living four; the proxy sees the
+    # tunnel close and has auth remove the entries it relayed for that node now
+    cluster = tether_cluster_factory("main")  # type: ignore[operator]
+    gone_id, gone = await tunnel_node(cluster, "gone")
+    stays_id, stays = await tunnel_node(cluster, "stays")
+    async with trio.open_nursery() as outer:
+        await outer.start(stays.run)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gone.run)
+            await wait_listed(cluster, lambda nodes: {gone_id, stays_id} <= nodes.keys())
+            assert gone.keep_alive().entry_ttl > 120
+            nursery.cancel_scope.cancel()  # its tunnel closes
+        with trio.fail_after(15):  # far less than its entry's lifetime
+            await wait_listed(cluster, lambda nodes: gone_id not in nodes)
+        assert stays_id in await trio.to_thread.run_sync(listed_nodes, cluster)
+        outer.cancel_scope.cancel()
+    assert "relayed inventory reports in one write" in cluster.log_text()
+
+
+async def test_a_node_cannot_get_another_nodes_entry_removed_by_closing_its_tunnel(
+    cluster: RunningCluster,
+) -> None:
+    # the attacker claims the victim's name in its heartbeats (refused), then its tunnel
+    # closes: what its proxy removes is what auth stored as the attacker's, never the victim's
+    token = node_token(cluster)
+    victim = await join(cluster, token, "victim")
+    attacker = await join(cluster, token, "attacker")
+    victim_id, attacker_id = victim.identity.username, attacker.identity.username
+    claims = [node_entry(victim_id, "victim-now-evil"), node_entry(attacker_id, "attacker")]
+    victims = tunnel_pool(cluster, victim, lambda: [node_entry(victim_id, "victim")])
+    attackers = tunnel_pool(cluster, attacker, lambda: claims)
+    async with trio.open_nursery() as outer:
+        await outer.start(victims.run)
+        await wait_listed(cluster, lambda nodes: nodes.get(victim_id) == "victim")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(attackers.run)
+            await wait_listed(cluster, lambda nodes: attacker_id in nodes)
+            # then it reports only the victim's entry, as if it were its own
+            claims[:] = [node_entry(victim_id, "victim-now-evil")]
+            await trio.sleep(3 * 2.0)  # a heartbeat or more with it
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(WAIT):
+            await wait_listed(cluster, lambda nodes: attacker_id not in nodes)
+        await trio.sleep(2)  # a removal of the victim's would be written by now
+        nodes = await trio.to_thread.run_sync(listed_nodes, cluster)
+        outer.cancel_scope.cancel()
+    assert nodes.get(victim_id) == "victim"
 
 
 async def test_a_tunnel_node_learns_of_a_new_role_through_its_tunnel(

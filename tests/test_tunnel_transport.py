@@ -18,19 +18,25 @@ import trio
 import trio.testing
 
 from tether.pki import Identity
-from tether.testing.memory import memory_tls_stream_pair
+from tether.testing.memory import MemoryTLSStream, memory_tls_stream_pair
 from tether.tunnel import Connection, ErrorCode, MuxConfig
 from tether.tunnel import _frames as fr
 from tether.tunnel._frames import FrameType
 from tether.tunnel.agent import AgentPool, Backoff
 from tether.tunnel.control import ProxyInfo
-from tether.tunnel.heartbeats import HeartbeatRecord, HeartbeatRecorder
+from tether.tunnel.heartbeats import (
+    HeartbeatRecord,
+    HeartbeatRecorder,
+    InventoryRecorder,
+    InventoryReport,
+)
 from tether.tunnel.mux import REPLY_FLOOD_FACTOR
 from tether.tunnel.server import ClusterOffline, TargetRefused, TunnelServer
 from tether.tunnel.transport import (
     HEARTBEAT_INTERVAL,
     HEARTBEATS_MISSED,
     IncomingStream,
+    KeepAlive,
     MuxStream,
     StreamRefused,
     TunnelConnection,
@@ -332,6 +338,8 @@ class FakeNetwork:
         self.turn = 0
         self.dials = 0
         self.failures_left = 0
+        #: the certificate the agent's end presents (DER), as a node's tunnel does
+        self.peer_cert: bytes | None = None
 
     def add(self, proxy_id: str, **kwargs: Any) -> TunnelServer:
         server = TunnelServer(
@@ -356,8 +364,21 @@ class FakeNetwork:
         pid = up[self.turn % len(up)]
         self.turn += 1
         ours, theirs = memory_tls_stream_pair()
+        if self.peer_cert is not None:
+            theirs = PresentingStream(theirs, "TLSv1.3", self.peer_cert)
         self.nursery.start_soon(self.servers[pid].handle, theirs)
         return ours
+
+
+class PresentingStream(MemoryTLSStream):
+    """The proxy's end of a memory tunnel whose agent presented ``cert``."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream, version: str, cert: bytes) -> None:
+        super().__init__(stream, version)
+        self._cert = cert
+
+    def getpeercert(self, binary_form: bool = False) -> bytes:
+        return self._cert
 
 
 def pool_for(network: FakeNetwork, **kwargs: Any) -> AgentPool:
@@ -476,7 +497,7 @@ async def test_heartbeats_reach_storage_in_batches_not_one_write_each(
     recorder = HeartbeatRecorder(write, flush_interval=10)
     await nursery.start(recorder.run)
     network = FakeNetwork(nursery)
-    p1 = network.add("p1", recorder=recorder, heartbeat_interval=1)
+    p1 = network.add("p1", recorder=recorder, keep_alive=KeepAlive(1))
     pools = []
     for _ in range(20):
         pool = pool_for(network)
@@ -560,3 +581,96 @@ async def test_an_agent_that_renews_moves_to_new_tunnels_and_running_streams_fin
     await fresh.send_all(b"after")
     assert await fresh.receive_some() == b"after"
     assert pool.connected_proxies() == ["p1"]
+
+
+async def test_a_node_whose_carrying_tunnel_closes_sends_its_entries_through_another_at_once(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    # a node holds a tunnel to each of two proxies; its entries ride the first's heartbeats.
+    # When that tunnel closes, that proxy has auth remove them, and the node sends them
+    # through its other tunnel at once, not at that tunnel's next heartbeat a minute later
+    relayed: dict[str, list[InventoryReport]] = {"p1": [], "p2": []}
+
+    def writer(proxy: str) -> Callable[[Any], Any]:
+        async def write(batch: Any) -> list[str | None]:
+            relayed[proxy].extend(batch)
+            return [None] * len(batch)
+
+        return write
+
+    network = FakeNetwork(nursery)
+    network.peer_cert = b"the node's certificate"
+    node = attrs.evolve(leaf_identity("root"), kind="node", username="n1")
+    for proxy in ("p1", "p2"):
+        recorder = InventoryRecorder(writer(proxy), flush_interval=1, clock=trio.current_time)
+        await nursery.start(recorder.run)
+        server = network.add(proxy, inventory=recorder)
+        server._authenticate = lambda stream: node
+    entry = {"kind": "node", "metadata": {"name": "n1"}}
+    pool = AgentPool(
+        cluster="root",
+        tunnel_addr="lb:443",
+        dial=network.dial,
+        handle_stream=echo,
+        backoff=Backoff(initial=1, maximum=8),
+        rng=random.Random(1),
+        inventory=lambda: {"ttl": pool.keep_alive().entry_ttl, "entries": [entry]},
+    )
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(2)
+    await trio.sleep(5)
+    assert pool.keep_alive().interval == HEARTBEAT_INTERVAL
+    assert [r.removed_relayed_ago for r in relayed["p1"]] == [None]
+    assert relayed["p1"][0].cert == b"the node's certificate"
+    assert relayed["p2"] == []  # one tunnel carries them
+    closed_at = trio.current_time()
+    await network.servers["p1"].disconnect("root", "a network fault")
+    with trio.fail_after(HEARTBEAT_INTERVAL):
+        while not relayed["p2"]:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+    assert trio.current_time() - closed_at < 5  # of the virtual clock: no heartbeat waited for
+    removal = relayed["p1"][1]
+    assert removal.removed_relayed_ago == pytest.approx(5, abs=1.5)
+    assert removal.entries == (entry,)
+
+
+async def test_a_proxy_shutting_down_leaves_its_nodes_entries_listed(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    # its tunnels close because it goes, not because its nodes did: they move to another
+    # proxy, and their entries stay listed meanwhile
+    relayed: list[InventoryReport] = []
+
+    async def write(batch: Any) -> list[str | None]:
+        relayed.extend(batch)
+        return [None] * len(batch)
+
+    network = FakeNetwork(nursery)
+    network.peer_cert = b"the node's certificate"
+    recorder = InventoryRecorder(write, flush_interval=1, clock=trio.current_time)
+    await nursery.start(recorder.run)
+    server = network.add("p1", inventory=recorder)
+    server._authenticate = lambda stream: attrs.evolve(
+        leaf_identity("root"), kind="node", username="n1"
+    )
+    entry = {"kind": "node", "metadata": {"name": "n1"}}
+    pool = AgentPool(
+        cluster="root",
+        tunnel_addr="lb:443",
+        dial=network.dial,
+        handle_stream=echo,
+        backoff=Backoff(initial=1, maximum=8),
+        rng=random.Random(1),
+        inventory=lambda: {"ttl": pool.keep_alive().entry_ttl, "entries": [entry]},
+    )
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(1)
+    await trio.sleep(5)
+    [record] = server.clusters()["root"]
+    await server.goaway_all("proxy shutting down")
+    with trio.fail_after(30):
+        await record.conn.wait_closed()
+    await trio.sleep(5)
+    assert relayed and all(r.removed_relayed_ago is None for r in relayed)

@@ -16,9 +16,11 @@ node's agent (:class:`tether.node.agent.NodeAgent`) makes, in its order:
    on a ``@trust`` stream when the revision the proxy names in its answers moves);
 4. its ``node`` resource (the SSH plugin's :data:`tether_ssh.inventory.NODE`, ``use_tunnel``)
    published at start over HTTPS (``PUT /v1/presence``, as the agent checks its first
-   heartbeat), then in the tunnel's heartbeats with the agent's TTL, which the proxy relays to
-   auth in batches (or over HTTPS every :data:`tether.node.agent.HEARTBEAT_INTERVAL` if the
-   proxy does not relay them), as the agent sends them;
+   heartbeat), then in the tunnel's heartbeats (at the cluster's keep-alive interval, which
+   the proxy names in its hello) with the TTL the agent derives from that keep-alive
+   (:attr:`tether.tunnel.transport.KeepAlive.entry_ttl`), which the proxy relays to auth in
+   batches (or over HTTPS every :data:`tether.node.agent.HEARTBEAT_INTERVAL` if the proxy does
+   not relay them), as the agent sends them;
 5. renewal of its certificates at two thirds of their lifetime
    (:func:`tether.node.join.keep_renewed`), new tunnels after it.
 
@@ -226,13 +228,13 @@ async def run_nodes(args: argparse.Namespace, out: IO[str]) -> None:
 
         spec = NodeSpec(hostname=name, addr="", use_tunnel=True, version=__version__)
         document = resource_to_dict(NODE.new(host, spec, labels={}))
-        inventory = {"ttl": ENTRY_TTL.total_seconds(), "entries": [document]}
         pool = AgentPool(
             cluster=joined.identity.cluster,
             tunnel_addr=args.proxy,
             dial=dial,
             handle_stream=refuse,
-            inventory=lambda: inventory,
+            # the TTL of the keep-alive the proxy named, as the agent sends it
+            inventory=lambda: {"ttl": pool.keep_alive().entry_ttl, "entries": [document]},
         )
         pools[name] = pool
         nursery.start_soon(follow_trust, api, pool, first.get("revision"))

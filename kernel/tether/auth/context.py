@@ -24,6 +24,7 @@ from tether.errors import AccessDenied
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, Resource, make_resource, resource_from_bytes
+from tether.tunnel.transport import KeepAlive
 
 __all__ = ["AuthContext"]
 
@@ -51,6 +52,13 @@ class AuthContext:
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
+
+    @property
+    def keep_alive(self) -> KeepAlive:
+        """The cluster's keep-alive (``auth_service.keep_alive_*``): what its proxies name to
+        every tunnel's agent, and how long a leaf's tunnels may be silent before it is offline."""
+        section = self.config.auth_service
+        return KeepAlive(section.keep_alive_interval.total_seconds(), section.keep_alive_count_max)
 
     @property
     def ca_pin(self) -> str:

@@ -126,6 +126,9 @@ def build_app(auth: AuthService) -> BodyLimit:
                 "version": __version__,
                 "ca_pin": auth.ca_pin,
                 "fingerprints": auth.authorities.fingerprints(),
+                # the cluster's keep-alive, which its proxies name to every tunnel's agent
+                "keep_alive_interval": auth.context.keep_alive.interval,
+                "keep_alive_count_max": auth.context.keep_alive.count_max,
             }
         )
 
@@ -298,7 +301,16 @@ def build_app(auth: AuthService) -> BodyLimit:
                 cert = base64.b64decode(entry.cert, validate=True)
             except (binascii.Error, ValueError):
                 raise TetherError(f"entry {i}: cert is not base64") from None
-            entries.append(RelayedEntry(cert, entry.resource, entry.ttl_seconds))
+            gone = entry.removed_relayed_ago
+            entries.append(
+                RelayedEntry(
+                    cert,
+                    entry.resource,
+                    entry.ttl_seconds,
+                    removed=gone is not None,
+                    relayed_ago=gone or 0.0,
+                )
+            )
         refused = await auth.inventory.publish_relayed(
             proxy,
             entries,

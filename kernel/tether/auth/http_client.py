@@ -189,11 +189,13 @@ class AuthClient:
         )
 
     async def publish_relayed(
-        self, entries: Sequence[tuple[bytes, Mapping[str, Any], float]]
+        self, entries: Sequence[tuple[bytes, Mapping[str, Any], float, float | None]]
     ) -> list[str | None]:
         """Relay the inventory entries of the hosts whose tunnels this proxy holds (only the
         cluster's proxies may): each is ``(the host's certificate (DER), entry, ttl in
-        seconds)``. Returns, per entry, None when stored or why auth refused it."""
+        seconds, removed)``, where ``removed`` is None, or for the entry of a host whose
+        tunnel closed, how many seconds ago it was relayed (auth removes it unless published
+        again since). Returns, per entry, None when stored or why auth refused it."""
         body = await self.call(
             "PUT",
             "/v1/presence/relayed",
@@ -203,8 +205,9 @@ class AuthClient:
                         "cert": base64.b64encode(cert).decode(),
                         "resource": dict(document),
                         "ttl_seconds": ttl,
+                        **({"removed_relayed_ago": gone} if gone is not None else {}),
                     }
-                    for cert, document, ttl in entries
+                    for cert, document, ttl, gone in entries
                 ]
             },
         )

@@ -45,7 +45,8 @@ __all__ = [
     "RelayedEntry",
 ]
 
-#: a tunnel that has not heartbeated for this long is forgotten by storage
+#: a tunnel that has not heartbeated for this long is forgotten by storage (or twice the
+#: keep-alive's dead time, if longer)
 HEARTBEAT_TTL = 600.0
 #: How long a published inventory entry may live between heartbeats.
 MIN_PUBLISH_TTL = datetime.timedelta(seconds=5)
@@ -85,6 +86,11 @@ class RelayedEntry:
     cert: bytes
     resource: Mapping[str, Any]
     ttl_seconds: float
+    #: the host's tunnel to that proxy closed: remove the entry, if it is still the one that
+    #: proxy relayed ``relayed_ago`` seconds ago (a host that moved to another proxy may have
+    #: published it again since, through its new tunnel, and stays listed)
+    removed: bool = False
+    relayed_ago: float = 0.0
 
 
 class Inventory:
@@ -127,9 +133,46 @@ class Inventory:
 
     async def _apply(self, checked: Sequence[tuple[Op, Resource]]) -> None:
         """Store checked entries in one write, kept decoded for the listings that follow."""
-        revision = await self._ctx.backend.apply([op for op, _ in checked])
+        try:
+            revision = await self._ctx.backend.apply([op for op, _ in checked])
+        except CompareFailed:
+            # a removal raced a write of its entry (the host published it again): keep what
+            # was published, store the rest
+            kept = [(op, res) for op, res in checked if op.type != "delete"]
+            if len(kept) == len(checked):
+                raise
+            if kept:
+                await self._apply(kept)
+            return
         for op, resource in checked:
-            self._ctx.decoded.written(op.key, revision, resource)
+            if op.type != "delete":
+                self._ctx.decoded.written(op.key, revision, resource)
+
+    async def _removal(
+        self, identity: pki.Identity, resource: Resource, entry: RelayedEntry
+    ) -> tuple[Op, Resource] | None:
+        """The delete of a relayed entry whose host's tunnel closed, or None when there is
+        nothing of that host's to delete. Only an entry the host may publish, stored as its
+        own, and stored no later than the proxy relayed it: a host claiming another's name
+        cannot get that entry removed, and one that published it again through another
+        tunnel since stays listed."""
+        kind = self._ctx.registry.get(resource.kind)
+        self._check_publisher(identity, kind, resource)  # AccessDenied: not its entry
+        key = kind.key_for(resource)
+        item = await self._ctx.backend.get(key)
+        if item is None:
+            return None
+        try:
+            stored = resource_from_bytes(item.value, self._ctx.registry)
+        except TetherError:  # unreadable (a plugin changed its spec): expires by itself
+            return None
+        if kind.publisher_of(stored) != identity.username or stored.metadata.expires is None:
+            return None
+        published = stored.metadata.expires - datetime.timedelta(seconds=entry.ttl_seconds)
+        relayed = self._ctx.now() - datetime.timedelta(seconds=max(entry.relayed_ago, 0.0))
+        if published > relayed:
+            return None  # published again since, through another tunnel
+        return Op.delete(key, expected_revision=item.revision), stored
 
     async def publish_relayed(
         self,
@@ -143,8 +186,10 @@ class Inventory:
         inventory heartbeats, :class:`tether.tunnel.heartbeats.InventoryRecorder`), in one
         backend write. Each entry is checked exactly as :meth:`publish` checks it, as the
         host whose certificate the proxy passes on (the one its tunnel presented, verified
-        here: the proxy cannot name a host it holds no certificate of). Returns, for each
-        entry, None when stored or why it was refused.
+        here: the proxy cannot name a host it holds no certificate of). An entry marked
+        ``removed`` (the host's tunnel closed) is deleted, if it is that host's and not
+        published again since (see :meth:`_removal`). Returns, for each entry, None when
+        stored (or removed) or why it was refused.
         """
         if proxy.kind != "proxy" or proxy.cluster != self._ctx.cluster_name:
             raise AccessDenied("only the cluster's proxies may relay their hosts' inventory")
@@ -160,6 +205,12 @@ class Inventory:
                 resource = resource_from_dict(
                     entry.resource, self._ctx.registry, source="relayed inventory entry"
                 )
+                if entry.removed:
+                    removal = await self._removal(identity, resource, entry)
+                    if removal is not None:
+                        ops[removal[0].key] = removal
+                    results.append(None)
+                    continue
                 checked = await self._checked(
                     identity, resource, datetime.timedelta(seconds=entry.ttl_seconds), host_names
                 )
@@ -358,6 +409,8 @@ class Inventory:
             raise AccessDenied("only the cluster's proxies may record tunnel heartbeats")
         ops = []
         now = self._ctx.clock()
+        # kept at least as long as the leaf counts as online by it
+        ttl = max(HEARTBEAT_TTL, 2 * self._ctx.keep_alive.dead_after)
         for i, record in enumerate(records):
             cluster, agent = record.get("cluster"), record.get("agent")
             when, status = record.get("last_heartbeat"), record.get("status")
@@ -382,7 +435,7 @@ class Inventory:
                 "status": status,
             }
             key = f"{HEARTBEAT_PREFIX}{cluster}/{identity.username}/{agent}"
-            ops.append(Op.put(key, json.dumps(value, default=str).encode(), ttl=HEARTBEAT_TTL))
+            ops.append(Op.put(key, json.dumps(value, default=str).encode(), ttl=ttl))
         await self._ctx.backend.apply(ops)
 
     async def record_host_event(

@@ -9,8 +9,9 @@ the resources the caller may see and a clock comparison per leaf. A write by ano
 server sharing the store reaches the cache the same way as this one's.
 
 The status is computed at each read from the newest heartbeats, as it was from the store:
-online while a tunnel heartbeated within :data:`REMOTE_OFFLINE_AFTER` and did not report
-itself disconnected; a heartbeat past its TTL counts as gone even before the store reaps it.
+online while a tunnel heartbeated within the cluster's keep-alive dead time (by default
+:data:`REMOTE_OFFLINE_AFTER`) and did not report itself disconnected; a heartbeat past its
+TTL counts as gone even before the store reaps it.
 """
 
 from __future__ import annotations
@@ -29,21 +30,35 @@ from tether.backend import Backend, Event, Item, WatchOverflow
 from tether.errors import TetherError
 from tether.resources import KindRegistry, Resource, resource_from_bytes, resource_to_dict
 from tether.trust import RemoteClusterStatus
-from tether.tunnel.transport import HEARTBEAT_INTERVAL, HEARTBEATS_MISSED
+from tether.tunnel.transport import KeepAlive
 
 __all__ = [
     "HEARTBEAT_PREFIX",
     "REMOTE_OFFLINE_AFTER",
     "RemoteClusterCache",
     "RemoteClusterItems",
+    "offline_after",
 ]
 
 log = logging.getLogger(__name__)
 
-#: A remote cluster whose tunnels have not heartbeated for this long is offline: as many
-#: heartbeats missed as make a tunnel's peer count as dead (a tunnel that closes is recorded
-#: as disconnected at once, so this is how long a proxy gone silent keeps its leaves online).
-REMOTE_OFFLINE_AFTER = HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
+#: how late a tunnel's heartbeat may reach auth after it came: a proxy writes them in
+#: batches every 5 s (``tether.proxy.tunnels.build_tunnel_server``); a leaf whose keep-alive
+#: is seconds must not flap offline between two batches
+STORE_DELAY = 5.0
+
+
+def offline_after(keep_alive: KeepAlive) -> float:
+    """Seconds without a stored heartbeat after which a leaf is offline under ``keep_alive``:
+    as many heartbeats missed as make a tunnel's peer count as dead, and the delay of the
+    batch that stores one (a tunnel that closes is recorded as disconnected at once, so this
+    is how long a proxy gone silent keeps its leaves online)."""
+    return keep_alive.dead_after + STORE_DELAY
+
+
+#: :func:`offline_after` of the default keep-alive; auth uses the one configured
+#: (:attr:`tether.auth.context.AuthContext.keep_alive`)
+REMOTE_OFFLINE_AFTER = offline_after(KeepAlive())
 #: where tunnel heartbeats are stored, per cluster, proxy and agent
 HEARTBEAT_PREFIX = "/tunnels/"
 
@@ -83,6 +98,8 @@ class RemoteClusterItems:
     """
 
     registry: KindRegistry
+    #: seconds without a heartbeat after which a leaf is offline (:func:`offline_after`)
+    offline_after: float = REMOTE_OFFLINE_AFTER
     _clusters: dict[str, Resource] = attrs.field(factory=dict)
     _heartbeats: dict[str, dict[str, _Heartbeat]] = attrs.field(factory=dict)
     #: the last resource shown per leaf: (stored resource, status, the two together)
@@ -158,7 +175,7 @@ class RemoteClusterItems:
             if beat.expires is not None and beat.expires <= now:
                 continue  # gone from the store's point of view, reaped or not
             latest = beat.when if latest is None else max(latest, beat.when)
-            if now - beat.when < REMOTE_OFFLINE_AFTER and beat.connected:
+            if now - beat.when < self.offline_after and beat.connected:
                 proxies.add(beat.proxy)
         return RemoteClusterStatus(
             connection="online" if proxies else "offline",
@@ -204,11 +221,16 @@ class RemoteClusterCache:
     """
 
     def __init__(
-        self, *, backend: Backend, registry: KindRegistry, clock: Callable[[], float]
+        self,
+        *,
+        backend: Backend,
+        registry: KindRegistry,
+        clock: Callable[[], float],
+        offline_after: float = REMOTE_OFFLINE_AFTER,
     ) -> None:
         self._backend = backend
         self._clock = clock
-        self.items = RemoteClusterItems(registry)
+        self.items = RemoteClusterItems(registry, offline_after)
         self.ready = False
 
     def current(self, name: str | None = None) -> list[Resource]:
@@ -218,7 +240,7 @@ class RemoteClusterCache:
 
     async def read(self, name: str | None = None) -> list[Resource]:
         """The same as :meth:`current`, read from the store now (while :attr:`ready` is false)."""
-        items = RemoteClusterItems(self.items.registry)
+        items = RemoteClusterItems(self.items.registry, self.items.offline_after)
         items.reset(await self._read(name))
         now = self._clock()
         return [items.with_status(res, now) for res in items.resources(name)]

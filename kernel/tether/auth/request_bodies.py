@@ -278,6 +278,8 @@ class RelayedPublish:
     cert: str
     resource: JSONObject
     ttl_seconds: float
+    #: the host's tunnel closed: remove the entry the proxy relayed this many seconds ago
+    removed_relayed_ago: float | None = None
 
 
 @attrs.frozen(kw_only=True)

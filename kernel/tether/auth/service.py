@@ -33,7 +33,7 @@ from tether.auth.host_ids import HostIds
 from tether.auth.inventory import Inventory
 from tether.auth.joins import JoinResult, Joins
 from tether.auth.login import LoginResult, Logins
-from tether.auth.remote_clusters import RemoteClusterCache
+from tether.auth.remote_clusters import RemoteClusterCache, offline_after
 from tether.auth.resource_store import ResourceStore
 from tether.auth.signing import CertificateSigning
 from tether.auth.sso_logins import SingleSignOn
@@ -121,7 +121,10 @@ class AuthService:
         #: the remote_clusters with their status, kept current by a watch on the store (the
         #: daemon runs its :meth:`~tether.auth.remote_clusters.RemoteClusterCache.run`)
         self.remote_clusters = RemoteClusterCache(
-            backend=backend, registry=registry, clock=ctx.clock
+            backend=backend,
+            registry=registry,
+            clock=ctx.clock,
+            offline_after=offline_after(ctx.keep_alive),
         )
         self.host_ids = HostIds(ctx)
         self.inventory = Inventory(ctx, host_ids=self.host_ids)

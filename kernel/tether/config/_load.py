@@ -280,6 +280,15 @@ auth_service:
   # The largest request body read from a caller without a certificate (a host joining with
   # --auth-server); a larger one is refused with 413 before it is read.
   max_request_body: 1MiB
+  # The cluster's keep-alive (Teleport's cluster_networking_config): every tunnel's agent
+  # (a leaf's proxies, nodes in tunnel mode) heartbeats every keep_alive_interval and counts
+  # as gone after keep_alive_count_max missed; a leaf is offline after as long. The proxies
+  # read it from auth when they start and name it in every tunnel's hello. A node whose
+  # process dies is unlisted at once (its proxy sees its tunnel close); one whose host
+  # vanishes, after interval x count. Shorter finds a vanished host sooner and costs the root
+  # proxy a heartbeat per tunnel per interval (10,000 tunnels at 10s: half a core).
+  keep_alive_interval: 1m
+  keep_alive_count_max: 3
 
 proxy_service:
   enabled: true

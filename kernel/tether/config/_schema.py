@@ -29,6 +29,7 @@ from tether.config._values import (
     positive,
     valid_name,
 )
+from tether.durations import format_duration
 from tether.errors import ConfigError
 
 __all__ = [
@@ -106,6 +107,26 @@ class AuthServiceConfig:
     # callers without a certificate only: hosts' batches (heartbeats of every tunnel) grow
     # with the fleet, and they are authenticated
     max_request_body: ByteSize = attrs.field(default=ByteSize(1024**2), validator=positive)
+    # the cluster's keep-alive (Teleport's cluster_networking_config): how often the agent of
+    # every tunnel (leaf proxies, tunnel-mode nodes) heartbeats, and how many heartbeats it
+    # may miss before it counts as gone; the cluster's proxies learn it from auth and name it
+    # in every tunnel's hello
+    keep_alive_interval: datetime.timedelta = attrs.field(
+        default=datetime.timedelta(minutes=1), validator=positive
+    )
+    keep_alive_count_max: int = attrs.field(default=3, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        # a node's relayed entries live the keep-alive's dead time and a heartbeat; auth
+        # takes no entry living longer than an hour (MAX_PUBLISH_TTL)
+        lives = self.keep_alive_interval * (self.keep_alive_count_max + 1)
+        if lives > datetime.timedelta(hours=1):
+            raise FieldError(
+                ("keep_alive_interval",),
+                f"{format_duration(self.keep_alive_interval)} x (keep_alive_count_max "
+                f"{self.keep_alive_count_max} + 1) is {format_duration(lives)}: a tunnel-mode "
+                "node's entries would live longer than the hour auth allows; shorten either",
+            )
 
 
 @attrs.frozen

@@ -65,14 +65,18 @@ from tether.trust import ClusterTrust
 from tether.trust.cache import TrustCache
 from tether.tunnel.agent import AgentPool
 from tether.tunnel.server import TUNNEL_ALPN
-from tether.tunnel.transport import NODE_HEARTBEAT_INTERVAL, IncomingStream
+from tether.tunnel.transport import NODE_HEARTBEAT_INTERVAL, IncomingStream, KeepAlive
 
 __all__ = ["AUDIT_BACKLOG", "ENTRY_TTL", "HEARTBEAT_INTERVAL", "NodeAgent", "agent_services"]
 
 log = logging.getLogger(__name__)
 
-#: How often the agent renews its inventory entries; an entry lives four heartbeats.
-#: Through a tunnel, the proxy names the same interval in its hello.
+#: How often a node joined to auth directly renews its inventory entries over HTTPS; an entry
+#: lives four heartbeats, since their expiry is all that unlists such a node when it goes.
+#: Through a tunnel, a node heartbeats at the cluster's keep-alive, which its proxy names in
+#: the hello; its entries live that keep-alive's dead time and a margin
+#: (:attr:`tether.tunnel.transport.KeepAlive.entry_ttl`), and its proxy removes them when its
+#: tunnel closes.
 HEARTBEAT_INTERVAL = datetime.timedelta(seconds=NODE_HEARTBEAT_INTERVAL)
 ENTRY_TTL = 4 * HEARTBEAT_INTERVAL
 
@@ -378,9 +382,11 @@ class NodeAgent:
             raise refused[0]
 
     def _inventory(self) -> dict[str, Any]:
-        """Every entry of every protocol, for a tunnel's heartbeat (its proxy relays them)."""
+        """Every entry of every protocol, for a tunnel's heartbeat (its proxy relays them),
+        living as long as the cluster's keep-alive says."""
+        keep_alive = self._tunnels.keep_alive() if self._tunnels is not None else KeepAlive()
         return {
-            "ttl": ENTRY_TTL.total_seconds(),
+            "ttl": keep_alive.entry_ttl,
             "entries": [
                 resource_to_dict(resource)
                 for protocol in self.protocols.values()

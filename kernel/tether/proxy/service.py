@@ -49,6 +49,7 @@ from tether.tlsstream import TLSStream
 from tether.trust import ClusterTrust
 from tether.trust.cache import TrustCache
 from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
+from tether.tunnel.transport import KeepAlive
 
 __all__ = ["start_proxy"]
 
@@ -119,6 +120,11 @@ async def start_proxy(
         # read only once peers.run starts, after root_tunnels is built below
         lambda: root_tunnels.connected(),
     )
+    keep_alive = (
+        local_auth.context.keep_alive
+        if local_auth is not None
+        else _keep_alive(await auth_client.cluster())
+    )
     tunnels, recorders = build_tunnel_server(
         proxy_id=me.host_id,
         cluster=me.cluster_name,
@@ -128,6 +134,7 @@ async def start_proxy(
         publish_relayed=auth_client.publish_relayed,
         trust=trust,
         record_event=auth_client.record_event,
+        keep_alive=keep_alive,
     )
 
     # Leaves' proxies present certificates of their own CAs: trusted for tunnels (not for the
@@ -311,3 +318,16 @@ class _LazyHandler:
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)
+
+
+def _keep_alive(cluster: Mapping[str, Any]) -> KeepAlive:
+    """The cluster's keep-alive from auth's ``GET /v1/cluster``: the interval and count every
+    tunnel's agent is told in its hello. An auth too old to say has the defaults, which its
+    offline status counts with too."""
+    interval = cluster.get("keep_alive_interval")
+    count = cluster.get("keep_alive_count_max")
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+        return KeepAlive()
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        return KeepAlive()
+    return KeepAlive(float(interval), count)

@@ -29,12 +29,15 @@ from tether.tunnel.heartbeats import (
     Writer,
 )
 from tether.tunnel.server import Authenticator, TrustSource, TunnelServer
+from tether.tunnel.transport import KeepAlive
 
 __all__ = ["build_tunnel_server", "tunnel_authenticator"]
 
-#: stores relayed inventory entries (``AuthClient.publish_relayed``)
+#: stores relayed inventory entries (``AuthClient.publish_relayed``): each is (the host's
+#: certificate, the entry, its TTL, None or, to remove it, how long ago it was relayed)
 RelayPublisher = Callable[
-    [Sequence[tuple[bytes, Mapping[str, Any], float]]], Awaitable[Sequence[str | None]]
+    [Sequence[tuple[bytes, Mapping[str, Any], float, float | None]]],
+    Awaitable[Sequence[str | None]],
 ]
 #: records an audit event of this proxy (``AuthClient.record_event``)
 EventRecorder = Callable[..., Awaitable[None]]
@@ -79,6 +82,7 @@ def build_tunnel_server(
     trust: TrustSource | None = None,
     record_event: EventRecorder | None = None,
     heartbeat_flush_interval: float = 5.0,
+    keep_alive: KeepAlive | None = None,
 ) -> tuple[TunnelServer, list[HeartbeatRecorder | InventoryRecorder]]:
     """A tunnel server for this proxy and the recorders whose ``run`` must be started too.
 
@@ -96,6 +100,7 @@ def build_tunnel_server(
         their tunnels (see :class:`~tether.tunnel.server.TunnelServer`).
     :param record_event: audits refused tunnels and tunnels closed for cause (the auth
         client's :meth:`~tether.auth.http_client.AuthClient.record_event`).
+    :param keep_alive: the cluster's keep-alive, as auth holds it (named to every agent).
     """
 
     async def audit(event: str, fields: Mapping[str, Any]) -> None:
@@ -117,6 +122,7 @@ def build_tunnel_server(
         inventory=inventory,
         trust=trust,
         audit=audit,
+        keep_alive=keep_alive,
     )
     return server, [recorder, *([inventory] if inventory is not None else [])]
 
@@ -126,7 +132,11 @@ def _relay(publish_relayed: RelayPublisher) -> InventoryWriter:
     auth refused any of its entries."""
 
     async def write(reports: Sequence[InventoryReport]) -> list[str | None]:
-        entries = [(r.cert, entry, r.ttl_seconds) for r in reports for entry in r.entries]
+        entries = [
+            (r.cert, entry, r.ttl_seconds, r.removed_relayed_ago)
+            for r in reports
+            for entry in r.entries
+        ]
         refused = await publish_relayed(entries) if entries else []
         reasons: list[str | None] = []
         start = 0

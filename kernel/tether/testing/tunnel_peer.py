@@ -57,6 +57,7 @@ from tether.tunnel.server import TUNNEL_ALPN, TunnelServer
 from tether.tunnel.transport import (
     HEARTBEAT_INTERVAL,
     IncomingStream,
+    KeepAlive,
     StreamHandler,
     TunnelTimings,
 )
@@ -164,7 +165,7 @@ async def serve_tunnels(
         cluster=authorities.cluster,
         authenticate=tunnel_authenticator(authorities.cluster, lambda: by_cluster),
         proxies=proxies,
-        heartbeat_interval=heartbeat_interval,
+        keep_alive=KeepAlive(heartbeat_interval),
         timings=timings,
     )
     async with trio.open_nursery() as nursery:

@@ -32,7 +32,13 @@ from tether.tunnel.control import (
     parse_proxies,
 )
 from tether.tunnel.mux import Connection, MuxConfig
-from tether.tunnel.transport import StreamHandler, TunnelClosed, TunnelConnection, TunnelTimings
+from tether.tunnel.transport import (
+    KeepAlive,
+    StreamHandler,
+    TunnelClosed,
+    TunnelConnection,
+    TunnelTimings,
+)
 
 __all__ = ["AgentPool", "Backoff"]
 
@@ -141,6 +147,13 @@ class AgentPool:
         """Whether a tunnel carries this host's inventory entries now (its proxy relays them
         to auth), so that the host need not publish them itself."""
         return self._inventory is not None and self._carrier("inventory") is not None
+
+    def keep_alive(self) -> KeepAlive:
+        """The cluster's keep-alive as the proxy of the tunnel carrying this host's entries
+        (else of any tunnel) named it; the default before any tunnel is up, or from a proxy
+        too old to name it."""
+        tunnel = self._carrier("inventory") or next(iter(self._tunnels.values()), None)
+        return tunnel.hello.keep_alive if tunnel is not None else KeepAlive()
 
     def follows_trust(self) -> bool:
         """Whether a tunnel's proxy names its trust's revision in its answers and serves it
@@ -284,6 +297,8 @@ class AgentPool:
                 if first is None:
                     raise ControlError("the proxy closed the control stream")
                 hello = parse_hello(first)
+                # both ends of the tunnel give up on a silent peer at the cluster's keep-alive
+                conn.retime(hello.keep_alive.timings(self.timings))
             except BaseException:
                 await conn.aclose("control stream failed")
                 raise
@@ -325,8 +340,10 @@ class AgentPool:
             if replaced and conn.statistics()["streams"] <= 1:
                 return  # only the control stream is left
             status = {"type": "heartbeat", "cluster": self.cluster, **self._status()}
-            if self._inventory is not None and self._carrier("inventory") is tunnel:
-                status["inventory"] = self._inventory()
+            inventory = self._inventory if self._carrier("inventory") is tunnel else None
+            carries = inventory is not None
+            if inventory is not None:
+                status["inventory"] = inventory()
             if tunnel.hello.trust:
                 status["trust_push"] = True  # this side reads a trust message at any time
             rtt = conn.rtt
@@ -335,7 +352,7 @@ class AgentPool:
             try:
                 sent = trio.current_time()
                 await control.send(status)
-                with trio.move_on_after(self.timings.dead_after):
+                with trio.move_on_after(conn.timings.dead_after):
                     answer = await self._receive(tunnel, control)
                     if answer is None:
                         return
@@ -349,6 +366,11 @@ class AgentPool:
                     async with trio.open_nursery() as nursery:
                         # what the proxy pushes meanwhile (its trust moved) is read at once
                         nursery.start_soon(self._read_pushes, tunnel, control, nursery, failed)
+                        if self._inventory is not None and not carries:
+                            # the tunnel carrying this host's entries closed (its proxy has
+                            # them removed): this one carries them from its next heartbeat,
+                            # sent now rather than up to an interval later
+                            nursery.start_soon(self._wait_carrier, tunnel, nursery.cancel_scope)
                         if replaced:
                             await conn.wait_streams_at_most(1)
                         else:
@@ -361,6 +383,12 @@ class AgentPool:
             except ControlError as exc:
                 await conn.aclose(f"bad control message: {exc.message}")
                 return
+
+    async def _wait_carrier(self, tunnel: _Tunnel, wake: trio.CancelScope) -> None:
+        """Cancel ``wake`` once ``tunnel`` is the one to carry this host's entries."""
+        while self._carrier("inventory") is not tunnel:
+            await self._changed.park()
+        wake.cancel()
 
     async def _receive(self, tunnel: _Tunnel, control: ControlChannel) -> dict[str, Any] | None:
         """The next message that answers a heartbeat; a trust message read on the way is

@@ -27,6 +27,7 @@ import trio
 
 from tether.errors import TetherError
 from tether.tunnel.heartbeats import InventoryReport
+from tether.tunnel.transport import HEARTBEATS_MISSED, KeepAlive
 
 __all__ = [
     "CONTROL_TARGET",
@@ -88,6 +89,15 @@ class Hello:
     #: and serves the snapshot on a :data:`TRUST_TARGET` stream, for a node to follow it
     #: through its tunnel; an older proxy does not, and its nodes watch it over HTTPS
     trust: bool = False
+    #: heartbeats the agent may miss before the proxy counts it as gone (the cluster's
+    #: ``keep_alive_count_max``, with ``heartbeat_interval`` its ``keep_alive_interval``); an
+    #: older proxy does not say, and its agents count the default
+    keep_alive_count_max: int = HEARTBEATS_MISSED
+
+    @property
+    def keep_alive(self) -> KeepAlive:
+        """The cluster's keep-alive, as this proxy named it: both ends of the tunnel use it."""
+        return KeepAlive(self.heartbeat_interval, self.keep_alive_count_max)
 
 
 class ControlChannel:
@@ -139,6 +149,7 @@ def hello_message(hello: Hello) -> dict[str, Any]:
         "cluster": hello.cluster,
         "proxies": [p.to_json() for p in hello.proxies],
         "heartbeat_interval": hello.heartbeat_interval,
+        "keep_alive_count_max": hello.keep_alive_count_max,
         **({"inventory": True} if hello.inventory else {}),
         **({"trust": True} if hello.trust else {}),
     }
@@ -157,6 +168,9 @@ def parse_hello(message: Mapping[str, Any]) -> Hello:
         raise ControlError("hello has no usable heartbeat_interval")
     if not isinstance(proxies, list):
         raise ControlError("hello has no proxy list")
+    count = message.get("keep_alive_count_max", HEARTBEATS_MISSED)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ControlError("hello has no usable keep_alive_count_max")
     return Hello(
         proxy_id=proxy_id,
         cluster=cluster,
@@ -164,6 +178,7 @@ def parse_hello(message: Mapping[str, Any]) -> Hello:
         heartbeat_interval=float(interval),
         inventory=message.get("inventory") is True,
         trust=message.get("trust") is True,
+        keep_alive_count_max=count,
     )
 
 

@@ -53,6 +53,9 @@ class InventoryReport:
     cert: bytes
     entries: tuple[Mapping[str, Any], ...]
     ttl_seconds: float
+    #: not a report but the removal of the entries relayed this many seconds ago: the host's
+    #: tunnel closed (see :meth:`InventoryRecorder.forget`)
+    removed_relayed_ago: float | None = None
 
 
 #: stores a batch of reports; returns, per report, why it was refused (None: stored)
@@ -181,8 +184,9 @@ class InventoryRecorder(_Batches[str, InventoryReport]):
         super().__init__(write, flush_interval=flush_interval, what="relayed inventory reports")
         self._clock = clock
         self._refused: dict[str, str] = {}
-        #: the report auth stored last for each host, and when it is to be relayed again
-        self._stored: dict[str, tuple[InventoryReport, float]] = {}
+        #: the report auth stored last for each host, when it is to be relayed again, and
+        #: when it was relayed
+        self._stored: dict[str, tuple[InventoryReport, float, float]] = {}
 
     def record(self, report: InventoryReport) -> None:
         """Note a host's report; its newest wins. One the same as what auth holds, and not
@@ -196,18 +200,32 @@ class InventoryRecorder(_Batches[str, InventoryReport]):
         """Why auth refused what ``agent`` reported last, once; None if it refused nothing."""
         return self._refused.pop(agent, None)
 
-    def forget(self, agent: str) -> None:
+    def forget(self, agent: str, *, remove: bool = False) -> None:
         """The host's tunnel closed: its refusals will not be asked for, and what it reports
-        through its next tunnel is relayed at once."""
+        through its next tunnel is relayed at once.
+
+        :param remove: it was the host's last tunnel here: have auth remove the entries
+            relayed for it now (urgent), rather than list a host whose process is gone until
+            they expire. Auth keeps any the host published again since through another proxy.
+        """
         self._refused.pop(agent, None)
-        self._stored.pop(agent, None)
+        stored = self._stored.pop(agent, None)
+        if not remove:
+            return
+        self._pending.pop(agent, None)  # never reached auth: nothing to remove
+        if stored is not None:
+            report, _, relayed_at = stored
+            removal = attrs.evolve(report, removed_relayed_ago=self._clock() - relayed_at)
+            self._put(agent, removal, urgent=True)
 
     def _written(self, batch: Sequence[InventoryReport], result: Any) -> None:
         now = self._clock()
         for report, refused in zip(batch, result, strict=True):
+            if report.removed_relayed_ago is not None:
+                continue
             if refused:
                 self._refused[report.agent] = refused
                 self._stored.pop(report.agent, None)  # tried again at its next heartbeat
             else:
                 due = now + report.ttl_seconds / 2 - self.flush_interval
-                self._stored[report.agent] = (report, due)
+                self._stored[report.agent] = (report, due, now)

@@ -34,9 +34,8 @@ from tether.tunnel.control import (
 from tether.tunnel.heartbeats import HeartbeatRecorder, InventoryRecorder
 from tether.tunnel.mux import Connection, MuxConfig
 from tether.tunnel.transport import (
-    HEARTBEAT_INTERVAL,
-    NODE_HEARTBEAT_INTERVAL,
     IncomingStream,
+    KeepAlive,
     MuxStream,
     StreamRefused,
     TunnelClosed,
@@ -148,6 +147,9 @@ class TunnelServer:
         it over a connection of its own.
     :param audit: records refused tunnels and tunnels closed for cause (a flood, an expired
         certificate); they are logged either way.
+    :param keep_alive: the cluster's keep-alive (as auth holds it): named in every tunnel's
+        hello, for agents of every kind to heartbeat at, and what this side's ``timings``
+        give up at unless given.
     """
 
     def __init__(
@@ -160,8 +162,7 @@ class TunnelServer:
         recorder: HeartbeatRecorder | None = None,
         inventory: InventoryRecorder | None = None,
         trust: TrustSource | None = None,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        node_heartbeat_interval: float = NODE_HEARTBEAT_INTERVAL,
+        keep_alive: KeepAlive | None = None,
         timings: TunnelTimings | None = None,
         mux_config: MuxConfig | None = None,
         audit: Auditor | None = None,
@@ -173,9 +174,8 @@ class TunnelServer:
         self._recorder = recorder
         self._inventory = inventory
         self._trust = trust
-        self.heartbeat_interval = heartbeat_interval
-        self.node_heartbeat_interval = node_heartbeat_interval
-        self.timings = timings or TunnelTimings()
+        self.keep_alive = keep_alive or KeepAlive()
+        self.timings = timings or self.keep_alive.timings()
         self.mux_config = mux_config
         self._audit = audit
         self._tunnels: dict[str, dict[int, TunnelRecord]] = {}
@@ -186,6 +186,11 @@ class TunnelServer:
         self._draining: str | None = None
         #: the control loops of nodes that take trust pushes, while they wait for a message
         self._trust_listeners: set[trio.CancelScope] = set()
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often every agent heartbeats (the cluster's keep-alive interval)."""
+        return self.keep_alive.interval
 
     # --- the registry ------------------------------------------------------------------------
 
@@ -394,7 +399,14 @@ class TunnelServer:
         finally:
             self._unregister(record)
             if own_node and self._inventory is not None:
-                self._inventory.forget(record.agent)
+                # the node's last tunnel here closed (its process died, its host reset the
+                # connection, or it stopped answering for the keep-alive's count): its
+                # entries go now, not when they expire. One that moved to a new tunnel here
+                # (a renewed certificate) keeps them, and so do all while this proxy shuts
+                # down: that says nothing of the nodes, which move to another proxy
+                others = self._tunnels.get(record.cluster, {}).values()
+                last = not any(r.agent == record.agent and r.healthy for r in others)
+                self._inventory.forget(record.agent, remove=last and self._draining is None)
             log.info(
                 "tunnel %d from cluster %s closed: %s",
                 record.id,
@@ -433,10 +445,11 @@ class TunnelServer:
             proxy_id=self.proxy_id,
             cluster=self.cluster,
             proxies=tuple(self._proxies()),
-            # a node's entries ride its heartbeats, and live only a few of them
-            heartbeat_interval=(
-                self.node_heartbeat_interval if own_node else self.heartbeat_interval
-            ),
+            # every agent heartbeats at the cluster's keep-alive: a node's entries ride its
+            # heartbeats, live the keep-alive's count of them (and a margin), and are removed
+            # when its tunnel closes
+            heartbeat_interval=self.keep_alive.interval,
+            keep_alive_count_max=self.keep_alive.count_max,
             inventory=relay is not None,
             trust=trust is not None,
         )

@@ -42,6 +42,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "NODE_HEARTBEAT_INTERVAL",
     "IncomingStream",
+    "KeepAlive",
     "MuxStream",
     "StreamHandler",
     "StreamRefused",
@@ -62,23 +63,64 @@ class TunnelClosed(TetherError):
     """The tunnel carrying this stream is gone (peer vanished, went away, or was closed)."""
 
 
-#: How often an agent heartbeats on its tunnel's control stream (the serving side says so in its
-#: hello), each answered: what proves an idle tunnel alive both ways. Every heartbeat costs the
-#: serving side a round trip and a stored record, so a root with a thousand leaves serves
-#: 1,000 / HEARTBEAT_INTERVAL of them a second (at 10 s, 6-8% of a core). Teleport's agents
-#: heartbeat every 5 minutes (``keep_alive_interval``); anything under the idle timeout of
-#: common load balancers (Azure's 4 minutes is the shortest) keeps the connection through them.
+#: How often an agent heartbeats on its tunnel's control stream by default: the cluster's
+#: ``auth_service.keep_alive_interval`` (:class:`KeepAlive`), which the serving side names in its
+#: hello. Every heartbeat costs the serving side a round trip and a stored record, so a root
+#: with 10,000 tunnels serves 10,000 / HEARTBEAT_INTERVAL of them a second (at 10 s, half a
+#: core). Teleport's agents heartbeat every 5 minutes (``keep_alive_interval``); anything under
+#: the idle timeout of common load balancers (Azure's 4 minutes is the shortest) keeps the
+#: connection through them.
 HEARTBEAT_INTERVAL = 60.0
-#: Heartbeats a tunnel may miss before its peer counts as gone: dead to the other end of the
-#: tunnel, offline to ``tetherctl get rc`` (as Teleport's ``keep_alive_count_max`` and
-#: OpenSSH's ``ClientAliveCountMax``, 3).
+#: Heartbeats a tunnel may miss before its peer counts as gone by default: dead to the other
+#: end of the tunnel, offline to ``tetherctl get rc`` (as Teleport's ``keep_alive_count_max``
+#: and OpenSSH's ``ClientAliveCountMax``, 3).
 HEARTBEATS_MISSED = 3
-#: How often a node of the proxy's own cluster heartbeats on its tunnel: its inventory entries
-#: ride those heartbeats (relayed to auth, see docs/tunnel-protocol.md) and live four of them
-#: (``tether.node.agent.ENTRY_TTL``), so that a node gone is unlisted within 40 s, as one
-#: publishing over HTTPS is. A leaf's tunnel carries no entries and heartbeats every
-#: :data:`HEARTBEAT_INTERVAL`.
+#: How often a node whose entries are published over HTTPS (a node joined to auth directly,
+#: with no tunnel) renews them: nothing sees such a node go but its entries' expiry, so it
+#: keeps its own short interval. A node in tunnel mode heartbeats at the cluster's keep-alive
+#: interval: its proxy removes its entries when its tunnel closes.
 NODE_HEARTBEAT_INTERVAL = 10.0
+#: the least an entry relayed through a tunnel lives beyond the keep-alive's dead time
+#: (``tether.auth.inventory.MIN_PUBLISH_TTL`` too, so that short test timings stay valid)
+ENTRY_TTL_MARGIN = 5.0
+
+
+@attrs.frozen
+class KeepAlive:
+    """The cluster's keep-alive: how often the agent of every tunnel heartbeats, and how many
+    heartbeats it may miss before either end counts it as gone.
+
+    Configured on the auth service (``auth_service.keep_alive_interval`` and
+    ``keep_alive_count_max``, as Teleport's ``cluster_networking_config``), learned from auth by
+    the cluster's proxies and named by a proxy in every tunnel's hello, so that both ends of a
+    tunnel, and auth's offline status, use the same numbers.
+    """
+
+    interval: float = HEARTBEAT_INTERVAL
+    count_max: int = HEARTBEATS_MISSED
+
+    def __attrs_post_init__(self) -> None:
+        if not self.interval > 0 or self.count_max < 1:
+            raise ValueError(f"unusable keep-alive: every {self.interval}s, {self.count_max} max")
+
+    @property
+    def dead_after(self) -> float:
+        """Seconds of silence after which a tunnel's peer is dead (a leaf offline)."""
+        return self.interval * self.count_max
+
+    @property
+    def entry_ttl(self) -> float:
+        """How long the inventory entries a node sends in its heartbeats live: until its
+        tunnel is found dead, and a margin (a heartbeat, at least :data:`ENTRY_TTL_MARGIN`),
+        so that a live node's entries never expire between heartbeats. A tunnel that closes
+        has its node's entries removed at once; this bounds only a proxy that vanished."""
+        return self.dead_after + max(self.interval, ENTRY_TTL_MARGIN)
+
+    def timings(self, base: TunnelTimings | None = None) -> TunnelTimings:
+        """``base`` (the defaults if None) pinging and giving up at this keep-alive's pace."""
+        return attrs.evolve(
+            base or TunnelTimings(), ping_interval=1.5 * self.interval, dead_after=self.dead_after
+        )
 
 
 class StreamRefused(TetherError):
@@ -138,6 +180,7 @@ class TunnelConnection:
         self._pings: dict[bytes, float] = {}
         self._last_heard = trio.current_time()
         self._held_back = False  # the reader waits for the peer to read its replies
+        self._pinger_sleep = trio.CancelScope()
         self._closed_reason: str | None = None
         self._going_away = False
         self._done = trio.Event()
@@ -421,14 +464,25 @@ class TunnelConnection:
             self._flush_soon()
         self._finish(reason)
 
+    def retime(self, timings: TunnelTimings) -> None:
+        """Ping and give up at ``timings`` from now on: an agent learns its cluster's keep-alive
+        from the hello, after its connection runs."""
+        self.timings = timings
+        self._pinger_sleep.cancel()
+
     async def _pinger(self) -> None:
         """PING a peer only once it has been silent for ``ping_interval``: a peer heard from
         meanwhile (its heartbeats, their answers, stream data) proved alive, and a root with
         a thousand leaves saves two wake-ups per tunnel per interval."""
-        interval = self.timings.ping_interval
         pinged = trio.current_time()
         while not self.closed:
-            await trio.sleep_until(max(self._last_heard, pinged) + interval)
+            # read each time: an agent adopts the keep-alive its proxy names in the hello
+            interval = self.timings.ping_interval
+            self._pinger_sleep = trio.CancelScope()
+            with self._pinger_sleep:
+                await trio.sleep_until(max(self._last_heard, pinged) + interval)
+            if self._pinger_sleep.cancelled_caught:
+                continue  # retimed: sleep to the new deadline
             silent = trio.current_time() - self._last_heard
             if silent < interval:
                 continue  # heard from it while asleep

@@ -517,8 +517,15 @@ def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
     tmp_path: pathlib.Path, os_user: pwd.struct_passwd
 ) -> None:
     # The guide's HA setup: the root's auth, two root proxies of their own behind a load
-    # balancer; the leaf's trusted_cluster and the user's login name the balancer.
-    root = start_cluster(tmp_path / "root", "root", config={"proxy_service": {"enabled": False}})
+    # balancer; the leaf's trusted_cluster and the user's login name the balancer. The root's
+    # keep-alive is short, so that a dead proxy's tunnels go stale in seconds: its proxies
+    # learn it from auth and name it to the leaf's agents, whose heartbeats follow it.
+    keep_alive = {"keep_alive_interval": "2s", "keep_alive_count_max": 3}
+    root = start_cluster(
+        tmp_path / "root",
+        "root",
+        config={"proxy_service": {"enabled": False}, "auth_service": keep_alive},
+    )
     started: list[RunningCluster | RunningNode] = [root]
     try:
         token = json.loads(root.tetherctl("tokens", "add", "--type=proxy", "--format=json").stdout)[
@@ -566,12 +573,13 @@ def test_leaf_stays_reachable_through_the_other_root_proxy_when_one_stops(
                 assert (code, out.strip()) == (0, os_user.pw_dir), err
             clusters = root.tether("alice", "clusters").stdout
             assert "leaf" in clusters and "online" in clusters, clusters
-            # the dead proxy's heartbeats go stale after three heartbeat intervals (3 x 60 s,
-            # docs/tunnel-protocol.md); the leaf stays online through the other meanwhile
+            # the dead proxy's heartbeats go stale after the keep-alive's count of intervals
+            # and a heartbeat batch (3 x 2 s + 5 s here, docs/tunnel-protocol.md); the leaf
+            # stays online through the other meanwhile
             wait_for(
                 lambda: remote_status(root).get("proxies") == ["root-proxy-b"],
                 "the root to see the leaf through root-proxy-b only",
-                timeout=240,
+                timeout=60,
             )
             assert connection(root) == "online"
     finally:
