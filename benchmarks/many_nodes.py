@@ -601,14 +601,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
         drawn = bars.bar(
             [i + offset for i in range(len(FIGURES))], [v or 0 for v in values], width, label=label
         )
-        for bar, value in zip(drawn, values, strict=True):
-            bars.annotate(
-                "n/a" if value is None else f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+        results.label_bars(bars, drawn, [_fmt(v, ".2f") for v in values])
     ratios = report["ratio_many_vs_one"]
     bars.set_xticks(
         range(len(FIGURES)),

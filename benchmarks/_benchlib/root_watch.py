@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import pathlib
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 
 from _benchlib import ssh_profile
 from _benchlib.fleet import now_ns
+from _benchlib.procs import cpu_seconds
 from _benchlib.tables import fmt
 
 SAMPLE_INTERVAL = 1.0  # seconds between samples of the root's memory and CPU while joining
@@ -28,16 +28,6 @@ MIB = 1 << 20
 
 
 # --- the root process, from /proc -------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_bytes(pid: int) -> dict[str, int]:
