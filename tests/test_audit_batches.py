@@ -146,9 +146,12 @@ async def test_host_bursts_events_while_auth_is_unreachable_and_all_arrive_in_or
 async def test_statements_a_millisecond_apart_reach_auth_in_one_call(
     cluster: RunningCluster,
 ) -> None:
-    # a database session's pace: without the linger each event would be a call of its own
+    # a database session's pace: without the linger each event would be a call of its own.
+    # The linger is far longer than twenty records take even on a starved machine (a 2 s
+    # linger was not, at a load of 15 on two cores: the batch went in two calls); the batch
+    # filling at twenty ends the wait, so the test does not sit the linger out
     run = uuid.uuid4().hex
-    backlog = AuditBacklog(linger=2.0)
+    backlog = AuditBacklog(batch=20, linger=60.0)
     calls: list[int] = []
     async with host_client(cluster) as api, trio.open_nursery() as nursery:
 
