@@ -76,6 +76,20 @@ SSH_TARGET = 1.2  # ssh to leaf0's node with every leaf joined, at most this tim
 COMMAND_TIMEOUT = 120.0
 RC_POLL_INTERVAL = 2.0  # seconds between `get rc` polls while waiting for every leaf online
 
+FLEET_OPTIONS = root_watch.FleetOptions(
+    member="leaf",
+    members="leaves",
+    real="leaf0",
+    lists="`tether clusters` and `get rc`",
+    joined="join and come online",
+    join="handshakes",
+    count=(1000, 50),
+    idle_seconds=(60.0, 5.0),
+    join_timeout=(480.0, 60.0),
+    processes=2,
+    concurrency=4,
+)
+
 
 # --- the sites: looked up at call time, so tests can stub them -------------------------------
 
@@ -110,25 +124,18 @@ class Params:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Params":
-        def pick(value: Any, quick: Any, full: Any) -> Any:
-            return value if value is not None else (quick if args.quick else full)
-
-        params = cls(
+        size = root_watch.sizes(args, FLEET_OPTIONS)
+        return cls(
             quick=args.quick,
-            leaves=pick(args.leaves, 50, 1000),
-            ssh_runs=pick(args.runs, 5, 20),
-            list_runs=pick(args.list_runs, 3, 10),
-            idle_seconds=pick(args.idle_seconds, 5.0, 60.0),
-            join_timeout=pick(args.join_timeout, 60.0, 480.0),
+            leaves=size.count,
+            ssh_runs=size.ssh_runs,
+            list_runs=size.list_runs,
+            idle_seconds=size.idle_seconds,
+            join_timeout=size.join_timeout,
             leaf_processes=args.leaf_processes,
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
         )
-        if params.leaves < 2 or params.ssh_runs < 1 or params.list_runs < 1:
-            raise SystemExit("--leaves must be at least 2, --runs and --list-runs at least 1")
-        if params.idle_seconds <= 0 or params.join_timeout <= 0:
-            raise SystemExit("--idle-seconds and --join-timeout must be positive")
-        return params
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -406,19 +413,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="many_leaves.py",
         doc=__doc__,
         quick="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
-        options=root_watch.FleetOptions(
-            member="leaf",
-            members="leaves",
-            real="leaf0",
-            lists="`tether clusters` and `get rc`",
-            joined="join and come online",
-            join="handshakes",
-            count=(1000, 50),
-            idle_seconds=(60.0, 5.0),
-            join_timeout=(480.0, 60.0),
-            processes=2,
-            concurrency=4,
-        ),
+        options=FLEET_OPTIONS,
         profile="also record the root tetherd with py-spy while leaves join and during one "
         "command of each kind with every leaf online",
     )

@@ -136,27 +136,19 @@ class Params:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Params":
-        def pick(value: Any, quick: Any, full: Any) -> Any:
-            return value if value is not None else (quick if args.quick else full)
-
-        count = pick(args.nodes, *reversed(FLEET_OPTIONS.count))
-        params = cls(
+        size = root_watch.sizes(args, FLEET_OPTIONS)
+        return cls(
             quick=args.quick,
-            nodes=count,
-            ssh_runs=pick(args.runs, 5, 20),
-            list_runs=pick(args.list_runs, 3, 10),
-            idle_seconds=pick(args.idle_seconds, *reversed(FLEET_OPTIONS.idle_seconds)),
-            join_timeout=pick(args.join_timeout, *reversed(FLEET_OPTIONS.join_timeout)),
+            nodes=size.count,
+            ssh_runs=size.ssh_runs,
+            list_runs=size.list_runs,
+            idle_seconds=size.idle_seconds,
+            join_timeout=size.join_timeout,
             # each process under the hard limit on open files, which it cannot raise
-            node_processes=max(args.node_processes, nodes.processes_needed(count - 1)),
+            node_processes=max(args.node_processes, nodes.processes_needed(size.count - 1)),
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
         )
-        if params.nodes < 2 or params.ssh_runs < 1 or params.list_runs < 1:
-            raise SystemExit("--nodes must be at least 2, --runs and --list-runs at least 1")
-        if params.idle_seconds <= 0 or params.join_timeout <= 0:
-            raise SystemExit("--idle-seconds and --join-timeout must be positive")
-        return params
 
     def to_json(self) -> dict[str, Any]:
         from tether.node.agent import ENTRY_TTL, HEARTBEAT_INTERVAL

@@ -263,6 +263,37 @@ class FleetOptions:
     concurrency: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How big one run is: the options given, else ``--quick``'s or the full defaults."""
+
+    count: int
+    ssh_runs: int
+    list_runs: int
+    idle_seconds: float
+    join_timeout: float
+
+
+def sizes(args: argparse.Namespace, o: FleetOptions) -> Sizes:
+    """The run's sizes from :func:`add_fleet_args`' options; exits saying which is wrong."""
+
+    def pick(value: Any, full: Any, quick: Any) -> Any:
+        return value if value is not None else (quick if args.quick else full)
+
+    found = Sizes(
+        count=pick(getattr(args, o.members), *o.count),
+        ssh_runs=pick(args.runs, 20, 5),
+        list_runs=pick(args.list_runs, 10, 3),
+        idle_seconds=pick(args.idle_seconds, *o.idle_seconds),
+        join_timeout=pick(args.join_timeout, *o.join_timeout),
+    )
+    if found.count < 2 or found.ssh_runs < 1 or found.list_runs < 1:
+        raise SystemExit(f"--{o.members} must be at least 2, --runs and --list-runs at least 1")
+    if found.idle_seconds <= 0 or found.join_timeout <= 0:
+        raise SystemExit("--idle-seconds and --join-timeout must be positive")
+    return found
+
+
 def add_fleet_args(parser: argparse.ArgumentParser, o: FleetOptions) -> None:
     """The options a one-vs-many harness shares: how many members, runs, idle time, join
     timeout, processes and joins at once (None where ``--quick`` picks the default)."""
