@@ -413,14 +413,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
             label=leg,
             color=("tab:blue", "tab:orange")[i],
         )
-        for bar, ratio in zip(bars, ratios, strict=True):
-            left.annotate(
-                "n/a" if ratio is None else f"{ratio:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+        results.label_bars(left, bars, [tables.fmt(r, ".2f") for r in ratios], fontsize=7)
     left.axhline(TPS_TARGET, color="gray", linestyle="--", linewidth=1)
     left.set_xticks(range(len(keys)), keys, rotation=25, ha="right", fontsize=8)
     left.set_ylabel(f"TPS or queries/s / {BASELINE}")
@@ -440,14 +433,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
             label=leg,
             color=("tab:blue", "tab:orange")[i],
         )
-        for bar, value in zip(bars, added, strict=True):
-            right.annotate(
-                "n/a" if value is None else f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+        results.label_bars(right, bars, [tables.fmt(a, ".2f") for a in added], fontsize=7)
     right.axhline(LATENCY_TARGET_MS, color="gray", linestyle="--", linewidth=1)
     right.set_xticks(range(len(pg_keys)), pg_keys, rotation=25, ha="right", fontsize=8)
     right.set_ylabel("ms added per query (median)")

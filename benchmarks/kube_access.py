@@ -53,6 +53,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
 
 import machine  # noqa: E402
 from _benchlib import daemon_settings, kube_client, kube_sites, results, tables  # noqa: E402
+from _benchlib.procs import cpu_seconds  # noqa: E402
 
 NAME = "kube_access"
 LEGS = ("direct", "local", "leaf")
@@ -174,18 +175,8 @@ def no_figures() -> dict[str, dict[str, Figures]]:
 # --- measuring ------------------------------------------------------------------------------
 
 
-def _stat_cpu(pid: int) -> float:
-    """CPU seconds (utime + stime) of ``pid``, from /proc; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu(pids: Mapping[str, int]) -> dict[str, float]:
-    return {name: _stat_cpu(pid) for name, pid in pids.items()}
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
 class Run:
@@ -718,14 +709,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
             label=leg,
             color=colors[i],
         )
-        for bar, value in zip(bars, values, strict=True):
-            left.annotate(
-                "n/a" if value is None else f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+        results.label_bars(left, bars, [tables.fmt(v, ".2f") for v in values], fontsize=7)
     left.axhline(TARGET_ADDED_MS, color="gray", linestyle="--", linewidth=1)
     left.set_xticks(range(len(groups)), [g for g, _ in groups], fontsize=8)
     left.set_ylabel(f"ms added to {BASELINE} (median)")
@@ -745,14 +729,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
             label=leg,
             color=("tab:gray", *colors)[i],
         )
-        for bar, value in zip(bars, values, strict=True):
-            right.annotate(
-                "n/a" if value is None else f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+        results.label_bars(right, bars, [tables.fmt(v, ".2f") for v in values], fontsize=7)
     creds = f["credentials_s"]["median"]
     if creds is not None:
         right.axhline(creds, color="tab:red", linestyle=":", linewidth=1)

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-import subprocess
 import sys
 import time
 from contextlib import AbstractContextManager
@@ -55,17 +54,13 @@ from _benchlib import (  # noqa: E402
     tables,
     trust_site,
 )
-from _benchlib.fleet import now_ns  # noqa: E402
 from _benchlib.root_watch import (  # noqa: E402
-    MIB,
     RunFailed,
     Sampler,
     cpu_seconds,
     measure_commands,
     measure_idle,
-    memory_bytes,
     profile_text,
-    ratio,
     run,
     spread,
 )
@@ -80,6 +75,20 @@ FIGURES = ("ssh", "clusters", "get_rc")
 SSH_TARGET = 1.2  # ssh to leaf0's node with every leaf joined, at most this times one leaf's
 COMMAND_TIMEOUT = 120.0
 RC_POLL_INTERVAL = 2.0  # seconds between `get rc` polls while waiting for every leaf online
+
+FLEET_OPTIONS = root_watch.FleetOptions(
+    member="leaf",
+    members="leaves",
+    real="leaf0",
+    lists="`tether clusters` and `get rc`",
+    joined="join and come online",
+    join="handshakes",
+    count=(1000, 50),
+    idle_seconds=(60.0, 5.0),
+    join_timeout=(480.0, 60.0),
+    processes=2,
+    concurrency=4,
+)
 
 
 # --- the sites: looked up at call time, so tests can stub them -------------------------------
@@ -115,25 +124,18 @@ class Params:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Params":
-        def pick(value: Any, quick: Any, full: Any) -> Any:
-            return value if value is not None else (quick if args.quick else full)
-
-        params = cls(
+        size = root_watch.sizes(args, FLEET_OPTIONS)
+        return cls(
             quick=args.quick,
-            leaves=pick(args.leaves, 50, 1000),
-            ssh_runs=pick(args.runs, 5, 20),
-            list_runs=pick(args.list_runs, 3, 10),
-            idle_seconds=pick(args.idle_seconds, 5.0, 60.0),
-            join_timeout=pick(args.join_timeout, 60.0, 480.0),
+            leaves=size.count,
+            ssh_runs=size.ssh_runs,
+            list_runs=size.list_runs,
+            idle_seconds=size.idle_seconds,
+            join_timeout=size.join_timeout,
             leaf_processes=args.leaf_processes,
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
         )
-        if params.leaves < 2 or params.ssh_runs < 1 or params.list_runs < 1:
-            raise SystemExit("--leaves must be at least 2, --runs and --list-runs at least 1")
-        if params.idle_seconds <= 0 or params.join_timeout <= 0:
-            raise SystemExit("--idle-seconds and --join-timeout must be positive")
-        return params
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -214,63 +216,27 @@ def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
     deadline = time.monotonic() + params.join_timeout
     root_cpu_before = cpu_seconds(site.root_pid)
     with Sampler(site.root_pid, fleet) as sampler:
-        fleet.wait_until(
-            lambda s: len(s.joined) + len(s.failed) >= lightweight,
-            max(0.0, deadline - time.monotonic()),
+        arrival = root_watch.wait_joined_and_connected(
+            fleet, lightweight, deadline, "handshakes", lambda line: print(line, flush=True)
         )
-        state = fleet.snapshot()
-        handshakes_done = (
-            fleet.seconds_since_start(max(int(j["at"]) for j in state.joined))
-            if len(state.joined) + len(state.failed) >= lightweight and state.joined
-            else None
+        expected = arrival.joined + 1  # and leaf0
+        online, polls, all_online = root_watch.poll_listing(
+            site.get_rc_argv(),
+            trust_site.online_leaves,
+            expected,
+            fleet=fleet,
+            deadline=deadline,
+            interval=RC_POLL_INTERVAL,
+            key="online",
+            label="get rc",
+            timeout=COMMAND_TIMEOUT,
         )
-        print(
-            f"  handshakes: {len(state.joined)} joined, {len(state.failed)} refused"
-            + (f" in {handshakes_done:.1f}s" if handshakes_done is not None else " (timed out)"),
-            flush=True,
-        )
-        joined = len(state.joined)
-        fleet.wait_until(
-            lambda s: s.connected_count >= joined, max(0.0, deadline - time.monotonic())
-        )
-        state = fleet.snapshot()
-        tunnels_up = None
-        if joined and state.connected_count >= joined:
-            tunnels_up = fleet.seconds_since_start(
-                next(at for at, count in state.connected_timeline if count >= joined)
-            )
-        print(
-            f"  tunnels: {state.connected_count} of {joined} up"
-            + (f" at {tunnels_up:.1f}s" if tunnels_up is not None else " (timed out)"),
-            flush=True,
-        )
-        expected = joined + 1  # and leaf0
-        online: list[str] = []
-        polls: list[dict[str, Any]] = []
-        all_online = None
-        while True:
-            took: float | None = None
-            try:
-                took, out = run(site.get_rc_argv(), None, COMMAND_TIMEOUT)
-                online = trust_site.online_leaves(out)
-            except (RunFailed, ValueError) as exc:
-                print(f"  get rc: {exc}", flush=True)
-            at = fleet.seconds_since_start(now_ns())
-            polls.append({"t": at, "online": len(online), "seconds": took and round(took, 3)})
-            if len(online) >= expected:
-                all_online = at
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(RC_POLL_INTERVAL)
         print(
             f"  get rc: {len(online)} of {expected} leaves online"
             + (f" at {all_online:.1f}s" if all_online is not None else " (timed out)"),
             flush=True,
         )
         state = fleet.snapshot()
-    memory = memory_bytes(site.root_pid)
-    leaf_cpu = sum(cpu_seconds(pid) for pid in fleet.pids())
     joins = sorted(state.joined, key=lambda j: int(j["at"]))
     return {
         "lightweight_target": lightweight,
@@ -280,23 +246,16 @@ def join_leaves(site: TrustSite, params: Params, fleet: Any) -> dict[str, Any]:
         "tunnels_up": state.connected_count,
         "online": len(online),
         "seconds_from_start": {
-            "handshakes_done": handshakes_done,
-            "tunnels_up": tunnels_up,
+            "handshakes_done": arrival.joins_done,
+            "tunnels_up": arrival.tunnels_up,
             "all_online_in_get_rc": all_online,
         },
         "handshake_seconds": {
             "pin_check": spread([float(j["trust_s"]) for j in joins]),
             "validate": spread([float(j["validate_s"]) for j in joins]),
         },
-        "root_cpu_seconds": round(cpu_seconds(site.root_pid) - root_cpu_before, 2),
-        "root_peak_rss_mib": max((s["root_rss_mib"] for s in sampler.samples), default=None),
-        "root_vmhwm_mib": round(memory.get("VmHWM", 0) / MIB, 1),
-        "leaf_processes_cpu_seconds": round(leaf_cpu, 2),
-        "leaf_processes_errors": sorted(
-            {e for r in state.connected.values() for e in r.get("errors", [])}
-        )[:5],
+        **root_watch.join_costs(site.root_pid, root_cpu_before, sampler, fleet, "leaf"),
         "rc_polls": polls,
-        "timeline": sampler.samples,
         "validate_in_join_order": [float(j["validate_s"]) for j in joins],
     }
 
@@ -319,17 +278,9 @@ WATCHED = (
 )
 
 
-def _profiler(out_dir: pathlib.Path, pid: int, name: str) -> AbstractContextManager[None]:
-    return root_watch.profiler(out_dir, pid, name)
-
-
-def _summary(out_dir: pathlib.Path, name: str) -> dict[str, Any]:
-    return root_watch.summary(out_dir, name, WATCHED)
-
-
 def profile_many(site: TrustSite, out_dir: pathlib.Path) -> dict[str, Any]:
     """One ssh, clusters and get rc run each with py-spy on the root (not measured)."""
-    with _profiler(out_dir, site.root_pid, "commands"):
+    with root_watch.profiler(out_dir, site.root_pid, "commands"):
         for argv, env in (
             (site.ssh_argv(), site.user_env),
             (site.clusters_argv(), site.user_env),
@@ -337,7 +288,7 @@ def profile_many(site: TrustSite, out_dir: pathlib.Path) -> dict[str, Any]:
         ):
             with contextlib.suppress(RunFailed):
                 run(argv, env, COMMAND_TIMEOUT)
-    return _summary(out_dir, "commands")
+    return root_watch.summary(out_dir, "commands", WATCHED)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -353,36 +304,18 @@ def build_report(
 ) -> dict[str, Any]:
     """The JSON document: both phases, the join, the ratios; null where not measured."""
     one, many = phases["one_leaf"], phases["many_leaves"]
-    medians = {
-        p.name: {figure: p.figures(figure)["median"] for figure in FIGURES} for p in (one, many)
-    }
-    idle = {p.name: p.idle for p in (one, many)}
-    ratios: dict[str, float | None] = {
-        figure: ratio(medians["many_leaves"][figure], medians["one_leaf"][figure])
-        for figure in FIGURES
-    }
-    for figure in FIGURES:
-        ratios[f"{figure}_root_cpu"] = ratio(
-            many.figures(figure)["root_cpu_median"], one.figures(figure)["root_cpu_median"]
-        )
-    one_idle, many_idle = one.idle or {}, many.idle or {}
-    ratios["root_idle_cpu"] = ratio(many_idle.get("cpu_percent"), one_idle.get("cpu_percent"))
-    ratios["root_rss"] = ratio(many_idle.get("rss_mib"), one_idle.get("rss_mib"))
-    added = many.leaves_online - one.leaves_online
-    per_leaf = None
-    if added > 0 and one.idle and many.idle:
-        per_leaf = round((many.idle["rss_mib"] - one.idle["rss_mib"]) * MIB / added)
-    ssh_ratio = ratios["ssh"]
+    figures = root_watch.compared(one, many)
+    ssh_ratio = figures["ratio_many_vs_one"]["ssh"]
     return {
         "benchmark": NAME,
         "machine": machine_info,
         "load_average": load,
         "params": params.to_json(),
         "leaves_online": {p.name: p.leaves_online for p in (one, many)},
-        "seconds": {p.name: {figure: p.figures(figure) for figure in FIGURES} for p in (one, many)},
-        "root_idle": idle,
-        "ratio_many_vs_one": ratios,
-        "root_rss_bytes_per_added_leaf": per_leaf,
+        **figures,
+        "root_rss_bytes_per_added_leaf": root_watch.rss_per_added(
+            one, many, many.leaves_online - one.leaves_online
+        ),
         "targets_met": {
             "ssh": None if ssh_ratio is None else ssh_ratio <= SSH_TARGET,
         },
@@ -394,20 +327,14 @@ def build_report(
             }
             for p in (one, many)
         },
-        "samples": {p.name: p.samples for p in (one, many)},
-        "root_cpu_seconds_samples": {p.name: p.root_cpu for p in (one, many)},
-        "warmup_samples": {p.name: p.warmup for p in (one, many)},
-        "failures": {p.name: p.failures for p in (one, many) if p.failures},
+        **root_watch.raw_samples(one, many),
         "missing": missing,
     }
 
 
 def table(report: dict[str, Any]) -> str:
     """The printed summary: both phases side by side with ratios, then the join."""
-    p = report["params"]
     online = report["leaves_online"]
-    secs, idle, ratio = report["seconds"], report["root_idle"], report["ratio_many_vs_one"]
-    one_idle, many_idle = idle["one_leaf"] or {}, idle["many_leaves"] or {}
     header = [
         "figure",
         f"{online['one_leaf']} leaf",
@@ -415,45 +342,11 @@ def table(report: dict[str, Any]) -> str:
         "many / one",
     ]
     labels = {
-        "ssh": f"`{p['ssh_command']}` s",
+        "ssh": f"`{report['params']['ssh_command']}` s",
         "clusters": "`tether clusters` s",
         "get_rc": "`tetherctl get rc` s",
     }
-    rows = []
-    for figure in FIGURES:
-        for stat in ("median", "p90") if figure == "ssh" else ("median",):
-            rows.append(
-                [
-                    f"{labels[figure]} ({stat})",
-                    _fmt(secs["one_leaf"][figure][stat]),
-                    _fmt(secs["many_leaves"][figure][stat]),
-                    _fmt(ratio[figure], ".2f", "x") if stat == "median" else "",
-                ]
-            )
-        rows.append(
-            [
-                "  root tetherd CPU s per run (median)",
-                _fmt(secs["one_leaf"][figure]["root_cpu_median"]),
-                _fmt(secs["many_leaves"][figure]["root_cpu_median"]),
-                _fmt(ratio[f"{figure}_root_cpu"], ".2f", "x"),
-            ]
-        )
-    rows.append(
-        [
-            f"root RSS MiB (idle {p['idle_seconds']:g}s)",
-            _fmt(one_idle.get("rss_mib"), ".1f"),
-            _fmt(many_idle.get("rss_mib"), ".1f"),
-            _fmt(ratio["root_rss"], ".2f", "x"),
-        ]
-    )
-    rows.append(
-        [
-            "root CPU % of a core (idle)",
-            _fmt(one_idle.get("cpu_percent"), ".1f"),
-            _fmt(many_idle.get("cpu_percent"), ".1f"),
-            _fmt(ratio["root_idle_cpu"], ".2f", "x"),
-        ]
-    )
+    rows = root_watch.figure_rows(report, PHASES, labels)
     lines = tables.grid(header, rows)
     per_leaf = report["root_rss_bytes_per_added_leaf"]
     lines.append(f"root memory per added leaf: {_fmt(per_leaf and per_leaf / 1024, '.1f')} KiB")
@@ -483,147 +376,47 @@ def table(report: dict[str, Any]) -> str:
         ]
         for refusal in join["refusals"]:
             lines.append(f"  refused: {refusal}")
-    for phase, failures in report["failures"].items():
-        for figure, why in failures.items():
-            lines.append(f"FAILED {phase} {figure}: {why[-1]}")
-    for key, why in report["missing"].items():
-        lines.append(f"n/a {key}: {why}")
+    lines += root_watch.failure_lines(report)
     return "\n".join(lines)
+
+
+WORDS = root_watch.Words(
+    benchmark="Many leaf clusters on loopback: one root",
+    member="leaf",
+    members="leaves",
+    counted="leaves_online",
+    counted_as="leaves online",
+    joined_label="handshakes answered",
+    polls=("rc_polls", "online"),
+    polled_label="online in get rc",
+    complete=("all_online_in_get_rc", "all online"),
+    latency=("validate_in_join_order", "handshake: POST /webapi/trustedclusters/validate"),
+    site="root",
+    targets=f"ssh target <= {SSH_TARGET}x",
+)
 
 
 def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     """The join over time, handshake latency in join order, and the medians one vs many."""
-    plt = results.pyplot()
-    if plt is None:
-        return False
-    m, p = report["machine"], report["params"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
-    (progress, latency), (root, bars) = axes
-    join = report["join"] or {}
-    timeline = join.get("timeline") or []
-    ts = [s["t"] for s in timeline]
-    progress.plot(ts, [s["joined"] for s in timeline], label="handshakes answered")
-    progress.plot(ts, [s["connected"] for s in timeline], label="tunnels up")
-    polls = join.get("rc_polls") or []
-    progress.plot(
-        [q["t"] for q in polls], [q["online"] for q in polls], "o", label="online in get rc"
-    )
-    progress.set_xlabel("s since the lightweight leaves started")
-    progress.set_ylabel("leaves")
-    progress.set_title("leaves joining the root", fontsize=9)
-    progress.legend(fontsize=8)
-    validate = join.get("validate_in_join_order") or []
-    latency.plot(range(1, len(validate) + 1), validate, ".", markersize=2)
-    latency.set_xlabel("leaf, in join order")
-    latency.set_ylabel("s")
-    latency.set_title(
-        "handshake: POST /webapi/trustedclusters/validate latency "
-        f"({p['join_concurrency']} at a time)",
-        fontsize=9,
-    )
-    root.plot(ts, [s["root_cpu_percent"] for s in timeline], color="tab:red", label="CPU %")
-    root.set_xlabel("s since the lightweight leaves started")
-    root.set_ylabel("root tetherd CPU, % of a core", color="tab:red")
-    twin = root.twinx()
-    twin.plot(ts, [s["root_rss_mib"] for s in timeline], color="tab:blue", label="RSS")
-    twin.set_ylabel("root tetherd RSS, MiB", color="tab:blue")
-    root.set_title("root tetherd while leaves join", fontsize=9)
-    online = report["leaves_online"]
-    width = 0.38
-    for offset, phase, label in (
-        (-width / 2, "one_leaf", f"{online['one_leaf']} leaf"),
-        (width / 2, "many_leaves", f"{online['many_leaves']} leaves"),
-    ):
-        values = [report["seconds"][phase][f]["median"] for f in FIGURES]
-        drawn = bars.bar(
-            [i + offset for i in range(len(FIGURES))], [v or 0 for v in values], width, label=label
-        )
-        for bar, value in zip(drawn, values, strict=True):
-            bars.annotate(
-                "n/a" if value is None else f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-    ratio = report["ratio_many_vs_one"]
-    bars.set_xticks(
-        range(len(FIGURES)),
-        [f"{f}\n{_fmt(ratio[f], '.2f', 'x')}" for f in FIGURES],
-        fontsize=8,
-    )
-    bars.set_ylabel("s (median)")
-    bars.set_title(f"wall time, one leaf vs every leaf (ssh target <= {SSH_TARGET}x)", fontsize=9)
-    bars.legend(fontsize=8)
-    fig.suptitle(
-        f"Many leaf clusters on loopback: one root, {online['many_leaves']} leaves ({m['date']})\n"
-        f"{m['cpu_model']}, {m['cores_usable']} cores, {m['memory_gib']} GiB, {m['kernel']}, "
-        f"{m['python']}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return root_watch.chart(report, path, WORDS)
 
 
 def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
     """One line of ``results/README.md``: headline figures, machine, files."""
-    online = report["leaves_online"]
-    secs, ratio = report["seconds"], report["ratio_many_vs_one"]
-    figures = ", ".join(
-        f"{f} {_fmt(secs['one_leaf'][f]['median'])}/{_fmt(secs['many_leaves'][f]['median'])} "
-        f"({_fmt(ratio[f], '.2f', 'x')})"
-        for f in FIGURES
-    )
-    idle = report["root_idle"]
-    rss = "/".join(_fmt((idle[ph] or {}).get("rss_mib"), ".0f") for ph in PHASES)
-    cpu = "/".join(_fmt((idle[ph] or {}).get("cpu_percent"), ".1f") for ph in PHASES)
-    join = report["join"] or {}
-    at = (join.get("seconds_from_start") or {}).get("all_online_in_get_rc")
-    quick = " (--quick)" if report["params"]["quick"] else ""
-    files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
-    return (
-        f"- {report['machine']['date']} `{NAME}`{quick}: {online['one_leaf']}/"
-        f"{online['many_leaves']} leaves online; median s one/many (ratio): {figures}; "
-        f"root idle RSS MiB {rss}, CPU % {cpu}; all online after {_fmt(at, '.0f')} s; "
-        f"{machine.summary(report['machine'])}; {files}"
-    )
+    summary = machine.summary(report["machine"])
+    return root_watch.index_line(report, json_name, png_name, WORDS, summary)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="many_leaves.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
-    )
-    root_watch.add_fleet_args(
-        parser,
-        root_watch.FleetOptions(
-            member="leaf",
-            members="leaves",
-            real="leaf0",
-            lists="`tether clusters` and `get rc`",
-            joined="join and come online",
-            join="handshakes",
-            count=(1000, 50),
-            idle_seconds=(60.0, 5.0),
-            join_timeout=(480.0, 60.0),
-            processes=2,
-            concurrency=4,
-        ),
-    )
-    parser.add_argument(
-        "--profile",
-        type=pathlib.Path,
-        metavar="DIR",
-        help="also record the root tetherd with py-spy while leaves join and during one "
+    return root_watch.parse_args(
+        argv,
+        prog="many_leaves.py",
+        doc=__doc__,
+        quick="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
+        options=FLEET_OPTIONS,
+        profile="also record the root tetherd with py-spy while leaves join and during one "
         "command of each kind with every leaf online",
     )
-    results.add_output_args(parser)
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
@@ -642,12 +435,7 @@ def main(argv: list[str]) -> int:
             f"starting a root, the real leaf {trust_site.LEAF} and its node {trust_site.NODE}",
             flush=True,
         )
-        try:
-            site: TrustSite | None = stack.enter_context(open_trust_site())
-        except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            site = None
-            missing["site"] = f"failed to start: {exc}"
-            print(f"  FAILED to start: {exc}", flush=True)
+        site: TrustSite | None = root_watch.start_site(stack, open_trust_site, missing)
         if site is not None:
             phases["one_leaf"].leaves_online = 1
             measure_phase(phases["one_leaf"], site, params)
@@ -660,7 +448,7 @@ def main(argv: list[str]) -> int:
             profiler: AbstractContextManager[None] = contextlib.nullcontext()
             if args.profile:
                 try:
-                    profiler = _profiler(args.profile, site.root_pid, "join")
+                    profiler = root_watch.profiler(args.profile, site.root_pid, "join")
                 except ssh_profile.ProfilerUnavailable as exc:
                     profiles["missing"] = str(exc)
             fleet = stack.enter_context(
@@ -677,7 +465,7 @@ def main(argv: list[str]) -> int:
             with profiler:
                 join = join_leaves(site, params, fleet)
             if args.profile and "missing" not in profiles:
-                profiles["join"] = _summary(args.profile, "join")
+                profiles["join"] = root_watch.summary(args.profile, "join", WATCHED)
             if fleet.stderr_tail():
                 join["leaf_processes_stderr_tail"] = fleet.stderr_tail()
             phases["many_leaves"].leaves_online = join["online"]
@@ -692,11 +480,7 @@ def main(argv: list[str]) -> int:
                 profiles["commands"] = profile_many(site, args.profile)
                 (args.profile / "summary.txt").write_text(profile_text(profiles), encoding="utf-8")
         print("stopping every process", flush=True)
-    load = {
-        "what": "1, 5 and 15 minute load averages (other work on the machine skews figures)",
-        "before": [round(x, 2) for x in load_before],
-        "after": [round(x, 2) for x in os.getloadavg()],
-    }
+    load = root_watch.load_average(load_before)
     report = build_report(machine_info, params, phases, join, load, missing)
     if profiles:
         report["profiles"] = profiles

@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-import subprocess
 import sys
 import time
 from contextlib import AbstractContextManager
@@ -61,15 +60,12 @@ from _benchlib import (  # noqa: E402
 from _benchlib.fleet import lift_open_files, now_ns  # noqa: E402
 from _benchlib.node_site import NodeSite  # noqa: E402
 from _benchlib.root_watch import (  # noqa: E402
-    MIB,
     RunFailed,
     Sampler,
     cpu_seconds,
     measure_commands,
     measure_idle,
-    memory_bytes,
     profile_text,
-    ratio,
     run,
     spread,
 )
@@ -140,27 +136,19 @@ class Params:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Params":
-        def pick(value: Any, quick: Any, full: Any) -> Any:
-            return value if value is not None else (quick if args.quick else full)
-
-        count = pick(args.nodes, *reversed(FLEET_OPTIONS.count))
-        params = cls(
+        size = root_watch.sizes(args, FLEET_OPTIONS)
+        return cls(
             quick=args.quick,
-            nodes=count,
-            ssh_runs=pick(args.runs, 5, 20),
-            list_runs=pick(args.list_runs, 3, 10),
-            idle_seconds=pick(args.idle_seconds, *reversed(FLEET_OPTIONS.idle_seconds)),
-            join_timeout=pick(args.join_timeout, *reversed(FLEET_OPTIONS.join_timeout)),
+            nodes=size.count,
+            ssh_runs=size.ssh_runs,
+            list_runs=size.list_runs,
+            idle_seconds=size.idle_seconds,
+            join_timeout=size.join_timeout,
             # each process under the hard limit on open files, which it cannot raise
-            node_processes=max(args.node_processes, nodes.processes_needed(count - 1)),
+            node_processes=max(args.node_processes, nodes.processes_needed(size.count - 1)),
             join_concurrency=args.join_concurrency,
             tether_program=" ".join(trust_site.console_script("tether")),
         )
-        if params.nodes < 2 or params.ssh_runs < 1 or params.list_runs < 1:
-            raise SystemExit("--nodes must be at least 2, --runs and --list-runs at least 1")
-        if params.idle_seconds <= 0 or params.join_timeout <= 0:
-            raise SystemExit("--idle-seconds and --join-timeout must be positive")
-        return params
 
     def to_json(self) -> dict[str, Any]:
         from tether.tunnel.transport import KeepAlive
@@ -260,36 +248,11 @@ def join_nodes(site: NodeSite, params: Params, fleet: Any) -> dict[str, Any]:
     lightweight = params.nodes - 1
     deadline = time.monotonic() + params.join_timeout
     root_cpu_before = cpu_seconds(site.root_pid)
-
-    def left() -> float:
-        return max(0.0, deadline - time.monotonic())
-
     with Sampler(site.root_pid, fleet) as sampler:
-        fleet.wait_until(lambda s: len(s.joined) + len(s.failed) >= lightweight, left())
-        state = fleet.snapshot()
-        joined = len(state.joined)
-        joins_done = (
-            fleet.seconds_since_start(max(int(j["at"]) for j in state.joined))
-            if joined + len(state.failed) >= lightweight and state.joined
-            else None
+        arrival = root_watch.wait_joined_and_connected(
+            fleet, lightweight, deadline, "joins", lambda line: print(line, flush=True)
         )
-        print(
-            f"  joins: {joined} joined, {len(state.failed)} refused"
-            + (f" in {joins_done:.1f}s" if joins_done is not None else " (timed out)"),
-            flush=True,
-        )
-        fleet.wait_until(lambda s: s.connected_count >= joined, left())
-        state = fleet.snapshot()
-        tunnels_up = None
-        if joined and state.connected_count >= joined:
-            tunnels_up = fleet.seconds_since_start(
-                next(at for at, count in state.connected_timeline if count >= joined)
-            )
-        print(
-            f"  tunnels: {state.connected_count} of {joined} up"
-            + (f" at {tunnels_up:.1f}s" if tunnels_up is not None else " (timed out)"),
-            flush=True,
-        )
+        joined = arrival.joined
         heartbeating = None
         while time.monotonic() < deadline:
             if fleet.heartbeats()["nodes_published"] >= joined:
@@ -297,24 +260,17 @@ def join_nodes(site: NodeSite, params: Params, fleet: Any) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         expected = joined + 1  # and the real node
-        listed: list[str] = []
-        polls: list[dict[str, Any]] = []
-        all_listed = None
-        while True:
-            took: float | None = None
-            try:
-                took, out = run(site.get_nodes_argv(), None, COMMAND_TIMEOUT)
-                listed = node_site.listed_nodes(out)
-            except (RunFailed, ValueError) as exc:
-                print(f"  get nodes: {exc}", flush=True)
-            at = fleet.seconds_since_start(now_ns())
-            polls.append({"t": at, "listed": len(listed), "seconds": took and round(took, 3)})
-            if len(listed) >= expected:
-                all_listed = at
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(LIST_POLL_INTERVAL)
+        listed, polls, all_listed = root_watch.poll_listing(
+            site.get_nodes_argv(),
+            node_site.listed_nodes,
+            expected,
+            fleet=fleet,
+            deadline=deadline,
+            interval=LIST_POLL_INTERVAL,
+            key="listed",
+            label="get nodes",
+            timeout=COMMAND_TIMEOUT,
+        )
         print(
             f"  get nodes: {len(listed)} of {expected} nodes listed"
             + (f" at {all_listed:.1f}s" if all_listed is not None else " (timed out)"),
@@ -329,8 +285,6 @@ def join_nodes(site: NodeSite, params: Params, fleet: Any) -> dict[str, Any]:
             print(f"  tether ls: {exc}", flush=True)
         print(f"  tether ls: {ls_rows} rows at {_fmt(in_ls, '.1f')}s", flush=True)
         state = fleet.snapshot()
-    memory = memory_bytes(site.root_pid)
-    node_cpu = sum(cpu_seconds(pid) for pid in fleet.pids())
     joins = sorted(state.joined, key=lambda j: int(j["at"]))
     return {
         "lightweight_target": lightweight,
@@ -342,22 +296,15 @@ def join_nodes(site: NodeSite, params: Params, fleet: Any) -> dict[str, Any]:
         "listed": len(listed),
         "ls_rows": ls_rows,
         "seconds_from_start": {
-            "joins_done": joins_done,
-            "tunnels_up": tunnels_up,
+            "joins_done": arrival.joins_done,
+            "tunnels_up": arrival.tunnels_up,
             "all_heartbeating": heartbeating,
             "all_listed_in_get_nodes": all_listed,
             "seen_in_tether_ls": in_ls if ls_rows is not None and ls_rows >= expected else None,
         },
         "join_seconds": spread([float(j["join_s"]) for j in joins]),
-        "root_cpu_seconds": round(cpu_seconds(site.root_pid) - root_cpu_before, 2),
-        "root_peak_rss_mib": max((s["root_rss_mib"] for s in sampler.samples), default=None),
-        "root_vmhwm_mib": round(memory.get("VmHWM", 0) / MIB, 1),
-        "node_processes_cpu_seconds": round(node_cpu, 2),
-        "node_processes_errors": sorted(
-            {e for r in state.connected.values() for e in r.get("errors", [])}
-        )[:5],
+        **root_watch.join_costs(site.root_pid, root_cpu_before, sampler, fleet, "node"),
         "list_polls": polls,
-        "timeline": sampler.samples,
         "join_in_join_order": [float(j["join_s"]) for j in joins],
     }
 
@@ -409,25 +356,10 @@ def build_report(
     """The JSON document: both phases, the join, the ratios, the targets; null where not
     measured."""
     one, many = phases["one_node"], phases["many_nodes"]
-    medians = {
-        p.name: {figure: p.figures(figure)["median"] for figure in FIGURES} for p in (one, many)
-    }
-    ratios: dict[str, float | None] = {
-        figure: ratio(medians["many_nodes"][figure], medians["one_node"][figure])
-        for figure in FIGURES
-    }
-    for figure in FIGURES:
-        ratios[f"{figure}_root_cpu"] = ratio(
-            many.figures(figure)["root_cpu_median"], one.figures(figure)["root_cpu_median"]
-        )
-    one_idle, many_idle = one.idle or {}, many.idle or {}
-    ratios["root_idle_cpu"] = ratio(many_idle.get("cpu_percent"), one_idle.get("cpu_percent"))
-    ratios["root_rss"] = ratio(many_idle.get("rss_mib"), one_idle.get("rss_mib"))
-    added = many.nodes_listed - one.nodes_listed
-    per_node = None
-    if added > 0 and one.idle and many.idle:
-        per_node = round((many.idle["rss_mib"] - one.idle["rss_mib"]) * MIB / added)
-    ls_many = medians["many_nodes"]["ls"]
+    figures = root_watch.compared(one, many)
+    ssh_ratio = figures["ratio_many_vs_one"]["ssh"]
+    ls_many = figures["seconds"]["many_nodes"]["ls"]["median"]
+    many_idle = many.idle or {}
     rss, cpu = many_idle.get("rss_mib"), many_idle.get("cpu_percent")
     return {
         "benchmark": NAME,
@@ -435,12 +367,12 @@ def build_report(
         "load_average": load,
         "params": params.to_json(),
         "nodes_listed": {p.name: p.nodes_listed for p in (one, many)},
-        "seconds": {p.name: {figure: p.figures(figure) for figure in FIGURES} for p in (one, many)},
-        "root_idle": {p.name: p.idle for p in (one, many)},
-        "ratio_many_vs_one": ratios,
-        "root_rss_bytes_per_added_node": per_node,
+        **figures,
+        "root_rss_bytes_per_added_node": root_watch.rss_per_added(
+            one, many, many.nodes_listed - one.nodes_listed
+        ),
         "targets_met": {
-            "ssh": None if ratios["ssh"] is None else ratios["ssh"] <= SSH_TARGET,
+            "ssh": None if ssh_ratio is None else ssh_ratio <= SSH_TARGET,
             "ls": None if ls_many is None else ls_many < LS_TARGET_SECONDS,
             "root_rss": None if rss is None else rss < RSS_TARGET_MIB,
             "root_idle_cpu": None if cpu is None else cpu < IDLE_CPU_TARGET_PERCENT,
@@ -450,10 +382,7 @@ def build_report(
             p.name: {"tether_ls_rows": p.ls_rows, "get_nodes_listed": p.get_nodes_listed}
             for p in (one, many)
         },
-        "samples": {p.name: p.samples for p in (one, many)},
-        "root_cpu_seconds_samples": {p.name: p.root_cpu for p in (one, many)},
-        "warmup_samples": {p.name: p.warmup for p in (one, many)},
-        "failures": {p.name: p.failures for p in (one, many) if p.failures},
+        **root_watch.raw_samples(one, many),
         "missing": missing,
     }
 
@@ -464,47 +393,14 @@ def _verdict(met: bool | None) -> str:
 
 def table(report: dict[str, Any]) -> str:
     """The printed summary: both phases side by side with ratios, the targets, then the join."""
-    p = report["params"]
     listed = report["nodes_listed"]
-    secs, idle, ratios = report["seconds"], report["root_idle"], report["ratio_many_vs_one"]
-    one_idle, many_idle = idle["one_node"] or {}, idle["many_nodes"] or {}
     header = ["figure", f"{listed['one_node']} node", f"{listed['many_nodes']} nodes", "many / one"]
     labels = {
-        "ssh": f"`{p['ssh_command']}` s",
+        "ssh": f"`{report['params']['ssh_command']}` s",
         "ls": "`tether ls` s",
         "get_nodes": "`tetherctl get nodes` s",
     }
-    rows = []
-    for figure in FIGURES:
-        for stat in ("median", "p90") if figure == "ssh" else ("median",):
-            rows.append(
-                [
-                    f"{labels[figure]} ({stat})",
-                    _fmt(secs["one_node"][figure][stat]),
-                    _fmt(secs["many_nodes"][figure][stat]),
-                    _fmt(ratios[figure], ".2f", "x") if stat == "median" else "",
-                ]
-            )
-        rows.append(
-            [
-                "  root tetherd CPU s per run (median)",
-                _fmt(secs["one_node"][figure]["root_cpu_median"]),
-                _fmt(secs["many_nodes"][figure]["root_cpu_median"]),
-                _fmt(ratios[f"{figure}_root_cpu"], ".2f", "x"),
-            ]
-        )
-    for label, key, ratio_key in (
-        (f"root RSS MiB (idle {p['idle_seconds']:g}s)", "rss_mib", "root_rss"),
-        ("root CPU % of a core (idle)", "cpu_percent", "root_idle_cpu"),
-    ):
-        rows.append(
-            [
-                label,
-                _fmt(one_idle.get(key), ".1f"),
-                _fmt(many_idle.get(key), ".1f"),
-                _fmt(ratios[ratio_key], ".2f", "x"),
-            ]
-        )
+    rows = root_watch.figure_rows(report, PHASES, labels)
     lines = tables.grid(header, rows)
     per_node = report["root_rss_bytes_per_added_node"]
     lines.append(f"root memory per added node: {_fmt(per_node and per_node / 1024, '.1f')} KiB")
@@ -548,135 +444,48 @@ def table(report: dict[str, Any]) -> str:
             )
             lines += [f"  heartbeat error: {e}" for e in beats["errors"]]
         lines += [f"  refused: {refusal}" for refusal in join["refusals"]]
-    for phase, failures in report["failures"].items():
-        for figure, why in failures.items():
-            lines.append(f"FAILED {phase} {figure}: {why[-1]}")
-    for key, why in report["missing"].items():
-        lines.append(f"n/a {key}: {why}")
+    lines += root_watch.failure_lines(report)
     return "\n".join(lines)
+
+
+WORDS = root_watch.Words(
+    benchmark="Many tunnel-mode nodes on loopback: one cluster",
+    member="node",
+    members="nodes",
+    counted="nodes_listed",
+    counted_as="nodes listed",
+    joined_label="joined",
+    polls=("list_polls", "listed"),
+    polled_label="listed in get nodes",
+    complete=("all_listed_in_get_nodes", "all listed"),
+    latency=("join_in_join_order", "join (pin check + POST /webapi/join)"),
+    site="cluster",
+    targets=f"ssh <= {SSH_TARGET}x, ls < {LS_TARGET_SECONDS:g} s",
+)
 
 
 def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     """The join over time, join latency in join order, the root meanwhile, and the medians
     one vs many."""
-    plt = results.pyplot()
-    if plt is None:
-        return False
-    m, p = report["machine"], report["params"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
-    (progress, latency), (root, bars) = axes
-    join = report["join"] or {}
-    timeline = join.get("timeline") or []
-    ts = [s["t"] for s in timeline]
-    progress.plot(ts, [s["joined"] for s in timeline], label="joined")
-    progress.plot(ts, [s["connected"] for s in timeline], label="tunnels up")
-    polls = join.get("list_polls") or []
-    progress.plot(
-        [q["t"] for q in polls], [q["listed"] for q in polls], "o", label="listed in get nodes"
-    )
-    progress.set_xlabel("s since the lightweight nodes started")
-    progress.set_ylabel("nodes")
-    progress.set_title("nodes joining the cluster", fontsize=9)
-    progress.legend(fontsize=8)
-    joins = join.get("join_in_join_order") or []
-    latency.plot(range(1, len(joins) + 1), joins, ".", markersize=2)
-    latency.set_xlabel("node, in join order")
-    latency.set_ylabel("s")
-    latency.set_title(
-        f"join (pin check + POST /webapi/join) latency ({p['join_concurrency']} at a time)",
-        fontsize=9,
-    )
-    root.plot(ts, [s["root_cpu_percent"] for s in timeline], color="tab:red", label="CPU %")
-    root.set_xlabel("s since the lightweight nodes started")
-    root.set_ylabel("root tetherd CPU, % of a core", color="tab:red")
-    twin = root.twinx()
-    twin.plot(ts, [s["root_rss_mib"] for s in timeline], color="tab:blue", label="RSS")
-    twin.set_ylabel("root tetherd RSS, MiB", color="tab:blue")
-    root.set_title("root tetherd while nodes join", fontsize=9)
-    listed = report["nodes_listed"]
-    width = 0.38
-    for offset, phase, label in (
-        (-width / 2, "one_node", f"{listed['one_node']} node"),
-        (width / 2, "many_nodes", f"{listed['many_nodes']} nodes"),
-    ):
-        values = [report["seconds"][phase][f]["median"] for f in FIGURES]
-        drawn = bars.bar(
-            [i + offset for i in range(len(FIGURES))], [v or 0 for v in values], width, label=label
-        )
-        for bar, value in zip(drawn, values, strict=True):
-            bars.annotate(
-                "n/a" if value is None else f"{value:.2f}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-    ratios = report["ratio_many_vs_one"]
-    bars.set_xticks(
-        range(len(FIGURES)),
-        [f"{f}\n{_fmt(ratios[f], '.2f', 'x')}" for f in FIGURES],
-        fontsize=8,
-    )
-    bars.set_ylabel("s (median)")
-    bars.set_title(
-        f"wall time, one node vs every node (ssh <= {SSH_TARGET}x, ls < {LS_TARGET_SECONDS:g} s)",
-        fontsize=9,
-    )
-    bars.legend(fontsize=8)
-    fig.suptitle(
-        f"Many tunnel-mode nodes on loopback: one cluster, {listed['many_nodes']} nodes "
-        f"({m['date']})\n{m['cpu_model']}, {m['cores_usable']} cores, {m['memory_gib']} GiB, "
-        f"{m['kernel']}, {m['python']}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return root_watch.chart(report, path, WORDS)
 
 
 def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
     """One line of ``results/README.md``: headline figures, machine, files."""
-    listed = report["nodes_listed"]
-    secs, ratios = report["seconds"], report["ratio_many_vs_one"]
-    figures = ", ".join(
-        f"{f} {_fmt(secs['one_node'][f]['median'])}/{_fmt(secs['many_nodes'][f]['median'])} "
-        f"({_fmt(ratios[f], '.2f', 'x')})"
-        for f in FIGURES
-    )
-    idle = report["root_idle"]
-    rss = "/".join(_fmt((idle[ph] or {}).get("rss_mib"), ".0f") for ph in PHASES)
-    cpu = "/".join(_fmt((idle[ph] or {}).get("cpu_percent"), ".1f") for ph in PHASES)
-    join = report["join"] or {}
-    at = (join.get("seconds_from_start") or {}).get("all_listed_in_get_nodes")
-    quick = " (--quick)" if report["params"]["quick"] else ""
-    files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
-    return (
-        f"- {report['machine']['date']} `{NAME}`{quick}: {listed['one_node']}/"
-        f"{listed['many_nodes']} nodes listed; median s one/many (ratio): {figures}; "
-        f"root idle RSS MiB {rss}, CPU % {cpu}; all listed after {_fmt(at, '.0f')} s; "
-        f"{machine.summary(report['machine'])}; {files}"
-    )
+    summary = machine.summary(report["machine"])
+    return root_watch.index_line(report, json_name, png_name, WORDS, summary)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="many_nodes.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="200 nodes, 5 ssh runs, 3 listing runs, 10 s idle (a few minutes)",
-    )
-    root_watch.add_fleet_args(parser, FLEET_OPTIONS)
-    parser.add_argument(
-        "--profile",
-        type=pathlib.Path,
-        metavar="DIR",
-        help="also record the root tetherd with py-spy while it idles with every node and "
+    return root_watch.parse_args(
+        argv,
+        prog="many_nodes.py",
+        doc=__doc__,
+        quick="200 nodes, 5 ssh runs, 3 listing runs, 10 s idle (a few minutes)",
+        options=FLEET_OPTIONS,
+        profile="also record the root tetherd with py-spy while it idles with every node and "
         "during one command of each kind",
     )
-    results.add_output_args(parser)
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
@@ -694,12 +503,7 @@ def main(argv: list[str]) -> int:
     profiles: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         print(f"starting a cluster and its node {node_site.NODE}", flush=True)
-        try:
-            site: NodeSite | None = stack.enter_context(open_node_site())
-        except (AssertionError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            site = None
-            missing["site"] = f"failed to start: {exc}"
-            print(f"  FAILED to start: {exc}", flush=True)
+        site: NodeSite | None = root_watch.start_site(stack, open_node_site, missing)
         if site is not None:
             phases["one_node"].nodes_listed = 1
             measure_phase(phases["one_node"], site, params)
@@ -740,11 +544,7 @@ def main(argv: list[str]) -> int:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 (args.profile / "summary.txt").write_text(profile_text(profiles), encoding="utf-8")
         print("stopping every process", flush=True)
-    load = {
-        "what": "1, 5 and 15 minute load averages (other work on the machine skews figures)",
-        "before": [round(x, 2) for x in load_before],
-        "after": [round(x, 2) for x in os.getloadavg()],
-    }
+    load = root_watch.load_average(load_before)
     report = build_report(machine_info, params, phases, join, load, missing)
     report["params"]["open_files"] = open_files
     if profiles:

@@ -57,7 +57,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
 
 import machine  # noqa: E402
 from _benchlib import daemon_settings, openssh, results, ssh_profile, ssh_sites, tables  # noqa: E402
-from _benchlib.procs import children_of, owned_process  # noqa: E402
+from _benchlib.procs import children_of, cpu_times, owned_process  # noqa: E402
 from _benchlib.ssh_sites import Remote  # noqa: E402
 
 _fmt = tables.fmt
@@ -193,17 +193,6 @@ class Ran:
     stderr: bytes = b""
 
 
-def _stat_cpu(pid: int) -> tuple[float, float]:
-    """(own, reaped children) CPU seconds of ``pid``, from /proc; zeros if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
-
-
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -212,7 +201,7 @@ def _children_cpu() -> float:
 def _cpu_snapshot(server_pids: Mapping[str, int]) -> dict[str, float]:
     snapshot = {"client": _children_cpu()}
     for role, pid in server_pids.items():
-        own, children = _stat_cpu(pid)
+        own, children = cpu_times(pid)
         snapshot[role] = own
         snapshot[f"{role} children"] = children
     return snapshot
@@ -623,29 +612,18 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     ]
     colors = ["tab:blue"] * 2 + ["tab:orange"] * 2 + ["tab:gray"] * 3
     bars = left.bar(range(len(names)), ms, yerr=whiskers, color=colors, capsize=3)
-    for bar, value, p90 in zip(bars, medians, p90s, strict=True):
-        left.annotate(  # above the whisker, so neither hides the other
-            "n/a" if value is None else f"{value * 1000:.0f}",
-            (bar.get_x() + bar.get_width() / 2, max(value or 0, p90 or 0) * 1000),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    results.label_bars(
+        left,
+        bars,
+        [tables.fmt(v and v * 1000, ".0f") for v in medians],
+        tops=[max(v or 0, q or 0) * 1000 for v, q in zip(medians, p90s, strict=True)],
+    )
     left.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     left.set_ylabel("ms (median, whisker to p90)")
     left.set_title(f"session setup: `{p['setup_command']}`, {p['setup_runs']} runs", fontsize=9)
     values = [report["bulk_mb_s"][n] for n in REMOTE_LEGS]
     bars = right.bar(range(len(REMOTE_LEGS)), [v or 0 for v in values], color=colors[:4])
-    for bar, value in zip(bars, values, strict=True):
-        right.annotate(
-            "n/a" if value is None else f"{value:.0f}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+    results.label_bars(right, bars, [tables.fmt(v, ".0f") for v in values])
     right.set_xticks(range(len(REMOTE_LEGS)), REMOTE_LEGS, rotation=25, ha="right", fontsize=8)
     right.set_ylabel("MB/s (10^6 bytes/s)")
     right.set_title(

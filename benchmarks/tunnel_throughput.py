@@ -435,14 +435,7 @@ def _bars(
         xs = [i + offset for i in range(len(names))]
         values = [value(name, key) for name in names]
         bars = ax.bar(xs, [v or 0 for v, _ in values], width, label=label)
-        for bar, (mb_s, note) in zip(bars, values, strict=True):
-            ax.annotate(
-                "n/a" if mb_s is None else f"{mb_s:.0f}{note}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+        results.label_bars(ax, bars, [tables.fmt(mb_s, ".0f", note) for mb_s, note in values])
     ax.set_xticks(range(len(names)), names)
 
 

@@ -101,8 +101,13 @@ def test_restarted_proxy_needs_no_token(cluster: RunningCluster, second_proxy: R
 def test_restarted_proxy_renews_certificates_two_thirds_through_their_lifetime(
     tether_cluster_factory: object, tmp_path: pathlib.Path
 ) -> None:
+    # renewal is due two thirds through the lifetime, and the restarted proxy must reach it
+    # before the certificates expire (past expiry it joins again with its token instead). At
+    # a load of 17 on two cores the first start alone took 32 s from join to listening, so a
+    # 12 s lifetime (4 s for the restart) had expired before the restart began: 90 s leaves
+    # the restart 30 s, and costs the test a minute's wait on a quiet machine
     short: RunningCluster = tether_cluster_factory(  # type: ignore[operator]
-        config={"auth_service": {"host_cert_ttl": "12s"}}
+        config={"auth_service": {"host_cert_ttl": "90s"}}
     )
     proxy = start_proxy(short, tmp_path / "proxy-c", "proxy-c")
     try:

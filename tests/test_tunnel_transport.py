@@ -23,7 +23,7 @@ from tether.tunnel import Connection, ErrorCode, MuxConfig
 from tether.tunnel import _frames as fr
 from tether.tunnel._frames import FrameType
 from tether.tunnel.agent import AgentPool, Backoff
-from tether.tunnel.control import ProxyInfo
+from tether.tunnel.control import ControlChannel, Hello, ProxyInfo, hello_message
 from tether.tunnel.heartbeats import (
     HeartbeatRecord,
     HeartbeatRecorder,
@@ -547,6 +547,69 @@ async def test_an_idle_tunnel_sends_one_heartbeat_round_trip_per_interval_and_no
     assert not record.conn.closed and network.dials == 1
     assert TunnelTimings().ping_interval > HEARTBEAT_INTERVAL
     assert TunnelTimings().dead_after == HEARTBEATS_MISSED * HEARTBEAT_INTERVAL
+
+
+async def test_a_heartbeat_answered_after_the_agent_stopped_waiting_keeps_the_tunnel(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    # a root starved of CPU answers a heartbeat later than dead_after: the agent has moved on
+    # to reading pushes by then, and must take the late ack as an answer, not as a protocol
+    # violation that closes the tunnel (each reconnection's handshake would starve the root
+    # further)
+    timings = TunnelTimings(ping_interval=5, dead_after=15)
+    interval = 10.0
+    heartbeats: list[float] = []
+    tunnels: list[TunnelConnection] = []
+
+    async def control(request: IncomingStream) -> None:
+        channel = ControlChannel(request.accept())
+        hello = Hello(
+            proxy_id="p1", cluster="root", proxies=(ProxyInfo("p1"),), heartbeat_interval=interval
+        )
+        await channel.send(hello_message(hello))
+        while (message := await channel.receive()) is not None:
+            assert message["type"] == "heartbeat"
+            heartbeats.append(trio.current_time())
+            if len(heartbeats) == 1:
+                await trio.sleep(timings.dead_after + 2)  # the agent stopped waiting at 15 s
+            await channel.send({"type": "ack", "proxies": [ProxyInfo("p1").to_json()]})
+
+    async def slow_proxy(stream: trio.abc.Stream) -> None:
+        conn = TunnelConnection(
+            stream, Connection("listener"), handle_stream=control, timings=timings, name="slow"
+        )
+        tunnels.append(conn)
+        async with trio.open_nursery() as inner:
+            await inner.start(conn.run)
+            await conn.wait_closed()
+
+    async def dial(addr: str) -> trio.abc.Stream:
+        ours, theirs = memory_tls_stream_pair()
+        nursery.start_soon(slow_proxy, theirs)
+        return ours
+
+    pool = AgentPool(
+        cluster="leaf",
+        tunnel_addr="lb:443",
+        dial=dial,
+        handle_stream=echo,
+        timings=timings,
+        backoff=Backoff(initial=1, maximum=8),
+        rng=random.Random(1),
+    )
+    await nursery.start(pool.run)
+    with trio.fail_after(30):
+        await pool.wait_connected(1)
+    started = trio.current_time()
+    await trio.sleep(6 * interval)
+    assert not tunnels[0].closed, tunnels[0].closed_reason
+    assert len(tunnels) == 1  # never redialled
+    assert pool.connected_proxies() == ["p1"]
+    # the late answer came at 17 s, the next heartbeat at the end of the interval after the
+    # one the agent stopped waiting for, and every one since on time, on the same tunnel
+    assert heartbeats[0] <= started + 1
+    assert heartbeats[1] - heartbeats[0] == pytest.approx(timings.dead_after + interval, abs=1)
+    assert len(heartbeats) >= 5
 
 
 async def test_an_agent_that_renews_moves_to_new_tunnels_and_running_streams_finish(

@@ -64,15 +64,29 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat[stat.rfind(")") + 2 :].split()
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of ``pid``: its own (all its threads), and what the children
+    it reaped had used; zeros for a process that is gone. The one reading of /proc/PID/stat
+    every harness uses."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone."""
+    return cpu_times(pid)[0]
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) ``pid`` and its descendants have used: each live process's
     own, plus what the children each reaped had used (so a child that exits between two
     readings still counts, once); 0 for a process that is gone."""
-    fields = _stat_fields(pid)
-    if fields is None:
+    if not os.path.exists(f"/proc/{pid}"):
         return 0.0
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ticks / os.sysconf("SC_CLK_TCK") + sum(tree_cpu_seconds(c) for c in children_of(pid))
+    return sum(cpu_times(pid)) + sum(tree_cpu_seconds(c) for c in children_of(pid))
 
 
 def stop_children(pid: int, grace: float = 3.0) -> None:

@@ -10,7 +10,7 @@ import argparse
 import datetime
 import json
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "results"
@@ -98,3 +98,26 @@ def pyplot() -> Any | None:
         print("matplotlib is not installed (tox -e bench installs it): no chart", flush=True)
         return None
     return plt
+
+
+def label_bars(
+    ax: Any,
+    bars: Any,
+    labels: Sequence[str],
+    *,
+    tops: Sequence[float] | None = None,
+    fontsize: int = 8,
+) -> None:
+    """Write each bar's figure just above it (``tables.fmt`` says ``n/a`` for one not
+    measured); ``tops``: where a bar's whisker ends, so the label stands above both."""
+    heights = tops if tops is not None else [bar.get_height() for bar in bars]
+    for bar, label, top in zip(bars, labels, heights, strict=True):
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, top),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=fontsize,
+        )

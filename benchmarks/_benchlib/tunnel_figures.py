@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from _benchlib.procs import cpu_seconds
 from tether.testing.tunnel_peer import (
     init_cluster,
     load_cluster,
@@ -45,12 +46,6 @@ def _clusters() -> Iterator[tuple[pathlib.Path, pathlib.Path, pathlib.Path, path
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _with_leaf(
@@ -92,7 +87,7 @@ def open_latency_ms(opens: int) -> dict[str, Any]:
 
         async def measure(server: Any, agent_pid: int) -> tuple[list[float], float, float]:
             samples = []
-            leaf_cpu = _cpu_seconds(agent_pid)
+            leaf_cpu = cpu_seconds(agent_pid)
             root_cpu = time.process_time()
             for _ in range(opens):
                 started = time.perf_counter()
@@ -100,7 +95,7 @@ def open_latency_ms(opens: int) -> dict[str, Any]:
                 samples.append(time.perf_counter() - started)
                 await stream.aclose()
             root_cpu = time.process_time() - root_cpu
-            leaf_cpu = _cpu_seconds(agent_pid) - leaf_cpu
+            leaf_cpu = cpu_seconds(agent_pid) - leaf_cpu
             return samples, root_cpu, leaf_cpu
 
         try:
@@ -181,9 +176,9 @@ def idle_tunnels_cpu_percent(tunnels: int, seconds: float) -> float:
         try:
             root.wait_for(lambda info: info.get("tunnels", 0) >= tunnels, timeout=300)
             time.sleep(2)  # let the connection storm settle
-            before = _cpu_seconds(root.process.pid)
+            before = cpu_seconds(root.process.pid)
             time.sleep(seconds)
-            used = _cpu_seconds(root.process.pid) - before
+            used = cpu_seconds(root.process.pid) - before
         finally:
             agents.stop()
             root.stop()

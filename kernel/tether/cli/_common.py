@@ -504,13 +504,42 @@ FORMATS = ("text", "json", "yaml")
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain table like tctl's: a header, a dashed rule, one row per line."""
-    from tabulate import tabulate
+    click.echo(format_table(headers, rows))
 
-    click.echo(
-        tabulate(
-            [list(r) for r in rows], headers=list(headers), tablefmt="simple", disable_numparse=True
-        )
-    )
+
+#: spaces between columns, and how much wider than its header a column is at least
+_GAP = 2
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The text of :func:`emit_table`: each column left-aligned as wide as its widest cell
+    (and its header and two more), two spaces between columns, no trailing blanks; a cell is
+    ``str()`` of its value stripped of surrounding blanks (``None`` is empty), and a cell with
+    several lines makes its row as many lines tall.
+
+    It is tabulate's ``simple`` format with number parsing off, written out: tabulate typed
+    every cell to decide an alignment these tables never use, a third of ``tether clusters``
+    with a thousand leaves, and importing it was another 50 ms of every listing.
+    """
+    cells = [["" if cell is None else str(cell).strip() for cell in row] for row in rows]
+    for row in cells:
+        if len(row) != len(headers):
+            raise ValueError(f"a row of {len(row)} cells under {len(headers)} headers")
+    if any("\n" in cell for row in cells for cell in row):
+        # each line of a cell a row of its own, the others' cells empty on it
+        cells = [
+            [lines[k] if k < len(lines) else "" for lines in split]
+            for split in ([cell.split("\n") for cell in row] for row in cells)
+            for k in range(max((len(lines) for lines in split), default=1))
+        ]
+    widths = [
+        max(len(header) + _GAP, max((len(row[i]) for row in cells), default=0))
+        for i, header in enumerate(headers)
+    ]
+    line = (" " * _GAP).join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers).rstrip(), (" " * _GAP).join("-" * w for w in widths)]
+    out += [line.format(*row).rstrip() for row in cells]
+    return "\n".join(out)
 
 
 def format_option(

@@ -272,8 +272,11 @@ async def clusters(fmt: str) -> None:
                 "labels": doc["metadata"].get("labels", {}),
             }
         )
+    # read once: profile.cluster parses the certificate file, once per row was a thousand
+    # parses for a root with a thousand leaves
+    selected = profile.selected_cluster or root
     for row in rows:
-        row["selected"] = row["cluster_name"] == profile.cluster
+        row["selected"] = row["cluster_name"] == selected
     output(
         rows,
         fmt,

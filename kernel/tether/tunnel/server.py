@@ -90,6 +90,8 @@ class TunnelRecord:
     connected_at: float
     last_heartbeat: float
     status: Mapping[str, Any] = attrs.field(factory=dict)
+    #: a tunnel from one of this cluster's own nodes, not from a leaf cluster's proxy
+    own_node: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -137,7 +139,10 @@ class TunnelServer:
     :param authenticate: returns the verified identity of a handshaken TLS stream's peer (its
         ``cluster`` is the connecting cluster) or raises a TrustError saying why not.
     :param proxies: the proxies of this cluster right now (for agents to reach them all).
-    :param recorder: where heartbeats go (batched writes to storage).
+    :param recorder: where leaf clusters' tunnels' heartbeats go (batched writes to storage,
+        which a remote_cluster's ``connection`` is computed from); this cluster's own nodes'
+        tunnels are not recorded there: no listing reads them (a node's inventory entry says
+        it is alive), and a record per node joined and left was a write per node for nothing.
     :param inventory: where the inventory entries this cluster's nodes send in their
         heartbeats go (relayed to auth in batches, each as the node whose tunnel sent it);
         without it, nodes are told to publish them themselves.
@@ -377,6 +382,7 @@ class TunnelServer:
             conn=conn,
             connected_at=trio.current_time(),
             last_heartbeat=trio.current_time(),
+            own_node=own_node,
         )
         if self._draining is not None:
             await conn.goaway(self._draining)
@@ -484,10 +490,9 @@ class TunnelServer:
                     # whose entries they are is the tunnel's certificate, never the message
                     relay.record(inventory_report(record.agent, _peer_der(tls), inventory))
                 record.status = {k: v for k, v in message.items() if k != "type"}
-                # a node whose entries are relayed shows it is alive by them: its tunnel's
-                # heartbeats would be a second write per node per flush that no one reads
-                # (stored tunnel heartbeats say whether a leaf is online)
-                if self._recorder is not None and inventory is None:
+                # a leaf is online while its tunnels heartbeat; a node shows it is alive by
+                # its inventory entries, and no listing reads a node's tunnel heartbeats
+                if self._recorder is not None and not own_node:
                     self._recorder.record(
                         record.cluster, self.proxy_id, record.agent, record.status
                     )
@@ -510,7 +515,7 @@ class TunnelServer:
 
     def _register(self, record: TunnelRecord) -> None:
         self._tunnels.setdefault(record.cluster, {})[record.id] = record
-        if self._recorder is not None:
+        if self._recorder is not None and not record.own_node:
             self._recorder.record(
                 record.cluster, self.proxy_id, record.agent, {"connected": True}, urgent=True
             )
@@ -527,7 +532,7 @@ class TunnelServer:
         records.pop(record.id, None)
         if not records:
             self._tunnels.pop(record.cluster, None)
-            if self._recorder is not None:
+            if self._recorder is not None and not record.own_node:
                 self._recorder.record(
                     record.cluster, self.proxy_id, record.agent, {"connected": False}, urgent=True
                 )

@@ -10,12 +10,14 @@ changes the trust asks for ``restored_trust``, which puts the guide's trust back
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import pwd
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -261,6 +263,30 @@ def test_tether_clusters_lists_the_root_and_the_online_leaf(trust: Trust) -> Non
     ]
     rows = [line.split() for line in table[2:]]
     assert rows == [["root", "online", "root", "*"], ["leaf", "online", "leaf"]]
+
+
+def _stored_keys(cluster: RunningCluster, prefix: str) -> list[str]:
+    """The keys under ``prefix`` in ``cluster``'s store, read beside the running daemon."""
+    path = cluster.data_dir / "backend.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT key FROM items WHERE key LIKE ? ORDER BY key", (f"{prefix}%",))
+        return [key for (key,) in rows]
+
+
+def test_a_tunnel_node_is_listed_once_as_a_node_and_never_as_a_cluster(trust: Trust) -> None:
+    # the leaf's node holds a tunnel to the leaf's proxy as the leaf holds one to the root's:
+    # each admin sees the leaf as a remote cluster at the root, the node as a node at the leaf,
+    # and the node's tunnel is not stored as if a leaf's (a write per node joined, for nothing)
+    remote = json.loads(trust.root.tetherctl("get", "rc", "--format=json").stdout)
+    assert [(rc["metadata"]["name"], rc["status"]["connection"]) for rc in remote] == [
+        ("leaf", "online")
+    ]
+    assert json.loads(trust.leaf.tetherctl("get", "rc", "--format=json").stdout) == []
+    nodes = json.loads(trust.leaf.tetherctl("get", "nodes", "--format=json").stdout)
+    assert [node["spec"]["hostname"] for node in nodes] == ["leaf-node"]
+    assert _stored_keys(trust.leaf, "/tunnels/") == []
+    assert _stored_keys(trust.root, "/tunnels/")  # the leaf's own tunnel still is, at the root
+    assert all(key.startswith("/tunnels/leaf/") for key in _stored_keys(trust.root, "/tunnels/"))
 
 
 def test_root_user_tab_completes_clusters_and_the_leaf_nodes(trust: Trust) -> None:
