@@ -444,9 +444,12 @@ class TunnelServer:
         self._register(record)
         named: str | None = None  # the trust revision this node was last told of
         pushes = False  # it reads a trust message at any time (its heartbeats say so)
+        # the certificate the tunnel presented, read once: TLS 1.3 never changes it, and the
+        # same bytes object each heartbeat makes comparing its reports cheap
+        cert: bytes | None = None
 
         async def answer(message: dict[str, Any]) -> None:
-            nonlocal named, pushes
+            nonlocal named, pushes, cert
             if message["type"] != "heartbeat":
                 raise ControlError(f"unexpected control message {message['type']!r}")
             record.last_heartbeat = trio.current_time()
@@ -455,7 +458,9 @@ class TunnelServer:
                 if relay is None:
                     raise ControlError("this proxy takes no inventory entries from this tunnel")
                 # whose entries they are is the tunnel's certificate, never the message
-                relay.record(inventory_report(record.agent, _peer_der(tls), inventory))
+                if cert is None:
+                    cert = _peer_der(tls)
+                relay.record(inventory_report(record.agent, cert, inventory))
             record.status = {k: v for k, v in message.items() if k != "type"}
             # a node whose entries are relayed shows it is alive by them: its tunnel's
             # heartbeats would be a second write per node per flush that no one reads
