@@ -10,8 +10,10 @@ latter, wrapped as a :class:`trio.abc.Stream` with the guarantees ``trio.SSLStre
   or abandoned, and a cancelled ``send_all`` that had started handing data to OpenSSL leaves
   the stream broken, so the next call says so instead of sending a corrupted record stream;
 - no busy loops: the stream waits on the socket only when OpenSSL said it must
-  (``SSLWantReadError``/``SSLWantWriteError``), and it always asks OpenSSL first, so data
-  OpenSSL already buffered (``SSLSocket.pending()``) is returned without waiting for the socket;
+  (``SSLWantReadError``/``SSLWantWriteError``) or when the last read left neither OpenSSL nor
+  the socket a byte (an idle tunnel's next message then costs one read, not a failed one
+  first), and data OpenSSL already buffered (``SSLSocket.pending()``) is returned without
+  waiting for the socket;
 - two tasks sending (or two receiving) at once get :class:`trio.BusyResourceError`, while one
   sender and one receiver may run concurrently, as on any trio stream;
 - ``aclose`` sends close_notify when the stream is healthy, is idempotent, and closing wakes
