@@ -411,6 +411,41 @@ async def test_receive_returns_what_openssl_buffered_without_waiting_for_the_soc
             assert await server.receive_some(1) == b"c"
 
 
+async def test_an_idle_stream_takes_each_small_message_in_one_openssl_read(root: Certs) -> None:
+    """A tunnel's heartbeat: a small message on a stream that waits between them. Asking
+    OpenSSL before the socket has anything, or again after the message, costs a raised
+    SSLWantReadError each (a root with thousands of tunnels paid two per heartbeat); a
+    drained stream waits for the socket first and sees that it is empty without asking."""
+    client, server = await tcp_streams(root)
+    reads: list[str] = []
+    recv = server.socket.recv
+
+    def counted(size: int) -> bytes:
+        try:
+            data = recv(size)
+        except ssl.SSLWantReadError:
+            reads.append("want-read")
+            raise
+        reads.append("data")
+        return data
+
+    server.socket.recv = counted  # type: ignore[method-assign]
+    async with closing(client, server):
+        with trio.fail_after(10):
+            await client.send_all(b"first")
+            assert await server.receive_some() == b"first"
+            reads.clear()  # the stream learns here that it is drained
+            for i in range(5):
+                await client.send_all(b"heartbeat %d" % i)
+                assert await server.receive_some() == b"heartbeat %d" % i
+            await client.send_all(b"a" * 40_000)  # more than one record: every one is read
+            received = b""
+            while len(received) < 40_000:
+                received += await server.receive_some()
+    assert received == b"a" * 40_000
+    assert reads[:5] == ["data"] * 5
+
+
 async def test_a_send_cancelled_midway_breaks_the_stream_and_says_so(root: Certs) -> None:
     client, server = await socketpair_streams(root)
     async with closing(client, server):

@@ -412,6 +412,44 @@ async def test_agent_keeps_a_tunnel_to_every_proxy_behind_a_load_balancer(
         assert await stream.receive_some() == b"ping"
 
 
+@attrs.define
+class MovingTrust:
+    """A proxy's trust whose revision the test moves."""
+
+    revision: str = "r1"
+
+    def body(self) -> bytes:
+        return b'{"revision": "%s"}' % self.revision.encode()
+
+
+async def test_a_tunnel_node_is_told_of_every_trust_move_without_waiting_for_a_heartbeat(
+    autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    """The proxy pushes each new revision to a node waiting between heartbeats; the control
+    loop's wait stays interruptible after the first move (its cancel scope is spent then)."""
+    node = attrs.evolve(leaf_identity("root"), username="node-1", kind="node")
+    trust = MovingTrust()
+    network = FakeNetwork(nursery)
+    p1 = network.add("p1", trust=trust, node_heartbeat_interval=30)
+    p1._authenticate = lambda stream: node
+    pool = pool_for(network)
+    await nursery.start(pool.run)
+    with trio.fail_after(60):
+        await pool.wait_follows_trust()
+        await pool.wait_trust(None)
+    assert pool.trust_revision() == "r1"
+    for revision in ("r2", "r3", "r4"):
+        await trio.sleep(7)  # between two heartbeats
+        seen = pool.trust_revision()
+        trust.revision = revision
+        moved = trio.current_time()
+        p1.trust_moved()
+        with trio.fail_after(60):
+            await pool.wait_trust(seen)
+        assert pool.trust_revision() == revision
+        assert trio.current_time() - moved < 1  # pushed, not named by the next heartbeat
+
+
 async def test_serving_side_distinguishes_offline_cluster_from_refused_target(
     autojump_clock: Any, nursery: trio.Nursery
 ) -> None:

@@ -10,8 +10,10 @@ latter, wrapped as a :class:`trio.abc.Stream` with the guarantees ``trio.SSLStre
   or abandoned, and a cancelled ``send_all`` that had started handing data to OpenSSL leaves
   the stream broken, so the next call says so instead of sending a corrupted record stream;
 - no busy loops: the stream waits on the socket only when OpenSSL said it must
-  (``SSLWantReadError``/``SSLWantWriteError``), and it always asks OpenSSL first, so data
-  OpenSSL already buffered (``SSLSocket.pending()``) is returned without waiting for the socket;
+  (``SSLWantReadError``/``SSLWantWriteError``) or when the last read left neither OpenSSL nor
+  the socket a byte (an idle tunnel's next message then costs one read, not a failed one
+  first), and data OpenSSL already buffered (``SSLSocket.pending()``) is returned without
+  waiting for the socket;
 - two tasks sending (or two receiving) at once get :class:`trio.BusyResourceError`, while one
   sender and one receiver may run concurrently, as on any trio stream;
 - ``aclose`` sends close_notify when the stream is healthy, is idempotent, and closing wakes
@@ -29,6 +31,7 @@ import enum
 import operator
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
@@ -67,6 +70,25 @@ CLOSE_NOTIFY_TIMEOUT = 5.0
 _RECORD_SIZE = 16 * 1024
 
 _Buffer = bytes | bytearray | memoryview
+
+if sys.platform != "win32":
+    import fcntl
+    import termios
+
+    def _socket_empty(fd: int, scratch: bytearray) -> bool:
+        """Whether the kernel holds no unread bytes for ``fd`` (one ``FIONREAD`` ioctl):
+        an eighth of what asking OpenSSL costs when the answer is no (a raised
+        ``SSLWantReadError``)."""
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, scratch)
+        except OSError:
+            return False  # cannot tell: let OpenSSL find out
+        return not any(scratch)
+
+else:  # pragma: no cover - no FIONREAD for sockets here through fcntl
+
+    def _socket_empty(fd: int, scratch: bytearray) -> bool:
+        return False
 
 
 class _State(enum.Enum):
@@ -199,6 +221,13 @@ class TLSStream(trio.abc.Stream):
         # first task's wakeup instead of failing with BusyResourceError.
         self._readable: trio.Event | None = None
         self._writable: trio.Event | None = None
+        # True once a read found nothing more to read: neither OpenSSL nor the socket held
+        # a byte. The next receive then waits for the socket before asking OpenSSL, instead
+        # of paying for an SSLWantReadError it knows is coming. OpenSSL reads no further
+        # than the record it is decoding (no read-ahead), so with nothing pending in it,
+        # every byte still to come is in the socket, and waiting for it loses nothing.
+        self._drained = False
+        self._fionread = bytearray(4)
         self.transport_stream = TransportInfo(sock)
 
     # --- construction ---------------------------------------------------------------------
@@ -434,10 +463,19 @@ class TLSStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint_if_cancelled()
             if not self._handshook:
                 await self.do_handshake()
+            waited = False
+            if self._drained and not self._sock.pending():
+                # nothing was left to read last time: wait here (a checkpoint, with nothing
+                # read yet, so cancelling loses nothing) rather than ask OpenSSL first
+                await self._wait_readable()
+                self._check_status()
+                waited = True
+            self._drained = False
             data = await self._retry(partial(self._read, max_bytes), "TLS receive failed")
             if data and len(data) < max_bytes:
                 data = self._read_more(data, max_bytes)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:  # waiting was this call's checkpoint already
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     def _read(self, max_bytes: int) -> bytes:
@@ -459,16 +497,30 @@ class TLSStream(trio.abc.Stream):
         after the data read so far is delivered.
         """
         parts = [first]
-        total = len(first)
+        total = last = len(first)
         while total < max_bytes:
+            # a short record usually ends what the peer wrote: when OpenSSL holds nothing
+            # more of it and the socket is empty, this stream is drained (a small message,
+            # a heartbeat, is then one recv rather than two, and no exception)
+            if (
+                last < _RECORD_SIZE
+                and not self._sock.pending()
+                and _socket_empty(self._sock.fileno(), self._fionread)
+            ):
+                self._drained = True
+                break
             try:
                 more = self._sock.recv(min(max_bytes - total, _RECORD_SIZE))
-            except OSError:  # SSLWantReadError: nothing more yet; anything else: next call
+            except ssl.SSLWantReadError:  # nothing more yet
+                self._drained = True
+                break
+            except OSError:  # the next call reports it, after this data is delivered
                 break
             if not more:
                 break
             parts.append(more)
-            total += len(more)
+            last = len(more)
+            total += last
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def detach_transport(self) -> trio.SocketStream:

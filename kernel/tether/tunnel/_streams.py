@@ -110,6 +110,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while not self._chunks:
                 if self._closed:
                     raise trio.ClosedResourceError("stream was closed")
@@ -119,9 +120,11 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 if self._broken is not None:
                     raise trio.BrokenResourceError(self._broken)
                 await self._readable.wait()
+                waited = True
             data = self._take(max_bytes)
             self.conn._consumed(self.stream_id, len(data))
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:  # waiting was this call's checkpoint already (a task switch less)
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._receiving = False

@@ -189,8 +189,8 @@ class TunnelServer:
         self._ids = itertools.count(1)
         self._changed = trio.lowlevel.ParkingLot()
         self._draining: str | None = None
-        #: the control loops of nodes that take trust pushes, while they wait for a message
-        self._trust_listeners: set[trio.CancelScope] = set()
+        #: the control loops of nodes that take trust pushes
+        self._trust_listeners: set[_TrustListener] = set()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -301,8 +301,8 @@ class TunnelServer:
         """The trust this proxy holds changed: tell this cluster's nodes now (each control
         loop sends the new revision, and the node reads the snapshot through its tunnel), not
         at their next heartbeat."""
-        for wake in list(self._trust_listeners):
-            wake.cancel()
+        for listener in list(self._trust_listeners):
+            listener.wake()
 
     async def disconnect(self, cluster: str, reason: str) -> None:
         """Close every tunnel of ``cluster`` now (its trust was removed)."""
@@ -463,55 +463,76 @@ class TunnelServer:
         self._register(record)
         named: str | None = None  # the trust revision this node was last told of
         pushes = False  # it reads a trust message at any time (its heartbeats say so)
+        # the certificate the tunnel presented, read once: TLS 1.3 never changes it, and the
+        # same bytes object each heartbeat makes comparing its reports cheap
+        cert: bytes | None = None
+
+        async def answer(message: dict[str, Any]) -> None:
+            nonlocal named, pushes, cert
+            if message["type"] != "heartbeat":
+                raise ControlError(f"unexpected control message {message['type']!r}")
+            record.last_heartbeat = trio.current_time()
+            inventory = message.pop("inventory", None)
+            if inventory is not None:
+                if relay is None:
+                    raise ControlError("this proxy takes no inventory entries from this tunnel")
+                # whose entries they are is the tunnel's certificate, never the message
+                if cert is None:
+                    cert = _peer_der(tls)
+                relay.record(inventory_report(record.agent, cert, inventory))
+            record.status = {k: v for k, v in message.items() if k != "type"}
+            # a leaf is online while its tunnels heartbeat; a node shows it is alive by
+            # its inventory entries, and no listing reads a node's tunnel heartbeats
+            if self._recorder is not None and not own_node:
+                self._recorder.record(record.cluster, self.proxy_id, record.agent, record.status)
+            reply: dict[str, Any] = {
+                "type": "ack",
+                "proxies": [p.to_json() for p in self._proxies()],
+            }
+            refused = relay.refusals(record.agent) if relay is not None else None
+            if refused:
+                reply["inventory_refused"] = refused
+            if trust is not None:
+                reply["trust"] = named = trust.revision
+                pushes = message.get("trust_push") is True
+            await channel.send(reply)
+
+        listener = _TrustListener()
+        if trust is not None:
+            self._trust_listeners.add(listener)  # trust_moved wakes it to push
         try:
             while True:
-                if pushes and trust is not None and named != trust.revision:
-                    named = trust.revision
-                    await channel.send({"type": "trust", "revision": named})
-                wake = trio.CancelScope()
-                if pushes:
-                    self._trust_listeners.add(wake)  # trust_moved wakes it to push
-                try:
-                    with wake:
-                        message = await channel.receive()  # keeps a partial message
-                finally:
-                    self._trust_listeners.discard(wake)
-                if wake.cancelled_caught:
-                    continue
+                # one scope serves every wait until a trust move cancels it, not one per
+                # message: entering a cancel scope costs as much as a task switch
+                listener.scope = scope = trio.CancelScope()
+                message: dict[str, Any] | None = None
+                with scope:
+                    while True:
+                        if pushes and trust is not None and named != trust.revision:
+                            named = trust.revision
+                            await channel.send({"type": "trust", "revision": named})
+                        listener.waiting = pushes
+                        try:
+                            message = await channel.receive()  # keeps a partial message
+                        finally:
+                            listener.waiting = False
+                        if message is None or scope.cancel_called:
+                            # woken as the message came: answer it outside the spent scope,
+                            # whose next checkpoint would cancel the answer
+                            break
+                        await answer(message)
+                if scope.cancelled_caught:
+                    continue  # woken while waiting: push the new revision, wait anew
                 if message is None:
                     break
-                if message["type"] != "heartbeat":
-                    raise ControlError(f"unexpected control message {message['type']!r}")
-                record.last_heartbeat = trio.current_time()
-                inventory = message.pop("inventory", None)
-                if inventory is not None:
-                    if relay is None:
-                        raise ControlError("this proxy takes no inventory entries from this tunnel")
-                    # whose entries they are is the tunnel's certificate, never the message
-                    relay.record(inventory_report(record.agent, _peer_der(tls), inventory))
-                record.status = {k: v for k, v in message.items() if k != "type"}
-                # a leaf is online while its tunnels heartbeat; a node shows it is alive by
-                # its inventory entries, and no listing reads a node's tunnel heartbeats
-                if self._recorder is not None and not own_node:
-                    self._recorder.record(
-                        record.cluster, self.proxy_id, record.agent, record.status
-                    )
-                answer: dict[str, Any] = {
-                    "type": "ack",
-                    "proxies": [p.to_json() for p in self._proxies()],
-                }
-                refused = relay.refusals(record.agent) if relay is not None else None
-                if refused:
-                    answer["inventory_refused"] = refused
-                if trust is not None:
-                    answer["trust"] = named = trust.revision
-                    pushes = message.get("trust_push") is True
-                await channel.send(answer)
+                await answer(message)
         except ControlError as exc:
             log.warning("tunnel %d from %s: %s; closing it", record.id, record.cluster, exc)
             await record.conn.aclose(f"bad control message: {exc.message}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        finally:
+            self._trust_listeners.discard(listener)
 
     def _register(self, record: TunnelRecord) -> None:
         self._tunnels.setdefault(record.cluster, {})[record.id] = record
@@ -537,6 +558,22 @@ class TunnelServer:
                     record.cluster, self.proxy_id, record.agent, {"connected": False}, urgent=True
                 )
         self._notify()
+
+
+class _TrustListener:
+    """A control loop that a trust move interrupts while it waits for the node's next
+    message, so that it pushes the new revision at once. Only the wait is interrupted: a
+    send cancelled midway would leave half a message on the stream."""
+
+    __slots__ = ("scope", "waiting")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.waiting = False
+
+    def wake(self) -> None:
+        if self.waiting:
+            self.scope.cancel()
 
 
 def _who(peer: str, identity: Identity) -> dict[str, str]:
