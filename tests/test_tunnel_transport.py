@@ -594,15 +594,20 @@ async def test_a_heartbeat_answered_after_the_agent_stopped_waiting_keeps_the_tu
     # to reading pushes by then, and must take the late ack as an answer, not as a protocol
     # violation that closes the tunnel (each reconnection's handshake would starve the root
     # further)
-    timings = TunnelTimings(ping_interval=5, dead_after=15)
-    interval = 10.0
+    # the agent adopts the keep-alive the hello names: 5 s x 3 makes its dead_after 15 s
+    interval, count = 5.0, 3
+    timings = TunnelTimings(ping_interval=interval, dead_after=interval * count)
     heartbeats: list[float] = []
     tunnels: list[TunnelConnection] = []
 
     async def control(request: IncomingStream) -> None:
         channel = ControlChannel(request.accept())
         hello = Hello(
-            proxy_id="p1", cluster="root", proxies=(ProxyInfo("p1"),), heartbeat_interval=interval
+            proxy_id="p1",
+            cluster="root",
+            proxies=(ProxyInfo("p1"),),
+            heartbeat_interval=interval,
+            keep_alive_count_max=count,
         )
         await channel.send(hello_message(hello))
         while (message := await channel.receive()) is not None:
@@ -639,7 +644,7 @@ async def test_a_heartbeat_answered_after_the_agent_stopped_waiting_keeps_the_tu
     with trio.fail_after(30):
         await pool.wait_connected(1)
     started = trio.current_time()
-    await trio.sleep(6 * interval)
+    await trio.sleep(10 * interval)
     assert not tunnels[0].closed, tunnels[0].closed_reason
     assert len(tunnels) == 1  # never redialled
     assert pool.connected_proxies() == ["p1"]
