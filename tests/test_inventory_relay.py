@@ -103,11 +103,48 @@ async def test_a_host_with_nothing_stored_or_still_connected_has_nothing_removed
     await recorder.flush()
     recorder.forget("n1")  # another tunnel of it is up here: it keeps its entries
     recorder.forget("n2", remove=True)  # auth refused what it reported: nothing of it stored
-    recorder.record(report("n4"))
-    recorder.forget("n4", remove=True)  # closed before its report went out
     assert await recorder.flush() == 0
     # a host that reconnects before its removal is written is relayed, not removed
     recorder.forget("n3", remove=True)
     recorder.record(report("n3"))
     await recorder.flush()
     assert auth.reports[-1].removed_relayed_ago is None and auth.reports[-1].agent == "n3"
+
+
+async def test_a_host_that_closed_before_its_first_report_went_out_is_removed() -> None:
+    # a tunnel-mode node publishes its entries itself as it starts: one killed within its
+    # first flush would stay listed until they expire. Removed, keeping whatever another
+    # tunnel published since it was first heard of here
+    auth, now = Removals(), [0.0]
+    recorder = InventoryRecorder(auth.write, flush_interval=5.0, clock=lambda: now[0])
+    recorder.record(report("n4"))
+    now[0] = 2
+    recorder.forget("n4", remove=True)
+    assert await recorder.flush() == 1
+    [removal] = auth.reports
+    assert removal.agent == "n4" and removal.removed_relayed_ago == 2
+
+
+async def test_a_host_whose_tunnel_closed_while_its_report_was_written_is_removed_after() -> None:
+    now = [0.0]
+    recorder: InventoryRecorder
+
+    class Slow(Removals):
+        async def write(self, reports: Sequence[InventoryReport]) -> list[str | None]:
+            if not self.reports:  # the tunnel closes while auth stores its first report
+                now[0] = 1
+                recorder.forget("n1", remove=True)
+            return await super().write(reports)
+
+    auth = Slow()
+    recorder = InventoryRecorder(auth.write, flush_interval=5.0, clock=lambda: now[0])
+    recorder.record(report("n1"))
+    await recorder.flush()
+    await recorder.flush()
+    first, removal = auth.reports
+    assert first.removed_relayed_ago is None
+    # written after the report, removing whatever was published up to the close
+    assert removal.removed_relayed_ago == 0
+    # nothing of it is held as stored: the host, back, is relayed at once
+    recorder.record(report("n1"))
+    assert await recorder.flush() == 1

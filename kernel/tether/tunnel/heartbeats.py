@@ -81,6 +81,8 @@ class _Batches(Generic[K, R]):
         self.flush_interval = flush_interval
         self._what = what
         self._pending: dict[K, R] = {}
+        #: the batch being written now (taken from ``_pending``), until its writer answers
+        self._writing: dict[K, R] = {}
         self._urgent = trio.Event()
         self.writes = 0
         self.recorded = 0
@@ -97,6 +99,7 @@ class _Batches(Generic[K, R]):
             return 0
         pending, self._pending = self._pending, {}
         batch = list(pending.values())
+        self._writing = pending
         try:
             written = await self._write(batch)
         except TetherError as exc:
@@ -105,6 +108,8 @@ class _Batches(Generic[K, R]):
             for key, record in pending.items():
                 self._pending.setdefault(key, record)
             return 0
+        finally:
+            self._writing = {}
         self.writes += 1
         self._written(batch, written)
         log.debug("recorded %d %s in one write", len(batch), self._what)
@@ -187,10 +192,13 @@ class InventoryRecorder(_Batches[str, InventoryReport]):
         #: the report auth stored last for each host, when it is to be relayed again, and
         #: when it was relayed
         self._stored: dict[str, tuple[InventoryReport, float, float]] = {}
+        #: when each host connected here was first heard of (its first report)
+        self._heard: dict[str, float] = {}
 
     def record(self, report: InventoryReport) -> None:
         """Note a host's report; its newest wins. One the same as what auth holds, and not
         due yet, is not relayed."""
+        self._heard.setdefault(report.agent, self._clock())
         stored = self._stored.get(report.agent)
         if stored is not None and stored[0] == report and self._clock() < stored[1]:
             return
@@ -208,21 +216,37 @@ class InventoryRecorder(_Batches[str, InventoryReport]):
             relayed for it now (urgent), rather than list a host whose process is gone until
             they expire. Auth keeps any the host published again since through another proxy.
         """
-        self._refused.pop(agent, None)
+        refused = self._refused.pop(agent, None)
         stored = self._stored.pop(agent, None)
+        heard = self._heard.pop(agent, None)
         if not remove:
             return
-        self._pending.pop(agent, None)  # never reached auth: nothing to remove
+        pending = self._pending.pop(agent, None)
+        writing = self._writing.get(agent)
+        now = self._clock()
         if stored is not None:
             report, _, relayed_at = stored
-            removal = attrs.evolve(report, removed_relayed_ago=self._clock() - relayed_at)
-            self._put(agent, removal, urgent=True)
+        elif writing is not None:
+            # its report is being written: removed once written (the removal goes after it),
+            # whatever is published up to now
+            report, relayed_at = writing, now
+        elif pending is not None and heard is not None and refused is None:
+            # closed before its first report went out: a node also publishes its entries
+            # itself as it starts (over HTTPS), which would stay listed until they expire;
+            # anything published since it was first heard of here came through another tunnel
+            report, relayed_at = pending, heard
+        else:
+            return  # nothing of it was stored, or auth refused it: nothing to remove
+        self._put(agent, attrs.evolve(report, removed_relayed_ago=now - relayed_at), urgent=True)
 
     def _written(self, batch: Sequence[InventoryReport], result: Any) -> None:
         now = self._clock()
         for report, refused in zip(batch, result, strict=True):
             if report.removed_relayed_ago is not None:
                 continue
+            gone = self._pending.get(report.agent)
+            if gone is not None and gone.removed_relayed_ago is not None:
+                continue  # its tunnel closed while this was written: its removal follows
             if refused:
                 self._refused[report.agent] = refused
                 self._stored.pop(report.agent, None)  # tried again at its next heartbeat
