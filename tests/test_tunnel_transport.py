@@ -430,7 +430,7 @@ async def test_a_tunnel_node_is_told_of_every_trust_move_without_waiting_for_a_h
     node = attrs.evolve(leaf_identity("root"), username="node-1", kind="node")
     trust = MovingTrust()
     network = FakeNetwork(nursery)
-    p1 = network.add("p1", trust=trust, node_heartbeat_interval=30)
+    p1 = network.add("p1", trust=trust, keep_alive=KeepAlive(interval=30))
     p1._authenticate = lambda stream: node
     pool = pool_for(network)
     await nursery.start(pool.run)

@@ -513,9 +513,16 @@ def test_tunnel_node_restart_and_the_client_reconnects(restarting_node: Site) ->
     site = restarting_node
     assert site.ssh("alice", f"{LOGIN}@tunnel-node.main", "true").returncode == 0
     site.tunnel_node.stop()
-    offline = site.ssh("alice", f"{LOGIN}@tunnel-node.main", "true")
-    assert offline.returncode == 255
-    assert "node 'tunnel-node' is offline" in offline.stderr
+    # its proxy saw its tunnel close and had its entry removed: unlisted within seconds, and
+    # a session to it is refused as to a name no node answers to
+    wait_for(
+        lambda: "tunnel-node" not in site.cluster.tether("alice", "ls").stdout,
+        "the stopped node to be unlisted",
+        15,
+    )
+    gone = site.ssh("alice", f"{LOGIN}@tunnel-node.main", "true")
+    assert gone.returncode == 255
+    assert "node 'tunnel-node' not found in cluster 'main'" in gone.stderr
     site.tunnel_node.restart()
     deadline = time.monotonic() + 30
     while True:
