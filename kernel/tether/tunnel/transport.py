@@ -182,6 +182,8 @@ class TunnelConnection:
         self._held_back = False  # the reader waits for the peer to read its replies
         self._pinger_sleep = trio.CancelScope()
         self._closed_reason: str | None = None
+        #: why this side is closing, once :meth:`aclose` began
+        self._closing_reason: str | None = None
         self._going_away = False
         self._done = trio.Event()
         self._draining = trio.Event()
@@ -238,6 +240,9 @@ class TunnelConnection:
         every stream, close the transport."""
         if self.closed:
             return
+        # a peer that hangs up as it reads the GOAWAY ends the transport while this waits for
+        # the flush: that close is this one, and keeps its reason (audited, logged)
+        self._closing_reason = reason
         if self.mux.terminated is None:
             self.mux.goaway(reason)
             self._flush_soon()
@@ -264,8 +269,8 @@ class TunnelConnection:
 
     def _finish(self, reason: str) -> None:
         if self._closed_reason is None:
-            self._closed_reason = reason
-            log.debug("%s closed: %s", self.name, reason)
+            self._closed_reason = self._closing_reason or reason
+            log.debug("%s closed: %s", self.name, self._closed_reason)
         for stream in list(self._streams.values()):
             stream._break(f"tunnel closed: {reason}")
         for sid, event in self._opening.items():
