@@ -782,25 +782,31 @@ async def test_a_proxy_shutting_down_leaves_its_nodes_entries_listed(
     assert relayed and all(r.removed_relayed_ago is None for r in relayed)
 
 
+async def _close_with_a_peer_hanging_up_on_the_goaway(reason: str) -> TunnelConnection:
+    """A tunnel closed with ``reason`` by this side, whose peer hangs up the moment the
+    GOAWAY reaches it, while the close still waits for its flush."""
+    a, b = trio.testing.memory_stream_pair()
+    conn = TunnelConnection(a, Connection("listener"), name="closing")
+    closing = trio.Event()
+
+    async def hang_up_as_it_arrives() -> None:
+        if closing.is_set():  # the GOAWAY is in: the peer reads it and hangs up at once
+            await b.aclose()
+
+    a.send_stream.send_all_hook = hang_up_as_it_arrives
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        await trio.testing.wait_all_tasks_blocked()
+        closing.set()
+        await conn.aclose(reason)
+        await conn.wait_closed()
+    return conn
+
+
 async def test_a_close_keeps_its_reason_when_the_peer_hangs_up_on_its_goaway() -> None:
     # the proxy closes a tunnel whose certificate expired, saying why in its GOAWAY; an agent
     # that hangs up the moment it reads it must not turn the reason audited into "terminated
-    # by peer" (the transport ended while the GOAWAY was being flushed). Which task trio runs
-    # first varies: twenty closes make every order happen
+    # by peer". Which task trio runs first varies: twenty closes make every order happen
     for _ in range(20):
-        a, b = trio.testing.memory_stream_pair()
-        conn = TunnelConnection(a, Connection("listener"), name="closing")
-        closing = False
-
-        async def hang_up_as_it_arrives() -> None:
-            if closing:  # the GOAWAY is in: the peer reads it and hangs up at once
-                await b.aclose()
-
-        a.send_stream.send_all_hook = hang_up_as_it_arrives
-        async with trio.open_nursery() as nursery:
-            await nursery.start(conn.run)
-            await trio.testing.wait_all_tasks_blocked()
-            closing = True
-            await conn.aclose("the certificate of this tunnel expired")
-            await conn.wait_closed()
-        assert conn.closed_reason == "the certificate of this tunnel expired"
+        conn = await _close_with_a_peer_hanging_up_on_the_goaway("the certificate expired")
+        assert conn.closed_reason == "the certificate expired"
