@@ -636,10 +636,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
         f"{m['kernel']}, {m['python']}, {m['openssh'] or 'no OpenSSH'}",
         fontsize=9,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    results.save_chart(plt, fig, path)
     return True
 
 

@@ -418,10 +418,7 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     )
     ax.legend()
     echo_chart(echo_ax, report["tetherd_echo"], n)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    results.save_chart(plt, fig, path)
     return True
 
 

@@ -100,6 +100,14 @@ def pyplot() -> Any | None:
     return plt
 
 
+def save_chart(plt: Any, fig: Any, path: pathlib.Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` (its directory made) and free it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def label_bars(
     ax: Any,
     bars: Any,

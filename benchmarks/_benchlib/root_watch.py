@@ -724,10 +724,7 @@ def chart(report: dict[str, Any], path: pathlib.Path, words: Words) -> bool:
         f"{m['python']}",
         fontsize=9,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    results.save_chart(plt, fig, path)
     return True
 
 
