@@ -114,10 +114,25 @@ async def _start_auth(
     return auth, addr, app
 
 
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM, SIGHUP, and Ctrl-C's SIGINT unless this process was started ignoring it (a
+    shell's background job, ``nohup``): a handler would undo what its starter chose."""
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return signals
+    return (*signals, signal.SIGINT)
+
+
 async def wait_for_stop_signal() -> None:
-    """Return when SIGTERM or SIGHUP arrives (trio gives a signal to the newest receiver
-    only, so a process running several daemons watches once, for all of them)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+    """Return when SIGTERM, SIGHUP or Ctrl-C arrives (trio gives a signal to the newest
+    receiver only, so a process running several daemons watches once, for all of them).
+
+    Ctrl-C stops as gracefully as SIGTERM: left to trio, it raises KeyboardInterrupt in
+    whatever task runs, and the daemons' teardown under that cancellation can fail with
+    errors of its own (the exit status then says failure). Once the first signal is taken
+    the receiver closes, so a second Ctrl-C interrupts at once.
+    """
+    with trio.open_signal_receiver(*_stop_signals()) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             return

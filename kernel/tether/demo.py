@@ -268,7 +268,8 @@ async def run_demo(
             )
             await stop.wait()
             watching.cancel()
-        # stopped by SIGTERM or SIGHUP (Ctrl-C is reported by `tetherd demo`)
+        # stopped by SIGTERM, SIGHUP or Ctrl-C (one before the daemons watch is a KeyboardInterrupt,
+        # reported by `tetherd demo` with the same line)
         out.write("\nDemo stopped.\n")
     finally:
         if owned:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tether.testing.cluster import run_cli
 
 
@@ -140,15 +142,18 @@ def test_newcomer_runs_the_demo_and_reaches_the_leaf_node_through_the_root(
     assert not os.path.exists(pathlib.Path(root_config).parent.parent)
 
 
-def test_operator_stops_the_demo_with_sigterm_and_both_clusters_shut_down_cleanly() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_operator_stops_the_demo_and_both_clusters_shut_down_cleanly(sig: signal.Signals) -> None:
     process = _start_demo("--debug")
     try:
         printed = _read_until(process, "get trusted_cluster/root")
         leaf_config = _printed_line(printed, "get trusted_cluster").split()[2]
     finally:
-        output = _stop_demo(process, signal.SIGTERM)
+        output = _stop_demo(process, sig)
     assert process.returncode == 0, output
-    # one process, one signal watcher: the root and the leaf stop together on it
-    assert output.count("received SIGTERM, shutting down") == 1, output
+    # one process, one signal watcher: the root and the leaf stop together on it, with their
+    # graceful steps (Ctrl-C too: not a KeyboardInterrupt in whichever task was running)
+    assert output.count(f"received {sig.name}, shutting down") == 1, output
+    assert "Traceback" not in output
     assert "Demo stopped." in output
     assert not os.path.exists(pathlib.Path(leaf_config).parent.parent)
