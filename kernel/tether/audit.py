@@ -17,6 +17,8 @@ from typing import Any, cast
 import attrs
 import pluggy
 
+from tether.config import AuditFailure
+from tether.errors import AuditUnavailable
 from tether.plugins import await_maybe, call_each
 
 __all__ = ["EVENT_TYPE", "AuditEvent", "AuditQuery", "emit", "search"]
@@ -112,10 +114,31 @@ class AuditQuery:
         return not (self.since is not None and event.time < self.since)
 
 
-async def emit(pm: pluggy.PluginManager, events: Sequence[AuditEvent]) -> None:
+async def emit(
+    pm: pluggy.PluginManager,
+    events: Sequence[AuditEvent],
+    *,
+    on_failure: AuditFailure = AuditFailure.REFUSE,
+) -> None:
     """Send ``events`` (at least one, oldest first) to every sink; a failing sink is logged
-    and the others still run."""
-    await call_each(pm.hook.tether_audit_events, events=list(events))
+    and the others still run.
+
+    :param on_failure: ``refuse``: once every sink had its turn, raise
+        :class:`~tether.errors.AuditUnavailable` if any failed, so that the caller does not
+        do what the events record; ``continue``: only the log says so.
+    """
+    failed: list[str] = []
+    await call_each(
+        pm.hook.tether_audit_events,
+        events=list(events),
+        on_error=lambda name, exc: failed.append(f"{name}: {exc}"),
+    )
+    if failed and on_failure is AuditFailure.REFUSE:
+        what = events[0].type if len(events) == 1 else f"{len(events)} events"
+        raise AuditUnavailable(
+            f"refused: the audit log could not record {what} ({'; '.join(failed)})",
+            hint="try again once the audit log is back; the auth service's log says what failed",
+        )
 
 
 async def search(pm: pluggy.PluginManager, query: AuditQuery) -> list[AuditEvent]:

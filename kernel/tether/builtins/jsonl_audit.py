@@ -24,6 +24,7 @@ import threading
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from tether.errors import TetherError
 from tether.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # every command-line start registers the builtins: they import when called
@@ -42,17 +43,20 @@ def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
     if not path.exists():
         return []
     events: collections.deque[AuditEvent] = collections.deque(maxlen=query.limit or None)
-    with path.open(encoding="utf-8") as f:
-        for raw in f:
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                event = AuditEvent.from_json(json.loads(raw))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line after a crash is skipped, not fatal
-            if query.matches(event):
-                events.append(event)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for raw in f:
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    event = AuditEvent.from_json(json.loads(raw))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash is skipped, not fatal
+                if query.matches(event):
+                    events.append(event)
+    except OSError as exc:
+        raise TetherError(f"cannot read the audit log {path}: {exc.strerror or exc}") from None
     return list(events)
 
 
