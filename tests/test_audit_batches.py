@@ -9,6 +9,7 @@ AuditBacklog` with its auth client's ``record_events``).
 
 from __future__ import annotations
 
+import pathlib
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -22,6 +23,7 @@ from tether.auth.http_client import admin_client
 from tether.config import load_config
 from tether.errors import TetherError
 from tether.node.audit_forwarding import AuditBacklog, HostAuditEvent
+from tether.node.audit_spool import AUDIT_SPOOL_FILE, AuditSpool
 from tether.testing.cluster import RunningCluster, start_cluster
 
 
@@ -139,7 +141,7 @@ async def test_host_bursts_events_while_auth_is_unreachable_and_all_arrive_in_or
                 while len(seqs := await _recorded(cluster, "hooktest.burst", run)) < count:  # noqa: ASYNC110
                     await trio.sleep(0.2)
             assert seqs == list(range(count))
-            assert backlog.statistics() == {"queued": 0, "dropped": 0}
+            assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
             nursery.cancel_scope.cancel()
 
 
@@ -179,7 +181,7 @@ async def test_a_stopping_host_sends_what_its_backlog_still_holds(cluster: Runni
             await trio.sleep(0.1)
             nursery.cancel_scope.cancel()  # the host stops
         assert await _recorded(cluster, "hooktest.last", run) == list(range(5))
-        assert backlog.statistics() == {"queued": 0, "dropped": 0}
+        assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
 
 
 async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothing(
@@ -231,4 +233,67 @@ async def test_protocol_recording_a_malformed_event_is_told_why_and_a_full_backl
     for _ in range(3):  # the non-blocking way never waits: the third is dropped, logged
         backlog.audit_nowait("ssh.session.data", {"bytes": 1})
     backlog.audit_nowait("Bad", {})  # and a malformed event never fails a session
-    assert backlog.statistics() == {"queued": 2, "dropped": 2}
+    assert backlog.statistics() == {"queued": 2, "spooled": 0, "dropped": 2}
+
+
+async def test_a_host_stopped_while_auth_is_unreachable_sends_its_events_at_the_next_start(
+    cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    run = uuid.uuid4().hex
+    spool = tmp_path / AUDIT_SPOOL_FILE
+    host, port = cluster.auth_addr.rsplit(":", 1)
+    gate = Gate((host, int(port)))
+    async with trio.open_nursery() as nursery:
+        relay = f"127.0.0.1:{await nursery.start(gate.serve)}"
+        gate.close()
+        async with host_client(cluster, addr=relay) as api:
+            # memory for 5: the other 45 of a burst go to disk rather than being dropped
+            backlog = AuditBacklog(size=5, spool=AuditSpool(spool), final_flush=0.5)
+            async with trio.open_nursery() as running:
+                running.start_soon(backlog.forward, api.record_events)
+                for seq in range(50):
+                    backlog.audit_nowait("hooktest.spooled", {"seq": seq, "run": run})
+                assert backlog.statistics() == {"queued": 50, "spooled": 45, "dropped": 0}
+                with trio.fail_after(30):
+                    await gate.wait_refusals(2)
+                running.cancel_scope.cancel()  # the host stops; its last try fails too
+        assert backlog.statistics() == {"queued": 50, "spooled": 50, "dropped": 0}
+        assert await _recorded(cluster, "hooktest.spooled", run) == []
+
+        gate.open()
+        async with host_client(cluster, addr=relay) as api:  # the host starts again
+            again = AuditBacklog(size=5, spool=AuditSpool(spool))
+            assert again.statistics()["queued"] == 50
+            async with trio.open_nursery() as running:
+                running.start_soon(again.forward, api.record_events)
+                with trio.fail_after(60):
+                    while len(await _recorded(cluster, "hooktest.spooled", run)) < 50:  # noqa: ASYNC110
+                        await trio.sleep(0.2)
+                running.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    assert await _recorded(cluster, "hooktest.spooled", run) == list(range(50))  # once, in order
+    assert again.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
+    assert not spool.exists()
+
+
+async def test_a_torn_spool_line_is_skipped_and_a_full_spool_drops(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / AUDIT_SPOOL_FILE
+    spool = AuditSpool(path, max_bytes=200)
+    assert spool.append([("ssh.session.start", "alice", {"n": 1}, True)])
+    with path.open("ab") as f:
+        f.write(b'["ssh.session.end", "al')  # a crash in the middle of a write
+    spool = AuditSpool(path, max_bytes=200)  # the host starts again
+    spool.append([("ssh.session.start", "bob", {"n": 2}, True)])
+    assert not spool.append([("ssh.session.data", "bob", {"bytes": "x" * 200}, True)])
+    sent: list[Sequence[HostAuditEvent]] = []
+
+    async def record(batch: Sequence[HostAuditEvent]) -> None:
+        sent.append(batch)
+
+    backlog = AuditBacklog(size=1, spool=spool)
+    with trio.move_on_after(1):
+        await backlog.forward(record)
+    # the torn line is skipped; the event written after it is whole, and the spool is gone
+    assert [e[2] for batch in sent for e in batch] == [{"n": 1}, {"n": 2}]
+    assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
+    assert not path.exists()

@@ -153,7 +153,7 @@ async def test_a_hosts_events_wait_in_its_backlog_until_the_audit_log_is_back(
                 await trio.sleep(0.2)
         nursery.cancel_scope.cancel()
     assert await arrived() == [0, 1, 2]  # in order, each once
-    assert backlog.statistics() == {"queued": 0, "dropped": 0}
+    assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
 
 
 def test_with_on_failure_continue_changes_go_on_and_the_log_says_what_was_lost(
