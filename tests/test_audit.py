@@ -154,3 +154,11 @@ async def test_a_change_recorded_then_beaten_by_another_admin_is_recorded_as_fai
         (True, ""),
         (False, "key '/roles/raced"),
     ]
+
+
+async def test_an_event_sent_again_after_a_restart_is_written_once(tmp_path: pathlib.Path) -> None:
+    first = at(1, "root")
+    await audit.emit(configured(tmp_path, "root"), [first])
+    restarted = configured(tmp_path, "root")  # remembers the ids at the end of the file
+    await audit.emit(restarted, [first, at(2, "root")])
+    assert [e.user for e in await audit.search(restarted, AuditQuery())] == ["root-1", "root-2"]

@@ -10,6 +10,7 @@ AuditBacklog` with its auth client's ``record_events``).
 from __future__ import annotations
 
 import pathlib
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -18,11 +19,11 @@ import pytest
 import trio
 
 from host_identity import host_client
-from tether.audit import AuditQuery
+from tether.audit import AuditQuery, HostAuditEvent
 from tether.auth.http_client import admin_client
 from tether.config import load_config
 from tether.errors import TetherError
-from tether.node.audit_forwarding import AuditBacklog, HostAuditEvent
+from tether.node.audit_forwarding import AuditBacklog
 from tether.node.audit_spool import AUDIT_SPOOL_FILE, AuditSpool
 from tether.testing.cluster import RunningCluster, start_cluster
 
@@ -194,9 +195,9 @@ async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothi
         ) as refused:
             await api.record_events(
                 [
-                    ("hooktest.batch", "", {"seq": 1, "run": run}, True),
-                    ("Not Valid", "", {"seq": 2, "run": run}, True),
-                    ("hooktest.batch", "", {"seq": 3, "run": run}, True),
+                    HostAuditEvent("hooktest.batch", "", {"seq": 1, "run": run}),
+                    HostAuditEvent("Not Valid", "", {"seq": 2, "run": run}),
+                    HostAuditEvent("hooktest.batch", "", {"seq": 3, "run": run}),
                 ]
             )
         assert refused.value.hint and "lower-case words" in refused.value.hint
@@ -213,7 +214,7 @@ async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothi
                     ]
                 },
             )
-        await api.record_events([("hooktest.batch", "", {"seq": 6, "run": run}, True)])
+        await api.record_events([HostAuditEvent("hooktest.batch", "", {"seq": 6, "run": run})])
     assert await _recorded(cluster, "hooktest.batch", run) == [6]
 
 
@@ -221,7 +222,7 @@ async def test_a_user_may_not_record_a_hosts_events(cluster: RunningCluster) -> 
     admin, _ = admin_client(load_config(cluster.config_path))
     async with admin:
         with pytest.raises(TetherError, match="may not record events"):
-            await admin.record_events([("hooktest.batch", "", {}, True)])
+            await admin.record_events([HostAuditEvent("hooktest.batch", "", {})])
 
 
 async def test_protocol_recording_a_malformed_event_is_told_why_and_a_full_backlog_drops() -> None:
@@ -278,13 +279,13 @@ async def test_a_host_stopped_while_auth_is_unreachable_sends_its_events_at_the_
 
 async def test_a_torn_spool_line_is_skipped_and_a_full_spool_drops(tmp_path: pathlib.Path) -> None:
     path = tmp_path / AUDIT_SPOOL_FILE
-    spool = AuditSpool(path, max_bytes=200)
-    assert spool.append([("ssh.session.start", "alice", {"n": 1}, True)])
+    spool = AuditSpool(path, max_bytes=500)
+    assert spool.append([HostAuditEvent("ssh.session.start", "alice", {"n": 1})])
     with path.open("ab") as f:
         f.write(b'["ssh.session.end", "al')  # a crash in the middle of a write
-    spool = AuditSpool(path, max_bytes=200)  # the host starts again
-    spool.append([("ssh.session.start", "bob", {"n": 2}, True)])
-    assert not spool.append([("ssh.session.data", "bob", {"bytes": "x" * 200}, True)])
+    spool = AuditSpool(path, max_bytes=500)  # the host starts again
+    spool.append([HostAuditEvent("ssh.session.start", "bob", {"n": 2})])
+    assert not spool.append([HostAuditEvent("ssh.session.data", "bob", {"bytes": "x" * 500})])
     sent: list[Sequence[HostAuditEvent]] = []
 
     async def record(batch: Sequence[HostAuditEvent]) -> None:
@@ -294,6 +295,53 @@ async def test_a_torn_spool_line_is_skipped_and_a_full_spool_drops(tmp_path: pat
     with trio.move_on_after(1):
         await backlog.forward(record)
     # the torn line is skipped; the event written after it is whole, and the spool is gone
-    assert [e[2] for batch in sent for e in batch] == [{"n": 1}, {"n": 2}]
+    assert [e.fields for batch in sent for e in batch] == [{"n": 1}, {"n": 2}]
     assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
     assert not path.exists()
+
+
+async def test_a_batch_sent_again_after_a_lost_answer_is_recorded_once(
+    cluster: RunningCluster,
+) -> None:
+    run = uuid.uuid4().hex
+    batch = [HostAuditEvent("hooktest.twice", "", {"seq": seq, "run": run}) for seq in range(3)]
+    async with host_client(cluster) as api:
+        await api.record_events(batch)
+        await api.record_events(batch)  # the host never saw the first answer
+        await api.record_events(
+            [*batch, HostAuditEvent("hooktest.twice", "", {"seq": 3, "run": run})]
+        )
+    assert await _recorded(cluster, "hooktest.twice", run) == [0, 1, 2, 3]
+
+
+async def test_a_host_cannot_name_its_event_so_that_anothers_is_dropped(
+    cluster: RunningCluster,
+) -> None:
+    run = uuid.uuid4().hex
+    victim = HostAuditEvent("hooktest.named", "", {"seq": 1, "run": run})
+    async with host_client(cluster, name="victim-host") as api:
+        await api.record_events([victim])
+    # a host that learnt the id (or guessed it) reports an event under it first, then again
+    forged = HostAuditEvent("hooktest.named", "", {"seq": 2, "run": run}, id=victim.id)
+    async with host_client(cluster, name="forging-host") as api:
+        await api.record_events([forged])
+    async with host_client(cluster, name="victim-host") as api:
+        await api.record_events([HostAuditEvent("hooktest.named", "", {"seq": 3, "run": run})])
+    assert await _recorded(cluster, "hooktest.named", run) == [1, 2, 3]
+
+
+async def test_an_event_sent_late_keeps_the_time_it_happened(cluster: RunningCluster) -> None:
+    run = uuid.uuid4().hex
+    now = time.time()
+    late = HostAuditEvent("hooktest.late", "", {"seq": 1, "run": run}, time=now - 3600)
+    ahead = HostAuditEvent("hooktest.late", "", {"seq": 2, "run": run}, time=now + 86400)
+    async with host_client(cluster) as api:
+        await api.record_events([late, ahead])
+        with pytest.raises(TetherError, match=r"audit event 2 of 2: audit event id 'a b' is"):
+            await api.record_events([late, HostAuditEvent("hooktest.late", "", {}, id="a b")])
+    admin, _ = admin_client(load_config(cluster.config_path))
+    async with admin:
+        found = await admin.search_audit(AuditQuery(type="hooktest.late", limit=10))
+    times = {e.fields["seq"]: e.time.timestamp() for e in found if e.fields.get("run") == run}
+    assert abs(times[1] - (now - 3600)) < 1  # an hour ago, when it happened
+    assert now - 1 < times[2] < time.time() + 1  # a clock ahead: dated when auth got it

@@ -280,7 +280,9 @@ def tether_audit_events(events: Sequence[AuditEvent]) -> Awaitable[None] | None:
     forwarded batch to send again.
 
     :param events: at least one event, each with type, time, cluster, user and
-        event-specific fields, oldest first.
+        event-specific fields, oldest first. An event's ``id`` is its key: a host that sends
+        a batch again (its answer was lost) sends the same ids, so a sink that can should
+        store an id once (the builtin one skips ids among the latest it wrote).
     """
 
 

@@ -153,10 +153,8 @@ class AuthContext:
             ``auth_service.audit.on_failure`` is ``refuse``: the caller must not go on with
             what they record.
         """
-        await audit.emit(
-            self.pm,
-            on_failure=self.config.auth_service.audit.on_failure,
-            events=[
+        await self.record_audit(
+            [
                 audit.AuditEvent(
                     type=event_type,
                     cluster=self.cluster_name,
@@ -165,5 +163,9 @@ class AuthContext:
                     fields=fields,
                 )
                 for event_type, user, fields, success in events
-            ],
+            ]
         )
+
+    async def record_audit(self, events: Sequence[audit.AuditEvent]) -> None:
+        """Send whole events to every sink (see :meth:`audit_events`)."""
+        await audit.emit(self.pm, events, on_failure=self.config.auth_service.audit.on_failure)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from tether.audit import EVENT_TYPE
+from tether.audit import EVENT_TYPE, HostAuditEvent
 from tether.errors import TetherError
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ __all__ = [
     "RETRY_MAX",
     "RETRY_MIN",
     "AuditBacklog",
-    "HostAuditEvent",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,16 +63,13 @@ FINAL_FLUSH = 5.0
 RETRY_MIN = 0.25
 RETRY_MAX = 10.0
 
-#: ``(type, user, fields, success)``, as :meth:`tether.auth.http_client.AuthClient.record_events`
-#: sends it
-HostAuditEvent = tuple[str, str, Mapping[str, Any], bool]
 #: sends one batch to auth; raises TetherError or OSError when it was not recorded
 SendBatch = Callable[[Sequence[HostAuditEvent]], Awaitable[None]]
 
 
 def host_event(event_type: str, fields: Mapping[str, Any]) -> HostAuditEvent:
-    """The event as auth records it: ``user`` taken out of the fields, a type ending in
-    ``.denied`` recorded as a failure.
+    """The event as auth records it, named and dated now: ``user`` taken out of the
+    fields, a type ending in ``.denied`` recorded as a failure.
 
     :raises TetherError: the type is not lower-case dotted words, or the fields are not
         JSON: such an event would be refused by auth, and hold up every later one.
@@ -89,7 +85,7 @@ def host_event(event_type: str, fields: Mapping[str, Any]) -> HostAuditEvent:
         json.dumps(rest, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TetherError(f"the fields of audit event {event_type} are not JSON: {exc}") from None
-    return event_type, user, rest, not event_type.endswith(".denied")
+    return HostAuditEvent(event_type, user, rest, not event_type.endswith(".denied"))
 
 
 class AuditBacklog:

@@ -5,9 +5,10 @@ A host keeps its audit events in memory while auth records them as fast as they 
 auth is unreachable or refuses them (its audit log is down) for longer than the memory
 backlog lasts, or when the host stops with events unsent, they go to this file rather than
 being dropped, and the host sends them, oldest first, once auth takes them again (after a
-restart too). One JSON line per event, appended; the offset of the first unsent line is kept
-beside it (``PATH.offset``, replaced atomically), so a host that crashes sends again at most
-the one batch it was sending. A line a crash tore is skipped, logged.
+restart too). One JSON line per event (as the host sends it: its id and time kept),
+appended; the offset of the first unsent line is kept beside it (``PATH.offset``, replaced
+atomically), so a host that crashes sends again at most the one batch it was sending, which
+auth records once (the ids). A line a crash tore is skipped, logged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-from tether.node.audit_forwarding import HostAuditEvent
+from tether.audit import HostAuditEvent
 
 __all__ = ["AUDIT_SPOOL_FILE", "SPOOL_MAX_BYTES", "AuditSpool"]
 
@@ -160,15 +161,20 @@ def _last_byte(path: pathlib.Path) -> bytes:
 
 
 def _line(event: HostAuditEvent) -> bytes:
-    event_type, user, fields, success = event
-    return json.dumps([event_type, user, dict(fields), success]).encode() + b"\n"
+    return json.dumps(event.to_json()).encode() + b"\n"
 
 
 def _event(line: bytes) -> HostAuditEvent | None:
     try:
-        event_type, user, fields, success = json.loads(line)
-    except (ValueError, TypeError):
+        data = json.loads(line)
+        event = HostAuditEvent(
+            type=str(data["type"]),
+            user=str(data.get("user") or ""),
+            fields=dict(data["fields"]),
+            success=bool(data["success"]),
+            id=str(data["id"]),
+            time=float(data["time"]),
+        )
+    except (ValueError, TypeError, KeyError):
         return None
-    if not (isinstance(event_type, str) and isinstance(user, str) and isinstance(fields, dict)):
-        return None
-    return event_type, user, fields, bool(success)
+    return event
