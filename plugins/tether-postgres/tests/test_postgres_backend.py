@@ -1,0 +1,202 @@
+"""What only a database server shared by several auth servers can get wrong, and bad URLs."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import trio
+from tether_postgres import open_postgres
+
+from tether.api import BackendError, CompareFailed, ConfigError, Op, WatchOverflow
+from tether.testing.backend_conformance import next_event, no_event
+
+# -- garbage in -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_unreachable_server_is_named_when_the_backend_opens() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/tether"
+    with pytest.raises(BackendError, match=r"127\.0\.0\.1:\d+/tether: cannot connect") as info:
+        async with open_postgres(url):
+            pass
+    assert info.value.hint is not None and "host and port" in info.value.hint
+
+
+async def test_missing_database_is_named_when_the_backend_opens(pg_url: str) -> None:
+    url = urlunsplit(urlsplit(pg_url)._replace(path="/no_such_tether_db"))
+    with pytest.raises(
+        BackendError, match="no_such_tether_db: the database does not exist"
+    ) as info:
+        async with open_postgres(url):
+            pass
+    assert info.value.hint is not None and "createdb" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432", "names no database"),
+        ("postgresql://postgres@127.0.0.1:5432/", "names no database"),
+        ("postgresql://postgres@127.0.0.1/db?colour=blue", 'invalid URI query parameter: "colour"'),
+        ("postgresql://postgres@[::1/db", "not a valid PostgreSQL URL"),
+        ("mysql://postgres@127.0.0.1/db", "is not a postgresql:// URL"),
+    ],
+)
+async def test_malformed_url_is_refused_before_connecting(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        async with open_postgres(url):
+            pass
+
+
+async def test_password_in_url_stays_out_of_errors() -> None:
+    url = f"postgresql://tether:s3cret@127.0.0.1:{_free_port()}/tether"
+    with pytest.raises(BackendError) as info:
+        async with open_postgres(url):
+            pass
+    assert "s3cret" not in str(info.value)
+
+
+# -- several auth servers on one database -----------------------------------------------------
+
+
+async def test_second_auth_server_hears_the_first_ones_writes_at_once(pg_url: str) -> None:
+    # poll_interval is an hour: only the NOTIFY can bring the event in time
+    async with (
+        open_postgres(pg_url) as first,
+        open_postgres(pg_url, poll_interval=3600) as second,
+        second.watch("/users/") as events,
+    ):
+        written = await first.put("/users/alice", b"spec")
+        event = await next_event(events)
+        assert (event.type, event.item) == ("put", written)
+        assert await second.get("/users/alice") == written
+
+
+async def test_racing_compare_and_swaps_from_two_servers_have_one_winner(pg_url: str) -> None:
+    async with open_postgres(pg_url) as first, open_postgres(pg_url) as second:
+        read = await first.put("/counter", b"0")
+        outcomes: list[str] = []
+
+        async def bump(server: object, value: bytes) -> None:
+            assert server is first or server is second
+            try:
+                await server.compare_and_swap("/counter", value, expected_revision=read.revision)
+            except CompareFailed:
+                outcomes.append("lost")
+            else:
+                outcomes.append("won")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(bump, (first, second)[n % 2], str(n).encode())
+        assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+
+
+async def test_revisions_from_two_servers_follow_the_commit_order(pg_url: str) -> None:
+    async with (
+        open_postgres(pg_url) as first,
+        open_postgres(pg_url) as second,
+        first.watch("/w/") as events,
+    ):
+        written: list[int] = []
+
+        async def writer(server: object, name: str) -> None:
+            assert server is first or server is second
+            for n in range(10):
+                written.append((await server.put(f"/w/{name}{n}", b"x")).revision)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, first, "a")
+            nursery.start_soon(writer, second, "b")
+        seen = [(await next_event(events)).item.revision for _ in range(20)]
+        assert seen == sorted(written) == list(range(seen[0], seen[0] + 20))
+        await no_event(events)
+
+
+# -- cancellation and lagging watchers ---------------------------------------------------------
+
+
+async def test_cancelled_write_finishes_its_transaction_and_is_announced(pg_url: str) -> None:
+    async with open_postgres(pg_url, pool_size=1) as backend, backend.watch("/k") as events:
+        await backend.put("/k", b"before")
+        await next_event(events)
+        # another auth server holds the writers' lock, so our write waits in the database
+        blocker = await trio.to_thread.run_sync(psycopg.connect, pg_url)
+        try:
+            await trio.to_thread.run_sync(
+                blocker.execute, "SELECT revision FROM tether_meta FOR UPDATE"
+            )
+            async with trio.open_nursery() as nursery:
+                cancelled = trio.CancelScope()
+
+                async def write() -> None:
+                    with cancelled:
+                        await backend.put("/k", b"during")
+
+                nursery.start_soon(write)
+                await trio.sleep(0.2)
+                cancelled.cancel()
+                await trio.sleep(0.2)
+                await trio.to_thread.run_sync(blocker.commit)
+        finally:
+            blocker.close()
+        # the write was not abandoned halfway: it committed, watchers heard of it, and the
+        # only pooled connection is usable again
+        assert (await next_event(events)).item.value == b"during"
+        after = await backend.put("/k", b"after")
+        assert await backend.get("/k") == after
+
+
+async def test_watcher_behind_a_pruned_event_log_gets_overflow(pg_url: str) -> None:
+    parts = urlsplit(pg_url)
+    # a TCP relay whose gate stands for the network link between an auth server and the
+    # database: bytes stop while the gate is unset
+    gates = [trio.Event()]
+    gates[0].set()
+
+    async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        try:
+            async for chunk in source:
+                await gates[0].wait()
+                await sink.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def handle(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", parts.port or 5432)
+        async with server, client, trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, server)
+            nursery.start_soon(pump, server, client)
+
+    async with trio.open_nursery() as relay:
+        listeners = await relay.start(
+            functools.partial(trio.serve_tcp, host="127.0.0.1"), handle, 0
+        )
+        port = listeners[0].socket.getsockname()[1]
+        # the lagging auth server reaches the database through the relay, the other directly
+        lagging_url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{port}"))
+        async with (
+            open_postgres(pg_url, keep_revisions=3) as writer,
+            open_postgres(lagging_url) as lagging,
+            lagging.watch("/p/") as events,
+        ):
+            await writer.put("/p/first", b"x")
+            assert (await next_event(events)).item.key == "/p/first"
+            gates[0] = trio.Event()  # the lagging server's link to the database stalls
+            for n in range(10):
+                await writer.apply([Op.put(f"/p/{n}", b"x")])
+            await writer.reap_expired()  # prunes the log to its last 3 revisions
+            gates[0].set()
+            with pytest.raises(WatchOverflow, match="pruned"):
+                for _ in range(11):
+                    await next_event(events)
+        relay.cancel_scope.cancel()
