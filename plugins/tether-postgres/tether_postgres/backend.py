@@ -63,7 +63,7 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise ConfigError(
-            f"storage URL is not a valid PostgreSQL URL: {exc}", hint=example
+            f"storage URL is not a valid PostgreSQL URL: {_one_line(exc)}", hint=example
         ) from exc
     if not params.get("dbname"):
         raise ConfigError("storage URL names no database", hint=example)
@@ -75,12 +75,17 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
     return make_conninfo("", **params), name
 
 
+def _one_line(exc: Exception) -> str:
+    """libpq's message on one line: it ends in newlines and indents its second line."""
+    return " ".join(str(exc).split())
+
+
 def _connect(conninfo: str, name: str) -> psycopg.Connection:
     """Open one autocommit connection, turning libpq's failures into a clear BackendError."""
     try:
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
-        text = str(exc)
+        text = _one_line(exc)
         if "does not exist" in text and "database" in text:
             raise BackendError(
                 f"storage {name}: the database does not exist",
@@ -120,7 +125,7 @@ class _Pool:
             try:
                 return await trio.to_thread.run_sync(fn, conn)
             except psycopg.Error as exc:
-                raise BackendError(f"storage {self._name}: {exc}") from exc
+                raise BackendError(f"storage {self._name}: {_one_line(exc)}") from exc
             finally:
                 if (
                     self.closed
