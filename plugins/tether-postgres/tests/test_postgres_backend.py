@@ -81,6 +81,40 @@ async def test_second_auth_server_hears_the_first_ones_writes_at_once(pg_url: st
         assert await second.get("/users/alice") == written
 
 
+async def test_watch_recovers_when_the_database_drops_the_listening_connection(
+    pg_url: str,
+) -> None:
+    async with (
+        open_postgres(pg_url) as first,
+        open_postgres(pg_url, poll_interval=3600) as second,
+        second.watch("/users/") as events,
+    ):
+        await first.put("/users/before", b"x")
+        assert (await next_event(events)).item.key == "/users/before"
+        # an administrator (or a server restart) ends every LISTEN session
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            pids = [
+                row[0]
+                for row in admin.execute(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                )
+            ]
+            assert pids
+            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+            for _ in range(250):  # gone within 5 s
+                gone = not admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+                ).fetchone()
+                if gone:
+                    break
+                await trio.sleep(0.02)
+            assert gone, "the LISTEN sessions outlived pg_terminate_backend"
+        await first.put("/users/after", b"x")
+        # the second server listens again (its poll is an hour away) and reads what it missed
+        assert (await next_event(events)).item.key == "/users/after"
+
+
 async def test_racing_compare_and_swaps_from_two_servers_have_one_winner(pg_url: str) -> None:
     async with open_postgres(pg_url) as first, open_postgres(pg_url) as second:
         read = await first.put("/counter", b"0")

@@ -363,7 +363,9 @@ class PostgresBackend:
 
     async def reap_expired(self) -> int:
         """Delete expired keys now, prune the event log; return how many keys were deleted."""
-        events = await self._write(_store.reap)
+        events = await self._run(_store.reap)
+        if events:
+            self._wake.set()
         keep = self._keep_revisions
         await self._run(lambda conn: _store.prune_events(conn, keep))
         return len(events)
@@ -504,7 +506,7 @@ async def open_postgres(
     try:
         body_error: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            await nursery.start(backend._listen_forever, conninfo, poll_interval)
+            await nursery.start(backend._listen_forever, conninfo, min(poll_interval, 1.0))
             await nursery.start(backend._dispatch_forever, poll_interval)
             await nursery.start(backend._reap_forever, reap_interval)
             try:
