@@ -65,6 +65,20 @@ async def test_password_in_url_stays_out_of_errors() -> None:
     assert "s3cret" not in str(info.value)
 
 
+async def test_database_written_by_a_newer_tether_is_refused(pg_url: str) -> None:
+    async with open_postgres(pg_url):
+        pass  # creates the tables
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        (version,) = admin.execute("SELECT schema_version FROM tether_meta").fetchone() or (0,)
+        admin.execute("UPDATE tether_meta SET schema_version = %s", (version + 1,))
+        try:
+            with pytest.raises(BackendError, match=r"written by a newer Tether \(schema \d+\)"):
+                async with open_postgres(pg_url):
+                    pass
+        finally:
+            admin.execute("UPDATE tether_meta SET schema_version = %s", (version,))
+
+
 # -- several auth servers on one database -----------------------------------------------------
 
 
