@@ -41,6 +41,14 @@ async def test_missing_database_is_named_when_the_backend_opens(pg_url: str) -> 
     assert info.value.hint is not None and "createdb" in info.value.hint
 
 
+async def test_unknown_user_is_named_as_a_refused_login(pg_url: str) -> None:
+    url = urlunsplit(urlsplit(pg_url)._replace(netloc="no_such_tether_user@127.0.0.1:5432"))
+    with pytest.raises(BackendError, match=r"refused the login.*no_such_tether_user") as info:
+        async with open_postgres(url):
+            pass
+    assert info.value.hint is not None and "pg_hba.conf" in info.value.hint
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -86,12 +86,16 @@ def _connect(conninfo: str, name: str) -> psycopg.Connection:
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
         text = _one_line(exc)
-        if "does not exist" in text and "database" in text:
+        if 'database "' in text and "does not exist" in text:
             raise BackendError(
                 f"storage {name}: the database does not exist",
                 hint="create it (createdb) or fix the database name in storage.url",
             ) from exc
-        if "authentication failed" in text or "no pg_hba.conf entry" in text:
+        if (
+            "authentication failed" in text
+            or "no pg_hba.conf entry" in text
+            or ('role "' in text and "does not exist" in text)
+        ):
             raise BackendError(
                 f"storage {name}: the server refused the login: {text}",
                 hint="check the user (and password) in storage.url and the server's pg_hba.conf",
