@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -90,6 +91,25 @@ async def test_database_written_by_a_newer_tether_is_refused(pg_url: str) -> Non
 # -- several auth servers on one database -----------------------------------------------------
 
 
+def _terminate(admin: psycopg.Connection, where: str) -> int:
+    """End the sessions of this database (but ``admin``'s) matching ``where``; wait till gone."""
+    pids = [
+        row[0]
+        for row in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND pid <> pg_backend_pid() AND {where}"
+        )
+    ]
+    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+    for _ in range(500):  # gone within 5 s
+        if not admin.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone():
+            return len(pids)
+        time.sleep(0.01)
+    raise AssertionError(f"sessions {pids} outlived pg_terminate_backend")
+
+
 async def test_second_auth_server_hears_the_first_ones_writes_at_once(pg_url: str) -> None:
     # poll_interval is an hour: only the NOTIFY can bring the event in time
     async with (
@@ -115,26 +135,25 @@ async def test_watch_recovers_when_the_database_drops_the_listening_connection(
         assert (await next_event(events)).item.key == "/users/before"
         # an administrator (or a server restart) ends every LISTEN session
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            pids = [
-                row[0]
-                for row in admin.execute(
-                    "SELECT pid FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
-                )
-            ]
-            assert pids
-            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-            for _ in range(250):  # gone within 5 s
-                gone = not admin.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
-                ).fetchone()
-                if gone:
-                    break
-                await trio.sleep(0.02)
-            assert gone, "the LISTEN sessions outlived pg_terminate_backend"
+            assert _terminate(admin, "query LIKE 'LISTEN %'")
         await first.put("/users/after", b"x")
         # the second server listens again (its poll is an hour away) and reads what it missed
         assert (await next_event(events)).item.key == "/users/after"
+
+
+async def test_calls_succeed_after_the_database_ends_every_pooled_connection(
+    pg_url: str,
+) -> None:
+    async with open_postgres(pg_url, pool_size=2) as backend:
+        async with trio.open_nursery() as nursery:  # two calls at once: two pooled connections
+            nursery.start_soon(backend.put, "/a", b"1")
+            nursery.start_soon(backend.put, "/b", b"1")
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            ended = _terminate(admin, "query NOT LIKE 'LISTEN %'")
+        assert ended >= 2
+        # a database restart does this too: no call fails for a connection it closed
+        assert (await backend.put("/a", b"2")).value == b"2"
+        assert [item.value for item in await backend.range("/")] == [b"2", b"1"]
 
 
 async def test_racing_compare_and_swaps_from_two_servers_have_one_winner(pg_url: str) -> None:

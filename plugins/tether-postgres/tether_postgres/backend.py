@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import select
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -121,11 +122,9 @@ class _Pool:
         async with self._slots:
             if self.closed:
                 raise BackendClosed(f"storage {self._name} is closed")
-            conn = (
-                self._idle.pop()
-                if self._idle
-                else await trio.to_thread.run_sync(_connect, self._conninfo, self._name)
-            )
+            conn = self._take_idle()
+            if conn is None:
+                conn = await trio.to_thread.run_sync(_connect, self._conninfo, self._name)
             try:
                 return await trio.to_thread.run_sync(fn, conn)
             except psycopg.Error as exc:
@@ -139,6 +138,22 @@ class _Pool:
                     conn.close()
                 else:
                     self._idle.append(conn)
+
+    def _take_idle(self) -> psycopg.Connection | None:
+        """An idle connection the server has not closed meanwhile, or None.
+
+        An idle connection has nothing to read unless the server ended it (a restart, an
+        administrator's ``pg_terminate_backend``): such a one is dropped here, before a call
+        is sent on it, instead of failing that call.
+        """
+        while self._idle:
+            conn = self._idle.pop()
+            poller = select.poll()  # not select.select: a busy server has fds past 1024
+            poller.register(conn.fileno(), select.POLLIN)
+            if not poller.poll(0):
+                return conn
+            conn.close()
+        return None
 
     def close(self) -> None:
         """Close the idle connections; those in use close when their call returns."""
