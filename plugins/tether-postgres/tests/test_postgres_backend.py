@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -231,24 +233,48 @@ async def test_cancelled_write_finishes_its_transaction_and_is_announced(pg_url:
         assert await backend.get("/k") == after
 
 
-async def test_watcher_behind_a_pruned_event_log_gets_overflow(pg_url: str) -> None:
-    parts = urlsplit(pg_url)
-    # a TCP relay whose gate stands for the network link between an auth server and the
-    # database: bytes stop while the gate is unset
-    gates = [trio.Event()]
-    gates[0].set()
+class _Link:
+    """A TCP relay to the database that stands for one auth server's network link to it.
 
-    async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    ``stall()`` stops bytes in both directions (a partition, a frozen host); ``resume()``
+    lets them flow again. ``url`` is the database URL through the relay.
+    """
+
+    def __init__(self, url: str, port: int) -> None:
+        self.url = urlunsplit(urlsplit(url)._replace(netloc=f"postgres@127.0.0.1:{port}"))
+        self._flowing = trio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing = trio.Event()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    async def pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
         try:
             async for chunk in source:
-                await gates[0].wait()
+                await self._flowing.wait()
                 await sink.send_all(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+
+@asynccontextmanager
+async def _link_to(pg_url: str) -> AsyncIterator[_Link]:
+    target = urlsplit(pg_url).port or 5432
+    link: _Link | None = None
+
     async def handle(client: trio.SocketStream) -> None:
-        server = await trio.open_tcp_stream("127.0.0.1", parts.port or 5432)
+        assert link is not None
+        server = await trio.open_tcp_stream("127.0.0.1", target)
         async with server, client, trio.open_nursery() as nursery:
+            # one end hanging up hangs up the other, as a TCP connection does
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                assert link is not None
+                await link.pump(source, sink)
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(pump, client, server)
             nursery.start_soon(pump, server, client)
 
@@ -256,22 +282,75 @@ async def test_watcher_behind_a_pruned_event_log_gets_overflow(pg_url: str) -> N
         listeners = await relay.start(
             functools.partial(trio.serve_tcp, host="127.0.0.1"), handle, 0
         )
-        port = listeners[0].socket.getsockname()[1]
-        # the lagging auth server reaches the database through the relay, the other directly
-        lagging_url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{port}"))
-        async with (
-            open_postgres(pg_url, keep_revisions=3) as writer,
-            open_postgres(lagging_url) as lagging,
-            lagging.watch("/p/") as events,
-        ):
-            await writer.put("/p/first", b"x")
-            assert (await next_event(events)).item.key == "/p/first"
-            gates[0] = trio.Event()  # the lagging server's link to the database stalls
-            for n in range(10):
-                await writer.apply([Op.put(f"/p/{n}", b"x")])
-            await writer.reap_expired()  # prunes the log to its last 3 revisions
-            gates[0].set()
-            with pytest.raises(WatchOverflow, match="pruned"):
-                for _ in range(11):
-                    await next_event(events)
+        link = _Link(pg_url, listeners[0].socket.getsockname()[1])
+        yield link
         relay.cancel_scope.cancel()
+
+
+async def test_watcher_behind_a_pruned_event_log_gets_overflow(pg_url: str) -> None:
+    # the lagging auth server reaches the database through a link that stalls, the other
+    # directly
+    async with (
+        _link_to(pg_url) as link,
+        open_postgres(pg_url, keep_revisions=3) as writer,
+        open_postgres(link.url) as lagging,
+        lagging.watch("/p/") as events,
+    ):
+        await writer.put("/p/first", b"x")
+        assert (await next_event(events)).item.key == "/p/first"
+        link.stall()
+        for n in range(10):
+            await writer.apply([Op.put(f"/p/{n}", b"x")])
+        await writer.reap_expired()  # prunes the log to its last 3 revisions
+        link.resume()
+        with pytest.raises(WatchOverflow, match="pruned"):
+            for _ in range(11):
+                await next_event(events)
+
+
+async def test_auth_server_cut_off_mid_write_does_not_block_the_others(pg_url: str) -> None:
+    async with (
+        _link_to(pg_url) as link,
+        open_postgres(pg_url) as healthy,
+        open_postgres(link.url, pool_size=1, stalled_transaction_timeout=1.0) as cut_off,
+    ):
+        failures: list[BackendError] = []
+
+        async def cut_off_write() -> None:
+            try:
+                await cut_off.put("/cut-off", b"never acknowledged")
+            except BackendError as exc:
+                failures.append(exc)
+
+        blocker = await trio.to_thread.run_sync(psycopg.connect, pg_url)
+        try:
+            # hold the writers' lock so that the write is surely inside its transaction,
+            # waiting for the lock, when its link fails
+            await trio.to_thread.run_sync(
+                blocker.execute, "SELECT revision FROM tether_meta FOR UPDATE"
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cut_off_write)
+                for _ in range(250):  # within 5 s
+                    waiting = blocker.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    ).fetchone()
+                    if waiting:
+                        break
+                    await trio.sleep(0.02)
+                assert waiting, "the write never waited for the writers' lock"
+                link.stall()
+                await trio.to_thread.run_sync(blocker.commit)
+                # the cut-off server now holds the lock and cannot go on: the database ends
+                # its transaction after stalled_transaction_timeout, and the others write
+                with trio.fail_after(10):
+                    written = await healthy.put("/healthy", b"acknowledged")
+                link.resume()
+        finally:
+            blocker.close()
+        assert [type(exc) for exc in failures] == [BackendError]
+        assert await healthy.get("/healthy") == written
+        assert await healthy.get("/cut-off") is None
+        # and the cut-off server works again once its link does
+        assert (await cut_off.put("/cut-off", b"later")).value == b"later"

@@ -81,10 +81,16 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _connect(conninfo: str, name: str) -> psycopg.Connection:
-    """Open one autocommit connection, turning libpq's failures into a clear BackendError."""
+def _connect(conninfo: str, name: str, stalled_transaction_timeout: float) -> psycopg.Connection:
+    """Open one autocommit connection, turning libpq's failures into a clear BackendError.
+
+    The session's ``idle_in_transaction_session_timeout`` is ``stalled_transaction_timeout``:
+    this process never leaves a transaction idle, so an idle one means the process froze or
+    its network link failed while it held the writers' lock, and the database must end it
+    rather than stop every other auth server's writes.
+    """
     try:
-        return psycopg.connect(conninfo, autocommit=True)
+        conn = psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
         text = _one_line(exc)
         if 'database "' in text and "does not exist" in text:
@@ -105,14 +111,26 @@ def _connect(conninfo: str, name: str) -> psycopg.Connection:
             f"storage {name}: cannot connect: {text}",
             hint="check that PostgreSQL runs there and storage.url's host and port",
         ) from exc
+    try:
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+            (f"{max(1, round(stalled_transaction_timeout * 1000))}ms",),
+        )
+    except psycopg.Error as exc:
+        conn.close()
+        raise BackendError(f"storage {name}: {_one_line(exc)}") from exc
+    return conn
 
 
 class _Pool:
     """At most ``size`` connections, each used by one call at a time, reconnected on failure."""
 
-    def __init__(self, conninfo: str, name: str, size: int) -> None:
+    def __init__(
+        self, conninfo: str, name: str, size: int, stalled_transaction_timeout: float
+    ) -> None:
         self._conninfo = conninfo
         self._name = name
+        self.stalled_transaction_timeout = stalled_transaction_timeout
         self._idle: list[psycopg.Connection] = []
         self._slots = trio.Semaphore(size)
         self.closed = False
@@ -124,7 +142,9 @@ class _Pool:
                 raise BackendClosed(f"storage {self._name} is closed")
             conn = self._take_idle()
             if conn is None:
-                conn = await trio.to_thread.run_sync(_connect, self._conninfo, self._name)
+                conn = await trio.to_thread.run_sync(
+                    _connect, self._conninfo, self._name, self.stalled_transaction_timeout
+                )
             try:
                 return await trio.to_thread.run_sync(fn, conn)
             except psycopg.Error as exc:
@@ -431,7 +451,9 @@ class PostgresBackend:
         while not self._closed:
             conn: psycopg.Connection | None = None
             try:
-                conn = await trio.to_thread.run_sync(_connect, conninfo, self.name)
+                conn = await trio.to_thread.run_sync(
+                    _connect, conninfo, self.name, self._pool.stalled_transaction_timeout
+                )
                 await trio.to_thread.run_sync(conn.execute, f"LISTEN {_store.CHANNEL}")
                 if not started:
                     task_status.started()
@@ -481,6 +503,7 @@ async def open_postgres(
     poll_interval: float = 1.0,
     watch_buffer: int = 4096,
     keep_revisions: int = 10_000,
+    stalled_transaction_timeout: float = 10.0,
 ) -> AsyncIterator[PostgresBackend]:
     """Open the PostgreSQL backend at ``url``; run its reaper and watch dispatcher meanwhile.
 
@@ -492,12 +515,19 @@ async def open_postgres(
     :param poll_interval: seconds between reads of the event log when no NOTIFY arrives.
     :param watch_buffer: events a watcher may lag behind before it gets ``WatchOverflow``.
     :param keep_revisions: revisions of events the log keeps for watchers that lag.
+    :param stalled_transaction_timeout: seconds after which the database ends a transaction
+        of this process that stalled (a frozen process, a failed link): until then it holds
+        the lock every auth server's writes wait for.
     :raises ConfigError: the URL is malformed.
     :raises BackendError: the server is unreachable, refuses the login, the database does not
         exist, or holds tables of a newer Tether.
     """
     conninfo, name = parse_postgres_url(url)
-    for label, value in (("reap_interval", reap_interval), ("poll_interval", poll_interval)):
+    for label, value in (
+        ("reap_interval", reap_interval),
+        ("poll_interval", poll_interval),
+        ("stalled_transaction_timeout", stalled_transaction_timeout),
+    ):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{label} must be a positive number, got {value!r}")
     for label, count in (
@@ -507,7 +537,7 @@ async def open_postgres(
     ):
         if count < 1:
             raise ValueError(f"{label} must be at least 1, got {count!r}")
-    pool = _Pool(conninfo, name, pool_size)
+    pool = _Pool(conninfo, name, pool_size, stalled_transaction_timeout)
     try:
         version = await pool.run(_store.prepare)
         if version > _store.SCHEMA_VERSION:
