@@ -202,9 +202,9 @@ async def test_revisions_from_two_servers_follow_the_commit_order(pg_url: str) -
 # -- cancellation and lagging watchers ---------------------------------------------------------
 
 
-async def test_cancelled_write_finishes_its_transaction_and_is_announced(pg_url: str) -> None:
+async def test_cancelled_write_waiting_for_the_lock_is_rolled_back(pg_url: str) -> None:
     async with open_postgres(pg_url, pool_size=1) as backend, backend.watch("/k") as events:
-        await backend.put("/k", b"before")
+        before = await backend.put("/k", b"before")
         await next_event(events)
         # another auth server holds the writers' lock, so our write waits in the database
         blocker = await trio.to_thread.run_sync(psycopg.connect, pg_url)
@@ -212,25 +212,19 @@ async def test_cancelled_write_finishes_its_transaction_and_is_announced(pg_url:
             await trio.to_thread.run_sync(
                 blocker.execute, "SELECT revision FROM tether_meta FOR UPDATE"
             )
-            async with trio.open_nursery() as nursery:
-                cancelled = trio.CancelScope()
-
-                async def write() -> None:
-                    with cancelled:
-                        await backend.put("/k", b"during")
-
-                nursery.start_soon(write)
-                await trio.sleep(0.2)
-                cancelled.cancel()
-                await trio.sleep(0.2)
-                await trio.to_thread.run_sync(blocker.commit)
+            with trio.move_on_after(0.3) as waited:
+                await backend.put("/k", b"during")
+            # the caller got control back while the lock was still held
+            assert waited.cancelled_caught
+            await trio.to_thread.run_sync(blocker.commit)
         finally:
             blocker.close()
-        # the write was not abandoned halfway: it committed, watchers heard of it, and the
-        # only pooled connection is usable again
-        assert (await next_event(events)).item.value == b"during"
+        # the database cancelled the write: nothing was written, nothing announced, and the
+        # backend (with its one pooled connection) works on
+        assert await backend.get("/k") == before
+        await no_event(events)
         after = await backend.put("/k", b"after")
-        assert await backend.get("/k") == after
+        assert (await next_event(events)).item == after
 
 
 class _Link:
@@ -341,12 +335,15 @@ async def test_auth_server_cut_off_mid_write_does_not_block_the_others(pg_url: s
                     await trio.sleep(0.02)
                 assert waiting, "the write never waited for the writers' lock"
                 link.stall()
-                await trio.to_thread.run_sync(blocker.commit)
-                # the cut-off server now holds the lock and cannot go on: the database ends
-                # its transaction after stalled_transaction_timeout, and the others write
-                with trio.fail_after(10):
-                    written = await healthy.put("/healthy", b"acknowledged")
-                link.resume()
+                try:
+                    await trio.to_thread.run_sync(blocker.commit)
+                    # the cut-off server now holds the lock and cannot go on: the database
+                    # ends its transaction after stalled_transaction_timeout, and the others
+                    # write
+                    with trio.fail_after(10):
+                        written = await healthy.put("/healthy", b"acknowledged")
+                finally:
+                    link.resume()
         finally:
             blocker.close()
         assert [type(exc) for exc in failures] == [BackendError]

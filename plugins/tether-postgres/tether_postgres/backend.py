@@ -2,10 +2,11 @@
 
 psycopg's async API (like asyncpg) runs on asyncio only, so every statement runs through
 psycopg's sync API on a trio worker thread (``trio.to_thread.run_sync``), each on a connection
-of a small pool. A call is never abandoned when its caller is cancelled: the thread finishes
-the transaction (commits or rolls back) before the cancellation is delivered, so a pooled
-connection is never left mid-transaction and a write is never half applied. A committed write
-whose caller was cancelled is still announced to watchers, because they read the event log.
+of a small pool. A call is never abandoned when its caller is cancelled: the caller asks the
+server to cancel the statement (PostgreSQL's cancel request) and waits for the thread, whose
+transaction then rolls back, so a connection is never left mid-transaction and a write is
+never half applied. A write that committed before the request arrived is still announced to
+watchers, because they read the event log.
 
 Watches: one dispatcher per backend reads ``tether_events`` from the last revision it
 delivered and hands each event to the in-process watchers whose prefix matches. It wakes on a
@@ -136,7 +137,7 @@ class _Pool:
         self.closed = False
 
     async def run(self, fn: Callable[[psycopg.Connection], T]) -> T:
-        """Run ``fn`` with a connection on a worker thread; it finishes even if cancelled."""
+        """Run ``fn`` with a connection on a worker thread (see :func:`_call` on cancelling)."""
         async with self._slots:
             if self.closed:
                 raise BackendClosed(f"storage {self._name} is closed")
@@ -145,19 +146,26 @@ class _Pool:
                 conn = await trio.to_thread.run_sync(
                     _connect, self._conninfo, self._name, self.stalled_transaction_timeout
                 )
+            reusable = False
             try:
-                return await trio.to_thread.run_sync(fn, conn)
+                result = await _call(conn, fn)
+                reusable = True
+                return result
             except psycopg.Error as exc:
+                reusable = True  # its transaction was rolled back (checked below)
                 raise BackendError(f"storage {self._name}: {_one_line(exc)}") from exc
             finally:
+                # a cancelled call's connection is not reused: a late cancel request must
+                # not hit the next call sent on it
                 if (
-                    self.closed
-                    or conn.broken
-                    or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                    reusable
+                    and not self.closed
+                    and not conn.broken
+                    and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
                 ):
-                    conn.close()
-                else:
                     self._idle.append(conn)
+                else:
+                    conn.close()
 
     def _take_idle(self) -> psycopg.Connection | None:
         """An idle connection the server has not closed meanwhile, or None.
@@ -180,6 +188,46 @@ class _Pool:
         self.closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+async def _call(conn: psycopg.Connection, fn: Callable[[psycopg.Connection], T]) -> T:
+    """Run ``fn(conn)`` on a worker thread; if the caller is cancelled, cancel it in the server.
+
+    The thread is never abandoned: a cancelled caller sends PostgreSQL a cancel request (the
+    statement running, or waiting for the writers' lock, fails and ``fn``'s transaction rolls
+    back) and then waits for the thread, so the connection is never left mid-transaction and a
+    write is either committed whole (the request came too late; watchers hear of it through
+    the log) or not at all. A caller's deadline therefore bounds a wait for the lock.
+    """
+    done = trio.Event()
+    results: list[T] = []
+    errors: list[Exception] = []
+
+    async def work() -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                results.append(await trio.to_thread.run_sync(fn, conn))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller below
+                errors.append(exc)
+        done.set()
+
+    async def cancel_in_server() -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(functools.partial(conn.cancel_safe, timeout=5.0))
+            except psycopg.Error as exc:
+                log.warning("cancelling a storage call failed (it runs to its end): %s", exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            nursery.start_soon(cancel_in_server)
+            raise
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 class _Watcher:
