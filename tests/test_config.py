@@ -645,9 +645,10 @@ def test_tetherd_configure_offers_only_the_storage_backends_installed(
         {tether_hooktest.LOG_ENV: str(tmp_path / "hooks.jsonl")}
     )
 
-    assert "those installed here: sqlite." in plain
-    assert "postgresql" not in plain
-    assert "those installed here: hooktest, sqlite." in with_plugin
+    # tox installs every in-tree plugin: tether-postgres adds both spellings libpq accepts
+    assert "those installed here: postgres, postgresql, sqlite." in plain
+    assert "etcd" not in plain
+    assert "those installed here: hooktest, postgres, postgresql, sqlite." in with_plugin
 
 
 # --- the cluster's keep-alive ------------------------------------------------------------------

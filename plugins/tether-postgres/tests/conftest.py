@@ -1,0 +1,43 @@
+"""Fixtures of the tether-postgres tests: a database of their own on the local PostgreSQL.
+
+PostgreSQL runs on 127.0.0.1:5432 with trust authentication for ``postgres`` (CI and the
+development machines set it up so). Each test run (each pytest-xdist worker) creates one
+database with a random name and drops it at the end; each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The URL of a fresh database, dropped (with every connection to it) after the run."""
+    name = f"tether_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{SERVER}/{name}"
+    finally:
+        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """``pg_database`` with no data: the tables a previous test filled are emptied."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('tether_meta') IS NOT NULL").fetchone()
+        if exists and exists[0]:
+            conn.execute("TRUNCATE tether_items, tether_events")
+            conn.execute("UPDATE tether_meta SET revision = 0")
+    return pg_database
