@@ -11,16 +11,18 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from tether import audit
+from tether import audit, pki
 from tether.audit import AuditEvent, AuditQuery
 from tether.auth.service import AuthService
 from tether.backend import open_sqlite
 from tether.builtins.jsonl_audit import FILE_NAME
 from tether.config import default_config
+from tether.errors import CompareFailed
+from tether.hookspecs import hookimpl
 from tether.plugins import TetherPluginManager, get_plugin_manager
 
 START = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
@@ -108,3 +110,55 @@ async def test_two_auth_services_in_one_process_keep_their_audit_logs_apart(
     assert [e.user for e in await audit.search(two.pm, AuditQuery())] == ["bob"]
     assert await audit.search(one.pm, AuditQuery(cluster="two")) == []
     assert one.pm.get_plugin("jsonl-audit") is not two.pm.get_plugin("jsonl-audit")
+
+
+class RacingAdmin:
+    """A sink that, on recording an update of role ``raced``, lets another admin change it
+    first: the window between an event's record and its change, made certain."""
+
+    def __init__(self, auth: AuthService) -> None:
+        self.auth = auth
+
+    @hookimpl
+    async def tether_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        if any(e.success and e.fields.get("name") == "raced" for e in events):
+            key = self.auth.context.registry.get("role").key("raced")
+            item = await self.auth.context.backend.get(key)
+            assert item is not None
+            await self.auth.context.backend.put(key, item.value)
+
+
+async def test_a_change_recorded_then_beaten_by_another_admin_is_recorded_as_failed(
+    two_auths: tuple[AuthService, AuthService],
+) -> None:
+    auth, _ = two_auths
+    admin = pki.Identity(
+        username="admin",
+        cluster="one",
+        roles=(),
+        traits={},
+        logins=(),
+        expires=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
+        kind="admin",
+    )
+    role = auth.context.make("role", "raced", {"allow": {"logins": ["a"]}})
+    await auth.create_resources(admin, [role])
+    item = await auth.context.backend.get(auth.context.registry.get("role").key("raced"))
+    assert item is not None
+    auth.pm.register(RacingAdmin(auth), name="racing-admin")
+    changed = auth.context.make("role", "raced", {"allow": {"logins": ["b"]}})
+    with pytest.raises(CompareFailed):
+        await auth.create_resources(admin, [changed], force=True, expected_revision=item.revision)
+    updates = await audit.search(auth.pm, AuditQuery(type="resource.updated"))
+    assert [(e.success, e.fields.get("error", "")[:17]) for e in updates] == [
+        (True, ""),
+        (False, "key '/roles/raced"),
+    ]
+
+
+async def test_an_event_sent_again_after_a_restart_is_written_once(tmp_path: pathlib.Path) -> None:
+    first = at(1, "root")
+    await audit.emit(configured(tmp_path, "root"), [first])
+    restarted = configured(tmp_path, "root")  # remembers the ids at the end of the file
+    await audit.emit(restarted, [first, at(2, "root")])
+    assert [e.user for e in await audit.search(restarted, AuditQuery())] == ["root-1", "root-2"]

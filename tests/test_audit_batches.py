@@ -9,6 +9,8 @@ AuditBacklog` with its auth client's ``record_events``).
 
 from __future__ import annotations
 
+import pathlib
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -17,11 +19,12 @@ import pytest
 import trio
 
 from host_identity import host_client
-from tether.audit import AuditQuery
+from tether.audit import AuditQuery, HostAuditEvent
 from tether.auth.http_client import admin_client
 from tether.config import load_config
 from tether.errors import TetherError
-from tether.node.audit_forwarding import AuditBacklog, HostAuditEvent
+from tether.node.audit_forwarding import AuditBacklog
+from tether.node.audit_spool import AUDIT_SPOOL_FILE, AuditSpool
 from tether.testing.cluster import RunningCluster, start_cluster
 
 
@@ -139,7 +142,7 @@ async def test_host_bursts_events_while_auth_is_unreachable_and_all_arrive_in_or
                 while len(seqs := await _recorded(cluster, "hooktest.burst", run)) < count:  # noqa: ASYNC110
                     await trio.sleep(0.2)
             assert seqs == list(range(count))
-            assert backlog.statistics() == {"queued": 0, "dropped": 0}
+            assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
             nursery.cancel_scope.cancel()
 
 
@@ -179,7 +182,7 @@ async def test_a_stopping_host_sends_what_its_backlog_still_holds(cluster: Runni
             await trio.sleep(0.1)
             nursery.cancel_scope.cancel()  # the host stops
         assert await _recorded(cluster, "hooktest.last", run) == list(range(5))
-        assert backlog.statistics() == {"queued": 0, "dropped": 0}
+        assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
 
 
 async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothing(
@@ -192,9 +195,9 @@ async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothi
         ) as refused:
             await api.record_events(
                 [
-                    ("hooktest.batch", "", {"seq": 1, "run": run}, True),
-                    ("Not Valid", "", {"seq": 2, "run": run}, True),
-                    ("hooktest.batch", "", {"seq": 3, "run": run}, True),
+                    HostAuditEvent("hooktest.batch", "", {"seq": 1, "run": run}),
+                    HostAuditEvent("Not Valid", "", {"seq": 2, "run": run}),
+                    HostAuditEvent("hooktest.batch", "", {"seq": 3, "run": run}),
                 ]
             )
         assert refused.value.hint and "lower-case words" in refused.value.hint
@@ -211,7 +214,7 @@ async def test_a_batch_with_one_bad_event_is_refused_naming_it_and_records_nothi
                     ]
                 },
             )
-        await api.record_events([("hooktest.batch", "", {"seq": 6, "run": run}, True)])
+        await api.record_events([HostAuditEvent("hooktest.batch", "", {"seq": 6, "run": run})])
     assert await _recorded(cluster, "hooktest.batch", run) == [6]
 
 
@@ -219,7 +222,7 @@ async def test_a_user_may_not_record_a_hosts_events(cluster: RunningCluster) -> 
     admin, _ = admin_client(load_config(cluster.config_path))
     async with admin:
         with pytest.raises(TetherError, match="may not record events"):
-            await admin.record_events([("hooktest.batch", "", {}, True)])
+            await admin.record_events([HostAuditEvent("hooktest.batch", "", {})])
 
 
 async def test_protocol_recording_a_malformed_event_is_told_why_and_a_full_backlog_drops() -> None:
@@ -231,4 +234,114 @@ async def test_protocol_recording_a_malformed_event_is_told_why_and_a_full_backl
     for _ in range(3):  # the non-blocking way never waits: the third is dropped, logged
         backlog.audit_nowait("ssh.session.data", {"bytes": 1})
     backlog.audit_nowait("Bad", {})  # and a malformed event never fails a session
-    assert backlog.statistics() == {"queued": 2, "dropped": 2}
+    assert backlog.statistics() == {"queued": 2, "spooled": 0, "dropped": 2}
+
+
+async def test_a_host_stopped_while_auth_is_unreachable_sends_its_events_at_the_next_start(
+    cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    run = uuid.uuid4().hex
+    spool = tmp_path / AUDIT_SPOOL_FILE
+    host, port = cluster.auth_addr.rsplit(":", 1)
+    gate = Gate((host, int(port)))
+    async with trio.open_nursery() as nursery:
+        relay = f"127.0.0.1:{await nursery.start(gate.serve)}"
+        gate.close()
+        async with host_client(cluster, addr=relay) as api:
+            # memory for 5: the other 45 of a burst go to disk rather than being dropped
+            backlog = AuditBacklog(size=5, spool=AuditSpool(spool), final_flush=0.5)
+            async with trio.open_nursery() as running:
+                running.start_soon(backlog.forward, api.record_events)
+                for seq in range(50):
+                    backlog.audit_nowait("hooktest.spooled", {"seq": seq, "run": run})
+                assert backlog.statistics() == {"queued": 50, "spooled": 45, "dropped": 0}
+                with trio.fail_after(30):
+                    await gate.wait_refusals(2)
+                running.cancel_scope.cancel()  # the host stops; its last try fails too
+        assert backlog.statistics() == {"queued": 50, "spooled": 50, "dropped": 0}
+        assert await _recorded(cluster, "hooktest.spooled", run) == []
+
+        gate.open()
+        async with host_client(cluster, addr=relay) as api:  # the host starts again
+            again = AuditBacklog(size=5, spool=AuditSpool(spool))
+            assert again.statistics()["queued"] == 50
+            async with trio.open_nursery() as running:
+                running.start_soon(again.forward, api.record_events)
+                with trio.fail_after(60):
+                    while len(await _recorded(cluster, "hooktest.spooled", run)) < 50:  # noqa: ASYNC110
+                        await trio.sleep(0.2)
+                running.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    assert await _recorded(cluster, "hooktest.spooled", run) == list(range(50))  # once, in order
+    assert again.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
+    assert not spool.exists()
+
+
+async def test_a_torn_spool_line_is_skipped_and_a_full_spool_drops(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / AUDIT_SPOOL_FILE
+    spool = AuditSpool(path, max_bytes=500)
+    assert spool.append([HostAuditEvent("ssh.session.start", "alice", {"n": 1})])
+    with path.open("ab") as f:
+        f.write(b'["ssh.session.end", "al')  # a crash in the middle of a write
+    spool = AuditSpool(path, max_bytes=500)  # the host starts again
+    spool.append([HostAuditEvent("ssh.session.start", "bob", {"n": 2})])
+    assert not spool.append([HostAuditEvent("ssh.session.data", "bob", {"bytes": "x" * 500})])
+    sent: list[Sequence[HostAuditEvent]] = []
+
+    async def record(batch: Sequence[HostAuditEvent]) -> None:
+        sent.append(batch)
+
+    backlog = AuditBacklog(size=1, spool=spool)
+    with trio.move_on_after(1):
+        await backlog.forward(record)
+    # the torn line is skipped; the event written after it is whole, and the spool is gone
+    assert [e.fields for batch in sent for e in batch] == [{"n": 1}, {"n": 2}]
+    assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
+    assert not path.exists()
+
+
+async def test_a_batch_sent_again_after_a_lost_answer_is_recorded_once(
+    cluster: RunningCluster,
+) -> None:
+    run = uuid.uuid4().hex
+    batch = [HostAuditEvent("hooktest.twice", "", {"seq": seq, "run": run}) for seq in range(3)]
+    async with host_client(cluster) as api:
+        await api.record_events(batch)
+        await api.record_events(batch)  # the host never saw the first answer
+        await api.record_events(
+            [*batch, HostAuditEvent("hooktest.twice", "", {"seq": 3, "run": run})]
+        )
+    assert await _recorded(cluster, "hooktest.twice", run) == [0, 1, 2, 3]
+
+
+async def test_a_host_cannot_name_its_event_so_that_anothers_is_dropped(
+    cluster: RunningCluster,
+) -> None:
+    run = uuid.uuid4().hex
+    victim = HostAuditEvent("hooktest.named", "", {"seq": 1, "run": run})
+    async with host_client(cluster, name="victim-host") as api:
+        await api.record_events([victim])
+    # a host that learnt the id (or guessed it) reports an event under it first, then again
+    forged = HostAuditEvent("hooktest.named", "", {"seq": 2, "run": run}, id=victim.id)
+    async with host_client(cluster, name="forging-host") as api:
+        await api.record_events([forged])
+    async with host_client(cluster, name="victim-host") as api:
+        await api.record_events([HostAuditEvent("hooktest.named", "", {"seq": 3, "run": run})])
+    assert await _recorded(cluster, "hooktest.named", run) == [1, 2, 3]
+
+
+async def test_an_event_sent_late_keeps_the_time_it_happened(cluster: RunningCluster) -> None:
+    run = uuid.uuid4().hex
+    now = time.time()
+    late = HostAuditEvent("hooktest.late", "", {"seq": 1, "run": run}, time=now - 3600)
+    ahead = HostAuditEvent("hooktest.late", "", {"seq": 2, "run": run}, time=now + 86400)
+    async with host_client(cluster) as api:
+        await api.record_events([late, ahead])
+        with pytest.raises(TetherError, match=r"audit event 2 of 2: audit event id 'a b' is"):
+            await api.record_events([late, HostAuditEvent("hooktest.late", "", {}, id="a b")])
+    admin, _ = admin_client(load_config(cluster.config_path))
+    async with admin:
+        found = await admin.search_audit(AuditQuery(type="hooktest.late", limit=10))
+    times = {e.fields["seq"]: e.time.timestamp() for e in found if e.fields.get("run") == run}
+    assert abs(times[1] - (now - 3600)) < 1  # an hour ago, when it happened
+    assert now - 1 < times[2] < time.time() + 1  # a clock ahead: dated when auth got it

@@ -24,7 +24,8 @@ import tether_hooktest
 from tether import audit
 from tether.audit import AuditEvent
 from tether.client.profile import current_profile, profile_ssl_context
-from tether.config import default_config
+from tether.config import AuditFailure, default_config
+from tether.errors import AuditUnavailable
 from tether.hookspecs import hookimpl
 from tether.plugins import AUTOLOAD_ENV, TetherPluginManager, describe_plugins, get_plugin_manager
 from tether.testing.cluster import RunningCluster, run_cli, start_cluster
@@ -486,8 +487,9 @@ class BrokenAsyncSink:
         raise RuntimeError("SIEM unreachable")
 
 
+@pytest.mark.parametrize("on_failure", list(AuditFailure))
 async def test_failing_audit_sink_does_not_stop_the_others(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, on_failure: AuditFailure
 ) -> None:
     pm = TetherPluginManager()
     # registered around the broken ones, so a sink is called both before and after them
@@ -502,7 +504,12 @@ async def test_failing_audit_sink_does_not_stop_the_others(
     logger.addHandler(caplog.handler)  # the daemon's logging setup may stop propagation
     try:
         with caplog.at_level(logging.ERROR, logger="tether.plugins"):
-            await audit.emit(pm, [event])
+            if on_failure is AuditFailure.REFUSE:
+                # every sink had its turn; then the caller is told not to go on
+                with pytest.raises(AuditUnavailable, match="broken-sink: disk full"):
+                    await audit.emit(pm, [event], on_failure=on_failure)
+            else:
+                await audit.emit(pm, [event], on_failure=on_failure)
     finally:
         logger.removeHandler(caplog.handler)
 

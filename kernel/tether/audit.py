@@ -17,9 +17,20 @@ from typing import Any, cast
 import attrs
 import pluggy
 
+from tether.config import AuditFailure
+from tether.errors import AuditUnavailable
 from tether.plugins import await_maybe, call_each
 
-__all__ = ["EVENT_TYPE", "AuditEvent", "AuditQuery", "emit", "search"]
+__all__ = [
+    "EVENT_TYPE",
+    "HOST_EVENT_ID",
+    "AuditEvent",
+    "AuditQuery",
+    "HostAuditEvent",
+    "emit",
+    "search",
+    "stored_host_event_id",
+]
 
 # The event types the kernel emits; plugins add their own with their own prefix.
 USER_LOGIN = "user.login"
@@ -86,6 +97,57 @@ class AuditEvent:
 
 _RESERVED = frozenset({"id", "type", "time", "cluster", "user", "success"})
 
+#: What a host names its event by: a random id of its own (32 hex digits from
+#: :class:`HostAuditEvent`), at most 64 letters, digits, ``-`` and ``_``.
+HOST_EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Under which auth derives a host's event id into the id it stores (see
+#: :func:`stored_host_event_id`).
+_HOST_EVENTS = uuid.UUID("6f1d4c1e-8f55-4a0e-9a57-3c3c0f6e2b71")
+
+
+def _epoch_now() -> float:
+    return _now().timestamp()
+
+
+@attrs.frozen
+class HostAuditEvent:
+    """An event one of a cluster's hosts (a node, a database service) reports to auth.
+
+    The host names it and dates it when it happens, so that an event sent late (auth was
+    unreachable, the host restarted with it spooled) keeps its time, and one sent twice (an
+    answer lost on the way, so the host sends the batch again) is recorded once.
+
+    :param id: the host's name for it, unique among that host's events.
+    :param time: when it happened, seconds since the epoch.
+    """
+
+    type: str
+    user: str
+    fields: Mapping[str, Any]
+    success: bool = True
+    id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    time: float = attrs.field(factory=_epoch_now)
+
+    def to_json(self) -> dict[str, Any]:
+        """As the host sends it (``POST /v1/audit/batch``) and spools it."""
+        return {
+            "type": self.type,
+            "user": self.user or None,  # the API takes a user or none, never an empty name
+            "fields": dict(self.fields),
+            "success": self.success,
+            "id": self.id,
+            "time": self.time,
+        }
+
+
+def stored_host_event_id(cluster: str, host: str, event_id: str) -> str:
+    """The id auth stores a host's event under: the host's own id, in the host's name.
+
+    A sink keyed by event id stores a batch sent twice once; deriving the id from the host
+    that reported it means no host can name an event so that another host's is dropped.
+    """
+    return uuid.uuid5(_HOST_EVENTS, f"{cluster}/{host}/{event_id}").hex
+
 
 @attrs.frozen(kw_only=True)
 class AuditQuery:
@@ -112,10 +174,31 @@ class AuditQuery:
         return not (self.since is not None and event.time < self.since)
 
 
-async def emit(pm: pluggy.PluginManager, events: Sequence[AuditEvent]) -> None:
+async def emit(
+    pm: pluggy.PluginManager,
+    events: Sequence[AuditEvent],
+    *,
+    on_failure: AuditFailure = AuditFailure.REFUSE,
+) -> None:
     """Send ``events`` (at least one, oldest first) to every sink; a failing sink is logged
-    and the others still run."""
-    await call_each(pm.hook.tether_audit_events, events=list(events))
+    and the others still run.
+
+    :param on_failure: ``refuse``: once every sink had its turn, raise
+        :class:`~tether.errors.AuditUnavailable` if any failed, so that the caller does not
+        do what the events record; ``continue``: only the log says so.
+    """
+    failed: list[str] = []
+    await call_each(
+        pm.hook.tether_audit_events,
+        events=list(events),
+        on_error=lambda name, exc: failed.append(f"{name}: {exc}"),
+    )
+    if failed and on_failure is AuditFailure.REFUSE:
+        what = events[0].type if len(events) == 1 else f"{len(events)} events"
+        raise AuditUnavailable(
+            f"refused: the audit log could not record {what} ({'; '.join(failed)})",
+            hint="try again once the audit log is back; the auth service's log says what failed",
+        )
 
 
 async def search(pm: pluggy.PluginManager, query: AuditQuery) -> list[AuditEvent]:

@@ -21,6 +21,7 @@ __all__ = [
     "AccessDenied",
     "AlreadyExists",
     "AmbiguousTarget",
+    "AuditUnavailable",
     "CompareFailed",
     "ConfigError",
     "NotFound",
@@ -110,6 +111,11 @@ class TargetOffline(TetherError):
     """The target (or its cluster) is known but cannot be reached right now."""
 
 
+class AuditUnavailable(TetherError):
+    """An action that must be audited was refused: an audit sink could not record its event
+    (``auth_service.audit.on_failure: refuse``). Try again once the audit log is back."""
+
+
 #: The code each error class travels under between Tether processes. The codes are part of
 #: the wire formats (``docs/tunnel-protocol.md``) and never change; a receiver looks a code
 #: up here and nowhere else, and an unknown one is a plain :class:`TetherError`.
@@ -126,6 +132,7 @@ ERROR_CODES: Final[Mapping[str, type[TetherError]]] = MappingProxyType(
         "RateLimited": RateLimited,
         "AmbiguousTarget": AmbiguousTarget,
         "TargetOffline": TargetOffline,
+        "AuditUnavailable": AuditUnavailable,
     }
 )
 _CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}

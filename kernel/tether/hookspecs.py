@@ -272,11 +272,17 @@ def tether_audit_events(events: Sequence[AuditEvent]) -> Awaitable[None] | None:
     change or an issued certificate, and with a whole batch for what a host forwards (a
     database service's statements): a sink that stores them should store a batch in one
     write, as the builtin one does with one ``fsync``. Events are durable once the call
-    returns. May return an awaitable. A sink that raises is logged with its name and does
-    not stop the others.
+    returns, and an event that no sink raised for is acknowledged: raise when it was not
+    stored. May return an awaitable. A sink that raises is logged with its name and does
+    not stop the others; then, with ``auth_service.audit.on_failure: refuse`` (the
+    default), the auth service refuses the action the events record (a login, a
+    certificate, a join, a change), which has not happened yet, and a host keeps its
+    forwarded batch to send again.
 
     :param events: at least one event, each with type, time, cluster, user and
-        event-specific fields, oldest first.
+        event-specific fields, oldest first. An event's ``id`` is its key: a host that sends
+        a batch again (its answer was lost) sends the same ids, so a sink that can should
+        store an id once (the builtin one skips ids among the latest it wrote).
     """
 
 

@@ -46,6 +46,7 @@ _STATUS: dict[type[errors.TetherError], int] = {
     errors.ConfigError: 400,
     errors.RateLimited: 429,
     errors.TargetOffline: 503,
+    errors.AuditUnavailable: 503,
 }
 
 

@@ -8,9 +8,10 @@ assembles the jobs; a job never reaches another job through it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ from tether import audit, pki
 from tether.auth.decoded import DecodedResources
 from tether.backend import Backend
 from tether.config import Config
-from tether.errors import AccessDenied
+from tether.errors import AccessDenied, AuditUnavailable, TetherError
 from tether.plugins import TetherPluginManager
 from tether.rbac import RoleSet
 from tether.resources import KindRegistry, Resource, make_resource, resource_from_bytes
@@ -114,16 +115,45 @@ class AuthContext:
     async def audit_event(
         self, event_type: str, user: str, fields: Mapping[str, Any], *, success: bool = True
     ) -> None:
-        """Record an event that happened in this cluster."""
+        """Record an event that happened in this cluster (see :meth:`audit_events`)."""
         await self.audit_events([(event_type, user, fields, success)])
+
+    @contextlib.asynccontextmanager
+    async def audited(
+        self, user: str, events: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> AsyncIterator[None]:
+        """Record ``events`` (each ``(type, fields)``, done by ``user``), then run the block
+        that makes the change they record.
+
+        A change that must be audited is stored only once its record is: with
+        ``auth_service.audit.on_failure: refuse`` a sink that is down stops it before it
+        happens, never after others could see it. If the block then fails (someone changed
+        the resource meanwhile), each event is recorded again as a failure with the error,
+        so the log never shows a change that did not happen without saying so.
+        """
+        await self.audit_events([(event_type, user, fields, True) for event_type, fields in events])
+        try:
+            yield
+        except Exception as exc:
+            error = exc.message if isinstance(exc, TetherError) else str(exc)
+            # the block's error is the answer; a sink failing now is logged by emit
+            with contextlib.suppress(AuditUnavailable):
+                await self.audit_events(
+                    [(t, user, {**fields, "error": error}, False) for t, fields in events]
+                )
+            raise
 
     async def audit_events(
         self, events: Sequence[tuple[str, str, Mapping[str, Any], bool]]
     ) -> None:
         """Record events that happened in this cluster, in order, in one call to each sink:
-        each is ``(type, user, fields, success)``."""
-        await audit.emit(
-            self.pm,
+        each is ``(type, user, fields, success)``.
+
+        :raises AuditUnavailable: a sink could not record them and
+            ``auth_service.audit.on_failure`` is ``refuse``: the caller must not go on with
+            what they record.
+        """
+        await self.record_audit(
             [
                 audit.AuditEvent(
                     type=event_type,
@@ -133,5 +163,9 @@ class AuthContext:
                     fields=fields,
                 )
                 for event_type, user, fields, success in events
-            ],
+            ]
         )
+
+    async def record_audit(self, events: Sequence[audit.AuditEvent]) -> None:
+        """Send whole events to every sink (see :meth:`audit_events`)."""
+        await audit.emit(self.pm, events, on_failure=self.config.auth_service.audit.on_failure)

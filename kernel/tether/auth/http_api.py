@@ -16,6 +16,7 @@ import binascii
 import datetime
 from typing import Any
 
+import attrs
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -104,6 +105,19 @@ def _peer_identity(request: Request, auth: AuthService) -> pki.Identity:
 def _require_proxy(identity: pki.Identity) -> None:
     if identity.kind != "proxy":
         raise AccessDenied("only the cluster's proxies may call this endpoint")
+
+
+def _host_audit_event(body: HostEvent) -> audit.HostAuditEvent:
+    """A host's reported event; one from an older host, without its own id and time, is
+    named and dated now."""
+    named = audit.HostAuditEvent(
+        body.type, body.user or "", body.fields or {}, body.success is not False
+    )
+    if body.id is not None:
+        named = attrs.evolve(named, id=body.id)
+    if body.time is not None:
+        named = attrs.evolve(named, time=body.time)
+    return named
 
 
 def _seconds(value: float | None) -> datetime.timedelta | None:
@@ -322,13 +336,7 @@ def build_app(auth: AuthService) -> BodyLimit:
     async def record_event(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
         body = await read_body(request, HostEvent)
-        await auth.record_host_event(
-            identity,
-            body.type,
-            body.user or "",
-            body.fields or {},
-            success=body.success is not False,
-        )
+        await auth.record_host_events(identity, [_host_audit_event(body)])
         return JSONResponse({"recorded": True})
 
     async def record_events(request: Request) -> JSONResponse:
@@ -337,10 +345,7 @@ def build_app(auth: AuthService) -> BodyLimit:
         identity = _peer_identity(request, auth)
         body = await read_body(request, AuditBatch)
         events = structure_each(body.events, HostEvent, "audit event")
-        await auth.record_host_events(
-            identity,
-            [(e.type, e.user or "", e.fields or {}, e.success is not False) for e in events],
-        )
+        await auth.record_host_events(identity, [_host_audit_event(e) for e in events])
         return JSONResponse({"recorded": len(events)})
 
     async def sign_certificate(request: Request) -> JSONResponse:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tether import pki
-from tether.audit import AuditEvent, AuditQuery
+from tether.audit import AuditEvent, AuditQuery, HostAuditEvent
 from tether.cert_authority_types import CertUsage, SignedCertificate
 from tether.config import Config
 from tether.datadir import admin_identity_paths, read_process_info
@@ -301,29 +301,16 @@ class AuthClient:
             },
         )
 
-    async def record_events(
-        self, events: Sequence[tuple[str, str, Mapping[str, Any], bool]]
-    ) -> None:
-        """Record audit events that happened on this host in one call, in order, all or none:
-        each is ``(type, user, fields, success)``, as :meth:`record_event` takes them.
+    async def record_events(self, events: Sequence[HostAuditEvent]) -> None:
+        """Record audit events that happened on this host in one call, in order, all or none.
+        Each keeps the host's id and time: a batch sent again after a lost answer is
+        recorded once.
 
         :raises TetherError: auth refused the batch (naming the event at fault), or cannot
             be reached; nothing was recorded then.
         """
         await self.call(
-            "POST",
-            "/v1/audit/batch",
-            json={
-                "events": [
-                    {
-                        "type": event_type,
-                        "user": user or None,
-                        "fields": dict(fields),
-                        "success": success,
-                    }
-                    for event_type, user, fields, success in events
-                ]
-            },
+            "POST", "/v1/audit/batch", json={"events": [event.to_json() for event in events]}
         )
 
     async def sign_certificate(

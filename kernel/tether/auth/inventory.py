@@ -447,31 +447,58 @@ class Inventory:
         *,
         success: bool,
     ) -> None:
-        """Record an audit event reported by one of the cluster's hosts (a node's SSH
-        sessions and refusals). The event names the host that reported it."""
-        await self.record_host_events(identity, [(event_type, user, fields, success)])
+        """Record an audit event reported by one of the cluster's hosts (a proxy's refused
+        dial), named and dated now. The event names the host that reported it."""
+        await self.record_host_events(
+            identity, [audit.HostAuditEvent(event_type, user, fields, success)]
+        )
 
     async def record_host_events(
-        self, identity: pki.Identity, events: Sequence[tuple[str, str, Mapping[str, Any], bool]]
+        self, identity: pki.Identity, events: Sequence[audit.HostAuditEvent]
     ) -> None:
-        """Record events reported by one of the cluster's hosts, in order: each is
-        ``(type, user, fields, success)``. All are checked before any is recorded, so that a
-        refused batch records nothing and the host may send it again.
+        """Record events reported by one of the cluster's hosts, in order. All are checked
+        before any is recorded, so that a refused batch records nothing and the host may send
+        it again.
 
-        :raises TetherError: an event type is not valid, naming the event (1-based).
+        Each keeps the time the host gave it (one in the future, from a host whose clock is
+        ahead, is dated now) and is stored under an id derived from the host's name and the
+        host's id for it (:func:`tether.audit.stored_host_event_id`): a batch sent twice is
+        recorded once by a sink that keys events by id, and no host can name an event so
+        that another host's is taken for it.
+
+        :raises TetherError: an event type or id is not valid, or its time is not a time,
+            naming the event (1-based).
         """
-        if identity.kind not in JOIN_ROLES or identity.cluster != self._ctx.cluster_name:
+        ctx = self._ctx
+        if identity.kind not in JOIN_ROLES or identity.cluster != ctx.cluster_name:
             raise AccessDenied(f"{identity.kind} {identity.username!r} may not record events")
-        for i, (event_type, _, _, _) in enumerate(events, start=1):
-            if not _EVENT_TYPE.match(event_type):
-                where = f"audit event {i} of {len(events)}: " if len(events) > 1 else ""
+        now = ctx.now()
+        recorded = []
+        for i, event in enumerate(events, start=1):
+            where = f"audit event {i} of {len(events)}: " if len(events) > 1 else ""
+            if not _EVENT_TYPE.match(event.type):
                 raise TetherError(
-                    f"{where}audit event type {event_type!r} is not valid",
+                    f"{where}audit event type {event.type!r} is not valid",
                     hint="use lower-case words separated by dots, like ssh.session.start",
                 )
-        await self._ctx.audit_events(
-            [
-                (event_type, user, {**fields, "host": identity.username}, success)
-                for event_type, user, fields, success in events
-            ]
-        )
+            if not audit.HOST_EVENT_ID.match(event.id):
+                raise TetherError(
+                    f"{where}audit event id {event.id!r} is not valid",
+                    hint="at most 64 letters, digits, '-' and '_'",
+                )
+            try:
+                when = datetime.datetime.fromtimestamp(event.time, datetime.UTC)
+            except (OverflowError, OSError, ValueError):
+                raise TetherError(f"{where}audit event time {event.time!r} is not a time") from None
+            recorded.append(
+                audit.AuditEvent(
+                    type=event.type,
+                    cluster=ctx.cluster_name,
+                    user=event.user,
+                    success=event.success,
+                    time=min(when, now),
+                    id=audit.stored_host_event_id(ctx.cluster_name, identity.username, event.id),
+                    fields={**event.fields, "host": identity.username},
+                )
+            )
+        await ctx.record_audit(recorded)

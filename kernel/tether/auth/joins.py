@@ -245,18 +245,15 @@ class Joins:
             ssh_public_key,
             tls_public_key_pem,
         )
-        await self._hold(result, hostname, replaces=True)
-        await self._ctx.audit_event(
-            "host.renewed",
-            identity.username,
-            {
-                "role": identity.kind,
-                "host_roles": list(result.identity.roles),
-                "hostname": hostname,
-                "addresses": principals,
-                "expires": result.identity.expires.isoformat(),
-            },
-        )
+        fields = {
+            "role": identity.kind,
+            "host_roles": list(result.identity.roles),
+            "hostname": hostname,
+            "addresses": principals,
+            "expires": result.identity.expires.isoformat(),
+        }
+        async with self._ctx.audited(identity.username, [("host.renewed", fields)]):
+            await self._hold(result, hostname, replaces=True)
         return result
 
     async def _renewed_roles(
@@ -305,9 +302,10 @@ class Joins:
         result, principals = self._issue_host_certs(
             role, roles, host_id, hostname, addresses, ssh_public_key, tls_public_key_pem
         )
-        await self._hold(result, hostname, replaces=replaces)
         fields = {"role": role, "host_roles": list(roles), "hostname": hostname}
-        await self._ctx.audit_event("host.joined", host_id, {**fields, "addresses": principals})
+        joined = ("host.joined", {**fields, "addresses": principals})
+        async with self._ctx.audited(host_id, [joined]):
+            await self._hold(result, hostname, replaces=replaces)
         return result
 
     async def _hold(

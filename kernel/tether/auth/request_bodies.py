@@ -289,10 +289,15 @@ class PublishRelayed:
 
 @attrs.frozen(kw_only=True)
 class HostEvent:
+    """One audit event a host reports; ``id`` and ``time`` (seconds since the epoch) are the
+    host's, absent from hosts of older releases (then auth names and dates it)."""
+
     fields: JSONObject | None = None
     type: str
     user: str | None = None
     success: Any = True
+    id: str | None = None
+    time: float | None = None
 
 
 @attrs.frozen(kw_only=True)

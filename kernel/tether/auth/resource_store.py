@@ -268,26 +268,26 @@ class ResourceStore:
             messages.append(f'{kind.name} "{res.metadata.name}" has been {done}')
             event = audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED
             events.append((event, {"kind": kind.name, "name": res.metadata.name}))
-        await ctx.backend.apply(ops)
-        for event, fields in events:
-            await ctx.audit_event(event, identity.username, fields)
+        async with ctx.audited(identity.username, events):
+            await ctx.backend.apply(ops)
         return messages
 
     async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
         ctx = self._ctx
         kind = ctx.registry.get(kind_name)
         await ctx.authorize(identity, kind.name, "delete")
-        if not await ctx.backend.delete(kind.key(name)):
-            raise NotFound(f"{kind.name} {name!r} not found")
-        if kind.name in ("trusted_cluster", "remote_cluster"):
+        missing = NotFound(f"{kind.name} {name!r} not found")
+        if await ctx.backend.get(kind.key(name)) is None:
+            raise missing
+        fields = {"kind": kind.name, "name": name}
+        trust = kind.name in ("trusted_cluster", "remote_cluster")
+        events = [("trust.removed", fields)] if trust else []
+        async with ctx.audited(identity.username, [*events, (audit.RESOURCE_DELETED, fields)]):
+            if not await ctx.backend.delete(kind.key(name)):
+                raise missing  # deleted meanwhile
+        if trust:
             await self._forget_cluster(name)
-            await ctx.audit_event(
-                "trust.removed", identity.username, {"kind": kind.name, "name": name}
-            )
         if kind.name == "user":
             await ctx.backend.delete(PASSWORD_PREFIX + name)
             await ctx.backend.delete(ATTEMPTS_PREFIX + name)
-        await ctx.audit_event(
-            audit.RESOURCE_DELETED, identity.username, {"kind": kind.name, "name": name}
-        )
         return f'{kind.name} "{name}" has been deleted'

@@ -99,12 +99,11 @@ class Tokens:
             expires=expires,
             labels=labels,
         )
-        await ctx.backend.create(kind.key(value), resource_to_bytes(res), ttl=ttl.total_seconds())
-        await ctx.audit_event(
-            audit.TOKEN_CREATED,
-            identity.username,
-            {"token_type": type_name, "expires": expires.isoformat()},
-        )
+        event = (audit.TOKEN_CREATED, {"token_type": type_name, "expires": expires.isoformat()})
+        async with ctx.audited(identity.username, [event]):
+            await ctx.backend.create(
+                kind.key(value), resource_to_bytes(res), ttl=ttl.total_seconds()
+            )
         return TokenInfo(
             token=value,
             type=type_name,

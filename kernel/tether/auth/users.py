@@ -114,12 +114,11 @@ class Users:
             merged.update({k: tuple(v) for k, v in traits.items()})
             spec = attrs.evolve(spec, traits=merged)
         user = attrs.evolve(user, spec=spec)
-        await ctx.backend.compare_and_swap(
-            kind.key(name), resource_to_bytes(user), expected_revision=item.revision
-        )
-        await ctx.audit_event(
-            audit.RESOURCE_UPDATED, identity.username, {"kind": "user", "name": name}
-        )
+        event = (audit.RESOURCE_UPDATED, {"kind": "user", "name": name})
+        async with ctx.audited(identity.username, [event]):
+            await ctx.backend.compare_and_swap(
+                kind.key(name), resource_to_bytes(user), expected_revision=item.revision
+            )
         return f'user "{name}" has been updated'
 
     async def complete_signup(self, token: str, password: str) -> str:

@@ -22,6 +22,7 @@ from tether.config._load import (
     render_default_config,
 )
 from tether.config._schema import (
+    AuditConfig,
     AuthServiceConfig,
     Config,
     JoinConfig,
@@ -41,6 +42,7 @@ from tether.config._sections import (
     installed_schema,
 )
 from tether.config._values import (
+    AuditFailure,
     ByteSize,
     CaAlgorithm,
     FieldError,
@@ -56,6 +58,8 @@ from tether.config._values import (
 __all__ = [
     "DEFAULT_CONFIG",
     "NOT_INSTALLED_SECTIONS",
+    "AuditConfig",
+    "AuditFailure",
     "AuthServiceConfig",
     "ByteSize",
     "CaAlgorithm",

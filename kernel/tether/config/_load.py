@@ -289,6 +289,12 @@ auth_service:
   # proxy a heartbeat per tunnel per interval (10,000 tunnels at 10s: half a core).
   keep_alive_interval: 1m
   keep_alive_count_max: 3
+  # An action that must be audited (a login, an issued certificate, a join, a trust or
+  # resource change) is recorded before it takes effect. When a sink cannot record it:
+  # refuse (the caller is told the audit log is unavailable, and it does not happen) or
+  # continue (it happens, and the failure is logged).
+  audit:
+    on_failure: refuse
 
 proxy_service:
   enabled: true

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import attrs
 
 from tether.config._values import (
+    AuditFailure,
     ByteSize,
     CaAlgorithm,
     FieldError,
@@ -33,6 +34,7 @@ from tether.durations import format_duration
 from tether.errors import ConfigError
 
 __all__ = [
+    "AuditConfig",
     "AuthServiceConfig",
     "Config",
     "JoinConfig",
@@ -82,6 +84,18 @@ class PluginsConfig:
 
 
 @attrs.frozen
+class AuditConfig:
+    """``auth_service.audit:``: what an action that must be audited does when a sink fails.
+
+    Logins, issued certificates, joins, trust and resource changes are recorded before they
+    take effect; with ``refuse`` one that no sink could record does not happen (the caller
+    gets :class:`~tether.errors.AuditUnavailable`), with ``continue`` it happens, logged.
+    """
+
+    on_failure: AuditFailure = AuditFailure.REFUSE
+
+
+@attrs.frozen
 class AuthServiceConfig:
     """``auth_service:``: certificate authorities, users, roles, resources and audit."""
 
@@ -115,6 +129,7 @@ class AuthServiceConfig:
         default=datetime.timedelta(minutes=1), validator=positive
     )
     keep_alive_count_max: int = attrs.field(default=3, validator=positive)
+    audit: AuditConfig = attrs.field(factory=lambda: AuditConfig())
 
     def __attrs_post_init__(self) -> None:
         # a node's relayed entries live the keep-alive's dead time and a heartbeat; auth

@@ -17,6 +17,7 @@ from tether.errors import ConfigError
 from tether.yamlio import Path, format_path
 
 __all__ = [
+    "AuditFailure",
     "ByteSize",
     "CaAlgorithm",
     "FieldError",
@@ -186,6 +187,15 @@ class LogFormat(enum.StrEnum):
 
     TEXT = "text"
     JSON = "json"
+
+
+class AuditFailure(enum.StrEnum):
+    """What the auth service does when an audit sink cannot record an event."""
+
+    #: refuse the action the event is about (a login, a certificate, a join, a change)
+    REFUSE = "refuse"
+    #: log the failure and go on: the action happens unaudited by that sink
+    CONTINUE = "continue"
 
 
 class CaAlgorithm(enum.StrEnum):

@@ -48,6 +48,7 @@ from tether.config import Config, HostPort
 from tether.dial import refusal_reason
 from tether.errors import AccessDenied, ConfigError, PluginError, TetherError, TrustError
 from tether.node.audit_forwarding import AUDIT_BACKLOG, AuditBacklog
+from tether.node.audit_spool import AUDIT_SPOOL_FILE, AuditSpool
 from tether.node.join import (
     SERVER_KINDS,
     JoinedIdentity,
@@ -112,7 +113,8 @@ class NodeAgent:
         self.protocols = {protocol.name: protocol for protocol in protocols}
         #: the host roles this host joins with: its protocols'
         self.host_roles = _host_roles(protocols)
-        self._audit = AuditBacklog(AUDIT_BACKLOG)
+        spool = AuditSpool(pathlib.Path(self.config.data_dir) / AUDIT_SPOOL_FILE)
+        self._audit = AuditBacklog(AUDIT_BACKLOG, spool=spool)
         self._tunnel_context: ssl.SSLContext | None = None
         self._tunnels: AgentPool | None = None
 

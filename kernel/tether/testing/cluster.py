@@ -59,12 +59,15 @@ def run_cli(
     input: str | None = None,
     check: bool = True,
     timeout: float = 60.0,
+    command_prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``tetherd``, ``tetherctl`` or ``tether`` as a subprocess and capture its output.
 
     :param check: raise AssertionError with the output when the exit status is not 0.
+    :param command_prefix: what runs the program, such as ``ip netns exec NAME`` for a host
+        in a network namespace (:attr:`tether.testing.netns.Site.command_prefix`).
     """
-    cmd = [sys.executable, "-m", f"tether.cli.{program}", *args]
+    cmd = [*command_prefix, sys.executable, "-m", f"tether.cli.{program}", *args]
     full_env = {**os.environ, **(env or {})}
     result = subprocess.run(
         cmd,
@@ -109,7 +112,11 @@ def run_completion(program: str, line: str, env: Mapping[str, str] | None = None
 
 @attrs.define
 class RunningCluster:
-    """A ``tetherd`` process and the ways to talk to it."""
+    """A ``tetherd`` process and the ways to talk to it.
+
+    :ivar command_prefix: what runs its commands (``ip netns exec NAME`` for a cluster in a
+        network namespace): ``tetherctl``, ``tether`` and its nodes run where it runs.
+    """
 
     name: str
     directory: pathlib.Path
@@ -117,6 +124,7 @@ class RunningCluster:
     process: subprocess.Popen[bytes]
     info: dict[str, Any]
     log_path: pathlib.Path
+    command_prefix: tuple[str, ...] = ()
 
     @property
     def proxy_addr(self) -> str:
@@ -136,7 +144,14 @@ class RunningCluster:
 
     def tetherctl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """``tetherctl -c tether.yaml ARGS`` on the auth host, as the local admin."""
-        return run_cli("tetherctl", "-c", str(self.config_path), *args, **kwargs)
+        return run_cli(
+            "tetherctl",
+            "-c",
+            str(self.config_path),
+            *args,
+            command_prefix=self.command_prefix,
+            **kwargs,
+        )
 
     def user_home(self, user: str) -> pathlib.Path:
         """A ``TETHER_HOME`` of its own for each test user."""
@@ -147,14 +162,14 @@ class RunningCluster:
     def tether(self, user: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """``tether ARGS`` run by ``user`` (their own ``TETHER_HOME``)."""
         env = {"TETHER_HOME": str(self.user_home(user)), **kwargs.pop("env", {})}
-        return run_cli("tether", *args, env=env, **kwargs)
+        return run_cli("tether", *args, env=env, command_prefix=self.command_prefix, **kwargs)
 
     def as_user(
         self, user: str, program: str, *args: str, **kwargs: Any
     ) -> subprocess.CompletedProcess[str]:
         """Run ``tetherctl`` or ``tether`` with ``user``'s login profile (no ``-c``)."""
         env = {"TETHER_HOME": str(self.user_home(user)), **kwargs.pop("env", {})}
-        return run_cli(program, *args, env=env, **kwargs)
+        return run_cli(program, *args, env=env, command_prefix=self.command_prefix, **kwargs)
 
     def add_user(
         self,
@@ -216,6 +231,7 @@ class RunningNode:
     process: subprocess.Popen[bytes]
     log_path: pathlib.Path
     info: dict[str, Any] = attrs.field(factory=dict)
+    command_prefix: tuple[str, ...] = ()
 
     @property
     def proxy_addr(self) -> str:
@@ -231,7 +247,13 @@ class RunningNode:
     def restart(self) -> None:
         """Stop the node and start it again from its data directory (no token needed)."""
         self.stop()
-        self.process = _spawn_daemon(self.args, self.directory, self.log_path, append=True)
+        self.process = _spawn_daemon(
+            self.args,
+            self.directory,
+            self.log_path,
+            command_prefix=self.command_prefix,
+            append=True,
+        )
         self.info = _wait_for_process_file(
             self.process, self.directory / "data", self.name, self.log_path
         )
@@ -243,12 +265,14 @@ def _spawn_daemon(
     log_path: pathlib.Path,
     env: Mapping[str, str] | None = None,
     *,
+    command_prefix: Sequence[str] = (),
     append: bool = False,
 ) -> subprocess.Popen[bytes]:
     (directory / "data" / PROCESS_FILE).unlink(missing_ok=True)
     with log_path.open("ab" if append else "wb") as log:
+        # the prefix execs the daemon (``ip netns exec`` does): its PID is the daemon's
         process = subprocess.Popen(
-            [sys.executable, "-m", "tether.cli.tetherd", "start", *args],
+            [*command_prefix, sys.executable, "-m", "tether.cli.tetherd", "start", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -313,6 +337,7 @@ def start_node(
     env: Mapping[str, str] | None = None,
     config: Mapping[str, Any] | None = None,
     roles: str = "node",
+    command_prefix: Sequence[str] | None = None,
 ) -> RunningNode:
     """Join a node named ``name`` to ``cluster`` with ``tetherd start --roles=node``.
 
@@ -325,6 +350,8 @@ def start_node(
     :param ssh_service: more ``ssh_service`` settings (``commands``, ...).
     :param config: more top-level sections of its ``tether.yaml`` (another protocol plugin's
         settings: ``{"plugins": {"settings": {"echo": {"enabled": True}}}}``).
+    :param command_prefix: what runs it (``ip netns exec NAME``); where the cluster runs by
+        default.
     :raises AssertionError: the node exited or did not come up; the message has its log.
     """
     settings = {
@@ -343,7 +370,15 @@ def start_node(
     }
     server = f"--proxy={cluster.proxy_addr}" if tunnel else f"--auth-server={cluster.auth_addr}"
     return _start_joining(
-        cluster, directory, name, roles, token, settings, [server, *extra_args], env
+        cluster,
+        directory,
+        name,
+        roles,
+        token,
+        settings,
+        [server, *extra_args],
+        env,
+        cluster.command_prefix if command_prefix is None else tuple(command_prefix),
     )
 
 
@@ -372,7 +407,9 @@ def start_proxy(
         "proxy_service": {"enabled": True, "listen_addr": listen_addr},
     }
     args = [f"--auth-server={cluster.auth_addr}", *extra_args]
-    return _start_joining(cluster, directory, name, "proxy", token, config, args, env)
+    return _start_joining(
+        cluster, directory, name, "proxy", token, config, args, env, cluster.command_prefix
+    )
 
 
 def _start_joining(
@@ -384,6 +421,7 @@ def _start_joining(
     config: Mapping[str, Any],
     args: Sequence[str],
     env: Mapping[str, str] | None,
+    command_prefix: tuple[str, ...],
 ) -> RunningNode:
     """Write ``config``, run ``tetherd start --roles=ROLE`` with a token of that role (a
     fresh one unless given) and the cluster's CA pin, and wait until it is up."""
@@ -402,9 +440,9 @@ def _start_joining(
         *args,
     ]
     log_path = directory / "tetherd.log"
-    process = _spawn_daemon(full_args, directory, log_path, env)
+    process = _spawn_daemon(full_args, directory, log_path, env, command_prefix=command_prefix)
     info = _wait_for_process_file(process, directory / "data", name, log_path)
-    return RunningNode(name, directory, full_args, process, log_path, info)
+    return RunningNode(name, directory, full_args, process, log_path, info, command_prefix)
 
 
 def write_config(
@@ -434,17 +472,23 @@ def start_cluster(
     *,
     config: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    command_prefix: Sequence[str] = (),
 ) -> RunningCluster:
     """Start ``tetherd start -c`` for a new cluster in ``directory`` and wait until it listens.
 
+    :param command_prefix: what runs it and its commands: ``ip netns exec NAME`` for a
+        cluster in a network namespace (:mod:`tether.testing.netns`).
     :raises AssertionError: the daemon exited or did not come up; the message has its log.
     """
     directory.mkdir(parents=True, exist_ok=True)
     config_path = write_config(directory, name, config)
     log_path = directory / "tetherd.log"
-    process = _spawn_daemon(["-c", str(config_path)], directory, log_path, env)
+    prefix = tuple(command_prefix)
+    process = _spawn_daemon(
+        ["-c", str(config_path)], directory, log_path, env, command_prefix=prefix
+    )
     info = _wait_for_process_file(process, directory / "data", name, log_path)
-    return RunningCluster(name, directory, config_path, process, info, log_path)
+    return RunningCluster(name, directory, config_path, process, info, log_path, prefix)
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:

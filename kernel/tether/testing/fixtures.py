@@ -5,6 +5,8 @@ second); tests that change cluster-wide state start their own with ``start_clust
 ``os_user`` is the real OS account a protocol plugin's sessions run as. ``kube_apiserver`` is
 a real Kubernetes API server shared by the whole run (:mod:`tether.testing.kube`), and
 ``kube_node`` a node of it that runs pods (:mod:`tether.testing.kube_node`).
+``firewalled_site`` is a network namespace that accepts no inbound connection, for a cluster
+that must work from behind a firewall (:mod:`tether.testing.netns`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from tether.testing.kube_node import (
     leftovers,
     start_kube_node,
 )
+from tether.testing.netns import Site, SiteUnavailable
+from tether.testing.netns import firewalled_site as open_firewalled_site
 
 __all__ = [
+    "firewalled_site",
     "kube_apiserver",
     "kube_node",
     "os_user",
@@ -83,6 +88,21 @@ def os_user() -> Iterator[pwd.struct_passwd]:
         pytest.skip("creates the OS account 'visitor' (needs root and useradd)")
     with os_account("visitor") as account:
         yield account
+
+
+@pytest.fixture
+def firewalled_site() -> Iterator[Site]:
+    """A network namespace of the test's own behind nftables rules that drop every connection
+    the host opens to it (:mod:`tether.testing.netns`): start a cluster in it with
+    ``start_cluster(..., command_prefix=firewalled_site.command_prefix)``, listening on
+    ``firewalled_site.site_addr``; it reaches the host at ``firewalled_site.host_addr``.
+    Removed after the test with whatever still runs in it. Needs root, ``ip`` and ``nft``;
+    skipped otherwise, with the reason."""
+    try:
+        with open_firewalled_site() as site:
+            yield site
+    except SiteUnavailable as unavailable:
+        pytest.skip(str(unavailable))
 
 
 @pytest.fixture(scope="session")
