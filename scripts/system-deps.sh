@@ -4,7 +4,8 @@
 # nodes start for SFTP sessions, useradd for the tests' OS accounts, xmlsec1 (SAML signatures,
 # through pysaml2), Apache's htpasswd for the example connector, PostgreSQL's server and psql
 # (the tether-db tests start a private PostgreSQL), ip and nft for the scenario that puts a leaf
-# behind a firewall in a network namespace (tether.testing.netns); sshd for benchmarks. Only
+# behind a firewall in a network namespace (tether.testing.netns), etcd for the tether-etcd
+# storage tests (tether.testing.etcd; kube-deps also wants it); sshd for benchmarks. Only
 # what is missing is installed, and only where we may (root with apt-get, as in CI); elsewhere
 # it says what to install and the tests that need a missing tool fail with that name.
 set -euo pipefail
@@ -19,6 +20,7 @@ command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v etcd >/dev/null 2>&1 || [[ -x /usr/bin/etcd ]] || need+=(etcd-server)
 # Debian keeps initdb and postgres out of PATH, under /usr/lib/postgresql/VERSION/bin
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
   || need+=(postgresql)

@@ -161,7 +161,10 @@ class Backend(Protocol):
     """A key-range store with revisions and a watch stream.
 
     Expired keys are invisible to every read and condition from the moment they expire; the
-    backend's own reaper deletes them later and emits their delete events. Invalid arguments
+    backend's own reaper deletes them later and emits their delete events. A store that can
+    only expire keys coarsely (etcd's leases count whole seconds) keeps them visible up to
+    the backend's ``ttl_granularity`` attribute (seconds) longer, and declares it; each
+    item's ``expires`` still says when its TTL ends, for callers to check. Invalid arguments
     (empty key, non-bytes value, non-positive ttl) raise ``ValueError``/``TypeError``; a failure
     of the storage raises :class:`BackendError`.
     """

@@ -20,6 +20,10 @@ also closes it itself, so closing twice must be harmless). Two optional knobs:
   surely overflow a watcher) and :attr:`BackendConformance.expiry_event_timeout` (how long the
   backend's reaper may take to report an expired key).
 
+A backend whose store keeps a key a while past its TTL declares it as its
+``ttl_granularity`` attribute (seconds; etcd's leases count whole seconds, two at least): the
+TTL tests wait that much longer, for every backend alike (:func:`past_ttl`).
+
 The tests need pytest-trio (``trio_mode = true``) and hypothesis.
 """
 
@@ -56,6 +60,13 @@ async def no_event(events: AsyncIterator[Event], wait: float = 0.05) -> None:
     with trio.move_on_after(wait):
         event = await events.__anext__()
         raise AssertionError(f"unexpected watch event {event!r}")
+
+
+def past_ttl(backend: Backend, ttl: float = 1.0) -> float:
+    """Seconds after which a key written with ``ttl`` is surely gone: half a second more, and
+    the backend's ``ttl_granularity`` (how long its store may keep a key past its TTL: etcd
+    rounds leases up to whole seconds), 0 for a backend that declares none."""
+    return ttl + 0.5 + float(getattr(backend, "ttl_granularity", 0.0))
 
 
 def summary(events: list[Event]) -> list[tuple[str, str, bytes]]:
@@ -297,7 +308,7 @@ class BackendConformance:
         await backend.apply([Op.put("/sessions/s", b"x", ttl=1.0), Op.put("/users/u", b"x")])
         session = await backend.get("/sessions/s")
         assert session is not None and session.expires is not None
-        await advance(1.5)
+        await advance(past_ttl(backend))
         assert await backend.get("/sessions/s") is None
         assert await backend.get("/users/u") is not None
 
@@ -310,7 +321,7 @@ class BackendConformance:
         await backend.put("/sessions/s2", b"x")
         assert item.expires is not None
         assert await backend.get("/sessions/s1") == item
-        await advance(1.5)
+        await advance(past_ttl(backend))
         assert await backend.get("/sessions/s1") is None
         assert [i.key for i in await backend.range("/sessions/")] == ["/sessions/s2"]
 
@@ -318,7 +329,7 @@ class BackendConformance:
         self, backend: Backend, advance: Advance
     ) -> None:
         old = await backend.create("/locks/l", b"holder-1", ttl=1.0)
-        await advance(1.5)
+        await advance(past_ttl(backend))
         with pytest.raises(NotFound):
             await backend.compare_and_swap("/locks/l", b"x", expected_revision=old.revision)
         taken = await backend.create("/locks/l", b"holder-2", ttl=1.0)
@@ -330,7 +341,7 @@ class BackendConformance:
         await backend.put("/k", b"temporary", ttl=1.0)
         kept = await backend.put("/k", b"permanent")
         assert kept.expires is None
-        await advance(1.5)
+        await advance(past_ttl(backend))
         assert await backend.get("/k") == kept
 
     # -- watch ----------------------------------------------------------------------------
@@ -405,7 +416,7 @@ class BackendConformance:
         async with backend.watch("/sessions/") as events:
             put = await backend.put("/sessions/s1", b"x", ttl=1.0)
             assert (await next_event(events)).item == put
-            await advance(1.5)
+            await advance(past_ttl(backend))
             expired = await next_event(events, self.expiry_event_timeout)
         assert (expired.type, expired.item.key, expired.item.value) == (
             "delete",
