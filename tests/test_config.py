@@ -645,10 +645,14 @@ def test_tetherd_configure_offers_only_the_storage_backends_installed(
         {tether_hooktest.LOG_ENV: str(tmp_path / "hooks.jsonl")}
     )
 
-    # tox installs every in-tree plugin: tether-postgres adds both spellings libpq accepts
-    assert "those installed here: postgres, postgresql, sqlite." in plain
-    assert "etcd" not in plain
-    assert "those installed here: hooktest, postgres, postgresql, sqlite." in with_plugin
+    # tox installs every in-tree plugin: tether-etcd adds etcd and etcd+https, tether-postgres
+    # both spellings libpq accepts
+    assert "those installed here: etcd, etcd+https, postgres, postgresql, sqlite." in plain
+    assert "dynamodb" not in plain
+    assert (
+        "those installed here: etcd, etcd+https, hooktest, postgres, postgresql, sqlite."
+        in with_plugin
+    )
 
 
 # --- the cluster's keep-alive ------------------------------------------------------------------
