@@ -619,8 +619,16 @@ def figure_rows(
         )
     idle = report["root_idle"]
     for label, key, ratio_key in (
-        (f"root RSS MiB (idle {report['params']['idle_seconds']:g}s)", "rss_mib", "root_rss"),
-        ("root CPU % of a core (idle)", "cpu_percent", "root_idle_cpu"),
+        (
+            f"root RSS MiB (idle, after {IDLE_WINDOWS} x {report['params']['idle_seconds']:g}s)",
+            "rss_mib",
+            "root_rss",
+        ),
+        (
+            f"root CPU % of a core (idle, median of {IDLE_WINDOWS} windows)",
+            "cpu_percent",
+            "root_idle_cpu",
+        ),
     ):
         rows.append(
             [
