@@ -666,8 +666,8 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     right.set_xticks(range(len(REMOTE_LEGS)), REMOTE_LEGS, rotation=25, ha="right", fontsize=8)
     right.set_ylabel("MB/s (10^6 bytes/s)")
     right.set_title(
-        f"bulk: {p['bulk_bytes'] // MIB} MiB into `{BULK_COMMAND}`, median of "
-        f"{p['bulk_repeat']} runs (whiskers: min to max)",
+        f"bulk: {p['bulk_bytes'] // MIB} MiB into `{BULK_COMMAND}`\n"
+        f"median of {p['bulk_repeat']} runs, whiskers min to max",
         fontsize=9,
     )
     fig.suptitle(
