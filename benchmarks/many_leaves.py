@@ -12,7 +12,8 @@ measures the same figures again, in the same run:
 - ``tether clusters`` (the root user's view) and ``tetherctl get rc --format=json`` (the root
   admin's): wall time, median of ``--list-runs`` runs after one warm-up;
 - the root ``tetherd``'s resident memory (VmRSS) and CPU (% of one core, from /proc) while idle
-  for ``--idle-seconds`` with every tunnel up; its peak memory (VmHWM) and CPU while leaves join;
+  with every tunnel up (the median of 3 windows of ``--idle-seconds``); its peak memory (VmHWM)
+  and CPU while leaves join;
 - how long the leaves take to come online: every handshake answered, every tunnel up (the
   leaves' processes say so), and every leaf ``online`` in ``tetherctl get rc`` (polled once
   the tunnels are up); and each handshake's latency in join order.
@@ -148,7 +149,9 @@ class Params:
             "get_rc_command": "tetherctl -c ROOT_CONFIG get rc --format=json",
             "ssh_aggregate": f"median and p90 (nearest rank) of {self.ssh_runs} runs",
             "list_aggregate": f"median of {self.list_runs} runs",
-            "idle": f"root tetherd over {self.idle_seconds:g} s with nothing but tunnels",
+            "idle": f"root tetherd with nothing but tunnels: cpu_percent is the median of "
+            f"{root_watch.IDLE_WINDOWS} consecutive windows of {self.idle_seconds:g} s "
+            "(cpu_percent_windows has each)",
             "cpu": "% of one core: (utime + stime) / wall time, from /proc/PID/stat; "
             "root_cpu_median: the root's utime + stime during one run (its idle work included)",
             "rss": "VmRSS of the root tetherd, from /proc/PID/status; peak_rss_mib is VmHWM, "
@@ -412,7 +415,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv,
         prog="many_leaves.py",
         doc=__doc__,
-        quick="50 leaves, 5 ssh runs, 3 listing runs, 5 s idle (about a minute and a half)",
+        quick="50 leaves, 5 ssh runs, 3 listing runs, 3 x 5 s idle (about two minutes)",
         options=FLEET_OPTIONS,
         profile="also record the root tetherd with py-spy while leaves join and during one "
         "command of each kind with every leaf online",

@@ -13,8 +13,8 @@ a node token, host certificate, and tunnel, which carries its trust and the hear
 - ``tether ls`` (the user's view, against the target under 2 s) and ``tetherctl get nodes
   --format=json`` (the admin's): wall time, median of ``--list-runs`` runs after one warm-up;
 - the root ``tetherd``'s resident memory (VmRSS, against the target under 2 GiB) and CPU (% of
-  one core, against the target under 25%) while idle for ``--idle-seconds`` with every node
-  heartbeating; its peak memory and CPU while nodes join;
+  one core, against the target under 25%) while idle with every node heartbeating (the median
+  of 3 windows of ``--idle-seconds``); its peak memory and CPU while nodes join;
 - how long the nodes take to join: every join answered, every tunnel up, every node
   heartbeating (the nodes' processes say so) and listed by ``tetherctl get nodes`` (polled once
   the tunnels are up), then seen in ``tether ls``; and each join's latency in join order.
@@ -163,8 +163,9 @@ class Params:
             "get_nodes_command": "tetherctl -c CONFIG get nodes --format=json",
             "ssh_aggregate": f"median and p90 (nearest rank) of {self.ssh_runs} runs",
             "list_aggregate": f"median of {self.list_runs} runs",
-            "idle": f"root tetherd over {self.idle_seconds:g} s with every node heartbeating "
-            "and nothing else",
+            "idle": "root tetherd with every node heartbeating and nothing else: cpu_percent "
+            f"is the median of {root_watch.IDLE_WINDOWS} consecutive windows of "
+            f"{self.idle_seconds:g} s (cpu_percent_windows has each)",
             "cpu": "% of one core: (utime + stime) / wall time, from /proc/PID/stat; "
             "root_cpu_median: the root's utime + stime during one run (its idle work included)",
             "rss": "VmRSS of the root tetherd, from /proc/PID/status; peak_rss_mib is VmHWM, "
@@ -481,7 +482,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv,
         prog="many_nodes.py",
         doc=__doc__,
-        quick="200 nodes, 5 ssh runs, 3 listing runs, 10 s idle (a few minutes)",
+        quick="200 nodes, 5 ssh runs, 3 listing runs, 3 x 10 s idle (a few minutes)",
         options=FLEET_OPTIONS,
         profile="also record the root tetherd with py-spy while it idles with every node and "
         "during one command of each kind",

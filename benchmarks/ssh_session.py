@@ -17,9 +17,12 @@ plugins loaded, no network) and ``shell_true`` (root's shell running ``true`` as
 servers start it, SSH_CLIENT set, so it reads ~/.bashrc; it is inside every leg's figure).
 
 Bulk is ``head -c N /dev/zero | CLIENT NODE 'cat > /dev/null'``: MB/s (10**6 bytes) = N / the
-pipeline's wall time (session setup included), best of ``--repeat``, after one unmeasured run
-of ``wc -c`` that checks all N bytes arrived. The CPU each process used during a run (client
-side, proxy, node, sshd) is stored with it: the process near 100% of a core is the limit.
+pipeline's wall time (session setup included), the median of ``--repeat`` runs (at least 5 by
+default; the spread, min to max, is stored with it), after one unmeasured run of ``wc -c`` that
+checks all N bytes arrived. The legs take turns run by run, in reverse order every other round,
+so that drift on a shared machine falls on every leg alike. The CPU each process used during a
+run (client side, proxy, node, sshd) is stored with it: the process near 100% of a core is the
+limit.
 
 The table, ``--json FILE`` and ``benchmarks/results/ssh_session-<stamp>.json`` / ``.png`` carry
 every raw sample, the ratios Tether/``openssh_jump`` and the machine described; a leg that
@@ -78,6 +81,9 @@ SETUP_TIMEOUT = 60.0
 #: a bulk run slower than this floor is treated as hung (seconds = 60 + N / floor)
 BULK_FLOOR_BYTES_PER_S = 5_000_000
 MAX_FAILURES = 3  # per leg; a leg that keeps failing is dropped, not retried forever
+#: bulk runs per leg by default: its figure is their median (runs spread 177-294 MB/s for the
+#: same leg on this shared machine, so one run, or the best of a few, says little)
+BULK_REPEAT = 5
 MIB = 1 << 20
 PROFILE_BULK_BYTES = 256 * MIB
 
@@ -144,7 +150,7 @@ class Params:
     def from_args(cls, args: argparse.Namespace) -> "Params":
         runs = args.runs if args.runs is not None else (5 if args.quick else 50)
         size_mib = args.size_mb if args.size_mb is not None else (64 if args.quick else 1024)
-        repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+        repeat = args.repeat if args.repeat is not None else (3 if args.quick else BULK_REPEAT)
         if runs < 1 or size_mib < 1 or repeat < 1:
             raise SystemExit("--runs, --size-mb and --repeat must be at least 1")
         return cls(
@@ -162,7 +168,8 @@ class Params:
             "bulk_command": f"head -c {self.bulk_bytes} /dev/zero | CLIENT NODE '{BULK_COMMAND}'",
             "verify_command": VERIFY_COMMAND,
             "setup_aggregate": f"median and p90 (nearest rank) of {self.setup_runs} runs",
-            "bulk_aggregate": f"best of {self.bulk_repeat} run(s)",
+            "bulk_aggregate": f"median of {self.bulk_repeat} run(s), legs interleaved run by "
+            "run (reversed every other round); bulk_spread_mb_s has min, max and each run",
             "mb": "10**6 bytes",
             "bulk_throughput": "bytes / wall time of the whole pipeline (session setup included)",
             "openssh_cipher": ssh_sites.OPENSSH_CIPHER,
@@ -313,8 +320,20 @@ class Leg:
             "client_cpu_median": round(statistics.median(c["client"] for c in self.setup_cpu), 3),
         }
 
-    def bulk_best(self) -> dict[str, Any] | None:
-        return max(self.bulk, key=lambda r: r["mb_s"]) if self.bulk else None
+    def bulk_median(self) -> float | None:
+        return round(statistics.median(r["mb_s"] for r in self.bulk), 1) if self.bulk else None
+
+    def bulk_median_run(self) -> dict[str, Any] | None:
+        """The run whose MB/s is the median (the lower middle one of an even count): its
+        CPU figures are the ones shown."""
+        ordered = sorted(self.bulk, key=lambda r: r["mb_s"])
+        return ordered[(len(ordered) - 1) // 2] if ordered else None
+
+    def bulk_spread(self) -> dict[str, Any] | None:
+        if not self.bulk:
+            return None
+        values = [r["mb_s"] for r in self.bulk]
+        return {"runs": len(values), "min": min(values), "max": max(values), "each": values}
 
 
 def measure_setup(
@@ -354,7 +373,8 @@ def _bulk_timeout(nbytes: int) -> float:
 
 
 def measure_bulk(legs: dict[str, Leg], remotes: dict[str, Remote], params: Params) -> None:
-    """One ``wc -c`` run per leg checks every byte arrives; then ``bulk_repeat`` rounds."""
+    """One ``wc -c`` run per leg checks every byte arrives; then ``bulk_repeat`` rounds, each
+    running every leg once, in reverse order every other round."""
     order = [name for name in REMOTE_LEGS if name in remotes]
     n = params.bulk_bytes
     for name in order:
@@ -374,7 +394,7 @@ def measure_bulk(legs: dict[str, Leg], remotes: dict[str, Remote], params: Param
         else:
             print(f"  {name}: {n // MIB} MiB arrived intact ({ran.seconds:.2f}s)", flush=True)
     for r in range(params.bulk_repeat):
-        for name in order:
+        for name in order if r % 2 == 0 else order[::-1]:
             leg, remote = legs[name], remotes[name]
             if leg.dropped:
                 continue
@@ -483,9 +503,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The JSON document: every leg present, null where not measured, every raw sample."""
     setup = {name: leg.setup_figures() for name, leg in legs.items()}
-    bulk = {
-        name: (best["mb_s"] if (best := legs[name].bulk_best()) else None) for name in REMOTE_LEGS
-    }
+    bulk = {name: legs[name].bulk_median() for name in REMOTE_LEGS}
     base_setup = setup[BASELINE]["median"]
     setup_ratio = {name: _ratio(setup[name]["median"], base_setup) for name in REMOTE_LEGS}
     bulk_ratio = {name: _ratio(bulk[name], bulk[BASELINE]) for name in REMOTE_LEGS}
@@ -496,6 +514,7 @@ def build_report(
         "params": params.to_json(),
         "setup_seconds": setup,
         "bulk_mb_s": bulk,
+        "bulk_spread_mb_s": {name: legs[name].bulk_spread() for name in REMOTE_LEGS},
         f"setup_ratio_vs_{BASELINE}": setup_ratio,
         f"bulk_ratio_vs_{BASELINE}": bulk_ratio,
         "targets_met": {
@@ -545,17 +564,21 @@ def table(report: dict[str, Any]) -> str:
     )
     rows = []
     for name in REMOTE_LEGS:
-        best = max(report["bulk_samples"][name], key=lambda r: r["mb_s"], default=None)
-        cpu = best["cpu_ms_per_mb"] if best else {}
+        middle = Leg(name, bulk=report["bulk_samples"][name]).bulk_median_run()
+        cpu = middle["cpu_ms_per_mb"] if middle else {}
+        spread = report["bulk_spread_mb_s"][name]
         rows.append(
             [
                 name,
                 _fmt(bulk[name], ".1f"),
+                f"{spread['min']:.0f}-{spread['max']:.0f}" if spread else "n/a",
                 _fmt(bulk_ratio[name], ".2f", "x"),
                 ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items() if ms >= 0.05),
             ]
         )
-    lines += tables.grid(["leg", "MB/s", f"/ {BASELINE}", "CPU ms per MB in the best run"], rows)
+    lines += tables.grid(
+        ["leg", "MB/s", "min-max", f"/ {BASELINE}", "CPU ms per MB in the median run"], rows
+    )
     lines.append(
         "(CPU: client = every local process of the pipeline, start-up included; a server's "
         "children = its reaped session processes)"
@@ -622,12 +645,29 @@ def chart(report: dict[str, Any], path: pathlib.Path) -> bool:
     left.set_ylabel("ms (median, whisker to p90)")
     left.set_title(f"session setup: `{p['setup_command']}`, {p['setup_runs']} runs", fontsize=9)
     values = [report["bulk_mb_s"][n] for n in REMOTE_LEGS]
-    bars = right.bar(range(len(REMOTE_LEGS)), [v or 0 for v in values], color=colors[:4])
-    results.label_bars(right, bars, [tables.fmt(v, ".0f") for v in values])
+    spreads = [report["bulk_spread_mb_s"][n] for n in REMOTE_LEGS]
+    whiskers = [
+        [(v or 0) - (s["min"] if s else 0) for v, s in zip(values, spreads, strict=True)],
+        [(s["max"] if s else 0) - (v or 0) for v, s in zip(values, spreads, strict=True)],
+    ]
+    bars = right.bar(
+        range(len(REMOTE_LEGS)),
+        [v or 0 for v in values],
+        yerr=whiskers,
+        color=colors[:4],
+        capsize=3,
+    )
+    results.label_bars(
+        right,
+        bars,
+        [tables.fmt(v, ".0f") for v in values],
+        tops=[max(v or 0, s["max"] if s else 0) for v, s in zip(values, spreads, strict=True)],
+    )
     right.set_xticks(range(len(REMOTE_LEGS)), REMOTE_LEGS, rotation=25, ha="right", fontsize=8)
     right.set_ylabel("MB/s (10^6 bytes/s)")
     right.set_title(
-        f"bulk: {p['bulk_bytes'] // MIB} MiB into `{BULK_COMMAND}`, {p['bulk_aggregate']}",
+        f"bulk: {p['bulk_bytes'] // MIB} MiB into `{BULK_COMMAND}`\n"
+        f"median of {p['bulk_repeat']} runs, whiskers min to max",
         fontsize=9,
     )
     fig.suptitle(
@@ -655,7 +695,8 @@ def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> 
     files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
     return (
         f"- {report['machine']['date']} `{NAME}`{quick}: setup median s: {setup}; "
-        f"bulk MB/s: {bulk}; setup/bulk vs {BASELINE}: {ratios}; "
+        f"bulk MB/s (median of {report['params']['bulk_repeat']}): {bulk}; "
+        f"setup/bulk vs {BASELINE}: {ratios}; "
         f"{machine.summary(report['machine'])}; {files}"
     )
 
@@ -665,7 +706,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="5 setup runs and one 64 MiB bulk run per leg (under a minute)",
+        help="5 setup runs and three 64 MiB bulk runs per leg (about a minute)",
     )
     parser.add_argument(
         "--runs", type=int, metavar="N", help="setup runs per leg (default 50, --quick 5)"
@@ -677,7 +718,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--repeat",
         type=int,
         metavar="R",
-        help="bulk runs per leg, best kept (default 3, --quick 1)",
+        help=f"bulk runs per leg, their median reported (default {BULK_REPEAT}, --quick 3)",
     )
     parser.add_argument(
         "--profile",
