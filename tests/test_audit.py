@@ -162,3 +162,25 @@ async def test_an_event_sent_again_after_a_restart_is_written_once(tmp_path: pat
     restarted = configured(tmp_path, "root")  # remembers the ids at the end of the file
     await audit.emit(restarted, [first, at(2, "root")])
     assert [e.user for e in await audit.search(restarted, AuditQuery())] == ["root-1", "root-2"]
+
+
+async def test_auditor_pages_back_through_one_users_events(tmp_path: pathlib.Path) -> None:
+    pm = configured(tmp_path, "root")
+    events = [
+        AuditEvent(
+            type="user.login",
+            cluster="root",
+            user="alice" if minute % 2 else "bob",
+            time=START + datetime.timedelta(minutes=minute),
+        )
+        for minute in range(10)
+    ]
+    await audit.emit(pm, events)
+    alices = [START + datetime.timedelta(minutes=m) for m in (1, 3, 5, 7, 9)]
+    newest = await audit.search(pm, AuditQuery(user="alice", limit=2))
+    second = await audit.search(pm, AuditQuery(user="alice", limit=2, offset=2))
+    last = await audit.search(pm, AuditQuery(user="alice", limit=2, offset=4))
+    assert [e.time for e in last + second + newest] == alices
+    assert await audit.search(pm, AuditQuery(user="alice", limit=2, offset=6)) == []
+    window = AuditQuery(since=alices[1], until=alices[3])  # until is exclusive
+    assert [e.time.minute for e in await audit.search(pm, window)] == [3, 4, 5, 6]

@@ -154,16 +154,23 @@ class AuditQuery:
     """What ``tetherctl audit search`` asks for.
 
     :param type: only events of this type, or of a type starting with ``type + "."``.
+    :param user: only events done by this user.
     :param since: only events at or after this time.
+    :param until: only events before this time.
     :param limit: at most this many (the newest ones), oldest first.
+    :param offset: skip the newest ``offset`` matching events first: the next page back in
+        time is ``offset + limit``.
     :param cluster: only events of this cluster (the auth service asking sets its own, so a
-        sink shared by several clusters in one process answers each with its own events);
+        sink shared by several clusters answers each with its own events);
         None: the events of every cluster the sink records, merged in time order.
     """
 
     type: str | None = None
+    user: str | None = None
     since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
     limit: int = 1000
+    offset: int = 0
     cluster: str | None = None
 
     def matches(self, event: AuditEvent) -> bool:
@@ -171,7 +178,16 @@ class AuditQuery:
             return False
         if self.cluster is not None and event.cluster != self.cluster:
             return False
+        if self.user is not None and event.user != self.user:
+            return False
+        if self.until is not None and event.time >= self.until:
+            return False
         return not (self.since is not None and event.time < self.since)
+
+    def page(self, matching: Sequence[AuditEvent]) -> list[AuditEvent]:
+        """This query's page of ``matching`` (every matching event, oldest first)."""
+        end = len(matching) - self.offset
+        return list(matching[max(0, end - self.limit) : max(0, end)])
 
 
 async def emit(

@@ -107,6 +107,18 @@ def _require_proxy(identity: pki.Identity) -> None:
         raise AccessDenied("only the cluster's proxies may call this endpoint")
 
 
+#: The most events one audit search returns: a longer history is read page by page.
+MAX_AUDIT_PAGE = 10_000
+
+
+def _audit_time(text: str | None) -> datetime.datetime | None:
+    """An ISO 8601 time of an audit query (UTC when it names no zone)."""
+    if not text:
+        return None
+    when = datetime.datetime.fromisoformat(text)
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
 def _host_audit_event(body: HostEvent) -> audit.HostAuditEvent:
     """A host's reported event; one from an older host, without its own id and time, is
     named and dated now."""
@@ -232,15 +244,22 @@ def build_app(auth: AuthService) -> BodyLimit:
 
     async def audit_search(request: Request) -> JSONResponse:
         identity = _peer_identity(request, auth)
-        since = request.query_params.get("since")
+        params = request.query_params
         try:
             query = audit.AuditQuery(
-                type=request.query_params.get("type") or None,
-                since=datetime.datetime.fromisoformat(since) if since else None,
-                limit=int(request.query_params.get("limit", "1000")),
+                type=params.get("type") or None,
+                user=params.get("user") or None,
+                since=_audit_time(params.get("since")),
+                until=_audit_time(params.get("until")),
+                limit=int(params.get("limit", "1000")),
+                offset=int(params.get("offset", "0")),
             )
         except ValueError as exc:
             raise TetherError(f"bad audit query: {exc}") from None
+        if not 1 <= query.limit <= MAX_AUDIT_PAGE or query.offset < 0:
+            raise TetherError(
+                f"bad audit query: limit must be 1 to {MAX_AUDIT_PAGE} and offset 0 or more"
+            )
         events = await auth.search_audit(identity, query)
         return JSONResponse({"events": [e.to_json() for e in events]})
 

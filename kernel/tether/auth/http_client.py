@@ -456,10 +456,16 @@ class AuthClient:
 
     async def search_audit(self, query: AuditQuery) -> list[AuditEvent]:
         params: dict[str, str] = {"limit": str(query.limit)}
+        if query.offset:
+            params["offset"] = str(query.offset)
         if query.type:
             params["type"] = query.type
+        if query.user:
+            params["user"] = query.user
         if query.since:
             params["since"] = query.since.isoformat()
+        if query.until:
+            params["until"] = query.until.isoformat()
         body = await self.call("GET", "/v1/audit", params=params)
         return [AuditEvent.from_json(e) for e in body["events"]]
 

@@ -39,12 +39,15 @@ FILE_NAME = "events.jsonl"
 
 
 def _read(path: pathlib.Path, query: AuditQuery) -> list[AuditEvent]:
-    """The newest ``query.limit`` events of one file that match, in the file's order."""
+    """The newest ``query.limit + query.offset`` events of one file that match, in the
+    file's order (enough for the page asked for)."""
     from tether.audit import AuditEvent
 
     if not path.exists():
         return []
-    events: collections.deque[AuditEvent] = collections.deque(maxlen=query.limit or None)
+    events: collections.deque[AuditEvent] = collections.deque(
+        maxlen=(query.limit + query.offset) or None
+    )
     try:
         with path.open(encoding="utf-8") as f:
             for raw in f:
@@ -76,9 +79,9 @@ def _torn(path: pathlib.Path) -> bool:
 
 
 def _search(paths: Sequence[pathlib.Path], query: AuditQuery) -> list[AuditEvent]:
-    """The newest ``query.limit`` matching events of all ``paths``, oldest first."""
+    """The page ``query`` asks for of the matching events of all ``paths``, oldest first."""
     merged = sorted((e for path in paths for e in _read(path, query)), key=lambda e: e.time)
-    return merged[-query.limit :] if query.limit else merged
+    return query.page(merged)
 
 
 #: How many of a file's latest event ids the sink remembers: a batch a host sends again

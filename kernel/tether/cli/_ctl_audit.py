@@ -21,26 +21,50 @@ def audit() -> None:
 
 @audit.command("search")
 @click.option("--type", "type_name", help="Event type, e.g. user.login.failed (prefixes match).")
-@click.option("--since", help="How far back, e.g. 1h (default: everything).")
-@click.option("--limit", default=1000, show_default=True, help="Show at most this many events.")
+@click.option("--user", help="Only what this user did.")
+@click.option(
+    "--since", help="From when: how far back (1h) or a time (2026-12-01T08:00Z); default: ever."
+)
+@click.option("--until", help="Before when: how far back (30m) or a time; default: now.")
+@click.option(
+    "--limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Show at most this many events (the newest).",
+)
+@click.option(
+    "--page",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Which page back in time: 2 shows the --limit events before page 1's.",
+)
 @format_option()
 @click.pass_context
 @run_async
 async def audit_search(
-    ctx: click.Context, type_name: str | None, since: str | None, limit: int, fmt: str
+    ctx: click.Context,
+    type_name: str | None,
+    user: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    page: int,
+    fmt: str,
 ) -> None:
     """Search audit events, oldest first."""
-    since_time = None
-    if since:
-        try:
-            since_time = datetime.datetime.now(datetime.UTC) - parse_duration(since)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--since") from None
+    query = AuditQuery(
+        type=type_name,
+        user=user,
+        since=_when(since, "--since"),
+        until=_when(until, "--until"),
+        limit=limit,
+        offset=(page - 1) * limit,
+    )
     target = connect(ctx)
     async with target.client as client:
-        events = await client.search_audit(
-            AuditQuery(type=type_name, since=since_time, limit=limit)
-        )
+        events = await client.search_audit(query)
     rows = [
         (
             f"{e.time:%Y-%m-%d %H:%M:%S}",
@@ -56,3 +80,21 @@ async def audit_search(
         fmt,
         text=lambda: emit_table(["Time (UTC)", "Type", "User", "Success", "Details"], rows),
     )
+
+
+def _when(text: str | None, option: str) -> datetime.datetime | None:
+    """A time given as how long ago (``1h``) or as an ISO 8601 time (UTC if no zone)."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.now(datetime.UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (1h, 30m) nor a time (2026-12-01T08:00Z)",
+            param_hint=option,
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
