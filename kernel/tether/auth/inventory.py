@@ -147,9 +147,11 @@ class Inventory:
                 await self._apply(kept)
             return
         for op, resource in checked:
-            self._targets.wrote(op.key, revision)
-            if op.type != "delete":
-                self._ctx.decoded.written(op.key, revision, resource)
+            if op.type == "delete":
+                self._targets.written(op, revision)
+            else:
+                stored = self._ctx.decoded.written(op.key, revision, resource)
+                self._targets.written(op, revision, stored)
 
     async def _removal(
         self, identity: pki.Identity, resource: Resource, entry: RelayedEntry
@@ -351,12 +353,13 @@ class Inventory:
         expected = item.revision if item is not None else 0
         op = Op.put(key, value, ttl=ttl.total_seconds(), expected_revision=expected)
         try:
-            self._targets.wrote(key, await ctx.backend.apply([op]))
+            revision = await ctx.backend.apply([op])
         except (CompareFailed, AlreadyExists):
             raise AccessDenied(
                 f"{kind.name} {name!r} was published by another host at the same moment",
                 hint="it is tried again at the next heartbeat",
             ) from None
+        self._targets.written(op, revision, ctx.decoded.written(key, revision, stamped))
 
     async def _check_dialed_addr(
         self, identity: pki.Identity, text: str, host_names: Collection[str]

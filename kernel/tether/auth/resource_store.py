@@ -268,15 +268,15 @@ class ResourceStore:
             event = audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED
             events.append((event, {"kind": kind.name, "name": res.metadata.name}))
         revision = await ctx.backend.apply(ops)
-        for op in ops:
-            self._targets.wrote(op.key, revision)
+        for op, res in zip(ops, resources, strict=True):
+            self._targets.written(op, revision, res)
         for event, fields in events:
             await ctx.audit_event(event, identity.username, fields)
         return messages
 
-    async def _delete(self, key: str, missing: str) -> int:
-        """Delete ``key`` whatever its revision; return the revision of the delete (which
-        the target index waits for before it answers from memory again).
+    async def _delete(self, key: str, missing: str) -> None:
+        """Delete ``key`` whatever its revision, and tell the target index under which
+        revision (a query right after ``tetherctl rm`` must not find the entry).
 
         :raises NotFound: with ``missing``, when nothing is stored at ``key``.
         """
@@ -285,17 +285,19 @@ class ResourceStore:
             item = await backend.get(key)
             if item is None:
                 raise NotFound(missing)
+            op = Op.delete(key, expected_revision=item.revision)
             try:
-                return await backend.apply([Op.delete(key, expected_revision=item.revision)])
+                revision = await backend.apply([op])
             except (CompareFailed, NotFound):
                 continue  # written or expired since it was read: read it again
+            self._targets.written(op, revision)
+            return
 
     async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
         ctx = self._ctx
         kind = ctx.registry.get(kind_name)
         await ctx.authorize(identity, kind.name, "delete")
-        key = kind.key(name)
-        self._targets.wrote(key, await self._delete(key, f"{kind.name} {name!r} not found"))
+        await self._delete(kind.key(name), f"{kind.name} {name!r} not found")
         if kind.name in ("trusted_cluster", "remote_cluster"):
             await self._forget_cluster(name)
             await ctx.audit_event(

@@ -14,10 +14,13 @@ remote_clusters), and indexed by every name a target answers to: a query by name
 address costs the few entries that answer to it; a query by labels (``env=prod``, globs,
 regular expressions) is matched against the described entries in memory.
 
-An answer is never older than a write this auth server acknowledged: each write to a target
-kind's entries names its revision here (:meth:`TargetIndex.wrote`), and a query waits until
-the watch delivered it. While the index does not follow the store (not started, reloading
-after the watch fell behind, or the watch late), a query reads the store as before.
+An answer is never older than a write this auth server acknowledged: each write it makes to
+a target kind's entries (a heartbeat, ``tetherctl create``, ``rm``) is applied to the index
+at once, under the revision the store gave it (as :class:`~tether.auth.decoded.
+DecodedResources` keeps what it wrote), and the watch's older events of that key are then
+ignored; writes of other auth servers sharing the store come through the watch. While the
+index does not follow the store (not started, or reloading after the watch fell behind), a
+query reads the store as before.
 """
 
 from __future__ import annotations
@@ -25,23 +28,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+import attrs
 import trio
 
 from tether.auth.decoded import DecodedResources
 from tether.auth.watching import watch_prefixes
-from tether.backend import Backend, Event, Item, WatchOverflow
+from tether.backend import Backend, Event, Item, Op, WatchOverflow
 from tether.errors import TetherError
 from tether.resources import Resource
 from tether.targets import Target, TargetKind, TargetQuery, matching_targets
 
-__all__ = ["CATCH_UP_SECONDS", "KindEntries", "TargetIndex", "target_kinds"]
+__all__ = ["KindEntries", "TargetIndex", "target_kinds"]
 
 log = logging.getLogger(__name__)
-
-#: how long a query waits for the watch to deliver a write this auth server made before it
-#: reads the store instead (events of this process's own writes come within a few scheduler
-#: ticks; another backend's watch may lag)
-CATCH_UP_SECONDS = 1.0
 
 
 def target_kinds(protocol_results: Iterable[Iterable[object]]) -> dict[str, TargetKind]:
@@ -83,7 +82,11 @@ def _names(target: Target) -> frozenset[str]:
 
 class KindEntries:
     """The stored entries of one target kind, described and indexed by name (sans-IO: fed
-    items and events, it never reads the store).
+    items, events and this process's writes, it never reads the store).
+
+    Each key keeps the newest revision seen, from whichever source: an event or item no newer
+    than that (the watch's event of a write applied already, or of one older than a delete
+    this process made) changes nothing.
 
     :param decoded: the service's decoded resources, so that an entry this process wrote
         (a heartbeat) is not decoded again.
@@ -93,41 +96,62 @@ class KindEntries:
         self.kind = kind
         self._decoded = decoded
         self._entries: dict[str, _Entry] = {}
+        #: keys this process deleted -> the delete's revision, until the watch delivers it
+        self._deleted: dict[str, int] = {}
         #: name a target answers to -> keys of the entries that answer to it
         self._by_name: dict[str, set[str]] = {}
         self._order: list[str] | None = []  # keys in the store's order; None: to sort again
         #: keys whose stored value does not decode: queries read the store, which says so
         self.broken: set[str] = set()
-        #: the newest revision of an event applied (or of the items loaded)
-        self.applied = 0
 
     @property
     def prefix(self) -> str:
         return self.kind.resource.storage_prefix
 
-    def reset(self, items: Iterable[Item]) -> None:
-        """Replace everything with ``items`` (a fresh read of :attr:`prefix`)."""
-        self._entries.clear()
-        self._by_name.clear()
-        self._order = None
-        self.broken.clear()
+    def _newer(self, key: str, revision: int) -> bool:
+        held = self._entries.get(key)
+        if held is not None and held.revision >= revision:
+            return False
+        return self._deleted.get(key, 0) < revision
+
+    def load(self, items: Iterable[Item]) -> None:
+        """Take a fresh read of :attr:`prefix` (the watch opened before it was read)."""
         for item in items:
-            self._put(item)
-            self.applied = max(self.applied, item.revision)
+            if self._newer(item.key, item.revision):
+                self._put(item)
 
     def apply(self, event: Event) -> None:
-        """Apply one watch event of :attr:`prefix`; one no newer than what is held (an event
-        of a write the load already read) changes nothing."""
+        """Apply one watch event of :attr:`prefix`."""
         item = event.item
-        self.applied = max(self.applied, item.revision)
         held = self._entries.get(item.key)
-        if held is not None and held.revision >= item.revision:
+        if held is not None and held.revision == item.revision:
+            held.expires = item.expires  # a write of this process: the store's own expiry
+            return
+        if event.type == "delete" and self._deleted.get(item.key, 0) <= item.revision:
+            self._deleted.pop(item.key, None)  # the watch caught up with that delete
+        if not self._newer(item.key, item.revision):
             return
         if event.type == "put":
             self._put(item)
         else:
             self._remove(item.key)
             self.broken.discard(item.key)
+
+    def written(self, op: Op, revision: int, resource: Resource | None, now: float) -> None:
+        """This process applied ``op`` under ``revision``: ``resource`` (validated) is what a
+        put stored."""
+        if not self._newer(op.key, revision):
+            return
+        self.broken.discard(op.key)
+        if op.type == "delete" or resource is None:
+            self._remove(op.key)
+            self._deleted[op.key] = revision
+            return
+        if resource.metadata.revision != revision:
+            metadata = attrs.evolve(resource.metadata, revision=revision)
+            resource = attrs.evolve(resource, metadata=metadata)
+        expires = None if op.ttl is None else now + op.ttl  # the event brings the store's
+        self._index(op.key, _Entry(revision, expires, resource, self.kind.describe(resource)))
 
     def _put(self, item: Item) -> None:
         try:
@@ -139,16 +163,18 @@ class KindEntries:
             self.broken.add(item.key)
             return
         self.broken.discard(item.key)
-        entry = _Entry(item.revision, item.expires, resource, target)
-        old = self._entries.get(item.key)
+        self._index(item.key, _Entry(item.revision, item.expires, resource, target))
+
+    def _index(self, key: str, entry: _Entry) -> None:
+        old = self._entries.get(key)
         if old is None:
             self._order = None
         elif old.names != entry.names:
-            self._unindex(item.key, old)
+            self._unindex(key, old)
         if old is None or old.names != entry.names:
             for name in entry.names:
-                self._by_name.setdefault(name, set()).add(item.key)
-        self._entries[item.key] = entry
+                self._by_name.setdefault(name, set()).add(key)
+        self._entries[key] = entry
 
     def _remove(self, key: str) -> None:
         old = self._entries.pop(key, None)
@@ -205,113 +231,78 @@ class TargetIndex:
         self._backend = backend
         self._decoded = decoded
         self._clock = clock
-        #: resource kind name -> its entries, while the watch follows the store
+        #: storage prefix -> its kind's entries, from when the watch opened (loading, then
+        #: following the store)
         self._held: dict[str, KindEntries] = {}
-        #: storage prefix -> the newest revision this process wrote there
-        self._wanted: dict[str, int] = {}
-        self._progress = trio.Event()
         self.ready = False
 
     def kind(self, name: str) -> TargetKind | None:
         """The target kind of resource kind ``name``, or None: no protocol reaches it."""
-        return self._all_kinds().get(name)
-
-    def _all_kinds(self) -> Mapping[str, TargetKind]:
         if self._kinds is None:
             self._kinds = dict(self._load_kinds())
-        return self._kinds
+        return self._kinds.get(name)
 
-    def wrote(self, key: str, revision: int) -> None:
-        """This process wrote (or deleted) ``key`` under ``revision``: no query answers from
-        memory before the watch delivered that."""
-        for kind in self._all_kinds().values():
-            prefix = kind.resource.storage_prefix
-            if key.startswith(prefix):
-                self._wanted[prefix] = max(self._wanted.get(prefix, 0), revision)
+    def written(self, op: Op, revision: int, resource: Resource | None = None) -> None:
+        """This process applied ``op`` under ``revision`` (``resource``: what a put stored,
+        validated); an op of no target kind's entries is ignored."""
+        for prefix, held in self._held.items():
+            if op.key.startswith(prefix):
+                held.written(op, revision, resource, self._clock())
+                return
 
     async def matching(self, kind: TargetKind, query: TargetQuery) -> list[Resource]:
         """The stored entries of ``kind`` that ``query`` names, in the store's order, as
         :func:`~tether.targets.matching_targets` selects targets. Nothing here knows who
         asks: the caller applies their roles to what this returns."""
-        held = self._held.get(kind.name)
-        if held is not None and not held.broken and await self._caught_up(held):
-            return held.matching(query, self._clock())
         prefix = kind.resource.storage_prefix
+        held = self._held.get(prefix)
+        if self.ready and held is not None and not held.broken:
+            return held.matching(query, self._clock())
         found = self._decoded.decode_range(prefix, await self._backend.range(prefix))
         targets = [kind.describe(res) for res in found]
         by_target = {id(target): res for target, res in zip(targets, found, strict=True)}
         return [by_target[id(target)] for target in matching_targets(targets, query)]
 
-    async def _caught_up(self, held: KindEntries) -> bool:
-        """Whether ``held`` holds every write this process made to it, waiting a little for
-        the watch to deliver the newest (False: the store is to be read instead)."""
-        wanted = self._wanted.get(held.prefix, 0)
-        if held.applied >= wanted:
-            return self.ready
-        with trio.move_on_after(CATCH_UP_SECONDS):
-            while held.applied < wanted and self.ready:
-                await self._progress.wait()
-        return self.ready and held.applied >= wanted
-
-    def _moved(self) -> None:
-        """Wake the queries waiting for the watch (:meth:`_caught_up`)."""
-        if not self._progress.statistics().tasks_waiting:
-            return
-        self._progress.set()
-        self._progress = trio.Event()
-
-    async def _load(self, kinds: Iterable[TargetKind]) -> dict[str, KindEntries]:
-        held = {}
-        for kind in kinds:
-            entries = KindEntries(kind, self._decoded)
-            wanted = self._wanted.get(entries.prefix, 0)  # written before the read: in it
-            entries.reset(await self._backend.range(entries.prefix))
-            entries.applied = max(entries.applied, wanted)
-            held[kind.name] = entries
-        return held
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch the target kinds' entries and keep them current until cancelled; a watch
         that overflowed is reopened and everything read again."""
-        kinds = list(self._all_kinds().values())
+        if self._kinds is None:
+            self._kinds = dict(self._load_kinds())
+        kinds = list(self._kinds.values())
         if not kinds:
             task_status.started()
             await trio.sleep_forever()
-        by_prefix: dict[str, KindEntries] = {}
         try:
             while True:
                 prefixes = [kind.resource.storage_prefix for kind in kinds]
                 try:
                     async with watch_prefixes(self._backend, prefixes) as events:
-                        # after the watches opened: no change falls between
-                        self._held = await self._load(kinds)
-                        by_prefix = {held.prefix: held for held in self._held.values()}
+                        # from here on this process's writes are applied as they are made;
+                        # the read after the watches opened misses no change
+                        self._held = {
+                            k.resource.storage_prefix: KindEntries(k, self._decoded) for k in kinds
+                        }
+                        for prefix, held in self._held.items():
+                            held.load(await self._backend.range(prefix))
                         self.ready = True
-                        self._moved()
                         task_status.started()
                         task_status = trio.TASK_STATUS_IGNORED
                         async for event in events:
-                            _apply(by_prefix, event)
+                            self._apply(event)
                             while True:  # the rest of a heartbeat batch, without a checkpoint
                                 try:
-                                    _apply(by_prefix, events.receive_nowait())
+                                    self._apply(events.receive_nowait())
                                 except trio.WouldBlock:
                                     break
-                            self._moved()
                 except* WatchOverflow:
                     self.ready = False
-                    self._held = {}
-                    self._moved()
                     log.warning("target index: the store's watch overflowed; reading again")
         finally:
             self.ready = False
             self._held = {}
-            self._moved()
 
-
-def _apply(by_prefix: Mapping[str, KindEntries], event: Event) -> None:
-    """Apply ``event`` to the entries of the kind whose prefix its key is under."""
-    for prefix, held in by_prefix.items():
-        if event.item.key.startswith(prefix):
-            held.apply(event)
-            return
+    def _apply(self, event: Event) -> None:
+        for prefix, held in self._held.items():
+            if event.item.key.startswith(prefix):
+                held.apply(event)
+                return
