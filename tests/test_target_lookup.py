@@ -55,6 +55,8 @@ PLAIN = ResourceKind(name="plain", versions=("v1",), spec_type=dict, storage_pre
 
 
 def describe_gadget(resource: Resource) -> Target:
+    if resource.spec.hostname == "bug":
+        raise RuntimeError("the plugin's describe has a bug")
     return Target(
         kind="gadget",
         id=resource.metadata.name,
@@ -340,6 +342,21 @@ async def test_a_gadget_written_by_another_auth_server_is_found_once_the_store_t
     await store.delete("/gadgets/id-9")
     await trio.testing.wait_all_tasks_blocked()
     assert await find(auth, DORA, "web-9") == []
+
+
+async def test_a_gadget_its_plugin_cannot_describe_fails_queries_as_before_and_no_more(
+    auth: AuthService,
+) -> None:
+    # a plugin's bug in describe fails the queries while that entry is stored, as reading
+    # the store does; the index keeps following the store and answers once it is gone
+    await publish(auth, "id-1", "web-1", "dev")
+    await publish(auth, "id-2", "bug", "dev")
+    with pytest.raises(RuntimeError, match="has a bug"):
+        await find(auth, DORA, "web-1")
+    await auth.delete_resource(host("admin", kind="admin"), "gadget", "id-2")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+    await publish(auth, "id-3", "web-3", "dev")
+    assert await find(auth, DORA, "env=dev") == ["web-1", "web-3"]
 
 
 class LaggingWatches:
