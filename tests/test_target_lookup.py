@@ -9,24 +9,28 @@ test inventory kind ``gadget`` that a plugin's protocol reaches, the way the SSH
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import pathlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
 from tether import pki
 from tether.auth.service import AuthService
-from tether.backend import open_sqlite
+from tether.backend import Event, Item, SqliteBackend, open_sqlite
 from tether.config import default_config
 from tether.errors import AmbiguousTarget, ResourceError
 from tether.hookspecs import hookimpl
 from tether.plugins import get_plugin_manager
 from tether.protocols import ProtocolHandler
-from tether.resources import Resource, ResourceKind
+from tether.resources import Resource, ResourceKind, resource_to_bytes
 from tether.targets import Target, TargetKind, TargetQuery, resolve_target
 
 HOUR = datetime.timedelta(hours=1)
@@ -51,6 +55,8 @@ PLAIN = ResourceKind(name="plain", versions=("v1",), spec_type=dict, storage_pre
 
 
 def describe_gadget(resource: Resource) -> Target:
+    if resource.spec.hostname == "bug":
+        raise RuntimeError("the plugin's describe has a bug")
     return Target(
         kind="gadget",
         id=resource.metadata.name,
@@ -74,17 +80,48 @@ class GadgetPlugin:
         ]
 
 
+class Clock:
+    """The time auth and the store both read, moved by the test (the entries' TTLs)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def auth(tmp_path: pathlib.Path) -> AsyncIterator[AuthService]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path, clock: Clock) -> AsyncIterator[SqliteBackend]:
+    # the reaper's own passes are kept out of the way: the tests reap when time has moved
+    url = f"sqlite://{tmp_path / 'backend.sqlite'}"
+    async with open_sqlite(url, clock=clock, reap_interval=3600) as backend:
+        yield backend
+
+
+@pytest.fixture(params=["indexed", "read from the store"])
+async def auth(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, store: SqliteBackend, clock: Clock
+) -> AsyncIterator[AuthService]:
+    """Auth answering from its watch-kept index of the target kinds (as the daemon runs it),
+    or reading the store per query (before the index follows the store)."""
     pm = get_plugin_manager(autoload=False)
     pm.register(GadgetPlugin(), name="gadgets")
     config = default_config(data_dir=tmp_path, cluster_name="main")
     pm.hook.tether_configure(config=config)
-    async with open_sqlite(f"sqlite://{tmp_path / 'backend.sqlite'}") as backend:
-        service = await AuthService.open(config=config, pm=pm, backend=backend)
-        dev = service.make("role", "dev", {"allow": {"node_labels": {"env": "dev"}}})
-        await service.create_resources(host("admin", kind="admin"), [dev])
+    service = await AuthService.open(config=config, pm=pm, backend=store, clock=clock)
+    dev = service.make("role", "dev", {"allow": {"node_labels": {"env": "dev"}}})
+    await service.create_resources(host("admin", kind="admin"), [dev])
+    async with trio.open_nursery() as nursery:
+        if request.param == "indexed":
+            await nursery.start(service.targets.run)
+            assert service.targets.ready
         yield service
+        nursery.cancel_scope.cancel()
 
 
 def host(name: str, kind: str = "node", cluster: str = "main") -> pki.Identity:
@@ -206,3 +243,173 @@ async def test_a_listing_after_a_heartbeat_changed_a_gadget_shows_the_change(
     [after] = await listed()
     assert (after["spec"]["hostname"], after["metadata"]["labels"]) == ("new-name", {"env": "prod"})
     assert after == auth.documents(await auth.get_resources(alice, "gadget"))[0]
+
+
+async def publish_labelled(
+    auth: AuthService,
+    host_id: str,
+    hostname: str,
+    labels: dict[str, str],
+    ttl: datetime.timedelta = HOUR,
+) -> None:
+    entry = auth.make("gadget", host_id, {"hostname": hostname}, labels=labels)
+    await auth.publish(host(host_id), entry, ttl)
+
+
+async def test_a_gadget_that_joins_is_found_at_once(
+    auth: AuthService, store: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(50):
+        await publish(auth, f"id-{i}", f"web-{i}", "dev")
+    assert await find(auth, DORA, "web-7") == ["web-7"]
+    read: list[str] = []
+    range_of_store = store.range
+
+    async def spied_range(prefix: str, *, limit: int | None = None) -> list[Item]:
+        read.append(prefix)
+        return await range_of_store(prefix, limit=limit)
+
+    monkeypatch.setattr(store, "range", spied_range)
+    # the next query comes right after the write auth acknowledged, before anything else ran
+    await publish(auth, "id-new", "web-new", "dev")
+    assert await find(auth, DORA, "web-new") == ["web-new"]
+    in_key_order = sorted(range(50), key=lambda i: f"id-{i}")  # as the store lists them
+    assert await find(auth, DORA, "env=dev") == [f"web-{i}" for i in in_key_order] + ["web-new"]
+    # the index answers from memory; without it, auth reads every stored gadget per query
+    indexed = auth.targets.ready
+    assert read == ([] if indexed else ["/gadgets/", "/gadgets/"])
+
+
+async def test_a_gadget_removed_by_an_admin_is_not_found_at_once(auth: AuthService) -> None:
+    await publish(auth, "id-1", "web-1", "dev")
+    await publish(auth, "id-2", "web-2", "dev")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+    await auth.delete_resource(host("admin", kind="admin"), "gadget", "id-1")
+    assert await find(auth, DORA, "web-1") == []
+    assert await find(auth, DORA, "id-1") == []
+    assert await find(auth, DORA, "env=dev") == ["web-2"]
+
+
+async def test_a_gadget_whose_entry_expires_is_no_longer_found(
+    auth: AuthService, store: SqliteBackend, clock: Clock
+) -> None:
+    await publish_labelled(auth, "id-1", "web-1", {"env": "dev"}, datetime.timedelta(seconds=30))
+    await publish(auth, "id-2", "web-2", "dev")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+    clock.now += 31
+    # expired, not yet deleted by the store's reaper: already gone from every answer
+    assert await find(auth, DORA, "web-1") == []
+    assert await find(auth, DORA, "env=dev") == ["web-2"]
+    assert await store.reap_expired() == 1
+    await trio.testing.wait_all_tasks_blocked()
+    assert await find(auth, DORA, "web-1") == []
+    # the same host joins again: found again
+    await publish(auth, "id-1", "web-1", "dev")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+
+
+async def test_a_relabelled_gadget_is_found_by_its_new_labels_only(auth: AuthService) -> None:
+    await publish_labelled(auth, "id-1", "web-1", {"env": "dev", "team": "blue"})
+    assert await find(auth, DORA, "team=blue") == ["web-1"]
+    await publish_labelled(auth, "id-1", "web-1", {"env": "dev", "team": "green"})
+    assert await find(auth, DORA, "team=blue") == []
+    assert await find(auth, DORA, "team=gr*") == ["web-1"]
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+
+
+async def test_a_gadget_relabelled_out_of_the_users_reach_is_hidden_from_every_query(
+    auth: AuthService,
+) -> None:
+    # attack: a user who found a target keeps probing for it after its labels moved it out
+    # of their roles' reach; the index must not answer from what it held before
+    await publish(auth, "id-1", "web-1", "dev")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+    await publish(auth, "id-1", "web-1", "prod")
+    for typed in ("web-1", "id-1", "env=prod", "env=*", "env=^.*$"):
+        assert await find(auth, DORA, typed) == [], typed
+    await publish(auth, "id-1", "web-1", "dev")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+
+
+async def test_a_gadget_written_by_another_auth_server_is_found_once_the_store_tells(
+    auth: AuthService, store: SqliteBackend
+) -> None:
+    # another auth server sharing the store: its writes reach this one through the watch
+    entry = auth.make("gadget", "id-9", {"hostname": "web-9"}, labels={"env": "dev"})
+    await store.put("/gadgets/id-9", resource_to_bytes(entry))
+    await trio.testing.wait_all_tasks_blocked()
+    assert await find(auth, DORA, "web-9") == ["web-9"]
+    await store.delete("/gadgets/id-9")
+    await trio.testing.wait_all_tasks_blocked()
+    assert await find(auth, DORA, "web-9") == []
+
+
+async def test_a_gadget_its_plugin_cannot_describe_fails_queries_as_before_and_no_more(
+    auth: AuthService,
+) -> None:
+    # a plugin's bug in describe fails the queries while that entry is stored, as reading
+    # the store does; the index keeps following the store and answers once it is gone
+    await publish(auth, "id-1", "web-1", "dev")
+    await publish(auth, "id-2", "bug", "dev")
+    with pytest.raises(RuntimeError, match="has a bug"):
+        await find(auth, DORA, "web-1")
+    await auth.delete_resource(host("admin", kind="admin"), "gadget", "id-2")
+    assert await find(auth, DORA, "web-1") == ["web-1"]
+    await publish(auth, "id-3", "web-3", "dev")
+    assert await find(auth, DORA, "env=dev") == ["web-1", "web-3"]
+
+
+class LaggingWatches:
+    """The store, with its watches' events delivered ``lag`` seconds late, as a networked
+    store's watch can be (etcd's comes over gRPC): this process's SQLite store delivers
+    them before a write returns, so without this no query could come before its event."""
+
+    def __init__(self, backend: SqliteBackend, lag: float) -> None:
+        self._backend = backend
+        self.lag = lag
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[Event]]:
+        async with self._backend.watch(prefix) as events:
+            yield self._late(events)
+
+    async def _late(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in events:
+            await trio.sleep(self.lag)
+            yield event
+
+
+async def test_a_gadget_is_found_right_after_it_joins_however_late_the_watch(
+    tmp_path: pathlib.Path, store: SqliteBackend, clock: Clock
+) -> None:
+    # a query right after a write auth acknowledged answers with it, before the watch
+    # delivered it: never the index's older answer
+    pm = get_plugin_manager(autoload=False)
+    pm.register(GadgetPlugin(), name="gadgets")
+    config = default_config(data_dir=tmp_path, cluster_name="main")
+    pm.hook.tether_configure(config=config)
+    backend: Any = LaggingWatches(store, lag=0.5)
+    auth = await AuthService.open(config=config, pm=pm, backend=backend, clock=clock)
+    alice = user("alice", ("access",))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(auth.targets.run)
+        await publish(auth, "id-1", "web-1", "dev")
+        assert await find(auth, alice, "web-1") == ["web-1"]
+        await publish(auth, "id-1", "web-one", "prod")
+        assert await find(auth, alice, "web-1") == []
+        assert await find(auth, alice, "env=prod") == ["web-one"]
+        await auth.delete_resource(host("admin", kind="admin"), "gadget", "id-1")
+        assert await find(auth, alice, "web-one") == []
+        # the watch's late events of those writes change nothing, as they come one by one
+        for _ in range(4):
+            await trio.sleep(0.5)
+            assert await find(auth, alice, "env=*") == []
+        admin = host("admin", kind="admin")
+        created = auth.make("gadget", "id-2", {"hostname": "web-2"}, labels={"env": "dev"})
+        await auth.create_resources(admin, [created])
+        assert await find(auth, alice, "web-2") == ["web-2"]
+        assert auth.targets.ready
+        nursery.cancel_scope.cancel()

@@ -61,6 +61,8 @@ async def _start_auth(
     await nursery.start(auth.trust_feed.run)
     # listings of remote_clusters are served from memory, following the store the same way
     await nursery.start(auth.remote_clusters.run)
+    # and routing's target queries from an index of the target kinds' entries
+    await nursery.start(auth.targets.run)
     data_dir = pathlib.Path(config.data_dir)
     # auth's server certificate lasts as long as a host's, and is renewed the same way
     ttl = config.auth_service.host_cert_ttl

@@ -54,10 +54,13 @@ class DecodedResources:
                 self._forget(key)
         return decoded
 
-    def written(self, key: str, revision: int, resource: Resource) -> None:
-        """This process wrote ``resource`` (validated) at ``key`` under ``revision``."""
+    def written(self, key: str, revision: int, resource: Resource) -> Resource:
+        """This process wrote ``resource`` (validated) at ``key`` under ``revision``; returns
+        it as kept (with its revision), the object a read of that revision decodes to."""
         metadata = attrs.evolve(resource.metadata, revision=revision)
-        self._keep(key, revision, attrs.evolve(resource, metadata=metadata))
+        kept = attrs.evolve(resource, metadata=metadata)
+        self._keep(key, revision, kept)
+        return kept
 
     def encoded(self, resource: Resource) -> bytes:
         """``resource`` as the API sends it without secrets: the JSON of

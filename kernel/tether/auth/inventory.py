@@ -22,6 +22,7 @@ from tether.auth.context import AuthContext
 from tether.auth.host_ids import HOST_ID, HostIds
 from tether.auth.joins import JOIN_ROLES
 from tether.auth.remote_clusters import HEARTBEAT_PREFIX, REMOTE_OFFLINE_AFTER
+from tether.auth.target_lookup import TargetIndex
 from tether.backend import Op
 from tether.config import HostPort
 from tether.durations import format_duration
@@ -96,8 +97,9 @@ class RelayedEntry:
 class Inventory:
     """The hosts' reports, checked against the identity of the host that sends them."""
 
-    def __init__(self, ctx: AuthContext, *, host_ids: HostIds) -> None:
+    def __init__(self, ctx: AuthContext, *, host_ids: HostIds, targets: TargetIndex) -> None:
         self._ctx = ctx
+        self._targets = targets
         self._host_ids = host_ids
         #: the addresses this cluster's services in this process listen on, by service (the
         #: daemon fills it once they are bound): no host may register one as its own
@@ -145,8 +147,11 @@ class Inventory:
                 await self._apply(kept)
             return
         for op, resource in checked:
-            if op.type != "delete":
-                self._ctx.decoded.written(op.key, revision, resource)
+            if op.type == "delete":
+                self._targets.written(op, revision)
+            else:
+                stored = self._ctx.decoded.written(op.key, revision, resource)
+                self._targets.written(op, revision, stored)
 
     async def _removal(
         self, identity: pki.Identity, resource: Resource, entry: RelayedEntry
@@ -348,12 +353,13 @@ class Inventory:
         expected = item.revision if item is not None else 0
         op = Op.put(key, value, ttl=ttl.total_seconds(), expected_revision=expected)
         try:
-            await ctx.backend.apply([op])
+            revision = await ctx.backend.apply([op])
         except (CompareFailed, AlreadyExists):
             raise AccessDenied(
                 f"{kind.name} {name!r} was published by another host at the same moment",
                 hint="it is tried again at the next heartbeat",
             ) from None
+        self._targets.written(op, revision, ctx.decoded.written(key, revision, stamped))
 
     async def _check_dialed_addr(
         self, identity: pki.Identity, text: str, host_names: Collection[str]

@@ -17,7 +17,7 @@ from tether.auth.context import AuthContext
 from tether.auth.decoded import encode_json
 from tether.auth.passwords import ATTEMPTS_PREFIX, PASSWORD_PREFIX
 from tether.auth.remote_clusters import RemoteClusterCache
-from tether.auth.target_lookup import TargetLookup
+from tether.auth.target_lookup import TargetIndex
 from tether.backend import Item, Op
 from tether.errors import (
     AccessDenied,
@@ -78,7 +78,7 @@ class ResourceStore:
         handshake: Callable[[Resource, Item | None], Awaitable[None]],
         forget_cluster: Callable[[str], Awaitable[None]],
         remote_clusters: RemoteClusterCache,
-        targets: TargetLookup,
+        targets: TargetIndex,
     ) -> None:
         self._ctx = ctx
         self._handshake = handshake
@@ -99,8 +99,9 @@ class ResourceStore:
         named ``name``, or those a ``target`` query names (what a user typed to reach one:
         ``web-1``, ``env=prod``; the kind must be a protocol's target kind).
 
-        A target query is matched against every stored entry first and the caller's roles
-        applied to the matches only, which is what the caller's full listing would have
+        A target query is matched against every stored entry first (held indexed in memory,
+        :class:`~tether.auth.target_lookup.TargetIndex`) and the caller's roles applied to
+        the matches only, which is what the caller's full listing would have
         matched: an entry the roles hide is not returned, whatever the query says.
 
         :raises NotFound: ``name`` does not exist, or the caller may not see it.
@@ -119,9 +120,7 @@ class ResourceStore:
         verb = "read" if name or with_secrets else "list"
         visible = await self._reader(identity, kind, verb, with_secrets=with_secrets)
         if target is not None and target_kind is not None:
-            items = await ctx.backend.range(kind.storage_prefix)
-            found_all = ctx.decoded.decode_range(kind.storage_prefix, items)
-            matches = self._targets.matching(target_kind, found_all, target)
+            matches = await self._targets.matching(target_kind, target)
             shown = [res for res in matches if visible(res)]
         elif kind.name == "remote_cluster":
             # served from memory, with its status: a root with a thousand leaves neither
@@ -269,22 +268,42 @@ class ResourceStore:
             event = audit.RESOURCE_UPDATED if existing else audit.RESOURCE_CREATED
             events.append((event, {"kind": kind.name, "name": res.metadata.name}))
         async with ctx.audited(identity.username, events):
-            await ctx.backend.apply(ops)
+            revision = await ctx.backend.apply(ops)
+        for op, res in zip(ops, resources, strict=True):
+            self._targets.written(op, revision, res)
         return messages
+
+    async def _delete(self, key: str, missing: str) -> None:
+        """Delete ``key`` whatever its revision, and tell the target index under which
+        revision (a query right after ``tetherctl rm`` must not find the entry).
+
+        :raises NotFound: with ``missing``, when nothing is stored at ``key``.
+        """
+        backend = self._ctx.backend
+        while True:
+            item = await backend.get(key)
+            if item is None:
+                raise NotFound(missing)
+            op = Op.delete(key, expected_revision=item.revision)
+            try:
+                revision = await backend.apply([op])
+            except (CompareFailed, NotFound):
+                continue  # written or expired since it was read: read it again
+            self._targets.written(op, revision)
+            return
 
     async def delete_resource(self, identity: pki.Identity, kind_name: str, name: str) -> str:
         ctx = self._ctx
         kind = ctx.registry.get(kind_name)
         await ctx.authorize(identity, kind.name, "delete")
-        missing = NotFound(f"{kind.name} {name!r} not found")
+        missing = f"{kind.name} {name!r} not found"
         if await ctx.backend.get(kind.key(name)) is None:
-            raise missing
+            raise NotFound(missing)
         fields = {"kind": kind.name, "name": name}
         trust = kind.name in ("trusted_cluster", "remote_cluster")
         events = [("trust.removed", fields)] if trust else []
         async with ctx.audited(identity.username, [*events, (audit.RESOURCE_DELETED, fields)]):
-            if not await ctx.backend.delete(kind.key(name)):
-                raise missing  # deleted meanwhile
+            await self._delete(kind.key(name), missing)  # NotFound if deleted meanwhile
         if trust:
             await self._forget_cluster(name)
         if kind.name == "user":

@@ -37,7 +37,7 @@ from tether.auth.remote_clusters import RemoteClusterCache, offline_after
 from tether.auth.resource_store import ResourceStore
 from tether.auth.signing import CertificateSigning
 from tether.auth.sso_logins import SingleSignOn
-from tether.auth.target_lookup import TargetLookup, target_kinds
+from tether.auth.target_lookup import TargetIndex, target_kinds
 from tether.auth.tokens import TokenInfo, Tokens
 from tether.auth.trust_feed import TrustFeed
 from tether.auth.users import Users
@@ -126,15 +126,23 @@ class AuthService:
             clock=ctx.clock,
             offline_after=offline_after(ctx.keep_alive),
         )
+        #: the entries of the protocols' target kinds, described and indexed for routing's
+        #: queries, kept current by a watch on the store (the daemon runs its
+        #: :meth:`~tether.auth.target_lookup.TargetIndex.run`)
+        self.targets = TargetIndex(
+            lambda: target_kinds(pm.hook.tether_protocols()),
+            backend=backend,
+            decoded=ctx.decoded,
+            clock=ctx.clock,
+        )
         self.host_ids = HostIds(ctx)
-        self.inventory = Inventory(ctx, host_ids=self.host_ids)
+        self.inventory = Inventory(ctx, host_ids=self.host_ids, targets=self.targets)
         self.resources = ResourceStore(
             ctx,
             handshake=self._handshake_if_needed,
             forget_cluster=self._forget_cluster,
             remote_clusters=self.remote_clusters,
-            # routing's queries describe entries with the protocols' own target kinds
-            targets=TargetLookup(lambda: target_kinds(pm.hook.tether_protocols())),
+            targets=self.targets,
         )
         self.tokens = Tokens(ctx, list_resources=self.resources.get_resources)
         self.users = Users(ctx, resources=self.resources, tokens=self.tokens)
