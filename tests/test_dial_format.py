@@ -98,6 +98,10 @@ async def _read_line(payload: bytes) -> dict[str, Any] | None:
         (b"[1, 2]\n", "control message has no type"),
         (b"\xff\xfe\n", "control message is not JSON"),
         (b"[" * 60_000 + b"\n", "control message is not JSON"),  # nested too deep to parse
+        # Python's parser takes these, JSON has them not: relayed on, they would not encode
+        (b'{"type":"heartbeat","inventory":{"ttl":NaN}}\n', "control message is not JSON"),
+        (b'{"type":"heartbeat","w":-Infinity}\n', "control message is not JSON"),
+        (b'{"type":"heartbeat","w":1e999}\n', "control message is not JSON"),
         (b"{" * (MAX_MESSAGE + 10), f"control message longer than {MAX_MESSAGE} bytes"),
         # the whole line, newline included, in one read: as long, so refused alike
         (

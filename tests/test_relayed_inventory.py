@@ -255,3 +255,31 @@ async def test_a_tunnel_node_learns_of_a_new_role_through_its_tunnel(
         nursery.cancel_scope.cancel()
     assert snapshot["revision"] == after != before
     assert "visitor" in json.dumps(snapshot["roles"])
+
+
+async def test_a_node_whose_heartbeats_carry_non_numbers_cannot_stop_its_proxys_relay(
+    cluster: RunningCluster,
+) -> None:
+    # JSON has no NaN or Infinity, but Python's parser takes them: relayed on to auth, they
+    # would fail the proxy's encoder and, with it, the relay of every node's entries
+    token = node_token(cluster)
+    liar = await join(cluster, token, "liar")
+    liar_id = liar.identity.username
+    liar_pool = tunnel_pool(
+        cluster, liar, lambda: [{**node_entry(liar_id, "liar"), "weight": float("nan")}]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(liar_pool.run)
+        # the proxy closes the liar's tunnel at its first heartbeat; then honest nodes come
+        honest_id, honest = await tunnel_node(cluster, "honest")
+        await nursery.start(honest.run)
+        await honest.wait_connected()
+        await wait_listed(cluster, lambda nodes: nodes.get(honest_id) == "honest")
+        later_id, later = await tunnel_node(cluster, "later")
+        await nursery.start(later.run)
+        await wait_listed(cluster, lambda nodes: nodes.get(later_id) == "later")
+        assert liar_id not in await trio.to_thread.run_sync(listed_nodes, cluster)
+        nursery.cancel_scope.cancel()
+    log = cluster.log_text()
+    assert "control message is not JSON" in log
+    assert "Traceback" not in log

@@ -19,6 +19,7 @@ stream".
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,6 +101,21 @@ class Hello:
         return KeepAlive(self.heartbeat_interval, self.keep_alive_count_max)
 
 
+def _not_json(name: str) -> Any:
+    """Python's parser takes NaN and Infinity, which JSON has not: whatever a peer's message
+    carries is passed on as JSON (a node's entries, relayed to auth), and one that cannot be
+    encoded again would fail the relay of every node's."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number too large for a float (``1e999``) is no number either."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 class ControlChannel:
     """JSON lines over a stream, with a bound on message size."""
 
@@ -121,7 +137,7 @@ class ControlChannel:
                 line = bytes(self._buffer[:newline])
                 del self._buffer[: newline + 1]
                 try:
-                    message = json.loads(line)
+                    message = json.loads(line, parse_constant=_not_json, parse_float=_finite)
                 except (ValueError, RecursionError):  # RecursionError: nesting too deep
                     raise ControlError("control message is not JSON") from None
                 if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -197,7 +213,7 @@ def inventory_report(agent: str, cert: bytes, inventory: Any) -> InventoryReport
     if not isinstance(inventory, Mapping):
         raise ControlError("heartbeat inventory is not an object")
     ttl, entries = inventory.get("ttl"), inventory.get("entries")
-    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl < math.inf:
         raise ControlError("heartbeat inventory has no usable ttl")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ControlError("heartbeat inventory entries are not a list of objects")
