@@ -184,6 +184,9 @@ class TunnelServer:
         self.mux_config = mux_config
         self._audit = audit
         self._tunnels: dict[str, dict[int, TunnelRecord]] = {}
+        #: the same tunnels by (cluster, agent): a node in tunnel mode is dialed through its
+        #: own, found without going through the thousands of its cluster's others
+        self._by_agent: dict[tuple[str, str], dict[int, TunnelRecord]] = {}
         #: (sent, received) stream bytes of each cluster's closed tunnels
         self._closed_bytes: dict[str, tuple[int, int]] = {}
         self._ids = itertools.count(1)
@@ -268,12 +271,13 @@ class TunnelServer:
         """
         # only this cluster's tunnels are looked at: a root with many leaves dials in the
         # same time as one with a single leaf
+        records = (
+            self._tunnels.get(cluster, {})
+            if agent is None
+            else self._by_agent.get((cluster, agent), {})
+        )
         candidates = sorted(
-            (
-                record
-                for record in self._tunnels.get(cluster, {}).values()
-                if record.healthy and (agent is None or record.agent == agent)
-            ),
+            (record for record in records.values() if record.healthy),
             key=lambda r: r.conn.open_streams,
         )
         last_error = "no tunnel is connected" if agent is None else f"{agent} has no tunnel here"
@@ -410,8 +414,8 @@ class TunnelServer:
                 # entries go now, not when they expire. One that moved to a new tunnel here
                 # (a renewed certificate) keeps them, and so do all while this proxy shuts
                 # down: that says nothing of the nodes, which move to another proxy
-                others = self._tunnels.get(record.cluster, {}).values()
-                last = not any(r.agent == record.agent and r.healthy for r in others)
+                others = self._by_agent.get((record.cluster, record.agent), {}).values()
+                last = not any(r.healthy for r in others)
                 self._inventory.forget(record.agent, remove=last and self._draining is None)
             log.info(
                 "tunnel %d from cluster %s closed: %s",
@@ -536,6 +540,7 @@ class TunnelServer:
 
     def _register(self, record: TunnelRecord) -> None:
         self._tunnels.setdefault(record.cluster, {})[record.id] = record
+        self._by_agent.setdefault((record.cluster, record.agent), {})[record.id] = record
         if self._recorder is not None and not record.own_node:
             self._recorder.record(
                 record.cluster, self.proxy_id, record.agent, {"connected": True}, urgent=True
@@ -549,6 +554,10 @@ class TunnelServer:
             sent + stats["bytes_sent"],
             received + stats["bytes_received"],
         )
+        mine = self._by_agent.get((record.cluster, record.agent), {})
+        mine.pop(record.id, None)
+        if not mine:
+            self._by_agent.pop((record.cluster, record.agent), None)
         records = self._tunnels.get(record.cluster, {})
         records.pop(record.id, None)
         if not records:
