@@ -193,7 +193,6 @@ async def opened(
 
         from tether.testing.etcd import start_etcd
 
-        (directory / "etcd").mkdir()
         cluster = start_etcd(directory / "etcd")
         stack.callback(cluster.stop)
         async with open_etcd(cluster.url("/bench")) as backend:

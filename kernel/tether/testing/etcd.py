@@ -8,6 +8,7 @@ heartbeats of many leaves), and etcd refuses more than 128 operations by default
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import subprocess
@@ -60,6 +61,20 @@ class EtcdCluster:
         hosts = ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
         return f"etcd://{hosts}{prefix}"
 
+    def leader(self) -> int:
+        """The index of the member that leads the cluster now."""
+        for index, member in enumerate(self.members):
+            if member.process is None or member.process.poll() is not None:
+                continue
+            request = urllib.request.Request(
+                member.client_url + "/v3/maintenance/status", data=b"{}", method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                status = json.load(answer)
+            if status.get("leader") == status.get("header", {}).get("member_id"):
+                return index
+        raise RuntimeError("no etcd member says it leads")
+
     def kill(self, index: int) -> None:
         """Kill member ``index`` at once (SIGKILL), as a crashed host."""
         member = self.members[index]
@@ -90,6 +105,7 @@ def start_etcd(directory: pathlib.Path, members: int = 1) -> EtcdCluster:
     binary = etcd_binary()
     if binary is None:
         raise RuntimeError("etcd is not installed (Debian: etcd-server): run scripts/kube-deps.sh")
+    directory.mkdir(parents=True, exist_ok=True)
     planned = []
     for i in range(members):
         name = f"member{i}"

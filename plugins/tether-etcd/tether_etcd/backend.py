@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a request may take before the member counts as gone.
 REQUEST_TIMEOUT = 10.0
+#: Seconds a request waits for the members to elect a new leader (etcd's election timeout
+#: is one second by default; a few rounds of it).
+ELECTION_WAIT = 10.0
 #: Events a watcher may lag behind before it gets WatchOverflow.
 WATCH_BUFFER = 10_000
 
@@ -87,11 +90,30 @@ class EtcdBackend:
         return f"etcd {','.join(self.settings.endpoints)}{self.settings.prefix}"
 
     async def _call(self, path: str, body: Mapping[str, Any], *, replay: bool) -> dict[str, Any]:
-        """POST ``body`` to ``path`` at the members, first the one that answered last.
+        """POST ``body`` to ``path``; while the members elect a leader (one died), ask again
+        for up to :data:`ELECTION_WAIT` seconds what surely was not applied.
 
-        :param replay: the request changes nothing, so one that failed on the way may be
-            sent to another member.
+        :param replay: the request changes nothing, so one that failed on the way, or that
+            lost its leader, may be asked again.
         """
+        delay = 0.05
+        deadline = trio.current_time() + ELECTION_WAIT
+        while True:
+            try:
+                return await self._call_once(path, body, replay=replay)
+            except _Electing as exc:
+                if not (replay or exc.not_proposed) or trio.current_time() + delay > deadline:
+                    raise BackendError(
+                        f"etcd refused a request: {exc.message}",
+                        hint=None if exc.not_proposed or replay else _MAYBE_APPLIED,
+                    ) from None
+                await trio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
+    async def _call_once(
+        self, path: str, body: Mapping[str, Any], *, replay: bool
+    ) -> dict[str, Any]:
+        """POST ``body`` to ``path`` at the members, first the one that answered last."""
         self._check_open()
         endpoints = self.settings.endpoints
         failures = []
@@ -109,7 +131,7 @@ class EtcdBackend:
                     continue
                 raise BackendError(
                     f"etcd member {endpoints[index]} did not answer a write: {_reason(exc)}",
-                    hint="it may have been applied; read the key again before retrying",
+                    hint=_MAYBE_APPLIED,
                 ) from None
             if index != self._member:
                 log.warning("storage: etcd member %s answers now", endpoints[index])
@@ -373,6 +395,20 @@ def _failed_condition(
     return CompareFailed("the batch's conditions no longer held", hint="read again and retry")
 
 
+#: What a member answers while the cluster has no leader, or just changed it (etcd's
+#: ``Unavailable`` errors): a read may be asked again, a write only if it was never proposed.
+_ELECTING = ("no leader", "leader changed", "timed out")
+_MAYBE_APPLIED = "it may have been applied; read the key again before retrying"
+
+
+class _Electing(BackendError):
+    """The cluster is electing a leader; ``not_proposed``: the request surely did nothing."""
+
+    def __init__(self, message: str, *, not_proposed: bool) -> None:
+        super().__init__(message)
+        self.not_proposed = not_proposed
+
+
 def _answer(answer: httpx.Response, url: str) -> dict[str, Any]:
     """The JSON of a gateway answer, or the error it carries."""
     try:
@@ -381,6 +417,8 @@ def _answer(answer: httpx.Response, url: str) -> dict[str, Any]:
         raise BackendError(f"etcd at {url} answered HTTP {answer.status_code}, not JSON") from None
     if answer.status_code != 200 or "error" in data:
         message = data.get("message") or data.get("error") or f"HTTP {answer.status_code}"
+        if any(sign in str(message) for sign in _ELECTING):
+            raise _Electing(str(message), not_proposed="no leader" in str(message))
         hint = None
         if "too many operations" in str(message):
             hint = "start etcd with a larger --max-txn-ops (Tether writes heartbeats in one batch)"
