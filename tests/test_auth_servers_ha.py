@@ -8,18 +8,24 @@ tether-postgres plugin's backend); an auth server is killed with SIGKILL, not st
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import pathlib
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tether.testing.balancer import TCPBalancer
 from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
     start_cluster,
+    wait_for,
 )
-from tether.testing.postgres import available, postgres_database
+from tether.testing.postgres import SERVER, available, postgres_database
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,6 +66,44 @@ def _auth_server(
     """An auth server of cluster ``main`` on the store at ``url``, without a proxy."""
     config = {"storage": {"url": url}, "proxy_service": {"enabled": False}, **(extra or {})}
     return start_cluster(directory, "main", config=config)
+
+
+def _probe(cluster: RunningCluster, path: str) -> tuple[int, dict[str, Any]]:
+    """GET ``path`` on the auth port as a load balancer does: no client certificate."""
+    context = ssl.create_default_context(cafile=str(cluster.data_dir / "keys" / "tls_ca.crt"))
+    context.check_hostname = False
+    try:
+        with urllib.request.urlopen(
+            f"https://{cluster.auth_addr}{path}", context=context, timeout=10
+        ) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+def test_load_balancer_sees_an_auth_server_unready_while_its_store_is_unreachable(
+    pg_url: str, tmp_path: pathlib.Path, started: list[RunningCluster | RunningNode]
+) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    with TCPBalancer([SERVER.rsplit("@", 1)[1]]) as relay:
+        auth = _auth_server(tmp_path / "auth", f"postgresql://postgres@{relay.addr}/{database}")
+        started.append(auth)
+        assert _probe(auth, "/healthz") == (200, {"status": "ok"})
+        assert _probe(auth, "/readyz") == (200, {"ready": True})
+
+        relay.cut()  # PostgreSQL goes on running; this auth server cannot reach it
+        wait_for(lambda: _probe(auth, "/readyz")[0] == 503, "readyz to answer 503")
+        status, body = _probe(auth, "/readyz")
+        assert status == 503 and body["ready"] is False
+        assert "storage" in body["reason"], body
+        assert _probe(auth, "/healthz") == (200, {"status": "ok"})  # the process still serves
+
+        relay.restore()
+        wait_for(lambda: _probe(auth, "/readyz") == (200, {"ready": True}), "readyz again")
+        assert "name: access" in auth.tetherctl("get", "role/access").stdout
+        # probes are not audited: a balancer asking every second would flood the log
+        events = auth.tetherctl("audit", "search", "--format=json", "--limit=1000").stdout
+        assert "readyz" not in events and "healthz" not in events
 
 
 def test_second_auth_server_signs_with_the_cas_the_first_one_stored(
