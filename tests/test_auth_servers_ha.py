@@ -10,10 +10,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import pathlib
+import signal
 import ssl
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +25,8 @@ from tether.testing.cluster import (
     RunningCluster,
     RunningNode,
     start_cluster,
+    start_node,
+    start_proxy,
     wait_for,
 )
 from tether.testing.postgres import SERVER, available, postgres_database
@@ -79,6 +83,10 @@ def _probe(cluster: RunningCluster, path: str) -> tuple[int, dict[str, Any]]:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as refused:
         return refused.code, json.loads(refused.read())
+
+
+def _login(cluster: RunningCluster, user: str, password: str) -> Any:
+    return cluster.login(user, password, check=False)
 
 
 def test_load_balancer_sees_an_auth_server_unready_while_its_store_is_unreachable(
@@ -144,3 +152,101 @@ def test_auth_server_refuses_a_data_dir_whose_cas_are_not_the_stores(
             "main",
             config={"storage": {"url": pg_url}, "proxy_service": {"enabled": False}},
         )
+
+
+def test_logins_go_on_through_the_other_auth_server_when_one_is_killed(
+    pg_url: str,
+    tmp_path: pathlib.Path,
+    started: list[RunningCluster | RunningNode],
+) -> None:
+    # heartbeats every 2 s, so that the node's next one after the kill comes soon
+    often = {"auth_service": {"keep_alive_interval": "2s"}}
+    first = _auth_server(tmp_path / "auth-1", pg_url, often)
+    started.append(first)
+    second = _auth_server(tmp_path / "auth-2", pg_url, often)
+    started.append(second)
+    proxy = start_proxy(
+        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
+    )
+    started.append(proxy)
+    cluster = first.through(proxy)
+    cluster.add_user("alice", PASSWORD, roles=["access", "editor"])
+    node = start_node(cluster, tmp_path / "node", "web-1")
+    started.append(node)
+    wait_for(lambda: "web-1" in second.tetherctl("get", "nodes").stdout, "web-1 to be listed")
+
+    created: list[str] = []
+    failures: list[str] = []
+    killer = threading.Timer(0.2, first.stop, (signal.SIGKILL,))
+    for n in range(12):
+        if n == 4:  # auth-1 dies while this login is under way
+            killer.start()
+        login = _login(cluster, "alice", PASSWORD)
+        if login.returncode != 0:
+            failures.append(f"login {n}: {login.stderr}")
+            continue
+        role = tmp_path / f"visitor-{n}.yaml"
+        role.write_text(ROLE_YAML.format(n=n))
+        made = cluster.as_user("alice", "tetherctl", "create", str(role), check=False)
+        if made.returncode == 0:
+            created.append(f"visitor-{n}")
+        else:
+            failures.append(f"create {n}: {made.stderr}")
+
+    killer.join()
+    assert first.process.returncode == -signal.SIGKILL
+    # at most the one request in flight when auth-1 died fails, and says why
+    assert len(failures) <= 1, failures
+    assert all("auth" in failure or "connection" in failure for failure in failures), failures
+    assert len(created) >= 11
+    roles = second.tetherctl("get", "roles").stdout
+    for name in created:  # every acknowledged write is in the store
+        assert f"name: {name}" in roles
+    assert "web-1" in second.tetherctl("get", "nodes").stdout
+    assert proxy.log_text().count(f"auth server https://{first.auth_addr} failed") == 1
+    # the node goes on reporting through the proxy, which now asks auth-2
+    before = _node_entry(second, "web-1")["metadata"]["expires"]
+    wait_for(
+        lambda: _node_entry(second, "web-1")["metadata"]["expires"] != before,
+        "web-1's next heartbeat through auth-2",
+    )
+
+
+def _node_entry(auth: RunningCluster, hostname: str) -> dict[str, Any]:
+    listed = json.loads(auth.tetherctl("get", "nodes", "--format=json").stdout)
+    (entry,) = [doc for doc in listed if doc["spec"]["hostname"] == hostname]
+    return dict(entry)
+
+
+def test_failed_logins_split_between_auth_servers_lock_the_user_at_the_limit(
+    pg_url: str,
+    tmp_path: pathlib.Path,
+    started: list[RunningCluster | RunningNode],
+) -> None:
+    limits = {"auth_service": {"failed_login_limit": 4}}
+    first = _auth_server(tmp_path / "auth-1", pg_url, limits)
+    started.append(first)
+    second = _auth_server(tmp_path / "auth-2", pg_url, limits)
+    started.append(second)
+    # each proxy asks another auth server first
+    to_first = start_proxy(
+        first, tmp_path / "proxy-1", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
+    )
+    started.append(to_first)
+    to_second = start_proxy(
+        first, tmp_path / "proxy-2", "proxy-2", auth_servers=[second.auth_addr, first.auth_addr]
+    )
+    started.append(to_second)
+    first.add_user("alice", PASSWORD)
+    through: list[Callable[[str], Any]] = [
+        lambda password: _login(first.through(to_first), "alice", password),
+        lambda password: _login(first.through(to_second), "alice", password),
+    ]
+    for attempt in range(4):  # two wrong passwords at each auth server
+        refused = through[attempt % 2]("wrong password")
+        assert refused.returncode != 0 and "locked" not in refused.stderr, refused.stderr
+
+    for login in through:
+        locked = login(PASSWORD)
+        assert locked.returncode != 0
+        assert "too many failed logins: 'alice' is locked until" in locked.stderr

@@ -326,6 +326,9 @@ join:
   # port. Or auth_server: the auth service's host:port, and the node serves on its listen_addr.
   proxy_server: null
   auth_server: null
+  # Or, for a cluster that runs several auth servers on one shared store, all of them
+  # (a list of host:port): a proxy fails over between them. Not with auth_server.
+  auth_servers: []
   # The cluster CA pin printed by `tetherctl tokens add`, to verify the server on first join.
   ca_pin: null
   insecure: false

@@ -190,21 +190,35 @@ class JoinConfig:
     token: str | None = None
     proxy_server: HostPort | None = None
     auth_server: HostPort | None = None
+    #: every auth server of a cluster that runs several (on one shared store): a proxy fails
+    #: over between them (:class:`~tether.auth.http_client.AuthClient`); instead of auth_server
+    auth_servers: tuple[HostPort, ...] = ()
     ca_pin: str | None = None
     insecure: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.proxy_server is not None and self.auth_server is not None:
+        if self.auth_server is not None and self.auth_servers:
+            raise FieldError(
+                ("auth_servers",),
+                "give auth_server (one auth server) or auth_servers (a list), not both",
+            )
+        if self.proxy_server is not None and self.auth_addresses:
+            field = "auth_server" if self.auth_server is not None else "auth_servers"
             raise FieldError(
                 ("proxy_server",),
-                "give proxy_server (tunnel mode, no inbound port) or auth_server "
+                f"give proxy_server (tunnel mode, no inbound port) or {field} "
                 "(direct mode), not both",
             )
 
     @property
+    def auth_addresses(self) -> tuple[HostPort, ...]:
+        """The auth servers to reach, the first one first: auth_server, or auth_servers."""
+        return (self.auth_server,) if self.auth_server is not None else self.auth_servers
+
+    @property
     def server(self) -> HostPort | None:
-        """The address to join through: the proxy, else the auth server."""
-        return self.proxy_server or self.auth_server
+        """The address to join through: the proxy, else the (first) auth server."""
+        return self.proxy_server or next(iter(self.auth_addresses), None)
 
 
 def _default_nodename() -> str:
