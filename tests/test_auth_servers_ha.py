@@ -8,6 +8,7 @@ tether-postgres plugin's backend); an auth server is killed with SIGKILL, not st
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import pathlib
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tether import pki
 from tether.testing.balancer import TCPBalancer
 from tether.testing.cluster import (
     RunningCluster,
@@ -123,10 +125,10 @@ def test_second_auth_server_signs_with_the_cas_the_first_one_stored(
     second = _auth_server(tmp_path / "auth-2", pg_url)
     started.append(second)
     assert second.ca_pin == first.ca_pin
-    for name in ("tls_ca.crt", "ssh_user_ca", "ssh_host_ca"):
-        assert (second.data_dir / "keys" / name).read_bytes() == (
-            first.data_dir / "keys" / name
-        ).read_bytes()
+    # and keeps a copy of them in its data directory, as the first one does
+    copies = [pki.ClusterAuthorities.load(s.data_dir / "keys", "main") for s in (first, second)]
+    assert copies[0] is not None and copies[1] is not None
+    assert copies[0].fingerprints() == copies[1].fingerprints()
 
 
 def test_auth_servers_started_at_once_create_one_set_of_cas(
@@ -173,7 +175,17 @@ def test_logins_go_on_through_the_other_auth_server_when_one_is_killed(
     cluster.add_user("alice", PASSWORD, roles=["access", "editor"])
     node = start_node(cluster, tmp_path / "node", "web-1")
     started.append(node)
-    wait_for(lambda: "web-1" in second.tetherctl("get", "nodes").stdout, "web-1 to be listed")
+    # a node in direct mode knows both auth servers itself
+    direct = start_node(
+        cluster,
+        tmp_path / "direct",
+        "db-1",
+        tunnel=False,
+        extra_args=[f"--auth-server={second.auth_addr}"],
+    )
+    started.append(direct)
+    for name in ("web-1", "db-1"):
+        wait_for(functools.partial(_listed, second, name), f"{name} to be listed")
 
     created: list[str] = []
     failures: list[str] = []
@@ -204,12 +216,23 @@ def test_logins_go_on_through_the_other_auth_server_when_one_is_killed(
         assert f"name: {name}" in roles
     assert "web-1" in second.tetherctl("get", "nodes").stdout
     assert proxy.log_text().count(f"auth server https://{first.auth_addr} failed") == 1
-    # the node goes on reporting through the proxy, which now asks auth-2
-    before = _node_entry(second, "web-1")["metadata"]["expires"]
-    wait_for(
-        lambda: _node_entry(second, "web-1")["metadata"]["expires"] != before,
-        "web-1's next heartbeat through auth-2",
-    )
+    # the nodes go on reporting: web-1 through the proxy, which now asks auth-2, and db-1
+    # to auth-2 itself
+    for name in ("web-1", "db-1"):
+        before = _node_entry(second, name)["metadata"]["expires"]
+        wait_for(
+            functools.partial(_heartbeat_since, second, name, before),
+            f"{name}'s next heartbeat through auth-2",
+        )
+    assert direct.log_text().count(f"auth server https://{first.auth_addr} failed") == 1
+
+
+def _listed(auth: RunningCluster, hostname: str) -> bool:
+    return hostname in auth.tetherctl("get", "nodes").stdout
+
+
+def _heartbeat_since(auth: RunningCluster, hostname: str, expires: str) -> bool:
+    return _node_entry(auth, hostname)["metadata"]["expires"] != expires
 
 
 def _node_entry(auth: RunningCluster, hostname: str) -> dict[str, Any]:
