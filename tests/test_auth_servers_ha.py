@@ -7,9 +7,11 @@ tether-postgres plugin's backend); an auth server is killed with SIGKILL, not st
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import functools
 import json
+import os
 import pathlib
 import signal
 import ssl
@@ -31,7 +33,7 @@ from tether.testing.cluster import (
     start_proxy,
     wait_for,
 )
-from tether.testing.postgres import SERVER, available, postgres_database
+from tether.testing.postgres import SERVER, available, postgres_database, query
 
 pytestmark = [
     pytest.mark.slow,
@@ -139,6 +141,61 @@ def test_auth_servers_started_at_once_create_one_set_of_cas(
         servers = [future.result() for future in starting]
     started.extend(servers)
     assert len({server.ca_pin for server in servers}) == 1
+
+
+def _stored_ca_keys(pg_url: str) -> str:
+    """The stored CA keys as the store holds them (the tether-postgres backend's table)."""
+    return query(
+        pg_url,
+        "SELECT convert_from(value, 'UTF8') FROM tether_items "
+        "WHERE key = convert_to('/ca_keys/cluster', 'UTF8')",
+    )
+
+
+def test_ca_keys_in_the_store_are_sealed_with_the_key_file_every_auth_server_holds(
+    pg_url: str, tmp_path: pathlib.Path, started: list[RunningCluster | RunningNode]
+) -> None:
+    def key_file(name: str) -> str:
+        path = tmp_path / name
+        path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        path.chmod(0o600)
+        return str(path)
+
+    sealed = {"auth_service": {"ca_keys_key_file": key_file("ca-keys.key")}}
+    first = _auth_server(tmp_path / "auth-1", pg_url, sealed)
+    started.append(first)
+    stored = _stored_ca_keys(pg_url)
+    assert "aes-256-gcm" in stored and "PRIVATE KEY" not in stored
+
+    with pytest.raises(AssertionError, match="in the storage are encrypted"):
+        _auth_server(tmp_path / "auth-2", pg_url)
+    other = {"auth_service": {"ca_keys_key_file": key_file("other.key")}}
+    with pytest.raises(AssertionError, match="do not open with"):
+        _auth_server(tmp_path / "auth-3", pg_url, other)
+    second = _auth_server(tmp_path / "auth-4", pg_url, sealed)
+    started.append(second)
+    assert second.ca_pin == first.ca_pin
+
+
+def test_a_key_file_given_later_seals_the_ca_keys_stored_plain(
+    pg_url: str, tmp_path: pathlib.Path
+) -> None:
+    first = _auth_server(tmp_path / "auth-1", pg_url)
+    pin = first.ca_pin
+    first.stop()
+    assert "PRIVATE KEY" in _stored_ca_keys(pg_url)
+    path = tmp_path / "ca-keys.key"
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    path.chmod(0o600)
+    again = _auth_server(
+        tmp_path / "auth-1", pg_url, {"auth_service": {"ca_keys_key_file": str(path)}}
+    )
+    try:
+        assert again.ca_pin == pin
+        stored = _stored_ca_keys(pg_url)
+        assert "aes-256-gcm" in stored and "PRIVATE KEY" not in stored
+    finally:
+        again.stop()
 
 
 def test_auth_server_refuses_a_data_dir_whose_cas_are_not_the_stores(

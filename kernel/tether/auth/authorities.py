@@ -19,6 +19,7 @@ import attrs
 from cryptography import x509
 
 from tether import pki
+from tether.auth import ca_sealing
 from tether.auth.context import AuthContext
 from tether.backend import Backend, Op
 from tether.config import Config
@@ -55,18 +56,23 @@ async def load_authorities(
     (``tether_cert_authorities``, with the X.509 CA's algorithm: what databases accept of the
     cluster's CA), the same for every auth server of the store.
 
-    The store holds them (in plain text: who can read the store can sign as the cluster), and
-    the data directory's ``keys`` a copy. The first auth server to start creates them with a
+    The store holds them, in plain text (who can read the store can sign as the cluster)
+    unless ``auth_service.ca_keys_key_file`` names a key file that seals them (who can read
+    the store and that file can; see :mod:`tether.auth.ca_sealing`), and the data
+    directory's ``keys`` a copy. The first auth server to start creates them with a
     compare-and-swap (create only if absent): one that starts at the same moment and loses
     takes the winner's. A data directory holding CAs from before they were stored puts them
     in the store; one holding other CAs than the store's is refused, as signing with either
     would break what the other issued.
     """
     keys_dir = pathlib.Path(config.data_dir) / "keys"
+    key_file = config.auth_service.ca_keys_key_file
+    sealing = _Sealing(ca_sealing.read_key_file(key_file), str(key_file)) if key_file else None
     authorities = await _shared(
         backend,
         CLUSTER_CA_KEYS,
         keys_dir,
+        sealing,
         cached=lambda: pki.ClusterAuthorities.load(keys_dir, config.cluster_name),
         fresh=lambda: pki.ClusterAuthorities.generate(
             config.cluster_name,
@@ -82,18 +88,23 @@ async def load_authorities(
     )
     found = dict(authorities.declared)
     for name in declared:
-        found[name] = await _shared_declared(backend, config, keys_dir, name)
+        found[name] = await _shared_declared(backend, config, keys_dir, sealing, name)
     return attrs.evolve(authorities, declared=found)
 
 
 async def _shared_declared(
-    backend: Backend, config: Config, keys_dir: pathlib.Path, name: str
+    backend: Backend,
+    config: Config,
+    keys_dir: pathlib.Path,
+    sealing: _Sealing | None,
+    name: str,
 ) -> pki.X509CertAuthority:
     cluster = config.cluster_name
     return await _shared(
         backend,
         declared_ca_keys(name),
         keys_dir,
+        sealing,
         cached=lambda: pki.load_declared(keys_dir, cluster, name),
         fresh=lambda: pki.X509CertAuthority.create(
             cluster,
@@ -107,10 +118,19 @@ async def _shared_declared(
     )
 
 
+@attrs.frozen
+class _Sealing:
+    """The key (and the file it came from) that seals the stored CA keys."""
+
+    key: bytes = attrs.field(repr=False)
+    file: str
+
+
 async def _shared(
     backend: Backend,
     key: str,
     keys_dir: pathlib.Path,
+    sealing: _Sealing | None,
     *,
     cached: Callable[[], T | None],
     fresh: Callable[[], T],
@@ -120,12 +140,18 @@ async def _shared(
     same: Callable[[T, T], bool],
 ) -> T:
     """CAs stored at ``key``, with their copy in ``keys_dir`` (see :func:`load_authorities`)."""
+
+    def stored_form(cas: T) -> bytes:
+        record = dict(encode(cas))
+        sealed = ca_sealing.seal(record, sealing.key, key) if sealing else record
+        return json.dumps(sealed).encode()
+
     local = cached()
     stored = await backend.get(key)
     if stored is None:
         mine = local if local is not None else fresh()
         try:
-            await backend.create(key, json.dumps(encode(mine)).encode())
+            await backend.create(key, stored_form(mine))
         except AlreadyExists:
             stored = await backend.get(key)  # another auth server stored its own first
             if stored is None:
@@ -143,7 +169,19 @@ async def _shared(
         raise TrustError(f"the CA keys at {key} in the storage are not JSON: {exc}") from exc
     if not isinstance(record, dict):
         raise TrustError(f"the CA keys at {key} in the storage are not a JSON object")
-    chosen = decode(record)
+    sealed = ca_sealing.is_sealed(record)
+    chosen = decode(
+        ca_sealing.open_record(
+            record, sealing.key if sealing else None, key, key_file=sealing.file if sealing else ""
+        )
+    )
+    if sealing is not None and not sealed:
+        # a key file given to a cluster whose CAs were stored plain: seal them now (another
+        # auth server doing the same at once wins; either sealed them with the same key)
+        with contextlib.suppress(CompareFailed, NotFound):
+            await backend.compare_and_swap(
+                key, stored_form(chosen), expected_revision=stored.revision
+            )
     if local is None:
         save(chosen)
     elif not same(local, chosen):

@@ -117,6 +117,9 @@ class AuthServiceConfig:
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
     # browsers refuse Ed25519 certificates, and this CA signs the proxy's web certificate
     tls_ca_algorithm: CaAlgorithm = CaAlgorithm.ECDSA_P256
+    # a key (32 bytes, base64) every auth server of the cluster holds a copy of, which seals
+    # the CA keys in the store (tether.auth.ca_sealing); none: they are stored in plain text
+    ca_keys_key_file: pathlib.Path | None = None
     rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
     # callers without a certificate only: hosts' batches (heartbeats of every tunnel) grow
     # with the fleet, and they are authenticated

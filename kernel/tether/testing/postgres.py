@@ -15,15 +15,27 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 
-__all__ = ["SERVER", "available", "postgres_database"]
+__all__ = ["SERVER", "available", "postgres_database", "query"]
 
 #: the local server, as a ``storage.url`` without the database
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
-def _psql(sql: str) -> subprocess.CompletedProcess[str]:
+def query(url: str, sql: str) -> str:
+    """What ``psql`` prints for ``sql`` run on the database at ``url`` (unaligned, tuples
+    only): a scenario reads what a backend stored.
+
+    :raises AssertionError: psql failed; the message has its error.
+    """
+    answer = _psql(sql, url)
+    if answer.returncode != 0:
+        raise AssertionError(f"psql failed: {answer.stderr}")
+    return answer.stdout
+
+
+def _psql(sql: str, url: str = f"{SERVER}/postgres") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["psql", f"{SERVER}/postgres", "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql],
         capture_output=True,
         text=True,
         timeout=60,
