@@ -304,18 +304,19 @@ class ClusterAuthorities:
         tls_cert: x509.Certificate,
         *,
         where: str,
+        cert_where: str | None = None,
     ) -> ClusterAuthorities:
+        """The CAs, once checked; *where* (and *cert_where*, the certificate's file) name
+        what they were read from in errors."""
+        mixed = "it holds CAs of different clusters; restore a backup"
         orgs = tls_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         if [attr.value for attr in orgs] != [cluster]:
+            cert_in = cert_where or f"in {where}"
             raise TrustError(
-                f"X.509 CA certificate in {where} is not for cluster {cluster!r}",
-                hint="it holds CAs of different clusters; restore a backup",
+                f"X.509 CA certificate {cert_in} is not for cluster {cluster!r}", hint=mixed
             )
         if ca_pin(tls_cert) != ca_pin(tls_key.public_key()):
-            raise TrustError(
-                f"X.509 CA certificate and key in {where} do not match",
-                hint="it holds CAs of different clusters; restore a backup",
-            )
+            raise TrustError(f"X.509 CA certificate and key in {where} do not match", hint=mixed)
         for key in (user_key, host_key, tls_key):
             key_algorithm(key)  # refuses curves Tether does not use
         return cls(
@@ -412,7 +413,15 @@ class ClusterAuthorities:
             tls_cert = load_cert((keys_dir / _TLS_CERT).read_bytes())
         except ValueError as exc:
             raise TrustError(f"cannot load CA keys from {keys_dir}: {exc}") from exc
-        return cls._checked(cluster, user_key, host_key, tls_key, tls_cert, where=str(keys_dir))
+        return cls._checked(
+            cluster,
+            user_key,
+            host_key,
+            tls_key,
+            tls_cert,
+            where=str(keys_dir),
+            cert_where=f"in {keys_dir / _TLS_CERT}",
+        )
 
 
 def declared_unit(name: str) -> str:
@@ -481,16 +490,25 @@ def load_declared(keys_dir: pathlib.Path, cluster: str, name: str) -> X509CertAu
         cert = load_cert(cert_path.read_bytes())
     except ValueError as exc:
         raise TrustError(f"cannot load the {name} CA from {keys_dir}: {exc}") from exc
-    return _checked_declared(cluster, name, key, cert, where=str(keys_dir))
+    return _checked_declared(
+        cluster, name, key, cert, where=str(keys_dir), cert_where=str(cert_path)
+    )
 
 
 def _checked_declared(
-    cluster: str, name: str, key: PrivateKey, cert: x509.Certificate, *, where: str
+    cluster: str,
+    name: str,
+    key: PrivateKey,
+    cert: x509.Certificate,
+    *,
+    where: str,
+    cert_where: str | None = None,
 ) -> X509CertAuthority:
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     if [attr.value for attr in orgs] != [cluster]:
         raise TrustError(
-            f"the {name} CA certificate in {where} is not for cluster {cluster!r}",
+            f"the {name} CA certificate {cert_where or 'in ' + where} is not for cluster "
+            f"{cluster!r}",
             hint="it holds CAs of different clusters; restore a backup",
         )
     if ca_pin(cert) != ca_pin(key.public_key()):
