@@ -20,10 +20,14 @@ def test_a_node_keeps_its_connection_to_auth_between_heartbeats() -> None:
 
 
 async def test_the_auth_client_pools_connections_for_that_long() -> None:
-    client = AuthClient("https://127.0.0.1:1", ssl.create_default_context())
+    # one pool per auth server of a cluster that runs several
+    servers = ["https://127.0.0.1:1", "https://127.0.0.1:2"]
+    client = AuthClient(servers, ssl.create_default_context())
     try:
-        transport = client._http._transport
-        assert isinstance(transport, httpx.AsyncHTTPTransport)
-        assert transport._pool._keepalive_expiry == KEEPALIVE_EXPIRY
+        assert [str(http.base_url).rstrip("/") for http in client._clients] == servers
+        for http in client._clients:
+            transport = http._transport
+            assert isinstance(transport, httpx.AsyncHTTPTransport)
+            assert transport._pool._keepalive_expiry == KEEPALIVE_EXPIRY
     finally:
         await client.aclose()

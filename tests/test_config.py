@@ -575,6 +575,42 @@ def test_bad_start_flags_are_refused_naming_the_flag(flags: dict[str, str], mess
         apply_start_flags(default_config(), **flags, schema=KERNEL)  # type: ignore[arg-type]
 
 
+def test_a_proxy_of_several_auth_servers_is_given_them_all() -> None:
+    text = "join:\n  auth_servers: [a1.example:3025, a2.example:3025]\n"
+    config = load_config_text(text, "tether.yaml")
+    expected = (HostPort("a1.example", 3025), HostPort("a2.example", 3025))
+    assert config.join.auth_addresses == expected
+    assert config.join.server == HostPort("a1.example", 3025)
+    flagged = apply_start_flags(
+        default_config(),
+        roles="proxy",
+        auth_server=("a1.example:3025", "a2.example:3025"),
+        schema=KERNEL,
+    )
+    assert flagged.join.auth_servers == expected and flagged.join.auth_server is None
+    one = apply_start_flags(from_file := config, auth_server=("a3.example:3025",), schema=KERNEL)
+    assert one.join.auth_addresses == (HostPort("a3.example", 3025),)
+    assert from_file.join.auth_servers == expected  # the file's list is replaced, not edited
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "join:\n  auth_server: a.example:3025\n  auth_servers: [b.example:3025]\n",
+            "give auth_server (one auth server) or auth_servers (a list), not both",
+        ),
+        (
+            "join:\n  proxy_server: p.example:3080\n  auth_servers: [b.example:3025]\n",
+            "give proxy_server (tunnel mode, no inbound port) or auth_servers",
+        ),
+    ],
+)
+def test_join_section_refuses_auth_servers_with_another_server(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config_text(text, "tether.yaml")
+
+
 def test_join_section_refuses_both_servers() -> None:
     text = "join:\n  proxy_server: p.example:3080\n  auth_server: a.example:3025\n"
     with pytest.raises(ConfigError, match="not both"):

@@ -208,7 +208,7 @@ async def _run_services(
             info["proxy_addr"] = await start_proxy(
                 config,
                 me,
-                f"https://{auth_addr}",
+                [f"https://{auth_addr}"],
                 stack,
                 nursery,
                 ctx,
@@ -216,10 +216,10 @@ async def _run_services(
                 local_auth_app=auth_app,
             )
     elif config.proxy_service.enabled:
-        me, auth_url = await joined_proxy_identity(config)
+        me, auth_urls = await joined_proxy_identity(config)
         info["cluster_name"] = me.cluster_name
         info["ca_pin"] = pki.ca_pin(me.cas[0])
-        info["proxy_addr"] = await start_proxy(config, me, auth_url, stack, nursery, ctx)
+        info["proxy_addr"] = await start_proxy(config, me, auth_urls, stack, nursery, ctx)
     services: list[Service] = [s for group in pm.hook.tether_services(ctx=ctx) for s in group]
     for service in services:
         log.info("starting service %s", service.name)

@@ -24,6 +24,7 @@ __all__ = [
     "AuditUnavailable",
     "CompareFailed",
     "ConfigError",
+    "ConnectionLost",
     "NotFound",
     "PluginError",
     "RateLimited",
@@ -101,6 +102,11 @@ class Unreachable(TetherError):
     def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
+
+
+class ConnectionLost(TetherError):
+    """A connection to a server failed once made (reset, closed, timed out reading): unlike
+    :class:`Unreachable`, the request may have reached the server, and been acted on."""
 
 
 class AmbiguousTarget(TetherError):

@@ -14,7 +14,7 @@ import re
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from tether.errors import TetherError, TrustError, Unreachable
+from tether.errors import ConnectionLost, TetherError, TrustError, Unreachable
 from tether.pki import UnexpectedPeerKind
 from tether.wire import error_from_json
 
@@ -108,7 +108,9 @@ async def request_body(
     for a caller that passes an answer on without reading it (a proxy forwarding auth's).
 
     :raises TrustError: as :func:`request_json`.
-    :raises TetherError: the server is unreachable, or answered with an error.
+    :raises Unreachable: no connection could be made (nothing reached the server).
+    :raises ConnectionLost: the connection failed once made (the request may have reached it).
+    :raises TetherError: the server answered with an error.
     """
     import httpx
 
@@ -147,7 +149,7 @@ async def request_body(
                 hint="check the address, and that Tether runs there and is reachable from "
                 "this machine",
             ) from None
-        raise TetherError(f"connection to {server} failed: {reason}") from None
+        raise ConnectionLost(f"connection to {server} failed: {reason}") from None
     if response.status_code >= 400:
         raise error_from_json(json_or_none(response.content), response.status_code)
     return response.content

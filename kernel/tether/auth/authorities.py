@@ -2,44 +2,196 @@
 ``cert_authority`` resources, and the certificates of the cluster's own daemons.
 
 Separate from the other jobs because it runs before any of them (bootstrap) and is the only
-one that touches the CA key files.
+one that touches the CA keys: in the store, shared by every auth server of the cluster, with
+a copy in the data directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import pathlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
+import attrs
 from cryptography import x509
 
 from tether import pki
+from tether.auth import ca_sealing
 from tether.auth.context import AuthContext
 from tether.backend import Backend, Op
 from tether.config import Config
-from tether.errors import AlreadyExists, CompareFailed, NotFound
+from tether.errors import AlreadyExists, CompareFailed, NotFound, TrustError
 from tether.resources import KindRegistry, preset_roles, resource_to_bytes
 from tether.trust.handshake import TrustExchange, ca_resources
 
-__all__ = ["create_preset_roles", "issue_system_certificate", "load_authorities", "publish"]
+__all__ = [
+    "CA_KEYS_PREFIX",
+    "create_preset_roles",
+    "issue_system_certificate",
+    "load_authorities",
+    "publish",
+]
+
+T = TypeVar("T")
 
 
-def load_authorities(config: Config, declared: Sequence[str] = ()) -> pki.ClusterAuthorities:
-    """Load the cluster's CAs from the data directory, creating them on first start, and the
-    X.509 CAs of the ``declared`` types (``tether_cert_authorities``) the first time each is
-    declared, with the X.509 CA's algorithm (what databases accept of the cluster's CA)."""
+#: where the cluster's CA keys are stored, so that every auth server of the store signs with
+#: the same CAs: not a resource kind, so no API route lists them
+CA_KEYS_PREFIX = "/ca_keys/"
+CLUSTER_CA_KEYS = f"{CA_KEYS_PREFIX}cluster"
+
+
+def declared_ca_keys(name: str) -> str:
+    """The storage key of the declared X.509 CA ``name`` (a plugin's)."""
+    return f"{CA_KEYS_PREFIX}declared/{name}"
+
+
+async def load_authorities(
+    config: Config, backend: Backend, declared: Sequence[str] = ()
+) -> pki.ClusterAuthorities:
+    """The cluster's CAs, and the X.509 CAs of the ``declared`` types
+    (``tether_cert_authorities``, with the X.509 CA's algorithm: what databases accept of the
+    cluster's CA), the same for every auth server of the store.
+
+    The store holds them, in plain text (who can read the store can sign as the cluster)
+    unless ``auth_service.ca_keys_key_file`` names a key file that seals them (who can read
+    the store and that file can; see :mod:`tether.auth.ca_sealing`), and the data
+    directory's ``keys`` a copy. The first auth server to start creates them with a
+    compare-and-swap (create only if absent): one that starts at the same moment and loses
+    takes the winner's. A data directory holding CAs from before they were stored puts them
+    in the store; one holding other CAs than the store's is refused, as signing with either
+    would break what the other issued.
+    """
     keys_dir = pathlib.Path(config.data_dir) / "keys"
-    authorities = pki.ClusterAuthorities.load_or_create(
+    key_file = config.auth_service.ca_keys_key_file
+    sealing = _Sealing(ca_sealing.read_key_file(key_file), str(key_file)) if key_file else None
+    authorities = await _shared(
+        backend,
+        CLUSTER_CA_KEYS,
         keys_dir,
-        config.cluster_name,
-        algorithm=config.auth_service.ca_algorithm,
-        tls_algorithm=config.auth_service.tls_ca_algorithm,
+        sealing,
+        cached=lambda: pki.ClusterAuthorities.load(keys_dir, config.cluster_name),
+        fresh=lambda: pki.ClusterAuthorities.generate(
+            config.cluster_name,
+            algorithm=config.auth_service.ca_algorithm,
+            tls_algorithm=config.auth_service.tls_ca_algorithm,
+        ),
+        encode=lambda cas: cas.to_record(),
+        decode=lambda record: pki.ClusterAuthorities.from_record(
+            record, config.cluster_name, where="the storage"
+        ),
+        save=lambda cas: cas.save(keys_dir),
+        same=lambda a, b: a.fingerprints() == b.fingerprints(),
     )
-    return authorities.with_declared(
-        keys_dir, declared, algorithm=config.auth_service.tls_ca_algorithm
+    found = dict(authorities.declared)
+    for name in declared:
+        found[name] = await _shared_declared(backend, config, keys_dir, sealing, name)
+    return attrs.evolve(authorities, declared=found)
+
+
+async def _shared_declared(
+    backend: Backend,
+    config: Config,
+    keys_dir: pathlib.Path,
+    sealing: _Sealing | None,
+    name: str,
+) -> pki.X509CertAuthority:
+    cluster = config.cluster_name
+    return await _shared(
+        backend,
+        declared_ca_keys(name),
+        keys_dir,
+        sealing,
+        cached=lambda: pki.load_declared(keys_dir, cluster, name),
+        fresh=lambda: pki.X509CertAuthority.create(
+            cluster,
+            pki.generate_private_key(config.auth_service.tls_ca_algorithm),
+            unit=pki.declared_unit(name),
+        ),
+        encode=pki.declared_record,
+        decode=lambda record: pki.declared_from_record(record, cluster, name, where="the storage"),
+        save=lambda ca: pki.save_declared(keys_dir, name, ca),
+        same=lambda a, b: a.pin() == b.pin(),
     )
+
+
+@attrs.frozen
+class _Sealing:
+    """The key (and the file it came from) that seals the stored CA keys."""
+
+    key: bytes = attrs.field(repr=False)
+    file: str
+
+
+async def _shared(
+    backend: Backend,
+    key: str,
+    keys_dir: pathlib.Path,
+    sealing: _Sealing | None,
+    *,
+    cached: Callable[[], T | None],
+    fresh: Callable[[], T],
+    encode: Callable[[T], Mapping[str, str]],
+    decode: Callable[[Mapping[str, Any]], T],
+    save: Callable[[T], None],
+    same: Callable[[T, T], bool],
+) -> T:
+    """CAs stored at ``key``, with their copy in ``keys_dir`` (see :func:`load_authorities`)."""
+
+    def stored_form(cas: T) -> bytes:
+        record = dict(encode(cas))
+        sealed = ca_sealing.seal(record, sealing.key, key) if sealing else record
+        return json.dumps(sealed).encode()
+
+    local = cached()
+    stored = await backend.get(key)
+    if stored is None:
+        mine = local if local is not None else fresh()
+        try:
+            await backend.create(key, stored_form(mine))
+        except AlreadyExists:
+            stored = await backend.get(key)  # another auth server stored its own first
+            if stored is None:
+                raise TrustError(
+                    f"the CA keys at {key} in the storage were created and removed at once",
+                    hint="another auth server of the storage is misbehaving; start again",
+                ) from None
+        else:
+            if local is None:
+                save(mine)
+            return mine
+    try:
+        record = json.loads(stored.value)
+    except ValueError as exc:
+        raise TrustError(f"the CA keys at {key} in the storage are not JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise TrustError(f"the CA keys at {key} in the storage are not a JSON object")
+    sealed = ca_sealing.is_sealed(record)
+    chosen = decode(
+        ca_sealing.open_record(
+            record, sealing.key if sealing else None, key, key_file=sealing.file if sealing else ""
+        )
+    )
+    if sealing is not None and not sealed:
+        # a key file given to a cluster whose CAs were stored plain: seal them now (another
+        # auth server doing the same at once wins; either sealed them with the same key)
+        with contextlib.suppress(CompareFailed, NotFound):
+            await backend.compare_and_swap(
+                key, stored_form(chosen), expected_revision=stored.revision
+            )
+    if local is None:
+        save(chosen)
+    elif not same(local, chosen):
+        raise TrustError(
+            f"the CA keys in {keys_dir} are not those the storage holds ({key})",
+            hint="this data directory belongs to another cluster, or another auth server of "
+            "the storage created the cluster's CAs first: move the keys directory away to use "
+            "the storage's",
+        )
+    return chosen
 
 
 async def publish(ctx: AuthContext) -> None:

@@ -2,7 +2,9 @@
 
 Callers are identified by their client certificate only, except the three anonymous
 ``/webapi/`` routes a host joining directly (``tetherd start --auth-server``) needs before it
-has one: ping, the cluster CA (checked against the pin it was given) and the token join.
+has one: ping, the cluster CA (checked against the pin it was given) and the token join; and
+a load balancer's two probes, ``/healthz`` (the process serves) and ``/readyz`` (it can serve:
+see :mod:`tether.auth.readiness`).
 
 The proxy, which terminates users' TLS on the public port, forwards their requests with its
 own certificate and the user's certificate in the ``Tether-Forwarded-Cert`` header; auth
@@ -26,6 +28,7 @@ from tether import __version__, audit, pki
 from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
 from tether.auth.http_client import FORWARDED_CERT_HEADER
 from tether.auth.inventory import RelayedEntry
+from tether.auth.readiness import Readiness
 from tether.auth.request_bodies import (
     AddToken,
     AddUser,
@@ -442,6 +445,20 @@ def build_app(auth: AuthService) -> BodyLimit:
     async def ping(request: Request) -> JSONResponse:
         return JSONResponse({"cluster_name": auth.cluster_name, "server_version": __version__})
 
+    readiness = Readiness(auth.backend)
+
+    async def healthz(request: Request) -> JSONResponse:
+        # the process serves HTTP: nothing else is asked (a load balancer's liveness probe)
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        # anonymous (balancers have no client certificate), not audited, not rate limited:
+        # Readiness reads the store at most once a second however often it is asked
+        verdict = await readiness.check()
+        if verdict.ready:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "reason": verdict.reason}, status_code=503)
+
     async def cluster_ca(request: Request) -> JSONResponse:
         # unauthenticated on purpose, as the proxy's: a joining host checks it against its pin
         cas = auth.trusted_tls_cas()
@@ -489,6 +506,8 @@ def build_app(auth: AuthService) -> BodyLimit:
             Route("/v1/join", join, methods=["POST"]),
             Route("/v1/trustedclusters/validate", validate_trusted_cluster, methods=["POST"]),
             Route("/webapi/ping", ping),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/webapi/cluster-ca", cluster_ca),
             Route(
                 "/webapi/join",

@@ -24,7 +24,7 @@ from tether.audit import AuditEvent, AuditQuery, HostAuditEvent
 from tether.cert_authority_types import CertUsage, SignedCertificate
 from tether.config import Config
 from tether.datadir import admin_identity_paths, read_process_info
-from tether.errors import TetherError
+from tether.errors import ConnectionLost, TetherError, Unreachable
 from tether.httpclient import json_or_none, request_body
 
 if TYPE_CHECKING:  # not at run time: every CLI start imports this module, and that one trio
@@ -58,33 +58,58 @@ KEEPALIVE_EXPIRY = 25.0
 class AuthClient:
     """Typed calls to the auth API. Use as ``async with AuthClient(...) as client``.
 
-    :param base_url: ``https://host:port`` of auth, or of a proxy that forwards to it.
+    :param base_url: ``https://host:port`` of auth, or of a proxy that forwards to it; or
+        several, one per auth server of a cluster that runs more than one (``join.auth_servers``).
     :param ssl_context: carries the client certificate and the CAs trusted for the server.
     :param transport: auth in this process (:class:`~tether.auth.in_process.InProcessAuth`),
         called without a socket; ``base_url`` is then its ``IN_PROCESS_URL``.
+
+    With several base URLs, requests go to one server, the first at the start, for as long as
+    it answers, and fail over to the next:
+
+    - at once, for any request, when no connection to it could be made (refused, timed out
+      connecting: :class:`~tether.errors.Unreachable`): nothing reached that server;
+    - for a ``GET`` only (it changes nothing), when the connection failed once made
+      (:class:`~tether.errors.ConnectionLost`: reset, closed, timed out reading);
+    - never for another method that may have reached the server: a login, a join or a write
+      that may have been applied there is not silently sent again to another server. Its
+      caller gets the ``ConnectionLost`` and decides (a user runs ``tether login`` again); the
+      next request goes to the next server if that one still cannot be reached.
+
+    The server that answered is kept for the following requests; a failover is logged once.
+    An error the server answered (refused, not found, ...) is never retried elsewhere.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         ssl_context: ssl.SSLContext,
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         transport: InProcessAuth | None = None,
     ) -> None:
-        self.base_url = base_url
+        self.base_urls = (base_url,) if isinstance(base_url, str) else tuple(base_url)
+        if not self.base_urls:
+            raise ValueError("an auth client needs at least one base URL")
         self._context = ssl_context
         self._transport = transport
         self._headers = dict(headers or {})
         self._timeout = timeout
-        self._http = self._open()
+        #: the index in base_urls of the server requests go to
+        self._active = 0
+        self._clients = [self._open(url) for url in self.base_urls]
         #: requests under way, by the client they run on
         self._requests: dict[httpx.AsyncClient, int] = {}
 
-    def _open(self) -> httpx.AsyncClient:
+    @property
+    def base_url(self) -> str:
+        """The URL requests go to now (the server that last answered)."""
+        return self.base_urls[self._active]
+
+    def _open(self, base_url: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.base_url,
+            base_url=base_url,
             verify=self._context,
             transport=self._transport,
             headers=self._headers,
@@ -108,10 +133,11 @@ class AuthClient:
         pki.present_certificate(self._context, cert, key)
         if self._transport is not None:
             self._transport.present_certificate(cert)
-        previous, self._http = self._http, self._open()
-        if not self._requests.get(previous):
-            await previous.aclose()
-        # else the last request on it closes it (see call)
+        previous, self._clients = self._clients, [self._open(url) for url in self.base_urls]
+        for http in previous:
+            if not self._requests.get(http):
+                await http.aclose()
+            # else the last request on it closes it (see call_body)
 
     async def __aenter__(self) -> AuthClient:
         return self
@@ -122,7 +148,8 @@ class AuthClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in self._clients:
+            await http.aclose()
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One request; a server-side TetherError is raised here as the same class."""
@@ -131,8 +158,49 @@ class AuthClient:
     async def call_body(self, method: str, path: str, **kwargs: Any) -> bytes:
         """One request, whose JSON answer comes back undecoded (a proxy passes it on as it
         is: a listing of a thousand leaves is not decoded and encoded again on the way); a
-        server-side TetherError is raised here as the same class."""
-        http = self._http
+        server-side TetherError is raised here as the same class. With several servers, it
+        fails over as the class says.
+
+        :raises Unreachable: no server could be connected to.
+        :raises ConnectionLost: the connection failed after the request may have reached
+            the server (a request other than ``GET``, or the last server's).
+        """
+        first = self._active
+        count = len(self.base_urls)
+        unreachable: list[Unreachable] = []
+        failures: list[str] = []
+        for step in range(count):
+            index = (first + step) % count
+            try:
+                body = await self._request(index, method, path, **kwargs)
+            except Unreachable as exc:
+                unreachable.append(exc)
+                failures.append(exc.message)
+                continue
+            except ConnectionLost as exc:
+                if method != "GET" or step == count - 1:
+                    raise
+                failures.append(exc.message)
+                continue
+            if index != first and self._active == first:  # (not switched by another request)
+                log.warning(
+                    "auth server %s failed (%s); requests go to %s from now on",
+                    self.base_urls[self._active],
+                    "; ".join(failures),
+                    self.base_urls[index],
+                )
+                self._active = index
+            return body
+        if count == 1 or len(unreachable) == 1:
+            raise unreachable[0]
+        raise Unreachable(
+            "no auth server could be reached: " + "; ".join(failures),
+            reason=unreachable[-1].reason,
+            hint=unreachable[-1].hint,
+        )
+
+    async def _request(self, index: int, method: str, path: str, **kwargs: Any) -> bytes:
+        http = self._clients[index]
         self._requests[http] = self._requests.get(http, 0) + 1
         try:
             return await request_body(
@@ -146,7 +214,7 @@ class AuthClient:
             self._requests[http] -= 1
             if not self._requests[http]:
                 del self._requests[http]
-                if http is not self._http:  # replaced by present_certificate meanwhile
+                if http not in self._clients:  # replaced by present_certificate meanwhile
                     await http.aclose()
 
     # --- resources -----------------------------------------------------------------------

@@ -210,7 +210,7 @@ class AuthService:
             pm=pm,
             backend=backend,
             registry=registry,
-            authorities=ca_bootstrap.load_authorities(config, list(declared)),
+            authorities=await ca_bootstrap.load_authorities(config, backend, list(declared)),
             clock=clock,
         )
         await ca_bootstrap.publish(service.context)

@@ -103,7 +103,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "holding it; first start only.",
 )
 @click.option("--proxy", "proxy_server", help="Join through this proxy (host:port): tunnel mode.")
-@click.option("--auth-server", help="Join this auth service (host:port): direct mode.")
+@click.option(
+    "--auth-server",
+    multiple=True,
+    help="Join this auth service (host:port): direct mode. Repeat it for each auth server "
+    "of a cluster that runs several (a proxy fails over between them).",
+)
 @click.option("--ca-pin", help="The cluster CA pin, to verify the server when joining.")
 @click.option("--insecure", is_flag=True, help="Join without verifying the server (testing only).")
 @click.option("--labels", help="Node labels, comma-separated k=v pairs (added to the config's).")
@@ -148,7 +153,7 @@ def start(
         setup_logging(config.log.severity, config.log.format, debug=debug, own=plugin_packages(pm))
     except TetherError as exc:
         report(exc)
-    server = flags["proxy_server"] or flags["auth_server"]
+    server = flags["proxy_server"] or ", ".join(flags["auth_server"])
     if not (flags["token"] and server):
         run_command(run_daemon, config, pm, interrupted=(0, ""))
         return

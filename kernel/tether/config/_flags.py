@@ -8,6 +8,7 @@ The kernel registers ``auth`` and ``proxy``; plugins register theirs (the SSH pl
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -26,7 +27,7 @@ def apply_start_flags(
     roles: str | None = None,
     token: str | None = None,
     proxy_server: str | None = None,
-    auth_server: str | None = None,
+    auth_server: str | Sequence[str] | None = None,
     ca_pin: str | None = None,
     insecure: bool = False,
     labels: str | None = None,
@@ -37,8 +38,10 @@ def apply_start_flags(
 ) -> Config:
     """``config`` with ``tetherd start``'s flags applied; flags win over the file.
 
-    ``labels`` are added to every plugin section that has a ``labels`` field (the SSH
-    plugin's ``ssh_service.labels``); ``log_format`` replaces ``log.format``.
+    ``auth_server`` may be several addresses (``--auth-server`` repeated: every auth server
+    of the cluster, ``join.auth_servers``). ``labels`` are added to every plugin section
+    that has a ``labels`` field (the SSH plugin's ``ssh_service.labels``); ``log_format``
+    replaces ``log.format``.
 
     :param schema: the registered roles and sections; default: the installed plugins'.
     :raises ConfigError: a flag's value is impossible, with the flag named.
@@ -53,18 +56,20 @@ def apply_start_flags(
         join: dict[str, Any] = {}
         if token is not None:
             join["token"] = token
-        for flag, field, value in (
-            ("--proxy", "proxy_server", proxy_server),
-            ("--auth-server", "auth_server", auth_server),
-        ):
-            if value is not None:
-                try:
-                    join[field] = HostPort.parse(value)
-                except ValueError as exc:
-                    raise ConfigError(f"{flag}: {exc}") from None
-                # one flag replaces the file's choice of server entirely
-                other = "auth_server" if field == "proxy_server" else "proxy_server"
-                join.setdefault(other, None)
+        if proxy_server is not None:
+            # one flag replaces the file's choice of server entirely
+            join.update(
+                proxy_server=_host_port("--proxy", proxy_server), auth_server=None, auth_servers=()
+            )
+        servers = (auth_server,) if isinstance(auth_server, str) else tuple(auth_server or ())
+        if servers:
+            addrs = tuple(_host_port("--auth-server", server) for server in servers)
+            # one auth server as auth_server; several (the flag repeated) as auth_servers
+            join.update(
+                proxy_server=None,
+                auth_server=addrs[0] if len(addrs) == 1 else None,
+                auth_servers=addrs if len(addrs) > 1 else (),
+            )
         if ca_pin is not None:
             join["ca_pin"] = ca_pin
         if insecure:
@@ -81,6 +86,13 @@ def apply_start_flags(
         return attrs.evolve(config, **changes)
     except FieldError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _host_port(flag: str, value: str) -> HostPort:
+    try:
+        return HostPort.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def _apply_roles(config: Config, roles: str, schema: ConfigSchema) -> Config:

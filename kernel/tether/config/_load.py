@@ -271,6 +271,10 @@ auth_service:
   # the X.509 one, which signs the proxy's web certificate (browsers refuse Ed25519 there).
   ca_algorithm: ed25519
   tls_ca_algorithm: ecdsa-p256
+  # The CA keys are kept in the storage, shared by every auth server of the cluster, and in
+  # plain text there unless this names a key file (`openssl rand -base64 32`, mode 0600) that
+  # seals them: then every auth server needs a copy of the same file.
+  ca_keys_key_file: null
   # Per client address, on the join of hosts that join auth directly (--auth-server), as
   # proxy_service.rate_limit on the proxy's anonymous endpoints.
   rate_limit:
@@ -326,6 +330,9 @@ join:
   # port. Or auth_server: the auth service's host:port, and the node serves on its listen_addr.
   proxy_server: null
   auth_server: null
+  # Or, for a cluster that runs several auth servers on one shared store, all of them
+  # (a list of host:port): a proxy fails over between them. Not with auth_server.
+  auth_servers: []
   # The cluster CA pin printed by `tetherctl tokens add`, to verify the server on first join.
   ca_pin: null
   insecure: false

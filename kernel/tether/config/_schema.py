@@ -117,6 +117,9 @@ class AuthServiceConfig:
     ca_algorithm: CaAlgorithm = CaAlgorithm.ED25519
     # browsers refuse Ed25519 certificates, and this CA signs the proxy's web certificate
     tls_ca_algorithm: CaAlgorithm = CaAlgorithm.ECDSA_P256
+    # a key (32 bytes, base64) every auth server of the cluster holds a copy of, which seals
+    # the CA keys in the store (tether.auth.ca_sealing); none: they are stored in plain text
+    ca_keys_key_file: pathlib.Path | None = None
     rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
     # callers without a certificate only: hosts' batches (heartbeats of every tunnel) grow
     # with the fleet, and they are authenticated
@@ -190,21 +193,35 @@ class JoinConfig:
     token: str | None = None
     proxy_server: HostPort | None = None
     auth_server: HostPort | None = None
+    #: every auth server of a cluster that runs several (on one shared store): a proxy fails
+    #: over between them (:class:`~tether.auth.http_client.AuthClient`); instead of auth_server
+    auth_servers: tuple[HostPort, ...] = ()
     ca_pin: str | None = None
     insecure: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.proxy_server is not None and self.auth_server is not None:
+        if self.auth_server is not None and self.auth_servers:
+            raise FieldError(
+                ("auth_servers",),
+                "give auth_server (one auth server) or auth_servers (a list), not both",
+            )
+        if self.proxy_server is not None and self.auth_addresses:
+            field = "auth_server" if self.auth_server is not None else "auth_servers"
             raise FieldError(
                 ("proxy_server",),
-                "give proxy_server (tunnel mode, no inbound port) or auth_server "
+                f"give proxy_server (tunnel mode, no inbound port) or {field} "
                 "(direct mode), not both",
             )
 
     @property
+    def auth_addresses(self) -> tuple[HostPort, ...]:
+        """The auth servers to reach, the first one first: auth_server, or auth_servers."""
+        return (self.auth_server,) if self.auth_server is not None else self.auth_servers
+
+    @property
     def server(self) -> HostPort | None:
-        """The address to join through: the proxy, else the auth server."""
-        return self.proxy_server or self.auth_server
+        """The address to join through: the proxy, else the (first) auth server."""
+        return self.proxy_server or next(iter(self.auth_addresses), None)
 
 
 def _default_nodename() -> str:

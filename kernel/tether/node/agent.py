@@ -164,18 +164,21 @@ class NodeAgent:
             addresses=self._addresses(),
             ca_pin=join.ca_pin,
             insecure=join.insecure,
+            auth_url=self._api_urls(),
             roles=self.host_roles,
         )
 
-    def _api_url(self) -> str:
-        """Where the agent reaches the auth API: its own process's auth, the auth server, or
-        the proxy (which forwards ``/v1`` requests with the host's certificate)."""
+    def _api_urls(self) -> list[str]:
+        """Where the agent reaches the auth API: its own process's auth, the auth servers
+        (it fails over between them, as a proxy does), or the proxy (which forwards ``/v1``
+        requests with the host's certificate)."""
         auth_addr = self.ctx.auth_addr
         if auth_addr:
-            return f"https://{auth_addr}"
-        server = self.config.join.server
-        assert server is not None  # _identity refused to start without one
-        return f"https://{server}"
+            return [f"https://{auth_addr}"]
+        join = self.config.join
+        servers = [join.proxy_server] if join.proxy_server else list(join.auth_addresses)
+        assert servers  # _identity refused to start without one
+        return [f"https://{server}" for server in servers]
 
     def _client_context(
         self,
@@ -214,7 +217,7 @@ class NodeAgent:
         # one connection to its cluster
         pool = self._tunnel_pool(joined, handle_stream) if self.tunnel_mode else None
         async with (
-            AuthClient(self._api_url(), self._client_context(joined)) as api,
+            AuthClient(self._api_urls(), self._client_context(joined)) as api,
             trio.open_nursery() as nursery,
         ):
             trust = TrustCache(api, self.ctx.pm, initial, tunnel=pool)

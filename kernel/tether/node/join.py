@@ -197,7 +197,7 @@ async def load_or_join_current(
     addresses: Sequence[str] = (),
     ca_pin: str | None = None,
     insecure: bool = False,
-    auth_url: str | None = None,
+    auth_url: str | Sequence[str] | None = None,
     peer_kinds: Sequence[str] = SERVER_KINDS,
     roles: Sequence[str] = (),
 ) -> JoinedIdentity:
@@ -206,8 +206,8 @@ async def load_or_join_current(
     saved. The one way every joining host (a node's agent, a proxy of its own) gets its
     identity when it starts; it then renews it with :func:`renew_and_save`.
 
-    :param auth_url: where to renew (``https://HOST:PORT``); ``server`` by default (a proxy
-        forwards ``/v1`` requests to auth).
+    :param auth_url: where to renew (``https://HOST:PORT``, or several auth servers'
+        URLs); ``server`` by default (a proxy forwards ``/v1`` requests to auth).
     :param peer_kinds: who may answer there (a proxy asks auth only).
     :param roles: the host roles a node needs (its protocols'); a saved identity without one
         of them is replaced by joining again with ``token``.

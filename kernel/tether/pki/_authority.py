@@ -49,6 +49,11 @@ __all__ = [
     "X509CertAuthority",
     "ca_pin",
     "check_ca_pin",
+    "declared_from_record",
+    "declared_record",
+    "declared_unit",
+    "load_declared",
+    "save_declared",
     "signing_hash",
 ]
 
@@ -257,6 +262,91 @@ class ClusterAuthorities:
             tls=X509CertAuthority.create(cluster, generate_private_key(tls_algorithm)),
         )
 
+    def to_record(self) -> dict[str, str]:
+        """The three CAs' keys and the X.509 CA certificate as text, for storing them where
+        several auth servers of the cluster read them (:meth:`from_record` reads it back)."""
+        return {
+            "cluster": self.cluster,
+            "ssh_user_key": private_key_to_openssh(self.ssh_user.private_key).decode(),
+            "ssh_host_key": private_key_to_openssh(self.ssh_host.private_key).decode(),
+            "tls_key": private_key_to_pem(self.tls.private_key).decode(),
+            "tls_cert": self.tls.cert_pem().decode(),
+        }
+
+    @classmethod
+    def from_record(
+        cls, record: Mapping[str, Any], cluster: str, *, where: str
+    ) -> ClusterAuthorities:
+        """The CAs of :meth:`to_record`, checked as those read from files are (the cluster's,
+        a certificate matching its key); *where* names the record in errors."""
+        if record.get("cluster") != cluster:
+            raise TrustError(
+                f"the CA keys in {where} belong to cluster {record.get('cluster')!r}, "
+                f"not {cluster!r}",
+                hint="fix cluster_name in the configuration, or the storage it points to",
+            )
+        try:
+            user_key = load_private_key(str(record["ssh_user_key"]).encode())
+            host_key = load_private_key(str(record["ssh_host_key"]).encode())
+            tls_key = load_private_key(str(record["tls_key"]).encode())
+            tls_cert = load_cert(str(record["tls_cert"]).encode())
+        except (KeyError, ValueError) as exc:
+            raise TrustError(f"cannot load the CA keys in {where}: {exc}") from exc
+        return cls._checked(cluster, user_key, host_key, tls_key, tls_cert, where=where)
+
+    @classmethod
+    def _checked(
+        cls,
+        cluster: str,
+        user_key: PrivateKey,
+        host_key: PrivateKey,
+        tls_key: PrivateKey,
+        tls_cert: x509.Certificate,
+        *,
+        where: str,
+        cert_where: str | None = None,
+    ) -> ClusterAuthorities:
+        """The CAs, once checked; *where* (and *cert_where*, the certificate's file) name
+        what they were read from in errors."""
+        mixed = "it holds CAs of different clusters; restore a backup"
+        orgs = tls_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        if [attr.value for attr in orgs] != [cluster]:
+            cert_in = cert_where or f"in {where}"
+            raise TrustError(
+                f"X.509 CA certificate {cert_in} is not for cluster {cluster!r}", hint=mixed
+            )
+        if ca_pin(tls_cert) != ca_pin(tls_key.public_key()):
+            raise TrustError(f"X.509 CA certificate and key in {where} do not match", hint=mixed)
+        for key in (user_key, host_key, tls_key):
+            key_algorithm(key)  # refuses curves Tether does not use
+        return cls(
+            cluster=cluster,
+            ssh_user=SSHCertAuthority(cluster, "user", user_key),
+            ssh_host=SSHCertAuthority(cluster, "host", host_key),
+            tls=X509CertAuthority(cluster=cluster, private_key=tls_key, certificate=tls_cert),
+        )
+
+    @classmethod
+    def load(cls, keys_dir: pathlib.Path, cluster: str) -> ClusterAuthorities | None:
+        """The CAs of *cluster* in *keys_dir*, or None when it holds none yet (checked as
+        :meth:`load_or_create` does)."""
+        keys_dir = pathlib.Path(keys_dir)
+        if not keys_dir.exists():
+            return None
+        _check_private_path(keys_dir, directory=True)
+        if not any((keys_dir / name).exists() for name in (_MANIFEST, *_CA_FILES)):
+            return None
+        return cls._load(keys_dir, cluster)
+
+    def save(self, keys_dir: pathlib.Path) -> None:
+        """Write these CAs into *keys_dir*, which must hold none yet (created 0700)."""
+        keys_dir = pathlib.Path(keys_dir)
+        if not keys_dir.exists():
+            keys_dir.mkdir(mode=0o700, parents=True)
+            os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask
+        _check_private_path(keys_dir, directory=True)
+        self._write(keys_dir)
+
     @classmethod
     def load_or_create(
         cls,
@@ -274,17 +364,12 @@ class ClusterAuthorities:
         different cluster, and a half-written directory: silently regenerating any CA would
         invalidate every certificate and trust relation issued under it.
         """
-        keys_dir = pathlib.Path(keys_dir)
-        if not keys_dir.exists():
-            keys_dir.mkdir(mode=0o700, parents=True)
-            os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask
-        _check_private_path(keys_dir, directory=True)
-        present = [name for name in (_MANIFEST, *_CA_FILES) if (keys_dir / name).exists()]
-        if not present:
-            authorities = cls.generate(cluster, algorithm=algorithm, tls_algorithm=tls_algorithm)
-            authorities._write(keys_dir)
-            return authorities
-        return cls._load(keys_dir, cluster)
+        existing = cls.load(keys_dir, cluster)
+        if existing is not None:
+            return existing
+        authorities = cls.generate(cluster, algorithm=algorithm, tls_algorithm=tls_algorithm)
+        authorities.save(keys_dir)
+        return authorities
 
     def _write(self, keys_dir: pathlib.Path) -> None:
         """Write every CA file, the manifest last: its presence means the set is complete."""
@@ -328,24 +413,14 @@ class ClusterAuthorities:
             tls_cert = load_cert((keys_dir / _TLS_CERT).read_bytes())
         except ValueError as exc:
             raise TrustError(f"cannot load CA keys from {keys_dir}: {exc}") from exc
-        orgs = tls_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        if [attr.value for attr in orgs] != [cluster]:
-            raise TrustError(
-                f"X.509 CA certificate in {keys_dir / _TLS_CERT} is not for cluster {cluster!r}",
-                hint="the directory holds files from different clusters; restore a backup",
-            )
-        if ca_pin(tls_cert) != ca_pin(tls_key.public_key()):
-            raise TrustError(
-                f"X.509 CA certificate and key in {keys_dir} do not match",
-                hint="the directory holds files from different clusters; restore a backup",
-            )
-        for key in (user_key, host_key, tls_key):
-            key_algorithm(key)  # refuses curves Tether does not use
-        return cls(
-            cluster=cluster,
-            ssh_user=SSHCertAuthority(cluster, "user", user_key),
-            ssh_host=SSHCertAuthority(cluster, "host", host_key),
-            tls=X509CertAuthority(cluster=cluster, private_key=tls_key, certificate=tls_cert),
+        return cls._checked(
+            cluster,
+            user_key,
+            host_key,
+            tls_key,
+            tls_cert,
+            where=str(keys_dir),
+            cert_where=f"in {keys_dir / _TLS_CERT}",
         )
 
 
@@ -357,16 +432,50 @@ def declared_unit(name: str) -> str:
 def _load_or_create_declared(
     keys_dir: pathlib.Path, cluster: str, name: str, algorithm: str
 ) -> X509CertAuthority:
+    existing = load_declared(keys_dir, cluster, name)
+    if existing is not None:
+        return existing
+    ca = X509CertAuthority.create(
+        cluster, generate_private_key(algorithm), unit=declared_unit(name)
+    )
+    save_declared(keys_dir, name, ca)
+    return ca
+
+
+def save_declared(keys_dir: pathlib.Path, name: str, ca: X509CertAuthority) -> None:
+    """Write the declared X.509 CA *name* into *keys_dir* (``ca_<name>.key`` and ``.crt``)."""
+    write_secret_file(keys_dir / f"ca_{name}.key", private_key_to_pem(ca.private_key))
+    write_secret_file(keys_dir / f"ca_{name}.crt", ca.cert_pem())
+
+
+def declared_record(ca: X509CertAuthority) -> dict[str, str]:
+    """The declared X.509 CA as text, for storing it (:func:`declared_from_record`)."""
+    return {
+        "cluster": ca.cluster,
+        "key": private_key_to_pem(ca.private_key).decode(),
+        "cert": ca.cert_pem().decode(),
+    }
+
+
+def declared_from_record(
+    record: Mapping[str, Any], cluster: str, name: str, *, where: str
+) -> X509CertAuthority:
+    """The declared X.509 CA *name* of :func:`declared_record`, checked as from files."""
+    try:
+        key = load_private_key(str(record["key"]).encode())
+        cert = load_cert(str(record["cert"]).encode())
+    except (KeyError, ValueError) as exc:
+        raise TrustError(f"cannot load the {name} CA in {where}: {exc}") from exc
+    return _checked_declared(cluster, name, key, cert, where=where)
+
+
+def load_declared(keys_dir: pathlib.Path, cluster: str, name: str) -> X509CertAuthority | None:
+    """The declared X.509 CA *name* in *keys_dir*, or None when it holds none yet."""
     key_path = keys_dir / f"ca_{name}.key"
     cert_path = keys_dir / f"ca_{name}.crt"
     present = [path for path in (key_path, cert_path) if path.exists()]
     if not present:
-        ca = X509CertAuthority.create(
-            cluster, generate_private_key(algorithm), unit=declared_unit(name)
-        )
-        write_secret_file(key_path, private_key_to_pem(ca.private_key))
-        write_secret_file(cert_path, ca.cert_pem())
-        return ca
+        return None
     if len(present) != 2:
         missing = cert_path if key_path.exists() else key_path
         raise TrustError(
@@ -381,16 +490,31 @@ def _load_or_create_declared(
         cert = load_cert(cert_path.read_bytes())
     except ValueError as exc:
         raise TrustError(f"cannot load the {name} CA from {keys_dir}: {exc}") from exc
+    return _checked_declared(
+        cluster, name, key, cert, where=str(keys_dir), cert_where=str(cert_path)
+    )
+
+
+def _checked_declared(
+    cluster: str,
+    name: str,
+    key: PrivateKey,
+    cert: x509.Certificate,
+    *,
+    where: str,
+    cert_where: str | None = None,
+) -> X509CertAuthority:
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     if [attr.value for attr in orgs] != [cluster]:
         raise TrustError(
-            f"the {name} CA certificate {cert_path} is not for cluster {cluster!r}",
-            hint="the directory holds files from different clusters; restore a backup",
+            f"the {name} CA certificate {cert_where or 'in ' + where} is not for cluster "
+            f"{cluster!r}",
+            hint="it holds CAs of different clusters; restore a backup",
         )
     if ca_pin(cert) != ca_pin(key.public_key()):
         raise TrustError(
-            f"the {name} CA certificate and key in {keys_dir} do not match",
-            hint="the directory holds files from different clusters; restore a backup",
+            f"the {name} CA certificate and key in {where} do not match",
+            hint="it holds CAs of different clusters; restore a backup",
         )
     key_algorithm(key)
     return X509CertAuthority(cluster=cluster, private_key=key, certificate=cert)

@@ -22,7 +22,7 @@ from cryptography import x509
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.config import Config
-from tether.errors import ConfigError
+from tether.errors import ConfigError, Unreachable
 from tether.node.join import host_client_context, load_or_join_current, renew_and_save
 from tether.route_names import ROUTE_NAME_WILDCARD
 
@@ -107,14 +107,15 @@ def local_proxy_identity(auth: AuthService, config: Config) -> ProxyIdentity:
     )
 
 
-async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
+async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, list[str]]:
     """A proxy of its own (``tetherd start --roles=proxy --auth-server=... --token=...``):
     it joins auth once with a proxy token and keeps the identity in its data directory.
 
-    Returns the identity and the auth service's URL.
+    Returns the identity and the auth servers' URLs (``join.auth_servers``: several auth
+    servers of one cluster; the first that can be reached is joined).
     """
     join = config.join
-    if join.auth_server is None:
+    if not join.auth_addresses:
         raise ConfigError(
             "a proxy without an auth service in its process needs the auth server's address",
             hint="pass --auth-server=HOST:PORT (and --token with a proxy token the first time)",
@@ -124,21 +125,29 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
     hosts = (listen.host, public.host if public else "", ROUTE_NAME_WILDCARD)
     dns, ips = server_names(config, *hosts)
     directory = pathlib.Path(config.data_dir) / "proxy"
-    auth_url = f"https://{join.auth_server}"
+    servers = [str(addr) for addr in join.auth_addresses]
+    auth_urls = [f"https://{server}" for server in servers]
     addresses = [*dns, *ips]
-    joined = await load_or_join_current(
-        directory,
-        str(join.auth_server),
-        join.token,
-        role="proxy",
-        host_id=config.nodename,
-        hostname=config.nodename,
-        addresses=addresses,
-        ca_pin=join.ca_pin,
-        insecure=join.insecure,
-        auth_url=auth_url,
-        peer_kinds=("auth",),
-    )
+    for attempt, server in enumerate(servers):
+        try:
+            joined = await load_or_join_current(
+                directory,
+                server,
+                join.token,
+                role="proxy",
+                host_id=config.nodename,
+                hostname=config.nodename,
+                addresses=addresses,
+                ca_pin=join.ca_pin,
+                insecure=join.insecure,
+                auth_url=auth_urls[attempt:] + auth_urls[:attempt],
+                peer_kinds=("auth",),
+            )
+            break
+        except Unreachable as exc:
+            if attempt == len(servers) - 1:
+                raise
+            log.warning("auth server %s cannot be reached (%s); trying the next", server, exc)
 
     hostname = joined.identity.username
     if ROUTE_NAME_WILDCARD not in pki.x509_host_names(joined.tls_cert):
@@ -146,7 +155,7 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
         # (auth lets a proxy's renewal add it), rather than fail every route name's
         # handshake until the certificate's next renewal
         context = host_client_context(joined, peer_kinds=("auth",), insecure=join.insecure)
-        async with AuthClient(auth_url, context) as api:
+        async with AuthClient(auth_urls, context) as api:
             joined = await renew_and_save(
                 api, directory, hostname=hostname, addresses=addresses, role="proxy"
             )
@@ -166,4 +175,4 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, str]:
         joined.tls_cas,
         renew,
     )
-    return identity, auth_url
+    return identity, auth_urls

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 async def start_proxy(
     config: Config,
     me: ProxyIdentity,
-    auth_url: str,
+    auth_urls: Sequence[str],
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
     ctx: ServiceContext,
@@ -68,8 +68,8 @@ async def start_proxy(
     local_auth_app: Any = None,
 ) -> str:
     """Serve the proxy's one public port. Everything it knows of the cluster it asks auth,
-    at ``auth_url``, whether auth runs in this process or elsewhere (high availability:
-    several proxies, one auth).
+    at ``auth_urls``, whether auth runs in this process or elsewhere (high availability:
+    several proxies, and several auth servers on one store between which it fails over).
 
     :param local_auth_app: the auth API's ASGI app when auth runs in this process: called
         directly (:class:`~tether.auth.in_process.InProcessAuth`), not over loopback HTTPS.
@@ -83,7 +83,7 @@ async def start_proxy(
     in_process = InProcessAuth(local_auth_app, me.cert) if local_auth_app is not None else None
     auth_client = await stack.enter_async_context(
         AuthClient(
-            IN_PROCESS_URL if in_process is not None else auth_url,
+            IN_PROCESS_URL if in_process is not None else auth_urls,
             client_ctx,
             transport=in_process,
         )

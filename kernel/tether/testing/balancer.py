@@ -46,6 +46,7 @@ class TCPBalancer:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._down = False
         #: backend address -> connections forwarded to it
         self.forwarded: dict[str, int] = dict.fromkeys(self.backends, 0)
 
@@ -70,6 +71,21 @@ class TCPBalancer:
                     sock.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
+
+    def cut(self) -> None:
+        """Take every backend down as the clients see it: cut the forwarded connections and
+        end each new one at once, until :meth:`restore`. (A store behind it becomes
+        unreachable for the daemon using it, while the store itself keeps running.)"""
+        with self._lock:
+            self._down = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        """Forward new connections again after :meth:`cut`."""
+        with self._lock:
+            self._down = False
 
     def _spawn(self, target: object, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
@@ -101,7 +117,9 @@ class TCPBalancer:
         return None
 
     def _forward(self, client: socket.socket) -> None:
-        upstream = self._connect()
+        with self._lock:
+            down = self._down
+        upstream = None if down else self._connect()
         if upstream is None:
             client.close()  # every backend is down: the client sees the connection end
             return

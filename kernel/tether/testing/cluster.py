@@ -142,6 +142,13 @@ class RunningCluster:
     def data_dir(self) -> pathlib.Path:
         return self.directory / "data"
 
+    def through(self, proxy: RunningNode) -> RunningCluster:
+        """This cluster as its users reach it through ``proxy``, another proxy of it
+        (:func:`start_proxy`): ``login`` and nodes joining in tunnel mode go there. An auth
+        server started without a proxy of its own (several auth servers on one store) is
+        reached so."""
+        return attrs.evolve(self, info={**self.info, "proxy_addr": proxy.proxy_addr})
+
     def tetherctl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """``tetherctl -c tether.yaml ARGS`` on the auth host, as the local admin."""
         return run_cli(
@@ -391,12 +398,16 @@ def start_proxy(
     listen_addr: str = "127.0.0.1:0",
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    auth_servers: Sequence[str] = (),
 ) -> RunningNode:
     """Start another proxy for ``cluster``, in a process of its own, as for high availability:
     ``tetherd start --roles=proxy --auth-server=AUTH --token=TOKEN``.
 
     :param token: a proxy token; a fresh one from ``tetherctl tokens add`` by default.
     :param listen_addr: where it listens; give a fixed port to keep the address on restart.
+    :param auth_servers: every auth server's address (``host:port``), for a cluster that runs
+        several on one store (``--auth-server`` once each; the proxy fails over between
+        them); ``cluster``'s auth server alone by default.
     :raises AssertionError: the proxy exited or did not come up; the message has its log.
     """
     config = {
@@ -406,7 +417,8 @@ def start_proxy(
         "auth_service": {"enabled": False},
         "proxy_service": {"enabled": True, "listen_addr": listen_addr},
     }
-    args = [f"--auth-server={cluster.auth_addr}", *extra_args]
+    servers = list(auth_servers) or [cluster.auth_addr]
+    args = [*(f"--auth-server={addr}" for addr in servers), *extra_args]
     return _start_joining(
         cluster, directory, name, "proxy", token, config, args, env, cluster.command_prefix
     )
