@@ -12,14 +12,16 @@ import datetime
 import re
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pluggy
 
-from tether.config import AuditFailure
 from tether.errors import AuditUnavailable
 from tether.plugins import await_maybe, call_each
+
+if TYPE_CHECKING:  # tether.config is heavy, and a client reading AuditEvent needs none of it
+    from tether.config import AuditFailure
 
 __all__ = [
     "EVENT_TYPE",
@@ -194,7 +196,7 @@ async def emit(
     pm: pluggy.PluginManager,
     events: Sequence[AuditEvent],
     *,
-    on_failure: AuditFailure = AuditFailure.REFUSE,
+    on_failure: AuditFailure | str = "refuse",
 ) -> None:
     """Send ``events`` (at least one, oldest first) to every sink; a failing sink is logged
     and the others still run.
@@ -209,7 +211,7 @@ async def emit(
         events=list(events),
         on_error=lambda name, exc: failed.append(f"{name}: {exc}"),
     )
-    if failed and on_failure is AuditFailure.REFUSE:
+    if failed and on_failure == "refuse":  # AuditFailure.REFUSE is that string
         what = events[0].type if len(events) == 1 else f"{len(events)} events"
         raise AuditUnavailable(
             f"refused: the audit log could not record {what} ({'; '.join(failed)})",

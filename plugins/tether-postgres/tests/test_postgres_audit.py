@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,9 +68,7 @@ def test_auditor_searches_one_log_written_by_two_auth_servers(
 ) -> None:
     config = {"storage": {"url": pg_url}, "postgres_audit": {"url": audit_database}}
     first = tether_cluster_factory("main", config=config)
-    (tmp_path / "second" / "data").mkdir(parents=True)
-    shutil.copytree(first.data_dir / "keys", tmp_path / "second" / "data" / "keys")
-    second = start_cluster(
+    second = start_cluster(  # the CA keys come from the store
         tmp_path / "second", "main", config={**config, "proxy_service": {"enabled": False}}
     )
     try:
