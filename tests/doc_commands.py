@@ -121,6 +121,12 @@ TESTED_BY: dict[tuple[str, str, int], tuple[str, ...]] = {
         KUBE_TESTS + "test_root_user_creates_and_lists_configmaps_in_the_leafs_cluster",
         KUBE_TESTS + "test_kube_logout_removes_only_tethers_contexts",
     ),
+    # systemctl does not run here: the scenario stops the cluster's tetherd, migrates, and
+    # starts it on the new store
+    ("docs/high-availability.md", "Moving a cluster to PostgreSQL or etcd, backing it up", 0): (
+        "tests/test_migrate.py::test_admin_moves_a_cluster_from_sqlite_to_a_shared_store",
+        "tests/test_migrate.py::test_admin_backs_a_cluster_up_and_restores_it",
+    ),
     ("README.md", "Output for scripts, shell completion, progress", 0): (
         "tests/test_shell_completion.py::test_bash_completes_resource_names_with_the_printed_script",
         "tests/test_shell_completion.py::test_user_prints_the_completion_script_of_each_shell",

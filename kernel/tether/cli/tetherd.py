@@ -316,6 +316,69 @@ def plugins(config_path: pathlib.Path | None, fmt: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=pathlib.Path),
+    help=f"The cluster's configuration (default: {DEFAULT_CONFIG} when it exists): its "
+    "storage.url (else SQLite in its data_dir) is copied, with the plugins it enables.",
+)
+@click.option("--from", "source", metavar="URL", help="Copy this store instead (a backup).")
+@click.option(
+    "--to",
+    "destination",
+    metavar="URL",
+    required=True,
+    help="The empty store to copy into: postgresql://..., etcd://..., sqlite:///FILE.",
+)
+def migrate(config_path: pathlib.Path | None, source: str | None, destination: str) -> None:
+    """Copy a cluster's whole store into an empty one: to PostgreSQL or etcd, or a backup.
+
+    Stop the cluster's auth servers first; then set storage.url to the new store. Each key
+    keeps its value and the time it has left to live.
+    """
+    try:
+        if config_path is None and os.path.exists(DEFAULT_CONFIG):
+            config_path = pathlib.Path(DEFAULT_CONFIG)
+        config = load_config(config_path) if config_path else None
+        pm = plugin_manager(config.plugins.disabled if config else ())
+        if config is None:
+            config = embedded_config(ConfigSchema.from_plugins(pm), joining=False)
+    except TetherError as exc:
+        report(exc)
+    from_url = source or config.storage_url
+    if from_url == destination:
+        fail("--to names the store being copied; give a new, empty store")
+    copied = run_command(_migrate, from_url, destination, pm)
+    click.echo(
+        f"copied {copied} keys from {_without_password(from_url)} to "
+        f"{_without_password(destination)}"
+    )
+
+
+async def _migrate(source: str, destination: str, pm: TetherPluginManager) -> int:
+    import time
+
+    from tether.backend import open_backend
+    from tether.backend.migrate import copy_store
+
+    async with open_backend(source, pm) as src, open_backend(destination, pm) as dst:
+        return await copy_store(src, dst, now=time.time)
+
+
+def _without_password(url: str) -> str:
+    """``url`` as it may be printed: a password in it replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@cli.command()
 @format_option()
 def version(fmt: str) -> None:
     """Print the version."""
