@@ -53,7 +53,6 @@ from tether.backend import Backend, open_sqlite  # noqa: E402
 
 NAME = "backends"
 STORES = ("sqlite", "postgresql", "etcd")
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -157,23 +156,6 @@ def raw_etcd(client_url: str, writes: int) -> float:
         return writes / (time.perf_counter() - started)
 
 
-@contextlib.contextmanager
-def pg_database() -> Any:
-    import psycopg
-    from psycopg import sql
-
-    name = f"tether_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 @contextlib.asynccontextmanager
 async def opened(
     store: str, stack: contextlib.ExitStack, directory: pathlib.Path
@@ -185,7 +167,9 @@ async def opened(
     elif store == "postgresql":
         from tether_postgres import open_postgres
 
-        url = stack.enter_context(pg_database())
+        from tether.testing.postgres import postgres_database
+
+        url = stack.enter_context(postgres_database("tether_bench"))
         async with open_postgres(url) as backend:
             yield backend, lambda n: raw_postgres(url, n)
     else:

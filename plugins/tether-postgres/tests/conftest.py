@@ -7,29 +7,19 @@ database with a random name and drops it at the end; each test starts from empty
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from tether.testing.postgres import postgres_database
 
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """The URL of a fresh database, dropped (with every connection to it) after the run."""
-    name = f"tether_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import datetime
 import json
 import pathlib
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -16,8 +15,7 @@ import pytest
 from psycopg import sql
 
 from tether.testing.cluster import RunningCluster, start_cluster
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from tether.testing.postgres import SERVER, postgres_database
 
 ROLE_YAML = """\
 kind: role
@@ -35,16 +33,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def audit_database() -> Iterator[str]:
     """A database of its own for the audit log (the test may drop it)."""
-    name = f"tether_audit_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with postgres_database("tether_audit") as url:
+        yield url
 
 
 def _search(cluster: RunningCluster, *args: str) -> list[dict[str, object]]:
