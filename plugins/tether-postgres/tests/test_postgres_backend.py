@@ -238,6 +238,9 @@ class _Link:
         self.url = urlunsplit(urlsplit(url)._replace(netloc=f"postgres@127.0.0.1:{port}"))
         self._flowing = trio.Event()
         self._flowing.set()
+        #: the relay's own ports towards the database: pg_stat_activity's ``client_port``
+        #: of every session opened through this link
+        self.database_side_ports: set[int] = set()
 
     def stall(self) -> None:
         self._flowing = trio.Event()
@@ -262,6 +265,7 @@ async def _link_to(pg_url: str) -> AsyncIterator[_Link]:
     async def handle(client: trio.SocketStream) -> None:
         assert link is not None
         server = await trio.open_tcp_stream("127.0.0.1", target)
+        link.database_side_ports.add(server.socket.getsockname()[1])
         async with server, client, trio.open_nursery() as nursery:
             # one end hanging up hangs up the other, as a TCP connection does
             async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
@@ -317,6 +321,10 @@ async def test_auth_server_cut_off_mid_write_does_not_block_the_others(pg_url: s
                 failures.append(exc)
 
         blocker = await trio.to_thread.run_sync(psycopg.connect, pg_url)
+        # a session of its own, in autocommit: pg_stat_activity is a snapshot per transaction
+        observer = await trio.to_thread.run_sync(
+            functools.partial(psycopg.connect, pg_url, autocommit=True)
+        )
         try:
             # hold the writers' lock so that the write is surely inside its transaction,
             # waiting for the lock, when its link fails
@@ -326,9 +334,11 @@ async def test_auth_server_cut_off_mid_write_does_not_block_the_others(pg_url: s
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cut_off_write)
                 for _ in range(250):  # within 5 s
-                    waiting = blocker.execute(
-                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"
+                    # the cut-off server's session, not any other that waits for a lock
+                    waiting = observer.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE client_port = ANY(%s) "
+                        "AND wait_event_type = 'Lock'",
+                        (sorted(link.database_side_ports),),
                     ).fetchone()
                     if waiting:
                         break
@@ -346,6 +356,7 @@ async def test_auth_server_cut_off_mid_write_does_not_block_the_others(pg_url: s
                     link.resume()
         finally:
             blocker.close()
+            observer.close()
         assert [type(exc) for exc in failures] == [BackendError]
         assert await healthy.get("/healthy") == written
         assert await healthy.get("/cut-off") is None
