@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import uuid
@@ -112,6 +113,35 @@ def test_user_login_is_refused_while_the_audit_log_cannot_record_it(
         assert not any(profile.rglob("*-cert.pub")), "a certificate was handed out unaudited"
     cluster.login("alice", "correct horse battery")
     assert [e["user"] for e in recorded(cluster, "user.login")][-1] == "alice"
+
+
+def test_signup_is_refused_while_the_audit_log_cannot_record_it(cluster: RunningCluster) -> None:
+    added = cluster.tetherctl("users", "add", "newcomer-nina", "--roles=access")
+    token = re.search(r"--token=(\S+)", added.stdout)
+    assert token, added.stdout
+
+    def signup() -> subprocess.CompletedProcess[str]:
+        return cluster.tether(
+            "newcomer-nina",
+            "signup",
+            f"--proxy={cluster.proxy_addr}",
+            f"--token={token.group(1)}",
+            "--password-stdin",
+            f"--ca-pin={cluster.ca_pin}",
+            input="ninas own password\n",
+            check=False,
+        )
+
+    with audit_log_down(cluster):
+        refused = signup()
+        assert refused.returncode == 1
+        assert "the audit log could not record" in refused.stderr
+    # the password was not set and the token was not spent: the same sign-up works now
+    assert cluster.login("newcomer-nina", "ninas own password", check=False).returncode == 1
+    assert signup().returncode == 0, "the refused sign-up spent its token"
+    cluster.login("newcomer-nina", "ninas own password")
+    changes = recorded(cluster, "user.password.change")
+    assert [(e["user"], e["success"]) for e in changes][-1] == ("newcomer-nina", True)
 
 
 def test_deleting_while_the_audit_log_is_down_leaves_the_resource(

@@ -158,6 +158,14 @@ def test_new_user_chooses_a_password_with_the_signup_token(tether_cluster: Runni
     )
     assert again.returncode == 1
     assert "sign-up token is invalid or expired" in again.stderr
+    # the auditor sees bob set his password, and the refused second try
+    changes = json.loads(
+        cluster.tetherctl("audit", "search", "--type=user.password.change", "--format=json").stdout
+    )
+    assert [(e["user"], e["success"], e["reason"]) for e in changes][-2:] == [
+        ("bob", True, "signup"),
+        ("", False, "signup"),
+    ]
 
 
 def test_account_locks_after_repeated_failed_logins_without_revealing_users(

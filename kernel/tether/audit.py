@@ -39,6 +39,8 @@ USER_LOGIN = "user.login"
 USER_LOGIN_FAILED = "user.login.failed"
 #: failed logins locked a user name (reason and until in its fields)
 USER_LOCKED = "user.locked"
+#: a local user set their password (``fields["reason"]``: ``signup``)
+USER_PASSWORD_CHANGE = "user.password.change"
 RESOURCE_CREATED = "resource.created"
 RESOURCE_UPDATED = "resource.updated"
 RESOURCE_DELETED = "resource.deleted"

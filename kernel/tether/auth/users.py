@@ -122,21 +122,31 @@ class Users:
         return f'user "{name}" has been updated'
 
     async def complete_signup(self, token: str, password: str) -> str:
-        """Set a new user's password with the one-time sign-up token; returns the user name."""
+        """Set a new user's password with the one-time sign-up token; returns the user name.
+
+        Audited as a password change, before it is stored: a sign-up is how a user gets the
+        credential every later login checks. A token that is wrong or expired is recorded as
+        a failed change (no user name: the token did not say whose it is).
+        """
         ctx = self._ctx
         check_password(password)
         kind = ctx.registry.get("token")
         item = await ctx.backend.get(kind.key(token))
         res = resource_from_bytes(item.value, ctx.registry) if item else None
         if item is None or res is None or SIGNUP_ROLE not in res.spec.roles or ctx.expired(res):
-            raise AccessDenied(
+            refused = AccessDenied(
                 "sign-up token is invalid or expired", hint="ask an admin for a new one"
             )
-        user = res.spec.user
-        await ctx.backend.apply(
-            [
-                Op.delete(kind.key(token), expected_revision=item.revision),
-                Op.put(PASSWORD_PREFIX + user, passwords.hash_password(password).encode()),
-            ]
-        )
-        return str(user)
+            fields = {"reason": "signup", "error": refused.message}
+            await ctx.audit_events([(audit.USER_PASSWORD_CHANGE, "", fields, False)])
+            raise refused
+        user = str(res.spec.user)
+        event = (audit.USER_PASSWORD_CHANGE, {"reason": "signup"})
+        async with ctx.audited(user, [event]):
+            await ctx.backend.apply(
+                [
+                    Op.delete(kind.key(token), expected_revision=item.revision),
+                    Op.put(PASSWORD_PREFIX + user, passwords.hash_password(password).encode()),
+                ]
+            )
+        return user
