@@ -15,17 +15,19 @@ import json
 import pathlib
 import re
 import shutil
+import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import trio
 
 from host_identity import host_client
 from tether.builtins.jsonl_audit import FILE_NAME
 from tether.node.audit_forwarding import AuditBacklog
-from tether.testing.cluster import RunningCluster, start_cluster
+from tether.testing.cluster import RunningCluster, start_cluster, start_proxy, wait_for
 
 ROLE = """kind: role
 version: v7
@@ -184,6 +186,41 @@ async def test_a_hosts_events_wait_in_its_backlog_until_the_audit_log_is_back(
         nursery.cancel_scope.cancel()
     assert await arrived() == [0, 1, 2]  # in order, each once
     assert backlog.statistics() == {"queued": 0, "spooled": 0, "dropped": 0}
+
+
+def test_a_proxys_refusals_wait_on_its_disk_until_the_audit_log_is_back(
+    cluster: RunningCluster, tmp_path: pathlib.Path
+) -> None:
+    proxy = start_proxy(cluster, tmp_path / "proxy", "edge-proxy")
+    context = ssl.create_default_context(cafile=str(cluster.data_dir / "keys" / "tls_ca.crt"))
+    context.check_hostname = False
+
+    def post_too_much(path: str) -> None:
+        # an anonymous client posts a body over proxy_service.max_request_body (1 MiB)
+        with httpx.Client(base_url=f"https://{proxy.proxy_addr}", verify=context) as web:
+            answer = web.post(path, content=bytes(2 * 1024 * 1024))
+        assert answer.status_code == 413, answer.text
+
+    def refused_paths() -> list[str]:
+        return [str(e["path"]) for e in recorded(cluster, "proxy.request.refused")]
+
+    try:
+        with audit_log_down(cluster):
+            post_too_much("/webapi/sso/collect")
+            # auth refuses the proxy's batch; the proxy keeps it and tries again
+            wait_for(
+                lambda: "proxy: cannot record 1 audit events" in proxy.log_text(),
+                "the proxy to be refused by auth",
+            )
+            proxy.restart()  # stopping, it spools what auth would not take
+            assert "kept on disk" in proxy.log_text()
+            post_too_much("/webapi/trustedclusters/validate")
+        # both refusals arrive, in order, each once: the first sent again after the restart
+        wait_for(lambda: len(refused_paths()) >= 2, "the proxy's refusals to be recorded")
+        assert refused_paths()[-2:] == ["/webapi/sso/collect", "/webapi/trustedclusters/validate"]
+        assert len(refused_paths()) == 2
+    finally:
+        proxy.stop()
 
 
 def test_with_on_failure_continue_changes_go_on_and_the_log_says_what_was_lost(

@@ -44,7 +44,7 @@ PEER_CERT_STATE = "tether.peer_cert"
 RefusedBody = Callable[[dict[str, Any], int | None], Awaitable[None]]
 
 #: ``async def record(event_type, user, fields, *, success)``: an audit recorder, the auth
-#: service's ``audit_event`` or an auth client's ``record_event``
+#: service's ``audit_event`` or a proxy's ``ProxyAudit.record_event``
 EventRecorder = Callable[..., Awaitable[None]]
 
 

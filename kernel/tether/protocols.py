@@ -65,6 +65,10 @@ class ProxyContext:
         leaf cluster or a node in tunnel mode (:mod:`tether.proxy.routing` does it for
         protocols).
     :param verify_client: verifies a DER client certificate against the cluster's CAs.
+    :param record_event: ``await record_event(event_type, user, fields, success=...)``
+        records an audit event of this proxy (what it refused): queued in order and kept,
+        on disk if need be, until auth records it, so it never fails and never waits for
+        auth (prefer it to ``auth.record_event``, which fails while auth is unreachable).
     """
 
     cluster_name: str
@@ -72,6 +76,7 @@ class ProxyContext:
     auth: AuthClient
     tunnels: TunnelServer
     verify_client: Callable[[bytes], pki.Identity]
+    record_event: Callable[..., Awaitable[None]]
 
 
 @attrs.define

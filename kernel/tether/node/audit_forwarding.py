@@ -67,9 +67,18 @@ RETRY_MAX = 10.0
 SendBatch = Callable[[Sequence[HostAuditEvent]], Awaitable[None]]
 
 
-def host_event(event_type: str, fields: Mapping[str, Any]) -> HostAuditEvent:
-    """The event as auth records it, named and dated now: ``user`` taken out of the
-    fields, a type ending in ``.denied`` recorded as a failure.
+def host_event(
+    event_type: str,
+    fields: Mapping[str, Any],
+    *,
+    user: str | None = None,
+    success: bool | None = None,
+) -> HostAuditEvent:
+    """The event as auth records it, named and dated now.
+
+    A node's protocols say who in the fields and fail with a type ending in ``.denied``:
+    unless ``user`` is given, it is taken out of the fields, and unless ``success`` is given,
+    a ``.denied`` type is recorded as a failure. The proxy says both (its refusals).
 
     :raises TetherError: the type is not lower-case dotted words, or the fields are not
         JSON: such an event would be refused by auth, and hold up every later one.
@@ -80,12 +89,15 @@ def host_event(event_type: str, fields: Mapping[str, Any]) -> HostAuditEvent:
             hint="use lower-case words separated by dots, like ssh.session.start",
         )
     rest = dict(fields)
-    user = str(rest.pop("user", "") or "")
+    if user is None:
+        user = str(rest.pop("user", "") or "")
     try:
         json.dumps(rest, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TetherError(f"the fields of audit event {event_type} are not JSON: {exc}") from None
-    return HostAuditEvent(event_type, user, rest, not event_type.endswith(".denied"))
+    if success is None:
+        success = not event_type.endswith(".denied")
+    return HostAuditEvent(event_type, user, rest, success)
 
 
 class AuditBacklog:
@@ -95,6 +107,7 @@ class AuditBacklog:
     :param spool: where events go that memory cannot hold, and those a stopping host could
         not send (sent first at the next start); None: they are dropped, logged.
     :param final_flush: seconds a stopping host spends sending what is left.
+    :param host: what the host is in its log lines (``node``, ``proxy``).
     """
 
     def __init__(
@@ -105,7 +118,9 @@ class AuditBacklog:
         *,
         spool: AuditSpool | None = None,
         final_flush: float = FINAL_FLUSH,
+        host: str = "node",
     ) -> None:
+        self._host = host
         #: the oldest events; every spooled one is newer than all of these
         self._memory: collections.deque[HostAuditEvent] = collections.deque()
         self._size = size
@@ -118,7 +133,8 @@ class AuditBacklog:
         self.dropped = 0
         if spool is not None and spool.pending:
             log.warning(
-                "node: %d audit events from before are on disk (%s); sending them first",
+                "%s: %d audit events from before are on disk (%s); sending them first",
+                host,
                 spool.pending,
                 spool.path,
             )
@@ -135,19 +151,28 @@ class AuditBacklog:
         self._arrived.set()
         return True
 
-    def audit_nowait(self, event_type: str, fields: Mapping[str, Any]) -> None:
+    def audit_nowait(
+        self,
+        event_type: str,
+        fields: Mapping[str, Any],
+        *,
+        user: str | None = None,
+        success: bool | None = None,
+    ) -> None:
         """Queue an event without blocking; one that neither memory nor the spool can take
-        is dropped, logged, and so is a malformed event (see :func:`host_event`): a session
-        never fails for its audit."""
+        is dropped, logged, and so is a malformed event (see :func:`host_event`, which also
+        says what ``user`` and ``success`` mean): a session never fails for its audit."""
         try:
-            event = host_event(event_type, fields)
+            event = host_event(event_type, fields, user=user, success=success)
         except TetherError as exc:
             self.dropped += 1
-            log.error("node: dropped a malformed audit event: %s", exc)
+            log.error("%s: dropped a malformed audit event: %s", self._host, exc)
             return
         if not self._put(event):
             self.dropped += 1
-            log.warning("node: audit backlog full; dropped %s %s", event_type, dict(fields))
+            log.warning(
+                "%s: audit backlog full; dropped %s %s", self._host, event_type, dict(fields)
+            )
 
     async def record(self, event_type: str, fields: Mapping[str, Any]) -> None:
         """Queue an event, waiting for room in the backlog rather than dropping it.
@@ -213,7 +238,8 @@ class AuditBacklog:
             except (TetherError, OSError) as exc:
                 if not delay:
                     log.warning(
-                        "node: cannot record %d audit events: %s; keeping them and trying again",
+                        "%s: cannot record %d audit events: %s; keeping them and trying again",
+                        self._host,
                         len(batch),
                         exc,
                     )
@@ -221,7 +247,7 @@ class AuditBacklog:
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 continue
             if delay:
-                log.warning("node: recording audit events again")
+                log.warning("%s: recording audit events again", self._host)
             return
 
     async def _final_flush(self, send: SendBatch) -> None:
@@ -240,13 +266,14 @@ class AuditBacklog:
             if left:
                 self._spool.prepend(left)
             log.warning(
-                "node: stopped with %d audit events auth did not record; kept on disk in %s, "
+                "%s: stopped with %d audit events auth did not record; kept on disk in %s, "
                 "sent at the next start",
+                self._host,
                 self._spool.pending,
                 self._spool.path,
             )
             return
-        log.error("node: stopped with %d audit events auth did not record", len(left))
+        log.error("%s: stopped with %d audit events auth did not record", self._host, len(left))
 
     def statistics(self) -> Mapping[str, int]:
         """How many events wait to be sent (on disk among them), and how many were dropped."""

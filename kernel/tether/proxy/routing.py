@@ -332,8 +332,8 @@ class Router:
         reason: str,
     ) -> None:
         """Record ``proxy.dial.refused`` for a port the proxy would not dial, with the
-        target under its kind's name (``node``, ``node_id``). A failure to audit is logged,
-        not raised: the refusal stands either way."""
+        target under its kind's name (``node``, ``node_id``), through the proxy's audit
+        backlog: it reaches auth even if auth is out of reach right now."""
         fields = {
             "protocol": handler.name,
             target.kind: target.name,
@@ -342,10 +342,7 @@ class Router:
             "client": request.client,
             "reason": reason,
         }
-        try:
-            await self.proxy.auth.record_event("proxy.dial.refused", user, fields, success=False)
-        except (TetherError, OSError) as exc:
-            log.warning("could not audit a refused port for %s: %s", user, exc)
+        await self.proxy.record_event("proxy.dial.refused", user, fields, success=False)
 
     # --- at a leaf: streams from a root --------------------------------------------------
 
@@ -413,15 +410,12 @@ class Router:
         """Reject the stream with ``error`` (its :func:`~tether.dial.refusal_reason`) and
         audit the refusal here, on the leaf where it happened, as ``trust.stream.refused``
         (with the root, the protocol as ``target``, the error's message as ``reason`` and
-        ``fields``). A failure to audit is logged, not raised."""
+        ``fields``), through the proxy's audit backlog."""
         reason = error.message
         log.info("refused root cluster %s (%s): %s", root, incoming.target, reason)
         incoming.reject(refusal_reason(error))
         event = {"root": root, "target": incoming.target, "reason": reason, **fields}
-        try:
-            await self.proxy.auth.record_event("trust.stream.refused", "", event, success=False)
-        except (TetherError, OSError) as exc:
-            log.warning("could not audit a refused stream from %s: %s", root, exc)
+        await self.proxy.record_event("trust.stream.refused", "", event, success=False)
 
 
 def _kind(handler: ProtocolHandler) -> TargetKind:

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tether import pki
-from tether.asgi import ASGIHandler
+from tether.asgi import ASGIHandler, EventRecorder
 from tether.auth.http_client import AuthClient
 from tether.auth.in_process import IN_PROCESS_URL, InProcessAuth
 from tether.auth.service import AuthService
@@ -32,6 +32,7 @@ from tether.config import Config, HostPort
 from tether.errors import ConfigError
 from tether.node.join import keep_renewed
 from tether.protocols import ProtocolHandler, ProxyConnection, ProxyContext, collect_protocols
+from tether.proxy.audit import ProxyAudit
 from tether.proxy.front_door import serve_front_door, serve_route_name
 from tether.proxy.identity import ProxyIdentity
 from tether.proxy.peers import ProxyPeers
@@ -125,6 +126,9 @@ async def start_proxy(
         if local_auth is not None
         else _keep_alive(await auth_client.cluster())
     )
+    # its refusals are audited through a backlog of its own, sent to auth by one task
+    proxy_audit = ProxyAudit(pathlib.Path(config.data_dir))
+    nursery.start_soon(proxy_audit.run, auth_client.record_events)
     tunnels, recorders = build_tunnel_server(
         proxy_id=me.host_id,
         cluster=me.cluster_name,
@@ -133,7 +137,7 @@ async def start_proxy(
         write_heartbeats=auth_client.record_tunnel_heartbeats,
         publish_relayed=auth_client.publish_relayed,
         trust=trust,
-        record_event=auth_client.record_event,
+        record_event=proxy_audit.record_event,
         keep_alive=keep_alive,
     )
 
@@ -183,6 +187,7 @@ async def start_proxy(
         config.proxy_service.max_request_body,
         trust,
         KindRegistry.from_plugins(ctx.pm),
+        proxy_audit.record_event,
     )
     proxy_ctx = ProxyContext(
         cluster_name=me.cluster_name,
@@ -190,6 +195,7 @@ async def start_proxy(
         auth=auth_client,
         tunnels=tunnels,
         verify_client=trust.verify_client,
+        record_event=proxy_audit.record_event,
     )
     router = Router(proxy_ctx, {handler.name: handler for handler in protocols.handlers})
     root_tunnels = RootTunnels(trust=trust, cert=me.cert, key=me.key, router=router)
@@ -295,8 +301,10 @@ class _LazyHandler:
         max_body: int,
         trust: TrustCache,
         kinds: KindRegistry,
+        record_event: EventRecorder,
     ) -> None:
         self._holder = holder
+        self._record_event = record_event
         self._auth = auth
         self._tunnels = tunnels
         self._limiter = limiter
@@ -315,6 +323,7 @@ class _LazyHandler:
                 tunnels=self._tunnels,
                 trust=self._trust,
                 kinds=self._kinds,
+                record_event=self._record_event,
             )
             self._handler = ASGIHandler(app)
         await self._handler(stream)

@@ -20,6 +20,7 @@ import trio
 from cryptography import x509
 
 from tether import pki
+from tether.asgi import EventRecorder
 from tether.tunnel.control import ProxyInfo
 from tether.tunnel.heartbeats import (
     HeartbeatRecorder,
@@ -39,8 +40,6 @@ RelayPublisher = Callable[
     [Sequence[tuple[bytes, Mapping[str, Any], float, float | None]]],
     Awaitable[Sequence[str | None]],
 ]
-#: records an audit event of this proxy (``AuthClient.record_event``)
-EventRecorder = Callable[..., Awaitable[None]]
 
 
 def tunnel_authenticator(
@@ -98,8 +97,8 @@ def build_tunnel_server(
         publish their entries to auth themselves.
     :param trust: the proxy's copy of the cluster's trust, which its nodes follow through
         their tunnels (see :class:`~tether.tunnel.server.TunnelServer`).
-    :param record_event: audits refused tunnels and tunnels closed for cause (the auth
-        client's :meth:`~tether.auth.http_client.AuthClient.record_event`).
+    :param record_event: audits refused tunnels and tunnels closed for cause (the proxy's
+        :meth:`~tether.proxy.audit.ProxyAudit.record_event`).
     :param keep_alive: the cluster's keep-alive, as auth holds it (named to every agent).
     """
 

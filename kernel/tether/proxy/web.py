@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 import tether
 from tether import pki
-from tether.asgi import PEER_CERT_STATE, BodyLimit, audit_refused_bodies
+from tether.asgi import PEER_CERT_STATE, BodyLimit, EventRecorder, audit_refused_bodies
 from tether.auth.http_client import FORWARDED_CERT_HEADER, AuthClient
 from tether.auth.sso_flows import Approval, check_client_redirect
 from tether.errors import AccessDenied, TetherError
@@ -83,6 +83,7 @@ def build_web_app(
     *,
     limiter: RateLimiter,
     max_body: int,
+    record_event: EventRecorder,
     tunnels: TunnelServer | None = None,
     trust: TrustCache | None = None,
     kinds: KindRegistry | None = None,
@@ -94,6 +95,8 @@ def build_web_app(
         collect, join, trusted cluster validation).
     :param max_body: the largest request body read (``proxy_service.max_request_body``); a
         larger one is refused with 413 before it is read, and audited.
+    :param record_event: records the proxy's audit events (its
+        :class:`~tether.proxy.audit.ProxyAudit`): the refused request bodies.
     :param tunnels: the proxy's tunnel server, whose tunnels ``/metrics`` reports.
     :param trust: the proxy's copy of the cluster's trust, which answers hosts' watches of
         it; without it, they are forwarded to auth like any ``/v1`` request.
@@ -237,5 +240,5 @@ def build_web_app(
         app,
         max_body=max_body,
         setting="proxy_service.max_request_body",
-        refused=audit_refused_bodies(auth.record_event, limiter, "proxy.request.refused"),
+        refused=audit_refused_bodies(record_event, limiter, "proxy.request.refused"),
     )
