@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 import trio
 from tether_postgres import open_postgres
+from tether_postgres.backend import parse_postgres_url
 
 from tether.api import BackendError, CompareFailed, ConfigError, Op, WatchOverflow
 from tether.testing.backend_conformance import next_event, no_event
@@ -66,6 +68,26 @@ async def test_malformed_url_is_refused_before_connecting(url: str, message: str
     with pytest.raises(ConfigError, match=message):
         async with open_postgres(url):
             pass
+
+
+def _tcp_settings(conninfo: str) -> tuple[int, int, int, int, int]:
+    """The socket options libpq set on a connection made with ``conninfo``."""
+    with psycopg.connect(conninfo) as conn, socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        )
+
+
+def test_connections_notice_a_vanished_database_host_within_half_a_minute(pg_url: str) -> None:
+    conninfo, _ = parse_postgres_url(pg_url)
+    assert _tcp_settings(conninfo) == (1, 15, 5, 3, 30_000)
+    # the operator's settings in the URL win
+    tuned, _ = parse_postgres_url(f"{pg_url}?keepalives_idle=60&tcp_user_timeout=90000")
+    assert _tcp_settings(tuned) == (1, 60, 5, 3, 90_000)
 
 
 async def test_password_in_url_stays_out_of_errors() -> None:

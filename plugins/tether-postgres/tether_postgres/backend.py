@@ -49,6 +49,19 @@ T = TypeVar("T")
 
 #: Seconds to wait for the server when connecting, unless the URL sets ``connect_timeout``.
 CONNECT_TIMEOUT = 10
+#: libpq's TCP settings unless the URL sets them: a database host that vanished (powered
+#: off, cut off by the network) is found out within about half a minute, rather than when the
+#: kernel gives up retransmitting (a quarter of an hour) or, for a connection waiting for an
+#: answer or a notification, never. Keepalive probes find a silent peer (idle 15 s, then 3
+#: probes 5 s apart); ``tcp_user_timeout`` ends a connection whose sent data goes
+#: unacknowledged for 30 s. A slow server is not affected: its kernel answers both.
+TCP_DEFAULTS = {
+    "keepalives": 1,
+    "keepalives_idle": 15,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 #: Events the dispatcher reads from the log per query.
 _FETCH = 1000
 
@@ -70,6 +83,8 @@ def parse_postgres_url(url: str) -> tuple[str, str]:
     if not params.get("dbname"):
         raise ConfigError("storage URL names no database", hint=example)
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    for setting, default in TCP_DEFAULTS.items():
+        params.setdefault(setting, default)
     params.setdefault("application_name", "tether")
     host = params.get("host") or "localhost"
     port = params.get("port") or 5432
