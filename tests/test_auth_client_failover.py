@@ -102,6 +102,29 @@ async def test_a_write_no_server_received_goes_to_the_next_one_and_stays_there(
     assert "Connection refused" in failovers[0]
 
 
+async def test_a_frozen_server_is_passed_over_without_waiting_the_whole_timeout(
+    servers: tuple[Server, Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, answering = servers
+    caplog.set_level(logging.WARNING, logger="tether.auth.http_client")
+    # a frozen auth server: its kernel completes TCP handshakes, the TLS one never starts
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(16)
+        url = f"https://127.0.0.1:{frozen.getsockname()[1]}"
+        async with AuthClient(
+            [url, answering.url], ssl.create_default_context(), timeout=120
+        ) as client:
+            # the user's deadline, far shorter than the request timeout: nothing reached
+            # the frozen server, so even a write goes on to the next one
+            with trio.fail_after(60):
+                assert await client.call("POST", "/v1/login/password", json={}) == {"ok": True}
+            assert client.base_url == answering.url
+    assert answering.requests == [b"POST"]
+    (failover,) = [r.getMessage() for r in caplog.records if "requests go to" in r.getMessage()]
+    assert f"cannot connect to {url.removeprefix('https://')}" in failover
+
+
 async def test_no_server_reachable_names_each_one() -> None:
     first, second = _closed_port(), _closed_port()
     async with AuthClient([first, second], ssl.create_default_context()) as client:

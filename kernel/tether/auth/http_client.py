@@ -53,6 +53,12 @@ FORWARDED_CERT_HEADER = "tether-forwarded-cert"
 #: handshake: 29% of a root's CPU with 500 tunnel nodes), and shorter than the servers' own
 #: keep-alive, so the client never sends on a connection the server is closing.
 KEEPALIVE_EXPIRY = 25.0
+#: With several auth servers, how long making a connection (TCP and the TLS handshake) may
+#: take before the next server is tried, in seconds. A frozen server (stopped, swapping, its
+#: host overloaded) still completes TCP handshakes in its kernel and never the TLS one; with
+#: the whole request timeout (30 s) every request made meanwhile would wait that long. A
+#: single server keeps the whole timeout: there is nowhere else to go.
+FAILOVER_CONNECT_TIMEOUT = 5.0
 
 
 class AuthClient:
@@ -77,7 +83,9 @@ class AuthClient:
       next request goes to the next server if that one still cannot be reached.
 
     The server that answered is kept for the following requests; a failover is logged once.
-    An error the server answered (refused, not found, ...) is never retried elsewhere.
+    An error the server answered (refused, not found, ...) is never retried elsewhere. A
+    connection that is not made within :data:`FAILOVER_CONNECT_TIMEOUT` counts as one that
+    could not be made.
     """
 
     def __init__(
@@ -107,13 +115,20 @@ class AuthClient:
         """The URL requests go to now (the server that last answered)."""
         return self.base_urls[self._active]
 
+    def _timeouts(self, timeout: float) -> httpx.Timeout:
+        """``timeout`` for each phase of a request, connecting within the failover's time
+        when there is another server to fail over to."""
+        if len(self.base_urls) == 1:
+            return httpx.Timeout(timeout)
+        return httpx.Timeout(timeout, connect=min(timeout, FAILOVER_CONNECT_TIMEOUT))
+
     def _open(self, base_url: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=base_url,
             verify=self._context,
             transport=self._transport,
             headers=self._headers,
-            timeout=self._timeout,
+            timeout=self._timeouts(self._timeout),
             # no cap on connections: a proxy forwards each tunnel-mode node's trust watch,
             # which holds one for its wait, and its own calls must not queue behind them
             limits=httpx.Limits(
@@ -200,6 +215,8 @@ class AuthClient:
         )
 
     async def _request(self, index: int, method: str, path: str, **kwargs: Any) -> bytes:
+        if isinstance(kwargs.get("timeout"), int | float):  # a caller's longer wait (a watch)
+            kwargs["timeout"] = self._timeouts(kwargs["timeout"])
         http = self._clients[index]
         self._requests[http] = self._requests.get(http, 0) + 1
         try:
