@@ -152,16 +152,17 @@ def _stored_ca_keys(pg_url: str) -> str:
     )
 
 
+def _new_key_file(path: pathlib.Path) -> str:
+    """A key file as `openssl rand -base64 32 > PATH; chmod 600 PATH` makes one."""
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
 def test_ca_keys_in_the_store_are_sealed_with_the_key_file_every_auth_server_holds(
     pg_url: str, tmp_path: pathlib.Path, started: list[RunningCluster | RunningNode]
 ) -> None:
-    def key_file(name: str) -> str:
-        path = tmp_path / name
-        path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-        path.chmod(0o600)
-        return str(path)
-
-    sealed = {"auth_service": {"ca_keys_key_file": key_file("ca-keys.key")}}
+    sealed = {"auth_service": {"ca_keys_key_file": _new_key_file(tmp_path / "ca-keys.key")}}
     first = _auth_server(tmp_path / "auth-1", pg_url, sealed)
     started.append(first)
     stored = _stored_ca_keys(pg_url)
@@ -169,7 +170,7 @@ def test_ca_keys_in_the_store_are_sealed_with_the_key_file_every_auth_server_hol
 
     with pytest.raises(AssertionError, match="in the storage are encrypted"):
         _auth_server(tmp_path / "auth-2", pg_url)
-    other = {"auth_service": {"ca_keys_key_file": key_file("other.key")}}
+    other = {"auth_service": {"ca_keys_key_file": _new_key_file(tmp_path / "other.key")}}
     with pytest.raises(AssertionError, match="do not open with"):
         _auth_server(tmp_path / "auth-3", pg_url, other)
     second = _auth_server(tmp_path / "auth-4", pg_url, sealed)
@@ -184,18 +185,45 @@ def test_a_key_file_given_later_seals_the_ca_keys_stored_plain(
     pin = first.ca_pin
     first.stop()
     assert "PRIVATE KEY" in _stored_ca_keys(pg_url)
-    path = tmp_path / "ca-keys.key"
-    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    path.chmod(0o600)
-    again = _auth_server(
-        tmp_path / "auth-1", pg_url, {"auth_service": {"ca_keys_key_file": str(path)}}
-    )
+    path = _new_key_file(tmp_path / "ca-keys.key")
+    again = _auth_server(tmp_path / "auth-1", pg_url, {"auth_service": {"ca_keys_key_file": path}})
     try:
         assert again.ca_pin == pin
         stored = _stored_ca_keys(pg_url)
         assert "aes-256-gcm" in stored and "PRIVATE KEY" not in stored
     finally:
         again.stop()
+
+
+def test_admin_rotates_the_key_file_one_auth_server_at_a_time(
+    pg_url: str, tmp_path: pathlib.Path, started: list[RunningCluster | RunningNode]
+) -> None:
+    old = _new_key_file(tmp_path / "old.key")
+    first = _auth_server(tmp_path / "auth-1", pg_url, {"auth_service": {"ca_keys_key_file": old}})
+    second = _auth_server(tmp_path / "auth-2", pg_url, {"auth_service": {"ca_keys_key_file": old}})
+    started.extend([first, second])
+    sealed_with_old = _stored_ca_keys(pg_url)
+    # every auth server gets the new file; the first one restarted with both reseals the keys
+    new = _new_key_file(tmp_path / "new.key")
+    rotating = {"ca_keys_key_file": new, "ca_keys_previous_key_files": [old]}
+    first.stop()
+    first = _auth_server(tmp_path / "auth-1", pg_url, {"auth_service": rotating})
+    started.append(first)
+    assert "sealed with the previous key file" in first.log_text()
+    resealed = _stored_ca_keys(pg_url)
+    assert resealed != sealed_with_old and "PRIVATE KEY" not in resealed
+    second.stop()  # its turn: it now opens them with the new key alone
+    second = _auth_server(tmp_path / "auth-2", pg_url, {"auth_service": {"ca_keys_key_file": new}})
+    started.append(second)
+    assert first.ca_pin == second.ca_pin
+    # the old file no longer opens them: a copy of it stolen later is worth nothing
+    with pytest.raises(AssertionError, match=r"do not open with .*old\.key"):
+        _auth_server(tmp_path / "auth-3", pg_url, {"auth_service": {"ca_keys_key_file": old}})
+    # previous key files without a current one is a mistake, said so at start
+    with pytest.raises(AssertionError, match="ca_keys_previous_key_files is set without"):
+        _auth_server(
+            tmp_path / "auth-4", pg_url, {"auth_service": {"ca_keys_previous_key_files": [old]}}
+        )
 
 
 def test_auth_server_refuses_a_data_dir_whose_cas_are_not_the_stores(

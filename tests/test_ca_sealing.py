@@ -18,27 +18,40 @@ KEY = os.urandom(32)
 def test_a_sealed_record_opens_with_its_key_under_its_storage_key() -> None:
     sealed = seal(RECORD, KEY, "/ca_keys/cluster")
     assert is_sealed(sealed) and "PRIVATE KEY" not in str(sealed)
-    assert open_record(sealed, KEY, "/ca_keys/cluster", key_file="k") == RECORD
+    assert open_record(sealed, [(KEY, "k")], "/ca_keys/cluster") == (RECORD, 0)
 
 
 def test_a_sealed_record_does_not_open_with_another_key_nor_under_another_storage_key() -> None:
     sealed = seal(RECORD, KEY, "/ca_keys/cluster")
     with pytest.raises(TrustError, match="do not open with other-key"):
-        open_record(sealed, os.urandom(32), "/ca_keys/cluster", key_file="other-key")
+        open_record(sealed, [(os.urandom(32), "other-key")], "/ca_keys/cluster")
     # moved where the declared db CA is kept, it is refused rather than used as that CA
     with pytest.raises(TrustError, match="do not open"):
-        open_record(sealed, KEY, "/ca_keys/declared/db", key_file="k")
+        open_record(sealed, [(KEY, "k")], "/ca_keys/declared/db")
 
 
 def test_a_sealed_record_without_a_key_file_says_which_setting_is_missing() -> None:
     sealed = seal(RECORD, KEY, "/ca_keys/cluster")
     with pytest.raises(TrustError, match="are encrypted") as refused:
-        open_record(sealed, None, "/ca_keys/cluster", key_file="")
+        open_record(sealed, [], "/ca_keys/cluster")
     assert "auth_service.ca_keys_key_file" in str(refused.value)
 
 
 def test_a_record_stored_plain_opens_as_it_is() -> None:
-    assert open_record(RECORD, None, "/ca_keys/cluster", key_file="") == RECORD
+    assert open_record(RECORD, [], "/ca_keys/cluster") == (RECORD, None)
+
+
+def test_while_the_key_file_is_rotated_a_record_opens_with_the_previous_key_too() -> None:
+    sealed = seal(RECORD, KEY, "/ca_keys/cluster")
+    new = os.urandom(32)
+    keys = [(new, "new.key"), (KEY, "old.key")]
+    assert open_record(sealed, keys, "/ca_keys/cluster") == (RECORD, 1)  # the previous one
+    assert open_record(seal(RECORD, new, "/ca_keys/cluster"), keys, "/ca_keys/cluster") == (
+        RECORD,
+        0,
+    )
+    with pytest.raises(TrustError, match=r"do not open with new\.key or other\.key"):
+        open_record(sealed, [(new, "new.key"), (os.urandom(32), "other.key")], "/ca_keys/cluster")
 
 
 def test_a_key_file_others_can_read_or_of_the_wrong_size_is_refused(tmp_path: pathlib.Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from tether.auth import ca_sealing
 from tether.auth.context import AuthContext
 from tether.backend import Backend, Op
 from tether.config import Config
-from tether.errors import AlreadyExists, CompareFailed, NotFound, TrustError
+from tether.errors import AlreadyExists, CompareFailed, ConfigError, NotFound, TrustError
 from tether.resources import KindRegistry, preset_roles, resource_to_bytes
 from tether.trust.handshake import TrustExchange, ca_resources
 
@@ -34,6 +35,8 @@ __all__ = [
     "load_authorities",
     "publish",
 ]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -66,8 +69,7 @@ async def load_authorities(
     would break what the other issued.
     """
     keys_dir = pathlib.Path(config.data_dir) / "keys"
-    key_file = config.auth_service.ca_keys_key_file
-    sealing = _Sealing(ca_sealing.read_key_file(key_file), str(key_file)) if key_file else None
+    sealing = _Sealing.of(config)
     authorities = await _shared(
         backend,
         CLUSTER_CA_KEYS,
@@ -120,10 +122,36 @@ async def _shared_declared(
 
 @attrs.frozen
 class _Sealing:
-    """The key (and the file it came from) that seals the stored CA keys."""
+    """The key that seals the stored CA keys, and the previous ones that may still have sealed
+    them (rotating the key file), each with the file it came from, the current one first."""
 
-    key: bytes = attrs.field(repr=False)
-    file: str
+    keys: tuple[tuple[bytes, str], ...] = attrs.field(repr=False)
+
+    @property
+    def key(self) -> bytes:
+        return self.keys[0][0]
+
+    @classmethod
+    def of(cls, config: Config) -> _Sealing | None:
+        """The sealing ``auth_service`` configures; None: the CA keys are stored plain.
+
+        :raises ConfigError: a key file cannot be read, is readable by others, or is not a
+            key; previous key files without a current one.
+        """
+        service = config.auth_service
+        current, previous = service.ca_keys_key_file, service.ca_keys_previous_key_files
+        if current is None:
+            if previous:
+                raise ConfigError(
+                    "auth_service.ca_keys_previous_key_files is set without ca_keys_key_file",
+                    hint="set ca_keys_key_file to the key file the CA keys are sealed with now",
+                )
+            return None
+        keys = [(ca_sealing.read_key_file(current), str(current))]
+        for path in previous:
+            setting = "auth_service.ca_keys_previous_key_files"
+            keys.append((ca_sealing.read_key_file(path, setting), str(path)))
+        return cls(tuple(keys))
 
 
 async def _shared(
@@ -169,15 +197,19 @@ async def _shared(
         raise TrustError(f"the CA keys at {key} in the storage are not JSON: {exc}") from exc
     if not isinstance(record, dict):
         raise TrustError(f"the CA keys at {key} in the storage are not a JSON object")
-    sealed = ca_sealing.is_sealed(record)
-    chosen = decode(
-        ca_sealing.open_record(
-            record, sealing.key if sealing else None, key, key_file=sealing.file if sealing else ""
-        )
-    )
-    if sealing is not None and not sealed:
-        # a key file given to a cluster whose CAs were stored plain: seal them now (another
-        # auth server doing the same at once wins; either sealed them with the same key)
+    opened, opened_with = ca_sealing.open_record(record, sealing.keys if sealing else (), key)
+    chosen = decode(opened)
+    if sealing is not None and opened_with != 0:
+        # a key file given to a cluster whose CAs were stored plain, or a new key file while
+        # they are sealed with a previous one: seal them with it now (another auth server
+        # doing the same at once wins; either sealed them with the same key)
+        if opened_with is not None:
+            log.warning(
+                "the CA keys at %s were sealed with the previous key file %s; sealing them with %s",
+                key,
+                sealing.keys[opened_with][1],
+                sealing.keys[0][1],
+            )
         with contextlib.suppress(CompareFailed, NotFound):
             await backend.compare_and_swap(
                 key, stored_form(chosen), expected_revision=stored.revision

@@ -15,7 +15,7 @@ import json
 import os
 import pathlib
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -23,32 +23,35 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tether.errors import ConfigError, TrustError
 
-__all__ = ["CIPHER", "is_sealed", "open_record", "read_key_file", "seal"]
+__all__ = [
+    "CIPHER",
+    "is_sealed",
+    "open_record",
+    "read_key_file",
+    "seal",
+]
 
 CIPHER = "aes-256-gcm"
 _NONCE_BYTES = 12
 
 
-def read_key_file(path: pathlib.Path) -> bytes:
+def read_key_file(path: pathlib.Path, setting: str = "auth_service.ca_keys_key_file") -> bytes:
     """The 32-byte key in ``path`` (base64, as ``openssl rand -base64 32`` prints it), which
-    only its owner may read."""
+    only its owner may read; ``setting`` names where the configuration gave it."""
     try:
         info = path.stat()
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"auth_service.ca_keys_key_file: cannot read {path}: {exc}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {exc}") from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"auth_service.ca_keys_key_file: {path} may be read by others",
-            hint=f"chmod 600 {path}",
-        )
+        raise ConfigError(f"{setting}: {path} may be read by others", hint=f"chmod 600 {path}")
     try:
         key = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
         raise ConfigError(
-            f"auth_service.ca_keys_key_file: {path} does not hold 32 bytes in base64",
+            f"{setting}: {path} does not hold 32 bytes in base64",
             hint="make one with `openssl rand -base64 32`, and give every auth server a copy",
         )
     return key
@@ -70,17 +73,19 @@ def is_sealed(record: Mapping[str, Any]) -> bool:
 
 
 def open_record(
-    record: Mapping[str, Any], key: bytes | None, storage_key: str, *, key_file: str
-) -> dict[str, Any]:
-    """The record as it was sealed (or ``record`` itself when it is not sealed).
+    record: Mapping[str, Any], keys: Sequence[tuple[bytes, str]], storage_key: str
+) -> tuple[dict[str, Any], int | None]:
+    """The record as it was sealed, opened with the first of ``keys`` (each with the file it
+    came from) that opens it, and that key's index; ``record`` itself and None when it is
+    not sealed. Rotating the key file: the current key first, then the previous ones.
 
-    :raises TrustError: sealed and no key given, or sealed with another key, or damaged.
+    :raises TrustError: sealed and no key given, or sealed with none of them, or damaged.
     """
     if not is_sealed(record):
-        return dict(record)
+        return dict(record), None
     if record.get("cipher") != CIPHER:
         raise TrustError(f"the CA keys at {storage_key} are sealed with {record.get('cipher')!r}")
-    if key is None:
+    if not keys:
         raise TrustError(
             f"the CA keys at {storage_key} in the storage are encrypted",
             hint="set auth_service.ca_keys_key_file to a copy of the other auth servers' key file",
@@ -88,15 +93,23 @@ def open_record(
     try:
         nonce = base64.b64decode(str(record["nonce"]), validate=True)
         data = base64.b64decode(str(record["data"]), validate=True)
-        plain = AESGCM(key).decrypt(nonce, data, storage_key.encode())
-        opened = json.loads(plain)
-    except InvalidTag:
-        raise TrustError(
-            f"the CA keys at {storage_key} in the storage do not open with {key_file}",
-            hint="give this auth server the key file the cluster's other auth servers hold",
-        ) from None
     except (KeyError, binascii.Error, ValueError) as exc:
         raise TrustError(f"the sealed CA keys at {storage_key} are damaged: {exc}") from None
-    if not isinstance(opened, dict):
-        raise TrustError(f"the sealed CA keys at {storage_key} are not a JSON object")
-    return opened
+    for index, (key, _) in enumerate(keys):
+        try:
+            plain = AESGCM(key).decrypt(nonce, data, storage_key.encode())
+        except InvalidTag:
+            continue
+        try:
+            opened = json.loads(plain)
+        except ValueError as exc:
+            raise TrustError(f"the sealed CA keys at {storage_key} are damaged: {exc}") from None
+        if not isinstance(opened, dict):
+            raise TrustError(f"the sealed CA keys at {storage_key} are not a JSON object")
+        return opened, index
+    files = " or ".join(file for _, file in keys)
+    raise TrustError(
+        f"the CA keys at {storage_key} in the storage do not open with {files}",
+        hint="give this auth server the key file the cluster's other auth servers hold "
+        "(rotating it: the previous one in auth_service.ca_keys_previous_key_files)",
+    )

@@ -275,6 +275,9 @@ auth_service:
   # plain text there unless this names a key file (`openssl rand -base64 32`, mode 0600) that
   # seals them: then every auth server needs a copy of the same file.
   ca_keys_key_file: null
+  # Rotating that key file: the files the stored CA keys may still be sealed with. An auth
+  # server that opens them with one of these seals them again with ca_keys_key_file.
+  ca_keys_previous_key_files: []
   # Per client address, on the join of hosts that join auth directly (--auth-server), as
   # proxy_service.rate_limit on the proxy's anonymous endpoints.
   rate_limit:

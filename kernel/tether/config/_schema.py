@@ -120,6 +120,9 @@ class AuthServiceConfig:
     # a key (32 bytes, base64) every auth server of the cluster holds a copy of, which seals
     # the CA keys in the store (tether.auth.ca_sealing); none: they are stored in plain text
     ca_keys_key_file: pathlib.Path | None = None
+    # key files the CA keys in the store may still be sealed with (rotating the key file):
+    # what one of them opens is sealed again with ca_keys_key_file
+    ca_keys_previous_key_files: tuple[pathlib.Path, ...] = ()
     rate_limit: RateLimitConfig = attrs.field(factory=lambda: RateLimitConfig())
     # callers without a certificate only: hosts' batches (heartbeats of every tunnel) grow
     # with the fleet, and they are authenticated
