@@ -24,6 +24,7 @@ from tether.api import (
     check_batch,
     check_condition,
     check_key,
+    check_limit,
     check_prefix,
     check_swap_revision,
 )
@@ -53,6 +54,17 @@ def test_the_empty_prefix_is_every_key_and_a_non_string_prefix_is_a_type_error()
         check_prefix(b"/roles/")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not valid Unicode"):
         check_prefix("/roles/\udfff")
+
+
+@pytest.mark.parametrize("limit", [None, 0, 1, 10_000])
+def test_no_limit_an_empty_answer_or_a_count_may_be_asked_for(limit: int | None) -> None:
+    check_limit(limit)
+
+
+@pytest.mark.parametrize("limit", [-1, True, False])
+def test_a_negative_or_boolean_limit_is_refused(limit: int) -> None:
+    with pytest.raises(ValueError, match=r"limit must be None or >= 0, got"):
+        check_limit(limit)
 
 
 # -- apply() and compare_and_swap() arguments ---------------------------------------------------

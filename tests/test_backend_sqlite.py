@@ -87,6 +87,7 @@ def test_public_api_is_what_all_says() -> None:
         "check_batch",
         "check_condition",
         "check_key",
+        "check_limit",
         "check_prefix",
         "check_swap_revision",
         "open_backend",

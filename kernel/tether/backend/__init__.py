@@ -20,7 +20,7 @@ from tether.backend._base import (
     check_prefix,
     open_backend,
 )
-from tether.backend._checks import check_batch, check_condition, check_swap_revision
+from tether.backend._checks import check_batch, check_condition, check_limit, check_swap_revision
 from tether.backend._sqlite import SqliteBackend, open_sqlite
 from tether.backend._watch_buffer import WatchBuffer
 
@@ -39,6 +39,7 @@ __all__ = [
     "check_batch",
     "check_condition",
     "check_key",
+    "check_limit",
     "check_prefix",
     "check_swap_revision",
     "open_backend",

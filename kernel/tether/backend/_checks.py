@@ -1,4 +1,4 @@
-"""The checks every backend runs around a write, and the errors a failed condition raises.
+"""The argument checks every backend runs, and the errors a failed condition raises.
 
 Each backend (SQLite here, PostgreSQL and etcd as plugins) must refuse the same bad arguments
 and report a failed condition with the same error and words, or a caller's handling would
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from tether.backend._base import Op
 from tether.errors import AlreadyExists, CompareFailed, NotFound
 
-__all__ = ["check_batch", "check_condition", "check_swap_revision"]
+__all__ = ["check_batch", "check_condition", "check_limit", "check_swap_revision"]
 
 
 def check_batch(ops: Iterable[Op]) -> list[Op]:
@@ -41,6 +41,18 @@ def check_batch(ops: Iterable[Op]) -> list[Op]:
     if repeated:
         raise ValueError(f"a batch may name each key once; repeated: {sorted(repeated)}")
     return batch
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a ``limit`` that :meth:`Backend.range` cannot honour.
+
+    Call it in ``range`` after :func:`~tether.backend.check_prefix`. None means no limit and 0
+    an empty answer, which a backend gives without asking its store.
+
+    :raises ValueError: a bool, or below 0.
+    """
+    if limit is not None and (isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit must be None or >= 0, got {limit!r}")
 
 
 def check_swap_revision(expected_revision: int) -> None:

@@ -32,7 +32,7 @@ from tether.backend._base import (
     check_key,
     check_prefix,
 )
-from tether.backend._checks import check_batch, check_swap_revision
+from tether.backend._checks import check_batch, check_limit, check_swap_revision
 from tether.backend._sqlite_store import Store, connect
 from tether.backend._watch_buffer import WatchBuffer
 from tether.errors import ConfigError
@@ -190,8 +190,7 @@ class SqliteBackend:
     async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
         """Return the live items whose key starts with ``prefix``, sorted by key."""
         check_prefix(prefix)
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+        check_limit(limit)
         if limit == 0:
             self._check_open()
             return []

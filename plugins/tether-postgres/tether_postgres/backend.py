@@ -41,6 +41,7 @@ from tether.api import (
     WatchOverflow,
     check_batch,
     check_key,
+    check_limit,
     check_prefix,
     check_swap_revision,
 )
@@ -347,8 +348,7 @@ class PostgresBackend:
     async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
         """Return the live items whose key starts with ``prefix``, sorted by key."""
         check_prefix(prefix)
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+        check_limit(limit)
         if limit == 0:
             self._check_open()
             return []
