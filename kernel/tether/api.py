@@ -12,10 +12,11 @@ The names, grouped as ``docs/api.md`` groups them:
   in ``docs/hooks.md``), and :data:`__version__`;
 * errors a plugin raises or catches;
 * server side, the types hooks take and return: resource kinds, protocol handlers and the
-  targets they reach, node-agent protocols, identity connectors, backends, audit events,
-  role-map rules, services, the configuration (the types of plugin-owned configuration
-  sections, service roles, token types, role fields and declared CA types go with
-  :class:`Config`);
+  targets they reach, node-agent protocols, identity connectors, backends (with the argument
+  checks and the watch buffer they share, so that every backend refuses, reports and
+  overflows alike), audit events, role-map rules, services, the configuration (the types of
+  plugin-owned configuration sections, service roles, token types, role fields and declared
+  CA types go with :class:`Config`);
 * certificates and identities a protocol verifies;
 * client side (``tether`` commands a plugin adds): the login profile, a stream to a target
   through the proxy, the command-line helpers and the groups the kernel owns.
@@ -37,7 +38,14 @@ if _typing.TYPE_CHECKING:
         Event,
         Item,
         Op,
+        WatchBuffer,
         WatchOverflow,
+        check_batch,
+        check_condition,
+        check_key,
+        check_limit,
+        check_prefix,
+        check_swap_revision,
         open_sqlite,
     )
     from tether.cert_authority_types import CertAuthorityType, SignedCertificate
@@ -152,7 +160,14 @@ _SOURCES: dict[str, str] = {
     "Event": "tether.backend",
     "Item": "tether.backend",
     "Op": "tether.backend",
+    "WatchBuffer": "tether.backend",
     "WatchOverflow": "tether.backend",
+    "check_batch": "tether.backend",
+    "check_condition": "tether.backend",
+    "check_key": "tether.backend",
+    "check_limit": "tether.backend",
+    "check_prefix": "tether.backend",
+    "check_swap_revision": "tether.backend",
     "open_sqlite": "tether.backend",
     "CertAuthorityType": "tether.cert_authority_types",
     "SignedCertificate": "tether.cert_authority_types",
@@ -318,8 +333,15 @@ __all__ = [
     "TetherError",
     "TokenType",
     "TrustError",
+    "WatchBuffer",
     "WatchOverflow",
     "__version__",
+    "check_batch",
+    "check_condition",
+    "check_key",
+    "check_limit",
+    "check_prefix",
+    "check_swap_revision",
     "cluster_host_cas",
     "cluster_option",
     "complete_clusters",

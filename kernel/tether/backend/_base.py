@@ -28,6 +28,8 @@ __all__ = [
     "Item",
     "Op",
     "WatchOverflow",
+    "check_key",
+    "check_prefix",
     "open_backend",
 ]
 
@@ -77,7 +79,13 @@ class Event:
 
 
 def check_key(key: str) -> None:
-    """Refuse a key no backend stores: empty, not a string, or not valid Unicode text."""
+    """Refuse a key no backend stores: empty, not a string, or not valid Unicode text.
+
+    Call it first in every :class:`Backend` method that takes a single key and builds no
+    :class:`Op` (``get``; an ``Op`` runs it itself), so every backend refuses the same keys.
+
+    :raises ValueError: the key is empty, not a string, or not encodable as UTF-8.
+    """
     if not isinstance(key, str) or not key:
         raise ValueError(f"backend keys are non-empty strings, got {key!r}")
     try:
@@ -87,7 +95,13 @@ def check_key(key: str) -> None:
 
 
 def check_prefix(prefix: str) -> None:
-    """Refuse a prefix that is not a string of valid Unicode text."""
+    """Refuse a prefix that is not a string of valid Unicode text (``""`` is every key).
+
+    Call it first in ``range``, ``delete_prefix`` and ``watch``.
+
+    :raises TypeError: the prefix is not a string.
+    :raises ValueError: it is not encodable as UTF-8.
+    """
     if not isinstance(prefix, str):
         raise TypeError(f"backend prefixes are strings, got {type(prefix).__name__}")
     try:

@@ -29,11 +29,12 @@ from tether.backend._base import (
     Event,
     Item,
     Op,
-    WatchOverflow,
     check_key,
     check_prefix,
 )
+from tether.backend._checks import check_batch, check_limit, check_swap_revision
 from tether.backend._sqlite_store import Store, connect
+from tether.backend._watch_buffer import WatchBuffer
 from tether.errors import ConfigError
 
 __all__ = ["SqliteBackend", "open_sqlite", "parse_sqlite_url"]
@@ -68,53 +69,6 @@ def parse_sqlite_url(url: str) -> Path:
     return Path(path)
 
 
-class _Watcher:
-    """One subscription: a bounded buffer that fails the reader instead of blocking writers."""
-
-    def __init__(self, prefix: str, buffer: int) -> None:
-        self.prefix = prefix
-        self.buffer = buffer
-        self._send, self._receive = trio.open_memory_channel[Event](buffer)
-        self._failure: BackendError | None = None
-
-    def offer(self, event: Event) -> bool:
-        """Queue ``event``; return False (and fail the watcher) if its buffer is full."""
-        try:
-            self._send.send_nowait(event)
-        except trio.WouldBlock:
-            self.fail(
-                WatchOverflow(
-                    f"watch on {self.prefix!r} fell more than {self.buffer} events behind",
-                    hint="list the keys again and start a new watch",
-                )
-            )
-            return False
-        return True
-
-    def fail(self, error: BackendError) -> None:
-        self._failure = error
-        self._send.close()
-
-    def close(self) -> None:
-        self._send.close()
-        self._receive.close()
-
-    def __aiter__(self) -> _Watcher:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._failure is not None:
-            raise type(self._failure)(self._failure.message, hint=self._failure.hint)
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            if self._failure is not None:
-                raise type(self._failure)(self._failure.message, hint=self._failure.hint) from None
-            raise StopAsyncIteration from None
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None  # iterated after its watch() block ended
-
-
 class SqliteBackend:
     """A :class:`~tether.backend.Backend` on one SQLite file; get one from :func:`open_sqlite`."""
 
@@ -134,7 +88,7 @@ class SqliteBackend:
         self._watch_buffer = watch_buffer
         self._lock = trio.Lock()
         self._closed = False
-        self._watchers: set[_Watcher] = set()
+        self._watchers: set[WatchBuffer] = set()
         #: earliest expiry that may still be stored; None means nothing can expire
         self._next_expiry: float | None = None
 
@@ -165,10 +119,8 @@ class SqliteBackend:
             ):
                 self._next_expiry = event.item.expires
         for watcher in list(self._watchers):
-            for event in events:
-                if event.item.key.startswith(watcher.prefix) and not watcher.offer(event):
-                    self._watchers.discard(watcher)
-                    break
+            if not watcher.publish(events):
+                self._watchers.discard(watcher)
 
     async def _reap_locked(self, store: Store, now: float) -> int:
         if self._next_expiry is None or self._next_expiry > now:
@@ -215,15 +167,7 @@ class SqliteBackend:
         self, key: str, value: bytes, *, expected_revision: int, ttl: float | None = None
     ) -> Item:
         """Replace ``key`` only if it is at ``expected_revision``."""
-        if (
-            isinstance(expected_revision, bool)
-            or not isinstance(expected_revision, int)
-            or (expected_revision < 1)
-        ):
-            raise ValueError(
-                f"expected_revision must be a revision (>= 1), got {expected_revision!r}; "
-                "use create() to write a key that must not exist"
-            )
+        check_swap_revision(expected_revision)
         return await self._apply_one(
             Op.put(key, value, ttl=ttl, expected_revision=expected_revision)
         )
@@ -246,8 +190,7 @@ class SqliteBackend:
     async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
         """Return the live items whose key starts with ``prefix``, sorted by key."""
         check_prefix(prefix)
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+        check_limit(limit)
         if limit == 0:
             self._check_open()
             return []
@@ -255,13 +198,7 @@ class SqliteBackend:
 
     async def apply(self, ops: Sequence[Op]) -> int:
         """Apply ``ops`` atomically under one new revision and return it."""
-        ops = list(ops)
-        if not all(isinstance(op, Op) for op in ops):
-            raise TypeError("apply() takes a sequence of tether.backend.Op")
-        keys = [op.key for op in ops]
-        if len(set(keys)) != len(keys):
-            duplicates = sorted({key for key in keys if keys.count(key) > 1})
-            raise ValueError(f"a batch may name each key once; repeated: {duplicates}")
+        ops = check_batch(ops)
         if not ops:
             return await self._read(lambda store, now: store.current_revision())
         return await self._write(lambda store, now: store.apply(ops, now))
@@ -271,7 +208,7 @@ class SqliteBackend:
         """Subscribe to committed changes under ``prefix`` (see :class:`Backend.watch`)."""
         check_prefix(prefix)
         self._check_open()
-        watcher = _Watcher(prefix, self._watch_buffer)
+        watcher = WatchBuffer(prefix, self._watch_buffer)
         self._watchers.add(watcher)
         try:
             yield watcher

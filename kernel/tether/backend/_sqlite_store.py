@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tether.backend._base import BackendError, Event, Item, Op
-from tether.errors import AlreadyExists, CompareFailed, NotFound
+from tether.backend._checks import check_condition
 
 __all__ = ["BUSY_TIMEOUT", "SCHEMA_VERSION", "Store", "connect"]
 
@@ -157,7 +157,7 @@ class Store:
                     f"SELECT revision FROM items WHERE key = ? AND {_LIVE}", (op.key, now)
                 ).fetchone()
                 current[op.key] = None if row is None else int(row[0])
-                _check_condition(op, current[op.key])
+                check_condition(op, current[op.key])
             if all(op.type == "delete" and current[op.key] is None for op in ops):
                 return self._revision(conn), []  # nothing changes, so no new revision
             revision = self._next_revision(conn)
@@ -196,23 +196,6 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _check_condition(op: Op, revision: int | None) -> None:
-    expected = op.expected_revision
-    if expected is None:
-        return
-    if expected == 0:
-        if revision is not None:
-            raise AlreadyExists(f"key {op.key!r} already exists (revision {revision})")
-        return
-    if revision is None:
-        raise NotFound(f"key {op.key!r} does not exist (expected revision {expected})")
-    if revision != expected:
-        raise CompareFailed(
-            f"key {op.key!r} is at revision {revision}, not the expected {expected}",
-            hint="it changed since it was read; read it again and retry",
-        )
 
 
 def _lock_file(path: Path) -> int:

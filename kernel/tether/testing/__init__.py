@@ -13,8 +13,10 @@ import of ``tether`` (``docs/plugins.md``, "Testing with ``tether.testing``").
 - :mod:`tether.testing.trusted_clusters`: a leaf joined to a root as the guide's admins do it.
 - :mod:`tether.testing.netns`: a network namespace behind a firewall that drops every
   connection the host opens to it, for a cluster that must work with no inbound port open.
+- :mod:`tether.testing.etcd`: a real etcd of one or several members, for a storage test.
 - :mod:`tether.testing.kube`: a real Kubernetes API server (etcd, kube-apiserver 1.20.2) and
   Debian's kubectl, for a plugin that reaches Kubernetes clusters.
 - :mod:`tether.testing.kube_node`: a node of it (containerd, a kubelet) that runs pods, and
-  :mod:`tether.testing.kube_machine`, which puts the machine back after it.
+  :mod:`tether.testing.kube_machine`, which puts the machine back after it;
+  :mod:`tether.testing.processes` starts such helper programs with their output logged.
 """

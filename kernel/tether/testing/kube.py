@@ -34,10 +34,8 @@ import functools
 import ipaddress
 import json
 import os
-import shutil
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -52,7 +50,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.testing.cluster import stop_process
+from tether.testing.etcd import etcd_binary, start_etcd
 from tether.testing.http import free_port
+from tether.testing.processes import spawn_logged
 
 __all__ = [
     "KUBE_VERSION",
@@ -188,7 +188,7 @@ def _held(lock: Path) -> bool:
 
 def _found(cache: Path) -> KubeComponents | str:
     binaries = cache / KUBE_VERSION
-    etcd = shutil.which("etcd") or shutil.which("etcd", path="/usr/bin")
+    etcd = etcd_binary()
     if etcd is None:
         return "etcd is not installed (Debian: etcd-server): run scripts/kube-deps.sh as root"
     components = KubeComponents(
@@ -358,6 +358,8 @@ class KubeAPIServer:
     components: KubeComponents
     #: ``etcd``, ``kube-apiserver`` and ``kube-controller-manager``, as started
     processes: Mapping[str, subprocess.Popen[bytes]]
+    #: where each of :attr:`processes` logs
+    log_paths: Mapping[str, Path]
     _authority: _Authority = attrs.field(repr=False)
 
     @property
@@ -453,7 +455,7 @@ class KubeAPIServer:
         """The last ``lines`` lines of each component's log, for a failure's message."""
         parts = []
         for name in self.processes:
-            text = (self.directory / f"{name}.log").read_text(errors="replace")
+            text = self.log_paths[name].read_text(errors="replace")
             tail = "\n".join(text.splitlines()[-lines:])
             parts.append(f"--- {name} (exit status {self.processes[name].poll()}) ---\n{tail}")
         return "\n".join(parts)
@@ -465,7 +467,8 @@ def start_kube_apiserver(
 ) -> Iterator[KubeAPIServer]:
     """Start etcd, kube-apiserver and kube-controller-manager on free ports of 127.0.0.1, with
     their files in ``directory`` (a new CA, the server's certificate, the service-account
-    keys, etcd's data, each component's log, ``kubeconfig`` for the administrator); yields
+    keys, each component's log, ``kubeconfig`` for the administrator; etcd's data and log
+    under ``etcd/``, as :func:`tether.testing.etcd.start_etcd` keeps them); yields
     when the API server is ready (``/readyz``) and the ``default`` service account has its
     token. All three are stopped when the block ends, whatever happened in it.
 
@@ -508,43 +511,28 @@ def start_kube_apiserver(
         )
     )
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    log_paths: dict[str, Path] = {}
     with contextlib.ExitStack() as stack:
 
         def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-            process = spawn_logged(argv, directory / f"{name}.log", directory)
+            log_paths[name] = directory / f"{name}.log"
+            process = spawn_logged(argv, log_paths[name], directory)
             processes[name] = process
             stack.callback(stop_process, process)
             return process
 
-        def start_etcd(port: int) -> subprocess.Popen[bytes]:
-            peer = f"http://127.0.0.1:{free_port()}"
-            shutil.rmtree(directory / "etcd", ignore_errors=True)  # an attempt's, if any
-            return spawn(
-                "etcd",
-                [
-                    str(components.etcd),
-                    "--name=tether-test",
-                    f"--data-dir={directory / 'etcd'}",
-                    f"--listen-client-urls=http://127.0.0.1:{port}",
-                    f"--advertise-client-urls=http://127.0.0.1:{port}",
-                    f"--listen-peer-urls={peer}",
-                    f"--initial-advertise-peer-urls={peer}",
-                    f"--initial-cluster=tether-test={peer}",
-                ],
-            )
-
-        def etcd_healthy(port: int) -> bool:
-            answer = _get(f"http://127.0.0.1:{port}/health", None)
-            return answer is not None and answer[0] == 200
-
-        etcd_port = _start_on_free_port("etcd", start_etcd, etcd_healthy, directory)
+        etcd = start_etcd(directory / "etcd", binary=str(components.etcd))
+        stack.callback(etcd.stop)
+        (etcd_member,) = etcd.members
+        assert etcd_member.process is not None
+        processes["etcd"], log_paths["etcd"] = etcd_member.process, etcd_member.log_path
 
         def start_apiserver(port: int) -> subprocess.Popen[bytes]:
             return spawn(
                 "kube-apiserver",
                 [
                     str(components.apiserver),
-                    f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                    f"--etcd-servers={etcd_member.client_url}",
                     "--bind-address=127.0.0.1",
                     "--advertise-address=127.0.0.1",
                     f"--secure-port={port}",
@@ -613,6 +601,7 @@ def start_kube_apiserver(
             directory=directory,
             components=components,
             processes=processes,
+            log_paths=log_paths,
             authority=authority,
         )
 
@@ -628,29 +617,6 @@ def start_kube_apiserver(
 
         _wait_until(default_token, manager, "kube-controller-manager", directory)
         yield server
-
-
-def spawn_logged(
-    argv: list[str], log_path: Path, directory: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in ``directory`` (with environment ``env``, else this one's), its
-    output in ``log_path``. From the main thread, the process also gets SIGTERM when this one
-    dies (``setpriv --pdeathsig``), so that even a test run that is killed leaves no etcd or
-    kubelet behind (the signal comes when the thread that started it ends: a worker thread's
-    processes would die with the thread, so those go without)."""
-    prefix: list[str] = []
-    setpriv = shutil.which("setpriv")
-    if setpriv and threading.current_thread() is threading.main_thread():
-        prefix = [setpriv, "--pdeathsig", "TERM", "--"]
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [*prefix, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            env=env,
-        )
 
 
 def _start_on_free_port(

@@ -46,7 +46,6 @@ from tether.testing.kube import (
     KUBE_VERSION,
     KubeAPIServer,
     kube_cache_dir,
-    spawn_logged,
     wait_for_preparation,
     wait_timeout,
 )
@@ -57,6 +56,7 @@ from tether.testing.kube_machine import (
     processes_naming,
     required_cgroup_controllers,
 )
+from tether.testing.processes import spawn_logged
 
 __all__ = [
     "BUSYBOX_IMAGE",

@@ -28,21 +28,26 @@ import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import trio
 
 from tether.api import (
-    AlreadyExists,
     BackendClosed,
     BackendError,
     CompareFailed,
     Event,
     Item,
-    NotFound,
     Op,
+    WatchBuffer,
     WatchOverflow,
+    check_batch,
+    check_condition,
+    check_key,
+    check_limit,
+    check_prefix,
+    check_swap_revision,
 )
 from tether_etcd import _wire
 from tether_etcd._wire import EtcdSettings
@@ -78,7 +83,8 @@ class EtcdBackend:
         self._member = 0  # the endpoint that answered last
         self._watch_buffer = watch_buffer
         self._closed = False
-        self._watches: set[trio.CancelScope] = set()
+        #: each open watch: the scope of its feed from etcd, and the buffer it feeds
+        self._watches: dict[trio.CancelScope, WatchBuffer] = {}
 
     # -- requests -------------------------------------------------------------------------
 
@@ -161,7 +167,7 @@ class EtcdBackend:
 
     async def get(self, key: str) -> Item | None:
         """Return the live item at ``key``, or None."""
-        _check_key(key)
+        check_key(key)
         answer = await self._range(self._key(key), None, None)
         kvs = answer.get("kvs") or []
         return _wire.decode_item(kvs[0], self._prefix) if kvs else None
@@ -178,15 +184,7 @@ class EtcdBackend:
         self, key: str, value: bytes, *, expected_revision: int, ttl: float | None = None
     ) -> Item:
         """Replace ``key`` only if it is at ``expected_revision``."""
-        if (
-            isinstance(expected_revision, bool)
-            or not isinstance(expected_revision, int)
-            or expected_revision < 1
-        ):
-            raise ValueError(
-                f"expected_revision must be a revision (>= 1), got {expected_revision!r}; "
-                "use create() to write a key that must not exist"
-            )
+        check_swap_revision(expected_revision)
         return await self._apply_one(
             Op.put(key, value, ttl=ttl, expected_revision=expected_revision)
         )
@@ -198,14 +196,14 @@ class EtcdBackend:
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; return whether it existed."""
-        _check_key(key)
+        check_key(key)
         body = {"key": _wire.encode(self._key(key))}
         answer = await self._call("/v3/kv/deleterange", body, replay=False)
         return int(answer.get("deleted", 0)) > 0
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every live key starting with ``prefix`` under one revision; return how many."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         key = self._key(prefix)
         body = {"key": _wire.encode(key), "range_end": _wire.encode(_wire.prefix_end(key))}
         answer = await self._call("/v3/kv/deleterange", body, replay=False)
@@ -213,9 +211,8 @@ class EtcdBackend:
 
     async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
         """Return the live items whose key starts with ``prefix``, sorted by key."""
-        _check_prefix(prefix)
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+        check_prefix(prefix)
+        check_limit(limit)
         if limit == 0:
             self._check_open()
             return []
@@ -225,13 +222,7 @@ class EtcdBackend:
 
     async def apply(self, ops: Sequence[Op]) -> int:
         """Apply ``ops`` atomically under one new revision and return it."""
-        ops = list(ops)
-        if not all(isinstance(op, Op) for op in ops):
-            raise TypeError("apply() takes a sequence of tether.backend.Op")
-        keys = [op.key for op in ops]
-        if len(set(keys)) != len(keys):
-            duplicates = sorted({key for key in keys if keys.count(key) > 1})
-            raise ValueError(f"a batch may name each key once; repeated: {duplicates}")
+        ops = check_batch(ops)
         if not ops:
             return _wire.header_revision(await self._range(self._prefix, None, 1))
         now = time.time()
@@ -264,7 +255,7 @@ class EtcdBackend:
         body = {"compare": compare, "success": success, "failure": failure}
         answer = await self._call("/v3/kv/txn", body, replay=False)
         if not answer.get("succeeded"):
-            raise _failed_condition(conditioned, _wire.txn_responses(answer))
+            _raise_failed_condition(conditioned, _wire.txn_responses(answer))
         return _wire.header_revision(answer)
 
     @contextlib.asynccontextmanager
@@ -272,36 +263,36 @@ class EtcdBackend:
         """Subscribe to committed changes under ``prefix``: etcd's watch from the revision
         after the one it answers now, resumed at another member from the last event seen
         if one goes away; one compacted away meanwhile is a :class:`WatchOverflow`."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         key = self._key(prefix)
         start = _wire.header_revision(await self._range(self._prefix, None, 1)) + 1
-        send, receive = trio.open_memory_channel[Event | BackendError](self._watch_buffer)
+        buffer = WatchBuffer(prefix, self._watch_buffer)
         scope = trio.CancelScope()
-        self._watches.add(scope)
+        self._watches[scope] = buffer
         assert self._nursery is not None, "open the backend with open_etcd"
-        self._nursery.start_soon(self._feed, key, start, send, scope)
+        self._nursery.start_soon(self._feed, key, start, buffer, scope)
         try:
-            with receive:
-                yield _events(receive)
+            yield buffer
         finally:
-            self._watches.discard(scope)
+            self._watches.pop(scope, None)
             scope.cancel()
+            buffer.close()
 
     async def _feed(
         self,
         key: bytes,
         start: int,
-        send: trio.MemorySendChannel[Event | BackendError],
+        buffer: WatchBuffer,
         scope: trio.CancelScope,
     ) -> None:
-        """Stream etcd's watch of ``key``'s prefix into ``send`` until cancelled."""
+        """Stream etcd's watch of ``key``'s prefix into ``buffer`` until cancelled or it ends."""
         request = {
             "create_request": {
                 "key": _wire.encode(key),
                 "range_end": _wire.encode(_wire.prefix_end(key)),
             }
         }
-        with scope, send:
+        with scope:
             failed = 0
             while not self._closed:  # closed: the watcher's stream ends in BackendClosed
                 request["create_request"]["start_revision"] = str(start)
@@ -315,35 +306,27 @@ class EtcdBackend:
                                 continue
                             result = json.loads(line).get("result", {})
                             if result.get("canceled") or result.get("compact_revision"):
-                                await _fail(
-                                    send,
+                                buffer.fail(
                                     WatchOverflow(
                                         f"watch on {self._where()}: the events since revision "
                                         f"{start} were compacted away",
                                         hint="list the keys again and start a new watch",
-                                    ),
+                                    )
                                 )
                                 return
                             failed = 0
-                            for raw in result.get("events") or []:
-                                event = _wire.decode_watch_event(raw, self._prefix)
-                                start = event.item.revision + 1
-                                try:
-                                    send.send_nowait(event)
-                                except trio.WouldBlock:
-                                    await _fail(
-                                        send,
-                                        WatchOverflow(
-                                            f"watch fell more than {self._watch_buffer} "
-                                            "events behind",
-                                            hint="list the keys again and start a new watch",
-                                        ),
-                                    )
-                                    return
+                            events = [
+                                _wire.decode_watch_event(raw, self._prefix)
+                                for raw in result.get("events") or []
+                            ]
+                            if events:
+                                start = events[-1].item.revision + 1
+                            if not buffer.publish(events):
+                                return  # it overflowed, or its watch block ended
                 except (httpx.TransportError, ValueError) as exc:
                     failed += 1
                     if failed >= 3 * len(self.settings.endpoints):
-                        await _fail(send, BackendError(f"watch on {self._where()}: {exc}"))
+                        buffer.fail(BackendError(f"watch on {self._where()}: {exc}"))
                         return
                     self._member = (self._member + 1) % len(self.settings.endpoints)
                     await trio.sleep(0.1 * failed)
@@ -353,46 +336,23 @@ class EtcdBackend:
         if self._closed:
             return
         self._closed = True
-        for scope in list(self._watches):
+        for scope, buffer in list(self._watches.items()):
+            buffer.fail(BackendClosed(f"storage {self._where()} was closed"))
             scope.cancel()
         await self._client.aclose()
 
 
-async def _events(
-    receive: trio.MemoryReceiveChannel[Event | BackendError],
-) -> AsyncIterator[Event]:
-    async for item in receive:
-        if isinstance(item, BackendError):
-            raise item
-        yield item
-    raise BackendClosed("storage was closed")
-
-
-async def _fail(send: trio.MemorySendChannel[Event | BackendError], error: BackendError) -> None:
-    """Hand ``error`` to the watcher after the events it has not read (waiting for room)."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await send.send(error)
-
-
-def _failed_condition(
+def _raise_failed_condition(
     conditioned: Sequence[Op], responses: Sequence[Mapping[str, Any]]
-) -> Exception:
-    """The error a failed transaction stands for: the first condition that did not hold,
-    from the keys as the failure branch read them."""
+) -> NoReturn:
+    """Raise the error a failed transaction stands for: that of the first condition that did
+    not hold, judged from the keys as the failure branch read them (in the same transaction),
+    so the error and its message are the ones every backend gives."""
     for op, response in zip(conditioned, responses, strict=False):
         kvs = response.get("response_range", {}).get("kvs") or []
         revision = int(kvs[0].get("mod_revision", 0)) if kvs else None
-        expected = op.expected_revision
-        if expected == 0 and revision is not None:
-            return AlreadyExists(f"key {op.key!r} already exists (revision {revision})")
-        if expected and revision is None:
-            return NotFound(f"key {op.key!r} does not exist (expected revision {expected})")
-        if expected and revision != expected:
-            return CompareFailed(
-                f"key {op.key!r} is at revision {revision}, not the expected {expected}",
-                hint="it changed since it was read; read it again and retry",
-            )
-    return CompareFailed("the batch's conditions no longer held", hint="read again and retry")
+        check_condition(op, revision)
+    raise CompareFailed("the batch's conditions no longer held", hint="read again and retry")
 
 
 #: What a member answers while the cluster has no leader, or just changed it (etcd's
@@ -434,18 +394,6 @@ def _reason(exc: httpx.TransportError) -> str:
     if isinstance(cause, OSError) and cause.strerror:
         text = cause.strerror
     return text
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"backend keys are non-empty strings, got {key!r}")
-    key.encode("utf-8")
-
-
-def _check_prefix(prefix: str) -> None:
-    if not isinstance(prefix, str):
-        raise TypeError(f"backend prefixes are strings, got {type(prefix).__name__}")
-    prefix.encode("utf-8")
 
 
 @contextlib.asynccontextmanager

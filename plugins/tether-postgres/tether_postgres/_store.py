@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from tether.api import AlreadyExists, CompareFailed, Event, Item, NotFound, Op
+from tether.api import Event, Item, Op, check_condition
 
 __all__ = [
     "CHANNEL",
@@ -233,7 +233,7 @@ def apply(conn: psycopg.Connection, ops: Sequence[Op]) -> tuple[int, list[Event]
             ).fetchall()
             live = {bytes(row[0]).decode(): int(row[1]) for row in rows}
             for op in ops:
-                _check_condition(op, live.get(op.key))
+                check_condition(op, live.get(op.key))
             puts = [op for op in ops if op.type == "put"]
             deletes = [op for op in ops if op.type == "delete" and op.key in live]
             if not puts and not deletes:
@@ -329,20 +329,3 @@ def prune_events(conn: psycopg.Connection, keep: int) -> int:
         (keep,),
     )
     return cursor.rowcount
-
-
-def _check_condition(op: Op, revision: int | None) -> None:
-    expected = op.expected_revision
-    if expected is None:
-        return
-    if expected == 0:
-        if revision is not None:
-            raise AlreadyExists(f"key {op.key!r} already exists (revision {revision})")
-        return
-    if revision is None:
-        raise NotFound(f"key {op.key!r} does not exist (expected revision {expected})")
-    if revision != expected:
-        raise CompareFailed(
-            f"key {op.key!r} is at revision {revision}, not the expected {expected}",
-            hint="it changed since it was read; read it again and retry",
-        )

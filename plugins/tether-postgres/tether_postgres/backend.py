@@ -37,7 +37,13 @@ from tether.api import (
     Event,
     Item,
     Op,
+    WatchBuffer,
     WatchOverflow,
+    check_batch,
+    check_key,
+    check_limit,
+    check_prefix,
+    check_swap_revision,
 )
 from tether_postgres import _store
 
@@ -245,53 +251,6 @@ async def _call(conn: psycopg.Connection, fn: Callable[[psycopg.Connection], T])
     return results[0]
 
 
-class _Watcher:
-    """One subscription: a bounded buffer that fails the reader instead of blocking writers."""
-
-    def __init__(self, prefix: str, buffer: int) -> None:
-        self.prefix = prefix
-        self.buffer = buffer
-        self._send, self._receive = trio.open_memory_channel[Event](buffer)
-        self._failure: BackendError | None = None
-
-    def offer(self, event: Event) -> bool:
-        """Queue ``event``; return False (and fail the watcher) if its buffer is full."""
-        try:
-            self._send.send_nowait(event)
-        except trio.WouldBlock:
-            self.fail(
-                WatchOverflow(
-                    f"watch on {self.prefix!r} fell more than {self.buffer} events behind",
-                    hint="list the keys again and start a new watch",
-                )
-            )
-            return False
-        return True
-
-    def fail(self, error: BackendError) -> None:
-        self._failure = error
-        self._send.close()
-
-    def close(self) -> None:
-        self._send.close()
-        self._receive.close()
-
-    def __aiter__(self) -> _Watcher:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._failure is not None:
-            raise type(self._failure)(self._failure.message, hint=self._failure.hint)
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            if self._failure is not None:
-                raise type(self._failure)(self._failure.message, hint=self._failure.hint) from None
-            raise StopAsyncIteration from None
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None  # iterated after its watch() block ended
-
-
 class PostgresBackend:
     """A :class:`~tether.api.Backend` on a PostgreSQL database (see :func:`open_postgres`)."""
 
@@ -309,7 +268,7 @@ class PostgresBackend:
         self._watch_buffer = watch_buffer
         self._keep_revisions = keep_revisions
         self._closed = False
-        self._watchers: set[_Watcher] = set()
+        self._watchers: set[WatchBuffer] = set()
         #: the last revision the dispatcher handed to watchers
         self._delivered = revision
         self._dispatch_lock = trio.Lock()
@@ -353,10 +312,8 @@ class PostgresBackend:
 
     def _publish(self, events: list[Event]) -> None:
         for watcher in list(self._watchers):
-            for event in events:
-                if event.item.key.startswith(watcher.prefix) and not watcher.offer(event):
-                    self._watchers.discard(watcher)
-                    break
+            if not watcher.publish(events):
+                self._watchers.discard(watcher)
 
     def _fail_watchers(self, error: BackendError) -> None:
         for watcher in self._watchers:
@@ -367,7 +324,7 @@ class PostgresBackend:
 
     async def get(self, key: str) -> Item | None:
         """Return the live item at ``key``, or None."""
-        _check_key(key)
+        check_key(key)
         return await self._run(lambda conn: _store.get(conn, key))
 
     async def put(self, key: str, value: bytes, *, ttl: float | None = None) -> Item:
@@ -382,15 +339,7 @@ class PostgresBackend:
         self, key: str, value: bytes, *, expected_revision: int, ttl: float | None = None
     ) -> Item:
         """Replace ``key`` only if it is at ``expected_revision``."""
-        if (
-            isinstance(expected_revision, bool)
-            or not isinstance(expected_revision, int)
-            or (expected_revision < 1)
-        ):
-            raise ValueError(
-                f"expected_revision must be a revision (>= 1), got {expected_revision!r}; "
-                "use create() to write a key that must not exist"
-            )
+        check_swap_revision(expected_revision)
         return await self._apply_one(
             Op.put(key, value, ttl=ttl, expected_revision=expected_revision)
         )
@@ -407,15 +356,14 @@ class PostgresBackend:
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every live key starting with ``prefix`` under one revision; return how many."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         count, _ = await self._write(lambda conn: _store.delete_prefix(conn, prefix))
         return count
 
     async def range(self, prefix: str, *, limit: int | None = None) -> list[Item]:
         """Return the live items whose key starts with ``prefix``, sorted by key."""
-        _check_prefix(prefix)
-        if limit is not None and (isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be None or >= 0, got {limit!r}")
+        check_prefix(prefix)
+        check_limit(limit)
         if limit == 0:
             self._check_open()
             return []
@@ -423,13 +371,7 @@ class PostgresBackend:
 
     async def apply(self, ops: Sequence[Op]) -> int:
         """Apply ``ops`` atomically under one new revision and return it."""
-        ops = list(ops)
-        if not all(isinstance(op, Op) for op in ops):
-            raise TypeError("apply() takes a sequence of tether.api.Op")
-        keys = [op.key for op in ops]
-        if len(set(keys)) != len(keys):
-            duplicates = sorted({key for key in keys if keys.count(key) > 1})
-            raise ValueError(f"a batch may name each key once; repeated: {duplicates}")
+        ops = check_batch(ops)
         if not ops:
             return await self._run(_store.current_revision)
         revision, _ = await self._write(lambda conn: _store.apply(conn, ops))
@@ -438,9 +380,9 @@ class PostgresBackend:
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[Event]]:
         """Subscribe to committed changes under ``prefix`` (see :class:`tether.api.Backend`)."""
-        _check_prefix(prefix)
+        check_prefix(prefix)
         self._check_open()
-        watcher = _Watcher(prefix, self._watch_buffer)
+        watcher = WatchBuffer(prefix, self._watch_buffer)
         # Deliver everything committed so far to the existing watchers first: the new one
         # starts at the log's present, so it never hears of a write older than itself.
         await self._catch_up()
@@ -540,21 +482,6 @@ class PostgresBackend:
                 task_status.started()
                 started = True
             await trio.sleep(retry_interval)
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"backend keys are non-empty strings, got {key!r}")
-    _check_prefix(key)
-
-
-def _check_prefix(prefix: str) -> None:
-    if not isinstance(prefix, str):
-        raise TypeError(f"backend prefixes are strings, got {type(prefix).__name__}")
-    try:
-        prefix.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"backend prefix {prefix!r} is not valid Unicode text") from exc
 
 
 @asynccontextmanager
