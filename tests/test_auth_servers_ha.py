@@ -330,3 +330,67 @@ def test_failed_logins_split_between_auth_servers_lock_the_user_at_the_limit(
         locked = login(PASSWORD)
         assert locked.returncode != 0
         assert "too many failed logins: 'alice' is locked until" in locked.stderr
+
+
+def _node_token(auth: RunningCluster) -> str:
+    added = auth.tetherctl("tokens", "add", "--type=node", "--ttl=10m", "--format=json")
+    return str(json.loads(added.stdout)["token"])
+
+
+def test_nodes_join_through_the_other_auth_server_when_one_is_killed(
+    pg_url: str,
+    tmp_path: pathlib.Path,
+    started: list[RunningCluster | RunningNode],
+) -> None:
+    first = _auth_server(tmp_path / "auth-1", pg_url)
+    started.append(first)
+    second = _auth_server(tmp_path / "auth-2", pg_url)
+    started.append(second)
+    proxy = start_proxy(
+        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
+    )
+    started.append(proxy)
+    cluster = first.through(proxy)
+    token = _node_token(first)  # node tokens are used again until they expire
+
+    def join(name: str, tunnel: bool) -> RunningNode:
+        """A node joining with the token: through the proxy, or in direct mode to both auth
+        servers, auth-1 first."""
+        extra = [] if tunnel else [f"--auth-server={second.auth_addr}"]
+        node = start_node(
+            cluster, tmp_path / name, name, tunnel=tunnel, token=token, extra_args=extra
+        )
+        started.append(node)
+        return node
+
+    joined = [join("web-1", tunnel=True)]
+    failures: list[str] = []
+    killer = threading.Timer(0.2, first.stop, (signal.SIGKILL,))
+    for n, tunnel in enumerate([True, False, True, False], start=2):
+        name = f"web-{n}"
+        if n == 2:  # auth-1 dies while this one is joining
+            killer.start()
+        try:
+            joined.append(join(name, tunnel))
+        except AssertionError as refused:
+            failures.append(f"{name}: {refused}")
+            joined.append(join(name, tunnel))  # the same host, with the same token, again
+    killer.join()
+    assert first.process.returncode == -signal.SIGKILL
+    # at most the one join in flight when auth-1 died fails, saying why; it joins when retried
+    assert len(failures) <= 1, failures
+    assert all("auth" in failure or "connection" in failure for failure in failures), failures
+    for node in joined:  # auth-2 lists every node that joined
+        wait_for(functools.partial(_listed, second, node.name), f"{node.name} to be listed")
+    for node in joined[2::2]:  # those in direct mode, after the kill, asked auth-2 next
+        assert f"auth server {first.auth_addr} cannot be reached" in node.log_text()
+
+    # the token is no key to a host id that joined through auth-1: a host with a copy of
+    # web-1's id, joining with the same token through auth-2, is refused
+    impostor = tmp_path / "impostor" / "data"
+    impostor.mkdir(parents=True)
+    (impostor / "host_uuid").write_text((tmp_path / "web-1" / "data" / "host_uuid").read_text())
+    with pytest.raises(AssertionError, match="is held by node 'web-1'"):
+        join("impostor", tunnel=True)
+    held = [_node_entry(second, "web-1")["metadata"]["name"]]
+    assert held == [(tmp_path / "web-1" / "data" / "host_uuid").read_text().strip()]
