@@ -81,8 +81,15 @@ async def test_a_write_whose_server_hung_up_is_not_replayed_elsewhere(
 ) -> None:
     dying, answering = servers
     async with AuthClient([dying.url, answering.url], ssl.create_default_context()) as client:
-        with pytest.raises(ConnectionLost, match=r"connection to 127\.0\.0\.1:\d+ failed"):
+        with pytest.raises(ConnectionLost, match=r"connection to 127\.0\.0\.1:\d+ failed") as lost:
             await client.call("POST", "/v1/login/password", json={"username": "alice"})
+    # the caller learns which auth server failed, that the login may have been done, and
+    # that another auth server takes it again
+    assert lost.value.message.startswith(
+        f"auth server {dying.url} failed while handling the request, which it may or may not "
+        "have done"
+    )
+    assert lost.value.hint == "try again: the cluster's other auth servers take the next request"
     assert dying.requests == [b"POST"]
     assert answering.requests == []  # the login may have been applied: not sent twice
 

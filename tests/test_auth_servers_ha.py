@@ -13,6 +13,8 @@ import functools
 import json
 import os
 import pathlib
+import pwd
+import shutil
 import signal
 import ssl
 import threading
@@ -33,7 +35,15 @@ from tether.testing.cluster import (
     start_proxy,
     wait_for,
 )
-from tether.testing.postgres import SERVER, available, postgres_database, query
+from tether.testing.postgres import SERVER, available, key_held, postgres_database, query
+from tether.testing.roles import VISITOR_ROLE, core_registry
+from tether.testing.trusted_clusters import (
+    connection,
+    create_trusted_cluster,
+    invite,
+    remote_status,
+    trusted_cluster_yaml,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -358,3 +368,154 @@ def test_failed_logins_split_between_auth_servers_lock_the_user_at_the_limit(
         locked = login(PASSWORD)
         assert locked.returncode != 0
         assert "too many failed logins: 'alice' is locked until" in locked.stderr
+
+
+def _node_token(auth: RunningCluster) -> str:
+    added = auth.tetherctl("tokens", "add", "--type=node", "--ttl=10m", "--format=json")
+    return str(json.loads(added.stdout)["token"])
+
+
+def test_nodes_join_through_the_other_auth_server_when_one_is_killed(
+    pg_url: str,
+    tmp_path: pathlib.Path,
+    started: list[RunningCluster | RunningNode],
+) -> None:
+    first = _auth_server(tmp_path / "auth-1", pg_url)
+    started.append(first)
+    second = _auth_server(tmp_path / "auth-2", pg_url)
+    started.append(second)
+    proxy = start_proxy(
+        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
+    )
+    started.append(proxy)
+    cluster = first.through(proxy)
+    token = _node_token(first)  # node tokens are used again until they expire
+
+    def join(name: str, tunnel: bool) -> RunningNode:
+        """A node joining with the token: through the proxy, or in direct mode to both auth
+        servers, auth-1 first."""
+        extra = [] if tunnel else [f"--auth-server={second.auth_addr}"]
+        node = start_node(
+            cluster, tmp_path / name, name, tunnel=tunnel, token=token, extra_args=extra
+        )
+        started.append(node)
+        return node
+
+    joined = [join("web-1", tunnel=True)]
+    # auth-1 dies with web-2's join through the proxy in it: waiting in the database to
+    # record that web-2 holds its host id
+    web_2 = tmp_path / "web-2" / "data"
+    web_2.mkdir(parents=True)
+    (web_2 / "host_uuid").write_text("web-2-id\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with key_held(pg_url, "/host_ids/web-2-id") as waiting:
+            joining = pool.submit(join, "web-2", True)
+            wait_for(waiting, "web-2's join to wait in the database")
+            first.stop(signal.SIGKILL)
+        with pytest.raises(AssertionError) as refused:
+            joining.result()
+    assert first.process.returncode == -signal.SIGKILL
+    message = str(refused.value)
+    assert f"auth server https://{first.auth_addr} failed while handling the request" in message
+    assert "try again" in message
+    # the same host joins when started again, with the same token and host id: auth-1 died
+    # before it recorded anything, auth-2 takes it
+    joined.append(join("web-2", tunnel=True))
+    # later joins, through the proxy or in direct mode, go to auth-2
+    joined += [join("web-3", False), join("web-4", True), join("web-5", False)]
+    for node in joined:  # auth-2 lists every node that joined
+        wait_for(functools.partial(_listed, second, node.name), f"{node.name} to be listed")
+    assert _node_entry(second, "web-2")["metadata"]["name"] == "web-2-id"
+    for node in joined[2::2]:  # those in direct mode asked auth-1 first, then auth-2
+        assert f"auth server {first.auth_addr} cannot be reached" in node.log_text()
+
+    # the token is no key to a host id that joined through auth-1: a host with a copy of
+    # web-1's id, joining with the same token through auth-2, is refused
+    impostor = tmp_path / "impostor" / "data"
+    impostor.mkdir(parents=True)
+    (impostor / "host_uuid").write_text((tmp_path / "web-1" / "data" / "host_uuid").read_text())
+    with pytest.raises(AssertionError, match="is held by node 'web-1'"):
+        join("impostor", tunnel=True)
+    web_1 = (tmp_path / "web-1" / "data" / "host_uuid").read_text().strip()
+    assert _node_entry(second, "web-1")["metadata"]["name"] == web_1
+
+
+def _leaf(
+    directory: pathlib.Path, name: str, started: list[RunningCluster | RunningNode]
+) -> RunningCluster:
+    """Leaf cluster ``name`` on SQLite of its own, with node ``NAME-node`` and the guide's
+    ``visitor`` role."""
+    leaf = start_cluster(directory / name, name)
+    started.append(leaf)
+    started.append(start_node(leaf, directory / f"{name}-node", f"{name}-node"))
+    role = directory / f"{name}-visitor.yaml"
+    role.write_text(VISITOR_ROLE)
+    leaf.tetherctl("create", str(role))
+    return leaf
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH tools")
+def test_leaves_join_and_stay_online_through_the_other_auth_server_when_one_is_killed(
+    pg_url: str,
+    tmp_path: pathlib.Path,
+    started: list[RunningCluster | RunningNode],
+    os_user: pwd.struct_passwd,
+) -> None:
+    # the root's keep-alive is short, so that the leaves' heartbeats come every 2 s
+    often = {"auth_service": {"keep_alive_interval": "2s"}}
+    first = _auth_server(tmp_path / "auth-1", pg_url, often)
+    started.append(first)
+    second = _auth_server(tmp_path / "auth-2", pg_url, often)
+    started.append(second)
+    proxy = start_proxy(
+        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
+    )
+    started.append(proxy)
+    root = first.through(proxy)
+    root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
+    root.login("alice", PASSWORD)
+    # "steady": a leaf that trusted the root before auth-1 dies; "late": one whose handshake
+    # auth-1 is handling when it dies, with an invitation made before
+    steady = _leaf(tmp_path, "steady", started)
+    create_trusted_cluster(steady, trusted_cluster_yaml(root, invite(root, ttl="5m")))
+    wait_for(lambda: connection(second, "steady") == "online", "the leaf to come online")
+    late = _leaf(tmp_path, "late", started)
+    invitation = trusted_cluster_yaml(root, invite(root, ttl="5m"))
+
+    # auth-1 dies with the late leaf's handshake in it: waiting in the database to store the
+    # leaf's remote_cluster
+    remote_cluster = core_registry().get("remote_cluster").key("late")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with key_held(pg_url, remote_cluster) as waiting:
+            handshake = pool.submit(create_trusted_cluster, late, invitation, check=False)
+            wait_for(waiting, "the handshake to wait in the database")
+            first.stop(signal.SIGKILL)
+        refused = handshake.result()
+    assert refused.returncode != 0
+    assert f"auth server https://{first.auth_addr} failed while handling the request" in (
+        refused.stderr
+    ), refused.stderr
+    assert "try again" in refused.stderr, refused.stderr
+    create_trusted_cluster(late, invitation)  # again, as the error says: through auth-2
+    wait_for(lambda: connection(second, "late") == "online", "the late leaf to come online")
+    assert proxy.log_text().count(f"auth server https://{first.auth_addr} failed") == 1
+
+    def reach(leaf: str) -> tuple[int, str, str]:
+        ssh = root.tether("alice", "ssh", f"--cluster={leaf}", f"visitor@{leaf}-node", "pwd")
+        return ssh.returncode, ssh.stdout, ssh.stderr
+
+    for leaf in ("steady", "late"):
+        # both stay online: their heartbeats go on reaching the store, through auth-2
+        before = remote_status(second, leaf)["last_heartbeat"]
+        wait_for(
+            lambda: remote_status(second, leaf)["last_heartbeat"] != before,  # noqa: B023
+            f"{leaf}'s next heartbeat through auth-2",
+        )
+        assert connection(second, leaf) == "online"
+        # and a root user reaches each leaf's node (the late one's once it trusts the root)
+        wait_for(lambda: reach(leaf)[0] == 0, f"alice to reach {leaf}-node")  # noqa: B023
+        code, out, err = reach(leaf)
+        assert (code, out.strip()) == (0, os_user.pw_dir), err
+    listed = json.loads(root.tether("alice", "clusters", "--format=json").stdout)
+    leaves = {row["cluster_name"]: row["status"] for row in listed if row["cluster_type"] == "leaf"}
+    assert leaves == {"steady": "online", "late": "online"}

@@ -194,7 +194,7 @@ class AuthClient:
                 continue
             except ConnectionLost as exc:
                 if method != "GET" or step == count - 1:
-                    raise
+                    raise self._lost(index, exc) from None
                 failures.append(exc.message)
                 continue
             if index != first and self._active == first:  # (not switched by another request)
@@ -212,6 +212,18 @@ class AuthClient:
             "no auth server could be reached: " + "; ".join(failures),
             reason=unreachable[-1].reason,
             hint=unreachable[-1].hint,
+        )
+
+    def _lost(self, index: int, exc: ConnectionLost) -> ConnectionLost:
+        """``exc`` as its caller must read it when the cluster has several auth servers: one
+        of them failed under the request, which it may have done or not, and another one
+        takes the next (as one auth server's own connection, it stays as it is)."""
+        if len(self.base_urls) == 1:
+            return exc
+        return ConnectionLost(
+            f"auth server {self.base_urls[index]} failed while handling the request, which it "
+            f"may or may not have done ({exc.message})",
+            hint="try again: the cluster's other auth servers take the next request",
         )
 
     async def _request(self, index: int, method: str, path: str, **kwargs: Any) -> bytes:

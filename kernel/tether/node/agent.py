@@ -54,7 +54,7 @@ from tether.node.join import (
     JoinedIdentity,
     host_client_context,
     keep_renewed,
-    load_or_join_current,
+    load_or_join_first_reachable,
     renew_and_save,
 )
 from tether.node.protocols import AgentContext, AgentProtocol, AgentStream, HostCredentials
@@ -154,9 +154,11 @@ class NodeAgent:
                 "a node without an auth service in its process must join a cluster",
                 hint="pass --proxy=HOST:PORT (or --auth-server) and --token=TOKEN",
             )
-        return await load_or_join_current(
+        # in direct mode, every auth server in turn: the first may be down for good
+        servers = [join.proxy_server] if join.proxy_server else list(join.auth_addresses)
+        return await load_or_join_first_reachable(
             pathlib.Path(config.data_dir) / "host",
-            str(join.server),
+            [str(server) for server in servers],
             join.token,
             role="node",
             host_id=host,
@@ -164,7 +166,7 @@ class NodeAgent:
             addresses=self._addresses(),
             ca_pin=join.ca_pin,
             insecure=join.insecure,
-            auth_url=self._api_urls(),
+            auth_urls=self._api_urls(),
             roles=self.host_roles,
         )
 

@@ -25,7 +25,7 @@ from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.client.web import establish_trust, proxy_call
 from tether.config import secret_or_file
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError, TetherError, Unreachable
 from tether.token_types import host_roles
 from tether.tunnel.agent import Backoff
 
@@ -40,6 +40,7 @@ __all__ = [
     "keep_renewed",
     "load_identity",
     "load_or_join_current",
+    "load_or_join_first_reachable",
     "renew_and_save",
     "renew_identity",
     "renewal_due",
@@ -249,6 +250,56 @@ async def load_or_join_current(
         renewed.tls_cert.not_valid_after_utc.isoformat(),
     )
     return renewed
+
+
+async def load_or_join_first_reachable(
+    directory: pathlib.Path,
+    servers: Sequence[str],
+    token: str | None,
+    *,
+    role: str,
+    host_id: str,
+    hostname: str,
+    addresses: Sequence[str] = (),
+    ca_pin: str | None = None,
+    insecure: bool = False,
+    auth_urls: Sequence[str] = (),
+    peer_kinds: Sequence[str] = SERVER_KINDS,
+    roles: Sequence[str] = (),
+) -> JoinedIdentity:
+    """:func:`load_or_join_current` through the first of ``servers`` (``host:port``) that
+    can be reached: the auth servers of a cluster that runs several on one store
+    (``join.auth_servers``), in their order, or the one proxy.
+
+    A server that cannot be connected to got nothing, so the next one is asked; any other
+    failure (a refusal, a connection lost once the join was sent) is the caller's, as for
+    one server: a join that may have reached a server is not silently sent to another.
+
+    :param auth_urls: where to renew, one URL per server (``https://HOST:PORT``); the
+        renewal asks them from the reached server's on. ``https://SERVER`` by default.
+    """
+    urls = list(auth_urls) or [f"https://{server}" for server in servers]
+    for attempt, server in enumerate(servers):
+        try:
+            return await load_or_join_current(
+                directory,
+                server,
+                token,
+                role=role,
+                host_id=host_id,
+                hostname=hostname,
+                addresses=addresses,
+                ca_pin=ca_pin,
+                insecure=insecure,
+                auth_url=urls[attempt:] + urls[:attempt],
+                peer_kinds=peer_kinds,
+                roles=roles,
+            )
+        except Unreachable as exc:
+            if attempt == len(servers) - 1:
+                raise
+            log.warning("auth server %s cannot be reached (%s); trying the next", server, exc)
+    raise ValueError("a host needs at least one server to join through")
 
 
 def _missing_roles(joined: JoinedIdentity, roles: Sequence[str]) -> list[str]:

@@ -22,8 +22,12 @@ from cryptography import x509
 from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.config import Config
-from tether.errors import ConfigError, Unreachable
-from tether.node.join import host_client_context, load_or_join_current, renew_and_save
+from tether.errors import ConfigError
+from tether.node.join import (
+    host_client_context,
+    load_or_join_first_reachable,
+    renew_and_save,
+)
 from tether.route_names import ROUTE_NAME_WILDCARD
 
 if TYPE_CHECKING:
@@ -128,26 +132,19 @@ async def joined_proxy_identity(config: Config) -> tuple[ProxyIdentity, list[str
     servers = [str(addr) for addr in join.auth_addresses]
     auth_urls = [f"https://{server}" for server in servers]
     addresses = [*dns, *ips]
-    for attempt, server in enumerate(servers):
-        try:
-            joined = await load_or_join_current(
-                directory,
-                server,
-                join.token,
-                role="proxy",
-                host_id=config.nodename,
-                hostname=config.nodename,
-                addresses=addresses,
-                ca_pin=join.ca_pin,
-                insecure=join.insecure,
-                auth_url=auth_urls[attempt:] + auth_urls[:attempt],
-                peer_kinds=("auth",),
-            )
-            break
-        except Unreachable as exc:
-            if attempt == len(servers) - 1:
-                raise
-            log.warning("auth server %s cannot be reached (%s); trying the next", server, exc)
+    joined = await load_or_join_first_reachable(
+        directory,
+        servers,
+        join.token,
+        role="proxy",
+        host_id=config.nodename,
+        hostname=config.nodename,
+        addresses=addresses,
+        ca_pin=join.ca_pin,
+        insecure=join.insecure,
+        auth_urls=auth_urls,
+        peer_kinds=("auth",),
+    )
 
     hostname = joined.identity.username
     if ROUTE_NAME_WILDCARD not in pki.x509_host_names(joined.tls_cert):

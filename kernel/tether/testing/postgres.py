@@ -13,9 +13,9 @@ import importlib.util
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["SERVER", "available", "postgres_database", "query"]
+__all__ = ["SERVER", "available", "key_held", "postgres_database", "query"]
 
 #: the local server, as a ``storage.url`` without the database
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -67,3 +67,47 @@ def postgres_database(prefix: str = "tether_test") -> Iterator[str]:
         yield f"{SERVER}/{name}"
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def key_held(url: str, key: str) -> Iterator[Callable[[], bool]]:
+    """Hold the store's ``key`` (the tether-postgres backend's table) in a transaction that
+    inserted it and stays open until the block ends, when it is rolled back: a write of that
+    key waits in the database meanwhile, inside its transaction, so that a scenario can kill
+    the auth server whose request made it while the request is surely under way.
+
+    Yields ``waiting()``: whether a session waits for the key now. Other writes queue behind
+    the waiting one (it holds the writers' lock), but only it waits for this transaction.
+    """
+    holder = subprocess.Popen(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        literal = key.replace("'", "''")
+        holder.stdin.write(
+            "BEGIN;\n"
+            "INSERT INTO tether_items (key, value, revision) "
+            f"VALUES (convert_to('{literal}', 'UTF8'), '\\x00', 0);\n"
+            "SELECT pg_backend_pid();\n"
+        )
+        holder.stdin.flush()
+        pid = holder.stdout.readline().strip()
+        if not pid.isdigit():
+            holder.kill()
+            raise AssertionError(f"psql could not hold {key}: {holder.communicate()[1]}")
+
+        def waiting() -> bool:
+            blocked = (
+                f"SELECT count(*) FROM pg_stat_activity WHERE {pid} = ANY(pg_blocking_pids(pid))"
+            )
+            return query(url, blocked).strip() != "0"
+
+        yield waiting
+    finally:
+        if holder.poll() is None:
+            holder.communicate("ROLLBACK;\n", timeout=60)
