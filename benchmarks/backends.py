@@ -53,7 +53,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import logins, results, tables  # noqa: E402
+from _benchlib import daemon_settings, logins, results, tables  # noqa: E402
 
 from tether.backend import Backend, open_sqlite  # noqa: E402
 
@@ -269,7 +269,8 @@ def logins_report(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str
         "while it answers and only fails over (tether.auth.http_client.AuthClient): behind "
         "one proxy the second auth server is a standby, and the figure is one server's. Two "
         "proxies, one per auth server, spread the logins. An auth server checks one password "
-        "at a time (argon2id on its event loop), so its logins/s is about 1000 / verify_ms",
+        "at a time (argon2id on its event loop), so its logins/s is at most about "
+        "1000 / verify_ms_here",
         "password_hash": logins.hash_cost(),
         "clients": list(args.login_clients),
         "seconds_each": args.login_seconds,
@@ -280,7 +281,9 @@ def logins_report(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str
             "shared": "auth servers, proxies, the store and the clients share these cores; "
             "cpu_percent is of one core, per process",
         },
-        "rate_limit": "proxy_service.rate_limit raised (every client comes from 127.0.0.1)",
+        "rate_limit": f"the proxies' proxy_service.rate_limit at {logins.RATE_LIMIT} per "
+        "address (every client comes from 127.0.0.1; the default 10/s would measure the limiter)",
+        "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
         "figures": figures,
     }
 

@@ -39,6 +39,7 @@ from tether.errors import TetherError
 from tether.testing.cluster import RunningCluster, RunningNode, start_cluster, start_proxy
 
 from . import procs
+from .daemon_settings import LOG
 
 __all__ = ["PASSWORD", "hash_cost", "one_login", "store_logins"]
 
@@ -70,7 +71,7 @@ def hash_cost() -> dict[str, Any]:
 def _auth_server(directory: pathlib.Path, storage_url: str | None) -> RunningCluster:
     """An auth server of cluster ``main`` without a proxy; on its own SQLite file when
     ``storage_url`` is None."""
-    config: dict[str, Any] = {"proxy_service": {"enabled": False}}
+    config: dict[str, Any] = {"proxy_service": {"enabled": False}, "log": LOG}
     if storage_url is not None:
         config["storage"] = {"url": storage_url}
     return start_cluster(directory, "main", config=config)
@@ -85,6 +86,7 @@ def _proxy(
         name,
         auth_servers=[server.auth_addr for server in servers],
         proxy_service={"rate_limit": RATE_LIMIT},
+        config={"log": LOG},
     )
 
 
