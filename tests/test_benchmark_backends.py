@@ -53,6 +53,7 @@ def test_a_run_on_sqlite_reports_logins_and_says_two_auth_servers_are_not_possib
     logins = report["logins"]
     assert logins["clients"] == [1, 2]
     assert logins["password_hash"]["algorithm"] == "argon2id"
+    assert logins["password_hash"]["verify_cpu_ms_here"] > 0
     assert logins["cpu"]["cores"] >= 1
     sqlite = logins["figures"]["sqlite"]
     assert set(sqlite) == {"one_auth", "two_auth"}
@@ -64,7 +65,7 @@ def test_a_run_on_sqlite_reports_logins_and_says_two_auth_servers_are_not_possib
         assert figure["logins_per_s"] > 0
         assert set(figure["cpu_percent"]) == {"auth-1", "proxy-1", "clients"}
     shown = backends.table(report)
-    assert "sqlite, 1 auth" in shown
+    assert "sqlite, 1 auth" in shown and "one password check (argon2id m=" in shown
     index = (results_dir / "README.md").read_text()
     assert "logins/s with 2 clients" in index
 
