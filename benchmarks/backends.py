@@ -19,10 +19,16 @@ WAL mode with ``synchronous=FULL`` (as Tether's), PostgreSQL's ``INSERT ... ON C
 autocommit, etcd's ``/v3/kv/put``. ``ratio`` is Tether's writes per second over the raw
 ones: what the backend's revision counter, event log and encoding cost on top of the store.
 
-Logins per second through a proxy with one and with two auth servers come with the second
-auth server (issue "High availability"); until then the JSON says so.
+Then logins per second through a proxy (``logins``), on each store again (a fresh database,
+a fresh etcd member): real ``tetherd`` auth servers and proxies, and clients in this process
+doing what ``tether login`` does (``_benchlib/logins.py`` says exactly what, and why a proxy
+that knows two auth servers is also measured as two proxies), with 1 and 8 clients for a few
+seconds each: one auth server on every store; two on one store for PostgreSQL and etcd (a
+SQLite file is one auth server's). The argon2id check of the password dominates a login; the
+JSON gives its cost here and each process's CPU.
 
     python benchmarks/backends.py [--quick] [--json FILE] [--writes N] [--watch-events N]
+        [--login-clients 1,8] [--login-seconds S]
 """
 
 # No ``from __future__ import annotations`` here: tests load harnesses without registering
@@ -47,7 +53,7 @@ if str(HERE) not in sys.path:  # run as a script, from run_all.py, or imported b
     sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from _benchlib import results, tables  # noqa: E402
+from _benchlib import daemon_settings, logins, results, tables  # noqa: E402
 
 from tether.backend import Backend, open_sqlite  # noqa: E402
 
@@ -60,11 +66,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
     parser.add_argument("--writes", type=int, default=2000, help="writes and CAS per store")
     parser.add_argument("--watch-events", type=int, default=500, help="watched puts per store")
+    parser.add_argument(
+        "--login-clients",
+        type=_counts,
+        default=(1, 8),
+        metavar="N,N",
+        help="numbers of clients logging in at once, each measured (default 1,8)",
+    )
+    parser.add_argument(
+        "--login-seconds", type=float, default=5.0, help="how long each login figure runs"
+    )
     results.add_output_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.writes, args.watch_events = 200, 50
+        args.writes, args.watch_events, args.login_seconds = 200, 50, 2.0
     return args
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    counts = tuple(int(part) for part in text.split(","))
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("positive numbers, comma-separated")
+    return counts
 
 
 async def _rate(count: int, step: Callable[[int], Any]) -> float:
@@ -183,6 +206,90 @@ async def opened(
             yield backend, lambda n: raw_etcd(cluster.members[0].client_url, n)
 
 
+def login_store(store: str, stack: contextlib.ExitStack, directory: pathlib.Path) -> str | None:
+    """A fresh store for the login figures' auth servers, as their ``storage.url`` (None:
+    SQLite, in the auth server's data directory)."""
+    if store == "sqlite":
+        return None
+    if store == "postgresql":
+        from tether.testing.postgres import postgres_database
+
+        return stack.enter_context(postgres_database("tether_bench_logins"))
+    from tether.testing.etcd import start_etcd
+
+    cluster = start_etcd(directory / "etcd-logins")
+    stack.callback(cluster.stop)
+    return cluster.url("/tether")
+
+
+async def measure_logins(args: argparse.Namespace) -> dict[str, Any]:
+    """The login figures of every store (``store_logins``), or why one is missing."""
+    figures: dict[str, Any] = {}
+    for store in STORES:
+        print(f"logins on {store}", flush=True)
+        with (
+            tempfile.TemporaryDirectory(prefix=f"bench-logins-{store}-") as tmp,
+            contextlib.ExitStack() as stack,
+        ):
+            try:
+                url = login_store(store, stack, pathlib.Path(tmp))
+                figures[store] = await logins.store_logins(
+                    url,
+                    pathlib.Path(tmp),
+                    two_auth_servers=store != "sqlite",
+                    clients=args.login_clients,
+                    seconds=args.login_seconds,
+                )
+            except Exception as exc:  # noqa: BLE001 - a store that cannot run is reported
+                print(f"  {store}: n/a ({type(exc).__name__}: {exc})", flush=True)
+                figures[store] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+        if store == "sqlite":
+            figures[store]["two_auth"] = "n/a: a SQLite file is one auth server's store"
+    return figures
+
+
+def logins_report(
+    args: argparse.Namespace, hash_cost: dict[str, Any], figures: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``logins`` section: the figures and what they are."""
+    described = machine.describe()
+    return {
+        "what": "one login is what `tether login --password-stdin` does with a CA pin: GET "
+        "/webapi/cluster-ca and GET /webapi/ping (trust), a fresh Ed25519 key, POST "
+        "/webapi/login; each on a new HTTPS connection to the proxy, which forwards the login "
+        "to an auth server: lockout count (store write), argon2id check, SSH and X.509 "
+        "certificates, audit events. The profile written to disk is not included; clients are "
+        "trio tasks in the benchmark's process, each its own user",
+        "configurations": {
+            "one_auth": "one auth server, one proxy",
+            "two_auth_one_proxy": "two auth servers on one store, one proxy that knows both",
+            "two_auth_two_proxies": "two auth servers, two proxies that each ask another one "
+            "first; each client takes the proxies in turn",
+        },
+        "note": "a proxy that knows several auth servers sends every request to the first "
+        "while it answers and only fails over (tether.auth.http_client.AuthClient): behind "
+        "one proxy the second auth server is a standby, and the figure is one server's. Two "
+        "proxies, one per auth server, spread the logins. An auth server checks one password "
+        "at a time (argon2id on its event loop), so its logins/s is at most about "
+        "1000 / verify_cpu_ms_here",
+        "password_hash": hash_cost,
+        "clients": list(args.login_clients),
+        "seconds_each": args.login_seconds,
+        "cpu": {
+            "cores": described.get("cores"),
+            "cores_usable": described.get("cores_usable"),
+            "model": described.get("cpu_model"),
+            "shared": "auth servers, proxies, the store and the clients share these cores; "
+            "cpu_percent is of one core, per process",
+        },
+        "rate_limit": f"the proxies' proxy_service.rate_limit at {logins.RATE_LIMIT} per "
+        "address (every client comes from 127.0.0.1; the default 10/s would measure the limiter)",
+        "daemons_log_severity": daemon_settings.LOG_DESCRIPTION,
+        "figures": figures,
+    }
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for store in STORES:
@@ -226,7 +333,86 @@ def table(report: dict[str, Any]) -> str:
             ]
         )
     header = ["store", "writes/s", "raw writes/s", "ratio", "CAS/s", "watch ms", "watch p99"]
-    return "\n".join(tables.grid(header, rows))
+    return "\n".join([*tables.grid(header, rows), "", *login_table(report)])
+
+
+#: the login configurations, as the tables name them
+LOGIN_SETUPS = {
+    "one_auth": "1 auth",
+    "two_auth_one_proxy": "2 auth, 1 proxy",
+    "two_auth_two_proxies": "2 auth, 2 proxies",
+}
+
+
+def login_table(report: dict[str, Any]) -> list[str]:
+    """Logins per second by store, configuration and number of clients, with the auth
+    servers' CPU (percent of one core) that says which one did the work."""
+    figures = report.get("logins", {}).get("figures", {})
+    rows = []
+    for store in STORES:
+        f = figures.get(store, {})
+        if "error" in f:
+            rows.append([store, "", "n/a", "", "", "", "", f["error"][:40]])
+            continue
+        for setup, label in LOGIN_SETUPS.items():
+            for clients, m in f.get(setup, {}).items():
+                auth_cpu = "/".join(
+                    f"{m['cpu_percent'][name]:.0f}"
+                    for name in ("auth-1", "auth-2")
+                    if name in m["cpu_percent"]
+                )
+                per_login = [
+                    m["cpu_ms_per_login"][name]
+                    for name in ("auth-1", "auth-2")
+                    if m["cpu_ms_per_login"].get(name) is not None
+                ]
+                rows.append(
+                    [
+                        f"{store}, {label}",
+                        clients,
+                        tables.fmt(m["logins_per_s"], ".1f"),
+                        tables.fmt(m["latency_ms"]["median"], ".0f"),
+                        tables.fmt(m["latency_ms"]["p99"], ".0f"),
+                        str(m["errors"]),
+                        auth_cpu,
+                        tables.fmt(sum(per_login) if per_login else None, ".0f"),
+                    ]
+                )
+    hashed = report.get("logins", {}).get("password_hash", {})
+    header = [
+        "logins",
+        "clients",
+        "logins/s",
+        "ms",
+        "p99 ms",
+        "errors",
+        "auth CPU %",
+        "auth CPU ms/login",
+    ]
+    checked = (
+        f"one password check ({hashed.get('algorithm')} {hashed.get('params')}): "
+        f"{tables.fmt(hashed.get('verify_cpu_ms_here'), '.0f')} ms of CPU here"
+    )
+    return [*tables.grid(header, rows), checked]
+
+
+def login_summary(report: dict[str, Any]) -> str:
+    """Logins/s at the most clients measured, for the index line."""
+    section = report.get("logins", {})
+    most = str(max(section.get("clients", [0])))
+    parts = []
+    for store in STORES:
+        f = section.get("figures", {}).get(store, {})
+        rates = [
+            tables.fmt(f[setup].get(most, {}).get("logins_per_s"), ".1f")
+            for setup in LOGIN_SETUPS
+            if setup in f
+        ]
+        parts.append(f"{store} {'/'.join(rates) if rates else 'n/a'}")
+    return (
+        f"logins/s with {most} clients (1 auth / 2 auth 1 proxy / 2 auth 2 proxies): "
+        + ", ".join(parts)
+    )
 
 
 def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
@@ -241,8 +427,9 @@ def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> 
                 f"{f['cas_per_s']:.0f} CAS/s, watch {f['watch_ms']['median']:.2f} ms"
             )
     return (
-        f"- {NAME} {report['machine']['date'][:10]}: {'; '.join(parts)}. "
-        f"Machine: {machine.summary(report['machine'])}. [{json_name}]({json_name})"
+        f"- {NAME} {report['machine']['date'][:10]}: {'; '.join(parts)}; "
+        f"{login_summary(report)}. Machine: {machine.summary(report['machine'])}. "
+        f"[{json_name}]({json_name})"
     )
 
 
@@ -251,15 +438,15 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     load_before = os.getloadavg()
+    hash_cost = logins.hash_cost()  # before the runs, as the load is measured
     figures = trio.run(measure, args)
+    login_figures = trio.run(measure_logins, args)
     report = {
         "harness": NAME,
         "machine": machine.describe(),
         "params": {"writes": args.writes, "watch_events": args.watch_events, "value_bytes": 200},
         "figures": figures,
-        "logins_per_s": None,
-        "logins_note": "logins through a proxy with one and two auth servers: not measured "
-        "yet (needs several auth servers behind the proxy)",
+        "logins": logins_report(args, hash_cost, login_figures),
         "load": {
             "what": "1, 5 and 15 minute load averages (other work on the machine skews figures)",
             "before": [round(x, 2) for x in load_before],
@@ -270,7 +457,8 @@ def main(argv: list[str]) -> int:
     results.save_report(
         NAME, report, args, table=table, chart=lambda _r, _p: False, index_line=index_line
     )
-    return 0 if all("error" not in f for f in figures.values()) else 1
+    failed = [f for f in [*figures.values(), *login_figures.values()] if "error" in f]
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

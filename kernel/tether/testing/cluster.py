@@ -399,6 +399,8 @@ def start_proxy(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     auth_servers: Sequence[str] = (),
+    proxy_service: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> RunningNode:
     """Start another proxy for ``cluster``, in a process of its own, as for high availability:
     ``tetherd start --roles=proxy --auth-server=AUTH --token=TOKEN``.
@@ -408,19 +410,22 @@ def start_proxy(
     :param auth_servers: every auth server's address (``host:port``), for a cluster that runs
         several on one store (``--auth-server`` once each; the proxy fails over between
         them); ``cluster``'s auth server alone by default.
+    :param proxy_service: more ``proxy_service`` settings (``rate_limit``, ...).
+    :param config: other top-level sections of its ``tether.yaml`` (``log``, ...).
     :raises AssertionError: the proxy exited or did not come up; the message has its log.
     """
-    config = {
+    settings = {
         "nodename": name,
         "data_dir": str(directory / "data"),
         "log": {"severity": "DEBUG", "format": "text"},
         "auth_service": {"enabled": False},
-        "proxy_service": {"enabled": True, "listen_addr": listen_addr},
+        "proxy_service": {"enabled": True, "listen_addr": listen_addr, **(proxy_service or {})},
+        **(config or {}),
     }
     servers = list(auth_servers) or [cluster.auth_addr]
     args = [*(f"--auth-server={addr}" for addr in servers), *extra_args]
     return _start_joining(
-        cluster, directory, name, "proxy", token, config, args, env, cluster.command_prefix
+        cluster, directory, name, "proxy", token, settings, args, env, cluster.command_prefix
     )
 
 
