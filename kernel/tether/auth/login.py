@@ -73,8 +73,10 @@ class KernelConnectorContext:
 
     async def password_matches(self, name: str, password: str) -> bool:
         stored = await self._ctx.backend.get(PASSWORD_PREFIX + name)
-        # verify_password spends the same time when the hash is missing
-        return passwords.verify_password(stored.value.decode() if stored else None, password)
+        # a missing hash costs the same time as a check
+        return await passwords.verify_password_in_worker(
+            stored.value.decode() if stored else None, password
+        )
 
 
 class Logins:

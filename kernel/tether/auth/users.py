@@ -73,9 +73,8 @@ class Users:
         )
         await self._resources.create_resources(identity, [user])
         if password is not None:
-            await ctx.backend.put(
-                PASSWORD_PREFIX + name, passwords.hash_password(password).encode()
-            )
+            hashed = await passwords.hash_password_in_worker(password)
+            await ctx.backend.put(PASSWORD_PREFIX + name, hashed.encode())
             return None
         ttl = ctx.config.auth_service.signup_token_ttl
         return await self._tokens.create_token(
@@ -141,12 +140,13 @@ class Users:
             await ctx.audit_events([(audit.USER_PASSWORD_CHANGE, "", fields, False)])
             raise refused
         user = str(res.spec.user)
+        hashed = await passwords.hash_password_in_worker(password)
         event = (audit.USER_PASSWORD_CHANGE, {"reason": "signup"})
         async with ctx.audited(user, [event]):
             await ctx.backend.apply(
                 [
                     Op.delete(kind.key(token), expected_revision=item.revision),
-                    Op.put(PASSWORD_PREFIX + user, passwords.hash_password(password).encode()),
+                    Op.put(PASSWORD_PREFIX + user, hashed.encode()),
                 ]
             )
         return user
