@@ -307,6 +307,10 @@ def test_a_deny_rule_refuses_naming_the_role(site: Site) -> None:
 
 def test_impersonating_a_group_the_roles_do_not_allow_is_refused(site: Site) -> None:
     site.tether("alice", "kube", "login", "--cluster=leaf", "east")
+    # alice has used kubectl before: its discovery cache knows the resource types. (With an
+    # empty cache, kubectl's own discovery requests carry the impersonation too, are refused
+    # the same way, and kubectl reports "the server doesn't have a resource type" instead.)
+    site.kubectl("alice", "get", "configmaps", "-n", "team")
 
     refused = site.kubectl(
         "alice", "get", "configmaps", "-n", "team", "--as=alice", "--as-group=system:masters",
