@@ -86,6 +86,24 @@ def _auth_server(
     return start_cluster(directory, "main", config=config)
 
 
+def _two_auth_servers_and_a_proxy(
+    tmp_path: pathlib.Path,
+    url: str,
+    started: list[RunningCluster | RunningNode],
+    extra: dict[str, Any] | None = None,
+) -> tuple[RunningCluster, RunningCluster, RunningNode]:
+    """auth-1 and auth-2 on the store at ``url``, and a proxy that knows both, auth-1 first."""
+    first = _auth_server(tmp_path / "auth-1", url, extra)
+    started.append(first)
+    second = _auth_server(tmp_path / "auth-2", url, extra)
+    started.append(second)
+    proxy = start_proxy(
+        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
+    )
+    started.append(proxy)
+    return first, second, proxy
+
+
 def _probe(cluster: RunningCluster, path: str) -> tuple[int, dict[str, Any]]:
     """GET ``path`` on the auth port as a load balancer does: no client certificate."""
     context = ssl.create_default_context(cafile=str(cluster.data_dir / "keys" / "tls_ca.crt"))
@@ -258,14 +276,7 @@ def test_logins_go_on_through_the_other_auth_server_when_one_is_killed(
 ) -> None:
     # heartbeats every 2 s, so that the node's next one after the kill comes soon
     often = {"auth_service": {"keep_alive_interval": "2s"}}
-    first = _auth_server(tmp_path / "auth-1", pg_url, often)
-    started.append(first)
-    second = _auth_server(tmp_path / "auth-2", pg_url, often)
-    started.append(second)
-    proxy = start_proxy(
-        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
-    )
-    started.append(proxy)
+    first, second, proxy = _two_auth_servers_and_a_proxy(tmp_path, pg_url, started, often)
     cluster = first.through(proxy)
     cluster.add_user("alice", PASSWORD, roles=["access", "editor"])
     node = start_node(cluster, tmp_path / "node", "web-1")
@@ -380,14 +391,7 @@ def test_nodes_join_through_the_other_auth_server_when_one_is_killed(
     tmp_path: pathlib.Path,
     started: list[RunningCluster | RunningNode],
 ) -> None:
-    first = _auth_server(tmp_path / "auth-1", pg_url)
-    started.append(first)
-    second = _auth_server(tmp_path / "auth-2", pg_url)
-    started.append(second)
-    proxy = start_proxy(
-        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
-    )
-    started.append(proxy)
+    first, second, proxy = _two_auth_servers_and_a_proxy(tmp_path, pg_url, started)
     cluster = first.through(proxy)
     token = _node_token(first)  # node tokens are used again until they expire
 
@@ -463,14 +467,7 @@ def test_leaves_join_and_stay_online_through_the_other_auth_server_when_one_is_k
 ) -> None:
     # the root's keep-alive is short, so that the leaves' heartbeats come every 2 s
     often = {"auth_service": {"keep_alive_interval": "2s"}}
-    first = _auth_server(tmp_path / "auth-1", pg_url, often)
-    started.append(first)
-    second = _auth_server(tmp_path / "auth-2", pg_url, often)
-    started.append(second)
-    proxy = start_proxy(
-        first, tmp_path / "proxy", "proxy-1", auth_servers=[first.auth_addr, second.auth_addr]
-    )
-    started.append(proxy)
+    first, second, proxy = _two_auth_servers_and_a_proxy(tmp_path, pg_url, started, often)
     root = first.through(proxy)
     root.add_user("alice", PASSWORD, roles=["access"], logins=["visitor"])
     root.login("alice", PASSWORD)
