@@ -416,6 +416,8 @@ def login_summary(report: dict[str, Any]) -> str:
 
 
 def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> str:
+    """One line of ``results/README.md``: headline figures, machine, files (as the other
+    harnesses write theirs)."""
     parts = []
     for store in STORES:
         f = report["figures"].get(store, {})
@@ -426,10 +428,10 @@ def index_line(report: dict[str, Any], json_name: str, png_name: str | None) -> 
                 f"{store} {f['writes_per_s']:.0f} writes/s ({f['ratio']:.2f}x raw), "
                 f"{f['cas_per_s']:.0f} CAS/s, watch {f['watch_ms']['median']:.2f} ms"
             )
+    files = f"[json]({json_name})" + (f", [chart]({png_name})" if png_name else "")
     return (
-        f"- {NAME} {report['machine']['date'][:10]}: {'; '.join(parts)}; "
-        f"{login_summary(report)}. Machine: {machine.summary(report['machine'])}. "
-        f"[{json_name}]({json_name})"
+        f"- {report['machine']['date']} `{NAME}`: {'; '.join(parts)}; {login_summary(report)}; "
+        f"{machine.summary(report['machine'])}; {files}"
     )
 
 
