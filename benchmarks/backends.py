@@ -270,9 +270,10 @@ def logins_report(
         "note": "a proxy that knows several auth servers sends every request to the first "
         "while it answers and only fails over (tether.auth.http_client.AuthClient): behind "
         "one proxy the second auth server is a standby, and the figure is one server's. Two "
-        "proxies, one per auth server, spread the logins. An auth server checks one password "
-        "at a time (argon2id on its event loop), so its logins/s is at most about "
-        "1000 / verify_cpu_ms_here",
+        "proxies, one per auth server, spread the logins. An auth server checks passwords on "
+        "worker threads, one per core at a time (argon2id; argon2-cffi's lanes use more than "
+        "one core per check), so the machine's logins/s is at most about "
+        "cores * 1000 / verify_cpu_ms_here, whatever the number of auth servers on it",
         "password_hash": hash_cost,
         "clients": list(args.login_clients),
         "seconds_each": args.login_seconds,

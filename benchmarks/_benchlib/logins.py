@@ -69,7 +69,7 @@ def hash_cost() -> dict[str, Any]:
         # the CPU time is what a core of its own would take; the time waits for one too
         "verify_cpu_ms_here": round(statistics.median(cpu), 1),
         "verify_ms_here": round(statistics.median(wall), 1),
-        "where": "in each auth server, on its event loop (one check at a time per server)",
+        "where": "in each auth server, on worker threads, one per core at a time",
     }
 
 
