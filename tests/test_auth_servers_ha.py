@@ -24,8 +24,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trio
 
 from tether import pki
+from tether.node.join import join_cluster, load_identity, pending_join_key
 from tether.testing.balancer import TCPBalancer
 from tether.testing.cluster import (
     RunningCluster,
@@ -442,6 +444,54 @@ def test_nodes_join_through_the_other_auth_server_when_one_is_killed(
         join("impostor", tunnel=True)
     web_1 = (tmp_path / "web-1" / "data" / "host_uuid").read_text().strip()
     assert _node_entry(second, "web-1")["metadata"]["name"] == web_1
+
+
+def test_a_node_whose_join_answer_died_with_its_auth_server_joins_through_the_other(
+    pg_url: str,
+    tmp_path: pathlib.Path,
+    started: list[RunningCluster | RunningNode],
+) -> None:
+    first, second, proxy = _two_auth_servers_and_a_proxy(tmp_path, pg_url, started)
+    token = _node_token(first)
+    data = tmp_path / "web-1" / "data"
+    data.mkdir(parents=True)
+    (data / "host_uuid").write_text("web-1-id\n")
+    # web-1 sent its join to auth-1 with the key it keeps for it; auth-1 recorded that web-1
+    # holds its id and died before the answer reached web-1 (the test drops the answer)
+    key = pending_join_key(data / "host", "node")
+    lost = functools.partial(
+        join_cluster,
+        first.auth_addr,
+        token,
+        host_id="web-1-id",
+        hostname="web-1",
+        addresses=["127.0.0.1", "localhost"],
+        ca_pin=first.ca_pin,
+        key=key,
+    )
+    trio.run(lost)
+    first.stop(signal.SIGKILL)
+    assert load_identity(data / "host") is None
+
+    # started again, it joins through auth-2 with the same key: the id is its own
+    node = start_node(
+        first.through(proxy),
+        tmp_path / "web-1",
+        "web-1",
+        tunnel=False,
+        token=token,
+        extra_args=[f"--auth-server={second.auth_addr}"],
+    )
+    started.append(node)
+    wait_for(functools.partial(_listed, second, "web-1"), "web-1 to be listed")
+    assert _node_entry(second, "web-1")["metadata"]["name"] == "web-1-id"
+    saved = load_identity(data / "host")
+    assert saved is not None
+    assert pki.public_key_to_pem(saved.private_key.public_key()) == pki.public_key_to_pem(
+        key.public_key()
+    )
+    assert not (data / "host" / "join_key.pem").exists()
+    assert f"auth server {first.auth_addr} cannot be reached" in node.log_text()
 
 
 def _leaf(

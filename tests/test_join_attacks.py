@@ -21,11 +21,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_ssh_public_identity,
+)
 
 from tether import pki
+from tether.auth.http_client import AuthClient
+from tether.client.web import establish_trust, proxy_call
 from tether.errors import AccessDenied
-from tether.node.join import JoinedIdentity, join_cluster
+from tether.node.join import (
+    SERVER_KINDS,
+    JoinedIdentity,
+    host_client_context,
+    join_cluster,
+    renew_identity,
+)
 from tether.route_names import ROUTE_NAME_WILDCARD
 from tether.testing.cluster import (
     RunningCluster,
@@ -165,6 +177,69 @@ async def test_node_token_cannot_take_the_host_id_of_a_joined_node(
     # the same token holder joins under an id of its own
     own = await join_node(cluster, "attacker-node", "attacker")
     assert (own.identity.username, own.identity.kind) == ("attacker-node", "node")
+
+
+async def test_node_token_replaying_a_hosts_public_keys_gets_certificates_it_cannot_use(
+    tether_cluster: RunningCluster,
+) -> None:
+    # a host that holds its id may send its join again with the same keys (its first answer
+    # was lost); the keys are public, so a token holder can send that join too
+    cluster = tether_cluster
+    victim = await join_node(cluster, "victim-replayed", "victim-2")
+    tls_key = victim.tls_cert.public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+    )
+    ssh_key = load_ssh_public_identity(victim.ssh_host_cert.encode()).public_key()
+    context = await establish_trust(
+        cluster.proxy_addr, insecure=False, ca_pin=cluster.ca_pin, peer_kinds=SERVER_KINDS
+    )
+
+    async def replay(ssh_public_key: str) -> dict[str, object]:
+        body = {
+            "token": node_token(cluster),
+            "role": "node",
+            "host_id": "victim-replayed",
+            "hostname": "attacker",
+            "addresses": ["127.0.0.1", "localhost"],
+            "ssh_public_key": ssh_public_key,
+            "tls_public_key": tls_key.decode(),
+        }
+        answer: dict[str, object] = await proxy_call(
+            cluster.proxy_addr, "POST", "/webapi/join", context, json=body
+        )
+        return answer
+
+    # the victim's TLS key with a key of its own for SSH: that would be an SSH host
+    # certificate it could answer with as the victim; refused
+    own = pki.generate_private_key()
+    with pytest.raises(AccessDenied, match="host id 'victim-replayed' is held by node"):
+        await replay(pki.ssh_public_key_line(own.public_key()))
+
+    answer = await replay(pki.ssh_public_key_line(ssh_key))
+    stolen = pki.load_cert(str(answer["tls_cert"]).encode())
+    assert pki.read_x509_identity(stolen.public_bytes(Encoding.DER)).username == "victim-replayed"
+    # what it got certifies the victim's keys, whose private halves it does not have ...
+    assert pki.spki_fingerprint(stolen.public_key()) == pki.spki_fingerprint(
+        victim.tls_cert.public_key()
+    )
+    certified = load_ssh_public_identity(str(answer["ssh_host_cert"]).encode()).public_key()
+    assert pki.ssh_fingerprint(certified) == pki.ssh_fingerprint(ssh_key)
+    # ... so no TLS stack presents the certificate with a key of its own
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        pki.client_ssl_context(trusted_cas=list(victim.tls_cas), cert=stolen, key=own)
+    # and without the certificate, auth does not take it for the victim
+    anonymous = pki.client_ssl_context(trusted_cas=list(victim.tls_cas))
+    async with AuthClient(f"https://{cluster.proxy_addr}", anonymous) as api:
+        with pytest.raises(AccessDenied):
+            await renew_identity(api, hostname="victim-2", addresses=["127.0.0.1"])
+
+    # the victim's own certificates still work: it renews with them, as the same host
+    async with AuthClient(f"https://{cluster.proxy_addr}", host_client_context(victim)) as api:
+        renewed = await renew_identity(api, hostname="victim-2", addresses=["127.0.0.1"])
+    assert (renewed.identity.username, renewed.identity.kind) == ("victim-replayed", "node")
+    # and its id stays its own: a join with another key is refused
+    with pytest.raises(AccessDenied, match="host id 'victim-replayed' is held by node 'victim-2'"):
+        await join_node(cluster, "victim-replayed", "attacker")
 
 
 async def test_node_token_cannot_take_the_host_id_of_auth_and_its_proxy(

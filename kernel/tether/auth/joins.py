@@ -19,7 +19,7 @@ from cryptography import x509
 
 from tether import pki
 from tether.auth.context import AuthContext
-from tether.auth.host_ids import HOST_ID, HostIds
+from tether.auth.host_ids import HOST_ID, HostIds, host_keys
 from tether.auth.tokens import Tokens
 from tether.backend import Item
 from tether.errors import AccessDenied, TetherError
@@ -75,6 +75,22 @@ def _check_names(role: str, names: Sequence[str]) -> None:
                 f"a {role} may not have the wildcard name {name!r}",
                 hint="name the host by its own names and addresses",
             )
+
+
+def _public_keys(
+    ssh_public_key: str, tls_public_key_pem: str
+) -> tuple[pki.SubjectPublicKey, pki.SubjectPublicKey]:
+    """The SSH and TLS public keys a host asks certificates for.
+
+    :raises TetherError: one is no public key.
+    """
+    try:
+        return (
+            pki.load_public_key(ssh_public_key.encode()),
+            pki.load_public_key(tls_public_key_pem.encode()),
+        )
+    except ValueError as exc:
+        raise TetherError(f"join request carries an unusable public key: {exc}") from None
 
 
 class Joins:
@@ -135,10 +151,14 @@ class Joins:
 
         The token lets the joiner choose its host id, but not one another host holds (until
         that host's certificates expire): the id is what its inventory entry, its tunnel and
-        its SSH host certificate are known by. A node names the host roles it asks for
-        (``roles``: those of the protocols it runs); the token must carry every one, and the
-        certificate then carries them (``Identity.roles``). A node that names none asks for
-        ``Node``, as every node did before host roles.
+        its SSH host certificate are known by. A host that holds the id may send its join
+        again with the same public keys, when the answer to the first was lost (see
+        :meth:`tether.auth.host_ids.HostIds.holder` for why that gives nothing away).
+
+        A node names the host roles it asks for (``roles``: those of the protocols it runs);
+        the token must carry every one, and the certificate then carries them
+        (``Identity.roles``). A node that names none asks for ``Node``, as every node did
+        before host roles.
         """
         _check_host(role, host_id)
         try:
@@ -147,7 +167,8 @@ class Joins:
                 await self._tokens.check_host_token(token, asked)
             else:
                 await self._tokens.check_token(token, JOIN_ROLES[role])
-            held = await self._host_ids.holder(host_id)
+            keys = host_keys(*_public_keys(ssh_public_key, tls_public_key_pem))
+            held = await self._host_ids.holder(host_id, kind=role, keys=keys)
             return await self._admit(
                 role,
                 asked,
@@ -252,8 +273,9 @@ class Joins:
             "addresses": principals,
             "expires": result.identity.expires.isoformat(),
         }
+        keys = host_keys(*_public_keys(ssh_public_key, tls_public_key_pem))
         async with self._ctx.audited(identity.username, [("host.renewed", fields)]):
-            await self._hold(result, hostname, replaces=True)
+            await self._hold(result, hostname, keys, replaces=True)
         return result
 
     async def _renewed_roles(
@@ -304,18 +326,25 @@ class Joins:
         )
         fields = {"role": role, "host_roles": list(roles), "hostname": hostname}
         joined = ("host.joined", {**fields, "addresses": principals})
+        keys = host_keys(*_public_keys(ssh_public_key, tls_public_key_pem))
         async with self._ctx.audited(host_id, [joined]):
-            await self._hold(result, hostname, replaces=replaces)
+            await self._hold(result, hostname, keys, replaces=replaces)
         return result
 
     async def _hold(
-        self, result: JoinResult, hostname: str, *, replaces: Item | bool | None
+        self,
+        result: JoinResult,
+        hostname: str,
+        keys: dict[str, str],
+        *,
+        replaces: Item | bool | None,
     ) -> None:
-        """Record that the host ``result`` was issued to holds its id until its certificates
-        expire (see :meth:`tether.auth.host_ids.HostIds.hold` for ``replaces``)."""
+        """Record that the host ``result`` was issued to (for the public keys ``keys``) holds
+        its id until its certificates expire (see :meth:`tether.auth.host_ids.HostIds.hold`
+        for ``replaces``)."""
         identity = result.identity
         await self._host_ids.hold(
-            identity.username, identity.kind, hostname, identity.expires, replaces
+            identity.username, identity.kind, hostname, identity.expires, replaces, keys
         )
 
     def _issue_host_certs(
@@ -337,11 +366,7 @@ class Joins:
         """
         _check_names(role, [hostname, *addresses])
         ctx = self._ctx
-        try:
-            ssh_key = pki.load_public_key(ssh_public_key.encode())
-            tls_key = pki.load_public_key(tls_public_key_pem.encode())
-        except ValueError as exc:
-            raise TetherError(f"join request carries an unusable public key: {exc}") from None
+        ssh_key, tls_key = _public_keys(ssh_public_key, tls_public_key_pem)
         ttl = ctx.config.auth_service.host_cert_ttl
         identity = pki.Identity(
             username=host_id,

@@ -4,7 +4,10 @@ A node (or a proxy joining another's auth) generates its key locally; only the p
 travel. The proxy is trusted the way ``tether login`` trusts it: by the cluster CA pin printed
 by ``tetherctl tokens add``, by the system trust store, or (testing only) not at all. The
 token is needed once: the host renews its certificates with the ones it holds, while they
-are valid; one stopped past their expiry joins again with a token.
+are valid; one stopped past their expiry joins again with a token. The key of a join is kept in
+the data directory until its answer is saved, so that a join whose answer was lost (the auth
+server died after recording it) is sent again with the same key, which auth accepts for the
+host id the first one took.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "load_identity",
     "load_or_join_current",
     "load_or_join_first_reachable",
+    "pending_join_key",
     "renew_and_save",
     "renew_identity",
     "renewal_due",
@@ -86,17 +90,21 @@ async def join_cluster(
     ca_pin: str | None = None,
     insecure: bool = False,
     roles: Sequence[str] = (),
+    key: pki.PrivateKey | None = None,
 ) -> JoinedIdentity:
     """Join through ``proxy`` with ``token``; a node asks for the host roles ``roles`` (none:
     ``Node``, as before host roles), which the token must carry.
 
+    :param key: the host's key (a new one by default); a host that sends a join again, when
+        the answer to the first was lost, sends the same key (see :func:`pending_join_key`).
     :raises AccessDenied: the token is unknown, expired or of another kind.
     :raises TrustError: the proxy cannot be verified (see ``ca_pin``).
     """
     context = await establish_trust(
         proxy, insecure=insecure, ca_pin=ca_pin, peer_kinds=SERVER_KINDS
     )
-    key = pki.generate_private_key(_host_key_algorithm(role))
+    if key is None:
+        key = pki.generate_private_key(_host_key_algorithm(role))
     body = await proxy_call(
         proxy,
         "POST",
@@ -171,6 +179,7 @@ async def _load_or_join(
             f"this {role} has not joined yet and has no token to join {server} with",
             hint=f"create one with `tetherctl tokens add --type={role}` and pass --token",
         )
+    key = await trio.to_thread.run_sync(pending_join_key, directory, role)
     joined = await join_cluster(
         server,
         secret_or_file(token, "the join token"),
@@ -181,8 +190,10 @@ async def _load_or_join(
         ca_pin=ca_pin,
         insecure=insecure,
         roles=roles,
+        key=key,
     )
     await trio.to_thread.run_sync(save_identity, directory, joined)
+    await trio.to_thread.run_sync(_forget_pending_join_key, directory)
     log.info("%s %s joined cluster %s through %s", role, host_id, joined.identity.cluster, server)
     return joined
 
@@ -478,6 +489,37 @@ _FILES = {
     "tls_cas": "cas.pem",
     "meta": "identity.json",
 }
+#: the key of a join whose answer is not saved yet
+_PENDING_KEY = "join_key.pem"
+
+
+def pending_join_key(directory: pathlib.Path, role: str) -> pki.PrivateKey:
+    """The key to join with from ``directory``: that of an earlier join whose answer was not
+    saved (lost with the auth server that recorded it, or with this process), else a new one,
+    written there (0600) before it is sent, so that a join sent again after a crash on either
+    side names the same key, which auth accepts for the id the first join took.
+
+    A pending key of another type than ``role``'s (the directory served another kind of
+    host) is replaced.
+    """
+    path = directory / _PENDING_KEY
+    algorithm = _host_key_algorithm(role)
+    try:
+        key = pki.load_private_key(path.read_bytes())
+    except FileNotFoundError:
+        pass
+    else:
+        if pki.key_algorithm(key) == algorithm:
+            return key
+    key = pki.generate_private_key(algorithm)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pki.write_secret_file(path, pki.private_key_to_pem(key))
+    return key
+
+
+def _forget_pending_join_key(directory: pathlib.Path) -> None:
+    """Remove the key of a join once its answer is saved (as the identity's key)."""
+    (directory / _PENDING_KEY).unlink(missing_ok=True)
 
 
 def save_identity(directory: pathlib.Path, joined: JoinedIdentity) -> None:

@@ -9,7 +9,6 @@ of auth, and must then never change silently: every client and trusted cluster p
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import pathlib
@@ -19,7 +18,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -38,6 +37,7 @@ from ._keys import (
     load_private_key,
     private_key_to_openssh,
     private_key_to_pem,
+    spki_fingerprint,
     ssh_fingerprint,
     ssh_public_key_line,
     write_secret_file,
@@ -182,10 +182,7 @@ def ca_pin(ca_cert: x509.Certificate | PublicKey) -> str:
     ``openssl x509 -pubkey | openssl pkey -pubin -outform der | sha256sum``.
     """
     key = ca_cert.public_key() if isinstance(ca_cert, x509.Certificate) else ca_cert
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
+    return spki_fingerprint(key)
 
 
 def check_ca_pin(ca_cert: x509.Certificate, pin: str) -> None:

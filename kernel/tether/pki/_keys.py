@@ -21,6 +21,7 @@ from typing import TypeAlias
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 __all__ = [
     "ALGORITHMS",
@@ -40,6 +41,7 @@ __all__ = [
     "private_key_to_openssh",
     "private_key_to_pem",
     "public_key_to_pem",
+    "spki_fingerprint",
     "ssh_fingerprint",
     "ssh_public_key_line",
     "write_secret_file",
@@ -179,6 +181,15 @@ def known_hosts_ca_line(ca_key_line: str, cluster: str | None = None) -> str:
     config`` gives them), or of any host when ``cluster`` is None."""
     hosts = f"*.{cluster},{cluster}" if cluster else "*"
     return f"@cert-authority {hosts} {ca_key_line.strip()}"
+
+
+def spki_fingerprint(key: PublicKeyTypes) -> str:
+    """``"sha256:<hex>"`` of a public key's SubjectPublicKeyInfo DER: names the key whatever
+    certificate carries it (``openssl pkey -pubin -outform der | sha256sum``)."""
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def ssh_fingerprint(key: SubjectPublicKey | PrivateKey | str) -> str:
