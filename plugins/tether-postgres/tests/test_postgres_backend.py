@@ -369,6 +369,19 @@ async def test_auth_server_cut_off_mid_write_does_not_block_the_others(pg_url: s
                 link.stall()
                 try:
                     await trio.to_thread.run_sync(blocker.commit)
+                    # the lock goes to the cut-off server's waiting write, unless a write
+                    # sent now overtakes it (the row is free once the blocker commits): wait
+                    # until the write holds it, idle in its transaction behind its dead link
+                    for _ in range(250):  # within 5 s
+                        holding = observer.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE client_port = ANY(%s) "
+                            "AND state = 'idle in transaction'",
+                            (sorted(link.database_side_ports),),
+                        ).fetchone()
+                        if holding:
+                            break
+                        await trio.sleep(0.02)
+                    assert holding, "the cut-off write never took the writers' lock"
                     # the cut-off server now holds the lock and cannot go on: the database
                     # ends its transaction after stalled_transaction_timeout, and the others
                     # write
