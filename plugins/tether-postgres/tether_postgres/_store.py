@@ -19,7 +19,7 @@ shares.
 
 A write is one call of a PL/pgSQL function (:data:`_FUNCTIONS`) that does all of it in the
 server: the revision, reaping, the conditions, the rows, the log and the notification. Sent
-with its ``BEGIN`` in one pipeline, then ``COMMIT``, it costs two round trips rather than one
+with its ``BEGIN`` as one query, then ``COMMIT``, it costs two round trips rather than one
 per statement; the commit stays the client's, so a write whose answer never reaches this
 process (its link to the database failed) is rolled back by ``stalled_transaction_timeout``
 rather than committed behind its caller's back.
