@@ -112,6 +112,39 @@ async def test_database_written_by_a_newer_tether_is_refused(pg_url: str) -> Non
             admin.execute("UPDATE tether_meta SET schema_version = %s", (version,))
 
 
+async def test_opening_a_newer_database_leaves_its_write_functions_alone(pg_url: str) -> None:
+    async with open_postgres(pg_url):
+        pass  # creates the tables and the functions
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        (version,) = admin.execute("SELECT schema_version FROM tether_meta").fetchone() or (0,)
+        admin.execute("UPDATE tether_meta SET schema_version = %s", (version + 1,))
+        # stands for a newer Tether's own version of the function
+        admin.execute("DROP FUNCTION tether_reap_v1()")
+        try:
+            with pytest.raises(BackendError, match="newer Tether"):
+                async with open_postgres(pg_url):
+                    pass
+            (left,) = admin.execute("SELECT to_regproc('tether_reap_v1')").fetchone() or (0,)
+            assert left is None
+        finally:
+            admin.execute("UPDATE tether_meta SET schema_version = %s", (version,))
+    async with open_postgres(pg_url) as backend:  # and puts it back once it may
+        assert await backend.reap_expired() == 0
+
+
+async def test_item_written_with_a_ttl_reads_back_exactly_as_returned(pg_url: str) -> None:
+    async with open_postgres(pg_url) as backend, backend.watch("/s/") as events:
+        written = await backend.put("/s/one", b"x", ttl=123.456)
+        assert written.expires is not None
+        assert await backend.get("/s/one") == written
+        assert (await next_event(events)).item == written
+        await backend.apply([Op.put("/s/two", b"y", ttl=0.1 + 0.2), Op.delete("/s/one")])
+        (two,) = await backend.range("/s/")
+        put_two, deleted_one = [await next_event(events) for _ in range(2)]
+        assert put_two.item == two
+        assert (deleted_one.type, deleted_one.item.key) == ("delete", "/s/one")
+
+
 # -- several auth servers on one database -----------------------------------------------------
 
 
