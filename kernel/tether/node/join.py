@@ -12,6 +12,7 @@ host id the first one took.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -28,7 +29,7 @@ from tether import pki
 from tether.auth.http_client import AuthClient
 from tether.client.web import establish_trust, proxy_call
 from tether.config import secret_or_file
-from tether.errors import ConfigError, TetherError, Unreachable
+from tether.errors import ConfigError, ConnectionLost, TetherError, Unreachable
 from tether.token_types import host_roles
 from tether.tunnel.agent import Backoff
 
@@ -179,19 +180,33 @@ async def _load_or_join(
             f"this {role} has not joined yet and has no token to join {server} with",
             hint=f"create one with `tetherctl tokens add --type={role}` and pass --token",
         )
+    fresh_directory = not await trio.to_thread.run_sync(directory.exists)
+    fresh_key = not await trio.to_thread.run_sync((directory / _PENDING_KEY).exists)
     key = await trio.to_thread.run_sync(pending_join_key, directory, role)
-    joined = await join_cluster(
-        server,
-        secret_or_file(token, "the join token"),
-        host_id=host_id,
-        hostname=hostname,
-        role=role,
-        addresses=addresses,
-        ca_pin=ca_pin,
-        insecure=insecure,
-        roles=roles,
-        key=key,
-    )
+    try:
+        joined = await join_cluster(
+            server,
+            secret_or_file(token, "the join token"),
+            host_id=host_id,
+            hostname=hostname,
+            role=role,
+            addresses=addresses,
+            ca_pin=ca_pin,
+            insecure=insecure,
+            roles=roles,
+            key=key,
+        )
+    except (ConnectionLost, Unreachable):
+        # it may have been recorded (here or, with an older key, through a server that died
+        # since): the key stays for the next attempt, through this server or another
+        raise
+    except Exception:
+        # refused, or never sent: a key made for this attempt goes, and a refused first
+        # join keeps nothing (a key kept from an earlier attempt stays: that one may hold
+        # the id)
+        if fresh_key:
+            await trio.to_thread.run_sync(_forget_pending_join_key, directory, fresh_directory)
+        raise
     await trio.to_thread.run_sync(save_identity, directory, joined)
     await trio.to_thread.run_sync(_forget_pending_join_key, directory)
     log.info("%s %s joined cluster %s through %s", role, host_id, joined.identity.cluster, server)
@@ -517,9 +532,14 @@ def pending_join_key(directory: pathlib.Path, role: str) -> pki.PrivateKey:
     return key
 
 
-def _forget_pending_join_key(directory: pathlib.Path) -> None:
-    """Remove the key of a join once its answer is saved (as the identity's key)."""
+def _forget_pending_join_key(directory: pathlib.Path, remove_directory: bool = False) -> None:
+    """Remove the key of a join once its answer is saved (as the identity's key), or once
+    the join was refused; with ``remove_directory``, the directory too if nothing else is in
+    it (made for this join)."""
     (directory / _PENDING_KEY).unlink(missing_ok=True)
+    if remove_directory:
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            directory.rmdir()
 
 
 def save_identity(directory: pathlib.Path, joined: JoinedIdentity) -> None:
